@@ -1,0 +1,10 @@
+//! Leveret: a RabbitMQ-compatible AMQP 0-9-1 message broker.
+//!
+//! The entry point is [`run`]: give it a bound listener, a configuration and a
+//! shutdown future. Tests bind `127.0.0.1:0` and run the broker in-process.
+
+pub mod config;
+pub mod server;
+
+pub use config::Config;
+pub use server::run;

@@ -1,0 +1,92 @@
+//! Shared harness: starts the real broker in-process on an ephemeral port.
+//!
+//! Set `LEVERET_TEST_URI` (e.g. `amqp://guest:guest@127.0.0.1:5672/%2f`) to run the
+//! same tests against another broker, such as RabbitMQ, to check that a test
+//! asserts RabbitMQ's behaviour.
+#![allow(dead_code)]
+
+use leveret::Config;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use tokio::sync::oneshot;
+
+pub struct TestBroker {
+    /// `amqp://guest:guest@host:port/%2f`
+    pub uri: String,
+    /// Address of the AMQP listener (for raw-socket tests).
+    pub addr: SocketAddr,
+    shutdown: Option<oneshot::Sender<()>>,
+    task: Option<tokio::task::JoinHandle<std::io::Result<()>>>,
+}
+
+impl TestBroker {
+    pub async fn start() -> TestBroker {
+        Self::start_with(Config::default()).await
+    }
+
+    pub async fn start_with(config: Config) -> TestBroker {
+        if let Ok(uri) = std::env::var("LEVERET_TEST_URI") {
+            let hostport = uri
+                .split('@')
+                .nth(1)
+                .and_then(|s| s.split('/').next())
+                .unwrap_or("127.0.0.1:5672")
+                .to_string();
+            let addr = tokio::net::lookup_host(hostport)
+                .await
+                .unwrap()
+                .next()
+                .unwrap();
+            return TestBroker {
+                uri,
+                addr,
+                shutdown: None,
+                task: None,
+            };
+        }
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (tx, rx) = oneshot::channel();
+        let task = tokio::spawn(leveret::run(listener, config, async {
+            let _ = rx.await;
+        }));
+        TestBroker {
+            uri: format!("amqp://guest:guest@{addr}/%2f"),
+            addr,
+            shutdown: Some(tx),
+            task: Some(task),
+        }
+    }
+
+    /// URI for another vhost on the same broker (vhost is URL-encoded by the caller).
+    pub fn uri_for_vhost(&self, encoded_vhost: &str) -> String {
+        let base = self.uri.rsplit_once('/').unwrap().0;
+        format!("{base}/{encoded_vhost}")
+    }
+
+    pub async fn connect(&self) -> lapin::Connection {
+        lapin::Connection::connect(&self.uri, lapin::ConnectionProperties::default())
+            .await
+            .expect("connect to broker")
+    }
+
+    /// Stops the broker and waits for it to finish.
+    pub async fn stop(mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        if let Some(task) = self.task.take() {
+            task.await.unwrap().unwrap();
+        }
+    }
+}
+
+/// A name unique to this test process, so tests can share a broker.
+pub fn unique(prefix: &str) -> String {
+    static N: AtomicU64 = AtomicU64::new(0);
+    format!(
+        "{prefix}-{}-{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed)
+    )
+}
