@@ -1,1 +1,136 @@
-fn main() {}
+use clap::{Args, Parser, Subcommand};
+use leveret::config::{Config, DEFAULT_CONFIG_TOML};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use tracing::{error, info};
+
+#[derive(Parser)]
+#[command(
+    name = "leveret",
+    version,
+    about = "A RabbitMQ-compatible AMQP 0-9-1 message broker"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the broker (the default when no command is given).
+    Serve(ServeArgs),
+    /// Print the default configuration file, every setting documented.
+    DefaultConfig,
+}
+
+#[derive(Args, Default)]
+struct ServeArgs {
+    /// Configuration file (TOML); see broker.toml for every setting.
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// AMQP listen address, HOST:PORT (port 0 picks a free port).
+    #[arg(long)]
+    listen: Option<String>,
+    /// Directory for durable state.
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+    /// Management HTTP listen address, HOST:PORT.
+    #[arg(long)]
+    mgmt_listen: Option<String>,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command.unwrap_or(Command::Serve(ServeArgs::default())) {
+        Command::DefaultConfig => {
+            print!("{DEFAULT_CONFIG_TOML}");
+            ExitCode::SUCCESS
+        }
+        Command::Serve(args) => serve(args),
+    }
+}
+
+fn serve(args: ServeArgs) -> ExitCode {
+    let mut config = match &args.config {
+        Some(path) => match Config::from_file(path) {
+            Ok(c) => c,
+            Err(e) => {
+                eprintln!("leveret: {e}");
+                return ExitCode::FAILURE;
+            }
+        },
+        None => Config::embedded(),
+    };
+    if let Some(listen) = args.listen {
+        config.server.listen = listen;
+    }
+    if let Some(dir) = args.data_dir {
+        config.server.data_dir = dir;
+    }
+    if let Some(mgmt) = args.mgmt_listen {
+        config.server.mgmt_listen = mgmt;
+    }
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(&config.server.log_level));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("leveret: cannot start runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    runtime.block_on(async move {
+        let listener = match tokio::net::TcpListener::bind(&config.server.listen).await {
+            Ok(l) => l,
+            Err(e) => {
+                error!(listen = %config.server.listen, error = %e, "cannot bind AMQP listener");
+                return ExitCode::FAILURE;
+            }
+        };
+        match listener.local_addr() {
+            Ok(addr) => info!(%addr, version = env!("CARGO_PKG_VERSION"), "Leveret accepting AMQP 0-9-1 connections"),
+            Err(e) => error!(error = %e, "cannot read bound address"),
+        }
+        match leveret::run(listener, config, shutdown_signal()).await {
+            Ok(()) => {
+                info!("stopped");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                error!(error = %e, "broker failed");
+                ExitCode::FAILURE
+            }
+        }
+    })
+}
+
+/// Completes on SIGINT or SIGTERM.
+async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        let mut term = match signal(SignalKind::terminate()) {
+            Ok(s) => s,
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+                return;
+            }
+        };
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => info!("SIGINT received"),
+            _ = term.recv() => info!("SIGTERM received"),
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}

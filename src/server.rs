@@ -1,8 +1,17 @@
 //! Accept loop and graceful shutdown.
 
+use crate::broker::Broker;
 use crate::config::Config;
 use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
 use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinSet;
+use tracing::{error, info, warn};
+
+/// How long shutdown waits for connections to finish their close handshake.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 
 /// Serves AMQP clients on `listener` until `shutdown` completes, then closes
 /// every connection with 320 CONNECTION_FORCED and returns.
@@ -11,7 +20,43 @@ pub async fn run(
     config: Config,
     shutdown: impl Future<Output = ()>,
 ) -> std::io::Result<()> {
-    let _ = (listener, config);
-    shutdown.await;
+    let broker = Broker::new(config);
+    let max_connections = broker.config.limits.max_connections;
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let mut connections = JoinSet::new();
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((socket, peer)) => {
+                    if max_connections > 0 && broker.connections.len() >= max_connections {
+                        warn!(%peer, max_connections, "connection limit reached, refusing");
+                        drop(socket);
+                        continue;
+                    }
+                    connections.spawn(crate::connection::serve(socket, peer, broker.clone(), stop_rx.clone()));
+                }
+                Err(e) => {
+                    // Out of file descriptors and the like: back off, keep serving.
+                    error!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            },
+            Some(_) = connections.join_next(), if !connections.is_empty() => {}
+            _ = &mut shutdown => break,
+        }
+    }
+    info!(connections = connections.len(), "shutting down");
+    drop(listener);
+    let _ = stop_tx.send(true);
+    let drained = tokio::time::timeout(SHUTDOWN_GRACE, async {
+        while connections.join_next().await.is_some() {}
+    })
+    .await;
+    if drained.is_err() {
+        warn!("some connections did not close in time; aborting them");
+        connections.abort_all();
+    }
+    drop(Arc::clone(&broker));
     Ok(())
 }

@@ -1,0 +1,451 @@
+//! A virtual host: its exchanges, queues and the routing between them.
+
+use super::exchange::{Binding, Destination, Exchange, ExchangeKind, RoutingInfo};
+use super::queue::Queue;
+use crate::error::AmqpError;
+use amq_protocol::types::{AMQPValue, FieldTable};
+use dashmap::DashMap;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+pub struct VHost {
+    pub name: String,
+    exchanges: DashMap<String, Arc<Exchange>>,
+    queues: DashMap<String, Arc<Queue>>,
+}
+
+/// Arguments of exchange.declare.
+pub struct ExchangeDeclare<'a> {
+    pub name: &'a str,
+    pub kind: &'a str,
+    pub passive: bool,
+    pub durable: bool,
+    pub auto_delete: bool,
+    pub internal: bool,
+    pub arguments: &'a FieldTable,
+}
+
+/// Arguments of queue.declare, the name already chosen.
+pub struct QueueDeclare<'a> {
+    pub name: &'a str,
+    pub passive: bool,
+    pub durable: bool,
+    pub exclusive: bool,
+    pub auto_delete: bool,
+    pub arguments: &'a FieldTable,
+    pub connection: u64,
+}
+
+/// Queue arguments whose values must match on redeclaration, as RabbitMQ.
+const EQUIVALENT_QUEUE_ARGS: &[&str] = &[
+    "x-message-ttl",
+    "x-expires",
+    "x-max-length",
+    "x-max-length-bytes",
+    "x-dead-letter-exchange",
+    "x-dead-letter-routing-key",
+    "x-max-priority",
+    "x-overflow",
+    "x-queue-type",
+    "x-single-active-consumer",
+    "x-delivery-limit",
+];
+
+fn inequivalent(
+    arg: &str,
+    what: &str,
+    name: &str,
+    vhost: &str,
+    received: impl std::fmt::Display,
+    current: impl std::fmt::Display,
+) -> AmqpError {
+    AmqpError::precondition_failed(format_args!(
+        "inequivalent arg '{arg}' for {what} '{name}' in vhost '{vhost}': received '{received}' but current is '{current}'"
+    ))
+}
+
+fn show(v: Option<&AMQPValue>) -> String {
+    match v {
+        None => "none".into(),
+        Some(AMQPValue::LongString(s)) => String::from_utf8_lossy(s.as_bytes()).into_owned(),
+        Some(AMQPValue::ShortString(s)) => s.to_string(),
+        Some(AMQPValue::LongInt(n)) => n.to_string(),
+        Some(AMQPValue::LongLongInt(n)) => n.to_string(),
+        Some(AMQPValue::ShortInt(n)) => n.to_string(),
+        Some(AMQPValue::Boolean(b)) => b.to_string(),
+        Some(other) => format!("{other:?}"),
+    }
+}
+
+impl VHost {
+    pub fn new(name: String) -> VHost {
+        let vhost = VHost {
+            name,
+            exchanges: DashMap::new(),
+            queues: DashMap::new(),
+        };
+        for (name, kind) in [
+            ("", ExchangeKind::Direct),
+            ("amq.direct", ExchangeKind::Direct),
+            ("amq.fanout", ExchangeKind::Fanout),
+            ("amq.topic", ExchangeKind::Topic),
+            ("amq.headers", ExchangeKind::Headers),
+            ("amq.match", ExchangeKind::Headers),
+        ] {
+            vhost.exchanges.insert(
+                name.to_string(),
+                Arc::new(Exchange::new(
+                    name.to_string(),
+                    kind,
+                    true,
+                    false,
+                    false,
+                    FieldTable::default(),
+                )),
+            );
+        }
+        vhost
+    }
+
+    pub fn exchange(&self, name: &str) -> Result<Arc<Exchange>, AmqpError> {
+        self.exchanges.get(name).map(|e| e.clone()).ok_or_else(|| {
+            AmqpError::not_found(format_args!(
+                "no exchange '{name}' in vhost '{}'",
+                self.name
+            ))
+        })
+    }
+
+    pub fn queue(&self, name: &str) -> Result<Arc<Queue>, AmqpError> {
+        self.queues.get(name).map(|q| q.clone()).ok_or_else(|| {
+            AmqpError::not_found(format_args!("no queue '{name}' in vhost '{}'", self.name))
+        })
+    }
+
+    pub fn exchanges(&self) -> Vec<Arc<Exchange>> {
+        self.exchanges.iter().map(|e| e.clone()).collect()
+    }
+
+    pub fn queues(&self) -> Vec<Arc<Queue>> {
+        self.queues.iter().map(|q| q.clone()).collect()
+    }
+
+    pub fn declare_exchange(&self, d: &ExchangeDeclare<'_>) -> Result<Arc<Exchange>, AmqpError> {
+        if d.name.is_empty() {
+            return Err(AmqpError::access_refused(
+                "operation not permitted on the default exchange",
+            ));
+        }
+        if d.passive {
+            return self.exchange(d.name);
+        }
+        let kind = ExchangeKind::parse(d.kind).ok_or_else(|| {
+            AmqpError::command_invalid(format_args!("unknown exchange type '{}'", d.kind))
+        })?;
+        if let Some(existing) = self.exchanges.get(d.name).map(|e| e.clone()) {
+            let what = "exchange";
+            if existing.kind != kind {
+                return Err(inequivalent(
+                    "type",
+                    what,
+                    d.name,
+                    &self.name,
+                    d.kind,
+                    existing.kind.as_str(),
+                ));
+            }
+            if existing.durable != d.durable {
+                return Err(inequivalent(
+                    "durable",
+                    what,
+                    d.name,
+                    &self.name,
+                    d.durable,
+                    existing.durable,
+                ));
+            }
+            if existing.auto_delete != d.auto_delete {
+                return Err(inequivalent(
+                    "auto_delete",
+                    what,
+                    d.name,
+                    &self.name,
+                    d.auto_delete,
+                    existing.auto_delete,
+                ));
+            }
+            if existing.internal != d.internal {
+                return Err(inequivalent(
+                    "internal",
+                    what,
+                    d.name,
+                    &self.name,
+                    d.internal,
+                    existing.internal,
+                ));
+            }
+            let (new_ae, old_ae) = (
+                d.arguments.inner().get("alternate-exchange"),
+                existing.arguments.inner().get("alternate-exchange"),
+            );
+            if show(new_ae) != show(old_ae) {
+                return Err(inequivalent(
+                    "alternate-exchange",
+                    what,
+                    d.name,
+                    &self.name,
+                    show(new_ae),
+                    show(old_ae),
+                ));
+            }
+            return Ok(existing);
+        }
+        if d.name.starts_with("amq.") {
+            return Err(AmqpError::access_refused(format_args!(
+                "exchange name '{}' contains reserved prefix 'amq.*'",
+                d.name
+            )));
+        }
+        let exchange = Arc::new(Exchange::new(
+            d.name.to_string(),
+            kind,
+            d.durable,
+            d.auto_delete,
+            d.internal,
+            d.arguments.clone(),
+        ));
+        Ok(self
+            .exchanges
+            .entry(d.name.to_string())
+            .or_insert(exchange)
+            .clone())
+    }
+
+    pub fn delete_exchange(&self, name: &str, if_unused: bool) -> Result<(), AmqpError> {
+        if name.is_empty() || name.starts_with("amq.") {
+            return Err(AmqpError::access_refused(if name.is_empty() {
+                "operation not permitted on the default exchange".to_string()
+            } else {
+                format!(
+                    "operation not permitted on exchange '{name}' in vhost '{}'",
+                    self.name
+                )
+            }));
+        }
+        let Some(exchange) = self.exchanges.get(name).map(|e| e.clone()) else {
+            return Ok(());
+        };
+        if if_unused && exchange.binding_count() > 0 {
+            return Err(AmqpError::precondition_failed(format_args!(
+                "exchange '{name}' in vhost '{}' in use",
+                self.name
+            )));
+        }
+        self.remove_exchange(&exchange);
+        Ok(())
+    }
+
+    fn remove_exchange(&self, exchange: &Arc<Exchange>) {
+        if self
+            .exchanges
+            .remove_if(&exchange.name, |_, e| Arc::ptr_eq(e, exchange))
+            .is_none()
+        {
+            return;
+        }
+        exchange.deleted.store(true, Ordering::Release);
+        let as_destination = Destination::Exchange(exchange.name.clone());
+        self.unbind_everywhere(&as_destination);
+        // Bindings from it to other exchanges go too; a destination that was
+        // auto-delete does not care (auto-delete looks at source bindings).
+    }
+
+    /// Removes every binding to `destination` and auto-deletes sources left
+    /// without bindings.
+    fn unbind_everywhere(&self, destination: &Destination) {
+        for source in self.exchanges() {
+            if source.unbind_destination(destination) > 0 {
+                self.maybe_auto_delete(&source);
+            }
+        }
+    }
+
+    fn maybe_auto_delete(&self, exchange: &Arc<Exchange>) {
+        if exchange.auto_delete && exchange.binding_count() == 0 {
+            self.remove_exchange(exchange);
+        }
+    }
+
+    /// Declares a queue; returns it and whether it was created.
+    pub fn declare_queue(&self, d: &QueueDeclare<'_>) -> Result<(Arc<Queue>, bool), AmqpError> {
+        if let Some(existing) = self.queues.get(d.name).map(|q| q.clone()) {
+            existing.check_owner(d.connection)?;
+            if d.passive {
+                return Ok((existing, false));
+            }
+            let what = "queue";
+            if existing.durable != d.durable {
+                return Err(inequivalent(
+                    "durable",
+                    what,
+                    d.name,
+                    &self.name,
+                    d.durable,
+                    existing.durable,
+                ));
+            }
+            if existing.auto_delete != d.auto_delete {
+                return Err(inequivalent(
+                    "auto_delete",
+                    what,
+                    d.name,
+                    &self.name,
+                    d.auto_delete,
+                    existing.auto_delete,
+                ));
+            }
+            if existing.exclusive_owner.is_some() != d.exclusive {
+                return Err(existing.locked_error());
+            }
+            for arg in EQUIVALENT_QUEUE_ARGS {
+                let (new, old) = (
+                    d.arguments.inner().get(*arg),
+                    existing.arguments.inner().get(*arg),
+                );
+                if show(new) != show(old) {
+                    return Err(inequivalent(
+                        arg,
+                        what,
+                        d.name,
+                        &self.name,
+                        show(new),
+                        show(old),
+                    ));
+                }
+            }
+            return Ok((existing, false));
+        }
+        if d.passive {
+            return Err(AmqpError::not_found(format_args!(
+                "no queue '{}' in vhost '{}'",
+                d.name, self.name
+            )));
+        }
+        if d.name.starts_with("amq.") && !d.name.starts_with("amq.gen-") {
+            return Err(AmqpError::access_refused(format_args!(
+                "queue name '{}' contains reserved prefix 'amq.*'",
+                d.name
+            )));
+        }
+        let queue = Arc::new(Queue::new(
+            d.name.to_string(),
+            self.name.clone(),
+            d.durable,
+            d.exclusive.then_some(d.connection),
+            d.auto_delete,
+            d.arguments.clone(),
+        ));
+        let mut created = false;
+        let queue = self
+            .queues
+            .entry(d.name.to_string())
+            .or_insert_with(|| {
+                created = true;
+                queue
+            })
+            .clone();
+        Ok((queue, created))
+    }
+
+    /// Deletes a queue: its bindings go, its consumers are cancelled, its
+    /// messages dropped. Returns the number of ready messages it held.
+    pub fn delete_queue(&self, queue: &Arc<Queue>) -> usize {
+        if self
+            .queues
+            .remove_if(&queue.name, |_, q| Arc::ptr_eq(q, queue))
+            .is_none()
+        {
+            return 0;
+        }
+        self.unbind_everywhere(&Destination::Queue(queue.clone()));
+        let (consumers, count) = queue.mark_deleted();
+        for consumer in consumers {
+            consumer.channel.cancel_by_broker(&consumer);
+        }
+        count
+    }
+
+    pub fn bind(&self, source: &Arc<Exchange>, binding: Binding) {
+        source.bind(binding);
+    }
+
+    pub fn unbind(
+        &self,
+        source: &Arc<Exchange>,
+        destination: &Destination,
+        routing_key: &str,
+        arguments: &FieldTable,
+    ) {
+        if source.unbind(destination, routing_key, arguments) {
+            self.maybe_auto_delete(source);
+        }
+    }
+
+    /// The queues a message published to `exchange` reaches, following
+    /// exchange-to-exchange bindings and alternate exchanges, each queue once.
+    pub fn route(&self, exchange: &Arc<Exchange>, msg: &RoutingInfo<'_>) -> Vec<Arc<Queue>> {
+        let mut queues: Vec<Arc<Queue>> = Vec::new();
+        if exchange.name.is_empty() {
+            if let Some(q) = self.queues.get(msg.routing_key) {
+                queues.push(q.clone());
+            }
+            return queues;
+        }
+        let mut visited: Vec<String> = Vec::new();
+        self.route_into(exchange, msg, &mut queues, &mut visited);
+        let mut current = exchange.clone();
+        while queues.is_empty() {
+            let Some(ae_name) = current.alternate_exchange.clone() else {
+                break;
+            };
+            if visited.contains(&ae_name) {
+                break;
+            }
+            let Ok(ae) = self.exchange(&ae_name) else {
+                break;
+            };
+            self.route_into(&ae, msg, &mut queues, &mut visited);
+            current = ae;
+        }
+        queues
+    }
+
+    fn route_into(
+        &self,
+        exchange: &Arc<Exchange>,
+        msg: &RoutingInfo<'_>,
+        queues: &mut Vec<Arc<Queue>>,
+        visited: &mut Vec<String>,
+    ) {
+        if visited.contains(&exchange.name) {
+            return;
+        }
+        visited.push(exchange.name.clone());
+        let mut destinations = Vec::new();
+        exchange.route(msg, &mut destinations);
+        for d in destinations {
+            match d {
+                Destination::Queue(q) => {
+                    if !queues.iter().any(|x| Arc::ptr_eq(x, &q)) {
+                        queues.push(q);
+                    }
+                }
+                Destination::Exchange(name) => {
+                    if let Ok(next) = self.exchange(&name) {
+                        self.route_into(&next, msg, queues, visited);
+                    }
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,235 @@
+//! basic.qos, consume, cancel, get, ack, nack, reject and recover.
+
+use super::publish::{Settlement, DIRECT_REPLY_TO};
+use super::{Channel, ConnCtx};
+use crate::broker::consumer::Consumer;
+use crate::broker::ReplyTo;
+use crate::error::AmqpError;
+use amq_protocol::protocol::{basic, AMQPClass};
+use std::sync::atomic::AtomicU32;
+use std::sync::Arc;
+
+/// A random name suffix as RabbitMQ makes them (`amq.ctag-…`, `amq.gen-…`).
+pub fn random_name(prefix: &str) -> String {
+    use rand::Rng;
+    const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+    let mut rng = rand::thread_rng();
+    let suffix: String = (0..22)
+        .map(|_| ALPHABET[rng.gen_range(0..ALPHABET.len())] as char)
+        .collect();
+    format!("{prefix}{suffix}")
+}
+
+impl Channel {
+    pub(super) fn handle_basic_method(
+        &mut self,
+        ctx: &mut ConnCtx,
+        m: basic::AMQPMethod,
+    ) -> Result<(), AmqpError> {
+        match m {
+            basic::AMQPMethod::Qos(q) => {
+                if q.global {
+                    tracing::debug!(
+                        channel = self.id(),
+                        "basic.qos global=true: prefetch shared by the channel's consumers"
+                    );
+                }
+                self.shared.set_prefetch(q.prefetch_count, q.global);
+                self.shared
+                    .send(AMQPClass::Basic(basic::AMQPMethod::QosOk(basic::QosOk {})));
+            }
+            basic::AMQPMethod::Consume(c) => self.handle_basic_consume(ctx, c)?,
+            basic::AMQPMethod::Cancel(c) => self.handle_basic_cancel(ctx, c),
+            basic::AMQPMethod::Get(g) => self.handle_basic_get(ctx, g)?,
+            basic::AMQPMethod::Recover(r) => {
+                self.handle_basic_recover(r.requeue);
+                self.shared
+                    .send(AMQPClass::Basic(basic::AMQPMethod::RecoverOk(
+                        basic::RecoverOk {},
+                    )));
+            }
+            basic::AMQPMethod::RecoverAsync(r) => self.handle_basic_recover(r.requeue),
+            other => {
+                return Err(AmqpError::command_invalid(format_args!(
+                    "method 60.{} not valid from a client",
+                    AMQPClass::Basic(other).get_amqp_method_id()
+                )))
+            }
+        }
+        Ok(())
+    }
+
+    fn handle_basic_consume(
+        &mut self,
+        ctx: &mut ConnCtx,
+        c: basic::Consume,
+    ) -> Result<(), AmqpError> {
+        let tag = if c.consumer_tag.as_str().is_empty() {
+            random_name("amq.ctag-")
+        } else {
+            c.consumer_tag.to_string()
+        };
+        if self.shared.has_consumer(&tag)
+            || self.reply_to_consumer_tag.as_deref() == Some(tag.as_str())
+        {
+            return Err(AmqpError::not_allowed(format_args!(
+                "attempt to reuse consumer tag '{tag}'"
+            )));
+        }
+        if c.queue.as_str() == DIRECT_REPLY_TO {
+            return self.consume_direct_reply_to(ctx, c, tag);
+        }
+        let queue = ctx.vhost.queue(self.queue_name(c.queue.as_str())?)?;
+        queue.check_owner(ctx.id)?;
+        let consumer = Arc::new(Consumer {
+            tag: tag.clone(),
+            channel: self.shared.clone(),
+            queue: queue.clone(),
+            no_ack: c.no_ack,
+            exclusive: c.exclusive,
+            prefetch: self.shared.consumer_prefetch(),
+            arguments: c.arguments,
+            unacked: AtomicU32::new(0),
+        });
+        // Register with the channel first, so deliveries made while the
+        // queue adds the consumer find it; consume-ok must precede them.
+        if !c.nowait {
+            self.shared
+                .send(AMQPClass::Basic(basic::AMQPMethod::ConsumeOk(
+                    basic::ConsumeOk {
+                        consumer_tag: tag.as_str().into(),
+                    },
+                )));
+        }
+        self.shared.add_consumer(consumer.clone());
+        if let Err(e) = queue.add_consumer(consumer) {
+            self.shared.remove_consumer(&tag);
+            return Err(e);
+        }
+        Ok(())
+    }
+
+    fn consume_direct_reply_to(
+        &mut self,
+        ctx: &mut ConnCtx,
+        c: basic::Consume,
+        tag: String,
+    ) -> Result<(), AmqpError> {
+        if !c.no_ack {
+            return Err(AmqpError::precondition_failed(
+                "reply consumer cannot acknowledge",
+            ));
+        }
+        if self.reply_to.is_some() {
+            return Err(AmqpError::precondition_failed("reply consumer already set"));
+        }
+        let address = random_name(&format!("{DIRECT_REPLY_TO}."));
+        ctx.broker.reply_to.insert(
+            address.clone(),
+            ReplyTo {
+                channel: self.shared.clone(),
+                consumer_tag: tag.clone(),
+            },
+        );
+        self.reply_to = Some(address);
+        self.reply_to_consumer_tag = Some(tag.clone());
+        if !c.nowait {
+            self.shared
+                .send(AMQPClass::Basic(basic::AMQPMethod::ConsumeOk(
+                    basic::ConsumeOk {
+                        consumer_tag: tag.as_str().into(),
+                    },
+                )));
+        }
+        Ok(())
+    }
+
+    fn handle_basic_cancel(&mut self, ctx: &mut ConnCtx, c: basic::Cancel) {
+        let tag = c.consumer_tag.as_str();
+        if self.reply_to_consumer_tag.as_deref() == Some(tag) {
+            if let Some(address) = self.reply_to.take() {
+                ctx.broker.reply_to.remove(&address);
+            }
+            self.reply_to_consumer_tag = None;
+        } else if let Some(consumer) = self.shared.remove_consumer(tag) {
+            if consumer.queue.remove_consumer(&consumer) {
+                ctx.vhost.delete_queue(&consumer.queue);
+            }
+        }
+        if !c.nowait {
+            self.shared
+                .send(AMQPClass::Basic(basic::AMQPMethod::CancelOk(
+                    basic::CancelOk {
+                        consumer_tag: c.consumer_tag,
+                    },
+                )));
+        }
+    }
+
+    fn handle_basic_get(&mut self, ctx: &mut ConnCtx, g: basic::Get) -> Result<(), AmqpError> {
+        let queue = ctx.vhost.queue(self.queue_name(g.queue.as_str())?)?;
+        queue.check_owner(ctx.id)?;
+        match queue.get(g.no_ack) {
+            Some((msg, remaining)) => self.shared.deliver_get(&queue, msg, remaining, g.no_ack),
+            None => self
+                .shared
+                .send(AMQPClass::Basic(basic::AMQPMethod::GetEmpty(
+                    basic::GetEmpty {},
+                ))),
+        }
+        Ok(())
+    }
+
+    pub(super) fn handle_basic_ack(
+        &mut self,
+        delivery_tag: u64,
+        multiple: bool,
+    ) -> Result<(), AmqpError> {
+        if let Some(txn) = self.tx.as_mut() {
+            if !self.shared.has_unacked(delivery_tag, multiple) {
+                return Err(AmqpError::precondition_failed(format_args!(
+                    "unknown delivery tag {delivery_tag}"
+                )));
+            }
+            txn.settlements.push(Settlement::Ack {
+                delivery_tag,
+                multiple,
+            });
+            return Ok(());
+        }
+        let taken = self.shared.take_unacked(delivery_tag, multiple)?;
+        self.shared.settle(taken, false);
+        Ok(())
+    }
+
+    pub(super) fn handle_basic_nack(
+        &mut self,
+        delivery_tag: u64,
+        multiple: bool,
+        requeue: bool,
+    ) -> Result<(), AmqpError> {
+        if let Some(txn) = self.tx.as_mut() {
+            if !self.shared.has_unacked(delivery_tag, multiple) {
+                return Err(AmqpError::precondition_failed(format_args!(
+                    "unknown delivery tag {delivery_tag}"
+                )));
+            }
+            txn.settlements.push(Settlement::Nack {
+                delivery_tag,
+                multiple,
+                requeue,
+            });
+            return Ok(());
+        }
+        let taken = self.shared.take_unacked(delivery_tag, multiple)?;
+        self.shared.settle(taken, requeue);
+        Ok(())
+    }
+
+    /// basic.recover: every unacknowledged delivery goes back to its queue
+    /// (RabbitMQ requeues for requeue=false as well).
+    fn handle_basic_recover(&mut self, _requeue: bool) {
+        let taken = self.shared.take_all_unacked();
+        self.shared.settle(taken, true);
+    }
+}

@@ -1,0 +1,268 @@
+//! A channel as its connection's reader task sees it: the state machine for
+//! content frames, confirms, transactions, and the method handlers.
+
+pub mod basic;
+pub mod publish;
+pub mod shared;
+pub mod topology;
+
+use crate::broker::queue::Queue;
+use crate::broker::vhost::VHost;
+use crate::broker::Broker;
+use crate::connection::outbox::Outbox;
+use crate::error::AmqpError;
+use crate::protocol::method::Method;
+use amq_protocol::protocol::{channel, confirm, tx, AMQPClass};
+use publish::{PendingContent, Transaction};
+use shared::ChannelShared;
+use std::sync::Arc;
+
+/// What channel handlers need from their connection.
+pub struct ConnCtx {
+    pub id: u64,
+    pub broker: Arc<Broker>,
+    pub vhost: Arc<VHost>,
+    pub user: String,
+    pub outbox: Arc<Outbox>,
+    pub frame_max: u32,
+    pub cancel_notify: bool,
+    /// Exclusive queues this connection declared, deleted when it closes.
+    pub exclusive_queues: Vec<Arc<Queue>>,
+}
+
+pub struct Channel {
+    pub shared: Arc<ChannelShared>,
+    /// The broker sent channel.close and waits for close-ok; everything else
+    /// on the channel is discarded meanwhile.
+    pub closing: bool,
+    content: Option<PendingContent>,
+    confirm: Option<publish::Confirms>,
+    tx: Option<Transaction>,
+    /// The queue last declared on this channel (an empty queue name means it).
+    last_queue: Option<String>,
+    /// This channel's direct reply-to address while it consumes from
+    /// `amq.rabbitmq.reply-to`.
+    reply_to: Option<String>,
+    reply_to_consumer_tag: Option<String>,
+}
+
+/// A handler's outcome besides errors: whether the channel is gone.
+pub enum Outcome {
+    Continue,
+    /// The client closed the channel (close-ok already sent).
+    Closed,
+}
+
+impl Channel {
+    pub fn new(shared: Arc<ChannelShared>) -> Channel {
+        Channel {
+            shared,
+            closing: false,
+            content: None,
+            confirm: None,
+            tx: None,
+            last_queue: None,
+            reply_to: None,
+            reply_to_consumer_tag: None,
+        }
+    }
+
+    pub fn id(&self) -> u16 {
+        self.shared.id
+    }
+
+    /// Handles a method frame; errors carry the failing class and method.
+    pub fn handle_method(
+        &mut self,
+        ctx: &mut ConnCtx,
+        method: Method,
+    ) -> Result<Outcome, AmqpError> {
+        if let Some(content) = &self.content {
+            return Err(content.unexpected_frame());
+        }
+        match method {
+            Method::Publish(p) => self
+                .handle_basic_publish(p)
+                .map_err(|e| e.on_method(60, 40)),
+            Method::Ack {
+                delivery_tag,
+                multiple,
+            } => self
+                .handle_basic_ack(delivery_tag, multiple)
+                .map_err(|e| e.on_method(60, 80)),
+            Method::Nack {
+                delivery_tag,
+                multiple,
+                requeue,
+            } => self
+                .handle_basic_nack(delivery_tag, multiple, requeue)
+                .map_err(|e| e.on_method(60, 120)),
+            Method::Reject {
+                delivery_tag,
+                requeue,
+            } => self
+                .handle_basic_nack(delivery_tag, false, requeue)
+                .map_err(|e| e.on_method(60, 90)),
+            Method::Other(class) => {
+                let (class_id, method_id) = (class.get_amqp_class_id(), class.get_amqp_method_id());
+                return self
+                    .handle_class(ctx, *class)
+                    .map_err(|e| e.on_method(class_id, method_id));
+            }
+        }
+        .map(|()| Outcome::Continue)
+    }
+
+    fn handle_class(&mut self, ctx: &mut ConnCtx, class: AMQPClass) -> Result<Outcome, AmqpError> {
+        match class {
+            AMQPClass::Channel(m) => return self.handle_channel_method(ctx, m),
+            AMQPClass::Exchange(m) => self.handle_exchange_method(ctx, m)?,
+            AMQPClass::Queue(m) => self.handle_queue_method(ctx, m)?,
+            AMQPClass::Basic(m) => self.handle_basic_method(ctx, m)?,
+            AMQPClass::Confirm(confirm::AMQPMethod::Select(s)) => {
+                self.handle_confirm_select(s.nowait)?
+            }
+            AMQPClass::Tx(m) => self.handle_tx_method(ctx, m)?,
+            AMQPClass::Access(_) => {
+                self.shared.send(AMQPClass::Access(
+                    amq_protocol::protocol::access::AMQPMethod::RequestOk(
+                        amq_protocol::protocol::access::RequestOk {},
+                    ),
+                ));
+            }
+            other => {
+                return Err(AmqpError::command_invalid(format_args!(
+                    "method {}.{} not valid from a client",
+                    other.get_amqp_class_id(),
+                    other.get_amqp_method_id()
+                )))
+            }
+        }
+        Ok(Outcome::Continue)
+    }
+
+    fn handle_channel_method(
+        &mut self,
+        ctx: &mut ConnCtx,
+        m: channel::AMQPMethod,
+    ) -> Result<Outcome, AmqpError> {
+        match m {
+            channel::AMQPMethod::Open(_) => {
+                Err(AmqpError::channel_error("second 'channel.open' seen"))
+            }
+            channel::AMQPMethod::Flow(f) => {
+                self.shared.set_flow(f.active);
+                self.shared
+                    .send(AMQPClass::Channel(channel::AMQPMethod::FlowOk(
+                        channel::FlowOk { active: f.active },
+                    )));
+                if f.active {
+                    self.shared.settle(Vec::new(), false);
+                }
+                Ok(Outcome::Continue)
+            }
+            channel::AMQPMethod::Close(_) => {
+                self.release(ctx);
+                self.shared
+                    .send(AMQPClass::Channel(channel::AMQPMethod::CloseOk(
+                        channel::CloseOk {},
+                    )));
+                Ok(Outcome::Closed)
+            }
+            channel::AMQPMethod::CloseOk(_) => Ok(Outcome::Closed),
+            other => Err(AmqpError::command_invalid(format_args!(
+                "method 20.{} not valid from a client",
+                AMQPClass::Channel(other).get_amqp_method_id()
+            ))),
+        }
+    }
+
+    fn handle_confirm_select(&mut self, nowait: bool) -> Result<(), AmqpError> {
+        if self.tx.is_some() {
+            return Err(AmqpError::precondition_failed(
+                "cannot switch from tx to confirm mode",
+            ));
+        }
+        if self.confirm.is_none() {
+            self.confirm = Some(publish::Confirms::default());
+        }
+        if !nowait {
+            self.shared
+                .send(AMQPClass::Confirm(confirm::AMQPMethod::SelectOk(
+                    confirm::SelectOk {},
+                )));
+        }
+        Ok(())
+    }
+
+    fn handle_tx_method(&mut self, ctx: &mut ConnCtx, m: tx::AMQPMethod) -> Result<(), AmqpError> {
+        match m {
+            tx::AMQPMethod::Select(_) => {
+                if self.confirm.is_some() {
+                    return Err(AmqpError::precondition_failed(
+                        "cannot switch from confirm to tx mode",
+                    ));
+                }
+                self.tx.get_or_insert_with(Transaction::default);
+                self.shared
+                    .send(AMQPClass::Tx(tx::AMQPMethod::SelectOk(tx::SelectOk {})));
+            }
+            tx::AMQPMethod::Commit(_) => {
+                let Some(txn) = self.tx.as_mut() else {
+                    return Err(AmqpError::precondition_failed(
+                        "channel is not transactional",
+                    ));
+                };
+                let work = std::mem::take(txn);
+                self.commit(ctx, work)?;
+                self.shared
+                    .send(AMQPClass::Tx(tx::AMQPMethod::CommitOk(tx::CommitOk {})));
+            }
+            tx::AMQPMethod::Rollback(_) => {
+                let Some(txn) = self.tx.as_mut() else {
+                    return Err(AmqpError::precondition_failed(
+                        "channel is not transactional",
+                    ));
+                };
+                *txn = Transaction::default();
+                self.shared
+                    .send(AMQPClass::Tx(tx::AMQPMethod::RollbackOk(tx::RollbackOk {})));
+            }
+            other => {
+                return Err(AmqpError::command_invalid(format_args!(
+                    "method 90.{} not valid from a client",
+                    AMQPClass::Tx(other).get_amqp_method_id()
+                )))
+            }
+        }
+        Ok(())
+    }
+
+    /// Releases everything the channel holds: consumers are cancelled (and
+    /// auto-delete queues they leave empty deleted), unacknowledged messages
+    /// go back to their queues.
+    pub fn release(&mut self, ctx: &ConnCtx) {
+        self.content = None;
+        self.tx = None;
+        if let Some(name) = self.reply_to.take() {
+            ctx.broker.reply_to.remove(&name);
+        }
+        let (consumers, unacked) = self.shared.close();
+        for consumer in consumers {
+            if consumer.queue.remove_consumer(&consumer) {
+                ctx.vhost.delete_queue(&consumer.queue);
+            }
+        }
+        self.shared.settle(unacked, true);
+    }
+
+    /// Resolves an empty queue name to the channel's last declared queue.
+    fn queue_name<'a>(&'a self, name: &'a str) -> Result<&'a str, AmqpError> {
+        if !name.is_empty() {
+            return Ok(name);
+        }
+        self.last_queue
+            .as_deref()
+            .ok_or_else(|| AmqpError::not_found("no previously declared queue"))
+    }
+}

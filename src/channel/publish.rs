@@ -1,0 +1,312 @@
+//! basic.publish: assembling content frames into a message, routing it,
+//! returns, publisher confirms and transactions.
+
+use super::{Channel, ConnCtx};
+use crate::broker::exchange::RoutingInfo;
+use crate::broker::message::Message;
+use crate::error::AmqpError;
+use crate::protocol::encode;
+use crate::protocol::method::{Publish, Reader};
+use crate::protocol::properties::PropertiesView;
+use bytes::{Bytes, BytesMut};
+use std::sync::Arc;
+
+pub const DIRECT_REPLY_TO: &str = "amq.rabbitmq.reply-to";
+
+/// A publish whose content frames are still arriving.
+pub struct PendingContent {
+    publish: Publish,
+    /// Set once the content header arrived.
+    header: Option<ContentHeader>,
+    body: BytesMut,
+}
+
+struct ContentHeader {
+    body_size: u64,
+    properties: Bytes,
+    view: PropertiesView,
+}
+
+impl PendingContent {
+    pub fn unexpected_frame(&self) -> AmqpError {
+        if self.header.is_none() {
+            AmqpError::unexpected_frame(
+                "expected content header for class 60, got non content header frame instead",
+            )
+        } else {
+            AmqpError::unexpected_frame("expected content body, got non content body frame instead")
+        }
+    }
+}
+
+/// Publisher-confirm state: sequence numbers and acks not yet sent.
+#[derive(Default)]
+pub struct Confirms {
+    next_seq: u64,
+    /// Highest sequence number confirmed but not yet acked to the client.
+    ack_pending: Option<u64>,
+}
+
+/// Work buffered by tx.select until tx.commit.
+#[derive(Default)]
+pub struct Transaction {
+    pub publishes: Vec<(Publish, Arc<Message>, PropertiesView)>,
+    pub settlements: Vec<Settlement>,
+}
+
+pub enum Settlement {
+    Ack {
+        delivery_tag: u64,
+        multiple: bool,
+    },
+    Nack {
+        delivery_tag: u64,
+        multiple: bool,
+        requeue: bool,
+    },
+}
+
+impl Channel {
+    pub(super) fn handle_basic_publish(&mut self, publish: Publish) -> Result<(), AmqpError> {
+        if publish.immediate {
+            return Err(AmqpError::not_implemented("immediate=true"));
+        }
+        self.content = Some(PendingContent {
+            publish,
+            header: None,
+            body: BytesMut::new(),
+        });
+        Ok(())
+    }
+
+    /// A content header frame on this channel.
+    pub fn handle_content_header(
+        &mut self,
+        ctx: &mut ConnCtx,
+        payload: &[u8],
+    ) -> Result<(), AmqpError> {
+        let Some(content) = self.content.as_mut().filter(|c| c.header.is_none()) else {
+            return Err(self.unexpected_content("content header"));
+        };
+        let mut r = Reader::new(payload);
+        let (class_id, _weight, body_size) = match (r.u16(), r.u16(), r.u64()) {
+            (Some(c), Some(w), Some(s)) => (c, w, s),
+            _ => return Err(AmqpError::frame_error("content header too short").on_method(60, 40)),
+        };
+        if class_id != crate::protocol::CLASS_BASIC {
+            return Err(AmqpError::frame_error(format_args!(
+                "content header for unknown class {class_id}"
+            )));
+        }
+        let max = ctx.broker.config.limits.max_message_size;
+        if body_size > max {
+            self.content = None;
+            return Err(AmqpError::precondition_failed(format_args!(
+                "message size {body_size} is larger than configured max size {max}"
+            ))
+            .on_method(60, 40));
+        }
+        let properties = Bytes::copy_from_slice(&payload[12..]);
+        let view = PropertiesView::scan(&properties).map_err(|_| {
+            AmqpError::syntax_error("malformed content header properties").on_method(60, 40)
+        })?;
+        content.body = BytesMut::with_capacity(body_size as usize);
+        content.header = Some(ContentHeader {
+            body_size,
+            properties,
+            view,
+        });
+        if body_size == 0 {
+            return self.finish_publish(ctx);
+        }
+        Ok(())
+    }
+
+    /// A content body frame on this channel.
+    pub fn handle_content_body(
+        &mut self,
+        ctx: &mut ConnCtx,
+        payload: &[u8],
+    ) -> Result<(), AmqpError> {
+        let Some(content) = self.content.as_mut().filter(|c| c.header.is_some()) else {
+            return Err(self.unexpected_content("content body"));
+        };
+        let expected = content.header.as_ref().map_or(0, |h| h.body_size);
+        if content.body.len() as u64 + payload.len() as u64 > expected {
+            return Err(AmqpError::frame_error(format_args!(
+                "content body exceeds the declared body size {expected}"
+            )));
+        }
+        content.body.extend_from_slice(payload);
+        if content.body.len() as u64 == expected {
+            return self.finish_publish(ctx);
+        }
+        Ok(())
+    }
+
+    fn unexpected_content(&self, what: &str) -> AmqpError {
+        match &self.content {
+            Some(c) => c.unexpected_frame(),
+            None => AmqpError::unexpected_frame(format_args!(
+                "expected method frame, got non method frame ({what}) instead"
+            )),
+        }
+    }
+
+    fn finish_publish(&mut self, ctx: &mut ConnCtx) -> Result<(), AmqpError> {
+        let content = self.content.take().expect("content in progress");
+        let header = content.header.expect("header received");
+        let result = self.publish_message(
+            ctx,
+            content.publish,
+            header.properties,
+            header.view,
+            content.body.freeze(),
+        );
+        result.map_err(|e| e.on_method(60, 40))
+    }
+
+    fn publish_message(
+        &mut self,
+        ctx: &mut ConnCtx,
+        publish: Publish,
+        mut properties: Bytes,
+        mut view: PropertiesView,
+        body: Bytes,
+    ) -> Result<(), AmqpError> {
+        let exchange = ctx.vhost.exchange(&publish.exchange)?;
+        if exchange.internal {
+            return Err(AmqpError::access_refused(format_args!(
+                "cannot publish to internal exchange '{}' in vhost '{}'",
+                exchange.name, ctx.vhost.name
+            )));
+        }
+        if let Some(user_id) = PropertiesView::str(&properties, &view.user_id) {
+            if user_id != ctx.user.as_bytes() {
+                return Err(AmqpError::precondition_failed(format_args!(
+                    "user_id property set to '{}' but authenticated user was '{}'",
+                    String::from_utf8_lossy(user_id),
+                    ctx.user
+                )));
+            }
+        }
+        if PropertiesView::str(&properties, &view.reply_to) == Some(DIRECT_REPLY_TO.as_bytes()) {
+            let Some(address) = self.reply_to.as_deref() else {
+                return Err(AmqpError::precondition_failed(
+                    "fast reply consumer does not exist",
+                ));
+            };
+            properties = view.with_reply_to(&properties, address);
+            view = PropertiesView::scan(&properties).expect("rewritten properties are well formed");
+        }
+        let message = Arc::new(Message {
+            exchange: publish.exchange.clone(),
+            routing_key: publish.routing_key.clone(),
+            persistent: view.is_persistent(),
+            properties,
+            body,
+        });
+        if let Some(txn) = self.tx.as_mut() {
+            txn.publishes.push((publish, message, view));
+            return Ok(());
+        }
+        self.route_message(ctx, &publish, message, &view);
+        Ok(())
+    }
+
+    /// Routes a complete message, sends basic.return when mandatory and
+    /// unroutable, and records the confirm.
+    pub(super) fn route_message(
+        &mut self,
+        ctx: &ConnCtx,
+        publish: &Publish,
+        message: Arc<Message>,
+        view: &PropertiesView,
+    ) {
+        let routed =
+            if publish.exchange.is_empty() && publish.routing_key.starts_with(DIRECT_REPLY_TO) {
+                match ctx.broker.reply_to.get(&publish.routing_key) {
+                    Some(target) => {
+                        target
+                            .channel
+                            .deliver_direct(&target.consumer_tag, &message);
+                        true
+                    }
+                    None => false,
+                }
+            } else {
+                match ctx.vhost.exchange(&publish.exchange) {
+                    Ok(exchange) => {
+                        let headers = || view.headers(&message.properties);
+                        let info = RoutingInfo {
+                            routing_key: &publish.routing_key,
+                            headers: &headers,
+                        };
+                        let queues = ctx.vhost.route(&exchange, &info);
+                        for queue in &queues {
+                            queue.publish(message.clone());
+                        }
+                        !queues.is_empty()
+                    }
+                    Err(_) => false,
+                }
+            };
+        if !routed && publish.mandatory {
+            let id = self.id();
+            let frame_max = ctx.frame_max;
+            ctx.outbox.push(|buf| {
+                encode::basic_return(
+                    buf,
+                    id,
+                    312,
+                    "NO_ROUTE",
+                    &message.exchange,
+                    &message.routing_key,
+                );
+                encode::content(buf, id, &message.properties, &message.body, frame_max);
+            });
+        }
+        if let Some(confirms) = self.confirm.as_mut() {
+            confirms.next_seq += 1;
+            confirms.ack_pending = Some(confirms.next_seq);
+        }
+    }
+
+    /// Sends the acks owed to the publisher, one `multiple` ack for all.
+    /// Called once per batch of frames read, so acks coalesce under load.
+    pub fn flush_confirms(&mut self) {
+        if let Some(upto) = self.confirm.as_mut().and_then(|c| c.ack_pending.take()) {
+            let id = self.id();
+            self.shared
+                .outbox
+                .push(|buf| encode::basic_ack(buf, id, upto, true));
+        }
+    }
+
+    /// Applies a committed transaction: publishes, then settlements, in order.
+    pub(super) fn commit(&mut self, ctx: &mut ConnCtx, txn: Transaction) -> Result<(), AmqpError> {
+        for (publish, message, view) in txn.publishes {
+            self.route_message(ctx, &publish, message, &view);
+        }
+        for s in txn.settlements {
+            match s {
+                Settlement::Ack {
+                    delivery_tag,
+                    multiple,
+                } => {
+                    let taken = self.shared.take_unacked(delivery_tag, multiple)?;
+                    self.shared.settle(taken, false);
+                }
+                Settlement::Nack {
+                    delivery_tag,
+                    multiple,
+                    requeue,
+                } => {
+                    let taken = self.shared.take_unacked(delivery_tag, multiple)?;
+                    self.shared.settle(taken, requeue);
+                }
+            }
+        }
+        Ok(())
+    }
+}

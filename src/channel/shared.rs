@@ -1,0 +1,350 @@
+//! The part of a channel that queues on other connections touch: delivery
+//! tags, unacknowledged messages, prefetch limits and consumers.
+
+use crate::broker::consumer::Consumer;
+use crate::broker::message::Message;
+use crate::broker::queue::Queue;
+use crate::connection::outbox::Outbox;
+use crate::error::AmqpError;
+use crate::protocol::encode;
+use crate::store::QueuedMessage;
+use amq_protocol::protocol::{basic, AMQPClass};
+use parking_lot::Mutex;
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+pub struct ChannelShared {
+    pub id: u16,
+    pub connection_id: u64,
+    pub outbox: Arc<Outbox>,
+    pub frame_max: u32,
+    /// The client understands broker-initiated basic.cancel.
+    pub cancel_notify: bool,
+    state: Mutex<DeliveryState>,
+}
+
+/// A delivery awaiting ack, nack or reject.
+pub struct Unacked {
+    pub delivery_tag: u64,
+    pub queue: Arc<Queue>,
+    pub message: QueuedMessage,
+    pub consumer: Option<Arc<Consumer>>,
+}
+
+struct DeliveryState {
+    next_delivery_tag: u64,
+    /// In delivery-tag order.
+    unacked: VecDeque<Unacked>,
+    /// basic.qos global=false: the limit given to consumers created later.
+    consumer_prefetch: u16,
+    /// basic.qos global=true: the limit across all the channel's consumers.
+    channel_prefetch: u16,
+    /// Unacked deliveries to consumers (basic.get ones do not count).
+    consumer_unacked: u32,
+    flow_active: bool,
+    closed: bool,
+    consumers: HashMap<String, Arc<Consumer>>,
+}
+
+impl ChannelShared {
+    pub fn new(
+        id: u16,
+        connection_id: u64,
+        outbox: Arc<Outbox>,
+        frame_max: u32,
+        cancel_notify: bool,
+    ) -> ChannelShared {
+        ChannelShared {
+            id,
+            connection_id,
+            outbox,
+            frame_max,
+            cancel_notify,
+            state: Mutex::new(DeliveryState {
+                next_delivery_tag: 1,
+                unacked: VecDeque::new(),
+                consumer_prefetch: 0,
+                channel_prefetch: 0,
+                consumer_unacked: 0,
+                flow_active: true,
+                closed: false,
+                consumers: HashMap::new(),
+            }),
+        }
+    }
+
+    /// Sends a method frame on this channel.
+    pub fn send(&self, class: AMQPClass) {
+        self.outbox.push(|buf| encode::method(buf, self.id, &class));
+    }
+
+    /// Called by a queue, under its lock: delivers `msg` to `consumer` if the
+    /// channel has room, or hands it back.
+    pub fn try_deliver(
+        &self,
+        consumer: &Arc<Consumer>,
+        queue: &Arc<Queue>,
+        msg: QueuedMessage,
+    ) -> Result<(), QueuedMessage> {
+        let mut st = self.state.lock();
+        if st.closed || !st.flow_active {
+            return Err(msg);
+        }
+        if !consumer.no_ack {
+            if consumer.prefetch > 0
+                && consumer.unacked.load(Ordering::Relaxed) >= consumer.prefetch as u32
+            {
+                return Err(msg);
+            }
+            if st.channel_prefetch > 0 && st.consumer_unacked >= st.channel_prefetch as u32 {
+                return Err(msg);
+            }
+        }
+        if self.outbox.is_full() {
+            self.outbox.wait_for_space(queue);
+            return Err(msg);
+        }
+        let tag = st.next_delivery_tag;
+        st.next_delivery_tag += 1;
+        let m = &msg.message;
+        self.outbox.push(|buf| {
+            encode::basic_deliver(
+                buf,
+                self.id,
+                &consumer.tag,
+                tag,
+                msg.redelivered,
+                &m.exchange,
+                &m.routing_key,
+            );
+            encode::content(buf, self.id, &m.properties, &m.body, self.frame_max);
+        });
+        if !consumer.no_ack {
+            consumer.unacked.fetch_add(1, Ordering::Relaxed);
+            st.consumer_unacked += 1;
+            st.unacked.push_back(Unacked {
+                delivery_tag: tag,
+                queue: queue.clone(),
+                message: msg,
+                consumer: Some(consumer.clone()),
+            });
+        }
+        Ok(())
+    }
+
+    /// Sends basic.get-ok for a message taken from `queue`.
+    pub fn deliver_get(
+        &self,
+        queue: &Arc<Queue>,
+        msg: QueuedMessage,
+        remaining: usize,
+        no_ack: bool,
+    ) {
+        let mut st = self.state.lock();
+        let tag = st.next_delivery_tag;
+        st.next_delivery_tag += 1;
+        let m = &msg.message;
+        self.outbox.push(|buf| {
+            encode::basic_get_ok(
+                buf,
+                self.id,
+                tag,
+                msg.redelivered,
+                &m.exchange,
+                &m.routing_key,
+                remaining as u32,
+            );
+            encode::content(buf, self.id, &m.properties, &m.body, self.frame_max);
+        });
+        if !no_ack {
+            st.unacked.push_back(Unacked {
+                delivery_tag: tag,
+                queue: queue.clone(),
+                message: msg,
+                consumer: None,
+            });
+        }
+    }
+
+    /// Direct reply-to: delivers without a queue, as an auto-ack delivery.
+    pub fn deliver_direct(&self, consumer_tag: &str, message: &Message) {
+        let mut st = self.state.lock();
+        if st.closed {
+            return;
+        }
+        let tag = st.next_delivery_tag;
+        st.next_delivery_tag += 1;
+        self.outbox.push(|buf| {
+            encode::basic_deliver(
+                buf,
+                self.id,
+                consumer_tag,
+                tag,
+                false,
+                &message.exchange,
+                &message.routing_key,
+            );
+            encode::content(
+                buf,
+                self.id,
+                &message.properties,
+                &message.body,
+                self.frame_max,
+            );
+        });
+    }
+
+    /// Removes the deliveries an ack/nack/reject names. `delivery_tag` 0 with
+    /// `multiple` means all of them.
+    pub fn take_unacked(
+        &self,
+        delivery_tag: u64,
+        multiple: bool,
+    ) -> Result<Vec<Unacked>, AmqpError> {
+        let mut st = self.state.lock();
+        let taken: Vec<Unacked> = if multiple {
+            let upto = if delivery_tag == 0 {
+                u64::MAX
+            } else {
+                delivery_tag
+            };
+            if delivery_tag != 0 && !st.unacked.iter().any(|u| u.delivery_tag == delivery_tag) {
+                return Err(AmqpError::precondition_failed(format_args!(
+                    "unknown delivery tag {delivery_tag}"
+                )));
+            }
+            let n = st.unacked.partition_point(|u| u.delivery_tag <= upto);
+            st.unacked.drain(..n).collect()
+        } else {
+            let Ok(i) = st
+                .unacked
+                .binary_search_by_key(&delivery_tag, |u| u.delivery_tag)
+            else {
+                return Err(AmqpError::precondition_failed(format_args!(
+                    "unknown delivery tag {delivery_tag}"
+                )));
+            };
+            vec![st.unacked.remove(i).expect("index found by search")]
+        };
+        Self::release_credit(&mut st, &taken);
+        Ok(taken)
+    }
+
+    /// Every outstanding delivery (channel close, basic.recover).
+    pub fn take_all_unacked(&self) -> Vec<Unacked> {
+        let mut st = self.state.lock();
+        let taken: Vec<Unacked> = st.unacked.drain(..).collect();
+        Self::release_credit(&mut st, &taken);
+        taken
+    }
+
+    fn release_credit(st: &mut DeliveryState, taken: &[Unacked]) {
+        for u in taken {
+            if let Some(c) = &u.consumer {
+                c.unacked.fetch_sub(1, Ordering::Relaxed);
+                st.consumer_unacked -= 1;
+            }
+        }
+    }
+
+    /// Settles deliveries with their queues (requeueing or dropping them),
+    /// then lets the queues this channel consumes from use the freed credit.
+    pub fn settle(&self, taken: Vec<Unacked>, requeue: bool) {
+        let mut queues: Vec<Arc<Queue>> = Vec::new();
+        let mut batch: Vec<QueuedMessage> = Vec::new();
+        let mut current: Option<Arc<Queue>> = None;
+        let mut dropped = 0usize;
+        let flush = |queue: &Arc<Queue>, batch: &mut Vec<QueuedMessage>, dropped: &mut usize| {
+            if requeue {
+                queue.requeue(batch.drain(..));
+            } else {
+                queue.settle(*dropped);
+            }
+            *dropped = 0;
+        };
+        for u in taken {
+            if current.as_ref().is_some_and(|q| !Arc::ptr_eq(q, &u.queue)) {
+                let q = current.take().expect("checked");
+                flush(&q, &mut batch, &mut dropped);
+                queues.push(q);
+            }
+            current = Some(u.queue);
+            batch.push(u.message);
+            dropped += 1;
+        }
+        if let Some(q) = current {
+            flush(&q, &mut batch, &mut dropped);
+            queues.push(q);
+        }
+        for c in self.state.lock().consumers.values() {
+            queues.push(c.queue.clone());
+        }
+        queues.sort_by_key(|q| Arc::as_ptr(q) as usize);
+        queues.dedup_by(|a, b| Arc::ptr_eq(a, b));
+        for q in queues {
+            q.dispatch();
+        }
+    }
+
+    pub fn set_prefetch(&self, prefetch: u16, global: bool) {
+        let mut st = self.state.lock();
+        if global {
+            st.channel_prefetch = prefetch;
+        } else {
+            st.consumer_prefetch = prefetch;
+        }
+    }
+
+    pub fn consumer_prefetch(&self) -> u16 {
+        self.state.lock().consumer_prefetch
+    }
+
+    pub fn set_flow(&self, active: bool) {
+        self.state.lock().flow_active = active;
+    }
+
+    /// Whether an ack for `delivery_tag` would be valid (checked before a
+    /// transaction buffers it).
+    pub fn has_unacked(&self, delivery_tag: u64, multiple: bool) -> bool {
+        let st = self.state.lock();
+        (multiple && delivery_tag == 0) || st.unacked.iter().any(|u| u.delivery_tag == delivery_tag)
+    }
+
+    pub fn has_consumer(&self, tag: &str) -> bool {
+        self.state.lock().consumers.contains_key(tag)
+    }
+
+    pub fn add_consumer(&self, consumer: Arc<Consumer>) {
+        self.state
+            .lock()
+            .consumers
+            .insert(consumer.tag.clone(), consumer);
+    }
+
+    pub fn remove_consumer(&self, tag: &str) -> Option<Arc<Consumer>> {
+        self.state.lock().consumers.remove(tag)
+    }
+
+    /// The queue deleted itself: forget the consumer and tell the client.
+    pub fn cancel_by_broker(&self, consumer: &Arc<Consumer>) {
+        let removed = self.state.lock().consumers.remove(&consumer.tag).is_some();
+        if removed && self.cancel_notify {
+            self.send(AMQPClass::Basic(basic::AMQPMethod::Cancel(basic::Cancel {
+                consumer_tag: consumer.tag.as_str().into(),
+                nowait: true,
+            })));
+        }
+    }
+
+    /// Marks the channel closed and returns its consumers and deliveries,
+    /// which the caller cancels and requeues.
+    pub fn close(&self) -> (Vec<Arc<Consumer>>, Vec<Unacked>) {
+        let mut st = self.state.lock();
+        st.closed = true;
+        let consumers = st.consumers.drain().map(|(_, c)| c).collect();
+        let unacked: Vec<Unacked> = st.unacked.drain(..).collect();
+        Self::release_credit(&mut st, &unacked);
+        (consumers, unacked)
+    }
+}

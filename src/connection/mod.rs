@@ -1,0 +1,689 @@
+//! One client connection: the handshake, then a reader loop that owns the
+//! decoder and every channel's state, and a writer task draining the outbox.
+
+pub mod auth;
+pub mod outbox;
+
+use crate::broker::{Broker, ConnectionHandle};
+use crate::channel::shared::ChannelShared;
+use crate::channel::{Channel, ConnCtx, Outcome};
+use crate::error::{AmqpError, ReplyCode};
+use crate::protocol::frame::{decode_frame, Frame, FrameType};
+use crate::protocol::method::{decode_method, method_ids, Method};
+use crate::protocol::{encode, PROTOCOL_HEADER};
+use amq_protocol::protocol::{connection, AMQPClass};
+use amq_protocol::types::{AMQPValue, FieldTable, LongString, ShortString};
+use bytes::BytesMut;
+use outbox::Outbox;
+use parking_lot::Mutex;
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::io::AsyncReadExt;
+use tokio::net::tcp::OwnedReadHalf;
+use tokio::net::TcpStream;
+use tokio::sync::watch;
+use tracing::{debug, info, warn};
+
+/// How long to wait for close-ok after sending connection.close.
+const CLOSE_OK_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// Serves one client until it disconnects, fails, or is closed by the broker.
+pub async fn serve(
+    socket: TcpStream,
+    peer: SocketAddr,
+    broker: Arc<Broker>,
+    shutdown: watch::Receiver<bool>,
+) {
+    let _ = socket.set_nodelay(true);
+    let (read, write) = socket.into_split();
+    let outbox = Arc::new(Outbox::default());
+    let heartbeat = Arc::new(Mutex::new(None));
+    let writer = tokio::spawn(outbox.clone().run_writer(write, heartbeat.clone()));
+    let mut conn = Connection {
+        reader: FrameReader {
+            read,
+            buf: BytesMut::with_capacity(64 * 1024),
+            frame_max: broker.config.limits.frame_max,
+        },
+        id: broker.next_id(),
+        peer,
+        broker,
+        outbox: outbox.clone(),
+        heartbeat,
+        shutdown,
+    };
+    conn.run().await;
+    outbox.close();
+    let _ = tokio::time::timeout(Duration::from_secs(5), writer).await;
+}
+
+struct FrameReader {
+    read: OwnedReadHalf,
+    buf: BytesMut,
+    frame_max: u32,
+}
+
+enum ReadError {
+    /// The peer closed the socket or the read failed.
+    Closed,
+    /// Nothing arrived within the allowed time (missed heartbeats, handshake).
+    Timeout,
+    Protocol(AmqpError),
+}
+
+impl FrameReader {
+    /// Reads more bytes; `Closed` on EOF.
+    async fn fill(&mut self, timeout: Option<Duration>) -> Result<(), ReadError> {
+        let read = self.read.read_buf(&mut self.buf);
+        let n = match timeout {
+            Some(t) => tokio::time::timeout(t, read)
+                .await
+                .map_err(|_| ReadError::Timeout)?,
+            None => read.await,
+        };
+        match n {
+            Ok(0) | Err(_) => Err(ReadError::Closed),
+            Ok(_) => Ok(()),
+        }
+    }
+
+    fn next_buffered(&mut self) -> Result<Option<Frame>, ReadError> {
+        decode_frame(&mut self.buf, self.frame_max).map_err(ReadError::Protocol)
+    }
+
+    async fn next_frame(&mut self, timeout: Option<Duration>) -> Result<Frame, ReadError> {
+        loop {
+            if let Some(frame) = self.next_buffered()? {
+                return Ok(frame);
+            }
+            self.fill(timeout).await?;
+        }
+    }
+}
+
+struct Connection {
+    reader: FrameReader,
+    id: u64,
+    peer: SocketAddr,
+    broker: Arc<Broker>,
+    outbox: Arc<Outbox>,
+    heartbeat: Arc<Mutex<Option<Duration>>>,
+    shutdown: watch::Receiver<bool>,
+}
+
+/// Results of the handshake the reader loop needs.
+struct Session {
+    ctx: ConnCtx,
+    channel_max: u16,
+    heartbeat: Option<Duration>,
+}
+
+impl Connection {
+    async fn run(&mut self) {
+        let handshake_timeout =
+            Duration::from_millis(self.broker.config.limits.handshake_timeout_ms);
+        let session = match tokio::time::timeout(handshake_timeout, self.handshake()).await {
+            Ok(Ok(Some(session))) => session,
+            Ok(Ok(None)) => return,
+            Ok(Err(err)) => {
+                warn!(peer = %self.peer, error = %err, "handshake failed");
+                self.send_connection_close(&err);
+                self.await_close_ok().await;
+                return;
+            }
+            Err(_) => {
+                warn!(peer = %self.peer, "handshake timed out");
+                return;
+            }
+        };
+        let (close_tx, close_rx) = watch::channel(None);
+        self.broker.connections.insert(
+            self.id,
+            ConnectionHandle {
+                vhost: session.ctx.vhost.name.clone(),
+                user: session.ctx.user.clone(),
+                peer: self.peer.to_string(),
+                close: close_tx,
+            },
+        );
+        info!(peer = %self.peer, user = %session.ctx.user, vhost = %session.ctx.vhost.name, "connection opened");
+        let mut open = OpenConnection {
+            ctx: session.ctx,
+            channels: HashMap::new(),
+            channel_max: session.channel_max,
+            frame_timeout: session.heartbeat.map(|h| h * 2),
+        };
+        let reason = self.serve_frames(&mut open, close_rx).await;
+        open.release();
+        self.broker.connections.remove(&self.id);
+        info!(peer = %self.peer, reason, "connection closed");
+    }
+
+    /// Protocol header, start/start-ok, tune/tune-ok, open/open-ok.
+    /// `Ok(None)`: the socket is done without an AMQP error to report.
+    async fn handshake(&mut self) -> Result<Option<Session>, AmqpError> {
+        let mut header = [0u8; 8];
+        if self.reader.buf.len() < 8 {
+            let need = 8 - self.reader.buf.len();
+            let mut tmp = vec![0u8; need];
+            if self.reader.read.read_exact(&mut tmp).await.is_err() {
+                return Ok(None);
+            }
+            self.reader.buf.extend_from_slice(&tmp);
+        }
+        header.copy_from_slice(&self.reader.buf.split_to(8));
+        if &header != PROTOCOL_HEADER {
+            debug!(peer = %self.peer, ?header, "bad protocol header");
+            self.outbox
+                .push(|buf| buf.extend_from_slice(PROTOCOL_HEADER));
+            return Ok(None);
+        }
+        self.send0(AMQPClass::Connection(connection::AMQPMethod::Start(
+            connection::Start {
+                version_major: 0,
+                version_minor: 9,
+                server_properties: server_properties(),
+                mechanisms: LongString::from("PLAIN AMQPLAIN"),
+                locales: LongString::from("en_US"),
+            },
+        )));
+
+        let start_ok = match self.expect_connection_method().await? {
+            Some(connection::AMQPMethod::StartOk(s)) => s,
+            Some(_) => {
+                return Err(
+                    AmqpError::command_invalid("expected connection.start-ok").on_method(10, 11)
+                )
+            }
+            None => return Ok(None),
+        };
+        let cancel_notify =
+            client_capability(&start_ok.client_properties, "consumer_cancel_notify");
+        let mechanism = start_ok.mechanism.as_str();
+        let Some((user, password)) = auth::credentials(mechanism, start_ok.response.as_bytes())
+        else {
+            return Err(if mechanism == "PLAIN" || mechanism == "AMQPLAIN" {
+                AmqpError::access_refused(format_args!("Login was refused using authentication mechanism {mechanism}. For details see the broker logfile."))
+            } else {
+                AmqpError::access_refused(format_args!("unsupported authentication mechanism '{mechanism}'"))
+            }
+            .on_method(10, 11));
+        };
+        if self.broker.authenticate(&user, &password).is_none() {
+            warn!(peer = %self.peer, %user, "authentication failed");
+            return Err(AmqpError::access_refused(format_args!(
+                "Login was refused using authentication mechanism {mechanism}. For details see the broker logfile."
+            ))
+            .on_method(10, 11));
+        }
+        if self.broker.is_loopback_only(&user) && !self.peer.ip().is_loopback() {
+            warn!(peer = %self.peer, %user, "user may only connect via localhost");
+            return Err(AmqpError::access_refused(format_args!(
+                "user '{user}' can only connect via localhost"
+            ))
+            .on_method(10, 11));
+        }
+
+        let limits = self.broker.config.limits.clone();
+        self.send0(AMQPClass::Connection(connection::AMQPMethod::Tune(
+            connection::Tune {
+                channel_max: limits.channel_max,
+                frame_max: limits.frame_max,
+                heartbeat: limits.heartbeat,
+            },
+        )));
+        let tune_ok = match self.expect_connection_method().await? {
+            Some(connection::AMQPMethod::TuneOk(t)) => t,
+            Some(_) => {
+                return Err(
+                    AmqpError::command_invalid("expected connection.tune-ok").on_method(10, 31)
+                )
+            }
+            None => return Ok(None),
+        };
+        let channel_max = match tune_ok.channel_max {
+            0 => limits.channel_max,
+            n if n > limits.channel_max => {
+                return Err(AmqpError::not_allowed(format_args!(
+                    "channel_max={n} > {} max",
+                    limits.channel_max
+                ))
+                .on_method(10, 31))
+            }
+            n => n,
+        };
+        let frame_max = match tune_ok.frame_max {
+            0 => limits.frame_max,
+            n if n < 4096 => {
+                return Err(
+                    AmqpError::not_allowed(format_args!("frame_max={n} < 4096 min size"))
+                        .on_method(10, 31),
+                )
+            }
+            n if n > limits.frame_max => {
+                return Err(AmqpError::not_allowed(format_args!(
+                    "frame_max={n} > {} max size",
+                    limits.frame_max
+                ))
+                .on_method(10, 31))
+            }
+            n => n,
+        };
+        self.reader.frame_max = frame_max;
+        let heartbeat =
+            (tune_ok.heartbeat > 0).then(|| Duration::from_secs(tune_ok.heartbeat as u64));
+        // Send at half the interval so the peer always sees one in time.
+        *self.heartbeat.lock() = heartbeat.map(|h| (h / 2).max(Duration::from_millis(500)));
+
+        let open = match self.expect_connection_method().await? {
+            Some(connection::AMQPMethod::Open(o)) => o,
+            Some(_) => {
+                return Err(AmqpError::command_invalid("expected connection.open").on_method(10, 40))
+            }
+            None => return Ok(None),
+        };
+        let Some(vhost) = self.broker.vhost(open.virtual_host.as_str()) else {
+            return Err(AmqpError::not_allowed(format_args!(
+                "vhost {} not found",
+                open.virtual_host
+            ))
+            .on_method(10, 40));
+        };
+        self.send0(AMQPClass::Connection(connection::AMQPMethod::OpenOk(
+            connection::OpenOk {},
+        )));
+        Ok(Some(Session {
+            ctx: ConnCtx {
+                id: self.id,
+                broker: self.broker.clone(),
+                vhost,
+                user,
+                outbox: self.outbox.clone(),
+                frame_max,
+                cancel_notify,
+                exclusive_queues: Vec::new(),
+            },
+            channel_max,
+            heartbeat,
+        }))
+    }
+
+    /// The next connection-class method on channel 0 during the handshake
+    /// (heartbeats skipped); `None` when the client went away or closed.
+    async fn expect_connection_method(
+        &mut self,
+    ) -> Result<Option<connection::AMQPMethod>, AmqpError> {
+        loop {
+            let frame = match self.reader.next_frame(None).await {
+                Ok(f) => f,
+                Err(ReadError::Protocol(e)) => return Err(e),
+                Err(_) => return Ok(None),
+            };
+            match frame.kind {
+                FrameType::Heartbeat => continue,
+                FrameType::Method if frame.channel == 0 => match decode_method(&frame.payload)? {
+                    Method::Other(class) => match *class {
+                        AMQPClass::Connection(connection::AMQPMethod::Close(_)) => {
+                            self.send0(AMQPClass::Connection(connection::AMQPMethod::CloseOk(
+                                connection::CloseOk {},
+                            )));
+                            return Ok(None);
+                        }
+                        AMQPClass::Connection(m) => return Ok(Some(m)),
+                        other => {
+                            return Err(AmqpError::command_invalid(
+                                "expected a connection method during the handshake",
+                            )
+                            .on_method(other.get_amqp_class_id(), other.get_amqp_method_id()))
+                        }
+                    },
+                    _ => {
+                        return Err(AmqpError::command_invalid(
+                            "expected a connection method during the handshake",
+                        ))
+                    }
+                },
+                _ => {
+                    return Err(AmqpError::unexpected_frame(
+                        "expected a method frame on channel 0 during the handshake",
+                    ))
+                }
+            }
+        }
+    }
+
+    fn send0(&self, class: AMQPClass) {
+        self.outbox.push(|buf| encode::method(buf, 0, &class));
+    }
+
+    fn send_connection_close(&self, err: &AmqpError) {
+        self.send0(AMQPClass::Connection(connection::AMQPMethod::Close(
+            connection::Close {
+                reply_code: err.code as u16,
+                reply_text: short_string(&err.text),
+                class_id: err.class_id,
+                method_id: err.method_id,
+            },
+        )));
+    }
+
+    /// After sending connection.close, discards frames until close-ok (or
+    /// the client's own close) arrives, or a timeout.
+    async fn await_close_ok(&mut self) {
+        let wait = async {
+            loop {
+                let frame = match self.reader.next_frame(None).await {
+                    Ok(f) => f,
+                    Err(ReadError::Protocol(_)) => {
+                        // Skip undecodable bytes: the connection is going anyway.
+                        return;
+                    }
+                    Err(_) => return,
+                };
+                if frame.kind == FrameType::Method && frame.channel == 0 {
+                    match method_ids(&frame.payload) {
+                        (10, 51) => return,
+                        (10, 50) => {
+                            self.send0(AMQPClass::Connection(connection::AMQPMethod::CloseOk(
+                                connection::CloseOk {},
+                            )));
+                            return;
+                        }
+                        _ => {}
+                    }
+                }
+            }
+        };
+        let _ = tokio::time::timeout(CLOSE_OK_TIMEOUT, wait).await;
+    }
+
+    /// The main loop. Returns why the connection ended.
+    async fn serve_frames(
+        &mut self,
+        open: &mut OpenConnection,
+        mut close_rx: watch::Receiver<Option<String>>,
+    ) -> &'static str {
+        loop {
+            loop {
+                let frame = match self.reader.next_buffered() {
+                    Ok(Some(frame)) => frame,
+                    Ok(None) => break,
+                    Err(ReadError::Protocol(err)) => return self.fail(open, err).await,
+                    Err(_) => return "closed",
+                };
+                match open.handle_frame(frame) {
+                    Ok(FrameOutcome::Continue) => {}
+                    Ok(FrameOutcome::ClientClosed) => {
+                        open.release();
+                        self.send0(AMQPClass::Connection(connection::AMQPMethod::CloseOk(
+                            connection::CloseOk {},
+                        )));
+                        return "client closed the connection";
+                    }
+                    Err(err) => return self.fail(open, err).await,
+                }
+            }
+            open.flush_confirms();
+            tokio::select! {
+                r = self.reader.fill(open.frame_timeout) => match r {
+                    Ok(()) => {}
+                    Err(ReadError::Timeout) => {
+                        warn!(peer = %self.peer, "missed heartbeats from client, closing connection");
+                        return "missed heartbeats";
+                    }
+                    Err(_) => return "client disconnected",
+                },
+                _ = self.shutdown.changed() => {
+                    let err = AmqpError::new(ReplyCode::ConnectionForced, "broker forced connection closure with reason 'shutdown'");
+                    return self.force_close(open, err).await;
+                }
+                _ = close_rx.changed() => {
+                    let reason = close_rx.borrow().clone().unwrap_or_else(|| "closed via management".into());
+                    let err = AmqpError::new(ReplyCode::ConnectionForced, reason);
+                    return self.force_close(open, err).await;
+                }
+            }
+        }
+    }
+
+    async fn fail(&mut self, open: &mut OpenConnection, err: AmqpError) -> &'static str {
+        warn!(peer = %self.peer, error = %err, "closing connection on error");
+        open.release();
+        self.send_connection_close(&err);
+        self.await_close_ok().await;
+        "connection error"
+    }
+
+    async fn force_close(&mut self, open: &mut OpenConnection, err: AmqpError) -> &'static str {
+        open.release();
+        self.send_connection_close(&err);
+        self.await_close_ok().await;
+        "closed by the broker"
+    }
+}
+
+enum FrameOutcome {
+    Continue,
+    ClientClosed,
+}
+
+/// A connection past its handshake: its channels and their context.
+struct OpenConnection {
+    ctx: ConnCtx,
+    channels: HashMap<u16, Channel>,
+    channel_max: u16,
+    /// Silence longer than this (two heartbeat intervals) drops the peer.
+    frame_timeout: Option<Duration>,
+}
+
+impl OpenConnection {
+    fn handle_frame(&mut self, frame: Frame) -> Result<FrameOutcome, AmqpError> {
+        if frame.channel == 0 {
+            return self.handle_channel0(frame);
+        }
+        if frame.kind == FrameType::Heartbeat {
+            return Err(AmqpError::frame_error(format_args!(
+                "heartbeat frame on channel {}",
+                frame.channel
+            )));
+        }
+        let id = frame.channel;
+        let Some(channel) = self.channels.get_mut(&id) else {
+            return self.open_channel(frame).map(|()| FrameOutcome::Continue);
+        };
+        if channel.closing {
+            // Only close and close-ok matter until the client confirms.
+            if frame.kind == FrameType::Method {
+                match method_ids(&frame.payload) {
+                    (20, 41) => {
+                        self.channels.remove(&id);
+                    }
+                    (20, 40) => {
+                        channel.shared.send(AMQPClass::Channel(
+                            amq_protocol::protocol::channel::AMQPMethod::CloseOk(
+                                amq_protocol::protocol::channel::CloseOk {},
+                            ),
+                        ));
+                        self.channels.remove(&id);
+                    }
+                    _ => {}
+                }
+            }
+            return Ok(FrameOutcome::Continue);
+        }
+        let result = match frame.kind {
+            FrameType::Method => {
+                decode_method(&frame.payload).and_then(|m| channel.handle_method(&mut self.ctx, m))
+            }
+            FrameType::Header => channel
+                .handle_content_header(&mut self.ctx, &frame.payload)
+                .map(|()| Outcome::Continue),
+            FrameType::Body => channel
+                .handle_content_body(&mut self.ctx, &frame.payload)
+                .map(|()| Outcome::Continue),
+            FrameType::Heartbeat => unreachable!("handled above"),
+        };
+        match result {
+            Ok(Outcome::Continue) => {}
+            Ok(Outcome::Closed) => {
+                self.channels.remove(&id);
+            }
+            Err(err) if err.is_connection_error() => return Err(err),
+            Err(err) => {
+                debug!(channel = id, error = %err, "closing channel on error");
+                let channel = self.channels.get_mut(&id).expect("channel exists");
+                channel.release(&self.ctx);
+                channel.closing = true;
+                channel.shared.send(AMQPClass::Channel(
+                    amq_protocol::protocol::channel::AMQPMethod::Close(
+                        amq_protocol::protocol::channel::Close {
+                            reply_code: err.code as u16,
+                            reply_text: short_string(&err.text),
+                            class_id: err.class_id,
+                            method_id: err.method_id,
+                        },
+                    ),
+                ));
+            }
+        }
+        Ok(FrameOutcome::Continue)
+    }
+
+    fn open_channel(&mut self, frame: Frame) -> Result<(), AmqpError> {
+        let id = frame.channel;
+        let ids = method_ids(&frame.payload);
+        if frame.kind != FrameType::Method || ids != (20, 10) {
+            return Err(AmqpError::channel_error("expected 'channel.open'").on_method(ids.0, ids.1));
+        }
+        if id > self.channel_max {
+            return Err(AmqpError::not_allowed(format_args!(
+                "channel number {id} exceeds the negotiated channel_max ({})",
+                self.channel_max
+            ))
+            .on_method(20, 10));
+        }
+        let shared = Arc::new(ChannelShared::new(
+            id,
+            self.ctx.id,
+            self.ctx.outbox.clone(),
+            self.ctx.frame_max,
+            self.ctx.cancel_notify,
+        ));
+        shared.send(AMQPClass::Channel(
+            amq_protocol::protocol::channel::AMQPMethod::OpenOk(
+                amq_protocol::protocol::channel::OpenOk {},
+            ),
+        ));
+        self.channels.insert(id, Channel::new(shared));
+        Ok(())
+    }
+
+    fn handle_channel0(&mut self, frame: Frame) -> Result<FrameOutcome, AmqpError> {
+        match frame.kind {
+            FrameType::Heartbeat => Ok(FrameOutcome::Continue),
+            FrameType::Method => match decode_method(&frame.payload)? {
+                Method::Other(class) => match *class {
+                    AMQPClass::Connection(connection::AMQPMethod::Close(c)) => {
+                        debug!(reply_code = c.reply_code, reply_text = %c.reply_text, "client closed connection");
+                        Ok(FrameOutcome::ClientClosed)
+                    }
+                    AMQPClass::Connection(connection::AMQPMethod::CloseOk(_)) => {
+                        Ok(FrameOutcome::ClientClosed)
+                    }
+                    AMQPClass::Connection(connection::AMQPMethod::Blocked(_))
+                    | AMQPClass::Connection(connection::AMQPMethod::Unblocked(_)) => {
+                        Ok(FrameOutcome::Continue)
+                    }
+                    AMQPClass::Connection(connection::AMQPMethod::UpdateSecret(_)) => {
+                        self.ctx.outbox.push(|buf| {
+                            encode::method(
+                                buf,
+                                0,
+                                &AMQPClass::Connection(connection::AMQPMethod::UpdateSecretOk(
+                                    connection::UpdateSecretOk {},
+                                )),
+                            )
+                        });
+                        Ok(FrameOutcome::Continue)
+                    }
+                    other => Err(AmqpError::command_invalid(format_args!(
+                        "unexpected method {}.{} on channel 0",
+                        other.get_amqp_class_id(),
+                        other.get_amqp_method_id()
+                    ))
+                    .on_method(other.get_amqp_class_id(), other.get_amqp_method_id())),
+                },
+                _ => Err(AmqpError::command_invalid("unexpected method on channel 0")),
+            },
+            _ => Err(AmqpError::unexpected_frame("content frame on channel 0")),
+        }
+    }
+
+    fn flush_confirms(&mut self) {
+        for channel in self.channels.values_mut() {
+            channel.flush_confirms();
+        }
+    }
+
+    /// Releases every channel and the connection's exclusive queues.
+    fn release(&mut self) {
+        for (_, mut channel) in self.channels.drain() {
+            channel.release(&self.ctx);
+        }
+        for queue in std::mem::take(&mut self.ctx.exclusive_queues) {
+            self.ctx.vhost.delete_queue(&queue);
+        }
+    }
+}
+
+/// A reply text that fits a short string (RabbitMQ truncates too).
+fn short_string(text: &str) -> ShortString {
+    let mut end = text.len().min(255);
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    ShortString::from(&text[..end])
+}
+
+fn client_capability(props: &FieldTable, name: &str) -> bool {
+    match props.inner().get("capabilities") {
+        Some(AMQPValue::FieldTable(caps)) => {
+            matches!(caps.inner().get(name), Some(AMQPValue::Boolean(true)))
+        }
+        _ => false,
+    }
+}
+
+fn server_properties() -> FieldTable {
+    let mut caps = FieldTable::default();
+    for cap in [
+        "publisher_confirms",
+        "exchange_exchange_bindings",
+        "basic.nack",
+        "consumer_cancel_notify",
+        "connection.blocked",
+        "per_consumer_qos",
+        "authentication_failure_close",
+        "direct_reply_to",
+    ] {
+        caps.insert(ShortString::from(cap), AMQPValue::Boolean(true));
+    }
+    let mut props = FieldTable::default();
+    let s = |v: &str| AMQPValue::LongString(LongString::from(v));
+    props.insert("product".into(), s("Leveret"));
+    props.insert("version".into(), s(env!("CARGO_PKG_VERSION")));
+    props.insert(
+        "platform".into(),
+        s(&format!("Rust ({})", std::env::consts::OS)),
+    );
+    props.insert("copyright".into(), s("Copyright (c) the Leveret authors"));
+    props.insert(
+        "information".into(),
+        s("A RabbitMQ-compatible AMQP 0-9-1 broker; licensed under MIT"),
+    );
+    props.insert("cluster_name".into(), s("leveret"));
+    props.insert("capabilities".into(), AMQPValue::FieldTable(caps));
+    props
+}

@@ -1,0 +1,129 @@
+//! A connection's outgoing bytes and the task that writes them.
+//!
+//! Anyone (the connection's own reader, queues delivering from other
+//! connections' tasks) encodes frames straight into the outbox buffer; the
+//! writer task takes everything pending and writes it with one `write_all`.
+
+use crate::broker::queue::Queue;
+use crate::protocol::encode;
+use bytes::BytesMut;
+use parking_lot::Mutex;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Weak};
+use std::time::Duration;
+use tokio::io::AsyncWriteExt;
+use tokio::sync::Notify;
+
+/// Above this many unwritten bytes queues stop delivering to the connection
+/// until the writer catches up, so a slow reader cannot make the broker
+/// buffer without bound.
+pub const OUTBOX_HIGH_WATERMARK: usize = 1024 * 1024;
+
+pub struct Outbox {
+    buf: Mutex<BytesMut>,
+    notify: Notify,
+    /// Bytes taken by the writer and not yet written.
+    writing: AtomicUsize,
+    closed: AtomicBool,
+    /// Queues that skipped this connection because it was full.
+    waiting: Mutex<Vec<Weak<Queue>>>,
+}
+
+impl Default for Outbox {
+    fn default() -> Self {
+        Outbox {
+            buf: Mutex::new(BytesMut::with_capacity(64 * 1024)),
+            notify: Notify::new(),
+            writing: AtomicUsize::new(0),
+            closed: AtomicBool::new(false),
+            waiting: Mutex::new(Vec::new()),
+        }
+    }
+}
+
+impl Outbox {
+    /// Encodes frames into the outbox and wakes the writer.
+    pub fn push(&self, encode: impl FnOnce(&mut BytesMut)) {
+        if self.closed.load(Ordering::Acquire) {
+            return;
+        }
+        let mut buf = self.buf.lock();
+        let was_empty = buf.is_empty();
+        encode(&mut buf);
+        drop(buf);
+        if was_empty {
+            self.notify.notify_one();
+        }
+    }
+
+    pub fn is_full(&self) -> bool {
+        self.buf.lock().len() + self.writing.load(Ordering::Relaxed) > OUTBOX_HIGH_WATERMARK
+    }
+
+    /// Remembers a queue to wake once the writer has drained.
+    pub fn wait_for_space(&self, queue: &Arc<Queue>) {
+        let mut waiting = self.waiting.lock();
+        if !waiting.iter().any(|w| w.as_ptr() == Arc::as_ptr(queue)) {
+            waiting.push(Arc::downgrade(queue));
+        }
+    }
+
+    /// Stops accepting frames (the socket is going away).
+    pub fn close(&self) {
+        self.closed.store(true, Ordering::Release);
+        self.notify.notify_one();
+    }
+
+    pub fn is_closed(&self) -> bool {
+        self.closed.load(Ordering::Acquire)
+    }
+
+    /// Writes pending frames until the outbox is closed and drained or the
+    /// socket fails. Sends a heartbeat when nothing was written for
+    /// `heartbeat` (None: never).
+    pub async fn run_writer<W: AsyncWriteExt + Unpin>(
+        self: Arc<Self>,
+        mut socket: W,
+        heartbeat: Arc<Mutex<Option<Duration>>>,
+    ) {
+        let mut spare = BytesMut::with_capacity(64 * 1024);
+        loop {
+            let interval = *heartbeat.lock();
+            let woken = match interval {
+                Some(d) => tokio::time::timeout(d, self.notify.notified())
+                    .await
+                    .is_ok(),
+                None => {
+                    self.notify.notified().await;
+                    true
+                }
+            };
+            let mut data = {
+                let mut buf = self.buf.lock();
+                if !woken && buf.is_empty() {
+                    encode::heartbeat(&mut buf);
+                }
+                std::mem::replace(&mut *buf, std::mem::take(&mut spare))
+            };
+            if !data.is_empty() {
+                self.writing.store(data.len(), Ordering::Relaxed);
+                let result = socket.write_all(&data).await;
+                self.writing.store(0, Ordering::Relaxed);
+                if result.is_err() {
+                    self.closed.store(true, Ordering::Release);
+                    break;
+                }
+                data.clear();
+            }
+            spare = data;
+            let waiting = std::mem::take(&mut *self.waiting.lock());
+            for queue in waiting.iter().filter_map(Weak::upgrade) {
+                queue.dispatch();
+            }
+            if self.closed.load(Ordering::Acquire) && self.buf.lock().is_empty() {
+                break;
+            }
+        }
+        let _ = socket.shutdown().await;
+    }
+}
