@@ -7,6 +7,7 @@
 
 pub mod consumer;
 pub mod exchange;
+pub mod memory;
 pub mod message;
 pub mod queue;
 pub mod vhost;
@@ -14,6 +15,7 @@ pub mod vhost;
 use crate::channel::shared::ChannelShared;
 use crate::config::Config;
 use dashmap::DashMap;
+use memory::MemoryGauge;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use tokio::sync::watch;
@@ -47,6 +49,8 @@ pub struct Broker {
     /// Direct reply-to consumers by their `amq.rabbitmq.reply-to.…` name.
     pub reply_to: DashMap<String, ReplyTo>,
     pub connections: DashMap<u64, ConnectionHandle>,
+    /// Ready-message bytes across all queues, against the high watermark.
+    pub memory: Arc<MemoryGauge>,
     next_id: AtomicU64,
 }
 
@@ -58,6 +62,7 @@ impl Broker {
             reply_to: DashMap::new(),
             connections: DashMap::new(),
             next_id: AtomicU64::new(1),
+            memory: Arc::new(MemoryGauge::new(config.limits.memory_high_watermark)),
             config,
         };
         broker.add_vhost(&broker.config.auth.default_vhost.clone());
@@ -75,7 +80,7 @@ impl Broker {
     pub fn add_vhost(&self, name: &str) -> Arc<VHost> {
         self.vhosts
             .entry(name.to_string())
-            .or_insert_with(|| Arc::new(VHost::new(name.to_string())))
+            .or_insert_with(|| Arc::new(VHost::new(name.to_string(), self.memory.clone())))
             .clone()
     }
 

@@ -5,6 +5,7 @@
 //! does I/O while holding it.
 
 use super::consumer::Consumer;
+use super::memory::MemoryGauge;
 use super::message::Message;
 use crate::error::AmqpError;
 use crate::store::memory::MemoryStore;
@@ -21,6 +22,7 @@ pub struct Queue {
     pub exclusive_owner: Option<u64>,
     pub auto_delete: bool,
     pub arguments: FieldTable,
+    memory: Arc<MemoryGauge>,
     state: Mutex<QueueState>,
 }
 
@@ -52,8 +54,10 @@ impl Queue {
         exclusive_owner: Option<u64>,
         auto_delete: bool,
         arguments: FieldTable,
+        memory: Arc<MemoryGauge>,
     ) -> Queue {
         Queue {
+            memory,
             name,
             vhost,
             durable,
@@ -106,6 +110,7 @@ impl Queue {
         if st.deleted {
             return;
         }
+        let before = st.ready.bytes();
         let seq = st.next_seq;
         st.next_seq += 1;
         st.ready.push(QueuedMessage {
@@ -114,12 +119,20 @@ impl Queue {
             redelivered: false,
         });
         self.dispatch_locked(&mut st);
+        self.account(before, &st);
+    }
+
+    /// Reports the change in ready bytes since `before` to the memory gauge.
+    fn account(&self, before: usize, st: &QueueState) {
+        self.memory.add(st.ready.bytes() as i64 - before as i64);
     }
 
     /// Delivers ready messages to consumers with capacity, round-robin.
     pub fn dispatch(self: &Arc<Self>) {
         let mut st = self.state.lock();
+        let before = st.ready.bytes();
         self.dispatch_locked(&mut st);
+        self.account(before, &st);
     }
 
     fn dispatch_locked(self: &Arc<Self>, st: &mut QueueState) {
@@ -150,6 +163,7 @@ impl Queue {
     pub fn get(&self, no_ack: bool) -> Option<(QueuedMessage, usize)> {
         let mut st = self.state.lock();
         let msg = st.ready.pop()?;
+        self.memory.add(-(msg.message.size() as i64));
         if !no_ack {
             st.unacked += 1;
         }
@@ -166,6 +180,7 @@ impl Queue {
     /// flagged redelivered, and delivers again.
     pub fn requeue(self: &Arc<Self>, messages: impl IntoIterator<Item = QueuedMessage>) {
         let mut st = self.state.lock();
+        let before = st.ready.bytes();
         for mut msg in messages {
             st.unacked = st.unacked.saturating_sub(1);
             if st.deleted {
@@ -175,9 +190,16 @@ impl Queue {
             st.ready.requeue(msg);
         }
         self.dispatch_locked(&mut st);
+        self.account(before, &st);
     }
 
-    pub fn add_consumer(self: &Arc<Self>, consumer: Arc<Consumer>) -> Result<(), AmqpError> {
+    /// Adds a consumer unless exclusivity forbids it; `on_added` runs (to
+    /// send consume-ok) before the first delivery to it.
+    pub fn add_consumer(
+        self: &Arc<Self>,
+        consumer: Arc<Consumer>,
+        on_added: impl FnOnce(),
+    ) -> Result<(), AmqpError> {
         let mut st = self.state.lock();
         if st.consumers.iter().any(|c| c.exclusive) {
             return Err(AmqpError::access_refused(format_args!(
@@ -191,9 +213,12 @@ impl Queue {
                 self.name, self.vhost
             )));
         }
+        on_added();
         st.consumers.push(consumer);
         st.had_consumer = true;
+        let before = st.ready.bytes();
         self.dispatch_locked(&mut st);
+        self.account(before, &st);
         Ok(())
     }
 
@@ -209,7 +234,11 @@ impl Queue {
     }
 
     pub fn purge(&self) -> usize {
-        self.state.lock().ready.purge()
+        let mut st = self.state.lock();
+        let before = st.ready.bytes();
+        let count = st.ready.purge();
+        self.account(before, &st);
+        count
     }
 
     /// Checks queue.delete's if-unused / if-empty conditions.
@@ -235,7 +264,9 @@ impl Queue {
     pub fn mark_deleted(&self) -> (Vec<Arc<Consumer>>, usize) {
         let mut st = self.state.lock();
         st.deleted = true;
+        let before = st.ready.bytes();
         let count = st.ready.purge();
+        self.account(before, &st);
         (std::mem::take(&mut st.consumers), count)
     }
 }

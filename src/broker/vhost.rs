@@ -1,6 +1,7 @@
 //! A virtual host: its exchanges, queues and the routing between them.
 
 use super::exchange::{Binding, Destination, Exchange, ExchangeKind, RoutingInfo};
+use super::memory::MemoryGauge;
 use super::queue::Queue;
 use crate::error::AmqpError;
 use amq_protocol::types::{AMQPValue, FieldTable};
@@ -10,6 +11,7 @@ use std::sync::Arc;
 
 pub struct VHost {
     pub name: String,
+    memory: Arc<MemoryGauge>,
     exchanges: DashMap<String, Arc<Exchange>>,
     queues: DashMap<String, Arc<Queue>>,
 }
@@ -78,9 +80,10 @@ fn show(v: Option<&AMQPValue>) -> String {
 }
 
 impl VHost {
-    pub fn new(name: String) -> VHost {
+    pub fn new(name: String, memory: Arc<MemoryGauge>) -> VHost {
         let vhost = VHost {
             name,
+            memory,
             exchanges: DashMap::new(),
             queues: DashMap::new(),
         };
@@ -344,6 +347,7 @@ impl VHost {
             d.exclusive.then_some(d.connection),
             d.auto_delete,
             d.arguments.clone(),
+            self.memory.clone(),
         ));
         let mut created = false;
         let queue = self

@@ -42,13 +42,22 @@ impl Channel {
             basic::AMQPMethod::Cancel(c) => self.handle_basic_cancel(ctx, c),
             basic::AMQPMethod::Get(g) => self.handle_basic_get(ctx, g)?,
             basic::AMQPMethod::Recover(r) => {
-                self.handle_basic_recover(r.requeue);
+                if !r.requeue {
+                    return Err(AmqpError::not_implemented("requeue=false"));
+                }
+                // recover-ok first: the redeliveries follow it, as in RabbitMQ.
                 self.shared
                     .send(AMQPClass::Basic(basic::AMQPMethod::RecoverOk(
                         basic::RecoverOk {},
                     )));
+                self.handle_basic_recover();
             }
-            basic::AMQPMethod::RecoverAsync(r) => self.handle_basic_recover(r.requeue),
+            basic::AMQPMethod::RecoverAsync(r) => {
+                if !r.requeue {
+                    return Err(AmqpError::not_implemented("requeue=false"));
+                }
+                self.handle_basic_recover();
+            }
             other => {
                 return Err(AmqpError::command_invalid(format_args!(
                     "method 60.{} not valid from a client",
@@ -91,18 +100,21 @@ impl Channel {
             arguments: c.arguments,
             unacked: AtomicU32::new(0),
         });
-        // Register with the channel first, so deliveries made while the
-        // queue adds the consumer find it; consume-ok must precede them.
-        if !c.nowait {
-            self.shared
-                .send(AMQPClass::Basic(basic::AMQPMethod::ConsumeOk(
+        // Registered with the channel first, so deliveries made as the queue
+        // adds the consumer find it; consume-ok goes out once the queue has
+        // accepted the consumer and before any delivery.
+        self.shared.add_consumer(consumer.clone());
+        let shared = self.shared.clone();
+        let accepted = queue.add_consumer(consumer, || {
+            if !c.nowait {
+                shared.send(AMQPClass::Basic(basic::AMQPMethod::ConsumeOk(
                     basic::ConsumeOk {
                         consumer_tag: tag.as_str().into(),
                     },
                 )));
-        }
-        self.shared.add_consumer(consumer.clone());
-        if let Err(e) = queue.add_consumer(consumer) {
+            }
+        });
+        if let Err(e) = accepted {
             self.shared.remove_consumer(&tag);
             return Err(e);
         }
@@ -226,9 +238,9 @@ impl Channel {
         Ok(())
     }
 
-    /// basic.recover: every unacknowledged delivery goes back to its queue
-    /// (RabbitMQ requeues for requeue=false as well).
-    fn handle_basic_recover(&mut self, _requeue: bool) {
+    /// basic.recover requeue=true: every unacknowledged delivery goes back
+    /// to its queue.
+    fn handle_basic_recover(&mut self) {
         let taken = self.shared.take_all_unacked();
         self.shared.settle(taken, true);
     }

@@ -26,6 +26,11 @@ pub struct ConnCtx {
     pub outbox: Arc<Outbox>,
     pub frame_max: u32,
     pub cancel_notify: bool,
+    /// The client understands connection.blocked / unblocked.
+    pub blocked_notify: bool,
+    /// Set once the connection publishes: only publishers are blocked by
+    /// the memory alarm, so consumers can keep draining.
+    pub has_published: bool,
     /// Exclusive queues this connection declared, deleted when it closes.
     pub exclusive_queues: Vec<Arc<Queue>>,
 }
@@ -82,7 +87,7 @@ impl Channel {
         }
         match method {
             Method::Publish(p) => self
-                .handle_basic_publish(p)
+                .handle_basic_publish(ctx, p)
                 .map_err(|e| e.on_method(60, 40)),
             Method::Ack {
                 delivery_tag,

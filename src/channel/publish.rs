@@ -67,10 +67,15 @@ pub enum Settlement {
 }
 
 impl Channel {
-    pub(super) fn handle_basic_publish(&mut self, publish: Publish) -> Result<(), AmqpError> {
+    pub(super) fn handle_basic_publish(
+        &mut self,
+        ctx: &mut ConnCtx,
+        publish: Publish,
+    ) -> Result<(), AmqpError> {
         if publish.immediate {
             return Err(AmqpError::not_implemented("immediate=true"));
         }
+        ctx.has_published = true;
         self.content = Some(PendingContent {
             publish,
             header: None,

@@ -292,7 +292,10 @@ impl ChannelShared {
         if global {
             st.channel_prefetch = prefetch;
         } else {
+            // RabbitMQ quirk kept for compatibility: a per-consumer qos after
+            // a per-channel one lifts the per-channel limit.
             st.consumer_prefetch = prefetch;
+            st.channel_prefetch = 0;
         }
     }
 

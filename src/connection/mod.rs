@@ -303,6 +303,11 @@ impl Connection {
                 outbox: self.outbox.clone(),
                 frame_max,
                 cancel_notify,
+                blocked_notify: client_capability(
+                    &start_ok.client_properties,
+                    "connection.blocked",
+                ),
+                has_published: false,
                 exclusive_queues: Vec::new(),
             },
             channel_max,
@@ -426,6 +431,11 @@ impl Connection {
                 }
             }
             open.flush_confirms();
+            if open.ctx.has_published && self.broker.memory.is_blocked() {
+                if let Some(reason) = self.wait_while_blocked(open, &mut close_rx).await {
+                    return reason;
+                }
+            }
             tokio::select! {
                 r = self.reader.fill(open.frame_timeout) => match r {
                     Ok(()) => {}
@@ -446,6 +456,41 @@ impl Connection {
                 }
             }
         }
+    }
+
+    /// Stops reading from a publishing connection while the memory alarm is
+    /// on (TCP back-pressure, as RabbitMQ), telling clients that listen.
+    /// Returns a reason when the connection must end meanwhile.
+    async fn wait_while_blocked(
+        &mut self,
+        open: &mut OpenConnection,
+        close_rx: &mut watch::Receiver<Option<String>>,
+    ) -> Option<&'static str> {
+        if open.ctx.blocked_notify {
+            self.send0(AMQPClass::Connection(connection::AMQPMethod::Blocked(
+                connection::Blocked {
+                    reason: "low on memory".into(),
+                },
+            )));
+        }
+        let mut alarm = self.broker.memory.subscribe();
+        tokio::select! {
+            _ = async { alarm.wait_for(|blocked| !*blocked).await.is_ok() } => {}
+            _ = self.shutdown.changed() => {
+                let err = AmqpError::new(ReplyCode::ConnectionForced, "broker forced connection closure with reason 'shutdown'");
+                return Some(self.force_close(open, err).await);
+            }
+            _ = close_rx.changed() => {
+                let reason = close_rx.borrow().clone().unwrap_or_else(|| "closed via management".into());
+                return Some(self.force_close(open, AmqpError::new(ReplyCode::ConnectionForced, reason)).await);
+            }
+        }
+        if open.ctx.blocked_notify {
+            self.send0(AMQPClass::Connection(connection::AMQPMethod::Unblocked(
+                connection::Unblocked {},
+            )));
+        }
+        None
     }
 
     async fn fail(&mut self, open: &mut OpenConnection, err: AmqpError) -> &'static str {

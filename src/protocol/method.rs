@@ -97,7 +97,7 @@ pub fn decode_method(payload: &[u8]) -> Result<Method, AmqpError> {
             })
         }
         _ => match amq_protocol::protocol::parse_class(payload) {
-            Ok((rest, class)) if rest.is_empty() => Ok(Method::Other(Box::new(class))),
+            Ok((&[], class)) => Ok(Method::Other(Box::new(class))),
             Ok(_) => Err(syntax()),
             Err(_) if !is_known_method(class_id, method_id) => Err(AmqpError::command_invalid(
                 format_args!("unknown method {class_id}.{method_id}"),
