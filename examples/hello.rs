@@ -4,17 +4,24 @@
 //! `cargo run --example hello` (AMQP_ADDR overrides the default URL).
 
 use futures_lite::StreamExt;
-use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, QueueDeclareOptions};
+use lapin::options::{
+    BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, QueueDeclareOptions,
+};
 use lapin::types::FieldTable;
 use lapin::{BasicProperties, Connection, ConnectionProperties};
 
 #[tokio::main]
 async fn main() -> Result<(), lapin::Error> {
-    let addr = std::env::var("AMQP_ADDR").unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".into());
+    let addr = std::env::var("AMQP_ADDR")
+        .unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".into());
     let conn = Connection::connect(&addr, ConnectionProperties::default()).await?;
     let channel = conn.create_channel().await?;
     channel
-        .queue_declare("hello".into(), QueueDeclareOptions::default(), FieldTable::default())
+        .queue_declare(
+            "hello".into(),
+            QueueDeclareOptions::default(),
+            FieldTable::default(),
+        )
         .await?;
     channel
         .basic_publish(
@@ -27,7 +34,12 @@ async fn main() -> Result<(), lapin::Error> {
         .await?
         .await?;
     let mut consumer = channel
-        .basic_consume("hello".into(), "".into(), BasicConsumeOptions::default(), FieldTable::default())
+        .basic_consume(
+            "hello".into(),
+            "".into(),
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        )
         .await?;
     if let Some(delivery) = consumer.next().await {
         let delivery = delivery?;

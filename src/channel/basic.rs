@@ -29,9 +29,9 @@ impl Channel {
         match m {
             basic::AMQPMethod::Qos(q) => {
                 if q.global {
-                    tracing::debug!(
+                    tracing::warn!(
                         channel = self.id(),
-                        "basic.qos global=true: prefetch shared by the channel's consumers"
+                        "basic.qos global=true is deprecated in RabbitMQ 4; accepted: the prefetch is shared by the channel's consumers"
                     );
                 }
                 self.shared.set_prefetch(q.prefetch_count, q.global);
