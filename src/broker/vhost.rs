@@ -341,7 +341,10 @@ impl VHost {
             )));
         }
         if d.arguments.contains_key("x-queue-mode") {
-            tracing::warn!(queue = d.name, "x-queue-mode is accepted and ignored (a RabbitMQ 3.x setting)");
+            tracing::warn!(
+                queue = d.name,
+                "x-queue-mode is accepted and ignored (a RabbitMQ 3.x setting)"
+            );
         }
         let queue = Arc::new(Queue::new(
             d.name.to_string(),
