@@ -83,7 +83,7 @@ impl Channel {
         method: Method,
     ) -> Result<Outcome, AmqpError> {
         if let Some(content) = &self.content {
-            return Err(content.unexpected_frame());
+            return Err(content.unexpected_frame().on_method(60, 40));
         }
         match method {
             Method::Publish(p) => self

@@ -91,7 +91,7 @@ impl Channel {
         payload: &[u8],
     ) -> Result<(), AmqpError> {
         let Some(content) = self.content.as_mut().filter(|c| c.header.is_none()) else {
-            return Err(self.unexpected_content("content header"));
+            return Err(self.unexpected_content());
         };
         let mut r = Reader::new(payload);
         let (class_id, _weight, body_size) = match (r.u16(), r.u16(), r.u64()) {
@@ -134,7 +134,7 @@ impl Channel {
         payload: &[u8],
     ) -> Result<(), AmqpError> {
         let Some(content) = self.content.as_mut().filter(|c| c.header.is_some()) else {
-            return Err(self.unexpected_content("content body"));
+            return Err(self.unexpected_content());
         };
         let expected = content.header.as_ref().map_or(0, |h| h.body_size);
         if content.body.len() as u64 + payload.len() as u64 > expected {
@@ -149,12 +149,12 @@ impl Channel {
         Ok(())
     }
 
-    fn unexpected_content(&self, what: &str) -> AmqpError {
+    fn unexpected_content(&self) -> AmqpError {
         match &self.content {
-            Some(c) => c.unexpected_frame(),
-            None => AmqpError::unexpected_frame(format_args!(
-                "expected method frame, got non method frame ({what}) instead"
-            )),
+            Some(c) => c.unexpected_frame().on_method(60, 40),
+            None => {
+                AmqpError::unexpected_frame("expected method frame, got non method frame instead")
+            }
         }
     }
 

@@ -404,6 +404,19 @@ impl Connection {
         let _ = tokio::time::timeout(CLOSE_OK_TIMEOUT, wait).await;
     }
 
+    /// Discards input until the client closes its side, or a timeout.
+    async fn await_eof(&mut self) {
+        let drain = async {
+            loop {
+                self.reader.buf.clear();
+                if self.reader.fill(None).await.is_err() {
+                    return;
+                }
+            }
+        };
+        let _ = tokio::time::timeout(CLOSE_OK_TIMEOUT, drain).await;
+    }
+
     /// The main loop. Returns why the connection ended.
     async fn serve_frames(
         &mut self,
@@ -425,8 +438,12 @@ impl Connection {
                         self.send0(AMQPClass::Connection(connection::AMQPMethod::CloseOk(
                             connection::CloseOk {},
                         )));
+                        // The client closes the socket once it has close-ok;
+                        // closing first can make it see an abort instead.
+                        self.await_eof().await;
                         return "client closed the connection";
                     }
+                    Ok(FrameOutcome::Ended) => return "client sent connection.close-ok",
                     Err(err) => return self.fail(open, err).await,
                 }
             }
@@ -511,7 +528,10 @@ impl Connection {
 
 enum FrameOutcome {
     Continue,
+    /// connection.close from the client: reply close-ok.
     ClientClosed,
+    /// The connection is over with nothing more to send.
+    Ended,
 }
 
 /// A connection past its handshake: its channels and their context.
@@ -529,7 +549,7 @@ impl OpenConnection {
             return self.handle_channel0(frame);
         }
         if frame.kind == FrameType::Heartbeat {
-            return Err(AmqpError::frame_error(format_args!(
+            return Err(AmqpError::unexpected_frame(format_args!(
                 "heartbeat frame on channel {}",
                 frame.channel
             )));
@@ -598,16 +618,23 @@ impl OpenConnection {
 
     fn open_channel(&mut self, frame: Frame) -> Result<(), AmqpError> {
         let id = frame.channel;
+        if frame.kind != FrameType::Method {
+            return Err(AmqpError::unexpected_frame(
+                "expected method frame, got non method frame instead",
+            ));
+        }
         let ids = method_ids(&frame.payload);
-        if frame.kind != FrameType::Method || ids != (20, 10) {
+        if ids != (20, 10) {
             return Err(AmqpError::channel_error("expected 'channel.open'").on_method(ids.0, ids.1));
         }
-        if id > self.channel_max {
+        // Like RabbitMQ, channel_max bounds how many channels are open, not
+        // the channel numbers used.
+        if self.channels.len() >= self.channel_max as usize {
             return Err(AmqpError::not_allowed(format_args!(
-                "channel number {id} exceeds the negotiated channel_max ({})",
+                "number of channels opened ({}) has reached the negotiated channel_max ({})",
+                self.channels.len(),
                 self.channel_max
-            ))
-            .on_method(20, 10));
+            )));
         }
         let shared = Arc::new(ChannelShared::new(
             id,
@@ -635,7 +662,7 @@ impl OpenConnection {
                         Ok(FrameOutcome::ClientClosed)
                     }
                     AMQPClass::Connection(connection::AMQPMethod::CloseOk(_)) => {
-                        Ok(FrameOutcome::ClientClosed)
+                        Ok(FrameOutcome::Ended)
                     }
                     AMQPClass::Connection(connection::AMQPMethod::Blocked(_))
                     | AMQPClass::Connection(connection::AMQPMethod::Unblocked(_)) => {
@@ -653,14 +680,15 @@ impl OpenConnection {
                         });
                         Ok(FrameOutcome::Continue)
                     }
-                    other => Err(AmqpError::command_invalid(format_args!(
-                        "unexpected method {}.{} on channel 0",
+                    other => Err(unexpected_on_channel0(
                         other.get_amqp_class_id(),
-                        other.get_amqp_method_id()
-                    ))
-                    .on_method(other.get_amqp_class_id(), other.get_amqp_method_id())),
+                        other.get_amqp_method_id(),
+                    )),
                 },
-                _ => Err(AmqpError::command_invalid("unexpected method on channel 0")),
+                _ => {
+                    let (class_id, method_id) = method_ids(&frame.payload);
+                    Err(unexpected_on_channel0(class_id, method_id))
+                }
             },
             _ => Err(AmqpError::unexpected_frame("content frame on channel 0")),
         }
@@ -681,6 +709,11 @@ impl OpenConnection {
             self.ctx.vhost.delete_queue(&queue);
         }
     }
+}
+
+fn unexpected_on_channel0(class_id: u16, method_id: u16) -> AmqpError {
+    AmqpError::channel_error("unexpected method in connection state running")
+        .on_method(class_id, method_id)
 }
 
 /// A reply text that fits a short string (RabbitMQ truncates too).

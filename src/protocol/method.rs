@@ -51,8 +51,8 @@ pub fn decode_method(payload: &[u8]) -> Result<Method, AmqpError> {
     }
     let args = &payload[4..];
     let syntax = || {
-        AmqpError::syntax_error(format_args!(
-            "malformed arguments for method {class_id}.{method_id}"
+        AmqpError::frame_error(format_args!(
+            "cannot decode arguments of method {class_id}.{method_id}"
         ))
         .on_method(class_id, method_id)
     };
@@ -186,7 +186,7 @@ mod tests {
         assert_eq!(publish.routing_key, "k");
         assert!(publish.mandatory && publish.immediate);
         p.truncate(8);
-        assert_eq!(decode_method(&p).unwrap_err().code as u16, 502);
+        assert_eq!(decode_method(&p).unwrap_err().code as u16, 501);
     }
 
     #[test]
