@@ -287,7 +287,8 @@ impl VHost {
                 return Ok((existing, false));
             }
             let what = "queue";
-            if existing.durable != d.durable {
+            // RabbitMQ does not compare durability of exclusive queues.
+            if existing.durable != d.durable && existing.exclusive_owner.is_none() {
                 return Err(inequivalent(
                     "durable",
                     what,

@@ -716,13 +716,17 @@ fn unexpected_on_channel0(class_id: u16, method_id: u16) -> AmqpError {
         .on_method(class_id, method_id)
 }
 
-/// A reply text that fits a short string (RabbitMQ truncates too).
+/// A reply text that fits a short string: longer ones are cut to 252 bytes
+/// and end in "...", as RabbitMQ does.
 fn short_string(text: &str) -> ShortString {
-    let mut end = text.len().min(255);
+    if text.len() <= 255 {
+        return ShortString::from(text);
+    }
+    let mut end = 252;
     while !text.is_char_boundary(end) {
         end -= 1;
     }
-    ShortString::from(&text[..end])
+    ShortString::from(format!("{}...", &text[..end]))
 }
 
 fn client_capability(props: &FieldTable, name: &str) -> bool {
