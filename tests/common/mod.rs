@@ -5,6 +5,8 @@
 //! asserts RabbitMQ's behaviour.
 #![allow(dead_code)]
 
+pub mod raw;
+
 use leveret::Config;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
