@@ -1,5 +1,6 @@
 use clap::{Args, Parser, Subcommand};
 use leveret::config::{Config, DEFAULT_CONFIG_TOML};
+use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use tracing::{error, info};
@@ -75,6 +76,7 @@ fn serve(args: ServeArgs) -> ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
         .init();
 
     let runtime = match tokio::runtime::Builder::new_multi_thread()

@@ -1250,3 +1250,70 @@ async fn publish_to_missing_exchange_closes_channel_404() {
         (404, format!("NOT_FOUND - no exchange '{ex}' in vhost '/'"))
     );
 }
+
+// ---------------------------------------------------------------------------
+// channel.flow and message size
+// ---------------------------------------------------------------------------
+
+#[tokio::test]
+async fn channel_flow_active_true_is_confirmed() {
+    let broker = TestBroker::start().await;
+    let (_conn, ch) = open(&broker).await;
+    let active = ch
+        .channel_flow(ChannelFlowOptions { active: true })
+        .await
+        .expect("channel.flow-ok");
+    assert!(active);
+}
+
+#[tokio::test]
+async fn message_larger_than_max_message_size_closes_channel_406() {
+    if common::against_other_broker() {
+        return; // RabbitMQ's limit (128 MiB by default) is not set from here.
+    }
+    let mut config = leveret::Config::default();
+    config.limits.max_message_size = 1000;
+    let broker = TestBroker::start_with(config).await;
+    let (conn, ch) = open(&broker).await;
+    let q = declare(&ch, false).await;
+
+    publish_props(&ch, &q, &[7u8; 1000], BasicProperties::default()).await;
+    let mut closes = Closes::watch(&conn);
+    ch.basic_publish(
+        "".into(),
+        q.as_str().into(),
+        BasicPublishOptions::default(),
+        &[7u8; 1001],
+        BasicProperties::default(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        closes.channel(&conn, &ch).await,
+        (
+            406,
+            "PRECONDITION_FAILED - message size 1001 is larger than configured max size 1000"
+                .into()
+        )
+    );
+
+    // Only the oversized message was refused; the one at the limit was queued.
+    let ch = conn.create_channel().await.unwrap();
+    assert_eq!(ready_count(&ch, &q).await, 1);
+    delete_queue(&ch, &q).await;
+}
+
+#[tokio::test]
+async fn channel_flow_active_false_is_540_not_implemented_as_rabbitmq() {
+    let broker = TestBroker::start().await;
+    let (conn, ch) = open(&broker).await;
+    let err = ch
+        .channel_flow(ChannelFlowOptions { active: false })
+        .await
+        .expect_err("RabbitMQ refuses to pause deliveries");
+    assert_eq!(
+        amqp_error(&err),
+        Some((540, "NOT_IMPLEMENTED - active=false".into()))
+    );
+    assert!(!conn.status().connected());
+}

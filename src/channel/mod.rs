@@ -155,15 +155,16 @@ impl Channel {
             channel::AMQPMethod::Open(_) => {
                 Err(AmqpError::channel_error("second 'channel.open' seen"))
             }
-            channel::AMQPMethod::Flow(f) => {
-                self.shared.set_flow(f.active);
+            // As RabbitMQ: pausing deliveries is not offered (consumers use
+            // prefetch instead), so active=false is a connection error.
+            channel::AMQPMethod::Flow(f) if !f.active => {
+                Err(AmqpError::not_implemented("active=false").on_method(20, 20))
+            }
+            channel::AMQPMethod::Flow(_) => {
                 self.shared
                     .send(AMQPClass::Channel(channel::AMQPMethod::FlowOk(
-                        channel::FlowOk { active: f.active },
+                        channel::FlowOk { active: true },
                     )));
-                if f.active {
-                    self.shared.settle(Vec::new(), false);
-                }
                 Ok(Outcome::Continue)
             }
             channel::AMQPMethod::Close(_) => {

@@ -42,7 +42,6 @@ struct DeliveryState {
     channel_prefetch: u16,
     /// Unacked deliveries to consumers (basic.get ones do not count).
     consumer_unacked: u32,
-    flow_active: bool,
     closed: bool,
     consumers: HashMap<String, Arc<Consumer>>,
 }
@@ -67,7 +66,6 @@ impl ChannelShared {
                 consumer_prefetch: 0,
                 channel_prefetch: 0,
                 consumer_unacked: 0,
-                flow_active: true,
                 closed: false,
                 consumers: HashMap::new(),
             }),
@@ -88,7 +86,7 @@ impl ChannelShared {
         msg: QueuedMessage,
     ) -> Result<(), QueuedMessage> {
         let mut st = self.state.lock();
-        if st.closed || !st.flow_active {
+        if st.closed {
             return Err(msg);
         }
         if !consumer.no_ack {
@@ -301,10 +299,6 @@ impl ChannelShared {
 
     pub fn consumer_prefetch(&self) -> u16 {
         self.state.lock().consumer_prefetch
-    }
-
-    pub fn set_flow(&self, active: bool) {
-        self.state.lock().flow_active = active;
     }
 
     /// Whether an ack for `delivery_tag` would be valid (checked before a

@@ -92,3 +92,9 @@ pub fn unique(prefix: &str) -> String {
         N.fetch_add(1, Ordering::Relaxed)
     )
 }
+
+/// True when `LEVERET_TEST_URI` points the tests at another broker (e.g. RabbitMQ),
+/// for the few tests that need Leveret-specific configuration.
+pub fn against_other_broker() -> bool {
+    std::env::var("LEVERET_TEST_URI").is_ok()
+}
