@@ -6,7 +6,11 @@ mod common;
 
 use common::{unique, TestBroker};
 use futures_lite::StreamExt;
-use lapin::{options::*, types::FieldTable, BasicProperties, Channel, Connection, Consumer, Queue};
+use lapin::{
+    options::*,
+    types::{AMQPValue, FieldTable},
+    BasicProperties, Channel, Connection, Consumer, Queue,
+};
 use std::time::Duration;
 
 const TIMEOUT: Duration = Duration::from_secs(5);
@@ -773,4 +777,21 @@ async fn deleting_queue_cancels_its_consumers() {
         delete(&cch, &q2).await;
     })
     .await
+}
+
+#[tokio::test]
+async fn x_queue_mode_lazy_is_accepted_and_the_queue_works() {
+    within(async {
+        let (_broker, _conn, ch) = setup().await;
+        let name = unique("lazy");
+        let mut args = FieldTable::default();
+        args.insert("x-queue-mode".into(), AMQPValue::LongString("lazy".into()));
+        ch.queue_declare(name.as_str().into(), QueueDeclareOptions::default(), args)
+            .await
+            .expect("x-queue-mode is accepted, as RabbitMQ 3.x");
+        publish_n(&ch, &name, 3).await;
+        assert_eq!(drain(&ch, &name).await, ["0", "1", "2"]);
+        delete(&ch, &name).await;
+    })
+    .await;
 }
