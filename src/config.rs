@@ -29,7 +29,26 @@ pub enum ConfigError {
 pub struct Config {
     pub server: ServerConfig,
     pub limits: LimitsConfig,
+    pub storage: StorageConfig,
     pub auth: AuthConfig,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct StorageConfig {
+    pub cache_capacity: u64,
+    pub queue_memory_window: usize,
+    pub persister_backlog: usize,
+}
+
+impl Default for StorageConfig {
+    fn default() -> Self {
+        StorageConfig {
+            cache_capacity: 64 * 1024 * 1024,
+            queue_memory_window: 8 * 1024 * 1024,
+            persister_backlog: 64 * 1024 * 1024,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]

@@ -12,5 +12,6 @@ pub mod protocol;
 pub mod server;
 pub mod store;
 
+pub use broker::Broker;
 pub use config::Config;
-pub use server::run;
+pub use server::{run, serve, ServeError};

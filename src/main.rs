@@ -90,10 +90,19 @@ fn serve(args: ServeArgs) -> ExitCode {
         }
     };
     runtime.block_on(async move {
-        let listener = match tokio::net::TcpListener::bind(&config.server.listen).await {
+        let listen = config.server.listen.clone();
+        let broker = match leveret::Broker::open(config) {
+            Ok(b) => b,
+            Err(e) => {
+                error!("{e}");
+                return ExitCode::FAILURE;
+            }
+        };
+        let listener = match tokio::net::TcpListener::bind(&listen).await {
             Ok(l) => l,
             Err(e) => {
-                error!(listen = %config.server.listen, error = %e, "cannot bind AMQP listener");
+                error!(%listen, error = %e, "cannot bind AMQP listener");
+                broker.store.close();
                 return ExitCode::FAILURE;
             }
         };
@@ -101,16 +110,9 @@ fn serve(args: ServeArgs) -> ExitCode {
             Ok(addr) => info!(%addr, version = env!("CARGO_PKG_VERSION"), "Leveret accepting AMQP 0-9-1 connections"),
             Err(e) => error!(error = %e, "cannot read bound address"),
         }
-        match leveret::run(listener, config, shutdown_signal()).await {
-            Ok(()) => {
-                info!("stopped");
-                ExitCode::SUCCESS
-            }
-            Err(e) => {
-                error!(error = %e, "broker failed");
-                ExitCode::FAILURE
-            }
-        }
+        leveret::serve(listener, broker, shutdown_signal()).await;
+        info!("stopped");
+        ExitCode::SUCCESS
     })
 }
 

@@ -13,14 +13,27 @@ use tracing::{error, info, warn};
 /// How long shutdown waits for connections to finish their close handshake.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 
-/// Serves AMQP clients on `listener` until `shutdown` completes, then closes
-/// every connection with 320 CONNECTION_FORCED and returns.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error(transparent)]
+    Store(#[from] crate::store::StoreError),
+}
+
+/// Opens the store, then serves AMQP clients on `listener` until `shutdown`
+/// completes (see [`serve`]).
 pub async fn run(
     listener: TcpListener,
     config: Config,
     shutdown: impl Future<Output = ()>,
-) -> std::io::Result<()> {
-    let broker = Broker::new(config);
+) -> Result<(), ServeError> {
+    let broker = Broker::open(config)?;
+    serve(listener, broker, shutdown).await;
+    Ok(())
+}
+
+/// Serves AMQP clients on `listener` until `shutdown` completes, then closes
+/// every connection with 320 CONNECTION_FORCED, flushes the store and returns.
+pub async fn serve(listener: TcpListener, broker: Arc<Broker>, shutdown: impl Future<Output = ()>) {
     let max_connections = broker.config.limits.max_connections;
     let (stop_tx, stop_rx) = watch::channel(false);
     let mut connections = JoinSet::new();
@@ -57,6 +70,7 @@ pub async fn run(
         warn!("some connections did not close in time; aborting them");
         connections.abort_all();
     }
-    drop(Arc::clone(&broker));
-    Ok(())
+    // Connections are gone: write what the persister still holds and stop it.
+    let store = broker.store.clone();
+    let _ = tokio::task::spawn_blocking(move || store.close()).await;
 }

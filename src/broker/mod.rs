@@ -14,6 +14,7 @@ pub mod vhost;
 
 use crate::channel::shared::ChannelShared;
 use crate::config::Config;
+use crate::store::{Store, StoreError};
 use dashmap::DashMap;
 use memory::MemoryGauge;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -51,11 +52,15 @@ pub struct Broker {
     pub connections: DashMap<u64, ConnectionHandle>,
     /// Ready-message bytes across all queues, against the high watermark.
     pub memory: Arc<MemoryGauge>,
+    pub store: Arc<Store>,
     next_id: AtomicU64,
 }
 
 impl Broker {
-    pub fn new(config: Config) -> Arc<Broker> {
+    /// Opens the store in the configured data directory and restores the
+    /// durable topology and messages it holds.
+    pub fn open(config: Config) -> Result<Arc<Broker>, StoreError> {
+        let (store, recovered) = Store::open(&config.server.data_dir, &config.storage)?;
         let broker = Broker {
             vhosts: DashMap::new(),
             users: DashMap::new(),
@@ -63,9 +68,19 @@ impl Broker {
             connections: DashMap::new(),
             next_id: AtomicU64::new(1),
             memory: Arc::new(MemoryGauge::new(config.limits.memory_high_watermark)),
+            store,
             config,
         };
         broker.add_vhost(&broker.config.auth.default_vhost.clone());
+        for r in recovered.exchanges {
+            broker.add_vhost(&r.vhost).restore_exchange(r);
+        }
+        for q in recovered.queues {
+            broker.add_vhost(&q.record.vhost).restore_queue(q);
+        }
+        for b in recovered.bindings {
+            broker.add_vhost(&b.vhost).restore_binding(b);
+        }
         broker.users.insert(
             broker.config.auth.default_user.clone(),
             User {
@@ -74,13 +89,19 @@ impl Broker {
                 tags: vec!["administrator".into()],
             },
         );
-        Arc::new(broker)
+        Ok(Arc::new(broker))
     }
 
     pub fn add_vhost(&self, name: &str) -> Arc<VHost> {
         self.vhosts
             .entry(name.to_string())
-            .or_insert_with(|| Arc::new(VHost::new(name.to_string(), self.memory.clone())))
+            .or_insert_with(|| {
+                Arc::new(VHost::new(
+                    name.to_string(),
+                    self.memory.clone(),
+                    self.store.clone(),
+                ))
+            })
             .clone()
     }
 

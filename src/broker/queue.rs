@@ -8,11 +8,26 @@ use super::consumer::Consumer;
 use super::memory::MemoryGauge;
 use super::message::Message;
 use crate::error::AmqpError;
+use crate::store::durable::DurableStore;
 use crate::store::memory::MemoryStore;
-use crate::store::{QueueStore, QueuedMessage};
+use crate::store::persister::Loaded;
+use crate::store::{QueueStore, QueuedMessage, Receipt, Store};
 use amq_protocol::types::FieldTable;
-use parking_lot::Mutex;
+use parking_lot::{Condvar, Mutex};
 use std::sync::Arc;
+use std::time::Duration;
+
+/// How long basic.get waits for paged-out messages to be read back.
+const GET_DISK_WAIT: Duration = Duration::from_secs(5);
+
+/// Where a durable queue's messages live on disk, and what is there already.
+pub struct OnDisk {
+    pub store: Arc<Store>,
+    pub queue_id: u32,
+    pub messages: usize,
+    pub first_seq: u64,
+    pub next_seq: u64,
+}
 
 pub struct Queue {
     pub name: String,
@@ -22,8 +37,12 @@ pub struct Queue {
     pub exclusive_owner: Option<u64>,
     pub auto_delete: bool,
     pub arguments: FieldTable,
+    /// The queue's id in the store, when its messages are kept on disk.
+    pub store_id: Option<u32>,
     memory: Arc<MemoryGauge>,
     state: Mutex<QueueState>,
+    /// Signalled when messages come back from disk (basic.get waits on it).
+    loaded: Condvar,
 }
 
 struct QueueState {
@@ -47,6 +66,7 @@ pub struct QueueCounts {
 }
 
 impl Queue {
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
         name: String,
         vhost: String,
@@ -55,25 +75,47 @@ impl Queue {
         auto_delete: bool,
         arguments: FieldTable,
         memory: Arc<MemoryGauge>,
-    ) -> Queue {
-        Queue {
-            memory,
-            name,
-            vhost,
-            durable,
-            exclusive_owner,
-            auto_delete,
-            arguments,
-            state: Mutex::new(QueueState {
-                ready: Box::new(MemoryStore::default()),
-                next_seq: 0,
-                consumers: Vec::new(),
-                next_consumer: 0,
-                unacked: 0,
-                had_consumer: false,
-                deleted: false,
-            }),
-        }
+        disk: Option<OnDisk>,
+    ) -> Arc<Queue> {
+        let queue = Arc::new_cyclic(|weak| {
+            let store_id = disk.as_ref().map(|d| d.queue_id);
+            let (ready, next_seq): (Box<dyn QueueStore>, u64) = match disk {
+                Some(d) => (
+                    Box::new(DurableStore::new(
+                        d.store,
+                        weak.clone(),
+                        d.queue_id,
+                        d.messages,
+                        d.first_seq,
+                    )),
+                    d.next_seq,
+                ),
+                None => (Box::new(MemoryStore::default()), 0),
+            };
+            Queue {
+                memory,
+                name,
+                vhost,
+                durable,
+                exclusive_owner,
+                auto_delete,
+                arguments,
+                store_id,
+                loaded: Condvar::new(),
+                state: Mutex::new(QueueState {
+                    ready,
+                    next_seq,
+                    consumers: Vec::new(),
+                    next_consumer: 0,
+                    unacked: 0,
+                    had_consumer: false,
+                    deleted: false,
+                }),
+            }
+        });
+        // A recovered queue starts reading its messages back at once.
+        queue.state.lock().ready.read_ahead();
+        queue
     }
 
     pub fn counts(&self) -> QueueCounts {
@@ -108,16 +150,13 @@ impl Queue {
     pub fn publish(self: &Arc<Self>, message: Arc<Message>) {
         let mut st = self.state.lock();
         if st.deleted {
+            st.ready.refused(&message);
             return;
         }
         let before = st.ready.bytes();
         let seq = st.next_seq;
         st.next_seq += 1;
-        st.ready.push(QueuedMessage {
-            seq,
-            message,
-            redelivered: false,
-        });
+        st.ready.push(QueuedMessage::new(seq, message));
         self.dispatch_locked(&mut st);
         self.account(before, &st);
     }
@@ -142,13 +181,15 @@ impl Queue {
         }
         'messages: while let Some(mut msg) = st.ready.pop() {
             for _ in 0..n {
-                let consumer = &st.consumers[st.next_consumer % n];
+                let consumer = st.consumers[st.next_consumer % n].clone();
                 st.next_consumer = (st.next_consumer + 1) % n;
-                match consumer.channel.try_deliver(consumer, self, msg) {
+                let receipt = msg.receipt();
+                match consumer.channel.try_deliver(&consumer, self, msg) {
                     Ok(()) => {
                         if !consumer.no_ack {
                             st.unacked += 1;
                         }
+                        st.ready.delivered(receipt, consumer.no_ack);
                         continue 'messages;
                     }
                     Err(back) => msg = back,
@@ -160,20 +201,44 @@ impl Queue {
     }
 
     /// basic.get: takes the head message and says how many remain.
+    /// Waits (briefly, blocking) when the head is empty but messages are
+    /// on disk being read back, so a get never misses them.
     pub fn get(&self, no_ack: bool) -> Option<(QueuedMessage, usize)> {
         let mut st = self.state.lock();
-        let msg = st.ready.pop()?;
+        let msg = loop {
+            if let Some(msg) = st.ready.pop() {
+                break msg;
+            }
+            if !st.ready.awaiting_disk() || self.loaded.wait_for(&mut st, GET_DISK_WAIT).timed_out()
+            {
+                return None;
+            }
+        };
         self.memory.add(-(msg.message.size() as i64));
         if !no_ack {
             st.unacked += 1;
         }
+        st.ready.delivered(msg.receipt(), no_ack);
         Some((msg, st.ready.len()))
     }
 
     /// Acknowledged (or rejected without requeue) deliveries leave the queue.
-    pub fn settle(&self, count: usize) {
+    pub fn settle(&self, receipts: impl IntoIterator<Item = Receipt>) {
         let mut st = self.state.lock();
-        st.unacked = st.unacked.saturating_sub(count);
+        for receipt in receipts {
+            st.unacked = st.unacked.saturating_sub(1);
+            st.ready.acked(receipt);
+        }
+    }
+
+    /// Messages read back from disk join the head and go to consumers.
+    pub fn on_loaded(self: &Arc<Self>, loaded: Loaded) {
+        let mut st = self.state.lock();
+        let before = st.ready.bytes();
+        st.ready.loaded(loaded);
+        self.dispatch_locked(&mut st);
+        self.account(before, &st);
+        self.loaded.notify_all();
     }
 
     /// Puts unacknowledged messages back at their original positions,
@@ -265,8 +330,10 @@ impl Queue {
         let mut st = self.state.lock();
         st.deleted = true;
         let before = st.ready.bytes();
-        let count = st.ready.purge();
+        let count = st.ready.len();
+        st.ready.delete();
         self.account(before, &st);
+        self.loaded.notify_all();
         (std::mem::take(&mut st.consumers), count)
     }
 }

@@ -2,8 +2,10 @@
 
 use super::exchange::{Binding, Destination, Exchange, ExchangeKind, RoutingInfo};
 use super::memory::MemoryGauge;
-use super::queue::Queue;
+use super::queue::{OnDisk, Queue};
 use crate::error::AmqpError;
+use crate::store::record::{BindingRecord, ExchangeRecord, QueueRecord};
+use crate::store::{RecoveredQueue, Store};
 use amq_protocol::types::{AMQPValue, FieldTable};
 use dashmap::DashMap;
 use std::sync::atomic::Ordering;
@@ -12,6 +14,7 @@ use std::sync::Arc;
 pub struct VHost {
     pub name: String,
     memory: Arc<MemoryGauge>,
+    store: Arc<Store>,
     exchanges: DashMap<String, Arc<Exchange>>,
     queues: DashMap<String, Arc<Queue>>,
 }
@@ -80,10 +83,11 @@ fn show(v: Option<&AMQPValue>) -> String {
 }
 
 impl VHost {
-    pub fn new(name: String, memory: Arc<MemoryGauge>) -> VHost {
+    pub fn new(name: String, memory: Arc<MemoryGauge>, store: Arc<Store>) -> VHost {
         let vhost = VHost {
             name,
             memory,
+            store,
             exchanges: DashMap::new(),
             queues: DashMap::new(),
         };
@@ -217,11 +221,130 @@ impl VHost {
             d.internal,
             d.arguments.clone(),
         ));
-        Ok(self
+        let mut created = false;
+        let exchange = self
             .exchanges
             .entry(d.name.to_string())
-            .or_insert(exchange)
-            .clone())
+            .or_insert_with(|| {
+                created = true;
+                exchange
+            })
+            .clone();
+        if created && exchange.durable {
+            self.store.put_exchange(&ExchangeRecord {
+                vhost: self.name.clone(),
+                name: exchange.name.clone(),
+                kind: exchange.kind.as_str().to_string(),
+                auto_delete: exchange.auto_delete,
+                internal: exchange.internal,
+                arguments: exchange.arguments.clone(),
+            });
+        }
+        Ok(exchange)
+    }
+
+    /// Puts back a durable exchange read from the store.
+    pub fn restore_exchange(&self, r: ExchangeRecord) {
+        let Some(kind) = ExchangeKind::parse(&r.kind) else {
+            tracing::warn!(
+                exchange = r.name,
+                kind = r.kind,
+                "stored exchange has an unknown type; skipped"
+            );
+            return;
+        };
+        let exchange = Exchange::new(
+            r.name.clone(),
+            kind,
+            true,
+            r.auto_delete,
+            r.internal,
+            r.arguments,
+        );
+        self.exchanges.insert(r.name, Arc::new(exchange));
+    }
+
+    /// Puts back a durable queue read from the store, with its messages on disk.
+    pub fn restore_queue(&self, r: RecoveredQueue) {
+        let queue = Queue::new(
+            r.record.name.clone(),
+            self.name.clone(),
+            true,
+            None,
+            r.record.auto_delete,
+            r.record.arguments,
+            self.memory.clone(),
+            Some(OnDisk {
+                store: self.store.clone(),
+                queue_id: r.record.id,
+                messages: r.messages,
+                first_seq: r.first_seq,
+                next_seq: r.next_seq,
+            }),
+        );
+        self.queues.insert(r.record.name, queue);
+    }
+
+    /// Puts back a durable binding read from the store.
+    pub fn restore_binding(&self, r: BindingRecord) {
+        let (Ok(source), Some(destination)) = (self.exchange(&r.source), self.destination(&r))
+        else {
+            tracing::warn!(
+                source = r.source,
+                destination = r.destination,
+                "stored binding refers to a missing object; skipped"
+            );
+            return;
+        };
+        source.bind(Binding {
+            destination,
+            routing_key: r.routing_key,
+            arguments: r.arguments,
+        });
+    }
+
+    fn destination(&self, r: &BindingRecord) -> Option<Destination> {
+        if r.to_exchange {
+            self.exchange(&r.destination)
+                .ok()
+                .map(|e| Destination::Exchange(e.name.clone()))
+        } else {
+            self.queue(&r.destination).ok().map(Destination::Queue)
+        }
+    }
+
+    /// The stored form of a binding when both ends are durable (RabbitMQ
+    /// keeps only those across restarts).
+    fn durable_binding(
+        &self,
+        source: &Exchange,
+        destination: &Destination,
+        routing_key: &str,
+        arguments: &FieldTable,
+    ) -> Option<BindingRecord> {
+        if !source.durable || source.name.is_empty() {
+            return None;
+        }
+        let (to_exchange, name) = match destination {
+            Destination::Queue(q) => {
+                q.store_id?;
+                (false, q.name.clone())
+            }
+            Destination::Exchange(name) => {
+                if !self.exchange(name).is_ok_and(|e| e.durable) {
+                    return None;
+                }
+                (true, name.clone())
+            }
+        };
+        Some(BindingRecord {
+            vhost: self.name.clone(),
+            source: source.name.clone(),
+            to_exchange,
+            destination: name,
+            routing_key: routing_key.to_string(),
+            arguments: arguments.clone(),
+        })
     }
 
     pub fn delete_exchange(&self, name: &str, if_unused: bool) -> Result<(), AmqpError> {
@@ -257,6 +380,9 @@ impl VHost {
             return;
         }
         exchange.deleted.store(true, Ordering::Release);
+        if exchange.durable {
+            self.store.delete_exchange(&self.name, &exchange.name);
+        }
         let as_destination = Destination::Exchange(exchange.name.clone());
         self.unbind_everywhere(&as_destination);
         // Bindings from it to other exchanges go too; a destination that was
@@ -347,22 +473,40 @@ impl VHost {
                 "x-queue-mode is accepted and ignored (a RabbitMQ 3.x setting)"
             );
         }
-        let queue = Arc::new(Queue::new(
-            d.name.to_string(),
-            self.name.clone(),
-            d.durable,
-            d.exclusive.then_some(d.connection),
-            d.auto_delete,
-            d.arguments.clone(),
-            self.memory.clone(),
-        ));
         let mut created = false;
         let queue = self
             .queues
             .entry(d.name.to_string())
             .or_insert_with(|| {
                 created = true;
-                queue
+                // Exclusive queues die with their connection: never stored.
+                let on_disk = (d.durable && !d.exclusive).then(|| {
+                    let record = QueueRecord {
+                        vhost: self.name.clone(),
+                        name: d.name.to_string(),
+                        id: self.store.next_queue_id(),
+                        auto_delete: d.auto_delete,
+                        arguments: d.arguments.clone(),
+                    };
+                    self.store.put_queue(&record);
+                    OnDisk {
+                        store: self.store.clone(),
+                        queue_id: record.id,
+                        messages: 0,
+                        first_seq: 0,
+                        next_seq: 0,
+                    }
+                });
+                Queue::new(
+                    d.name.to_string(),
+                    self.name.clone(),
+                    d.durable,
+                    d.exclusive.then_some(d.connection),
+                    d.auto_delete,
+                    d.arguments.clone(),
+                    self.memory.clone(),
+                    on_disk,
+                )
             })
             .clone();
         Ok((queue, created))
@@ -380,6 +524,9 @@ impl VHost {
         }
         self.unbind_everywhere(&Destination::Queue(queue.clone()));
         let (consumers, count) = queue.mark_deleted();
+        if let Some(id) = queue.store_id {
+            self.store.delete_queue(&self.name, &queue.name, id);
+        }
         for consumer in consumers {
             consumer.channel.cancel_by_broker(&consumer);
         }
@@ -387,7 +534,17 @@ impl VHost {
     }
 
     pub fn bind(&self, source: &Arc<Exchange>, binding: Binding) {
-        source.bind(binding);
+        let record = self.durable_binding(
+            source,
+            &binding.destination,
+            &binding.routing_key,
+            &binding.arguments,
+        );
+        if source.bind(binding) {
+            if let Some(r) = record {
+                self.store.put_binding(&r);
+            }
+        }
     }
 
     pub fn unbind(
@@ -398,6 +555,9 @@ impl VHost {
         arguments: &FieldTable,
     ) {
         if source.unbind(destination, routing_key, arguments) {
+            if let Some(r) = self.durable_binding(source, destination, routing_key, arguments) {
+                self.store.delete_binding(&r);
+            }
             self.maybe_auto_delete(source);
         }
     }

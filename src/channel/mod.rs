@@ -41,7 +41,8 @@ pub struct Channel {
     /// on the channel is discarded meanwhile.
     pub closing: bool,
     content: Option<PendingContent>,
-    confirm: Option<publish::Confirms>,
+    /// confirm.select was received: every publish gets a sequence number.
+    confirm: bool,
     tx: Option<Transaction>,
     /// The queue last declared on this channel (an empty queue name means it).
     last_queue: Option<String>,
@@ -64,7 +65,7 @@ impl Channel {
             shared,
             closing: false,
             content: None,
-            confirm: None,
+            confirm: false,
             tx: None,
             last_queue: None,
             reply_to: None,
@@ -189,8 +190,8 @@ impl Channel {
                 "cannot switch from tx to confirm mode",
             ));
         }
-        if self.confirm.is_none() {
-            self.confirm = Some(publish::Confirms::default());
+        if !self.confirm {
+            self.confirm = true;
         }
         if !nowait {
             self.shared
@@ -204,7 +205,7 @@ impl Channel {
     fn handle_tx_method(&mut self, ctx: &mut ConnCtx, m: tx::AMQPMethod) -> Result<(), AmqpError> {
         match m {
             tx::AMQPMethod::Select(_) => {
-                if self.confirm.is_some() {
+                if self.confirm {
                     return Err(AmqpError::precondition_failed(
                         "cannot switch from confirm to tx mode",
                     ));

@@ -39,14 +39,6 @@ impl PendingContent {
     }
 }
 
-/// Publisher-confirm state: sequence numbers and acks not yet sent.
-#[derive(Default)]
-pub struct Confirms {
-    next_seq: u64,
-    /// Highest sequence number confirmed but not yet acked to the client.
-    ack_pending: Option<u64>,
-}
-
 /// Work buffered by tx.select until tx.commit.
 #[derive(Default)]
 pub struct Transaction {
@@ -204,13 +196,13 @@ impl Channel {
             properties = view.with_reply_to(&properties, address);
             view = PropertiesView::scan(&properties).expect("rewritten properties are well formed");
         }
-        let message = Arc::new(Message {
-            exchange: publish.exchange.clone(),
-            routing_key: publish.routing_key.clone(),
-            persistent: view.is_persistent(),
+        let message = Arc::new(Message::new(
+            publish.exchange.clone(),
+            publish.routing_key.clone(),
             properties,
             body,
-        });
+            view.is_persistent(),
+        ));
         if let Some(txn) = self.tx.as_mut() {
             txn.publishes.push((publish, message, view));
             return Ok(());
@@ -219,43 +211,53 @@ impl Channel {
         Ok(())
     }
 
-    /// Routes a complete message, sends basic.return when mandatory and
-    /// unroutable, and records the confirm.
+    /// Routes a complete message, writes it to disk when persistent and
+    /// routed to durable queues, sends basic.return when mandatory and
+    /// unroutable, and records the confirm. Returns whether it went to disk.
     pub(super) fn route_message(
         &mut self,
         ctx: &ConnCtx,
         publish: &Publish,
         message: Arc<Message>,
         view: &PropertiesView,
-    ) {
-        let routed =
-            if publish.exchange.is_empty() && publish.routing_key.starts_with(DIRECT_REPLY_TO) {
-                match ctx.broker.reply_to.get(&publish.routing_key) {
-                    Some(target) => {
-                        target
-                            .channel
-                            .deliver_direct(&target.consumer_tag, &message);
-                        true
-                    }
-                    None => false,
+    ) -> bool {
+        let mut stored = false;
+        let routed = if publish.exchange.is_empty()
+            && publish.routing_key.starts_with(DIRECT_REPLY_TO)
+        {
+            match ctx.broker.reply_to.get(&publish.routing_key) {
+                Some(target) => {
+                    target
+                        .channel
+                        .deliver_direct(&target.consumer_tag, &message);
+                    true
                 }
-            } else {
-                match ctx.vhost.exchange(&publish.exchange) {
-                    Ok(exchange) => {
-                        let headers = || view.headers(&message.properties);
-                        let info = RoutingInfo {
-                            routing_key: &publish.routing_key,
-                            headers: &headers,
-                        };
-                        let queues = ctx.vhost.route(&exchange, &info);
-                        for queue in &queues {
-                            queue.publish(message.clone());
+                None => false,
+            }
+        } else {
+            match ctx.vhost.exchange(&publish.exchange) {
+                Ok(exchange) => {
+                    let headers = || view.headers(&message.properties);
+                    let info = RoutingInfo {
+                        routing_key: &publish.routing_key,
+                        headers: &headers,
+                    };
+                    let queues = ctx.vhost.route(&exchange, &info);
+                    if message.persistent {
+                        let durable = queues.iter().filter(|q| q.store_id.is_some()).count() as u32;
+                        if durable > 0 {
+                            ctx.broker.store.store_message(&message, durable);
+                            stored = true;
                         }
-                        !queues.is_empty()
                     }
-                    Err(_) => false,
+                    for queue in &queues {
+                        queue.publish(message.clone());
+                    }
+                    !queues.is_empty()
                 }
-            };
+                Err(_) => false,
+            }
+        };
         if !routed && publish.mandatory {
             let id = self.id();
             let frame_max = ctx.frame_max;
@@ -271,27 +273,34 @@ impl Channel {
                 encode::content(buf, id, &message.properties, &message.body, frame_max);
             });
         }
-        if let Some(confirms) = self.confirm.as_mut() {
-            confirms.next_seq += 1;
-            confirms.ack_pending = Some(confirms.next_seq);
+        if self.confirm {
+            let seq = self.shared.confirm_next(stored);
+            if stored {
+                ctx.broker
+                    .store
+                    .confirm_when_written(self.shared.clone(), seq);
+            }
         }
+        stored
     }
 
     /// Sends the acks owed to the publisher, one `multiple` ack for all.
     /// Called once per batch of frames read, so acks coalesce under load.
     pub fn flush_confirms(&mut self) {
-        if let Some(upto) = self.confirm.as_mut().and_then(|c| c.ack_pending.take()) {
-            let id = self.id();
-            self.shared
-                .outbox
-                .push(|buf| encode::basic_ack(buf, id, upto, true));
+        if self.confirm {
+            self.shared.flush_confirms();
         }
     }
 
     /// Applies a committed transaction: publishes, then settlements, in order.
     pub(super) fn commit(&mut self, ctx: &mut ConnCtx, txn: Transaction) -> Result<(), AmqpError> {
+        let mut stored = false;
         for (publish, message, view) in txn.publishes {
-            self.route_message(ctx, &publish, message, &view);
+            stored |= self.route_message(ctx, &publish, message, &view);
+        }
+        if stored {
+            // commit-ok promises the persistent messages are on disk.
+            ctx.broker.store.sync();
         }
         for s in txn.settlements {
             match s {

@@ -22,6 +22,20 @@ pub struct ChannelShared {
     /// The client understands broker-initiated basic.cancel.
     pub cancel_notify: bool,
     state: Mutex<DeliveryState>,
+    confirms: Mutex<ConfirmState>,
+}
+
+/// Publisher confirms. Acks go out with multiple=true up to the highest
+/// sequence number whose message and every earlier one are settled: a
+/// persistent message waits for the disk, and later ones wait behind it.
+#[derive(Default)]
+struct ConfirmState {
+    /// Last sequence number given to a publish.
+    published: u64,
+    /// Sequence numbers whose messages are not yet on disk, in order.
+    awaiting_disk: VecDeque<u64>,
+    /// Highest sequence number acked (or nacked) to the client.
+    acked: u64,
 }
 
 /// A delivery awaiting ack, nack or reject.
@@ -69,6 +83,7 @@ impl ChannelShared {
                 closed: false,
                 consumers: HashMap::new(),
             }),
+            confirms: Mutex::new(ConfirmState::default()),
         }
     }
 
@@ -252,27 +267,24 @@ impl ChannelShared {
         let mut queues: Vec<Arc<Queue>> = Vec::new();
         let mut batch: Vec<QueuedMessage> = Vec::new();
         let mut current: Option<Arc<Queue>> = None;
-        let mut dropped = 0usize;
-        let flush = |queue: &Arc<Queue>, batch: &mut Vec<QueuedMessage>, dropped: &mut usize| {
+        let flush = |queue: &Arc<Queue>, batch: &mut Vec<QueuedMessage>| {
             if requeue {
                 queue.requeue(batch.drain(..));
             } else {
-                queue.settle(*dropped);
+                queue.settle(batch.drain(..).map(|m| m.receipt()));
             }
-            *dropped = 0;
         };
         for u in taken {
             if current.as_ref().is_some_and(|q| !Arc::ptr_eq(q, &u.queue)) {
                 let q = current.take().expect("checked");
-                flush(&q, &mut batch, &mut dropped);
+                flush(&q, &mut batch);
                 queues.push(q);
             }
             current = Some(u.queue);
             batch.push(u.message);
-            dropped += 1;
         }
         if let Some(q) = current {
-            flush(&q, &mut batch, &mut dropped);
+            flush(&q, &mut batch);
             queues.push(q);
         }
         for c in self.state.lock().consumers.values() {
@@ -282,6 +294,58 @@ impl ChannelShared {
         queues.dedup_by(|a, b| Arc::ptr_eq(a, b));
         for q in queues {
             q.dispatch();
+        }
+    }
+
+    /// Numbers a publish on a confirm channel; `on_disk` when its confirm
+    /// must wait for the persister.
+    pub fn confirm_next(&self, on_disk: bool) -> u64 {
+        let mut c = self.confirms.lock();
+        c.published += 1;
+        let seq = c.published;
+        if on_disk {
+            c.awaiting_disk.push_back(seq);
+        }
+        seq
+    }
+
+    /// Sends the ack owed for everything settled so far.
+    pub fn flush_confirms(&self) {
+        let mut c = self.confirms.lock();
+        self.send_confirms(&mut c);
+    }
+
+    /// The persister wrote (or failed to write) everything up to `seq`.
+    pub fn confirm_persisted(&self, seq: u64, ok: bool) {
+        let mut c = self.confirms.lock();
+        while c.awaiting_disk.front().is_some_and(|s| *s <= seq) {
+            let s = c.awaiting_disk.pop_front().expect("checked");
+            if !ok {
+                // Ack what precedes it, then nack it: a publisher must not
+                // believe a message is safe that never reached the disk.
+                let before = s - 1;
+                if before > c.acked {
+                    c.acked = before;
+                    let id = self.id;
+                    self.outbox
+                        .push(|buf| encode::basic_ack(buf, id, before, true));
+                }
+                c.acked = s;
+                let id = self.id;
+                self.outbox
+                    .push(|buf| encode::basic_nack(buf, id, s, false));
+            }
+        }
+        self.send_confirms(&mut c);
+    }
+
+    fn send_confirms(&self, c: &mut ConfirmState) {
+        let upto = c.awaiting_disk.front().map_or(c.published, |s| s - 1);
+        if upto > c.acked {
+            c.acked = upto;
+            let id = self.id;
+            self.outbox
+                .push(|buf| encode::basic_ack(buf, id, upto, true));
         }
     }
 

@@ -453,6 +453,18 @@ impl Connection {
                     return reason;
                 }
             }
+            if open.ctx.has_published && self.broker.store.backlog.is_over() {
+                // The disk is behind: stop reading this publisher (TCP
+                // back-pressure, RabbitMQ's "flow") until it catches up.
+                let store = self.broker.store.clone();
+                tokio::select! {
+                    _ = store.backlog.wait_drained() => {}
+                    _ = self.shutdown.changed() => {
+                        let err = AmqpError::new(ReplyCode::ConnectionForced, "broker forced connection closure with reason 'shutdown'");
+                        return self.force_close(open, err).await;
+                    }
+                }
+            }
             tokio::select! {
                 r = self.reader.fill(open.frame_timeout) => match r {
                     Ok(()) => {}

@@ -47,6 +47,10 @@ impl QueueStore for MemoryStore {
         self.bytes = 0;
         n
     }
+
+    fn delete(&mut self) {
+        self.purge();
+    }
 }
 
 #[cfg(test)]
@@ -58,17 +62,16 @@ mod tests {
     use std::sync::Arc;
 
     fn msg(seq: u64) -> QueuedMessage {
-        QueuedMessage {
+        QueuedMessage::new(
             seq,
-            message: Arc::new(Message {
-                exchange: String::new(),
-                routing_key: String::new(),
-                properties: Bytes::new(),
-                body: Bytes::from(vec![0u8; seq as usize % 7]),
-                persistent: false,
-            }),
-            redelivered: false,
-        }
+            Arc::new(Message::new(
+                String::new(),
+                String::new(),
+                Bytes::new(),
+                Bytes::from(vec![0u8; seq as usize % 7]),
+                false,
+            )),
+        )
     }
 
     proptest! {

@@ -1,13 +1,41 @@
-//! Where a queue keeps its ready messages.
+//! Where queues keep their messages, and the durable store behind them.
 //!
-//! A queue talks to its messages only through [`QueueStore`], so a
-//! disk-backed store (sled, with a bounded in-memory window) can replace the
-//! in-memory one without touching routing or delivery.
+//! A queue talks to its messages only through [`QueueStore`]: non-durable
+//! queues use [`memory::MemoryStore`], durable ones [`durable::DurableStore`],
+//! which keeps a bounded window in memory and the rest on disk. Everything
+//! on disk goes through [`Store`]: topology records are written (and
+//! flushed) directly, message writes go to the persister thread.
 
+pub mod durable;
 pub mod memory;
+pub mod persister;
+pub mod record;
+mod recovery;
 
 use crate::broker::message::Message;
+use crate::channel::shared::ChannelShared;
+use persister::{Loaded, Op};
+use record::{BindingRecord, ExchangeRecord, QueueRecord};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use std::sync::mpsc::Sender;
 use std::sync::Arc;
+use thiserror::Error;
+use tokio::sync::Notify;
+
+pub use recovery::{Recovered, RecoveredQueue};
+
+/// Memory a queued message costs beyond its bytes (struct, `Arc`, deque
+/// slot), counted against a queue's in-memory window.
+pub const MESSAGE_OVERHEAD: usize = 128;
+
+/// Where a message sits on disk for one queue.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DiskRef {
+    pub msg_id: u64,
+    /// [`record::SHARED`], [`record::TRANSIENT`], [`record::DELIVERED`].
+    pub flags: u8,
+}
 
 /// A message waiting in a queue. `seq` orders the queue: requeued messages
 /// go back to their original position.
@@ -16,6 +44,35 @@ pub struct QueuedMessage {
     pub seq: u64,
     pub message: Arc<Message>,
     pub redelivered: bool,
+    /// Set when this queue's entry for the message is on disk.
+    pub disk: Option<DiskRef>,
+}
+
+/// What a queue remembers of a delivered message to settle it later.
+#[derive(Debug, Clone, Copy)]
+pub struct Receipt {
+    pub seq: u64,
+    pub disk: Option<DiskRef>,
+    pub redelivered: bool,
+}
+
+impl QueuedMessage {
+    pub fn new(seq: u64, message: Arc<Message>) -> QueuedMessage {
+        QueuedMessage {
+            seq,
+            message,
+            redelivered: false,
+            disk: None,
+        }
+    }
+
+    pub fn receipt(&self) -> Receipt {
+        Receipt {
+            seq: self.seq,
+            disk: self.disk,
+            redelivered: self.redelivered,
+        }
+    }
 }
 
 /// The ready messages of one queue, in `seq` order.
@@ -27,12 +84,245 @@ pub trait QueueStore: Send {
     fn pop(&mut self) -> Option<QueuedMessage>;
     /// Returns a message taken by `pop` that could not be delivered.
     fn unpop(&mut self, msg: QueuedMessage);
+    /// Ready messages, in memory or not.
     fn len(&self) -> usize;
     fn is_empty(&self) -> bool {
         self.len() == 0
     }
-    /// Body and property bytes of the ready messages.
+    /// Body and property bytes of the ready messages held in memory.
     fn bytes(&self) -> usize;
     /// Drops every ready message, returning how many there were.
     fn purge(&mut self) -> usize;
+    /// A popped message went to a consumer; with `no_ack` it is gone.
+    fn delivered(&mut self, _receipt: Receipt, _no_ack: bool) {}
+    /// A delivered message was acknowledged (or rejected without requeue).
+    fn acked(&mut self, _receipt: Receipt) {}
+    /// A message could not be added (the queue is gone).
+    fn refused(&mut self, _message: &Message) {}
+    /// The queue is deleted: forget everything, on disk too.
+    fn delete(&mut self) {}
+    /// Messages read back from disk.
+    fn loaded(&mut self, _loaded: Loaded) {}
+    /// Starts reading messages back from disk if the memory part is low.
+    fn read_ahead(&mut self) {}
+    /// True while ready messages exist only on disk and are being read back.
+    fn awaiting_disk(&self) -> bool {
+        false
+    }
+}
+
+#[derive(Debug, Error)]
+pub enum StoreError {
+    #[error("cannot use data directory {path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("cannot open the store in {path}: {source}")]
+    Open { path: PathBuf, source: sled::Error },
+    #[error("the store in {path} is damaged ({detail}); refusing to start so nothing is lost. Restore it from a backup or move it aside")]
+    Damaged { path: PathBuf, detail: String },
+    #[error("the store in {path} was written by an incompatible version (format {found:?}, expected {expected:?}); refusing to start")]
+    Incompatible {
+        path: PathBuf,
+        found: String,
+        expected: String,
+    },
+}
+
+/// Bytes of message bodies handed to the persister and not yet taken into a
+/// batch. Publishers stop being read above the limit, so a disk slower than
+/// the network cannot make the broker buffer without bound.
+pub struct Backlog {
+    bytes: AtomicUsize,
+    limit: usize,
+    over: AtomicBool,
+    drained: Notify,
+}
+
+impl Backlog {
+    fn new(limit: usize) -> Backlog {
+        Backlog {
+            bytes: AtomicUsize::new(0),
+            limit,
+            over: AtomicBool::new(false),
+            drained: Notify::new(),
+        }
+    }
+
+    fn add(&self, n: usize) {
+        let now = self.bytes.fetch_add(n, Ordering::Relaxed) + n;
+        if now > self.limit {
+            self.over.store(true, Ordering::Release);
+        }
+    }
+
+    fn sub(&self, n: usize) {
+        let now = self.bytes.fetch_sub(n, Ordering::Relaxed) - n;
+        if now <= self.limit / 2 && self.over.swap(false, Ordering::AcqRel) {
+            self.drained.notify_waiters();
+        }
+    }
+
+    pub fn is_over(&self) -> bool {
+        self.over.load(Ordering::Acquire)
+    }
+
+    /// Waits until the persister has caught up below half the limit.
+    pub async fn wait_drained(&self) {
+        loop {
+            let notified = self.drained.notified();
+            if !self.is_over() {
+                return;
+            }
+            notified.await;
+        }
+    }
+}
+
+/// The durable store: sled trees plus the persister thread.
+pub struct Store {
+    path: PathBuf,
+    db: sled::Db,
+    meta: sled::Tree,
+    persister: Sender<Op>,
+    thread: parking_lot::Mutex<Option<std::thread::JoinHandle<()>>>,
+    next_msg_id: AtomicU64,
+    next_queue_id: AtomicU32,
+    pub backlog: Arc<Backlog>,
+    /// Bytes of a durable queue's ready messages kept in memory.
+    pub queue_window: usize,
+}
+
+impl Store {
+    /// Opens (or creates) the store in `dir` and reads back what it holds.
+    pub fn open(
+        dir: &Path,
+        config: &crate::config::StorageConfig,
+    ) -> Result<(Arc<Store>, Recovered), StoreError> {
+        recovery::open(dir, config)
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    fn send(&self, op: Op) {
+        // After shutdown the persister is gone and nothing more is written.
+        let _ = self.persister.send(op);
+    }
+
+    /// Writes a message body referenced by `refs` durable queues; sets the
+    /// message's stored id so each queue writes its entry.
+    pub fn store_message(&self, message: &Arc<Message>, refs: u32) {
+        let msg_id = self.next_msg_id.fetch_add(1, Ordering::Relaxed);
+        message.set_stored(msg_id, refs > 1);
+        self.backlog.add(message.size());
+        self.send(Op::Body {
+            msg_id,
+            message: message.clone(),
+            refs,
+        });
+    }
+
+    /// Writes a private copy of a transient message being paged out.
+    fn store_transient(&self, message: &Arc<Message>) -> DiskRef {
+        let msg_id = self.next_msg_id.fetch_add(1, Ordering::Relaxed);
+        self.backlog.add(message.size());
+        self.send(Op::Body {
+            msg_id,
+            message: message.clone(),
+            refs: 1,
+        });
+        DiskRef {
+            msg_id,
+            flags: record::TRANSIENT,
+        }
+    }
+
+    /// Publisher confirm `seq` on `channel` is sent once the writes queued
+    /// so far are on disk.
+    pub fn confirm_when_written(&self, channel: Arc<ChannelShared>, seq: u64) {
+        self.send(Op::Confirm { channel, seq });
+    }
+
+    /// Blocks until everything queued so far is on disk (transaction commits).
+    pub fn sync(&self) {
+        let (tx, rx) = std::sync::mpsc::channel();
+        self.send(Op::Sync(tx));
+        let _ = rx.recv();
+    }
+
+    pub fn next_queue_id(&self) -> u32 {
+        self.next_queue_id.fetch_add(1, Ordering::Relaxed)
+    }
+
+    pub fn put_exchange(&self, r: &ExchangeRecord) {
+        self.write_meta(|meta| meta.insert(r.key(), r.encode()).map(drop));
+    }
+
+    pub fn delete_exchange(&self, vhost: &str, name: &str) {
+        let key = ExchangeRecord::key_for(vhost, name);
+        self.write_meta(|meta| {
+            meta.remove(key)?;
+            remove_bindings(meta, |b| {
+                b.vhost == vhost && (b.source == name || (b.to_exchange && b.destination == name))
+            })
+        });
+    }
+
+    pub fn put_queue(&self, r: &QueueRecord) {
+        self.write_meta(|meta| meta.insert(r.key(), r.encode()).map(drop));
+    }
+
+    /// Forgets a queue: its record, its bindings, and every message entry.
+    pub fn delete_queue(&self, vhost: &str, name: &str, queue_id: u32) {
+        self.send(Op::RemoveFrom { queue_id, from: 0 });
+        let key = QueueRecord::key_for(vhost, name);
+        self.write_meta(|meta| {
+            meta.remove(key)?;
+            remove_bindings(meta, |b| {
+                b.vhost == vhost && !b.to_exchange && b.destination == name
+            })
+        });
+    }
+
+    pub fn put_binding(&self, r: &BindingRecord) {
+        self.write_meta(|meta| meta.insert(r.key(), r.encode()).map(drop));
+    }
+
+    pub fn delete_binding(&self, r: &BindingRecord) {
+        self.write_meta(|meta| meta.remove(r.key()).map(drop));
+    }
+
+    /// Applies a topology change and flushes it before the client hears
+    /// declare-ok / bind-ok, as RabbitMQ does. Topology changes are rare; a
+    /// blocking flush here keeps them simple and honest.
+    fn write_meta(&self, change: impl FnOnce(&sled::Tree) -> sled::Result<()>) {
+        let result = change(&self.meta).and_then(|()| self.db.flush().map(drop));
+        if let Err(e) = result {
+            tracing::error!(error = %e, path = %self.path.display(), "cannot write topology to the store");
+        }
+    }
+
+    /// Finishes queued writes, flushes, and stops the persister.
+    pub fn close(&self) {
+        self.send(Op::Stop);
+        if let Some(thread) = self.thread.lock().take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+fn remove_bindings(
+    meta: &sled::Tree,
+    matches: impl Fn(&BindingRecord) -> bool,
+) -> sled::Result<()> {
+    for item in meta.scan_prefix(b"b") {
+        let (key, value) = item?;
+        if BindingRecord::decode(&value).is_some_and(|b| matches(&b)) {
+            meta.remove(key)?;
+        }
+    }
+    Ok(())
 }

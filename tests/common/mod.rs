@@ -5,6 +5,7 @@
 //! asserts RabbitMQ's behaviour.
 #![allow(dead_code)]
 
+pub mod process;
 pub mod raw;
 
 use leveret::Config;
@@ -18,7 +19,8 @@ pub struct TestBroker {
     /// Address of the AMQP listener (for raw-socket tests).
     pub addr: SocketAddr,
     shutdown: Option<oneshot::Sender<()>>,
-    task: Option<tokio::task::JoinHandle<std::io::Result<()>>>,
+    task: Option<tokio::task::JoinHandle<Result<(), leveret::ServeError>>>,
+    data_dir: Option<std::path::PathBuf>,
 }
 
 impl TestBroker {
@@ -26,7 +28,9 @@ impl TestBroker {
         Self::start_with(Config::default()).await
     }
 
-    pub async fn start_with(config: Config) -> TestBroker {
+    /// Starts the broker with `config`, its data directory replaced by a
+    /// fresh temporary one (removed when the broker stops).
+    pub async fn start_with(mut config: Config) -> TestBroker {
         if let Ok(uri) = std::env::var("LEVERET_TEST_URI") {
             let hostport = uri
                 .split('@')
@@ -44,19 +48,29 @@ impl TestBroker {
                 addr,
                 shutdown: None,
                 task: None,
+                data_dir: None,
             };
         }
+        let data_dir = std::env::temp_dir().join(unique("leveret-test-data"));
+        config.server.data_dir = data_dir.clone();
+        let kept_dir = data_dir.clone();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let (tx, rx) = oneshot::channel();
-        let task = tokio::spawn(leveret::run(listener, config, async {
-            let _ = rx.await;
-        }));
+        let task = tokio::spawn(async move {
+            let result = leveret::run(listener, config, async {
+                let _ = rx.await;
+            })
+            .await;
+            let _ = std::fs::remove_dir_all(&data_dir);
+            result
+        });
         TestBroker {
             uri: format!("amqp://guest:guest@{addr}/%2f"),
             addr,
             shutdown: Some(tx),
             task: Some(task),
+            data_dir: Some(kept_dir),
         }
     }
 
@@ -79,6 +93,15 @@ impl TestBroker {
         }
         if let Some(task) = self.task.take() {
             task.await.unwrap().unwrap();
+        }
+    }
+}
+
+impl Drop for TestBroker {
+    fn drop(&mut self) {
+        // A test that never called stop() leaves its store behind otherwise.
+        if let Some(dir) = self.data_dir.take() {
+            let _ = std::fs::remove_dir_all(dir);
         }
     }
 }

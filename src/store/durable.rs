@@ -1,0 +1,247 @@
+//! A durable queue's messages: a bounded window in memory, the rest on disk.
+//!
+//! Ready messages are, in seq order, `head` (in memory) followed by
+//! `on_disk` messages that exist only on disk, all with seq >= `disk_from`.
+//! Once a queue starts paging out, every new message goes to disk until the
+//! disk part is read back, which keeps the two parts in order. Reads happen
+//! on the persister thread ahead of consumers: when the head falls below
+//! half the window, the next chunk is requested.
+
+use super::persister::{LoadRequest, Loaded, Op};
+use super::{record, DiskRef, QueueStore, QueuedMessage, Receipt, Store, MESSAGE_OVERHEAD};
+use crate::broker::message::Message;
+use crate::broker::queue::Queue;
+use std::collections::VecDeque;
+use std::sync::{Arc, Weak};
+
+pub struct DurableStore {
+    store: Arc<Store>,
+    queue: Weak<Queue>,
+    queue_id: u32,
+    head: VecDeque<QueuedMessage>,
+    /// Body and property bytes in `head`.
+    head_bytes: usize,
+    /// `head_bytes` plus the per-message overhead: what the window limits.
+    head_cost: usize,
+    window: usize,
+    disk_from: u64,
+    on_disk: usize,
+    loading: bool,
+    /// Bumped by purge and delete so reads already under way are ignored.
+    generation: u64,
+    deleted: bool,
+}
+
+impl DurableStore {
+    /// A queue recovered with `on_disk` messages from `first_seq` on.
+    pub fn new(
+        store: Arc<Store>,
+        queue: Weak<Queue>,
+        queue_id: u32,
+        on_disk: usize,
+        first_seq: u64,
+    ) -> DurableStore {
+        let window = store.queue_window.max(1);
+        DurableStore {
+            store,
+            queue,
+            queue_id,
+            head: VecDeque::new(),
+            head_bytes: 0,
+            head_cost: 0,
+            window,
+            disk_from: first_seq,
+            on_disk,
+            loading: false,
+            generation: 0,
+            deleted: false,
+        }
+    }
+
+    /// Asks for the next chunk from disk when the head runs low.
+    fn request_load(&mut self) {
+        if self.on_disk == 0 || self.loading || self.head_cost >= self.window / 2 {
+            return;
+        }
+        self.loading = true;
+        self.store.send(Op::Load(LoadRequest {
+            queue: self.queue.clone(),
+            queue_id: self.queue_id,
+            from: self.disk_from,
+            max_bytes: self.window - self.head_cost,
+            generation: self.generation,
+        }));
+    }
+
+    fn take(&mut self, msg: &QueuedMessage) {
+        self.head_bytes -= msg.message.size();
+        self.head_cost -= msg.message.size() + MESSAGE_OVERHEAD;
+    }
+
+    fn add(&mut self, msg: &QueuedMessage) {
+        self.head_bytes += msg.message.size();
+        self.head_cost += msg.message.size() + MESSAGE_OVERHEAD;
+    }
+
+    fn remove(&self, seq: u64, disk: DiskRef) {
+        self.store.send(Op::Remove {
+            queue_id: self.queue_id,
+            seq,
+            msg_id: disk.msg_id,
+        });
+    }
+}
+
+impl QueueStore for DurableStore {
+    fn push(&mut self, mut msg: QueuedMessage) {
+        if msg.disk.is_none() && msg.message.persistent {
+            if let Some((msg_id, shared)) = msg.message.stored() {
+                msg.disk = Some(DiskRef {
+                    msg_id,
+                    flags: if shared { record::SHARED } else { 0 },
+                });
+            }
+        }
+        let cost = msg.message.size() + MESSAGE_OVERHEAD;
+        let page_out = self.on_disk > 0 || self.head_cost + cost > self.window;
+        if page_out && msg.disk.is_none() {
+            msg.disk = Some(self.store.store_transient(&msg.message));
+        }
+        if let Some(disk) = msg.disk {
+            self.store.send(Op::Entry {
+                queue_id: self.queue_id,
+                seq: msg.seq,
+                disk,
+            });
+        }
+        if page_out {
+            if self.on_disk == 0 {
+                self.disk_from = msg.seq;
+            }
+            self.on_disk += 1;
+            self.request_load();
+            return;
+        }
+        self.add(&msg);
+        self.head.push_back(msg);
+    }
+
+    fn requeue(&mut self, msg: QueuedMessage) {
+        self.add(&msg);
+        // Requeues usually land at the head: search from there.
+        let at = self.head.partition_point(|m| m.seq < msg.seq);
+        self.head.insert(at, msg);
+    }
+
+    fn pop(&mut self) -> Option<QueuedMessage> {
+        let msg = self.head.pop_front();
+        if let Some(m) = &msg {
+            self.take(m);
+        }
+        self.request_load();
+        msg
+    }
+
+    fn unpop(&mut self, msg: QueuedMessage) {
+        self.add(&msg);
+        self.head.push_front(msg);
+    }
+
+    fn len(&self) -> usize {
+        self.head.len() + self.on_disk
+    }
+
+    fn bytes(&self) -> usize {
+        self.head_bytes
+    }
+
+    fn purge(&mut self) -> usize {
+        let count = self.len();
+        for msg in std::mem::take(&mut self.head) {
+            if let Some(disk) = msg.disk {
+                self.remove(msg.seq, disk);
+            }
+        }
+        if self.on_disk > 0 {
+            self.store.send(Op::RemoveFrom {
+                queue_id: self.queue_id,
+                from: self.disk_from,
+            });
+        }
+        self.head_bytes = 0;
+        self.head_cost = 0;
+        self.on_disk = 0;
+        self.loading = false;
+        self.generation += 1;
+        count
+    }
+
+    fn delivered(&mut self, receipt: Receipt, no_ack: bool) {
+        let Some(disk) = receipt.disk else {
+            return;
+        };
+        if no_ack {
+            self.remove(receipt.seq, disk);
+        } else if !receipt.redelivered && disk.flags & record::DELIVERED == 0 {
+            self.store.send(Op::Delivered {
+                queue_id: self.queue_id,
+                seq: receipt.seq,
+                disk,
+            });
+        }
+    }
+
+    fn acked(&mut self, receipt: Receipt) {
+        if let (Some(disk), false) = (receipt.disk, self.deleted) {
+            self.remove(receipt.seq, disk);
+        }
+    }
+
+    fn refused(&mut self, message: &Message) {
+        if let (Some((msg_id, _)), true) = (message.stored(), message.persistent) {
+            self.store.send(Op::Release { msg_id });
+        }
+    }
+
+    fn delete(&mut self) {
+        // The store drops every entry of the queue; forget them here.
+        self.head.clear();
+        self.head_bytes = 0;
+        self.head_cost = 0;
+        self.on_disk = 0;
+        self.loading = false;
+        self.generation += 1;
+        self.deleted = true;
+    }
+
+    fn loaded(&mut self, loaded: Loaded) {
+        if loaded.generation != self.generation {
+            return;
+        }
+        self.loading = false;
+        if loaded.consumed == 0 && self.on_disk > 0 {
+            tracing::error!(
+                queue_id = self.queue_id,
+                missing = self.on_disk,
+                "paged-out messages not found on disk"
+            );
+            self.on_disk = 0;
+            return;
+        }
+        self.on_disk = self.on_disk.saturating_sub(loaded.consumed);
+        self.disk_from = loaded.next_from;
+        for msg in loaded.messages {
+            self.add(&msg);
+            self.head.push_back(msg);
+        }
+        self.request_load();
+    }
+
+    fn read_ahead(&mut self) {
+        self.request_load();
+    }
+
+    fn awaiting_disk(&self) -> bool {
+        self.head.is_empty() && self.on_disk > 0
+    }
+}

@@ -1,0 +1,277 @@
+//! Opening the store at start-up: refuse a damaged or foreign store loudly,
+//! read the topology, and count each durable queue's messages from its
+//! index without reading bodies. Transient messages that were paged out,
+//! and entries of queues that no longer exist, are dropped here.
+
+use super::persister::Persister;
+use super::record::{self, BindingRecord, ExchangeRecord, MetaKind, QueueRecord};
+use super::{Backlog, Store, StoreError};
+use crate::config::StorageConfig;
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::atomic::{AtomicU32, AtomicU64};
+use std::sync::Arc;
+use std::time::Instant;
+use tracing::info;
+
+/// Everything read back from the store.
+#[derive(Default)]
+pub struct Recovered {
+    pub exchanges: Vec<ExchangeRecord>,
+    pub queues: Vec<RecoveredQueue>,
+    pub bindings: Vec<BindingRecord>,
+}
+
+pub struct RecoveredQueue {
+    pub record: QueueRecord,
+    /// Messages in its index.
+    pub messages: usize,
+    /// Seq of its first message (meaningful when `messages > 0`).
+    pub first_seq: u64,
+    /// The seq its next message gets.
+    pub next_seq: u64,
+}
+
+#[derive(Default)]
+struct QueueScan {
+    messages: usize,
+    first_seq: u64,
+    last_seq: Option<u64>,
+}
+
+pub fn open(dir: &Path, config: &StorageConfig) -> Result<(Arc<Store>, Recovered), StoreError> {
+    let started = Instant::now();
+    std::fs::create_dir_all(dir).map_err(|source| StoreError::Io {
+        path: dir.to_owned(),
+        source,
+    })?;
+    let damaged = |detail: String| StoreError::Damaged {
+        path: dir.to_owned(),
+        detail,
+    };
+    // sled may panic on a corrupted log rather than return an error; turn
+    // that into a clear refusal instead of a crash with a backtrace.
+    let opened = quietly(|| -> Result<_, StoreError> {
+        let db = sled::Config::new()
+            .path(dir)
+            .cache_capacity(config.cache_capacity)
+            .mode(sled::Mode::HighThroughput)
+            .flush_every_ms(None)
+            .open()
+            .map_err(|source| match source {
+                sled::Error::Corruption { .. } => damaged(source.to_string()),
+                source => StoreError::Open {
+                    path: dir.to_owned(),
+                    source,
+                },
+            })?;
+        let meta = db.open_tree("meta").map_err(|e| damaged(e.to_string()))?;
+        let messages = db
+            .open_tree("messages")
+            .map_err(|e| damaged(e.to_string()))?;
+        let recovered = read(dir, &db, &meta, &messages)?;
+        Ok((db, meta, messages, recovered))
+    })
+    .unwrap_or_else(|panic| Err(damaged(panic)))?;
+    let (db, meta, messages, (recovered, shared_refs, next_msg_id)) = opened;
+
+    let backlog = Arc::new(Backlog::new(config.persister_backlog));
+    let (tx, rx) = std::sync::mpsc::channel();
+    let persister = Persister::new(db.clone(), messages, shared_refs, backlog.clone());
+    let thread = std::thread::Builder::new()
+        .name("leveret-persister".into())
+        .spawn(move || persister.run(rx))
+        .map_err(|source| StoreError::Io {
+            path: dir.to_owned(),
+            source,
+        })?;
+    let next_queue_id = recovered
+        .queues
+        .iter()
+        .map(|q| q.record.id)
+        .max()
+        .map_or(1, |id| id + 1);
+    let store = Store {
+        path: dir.to_owned(),
+        db,
+        meta,
+        persister: tx,
+        thread: parking_lot::Mutex::new(Some(thread)),
+        next_msg_id: AtomicU64::new(next_msg_id),
+        next_queue_id: AtomicU32::new(next_queue_id),
+        backlog,
+        queue_window: config.queue_memory_window,
+    };
+    info!(
+        path = %dir.display(),
+        exchanges = recovered.exchanges.len(),
+        queues = recovered.queues.len(),
+        bindings = recovered.bindings.len(),
+        messages = recovered.queues.iter().map(|q| q.messages).sum::<usize>(),
+        elapsed_ms = started.elapsed().as_millis() as u64,
+        "recovered durable state"
+    );
+    Ok((Arc::new(store), recovered))
+}
+
+type ReadResult = (Recovered, HashMap<u64, u32>, u64);
+
+fn read(
+    dir: &Path,
+    db: &sled::Db,
+    meta: &sled::Tree,
+    messages: &sled::Tree,
+) -> Result<ReadResult, StoreError> {
+    let damaged = |detail: String| StoreError::Damaged {
+        path: dir.to_owned(),
+        detail,
+    };
+    match meta
+        .get(record::FORMAT_KEY)
+        .map_err(|e| damaged(e.to_string()))?
+    {
+        Some(found) if found.as_ref() == record::FORMAT => {}
+        Some(found) => {
+            return Err(StoreError::Incompatible {
+                path: dir.to_owned(),
+                found: String::from_utf8_lossy(&found).into_owned(),
+                expected: String::from_utf8_lossy(record::FORMAT).into_owned(),
+            })
+        }
+        None if meta.is_empty() && messages.is_empty() => {
+            meta.insert(record::FORMAT_KEY, record::FORMAT)
+                .and_then(|_| db.flush())
+                .map_err(|e| damaged(e.to_string()))?;
+        }
+        None => {
+            return Err(StoreError::Incompatible {
+                path: dir.to_owned(),
+                found: "none".into(),
+                expected: String::from_utf8_lossy(record::FORMAT).into_owned(),
+            })
+        }
+    }
+
+    let mut recovered = Recovered::default();
+    let mut queue_records = Vec::new();
+    for item in meta.iter() {
+        let (key, value) = item.map_err(|e| damaged(e.to_string()))?;
+        let bad = || {
+            damaged(format!(
+                "unreadable record {:?}",
+                String::from_utf8_lossy(&key)
+            ))
+        };
+        match record::meta_kind(&key) {
+            MetaKind::Format => {}
+            MetaKind::Exchange => recovered
+                .exchanges
+                .push(ExchangeRecord::decode(&value).ok_or_else(bad)?),
+            MetaKind::Queue => queue_records.push(QueueRecord::decode(&value).ok_or_else(bad)?),
+            MetaKind::Binding => recovered
+                .bindings
+                .push(BindingRecord::decode(&value).ok_or_else(bad)?),
+            MetaKind::Unknown => return Err(bad()),
+        }
+    }
+
+    // One pass over every queue index: counts, transient leftovers, orphans.
+    let mut scans: HashMap<u32, QueueScan> = queue_records
+        .iter()
+        .map(|q| (q.id, QueueScan::default()))
+        .collect();
+    let mut shared_refs: HashMap<u64, u32> = HashMap::new();
+    let mut drop_entries = sled::Batch::default();
+    let mut drop_bodies: Vec<u64> = Vec::new();
+    let mut dropped = 0usize;
+    let (start, end) = record::all_entries();
+    for item in messages.range(start..end) {
+        let (key, value) = item.map_err(|e| damaged(e.to_string()))?;
+        let (Some((queue_id, seq)), Some((msg_id, flags))) = (
+            record::parse_entry_key(&key),
+            record::parse_entry_value(&value),
+        ) else {
+            return Err(damaged(format!("unreadable queue entry {key:?}")));
+        };
+        let scan = match scans.get_mut(&queue_id) {
+            Some(scan) if flags & record::TRANSIENT == 0 => scan,
+            _ => {
+                drop_entries.remove(key);
+                dropped += 1;
+                if flags & record::SHARED == 0 {
+                    drop_bodies.push(msg_id);
+                } else {
+                    // Counted like the others; released below.
+                    *shared_refs.entry(msg_id).or_default() += 0;
+                }
+                continue;
+            }
+        };
+        if scan.last_seq.is_none() {
+            scan.first_seq = seq;
+        }
+        scan.last_seq = Some(seq);
+        scan.messages += 1;
+        if flags & record::SHARED != 0 {
+            *shared_refs.entry(msg_id).or_default() += 1;
+        }
+    }
+    // Shared bodies no live entry references any more.
+    drop_bodies.extend(
+        shared_refs
+            .iter()
+            .filter(|(_, refs)| **refs == 0)
+            .map(|(id, _)| *id),
+    );
+    shared_refs.retain(|_, refs| *refs > 0);
+    if dropped > 0 || !drop_bodies.is_empty() {
+        for id in &drop_bodies {
+            drop_entries.remove(&record::body_key(*id)[..]);
+        }
+        messages
+            .apply_batch(drop_entries)
+            .and_then(|()| db.flush().map(drop))
+            .map_err(|e| damaged(e.to_string()))?;
+        info!(
+            entries = dropped,
+            "dropped transient messages and entries of deleted queues"
+        );
+    }
+
+    let (start, end) = record::all_bodies();
+    let next_msg_id = match messages.range(start..end).next_back() {
+        Some(Ok((key, _))) => {
+            record::parse_body_key(&key)
+                .ok_or_else(|| damaged(format!("unreadable message key {key:?}")))?
+                + 1
+        }
+        Some(Err(e)) => return Err(damaged(e.to_string())),
+        None => 1,
+    };
+
+    for record in queue_records {
+        let scan = scans.remove(&record.id).unwrap_or_default();
+        recovered.queues.push(RecoveredQueue {
+            messages: scan.messages,
+            first_seq: scan.first_seq,
+            next_seq: scan.last_seq.map_or(0, |s| s + 1),
+            record,
+        });
+    }
+    Ok((recovered, shared_refs, next_msg_id))
+}
+
+/// Runs `f`, turning a panic into its message without printing a backtrace.
+fn quietly<T>(f: impl FnOnce() -> T) -> Result<T, String> {
+    let hook = std::panic::take_hook();
+    std::panic::set_hook(Box::new(|_| {}));
+    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f));
+    std::panic::set_hook(hook);
+    result.map_err(|panic| {
+        panic
+            .downcast_ref::<String>()
+            .cloned()
+            .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
+            .unwrap_or_else(|| "the storage engine panicked while reading it".into())
+    })
+}
