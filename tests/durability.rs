@@ -1392,6 +1392,47 @@ async fn store_with_every_file_truncated_to_half_fails_startup_cleanly() {
     .await
 }
 
+/// The sled log file alone, damaged after a clean stop: sled itself may
+/// read it as a shorter log, so only Leveret's own clean-stop record can tell.
+fn db_file(files: &[PathBuf]) -> &PathBuf {
+    files
+        .iter()
+        .find(|f| f.file_name().is_some_and(|n| n == "db"))
+        .expect("sled keeps its log in a file named db")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn store_log_with_garbage_after_a_clean_stop_fails_startup_instead_of_losing_messages() {
+    within(async {
+        let data = TempDir::new("durability-db-garbage");
+        let files = write_a_store(data.path()).await;
+        let db = db_file(&files);
+        let mut bytes = std::fs::read(db).unwrap();
+        let start = bytes.len() / 4;
+        let len = bytes.len() / 2;
+        bytes[start..start + len].copy_from_slice(&garbage(len, 7));
+        std::fs::write(db, bytes).unwrap();
+        assert_start_fails_naming(data.path(), "garbage in the sled log");
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn store_log_truncated_after_a_clean_stop_fails_startup_instead_of_losing_messages() {
+    within(async {
+        let data = TempDir::new("durability-db-truncated");
+        let files = write_a_store(data.path()).await;
+        let f = std::fs::OpenOptions::new()
+            .write(true)
+            .open(db_file(&files))
+            .unwrap();
+        let len = f.metadata().unwrap().len();
+        f.set_len(len / 2).unwrap();
+        assert_start_fails_naming(data.path(), "truncated sled log");
+    })
+    .await
+}
+
 #[test]
 fn data_dir_that_is_a_regular_file_fails_startup_naming_the_path() {
     let dir = TempDir::new("durability-data-dir-is-file");

@@ -111,6 +111,10 @@ pub struct Persister {
     /// bodies referenced once are not tracked.
     shared_refs: HashMap<u64, u32>,
     backlog: Arc<super::Backlog>,
+    /// Queue entries on disk, written to the clean-shutdown marker so the
+    /// next start can tell a damaged store from a complete one.
+    entries: u64,
+    marker: std::path::PathBuf,
 }
 
 impl Persister {
@@ -119,12 +123,16 @@ impl Persister {
         messages: sled::Tree,
         shared_refs: HashMap<u64, u32>,
         backlog: Arc<super::Backlog>,
+        entries: u64,
+        marker: std::path::PathBuf,
     ) -> Persister {
         Persister {
             messages,
             db,
             shared_refs,
             backlog,
+            entries,
+            marker,
         }
     }
 
@@ -142,6 +150,7 @@ impl Persister {
                 }
             }
             if self.commit(&mut ops) {
+                self.write_marker();
                 return;
             }
         }
@@ -228,7 +237,13 @@ impl Persister {
         let mut ok = true;
         if writes > 0 {
             let mut batch = sled::Batch::default();
+            let mut entries = self.entries as i64;
             for (key, p) in pending {
+                match (&key, &p) {
+                    (Key::Entry(..), Pending::Put { fresh: true, .. }) => entries += 1,
+                    (Key::Entry(..), Pending::Delete) => entries -= 1,
+                    _ => {}
+                }
                 let key: Vec<u8> = match key {
                     Key::Entry(q, s) => record::entry_key(q, s).to_vec(),
                     Key::Body(id) => record::body_key(id).to_vec(),
@@ -248,6 +263,8 @@ impl Persister {
             if let Err(e) = self.messages.apply_batch(batch) {
                 error!(error = %e, "cannot write messages to the store");
                 ok = false;
+            } else {
+                self.entries = entries.max(0) as u64;
             }
         }
         // Reads see the batch just applied; serve them before the flush so
@@ -272,6 +289,20 @@ impl Persister {
             "store batch committed"
         );
         stop
+    }
+
+    /// Records, after the last flush of a clean stop, how many entries the
+    /// store holds; recovery compares it with what it reads.
+    fn write_marker(&self) {
+        let result = (|| -> std::io::Result<()> {
+            use std::io::Write;
+            let mut f = std::fs::File::create(&self.marker)?;
+            writeln!(f, "entries {}", self.entries)?;
+            f.sync_all()
+        })();
+        if let Err(e) = result {
+            error!(error = %e, path = %self.marker.display(), "cannot write the clean-shutdown marker");
+        }
     }
 
     /// Drops one reference to a body, deleting it with the last.

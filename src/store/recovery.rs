@@ -74,10 +74,26 @@ pub fn open(dir: &Path, config: &StorageConfig) -> Result<(Arc<Store>, Recovered
     })
     .unwrap_or_else(|panic| Err(damaged(panic)))?;
     let (db, meta, messages, (recovered, shared_refs, next_msg_id)) = opened;
+    // From here on the store may change: a marker left behind would lie.
+    let marker = dir.join(CLEAN_SHUTDOWN_MARKER);
+    if marker.exists() {
+        std::fs::remove_file(&marker).map_err(|source| StoreError::Io {
+            path: marker.clone(),
+            source,
+        })?;
+    }
+    let entries = recovered.queues.iter().map(|q| q.messages as u64).sum();
 
     let backlog = Arc::new(Backlog::new(config.persister_backlog));
     let (tx, rx) = std::sync::mpsc::channel();
-    let persister = Persister::new(db.clone(), messages, shared_refs, backlog.clone());
+    let persister = Persister::new(
+        db.clone(),
+        messages,
+        shared_refs,
+        backlog.clone(),
+        entries,
+        marker,
+    );
     let thread = std::thread::Builder::new()
         .name("leveret-persister".into())
         .spawn(move || persister.run(rx))
@@ -112,6 +128,15 @@ pub fn open(dir: &Path, config: &StorageConfig) -> Result<(Arc<Store>, Recovered
         "recovered durable state"
     );
     Ok((Arc::new(store), recovered))
+}
+
+/// Written after the final flush of a clean stop: `entries N`.
+pub const CLEAN_SHUTDOWN_MARKER: &str = "clean-shutdown";
+
+/// The entry count a clean stop recorded, if the last stop was clean.
+fn clean_shutdown_entries(dir: &Path) -> Option<u64> {
+    let text = std::fs::read_to_string(dir.join(CLEAN_SHUTDOWN_MARKER)).ok()?;
+    text.trim().strip_prefix("entries ")?.parse().ok()
 }
 
 type ReadResult = (Recovered, HashMap<u64, u32>, u64);
@@ -175,6 +200,8 @@ fn read(
         }
     }
 
+    let expected_entries = clean_shutdown_entries(dir);
+    let mut all_entries = 0u64;
     // One pass over every queue index: counts, transient leftovers, orphans.
     let mut scans: HashMap<u32, QueueScan> = queue_records
         .iter()
@@ -193,6 +220,7 @@ fn read(
         ) else {
             return Err(damaged(format!("unreadable queue entry {key:?}")));
         };
+        all_entries += 1;
         let scan = match scans.get_mut(&queue_id) {
             Some(scan) if flags & record::TRANSIENT == 0 => scan,
             _ => {
@@ -214,6 +242,13 @@ fn read(
         scan.messages += 1;
         if flags & record::SHARED != 0 {
             *shared_refs.entry(msg_id).or_default() += 1;
+        }
+    }
+    if let Some(expected) = expected_entries {
+        if expected != all_entries {
+            return Err(damaged(format!(
+                "the last clean stop left {expected} queued messages but {all_entries} are readable"
+            )));
         }
     }
     // Shared bodies no live entry references any more.
@@ -274,4 +309,69 @@ fn quietly<T>(f: impl FnOnce() -> T) -> Result<T, String> {
             .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
             .unwrap_or_else(|| "the storage engine panicked while reading it".into())
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn temp_dir(name: &str) -> std::path::PathBuf {
+        let dir =
+            std::env::temp_dir().join(format!("leveret-recovery-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        dir
+    }
+
+    #[test]
+    fn a_store_from_another_format_is_refused_naming_its_directory() {
+        let dir = temp_dir("format");
+        {
+            let db = sled::open(&dir).unwrap();
+            let meta = db.open_tree("meta").unwrap();
+            meta.insert(record::FORMAT_KEY, &b"leveret-store-0"[..])
+                .unwrap();
+            db.flush().unwrap();
+        }
+        let err = open(&dir, &StorageConfig::default())
+            .err()
+            .expect("refused");
+        assert!(matches!(err, StoreError::Incompatible { .. }), "{err}");
+        let text = err.to_string();
+        assert!(
+            text.contains(&dir.display().to_string()) && text.contains("leveret-store-0"),
+            "{text}"
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_sled_store_without_our_marker_is_refused() {
+        let dir = temp_dir("foreign");
+        {
+            let db = sled::open(&dir).unwrap();
+            db.open_tree("messages")
+                .unwrap()
+                .insert(b"x", b"y")
+                .unwrap();
+            db.flush().unwrap();
+        }
+        let err = open(&dir, &StorageConfig::default())
+            .err()
+            .expect("refused");
+        assert!(matches!(err, StoreError::Incompatible { .. }), "{err}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_new_store_opens_empty_and_reopens() {
+        let dir = temp_dir("new");
+        let (store, recovered) = open(&dir, &StorageConfig::default()).unwrap();
+        assert!(recovered.queues.is_empty() && recovered.exchanges.is_empty());
+        store.close();
+        drop(store);
+        let (store, _) = open(&dir, &StorageConfig::default()).unwrap();
+        store.close();
+        drop(store);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 }
