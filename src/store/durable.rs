@@ -182,11 +182,10 @@ impl QueueStore for DurableStore {
         };
         if no_ack {
             self.remove(receipt.seq, disk);
-        } else if !receipt.redelivered && disk.flags & record::DELIVERED == 0 {
+        } else if !receipt.redelivered {
             self.store.send(Op::Delivered {
                 queue_id: self.queue_id,
                 seq: receipt.seq,
-                disk,
             });
         }
     }

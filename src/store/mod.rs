@@ -33,7 +33,7 @@ pub const MESSAGE_OVERHEAD: usize = 128;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct DiskRef {
     pub msg_id: u64,
-    /// [`record::SHARED`], [`record::TRANSIENT`], [`record::DELIVERED`].
+    /// [`record::SHARED`], [`record::TRANSIENT`].
     pub flags: u8,
 }
 

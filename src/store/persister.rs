@@ -9,7 +9,7 @@
 //! Within a batch, writes that are undone before they reach disk cancel out:
 //! a message published and acknowledged in the same batch is never written.
 
-use super::record::{self, DELIVERED};
+use super::record;
 use super::{DiskRef, QueuedMessage};
 use crate::broker::message::Message;
 use crate::broker::queue::Queue;
@@ -17,8 +17,8 @@ use crate::channel::shared::ChannelShared;
 use std::collections::HashMap;
 use std::sync::mpsc::{Receiver, Sender};
 use std::sync::{Arc, Weak};
-use std::time::Instant;
-use tracing::{debug, error};
+use std::time::{Duration, Instant};
+use tracing::{debug, error, info};
 
 /// Most operations taken into one batch, so a flood cannot grow a batch
 /// (and the memory it pins) without bound.
@@ -37,12 +37,9 @@ pub enum Op {
         seq: u64,
         disk: DiskRef,
     },
-    /// A message was delivered: after a restart it comes back redelivered.
-    Delivered {
-        queue_id: u32,
-        seq: u64,
-        disk: DiskRef,
-    },
+    /// The message at `seq` was delivered: after a restart it, and every
+    /// earlier one, comes back redelivered.
+    Delivered { queue_id: u32, seq: u64 },
     /// A message left a queue (acknowledged, dropped, purged).
     Remove {
         queue_id: u32,
@@ -88,11 +85,13 @@ pub struct Loaded {
 enum Key {
     Entry(u32, u64),
     Body(u64),
+    Delivered(u32),
 }
 
 enum Value {
     Entry(u64, u8),
     Body(Arc<Message>),
+    Delivered(u64),
 }
 
 enum Pending {
@@ -110,11 +109,52 @@ pub struct Persister {
     /// Remaining references of bodies shared by several queue entries;
     /// bodies referenced once are not tracked.
     shared_refs: HashMap<u64, u32>,
+    /// Per queue, the seq below which every message was delivered (see
+    /// `record::delivered_key`).
+    delivered: HashMap<u32, u64>,
     backlog: Arc<super::Backlog>,
     /// Queue entries on disk, written to the clean-shutdown marker so the
     /// next start can tell a damaged store from a complete one.
     entries: u64,
     marker: std::path::PathBuf,
+    stats: Stats,
+}
+
+/// Where the persister's time goes, logged when it stops.
+#[derive(Default)]
+struct Stats {
+    batches: u64,
+    ops: u64,
+    writes: u64,
+    flushes: u64,
+    /// Folding operations into the pending map (cancellations included).
+    sort: Duration,
+    /// Building the sled batch: keys and message records.
+    encode: Duration,
+    /// sled's apply_batch: its index and log buffers.
+    apply: Duration,
+    load: Duration,
+    flush: Duration,
+    confirm: Duration,
+}
+
+impl Stats {
+    fn log(&self) {
+        let ms = |d: Duration| d.as_millis() as u64;
+        info!(
+            batches = self.batches,
+            ops = self.ops,
+            writes = self.writes,
+            flushes = self.flushes,
+            sort_ms = ms(self.sort),
+            encode_ms = ms(self.encode),
+            apply_ms = ms(self.apply),
+            load_ms = ms(self.load),
+            flush_ms = ms(self.flush),
+            confirm_ms = ms(self.confirm),
+            "persister totals"
+        );
+    }
 }
 
 impl Persister {
@@ -122,6 +162,7 @@ impl Persister {
         db: sled::Db,
         messages: sled::Tree,
         shared_refs: HashMap<u64, u32>,
+        delivered: HashMap<u32, u64>,
         backlog: Arc<super::Backlog>,
         entries: u64,
         marker: std::path::PathBuf,
@@ -130,9 +171,11 @@ impl Persister {
             messages,
             db,
             shared_refs,
+            delivered,
             backlog,
             entries,
             marker,
+            stats: Stats::default(),
         }
     }
 
@@ -151,6 +194,7 @@ impl Persister {
             }
             if self.commit(&mut ops) {
                 self.write_marker();
+                self.stats.log();
                 return;
             }
         }
@@ -197,26 +241,19 @@ impl Persister {
                         },
                     );
                 }
-                Op::Delivered {
-                    queue_id,
-                    seq,
-                    disk,
-                } => match pending.get_mut(&Key::Entry(queue_id, seq)) {
-                    Some(Pending::Put {
-                        value: Value::Entry(_, flags),
-                        ..
-                    }) => *flags |= DELIVERED,
-                    Some(_) => {}
-                    None => {
+                Op::Delivered { queue_id, seq } => {
+                    let mark = self.delivered.entry(queue_id).or_default();
+                    if seq + 1 > *mark {
+                        *mark = seq + 1;
                         pending.insert(
-                            Key::Entry(queue_id, seq),
+                            Key::Delivered(queue_id),
                             Pending::Put {
-                                value: Value::Entry(disk.msg_id, disk.flags | DELIVERED),
+                                value: Value::Delivered(seq + 1),
                                 fresh: false,
                             },
                         );
                     }
-                },
+                }
                 Op::Remove {
                     queue_id,
                     seq,
@@ -235,6 +272,8 @@ impl Persister {
         }
         let writes = pending.len();
         let mut ok = true;
+        let sorted = Instant::now();
+        self.stats.sort += sorted - started;
         if writes > 0 {
             let mut batch = sled::Batch::default();
             let mut entries = self.entries as i64;
@@ -247,6 +286,7 @@ impl Persister {
                 let key: Vec<u8> = match key {
                     Key::Entry(q, s) => record::entry_key(q, s).to_vec(),
                     Key::Body(id) => record::body_key(id).to_vec(),
+                    Key::Delivered(q) => record::delivered_key(q).to_vec(),
                 };
                 match p {
                     Pending::Put {
@@ -257,28 +297,45 @@ impl Persister {
                         value: Value::Body(m),
                         ..
                     } => batch.insert(key, record::encode_message(&m)),
+                    Pending::Put {
+                        value: Value::Delivered(seq),
+                        ..
+                    } => batch.insert(key, &seq.to_be_bytes()[..]),
                     Pending::Delete => batch.remove(key),
                 }
             }
+            let encoded = Instant::now();
+            self.stats.encode += encoded - sorted;
             if let Err(e) = self.messages.apply_batch(batch) {
                 error!(error = %e, "cannot write messages to the store");
                 ok = false;
             } else {
                 self.entries = entries.max(0) as u64;
             }
+            self.stats.apply += encoded.elapsed();
         }
         // Reads see the batch just applied; serve them before the flush so
         // consumers do not wait on the disk.
+        let loading = Instant::now();
         for load in loads {
             self.load(load);
         }
+        let flushing = Instant::now();
+        self.stats.load += flushing - loading;
         if ok && (writes > 0 || !syncs.is_empty()) {
             if let Err(e) = self.db.flush() {
                 error!(error = %e, "cannot flush the store to disk");
                 ok = false;
             }
+            self.stats.flushes += 1;
         }
+        let confirming = Instant::now();
+        self.stats.flush += confirming - flushing;
         confirm(confirms, ok);
+        self.stats.confirm += confirming.elapsed();
+        self.stats.batches += 1;
+        self.stats.ops += count as u64;
+        self.stats.writes += writes as u64;
         for done in syncs {
             let _ = done.send(());
         }
@@ -318,6 +375,10 @@ impl Persister {
     }
 
     fn remove_from(&mut self, pending: &mut HashMap<Key, Pending>, queue_id: u32, from: u64) {
+        if from == 0 && self.delivered.remove(&queue_id).is_some() {
+            // The queue is gone.
+            pending.insert(Key::Delivered(queue_id), Pending::Delete);
+        }
         let in_batch: Vec<(Key, Option<u64>)> = pending
             .iter()
             .filter_map(|(k, p)| match (k, p) {
@@ -367,6 +428,7 @@ impl Persister {
         let Some(queue) = req.queue.upgrade() else {
             return;
         };
+        let delivered = self.delivered.get(&req.queue_id).copied();
         let (start, end) = record::entry_range(req.queue_id, req.from);
         let mut loaded = Loaded {
             generation: req.generation,
@@ -404,7 +466,7 @@ impl Persister {
             loaded.messages.push(QueuedMessage {
                 seq,
                 message: Arc::new(message),
-                redelivered: flags & DELIVERED != 0,
+                redelivered: delivered.is_some_and(|mark| seq < mark),
                 disk: Some(DiskRef { msg_id, flags }),
             });
             if bytes >= req.max_bytes {

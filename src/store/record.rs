@@ -6,7 +6,11 @@
 //!   queue's index, in delivery order; small, so recovery scans it without
 //!   touching bodies;
 //! - `m ‖ msg_id u64 BE` → the message (exchange, routing key, raw
-//!   properties, body), stored once however many queues reference it.
+//!   properties, body), stored once however many queues reference it;
+//! - `d ‖ queue_id u32 BE` → one past the highest seq delivered from that
+//!   queue. A queue delivers in seq order (requeued messages go back to
+//!   their place), so every message below the mark was delivered before:
+//!   one small write per queue and batch instead of one per delivery.
 //!
 //! `meta` holds the topology: the format marker, exchanges, queues and
 //! bindings, each a small record in the encodings below.
@@ -22,13 +26,34 @@ pub const FORMAT_KEY: &[u8] = b"format";
 
 const ENTRY: u8 = b'e';
 const BODY: u8 = b'm';
+const DELIVERED_MARK: u8 = b'd';
 
-/// Entry flag: the message was delivered at least once (redelivered after a restart).
-pub const DELIVERED: u8 = 1;
 /// Entry flag: the body is referenced by entries in several queues.
 pub const SHARED: u8 = 2;
 /// Entry flag: a transient message paged out of memory; dropped at start-up.
 pub const TRANSIENT: u8 = 4;
+
+pub fn delivered_key(queue_id: u32) -> [u8; 5] {
+    let mut k = [0u8; 5];
+    k[0] = DELIVERED_MARK;
+    k[1..].copy_from_slice(&queue_id.to_be_bytes());
+    k
+}
+
+pub fn all_delivered_marks() -> (&'static [u8], &'static [u8]) {
+    (&[DELIVERED_MARK], &[DELIVERED_MARK + 1])
+}
+
+/// (queue_id, first seq not yet delivered) from a delivered-mark record.
+pub fn parse_delivered(key: &[u8], value: &[u8]) -> Option<(u32, u64)> {
+    if key.len() != 5 || key[0] != DELIVERED_MARK || value.len() != 8 {
+        return None;
+    }
+    Some((
+        u32::from_be_bytes(key[1..].try_into().ok()?),
+        u64::from_be_bytes(value.try_into().ok()?),
+    ))
+}
 
 pub fn entry_key(queue_id: u32, seq: u64) -> [u8; 13] {
     let mut k = [0u8; 13];

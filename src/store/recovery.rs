@@ -73,7 +73,7 @@ pub fn open(dir: &Path, config: &StorageConfig) -> Result<(Arc<Store>, Recovered
         Ok((db, meta, messages, recovered))
     })
     .unwrap_or_else(|panic| Err(damaged(panic)))?;
-    let (db, meta, messages, (recovered, shared_refs, next_msg_id)) = opened;
+    let (db, meta, messages, (recovered, shared_refs, delivered, next_msg_id)) = opened;
     // From here on the store may change: a marker left behind would lie.
     let marker = dir.join(CLEAN_SHUTDOWN_MARKER);
     if marker.exists() {
@@ -90,6 +90,7 @@ pub fn open(dir: &Path, config: &StorageConfig) -> Result<(Arc<Store>, Recovered
         db.clone(),
         messages,
         shared_refs,
+        delivered,
         backlog.clone(),
         entries,
         marker,
@@ -139,7 +140,7 @@ fn clean_shutdown_entries(dir: &Path) -> Option<u64> {
     text.trim().strip_prefix("entries ")?.parse().ok()
 }
 
-type ReadResult = (Recovered, HashMap<u64, u32>, u64);
+type ReadResult = (Recovered, HashMap<u64, u32>, HashMap<u32, u64>, u64);
 
 fn read(
     dir: &Path,
@@ -284,6 +285,15 @@ fn read(
         None => 1,
     };
 
+    let mut delivered = HashMap::new();
+    let (start, end) = record::all_delivered_marks();
+    for item in messages.range(start..end) {
+        let (key, value) = item.map_err(|e| damaged(e.to_string()))?;
+        let (queue_id, seq) = record::parse_delivered(&key, &value)
+            .ok_or_else(|| damaged(format!("unreadable delivery mark {key:?}")))?;
+        delivered.insert(queue_id, seq);
+    }
+
     for record in queue_records {
         let scan = scans.remove(&record.id).unwrap_or_default();
         recovered.queues.push(RecoveredQueue {
@@ -293,7 +303,7 @@ fn read(
             record,
         });
     }
-    Ok((recovered, shared_refs, next_msg_id))
+    Ok((recovered, shared_refs, delivered, next_msg_id))
 }
 
 /// Runs `f`, turning a panic into its message without printing a backtrace.
