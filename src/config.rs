@@ -39,14 +39,16 @@ pub struct StorageConfig {
     pub cache_capacity: u64,
     pub queue_memory_window: usize,
     pub persister_backlog: usize,
+    pub segment_size: u64,
 }
 
 impl Default for StorageConfig {
     fn default() -> Self {
         StorageConfig {
-            cache_capacity: 64 * 1024 * 1024,
+            cache_capacity: 32 * 1024 * 1024,
             queue_memory_window: 8 * 1024 * 1024,
             persister_backlog: 64 * 1024 * 1024,
+            segment_size: 64 * 1024 * 1024,
         }
     }
 }

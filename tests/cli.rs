@@ -51,9 +51,14 @@ async fn port_zero_is_logged_and_sigterm_closes_clients_with_320_then_exits_0() 
 async fn flags_override_the_config_file() {
     let dir = TempDir::new("cli-conf");
     let file = dir.path().join("broker.toml");
+    // The file's data_dir is used (nothing lands in ./data); its listen
+    // address is overridden by the flag.
     std::fs::write(
         &file,
-        "[server]\nlisten = \"127.0.0.1:1\"\n[limits]\nframe_max = 8192\nheartbeat = 7\n",
+        format!(
+            "[server]\nlisten = \"127.0.0.1:1\"\ndata_dir = {:?}\n[limits]\nframe_max = 8192\nheartbeat = 7\n",
+            dir.path().join("data")
+        ),
     )
     .unwrap();
     let mut broker = BrokerProcess::spawn(&[
@@ -78,6 +83,10 @@ async fn flags_override_the_config_file() {
     );
     conn.close(200, "bye".into()).await.unwrap();
     broker.sigterm_and_wait();
+    assert!(
+        dir.path().join("data").is_dir(),
+        "the store is in the file's data_dir"
+    );
 }
 
 #[test]

@@ -14,9 +14,9 @@ pub struct Message {
     pub properties: Bytes,
     pub body: Bytes,
     pub persistent: bool,
-    /// The stored copy once the message was written for durable queues:
-    /// `id << 1 | shared` (0: not stored). Set once, while routing, before
-    /// any queue holds the message.
+    /// The id under which the message was handed to the persister for
+    /// durable queues (0: not stored). Set once, while routing, before any
+    /// queue holds the message.
     stored: AtomicU64,
 }
 
@@ -43,14 +43,12 @@ impl Message {
         self.body.len() + self.properties.len()
     }
 
-    /// The stored body's id and whether several queues reference it.
-    pub fn stored(&self) -> Option<(u64, bool)> {
-        let v = self.stored.load(Ordering::Acquire);
-        (v != 0).then_some((v >> 1, v & 1 == 1))
+    pub fn stored(&self) -> Option<u64> {
+        let id = self.stored.load(Ordering::Acquire);
+        (id != 0).then_some(id)
     }
 
-    pub fn set_stored(&self, id: u64, shared: bool) {
-        self.stored
-            .store(id << 1 | u64::from(shared), Ordering::Release);
+    pub fn set_stored(&self, id: u64) {
+        self.stored.store(id, Ordering::Release);
     }
 }

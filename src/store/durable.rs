@@ -8,7 +8,7 @@
 //! half the window, the next chunk is requested.
 
 use super::persister::{LoadRequest, Loaded, Op};
-use super::{record, DiskRef, QueueStore, QueuedMessage, Receipt, Store, MESSAGE_OVERHEAD};
+use super::{DiskRef, QueueStore, QueuedMessage, Receipt, Store, MESSAGE_OVERHEAD};
 use crate::broker::message::Message;
 use crate::broker::queue::Queue;
 use std::collections::VecDeque;
@@ -60,7 +60,8 @@ impl DurableStore {
 
     /// Asks for the next chunk from disk when the head runs low.
     fn request_load(&mut self) {
-        if self.on_disk == 0 || self.loading || self.head_cost >= self.window / 2 {
+        let low = self.head.is_empty() || self.head_cost < self.window / 2;
+        if self.on_disk == 0 || self.loading || !low {
             return;
         }
         self.loading = true;
@@ -68,7 +69,7 @@ impl DurableStore {
             queue: self.queue.clone(),
             queue_id: self.queue_id,
             from: self.disk_from,
-            max_bytes: self.window - self.head_cost,
+            max_bytes: self.window.saturating_sub(self.head_cost),
             generation: self.generation,
         }));
     }
@@ -95,11 +96,8 @@ impl DurableStore {
 impl QueueStore for DurableStore {
     fn push(&mut self, mut msg: QueuedMessage) {
         if msg.disk.is_none() && msg.message.persistent {
-            if let Some((msg_id, shared)) = msg.message.stored() {
-                msg.disk = Some(DiskRef {
-                    msg_id,
-                    flags: if shared { record::SHARED } else { 0 },
-                });
+            if let Some(msg_id) = msg.message.stored() {
+                msg.disk = Some(DiskRef { msg_id, flags: 0 });
             }
         }
         let cost = msg.message.size() + MESSAGE_OVERHEAD;
@@ -197,7 +195,7 @@ impl QueueStore for DurableStore {
     }
 
     fn refused(&mut self, message: &Message) {
-        if let (Some((msg_id, _)), true) = (message.stored(), message.persistent) {
+        if let (Some(msg_id), true) = (message.stored(), message.persistent) {
             self.store.send(Op::Release { msg_id });
         }
     }

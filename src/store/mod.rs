@@ -11,6 +11,7 @@ pub mod memory;
 pub mod persister;
 pub mod record;
 mod recovery;
+pub mod segments;
 
 use crate::broker::message::Message;
 use crate::channel::shared::ChannelShared;
@@ -33,7 +34,7 @@ pub const MESSAGE_OVERHEAD: usize = 128;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct DiskRef {
     pub msg_id: u64,
-    /// [`record::SHARED`], [`record::TRANSIENT`].
+    /// [`record::TRANSIENT`].
     pub flags: u8,
 }
 
@@ -216,7 +217,7 @@ impl Store {
     /// message's stored id so each queue writes its entry.
     pub fn store_message(&self, message: &Arc<Message>, refs: u32) {
         let msg_id = self.next_msg_id.fetch_add(1, Ordering::Relaxed);
-        message.set_stored(msg_id, refs > 1);
+        message.set_stored(msg_id);
         self.backlog.add(message.size());
         self.send(Op::Body {
             msg_id,

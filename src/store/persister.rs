@@ -1,15 +1,17 @@
-//! The persister: one thread that owns every write to the `messages` tree.
+//! The persister: one thread that owns every message write.
 //!
 //! Group commit: it blocks for the first operation, takes everything queued
-//! behind it, applies one atomic sled batch, flushes once, and then releases
-//! the publisher confirms the batch covered. There is no timer: under load
-//! the next batch has grown while the previous flush ran; when idle a
-//! confirm waits for exactly one flush.
+//! behind it, appends the new bodies to the current segment and fsyncs it,
+//! writes the index entries pointing at them to sled and flushes once, and
+//! then releases the publisher confirms the batch covered. There is no
+//! timer: under load the next batch has grown while the previous flush ran;
+//! when idle a confirm waits for exactly one flush.
 //!
-//! Within a batch, writes that are undone before they reach disk cancel out:
-//! a message published and acknowledged in the same batch is never written.
+//! Within a batch, work undone before it reaches disk cancels out: a message
+//! published and acknowledged in the same batch is never written.
 
 use super::record;
+use super::segments::{Location, Segments};
 use super::{DiskRef, QueuedMessage};
 use crate::broker::message::Message;
 use crate::broker::queue::Queue;
@@ -48,7 +50,8 @@ pub enum Op {
     },
     /// A body reference that never became an entry (its queue was deleted meanwhile).
     Release { msg_id: u64 },
-    /// Every entry of a queue from `from` on (purge of paged-out messages, queue deletion).
+    /// Every entry of a queue from `from` on (purge of paged-out messages;
+    /// queue deletion with `from` 0).
     RemoveFrom { queue_id: u32, from: u64 },
     /// Publisher confirm `seq` on `channel` waits for this batch to be on disk.
     Confirm {
@@ -81,34 +84,20 @@ pub struct Loaded {
     pub next_from: u64,
 }
 
-#[derive(Clone, Copy, PartialEq, Eq, Hash)]
-enum Key {
-    Entry(u32, u64),
-    Body(u64),
-    Delivered(u32),
-}
-
-enum Value {
-    Entry(u64, u8),
-    Body(Arc<Message>),
-    Delivered(u64),
-}
-
-enum Pending {
-    /// `fresh`: the key is new in this batch, so deleting it means never writing it.
-    Put {
-        value: Value,
-        fresh: bool,
-    },
-    Delete,
+/// A body whose queue entries are not all written (or cancelled) yet.
+struct InFlight {
+    /// Until written to a segment.
+    message: Option<Arc<Message>>,
+    at: Option<Location>,
+    /// References not yet written as entries nor cancelled.
+    unresolved: u32,
 }
 
 pub struct Persister {
-    messages: sled::Tree,
     db: sled::Db,
-    /// Remaining references of bodies shared by several queue entries;
-    /// bodies referenced once are not tracked.
-    shared_refs: HashMap<u64, u32>,
+    index: sled::Tree,
+    segments: Segments,
+    in_flight: HashMap<u64, InFlight>,
     /// Per queue, the seq below which every message was delivered (see
     /// `record::delivered_key`).
     delivered: HashMap<u32, u64>,
@@ -125,14 +114,11 @@ pub struct Persister {
 struct Stats {
     batches: u64,
     ops: u64,
-    writes: u64,
-    flushes: u64,
-    /// Folding operations into the pending map (cancellations included).
-    sort: Duration,
-    /// Building the sled batch: keys and message records.
-    encode: Duration,
-    /// sled's apply_batch: its index and log buffers.
-    apply: Duration,
+    bodies: u64,
+    index_writes: u64,
+    fold: Duration,
+    segment_write: Duration,
+    index: Duration,
     load: Duration,
     flush: Duration,
     confirm: Duration,
@@ -144,33 +130,51 @@ impl Stats {
         info!(
             batches = self.batches,
             ops = self.ops,
-            writes = self.writes,
-            flushes = self.flushes,
-            sort_ms = ms(self.sort),
-            encode_ms = ms(self.encode),
-            apply_ms = ms(self.apply),
+            bodies_written = self.bodies,
+            index_writes = self.index_writes,
+            fold_ms = ms(self.fold),
+            segment_write_ms = ms(self.segment_write),
+            index_ms = ms(self.index),
             load_ms = ms(self.load),
-            flush_ms = ms(self.flush),
+            index_flush_ms = ms(self.flush),
             confirm_ms = ms(self.confirm),
             "persister totals"
         );
     }
 }
 
+/// One batch's operations, folded so that undone work cancels out.
+#[derive(Default)]
+struct Batch {
+    /// New entries: (queue, seq) → (msg_id, flags).
+    puts: HashMap<(u32, u64), (u64, u8)>,
+    /// Existing entries to delete.
+    removes: Vec<(u32, u64)>,
+    /// Queue ranges to delete, applied before `removes` and `puts`.
+    remove_from: Vec<(u32, u64)>,
+    marks: HashMap<u32, Option<u64>>,
+    confirms: Vec<(Arc<ChannelShared>, u64)>,
+    loads: Vec<LoadRequest>,
+    syncs: Vec<Sender<()>>,
+    stop: bool,
+}
+
 impl Persister {
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
         db: sled::Db,
-        messages: sled::Tree,
-        shared_refs: HashMap<u64, u32>,
+        index: sled::Tree,
+        segments: Segments,
         delivered: HashMap<u32, u64>,
         backlog: Arc<super::Backlog>,
         entries: u64,
         marker: std::path::PathBuf,
     ) -> Persister {
         Persister {
-            messages,
             db,
-            shared_refs,
+            index,
+            segments,
+            in_flight: HashMap::new(),
             delivered,
             backlog,
             entries,
@@ -203,149 +207,233 @@ impl Persister {
     /// Applies one batch; returns true when asked to stop.
     fn commit(&mut self, ops: &mut Vec<Op>) -> bool {
         let started = Instant::now();
-        let count = ops.len();
-        let mut pending: HashMap<Key, Pending> = HashMap::with_capacity(ops.len());
-        let mut confirms: Vec<(Arc<ChannelShared>, u64)> = Vec::new();
-        let mut loads = Vec::new();
-        let mut syncs = Vec::new();
-        let mut stop = false;
+        self.stats.ops += ops.len() as u64;
+        let mut b = Batch::default();
         for op in ops.drain(..) {
-            match op {
-                Op::Body {
-                    msg_id,
-                    message,
-                    refs,
-                } => {
-                    self.backlog.sub(message.size());
-                    if refs > 1 {
-                        self.shared_refs.insert(msg_id, refs);
-                    }
-                    pending.insert(
-                        Key::Body(msg_id),
-                        Pending::Put {
-                            value: Value::Body(message),
-                            fresh: true,
-                        },
-                    );
-                }
-                Op::Entry {
-                    queue_id,
-                    seq,
-                    disk,
-                } => {
-                    pending.insert(
-                        Key::Entry(queue_id, seq),
-                        Pending::Put {
-                            value: Value::Entry(disk.msg_id, disk.flags),
-                            fresh: true,
-                        },
-                    );
-                }
-                Op::Delivered { queue_id, seq } => {
-                    let mark = self.delivered.entry(queue_id).or_default();
-                    if seq + 1 > *mark {
-                        *mark = seq + 1;
-                        pending.insert(
-                            Key::Delivered(queue_id),
-                            Pending::Put {
-                                value: Value::Delivered(seq + 1),
-                                fresh: false,
-                            },
-                        );
-                    }
-                }
-                Op::Remove {
-                    queue_id,
-                    seq,
-                    msg_id,
-                } => {
-                    delete(&mut pending, Key::Entry(queue_id, seq));
-                    self.release(&mut pending, msg_id);
-                }
-                Op::Release { msg_id } => self.release(&mut pending, msg_id),
-                Op::RemoveFrom { queue_id, from } => self.remove_from(&mut pending, queue_id, from),
-                Op::Confirm { channel, seq } => confirms.push((channel, seq)),
-                Op::Load(load) => loads.push(load),
-                Op::Sync(done) => syncs.push(done),
-                Op::Stop => stop = true,
-            }
+            self.fold(&mut b, op);
         }
-        let writes = pending.len();
-        let mut ok = true;
-        let sorted = Instant::now();
-        self.stats.sort += sorted - started;
-        if writes > 0 {
-            let mut batch = sled::Batch::default();
-            let mut entries = self.entries as i64;
-            for (key, p) in pending {
-                match (&key, &p) {
-                    (Key::Entry(..), Pending::Put { fresh: true, .. }) => entries += 1,
-                    (Key::Entry(..), Pending::Delete) => entries -= 1,
-                    _ => {}
-                }
-                let key: Vec<u8> = match key {
-                    Key::Entry(q, s) => record::entry_key(q, s).to_vec(),
-                    Key::Body(id) => record::body_key(id).to_vec(),
-                    Key::Delivered(q) => record::delivered_key(q).to_vec(),
-                };
-                match p {
-                    Pending::Put {
-                        value: Value::Entry(id, flags),
-                        ..
-                    } => batch.insert(key, &record::entry_value(id, flags)[..]),
-                    Pending::Put {
-                        value: Value::Body(m),
-                        ..
-                    } => batch.insert(key, record::encode_message(&m)),
-                    Pending::Put {
-                        value: Value::Delivered(seq),
-                        ..
-                    } => batch.insert(key, &seq.to_be_bytes()[..]),
-                    Pending::Delete => batch.remove(key),
-                }
-            }
-            let encoded = Instant::now();
-            self.stats.encode += encoded - sorted;
-            if let Err(e) = self.messages.apply_batch(batch) {
-                error!(error = %e, "cannot write messages to the store");
-                ok = false;
-            } else {
-                self.entries = entries.max(0) as u64;
-            }
-            self.stats.apply += encoded.elapsed();
-        }
-        // Reads see the batch just applied; serve them before the flush so
-        // consumers do not wait on the disk.
+        let folded = Instant::now();
+        self.stats.fold += folded - started;
+
+        let mut ok = self.write_bodies();
+        let indexing = Instant::now();
+        self.stats.segment_write += indexing - folded;
+        let mut released = Vec::new();
+        let wrote = ok && (self.write_index(&mut b, &mut released));
         let loading = Instant::now();
-        for load in loads {
+        self.stats.index += loading - indexing;
+        // Reads see what was just written; serve them before the flush so
+        // consumers do not wait on the disk.
+        for load in std::mem::take(&mut b.loads) {
             self.load(load);
         }
         let flushing = Instant::now();
         self.stats.load += flushing - loading;
-        if ok && (writes > 0 || !syncs.is_empty()) {
+        if ok && (wrote || !b.syncs.is_empty()) {
             if let Err(e) = self.db.flush() {
-                error!(error = %e, "cannot flush the store to disk");
+                error!(error = %e, "cannot flush the message index to disk");
                 ok = false;
             }
-            self.stats.flushes += 1;
         }
+        // Only now that the index no longer points at them may segments go.
+        for segment in released {
+            self.segments.release(segment);
+        }
+        self.segments.collect();
         let confirming = Instant::now();
         self.stats.flush += confirming - flushing;
-        confirm(confirms, ok);
-        self.stats.confirm += confirming.elapsed();
-        self.stats.batches += 1;
-        self.stats.ops += count as u64;
-        self.stats.writes += writes as u64;
-        for done in syncs {
+        confirm(std::mem::take(&mut b.confirms), ok);
+        for done in b.syncs {
             let _ = done.send(());
         }
+        self.stats.confirm += confirming.elapsed();
+        self.stats.batches += 1;
         debug!(
-            ops = count,
-            writes,
             micros = started.elapsed().as_micros() as u64,
             "store batch committed"
         );
-        stop
+        b.stop
+    }
+
+    fn fold(&mut self, b: &mut Batch, op: Op) {
+        match op {
+            Op::Body {
+                msg_id,
+                message,
+                refs,
+            } => {
+                self.backlog.sub(message.size());
+                self.in_flight.insert(
+                    msg_id,
+                    InFlight {
+                        message: Some(message),
+                        at: None,
+                        unresolved: refs,
+                    },
+                );
+            }
+            Op::Entry {
+                queue_id,
+                seq,
+                disk,
+            } => {
+                b.puts.insert((queue_id, seq), (disk.msg_id, disk.flags));
+            }
+            Op::Delivered { queue_id, seq } => {
+                let mark = self.delivered.entry(queue_id).or_default();
+                if seq + 1 > *mark {
+                    *mark = seq + 1;
+                    b.marks.insert(queue_id, Some(seq + 1));
+                }
+            }
+            Op::Remove {
+                queue_id,
+                seq,
+                msg_id,
+            } => {
+                if b.puts.remove(&(queue_id, seq)).is_some() {
+                    self.unref(msg_id);
+                } else {
+                    b.removes.push((queue_id, seq));
+                }
+            }
+            Op::Release { msg_id } => self.unref(msg_id),
+            Op::RemoveFrom { queue_id, from } => {
+                let cancelled: Vec<((u32, u64), u64)> = b
+                    .puts
+                    .iter()
+                    .filter(|((q, s), _)| *q == queue_id && *s >= from)
+                    .map(|(k, (msg_id, _))| (*k, *msg_id))
+                    .collect();
+                for (key, msg_id) in cancelled {
+                    b.puts.remove(&key);
+                    self.unref(msg_id);
+                }
+                if from == 0 && self.delivered.remove(&queue_id).is_some() {
+                    b.marks.insert(queue_id, None);
+                }
+                b.remove_from.push((queue_id, from));
+            }
+            Op::Confirm { channel, seq } => b.confirms.push((channel, seq)),
+            Op::Load(load) => b.loads.push(load),
+            Op::Sync(done) => b.syncs.push(done),
+            Op::Stop => b.stop = true,
+        }
+    }
+
+    /// A reference to an in-flight body went away without becoming an entry.
+    fn unref(&mut self, msg_id: u64) {
+        if let Some(f) = self.in_flight.get_mut(&msg_id) {
+            f.unresolved = f.unresolved.saturating_sub(1);
+            if f.unresolved == 0 {
+                self.in_flight.remove(&msg_id);
+            }
+        }
+    }
+
+    /// Appends every body still needed to the segment and fsyncs it.
+    fn write_bodies(&mut self) -> bool {
+        let mut appended = 0;
+        for f in self.in_flight.values_mut() {
+            let Some(message) = f.message.take() else {
+                continue;
+            };
+            match self.segments.append(&message) {
+                Ok(at) => f.at = Some(at),
+                Err(e) => {
+                    error!(error = %e, "cannot write a message segment");
+                    return false;
+                }
+            }
+            appended += 1;
+        }
+        self.stats.bodies += appended;
+        if let Err(e) = self.segments.sync() {
+            error!(error = %e, "cannot write a message segment to disk");
+            return false;
+        }
+        true
+    }
+
+    /// Applies the batch to the index; returns whether anything was written.
+    /// Segments that lost a reference are pushed to `released`.
+    fn write_index(&mut self, b: &mut Batch, released: &mut Vec<u32>) -> bool {
+        let mut writes = 0u64;
+        let result = (|| -> sled::Result<()> {
+            for (queue_id, from) in std::mem::take(&mut b.remove_from) {
+                let (start, end) = record::entry_range(queue_id, from);
+                let keys: Vec<sled::IVec> = self
+                    .index
+                    .range(start..end)
+                    .keys()
+                    .collect::<sled::Result<_>>()?;
+                for key in keys {
+                    writes += 1;
+                    if let Some(old) = self.index.remove(key)? {
+                        self.removed(&old, released);
+                    }
+                }
+            }
+            for (queue_id, seq) in std::mem::take(&mut b.removes) {
+                writes += 1;
+                if let Some(old) = self.index.remove(record::entry_key(queue_id, seq))? {
+                    self.removed(&old, released);
+                }
+            }
+            for ((queue_id, seq), (msg_id, flags)) in std::mem::take(&mut b.puts) {
+                let Some(f) = self.in_flight.get_mut(&msg_id) else {
+                    error!(
+                        queue_id,
+                        seq, msg_id, "queue entry for an unknown message; dropped"
+                    );
+                    continue;
+                };
+                let Some(at) = f.at else {
+                    error!(
+                        queue_id,
+                        seq, msg_id, "queue entry for an unwritten message; dropped"
+                    );
+                    continue;
+                };
+                f.unresolved = f.unresolved.saturating_sub(1);
+                if f.unresolved == 0 {
+                    self.in_flight.remove(&msg_id);
+                }
+                self.index.insert(
+                    record::entry_key(queue_id, seq),
+                    &record::entry_value(at, flags)[..],
+                )?;
+                self.segments.reference(at.segment);
+                self.entries += 1;
+                writes += 1;
+            }
+            for (queue_id, mark) in std::mem::take(&mut b.marks) {
+                writes += 1;
+                match mark {
+                    Some(seq) => {
+                        self.index
+                            .insert(record::delivered_key(queue_id), &seq.to_be_bytes()[..])?;
+                    }
+                    None => {
+                        self.index.remove(record::delivered_key(queue_id))?;
+                    }
+                }
+            }
+            Ok(())
+        })();
+        self.stats.index_writes += writes;
+        if let Err(e) = result {
+            error!(error = %e, "cannot write the message index");
+            return false;
+        }
+        writes > 0
+    }
+
+    fn removed(&mut self, old: &[u8], released: &mut Vec<u32>) {
+        if let Some((at, _)) = record::parse_entry_value(old) {
+            released.push(at.segment);
+            self.entries = self.entries.saturating_sub(1);
+        }
     }
 
     /// Records, after the last flush of a clean stop, how many entries the
@@ -362,69 +450,7 @@ impl Persister {
         }
     }
 
-    /// Drops one reference to a body, deleting it with the last.
-    fn release(&mut self, pending: &mut HashMap<Key, Pending>, msg_id: u64) {
-        if let Some(refs) = self.shared_refs.get_mut(&msg_id) {
-            *refs -= 1;
-            if *refs > 0 {
-                return;
-            }
-            self.shared_refs.remove(&msg_id);
-        }
-        delete(pending, Key::Body(msg_id));
-    }
-
-    fn remove_from(&mut self, pending: &mut HashMap<Key, Pending>, queue_id: u32, from: u64) {
-        if from == 0 && self.delivered.remove(&queue_id).is_some() {
-            // The queue is gone.
-            pending.insert(Key::Delivered(queue_id), Pending::Delete);
-        }
-        let in_batch: Vec<(Key, Option<u64>)> = pending
-            .iter()
-            .filter_map(|(k, p)| match (k, p) {
-                (Key::Entry(q, s), p) if *q == queue_id && *s >= from => Some((
-                    *k,
-                    match p {
-                        Pending::Put {
-                            value: Value::Entry(id, _),
-                            ..
-                        } => Some(*id),
-                        _ => None,
-                    },
-                )),
-                _ => None,
-            })
-            .collect();
-        for (key, msg_id) in in_batch {
-            if let Some(id) = msg_id {
-                delete(pending, key);
-                self.release(pending, id);
-            }
-        }
-        let (start, end) = record::entry_range(queue_id, from);
-        for item in self.messages.range(start..end) {
-            let (k, v) = match item {
-                Ok(kv) => kv,
-                Err(e) => {
-                    error!(error = %e, queue_id, "cannot read queue entries to remove them");
-                    return;
-                }
-            };
-            let (Some((q, s)), Some((msg_id, _))) =
-                (record::parse_entry_key(&k), record::parse_entry_value(&v))
-            else {
-                continue;
-            };
-            let key = Key::Entry(q, s);
-            if pending.contains_key(&key) {
-                continue; // handled above
-            }
-            pending.insert(key, Pending::Delete);
-            self.release(pending, msg_id);
-        }
-    }
-
-    fn load(&self, req: LoadRequest) {
+    fn load(&mut self, req: LoadRequest) {
         let Some(queue) = req.queue.upgrade() else {
             return;
         };
@@ -437,7 +463,7 @@ impl Persister {
             next_from: req.from,
         };
         let mut bytes = 0usize;
-        for item in self.messages.range(start..end) {
+        for item in self.index.range(start..end) {
             let (k, v) = match item {
                 Ok(kv) => kv,
                 Err(e) => {
@@ -445,47 +471,32 @@ impl Persister {
                     break;
                 }
             };
-            let (Some((_, seq)), Some((msg_id, flags))) =
+            let (Some((_, seq)), Some((at, flags))) =
                 (record::parse_entry_key(&k), record::parse_entry_value(&v))
             else {
                 continue;
             };
             loaded.consumed += 1;
             loaded.next_from = seq + 1;
-            let body = self.messages.get(record::body_key(msg_id));
-            let Some(message) = body
-                .ok()
-                .flatten()
-                .and_then(|raw| record::decode_message(&raw))
-            else {
-                error!(queue = %queue.name, seq, msg_id, "stored message is missing or unreadable; skipping it");
-                continue;
+            let message = match self.segments.read(at) {
+                Ok(m) => m,
+                Err(e) => {
+                    error!(queue = %queue.name, seq, error = %e, "stored message unreadable; skipping it");
+                    continue;
+                }
             };
-            message.set_stored(msg_id, flags & record::SHARED != 0);
             bytes += message.size() + super::MESSAGE_OVERHEAD;
             loaded.messages.push(QueuedMessage {
                 seq,
                 message: Arc::new(message),
                 redelivered: delivered.is_some_and(|mark| seq < mark),
-                disk: Some(DiskRef { msg_id, flags }),
+                disk: Some(DiskRef { msg_id: 0, flags }),
             });
             if bytes >= req.max_bytes {
                 break;
             }
         }
         queue.on_loaded(loaded);
-    }
-}
-
-fn delete(pending: &mut HashMap<Key, Pending>, key: Key) {
-    match pending.get(&key) {
-        Some(Pending::Put { fresh: true, .. }) => {
-            pending.remove(&key);
-        }
-        Some(Pending::Delete) => {}
-        _ => {
-            pending.insert(key, Pending::Delete);
-        }
     }
 }
 

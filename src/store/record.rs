@@ -1,12 +1,10 @@
-//! How durable state is laid out in sled: keys and record encodings.
+//! How durable state is laid out: keys and record encodings.
 //!
-//! Two trees. `messages` holds two key spaces so one atomic batch covers a
-//! message and its queue entries:
-//! - `e ‖ queue_id u32 BE ‖ seq u64 BE` → `msg_id u64 BE ‖ flags u8`: a
-//!   queue's index, in delivery order; small, so recovery scans it without
-//!   touching bodies;
-//! - `m ‖ msg_id u64 BE` → the message (exchange, routing key, raw
-//!   properties, body), stored once however many queues reference it;
+//! Message bodies live in segment files (`segments.rs`). sled holds two
+//! trees. `index`:
+//! - `e ‖ queue_id u32 BE ‖ seq u64 BE` → `segment u32 ‖ offset u64 ‖
+//!   len u32 ‖ flags u8`: a queue's messages in delivery order, pointing at
+//!   their bodies; small, so recovery scans it without touching bodies;
 //! - `d ‖ queue_id u32 BE` → one past the highest seq delivered from that
 //!   queue. A queue delivers in seq order (requeued messages go back to
 //!   their place), so every message below the mark was delivered before:
@@ -15,21 +13,19 @@
 //! `meta` holds the topology: the format marker, exchanges, queues and
 //! bindings, each a small record in the encodings below.
 
+use super::segments::Location;
 use crate::broker::message::Message;
 use crate::protocol::method::Reader;
 use amq_protocol::types::FieldTable;
 use bytes::Bytes;
 
 /// Written once into a new store; a store with another marker is refused.
-pub const FORMAT: &[u8] = b"leveret-store-1";
+pub const FORMAT: &[u8] = b"leveret-store-2";
 pub const FORMAT_KEY: &[u8] = b"format";
 
 const ENTRY: u8 = b'e';
-const BODY: u8 = b'm';
 const DELIVERED_MARK: u8 = b'd';
 
-/// Entry flag: the body is referenced by entries in several queues.
-pub const SHARED: u8 = 2;
 /// Entry flag: a transient message paged out of memory; dropped at start-up.
 pub const TRANSIENT: u8 = 4;
 
@@ -81,10 +77,6 @@ pub fn all_entries() -> (&'static [u8], &'static [u8]) {
     (&[ENTRY], &[ENTRY + 1])
 }
 
-pub fn all_bodies() -> (&'static [u8], &'static [u8]) {
-    (&[BODY], &[BODY + 1])
-}
-
 pub fn parse_entry_key(key: &[u8]) -> Option<(u32, u64)> {
     if key.len() != 13 || key[0] != ENTRY {
         return None;
@@ -95,44 +87,43 @@ pub fn parse_entry_key(key: &[u8]) -> Option<(u32, u64)> {
     ))
 }
 
-pub fn entry_value(msg_id: u64, flags: u8) -> [u8; 9] {
-    let mut v = [0u8; 9];
-    v[..8].copy_from_slice(&msg_id.to_be_bytes());
-    v[8] = flags;
+pub fn entry_value(at: Location, flags: u8) -> [u8; 17] {
+    let mut v = [0u8; 17];
+    v[..4].copy_from_slice(&at.segment.to_be_bytes());
+    v[4..12].copy_from_slice(&at.offset.to_be_bytes());
+    v[12..16].copy_from_slice(&at.len.to_be_bytes());
+    v[16] = flags;
     v
 }
 
-pub fn parse_entry_value(value: &[u8]) -> Option<(u64, u8)> {
-    if value.len() != 9 {
+pub fn parse_entry_value(value: &[u8]) -> Option<(Location, u8)> {
+    if value.len() != 17 {
         return None;
     }
-    Some((u64::from_be_bytes(value[..8].try_into().ok()?), value[8]))
-}
-
-pub fn body_key(msg_id: u64) -> [u8; 9] {
-    let mut k = [0u8; 9];
-    k[0] = BODY;
-    k[1..].copy_from_slice(&msg_id.to_be_bytes());
-    k
-}
-
-pub fn parse_body_key(key: &[u8]) -> Option<u64> {
-    if key.len() != 9 || key[0] != BODY {
-        return None;
-    }
-    Some(u64::from_be_bytes(key[1..].try_into().ok()?))
+    Some((
+        Location {
+            segment: u32::from_be_bytes(value[..4].try_into().ok()?),
+            offset: u64::from_be_bytes(value[4..12].try_into().ok()?),
+            len: u32::from_be_bytes(value[12..16].try_into().ok()?),
+        },
+        value[16],
+    ))
 }
 
 pub fn encode_message(m: &Message) -> Vec<u8> {
     let mut out = Vec::with_capacity(
         1 + 2 + m.exchange.len() + m.routing_key.len() + 4 + m.properties.len() + m.body.len(),
     );
-    out.push(u8::from(m.persistent));
-    put_short(&mut out, m.exchange.as_bytes());
-    put_short(&mut out, m.routing_key.as_bytes());
-    put_long(&mut out, &m.properties);
-    out.extend_from_slice(&m.body);
+    encode_message_into(m, &mut out);
     out
+}
+
+pub fn encode_message_into(m: &Message, out: &mut Vec<u8>) {
+    out.push(u8::from(m.persistent));
+    put_short(out, m.exchange.as_bytes());
+    put_short(out, m.routing_key.as_bytes());
+    put_long(out, &m.properties);
+    out.extend_from_slice(&m.body);
 }
 
 pub fn decode_message(raw: &[u8]) -> Option<Message> {

@@ -5,6 +5,7 @@
 
 use super::persister::Persister;
 use super::record::{self, BindingRecord, ExchangeRecord, MetaKind, QueueRecord};
+use super::segments::{segment_path, Segments};
 use super::{Backlog, Store, StoreError};
 use crate::config::StorageConfig;
 use std::collections::HashMap;
@@ -66,14 +67,19 @@ pub fn open(dir: &Path, config: &StorageConfig) -> Result<(Arc<Store>, Recovered
                 },
             })?;
         let meta = db.open_tree("meta").map_err(|e| damaged(e.to_string()))?;
-        let messages = db
-            .open_tree("messages")
-            .map_err(|e| damaged(e.to_string()))?;
-        let recovered = read(dir, &db, &meta, &messages)?;
-        Ok((db, meta, messages, recovered))
+        let index = db.open_tree("index").map_err(|e| damaged(e.to_string()))?;
+        let recovered = read(dir, &db, &meta, &index)?;
+        Ok((db, meta, index, recovered))
     })
     .unwrap_or_else(|panic| Err(damaged(panic)))?;
-    let (db, meta, messages, (recovered, shared_refs, delivered, next_msg_id)) = opened;
+    let (db, meta, index, (recovered, live, delivered)) = opened;
+    let segments =
+        Segments::open(&dir.join(SEGMENT_DIR), config.segment_size, live).map_err(|source| {
+            StoreError::Io {
+                path: dir.join(SEGMENT_DIR),
+                source,
+            }
+        })?;
     // From here on the store may change: a marker left behind would lie.
     let marker = dir.join(CLEAN_SHUTDOWN_MARKER);
     if marker.exists() {
@@ -88,8 +94,8 @@ pub fn open(dir: &Path, config: &StorageConfig) -> Result<(Arc<Store>, Recovered
     let (tx, rx) = std::sync::mpsc::channel();
     let persister = Persister::new(
         db.clone(),
-        messages,
-        shared_refs,
+        index,
+        segments,
         delivered,
         backlog.clone(),
         entries,
@@ -114,7 +120,7 @@ pub fn open(dir: &Path, config: &StorageConfig) -> Result<(Arc<Store>, Recovered
         meta,
         persister: tx,
         thread: parking_lot::Mutex::new(Some(thread)),
-        next_msg_id: AtomicU64::new(next_msg_id),
+        next_msg_id: AtomicU64::new(1),
         next_queue_id: AtomicU32::new(next_queue_id),
         backlog,
         queue_window: config.queue_memory_window,
@@ -140,13 +146,18 @@ fn clean_shutdown_entries(dir: &Path) -> Option<u64> {
     text.trim().strip_prefix("entries ")?.parse().ok()
 }
 
-type ReadResult = (Recovered, HashMap<u64, u32>, HashMap<u32, u64>, u64);
+/// Where message bodies live, under the data directory.
+pub const SEGMENT_DIR: &str = "messages";
+
+/// What recovery hands on: the topology and counts, index entries per
+/// segment, and each queue's delivered mark.
+type ReadResult = (Recovered, HashMap<u32, u64>, HashMap<u32, u64>);
 
 fn read(
     dir: &Path,
     db: &sled::Db,
     meta: &sled::Tree,
-    messages: &sled::Tree,
+    index: &sled::Tree,
 ) -> Result<ReadResult, StoreError> {
     let damaged = |detail: String| StoreError::Damaged {
         path: dir.to_owned(),
@@ -164,7 +175,7 @@ fn read(
                 expected: String::from_utf8_lossy(record::FORMAT).into_owned(),
             })
         }
-        None if meta.is_empty() && messages.is_empty() => {
+        None if meta.is_empty() && index.is_empty() => {
             meta.insert(record::FORMAT_KEY, record::FORMAT)
                 .and_then(|_| db.flush())
                 .map_err(|e| damaged(e.to_string()))?;
@@ -208,14 +219,14 @@ fn read(
         .iter()
         .map(|q| (q.id, QueueScan::default()))
         .collect();
-    let mut shared_refs: HashMap<u64, u32> = HashMap::new();
+    let mut live: HashMap<u32, u64> = HashMap::new();
+    let mut segment_ends: HashMap<u32, u64> = HashMap::new();
     let mut drop_entries = sled::Batch::default();
-    let mut drop_bodies: Vec<u64> = Vec::new();
     let mut dropped = 0usize;
     let (start, end) = record::all_entries();
-    for item in messages.range(start..end) {
+    for item in index.range(start..end) {
         let (key, value) = item.map_err(|e| damaged(e.to_string()))?;
-        let (Some((queue_id, seq)), Some((msg_id, flags))) = (
+        let (Some((queue_id, seq)), Some((at, flags))) = (
             record::parse_entry_key(&key),
             record::parse_entry_value(&value),
         ) else {
@@ -227,12 +238,6 @@ fn read(
             _ => {
                 drop_entries.remove(key);
                 dropped += 1;
-                if flags & record::SHARED == 0 {
-                    drop_bodies.push(msg_id);
-                } else {
-                    // Counted like the others; released below.
-                    *shared_refs.entry(msg_id).or_default() += 0;
-                }
                 continue;
             }
         };
@@ -241,9 +246,9 @@ fn read(
         }
         scan.last_seq = Some(seq);
         scan.messages += 1;
-        if flags & record::SHARED != 0 {
-            *shared_refs.entry(msg_id).or_default() += 1;
-        }
+        *live.entry(at.segment).or_default() += 1;
+        let end = segment_ends.entry(at.segment).or_default();
+        *end = (*end).max(at.offset + u64::from(at.len));
     }
     if let Some(expected) = expected_entries {
         if expected != all_entries {
@@ -252,19 +257,21 @@ fn read(
             )));
         }
     }
-    // Shared bodies no live entry references any more.
-    drop_bodies.extend(
-        shared_refs
-            .iter()
-            .filter(|(_, refs)| **refs == 0)
-            .map(|(id, _)| *id),
-    );
-    shared_refs.retain(|_, refs| *refs > 0);
-    if dropped > 0 || !drop_bodies.is_empty() {
-        for id in &drop_bodies {
-            drop_entries.remove(&record::body_key(*id)[..]);
+    // Every body an entry points at must be there.
+    for (segment, end) in &segment_ends {
+        let path = segment_path(&dir.join(SEGMENT_DIR), *segment);
+        let len = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
+        if len < *end {
+            return Err(StoreError::Damaged {
+                path: path.clone(),
+                detail: format!(
+                    "message segment is {len} bytes but queued messages reach byte {end}"
+                ),
+            });
         }
-        messages
+    }
+    if dropped > 0 {
+        index
             .apply_batch(drop_entries)
             .and_then(|()| db.flush().map(drop))
             .map_err(|e| damaged(e.to_string()))?;
@@ -274,24 +281,18 @@ fn read(
         );
     }
 
-    let (start, end) = record::all_bodies();
-    let next_msg_id = match messages.range(start..end).next_back() {
-        Some(Ok((key, _))) => {
-            record::parse_body_key(&key)
-                .ok_or_else(|| damaged(format!("unreadable message key {key:?}")))?
-                + 1
-        }
-        Some(Err(e)) => return Err(damaged(e.to_string())),
-        None => 1,
-    };
-
     let mut delivered = HashMap::new();
     let (start, end) = record::all_delivered_marks();
-    for item in messages.range(start..end) {
+    for item in index.range(start..end) {
         let (key, value) = item.map_err(|e| damaged(e.to_string()))?;
         let (queue_id, seq) = record::parse_delivered(&key, &value)
             .ok_or_else(|| damaged(format!("unreadable delivery mark {key:?}")))?;
-        delivered.insert(queue_id, seq);
+        if scans.contains_key(&queue_id) {
+            delivered.insert(queue_id, seq);
+        } else {
+            // Its queue is gone; a new queue may get the id.
+            index.remove(key).map_err(|e| damaged(e.to_string()))?;
+        }
     }
 
     for record in queue_records {
@@ -299,11 +300,16 @@ fn read(
         recovered.queues.push(RecoveredQueue {
             messages: scan.messages,
             first_seq: scan.first_seq,
-            next_seq: scan.last_seq.map_or(0, |s| s + 1),
+            // New messages must sort after everything delivered before,
+            // even when the queue was drained: the mark says "delivered".
+            next_seq: scan
+                .last_seq
+                .map_or(0, |s| s + 1)
+                .max(delivered.get(&record.id).copied().unwrap_or(0)),
             record,
         });
     }
-    Ok((recovered, shared_refs, delivered, next_msg_id))
+    Ok((recovered, live, delivered))
 }
 
 /// Runs `f`, turning a panic into its message without printing a backtrace.
@@ -359,10 +365,7 @@ mod tests {
         let dir = temp_dir("foreign");
         {
             let db = sled::open(&dir).unwrap();
-            db.open_tree("messages")
-                .unwrap()
-                .insert(b"x", b"y")
-                .unwrap();
+            db.open_tree("index").unwrap().insert(b"x", b"y").unwrap();
             db.flush().unwrap();
         }
         let err = open(&dir, &StorageConfig::default())

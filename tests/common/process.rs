@@ -297,3 +297,14 @@ impl Drop for TempDir {
         let _ = std::fs::remove_file(&self.0);
     }
 }
+
+impl BrokerProcess {
+    /// `leveret serve --config CONFIG` on an ephemeral port with `data_dir` for
+    /// durable state; returns once the broker accepts connections.
+    pub fn start_with_config(data_dir: &Path, config: &Path) -> BrokerProcess {
+        let mut args = Self::serve_args(data_dir);
+        args.push("--config");
+        args.push(config.to_str().expect("UTF-8 config path"));
+        Self::spawn(&args)
+    }
+}

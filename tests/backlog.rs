@@ -1,0 +1,174 @@
+//! The load-leveling case: a backlog far larger than the memory a durable
+//! queue may use stays on disk, the broker's resident memory stays bounded
+//! while it grows, and it drains completely and in order afterwards.
+
+mod common;
+
+use common::process::{BrokerProcess, TempDir};
+use futures_lite::StreamExt;
+use lapin::{options::*, types::FieldTable, BasicProperties, Connection, ConnectionProperties};
+use std::collections::VecDeque;
+use std::time::Duration;
+
+const MESSAGES: usize = 60_000;
+const BODY: usize = 2048;
+const WAIT: Duration = Duration::from_secs(30);
+
+/// Peak resident memory of `pid` in bytes.
+fn peak_rss(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let kb: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .expect("VmHWM in /proc/PID/status");
+    kb * 1024
+}
+
+fn body(i: usize) -> Vec<u8> {
+    let mut b = format!("{i:08}-").into_bytes();
+    b.resize(BODY, b'.');
+    b
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn backlog_larger_than_memory_keeps_rss_bounded_and_drains_in_order() {
+    let dir = TempDir::new("backlog");
+    let config = dir.path().join("broker.toml");
+    // A small page cache and queue window, so the bound is far below the data.
+    std::fs::write(
+        &config,
+        "[storage]\ncache_capacity = 8388608\nqueue_memory_window = 1048576\n",
+    )
+    .unwrap();
+    let data = dir.path().join("data");
+    let broker = BrokerProcess::spawn(&[
+        "serve",
+        "--config",
+        config.to_str().unwrap(),
+        "--listen",
+        "127.0.0.1:0",
+        "--mgmt-listen",
+        "127.0.0.1:0",
+        "--data-dir",
+        data.to_str().unwrap(),
+    ]);
+    let conn = Connection::connect(&broker.uri(), ConnectionProperties::default())
+        .await
+        .unwrap();
+    let ch = conn.create_channel().await.unwrap();
+    let durable = QueueDeclareOptions {
+        durable: true,
+        ..Default::default()
+    };
+    ch.queue_declare("backlog".into(), durable, FieldTable::default())
+        .await
+        .unwrap();
+    ch.confirm_select(ConfirmSelectOptions::default())
+        .await
+        .unwrap();
+
+    let baseline = peak_rss(broker.pid());
+    let props = BasicProperties::default().with_delivery_mode(2);
+    let mut pending: VecDeque<lapin::PublisherConfirm> = VecDeque::new();
+    for i in 0..MESSAGES {
+        if pending.len() == 500 {
+            let confirm = pending.pop_front().unwrap();
+            let confirmation = tokio::time::timeout(WAIT, confirm)
+                .await
+                .expect("confirm in time")
+                .unwrap();
+            assert!(confirmation.is_ack());
+        }
+        let confirm = ch
+            .basic_publish(
+                "".into(),
+                "backlog".into(),
+                BasicPublishOptions::default(),
+                &body(i),
+                props.clone(),
+            )
+            .await
+            .unwrap();
+        pending.push_back(confirm);
+    }
+    for confirm in pending {
+        assert!(tokio::time::timeout(WAIT, confirm)
+            .await
+            .expect("confirm in time")
+            .unwrap()
+            .is_ack());
+    }
+    let q = ch
+        .queue_declare(
+            "backlog".into(),
+            QueueDeclareOptions {
+                passive: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(q.message_count() as usize, MESSAGES);
+
+    let data_bytes = (MESSAGES * BODY) as u64;
+    let grown = peak_rss(broker.pid()).saturating_sub(baseline);
+    assert!(
+        grown < data_bytes / 3,
+        "the broker grew by {} MiB holding a {} MiB backlog",
+        grown >> 20,
+        data_bytes >> 20
+    );
+
+    // Drain: everything, in order, with manual acks.
+    ch.basic_qos(500, BasicQosOptions::default()).await.unwrap();
+    let mut consumer = ch
+        .basic_consume(
+            "backlog".into(),
+            "drain".into(),
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .unwrap();
+    for i in 0..MESSAGES {
+        let delivery = tokio::time::timeout(WAIT, consumer.next())
+            .await
+            .unwrap_or_else(|_| panic!("message {i} did not arrive"))
+            .expect("consumer open")
+            .unwrap();
+        assert_eq!(
+            &delivery.data[..9],
+            format!("{i:08}-").as_bytes(),
+            "order broken at {i}"
+        );
+        assert!(!delivery.redelivered);
+        if i % 100 == 99 || i == MESSAGES - 1 {
+            delivery
+                .acker
+                .ack(BasicAckOptions { multiple: true })
+                .await
+                .unwrap();
+        }
+    }
+    let q = ch
+        .queue_declare(
+            "backlog".into(),
+            QueueDeclareOptions {
+                passive: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(q.message_count(), 0);
+    let grown = peak_rss(broker.pid()).saturating_sub(baseline);
+    assert!(
+        grown < data_bytes / 3,
+        "draining made the broker grow by {} MiB",
+        grown >> 20
+    );
+}
