@@ -4,7 +4,8 @@
 //! queues use [`memory::MemoryStore`], durable ones [`durable::DurableStore`],
 //! which keeps a bounded window in memory and the rest on disk. Everything
 //! on disk goes through [`Store`]: topology records are written (and
-//! flushed) directly, message writes go to the persister thread.
+//! flushed) to sled directly; message bodies (segment files) and queue
+//! index entries (sled) are written by the persister thread.
 
 pub mod durable;
 pub mod memory;
