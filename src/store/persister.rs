@@ -10,6 +10,7 @@
 //! Within a batch, work undone before it reaches disk cancels out: a message
 //! published and acknowledged in the same batch is never written.
 
+use super::queue_index::{QueueIndexes, Slot};
 use super::record;
 use super::segments::{Location, Segments};
 use super::{DiskRef, QueuedMessage};
@@ -95,7 +96,9 @@ struct InFlight {
 
 pub struct Persister {
     db: sled::Db,
-    index: sled::Tree,
+    /// Delivered marks (see `record::delivered_key`).
+    marks: sled::Tree,
+    index: QueueIndexes,
     segments: Segments,
     in_flight: HashMap<u64, InFlight>,
     /// Per queue, the seq below which every message was delivered (see
@@ -163,7 +166,8 @@ impl Persister {
     #[allow(clippy::too_many_arguments)]
     pub fn new(
         db: sled::Db,
-        index: sled::Tree,
+        marks: sled::Tree,
+        index: QueueIndexes,
         segments: Segments,
         delivered: HashMap<u32, u64>,
         backlog: Arc<super::Backlog>,
@@ -172,6 +176,7 @@ impl Persister {
     ) -> Persister {
         Persister {
             db,
+            marks,
             index,
             segments,
             in_flight: HashMap::new(),
@@ -215,11 +220,11 @@ impl Persister {
         let folded = Instant::now();
         self.stats.fold += folded - started;
 
-        let mut ok = self.write_bodies();
+        let ok = self.write_bodies();
         let indexing = Instant::now();
         self.stats.segment_write += indexing - folded;
         let mut released = Vec::new();
-        let wrote = ok && (self.write_index(&mut b, &mut released));
+        let marked = ok && self.write_index(&mut b, &mut released);
         let loading = Instant::now();
         self.stats.index += loading - indexing;
         // Reads see what was just written; serve them before the flush so
@@ -229,10 +234,9 @@ impl Persister {
         }
         let flushing = Instant::now();
         self.stats.load += flushing - loading;
-        if ok && (wrote || !b.syncs.is_empty()) {
+        if ok && marked {
             if let Err(e) = self.db.flush() {
-                error!(error = %e, "cannot flush the message index to disk");
-                ok = false;
+                error!(error = %e, "cannot flush delivered marks to disk");
             }
         }
         // Only now that the index no longer points at them may segments go.
@@ -355,85 +359,95 @@ impl Persister {
         true
     }
 
-    /// Applies the batch to the index; returns whether anything was written.
-    /// Segments that lost a reference are pushed to `released`.
+    /// Applies the batch to the queue indexes and delivered marks; returns
+    /// whether sled needs a flush. Segments that lost a reference are pushed
+    /// to `released`.
     fn write_index(&mut self, b: &mut Batch, released: &mut Vec<u32>) -> bool {
         let mut writes = 0u64;
-        let result = (|| -> sled::Result<()> {
+        let mut dropped_queues = Vec::new();
+        let result = (|| -> std::io::Result<()> {
             for (queue_id, from) in std::mem::take(&mut b.remove_from) {
-                let (start, end) = record::entry_range(queue_id, from);
-                let keys: Vec<sled::IVec> = self
-                    .index
-                    .range(start..end)
-                    .keys()
-                    .collect::<sled::Result<_>>()?;
-                for key in keys {
+                for slot in self.index.ready_from(queue_id, from)? {
                     writes += 1;
-                    if let Some(old) = self.index.remove(key)? {
-                        self.removed(&old, released);
+                    if self.index.ack(queue_id, slot.seq)?.is_some() {
+                        self.removed(slot.at, released);
                     }
+                }
+                if from == 0 {
+                    dropped_queues.push(queue_id);
                 }
             }
             for (queue_id, seq) in std::mem::take(&mut b.removes) {
                 writes += 1;
-                if let Some(old) = self.index.remove(record::entry_key(queue_id, seq))? {
-                    self.removed(&old, released);
+                if let Some(at) = self.index.ack(queue_id, seq)? {
+                    self.removed(at, released);
                 }
             }
-            for ((queue_id, seq), (msg_id, flags)) in std::mem::take(&mut b.puts) {
-                let Some(f) = self.in_flight.get_mut(&msg_id) else {
-                    error!(
-                        queue_id,
-                        seq, msg_id, "queue entry for an unknown message; dropped"
-                    );
-                    continue;
-                };
-                let Some(at) = f.at else {
-                    error!(
-                        queue_id,
-                        seq, msg_id, "queue entry for an unwritten message; dropped"
-                    );
-                    continue;
-                };
-                f.unresolved = f.unresolved.saturating_sub(1);
-                if f.unresolved == 0 {
-                    self.in_flight.remove(&msg_id);
+            let mut puts: Vec<((u32, u64), (u64, u8))> = b.puts.drain().collect();
+            puts.sort_unstable_by_key(|(k, _)| *k);
+            let mut run: Vec<Slot> = Vec::new();
+            let mut i = 0;
+            while i < puts.len() {
+                let queue_id = puts[i].0 .0;
+                run.clear();
+                while i < puts.len() && puts[i].0 .0 == queue_id {
+                    let ((_, seq), (msg_id, flags)) = puts[i];
+                    i += 1;
+                    let Some(at) = self.resolve(msg_id) else {
+                        error!(
+                            queue_id,
+                            seq, msg_id, "queue entry for an unwritten message; dropped"
+                        );
+                        continue;
+                    };
+                    run.push(Slot { seq, at, flags });
                 }
-                self.index.insert(
-                    record::entry_key(queue_id, seq),
-                    &record::entry_value(at, flags)[..],
-                )?;
-                self.segments.reference(at.segment);
-                self.entries += 1;
-                writes += 1;
-            }
-            for (queue_id, mark) in std::mem::take(&mut b.marks) {
-                writes += 1;
-                match mark {
-                    Some(seq) => {
-                        self.index
-                            .insert(record::delivered_key(queue_id), &seq.to_be_bytes()[..])?;
-                    }
-                    None => {
-                        self.index.remove(record::delivered_key(queue_id))?;
-                    }
+                self.index.put(queue_id, &run)?;
+                for slot in &run {
+                    self.segments.reference(slot.at.segment);
                 }
+                self.entries += run.len() as u64;
+                writes += run.len() as u64;
             }
-            Ok(())
+            self.index.sync()
         })();
+        for queue_id in dropped_queues {
+            self.index.drop_queue(queue_id);
+        }
         self.stats.index_writes += writes;
         if let Err(e) = result {
-            error!(error = %e, "cannot write the message index");
+            error!(error = %e, "cannot write a queue index");
             return false;
         }
-        writes > 0
+        let mut marked = false;
+        for (queue_id, mark) in std::mem::take(&mut b.marks) {
+            let key = record::delivered_key(queue_id);
+            let r = match mark {
+                Some(seq) => self.marks.insert(key, &seq.to_be_bytes()[..]).map(drop),
+                None => self.marks.remove(key).map(drop),
+            };
+            if let Err(e) = r {
+                error!(error = %e, "cannot write a delivered mark");
+            }
+            marked = true;
+        }
+        marked
     }
 
-    fn removed(&mut self, old: &[u8], released: &mut Vec<u32>) {
-        if let Some((at, _)) = record::parse_entry_value(old) {
-            released.push(at.segment);
-            self.entries = self.entries.saturating_sub(1);
+    /// The location of a body for one of its entries, settling that reference.
+    fn resolve(&mut self, msg_id: u64) -> Option<Location> {
+        let f = self.in_flight.get_mut(&msg_id)?;
+        let at = f.at?;
+        f.unresolved = f.unresolved.saturating_sub(1);
+        if f.unresolved == 0 {
+            self.in_flight.remove(&msg_id);
         }
+        Some(at)
+    }
+
+    fn removed(&mut self, at: Location, released: &mut Vec<u32>) {
+        released.push(at.segment);
+        self.entries = self.entries.saturating_sub(1);
     }
 
     /// Records, after the last flush of a clean stop, how many entries the
@@ -455,7 +469,6 @@ impl Persister {
             return;
         };
         let delivered = self.delivered.get(&req.queue_id).copied();
-        let (start, end) = record::entry_range(req.queue_id, req.from);
         let mut loaded = Loaded {
             generation: req.generation,
             messages: Vec::new(),
@@ -463,37 +476,40 @@ impl Persister {
             next_from: req.from,
         };
         let mut bytes = 0usize;
-        for item in self.index.range(start..end) {
-            let (k, v) = match item {
-                Ok(kv) => kv,
+        'chunks: loop {
+            let slots = match self.index.read(req.queue_id, loaded.next_from, 256) {
+                Ok(slots) => slots,
                 Err(e) => {
-                    error!(error = %e, queue = %queue.name, "cannot read paged-out messages");
+                    error!(error = %e, queue = %queue.name, "cannot read a queue index");
                     break;
                 }
             };
-            let (Some((_, seq)), Some((at, flags))) =
-                (record::parse_entry_key(&k), record::parse_entry_value(&v))
-            else {
-                continue;
-            };
-            loaded.consumed += 1;
-            loaded.next_from = seq + 1;
-            let message = match self.segments.read(at) {
-                Ok(m) => m,
-                Err(e) => {
-                    error!(queue = %queue.name, seq, error = %e, "stored message unreadable; skipping it");
-                    continue;
-                }
-            };
-            bytes += message.size() + super::MESSAGE_OVERHEAD;
-            loaded.messages.push(QueuedMessage {
-                seq,
-                message: Arc::new(message),
-                redelivered: delivered.is_some_and(|mark| seq < mark),
-                disk: Some(DiskRef { msg_id: 0, flags }),
-            });
-            if bytes >= req.max_bytes {
+            if slots.is_empty() {
                 break;
+            }
+            for slot in slots {
+                loaded.consumed += 1;
+                loaded.next_from = slot.seq + 1;
+                let message = match self.segments.read(slot.at) {
+                    Ok(m) => m,
+                    Err(e) => {
+                        error!(queue = %queue.name, seq = slot.seq, error = %e, "stored message unreadable; skipping it");
+                        continue;
+                    }
+                };
+                bytes += message.size() + super::MESSAGE_OVERHEAD;
+                loaded.messages.push(QueuedMessage {
+                    seq: slot.seq,
+                    message: Arc::new(message),
+                    redelivered: delivered.is_some_and(|mark| slot.seq < mark),
+                    disk: Some(DiskRef {
+                        msg_id: 0,
+                        flags: slot.flags,
+                    }),
+                });
+                if bytes >= req.max_bytes {
+                    break 'chunks;
+                }
             }
         }
         queue.on_loaded(loaded);

@@ -1,19 +1,14 @@
-//! How durable state is laid out: keys and record encodings.
+//! Record encodings for what sled holds, and for message bodies.
 //!
-//! Message bodies live in segment files (`segments.rs`). sled holds two
-//! trees. `index`:
-//! - `e ‖ queue_id u32 BE ‖ seq u64 BE` → `segment u32 ‖ offset u64 ‖
-//!   len u32 ‖ flags u8`: a queue's messages in delivery order, pointing at
-//!   their bodies; small, so recovery scans it without touching bodies;
-//! - `d ‖ queue_id u32 BE` → one past the highest seq delivered from that
-//!   queue. A queue delivers in seq order (requeued messages go back to
-//!   their place), so every message below the mark was delivered before:
-//!   one small write per queue and batch instead of one per delivery.
-//!
-//! `meta` holds the topology: the format marker, exchanges, queues and
-//! bindings, each a small record in the encodings below.
+//! Bodies live in segment files (`segments.rs`), queue indexes in slot
+//! files (`queue_index.rs`). sled holds two small trees:
+//! - `meta`: the format marker, exchanges, queues and bindings;
+//! - `marks`: `d ‖ queue_id u32 BE` → one past the highest seq delivered
+//!   from that queue. A queue delivers in seq order (requeued messages go
+//!   back to their place), so every message below the mark was delivered
+//!   before: one small write per queue and batch instead of one per
+//!   delivery.
 
-use super::segments::Location;
 use crate::broker::message::Message;
 use crate::protocol::method::Reader;
 use amq_protocol::types::FieldTable;
@@ -23,7 +18,6 @@ use bytes::Bytes;
 pub const FORMAT: &[u8] = b"leveret-store-2";
 pub const FORMAT_KEY: &[u8] = b"format";
 
-const ENTRY: u8 = b'e';
 const DELIVERED_MARK: u8 = b'd';
 
 /// Entry flag: a transient message paged out of memory; dropped at start-up.
@@ -36,10 +30,6 @@ pub fn delivered_key(queue_id: u32) -> [u8; 5] {
     k
 }
 
-pub fn all_delivered_marks() -> (&'static [u8], &'static [u8]) {
-    (&[DELIVERED_MARK], &[DELIVERED_MARK + 1])
-}
-
 /// (queue_id, first seq not yet delivered) from a delivered-mark record.
 pub fn parse_delivered(key: &[u8], value: &[u8]) -> Option<(u32, u64)> {
     if key.len() != 5 || key[0] != DELIVERED_MARK || value.len() != 8 {
@@ -48,65 +38,6 @@ pub fn parse_delivered(key: &[u8], value: &[u8]) -> Option<(u32, u64)> {
     Some((
         u32::from_be_bytes(key[1..].try_into().ok()?),
         u64::from_be_bytes(value.try_into().ok()?),
-    ))
-}
-
-pub fn entry_key(queue_id: u32, seq: u64) -> [u8; 13] {
-    let mut k = [0u8; 13];
-    k[0] = ENTRY;
-    k[1..5].copy_from_slice(&queue_id.to_be_bytes());
-    k[5..].copy_from_slice(&seq.to_be_bytes());
-    k
-}
-
-/// The first key after every entry of `queue_id` with `seq >= from`.
-pub fn entry_range(queue_id: u32, from: u64) -> ([u8; 13], [u8; 13]) {
-    let end = match queue_id.checked_add(1) {
-        Some(next) => entry_key(next, 0),
-        None => {
-            let mut k = entry_key(0, 0);
-            k[0] = ENTRY + 1;
-            k
-        }
-    };
-    (entry_key(queue_id, from), end)
-}
-
-/// Every entry of every queue.
-pub fn all_entries() -> (&'static [u8], &'static [u8]) {
-    (&[ENTRY], &[ENTRY + 1])
-}
-
-pub fn parse_entry_key(key: &[u8]) -> Option<(u32, u64)> {
-    if key.len() != 13 || key[0] != ENTRY {
-        return None;
-    }
-    Some((
-        u32::from_be_bytes(key[1..5].try_into().ok()?),
-        u64::from_be_bytes(key[5..].try_into().ok()?),
-    ))
-}
-
-pub fn entry_value(at: Location, flags: u8) -> [u8; 17] {
-    let mut v = [0u8; 17];
-    v[..4].copy_from_slice(&at.segment.to_be_bytes());
-    v[4..12].copy_from_slice(&at.offset.to_be_bytes());
-    v[12..16].copy_from_slice(&at.len.to_be_bytes());
-    v[16] = flags;
-    v
-}
-
-pub fn parse_entry_value(value: &[u8]) -> Option<(Location, u8)> {
-    if value.len() != 17 {
-        return None;
-    }
-    Some((
-        Location {
-            segment: u32::from_be_bytes(value[..4].try_into().ok()?),
-            offset: u64::from_be_bytes(value[4..12].try_into().ok()?),
-            len: u32::from_be_bytes(value[12..16].try_into().ok()?),
-        },
-        value[16],
     ))
 }
 
@@ -407,14 +338,5 @@ mod tests {
             (m.exchange, m.routing_key, m.properties, m.body)
         );
         assert!(back.persistent);
-    }
-
-    #[test]
-    fn entry_keys_sort_by_queue_then_seq() {
-        assert!(entry_key(1, u64::MAX) < entry_key(2, 0));
-        assert!(entry_key(1, 255) < entry_key(1, 256));
-        let (from, to) = entry_range(1, 5);
-        assert!(from <= entry_key(1, 5) && entry_key(1, u64::MAX) < to);
-        assert_eq!(parse_entry_key(&entry_key(3, 9)), Some((3, 9)));
     }
 }

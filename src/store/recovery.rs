@@ -4,16 +4,17 @@
 //! and entries of queues that no longer exist, are dropped here.
 
 use super::persister::Persister;
+use super::queue_index::QueueIndexes;
 use super::record::{self, BindingRecord, ExchangeRecord, MetaKind, QueueRecord};
 use super::segments::{segment_path, Segments};
 use super::{Backlog, Store, StoreError};
 use crate::config::StorageConfig;
 use std::collections::HashMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU32, AtomicU64};
 use std::sync::Arc;
 use std::time::Instant;
-use tracing::info;
+use tracing::{info, warn};
 
 /// Everything read back from the store.
 #[derive(Default)]
@@ -52,7 +53,7 @@ pub fn open(dir: &Path, config: &StorageConfig) -> Result<(Arc<Store>, Recovered
     };
     // sled may panic on a corrupted log rather than return an error; turn
     // that into a clear refusal instead of a crash with a backtrace.
-    let opened = quietly(|| -> Result<_, StoreError> {
+    let (db, meta, marks, topology) = quietly(|| -> Result<_, StoreError> {
         let db = sled::Config::new()
             .path(dir)
             .cache_capacity(config.cache_capacity)
@@ -67,33 +68,119 @@ pub fn open(dir: &Path, config: &StorageConfig) -> Result<(Arc<Store>, Recovered
                 },
             })?;
         let meta = db.open_tree("meta").map_err(|e| damaged(e.to_string()))?;
-        let index = db.open_tree("index").map_err(|e| damaged(e.to_string()))?;
-        let recovered = read(dir, &db, &meta, &index)?;
-        Ok((db, meta, index, recovered))
+        let marks = db.open_tree("marks").map_err(|e| damaged(e.to_string()))?;
+        let topology = read_topology(dir, &db, &meta, &marks)?;
+        Ok((db, meta, marks, topology))
     })
     .unwrap_or_else(|panic| Err(damaged(panic)))?;
-    let (db, meta, index, (recovered, live, delivered)) = opened;
+    let Topology {
+        mut recovered,
+        queues: queue_records,
+        mut delivered,
+    } = topology;
+
+    // One pass over every queue index: counts, transient leftovers, orphans.
+    let expected_entries = clean_shutdown_entries(dir);
+    let mut scans: HashMap<u32, QueueScan> = queue_records
+        .iter()
+        .map(|q| (q.id, QueueScan::default()))
+        .collect();
+    let mut live: HashMap<u32, u64> = HashMap::new();
+    let mut segment_ends: HashMap<u32, u64> = HashMap::new();
+    let (mut all_entries, mut dropped) = (0u64, 0u64);
+    let io = |path: PathBuf| move |source| StoreError::Io { path, source };
+    let (mut index, bad) = QueueIndexes::open(&dir.join(QUEUE_DIR), |queue_id, slot| {
+        all_entries += 1;
+        let Some(scan) = scans.get_mut(&queue_id) else {
+            dropped += 1;
+            return false;
+        };
+        if slot.flags & record::TRANSIENT != 0 {
+            dropped += 1;
+            return false;
+        }
+        if scan.last_seq.is_none() {
+            scan.first_seq = slot.seq;
+        }
+        scan.last_seq = Some(slot.seq);
+        scan.messages += 1;
+        *live.entry(slot.at.segment).or_default() += 1;
+        let end = segment_ends.entry(slot.at.segment).or_default();
+        *end = (*end).max(slot.at.offset + u64::from(slot.at.len));
+        true
+    })
+    .map_err(io(dir.join(QUEUE_DIR)))?;
+    if let Some(first) = bad.first() {
+        if expected_entries.is_some() {
+            return Err(StoreError::Damaged {
+                path: first.path.clone(),
+                detail: format!("{} index slots fail their checksum", bad.len()),
+            });
+        }
+        // After a crash: slots torn by the write in progress, never confirmed.
+        warn!(slots = bad.len(), path = %first.path.display(), "ignored index slots torn by a crash");
+    }
+    if let Some(expected) = expected_entries {
+        if expected != all_entries {
+            return Err(damaged(format!(
+                "the last clean stop left {expected} queued messages but {all_entries} are readable"
+            )));
+        }
+    }
+    for queue_id in index.queue_ids() {
+        if !scans.contains_key(&queue_id) {
+            index.drop_queue(queue_id);
+        }
+    }
+    // Every body an entry points at must be there.
+    let segment_dir = dir.join(SEGMENT_DIR);
+    for (segment, end) in &segment_ends {
+        let path = segment_path(&segment_dir, *segment);
+        let len = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
+        if len < *end {
+            return Err(StoreError::Damaged {
+                path,
+                detail: format!(
+                    "message segment is {len} bytes but queued messages reach byte {end}"
+                ),
+            });
+        }
+    }
+    if dropped > 0 {
+        info!(
+            messages = dropped,
+            "dropped transient messages and messages of deleted queues"
+        );
+    }
+    delivered.retain(|queue_id, _| scans.contains_key(queue_id));
+    for record in queue_records {
+        let scan = scans.remove(&record.id).unwrap_or_default();
+        recovered.queues.push(RecoveredQueue {
+            messages: scan.messages,
+            first_seq: scan.first_seq,
+            // New messages must sort after everything delivered before,
+            // even when the queue was drained: the mark says "delivered".
+            next_seq: scan
+                .last_seq
+                .map_or(0, |s| s + 1)
+                .max(delivered.get(&record.id).copied().unwrap_or(0)),
+            record,
+        });
+    }
     let segments =
-        Segments::open(&dir.join(SEGMENT_DIR), config.segment_size, live).map_err(|source| {
-            StoreError::Io {
-                path: dir.join(SEGMENT_DIR),
-                source,
-            }
-        })?;
+        Segments::open(&segment_dir, config.segment_size, live).map_err(io(segment_dir.clone()))?;
+
     // From here on the store may change: a marker left behind would lie.
     let marker = dir.join(CLEAN_SHUTDOWN_MARKER);
     if marker.exists() {
-        std::fs::remove_file(&marker).map_err(|source| StoreError::Io {
-            path: marker.clone(),
-            source,
-        })?;
+        std::fs::remove_file(&marker).map_err(io(marker.clone()))?;
     }
     let entries = recovered.queues.iter().map(|q| q.messages as u64).sum();
-
     let backlog = Arc::new(Backlog::new(config.persister_backlog));
     let (tx, rx) = std::sync::mpsc::channel();
     let persister = Persister::new(
         db.clone(),
+        marks,
         index,
         segments,
         delivered,
@@ -104,10 +191,7 @@ pub fn open(dir: &Path, config: &StorageConfig) -> Result<(Arc<Store>, Recovered
     let thread = std::thread::Builder::new()
         .name("leveret-persister".into())
         .spawn(move || persister.run(rx))
-        .map_err(|source| StoreError::Io {
-            path: dir.to_owned(),
-            source,
-        })?;
+        .map_err(io(dir.to_owned()))?;
     let next_queue_id = recovered
         .queues
         .iter()
@@ -130,7 +214,7 @@ pub fn open(dir: &Path, config: &StorageConfig) -> Result<(Arc<Store>, Recovered
         exchanges = recovered.exchanges.len(),
         queues = recovered.queues.len(),
         bindings = recovered.bindings.len(),
-        messages = recovered.queues.iter().map(|q| q.messages).sum::<usize>(),
+        messages = entries,
         elapsed_ms = started.elapsed().as_millis() as u64,
         "recovered durable state"
     );
@@ -146,19 +230,23 @@ fn clean_shutdown_entries(dir: &Path) -> Option<u64> {
     text.trim().strip_prefix("entries ")?.parse().ok()
 }
 
-/// Where message bodies live, under the data directory.
+/// Where message bodies and queue indexes live, under the data directory.
 pub const SEGMENT_DIR: &str = "messages";
+pub const QUEUE_DIR: &str = "queues";
 
-/// What recovery hands on: the topology and counts, index entries per
-/// segment, and each queue's delivered mark.
-type ReadResult = (Recovered, HashMap<u32, u64>, HashMap<u32, u64>);
+/// What sled holds: topology and delivered marks.
+struct Topology {
+    recovered: Recovered,
+    queues: Vec<QueueRecord>,
+    delivered: HashMap<u32, u64>,
+}
 
-fn read(
+fn read_topology(
     dir: &Path,
     db: &sled::Db,
     meta: &sled::Tree,
-    index: &sled::Tree,
-) -> Result<ReadResult, StoreError> {
+    marks: &sled::Tree,
+) -> Result<Topology, StoreError> {
     let damaged = |detail: String| StoreError::Damaged {
         path: dir.to_owned(),
         detail,
@@ -175,7 +263,7 @@ fn read(
                 expected: String::from_utf8_lossy(record::FORMAT).into_owned(),
             })
         }
-        None if meta.is_empty() && index.is_empty() => {
+        None if meta.is_empty() && marks.is_empty() && !dir.join(QUEUE_DIR).exists() => {
             meta.insert(record::FORMAT_KEY, record::FORMAT)
                 .and_then(|_| db.flush())
                 .map_err(|e| damaged(e.to_string()))?;
@@ -190,7 +278,7 @@ fn read(
     }
 
     let mut recovered = Recovered::default();
-    let mut queue_records = Vec::new();
+    let mut queues = Vec::new();
     for item in meta.iter() {
         let (key, value) = item.map_err(|e| damaged(e.to_string()))?;
         let bad = || {
@@ -204,112 +292,30 @@ fn read(
             MetaKind::Exchange => recovered
                 .exchanges
                 .push(ExchangeRecord::decode(&value).ok_or_else(bad)?),
-            MetaKind::Queue => queue_records.push(QueueRecord::decode(&value).ok_or_else(bad)?),
+            MetaKind::Queue => queues.push(QueueRecord::decode(&value).ok_or_else(bad)?),
             MetaKind::Binding => recovered
                 .bindings
                 .push(BindingRecord::decode(&value).ok_or_else(bad)?),
             MetaKind::Unknown => return Err(bad()),
         }
     }
-
-    let expected_entries = clean_shutdown_entries(dir);
-    let mut all_entries = 0u64;
-    // One pass over every queue index: counts, transient leftovers, orphans.
-    let mut scans: HashMap<u32, QueueScan> = queue_records
-        .iter()
-        .map(|q| (q.id, QueueScan::default()))
-        .collect();
-    let mut live: HashMap<u32, u64> = HashMap::new();
-    let mut segment_ends: HashMap<u32, u64> = HashMap::new();
-    let mut drop_entries = sled::Batch::default();
-    let mut dropped = 0usize;
-    let (start, end) = record::all_entries();
-    for item in index.range(start..end) {
-        let (key, value) = item.map_err(|e| damaged(e.to_string()))?;
-        let (Some((queue_id, seq)), Some((at, flags))) = (
-            record::parse_entry_key(&key),
-            record::parse_entry_value(&value),
-        ) else {
-            return Err(damaged(format!("unreadable queue entry {key:?}")));
-        };
-        all_entries += 1;
-        let scan = match scans.get_mut(&queue_id) {
-            Some(scan) if flags & record::TRANSIENT == 0 => scan,
-            _ => {
-                drop_entries.remove(key);
-                dropped += 1;
-                continue;
-            }
-        };
-        if scan.last_seq.is_none() {
-            scan.first_seq = seq;
-        }
-        scan.last_seq = Some(seq);
-        scan.messages += 1;
-        *live.entry(at.segment).or_default() += 1;
-        let end = segment_ends.entry(at.segment).or_default();
-        *end = (*end).max(at.offset + u64::from(at.len));
-    }
-    if let Some(expected) = expected_entries {
-        if expected != all_entries {
-            return Err(damaged(format!(
-                "the last clean stop left {expected} queued messages but {all_entries} are readable"
-            )));
-        }
-    }
-    // Every body an entry points at must be there.
-    for (segment, end) in &segment_ends {
-        let path = segment_path(&dir.join(SEGMENT_DIR), *segment);
-        let len = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
-        if len < *end {
-            return Err(StoreError::Damaged {
-                path: path.clone(),
-                detail: format!(
-                    "message segment is {len} bytes but queued messages reach byte {end}"
-                ),
-            });
-        }
-    }
-    if dropped > 0 {
-        index
-            .apply_batch(drop_entries)
-            .and_then(|()| db.flush().map(drop))
-            .map_err(|e| damaged(e.to_string()))?;
-        info!(
-            entries = dropped,
-            "dropped transient messages and entries of deleted queues"
-        );
-    }
-
     let mut delivered = HashMap::new();
-    let (start, end) = record::all_delivered_marks();
-    for item in index.range(start..end) {
+    for item in marks.iter() {
         let (key, value) = item.map_err(|e| damaged(e.to_string()))?;
         let (queue_id, seq) = record::parse_delivered(&key, &value)
             .ok_or_else(|| damaged(format!("unreadable delivery mark {key:?}")))?;
-        if scans.contains_key(&queue_id) {
+        if queues.iter().any(|q| q.id == queue_id) {
             delivered.insert(queue_id, seq);
         } else {
             // Its queue is gone; a new queue may get the id.
-            index.remove(key).map_err(|e| damaged(e.to_string()))?;
+            marks.remove(key).map_err(|e| damaged(e.to_string()))?;
         }
     }
-
-    for record in queue_records {
-        let scan = scans.remove(&record.id).unwrap_or_default();
-        recovered.queues.push(RecoveredQueue {
-            messages: scan.messages,
-            first_seq: scan.first_seq,
-            // New messages must sort after everything delivered before,
-            // even when the queue was drained: the mark says "delivered".
-            next_seq: scan
-                .last_seq
-                .map_or(0, |s| s + 1)
-                .max(delivered.get(&record.id).copied().unwrap_or(0)),
-            record,
-        });
-    }
-    Ok((recovered, live, delivered))
+    Ok(Topology {
+        recovered,
+        queues,
+        delivered,
+    })
 }
 
 /// Runs `f`, turning a panic into its message without printing a backtrace.
@@ -365,7 +371,7 @@ mod tests {
         let dir = temp_dir("foreign");
         {
             let db = sled::open(&dir).unwrap();
-            db.open_tree("index").unwrap().insert(b"x", b"y").unwrap();
+            db.open_tree("marks").unwrap().insert(b"x", b"y").unwrap();
             db.flush().unwrap();
         }
         let err = open(&dir, &StorageConfig::default())

@@ -1,0 +1,415 @@
+//! Each durable queue's index on disk: which messages it holds, in order,
+//! and where their bodies are.
+//!
+//! Kept outside sled because sled's resident memory grows with the number
+//! of keys it has written (about 27 bytes per queued message, measured),
+//! and a backlog must cost disk, not memory. Like RabbitMQ's classic queue
+//! index, a queue's index is a series of files of fixed-size slots, one
+//! slot per seq: `queues/QQQQQQQQ/FFFFFFFF.idx` holds seqs
+//! `F * SLOTS .. (F + 1) * SLOTS`. Publishing writes a slot, acknowledging
+//! overwrites its state byte; a file whose slots are all written and all
+//! acknowledged is deleted. Memory is a few counters per file.
+//!
+//! Slot: `state u8 ‖ flags u8 ‖ 0 u16 ‖ crc32 u32 ‖ segment u32 ‖ len u32 ‖
+//! offset u64`; the CRC covers flags..offset, so a torn or damaged slot is
+//! told apart from a message.
+
+use super::segments::Location;
+use std::collections::HashMap;
+use std::fs::{File, OpenOptions};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+
+pub const SLOTS: u64 = 16 * 1024;
+const SLOT: usize = 24;
+const READY: u8 = 1;
+const ACKED: u8 = 2;
+/// Open index files kept beyond the ones written in the current batch.
+const MAX_OPEN: usize = 256;
+
+/// A message in a queue's index.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Slot {
+    pub seq: u64,
+    pub at: Location,
+    pub flags: u8,
+}
+
+#[derive(Default)]
+struct FileState {
+    /// Ready slots.
+    live: u64,
+    /// Its last slot was written: no more messages will land in it.
+    full: bool,
+}
+
+/// Per-queue totals found when opening the indexes.
+#[derive(Debug, Default, Clone)]
+pub struct QueueScan {
+    pub messages: usize,
+    pub first_seq: u64,
+    pub last_seq: Option<u64>,
+}
+
+/// A slot that failed its checksum.
+#[derive(Debug)]
+pub struct BadSlot {
+    pub path: PathBuf,
+    pub seq: u64,
+}
+
+pub struct QueueIndexes {
+    dir: PathBuf,
+    files: HashMap<(u32, u64), FileState>,
+    open: HashMap<(u32, u64), File>,
+    /// Written since the last sync.
+    dirty: Vec<(u32, u64)>,
+}
+
+impl QueueIndexes {
+    /// Reads every queue's index under `dir`. `visit` sees each ready slot
+    /// and returns whether to keep it (false: acknowledge it now, e.g. a
+    /// paged-out transient message or a queue that no longer exists).
+    pub fn open(
+        dir: &Path,
+        mut visit: impl FnMut(u32, Slot) -> bool,
+    ) -> std::io::Result<(QueueIndexes, Vec<BadSlot>)> {
+        std::fs::create_dir_all(dir)?;
+        let mut ix = QueueIndexes {
+            dir: dir.to_owned(),
+            files: HashMap::new(),
+            open: HashMap::new(),
+            dirty: Vec::new(),
+        };
+        let mut bad = Vec::new();
+        let mut queues: Vec<(u32, PathBuf)> = Vec::new();
+        for entry in std::fs::read_dir(dir)? {
+            let path = entry?.path();
+            if let Some(q) = number(&path, "") {
+                queues.push((q as u32, path));
+            }
+        }
+        queues.sort();
+        for (queue_id, qdir) in queues {
+            let mut files: Vec<u64> = Vec::new();
+            for entry in std::fs::read_dir(&qdir)? {
+                if let Some(n) = number(&entry?.path(), ".idx") {
+                    files.push(n);
+                }
+            }
+            files.sort_unstable();
+            for file_no in files {
+                let path = ix.path(queue_id, file_no);
+                let raw = std::fs::read(&path)?;
+                let mut state = FileState {
+                    live: 0,
+                    full: raw.len() as u64 >= SLOTS * SLOT as u64
+                        && raw[(SLOTS as usize - 1) * SLOT] != 0,
+                };
+                let mut acks = Vec::new();
+                for (i, slot) in raw.chunks_exact(SLOT).enumerate() {
+                    if slot[0] != READY {
+                        continue;
+                    }
+                    let seq = file_no * SLOTS + i as u64;
+                    let Some(s) = decode(seq, slot) else {
+                        bad.push(BadSlot {
+                            path: path.clone(),
+                            seq,
+                        });
+                        continue;
+                    };
+                    if visit(queue_id, s) {
+                        state.live += 1;
+                    } else {
+                        acks.push(i as u64);
+                    }
+                }
+                if !acks.is_empty() {
+                    let f = OpenOptions::new().write(true).open(&path)?;
+                    for i in acks {
+                        f.write_all_at(&[ACKED], i * SLOT as u64)?;
+                    }
+                    f.sync_data()?;
+                }
+                if state.full && state.live == 0 {
+                    std::fs::remove_file(&path)?;
+                } else {
+                    ix.files.insert((queue_id, file_no), state);
+                }
+            }
+        }
+        Ok((ix, bad))
+    }
+
+    fn path(&self, queue_id: u32, file_no: u64) -> PathBuf {
+        self.dir
+            .join(format!("{queue_id:08}"))
+            .join(format!("{file_no:08}.idx"))
+    }
+
+    fn file(&mut self, queue_id: u32, file_no: u64, create: bool) -> std::io::Result<&File> {
+        if !self.open.contains_key(&(queue_id, file_no)) {
+            if self.open.len() >= MAX_OPEN {
+                let dirty = &self.dirty;
+                self.open.retain(|k, _| dirty.contains(k));
+            }
+            let path = self.path(queue_id, file_no);
+            if create {
+                std::fs::create_dir_all(path.parent().expect("queue directory"))?;
+            }
+            let f = OpenOptions::new()
+                .read(true)
+                .write(true)
+                .create(create)
+                .truncate(false)
+                .open(&path)?;
+            self.open.insert((queue_id, file_no), f);
+        }
+        Ok(&self.open[&(queue_id, file_no)])
+    }
+
+    /// Writes consecutive slots of one queue (seqs ascending).
+    pub fn put(&mut self, queue_id: u32, slots: &[Slot]) -> std::io::Result<()> {
+        let mut i = 0;
+        while i < slots.len() {
+            // A run of consecutive seqs within one file: one write.
+            let file_no = slots[i].seq / SLOTS;
+            let mut j = i + 1;
+            while j < slots.len()
+                && slots[j].seq == slots[j - 1].seq + 1
+                && slots[j].seq / SLOTS == file_no
+            {
+                j += 1;
+            }
+            let mut buf = Vec::with_capacity((j - i) * SLOT);
+            for s in &slots[i..j] {
+                buf.extend_from_slice(&encode(s));
+            }
+            let offset = (slots[i].seq % SLOTS) * SLOT as u64;
+            self.file(queue_id, file_no, true)?
+                .write_all_at(&buf, offset)?;
+            let state = self.files.entry((queue_id, file_no)).or_default();
+            state.live += (j - i) as u64;
+            if slots[j - 1].seq % SLOTS == SLOTS - 1 {
+                state.full = true;
+            }
+            if !self.dirty.contains(&(queue_id, file_no)) {
+                self.dirty.push((queue_id, file_no));
+            }
+            i = j;
+        }
+        Ok(())
+    }
+
+    /// Acknowledges the message at `seq`, returning where its body was
+    /// (None when it was not in the index).
+    pub fn ack(&mut self, queue_id: u32, seq: u64) -> std::io::Result<Option<Location>> {
+        let file_no = seq / SLOTS;
+        if !self.files.contains_key(&(queue_id, file_no)) {
+            return Ok(None);
+        }
+        let offset = (seq % SLOTS) * SLOT as u64;
+        let f = self.file(queue_id, file_no, false)?;
+        let mut slot = [0u8; SLOT];
+        if f.read_at(&mut slot, offset)? < SLOT || slot[0] != READY {
+            return Ok(None);
+        }
+        f.write_all_at(&[ACKED], offset)?;
+        if let Some(state) = self.files.get_mut(&(queue_id, file_no)) {
+            state.live = state.live.saturating_sub(1);
+        }
+        if !self.dirty.contains(&(queue_id, file_no)) {
+            self.dirty.push((queue_id, file_no));
+        }
+        Ok(decode(seq, &slot).map(|s| s.at))
+    }
+
+    /// Ready slots of a queue from `from` on, in order, up to `max`.
+    pub fn read(&mut self, queue_id: u32, from: u64, max: usize) -> std::io::Result<Vec<Slot>> {
+        let mut out = Vec::new();
+        let mut file_nos: Vec<u64> = self
+            .files
+            .keys()
+            .filter(|(q, n)| *q == queue_id && (n + 1) * SLOTS > from)
+            .map(|(_, n)| *n)
+            .collect();
+        file_nos.sort_unstable();
+        for file_no in file_nos {
+            let first = from.max(file_no * SLOTS);
+            let offset = (first % SLOTS) * SLOT as u64;
+            let mut raw = vec![0u8; ((file_no + 1) * SLOTS - first) as usize * SLOT];
+            let f = self.file(queue_id, file_no, false)?;
+            let n = read_full_at(f, &mut raw, offset)?;
+            for (i, slot) in raw[..n - n % SLOT].chunks_exact(SLOT).enumerate() {
+                if slot[0] != READY {
+                    continue;
+                }
+                if let Some(s) = decode(first + i as u64, slot) {
+                    out.push(s);
+                    if out.len() >= max {
+                        return Ok(out);
+                    }
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Every ready slot of a queue from `from` on (purge, deletion).
+    pub fn ready_from(&mut self, queue_id: u32, from: u64) -> std::io::Result<Vec<Slot>> {
+        self.read(queue_id, from, usize::MAX)
+    }
+
+    /// Queues with index files.
+    pub fn queue_ids(&self) -> Vec<u32> {
+        let mut ids: Vec<u32> = self.files.keys().map(|(q, _)| *q).collect();
+        ids.sort_unstable();
+        ids.dedup();
+        ids
+    }
+
+    /// Forgets a deleted queue's files.
+    pub fn drop_queue(&mut self, queue_id: u32) {
+        self.files.retain(|(q, _), _| *q != queue_id);
+        self.open.retain(|(q, _), _| *q != queue_id);
+        self.dirty.retain(|(q, _)| *q != queue_id);
+        let dir = self.dir.join(format!("{queue_id:08}"));
+        if let Err(e) = std::fs::remove_dir_all(&dir) {
+            if e.kind() != std::io::ErrorKind::NotFound {
+                tracing::warn!(path = %dir.display(), error = %e, "cannot delete a queue index");
+            }
+        }
+    }
+
+    /// Makes this batch's writes durable, then deletes files that are full
+    /// and fully acknowledged.
+    pub fn sync(&mut self) -> std::io::Result<()> {
+        for key in std::mem::take(&mut self.dirty) {
+            if let Some(f) = self.open.get(&key) {
+                f.sync_data()?;
+            }
+            if self.files.get(&key).is_some_and(|s| s.full && s.live == 0) {
+                self.files.remove(&key);
+                self.open.remove(&key);
+                let path = self.path(key.0, key.1);
+                if let Err(e) = std::fs::remove_file(&path) {
+                    tracing::warn!(path = %path.display(), error = %e, "cannot delete a drained index file");
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+fn encode(s: &Slot) -> [u8; SLOT] {
+    let mut b = [0u8; SLOT];
+    b[0] = READY;
+    b[1] = s.flags;
+    b[8..12].copy_from_slice(&s.at.segment.to_be_bytes());
+    b[12..16].copy_from_slice(&s.at.len.to_be_bytes());
+    b[16..24].copy_from_slice(&s.at.offset.to_be_bytes());
+    let crc = crc(&b);
+    b[4..8].copy_from_slice(&crc.to_be_bytes());
+    b
+}
+
+fn crc(slot: &[u8]) -> u32 {
+    let mut h = crc32fast::Hasher::new();
+    h.update(&slot[1..4]);
+    h.update(&slot[8..SLOT]);
+    h.finalize()
+}
+
+fn decode(seq: u64, b: &[u8]) -> Option<Slot> {
+    if u32::from_be_bytes(b[4..8].try_into().ok()?) != crc(b) {
+        return None;
+    }
+    Some(Slot {
+        seq,
+        flags: b[1],
+        at: Location {
+            segment: u32::from_be_bytes(b[8..12].try_into().ok()?),
+            len: u32::from_be_bytes(b[12..16].try_into().ok()?),
+            offset: u64::from_be_bytes(b[16..24].try_into().ok()?),
+        },
+    })
+}
+
+fn read_full_at(f: &File, buf: &mut [u8], offset: u64) -> std::io::Result<usize> {
+    let mut n = 0;
+    while n < buf.len() {
+        match f.read_at(&mut buf[n..], offset + n as u64)? {
+            0 => break,
+            k => n += k,
+        }
+    }
+    Ok(n)
+}
+
+fn number(path: &Path, suffix: &str) -> Option<u64> {
+    let name = path.file_name()?.to_str()?;
+    let digits = name.strip_suffix(suffix)?;
+    (digits.len() == 8 && digits.bytes().all(|b| b.is_ascii_digit()))
+        .then(|| digits.parse().ok())
+        .flatten()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn slot(seq: u64) -> Slot {
+        Slot {
+            seq,
+            at: Location {
+                segment: 1,
+                offset: seq * 100,
+                len: 100,
+            },
+            flags: 0,
+        }
+    }
+
+    #[test]
+    fn slots_survive_reopen_and_drained_files_go() {
+        let dir = std::env::temp_dir().join(format!("leveret-qindex-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let (mut ix, bad) = QueueIndexes::open(&dir, |_, _| true).unwrap();
+        assert!(bad.is_empty());
+        let n = SLOTS + 10;
+        let slots: Vec<Slot> = (0..n).map(slot).collect();
+        ix.put(7, &slots).unwrap();
+        ix.sync().unwrap();
+        for seq in 0..SLOTS {
+            assert_eq!(ix.ack(7, seq).unwrap(), Some(slot(seq).at));
+        }
+        assert_eq!(ix.ack(7, 3).unwrap(), None, "acked twice");
+        ix.sync().unwrap();
+        assert!(!ix.path(7, 0).exists(), "full, drained file deleted");
+        assert_eq!(
+            ix.read(7, 0, 5).unwrap(),
+            (SLOTS..SLOTS + 5).map(slot).collect::<Vec<_>>()
+        );
+        drop(ix);
+
+        let mut seen = Vec::new();
+        let (mut ix, bad) = QueueIndexes::open(&dir, |q, s| {
+            seen.push((q, s.seq));
+            s.seq != SLOTS // drop one at recovery
+        })
+        .unwrap();
+        assert!(bad.is_empty());
+        assert_eq!(seen.len(), 10);
+        assert_eq!(ix.read(7, 0, usize::MAX).unwrap().len(), 9);
+
+        // A damaged slot is reported, not returned.
+        let f = OpenOptions::new().write(true).open(ix.path(7, 1)).unwrap();
+        f.write_all_at(&[0xff; 4], 5 * SLOT as u64 + 12).unwrap();
+        drop(ix);
+        let (_, bad) = QueueIndexes::open(&dir, |_, _| true).unwrap();
+        assert_eq!(bad.len(), 1);
+        assert_eq!(bad[0].seq, SLOTS + 5);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}
