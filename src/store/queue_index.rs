@@ -14,7 +14,7 @@
 //! offset u64`; the CRC covers flags..offset, so a torn or damaged slot is
 //! told apart from a message.
 
-use super::segments::Location;
+use super::segments::{sync_dir, Location};
 use std::collections::HashMap;
 use std::fs::{File, OpenOptions};
 use std::os::unix::fs::FileExt;
@@ -155,8 +155,13 @@ impl QueueIndexes {
                 self.open.retain(|k, _| dirty.contains(k));
             }
             let path = self.path(queue_id, file_no);
-            if create {
-                std::fs::create_dir_all(path.parent().expect("queue directory"))?;
+            let existed = path.exists();
+            if create && !existed {
+                let qdir = path.parent().expect("queue directory");
+                if !qdir.exists() {
+                    std::fs::create_dir_all(qdir)?;
+                    sync_dir(qdir)?;
+                }
             }
             let f = OpenOptions::new()
                 .read(true)
@@ -164,6 +169,9 @@ impl QueueIndexes {
                 .create(create)
                 .truncate(false)
                 .open(&path)?;
+            if create && !existed {
+                sync_dir(&path)?;
+            }
             self.open.insert((queue_id, file_no), f);
         }
         Ok(&self.open[&(queue_id, file_no)])

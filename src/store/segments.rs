@@ -201,8 +201,20 @@ fn segment_number(path: &Path) -> Option<u32> {
     name.strip_suffix(".seg")?.parse().ok()
 }
 
-fn create(path: &Path) -> std::io::Result<File> {
-    OpenOptions::new().create(true).append(true).open(path)
+/// Creates a file and makes its directory entry durable, so a crash cannot
+/// lose a file whose contents were fsynced.
+pub fn create(path: &Path) -> std::io::Result<File> {
+    let f = OpenOptions::new().create(true).append(true).open(path)?;
+    sync_dir(path)?;
+    Ok(f)
+}
+
+/// fsyncs the directory holding `path`.
+pub fn sync_dir(path: &Path) -> std::io::Result<()> {
+    match path.parent() {
+        Some(dir) => File::open(dir)?.sync_all(),
+        None => Ok(()),
+    }
 }
 
 #[cfg(test)]
