@@ -1,6 +1,7 @@
 //! The load-leveling case: a backlog far larger than the memory a durable
 //! queue may use stays on disk, the broker's resident memory stays bounded
-//! while it grows, and it drains completely and in order afterwards.
+//! while it grows, it drains completely and in order afterwards, and the
+//! disk it took is given back.
 
 mod common;
 
@@ -39,7 +40,7 @@ async fn backlog_larger_than_memory_keeps_rss_bounded_and_drains_in_order() {
     // A small page cache and queue window, so the bound is far below the data.
     std::fs::write(
         &config,
-        "[storage]\ncache_capacity = 8388608\nqueue_memory_window = 1048576\n",
+        "[storage]\ncache_capacity = 8388608\nqueue_memory_window = 1048576\nsegment_size = 4194304\n",
     )
     .unwrap();
     let data = dir.path().join("data");
@@ -171,4 +172,35 @@ async fn backlog_larger_than_memory_keeps_rss_bounded_and_drains_in_order() {
         "draining made the broker grow by {} MiB",
         grown >> 20
     );
+
+    // The disk is given back: drained segments and index files are deleted
+    // (what remains is the segment being written and the queue's last index file).
+    let deadline = std::time::Instant::now() + WAIT;
+    loop {
+        let used = dir_size(&data.join("messages")) + dir_size(&data.join("queues"));
+        if used < 12 << 20 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{} MiB still on disk after the {} MiB backlog drained",
+            used >> 20,
+            data_bytes >> 20
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+fn dir_size(dir: &std::path::Path) -> u64 {
+    let mut total = 0;
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let entry = entry.unwrap();
+        let meta = entry.metadata().unwrap();
+        total += if meta.is_dir() {
+            dir_size(&entry.path())
+        } else {
+            meta.len()
+        };
+    }
+    total
 }
