@@ -1,7 +1,9 @@
-//! The load-leveling case: a backlog far larger than the memory a durable
-//! queue may use stays on disk, the broker's resident memory stays bounded
-//! while it grows, it drains completely and in order afterwards, and the
-//! disk it took is given back.
+//! What persistent messages cost on disk and in memory, measured on the
+//! real binary. The load-leveling case: a backlog far larger than the
+//! memory a durable queue may use stays on disk, the broker's resident
+//! memory stays bounded while it grows, it drains completely and in order
+//! afterwards, and the disk it took is given back. And a message fanned out
+//! to several durable queues is written once.
 
 mod common;
 
@@ -28,9 +30,7 @@ fn peak_rss(pid: u32) -> u64 {
 }
 
 fn body(i: usize) -> Vec<u8> {
-    let mut b = format!("{i:08}-").into_bytes();
-    b.resize(BODY, b'.');
-    b
+    body_of(i, BODY)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -203,4 +203,89 @@ fn dir_size(dir: &std::path::Path) -> u64 {
         };
     }
     total
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fanout_to_ten_durable_queues_stores_each_body_once() {
+    const N: usize = 1000;
+    const SIZE: usize = 8192;
+    let dir = TempDir::new("fanout-once");
+    let data = dir.path().join("data");
+    let broker = BrokerProcess::start(&data);
+    let conn = Connection::connect(&broker.uri(), ConnectionProperties::default())
+        .await
+        .unwrap();
+    let ch = conn.create_channel().await.unwrap();
+    ch.exchange_declare(
+        "fan".into(),
+        lapin::ExchangeKind::Fanout,
+        ExchangeDeclareOptions {
+            durable: true,
+            ..Default::default()
+        },
+        FieldTable::default(),
+    )
+    .await
+    .unwrap();
+    for q in 0..10 {
+        let name = format!("fan-{q}");
+        ch.queue_declare(
+            name.as_str().into(),
+            QueueDeclareOptions {
+                durable: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+        .unwrap();
+        ch.queue_bind(
+            name.as_str().into(),
+            "fan".into(),
+            "".into(),
+            QueueBindOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .unwrap();
+    }
+    ch.confirm_select(ConfirmSelectOptions::default())
+        .await
+        .unwrap();
+    let props = BasicProperties::default().with_delivery_mode(2);
+    let mut confirms = Vec::new();
+    for i in 0..N {
+        confirms.push(
+            ch.basic_publish(
+                "fan".into(),
+                "".into(),
+                BasicPublishOptions::default(),
+                &body_of(i, SIZE),
+                props.clone(),
+            )
+            .await
+            .unwrap(),
+        );
+    }
+    for c in confirms {
+        assert!(tokio::time::timeout(WAIT, c)
+            .await
+            .unwrap()
+            .unwrap()
+            .is_ack());
+    }
+    let bodies = (N * SIZE) as u64;
+    let stored = dir_size(&data.join("messages"));
+    assert!(
+        stored >= bodies && stored < bodies + bodies / 2,
+        "{} KiB of segments for {} KiB of bodies sent to 10 queues",
+        stored >> 10,
+        bodies >> 10
+    );
+}
+
+fn body_of(i: usize, size: usize) -> Vec<u8> {
+    let mut b = format!("{i:08}-").into_bytes();
+    b.resize(size, b'.');
+    b
 }
