@@ -46,7 +46,7 @@ impl Default for StorageConfig {
     fn default() -> Self {
         StorageConfig {
             cache_capacity: 8 * 1024 * 1024,
-            queue_memory_window: 8 * 1024 * 1024,
+            queue_memory_window: 4 * 1024 * 1024,
             persister_backlog: 64 * 1024 * 1024,
             segment_size: 64 * 1024 * 1024,
         }

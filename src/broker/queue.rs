@@ -113,8 +113,8 @@ impl Queue {
                 }),
             }
         });
-        // A recovered queue starts reading its messages back at once.
-        queue.state.lock().ready.read_ahead();
+        // A recovered queue reads its messages back when first consumed
+        // from, so a restart with many backlogged queues stays small.
         queue
     }
 

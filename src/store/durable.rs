@@ -234,10 +234,6 @@ impl QueueStore for DurableStore {
         self.request_load();
     }
 
-    fn read_ahead(&mut self) {
-        self.request_load();
-    }
-
     fn awaiting_disk(&self) -> bool {
         self.head.is_empty() && self.on_disk > 0
     }

@@ -106,8 +106,6 @@ pub trait QueueStore: Send {
     fn delete(&mut self) {}
     /// Messages read back from disk.
     fn loaded(&mut self, _loaded: Loaded) {}
-    /// Starts reading messages back from disk if the memory part is low.
-    fn read_ahead(&mut self) {}
     /// True while ready messages exist only on disk and are being read back.
     fn awaiting_disk(&self) -> bool {
         false
