@@ -65,13 +65,26 @@ enum Stop {
 }
 
 /// Stops `broker` as `stop` says and starts a new one on the same data directory.
-fn restart(mut broker: BrokerProcess, data: &Path, stop: Stop) -> BrokerProcess {
+fn restart(broker: BrokerProcess, data: &Path, stop: Stop) -> BrokerProcess {
+    restart_with(broker, data, stop, None)
+}
+
+/// Stops the broker and starts it again on `data`, with `config` if given.
+fn restart_with(
+    mut broker: BrokerProcess,
+    data: &Path,
+    stop: Stop,
+    config: Option<&Path>,
+) -> BrokerProcess {
     match stop {
         Stop::Kill9 => broker.kill9(),
         Stop::Sigterm => broker.sigterm_and_wait(),
     }
     drop(broker);
-    BrokerProcess::start(data)
+    match config {
+        Some(config) => BrokerProcess::start_with_config(data, config),
+        None => BrokerProcess::start(data),
+    }
 }
 
 async fn connect(broker: &BrokerProcess) -> Connection {
@@ -1111,107 +1124,132 @@ async fn publish_flat_out(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_confirmed_message_survives_kill_9_during_flat_out_publishing() {
-    within(async {
-        const PUBLISHERS: usize = 3;
-        let data = TempDir::new("durability-under-load");
-        let broker = BrokerProcess::start(data.path());
-        let q = "under-load";
-        {
-            let conn = connect(&broker).await;
-            let ch = confirm_channel(&conn).await;
-            declare_durable_queue(&ch, q).await;
-        }
-        let give_up = Arc::new(AtomicBool::new(false));
-        let tasks: Vec<_> = (0..PUBLISHERS)
-            .map(|n| tokio::spawn(publish_flat_out(broker.uri(), n, q, give_up.clone())))
-            .collect();
-        tokio::time::sleep(Duration::from_secs(2)).await;
-        assert!(
-            tasks.iter().all(|t| !t.is_finished()),
-            "publishers still running when the broker is killed"
-        );
-        let broker = restart(broker, data.path(), Stop::Kill9);
-        // Publishers whose connection did not notice the kill stop anyway.
-        give_up.store(true, Ordering::Relaxed);
-        let mut runs = Vec::new();
-        for task in tasks {
-            runs.push(
-                tokio::time::timeout(Duration::from_secs(20), task)
-                    .await
-                    .expect("publisher finishes after the kill")
-                    .expect("publisher task"),
-            );
-        }
-        for (n, run) in runs.iter().enumerate() {
-            assert!(
-                !run.confirmed.is_empty(),
-                "publisher {n} got no confirms in 2 s ({} published)",
-                run.published
-            );
-        }
+    within(kill_9_during_flat_out_publishing(
+        "durability-under-load",
+        None,
+    ))
+    .await
+}
 
+/// The same with tiny segment files and queue window, so the kill lands
+/// while segments roll over and messages are paged out.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_confirmed_message_survives_kill_9_while_segments_roll_over() {
+    within(kill_9_during_flat_out_publishing(
+        "durability-under-load-small-segments",
+        Some("[storage]\nsegment_size = 65536\nqueue_memory_window = 16384\n"),
+    ))
+    .await
+}
+
+async fn kill_9_during_flat_out_publishing(name: &str, config: Option<&str>) {
+    const PUBLISHERS: usize = 3;
+    let data = TempDir::new(name);
+    let config_file = config.map(|text| {
+        let path = data.path().join("broker.toml");
+        std::fs::write(&path, text).unwrap();
+        path
+    });
+    let store = data.path().join("store");
+    let broker = match &config_file {
+        Some(file) => BrokerProcess::start_with_config(&store, file),
+        None => BrokerProcess::start(&store),
+    };
+    let q = "under-load";
+    {
         let conn = connect(&broker).await;
-        let n_left = count(&conn, q).await as usize;
-        let ch = timed("channel.open", conn.create_channel()).await.unwrap();
-        timed("basic.qos", ch.basic_qos(1000, BasicQosOptions::default()))
-            .await
-            .unwrap();
-        let mut consumer = timed(
-            "basic.consume",
-            ch.basic_consume(
-                q.into(),
-                "drain".into(),
-                BasicConsumeOptions {
-                    no_ack: true,
-                    ..Default::default()
-                },
-                FieldTable::default(),
-            ),
-        )
+        let ch = confirm_channel(&conn).await;
+        declare_durable_queue(&ch, q).await;
+    }
+    let give_up = Arc::new(AtomicBool::new(false));
+    let tasks: Vec<_> = (0..PUBLISHERS)
+        .map(|n| tokio::spawn(publish_flat_out(broker.uri(), n, q, give_up.clone())))
+        .collect();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert!(
+        tasks.iter().all(|t| !t.is_finished()),
+        "publishers still running when the broker is killed"
+    );
+    let broker = restart_with(broker, &store, Stop::Kill9, config_file.as_deref());
+    // Publishers whose connection did not notice the kill stop anyway.
+    give_up.store(true, Ordering::Relaxed);
+    let mut runs = Vec::new();
+    for task in tasks {
+        runs.push(
+            tokio::time::timeout(Duration::from_secs(20), task)
+                .await
+                .expect("publisher finishes after the kill")
+                .expect("publisher task"),
+        );
+    }
+    for (n, run) in runs.iter().enumerate() {
+        assert!(
+            !run.confirmed.is_empty(),
+            "publisher {n} got no confirms in 2 s ({} published)",
+            run.published
+        );
+    }
+
+    let conn = connect(&broker).await;
+    let n_left = count(&conn, q).await as usize;
+    let ch = timed("channel.open", conn.create_channel()).await.unwrap();
+    timed("basic.qos", ch.basic_qos(1000, BasicQosOptions::default()))
         .await
         .unwrap();
-        let left = next_n(&mut consumer, n_left).await;
-
-        let mut present: Vec<Vec<usize>> = vec![Vec::new(); PUBLISHERS];
-        for d in &left {
-            let body = text(&d.data);
-            let (n, i) = body
-                .strip_prefix('p')
-                .and_then(|s| s.split_once('-'))
-                .and_then(|(n, i)| Some((n.parse::<usize>().ok()?, i.parse::<usize>().ok()?)))
-                .unwrap_or_else(|| panic!("unexpected body {body:?}"));
-            assert!(
-                n < PUBLISHERS && i < runs[n].published,
-                "{body:?} was never published"
-            );
-            present[n].push(i);
-        }
-        for (n, run) in runs.iter().enumerate() {
-            let seen = &present[n];
-            assert!(
-                seen.windows(2).all(|w| w[0] <= w[1]),
-                "publisher {n}: order not preserved among the recovered messages"
-            );
-            let seen: std::collections::HashSet<usize> = seen.iter().copied().collect();
-            let lost: Vec<usize> = run
-                .confirmed
-                .iter()
-                .copied()
-                .filter(|i| !seen.contains(i))
-                .collect();
-            assert!(
-                lost.is_empty(),
-                "publisher {n}: {} of {} confirmed messages lost by kill -9 (first: p{n}-{}); \
-                 {} recovered of {} published",
-                lost.len(),
-                run.confirmed.len(),
-                lost[0],
-                present[n].len(),
-                run.published
-            );
-        }
-    })
+    let mut consumer = timed(
+        "basic.consume",
+        ch.basic_consume(
+            q.into(),
+            "drain".into(),
+            BasicConsumeOptions {
+                no_ack: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        ),
+    )
     .await
+    .unwrap();
+    let left = next_n(&mut consumer, n_left).await;
+
+    let mut present: Vec<Vec<usize>> = vec![Vec::new(); PUBLISHERS];
+    for d in &left {
+        let body = text(&d.data);
+        let (n, i) = body
+            .strip_prefix('p')
+            .and_then(|s| s.split_once('-'))
+            .and_then(|(n, i)| Some((n.parse::<usize>().ok()?, i.parse::<usize>().ok()?)))
+            .unwrap_or_else(|| panic!("unexpected body {body:?}"));
+        assert!(
+            n < PUBLISHERS && i < runs[n].published,
+            "{body:?} was never published"
+        );
+        present[n].push(i);
+    }
+    for (n, run) in runs.iter().enumerate() {
+        let seen = &present[n];
+        assert!(
+            seen.windows(2).all(|w| w[0] <= w[1]),
+            "publisher {n}: order not preserved among the recovered messages"
+        );
+        let seen: std::collections::HashSet<usize> = seen.iter().copied().collect();
+        let lost: Vec<usize> = run
+            .confirmed
+            .iter()
+            .copied()
+            .filter(|i| !seen.contains(i))
+            .collect();
+        assert!(
+            lost.is_empty(),
+            "publisher {n}: {} of {} confirmed messages lost by kill -9 (first: p{n}-{}); \
+             {} recovered of {} published",
+            lost.len(),
+            run.confirmed.len(),
+            lost[0],
+            present[n].len(),
+            run.published
+        );
+    }
 }
 
 // ---------------------------------------------------------------- 8: fanout to durable queues
