@@ -15,6 +15,8 @@ pub struct Consumer {
     /// Per-consumer prefetch (basic.qos global=false at consume time); 0 = none.
     pub prefetch: u16,
     pub arguments: FieldTable,
+    /// `x-priority`: higher-priority consumers are offered messages first.
+    pub priority: i64,
     /// Deliveries not yet acknowledged; changed only under the channel's lock.
     pub unacked: AtomicU32,
 }

@@ -10,6 +10,7 @@ pub mod exchange;
 pub mod memory;
 pub mod message;
 pub mod queue;
+pub mod queue_args;
 pub mod vhost;
 
 use crate::channel::shared::ChannelShared;

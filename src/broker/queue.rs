@@ -7,6 +7,7 @@
 use super::consumer::Consumer;
 use super::memory::MemoryGauge;
 use super::message::Message;
+use super::queue_args::QueueArgs;
 use crate::error::AmqpError;
 use crate::store::durable::DurableStore;
 use crate::store::memory::MemoryStore;
@@ -37,6 +38,8 @@ pub struct Queue {
     pub exclusive_owner: Option<u64>,
     pub auto_delete: bool,
     pub arguments: FieldTable,
+    /// The arguments the queue acts on, parsed from `arguments`.
+    pub args: QueueArgs,
     /// The queue's id in the store, when its messages are kept on disk.
     pub store_id: Option<u32>,
     memory: Arc<MemoryGauge>,
@@ -74,6 +77,7 @@ impl Queue {
         exclusive_owner: Option<u64>,
         auto_delete: bool,
         arguments: FieldTable,
+        args: QueueArgs,
         memory: Arc<MemoryGauge>,
         disk: Option<OnDisk>,
     ) -> Arc<Queue> {
@@ -100,6 +104,7 @@ impl Queue {
                 exclusive_owner,
                 auto_delete,
                 arguments,
+                args,
                 store_id,
                 loaded: Condvar::new(),
                 state: Mutex::new(QueueState {

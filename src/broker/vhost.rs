@@ -3,6 +3,7 @@
 use super::exchange::{Binding, Destination, Exchange, ExchangeKind, RoutingInfo};
 use super::memory::MemoryGauge;
 use super::queue::{OnDisk, Queue};
+use super::queue_args::{Declared, QueueArgs};
 use crate::error::AmqpError;
 use crate::store::record::{BindingRecord, ExchangeRecord, QueueRecord};
 use crate::store::{RecoveredQueue, Store};
@@ -79,6 +80,18 @@ fn show(v: Option<&AMQPValue>) -> String {
         Some(AMQPValue::ShortInt(n)) => n.to_string(),
         Some(AMQPValue::Boolean(b)) => b.to_string(),
         Some(other) => format!("{other:?}"),
+    }
+}
+
+/// An argument as RabbitMQ describes it when the other side has none.
+fn described(v: Option<&AMQPValue>) -> String {
+    match v {
+        None => "none".into(),
+        Some(v) => format!(
+            "the value '{}' of type '{}'",
+            show(Some(v)),
+            crate::broker::queue_args::type_name(v)
+        ),
     }
 }
 
@@ -266,6 +279,17 @@ impl VHost {
 
     /// Puts back a durable queue read from the store, with its messages on disk.
     pub fn restore_queue(&self, r: RecoveredQueue) {
+        let declared = Declared {
+            name: &r.record.name,
+            vhost: &self.name,
+            durable: true,
+            exclusive: false,
+            auto_delete: r.record.auto_delete,
+        };
+        let args = QueueArgs::parse(&r.record.arguments, &declared).unwrap_or_else(|e| {
+            tracing::warn!(queue = r.record.name, error = %e, "stored queue arguments no longer valid; ignored");
+            QueueArgs::default()
+        });
         let queue = Queue::new(
             r.record.name.clone(),
             self.name.clone(),
@@ -273,6 +297,7 @@ impl VHost {
             None,
             r.record.auto_delete,
             r.record.arguments,
+            args,
             self.memory.clone(),
             Some(OnDisk {
                 store: self.store.clone(),
@@ -407,6 +432,22 @@ impl VHost {
 
     /// Declares a queue; returns it and whether it was created.
     pub fn declare_queue(&self, d: &QueueDeclare<'_>) -> Result<(Arc<Queue>, bool), AmqpError> {
+        // As RabbitMQ: arguments are checked before anything else; a
+        // passive declare ignores them.
+        let args = if d.passive {
+            QueueArgs::default()
+        } else {
+            QueueArgs::parse(
+                d.arguments,
+                &Declared {
+                    name: d.name,
+                    vhost: &self.name,
+                    durable: d.durable,
+                    exclusive: d.exclusive,
+                    auto_delete: d.auto_delete,
+                },
+            )?
+        };
         if let Some(existing) = self.queues.get(d.name).map(|q| q.clone()) {
             existing.check_owner(d.connection)?;
             if d.passive {
@@ -438,20 +479,33 @@ impl VHost {
                 return Err(existing.locked_error());
             }
             for arg in EQUIVALENT_QUEUE_ARGS {
-                let (new, old) = (
+                let (mut new, mut old) = (
                     d.arguments.inner().get(*arg),
                     existing.arguments.inner().get(*arg),
                 );
-                if show(new) != show(old) {
-                    return Err(inequivalent(
-                        arg,
-                        what,
-                        d.name,
-                        &self.name,
-                        show(new),
-                        show(old),
-                    ));
+                if *arg == "x-queue-type" {
+                    // No type means classic, both ways.
+                    let classic = |v: Option<&AMQPValue>| show(v) == "classic";
+                    if new.is_none() && classic(old) || old.is_none() && classic(new) {
+                        (new, old) = (None, None);
+                    }
                 }
+                if show(new) == show(old) {
+                    continue;
+                }
+                return Err(match (new, old) {
+                    (Some(_), Some(_)) => {
+                        inequivalent(arg, what, d.name, &self.name, show(new), show(old))
+                    }
+                    // RabbitMQ words a missing side differently.
+                    _ => AmqpError::precondition_failed(format_args!(
+                        "inequivalent arg '{arg}' for {what} '{}' in vhost '{}': received {} but current is {}",
+                        d.name,
+                        self.name,
+                        described(new),
+                        described(old)
+                    )),
+                });
             }
             return Ok((existing, false));
         }
@@ -504,6 +558,7 @@ impl VHost {
                     d.exclusive.then_some(d.connection),
                     d.auto_delete,
                     d.arguments.clone(),
+                    args.clone(),
                     self.memory.clone(),
                     on_disk,
                 )

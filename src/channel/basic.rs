@@ -90,6 +90,7 @@ impl Channel {
         }
         let queue = ctx.vhost.queue(self.queue_name(c.queue.as_str())?)?;
         queue.check_owner(ctx.id)?;
+        let priority = consumer_priority(&c.arguments, &queue)?;
         let consumer = Arc::new(Consumer {
             tag: tag.clone(),
             channel: self.shared.clone(),
@@ -98,6 +99,7 @@ impl Channel {
             exclusive: c.exclusive,
             prefetch: self.shared.consumer_prefetch(),
             arguments: c.arguments,
+            priority,
             unacked: AtomicU32::new(0),
         });
         // Registered with the channel first, so deliveries made as the queue
@@ -243,5 +245,23 @@ impl Channel {
     fn handle_basic_recover(&mut self) {
         let taken = self.shared.take_all_unacked();
         self.shared.settle(taken, true);
+    }
+}
+
+/// The consumer argument `x-priority` (default 0), checked as RabbitMQ does.
+fn consumer_priority(
+    arguments: &amq_protocol::types::FieldTable,
+    queue: &crate::broker::queue::Queue,
+) -> Result<i64, AmqpError> {
+    match arguments.inner().get("x-priority") {
+        None => Ok(0),
+        Some(v) => crate::broker::queue_args::integer(v).ok_or_else(|| {
+            AmqpError::precondition_failed(format_args!(
+                "invalid arg 'x-priority' for queue '{}' in vhost '{}': \"expected integer, got {}\"",
+                queue.name,
+                queue.vhost,
+                crate::broker::queue_args::type_name(v)
+            ))
+        }),
     }
 }
