@@ -486,7 +486,6 @@ async fn probe_queue(conn: &Connection, queue: &str) -> Result<u32, (u16, String
 // ---------------------------------------------------------------------------
 
 #[tokio::test]
-#[ignore = "issue 4: message TTL not implemented yet"]
 async fn queue_message_ttl_drops_unconsumed_messages_after_the_ttl() {
     within(async {
         let (_broker, _conn, ch) = open().await;
@@ -510,7 +509,6 @@ async fn queue_message_ttl_drops_unconsumed_messages_after_the_ttl() {
 }
 
 #[tokio::test]
-#[ignore = "issue 4: message TTL not implemented yet"]
 async fn queue_message_ttl_counts_from_each_message_enqueue() {
     within(async {
         let (_broker, _conn, ch) = open().await;
@@ -563,7 +561,6 @@ async fn unexpired_message_keeps_its_expiration_property() {
 }
 
 #[tokio::test]
-#[ignore = "issue 4: message TTL not implemented yet"]
 async fn expired_message_behind_a_live_one_is_never_delivered() {
     within(async {
         let (_broker, _conn, ch) = open().await;
@@ -578,7 +575,6 @@ async fn expired_message_behind_a_live_one_is_never_delivered() {
 }
 
 #[tokio::test]
-#[ignore = "issue 4: message TTL not implemented yet"]
 async fn lower_of_queue_ttl_and_message_expiration_wins() {
     within(async {
         let (_broker, _conn, ch) = open().await;
@@ -597,7 +593,6 @@ async fn lower_of_queue_ttl_and_message_expiration_wins() {
 }
 
 #[tokio::test]
-#[ignore = "issue 4: message TTL not implemented yet"]
 async fn ttl_zero_delivers_to_a_ready_consumer_and_dead_letters_otherwise() {
     within(async {
         let (_broker, conn, ch) = open().await;
@@ -640,7 +635,6 @@ async fn ttl_zero_delivers_to_a_ready_consumer_and_dead_letters_otherwise() {
 }
 
 #[tokio::test]
-#[ignore = "issue 4: message TTL not implemented yet"]
 async fn per_message_expiration_zero_without_consumer_is_dead_lettered() {
     within(async {
         let (_broker, _conn, ch) = open().await;
@@ -672,7 +666,6 @@ async fn per_message_expiration_zero_without_consumer_is_dead_lettered() {
 }
 
 #[tokio::test]
-#[ignore = "issue 4: message TTL not implemented yet"]
 async fn expired_messages_are_dead_lettered_with_reason_expired() {
     within(async {
         let (_broker, _conn, ch) = open().await;
@@ -744,7 +737,6 @@ async fn expired_messages_are_dead_lettered_with_reason_expired() {
 }
 
 #[tokio::test]
-#[ignore = "issue 4: message TTL not implemented yet"]
 async fn invalid_per_message_expiration_closes_the_channel_406() {
     within(async {
         let (_broker, conn, _ch) = open().await;
@@ -1065,7 +1057,6 @@ async fn reject_publish_dlx_nacks_and_dead_letters_with_reason_maxlen() {
 // ---------------------------------------------------------------------------
 
 #[tokio::test]
-#[ignore = "issue 4: dead-lettering not implemented yet"]
 async fn reject_and_nack_without_requeue_dead_letter_with_the_dead_letter_routing_key() {
     within(async {
         let (_broker, _conn, ch) = open().await;
@@ -1132,7 +1123,6 @@ async fn reject_and_nack_without_requeue_dead_letter_with_the_dead_letter_routin
 }
 
 #[tokio::test]
-#[ignore = "issue 4: dead-lettering not implemented yet"]
 async fn dead_lettering_without_a_routing_key_keeps_the_original_one() {
     within(async {
         let (_broker, _conn, ch) = open().await;
@@ -1181,7 +1171,7 @@ async fn dead_lettering_without_a_routing_key_keeps_the_original_one() {
 }
 
 #[tokio::test]
-#[ignore = "issue 4: dead-lettering not implemented yet"]
+#[ignore = "issue 4: CC/BCC sender-selected routing not implemented yet"]
 async fn dead_lettering_records_cc_routing_keys() {
     within(async {
         let (_broker, _conn, ch) = open().await;
@@ -1260,7 +1250,6 @@ async fn dead_lettering_records_cc_routing_keys() {
 }
 
 #[tokio::test]
-#[ignore = "issue 4: dead-lettering not implemented yet"]
 async fn repeated_dead_lettering_through_one_queue_increments_count_in_place() {
     within(async {
         let (_broker, _conn, ch) = open().await;
@@ -1315,7 +1304,6 @@ async fn repeated_dead_lettering_through_one_queue_increments_count_in_place() {
 }
 
 #[tokio::test]
-#[ignore = "issue 4: dead-lettering not implemented yet"]
 async fn x_death_entries_are_most_recent_first() {
     within(async {
         let (_broker, _conn, ch) = open().await;
@@ -1377,7 +1365,6 @@ async fn x_death_entries_are_most_recent_first() {
 }
 
 #[tokio::test]
-#[ignore = "issue 4: dead-lettering not implemented yet"]
 async fn retry_topology_counts_each_cycle() {
     within(async {
         let (_broker, _conn, ch) = open().await;
@@ -1459,7 +1446,6 @@ async fn retry_topology_counts_each_cycle() {
 }
 
 #[tokio::test]
-#[ignore = "issue 4: dead-lettering not implemented yet"]
 async fn dead_letter_cycle_without_rejection_drops_the_message() {
     within(async {
         let (_broker, _conn, ch) = open().await;
@@ -1493,7 +1479,6 @@ async fn dead_letter_cycle_without_rejection_drops_the_message() {
 }
 
 #[tokio::test]
-#[ignore = "issue 4: message TTL not implemented yet"]
 async fn queue_dead_lettering_expired_messages_to_itself_drops_them() {
     within(async {
         let (_broker, _conn, ch) = open().await;

@@ -6,11 +6,13 @@
 //! outbox. Never two queue locks at once; never `.await` or I/O under a lock.
 
 pub mod consumer;
+pub mod dead_letter;
 pub mod exchange;
 pub mod memory;
 pub mod message;
 pub mod queue;
 pub mod queue_args;
+pub mod timers;
 pub mod vhost;
 
 use crate::channel::shared::ChannelShared;
@@ -54,6 +56,8 @@ pub struct Broker {
     /// Ready-message bytes across all queues, against the high watermark.
     pub memory: Arc<MemoryGauge>,
     pub store: Arc<Store>,
+    pub dead_letters: dead_letter::DeadLetters,
+    pub timers: timers::Timers,
     next_id: AtomicU64,
 }
 
@@ -62,7 +66,10 @@ impl Broker {
     /// durable topology and messages it holds.
     pub fn open(config: Config) -> Result<Arc<Broker>, StoreError> {
         let (store, recovered) = Store::open(&config.server.data_dir, &config.storage)?;
+        let (dead_letters, dead_letter_rx) = dead_letter::DeadLetters::channel();
         let broker = Broker {
+            dead_letters,
+            timers: timers::Timers::start(),
             vhosts: DashMap::new(),
             users: DashMap::new(),
             reply_to: DashMap::new(),
@@ -90,7 +97,13 @@ impl Broker {
                 tags: vec!["administrator".into()],
             },
         );
-        Ok(Arc::new(broker))
+        let broker = Arc::new(broker);
+        let weak = Arc::downgrade(&broker);
+        std::thread::Builder::new()
+            .name("leveret-dead-letters".into())
+            .spawn(move || dead_letter::run(weak, dead_letter_rx))
+            .expect("spawn the dead-letter thread");
+        Ok(broker)
     }
 
     pub fn add_vhost(&self, name: &str) -> Arc<VHost> {
@@ -101,6 +114,8 @@ impl Broker {
                     name.to_string(),
                     self.memory.clone(),
                     self.store.clone(),
+                    self.dead_letters.clone(),
+                    self.timers.clone(),
                 ))
             })
             .clone()

@@ -5,9 +5,11 @@
 //! does I/O while holding it.
 
 use super::consumer::Consumer;
+use super::dead_letter::{DeadLetter, DeadLetters, Reason};
 use super::memory::MemoryGauge;
 use super::message::Message;
 use super::queue_args::QueueArgs;
+use super::timers::{now_ms, Timers};
 use crate::error::AmqpError;
 use crate::store::durable::DurableStore;
 use crate::store::memory::MemoryStore;
@@ -15,7 +17,7 @@ use crate::store::persister::Loaded;
 use crate::store::{QueueStore, QueuedMessage, Receipt, Store};
 use amq_protocol::types::FieldTable;
 use parking_lot::{Condvar, Mutex};
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 /// How long basic.get waits for paged-out messages to be read back.
@@ -43,6 +45,10 @@ pub struct Queue {
     /// The queue's id in the store, when its messages are kept on disk.
     pub store_id: Option<u32>,
     memory: Arc<MemoryGauge>,
+    dead_letters: DeadLetters,
+    timers: Timers,
+    /// This queue, for timer wake-ups.
+    me: Weak<Queue>,
     state: Mutex<QueueState>,
     /// Signalled when messages come back from disk (basic.get waits on it).
     loaded: Condvar,
@@ -57,6 +63,10 @@ struct QueueState {
     unacked: usize,
     /// Set once the queue has had a consumer: auto-delete applies from then on.
     had_consumer: bool,
+    /// Some message may carry an expiry: the head is checked.
+    expiring: bool,
+    /// The earliest expiry wake-up already scheduled.
+    timer_at: Option<u64>,
     deleted: bool,
 }
 
@@ -79,6 +89,8 @@ impl Queue {
         arguments: FieldTable,
         args: QueueArgs,
         memory: Arc<MemoryGauge>,
+        dead_letters: DeadLetters,
+        timers: Timers,
         disk: Option<OnDisk>,
     ) -> Arc<Queue> {
         let queue = Arc::new_cyclic(|weak| {
@@ -98,6 +110,9 @@ impl Queue {
             };
             Queue {
                 memory,
+                dead_letters,
+                timers,
+                me: weak.clone(),
                 name,
                 vhost,
                 durable,
@@ -114,6 +129,8 @@ impl Queue {
                     next_consumer: 0,
                     unacked: 0,
                     had_consumer: false,
+                    expiring: false,
+                    timer_at: None,
                     deleted: false,
                 }),
             }
@@ -161,8 +178,87 @@ impl Queue {
         let before = st.ready.bytes();
         let seq = st.next_seq;
         st.next_seq += 1;
-        st.ready.push(QueuedMessage::new(seq, message));
-        self.dispatch_locked(&mut st);
+        let ttl = match (self.args.message_ttl, message.expiration_ms) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        let mut msg = QueuedMessage::new(seq, message);
+        match ttl {
+            // TTL 0: delivered now to a ready consumer, or expired at once.
+            Some(0) => {
+                if !st.ready.is_empty() || st.consumers.is_empty() {
+                    st.ready.refused(&msg.message);
+                    self.dead_letter(&msg.message, Reason::Expired);
+                } else {
+                    st.ready.push(msg);
+                    self.dispatch_locked(&mut st);
+                    if let Some(left) = st.ready.pop() {
+                        st.ready.acked(left.receipt());
+                        self.dead_letter(&left.message, Reason::Expired);
+                    }
+                }
+            }
+            Some(ttl) => {
+                st.expiring = true;
+                msg.expires_at = Some(now_ms() + ttl);
+                st.ready.push(msg);
+                self.dispatch_locked(&mut st);
+            }
+            None => {
+                st.ready.push(msg);
+                self.dispatch_locked(&mut st);
+            }
+        }
+        self.account(before, &st);
+    }
+
+    /// Drops expired messages from the head (dead-lettering them).
+    fn expire_locked(&self, st: &mut QueueState) {
+        if !st.expiring {
+            return;
+        }
+        let now = now_ms();
+        while let Some(msg) = st.ready.pop() {
+            if !msg.is_expired(now) {
+                st.ready.unpop(msg);
+                break;
+            }
+            self.expire(st, msg);
+        }
+    }
+
+    fn expire(&self, st: &mut QueueState, msg: QueuedMessage) {
+        st.ready.acked(msg.receipt());
+        self.dead_letter(&msg.message, Reason::Expired);
+    }
+
+    /// Arranges a wake-up for when the head message expires.
+    fn schedule_expiry(&self, st: &mut QueueState) {
+        if !st.expiring {
+            return;
+        }
+        let Some(head) = st.ready.pop() else {
+            return;
+        };
+        let at = head.expires_at;
+        st.ready.unpop(head);
+        if let Some(at) = at {
+            if st.timer_at.is_none_or(|t| at < t) {
+                st.timer_at = Some(at);
+                self.timers.wake_at(at, self.me.clone());
+            }
+        }
+    }
+
+    /// A wake-up scheduled for `at` is due.
+    pub fn on_timer(&self, at: u64) {
+        let mut st = self.state.lock();
+        if st.timer_at == Some(at) {
+            st.timer_at = None;
+        }
+        let before = st.ready.bytes();
+        self.expire_locked(&mut st);
+        self.schedule_expiry(&mut st);
         self.account(before, &st);
     }
 
@@ -180,11 +276,21 @@ impl Queue {
     }
 
     fn dispatch_locked(self: &Arc<Self>, st: &mut QueueState) {
+        self.expire_locked(st);
         let n = st.consumers.len();
-        if n == 0 {
-            return;
+        if n > 0 {
+            self.deliver_locked(st, n);
         }
+        self.schedule_expiry(st);
+    }
+
+    fn deliver_locked(self: &Arc<Self>, st: &mut QueueState, n: usize) {
+        let now = if st.expiring { now_ms() } else { 0 };
         'messages: while let Some(mut msg) = st.ready.pop() {
+            if msg.is_expired(now) {
+                self.expire(st, msg);
+                continue;
+            }
             for _ in 0..n {
                 let consumer = st.consumers[st.next_consumer % n].clone();
                 st.next_consumer = (st.next_consumer + 1) % n;
@@ -210,8 +316,15 @@ impl Queue {
     /// on disk being read back, so a get never misses them.
     pub fn get(&self, no_ack: bool) -> Option<(QueuedMessage, usize)> {
         let mut st = self.state.lock();
+        let before = st.ready.bytes();
+        self.expire_locked(&mut st);
+        let now = if st.expiring { now_ms() } else { 0 };
         let msg = loop {
             if let Some(msg) = st.ready.pop() {
+                if msg.is_expired(now) {
+                    self.expire(&mut st, msg);
+                    continue;
+                }
                 break msg;
             }
             if !st.ready.awaiting_disk() || self.loaded.wait_for(&mut st, GET_DISK_WAIT).timed_out()
@@ -219,11 +332,12 @@ impl Queue {
                 return None;
             }
         };
-        self.memory.add(-(msg.message.size() as i64));
         if !no_ack {
             st.unacked += 1;
         }
         st.ready.delivered(msg.receipt(), no_ack);
+        self.schedule_expiry(&mut st);
+        self.account(before, &st);
         Some((msg, st.ready.len()))
     }
 
@@ -233,6 +347,31 @@ impl Queue {
         for receipt in receipts {
             st.unacked = st.unacked.saturating_sub(1);
             st.ready.acked(receipt);
+        }
+    }
+
+    /// Rejected (or nacked) without requeue: the messages leave the queue
+    /// for its dead-letter exchange, if it has one.
+    pub fn reject(&self, messages: impl IntoIterator<Item = QueuedMessage>) {
+        let mut st = self.state.lock();
+        for msg in messages {
+            st.unacked = st.unacked.saturating_sub(1);
+            st.ready.acked(msg.receipt());
+            self.dead_letter(&msg.message, Reason::Rejected);
+        }
+    }
+
+    /// Hands a message the queue lets go of to its dead-letter exchange.
+    fn dead_letter(&self, message: &Arc<Message>, reason: Reason) {
+        if let Some(exchange) = &self.args.dead_letter_exchange {
+            self.dead_letters.send(DeadLetter {
+                vhost: self.vhost.clone(),
+                queue: self.name.clone(),
+                exchange: exchange.clone(),
+                routing_key: self.args.dead_letter_routing_key.clone(),
+                message: message.clone(),
+                reason,
+            });
         }
     }
 

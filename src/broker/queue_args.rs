@@ -169,12 +169,14 @@ impl QueueArgs {
             Some(AMQPValue::LongString(s)) => {
                 Some(String::from_utf8_lossy(s.as_bytes()).into_owned())
             }
-            Some(v) => return Err(AmqpError::precondition_failed(format_args!(
+            Some(v) => {
+                return Err(AmqpError::precondition_failed(format_args!(
                 "invalid type '{}' for arg 'x-dead-letter-exchange' in queue '{}' in vhost '{}'",
                 type_name(v),
                 q.name,
                 q.vhost
-            ))),
+            )))
+            }
         };
         let dead_letter_routing_key = string("x-dead-letter-routing-key")?;
         if dead_letter_routing_key.is_some() && dead_letter_exchange.is_none() {

@@ -1,9 +1,11 @@
 //! A virtual host: its exchanges, queues and the routing between them.
 
+use super::dead_letter::DeadLetters;
 use super::exchange::{Binding, Destination, Exchange, ExchangeKind, RoutingInfo};
 use super::memory::MemoryGauge;
 use super::queue::{OnDisk, Queue};
 use super::queue_args::{Declared, QueueArgs};
+use super::timers::Timers;
 use crate::error::AmqpError;
 use crate::store::record::{BindingRecord, ExchangeRecord, QueueRecord};
 use crate::store::{RecoveredQueue, Store};
@@ -16,6 +18,8 @@ pub struct VHost {
     pub name: String,
     memory: Arc<MemoryGauge>,
     store: Arc<Store>,
+    dead_letters: DeadLetters,
+    timers: Timers,
     exchanges: DashMap<String, Arc<Exchange>>,
     queues: DashMap<String, Arc<Queue>>,
 }
@@ -96,11 +100,19 @@ fn described(v: Option<&AMQPValue>) -> String {
 }
 
 impl VHost {
-    pub fn new(name: String, memory: Arc<MemoryGauge>, store: Arc<Store>) -> VHost {
+    pub fn new(
+        name: String,
+        memory: Arc<MemoryGauge>,
+        store: Arc<Store>,
+        dead_letters: DeadLetters,
+        timers: Timers,
+    ) -> VHost {
         let vhost = VHost {
             name,
             memory,
             store,
+            dead_letters,
+            timers,
             exchanges: DashMap::new(),
             queues: DashMap::new(),
         };
@@ -299,6 +311,8 @@ impl VHost {
             r.record.arguments,
             args,
             self.memory.clone(),
+            self.dead_letters.clone(),
+            self.timers.clone(),
             Some(OnDisk {
                 store: self.store.clone(),
                 queue_id: r.record.id,
@@ -560,6 +574,8 @@ impl VHost {
                     d.arguments.clone(),
                     args.clone(),
                     self.memory.clone(),
+                    self.dead_letters.clone(),
+                    self.timers.clone(),
                     on_disk,
                 )
             })

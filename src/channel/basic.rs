@@ -1,6 +1,7 @@
 //! basic.qos, consume, cancel, get, ack, nack, reject and recover.
 
 use super::publish::{Settlement, DIRECT_REPLY_TO};
+use super::shared::Settle;
 use super::{Channel, ConnCtx};
 use crate::broker::consumer::Consumer;
 use crate::broker::ReplyTo;
@@ -212,7 +213,7 @@ impl Channel {
             return Ok(());
         }
         let taken = self.shared.take_unacked(delivery_tag, multiple)?;
-        self.shared.settle(taken, false);
+        self.shared.settle(taken, Settle::Ack);
         Ok(())
     }
 
@@ -236,7 +237,7 @@ impl Channel {
             return Ok(());
         }
         let taken = self.shared.take_unacked(delivery_tag, multiple)?;
-        self.shared.settle(taken, requeue);
+        self.shared.settle(taken, Settle::nack(requeue));
         Ok(())
     }
 
@@ -244,7 +245,7 @@ impl Channel {
     /// to its queue.
     fn handle_basic_recover(&mut self) {
         let taken = self.shared.take_all_unacked();
-        self.shared.settle(taken, true);
+        self.shared.settle(taken, Settle::Requeue);
     }
 }
 

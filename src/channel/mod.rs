@@ -14,7 +14,7 @@ use crate::error::AmqpError;
 use crate::protocol::method::Method;
 use amq_protocol::protocol::{channel, confirm, tx, AMQPClass};
 use publish::{PendingContent, Transaction};
-use shared::ChannelShared;
+use shared::{ChannelShared, Settle};
 use std::sync::Arc;
 
 /// What channel handlers need from their connection.
@@ -260,7 +260,7 @@ impl Channel {
                 ctx.vhost.delete_queue(&consumer.queue);
             }
         }
-        self.shared.settle(unacked, true);
+        self.shared.settle(unacked, Settle::Requeue);
     }
 
     /// Resolves an empty queue name to the channel's last declared queue.

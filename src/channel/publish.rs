@@ -1,9 +1,10 @@
 //! basic.publish: assembling content frames into a message, routing it,
 //! returns, publisher confirms and transactions.
 
+use super::shared::Settle;
 use super::{Channel, ConnCtx};
 use crate::broker::exchange::RoutingInfo;
-use crate::broker::message::Message;
+use crate::broker::message::{parse_expiration, Message};
 use crate::error::AmqpError;
 use crate::protocol::encode;
 use crate::protocol::method::{Publish, Reader};
@@ -196,13 +197,25 @@ impl Channel {
             properties = view.with_reply_to(&properties, address);
             view = PropertiesView::scan(&properties).expect("rewritten properties are well formed");
         }
-        let message = Arc::new(Message::new(
-            publish.exchange.clone(),
-            publish.routing_key.clone(),
-            properties,
-            body,
-            view.is_persistent(),
-        ));
+        let expiration = match PropertiesView::str(&properties, &view.expiration) {
+            Some(raw) => Some(parse_expiration(raw).map_err(|detail| {
+                AmqpError::precondition_failed(format_args!(
+                    "invalid expiration '{}': {detail}",
+                    String::from_utf8_lossy(raw)
+                ))
+            })?),
+            None => None,
+        };
+        let message = Arc::new(
+            Message::new(
+                publish.exchange.clone(),
+                publish.routing_key.clone(),
+                properties,
+                body,
+                view.is_persistent(),
+            )
+            .with_expiration(expiration),
+        );
         if let Some(txn) = self.tx.as_mut() {
             txn.publishes.push((publish, message, view));
             return Ok(());
@@ -309,7 +322,7 @@ impl Channel {
                     multiple,
                 } => {
                     let taken = self.shared.take_unacked(delivery_tag, multiple)?;
-                    self.shared.settle(taken, false);
+                    self.shared.settle(taken, Settle::Ack);
                 }
                 Settlement::Nack {
                     delivery_tag,
@@ -317,7 +330,7 @@ impl Channel {
                     requeue,
                 } => {
                     let taken = self.shared.take_unacked(delivery_tag, multiple)?;
-                    self.shared.settle(taken, requeue);
+                    self.shared.settle(taken, Settle::nack(requeue));
                 }
             }
         }

@@ -38,6 +38,25 @@ struct ConfirmState {
     acked: u64,
 }
 
+/// What becomes of settled deliveries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Settle {
+    Ack,
+    Requeue,
+    /// Rejected or nacked without requeue: dead-lettered if the queue says so.
+    Reject,
+}
+
+impl Settle {
+    pub fn nack(requeue: bool) -> Settle {
+        if requeue {
+            Settle::Requeue
+        } else {
+            Settle::Reject
+        }
+    }
+}
+
 /// A delivery awaiting ack, nack or reject.
 pub struct Unacked {
     pub delivery_tag: u64,
@@ -261,18 +280,17 @@ impl ChannelShared {
         }
     }
 
-    /// Settles deliveries with their queues (requeueing or dropping them),
-    /// then lets the queues this channel consumes from use the freed credit.
-    pub fn settle(&self, taken: Vec<Unacked>, requeue: bool) {
+    /// Settles deliveries with their queues (acknowledging, requeueing or
+    /// rejecting them), then lets the queues this channel consumes from use
+    /// the freed credit.
+    pub fn settle(&self, taken: Vec<Unacked>, how: Settle) {
         let mut queues: Vec<Arc<Queue>> = Vec::new();
         let mut batch: Vec<QueuedMessage> = Vec::new();
         let mut current: Option<Arc<Queue>> = None;
-        let flush = |queue: &Arc<Queue>, batch: &mut Vec<QueuedMessage>| {
-            if requeue {
-                queue.requeue(batch.drain(..));
-            } else {
-                queue.settle(batch.drain(..).map(|m| m.receipt()));
-            }
+        let flush = |queue: &Arc<Queue>, batch: &mut Vec<QueuedMessage>| match how {
+            Settle::Ack => queue.settle(batch.drain(..).map(|m| m.receipt())),
+            Settle::Requeue => queue.requeue(batch.drain(..)),
+            Settle::Reject => queue.reject(batch.drain(..)),
         };
         for u in taken {
             if current.as_ref().is_some_and(|q| !Arc::ptr_eq(q, &u.queue)) {

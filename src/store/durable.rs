@@ -110,6 +110,7 @@ impl QueueStore for DurableStore {
                 queue_id: self.queue_id,
                 seq: msg.seq,
                 disk,
+                expires_at: msg.expires_at.unwrap_or(0),
             });
         }
         if page_out {

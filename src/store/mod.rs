@@ -49,6 +49,9 @@ pub struct QueuedMessage {
     pub redelivered: bool,
     /// Set when this queue's entry for the message is on disk.
     pub disk: Option<DiskRef>,
+    /// When the message expires (ms since the Unix epoch), from the queue's
+    /// x-message-ttl or the message's expiration.
+    pub expires_at: Option<u64>,
 }
 
 /// What a queue remembers of a delivered message to settle it later.
@@ -66,7 +69,12 @@ impl QueuedMessage {
             message,
             redelivered: false,
             disk: None,
+            expires_at: None,
         }
+    }
+
+    pub fn is_expired(&self, now: u64) -> bool {
+        self.expires_at.is_some_and(|at| at <= now)
     }
 
     pub fn receipt(&self) -> Receipt {

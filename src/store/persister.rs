@@ -34,11 +34,12 @@ pub enum Op {
         message: Arc<Message>,
         refs: u32,
     },
-    /// A message now sits in a queue.
+    /// A message now sits in a queue (`expires_at` 0: never).
     Entry {
         queue_id: u32,
         seq: u64,
         disk: DiskRef,
+        expires_at: u64,
     },
     /// The message at `seq` was delivered: after a restart it, and every
     /// earlier one, comes back redelivered.
@@ -146,11 +147,14 @@ impl Stats {
     }
 }
 
+/// A new queue entry: (msg_id, flags, expires_at).
+type PendingEntry = (u64, u8, u64);
+
 /// One batch's operations, folded so that undone work cancels out.
 #[derive(Default)]
 struct Batch {
-    /// New entries: (queue, seq) → (msg_id, flags).
-    puts: HashMap<(u32, u64), (u64, u8)>,
+    /// New entries: (queue, seq) → (msg_id, flags, expires_at).
+    puts: HashMap<(u32, u64), PendingEntry>,
     /// Existing entries to delete.
     removes: Vec<(u32, u64)>,
     /// Queue ranges to delete, applied before `removes` and `puts`.
@@ -280,8 +284,10 @@ impl Persister {
                 queue_id,
                 seq,
                 disk,
+                expires_at,
             } => {
-                b.puts.insert((queue_id, seq), (disk.msg_id, disk.flags));
+                b.puts
+                    .insert((queue_id, seq), (disk.msg_id, disk.flags, expires_at));
             }
             Op::Delivered { queue_id, seq } => {
                 let mark = self.delivered.entry(queue_id).or_default();
@@ -307,7 +313,7 @@ impl Persister {
                     .puts
                     .iter()
                     .filter(|((q, s), _)| *q == queue_id && *s >= from)
-                    .map(|(k, (msg_id, _))| (*k, *msg_id))
+                    .map(|(k, (msg_id, _, _))| (*k, *msg_id))
                     .collect();
                 for (key, msg_id) in cancelled {
                     b.puts.remove(&key);
@@ -383,7 +389,7 @@ impl Persister {
                     self.removed(at, released);
                 }
             }
-            let mut puts: Vec<((u32, u64), (u64, u8))> = b.puts.drain().collect();
+            let mut puts: Vec<((u32, u64), PendingEntry)> = b.puts.drain().collect();
             puts.sort_unstable_by_key(|(k, _)| *k);
             let mut run: Vec<Slot> = Vec::new();
             let mut i = 0;
@@ -391,7 +397,7 @@ impl Persister {
                 let queue_id = puts[i].0 .0;
                 run.clear();
                 while i < puts.len() && puts[i].0 .0 == queue_id {
-                    let ((_, seq), (msg_id, flags)) = puts[i];
+                    let ((_, seq), (msg_id, flags, expires_at)) = puts[i];
                     i += 1;
                     let Some(at) = self.resolve(msg_id) else {
                         error!(
@@ -400,7 +406,12 @@ impl Persister {
                         );
                         continue;
                     };
-                    run.push(Slot { seq, at, flags });
+                    run.push(Slot {
+                        seq,
+                        at,
+                        flags,
+                        expires_at,
+                    });
                 }
                 self.index.put(queue_id, &run)?;
                 for slot in &run {
@@ -506,6 +517,7 @@ impl Persister {
                         msg_id: 0,
                         flags: slot.flags,
                     }),
+                    expires_at: (slot.expires_at != 0).then_some(slot.expires_at),
                 });
                 if bytes >= req.max_bytes {
                     break 'chunks;

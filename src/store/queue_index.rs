@@ -11,8 +11,9 @@
 //! acknowledged is deleted. Memory is a few counters per file.
 //!
 //! Slot: `state u8 ‖ flags u8 ‖ 0 u16 ‖ crc32 u32 ‖ segment u32 ‖ len u32 ‖
-//! offset u64`; the CRC covers flags..offset, so a torn or damaged slot is
-//! told apart from a message.
+//! offset u64 ‖ expires_at u64` (ms since the epoch, 0: never); the CRC
+//! covers flags..expires_at, so a torn or damaged slot is told apart from a
+//! message.
 
 use super::segments::{sync_dir, Location};
 use std::collections::HashMap;
@@ -21,7 +22,7 @@ use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
 pub const SLOTS: u64 = 16 * 1024;
-const SLOT: usize = 24;
+const SLOT: usize = 32;
 const READY: u8 = 1;
 const ACKED: u8 = 2;
 /// Open index files kept beyond the ones written in the current batch.
@@ -33,6 +34,8 @@ pub struct Slot {
     pub seq: u64,
     pub at: Location,
     pub flags: u8,
+    /// ms since the epoch; 0: never.
+    pub expires_at: u64,
 }
 
 #[derive(Default)]
@@ -317,6 +320,7 @@ fn encode(s: &Slot) -> [u8; SLOT] {
     b[8..12].copy_from_slice(&s.at.segment.to_be_bytes());
     b[12..16].copy_from_slice(&s.at.len.to_be_bytes());
     b[16..24].copy_from_slice(&s.at.offset.to_be_bytes());
+    b[24..32].copy_from_slice(&s.expires_at.to_be_bytes());
     let crc = crc(&b);
     b[4..8].copy_from_slice(&crc.to_be_bytes());
     b
@@ -341,6 +345,7 @@ fn decode(seq: u64, b: &[u8]) -> Option<Slot> {
             len: u32::from_be_bytes(b[12..16].try_into().ok()?),
             offset: u64::from_be_bytes(b[16..24].try_into().ok()?),
         },
+        expires_at: u64::from_be_bytes(b[24..32].try_into().ok()?),
     })
 }
 
@@ -376,6 +381,7 @@ mod tests {
                 len: 100,
             },
             flags: 0,
+            expires_at: seq * 7,
         }
     }
 
@@ -413,7 +419,7 @@ mod tests {
 
         // A damaged slot is reported, not returned.
         let f = OpenOptions::new().write(true).open(ix.path(7, 1)).unwrap();
-        f.write_all_at(&[0xff; 4], 5 * SLOT as u64 + 12).unwrap();
+        f.write_all_at(&[0xff; 4], 5 * SLOT as u64 + 12).unwrap(); // inside the CRC'd bytes
         drop(ix);
         let (_, bad) = QueueIndexes::open(&dir, |_, _| true).unwrap();
         assert_eq!(bad.len(), 1);

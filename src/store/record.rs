@@ -15,7 +15,7 @@ use amq_protocol::types::FieldTable;
 use bytes::Bytes;
 
 /// Written once into a new store; a store with another marker is refused.
-pub const FORMAT: &[u8] = b"leveret-store-2";
+pub const FORMAT: &[u8] = b"leveret-store-3";
 pub const FORMAT_KEY: &[u8] = b"format";
 
 const DELIVERED_MARK: u8 = b'd';
