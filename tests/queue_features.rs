@@ -888,7 +888,6 @@ async fn queue_with_a_consumer_does_not_expire() {
 // ---------------------------------------------------------------------------
 
 #[tokio::test]
-#[ignore = "issue 4: length limits not implemented yet"]
 async fn max_length_drops_the_oldest_messages() {
     within(async {
         let (_broker, _conn, ch) = open().await;
@@ -904,7 +903,6 @@ async fn max_length_drops_the_oldest_messages() {
 }
 
 #[tokio::test]
-#[ignore = "issue 4: length limits not implemented yet"]
 async fn max_length_drop_head_dead_letters_with_reason_maxlen() {
     within(async {
         let (_broker, _conn, ch) = open().await;
@@ -944,7 +942,6 @@ async fn max_length_drop_head_dead_letters_with_reason_maxlen() {
 }
 
 #[tokio::test]
-#[ignore = "issue 4: length limits not implemented yet"]
 async fn max_length_bytes_counts_body_bytes_only() {
     within(async {
         let (_broker, _conn, ch) = open().await;
@@ -971,7 +968,6 @@ async fn max_length_bytes_counts_body_bytes_only() {
 }
 
 #[tokio::test]
-#[ignore = "issue 4: length limits not implemented yet"]
 async fn reject_publish_nacks_and_does_not_enqueue_or_dead_letter() {
     within(async {
         let (_broker, _conn, ch) = open().await;
@@ -1009,7 +1005,6 @@ async fn reject_publish_nacks_and_does_not_enqueue_or_dead_letter() {
 }
 
 #[tokio::test]
-#[ignore = "issue 4: length limits not implemented yet"]
 async fn reject_publish_dlx_nacks_and_dead_letters_with_reason_maxlen() {
     within(async {
         let (_broker, _conn, ch) = open().await;
@@ -1719,7 +1714,6 @@ async fn arguments_not_supported_by_the_queue_type_are_refused() {
 }
 
 #[tokio::test]
-#[ignore = "issue 4: length limits not implemented yet"]
 async fn integer_arguments_accept_every_integer_type() {
     within(async {
         let (_broker, _conn, ch) = open().await;

@@ -8,7 +8,7 @@ use super::consumer::Consumer;
 use super::dead_letter::{DeadLetter, DeadLetters, Reason};
 use super::memory::MemoryGauge;
 use super::message::Message;
-use super::queue_args::QueueArgs;
+use super::queue_args::{Overflow, QueueArgs};
 use super::timers::{now_ms, Timers};
 use crate::error::AmqpError;
 use crate::store::durable::DurableStore;
@@ -103,6 +103,7 @@ impl Queue {
                         d.queue_id,
                         d.messages,
                         d.first_seq,
+                        args.max_length.is_some() || args.max_length_bytes.is_some(),
                     )),
                     d.next_seq,
                 ),
@@ -168,12 +169,21 @@ impl Queue {
         ))
     }
 
-    /// Adds a message to the tail and hands it to a consumer if one can take it.
-    pub fn publish(self: &Arc<Self>, message: Arc<Message>) {
+    /// Adds a message to the tail and hands it to a consumer if one can
+    /// take it. Returns false when the queue refused it (x-overflow
+    /// reject-publish): the publisher gets a nack.
+    pub fn publish(self: &Arc<Self>, message: Arc<Message>) -> bool {
         let mut st = self.state.lock();
         if st.deleted {
             st.ready.refused(&message);
-            return;
+            return true;
+        }
+        if self.args.overflow != Overflow::DropHead && self.is_full(&st, &message) {
+            st.ready.refused(&message);
+            if self.args.overflow == Overflow::RejectPublishDlx {
+                self.dead_letter(&message, Reason::Maxlen);
+            }
+            return false;
         }
         let before = st.ready.bytes();
         let seq = st.next_seq;
@@ -209,7 +219,41 @@ impl Queue {
                 self.dispatch_locked(&mut st);
             }
         }
+        self.drop_over_limit(&mut st);
         self.account(before, &st);
+        true
+    }
+
+    /// Whether `message` would take the queue over its length limits.
+    fn is_full(&self, st: &QueueState, message: &Message) -> bool {
+        self.args
+            .max_length
+            .is_some_and(|max| st.ready.len() as u64 >= max)
+            || self
+                .args
+                .max_length_bytes
+                .is_some_and(|max| st.ready.body_bytes() + message.body.len() as u64 > max)
+    }
+
+    /// x-overflow drop-head: the oldest messages go (dead-lettered with
+    /// reason maxlen) until the queue is within its limits.
+    fn drop_over_limit(&self, st: &mut QueueState) {
+        let over = |st: &QueueState| {
+            self.args
+                .max_length
+                .is_some_and(|max| st.ready.len() as u64 > max)
+                || self
+                    .args
+                    .max_length_bytes
+                    .is_some_and(|max| st.ready.body_bytes() > max)
+        };
+        while over(st) {
+            let Some(head) = st.ready.pop() else {
+                break;
+            };
+            st.ready.acked(head.receipt());
+            self.dead_letter(&head.message, Reason::Maxlen);
+        }
     }
 
     /// Drops expired messages from the head (dead-lettering them).

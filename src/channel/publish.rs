@@ -235,6 +235,7 @@ impl Channel {
         view: &PropertiesView,
     ) -> bool {
         let mut stored = false;
+        let mut refused = false;
         let routed = if publish.exchange.is_empty()
             && publish.routing_key.starts_with(DIRECT_REPLY_TO)
         {
@@ -264,7 +265,7 @@ impl Channel {
                         }
                     }
                     for queue in &queues {
-                        queue.publish(message.clone());
+                        refused |= !queue.publish(message.clone());
                     }
                     !queues.is_empty()
                 }
@@ -287,8 +288,8 @@ impl Channel {
             });
         }
         if self.confirm {
-            let seq = self.shared.confirm_next(stored);
-            if stored {
+            let seq = self.shared.confirm_next(stored, refused);
+            if stored && !refused {
                 ctx.broker
                     .store
                     .confirm_when_written(self.shared.clone(), seq);

@@ -27,13 +27,15 @@ pub struct ChannelShared {
 
 /// Publisher confirms. Acks go out with multiple=true up to the highest
 /// sequence number whose message and every earlier one are settled: a
-/// persistent message waits for the disk, and later ones wait behind it.
+/// persistent message waits for the disk, and later ones wait behind it. A
+/// message a queue refused (x-overflow reject-publish) is nacked in its turn.
 #[derive(Default)]
 struct ConfirmState {
     /// Last sequence number given to a publish.
     published: u64,
-    /// Sequence numbers whose messages are not yet on disk, in order.
-    awaiting_disk: VecDeque<u64>,
+    /// Sequence numbers not settled with the others, in order: waiting for
+    /// the disk, or to be nacked (`true`) once everything before is settled.
+    pending: VecDeque<(u64, bool)>,
     /// Highest sequence number acked (or nacked) to the client.
     acked: u64,
 }
@@ -315,14 +317,14 @@ impl ChannelShared {
         }
     }
 
-    /// Numbers a publish on a confirm channel; `on_disk` when its confirm
-    /// must wait for the persister.
-    pub fn confirm_next(&self, on_disk: bool) -> u64 {
+    /// Numbers a publish on a confirm channel: `on_disk` when its confirm
+    /// must wait for the persister, `refused` when it is to be nacked.
+    pub fn confirm_next(&self, on_disk: bool, refused: bool) -> u64 {
         let mut c = self.confirms.lock();
         c.published += 1;
         let seq = c.published;
-        if on_disk {
-            c.awaiting_disk.push_back(seq);
+        if refused || on_disk {
+            c.pending.push_back((seq, refused));
         }
         seq
     }
@@ -336,32 +338,38 @@ impl ChannelShared {
     /// The persister wrote (or failed to write) everything up to `seq`.
     pub fn confirm_persisted(&self, seq: u64, ok: bool) {
         let mut c = self.confirms.lock();
-        while c.awaiting_disk.front().is_some_and(|s| *s <= seq) {
-            let s = c.awaiting_disk.pop_front().expect("checked");
-            if !ok {
-                // Ack what precedes it, then nack it: a publisher must not
-                // believe a message is safe that never reached the disk.
-                let before = s - 1;
-                if before > c.acked {
-                    c.acked = before;
-                    let id = self.id;
-                    self.outbox
-                        .push(|buf| encode::basic_ack(buf, id, before, true));
+        let mut i = 0;
+        while i < c.pending.len() && c.pending[i].0 <= seq {
+            if !c.pending[i].1 {
+                if ok {
+                    c.pending.remove(i);
+                    continue;
                 }
-                c.acked = s;
-                let id = self.id;
-                self.outbox
-                    .push(|buf| encode::basic_nack(buf, id, s, false));
+                // A publisher must not believe a message is safe that
+                // never reached the disk.
+                c.pending[i].1 = true;
             }
+            i += 1;
         }
         self.send_confirms(&mut c);
     }
 
     fn send_confirms(&self, c: &mut ConfirmState) {
-        let upto = c.awaiting_disk.front().map_or(c.published, |s| s - 1);
+        let id = self.id;
+        while let Some(&(seq, true)) = c.pending.front() {
+            c.pending.pop_front();
+            let before = seq - 1;
+            if before > c.acked {
+                self.outbox
+                    .push(|buf| encode::basic_ack(buf, id, before, true));
+            }
+            self.outbox
+                .push(|buf| encode::basic_nack(buf, id, seq, false));
+            c.acked = seq;
+        }
+        let upto = c.pending.front().map_or(c.published, |(s, _)| s - 1);
         if upto > c.acked {
             c.acked = upto;
-            let id = self.id;
             self.outbox
                 .push(|buf| encode::basic_ack(buf, id, upto, true));
         }

@@ -21,6 +21,8 @@ pub struct DurableStore {
     head: VecDeque<QueuedMessage>,
     /// Body and property bytes in `head`.
     head_bytes: usize,
+    /// Body bytes of every ready message, in memory or on disk.
+    body_bytes: u64,
     /// `head_bytes` plus the per-message overhead: what the window limits.
     head_cost: usize,
     window: usize,
@@ -40,14 +42,22 @@ impl DurableStore {
         queue_id: u32,
         on_disk: usize,
         first_seq: u64,
+        unbounded: bool,
     ) -> DurableStore {
-        let window = store.queue_window.max(1);
+        // A queue with a length limit keeps what it holds in memory, so its
+        // oldest message can always be dropped at once.
+        let window = if unbounded {
+            usize::MAX / 2
+        } else {
+            store.queue_window.max(1)
+        };
         DurableStore {
             store,
             queue,
             queue_id,
             head: VecDeque::new(),
             head_bytes: 0,
+            body_bytes: 0,
             head_cost: 0,
             window,
             disk_from: first_seq,
@@ -95,6 +105,7 @@ impl DurableStore {
 
 impl QueueStore for DurableStore {
     fn push(&mut self, mut msg: QueuedMessage) {
+        self.body_bytes += msg.message.body.len() as u64;
         if msg.disk.is_none() && msg.message.persistent {
             if let Some(msg_id) = msg.message.stored() {
                 msg.disk = Some(DiskRef { msg_id, flags: 0 });
@@ -126,6 +137,7 @@ impl QueueStore for DurableStore {
     }
 
     fn requeue(&mut self, msg: QueuedMessage) {
+        self.body_bytes += msg.message.body.len() as u64;
         self.add(&msg);
         // Requeues usually land at the head: search from there.
         let at = self.head.partition_point(|m| m.seq < msg.seq);
@@ -136,12 +148,14 @@ impl QueueStore for DurableStore {
         let msg = self.head.pop_front();
         if let Some(m) = &msg {
             self.take(m);
+            self.body_bytes = self.body_bytes.saturating_sub(m.message.body.len() as u64);
         }
         self.request_load();
         msg
     }
 
     fn unpop(&mut self, msg: QueuedMessage) {
+        self.body_bytes += msg.message.body.len() as u64;
         self.add(&msg);
         self.head.push_front(msg);
     }
@@ -152,6 +166,10 @@ impl QueueStore for DurableStore {
 
     fn bytes(&self) -> usize {
         self.head_bytes
+    }
+
+    fn body_bytes(&self) -> u64 {
+        self.body_bytes
     }
 
     fn purge(&mut self) -> usize {
@@ -168,6 +186,7 @@ impl QueueStore for DurableStore {
             });
         }
         self.head_bytes = 0;
+        self.body_bytes = 0;
         self.head_cost = 0;
         self.on_disk = 0;
         self.loading = false;
@@ -205,6 +224,7 @@ impl QueueStore for DurableStore {
         // The store drops every entry of the queue; forget them here.
         self.head.clear();
         self.head_bytes = 0;
+        self.body_bytes = 0;
         self.head_cost = 0;
         self.on_disk = 0;
         self.loading = false;

@@ -7,16 +7,19 @@ use std::collections::VecDeque;
 pub struct MemoryStore {
     messages: VecDeque<QueuedMessage>,
     bytes: usize,
+    body_bytes: u64,
 }
 
 impl QueueStore for MemoryStore {
     fn push(&mut self, msg: QueuedMessage) {
         self.bytes += msg.message.size();
+        self.body_bytes += msg.message.body.len() as u64;
         self.messages.push_back(msg);
     }
 
     fn requeue(&mut self, msg: QueuedMessage) {
         self.bytes += msg.message.size();
+        self.body_bytes += msg.message.body.len() as u64;
         // Requeues usually land at the head: search from there.
         let at = self.messages.partition_point(|m| m.seq < msg.seq);
         self.messages.insert(at, msg);
@@ -25,11 +28,13 @@ impl QueueStore for MemoryStore {
     fn pop(&mut self) -> Option<QueuedMessage> {
         let msg = self.messages.pop_front()?;
         self.bytes -= msg.message.size();
+        self.body_bytes -= msg.message.body.len() as u64;
         Some(msg)
     }
 
     fn unpop(&mut self, msg: QueuedMessage) {
         self.bytes += msg.message.size();
+        self.body_bytes += msg.message.body.len() as u64;
         self.messages.push_front(msg);
     }
 
@@ -41,10 +46,15 @@ impl QueueStore for MemoryStore {
         self.bytes
     }
 
+    fn body_bytes(&self) -> u64 {
+        self.body_bytes
+    }
+
     fn purge(&mut self) -> usize {
         let n = self.messages.len();
         self.messages.clear();
         self.bytes = 0;
+        self.body_bytes = 0;
         n
     }
 

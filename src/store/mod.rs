@@ -102,6 +102,8 @@ pub trait QueueStore: Send {
     }
     /// Body and property bytes of the ready messages held in memory.
     fn bytes(&self) -> usize;
+    /// Body bytes of all ready messages (x-max-length-bytes counts these).
+    fn body_bytes(&self) -> u64;
     /// Drops every ready message, returning how many there were.
     fn purge(&mut self) -> usize;
     /// A popped message went to a consumer; with `no_ack` it is gone.
