@@ -529,7 +529,6 @@ async fn queue_message_ttl_counts_from_each_message_enqueue() {
 }
 
 #[tokio::test]
-#[ignore = "issue 4: x-expires not implemented yet"]
 async fn per_message_expiration_expires_the_message() {
     within(async {
         let (_broker, _conn, ch) = open().await;
@@ -796,7 +795,6 @@ async fn wait_until_expired(conn: &Connection, queue: &str, poll: Duration) {
 }
 
 #[tokio::test]
-#[ignore = "issue 4: x-expires not implemented yet"]
 async fn unused_queue_is_deleted_after_x_expires() {
     within(async {
         let (_broker, conn, ch) = open().await;
@@ -816,7 +814,6 @@ async fn unused_queue_is_deleted_after_x_expires() {
 }
 
 #[tokio::test]
-#[ignore = "issue 4: x-expires not implemented yet"]
 async fn redeclaring_a_queue_resets_its_x_expires_timer() {
     within(async {
         let (_broker, conn, ch) = open().await;
@@ -845,7 +842,6 @@ async fn redeclaring_a_queue_resets_its_x_expires_timer() {
 }
 
 #[tokio::test]
-#[ignore = "issue 4: x-expires not implemented yet"]
 async fn queue_with_a_consumer_does_not_expire() {
     within(async {
         let (_broker, conn, ch) = open().await;

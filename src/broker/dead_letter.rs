@@ -7,6 +7,7 @@
 //! only one queue lock at a time).
 
 use super::message::Message;
+use super::queue::Queue;
 use super::Broker;
 use crate::broker::exchange::RoutingInfo;
 use crate::protocol::properties::PropertiesView;
@@ -45,31 +46,55 @@ pub struct DeadLetter {
     pub reason: Reason,
 }
 
-/// Where queues drop their dead letters.
+/// Work a queue hands off because it needs its vhost.
+pub enum Chore {
+    DeadLetter(DeadLetter),
+    /// x-expires ran out: delete the queue (if it is still unused).
+    DeleteUnused {
+        vhost: String,
+        queue: Weak<Queue>,
+    },
+}
+
+/// Where queues drop their dead letters (and unused queues, which also
+/// need the vhost to go).
 #[derive(Clone)]
 pub struct DeadLetters {
-    tx: Sender<DeadLetter>,
+    tx: Sender<Chore>,
 }
 
 impl DeadLetters {
     pub fn send(&self, letter: DeadLetter) {
-        let _ = self.tx.send(letter);
+        let _ = self.tx.send(Chore::DeadLetter(letter));
+    }
+
+    pub fn delete_unused(&self, vhost: String, queue: Weak<Queue>) {
+        let _ = self.tx.send(Chore::DeleteUnused { vhost, queue });
     }
 
     /// The sink and the receiving end, which [`run`] drains once the broker exists.
-    pub fn channel() -> (DeadLetters, Receiver<DeadLetter>) {
+    pub fn channel() -> (DeadLetters, Receiver<Chore>) {
         let (tx, rx) = std::sync::mpsc::channel();
         (DeadLetters { tx }, rx)
     }
 }
 
-/// Republishes dead letters until the broker is gone.
-pub fn run(broker: Weak<Broker>, rx: Receiver<DeadLetter>) {
-    while let Ok(letter) = rx.recv() {
+/// Republishes dead letters (and deletes expired queues) until the broker is gone.
+pub fn run(broker: Weak<Broker>, rx: Receiver<Chore>) {
+    while let Ok(chore) = rx.recv() {
         let Some(broker) = broker.upgrade() else {
             return;
         };
-        republish(&broker, letter);
+        match chore {
+            Chore::DeadLetter(letter) => republish(&broker, letter),
+            Chore::DeleteUnused { vhost, queue } => {
+                if let (Some(vhost), Some(queue)) = (broker.vhost(&vhost), queue.upgrade()) {
+                    if queue.is_unused_for_expiry() {
+                        vhost.delete_queue(&queue);
+                    }
+                }
+            }
+        }
     }
 }
 

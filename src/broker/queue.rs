@@ -67,6 +67,10 @@ struct QueueState {
     expiring: bool,
     /// The earliest expiry wake-up already scheduled.
     timer_at: Option<u64>,
+    /// Last declare, basic.get or consumer change (x-expires counts from it).
+    last_used: u64,
+    /// An x-expires wake-up is scheduled.
+    expiry_check: bool,
     deleted: bool,
 }
 
@@ -132,13 +136,59 @@ impl Queue {
                     had_consumer: false,
                     expiring: false,
                     timer_at: None,
+                    last_used: now_ms(),
+                    expiry_check: false,
                     deleted: false,
                 }),
             }
         });
         // A recovered queue reads its messages back when first consumed
         // from, so a restart with many backlogged queues stays small.
+        queue.touch();
         queue
+    }
+
+    /// Marks the queue used now (declare, basic.get, consumers) for x-expires.
+    pub fn touch(&self) {
+        let mut st = self.state.lock();
+        self.touch_locked(&mut st);
+    }
+
+    fn touch_locked(&self, st: &mut QueueState) {
+        st.last_used = now_ms();
+        if let Some(expires) = self.args.expires {
+            if !st.expiry_check && st.consumers.is_empty() {
+                st.expiry_check = true;
+                self.timers.wake_at(st.last_used + expires, self.me.clone());
+            }
+        }
+    }
+
+    /// x-expires has run out: no consumers and unused for the period.
+    pub fn is_unused_for_expiry(&self) -> bool {
+        let st = self.state.lock();
+        self.args.expires.is_some_and(|expires| {
+            st.consumers.is_empty() && !st.deleted && now_ms() >= st.last_used + expires
+        })
+    }
+
+    /// An x-expires wake-up: delete the queue or look again later.
+    fn check_unused(&self, st: &mut QueueState) {
+        let Some(expires) = self.args.expires else {
+            return;
+        };
+        if !st.expiry_check || !st.consumers.is_empty() {
+            st.expiry_check = false;
+            return;
+        }
+        let due = st.last_used + expires;
+        if now_ms() >= due {
+            st.expiry_check = false;
+            self.dead_letters
+                .delete_unused(self.vhost.clone(), self.me.clone());
+        } else {
+            self.timers.wake_at(due, self.me.clone());
+        }
     }
 
     pub fn counts(&self) -> QueueCounts {
@@ -304,6 +354,7 @@ impl Queue {
         self.expire_locked(&mut st);
         self.schedule_expiry(&mut st);
         self.account(before, &st);
+        self.check_unused(&mut st);
     }
 
     /// Reports the change in ready bytes since `before` to the memory gauge.
@@ -360,6 +411,7 @@ impl Queue {
     /// on disk being read back, so a get never misses them.
     pub fn get(&self, no_ack: bool) -> Option<(QueuedMessage, usize)> {
         let mut st = self.state.lock();
+        self.touch_locked(&mut st);
         let before = st.ready.bytes();
         self.expire_locked(&mut st);
         let now = if st.expiring { now_ms() } else { 0 };
@@ -469,6 +521,7 @@ impl Queue {
         on_added();
         st.consumers.push(consumer);
         st.had_consumer = true;
+        st.last_used = now_ms();
         let before = st.ready.bytes();
         self.dispatch_locked(&mut st);
         self.account(before, &st);
@@ -482,6 +535,9 @@ impl Queue {
         st.consumers.retain(|c| !Arc::ptr_eq(c, consumer));
         if st.next_consumer >= st.consumers.len() {
             st.next_consumer = 0;
+        }
+        if st.consumers.is_empty() {
+            self.touch_locked(&mut st);
         }
         self.auto_delete && st.had_consumer && st.consumers.is_empty() && !st.deleted
     }

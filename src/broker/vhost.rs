@@ -464,6 +464,7 @@ impl VHost {
         };
         if let Some(existing) = self.queues.get(d.name).map(|q| q.clone()) {
             existing.check_owner(d.connection)?;
+            existing.touch();
             if d.passive {
                 return Ok((existing, false));
             }
