@@ -1811,7 +1811,6 @@ async fn priority_queue_delivers_higher_priorities_first_fifo_within_one() {
 // ---------------------------------------------------------------------------
 
 #[tokio::test]
-#[ignore = "issue 4: x-single-active-consumer not implemented yet"]
 async fn single_active_consumer_only_the_first_consumer_receives_until_it_cancels() {
     within(async {
         let (_broker, conn, ch) = open().await;
@@ -1872,7 +1871,6 @@ async fn single_active_consumer_only_the_first_consumer_receives_until_it_cancel
 }
 
 #[tokio::test]
-#[ignore = "issue 4: x-single-active-consumer not implemented yet"]
 async fn single_active_consumer_next_consumer_gets_everything_left_when_the_active_one_closes() {
     within(async {
         let (_broker, conn, ch) = open().await;
@@ -1910,7 +1908,6 @@ async fn single_active_consumer_next_consumer_gets_everything_left_when_the_acti
 // ---------------------------------------------------------------------------
 
 #[tokio::test]
-#[ignore = "issue 4: consumer priorities not implemented yet"]
 async fn higher_priority_consumer_gets_messages_while_it_has_capacity() {
     within(async {
         let (_broker, conn, ch) = open().await;

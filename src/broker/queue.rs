@@ -57,8 +57,9 @@ pub struct Queue {
 struct QueueState {
     ready: Box<dyn QueueStore>,
     next_seq: u64,
+    /// Sorted by x-priority (highest first), arrival order among equals.
     consumers: Vec<Arc<Consumer>>,
-    /// Index of the consumer to try first: round-robin.
+    /// Rotation counter: which consumer of a priority group goes first.
     next_consumer: usize,
     unacked: usize,
     /// Set once the queue has had a consumer: auto-delete applies from then on.
@@ -379,27 +380,46 @@ impl Queue {
         self.schedule_expiry(st);
     }
 
+    /// Offers ready messages to consumers: higher x-priority first,
+    /// round-robin among equals; with x-single-active-consumer only the
+    /// first consumer receives.
     fn deliver_locked(self: &Arc<Self>, st: &mut QueueState, n: usize) {
+        let n = if self.args.single_active_consumer {
+            1
+        } else {
+            n
+        };
         let now = if st.expiring { now_ms() } else { 0 };
         'messages: while let Some(mut msg) = st.ready.pop() {
             if msg.is_expired(now) {
                 self.expire(st, msg);
                 continue;
             }
-            for _ in 0..n {
-                let consumer = st.consumers[st.next_consumer % n].clone();
-                st.next_consumer = (st.next_consumer + 1) % n;
-                let receipt = msg.receipt();
-                match consumer.channel.try_deliver(&consumer, self, msg) {
-                    Ok(()) => {
-                        if !consumer.no_ack {
-                            st.unacked += 1;
+            // Consumers are kept sorted by priority: try each group in turn.
+            let mut group = 0;
+            while group < n {
+                let priority = st.consumers[group].priority;
+                let size = st.consumers[group..n]
+                    .iter()
+                    .take_while(|c| c.priority == priority)
+                    .count();
+                for k in 0..size {
+                    let turn = (st.next_consumer + k) % size;
+                    let consumer = st.consumers[group + turn].clone();
+                    let receipt = msg.receipt();
+                    match consumer.channel.try_deliver(&consumer, self, msg) {
+                        Ok(()) => {
+                            st.next_consumer = st.next_consumer.wrapping_add(k + 1);
+                            if !consumer.no_ack {
+                                st.unacked += 1;
+                            }
+                            st.ready.delivered(receipt, consumer.no_ack);
+                            continue 'messages;
                         }
-                        st.ready.delivered(receipt, consumer.no_ack);
-                        continue 'messages;
+                        Err(back) => msg = back,
                     }
-                    Err(back) => msg = back,
                 }
+                group += size;
             }
             st.ready.unpop(msg);
             break;
@@ -519,7 +539,17 @@ impl Queue {
             )));
         }
         on_added();
-        st.consumers.push(consumer);
+        // Sorted by priority, arrival order among equals (the first is the
+        // single active consumer where that applies).
+        let at = if self.args.single_active_consumer {
+            st.consumers.len()
+        } else {
+            st.consumers
+                .iter()
+                .position(|c| c.priority < consumer.priority)
+                .unwrap_or(st.consumers.len())
+        };
+        st.consumers.insert(at, consumer);
         st.had_consumer = true;
         st.last_used = now_ms();
         let before = st.ready.bytes();
@@ -533,9 +563,6 @@ impl Queue {
     pub fn remove_consumer(&self, consumer: &Arc<Consumer>) -> bool {
         let mut st = self.state.lock();
         st.consumers.retain(|c| !Arc::ptr_eq(c, consumer));
-        if st.next_consumer >= st.consumers.len() {
-            st.next_consumer = 0;
-        }
         if st.consumers.is_empty() {
             self.touch_locked(&mut st);
         }
