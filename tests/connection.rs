@@ -152,6 +152,7 @@ async fn connection_start_advertises_server_properties_and_capabilities() {
             "per_consumer_qos",
             "authentication_failure_close",
             "direct_reply_to",
+            "consumer_priorities",
         ] {
             assert_eq!(
                 caps.inner().get(cap),

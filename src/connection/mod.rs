@@ -761,6 +761,7 @@ fn server_properties() -> FieldTable {
         "per_consumer_qos",
         "authentication_failure_close",
         "direct_reply_to",
+        "consumer_priorities",
     ] {
         caps.insert(ShortString::from(cap), AMQPValue::Boolean(true));
     }
