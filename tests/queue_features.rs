@@ -2087,7 +2087,6 @@ fn delivery_count(d: &Delivery) -> Option<i64> {
 }
 
 #[tokio::test]
-#[ignore = "issue 4: x-delivery-limit not implemented yet"]
 async fn quorum_delivery_limit_dead_letters_after_the_limit() {
     within(async {
         let (_broker, conn, ch) = open().await;
@@ -2143,7 +2142,6 @@ async fn quorum_delivery_limit_dead_letters_after_the_limit() {
 }
 
 #[tokio::test]
-#[ignore = "issue 4: x-delivery-limit not implemented yet"]
 async fn quorum_delivery_limit_without_dead_letter_exchange_drops() {
     within(async {
         let (_broker, conn, ch) = open().await;
@@ -2184,7 +2182,6 @@ async fn quorum_delivery_limit_without_dead_letter_exchange_drops() {
 }
 
 #[tokio::test]
-#[ignore = "issue 4: x-delivery-limit not implemented yet"]
 async fn quorum_redeliveries_carry_x_delivery_count_without_a_limit() {
     within(async {
         let (_broker, conn, ch) = open().await;

@@ -336,3 +336,30 @@ fn str_field<'a>(t: &'a FieldTable, key: &str) -> Option<&'a str> {
 fn long_string(s: &str) -> AMQPValue {
     AMQPValue::LongString(LongString::from(s))
 }
+
+/// A copy of `message` with its `x-delivery-count` header set to `count`
+/// (or removed), as quorum queues mark redeliveries.
+pub fn with_delivery_count(message: &Message, count: Option<u64>) -> Option<Message> {
+    let (_, props) = parse_properties(&message.properties[..]).ok()?;
+    let mut headers = without(
+        &props.headers().clone().unwrap_or_default(),
+        "x-delivery-count",
+    );
+    if let Some(n) = count {
+        headers.insert("x-delivery-count".into(), AMQPValue::LongLongInt(n as i64));
+    }
+    let props = props.with_headers(headers);
+    let raw = cookie_factory::gen_simple(gen_properties(&props), Vec::new()).ok()?;
+    let copy = Message::new(
+        message.exchange.clone(),
+        message.routing_key.clone(),
+        Bytes::from(raw),
+        message.body.clone(),
+        message.persistent,
+    )
+    .with_expiration(message.expiration_ms);
+    if let Some(id) = message.stored() {
+        copy.set_stored(id);
+    }
+    Some(copy)
+}

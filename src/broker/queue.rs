@@ -5,10 +5,10 @@
 //! does I/O while holding it.
 
 use super::consumer::Consumer;
-use super::dead_letter::{DeadLetter, DeadLetters, Reason};
+use super::dead_letter::{with_delivery_count, DeadLetter, DeadLetters, Reason};
 use super::memory::MemoryGauge;
 use super::message::Message;
-use super::queue_args::{Overflow, QueueArgs};
+use super::queue_args::{Overflow, QueueArgs, QueueType};
 use super::timers::{now_ms, Timers};
 use crate::error::AmqpError;
 use crate::store::durable::DurableStore;
@@ -477,6 +477,12 @@ impl Queue {
         }
     }
 
+    /// Quorum queues, and queues with a delivery limit, count returns and
+    /// mark redeliveries with `x-delivery-count`.
+    fn counts_deliveries(&self) -> bool {
+        self.args.delivery_limit.is_some() || self.args.queue_type == QueueType::Quorum
+    }
+
     /// Hands a message the queue lets go of to its dead-letter exchange.
     fn dead_letter(&self, message: &Arc<Message>, reason: Reason) {
         if let Some(exchange) = &self.args.dead_letter_exchange {
@@ -512,6 +518,20 @@ impl Queue {
                 continue;
             }
             msg.redelivered = true;
+            if self.counts_deliveries() {
+                msg.returned += 1;
+                let n = u64::from(msg.returned);
+                if self.args.delivery_limit.is_some_and(|limit| n > limit) {
+                    st.ready.acked(msg.receipt());
+                    let original = with_delivery_count(&msg.message, None)
+                        .map_or_else(|| msg.message.clone(), Arc::new);
+                    self.dead_letter(&original, Reason::DeliveryLimit);
+                    continue;
+                }
+                if let Some(marked) = with_delivery_count(&msg.message, Some(n)) {
+                    msg.message = Arc::new(marked);
+                }
+            }
             st.ready.requeue(msg);
         }
         self.dispatch_locked(&mut st);

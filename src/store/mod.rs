@@ -52,6 +52,9 @@ pub struct QueuedMessage {
     /// When the message expires (ms since the Unix epoch), from the queue's
     /// x-message-ttl or the message's expiration.
     pub expires_at: Option<u64>,
+    /// Times it was delivered and came back (x-delivery-limit). Kept in
+    /// memory only: a restart starts counting again.
+    pub returned: u32,
 }
 
 /// What a queue remembers of a delivered message to settle it later.
@@ -70,6 +73,7 @@ impl QueuedMessage {
             redelivered: false,
             disk: None,
             expires_at: None,
+            returned: 0,
         }
     }
 

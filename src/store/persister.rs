@@ -518,6 +518,7 @@ impl Persister {
                         flags: slot.flags,
                     }),
                     expires_at: (slot.expires_at != 0).then_some(slot.expires_at),
+                    returned: 0,
                 });
                 if bytes >= req.max_bytes {
                     break 'chunks;
