@@ -1317,3 +1317,41 @@ async fn channel_flow_active_false_is_540_not_implemented_as_rabbitmq() {
     );
     assert!(!conn.status().connected());
 }
+
+#[tokio::test]
+async fn cc_and_bcc_headers_add_routing_keys_and_bcc_is_not_delivered() {
+    let broker = TestBroker::start().await;
+    let (_conn, ch) = open(&broker).await;
+    let (main, cc, bcc) = (
+        declare(&ch, true).await,
+        declare(&ch, true).await,
+        declare(&ch, true).await,
+    );
+    let keys =
+        |k: &str| AMQPValue::FieldArray(FieldArray::from(vec![AMQPValue::LongString(k.into())]));
+    let mut headers = FieldTable::default();
+    headers.insert("CC".into(), keys(&cc));
+    headers.insert("BCC".into(), keys(&bcc));
+    publish_props(
+        &ch,
+        &main,
+        b"sent",
+        BasicProperties::default().with_headers(headers),
+    )
+    .await;
+    for q in [&main, &cc, &bcc] {
+        let got = get_eventually(&ch, q).await;
+        assert_eq!(&got.delivery.data[..], b"sent", "queue {q}");
+        let h = got
+            .delivery
+            .properties
+            .headers()
+            .clone()
+            .unwrap_or_default();
+        assert!(h.inner().contains_key("CC"), "CC is delivered (queue {q})");
+        assert!(
+            !h.inner().contains_key("BCC"),
+            "BCC is not delivered (queue {q})"
+        );
+    }
+}

@@ -1162,7 +1162,6 @@ async fn dead_lettering_without_a_routing_key_keeps_the_original_one() {
 }
 
 #[tokio::test]
-#[ignore = "issue 4: CC/BCC sender-selected routing not implemented yet"]
 async fn dead_lettering_records_cc_routing_keys() {
     within(async {
         let (_broker, _conn, ch) = open().await;

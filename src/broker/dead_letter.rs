@@ -340,14 +340,26 @@ fn long_string(s: &str) -> AMQPValue {
 /// A copy of `message` with its `x-delivery-count` header set to `count`
 /// (or removed), as quorum queues mark redeliveries.
 pub fn with_delivery_count(message: &Message, count: Option<u64>) -> Option<Message> {
+    rewrite_headers(message, |headers| {
+        let mut headers = without(headers, "x-delivery-count");
+        if let Some(n) = count {
+            headers.insert("x-delivery-count".into(), AMQPValue::LongLongInt(n as i64));
+        }
+        headers
+    })
+}
+
+/// A copy of `message` without the header `name`.
+pub fn without_header(message: &Message, name: &str) -> Option<Message> {
+    rewrite_headers(message, |headers| without(headers, name))
+}
+
+fn rewrite_headers(
+    message: &Message,
+    change: impl FnOnce(&FieldTable) -> FieldTable,
+) -> Option<Message> {
     let (_, props) = parse_properties(&message.properties[..]).ok()?;
-    let mut headers = without(
-        &props.headers().clone().unwrap_or_default(),
-        "x-delivery-count",
-    );
-    if let Some(n) = count {
-        headers.insert("x-delivery-count".into(), AMQPValue::LongLongInt(n as i64));
-    }
+    let headers = change(&props.headers().clone().unwrap_or_default());
     let props = props.with_headers(headers);
     let raw = cookie_factory::gen_simple(gen_properties(&props), Vec::new()).ok()?;
     let copy = Message::new(

@@ -231,7 +231,7 @@ impl Channel {
         &mut self,
         ctx: &ConnCtx,
         publish: &Publish,
-        message: Arc<Message>,
+        mut message: Arc<Message>,
         view: &PropertiesView,
     ) -> bool {
         let mut stored = false;
@@ -256,7 +256,25 @@ impl Channel {
                         routing_key: &publish.routing_key,
                         headers: &headers,
                     };
-                    let queues = ctx.vhost.route(&exchange, &info);
+                    let mut queues = ctx.vhost.route(&exchange, &info);
+                    // Sender-selected distribution: CC and BCC headers add
+                    // routing keys; BCC is removed before delivery.
+                    if let Some((keys, without_bcc)) = sender_selected(&message, view) {
+                        for key in &keys {
+                            let info = RoutingInfo {
+                                routing_key: key,
+                                headers: &headers,
+                            };
+                            for q in ctx.vhost.route(&exchange, &info) {
+                                if !queues.iter().any(|x| Arc::ptr_eq(x, &q)) {
+                                    queues.push(q);
+                                }
+                            }
+                        }
+                        if let Some(m) = without_bcc {
+                            message = Arc::new(m);
+                        }
+                    }
                     if message.persistent {
                         let durable = queues.iter().filter(|q| q.store_id.is_some()).count() as u32;
                         if durable > 0 {
@@ -337,4 +355,37 @@ impl Channel {
         }
         Ok(())
     }
+}
+
+/// The extra routing keys of a message's CC and BCC headers, and a copy
+/// without BCC when it had one; None for the usual message without either.
+fn sender_selected(
+    message: &Message,
+    view: &PropertiesView,
+) -> Option<(Vec<String>, Option<Message>)> {
+    let range = view.headers.clone()?;
+    let raw = &message.properties[range];
+    // Header names are short strings: a length byte, then the name.
+    let has = |name: &[u8]| raw.windows(name.len()).any(|w| w == name);
+    let (cc, bcc) = (has(b"\x02CC"), has(b"\x03BCC"));
+    if !cc && !bcc {
+        return None;
+    }
+    let headers = view.headers(&message.properties)?;
+    let mut keys = Vec::new();
+    for name in ["CC", "BCC"] {
+        if let Some(amq_protocol::types::AMQPValue::FieldArray(a)) = headers.inner().get(name) {
+            for v in a.as_slice() {
+                if let amq_protocol::types::AMQPValue::LongString(k) = v {
+                    keys.push(String::from_utf8_lossy(k.as_bytes()).into_owned());
+                }
+            }
+        }
+    }
+    let without_bcc = if headers.contains_key("BCC") {
+        crate::broker::dead_letter::without_header(message, "BCC")
+    } else {
+        None
+    };
+    Some((keys, without_bcc))
 }
