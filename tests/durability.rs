@@ -1525,3 +1525,37 @@ async fn restart_logs_recovered_queue_and_message_counts() {
     })
     .await
 }
+
+// ---------------------------------------------------------------- 11: expiry across a restart
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn message_expiry_keeps_counting_across_a_restart() {
+    within(async {
+        let data = TempDir::new("durability-expiry");
+        let broker = BrokerProcess::start(data.path());
+        let q = "expiring";
+        {
+            let conn = connect(&broker).await;
+            let ch = confirm_channel(&conn).await;
+            declare_durable_queue(&ch, q).await;
+            let soon = persistent().with_expiration("1500".into());
+            let later = persistent().with_expiration("600000".into());
+            publish_confirmed(
+                &ch,
+                "",
+                q,
+                &[("soon".to_string(), soon), ("later".to_string(), later)],
+            )
+            .await;
+        }
+        let broker = restart(broker, data.path(), Stop::Sigterm);
+        let conn = connect(&broker).await;
+        // Expiry is absolute: the message published with 1.5 s to live goes
+        // 1.5 s after it was published, restart or not.
+        tokio::time::sleep(Duration::from_millis(2000)).await;
+        let ch = timed("channel.open", conn.create_channel()).await.unwrap();
+        let got = get_bodies(&ch, q).await;
+        assert_eq!(got, ["later"], "the expired message is never delivered");
+    })
+    .await
+}

@@ -144,7 +144,15 @@ impl Queue {
             }
         });
         // A recovered queue reads its messages back when first consumed
-        // from, so a restart with many backlogged queues stays small.
+        // from, so a restart with many backlogged queues stays small;
+        // except with a TTL, whose expired messages must go without waiting
+        // for a consumer (asking for the head starts the read).
+        if queue.args.message_ttl.is_some() {
+            let mut st = queue.state.lock();
+            if let Some(head) = st.ready.pop() {
+                st.ready.unpop(head);
+            }
+        }
         queue.touch();
         queue
     }
@@ -501,6 +509,8 @@ impl Queue {
     pub fn on_loaded(self: &Arc<Self>, loaded: Loaded) {
         let mut st = self.state.lock();
         let before = st.ready.bytes();
+        // Messages recovered from disk may carry an expiry.
+        st.expiring |= loaded.messages.iter().any(|m| m.expires_at.is_some());
         st.ready.loaded(loaded);
         self.dispatch_locked(&mut st);
         self.account(before, &st);
