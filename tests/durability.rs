@@ -1559,3 +1559,32 @@ async fn message_expiry_keeps_counting_across_a_restart() {
     })
     .await
 }
+
+// ---------------------------------------------------------------- 12: priority queues
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn durable_priority_queue_keeps_its_messages_and_their_order_across_a_restart() {
+    within(async {
+        let data = TempDir::new("durability-priority");
+        let broker = BrokerProcess::start(data.path());
+        let q = "prio";
+        let mut args = FieldTable::default();
+        args.insert("x-max-priority".into(), AMQPValue::LongInt(5));
+        {
+            let conn = connect(&broker).await;
+            let ch = confirm_channel(&conn).await;
+            declare_queue(&ch, q, durable(), args).await;
+            let messages: Vec<(String, BasicProperties)> = [(1, "a"), (5, "b"), (3, "c"), (5, "d")]
+                .into_iter()
+                .map(|(p, body)| (body.to_string(), persistent().with_priority(p)))
+                .collect();
+            publish_confirmed(&ch, "", q, &messages).await;
+        }
+        let broker = restart(broker, data.path(), Stop::Kill9);
+        let conn = connect(&broker).await;
+        assert_eq!(count(&conn, q).await, 4);
+        let ch = timed("channel.open", conn.create_channel()).await.unwrap();
+        assert_eq!(get_bodies(&ch, q).await, ["b", "d", "c", "a"]);
+    })
+    .await
+}

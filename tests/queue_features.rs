@@ -1769,7 +1769,6 @@ async fn consumer_x_priority_must_be_an_integer() {
 // ---------------------------------------------------------------------------
 
 #[tokio::test]
-#[ignore = "issue 4: x-max-priority not implemented yet"]
 async fn priority_queue_delivers_higher_priorities_first_fifo_within_one() {
     within(async {
         let (_broker, _conn, ch) = open().await;

@@ -14,6 +14,7 @@ use crate::error::AmqpError;
 use crate::store::durable::DurableStore;
 use crate::store::memory::MemoryStore;
 use crate::store::persister::Loaded;
+use crate::store::priority::{PriorityDisk, PriorityStore};
 use crate::store::{QueueStore, QueuedMessage, Receipt, Store};
 use amq_protocol::types::FieldTable;
 use parking_lot::{Condvar, Mutex};
@@ -100,8 +101,18 @@ impl Queue {
     ) -> Arc<Queue> {
         let queue = Arc::new_cyclic(|weak| {
             let store_id = disk.as_ref().map(|d| d.queue_id);
-            let (ready, next_seq): (Box<dyn QueueStore>, u64) = match disk {
-                Some(d) => (
+            let (ready, next_seq): (Box<dyn QueueStore>, u64) = match (disk, args.max_priority) {
+                (disk, Some(max)) => {
+                    let next_seq = disk.as_ref().map_or(0, |d| d.next_seq);
+                    let disk = disk.map(|d| PriorityDisk {
+                        store: d.store,
+                        queue: weak.clone(),
+                        queue_id: d.queue_id,
+                        on_disk: d.messages,
+                    });
+                    (Box::new(PriorityStore::new(max, disk)), next_seq)
+                }
+                (Some(d), None) => (
                     Box::new(DurableStore::new(
                         d.store,
                         weak.clone(),
@@ -112,7 +123,7 @@ impl Queue {
                     )),
                     d.next_seq,
                 ),
-                None => (Box::new(MemoryStore::default()), 0),
+                (None, None) => (Box::new(MemoryStore::default()), 0),
             };
             Queue {
                 memory,

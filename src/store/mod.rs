@@ -10,6 +10,7 @@
 pub mod durable;
 pub mod memory;
 pub mod persister;
+pub mod priority;
 pub mod queue_index;
 pub mod record;
 mod recovery;
