@@ -72,6 +72,7 @@ pub struct LimitsConfig {
     pub max_connections: usize,
     pub memory_high_watermark: u64,
     pub handshake_timeout_ms: u64,
+    pub consumer_timeout_ms: u64,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -104,6 +105,7 @@ impl Default for LimitsConfig {
             max_connections: 0,
             memory_high_watermark: 1024 * 1024 * 1024,
             handshake_timeout_ms: 10_000,
+            consumer_timeout_ms: 1_800_000,
         }
     }
 }

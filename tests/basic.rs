@@ -1355,3 +1355,62 @@ async fn cc_and_bcc_headers_add_routing_keys_and_bcc_is_not_delivered() {
         );
     }
 }
+
+// ---------------------------------------------------------------------------
+// delivery acknowledgement timeout (RabbitMQ's consumer_timeout)
+// ---------------------------------------------------------------------------
+
+/// Consumes one message and never acks it; the broker must close the channel
+/// with RabbitMQ's 406 and requeue the message.
+async fn assert_ack_timeout(broker: &TestBroker, queue_args: FieldTable, timeout_ms: u64) {
+    let (conn, ch) = open(broker).await;
+    let q = unique("ack-timeout");
+    ch.queue_declare(
+        q.as_str().into(),
+        QueueDeclareOptions::default(),
+        queue_args,
+    )
+    .await
+    .unwrap();
+    publish(&ch, &q, "stuck").await;
+    let cch = conn.create_channel().await.unwrap();
+    let mut consumer = consume(&cch, &q, "", false).await;
+    let first = next(&mut consumer).await;
+    assert!(!first.redelivered);
+    let mut closes = Closes::watch(&conn);
+    let (code, text) = closes.channel(&conn, &cch).await;
+    assert_eq!(code, 406);
+    assert_eq!(
+        text,
+        format!(
+            "PRECONDITION_FAILED - delivery acknowledgement on channel {} timed out. Timeout value used: {timeout_ms} ms. This timeout value can be configured, see consumers doc guide to learn more",
+            cch.id()
+        )
+    );
+    let again = get_eventually(&ch, &q).await;
+    assert_eq!(&again.delivery.data[..], b"stuck");
+    assert!(again.delivery.redelivered, "requeued, flagged redelivered");
+    delete_queue(&ch, &q).await;
+}
+
+#[tokio::test]
+async fn delivery_unacked_past_consumer_timeout_closes_the_channel_406_and_requeues() {
+    if common::against_other_broker() {
+        return; // RabbitMQ's consumer_timeout is set in its config file.
+    }
+    let mut config = leveret::Config::default();
+    config.limits.consumer_timeout_ms = 700;
+    let broker = TestBroker::start_with(config).await;
+    assert_ack_timeout(&broker, FieldTable::default(), 700).await;
+}
+
+#[tokio::test]
+async fn x_consumer_timeout_queue_argument_overrides_the_default() {
+    if common::against_other_broker() {
+        return; // x-consumer-timeout arrived in RabbitMQ 3.12; this one is 3.10.
+    }
+    let broker = TestBroker::start().await;
+    let mut args = FieldTable::default();
+    args.insert("x-consumer-timeout".into(), AMQPValue::LongInt(600));
+    assert_ack_timeout(&broker, args, 600).await;
+}

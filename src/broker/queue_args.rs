@@ -40,6 +40,8 @@ pub struct QueueArgs {
     pub single_active_consumer: bool,
     pub queue_type: QueueType,
     pub delivery_limit: Option<u64>,
+    /// x-consumer-timeout (ms): how long a delivery may stay unacknowledged.
+    pub consumer_timeout: Option<u64>,
 }
 
 /// The declaration being checked, for reply texts and type rules.
@@ -198,6 +200,7 @@ impl QueueArgs {
         // RabbitMQ offers a delivery limit on quorum queues only; Leveret
         // on every queue (the "after 3 failed attempts" pattern).
         let delivery_limit = int("x-delivery-limit", true)?;
+        let consumer_timeout = int("x-consumer-timeout", true)?;
         Ok(QueueArgs {
             message_ttl,
             expires,
@@ -210,6 +213,7 @@ impl QueueArgs {
             single_active_consumer,
             queue_type,
             delivery_limit,
+            consumer_timeout,
         })
     }
 }

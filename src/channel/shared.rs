@@ -13,6 +13,7 @@ use parking_lot::Mutex;
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 pub struct ChannelShared {
     pub id: u16,
@@ -65,6 +66,8 @@ pub struct Unacked {
     pub queue: Arc<Queue>,
     pub message: QueuedMessage,
     pub consumer: Option<Arc<Consumer>>,
+    /// For the delivery acknowledgement timeout.
+    pub delivered_at: Instant,
 }
 
 struct DeliveryState {
@@ -162,6 +165,7 @@ impl ChannelShared {
                 queue: queue.clone(),
                 message: msg,
                 consumer: Some(consumer.clone()),
+                delivered_at: Instant::now(),
             });
         }
         Ok(())
@@ -197,6 +201,7 @@ impl ChannelShared {
                 queue: queue.clone(),
                 message: msg,
                 consumer: None,
+                delivered_at: Instant::now(),
             });
         }
     }
@@ -373,6 +378,17 @@ impl ChannelShared {
             self.outbox
                 .push(|buf| encode::basic_ack(buf, id, upto, true));
         }
+    }
+
+    /// The acknowledgement timeout (ms) a delivery has run past, if any:
+    /// the queue's x-consumer-timeout, else `default_ms` (0: none).
+    pub fn overdue_ack(&self, default_ms: u64) -> Option<u64> {
+        let st = self.state.lock();
+        st.unacked.iter().find_map(|u| {
+            let timeout = u.queue.args.consumer_timeout.unwrap_or(default_ms);
+            (timeout > 0 && u.delivered_at.elapsed() > Duration::from_millis(timeout))
+                .then_some(timeout)
+        })
     }
 
     pub fn set_prefetch(&self, prefetch: u16, global: bool) {

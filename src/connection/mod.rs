@@ -423,6 +423,10 @@ impl Connection {
         open: &mut OpenConnection,
         mut close_rx: watch::Receiver<Option<String>>,
     ) -> &'static str {
+        let mut ack_timeouts = tokio::time::interval(ACK_TIMEOUT_CHECK);
+        ack_timeouts.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // Heartbeat deadline, kept across the other select branches.
+        let mut last_read = tokio::time::Instant::now();
         loop {
             loop {
                 let frame = match self.reader.next_buffered() {
@@ -466,8 +470,9 @@ impl Connection {
                 }
             }
             tokio::select! {
-                r = self.reader.fill(open.frame_timeout) => match r {
-                    Ok(()) => {}
+                _ = ack_timeouts.tick() => open.enforce_ack_timeouts(),
+                r = self.reader.fill(open.frame_timeout.map(|t| t.saturating_sub(last_read.elapsed()))) => match r {
+                    Ok(()) => last_read = tokio::time::Instant::now(),
                     Err(ReadError::Timeout) => {
                         warn!(peer = %self.peer, "missed heartbeats from client, closing connection");
                         return "missed heartbeats";
@@ -537,6 +542,9 @@ impl Connection {
         "closed by the broker"
     }
 }
+
+/// How often a connection looks for deliveries past their ack timeout.
+const ACK_TIMEOUT_CHECK: Duration = Duration::from_secs(1);
 
 enum FrameOutcome {
     Continue,
@@ -608,24 +616,50 @@ impl OpenConnection {
                 self.channels.remove(&id);
             }
             Err(err) if err.is_connection_error() => return Err(err),
-            Err(err) => {
-                debug!(channel = id, error = %err, "closing channel on error");
-                let channel = self.channels.get_mut(&id).expect("channel exists");
-                channel.release(&self.ctx);
-                channel.closing = true;
-                channel.shared.send(AMQPClass::Channel(
-                    amq_protocol::protocol::channel::AMQPMethod::Close(
-                        amq_protocol::protocol::channel::Close {
-                            reply_code: err.code as u16,
-                            reply_text: short_string(&err.text),
-                            class_id: err.class_id,
-                            method_id: err.method_id,
-                        },
-                    ),
-                ));
-            }
+            Err(err) => self.close_channel(id, err),
         }
         Ok(FrameOutcome::Continue)
+    }
+
+    /// A channel error: release the channel and send channel.close; the
+    /// channel discards everything until the client's close-ok.
+    fn close_channel(&mut self, id: u16, err: AmqpError) {
+        debug!(channel = id, error = %err, "closing channel on error");
+        let Some(channel) = self.channels.get_mut(&id) else {
+            return;
+        };
+        channel.release(&self.ctx);
+        channel.closing = true;
+        channel.shared.send(AMQPClass::Channel(
+            amq_protocol::protocol::channel::AMQPMethod::Close(
+                amq_protocol::protocol::channel::Close {
+                    reply_code: err.code as u16,
+                    reply_text: short_string(&err.text),
+                    class_id: err.class_id,
+                    method_id: err.method_id,
+                },
+            ),
+        ));
+    }
+
+    /// Closes, as RabbitMQ does, channels holding a delivery unacknowledged
+    /// past the consumer timeout; their messages go back to their queues.
+    fn enforce_ack_timeouts(&mut self) {
+        let default = self.ctx.broker.config.limits.consumer_timeout_ms;
+        let overdue: Vec<(u16, u64)> = self
+            .channels
+            .iter()
+            .filter(|(_, c)| !c.closing)
+            .filter_map(|(id, c)| c.shared.overdue_ack(default).map(|t| (*id, t)))
+            .collect();
+        for (id, timeout) in overdue {
+            self.close_channel(
+                id,
+                AmqpError::precondition_failed(format_args!(
+                    "delivery acknowledgement on channel {id} timed out. Timeout value used: {timeout} ms. This timeout value can be configured, see consumers doc guide to learn more"
+                )),
+            );
+        }
     }
 
     fn open_channel(&mut self, frame: Frame) -> Result<(), AmqpError> {
