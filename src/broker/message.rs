@@ -105,4 +105,112 @@ mod tests {
             Err("{leftover_string,\".5\"}".into())
         );
     }
+
+    mod expiry {
+        use super::parse_expiration;
+        use crate::broker::message::Message;
+        use crate::store::QueuedMessage;
+        use bytes::Bytes;
+        use proptest::prelude::*;
+        use std::sync::Arc;
+
+        /// Does `raw` read as an integer, RabbitMQ's way (`[+-]?[0-9]+`)?
+        fn is_integer(raw: &[u8]) -> bool {
+            let digits = match raw.first() {
+                Some(b'+' | b'-') => &raw[1..],
+                _ => raw,
+            };
+            !digits.is_empty() && digits.iter().all(u8::is_ascii_digit)
+        }
+
+        fn queued(expires_at: Option<u64>) -> QueuedMessage {
+            let message = Message::new(
+                String::new(),
+                String::new(),
+                Bytes::new(),
+                Bytes::new(),
+                false,
+            );
+            let mut m = QueuedMessage::new(0, Arc::new(message));
+            m.expires_at = expires_at;
+            m
+        }
+
+        #[test]
+        fn expiry_edges() {
+            assert!(!queued(None).is_expired(u64::MAX));
+            assert!(queued(Some(0)).is_expired(0));
+            assert!(queued(Some(5)).is_expired(5), "due at its deadline");
+            assert!(!queued(Some(5)).is_expired(4));
+            assert!(queued(Some(u64::MAX)).is_expired(u64::MAX));
+            assert_eq!(parse_expiration(b"+7"), Ok(7));
+            assert_eq!(parse_expiration(b"-0"), Ok(0));
+            assert_eq!(parse_expiration(b"007"), Ok(7));
+            assert_eq!(parse_expiration(b"-007"), Err("{value_negative,-7}".into()));
+            assert_eq!(parse_expiration(b"+"), Err("no_integer".into()));
+            assert_eq!(parse_expiration(b"-"), Err("no_integer".into()));
+            assert_eq!(
+                parse_expiration(b"1 "),
+                Err("{leftover_string,\" \"}".into())
+            );
+            assert_eq!(
+                parse_expiration(u64::MAX.to_string().as_bytes()),
+                Ok(u64::MAX)
+            );
+        }
+
+        proptest! {
+            /// A message expires from its deadline on, never without one.
+            #[test]
+            fn expired_from_the_deadline_on(at in any::<u64>(), now in any::<u64>()) {
+                prop_assert_eq!(queued(Some(at)).is_expired(now), at <= now);
+                prop_assert!(!queued(None).is_expired(now));
+                prop_assert!(queued(Some(at)).is_expired(at));
+                prop_assert!(queued(Some(at)).is_expired(at.saturating_add(now)));
+            }
+
+            /// Every u64 reads back as itself, with or without a `+` or
+            /// leading zeros.
+            #[test]
+            fn any_u64_parses(n in any::<u64>(), zeros in 0usize..4) {
+                prop_assert_eq!(parse_expiration(n.to_string().as_bytes()), Ok(n));
+                prop_assert_eq!(parse_expiration(format!("+{n}").as_bytes()), Ok(n));
+                let padded = format!("{}{n}", "0".repeat(zeros));
+                prop_assert_eq!(parse_expiration(padded.as_bytes()), Ok(n));
+            }
+
+            /// A negative number is refused with its value.
+            #[test]
+            fn negative_numbers_are_refused(n in prop_oneof![1u64..10, 1u64..=u64::MAX]) {
+                prop_assert_eq!(
+                    parse_expiration(format!("-{n}").as_bytes()),
+                    Err(format!("{{value_negative,-{n}}}"))
+                );
+            }
+
+            /// Anything that is not `[+-]?[0-9]+` is refused; nothing panics.
+            #[test]
+            fn only_integers_parse(raw in prop_oneof![
+                prop::collection::vec(any::<u8>(), 0..12),
+                "[+-]?[0-9]{0,6}[^0-9]{0,3}[0-9 .eE+-]{0,4}".prop_map(String::into_bytes),
+                "\\PC{0,8}".prop_map(String::into_bytes),
+            ]) {
+                let result = parse_expiration(&raw);
+                if !is_integer(&raw) {
+                    prop_assert!(result.is_err(), "{:?} gave {:?}", String::from_utf8_lossy(&raw), result);
+                } else if raw.len() <= 20 {
+                    prop_assert!(result.is_ok() || raw[0] == b'-', "{:?} gave {:?}", raw, result);
+                }
+            }
+
+            /// A number followed by something else: the rest is quoted back.
+            #[test]
+            fn leftover_is_reported(n in any::<u32>(), rest in "[^0-9][ -~]{0,6}") {
+                prop_assert_eq!(
+                    parse_expiration(format!("{n}{rest}").as_bytes()),
+                    Err(format!("{{leftover_string,\"{rest}\"}}"))
+                );
+            }
+        }
+    }
 }

@@ -426,4 +426,221 @@ mod tests {
         assert_eq!(bad[0].seq, SLOTS + 5);
         std::fs::remove_dir_all(&dir).unwrap();
     }
+
+    mod model {
+        use super::super::*;
+        use proptest::prelude::*;
+        use proptest::sample::Index;
+        use std::collections::BTreeMap;
+        use std::sync::atomic::{AtomicUsize, Ordering};
+
+        const QUEUE: u32 = 3;
+
+        #[derive(Debug, Clone)]
+        enum Action {
+            /// The next `n` seqs, in one `put`.
+            Put(u64),
+            /// One ready seq.
+            Ack(Index),
+            /// Up to `n` ready seqs in a row, from a random one.
+            AckRun(Index, usize),
+            /// The `n` oldest ready seqs, as a consumer acking in order.
+            AckHead(usize),
+            Sync,
+            Reopen,
+            /// Reopen, dropping at recovery the seqs that are `r` mod `m`.
+            ReopenDropping(u64, u64),
+        }
+
+        fn action() -> impl Strategy<Value = Action> {
+            prop_oneof![
+                4 => prop_oneof![1u64..50, 1u64..4_000, Just(SLOTS)].prop_map(Action::Put),
+                4 => any::<Index>().prop_map(Action::Ack),
+                4 => (any::<Index>(), prop_oneof![1usize..100, 1usize..20_000]).prop_map(|(i, n)| Action::AckRun(i, n)),
+                3 => prop_oneof![1usize..100, 1usize..40_000].prop_map(Action::AckHead),
+                1 => Just(Action::Sync),
+                2 => Just(Action::Reopen),
+                1 => (2u64..7).prop_flat_map(|m| (0..m, Just(m))).prop_map(|(r, m)| Action::ReopenDropping(r, m)),
+            ]
+        }
+
+        fn slot(seq: u64, salt: u64) -> Slot {
+            Slot {
+                seq,
+                at: Location {
+                    segment: (seq ^ salt) as u32,
+                    offset: seq.wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ salt,
+                    len: (seq % 1000) as u32 + 1,
+                },
+                flags: (seq % 3) as u8,
+                expires_at: if seq.is_multiple_of(4) {
+                    0
+                } else {
+                    seq.wrapping_add(salt)
+                },
+            }
+        }
+
+        fn fresh_dir() -> PathBuf {
+            static CASE: AtomicUsize = AtomicUsize::new(0);
+            let n = CASE.fetch_add(1, Ordering::Relaxed);
+            let dir = std::env::temp_dir()
+                .join(format!("leveret-qindex-model-{}-{n}", std::process::id()));
+            let _ = std::fs::remove_dir_all(&dir);
+            dir
+        }
+
+        /// Removes the directory however the case ends.
+        struct Cleanup(PathBuf);
+
+        impl Drop for Cleanup {
+            fn drop(&mut self) {
+                let _ = std::fs::remove_dir_all(&self.0);
+            }
+        }
+
+        /// After a sync or a reopen: the ready slots are exactly the model's,
+        /// and a file is on disk iff it is not both full and fully
+        /// acknowledged.
+        fn check_disk(
+            ix: &mut QueueIndexes,
+            ready: &BTreeMap<u64, Slot>,
+            first: u64,
+            next: u64,
+        ) -> Result<(), TestCaseError> {
+            let got = ix.read(QUEUE, 0, usize::MAX).unwrap();
+            prop_assert_eq!(got.len(), ready.len());
+            prop_assert!(
+                got.iter().eq(ready.values()),
+                "ready slots differ from the model"
+            );
+            let last_file = if next == first {
+                first / SLOTS
+            } else {
+                (next - 1) / SLOTS
+            };
+            for file_no in first / SLOTS..=last_file {
+                let written = next > first.max(file_no * SLOTS) && first < (file_no + 1) * SLOTS;
+                let full = next >= (file_no + 1) * SLOTS;
+                let live = ready
+                    .range(file_no * SLOTS..(file_no + 1) * SLOTS)
+                    .next()
+                    .is_some();
+                let exists = ix.path(QUEUE, file_no).exists();
+                if full && !live {
+                    prop_assert!(
+                        !exists,
+                        "file {} is full and drained but still there",
+                        file_no
+                    );
+                } else if written {
+                    prop_assert!(
+                        exists,
+                        "file {} (full: {}, ready slots: {}) is gone",
+                        file_no,
+                        full,
+                        live
+                    );
+                }
+            }
+            Ok(())
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig { cases: 20, max_shrink_iters: 10_000, ..ProptestConfig::default() })]
+
+            /// Puts, acks and reopens in any order: what comes back after a
+            /// reopen is exactly what the model holds, and drained full
+            /// files are gone.
+            #[test]
+            fn reopen_reads_back_the_model(
+                first in prop_oneof![Just(0u64), 0..2 * SLOTS],
+                salt in any::<u64>(),
+                actions in prop::collection::vec(action(), 1..40),
+            ) {
+                let dir = fresh_dir();
+                let _cleanup = Cleanup(dir.clone());
+                let (ix, bad) = QueueIndexes::open(&dir, |_, _| true).unwrap();
+                prop_assert!(bad.is_empty());
+                let mut ix = Some(ix);
+                let mut ready: BTreeMap<u64, Slot> = BTreeMap::new();
+                let mut next = first;
+                let mut total = 0u64;
+                for action in actions.into_iter().chain([Action::Reopen]) {
+                    let index = ix.as_mut().unwrap();
+                    match action {
+                        Action::Put(n) => {
+                            let n = n.min(40_000u64.saturating_sub(total));
+                            if n == 0 {
+                                continue;
+                            }
+                            let slots: Vec<Slot> = (next..next + n).map(|seq| slot(seq, salt)).collect();
+                            index.put(QUEUE, &slots).unwrap();
+                            ready.extend(slots.iter().map(|s| (s.seq, *s)));
+                            next += n;
+                            total += n;
+                        }
+                        Action::Ack(i) => {
+                            if ready.is_empty() {
+                                continue;
+                            }
+                            let seq = *ready.keys().nth(i.index(ready.len())).unwrap();
+                            let s = ready.remove(&seq).unwrap();
+                            prop_assert_eq!(index.ack(QUEUE, seq).unwrap(), Some(s.at));
+                            prop_assert_eq!(index.ack(QUEUE, seq).unwrap(), None, "acked twice");
+                        }
+                        Action::AckRun(i, n) => {
+                            if ready.is_empty() {
+                                continue;
+                            }
+                            let from = *ready.keys().nth(i.index(ready.len())).unwrap();
+                            let seqs: Vec<u64> = ready.range(from..).take(n).map(|(k, _)| *k).collect();
+                            for seq in seqs {
+                                let s = ready.remove(&seq).unwrap();
+                                prop_assert_eq!(index.ack(QUEUE, seq).unwrap(), Some(s.at));
+                            }
+                        }
+                        Action::AckHead(n) => {
+                            let seqs: Vec<u64> = ready.keys().take(n).copied().collect();
+                            for seq in seqs {
+                                let s = ready.remove(&seq).unwrap();
+                                prop_assert_eq!(index.ack(QUEUE, seq).unwrap(), Some(s.at));
+                            }
+                        }
+                        Action::Sync => {
+                            index.sync().unwrap();
+                            check_disk(index, &ready, first, next)?;
+                        }
+                        Action::Reopen | Action::ReopenDropping(..) => {
+                            let (r, m) = match action {
+                                Action::ReopenDropping(r, m) => (r, m),
+                                _ => (0, 0),
+                            };
+                            drop(ix.take());
+                            let mut seen = Vec::new();
+                            let (mut index, bad) = QueueIndexes::open(&dir, |q, s| {
+                                seen.push((q, s));
+                                m == 0 || s.seq % m != r
+                            })
+                            .unwrap();
+                            prop_assert!(bad.is_empty());
+                            prop_assert!(seen.iter().all(|(q, _)| *q == QUEUE));
+                            let seen: Vec<Slot> = seen.into_iter().map(|(_, s)| s).collect();
+                            prop_assert!(seen.iter().eq(ready.values()), "recovery visited other slots");
+                            if m != 0 {
+                                ready.retain(|seq, _| seq % m != r);
+                            }
+                            check_disk(&mut index, &ready, first, next)?;
+                            ix = Some(index);
+                        }
+                    }
+                    // Every ack above removed from the model too.
+                    let index = ix.as_mut().unwrap();
+                    let from = ready.keys().next().copied().unwrap_or(next);
+                    let head = index.read(QUEUE, from, 3).unwrap();
+                    prop_assert!(head.iter().eq(ready.values().take(3)));
+                }
+            }
+        }
+    }
 }
