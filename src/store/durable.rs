@@ -94,12 +94,18 @@ impl DurableStore {
         self.head_cost += msg.message.size() + MESSAGE_OVERHEAD;
     }
 
+    /// Empty in memory and on disk; reads under way are ignored.
+    fn forget_all(&mut self) {
+        self.head_bytes = 0;
+        self.body_bytes = 0;
+        self.head_cost = 0;
+        self.on_disk = 0;
+        self.loading = false;
+        self.generation += 1;
+    }
+
     fn remove(&self, seq: u64, disk: DiskRef) {
-        self.store.send(Op::Remove {
-            queue_id: self.queue_id,
-            seq,
-            msg_id: disk.msg_id,
-        });
+        self.store.remove_entry(self.queue_id, seq, disk);
     }
 }
 
@@ -117,12 +123,7 @@ impl QueueStore for DurableStore {
             msg.disk = Some(self.store.store_transient(&msg.message));
         }
         if let Some(disk) = msg.disk {
-            self.store.send(Op::Entry {
-                queue_id: self.queue_id,
-                seq: msg.seq,
-                disk,
-                expires_at: msg.expires_at.unwrap_or(0),
-            });
+            self.store.write_entry(self.queue_id, &msg, disk);
         }
         if page_out {
             if self.on_disk == 0 {
@@ -185,12 +186,7 @@ impl QueueStore for DurableStore {
                 from: self.disk_from,
             });
         }
-        self.head_bytes = 0;
-        self.body_bytes = 0;
-        self.head_cost = 0;
-        self.on_disk = 0;
-        self.loading = false;
-        self.generation += 1;
+        self.forget_all();
         count
     }
 
@@ -215,20 +211,13 @@ impl QueueStore for DurableStore {
     }
 
     fn refused(&mut self, message: &Message) {
-        if let (Some(msg_id), true) = (message.stored(), message.persistent) {
-            self.store.send(Op::Release { msg_id });
-        }
+        self.store.release_refused(message);
     }
 
     fn delete(&mut self) {
         // The store drops every entry of the queue; forget them here.
         self.head.clear();
-        self.head_bytes = 0;
-        self.body_bytes = 0;
-        self.head_cost = 0;
-        self.on_disk = 0;
-        self.loading = false;
-        self.generation += 1;
+        self.forget_all();
         self.deleted = true;
     }
 

@@ -256,6 +256,32 @@ impl Store {
         }
     }
 
+    /// Records that `msg` sits in queue `queue_id`, its body at `disk`.
+    fn write_entry(&self, queue_id: u32, msg: &QueuedMessage, disk: DiskRef) {
+        self.send(Op::Entry {
+            queue_id,
+            seq: msg.seq,
+            disk,
+            expires_at: msg.expires_at.unwrap_or(0),
+        });
+    }
+
+    /// The message at `seq` left queue `queue_id`.
+    fn remove_entry(&self, queue_id: u32, seq: u64, disk: DiskRef) {
+        self.send(Op::Remove {
+            queue_id,
+            seq,
+            msg_id: disk.msg_id,
+        });
+    }
+
+    /// A durable queue refused a message stored for it: its reference goes.
+    fn release_refused(&self, message: &Message) {
+        if let (Some(msg_id), true) = (message.stored(), message.persistent) {
+            self.send(Op::Release { msg_id });
+        }
+    }
+
     /// Publisher confirm `seq` on `channel` is sent once the writes queued
     /// so far are on disk.
     pub fn confirm_when_written(&self, channel: Arc<ChannelShared>, seq: u64) {

@@ -69,11 +69,7 @@ impl PriorityStore {
 
     fn remove(&self, seq: u64, disk: DiskRef) {
         if let Some(d) = &self.disk {
-            d.store.send(Op::Remove {
-                queue_id: d.queue_id,
-                seq,
-                msg_id: disk.msg_id,
-            });
+            d.store.remove_entry(d.queue_id, seq, disk);
         }
     }
 
@@ -102,12 +98,7 @@ impl QueueStore for PriorityStore {
             if let Some(msg_id) = msg.message.stored() {
                 let disk = DiskRef { msg_id, flags: 0 };
                 msg.disk = Some(disk);
-                d.store.send(Op::Entry {
-                    queue_id: d.queue_id,
-                    seq: msg.seq,
-                    disk,
-                    expires_at: msg.expires_at.unwrap_or(0),
-                });
+                d.store.write_entry(d.queue_id, &msg, disk);
             }
         }
         self.add(&msg);
@@ -189,8 +180,8 @@ impl QueueStore for PriorityStore {
     }
 
     fn refused(&mut self, message: &Message) {
-        if let (Some(d), Some(msg_id), true) = (&self.disk, message.stored(), message.persistent) {
-            d.store.send(Op::Release { msg_id });
+        if let Some(d) = &self.disk {
+            d.store.release_refused(message);
         }
     }
 
