@@ -6,13 +6,14 @@
 
 mod common;
 
+use common::amqp::amqp_error;
 use common::{unique, TestBroker};
 use futures_lite::StreamExt;
 use lapin::{
     message::{BasicGetMessage, Delivery},
     options::*,
     types::{AMQPValue, ByteArray, DecimalValue, FieldArray, FieldTable, LongString},
-    BasicProperties, Channel, Connection, Consumer, ErrorKind, Event,
+    BasicProperties, Channel, Connection, Consumer, Event,
 };
 use std::time::Duration;
 use tokio::time::timeout;
@@ -25,14 +26,6 @@ const QUIET: Duration = Duration::from_millis(300);
 // ---------------------------------------------------------------------------
 // helpers
 // ---------------------------------------------------------------------------
-
-/// The (reply code, reply text) of the channel.close / connection.close carried by `err`.
-fn amqp_error(err: &lapin::Error) -> Option<(u16, String)> {
-    match err.kind() {
-        ErrorKind::ProtocolError(e) => Some((e.get_id(), e.get_message().to_string())),
-        _ => None,
-    }
-}
 
 async fn open(broker: &TestBroker) -> (Connection, Channel) {
     let conn = broker.connect().await;

@@ -7,11 +7,11 @@
 
 mod common;
 
+use common::amqp::amqp_error;
 use common::{unique, TestBroker};
 use futures_lite::StreamExt;
 use lapin::{
-    options::*, types::FieldTable, BasicProperties, Channel, Confirmation, Connection, ErrorKind,
-    Event,
+    options::*, types::FieldTable, BasicProperties, Channel, Confirmation, Connection, Event,
 };
 use std::time::Duration;
 use tokio::time::timeout;
@@ -22,14 +22,6 @@ const WAIT: Duration = Duration::from_secs(5);
 // ---------------------------------------------------------------------------
 // helpers
 // ---------------------------------------------------------------------------
-
-/// The (reply code, reply text) of the channel.close / connection.close carried by `err`.
-fn amqp_error(err: &lapin::Error) -> Option<(u16, String)> {
-    match err.kind() {
-        ErrorKind::ProtocolError(e) => Some((e.get_id(), e.get_message().to_string())),
-        _ => None,
-    }
-}
 
 async fn open(broker: &TestBroker) -> (Connection, Channel) {
     let conn = broker.connect().await;

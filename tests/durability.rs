@@ -9,6 +9,10 @@
 
 mod common;
 
+use common::amqp::{
+    self, assert_same_sequence, persistent, reply_code, timed_confirm_channel, timed_for,
+    within_for,
+};
 use common::process::{BrokerProcess, TempDir};
 use futures_lite::StreamExt;
 use lapin::{
@@ -32,27 +36,14 @@ const FAIL_TIMEOUT: Duration = Duration::from_secs(10);
 
 // ---------------------------------------------------------------- helpers
 
-/// Runs a whole test body under a deadline, so a broker that never answers makes
-/// the test fail instead of hanging the suite.
+/// Runs a whole test body under [`TEST_TIMEOUT`].
 async fn within<F: std::future::Future<Output = ()>>(test: F) {
-    tokio::time::timeout(TEST_TIMEOUT, test)
-        .await
-        .expect("test timed out (broker did not answer?)");
+    within_for(TEST_TIMEOUT, test).await
 }
 
 /// Awaits `fut` for at most [`WAIT`].
 async fn timed<T>(what: &str, fut: impl std::future::Future<Output = T>) -> T {
-    tokio::time::timeout(WAIT, fut)
-        .await
-        .unwrap_or_else(|_| panic!("timed out waiting for {what}"))
-}
-
-/// AMQP reply code carried by a channel/connection close, if `e` is one.
-fn reply_code(e: &lapin::Error) -> Option<u16> {
-    match e.kind() {
-        lapin::ErrorKind::ProtocolError(amqp) => Some(amqp.get_id()),
-        _ => None,
-    }
+    timed_for(WAIT, what, fut).await
 }
 
 /// How the broker is stopped before a restart.
@@ -98,14 +89,7 @@ async fn connect(broker: &BrokerProcess) -> Connection {
 
 /// A channel in confirm mode.
 async fn confirm_channel(conn: &Connection) -> Channel {
-    let ch = timed("channel.open", conn.create_channel()).await.unwrap();
-    timed(
-        "confirm.select",
-        ch.confirm_select(ConfirmSelectOptions::default()),
-    )
-    .await
-    .unwrap();
-    ch
+    timed_confirm_channel(conn, WAIT).await
 }
 
 fn durable() -> QueueDeclareOptions {
@@ -169,28 +153,12 @@ async fn bind(ch: &Channel, queue: &str, exchange: &str, key: &str, args: FieldT
 /// Passive queue.declare on a fresh channel: the ready-message count, or the
 /// error the broker closed the channel with.
 async fn queue_count(conn: &Connection, name: &str) -> lapin::Result<u32> {
-    let ch = timed("channel.open", conn.create_channel()).await?;
-    let q = timed(
-        "passive queue.declare",
-        ch.queue_declare(
-            name.into(),
-            QueueDeclareOptions {
-                passive: true,
-                ..Default::default()
-            },
-            FieldTable::default(),
-        ),
-    )
-    .await?;
-    let _ = timed("channel.close", ch.close(200, "bye".into())).await;
-    Ok(q.message_count())
+    amqp::queue_count(conn, name, WAIT).await
 }
 
 /// The ready-message count of a queue that must exist.
 async fn count(conn: &Connection, name: &str) -> u32 {
-    queue_count(conn, name)
-        .await
-        .unwrap_or_else(|e| panic!("queue {name} should exist: {e}"))
+    amqp::count(conn, name, WAIT).await
 }
 
 /// Asserts that passive declare of queue `name` fails with 404 NOT_FOUND.
@@ -227,11 +195,6 @@ async fn assert_exchange_gone(conn: &Connection, name: &str) {
         Ok(()) => panic!("exchange {name} should be gone after restart, but exists"),
         Err(e) => assert_eq!(reply_code(&e), Some(404), "exchange {name}: {e}"),
     }
-}
-
-/// Persistent (delivery_mode 2) properties.
-fn persistent() -> BasicProperties {
-    BasicProperties::default().with_delivery_mode(2)
 }
 
 /// Publishes every `(body, properties)` on confirm-mode channel `ch`, then waits
@@ -307,28 +270,6 @@ async fn get_bodies(ch: &Channel, queue: &str) -> Vec<String> {
         .iter()
         .map(|m| text(&m.delivery.data))
         .collect()
-}
-
-/// Asserts two body sequences are equal, reporting the first difference rather
-/// than dumping thousands of bodies.
-fn assert_same_sequence(what: &str, got: &[String], want: &[String]) {
-    if let Some(i) = (0..got.len().min(want.len())).find(|&i| got[i] != want[i]) {
-        panic!(
-            "{what}: first difference at index {i}: got {:?}, want {:?} (got {} messages, want {})",
-            got[i],
-            want[i],
-            got.len(),
-            want.len()
-        );
-    }
-    assert_eq!(
-        got.len(),
-        want.len(),
-        "{what}: got {} messages, want {} (the common prefix matches; first extra/missing: {:?})",
-        got.len(),
-        want.len(),
-        got.get(want.len()).or(want.get(got.len()))
-    );
 }
 
 /// Receives exactly `n` deliveries from `consumer`, each within [`WAIT`].

@@ -4,11 +4,14 @@
 
 mod common;
 
-use common::{unique, TestBroker};
+use common::amqp::{
+    assert_closed, confirm_channel as channel, open_confirmed as setup, within_for,
+};
+use common::unique;
 use lapin::{
     options::*,
     types::{AMQPValue, FieldTable},
-    BasicProperties, Channel, Confirmation, Connection, ExchangeKind,
+    BasicProperties, Channel, Confirmation, ExchangeKind,
 };
 use std::time::Duration;
 
@@ -17,55 +20,9 @@ const TEST_TIMEOUT: Duration = Duration::from_secs(30);
 
 // ---------------------------------------------------------------- helpers
 
-/// Runs a whole test body under a deadline, so a broker that never answers an RPC
-/// makes the test fail instead of hanging the suite.
+/// Runs a whole test body under [`TEST_TIMEOUT`].
 async fn within<F: std::future::Future<Output = ()>>(test: F) {
-    tokio::time::timeout(TEST_TIMEOUT, test)
-        .await
-        .expect("test timed out (broker did not answer?)");
-}
-
-/// AMQP reply code carried by a channel/connection close, if `e` is one.
-fn reply_code(e: &lapin::Error) -> Option<u16> {
-    match e.kind() {
-        lapin::ErrorKind::ProtocolError(amqp) => Some(amqp.get_id()),
-        _ => None,
-    }
-}
-
-/// AMQP reply text carried by a channel/connection close, if `e` is one.
-fn reply_text(e: &lapin::Error) -> Option<String> {
-    match e.kind() {
-        lapin::ErrorKind::ProtocolError(amqp) => Some(amqp.get_message().to_string()),
-        _ => None,
-    }
-}
-
-/// Asserts that `res` failed with a channel close carrying `code` and `text`.
-fn assert_closed<T: std::fmt::Debug>(res: lapin::Result<T>, code: u16, text: &str) {
-    let err = res.expect_err("expected the broker to close the channel");
-    assert_eq!(reply_code(&err), Some(code), "unexpected error: {err}");
-    assert_eq!(
-        reply_text(&err).as_deref(),
-        Some(text),
-        "unexpected error: {err}"
-    );
-}
-
-/// A channel in confirm mode, so that `publish` knows the broker has routed the message.
-async fn channel(conn: &Connection) -> Channel {
-    let ch = conn.create_channel().await.unwrap();
-    ch.confirm_select(ConfirmSelectOptions::default())
-        .await
-        .unwrap();
-    ch
-}
-
-async fn setup() -> (TestBroker, Connection, Channel) {
-    let broker = TestBroker::start().await;
-    let conn = broker.connect().await;
-    let ch = channel(&conn).await;
-    (broker, conn, ch)
+    within_for(TEST_TIMEOUT, test).await
 }
 
 /// Publishes and waits for the publisher confirm (returns the error if the broker

@@ -7,6 +7,9 @@
 
 mod common;
 
+use common::amqp::{
+    self, assert_same_sequence, persistent, timed_confirm_channel, timed_for, transient, within_for,
+};
 use common::process::{BrokerProcess, TempDir};
 use common::TestBroker;
 use futures_lite::StreamExt;
@@ -35,22 +38,13 @@ const RESTART_TEST_TIMEOUT: Duration = Duration::from_secs(60);
 
 // ---------------------------------------------------------------- helpers
 
-/// Runs a whole test body under `limit`, so a hang fails instead of blocking CI.
-async fn within_for<F: std::future::Future<Output = ()>>(limit: Duration, test: F) {
-    tokio::time::timeout(limit, test)
-        .await
-        .expect("test timed out (broker did not answer?)");
-}
-
 async fn within<F: std::future::Future<Output = ()>>(test: F) {
     within_for(TEST_TIMEOUT, test).await
 }
 
 /// Awaits `fut` for at most [`WAIT`].
 async fn timed<T>(what: &str, fut: impl std::future::Future<Output = T>) -> T {
-    tokio::time::timeout(WAIT, fut)
-        .await
-        .unwrap_or_else(|_| panic!("timed out waiting for {what}"))
+    timed_for(WAIT, what, fut).await
 }
 
 /// A config whose durable queues keep only [`WINDOW`] bytes in memory.
@@ -80,14 +74,7 @@ async fn channel(conn: &Connection) -> Channel {
 
 /// A channel in confirm mode.
 async fn confirm_channel(conn: &Connection) -> Channel {
-    let ch = channel(conn).await;
-    timed(
-        "confirm.select",
-        ch.confirm_select(ConfirmSelectOptions::default()),
-    )
-    .await
-    .unwrap();
-    ch
+    timed_confirm_channel(conn, WAIT).await
 }
 
 async fn declare(ch: &Channel, name: &str, durable: bool) {
@@ -112,30 +99,7 @@ async fn declare_durable(ch: &Channel, name: &str) {
 
 /// Ready-message count from a passive queue.declare on a fresh channel.
 async fn count(conn: &Connection, name: &str) -> u32 {
-    let ch = channel(conn).await;
-    let q = timed(
-        "passive queue.declare",
-        ch.queue_declare(
-            name.into(),
-            QueueDeclareOptions {
-                passive: true,
-                ..Default::default()
-            },
-            FieldTable::default(),
-        ),
-    )
-    .await
-    .unwrap_or_else(|e| panic!("queue {name} should exist: {e}"));
-    let _ = timed("channel.close", ch.close(200, "bye".into())).await;
-    q.message_count()
-}
-
-fn persistent() -> BasicProperties {
-    BasicProperties::default().with_delivery_mode(2)
-}
-
-fn transient() -> BasicProperties {
-    BasicProperties::default().with_delivery_mode(1)
+    amqp::count(conn, name, WAIT).await
 }
 
 /// A message to publish: its label (which the body starts with) and properties.
@@ -224,29 +188,6 @@ async fn publish_confirmed(
         "routed messages returned: {returned:?}"
     );
     assert_eq!(acks, messages.len(), "one ack per publish");
-}
-
-/// Asserts two label sequences are equal, reporting the first difference rather
-/// than dumping thousands of labels.
-fn assert_same_sequence(what: &str, got: &[String], want: &[String]) {
-    if let Some(i) = (0..got.len().min(want.len())).find(|&i| got[i] != want[i]) {
-        panic!(
-            "{what}: first difference at index {i}: got {:?}, want {:?} (got {} messages, want {}; got around there: {:?})",
-            got[i],
-            want[i],
-            got.len(),
-            want.len(),
-            &got[i.saturating_sub(2)..(i + 3).min(got.len())]
-        );
-    }
-    assert_eq!(
-        got.len(),
-        want.len(),
-        "{what}: got {} messages, want {} (the common prefix matches; first extra/missing: {:?})",
-        got.len(),
-        want.len(),
-        got.get(want.len()).or(want.get(got.len()))
-    );
 }
 
 /// Asserts no delivery in `deliveries` has the redelivered flag, naming the first that has.

@@ -9,13 +9,16 @@
 
 mod common;
 
-use common::{against_other_broker, unique, TestBroker};
+use common::amqp::{
+    amqp_error, assert_closed, confirm_channel as channel, open_confirmed as open, within_for,
+};
+use common::{against_other_broker, unique};
 use futures_lite::StreamExt;
 use lapin::{
     message::Delivery,
     options::*,
     types::{AMQPValue, FieldArray, FieldTable, ShortString},
-    BasicProperties, Channel, Confirmation, Connection, Consumer, ErrorKind, ExchangeKind,
+    BasicProperties, Channel, Confirmation, Connection, Consumer, ExchangeKind,
 };
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tokio::time::{sleep, timeout, Instant};
@@ -31,46 +34,9 @@ const TEST_TIMEOUT: Duration = Duration::from_secs(20);
 // helpers
 // ---------------------------------------------------------------------------
 
-/// Runs a test body under a deadline.
+/// Runs a test body under [`TEST_TIMEOUT`].
 async fn within<F: std::future::Future<Output = ()>>(test: F) {
-    timeout(TEST_TIMEOUT, test)
-        .await
-        .expect("test timed out (broker did not answer?)");
-}
-
-/// The (reply code, reply text) of the channel.close / connection.close carried by `err`.
-fn amqp_error(err: &lapin::Error) -> Option<(u16, String)> {
-    match err.kind() {
-        ErrorKind::ProtocolError(e) => Some((e.get_id(), e.get_message().to_string())),
-        _ => None,
-    }
-}
-
-/// Asserts that `res` failed with a close carrying `code` and `text`.
-fn assert_closed<T: std::fmt::Debug>(res: lapin::Result<T>, code: u16, text: &str) {
-    let err = res.expect_err("expected the broker to close the channel");
-    assert_eq!(
-        amqp_error(&err),
-        Some((code, text.to_string())),
-        "unexpected error: {err}"
-    );
-}
-
-/// A channel in confirm mode.
-async fn channel(conn: &Connection) -> Channel {
-    let ch = conn.create_channel().await.expect("channel.open");
-    ch.confirm_select(ConfirmSelectOptions::default())
-        .await
-        .expect("confirm.select");
-    ch
-}
-
-/// Connects and opens a channel in confirm mode.
-async fn open() -> (TestBroker, Connection, Channel) {
-    let broker = TestBroker::start().await;
-    let conn = broker.connect().await;
-    let ch = channel(&conn).await;
-    (broker, conn, ch)
+    within_for(TEST_TIMEOUT, test).await
 }
 
 fn table(entries: &[(&str, AMQPValue)]) -> FieldTable {

@@ -5,6 +5,7 @@
 //! asserts RabbitMQ's behaviour.
 #![allow(dead_code)]
 
+pub mod amqp;
 pub mod process;
 pub mod raw;
 
