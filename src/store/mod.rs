@@ -4,8 +4,9 @@
 //! queues use [`memory::MemoryStore`], durable ones [`durable::DurableStore`],
 //! which keeps a bounded window in memory and the rest on disk. Everything
 //! on disk goes through [`Store`]: topology records are written (and
-//! flushed) to sled directly; message bodies (segment files) and queue
-//! index entries (sled) are written by the persister thread.
+//! flushed) to sled directly; message bodies (segment files), queue index
+//! slots (slot files) and delivered marks (sled) are written by the
+//! persister thread.
 
 pub mod durable;
 pub mod memory;
@@ -196,7 +197,7 @@ impl Backlog {
     }
 }
 
-/// The durable store: sled trees plus the persister thread.
+/// The durable store: topology in sled, messages through the persister thread.
 pub struct Store {
     path: PathBuf,
     db: sled::Db,

@@ -2,7 +2,7 @@
 //!
 //! Group commit: it blocks for the first operation, takes everything queued
 //! behind it, appends the new bodies to the current segment and fsyncs it,
-//! writes the index entries pointing at them to sled and flushes once, and
+//! writes the queue index slots pointing at them and fsyncs those, and
 //! then releases the publisher confirms the batch covered. There is no
 //! timer: under load the next batch has grown while the previous flush ran;
 //! when idle a confirm waits for exactly one flush.
