@@ -8,6 +8,7 @@ pub mod channel;
 pub mod config;
 pub mod connection;
 pub mod error;
+pub mod mgmt;
 pub mod protocol;
 pub mod server;
 pub mod store;

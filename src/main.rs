@@ -91,6 +91,7 @@ fn serve(args: ServeArgs) -> ExitCode {
     };
     runtime.block_on(async move {
         let listen = config.server.listen.clone();
+        let mgmt_listen = config.server.mgmt_listen.clone();
         let broker = match leveret::Broker::open(config) {
             Ok(b) => b,
             Err(e) => {
@@ -110,7 +111,8 @@ fn serve(args: ServeArgs) -> ExitCode {
             Ok(addr) => info!(%addr, version = env!("CARGO_PKG_VERSION"), "Leveret accepting AMQP 0-9-1 connections"),
             Err(e) => error!(error = %e, "cannot read bound address"),
         }
-        leveret::serve(listener, broker, shutdown_signal()).await;
+        let mgmt = leveret::server::bind_mgmt(&mgmt_listen).await;
+        leveret::serve(listener, mgmt, broker, shutdown_signal()).await;
         info!("stopped");
         ExitCode::SUCCESS
     })

@@ -26,16 +26,46 @@ pub async fn run(
     config: Config,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), ServeError> {
+    let mgmt_listen = config.server.mgmt_listen.clone();
     let broker = Broker::open(config)?;
-    serve(listener, broker, shutdown).await;
+    let mgmt = bind_mgmt(&mgmt_listen).await;
+    serve(listener, mgmt, broker, shutdown).await;
     Ok(())
+}
+
+/// Binds the management API's listener; without it the broker still serves
+/// AMQP (the error is logged).
+pub async fn bind_mgmt(addr: &str) -> Option<TcpListener> {
+    match TcpListener::bind(addr).await {
+        Ok(l) => {
+            if let Ok(a) = l.local_addr() {
+                info!(addr = %a, "management API listening");
+            }
+            Some(l)
+        }
+        Err(e) => {
+            error!(addr, error = %e, "cannot bind the management API; serving AMQP without it");
+            None
+        }
+    }
 }
 
 /// Serves AMQP clients on `listener` until `shutdown` completes, then closes
 /// every connection with 320 CONNECTION_FORCED, flushes the store and returns.
-pub async fn serve(listener: TcpListener, broker: Arc<Broker>, shutdown: impl Future<Output = ()>) {
+pub async fn serve(
+    listener: TcpListener,
+    mgmt: Option<TcpListener>,
+    broker: Arc<Broker>,
+    shutdown: impl Future<Output = ()>,
+) {
     let max_connections = broker.config.limits.max_connections;
     let (stop_tx, stop_rx) = watch::channel(false);
+    let mgmt_task = mgmt.map(|l| {
+        let mut stop = stop_rx.clone();
+        tokio::spawn(crate::mgmt::serve(l, broker.clone(), async move {
+            let _ = stop.wait_for(|s| *s).await;
+        }))
+    });
     let mut connections = JoinSet::new();
     tokio::pin!(shutdown);
     loop {
@@ -69,6 +99,9 @@ pub async fn serve(listener: TcpListener, broker: Arc<Broker>, shutdown: impl Fu
     if drained.is_err() {
         warn!("some connections did not close in time; aborting them");
         connections.abort_all();
+    }
+    if let Some(task) = mgmt_task {
+        let _ = task.await;
     }
     // Connections are gone: write what the persister still holds and stop it.
     let store = broker.store.clone();

@@ -121,6 +121,16 @@ impl Broker {
             .clone()
     }
 
+    pub fn vhosts(&self) -> Vec<Arc<VHost>> {
+        self.vhosts.iter().map(|v| v.clone()).collect()
+    }
+
+    /// The tags of `user` when `password` is right.
+    pub fn user_tags(&self, user: &str, password: &str) -> Option<Vec<String>> {
+        let u = self.users.get(user)?;
+        (u.password == password).then(|| u.tags.clone())
+    }
+
     pub fn vhost(&self, name: &str) -> Option<Arc<VHost>> {
         self.vhosts.get(name).map(|v| v.clone())
     }

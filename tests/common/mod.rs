@@ -19,6 +19,8 @@ pub struct TestBroker {
     pub uri: String,
     /// Address of the AMQP listener (for raw-socket tests).
     pub addr: SocketAddr,
+    /// Address of the management HTTP API (None against another broker).
+    pub mgmt_addr: Option<SocketAddr>,
     shutdown: Option<oneshot::Sender<()>>,
     task: Option<tokio::task::JoinHandle<Result<(), leveret::ServeError>>>,
     data_dir: Option<std::path::PathBuf>,
@@ -47,6 +49,7 @@ impl TestBroker {
             return TestBroker {
                 uri,
                 addr,
+                mgmt_addr: None,
                 shutdown: None,
                 task: None,
                 data_dir: None,
@@ -57,18 +60,27 @@ impl TestBroker {
         let kept_dir = data_dir.clone();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
+        let mgmt = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let mgmt_addr = mgmt.local_addr().unwrap();
         let (tx, rx) = oneshot::channel();
         let task = tokio::spawn(async move {
-            let result = leveret::run(listener, config, async {
-                let _ = rx.await;
-            })
-            .await;
+            let result = match leveret::Broker::open(config) {
+                Ok(broker) => {
+                    leveret::serve(listener, Some(mgmt), broker, async {
+                        let _ = rx.await;
+                    })
+                    .await;
+                    Ok(())
+                }
+                Err(e) => Err(leveret::ServeError::from(e)),
+            };
             let _ = std::fs::remove_dir_all(&data_dir);
             result
         });
         TestBroker {
             uri: format!("amqp://guest:guest@{addr}/%2f"),
             addr,
+            mgmt_addr: Some(mgmt_addr),
             shutdown: Some(tx),
             task: Some(task),
             data_dir: Some(kept_dir),

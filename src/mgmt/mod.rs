@@ -1,0 +1,213 @@
+//! The management HTTP API, RabbitMQ-compatible paths and JSON (issue 5).
+//!
+//! Served on `server.mgmt_listen` beside AMQP. Every request carries HTTP
+//! basic auth against the broker's users; as RabbitMQ, only users tagged
+//! `administrator`, `management` or `monitoring` get in.
+
+use crate::broker::Broker;
+use crate::store::QueuedMessage;
+use axum::extract::{Path, State};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use base64::Engine;
+use serde_json::{json, Value};
+use std::future::Future;
+use std::sync::Arc;
+use tokio::net::TcpListener;
+
+/// Tags that may use the management API (RabbitMQ's management plugin).
+const MANAGEMENT_TAGS: &[&str] = &["administrator", "management", "monitoring"];
+
+/// Serves the API until `shutdown` completes.
+pub async fn serve(
+    listener: TcpListener,
+    broker: Arc<Broker>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) {
+    let app = Router::new()
+        .route("/api/overview", get(overview))
+        .route("/api/whoami", get(whoami))
+        .route("/api/vhosts", get(vhosts))
+        .route("/api/health/checks/alarms", get(alarms))
+        .route("/api/aliveness-test/{vhost}", get(aliveness))
+        .with_state(broker);
+    if let Err(e) = axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown)
+        .await
+    {
+        tracing::error!(error = %e, "management API stopped");
+    }
+}
+
+/// The authenticated user and its tags, if it may use the API.
+fn authenticate(broker: &Broker, headers: &HeaderMap) -> Option<(String, Vec<String>)> {
+    let credentials = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Basic "))
+        .and_then(|b64| base64::engine::general_purpose::STANDARD.decode(b64).ok())
+        .and_then(|raw| String::from_utf8(raw).ok())?;
+    let (user, password) = credentials.split_once(':')?;
+    let tags = broker.user_tags(user, password)?;
+    tags.iter()
+        .any(|t| MANAGEMENT_TAGS.contains(&t.as_str()))
+        .then(|| (user.to_string(), tags))
+}
+
+/// RabbitMQ's 401.
+fn unauthorized() -> Response {
+    (
+        StatusCode::UNAUTHORIZED,
+        [(
+            header::WWW_AUTHENTICATE,
+            "Basic realm=\"RabbitMQ Management\"",
+        )],
+        Json(json!({"error": "not_authorized", "reason": "Not_Authorized"})),
+    )
+        .into_response()
+}
+
+async fn overview(State(broker): State<Arc<Broker>>, headers: HeaderMap) -> Response {
+    if authenticate(&broker, &headers).is_none() {
+        return unauthorized();
+    }
+    let (mut queues, mut exchanges, mut consumers) = (0usize, 0usize, 0usize);
+    let (mut ready, mut unacked) = (0usize, 0usize);
+    for vhost in broker.vhosts() {
+        exchanges += vhost.exchanges().len();
+        for q in vhost.queues() {
+            let c = q.counts();
+            queues += 1;
+            consumers += c.consumers;
+            ready += c.ready;
+            unacked += c.unacked;
+        }
+    }
+    Json(json!({
+        "product_name": "Leveret",
+        "product_version": env!("CARGO_PKG_VERSION"),
+        "management_version": env!("CARGO_PKG_VERSION"),
+        "node": node_name(),
+        "object_totals": {
+            "connections": broker.connections.len(),
+            "exchanges": exchanges,
+            "queues": queues,
+            "consumers": consumers,
+        },
+        "queue_totals": {
+            "messages": ready + unacked,
+            "messages_ready": ready,
+            "messages_unacknowledged": unacked,
+        },
+    }))
+    .into_response()
+}
+
+async fn whoami(State(broker): State<Arc<Broker>>, headers: HeaderMap) -> Response {
+    match authenticate(&broker, &headers) {
+        Some((name, tags)) => Json(json!({"name": name, "tags": tags})).into_response(),
+        None => unauthorized(),
+    }
+}
+
+async fn vhosts(State(broker): State<Arc<Broker>>, headers: HeaderMap) -> Response {
+    if authenticate(&broker, &headers).is_none() {
+        return unauthorized();
+    }
+    let mut list: Vec<Value> = broker
+        .vhosts()
+        .iter()
+        .map(|v| {
+            let (mut ready, mut unacked) = (0, 0);
+            for q in v.queues() {
+                let c = q.counts();
+                ready += c.ready;
+                unacked += c.unacked;
+            }
+            json!({
+                "name": v.name,
+                "messages": ready + unacked,
+                "messages_ready": ready,
+                "messages_unacknowledged": unacked,
+            })
+        })
+        .collect();
+    list.sort_by(|a, b| a["name"].as_str().cmp(&b["name"].as_str()));
+    Json(Value::Array(list)).into_response()
+}
+
+/// RabbitMQ's /api/health/checks/alarms: 200 without alarms, 503 with.
+async fn alarms(State(broker): State<Arc<Broker>>, headers: HeaderMap) -> Response {
+    if authenticate(&broker, &headers).is_none() {
+        return unauthorized();
+    }
+    if broker.memory.is_blocked() {
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({
+                "status": "failed",
+                "reason": "resource alarm(s) in effect",
+                "alarms": [{"node": node_name(), "resource": "memory"}],
+            })),
+        )
+            .into_response();
+    }
+    Json(json!({"status": "ok"})).into_response()
+}
+
+/// RabbitMQ's aliveness test: declare `aliveness-test`, publish a message
+/// to it and get it back.
+async fn aliveness(
+    State(broker): State<Arc<Broker>>,
+    Path(vhost): Path<String>,
+    headers: HeaderMap,
+) -> Response {
+    if authenticate(&broker, &headers).is_none() {
+        return unauthorized();
+    }
+    let Some(v) = broker.vhost(&vhost) else {
+        return (
+            StatusCode::NOT_FOUND,
+            Json(json!({"error": "Object Not Found", "reason": "Not Found"})),
+        )
+            .into_response();
+    };
+    let args = amq_protocol::types::FieldTable::default();
+    let declared = v.declare_queue(&crate::broker::vhost::QueueDeclare {
+        name: "aliveness-test",
+        passive: false,
+        durable: false,
+        exclusive: false,
+        auto_delete: false,
+        arguments: &args,
+        connection: 0,
+    });
+    let alive = declared.is_ok_and(|(queue, _)| {
+        queue.publish(Arc::new(crate::broker::message::Message::new(
+            String::new(),
+            "aliveness-test".into(),
+            bytes::Bytes::from_static(&[0, 0]),
+            bytes::Bytes::from_static(b"test_message"),
+            false,
+        )));
+        matches!(queue.get(true), Some((QueuedMessage { message, .. }, _)) if &message.body[..] == b"test_message")
+    });
+    if alive {
+        Json(json!({"status": "ok"})).into_response()
+    } else {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({"status": "failed", "reason": "aliveness test failed"})),
+        )
+            .into_response()
+    }
+}
+
+fn node_name() -> String {
+    let host = std::fs::read_to_string("/etc/hostname")
+        .map(|h| h.trim().to_string())
+        .unwrap_or_else(|_| "localhost".into());
+    format!("leveret@{host}")
+}
