@@ -149,3 +149,85 @@ async fn aliveness_test_round_trips_a_message_in_the_vhost() {
     let (status, _) = get(addr, "/api/aliveness-test/no-such-vhost", GUEST).await;
     assert_eq!(status, 404);
 }
+
+#[tokio::test]
+async fn queues_are_listed_and_shown_with_counts_and_arguments() {
+    let broker = TestBroker::start().await;
+    let Some(addr) = mgmt(&broker) else { return };
+    let conn = broker.connect().await;
+    let ch = conn.create_channel().await.unwrap();
+    let q = unique("shown");
+    let mut args = FieldTable::default();
+    args.insert("x-max-length".into(), lapin::types::AMQPValue::LongInt(10));
+    ch.queue_declare(
+        q.as_str().into(),
+        QueueDeclareOptions {
+            durable: true,
+            ..Default::default()
+        },
+        args,
+    )
+    .await
+    .unwrap();
+    ch.basic_publish(
+        "".into(),
+        q.as_str().into(),
+        BasicPublishOptions::default(),
+        b"m",
+        BasicProperties::default(),
+    )
+    .await
+    .unwrap();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+
+    let (status, body) = get(addr, &format!("/api/queues/%2F/{q}"), GUEST).await;
+    assert_eq!(status, 200);
+    assert_eq!(body["name"], q.as_str());
+    assert_eq!(body["vhost"], "/");
+    assert_eq!(body["durable"], true);
+    assert_eq!(body["type"], "classic");
+    assert_eq!(body["arguments"]["x-max-length"], 10);
+    assert_eq!(body["messages_ready"], 1);
+    assert_eq!(body["messages"], 1);
+    assert_eq!(body["consumers"], 0);
+
+    let (status, list) = get(addr, "/api/queues", GUEST).await;
+    assert_eq!(status, 200);
+    assert!(list
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|x| x["name"] == q.as_str()));
+    let (status, _) = get(addr, "/api/queues/%2F/no-such-queue", GUEST).await;
+    assert_eq!(status, 404);
+}
+
+#[tokio::test]
+async fn exchanges_are_listed_and_shown() {
+    let broker = TestBroker::start().await;
+    let Some(addr) = mgmt(&broker) else { return };
+    let (status, body) = get(addr, "/api/exchanges/%2F/amq.topic", GUEST).await;
+    assert_eq!(status, 200);
+    assert_eq!(body["type"], "topic");
+    assert_eq!(body["durable"], true);
+    let (status, list) = get(addr, "/api/exchanges/%2F", GUEST).await;
+    assert_eq!(status, 200);
+    let names: Vec<&str> = list
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|e| e["name"].as_str())
+        .collect();
+    for name in [
+        "",
+        "amq.direct",
+        "amq.fanout",
+        "amq.headers",
+        "amq.match",
+        "amq.topic",
+    ] {
+        assert!(names.contains(&name), "{name:?} in {names:?}");
+    }
+    let (status, _) = get(addr, "/api/exchanges/no-such-vhost", GUEST).await;
+    assert_eq!(status, 404);
+}

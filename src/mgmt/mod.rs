@@ -30,6 +30,12 @@ pub async fn serve(
         .route("/api/overview", get(overview))
         .route("/api/whoami", get(whoami))
         .route("/api/vhosts", get(vhosts))
+        .route("/api/queues", get(queues))
+        .route("/api/queues/{vhost}", get(queues_in))
+        .route("/api/queues/{vhost}/{name}", get(queue))
+        .route("/api/exchanges", get(exchanges))
+        .route("/api/exchanges/{vhost}", get(exchanges_in))
+        .route("/api/exchanges/{vhost}/{name}", get(exchange))
         .route("/api/health/checks/alarms", get(alarms))
         .route("/api/aliveness-test/{vhost}", get(aliveness))
         .with_state(broker);
@@ -202,6 +208,182 @@ async fn aliveness(
             Json(json!({"status": "failed", "reason": "aliveness test failed"})),
         )
             .into_response()
+    }
+}
+
+fn not_found() -> Response {
+    (
+        StatusCode::NOT_FOUND,
+        Json(json!({"error": "Object Not Found", "reason": "Not Found"})),
+    )
+        .into_response()
+}
+
+fn queue_json(q: &crate::broker::queue::Queue) -> Value {
+    let c = q.counts();
+    let kind = match q.args.queue_type {
+        crate::broker::queue_args::QueueType::Classic => "classic",
+        crate::broker::queue_args::QueueType::Quorum => "quorum",
+    };
+    json!({
+        "name": q.name,
+        "vhost": q.vhost,
+        "durable": q.durable,
+        "auto_delete": q.auto_delete,
+        "exclusive": q.exclusive_owner.is_some(),
+        "arguments": table_json(&q.arguments),
+        "type": kind,
+        "state": "running",
+        "node": node_name(),
+        "messages": c.ready + c.unacked,
+        "messages_ready": c.ready,
+        "messages_unacknowledged": c.unacked,
+        "consumers": c.consumers,
+    })
+}
+
+fn exchange_json(vhost: &str, e: &crate::broker::exchange::Exchange) -> Value {
+    json!({
+        "name": e.name,
+        "vhost": vhost,
+        "type": e.kind.as_str(),
+        "durable": e.durable,
+        "auto_delete": e.auto_delete,
+        "internal": e.internal,
+        "arguments": table_json(&e.arguments),
+    })
+}
+
+/// A field table as the management API shows it.
+fn table_json(t: &amq_protocol::types::FieldTable) -> Value {
+    Value::Object(
+        t.inner()
+            .iter()
+            .map(|(k, v)| (k.to_string(), field_json(v)))
+            .collect(),
+    )
+}
+
+fn field_json(v: &amq_protocol::types::AMQPValue) -> Value {
+    use amq_protocol::types::AMQPValue as V;
+    match v {
+        V::Boolean(b) => json!(b),
+        V::ShortShortInt(n) => json!(n),
+        V::ShortShortUInt(n) => json!(n),
+        V::ShortInt(n) => json!(n),
+        V::ShortUInt(n) => json!(n),
+        V::LongInt(n) => json!(n),
+        V::LongUInt(n) => json!(n),
+        V::LongLongInt(n) => json!(n),
+        V::Float(f) => json!(f),
+        V::Double(f) => json!(f),
+        V::Timestamp(t) => json!(t),
+        V::ShortString(s) => json!(s.as_str()),
+        V::LongString(s) => json!(String::from_utf8_lossy(s.as_bytes())),
+        V::FieldArray(a) => Value::Array(a.as_slice().iter().map(field_json).collect()),
+        V::FieldTable(t) => table_json(t),
+        V::ByteArray(b) => json!(b.as_slice()),
+        V::DecimalValue(d) => json!(d.value as f64 / 10f64.powi(i32::from(d.scale))),
+        V::Void => Value::Null,
+    }
+}
+
+/// Sorted by vhost then name, as RabbitMQ lists them.
+fn sorted(mut list: Vec<Value>) -> Response {
+    list.sort_by(|a, b| {
+        (a["vhost"].as_str(), a["name"].as_str()).cmp(&(b["vhost"].as_str(), b["name"].as_str()))
+    });
+    Json(Value::Array(list)).into_response()
+}
+
+async fn queues(State(broker): State<Arc<Broker>>, headers: HeaderMap) -> Response {
+    if authenticate(&broker, &headers).is_none() {
+        return unauthorized();
+    }
+    let list = broker
+        .vhosts()
+        .iter()
+        .flat_map(|v| v.queues())
+        .map(|q| queue_json(&q))
+        .collect();
+    sorted(list)
+}
+
+async fn queues_in(
+    State(broker): State<Arc<Broker>>,
+    Path(vhost): Path<String>,
+    headers: HeaderMap,
+) -> Response {
+    if authenticate(&broker, &headers).is_none() {
+        return unauthorized();
+    }
+    let Some(v) = broker.vhost(&vhost) else {
+        return not_found();
+    };
+    sorted(v.queues().iter().map(|q| queue_json(q)).collect())
+}
+
+async fn queue(
+    State(broker): State<Arc<Broker>>,
+    Path((vhost, name)): Path<(String, String)>,
+    headers: HeaderMap,
+) -> Response {
+    if authenticate(&broker, &headers).is_none() {
+        return unauthorized();
+    }
+    match broker.vhost(&vhost).and_then(|v| v.queue(&name).ok()) {
+        Some(q) => Json(queue_json(&q)).into_response(),
+        None => not_found(),
+    }
+}
+
+async fn exchanges(State(broker): State<Arc<Broker>>, headers: HeaderMap) -> Response {
+    if authenticate(&broker, &headers).is_none() {
+        return unauthorized();
+    }
+    let list = broker
+        .vhosts()
+        .iter()
+        .flat_map(|v| {
+            v.exchanges()
+                .iter()
+                .map(|e| exchange_json(&v.name, e))
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    sorted(list)
+}
+
+async fn exchanges_in(
+    State(broker): State<Arc<Broker>>,
+    Path(vhost): Path<String>,
+    headers: HeaderMap,
+) -> Response {
+    if authenticate(&broker, &headers).is_none() {
+        return unauthorized();
+    }
+    let Some(v) = broker.vhost(&vhost) else {
+        return not_found();
+    };
+    sorted(
+        v.exchanges()
+            .iter()
+            .map(|e| exchange_json(&v.name, e))
+            .collect(),
+    )
+}
+
+async fn exchange(
+    State(broker): State<Arc<Broker>>,
+    Path((vhost, name)): Path<(String, String)>,
+    headers: HeaderMap,
+) -> Response {
+    if authenticate(&broker, &headers).is_none() {
+        return unauthorized();
+    }
+    match broker.vhost(&vhost).and_then(|v| v.exchange(&name).ok()) {
+        Some(e) => Json(exchange_json(&vhost, &e)).into_response(),
+        None => not_found(),
     }
 }
 
