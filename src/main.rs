@@ -90,6 +90,7 @@ fn serve(args: ServeArgs) -> ExitCode {
         }
     };
     runtime.block_on(async move {
+        let shutdown = shutdown_signal();
         let listen = config.server.listen.clone();
         let mgmt_listen = config.server.mgmt_listen.clone();
         let broker = match leveret::Broker::open(config) {
@@ -112,31 +113,39 @@ fn serve(args: ServeArgs) -> ExitCode {
             Err(e) => error!(error = %e, "cannot read bound address"),
         }
         let mgmt = leveret::server::bind_mgmt(&mgmt_listen).await;
-        leveret::serve(listener, mgmt, broker, shutdown_signal()).await;
+        leveret::serve(listener, mgmt, broker, shutdown).await;
         info!("stopped");
         ExitCode::SUCCESS
     })
 }
 
-/// Completes on SIGINT or SIGTERM.
-async fn shutdown_signal() {
+/// Completes on SIGINT or SIGTERM. The handlers are installed when this is
+/// called, not when the future is first polled: a SIGTERM arriving while
+/// the broker is still starting must stop it gracefully, not kill it.
+fn shutdown_signal() -> impl std::future::Future<Output = ()> {
     #[cfg(unix)]
     {
         use tokio::signal::unix::{signal, SignalKind};
-        let mut term = match signal(SignalKind::terminate()) {
-            Ok(s) => s,
-            Err(_) => {
-                let _ = tokio::signal::ctrl_c().await;
-                return;
+        let term = signal(SignalKind::terminate());
+        let int = signal(SignalKind::interrupt());
+        async move {
+            match (term, int) {
+                (Ok(mut term), Ok(mut int)) => {
+                    tokio::select! {
+                        _ = int.recv() => info!("SIGINT received"),
+                        _ = term.recv() => info!("SIGTERM received"),
+                    }
+                }
+                _ => {
+                    let _ = tokio::signal::ctrl_c().await;
+                }
             }
-        };
-        tokio::select! {
-            _ = tokio::signal::ctrl_c() => info!("SIGINT received"),
-            _ = term.recv() => info!("SIGTERM received"),
         }
     }
     #[cfg(not(unix))]
     {
-        let _ = tokio::signal::ctrl_c().await;
+        async {
+            let _ = tokio::signal::ctrl_c().await;
+        }
     }
 }
