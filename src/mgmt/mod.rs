@@ -6,10 +6,12 @@
 
 use crate::broker::Broker;
 use crate::store::QueuedMessage;
-use axum::extract::{Path, State};
+use axum::extract::{Path, Request, State};
 use axum::http::{header, HeaderMap, StatusCode};
+use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
+use axum::Extension;
 use axum::{Json, Router};
 use base64::Engine;
 use serde_json::{json, Value};
@@ -38,12 +40,36 @@ pub async fn serve(
         .route("/api/exchanges/{vhost}/{name}", get(exchange))
         .route("/api/health/checks/alarms", get(alarms))
         .route("/api/aliveness-test/{vhost}", get(aliveness))
+        .route_layer(middleware::from_fn_with_state(broker.clone(), require_user))
         .with_state(broker);
     if let Err(e) = axum::serve(listener, app)
         .with_graceful_shutdown(shutdown)
         .await
     {
         tracing::error!(error = %e, "management API stopped");
+    }
+}
+
+/// The user a request authenticated as.
+#[derive(Clone)]
+struct User {
+    name: String,
+    tags: Vec<String>,
+}
+
+/// Every route: RabbitMQ's 401 unless the request authenticates as a user
+/// allowed in; the user is handed on to the handler.
+async fn require_user(
+    State(broker): State<Arc<Broker>>,
+    mut request: Request,
+    next: Next,
+) -> Response {
+    match authenticate(&broker, request.headers()) {
+        Some((name, tags)) => {
+            request.extensions_mut().insert(User { name, tags });
+            next.run(request).await
+        }
+        None => unauthorized(),
     }
 }
 
@@ -75,10 +101,7 @@ fn unauthorized() -> Response {
         .into_response()
 }
 
-async fn overview(State(broker): State<Arc<Broker>>, headers: HeaderMap) -> Response {
-    if authenticate(&broker, &headers).is_none() {
-        return unauthorized();
-    }
+async fn overview(State(broker): State<Arc<Broker>>) -> Response {
     let (mut queues, mut exchanges, mut consumers) = (0usize, 0usize, 0usize);
     let (mut ready, mut unacked) = (0usize, 0usize);
     for vhost in broker.vhosts() {
@@ -111,17 +134,11 @@ async fn overview(State(broker): State<Arc<Broker>>, headers: HeaderMap) -> Resp
     .into_response()
 }
 
-async fn whoami(State(broker): State<Arc<Broker>>, headers: HeaderMap) -> Response {
-    match authenticate(&broker, &headers) {
-        Some((name, tags)) => Json(json!({"name": name, "tags": tags})).into_response(),
-        None => unauthorized(),
-    }
+async fn whoami(Extension(user): Extension<User>) -> Response {
+    Json(json!({"name": user.name, "tags": user.tags})).into_response()
 }
 
-async fn vhosts(State(broker): State<Arc<Broker>>, headers: HeaderMap) -> Response {
-    if authenticate(&broker, &headers).is_none() {
-        return unauthorized();
-    }
+async fn vhosts(State(broker): State<Arc<Broker>>) -> Response {
     let mut list: Vec<Value> = broker
         .vhosts()
         .iter()
@@ -145,10 +162,7 @@ async fn vhosts(State(broker): State<Arc<Broker>>, headers: HeaderMap) -> Respon
 }
 
 /// RabbitMQ's /api/health/checks/alarms: 200 without alarms, 503 with.
-async fn alarms(State(broker): State<Arc<Broker>>, headers: HeaderMap) -> Response {
-    if authenticate(&broker, &headers).is_none() {
-        return unauthorized();
-    }
+async fn alarms(State(broker): State<Arc<Broker>>) -> Response {
     if broker.memory.is_blocked() {
         return (
             StatusCode::SERVICE_UNAVAILABLE,
@@ -165,14 +179,7 @@ async fn alarms(State(broker): State<Arc<Broker>>, headers: HeaderMap) -> Respon
 
 /// RabbitMQ's aliveness test: declare `aliveness-test`, publish a message
 /// to it and get it back.
-async fn aliveness(
-    State(broker): State<Arc<Broker>>,
-    Path(vhost): Path<String>,
-    headers: HeaderMap,
-) -> Response {
-    if authenticate(&broker, &headers).is_none() {
-        return unauthorized();
-    }
+async fn aliveness(State(broker): State<Arc<Broker>>, Path(vhost): Path<String>) -> Response {
     let Some(v) = broker.vhost(&vhost) else {
         return (
             StatusCode::NOT_FOUND,
@@ -296,10 +303,7 @@ fn sorted(mut list: Vec<Value>) -> Response {
     Json(Value::Array(list)).into_response()
 }
 
-async fn queues(State(broker): State<Arc<Broker>>, headers: HeaderMap) -> Response {
-    if authenticate(&broker, &headers).is_none() {
-        return unauthorized();
-    }
+async fn queues(State(broker): State<Arc<Broker>>) -> Response {
     let list = broker
         .vhosts()
         .iter()
@@ -309,14 +313,7 @@ async fn queues(State(broker): State<Arc<Broker>>, headers: HeaderMap) -> Respon
     sorted(list)
 }
 
-async fn queues_in(
-    State(broker): State<Arc<Broker>>,
-    Path(vhost): Path<String>,
-    headers: HeaderMap,
-) -> Response {
-    if authenticate(&broker, &headers).is_none() {
-        return unauthorized();
-    }
+async fn queues_in(State(broker): State<Arc<Broker>>, Path(vhost): Path<String>) -> Response {
     let Some(v) = broker.vhost(&vhost) else {
         return not_found();
     };
@@ -326,21 +323,14 @@ async fn queues_in(
 async fn queue(
     State(broker): State<Arc<Broker>>,
     Path((vhost, name)): Path<(String, String)>,
-    headers: HeaderMap,
 ) -> Response {
-    if authenticate(&broker, &headers).is_none() {
-        return unauthorized();
-    }
     match broker.vhost(&vhost).and_then(|v| v.queue(&name).ok()) {
         Some(q) => Json(queue_json(&q)).into_response(),
         None => not_found(),
     }
 }
 
-async fn exchanges(State(broker): State<Arc<Broker>>, headers: HeaderMap) -> Response {
-    if authenticate(&broker, &headers).is_none() {
-        return unauthorized();
-    }
+async fn exchanges(State(broker): State<Arc<Broker>>) -> Response {
     let list = broker
         .vhosts()
         .iter()
@@ -354,14 +344,7 @@ async fn exchanges(State(broker): State<Arc<Broker>>, headers: HeaderMap) -> Res
     sorted(list)
 }
 
-async fn exchanges_in(
-    State(broker): State<Arc<Broker>>,
-    Path(vhost): Path<String>,
-    headers: HeaderMap,
-) -> Response {
-    if authenticate(&broker, &headers).is_none() {
-        return unauthorized();
-    }
+async fn exchanges_in(State(broker): State<Arc<Broker>>, Path(vhost): Path<String>) -> Response {
     let Some(v) = broker.vhost(&vhost) else {
         return not_found();
     };
@@ -376,11 +359,7 @@ async fn exchanges_in(
 async fn exchange(
     State(broker): State<Arc<Broker>>,
     Path((vhost, name)): Path<(String, String)>,
-    headers: HeaderMap,
 ) -> Response {
-    if authenticate(&broker, &headers).is_none() {
-        return unauthorized();
-    }
     match broker.vhost(&vhost).and_then(|v| v.exchange(&name).ok()) {
         Some(e) => Json(exchange_json(&vhost, &e)).into_response(),
         None => not_found(),
