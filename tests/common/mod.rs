@@ -6,6 +6,7 @@
 #![allow(dead_code)]
 
 pub mod amqp;
+pub mod http;
 pub mod process;
 pub mod raw;
 
