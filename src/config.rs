@@ -80,6 +80,7 @@ pub struct LimitsConfig {
 pub struct AuthConfig {
     pub default_user: String,
     pub default_pass: String,
+    pub default_user_tags: Vec<String>,
     pub default_vhost: String,
     pub loopback_users: Vec<String>,
 }
@@ -115,6 +116,7 @@ impl Default for AuthConfig {
         AuthConfig {
             default_user: "guest".into(),
             default_pass: "guest".into(),
+            default_user_tags: vec!["administrator".into()],
             default_vhost: "/".into(),
             loopback_users: vec!["guest".into()],
         }

@@ -5,6 +5,7 @@
 //! → exchange bindings (read) → queue state → consumer channel state →
 //! outbox. Never two queue locks at once; never `.await` or I/O under a lock.
 
+pub mod access;
 pub mod consumer;
 pub mod dead_letter;
 pub mod exchange;
@@ -18,6 +19,7 @@ pub mod vhost;
 use crate::channel::shared::ChannelShared;
 use crate::config::Config;
 use crate::store::{Store, StoreError};
+use access::{AccessControl, Permission, PermissionRecord, UserRecord, VhostRecord};
 use dashmap::DashMap;
 use memory::MemoryGauge;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -29,12 +31,6 @@ use vhost::VHost;
 pub struct ReplyTo {
     pub channel: Arc<ChannelShared>,
     pub consumer_tag: String,
-}
-
-pub struct User {
-    pub name: String,
-    pub password: String,
-    pub tags: Vec<String>,
 }
 
 /// What the broker keeps about a live connection, to close it from outside.
@@ -49,7 +45,8 @@ pub struct ConnectionHandle {
 pub struct Broker {
     pub config: Config,
     vhosts: DashMap<String, Arc<VHost>>,
-    users: DashMap<String, User>,
+    /// Users, vhost records and permissions.
+    pub access: AccessControl,
     /// Direct reply-to consumers by their `amq.rabbitmq.reply-to.…` name.
     pub reply_to: DashMap<String, ReplyTo>,
     pub connections: DashMap<u64, ConnectionHandle>,
@@ -65,13 +62,15 @@ impl Broker {
     /// Opens the store in the configured data directory and restores the
     /// durable topology and messages it holds.
     pub fn open(config: Config) -> Result<Arc<Broker>, StoreError> {
-        let (store, recovered) = Store::open(&config.server.data_dir, &config.storage)?;
+        let (store, mut recovered) = Store::open(&config.server.data_dir, &config.storage)?;
         let (dead_letters, dead_letter_rx) = dead_letter::DeadLetters::channel();
+        let access::Loaded { access, seeded } =
+            AccessControl::load(store.clone(), &std::mem::take(&mut recovered.access));
         let broker = Broker {
+            access,
             dead_letters,
             timers: timers::Timers::start(),
             vhosts: DashMap::new(),
-            users: DashMap::new(),
             reply_to: DashMap::new(),
             connections: DashMap::new(),
             next_id: AtomicU64::new(1),
@@ -79,7 +78,12 @@ impl Broker {
             store,
             config,
         };
-        broker.add_vhost(&broker.config.auth.default_vhost.clone());
+        if !seeded {
+            broker.seed_defaults();
+        }
+        for record in broker.access.vhost_records() {
+            broker.add_vhost(&record.name);
+        }
         for r in recovered.exchanges {
             broker.add_vhost(&r.vhost).restore_exchange(r);
         }
@@ -89,14 +93,16 @@ impl Broker {
         for b in recovered.bindings {
             broker.add_vhost(&b.vhost).restore_binding(b);
         }
-        broker.users.insert(
-            broker.config.auth.default_user.clone(),
-            User {
-                name: broker.config.auth.default_user.clone(),
-                password: broker.config.auth.default_pass.clone(),
-                tags: vec!["administrator".into()],
-            },
-        );
+        // A store from before vhosts were recorded names them only in its
+        // topology; give each a record so it is listed and can be deleted.
+        for vhost in broker.vhosts() {
+            if broker.access.vhost(&vhost.name).is_none() {
+                broker.access.put_vhost(VhostRecord {
+                    name: vhost.name.clone(),
+                    ..Default::default()
+                });
+            }
+        }
         let broker = Arc::new(broker);
         let weak = Arc::downgrade(&broker);
         std::thread::Builder::new()
@@ -104,6 +110,59 @@ impl Broker {
             .spawn(move || dead_letter::run(weak, dead_letter_rx))
             .expect("spawn the dead-letter thread");
         Ok(broker)
+    }
+
+    /// First start: the configured default vhost and user, with full
+    /// permissions there, as RabbitMQ creates guest on a fresh node.
+    fn seed_defaults(&self) {
+        let auth = &self.config.auth;
+        self.access.put_vhost(VhostRecord {
+            name: auth.default_vhost.clone(),
+            description: "Default virtual host".into(),
+            tags: Vec::new(),
+        });
+        if !auth.default_user.is_empty() {
+            self.access.put_user(UserRecord::with_password(
+                &auth.default_user,
+                &auth.default_pass,
+                auth.default_user_tags.clone(),
+            ));
+            let all = ".*".to_string();
+            let permission = Permission::compile(PermissionRecord {
+                user: auth.default_user.clone(),
+                vhost: auth.default_vhost.clone(),
+                configure: all.clone(),
+                write: all.clone(),
+                read: all,
+            })
+            .expect(".* compiles");
+            self.access.put_permission(permission);
+        }
+        self.access.mark_seeded();
+    }
+
+    /// Creates a vhost (or updates its description and tags); true when new.
+    pub fn create_vhost(&self, record: VhostRecord) -> bool {
+        let name = record.name.clone();
+        let created = self.access.put_vhost(record);
+        self.add_vhost(&name);
+        created
+    }
+
+    /// Deletes a vhost: its connections are closed, its queues (with their
+    /// messages), exchanges, bindings and permissions removed.
+    pub fn delete_vhost(&self, name: &str) -> bool {
+        let existed = self.access.delete_vhost(name);
+        let Some((_, vhost)) = self.vhosts.remove(name) else {
+            return existed;
+        };
+        for c in self.connections.iter() {
+            if c.vhost == name {
+                let _ = c.close.send(Some(format!("vhost '{name}' is deleted")));
+            }
+        }
+        vhost.delete_everything();
+        true
     }
 
     pub fn add_vhost(&self, name: &str) -> Arc<VHost> {
@@ -125,20 +184,13 @@ impl Broker {
         self.vhosts.iter().map(|v| v.clone()).collect()
     }
 
-    /// The tags of `user` when `password` is right.
-    pub fn user_tags(&self, user: &str, password: &str) -> Option<Vec<String>> {
-        let u = self.users.get(user)?;
-        (u.password == password).then(|| u.tags.clone())
-    }
-
     pub fn vhost(&self, name: &str) -> Option<Arc<VHost>> {
         self.vhosts.get(name).map(|v| v.clone())
     }
 
     /// Checks credentials; `None` when the user is unknown or the password wrong.
-    pub fn authenticate(&self, user: &str, password: &str) -> Option<()> {
-        let u = self.users.get(user)?;
-        (u.password == password).then_some(())
+    pub fn authenticate(&self, user: &str, password: &str) -> Option<Arc<UserRecord>> {
+        self.access.authenticate(user, password)
     }
 
     pub fn is_loopback_only(&self, user: &str) -> bool {

@@ -605,6 +605,17 @@ impl VHost {
         count
     }
 
+    /// Removes every queue (with its messages) and exchange: the vhost is
+    /// being deleted.
+    pub fn delete_everything(&self) {
+        for queue in self.queues() {
+            self.delete_queue(&queue);
+        }
+        for exchange in self.exchanges() {
+            self.remove_exchange(&exchange);
+        }
+    }
+
     pub fn bind(&self, source: &Arc<Exchange>, binding: Binding) {
         let record = self.durable_binding(
             source,

@@ -3,6 +3,7 @@
 use super::publish::{Settlement, DIRECT_REPLY_TO};
 use super::shared::Settle;
 use super::{Channel, ConnCtx};
+use crate::broker::access::{Access, Resource};
 use crate::broker::consumer::Consumer;
 use crate::broker::ReplyTo;
 use crate::error::AmqpError;
@@ -89,7 +90,9 @@ impl Channel {
         if c.queue.as_str() == DIRECT_REPLY_TO {
             return self.consume_direct_reply_to(ctx, c, tag);
         }
-        let queue = ctx.vhost.queue(self.queue_name(c.queue.as_str())?)?;
+        let name = self.queue_name(c.queue.as_str())?;
+        ctx.check(Access::Read, Resource::Queue, name)?;
+        let queue = ctx.vhost.queue(name)?;
         queue.check_owner(ctx.id)?;
         let priority = consumer_priority(&c.arguments, &queue)?;
         let consumer = Arc::new(Consumer {
@@ -182,7 +185,9 @@ impl Channel {
     }
 
     fn handle_basic_get(&mut self, ctx: &mut ConnCtx, g: basic::Get) -> Result<(), AmqpError> {
-        let queue = ctx.vhost.queue(self.queue_name(g.queue.as_str())?)?;
+        let name = self.queue_name(g.queue.as_str())?;
+        ctx.check(Access::Read, Resource::Queue, name)?;
+        let queue = ctx.vhost.queue(name)?;
         queue.check_owner(ctx.id)?;
         match queue.get(g.no_ack) {
             Some((msg, remaining)) => self.shared.deliver_get(&queue, msg, remaining, g.no_ack),

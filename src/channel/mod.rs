@@ -6,6 +6,7 @@ pub mod publish;
 pub mod shared;
 pub mod topology;
 
+use crate::broker::access::{Access, Resource};
 use crate::broker::queue::Queue;
 use crate::broker::vhost::VHost;
 use crate::broker::Broker;
@@ -33,6 +34,52 @@ pub struct ConnCtx {
     pub has_published: bool,
     /// Exclusive queues this connection declared, deleted when it closes.
     pub exclusive_queues: Vec<Arc<Queue>>,
+    /// Recent successful permission checks, so a publisher is not matched
+    /// against a regex per message.
+    pub allowed: AllowedCache,
+}
+
+/// The last few permission checks that passed (RabbitMQ keeps 12 per
+/// channel), valid while no user or permission changed.
+#[derive(Default)]
+pub struct AllowedCache {
+    generation: u64,
+    entries: Vec<(Access, Resource, String)>,
+}
+
+const ALLOWED_CACHE_SIZE: usize = 12;
+
+impl ConnCtx {
+    /// RabbitMQ's permission check for `access` to a named resource in this
+    /// connection's vhost: 403 ACCESS_REFUSED naming it when refused.
+    pub fn check(
+        &mut self,
+        access: Access,
+        resource: Resource,
+        name: &str,
+    ) -> Result<(), AmqpError> {
+        let generation = self.broker.access.generation();
+        let cache = &mut self.allowed;
+        if cache.generation != generation {
+            cache.generation = generation;
+            cache.entries.clear();
+        }
+        if cache
+            .entries
+            .iter()
+            .any(|(a, r, n)| *a == access && *r == resource && n == name)
+        {
+            return Ok(());
+        }
+        self.broker
+            .access
+            .check(&self.user, &self.vhost.name, access, resource, name)?;
+        if cache.entries.len() == ALLOWED_CACHE_SIZE {
+            cache.entries.remove(0);
+        }
+        cache.entries.push((access, resource, name.to_string()));
+        Ok(())
+    }
 }
 
 pub struct Channel {

@@ -3,6 +3,7 @@
 
 use super::shared::Settle;
 use super::{Channel, ConnCtx};
+use crate::broker::access::{Access, Resource};
 use crate::broker::exchange::RoutingInfo;
 use crate::broker::message::{parse_expiration, Message};
 use crate::error::AmqpError;
@@ -172,6 +173,7 @@ impl Channel {
         mut view: PropertiesView,
         body: Bytes,
     ) -> Result<(), AmqpError> {
+        ctx.check(Access::Write, Resource::Exchange, &publish.exchange)?;
         let exchange = ctx.vhost.exchange(&publish.exchange)?;
         if exchange.internal {
             return Err(AmqpError::access_refused(format_args!(

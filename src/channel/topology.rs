@@ -2,15 +2,31 @@
 
 use super::basic::random_name;
 use super::{Channel, ConnCtx};
+use crate::broker::access::{Access, Resource};
 use crate::broker::exchange::headers::HeadersMatcher;
 use crate::broker::exchange::{Binding, Destination, ExchangeKind};
 use crate::broker::vhost::{ExchangeDeclare, QueueDeclare};
 use crate::error::AmqpError;
 use amq_protocol::protocol::{exchange, queue, AMQPClass};
-use amq_protocol::types::FieldTable;
+use amq_protocol::types::{AMQPValue, FieldTable};
 
 fn default_exchange_refused() -> AmqpError {
     AmqpError::access_refused("operation not permitted on the default exchange")
+}
+
+/// RabbitMQ's checks for a (un)bind, in its order: write on the
+/// destination, neither end the default exchange, read on the source.
+fn check_bind(
+    ctx: &mut ConnCtx,
+    kind: Resource,
+    destination: &str,
+    source: &str,
+) -> Result<(), AmqpError> {
+    ctx.check(Access::Write, kind, destination)?;
+    if source.is_empty() || (kind == Resource::Exchange && destination.is_empty()) {
+        return Err(default_exchange_refused());
+    }
+    ctx.check(Access::Read, Resource::Exchange, source)
 }
 
 impl Channel {
@@ -21,6 +37,18 @@ impl Channel {
     ) -> Result<(), AmqpError> {
         match m {
             exchange::AMQPMethod::Declare(d) => {
+                let name = d.exchange.as_str();
+                if !d.passive && !name.is_empty() && ExchangeKind::parse(d.kind.as_str()).is_some()
+                {
+                    ctx.check(Access::Configure, Resource::Exchange, name)?;
+                    if let (Some(AMQPValue::LongString(ae)), Err(_)) = (
+                        d.arguments.inner().get("alternate-exchange"),
+                        ctx.vhost.exchange(name),
+                    ) {
+                        ctx.check(Access::Read, Resource::Exchange, name)?;
+                        ctx.check(Access::Write, Resource::Exchange, &ae.to_string())?;
+                    }
+                }
                 ctx.vhost.declare_exchange(&ExchangeDeclare {
                     name: d.exchange.as_str(),
                     kind: d.kind.as_str(),
@@ -38,6 +66,10 @@ impl Channel {
                 }
             }
             exchange::AMQPMethod::Delete(d) => {
+                let name = d.exchange.as_str();
+                if !name.is_empty() && !name.starts_with("amq.") {
+                    ctx.check(Access::Configure, Resource::Exchange, name)?;
+                }
                 ctx.vhost
                     .delete_exchange(d.exchange.as_str(), d.if_unused)?;
                 if !d.nowait {
@@ -48,6 +80,12 @@ impl Channel {
                 }
             }
             exchange::AMQPMethod::Bind(b) => {
+                check_bind(
+                    ctx,
+                    Resource::Exchange,
+                    b.destination.as_str(),
+                    b.source.as_str(),
+                )?;
                 self.bind(
                     ctx,
                     b.source.as_str(),
@@ -64,6 +102,12 @@ impl Channel {
                 }
             }
             exchange::AMQPMethod::Unbind(b) => {
+                check_bind(
+                    ctx,
+                    Resource::Exchange,
+                    b.destination.as_str(),
+                    b.source.as_str(),
+                )?;
                 self.bind(
                     ctx,
                     b.source.as_str(),
@@ -140,6 +184,16 @@ impl Channel {
                 } else {
                     self.queue_name(d.queue.as_str())?.to_string()
                 };
+                if !d.passive {
+                    ctx.check(Access::Configure, Resource::Queue, &name)?;
+                    if let (Some(AMQPValue::LongString(dlx)), Err(_)) = (
+                        d.arguments.inner().get("x-dead-letter-exchange"),
+                        ctx.vhost.queue(&name),
+                    ) {
+                        ctx.check(Access::Read, Resource::Queue, &name)?;
+                        ctx.check(Access::Write, Resource::Exchange, &dlx.to_string())?;
+                    }
+                }
                 let (queue, created) = ctx.vhost.declare_queue(&QueueDeclare {
                     name: &name,
                     passive: d.passive,
@@ -166,7 +220,9 @@ impl Channel {
                 }
             }
             queue::AMQPMethod::Bind(b) => {
-                let queue = ctx.vhost.queue(self.queue_name(b.queue.as_str())?)?;
+                let name = self.queue_name(b.queue.as_str())?;
+                check_bind(ctx, Resource::Queue, name, b.exchange.as_str())?;
+                let queue = ctx.vhost.queue(name)?;
                 queue.check_owner(ctx.id)?;
                 self.bind(
                     ctx,
@@ -183,7 +239,9 @@ impl Channel {
                 }
             }
             queue::AMQPMethod::Unbind(b) => {
-                let queue = ctx.vhost.queue(self.queue_name(b.queue.as_str())?)?;
+                let name = self.queue_name(b.queue.as_str())?;
+                check_bind(ctx, Resource::Queue, name, b.exchange.as_str())?;
+                let queue = ctx.vhost.queue(name)?;
                 queue.check_owner(ctx.id)?;
                 self.bind(
                     ctx,
@@ -199,7 +257,9 @@ impl Channel {
                     )));
             }
             queue::AMQPMethod::Purge(p) => {
-                let queue = ctx.vhost.queue(self.queue_name(p.queue.as_str())?)?;
+                let name = self.queue_name(p.queue.as_str())?;
+                ctx.check(Access::Read, Resource::Queue, name)?;
+                let queue = ctx.vhost.queue(name)?;
                 queue.check_owner(ctx.id)?;
                 let count = queue.purge();
                 if !p.nowait {
@@ -212,7 +272,9 @@ impl Channel {
                 }
             }
             queue::AMQPMethod::Delete(d) => {
-                let count = match ctx.vhost.queue(self.queue_name(d.queue.as_str())?) {
+                let name = self.queue_name(d.queue.as_str())?;
+                ctx.check(Access::Configure, Resource::Queue, name)?;
+                let count = match ctx.vhost.queue(name) {
                     Ok(queue) => {
                         queue.check_owner(ctx.id)?;
                         queue.check_delete(d.if_unused, d.if_empty)?;

@@ -291,6 +291,14 @@ impl Connection {
             ))
             .on_method(10, 40));
         };
+        if self.broker.access.permission(&vhost.name, &user).is_none() {
+            warn!(peer = %self.peer, %user, vhost = %vhost.name, "no permissions on the vhost");
+            return Err(AmqpError::not_allowed(format_args!(
+                "access to vhost '{}' refused for user '{user}'",
+                vhost.name
+            ))
+            .on_method(10, 40));
+        }
         self.send0(AMQPClass::Connection(connection::AMQPMethod::OpenOk(
             connection::OpenOk {},
         )));
@@ -309,6 +317,7 @@ impl Connection {
                 ),
                 has_published: false,
                 exclusive_queues: Vec::new(),
+                allowed: Default::default(),
             },
             channel_max,
             heartbeat,

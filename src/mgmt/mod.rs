@@ -82,7 +82,7 @@ fn authenticate(broker: &Broker, headers: &HeaderMap) -> Option<(String, Vec<Str
         .and_then(|b64| base64::engine::general_purpose::STANDARD.decode(b64).ok())
         .and_then(|raw| String::from_utf8(raw).ok())?;
     let (user, password) = credentials.split_once(':')?;
-    let tags = broker.user_tags(user, password)?;
+    let tags = broker.authenticate(user, password)?.tags.clone();
     tags.iter()
         .any(|t| MANAGEMENT_TAGS.contains(&t.as_str()))
         .then(|| (user.to_string(), tags))

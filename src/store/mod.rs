@@ -202,6 +202,8 @@ pub struct Store {
     path: PathBuf,
     db: sled::Db,
     meta: sled::Tree,
+    /// Vhosts, users and permissions (`broker::access` encodes them).
+    access: sled::Tree,
     persister: Sender<Op>,
     thread: parking_lot::Mutex<Option<std::thread::JoinHandle<()>>>,
     next_msg_id: AtomicU64,
@@ -341,6 +343,18 @@ impl Store {
     /// Applies a topology change and flushes it before the client hears
     /// declare-ok / bind-ok, as RabbitMQ does. Topology changes are rare; a
     /// blocking flush here keeps them simple and honest.
+    /// Writes (or with `None` removes) one access-control record, flushed.
+    pub fn put_access(&self, key: &[u8], value: Option<&[u8]>) {
+        let result = match value {
+            Some(v) => self.access.insert(key, v).map(drop),
+            None => self.access.remove(key).map(drop),
+        }
+        .and_then(|()| self.db.flush().map(drop));
+        if let Err(e) = result {
+            tracing::error!(error = %e, path = %self.path.display(), "cannot write users or permissions to the store");
+        }
+    }
+
     fn write_meta(&self, change: impl FnOnce(&sled::Tree) -> sled::Result<()>) {
         let result = change(&self.meta).and_then(|()| self.db.flush().map(drop));
         if let Err(e) = result {

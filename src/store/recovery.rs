@@ -22,6 +22,8 @@ pub struct Recovered {
     pub exchanges: Vec<ExchangeRecord>,
     pub queues: Vec<RecoveredQueue>,
     pub bindings: Vec<BindingRecord>,
+    /// The `access` tree (vhosts, users, permissions), as stored.
+    pub access: Vec<(Vec<u8>, Vec<u8>)>,
 }
 
 pub struct RecoveredQueue {
@@ -53,7 +55,7 @@ pub fn open(dir: &Path, config: &StorageConfig) -> Result<(Arc<Store>, Recovered
     };
     // sled may panic on a corrupted log rather than return an error; turn
     // that into a clear refusal instead of a crash with a backtrace.
-    let (db, meta, marks, topology) = quietly(|| -> Result<_, StoreError> {
+    let (db, meta, access, marks, topology) = quietly(|| -> Result<_, StoreError> {
         let db = sled::Config::new()
             .path(dir)
             .cache_capacity(config.cache_capacity)
@@ -68,9 +70,17 @@ pub fn open(dir: &Path, config: &StorageConfig) -> Result<(Arc<Store>, Recovered
                 },
             })?;
         let meta = db.open_tree("meta").map_err(|e| damaged(e.to_string()))?;
+        let access = db.open_tree("access").map_err(|e| damaged(e.to_string()))?;
         let marks = db.open_tree("marks").map_err(|e| damaged(e.to_string()))?;
-        let topology = read_topology(dir, &db, &meta, &marks)?;
-        Ok((db, meta, marks, topology))
+        let mut topology = read_topology(dir, &db, &meta, &marks)?;
+        for item in access.iter() {
+            let (key, value) = item.map_err(|e| damaged(e.to_string()))?;
+            topology
+                .recovered
+                .access
+                .push((key.to_vec(), value.to_vec()));
+        }
+        Ok((db, meta, access, marks, topology))
     })
     .unwrap_or_else(|panic| Err(damaged(panic)))?;
     let Topology {
@@ -87,12 +97,13 @@ pub fn open(dir: &Path, config: &StorageConfig) -> Result<(Arc<Store>, Recovered
         .collect();
     let mut live: HashMap<u32, u64> = HashMap::new();
     let mut segment_ends: HashMap<u32, u64> = HashMap::new();
-    let (mut all_entries, mut dropped) = (0u64, 0u64);
+    let (mut all_entries, mut dropped, mut orphans) = (0u64, 0u64, 0u64);
     let io = |path: PathBuf| move |source| StoreError::Io { path, source };
     let (mut index, bad) = QueueIndexes::open(&dir.join(QUEUE_DIR), |queue_id, slot| {
         all_entries += 1;
         let Some(scan) = scans.get_mut(&queue_id) else {
             dropped += 1;
+            orphans += 1;
             return false;
         };
         if slot.flags & record::TRANSIENT != 0 {
@@ -124,6 +135,13 @@ pub fn open(dir: &Path, config: &StorageConfig) -> Result<(Arc<Store>, Recovered
         if expected != all_entries {
             return Err(damaged(format!(
                 "the last clean stop left {expected} queued messages but {all_entries} are readable"
+            )));
+        }
+        // A clean stop finishes every queue deletion, so entries without a
+        // queue record mean the topology lost records.
+        if orphans > 0 {
+            return Err(damaged(format!(
+                "{orphans} queued messages belong to queues missing from the topology"
             )));
         }
     }
@@ -202,6 +220,7 @@ pub fn open(dir: &Path, config: &StorageConfig) -> Result<(Arc<Store>, Recovered
         path: dir.to_owned(),
         db,
         meta,
+        access,
         persister: tx,
         thread: parking_lot::Mutex::new(Some(thread)),
         next_msg_id: AtomicU64::new(1),
