@@ -169,15 +169,7 @@ fn republish(broker: &Broker, letter: DeadLetter) {
         original.body.clone(),
         persistent,
     ));
-    if persistent {
-        let durable = queues.iter().filter(|q| q.store_id.is_some()).count() as u32;
-        if durable > 0 {
-            broker.store.store_message(&message, durable);
-        }
-    }
-    for q in queues {
-        q.publish(message.clone());
-    }
+    vhost.enqueue(&queues, &message);
 }
 
 /// Adds (or counts again) this death in `x-death`, most recent first, and

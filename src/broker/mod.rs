@@ -13,6 +13,7 @@ pub mod memory;
 pub mod message;
 pub mod queue;
 pub mod queue_args;
+pub mod queue_stats;
 pub mod timers;
 pub mod vhost;
 
@@ -33,11 +34,28 @@ pub struct ReplyTo {
     pub consumer_tag: String,
 }
 
-/// What the broker keeps about a live connection, to close it from outside.
+/// A connection's open channels by number.
+pub type ChannelRegistry =
+    Arc<parking_lot::Mutex<std::collections::BTreeMap<u16, Arc<ChannelShared>>>>;
+
+/// What the broker keeps about a live connection: what the management API
+/// shows, and the means to close it from outside.
 pub struct ConnectionHandle {
+    /// RabbitMQ's connection name, `peer -> local`.
+    pub name: String,
     pub vhost: String,
     pub user: String,
-    pub peer: String,
+    pub peer: std::net::SocketAddr,
+    pub local: String,
+    pub client_properties: amq_protocol::types::FieldTable,
+    pub auth_mechanism: String,
+    /// ms since the Unix epoch.
+    pub connected_at: u64,
+    pub frame_max: u32,
+    pub channel_max: u16,
+    /// Negotiated heartbeat in seconds (0 = none).
+    pub heartbeat: u16,
+    pub channels: ChannelRegistry,
     /// Sending a reason asks the connection to close with 320 CONNECTION_FORCED.
     pub close: watch::Sender<Option<String>>,
 }
@@ -163,6 +181,11 @@ impl Broker {
         }
         vhost.delete_everything();
         true
+    }
+
+    /// Deletes a user and its permissions; false when there was none.
+    pub fn delete_user(&self, name: &str) -> bool {
+        self.access.delete_user(name)
     }
 
     pub fn add_vhost(&self, name: &str) -> Arc<VHost> {

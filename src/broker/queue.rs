@@ -9,6 +9,7 @@ use super::dead_letter::{with_delivery_count, DeadLetter, DeadLetters, Reason};
 use super::memory::MemoryGauge;
 use super::message::Message;
 use super::queue_args::{Overflow, QueueArgs, QueueType};
+use super::queue_stats::QueueStats;
 use super::timers::{now_ms, Timers};
 use crate::error::AmqpError;
 use crate::store::durable::DurableStore;
@@ -18,6 +19,7 @@ use crate::store::priority::{PriorityDisk, PriorityStore};
 use crate::store::{QueueStore, QueuedMessage, Receipt, Store};
 use amq_protocol::types::FieldTable;
 use parking_lot::{Condvar, Mutex};
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
@@ -53,6 +55,7 @@ pub struct Queue {
     state: Mutex<QueueState>,
     /// Signalled when messages come back from disk (basic.get waits on it).
     loaded: Condvar,
+    pub stats: QueueStats,
 }
 
 struct QueueState {
@@ -82,6 +85,8 @@ pub struct QueueCounts {
     pub ready: usize,
     pub unacked: usize,
     pub consumers: usize,
+    /// Bytes of ready messages held in memory.
+    pub memory: usize,
 }
 
 impl Queue {
@@ -139,6 +144,7 @@ impl Queue {
                 args,
                 store_id,
                 loaded: Condvar::new(),
+                stats: QueueStats::default(),
                 state: Mutex::new(QueueState {
                     ready,
                     next_seq,
@@ -217,6 +223,7 @@ impl Queue {
             ready: st.ready.len(),
             unacked: st.unacked,
             consumers: st.consumers.len(),
+            memory: st.ready.bytes(),
         }
     }
 
@@ -255,6 +262,7 @@ impl Queue {
             }
             return false;
         }
+        self.stats.published.fetch_add(1, Ordering::Relaxed);
         let before = st.ready.bytes();
         let seq = st.next_seq;
         st.next_seq += 1;
@@ -426,8 +434,10 @@ impl Queue {
                     let turn = (st.next_consumer + k) % size;
                     let consumer = st.consumers[group + turn].clone();
                     let receipt = msg.receipt();
+                    let redelivered = msg.redelivered;
                     match consumer.channel.try_deliver(&consumer, self, msg) {
                         Ok(()) => {
+                            self.stats.delivered(redelivered);
                             st.next_consumer = st.next_consumer.wrapping_add(k + 1);
                             if !consumer.no_ack {
                                 st.unacked += 1;
@@ -441,6 +451,7 @@ impl Queue {
                 group += size;
             }
             st.ready.unpop(msg);
+            self.stats.consumers_blocked();
             break;
         }
     }
@@ -470,6 +481,7 @@ impl Queue {
         if !no_ack {
             st.unacked += 1;
         }
+        self.stats.delivered(msg.redelivered);
         st.ready.delivered(msg.receipt(), no_ack);
         self.schedule_expiry(&mut st);
         self.account(before, &st);
@@ -482,6 +494,7 @@ impl Queue {
         for receipt in receipts {
             st.unacked = st.unacked.saturating_sub(1);
             st.ready.acked(receipt);
+            self.stats.acked.fetch_add(1, Ordering::Relaxed);
         }
     }
 

@@ -3,6 +3,7 @@
 use super::dead_letter::DeadLetters;
 use super::exchange::{Binding, Destination, Exchange, ExchangeKind, RoutingInfo};
 use super::memory::MemoryGauge;
+use super::message::Message;
 use super::queue::{OnDisk, Queue};
 use super::queue_args::{Declared, QueueArgs};
 use super::timers::Timers;
@@ -643,6 +644,25 @@ impl VHost {
             }
             self.maybe_auto_delete(source);
         }
+    }
+
+    /// Puts a routed message in its queues, its body written once to disk
+    /// when it is persistent and some are durable. Returns (stored on disk,
+    /// refused by a queue).
+    pub fn enqueue(&self, queues: &[Arc<Queue>], message: &Arc<Message>) -> (bool, bool) {
+        let mut stored = false;
+        if message.persistent {
+            let durable = queues.iter().filter(|q| q.store_id.is_some()).count() as u32;
+            if durable > 0 {
+                self.store.store_message(message, durable);
+                stored = true;
+            }
+        }
+        let mut refused = false;
+        for queue in queues {
+            refused |= !queue.publish(message.clone());
+        }
+        (stored, refused)
     }
 
     /// The queues a message published to `exchange` reaches, following

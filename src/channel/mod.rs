@@ -239,6 +239,7 @@ impl Channel {
         }
         if !self.confirm {
             self.confirm = true;
+            self.shared.set_mode(shared::Mode::Confirm);
         }
         if !nowait {
             self.shared
@@ -258,6 +259,7 @@ impl Channel {
                     ));
                 }
                 self.tx.get_or_insert_with(Transaction::default);
+                self.shared.set_mode(shared::Mode::Transactional);
                 self.shared
                     .send(AMQPClass::Tx(tx::AMQPMethod::SelectOk(tx::SelectOk {})));
             }

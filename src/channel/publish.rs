@@ -238,60 +238,50 @@ impl Channel {
     ) -> bool {
         let mut stored = false;
         let mut refused = false;
-        let routed = if publish.exchange.is_empty()
-            && publish.routing_key.starts_with(DIRECT_REPLY_TO)
-        {
-            match ctx.broker.reply_to.get(&publish.routing_key) {
-                Some(target) => {
-                    target
-                        .channel
-                        .deliver_direct(&target.consumer_tag, &message);
-                    true
+        let routed =
+            if publish.exchange.is_empty() && publish.routing_key.starts_with(DIRECT_REPLY_TO) {
+                match ctx.broker.reply_to.get(&publish.routing_key) {
+                    Some(target) => {
+                        target
+                            .channel
+                            .deliver_direct(&target.consumer_tag, &message);
+                        true
+                    }
+                    None => false,
                 }
-                None => false,
-            }
-        } else {
-            match ctx.vhost.exchange(&publish.exchange) {
-                Ok(exchange) => {
-                    let headers = || view.headers(&message.properties);
-                    let info = RoutingInfo {
-                        routing_key: &publish.routing_key,
-                        headers: &headers,
-                    };
-                    let mut queues = ctx.vhost.route(&exchange, &info);
-                    // Sender-selected distribution: CC and BCC headers add
-                    // routing keys; BCC is removed before delivery.
-                    if let Some((keys, without_bcc)) = sender_selected(&message, view) {
-                        for key in &keys {
-                            let info = RoutingInfo {
-                                routing_key: key,
-                                headers: &headers,
-                            };
-                            for q in ctx.vhost.route(&exchange, &info) {
-                                if !queues.iter().any(|x| Arc::ptr_eq(x, &q)) {
-                                    queues.push(q);
+            } else {
+                match ctx.vhost.exchange(&publish.exchange) {
+                    Ok(exchange) => {
+                        let headers = || view.headers(&message.properties);
+                        let info = RoutingInfo {
+                            routing_key: &publish.routing_key,
+                            headers: &headers,
+                        };
+                        let mut queues = ctx.vhost.route(&exchange, &info);
+                        // Sender-selected distribution: CC and BCC headers add
+                        // routing keys; BCC is removed before delivery.
+                        if let Some((keys, without_bcc)) = sender_selected(&message, view) {
+                            for key in &keys {
+                                let info = RoutingInfo {
+                                    routing_key: key,
+                                    headers: &headers,
+                                };
+                                for q in ctx.vhost.route(&exchange, &info) {
+                                    if !queues.iter().any(|x| Arc::ptr_eq(x, &q)) {
+                                        queues.push(q);
+                                    }
                                 }
                             }
+                            if let Some(m) = without_bcc {
+                                message = Arc::new(m);
+                            }
                         }
-                        if let Some(m) = without_bcc {
-                            message = Arc::new(m);
-                        }
+                        (stored, refused) = ctx.vhost.enqueue(&queues, &message);
+                        !queues.is_empty()
                     }
-                    if message.persistent {
-                        let durable = queues.iter().filter(|q| q.store_id.is_some()).count() as u32;
-                        if durable > 0 {
-                            ctx.broker.store.store_message(&message, durable);
-                            stored = true;
-                        }
-                    }
-                    for queue in &queues {
-                        refused |= !queue.publish(message.clone());
-                    }
-                    !queues.is_empty()
+                    Err(_) => false,
                 }
-                Err(_) => false,
-            }
-        };
+            };
         if !routed && publish.mandatory {
             let id = self.id();
             let frame_max = ctx.frame_max;

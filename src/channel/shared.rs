@@ -11,7 +11,7 @@ use crate::store::QueuedMessage;
 use amq_protocol::protocol::{basic, AMQPClass};
 use parking_lot::Mutex;
 use std::collections::{HashMap, VecDeque};
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -24,6 +24,26 @@ pub struct ChannelShared {
     pub cancel_notify: bool,
     state: Mutex<DeliveryState>,
     confirms: Mutex<ConfirmState>,
+    /// [`Mode`], for the management API.
+    mode: AtomicU8,
+}
+
+/// Confirm or transaction mode, once selected.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum Mode {
+    Plain = 0,
+    Confirm = 1,
+    Transactional = 2,
+}
+
+/// A channel as the management API shows it.
+pub struct ChannelInfo {
+    pub mode: Mode,
+    pub prefetch_count: u16,
+    pub global_prefetch_count: u16,
+    pub unacked: usize,
+    pub consumers: Vec<Arc<Consumer>>,
 }
 
 /// Publisher confirms. Acks go out with multiple=true up to the highest
@@ -108,6 +128,28 @@ impl ChannelShared {
                 consumers: HashMap::new(),
             }),
             confirms: Mutex::new(ConfirmState::default()),
+            mode: AtomicU8::new(Mode::Plain as u8),
+        }
+    }
+
+    pub fn set_mode(&self, mode: Mode) {
+        self.mode.store(mode as u8, Ordering::Relaxed);
+    }
+
+    pub fn info(&self) -> ChannelInfo {
+        let st = self.state.lock();
+        let mut consumers: Vec<_> = st.consumers.values().cloned().collect();
+        consumers.sort_by(|a, b| a.tag.cmp(&b.tag));
+        ChannelInfo {
+            mode: match self.mode.load(Ordering::Relaxed) {
+                1 => Mode::Confirm,
+                2 => Mode::Transactional,
+                _ => Mode::Plain,
+            },
+            prefetch_count: st.consumer_prefetch,
+            global_prefetch_count: st.channel_prefetch,
+            unacked: st.unacked.len(),
+            consumers,
         }
     }
 

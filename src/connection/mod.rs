@@ -4,7 +4,7 @@
 pub mod auth;
 pub mod outbox;
 
-use crate::broker::{Broker, ConnectionHandle};
+use crate::broker::{Broker, ChannelRegistry, ConnectionHandle};
 use crate::channel::shared::ChannelShared;
 use crate::channel::{Channel, ConnCtx, Outcome};
 use crate::error::{AmqpError, ReplyCode};
@@ -37,6 +37,9 @@ pub async fn serve(
     shutdown: watch::Receiver<bool>,
 ) {
     let _ = socket.set_nodelay(true);
+    let local = socket
+        .local_addr()
+        .map_or_else(|_| "?".to_string(), |a| a.to_string());
     let (read, write) = socket.into_split();
     let outbox = Arc::new(Outbox::default());
     let heartbeat = Arc::new(Mutex::new(None));
@@ -49,6 +52,7 @@ pub async fn serve(
         },
         id: broker.next_id(),
         peer,
+        local,
         broker,
         outbox: outbox.clone(),
         heartbeat,
@@ -107,6 +111,8 @@ struct Connection {
     reader: FrameReader,
     id: u64,
     peer: SocketAddr,
+    /// The broker's end of the socket, for the connection's name.
+    local: String,
     broker: Arc<Broker>,
     outbox: Arc<Outbox>,
     heartbeat: Arc<Mutex<Option<Duration>>>,
@@ -118,6 +124,8 @@ struct Session {
     ctx: ConnCtx,
     channel_max: u16,
     heartbeat: Option<Duration>,
+    client_properties: FieldTable,
+    mechanism: String,
 }
 
 impl Connection {
@@ -139,12 +147,22 @@ impl Connection {
             }
         };
         let (close_tx, close_rx) = watch::channel(None);
+        let registry = ChannelRegistry::default();
         self.broker.connections.insert(
             self.id,
             ConnectionHandle {
+                name: format!("{} -> {}", self.peer, self.local),
                 vhost: session.ctx.vhost.name.clone(),
                 user: session.ctx.user.clone(),
-                peer: self.peer.to_string(),
+                peer: self.peer,
+                local: self.local.clone(),
+                client_properties: session.client_properties,
+                auth_mechanism: session.mechanism,
+                connected_at: crate::broker::timers::now_ms(),
+                frame_max: session.ctx.frame_max,
+                channel_max: session.channel_max,
+                heartbeat: session.heartbeat.map_or(0, |h| h.as_secs() as u16),
+                channels: registry.clone(),
                 close: close_tx,
             },
         );
@@ -152,6 +170,7 @@ impl Connection {
         let mut open = OpenConnection {
             ctx: session.ctx,
             channels: HashMap::new(),
+            registry,
             channel_max: session.channel_max,
             frame_timeout: session.heartbeat.map(|h| h * 2),
         };
@@ -321,6 +340,8 @@ impl Connection {
             },
             channel_max,
             heartbeat,
+            client_properties: start_ok.client_properties.clone(),
+            mechanism: mechanism.to_string(),
         }))
     }
 
@@ -567,6 +588,8 @@ enum FrameOutcome {
 struct OpenConnection {
     ctx: ConnCtx,
     channels: HashMap<u16, Channel>,
+    /// The same channels, as the management API sees them.
+    registry: ChannelRegistry,
     channel_max: u16,
     /// Silence longer than this (two heartbeat intervals) drops the peer.
     frame_timeout: Option<Duration>,
@@ -592,7 +615,7 @@ impl OpenConnection {
             if frame.kind == FrameType::Method {
                 match method_ids(&frame.payload) {
                     (20, 41) => {
-                        self.channels.remove(&id);
+                        self.remove_channel(id);
                     }
                     (20, 40) => {
                         channel.shared.send(AMQPClass::Channel(
@@ -600,7 +623,7 @@ impl OpenConnection {
                                 amq_protocol::protocol::channel::CloseOk {},
                             ),
                         ));
-                        self.channels.remove(&id);
+                        self.remove_channel(id);
                     }
                     _ => {}
                 }
@@ -622,7 +645,7 @@ impl OpenConnection {
         match result {
             Ok(Outcome::Continue) => {}
             Ok(Outcome::Closed) => {
-                self.channels.remove(&id);
+                self.remove_channel(id);
             }
             Err(err) if err.is_connection_error() => return Err(err),
             Err(err) => self.close_channel(id, err),
@@ -671,6 +694,11 @@ impl OpenConnection {
         }
     }
 
+    fn remove_channel(&mut self, id: u16) {
+        self.channels.remove(&id);
+        self.registry.lock().remove(&id);
+    }
+
     fn open_channel(&mut self, frame: Frame) -> Result<(), AmqpError> {
         let id = frame.channel;
         if frame.kind != FrameType::Method {
@@ -703,6 +731,7 @@ impl OpenConnection {
                 amq_protocol::protocol::channel::OpenOk {},
             ),
         ));
+        self.registry.lock().insert(id, shared.clone());
         self.channels.insert(id, Channel::new(shared));
         Ok(())
     }

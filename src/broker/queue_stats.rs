@@ -1,0 +1,106 @@
+//! A queue's message counters and the rates and consumer utilisation the
+//! management API and `/metrics` report.
+//!
+//! Counters are plain relaxed atomics bumped on the hot path. Rates come
+//! from a sampler that calls [`QueueStats::sample`] every few seconds, as
+//! RabbitMQ's management plugin samples every 5 s.
+
+use super::timers::now_ms;
+use parking_lot::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+#[derive(Default)]
+pub struct QueueStats {
+    pub published: AtomicU64,
+    /// Deliveries to consumers and basic.get ("deliver_get").
+    pub delivered: AtomicU64,
+    pub redelivered: AtomicU64,
+    pub acked: AtomicU64,
+    /// Since when (ms) consumers were there but none could take the ready
+    /// head (prefetch full); 0 when not blocked.
+    blocked_since: AtomicU64,
+    /// Total ms spent blocked that way.
+    blocked_ms: AtomicU64,
+    last: Mutex<Sample>,
+}
+
+/// Counter values at one sampling and the rates since the previous one.
+#[derive(Default, Clone, Copy)]
+pub struct Sample {
+    at_ms: u64,
+    counts: [u64; 4],
+    blocked_ms: u64,
+    /// publish, deliver_get, redeliver, ack per second.
+    pub rates: [f64; 4],
+    /// Fraction of the last interval consumers could take messages.
+    pub utilisation: f64,
+}
+
+impl QueueStats {
+    pub fn delivered(&self, redelivered: bool) {
+        self.delivered.fetch_add(1, Ordering::Relaxed);
+        if redelivered {
+            self.redelivered.fetch_add(1, Ordering::Relaxed);
+        }
+        if self.blocked_since.load(Ordering::Relaxed) != 0 {
+            let since = self.blocked_since.swap(0, Ordering::Relaxed);
+            if since != 0 {
+                self.blocked_ms
+                    .fetch_add(now_ms().saturating_sub(since), Ordering::Relaxed);
+            }
+        }
+    }
+
+    /// Ready messages wait while every consumer is at its prefetch limit.
+    pub fn consumers_blocked(&self) {
+        if self.blocked_since.load(Ordering::Relaxed) == 0 {
+            self.blocked_since.store(now_ms(), Ordering::Relaxed);
+        }
+    }
+
+    pub fn counts(&self) -> [u64; 4] {
+        [
+            self.published.load(Ordering::Relaxed),
+            self.delivered.load(Ordering::Relaxed),
+            self.redelivered.load(Ordering::Relaxed),
+            self.acked.load(Ordering::Relaxed),
+        ]
+    }
+
+    fn blocked_total(&self, now: u64) -> u64 {
+        let since = self.blocked_since.load(Ordering::Relaxed);
+        let ongoing = if since == 0 {
+            0
+        } else {
+            now.saturating_sub(since)
+        };
+        self.blocked_ms.load(Ordering::Relaxed) + ongoing
+    }
+
+    /// Takes a sample: rates and utilisation since the previous one.
+    pub fn sample(&self) {
+        let now = now_ms();
+        let counts = self.counts();
+        let blocked = self.blocked_total(now);
+        let mut last = self.last.lock();
+        let elapsed = now.saturating_sub(last.at_ms);
+        if last.at_ms != 0 && elapsed > 0 {
+            let secs = elapsed as f64 / 1000.0;
+            let previous = last.counts;
+            for ((rate, now), before) in last.rates.iter_mut().zip(counts).zip(previous) {
+                *rate = now.saturating_sub(before) as f64 / secs;
+            }
+            let blocked_in_window = blocked.saturating_sub(last.blocked_ms).min(elapsed);
+            last.utilisation = 1.0 - blocked_in_window as f64 / elapsed as f64;
+        } else {
+            last.utilisation = 1.0;
+        }
+        last.at_ms = now;
+        last.counts = counts;
+        last.blocked_ms = blocked;
+    }
+
+    pub fn last(&self) -> Sample {
+        *self.last.lock()
+    }
+}

@@ -1,0 +1,425 @@
+//! What every management handler shares: RabbitMQ's error bodies, request
+//! bodies, the authenticated user, list pagination and `columns`, and
+//! field tables as JSON.
+
+use crate::broker::Broker;
+use crate::error::{AmqpError, ReplyCode};
+use amq_protocol::types::{AMQPValue, FieldArray, FieldTable, LongString};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Deserializer};
+use serde_json::{json, Map, Value};
+use std::collections::HashMap;
+
+pub type ApiResult = Result<Response, ApiError>;
+
+/// An error response: `{"error": …, "reason": …}` with RabbitMQ's status.
+#[derive(Debug)]
+pub struct ApiError {
+    pub status: StatusCode,
+    pub error: &'static str,
+    pub reason: String,
+}
+
+impl ApiError {
+    pub fn bad_request(reason: impl Into<String>) -> ApiError {
+        ApiError {
+            status: StatusCode::BAD_REQUEST,
+            error: "bad_request",
+            reason: reason.into(),
+        }
+    }
+
+    /// The object in the path does not exist.
+    pub fn not_found() -> ApiError {
+        ApiError {
+            status: StatusCode::NOT_FOUND,
+            error: "Object Not Found",
+            reason: "Not Found".into(),
+        }
+    }
+
+    pub fn not_authorized(reason: impl Into<String>) -> ApiError {
+        ApiError {
+            status: StatusCode::UNAUTHORIZED,
+            error: "not_authorized",
+            reason: reason.into(),
+        }
+    }
+
+    /// As RabbitMQ's management plugin reports an AMQP error of the
+    /// operation it performed: 404 and 403 keep their meaning, anything
+    /// else is a bad request naming the code.
+    pub fn from_amqp(e: AmqpError) -> ApiError {
+        match e.code {
+            ReplyCode::NotFound => ApiError {
+                status: StatusCode::NOT_FOUND,
+                error: "not_found",
+                reason: e.text,
+            },
+            ReplyCode::AccessRefused => ApiError::not_authorized(e.text),
+            code => ApiError::bad_request(format!("{} {}", code as u16, e.text)),
+        }
+    }
+}
+
+impl From<AmqpError> for ApiError {
+    fn from(e: AmqpError) -> ApiError {
+        ApiError::from_amqp(e)
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        (
+            self.status,
+            Json(json!({"error": self.error, "reason": self.reason})),
+        )
+            .into_response()
+    }
+}
+
+pub fn created_or_updated(created: bool) -> Response {
+    if created {
+        StatusCode::CREATED.into_response()
+    } else {
+        StatusCode::NO_CONTENT.into_response()
+    }
+}
+
+pub fn no_content() -> Response {
+    StatusCode::NO_CONTENT.into_response()
+}
+
+/// Parses a JSON request body; an empty body is `{}`. Malformed JSON,
+/// wrong types and unknown fields are 400 with serde's reason.
+pub fn body<T: DeserializeOwned>(raw: &[u8]) -> Result<T, ApiError> {
+    let raw: &[u8] = if raw.iter().all(u8::is_ascii_whitespace) {
+        b"{}"
+    } else {
+        raw
+    };
+    serde_json::from_slice(raw).map_err(|e| ApiError::bad_request(e.to_string()))
+}
+
+/// `true`, `false`, or the strings "true"/"false" (rabbitmqadmin sends
+/// those).
+pub fn lenient_bool<'de, D: Deserializer<'de>>(d: D) -> Result<bool, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum B {
+        Bool(bool),
+        Str(String),
+    }
+    match B::deserialize(d)? {
+        B::Bool(b) => Ok(b),
+        B::Str(s) if s == "true" => Ok(true),
+        B::Str(s) if s == "false" => Ok(false),
+        B::Str(s) => Err(serde::de::Error::custom(format!(
+            "expected true or false, got '{s}'"
+        ))),
+    }
+}
+
+/// Tags as RabbitMQ accepts them: "a,b" or ["a", "b"].
+pub fn tags<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum T {
+        List(Vec<String>),
+        Str(String),
+    }
+    Ok(match T::deserialize(d)? {
+        T::List(l) => l,
+        T::Str(s) => s
+            .split(',')
+            .map(|t| t.trim().to_string())
+            .filter(|t| !t.is_empty())
+            .collect(),
+    })
+}
+
+/// The user a request authenticated as.
+#[derive(Clone)]
+pub struct User {
+    pub name: String,
+    pub tags: Vec<String>,
+}
+
+impl User {
+    pub fn is_admin(&self) -> bool {
+        self.tags.iter().any(|t| t == "administrator")
+    }
+
+    /// Administrators and monitoring users see every vhost's objects.
+    pub fn sees_everything(&self) -> bool {
+        self.tags
+            .iter()
+            .any(|t| t == "administrator" || t == "monitoring")
+    }
+
+    pub fn require_admin(&self) -> Result<(), ApiError> {
+        if self.is_admin() {
+            Ok(())
+        } else {
+            Err(ApiError::not_authorized("Not administrator user"))
+        }
+    }
+
+    /// Management users see only the vhosts they have permissions in.
+    pub fn may_see(&self, broker: &Broker, vhost: &str) -> bool {
+        self.sees_everything() || broker.access.permission(vhost, &self.name).is_some()
+    }
+
+    /// The vhost, when it exists and the user may use it.
+    pub fn vhost(
+        &self,
+        broker: &Broker,
+        name: &str,
+    ) -> Result<std::sync::Arc<crate::broker::vhost::VHost>, ApiError> {
+        let vhost = broker.vhost(name).ok_or_else(ApiError::not_found)?;
+        if self.is_admin() || broker.access.permission(name, &self.name).is_some() {
+            Ok(vhost)
+        } else {
+            Err(ApiError::not_authorized(
+                "User not authorised to access virtual host",
+            ))
+        }
+    }
+}
+
+/// A list endpoint's answer: RabbitMQ's `name`/`use_regex` filter, `sort`
+/// and `sort_reverse`, `page`/`page_size` (answered as a page object) and
+/// `columns`.
+pub fn list(mut items: Vec<Value>, query: &HashMap<String, String>) -> ApiResult {
+    let total = items.len();
+    if let Some(sort) = query.get("sort").filter(|s| !s.is_empty()) {
+        items.sort_by(|a, b| compare(column(a, sort), column(b, sort)));
+    }
+    if query.get("sort_reverse").is_some_and(|r| r == "true") {
+        items.reverse();
+    }
+    if let Some(name) = query.get("name").filter(|n| !n.is_empty()) {
+        if query.get("use_regex").is_some_and(|r| r == "true") {
+            let re = regex::Regex::new(name)
+                .map_err(|e| ApiError::bad_request(format!("invalid regex: {e}")))?;
+            items.retain(|i| i["name"].as_str().is_some_and(|n| re.is_match(n)));
+        } else {
+            items.retain(|i| {
+                i["name"]
+                    .as_str()
+                    .is_some_and(|n| n.contains(name.as_str()))
+            });
+        }
+    }
+    let columns: Option<Vec<&str>> = query
+        .get("columns")
+        .filter(|c| !c.is_empty())
+        .map(|c| c.split(',').map(str::trim).collect());
+    let pick = |items: Vec<Value>| -> Vec<Value> {
+        match &columns {
+            Some(cols) => items.iter().map(|i| only_columns(i, cols)).collect(),
+            None => items,
+        }
+    };
+    if query.get("page").is_none() && query.get("page_size").is_none() {
+        return Ok(Json(Value::Array(pick(items))).into_response());
+    }
+    let number = |key: &str, default: usize| -> Result<usize, ApiError> {
+        match query.get(key) {
+            None => Ok(default),
+            Some(v) => v
+                .parse::<usize>()
+                .map_err(|_| ApiError::bad_request(format!("{key} must be a positive integer"))),
+        }
+    };
+    let page = number("page", 1)?;
+    let page_size = number("page_size", 100)?;
+    if page == 0 || page_size == 0 || page_size > 500 {
+        return Err(ApiError::bad_request(
+            "page must be at least 1 and page_size between 1 and 500",
+        ));
+    }
+    let filtered = items.len();
+    let page_count = filtered.div_ceil(page_size);
+    if filtered > 0 && page > page_count {
+        return Err(ApiError::bad_request("page_out_of_range"));
+    }
+    let slice: Vec<Value> = items
+        .into_iter()
+        .skip((page - 1) * page_size)
+        .take(page_size)
+        .collect();
+    Ok(Json(json!({
+        "filtered_count": filtered,
+        "item_count": slice.len(),
+        "items": pick(slice),
+        "page": page,
+        "page_count": page_count,
+        "page_size": page_size,
+        "total_count": total,
+    }))
+    .into_response())
+}
+
+fn column<'a>(item: &'a Value, path: &str) -> &'a Value {
+    path.split('.').fold(item, |v, k| &v[k])
+}
+
+fn compare(a: &Value, b: &Value) -> std::cmp::Ordering {
+    match (a, b) {
+        (Value::Number(x), Value::Number(y)) => x
+            .as_f64()
+            .partial_cmp(&y.as_f64())
+            .unwrap_or(std::cmp::Ordering::Equal),
+        (Value::String(x), Value::String(y)) => x.cmp(y),
+        (Value::Bool(x), Value::Bool(y)) => x.cmp(y),
+        _ => std::cmp::Ordering::Equal,
+    }
+}
+
+/// Keeps only the given columns; `a.b` keeps `b` inside `a`.
+fn only_columns(item: &Value, columns: &[&str]) -> Value {
+    let mut out = Map::new();
+    for path in columns {
+        let mut keys = path.split('.').peekable();
+        let (mut src, mut dst) = (item, &mut out);
+        while let Some(k) = keys.next() {
+            let Some(v) = src.get(k) else { break };
+            if keys.peek().is_none() {
+                dst.insert(k.to_string(), v.clone());
+                break;
+            }
+            src = v;
+            dst = dst
+                .entry(k.to_string())
+                .or_insert_with(|| Value::Object(Map::new()))
+                .as_object_mut()
+                .expect("an object");
+        }
+    }
+    Value::Object(out)
+}
+
+/// Sorted by vhost then name, as RabbitMQ lists objects.
+pub fn by_vhost_and_name(mut items: Vec<Value>) -> Vec<Value> {
+    items.sort_by(|a, b| {
+        (a["vhost"].as_str(), a["name"].as_str()).cmp(&(b["vhost"].as_str(), b["name"].as_str()))
+    });
+    items
+}
+
+/// A field table as the management API shows it.
+pub fn table_json(t: &FieldTable) -> Value {
+    Value::Object(
+        t.inner()
+            .iter()
+            .map(|(k, v)| (k.to_string(), field_json(v)))
+            .collect(),
+    )
+}
+
+pub fn field_json(v: &AMQPValue) -> Value {
+    use AMQPValue as V;
+    match v {
+        V::Boolean(b) => json!(b),
+        V::ShortShortInt(n) => json!(n),
+        V::ShortShortUInt(n) => json!(n),
+        V::ShortInt(n) => json!(n),
+        V::ShortUInt(n) => json!(n),
+        V::LongInt(n) => json!(n),
+        V::LongUInt(n) => json!(n),
+        V::LongLongInt(n) => json!(n),
+        V::Float(f) => json!(f),
+        V::Double(f) => json!(f),
+        V::Timestamp(t) => json!(t),
+        V::ShortString(s) => json!(s.as_str()),
+        V::LongString(s) => json!(String::from_utf8_lossy(s.as_bytes())),
+        V::FieldArray(a) => Value::Array(a.as_slice().iter().map(field_json).collect()),
+        V::FieldTable(t) => table_json(t),
+        V::ByteArray(b) => json!(b.as_slice()),
+        V::DecimalValue(d) => json!(d.value as f64 / 10f64.powi(i32::from(d.scale))),
+        V::Void => Value::Null,
+    }
+}
+
+/// JSON arguments as the field table a client would have sent: strings are
+/// long strings, integers 64-bit signed, as RabbitMQ converts them.
+pub fn json_table(v: &Value) -> Result<FieldTable, ApiError> {
+    let mut t = FieldTable::default();
+    match v {
+        Value::Null => {}
+        Value::Object(map) => {
+            for (k, v) in map {
+                t.insert(k.as_str().into(), json_field(v)?);
+            }
+        }
+        _ => return Err(ApiError::bad_request("arguments must be a JSON object")),
+    }
+    Ok(t)
+}
+
+fn json_field(v: &Value) -> Result<AMQPValue, ApiError> {
+    Ok(match v {
+        Value::Null => AMQPValue::Void,
+        Value::Bool(b) => AMQPValue::Boolean(*b),
+        Value::Number(n) => match n.as_i64() {
+            Some(i) => AMQPValue::LongLongInt(i),
+            None => AMQPValue::Double(n.as_f64().unwrap_or(0.0)),
+        },
+        Value::String(s) => AMQPValue::LongString(LongString::from(s.as_str())),
+        Value::Array(a) => {
+            let mut out = FieldArray::default();
+            for x in a {
+                out.push(json_field(x)?);
+            }
+            AMQPValue::FieldArray(out)
+        }
+        Value::Object(_) => AMQPValue::FieldTable(json_table(v)?),
+    })
+}
+
+pub fn node_name() -> String {
+    let host = std::fs::read_to_string("/etc/hostname")
+        .map(|h| h.trim().to_string())
+        .unwrap_or_else(|_| "localhost".into());
+    format!("leveret@{host}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn q(pairs: &[(&str, &str)]) -> HashMap<String, String> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn columns_keep_nested_paths() {
+        let item = json!({"name": "q", "messages": 3, "message_stats": {"publish": 5, "ack": 1}});
+        assert_eq!(
+            only_columns(&item, &["name", "message_stats.publish", "missing"]),
+            json!({"name": "q", "message_stats": {"publish": 5}})
+        );
+    }
+
+    #[tokio::test]
+    async fn pages_and_filters() {
+        let items: Vec<Value> = (0..5).map(|i| json!({"name": format!("q{i}")})).collect();
+        let r = list(items.clone(), &q(&[("page", "2"), ("page_size", "2")])).unwrap();
+        let body = axum::body::to_bytes(r.into_body(), 1 << 20).await.unwrap();
+        let v: Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(v["items"], json!([{"name": "q2"}, {"name": "q3"}]));
+        assert_eq!(
+            (v["page_count"].as_u64(), v["total_count"].as_u64()),
+            (Some(3), Some(5))
+        );
+        assert!(list(items.clone(), &q(&[("page", "4"), ("page_size", "2")])).is_err());
+        assert!(list(items, &q(&[("page", "x")])).is_err());
+    }
+}

@@ -1,0 +1,404 @@
+//! Definitions export and import in RabbitMQ's format, so a topology (and
+//! its users and permissions) moves between RabbitMQ and Leveret.
+//!
+//! Policies, parameters and topic permissions are read but not applied:
+//! Leveret has no policies yet; the import logs how many it skipped.
+
+use super::api::{body, json_table, lenient_bool, no_content, tags, ApiError, ApiResult, User};
+use super::objects::{bind, declare_exchange, declare_queue, NewBinding};
+use super::users::{
+    permission_json, set_permission, user_json, user_record, PermissionBody, UserBody,
+};
+use crate::broker::access::VhostRecord;
+use crate::broker::exchange::Destination;
+use crate::broker::Broker;
+use axum::extract::{Path, State};
+use axum::response::IntoResponse;
+use axum::{Extension, Json};
+use bytes::Bytes;
+use serde::Deserialize;
+use serde_json::{json, Value};
+use std::sync::Arc;
+
+/// The RabbitMQ version whose definitions format is written.
+const RABBIT_VERSION: &str = "3.10.8";
+
+fn queues_json(broker: &Broker, vhost: Option<&str>) -> Vec<Value> {
+    let mut out = Vec::new();
+    for v in broker.vhosts() {
+        if vhost.is_some_and(|n| n != v.name) {
+            continue;
+        }
+        let mut queues = v.queues();
+        queues.sort_by(|a, b| a.name.cmp(&b.name));
+        for q in queues.iter().filter(|q| q.exclusive_owner.is_none()) {
+            let mut o = json!({
+                "name": q.name,
+                "vhost": v.name,
+                "durable": q.durable,
+                "auto_delete": q.auto_delete,
+                "arguments": super::api::table_json(&q.arguments),
+            });
+            if vhost.is_some() {
+                o.as_object_mut().expect("object").remove("vhost");
+            }
+            out.push(o);
+        }
+    }
+    out
+}
+
+fn exchanges_json(broker: &Broker, vhost: Option<&str>) -> Vec<Value> {
+    let mut out = Vec::new();
+    for v in broker.vhosts() {
+        if vhost.is_some_and(|n| n != v.name) {
+            continue;
+        }
+        let mut exchanges = v.exchanges();
+        exchanges.sort_by(|a, b| a.name.cmp(&b.name));
+        for e in exchanges
+            .iter()
+            .filter(|e| !e.name.is_empty() && !e.name.starts_with("amq."))
+        {
+            let mut o = json!({
+                "name": e.name,
+                "vhost": v.name,
+                "type": e.kind.as_str(),
+                "durable": e.durable,
+                "auto_delete": e.auto_delete,
+                "internal": e.internal,
+                "arguments": super::api::table_json(&e.arguments),
+            });
+            if vhost.is_some() {
+                o.as_object_mut().expect("object").remove("vhost");
+            }
+            out.push(o);
+        }
+    }
+    out
+}
+
+fn bindings_json(broker: &Broker, vhost: Option<&str>) -> Vec<Value> {
+    let mut out = Vec::new();
+    for v in broker.vhosts() {
+        if vhost.is_some_and(|n| n != v.name) {
+            continue;
+        }
+        let mut exchanges = v.exchanges();
+        exchanges.sort_by(|a, b| a.name.cmp(&b.name));
+        for e in exchanges.iter().filter(|e| !e.name.is_empty()) {
+            for b in e.bindings() {
+                let (destination, kind) = match &b.destination {
+                    Destination::Queue(q) if q.exclusive_owner.is_some() => continue,
+                    Destination::Queue(q) => (q.name.clone(), "queue"),
+                    Destination::Exchange(x) => (x.clone(), "exchange"),
+                };
+                let mut o = json!({
+                    "source": e.name,
+                    "vhost": v.name,
+                    "destination": destination,
+                    "destination_type": kind,
+                    "routing_key": b.routing_key,
+                    "arguments": super::api::table_json(&b.arguments),
+                });
+                if vhost.is_some() {
+                    o.as_object_mut().expect("object").remove("vhost");
+                }
+                out.push(o);
+            }
+        }
+    }
+    out
+}
+
+pub async fn export_all(
+    State(broker): State<Arc<Broker>>,
+    Extension(user): Extension<User>,
+) -> ApiResult {
+    user.require_admin()?;
+    let vhosts: Vec<Value> = broker
+        .access
+        .vhost_records()
+        .iter()
+        .map(|r| {
+            json!({
+                "name": r.name,
+                "description": r.description,
+                "tags": r.tags,
+                "metadata": {"description": r.description, "tags": r.tags},
+            })
+        })
+        .collect();
+    let mut users: Vec<Value> = broker.access.users().iter().map(|u| user_json(u)).collect();
+    for u in &mut users {
+        u.as_object_mut().expect("object").remove("limits");
+        u["limits"] = json!({});
+    }
+    Ok(Json(json!({
+        "rabbit_version": RABBIT_VERSION,
+        "rabbitmq_version": RABBIT_VERSION,
+        "product_name": "Leveret",
+        "product_version": env!("CARGO_PKG_VERSION"),
+        "users": users,
+        "vhosts": vhosts,
+        "permissions": broker.access.permissions().iter().map(permission_json).collect::<Vec<_>>(),
+        "topic_permissions": [],
+        "parameters": [],
+        "global_parameters": [],
+        "policies": [],
+        "queues": queues_json(&broker, None),
+        "exchanges": exchanges_json(&broker, None),
+        "bindings": bindings_json(&broker, None),
+    }))
+    .into_response())
+}
+
+pub async fn export_vhost(
+    State(broker): State<Arc<Broker>>,
+    Extension(user): Extension<User>,
+    Path(vhost): Path<String>,
+) -> ApiResult {
+    user.require_admin()?;
+    broker.vhost(&vhost).ok_or_else(ApiError::not_found)?;
+    Ok(Json(json!({
+        "rabbit_version": RABBIT_VERSION,
+        "rabbitmq_version": RABBIT_VERSION,
+        "product_name": "Leveret",
+        "product_version": env!("CARGO_PKG_VERSION"),
+        "parameters": [],
+        "policies": [],
+        "queues": queues_json(&broker, Some(&vhost)),
+        "exchanges": exchanges_json(&broker, Some(&vhost)),
+        "bindings": bindings_json(&broker, Some(&vhost)),
+    }))
+    .into_response())
+}
+
+#[derive(Deserialize)]
+struct Definitions {
+    #[serde(default)]
+    users: Vec<NamedUser>,
+    #[serde(default)]
+    vhosts: Vec<VhostDef>,
+    #[serde(default)]
+    permissions: Vec<PermissionDef>,
+    #[serde(default)]
+    policies: Vec<Value>,
+    #[serde(default)]
+    parameters: Vec<Value>,
+    #[serde(default)]
+    topic_permissions: Vec<Value>,
+    #[serde(default)]
+    queues: Vec<QueueDef>,
+    #[serde(default)]
+    exchanges: Vec<ExchangeDef>,
+    #[serde(default)]
+    bindings: Vec<BindingDef>,
+}
+
+#[derive(Deserialize)]
+struct NamedUser {
+    name: String,
+    #[serde(flatten)]
+    rest: serde_json::Map<String, Value>,
+}
+
+#[derive(Deserialize)]
+struct VhostDef {
+    name: String,
+    #[serde(default)]
+    description: String,
+    #[serde(default, deserialize_with = "tags")]
+    tags: Vec<String>,
+    #[serde(default)]
+    metadata: Option<VhostMetadata>,
+}
+
+#[derive(Deserialize)]
+struct VhostMetadata {
+    #[serde(default)]
+    description: String,
+    #[serde(default, deserialize_with = "tags")]
+    tags: Vec<String>,
+}
+
+#[derive(Deserialize)]
+struct PermissionDef {
+    user: String,
+    vhost: String,
+    configure: String,
+    write: String,
+    read: String,
+}
+
+#[derive(Deserialize)]
+struct QueueDef {
+    name: String,
+    #[serde(default)]
+    vhost: Option<String>,
+    #[serde(default = "yes", deserialize_with = "lenient_bool")]
+    durable: bool,
+    #[serde(default, deserialize_with = "lenient_bool")]
+    auto_delete: bool,
+    #[serde(default)]
+    arguments: Value,
+}
+
+#[derive(Deserialize)]
+struct ExchangeDef {
+    name: String,
+    #[serde(default)]
+    vhost: Option<String>,
+    #[serde(rename = "type")]
+    kind: String,
+    #[serde(default = "yes", deserialize_with = "lenient_bool")]
+    durable: bool,
+    #[serde(default, deserialize_with = "lenient_bool")]
+    auto_delete: bool,
+    #[serde(default, deserialize_with = "lenient_bool")]
+    internal: bool,
+    #[serde(default)]
+    arguments: Value,
+}
+
+#[derive(Deserialize)]
+struct BindingDef {
+    source: String,
+    #[serde(default)]
+    vhost: Option<String>,
+    destination: String,
+    destination_type: String,
+    #[serde(default)]
+    routing_key: String,
+    #[serde(default)]
+    arguments: Value,
+}
+
+fn yes() -> bool {
+    true
+}
+
+/// Applies definitions in dependency order: users, vhosts, permissions,
+/// exchanges, queues, bindings. `only` is the vhost of a per-vhost import.
+fn import(broker: &Broker, d: Definitions, only: Option<&str>) -> Result<(), ApiError> {
+    let in_vhost = |v: &Option<String>| -> Result<String, ApiError> {
+        match (only, v) {
+            (Some(only), _) => Ok(only.to_string()),
+            (None, Some(v)) => Ok(v.clone()),
+            (None, None) => Err(ApiError::bad_request("an object without a vhost")),
+        }
+    };
+    if only.is_none() {
+        for u in d.users {
+            let b: UserBody = serde_json::from_value(Value::Object(u.rest))
+                .map_err(|e| ApiError::bad_request(format!("user '{}': {e}", u.name)))?;
+            broker.access.put_user(user_record(&u.name, b)?);
+        }
+        for v in d.vhosts {
+            let (description, tags) = match v.metadata {
+                Some(m) if v.description.is_empty() && v.tags.is_empty() => (m.description, m.tags),
+                _ => (v.description, v.tags),
+            };
+            broker.create_vhost(VhostRecord {
+                name: v.name,
+                description,
+                tags,
+            });
+        }
+        for p in d.permissions {
+            set_permission(
+                broker,
+                &p.vhost,
+                &p.user,
+                PermissionBody {
+                    configure: p.configure,
+                    write: p.write,
+                    read: p.read,
+                    user: None,
+                    vhost: None,
+                },
+            )?;
+        }
+    }
+    let vhost_of = |name: &str| {
+        broker
+            .vhost(name)
+            .ok_or_else(|| ApiError::bad_request(format!("vhost '{name}' does not exist")))
+    };
+    for e in d.exchanges {
+        let v = vhost_of(&in_vhost(&e.vhost)?)?;
+        let args = json_table(&e.arguments)?;
+        declare_exchange(
+            &v,
+            &e.name,
+            &e.kind,
+            e.durable,
+            e.auto_delete,
+            e.internal,
+            &args,
+        )?;
+    }
+    for q in d.queues {
+        let v = vhost_of(&in_vhost(&q.vhost)?)?;
+        let args = json_table(&q.arguments)?;
+        declare_queue(&v, &q.name, q.durable, q.auto_delete, &args)?;
+    }
+    for b in d.bindings {
+        let v = vhost_of(&in_vhost(&b.vhost)?)?;
+        let to_queue = match b.destination_type.as_str() {
+            "queue" => true,
+            "exchange" => false,
+            other => {
+                return Err(ApiError::bad_request(format!(
+                    "unknown destination_type '{other}'"
+                )))
+            }
+        };
+        bind(
+            broker,
+            None,
+            &v,
+            NewBinding {
+                source: &b.source,
+                to_queue,
+                destination: &b.destination,
+                routing_key: &b.routing_key,
+                arguments: json_table(&b.arguments)?,
+            },
+        )?;
+    }
+    let skipped = d.policies.len() + d.parameters.len() + d.topic_permissions.len();
+    if skipped > 0 {
+        tracing::warn!(
+            policies = d.policies.len(),
+            parameters = d.parameters.len(),
+            topic_permissions = d.topic_permissions.len(),
+            "definitions import: policies, parameters and topic permissions are not supported and were skipped"
+        );
+    }
+    Ok(())
+}
+
+pub async fn import_all(
+    State(broker): State<Arc<Broker>>,
+    Extension(user): Extension<User>,
+    raw: Bytes,
+) -> ApiResult {
+    user.require_admin()?;
+    let d: Definitions = body(&raw)?;
+    import(&broker, d, None)?;
+    Ok(no_content())
+}
+
+pub async fn import_vhost(
+    State(broker): State<Arc<Broker>>,
+    Extension(user): Extension<User>,
+    Path(vhost): Path<String>,
+    raw: Bytes,
+) -> ApiResult {
+    user.require_admin()?;
+    broker.vhost(&vhost).ok_or_else(ApiError::not_found)?;
+    let d: Definitions = body(&raw)?;
+    import(&broker, d, Some(&vhost))?;
+    Ok(no_content())
+}

@@ -1,0 +1,488 @@
+//! What is running now: overview, node, connections, channels, consumers,
+//! health checks.
+
+use super::api::{list, no_content, node_name, table_json, ApiError, ApiResult, User};
+use crate::broker::consumer::Consumer;
+use crate::broker::{Broker, ConnectionHandle};
+use crate::channel::shared::{ChannelShared, Mode};
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::IntoResponse;
+use axum::{Extension, Json};
+use serde_json::{json, Value};
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Instant;
+
+type Q = Query<HashMap<String, String>>;
+
+/// When this process started, for uptime.
+static STARTED: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
+
+pub fn mark_started() {
+    STARTED.get_or_init(Instant::now);
+}
+
+fn uptime_ms() -> u64 {
+    STARTED.get_or_init(Instant::now).elapsed().as_millis() as u64
+}
+
+/// Resident memory of this process in bytes (Linux), 0 when unknown.
+pub fn resident_memory() -> u64 {
+    std::fs::read_to_string("/proc/self/statm")
+        .ok()
+        .and_then(|s| s.split_whitespace().nth(1)?.parse::<u64>().ok())
+        .map_or(0, |pages| pages * 4096)
+}
+
+/// Open file descriptors of this process (Linux), 0 when unknown.
+pub fn open_fds() -> u64 {
+    std::fs::read_dir("/proc/self/fd").map_or(0, |d| d.count() as u64)
+}
+
+/// Free bytes on the data directory's file system, 0 when unknown.
+pub fn disk_free(broker: &Broker) -> u64 {
+    let path = broker.store.path();
+    let Ok(c) = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()) else {
+        return 0;
+    };
+    // SAFETY: statvfs only writes into the zeroed struct we own, and the
+    // path is a valid NUL-terminated string for the duration of the call.
+    unsafe {
+        let mut s: libc::statvfs = std::mem::zeroed();
+        if libc::statvfs(c.as_ptr(), &mut s) == 0 {
+            s.f_bavail as u64 * s.f_frsize as u64
+        } else {
+            0
+        }
+    }
+}
+
+pub async fn overview(
+    State(broker): State<Arc<Broker>>,
+    Extension(user): Extension<User>,
+) -> ApiResult {
+    let (mut queues, mut exchanges, mut consumers) = (0usize, 0usize, 0usize);
+    let (mut ready, mut unacked) = (0usize, 0usize);
+    let mut counts = [0u64; 4];
+    let mut rates = [0f64; 4];
+    for vhost in broker.vhosts() {
+        if !user.may_see(&broker, &vhost.name) {
+            continue;
+        }
+        exchanges += vhost.exchanges().len();
+        for q in vhost.queues() {
+            let c = q.counts();
+            queues += 1;
+            consumers += c.consumers;
+            ready += c.ready;
+            unacked += c.unacked;
+            let sample = q.stats.last();
+            for (i, n) in q.stats.counts().iter().enumerate() {
+                counts[i] += n;
+                rates[i] += sample.rates[i];
+            }
+        }
+    }
+    let channels: usize = connections_for(&broker, &user)
+        .iter()
+        .map(|c| c.channels)
+        .sum();
+    let connections = connections_for(&broker, &user).len();
+    let exchange_types: Vec<Value> = ["direct", "fanout", "headers", "topic"]
+        .iter()
+        .map(|t| json!({"name": t, "enabled": true}))
+        .collect();
+    Ok(Json(json!({
+        "product_name": "Leveret",
+        "product_version": env!("CARGO_PKG_VERSION"),
+        "rabbitmq_version": "3.10.8",
+        "management_version": env!("CARGO_PKG_VERSION"),
+        "rates_mode": "basic",
+        "node": node_name(),
+        "cluster_name": node_name(),
+        "exchange_types": exchange_types,
+        "object_totals": {
+            "connections": connections,
+            "channels": channels,
+            "exchanges": exchanges,
+            "queues": queues,
+            "consumers": consumers,
+        },
+        "queue_totals": {
+            "messages": ready + unacked,
+            "messages_ready": ready,
+            "messages_unacknowledged": unacked,
+        },
+        "message_stats": {
+            "publish": counts[0], "publish_details": {"rate": rates[0]},
+            "deliver_get": counts[1], "deliver_get_details": {"rate": rates[1]},
+            "redeliver": counts[2], "redeliver_details": {"rate": rates[2]},
+            "ack": counts[3], "ack_details": {"rate": rates[3]},
+        },
+        "listeners": [
+            {"node": node_name(), "protocol": "amqp", "ip_address": broker.config.server.listen},
+            {"node": node_name(), "protocol": "http", "ip_address": broker.config.server.mgmt_listen},
+        ],
+    }))
+    .into_response())
+}
+
+fn node_json(broker: &Broker) -> Value {
+    let memory = resident_memory();
+    json!({
+        "name": node_name(),
+        "type": "disc",
+        "running": true,
+        "uptime": uptime_ms(),
+        "mem_used": memory,
+        "mem_limit": broker.config.limits.memory_high_watermark,
+        "mem_alarm": broker.memory.is_blocked(),
+        "disk_free": disk_free(broker),
+        "disk_free_alarm": false,
+        "fd_used": open_fds(),
+        "proc_used": 0,
+        "sockets_used": broker.connections.len(),
+        "processors": std::thread::available_parallelism().map_or(1, |n| n.get()),
+        "os_pid": std::process::id().to_string(),
+        "applications": [{"name": "leveret", "description": "Leveret", "version": env!("CARGO_PKG_VERSION")}],
+    })
+}
+
+pub async fn nodes(State(broker): State<Arc<Broker>>) -> ApiResult {
+    Ok(Json(json!([node_json(&broker)])).into_response())
+}
+
+pub async fn node(State(broker): State<Arc<Broker>>, Path(name): Path<String>) -> ApiResult {
+    if name != node_name() {
+        return Err(ApiError::not_found());
+    }
+    Ok(Json(node_json(&broker)).into_response())
+}
+
+// ---------------------------------------------------------------- connections
+
+/// A snapshot of one connection for listing.
+struct ConnectionView {
+    json: Value,
+    channels: usize,
+}
+
+fn connection_json(h: &ConnectionHandle) -> ConnectionView {
+    let channels = h.channels.lock().len();
+    let json = json!({
+        "name": h.name,
+        "node": node_name(),
+        "vhost": h.vhost,
+        "user": h.user,
+        "user_who_performed_action": h.user,
+        "state": "running",
+        "type": "network",
+        "protocol": "AMQP 0-9-1",
+        "auth_mechanism": h.auth_mechanism,
+        "ssl": false,
+        "peer_host": h.peer.ip().to_string(),
+        "peer_port": h.peer.port(),
+        "host": h.local.rsplit_once(':').map_or("", |(host, _)| host),
+        "port": h.local.rsplit_once(':').and_then(|(_, p)| p.parse::<u16>().ok()),
+        "channels": channels,
+        "channel_max": h.channel_max,
+        "frame_max": h.frame_max,
+        "timeout": h.heartbeat,
+        "connected_at": h.connected_at,
+        "client_properties": table_json(&h.client_properties),
+    });
+    ConnectionView { json, channels }
+}
+
+/// Administrators and monitoring users see every connection; management
+/// users their own.
+fn connections_for(broker: &Broker, user: &User) -> Vec<ConnectionView> {
+    broker
+        .connections
+        .iter()
+        .filter(|c| user.sees_everything() || c.user == user.name)
+        .map(|c| connection_json(&c))
+        .collect()
+}
+
+fn sorted_by_name(mut items: Vec<Value>) -> Vec<Value> {
+    items.sort_by(|a, b| a["name"].as_str().cmp(&b["name"].as_str()));
+    items
+}
+
+pub async fn connections(
+    State(broker): State<Arc<Broker>>,
+    Extension(user): Extension<User>,
+    Query(query): Q,
+) -> ApiResult {
+    let items = connections_for(&broker, &user)
+        .into_iter()
+        .map(|c| c.json)
+        .collect();
+    list(sorted_by_name(items), &query)
+}
+
+pub async fn connections_in(
+    State(broker): State<Arc<Broker>>,
+    Extension(user): Extension<User>,
+    Path(vhost): Path<String>,
+    Query(query): Q,
+) -> ApiResult {
+    user.vhost(&broker, &vhost)?;
+    let items = connections_for(&broker, &user)
+        .into_iter()
+        .map(|c| c.json)
+        .filter(|c| c["vhost"] == vhost.as_str())
+        .collect();
+    list(sorted_by_name(items), &query)
+}
+
+fn find_connection(broker: &Broker, user: &User, name: &str) -> Result<(u64, Value), ApiError> {
+    broker
+        .connections
+        .iter()
+        .find(|c| c.name == name && (user.sees_everything() || c.user == user.name))
+        .map(|c| (*c.key(), connection_json(&c).json))
+        .ok_or_else(ApiError::not_found)
+}
+
+pub async fn connection(
+    State(broker): State<Arc<Broker>>,
+    Extension(user): Extension<User>,
+    Path(name): Path<String>,
+) -> ApiResult {
+    Ok(Json(find_connection(&broker, &user, &name)?.1).into_response())
+}
+
+/// Closes a connection with 320 CONNECTION_FORCED; the reason is the
+/// `X-Reason` header, as RabbitMQ's.
+pub async fn close_connection(
+    State(broker): State<Arc<Broker>>,
+    Extension(user): Extension<User>,
+    Path(name): Path<String>,
+    headers: HeaderMap,
+) -> ApiResult {
+    let (id, _) = find_connection(&broker, &user, &name)?;
+    if !user.is_admin()
+        && broker
+            .connections
+            .get(&id)
+            .is_some_and(|c| c.user != user.name)
+    {
+        return Err(ApiError::not_authorized("Not administrator user"));
+    }
+    let reason = headers
+        .get("x-reason")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("Closed via management plugin")
+        .to_string();
+    if let Some(c) = broker.connections.get(&id) {
+        let _ = c.close.send(Some(reason));
+    }
+    Ok(no_content())
+}
+
+// ---------------------------------------------------------------- channels
+
+fn channel_json(conn: &ConnectionHandle, ch: &ChannelShared) -> Value {
+    let info = ch.info();
+    json!({
+        "name": format!("{} ({})", conn.name, ch.id),
+        "number": ch.id,
+        "node": node_name(),
+        "vhost": conn.vhost,
+        "user": conn.user,
+        "user_who_performed_action": conn.user,
+        "state": "running",
+        "connection_details": {"name": conn.name, "peer_host": conn.peer.ip().to_string(), "peer_port": conn.peer.port()},
+        "consumer_count": info.consumers.len(),
+        "prefetch_count": info.prefetch_count,
+        "global_prefetch_count": info.global_prefetch_count,
+        "messages_unacknowledged": info.unacked,
+        "messages_unconfirmed": 0,
+        "messages_uncommitted": 0,
+        "acks_uncommitted": 0,
+        "confirm": info.mode == Mode::Confirm,
+        "transactional": info.mode == Mode::Transactional,
+    })
+}
+
+fn channels_of(broker: &Broker, user: &User, only: Option<&str>) -> Vec<Value> {
+    let mut out = Vec::new();
+    for c in broker.connections.iter() {
+        if !(user.sees_everything() || c.user == user.name) || only.is_some_and(|n| n != c.name) {
+            continue;
+        }
+        for ch in c.channels.lock().values() {
+            out.push(channel_json(&c, ch));
+        }
+    }
+    sorted_by_name(out)
+}
+
+pub async fn channels(
+    State(broker): State<Arc<Broker>>,
+    Extension(user): Extension<User>,
+    Query(query): Q,
+) -> ApiResult {
+    list(channels_of(&broker, &user, None), &query)
+}
+
+pub async fn channels_in(
+    State(broker): State<Arc<Broker>>,
+    Extension(user): Extension<User>,
+    Path(vhost): Path<String>,
+    Query(query): Q,
+) -> ApiResult {
+    user.vhost(&broker, &vhost)?;
+    let items = channels_of(&broker, &user, None)
+        .into_iter()
+        .filter(|c| c["vhost"] == vhost.as_str())
+        .collect();
+    list(items, &query)
+}
+
+pub async fn connection_channels(
+    State(broker): State<Arc<Broker>>,
+    Extension(user): Extension<User>,
+    Path(name): Path<String>,
+    Query(query): Q,
+) -> ApiResult {
+    find_connection(&broker, &user, &name)?;
+    list(channels_of(&broker, &user, Some(&name)), &query)
+}
+
+pub async fn channel(
+    State(broker): State<Arc<Broker>>,
+    Extension(user): Extension<User>,
+    Path(name): Path<String>,
+) -> ApiResult {
+    channels_of(&broker, &user, None)
+        .into_iter()
+        .find(|c| c["name"] == name.as_str())
+        .map(|c| Json(c).into_response())
+        .ok_or_else(ApiError::not_found)
+}
+
+// ---------------------------------------------------------------- consumers
+
+fn consumer_json(conn: &ConnectionHandle, ch: &ChannelShared, c: &Consumer) -> Value {
+    json!({
+        "consumer_tag": c.tag,
+        "queue": {"name": c.queue.name, "vhost": c.queue.vhost},
+        "channel_details": {
+            "name": format!("{} ({})", conn.name, ch.id),
+            "number": ch.id,
+            "connection_name": conn.name,
+            "peer_host": conn.peer.ip().to_string(),
+            "peer_port": conn.peer.port(),
+            "user": conn.user,
+            "node": node_name(),
+        },
+        "ack_required": !c.no_ack,
+        "prefetch_count": c.prefetch,
+        "exclusive": c.exclusive,
+        "active": true,
+        "activity_status": "up",
+        "arguments": table_json(&c.arguments),
+    })
+}
+
+fn consumers_of(broker: &Broker, user: &User, vhost: Option<&str>) -> Vec<Value> {
+    let mut out = Vec::new();
+    for conn in broker.connections.iter() {
+        if vhost.is_some_and(|v| v != conn.vhost) || !user.may_see(broker, &conn.vhost) {
+            continue;
+        }
+        for ch in conn.channels.lock().values() {
+            for c in ch.info().consumers {
+                out.push(consumer_json(&conn, ch, &c));
+            }
+        }
+    }
+    out.sort_by(|a, b| {
+        (a["queue"]["name"].as_str(), a["consumer_tag"].as_str())
+            .cmp(&(b["queue"]["name"].as_str(), b["consumer_tag"].as_str()))
+    });
+    out
+}
+
+pub async fn consumers(
+    State(broker): State<Arc<Broker>>,
+    Extension(user): Extension<User>,
+    Query(query): Q,
+) -> ApiResult {
+    list(consumers_of(&broker, &user, None), &query)
+}
+
+pub async fn consumers_in(
+    State(broker): State<Arc<Broker>>,
+    Extension(user): Extension<User>,
+    Path(vhost): Path<String>,
+    Query(query): Q,
+) -> ApiResult {
+    user.vhost(&broker, &vhost)?;
+    list(consumers_of(&broker, &user, Some(&vhost)), &query)
+}
+
+// ---------------------------------------------------------------- health
+
+/// RabbitMQ's /api/health/checks/alarms: 200 without alarms, 503 with.
+pub async fn alarms(State(broker): State<Arc<Broker>>) -> ApiResult {
+    if broker.memory.is_blocked() {
+        return Ok((
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({
+                "status": "failed",
+                "reason": "resource alarm(s) in effect",
+                "alarms": [{"node": node_name(), "resource": "memory"}],
+            })),
+        )
+            .into_response());
+    }
+    Ok(Json(json!({"status": "ok"})).into_response())
+}
+
+/// RabbitMQ's aliveness test: declare `aliveness-test`, publish a message
+/// to it and get it back.
+pub async fn aliveness(
+    State(broker): State<Arc<Broker>>,
+    Extension(user): Extension<User>,
+    Path(vhost): Path<String>,
+) -> ApiResult {
+    let v = user.vhost(&broker, &vhost)?;
+    let args = amq_protocol::types::FieldTable::default();
+    let declared = v.declare_queue(&crate::broker::vhost::QueueDeclare {
+        name: "aliveness-test",
+        passive: false,
+        durable: false,
+        exclusive: false,
+        auto_delete: false,
+        arguments: &args,
+        connection: 0,
+    });
+    let alive = tokio::task::spawn_blocking(move || {
+        declared.is_ok_and(|(queue, _)| {
+            queue.publish(Arc::new(crate::broker::message::Message::new(
+                String::new(),
+                "aliveness-test".into(),
+                bytes::Bytes::from_static(&[0, 0]),
+                bytes::Bytes::from_static(b"test_message"),
+                false,
+            )));
+            matches!(queue.get(true), Some((m, _)) if &m.message.body[..] == b"test_message")
+        })
+    })
+    .await
+    .unwrap_or(false);
+    if alive {
+        Ok(Json(json!({"status": "ok"})).into_response())
+    } else {
+        Ok((
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({"status": "failed", "reason": "aliveness test failed"})),
+        )
+            .into_response())
+    }
+}

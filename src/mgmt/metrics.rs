@@ -1,0 +1,264 @@
+//! `/metrics` in Prometheus text format.
+//!
+//! Metric names are RabbitMQ's Prometheus plugin names (`rabbitmq_…`, with
+//! per-queue `vhost` and `queue` labels as its per-object endpoint), so
+//! existing dashboards and alerts work; Leveret-only metrics start with
+//! `leveret_`. Like RabbitMQ's plugin, the endpoint needs no credentials.
+
+use super::api::node_name;
+use super::live::{disk_free, open_fds, resident_memory};
+use crate::broker::Broker;
+use axum::extract::State;
+use axum::http::header;
+use axum::response::{IntoResponse, Response};
+use std::fmt::Write;
+use std::path::Path;
+use std::sync::Arc;
+
+struct Out(String);
+
+impl Out {
+    fn family(&mut self, name: &str, kind: &str, help: &str) {
+        let _ = writeln!(self.0, "# HELP {name} {help}\n# TYPE {name} {kind}");
+    }
+
+    fn value(&mut self, name: &str, labels: &[(&str, &str)], v: impl std::fmt::Display) {
+        self.0.push_str(name);
+        if !labels.is_empty() {
+            self.0.push('{');
+            for (i, (k, val)) in labels.iter().enumerate() {
+                if i > 0 {
+                    self.0.push(',');
+                }
+                let _ = write!(self.0, "{k}=\"{}\"", escape(val));
+            }
+            self.0.push('}');
+        }
+        let _ = writeln!(self.0, " {v}");
+    }
+
+    fn single(&mut self, name: &str, kind: &str, help: &str, v: impl std::fmt::Display) {
+        self.family(name, kind, help);
+        self.value(name, &[], v);
+    }
+}
+
+fn escape(v: &str) -> String {
+    v.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
+
+fn dir_bytes(path: &Path) -> u64 {
+    let Ok(entries) = std::fs::read_dir(path) else {
+        return 0;
+    };
+    entries
+        .flatten()
+        .map(|e| match e.metadata() {
+            Ok(m) if m.is_dir() => dir_bytes(&e.path()),
+            Ok(m) => m.len(),
+            Err(_) => 0,
+        })
+        .sum()
+}
+
+pub async fn metrics(State(broker): State<Arc<Broker>>) -> Response {
+    let disk_used = {
+        let path = broker.store.path().to_owned();
+        tokio::task::spawn_blocking(move || dir_bytes(&path))
+            .await
+            .unwrap_or(0)
+    };
+    let body = render(&broker, disk_used);
+    (
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        body,
+    )
+        .into_response()
+}
+
+fn render(broker: &Broker, disk_used: u64) -> String {
+    let mut out = Out(String::with_capacity(4096));
+    let node = node_name();
+    out.family(
+        "rabbitmq_identity_info",
+        "untyped",
+        "RabbitMQ node & cluster identity info",
+    );
+    out.value(
+        "rabbitmq_identity_info",
+        &[("rabbitmq_node", &node), ("rabbitmq_cluster", &node)],
+        1,
+    );
+    out.family("rabbitmq_build_info", "untyped", "Leveret build info");
+    out.value(
+        "rabbitmq_build_info",
+        &[
+            ("product", "Leveret"),
+            ("product_version", env!("CARGO_PKG_VERSION")),
+        ],
+        1,
+    );
+
+    let connections = broker.connections.len();
+    let channels: usize = broker
+        .connections
+        .iter()
+        .map(|c| c.channels.lock().len())
+        .sum();
+    out.single(
+        "rabbitmq_connections",
+        "gauge",
+        "Connections currently open",
+        connections,
+    );
+    out.single(
+        "rabbitmq_channels",
+        "gauge",
+        "Channels currently open",
+        channels,
+    );
+
+    let queues: Vec<_> = broker.vhosts().iter().flat_map(|v| v.queues()).collect();
+    let consumers: usize = queues.iter().map(|q| q.counts().consumers).sum();
+    out.single("rabbitmq_queues", "gauge", "Queues available", queues.len());
+    out.single(
+        "rabbitmq_consumers",
+        "gauge",
+        "Consumers currently connected",
+        consumers,
+    );
+
+    out.single(
+        "rabbitmq_process_resident_memory_bytes",
+        "gauge",
+        "Memory used in bytes",
+        resident_memory(),
+    );
+    out.single(
+        "rabbitmq_resident_memory_limit_bytes",
+        "gauge",
+        "Memory high watermark in bytes",
+        broker.config.limits.memory_high_watermark,
+    );
+    out.single(
+        "leveret_queued_message_memory_bytes",
+        "gauge",
+        "Bytes of ready messages held in memory by all queues",
+        broker.memory.used(),
+    );
+    out.single(
+        "rabbitmq_disk_space_available_bytes",
+        "gauge",
+        "Disk space available in bytes",
+        disk_free(broker),
+    );
+    out.single(
+        "leveret_store_disk_bytes",
+        "gauge",
+        "Bytes used by the data directory",
+        disk_used,
+    );
+    out.single(
+        "rabbitmq_process_open_fds",
+        "gauge",
+        "Open file descriptors",
+        open_fds(),
+    );
+    out.single(
+        "rabbitmq_alarms_memory_used_watermark",
+        "gauge",
+        "is 1 if VM memory watermark alarm is in effect",
+        u8::from(broker.memory.is_blocked()),
+    );
+    out.single(
+        "rabbitmq_alarms_free_disk_space_watermark",
+        "gauge",
+        "is 1 if free disk space watermark alarm is in effect",
+        0,
+    );
+
+    type Get = fn(&crate::broker::queue::Queue) -> String;
+    let per_queue: [(&str, &str, &str, Get); 10] = [
+        (
+            "rabbitmq_queue_messages_ready",
+            "gauge",
+            "Messages ready to be delivered to consumers",
+            |q| q.counts().ready.to_string(),
+        ),
+        (
+            "rabbitmq_queue_messages_unacked",
+            "gauge",
+            "Messages delivered to consumers but not yet acknowledged",
+            |q| q.counts().unacked.to_string(),
+        ),
+        (
+            "rabbitmq_queue_messages",
+            "gauge",
+            "Sum of ready and unacknowledged messages",
+            |q| {
+                let c = q.counts();
+                (c.ready + c.unacked).to_string()
+            },
+        ),
+        (
+            "rabbitmq_queue_consumers",
+            "gauge",
+            "Consumers on a queue",
+            |q| q.counts().consumers.to_string(),
+        ),
+        (
+            "rabbitmq_queue_consumer_utilisation",
+            "gauge",
+            "Fraction of the time the queue could immediately deliver to consumers",
+            |q| {
+                if q.counts().consumers == 0 {
+                    "0".into()
+                } else {
+                    q.stats.last().utilisation.to_string()
+                }
+            },
+        ),
+        (
+            "rabbitmq_queue_messages_ram_bytes",
+            "gauge",
+            "Size of ready messages held in memory",
+            |q| q.counts().memory.to_string(),
+        ),
+        (
+            "rabbitmq_queue_messages_published_total",
+            "counter",
+            "Messages published into a queue",
+            |q| q.stats.counts()[0].to_string(),
+        ),
+        (
+            "rabbitmq_queue_messages_delivered_total",
+            "counter",
+            "Messages delivered from a queue to consumers or basic.get",
+            |q| q.stats.counts()[1].to_string(),
+        ),
+        (
+            "rabbitmq_queue_messages_redelivered_total",
+            "counter",
+            "Messages redelivered from a queue",
+            |q| q.stats.counts()[2].to_string(),
+        ),
+        (
+            "rabbitmq_queue_messages_acked_total",
+            "counter",
+            "Messages acknowledged by consumers",
+            |q| q.stats.counts()[3].to_string(),
+        ),
+    ];
+    for (name, kind, help, get) in per_queue {
+        out.family(name, kind, help);
+        for q in &queues {
+            out.value(name, &[("vhost", &q.vhost), ("queue", &q.name)], get(q));
+        }
+    }
+    out.0
+}

@@ -1,0 +1,1187 @@
+//! Queues, exchanges and bindings: list, show, declare, delete, purge,
+//! publish and get, with the permissions the AMQP methods would need.
+
+use super::api::{
+    body, by_vhost_and_name, created_or_updated, json_table, lenient_bool, list, no_content,
+    node_name, table_json, ApiError, ApiResult, User,
+};
+use crate::broker::access::{Access, Resource};
+use crate::broker::exchange::{Binding, Destination, Exchange, ExchangeKind, RoutingInfo};
+use crate::broker::message::Message;
+use crate::broker::queue::Queue;
+use crate::broker::queue_args::QueueType;
+use crate::broker::vhost::{ExchangeDeclare, QueueDeclare, VHost};
+use crate::broker::Broker;
+use amq_protocol::protocol::basic::{gen_properties, parse_properties, AMQPProperties};
+use amq_protocol::types::FieldTable;
+use axum::extract::{Path, Query, State};
+use axum::http::{header, StatusCode};
+use axum::response::IntoResponse;
+use axum::{Extension, Json};
+use base64::Engine;
+use bytes::Bytes;
+use serde::Deserialize;
+use serde_json::{json, Value};
+use std::collections::HashMap;
+use std::sync::Arc;
+
+type Q = Query<HashMap<String, String>>;
+
+fn check(
+    broker: &Broker,
+    user: &User,
+    vhost: &str,
+    access: Access,
+    resource: Resource,
+    name: &str,
+) -> Result<(), ApiError> {
+    broker
+        .access
+        .check(&user.name, vhost, access, resource, name)
+        .map_err(ApiError::from_amqp)
+}
+
+// ---------------------------------------------------------------- queues
+
+pub fn queue_json(q: &Queue) -> Value {
+    let c = q.counts();
+    let kind = match q.args.queue_type {
+        QueueType::Classic => "classic",
+        QueueType::Quorum => "quorum",
+    };
+    let [publish, deliver_get, redeliver, ack] = q.stats.counts();
+    let sample = q.stats.last();
+    let rate = |i: usize| json!({"rate": sample.rates[i]});
+    json!({
+        "name": q.name,
+        "vhost": q.vhost,
+        "durable": q.durable,
+        "auto_delete": q.auto_delete,
+        "exclusive": q.exclusive_owner.is_some(),
+        "arguments": table_json(&q.arguments),
+        "type": kind,
+        "state": "running",
+        "node": node_name(),
+        "messages": c.ready + c.unacked,
+        "messages_ready": c.ready,
+        "messages_unacknowledged": c.unacked,
+        "consumers": c.consumers,
+        "consumer_utilisation": if c.consumers > 0 { json!(sample.utilisation) } else { Value::Null },
+        "memory": c.memory,
+        "message_bytes_ram": c.memory,
+        "message_stats": {
+            "publish": publish, "publish_details": rate(0),
+            "deliver_get": deliver_get, "deliver_get_details": rate(1),
+            "redeliver": redeliver, "redeliver_details": rate(2),
+            "ack": ack, "ack_details": rate(3),
+        },
+    })
+}
+
+fn visible_vhosts(broker: &Broker, user: &User) -> Vec<Arc<VHost>> {
+    broker
+        .vhosts()
+        .into_iter()
+        .filter(|v| user.may_see(broker, &v.name))
+        .collect()
+}
+
+pub async fn queues(
+    State(broker): State<Arc<Broker>>,
+    Extension(user): Extension<User>,
+    Query(query): Q,
+) -> ApiResult {
+    let items = visible_vhosts(&broker, &user)
+        .iter()
+        .flat_map(|v| v.queues())
+        .map(|q| queue_json(&q))
+        .collect();
+    list(by_vhost_and_name(items), &query)
+}
+
+pub async fn queues_in(
+    State(broker): State<Arc<Broker>>,
+    Extension(user): Extension<User>,
+    Path(vhost): Path<String>,
+    Query(query): Q,
+) -> ApiResult {
+    let v = user.vhost(&broker, &vhost)?;
+    list(
+        by_vhost_and_name(v.queues().iter().map(|q| queue_json(q)).collect()),
+        &query,
+    )
+}
+
+fn find_queue(
+    broker: &Broker,
+    user: &User,
+    vhost: &str,
+    name: &str,
+) -> Result<(Arc<VHost>, Arc<Queue>), ApiError> {
+    let v = user.vhost(broker, vhost)?;
+    let q = v.queue(name).map_err(|_| ApiError::not_found())?;
+    Ok((v, q))
+}
+
+pub async fn queue(
+    State(broker): State<Arc<Broker>>,
+    Extension(user): Extension<User>,
+    Path((vhost, name)): Path<(String, String)>,
+) -> ApiResult {
+    let (_, q) = find_queue(&broker, &user, &vhost, &name)?;
+    Ok(Json(queue_json(&q)).into_response())
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct QueueBody {
+    #[serde(default = "yes", deserialize_with = "lenient_bool")]
+    durable: bool,
+    #[serde(default, deserialize_with = "lenient_bool")]
+    auto_delete: bool,
+    #[serde(default)]
+    arguments: Value,
+    // Accepted and ignored, as RabbitMQ's API takes them.
+    #[serde(default)]
+    #[allow(dead_code)]
+    node: Option<Value>,
+    #[serde(default)]
+    #[allow(dead_code)]
+    name: Option<Value>,
+    #[serde(default)]
+    #[allow(dead_code)]
+    vhost: Option<Value>,
+}
+
+fn yes() -> bool {
+    true
+}
+
+/// Declares a queue as queue.declare would, for an API or definitions
+/// caller; true when it was created.
+pub fn declare_queue(
+    v: &VHost,
+    name: &str,
+    durable: bool,
+    auto_delete: bool,
+    arguments: &FieldTable,
+) -> Result<bool, ApiError> {
+    if name.is_empty() || name.len() > 255 {
+        return Err(ApiError::bad_request("queue names must be 1 to 255 bytes"));
+    }
+    let (_, created) = v.declare_queue(&QueueDeclare {
+        name,
+        passive: false,
+        durable,
+        exclusive: false,
+        auto_delete,
+        arguments,
+        connection: 0,
+    })?;
+    Ok(created)
+}
+
+pub async fn put_queue(
+    State(broker): State<Arc<Broker>>,
+    Extension(user): Extension<User>,
+    Path((vhost, name)): Path<(String, String)>,
+    raw: Bytes,
+) -> ApiResult {
+    let v = user.vhost(&broker, &vhost)?;
+    let b: QueueBody = body(&raw)?;
+    check(
+        &broker,
+        &user,
+        &vhost,
+        Access::Configure,
+        Resource::Queue,
+        &name,
+    )?;
+    let arguments = json_table(&b.arguments)?;
+    let created = declare_queue(&v, &name, b.durable, b.auto_delete, &arguments)?;
+    Ok(created_or_updated(created))
+}
+
+pub async fn delete_queue(
+    State(broker): State<Arc<Broker>>,
+    Extension(user): Extension<User>,
+    Path((vhost, name)): Path<(String, String)>,
+    Query(query): Q,
+) -> ApiResult {
+    let (v, q) = find_queue(&broker, &user, &vhost, &name)?;
+    check(
+        &broker,
+        &user,
+        &vhost,
+        Access::Configure,
+        Resource::Queue,
+        &name,
+    )?;
+    let flag = |k: &str| query.get(k).is_some_and(|x| x == "true");
+    q.check_delete(flag("if-unused"), flag("if-empty"))?;
+    v.delete_queue(&q);
+    Ok(no_content())
+}
+
+pub async fn purge_queue(
+    State(broker): State<Arc<Broker>>,
+    Extension(user): Extension<User>,
+    Path((vhost, name)): Path<(String, String)>,
+) -> ApiResult {
+    let (_, q) = find_queue(&broker, &user, &vhost, &name)?;
+    check(&broker, &user, &vhost, Access::Read, Resource::Queue, &name)?;
+    q.purge();
+    Ok(no_content())
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct GetBody {
+    #[serde(default = "one")]
+    count: usize,
+    ackmode: String,
+    #[serde(default = "auto")]
+    encoding: String,
+    #[serde(default)]
+    truncate: Option<usize>,
+    #[serde(default)]
+    #[allow(dead_code)]
+    name: Option<Value>,
+    #[serde(default)]
+    #[allow(dead_code)]
+    vhost: Option<Value>,
+    #[serde(default, deserialize_with = "lenient_bool")]
+    #[allow(dead_code)]
+    requeue: bool,
+}
+
+fn one() -> usize {
+    1
+}
+
+fn auto() -> String {
+    "auto".into()
+}
+
+/// RabbitMQ's "get messages": takes up to `count` messages, then acks,
+/// requeues or rejects them as `ackmode` says.
+pub async fn get_messages(
+    State(broker): State<Arc<Broker>>,
+    Extension(user): Extension<User>,
+    Path((vhost, name)): Path<(String, String)>,
+    raw: Bytes,
+) -> ApiResult {
+    let (_, q) = find_queue(&broker, &user, &vhost, &name)?;
+    let b: GetBody = body(&raw)?;
+    let (requeue, reject) = match b.ackmode.as_str() {
+        "ack_requeue_true" => (true, false),
+        "ack_requeue_false" => (false, false),
+        "reject_requeue_true" => (true, true),
+        "reject_requeue_false" => (false, true),
+        other => return Err(ApiError::bad_request(format!("Unknown ackmode: {other}"))),
+    };
+    if b.encoding != "auto" && b.encoding != "base64" {
+        return Err(ApiError::bad_request(format!(
+            "Unsupported encoding: {}",
+            b.encoding
+        )));
+    }
+    check(&broker, &user, &vhost, Access::Read, Resource::Queue, &name)?;
+    // basic.get may wait for messages being read back from disk.
+    let taken = tokio::task::spawn_blocking(move || {
+        let mut taken = Vec::new();
+        while taken.len() < b.count {
+            match q.get(false) {
+                Some(got) => taken.push(got),
+                None => break,
+            }
+        }
+        let messages: Vec<_> = taken.iter().map(|(m, _)| m.clone()).collect();
+        let left: Vec<usize> = taken.iter().map(|(_, n)| *n).collect();
+        match (requeue, reject) {
+            (true, _) => q.requeue(messages.clone()),
+            (false, false) => q.settle(messages.iter().map(|m| m.receipt())),
+            (false, true) => q.reject(messages.clone()),
+        }
+        messages.into_iter().zip(left).collect::<Vec<_>>()
+    })
+    .await
+    .map_err(|e| ApiError::bad_request(e.to_string()))?;
+    let out: Vec<Value> = taken
+        .iter()
+        .map(|(m, left)| {
+            let msg = &m.message;
+            let (payload, encoding) = payload_json(&msg.body, &b.encoding, b.truncate);
+            json!({
+                "payload_bytes": msg.body.len(),
+                "redelivered": m.redelivered,
+                "exchange": msg.exchange,
+                "routing_key": msg.routing_key,
+                "message_count": left,
+                "properties": properties_json(&msg.properties),
+                "payload": payload,
+                "payload_encoding": encoding,
+            })
+        })
+        .collect();
+    Ok(Json(Value::Array(out)).into_response())
+}
+
+fn payload_json(body: &[u8], encoding: &str, truncate: Option<usize>) -> (String, &'static str) {
+    let body = &body[..truncate.map_or(body.len(), |t| t.min(body.len()))];
+    match std::str::from_utf8(body) {
+        Ok(s) if encoding == "auto" => (s.to_string(), "string"),
+        _ => (
+            base64::engine::general_purpose::STANDARD.encode(body),
+            "base64",
+        ),
+    }
+}
+
+/// Message properties as RabbitMQ's API shows them: only those set.
+fn properties_json(raw: &[u8]) -> Value {
+    let Ok((_, p)) = parse_properties(raw) else {
+        return json!({});
+    };
+    let mut out = serde_json::Map::new();
+    let mut put = |k: &str, v: Option<Value>| {
+        if let Some(v) = v {
+            out.insert(k.into(), v);
+        }
+    };
+    put(
+        "content_type",
+        p.content_type().as_ref().map(|s| json!(s.as_str())),
+    );
+    put(
+        "content_encoding",
+        p.content_encoding().as_ref().map(|s| json!(s.as_str())),
+    );
+    put("headers", p.headers().as_ref().map(table_json));
+    put("delivery_mode", p.delivery_mode().map(|n| json!(n)));
+    put("priority", p.priority().map(|n| json!(n)));
+    put(
+        "correlation_id",
+        p.correlation_id().as_ref().map(|s| json!(s.as_str())),
+    );
+    put("reply_to", p.reply_to().as_ref().map(|s| json!(s.as_str())));
+    put(
+        "expiration",
+        p.expiration().as_ref().map(|s| json!(s.as_str())),
+    );
+    put(
+        "message_id",
+        p.message_id().as_ref().map(|s| json!(s.as_str())),
+    );
+    put("timestamp", p.timestamp().map(|n| json!(n)));
+    put("type", p.kind().as_ref().map(|s| json!(s.as_str())));
+    put("user_id", p.user_id().as_ref().map(|s| json!(s.as_str())));
+    put("app_id", p.app_id().as_ref().map(|s| json!(s.as_str())));
+    put(
+        "cluster_id",
+        p.cluster_id().as_ref().map(|s| json!(s.as_str())),
+    );
+    Value::Object(out)
+}
+
+/// JSON properties (as the API shows them) back into AMQP properties.
+fn json_properties(v: &Value) -> Result<AMQPProperties, ApiError> {
+    let Some(map) = v.as_object() else {
+        return Ok(AMQPProperties::default());
+    };
+    let mut p = AMQPProperties::default();
+    let text = |k: &str| -> Result<Option<String>, ApiError> {
+        match map.get(k) {
+            None | Some(Value::Null) => Ok(None),
+            Some(Value::String(s)) => Ok(Some(s.clone())),
+            Some(other) if k == "expiration" || k == "message_id" || k == "correlation_id" => {
+                Ok(Some(other.to_string()))
+            }
+            Some(_) => Err(ApiError::bad_request(format!(
+                "property {k} must be a string"
+            ))),
+        }
+    };
+    let number = |k: &str| -> Result<Option<u64>, ApiError> {
+        match map.get(k) {
+            None | Some(Value::Null) => Ok(None),
+            Some(v) => v
+                .as_u64()
+                .or_else(|| v.as_str().and_then(|s| s.parse().ok()))
+                .map(Some)
+                .ok_or_else(|| ApiError::bad_request(format!("property {k} must be a number"))),
+        }
+    };
+    for k in map.keys() {
+        if ![
+            "content_type",
+            "content_encoding",
+            "headers",
+            "delivery_mode",
+            "priority",
+            "correlation_id",
+            "reply_to",
+            "expiration",
+            "message_id",
+            "timestamp",
+            "type",
+            "user_id",
+            "app_id",
+            "cluster_id",
+        ]
+        .contains(&k.as_str())
+        {
+            return Err(ApiError::bad_request(format!("unknown property {k}")));
+        }
+    }
+    if let Some(s) = text("content_type")? {
+        p = p.with_content_type(s.into());
+    }
+    if let Some(s) = text("content_encoding")? {
+        p = p.with_content_encoding(s.into());
+    }
+    if let Some(h) = map.get("headers") {
+        p = p.with_headers(json_table(h)?);
+    }
+    if let Some(n) = number("delivery_mode")? {
+        p = p.with_delivery_mode(n as u8);
+    }
+    if let Some(n) = number("priority")? {
+        p = p.with_priority(n as u8);
+    }
+    if let Some(s) = text("correlation_id")? {
+        p = p.with_correlation_id(s.into());
+    }
+    if let Some(s) = text("reply_to")? {
+        p = p.with_reply_to(s.into());
+    }
+    if let Some(s) = text("expiration")? {
+        p = p.with_expiration(s.into());
+    }
+    if let Some(s) = text("message_id")? {
+        p = p.with_message_id(s.into());
+    }
+    if let Some(n) = number("timestamp")? {
+        p = p.with_timestamp(n);
+    }
+    if let Some(s) = text("type")? {
+        p = p.with_type(s.into());
+    }
+    if let Some(s) = text("user_id")? {
+        p = p.with_user_id(s.into());
+    }
+    if let Some(s) = text("app_id")? {
+        p = p.with_app_id(s.into());
+    }
+    if let Some(s) = text("cluster_id")? {
+        p = p.with_cluster_id(s.into());
+    }
+    Ok(p)
+}
+
+// ---------------------------------------------------------------- exchanges
+
+pub fn exchange_json(vhost: &str, e: &Exchange) -> Value {
+    json!({
+        "name": e.name,
+        "vhost": vhost,
+        "type": e.kind.as_str(),
+        "durable": e.durable,
+        "auto_delete": e.auto_delete,
+        "internal": e.internal,
+        "arguments": table_json(&e.arguments),
+        "user_who_performed_action": "",
+    })
+}
+
+pub async fn exchanges(
+    State(broker): State<Arc<Broker>>,
+    Extension(user): Extension<User>,
+    Query(query): Q,
+) -> ApiResult {
+    let items = visible_vhosts(&broker, &user)
+        .iter()
+        .flat_map(|v| {
+            v.exchanges()
+                .iter()
+                .map(|e| exchange_json(&v.name, e))
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    list(by_vhost_and_name(items), &query)
+}
+
+pub async fn exchanges_in(
+    State(broker): State<Arc<Broker>>,
+    Extension(user): Extension<User>,
+    Path(vhost): Path<String>,
+    Query(query): Q,
+) -> ApiResult {
+    let v = user.vhost(&broker, &vhost)?;
+    let items = v
+        .exchanges()
+        .iter()
+        .map(|e| exchange_json(&v.name, e))
+        .collect();
+    list(by_vhost_and_name(items), &query)
+}
+
+fn find_exchange(
+    broker: &Broker,
+    user: &User,
+    vhost: &str,
+    name: &str,
+) -> Result<(Arc<VHost>, Arc<Exchange>), ApiError> {
+    let v = user.vhost(broker, vhost)?;
+    // `amq.default` is the API's name for the nameless default exchange.
+    let name = if name == "amq.default" { "" } else { name };
+    let e = v.exchange(name).map_err(|_| ApiError::not_found())?;
+    Ok((v, e))
+}
+
+pub async fn exchange(
+    State(broker): State<Arc<Broker>>,
+    Extension(user): Extension<User>,
+    Path((vhost, name)): Path<(String, String)>,
+) -> ApiResult {
+    let (v, e) = find_exchange(&broker, &user, &vhost, &name)?;
+    Ok(Json(exchange_json(&v.name, &e)).into_response())
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ExchangeBody {
+    #[serde(rename = "type")]
+    kind: String,
+    #[serde(default = "yes", deserialize_with = "lenient_bool")]
+    durable: bool,
+    #[serde(default, deserialize_with = "lenient_bool")]
+    auto_delete: bool,
+    #[serde(default, deserialize_with = "lenient_bool")]
+    internal: bool,
+    #[serde(default)]
+    arguments: Value,
+    #[serde(default)]
+    #[allow(dead_code)]
+    name: Option<Value>,
+    #[serde(default)]
+    #[allow(dead_code)]
+    vhost: Option<Value>,
+}
+
+/// Declares an exchange as exchange.declare would; true when created.
+pub fn declare_exchange(
+    v: &VHost,
+    name: &str,
+    kind: &str,
+    durable: bool,
+    auto_delete: bool,
+    internal: bool,
+    arguments: &FieldTable,
+) -> Result<bool, ApiError> {
+    if ExchangeKind::parse(kind).is_none() {
+        return Err(ApiError::bad_request(format!(
+            "unknown exchange type '{kind}'"
+        )));
+    }
+    let existed = v.exchange(name).is_ok();
+    v.declare_exchange(&ExchangeDeclare {
+        name,
+        kind,
+        passive: false,
+        durable,
+        auto_delete,
+        internal,
+        arguments,
+    })?;
+    Ok(!existed)
+}
+
+pub async fn put_exchange(
+    State(broker): State<Arc<Broker>>,
+    Extension(user): Extension<User>,
+    Path((vhost, name)): Path<(String, String)>,
+    raw: Bytes,
+) -> ApiResult {
+    let v = user.vhost(&broker, &vhost)?;
+    let b: ExchangeBody = body(&raw)?;
+    check(
+        &broker,
+        &user,
+        &vhost,
+        Access::Configure,
+        Resource::Exchange,
+        &name,
+    )?;
+    let arguments = json_table(&b.arguments)?;
+    let created = declare_exchange(
+        &v,
+        &name,
+        &b.kind,
+        b.durable,
+        b.auto_delete,
+        b.internal,
+        &arguments,
+    )?;
+    Ok(created_or_updated(created))
+}
+
+pub async fn delete_exchange(
+    State(broker): State<Arc<Broker>>,
+    Extension(user): Extension<User>,
+    Path((vhost, name)): Path<(String, String)>,
+    Query(query): Q,
+) -> ApiResult {
+    let (v, _) = find_exchange(&broker, &user, &vhost, &name)?;
+    check(
+        &broker,
+        &user,
+        &vhost,
+        Access::Configure,
+        Resource::Exchange,
+        &name,
+    )?;
+    let if_unused = query.get("if-unused").is_some_and(|x| x == "true");
+    v.delete_exchange(&name, if_unused)?;
+    Ok(no_content())
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PublishBody {
+    #[serde(default)]
+    properties: Value,
+    routing_key: String,
+    payload: String,
+    #[serde(default = "string")]
+    payload_encoding: String,
+    #[serde(default)]
+    #[allow(dead_code)]
+    name: Option<Value>,
+    #[serde(default)]
+    #[allow(dead_code)]
+    vhost: Option<Value>,
+    #[serde(default)]
+    #[allow(dead_code)]
+    delivery_mode: Option<Value>,
+    #[serde(default)]
+    #[allow(dead_code)]
+    headers: Option<Value>,
+    #[serde(default)]
+    #[allow(dead_code)]
+    props: Option<Value>,
+}
+
+fn string() -> String {
+    "string".into()
+}
+
+/// Publishes one message, as basic.publish would; answers whether it was
+/// routed to a queue.
+pub async fn publish(
+    State(broker): State<Arc<Broker>>,
+    Extension(user): Extension<User>,
+    Path((vhost, name)): Path<(String, String)>,
+    raw: Bytes,
+) -> ApiResult {
+    let (v, e) = find_exchange(&broker, &user, &vhost, &name)?;
+    let b: PublishBody = body(&raw)?;
+    let payload = match b.payload_encoding.as_str() {
+        "string" => Bytes::from(b.payload.into_bytes()),
+        "base64" => Bytes::from(
+            base64::engine::general_purpose::STANDARD
+                .decode(b.payload.as_bytes())
+                .map_err(|e| ApiError::bad_request(format!("payload is not base64: {e}")))?,
+        ),
+        other => {
+            return Err(ApiError::bad_request(format!(
+                "payload_encoding must be string or base64, not {other}"
+            )))
+        }
+    };
+    check(
+        &broker,
+        &user,
+        &vhost,
+        Access::Write,
+        Resource::Exchange,
+        &e.name,
+    )?;
+    if e.internal {
+        return Err(ApiError::from_amqp(
+            crate::error::AmqpError::access_refused(format_args!(
+                "cannot publish to internal exchange '{}' in vhost '{vhost}'",
+                e.name
+            )),
+        ));
+    }
+    let props = json_properties(&b.properties)?;
+    let expiration = match props.expiration() {
+        Some(x) => Some(
+            crate::broker::message::parse_expiration(x.as_str().as_bytes())
+                .map_err(|why| ApiError::bad_request(format!("invalid expiration: {why}")))?,
+        ),
+        None => None,
+    };
+    let persistent = props.delivery_mode() == &Some(2);
+    let headers = props.headers().clone();
+    let raw_props = cookie_factory::gen_simple(gen_properties(&props), Vec::new())
+        .map_err(|e| ApiError::bad_request(e.to_string()))?;
+    let message = Arc::new(
+        Message::new(
+            e.name.clone(),
+            b.routing_key.clone(),
+            Bytes::from(raw_props),
+            payload,
+            persistent,
+        )
+        .with_expiration(expiration),
+    );
+    let headers_fn = || headers.clone();
+    let queues = v.route(
+        &e,
+        &RoutingInfo {
+            routing_key: &b.routing_key,
+            headers: &headers_fn,
+        },
+    );
+    v.enqueue(&queues, &message);
+    Ok(Json(json!({"routed": !queues.is_empty()})).into_response())
+}
+
+// ---------------------------------------------------------------- bindings
+
+/// RabbitMQ's `properties_key`: the routing key URL-quoted ("~" when
+/// empty), then `~` and a hash of the arguments when there are any.
+pub fn properties_key(routing_key: &str, arguments: &FieldTable) -> String {
+    let mut key = if routing_key.is_empty() {
+        "~".to_string()
+    } else {
+        quote(routing_key)
+    };
+    if !arguments.inner().is_empty() {
+        let encoded = cookie_factory::gen_simple(
+            amq_protocol::types::generation::gen_field_table(arguments),
+            Vec::new(),
+        )
+        .unwrap_or_default();
+        let hash = crc32fast::hash(&encoded).to_be_bytes();
+        if routing_key.is_empty() {
+            key.clear();
+        }
+        key.push('~');
+        key.push_str(&base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(hash));
+    }
+    key
+}
+
+fn quote(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' => out.push(b as char),
+            b' ' => out.push('+'),
+            _ => out.push_str(&format!("%{b:02X}")),
+        }
+    }
+    out
+}
+
+fn binding_json(vhost: &str, source: &str, b: &Binding) -> Value {
+    let (destination, kind) = match &b.destination {
+        Destination::Queue(q) => (q.name.as_str(), "queue"),
+        Destination::Exchange(e) => (e.as_str(), "exchange"),
+    };
+    json!({
+        "source": source,
+        "vhost": vhost,
+        "destination": destination,
+        "destination_type": kind,
+        "routing_key": b.routing_key,
+        "arguments": table_json(&b.arguments),
+        "properties_key": properties_key(&b.routing_key, &b.arguments),
+    })
+}
+
+/// The default exchange's implicit binding of a queue, as RabbitMQ lists it.
+fn default_binding_json(vhost: &str, queue: &str) -> Value {
+    json!({
+        "source": "",
+        "vhost": vhost,
+        "destination": queue,
+        "destination_type": "queue",
+        "routing_key": queue,
+        "arguments": {},
+        "properties_key": quote(queue),
+    })
+}
+
+/// Every binding of a vhost: the default exchange's first, then by source.
+pub fn vhost_bindings(v: &VHost) -> Vec<Value> {
+    let mut queues = v.queues();
+    queues.sort_by(|a, b| a.name.cmp(&b.name));
+    let mut out: Vec<Value> = queues
+        .iter()
+        .map(|q| default_binding_json(&v.name, &q.name))
+        .collect();
+    let mut exchanges = v.exchanges();
+    exchanges.sort_by(|a, b| a.name.cmp(&b.name));
+    for e in exchanges.iter().filter(|e| !e.name.is_empty()) {
+        for b in e.bindings() {
+            out.push(binding_json(&v.name, &e.name, &b));
+        }
+    }
+    out
+}
+
+pub async fn bindings(
+    State(broker): State<Arc<Broker>>,
+    Extension(user): Extension<User>,
+    Query(query): Q,
+) -> ApiResult {
+    let items = visible_vhosts(&broker, &user)
+        .iter()
+        .flat_map(|v| vhost_bindings(v))
+        .collect();
+    list(items, &query)
+}
+
+pub async fn bindings_in(
+    State(broker): State<Arc<Broker>>,
+    Extension(user): Extension<User>,
+    Path(vhost): Path<String>,
+    Query(query): Q,
+) -> ApiResult {
+    let v = user.vhost(&broker, &vhost)?;
+    list(vhost_bindings(&v), &query)
+}
+
+pub async fn queue_bindings(
+    State(broker): State<Arc<Broker>>,
+    Extension(user): Extension<User>,
+    Path((vhost, name)): Path<(String, String)>,
+    Query(query): Q,
+) -> ApiResult {
+    let (v, _) = find_queue(&broker, &user, &vhost, &name)?;
+    let items = vhost_bindings(&v)
+        .into_iter()
+        .filter(|b| b["destination_type"] == "queue" && b["destination"] == name.as_str())
+        .collect();
+    list(items, &query)
+}
+
+pub async fn exchange_bindings_source(
+    State(broker): State<Arc<Broker>>,
+    Extension(user): Extension<User>,
+    Path((vhost, name)): Path<(String, String)>,
+    Query(query): Q,
+) -> ApiResult {
+    let (v, e) = find_exchange(&broker, &user, &vhost, &name)?;
+    let items = if e.name.is_empty() {
+        vhost_bindings(&v)
+            .into_iter()
+            .filter(|b| b["source"] == "")
+            .collect()
+    } else {
+        e.bindings()
+            .iter()
+            .map(|b| binding_json(&v.name, &e.name, b))
+            .collect()
+    };
+    list(items, &query)
+}
+
+pub async fn exchange_bindings_destination(
+    State(broker): State<Arc<Broker>>,
+    Extension(user): Extension<User>,
+    Path((vhost, name)): Path<(String, String)>,
+    Query(query): Q,
+) -> ApiResult {
+    let (v, e) = find_exchange(&broker, &user, &vhost, &name)?;
+    let items = vhost_bindings(&v)
+        .into_iter()
+        .filter(|b| b["destination_type"] == "exchange" && b["destination"] == e.name.as_str())
+        .collect();
+    list(items, &query)
+}
+
+/// `/api/bindings/{vhost}/e/{source}/{q|e}/{destination}`.
+#[derive(Deserialize)]
+pub struct BindingPath {
+    vhost: String,
+    source: String,
+    destination: String,
+}
+
+#[derive(Deserialize)]
+pub struct BindingPropsPath {
+    vhost: String,
+    source: String,
+    destination: String,
+    props: String,
+}
+
+fn destination(v: &VHost, to_queue: bool, name: &str) -> Result<Destination, ApiError> {
+    if to_queue {
+        Ok(Destination::Queue(
+            v.queue(name).map_err(|_| ApiError::not_found())?,
+        ))
+    } else {
+        v.exchange(name).map_err(|_| ApiError::not_found())?;
+        Ok(Destination::Exchange(name.to_string()))
+    }
+}
+
+fn same_destination(a: &Destination, b: &Destination) -> bool {
+    match (a, b) {
+        (Destination::Queue(x), Destination::Queue(y)) => Arc::ptr_eq(x, y),
+        (Destination::Exchange(x), Destination::Exchange(y)) => x == y,
+        _ => false,
+    }
+}
+
+fn between(
+    broker: &Broker,
+    user: &User,
+    p: &BindingPath,
+    to_queue: bool,
+) -> Result<Vec<Value>, ApiError> {
+    let (v, e) = find_exchange(broker, user, &p.vhost, &p.source)?;
+    let dest = destination(&v, to_queue, &p.destination)?;
+    if e.name.is_empty() {
+        return Ok(match &dest {
+            Destination::Queue(q) => vec![default_binding_json(&v.name, &q.name)],
+            Destination::Exchange(_) => Vec::new(),
+        });
+    }
+    Ok(e.bindings()
+        .iter()
+        .filter(|b| same_destination(&b.destination, &dest))
+        .map(|b| binding_json(&v.name, &e.name, b))
+        .collect())
+}
+
+pub async fn bindings_between_queue(
+    State(broker): State<Arc<Broker>>,
+    Extension(user): Extension<User>,
+    Path(p): Path<BindingPath>,
+) -> ApiResult {
+    Ok(Json(Value::Array(between(&broker, &user, &p, true)?)).into_response())
+}
+
+pub async fn bindings_between_exchange(
+    State(broker): State<Arc<Broker>>,
+    Extension(user): Extension<User>,
+    Path(p): Path<BindingPath>,
+) -> ApiResult {
+    Ok(Json(Value::Array(between(&broker, &user, &p, false)?)).into_response())
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct BindBody {
+    #[serde(default)]
+    routing_key: String,
+    #[serde(default)]
+    arguments: Value,
+    #[serde(default)]
+    #[allow(dead_code)]
+    vhost: Option<Value>,
+    #[serde(default)]
+    #[allow(dead_code)]
+    source: Option<Value>,
+    #[serde(default)]
+    #[allow(dead_code)]
+    destination: Option<Value>,
+    #[serde(default)]
+    #[allow(dead_code)]
+    destination_type: Option<Value>,
+}
+
+/// A binding to make.
+pub struct NewBinding<'a> {
+    pub source: &'a str,
+    pub to_queue: bool,
+    pub destination: &'a str,
+    pub routing_key: &'a str,
+    pub arguments: FieldTable,
+}
+
+/// Binds as queue.bind / exchange.bind would, with their permission checks
+/// when made for a user; returns the binding's properties key.
+pub fn bind(
+    broker: &Broker,
+    user: Option<&User>,
+    v: &VHost,
+    n: NewBinding<'_>,
+) -> Result<String, ApiError> {
+    let NewBinding {
+        source,
+        to_queue,
+        destination: dest_name,
+        routing_key,
+        arguments,
+    } = n;
+    let kind = if to_queue {
+        Resource::Queue
+    } else {
+        Resource::Exchange
+    };
+    if let Some(user) = user {
+        check(broker, user, &v.name, Access::Write, kind, dest_name)?;
+        check(
+            broker,
+            user,
+            &v.name,
+            Access::Read,
+            Resource::Exchange,
+            source,
+        )?;
+    }
+    if source.is_empty() || (!to_queue && dest_name.is_empty()) {
+        return Err(ApiError::from_amqp(
+            crate::error::AmqpError::access_refused(
+                "operation not permitted on the default exchange",
+            ),
+        ));
+    }
+    let e = v.exchange(source).map_err(|_| ApiError::not_found())?;
+    let dest = destination(v, to_queue, dest_name)?;
+    if e.kind == ExchangeKind::Headers {
+        crate::broker::exchange::headers::HeadersMatcher::new(&arguments)
+            .map_err(|why| ApiError::bad_request(format!("406 PRECONDITION_FAILED - {why}")))?;
+    }
+    let key = properties_key(routing_key, &arguments);
+    v.bind(
+        &e,
+        Binding {
+            destination: dest,
+            routing_key: routing_key.to_string(),
+            arguments,
+        },
+    );
+    Ok(key)
+}
+
+async fn post_binding(
+    broker: Arc<Broker>,
+    user: User,
+    p: BindingPath,
+    to_queue: bool,
+    raw: Bytes,
+) -> ApiResult {
+    let v = user.vhost(&broker, &p.vhost)?;
+    let b: BindBody = body(&raw)?;
+    let arguments = json_table(&b.arguments)?;
+    let key = bind(
+        &broker,
+        Some(&user),
+        &v,
+        NewBinding {
+            source: &p.source,
+            to_queue,
+            destination: &p.destination,
+            routing_key: &b.routing_key,
+            arguments,
+        },
+    )?;
+    let location = format!(
+        "/api/bindings/{}/e/{}/{}/{}/{}",
+        quote(&p.vhost),
+        quote(&p.source),
+        if to_queue { "q" } else { "e" },
+        quote(&p.destination),
+        key
+    );
+    Ok((StatusCode::CREATED, [(header::LOCATION, location)]).into_response())
+}
+
+pub async fn post_queue_binding(
+    State(broker): State<Arc<Broker>>,
+    Extension(user): Extension<User>,
+    Path(p): Path<BindingPath>,
+    raw: Bytes,
+) -> ApiResult {
+    post_binding(broker, user, p, true, raw).await
+}
+
+pub async fn post_exchange_binding(
+    State(broker): State<Arc<Broker>>,
+    Extension(user): Extension<User>,
+    Path(p): Path<BindingPath>,
+    raw: Bytes,
+) -> ApiResult {
+    post_binding(broker, user, p, false, raw).await
+}
+
+fn one_binding(
+    broker: &Broker,
+    user: &User,
+    p: BindingPropsPath,
+    to_queue: bool,
+) -> Result<(Arc<VHost>, Arc<Exchange>, Binding), ApiError> {
+    let (v, e) = find_exchange(broker, user, &p.vhost, &p.source)?;
+    let dest = destination(&v, to_queue, &p.destination)?;
+    let found = e
+        .bindings()
+        .into_iter()
+        .find(|b| {
+            same_destination(&b.destination, &dest)
+                && properties_key(&b.routing_key, &b.arguments) == p.props
+        })
+        .ok_or_else(ApiError::not_found)?;
+    Ok((v, e, found))
+}
+
+pub async fn queue_binding(
+    State(broker): State<Arc<Broker>>,
+    Extension(user): Extension<User>,
+    Path(p): Path<BindingPropsPath>,
+) -> ApiResult {
+    let (v, e, b) = one_binding(&broker, &user, p, true)?;
+    Ok(Json(binding_json(&v.name, &e.name, &b)).into_response())
+}
+
+pub async fn exchange_binding(
+    State(broker): State<Arc<Broker>>,
+    Extension(user): Extension<User>,
+    Path(p): Path<BindingPropsPath>,
+) -> ApiResult {
+    let (v, e, b) = one_binding(&broker, &user, p, false)?;
+    Ok(Json(binding_json(&v.name, &e.name, &b)).into_response())
+}
+
+async fn unbind(broker: Arc<Broker>, user: User, p: BindingPropsPath, to_queue: bool) -> ApiResult {
+    let (v, e, b) = one_binding(&broker, &user, p, to_queue)?;
+    let (kind, name) = match &b.destination {
+        Destination::Queue(q) => (Resource::Queue, q.name.clone()),
+        Destination::Exchange(x) => (Resource::Exchange, x.clone()),
+    };
+    check(&broker, &user, &v.name, Access::Write, kind, &name)?;
+    check(
+        &broker,
+        &user,
+        &v.name,
+        Access::Read,
+        Resource::Exchange,
+        &e.name,
+    )?;
+    v.unbind(&e, &b.destination, &b.routing_key, &b.arguments);
+    Ok(no_content())
+}
+
+pub async fn delete_queue_binding(
+    State(broker): State<Arc<Broker>>,
+    Extension(user): Extension<User>,
+    Path(p): Path<BindingPropsPath>,
+) -> ApiResult {
+    unbind(broker, user, p, true).await
+}
+
+pub async fn delete_exchange_binding(
+    State(broker): State<Arc<Broker>>,
+    Extension(user): Extension<User>,
+    Path(p): Path<BindingPropsPath>,
+) -> ApiResult {
+    unbind(broker, user, p, false).await
+}

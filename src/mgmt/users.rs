@@ -1,0 +1,419 @@
+//! Users, vhosts and permissions. Changing them needs the administrator
+//! tag, as in RabbitMQ.
+
+use super::api::{body, created_or_updated, list, no_content, tags, ApiError, ApiResult, User};
+use crate::broker::access::{
+    hash_password, is_known_algorithm, Permission, PermissionRecord, UserRecord, VhostRecord,
+    SHA256,
+};
+use crate::broker::Broker;
+use axum::extract::{Path, Query, State};
+use axum::response::IntoResponse;
+use axum::{Extension, Json};
+use bytes::Bytes;
+use serde::Deserialize;
+use serde_json::{json, Value};
+use std::collections::HashMap;
+use std::sync::Arc;
+
+type Q = Query<HashMap<String, String>>;
+
+pub async fn whoami(Extension(user): Extension<User>) -> ApiResult {
+    Ok(Json(json!({"name": user.name, "tags": user.tags})).into_response())
+}
+
+// ---------------------------------------------------------------- users
+
+pub fn user_json(u: &UserRecord) -> Value {
+    json!({
+        "name": u.name,
+        "password_hash": u.password_hash,
+        "hashing_algorithm": u.hashing_algorithm,
+        "tags": u.tags,
+        "limits": {},
+    })
+}
+
+pub async fn users(
+    State(broker): State<Arc<Broker>>,
+    Extension(user): Extension<User>,
+    Query(query): Q,
+) -> ApiResult {
+    user.require_admin()?;
+    let items = broker.access.users().iter().map(|u| user_json(u)).collect();
+    list(items, &query)
+}
+
+pub async fn users_without_permissions(
+    State(broker): State<Arc<Broker>>,
+    Extension(user): Extension<User>,
+) -> ApiResult {
+    user.require_admin()?;
+    let with: Vec<String> = broker
+        .access
+        .permissions()
+        .into_iter()
+        .map(|p| p.user)
+        .collect();
+    let items: Vec<Value> = broker
+        .access
+        .users()
+        .iter()
+        .filter(|u| !with.contains(&u.name))
+        .map(|u| user_json(u))
+        .collect();
+    Ok(Json(Value::Array(items)).into_response())
+}
+
+pub async fn user(
+    State(broker): State<Arc<Broker>>,
+    Extension(user): Extension<User>,
+    Path(name): Path<String>,
+) -> ApiResult {
+    user.require_admin()?;
+    let u = broker.access.user(&name).ok_or_else(ApiError::not_found)?;
+    Ok(Json(user_json(&u)).into_response())
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UserBody {
+    #[serde(default)]
+    pub password: Option<String>,
+    #[serde(default)]
+    pub password_hash: Option<String>,
+    #[serde(default)]
+    pub hashing_algorithm: Option<String>,
+    #[serde(default, deserialize_with = "tags")]
+    pub tags: Vec<String>,
+    #[serde(default)]
+    #[allow(dead_code)]
+    pub name: Option<Value>,
+    #[serde(default)]
+    #[allow(dead_code)]
+    pub limits: Option<Value>,
+}
+
+/// The record a PUT or an import describes: a clear password is hashed; a
+/// hash is taken as it is (empty: no password logs in).
+pub fn user_record(name: &str, b: UserBody) -> Result<UserRecord, ApiError> {
+    let (password_hash, hashing_algorithm) = match (b.password, b.password_hash) {
+        (Some(p), _) => (
+            hash_password(&p, SHA256).expect("SHA-256 is supported"),
+            SHA256.to_string(),
+        ),
+        (None, Some(h)) => {
+            let algorithm = b.hashing_algorithm.unwrap_or_else(|| SHA256.into());
+            if !is_known_algorithm(&algorithm) {
+                return Err(ApiError::bad_request(format!(
+                    "unsupported hashing algorithm '{algorithm}'"
+                )));
+            }
+            (h, algorithm)
+        }
+        (None, None) => {
+            return Err(ApiError::bad_request(
+                "Must specify either password or password_hash",
+            ))
+        }
+    };
+    Ok(UserRecord {
+        name: name.to_string(),
+        password_hash,
+        hashing_algorithm,
+        tags: b.tags,
+    })
+}
+
+pub async fn put_user(
+    State(broker): State<Arc<Broker>>,
+    Extension(user): Extension<User>,
+    Path(name): Path<String>,
+    raw: Bytes,
+) -> ApiResult {
+    user.require_admin()?;
+    let record = user_record(&name, body(&raw)?)?;
+    Ok(created_or_updated(broker.access.put_user(record)))
+}
+
+pub async fn delete_user(
+    State(broker): State<Arc<Broker>>,
+    Extension(user): Extension<User>,
+    Path(name): Path<String>,
+) -> ApiResult {
+    user.require_admin()?;
+    if !broker.delete_user(&name) {
+        return Err(ApiError::not_found());
+    }
+    Ok(no_content())
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct BulkDelete {
+    users: Vec<String>,
+}
+
+pub async fn bulk_delete_users(
+    State(broker): State<Arc<Broker>>,
+    Extension(user): Extension<User>,
+    raw: Bytes,
+) -> ApiResult {
+    user.require_admin()?;
+    let b: BulkDelete = body(&raw)?;
+    for name in b.users {
+        broker.delete_user(&name);
+    }
+    Ok(no_content())
+}
+
+// ---------------------------------------------------------------- vhosts
+
+fn vhost_json(broker: &Broker, r: &VhostRecord) -> Value {
+    let (mut ready, mut unacked) = (0, 0);
+    if let Some(v) = broker.vhost(&r.name) {
+        for q in v.queues() {
+            let c = q.counts();
+            ready += c.ready;
+            unacked += c.unacked;
+        }
+    }
+    json!({
+        "name": r.name,
+        "description": r.description,
+        "tags": r.tags,
+        "metadata": {"description": r.description, "tags": r.tags},
+        "tracing": false,
+        "cluster_state": {super::api::node_name(): "running"},
+        "messages": ready + unacked,
+        "messages_ready": ready,
+        "messages_unacknowledged": unacked,
+    })
+}
+
+pub async fn vhosts(
+    State(broker): State<Arc<Broker>>,
+    Extension(user): Extension<User>,
+    Query(query): Q,
+) -> ApiResult {
+    let items = broker
+        .access
+        .vhost_records()
+        .iter()
+        .filter(|r| user.may_see(&broker, &r.name))
+        .map(|r| vhost_json(&broker, r))
+        .collect();
+    list(items, &query)
+}
+
+pub async fn vhost(
+    State(broker): State<Arc<Broker>>,
+    Extension(user): Extension<User>,
+    Path(name): Path<String>,
+) -> ApiResult {
+    user.vhost(&broker, &name)?;
+    let r = broker.access.vhost(&name).ok_or_else(ApiError::not_found)?;
+    Ok(Json(vhost_json(&broker, &r)).into_response())
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VhostBody {
+    #[serde(default)]
+    pub description: String,
+    #[serde(default, deserialize_with = "tags")]
+    pub tags: Vec<String>,
+    #[serde(default)]
+    #[allow(dead_code)]
+    pub tracing: Option<Value>,
+    #[serde(default)]
+    #[allow(dead_code)]
+    pub default_queue_type: Option<Value>,
+    #[serde(default)]
+    #[allow(dead_code)]
+    pub name: Option<Value>,
+    #[serde(default)]
+    #[allow(dead_code)]
+    pub metadata: Option<Value>,
+    #[serde(default)]
+    #[allow(dead_code)]
+    pub limits: Option<Value>,
+}
+
+pub async fn put_vhost(
+    State(broker): State<Arc<Broker>>,
+    Extension(user): Extension<User>,
+    Path(name): Path<String>,
+    raw: Bytes,
+) -> ApiResult {
+    user.require_admin()?;
+    let b: VhostBody = body(&raw)?;
+    if name.is_empty() {
+        return Err(ApiError::bad_request("vhost names must not be empty"));
+    }
+    let created = broker.create_vhost(VhostRecord {
+        name,
+        description: b.description,
+        tags: b.tags,
+    });
+    Ok(created_or_updated(created))
+}
+
+pub async fn delete_vhost(
+    State(broker): State<Arc<Broker>>,
+    Extension(user): Extension<User>,
+    Path(name): Path<String>,
+) -> ApiResult {
+    user.require_admin()?;
+    if !broker.delete_vhost(&name) {
+        return Err(ApiError::not_found());
+    }
+    Ok(no_content())
+}
+
+// ---------------------------------------------------------------- permissions
+
+pub fn permission_json(p: &PermissionRecord) -> Value {
+    json!({
+        "user": p.user,
+        "vhost": p.vhost,
+        "configure": p.configure,
+        "write": p.write,
+        "read": p.read,
+    })
+}
+
+pub async fn permissions(
+    State(broker): State<Arc<Broker>>,
+    Extension(user): Extension<User>,
+    Query(query): Q,
+) -> ApiResult {
+    user.require_admin()?;
+    let items = broker
+        .access
+        .permissions()
+        .iter()
+        .map(permission_json)
+        .collect();
+    list(items, &query)
+}
+
+pub async fn vhost_permissions(
+    State(broker): State<Arc<Broker>>,
+    Extension(user): Extension<User>,
+    Path(vhost): Path<String>,
+    Query(query): Q,
+) -> ApiResult {
+    user.require_admin()?;
+    broker
+        .access
+        .vhost(&vhost)
+        .ok_or_else(ApiError::not_found)?;
+    let items = broker
+        .access
+        .permissions()
+        .iter()
+        .filter(|p| p.vhost == vhost)
+        .map(permission_json)
+        .collect();
+    list(items, &query)
+}
+
+pub async fn user_permissions(
+    State(broker): State<Arc<Broker>>,
+    Extension(user): Extension<User>,
+    Path(name): Path<String>,
+    Query(query): Q,
+) -> ApiResult {
+    user.require_admin()?;
+    broker.access.user(&name).ok_or_else(ApiError::not_found)?;
+    let items = broker
+        .access
+        .permissions()
+        .iter()
+        .filter(|p| p.user == name)
+        .map(permission_json)
+        .collect();
+    list(items, &query)
+}
+
+pub async fn permission(
+    State(broker): State<Arc<Broker>>,
+    Extension(user): Extension<User>,
+    Path((vhost, name)): Path<(String, String)>,
+) -> ApiResult {
+    user.require_admin()?;
+    let p = broker
+        .access
+        .permission(&vhost, &name)
+        .ok_or_else(ApiError::not_found)?;
+    Ok(Json(permission_json(&p.record)).into_response())
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PermissionBody {
+    pub configure: String,
+    pub write: String,
+    pub read: String,
+    #[serde(default)]
+    #[allow(dead_code)]
+    pub user: Option<Value>,
+    #[serde(default)]
+    #[allow(dead_code)]
+    pub vhost: Option<Value>,
+}
+
+/// Sets permissions after checking that the user and vhost exist and the
+/// expressions compile; true when new.
+pub fn set_permission(
+    broker: &Broker,
+    vhost: &str,
+    user: &str,
+    b: PermissionBody,
+) -> Result<bool, ApiError> {
+    if broker.access.vhost(vhost).is_none() {
+        return Err(ApiError::bad_request(format!(
+            "vhost '{vhost}' does not exist"
+        )));
+    }
+    if broker.access.user(user).is_none() {
+        return Err(ApiError::bad_request(format!(
+            "user '{user}' does not exist"
+        )));
+    }
+    let p = Permission::compile(PermissionRecord {
+        user: user.to_string(),
+        vhost: vhost.to_string(),
+        configure: b.configure,
+        write: b.write,
+        read: b.read,
+    })
+    .map_err(ApiError::bad_request)?;
+    Ok(broker.access.put_permission(p))
+}
+
+pub async fn put_permission(
+    State(broker): State<Arc<Broker>>,
+    Extension(user): Extension<User>,
+    Path((vhost, name)): Path<(String, String)>,
+    raw: Bytes,
+) -> ApiResult {
+    user.require_admin()?;
+    let b: PermissionBody = body(&raw)?;
+    Ok(created_or_updated(set_permission(
+        &broker, &vhost, &name, b,
+    )?))
+}
+
+pub async fn delete_permission(
+    State(broker): State<Arc<Broker>>,
+    Extension(user): Extension<User>,
+    Path((vhost, name)): Path<(String, String)>,
+) -> ApiResult {
+    user.require_admin()?;
+    if !broker.access.delete_permission(&vhost, &name) {
+        return Err(ApiError::not_found());
+    }
+    Ok(no_content())
+}
