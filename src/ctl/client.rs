@@ -28,6 +28,8 @@ pub struct Client {
 pub struct Reply {
     pub status: u16,
     pub body: String,
+    /// "GET /api/queues/%2F", for messages.
+    pub request: String,
 }
 
 impl Reply {
@@ -43,6 +45,17 @@ pub enum Method {
     Put,
     Post,
     Delete,
+}
+
+impl Method {
+    fn name(self) -> &'static str {
+        match self {
+            Method::Get => "GET",
+            Method::Put => "PUT",
+            Method::Post => "POST",
+            Method::Delete => "DELETE",
+        }
+    }
 }
 
 impl Client {
@@ -136,7 +149,12 @@ impl Client {
             .lossy_utf8(true)
             .read_to_string()
             .map_err(|e| self.transport_error(e))?;
-        Ok(Reply { status, body })
+        let request = format!("{} {}", method.name(), self.api_path(path));
+        Ok(Reply {
+            status,
+            body,
+            request,
+        })
     }
 
     /// Sends one request and returns its JSON body (`Null` when empty);
@@ -169,7 +187,8 @@ impl Client {
 
     /// `404 Not Found: queue 'x' in vhost '/' (Object Not Found)`,
     /// `401 not authorized as guest (Login failed)`,
-    /// `400 Bad Request: inequivalent arg 'durable' …`.
+    /// `400 Bad Request: inequivalent arg 'durable' …`; without a reason
+    /// from the API, the request: `405 Method Not Allowed: PUT /api/…`.
     fn status_message(&self, reply: &Reply, what: &str) -> String {
         let code = reply.status;
         let canonical = ureq::http::StatusCode::from_u16(code)
@@ -181,15 +200,26 @@ impl Client {
             (401, Some(d)) => format!("401 not authorized as {} ({d})", self.user),
             (401, None) => format!("401 not authorized as {}", self.user),
             (404, Some(d)) if !what.is_empty() => format!("404 {canonical}: {what} ({d})"),
-            (404, None) if !what.is_empty() => format!("404 {canonical}: {what}"),
+            (404, None) if !what.is_empty() => {
+                format!("404 {canonical}: {what} ({})", reply.request)
+            }
             // A bare token ("vhost_or_user_not_found") says little alone.
             (_, Some(d)) if !what.is_empty() && !d.contains(char::is_whitespace) => {
                 format!("{code} {canonical}: {d} ({what})")
             }
             (_, Some(d)) => format!("{code} {canonical}: {d}"),
-            (_, None) if !what.is_empty() => format!("{code} {canonical}: {what}"),
-            (_, None) => format!("{code} {canonical}"),
+            (_, None) => format!("{code} {canonical}: {}", reply.request),
         }
+    }
+
+    /// `path` as the server sees it: `/api/…`, any prefix of --url kept.
+    fn api_path(&self, path: &str) -> String {
+        let base_path = self
+            .base
+            .strip_prefix("http://")
+            .and_then(|rest| rest.find('/').map(|i| &rest[i..]))
+            .unwrap_or("/api");
+        format!("{base_path}{path}")
     }
 
     fn transport_error(&self, e: ureq::Error) -> CtlError {
@@ -212,6 +242,9 @@ impl Client {
                 format!("could not connect to {url}: connection failed")
             }
             ureq::Error::Timeout(t) => format!("no reply from {url}: timed out ({t})"),
+            ureq::Error::Protocol(e) => {
+                format!("{url} did not answer as an HTTP server ({e}); is it the management port?")
+            }
             ureq::Error::BadUri(u) => format!("--url {url}: invalid URL ({u})"),
             other => format!("request to {url} failed: {other}"),
         };
@@ -310,6 +343,7 @@ mod tests {
         assert_eq!(c.url, "http://127.0.0.1:15672");
         let c = Client::new("http://h:1/rabbit", "u", "p").unwrap();
         assert_eq!(c.base, "http://h:1/rabbit/api");
+        assert_eq!(c.api_path("/overview"), "/rabbit/api/overview");
         assert!(Client::new("https://h", "u", "p").is_err());
         assert!(Client::new("ftp://h", "u", "p").is_err());
     }
