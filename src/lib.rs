@@ -7,6 +7,7 @@ pub mod broker;
 pub mod channel;
 pub mod config;
 pub mod connection;
+pub mod ctl;
 pub mod error;
 pub mod mgmt;
 pub mod protocol;

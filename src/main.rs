@@ -22,6 +22,8 @@ enum Command {
     Serve(ServeArgs),
     /// Print the default configuration file, every setting documented.
     DefaultConfig,
+    /// Manage a running broker through its management HTTP API, like rabbitmqadmin.
+    Ctl(leveret::ctl::CtlArgs),
 }
 
 #[derive(Args, Default)]
@@ -48,6 +50,7 @@ fn main() -> ExitCode {
             ExitCode::SUCCESS
         }
         Command::Serve(args) => serve(args),
+        Command::Ctl(args) => leveret::ctl::run(args),
     }
 }
 
