@@ -398,6 +398,38 @@ async fn malformed_json_and_unknown_vhosts() {
 }
 
 #[tokio::test]
+async fn queue_names_are_percent_decoded_and_limited_to_255_bytes() {
+    let broker = TestBroker::start().await;
+    let Some(api) = Api::of(&broker) else { return };
+    let conn = broker.connect().await;
+    // Spaces, slashes and UTF-8 are percent-encoded in the path.
+    let odd = format!("{} a/b é", unique("api-odd"));
+    let path = format!("/api/queues/%2F/{}", enc(&odd));
+    assert_eq!(api.put(&path, json!({})).await.status, 201);
+    assert_eq!(api.get(&path).await.json["name"], odd.as_str());
+    assert_eq!(ready(&conn, &odd).await, 0, "the same queue over AMQP");
+    assert_eq!(api.delete(&path).await.status, 204);
+
+    let longest = format!("{}-", unique("api-long"));
+    let longest = format!("{longest}{}", "x".repeat(255 - longest.len()));
+    let path = format!("/api/queues/%2F/{longest}");
+    assert_eq!(api.put(&path, json!({})).await.status, 201);
+    assert_eq!(api.delete(&path).await.status, 204);
+    let reply = api
+        .put(&format!("/api/queues/%2F/{longest}y"), json!({}))
+        .await;
+    // The reason ends with a newline.
+    assert_error(
+        &reply,
+        400,
+        "bad_request",
+        "queue should be less than 255 bytes, actually was 256\n",
+    );
+    // No name at all is no resource.
+    assert_eq!(api.put("/api/queues/%2F/", json!({})).await.status, 405);
+}
+
+#[tokio::test]
 async fn delete_queue_is_204_and_404_and_honours_if_empty_and_if_unused() {
     let broker = TestBroker::start().await;
     let Some(api) = Api::of(&broker) else { return };
