@@ -456,6 +456,13 @@ async fn imported_policies_are_listed_back() {
     )
     .await;
     assert_eq!(reply.status, 204, "{}", reply.text);
+    if !common::against_other_broker() {
+        // Leveret has no policies: the import skips them (with a warning in
+        // the log) rather than pretending to store what it would not apply.
+        let exported = export(&api, &format!("/api/definitions/{}", enc(&vhost))).await;
+        assert_eq!(exported["policies"], json!([]));
+        return;
+    }
     let want = json!({"vhost": vhost, "name": "app-expiry", "pattern": "^app\\.",
                       "apply-to": "queues", "definition": {"message-ttl": 3600000},
                       "priority": 1});

@@ -184,8 +184,17 @@ impl Broker {
     }
 
     /// Deletes a user and its permissions; false when there was none.
+    /// Its connections are closed, as RabbitMQ does.
     pub fn delete_user(&self, name: &str) -> bool {
-        self.access.delete_user(name)
+        if !self.access.delete_user(name) {
+            return false;
+        }
+        for c in self.connections.iter() {
+            if c.user == name {
+                let _ = c.close.send(Some(format!("user '{name}' is deleted")));
+            }
+        }
+        true
     }
 
     pub fn add_vhost(&self, name: &str) -> Arc<VHost> {

@@ -227,6 +227,11 @@ impl Queue {
         }
     }
 
+    /// The queue's consumers, highest priority first.
+    pub fn consumers(&self) -> Vec<Arc<Consumer>> {
+        self.state.lock().consumers.clone()
+    }
+
     pub fn is_deleted(&self) -> bool {
         self.state.lock().deleted
     }
@@ -481,7 +486,7 @@ impl Queue {
         if !no_ack {
             st.unacked += 1;
         }
-        self.stats.delivered(msg.redelivered);
+        self.stats.got(msg.redelivered);
         st.ready.delivered(msg.receipt(), no_ack);
         self.schedule_expiry(&mut st);
         self.account(before, &st);

@@ -16,6 +16,8 @@ pub struct QueueStats {
     pub delivered: AtomicU64,
     pub redelivered: AtomicU64,
     pub acked: AtomicU64,
+    /// basic.get deliveries (also counted in `delivered`).
+    pub got: AtomicU64,
     /// Since when (ms) consumers were there but none could take the ready
     /// head (prefetch full); 0 when not blocked.
     blocked_since: AtomicU64,
@@ -29,7 +31,13 @@ pub struct QueueStats {
 pub struct Sample {
     at_ms: u64,
     counts: [u64; 4],
+    got: u64,
     blocked_ms: u64,
+    pub got_rate: f64,
+    /// messages, messages_ready, messages_unacknowledged at the sample.
+    gauges: [u64; 3],
+    /// Their change per second.
+    pub gauge_rates: [f64; 3],
     /// publish, deliver_get, redeliver, ack per second.
     pub rates: [f64; 4],
     /// Fraction of the last interval consumers could take messages.
@@ -49,6 +57,11 @@ impl QueueStats {
                     .fetch_add(now_ms().saturating_sub(since), Ordering::Relaxed);
             }
         }
+    }
+
+    pub fn got(&self, redelivered: bool) {
+        self.got.fetch_add(1, Ordering::Relaxed);
+        self.delivered(redelivered);
     }
 
     /// Ready messages wait while every consumer is at its prefetch limit.
@@ -77,8 +90,10 @@ impl QueueStats {
         self.blocked_ms.load(Ordering::Relaxed) + ongoing
     }
 
-    /// Takes a sample: rates and utilisation since the previous one.
-    pub fn sample(&self) {
+    /// Takes a sample: rates and utilisation since the previous one, and
+    /// how fast the ready and unacknowledged counts change.
+    pub fn sample(&self, ready: usize, unacked: usize) {
+        let gauges = [(ready + unacked) as u64, ready as u64, unacked as u64];
         let now = now_ms();
         let counts = self.counts();
         let blocked = self.blocked_total(now);
@@ -86,6 +101,14 @@ impl QueueStats {
         let elapsed = now.saturating_sub(last.at_ms);
         if last.at_ms != 0 && elapsed > 0 {
             let secs = elapsed as f64 / 1000.0;
+            let before_gauges = last.gauges;
+            for ((rate, now), before) in last.gauge_rates.iter_mut().zip(gauges).zip(before_gauges)
+            {
+                *rate = (now as f64 - before as f64) / secs;
+            }
+            let got = self.got.load(Ordering::Relaxed);
+            last.got_rate = got.saturating_sub(last.got) as f64 / secs;
+            last.got = got;
             let previous = last.counts;
             for ((rate, now), before) in last.rates.iter_mut().zip(counts).zip(previous) {
                 *rate = now.saturating_sub(before) as f64 / secs;
@@ -96,6 +119,7 @@ impl QueueStats {
             last.utilisation = 1.0;
         }
         last.at_ms = now;
+        last.gauges = gauges;
         last.counts = counts;
         last.blocked_ms = blocked;
     }

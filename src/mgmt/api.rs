@@ -20,49 +20,63 @@ pub type ApiResult = Result<Response, ApiError>;
 pub struct ApiError {
     pub status: StatusCode,
     pub error: &'static str,
-    pub reason: String,
+    /// Usually a string; RabbitMQ answers some errors with a list.
+    pub reason: Value,
 }
 
 impl ApiError {
-    pub fn bad_request(reason: impl Into<String>) -> ApiError {
+    pub fn new(status: StatusCode, error: &'static str, reason: impl Into<Value>) -> ApiError {
         ApiError {
-            status: StatusCode::BAD_REQUEST,
-            error: "bad_request",
+            status,
+            error,
             reason: reason.into(),
         }
+    }
+
+    pub fn bad_request(reason: impl Into<Value>) -> ApiError {
+        ApiError::new(StatusCode::BAD_REQUEST, "bad_request", reason)
     }
 
     /// The object in the path does not exist.
     pub fn not_found() -> ApiError {
-        ApiError {
-            status: StatusCode::NOT_FOUND,
-            error: "Object Not Found",
-            reason: "Not Found".into(),
-        }
+        ApiError::new(StatusCode::NOT_FOUND, "Object Not Found", "Not Found")
     }
 
-    pub fn not_authorized(reason: impl Into<String>) -> ApiError {
-        ApiError {
-            status: StatusCode::UNAUTHORIZED,
-            error: "not_authorized",
-            reason: reason.into(),
-        }
+    /// 404 for an operation on something missing, e.g. `vhost_not_found`.
+    pub fn missing(reason: impl Into<Value>) -> ApiError {
+        ApiError::new(StatusCode::NOT_FOUND, "not_found", reason)
+    }
+
+    /// A user who may not do this (RabbitMQ spells it `not_authorised`
+    /// here, unlike its bad-credentials answer).
+    pub fn not_authorised(reason: impl Into<Value>) -> ApiError {
+        ApiError::new(StatusCode::UNAUTHORIZED, "not_authorised", reason)
+    }
+
+    /// A body key RabbitMQ requires, in its Erlang-formatted reason.
+    pub fn key_missing(keys: &[&str]) -> ApiError {
+        let list: Vec<String> = keys
+            .iter()
+            .map(|k| format!("{{key_missing,{k}}}"))
+            .collect();
+        ApiError::bad_request(format!("[{}]", list.join(",")))
     }
 
     /// As RabbitMQ's management plugin reports an AMQP error of the
-    /// operation it performed: 404 and 403 keep their meaning, anything
-    /// else is a bad request naming the code.
+    /// operation it performed: a refusal is 401 "Access refused.", anything
+    /// else 400 with the error's detail (`inequivalent arg …`).
     pub fn from_amqp(e: AmqpError) -> ApiError {
         match e.code {
-            ReplyCode::NotFound => ApiError {
-                status: StatusCode::NOT_FOUND,
-                error: "not_found",
-                reason: e.text,
-            },
-            ReplyCode::AccessRefused => ApiError::not_authorized(e.text),
-            code => ApiError::bad_request(format!("{} {}", code as u16, e.text)),
+            ReplyCode::AccessRefused => ApiError::not_authorised("Access refused."),
+            _ => ApiError::bad_request(detail(&e)),
         }
     }
+}
+
+/// An AMQP error's text without its `CODE_NAME - ` prefix.
+pub fn detail(e: &AmqpError) -> String {
+    let prefix = format!("{} - ", e.code.name());
+    e.text.strip_prefix(&prefix).unwrap_or(&e.text).to_string()
 }
 
 impl From<AmqpError> for ApiError {
@@ -93,15 +107,36 @@ pub fn no_content() -> Response {
     StatusCode::NO_CONTENT.into_response()
 }
 
-/// Parses a JSON request body; an empty body is `{}`. Malformed JSON,
-/// wrong types and unknown fields are 400 with serde's reason.
+/// A JSON object request body; an empty body is `{}`. Anything that is
+/// not a JSON object is RabbitMQ's 400 `not_json`.
+pub fn object(raw: &[u8]) -> Result<Map<String, Value>, ApiError> {
+    if raw.iter().all(u8::is_ascii_whitespace) {
+        return Ok(Map::new());
+    }
+    match serde_json::from_slice(raw) {
+        Ok(Value::Object(map)) => Ok(map),
+        _ => Err(ApiError::bad_request("not_json")),
+    }
+}
+
+/// Parses a JSON request body into `T`: `not_json` as [`object`], a
+/// missing field as RabbitMQ's `[{key_missing,K}]`, wrong types and
+/// unknown fields with serde's reason.
 pub fn body<T: DeserializeOwned>(raw: &[u8]) -> Result<T, ApiError> {
-    let raw: &[u8] = if raw.iter().all(u8::is_ascii_whitespace) {
-        b"{}"
-    } else {
-        raw
-    };
-    serde_json::from_slice(raw).map_err(|e| ApiError::bad_request(e.to_string()))
+    from_object(object(raw)?)
+}
+
+pub fn from_object<T: DeserializeOwned>(map: Map<String, Value>) -> Result<T, ApiError> {
+    serde_json::from_value(Value::Object(map)).map_err(|e| {
+        let text = e.to_string();
+        match text
+            .strip_prefix("missing field `")
+            .and_then(|rest| rest.split('`').next())
+        {
+            Some(key) => ApiError::key_missing(&[key]),
+            None => ApiError::bad_request(text),
+        }
+    })
 }
 
 /// `true`, `false`, or the strings "true"/"false" (rabbitmqadmin sends
@@ -164,7 +199,7 @@ impl User {
         if self.is_admin() {
             Ok(())
         } else {
-            Err(ApiError::not_authorized("Not administrator user"))
+            Err(ApiError::not_authorised("Not administrator user"))
         }
     }
 
@@ -180,13 +215,25 @@ impl User {
         name: &str,
     ) -> Result<std::sync::Arc<crate::broker::vhost::VHost>, ApiError> {
         let vhost = broker.vhost(name).ok_or_else(ApiError::not_found)?;
-        if self.is_admin() || broker.access.permission(name, &self.name).is_some() {
+        if self.sees_everything() || broker.access.permission(name, &self.name).is_some() {
             Ok(vhost)
         } else {
-            Err(ApiError::not_authorized(
+            Err(ApiError::not_authorised(
                 "User not authorised to access virtual host",
             ))
         }
+    }
+
+    /// For a PUT or POST into a vhost: RabbitMQ's 404 `vhost_not_found`.
+    pub fn vhost_for_change(
+        &self,
+        broker: &Broker,
+        name: &str,
+    ) -> Result<std::sync::Arc<crate::broker::vhost::VHost>, ApiError> {
+        if broker.vhost(name).is_none() {
+            return Err(ApiError::missing("vhost_not_found"));
+        }
+        self.vhost(broker, name)
     }
 }
 
@@ -201,19 +248,6 @@ pub fn list(mut items: Vec<Value>, query: &HashMap<String, String>) -> ApiResult
     if query.get("sort_reverse").is_some_and(|r| r == "true") {
         items.reverse();
     }
-    if let Some(name) = query.get("name").filter(|n| !n.is_empty()) {
-        if query.get("use_regex").is_some_and(|r| r == "true") {
-            let re = regex::Regex::new(name)
-                .map_err(|e| ApiError::bad_request(format!("invalid regex: {e}")))?;
-            items.retain(|i| i["name"].as_str().is_some_and(|n| re.is_match(n)));
-        } else {
-            items.retain(|i| {
-                i["name"]
-                    .as_str()
-                    .is_some_and(|n| n.contains(name.as_str()))
-            });
-        }
-    }
     let columns: Option<Vec<&str>> = query
         .get("columns")
         .filter(|c| !c.is_empty())
@@ -224,28 +258,46 @@ pub fn list(mut items: Vec<Value>, query: &HashMap<String, String>) -> ApiResult
             None => items,
         }
     };
-    if query.get("page").is_none() && query.get("page_size").is_none() {
+    // As RabbitMQ: the name filter and paging apply only when a page is asked for.
+    if query.get("page").is_none() {
         return Ok(Json(Value::Array(pick(items))).into_response());
     }
-    let number = |key: &str, default: usize| -> Result<usize, ApiError> {
+    let number = |key: &str, default: i64| -> Result<i64, ApiError> {
         match query.get(key) {
             None => Ok(default),
             Some(v) => v
-                .parse::<usize>()
-                .map_err(|_| ApiError::bad_request(format!("{key} must be a positive integer"))),
+                .parse::<i64>()
+                .map_err(|_| ApiError::bad_request("Pagination parameters are invalid")),
         }
     };
     let page = number("page", 1)?;
     let page_size = number("page_size", 100)?;
-    if page == 0 || page_size == 0 || page_size > 500 {
-        return Err(ApiError::bad_request(
-            "page must be at least 1 and page_size between 1 and 500",
+    if page < 1 || !(1..=500).contains(&page_size) {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_pagination_parameters",
+            format!("Invalid pagination parameters: page number {page}, page size {page_size}"),
         ));
     }
+    if let Some(name) = query.get("name").filter(|n| !n.is_empty()) {
+        let pattern = if query.get("use_regex").is_some_and(|r| r == "true") {
+            format!("(?i){name}")
+        } else {
+            format!("(?i){}", regex::escape(name))
+        };
+        let re = regex::Regex::new(&pattern)
+            .map_err(|e| ApiError::bad_request(format!("invalid regex: {e}")))?;
+        items.retain(|i| i["name"].as_str().is_some_and(|n| re.is_match(n)));
+    }
+    let (page, page_size) = (page as usize, page_size as usize);
     let filtered = items.len();
     let page_count = filtered.div_ceil(page_size);
-    if filtered > 0 && page > page_count {
-        return Err(ApiError::bad_request("page_out_of_range"));
+    if page > 1 && page > page_count {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "page_out_of_range",
+            format!("Page out of range, page: {page} page size: {page_size}, len: {filtered}"),
+        ));
     }
     let slice: Vec<Value> = items
         .into_iter()

@@ -4,13 +4,13 @@
 //! Policies, parameters and topic permissions are read but not applied:
 //! Leveret has no policies yet; the import logs how many it skipped.
 
-use super::api::{body, json_table, lenient_bool, no_content, tags, ApiError, ApiResult, User};
+use super::api::{json_table, lenient_bool, no_content, tags, ApiError, ApiResult, User};
 use super::objects::{bind, declare_exchange, declare_queue, NewBinding};
 use super::users::{
     permission_json, set_permission, user_json, user_record, PermissionBody, UserBody,
 };
 use crate::broker::access::VhostRecord;
-use crate::broker::exchange::Destination;
+use crate::broker::exchange::{Destination, ExchangeKind};
 use crate::broker::Broker;
 use axum::extract::{Path, State};
 use axum::response::IntoResponse;
@@ -120,14 +120,8 @@ pub async fn export_all(
         .access
         .vhost_records()
         .iter()
-        .map(|r| {
-            json!({
-                "name": r.name,
-                "description": r.description,
-                "tags": r.tags,
-                "metadata": {"description": r.description, "tags": r.tags},
-            })
-        })
+        // RabbitMQ 3.10 exports only the name.
+        .map(|r| json!({"name": r.name}))
         .collect();
     let mut users: Vec<Value> = broker.access.users().iter().map(|u| user_json(u)).collect();
     for u in &mut users {
@@ -159,12 +153,11 @@ pub async fn export_vhost(
     Path(vhost): Path<String>,
 ) -> ApiResult {
     user.require_admin()?;
-    broker.vhost(&vhost).ok_or_else(ApiError::not_found)?;
+    broker
+        .vhost(&vhost)
+        .ok_or_else(|| ApiError::bad_request("vhost_not_found"))?;
     Ok(Json(json!({
         "rabbit_version": RABBIT_VERSION,
-        "rabbitmq_version": RABBIT_VERSION,
-        "product_name": "Leveret",
-        "product_version": env!("CARGO_PKG_VERSION"),
         "parameters": [],
         "policies": [],
         "queues": queues_json(&broker, Some(&vhost)),
@@ -323,12 +316,31 @@ fn import(broker: &Broker, d: Definitions, only: Option<&str>) -> Result<(), Api
     let vhost_of = |name: &str| {
         broker
             .vhost(name)
-            .ok_or_else(|| ApiError::bad_request(format!("vhost '{name}' does not exist")))
+            .ok_or_else(|| ApiError::bad_request(json!(["no_such_vhost", name])))
+    };
+    // An object that exists with other properties is kept as it is, as
+    // RabbitMQ's import does; anything else wrong fails the import.
+    let keep_existing = |r: Result<bool, ApiError>| match r {
+        Err(e)
+            if e.reason
+                .as_str()
+                .is_some_and(|r| r.starts_with("inequivalent arg")) =>
+        {
+            tracing::warn!(reason = %e.reason, "definitions import: kept the existing object");
+            Ok(())
+        }
+        Err(mut e) => {
+            if let Some(reason) = e.reason.as_str() {
+                e.reason = json!(format!("precondition_failed: {reason}"));
+            }
+            Err(e)
+        }
+        Ok(_) => Ok(()),
     };
     for e in d.exchanges {
         let v = vhost_of(&in_vhost(&e.vhost)?)?;
         let args = json_table(&e.arguments)?;
-        declare_exchange(
+        keep_existing(declare_exchange(
             &v,
             &e.name,
             &e.kind,
@@ -336,12 +348,12 @@ fn import(broker: &Broker, d: Definitions, only: Option<&str>) -> Result<(), Api
             e.auto_delete,
             e.internal,
             &args,
-        )?;
+        ))?;
     }
     for q in d.queues {
         let v = vhost_of(&in_vhost(&q.vhost)?)?;
         let args = json_table(&q.arguments)?;
-        declare_queue(&v, &q.name, q.durable, q.auto_delete, &args)?;
+        keep_existing(declare_queue(&v, &q.name, q.durable, q.auto_delete, &args))?;
     }
     for b in d.bindings {
         let v = vhost_of(&in_vhost(&b.vhost)?)?;
@@ -354,7 +366,7 @@ fn import(broker: &Broker, d: Definitions, only: Option<&str>) -> Result<(), Api
                 )))
             }
         };
-        bind(
+        let made = bind(
             broker,
             None,
             &v,
@@ -365,7 +377,16 @@ fn import(broker: &Broker, d: Definitions, only: Option<&str>) -> Result<(), Api
                 routing_key: &b.routing_key,
                 arguments: json_table(&b.arguments)?,
             },
-        )?;
+        );
+        match made {
+            // As RabbitMQ's import: a binding whose end is missing is skipped.
+            Err(e) if e.status == axum::http::StatusCode::NOT_FOUND => {
+                tracing::warn!(source = %b.source, destination = %b.destination, reason = %e.reason, "definitions import: skipped a binding");
+            }
+            other => {
+                other?;
+            }
+        }
     }
     let skipped = d.policies.len() + d.parameters.len() + d.topic_permissions.len();
     if skipped > 0 {
@@ -385,7 +406,8 @@ pub async fn import_all(
     raw: Bytes,
 ) -> ApiResult {
     user.require_admin()?;
-    let d: Definitions = body(&raw)?;
+    let d = parse(&raw)?;
+    check(&d)?;
     import(&broker, d, None)?;
     Ok(no_content())
 }
@@ -397,8 +419,42 @@ pub async fn import_vhost(
     raw: Bytes,
 ) -> ApiResult {
     user.require_admin()?;
-    broker.vhost(&vhost).ok_or_else(ApiError::not_found)?;
-    let d: Definitions = body(&raw)?;
+    broker
+        .vhost(&vhost)
+        .ok_or_else(|| ApiError::missing("vhost_not_found"))?;
+    let d = parse(&raw)?;
+    check(&d)?;
     import(&broker, d, Some(&vhost))?;
     Ok(no_content())
+}
+
+fn parse(raw: &[u8]) -> Result<Definitions, ApiError> {
+    match serde_json::from_slice::<Value>(raw) {
+        Ok(v @ Value::Object(_)) => {
+            serde_json::from_value(v).map_err(|e| ApiError::bad_request(e.to_string()))
+        }
+        _ => Err(ApiError::bad_request("failed_to_parse_json")),
+    }
+}
+
+/// What can be checked before anything is applied, so a bad file changes
+/// nothing: exchange types and binding destination types.
+fn check(d: &Definitions) -> Result<(), ApiError> {
+    for e in &d.exchanges {
+        if ExchangeKind::parse(&e.kind).is_none() {
+            return Err(ApiError::bad_request(format!(
+                "command_invalid: invalid exchange type '{}'",
+                e.kind
+            )));
+        }
+    }
+    for b in &d.bindings {
+        if b.destination_type != "queue" && b.destination_type != "exchange" {
+            return Err(ApiError::bad_request(format!(
+                "unknown destination_type '{}'",
+                b.destination_type
+            )));
+        }
+    }
+    Ok(())
 }

@@ -35,6 +35,20 @@ pub fn resident_memory() -> u64 {
         .map_or(0, |pages| pages * 4096)
 }
 
+/// The process's open-files limit, 0 when unknown.
+fn fd_limit() -> u64 {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit only writes into the struct we own.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } == 0 {
+        limit.rlim_cur
+    } else {
+        0
+    }
+}
+
 /// Open file descriptors of this process (Linux), 0 when unknown.
 pub fn open_fds() -> u64 {
     std::fs::read_dir("/proc/self/fd").map_or(0, |d| d.count() as u64)
@@ -134,6 +148,7 @@ fn node_json(broker: &Broker) -> Value {
         "name": node_name(),
         "type": "disc",
         "running": true,
+        "partitions": [],
         "uptime": uptime_ms(),
         "mem_used": memory,
         "mem_limit": broker.config.limits.memory_high_watermark,
@@ -141,8 +156,12 @@ fn node_json(broker: &Broker) -> Value {
         "disk_free": disk_free(broker),
         "disk_free_alarm": false,
         "fd_used": open_fds(),
+        "fd_total": fd_limit(),
         "proc_used": 0,
+        "proc_total": 0,
         "sockets_used": broker.connections.len(),
+        "sockets_total": fd_limit(),
+        "disk_free_limit": 0,
         "processors": std::thread::available_parallelism().map_or(1, |n| n.get()),
         "os_pid": std::process::id().to_string(),
         "applications": [{"name": "leveret", "description": "Leveret", "version": env!("CARGO_PKG_VERSION")}],
@@ -180,6 +199,10 @@ fn connection_json(h: &ConnectionHandle) -> ConnectionView {
         "type": "network",
         "protocol": "AMQP 0-9-1",
         "auth_mechanism": h.auth_mechanism,
+        "user_provided_name": match h.client_properties.inner().get("connection_name") {
+            Some(amq_protocol::types::AMQPValue::LongString(s)) => json!(s.to_string()),
+            _ => Value::Null,
+        },
         "ssl": false,
         "peer_host": h.peer.ip().to_string(),
         "peer_port": h.peer.port(),
@@ -270,7 +293,7 @@ pub async fn close_connection(
             .get(&id)
             .is_some_and(|c| c.user != user.name)
     {
-        return Err(ApiError::not_authorized("Not administrator user"));
+        return Err(ApiError::not_authorised("Not administrator user"));
     }
     let reason = headers
         .get("x-reason")

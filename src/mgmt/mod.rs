@@ -29,7 +29,7 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 
 /// Tags that may use the management API (RabbitMQ's management plugin).
-const MANAGEMENT_TAGS: &[&str] = &["administrator", "management", "monitoring"];
+const MANAGEMENT_TAGS: &[&str] = &["administrator", "management", "monitoring", "policymaker"];
 
 /// How often queue rates and consumer utilisation are sampled (RabbitMQ's
 /// management plugin samples every 5 s).
@@ -83,6 +83,8 @@ pub async fn serve(
         )
         .route("/api/queues", get(objects::queues))
         .route("/api/queues/{vhost}", get(objects::queues_in))
+        // An empty queue name: RabbitMQ answers a PUT there with 405.
+        .route("/api/queues/{vhost}/", get(objects::queues_in))
         .route(
             "/api/queues/{vhost}/{name}",
             get(objects::queue)
@@ -191,7 +193,8 @@ async fn sample_rates(broker: std::sync::Weak<Broker>) {
         };
         for vhost in broker.vhosts() {
             for q in vhost.queues() {
-                q.stats.sample();
+                let c = q.counts();
+                q.stats.sample(c.ready, c.unacked);
             }
         }
     }
@@ -205,38 +208,65 @@ async fn require_user(
     next: Next,
 ) -> Response {
     match authenticate(&broker, request.headers()) {
-        Some((name, tags)) => {
-            request.extensions_mut().insert(User { name, tags });
+        Ok(user) => {
+            request.extensions_mut().insert(user);
             next.run(request).await
         }
-        None => unauthorized(),
+        Err(Refusal::NoCredentials) => login_failed(false),
+        Err(Refusal::LoginFailed) => login_failed(true),
+        Err(Refusal::NotManagement) => {
+            api::ApiError::not_authorised("Not management user").into_response()
+        }
     }
 }
 
-/// The authenticated user and its tags, if it may use the API.
-fn authenticate(broker: &Broker, headers: &HeaderMap) -> Option<(String, Vec<String>)> {
+enum Refusal {
+    NoCredentials,
+    LoginFailed,
+    NotManagement,
+}
+
+/// The authenticated user, if it may use the API; otherwise RabbitMQ's
+/// 401: `Login failed` for bad credentials, `Not management user` for a
+/// user without a management tag.
+fn authenticate(broker: &Broker, headers: &HeaderMap) -> Result<User, Refusal> {
     let credentials = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Basic "))
         .and_then(|b64| base64::engine::general_purpose::STANDARD.decode(b64).ok())
-        .and_then(|raw| String::from_utf8(raw).ok())?;
-    let (user, password) = credentials.split_once(':')?;
-    let tags = broker.authenticate(user, password)?.tags.clone();
-    tags.iter()
+        .and_then(|raw| String::from_utf8(raw).ok())
+        .ok_or(Refusal::NoCredentials)?;
+    let (name, password) = credentials.split_once(':').ok_or(Refusal::LoginFailed)?;
+    let record = broker
+        .authenticate(name, password)
+        .ok_or(Refusal::LoginFailed)?;
+    if !record
+        .tags
+        .iter()
         .any(|t| MANAGEMENT_TAGS.contains(&t.as_str()))
-        .then(|| (user.to_string(), tags))
+    {
+        return Err(Refusal::NotManagement);
+    }
+    Ok(User {
+        name: name.to_string(),
+        tags: record.tags.clone(),
+    })
 }
 
-/// RabbitMQ's 401.
-fn unauthorized() -> Response {
+/// RabbitMQ's 401 for missing (empty body) or wrong credentials.
+fn login_failed(with_body: bool) -> Response {
+    let challenge = [(
+        header::WWW_AUTHENTICATE,
+        "Basic realm=\"RabbitMQ Management\"",
+    )];
+    if !with_body {
+        return (StatusCode::UNAUTHORIZED, challenge).into_response();
+    }
     (
         StatusCode::UNAUTHORIZED,
-        [(
-            header::WWW_AUTHENTICATE,
-            "Basic realm=\"RabbitMQ Management\"",
-        )],
-        Json(json!({"error": "not_authorized", "reason": "Not_Authorized"})),
+        challenge,
+        Json(json!({"error": "not_authorized", "reason": "Login failed"})),
     )
         .into_response()
 }

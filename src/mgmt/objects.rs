@@ -63,17 +63,31 @@ pub fn queue_json(q: &Queue) -> Value {
         "state": "running",
         "node": node_name(),
         "messages": c.ready + c.unacked,
+        "messages_details": {"rate": sample.gauge_rates[0]},
         "messages_ready": c.ready,
+        "messages_ready_details": {"rate": sample.gauge_rates[1]},
         "messages_unacknowledged": c.unacked,
+        "messages_unacknowledged_details": {"rate": sample.gauge_rates[2]},
         "consumers": c.consumers,
         "consumer_utilisation": if c.consumers > 0 { json!(sample.utilisation) } else { Value::Null },
         "memory": c.memory,
         "message_bytes_ram": c.memory,
+        "consumer_details": q.consumers().iter().map(|c| json!({
+            "consumer_tag": c.tag,
+            "queue": {"name": q.name, "vhost": q.vhost},
+            "channel_details": {"number": c.channel.id},
+            "ack_required": !c.no_ack,
+            "prefetch_count": c.prefetch,
+            "exclusive": c.exclusive,
+            "arguments": table_json(&c.arguments),
+        })).collect::<Vec<_>>(),
         "message_stats": {
+            "get": q.stats.got.load(std::sync::atomic::Ordering::Relaxed),
             "publish": publish, "publish_details": rate(0),
             "deliver_get": deliver_get, "deliver_get_details": rate(1),
             "redeliver": redeliver, "redeliver_details": rate(2),
             "ack": ack, "ack_details": rate(3),
+            "get_details": {"rate": sample.got_rate},
         },
     })
 }
@@ -135,7 +149,7 @@ pub async fn queue(
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct QueueBody {
-    #[serde(default = "yes", deserialize_with = "lenient_bool")]
+    #[serde(default, deserialize_with = "lenient_bool")]
     durable: bool,
     #[serde(default, deserialize_with = "lenient_bool")]
     auto_delete: bool,
@@ -153,10 +167,6 @@ struct QueueBody {
     vhost: Option<Value>,
 }
 
-fn yes() -> bool {
-    true
-}
-
 /// Declares a queue as queue.declare would, for an API or definitions
 /// caller; true when it was created.
 pub fn declare_queue(
@@ -166,8 +176,11 @@ pub fn declare_queue(
     auto_delete: bool,
     arguments: &FieldTable,
 ) -> Result<bool, ApiError> {
-    if name.is_empty() || name.len() > 255 {
-        return Err(ApiError::bad_request("queue names must be 1 to 255 bytes"));
+    if name.len() > 255 {
+        return Err(ApiError::bad_request(format!(
+            "queue should be less than 255 bytes, actually was {}\n",
+            name.len()
+        )));
     }
     let (_, created) = v.declare_queue(&QueueDeclare {
         name,
@@ -187,7 +200,7 @@ pub async fn put_queue(
     Path((vhost, name)): Path<(String, String)>,
     raw: Bytes,
 ) -> ApiResult {
-    let v = user.vhost(&broker, &vhost)?;
+    let v = user.vhost_for_change(&broker, &vhost)?;
     let b: QueueBody = body(&raw)?;
     check(
         &broker,
@@ -271,7 +284,8 @@ pub async fn get_messages(
     Path((vhost, name)): Path<(String, String)>,
     raw: Bytes,
 ) -> ApiResult {
-    let (_, q) = find_queue(&broker, &user, &vhost, &name)?;
+    let v = user.vhost(&broker, &vhost)?;
+    let q = v.queue(&name).map_err(|e| ApiError::missing(e.text))?;
     let b: GetBody = body(&raw)?;
     let (requeue, reject) = match b.ackmode.as_str() {
         "ack_requeue_true" => (true, false),
@@ -281,10 +295,9 @@ pub async fn get_messages(
         other => return Err(ApiError::bad_request(format!("Unknown ackmode: {other}"))),
     };
     if b.encoding != "auto" && b.encoding != "base64" {
-        return Err(ApiError::bad_request(format!(
-            "Unsupported encoding: {}",
-            b.encoding
-        )));
+        return Err(ApiError::bad_request(
+            "Unsupported encoding. Please use auto or base64.",
+        ));
     }
     check(&broker, &user, &vhost, Access::Read, Resource::Queue, &name)?;
     // basic.get may wait for messages being read back from disk.
@@ -341,7 +354,7 @@ fn payload_json(body: &[u8], encoding: &str, truncate: Option<usize>) -> (String
 /// Message properties as RabbitMQ's API shows them: only those set.
 fn properties_json(raw: &[u8]) -> Value {
     let Ok((_, p)) = parse_properties(raw) else {
-        return json!({});
+        return json!([]);
     };
     let mut out = serde_json::Map::new();
     let mut put = |k: &str, v: Option<Value>| {
@@ -381,6 +394,10 @@ fn properties_json(raw: &[u8]) -> Value {
         "cluster_id",
         p.cluster_id().as_ref().map(|s| json!(s.as_str())),
     );
+    if out.is_empty() {
+        // RabbitMQ shows no properties as an empty list.
+        return json!([]);
+    }
     Value::Object(out)
 }
 
@@ -551,9 +568,9 @@ pub async fn exchange(
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct ExchangeBody {
-    #[serde(rename = "type")]
+    #[serde(rename = "type", default = "direct")]
     kind: String,
-    #[serde(default = "yes", deserialize_with = "lenient_bool")]
+    #[serde(default, deserialize_with = "lenient_bool")]
     durable: bool,
     #[serde(default, deserialize_with = "lenient_bool")]
     auto_delete: bool,
@@ -603,7 +620,7 @@ pub async fn put_exchange(
     Path((vhost, name)): Path<(String, String)>,
     raw: Bytes,
 ) -> ApiResult {
-    let v = user.vhost(&broker, &vhost)?;
+    let v = user.vhost_for_change(&broker, &vhost)?;
     let b: ExchangeBody = body(&raw)?;
     check(
         &broker,
@@ -653,7 +670,6 @@ struct PublishBody {
     properties: Value,
     routing_key: String,
     payload: String,
-    #[serde(default = "string")]
     payload_encoding: String,
     #[serde(default)]
     #[allow(dead_code)]
@@ -672,8 +688,8 @@ struct PublishBody {
     props: Option<Value>,
 }
 
-fn string() -> String {
-    "string".into()
+fn direct() -> String {
+    "direct".into()
 }
 
 /// Publishes one message, as basic.publish would; answers whether it was
@@ -684,19 +700,29 @@ pub async fn publish(
     Path((vhost, name)): Path<(String, String)>,
     raw: Bytes,
 ) -> ApiResult {
-    let (v, e) = find_exchange(&broker, &user, &vhost, &name)?;
+    let v = user.vhost(&broker, &vhost)?;
+    let exchange_name = if name == "amq.default" {
+        ""
+    } else {
+        name.as_str()
+    };
+    // RabbitMQ answers this one with 400 and the AMQP code in the reason.
+    let e = v
+        .exchange(exchange_name)
+        .map_err(|e| ApiError::bad_request(format!("404 {}", e.text)))?;
     let b: PublishBody = body(&raw)?;
     let payload = match b.payload_encoding.as_str() {
         "string" => Bytes::from(b.payload.into_bytes()),
         "base64" => Bytes::from(
             base64::engine::general_purpose::STANDARD
                 .decode(b.payload.as_bytes())
-                .map_err(|e| ApiError::bad_request(format!("payload is not base64: {e}")))?,
+                .map_err(|_| ApiError::bad_request(json!(["not_base64", b.payload])))?,
         ),
         other => {
-            return Err(ApiError::bad_request(format!(
-                "payload_encoding must be string or base64, not {other}"
-            )))
+            return Err(ApiError::bad_request(json!([
+                "unsupported_encoding",
+                other
+            ])))
         }
     };
     check(
@@ -757,7 +783,7 @@ pub fn properties_key(routing_key: &str, arguments: &FieldTable) -> String {
     let mut key = if routing_key.is_empty() {
         "~".to_string()
     } else {
-        quote(routing_key)
+        quote_binding(routing_key)
     };
     if !arguments.inner().is_empty() {
         let encoded = cookie_factory::gen_simple(
@@ -775,11 +801,20 @@ pub fn properties_key(routing_key: &str, arguments: &FieldTable) -> String {
     key
 }
 
+/// Form encoding for a binding's routing key: as [`quote`], and `~` (the
+/// separator in a properties key) as `%7E`.
+fn quote_binding(s: &str) -> String {
+    quote(s).replace('~', "%7E")
+}
+
+/// Form encoding as RabbitMQ's `quote_plus`: space is `+`.
 fn quote(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
     for b in s.bytes() {
         match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' => out.push(b as char),
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                out.push(b as char)
+            }
             b' ' => out.push('+'),
             _ => out.push_str(&format!("%{b:02X}")),
         }
@@ -812,7 +847,7 @@ fn default_binding_json(vhost: &str, queue: &str) -> Value {
         "destination_type": "queue",
         "routing_key": queue,
         "arguments": {},
-        "properties_key": quote(queue),
+        "properties_key": quote_binding(queue),
     })
 }
 
@@ -921,6 +956,11 @@ pub struct BindingPropsPath {
     props: String,
 }
 
+/// A missing end of a binding being made: 404 with AMQP's detail.
+fn missing_end(e: crate::error::AmqpError) -> ApiError {
+    ApiError::missing(super::api::detail(&e))
+}
+
 fn destination(v: &VHost, to_queue: bool, name: &str) -> Result<Destination, ApiError> {
     if to_queue {
         Ok(Destination::Queue(
@@ -1009,11 +1049,11 @@ pub struct NewBinding<'a> {
 
 /// Binds as queue.bind / exchange.bind would, with their permission checks
 /// when made for a user; returns the binding's properties key.
-pub fn bind(
+pub fn bind<'a>(
     broker: &Broker,
     user: Option<&User>,
     v: &VHost,
-    n: NewBinding<'_>,
+    n: NewBinding<'a>,
 ) -> Result<String, ApiError> {
     let NewBinding {
         source,
@@ -1022,6 +1062,14 @@ pub fn bind(
         routing_key,
         arguments,
     } = n;
+    // `amq.default` is the API's name for the nameless default exchange.
+    let unalias = |name: &'a str| if name == "amq.default" { "" } else { name };
+    let source = unalias(source);
+    let dest_name = if to_queue {
+        dest_name
+    } else {
+        unalias(dest_name)
+    };
     let kind = if to_queue {
         Resource::Queue
     } else {
@@ -1045,8 +1093,13 @@ pub fn bind(
             ),
         ));
     }
-    let e = v.exchange(source).map_err(|_| ApiError::not_found())?;
-    let dest = destination(v, to_queue, dest_name)?;
+    let e = v.exchange(source).map_err(missing_end)?;
+    let dest = if to_queue {
+        Destination::Queue(v.queue(dest_name).map_err(missing_end)?)
+    } else {
+        v.exchange(dest_name).map_err(missing_end)?;
+        Destination::Exchange(dest_name.to_string())
+    };
     if e.kind == ExchangeKind::Headers {
         crate::broker::exchange::headers::HeadersMatcher::new(&arguments)
             .map_err(|why| ApiError::bad_request(format!("406 PRECONDITION_FAILED - {why}")))?;
@@ -1070,7 +1123,7 @@ async fn post_binding(
     to_queue: bool,
     raw: Bytes,
 ) -> ApiResult {
-    let v = user.vhost(&broker, &p.vhost)?;
+    let v = user.vhost_for_change(&broker, &p.vhost)?;
     let b: BindBody = body(&raw)?;
     let arguments = json_table(&b.arguments)?;
     let key = bind(
@@ -1085,14 +1138,8 @@ async fn post_binding(
             arguments,
         },
     )?;
-    let location = format!(
-        "/api/bindings/{}/e/{}/{}/{}/{}",
-        quote(&p.vhost),
-        quote(&p.source),
-        if to_queue { "q" } else { "e" },
-        quote(&p.destination),
-        key
-    );
+    // Relative to the request, as RabbitMQ: `destination/properties_key`.
+    let location = format!("{}/{}", quote(&p.destination), quote(&key));
     Ok((StatusCode::CREATED, [(header::LOCATION, location)]).into_response())
 }
 
@@ -1152,6 +1199,13 @@ pub async fn exchange_binding(
 }
 
 async fn unbind(broker: Arc<Broker>, user: User, p: BindingPropsPath, to_queue: bool) -> ApiResult {
+    if find_exchange(&broker, &user, &p.vhost, &p.source)?
+        .1
+        .name
+        .is_empty()
+    {
+        return Err(ApiError::not_authorised("Access refused."));
+    }
     let (v, e, b) = one_binding(&broker, &user, p, to_queue)?;
     let (kind, name) = match &b.destination {
         Destination::Queue(q) => (Resource::Queue, q.name.clone()),

@@ -1,7 +1,10 @@
 //! Users, vhosts and permissions. Changing them needs the administrator
 //! tag, as in RabbitMQ.
 
-use super::api::{body, created_or_updated, list, no_content, tags, ApiError, ApiResult, User};
+use super::api::{
+    body, created_or_updated, from_object, list, no_content, object, tags, ApiError, ApiResult,
+    User,
+};
 use crate::broker::access::{
     hash_password, is_known_algorithm, Permission, PermissionRecord, UserRecord, VhostRecord,
     SHA256,
@@ -10,6 +13,7 @@ use crate::broker::Broker;
 use axum::extract::{Path, Query, State};
 use axum::response::IntoResponse;
 use axum::{Extension, Json};
+use base64::Engine;
 use bytes::Bytes;
 use serde::Deserialize;
 use serde_json::{json, Value};
@@ -98,24 +102,33 @@ pub struct UserBody {
 /// hash is taken as it is (empty: no password logs in).
 pub fn user_record(name: &str, b: UserBody) -> Result<UserRecord, ApiError> {
     let (password_hash, hashing_algorithm) = match (b.password, b.password_hash) {
-        (Some(p), _) => (
+        (Some(_), Some(_)) => {
+            return Err(ApiError::bad_request(
+                "both_password_and_password_hash_are_provided",
+            ))
+        }
+        (Some(p), None) => (
             hash_password(&p, SHA256).expect("SHA-256 is supported"),
             SHA256.to_string(),
         ),
         (None, Some(h)) => {
             let algorithm = b.hashing_algorithm.unwrap_or_else(|| SHA256.into());
             if !is_known_algorithm(&algorithm) {
-                return Err(ApiError::bad_request(format!(
-                    "unsupported hashing algorithm '{algorithm}'"
-                )));
+                return Err(ApiError::bad_request(json!([
+                    "unsupported_hashing_algorithm",
+                    algorithm
+                ])));
+            }
+            if base64::engine::general_purpose::STANDARD
+                .decode(h.as_bytes())
+                .is_err()
+            {
+                return Err(ApiError::bad_request(json!(["not_base64", h])));
             }
             (h, algorithm)
         }
-        (None, None) => {
-            return Err(ApiError::bad_request(
-                "Must specify either password or password_hash",
-            ))
-        }
+        // As RabbitMQ: a user without a password exists but cannot log in.
+        (None, None) => (String::new(), SHA256.to_string()),
     };
     Ok(UserRecord {
         name: name.to_string(),
@@ -132,7 +145,11 @@ pub async fn put_user(
     raw: Bytes,
 ) -> ApiResult {
     user.require_admin()?;
-    let record = user_record(&name, body(&raw)?)?;
+    let fields = object(&raw)?;
+    if !fields.contains_key("tags") {
+        return Err(ApiError::bad_request("tags_not_present"));
+    }
+    let record = user_record(&name, from_object(fields)?)?;
     Ok(created_or_updated(broker.access.put_user(record)))
 }
 
@@ -252,10 +269,26 @@ pub async fn put_vhost(
         return Err(ApiError::bad_request("vhost names must not be empty"));
     }
     let created = broker.create_vhost(VhostRecord {
-        name,
+        name: name.clone(),
         description: b.description,
         tags: b.tags,
     });
+    if created {
+        // As RabbitMQ: whoever creates a vhost gets full permissions in it.
+        let all = ".*".to_string();
+        set_permission(
+            &broker,
+            &name,
+            &user.name,
+            PermissionBody {
+                configure: all.clone(),
+                write: all.clone(),
+                read: all,
+                user: None,
+                vhost: None,
+            },
+        )?;
+    }
     Ok(created_or_updated(created))
 }
 
@@ -372,15 +405,8 @@ pub fn set_permission(
     user: &str,
     b: PermissionBody,
 ) -> Result<bool, ApiError> {
-    if broker.access.vhost(vhost).is_none() {
-        return Err(ApiError::bad_request(format!(
-            "vhost '{vhost}' does not exist"
-        )));
-    }
-    if broker.access.user(user).is_none() {
-        return Err(ApiError::bad_request(format!(
-            "user '{user}' does not exist"
-        )));
+    if broker.access.vhost(vhost).is_none() || broker.access.user(user).is_none() {
+        return Err(ApiError::bad_request("vhost_or_user_not_found"));
     }
     let p = Permission::compile(PermissionRecord {
         user: user.to_string(),
@@ -400,7 +426,15 @@ pub async fn put_permission(
     raw: Bytes,
 ) -> ApiResult {
     user.require_admin()?;
-    let b: PermissionBody = body(&raw)?;
+    let fields = object(&raw)?;
+    let missing: Vec<&str> = ["configure", "write", "read"]
+        .into_iter()
+        .filter(|k| !fields.contains_key(*k))
+        .collect();
+    if !missing.is_empty() {
+        return Err(ApiError::key_missing(&missing));
+    }
+    let b: PermissionBody = from_object(fields)?;
     Ok(created_or_updated(set_permission(
         &broker, &vhost, &name, b,
     )?))
