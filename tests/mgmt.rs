@@ -188,3 +188,95 @@ async fn exchanges_are_listed_and_shown() {
     let (status, _) = get(&api, "/api/exchanges/no-such-vhost").await;
     assert_eq!(status, 404);
 }
+
+/// A sample's value in Prometheus text, by metric name and label text.
+fn metric(text: &str, name: &str, labels: &str) -> Option<f64> {
+    let prefix = if labels.is_empty() {
+        format!("{name} ")
+    } else {
+        format!("{name}{{{labels}}} ")
+    };
+    text.lines()
+        .find_map(|l| l.strip_prefix(prefix.as_str()))
+        .and_then(|v| v.trim().parse().ok())
+}
+
+#[tokio::test]
+async fn metrics_need_no_credentials_and_count_per_queue() {
+    let broker = TestBroker::start().await;
+    if common::against_other_broker() {
+        return; // RabbitMQ serves these on another port, with a plugin
+    }
+    let Some(api) = Api::of(&broker) else { return };
+    let conn = broker.connect().await;
+    let ch = conn.create_channel().await.unwrap();
+    let q = unique("metrics");
+    ch.queue_declare(
+        q.as_str().into(),
+        QueueDeclareOptions::default(),
+        FieldTable::default(),
+    )
+    .await
+    .unwrap();
+    ch.confirm_select(ConfirmSelectOptions::default())
+        .await
+        .unwrap();
+    for _ in 0..3 {
+        ch.basic_publish(
+            "".into(),
+            q.as_str().into(),
+            BasicPublishOptions::default(),
+            b"m",
+            BasicProperties::default(),
+        )
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+    }
+    let got = ch
+        .basic_get(q.as_str().into(), BasicGetOptions::default())
+        .await
+        .unwrap()
+        .expect("a message");
+    got.ack(BasicAckOptions::default()).await.unwrap();
+
+    let reply = raw_request(api.addr, "GET", "/metrics", None, None).await;
+    assert_eq!(reply.status, 200);
+    let text = reply.text;
+    let labels = format!("vhost=\"/\",queue=\"{q}\"");
+    assert_eq!(
+        metric(&text, "rabbitmq_queue_messages_ready", &labels),
+        Some(2.0)
+    );
+    assert_eq!(
+        metric(&text, "rabbitmq_queue_messages_unacked", &labels),
+        Some(0.0)
+    );
+    assert_eq!(metric(&text, "rabbitmq_queue_messages", &labels), Some(2.0));
+    assert_eq!(
+        metric(&text, "rabbitmq_queue_consumers", &labels),
+        Some(0.0)
+    );
+    assert_eq!(
+        metric(&text, "rabbitmq_queue_messages_published_total", &labels),
+        Some(3.0)
+    );
+    assert_eq!(
+        metric(&text, "leveret_queue_messages_delivered_total", &labels),
+        Some(1.0)
+    );
+    assert_eq!(
+        metric(&text, "leveret_queue_messages_acked_total", &labels),
+        Some(1.0)
+    );
+    assert_eq!(metric(&text, "rabbitmq_connections", ""), Some(1.0));
+    assert_eq!(metric(&text, "rabbitmq_channels", ""), Some(1.0));
+    assert_eq!(
+        metric(&text, "rabbitmq_alarms_memory_used_watermark", ""),
+        Some(0.0)
+    );
+    assert!(metric(&text, "rabbitmq_process_resident_memory_bytes", "").unwrap() > 0.0);
+    assert!(metric(&text, "rabbitmq_disk_space_available_bytes", "").unwrap() > 0.0);
+    assert!(text.contains("# TYPE rabbitmq_queue_messages_published_total counter"));
+}

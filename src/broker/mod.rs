@@ -111,10 +111,19 @@ impl Broker {
         for b in recovered.bindings {
             broker.add_vhost(&b.vhost).restore_binding(b);
         }
-        // A store from before vhosts were recorded names them only in its
-        // topology; give each a record so it is listed and can be deleted.
         for vhost in broker.vhosts() {
-            if broker.access.vhost(&vhost.name).is_none() {
+            if broker.access.vhost(&vhost.name).is_some() {
+                continue;
+            }
+            if seeded {
+                // Left by a connection that declared into its vhost while
+                // the vhost was being deleted.
+                tracing::warn!(vhost = %vhost.name, "dropping durable objects of a deleted vhost");
+                vhost.delete_everything();
+                broker.vhosts.remove(&vhost.name);
+            } else {
+                // A store from before vhosts were recorded names them only
+                // in its topology: give each a record.
                 broker.access.put_vhost(VhostRecord {
                     name: vhost.name.clone(),
                     ..Default::default()

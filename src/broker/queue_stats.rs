@@ -128,3 +128,42 @@ impl QueueStats {
         *self.last.lock()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn utilisation_is_the_share_of_time_consumers_could_take_messages() {
+        let stats = QueueStats::default();
+        stats.sample(0, 0);
+        std::thread::sleep(Duration::from_millis(100));
+        stats.consumers_blocked();
+        std::thread::sleep(Duration::from_millis(200));
+        stats.delivered(false);
+        stats.sample(0, 0);
+        let u = stats.last().utilisation;
+        assert!((0.2..0.5).contains(&u), "blocked 200 of ~300 ms: {u}");
+        std::thread::sleep(Duration::from_millis(50));
+        stats.sample(0, 0);
+        assert_eq!(stats.last().utilisation, 1.0);
+    }
+
+    #[test]
+    fn rates_are_per_second_since_the_last_sample() {
+        let stats = QueueStats::default();
+        stats.sample(0, 0);
+        for _ in 0..10 {
+            stats.published.fetch_add(1, Ordering::Relaxed);
+        }
+        stats.got(true);
+        std::thread::sleep(Duration::from_millis(200));
+        stats.sample(10, 0);
+        let s = stats.last();
+        assert!((20.0..=55.0).contains(&s.rates[0]), "{}", s.rates[0]);
+        assert!(s.rates[2] > 0.0 && s.got_rate > 0.0);
+        assert!(s.gauge_rates[1] > 0.0);
+        assert_eq!(stats.counts(), [10, 1, 1, 0]);
+    }
+}

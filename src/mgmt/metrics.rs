@@ -164,7 +164,7 @@ fn render(broker: &Broker, disk_used: u64) -> String {
         disk_used,
     );
     out.single(
-        "rabbitmq_process_open_fds",
+        "leveret_process_open_fds",
         "gauge",
         "Open file descriptors",
         open_fds(),
@@ -236,19 +236,19 @@ fn render(broker: &Broker, disk_used: u64) -> String {
             |q| q.stats.counts()[0].to_string(),
         ),
         (
-            "rabbitmq_queue_messages_delivered_total",
+            "leveret_queue_messages_delivered_total",
             "counter",
             "Messages delivered from a queue to consumers or basic.get",
             |q| q.stats.counts()[1].to_string(),
         ),
         (
-            "rabbitmq_queue_messages_redelivered_total",
+            "leveret_queue_messages_redelivered_total",
             "counter",
             "Messages redelivered from a queue",
             |q| q.stats.counts()[2].to_string(),
         ),
         (
-            "rabbitmq_queue_messages_acked_total",
+            "leveret_queue_messages_acked_total",
             "counter",
             "Messages acknowledged by consumers",
             |q| q.stats.counts()[3].to_string(),
