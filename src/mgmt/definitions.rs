@@ -4,13 +4,16 @@
 //! Policies, parameters and topic permissions are read but not applied:
 //! Leveret has no policies yet; the import logs how many it skipped.
 
-use super::api::{json_table, lenient_bool, no_content, tags, ApiError, ApiResult, User};
+use super::api::{
+    json_table, lenient_bool, no_content, table_json, tags, ApiError, ApiResult, User,
+};
 use super::objects::{bind, declare_exchange, declare_queue, NewBinding};
 use super::users::{
     permission_json, set_permission, user_json, user_record, PermissionBody, UserBody,
 };
 use crate::broker::access::VhostRecord;
 use crate::broker::exchange::{Destination, ExchangeKind};
+use crate::broker::vhost::VHost;
 use crate::broker::Broker;
 use axum::extract::{Path, State};
 use axum::response::IntoResponse;
@@ -23,67 +26,73 @@ use std::sync::Arc;
 /// The RabbitMQ version whose definitions format is written.
 const RABBIT_VERSION: &str = "3.10.8";
 
-fn queues_json(broker: &Broker, vhost: Option<&str>) -> Vec<Value> {
+/// The vhosts an export covers (all, or one), by name.
+fn selected(broker: &Broker, only: Option<&str>) -> Vec<Arc<VHost>> {
+    let mut vhosts: Vec<_> = broker
+        .vhosts()
+        .into_iter()
+        .filter(|v| only.is_none_or(|n| n == v.name))
+        .collect();
+    vhosts.sort_by(|a, b| a.name.cmp(&b.name));
+    vhosts
+}
+
+/// An exported object; a per-vhost export leaves out `vhost`.
+fn placed(mut o: Value, only: Option<&str>) -> Value {
+    if only.is_some() {
+        o.as_object_mut().expect("an object").remove("vhost");
+    }
+    o
+}
+
+fn queues_json(broker: &Broker, only: Option<&str>) -> Vec<Value> {
     let mut out = Vec::new();
-    for v in broker.vhosts() {
-        if vhost.is_some_and(|n| n != v.name) {
-            continue;
-        }
+    for v in selected(broker, only) {
         let mut queues = v.queues();
         queues.sort_by(|a, b| a.name.cmp(&b.name));
         for q in queues.iter().filter(|q| q.exclusive_owner.is_none()) {
-            let mut o = json!({
+            let o = json!({
                 "name": q.name,
                 "vhost": v.name,
                 "durable": q.durable,
                 "auto_delete": q.auto_delete,
-                "arguments": super::api::table_json(&q.arguments),
+                "arguments": table_json(&q.arguments),
             });
-            if vhost.is_some() {
-                o.as_object_mut().expect("object").remove("vhost");
-            }
-            out.push(o);
+            out.push(placed(o, only));
         }
     }
     out
 }
 
-fn exchanges_json(broker: &Broker, vhost: Option<&str>) -> Vec<Value> {
+/// Exchanges a client declared: not the default one nor `amq.*`.
+fn exchanges_json(broker: &Broker, only: Option<&str>) -> Vec<Value> {
     let mut out = Vec::new();
-    for v in broker.vhosts() {
-        if vhost.is_some_and(|n| n != v.name) {
-            continue;
-        }
+    for v in selected(broker, only) {
         let mut exchanges = v.exchanges();
         exchanges.sort_by(|a, b| a.name.cmp(&b.name));
         for e in exchanges
             .iter()
             .filter(|e| !e.name.is_empty() && !e.name.starts_with("amq."))
         {
-            let mut o = json!({
+            let o = json!({
                 "name": e.name,
                 "vhost": v.name,
                 "type": e.kind.as_str(),
                 "durable": e.durable,
                 "auto_delete": e.auto_delete,
                 "internal": e.internal,
-                "arguments": super::api::table_json(&e.arguments),
+                "arguments": table_json(&e.arguments),
             });
-            if vhost.is_some() {
-                o.as_object_mut().expect("object").remove("vhost");
-            }
-            out.push(o);
+            out.push(placed(o, only));
         }
     }
     out
 }
 
-fn bindings_json(broker: &Broker, vhost: Option<&str>) -> Vec<Value> {
+/// Bindings but the default exchange's, and none to exclusive queues.
+fn bindings_json(broker: &Broker, only: Option<&str>) -> Vec<Value> {
     let mut out = Vec::new();
-    for v in broker.vhosts() {
-        if vhost.is_some_and(|n| n != v.name) {
-            continue;
-        }
+    for v in selected(broker, only) {
         let mut exchanges = v.exchanges();
         exchanges.sort_by(|a, b| a.name.cmp(&b.name));
         for e in exchanges.iter().filter(|e| !e.name.is_empty()) {
@@ -93,18 +102,15 @@ fn bindings_json(broker: &Broker, vhost: Option<&str>) -> Vec<Value> {
                     Destination::Queue(q) => (q.name.clone(), "queue"),
                     Destination::Exchange(x) => (x.clone(), "exchange"),
                 };
-                let mut o = json!({
+                let o = json!({
                     "source": e.name,
                     "vhost": v.name,
                     "destination": destination,
                     "destination_type": kind,
                     "routing_key": b.routing_key,
-                    "arguments": super::api::table_json(&b.arguments),
+                    "arguments": table_json(&b.arguments),
                 });
-                if vhost.is_some() {
-                    o.as_object_mut().expect("object").remove("vhost");
-                }
-                out.push(o);
+                out.push(placed(o, only));
             }
         }
     }

@@ -306,6 +306,16 @@ pub async fn delete_vhost(
 
 // ---------------------------------------------------------------- permissions
 
+fn permissions_where(broker: &Broker, keep: impl Fn(&PermissionRecord) -> bool) -> Vec<Value> {
+    broker
+        .access
+        .permissions()
+        .iter()
+        .filter(|p| keep(p))
+        .map(permission_json)
+        .collect()
+}
+
 pub fn permission_json(p: &PermissionRecord) -> Value {
     json!({
         "user": p.user,
@@ -342,14 +352,7 @@ pub async fn vhost_permissions(
         .access
         .vhost(&vhost)
         .ok_or_else(ApiError::not_found)?;
-    let items = broker
-        .access
-        .permissions()
-        .iter()
-        .filter(|p| p.vhost == vhost)
-        .map(permission_json)
-        .collect();
-    list(items, &query)
+    list(permissions_where(&broker, |p| p.vhost == vhost), &query)
 }
 
 pub async fn user_permissions(
@@ -360,14 +363,7 @@ pub async fn user_permissions(
 ) -> ApiResult {
     user.require_admin()?;
     broker.access.user(&name).ok_or_else(ApiError::not_found)?;
-    let items = broker
-        .access
-        .permissions()
-        .iter()
-        .filter(|p| p.user == name)
-        .map(permission_json)
-        .collect();
-    list(items, &query)
+    list(permissions_where(&broker, |p| p.user == name), &query)
 }
 
 pub async fn permission(
