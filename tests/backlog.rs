@@ -289,3 +289,78 @@ fn body_of(i: usize, size: usize) -> Vec<u8> {
     b.resize(size, b'.');
     b
 }
+
+/// Current resident memory of `pid` in bytes.
+fn rss(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let kb: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .expect("VmRSS in /proc/PID/status");
+    kb * 1024
+}
+
+/// A spike absorbed in memory is given back to the OS once it is gone, so
+/// a broker does not stay at its peak size after every burst.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn memory_of_a_drained_spike_is_given_back() {
+    let dir = TempDir::new("spike");
+    let broker = BrokerProcess::start(&dir.path().join("data"));
+    let conn = Connection::connect(&broker.uri(), ConnectionProperties::default())
+        .await
+        .unwrap();
+    let ch = conn.create_channel().await.unwrap();
+    ch.queue_declare(
+        "spike".into(),
+        QueueDeclareOptions::default(),
+        FieldTable::default(),
+    )
+    .await
+    .unwrap();
+    ch.confirm_select(ConfirmSelectOptions::default())
+        .await
+        .unwrap();
+    let baseline = rss(broker.pid());
+    let mut pending = VecDeque::new();
+    for i in 0..MESSAGES {
+        let confirm = ch
+            .basic_publish(
+                "".into(),
+                "spike".into(),
+                BasicPublishOptions::default(),
+                &body(i),
+                BasicProperties::default(),
+            )
+            .await
+            .unwrap();
+        pending.push_back(confirm);
+        if pending.len() >= 1000 {
+            pending.pop_front().unwrap().await.unwrap();
+        }
+    }
+    for c in pending {
+        c.await.unwrap();
+    }
+    let grown = rss(broker.pid()).saturating_sub(baseline);
+    assert!(
+        grown > (MESSAGES * BODY) as u64 / 2,
+        "the spike is held in memory: grew {grown} bytes"
+    );
+    ch.queue_purge("spike".into(), QueuePurgeOptions::default())
+        .await
+        .unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    loop {
+        let now = rss(broker.pid());
+        if now < baseline + 32 * 1024 * 1024 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "RSS still {now} bytes 15 s after the queue was purged (baseline {baseline})"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}

@@ -58,6 +58,44 @@ impl MemoryGauge {
     }
 }
 
+/// Gives memory freed by drained queues back to the OS.
+///
+/// glibc's malloc keeps freed memory in per-thread arenas, so after a spike
+/// of queued messages is consumed the process would stay at its peak size.
+/// A thread watches the gauge and trims once queued bytes fell well below
+/// what they were.
+pub fn start_trimmer(gauge: std::sync::Weak<MemoryGauge>) {
+    const EVERY: std::time::Duration = std::time::Duration::from_secs(2);
+    /// Trim only after this much was released: trimming walks every arena.
+    const RELEASED: i64 = 32 * 1024 * 1024;
+    let _ = std::thread::Builder::new()
+        .name("leveret-trim".into())
+        .spawn(move || {
+            let mut high = 0i64;
+            loop {
+                std::thread::sleep(EVERY);
+                let Some(gauge) = gauge.upgrade() else { return };
+                let used = gauge.used();
+                high = high.max(used);
+                if high - used >= RELEASED && used < high / 2 {
+                    trim();
+                    high = used;
+                }
+            }
+        });
+}
+
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+fn trim() {
+    // SAFETY: malloc_trim only releases free memory held by the allocator.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}
+
+#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+fn trim() {}
+
 #[cfg(test)]
 mod tests {
     use super::*;
