@@ -524,7 +524,11 @@ async fn consumer(
     let mut unacked = 0u64;
     let mut counted = 0u64;
     'run: while received < limit {
-        let frame = if plan.shared.draining.load(Ordering::Acquire) {
+        // A timer only when the socket must be read: one per frame would
+        // cost more than the frame.
+        let frame = if rx.has_frame() {
+            rx.next().await?
+        } else if plan.shared.draining.load(Ordering::Acquire) {
             match tokio::time::timeout(Duration::from_secs(1), rx.next()).await {
                 Ok(f) => f?,
                 Err(_) => break 'run, // idle after the producers finished
