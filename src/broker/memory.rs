@@ -8,8 +8,10 @@ pub struct MemoryGauge {
     used: AtomicI64,
     high_watermark: i64,
     blocked: AtomicBool,
-    /// `true` while above the watermark; publishing connections wait on it.
+    /// `true` while the alarm is on; publishing connections wait on it.
     state: watch::Sender<bool>,
+    /// Serialises alarm flips, so `blocked` and `state` always agree.
+    flip: parking_lot::Mutex<()>,
 }
 
 impl MemoryGauge {
@@ -19,29 +21,48 @@ impl MemoryGauge {
             high_watermark: high_watermark.min(i64::MAX as u64) as i64,
             blocked: AtomicBool::new(false),
             state: watch::channel(false).0,
+            flip: parking_lot::Mutex::new(()),
         }
     }
 
-    /// Records a change in held bytes and flips the alarm on crossing the mark.
+    /// Records a change in held bytes and flips the alarm on crossing the
+    /// mark. The alarm clears below 90 % of the mark, so it does not flap
+    /// with every message around it.
     pub fn add(&self, delta: i64) {
         if delta == 0 {
             return;
         }
         let used = self.used.fetch_add(delta, Ordering::Relaxed) + delta;
-        let over = used > self.high_watermark;
-        if over != self.blocked.load(Ordering::Relaxed)
-            && self.blocked.swap(over, Ordering::AcqRel) != over
-        {
-            if over {
-                tracing::warn!(
-                    used,
-                    high_watermark = self.high_watermark,
-                    "memory alarm set: blocking publishers"
-                );
-            } else {
-                tracing::info!(used, "memory alarm cleared: unblocking publishers");
-            }
-            self.state.send_replace(over);
+        if self.should_block(used) == self.blocked.load(Ordering::Acquire) {
+            return;
+        }
+        // Threads adding and removing at once could otherwise leave the
+        // flag and the watch disagreeing: publishers were then told to wait
+        // for a state that was already "clear" and never stopped.
+        let _flip = self.flip.lock();
+        let used = self.used.load(Ordering::Relaxed);
+        let over = self.should_block(used);
+        if over == self.blocked.load(Ordering::Acquire) {
+            return;
+        }
+        self.blocked.store(over, Ordering::Release);
+        self.state.send_replace(over);
+        if over {
+            tracing::warn!(
+                used,
+                high_watermark = self.high_watermark,
+                "memory alarm set: blocking publishers"
+            );
+        } else {
+            tracing::info!(used, "memory alarm cleared: unblocking publishers");
+        }
+    }
+
+    fn should_block(&self, used: i64) -> bool {
+        if self.blocked.load(Ordering::Acquire) {
+            used > self.high_watermark / 10 * 9
+        } else {
+            used > self.high_watermark
         }
     }
 
@@ -110,5 +131,39 @@ mod tests {
         assert!(g.is_blocked() && *rx.borrow());
         g.add(-30);
         assert!(!g.is_blocked() && !*rx.borrow());
+    }
+
+    #[test]
+    fn alarm_clears_only_below_ninety_percent() {
+        let g = MemoryGauge::new(100);
+        g.add(101);
+        g.add(-5);
+        assert!(g.is_blocked(), "96 bytes: still on");
+        g.add(-7);
+        assert!(!g.is_blocked(), "89 bytes: off");
+    }
+
+    #[test]
+    fn flag_and_watch_agree_after_racing_threads() {
+        for _ in 0..20 {
+            let g = std::sync::Arc::new(MemoryGauge::new(1000));
+            g.add(995);
+            let threads: Vec<_> = (0..4)
+                .map(|t| {
+                    let g = g.clone();
+                    std::thread::spawn(move || {
+                        for i in 0..20_000 {
+                            g.add(if (i + t) % 2 == 0 { 10 } else { -10 });
+                        }
+                    })
+                })
+                .collect();
+            for t in threads {
+                t.join().unwrap();
+            }
+            g.add(10); // 1005: over the mark
+            assert!(g.is_blocked());
+            assert!(*g.subscribe().borrow(), "the watch says blocked too");
+        }
     }
 }

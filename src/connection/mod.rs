@@ -539,7 +539,9 @@ impl Connection {
         }
         let mut alarm = self.broker.memory.subscribe();
         tokio::select! {
-            _ = async { alarm.wait_for(|blocked| !*blocked).await.is_ok() } => {}
+            _ = async {
+                while self.broker.memory.is_blocked() && alarm.wait_for(|blocked| !*blocked).await.is_ok() {}
+            } => {}
             _ = self.shutdown.changed() => {
                 let err = AmqpError::new(ReplyCode::ConnectionForced, "broker forced connection closure with reason 'shutdown'");
                 return Some(self.force_close(open, err).await);
