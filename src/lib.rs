@@ -10,6 +10,7 @@ pub mod connection;
 pub mod ctl;
 pub mod error;
 pub mod mgmt;
+pub mod perf;
 pub mod protocol;
 pub mod server;
 pub mod store;

@@ -24,6 +24,8 @@ enum Command {
     DefaultConfig,
     /// Manage a running broker through its management HTTP API, like rabbitmqadmin.
     Ctl(leveret::ctl::CtlArgs),
+    /// Load-test an AMQP 0-9-1 broker (Leveret or any other), PerfTest-style.
+    Perf(leveret::perf::PerfArgs),
 }
 
 #[derive(Args, Default)]
@@ -51,6 +53,7 @@ fn main() -> ExitCode {
         }
         Command::Serve(args) => serve(args),
         Command::Ctl(args) => leveret::ctl::run(args),
+        Command::Perf(args) => leveret::perf::run(args),
     }
 }
 

@@ -6,6 +6,13 @@
 //! - `python3 -m pytest -q tests/python`   (tests/python/test_pika.py)
 //! - `node --test tests/node/test/`         (tests/node/test/*.test.js)
 //!
+//! The suites also get `LEVERET_MGMT_URL` (e.g. `http://127.0.0.1:15672`), the
+//! base URL of the broker's management HTTP API, which the permission tests
+//! use (as the `AMQP_URL` user) to create vhosts, users and permissions. For
+//! the in-process broker that is its own API; against another broker it comes
+//! from `LEVERET_TEST_MGMT` (e.g. `127.0.0.1:15672`, as in tests/common/http.rs),
+//! and without it the suites skip the tests that need the API.
+//!
 //! The client libraries are pinned in `tests/python/requirements.txt` and
 //! `tests/node/package-lock.json`; install them with `scripts/install-test-deps`.
 //! Missing dependencies fail these tests (they are never skipped).
@@ -180,6 +187,42 @@ fn node_test_files(root: &Path) -> Vec<String> {
     files
 }
 
+/// The management API's base URL for the suites (`LEVERET_MGMT_URL`): the
+/// in-process broker's own, or `LEVERET_TEST_MGMT` against another broker.
+fn mgmt_url(broker: &common::TestBroker) -> Option<String> {
+    let hostport = match broker.mgmt_addr {
+        Some(addr) => addr.to_string(),
+        None => std::env::var("LEVERET_TEST_MGMT").ok()?,
+    };
+    let hostport = hostport.trim().trim_end_matches('/');
+    if hostport.is_empty() {
+        return None;
+    }
+    Some(if hostport.contains("://") {
+        hostport.to_string()
+    } else {
+        format!("http://{hostport}")
+    })
+}
+
+/// Passes the management API's URL to a suite, or makes sure it has none
+/// (so a stale `LEVERET_MGMT_URL` in our own environment cannot leak in).
+fn set_mgmt_env(cmd: &mut Command, broker: &common::TestBroker) {
+    match mgmt_url(broker) {
+        Some(url) => {
+            eprintln!("cross_client: LEVERET_MGMT_URL={url}");
+            cmd.env("LEVERET_MGMT_URL", url);
+        }
+        None => {
+            eprintln!(
+                "cross_client: no management API (set LEVERET_TEST_MGMT with \
+                 LEVERET_TEST_URI); the suites skip the tests that need it"
+            );
+            cmd.env_remove("LEVERET_MGMT_URL");
+        }
+    }
+}
+
 async fn stop(broker: common::TestBroker) {
     tokio::time::timeout(Duration::from_secs(15), broker.stop())
         .await
@@ -197,6 +240,7 @@ async fn pika_suite() {
         .args(["-m", "pytest", "-q", "tests/python"])
         .env("AMQP_URL", &broker.uri)
         .env("PYTHONDONTWRITEBYTECODE", "1");
+    set_mgmt_env(&mut cmd, &broker);
     let out = run(cmd).await;
     assert!(
         out.success(),
@@ -219,6 +263,7 @@ async fn amqplib_suite() {
         .args(node_test_files(&root))
         .env("AMQP_URL", &broker.uri)
         .env("NO_COLOR", "1");
+    set_mgmt_env(&mut cmd, &broker);
     let out = run(cmd).await;
     assert!(
         out.success(),

@@ -101,6 +101,16 @@ pub fn basic_return(
     end_frame(buf, at);
 }
 
+/// A client's basic.publish (mandatory and immediate off).
+pub fn basic_publish(buf: &mut BytesMut, channel: u16, exchange: &str, routing_key: &str) {
+    let at = begin_method(buf, channel, CLASS_BASIC, 40);
+    buf.put_u16(0);
+    short_str(buf, exchange.as_bytes());
+    short_str(buf, routing_key.as_bytes());
+    buf.put_u8(0);
+    end_frame(buf, at);
+}
+
 pub fn basic_ack(buf: &mut BytesMut, channel: u16, delivery_tag: u64, multiple: bool) {
     let at = begin_method(buf, channel, CLASS_BASIC, 80);
     buf.put_u64(delivery_tag);
