@@ -17,16 +17,21 @@ const MESSAGES: usize = 60_000;
 const BODY: usize = 2048;
 const WAIT: Duration = Duration::from_secs(30);
 
-/// Peak resident memory of `pid` in bytes.
-fn peak_rss(pid: u32) -> u64 {
+/// A memory figure of `pid` from /proc/PID/status (`VmHWM`, `VmRSS`), in bytes.
+fn status_bytes(pid: u32, key: &str) -> u64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
     let kb: u64 = status
         .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .find_map(|l| l.strip_prefix(key))
         .and_then(|v| v.split_whitespace().next())
         .and_then(|v| v.parse().ok())
-        .expect("VmHWM in /proc/PID/status");
+        .unwrap_or_else(|| panic!("{key} in /proc/PID/status"));
     kb * 1024
+}
+
+/// Peak resident memory of `pid` in bytes.
+fn peak_rss(pid: u32) -> u64 {
+    status_bytes(pid, "VmHWM:")
 }
 
 fn body(i: usize) -> Vec<u8> {
@@ -292,14 +297,7 @@ fn body_of(i: usize, size: usize) -> Vec<u8> {
 
 /// Current resident memory of `pid` in bytes.
 fn rss(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    let kb: u64 = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.split_whitespace().next())
-        .and_then(|v| v.parse().ok())
-        .expect("VmRSS in /proc/PID/status");
-    kb * 1024
+    status_bytes(pid, "VmRSS:")
 }
 
 /// A spike absorbed in memory is given back to the OS once it is gone, so
