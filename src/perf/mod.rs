@@ -23,7 +23,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::Notify;
 
-#[derive(clap::Args, Debug, Clone)]
+#[derive(clap::Args, Debug, Clone, serde::Serialize)]
 pub struct PerfArgs {
     /// Broker to load.
     #[arg(long, default_value = "amqp://guest:guest@127.0.0.1:5672/%2f")]
@@ -652,6 +652,7 @@ async fn churn(plan: Arc<Plan>, n: u64) -> io::Result<Value> {
         "violations": {"lost": 0, "duplicated": 0, "reordered": 0},
         "churn_rate": ops as f64 / secs,
         "tool": cpu_json(end.tool_cpu - begin.tool_cpu, ops),
+        "params": plan.args,
     });
     if let (Some(b), Some(e), Some(w)) = (begin.broker_cpu, end.broker_cpu, broker.as_ref()) {
         let mut broker = cpu_json(e - b, ops);
@@ -759,6 +760,9 @@ fn report(
         "violations": {"lost": lost, "duplicated": duplicated, "reordered": reordered},
         "churn_rate": null,
         "tool": cpu_json(end.tool_cpu - begin.tool_cpu, sent + received),
+        // So a saved report says what produced it.
+        "params": plan.args,
+        "queues": plan.queues,
     });
     if let (Some(b), Some(e), Some(w)) = (begin.broker_cpu, end.broker_cpu, broker) {
         let mut cpu = cpu_json(e - b, sent + received);
