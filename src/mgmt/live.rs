@@ -98,11 +98,9 @@ pub async fn overview(
             }
         }
     }
-    let channels: usize = connections_for(&broker, &user)
-        .iter()
-        .map(|c| c.channels)
-        .sum();
-    let connections = connections_for(&broker, &user).len();
+    let visible = connections_for(&broker, &user);
+    let channels: usize = visible.iter().map(|c| c.channels).sum();
+    let connections = visible.len();
     let exchange_types: Vec<Value> = ["direct", "fanout", "headers", "topic"]
         .iter()
         .map(|t| json!({"name": t, "enabled": true}))

@@ -81,6 +81,15 @@ pub async fn metrics(State(broker): State<Arc<Broker>>) -> Response {
         .into_response()
 }
 
+/// What `/metrics` reports of one queue, read once per scrape.
+struct QueueRow {
+    queue: Arc<crate::broker::queue::Queue>,
+    counts: crate::broker::queue::QueueCounts,
+    /// published, delivered, redelivered, acked.
+    totals: [u64; 4],
+    utilisation: f64,
+}
+
 fn render(broker: &Broker, disk_used: u64) -> String {
     let mut out = Out(String::with_capacity(4096));
     let node = node_name();
@@ -123,8 +132,19 @@ fn render(broker: &Broker, disk_used: u64) -> String {
         channels,
     );
 
-    let queues: Vec<_> = broker.vhosts().iter().flat_map(|v| v.queues()).collect();
-    let consumers: usize = queues.iter().map(|q| q.counts().consumers).sum();
+    // One look at each queue (its lock taken once), then every family.
+    let queues: Vec<QueueRow> = broker
+        .vhosts()
+        .iter()
+        .flat_map(|v| v.queues())
+        .map(|q| QueueRow {
+            counts: q.counts(),
+            totals: q.stats.counts(),
+            utilisation: q.stats.last().utilisation,
+            queue: q,
+        })
+        .collect();
+    let consumers: usize = queues.iter().map(|q| q.counts.consumers).sum();
     out.single("rabbitmq_queues", "gauge", "Queues available", queues.len());
     out.single(
         "rabbitmq_consumers",
@@ -182,44 +202,41 @@ fn render(broker: &Broker, disk_used: u64) -> String {
         0,
     );
 
-    type Get = fn(&crate::broker::queue::Queue) -> String;
+    type Get = fn(&QueueRow) -> String;
     let per_queue: [(&str, &str, &str, Get); 10] = [
         (
             "rabbitmq_queue_messages_ready",
             "gauge",
             "Messages ready to be delivered to consumers",
-            |q| q.counts().ready.to_string(),
+            |q| q.counts.ready.to_string(),
         ),
         (
             "rabbitmq_queue_messages_unacked",
             "gauge",
             "Messages delivered to consumers but not yet acknowledged",
-            |q| q.counts().unacked.to_string(),
+            |q| q.counts.unacked.to_string(),
         ),
         (
             "rabbitmq_queue_messages",
             "gauge",
             "Sum of ready and unacknowledged messages",
-            |q| {
-                let c = q.counts();
-                (c.ready + c.unacked).to_string()
-            },
+            |q| (q.counts.ready + q.counts.unacked).to_string(),
         ),
         (
             "rabbitmq_queue_consumers",
             "gauge",
             "Consumers on a queue",
-            |q| q.counts().consumers.to_string(),
+            |q| q.counts.consumers.to_string(),
         ),
         (
             "rabbitmq_queue_consumer_utilisation",
             "gauge",
             "Fraction of the time the queue could immediately deliver to consumers",
             |q| {
-                if q.counts().consumers == 0 {
+                if q.counts.consumers == 0 {
                     "0".into()
                 } else {
-                    q.stats.last().utilisation.to_string()
+                    q.utilisation.to_string()
                 }
             },
         ),
@@ -227,37 +244,41 @@ fn render(broker: &Broker, disk_used: u64) -> String {
             "rabbitmq_queue_messages_ram_bytes",
             "gauge",
             "Size of ready messages held in memory",
-            |q| q.counts().memory.to_string(),
+            |q| q.counts.memory.to_string(),
         ),
         (
             "rabbitmq_queue_messages_published_total",
             "counter",
             "Messages published into a queue",
-            |q| q.stats.counts()[0].to_string(),
+            |q| q.totals[0].to_string(),
         ),
         (
             "leveret_queue_messages_delivered_total",
             "counter",
             "Messages delivered from a queue to consumers or basic.get",
-            |q| q.stats.counts()[1].to_string(),
+            |q| q.totals[1].to_string(),
         ),
         (
             "leveret_queue_messages_redelivered_total",
             "counter",
             "Messages redelivered from a queue",
-            |q| q.stats.counts()[2].to_string(),
+            |q| q.totals[2].to_string(),
         ),
         (
             "leveret_queue_messages_acked_total",
             "counter",
             "Messages acknowledged by consumers",
-            |q| q.stats.counts()[3].to_string(),
+            |q| q.totals[3].to_string(),
         ),
     ];
     for (name, kind, help, get) in per_queue {
         out.family(name, kind, help);
         for q in &queues {
-            out.value(name, &[("vhost", &q.vhost), ("queue", &q.name)], get(q));
+            let labels = [
+                ("vhost", q.queue.vhost.as_str()),
+                ("queue", q.queue.name.as_str()),
+            ];
+            out.value(name, &labels, get(q));
         }
     }
     out.0
