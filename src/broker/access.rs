@@ -118,6 +118,20 @@ pub struct Permission {
 }
 
 impl Permission {
+    /// `.*` for configure, write and read: what the default user and a
+    /// vhost's creator get.
+    pub fn full(user: &str, vhost: &str) -> Permission {
+        let all = ".*".to_string();
+        Permission::compile(PermissionRecord {
+            user: user.to_string(),
+            vhost: vhost.to_string(),
+            configure: all.clone(),
+            write: all.clone(),
+            read: all,
+        })
+        .expect(".* compiles")
+    }
+
     /// Compiles the three expressions; the error names the one that is bad.
     pub fn compile(record: PermissionRecord) -> Result<Permission, String> {
         let compile = |re: &str| -> Result<Option<Regex>, String> {

@@ -20,7 +20,7 @@ pub mod vhost;
 use crate::channel::shared::ChannelShared;
 use crate::config::Config;
 use crate::store::{Store, StoreError};
-use access::{AccessControl, Permission, PermissionRecord, UserRecord, VhostRecord};
+use access::{AccessControl, Permission, UserRecord, VhostRecord};
 use dashmap::DashMap;
 use memory::MemoryGauge;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -155,16 +155,8 @@ impl Broker {
                 &auth.default_pass,
                 auth.default_user_tags.clone(),
             ));
-            let all = ".*".to_string();
-            let permission = Permission::compile(PermissionRecord {
-                user: auth.default_user.clone(),
-                vhost: auth.default_vhost.clone(),
-                configure: all.clone(),
-                write: all.clone(),
-                read: all,
-            })
-            .expect(".* compiles");
-            self.access.put_permission(permission);
+            self.access
+                .put_permission(Permission::full(&auth.default_user, &auth.default_vhost));
         }
         self.access.mark_seeded();
     }

@@ -8,10 +8,8 @@ use super::api::{
     json_table, lenient_bool, no_content, table_json, tags, ApiError, ApiResult, User,
 };
 use super::objects::{bind, declare_exchange, declare_queue, NewBinding};
-use super::users::{
-    permission_json, set_permission, user_json, user_record, PermissionBody, UserBody,
-};
-use crate::broker::access::VhostRecord;
+use super::users::{permission_json, set_permission, user_json, user_record, UserBody};
+use crate::broker::access::{PermissionRecord, VhostRecord};
 use crate::broker::exchange::{Destination, ExchangeKind};
 use crate::broker::vhost::VHost;
 use crate::broker::Broker;
@@ -180,7 +178,7 @@ struct Definitions {
     #[serde(default)]
     vhosts: Vec<VhostDef>,
     #[serde(default)]
-    permissions: Vec<PermissionDef>,
+    permissions: Vec<PermissionRecord>,
     #[serde(default)]
     policies: Vec<Value>,
     #[serde(default)]
@@ -219,15 +217,6 @@ struct VhostMetadata {
     description: String,
     #[serde(default, deserialize_with = "tags")]
     tags: Vec<String>,
-}
-
-#[derive(Deserialize)]
-struct PermissionDef {
-    user: String,
-    vhost: String,
-    configure: String,
-    write: String,
-    read: String,
 }
 
 #[derive(Deserialize)]
@@ -305,18 +294,7 @@ fn import(broker: &Broker, d: Definitions, only: Option<&str>) -> Result<(), Api
             });
         }
         for p in d.permissions {
-            set_permission(
-                broker,
-                &p.vhost,
-                &p.user,
-                PermissionBody {
-                    configure: p.configure,
-                    write: p.write,
-                    read: p.read,
-                    user: None,
-                    vhost: None,
-                },
-            )?;
+            set_permission(broker, p)?;
         }
     }
     let vhost_of = |name: &str| {

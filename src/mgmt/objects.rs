@@ -543,6 +543,15 @@ pub async fn exchanges_in(
     list(by_vhost_and_name(items), &query)
 }
 
+/// `amq.default` is the API's name for the nameless default exchange.
+fn unalias(name: &str) -> &str {
+    if name == "amq.default" {
+        ""
+    } else {
+        name
+    }
+}
+
 fn find_exchange(
     broker: &Broker,
     user: &User,
@@ -550,9 +559,9 @@ fn find_exchange(
     name: &str,
 ) -> Result<(Arc<VHost>, Arc<Exchange>), ApiError> {
     let v = user.vhost(broker, vhost)?;
-    // `amq.default` is the API's name for the nameless default exchange.
-    let name = if name == "amq.default" { "" } else { name };
-    let e = v.exchange(name).map_err(|_| ApiError::not_found())?;
+    let e = v
+        .exchange(unalias(name))
+        .map_err(|_| ApiError::not_found())?;
     Ok((v, e))
 }
 
@@ -701,14 +710,9 @@ pub async fn publish(
     raw: Bytes,
 ) -> ApiResult {
     let v = user.vhost(&broker, &vhost)?;
-    let exchange_name = if name == "amq.default" {
-        ""
-    } else {
-        name.as_str()
-    };
     // RabbitMQ answers this one with 400 and the AMQP code in the reason.
     let e = v
-        .exchange(exchange_name)
+        .exchange(unalias(&name))
         .map_err(|e| ApiError::bad_request(format!("404 {}", e.text)))?;
     let b: PublishBody = body(&raw)?;
     let payload = match b.payload_encoding.as_str() {
@@ -972,14 +976,6 @@ fn destination(v: &VHost, to_queue: bool, name: &str) -> Result<Destination, Api
     }
 }
 
-fn same_destination(a: &Destination, b: &Destination) -> bool {
-    match (a, b) {
-        (Destination::Queue(x), Destination::Queue(y)) => Arc::ptr_eq(x, y),
-        (Destination::Exchange(x), Destination::Exchange(y)) => x == y,
-        _ => false,
-    }
-}
-
 fn between(
     broker: &Broker,
     user: &User,
@@ -996,7 +992,7 @@ fn between(
     }
     Ok(e.bindings()
         .iter()
-        .filter(|b| same_destination(&b.destination, &dest))
+        .filter(|b| b.destination.same(&dest))
         .map(|b| binding_json(&v.name, &e.name, b))
         .collect())
 }
@@ -1062,8 +1058,6 @@ pub fn bind<'a>(
         routing_key,
         arguments,
     } = n;
-    // `amq.default` is the API's name for the nameless default exchange.
-    let unalias = |name: &'a str| if name == "amq.default" { "" } else { name };
     let source = unalias(source);
     let dest_name = if to_queue {
         dest_name
@@ -1173,8 +1167,7 @@ fn one_binding(
         .bindings()
         .into_iter()
         .find(|b| {
-            same_destination(&b.destination, &dest)
-                && properties_key(&b.routing_key, &b.arguments) == p.props
+            b.destination.same(&dest) && properties_key(&b.routing_key, &b.arguments) == p.props
         })
         .ok_or_else(ApiError::not_found)?;
     Ok((v, e, found))

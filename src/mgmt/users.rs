@@ -275,19 +275,9 @@ pub async fn put_vhost(
     });
     if created {
         // As RabbitMQ: whoever creates a vhost gets full permissions in it.
-        let all = ".*".to_string();
-        set_permission(
-            &broker,
-            &name,
-            &user.name,
-            PermissionBody {
-                configure: all.clone(),
-                write: all.clone(),
-                read: all,
-                user: None,
-                vhost: None,
-            },
-        )?;
+        broker
+            .access
+            .put_permission(Permission::full(&user.name, &name));
     }
     Ok(created_or_updated(created))
 }
@@ -381,37 +371,26 @@ pub async fn permission(
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct PermissionBody {
-    pub configure: String,
-    pub write: String,
-    pub read: String,
+struct PermissionBody {
+    configure: String,
+    write: String,
+    read: String,
+    // Accepted and ignored: the path names them.
     #[serde(default)]
     #[allow(dead_code)]
-    pub user: Option<Value>,
+    user: Option<Value>,
     #[serde(default)]
     #[allow(dead_code)]
-    pub vhost: Option<Value>,
+    vhost: Option<Value>,
 }
 
 /// Sets permissions after checking that the user and vhost exist and the
 /// expressions compile; true when new.
-pub fn set_permission(
-    broker: &Broker,
-    vhost: &str,
-    user: &str,
-    b: PermissionBody,
-) -> Result<bool, ApiError> {
-    if broker.access.vhost(vhost).is_none() || broker.access.user(user).is_none() {
+pub fn set_permission(broker: &Broker, record: PermissionRecord) -> Result<bool, ApiError> {
+    if broker.access.vhost(&record.vhost).is_none() || broker.access.user(&record.user).is_none() {
         return Err(ApiError::bad_request("vhost_or_user_not_found"));
     }
-    let p = Permission::compile(PermissionRecord {
-        user: user.to_string(),
-        vhost: vhost.to_string(),
-        configure: b.configure,
-        write: b.write,
-        read: b.read,
-    })
-    .map_err(ApiError::bad_request)?;
+    let p = Permission::compile(record).map_err(ApiError::bad_request)?;
     Ok(broker.access.put_permission(p))
 }
 
@@ -431,9 +410,14 @@ pub async fn put_permission(
         return Err(ApiError::key_missing(&missing));
     }
     let b: PermissionBody = from_object(fields)?;
-    Ok(created_or_updated(set_permission(
-        &broker, &vhost, &name, b,
-    )?))
+    let record = PermissionRecord {
+        user: name,
+        vhost,
+        configure: b.configure,
+        write: b.write,
+        read: b.read,
+    };
+    Ok(created_or_updated(set_permission(&broker, record)?))
 }
 
 pub async fn delete_permission(

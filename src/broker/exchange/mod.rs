@@ -49,7 +49,7 @@ pub enum Destination {
 }
 
 impl Destination {
-    fn same(&self, other: &Destination) -> bool {
+    pub fn same(&self, other: &Destination) -> bool {
         match (self, other) {
             (Destination::Queue(a), Destination::Queue(b)) => Arc::ptr_eq(a, b),
             (Destination::Exchange(a), Destination::Exchange(b)) => a == b,
