@@ -12,6 +12,7 @@ use crate::broker::queue::Queue;
 use crate::broker::queue_args::QueueType;
 use crate::broker::vhost::{ExchangeDeclare, QueueDeclare, VHost};
 use crate::broker::Broker;
+use crate::error::AmqpError;
 use amq_protocol::protocol::basic::{gen_properties, parse_properties, AMQPProperties};
 use amq_protocol::types::FieldTable;
 use axum::extract::{Path, Query, State};
@@ -961,19 +962,29 @@ pub struct BindingPropsPath {
 }
 
 /// A missing end of a binding being made: 404 with AMQP's detail.
-fn missing_end(e: crate::error::AmqpError) -> ApiError {
+fn missing_end(e: AmqpError) -> ApiError {
     ApiError::missing(super::api::detail(&e))
 }
 
-fn destination(v: &VHost, to_queue: bool, name: &str) -> Result<Destination, ApiError> {
+/// The queue or exchange a binding goes to; `missing` says how an absent
+/// one is reported (404 "Object Not Found" in a path, AMQP's detail when
+/// binding).
+fn destination(
+    v: &VHost,
+    to_queue: bool,
+    name: &str,
+    missing: fn(AmqpError) -> ApiError,
+) -> Result<Destination, ApiError> {
     if to_queue {
-        Ok(Destination::Queue(
-            v.queue(name).map_err(|_| ApiError::not_found())?,
-        ))
+        Ok(Destination::Queue(v.queue(name).map_err(missing)?))
     } else {
-        v.exchange(name).map_err(|_| ApiError::not_found())?;
+        v.exchange(name).map_err(missing)?;
         Ok(Destination::Exchange(name.to_string()))
     }
+}
+
+fn not_found(_: AmqpError) -> ApiError {
+    ApiError::not_found()
 }
 
 fn between(
@@ -983,7 +994,7 @@ fn between(
     to_queue: bool,
 ) -> Result<Vec<Value>, ApiError> {
     let (v, e) = find_exchange(broker, user, &p.vhost, &p.source)?;
-    let dest = destination(&v, to_queue, &p.destination)?;
+    let dest = destination(&v, to_queue, &p.destination, not_found)?;
     if e.name.is_empty() {
         return Ok(match &dest {
             Destination::Queue(q) => vec![default_binding_json(&v.name, &q.name)],
@@ -1088,12 +1099,7 @@ pub fn bind<'a>(
         ));
     }
     let e = v.exchange(source).map_err(missing_end)?;
-    let dest = if to_queue {
-        Destination::Queue(v.queue(dest_name).map_err(missing_end)?)
-    } else {
-        v.exchange(dest_name).map_err(missing_end)?;
-        Destination::Exchange(dest_name.to_string())
-    };
+    let dest = destination(v, to_queue, dest_name, missing_end)?;
     if e.kind == ExchangeKind::Headers {
         crate::broker::exchange::headers::HeadersMatcher::new(&arguments)
             .map_err(|why| ApiError::bad_request(format!("406 PRECONDITION_FAILED - {why}")))?;
@@ -1162,7 +1168,7 @@ fn one_binding(
     to_queue: bool,
 ) -> Result<(Arc<VHost>, Arc<Exchange>, Binding), ApiError> {
     let (v, e) = find_exchange(broker, user, &p.vhost, &p.source)?;
-    let dest = destination(&v, to_queue, &p.destination)?;
+    let dest = destination(&v, to_queue, &p.destination, not_found)?;
     let found = e
         .bindings()
         .into_iter()
