@@ -465,6 +465,11 @@ impl Connection {
                     Err(ReadError::Protocol(err)) => return self.fail(open, err).await,
                     Err(_) => return "closed",
                 };
+                // A frame costs the task budget like a read does, so a
+                // publisher whose socket always has more to read yields to
+                // the consumers' tasks within about a hundred frames
+                // instead of a whole budget of reads (8 MiB here).
+                tokio::task::coop::consume_budget().await;
                 match open.handle_frame(frame) {
                     Ok(FrameOutcome::Continue) => {}
                     Ok(FrameOutcome::ClientClosed) => {
