@@ -71,6 +71,8 @@ pub struct LimitsConfig {
     pub max_message_size: u64,
     pub max_connections: usize,
     pub memory_high_watermark: u64,
+    pub queue_flow_window: u64,
+    pub flow_busy_consumer_us: u64,
     pub handshake_timeout_ms: u64,
     pub consumer_timeout_ms: u64,
 }
@@ -105,6 +107,8 @@ impl Default for LimitsConfig {
             max_message_size: 128 * 1024 * 1024,
             max_connections: 0,
             memory_high_watermark: 1024 * 1024 * 1024,
+            queue_flow_window: 1024 * 1024,
+            flow_busy_consumer_us: 100,
             handshake_timeout_ms: 10_000,
             consumer_timeout_ms: 1_800_000,
         }

@@ -1,5 +1,6 @@
 //! A consumer: the link between a queue and the channel it delivers to.
 
+use super::flow::Pace;
 use super::queue::Queue;
 use crate::channel::shared::ChannelShared;
 use amq_protocol::types::FieldTable;
@@ -19,4 +20,6 @@ pub struct Consumer {
     pub priority: i64,
     /// Deliveries not yet acknowledged; changed only under the channel's lock.
     pub unacked: AtomicU32,
+    /// How fast it settles messages, for flow control.
+    pub pace: Pace,
 }

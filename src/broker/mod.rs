@@ -9,6 +9,7 @@ pub mod access;
 pub mod consumer;
 pub mod dead_letter;
 pub mod exchange;
+pub mod flow;
 pub mod memory;
 pub mod message;
 pub mod queue;
@@ -22,9 +23,12 @@ use crate::config::Config;
 use crate::store::{Store, StoreError};
 use access::{AccessControl, Permission, UserRecord, VhostRecord};
 use dashmap::DashMap;
+use flow::FlowLimits;
 use memory::MemoryGauge;
+use queue::QueueServices;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 use tokio::sync::watch;
 use vhost::VHost;
 
@@ -58,6 +62,40 @@ pub struct ConnectionHandle {
     pub channels: ChannelRegistry,
     /// Sending a reason asks the connection to close with 320 CONNECTION_FORCED.
     pub close: watch::Sender<Option<String>>,
+    pub publishing: Arc<PublishingState>,
+}
+
+/// What holds a connection's publishing back, for the management API's
+/// connection `state` (RabbitMQ's running / flow / blocked).
+#[derive(Default)]
+pub struct PublishingState {
+    /// When flow control last paused it (ms since the Unix epoch).
+    last_flow_ms: AtomicU64,
+    blocked: std::sync::atomic::AtomicBool,
+}
+
+impl PublishingState {
+    pub fn paused_by_flow(&self) {
+        self.last_flow_ms.store(timers::now_ms(), Ordering::Relaxed);
+    }
+
+    pub fn set_blocked(&self, blocked: bool) {
+        self.blocked.store(blocked, Ordering::Relaxed);
+    }
+
+    /// "blocked" by the memory alarm; "flow" when paused by flow control
+    /// within the last second (pauses last milliseconds, so a moment's
+    /// look would rarely catch one); else "running".
+    pub fn describe(&self) -> &'static str {
+        if self.blocked.load(Ordering::Relaxed) {
+            "blocked"
+        } else if timers::now_ms().saturating_sub(self.last_flow_ms.load(Ordering::Relaxed)) < 1000
+        {
+            "flow"
+        } else {
+            "running"
+        }
+    }
 }
 
 pub struct Broker {
@@ -71,8 +109,8 @@ pub struct Broker {
     /// Ready-message bytes across all queues, against the high watermark.
     pub memory: Arc<MemoryGauge>,
     pub store: Arc<Store>,
-    pub dead_letters: dead_letter::DeadLetters,
-    pub timers: timers::Timers,
+    /// Handed to every queue.
+    queue_services: QueueServices,
     next_id: AtomicU64,
 }
 
@@ -84,15 +122,24 @@ impl Broker {
         let (dead_letters, dead_letter_rx) = dead_letter::DeadLetters::channel();
         let access::Loaded { access, seeded } =
             AccessControl::load(store.clone(), &std::mem::take(&mut recovered.access));
-        let broker = Broker {
-            access,
+        let memory = Arc::new(MemoryGauge::new(config.limits.memory_high_watermark));
+        let queue_services = QueueServices {
+            memory: memory.clone(),
             dead_letters,
             timers: timers::Timers::start(),
+            flow: FlowLimits {
+                window: config.limits.queue_flow_window,
+                busy_consumer: Duration::from_micros(config.limits.flow_busy_consumer_us),
+            },
+        };
+        let broker = Broker {
+            access,
+            queue_services,
             vhosts: DashMap::new(),
             reply_to: DashMap::new(),
             connections: DashMap::new(),
             next_id: AtomicU64::new(1),
-            memory: Arc::new(MemoryGauge::new(config.limits.memory_high_watermark)),
+            memory,
             store,
             config,
         };
@@ -205,10 +252,8 @@ impl Broker {
             .or_insert_with(|| {
                 Arc::new(VHost::new(
                     name.to_string(),
-                    self.memory.clone(),
+                    self.queue_services.clone(),
                     self.store.clone(),
-                    self.dead_letters.clone(),
-                    self.timers.clone(),
                 ))
             })
             .clone()

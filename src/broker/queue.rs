@@ -6,6 +6,7 @@
 
 use super::consumer::Consumer;
 use super::dead_letter::{with_delivery_count, DeadLetter, DeadLetters, Reason};
+use super::flow::FlowLimits;
 use super::memory::MemoryGauge;
 use super::message::Message;
 use super::queue_args::{Overflow, QueueArgs, QueueType};
@@ -16,15 +17,24 @@ use crate::store::durable::DurableStore;
 use crate::store::memory::MemoryStore;
 use crate::store::persister::Loaded;
 use crate::store::priority::{PriorityDisk, PriorityStore};
-use crate::store::{QueueStore, QueuedMessage, Receipt, Store};
+use crate::store::{QueueStore, QueuedMessage, Receipt, Store, MESSAGE_OVERHEAD};
 use amq_protocol::types::FieldTable;
 use parking_lot::{Condvar, Mutex};
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 /// How long basic.get waits for paged-out messages to be read back.
 const GET_DISK_WAIT: Duration = Duration::from_secs(5);
+
+/// What every queue of the broker shares.
+#[derive(Clone)]
+pub struct QueueServices {
+    pub memory: Arc<MemoryGauge>,
+    pub dead_letters: DeadLetters,
+    pub timers: Timers,
+    pub flow: FlowLimits,
+}
 
 /// Where a durable queue's messages live on disk, and what is there already.
 pub struct OnDisk {
@@ -50,6 +60,10 @@ pub struct Queue {
     memory: Arc<MemoryGauge>,
     dead_letters: DeadLetters,
     timers: Timers,
+    flow: FlowLimits,
+    /// Set while publishers to this queue must wait (see `broker::flow`).
+    flow_on: AtomicBool,
+    flow_released: tokio::sync::Notify,
     /// This queue, for timer wake-ups.
     me: Weak<Queue>,
     state: Mutex<QueueState>,
@@ -77,6 +91,9 @@ struct QueueState {
     /// An x-expires wake-up is scheduled.
     expiry_check: bool,
     deleted: bool,
+    /// The backlog's lowest point (bytes) since consumers last were absent
+    /// or busy: flow control counts growth from here.
+    flow_low: u64,
 }
 
 /// Counts reported by queue.declare-ok and the management API.
@@ -99,9 +116,7 @@ impl Queue {
         auto_delete: bool,
         arguments: FieldTable,
         args: QueueArgs,
-        memory: Arc<MemoryGauge>,
-        dead_letters: DeadLetters,
-        timers: Timers,
+        services: QueueServices,
         disk: Option<OnDisk>,
     ) -> Arc<Queue> {
         let queue = Arc::new_cyclic(|weak| {
@@ -131,9 +146,12 @@ impl Queue {
                 (None, None) => (Box::new(MemoryStore::default()), 0),
             };
             Queue {
-                memory,
-                dead_letters,
-                timers,
+                memory: services.memory,
+                dead_letters: services.dead_letters,
+                timers: services.timers,
+                flow: services.flow,
+                flow_on: AtomicBool::new(false),
+                flow_released: tokio::sync::Notify::new(),
                 me: weak.clone(),
                 name,
                 vhost,
@@ -157,6 +175,7 @@ impl Queue {
                     last_used: now_ms(),
                     expiry_check: false,
                     deleted: false,
+                    flow_low: 0,
                 }),
             }
         });
@@ -303,7 +322,7 @@ impl Queue {
             }
         }
         self.drop_over_limit(&mut st);
-        self.account(before, &st);
+        self.account(before, &mut st);
         true
     }
 
@@ -386,13 +405,77 @@ impl Queue {
         let before = st.ready.bytes();
         self.expire_locked(&mut st);
         self.schedule_expiry(&mut st);
-        self.account(before, &st);
+        self.account(before, &mut st);
         self.check_unused(&mut st);
     }
 
-    /// Reports the change in ready bytes since `before` to the memory gauge.
-    fn account(&self, before: usize, st: &QueueState) {
+    /// Reports the change in ready bytes since `before` to the memory gauge
+    /// and moves flow control along.
+    fn account(&self, before: usize, st: &mut QueueState) {
         self.memory.add(st.ready.bytes() as i64 - before as i64);
+        self.track_flow(st);
+    }
+
+    /// Whether publishers to this queue must wait (see `broker::flow`).
+    pub fn asks_publishers_to_wait(&self) -> bool {
+        self.flow_on.load(Ordering::Relaxed)
+    }
+
+    /// Signalled when the queue stops asking publishers to wait.
+    pub fn flow_released(&self) -> &tokio::sync::Notify {
+        &self.flow_released
+    }
+
+    /// For a paused publisher: re-evaluates the consumers (they may have
+    /// turned busy or stuck) and says whether to go on waiting.
+    pub fn recheck_flow(&self) -> bool {
+        if !self.asks_publishers_to_wait() {
+            return false;
+        }
+        let mut st = self.state.lock();
+        if !self.consumers_keep_up(&st) {
+            st.flow_low = Self::backlog(&st);
+        }
+        self.track_flow(&mut st);
+        self.asks_publishers_to_wait()
+    }
+
+    /// Bytes of the whole ready backlog, on disk or not, as flow control
+    /// counts them.
+    fn backlog(st: &QueueState) -> u64 {
+        st.ready.body_bytes() + (st.ready.len() * MESSAGE_OVERHEAD) as u64
+    }
+
+    fn track_flow(&self, st: &mut QueueState) {
+        if self.flow.window == 0 {
+            return;
+        }
+        let backlog = Self::backlog(st);
+        if st.consumers.is_empty() || st.deleted || backlog < st.flow_low {
+            st.flow_low = backlog;
+        }
+        let growth = backlog - st.flow_low;
+        if self.flow_on.load(Ordering::Relaxed) {
+            if growth <= self.flow.window / 2 {
+                self.flow_on.store(false, Ordering::Relaxed);
+                self.flow_released.notify_waiters();
+            }
+        } else if growth > self.flow.window {
+            if self.consumers_keep_up(st) {
+                self.flow_on.store(true, Ordering::Relaxed);
+            } else {
+                // Busy consumers: the queue absorbs what came so far.
+                st.flow_low = backlog;
+            }
+        }
+    }
+
+    fn consumers_keep_up(&self, st: &QueueState) -> bool {
+        !st.consumers.is_empty()
+            && st
+                .consumers
+                .iter()
+                .all(|c| c.channel.keeps_up(c, self.flow.busy_consumer))
     }
 
     /// Delivers ready messages to consumers with capacity, round-robin.
@@ -400,7 +483,7 @@ impl Queue {
         let mut st = self.state.lock();
         let before = st.ready.bytes();
         self.dispatch_locked(&mut st);
-        self.account(before, &st);
+        self.account(before, &mut st);
     }
 
     fn dispatch_locked(self: &Arc<Self>, st: &mut QueueState) {
@@ -489,7 +572,7 @@ impl Queue {
         self.stats.got(msg.redelivered);
         st.ready.delivered(msg.receipt(), no_ack);
         self.schedule_expiry(&mut st);
-        self.account(before, &st);
+        self.account(before, &mut st);
         Some((msg, st.ready.len()))
     }
 
@@ -542,7 +625,7 @@ impl Queue {
         st.expiring |= loaded.messages.iter().any(|m| m.expires_at.is_some());
         st.ready.loaded(loaded);
         self.dispatch_locked(&mut st);
-        self.account(before, &st);
+        self.account(before, &mut st);
         self.loaded.notify_all();
     }
 
@@ -574,7 +657,7 @@ impl Queue {
             st.ready.requeue(msg);
         }
         self.dispatch_locked(&mut st);
-        self.account(before, &st);
+        self.account(before, &mut st);
     }
 
     /// Adds a consumer unless exclusivity forbids it; `on_added` runs (to
@@ -613,7 +696,7 @@ impl Queue {
         st.last_used = now_ms();
         let before = st.ready.bytes();
         self.dispatch_locked(&mut st);
-        self.account(before, &st);
+        self.account(before, &mut st);
         Ok(())
     }
 
@@ -625,6 +708,7 @@ impl Queue {
         if st.consumers.is_empty() {
             self.touch_locked(&mut st);
         }
+        self.track_flow(&mut st);
         self.auto_delete && st.had_consumer && st.consumers.is_empty() && !st.deleted
     }
 
@@ -632,7 +716,7 @@ impl Queue {
         let mut st = self.state.lock();
         let before = st.ready.bytes();
         let count = st.ready.purge();
-        self.account(before, &st);
+        self.account(before, &mut st);
         count
     }
 
@@ -662,7 +746,7 @@ impl Queue {
         let before = st.ready.bytes();
         let count = st.ready.len();
         st.ready.delete();
-        self.account(before, &st);
+        self.account(before, &mut st);
         self.loaded.notify_all();
         (std::mem::take(&mut st.consumers), count)
     }

@@ -1,12 +1,9 @@
 //! A virtual host: its exchanges, queues and the routing between them.
 
-use super::dead_letter::DeadLetters;
 use super::exchange::{Binding, Destination, Exchange, ExchangeKind, RoutingInfo};
-use super::memory::MemoryGauge;
 use super::message::Message;
-use super::queue::{OnDisk, Queue};
+use super::queue::{OnDisk, Queue, QueueServices};
 use super::queue_args::{Declared, QueueArgs};
-use super::timers::Timers;
 use crate::error::AmqpError;
 use crate::store::record::{BindingRecord, ExchangeRecord, QueueRecord};
 use crate::store::{RecoveredQueue, Store};
@@ -17,10 +14,8 @@ use std::sync::Arc;
 
 pub struct VHost {
     pub name: String,
-    memory: Arc<MemoryGauge>,
+    services: QueueServices,
     store: Arc<Store>,
-    dead_letters: DeadLetters,
-    timers: Timers,
     exchanges: DashMap<String, Arc<Exchange>>,
     queues: DashMap<String, Arc<Queue>>,
 }
@@ -101,19 +96,11 @@ fn described(v: Option<&AMQPValue>) -> String {
 }
 
 impl VHost {
-    pub fn new(
-        name: String,
-        memory: Arc<MemoryGauge>,
-        store: Arc<Store>,
-        dead_letters: DeadLetters,
-        timers: Timers,
-    ) -> VHost {
+    pub fn new(name: String, services: QueueServices, store: Arc<Store>) -> VHost {
         let vhost = VHost {
             name,
-            memory,
+            services,
             store,
-            dead_letters,
-            timers,
             exchanges: DashMap::new(),
             queues: DashMap::new(),
         };
@@ -311,9 +298,7 @@ impl VHost {
             r.record.auto_delete,
             r.record.arguments,
             args,
-            self.memory.clone(),
-            self.dead_letters.clone(),
-            self.timers.clone(),
+            self.services.clone(),
             Some(OnDisk {
                 store: self.store.clone(),
                 queue_id: r.record.id,
@@ -575,9 +560,7 @@ impl VHost {
                     d.auto_delete,
                     d.arguments.clone(),
                     args.clone(),
-                    self.memory.clone(),
-                    self.dead_letters.clone(),
-                    self.timers.clone(),
+                    self.services.clone(),
                     on_disk,
                 )
             })

@@ -105,6 +105,7 @@ impl Channel {
             arguments: c.arguments,
             priority,
             unacked: AtomicU32::new(0),
+            pace: Default::default(),
         });
         // Registered with the channel first, so deliveries made as the queue
         // adds the consumer find it; consume-ok goes out once the queue has

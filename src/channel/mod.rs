@@ -32,6 +32,9 @@ pub struct ConnCtx {
     /// Set once the connection publishes: only publishers are blocked by
     /// the memory alarm, so consumers can keep draining.
     pub has_published: bool,
+    /// A queue this connection published to asked publishers to wait:
+    /// the connection stops reading until it no longer does.
+    pub flow: Option<Arc<Queue>>,
     /// Exclusive queues this connection declared, deleted when it closes.
     pub exclusive_queues: Vec<Arc<Queue>>,
     /// Recent successful permission checks, so a publisher is not matched

@@ -231,7 +231,7 @@ impl Channel {
     /// unroutable, and records the confirm. Returns whether it went to disk.
     pub(super) fn route_message(
         &mut self,
-        ctx: &ConnCtx,
+        ctx: &mut ConnCtx,
         publish: &Publish,
         mut message: Arc<Message>,
         view: &PropertiesView,
@@ -277,6 +277,9 @@ impl Channel {
                             }
                         }
                         (stored, refused) = ctx.vhost.enqueue(&queues, &message);
+                        if ctx.flow.is_none() {
+                            ctx.flow = queues.iter().find(|q| q.asks_publishers_to_wait()).cloned();
+                        }
                         !queues.is_empty()
                     }
                     Err(_) => false,

@@ -2,6 +2,7 @@
 //! tags, unacknowledged messages, prefetch limits and consumers.
 
 use crate::broker::consumer::Consumer;
+use crate::broker::flow;
 use crate::broker::message::Message;
 use crate::broker::queue::Queue;
 use crate::connection::outbox::Outbox;
@@ -199,7 +200,9 @@ impl ChannelShared {
             );
             encode::content(buf, self.id, &m.properties, &m.body, self.frame_max);
         });
-        if !consumer.no_ack {
+        if consumer.no_ack {
+            consumer.pace.record(1);
+        } else {
             consumer.unacked.fetch_add(1, Ordering::Relaxed);
             st.consumer_unacked += 1;
             st.unacked.push_back(Unacked {
@@ -308,6 +311,9 @@ impl ChannelShared {
             };
             vec![st.unacked.remove(i).expect("index found by search")]
         };
+        if let Some(c) = taken.last().and_then(|u| u.consumer.as_ref()) {
+            c.pace.record(taken.len() as u64);
+        }
         Self::release_credit(&mut st, &taken);
         Ok(taken)
     }
@@ -318,6 +324,20 @@ impl ChannelShared {
         let taken: Vec<Unacked> = st.unacked.drain(..).collect();
         Self::release_credit(&mut st, &taken);
         taken
+    }
+
+    /// Whether `consumer` keeps up: it settles a message every `busy` or
+    /// faster, and nothing it was given has waited `flow::STUCK` (for an
+    /// acknowledgement, or, without acks, for its socket to take it).
+    pub fn keeps_up(&self, consumer: &Consumer, busy: Duration) -> bool {
+        if consumer.pace.per_message().is_none_or(|t| t > busy) {
+            return false;
+        }
+        if consumer.no_ack {
+            return self.outbox.write_stall() <= flow::STUCK;
+        }
+        let oldest = self.state.lock().unacked.front().map(|u| u.delivered_at);
+        oldest.is_none_or(|at| at.elapsed() <= flow::STUCK)
     }
 
     fn release_credit(st: &mut DeliveryState, taken: &[Unacked]) {

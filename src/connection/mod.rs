@@ -4,7 +4,8 @@
 pub mod auth;
 pub mod outbox;
 
-use crate::broker::{Broker, ChannelRegistry, ConnectionHandle};
+use crate::broker::queue::Queue;
+use crate::broker::{flow, Broker, ChannelRegistry, ConnectionHandle, PublishingState};
 use crate::channel::shared::ChannelShared;
 use crate::channel::{Channel, ConnCtx, Outcome};
 use crate::error::{AmqpError, ReplyCode};
@@ -148,6 +149,7 @@ impl Connection {
         };
         let (close_tx, close_rx) = watch::channel(None);
         let registry = ChannelRegistry::default();
+        let publishing = Arc::new(PublishingState::default());
         self.broker.connections.insert(
             self.id,
             ConnectionHandle {
@@ -164,6 +166,7 @@ impl Connection {
                 heartbeat: session.heartbeat.map_or(0, |h| h.as_secs() as u16),
                 channels: registry.clone(),
                 close: close_tx,
+                publishing: publishing.clone(),
             },
         );
         info!(peer = %self.peer, user = %session.ctx.user, vhost = %session.ctx.vhost.name, "connection opened");
@@ -173,6 +176,7 @@ impl Connection {
             registry,
             channel_max: session.channel_max,
             frame_timeout: session.heartbeat.map(|h| h * 2),
+            publishing,
         };
         let reason = self.serve_frames(&mut open, close_rx).await;
         open.release();
@@ -335,6 +339,7 @@ impl Connection {
                     "connection.blocked",
                 ),
                 has_published: false,
+                flow: None,
                 exclusive_queues: Vec::new(),
                 allowed: Default::default(),
             },
@@ -492,6 +497,11 @@ impl Connection {
                     return reason;
                 }
             }
+            if let Some(queue) = open.ctx.flow.take() {
+                if let Some(reason) = self.wait_for_flow(open, &queue, &mut close_rx).await {
+                    return reason;
+                }
+            }
             if open.ctx.has_published && self.broker.store.backlog.is_over() {
                 // The disk is behind: stop reading this publisher (TCP
                 // back-pressure, RabbitMQ's "flow") until it catches up.
@@ -527,6 +537,38 @@ impl Connection {
         }
     }
 
+    /// Stops reading from a publisher while `queue` asks its publishers to
+    /// wait (flow control: see `broker::flow`). Clients are not told, as
+    /// RabbitMQ does not tell them of its flow state.
+    async fn wait_for_flow(
+        &mut self,
+        open: &mut OpenConnection,
+        queue: &Queue,
+        close_rx: &mut watch::Receiver<Option<String>>,
+    ) -> Option<&'static str> {
+        open.publishing.paused_by_flow();
+        loop {
+            let released = queue.flow_released().notified();
+            tokio::pin!(released);
+            released.as_mut().enable();
+            if !queue.recheck_flow() {
+                return None;
+            }
+            tokio::select! {
+                _ = released => {}
+                _ = tokio::time::sleep(flow::RECHECK) => {}
+                _ = self.shutdown.changed() => {
+                    let err = AmqpError::new(ReplyCode::ConnectionForced, "broker forced connection closure with reason 'shutdown'");
+                    return Some(self.force_close(open, err).await);
+                }
+                _ = close_rx.changed() => {
+                    let reason = close_rx.borrow().clone().unwrap_or_else(|| "closed via management".into());
+                    return Some(self.force_close(open, AmqpError::new(ReplyCode::ConnectionForced, reason)).await);
+                }
+            }
+        }
+    }
+
     /// Stops reading from a publishing connection while the memory alarm is
     /// on (TCP back-pressure, as RabbitMQ), telling clients that listen.
     /// Returns a reason when the connection must end meanwhile.
@@ -543,6 +585,8 @@ impl Connection {
             )));
         }
         let mut alarm = self.broker.memory.subscribe();
+        // The connection ends on the other ways out of this wait.
+        open.publishing.set_blocked(true);
         tokio::select! {
             _ = async {
                 while self.broker.memory.is_blocked() && alarm.wait_for(|blocked| !*blocked).await.is_ok() {}
@@ -556,6 +600,7 @@ impl Connection {
                 return Some(self.force_close(open, AmqpError::new(ReplyCode::ConnectionForced, reason)).await);
             }
         }
+        open.publishing.set_blocked(false);
         if open.ctx.blocked_notify {
             self.send0(AMQPClass::Connection(connection::AMQPMethod::Unblocked(
                 connection::Unblocked {},
@@ -600,6 +645,7 @@ struct OpenConnection {
     channel_max: u16,
     /// Silence longer than this (two heartbeat intervals) drops the peer.
     frame_timeout: Option<Duration>,
+    publishing: Arc<PublishingState>,
 }
 
 impl OpenConnection {

@@ -4,11 +4,12 @@
 //! connections' tasks) encodes frames straight into the outbox buffer; the
 //! writer task takes everything pending and writes it with one `write_all`.
 
+use crate::broker::flow;
 use crate::broker::queue::Queue;
 use crate::protocol::encode;
 use bytes::BytesMut;
 use parking_lot::Mutex;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 use tokio::io::AsyncWriteExt;
@@ -24,6 +25,8 @@ pub struct Outbox {
     notify: Notify,
     /// Bytes taken by the writer and not yet written.
     writing: AtomicUsize,
+    /// When the write in progress started (`flow::monotonic_us`; 0: none).
+    write_started: AtomicU64,
     closed: AtomicBool,
     /// Queues that skipped this connection because it was full.
     waiting: Mutex<Vec<Weak<Queue>>>,
@@ -35,6 +38,7 @@ impl Default for Outbox {
             buf: Mutex::new(BytesMut::with_capacity(64 * 1024)),
             notify: Notify::new(),
             writing: AtomicUsize::new(0),
+            write_started: AtomicU64::new(0),
             closed: AtomicBool::new(false),
             waiting: Mutex::new(Vec::new()),
         }
@@ -58,6 +62,14 @@ impl Outbox {
 
     pub fn is_full(&self) -> bool {
         self.buf.lock().len() + self.writing.load(Ordering::Relaxed) > OUTBOX_HIGH_WATERMARK
+    }
+
+    /// How long the write in progress has been waiting for the socket.
+    pub fn write_stall(&self) -> Duration {
+        match self.write_started.load(Ordering::Relaxed) {
+            0 => Duration::ZERO,
+            started => Duration::from_micros(flow::monotonic_us().saturating_sub(started)),
+        }
     }
 
     /// Remembers a queue to wake once the writer has drained.
@@ -107,7 +119,10 @@ impl Outbox {
             };
             if !data.is_empty() {
                 self.writing.store(data.len(), Ordering::Relaxed);
+                self.write_started
+                    .store(flow::monotonic_us(), Ordering::Relaxed);
                 let result = socket.write_all(&data).await;
+                self.write_started.store(0, Ordering::Relaxed);
                 self.writing.store(0, Ordering::Relaxed);
                 if result.is_err() {
                     self.closed.store(true, Ordering::Release);

@@ -193,7 +193,7 @@ fn connection_json(h: &ConnectionHandle) -> ConnectionView {
         "vhost": h.vhost,
         "user": h.user,
         "user_who_performed_action": h.user,
-        "state": "running",
+        "state": h.publishing.describe(),
         "type": "network",
         "protocol": "AMQP 0-9-1",
         "auth_mechanism": h.auth_mechanism,
