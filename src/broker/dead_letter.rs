@@ -8,6 +8,7 @@
 
 use super::message::Message;
 use super::queue::Queue;
+use super::vhost::Routing;
 use super::Broker;
 use crate::broker::exchange::RoutingInfo;
 use crate::protocol::properties::PropertiesView;
@@ -143,19 +144,16 @@ fn republish(broker: &Broker, letter: DeadLetter) {
     let raw = Bytes::from(raw);
     let persistent = PropertiesView::scan(&raw).is_ok_and(|v| v.is_persistent());
 
-    let mut queues = Vec::new();
+    let mut routing = Routing::default();
     for key in &targets {
         let headers_fn = || Some(headers.clone());
         let info = RoutingInfo {
             routing_key: key,
             headers: &headers_fn,
         };
-        for q in vhost.route(&exchange, &info) {
-            if !queues.iter().any(|x| Arc::ptr_eq(x, &q)) {
-                queues.push(q);
-            }
-        }
+        vhost.route(&exchange, &info, &mut routing);
     }
+    let mut queues = routing.queues;
     if letter.reason != Reason::Rejected {
         queues.retain(|q| !is_cycle(&q.name, &headers));
     }

@@ -648,61 +648,87 @@ impl VHost {
         (stored, refused)
     }
 
-    /// The queues a message published to `exchange` reaches, following
-    /// exchange-to-exchange bindings and alternate exchanges, each queue once.
-    pub fn route(&self, exchange: &Arc<Exchange>, msg: &RoutingInfo<'_>) -> Vec<Arc<Queue>> {
-        let mut queues: Vec<Arc<Queue>> = Vec::new();
+    /// Adds to `routing.queues` the queues a message published to
+    /// `exchange` reaches, following exchange-to-exchange bindings and
+    /// alternate exchanges, each queue once.
+    pub fn route(&self, exchange: &Arc<Exchange>, msg: &RoutingInfo<'_>, routing: &mut Routing) {
         if exchange.name.is_empty() {
             if let Some(q) = self.queues.get(msg.routing_key) {
-                queues.push(q.clone());
+                routing.add(q.clone());
             }
-            return queues;
+            return;
         }
-        let mut visited: Vec<String> = Vec::new();
-        self.route_into(exchange, msg, &mut queues, &mut visited);
+        routing.visited.clear();
+        let mut reached = self.route_into(exchange, msg, routing);
         let mut current = exchange.clone();
-        while queues.is_empty() {
-            let Some(ae_name) = current.alternate_exchange.clone() else {
+        while !reached {
+            let Some(ae_name) = current.alternate_exchange.as_deref() else {
                 break;
             };
-            if visited.contains(&ae_name) {
+            if routing.visited.iter().any(|e| e.name == ae_name) {
                 break;
             }
-            let Ok(ae) = self.exchange(&ae_name) else {
+            let Ok(ae) = self.exchange(ae_name) else {
                 break;
             };
-            self.route_into(&ae, msg, &mut queues, &mut visited);
+            reached = self.route_into(&ae, msg, routing);
             current = ae;
         }
-        queues
+        routing.visited.clear();
     }
 
+    /// Whether any queue was reached (perhaps one already in `routing`).
     fn route_into(
         &self,
         exchange: &Arc<Exchange>,
         msg: &RoutingInfo<'_>,
-        queues: &mut Vec<Arc<Queue>>,
-        visited: &mut Vec<String>,
-    ) {
-        if visited.contains(&exchange.name) {
-            return;
+        routing: &mut Routing,
+    ) -> bool {
+        if routing.visited.iter().any(|e| Arc::ptr_eq(e, exchange)) {
+            return false;
         }
-        visited.push(exchange.name.clone());
-        let mut destinations = Vec::new();
-        exchange.route(msg, &mut destinations);
-        for d in destinations {
-            match d {
+        routing.visited.push(exchange.clone());
+        // One stack of destinations shared by the recursion: each level
+        // takes back exactly what it pushed.
+        let start = routing.destinations.len();
+        exchange.route(msg, &mut routing.destinations);
+        let mut reached = false;
+        while routing.destinations.len() > start {
+            match routing.destinations.pop().expect("length checked") {
                 Destination::Queue(q) => {
-                    if !queues.iter().any(|x| Arc::ptr_eq(x, &q)) {
-                        queues.push(q);
-                    }
+                    reached = true;
+                    routing.add(q);
                 }
                 Destination::Exchange(name) => {
                     if let Ok(next) = self.exchange(&name) {
-                        self.route_into(&next, msg, queues, visited);
+                        reached |= self.route_into(&next, msg, routing);
                     }
                 }
             }
         }
+        reached
+    }
+}
+
+/// Where a message goes, with the buffers routing needs, kept between
+/// messages (a channel holds one) so that routing allocates nothing once
+/// they have grown.
+#[derive(Default)]
+pub struct Routing {
+    pub queues: Vec<Arc<Queue>>,
+    visited: Vec<Arc<Exchange>>,
+    destinations: Vec<Destination>,
+}
+
+impl Routing {
+    fn add(&mut self, queue: Arc<Queue>) {
+        if !self.queues.iter().any(|q| Arc::ptr_eq(q, &queue)) {
+            self.queues.push(queue);
+        }
+    }
+
+    /// Forgets the last message's queues, keeping the buffers.
+    pub fn clear(&mut self) {
+        self.queues.clear();
     }
 }

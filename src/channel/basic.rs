@@ -218,8 +218,9 @@ impl Channel {
             });
             return Ok(());
         }
-        let taken = self.shared.take_unacked(delivery_tag, multiple)?;
-        self.shared.settle(taken, Settle::Ack);
+        self.shared
+            .take_unacked(delivery_tag, multiple, &mut self.settling)?;
+        self.shared.settle(&mut self.settling, Settle::Ack);
         Ok(())
     }
 
@@ -242,16 +243,18 @@ impl Channel {
             });
             return Ok(());
         }
-        let taken = self.shared.take_unacked(delivery_tag, multiple)?;
-        self.shared.settle(taken, Settle::nack(requeue));
+        self.shared
+            .take_unacked(delivery_tag, multiple, &mut self.settling)?;
+        self.shared
+            .settle(&mut self.settling, Settle::nack(requeue));
         Ok(())
     }
 
     /// basic.recover requeue=true: every unacknowledged delivery goes back
     /// to its queue.
     fn handle_basic_recover(&mut self) {
-        let taken = self.shared.take_all_unacked();
-        self.shared.settle(taken, Settle::Requeue);
+        let mut taken = self.shared.take_all_unacked();
+        self.shared.settle(&mut taken, Settle::Requeue);
     }
 }
 

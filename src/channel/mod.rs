@@ -8,14 +8,14 @@ pub mod topology;
 
 use crate::broker::access::{Access, Resource};
 use crate::broker::queue::Queue;
-use crate::broker::vhost::VHost;
+use crate::broker::vhost::{Routing, VHost};
 use crate::broker::Broker;
 use crate::connection::outbox::Outbox;
 use crate::error::AmqpError;
 use crate::protocol::method::Method;
 use amq_protocol::protocol::{channel, confirm, tx, AMQPClass};
 use publish::{PendingContent, Transaction};
-use shared::{ChannelShared, Settle};
+use shared::{ChannelShared, Settle, Settling};
 use std::sync::Arc;
 
 /// What channel handlers need from their connection.
@@ -100,6 +100,10 @@ pub struct Channel {
     /// `amq.rabbitmq.reply-to`.
     reply_to: Option<String>,
     reply_to_consumer_tag: Option<String>,
+    /// Reused for every message published on the channel.
+    routing: Routing,
+    /// Reused for every acknowledgement.
+    settling: Settling,
 }
 
 /// A handler's outcome besides errors: whether the channel is gone.
@@ -115,6 +119,8 @@ impl Channel {
             shared,
             closing: false,
             content: None,
+            routing: Routing::default(),
+            settling: Settling::default(),
             confirm: false,
             tx: None,
             last_queue: None,
@@ -306,13 +312,13 @@ impl Channel {
         if let Some(name) = self.reply_to.take() {
             ctx.broker.reply_to.remove(&name);
         }
-        let (consumers, unacked) = self.shared.close();
+        let (consumers, mut unacked) = self.shared.close();
         for consumer in consumers {
             if consumer.queue.remove_consumer(&consumer) {
                 ctx.vhost.delete_queue(&consumer.queue);
             }
         }
-        self.shared.settle(unacked, Settle::Requeue);
+        self.shared.settle(&mut unacked, Settle::Requeue);
     }
 
     /// Resolves an empty queue name to the channel's last declared queue.

@@ -44,7 +44,8 @@ impl PendingContent {
 /// Work buffered by tx.select until tx.commit.
 #[derive(Default)]
 pub struct Transaction {
-    pub publishes: Vec<(Publish, Arc<Message>, PropertiesView)>,
+    /// Each message with its `mandatory` flag.
+    pub publishes: Vec<(bool, Arc<Message>, PropertiesView)>,
     pub settlements: Vec<Settlement>,
 }
 
@@ -210,8 +211,8 @@ impl Channel {
         };
         let message = Arc::new(
             Message::new(
-                publish.exchange.clone(),
-                publish.routing_key.clone(),
+                publish.exchange,
+                publish.routing_key,
                 properties,
                 body,
                 view.is_persistent(),
@@ -219,10 +220,10 @@ impl Channel {
             .with_expiration(expiration),
         );
         if let Some(txn) = self.tx.as_mut() {
-            txn.publishes.push((publish, message, view));
+            txn.publishes.push((publish.mandatory, message, view));
             return Ok(());
         }
-        self.route_message(ctx, &publish, message, &view);
+        self.route_message(ctx, publish.mandatory, message, &view);
         Ok(())
     }
 
@@ -232,15 +233,15 @@ impl Channel {
     pub(super) fn route_message(
         &mut self,
         ctx: &mut ConnCtx,
-        publish: &Publish,
+        mandatory: bool,
         mut message: Arc<Message>,
         view: &PropertiesView,
     ) -> bool {
         let mut stored = false;
         let mut refused = false;
         let routed =
-            if publish.exchange.is_empty() && publish.routing_key.starts_with(DIRECT_REPLY_TO) {
-                match ctx.broker.reply_to.get(&publish.routing_key) {
+            if message.exchange.is_empty() && message.routing_key.starts_with(DIRECT_REPLY_TO) {
+                match ctx.broker.reply_to.get(&message.routing_key) {
                     Some(target) => {
                         target
                             .channel
@@ -250,14 +251,15 @@ impl Channel {
                     None => false,
                 }
             } else {
-                match ctx.vhost.exchange(&publish.exchange) {
+                match ctx.vhost.exchange(&message.exchange) {
                     Ok(exchange) => {
                         let headers = || view.headers(&message.properties);
                         let info = RoutingInfo {
-                            routing_key: &publish.routing_key,
+                            routing_key: &message.routing_key,
                             headers: &headers,
                         };
-                        let mut queues = ctx.vhost.route(&exchange, &info);
+                        let mut routing = std::mem::take(&mut self.routing);
+                        ctx.vhost.route(&exchange, &info, &mut routing);
                         // Sender-selected distribution: CC and BCC headers add
                         // routing keys; BCC is removed before delivery.
                         if let Some((keys, without_bcc)) = sender_selected(&message, view) {
@@ -266,26 +268,26 @@ impl Channel {
                                     routing_key: key,
                                     headers: &headers,
                                 };
-                                for q in ctx.vhost.route(&exchange, &info) {
-                                    if !queues.iter().any(|x| Arc::ptr_eq(x, &q)) {
-                                        queues.push(q);
-                                    }
-                                }
+                                ctx.vhost.route(&exchange, &info, &mut routing);
                             }
                             if let Some(m) = without_bcc {
                                 message = Arc::new(m);
                             }
                         }
-                        (stored, refused) = ctx.vhost.enqueue(&queues, &message);
+                        let queues = &routing.queues;
+                        (stored, refused) = ctx.vhost.enqueue(queues, &message);
                         if ctx.flow.is_none() {
                             ctx.flow = queues.iter().find(|q| q.asks_publishers_to_wait()).cloned();
                         }
-                        !queues.is_empty()
+                        let routed = !queues.is_empty();
+                        routing.clear();
+                        self.routing = routing;
+                        routed
                     }
                     Err(_) => false,
                 }
             };
-        if !routed && publish.mandatory {
+        if !routed && mandatory {
             let id = self.id();
             let frame_max = ctx.frame_max;
             ctx.outbox.push(|buf| {
@@ -322,8 +324,8 @@ impl Channel {
     /// Applies a committed transaction: publishes, then settlements, in order.
     pub(super) fn commit(&mut self, ctx: &mut ConnCtx, txn: Transaction) -> Result<(), AmqpError> {
         let mut stored = false;
-        for (publish, message, view) in txn.publishes {
-            stored |= self.route_message(ctx, &publish, message, &view);
+        for (mandatory, message, view) in txn.publishes {
+            stored |= self.route_message(ctx, mandatory, message, &view);
         }
         if stored {
             // commit-ok promises the persistent messages are on disk.
@@ -335,16 +337,19 @@ impl Channel {
                     delivery_tag,
                     multiple,
                 } => {
-                    let taken = self.shared.take_unacked(delivery_tag, multiple)?;
-                    self.shared.settle(taken, Settle::Ack);
+                    self.shared
+                        .take_unacked(delivery_tag, multiple, &mut self.settling)?;
+                    self.shared.settle(&mut self.settling, Settle::Ack);
                 }
                 Settlement::Nack {
                     delivery_tag,
                     multiple,
                     requeue,
                 } => {
-                    let taken = self.shared.take_unacked(delivery_tag, multiple)?;
-                    self.shared.settle(taken, Settle::nack(requeue));
+                    self.shared
+                        .take_unacked(delivery_tag, multiple, &mut self.settling)?;
+                    self.shared
+                        .settle(&mut self.settling, Settle::nack(requeue));
                 }
             }
         }

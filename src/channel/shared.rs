@@ -91,6 +91,16 @@ pub struct Unacked {
     pub delivered_at: Instant,
 }
 
+/// Deliveries being settled, with the buffers settling needs; a channel
+/// keeps one between acknowledgements so that an ack allocates nothing once
+/// they have grown.
+#[derive(Default)]
+pub struct Settling {
+    taken: Vec<Unacked>,
+    queues: Vec<Arc<Queue>>,
+    batch: Vec<QueuedMessage>,
+}
+
 struct DeliveryState {
     next_delivery_tag: u64,
     /// In delivery-tag order.
@@ -285,9 +295,11 @@ impl ChannelShared {
         &self,
         delivery_tag: u64,
         multiple: bool,
-    ) -> Result<Vec<Unacked>, AmqpError> {
+        into: &mut Settling,
+    ) -> Result<(), AmqpError> {
         let mut st = self.state.lock();
-        let taken: Vec<Unacked> = if multiple {
+        let from = into.taken.len();
+        if multiple {
             let upto = if delivery_tag == 0 {
                 u64::MAX
             } else {
@@ -299,7 +311,7 @@ impl ChannelShared {
                 )));
             }
             let n = st.unacked.partition_point(|u| u.delivery_tag <= upto);
-            st.unacked.drain(..n).collect()
+            into.taken.extend(st.unacked.drain(..n));
         } else {
             let Ok(i) = st
                 .unacked
@@ -309,21 +321,26 @@ impl ChannelShared {
                     "unknown delivery tag {delivery_tag}"
                 )));
             };
-            vec![st.unacked.remove(i).expect("index found by search")]
-        };
+            into.taken
+                .push(st.unacked.remove(i).expect("index found by search"));
+        }
+        let taken = &into.taken[from..];
         if let Some(c) = taken.last().and_then(|u| u.consumer.as_ref()) {
             c.pace.record(taken.len() as u64);
         }
-        Self::release_credit(&mut st, &taken);
-        Ok(taken)
+        Self::release_credit(&mut st, taken);
+        Ok(())
     }
 
     /// Every outstanding delivery (channel close, basic.recover).
-    pub fn take_all_unacked(&self) -> Vec<Unacked> {
+    pub fn take_all_unacked(&self) -> Settling {
         let mut st = self.state.lock();
         let taken: Vec<Unacked> = st.unacked.drain(..).collect();
         Self::release_credit(&mut st, &taken);
-        taken
+        Settling {
+            taken,
+            ..Default::default()
+        }
     }
 
     /// Whether `consumer` keeps up: it settles a message every `busy` or
@@ -352,26 +369,29 @@ impl ChannelShared {
     /// Settles deliveries with their queues (acknowledging, requeueing or
     /// rejecting them), then lets the queues this channel consumes from use
     /// the freed credit.
-    pub fn settle(&self, taken: Vec<Unacked>, how: Settle) {
-        let mut queues: Vec<Arc<Queue>> = Vec::new();
-        let mut batch: Vec<QueuedMessage> = Vec::new();
+    pub fn settle(&self, settling: &mut Settling, how: Settle) {
+        let Settling {
+            taken,
+            queues,
+            batch,
+        } = settling;
         let mut current: Option<Arc<Queue>> = None;
         let flush = |queue: &Arc<Queue>, batch: &mut Vec<QueuedMessage>| match how {
             Settle::Ack => queue.settle(batch.drain(..).map(|m| m.receipt())),
             Settle::Requeue => queue.requeue(batch.drain(..)),
             Settle::Reject => queue.reject(batch.drain(..)),
         };
-        for u in taken {
+        for u in taken.drain(..) {
             if current.as_ref().is_some_and(|q| !Arc::ptr_eq(q, &u.queue)) {
                 let q = current.take().expect("checked");
-                flush(&q, &mut batch);
+                flush(&q, batch);
                 queues.push(q);
             }
             current = Some(u.queue);
             batch.push(u.message);
         }
         if let Some(q) = current {
-            flush(&q, &mut batch);
+            flush(&q, batch);
             queues.push(q);
         }
         for c in self.state.lock().consumers.values() {
@@ -379,7 +399,7 @@ impl ChannelShared {
         }
         queues.sort_by_key(|q| Arc::as_ptr(q) as usize);
         queues.dedup_by(|a, b| Arc::ptr_eq(a, b));
-        for q in queues {
+        for q in queues.drain(..) {
             q.dispatch();
         }
     }
@@ -504,12 +524,12 @@ impl ChannelShared {
 
     /// Marks the channel closed and returns its consumers and deliveries,
     /// which the caller cancels and requeues.
-    pub fn close(&self) -> (Vec<Arc<Consumer>>, Vec<Unacked>) {
-        let mut st = self.state.lock();
-        st.closed = true;
-        let consumers = st.consumers.drain().map(|(_, c)| c).collect();
-        let unacked: Vec<Unacked> = st.unacked.drain(..).collect();
-        Self::release_credit(&mut st, &unacked);
-        (consumers, unacked)
+    pub fn close(&self) -> (Vec<Arc<Consumer>>, Settling) {
+        let consumers = {
+            let mut st = self.state.lock();
+            st.closed = true;
+            st.consumers.drain().map(|(_, c)| c).collect()
+        };
+        (consumers, self.take_all_unacked())
     }
 }

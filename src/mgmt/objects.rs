@@ -10,7 +10,7 @@ use crate::broker::exchange::{Binding, Destination, Exchange, ExchangeKind, Rout
 use crate::broker::message::Message;
 use crate::broker::queue::Queue;
 use crate::broker::queue_args::QueueType;
-use crate::broker::vhost::{ExchangeDeclare, QueueDeclare, VHost};
+use crate::broker::vhost::{ExchangeDeclare, QueueDeclare, Routing, VHost};
 use crate::broker::Broker;
 use crate::error::AmqpError;
 use amq_protocol::protocol::basic::{gen_properties, parse_properties, AMQPProperties};
@@ -769,15 +769,17 @@ pub async fn publish(
         .with_expiration(expiration),
     );
     let headers_fn = || headers.clone();
-    let queues = v.route(
+    let mut routing = Routing::default();
+    v.route(
         &e,
         &RoutingInfo {
             routing_key: &b.routing_key,
             headers: &headers_fn,
         },
+        &mut routing,
     );
-    v.enqueue(&queues, &message);
-    Ok(Json(json!({"routed": !queues.is_empty()})).into_response())
+    v.enqueue(&routing.queues, &message);
+    Ok(Json(json!({"routed": !routing.queues.is_empty()})).into_response())
 }
 
 // ---------------------------------------------------------------- bindings
