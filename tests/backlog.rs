@@ -305,7 +305,12 @@ fn rss(pid: u32) -> u64 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn memory_of_a_drained_spike_is_given_back() {
     let dir = TempDir::new("spike");
-    let broker = BrokerProcess::start(&dir.path().join("data"));
+    // One malloc arena: malloc_trim leaves the top of glibc's per-thread
+    // arenas alone, so with several the share given back varies from run
+    // to run (half to all of this spike in a debug build). What is checked
+    // here is that the broker trims once a spike is gone.
+    let broker =
+        BrokerProcess::start_with_env(&dir.path().join("data"), &[("MALLOC_ARENA_MAX", "1")]);
     let conn = Connection::connect(&broker.uri(), ConnectionProperties::default())
         .await
         .unwrap();

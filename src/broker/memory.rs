@@ -6,6 +6,9 @@ use tokio::sync::watch;
 
 pub struct MemoryGauge {
     used: AtomicI64,
+    /// The most `used` reached since the trimmer last looked: a spike that
+    /// comes and goes between two of its looks still counts.
+    peak: AtomicI64,
     high_watermark: i64,
     blocked: AtomicBool,
     /// `true` while the alarm is on; publishing connections wait on it.
@@ -18,6 +21,7 @@ impl MemoryGauge {
     pub fn new(high_watermark: u64) -> MemoryGauge {
         MemoryGauge {
             used: AtomicI64::new(0),
+            peak: AtomicI64::new(0),
             high_watermark: high_watermark.min(i64::MAX as u64) as i64,
             blocked: AtomicBool::new(false),
             state: watch::channel(false).0,
@@ -33,6 +37,9 @@ impl MemoryGauge {
             return;
         }
         let used = self.used.fetch_add(delta, Ordering::Relaxed) + delta;
+        if used > self.peak.load(Ordering::Relaxed) {
+            self.peak.fetch_max(used, Ordering::Relaxed);
+        }
         if self.should_block(used) == self.blocked.load(Ordering::Acquire) {
             return;
         }
@@ -70,6 +77,12 @@ impl MemoryGauge {
         self.used.load(Ordering::Relaxed)
     }
 
+    /// The most held since the last call (at least what is held now).
+    fn take_peak(&self) -> i64 {
+        let used = self.used();
+        self.peak.swap(used, Ordering::Relaxed).max(used)
+    }
+
     pub fn is_blocked(&self) -> bool {
         self.blocked.load(Ordering::Relaxed)
     }
@@ -96,8 +109,8 @@ pub fn start_trimmer(gauge: std::sync::Weak<MemoryGauge>) {
             loop {
                 std::thread::sleep(EVERY);
                 let Some(gauge) = gauge.upgrade() else { return };
+                high = high.max(gauge.take_peak());
                 let used = gauge.used();
-                high = high.max(used);
                 if high - used >= RELEASED && used < high / 2 {
                     trim();
                     high = used;
@@ -120,6 +133,15 @@ fn trim() {}
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_spike_between_two_looks_still_counts() {
+        let g = MemoryGauge::new(1 << 30);
+        g.add(100);
+        g.add(-100);
+        assert_eq!(g.take_peak(), 100);
+        assert_eq!(g.take_peak(), 0);
+    }
 
     #[test]
     fn alarm_follows_the_watermark() {

@@ -3,6 +3,9 @@
 use super::{QueueStore, QueuedMessage};
 use std::collections::VecDeque;
 
+/// Slots (about 50 bytes each) an empty queue keeps at most.
+const SHRINK_WHEN_EMPTY: usize = 65_536;
+
 #[derive(Default)]
 pub struct MemoryStore {
     messages: VecDeque<QueuedMessage>,
@@ -29,6 +32,11 @@ impl QueueStore for MemoryStore {
         let msg = self.messages.pop_front()?;
         self.bytes -= msg.message.size();
         self.body_bytes -= msg.message.body.len() as u64;
+        if self.messages.is_empty() && self.messages.capacity() >= SHRINK_WHEN_EMPTY {
+            // A drained backlog gives its index back (a queue that only
+            // ever holds a little keeps its buffer).
+            self.messages = VecDeque::new();
+        }
         Some(msg)
     }
 
@@ -52,7 +60,7 @@ impl QueueStore for MemoryStore {
 
     fn purge(&mut self) -> usize {
         let n = self.messages.len();
-        self.messages.clear();
+        self.messages = VecDeque::new();
         self.bytes = 0;
         self.body_bytes = 0;
         n

@@ -98,6 +98,13 @@ impl BrokerProcess {
         Self::spawn(&Self::serve_args(data_dir))
     }
 
+    /// [`start`](Self::start) with extra environment variables.
+    pub fn start_with_env(data_dir: &Path, env: &[(&str, &str)]) -> BrokerProcess {
+        let mut broker = Self::launch_with_env(&Self::serve_args(data_dir), env);
+        broker.wait_ready();
+        broker
+    }
+
     /// `leveret serve` on `data_dir` without waiting for it to be ready, for
     /// start-ups that are expected to fail.
     pub fn launch_on(data_dir: &Path) -> BrokerProcess {
@@ -126,8 +133,13 @@ impl BrokerProcess {
 
     /// Runs the binary with `args` (stdout discarded, stderr collected) and returns at once.
     pub fn launch(args: &[&str]) -> BrokerProcess {
+        Self::launch_with_env(args, &[])
+    }
+
+    fn launch_with_env(args: &[&str], env: &[(&str, &str)]) -> BrokerProcess {
         let mut child = Command::new(env!("CARGO_BIN_EXE_leveret"))
             .args(args)
+            .envs(env.iter().copied())
             .env("RUST_LOG", "info")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
