@@ -86,6 +86,75 @@ async fn a_timed_run_reports_rates_latency_and_no_violations() {
         r.get("broker").is_none(),
         "no --broker-pid, no broker figures"
     );
+    // Paced at 2 000 msg/s, the consumer keeps up: little is in flight
+    // when the window ends, and the rest arrives at once.
+    assert!(n(&r["backlog_at_end"]) < 2000.0, "{r}");
+    assert!(n(&r["drain_s"]) < 5.0, "{r}");
+    assert_eq!(r["interrupted"], false, "{r}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ctrl_c_ends_the_window_early_and_still_reports_it() {
+    let broker = TestBroker::start().await;
+    let uri = broker.uri.clone();
+    let out = tokio::task::spawn_blocking(move || {
+        let child = Command::new(env!("CARGO_BIN_EXE_leveret"))
+            .args([
+                "perf",
+                "--uri",
+                &uri,
+                "--json",
+                "--duration",
+                "60",
+                "--warmup",
+                "0.2",
+            ])
+            .args(["--rate", "1000"])
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("run leveret perf");
+        std::thread::sleep(std::time::Duration::from_millis(1500));
+        // SAFETY: signalling a child process this test started.
+        unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGINT) };
+        child.wait_with_output().expect("perf exits")
+    })
+    .await
+    .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let r: Value = serde_json::from_str(stdout.trim()).unwrap_or_else(|e| {
+        panic!(
+            "no report after Ctrl-C ({e}): {stdout}\nstderr: {}",
+            String::from_utf8_lossy(&out.stderr)
+        )
+    });
+    assert!(out.status.success(), "{r}");
+    assert_eq!(r["interrupted"], true, "{r}");
+    assert!(n(&r["duration_s"]) < 10.0, "the window ran on: {r}");
+    assert!(n(&r["received"]) > 0.0, "{r}");
+    assert_clean(&r);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn duration_caps_a_churn_run() {
+    let broker = TestBroker::start().await;
+    let (r, ok) = perf(
+        &broker,
+        &[
+            "--producers",
+            "1",
+            "--consumers",
+            "0",
+            "--churn",
+            "1000000",
+            "--duration",
+            "0.5",
+        ],
+    )
+    .await;
+    assert!(ok, "{r}");
+    assert!(n(&r["sent"]) > 0.0 && n(&r["sent"]) < 1_000_000.0, "{r}");
+    assert!(n(&r["duration_s"]) < 10.0, "{r}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

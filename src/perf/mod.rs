@@ -36,7 +36,9 @@ pub struct PerfArgs {
     #[arg(long, default_value_t = 16)]
     size: usize,
     /// Seconds measured, after the warm-up (default 15; with
-    /// --pmessages/--cmessages/--churn the run ends when they are done).
+    /// --pmessages/--cmessages/--churn the run ends when they are done,
+    /// or after this many seconds). Ctrl-C ends the window early and
+    /// still reports it.
     #[arg(long)]
     duration: Option<f64>,
     /// Seconds before measuring starts.
@@ -250,6 +252,7 @@ async fn run_async(args: PerfArgs, target: Target) -> io::Result<Value> {
         Snapshot::take(&plan, broker.as_ref())
     };
     plan.shared.measuring.store(true, Ordering::Release);
+    let mut interrupted = false;
     let mut sent_by = vec![0u64; args.producers];
     let mut results = Vec::new();
     if counted {
@@ -260,26 +263,45 @@ async fn run_async(args: PerfArgs, target: Target) -> io::Result<Value> {
             &mut sent_by,
             &mut results,
         );
-        match args.duration.map(Duration::from_secs_f64) {
-            Some(cap) => {
-                let _ = tokio::time::timeout(cap, all_done).await;
+        let cap = args.duration.map_or(Duration::MAX, Duration::from_secs_f64);
+        tokio::select! {
+            done = tokio::time::timeout(cap, all_done) => {
+                if let Ok(done) = done {
+                    done?;
+                }
             }
-            None => all_done.await?,
+            _ = tokio::signal::ctrl_c() => interrupted = true,
         }
     } else {
-        tokio::time::sleep(Duration::from_secs_f64(args.duration.unwrap_or(15.0))).await;
+        let window = Duration::from_secs_f64(args.duration.unwrap_or(15.0));
+        tokio::select! {
+            _ = tokio::time::sleep(window) => {}
+            _ = tokio::signal::ctrl_c() => interrupted = true,
+        }
     }
     let end = Snapshot::take(&plan, broker.as_ref());
     plan.shared.measuring.store(false, Ordering::Release);
     plan.shared.stop.store(true, Ordering::Release);
-    join(
+    // What the consumers still had to receive when the window ended, and
+    // how long they took to get it once the producers stopped.
+    let stopped = Instant::now();
+    let drained = join(
         &plan,
         &mut producers,
         &mut consumers,
         &mut sent_by,
         &mut results,
-    )
-    .await?;
+    );
+    if interrupted {
+        // A second Ctrl-C gives up on the drain, not on the report.
+        tokio::select! {
+            r = drained => r?,
+            _ = tokio::signal::ctrl_c() => {}
+        }
+    } else {
+        drained.await?;
+    }
+    let drain_s = stopped.elapsed().as_secs_f64();
     progress.abort();
     if plan_is_tty(&plan) {
         eprintln!();
@@ -287,7 +309,20 @@ async fn run_async(args: PerfArgs, target: Target) -> io::Result<Value> {
     if !args.keep {
         cleanup(&plan).await?;
     }
-    let report = report(&plan, &begin, &end, &sent_by, results, broker.as_ref());
+    let mut report = report(&plan, &begin, &end, &sent_by, results, broker.as_ref());
+    let copies: u64 = (0..args.producers)
+        .map(|p| {
+            (0..plan.queues.len())
+                .filter(|&q| plan.reaches(q, p))
+                .count() as u64
+        })
+        .max()
+        .unwrap_or(0);
+    if args.consumers > 0 && copies > 0 {
+        report["backlog_at_end"] = json!((end.sent * copies).saturating_sub(end.received));
+        report["drain_s"] = json!(drain_s);
+    }
+    report["interrupted"] = json!(interrupted);
     print_report(&plan, &report);
     Ok(report)
 }
@@ -621,7 +656,12 @@ async fn churn(plan: Arc<Plan>, n: u64) -> io::Result<Value> {
         let plan = plan.clone();
         tasks.push(tokio::spawn(async move {
             let mut body = vec![0u8; plan.args.size];
+            let cap = plan.args.duration.map(Duration::from_secs_f64);
+            let started = Instant::now();
             for i in 0..n {
+                if cap.is_some_and(|cap| started.elapsed() >= cap) {
+                    break;
+                }
                 let (mut rx, mut tx) =
                     client::open(&plan.target, &format!("leveret perf churn {id}")).await?;
                 let q =
@@ -796,6 +836,15 @@ fn print_report(plan: &Plan, r: &Value) {
             "latency µs: p50 {} p95 {} p99 {} max {}",
             l["p50"], l["p95"], l["p99"], l["max"]
         );
+    }
+    if let (Some(b), Some(d)) = (r["backlog_at_end"].as_u64(), r["drain_s"].as_f64()) {
+        let _ = writeln!(
+            out,
+            "not yet received at the end: {b} messages, drained in {d:.2} s"
+        );
+    }
+    if r["interrupted"].as_bool() == Some(true) {
+        let _ = writeln!(out, "interrupted: the window ended early");
     }
     let v = &r["violations"];
     let _ = writeln!(
