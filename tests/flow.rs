@@ -113,6 +113,23 @@ async fn flood(conn: &Connection, queue: &str, n: usize, confirms: bool) -> Dura
     started.elapsed()
 }
 
+/// Publishes `n` messages (confirmed) and waits until the consumer counting
+/// into `received` has them, so that its pace is known.
+async fn warm_up(publisher: &Connection, queue: &str, received: &AtomicU32, n: usize) {
+    flood(publisher, queue, n, true).await;
+    received_at_least(received, n).await;
+}
+
+async fn received_at_least(received: &AtomicU32, n: usize) {
+    timeout(WAIT, async {
+        while received.load(Ordering::Relaxed) < n as u32 {
+            sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("{n} messages delivered"));
+}
+
 /// Samples the ready count of `queue` until `stop`; returns the largest.
 async fn watch_depth(conn: &Connection, queue: &str, stop: Arc<AtomicBool>) -> u32 {
     let mut deepest = 0;
@@ -143,14 +160,7 @@ async fn a_queue_whose_consumer_keeps_up_pushes_back_on_its_publisher() {
     // A consumer's pace is unknown until it has settled something, and a
     // queue absorbs meanwhile.
     const WARM_UP: usize = 20;
-    flood(&publisher, &queue, WARM_UP, true).await;
-    timeout(WAIT, async {
-        while received.load(Ordering::Relaxed) < WARM_UP as u32 {
-            sleep(Duration::from_millis(5)).await;
-        }
-    })
-    .await
-    .expect("warm-up messages delivered");
+    warm_up(&publisher, &queue, &received, WARM_UP).await;
 
     let stop = Arc::new(AtomicBool::new(false));
     let depth = tokio::spawn({
@@ -171,13 +181,7 @@ async fn a_queue_whose_consumer_keeps_up_pushes_back_on_its_publisher() {
         .filter_map(|c| c["state"].as_str())
         .collect();
     assert!(states.contains(&"flow"), "connection states: {states:?}");
-    timeout(WAIT, async {
-        while received.load(Ordering::Relaxed) < (WARM_UP + N) as u32 {
-            sleep(Duration::from_millis(10)).await;
-        }
-    })
-    .await
-    .expect("every message delivered");
+    received_at_least(&received, WARM_UP + N).await;
     stop.store(true, Ordering::Relaxed);
     let deepest = depth.await.unwrap();
     // Without flow control the socket buffers let well over a hundred
@@ -204,14 +208,7 @@ async fn a_busy_consumer_leaves_a_spike_in_the_queue() {
     let received = start_consumer(&consumer, &queue, 1, Duration::from_millis(20), None).await;
     // Its pace known, so it is judged busy rather than unknown.
     const WARM_UP: usize = 5;
-    flood(&publisher, &queue, WARM_UP, true).await;
-    timeout(WAIT, async {
-        while received.load(Ordering::Relaxed) < WARM_UP as u32 {
-            sleep(Duration::from_millis(5)).await;
-        }
-    })
-    .await
-    .expect("warm-up messages delivered");
+    warm_up(&publisher, &queue, &received, WARM_UP).await;
 
     timeout(WAIT, flood(&publisher, &queue, N, true))
         .await

@@ -506,12 +506,9 @@ impl Connection {
                 // The disk is behind: stop reading this publisher (TCP
                 // back-pressure, RabbitMQ's "flow") until it catches up.
                 let store = self.broker.store.clone();
-                tokio::select! {
-                    _ = store.backlog.wait_drained() => {}
-                    _ = self.shutdown.changed() => {
-                        let err = AmqpError::new(ReplyCode::ConnectionForced, "broker forced connection closure with reason 'shutdown'");
-                        return self.force_close(open, err).await;
-                    }
+                let drained = async move { store.backlog.wait_drained().await };
+                if let Err(reason) = self.pause(open, &mut close_rx, drained).await {
+                    return reason;
                 }
             }
             tokio::select! {
@@ -543,30 +540,48 @@ impl Connection {
     async fn wait_for_flow(
         &mut self,
         open: &mut OpenConnection,
-        queue: &Queue,
+        queue: &Arc<Queue>,
         close_rx: &mut watch::Receiver<Option<String>>,
     ) -> Option<&'static str> {
         open.publishing.paused_by_flow();
-        loop {
-            let released = queue.flow_released().notified();
-            tokio::pin!(released);
-            released.as_mut().enable();
-            if !queue.recheck_flow() {
-                return None;
-            }
-            tokio::select! {
-                _ = released => {}
-                _ = tokio::time::sleep(flow::RECHECK) => {}
-                _ = self.shutdown.changed() => {
-                    let err = AmqpError::new(ReplyCode::ConnectionForced, "broker forced connection closure with reason 'shutdown'");
-                    return Some(self.force_close(open, err).await);
+        let queue = queue.clone();
+        let released = async move {
+            loop {
+                let released = queue.flow_released().notified();
+                tokio::pin!(released);
+                released.as_mut().enable();
+                if !queue.recheck_flow() {
+                    return;
                 }
-                _ = close_rx.changed() => {
-                    let reason = close_rx.borrow().clone().unwrap_or_else(|| "closed via management".into());
-                    return Some(self.force_close(open, AmqpError::new(ReplyCode::ConnectionForced, reason)).await);
+                tokio::select! {
+                    _ = released => {}
+                    _ = tokio::time::sleep(flow::RECHECK) => {}
                 }
             }
-        }
+        };
+        self.pause(open, close_rx, released).await.err()
+    }
+
+    /// Waits for `until` (not reading the socket) unless the connection
+    /// must end first: broker shutdown, or closed via management. Then it
+    /// closes the connection and says why.
+    async fn pause<T>(
+        &mut self,
+        open: &mut OpenConnection,
+        close_rx: &mut watch::Receiver<Option<String>>,
+        until: impl std::future::Future<Output = T>,
+    ) -> Result<T, &'static str> {
+        let reason = tokio::select! {
+            done = until => return Ok(done),
+            _ = self.shutdown.changed() => {
+                "broker forced connection closure with reason 'shutdown'".to_string()
+            }
+            _ = close_rx.changed() => {
+                close_rx.borrow().clone().unwrap_or_else(|| "closed via management".into())
+            }
+        };
+        let err = AmqpError::new(ReplyCode::ConnectionForced, reason);
+        Err(self.force_close(open, err).await)
     }
 
     /// Stops reading from a publishing connection while the memory alarm is
@@ -585,20 +600,14 @@ impl Connection {
             )));
         }
         let mut alarm = self.broker.memory.subscribe();
+        let memory = self.broker.memory.clone();
+        let cleared = async move {
+            while memory.is_blocked() && alarm.wait_for(|blocked| !*blocked).await.is_ok() {}
+        };
         // The connection ends on the other ways out of this wait.
         open.publishing.set_blocked(true);
-        tokio::select! {
-            _ = async {
-                while self.broker.memory.is_blocked() && alarm.wait_for(|blocked| !*blocked).await.is_ok() {}
-            } => {}
-            _ = self.shutdown.changed() => {
-                let err = AmqpError::new(ReplyCode::ConnectionForced, "broker forced connection closure with reason 'shutdown'");
-                return Some(self.force_close(open, err).await);
-            }
-            _ = close_rx.changed() => {
-                let reason = close_rx.borrow().clone().unwrap_or_else(|| "closed via management".into());
-                return Some(self.force_close(open, AmqpError::new(ReplyCode::ConnectionForced, reason)).await);
-            }
+        if let Err(reason) = self.pause(open, close_rx, cleared).await {
+            return Some(reason);
         }
         open.publishing.set_blocked(false);
         if open.ctx.blocked_notify {
