@@ -301,7 +301,15 @@ async fn run_async(args: PerfArgs, target: Target) -> io::Result<Value> {
     } else {
         drained.await?;
     }
-    let drain_s = stopped.elapsed().as_secs_f64();
+    // Until the last message arrived, not until the consumers noticed
+    // the queues stayed empty.
+    let drain_s = results
+        .iter()
+        .filter_map(|r| r.last_after_stop)
+        .max()
+        .map_or(0.0, |last| {
+            last.saturating_duration_since(stopped).as_secs_f64()
+        });
     progress.abort();
     if plan_is_tty(&plan) {
         eprintln!();
@@ -515,6 +523,8 @@ struct ConsumerResult {
     queue: usize,
     seen: Seen,
     latencies_us: Vec<u32>,
+    /// When the last message after the producers stopped arrived.
+    last_after_stop: Option<Instant>,
 }
 
 /// Consumes from its queue until drained (or --cmessages).
@@ -552,6 +562,7 @@ async fn consumer(
         queue,
         seen: Seen::default(),
         latencies_us: Vec::new(),
+        last_after_stop: None,
     };
     let mut received = 0u64;
     let (mut delivery_tag, mut redelivered) = (0u64, false);
@@ -616,6 +627,9 @@ async fn consumer(
         }
         received += 1;
         counted += 1;
+        if plan.shared.stop.load(Ordering::Relaxed) {
+            result.last_after_stop = Some(Instant::now());
+        }
         if let Some((sent_ns, seq, producer)) = read_stamp(&head) {
             result.seen.record(producer, seq, redelivered);
             if plan.shared.measuring.load(Ordering::Relaxed) {
