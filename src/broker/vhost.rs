@@ -658,7 +658,6 @@ impl VHost {
             }
             return;
         }
-        routing.visited.clear();
         let mut reached = self.route_into(exchange, msg, routing);
         let mut current = exchange.clone();
         while !reached {
@@ -674,6 +673,7 @@ impl VHost {
             reached = self.route_into(&ae, msg, routing);
             current = ae;
         }
+        // Empty for the next message, and no exchange kept alive meanwhile.
         routing.visited.clear();
     }
 

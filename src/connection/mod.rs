@@ -498,7 +498,7 @@ impl Connection {
                 }
             }
             if let Some(queue) = open.ctx.flow.take() {
-                if let Some(reason) = self.wait_for_flow(open, &queue, &mut close_rx).await {
+                if let Some(reason) = self.wait_for_flow(open, queue, &mut close_rx).await {
                     return reason;
                 }
             }
@@ -540,11 +540,10 @@ impl Connection {
     async fn wait_for_flow(
         &mut self,
         open: &mut OpenConnection,
-        queue: &Arc<Queue>,
+        queue: Arc<Queue>,
         close_rx: &mut watch::Receiver<Option<String>>,
     ) -> Option<&'static str> {
         open.publishing.paused_by_flow();
-        let queue = queue.clone();
         let released = async move {
             loop {
                 let released = queue.flow_released().notified();
