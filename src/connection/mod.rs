@@ -2,6 +2,7 @@
 //! decoder and every channel's state, and a writer task draining the outbox.
 
 pub mod auth;
+mod interrupts;
 pub mod outbox;
 
 use crate::broker::queue::Queue;
@@ -15,6 +16,7 @@ use crate::protocol::{encode, PROTOCOL_HEADER};
 use amq_protocol::protocol::{connection, AMQPClass};
 use amq_protocol::types::{AMQPValue, FieldTable, LongString, ShortString};
 use bytes::BytesMut;
+use interrupts::{Interrupt, Interrupts};
 use outbox::Outbox;
 use parking_lot::Mutex;
 use std::collections::HashMap;
@@ -29,6 +31,8 @@ use tracing::{debug, info, warn};
 
 /// How long to wait for close-ok after sending connection.close.
 const CLOSE_OK_TIMEOUT: Duration = Duration::from_secs(3);
+/// How often a connection without heartbeats looks at its (absent) deadline.
+const IDLE: Duration = Duration::from_secs(3600);
 
 /// Serves one client until it disconnects, fails, or is closed by the broker.
 pub async fn serve(
@@ -458,10 +462,17 @@ impl Connection {
         open: &mut OpenConnection,
         mut close_rx: watch::Receiver<Option<String>>,
     ) -> &'static str {
-        let mut ack_timeouts = tokio::time::interval(ACK_TIMEOUT_CHECK);
-        ack_timeouts.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        // Heartbeat deadline, kept across the other select branches.
+        let frame_timeout = open.frame_timeout.unwrap_or(IDLE);
+        // The heartbeat deadline is checked lazily: a read only notes when
+        // it happened, and the timer, when it fires, moves to the deadline
+        // that read implies.
         let mut last_read = tokio::time::Instant::now();
+        let mut interrupts = Interrupts::new(
+            self.shutdown.clone(),
+            close_rx.clone(),
+            last_read + frame_timeout,
+            ACK_TIMEOUT_CHECK,
+        );
         loop {
             loop {
                 let frame = match self.reader.next_buffered() {
@@ -512,24 +523,27 @@ impl Connection {
                 }
             }
             tokio::select! {
-                _ = ack_timeouts.tick() => open.enforce_ack_timeouts(),
-                r = self.reader.fill(open.frame_timeout.map(|t| t.saturating_sub(last_read.elapsed()))) => match r {
+                // Reads first; the socket's share of the task budget still
+                // lets the interrupts in under a flood.
+                biased;
+                r = self.reader.fill(None) => match r {
                     Ok(()) => last_read = tokio::time::Instant::now(),
-                    Err(ReadError::Timeout) => {
-                        warn!(peer = %self.peer, "missed heartbeats from client, closing connection");
-                        return "missed heartbeats";
-                    }
                     Err(_) => return "client disconnected",
                 },
-                _ = self.shutdown.changed() => {
-                    let err = AmqpError::new(ReplyCode::ConnectionForced, "broker forced connection closure with reason 'shutdown'");
-                    return self.force_close(open, err).await;
-                }
-                _ = close_rx.changed() => {
-                    let reason = close_rx.borrow().clone().unwrap_or_else(|| "closed via management".into());
-                    let err = AmqpError::new(ReplyCode::ConnectionForced, reason);
-                    return self.force_close(open, err).await;
-                }
+                interrupt = interrupts.next() => match interrupt {
+                    Interrupt::Ended(reason) => {
+                        let err = AmqpError::new(ReplyCode::ConnectionForced, reason);
+                        return self.force_close(open, err).await;
+                    }
+                    Interrupt::HeartbeatDue => {
+                        if open.frame_timeout.is_some() && last_read.elapsed() >= frame_timeout {
+                            warn!(peer = %self.peer, "missed heartbeats from client, closing connection");
+                            return "missed heartbeats";
+                        }
+                        interrupts.heartbeat_at(last_read + frame_timeout);
+                    }
+                    Interrupt::AckCheckDue => open.enforce_ack_timeouts(),
+                },
             }
         }
     }
@@ -572,12 +586,7 @@ impl Connection {
     ) -> Result<T, &'static str> {
         let reason = tokio::select! {
             done = until => return Ok(done),
-            _ = self.shutdown.changed() => {
-                "broker forced connection closure with reason 'shutdown'".to_string()
-            }
-            _ = close_rx.changed() => {
-                close_rx.borrow().clone().unwrap_or_else(|| "closed via management".into())
-            }
+            reason = interrupts::ended(self.shutdown.clone(), close_rx.clone()) => reason,
         };
         let err = AmqpError::new(ReplyCode::ConnectionForced, reason);
         Err(self.force_close(open, err).await)
