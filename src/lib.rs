@@ -9,6 +9,7 @@ pub mod config;
 pub mod connection;
 pub mod ctl;
 pub mod error;
+pub mod hash;
 pub mod mgmt;
 pub mod perf;
 pub mod protocol;

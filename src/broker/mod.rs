@@ -20,9 +20,9 @@ pub mod vhost;
 
 use crate::channel::shared::ChannelShared;
 use crate::config::Config;
+use crate::hash::DashMap;
 use crate::store::{Store, StoreError};
 use access::{AccessControl, Permission, UserRecord, VhostRecord};
-use dashmap::DashMap;
 use flow::FlowLimits;
 use memory::MemoryGauge;
 use queue::QueueServices;
@@ -135,9 +135,9 @@ impl Broker {
         let broker = Broker {
             access,
             queue_services,
-            vhosts: DashMap::new(),
-            reply_to: DashMap::new(),
-            connections: DashMap::new(),
+            vhosts: DashMap::default(),
+            reply_to: DashMap::default(),
+            connections: DashMap::default(),
             next_id: AtomicU64::new(1),
             memory,
             store,

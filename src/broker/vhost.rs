@@ -5,10 +5,10 @@ use super::message::Message;
 use super::queue::{OnDisk, Queue, QueueServices};
 use super::queue_args::{Declared, QueueArgs};
 use crate::error::AmqpError;
+use crate::hash::DashMap;
 use crate::store::record::{BindingRecord, ExchangeRecord, QueueRecord};
 use crate::store::{RecoveredQueue, Store};
 use amq_protocol::types::{AMQPValue, FieldTable};
-use dashmap::DashMap;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
@@ -101,8 +101,8 @@ impl VHost {
             name,
             services,
             store,
-            exchanges: DashMap::new(),
-            queues: DashMap::new(),
+            exchanges: DashMap::default(),
+            queues: DashMap::default(),
         };
         for (name, kind) in [
             ("", ExchangeKind::Direct),

@@ -7,11 +7,12 @@ use crate::broker::message::Message;
 use crate::broker::queue::Queue;
 use crate::connection::outbox::Outbox;
 use crate::error::AmqpError;
+use crate::hash::HashMap;
 use crate::protocol::encode;
 use crate::store::QueuedMessage;
 use amq_protocol::protocol::{basic, AMQPClass};
 use parking_lot::Mutex;
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -136,7 +137,7 @@ impl ChannelShared {
                 channel_prefetch: 0,
                 consumer_unacked: 0,
                 closed: false,
-                consumers: HashMap::new(),
+                consumers: HashMap::default(),
             }),
             confirms: Mutex::new(ConfirmState::default()),
             mode: AtomicU8::new(Mode::Plain as u8),

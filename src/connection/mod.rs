@@ -10,6 +10,7 @@ use crate::broker::{flow, Broker, ChannelRegistry, ConnectionHandle, PublishingS
 use crate::channel::shared::ChannelShared;
 use crate::channel::{Channel, ConnCtx, Outcome};
 use crate::error::{AmqpError, ReplyCode};
+use crate::hash::HashMap;
 use crate::protocol::frame::{decode_frame, Frame, FrameType};
 use crate::protocol::method::{decode_method, method_ids, Method};
 use crate::protocol::{encode, PROTOCOL_HEADER};
@@ -19,7 +20,6 @@ use bytes::BytesMut;
 use interrupts::{Interrupt, Interrupts};
 use outbox::Outbox;
 use parking_lot::Mutex;
-use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -176,7 +176,7 @@ impl Connection {
         info!(peer = %self.peer, user = %session.ctx.user, vhost = %session.ctx.vhost.name, "connection opened");
         let mut open = OpenConnection {
             ctx: session.ctx,
-            channels: HashMap::new(),
+            channels: HashMap::default(),
             registry,
             channel_max: session.channel_max,
             frame_timeout: session.heartbeat.map(|h| h * 2),

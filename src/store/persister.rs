@@ -17,6 +17,7 @@ use super::{DiskRef, QueuedMessage};
 use crate::broker::message::Message;
 use crate::broker::queue::Queue;
 use crate::channel::shared::ChannelShared;
+use crate::hash::HashMap as FastMap;
 use std::collections::HashMap;
 use std::sync::mpsc::{Receiver, Sender};
 use std::sync::{Arc, Weak};
@@ -101,7 +102,7 @@ pub struct Persister {
     marks: sled::Tree,
     index: QueueIndexes,
     segments: Segments,
-    in_flight: HashMap<u64, InFlight>,
+    in_flight: FastMap<u64, InFlight>,
     /// Per queue, the seq below which every message was delivered (see
     /// `record::delivered_key`).
     delivered: HashMap<u32, u64>,
@@ -154,12 +155,12 @@ type PendingEntry = (u64, u8, u64);
 #[derive(Default)]
 struct Batch {
     /// New entries: (queue, seq) → (msg_id, flags, expires_at).
-    puts: HashMap<(u32, u64), PendingEntry>,
+    puts: FastMap<(u32, u64), PendingEntry>,
     /// Existing entries to delete.
     removes: Vec<(u32, u64)>,
     /// Queue ranges to delete, applied before `removes` and `puts`.
     remove_from: Vec<(u32, u64)>,
-    marks: HashMap<u32, Option<u64>>,
+    marks: FastMap<u32, Option<u64>>,
     confirms: Vec<(Arc<ChannelShared>, u64)>,
     loads: Vec<LoadRequest>,
     syncs: Vec<Sender<()>>,
@@ -183,7 +184,7 @@ impl Persister {
             marks,
             index,
             segments,
-            in_flight: HashMap::new(),
+            in_flight: FastMap::default(),
             delivered,
             backlog,
             entries,

@@ -4,10 +4,10 @@ pub mod headers;
 pub mod topic;
 
 use super::queue::Queue;
+use crate::hash::HashMap;
 use amq_protocol::types::FieldTable;
 use headers::HeadersMatcher;
 use parking_lot::RwLock;
-use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use topic::TopicPattern;
