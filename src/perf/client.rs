@@ -13,7 +13,7 @@ use bytes::BytesMut;
 use std::io;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
-use tokio::net::TcpStream;
+use tokio::net::{TcpSocket, TcpStream};
 
 /// Where and as whom to connect, from an `amqp://user:pass@host:port/vhost` URI.
 #[derive(Debug, Clone)]
@@ -22,6 +22,8 @@ pub struct Target {
     pub user: String,
     pub password: String,
     pub vhost: String,
+    /// SO_SNDBUF of every connection (0: the system's autotuning).
+    pub send_buffer: u32,
 }
 
 impl Target {
@@ -55,6 +57,7 @@ impl Target {
             user,
             password,
             vhost,
+            send_buffer: 0,
         })
     }
 }
@@ -154,9 +157,29 @@ impl FrameOut {
     }
 }
 
+async fn connect(target: &Target) -> io::Result<TcpStream> {
+    if target.send_buffer == 0 {
+        return TcpStream::connect(&target.addr).await;
+    }
+    let mut last = io::Error::other(format!("{} resolves to no address", target.addr));
+    for addr in tokio::net::lookup_host(&target.addr).await? {
+        let socket = if addr.is_ipv4() {
+            TcpSocket::new_v4()?
+        } else {
+            TcpSocket::new_v6()?
+        };
+        socket.set_send_buffer_size(target.send_buffer)?;
+        match socket.connect(addr).await {
+            Ok(stream) => return Ok(stream),
+            Err(e) => last = e,
+        }
+    }
+    Err(last)
+}
+
 /// Connects, opens the connection and channel 1.
 pub async fn open(target: &Target, name: &str) -> io::Result<(FrameIn, FrameOut)> {
-    let socket = TcpStream::connect(&target.addr).await?;
+    let socket = connect(target).await?;
     socket.set_nodelay(true)?;
     let (read, write) = socket.into_split();
     let mut rx = FrameIn {
