@@ -14,6 +14,10 @@ use std::sync::{Arc, Weak};
 use std::time::Duration;
 use tokio::io::AsyncWriteExt;
 use tokio::sync::Notify;
+use tokio::time::Instant;
+
+/// How often a writer without heartbeats looks at its (absent) deadline.
+const NO_HEARTBEAT: Duration = Duration::from_secs(3600);
 
 /// Above this many unwritten bytes queues stop delivering to the connection
 /// until the writer catches up, so a slow reader cannot make the broker
@@ -99,16 +103,30 @@ impl Outbox {
         heartbeat: Arc<Mutex<Option<Duration>>>,
     ) {
         let mut spare = BytesMut::with_capacity(64 * 1024);
+        // The heartbeat timer is not moved at every write (a timer
+        // registered and dropped per write): when it fires it looks at
+        // when the last write was.
+        let mut last_write = Instant::now();
+        let mut period = None;
+        let idle = tokio::time::sleep(NO_HEARTBEAT);
+        tokio::pin!(idle);
         loop {
             let interval = *heartbeat.lock();
-            let woken = match interval {
-                Some(d) => tokio::time::timeout(d, self.notify.notified())
-                    .await
-                    .is_ok(),
-                None => {
-                    self.notify.notified().await;
-                    true
-                }
+            if interval != period {
+                period = interval;
+                idle.as_mut()
+                    .reset(last_write + interval.unwrap_or(NO_HEARTBEAT));
+            }
+            let woken = tokio::select! {
+                biased;
+                () = self.notify.notified() => true,
+                () = &mut idle => match interval {
+                    Some(d) if last_write.elapsed() >= d => false,
+                    _ => {
+                        idle.as_mut().reset(last_write + interval.unwrap_or(NO_HEARTBEAT));
+                        continue;
+                    }
+                },
             };
             let mut data = {
                 let mut buf = self.buf.lock();
@@ -122,6 +140,7 @@ impl Outbox {
                 self.write_started
                     .store(flow::monotonic_us(), Ordering::Relaxed);
                 let result = socket.write_all(&data).await;
+                last_write = Instant::now();
                 self.write_started.store(0, Ordering::Relaxed);
                 self.writing.store(0, Ordering::Relaxed);
                 if result.is_err() {
