@@ -937,8 +937,17 @@ async fn every_unacked_message_survives_kill_9_in_order_after_acks() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unacked_deliveries_come_back_redelivered_after_sigterm_restart() {
+    unacked_deliveries_come_back_redelivered("sigterm", BrokerProcess::sigterm_and_wait).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unacked_deliveries_come_back_redelivered_after_kill_9() {
+    unacked_deliveries_come_back_redelivered("kill9", BrokerProcess::kill9).await
+}
+
+async fn unacked_deliveries_come_back_redelivered(name: &str, stop: fn(&mut BrokerProcess)) {
     within(async {
-        let data = TempDir::new("durability-redelivered");
+        let data = TempDir::new(&format!("durability-redelivered-{name}"));
         let mut broker = BrokerProcess::start(data.path());
         let q = "redelivery";
         let messages = persistent_messages("m", 10);
@@ -971,7 +980,7 @@ async fn unacked_deliveries_come_back_redelivered_after_sigterm_restart() {
         tokio::time::sleep(Duration::from_millis(300)).await;
 
         // Stop with the 5 deliveries still unacked.
-        broker.sigterm_and_wait();
+        stop(&mut broker);
         drop((consumer, consumer_ch, ch, conn));
         let broker = BrokerProcess::start(data.path());
         let conn = connect(&broker).await;
