@@ -523,13 +523,9 @@ impl Connection {
                 }
             }
             tokio::select! {
-                // Reads first; the socket's share of the task budget still
-                // lets the interrupts in under a flood.
+                // Interrupts first (a flag test unless one woke), so that a
+                // socket that never runs dry cannot keep them out.
                 biased;
-                r = self.reader.fill(None) => match r {
-                    Ok(()) => last_read = tokio::time::Instant::now(),
-                    Err(_) => return "client disconnected",
-                },
                 interrupt = interrupts.next() => match interrupt {
                     Interrupt::Ended(reason) => {
                         let err = AmqpError::new(ReplyCode::ConnectionForced, reason);
@@ -543,6 +539,10 @@ impl Connection {
                         interrupts.heartbeat_at(last_read + frame_timeout);
                     }
                     Interrupt::AckCheckDue => open.enforce_ack_timeouts(),
+                },
+                r = self.reader.fill(None) => match r {
+                    Ok(()) => last_read = tokio::time::Instant::now(),
+                    Err(_) => return "client disconnected",
                 },
             }
         }
