@@ -31,8 +31,9 @@ use tracing::{debug, info, warn};
 
 /// How long to wait for close-ok after sending connection.close.
 const CLOSE_OK_TIMEOUT: Duration = Duration::from_secs(3);
-/// How often a connection without heartbeats looks at its (absent) deadline.
-const IDLE: Duration = Duration::from_secs(3600);
+/// How often a heartbeat timer of a connection without heartbeats (reader
+/// or writer) looks at its absent deadline.
+const NO_HEARTBEAT: Duration = Duration::from_secs(3600);
 
 /// Serves one client until it disconnects, fails, or is closed by the broker.
 pub async fn serve(
@@ -460,9 +461,9 @@ impl Connection {
     async fn serve_frames(
         &mut self,
         open: &mut OpenConnection,
-        mut close_rx: watch::Receiver<Option<String>>,
+        close_rx: watch::Receiver<Option<String>>,
     ) -> &'static str {
-        let frame_timeout = open.frame_timeout.unwrap_or(IDLE);
+        let frame_timeout = open.frame_timeout.unwrap_or(NO_HEARTBEAT);
         // The heartbeat deadline is checked lazily: a read only notes when
         // it happened, and the timer, when it fires, moves to the deadline
         // that read implies.
@@ -504,12 +505,12 @@ impl Connection {
             }
             open.flush_confirms();
             if open.ctx.has_published && self.broker.memory.is_blocked() {
-                if let Some(reason) = self.wait_while_blocked(open, &mut close_rx).await {
+                if let Some(reason) = self.wait_while_blocked(open, &close_rx).await {
                     return reason;
                 }
             }
             if let Some(queue) = open.ctx.flow.take() {
-                if let Some(reason) = self.wait_for_flow(open, queue, &mut close_rx).await {
+                if let Some(reason) = self.wait_for_flow(open, queue, &close_rx).await {
                     return reason;
                 }
             }
@@ -518,7 +519,7 @@ impl Connection {
                 // back-pressure, RabbitMQ's "flow") until it catches up.
                 let store = self.broker.store.clone();
                 let drained = async move { store.backlog.wait_drained().await };
-                if let Err(reason) = self.pause(open, &mut close_rx, drained).await {
+                if let Err(reason) = self.pause(open, &close_rx, drained).await {
                     return reason;
                 }
             }
@@ -555,7 +556,7 @@ impl Connection {
         &mut self,
         open: &mut OpenConnection,
         queue: Arc<Queue>,
-        close_rx: &mut watch::Receiver<Option<String>>,
+        close_rx: &watch::Receiver<Option<String>>,
     ) -> Option<&'static str> {
         open.publishing.paused_by_flow();
         let released = async move {
@@ -581,7 +582,7 @@ impl Connection {
     async fn pause<T>(
         &mut self,
         open: &mut OpenConnection,
-        close_rx: &mut watch::Receiver<Option<String>>,
+        close_rx: &watch::Receiver<Option<String>>,
         until: impl std::future::Future<Output = T>,
     ) -> Result<T, &'static str> {
         let reason = tokio::select! {
@@ -598,7 +599,7 @@ impl Connection {
     async fn wait_while_blocked(
         &mut self,
         open: &mut OpenConnection,
-        close_rx: &mut watch::Receiver<Option<String>>,
+        close_rx: &watch::Receiver<Option<String>>,
     ) -> Option<&'static str> {
         if open.ctx.blocked_notify {
             self.send0(AMQPClass::Connection(connection::AMQPMethod::Blocked(

@@ -4,6 +4,7 @@
 //! connections' tasks) encodes frames straight into the outbox buffer; the
 //! writer task takes everything pending and writes it with one `write_all`.
 
+use super::NO_HEARTBEAT;
 use crate::broker::flow;
 use crate::broker::queue::Queue;
 use crate::protocol::encode;
@@ -15,9 +16,6 @@ use std::time::Duration;
 use tokio::io::AsyncWriteExt;
 use tokio::sync::Notify;
 use tokio::time::Instant;
-
-/// How often a writer without heartbeats looks at its (absent) deadline.
-const NO_HEARTBEAT: Duration = Duration::from_secs(3600);
 
 /// Above this many unwritten bytes queues stop delivering to the connection
 /// until the writer catches up, so a slow reader cannot make the broker
