@@ -417,22 +417,27 @@ impl Persister {
         let mut writes = 0u64;
         let mut dropped_queues = Vec::new();
         let result = (|| -> std::io::Result<()> {
+            let mut acked = Vec::new();
+            let mut seqs = Vec::new();
             for (queue_id, from) in std::mem::take(&mut b.remove_from) {
-                for slot in self.index.ready_from(queue_id, from)? {
-                    writes += 1;
-                    if self.index.ack(queue_id, slot.seq)?.is_some() {
-                        self.removed(slot.at, released);
-                    }
-                }
+                seqs.clear();
+                seqs.extend(self.index.ready_from(queue_id, from)?.iter().map(|s| s.seq));
+                writes += seqs.len() as u64;
+                self.index.ack(queue_id, &seqs, &mut acked)?;
                 if from == 0 {
                     dropped_queues.push(queue_id);
                 }
             }
-            for (queue_id, seq) in std::mem::take(&mut b.removes) {
-                writes += 1;
-                if let Some(at) = self.index.ack(queue_id, seq)? {
-                    self.removed(at, released);
-                }
+            let mut removes = std::mem::take(&mut b.removes);
+            removes.sort_unstable();
+            writes += removes.len() as u64;
+            for run in removes.chunk_by(|a, b| a.0 == b.0) {
+                seqs.clear();
+                seqs.extend(run.iter().map(|(_, seq)| *seq));
+                self.index.ack(run[0].0, &seqs, &mut acked)?;
+            }
+            for at in acked {
+                self.removed(at, released);
             }
             let mut puts: Vec<((u32, u64), PendingEntry)> = b.puts.drain().collect();
             puts.sort_unstable_by_key(|(k, _)| *k);

@@ -25,6 +25,10 @@ pub const SLOTS: u64 = 16 * 1024;
 const SLOT: usize = 32;
 const READY: u8 = 1;
 const ACKED: u8 = 2;
+/// Zero slots written past the end of an index file when a write extends it.
+const ZERO_AHEAD_SLOTS: u64 = 1024;
+/// Acknowledged seqs at most this far apart share one read and write.
+const ACK_RUN_GAP: u64 = 16;
 /// Open index files kept beyond the ones written in the current batch.
 const MAX_OPEN: usize = 256;
 
@@ -44,6 +48,8 @@ struct FileState {
     live: u64,
     /// Its last slot was written: no more messages will land in it.
     full: bool,
+    /// Slots in the file: written ones, then zeros written ahead.
+    len: u64,
 }
 
 /// Per-queue totals found when opening the indexes.
@@ -106,6 +112,7 @@ impl QueueIndexes {
                 let raw = std::fs::read(&path)?;
                 let mut state = FileState {
                     live: 0,
+                    len: (raw.len() / SLOT) as u64,
                     full: raw.len() as u64 >= SLOTS * SLOT as u64
                         && raw[(SLOTS as usize - 1) * SLOT] != 0,
                 };
@@ -193,16 +200,28 @@ impl QueueIndexes {
             {
                 j += 1;
             }
-            let mut buf = Vec::with_capacity((j - i) * SLOT);
+            let first = slots[i].seq % SLOTS;
+            let end = slots[j - 1].seq % SLOTS + 1;
+            let len = self.files.get(&(queue_id, file_no)).map_or(0, |s| s.len);
+            // Like segments (see `Segments::zero_ahead`), a write that extends
+            // the file also writes zeros ahead, so the next batches' syncs
+            // are overwrites; zero slots read as empty.
+            let zeros_to = if end > len {
+                (end + ZERO_AHEAD_SLOTS).min(SLOTS)
+            } else {
+                end
+            };
+            let mut buf = Vec::with_capacity((zeros_to - first) as usize * SLOT);
             for s in &slots[i..j] {
                 buf.extend_from_slice(&encode(s));
             }
-            let offset = (slots[i].seq % SLOTS) * SLOT as u64;
+            buf.resize((zeros_to - first) as usize * SLOT, 0);
             self.file(queue_id, file_no, true)?
-                .write_all_at(&buf, offset)?;
+                .write_all_at(&buf, first * SLOT as u64)?;
             let state = self.files.entry((queue_id, file_no)).or_default();
             state.live += (j - i) as u64;
-            if slots[j - 1].seq % SLOTS == SLOTS - 1 {
+            state.len = state.len.max(zeros_to);
+            if end == SLOTS {
                 state.full = true;
             }
             if !self.dirty.contains(&(queue_id, file_no)) {
@@ -213,27 +232,63 @@ impl QueueIndexes {
         Ok(())
     }
 
-    /// Acknowledges the message at `seq`, returning where its body was
-    /// (None when it was not in the index).
-    pub fn ack(&mut self, queue_id: u32, seq: u64) -> std::io::Result<Option<Location>> {
-        let file_no = seq / SLOTS;
-        if !self.files.contains_key(&(queue_id, file_no)) {
-            return Ok(None);
+    /// Acknowledges the messages at `seqs` (ascending), pushing where the
+    /// bodies were to `acked`; seqs not in the index are skipped. Nearby
+    /// slots are acknowledged together: one read and one write per run, as
+    /// a consumer's acks mostly come in order.
+    pub fn ack(
+        &mut self,
+        queue_id: u32,
+        seqs: &[u64],
+        acked: &mut Vec<Location>,
+    ) -> std::io::Result<()> {
+        let mut buf = Vec::new();
+        let mut i = 0;
+        while i < seqs.len() {
+            let file_no = seqs[i] / SLOTS;
+            let mut j = i + 1;
+            while j < seqs.len()
+                && seqs[j] / SLOTS == file_no
+                && seqs[j] - seqs[j - 1] <= ACK_RUN_GAP
+            {
+                j += 1;
+            }
+            let run = &seqs[i..j];
+            i = j;
+            if !self.files.contains_key(&(queue_id, file_no)) {
+                continue;
+            }
+            let first = run[0] % SLOTS;
+            let end = run[run.len() - 1] % SLOTS + 1;
+            buf.clear();
+            buf.resize((end - first) as usize * SLOT, 0);
+            let f = self.file(queue_id, file_no, false)?;
+            let n = read_full_at(f, &mut buf, first * SLOT as u64)?;
+            let mut changed = 0;
+            for &seq in run {
+                let at = (seq % SLOTS - first) as usize * SLOT;
+                if at + SLOT > n || buf[at] != READY {
+                    continue;
+                }
+                buf[at] = ACKED;
+                changed += 1;
+                if let Some(s) = decode(seq, &buf[at..at + SLOT]) {
+                    acked.push(s.at);
+                }
+            }
+            if changed == 0 {
+                continue;
+            }
+            // Slots between the acknowledged ones are written back unchanged.
+            f.write_all_at(&buf[..n], first * SLOT as u64)?;
+            if let Some(state) = self.files.get_mut(&(queue_id, file_no)) {
+                state.live = state.live.saturating_sub(changed);
+            }
+            if !self.dirty.contains(&(queue_id, file_no)) {
+                self.dirty.push((queue_id, file_no));
+            }
         }
-        let offset = (seq % SLOTS) * SLOT as u64;
-        let f = self.file(queue_id, file_no, false)?;
-        let mut slot = [0u8; SLOT];
-        if f.read_at(&mut slot, offset)? < SLOT || slot[0] != READY {
-            return Ok(None);
-        }
-        f.write_all_at(&[ACKED], offset)?;
-        if let Some(state) = self.files.get_mut(&(queue_id, file_no)) {
-            state.live = state.live.saturating_sub(1);
-        }
-        if !self.dirty.contains(&(queue_id, file_no)) {
-            self.dirty.push((queue_id, file_no));
-        }
-        Ok(decode(seq, &slot).map(|s| s.at))
+        Ok(())
     }
 
     /// Ready slots of a queue from `from` on, in order, up to `max`.
@@ -385,6 +440,13 @@ mod tests {
         }
     }
 
+    fn ack_one(ix: &mut QueueIndexes, queue_id: u32, seq: u64) -> Option<Location> {
+        let mut acked = Vec::new();
+        ix.ack(queue_id, &[seq], &mut acked).unwrap();
+        assert!(acked.len() <= 1);
+        acked.pop()
+    }
+
     #[test]
     fn slots_survive_reopen_and_drained_files_go() {
         let dir = std::env::temp_dir().join(format!("leveret-qindex-{}", std::process::id()));
@@ -395,10 +457,11 @@ mod tests {
         let slots: Vec<Slot> = (0..n).map(slot).collect();
         ix.put(7, &slots).unwrap();
         ix.sync().unwrap();
-        for seq in 0..SLOTS {
-            assert_eq!(ix.ack(7, seq).unwrap(), Some(slot(seq).at));
-        }
-        assert_eq!(ix.ack(7, 3).unwrap(), None, "acked twice");
+        let seqs: Vec<u64> = (0..SLOTS).collect();
+        let mut acked = Vec::new();
+        ix.ack(7, &seqs, &mut acked).unwrap();
+        assert_eq!(acked, seqs.iter().map(|&s| slot(s).at).collect::<Vec<_>>());
+        assert_eq!(ack_one(&mut ix, 7, 3), None, "acked twice");
         ix.sync().unwrap();
         assert!(!ix.path(7, 0).exists(), "full, drained file deleted");
         assert_eq!(
@@ -502,6 +565,22 @@ mod tests {
         /// After a sync or a reopen: the ready slots are exactly the model's,
         /// and a file is on disk iff it is not both full and fully
         /// acknowledged.
+        /// Acknowledges `seqs` in one call, as the persister does a batch's.
+        fn ack_together(
+            index: &mut QueueIndexes,
+            ready: &mut BTreeMap<u64, Slot>,
+            seqs: &[u64],
+        ) -> Result<(), TestCaseError> {
+            let expected: Vec<Location> = seqs
+                .iter()
+                .map(|seq| ready.remove(seq).unwrap().at)
+                .collect();
+            let mut acked = Vec::new();
+            index.ack(QUEUE, seqs, &mut acked).unwrap();
+            prop_assert_eq!(acked, expected);
+            Ok(())
+        }
+
         fn check_disk(
             ix: &mut QueueIndexes,
             ready: &BTreeMap<u64, Slot>,
@@ -586,8 +665,8 @@ mod tests {
                             }
                             let seq = *ready.keys().nth(i.index(ready.len())).unwrap();
                             let s = ready.remove(&seq).unwrap();
-                            prop_assert_eq!(index.ack(QUEUE, seq).unwrap(), Some(s.at));
-                            prop_assert_eq!(index.ack(QUEUE, seq).unwrap(), None, "acked twice");
+                            prop_assert_eq!(super::ack_one(index, QUEUE, seq), Some(s.at));
+                            prop_assert_eq!(super::ack_one(index, QUEUE, seq), None, "acked twice");
                         }
                         Action::AckRun(i, n) => {
                             if ready.is_empty() {
@@ -595,17 +674,11 @@ mod tests {
                             }
                             let from = *ready.keys().nth(i.index(ready.len())).unwrap();
                             let seqs: Vec<u64> = ready.range(from..).take(n).map(|(k, _)| *k).collect();
-                            for seq in seqs {
-                                let s = ready.remove(&seq).unwrap();
-                                prop_assert_eq!(index.ack(QUEUE, seq).unwrap(), Some(s.at));
-                            }
+                            ack_together(index, &mut ready, &seqs)?;
                         }
                         Action::AckHead(n) => {
                             let seqs: Vec<u64> = ready.keys().take(n).copied().collect();
-                            for seq in seqs {
-                                let s = ready.remove(&seq).unwrap();
-                                prop_assert_eq!(index.ack(QUEUE, seq).unwrap(), Some(s.at));
-                            }
+                            ack_together(index, &mut ready, &seqs)?;
                         }
                         Action::Sync => {
                             index.sync().unwrap();

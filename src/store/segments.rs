@@ -15,7 +15,6 @@ use super::record;
 use crate::broker::message::Message;
 use std::collections::HashMap;
 use std::fs::{File, OpenOptions};
-use std::io::Write;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
@@ -28,6 +27,10 @@ pub struct Location {
 }
 
 const RECORD_HEADER: usize = 8;
+/// Zeros written past the end of a segment by a small batch, and what
+/// counts as small (see [`Segments::zero_ahead`]).
+const ZERO_AHEAD: u64 = 4 << 20;
+const ZERO_AHEAD_BELOW: usize = 256 << 10;
 
 pub struct Segments {
     dir: PathBuf,
@@ -36,6 +39,8 @@ pub struct Segments {
     current: u32,
     current_file: File,
     current_len: u64,
+    /// Bytes in the current segment's file: records, then zeros written ahead.
+    file_len: u64,
     /// Index entries pointing into each segment.
     live: HashMap<u32, u64>,
     /// Open handles for reading.
@@ -71,6 +76,7 @@ impl Segments {
             current,
             current_file,
             current_len: 0,
+            file_len: 0,
             live,
             readers: HashMap::new(),
             buffer: Vec::new(),
@@ -104,9 +110,34 @@ impl Segments {
         if self.buffer.is_empty() {
             return Ok(());
         }
-        self.current_file.write_all(&self.buffer)?;
+        let written = self.buffer.len();
+        let at = self.current_len - written as u64;
+        self.current_file.write_all_at(&self.buffer, at)?;
         self.buffer.clear();
+        if self.current_len > self.file_len {
+            self.file_len = self.current_len;
+            if written < ZERO_AHEAD_BELOW {
+                self.zero_ahead()?;
+            }
+        }
         self.current_file.sync_data()
+    }
+
+    /// Extending a file makes its fdatasync commit metadata too, about
+    /// twice the cost of overwriting (measured here: 240 vs 130 µs), and
+    /// small batches under confirms wait on exactly that. So a small batch
+    /// that extends the segment also writes zeros ahead, and the next ones
+    /// overwrite them. Big batches (a backlog filling) skip it: their sync
+    /// is dominated by the data, and the zeros would double what they write.
+    fn zero_ahead(&mut self) -> std::io::Result<()> {
+        static ZEROS: [u8; 64 << 10] = [0; 64 << 10];
+        let to = (self.file_len + ZERO_AHEAD).min(self.segment_size.max(self.file_len));
+        while self.file_len < to {
+            let n = ((to - self.file_len) as usize).min(ZEROS.len());
+            self.current_file.write_all_at(&ZEROS[..n], self.file_len)?;
+            self.file_len += n as u64;
+        }
+        Ok(())
     }
 
     /// Starts a new segment (after writing out the current one).
@@ -116,6 +147,7 @@ impl Segments {
         self.current += 1;
         self.current_file = create(&segment_path(&self.dir, self.current))?;
         self.current_len = 0;
+        self.file_len = 0;
         Ok(())
     }
 
@@ -204,7 +236,11 @@ fn segment_number(path: &Path) -> Option<u32> {
 /// Creates a file and makes its directory entry durable, so a crash cannot
 /// lose a file whose contents were fsynced.
 pub fn create(path: &Path) -> std::io::Result<File> {
-    let f = OpenOptions::new().create(true).append(true).open(path)?;
+    let f = OpenOptions::new()
+        .create(true)
+        .write(true)
+        .truncate(false)
+        .open(path)?;
     sync_dir(path)?;
     Ok(f)
 }
