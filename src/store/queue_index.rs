@@ -52,14 +52,6 @@ struct FileState {
     len: u64,
 }
 
-/// Per-queue totals found when opening the indexes.
-#[derive(Debug, Default, Clone)]
-pub struct QueueScan {
-    pub messages: usize,
-    pub first_seq: u64,
-    pub last_seq: Option<u64>,
-}
-
 /// A slot that failed its checksum.
 #[derive(Debug)]
 pub struct BadSlot {

@@ -307,4 +307,52 @@ mod tests {
         assert!(err.contains("damaged") && err.contains(".seg"), "{err}");
         std::fs::remove_dir_all(&dir).unwrap();
     }
+
+    #[test]
+    fn small_batches_write_zeros_ahead_and_big_ones_do_not() {
+        let dir = std::env::temp_dir().join(format!("leveret-zeros-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let mut s = Segments::open(&dir, 64 << 20, HashMap::new()).unwrap();
+        let file_len = |s: &Segments| {
+            std::fs::metadata(segment_path(&dir, s.current))
+                .unwrap()
+                .len()
+        };
+        let mut locations = Vec::new();
+        locations.push(s.append(&message(100)).unwrap());
+        s.sync().unwrap();
+        let end = s.current_len;
+        assert_eq!(file_len(&s), end + ZERO_AHEAD, "zeros written ahead");
+        for n in 0..50 {
+            locations.push(s.append(&message(n)).unwrap());
+            s.sync().unwrap();
+        }
+        assert_eq!(
+            file_len(&s),
+            end + ZERO_AHEAD,
+            "later batches overwrite the zeros"
+        );
+
+        // A batch of 256 KiB or more that passes the zeros writes only its data.
+        let big = Message::new(
+            "ex".into(),
+            "big".into(),
+            Bytes::from_static(&[0x10, 0, 2]),
+            Bytes::from(vec![7u8; ZERO_AHEAD as usize]),
+            true,
+        );
+        locations.push(s.append(&big).unwrap());
+        s.sync().unwrap();
+        assert_eq!(file_len(&s), s.current_len);
+        for (i, at) in locations.iter().enumerate() {
+            let m = s.read(*at).unwrap();
+            let expected = match i {
+                0 => 100,
+                51 => ZERO_AHEAD as usize,
+                _ => i - 1,
+            };
+            assert_eq!(m.body.len(), expected);
+        }
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 }
