@@ -60,6 +60,8 @@ pub struct ServerConfig {
     pub data_dir: PathBuf,
     pub mgmt_listen: String,
     pub log_level: String,
+    pub tcp_recv_buffer: u32,
+    pub tcp_send_buffer: u32,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -94,6 +96,8 @@ impl Default for ServerConfig {
             data_dir: PathBuf::from("./data"),
             mgmt_listen: "127.0.0.1:15672".into(),
             log_level: "info".into(),
+            tcp_recv_buffer: 0,
+            tcp_send_buffer: 0,
         }
     }
 }

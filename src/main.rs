@@ -99,6 +99,8 @@ fn serve(args: ServeArgs) -> ExitCode {
         let shutdown = shutdown_signal();
         let listen = config.server.listen.clone();
         let mgmt_listen = config.server.mgmt_listen.clone();
+        let (recv_buffer, send_buffer) =
+            (config.server.tcp_recv_buffer, config.server.tcp_send_buffer);
         let broker = match leveret::Broker::open(config) {
             Ok(b) => b,
             Err(e) => {
@@ -106,7 +108,7 @@ fn serve(args: ServeArgs) -> ExitCode {
                 return ExitCode::FAILURE;
             }
         };
-        let listener = match tokio::net::TcpListener::bind(&listen).await {
+        let listener = match leveret::server::bind_amqp(&listen, recv_buffer, send_buffer).await {
             Ok(l) => l,
             Err(e) => {
                 error!(%listen, error = %e, "cannot bind AMQP listener");

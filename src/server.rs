@@ -5,7 +5,7 @@ use crate::config::Config;
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpSocket};
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 use tracing::{error, info, warn};
@@ -31,6 +31,40 @@ pub async fn run(
     let mgmt = bind_mgmt(&mgmt_listen).await;
     serve(listener, mgmt, broker, shutdown).await;
     Ok(())
+}
+
+/// Binds the AMQP listener. Connections it accepts inherit its socket buffer
+/// sizes (RabbitMQ's `tcp_listen_options` `recbuf`/`sndbuf`); 0 leaves a
+/// buffer to the kernel's autotuning.
+pub async fn bind_amqp(
+    addr: &str,
+    recv_buffer: u32,
+    send_buffer: u32,
+) -> std::io::Result<TcpListener> {
+    let mut last = std::io::Error::new(
+        std::io::ErrorKind::InvalidInput,
+        format!("{addr} resolves to no address"),
+    );
+    for a in tokio::net::lookup_host(addr).await? {
+        let socket = if a.is_ipv4() {
+            TcpSocket::new_v4()?
+        } else {
+            TcpSocket::new_v6()?
+        };
+        socket.set_reuseaddr(true)?;
+        if recv_buffer > 0 {
+            socket.set_recv_buffer_size(recv_buffer)?;
+        }
+        if send_buffer > 0 {
+            socket.set_send_buffer_size(send_buffer)?;
+        }
+        if let Err(e) = socket.bind(a) {
+            last = e;
+            continue;
+        }
+        return socket.listen(1024);
+    }
+    Err(last)
 }
 
 /// Binds the management API's listener; without it the broker still serves
@@ -106,4 +140,23 @@ pub async fn serve(
     // Connections are gone: write what the persister still holds and stop it.
     let store = broker.store.clone();
     let _ = tokio::task::spawn_blocking(move || store.close()).await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn accepted_connections_get_the_configured_buffer_sizes() {
+        let listener = bind_amqp("127.0.0.1:0", 64 * 1024, 96 * 1024)
+            .await
+            .unwrap();
+        let addr = listener.local_addr().unwrap();
+        let _client = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let (accepted, _) = listener.accept().await.unwrap();
+        let socket = TcpSocket::from_std_stream(accepted.into_std().unwrap());
+        // Linux reports twice the size asked for (the kernel's bookkeeping share).
+        assert_eq!(socket.recv_buffer_size().unwrap(), 2 * 64 * 1024);
+        assert_eq!(socket.send_buffer_size().unwrap(), 2 * 96 * 1024);
+    }
 }

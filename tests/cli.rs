@@ -52,11 +52,12 @@ async fn flags_override_the_config_file() {
     let dir = TempDir::new("cli-conf");
     let file = dir.path().join("broker.toml");
     // The file's data_dir is used (nothing lands in ./data); its listen
-    // address is overridden by the flag.
+    // address is overridden by the flag; a fixed receive buffer (see the
+    // unit test in server.rs for its effect on sockets) still serves.
     std::fs::write(
         &file,
         format!(
-            "[server]\nlisten = \"127.0.0.1:1\"\ndata_dir = {:?}\n[limits]\nframe_max = 8192\nheartbeat = 7\n",
+            "[server]\nlisten = \"127.0.0.1:1\"\ndata_dir = {:?}\ntcp_recv_buffer = 65536\n[limits]\nframe_max = 8192\nheartbeat = 7\n",
             dir.path().join("data")
         ),
     )
