@@ -554,9 +554,6 @@ mod tests {
             }
         }
 
-        /// After a sync or a reopen: the ready slots are exactly the model's,
-        /// and a file is on disk iff it is not both full and fully
-        /// acknowledged.
         /// Acknowledges `seqs` in one call, as the persister does a batch's.
         fn ack_together(
             index: &mut QueueIndexes,
@@ -573,6 +570,9 @@ mod tests {
             Ok(())
         }
 
+        /// After a sync or a reopen: the ready slots are exactly the model's,
+        /// and a file is on disk iff it is not both full and fully
+        /// acknowledged.
         fn check_disk(
             ix: &mut QueueIndexes,
             ready: &BTreeMap<u64, Slot>,
