@@ -185,13 +185,7 @@ impl QueueIndexes {
         while i < slots.len() {
             // A run of consecutive seqs within one file: one write.
             let file_no = slots[i].seq / SLOTS;
-            let mut j = i + 1;
-            while j < slots.len()
-                && slots[j].seq == slots[j - 1].seq + 1
-                && slots[j].seq / SLOTS == file_no
-            {
-                j += 1;
-            }
+            let j = run_end(i, slots.len(), |k| slots[k].seq, 1);
             let first = slots[i].seq % SLOTS;
             let end = slots[j - 1].seq % SLOTS + 1;
             let len = self.files.get(&(queue_id, file_no)).map_or(0, |s| s.len);
@@ -238,13 +232,7 @@ impl QueueIndexes {
         let mut i = 0;
         while i < seqs.len() {
             let file_no = seqs[i] / SLOTS;
-            let mut j = i + 1;
-            while j < seqs.len()
-                && seqs[j] / SLOTS == file_no
-                && seqs[j] - seqs[j - 1] <= ACK_RUN_GAP
-            {
-                j += 1;
-            }
+            let j = run_end(i, seqs.len(), |k| seqs[k], ACK_RUN_GAP);
             let run = &seqs[i..j];
             i = j;
             if !self.files.contains_key(&(queue_id, file_no)) {
@@ -358,6 +346,21 @@ impl QueueIndexes {
         }
         Ok(())
     }
+}
+
+/// The end of the run starting at `start` among `len` ascending seqs
+/// (`seq(k)` is the k-th): seqs in the same file as the first, each 1 to
+/// `max_gap` after the one before.
+fn run_end(start: usize, len: usize, seq: impl Fn(usize) -> u64, max_gap: u64) -> usize {
+    let file_no = seq(start) / SLOTS;
+    let mut end = start + 1;
+    while end < len
+        && seq(end) / SLOTS == file_no
+        && (1..=max_gap).contains(&seq(end).wrapping_sub(seq(end - 1)))
+    {
+        end += 1;
+    }
+    end
 }
 
 fn encode(s: &Slot) -> [u8; SLOT] {
