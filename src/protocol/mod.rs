@@ -3,6 +3,7 @@
 //! zero-copy view of content-header properties.
 
 pub mod encode;
+pub mod field_table;
 pub mod frame;
 pub mod method;
 pub mod properties;
