@@ -6,10 +6,11 @@ use super::{Channel, ConnCtx};
 use crate::broker::access::{Access, Resource};
 use crate::broker::exchange::RoutingInfo;
 use crate::broker::message::{parse_expiration, Message};
-use crate::error::AmqpError;
+use crate::error::{AmqpError, ReplyCode};
 use crate::protocol::encode;
+use crate::protocol::field_table::{self, TableError};
 use crate::protocol::method::{Publish, Reader};
-use crate::protocol::properties::PropertiesView;
+use crate::protocol::properties::{MalformedProperties, PropertiesView};
 use bytes::{Bytes, BytesMut};
 use std::sync::Arc;
 
@@ -38,6 +39,26 @@ impl PendingContent {
         } else {
             AmqpError::unexpected_frame("expected content body, got non content body frame instead")
         }
+    }
+}
+
+/// Properties that cannot be decoded close the connection before the
+/// message reaches a queue: RabbitMQ's channel crashes decoding them, which
+/// its clients see as a bare 541. Nesting too deep for Leveret (RabbitMQ has
+/// no bound) is a frame error that says so.
+fn malformed_properties(err: MalformedProperties) -> AmqpError {
+    match err.0 {
+        TableError::TooDeep => AmqpError::frame_error(format_args!(
+            "field tables nested more than {} levels deep",
+            field_table::MAX_DEPTH
+        ))
+        .on_method(60, 40),
+        TableError::Malformed | TableError::UnknownType(_) => AmqpError {
+            code: ReplyCode::InternalError,
+            text: ReplyCode::InternalError.name().to_string(),
+            class_id: 0,
+            method_id: 0,
+        },
     }
 }
 
@@ -89,14 +110,21 @@ impl Channel {
             return Err(self.unexpected_content());
         };
         let mut r = Reader::new(payload);
-        let (class_id, _weight, body_size) = match (r.u16(), r.u16(), r.u64()) {
+        let (class_id, weight, body_size) = match (r.u16(), r.u16(), r.u64()) {
             (Some(c), Some(w), Some(s)) => (c, w, s),
             _ => return Err(AmqpError::frame_error("content header too short").on_method(60, 40)),
         };
+        if weight != 0 {
+            return Err(AmqpError::unexpected_frame(
+                "expected content header for class 60, got non content header frame instead",
+            )
+            .on_method(60, 40));
+        }
         if class_id != crate::protocol::CLASS_BASIC {
-            return Err(AmqpError::frame_error(format_args!(
-                "content header for unknown class {class_id}"
-            )));
+            return Err(AmqpError::unexpected_frame(format_args!(
+                "expected content header for class 60, got one for class {class_id} instead"
+            ))
+            .on_method(60, 40));
         }
         let max = ctx.broker.config.limits.max_message_size;
         if body_size > max {
@@ -107,9 +135,7 @@ impl Channel {
             .on_method(60, 40));
         }
         let properties = Bytes::copy_from_slice(&payload[12..]);
-        let view = PropertiesView::scan(&properties).map_err(|_| {
-            AmqpError::syntax_error("malformed content header properties").on_method(60, 40)
-        })?;
+        let view = PropertiesView::scan(&properties).map_err(malformed_properties)?;
         content.body = BytesMut::with_capacity(body_size as usize);
         content.header = Some(ContentHeader {
             body_size,

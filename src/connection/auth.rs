@@ -23,6 +23,8 @@ pub fn credentials(mechanism: &str, response: &[u8]) -> Option<(String, String)>
             let mut table = Vec::with_capacity(response.len() + 4);
             table.extend_from_slice(&(response.len() as u32).to_be_bytes());
             table.extend_from_slice(response);
+            // Checked first: the parser below recurses into nested tables.
+            crate::protocol::field_table::check(&table).ok()?;
             let (_, t) = amq_protocol::types::parsing::parse_field_table(&table[..]).ok()?;
             let get = |k: &str| match t.inner().get(k)? {
                 amq_protocol::types::AMQPValue::LongString(s) => {

@@ -11,7 +11,7 @@ use crate::channel::shared::ChannelShared;
 use crate::channel::{Channel, ConnCtx, Outcome};
 use crate::error::{AmqpError, ReplyCode};
 use crate::hash::HashMap;
-use crate::protocol::frame::{decode_frame, Frame, FrameType};
+use crate::protocol::frame::{decode_frame, Frame, FrameType, FRAME_MIN_SIZE};
 use crate::protocol::method::{decode_method, method_ids, Method};
 use crate::protocol::{encode, PROTOCOL_HEADER};
 use amq_protocol::protocol::{connection, AMQPClass};
@@ -54,7 +54,9 @@ pub async fn serve(
         reader: FrameReader {
             read,
             buf: BytesMut::with_capacity(64 * 1024),
-            frame_max: broker.config.limits.frame_max,
+            // Until tune-ok, as RabbitMQ: a client nobody has authenticated
+            // cannot make the broker buffer more.
+            frame_max: FRAME_MIN_SIZE,
         },
         id: broker.next_id(),
         peer,
@@ -218,7 +220,7 @@ impl Connection {
             },
         )));
 
-        let start_ok = match self.expect_connection_method().await? {
+        let start_ok = match self.expect_connection_method(false).await? {
             Some(connection::AMQPMethod::StartOk(s)) => s,
             Some(_) => {
                 return Err(
@@ -262,7 +264,7 @@ impl Connection {
                 heartbeat: limits.heartbeat,
             },
         )));
-        let tune_ok = match self.expect_connection_method().await? {
+        let tune_ok = match self.expect_connection_method(false).await? {
             Some(connection::AMQPMethod::TuneOk(t)) => t,
             Some(_) => {
                 return Err(
@@ -271,41 +273,33 @@ impl Connection {
             }
             None => return Ok(None),
         };
-        let channel_max = match tune_ok.channel_max {
-            0 => limits.channel_max,
-            n if n > limits.channel_max => {
-                return Err(AmqpError::not_allowed(format_args!(
-                    "channel_max={n} > {} max",
-                    limits.channel_max
-                ))
-                .on_method(10, 31))
-            }
-            n => n,
-        };
-        let frame_max = match tune_ok.frame_max {
-            0 => limits.frame_max,
-            n if n < 4096 => {
-                return Err(
-                    AmqpError::not_allowed(format_args!("frame_max={n} < 4096 min size"))
-                        .on_method(10, 31),
-                )
-            }
-            n if n > limits.frame_max => {
-                return Err(AmqpError::not_allowed(format_args!(
-                    "frame_max={n} > {} max size",
-                    limits.frame_max
-                ))
-                .on_method(10, 31))
-            }
-            n => n,
-        };
+        let negotiated = negotiate(
+            "frame_max",
+            FRAME_MIN_SIZE,
+            limits.frame_max,
+            tune_ok.frame_max,
+        )
+        .and_then(|()| {
+            negotiate(
+                "channel_max",
+                1,
+                limits.channel_max.into(),
+                tune_ok.channel_max.into(),
+            )
+        });
+        if let Err(detail) = negotiated {
+            // RabbitMQ closes the socket without a reply here.
+            warn!(peer = %self.peer, "failed to negotiate connection parameters: {detail}");
+            return Ok(None);
+        }
+        let (channel_max, frame_max) = (tune_ok.channel_max, tune_ok.frame_max);
         self.reader.frame_max = frame_max;
         let heartbeat =
             (tune_ok.heartbeat > 0).then(|| Duration::from_secs(tune_ok.heartbeat as u64));
         // Send at half the interval so the peer always sees one in time.
         *self.heartbeat.lock() = heartbeat.map(|h| (h / 2).max(Duration::from_millis(500)));
 
-        let open = match self.expect_connection_method().await? {
+        let open = match self.expect_connection_method(true).await? {
             Some(connection::AMQPMethod::Open(o)) => o,
             Some(_) => {
                 return Err(AmqpError::command_invalid("expected connection.open").on_method(10, 40))
@@ -357,19 +351,30 @@ impl Connection {
 
     /// The next connection-class method on channel 0 during the handshake
     /// (heartbeats skipped); `None` when the client went away or closed.
+    /// Before tune-ok (`tuned` false) a frame that cannot be decoded ends the
+    /// connection without a reply, as RabbitMQ does.
     async fn expect_connection_method(
         &mut self,
+        tuned: bool,
     ) -> Result<Option<connection::AMQPMethod>, AmqpError> {
+        let undecodable = |err: AmqpError| {
+            if tuned {
+                return Err(err);
+            }
+            warn!(peer = %self.peer, error = %err, "closing connection before tune-ok");
+            Ok(None)
+        };
         loop {
             let frame = match self.reader.next_frame(None).await {
                 Ok(f) => f,
-                Err(ReadError::Protocol(e)) => return Err(e),
+                Err(ReadError::Protocol(e)) => return undecodable(e),
                 Err(_) => return Ok(None),
             };
             match frame.kind {
                 FrameType::Heartbeat => continue,
-                FrameType::Method if frame.channel == 0 => match decode_method(&frame.payload)? {
-                    Method::Other(class) => match *class {
+                FrameType::Method if frame.channel == 0 => match decode_method(&frame.payload) {
+                    Err(e) => return undecodable(e),
+                    Ok(Method::Other(class)) => match *class {
                         AMQPClass::Connection(connection::AMQPMethod::Close(_)) => {
                             self.send0(AMQPClass::Connection(connection::AMQPMethod::CloseOk(
                                 connection::CloseOk {},
@@ -384,7 +389,7 @@ impl Connection {
                             .on_method(other.get_amqp_class_id(), other.get_amqp_method_id()))
                         }
                     },
-                    _ => {
+                    Ok(_) => {
                         return Err(AmqpError::command_invalid(
                             "expected a connection method during the handshake",
                         ))
@@ -672,10 +677,7 @@ impl OpenConnection {
             return self.handle_channel0(frame);
         }
         if frame.kind == FrameType::Heartbeat {
-            return Err(AmqpError::unexpected_frame(format_args!(
-                "heartbeat frame on channel {}",
-                frame.channel
-            )));
+            return Err(AmqpError::unexpected_frame("type 8, all octets = <<>>"));
         }
         let id = frame.channel;
         let Some(channel) = self.channels.get_mut(&id) else {
@@ -864,6 +866,27 @@ impl OpenConnection {
             self.ctx.vhost.delete_queue(&queue);
         }
     }
+}
+
+/// Checks a client's tune-ok value as RabbitMQ does: at least `min`, and
+/// neither 0 ("no limit") nor above the server's value unless that is 0.
+fn negotiate(field: &str, min: u32, server: u32, client: u32) -> Result<(), String> {
+    if client != 0 && client < min {
+        return Err(format!(
+            "negotiated {field} = {client} is lower than the minimum allowed value ({min})"
+        ));
+    }
+    if server != 0 && (client == 0 || client > server) {
+        let no_limit = if field == "channel_max" && client == 0 {
+            " (no limit)"
+        } else {
+            ""
+        };
+        return Err(format!(
+            "negotiated {field} = {client}{no_limit} is higher than the maximum allowed value ({server})"
+        ));
+    }
+    Ok(())
 }
 
 fn unexpected_on_channel0(class_id: u16, method_id: u16) -> AmqpError {

@@ -22,12 +22,25 @@ pub struct Frame {
     pub payload: Bytes,
 }
 
+/// The largest frame before connection.tune-ok has set frame_max: the
+/// smallest frame_max AMQP allows, as RabbitMQ enforces it.
+pub const FRAME_MIN_SIZE: u32 = 4096;
+
 /// Takes one complete frame off the front of `buf`, or returns `Ok(None)` when
 /// more bytes are needed. A frame over `frame_max` is refused from its 7-byte
-/// header alone, before it is buffered.
+/// header alone, before it is buffered. Like RabbitMQ, a payload may reach
+/// frame_max itself: clients that forget the 8 octets of framing are common.
 pub fn decode_frame(buf: &mut BytesMut, frame_max: u32) -> Result<Option<Frame>, AmqpError> {
     if buf.len() < 7 {
         return Ok(None);
+    }
+    let size = u32::from_be_bytes([buf[3], buf[4], buf[5], buf[6]]) as usize;
+    if size > frame_max as usize {
+        return Err(AmqpError::frame_error(format_args!(
+            "type {}, all octets = <<>>: {{frame_too_large,{size},{}}}",
+            buf[0],
+            (frame_max as usize).saturating_sub(FRAME_OVERHEAD)
+        )));
     }
     let kind = match buf[0] {
         FRAME_METHOD => FrameType::Method,
@@ -41,13 +54,6 @@ pub fn decode_frame(buf: &mut BytesMut, frame_max: u32) -> Result<Option<Frame>,
         }
     };
     let channel = u16::from_be_bytes([buf[1], buf[2]]);
-    let size = u32::from_be_bytes([buf[3], buf[4], buf[5], buf[6]]) as usize;
-    if size + FRAME_OVERHEAD > frame_max as usize {
-        return Err(AmqpError::frame_error(format_args!(
-            "frame size {} exceeds negotiated frame_max {frame_max}",
-            size + FRAME_OVERHEAD
-        )));
-    }
     let total = size + FRAME_OVERHEAD;
     if buf.len() < total {
         buf.reserve(total - buf.len());
@@ -62,11 +68,42 @@ pub fn decode_frame(buf: &mut BytesMut, frame_max: u32) -> Result<Option<Frame>,
     buf.advance(7);
     let payload = buf.split_to(size).freeze();
     buf.advance(1);
+    if kind == FrameType::Heartbeat && !payload.is_empty() {
+        return Err(AmqpError::frame_error(format_args!(
+            "type {FRAME_HEARTBEAT}, {}: unknown_frame",
+            octets(&payload)
+        )));
+    }
     Ok(Some(Frame {
         kind,
         channel,
         payload,
     }))
+}
+
+/// The start of a frame's payload as RabbitMQ quotes it in errors:
+/// `all octets = <<1,2>>`, or `first 16 octets = <<"text">>` when printable.
+pub fn octets(payload: &[u8]) -> String {
+    let (which, shown) = match payload.len() {
+        0..=16 => ("all", payload),
+        _ => ("first 16", &payload[..16]),
+    };
+    let printable = !shown.is_empty() && shown.iter().all(|b| (32..127).contains(b));
+    let inner = if printable {
+        let mut text = String::from("\"");
+        for &b in shown {
+            if b == b'"' || b == b'\\' {
+                text.push('\\');
+            }
+            text.push(b as char);
+        }
+        text.push('"');
+        text
+    } else {
+        let numbers: Vec<String> = shown.iter().map(u8::to_string).collect();
+        numbers.join(",")
+    };
+    format!("{which} octets = <<{inner}>>")
 }
 
 #[cfg(test)]
@@ -88,6 +125,37 @@ mod tests {
         let mut buf = BytesMut::from(&[3u8, 0, 1, 0, 0x10, 0, 0][..]);
         let err = decode_frame(&mut buf, 4096).unwrap_err();
         assert_eq!(err.code as u16, 501);
+    }
+
+    #[test]
+    fn tolerates_payloads_up_to_frame_max() {
+        let mut buf = BytesMut::from(&frame_bytes(3, 1, &[0; 4096])[..]);
+        assert_eq!(
+            decode_frame(&mut buf, 4096).unwrap().unwrap().payload.len(),
+            4096
+        );
+        let mut buf = BytesMut::from(&frame_bytes(3, 1, &[0; 4097])[..]);
+        let err = decode_frame(&mut buf, 4096).unwrap_err();
+        assert_eq!(
+            err.text,
+            "FRAME_ERROR - type 3, all octets = <<>>: {frame_too_large,4097,4088}"
+        );
+    }
+
+    #[test]
+    fn heartbeat_with_payload_is_a_frame_error() {
+        let mut buf = BytesMut::from(&frame_bytes(8, 0, b"abc")[..]);
+        let err = decode_frame(&mut buf, 4096).unwrap_err();
+        assert_eq!(
+            err.text,
+            "FRAME_ERROR - type 8, all octets = <<\"abc\">>: unknown_frame"
+        );
+        assert!(buf.is_empty(), "the bad frame is consumed");
+        assert_eq!(octets(&[0]), "all octets = <<0>>");
+        assert_eq!(
+            octets(&[b'x'; 20]),
+            "first 16 octets = <<\"xxxxxxxxxxxxxxxx\">>"
+        );
     }
 
     #[test]

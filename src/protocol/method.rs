@@ -2,8 +2,10 @@
 //! reject) are read by hand without allocating beyond the two names of a
 //! publish; everything else goes through amq-protocol.
 
+use super::field_table::{self, TableError};
 use crate::error::AmqpError;
 use amq_protocol::protocol::AMQPClass;
+use std::borrow::Cow;
 
 #[derive(Debug)]
 pub enum Method {
@@ -96,7 +98,7 @@ pub fn decode_method(payload: &[u8]) -> Result<Method, AmqpError> {
                 },
             })
         }
-        _ => match amq_protocol::protocol::parse_class(payload) {
+        _ => match amq_protocol::protocol::parse_class(&*checked_tables(payload)?) {
             Ok((&[], class)) => Ok(Method::Other(Box::new(class))),
             Ok(_) => Err(syntax()),
             Err(_) if !is_known_method(class_id, method_id) => Err(AmqpError::command_invalid(
@@ -106,6 +108,45 @@ pub fn decode_method(payload: &[u8]) -> Result<Method, AmqpError> {
             Err(_) => Err(syntax()),
         },
     }
+}
+
+/// The payload with its field table (if the method has one) checked before
+/// amq-protocol's recursive parser sees it, and keys that are not UTF-8
+/// (which RabbitMQ accepts and amq-protocol cannot read) made so, each bad
+/// octet replaced by `?`.
+fn checked_tables(payload: &[u8]) -> Result<Cow<'_, [u8]>, AmqpError> {
+    let (class_id, method_id) = method_ids(payload);
+    let args = &payload[4..];
+    let Some(offset) = field_table::method_table_offset(class_id, method_id, args) else {
+        return Ok(Cow::Borrowed(payload));
+    };
+    let table = &args[offset..];
+    match field_table::check(table) {
+        Ok(_) => {}
+        Err(TableError::TooDeep) => {
+            return Err(AmqpError::frame_error(format_args!(
+                "field tables nested more than {} levels deep",
+                field_table::MAX_DEPTH
+            ))
+            .on_method(class_id, method_id))
+        }
+        Err(_) => {
+            return Err(AmqpError::frame_error(format_args!(
+                "cannot decode arguments of method {class_id}.{method_id}"
+            ))
+            .on_method(class_id, method_id))
+        }
+    }
+    let bad_keys = field_table::non_utf8_keys(table);
+    if bad_keys.is_empty() {
+        return Ok(Cow::Borrowed(payload));
+    }
+    let mut fixed = payload.to_vec();
+    let start = 4 + offset;
+    for key in bad_keys {
+        field_table::make_utf8(&mut fixed[start + key.start..start + key.end]);
+    }
+    Ok(Cow::Owned(fixed))
 }
 
 fn is_known_method(class_id: u16, method_id: u16) -> bool {

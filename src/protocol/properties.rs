@@ -4,6 +4,7 @@
 //! tables re-encoded by amq-protocol would come back sorted and retyped), and
 //! reads only the few properties routing needs, by offset.
 
+use super::field_table::{self, TableError};
 use super::method::Reader;
 use amq_protocol::types::FieldTable;
 use bytes::{BufMut, Bytes, BytesMut};
@@ -38,23 +39,24 @@ pub struct PropertiesView {
 }
 
 #[derive(Debug, PartialEq, Eq)]
-pub struct MalformedProperties;
+pub struct MalformedProperties(pub TableError);
 
 impl PropertiesView {
     /// Scans `raw` (property flags onwards) without allocating.
     pub fn scan(raw: &[u8]) -> Result<PropertiesView, MalformedProperties> {
         let mut r = Reader::new(raw);
-        let flags = r.u16().ok_or(MalformedProperties)?;
+        let flags = r.u16().ok_or(MalformedProperties(TableError::Malformed))?;
         let mut more = flags & 1 != 0;
         while more {
-            more = r.u16().ok_or(MalformedProperties)? & 1 != 0;
+            more = r.u16().ok_or(MalformedProperties(TableError::Malformed))? & 1 != 0;
         }
         let mut view = PropertiesView::default();
         let pos = |r: &Reader| raw.len() - r.remaining();
         let short = |r: &mut Reader| -> Result<Range<usize>, MalformedProperties> {
-            let n = r.u8().ok_or(MalformedProperties)? as usize;
+            let n = r.u8().ok_or(MalformedProperties(TableError::Malformed))? as usize;
             let start = raw.len() - r.remaining();
-            r.take(n).ok_or(MalformedProperties)?;
+            r.take(n)
+                .ok_or(MalformedProperties(TableError::Malformed))?;
             Ok(start..start + n)
         };
         for bit in [
@@ -78,15 +80,22 @@ impl PropertiesView {
             }
             match bit {
                 HEADERS => {
+                    // Every field is checked here, so that a table no client
+                    // could read (or too deep to handle) never reaches a queue.
                     let start = pos(&r);
-                    let n = r.u32().ok_or(MalformedProperties)? as usize;
-                    r.take(n).ok_or(MalformedProperties)?;
-                    view.headers = Some(start..start + 4 + n);
+                    let n = field_table::check(&raw[start..]).map_err(MalformedProperties)?;
+                    r.take(n)
+                        .ok_or(MalformedProperties(TableError::Malformed))?;
+                    view.headers = Some(start..start + n);
                 }
-                DELIVERY_MODE => view.delivery_mode = r.u8().ok_or(MalformedProperties)?,
-                PRIORITY => view.priority = Some(r.u8().ok_or(MalformedProperties)?),
+                DELIVERY_MODE => {
+                    view.delivery_mode = r.u8().ok_or(MalformedProperties(TableError::Malformed))?
+                }
+                PRIORITY => {
+                    view.priority = Some(r.u8().ok_or(MalformedProperties(TableError::Malformed))?)
+                }
                 TIMESTAMP => {
-                    r.u64().ok_or(MalformedProperties)?;
+                    r.u64().ok_or(MalformedProperties(TableError::Malformed))?;
                 }
                 REPLY_TO => view.reply_to = Some(short(&mut r)?),
                 EXPIRATION => view.expiration = Some(short(&mut r)?),
@@ -107,12 +116,25 @@ impl PropertiesView {
         range.as_ref().map(|r| &raw[r.clone()])
     }
 
-    /// Parses the headers table, for headers-exchange routing.
+    /// Parses the headers table, for headers-exchange routing. Keys that are
+    /// not UTF-8 are read with each bad octet as `?`.
     pub fn headers(&self, raw: &[u8]) -> Option<FieldTable> {
         let range = self.headers.clone()?;
-        amq_protocol::types::parsing::parse_field_table(&raw[range])
-            .ok()
-            .map(|(_, t)| t)
+        let parse = |table: &[u8]| {
+            amq_protocol::types::parsing::parse_field_table(table)
+                .ok()
+                .map(|(_, t)| t)
+        };
+        let table = &raw[range];
+        let bad_keys = field_table::non_utf8_keys(table);
+        if bad_keys.is_empty() {
+            return parse(table);
+        }
+        let mut fixed = table.to_vec();
+        for key in bad_keys {
+            field_table::make_utf8(&mut fixed[key]);
+        }
+        parse(&fixed)
     }
 
     /// The same properties with reply_to replaced (direct reply-to).
