@@ -761,3 +761,80 @@ async fn field_table_keys_need_not_be_utf8() {
     })
     .await;
 }
+
+/// A message whose header keys and content-type are not UTF-8 is
+/// dead-lettered like any other (Leveret dropped it silently: it could not
+/// parse its properties to add x-death).
+#[tokio::test]
+async fn messages_with_non_utf8_keys_are_dead_lettered() {
+    within(async {
+        let broker = TestBroker::start().await;
+        let (mut raw, _) = Raw::open(broker.addr).await;
+        raw.open_channel(1).await;
+        let dlq = unique("latin1-dlq");
+        let reply = declare(&mut raw, 1, &queue_declare_payload(&dlq, &table(&[]))).await;
+        assert!(
+            matches!(reply.1, AMQPClass::Queue(queue::AMQPMethod::DeclareOk(_))),
+            "{reply:?}"
+        );
+        let q = unique("latin1-dl");
+        let mut dlx_key = vec![b'S'];
+        dlx_key.extend(long_str(dlq.as_bytes()));
+        let mut dlx = vec![b'S'];
+        dlx.extend(long_str(b""));
+        let arguments = table(&[
+            (b"x-dead-letter-exchange", dlx),
+            (b"x-dead-letter-routing-key", dlx_key),
+        ]);
+        let reply = declare(&mut raw, 1, &queue_declare_payload(&q, &arguments)).await;
+        assert!(
+            matches!(reply.1, AMQPClass::Queue(queue::AMQPMethod::DeclareOk(_))),
+            "{reply:?}"
+        );
+
+        // content-type "caf\xe9", headers {"\xff": 1}
+        let mut properties = (1u16 << 15 | 1 << 13).to_be_bytes().to_vec();
+        properties.extend(short_str(b"caf\xe9"));
+        properties.extend(table(&[(b"\xff", vec![b'I', 0, 0, 0, 1])]));
+        raw.send(&publish_frames(1, "", &q, &properties)).await;
+        raw.send_method(
+            1,
+            AMQPClass::Basic(basic::AMQPMethod::Get(basic::Get {
+                queue: q.as_str().into(),
+                no_ack: false,
+            })),
+        )
+        .await;
+        let tag = match raw.next_method().await {
+            (1, AMQPClass::Basic(basic::AMQPMethod::GetOk(ok))) => ok.delivery_tag,
+            other => panic!("expected basic.get-ok, got {other:?}"),
+        };
+        assert!(matches!(
+            raw.read_frame().await,
+            Some(Frame::Header(1, 4, _))
+        ));
+        assert!(matches!(raw.read_frame().await, Some(Frame::Body(1, _))));
+        raw.send_method(
+            1,
+            AMQPClass::Basic(basic::AMQPMethod::Reject(basic::Reject {
+                delivery_tag: tag,
+                requeue: false,
+            })),
+        )
+        .await;
+        let mut dead = None;
+        for _ in 0..50 {
+            dead = raw.basic_get(1, &dlq).await;
+            if dead.is_some() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert_eq!(dead.as_deref(), Some(&b"body"[..]), "dead-lettered copy");
+        delete_queue(&mut raw, 1, &q).await;
+        delete_queue(&mut raw, 1, &dlq).await;
+        raw.close_connection().await;
+        assert_broker_healthy(&broker).await;
+    })
+    .await;
+}

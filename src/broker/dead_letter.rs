@@ -12,7 +12,7 @@ use super::vhost::Routing;
 use super::Broker;
 use crate::broker::exchange::RoutingInfo;
 use crate::protocol::properties::PropertiesView;
-use amq_protocol::protocol::basic::{gen_properties, parse_properties, AMQPProperties};
+use amq_protocol::protocol::basic::{gen_properties, AMQPProperties};
 use amq_protocol::types::{AMQPValue, FieldArray, FieldTable, LongString, ShortString};
 use bytes::Bytes;
 use std::sync::mpsc::{Receiver, Sender};
@@ -108,7 +108,7 @@ fn republish(broker: &Broker, letter: DeadLetter) {
         return;
     };
     let original = &letter.message;
-    let Ok((_, props)) = parse_properties(&original.properties[..]) else {
+    let Some(props) = PropertiesView::parse(&original.properties) else {
         return;
     };
     let mut headers = props.headers().clone().unwrap_or_default();
@@ -348,7 +348,7 @@ fn rewrite_headers(
     message: &Message,
     change: impl FnOnce(&FieldTable) -> FieldTable,
 ) -> Option<Message> {
-    let (_, props) = parse_properties(&message.properties[..]).ok()?;
+    let props = PropertiesView::parse(&message.properties)?;
     let headers = change(&props.headers().clone().unwrap_or_default());
     let props = props.with_headers(headers);
     let raw = cookie_factory::gen_simple(gen_properties(&props), Vec::new()).ok()?;

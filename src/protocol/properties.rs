@@ -6,6 +6,7 @@
 
 use super::field_table::{self, TableError};
 use super::method::Reader;
+use amq_protocol::protocol::basic::{parse_properties, AMQPProperties};
 use amq_protocol::types::FieldTable;
 use bytes::{BufMut, Bytes, BytesMut};
 use std::ops::Range;
@@ -44,6 +45,14 @@ pub struct MalformedProperties(pub TableError);
 impl PropertiesView {
     /// Scans `raw` (property flags onwards) without allocating.
     pub fn scan(raw: &[u8]) -> Result<PropertiesView, MalformedProperties> {
+        Self::scan_with(raw, |_| {})
+    }
+
+    /// As `scan`, calling `on_short` with the range of every short string.
+    fn scan_with(
+        raw: &[u8],
+        mut on_short: impl FnMut(Range<usize>),
+    ) -> Result<PropertiesView, MalformedProperties> {
         let mut r = Reader::new(raw);
         let flags = r.u16().ok_or(MalformedProperties(TableError::Malformed))?;
         let mut more = flags & 1 != 0;
@@ -52,11 +61,12 @@ impl PropertiesView {
         }
         let mut view = PropertiesView::default();
         let pos = |r: &Reader| raw.len() - r.remaining();
-        let short = |r: &mut Reader| -> Result<Range<usize>, MalformedProperties> {
+        let mut short = |r: &mut Reader| -> Result<Range<usize>, MalformedProperties> {
             let n = r.u8().ok_or(MalformedProperties(TableError::Malformed))? as usize;
             let start = raw.len() - r.remaining();
             r.take(n)
                 .ok_or(MalformedProperties(TableError::Malformed))?;
+            on_short(start..start + n);
             Ok(start..start + n)
         };
         for bit in [
@@ -137,6 +147,28 @@ impl PropertiesView {
         parse(&fixed)
     }
 
+    /// Parses properties that passed `scan` into amq-protocol's form. Short
+    /// strings and header keys that are not UTF-8 (RabbitMQ passes them
+    /// through; amq-protocol cannot read them) come out with each bad octet
+    /// as `?`, rather than the message being lost.
+    pub fn parse(raw: &[u8]) -> Option<AMQPProperties> {
+        if let Ok((_, props)) = parse_properties(raw) {
+            return Some(props);
+        }
+        let mut fixed = raw.to_vec();
+        let mut strings = Vec::new();
+        let view = Self::scan_with(raw, |range| strings.push(range)).ok()?;
+        if let Some(headers) = view.headers {
+            for key in field_table::non_utf8_keys(&raw[headers.clone()]) {
+                strings.push(headers.start + key.start..headers.start + key.end);
+            }
+        }
+        for range in strings {
+            field_table::make_utf8(&mut fixed[range]);
+        }
+        parse_properties(&fixed[..]).ok().map(|(_, props)| props)
+    }
+
     /// The same properties with reply_to replaced (direct reply-to).
     pub fn with_reply_to(&self, raw: &[u8], reply_to: &str) -> Bytes {
         let range = self.reply_to.clone().expect("reply_to is set");
@@ -152,7 +184,7 @@ impl PropertiesView {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use amq_protocol::protocol::basic::{gen_properties, AMQPProperties};
+    use amq_protocol::protocol::basic::gen_properties;
     use amq_protocol::types::{AMQPValue, ShortString};
 
     fn encode(props: &AMQPProperties) -> Vec<u8> {
@@ -201,6 +233,18 @@ mod tests {
             PropertiesView::str(&rewritten, &again.user_id),
             Some(&b"guest"[..])
         );
+    }
+
+    #[test]
+    fn parse_reads_strings_and_keys_that_are_not_utf8() {
+        // content-type "\xe9" and headers {"\xff": 1}
+        let mut raw = vec![0b1010_0000, 0, 1, 0xe9];
+        raw.extend_from_slice(&[0, 0, 0, 7, 1, 0xff, b'I', 0, 0, 0, 1]);
+        assert!(PropertiesView::scan(&raw).is_ok());
+        let props = PropertiesView::parse(&raw).expect("parsed");
+        assert_eq!(props.content_type().as_ref().unwrap().as_str(), "?");
+        let headers = props.headers().as_ref().unwrap();
+        assert_eq!(headers.inner().get("?"), Some(&AMQPValue::LongInt(1)));
     }
 
     #[test]
