@@ -5,6 +5,7 @@ use super::shared::Settle;
 use super::{Channel, ConnCtx};
 use crate::broker::access::{Access, Resource};
 use crate::broker::exchange::RoutingInfo;
+use crate::broker::memory::Held;
 use crate::broker::message::{parse_expiration, Message};
 use crate::error::AmqpError;
 use crate::protocol::encode;
@@ -21,6 +22,9 @@ pub struct PendingContent {
     /// Set once the content header arrived.
     header: Option<ContentHeader>,
     body: BytesMut,
+    /// The body received so far, counted in the memory gauge while it
+    /// spans frames (a body in one frame is never partial between reads).
+    held: Option<Held>,
 }
 
 struct ContentHeader {
@@ -47,6 +51,9 @@ pub struct Transaction {
     /// Each message with its `mandatory` flag.
     pub publishes: Vec<(bool, Arc<Message>, PropertiesView)>,
     pub settlements: Vec<Settlement>,
+    /// The publishes' bytes, counted in the memory gauge until the
+    /// transaction ends or its channel goes.
+    pub held: Option<Held>,
 }
 
 pub enum Settlement {
@@ -75,6 +82,7 @@ impl Channel {
             publish,
             header: None,
             body: BytesMut::new(),
+            held: None,
         });
         Ok(())
     }
@@ -141,6 +149,10 @@ impl Channel {
         if content.body.len() as u64 == expected {
             return self.finish_publish(ctx);
         }
+        content
+            .held
+            .get_or_insert_with(|| Held::new(&ctx.broker.memory))
+            .add(payload.len());
         Ok(())
     }
 
@@ -220,6 +232,9 @@ impl Channel {
             .with_expiration(expiration),
         );
         if let Some(txn) = self.tx.as_mut() {
+            txn.held
+                .get_or_insert_with(|| Held::new(&ctx.broker.memory))
+                .add(message.size());
             txn.publishes.push((publish.mandatory, message, view));
             return Ok(());
         }
