@@ -109,6 +109,7 @@ struct Publisher {
     /// Input not yet parsed into frames.
     input: Vec<u8>,
     blocked: bool,
+    unblocked: bool,
 }
 
 impl Publisher {
@@ -127,10 +128,12 @@ impl Publisher {
             frame_max: tune.frame_max as usize,
             input: Vec::new(),
             blocked: false,
+            unblocked: false,
         }
     }
 
-    /// Reads what has arrived without waiting, noting connection.blocked.
+    /// Reads what has arrived without waiting, noting connection.blocked
+    /// and unblocked.
     fn look_for_blocked(&mut self) {
         let mut buf = [0u8; 64 * 1024];
         while let Ok(n) = self.raw.stream.try_read(&mut buf) {
@@ -148,8 +151,12 @@ impl Publisher {
                 self.input[0],
                 u16::from_be_bytes([self.input[1], self.input[2]]),
             );
-            if kind == FRAME_METHOD && channel == 0 && self.input[7..11] == [0, 10, 0, 60] {
-                self.blocked = true;
+            if kind == FRAME_METHOD && channel == 0 {
+                match self.input[7..11] {
+                    [0, 10, 0, 60] => self.blocked = true,
+                    [0, 10, 0, 61] => self.unblocked = true,
+                    _ => {}
+                }
             }
             self.input.drain(..size + 8);
         }
@@ -368,4 +375,67 @@ async fn an_uncommitted_transaction_cannot_fill_memory_and_is_given_back() {
         .send_until_pushed_back(1, true, |_| small.clone())
         .await;
     assert_eq!(outcome, Outcome::SentAll, "the alarm cleared");
+}
+
+#[tokio::test]
+async fn a_publisher_blocked_past_its_heartbeat_timeout_resumes_when_memory_is_given_back() {
+    let _serial = SERIAL.lock().await;
+    let broker = Broker::start("mem-resume");
+    // Heartbeats every 2 s: the broker drops a client silent for 4 s.
+    let mut publisher = Publisher::open_with_heartbeat(broker.addr(), 2).await;
+    declare_queue(&mut publisher.raw, "held").await;
+    let body = vec![b'h'; 256 * 1024];
+    let message = publisher.message("", "held", false, &body);
+    // Whole messages only (the last write waits for the unblock), so the
+    // stream stays well framed for what this client sends afterwards.
+    let publishing = tokio::spawn(async move {
+        loop {
+            publisher.look_for_blocked();
+            if publisher.blocked {
+                return publisher;
+            }
+            publisher.raw.stream.write_all(&message).await.unwrap();
+        }
+    });
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let alarm = |l: &String| l.contains("memory alarm set");
+    while !broker.process.log_lines().iter().any(alarm) {
+        assert!(Instant::now() < deadline, "the alarm is set");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    broker.assert_bounded("a queue backlog");
+    // Blocked for longer than its heartbeat timeout: anything it would
+    // send (heartbeats too) waits unread behind its publishes.
+    tokio::time::sleep(Duration::from_secs(5)).await;
+
+    let mut other = Publisher::open(broker.addr()).await;
+    other
+        .raw
+        .send_method(
+            1,
+            AMQPClass::Queue(queue::AMQPMethod::Purge(queue::Purge {
+                queue: "held".into(),
+                nowait: false,
+            })),
+        )
+        .await;
+    match other.raw.next_method().await {
+        (1, AMQPClass::Queue(queue::AMQPMethod::PurgeOk(_))) => {}
+        other => panic!("expected queue.purge-ok, got {other:?}"),
+    }
+
+    // Memory given back: the alarm clears, and the publisher, silent only
+    // because it was not read, is unblocked and still connected.
+    let mut publisher = tokio::time::timeout(Duration::from_secs(15), publishing)
+        .await
+        .expect("the publisher was blocked, and is read again")
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while !publisher.unblocked {
+        assert!(Instant::now() < deadline, "no connection.unblocked");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        publisher.look_for_blocked();
+    }
+    publisher.raw.send(&frame(FRAME_HEARTBEAT, 0, &[])).await;
+    declare_queue(&mut publisher.raw, "held").await;
 }

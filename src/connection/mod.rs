@@ -63,6 +63,7 @@ pub async fn serve(
         outbox: outbox.clone(),
         heartbeat,
         shutdown,
+        resumed: None,
     };
     conn.run().await;
     outbox.close();
@@ -146,6 +147,9 @@ struct Connection {
     outbox: Arc<Outbox>,
     heartbeat: Arc<Mutex<Option<Duration>>>,
     shutdown: watch::Receiver<bool>,
+    /// When the last pause (the socket not read) ended, not yet seen by
+    /// the heartbeat check.
+    resumed: Option<tokio::time::Instant>,
 }
 
 /// Results of the handshake the reader loop needs.
@@ -555,6 +559,12 @@ impl Connection {
                     return reason;
                 }
             }
+            if let Some(resumed) = self.resumed.take() {
+                // The client's heartbeats wait unread while it is paused:
+                // that silence is the broker's (RabbitMQ pauses its
+                // heartbeat monitor too).
+                last_read = last_read.max(resumed);
+            }
             tokio::select! {
                 // Interrupts first (a flag test unless one woke), so that a
                 // socket that never runs dry cannot keep them out.
@@ -618,7 +628,10 @@ impl Connection {
         until: impl std::future::Future<Output = T>,
     ) -> Result<T, &'static str> {
         let reason = tokio::select! {
-            done = until => return Ok(done),
+            done = until => {
+                self.resumed = Some(tokio::time::Instant::now());
+                return Ok(done);
+            }
             // What it holds (a transaction, a body) is given back now, not
             // when the wait ends: the wait may be for that memory.
             () = self.reader.peer_closed() => return Err("client disconnected"),
