@@ -439,3 +439,33 @@ async fn a_publisher_blocked_past_its_heartbeat_timeout_resumes_when_memory_is_g
     publisher.raw.send(&frame(FRAME_HEARTBEAT, 0, &[])).await;
     declare_queue(&mut publisher.raw, "held").await;
 }
+
+#[tokio::test]
+async fn declared_body_sizes_reserve_no_memory_ahead() {
+    let _serial = SERIAL.lock().await;
+    let broker = Broker::start("mem-declared");
+    let (mut raw, _) = Raw::open(broker.addr()).await;
+    // 500 channels, each with a 128 MiB body announced and one byte sent.
+    for ch in 1..=500u16 {
+        raw.open_channel(ch).await;
+        let mut bytes = method_frame(ch, &publish_method("", "nowhere"));
+        bytes.extend(header_frame(ch, 128 * MIB));
+        bytes.extend(frame(FRAME_BODY, ch, b"x"));
+        raw.send(&bytes).await;
+    }
+    // A round trip, so every header above has been handled.
+    raw.open_channel(501).await;
+    let status = std::fs::read_to_string(format!("/proc/{}/status", broker.process.pid()))
+        .expect("broker status");
+    let vm_kib: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmSize:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("VmSize");
+    // Reserving what was announced took 500 x 128 MiB = 62.5 GiB.
+    assert!(
+        vm_kib < 16 * 1024 * 1024,
+        "broker reserved {} MiB of address space",
+        vm_kib / 1024
+    );
+}

@@ -16,6 +16,10 @@ use std::sync::Arc;
 
 pub const DIRECT_REPLY_TO: &str = "amq.rabbitmq.reply-to";
 
+/// The most of a body's declared size reserved before it arrives; a larger
+/// body grows as its frames come.
+const BODY_RESERVE: u64 = 1024 * 1024;
+
 /// A publish whose content frames are still arriving.
 pub struct PendingContent {
     publish: Publish,
@@ -118,7 +122,10 @@ impl Channel {
         let view = PropertiesView::scan(&properties).map_err(|_| {
             AmqpError::syntax_error("malformed content header properties").on_method(60, 40)
         })?;
-        content.body = BytesMut::with_capacity(body_size as usize);
+        // The declared size is the client's word: reserving all of it
+        // ahead would let headers alone (128 MiB on each of 2047 channels)
+        // exhaust the address space, and a failed allocation aborts.
+        content.body = BytesMut::with_capacity(body_size.min(BODY_RESERVE) as usize);
         content.header = Some(ContentHeader {
             body_size,
             properties,
