@@ -72,6 +72,8 @@ pub struct LimitsConfig {
     pub heartbeat: u16,
     pub max_message_size: u64,
     pub max_connections: usize,
+    /// Bytes; broker.toml may give a fraction of RAM, resolved when read.
+    #[serde(deserialize_with = "memory_watermark")]
     pub memory_high_watermark: u64,
     pub queue_flow_window: u64,
     pub flow_busy_consumer_us: u64,
@@ -110,12 +112,37 @@ impl Default for LimitsConfig {
             heartbeat: 60,
             max_message_size: 128 * 1024 * 1024,
             max_connections: 0,
-            memory_high_watermark: 1024 * 1024 * 1024,
+            memory_high_watermark: relative_to_ram(DEFAULT_MEMORY_WATERMARK),
             queue_flow_window: 1024 * 1024,
             flow_busy_consumer_us: 100,
             handshake_timeout_ms: 10_000,
             consumer_timeout_ms: 1_800_000,
         }
+    }
+}
+
+/// RabbitMQ's default `vm_memory_high_watermark.relative`.
+const DEFAULT_MEMORY_WATERMARK: f64 = 0.4;
+
+fn relative_to_ram(fraction: f64) -> u64 {
+    (crate::broker::memory::total_memory() as f64 * fraction) as u64
+}
+
+/// `memory_high_watermark`: an integer is bytes (RabbitMQ's `.absolute`),
+/// a float a fraction of RAM (its `.relative`).
+fn memory_watermark<'de, D: serde::Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Watermark {
+        Bytes(u64),
+        Fraction(f64),
+    }
+    match Watermark::deserialize(d)? {
+        Watermark::Bytes(bytes) => Ok(bytes),
+        Watermark::Fraction(f) if f > 0.0 && f <= 1.0 => Ok(relative_to_ram(f)),
+        Watermark::Fraction(f) => Err(serde::de::Error::custom(format!(
+            "a fraction of RAM must be above 0 and at most 1, got {f}"
+        ))),
     }
 }
 
@@ -175,5 +202,17 @@ mod tests {
         let file = Config::embedded();
         let code = Config::default();
         assert_eq!(format!("{file:?}"), format!("{code:?}"));
+    }
+
+    #[test]
+    fn memory_watermark_is_bytes_or_a_fraction_of_ram() {
+        let limits = |text: &str| toml::from_str::<Config>(text).map(|c| c.limits);
+        let bytes = limits("[limits]\nmemory_high_watermark = 268435456").unwrap();
+        assert_eq!(bytes.memory_high_watermark, 256 << 20);
+        let half = limits("[limits]\nmemory_high_watermark = 0.5").unwrap();
+        let ram = crate::broker::memory::total_memory();
+        assert_eq!(half.memory_high_watermark, (ram as f64 * 0.5) as u64);
+        assert!(limits("[limits]\nmemory_high_watermark = 1.5").is_err());
+        assert!(limits("[limits]\nmemory_high_watermark = -1").is_err());
     }
 }

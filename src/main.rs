@@ -108,6 +108,9 @@ fn serve(args: ServeArgs) -> ExitCode {
                 return ExitCode::FAILURE;
             }
         };
+        // This process is the broker's own: its resident memory counts
+        // against the watermark, as RabbitMQ counts its whole VM.
+        broker.memory.measure_process();
         let listener = match leveret::server::bind_amqp(&listen, recv_buffer, send_buffer).await {
             Ok(l) => l,
             Err(e) => {

@@ -178,7 +178,7 @@ impl Broker {
             }
         }
         let broker = Arc::new(broker);
-        memory::start_trimmer(Arc::downgrade(&broker.memory));
+        memory::start_monitor(Arc::downgrade(&broker.memory));
         let weak = Arc::downgrade(&broker);
         std::thread::Builder::new()
             .name("leveret-dead-letters".into())

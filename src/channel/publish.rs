@@ -5,6 +5,7 @@ use super::shared::Settle;
 use super::{Channel, ConnCtx};
 use crate::broker::access::{Access, Resource};
 use crate::broker::exchange::RoutingInfo;
+use crate::broker::memory::Held;
 use crate::broker::message::{parse_expiration, Message};
 use crate::error::{AmqpError, ReplyCode};
 use crate::protocol::encode;
@@ -16,12 +17,19 @@ use std::sync::Arc;
 
 pub const DIRECT_REPLY_TO: &str = "amq.rabbitmq.reply-to";
 
+/// The most of a body's declared size reserved before it arrives; a larger
+/// body grows as its frames come.
+const BODY_RESERVE: u64 = 1024 * 1024;
+
 /// A publish whose content frames are still arriving.
 pub struct PendingContent {
     publish: Publish,
     /// Set once the content header arrived.
     header: Option<ContentHeader>,
     body: BytesMut,
+    /// The body received so far, counted in the memory gauge while it
+    /// spans frames (a body in one frame is never partial between reads).
+    held: Option<Held>,
 }
 
 struct ContentHeader {
@@ -68,6 +76,9 @@ pub struct Transaction {
     /// Each message with its `mandatory` flag.
     pub publishes: Vec<(bool, Arc<Message>, PropertiesView)>,
     pub settlements: Vec<Settlement>,
+    /// The publishes' bytes, counted in the memory gauge until the
+    /// transaction ends or its channel goes.
+    pub held: Option<Held>,
 }
 
 pub enum Settlement {
@@ -96,6 +107,7 @@ impl Channel {
             publish,
             header: None,
             body: BytesMut::new(),
+            held: None,
         });
         Ok(())
     }
@@ -136,7 +148,10 @@ impl Channel {
         }
         let properties = Bytes::copy_from_slice(&payload[12..]);
         let view = PropertiesView::scan(&properties).map_err(malformed_properties)?;
-        content.body = BytesMut::with_capacity(body_size as usize);
+        // The declared size is the client's word: reserving all of it
+        // ahead would let headers alone (128 MiB on each of 2047 channels)
+        // exhaust the address space, and a failed allocation aborts.
+        content.body = BytesMut::with_capacity(body_size.min(BODY_RESERVE) as usize);
         content.header = Some(ContentHeader {
             body_size,
             properties,
@@ -167,6 +182,10 @@ impl Channel {
         if content.body.len() as u64 == expected {
             return self.finish_publish(ctx);
         }
+        content
+            .held
+            .get_or_insert_with(|| Held::new(&ctx.broker.memory))
+            .add(payload.len());
         Ok(())
     }
 
@@ -246,6 +265,9 @@ impl Channel {
             .with_expiration(expiration),
         );
         if let Some(txn) = self.tx.as_mut() {
+            txn.held
+                .get_or_insert_with(|| Held::new(&ctx.broker.memory))
+                .add(message.size());
             txn.publishes.push((publish.mandatory, message, view));
             return Ok(());
         }

@@ -65,10 +65,19 @@ pub async fn serve(
         outbox: outbox.clone(),
         heartbeat,
         shutdown,
+        resumed: None,
     };
     conn.run().await;
     outbox.close();
-    let _ = tokio::time::timeout(Duration::from_secs(5), writer).await;
+    let mut writer = writer;
+    if tokio::time::timeout(Duration::from_secs(5), &mut writer)
+        .await
+        .is_err()
+    {
+        // A client that never reads would keep the writer, and the
+        // outbox it holds, forever.
+        writer.abort();
+    }
 }
 
 struct FrameReader {
@@ -105,6 +114,21 @@ impl FrameReader {
         decode_frame(&mut self.buf, self.frame_max).map_err(ReadError::Protocol)
     }
 
+    /// Completes once the peer has closed the socket (or it failed),
+    /// without reading from it: for a connection whose frames wait. A
+    /// close queued behind input the broker is not reading never arrives;
+    /// the next heartbeat the writer sends then draws a reset instead.
+    async fn peer_closed(&self) {
+        /// Unread input keeps the socket readable: look again this often.
+        const LOOK_EVERY: Duration = Duration::from_millis(200);
+        loop {
+            match self.read.ready(tokio::io::Interest::READABLE).await {
+                Ok(ready) if !ready.is_read_closed() => tokio::time::sleep(LOOK_EVERY).await,
+                _ => return,
+            }
+        }
+    }
+
     async fn next_frame(&mut self, timeout: Option<Duration>) -> Result<Frame, ReadError> {
         loop {
             if let Some(frame) = self.next_buffered()? {
@@ -125,6 +149,9 @@ struct Connection {
     outbox: Arc<Outbox>,
     heartbeat: Arc<Mutex<Option<Duration>>>,
     shutdown: watch::Receiver<bool>,
+    /// When the last pause (the socket not read) ended, not yet seen by
+    /// the heartbeat check.
+    resumed: Option<tokio::time::Instant>,
 }
 
 /// Results of the handshake the reader loop needs.
@@ -509,6 +536,15 @@ impl Connection {
                 }
             }
             open.flush_confirms();
+            if self.outbox.is_over_read_limit() {
+                // The client is not reading what it asked for: stop
+                // reading it until it does.
+                let outbox = self.outbox.clone();
+                let drained = async move { outbox.drained_below_read_limit().await };
+                if let Err(reason) = self.pause(open, &close_rx, drained).await {
+                    return reason;
+                }
+            }
             if open.ctx.has_published && self.broker.memory.is_blocked() {
                 if let Some(reason) = self.wait_while_blocked(open, &close_rx).await {
                     return reason;
@@ -527,6 +563,12 @@ impl Connection {
                 if let Err(reason) = self.pause(open, &close_rx, drained).await {
                     return reason;
                 }
+            }
+            if let Some(resumed) = self.resumed.take() {
+                // The client's heartbeats wait unread while it is paused:
+                // that silence is the broker's (RabbitMQ pauses its
+                // heartbeat monitor too).
+                last_read = last_read.max(resumed);
             }
             tokio::select! {
                 // Interrupts first (a flag test unless one woke), so that a
@@ -591,7 +633,13 @@ impl Connection {
         until: impl std::future::Future<Output = T>,
     ) -> Result<T, &'static str> {
         let reason = tokio::select! {
-            done = until => return Ok(done),
+            done = until => {
+                self.resumed = Some(tokio::time::Instant::now());
+                return Ok(done);
+            }
+            // What it holds (a transaction, a body) is given back now, not
+            // when the wait ends: the wait may be for that memory.
+            () = self.reader.peer_closed() => return Err("client disconnected"),
             reason = interrupts::ended(self.shutdown.clone(), close_rx.clone()) => reason,
         };
         let err = AmqpError::new(ReplyCode::ConnectionForced, reason);

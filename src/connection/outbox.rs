@@ -22,6 +22,13 @@ use tokio::time::Instant;
 /// buffer without bound.
 pub const OUTBOX_HIGH_WATERMARK: usize = 1024 * 1024;
 
+/// Above this many unwritten bytes the connection's own frames stop being
+/// read until the writer catches up: replies nobody else limits (returns,
+/// get-oks, confirms) cannot pile up for a client that never reads. Above
+/// the deliveries' mark, so a consumer on the same connection does not
+/// pause its publishing by itself.
+pub const OUTBOX_READ_LIMIT: usize = 4 * OUTBOX_HIGH_WATERMARK;
+
 pub struct Outbox {
     buf: Mutex<BytesMut>,
     notify: Notify,
@@ -32,6 +39,8 @@ pub struct Outbox {
     closed: AtomicBool,
     /// Queues that skipped this connection because it was full.
     waiting: Mutex<Vec<Weak<Queue>>>,
+    /// Signalled after each write, for a reader waiting for it to drain.
+    wrote: Notify,
 }
 
 impl Default for Outbox {
@@ -43,6 +52,7 @@ impl Default for Outbox {
             write_started: AtomicU64::new(0),
             closed: AtomicBool::new(false),
             waiting: Mutex::new(Vec::new()),
+            wrote: Notify::new(),
         }
     }
 }
@@ -63,7 +73,29 @@ impl Outbox {
     }
 
     pub fn is_full(&self) -> bool {
-        self.buf.lock().len() + self.writing.load(Ordering::Relaxed) > OUTBOX_HIGH_WATERMARK
+        self.pending() > OUTBOX_HIGH_WATERMARK
+    }
+
+    fn pending(&self) -> usize {
+        self.buf.lock().len() + self.writing.load(Ordering::Relaxed)
+    }
+
+    /// Whether the connection's reader must wait for the writer.
+    pub fn is_over_read_limit(&self) -> bool {
+        self.pending() > OUTBOX_READ_LIMIT && !self.is_closed()
+    }
+
+    /// Completes once the outbox is back under its read limit (or closed).
+    pub async fn drained_below_read_limit(&self) {
+        loop {
+            let wrote = self.wrote.notified();
+            tokio::pin!(wrote);
+            wrote.as_mut().enable();
+            if !self.is_over_read_limit() {
+                return;
+            }
+            wrote.await;
+        }
     }
 
     /// How long the write in progress has been waiting for the socket.
@@ -141,6 +173,7 @@ impl Outbox {
                 last_write = Instant::now();
                 self.write_started.store(0, Ordering::Relaxed);
                 self.writing.store(0, Ordering::Relaxed);
+                self.wrote.notify_waiters();
                 if result.is_err() {
                     self.closed.store(true, Ordering::Release);
                     break;

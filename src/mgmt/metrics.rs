@@ -168,7 +168,7 @@ fn render(broker: &Broker, disk_used: u64) -> String {
     out.single(
         "leveret_queued_message_memory_bytes",
         "gauge",
-        "Bytes of ready messages held in memory by all queues",
+        "Bytes held in memory for clients: ready messages, transactions, bodies arriving",
         broker.memory.used(),
     );
     out.single(
