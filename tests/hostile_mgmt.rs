@@ -1,6 +1,7 @@
 //! The management API and the data directory against hostile input (issue
-//! 14, finding 2): guest from a non-loopback address and the data
-//! directory's permissions.
+//! 14, findings 2 and 10): guest from a non-loopback address, names and
+//! field-table keys over 255 bytes, `columns` and `sort` that used to panic a
+//! handler, and the data directory's permissions.
 //!
 //! These start the broker in-process with their own listeners: the API must
 //! be reachable on a non-loopback address, and a broker is restarted on the
@@ -8,9 +9,9 @@
 
 mod common;
 
-use common::http::Api;
+use common::http::{Api, Reply};
 use common::unique;
-use serde_json::json;
+use serde_json::{json, Value};
 use std::net::{IpAddr, SocketAddr};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
@@ -91,6 +92,38 @@ fn non_loopback_v6() -> Option<IpAddr> {
     s.connect("[2001:db8::1]:9").ok()?;
     let ip = s.local_addr().ok()?.ip();
     (!ip.is_loopback() && !ip.is_unspecified()).then_some(ip)
+}
+
+/// A request whose handler may have died: `None` when the connection
+/// closed without an answer (a panicked handler).
+async fn try_request(api: &Api, method: &str, path: &str, body: Option<Value>) -> Option<Reply> {
+    let api = api.clone();
+    let (method, path) = (method.to_string(), path.to_string());
+    tokio::spawn(async move {
+        api.request(&method, &path, body.map(|b| b.to_string()))
+            .await
+    })
+    .await
+    .ok()
+}
+
+/// Asserts RabbitMQ's 400 `{"error":"bad_request","reason":…}` whose
+/// reason mentions `needle`.
+async fn assert_bad_request(api: &Api, method: &str, path: &str, body: Value, needle: &str) {
+    let reply = try_request(api, method, path, Some(body))
+        .await
+        .unwrap_or_else(|| panic!("{method} {path}: no answer (the handler panicked)"));
+    assert_eq!(reply.status, 400, "{method} {path}: {}", reply.text);
+    assert_eq!(reply.json["error"], "bad_request", "{}", reply.text);
+    let reason = reply.json["reason"].as_str().unwrap_or_default();
+    assert!(
+        reason.contains(needle),
+        "{method} {path}: reason {reason:?} should mention {needle:?}"
+    );
+}
+
+fn long(n: usize) -> String {
+    "x".repeat(n)
 }
 
 // ------------------------------------------------------- loopback users
@@ -243,4 +276,333 @@ async fn an_existing_world_open_data_directory_is_closed_to_others() {
     let broker = Running::start("127.0.0.1:0", &dir.0).await;
     broker.stop().await;
     assert_eq!(mode(&dir.0), 0o770);
+}
+
+// ------------------------------------------------------- names over 255 bytes
+
+/// Finding 10: what AMQP carries as a short string (names, routing keys,
+/// field-table keys, most properties) must fit in 255 bytes; longer ones are
+/// refused with 400 instead of being cut or lost at the next start.
+#[tokio::test]
+async fn names_over_255_bytes_are_refused_with_400() {
+    let dir = DataDir::new();
+    let broker = Running::start("127.0.0.1:0", &dir.0).await;
+    let api = broker.api();
+    let l = long(300);
+    assert_bad_request(&api, "PUT", &format!("/api/vhosts/{l}"), json!({}), "255").await;
+    assert_bad_request(
+        &api,
+        "PUT",
+        &format!("/api/exchanges/%2F/{l}"),
+        json!({"type": "direct", "durable": true}),
+        "255",
+    )
+    .await;
+    assert_bad_request(
+        &api,
+        "PUT",
+        &format!("/api/queues/%2F/{l}"),
+        json!({"durable": true}),
+        "255",
+    )
+    .await;
+    assert_bad_request(
+        &api,
+        "POST",
+        "/api/definitions",
+        json!({"vhosts": [{"name": l}]}),
+        "255",
+    )
+    .await;
+    assert_bad_request(
+        &api,
+        "POST",
+        "/api/definitions",
+        json!({"exchanges": [{"name": l, "vhost": "/", "type": "fanout"}]}),
+        "255",
+    )
+    .await;
+    assert_bad_request(
+        &api,
+        "POST",
+        "/api/definitions",
+        json!({"queues": [{"name": l, "vhost": "/"}]}),
+        "255",
+    )
+    .await;
+    let vhosts = api.get("/api/vhosts").await.json;
+    assert_eq!(vhosts.as_array().map(Vec::len), Some(1), "{vhosts}");
+    let exchanges = api.get("/api/exchanges/%2F").await.json;
+    assert!(
+        !exchanges.to_string().contains(&l[..256]),
+        "a long exchange was made"
+    );
+    broker.stop().await;
+}
+
+/// The longest names that fit survive a restart whole, and a durable queue
+/// in a vhost with a 255-byte name is still there.
+#[tokio::test]
+async fn names_of_255_bytes_survive_a_restart() {
+    let dir = DataDir::new();
+    let name = long(255);
+    let broker = Running::start("127.0.0.1:0", &dir.0).await;
+    let api = broker.api();
+    assert_eq!(
+        api.put(&format!("/api/vhosts/{name}"), json!({}))
+            .await
+            .status,
+        201
+    );
+    let q = format!("/api/queues/{name}/{name}");
+    let x = format!("/api/exchanges/{name}/{name}");
+    assert_eq!(api.put(&q, json!({"durable": true})).await.status, 201);
+    assert_eq!(
+        api.put(&x, json!({"type": "fanout", "durable": true}))
+            .await
+            .status,
+        201
+    );
+    broker.stop().await;
+    let broker = Running::start("127.0.0.1:0", &dir.0).await;
+    let api = broker.api();
+    assert_eq!(api.get(&q).await.json["name"], name.as_str());
+    assert_eq!(api.get(&x).await.json["name"], name.as_str());
+    broker.stop().await;
+}
+
+/// Finding 10: a 300-byte key in queue, exchange or binding arguments used
+/// to panic the handler (or, in a release build, write a table whose key
+/// length byte is wrong).
+#[tokio::test]
+async fn argument_keys_over_255_bytes_are_refused_with_400() {
+    let dir = DataDir::new();
+    let broker = Running::start("127.0.0.1:0", &dir.0).await;
+    let api = broker.api();
+    let l = long(300);
+    assert_bad_request(
+        &api,
+        "PUT",
+        "/api/queues/%2F/args",
+        json!({"arguments": {l.clone(): 1}}),
+        "255",
+    )
+    .await;
+    assert_bad_request(
+        &api,
+        "PUT",
+        "/api/queues/%2F/args",
+        json!({"arguments": {"x-nested": {"a": [{l.clone(): 1}]}}}),
+        "255",
+    )
+    .await;
+    assert_eq!(api.get("/api/queues/%2F/args").await.status, 404);
+    assert_bad_request(
+        &api,
+        "PUT",
+        "/api/exchanges/%2F/args",
+        json!({"type": "headers", "arguments": {l.clone(): "v"}}),
+        "255",
+    )
+    .await;
+    assert_eq!(
+        api.put("/api/queues/%2F/bound", json!({})).await.status,
+        201
+    );
+    assert_bad_request(
+        &api,
+        "POST",
+        "/api/bindings/%2F/e/amq.direct/q/bound",
+        json!({"routing_key": "k", "arguments": {l.clone(): 1}}),
+        "255",
+    )
+    .await;
+    assert_bad_request(
+        &api,
+        "POST",
+        "/api/bindings/%2F/e/amq.direct/q/bound",
+        json!({"routing_key": l}),
+        "255",
+    )
+    .await;
+    let bindings = api.get("/api/queues/%2F/bound/bindings").await.json;
+    assert_eq!(bindings.as_array().map(Vec::len), Some(1), "{bindings}");
+    broker.stop().await;
+}
+
+/// Finding 10: a 300-byte content_type or header key on publish used to
+/// panic the handler; so does any other short-string property and the
+/// routing key. The message is not enqueued.
+#[tokio::test]
+async fn publish_with_short_strings_over_255_bytes_is_refused_with_400() {
+    let dir = DataDir::new();
+    let broker = Running::start("127.0.0.1:0", &dir.0).await;
+    let api = broker.api();
+    assert_eq!(
+        api.put("/api/queues/%2F/target", json!({})).await.status,
+        201
+    );
+    let l = long(300);
+    let publish = "/api/exchanges/%2F/amq.default/publish";
+    let body = |properties: Value, routing_key: &str| {
+        json!({"properties": properties, "routing_key": routing_key,
+               "payload": "p", "payload_encoding": "string"})
+    };
+    assert_bad_request(
+        &api,
+        "POST",
+        publish,
+        body(json!({"content_type": l}), "target"),
+        "255",
+    )
+    .await;
+    assert_bad_request(
+        &api,
+        "POST",
+        publish,
+        body(json!({"headers": {l.clone(): 1}}), "target"),
+        "255",
+    )
+    .await;
+    assert_bad_request(
+        &api,
+        "POST",
+        publish,
+        body(
+            json!({"headers": {"h": {"nested": {l.clone(): 1}}}}),
+            "target",
+        ),
+        "255",
+    )
+    .await;
+    for property in [
+        "content_encoding",
+        "correlation_id",
+        "reply_to",
+        "message_id",
+        "type",
+        "user_id",
+        "app_id",
+        "cluster_id",
+    ] {
+        assert_bad_request(
+            &api,
+            "POST",
+            publish,
+            body(json!({property: l}), "target"),
+            "255",
+        )
+        .await;
+    }
+    assert_bad_request(&api, "POST", publish, body(json!({}), &l), "255").await;
+    let queue = api.get("/api/queues/%2F/target").await.json;
+    assert_eq!(queue["messages"], 0, "{queue}");
+    // Within bounds, publishing still works.
+    let ok = api
+        .post(publish, body(json!({"content_type": long(255)}), "target"))
+        .await;
+    assert_eq!(ok.json["routed"], true, "{}", ok.text);
+    broker.stop().await;
+}
+
+// ------------------------------------------------------- list parameters
+
+/// Finding 10: `?columns=name,name.x` asked for a key inside a string and
+/// panicked the handler of every list. RabbitMQ answers the list with the
+/// plain column.
+#[tokio::test]
+async fn columns_naming_a_path_inside_a_plain_value_do_not_panic() {
+    let dir = DataDir::new();
+    let broker = Running::start("127.0.0.1:0", &dir.0).await;
+    let api = broker.api();
+    assert_eq!(api.put("/api/queues/%2F/cols", json!({})).await.status, 201);
+    for list in [
+        "/api/queues",
+        "/api/queues/%2F",
+        "/api/exchanges",
+        "/api/bindings",
+        "/api/vhosts",
+        "/api/users",
+        "/api/permissions",
+        "/api/connections",
+        "/api/channels",
+        "/api/consumers",
+    ] {
+        for columns in ["name,name.x", "name.x,name", "name,name.x.y,vhost"] {
+            let path = format!("{list}?columns={columns}");
+            let reply = try_request(&api, "GET", &path, None)
+                .await
+                .unwrap_or_else(|| panic!("GET {path}: no answer (the handler panicked)"));
+            assert_eq!(reply.status, 200, "GET {path}: {}", reply.text);
+        }
+    }
+    let queues = api.get("/api/queues/%2F?columns=name,name.x").await.json;
+    assert_eq!(queues, json!([{"name": "cols"}]));
+    broker.stop().await;
+}
+
+/// Sorting by a column whose values have different JSON types (numbers,
+/// strings, missing) used a comparison that is not a total order; Rust's
+/// sort panics on that. Order as Erlang orders terms: numbers first.
+#[tokio::test]
+async fn sorting_by_a_column_of_mixed_types_does_not_panic() {
+    let dir = DataDir::new();
+    let broker = Running::start("127.0.0.1:0", &dir.0).await;
+    let api = broker.api();
+    assert_eq!(api.put("/api/vhosts/mixed", json!({})).await.status, 201);
+    // A fixed pseudo-random mix: a comparison that calls numbers and strings
+    // equal sorts a list like this one inconsistently.
+    let mut s: u64 = 0;
+    for i in 0..40 {
+        s = s
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        let r = s >> 33;
+        let arguments = match r % 3 {
+            0 => json!({"x-k": r / 3 % 10}),
+            1 => json!({"x-k": format!("{}", r / 3 % 10)}),
+            _ => json!({}),
+        };
+        let put = api
+            .put(
+                &format!("/api/queues/mixed/s{i:02}"),
+                json!({"arguments": arguments}),
+            )
+            .await;
+        assert_eq!(put.status, 201, "{}", put.text);
+    }
+    for path in [
+        "/api/queues/mixed?sort=arguments.x-k",
+        "/api/queues/mixed?sort=arguments.x-k&sort_reverse=true",
+    ] {
+        let reply = try_request(&api, "GET", path, None)
+            .await
+            .unwrap_or_else(|| panic!("GET {path}: no answer (the handler panicked)"));
+        assert_eq!(reply.status, 200, "{}", reply.text);
+        let keys: Vec<Value> = reply
+            .json
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|q| q["arguments"]["x-k"].clone())
+            .collect();
+        let kinds: Vec<u8> = keys
+            .iter()
+            .map(|k| match k {
+                Value::Number(_) => 0,
+                Value::Null => 1,
+                _ => 2,
+            })
+            .collect();
+        let mut sorted = kinds.clone();
+        sorted.sort();
+        if path.contains("reverse") {
+            sorted.reverse();
+        }
+        assert_eq!(
+            kinds, sorted,
+            "numbers, then missing, then strings: {keys:?}"
+        );
+    }
+    broker.stop().await;
 }
