@@ -430,6 +430,60 @@ async fn argument_keys_over_255_bytes_are_refused_with_400() {
     broker.stop().await;
 }
 
+/// `n` JSON objects nested in all: `{"k": {"k": … {}}}`.
+fn nested(n: usize) -> Value {
+    (1..n).fold(json!({}), |inner, _| json!({ "k": inner }))
+}
+
+/// The API nests tables and arrays no deeper than AMQP lets a client (100
+/// in all): deeper arguments or headers are refused with 400 instead of
+/// being stored where a client could never have put them.
+#[tokio::test]
+async fn arguments_nest_no_deeper_than_amqp_allows() {
+    let dir = DataDir::new();
+    let broker = Running::start("127.0.0.1:0", &dir.0).await;
+    let api = broker.api();
+    assert_bad_request(
+        &api,
+        "PUT",
+        "/api/queues/%2F/too-deep",
+        json!({"durable": true, "arguments": nested(101)}),
+        "deeper than 100",
+    )
+    .await;
+    assert_eq!(api.get("/api/queues/%2F/too-deep").await.status, 404);
+    let in_array = json!({"a": [[nested(99)]]});
+    assert_bad_request(
+        &api,
+        "PUT",
+        "/api/queues/%2F/too-deep",
+        json!({"arguments": in_array}),
+        "deeper than 100",
+    )
+    .await;
+    assert_bad_request(
+        &api,
+        "POST",
+        "/api/exchanges/%2F/amq.default/publish",
+        json!({"properties": {"headers": nested(101)}, "routing_key": "r",
+               "payload": "p", "payload_encoding": "string"}),
+        "deeper than 100",
+    )
+    .await;
+    let put = api
+        .put(
+            "/api/queues/%2F/deepest",
+            json!({"durable": true, "arguments": nested(100)}),
+        )
+        .await;
+    assert_eq!(put.status, 201, "{}", put.text);
+    broker.stop().await;
+    let broker = Running::start("127.0.0.1:0", &dir.0).await;
+    let queue = broker.api().get("/api/queues/%2F/deepest").await;
+    assert_eq!(queue.json["arguments"], nested(100));
+    broker.stop().await;
+}
+
 /// Finding 10: a 300-byte content_type or header key on publish used to
 /// panic the handler; so does any other short-string property and the
 /// routing key. The message is not enqueued.

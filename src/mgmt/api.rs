@@ -431,15 +431,25 @@ pub fn field_json(v: &AMQPValue) -> Value {
     }
 }
 
+/// How deep the API lets tables and arrays nest: as deep as AMQP lets a
+/// client (the protocol's field-table bound, 100 tables and arrays in all),
+/// so an object made here is one a client could have declared and the
+/// store reads back, and showing it as JSON never recurses further.
+const MAX_TABLE_DEPTH: usize = 100;
+
 /// JSON arguments as the field table a client would have sent: strings are
 /// long strings, integers 64-bit signed, as RabbitMQ converts them.
 pub fn json_table(v: &Value) -> Result<FieldTable, ApiError> {
+    table_at(v, 1)
+}
+
+fn table_at(v: &Value, depth: usize) -> Result<FieldTable, ApiError> {
     let mut t = FieldTable::default();
     match v {
         Value::Null => {}
         Value::Object(map) => {
             for (k, v) in map {
-                t.insert(short_string("field table key", k)?, json_field(v)?);
+                t.insert(short_string("field table key", k)?, json_field(v, depth)?);
             }
         }
         _ => return Err(ApiError::bad_request("arguments must be a JSON object")),
@@ -447,7 +457,13 @@ pub fn json_table(v: &Value) -> Result<FieldTable, ApiError> {
     Ok(t)
 }
 
-fn json_field(v: &Value) -> Result<AMQPValue, ApiError> {
+/// A value inside a table or array that is `depth` deep.
+fn json_field(v: &Value, depth: usize) -> Result<AMQPValue, ApiError> {
+    if matches!(v, Value::Array(_) | Value::Object(_)) && depth == MAX_TABLE_DEPTH {
+        return Err(ApiError::bad_request(format!(
+            "field tables and arrays nested deeper than {MAX_TABLE_DEPTH} levels"
+        )));
+    }
     Ok(match v {
         Value::Null => AMQPValue::Void,
         Value::Bool(b) => AMQPValue::Boolean(*b),
@@ -459,11 +475,11 @@ fn json_field(v: &Value) -> Result<AMQPValue, ApiError> {
         Value::Array(a) => {
             let mut out = FieldArray::default();
             for x in a {
-                out.push(json_field(x)?);
+                out.push(json_field(x, depth + 1)?);
             }
             AMQPValue::FieldArray(out)
         }
-        Value::Object(_) => AMQPValue::FieldTable(json_table(v)?),
+        Value::Object(_) => AMQPValue::FieldTable(table_at(v, depth + 1)?),
     })
 }
 
