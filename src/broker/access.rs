@@ -48,7 +48,8 @@ impl UserRecord {
             return false;
         }
         let (salt, digest) = stored.split_at(4);
-        salted_digest(salt, password, &self.hashing_algorithm).is_some_and(|d| d == digest)
+        salted_digest(salt, password, &self.hashing_algorithm)
+            .is_some_and(|d| same_in_constant_time(&d, digest))
     }
 
     pub fn has_tag(&self, tag: &str) -> bool {
@@ -83,6 +84,19 @@ fn salted_digest(salt: &[u8], password: &str, algorithm: &str) -> Option<Vec<u8>
         ),
         _ => None,
     }
+}
+
+/// Whether two digests are equal, in a time that does not depend on where
+/// they first differ: `==` stops at the first differing byte, which tells a
+/// client that can time many attempts how much of a digest it got right.
+/// The lengths are those of the algorithm's digest, not secret.
+fn same_in_constant_time(a: &[u8], b: &[u8]) -> bool {
+    if a.len() != b.len() {
+        return false;
+    }
+    let difference = a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y));
+    // Keeps the compiler from turning the fold back into an early exit.
+    std::hint::black_box(difference) == 0
 }
 
 pub fn is_known_algorithm(algorithm: &str) -> bool {
@@ -452,6 +466,18 @@ mod tests {
         assert!(!u.password_matches("Secret"));
         let v = UserRecord::with_password("u", "secret", vec![]);
         assert_ne!(u.password_hash, v.password_hash);
+    }
+
+    #[test]
+    fn digests_compare_equal_only_when_every_byte_is() {
+        let d = [7u8; 32];
+        assert!(same_in_constant_time(&d, &d));
+        for i in [0, 15, 31] {
+            let mut e = d;
+            e[i] ^= 0x80;
+            assert!(!same_in_constant_time(&d, &e), "byte {i}");
+        }
+        assert!(!same_in_constant_time(&d, &d[..31]));
     }
 
     #[test]

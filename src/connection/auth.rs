@@ -1,4 +1,18 @@
-//! SASL PLAIN and AMQPLAIN responses.
+//! SASL PLAIN and AMQPLAIN responses, and who counts as local for
+//! `loopback_users`.
+
+use std::net::IpAddr;
+
+/// RabbitMQ's `rabbit_net:is_loopback`: 127.0.0.0/8, ::1, and 127.x
+/// mapped into IPv6 (how a dual-stack listener sees a 127.0.0.1 client).
+pub fn is_loopback(ip: IpAddr) -> bool {
+    match ip {
+        IpAddr::V4(v4) => v4.is_loopback(),
+        IpAddr::V6(v6) => {
+            v6.is_loopback() || v6.to_ipv4_mapped().is_some_and(|v4| v4.is_loopback())
+        }
+    }
+}
 
 /// Extracts (user, password) from a start-ok response, or `None` when the
 /// mechanism is unsupported or the response malformed.
@@ -42,6 +56,16 @@ pub fn credentials(mechanism: &str, response: &[u8]) -> Option<(String, String)>
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn loopback_as_rabbitmq() {
+        for local in ["127.0.0.1", "127.1.2.3", "::1", "::ffff:127.0.0.1"] {
+            assert!(is_loopback(local.parse().unwrap()), "{local}");
+        }
+        for remote in ["192.0.2.2", "0.0.0.0", "::", "::ffff:192.0.2.2", "fd00::2"] {
+            assert!(!is_loopback(remote.parse().unwrap()), "{remote}");
+        }
+    }
 
     #[test]
     fn plain() {

@@ -275,7 +275,7 @@ impl Connection {
             ))
             .on_method(10, 11));
         }
-        if self.broker.is_loopback_only(&user) && !self.peer.ip().is_loopback() {
+        if self.broker.is_loopback_only(&user) && !auth::is_loopback(self.peer.ip()) {
             warn!(peer = %self.peer, %user, "user may only connect via localhost");
             return Err(AmqpError::access_refused(format_args!(
                 "user '{user}' can only connect via localhost"

@@ -4,7 +4,7 @@
 
 use crate::broker::Broker;
 use crate::error::{AmqpError, ReplyCode};
-use amq_protocol::types::{AMQPValue, FieldArray, FieldTable, LongString};
+use amq_protocol::types::{AMQPValue, FieldArray, FieldTable, LongString, ShortString};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
@@ -51,6 +51,14 @@ impl ApiError {
     /// here, unlike its bad-credentials answer).
     pub fn not_authorised(reason: impl Into<Value>) -> ApiError {
         ApiError::new(StatusCode::UNAUTHORIZED, "not_authorised", reason)
+    }
+
+    /// A name or key AMQP carries as a short string, over its 255 bytes:
+    /// RabbitMQ's own words for a queue name (rabbit_parameter_validation).
+    pub fn too_long(what: &str, len: usize) -> ApiError {
+        ApiError::bad_request(format!(
+            "{what} should be less than 255 bytes, actually was {len}\n"
+        ))
     }
 
     /// A body key RabbitMQ requires, in its Erlang-formatted reason.
@@ -137,6 +145,13 @@ pub fn from_object<T: DeserializeOwned>(map: Map<String, Value>) -> Result<T, Ap
             None => ApiError::bad_request(text),
         }
     })
+}
+
+/// `s` as an AMQP short string (a name, routing key or property), or
+/// RabbitMQ's 400 naming `what`: a longer one cannot be sent to a client
+/// nor kept in the store, which writes short strings as AMQP does.
+pub fn short_string(what: &str, s: &str) -> Result<ShortString, ApiError> {
+    ShortString::try_new(s).map_err(|_| ApiError::too_long(what, s.len()))
 }
 
 /// `true`, `false`, or the strings "true"/"false" (rabbitmqadmin sends
@@ -320,37 +335,56 @@ fn column<'a>(item: &'a Value, path: &str) -> &'a Value {
     path.split('.').fold(item, |v, k| &v[k])
 }
 
+/// A total order over JSON values, as Erlang orders the terms RabbitMQ
+/// sorts: numbers, then atoms (false, true, and `undefined` for a missing
+/// value), maps, lists, and strings last. A column whose values differ in
+/// type must still sort consistently: Rust's sort may panic otherwise.
 fn compare(a: &Value, b: &Value) -> std::cmp::Ordering {
+    fn rank(v: &Value) -> u8 {
+        match v {
+            Value::Number(_) => 0,
+            Value::Bool(_) => 1,
+            Value::Null => 2,
+            Value::Object(_) => 3,
+            Value::Array(_) => 4,
+            Value::String(_) => 5,
+        }
+    }
     match (a, b) {
-        (Value::Number(x), Value::Number(y)) => x
-            .as_f64()
-            .partial_cmp(&y.as_f64())
-            .unwrap_or(std::cmp::Ordering::Equal),
+        (Value::Number(x), Value::Number(y)) => {
+            let (x, y) = (x.as_f64().unwrap_or(0.0), y.as_f64().unwrap_or(0.0));
+            x.total_cmp(&y)
+        }
         (Value::String(x), Value::String(y)) => x.cmp(y),
         (Value::Bool(x), Value::Bool(y)) => x.cmp(y),
-        _ => std::cmp::Ordering::Equal,
+        _ => rank(a).cmp(&rank(b)),
     }
 }
 
-/// Keeps only the given columns; `a.b` keeps `b` inside `a`.
+/// Keeps only the given columns; `a.b` keeps `b` inside `a`. A path that
+/// does not lead to a value (`name.x` where `name` is a string) keeps
+/// nothing; a column already kept whole (`name,name.x`) stays whole.
 fn only_columns(item: &Value, columns: &[&str]) -> Value {
     let mut out = Map::new();
-    for path in columns {
-        let mut keys = path.split('.').peekable();
-        let (mut src, mut dst) = (item, &mut out);
-        while let Some(k) = keys.next() {
-            let Some(v) = src.get(k) else { break };
-            if keys.peek().is_none() {
-                dst.insert(k.to_string(), v.clone());
-                break;
-            }
-            src = v;
-            dst = dst
+    'columns: for path in columns {
+        let keys: Vec<&str> = path.split('.').collect();
+        let Some(value) = keys.iter().try_fold(item, |v, k| v.get(k)) else {
+            continue;
+        };
+        let Some((last, parents)) = keys.split_last() else {
+            continue;
+        };
+        let mut dst = &mut out;
+        for k in parents {
+            let entry = dst
                 .entry(k.to_string())
-                .or_insert_with(|| Value::Object(Map::new()))
-                .as_object_mut()
-                .expect("an object");
+                .or_insert_with(|| Value::Object(Map::new()));
+            match entry.as_object_mut() {
+                Some(inner) => dst = inner,
+                None => continue 'columns,
+            }
         }
+        dst.insert(last.to_string(), value.clone());
     }
     Value::Object(out)
 }
@@ -397,15 +431,25 @@ pub fn field_json(v: &AMQPValue) -> Value {
     }
 }
 
+/// How deep the API lets tables and arrays nest: as deep as AMQP lets a
+/// client (the protocol's field-table bound, 100 tables and arrays in all),
+/// so an object made here is one a client could have declared and the
+/// store reads back, and showing it as JSON never recurses further.
+const MAX_TABLE_DEPTH: usize = 100;
+
 /// JSON arguments as the field table a client would have sent: strings are
 /// long strings, integers 64-bit signed, as RabbitMQ converts them.
 pub fn json_table(v: &Value) -> Result<FieldTable, ApiError> {
+    table_at(v, 1)
+}
+
+fn table_at(v: &Value, depth: usize) -> Result<FieldTable, ApiError> {
     let mut t = FieldTable::default();
     match v {
         Value::Null => {}
         Value::Object(map) => {
             for (k, v) in map {
-                t.insert(k.as_str().into(), json_field(v)?);
+                t.insert(short_string("field table key", k)?, json_field(v, depth)?);
             }
         }
         _ => return Err(ApiError::bad_request("arguments must be a JSON object")),
@@ -413,7 +457,13 @@ pub fn json_table(v: &Value) -> Result<FieldTable, ApiError> {
     Ok(t)
 }
 
-fn json_field(v: &Value) -> Result<AMQPValue, ApiError> {
+/// A value inside a table or array that is `depth` deep.
+fn json_field(v: &Value, depth: usize) -> Result<AMQPValue, ApiError> {
+    if matches!(v, Value::Array(_) | Value::Object(_)) && depth == MAX_TABLE_DEPTH {
+        return Err(ApiError::bad_request(format!(
+            "field tables and arrays nested deeper than {MAX_TABLE_DEPTH} levels"
+        )));
+    }
     Ok(match v {
         Value::Null => AMQPValue::Void,
         Value::Bool(b) => AMQPValue::Boolean(*b),
@@ -425,11 +475,11 @@ fn json_field(v: &Value) -> Result<AMQPValue, ApiError> {
         Value::Array(a) => {
             let mut out = FieldArray::default();
             for x in a {
-                out.push(json_field(x)?);
+                out.push(json_field(x, depth + 1)?);
             }
             AMQPValue::FieldArray(out)
         }
-        Value::Object(_) => AMQPValue::FieldTable(json_table(v)?),
+        Value::Object(_) => AMQPValue::FieldTable(table_at(v, depth + 1)?),
     })
 }
 
@@ -457,6 +507,43 @@ mod tests {
         assert_eq!(
             only_columns(&item, &["name", "message_stats.publish", "missing"]),
             json!({"name": "q", "message_stats": {"publish": 5}})
+        );
+    }
+
+    #[test]
+    fn columns_through_plain_values_keep_what_they_can() {
+        let item = json!({"name": "q", "arguments": {"x": 1}});
+        assert_eq!(
+            only_columns(&item, &["name", "name.x", "arguments.x.y"]),
+            json!({"name": "q"})
+        );
+        assert_eq!(
+            only_columns(&item, &["arguments.x", "arguments"]),
+            json!({"arguments": {"x": 1}})
+        );
+    }
+
+    #[test]
+    fn mixed_types_sort_in_erlang_term_order() {
+        let mut v = vec![
+            json!("b"),
+            json!(null),
+            json!(2),
+            json!(true),
+            json!("a"),
+            json!(1.5),
+        ];
+        v.sort_by(compare);
+        assert_eq!(
+            v,
+            vec![
+                json!(1.5),
+                json!(2),
+                json!(true),
+                json!(null),
+                json!("a"),
+                json!("b")
+            ]
         );
     }
 

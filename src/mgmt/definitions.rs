@@ -5,7 +5,7 @@
 //! Leveret has no policies yet; the import logs how many it skipped.
 
 use super::api::{
-    json_table, lenient_bool, no_content, table_json, tags, ApiError, ApiResult, User,
+    json_table, lenient_bool, no_content, short_string, table_json, tags, ApiError, ApiResult, User,
 };
 use super::objects::{bind, declare_exchange, declare_queue, NewBinding};
 use super::users::{permission_json, set_permission, user_json, user_record, UserBody};
@@ -422,8 +422,24 @@ fn parse(raw: &[u8]) -> Result<Definitions, ApiError> {
 }
 
 /// What can be checked before anything is applied, so a bad file changes
-/// nothing: exchange types and binding destination types.
+/// nothing: exchange types, binding destination types, and names, routing
+/// keys and argument keys that AMQP could not carry.
 fn check(d: &Definitions) -> Result<(), ApiError> {
+    for v in &d.vhosts {
+        short_string("vhost", &v.name)?;
+    }
+    for q in &d.queues {
+        short_string("queue", &q.name)?;
+        json_table(&q.arguments)?;
+    }
+    for e in &d.exchanges {
+        short_string("exchange", &e.name)?;
+        json_table(&e.arguments)?;
+    }
+    for b in &d.bindings {
+        short_string("routing_key", &b.routing_key)?;
+        json_table(&b.arguments)?;
+    }
     for e in &d.exchanges {
         if ExchangeKind::parse(&e.kind).is_none() {
             return Err(ApiError::bad_request(format!(

@@ -2,7 +2,8 @@
 //!
 //! Served on `server.mgmt_listen` beside AMQP. Every `/api` request carries
 //! HTTP basic auth against the broker's users; as RabbitMQ, only users
-//! tagged `administrator`, `management` or `monitoring` get in, and only
+//! tagged `administrator`, `management` or `monitoring` get in, users in
+//! `auth.loopback_users` only from a loopback address, and only
 //! administrators change users, vhosts and permissions. `/metrics`
 //! (Prometheus) needs no credentials, as RabbitMQ's Prometheus plugin.
 
@@ -15,7 +16,7 @@ mod users;
 
 use crate::broker::Broker;
 use api::User;
-use axum::extract::{Request, State};
+use axum::extract::{ConnectInfo, Request, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
@@ -24,6 +25,7 @@ use axum::{Json, Router};
 use base64::Engine;
 use serde_json::json;
 use std::future::Future;
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpListener;
@@ -174,6 +176,8 @@ pub async fn serve(
         .merge(api)
         .fallback(|| async { api::ApiError::not_found() })
         .with_state(broker);
+    // The peer address decides whether a loopback-only user may log in.
+    let app = app.into_make_service_with_connect_info::<SocketAddr>();
     if let Err(e) = axum::serve(listener, app)
         .with_graceful_shutdown(shutdown)
         .await
@@ -207,7 +211,12 @@ async fn require_user(
     mut request: Request,
     next: Next,
 ) -> Response {
-    match authenticate(&broker, request.headers()) {
+    // Always there: `serve` hands every connection's peer address in.
+    let peer = request
+        .extensions()
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|ConnectInfo(addr)| addr.ip());
+    match authenticate(&broker, request.headers(), peer) {
         Ok(user) => {
             request.extensions_mut().insert(user);
             next.run(request).await
@@ -217,6 +226,10 @@ async fn require_user(
         Err(Refusal::NotManagement) => {
             api::ApiError::not_authorised("Not management user").into_response()
         }
+        Err(Refusal::LoopbackOnly(user)) => {
+            tracing::warn!(%user, peer = ?peer, "HTTP access denied: user can only log in via localhost");
+            api::ApiError::not_authorised("User can only log in via localhost").into_response()
+        }
     }
 }
 
@@ -224,12 +237,19 @@ enum Refusal {
     NoCredentials,
     LoginFailed,
     NotManagement,
+    LoopbackOnly(String),
 }
 
 /// The authenticated user, if it may use the API; otherwise RabbitMQ's
-/// 401: `Login failed` for bad credentials, `Not management user` for a
-/// user without a management tag.
-fn authenticate(broker: &Broker, headers: &HeaderMap) -> Result<User, Refusal> {
+/// 401 (in rabbit_mgmt_util's order): `Login failed` for bad credentials,
+/// `User can only log in via localhost` for a `loopback_users` user from
+/// elsewhere (an unknown peer counts as elsewhere), `Not management user`
+/// for a user without a management tag.
+fn authenticate(
+    broker: &Broker,
+    headers: &HeaderMap,
+    peer: Option<std::net::IpAddr>,
+) -> Result<User, Refusal> {
     let credentials = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
@@ -241,6 +261,9 @@ fn authenticate(broker: &Broker, headers: &HeaderMap) -> Result<User, Refusal> {
     let record = broker
         .authenticate(name, password)
         .ok_or(Refusal::LoginFailed)?;
+    if broker.is_loopback_only(name) && !peer.is_some_and(crate::connection::auth::is_loopback) {
+        return Err(Refusal::LoopbackOnly(name.to_string()));
+    }
     if !record
         .tags
         .iter()

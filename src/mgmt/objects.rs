@@ -3,7 +3,7 @@
 
 use super::api::{
     body, by_vhost_and_name, created_or_updated, json_table, lenient_bool, list, no_content,
-    node_name, table_json, ApiError, ApiResult, User,
+    node_name, short_string, table_json, ApiError, ApiResult, User,
 };
 use crate::broker::access::{Access, Resource};
 use crate::broker::exchange::{Binding, Destination, Exchange, ExchangeKind, RoutingInfo};
@@ -14,7 +14,7 @@ use crate::broker::vhost::{ExchangeDeclare, QueueDeclare, Routing, VHost};
 use crate::broker::Broker;
 use crate::error::AmqpError;
 use amq_protocol::protocol::basic::{gen_properties, parse_properties, AMQPProperties};
-use amq_protocol::types::FieldTable;
+use amq_protocol::types::{FieldTable, ShortString};
 use axum::extract::{Path, Query, State};
 use axum::http::{header, StatusCode};
 use axum::response::IntoResponse;
@@ -177,12 +177,7 @@ pub fn declare_queue(
     auto_delete: bool,
     arguments: &FieldTable,
 ) -> Result<bool, ApiError> {
-    if name.len() > 255 {
-        return Err(ApiError::bad_request(format!(
-            "queue should be less than 255 bytes, actually was {}\n",
-            name.len()
-        )));
-    }
+    short_string("queue", name)?;
     let (_, created) = v.declare_queue(&QueueDeclare {
         name,
         passive: false,
@@ -430,6 +425,9 @@ fn json_properties(v: &Value) -> Result<AMQPProperties, ApiError> {
                 .ok_or_else(|| ApiError::bad_request(format!("property {k} must be a number"))),
         }
     };
+    let short = |k: &str| -> Result<Option<ShortString>, ApiError> {
+        text(k)?.map(|s| short_string(k, &s)).transpose()
+    };
     for k in map.keys() {
         if ![
             "content_type",
@@ -452,11 +450,11 @@ fn json_properties(v: &Value) -> Result<AMQPProperties, ApiError> {
             return Err(ApiError::bad_request(format!("unknown property {k}")));
         }
     }
-    if let Some(s) = text("content_type")? {
-        p = p.with_content_type(s.into());
+    if let Some(s) = short("content_type")? {
+        p = p.with_content_type(s);
     }
-    if let Some(s) = text("content_encoding")? {
-        p = p.with_content_encoding(s.into());
+    if let Some(s) = short("content_encoding")? {
+        p = p.with_content_encoding(s);
     }
     if let Some(h) = map.get("headers") {
         p = p.with_headers(json_table(h)?);
@@ -467,32 +465,32 @@ fn json_properties(v: &Value) -> Result<AMQPProperties, ApiError> {
     if let Some(n) = number("priority")? {
         p = p.with_priority(n as u8);
     }
-    if let Some(s) = text("correlation_id")? {
-        p = p.with_correlation_id(s.into());
+    if let Some(s) = short("correlation_id")? {
+        p = p.with_correlation_id(s);
     }
-    if let Some(s) = text("reply_to")? {
-        p = p.with_reply_to(s.into());
+    if let Some(s) = short("reply_to")? {
+        p = p.with_reply_to(s);
     }
-    if let Some(s) = text("expiration")? {
-        p = p.with_expiration(s.into());
+    if let Some(s) = short("expiration")? {
+        p = p.with_expiration(s);
     }
-    if let Some(s) = text("message_id")? {
-        p = p.with_message_id(s.into());
+    if let Some(s) = short("message_id")? {
+        p = p.with_message_id(s);
     }
     if let Some(n) = number("timestamp")? {
         p = p.with_timestamp(n);
     }
-    if let Some(s) = text("type")? {
-        p = p.with_type(s.into());
+    if let Some(s) = short("type")? {
+        p = p.with_type(s);
     }
-    if let Some(s) = text("user_id")? {
-        p = p.with_user_id(s.into());
+    if let Some(s) = short("user_id")? {
+        p = p.with_user_id(s);
     }
-    if let Some(s) = text("app_id")? {
-        p = p.with_app_id(s.into());
+    if let Some(s) = short("app_id")? {
+        p = p.with_app_id(s);
     }
-    if let Some(s) = text("cluster_id")? {
-        p = p.with_cluster_id(s.into());
+    if let Some(s) = short("cluster_id")? {
+        p = p.with_cluster_id(s);
     }
     Ok(p)
 }
@@ -606,6 +604,7 @@ pub fn declare_exchange(
     internal: bool,
     arguments: &FieldTable,
 ) -> Result<bool, ApiError> {
+    short_string("exchange", name)?;
     if ExchangeKind::parse(kind).is_none() {
         return Err(ApiError::bad_request(format!(
             "unknown exchange type '{kind}'"
@@ -716,6 +715,7 @@ pub async fn publish(
         .exchange(unalias(&name))
         .map_err(|e| ApiError::bad_request(format!("404 {}", e.text)))?;
     let b: PublishBody = body(&raw)?;
+    short_string("routing_key", &b.routing_key)?;
     let payload = match b.payload_encoding.as_str() {
         "string" => Bytes::from(b.payload.into_bytes()),
         "base64" => Bytes::from(
@@ -1071,6 +1071,7 @@ pub fn bind<'a>(
         routing_key,
         arguments,
     } = n;
+    short_string("routing_key", routing_key)?;
     let source = unalias(source);
     let dest_name = if to_queue {
         dest_name

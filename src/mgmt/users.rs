@@ -2,8 +2,8 @@
 //! tag, as in RabbitMQ.
 
 use super::api::{
-    body, created_or_updated, from_object, list, no_content, object, tags, ApiError, ApiResult,
-    User,
+    body, created_or_updated, from_object, list, no_content, object, short_string, tags, ApiError,
+    ApiResult, User,
 };
 use crate::broker::access::{
     hash_password, is_known_algorithm, Permission, PermissionRecord, UserRecord, VhostRecord,
@@ -268,6 +268,8 @@ pub async fn put_vhost(
     if name.is_empty() {
         return Err(ApiError::bad_request("vhost names must not be empty"));
     }
+    // Stored queues and exchanges carry their vhost as a short string.
+    short_string("vhost", &name)?;
     let created = broker.create_vhost(VhostRecord {
         name: name.clone(),
         description: b.description,

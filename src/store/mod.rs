@@ -8,6 +8,7 @@
 //! slots (slot files) and delivered marks (sled) are written by the
 //! persister thread.
 
+mod data_dir;
 pub mod durable;
 pub mod memory;
 pub mod persister;
@@ -219,6 +220,10 @@ impl Store {
         dir: &Path,
         config: &crate::config::StorageConfig,
     ) -> Result<(Arc<Store>, Recovered), StoreError> {
+        data_dir::prepare(dir).map_err(|source| StoreError::Io {
+            path: dir.to_owned(),
+            source,
+        })?;
         recovery::open(dir, config)
     }
 
