@@ -1,0 +1,248 @@
+//! Resource bounds against a hostile client (issue 14, findings 5, 7, 9):
+//! topic routing stays cheap whatever the binding keys, time-valued
+//! arguments are bounded as RabbitMQ bounds them, and the connection limit
+//! counts a connection from accept.
+//!
+//! Tests that could wedge a broker without the fix run it as a child
+//! process, so a failure is a timeout and a killed child, not a hung test.
+
+mod common;
+
+use common::amqp::{confirm_channel, timed_for};
+use common::process::{BrokerProcess, TempDir};
+use common::{against_other_broker, unique};
+use lapin::{
+    options::*, types::FieldTable, BasicProperties, Connection, ConnectionProperties, ExchangeKind,
+};
+use std::time::Duration;
+
+/// Generous: a broker that is merely slow passes; one that went
+/// exponential (or quadratic at scale) does not.
+const GENEROUS: Duration = Duration::from_secs(60);
+const STEP: Duration = Duration::from_secs(10);
+
+/// Where a test connects: a child broker process (kept alive by the
+/// value), or the broker `LEVERET_TEST_URI` names.
+struct Target {
+    uri: String,
+    _broker: Option<(BrokerProcess, TempDir)>,
+}
+
+impl Target {
+    fn start(name: &str) -> Target {
+        if let Ok(uri) = std::env::var("LEVERET_TEST_URI") {
+            return Target { uri, _broker: None };
+        }
+        let dir = TempDir::new(name);
+        let broker = BrokerProcess::start(dir.path());
+        Target {
+            uri: broker.uri(),
+            _broker: Some((broker, dir)),
+        }
+    }
+
+    async fn connect(&self) -> Connection {
+        timed_for(
+            STEP,
+            "connection",
+            Connection::connect(&self.uri, ConnectionProperties::default()),
+        )
+        .await
+        .expect("connect")
+    }
+}
+
+// ------------------------------------------------------------ topic routing
+
+/// `n` copies of `word` joined by dots.
+fn words(word: &str, n: usize) -> String {
+    vec![word; n].join(".")
+}
+
+async fn get_count(ch: &lapin::Channel, queue: &str) -> usize {
+    let mut n = 0;
+    while let Some(_m) = timed_for(
+        STEP,
+        "basic.get",
+        ch.basic_get(queue.into(), BasicGetOptions { no_ack: true }),
+    )
+    .await
+    .expect("basic.get")
+    {
+        n += 1;
+    }
+    n
+}
+
+/// Binding keys full of `#` against routing keys of the most words a
+/// routing key can have: the old backtracking matcher tried every way of
+/// sharing the words among the `#`s (exponential) while holding the
+/// exchange's bindings lock. Each publish is confirmed, and each message
+/// reaches exactly the queues the topic rules say.
+///
+/// Leveret only: RabbitMQ 3.10's own trie matcher backtracks too, and did
+/// not confirm the first of these publishes within the minute.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn topic_keys_full_of_hashes_route_at_once() {
+    if against_other_broker() {
+        return;
+    }
+    let target = Target::start("topic-hashes");
+    let conn = target.connect().await;
+    let ch = confirm_channel(&conn).await;
+    let ex = unique("hostile-topic");
+    ch.exchange_declare(
+        ex.as_str().into(),
+        ExchangeKind::Topic,
+        ExchangeDeclareOptions {
+            auto_delete: true,
+            ..Default::default()
+        },
+        FieldTable::default(),
+    )
+    .await
+    .expect("exchange.declare");
+    // Each queue with its binding key; 255 bytes at most, as AMQP allows.
+    let hashes_then_z = words("#", 24) + ".z";
+    let hash_a_pairs_then_b = words("#.a", 60) + ".b";
+    let bindings = [
+        ("any-a", "a.#".to_string()),
+        ("hashes-z", hashes_then_z),
+        ("pairs-b", hash_a_pairs_then_b),
+        ("all", words("#", 127)),
+    ];
+    let mut queues = Vec::new();
+    for (name, key) in &bindings {
+        let q = unique(name);
+        ch.queue_declare(
+            q.as_str().into(),
+            QueueDeclareOptions {
+                exclusive: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+        .expect("queue.declare");
+        ch.queue_bind(
+            q.as_str().into(),
+            ex.as_str().into(),
+            key.as_str().into(),
+            QueueBindOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .expect("queue.bind");
+        queues.push(q);
+    }
+    // 128 words (255 bytes): no `z` or `b` at the end for the hard ones.
+    let keys = [
+        words("a", 128),
+        words("a", 127) + ".z",
+        words("a", 127) + ".b",
+        words("a", 127) + ".c",
+    ];
+    for key in &keys {
+        let confirm = ch
+            .basic_publish(
+                ex.as_str().into(),
+                key.as_str().into(),
+                BasicPublishOptions::default(),
+                b"m",
+                BasicProperties::default(),
+            )
+            .await
+            .expect("basic.publish");
+        timed_for(GENEROUS, "the publish to be confirmed", confirm)
+            .await
+            .expect("confirm");
+    }
+    let mut counts = Vec::new();
+    for q in &queues {
+        counts.push(get_count(&ch, q).await);
+    }
+    assert_eq!(counts, vec![4, 1, 1, 4], "messages per queue {queues:?}");
+    let _ = conn.close(200, "bye".into()).await;
+}
+
+/// Many bindings on one topic exchange: each bind used to rebuild the
+/// whole index (N binds, O(N²)). Binding them all, routing through them
+/// and deleting their queue each finish well inside a generous deadline.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn many_topic_bindings_bind_route_and_go() {
+    const BINDINGS: usize = 20_000;
+    let target = Target::start("topic-many");
+    let conn = target.connect().await;
+    let ch = confirm_channel(&conn).await;
+    let ex = unique("hostile-topic-many");
+    ch.exchange_declare(
+        ex.as_str().into(),
+        ExchangeKind::Topic,
+        ExchangeDeclareOptions {
+            auto_delete: true,
+            ..Default::default()
+        },
+        FieldTable::default(),
+    )
+    .await
+    .expect("exchange.declare");
+    let q = unique("many");
+    ch.queue_declare(
+        q.as_str().into(),
+        QueueDeclareOptions {
+            exclusive: true,
+            ..Default::default()
+        },
+        FieldTable::default(),
+    )
+    .await
+    .expect("queue.declare");
+    timed_for(GENEROUS, "every binding to be made", async {
+        for i in 0..BINDINGS {
+            ch.queue_bind(
+                q.as_str().into(),
+                ex.as_str().into(),
+                format!("k.{i}.*.#").as_str().into(),
+                QueueBindOptions { nowait: true },
+                FieldTable::default(),
+            )
+            .await
+            .expect("queue.bind");
+        }
+        // A bind with a reply: every nowait one before it is done.
+        ch.queue_bind(
+            q.as_str().into(),
+            ex.as_str().into(),
+            "last".into(),
+            QueueBindOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .expect("queue.bind");
+    })
+    .await;
+    for key in ["k.7.x", "k.19999.x.y.z", "last", "k.20000.x", "k"] {
+        let confirm = ch
+            .basic_publish(
+                ex.as_str().into(),
+                key.into(),
+                BasicPublishOptions::default(),
+                b"m",
+                BasicProperties::default(),
+            )
+            .await
+            .expect("basic.publish");
+        timed_for(GENEROUS, "the publish to be confirmed", confirm)
+            .await
+            .expect("confirm");
+    }
+    assert_eq!(get_count(&ch, &q).await, 3);
+    timed_for(
+        GENEROUS,
+        "the queue and its bindings to go",
+        ch.queue_delete(q.as_str().into(), QueueDeleteOptions::default()),
+    )
+    .await
+    .expect("queue.delete");
+    let _ = conn.close(200, "bye".into()).await;
+}
