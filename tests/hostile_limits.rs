@@ -8,11 +8,12 @@
 
 mod common;
 
-use common::amqp::{confirm_channel, timed_for};
+use common::amqp::{amqp_error, confirm_channel, timed_for};
 use common::process::{BrokerProcess, TempDir};
-use common::{against_other_broker, unique};
+use common::{against_other_broker, unique, TestBroker};
 use lapin::{
-    options::*, types::FieldTable, BasicProperties, Connection, ConnectionProperties, ExchangeKind,
+    options::*, types::AMQPValue, types::FieldTable, BasicProperties, Connection,
+    ConnectionProperties, ExchangeKind,
 };
 use std::time::Duration;
 
@@ -245,4 +246,171 @@ async fn many_topic_bindings_bind_route_and_go() {
     .await
     .expect("queue.delete");
     let _ = conn.close(200, "bye".into()).await;
+}
+
+// ------------------------------------------------------ time-valued arguments
+
+/// RabbitMQ's ceiling for every TTL: ten years in milliseconds.
+const TEN_YEARS_MS: u64 = 315_360_000_000;
+
+/// Publishes to `queue` with `expiration` on a fresh confirm channel; the
+/// close (code, text) if the broker refused it.
+async fn publish_expiring(
+    conn: &Connection,
+    queue: &str,
+    expiration: &str,
+) -> Option<(u16, String)> {
+    let ch = confirm_channel(conn).await;
+    let confirm = ch
+        .basic_publish(
+            "".into(),
+            queue.into(),
+            BasicPublishOptions::default(),
+            b"x",
+            BasicProperties::default().with_expiration(expiration.into()),
+        )
+        .await
+        .expect("basic.publish");
+    match timed_for(STEP, "the confirm or the close", confirm).await {
+        Ok(_) => None,
+        Err(e) => Some(amqp_error(&e).expect("a channel close")),
+    }
+}
+
+/// An `expiration` over ten years is refused with 406, as RabbitMQ does,
+/// whatever its size (the largest u64 used to expire the message at once);
+/// ten years exactly is kept.
+#[tokio::test]
+async fn expiration_over_ten_years_is_refused() {
+    let broker = TestBroker::start().await;
+    let conn = broker.connect().await;
+    let setup = conn.create_channel().await.expect("channel");
+    let q = unique("ten-years");
+    setup
+        .queue_declare(
+            q.as_str().into(),
+            QueueDeclareOptions {
+                exclusive: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+        .expect("queue.declare");
+    // RabbitMQ prints the reason with Erlang's ~p, which puts a value that
+    // would run past column 78 on a line of its own (texts as RabbitMQ
+    // 3.10 sent them).
+    let under = |column: usize| format!(",\n{}", " ".repeat(column));
+    let huge = "9".repeat(40);
+    let cases = [
+        ("315360000001", "{value_too_large,315360000001}".to_string()),
+        (
+            "00315360000001",
+            "{value_too_large,315360000001}".to_string(),
+        ),
+        (
+            "999999999999999999",
+            "{value_too_large,999999999999999999}".to_string(),
+        ),
+        (
+            "9999999999999999999",
+            format!("{{value_too_large{}9999999999999999999}}", under(43)),
+        ),
+        (
+            "18446744073709551615",
+            format!("{{value_too_large{}18446744073709551615}}", under(44)),
+        ),
+        (
+            "-0999999999999999999",
+            format!("{{value_negative{}-999999999999999999}}", under(44)),
+        ),
+        (
+            huge.as_str(),
+            format!("{{value_too_large{}{huge}}}", under(64)),
+        ),
+    ];
+    for (expiration, reason) in cases {
+        assert_eq!(
+            publish_expiring(&conn, &q, expiration).await,
+            Some((
+                406,
+                format!("PRECONDITION_FAILED - invalid expiration '{expiration}': {reason}")
+            )),
+            "expiration {expiration}"
+        );
+        assert!(conn.status().connected(), "the connection stays open");
+    }
+    assert_eq!(
+        publish_expiring(&conn, &q, &TEN_YEARS_MS.to_string()).await,
+        None
+    );
+    let got = timed_for(
+        STEP,
+        "basic.get",
+        setup.basic_get(q.as_str().into(), BasicGetOptions { no_ack: true }),
+    )
+    .await
+    .expect("basic.get");
+    assert!(got.is_some(), "a ten-year message stays in its queue");
+    let _ = conn.close(200, "bye".into()).await;
+    broker.stop().await;
+}
+
+/// The queue arguments that are times: over ten years refused with
+/// RabbitMQ's text, ten years accepted. (x-consumer-timeout, which
+/// RabbitMQ checks only for being a non-negative integer, likewise.)
+#[tokio::test]
+async fn queue_time_arguments_are_bounded_like_rabbitmq() {
+    let broker = TestBroker::start().await;
+    let conn = broker.connect().await;
+    for (arg, value, refusal) in [
+        (
+            "x-message-ttl",
+            TEN_YEARS_MS + 1,
+            Some("{value_too_large,315360000001}"),
+        ),
+        (
+            "x-expires",
+            TEN_YEARS_MS + 1,
+            Some("{value_too_large,315360000001}"),
+        ),
+        (
+            "x-message-ttl",
+            u64::MAX >> 1,
+            Some("{value_too_large,9223372036854775807}"),
+        ),
+        ("x-message-ttl", TEN_YEARS_MS, None),
+        ("x-expires", TEN_YEARS_MS, None),
+    ] {
+        let ch = conn.create_channel().await.expect("channel");
+        let q = unique("time-arg");
+        let mut args = FieldTable::default();
+        args.insert(arg.into(), AMQPValue::LongLongInt(value as i64));
+        let result = ch
+            .queue_declare(
+                q.as_str().into(),
+                QueueDeclareOptions {
+                    exclusive: true,
+                    ..Default::default()
+                },
+                args,
+            )
+            .await;
+        match refusal {
+            Some(detail) => assert_eq!(
+                amqp_error(&result.expect_err("refused")),
+                Some((
+                    406,
+                    format!(
+                        "PRECONDITION_FAILED - invalid arg '{arg}' for queue '{q}' in vhost '/': {detail}"
+                    )
+                ))
+            ),
+            None => {
+                result.unwrap_or_else(|e| panic!("{arg} = {value} refused: {e}"));
+            }
+        }
+    }
+    let _ = conn.close(200, "bye".into()).await;
+    broker.stop().await;
 }

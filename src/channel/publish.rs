@@ -5,7 +5,7 @@ use super::shared::Settle;
 use super::{Channel, ConnCtx};
 use crate::broker::access::{Access, Resource};
 use crate::broker::exchange::RoutingInfo;
-use crate::broker::message::{parse_expiration, Message};
+use crate::broker::message::{erlang_layout, parse_expiration, Message};
 use crate::error::AmqpError;
 use crate::protocol::encode;
 use crate::protocol::method::{Publish, Reader};
@@ -202,9 +202,12 @@ impl Channel {
         }
         let expiration = match PropertiesView::str(&properties, &view.expiration) {
             Some(raw) => Some(parse_expiration(raw).map_err(|detail| {
+                // The detail starts after "invalid expiration '<raw>': ".
+                let column = 23 + raw.len();
                 AmqpError::precondition_failed(format_args!(
-                    "invalid expiration '{}': {detail}",
-                    String::from_utf8_lossy(raw)
+                    "invalid expiration '{}': {}",
+                    String::from_utf8_lossy(raw),
+                    erlang_layout(&detail, column)
                 ))
             })?),
             None => None,
