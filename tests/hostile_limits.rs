@@ -10,6 +10,7 @@ mod common;
 
 use common::amqp::{amqp_error, confirm_channel, timed_for};
 use common::process::{BrokerProcess, TempDir};
+use common::raw::Raw;
 use common::{against_other_broker, unique, TestBroker};
 use lapin::{
     options::*, types::AMQPValue, types::FieldTable, BasicProperties, Connection,
@@ -413,4 +414,107 @@ async fn queue_time_arguments_are_bounded_like_rabbitmq() {
     }
     let _ = conn.close(200, "bye".into()).await;
     broker.stop().await;
+}
+
+// --------------------------------------------------------- connection limit
+
+/// A broker child process run with `limits` (lines of its `[limits]`).
+fn broker_with_limits(name: &str, limits: &str) -> (BrokerProcess, TempDir) {
+    let dir = TempDir::new(name);
+    let config = dir.path().join("broker.toml");
+    std::fs::write(&config, format!("[limits]\n{limits}\n")).expect("write config");
+    let data = dir.path().join("data");
+    (BrokerProcess::start_with_config(&data, &config), dir)
+}
+
+fn socket_addr(broker: &BrokerProcess) -> std::net::SocketAddr {
+    broker.addr().parse().expect("a socket address")
+}
+
+/// Under `deadline`, below the raw client's own 5 s read timeout.
+const HANDSHAKE_DEADLINE: Duration = Duration::from_secs(4);
+
+/// `n` clients at once each try the whole handshake within
+/// [`HANDSHAKE_DEADLINE`]; the connections of those that got through.
+async fn concurrent_handshakes(addr: std::net::SocketAddr, n: usize) -> Vec<Raw> {
+    let mut tries = tokio::task::JoinSet::new();
+    for _ in 0..n {
+        tries.spawn(async move {
+            tokio::time::timeout(HANDSHAKE_DEADLINE, Raw::open(addr))
+                .await
+                .ok()
+                .map(|(raw, _)| raw)
+        });
+    }
+    let mut open = Vec::new();
+    while let Some(done) = tries.join_next().await {
+        if let Some(raw) = done.expect("a handshake task") {
+            open.push(raw);
+        }
+    }
+    open
+}
+
+/// 100 clients handshake at once against `max_connections = 10`: exactly
+/// 10 get in, counted from accept (the old count, of finished handshakes
+/// only, let all 100 through). The rest wait, as under RabbitMQ, until a
+/// connection ends; then newcomers get in again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connection_limit_counts_connections_from_accept() {
+    if against_other_broker() {
+        return;
+    }
+    let (broker, _dir) = broker_with_limits("conn-limit", "max_connections = 10");
+    let addr = socket_addr(&broker);
+    let first = concurrent_handshakes(addr, 100).await;
+    assert_eq!(
+        first.len(),
+        10,
+        "connections opened at once under a limit of 10"
+    );
+    drop(first);
+    let again = concurrent_handshakes(addr, 20).await;
+    assert_eq!(again.len(), 10, "after those closed, 10 more and no more");
+}
+
+/// Clients that connect and never log in hold a place only while their
+/// handshake lasts: with `max_handshakes = 5`, five silent sockets keep a
+/// real client waiting, the handshake timeout (counted from accept) closes
+/// them, and the client gets in.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn silent_clients_hold_a_handshake_place_until_their_timeout() {
+    if against_other_broker() {
+        return;
+    }
+    let (broker, _dir) = broker_with_limits(
+        "handshake-limit",
+        "max_handshakes = 5\nhandshake_timeout_ms = 2000",
+    );
+    let addr = socket_addr(&broker);
+    let mut silent = Vec::new();
+    for _ in 0..5 {
+        silent.push(Raw::connect(addr).await);
+    }
+    let waited = std::time::Instant::now();
+    assert!(
+        tokio::time::timeout(Duration::from_millis(1000), Raw::open(addr))
+            .await
+            .is_err(),
+        "a sixth client got in while five handshakes were pending"
+    );
+    let (mut raw, _) = timed_for(
+        STEP,
+        "the handshake after the silent ones timed out",
+        Raw::open(addr),
+    )
+    .await;
+    assert!(
+        waited.elapsed() >= Duration::from_millis(1500),
+        "got in after {:?}",
+        waited.elapsed()
+    );
+    for mut s in silent {
+        assert!(s.read_frame().await.is_none(), "a silent client was closed");
+    }
+    raw.close_connection().await;
 }

@@ -14,6 +14,7 @@ use crate::hash::HashMap;
 use crate::protocol::frame::{decode_frame, Frame, FrameType};
 use crate::protocol::method::{decode_method, method_ids, Method};
 use crate::protocol::{encode, PROTOCOL_HEADER};
+use crate::server::Place;
 use amq_protocol::protocol::{connection, AMQPClass};
 use amq_protocol::types::{AMQPValue, FieldTable, LongString, ShortString};
 use bytes::BytesMut;
@@ -41,6 +42,7 @@ pub async fn serve(
     peer: SocketAddr,
     broker: Arc<Broker>,
     shutdown: watch::Receiver<bool>,
+    place: Place,
 ) {
     let _ = socket.set_nodelay(true);
     let local = socket
@@ -63,6 +65,7 @@ pub async fn serve(
         outbox: outbox.clone(),
         heartbeat,
         shutdown,
+        place,
     };
     conn.run().await;
     outbox.close();
@@ -123,6 +126,8 @@ struct Connection {
     outbox: Arc<Outbox>,
     heartbeat: Arc<Mutex<Option<Duration>>>,
     shutdown: watch::Receiver<bool>,
+    /// Its places under the connection limits.
+    place: Place,
 }
 
 /// Results of the handshake the reader loop needs.
@@ -138,7 +143,9 @@ impl Connection {
     async fn run(&mut self) {
         let handshake_timeout =
             Duration::from_millis(self.broker.config.limits.handshake_timeout_ms);
-        let session = match tokio::time::timeout(handshake_timeout, self.handshake()).await {
+        let handshake = tokio::time::timeout(handshake_timeout, self.handshake()).await;
+        self.place.handshake_done();
+        let session = match handshake {
             Ok(Ok(Some(session))) => session,
             Ok(Ok(None)) => return,
             Ok(Err(err)) => {
