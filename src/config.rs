@@ -72,6 +72,7 @@ pub struct LimitsConfig {
     pub heartbeat: u16,
     pub max_message_size: u64,
     pub max_connections: usize,
+    pub max_handshakes: usize,
     /// Bytes; broker.toml may give a fraction of RAM, resolved when read.
     #[serde(deserialize_with = "memory_watermark")]
     pub memory_high_watermark: u64,
@@ -112,6 +113,7 @@ impl Default for LimitsConfig {
             heartbeat: 60,
             max_message_size: 128 * 1024 * 1024,
             max_connections: 0,
+            max_handshakes: 1000,
             memory_high_watermark: relative_to_ram(DEFAULT_MEMORY_WATERMARK),
             queue_flow_window: 1024 * 1024,
             flow_busy_consumer_us: 100,

@@ -1,12 +1,12 @@
 //! Accept loop and graceful shutdown.
 
 use crate::broker::Broker;
-use crate::config::Config;
+use crate::config::{Config, LimitsConfig};
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::{TcpListener, TcpSocket};
-use tokio::sync::watch;
+use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
 use tracing::{error, info, warn};
 
@@ -92,7 +92,7 @@ pub async fn serve(
     broker: Arc<Broker>,
     shutdown: impl Future<Output = ()>,
 ) {
-    let max_connections = broker.config.limits.max_connections;
+    let admission = Admission::new(&broker.config.limits);
     let (stop_tx, stop_rx) = watch::channel(false);
     let mgmt_task = mgmt.map(|l| {
         let mut stop = stop_rx.clone();
@@ -103,15 +103,17 @@ pub async fn serve(
     let mut connections = JoinSet::new();
     tokio::pin!(shutdown);
     loop {
+        // A place is taken before accepting, so past a limit the listener
+        // stops accepting and clients wait in the kernel's backlog, as
+        // RabbitMQ's (ranch's) max_connections does.
+        let admitted = async {
+            let place = admission.place().await;
+            (place, listener.accept().await)
+        };
         tokio::select! {
-            accepted = listener.accept() => match accepted {
+            (place, accepted) = admitted => match accepted {
                 Ok((socket, peer)) => {
-                    if max_connections > 0 && broker.connections.len() >= max_connections {
-                        warn!(%peer, max_connections, "connection limit reached, refusing");
-                        drop(socket);
-                        continue;
-                    }
-                    connections.spawn(crate::connection::serve(socket, peer, broker.clone(), stop_rx.clone()));
+                    connections.spawn(crate::connection::serve(socket, peer, broker.clone(), stop_rx.clone(), place));
                 }
                 Err(e) => {
                     // Out of file descriptors and the like: back off, keep serving.
@@ -140,6 +142,63 @@ pub async fn serve(
     // Connections are gone: write what the persister still holds and stop it.
     let store = broker.store.clone();
     let _ = tokio::task::spawn_blocking(move || store.close()).await;
+}
+
+/// The connection limits, counted from accept: `max_connections` over
+/// every connection, `max_handshakes` over those not yet open (a client
+/// that has not logged in holds one until its handshake ends or times out).
+struct Admission {
+    connections: Option<Arc<Semaphore>>,
+    handshakes: Option<Arc<Semaphore>>,
+}
+
+/// A connection's places under the limits, given back as it ends.
+pub struct Place {
+    _connection: Option<OwnedSemaphorePermit>,
+    handshake: Option<OwnedSemaphorePermit>,
+}
+
+impl Place {
+    /// The handshake is over: the connection no longer counts as one.
+    pub fn handshake_done(&mut self) {
+        self.handshake = None;
+    }
+}
+
+impl Admission {
+    fn new(limits: &LimitsConfig) -> Admission {
+        let limit = |n: usize| (n > 0).then(|| Arc::new(Semaphore::new(n)));
+        Admission {
+            connections: limit(limits.max_connections),
+            handshakes: limit(limits.max_handshakes),
+        }
+    }
+
+    /// Waits until one more connection fits under both limits.
+    async fn place(&self) -> Place {
+        // Connection place first: a client waiting for one holds no
+        // handshake place meanwhile.
+        let connection = take(&self.connections, "max_connections").await;
+        let handshake = take(&self.handshakes, "max_handshakes").await;
+        Place {
+            _connection: connection,
+            handshake,
+        }
+    }
+}
+
+/// A place under `limit`, if there is one; logs when accepting has to
+/// wait for it (once per wait, not per client).
+async fn take(limit: &Option<Arc<Semaphore>>, setting: &str) -> Option<OwnedSemaphorePermit> {
+    let limit = limit.clone()?;
+    if let Ok(place) = limit.clone().try_acquire_owned() {
+        return Some(place);
+    }
+    warn!(
+        setting,
+        "connection limit reached; new connections wait until one ends"
+    );
+    limit.acquire_owned().await.ok()
 }
 
 #[cfg(test)]

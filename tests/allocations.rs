@@ -53,10 +53,34 @@ const MEASURED: usize = 20_000;
 /// message as most clients send them.
 const ACK_EVERY: usize = 1;
 
+/// How messages reach the queue: the exchange, the queue's bindings to it
+/// and the messages' routing key.
+#[derive(Clone, Copy)]
+struct Route {
+    exchange: &'static str,
+    bindings: &'static [&'static str],
+    routing_key: &'static str,
+}
+
+/// Through the default exchange, straight to the queue.
+const DIRECT: Route = Route {
+    exchange: "",
+    bindings: &[],
+    routing_key: QUEUE,
+};
+
+/// Through amq.topic, the key matching two of three binding keys (routing
+/// matches words against the keys: it must not allocate either).
+const TOPIC: Route = Route {
+    exchange: "amq.topic",
+    bindings: &["alloc.*.#", "#.budget", "other.*"],
+    routing_key: "alloc.msg.budget",
+};
+
 /// Allocations per message through a queue, counted over `MEASURED`
 /// messages after `WARM_UP` (buffers and queues grown to their working
 /// size).
-async fn allocations_per_message(no_ack: bool) -> f64 {
+async fn allocations_per_message(no_ack: bool, route: Route) -> f64 {
     let broker = TestBroker::start().await;
     let (mut publisher, _) = Raw::open(broker.addr).await;
     let (mut consumer, _) = Raw::open(broker.addr).await;
@@ -103,8 +127,23 @@ async fn allocations_per_message(no_ack: bool) -> f64 {
         .await;
     consumer.next_method().await;
 
+    for key in route.bindings {
+        consumer
+            .send_method(
+                1,
+                AMQPClass::Queue(queue::AMQPMethod::Bind(queue::Bind {
+                    queue: QUEUE.into(),
+                    exchange: route.exchange.into(),
+                    routing_key: (*key).into(),
+                    nowait: false,
+                    arguments: FieldTable::default(),
+                })),
+            )
+            .await;
+        consumer.next_method().await;
+    }
     let one = {
-        let mut bytes = method_frame(1, &publish_method("", QUEUE));
+        let mut bytes = method_frame(1, &publish_method(route.exchange, route.routing_key));
         bytes.extend(header_frame(1, BODY as u64));
         bytes.extend(frame(FRAME_BODY, 1, &[b'x'; BODY]));
         bytes
@@ -125,8 +164,18 @@ async fn allocations_per_message(no_ack: bool) -> f64 {
     };
     // deliver (class, method, tag, delivery tag, redelivered, exchange,
     // routing key) + header (no properties) + body, each framed.
-    let delivery_size =
-        (4 + 1 + CONSUMER_TAG.len() + 8 + 1 + 1 + 1 + QUEUE.len() + 8) + (14 + 8) + (BODY + 8);
+    let delivery_size = (4
+        + 1
+        + CONSUMER_TAG.len()
+        + 8
+        + 1
+        + 1
+        + route.exchange.len()
+        + 1
+        + route.routing_key.len()
+        + 8)
+        + (14 + 8)
+        + (BODY + 8);
 
     let mut inbox = vec![0u8; 1 << 20];
     let mut run = async |n: usize, from: usize| {
@@ -181,9 +230,13 @@ async fn a_message_costs_few_allocations_from_publisher_to_consumer() {
     if against_other_broker() {
         return;
     }
-    let no_ack = allocations_per_message(true).await;
-    let acked = allocations_per_message(false).await;
-    println!("allocations per message: {no_ack:.2} to a no-ack consumer, {acked:.2} with acks");
+    let no_ack = allocations_per_message(true, DIRECT).await;
+    let acked = allocations_per_message(false, DIRECT).await;
+    let topic = allocations_per_message(true, TOPIC).await;
+    println!(
+        "allocations per message: {no_ack:.2} to a no-ack consumer, {acked:.2} with acks, \
+         {topic:.2} through a topic exchange"
+    );
     // The slack is for the odd allocation of a background task (the
     // management sampler) during the run, not for one more per message.
     assert!(
@@ -193,5 +246,11 @@ async fn a_message_costs_few_allocations_from_publisher_to_consumer() {
     assert!(
         acked <= BUDGET + 0.05,
         "{acked:.2} allocations per message with acks"
+    );
+    // One more for the exchange's name, which the message keeps (the
+    // default exchange's is empty); matching the binding keys, none.
+    assert!(
+        topic <= BUDGET + 1.0 + 0.05,
+        "{topic:.2} allocations per message through a topic exchange"
     );
 }

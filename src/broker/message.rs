@@ -1,5 +1,6 @@
 //! A published message, shared by every queue it reaches.
 
+use crate::broker::queue_args::MAX_TTL_MS;
 use bytes::Bytes;
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -61,36 +62,53 @@ impl Message {
     }
 }
 
-/// Parses the `expiration` property as RabbitMQ does; the error is the
-/// detail of its 406 reply text.
+/// Parses the `expiration` property as RabbitMQ does: an integer of
+/// milliseconds, at most ten years; the error is the detail of its 406
+/// reply text.
 pub fn parse_expiration(raw: &[u8]) -> Result<u64, String> {
     let text = String::from_utf8_lossy(raw);
-    let (sign, digits_from) = match text.as_bytes().first() {
-        Some(b'-') => (-1i128, 1),
-        Some(b'+') => (1, 1),
-        _ => (1, 0),
+    let (negative, rest) = match text.as_bytes().first() {
+        Some(b'-') => (true, &text[1..]),
+        Some(b'+') => (false, &text[1..]),
+        _ => (false, &text[..]),
     };
-    let rest = &text[digits_from..];
     let digits = rest.bytes().take_while(u8::is_ascii_digit).count();
     if digits == 0 {
         return Err("no_integer".into());
     }
-    let n: i128 = rest[..digits]
-        .parse::<i128>()
-        .map_err(|_| "no_integer".to_string())?
-        * sign;
     if digits < rest.len() {
         return Err(format!("{{leftover_string,\"{}\"}}", &rest[digits..]));
     }
-    if n < 0 {
-        return Err(format!("{{value_negative,{n}}}"));
+    // The value as Erlang prints an integer of any size: no leading zeros.
+    let value = match rest.trim_start_matches('0') {
+        "" => "0",
+        v => v,
+    };
+    if negative && value != "0" {
+        return Err(format!("{{value_negative,-{value}}}"));
     }
-    Ok(n.min(u64::MAX as i128) as u64)
+    match value.parse::<u64>() {
+        Ok(ms) if ms <= MAX_TTL_MS => Ok(ms),
+        _ => Err(format!("{{value_too_large,{value}}}")),
+    }
+}
+
+/// `term`, a one-line Erlang term such as `{value_too_large,123}`, laid
+/// out as RabbitMQ's `~p` lays it out when it starts at `column` of its
+/// reply text: a tuple that would end past column 78 has its second
+/// element on the next line, under the first.
+pub fn erlang_layout(term: &str, column: usize) -> String {
+    match term.split_once(',') {
+        Some((first, rest)) if term.starts_with('{') && column + term.chars().count() > 78 => {
+            format!("{first},\n{:width$}{rest}", "", width = column + 1)
+        }
+        _ => term.to_string(),
+    }
 }
 
 #[cfg(test)]
 mod tests {
-    use super::parse_expiration;
+    use super::{erlang_layout, parse_expiration};
 
     #[test]
     fn expiration_parses_like_rabbitmq() {
@@ -106,9 +124,24 @@ mod tests {
         );
     }
 
+    #[test]
+    fn long_terms_wrap_as_rabbitmq_prints_them() {
+        // Column and term lengths at the edge, as RabbitMQ 3.10 printed them.
+        assert_eq!(
+            erlang_layout("{value_too_large,999999999999999999}", 42),
+            "{value_too_large,999999999999999999}"
+        );
+        assert_eq!(
+            erlang_layout("{value_too_large,999999999999999999}", 43),
+            format!("{{value_too_large,\n{}999999999999999999}}", " ".repeat(44))
+        );
+        assert_eq!(erlang_layout("no_integer", 200), "no_integer");
+    }
+
     mod expiry {
         use super::parse_expiration;
         use crate::broker::message::Message;
+        use crate::broker::queue_args::MAX_TTL_MS;
         use crate::store::QueuedMessage;
         use bytes::Bytes;
         use proptest::prelude::*;
@@ -153,9 +186,23 @@ mod tests {
                 parse_expiration(b"1 "),
                 Err("{leftover_string,\" \"}".into())
             );
+            assert_eq!(parse_expiration(b"315360000000"), Ok(MAX_TTL_MS));
+            assert_eq!(
+                parse_expiration(b"+00315360000001"),
+                Err("{value_too_large,315360000001}".into())
+            );
             assert_eq!(
                 parse_expiration(u64::MAX.to_string().as_bytes()),
-                Ok(u64::MAX)
+                Err(format!("{{value_too_large,{}}}", u64::MAX))
+            );
+            let huge = "9".repeat(60);
+            assert_eq!(
+                parse_expiration(huge.as_bytes()),
+                Err(format!("{{value_too_large,{huge}}}"))
+            );
+            assert_eq!(
+                parse_expiration(format!("-{huge}").as_bytes()),
+                Err(format!("{{value_negative,-{huge}}}"))
             );
         }
 
@@ -169,14 +216,23 @@ mod tests {
                 prop_assert!(queued(Some(at)).is_expired(at.saturating_add(now)));
             }
 
-            /// Every u64 reads back as itself, with or without a `+` or
-            /// leading zeros.
+            /// Every value up to ten years reads back as itself, with or
+            /// without a `+` or leading zeros.
             #[test]
-            fn any_u64_parses(n in any::<u64>(), zeros in 0usize..4) {
+            fn any_value_to_ten_years_parses(n in 0..=MAX_TTL_MS, zeros in 0usize..4) {
                 prop_assert_eq!(parse_expiration(n.to_string().as_bytes()), Ok(n));
                 prop_assert_eq!(parse_expiration(format!("+{n}").as_bytes()), Ok(n));
                 let padded = format!("{}{n}", "0".repeat(zeros));
                 prop_assert_eq!(parse_expiration(padded.as_bytes()), Ok(n));
+            }
+
+            /// Anything longer is refused with its value, however large.
+            #[test]
+            fn longer_than_ten_years_is_refused(n in MAX_TTL_MS + 1..=u64::MAX, zeros in 0usize..4) {
+                prop_assert_eq!(
+                    parse_expiration(format!("{}{n}", "0".repeat(zeros)).as_bytes()),
+                    Err(format!("{{value_too_large,{n}}}"))
+                );
             }
 
             /// A negative number is refused with its value.
@@ -198,7 +254,7 @@ mod tests {
                 let result = parse_expiration(&raw);
                 if !is_integer(&raw) {
                     prop_assert!(result.is_err(), "{:?} gave {:?}", String::from_utf8_lossy(&raw), result);
-                } else if raw.len() <= 20 {
+                } else if raw.len() <= 11 {
                     prop_assert!(result.is_ok() || raw[0] == b'-', "{:?} gave {:?}", raw, result);
                 }
             }

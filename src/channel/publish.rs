@@ -6,7 +6,7 @@ use super::{Channel, ConnCtx};
 use crate::broker::access::{Access, Resource};
 use crate::broker::exchange::RoutingInfo;
 use crate::broker::memory::Held;
-use crate::broker::message::{parse_expiration, Message};
+use crate::broker::message::{erlang_layout, parse_expiration, Message};
 use crate::error::{AmqpError, ReplyCode};
 use crate::protocol::encode;
 use crate::protocol::field_table::{self, TableError};
@@ -247,9 +247,12 @@ impl Channel {
         }
         let expiration = match PropertiesView::str(&properties, &view.expiration) {
             Some(raw) => Some(parse_expiration(raw).map_err(|detail| {
+                // The detail starts after "invalid expiration '<raw>': ".
+                let column = 23 + raw.len();
                 AmqpError::precondition_failed(format_args!(
-                    "invalid expiration '{}': {detail}",
-                    String::from_utf8_lossy(raw)
+                    "invalid expiration '{}': {}",
+                    String::from_utf8_lossy(raw),
+                    erlang_layout(&detail, column)
                 ))
             })?),
             None => None,

@@ -14,6 +14,7 @@ use crate::hash::HashMap;
 use crate::protocol::frame::{decode_frame, Frame, FrameType, FRAME_MIN_SIZE};
 use crate::protocol::method::{decode_method, method_ids, Method};
 use crate::protocol::{encode, PROTOCOL_HEADER};
+use crate::server::Place;
 use amq_protocol::protocol::{connection, AMQPClass};
 use amq_protocol::types::{AMQPValue, FieldTable, LongString, ShortString};
 use bytes::BytesMut;
@@ -41,6 +42,7 @@ pub async fn serve(
     peer: SocketAddr,
     broker: Arc<Broker>,
     shutdown: watch::Receiver<bool>,
+    place: Place,
 ) {
     let _ = socket.set_nodelay(true);
     let local = socket
@@ -66,6 +68,7 @@ pub async fn serve(
         heartbeat,
         shutdown,
         resumed: None,
+        place,
     };
     conn.run().await;
     outbox.close();
@@ -152,6 +155,8 @@ struct Connection {
     /// When the last pause (the socket not read) ended, not yet seen by
     /// the heartbeat check.
     resumed: Option<tokio::time::Instant>,
+    /// Its places under the connection limits.
+    place: Place,
 }
 
 /// Results of the handshake the reader loop needs.
@@ -167,7 +172,9 @@ impl Connection {
     async fn run(&mut self) {
         let handshake_timeout =
             Duration::from_millis(self.broker.config.limits.handshake_timeout_ms);
-        let session = match tokio::time::timeout(handshake_timeout, self.handshake()).await {
+        let handshake = tokio::time::timeout(handshake_timeout, self.handshake()).await;
+        self.place.handshake_done();
+        let session = match handshake {
             Ok(Ok(Some(session))) => session,
             Ok(Ok(None)) => return,
             Ok(Err(err)) => {

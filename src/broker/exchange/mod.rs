@@ -8,9 +8,10 @@ use crate::hash::HashMap;
 use amq_protocol::types::FieldTable;
 use headers::HeadersMatcher;
 use parking_lot::RwLock;
+use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use topic::TopicPattern;
+use topic::TopicTrie;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ExchangeKind {
@@ -78,46 +79,141 @@ pub struct Exchange {
     bindings: RwLock<Bindings>,
 }
 
-/// Bindings plus the indexes routing uses, rebuilt on every change
-/// (bindings change rarely; messages are routed constantly).
+/// Bindings plus the indexes routing uses, each kept up to date on bind
+/// and unbind: no change costs more than the binding it touches (bindings
+/// change rarely; messages are routed constantly).
 #[derive(Default)]
 struct Bindings {
+    /// Dense, for fanout routing and listings; a removal moves the last
+    /// binding into the gap.
     all: Vec<Binding>,
-    by_key: HashMap<String, Vec<usize>>,
-    topics: Vec<TopicPattern>,
+    /// Where each binding sits in `all`, by identity; ordered by
+    /// destination first, so a destination's bindings are one range.
+    positions: BTreeMap<BindingId, usize>,
+    by_key: HashMap<String, Vec<Destination>>,
+    topics: TopicTrie<Destination>,
+    /// Parallel to `all` (headers exchanges only).
     headers: Vec<Option<HeadersMatcher>>,
 }
 
+/// A binding's identity: destination, routing key and arguments.
+#[derive(Clone, PartialEq, Eq, PartialOrd, Ord)]
+struct BindingId {
+    destination: DestinationId,
+    routing_key: String,
+    /// The arguments encoded, which is how they compare.
+    arguments: Vec<u8>,
+}
+
+#[derive(Clone, PartialEq, Eq, PartialOrd, Ord)]
+enum DestinationId {
+    /// By address: a binding holds its queue, so the address is not reused
+    /// while the binding exists.
+    Queue(usize),
+    Exchange(String),
+}
+
+impl DestinationId {
+    fn of(destination: &Destination) -> DestinationId {
+        match destination {
+            Destination::Queue(q) => DestinationId::Queue(Arc::as_ptr(q) as usize),
+            Destination::Exchange(name) => DestinationId::Exchange(name.clone()),
+        }
+    }
+}
+
+impl BindingId {
+    fn new(destination: &Destination, routing_key: &str, arguments: &FieldTable) -> BindingId {
+        BindingId {
+            destination: DestinationId::of(destination),
+            routing_key: routing_key.to_string(),
+            arguments: cookie_factory::gen_simple(
+                amq_protocol::types::generation::gen_field_table(arguments),
+                Vec::new(),
+            )
+            .expect("encoding into a Vec cannot fail"),
+        }
+    }
+
+    fn of(b: &Binding) -> BindingId {
+        BindingId::new(&b.destination, &b.routing_key, &b.arguments)
+    }
+}
+
 impl Bindings {
-    fn reindex(&mut self, kind: ExchangeKind) {
-        self.by_key.clear();
-        self.topics.clear();
-        self.headers.clear();
+    /// Adds `binding` unless an identical one exists; whether it was added.
+    fn add(&mut self, kind: ExchangeKind, binding: Binding) -> bool {
+        let id = BindingId::of(&binding);
+        if self.positions.contains_key(&id) {
+            return false;
+        }
+        self.positions.insert(id, self.all.len());
+        match kind {
+            ExchangeKind::Direct => self
+                .by_key
+                .entry(binding.routing_key.clone())
+                .or_default()
+                .push(binding.destination.clone()),
+            ExchangeKind::Topic => self
+                .topics
+                .insert(&binding.routing_key, binding.destination.clone()),
+            ExchangeKind::Headers => self
+                .headers
+                .push(HeadersMatcher::new(&binding.arguments).ok()),
+            ExchangeKind::Fanout => {}
+        }
+        self.all.push(binding);
+        true
+    }
+
+    /// Removes the binding `id`; whether it existed.
+    fn remove(&mut self, kind: ExchangeKind, id: &BindingId) -> bool {
+        let Some(at) = self.positions.remove(id) else {
+            return false;
+        };
+        let binding = self.all.swap_remove(at);
+        if kind == ExchangeKind::Headers {
+            self.headers.swap_remove(at);
+        }
+        if let Some(moved) = self.all.get(at) {
+            if let Some(p) = self.positions.get_mut(&BindingId::of(moved)) {
+                *p = at;
+            }
+        }
+        let same = |d: &Destination| d.same(&binding.destination);
         match kind {
             ExchangeKind::Direct => {
-                for (i, b) in self.all.iter().enumerate() {
-                    self.by_key
-                        .entry(b.routing_key.clone())
-                        .or_default()
-                        .push(i);
+                if let Some(destinations) = self.by_key.get_mut(&binding.routing_key) {
+                    if let Some(i) = destinations.iter().position(same) {
+                        destinations.swap_remove(i);
+                    }
+                    if destinations.is_empty() {
+                        self.by_key.remove(&binding.routing_key);
+                    }
                 }
             }
             ExchangeKind::Topic => {
-                self.topics = self
-                    .all
-                    .iter()
-                    .map(|b| TopicPattern::parse(&b.routing_key))
-                    .collect();
+                self.topics.remove(&binding.routing_key, same);
             }
-            ExchangeKind::Headers => {
-                self.headers = self
-                    .all
-                    .iter()
-                    .map(|b| HeadersMatcher::new(&b.arguments).ok())
-                    .collect();
-            }
-            ExchangeKind::Fanout => {}
+            ExchangeKind::Headers | ExchangeKind::Fanout => {}
         }
+        true
+    }
+
+    /// The identities of every binding to `destination`.
+    fn to_destination(&self, destination: &Destination) -> Vec<BindingId> {
+        let destination = DestinationId::of(destination);
+        let from = BindingId {
+            destination: destination.clone(),
+            routing_key: String::new(),
+            arguments: Vec::new(),
+        };
+        self.positions
+            .range(from..)
+            .map(|(id, _)| id)
+            .take_while(|id| id.destination == destination)
+            .cloned()
+            .collect()
     }
 }
 
@@ -167,17 +263,7 @@ impl Exchange {
 
     /// Adds a binding; returns false when an identical one exists.
     pub fn bind(&self, binding: Binding) -> bool {
-        let mut b = self.bindings.write();
-        if b.all.iter().any(|x| {
-            x.destination.same(&binding.destination)
-                && x.routing_key == binding.routing_key
-                && x.arguments == binding.arguments
-        }) {
-            return false;
-        }
-        b.all.push(binding);
-        b.reindex(self.kind);
-        true
+        self.bindings.write().add(self.kind, binding)
     }
 
     /// Removes a binding; returns whether it existed.
@@ -187,18 +273,8 @@ impl Exchange {
         routing_key: &str,
         arguments: &FieldTable,
     ) -> bool {
-        let mut b = self.bindings.write();
-        let before = b.all.len();
-        b.all.retain(|x| {
-            !(x.destination.same(destination)
-                && x.routing_key == routing_key
-                && &x.arguments == arguments)
-        });
-        let removed = b.all.len() != before;
-        if removed {
-            b.reindex(self.kind);
-        }
-        removed
+        let id = BindingId::new(destination, routing_key, arguments);
+        self.bindings.write().remove(self.kind, &id)
     }
 
     pub fn has_binding(
@@ -207,23 +283,18 @@ impl Exchange {
         routing_key: &str,
         arguments: &FieldTable,
     ) -> bool {
-        self.bindings.read().all.iter().any(|x| {
-            x.destination.same(destination)
-                && x.routing_key == routing_key
-                && &x.arguments == arguments
-        })
+        let id = BindingId::new(destination, routing_key, arguments);
+        self.bindings.read().positions.contains_key(&id)
     }
 
     /// Removes every binding to `destination`; returns how many went.
     pub fn unbind_destination(&self, destination: &Destination) -> usize {
         let mut b = self.bindings.write();
-        let before = b.all.len();
-        b.all.retain(|x| !x.destination.same(destination));
-        let removed = before - b.all.len();
-        if removed > 0 {
-            b.reindex(self.kind);
+        let ids = b.to_destination(destination);
+        for id in &ids {
+            b.remove(self.kind, id);
         }
-        removed
+        ids.len()
     }
 
     pub fn binding_count(&self) -> usize {
@@ -240,17 +311,11 @@ impl Exchange {
         match self.kind {
             ExchangeKind::Fanout => out.extend(b.all.iter().map(|x| x.destination.clone())),
             ExchangeKind::Direct => {
-                if let Some(ids) = b.by_key.get(msg.routing_key) {
-                    out.extend(ids.iter().map(|&i| b.all[i].destination.clone()));
+                if let Some(destinations) = b.by_key.get(msg.routing_key) {
+                    out.extend(destinations.iter().cloned());
                 }
             }
-            ExchangeKind::Topic => {
-                for (binding, pattern) in b.all.iter().zip(&b.topics) {
-                    if pattern.matches(msg.routing_key) {
-                        out.push(binding.destination.clone());
-                    }
-                }
-            }
+            ExchangeKind::Topic => b.topics.matches(msg.routing_key, |d| out.push(d.clone())),
             ExchangeKind::Headers => {
                 if b.all.is_empty() {
                     return;
@@ -263,6 +328,130 @@ impl Exchange {
                     {
                         out.push(binding.destination.clone());
                     }
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[derive(Debug, Clone)]
+    enum Op {
+        Bind(u8, u8, bool),
+        Unbind(u8, u8, bool),
+        UnbindDestination(u8),
+    }
+
+    fn destination(d: u8) -> Destination {
+        Destination::Exchange(format!("d{d}"))
+    }
+
+    const KEYS: [&str; 5] = ["a", "a.b", "*.b", "#", "a.#"];
+
+    fn arguments(with: bool) -> FieldTable {
+        let mut t = FieldTable::default();
+        if with {
+            t.insert("x".into(), amq_protocol::types::AMQPValue::LongInt(1));
+        }
+        t
+    }
+
+    fn op() -> impl Strategy<Value = Op> {
+        prop_oneof![
+            3 => (0u8..4, 0u8..5, any::<bool>()).prop_map(|(d, k, a)| Op::Bind(d, k, a)),
+            2 => (0u8..4, 0u8..5, any::<bool>()).prop_map(|(d, k, a)| Op::Unbind(d, k, a)),
+            1 => (0u8..4).prop_map(Op::UnbindDestination),
+        ]
+    }
+
+    fn routed(e: &Exchange, key: &str) -> Vec<String> {
+        let no_headers = || None;
+        let mut out = Vec::new();
+        e.route(
+            &RoutingInfo {
+                routing_key: key,
+                headers: &no_headers,
+            },
+            &mut out,
+        );
+        let mut names: Vec<String> = out
+            .into_iter()
+            .map(|d| match d {
+                Destination::Exchange(n) => n,
+                Destination::Queue(_) => unreachable!(),
+            })
+            .collect();
+        names.sort();
+        names
+    }
+
+    proptest! {
+        /// Binds and unbinds in any order leave the bindings, and what
+        /// routing finds, as a plain list of bindings says.
+        #[test]
+        fn indexes_follow_binds_and_unbinds(
+            kind in prop_oneof![
+                Just(ExchangeKind::Direct),
+                Just(ExchangeKind::Topic),
+                Just(ExchangeKind::Fanout),
+                Just(ExchangeKind::Headers),
+            ],
+            ops in proptest::collection::vec(op(), 0..40),
+        ) {
+            let e = Exchange::new("e".into(), kind, false, false, false, FieldTable::default());
+            let mut model: Vec<(u8, u8, bool)> = Vec::new();
+            for op in ops {
+                match op {
+                    Op::Bind(d, k, a) => {
+                        let added = e.bind(Binding {
+                            destination: destination(d),
+                            routing_key: KEYS[k as usize].into(),
+                            arguments: arguments(a),
+                        });
+                        prop_assert_eq!(added, !model.contains(&(d, k, a)));
+                        if added {
+                            model.push((d, k, a));
+                        }
+                    }
+                    Op::Unbind(d, k, a) => {
+                        let removed = e.unbind(&destination(d), KEYS[k as usize], &arguments(a));
+                        prop_assert_eq!(removed, model.contains(&(d, k, a)));
+                        model.retain(|&b| b != (d, k, a));
+                    }
+                    Op::UnbindDestination(d) => {
+                        let before = model.len();
+                        model.retain(|&(x, _, _)| x != d);
+                        prop_assert_eq!(e.unbind_destination(&destination(d)), before - model.len());
+                    }
+                }
+                for &(d, k, a) in &model {
+                    prop_assert!(e.has_binding(&destination(d), KEYS[k as usize], &arguments(a)));
+                }
+                prop_assert_eq!(e.binding_count(), model.len());
+                for key in ["a", "a.b", "x.b", "", "a.b.c"] {
+                    let mut expected: Vec<String> = model
+                        .iter()
+                        .filter(|&&(_, k, a)| match kind {
+                            ExchangeKind::Direct => KEYS[k as usize] == key,
+                            ExchangeKind::Fanout => true,
+                            // No headers: only a binding without arguments matches.
+                            ExchangeKind::Headers => !a,
+                            ExchangeKind::Topic => {
+                                let mut trie = TopicTrie::default();
+                                trie.insert(KEYS[k as usize], ());
+                                let mut hit = false;
+                                trie.matches(key, |_| hit = true);
+                                hit
+                            }
+                        })
+                        .map(|&(d, _, _)| format!("d{d}"))
+                        .collect();
+                    expected.sort();
+                    prop_assert_eq!(routed(&e, key), expected, "key {:?}", key);
                 }
             }
         }
