@@ -4,8 +4,9 @@
 //! handler, and the data directory's permissions.
 //!
 //! These start the broker in-process with their own listeners: the API must
-//! be reachable on a non-loopback address, and a broker is restarted on the
-//! same data directory.
+//! be reachable from a non-loopback address, and a broker is restarted on the
+//! same data directory. The non-loopback client runs in a network namespace
+//! the test makes itself (root and iproute2 needed; skipped loudly without).
 
 mod common;
 
@@ -15,6 +16,7 @@ use serde_json::{json, Value};
 use std::net::{IpAddr, SocketAddr};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU32, Ordering};
 use tokio::sync::oneshot;
 
 /// A broker running in this process on `data_dir`, which outlives it.
@@ -77,21 +79,186 @@ impl Drop for DataDir {
     }
 }
 
-/// This machine's address on its default route, if it has one that is not
-/// loopback. Connecting a UDP socket sends nothing; it only picks the
-/// source address the kernel would use.
-fn non_loopback_v4() -> Option<IpAddr> {
-    let s = std::net::UdpSocket::bind("0.0.0.0:0").ok()?;
-    s.connect("203.0.113.1:9").ok()?;
-    let ip = s.local_addr().ok()?.ip();
-    (!ip.is_loopback() && !ip.is_unspecified()).then_some(ip)
+/// A network namespace this test makes for itself, joined to the root
+/// namespace by a veth pair. The broker listens in the root namespace; a
+/// client inside the namespace reaches it at `host_v4` / `host_v6`, private
+/// test addresses on the veth's host end that exist only while this value
+/// lives. No traffic leaves the machine, and none goes to its real
+/// interfaces. Namespace and veth are deleted on drop, panic or not.
+struct TestNet {
+    ns: String,
+    host_if: String,
+    host_v4: IpAddr,
+    host_v6: Option<IpAddr>,
 }
 
-fn non_loopback_v6() -> Option<IpAddr> {
-    let s = std::net::UdpSocket::bind("[::]:0").ok()?;
-    s.connect("[2001:db8::1]:9").ok()?;
-    let ip = s.local_addr().ok()?.ip();
-    (!ip.is_loopback() && !ip.is_unspecified()).then_some(ip)
+impl TestNet {
+    /// `None`, with the reason printed, only when this process cannot make
+    /// network namespaces (not root, or no `ip netns`). Any other failure to
+    /// set up panics: where namespaces work, the test must run.
+    fn new() -> Option<TestNet> {
+        // SAFETY: geteuid has no preconditions and cannot fail.
+        if unsafe { libc::geteuid() } != 0 {
+            eprintln!("SKIPPED: not root, so this test cannot make a network namespace");
+            return None;
+        }
+        let ip_netns = std::process::Command::new("ip")
+            .args(["netns", "list"])
+            .output();
+        if !ip_netns.is_ok_and(|o| o.status.success()) {
+            eprintln!("SKIPPED: `ip netns` (iproute2) is not available");
+            return None;
+        }
+        static N: AtomicU32 = AtomicU32::new(0);
+        let (pid, n) = (std::process::id(), N.fetch_add(1, Ordering::Relaxed));
+        let mut net = TestNet {
+            ns: format!("lvt-{pid}-{n}"),
+            // Interface names are at most 15 bytes: "lvt" + pid (≤ 7) + "h" + n.
+            host_if: format!("lvt{pid}h{n}"),
+            host_v4: format!("10.213.{}.{}", pid % 256, 4 * (n % 64) + 1)
+                .parse()
+                .unwrap(),
+            host_v6: None,
+        };
+        let peer_if = format!("lvt{pid}p{n}");
+        let peer_v4 = format!("10.213.{}.{}", pid % 256, 4 * (n % 64) + 2);
+        let (ns, host_if) = (net.ns.as_str(), net.host_if.as_str());
+        ip(&["netns", "add", ns]);
+        ip(&[
+            "link", "add", host_if, "type", "veth", "peer", "name", &peer_if,
+        ]);
+        ip(&["link", "set", &peer_if, "netns", ns]);
+        ip(&[
+            "addr",
+            "add",
+            &format!("{}/30", net.host_v4),
+            "dev",
+            host_if,
+        ]);
+        ip(&["link", "set", host_if, "up"]);
+        ip(&[
+            "-n",
+            ns,
+            "addr",
+            "add",
+            &format!("{peer_v4}/30"),
+            "dev",
+            &peer_if,
+        ]);
+        ip(&["-n", ns, "link", "set", &peer_if, "up"]);
+        ip(&["-n", ns, "link", "set", "lo", "up"]);
+        let v6 = format!("fd13:{:x}:{n:x}::", pid & 0xffff);
+        let with_v6 = try_ip(&[
+            "-6",
+            "addr",
+            "add",
+            &format!("{v6}1/64"),
+            "dev",
+            host_if,
+            "nodad",
+        ]) && try_ip(&[
+            "-n",
+            ns,
+            "-6",
+            "addr",
+            "add",
+            &format!("{v6}2/64"),
+            "dev",
+            &peer_if,
+            "nodad",
+        ]);
+        if !with_v6 {
+            eprintln!("NOTE: no IPv6 on the test veth; IPv6 cases are not tested");
+        }
+        net.host_v6 = with_v6.then(|| format!("{v6}1").parse().unwrap());
+        Some(net)
+    }
+
+    /// One request to the API at `api`, made by curl from inside the
+    /// namespace, so the broker sees it come from a non-loopback address.
+    async fn request(&self, api: &Api, method: &str, path: &str, body: Option<Value>) -> Reply {
+        let mut command = std::process::Command::new("ip");
+        command.args([
+            "netns",
+            "exec",
+            &self.ns,
+            "curl",
+            "--silent",
+            "--show-error",
+        ]);
+        command.args(["--noproxy", "*", "--globoff", "--max-time", "10"]);
+        command.args(["--user", &format!("{}:{}", api.user, api.password)]);
+        command.args(["--request", method, "--write-out", "\n%{http_code}"]);
+        if let Some(body) = body {
+            command.args(["--header", "Content-Type: application/json"]);
+            command.args(["--data-binary", &body.to_string()]);
+        }
+        command.arg(format!("http://{}{path}", api.addr));
+        // The broker runs on this test's runtime: wait for curl off it.
+        let out = tokio::task::spawn_blocking(move || command.output())
+            .await
+            .unwrap()
+            .expect("curl runs (apt-get install curl)");
+        let stdout = String::from_utf8(out.stdout).unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "curl {method} {path}: {stderr}");
+        let (text, status) = stdout.rsplit_once('\n').expect("curl wrote a status");
+        Reply {
+            status: status.parse().unwrap(),
+            json: serde_json::from_str(text).unwrap_or(Value::Null),
+            text: text.to_string(),
+        }
+    }
+}
+
+impl Drop for TestNet {
+    fn drop(&mut self) {
+        // Deleting the namespace deletes the peer end, and with it the pair;
+        // the host end is deleted too in case the move into it never happened.
+        let _ = try_ip(&["link", "del", &self.host_if]);
+        let _ = try_ip(&["netns", "del", &self.ns]);
+    }
+}
+
+fn try_ip(args: &[&str]) -> bool {
+    std::process::Command::new("ip")
+        .args(args)
+        .output()
+        .is_ok_and(|o| o.status.success())
+}
+
+fn ip(args: &[&str]) {
+    let out = std::process::Command::new("ip")
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "ip {}: {}",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// The API as seen from inside a [`TestNet`].
+struct Far<'a> {
+    net: &'a TestNet,
+    api: Api,
+}
+
+impl Far<'_> {
+    fn as_user(&self, user: &str, password: &str) -> Far<'_> {
+        Far {
+            net: self.net,
+            api: self.api.as_user(user, password),
+        }
+    }
+    async fn get(&self, path: &str) -> Reply {
+        self.net.request(&self.api, "GET", path, None).await
+    }
+    async fn put(&self, path: &str, body: Value) -> Reply {
+        self.net.request(&self.api, "PUT", path, Some(body)).await
+    }
 }
 
 /// A request whose handler may have died: `None` when the connection
@@ -134,14 +301,14 @@ fn long(n: usize) -> String {
 /// password was checked (a wrong one is still "Login failed").
 #[tokio::test]
 async fn guest_is_refused_over_http_from_a_non_loopback_address() {
-    let Some(remote) = non_loopback_v4() else {
-        eprintln!("skipped: this machine has no non-loopback IPv4 address");
-        return;
-    };
+    let Some(net) = TestNet::new() else { return };
     let dir = DataDir::new();
     let broker = Running::start("0.0.0.0:0", &dir.0).await;
     let local = broker.api_at("127.0.0.1".parse().unwrap());
-    let far = broker.api_at(remote);
+    let far = Far {
+        net: &net,
+        api: broker.api_at(net.host_v4),
+    };
 
     // From loopback guest is the administrator it always was.
     assert_eq!(local.get("/api/users").await.status, 200);
@@ -191,9 +358,11 @@ async fn guest_is_refused_over_http_from_a_non_loopback_address() {
 
 /// RabbitMQ's `rabbit_net:is_loopback`: 127.0.0.0/8, ::1 and IPv4-mapped
 /// 127.x are loopback. A dual-stack API sees 127.0.0.1 as ::ffff:127.0.0.1
-/// and must still let guest in; its non-loopback IPv6 address must not.
+/// and must still let guest in; a client on a non-loopback address, IPv4
+/// (seen as ::ffff:10.213.x.y) or IPv6, must not.
 #[tokio::test]
 async fn loopback_is_judged_as_rabbitmq_judges_it_on_a_dual_stack_listener() {
+    let Some(net) = TestNet::new() else { return };
     let dir = DataDir::new();
     let Ok(probe) = std::net::TcpListener::bind("[::]:0") else {
         eprintln!("skipped: no IPv6");
@@ -205,8 +374,12 @@ async fn loopback_is_judged_as_rabbitmq_judges_it_on_a_dual_stack_listener() {
         let reply = broker.api_at(ip.parse().unwrap()).get("/api/whoami").await;
         assert_eq!(reply.status, 200, "guest via {ip}: {}", reply.text);
     }
-    for ip in [non_loopback_v4(), non_loopback_v6()].into_iter().flatten() {
-        let reply = broker.api_at(ip).get("/api/whoami").await;
+    for ip in [Some(net.host_v4), net.host_v6].into_iter().flatten() {
+        let far = Far {
+            net: &net,
+            api: broker.api_at(ip),
+        };
+        let reply = far.get("/api/whoami").await;
         assert_eq!(reply.status, 401, "guest via {ip}: {}", reply.text);
         assert_eq!(reply.json["error"], "not_authorised");
     }

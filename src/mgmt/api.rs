@@ -431,11 +431,11 @@ pub fn field_json(v: &AMQPValue) -> Value {
     }
 }
 
-/// How deep the API lets tables and arrays nest: as deep as AMQP lets a
-/// client (the protocol's field-table bound, 100 tables and arrays in all),
-/// so an object made here is one a client could have declared and the
-/// store reads back, and showing it as JSON never recurses further.
-const MAX_TABLE_DEPTH: usize = 100;
+/// How deep the API lets tables and arrays nest: exactly as deep as AMQP
+/// lets a client, so an object made here is one a client could have
+/// declared and the store reads back, and showing it as JSON never
+/// recurses further.
+const MAX_TABLE_DEPTH: usize = crate::protocol::field_table::MAX_DEPTH;
 
 /// JSON arguments as the field table a client would have sent: strings are
 /// long strings, integers 64-bit signed, as RabbitMQ converts them.
