@@ -129,6 +129,7 @@ impl Queue {
                         queue: weak.clone(),
                         queue_id: d.queue_id,
                         on_disk: d.messages,
+                        recovered_end: d.next_seq,
                     });
                     (Box::new(PriorityStore::new(max, disk)), next_seq)
                 }

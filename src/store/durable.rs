@@ -79,6 +79,7 @@ impl DurableStore {
             queue: self.queue.clone(),
             queue_id: self.queue_id,
             from: self.disk_from,
+            until: u64::MAX,
             max_bytes: self.window.saturating_sub(self.head_cost),
             generation: self.generation,
         }));

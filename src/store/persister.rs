@@ -78,6 +78,8 @@ pub struct LoadRequest {
     pub queue: Weak<Queue>,
     pub queue_id: u32,
     pub from: u64,
+    /// Entries from this seq on are not read.
+    pub until: u64,
     pub max_bytes: usize,
     pub generation: u64,
 }
@@ -549,6 +551,9 @@ impl Persister {
                 break;
             }
             for slot in slots {
+                if slot.seq >= req.until {
+                    break 'chunks;
+                }
                 loaded.consumed += 1;
                 loaded.next_from = slot.seq + 1;
                 let message = match self.segments.read(slot.at) {

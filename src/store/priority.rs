@@ -22,6 +22,9 @@ pub struct PriorityDisk {
     pub queue_id: u32,
     /// Recovered messages not read back yet.
     pub on_disk: usize,
+    /// The first seq after the recovered ones: later messages were pushed
+    /// (and are held) here, so reading them back would deliver them twice.
+    pub recovered_end: u64,
 }
 
 pub struct PriorityStore {
@@ -86,6 +89,7 @@ impl PriorityStore {
             queue: d.queue.clone(),
             queue_id: d.queue_id,
             from: 0,
+            until: d.recovered_end,
             max_bytes: usize::MAX,
             generation: 0,
         }));
@@ -196,10 +200,9 @@ impl QueueStore for PriorityStore {
     fn loaded(&mut self, loaded: Loaded) {
         self.loading = false;
         if let Some(d) = &mut self.disk {
-            d.on_disk = d.on_disk.saturating_sub(loaded.consumed);
-            if loaded.consumed == 0 {
-                d.on_disk = 0;
-            }
+            // One read takes every recovered message: none is left on disk,
+            // and a second read would deliver them again.
+            d.on_disk = 0;
         }
         if self.deleted {
             return;
