@@ -132,17 +132,20 @@ impl Queue {
                     });
                     (Box::new(PriorityStore::new(max, disk)), next_seq)
                 }
-                (Some(d), None) => (
-                    Box::new(DurableStore::new(
-                        d.store,
-                        weak.clone(),
-                        d.queue_id,
-                        d.messages,
-                        d.first_seq,
-                        args.max_length.is_some() || args.max_length_bytes.is_some(),
-                    )),
-                    d.next_seq,
-                ),
+                (Some(d), None) => {
+                    d.store.fail_stop.register(d.queue_id, weak.clone());
+                    (
+                        Box::new(DurableStore::new(
+                            d.store,
+                            weak.clone(),
+                            d.queue_id,
+                            d.messages,
+                            d.first_seq,
+                            args.max_length.is_some() || args.max_length_bytes.is_some(),
+                        )),
+                        d.next_seq,
+                    )
+                }
                 (None, None) => (Box::new(MemoryStore::default()), 0),
             };
             Queue {
@@ -278,6 +281,12 @@ impl Queue {
         if st.deleted {
             st.ready.refused(&message);
             return true;
+        }
+        // The store stopped writing (a write failed): nack, do not enqueue
+        // a message that would then be lost.
+        if message.persistent && st.ready.refuses_persistent() {
+            st.ready.refused(&message);
+            return false;
         }
         if self.args.overflow != Overflow::DropHead && self.is_full(&st, &message) {
             st.ready.refused(&message);
@@ -615,6 +624,14 @@ impl Queue {
                 reason,
             });
         }
+    }
+
+    /// Messages whose writes failed leave the queue (see `store::fail_stop`).
+    pub fn forget_unwritten(&self, unwritten: &[crate::store::fail_stop::Unwritten]) {
+        let mut st = self.state.lock();
+        let before = st.ready.bytes();
+        st.ready.forget_unwritten(unwritten);
+        self.account(before, &mut st);
     }
 
     /// Messages read back from disk join the head and go to consumers.

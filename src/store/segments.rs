@@ -140,12 +140,22 @@ impl Segments {
         Ok(())
     }
 
+    /// Forgets the bodies appended since the last sync, which failed: the
+    /// next appends overwrite them.
+    pub fn discard_unwritten(&mut self) {
+        self.current_len -= self.buffer.len() as u64;
+        self.buffer.clear();
+    }
+
     /// Starts a new segment (after writing out the current one).
     fn roll(&mut self) -> std::io::Result<()> {
         self.sync()?;
+        // Created before anything changes, so a failure leaves the
+        // current segment as it was.
+        let next = create(&segment_path(&self.dir, self.current + 1))?;
         self.closed.push(self.current);
         self.current += 1;
-        self.current_file = create(&segment_path(&self.dir, self.current))?;
+        self.current_file = next;
         self.current_len = 0;
         self.file_len = 0;
         Ok(())
