@@ -124,6 +124,9 @@ impl Queue {
             let (ready, next_seq): (Box<dyn QueueStore>, u64) = match (disk, args.max_priority) {
                 (disk, Some(max)) => {
                     let next_seq = disk.as_ref().map_or(0, |d| d.next_seq);
+                    if let Some(d) = &disk {
+                        d.store.fail_stop.register(d.queue_id, weak.clone());
+                    }
                     let disk = disk.map(|d| PriorityDisk {
                         store: d.store,
                         queue: weak.clone(),

@@ -133,8 +133,8 @@ pub trait QueueStore: Send {
     fn refuses_persistent(&self) -> bool {
         false
     }
-    /// Drops ready messages whose entries did not reach the disk
-    /// ((queue id, seq, body bytes), seqs ascending); returns how many.
+    /// Drops ready messages whose entries did not reach the disk (one
+    /// queue's, seqs ascending); returns how many.
     fn forget_unwritten(&mut self, _unwritten: &[fail_stop::Unwritten]) -> usize {
         0
     }
