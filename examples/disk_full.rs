@@ -67,7 +67,7 @@ async fn publish(
     let mut outcome: BTreeMap<u64, &str> = BTreeMap::new();
     let mut blocked_at = None;
     let mut id = 0u64;
-    while Instant::now() < end {
+    'publishing: while Instant::now() < end {
         let mut body = id.to_be_bytes().to_vec();
         body.resize(size.max(8), b'.');
         let publish = ch.basic_publish(
@@ -79,10 +79,7 @@ async fn publish(
         );
         match tokio::time::timeout(BLOCKED_FOR, publish).await {
             Ok(confirm) => pending.push_back((id, confirm?)),
-            Err(_) => {
-                blocked_at = Some(started.elapsed());
-                break;
-            }
+            Err(_) => break,
         }
         id += 1;
         while pending.len() >= OUTSTANDING {
@@ -93,21 +90,28 @@ async fn publish(
                 }
                 _ => {
                     outcome.insert(id, "unconfirmed");
+                    break 'publishing;
                 }
             }
         }
-        if conn.status().blocked() && blocked_at.is_none() {
+        if conn.status().blocked() {
+            // Held back by lapin from now on: the run ends here.
             blocked_at = Some(started.elapsed());
+            break;
         }
     }
+    let deadline = Instant::now() + BLOCKED_FOR;
     for (id, confirm) in pending {
-        let result = tokio::time::timeout(BLOCKED_FOR, confirm).await;
-        let what = match result {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let what = match tokio::time::timeout(left, confirm).await {
             Ok(Ok(c)) if c.is_ack() => "ack",
             Ok(Ok(_)) => "nack",
             _ => "unconfirmed",
         };
         outcome.insert(id, what);
+    }
+    if conn.status().blocked() && blocked_at.is_none() {
+        blocked_at = Some(started.elapsed());
     }
     let mut f = std::io::BufWriter::new(std::fs::File::create(ids).expect("ids file"));
     for (id, what) in &outcome {

@@ -357,6 +357,9 @@ impl Persister {
             self.segments.release(segment);
         }
         self.segments.collect();
+        if self.fail_stop.alarm.is_blocked() {
+            self.give_back_current_segment();
+        }
         let confirming = Instant::now();
         self.stats.flush += confirming - flushing;
         // A message is durable once its index slots are: each confirm is
@@ -440,6 +443,22 @@ impl Persister {
         // entry will find no body and leave its queue.
         for msg_id in appended {
             self.in_flight.remove(msg_id);
+        }
+    }
+
+    /// While the disk alarm is on, consumers draining the queues must give
+    /// the space back even if the segment being appended to is not full.
+    fn give_back_current_segment(&mut self) {
+        let current = self.segments.current();
+        if self
+            .in_flight
+            .values()
+            .any(|f| f.at.is_some_and(|at| at.segment == current))
+        {
+            return;
+        }
+        if let Err(e) = self.segments.give_back_current() {
+            debug!(error = %e, "cannot empty the current segment");
         }
     }
 
