@@ -115,8 +115,9 @@ pub struct Broker {
 }
 
 impl Broker {
-    /// Why publishers are blocked (RabbitMQ's connection.blocked reason),
-    /// or None while no resource alarm is on.
+    /// Why publishers are blocked, or None while no resource alarm is on:
+    /// RabbitMQ's connection.blocked reason, "low on " and the alarmed
+    /// resources joined by " & " (rabbit_reader).
     pub fn alarm_reason(&self) -> Option<&'static str> {
         match (
             self.memory.is_blocked(),
@@ -125,7 +126,7 @@ impl Broker {
             (false, false) => None,
             (true, false) => Some("low on memory"),
             (false, true) => Some("low on disk"),
-            (true, true) => Some("low on memory & low on disk"),
+            (true, true) => Some("low on memory & disk"),
         }
     }
 
