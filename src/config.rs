@@ -40,6 +40,28 @@ pub struct StorageConfig {
     pub queue_memory_window: usize,
     pub persister_backlog: usize,
     pub segment_size: u64,
+    pub disk_free_limit: DiskFreeLimit,
+}
+
+/// Free space on the data directory's file system below which publishers
+/// are blocked: bytes (`disk_free_limit = 50000000`), or a multiple of the
+/// machine's RAM (`disk_free_limit = { relative = 1.0 }`), as RabbitMQ's
+/// `disk_free_limit.absolute` / `disk_free_limit.relative`.
+#[derive(Debug, Clone, Copy, PartialEq, Deserialize)]
+#[serde(untagged, deny_unknown_fields)]
+pub enum DiskFreeLimit {
+    Absolute(u64),
+    Relative { relative: f64 },
+}
+
+impl DiskFreeLimit {
+    /// The limit in bytes, given the machine's RAM.
+    pub fn bytes(self, total_memory: u64) -> u64 {
+        match self {
+            DiskFreeLimit::Absolute(bytes) => bytes,
+            DiskFreeLimit::Relative { relative } => (total_memory as f64 * relative) as u64,
+        }
+    }
 }
 
 impl Default for StorageConfig {
@@ -49,6 +71,7 @@ impl Default for StorageConfig {
             queue_memory_window: 4 * 1024 * 1024,
             persister_backlog: 64 * 1024 * 1024,
             segment_size: 64 * 1024 * 1024,
+            disk_free_limit: DiskFreeLimit::Absolute(50_000_000),
         }
     }
 }
@@ -186,6 +209,13 @@ impl Config {
                 self.limits.frame_max
             )));
         }
+        if let DiskFreeLimit::Relative { relative } = self.storage.disk_free_limit {
+            if !(relative.is_finite() && relative >= 0.0) {
+                return Err(ConfigError::Invalid(format!(
+                    "storage.disk_free_limit.relative must be a number >= 0, got {relative}"
+                )));
+            }
+        }
         if self.limits.channel_max == 0 {
             return Err(ConfigError::Invalid(
                 "limits.channel_max must be at least 1".into(),
@@ -216,5 +246,16 @@ mod tests {
         assert_eq!(half.memory_high_watermark, (ram as f64 * 0.5) as u64);
         assert!(limits("[limits]\nmemory_high_watermark = 1.5").is_err());
         assert!(limits("[limits]\nmemory_high_watermark = -1").is_err());
+    }
+
+    #[test]
+    fn disk_free_limit_is_bytes_or_relative_to_ram() {
+        let parse = |text: &str| toml::from_str::<Config>(text).map(|c| c.storage.disk_free_limit);
+        let bytes = parse("[storage]\ndisk_free_limit = 1000").unwrap();
+        assert_eq!(bytes, DiskFreeLimit::Absolute(1000));
+        assert_eq!(bytes.bytes(1 << 30), 1000);
+        let relative = parse("[storage]\ndisk_free_limit = { relative = 1.5 }").unwrap();
+        assert_eq!(relative.bytes(1000), 1500);
+        assert!(parse("[storage]\ndisk_free_limit = { absolute = 1 }").is_err());
     }
 }

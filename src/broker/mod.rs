@@ -115,6 +115,21 @@ pub struct Broker {
 }
 
 impl Broker {
+    /// Why publishers are blocked, or None while no resource alarm is on:
+    /// RabbitMQ's connection.blocked reason, "low on " and the alarmed
+    /// resources joined by " & " (rabbit_reader).
+    pub fn alarm_reason(&self) -> Option<&'static str> {
+        match (
+            self.memory.is_blocked(),
+            self.store.disk_alarm().is_blocked(),
+        ) {
+            (false, false) => None,
+            (true, false) => Some("low on memory"),
+            (false, true) => Some("low on disk"),
+            (true, true) => Some("low on memory & disk"),
+        }
+    }
+
     /// Opens the store in the configured data directory and restores the
     /// durable topology and messages it holds.
     pub fn open(config: Config) -> Result<Arc<Broker>, StoreError> {

@@ -124,6 +124,9 @@ impl Queue {
             let (ready, next_seq): (Box<dyn QueueStore>, u64) = match (disk, args.max_priority) {
                 (disk, Some(max)) => {
                     let next_seq = disk.as_ref().map_or(0, |d| d.next_seq);
+                    if let Some(d) = &disk {
+                        d.store.fail_stop.register(d.queue_id, weak.clone());
+                    }
                     let disk = disk.map(|d| PriorityDisk {
                         store: d.store,
                         queue: weak.clone(),
@@ -133,17 +136,20 @@ impl Queue {
                     });
                     (Box::new(PriorityStore::new(max, disk)), next_seq)
                 }
-                (Some(d), None) => (
-                    Box::new(DurableStore::new(
-                        d.store,
-                        weak.clone(),
-                        d.queue_id,
-                        d.messages,
-                        d.first_seq,
-                        args.max_length.is_some() || args.max_length_bytes.is_some(),
-                    )),
-                    d.next_seq,
-                ),
+                (Some(d), None) => {
+                    d.store.fail_stop.register(d.queue_id, weak.clone());
+                    (
+                        Box::new(DurableStore::new(
+                            d.store,
+                            weak.clone(),
+                            d.queue_id,
+                            d.messages,
+                            d.first_seq,
+                            args.max_length.is_some() || args.max_length_bytes.is_some(),
+                        )),
+                        d.next_seq,
+                    )
+                }
                 (None, None) => (Box::new(MemoryStore::default()), 0),
             };
             Queue {
@@ -279,6 +285,12 @@ impl Queue {
         if st.deleted {
             st.ready.refused(&message);
             return true;
+        }
+        // The store stopped writing (a write failed): nack, do not enqueue
+        // a message that would then be lost.
+        if message.persistent && st.ready.refuses_persistent() {
+            st.ready.refused(&message);
+            return false;
         }
         if self.args.overflow != Overflow::DropHead && self.is_full(&st, &message) {
             st.ready.refused(&message);
@@ -616,6 +628,14 @@ impl Queue {
                 reason,
             });
         }
+    }
+
+    /// Messages whose writes failed leave the queue (see `store::fail_stop`).
+    pub fn forget_unwritten(&self, unwritten: &[crate::store::fail_stop::Unwritten]) {
+        let mut st = self.state.lock();
+        let before = st.ready.bytes();
+        st.ready.forget_unwritten(unwritten);
+        self.account(before, &mut st);
     }
 
     /// Messages read back from disk join the head and go to consumers.

@@ -358,7 +358,7 @@ impl Channel {
             if stored && !refused {
                 ctx.broker
                     .store
-                    .confirm_when_written(self.shared.clone(), seq);
+                    .confirm_when_written(self.shared.clone(), seq, &message);
             }
         }
         stored

@@ -552,7 +552,7 @@ impl Connection {
                     return reason;
                 }
             }
-            if open.ctx.has_published && self.broker.memory.is_blocked() {
+            if open.ctx.has_published && self.broker.alarm_reason().is_some() {
                 if let Some(reason) = self.wait_while_blocked(open, &close_rx).await {
                     return reason;
                 }
@@ -653,25 +653,32 @@ impl Connection {
         Err(self.force_close(open, err).await)
     }
 
-    /// Stops reading from a publishing connection while the memory alarm is
-    /// on (TCP back-pressure, as RabbitMQ), telling clients that listen.
-    /// Returns a reason when the connection must end meanwhile.
+    /// Stops reading from a publishing connection while a resource alarm
+    /// (memory or disk) is on (TCP back-pressure, as RabbitMQ), telling
+    /// clients that listen. Returns a reason when the connection must end
+    /// meanwhile.
     async fn wait_while_blocked(
         &mut self,
         open: &mut OpenConnection,
         close_rx: &watch::Receiver<Option<String>>,
     ) -> Option<&'static str> {
-        if open.ctx.blocked_notify {
+        if let (true, Some(reason)) = (open.ctx.blocked_notify, self.broker.alarm_reason()) {
             self.send0(AMQPClass::Connection(connection::AMQPMethod::Blocked(
                 connection::Blocked {
-                    reason: "low on memory".into(),
+                    reason: reason.into(),
                 },
             )));
         }
-        let mut alarm = self.broker.memory.subscribe();
-        let memory = self.broker.memory.clone();
+        let broker = self.broker.clone();
         let cleared = async move {
-            while memory.is_blocked() && alarm.wait_for(|blocked| !*blocked).await.is_ok() {}
+            let mut memory = broker.memory.subscribe();
+            let mut disk = broker.store.disk_alarm().subscribe();
+            while broker.alarm_reason().is_some() {
+                tokio::select! {
+                    r = memory.changed() => if r.is_err() { return },
+                    r = disk.changed() => if r.is_err() { return },
+                }
+            }
         };
         // The connection ends on the other ways out of this wait.
         open.publishing.set_blocked(true);

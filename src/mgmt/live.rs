@@ -152,14 +152,16 @@ fn node_json(broker: &Broker) -> Value {
         "mem_limit": broker.config.limits.memory_high_watermark,
         "mem_alarm": broker.memory.is_blocked(),
         "disk_free": disk_free(broker),
-        "disk_free_alarm": false,
+        "disk_free_alarm": broker.store.disk_alarm().is_blocked(),
         "fd_used": open_fds(),
         "fd_total": fd_limit(),
         "proc_used": 0,
         "proc_total": 0,
         "sockets_used": broker.connections.len(),
         "sockets_total": fd_limit(),
-        "disk_free_limit": 0,
+        "disk_free_limit": broker.store.disk_alarm().limit(),
+        // Leveret's own: why the store stopped writing (a failed write).
+        "disk_write_error": broker.store.disk_alarm().failure(),
         "processors": std::thread::available_parallelism().map_or(1, |n| n.get()),
         "os_pid": std::process::id().to_string(),
         "applications": [{"name": "leveret", "description": "Leveret", "version": env!("CARGO_PKG_VERSION")}],
@@ -450,19 +452,32 @@ pub async fn consumers_in(
 // ---------------------------------------------------------------- health
 
 /// RabbitMQ's /api/health/checks/alarms: 200 without alarms, 503 with.
+/// A disk alarm raised by a failed write also says why (`error`).
 pub async fn alarms(State(broker): State<Arc<Broker>>) -> ApiResult {
+    let mut alarms = Vec::new();
     if broker.memory.is_blocked() {
-        return Ok((
-            StatusCode::SERVICE_UNAVAILABLE,
-            Json(json!({
-                "status": "failed",
-                "reason": "resource alarm(s) in effect",
-                "alarms": [{"node": node_name(), "resource": "memory"}],
-            })),
-        )
-            .into_response());
+        alarms.push(json!({"node": node_name(), "resource": "memory"}));
     }
-    Ok(Json(json!({"status": "ok"})).into_response())
+    let disk = broker.store.disk_alarm();
+    if disk.is_blocked() {
+        let mut alarm = json!({"node": node_name(), "resource": "disk"});
+        if let Some(error) = disk.failure() {
+            alarm["error"] = json!(format!("cannot write messages to disk: {error}"));
+        }
+        alarms.push(alarm);
+    }
+    if alarms.is_empty() {
+        return Ok(Json(json!({"status": "ok"})).into_response());
+    }
+    Ok((
+        StatusCode::SERVICE_UNAVAILABLE,
+        Json(json!({
+            "status": "failed",
+            "reason": "resource alarm(s) in effect",
+            "alarms": alarms,
+        })),
+    )
+        .into_response())
 }
 
 /// RabbitMQ's aliveness test: declare `aliveness-test`, publish a message

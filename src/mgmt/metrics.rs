@@ -199,7 +199,19 @@ fn render(broker: &Broker, disk_used: u64) -> String {
         "rabbitmq_alarms_free_disk_space_watermark",
         "gauge",
         "is 1 if free disk space watermark alarm is in effect",
-        0,
+        u8::from(broker.store.disk_alarm().is_blocked()),
+    );
+    out.single(
+        "rabbitmq_disk_space_available_limit_bytes",
+        "gauge",
+        "Free disk space low watermark in bytes",
+        broker.store.disk_alarm().limit(),
+    );
+    out.single(
+        "leveret_store_write_failed",
+        "gauge",
+        "is 1 while the store has stopped writing messages after a failed write or fsync",
+        u8::from(broker.store.disk_alarm().is_failed()),
     );
 
     type Get = fn(&QueueRow) -> String;

@@ -7,6 +7,7 @@
 //! on the persister thread ahead of consumers: when the head falls below
 //! half the window, the next chunk is requested.
 
+use super::fail_stop::Unwritten;
 use super::persister::{LoadRequest, Loaded, Op};
 use super::{DiskRef, QueueStore, QueuedMessage, Receipt, Store, MESSAGE_OVERHEAD};
 use crate::broker::message::Message;
@@ -247,5 +248,30 @@ impl QueueStore for DurableStore {
 
     fn awaiting_disk(&self) -> bool {
         self.head.is_empty() && self.on_disk > 0
+    }
+
+    fn refuses_persistent(&self) -> bool {
+        self.store.disk_alarm().is_failed()
+    }
+
+    fn forget_unwritten(&mut self, unwritten: &[Unwritten]) -> usize {
+        let mut gone = 0;
+        for &(_, seq, body_len, _) in unwritten {
+            if let Ok(i) = self.head.binary_search_by_key(&seq, |m| m.seq) {
+                if let Some(msg) = self.head.remove(i) {
+                    self.take(&msg);
+                    self.body_bytes = self
+                        .body_bytes
+                        .saturating_sub(msg.message.body.len() as u64);
+                    gone += 1;
+                }
+            } else if self.on_disk > 0 && seq >= self.disk_from {
+                // Paged out: never on disk, so never read back.
+                self.on_disk -= 1;
+                self.body_bytes = self.body_bytes.saturating_sub(body_len);
+                gone += 1;
+            }
+        }
+        gone
     }
 }

@@ -9,7 +9,9 @@
 //! persister thread.
 
 mod data_dir;
+pub mod disk_alarm;
 pub mod durable;
+pub mod fail_stop;
 pub mod memory;
 pub mod persister;
 pub mod priority;
@@ -127,6 +129,16 @@ pub trait QueueStore: Send {
     fn awaiting_disk(&self) -> bool {
         false
     }
+    /// Persistent messages are refused (the store stopped writing after a
+    /// failure: see `fail_stop`).
+    fn refuses_persistent(&self) -> bool {
+        false
+    }
+    /// Drops ready messages whose entries did not reach the disk (one
+    /// queue's, seqs ascending); returns how many.
+    fn forget_unwritten(&mut self, _unwritten: &[fail_stop::Unwritten]) -> usize {
+        0
+    }
 }
 
 #[derive(Debug, Error)]
@@ -212,6 +224,8 @@ pub struct Store {
     pub backlog: Arc<Backlog>,
     /// Bytes of a durable queue's ready messages kept in memory.
     pub queue_window: usize,
+    /// The disk alarm, and what a failed write does.
+    pub fail_stop: Arc<fail_stop::FailStop>,
 }
 
 impl Store {
@@ -224,7 +238,17 @@ impl Store {
             path: dir.to_owned(),
             source,
         })?;
-        recovery::open(dir, config)
+        disk_alarm::release_reserve_if_short(dir);
+        let (store, recovered) = recovery::open(dir, config)?;
+        let alarm = &store.fail_stop.alarm;
+        alarm.check();
+        disk_alarm::DiskAlarm::start_monitor(Arc::downgrade(alarm));
+        Ok((store, recovered))
+    }
+
+    /// The disk alarm: free space below the limit, or a failed write.
+    pub fn disk_alarm(&self) -> &disk_alarm::DiskAlarm {
+        &self.fail_stop.alarm
     }
 
     pub fn path(&self) -> &Path {
@@ -291,9 +315,13 @@ impl Store {
     }
 
     /// Publisher confirm `seq` on `channel` is sent once the writes queued
-    /// so far are on disk.
-    pub fn confirm_when_written(&self, channel: Arc<ChannelShared>, seq: u64) {
-        self.send(Op::Confirm { channel, seq });
+    /// so far are on disk: an ack, or a nack if `message` was not written.
+    pub fn confirm_when_written(&self, channel: Arc<ChannelShared>, seq: u64, message: &Message) {
+        self.send(Op::Confirm {
+            channel,
+            seq,
+            msg_id: message.stored().unwrap_or(0),
+        });
     }
 
     /// Blocks until everything queued so far is on disk (transaction commits).

@@ -10,6 +10,7 @@
 //! Within a batch, work undone before it reaches disk cancels out: a message
 //! published and acknowledged in the same batch is never written.
 
+use super::fail_stop::{FailStop, Unwritten};
 use super::queue_index::{QueueIndexes, Slot};
 use super::record;
 use super::segments::{Location, Segments};
@@ -32,6 +33,20 @@ const MAX_BATCH_OPS: usize = 16 * 1024;
 /// batch: that flush was a third of the broker's CPU per persistent
 /// message, and a third more throughput with confirms (scenario c).
 const MARK_FLUSH_INTERVAL: Duration = Duration::from_millis(100);
+/// After a failed write, how long the store waits before it tries again
+/// (once there is room): doubled after each failure in a row, up to
+/// `MAX_RETRY`, so a disk that keeps failing logs an error and nacks a
+/// batch at most that often.
+const RETRY_AFTER_FAILURE: Duration = Duration::from_secs(2);
+const MAX_RETRY: Duration = Duration::from_secs(64);
+/// Free bytes needed to try writing again, whatever the disk_free_limit
+/// (with 0, the disk would be "not low" while completely full).
+const ROOM_TO_RESUME: u64 = 1 << 20;
+/// How often a stopped store looks whether it may resume, when idle.
+const RECHECK_WHILE_FAILED: Duration = Duration::from_millis(250);
+/// How long lost messages are remembered for their confirms (which follow
+/// their entries within a batch or two).
+const FORGET_LOST: Duration = Duration::from_secs(10);
 
 pub enum Op {
     /// A message body, referenced by `refs` queue entries that follow.
@@ -61,10 +76,12 @@ pub enum Op {
     /// Every entry of a queue from `from` on (purge of paged-out messages;
     /// queue deletion with `from` 0).
     RemoveFrom { queue_id: u32, from: u64 },
-    /// Publisher confirm `seq` on `channel` waits for this batch to be on disk.
+    /// Publisher confirm `seq` on `channel`, for message `msg_id`, waits
+    /// for this batch to be on disk. Sent after the message's entries.
     Confirm {
         channel: Arc<ChannelShared>,
         seq: u64,
+        msg_id: u64,
     },
     /// Read paged-out messages back for a queue.
     Load(LoadRequest),
@@ -101,6 +118,7 @@ struct InFlight {
     at: Option<Location>,
     /// References not yet written as entries nor cancelled.
     unresolved: u32,
+    body_len: u64,
 }
 
 pub struct Persister {
@@ -121,6 +139,19 @@ pub struct Persister {
     /// When the oldest delivered mark not yet flushed was written.
     marks_unflushed: Option<Instant>,
     stats: Stats,
+    fail_stop: Arc<FailStop>,
+    /// Set while writes are stopped after a failure, at the last failure.
+    failed_at: Option<Instant>,
+    /// Failures with no successful write between them.
+    failures_in_a_row: u32,
+    /// A delivered mark could not be written (logged once).
+    marks_failing: bool,
+    /// Messages with an entry that was not written, whose confirms must
+    /// be nacks. A message's confirm comes in its entries' batch or a
+    /// later one, so this outlives batches (and is forgotten a while after
+    /// the last loss).
+    lost: std::collections::HashSet<u64>,
+    lost_at: Option<Instant>,
 }
 
 /// Where the persister's time goes, logged when it stops.
@@ -165,12 +196,22 @@ type PendingEntry = (u64, u8, u64);
 struct Batch {
     /// New entries: (queue, seq) → (msg_id, flags, expires_at).
     puts: FastMap<(u32, u64), PendingEntry>,
+    /// `puts` in order, once the index is being written.
+    sorted_puts: Vec<((u32, u64), PendingEntry)>,
+    /// `sorted_puts[..resolved]` took their body reference; of these,
+    /// `sorted_puts[..referenced]` are in the index and count on their
+    /// segments.
+    resolved: usize,
+    referenced: usize,
+    /// Entries that did not reach the disk, to leave their queues.
+    unwritten: Vec<Unwritten>,
     /// Existing entries to delete.
     removes: Vec<(u32, u64)>,
     /// Queue ranges to delete, applied before `removes` and `puts`.
     remove_from: Vec<(u32, u64)>,
     marks: FastMap<u32, Option<u64>>,
-    confirms: Vec<(Arc<ChannelShared>, u64)>,
+    /// (channel, confirm seq, msg_id).
+    confirms: Vec<(Arc<ChannelShared>, u64, u64)>,
     loads: Vec<LoadRequest>,
     syncs: Vec<Sender<()>>,
     stop: bool,
@@ -187,6 +228,7 @@ impl Persister {
         backlog: Arc<super::Backlog>,
         entries: u64,
         marker: std::path::PathBuf,
+        fail_stop: Arc<FailStop>,
     ) -> Persister {
         Persister {
             db,
@@ -200,26 +242,42 @@ impl Persister {
             marker,
             marks_unflushed: None,
             stats: Stats::default(),
+            fail_stop,
+            failed_at: None,
+            failures_in_a_row: 0,
+            marks_failing: false,
+            lost: std::collections::HashSet::new(),
+            lost_at: None,
         }
     }
 
     pub fn run(mut self, rx: Receiver<Op>) {
         let mut ops = Vec::with_capacity(1024);
         loop {
-            let op = match self.marks_unflushed {
-                Some(since) => {
-                    match rx.recv_timeout(MARK_FLUSH_INTERVAL.saturating_sub(since.elapsed())) {
-                        Ok(op) => op,
-                        Err(RecvTimeoutError::Timeout) => {
+            // While writes are stopped, wake up to resume them even if
+            // nothing comes (publishers are blocked meanwhile).
+            let retry = self.failed_at.map(|_| RECHECK_WHILE_FAILED);
+            let marks = self
+                .marks_unflushed
+                .map(|since| MARK_FLUSH_INTERVAL.saturating_sub(since.elapsed()));
+            let op = match marks.into_iter().chain(retry).min() {
+                Some(wait) => match rx.recv_timeout(wait) {
+                    Ok(op) => op,
+                    Err(RecvTimeoutError::Timeout) => {
+                        self.maybe_resume();
+                        if self
+                            .marks_unflushed
+                            .is_some_and(|since| since.elapsed() >= MARK_FLUSH_INTERVAL)
+                        {
                             self.flush_marks();
-                            continue;
                         }
-                        Err(RecvTimeoutError::Disconnected) => {
-                            self.flush_marks();
-                            return;
-                        }
+                        continue;
                     }
-                }
+                    Err(RecvTimeoutError::Disconnected) => {
+                        self.flush_marks();
+                        return;
+                    }
+                },
                 None => match rx.recv() {
                     Ok(op) => op,
                     Err(_) => return,
@@ -251,17 +309,32 @@ impl Persister {
         let folded = Instant::now();
         self.stats.fold += folded - started;
 
-        let ok = self.write_bodies();
+        self.maybe_resume();
+        if self.failed_at.is_some() {
+            // Stopped: no new message is written; acknowledgements are.
+            self.refuse_puts(&mut b);
+        }
+        let mut appended = Vec::new();
+        let written = self.write_bodies(&mut appended);
         let indexing = Instant::now();
         self.stats.segment_write += indexing - folded;
         let mut released = Vec::new();
-        let indexed = if ok {
-            self.write_index(&mut b, &mut released)
-        } else {
-            None
+        let indexed = match written {
+            Ok(()) => self.write_index(&mut b, &mut released),
+            Err(e) => Err(e),
         };
-        // A message is durable once its index slot is too.
-        let ok = indexed.is_some();
+        if let Err(e) = &indexed {
+            self.fail(e, &mut b, &appended, &mut released);
+        }
+        if indexed.is_ok() && self.failed_at.is_none() && !appended.is_empty() {
+            self.failures_in_a_row = 0;
+        }
+        for &(_, _, _, msg_id) in &b.unwritten {
+            self.lost.insert(msg_id);
+            self.lost_at = Some(Instant::now());
+        }
+        self.fail_stop.forget(std::mem::take(&mut b.unwritten));
+        let indexed = indexed.ok();
         let loading = Instant::now();
         self.stats.index += loading - indexing;
         // Reads see what was just written; serve them before the flush so
@@ -286,9 +359,21 @@ impl Persister {
             self.segments.release(segment);
         }
         self.segments.collect();
+        if self.fail_stop.alarm.is_blocked() {
+            self.give_back_current_segment();
+        }
         let confirming = Instant::now();
         self.stats.flush += confirming - flushing;
-        confirm(std::mem::take(&mut b.confirms), ok);
+        // A message is durable once its index slots are: each confirm is
+        // an ack unless one of its message's entries was not written.
+        confirm(std::mem::take(&mut b.confirms), &self.lost);
+        if self
+            .lost_at
+            .is_some_and(|at| self.failed_at.is_none() && at.elapsed() >= FORGET_LOST)
+        {
+            self.lost.clear();
+            self.lost_at = None;
+        }
         for done in b.syncs {
             let _ = done.send(());
         }
@@ -304,9 +389,121 @@ impl Persister {
     fn flush_marks(&mut self) {
         if self.marks_unflushed.take().is_some() {
             if let Err(e) = self.db.flush() {
-                error!(error = %e, "cannot flush delivered marks to disk");
+                self.marks_failed(&e);
             }
         }
+    }
+
+    /// Delivered marks only decide the redelivered flag after a crash:
+    /// failing to write them is logged once, and the broker goes on.
+    fn marks_failed(&mut self, e: &sled::Error) {
+        if !self.marks_failing {
+            self.marks_failing = true;
+            error!(error = %e, "cannot write delivered marks to disk; messages delivered before a crash may come back without the redelivered flag");
+        }
+    }
+
+    /// A write or fsync failed: stop writing messages (see `fail_stop`).
+    /// The batch's entries leave their queues, and any of its index slots
+    /// already written are acknowledged again, so a restart does not
+    /// bring back a message whose confirm was nacked.
+    fn fail(
+        &mut self,
+        e: &std::io::Error,
+        b: &mut Batch,
+        appended: &[u64],
+        released: &mut Vec<u32>,
+    ) {
+        if self.failed_at.is_none() {
+            error!(error = %e, failures_in_a_row = self.failures_in_a_row + 1, "cannot write messages to disk: publishers are blocked and the confirms of unwritten messages nacked until there is room again");
+            self.fail_stop.alarm.set_failed(Some(e.to_string()));
+            self.failures_in_a_row += 1;
+        }
+        self.failed_at = Some(Instant::now());
+        self.segments.discard_unwritten();
+        // Index slots this batch wrote: acknowledged again, in place (best
+        // effort: the disk may refuse this too). Those already counted on
+        // their segments give that back.
+        let puts = std::mem::take(&mut b.sorted_puts);
+        let (referenced, unreferenced) = puts.split_at(b.referenced.min(puts.len()));
+        let mut acked = Vec::new();
+        self.ack_puts(referenced, &mut acked);
+        for at in acked.drain(..) {
+            self.removed(at, released);
+        }
+        self.ack_puts(unreferenced, &mut acked);
+        let _ = self.index.sync();
+        for (i, &((queue_id, seq), (msg_id, _, _))) in puts.iter().enumerate() {
+            let body_len = self.in_flight.get(&msg_id).map_or(0, |f| f.body_len);
+            if i >= b.resolved {
+                self.unref(msg_id);
+            }
+            b.unwritten.push((queue_id, seq, body_len, msg_id));
+        }
+        self.refuse_puts(b);
+        // Bodies of this batch that some later entry still refers to: that
+        // entry will find no body and leave its queue.
+        for msg_id in appended {
+            self.in_flight.remove(msg_id);
+        }
+    }
+
+    /// While the disk alarm is on, consumers draining the queues must give
+    /// the space back even if the segment being appended to is not full.
+    fn give_back_current_segment(&mut self) {
+        let current = self.segments.current();
+        if self
+            .in_flight
+            .values()
+            .any(|f| f.at.is_some_and(|at| at.segment == current))
+        {
+            return;
+        }
+        if let Err(e) = self.segments.give_back_current() {
+            debug!(error = %e, "cannot empty the current segment");
+        }
+    }
+
+    fn ack_puts(&mut self, puts: &[((u32, u64), PendingEntry)], acked: &mut Vec<Location>) {
+        let mut seqs = Vec::new();
+        for run in puts.chunk_by(|a, b| a.0 .0 == b.0 .0) {
+            seqs.clear();
+            seqs.extend(run.iter().map(|((_, seq), _)| *seq));
+            let _ = self.index.ack(run[0].0 .0, &seqs, acked);
+        }
+    }
+
+    /// While stopped, new entries are not written: they leave their queues.
+    fn refuse_puts(&mut self, b: &mut Batch) {
+        for ((queue_id, seq), (msg_id, _, _)) in std::mem::take(&mut b.puts) {
+            let body_len = self.in_flight.get(&msg_id).map_or(0, |f| f.body_len);
+            self.unref(msg_id);
+            b.unwritten.push((queue_id, seq, body_len, msg_id));
+        }
+        // Bodies whose entries were all refused are gone from `in_flight`;
+        // the rest wait for their entries, which will be refused too.
+    }
+
+    /// Writes resume once a while has passed since the last failure and
+    /// free space is back above the limit (and at least `ROOM_TO_RESUME`).
+    fn maybe_resume(&mut self) {
+        let Some(at) = self.failed_at else {
+            return;
+        };
+        let wait = RETRY_AFTER_FAILURE
+            .saturating_mul(1 << (self.failures_in_a_row.saturating_sub(1)).min(5))
+            .min(MAX_RETRY);
+        if at.elapsed() < wait {
+            return;
+        }
+        let alarm = &self.fail_stop.alarm;
+        let free = alarm.check();
+        if alarm.is_low() || free.is_some_and(|f| f < ROOM_TO_RESUME) {
+            return;
+        }
+        self.failed_at = None;
+        self.fail_stop.alarm.set_failed(None);
+        info!("writing messages to disk again: free space is above the limit");
     }
 
     fn fold(&mut self, b: &mut Batch, op: Op) {
@@ -320,6 +517,7 @@ impl Persister {
                 self.in_flight.insert(
                     msg_id,
                     InFlight {
+                        body_len: message.body.len() as u64,
                         message: Some(message),
                         at: None,
                         unresolved: refs,
@@ -370,7 +568,11 @@ impl Persister {
                 }
                 b.remove_from.push((queue_id, from));
             }
-            Op::Confirm { channel, seq } => b.confirms.push((channel, seq)),
+            Op::Confirm {
+                channel,
+                seq,
+                msg_id,
+            } => b.confirms.push((channel, seq, msg_id)),
             Op::Load(load) => b.loads.push(load),
             Op::Sync(done) => b.syncs.push(done),
             Op::Stop => b.stop = true,
@@ -387,35 +589,27 @@ impl Persister {
         }
     }
 
-    /// Appends every body still needed to the segment and fsyncs it.
-    fn write_bodies(&mut self) -> bool {
-        let mut appended = 0;
-        for f in self.in_flight.values_mut() {
+    /// Appends every body still needed to the segment and fsyncs it;
+    /// `appended` gets their ids. While stopped, nothing is written.
+    fn write_bodies(&mut self, appended: &mut Vec<u64>) -> std::io::Result<()> {
+        if self.failed_at.is_some() {
+            return Ok(());
+        }
+        for (msg_id, f) in self.in_flight.iter_mut() {
             let Some(message) = f.message.take() else {
                 continue;
             };
-            match self.segments.append(&message) {
-                Ok(at) => f.at = Some(at),
-                Err(e) => {
-                    error!(error = %e, "cannot write a message segment");
-                    return false;
-                }
-            }
-            appended += 1;
+            appended.push(*msg_id);
+            f.at = Some(self.segments.append(&message)?);
         }
-        self.stats.bodies += appended;
-        if let Err(e) = self.segments.sync() {
-            error!(error = %e, "cannot write a message segment to disk");
-            return false;
-        }
-        true
+        self.stats.bodies += appended.len() as u64;
+        self.segments.sync()
     }
 
     /// Applies the batch to the queue indexes (synced) and delivered marks
-    /// (not flushed); returns None when the index could not be written,
-    /// else whether a mark changed. Segments that lost a reference are
-    /// pushed to `released`.
-    fn write_index(&mut self, b: &mut Batch, released: &mut Vec<u32>) -> Option<bool> {
+    /// (not flushed); returns whether a mark changed. Segments that lost a
+    /// reference are pushed to `released`.
+    fn write_index(&mut self, b: &mut Batch, released: &mut Vec<u32>) -> std::io::Result<bool> {
         let mut writes = 0u64;
         let mut dropped_queues = Vec::new();
         let result = (|| -> std::io::Result<()> {
@@ -441,8 +635,9 @@ impl Persister {
             for at in acked {
                 self.removed(at, released);
             }
-            let mut puts: Vec<((u32, u64), PendingEntry)> = b.puts.drain().collect();
-            puts.sort_unstable_by_key(|(k, _)| *k);
+            b.sorted_puts.extend(b.puts.drain());
+            b.sorted_puts.sort_unstable_by_key(|(k, _)| *k);
+            let puts = &b.sorted_puts;
             let mut run: Vec<Slot> = Vec::new();
             let mut i = 0;
             while i < puts.len() {
@@ -452,10 +647,8 @@ impl Persister {
                     let ((_, seq), (msg_id, flags, expires_at)) = puts[i];
                     i += 1;
                     let Some(at) = self.resolve(msg_id) else {
-                        error!(
-                            queue_id,
-                            seq, msg_id, "queue entry for an unwritten message; dropped"
-                        );
+                        // Its body was lost to an earlier failed write.
+                        b.unwritten.push((queue_id, seq, 0, msg_id));
                         continue;
                     };
                     run.push(Slot {
@@ -465,10 +658,12 @@ impl Persister {
                         expires_at,
                     });
                 }
+                b.resolved = i;
                 self.index.put(queue_id, &run)?;
                 for slot in &run {
                     self.segments.reference(slot.at.segment);
                 }
+                b.referenced = i;
                 self.entries += run.len() as u64;
                 writes += run.len() as u64;
             }
@@ -478,10 +673,8 @@ impl Persister {
             self.index.drop_queue(queue_id);
         }
         self.stats.index_writes += writes;
-        if let Err(e) = result {
-            error!(error = %e, "cannot write a queue index");
-            return None;
-        }
+        result?;
+        b.sorted_puts.clear();
         let mut marked = false;
         for (queue_id, mark) in std::mem::take(&mut b.marks) {
             let key = record::delivered_key(queue_id);
@@ -490,11 +683,11 @@ impl Persister {
                 None => self.marks.remove(key).map(drop),
             };
             if let Err(e) = r {
-                error!(error = %e, "cannot write a delivered mark");
+                self.marks_failed(&e);
             }
             marked = true;
         }
-        Some(marked)
+        Ok(marked)
     }
 
     /// The location of a body for one of its entries, settling that reference.
@@ -584,17 +777,25 @@ impl Persister {
     }
 }
 
-/// Tells each channel the highest confirm the batch covered.
-fn confirm(mut confirms: Vec<(Arc<ChannelShared>, u64)>, ok: bool) {
-    // Keep the last (highest) seq per channel; seqs arrive in order per channel.
-    confirms.reverse();
-    let mut seen: Vec<*const ChannelShared> = Vec::new();
-    for (channel, seq) in confirms {
-        let ptr = Arc::as_ptr(&channel);
-        if seen.contains(&ptr) {
-            continue;
+/// Tells each channel which of its confirms are acks and which nacks (a
+/// message one of whose entries was not written), one call per run of
+/// equal outcomes: a channel's confirms come in ascending order.
+fn confirm(confirms: Vec<(Arc<ChannelShared>, u64, u64)>, lost: &std::collections::HashSet<u64>) {
+    // Per channel: the run being collected (last seq, outcome).
+    let mut runs: Vec<(Arc<ChannelShared>, u64, bool)> = Vec::new();
+    for (channel, seq, msg_id) in confirms {
+        let ok = lost.is_empty() || !lost.contains(&msg_id);
+        match runs.iter_mut().find(|r| Arc::ptr_eq(&r.0, &channel)) {
+            Some(run) if run.2 == ok => run.1 = seq,
+            Some(run) => {
+                run.0.confirm_persisted(run.1, run.2);
+                run.1 = seq;
+                run.2 = ok;
+            }
+            None => runs.push((channel, seq, ok)),
         }
-        seen.push(ptr);
+    }
+    for (channel, seq, ok) in runs {
         channel.confirm_persisted(seq, ok);
     }
 }

@@ -7,6 +7,7 @@
 //! Delivery is not in seq order here, so no delivered mark is kept: after a
 //! restart, messages delivered before come back without `redelivered`.
 
+use super::fail_stop::Unwritten;
 use super::persister::{LoadRequest, Loaded, Op};
 use super::{DiskRef, QueueStore, QueuedMessage, Receipt, Store};
 use crate::broker::message::Message;
@@ -214,6 +215,28 @@ impl QueueStore for PriorityStore {
 
     fn awaiting_disk(&self) -> bool {
         self.len == 0 && self.disk.as_ref().is_some_and(|d| d.on_disk > 0)
+    }
+
+    fn refuses_persistent(&self) -> bool {
+        self.disk
+            .as_ref()
+            .is_some_and(|d| d.store.disk_alarm().is_failed())
+    }
+
+    fn forget_unwritten(&mut self, unwritten: &[Unwritten]) -> usize {
+        let before = self.len;
+        for lane in 0..self.lanes.len() {
+            let mut lane_msgs = std::mem::take(&mut self.lanes[lane]);
+            lane_msgs.retain(|m| {
+                let gone = unwritten.binary_search_by_key(&m.seq, |u| u.1).is_ok();
+                if gone {
+                    self.take(m);
+                }
+                !gone
+            });
+            self.lanes[lane] = lane_msgs;
+        }
+        before - self.len
     }
 }
 

@@ -195,6 +195,7 @@ pub fn open(dir: &Path, config: &StorageConfig) -> Result<(Arc<Store>, Recovered
     }
     let entries = recovered.queues.iter().map(|q| q.messages as u64).sum();
     let backlog = Arc::new(Backlog::new(config.persister_backlog));
+    let fail_stop = Arc::new(super::fail_stop::FailStop::for_dir(dir, config));
     let (tx, rx) = std::sync::mpsc::channel();
     let persister = Persister::new(
         db.clone(),
@@ -205,6 +206,7 @@ pub fn open(dir: &Path, config: &StorageConfig) -> Result<(Arc<Store>, Recovered
         backlog.clone(),
         entries,
         marker,
+        fail_stop.clone(),
     );
     let thread = std::thread::Builder::new()
         .name("leveret-persister".into())
@@ -227,6 +229,7 @@ pub fn open(dir: &Path, config: &StorageConfig) -> Result<(Arc<Store>, Recovered
         next_queue_id: AtomicU32::new(next_queue_id),
         backlog,
         queue_window: config.queue_memory_window,
+        fail_stop,
     };
     info!(
         path = %dir.display(),

@@ -140,12 +140,44 @@ impl Segments {
         Ok(())
     }
 
+    /// Empties the current segment if no index entry points into it and
+    /// nothing is waiting to be written (the caller knows no body in flight
+    /// lies in it): it is otherwise kept until full, holding on to space a
+    /// full disk needs back.
+    pub fn give_back_current(&mut self) -> std::io::Result<()> {
+        if self.current_len == 0
+            || !self.buffer.is_empty()
+            || self.live.get(&self.current).is_some_and(|n| *n > 0)
+        {
+            return Ok(());
+        }
+        self.readers.remove(&self.current);
+        self.current_file.set_len(0)?;
+        self.current_len = 0;
+        self.file_len = 0;
+        Ok(())
+    }
+
+    pub fn current(&self) -> u32 {
+        self.current
+    }
+
+    /// Forgets the bodies appended since the last sync, which failed: the
+    /// next appends overwrite them.
+    pub fn discard_unwritten(&mut self) {
+        self.current_len -= self.buffer.len() as u64;
+        self.buffer.clear();
+    }
+
     /// Starts a new segment (after writing out the current one).
     fn roll(&mut self) -> std::io::Result<()> {
         self.sync()?;
+        // Created before anything changes, so a failure leaves the
+        // current segment as it was.
+        let next = create(&segment_path(&self.dir, self.current + 1))?;
         self.closed.push(self.current);
         self.current += 1;
-        self.current_file = create(&segment_path(&self.dir, self.current))?;
+        self.current_file = next;
         self.current_len = 0;
         self.file_len = 0;
         Ok(())
