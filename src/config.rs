@@ -40,6 +40,19 @@ pub struct StorageConfig {
     pub queue_memory_window: usize,
     pub persister_backlog: usize,
     pub segment_size: u64,
+    pub on_damage: OnDamage,
+}
+
+/// What start-up does with a damaged store file.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OnDamage {
+    /// Refuse to start, naming the file and the problem.
+    #[default]
+    Refuse,
+    /// Start without what was lost and report which queue lost how many
+    /// messages (log, /api/health/checks/store, metrics).
+    Report,
 }
 
 impl Default for StorageConfig {
@@ -49,6 +62,7 @@ impl Default for StorageConfig {
             queue_memory_window: 4 * 1024 * 1024,
             persister_backlog: 64 * 1024 * 1024,
             segment_size: 64 * 1024 * 1024,
+            on_damage: OnDamage::Refuse,
         }
     }
 }
