@@ -506,3 +506,116 @@ async fn with_on_damage_report_a_damaged_body_is_dropped_and_reported() {
     })
     .await
 }
+
+// ---------------------------------------------------------------- the whole matrix
+
+/// Every regular file under `dir`, relative to it.
+fn files_under(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let mut todo = vec![dir.to_path_buf()];
+    while let Some(d) = todo.pop() {
+        for entry in std::fs::read_dir(&d).unwrap() {
+            let entry = entry.unwrap();
+            if entry.file_type().unwrap().is_dir() {
+                todo.push(entry.path());
+            } else {
+                out.push(entry.path().strip_prefix(dir).unwrap().to_path_buf());
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+/// Damage that fits any file, however small: a byte flipped, the written
+/// half cut off or zeroed (up to 100 slots' worth), the file deleted.
+fn damage_any(path: &Path, kind: Damage) -> bool {
+    use std::os::unix::fs::FileExt;
+    let len = std::fs::metadata(path).unwrap().len();
+    let written = written_len(path);
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(path)
+        .unwrap();
+    match kind {
+        Damage::Delete => std::fs::remove_file(path).unwrap(),
+        _ if written == 0 => return false,
+        Damage::Truncate => f.set_len(written / 2).unwrap(),
+        Damage::Zero => {
+            let n = (written - written / 2).min(100 * SLOT);
+            f.write_all_at(&vec![0; n as usize], written / 2).unwrap();
+        }
+        Damage::FlipByte => {
+            let mut b = [0u8];
+            f.read_exact_at(&mut b, written / 2).unwrap();
+            f.write_all_at(&[!b[0]], written / 2).unwrap();
+        }
+        Damage::SlotAcked => unreachable!(),
+    }
+    let _ = len;
+    true
+}
+
+/// Each kind of damage to each file the store leaves, after each kind of
+/// stop: the start is refused naming the damaged file, or every message is
+/// there. Prints the matrix RELIABILITY.md shows.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn damage_matrix_never_loses_a_message_silently() {
+    within_for(Duration::from_secs(600), async {
+        let mut rows = Vec::new();
+        for stop in [Stop::Kill9, Stop::Sigterm] {
+            let pristine = stored(&format!("damage-matrix-{stop:?}"), stop).await;
+            for file in files_under(pristine.path()) {
+                for kind in [
+                    Damage::FlipByte,
+                    Damage::Truncate,
+                    Damage::Zero,
+                    Damage::Delete,
+                ] {
+                    let data = TempDir::new(&format!("damage-matrix-case-{stop:?}"));
+                    let _ = std::fs::remove_dir_all(data.path());
+                    copy_dir(pristine.path(), data.path());
+                    let path = data.path().join(&file);
+                    if !damage_any(&path, kind) {
+                        continue;
+                    }
+                    let what = format!("{stop:?} | {} | {kind:?}", file.display());
+                    let outcome = match restart(data.path(), None).await {
+                        Outcome::Refused { stderr } => {
+                            assert!(
+                                !stderr.contains("panicked")
+                                    && stderr.contains(path.to_str().unwrap()),
+                                "{what}: refused without naming {}:\n{stderr}",
+                                path.display()
+                            );
+                            let line = stderr
+                                .lines()
+                                .rfind(|l| l.contains("ERROR leveret:"))
+                                .unwrap_or_default()
+                                .to_string();
+                            let detail = line
+                                .split_once(" is damaged (")
+                                .map(|(_, d)| d.rsplit_once("); refusing").map_or(d, |x| x.0))
+                                .unwrap_or(&line)
+                                .replace(data.path().to_str().unwrap(), "DATA");
+                            format!("refused: {detail}")
+                        }
+                        Outcome::Started { broker, messages } => {
+                            assert_eq!(
+                                messages,
+                                Some(MESSAGES as u32),
+                                "{what}: started with {messages:?} messages:\n{}",
+                                broker.stderr()
+                            );
+                            "starts, all 1,000 messages there".to_string()
+                        }
+                    };
+                    rows.push(format!("| {what} | {outcome} |"));
+                }
+            }
+        }
+        eprintln!("MATRIX\n{}", rows.join("\n"));
+    })
+    .await
+}

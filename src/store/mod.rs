@@ -172,6 +172,7 @@ impl std::fmt::Display for Damage {
             self.vhost
         )?;
         match self.lost {
+            Some(0) => {}
             Some(n) => write!(f, ", up to {n} messages lost")?,
             None => write!(f, ", its messages lost")?,
         }
