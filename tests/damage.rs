@@ -619,3 +619,30 @@ async fn damage_matrix_never_loses_a_message_silently() {
     })
     .await
 }
+
+/// A users/vhosts record in sled that does not decode stops the start: it
+/// used to be skipped, and a vhost skipped had its queues dropped.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreadable_vhost_record_stops_the_start_instead_of_dropping_its_queues() {
+    within_for(TEST_TIMEOUT, async {
+        let data = stored("damage-access", Stop::Sigterm).await;
+        {
+            let config = leveret::config::StorageConfig::default();
+            let (store, recovered) = leveret::store::Store::open(data.path(), &config).unwrap();
+            let (key, _) = recovered
+                .access
+                .iter()
+                .find(|(_, v)| String::from_utf8_lossy(v).contains("Default virtual host"))
+                .expect("the default vhost's record");
+            store.put_access(key, Some(b"{not json"));
+            store.close();
+        }
+        assert_refused_naming(
+            data.path(),
+            &data.path().join("db"),
+            "unreadable vhost record",
+        )
+        .await;
+    })
+    .await
+}

@@ -28,7 +28,7 @@ use std::sync::Arc;
 use thiserror::Error;
 use tokio::sync::Notify;
 
-pub use recovery::{Recovered, RecoveredQueue};
+pub use recovery::{Recovered, RecoveredQueue, SLED_LOG};
 
 /// Memory a queued message costs beyond its bytes (struct, `Arc`, deque
 /// slot), counted against a queue's in-memory window.
