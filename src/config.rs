@@ -41,6 +41,7 @@ pub struct StorageConfig {
     pub persister_backlog: usize,
     pub segment_size: u64,
     pub disk_free_limit: DiskFreeLimit,
+    pub on_damage: OnDamage,
 }
 
 /// Free space on the data directory's file system below which publishers
@@ -64,6 +65,18 @@ impl DiskFreeLimit {
     }
 }
 
+/// What start-up does with a damaged store file.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OnDamage {
+    /// Refuse to start, naming the file and the problem.
+    #[default]
+    Refuse,
+    /// Start without what was lost and report which queue lost how many
+    /// messages (log, /api/health/checks/store, metrics).
+    Report,
+}
+
 impl Default for StorageConfig {
     fn default() -> Self {
         StorageConfig {
@@ -72,6 +85,7 @@ impl Default for StorageConfig {
             persister_backlog: 64 * 1024 * 1024,
             segment_size: 64 * 1024 * 1024,
             disk_free_limit: DiskFreeLimit::Absolute(50_000_000),
+            on_damage: OnDamage::Refuse,
         }
     }
 }

@@ -233,8 +233,10 @@ pub struct Loaded {
 }
 
 impl AccessControl {
-    /// Reads the records back from what the store recovered.
-    pub fn load(store: Arc<Store>, entries: &[(Vec<u8>, Vec<u8>)]) -> Loaded {
+    /// Reads the records back from what the store recovered. A record that
+    /// does not decode is an error: skipping a vhost's record would drop
+    /// its queues at start-up.
+    pub fn load(store: Arc<Store>, entries: &[(Vec<u8>, Vec<u8>)]) -> Result<Loaded, String> {
         let access = AccessControl {
             store,
             users: DashMap::new(),
@@ -268,10 +270,13 @@ impl AccessControl {
                 Ok(())
             };
             if let Err(e) = result {
-                tracing::warn!(error = %e, key = %String::from_utf8_lossy(k), "unreadable access record skipped");
+                return Err(format!(
+                    "unreadable access record {:?}: {e}",
+                    String::from_utf8_lossy(k)
+                ));
             }
         }
-        Loaded { access, seeded }
+        Ok(Loaded { access, seeded })
     }
 
     pub fn mark_seeded(&self) {

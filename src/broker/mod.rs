@@ -136,7 +136,12 @@ impl Broker {
         let (store, mut recovered) = Store::open(&config.server.data_dir, &config.storage)?;
         let (dead_letters, dead_letter_rx) = dead_letter::DeadLetters::channel();
         let access::Loaded { access, seeded } =
-            AccessControl::load(store.clone(), &std::mem::take(&mut recovered.access));
+            AccessControl::load(store.clone(), &std::mem::take(&mut recovered.access)).map_err(
+                |detail| StoreError::Damaged {
+                    path: store.path().join(crate::store::SLED_LOG),
+                    detail,
+                },
+            )?;
         let memory = Arc::new(MemoryGauge::new(config.limits.memory_high_watermark));
         let queue_services = QueueServices {
             memory: memory.clone(),

@@ -293,5 +293,26 @@ fn render(broker: &Broker, disk_used: u64) -> String {
             out.value(name, &labels, get(q));
         }
     }
+    store_damage(&mut out, broker);
     out.0
+}
+
+/// Messages lost to store damage at start-up (`storage.on_damage = "report"`).
+fn store_damage(out: &mut Out, broker: &Broker) {
+    out.family(
+        "leveret_store_lost_messages",
+        "gauge",
+        "Messages a queue lost to a damaged store file found at start-up (at most)",
+    );
+    for d in &broker.store.damage {
+        let file = d.path.display().to_string();
+        let labels = [
+            ("vhost", d.vhost.as_str()),
+            ("queue", d.queue.as_str()),
+            ("file", file.as_str()),
+        ];
+        // NaN: the queue's messages are lost and nothing says how many.
+        let lost = d.lost.map_or("NaN".to_string(), |n| n.to_string());
+        out.value("leveret_store_lost_messages", &labels, lost);
+    }
 }

@@ -169,6 +169,7 @@ pub async fn serve(
         )
         .route("/api/health/checks/alarms", get(live::alarms))
         .route("/api/health/checks/local-alarms", get(live::alarms))
+        .route("/api/health/checks/store", get(live::store_damage))
         .route("/api/aliveness-test/{vhost}", get(live::aliveness))
         .route_layer(middleware::from_fn_with_state(broker.clone(), require_user));
     let app = Router::new()

@@ -31,7 +31,7 @@ use std::sync::Arc;
 use thiserror::Error;
 use tokio::sync::Notify;
 
-pub use recovery::{Recovered, RecoveredQueue};
+pub use recovery::{Recovered, RecoveredQueue, SLED_LOG};
 
 /// Memory a queued message costs beyond its bytes (struct, `Arc`, deque
 /// slot), counted against a queue's in-memory window.
@@ -160,6 +160,39 @@ pub enum StoreError {
     },
 }
 
+/// Damage found at start-up: which queue lost how many messages, in which
+/// file, and why. Refused by default; kept and reported (log, health check,
+/// metrics) when `storage.on_damage = "report"` lets the broker start.
+#[derive(Debug, Clone)]
+pub struct Damage {
+    pub vhost: String,
+    pub queue: String,
+    pub path: PathBuf,
+    pub problem: String,
+    /// Messages lost, at most (a slot acknowledged before it was damaged
+    /// cannot be told apart from a ready one); None: no way to tell.
+    pub lost: Option<u64>,
+}
+
+impl std::fmt::Display for Damage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{}: {} (queue '{}' in vhost '{}'",
+            self.path.display(),
+            self.problem,
+            self.queue,
+            self.vhost
+        )?;
+        match self.lost {
+            Some(0) => {}
+            Some(n) => write!(f, ", up to {n} messages lost")?,
+            None => write!(f, ", its messages lost")?,
+        }
+        write!(f, ")")
+    }
+}
+
 /// Bytes of message bodies handed to the persister and not yet taken into a
 /// batch. Publishers stop being read above the limit, so a disk slower than
 /// the network cannot make the broker buffer without bound.
@@ -226,6 +259,11 @@ pub struct Store {
     pub queue_window: usize,
     /// The disk alarm, and what a failed write does.
     pub fail_stop: Arc<fail_stop::FailStop>,
+    /// Topology changes flushed so far (see `recovery::check_topology_version`);
+    /// the lock orders the changes and their count.
+    topology_version: parking_lot::Mutex<u64>,
+    /// What start-up found damaged and started anyway with.
+    pub damage: Vec<Damage>,
 }
 
 impl Store {
@@ -350,6 +388,11 @@ impl Store {
     }
 
     pub fn put_queue(&self, r: &QueueRecord) {
+        // Its index directory first: a stored queue without one is damage.
+        let queues = self.path.join(recovery::QUEUE_DIR);
+        if let Err(e) = queue_index::create_queue(&queues, r.id) {
+            tracing::error!(error = %e, path = %queues.display(), "cannot create a queue index");
+        }
         self.write_meta(|meta| meta.insert(r.key(), r.encode()).map(drop));
     }
 
@@ -378,21 +421,51 @@ impl Store {
     /// blocking flush here keeps them simple and honest.
     /// Writes (or with `None` removes) one access-control record, flushed.
     pub fn put_access(&self, key: &[u8], value: Option<&[u8]>) {
-        let result = match value {
+        let result = self.counted(|| match value {
             Some(v) => self.access.insert(key, v).map(drop),
             None => self.access.remove(key).map(drop),
-        }
-        .and_then(|()| self.db.flush().map(drop));
+        });
         if let Err(e) = result {
             tracing::error!(error = %e, path = %self.path.display(), "cannot write users or permissions to the store");
         }
     }
 
     fn write_meta(&self, change: impl FnOnce(&sled::Tree) -> sled::Result<()>) {
-        let result = change(&self.meta).and_then(|()| self.db.flush().map(drop));
-        if let Err(e) = result {
+        if let Err(e) = self.counted(|| change(&self.meta)) {
             tracing::error!(error = %e, path = %self.path.display(), "cannot write topology to the store");
         }
+    }
+
+    /// Applies a change to sled with the next topology version, flushes,
+    /// then writes the version outside sled: a sled log that later reads
+    /// back without the change is caught at start-up.
+    fn counted(&self, change: impl FnOnce() -> sled::Result<()>) -> Result<(), String> {
+        let mut version = self.topology_version.lock();
+        let next = *version + 1;
+        change()
+            .and_then(|()| {
+                self.meta
+                    .insert(recovery::TOPOLOGY_VERSION_KEY, &next.to_be_bytes()[..])
+            })
+            .and_then(|_| self.db.flush())
+            .map_err(|e| e.to_string())?;
+        *version = next;
+        let path = self.path.join(recovery::TOPOLOGY_VERSION);
+        (|| -> std::io::Result<()> {
+            let f = std::fs::OpenOptions::new()
+                .create(true)
+                .write(true)
+                .truncate(false)
+                .open(&path)?;
+            use std::os::unix::fs::FileExt;
+            f.write_all_at(&recovery::encode_topology_version(next), 0)?;
+            f.sync_data()?;
+            if next == 1 {
+                segments::sync_dir(&path)?;
+            }
+            Ok(())
+        })()
+        .map_err(|e| format!("{}: {e}", path.display()))
     }
 
     /// Finishes queued writes, flushes, and stops the persister.

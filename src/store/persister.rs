@@ -291,10 +291,18 @@ impl Persister {
                 }
             }
             if self.commit(&mut ops) {
+                self.seal();
                 self.write_marker();
                 self.stats.log();
                 return;
             }
+        }
+    }
+
+    /// Makes the index headers durable before a clean stop's marker.
+    fn seal(&mut self) {
+        if let Err(e) = self.index.seal() {
+            error!(error = %e, "cannot write a queue index header");
         }
     }
 

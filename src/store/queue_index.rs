@@ -10,10 +10,28 @@
 //! overwrites its state byte; a file whose slots are all written and all
 //! acknowledged is deleted. Memory is a few counters per file.
 //!
-//! Slot: `state u8 ‖ flags u8 ‖ 0 u16 ‖ crc32 u32 ‖ segment u32 ‖ len u32 ‖
-//! offset u64 ‖ expires_at u64` (ms since the epoch, 0: never); the CRC
-//! covers flags..expires_at, so a torn or damaged slot is told apart from a
-//! message.
+//! A file starts with a one-slot header: `"LVQI" ‖ crc32 u32 ‖ version u8 ‖
+//! 0 ×3 ‖ queue_id u32 ‖ file_no u64 ‖ synced u64`. `synced` counts the
+//! slots that were on disk (fsynced) when the header was written: it is
+//! written right after each sync, without a sync of its own (the next
+//! batch's carries it; a clean stop syncs it, [`QueueIndexes::seal`]). A
+//! kill -9 keeps it (the page cache survives), so every confirmed slot is
+//! checked; a power cut may lose it, and then only the last batch's slots
+//! go unchecked, as a crash may have torn them. Slots below it must read
+//! back intact; above it a crash may leave zeros (writes not done, or the
+//! zeros written ahead), but a slot that fails its checksum is damage
+//! anywhere (a disk writes a 512-byte sector whole or not at all). Seqs a
+//! queue did not write to its index (messages kept in memory only) get a
+//! skip slot, so that below the synced mark a zero slot is always damage. Slot: `state u8 ‖ flags u8 ‖ 0 u16 ‖ crc32 u32 ‖
+//! segment u32 ‖ len u32 ‖ offset u64 ‖ expires_at u64` (ms since the epoch,
+//! 0: never); the CRC covers the seq, the state and every other byte, so a
+//! message acknowledged by damage is told apart from one acknowledged.
+//!
+//! Each queue's directory holds `files`: which index files exist (header,
+//! count, file numbers, crc32), rewritten (write, fsync, rename) before a
+//! file is added to or deleted from the set, so a deleted index file is
+//! noticed. It is created when the queue is declared, so a queue whose
+//! directory is gone is noticed too.
 
 use super::segments::{sync_dir, Location};
 use std::collections::HashMap;
@@ -25,6 +43,13 @@ pub const SLOTS: u64 = 16 * 1024;
 const SLOT: usize = 32;
 const READY: u8 = 1;
 const ACKED: u8 = 2;
+/// A seq the queue never wrote here.
+const SKIP: u8 = 3;
+const MAGIC: &[u8; 4] = b"LVQI";
+const MANIFEST_MAGIC: &[u8; 4] = b"LVQF";
+const VERSION: u8 = 1;
+/// The list of a queue's index files, in its directory.
+const MANIFEST: &str = "files";
 /// Zero slots written past the end of an index file when a write extends it.
 const ZERO_AHEAD_SLOTS: u64 = 1024;
 /// Acknowledged seqs at most this far apart share one read and write.
@@ -50,17 +75,52 @@ struct FileState {
     full: bool,
     /// Slots in the file: written ones, then zeros written ahead.
     len: u64,
+    /// Slots up to the last one written.
+    written: u64,
+    /// Slots fsynced.
+    synced: u64,
+    /// `synced` as the header says.
+    sealed: u64,
+    /// The header was written since the file was last synced.
+    header_unsynced: bool,
 }
 
-/// A slot that failed its checksum.
+/// Damage found in a queue's index: a file that should be there and is
+/// not, a bad header, or slots below the synced mark that do not read back.
 #[derive(Debug)]
-pub struct BadSlot {
+pub struct IndexDamage {
+    pub queue_id: u32,
     pub path: PathBuf,
-    pub seq: u64,
+    pub problem: String,
+    /// Messages that may be lost: unreadable slots (a slot acknowledged
+    /// before the damage is counted too, it cannot be told apart).
+    pub lost: u64,
+}
+
+/// What [`QueueIndexes::open`] found besides the messages.
+#[derive(Debug, Default)]
+pub struct Scan {
+    pub damage: Vec<IndexDamage>,
+}
+
+/// Bytes of one slot or header and where they go.
+type SlotWrite = (u64, [u8; SLOT]);
+
+/// Writes recovery decided on, made once the start goes ahead (a refused
+/// start leaves the files as they were).
+#[derive(Default)]
+struct RecoveryWrites {
+    /// Slots (and headers) to write: (file, [(offset, bytes)]).
+    acks: Vec<(PathBuf, Vec<SlotWrite>)>,
+    /// (queue directory, files to list, files to delete).
+    drained: Vec<(PathBuf, Vec<u64>, Vec<u64>)>,
+    /// Damaged files to rename to `*.damaged` before they are unlisted.
+    aside: Vec<PathBuf>,
 }
 
 pub struct QueueIndexes {
     dir: PathBuf,
+    recovery: RecoveryWrites,
     files: HashMap<(u32, u64), FileState>,
     open: HashMap<(u32, u64), File>,
     /// Written since the last sync.
@@ -74,15 +134,16 @@ impl QueueIndexes {
     pub fn open(
         dir: &Path,
         mut visit: impl FnMut(u32, Slot) -> bool,
-    ) -> std::io::Result<(QueueIndexes, Vec<BadSlot>)> {
+    ) -> std::io::Result<(QueueIndexes, Scan)> {
         std::fs::create_dir_all(dir)?;
         let mut ix = QueueIndexes {
             dir: dir.to_owned(),
+            recovery: RecoveryWrites::default(),
             files: HashMap::new(),
             open: HashMap::new(),
             dirty: Vec::new(),
         };
-        let mut bad = Vec::new();
+        let mut scan = Scan::default();
         let mut queues: Vec<(u32, PathBuf)> = Vec::new();
         for entry in std::fs::read_dir(dir)? {
             let path = entry?.path();
@@ -99,49 +160,176 @@ impl QueueIndexes {
                 }
             }
             files.sort_unstable();
+            let mut relist = false;
+            let listed = match read_manifest(&qdir.join(MANIFEST)) {
+                Ok(listed) => listed,
+                Err(problem) => {
+                    relist = true;
+                    scan.damage.push(IndexDamage {
+                        queue_id,
+                        path: qdir.join(MANIFEST),
+                        problem,
+                        lost: 0,
+                    });
+                    files.clone()
+                }
+            };
+            for &file_no in listed.iter().filter(|n| !files.contains(n)) {
+                relist = true;
+                scan.damage.push(IndexDamage {
+                    queue_id,
+                    path: ix.path(queue_id, file_no),
+                    problem: format!(
+                        "the index file is missing (listed in {})",
+                        qdir.join(MANIFEST).display()
+                    ),
+                    lost: SLOTS,
+                });
+            }
+            let present = files.clone();
+            let mut drained = Vec::new();
             for file_no in files {
                 let path = ix.path(queue_id, file_no);
                 let raw = std::fs::read(&path)?;
-                let mut state = FileState {
-                    live: 0,
-                    len: (raw.len() / SLOT) as u64,
-                    full: raw.len() as u64 >= SLOTS * SLOT as u64
-                        && raw[(SLOTS as usize - 1) * SLOT] != 0,
+                let in_manifest = listed.contains(&file_no);
+                let header = (raw.len() >= SLOT)
+                    .then(|| decode_header(&raw[..SLOT], queue_id, file_no))
+                    .flatten();
+                let Some(synced) = header else {
+                    // Created by a batch a crash interrupted, before the
+                    // manifest listed it: nothing in it was confirmed.
+                    if !in_manifest && raw.iter().all(|&b| b == 0) {
+                        drained.push(file_no);
+                        continue;
+                    }
+                    scan.damage.push(IndexDamage {
+                        queue_id,
+                        path: path.clone(),
+                        problem: "the index file's header is missing or damaged".into(),
+                        lost: (raw.len() / SLOT) as u64,
+                    });
+                    // If the start goes ahead: kept aside, unlisted.
+                    ix.recovery.aside.push(path.clone());
+                    drained.push(file_no);
+                    continue;
                 };
+                let slots = &raw[SLOT..raw.len() - raw.len() % SLOT];
+                let len = (slots.len() / SLOT) as u64;
+                let mut state = FileState {
+                    len,
+                    full: len >= SLOTS && slots[(SLOTS as usize - 1) * SLOT] != 0,
+                    synced,
+                    sealed: synced,
+                    ..FileState::default()
+                };
+                let mut unreadable = 0u64;
+                let mut writes = Vec::new();
+                if synced > len {
+                    unreadable += synced - len;
+                    // If the start goes ahead, the file is taken as it is.
+                    state.synced = len;
+                    state.sealed = len;
+                    writes.push((0, encode_header(queue_id, file_no, len)));
+                }
                 let mut acks = Vec::new();
-                for (i, slot) in raw.chunks_exact(SLOT).enumerate() {
+                for (i, slot) in slots.chunks_exact(SLOT).enumerate() {
+                    let i = i as u64;
+                    let seq = file_no * SLOTS + i;
+                    let s = match slot[0] {
+                        READY | ACKED | SKIP => decode(seq, slot),
+                        _ => None,
+                    };
+                    let Some(s) = s else {
+                        // Past the synced mark a crash may leave zeros (a
+                        // sector not written yet), never a slot that fails
+                        // its checksum: disks write a sector whole or not.
+                        if i < synced || slot.iter().any(|&b| b != 0) {
+                            unreadable += 1;
+                            // If the start goes ahead: acknowledged, lost.
+                            writes.push(((i + 1) * SLOT as u64, tombstone(seq)));
+                            state.written = i + 1;
+                        }
+                        continue;
+                    };
+                    state.written = i + 1;
                     if slot[0] != READY {
                         continue;
                     }
-                    let seq = file_no * SLOTS + i as u64;
-                    let Some(s) = decode(seq, slot) else {
-                        bad.push(BadSlot {
-                            path: path.clone(),
-                            seq,
-                        });
-                        continue;
-                    };
                     if visit(queue_id, s) {
                         state.live += 1;
                     } else {
-                        acks.push(i as u64);
+                        acks.push(i);
                     }
                 }
-                if !acks.is_empty() {
-                    let f = OpenOptions::new().write(true).open(&path)?;
-                    for i in acks {
-                        f.write_all_at(&[ACKED], i * SLOT as u64)?;
-                    }
-                    f.sync_data()?;
+                if unreadable > 0 {
+                    scan.damage.push(IndexDamage {
+                        queue_id,
+                        path: path.clone(),
+                        problem: format!(
+                            "{unreadable} index slots do not read back (zeroed, cut short or \
+                             damaged; {synced} slots were synced)"
+                        ),
+                        lost: unreadable,
+                    });
+                }
+                for i in acks {
+                    let at = (i as usize + 1) * SLOT;
+                    let mut slot: [u8; SLOT] = raw[at..at + SLOT].try_into().expect("slot");
+                    set_acked(file_no * SLOTS + i, &mut slot);
+                    writes.push((at as u64, slot));
+                }
+                if !writes.is_empty() {
+                    ix.recovery.acks.push((path.clone(), writes));
                 }
                 if state.full && state.live == 0 {
-                    std::fs::remove_file(&path)?;
+                    drained.push(file_no);
                 } else {
                     ix.files.insert((queue_id, file_no), state);
                 }
             }
+            relist |= present.iter().any(|n| !listed.contains(n));
+            if relist || !drained.is_empty() {
+                let keep: Vec<u64> = present
+                    .iter()
+                    .copied()
+                    .filter(|n| !drained.contains(n))
+                    .collect::<std::collections::BTreeSet<u64>>()
+                    .into_iter()
+                    .collect();
+                ix.recovery.drained.push((qdir.clone(), keep, drained));
+            }
         }
-        Ok((ix, bad))
+        Ok((ix, scan))
+    }
+
+    /// Makes the changes recovery decided on: acknowledges the slots
+    /// `visit` declined, deletes drained files.
+    pub fn finish_recovery(&mut self) -> std::io::Result<()> {
+        let writes = std::mem::take(&mut self.recovery);
+        for path in writes.aside {
+            let mut to = path.clone().into_os_string();
+            to.push(".damaged");
+            std::fs::rename(&path, &to)?;
+        }
+        for (path, slots) in writes.acks {
+            let f = OpenOptions::new().write(true).open(&path)?;
+            for (at, slot) in slots {
+                f.write_all_at(&slot, at)?;
+            }
+            f.sync_data()?;
+        }
+        for (qdir, keep, drained) in writes.drained {
+            write_manifest(&qdir, &keep)?;
+            for file_no in drained {
+                let path = qdir.join(format!("{file_no:08}.idx"));
+                if let Err(e) = std::fs::remove_file(&path) {
+                    if e.kind() != std::io::ErrorKind::NotFound {
+                        return Err(e);
+                    }
+                }
+            }
+        }
+        Ok(())
     }
 
     fn path(&self, queue_id: u32, file_no: u64) -> PathBuf {
@@ -158,12 +346,10 @@ impl QueueIndexes {
             }
             let path = self.path(queue_id, file_no);
             let existed = path.exists();
-            if create && !existed {
-                let qdir = path.parent().expect("queue directory");
-                if !qdir.exists() {
-                    std::fs::create_dir_all(qdir)?;
-                    sync_dir(qdir)?;
-                }
+            let qdir = path.parent().expect("queue directory").to_owned();
+            if create && !existed && !qdir.exists() {
+                std::fs::create_dir_all(&qdir)?;
+                sync_dir(&qdir)?;
             }
             let f = OpenOptions::new()
                 .read(true)
@@ -172,7 +358,21 @@ impl QueueIndexes {
                 .truncate(false)
                 .open(&path)?;
             if create && !existed {
+                // Header first, then listed: a crash in between leaves a
+                // file with nothing synced that nobody lists.
+                f.write_all_at(&encode_header(queue_id, file_no, 0), 0)?;
+                f.sync_data()?;
                 sync_dir(&path)?;
+                let mut listed: Vec<u64> = self
+                    .files
+                    .keys()
+                    .filter(|(q, _)| *q == queue_id)
+                    .map(|(_, n)| *n)
+                    .chain([file_no])
+                    .collect();
+                listed.sort_unstable();
+                listed.dedup();
+                write_manifest(&qdir, &listed)?;
             }
             self.open.insert((queue_id, file_no), f);
         }
@@ -188,7 +388,10 @@ impl QueueIndexes {
             let j = run_end(i, slots.len(), |k| slots[k].seq, 1);
             let first = slots[i].seq % SLOTS;
             let end = slots[j - 1].seq % SLOTS + 1;
-            let len = self.files.get(&(queue_id, file_no)).map_or(0, |s| s.len);
+            let (len, written) = self
+                .files
+                .get(&(queue_id, file_no))
+                .map_or((0, 0), |s| (s.len, s.written));
             // Like segments (see `Segments::zero_ahead`), a write that extends
             // the file also writes zeros ahead, so the next batches' syncs
             // are overwrites; zero slots read as empty.
@@ -197,16 +400,24 @@ impl QueueIndexes {
             } else {
                 end
             };
-            let mut buf = Vec::with_capacity((zeros_to - first) as usize * SLOT);
+            // Seqs never written here (messages kept in memory, or put and
+            // acknowledged in one batch) are filled with skip slots: below
+            // the synced mark only damage leaves zeros.
+            let start = written.min(first);
+            let mut buf = Vec::with_capacity((zeros_to - start) as usize * SLOT);
+            for k in start..first {
+                buf.extend_from_slice(&skip(file_no * SLOTS + k));
+            }
             for s in &slots[i..j] {
                 buf.extend_from_slice(&encode(s));
             }
-            buf.resize((zeros_to - first) as usize * SLOT, 0);
+            buf.resize((zeros_to - start) as usize * SLOT, 0);
             self.file(queue_id, file_no, true)?
-                .write_all_at(&buf, first * SLOT as u64)?;
+                .write_all_at(&buf, (start + 1) * SLOT as u64)?;
             let state = self.files.entry((queue_id, file_no)).or_default();
             state.live += (j - i) as u64;
             state.len = state.len.max(zeros_to);
+            state.written = state.written.max(end);
             if end == SLOTS {
                 state.full = true;
             }
@@ -243,24 +454,28 @@ impl QueueIndexes {
             buf.clear();
             buf.resize((end - first) as usize * SLOT, 0);
             let f = self.file(queue_id, file_no, false)?;
-            let n = read_full_at(f, &mut buf, first * SLOT as u64)?;
+            let n = read_full_at(f, &mut buf, (first + 1) * SLOT as u64)?;
             let mut changed = 0;
             for &seq in run {
                 let at = (seq % SLOTS - first) as usize * SLOT;
                 if at + SLOT > n || buf[at] != READY {
                     continue;
                 }
-                buf[at] = ACKED;
+                let slot: &mut [u8; SLOT] = (&mut buf[at..at + SLOT]).try_into().expect("slot");
+                let Some(s) = decode(seq, slot) else {
+                    // Damaged since it was read: left for recovery to report.
+                    tracing::error!(queue_id, seq, "a queue index slot fails its checksum");
+                    continue;
+                };
+                set_acked(seq, slot);
                 changed += 1;
-                if let Some(s) = decode(seq, &buf[at..at + SLOT]) {
-                    acked.push(s.at);
-                }
+                acked.push(s.at);
             }
             if changed == 0 {
                 continue;
             }
             // Slots between the acknowledged ones are written back unchanged.
-            f.write_all_at(&buf[..n], first * SLOT as u64)?;
+            f.write_all_at(&buf[..n], (first + 1) * SLOT as u64)?;
             if let Some(state) = self.files.get_mut(&(queue_id, file_no)) {
                 state.live = state.live.saturating_sub(changed);
             }
@@ -283,7 +498,7 @@ impl QueueIndexes {
         file_nos.sort_unstable();
         for file_no in file_nos {
             let first = from.max(file_no * SLOTS);
-            let offset = (first % SLOTS) * SLOT as u64;
+            let offset = (first % SLOTS + 1) * SLOT as u64;
             let mut raw = vec![0u8; ((file_no + 1) * SLOTS - first) as usize * SLOT];
             let f = self.file(queue_id, file_no, false)?;
             let n = read_full_at(f, &mut raw, offset)?;
@@ -291,11 +506,14 @@ impl QueueIndexes {
                 if slot[0] != READY {
                     continue;
                 }
-                if let Some(s) = decode(first + i as u64, slot) {
-                    out.push(s);
-                    if out.len() >= max {
-                        return Ok(out);
-                    }
+                let seq = first + i as u64;
+                let Some(s) = decode(seq, slot) else {
+                    tracing::error!(queue_id, seq, "a queue index slot fails its checksum");
+                    continue;
+                };
+                out.push(s);
+                if out.len() >= max {
+                    return Ok(out);
                 }
             }
         }
@@ -328,17 +546,36 @@ impl QueueIndexes {
         }
     }
 
-    /// Makes this batch's writes durable, then deletes files that are full
-    /// and fully acknowledged.
+    /// Makes this batch's writes durable, records that in the headers, then
+    /// deletes files that are full and fully acknowledged.
     pub fn sync(&mut self) -> std::io::Result<()> {
         for key in std::mem::take(&mut self.dirty) {
-            if let Some(f) = self.open.get(&key) {
-                f.sync_data()?;
+            let Some(f) = self.open.get(&key) else {
+                continue;
+            };
+            f.sync_data()?;
+            let Some(state) = self.files.get_mut(&key) else {
+                continue;
+            };
+            state.synced = state.written;
+            if state.sealed < state.synced {
+                f.write_all_at(&encode_header(key.0, key.1, state.synced), 0)?;
+                state.sealed = state.synced;
+                state.header_unsynced = true;
             }
-            if self.files.get(&key).is_some_and(|s| s.full && s.live == 0) {
+            if state.full && state.live == 0 {
                 self.files.remove(&key);
                 self.open.remove(&key);
+                let mut listed: Vec<u64> = self
+                    .files
+                    .keys()
+                    .filter(|(q, _)| *q == key.0)
+                    .map(|(_, n)| *n)
+                    .collect();
+                listed.sort_unstable();
                 let path = self.path(key.0, key.1);
+                let qdir = path.parent().expect("queue directory");
+                write_manifest(qdir, &listed)?;
                 if let Err(e) = std::fs::remove_file(&path) {
                     tracing::warn!(path = %path.display(), error = %e, "cannot delete a drained index file");
                 }
@@ -346,6 +583,135 @@ impl QueueIndexes {
         }
         Ok(())
     }
+
+    /// Makes the headers durable (a clean stop): the next start checks
+    /// every slot on disk.
+    pub fn seal(&mut self) -> std::io::Result<()> {
+        let unsynced: Vec<(u32, u64)> = self
+            .files
+            .iter()
+            .filter(|(_, s)| s.header_unsynced)
+            .map(|(k, _)| *k)
+            .collect();
+        for key in unsynced {
+            if let Some(f) = self.open.get(&key) {
+                f.sync_data()?;
+            }
+            if let Some(state) = self.files.get_mut(&key) {
+                state.header_unsynced = false;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Creates a new queue's index directory with an empty file list, before
+/// its record is stored: a queue whose directory is gone is then noticed.
+pub fn create_queue(dir: &Path, queue_id: u32) -> std::io::Result<()> {
+    let qdir = queue_dir(dir, queue_id);
+    if qdir.join(MANIFEST).exists() {
+        return Ok(());
+    }
+    std::fs::create_dir_all(&qdir)?;
+    sync_dir(&qdir)?;
+    write_manifest(&qdir, &[])
+}
+
+/// The file that lists a queue's index files.
+pub fn manifest_path(dir: &Path, queue_id: u32) -> PathBuf {
+    queue_dir(dir, queue_id).join(MANIFEST)
+}
+
+fn queue_dir(dir: &Path, queue_id: u32) -> PathBuf {
+    dir.join(format!("{queue_id:08}"))
+}
+
+fn write_manifest(qdir: &Path, files: &[u64]) -> std::io::Result<()> {
+    let mut buf = Vec::with_capacity(16 + files.len() * 8);
+    buf.extend_from_slice(MANIFEST_MAGIC);
+    buf.extend_from_slice(&[0; 4]);
+    buf.extend_from_slice(&[VERSION, 0, 0, 0]);
+    buf.extend_from_slice(&(files.len() as u32).to_be_bytes());
+    for n in files {
+        buf.extend_from_slice(&n.to_be_bytes());
+    }
+    let crc = manifest_crc(&buf);
+    buf[4..8].copy_from_slice(&crc.to_be_bytes());
+    let tmp = qdir.join(format!("{MANIFEST}.tmp"));
+    let f = OpenOptions::new()
+        .create(true)
+        .write(true)
+        .truncate(true)
+        .open(&tmp)?;
+    f.write_all_at(&buf, 0)?;
+    f.sync_data()?;
+    std::fs::rename(&tmp, qdir.join(MANIFEST))?;
+    sync_dir(&qdir.join(MANIFEST))
+}
+
+fn manifest_crc(buf: &[u8]) -> u32 {
+    let mut h = crc32fast::Hasher::new();
+    h.update(&buf[..4]);
+    h.update(&buf[8..]);
+    h.finalize()
+}
+
+/// The index files a queue's manifest lists, or what is wrong with it.
+fn read_manifest(path: &Path) -> Result<Vec<u64>, String> {
+    let buf = match std::fs::read(path) {
+        Ok(buf) => buf,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return Err("the queue's list of index files is missing".into())
+        }
+        Err(e) => return Err(format!("cannot read the queue's list of index files: {e}")),
+    };
+    let bad = || "the queue's list of index files is damaged".to_string();
+    if buf.len() < 16 || &buf[..4] != MANIFEST_MAGIC {
+        return Err(bad());
+    }
+    if buf[8] != VERSION {
+        return Err(format!("unknown index list version {}", buf[8]));
+    }
+    let crc = u32::from_be_bytes(buf[4..8].try_into().expect("4 bytes"));
+    let count = u32::from_be_bytes(buf[12..16].try_into().expect("4 bytes")) as usize;
+    if crc != manifest_crc(&buf) || buf.len() != 16 + count * 8 {
+        return Err(bad());
+    }
+    Ok(buf[16..]
+        .chunks_exact(8)
+        .map(|n| u64::from_be_bytes(n.try_into().expect("8 bytes")))
+        .collect())
+}
+
+fn encode_header(queue_id: u32, file_no: u64, synced: u64) -> [u8; SLOT] {
+    let mut b = [0u8; SLOT];
+    b[..4].copy_from_slice(MAGIC);
+    b[8] = VERSION;
+    b[12..16].copy_from_slice(&queue_id.to_be_bytes());
+    b[16..24].copy_from_slice(&file_no.to_be_bytes());
+    b[24..32].copy_from_slice(&synced.to_be_bytes());
+    let crc = header_crc(&b);
+    b[4..8].copy_from_slice(&crc.to_be_bytes());
+    b
+}
+
+fn header_crc(b: &[u8]) -> u32 {
+    let mut h = crc32fast::Hasher::new();
+    h.update(&b[..4]);
+    h.update(&b[8..SLOT]);
+    h.finalize()
+}
+
+/// The synced mark of a valid header for this queue and file.
+fn decode_header(b: &[u8], queue_id: u32, file_no: u64) -> Option<u64> {
+    let field = |r: std::ops::Range<usize>| b[r].iter().fold(0u64, |n, &x| n << 8 | u64::from(x));
+    let valid = &b[..4] == MAGIC
+        && b[8] == VERSION
+        && field(4..8) as u32 == header_crc(b)
+        && field(12..16) as u32 == queue_id
+        && field(16..24) == file_no;
+    let synced = field(24..32);
+    (valid && synced <= SLOTS).then_some(synced)
 }
 
 /// The end of the run starting at `start` among `len` ascending seqs
@@ -371,20 +737,45 @@ fn encode(s: &Slot) -> [u8; SLOT] {
     b[12..16].copy_from_slice(&s.at.len.to_be_bytes());
     b[16..24].copy_from_slice(&s.at.offset.to_be_bytes());
     b[24..32].copy_from_slice(&s.expires_at.to_be_bytes());
-    let crc = crc(&b);
+    let crc = crc(s.seq, &b);
     b[4..8].copy_from_slice(&crc.to_be_bytes());
     b
 }
 
-fn crc(slot: &[u8]) -> u32 {
+fn skip(seq: u64) -> [u8; SLOT] {
+    let mut slot = [0u8; SLOT];
+    slot[0] = SKIP;
+    let crc = crc(seq, &slot);
+    slot[4..8].copy_from_slice(&crc.to_be_bytes());
+    slot
+}
+
+/// An acknowledged slot standing for one that was lost to damage.
+fn tombstone(seq: u64) -> [u8; SLOT] {
+    let mut slot = [0u8; SLOT];
+    set_acked(seq, &mut slot);
+    slot
+}
+
+/// Marks a ready slot acknowledged, its checksum with it.
+fn set_acked(seq: u64, slot: &mut [u8; SLOT]) {
+    slot[0] = ACKED;
+    let crc = crc(seq, slot);
+    slot[4..8].copy_from_slice(&crc.to_be_bytes());
+}
+
+/// Covers the seq (a slot copied elsewhere does not check) and every byte
+/// but the checksum, the state byte included.
+fn crc(seq: u64, slot: &[u8]) -> u32 {
     let mut h = crc32fast::Hasher::new();
-    h.update(&slot[1..4]);
+    h.update(&seq.to_be_bytes());
+    h.update(&slot[0..4]);
     h.update(&slot[8..SLOT]);
     h.finalize()
 }
 
 fn decode(seq: u64, b: &[u8]) -> Option<Slot> {
-    if u32::from_be_bytes(b[4..8].try_into().ok()?) != crc(b) {
+    if u32::from_be_bytes(b[4..8].try_into().ok()?) != crc(seq, b) {
         return None;
     }
     Some(Slot {
@@ -446,8 +837,8 @@ mod tests {
     fn slots_survive_reopen_and_drained_files_go() {
         let dir = std::env::temp_dir().join(format!("leveret-qindex-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
-        let (mut ix, bad) = QueueIndexes::open(&dir, |_, _| true).unwrap();
-        assert!(bad.is_empty());
+        let (mut ix, scan) = QueueIndexes::open(&dir, |_, _| true).unwrap();
+        assert!(scan.damage.is_empty());
         let n = SLOTS + 10;
         let slots: Vec<Slot> = (0..n).map(slot).collect();
         ix.put(7, &slots).unwrap();
@@ -466,22 +857,150 @@ mod tests {
         drop(ix);
 
         let mut seen = Vec::new();
-        let (mut ix, bad) = QueueIndexes::open(&dir, |q, s| {
+        let (mut ix, scan) = QueueIndexes::open(&dir, |q, s| {
             seen.push((q, s.seq));
             s.seq != SLOTS // drop one at recovery
         })
         .unwrap();
-        assert!(bad.is_empty());
+        assert!(scan.damage.is_empty(), "{:?}", scan.damage);
+        ix.finish_recovery().unwrap();
         assert_eq!(seen.len(), 10);
         assert_eq!(ix.read(7, 0, usize::MAX).unwrap().len(), 9);
 
         // A damaged slot is reported, not returned.
         let f = OpenOptions::new().write(true).open(ix.path(7, 1)).unwrap();
-        f.write_all_at(&[0xff; 4], 5 * SLOT as u64 + 12).unwrap(); // inside the CRC'd bytes
+        f.write_all_at(&[0xff; 4], 6 * SLOT as u64 + 12).unwrap(); // slot 5's CRC'd bytes
         drop(ix);
-        let (_, bad) = QueueIndexes::open(&dir, |_, _| true).unwrap();
-        assert_eq!(bad.len(), 1);
-        assert_eq!(bad[0].seq, SLOTS + 5);
+        let (_, scan) = QueueIndexes::open(&dir, |_, _| true).unwrap();
+        assert_eq!(scan.damage.len(), 1);
+        assert_eq!(scan.damage[0].lost, 1);
+        assert!(scan.damage[0].path.ends_with("00000007/00000001.idx"));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    fn fresh(name: &str) -> PathBuf {
+        let dir =
+            std::env::temp_dir().join(format!("leveret-qindex-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        dir
+    }
+
+    fn reopen(dir: &Path) -> (QueueIndexes, Scan, usize) {
+        let mut n = 0;
+        let (ix, scan) = QueueIndexes::open(dir, |_, _| {
+            n += 1;
+            true
+        })
+        .unwrap();
+        (ix, scan, n)
+    }
+
+    /// Writes 100 slots in one batch, synced, and 50 in a second one a
+    /// crash interrupts before its sync.
+    fn two_batches(dir: &Path) -> PathBuf {
+        create_queue(dir, 1).unwrap();
+        let (mut ix, _) = QueueIndexes::open(dir, |_, _| true).unwrap();
+        ix.put(1, &(0..100).map(slot).collect::<Vec<_>>()).unwrap();
+        ix.sync().unwrap();
+        ix.put(1, &(100..150).map(slot).collect::<Vec<_>>())
+            .unwrap();
+        ix.path(1, 0)
+    }
+
+    fn zero_slots(path: &Path, from: u64, n: u64) {
+        let f = OpenOptions::new().write(true).open(path).unwrap();
+        f.write_all_at(&vec![0; n as usize * SLOT], (from + 1) * SLOT as u64)
+            .unwrap();
+    }
+
+    #[test]
+    fn zeros_past_the_synced_mark_are_a_torn_tail_and_below_it_damage() {
+        let dir = fresh("torn");
+        let path = two_batches(&dir);
+        // Part of the unsynced batch never reached the disk.
+        zero_slots(&path, 120, 30);
+        let (_, scan, n) = reopen(&dir);
+        assert!(scan.damage.is_empty(), "{:?}", scan.damage);
+        assert_eq!(n, 120);
+        // Zeros in the synced batch's slots: damage, counted.
+        zero_slots(&path, 40, 10);
+        let (_, scan, _) = reopen(&dir);
+        assert_eq!(scan.damage.len(), 1);
+        assert_eq!(scan.damage[0].lost, 10);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn every_synced_slot_is_checked_at_once() {
+        let dir = fresh("seal");
+        let path = two_batches(&dir);
+        let (mut ix, _) = QueueIndexes::open(&dir, |_, _| true).unwrap();
+        ix.put(1, &[slot(150)]).unwrap();
+        ix.sync().unwrap();
+        ix.seal().unwrap();
+        drop(ix);
+        zero_slots(&path, 150, 1);
+        let (_, scan, _) = reopen(&dir);
+        assert_eq!(scan.damage.len(), 1, "the last synced slot is checked");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn seqs_never_written_are_not_damage() {
+        let dir = fresh("gaps");
+        create_queue(&dir, 1).unwrap();
+        let (mut ix, _) = QueueIndexes::open(&dir, |_, _| true).unwrap();
+        ix.put(1, &(5..10).map(slot).collect::<Vec<_>>()).unwrap();
+        ix.put(1, &(50..60).map(slot).collect::<Vec<_>>()).unwrap();
+        ix.sync().unwrap();
+        ix.put(1, &(900..901).map(slot).collect::<Vec<_>>())
+            .unwrap();
+        ix.sync().unwrap();
+        drop(ix);
+        let (_, scan, n) = reopen(&dir);
+        assert!(scan.damage.is_empty(), "{:?}", scan.damage);
+        assert_eq!(n, 16);
+        zero_slots(&ix_path(&dir), 20, 1);
+        let (_, scan, _) = reopen(&dir);
+        assert_eq!(scan.damage.len(), 1, "a skip slot zeroed is damage too");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    fn ix_path(dir: &Path) -> PathBuf {
+        dir.join("00000001").join("00000000.idx")
+    }
+
+    #[test]
+    fn an_acknowledgement_by_damage_is_told_from_a_real_one() {
+        let dir = fresh("acked");
+        let path = two_batches(&dir);
+        let (mut ix, _) = QueueIndexes::open(&dir, |_, _| true).unwrap();
+        assert_eq!(ack_one(&mut ix, 1, 3), Some(slot(3).at));
+        ix.sync().unwrap();
+        drop(ix);
+        let (_, scan, n) = reopen(&dir);
+        assert!(scan.damage.is_empty(), "{:?}", scan.damage);
+        assert_eq!(n, 149);
+        let f = OpenOptions::new().write(true).open(&path).unwrap();
+        f.write_all_at(&[ACKED], 8 * SLOT as u64).unwrap(); // slot 7
+        let (_, scan, _) = reopen(&dir);
+        assert_eq!(scan.damage.len(), 1, "slot 7 acked by damage");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_deleted_index_file_or_list_is_damage() {
+        let dir = fresh("deleted");
+        let path = two_batches(&dir);
+        std::fs::rename(&path, dir.join("aside")).unwrap();
+        let (_, scan, _) = reopen(&dir);
+        assert_eq!(scan.damage.len(), 1);
+        assert_eq!(scan.damage[0].path, path);
+        std::fs::rename(dir.join("aside"), &path).unwrap();
+        std::fs::remove_file(manifest_path(&dir, 1)).unwrap();
+        let (_, scan, _) = reopen(&dir);
+        assert_eq!(scan.damage.len(), 1);
+        assert_eq!(scan.damage[0].path, manifest_path(&dir, 1));
         std::fs::remove_dir_all(&dir).unwrap();
     }
 
@@ -634,8 +1153,8 @@ mod tests {
             ) {
                 let dir = fresh_dir();
                 let _cleanup = Cleanup(dir.clone());
-                let (ix, bad) = QueueIndexes::open(&dir, |_, _| true).unwrap();
-                prop_assert!(bad.is_empty());
+                let (ix, scan) = QueueIndexes::open(&dir, |_, _| true).unwrap();
+                prop_assert!(scan.damage.is_empty());
                 let mut ix = Some(ix);
                 let mut ready: BTreeMap<u64, Slot> = BTreeMap::new();
                 let mut next = first;
@@ -686,12 +1205,13 @@ mod tests {
                             };
                             drop(ix.take());
                             let mut seen = Vec::new();
-                            let (mut index, bad) = QueueIndexes::open(&dir, |q, s| {
+                            let (mut index, scan) = QueueIndexes::open(&dir, |q, s| {
                                 seen.push((q, s));
                                 m == 0 || s.seq % m != r
                             })
                             .unwrap();
-                            prop_assert!(bad.is_empty());
+                            prop_assert!(scan.damage.is_empty(), "{:?}", scan.damage);
+                            index.finish_recovery().unwrap();
                             prop_assert!(seen.iter().all(|(q, _)| *q == QUEUE));
                             let seen: Vec<Slot> = seen.into_iter().map(|(_, s)| s).collect();
                             prop_assert!(seen.iter().eq(ready.values()), "recovery visited other slots");

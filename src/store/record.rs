@@ -15,8 +15,10 @@ use amq_protocol::types::FieldTable;
 use bytes::Bytes;
 
 /// Written once into a new store; a store with another marker is refused.
-pub const FORMAT: &[u8] = b"leveret-store-3";
+pub const FORMAT: &[u8] = b"leveret-store-4";
 pub const FORMAT_KEY: &[u8] = b"format";
+/// Topology changes taken so far (see `recovery::check_topology_version`).
+pub const TOPOLOGY_VERSION_KEY: &[u8] = b"topology-version";
 
 const DELIVERED_MARK: u8 = b'd';
 
@@ -230,6 +232,7 @@ impl BindingRecord {
 
 /// What a `meta` key holds, from its first byte.
 pub enum MetaKind {
+    /// The format marker or the topology version.
     Format,
     Exchange,
     Queue,
@@ -238,7 +241,7 @@ pub enum MetaKind {
 }
 
 pub fn meta_kind(key: &[u8]) -> MetaKind {
-    if key == FORMAT_KEY {
+    if key == FORMAT_KEY || key == TOPOLOGY_VERSION_KEY {
         return MetaKind::Format;
     }
     match key.first() {

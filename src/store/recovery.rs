@@ -6,15 +6,15 @@
 use super::persister::Persister;
 use super::queue_index::QueueIndexes;
 use super::record::{self, BindingRecord, ExchangeRecord, MetaKind, QueueRecord};
-use super::segments::{segment_path, Segments};
-use super::{Backlog, Store, StoreError};
-use crate::config::StorageConfig;
+use super::segments::{self, segment_path, SegmentCheck, Segments};
+use super::{Backlog, Damage, Store, StoreError};
+use crate::config::{OnDamage, StorageConfig};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU32, AtomicU64};
 use std::sync::Arc;
 use std::time::Instant;
-use tracing::{info, warn};
+use tracing::{error, info};
 
 /// Everything read back from the store.
 #[derive(Default)]
@@ -49,8 +49,10 @@ pub fn open(dir: &Path, config: &StorageConfig) -> Result<(Arc<Store>, Recovered
         path: dir.to_owned(),
         source,
     })?;
+    // sled keeps its log in `db`: what it cannot read is named after it.
+    let db_path = dir.join(SLED_LOG);
     let damaged = |detail: String| StoreError::Damaged {
-        path: dir.to_owned(),
+        path: db_path.clone(),
         detail,
     };
     // sled may panic on a corrupted log rather than return an error; turn
@@ -65,7 +67,7 @@ pub fn open(dir: &Path, config: &StorageConfig) -> Result<(Arc<Store>, Recovered
             .map_err(|source| match source {
                 sled::Error::Corruption { .. } => damaged(source.to_string()),
                 source => StoreError::Open {
-                    path: dir.to_owned(),
+                    path: db_path.clone(),
                     source,
                 },
             })?;
@@ -89,17 +91,24 @@ pub fn open(dir: &Path, config: &StorageConfig) -> Result<(Arc<Store>, Recovered
         mut delivered,
     } = topology;
 
-    // One pass over every queue index: counts, transient leftovers, orphans.
+    check_topology_version(dir, &meta)?;
+
+    // One pass over every queue index: counts, transient leftovers, orphans,
+    // and every body a message needs read back.
     let expected_entries = clean_shutdown_entries(dir);
     let mut scans: HashMap<u32, QueueScan> = queue_records
         .iter()
         .map(|q| (q.id, QueueScan::default()))
         .collect();
     let mut live: HashMap<u32, u64> = HashMap::new();
-    let mut segment_ends: HashMap<u32, u64> = HashMap::new();
+    let segment_dir = dir.join(SEGMENT_DIR);
+    let mut checks: HashMap<u32, SegmentCheck> = HashMap::new();
+    // (queue, segment) → bodies that do not read back.
+    let mut bad_bodies: HashMap<(u32, u32), u64> = HashMap::new();
     let (mut all_entries, mut dropped, mut orphans) = (0u64, 0u64, 0u64);
     let io = |path: PathBuf| move |source| StoreError::Io { path, source };
-    let (mut index, bad) = QueueIndexes::open(&dir.join(QUEUE_DIR), |queue_id, slot| {
+    let queue_dir = dir.join(QUEUE_DIR);
+    let (mut index, scan) = QueueIndexes::open(&queue_dir, |queue_id, slot| {
         all_entries += 1;
         let Some(scan) = scans.get_mut(&queue_id) else {
             dropped += 1;
@@ -110,32 +119,110 @@ pub fn open(dir: &Path, config: &StorageConfig) -> Result<(Arc<Store>, Recovered
             dropped += 1;
             return false;
         }
+        let check = checks.entry(slot.at.segment).or_insert_with(|| {
+            segments::check(&segment_dir, slot.at.segment).unwrap_or_else(|e| SegmentCheck {
+                problem: Some(format!("cannot read the message segment: {e}")),
+                bad: Vec::new(),
+                end: 0,
+            })
+        });
+        if !check.holds(slot.at) {
+            *bad_bodies.entry((queue_id, slot.at.segment)).or_default() += 1;
+            return false;
+        }
         if scan.last_seq.is_none() {
             scan.first_seq = slot.seq;
         }
         scan.last_seq = Some(slot.seq);
         scan.messages += 1;
         *live.entry(slot.at.segment).or_default() += 1;
-        let end = segment_ends.entry(slot.at.segment).or_default();
-        *end = (*end).max(slot.at.offset + u64::from(slot.at.len));
         true
     })
-    .map_err(io(dir.join(QUEUE_DIR)))?;
-    if let Some(first) = bad.first() {
-        if expected_entries.is_some() {
-            return Err(StoreError::Damaged {
-                path: first.path.clone(),
-                detail: format!("{} index slots fail their checksum", bad.len()),
+    .map_err(io(queue_dir.clone()))?;
+
+    let record_of: HashMap<u32, &QueueRecord> = queue_records.iter().map(|q| (q.id, q)).collect();
+    let mut damage: Vec<Damage> = Vec::new();
+    let mut note = |queue_id: u32, path: PathBuf, problem: String, lost: Option<u64>| {
+        if let Some(q) = record_of.get(&queue_id) {
+            damage.push(Damage {
+                vhost: q.vhost.clone(),
+                queue: q.name.clone(),
+                path,
+                problem,
+                lost,
             });
         }
-        // After a crash: slots torn by the write in progress, never confirmed.
-        warn!(slots = bad.len(), path = %first.path.display(), "ignored index slots torn by a crash");
+    };
+    for d in scan.damage {
+        note(d.queue_id, d.path, d.problem, Some(d.lost));
+    }
+    let mut missing_dirs = Vec::new();
+    for q in &queue_records {
+        let qdir = queue_dir.join(format!("{:08}", q.id));
+        if !qdir.exists() {
+            note(
+                q.id,
+                qdir,
+                "the queue's index directory is missing".into(),
+                None,
+            );
+            missing_dirs.push(q.id);
+        }
+    }
+    let mut bad_bodies: Vec<_> = bad_bodies.into_iter().collect();
+    bad_bodies.sort_unstable();
+    for ((queue_id, segment), lost) in bad_bodies {
+        let check = &checks[&segment];
+        let problem = match &check.problem {
+            Some(problem) => problem.clone(),
+            None => format!(
+                "{lost} queued messages' bodies do not read back (records end at byte {}{})",
+                check.end,
+                check
+                    .bad
+                    .first()
+                    .map(|(at, _)| format!(", a record at byte {at} fails its checksum"))
+                    .unwrap_or_default()
+            ),
+        };
+        note(
+            queue_id,
+            segment_path(&segment_dir, segment),
+            problem,
+            Some(lost),
+        );
+    }
+    if !damage.is_empty() {
+        if config.on_damage == OnDamage::Refuse {
+            return Err(StoreError::Damaged {
+                path: damage[0].path.clone(),
+                detail: damage
+                    .iter()
+                    .map(|d| d.to_string())
+                    .collect::<Vec<_>>()
+                    .join("; "),
+            });
+        }
+        for d in &damage {
+            error!(
+                vhost = %d.vhost,
+                queue = %d.queue,
+                lost = %d.lost.map_or("unknown".to_string(), |n| n.to_string()),
+                path = %d.path.display(),
+                problem = %d.problem,
+                "store damage: starting anyway (storage.on_damage = \"report\"), messages lost"
+            );
+        }
     }
     if let Some(expected) = expected_entries {
-        if expected != all_entries {
-            return Err(damaged(format!(
-                "the last clean stop left {expected} queued messages but {all_entries} are readable"
-            )));
+        let lost: u64 = damage.iter().map(|d| d.lost.unwrap_or(u64::MAX / 4)).sum();
+        if expected > all_entries.saturating_add(lost) {
+            return Err(StoreError::Damaged {
+                path: queue_dir.clone(),
+                detail: format!(
+                    "the last clean stop left {expected} queued messages but {all_entries} are readable"
+                ),
+            });
         }
         // A clean stop finishes every queue deletion, so entries without a
         // queue record mean the topology lost records.
@@ -145,23 +232,13 @@ pub fn open(dir: &Path, config: &StorageConfig) -> Result<(Arc<Store>, Recovered
             )));
         }
     }
+    index.finish_recovery().map_err(io(queue_dir.clone()))?;
+    for queue_id in missing_dirs {
+        super::queue_index::create_queue(&queue_dir, queue_id).map_err(io(queue_dir.clone()))?;
+    }
     for queue_id in index.queue_ids() {
         if !scans.contains_key(&queue_id) {
             index.drop_queue(queue_id);
-        }
-    }
-    // Every body an entry points at must be there.
-    let segment_dir = dir.join(SEGMENT_DIR);
-    for (segment, end) in &segment_ends {
-        let path = segment_path(&segment_dir, *segment);
-        let len = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
-        if len < *end {
-            return Err(StoreError::Damaged {
-                path,
-                detail: format!(
-                    "message segment is {len} bytes but queued messages reach byte {end}"
-                ),
-            });
         }
     }
     if dropped > 0 {
@@ -187,6 +264,7 @@ pub fn open(dir: &Path, config: &StorageConfig) -> Result<(Arc<Store>, Recovered
     }
     let segments =
         Segments::open(&segment_dir, config.segment_size, live).map_err(io(segment_dir.clone()))?;
+    let next_topology_version = topology_version(&meta).map_err(|e| damaged(e.to_string()))?;
 
     // From here on the store may change: a marker left behind would lie.
     let marker = dir.join(CLEAN_SHUTDOWN_MARKER);
@@ -230,6 +308,8 @@ pub fn open(dir: &Path, config: &StorageConfig) -> Result<(Arc<Store>, Recovered
         backlog,
         queue_window: config.queue_memory_window,
         fail_stop,
+        topology_version: parking_lot::Mutex::new(next_topology_version),
+        damage,
     };
     info!(
         path = %dir.display(),
@@ -252,6 +332,80 @@ fn clean_shutdown_entries(dir: &Path) -> Option<u64> {
     text.trim().strip_prefix("entries ")?.parse().ok()
 }
 
+/// sled's log file, in the data directory.
+pub const SLED_LOG: &str = "db";
+
+/// How many topology changes sled has taken (`meta`), also written to
+/// [`TOPOLOGY_VERSION`] after each one is flushed: a sled log that lost
+/// changes (sled reads a damaged log as ending early) holds fewer.
+pub use record::TOPOLOGY_VERSION_KEY;
+pub const TOPOLOGY_VERSION: &str = "topology-version";
+
+fn topology_version(meta: &sled::Tree) -> sled::Result<u64> {
+    Ok(meta
+        .get(TOPOLOGY_VERSION_KEY)?
+        .and_then(|v| v.as_ref().try_into().ok().map(u64::from_be_bytes))
+        .unwrap_or(0))
+}
+
+/// `"LVTV" ‖ crc32 u32 ‖ version u64`.
+pub fn encode_topology_version(version: u64) -> [u8; 16] {
+    let mut b = [0u8; 16];
+    b[..4].copy_from_slice(b"LVTV");
+    b[8..].copy_from_slice(&version.to_be_bytes());
+    let crc = crc32fast::hash(&b[8..]);
+    b[4..8].copy_from_slice(&crc.to_be_bytes());
+    b
+}
+
+/// sled must hold at least as many topology changes as were flushed.
+fn check_topology_version(dir: &Path, meta: &sled::Tree) -> Result<(), StoreError> {
+    let path = dir.join(TOPOLOGY_VERSION);
+    let db = dir.join(SLED_LOG);
+    let in_sled = topology_version(meta).map_err(|e| StoreError::Damaged {
+        path: db.clone(),
+        detail: e.to_string(),
+    })?;
+    let written = match std::fs::read(&path) {
+        Ok(raw) => {
+            let version = raw
+                .get(8..16)
+                .map(|v| u64::from_be_bytes(v.try_into().expect("8 bytes")));
+            match version {
+                Some(v) if raw.len() == 16 && raw == encode_topology_version(v) => v,
+                _ => {
+                    return Err(StoreError::Damaged {
+                        path,
+                        detail: "the topology change count is damaged".into(),
+                    })
+                }
+            }
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            if in_sled == 0 {
+                return Ok(());
+            }
+            return Err(StoreError::Damaged {
+                path,
+                detail: format!(
+                    "the topology change count is missing (sled's log holds {in_sled} changes)"
+                ),
+            });
+        }
+        Err(source) => return Err(StoreError::Io { path, source }),
+    };
+    if in_sled < written {
+        return Err(StoreError::Damaged {
+            path: db,
+            detail: format!(
+                "sled's log lost topology changes (queues, exchanges, bindings or users): it \
+                 holds {in_sled} of the {written} written"
+            ),
+        });
+    }
+    Ok(())
+}
+
 /// Where message bodies and queue indexes live, under the data directory.
 pub const SEGMENT_DIR: &str = "messages";
 pub const QUEUE_DIR: &str = "queues";
@@ -270,7 +424,7 @@ fn read_topology(
     marks: &sled::Tree,
 ) -> Result<Topology, StoreError> {
     let damaged = |detail: String| StoreError::Damaged {
-        path: dir.to_owned(),
+        path: dir.join(SLED_LOG),
         detail,
     };
     match meta
@@ -285,7 +439,17 @@ fn read_topology(
                 expected: String::from_utf8_lossy(record::FORMAT).into_owned(),
             })
         }
-        None if meta.is_empty() && marks.is_empty() && !dir.join(QUEUE_DIR).exists() => {
+        None if meta.is_empty()
+            && marks.is_empty()
+            && (dir.join(QUEUE_DIR).exists() || dir.join(TOPOLOGY_VERSION).exists()) =>
+        {
+            return Err(damaged(
+                "sled's log is empty (or unreadable from its start) but the data directory \
+                 holds queues"
+                    .into(),
+            ))
+        }
+        None if meta.is_empty() && marks.is_empty() => {
             meta.insert(record::FORMAT_KEY, record::FORMAT)
                 .and_then(|_| db.flush())
                 .map_err(|e| damaged(e.to_string()))?;

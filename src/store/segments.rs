@@ -8,8 +8,10 @@
 //! index (in sled) stays small: a few dozen bytes per queued message.
 //!
 //! A segment is deleted once no index entry points into it, which gives the
-//! disk back after a burst. Each record is `len u32 ‖ crc32 u32 ‖ message`,
-//! so a damaged file is detected when read.
+//! disk back after a burst. A segment starts with a header (`"LVSG" ‖
+//! crc32 u32 ‖ version u8 ‖ 0 ×3 ‖ segment u32`), then records `len u32 ‖
+//! crc32 u32 ‖ message`; start-up reads every record a queue points at
+//! ([`check`]), so a damaged body is found before anyone waits for it.
 
 use super::record;
 use crate::broker::message::Message;
@@ -27,6 +29,10 @@ pub struct Location {
 }
 
 const RECORD_HEADER: usize = 8;
+/// Bytes of a segment's header; its first record follows.
+pub const HEADER: u64 = 16;
+const MAGIC: &[u8; 4] = b"LVSG";
+const VERSION: u8 = 1;
 /// Zeros written past the end of a segment by a small batch, and what
 /// counts as small (see [`Segments::zero_ahead`]).
 const ZERO_AHEAD: u64 = 4 << 20;
@@ -69,14 +75,14 @@ impl Segments {
             }
         }
         let current = highest + 1;
-        let current_file = create(&segment_path(dir, current))?;
+        let current_file = create_segment(dir, current)?;
         Ok(Segments {
             dir: dir.to_owned(),
             segment_size: segment_size.max(1),
             current,
             current_file,
-            current_len: 0,
-            file_len: 0,
+            current_len: HEADER,
+            file_len: HEADER,
             live,
             readers: HashMap::new(),
             buffer: Vec::new(),
@@ -145,16 +151,16 @@ impl Segments {
     /// lies in it): it is otherwise kept until full, holding on to space a
     /// full disk needs back.
     pub fn give_back_current(&mut self) -> std::io::Result<()> {
-        if self.current_len == 0
+        if self.current_len <= HEADER
             || !self.buffer.is_empty()
             || self.live.get(&self.current).is_some_and(|n| *n > 0)
         {
             return Ok(());
         }
         self.readers.remove(&self.current);
-        self.current_file.set_len(0)?;
-        self.current_len = 0;
-        self.file_len = 0;
+        self.current_file.set_len(HEADER)?;
+        self.current_len = HEADER;
+        self.file_len = HEADER;
         Ok(())
     }
 
@@ -174,12 +180,12 @@ impl Segments {
         self.sync()?;
         // Created before anything changes, so a failure leaves the
         // current segment as it was.
-        let next = create(&segment_path(&self.dir, self.current + 1))?;
+        let next = create_segment(&self.dir, self.current + 1)?;
         self.closed.push(self.current);
         self.current += 1;
         self.current_file = next;
-        self.current_len = 0;
-        self.file_len = 0;
+        self.current_len = HEADER;
+        self.file_len = HEADER;
         Ok(())
     }
 
@@ -254,6 +260,102 @@ impl Segments {
         }
         record::decode_message(body).ok_or_else(damaged)
     }
+}
+
+/// A new segment file holding its header, durable with its directory entry.
+fn create_segment(dir: &Path, segment: u32) -> std::io::Result<File> {
+    let f = OpenOptions::new()
+        .create(true)
+        .write(true)
+        .truncate(true)
+        .open(segment_path(dir, segment))?;
+    f.write_all_at(&header(segment), 0)?;
+    f.sync_data()?;
+    sync_dir(&segment_path(dir, segment))?;
+    Ok(f)
+}
+
+fn header(segment: u32) -> [u8; HEADER as usize] {
+    let mut b = [0u8; HEADER as usize];
+    b[..4].copy_from_slice(MAGIC);
+    b[8] = VERSION;
+    b[12..16].copy_from_slice(&segment.to_be_bytes());
+    let mut h = crc32fast::Hasher::new();
+    h.update(&b[..4]);
+    h.update(&b[8..]);
+    b[4..8].copy_from_slice(&h.finalize().to_be_bytes());
+    b
+}
+
+/// What a segment file holds, read through once at start-up.
+pub struct SegmentCheck {
+    /// What is wrong with the file as a whole (missing, bad header).
+    pub problem: Option<String>,
+    /// Byte ranges of records that fail their checksum.
+    pub bad: Vec<(u64, u64)>,
+    /// Where the readable records end (zeros written ahead, a torn tail
+    /// or the end of the file follow).
+    pub end: u64,
+}
+
+impl SegmentCheck {
+    /// Whether the record at `at` reads back intact.
+    pub fn holds(&self, at: Location) -> bool {
+        let end = at.offset + u64::from(at.len);
+        self.problem.is_none()
+            && at.offset >= HEADER
+            && end <= self.end
+            && !self
+                .bad
+                .iter()
+                .any(|&(from, to)| at.offset < to && from < end)
+    }
+}
+
+/// Reads segment `segment` through, checking its header and every record.
+pub fn check(dir: &Path, segment: u32) -> std::io::Result<SegmentCheck> {
+    let path = segment_path(dir, segment);
+    let raw = match std::fs::read(&path) {
+        Ok(raw) => raw,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return Ok(SegmentCheck {
+                problem: Some("the message segment is missing".into()),
+                bad: Vec::new(),
+                end: 0,
+            })
+        }
+        Err(e) => return Err(e),
+    };
+    let mut out = SegmentCheck {
+        problem: None,
+        bad: Vec::new(),
+        end: HEADER,
+    };
+    if raw.len() < HEADER as usize || raw[..HEADER as usize] != header(segment) {
+        out.problem = Some("the message segment's header is missing or damaged".into());
+        return Ok(out);
+    }
+    let mut at = HEADER as usize;
+    while at + RECORD_HEADER <= raw.len() {
+        let len = u32::from_be_bytes(raw[at..at + 4].try_into().expect("4 bytes")) as usize;
+        let crc = u32::from_be_bytes(raw[at + 4..at + 8].try_into().expect("4 bytes"));
+        if len == 0 {
+            break; // zeros written ahead
+        }
+        let end = at + RECORD_HEADER + len;
+        if end > raw.len() {
+            out.bad.push((at as u64, u64::MAX));
+            break;
+        }
+        if crc32fast::hash(&raw[at + RECORD_HEADER..end]) != crc {
+            // If the length is what is damaged, the records after it are
+            // misread too and fail in turn: damage is over-reported, never missed.
+            out.bad.push((at as u64, end as u64));
+        }
+        at = end;
+    }
+    out.end = at as u64;
+    Ok(out)
 }
 
 pub fn segment_path(dir: &Path, segment: u32) -> PathBuf {
