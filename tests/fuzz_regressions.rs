@@ -85,6 +85,31 @@ fn seeds_reach_the_open_connection() {
     }
 }
 
+/// The nested-table inputs are well-formed: shallow, each is accepted.
+#[test]
+fn nested_table_inputs_are_valid_when_shallow() {
+    for (target, name, input) in harness::seeds::nested_table_inputs(50) {
+        match target {
+            "field_table" => {
+                assert!(amq_protocol::types::parsing::parse_field_table(&input[..]).is_ok())
+            }
+            "method" => assert!(leveret::protocol::method::decode_method(&input).is_ok()),
+            "properties" => {
+                let view = leveret::protocol::properties::PropertiesView::scan(&input).unwrap();
+                assert!(view.headers(&input).is_some());
+            }
+            "connection_after_login" => {
+                let methods = methods_sent(&harness::connection_after_login(&input));
+                assert!(methods.contains(&(1, 50, 11)), "{name}: {methods:?}");
+            }
+            _ => {
+                let methods = methods_sent(&harness::connection_before_login(&input));
+                assert!(methods.contains(&(0, 10, 30)), "{name}: {methods:?}");
+            }
+        }
+    }
+}
+
 /// (channel, class, method) of each method frame in a broker's output.
 fn methods_sent(mut bytes: &[u8]) -> Vec<(u16, u16, u16)> {
     let mut methods = Vec::new();
@@ -103,14 +128,22 @@ fn methods_sent(mut bytes: &[u8]) -> Vec<(u16, u16, u16)> {
     methods
 }
 
-/// Writes the seed corpora to `fuzz/seeds/<target>/`.
+/// Writes the seed corpora to `fuzz/seeds/<target>/` and the nested-table
+/// inputs to `tests/fuzz_regressions/nested_tables/<target>/`.
 #[test]
 #[ignore = "run by hand to regenerate fuzz/seeds"]
 fn write_seed_corpora() {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/seeds");
-    for (target, name, bytes) in harness::seeds::corpora() {
-        let dir = root.join(target);
-        std::fs::create_dir_all(&dir).expect("create a seed directory");
-        std::fs::write(dir.join(name), bytes).expect("write a seed");
-    }
+    let write = |root: &Path, inputs: Vec<(&str, String, Vec<u8>)>| {
+        for (target, name, bytes) in inputs {
+            let dir = root.join(target);
+            std::fs::create_dir_all(&dir).expect("create an input directory");
+            std::fs::write(dir.join(name), bytes).expect("write an input");
+        }
+    };
+    let repo = Path::new(env!("CARGO_MANIFEST_DIR"));
+    write(&repo.join("fuzz/seeds"), harness::seeds::corpora());
+    write(
+        &regressions_dir().join("nested_tables"),
+        harness::seeds::nested_table_inputs(10_000),
+    );
 }

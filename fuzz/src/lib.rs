@@ -33,6 +33,7 @@ const FRAME_MAXES: [u32; 2] = [4096, 131072];
 /// chunks whose size the first byte picks (so that frames arrive split at
 /// every possible point).
 pub fn frame(data: &[u8]) {
+    survive_stack_overflow_reports();
     let Some((&chunk, stream)) = data.split_first() else {
         return;
     };
@@ -59,6 +60,7 @@ pub fn frame(data: &[u8]) {
 
 /// The method decoder: the input is a method frame's payload.
 pub fn method(data: &[u8]) {
+    survive_stack_overflow_reports();
     let _ = method_ids(data);
     let _ = decode_method(data);
 }
@@ -66,6 +68,7 @@ pub fn method(data: &[u8]) {
 /// The content-header property view: the input is the properties (flags
 /// onwards) of a basic content header, as a publisher sends them.
 pub fn properties(data: &[u8]) {
+    survive_stack_overflow_reports();
     let Ok(view) = PropertiesView::scan(data) else {
         return;
     };
@@ -90,6 +93,7 @@ pub fn properties(data: &[u8]) {
 /// decodes must encode and decode again (the broker re-encodes stored
 /// arguments and dead-lettering headers).
 pub fn field_table(data: &[u8]) {
+    survive_stack_overflow_reports();
     if let Ok((_, table)) = parse_field_table(data) {
         let encoded = cookie_factory::gen_simple(gen_field_table(&table), Vec::new())
             .expect("a decoded table encodes");
@@ -113,6 +117,46 @@ pub fn connection_after_login(data: &[u8]) -> Vec<u8> {
     let mut input = seeds::login();
     input.extend_from_slice(data);
     converse(&input)
+}
+
+/// A stack overflow faults on the guard page, and libFuzzer's SIGSEGV
+/// handler then runs on the exhausted stack: the process dies without
+/// saving the input (a Rust program's own handler is not installed under
+/// libFuzzer's `main`). With an alternate signal stack the handler runs,
+/// and the input is kept like any other crasher.
+fn survive_stack_overflow_reports() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(give_this_thread_a_signal_stack);
+}
+
+fn give_this_thread_a_signal_stack() {
+    const SIZE: usize = 256 * 1024;
+    // SAFETY: the mapping is never unmapped (one per thread that fuzzes),
+    // and sigaction is read and written back with only SA_ONSTACK added.
+    unsafe {
+        let stack = libc::mmap(
+            std::ptr::null_mut(),
+            SIZE,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+            -1,
+            0,
+        );
+        if stack == libc::MAP_FAILED {
+            return;
+        }
+        let alt = libc::stack_t {
+            ss_sp: stack,
+            ss_flags: 0,
+            ss_size: SIZE,
+        };
+        libc::sigaltstack(&alt, std::ptr::null_mut());
+        let mut action: libc::sigaction = std::mem::zeroed();
+        if libc::sigaction(libc::SIGSEGV, std::ptr::null(), &mut action) == 0 {
+            action.sa_flags |= libc::SA_ONSTACK;
+            libc::sigaction(libc::SIGSEGV, &action, std::ptr::null_mut());
+        }
+    }
 }
 
 /// How long a connection may take to end once its client has sent
@@ -153,6 +197,7 @@ fn in_memory_broker() -> &'static InMemoryBroker {
             .name("in-memory-broker".into())
             .stack_size(WORKER_STACK)
             .spawn(move || {
+                give_this_thread_a_signal_stack();
                 let mut broker = BrokerThread::start();
                 for (input, reply) in received {
                     let out =
@@ -170,6 +215,7 @@ fn in_memory_broker() -> &'static InMemoryBroker {
 /// Runs one connection over an in-memory stream: sends `input`, closes the
 /// client's side, and returns what the broker sent until it closed its side.
 fn converse(input: &[u8]) -> Vec<u8> {
+    survive_stack_overflow_reports();
     let (reply, replied) = mpsc::channel();
     in_memory_broker()
         .inputs
@@ -212,7 +258,8 @@ impl BrokerThread {
         } else {
             std::env::temp_dir()
         };
-        config.server.data_dir = tmp.join(format!("leveret-fuzz-{}", std::process::id()));
+        remove_stale_data_dirs(&tmp);
+        config.server.data_dir = tmp.join(format!("{DATA_DIR_PREFIX}{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&config.server.data_dir);
         config.storage.segment_size = 1 << 20;
         config.storage.cache_capacity = 1 << 20;
@@ -295,6 +342,24 @@ impl BrokerThread {
             if !self.predeclared.contains(&name) {
                 let _ = vhost.delete_exchange(&name, false);
             }
+        }
+    }
+}
+
+const DATA_DIR_PREFIX: &str = "leveret-fuzz-";
+
+/// Removes the data directories of fuzzing processes that are gone.
+fn remove_stale_data_dirs(parent: &std::path::Path) {
+    let Ok(entries) = std::fs::read_dir(parent) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let Some(pid) = name.to_str().and_then(|n| n.strip_prefix(DATA_DIR_PREFIX)) else {
+            continue;
+        };
+        if !std::path::Path::new("/proc").join(pid).exists() {
+            let _ = std::fs::remove_dir_all(entry.path());
         }
     }
 }

@@ -617,3 +617,55 @@ pub fn corpora() -> Vec<(&'static str, String, Vec<u8>)> {
     }
     out
 }
+
+/// A field table nested `depth` levels deep ({"a": {"a": ...}}), with its
+/// length, built in one pass.
+pub fn nested_table(depth: u32) -> Vec<u8> {
+    let mut bytes = Vec::with_capacity(depth as usize * 7 + 4);
+    for level in 0..depth {
+        bytes.extend_from_slice(&(7 * (depth - level)).to_be_bytes());
+        bytes.extend_from_slice(&[1, b'a', b'F']);
+    }
+    bytes.extend_from_slice(&0u32.to_be_bytes());
+    bytes
+}
+
+/// Inputs for every target carrying a table nested `depth` levels deep:
+/// at 10,000 (as many as RabbitMQ accepts after login), the known stack
+/// overflow of recursive field-table parsing, through each entry point.
+pub fn nested_table_inputs(depth: u32) -> Vec<(&'static str, String, Vec<u8>)> {
+    let table = nested_table(depth);
+    // queue.declare "q" with the table as its arguments.
+    let mut declare = vec![0, 50, 0, 10, 0, 0, 1, b'q', 0];
+    declare.extend_from_slice(&table);
+    let declare_frames = Session::default()
+        .open_channel(1)
+        .bytes
+        .into_iter()
+        .chain(frame(FRAME_METHOD, 1, &declare))
+        .collect::<Vec<u8>>();
+    // connection.start-ok with the table as its client properties.
+    let mut start_ok = vec![0, 10, 0, 11];
+    start_ok.extend_from_slice(&table);
+    start_ok.extend_from_slice(b"\x05PLAIN\x00\x00\x00\x0c\x00guest\x00guest\x05en_US");
+    let mut before_login = PROTOCOL_HEADER.to_vec();
+    before_login.extend(frame(FRAME_METHOD, 0, &start_ok));
+    // Basic properties with only headers set, to the table.
+    let mut properties = vec![0x20, 0];
+    properties.extend_from_slice(&table);
+    vec![
+        ("field_table", format!("depth_{depth}"), table),
+        ("method", format!("queue_declare_depth_{depth}"), declare),
+        ("properties", format!("headers_depth_{depth}"), properties),
+        (
+            "connection_after_login",
+            format!("queue_declare_depth_{depth}"),
+            declare_frames,
+        ),
+        (
+            "connection_before_login",
+            format!("start_ok_depth_{depth}"),
+            before_login,
+        ),
+    ]
+}
