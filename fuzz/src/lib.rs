@@ -106,9 +106,11 @@ pub fn field_table(data: &[u8]) {
 
 /// The connection handler, fed the input as everything a client sends
 /// from the first byte (protocol header and login included). Returns what
-/// the broker sent back.
+/// the broker sent back, which must be frames any client can decode.
 pub fn connection_before_login(data: &[u8]) -> Vec<u8> {
-    converse(data)
+    let out = converse(data);
+    assert_decodable(&out);
+    out
 }
 
 /// The connection handler after a successful login as guest on "/": the
@@ -116,7 +118,48 @@ pub fn connection_before_login(data: &[u8]) -> Vec<u8> {
 pub fn connection_after_login(data: &[u8]) -> Vec<u8> {
     let mut input = seeds::login();
     input.extend_from_slice(data);
-    converse(&input)
+    let out = converse(&input);
+    assert_decodable(&out);
+    out
+}
+
+/// Checks that what the broker sent is whole frames whose methods and
+/// content-header properties a client's decoder (amq-protocol's, as
+/// lapin's) accepts: whatever a client sent, the broker must not pass on
+/// anything that would break another client.
+pub fn assert_decodable(out: &[u8]) {
+    // The broker's own protocol header, in answer to a wrong one.
+    let mut rest = out
+        .strip_prefix(&leveret::protocol::PROTOCOL_HEADER[..])
+        .unwrap_or(out);
+    while !rest.is_empty() {
+        assert!(rest.len() >= 8, "a truncated frame at the end: {rest:?}");
+        let size = u32::from_be_bytes([rest[3], rest[4], rest[5], rest[6]]) as usize;
+        assert!(rest.len() >= size + 8, "a truncated frame at the end");
+        let payload = &rest[7..7 + size];
+        assert_eq!(rest[7 + size], leveret::protocol::FRAME_END, "frame end");
+        match rest[0] {
+            leveret::protocol::FRAME_METHOD => {
+                let parsed = amq_protocol::protocol::parse_class(payload);
+                assert!(
+                    matches!(parsed, Ok((rest, _)) if rest.is_empty()),
+                    "the broker sent a method frame clients cannot decode: {payload:?}"
+                );
+            }
+            leveret::protocol::FRAME_HEADER => {
+                assert!(payload.len() >= 12, "a content header too short");
+                let parsed = amq_protocol::protocol::basic::parse_properties(&payload[12..]);
+                assert!(
+                    matches!(parsed, Ok((rest, _)) if rest.is_empty()),
+                    "the broker sent content-header properties clients cannot decode: {:?}",
+                    &payload[12..]
+                );
+            }
+            leveret::protocol::FRAME_BODY | leveret::protocol::FRAME_HEARTBEAT => {}
+            other => panic!("the broker sent a frame of unknown type {other}"),
+        }
+        rest = &rest[size + 8..];
+    }
 }
 
 /// A stack overflow faults on the guard page, and libFuzzer's SIGSEGV
@@ -184,12 +227,20 @@ struct InMemoryBroker {
 /// caller (tokio catches it), but must still fail the input.
 static TASK_PANICKED: AtomicBool = AtomicBool::new(false);
 
+thread_local! {
+    /// Set on threads that feed inputs: their own panics (a test's failed
+    /// assertion) are not the broker's.
+    static FEEDS_INPUTS: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
 fn in_memory_broker() -> &'static InMemoryBroker {
     static BROKER: OnceLock<InMemoryBroker> = OnceLock::new();
     BROKER.get_or_init(|| {
         let previous = std::panic::take_hook();
         std::panic::set_hook(Box::new(move |info| {
-            TASK_PANICKED.store(true, Ordering::SeqCst);
+            if !FEEDS_INPUTS.with(|f| f.get()) {
+                TASK_PANICKED.store(true, Ordering::SeqCst);
+            }
             previous(info);
         }));
         let (inputs, received) = mpsc::channel::<(Vec<u8>, mpsc::Sender<Reply>)>();
@@ -216,6 +267,7 @@ fn in_memory_broker() -> &'static InMemoryBroker {
 /// client's side, and returns what the broker sent until it closed its side.
 fn converse(input: &[u8]) -> Vec<u8> {
     survive_stack_overflow_reports();
+    FEEDS_INPUTS.with(|f| f.set(true));
     let (reply, replied) = mpsc::channel();
     in_memory_broker()
         .inputs

@@ -52,7 +52,8 @@ fn long(s: &str) -> AMQPValue {
     AMQPValue::LongString(s.into())
 }
 
-/// A table holding one value of every field type.
+/// A table holding one value of every field type RabbitMQ knows (not
+/// amq-protocol's short string, which RabbitMQ does not accept).
 fn every_type() -> FieldTable {
     table(&[
         ("bool", AMQPValue::Boolean(true)),
@@ -72,7 +73,6 @@ fn every_type() -> FieldTable {
                 value: 12345,
             }),
         ),
-        ("short", AMQPValue::ShortString("s".into())),
         ("long", long("text")),
         (
             "array",
