@@ -24,8 +24,7 @@ use parking_lot::Mutex;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::io::AsyncReadExt;
-use tokio::net::tcp::OwnedReadHalf;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
 use tokio::net::TcpStream;
 use tokio::sync::watch;
 use tracing::{debug, info, warn};
@@ -49,6 +48,23 @@ pub async fn serve(
         .local_addr()
         .map_or_else(|_| "?".to_string(), |a| a.to_string());
     let (read, write) = socket.into_split();
+    serve_stream(read, write, peer, local, broker, shutdown).await;
+}
+
+/// Serves one client over any byte stream, given as its two halves: what
+/// [`serve`] does once it has taken the socket apart. The fuzz targets drive
+/// connections in memory through it; `local` names the broker's end.
+pub async fn serve_stream<R, W>(
+    read: R,
+    write: W,
+    peer: SocketAddr,
+    local: String,
+    broker: Arc<Broker>,
+    shutdown: watch::Receiver<bool>,
+) where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin + Send + 'static,
+{
     let outbox = Arc::new(Outbox::default());
     let heartbeat = Arc::new(Mutex::new(None));
     let writer = tokio::spawn(outbox.clone().run_writer(write, heartbeat.clone()));
@@ -83,8 +99,8 @@ pub async fn serve(
     }
 }
 
-struct FrameReader {
-    read: OwnedReadHalf,
+struct FrameReader<R> {
+    read: R,
     buf: BytesMut,
     frame_max: u32,
 }
@@ -97,7 +113,7 @@ enum ReadError {
     Protocol(AmqpError),
 }
 
-impl FrameReader {
+impl<R: AsyncRead + Unpin> FrameReader<R> {
     /// Reads more bytes; `Closed` on EOF.
     async fn fill(&mut self, timeout: Option<Duration>) -> Result<(), ReadError> {
         let read = self.read.read_buf(&mut self.buf);
@@ -142,8 +158,8 @@ impl FrameReader {
     }
 }
 
-struct Connection {
-    reader: FrameReader,
+struct Connection<R> {
+    reader: FrameReader<R>,
     id: u64,
     peer: SocketAddr,
     /// The broker's end of the socket, for the connection's name.
@@ -168,7 +184,7 @@ struct Session {
     mechanism: String,
 }
 
-impl Connection {
+impl<R: AsyncRead + Unpin> Connection<R> {
     async fn run(&mut self) {
         let handshake_timeout =
             Duration::from_millis(self.broker.config.limits.handshake_timeout_ms);
