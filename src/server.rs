@@ -152,7 +152,10 @@ struct Admission {
     handshakes: Option<Arc<Semaphore>>,
 }
 
-/// A connection's places under the limits, given back as it ends.
+/// A connection's places under the limits, given back as it ends. The
+/// default holds none (a connection no listener accepted, as the fuzz
+/// targets make).
+#[derive(Default)]
 pub struct Place {
     _connection: Option<OwnedSemaphorePermit>,
     handshake: Option<OwnedSemaphorePermit>,

@@ -232,12 +232,17 @@ async fn publish_until_blocked(
         .await
         .unwrap();
     let pending: Arc<Mutex<Vec<(u64, PublisherConfirm)>>> = Arc::default();
+    // The publish under way when the task is aborted may have reached the
+    // broker already: its fate is unknown, not "never published".
+    let attempted = Arc::new(std::sync::atomic::AtomicU64::new(first));
     // The channel outlives the task: dropping it would close it before
     // the last confirms came.
     let publishing = tokio::spawn({
         let (ch, pending, queue) = (ch.clone(), pending.clone(), queue.to_string());
+        let attempted = attempted.clone();
         async move {
             for id in first..first + max {
+                attempted.store(id + 1, std::sync::atomic::Ordering::SeqCst);
                 let Ok(confirm) = ch
                     .basic_publish(
                         "".into(),
@@ -263,6 +268,10 @@ async fn publish_until_blocked(
     tokio::time::sleep(Duration::from_millis(500)).await;
     publishing.abort();
     let pending = std::mem::take(&mut *pending.lock().unwrap());
+    let awaited = pending.last().map_or(first, |(id, _)| id + 1);
+    confirms
+        .unknown
+        .extend(awaited..attempted.load(std::sync::atomic::Ordering::SeqCst));
     let deadline = Instant::now() + Duration::from_secs(10);
     for (id, confirm) in pending {
         let left = deadline.saturating_duration_since(Instant::now());

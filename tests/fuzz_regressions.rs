@@ -65,14 +65,12 @@ fn kept_crashers_run_cleanly() {
 }
 
 #[test]
-#[ignore = "needs the field-table depth limit (branch h14-proto); un-ignore when it is merged"]
 fn kept_nested_table_crashers_run_cleanly() {
     let replayed = replay(&regressions_dir().join("nested_tables"));
     assert!(replayed > 0);
 }
 
 #[test]
-#[ignore = "needs content-header properties validated at publish (issue 14, item 4); un-ignore when that is merged"]
 fn kept_poison_message_crashers_run_cleanly() {
     let replayed = replay(&regressions_dir().join("poison_messages"));
     assert!(replayed > 0);

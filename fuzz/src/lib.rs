@@ -345,6 +345,7 @@ impl BrokerThread {
                 "in-memory".into(),
                 self.broker.clone(),
                 self.shutdown.clone(),
+                leveret::server::Place::default(),
             ));
             let (mut from_broker, mut to_broker) = tokio::io::split(client);
             let mut out = Vec::new();

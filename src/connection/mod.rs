@@ -48,7 +48,7 @@ pub async fn serve(
         .local_addr()
         .map_or_else(|_| "?".to_string(), |a| a.to_string());
     let (read, write) = socket.into_split();
-    serve_stream(read, write, peer, local, broker, shutdown).await;
+    serve_stream(read, write, peer, local, broker, shutdown, place).await;
 }
 
 /// Serves one client over any byte stream, given as its two halves: what
@@ -61,8 +61,9 @@ pub async fn serve_stream<R, W>(
     local: String,
     broker: Arc<Broker>,
     shutdown: watch::Receiver<bool>,
+    place: Place,
 ) where
-    R: AsyncRead + Unpin,
+    R: ClientRead,
     W: AsyncWrite + Unpin + Send + 'static,
 {
     let outbox = Arc::new(Outbox::default());
@@ -99,6 +100,36 @@ pub async fn serve_stream<R, W>(
     }
 }
 
+/// The half of a client's stream the reader takes bytes from.
+pub trait ClientRead: AsyncRead + Unpin + Send {
+    /// Completes once the peer has closed the stream (or it failed),
+    /// without reading from it: for a connection whose frames wait.
+    fn peer_closed(&self) -> impl std::future::Future<Output = ()> + Send;
+}
+
+impl ClientRead for tokio::net::tcp::OwnedReadHalf {
+    /// A close queued behind input the broker is not reading never
+    /// arrives; the next heartbeat the writer sends then draws a reset.
+    async fn peer_closed(&self) {
+        /// Unread input keeps the socket readable: look again this often.
+        const LOOK_EVERY: Duration = Duration::from_millis(200);
+        loop {
+            match self.ready(tokio::io::Interest::READABLE).await {
+                Ok(ready) if !ready.is_read_closed() => tokio::time::sleep(LOOK_EVERY).await,
+                _ => return,
+            }
+        }
+    }
+}
+
+impl<T: AsyncRead + Send> ClientRead for tokio::io::ReadHalf<T> {
+    /// An in-memory stream cannot be looked at without reading it: its
+    /// closing shows only once the connection reads again.
+    fn peer_closed(&self) -> impl std::future::Future<Output = ()> + Send {
+        std::future::pending()
+    }
+}
+
 struct FrameReader<R> {
     read: R,
     buf: BytesMut,
@@ -113,7 +144,7 @@ enum ReadError {
     Protocol(AmqpError),
 }
 
-impl<R: AsyncRead + Unpin> FrameReader<R> {
+impl<R: ClientRead> FrameReader<R> {
     /// Reads more bytes; `Closed` on EOF.
     async fn fill(&mut self, timeout: Option<Duration>) -> Result<(), ReadError> {
         let read = self.read.read_buf(&mut self.buf);
@@ -133,19 +164,10 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
         decode_frame(&mut self.buf, self.frame_max).map_err(ReadError::Protocol)
     }
 
-    /// Completes once the peer has closed the socket (or it failed),
-    /// without reading from it: for a connection whose frames wait. A
-    /// close queued behind input the broker is not reading never arrives;
-    /// the next heartbeat the writer sends then draws a reset instead.
+    /// Completes once the peer has closed the stream: see
+    /// [`ClientRead::peer_closed`].
     async fn peer_closed(&self) {
-        /// Unread input keeps the socket readable: look again this often.
-        const LOOK_EVERY: Duration = Duration::from_millis(200);
-        loop {
-            match self.read.ready(tokio::io::Interest::READABLE).await {
-                Ok(ready) if !ready.is_read_closed() => tokio::time::sleep(LOOK_EVERY).await,
-                _ => return,
-            }
-        }
+        self.read.peer_closed().await
     }
 
     async fn next_frame(&mut self, timeout: Option<Duration>) -> Result<Frame, ReadError> {
@@ -184,7 +206,7 @@ struct Session {
     mechanism: String,
 }
 
-impl<R: AsyncRead + Unpin> Connection<R> {
+impl<R: ClientRead> Connection<R> {
     async fn run(&mut self) {
         let handshake_timeout =
             Duration::from_millis(self.broker.config.limits.handshake_timeout_ms);
@@ -530,6 +552,8 @@ impl<R: AsyncRead + Unpin> Connection<R> {
             ACK_TIMEOUT_CHECK,
         );
         loop {
+            // Frames left buffered because an alarm stopped the reading.
+            let mut held_back = false;
             loop {
                 let frame = match self.reader.next_buffered() {
                     Ok(Some(frame)) => frame,
@@ -543,7 +567,15 @@ impl<R: AsyncRead + Unpin> Connection<R> {
                 // instead of a whole budget of reads (8 MiB here).
                 tokio::task::coop::consume_budget().await;
                 match open.handle_frame(frame) {
-                    Ok(FrameOutcome::Continue) => {}
+                    Ok(FrameOutcome::Continue) => {
+                        // As RabbitMQ's reader once blocked: a publisher
+                        // stops at once, not at the end of what it already
+                        // sent, which can be a whole socket buffer.
+                        if open.ctx.has_published && self.broker.alarm_reason().is_some() {
+                            held_back = true;
+                            break;
+                        }
+                    }
                     Ok(FrameOutcome::ClientClosed) => {
                         open.release();
                         self.send0(AMQPClass::Connection(connection::AMQPMethod::CloseOk(
@@ -592,6 +624,9 @@ impl<R: AsyncRead + Unpin> Connection<R> {
                 // that silence is the broker's (RabbitMQ pauses its
                 // heartbeat monitor too).
                 last_read = last_read.max(resumed);
+            }
+            if held_back {
+                continue;
             }
             tokio::select! {
                 // Interrupts first (a flag test unless one woke), so that a
