@@ -14,6 +14,7 @@ use amq_protocol::types::generation::gen_field_table;
 use amq_protocol::types::parsing::parse_field_table;
 use bytes::BytesMut;
 use leveret::broker::access::{Permission, VhostRecord};
+use leveret::protocol::field_table;
 use leveret::protocol::frame::decode_frame;
 use leveret::protocol::method::{decode_method, method_ids};
 use leveret::protocol::properties::PropertiesView;
@@ -94,7 +95,12 @@ pub fn properties(data: &[u8]) {
 /// arguments and dead-lettering headers).
 pub fn field_table(data: &[u8]) {
     survive_stack_overflow_reports();
-    if let Ok((_, table)) = parse_field_table(data) {
+    // As in the broker: amq-protocol's recursive parser only sees a table
+    // that the iterative check let through.
+    // (Keys that are not UTF-8 pass the check; the broker mends them
+    // before parsing, so here they may fail to decode.)
+    let checked = field_table::check(data).is_ok();
+    if let Some(Ok((_, table))) = checked.then(|| parse_field_table(data)) {
         let encoded = cookie_factory::gen_simple(gen_field_table(&table), Vec::new())
             .expect("a decoded table encodes");
         assert!(parse_field_table(&encoded[..]).is_ok());
