@@ -119,6 +119,10 @@ struct InFlight {
     /// References not yet written as entries nor cancelled.
     unresolved: u32,
     body_len: u64,
+    /// Entries already written by an earlier batch while others were
+    /// still to come: if one of those is not written, these are taken
+    /// back, so a message whose confirm is a nack is in no queue.
+    written: Vec<(u32, u64)>,
 }
 
 pub struct Persister {
@@ -205,6 +209,12 @@ struct Batch {
     referenced: usize,
     /// Entries that did not reach the disk, to leave their queues.
     unwritten: Vec<Unwritten>,
+    /// Entries written for a message that has more to come: (msg_id,
+    /// queue, seq), recorded in `InFlight::written` once the batch is on disk.
+    partial: Vec<(u64, u32, u64)>,
+    /// Entries earlier batches wrote for messages this batch lost:
+    /// (queue, seq, body bytes, msg_id), to be taken back.
+    take_back: Vec<Unwritten>,
     /// Existing entries to delete.
     removes: Vec<(u32, u64)>,
     /// Queue ranges to delete, applied before `removes` and `puts`.
@@ -337,6 +347,7 @@ impl Persister {
         if indexed.is_ok() && self.failed_at.is_none() && !appended.is_empty() {
             self.failures_in_a_row = 0;
         }
+        self.take_back_lost(&mut b, &mut released);
         for &(_, _, _, msg_id) in &b.unwritten {
             self.lost.insert(msg_id);
             self.lost_at = Some(Instant::now());
@@ -441,11 +452,9 @@ impl Persister {
         }
         self.ack_puts(unreferenced, &mut acked);
         let _ = self.index.sync();
-        for (i, &((queue_id, seq), (msg_id, _, _))) in puts.iter().enumerate() {
+        for &((queue_id, seq), (msg_id, _, _)) in puts.iter() {
             let body_len = self.in_flight.get(&msg_id).map_or(0, |f| f.body_len);
-            if i >= b.resolved {
-                self.unref(msg_id);
-            }
+            self.lose(msg_id, b);
             b.unwritten.push((queue_id, seq, body_len, msg_id));
         }
         self.refuse_puts(b);
@@ -485,7 +494,7 @@ impl Persister {
     fn refuse_puts(&mut self, b: &mut Batch) {
         for ((queue_id, seq), (msg_id, _, _)) in std::mem::take(&mut b.puts) {
             let body_len = self.in_flight.get(&msg_id).map_or(0, |f| f.body_len);
-            self.unref(msg_id);
+            self.lose(msg_id, b);
             b.unwritten.push((queue_id, seq, body_len, msg_id));
         }
         // Bodies whose entries were all refused are gone from `in_flight`;
@@ -529,6 +538,7 @@ impl Persister {
                         message: Some(message),
                         at: None,
                         unresolved: refs,
+                        written: Vec::new(),
                     },
                 );
             }
@@ -654,11 +664,14 @@ impl Persister {
                 while i < puts.len() && puts[i].0 .0 == queue_id {
                     let ((_, seq), (msg_id, flags, expires_at)) = puts[i];
                     i += 1;
-                    let Some(at) = self.resolve(msg_id) else {
+                    let Some((at, more_to_come)) = self.resolve(msg_id) else {
                         // Its body was lost to an earlier failed write.
                         b.unwritten.push((queue_id, seq, 0, msg_id));
                         continue;
                     };
+                    if more_to_come {
+                        b.partial.push((msg_id, queue_id, seq));
+                    }
                     run.push(Slot {
                         seq,
                         at,
@@ -683,6 +696,11 @@ impl Persister {
         self.stats.index_writes += writes;
         result?;
         b.sorted_puts.clear();
+        for (msg_id, queue_id, seq) in b.partial.drain(..) {
+            if let Some(f) = self.in_flight.get_mut(&msg_id) {
+                f.written.push((queue_id, seq));
+            }
+        }
         let mut marked = false;
         for (queue_id, mark) in std::mem::take(&mut b.marks) {
             let key = record::delivered_key(queue_id);
@@ -698,15 +716,51 @@ impl Persister {
         Ok(marked)
     }
 
-    /// The location of a body for one of its entries, settling that reference.
-    fn resolve(&mut self, msg_id: u64) -> Option<Location> {
+    /// The location of a body for one of its entries, settling that
+    /// reference, and whether other entries of it are still to come.
+    fn resolve(&mut self, msg_id: u64) -> Option<(Location, bool)> {
         let f = self.in_flight.get_mut(&msg_id)?;
         let at = f.at?;
         f.unresolved = f.unresolved.saturating_sub(1);
         if f.unresolved == 0 {
             self.in_flight.remove(&msg_id);
+            return Some((at, false));
         }
-        Some(at)
+        Some((at, true))
+    }
+
+    /// A message lost an entry, so its confirm will be a nack: it is
+    /// forgotten (entries of it still to come find no body), and the
+    /// entries earlier batches wrote for it are to be taken back.
+    fn lose(&mut self, msg_id: u64, b: &mut Batch) {
+        if let Some(f) = self.in_flight.remove(&msg_id) {
+            for (queue_id, seq) in f.written {
+                b.take_back.push((queue_id, seq, f.body_len, msg_id));
+            }
+        }
+    }
+
+    /// Acknowledges the entries of lost messages that earlier batches
+    /// wrote, and has them leave their queues, so a message whose confirm
+    /// is a nack is delivered from no queue. Acknowledging twice is
+    /// harmless (a slot that is not ready is left alone).
+    fn take_back_lost(&mut self, b: &mut Batch, released: &mut Vec<u32>) {
+        if b.take_back.is_empty() {
+            return;
+        }
+        let mut acked = Vec::new();
+        for (queue_id, seq, body_len, msg_id) in std::mem::take(&mut b.take_back) {
+            if let Err(e) = self.index.ack(queue_id, &[seq], &mut acked) {
+                error!(error = %e, queue_id, seq, "cannot take back an entry of a message whose confirm is a nack");
+            }
+            for at in acked.drain(..) {
+                self.removed(at, released);
+            }
+            b.unwritten.push((queue_id, seq, body_len, msg_id));
+        }
+        if let Err(e) = self.index.sync() {
+            error!(error = %e, "cannot take back the entries of messages whose confirms are nacks");
+        }
     }
 
     fn removed(&mut self, at: Location, released: &mut Vec<u32>) {
@@ -805,5 +859,86 @@ fn confirm(confirms: Vec<(Arc<ChannelShared>, u64, u64)>, lost: &std::collection
     }
     for (channel, seq, ok) in runs {
         channel.confirm_persisted(seq, ok);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bytes::Bytes;
+
+    fn persister(name: &str) -> (Persister, std::path::PathBuf) {
+        let dir =
+            std::env::temp_dir().join(format!("leveret-persister-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let db = sled::Config::new().temporary(true).open().unwrap();
+        let marks = db.open_tree("marks").unwrap();
+        let index_dir = dir.join("queues");
+        let (index, _) = QueueIndexes::open(&index_dir, |_, _| true).unwrap();
+        for queue_id in [1, 2] {
+            super::super::queue_index::create_queue(&index_dir, queue_id).unwrap();
+        }
+        let segments = Segments::open(&dir.join("msgs"), 1 << 20, HashMap::new()).unwrap();
+        let config = crate::config::StorageConfig::default();
+        let p = Persister::new(
+            db,
+            marks,
+            index,
+            segments,
+            HashMap::new(),
+            Arc::new(super::super::Backlog::new(1 << 30)),
+            0,
+            dir.join("marker"),
+            Arc::new(FailStop::for_dir(&dir, &config)),
+        );
+        (p, dir)
+    }
+
+    fn entry(queue_id: u32, msg_id: u64) -> Op {
+        Op::Entry {
+            queue_id,
+            seq: 0,
+            disk: DiskRef { msg_id, flags: 0 },
+            expires_at: 0,
+        }
+    }
+
+    /// A message routed to two durable queues whose entries land in two
+    /// batches, the first written and the second not: its confirm is a
+    /// nack, so the first queue's entry is taken back too.
+    #[test]
+    fn a_message_that_loses_one_entry_loses_them_all() {
+        let (mut p, dir) = persister("straddle");
+        let message = Arc::new(Message::new(
+            String::new(),
+            "q".into(),
+            Bytes::new(),
+            Bytes::from_static(b"body"),
+            true,
+        ));
+        p.backlog.add(message.size());
+        let body = Op::Body {
+            msg_id: 7,
+            message,
+            refs: 2,
+        };
+        p.commit(&mut vec![body, entry(1, 7)]);
+        assert_eq!(
+            p.index.read(1, 0, 10).unwrap().len(),
+            1,
+            "first entry written"
+        );
+        // The disk fails before the second entry's batch.
+        p.failed_at = Some(Instant::now());
+        p.commit(&mut vec![entry(2, 7)]);
+        assert!(p.lost.contains(&7), "the message's confirm is a nack");
+        assert!(p.index.read(2, 0, 10).unwrap().is_empty());
+        assert!(
+            p.index.read(1, 0, 10).unwrap().is_empty(),
+            "the written entry of a nacked message was taken back"
+        );
+        assert!(p.in_flight.is_empty());
+        let _ = std::fs::remove_dir_all(dir);
     }
 }
