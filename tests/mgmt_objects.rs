@@ -1797,3 +1797,174 @@ async fn queue_statistics_after_traffic() {
     .await;
     api.delete(&path).await;
 }
+
+/// HTTP publish goes through the same checks as basic.publish (RabbitMQ's
+/// goes through a channel): each refusal is a 400 carrying the AMQP error
+/// the channel would have closed with, and CC/BCC route as over AMQP.
+#[tokio::test]
+async fn http_publish_applies_the_rules_of_basic_publish() {
+    let broker = TestBroker::start().await;
+    let Some(api) = Api::of(&broker) else { return };
+    let conn = broker.connect().await;
+    let ch = conn.create_channel().await.unwrap();
+    let (q, cc, bcc) = (unique("pub-q"), unique("pub-cc"), unique("pub-bcc"));
+    for name in [&q, &cc, &bcc] {
+        declare(&ch, name, FieldTable::default()).await;
+    }
+    let post = |properties: Value, exchange: &str| {
+        let path = format!("/api/exchanges/%2F/{}/publish", enc(exchange));
+        let body = json!({"properties": properties, "routing_key": q, "payload": "p",
+                          "payload_encoding": "string"});
+        let api = &api;
+        async move { api.post(&path, body).await }
+    };
+
+    let reply = post(json!({"user_id": "bob"}), "amq.default").await;
+    assert_error(
+        &reply,
+        400,
+        "bad_request",
+        "406 PRECONDITION_FAILED - user_id property set to 'bob' but authenticated user was 'guest'",
+    );
+    let reply = post(json!({"reply_to": "amq.rabbitmq.reply-to"}), "amq.default").await;
+    assert_error(
+        &reply,
+        400,
+        "bad_request",
+        "406 PRECONDITION_FAILED - fast reply consumer does not exist",
+    );
+    let reply = post(json!({"expiration": "abc"}), "amq.default").await;
+    assert_error(
+        &reply,
+        400,
+        "bad_request",
+        "406 PRECONDITION_FAILED - invalid expiration 'abc': no_integer",
+    );
+    let internal = unique("pub-internal");
+    let made = api
+        .put(
+            &format!("/api/exchanges/%2F/{internal}"),
+            json!({"type": "fanout", "internal": true}),
+        )
+        .await;
+    assert_eq!(made.status, 201, "{}", made.text);
+    let reply = post(json!({}), &internal).await;
+    assert_error(
+        &reply,
+        400,
+        "bad_request",
+        &format!(
+            "403 ACCESS_REFUSED - cannot publish to internal exchange '{internal}' in vhost '/'"
+        ),
+    );
+
+    // A user without write permission is refused as a channel refuses it.
+    let user = unique("pub-user");
+    let made = api
+        .put(
+            &format!("/api/users/{user}"),
+            json!({"password": "pw", "tags": "management"}),
+        )
+        .await;
+    assert!(made.status == 201 || made.status == 204, "{}", made.text);
+    let granted = api
+        .put(
+            &format!("/api/permissions/%2F/{user}"),
+            json!({"configure": ".*", "write": "", "read": ".*"}),
+        )
+        .await;
+    assert!(
+        granted.status == 201 || granted.status == 204,
+        "{}",
+        granted.text
+    );
+    let reply = api_publish(&api.as_user(&user, "pw"), "/", "amq.default", &q, "x").await;
+    assert_error(
+        &reply,
+        400,
+        "bad_request",
+        &format!(
+            "403 ACCESS_REFUSED - access to exchange 'amq.default' in vhost '/' refused for user '{user}'"
+        ),
+    );
+
+    // CC and BCC add routing keys; BCC is removed before delivery.
+    let reply = post(
+        json!({"headers": {"CC": [cc], "BCC": [bcc]}, "delivery_mode": 2}),
+        "amq.default",
+    )
+    .await;
+    assert_eq!(reply.status, 200, "{}", reply.text);
+    assert_eq!(reply.json, json!({"routed": true}));
+    for name in [&q, &cc, &bcc] {
+        let got = ch
+            .basic_get(name.as_str().into(), BasicGetOptions { no_ack: true })
+            .await
+            .unwrap()
+            .unwrap_or_else(|| panic!("{name} got the message"));
+        let headers = got
+            .delivery
+            .properties
+            .headers()
+            .clone()
+            .unwrap_or_default();
+        assert!(headers.inner().contains_key("CC"), "{name}: CC is kept");
+        assert!(
+            !headers.inner().contains_key("BCC"),
+            "{name}: BCC is removed"
+        );
+    }
+    // Only what was published, nothing was left behind by the refusals.
+    for name in [&q, &cc, &bcc] {
+        let left = ch
+            .basic_get(name.as_str().into(), BasicGetOptions { no_ack: true })
+            .await
+            .unwrap();
+        assert!(left.is_none(), "{name} holds nothing more");
+    }
+    api.delete(&format!("/api/users/{user}")).await;
+    api.delete(&format!("/api/exchanges/%2F/{internal}")).await;
+    for name in [&q, &cc, &bcc] {
+        api.delete(&format!("/api/queues/%2F/{}", enc(name))).await;
+    }
+}
+
+/// A message over max_message_size is refused over HTTP as over AMQP.
+#[tokio::test]
+async fn http_publish_over_the_size_limit_is_refused() {
+    if common::against_other_broker() {
+        return; // RabbitMQ's limit is 128 MiB; the test sets a small one.
+    }
+    let mut config = leveret::config::Config::default();
+    config.limits.max_message_size = 16;
+    let broker = TestBroker::start_with(config).await;
+    let Some(api) = Api::of(&broker) else { return };
+    let reply = api
+        .post(
+            "/api/exchanges/%2F/amq.default/publish",
+            json!({"properties": {}, "routing_key": "q", "payload": "x".repeat(17),
+                   "payload_encoding": "string"}),
+        )
+        .await;
+    assert_error(
+        &reply,
+        400,
+        "bad_request",
+        "406 PRECONDITION_FAILED - message size 17 is larger than configured max size 16",
+    );
+    // A persistent message for a durable queue is answered once on disk.
+    let made = api
+        .put("/api/queues/%2F/http-durable", json!({"durable": true}))
+        .await;
+    assert_eq!(made.status, 201, "{}", made.text);
+    let reply = api
+        .post(
+            "/api/exchanges/%2F/amq.default/publish",
+            json!({"properties": {"delivery_mode": 2}, "routing_key": "http-durable",
+                   "payload": "kept", "payload_encoding": "string"}),
+        )
+        .await;
+    assert_eq!(reply.json, json!({"routed": true}), "{}", reply.text);
+    let reply = api_get(&api, "http-durable", 1, "ack_requeue_false").await;
+    assert_eq!(payloads(&reply), ["kept"]);
+}

@@ -12,6 +12,7 @@ pub mod exchange;
 pub mod flow;
 pub mod memory;
 pub mod message;
+pub mod ops;
 pub mod queue;
 pub mod queue_args;
 pub mod queue_stats;

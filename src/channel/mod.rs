@@ -52,6 +52,16 @@ pub struct AllowedCache {
 
 const ALLOWED_CACHE_SIZE: usize = 12;
 
+impl crate::broker::ops::Gate for ConnCtx {
+    fn user(&self) -> &str {
+        &self.user
+    }
+
+    fn check(&mut self, access: Access, resource: Resource, name: &str) -> Result<(), AmqpError> {
+        ConnCtx::check(self, access, resource, name)
+    }
+}
+
 impl ConnCtx {
     /// RabbitMQ's permission check for `access` to a named resource in this
     /// connection's vhost: 403 ACCESS_REFUSED naming it when refused.

@@ -3,10 +3,9 @@
 
 use super::shared::Settle;
 use super::{Channel, ConnCtx};
-use crate::broker::access::{Access, Resource};
-use crate::broker::exchange::RoutingInfo;
 use crate::broker::memory::Held;
-use crate::broker::message::{erlang_layout, parse_expiration, Message};
+use crate::broker::message::Message;
+use crate::broker::ops::{self, publish::Outgoing};
 use crate::error::{AmqpError, ReplyCode};
 use crate::protocol::encode;
 use crate::protocol::field_table::{self, TableError};
@@ -15,7 +14,7 @@ use crate::protocol::properties::{MalformedProperties, PropertiesView};
 use bytes::{Bytes, BytesMut};
 use std::sync::Arc;
 
-pub const DIRECT_REPLY_TO: &str = "amq.rabbitmq.reply-to";
+pub use crate::broker::ops::publish::DIRECT_REPLY_TO;
 
 /// The most of a body's declared size reserved before it arrives; a larger
 /// body grows as its frames come.
@@ -138,13 +137,9 @@ impl Channel {
             ))
             .on_method(60, 40));
         }
-        let max = ctx.broker.config.limits.max_message_size;
-        if body_size > max {
+        if let Err(e) = ops::publish::check_size(&ctx.broker, body_size) {
             self.content = None;
-            return Err(AmqpError::precondition_failed(format_args!(
-                "message size {body_size} is larger than configured max size {max}"
-            ))
-            .on_method(60, 40));
+            return Err(e.on_method(60, 40));
         }
         let properties = Bytes::copy_from_slice(&payload[12..]);
         let view = PropertiesView::scan(&properties).map_err(malformed_properties)?;
@@ -215,58 +210,20 @@ impl Channel {
         &mut self,
         ctx: &mut ConnCtx,
         publish: Publish,
-        mut properties: Bytes,
-        mut view: PropertiesView,
+        properties: Bytes,
+        view: PropertiesView,
         body: Bytes,
     ) -> Result<(), AmqpError> {
-        ctx.check(Access::Write, Resource::Exchange, &publish.exchange)?;
-        let exchange = ctx.vhost.exchange(&publish.exchange)?;
-        if exchange.internal {
-            return Err(AmqpError::access_refused(format_args!(
-                "cannot publish to internal exchange '{}' in vhost '{}'",
-                exchange.name, ctx.vhost.name
-            )));
-        }
-        if let Some(user_id) = PropertiesView::str(&properties, &view.user_id) {
-            if user_id != ctx.user.as_bytes() {
-                return Err(AmqpError::precondition_failed(format_args!(
-                    "user_id property set to '{}' but authenticated user was '{}'",
-                    String::from_utf8_lossy(user_id),
-                    ctx.user
-                )));
-            }
-        }
-        if PropertiesView::str(&properties, &view.reply_to) == Some(DIRECT_REPLY_TO.as_bytes()) {
-            let Some(address) = self.reply_to.as_deref() else {
-                return Err(AmqpError::precondition_failed(
-                    "fast reply consumer does not exist",
-                ));
-            };
-            properties = view.with_reply_to(&properties, address);
-            view = PropertiesView::scan(&properties).expect("rewritten properties are well formed");
-        }
-        let expiration = match PropertiesView::str(&properties, &view.expiration) {
-            Some(raw) => Some(parse_expiration(raw).map_err(|detail| {
-                // The detail starts after "invalid expiration '<raw>': ".
-                let column = 23 + raw.len();
-                AmqpError::precondition_failed(format_args!(
-                    "invalid expiration '{}': {}",
-                    String::from_utf8_lossy(raw),
-                    erlang_layout(&detail, column)
-                ))
-            })?),
-            None => None,
+        let outgoing = Outgoing {
+            exchange: publish.exchange,
+            routing_key: publish.routing_key,
+            properties,
+            view,
+            body,
         };
-        let message = Arc::new(
-            Message::new(
-                publish.exchange,
-                publish.routing_key,
-                properties,
-                body,
-                view.is_persistent(),
-            )
-            .with_expiration(expiration),
-        );
+        let vhost = ctx.vhost.clone();
+        let (message, view) =
+            ops::publish::accept(ctx, &vhost, outgoing, self.reply_to.as_deref())?;
         if let Some(txn) = self.tx.as_mut() {
             txn.held
                 .get_or_insert_with(|| Held::new(&ctx.broker.memory))
@@ -278,67 +235,22 @@ impl Channel {
         Ok(())
     }
 
-    /// Routes a complete message, writes it to disk when persistent and
-    /// routed to durable queues, sends basic.return when mandatory and
-    /// unroutable, and records the confirm. Returns whether it went to disk.
+    /// Routes a complete message, sends basic.return when mandatory and
+    /// unroutable, and records the confirm (which waits for the disk when
+    /// the message was stored). Returns whether it went to disk.
     pub(super) fn route_message(
         &mut self,
         ctx: &mut ConnCtx,
         mandatory: bool,
-        mut message: Arc<Message>,
+        message: Arc<Message>,
         view: &PropertiesView,
     ) -> bool {
-        let mut stored = false;
-        let mut refused = false;
-        let routed =
-            if message.exchange.is_empty() && message.routing_key.starts_with(DIRECT_REPLY_TO) {
-                match ctx.broker.reply_to.get(&message.routing_key) {
-                    Some(target) => {
-                        target
-                            .channel
-                            .deliver_direct(&target.consumer_tag, &message);
-                        true
-                    }
-                    None => false,
-                }
-            } else {
-                match ctx.vhost.exchange(&message.exchange) {
-                    Ok(exchange) => {
-                        let headers = || view.headers(&message.properties);
-                        let info = RoutingInfo {
-                            routing_key: &message.routing_key,
-                            headers: &headers,
-                        };
-                        let mut routing = std::mem::take(&mut self.routing);
-                        ctx.vhost.route(&exchange, &info, &mut routing);
-                        // Sender-selected distribution: CC and BCC headers add
-                        // routing keys; BCC is removed before delivery.
-                        if let Some((keys, without_bcc)) = sender_selected(&message, view) {
-                            for key in &keys {
-                                let info = RoutingInfo {
-                                    routing_key: key,
-                                    headers: &headers,
-                                };
-                                ctx.vhost.route(&exchange, &info, &mut routing);
-                            }
-                            if let Some(m) = without_bcc {
-                                message = Arc::new(m);
-                            }
-                        }
-                        let queues = &routing.queues;
-                        (stored, refused) = ctx.vhost.enqueue(queues, &message);
-                        if ctx.flow.is_none() {
-                            ctx.flow = queues.iter().find(|q| q.asks_publishers_to_wait()).cloned();
-                        }
-                        let routed = !queues.is_empty();
-                        routing.clear();
-                        self.routing = routing;
-                        routed
-                    }
-                    Err(_) => false,
-                }
-            };
-        if !routed && mandatory {
+        let routed = ops::publish::route(&ctx.broker, &ctx.vhost, message, view, &mut self.routing);
+        if ctx.flow.is_none() {
+            ctx.flow = routed.flow;
+        }
+        let message = routed.message;
+        if !routed.routed && mandatory {
             let id = self.id();
             let frame_max = ctx.frame_max;
             ctx.outbox.push(|buf| {
@@ -353,6 +265,7 @@ impl Channel {
                 encode::content(buf, id, &message.properties, &message.body, frame_max);
             });
         }
+        let (stored, refused) = (routed.stored, routed.refused);
         if self.confirm {
             let seq = self.shared.confirm_next(stored, refused);
             if stored && !refused {
@@ -406,37 +319,4 @@ impl Channel {
         }
         Ok(())
     }
-}
-
-/// The extra routing keys of a message's CC and BCC headers, and a copy
-/// without BCC when it had one; None for the usual message without either.
-fn sender_selected(
-    message: &Message,
-    view: &PropertiesView,
-) -> Option<(Vec<String>, Option<Message>)> {
-    let range = view.headers.clone()?;
-    let raw = &message.properties[range];
-    // Header names are short strings: a length byte, then the name.
-    let has = |name: &[u8]| raw.windows(name.len()).any(|w| w == name);
-    let (cc, bcc) = (has(b"\x02CC"), has(b"\x03BCC"));
-    if !cc && !bcc {
-        return None;
-    }
-    let headers = view.headers(&message.properties)?;
-    let mut keys = Vec::new();
-    for name in ["CC", "BCC"] {
-        if let Some(amq_protocol::types::AMQPValue::FieldArray(a)) = headers.inner().get(name) {
-            for v in a.as_slice() {
-                if let amq_protocol::types::AMQPValue::LongString(k) = v {
-                    keys.push(String::from_utf8_lossy(k.as_bytes()).into_owned());
-                }
-            }
-        }
-    }
-    let without_bcc = if headers.contains_key("BCC") {
-        crate::broker::dead_letter::without_header(message, "BCC")
-    } else {
-        None
-    };
-    Some((keys, without_bcc))
 }

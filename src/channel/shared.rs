@@ -423,25 +423,6 @@ impl ChannelShared {
         self.send_confirms(&mut c);
     }
 
-    /// The persister wrote (or failed to write) everything up to `seq`.
-    pub fn confirm_persisted(&self, seq: u64, ok: bool) {
-        let mut c = self.confirms.lock();
-        let mut i = 0;
-        while i < c.pending.len() && c.pending[i].0 <= seq {
-            if !c.pending[i].1 {
-                if ok {
-                    c.pending.remove(i);
-                    continue;
-                }
-                // A publisher must not believe a message is safe that
-                // never reached the disk.
-                c.pending[i].1 = true;
-            }
-            i += 1;
-        }
-        self.send_confirms(&mut c);
-    }
-
     fn send_confirms(&self, c: &mut ConfirmState) {
         let id = self.id;
         while let Some(&(seq, true)) = c.pending.front() {
@@ -532,5 +513,26 @@ impl ChannelShared {
             st.consumers.drain().map(|(_, c)| c).collect()
         };
         (consumers, self.take_all_unacked())
+    }
+}
+
+impl crate::store::ConfirmSink for ChannelShared {
+    /// The persister wrote (or failed to write) everything up to `seq`.
+    fn confirm_persisted(&self, seq: u64, ok: bool) {
+        let mut c = self.confirms.lock();
+        let mut i = 0;
+        while i < c.pending.len() && c.pending[i].0 <= seq {
+            if !c.pending[i].1 {
+                if ok {
+                    c.pending.remove(i);
+                    continue;
+                }
+                // A publisher must not believe a message is safe that
+                // never reached the disk.
+                c.pending[i].1 = true;
+            }
+            i += 1;
+        }
+        self.send_confirms(&mut c);
     }
 }

@@ -6,7 +6,7 @@ mod interrupts;
 pub mod outbox;
 
 use crate::broker::queue::Queue;
-use crate::broker::{flow, Broker, ChannelRegistry, ConnectionHandle, PublishingState};
+use crate::broker::{Broker, ChannelRegistry, ConnectionHandle, PublishingState};
 use crate::channel::shared::ChannelShared;
 use crate::channel::{Channel, ConnCtx, Outcome};
 use crate::error::{AmqpError, ReplyCode};
@@ -664,20 +664,7 @@ impl<R: ClientRead> Connection<R> {
         close_rx: &watch::Receiver<Option<String>>,
     ) -> Option<&'static str> {
         open.publishing.paused_by_flow();
-        let released = async move {
-            loop {
-                let released = queue.flow_released().notified();
-                tokio::pin!(released);
-                released.as_mut().enable();
-                if !queue.recheck_flow() {
-                    return;
-                }
-                tokio::select! {
-                    _ = released => {}
-                    _ = tokio::time::sleep(flow::RECHECK) => {}
-                }
-            }
-        };
+        let released = crate::broker::ops::publish::flow_released(queue);
         self.pause(open, close_rx, released).await.err()
     }
 
@@ -720,17 +707,7 @@ impl<R: ClientRead> Connection<R> {
                 },
             )));
         }
-        let broker = self.broker.clone();
-        let cleared = async move {
-            let mut memory = broker.memory.subscribe();
-            let mut disk = broker.store.disk_alarm().subscribe();
-            while broker.alarm_reason().is_some() {
-                tokio::select! {
-                    r = memory.changed() => if r.is_err() { return },
-                    r = disk.changed() => if r.is_err() { return },
-                }
-            }
-        };
+        let cleared = crate::broker::ops::publish::alarms_cleared(self.broker.clone());
         // The connection ends on the other ways out of this wait.
         open.publishing.set_blocked(true);
         if let Err(reason) = self.pause(open, close_rx, cleared).await {

@@ -6,13 +6,15 @@ use super::api::{
     node_name, short_string, table_json, ApiError, ApiResult, User,
 };
 use crate::broker::access::{Access, Resource};
-use crate::broker::exchange::{Binding, Destination, Exchange, ExchangeKind, RoutingInfo};
-use crate::broker::message::Message;
+use crate::broker::exchange::{Binding, Destination, Exchange, ExchangeKind};
+use crate::broker::ops::publish::{self, Failed, Outgoing};
+use crate::broker::ops::Gate;
 use crate::broker::queue::Queue;
 use crate::broker::queue_args::QueueType;
-use crate::broker::vhost::{ExchangeDeclare, QueueDeclare, Routing, VHost};
+use crate::broker::vhost::{ExchangeDeclare, QueueDeclare, VHost};
 use crate::broker::Broker;
 use crate::error::AmqpError;
+use crate::protocol::properties::PropertiesView;
 use amq_protocol::protocol::basic::{gen_properties, parse_properties, AMQPProperties};
 use amq_protocol::types::{FieldTable, ShortString};
 use axum::extract::{Path, Query, State};
@@ -730,56 +732,58 @@ pub async fn publish(
             ])))
         }
     };
-    check(
-        &broker,
-        &user,
-        &vhost,
-        Access::Write,
-        Resource::Exchange,
-        &e.name,
-    )?;
-    if e.internal {
-        return Err(ApiError::from_amqp(
-            crate::error::AmqpError::access_refused(format_args!(
-                "cannot publish to internal exchange '{}' in vhost '{vhost}'",
-                e.name
-            )),
-        ));
-    }
     let props = json_properties(&b.properties)?;
-    let expiration = match props.expiration() {
-        Some(x) => Some(
-            crate::broker::message::parse_expiration(x.as_str().as_bytes())
-                .map_err(|why| ApiError::bad_request(format!("invalid expiration: {why}")))?,
-        ),
-        None => None,
-    };
-    let persistent = props.delivery_mode() == &Some(2);
-    let headers = props.headers().clone();
     let raw_props = cookie_factory::gen_simple(gen_properties(&props), Vec::new())
         .map_err(|e| ApiError::bad_request(e.to_string()))?;
-    let message = Arc::new(
-        Message::new(
-            e.name.clone(),
-            b.routing_key.clone(),
-            Bytes::from(raw_props),
-            payload,
-            persistent,
-        )
-        .with_expiration(expiration),
-    );
-    let headers_fn = || headers.clone();
-    let mut routing = Routing::default();
-    v.route(
-        &e,
-        &RoutingInfo {
-            routing_key: &b.routing_key,
-            headers: &headers_fn,
-        },
-        &mut routing,
-    );
-    v.enqueue(&routing.queues, &message);
-    Ok(Json(json!({"routed": !routing.queues.is_empty()})).into_response())
+    let properties = Bytes::from(raw_props);
+    let view = PropertiesView::scan(&properties)
+        .map_err(|_| ApiError::bad_request("invalid message properties"))?;
+    let outgoing = Outgoing {
+        exchange: e.name.clone(),
+        routing_key: b.routing_key,
+        properties,
+        view,
+        body: payload,
+    };
+    let mut gate = ApiGate {
+        broker: &broker,
+        user: &user.name,
+        vhost: &vhost,
+    };
+    match publish::publish_confirmed(&broker, &v, &mut gate, outgoing).await {
+        Ok(routed) => Ok(Json(json!({ "routed": routed })).into_response()),
+        // As RabbitMQ, whose HTTP publish goes through a channel: the
+        // error that closed it, with its code, in a 400.
+        Err(Failed::Refused(e)) => Err(ApiError::bad_request(format!(
+            "{} {}",
+            e.code as u16, e.text
+        ))),
+        Err(Failed::Rejected) => Err(ApiError::bad_request(
+            "rejected Unable to publish message. Check queue limits.",
+        )),
+        Err(Failed::TimedOut) => Err(ApiError::bad_request(
+            "confirm_timeout Timed out waiting for a publisher confirm. The message may still have been enqueued. Check the health of the queues bound to this exchange.",
+        )),
+    }
+}
+
+/// Permission checks of a management API user in one vhost.
+struct ApiGate<'a> {
+    broker: &'a Broker,
+    user: &'a str,
+    vhost: &'a str,
+}
+
+impl Gate for ApiGate<'_> {
+    fn user(&self) -> &str {
+        self.user
+    }
+
+    fn check(&mut self, access: Access, resource: Resource, name: &str) -> Result<(), AmqpError> {
+        self.broker
+            .access
+            .check(self.user, self.vhost, access, resource, name)
+    }
 }
 
 // ---------------------------------------------------------------- bindings

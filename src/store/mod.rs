@@ -21,7 +21,6 @@ mod recovery;
 pub mod segments;
 
 use crate::broker::message::Message;
-use crate::channel::shared::ChannelShared;
 use persister::{Loaded, Op};
 use record::{BindingRecord, ExchangeRecord, QueueRecord};
 use std::path::{Path, PathBuf};
@@ -36,6 +35,14 @@ pub use recovery::{Recovered, RecoveredQueue, SLED_LOG};
 /// Memory a queued message costs beyond its bytes (struct, `Arc`, deque
 /// slot), counted against a queue's in-memory window.
 pub const MESSAGE_OVERHEAD: usize = 128;
+
+/// Where publisher confirms go once their messages are on disk (a
+/// channel, or an HTTP publish waiting for its one message).
+pub trait ConfirmSink: Send + Sync {
+    /// Every confirm up to `seq` still pending: its message is on disk
+    /// (`ok`), or one of its entries was not written (a nack).
+    fn confirm_persisted(&self, seq: u64, ok: bool);
+}
 
 /// Where a message sits on disk for one queue.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -354,7 +361,7 @@ impl Store {
 
     /// Publisher confirm `seq` on `channel` is sent once the writes queued
     /// so far are on disk: an ack, or a nack if `message` was not written.
-    pub fn confirm_when_written(&self, channel: Arc<ChannelShared>, seq: u64, message: &Message) {
+    pub fn confirm_when_written(&self, channel: Arc<dyn ConfirmSink>, seq: u64, message: &Message) {
         self.send(Op::Confirm {
             channel,
             seq,

@@ -14,10 +14,9 @@ use super::fail_stop::{FailStop, Unwritten};
 use super::queue_index::{QueueIndexes, Slot};
 use super::record;
 use super::segments::{Location, Segments};
-use super::{DiskRef, QueuedMessage};
+use super::{ConfirmSink, DiskRef, QueuedMessage};
 use crate::broker::message::Message;
 use crate::broker::queue::Queue;
-use crate::channel::shared::ChannelShared;
 use crate::hash::HashMap as FastMap;
 use std::collections::HashMap;
 use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender};
@@ -79,7 +78,7 @@ pub enum Op {
     /// Publisher confirm `seq` on `channel`, for message `msg_id`, waits
     /// for this batch to be on disk. Sent after the message's entries.
     Confirm {
-        channel: Arc<ChannelShared>,
+        channel: Arc<dyn ConfirmSink>,
         seq: u64,
         msg_id: u64,
     },
@@ -221,7 +220,7 @@ struct Batch {
     remove_from: Vec<(u32, u64)>,
     marks: FastMap<u32, Option<u64>>,
     /// (channel, confirm seq, msg_id).
-    confirms: Vec<(Arc<ChannelShared>, u64, u64)>,
+    confirms: Vec<(Arc<dyn ConfirmSink>, u64, u64)>,
     loads: Vec<LoadRequest>,
     syncs: Vec<Sender<()>>,
     stop: bool,
@@ -842,12 +841,15 @@ impl Persister {
 /// Tells each channel which of its confirms are acks and which nacks (a
 /// message one of whose entries was not written), one call per run of
 /// equal outcomes: a channel's confirms come in ascending order.
-fn confirm(confirms: Vec<(Arc<ChannelShared>, u64, u64)>, lost: &std::collections::HashSet<u64>) {
+fn confirm(confirms: Vec<(Arc<dyn ConfirmSink>, u64, u64)>, lost: &std::collections::HashSet<u64>) {
     // Per channel: the run being collected (last seq, outcome).
-    let mut runs: Vec<(Arc<ChannelShared>, u64, bool)> = Vec::new();
+    let mut runs: Vec<(Arc<dyn ConfirmSink>, u64, bool)> = Vec::new();
     for (channel, seq, msg_id) in confirms {
         let ok = lost.is_empty() || !lost.contains(&msg_id);
-        match runs.iter_mut().find(|r| Arc::ptr_eq(&r.0, &channel)) {
+        match runs
+            .iter_mut()
+            .find(|r| std::ptr::addr_eq(Arc::as_ptr(&r.0), Arc::as_ptr(&channel)))
+        {
             Some(run) if run.2 == ok => run.1 = seq,
             Some(run) => {
                 run.0.confirm_persisted(run.1, run.2);

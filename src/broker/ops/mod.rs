@@ -1,0 +1,18 @@
+//! The operations every front end shares. AMQP channels, the management
+//! API and dead-lettering call these, so each of basic.publish's rules
+//! lives in one place and an HTTP publish is refused exactly where an
+//! AMQP one would be.
+
+pub mod publish;
+
+use super::access::{Access, Resource};
+use crate::error::AmqpError;
+
+/// Who asks for an operation: its user, and the permission check that
+/// applies to them (AMQP connections cache recent checks).
+pub trait Gate {
+    fn user(&self) -> &str;
+    /// RabbitMQ's permission check for `access` to a named resource in the
+    /// operation's vhost: 403 ACCESS_REFUSED naming it when refused.
+    fn check(&mut self, access: Access, resource: Resource, name: &str) -> Result<(), AmqpError>;
+}
