@@ -19,11 +19,11 @@ pub mod queue_stats;
 pub mod timers;
 pub mod vhost;
 
-use crate::channel::shared::ChannelShared;
 use crate::config::Config;
 use crate::hash::DashMap;
 use crate::store::{Store, StoreError};
 use access::{AccessControl, Permission, UserRecord, VhostRecord};
+use consumer::ConsumerChannel;
 use flow::FlowLimits;
 use memory::MemoryGauge;
 use queue::QueueServices;
@@ -35,13 +35,13 @@ use vhost::VHost;
 
 /// A channel consuming from the `amq.rabbitmq.reply-to` pseudo-queue.
 pub struct ReplyTo {
-    pub channel: Arc<ChannelShared>,
+    pub channel: Arc<dyn ConsumerChannel>,
     pub consumer_tag: String,
 }
 
 /// A connection's open channels by number.
 pub type ChannelRegistry =
-    Arc<parking_lot::Mutex<std::collections::BTreeMap<u16, Arc<ChannelShared>>>>;
+    Arc<parking_lot::Mutex<std::collections::BTreeMap<u16, Arc<dyn ConsumerChannel>>>>;
 
 /// What the broker keeps about a live connection: what the management API
 /// shows, and the means to close it from outside.

@@ -772,3 +772,152 @@ impl Queue {
         (std::mem::take(&mut st.consumers), count)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::broker::consumer::{ChannelInfo, ConsumerChannel, Mode};
+    use bytes::Bytes;
+
+    /// A channel that takes up to `room` deliveries, recording them.
+    struct FakeChannel {
+        room: usize,
+        got: Mutex<Vec<(String, Bytes)>>,
+        cancelled: Mutex<Vec<String>>,
+    }
+
+    impl FakeChannel {
+        fn new(room: usize) -> Arc<FakeChannel> {
+            Arc::new(FakeChannel {
+                room,
+                got: Mutex::new(Vec::new()),
+                cancelled: Mutex::new(Vec::new()),
+            })
+        }
+
+        fn bodies(&self, tag: &str) -> Vec<Bytes> {
+            let got = self.got.lock();
+            got.iter()
+                .filter(|(t, _)| t == tag)
+                .map(|(_, b)| b.clone())
+                .collect()
+        }
+    }
+
+    impl ConsumerChannel for FakeChannel {
+        fn id(&self) -> u16 {
+            1
+        }
+        fn try_deliver(
+            &self,
+            consumer: &Arc<Consumer>,
+            _queue: &Arc<Queue>,
+            msg: QueuedMessage,
+        ) -> Result<(), QueuedMessage> {
+            let mut got = self.got.lock();
+            if got.iter().filter(|(t, _)| *t == consumer.tag).count() >= self.room {
+                return Err(msg);
+            }
+            got.push((consumer.tag.clone(), msg.message.body.clone()));
+            Ok(())
+        }
+        fn keeps_up(&self, _consumer: &Consumer, _busy: Duration) -> bool {
+            true
+        }
+        fn cancel_by_broker(&self, consumer: &Arc<Consumer>) {
+            self.cancelled.lock().push(consumer.tag.clone());
+        }
+        fn deliver_direct(&self, _consumer_tag: &str, _message: &Message) {}
+        fn info(&self) -> ChannelInfo {
+            ChannelInfo {
+                mode: Mode::Plain,
+                prefetch_count: 0,
+                global_prefetch_count: 0,
+                unacked: 0,
+                consumers: Vec::new(),
+            }
+        }
+    }
+
+    fn queue() -> Arc<Queue> {
+        let (dead_letters, _) = crate::broker::dead_letter::DeadLetters::channel();
+        let services = QueueServices {
+            memory: Arc::new(MemoryGauge::new(u64::MAX)),
+            dead_letters,
+            timers: Timers::start(),
+            flow: FlowLimits {
+                window: 0,
+                busy_consumer: Duration::from_millis(1),
+            },
+        };
+        Queue::new(
+            "q".into(),
+            "/".into(),
+            false,
+            None,
+            false,
+            FieldTable::default(),
+            QueueArgs::default(),
+            services,
+            None,
+        )
+    }
+
+    fn consumer(
+        tag: &str,
+        channel: &Arc<FakeChannel>,
+        queue: &Arc<Queue>,
+        priority: i64,
+    ) -> Arc<Consumer> {
+        Arc::new(Consumer {
+            tag: tag.into(),
+            channel: channel.clone(),
+            queue: queue.clone(),
+            no_ack: false,
+            exclusive: false,
+            prefetch: 0,
+            arguments: FieldTable::default(),
+            priority,
+            unacked: Default::default(),
+            pace: Default::default(),
+        })
+    }
+
+    fn publish(queue: &Arc<Queue>, body: &'static str) {
+        let message = Message::new(
+            String::new(),
+            "q".into(),
+            Bytes::new(),
+            Bytes::from_static(body.as_bytes()),
+            false,
+        );
+        assert!(queue.publish(Arc::new(message)));
+    }
+
+    /// Messages go to consumers in order, round-robin among equals, to a
+    /// higher-priority consumer first while it has room, and wait in the
+    /// queue while no consumer has room.
+    #[test]
+    fn a_queue_hands_messages_to_consumers_with_room_in_order() {
+        let q = queue();
+        let a = FakeChannel::new(2);
+        let b = FakeChannel::new(10);
+        q.add_consumer(consumer("a", &a, &q, 0), || {}).unwrap();
+        for body in ["1", "2", "3"] {
+            publish(&q, body);
+        }
+        assert_eq!(a.bodies("a"), ["1", "2"]);
+        assert_eq!(q.counts().ready, 1, "the third waits: no consumer has room");
+        q.add_consumer(consumer("b", &b, &q, 0), || {}).unwrap();
+        assert_eq!(b.bodies("b"), ["3"], "a new consumer gets what waited");
+        let high = FakeChannel::new(1);
+        q.add_consumer(consumer("high", &high, &q, 5), || {})
+            .unwrap();
+        for body in ["4", "5", "6"] {
+            publish(&q, body);
+        }
+        assert_eq!(high.bodies("high"), ["4"], "the higher priority first");
+        assert_eq!(b.bodies("b"), ["3", "5", "6"], "then whoever has room");
+        assert_eq!(q.counts().ready, 0);
+    }
+}

@@ -30,23 +30,7 @@ pub struct ChannelShared {
     mode: AtomicU8,
 }
 
-/// Confirm or transaction mode, once selected.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-#[repr(u8)]
-pub enum Mode {
-    Plain = 0,
-    Confirm = 1,
-    Transactional = 2,
-}
-
-/// A channel as the management API shows it.
-pub struct ChannelInfo {
-    pub mode: Mode,
-    pub prefetch_count: u16,
-    pub global_prefetch_count: u16,
-    pub unacked: usize,
-    pub consumers: Vec<Arc<Consumer>>,
-}
+pub use crate::broker::consumer::{ChannelInfo, Mode};
 
 /// Publisher confirms. Acks go out with multiple=true up to the highest
 /// sequence number whose message and every earlier one are settled: a
@@ -534,5 +518,36 @@ impl crate::store::ConfirmSink for ChannelShared {
             i += 1;
         }
         self.send_confirms(&mut c);
+    }
+}
+
+impl crate::broker::consumer::ConsumerChannel for ChannelShared {
+    fn id(&self) -> u16 {
+        self.id
+    }
+
+    fn try_deliver(
+        &self,
+        consumer: &Arc<Consumer>,
+        queue: &Arc<Queue>,
+        msg: QueuedMessage,
+    ) -> Result<(), QueuedMessage> {
+        ChannelShared::try_deliver(self, consumer, queue, msg)
+    }
+
+    fn keeps_up(&self, consumer: &Consumer, busy: Duration) -> bool {
+        ChannelShared::keeps_up(self, consumer, busy)
+    }
+
+    fn cancel_by_broker(&self, consumer: &Arc<Consumer>) {
+        ChannelShared::cancel_by_broker(self, consumer)
+    }
+
+    fn deliver_direct(&self, consumer_tag: &str, message: &Message) {
+        ChannelShared::deliver_direct(self, consumer_tag, message)
+    }
+
+    fn info(&self) -> ChannelInfo {
+        ChannelShared::info(self)
     }
 }

@@ -3,8 +3,8 @@
 
 use super::api::{list, no_content, node_name, table_json, ApiError, ApiResult, User};
 use crate::broker::consumer::Consumer;
+use crate::broker::consumer::{ConsumerChannel, Mode};
 use crate::broker::{Broker, ConnectionHandle};
-use crate::channel::shared::{ChannelShared, Mode};
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::IntoResponse;
@@ -308,11 +308,11 @@ pub async fn close_connection(
 
 // ---------------------------------------------------------------- channels
 
-fn channel_json(conn: &ConnectionHandle, ch: &ChannelShared) -> Value {
+fn channel_json(conn: &ConnectionHandle, ch: &dyn ConsumerChannel) -> Value {
     let info = ch.info();
     json!({
-        "name": format!("{} ({})", conn.name, ch.id),
-        "number": ch.id,
+        "name": format!("{} ({})", conn.name, ch.id()),
+        "number": ch.id(),
         "node": node_name(),
         "vhost": conn.vhost,
         "user": conn.user,
@@ -338,7 +338,7 @@ fn channels_of(broker: &Broker, user: &User, only: Option<&str>) -> Vec<Value> {
             continue;
         }
         for ch in c.channels.lock().values() {
-            out.push(channel_json(&c, ch));
+            out.push(channel_json(&c, ch.as_ref()));
         }
     }
     sorted_by_name(out)
@@ -390,13 +390,13 @@ pub async fn channel(
 
 // ---------------------------------------------------------------- consumers
 
-fn consumer_json(conn: &ConnectionHandle, ch: &ChannelShared, c: &Consumer) -> Value {
+fn consumer_json(conn: &ConnectionHandle, ch: &dyn ConsumerChannel, c: &Consumer) -> Value {
     json!({
         "consumer_tag": c.tag,
         "queue": {"name": c.queue.name, "vhost": c.queue.vhost},
         "channel_details": {
-            "name": format!("{} ({})", conn.name, ch.id),
-            "number": ch.id,
+            "name": format!("{} ({})", conn.name, ch.id()),
+            "number": ch.id(),
             "connection_name": conn.name,
             "peer_host": conn.peer.ip().to_string(),
             "peer_port": conn.peer.port(),
@@ -420,7 +420,7 @@ fn consumers_of(broker: &Broker, user: &User, vhost: Option<&str>) -> Vec<Value>
         }
         for ch in conn.channels.lock().values() {
             for c in ch.info().consumers {
-                out.push(consumer_json(&conn, ch, &c));
+                out.push(consumer_json(&conn, ch.as_ref(), &c));
             }
         }
     }

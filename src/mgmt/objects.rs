@@ -78,7 +78,7 @@ pub fn queue_json(q: &Queue) -> Value {
         "consumer_details": q.consumers().iter().map(|c| json!({
             "consumer_tag": c.tag,
             "queue": {"name": q.name, "vhost": q.vhost},
-            "channel_details": {"number": c.channel.id},
+            "channel_details": {"number": c.channel.id()},
             "ack_required": !c.no_ack,
             "prefetch_count": c.prefetch,
             "exclusive": c.exclusive,
