@@ -7,14 +7,14 @@ pub mod broker;
 pub mod channel;
 pub mod config;
 pub mod connection;
-pub mod ctl;
-pub mod error;
 pub mod hash;
 pub mod mgmt;
-pub mod perf;
-pub mod protocol;
 pub mod server;
 pub mod store;
+
+/// The wire format and AMQP's errors live in their own crate, below the broker.
+pub use leveret_protocol as protocol;
+pub use leveret_protocol::error;
 
 pub use broker::Broker;
 pub use config::Config;

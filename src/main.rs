@@ -23,9 +23,9 @@ enum Command {
     /// Print the default configuration file, every setting documented.
     DefaultConfig,
     /// Manage a running broker through its management HTTP API, like rabbitmqadmin.
-    Ctl(leveret::ctl::CtlArgs),
+    Ctl(leveret_ctl::CtlArgs),
     /// Load-test an AMQP 0-9-1 broker (Leveret or any other), PerfTest-style.
-    Perf(leveret::perf::PerfArgs),
+    Perf(leveret_perf::PerfArgs),
 }
 
 #[derive(Args, Default)]
@@ -52,8 +52,8 @@ fn main() -> ExitCode {
             ExitCode::SUCCESS
         }
         Command::Serve(args) => serve(args),
-        Command::Ctl(args) => leveret::ctl::run(args),
-        Command::Perf(args) => leveret::perf::run(args),
+        Command::Ctl(args) => leveret_ctl::run(args),
+        Command::Perf(args) => leveret_perf::run(args),
     }
 }
 

@@ -1,8 +1,10 @@
 //! The AMQP 0-9-1 wire format: frame splitting, method (de)serialisation via
 //! amq-protocol, hand-written encoders for the per-message frames, and a
-//! zero-copy view of content-header properties.
+//! zero-copy view of content-header properties, and AMQP's reply codes and
+//! errors (`error`).
 
 pub mod encode;
+pub mod error;
 pub mod field_table;
 pub mod frame;
 pub mod method;

@@ -151,7 +151,7 @@ pub fn content(buf: &mut BytesMut, channel: u16, properties: &[u8], body: &[u8],
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::protocol::frame::{decode_frame, FrameType};
+    use crate::frame::{decode_frame, FrameType};
     use amq_protocol::protocol::basic;
 
     #[test]

@@ -9,12 +9,12 @@ mod check;
 mod client;
 mod sys;
 
-use crate::protocol::encode;
-use crate::protocol::frame::FrameType;
-use crate::protocol::method::method_ids;
 use amq_protocol::types::{AMQPValue, FieldTable, LongString};
 use check::{percentiles, read_stamp, stamp, Bits, Seen, STAMP};
 use client::{arguments, FrameIn, Target};
+use leveret_protocol::encode;
+use leveret_protocol::frame::FrameType;
+use leveret_protocol::method::method_ids;
 use serde_json::{json, Value};
 use std::io::{self, IsTerminal, Write};
 use std::process::ExitCode;

@@ -3,13 +3,13 @@
 //! per-message frames (publish, deliver, ack) written and read by hand so
 //! the generator costs little CPU per message.
 
-use crate::protocol::encode;
-use crate::protocol::frame::{decode_frame, Frame, FrameType};
-use crate::protocol::method::{method_ids, Reader};
-use crate::protocol::PROTOCOL_HEADER;
 use amq_protocol::protocol::{basic, channel, confirm, connection, exchange, queue, AMQPClass};
 use amq_protocol::types::{AMQPValue, FieldTable, LongString};
 use bytes::BytesMut;
+use leveret_protocol::encode;
+use leveret_protocol::frame::{decode_frame, Frame, FrameType};
+use leveret_protocol::method::{method_ids, Reader};
+use leveret_protocol::PROTOCOL_HEADER;
 use std::io;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
