@@ -2,6 +2,7 @@
 //! content frames, confirms, transactions, and the method handlers.
 
 pub mod basic;
+pub mod confirms;
 pub mod publish;
 pub mod shared;
 pub mod topology;

@@ -1,6 +1,7 @@
 //! The part of a channel that queues on other connections touch: delivery
 //! tags, unacknowledged messages, prefetch limits and consumers.
 
+use super::confirms::{Confirm, Confirms};
 use crate::broker::consumer::Consumer;
 use crate::broker::flow;
 use crate::broker::message::Message;
@@ -25,27 +26,12 @@ pub struct ChannelShared {
     /// The client understands broker-initiated basic.cancel.
     pub cancel_notify: bool,
     state: Mutex<DeliveryState>,
-    confirms: Mutex<ConfirmState>,
+    confirms: Mutex<Confirms>,
     /// [`Mode`], for the management API.
     mode: AtomicU8,
 }
 
 pub use crate::broker::consumer::{ChannelInfo, Mode};
-
-/// Publisher confirms. Acks go out with multiple=true up to the highest
-/// sequence number whose message and every earlier one are settled: a
-/// persistent message waits for the disk, and later ones wait behind it. A
-/// message a queue refused (x-overflow reject-publish) is nacked in its turn.
-#[derive(Default)]
-struct ConfirmState {
-    /// Last sequence number given to a publish.
-    published: u64,
-    /// Sequence numbers not settled with the others, in order: waiting for
-    /// the disk, or to be nacked (`true`) once everything before is settled.
-    pending: VecDeque<(u64, bool)>,
-    /// Highest sequence number acked (or nacked) to the client.
-    acked: u64,
-}
 
 /// What becomes of settled deliveries.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -123,7 +109,7 @@ impl ChannelShared {
                 closed: false,
                 consumers: HashMap::default(),
             }),
-            confirms: Mutex::new(ConfirmState::default()),
+            confirms: Mutex::new(Confirms::default()),
             mode: AtomicU8::new(Mode::Plain as u8),
         }
     }
@@ -392,13 +378,7 @@ impl ChannelShared {
     /// Numbers a publish on a confirm channel: `on_disk` when its confirm
     /// must wait for the persister, `refused` when it is to be nacked.
     pub fn confirm_next(&self, on_disk: bool, refused: bool) -> u64 {
-        let mut c = self.confirms.lock();
-        c.published += 1;
-        let seq = c.published;
-        if refused || on_disk {
-            c.pending.push_back((seq, refused));
-        }
-        seq
+        self.confirms.lock().next(on_disk, refused)
     }
 
     /// Sends the ack owed for everything settled so far.
@@ -407,25 +387,16 @@ impl ChannelShared {
         self.send_confirms(&mut c);
     }
 
-    fn send_confirms(&self, c: &mut ConfirmState) {
+    fn send_confirms(&self, c: &mut Confirms) {
         let id = self.id;
-        while let Some(&(seq, true)) = c.pending.front() {
-            c.pending.pop_front();
-            let before = seq - 1;
-            if before > c.acked {
-                self.outbox
-                    .push(|buf| encode::basic_ack(buf, id, before, true));
-            }
-            self.outbox
-                .push(|buf| encode::basic_nack(buf, id, seq, false));
-            c.acked = seq;
-        }
-        let upto = c.pending.front().map_or(c.published, |(s, _)| s - 1);
-        if upto > c.acked {
-            c.acked = upto;
-            self.outbox
-                .push(|buf| encode::basic_ack(buf, id, upto, true));
-        }
+        c.settle(|confirm| match confirm {
+            Confirm::AckUpTo(upto) => self
+                .outbox
+                .push(|buf| encode::basic_ack(buf, id, upto, true)),
+            Confirm::Nack(seq) => self
+                .outbox
+                .push(|buf| encode::basic_nack(buf, id, seq, false)),
+        });
     }
 
     /// The acknowledgement timeout (ms) a delivery has run past, if any:
@@ -504,19 +475,7 @@ impl crate::store::ConfirmSink for ChannelShared {
     /// The persister wrote (or failed to write) everything up to `seq`.
     fn confirm_persisted(&self, seq: u64, ok: bool) {
         let mut c = self.confirms.lock();
-        let mut i = 0;
-        while i < c.pending.len() && c.pending[i].0 <= seq {
-            if !c.pending[i].1 {
-                if ok {
-                    c.pending.remove(i);
-                    continue;
-                }
-                // A publisher must not believe a message is safe that
-                // never reached the disk.
-                c.pending[i].1 = true;
-            }
-            i += 1;
-        }
+        c.persisted(seq, ok);
         self.send_confirms(&mut c);
     }
 }
