@@ -138,6 +138,7 @@ impl MemoryGauge {
         self.peak.swap(used, Ordering::Relaxed).max(used)
     }
 
+    #[inline]
     pub fn is_blocked(&self) -> bool {
         self.blocked.load(Ordering::Relaxed)
     }

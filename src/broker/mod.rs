@@ -119,6 +119,7 @@ impl Broker {
     /// Why publishers are blocked, or None while no resource alarm is on:
     /// RabbitMQ's connection.blocked reason, "low on " and the alarmed
     /// resources joined by " & " (rabbit_reader).
+    #[inline]
     pub fn alarm_reason(&self) -> Option<&'static str> {
         match (
             self.memory.is_blocked(),

@@ -65,6 +65,7 @@ impl DiskAlarm {
         }
     }
 
+    #[inline]
     pub fn is_blocked(&self) -> bool {
         self.blocked.load(Ordering::Acquire)
     }

@@ -292,6 +292,7 @@ impl Store {
     }
 
     /// The disk alarm: free space below the limit, or a failed write.
+    #[inline]
     pub fn disk_alarm(&self) -> &disk_alarm::DiskAlarm {
         &self.fail_stop.alarm
     }

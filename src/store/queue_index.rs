@@ -52,6 +52,9 @@ const VERSION: u8 = 1;
 const MANIFEST: &str = "files";
 /// Zero slots written past the end of an index file when a write extends it.
 const ZERO_AHEAD_SLOTS: u64 = 1024;
+/// Slots read at a time by [`QueueIndexes::read`], at least and at most.
+const READ_CHUNK_MIN: usize = 64;
+const READ_CHUNK_MAX: usize = 4096;
 /// Acknowledged seqs at most this far apart share one read and write.
 const ACK_RUN_GAP: u64 = 16;
 /// Open index files kept beyond the ones written in the current batch.
@@ -467,7 +470,7 @@ impl QueueIndexes {
                     tracing::error!(queue_id, seq, "a queue index slot fails its checksum");
                     continue;
                 };
-                set_acked(seq, slot);
+                ready_to_acked(slot);
                 changed += 1;
                 acked.push(s.at);
             }
@@ -496,25 +499,43 @@ impl QueueIndexes {
             .map(|(_, n)| *n)
             .collect();
         file_nos.sort_unstable();
+        let mut raw = Vec::new();
         for file_no in file_nos {
-            let first = from.max(file_no * SLOTS);
-            let offset = (first % SLOTS + 1) * SLOT as u64;
-            let mut raw = vec![0u8; ((file_no + 1) * SLOTS - first) as usize * SLOT];
-            let f = self.file(queue_id, file_no, false)?;
-            let n = read_full_at(f, &mut raw, offset)?;
-            for (i, slot) in raw[..n - n % SLOT].chunks_exact(SLOT).enumerate() {
-                if slot[0] != READY {
-                    continue;
+            // Ready slots all lie below the last one written.
+            let written = self
+                .files
+                .get(&(queue_id, file_no))
+                .map_or(0, |s| s.written);
+            let end = file_no * SLOTS + written;
+            let mut first = from.max(file_no * SLOTS);
+            // In chunks about as large as what is asked for: a load wants a
+            // few hundred slots, not the rest of a 512 KiB file.
+            while first < end {
+                let want = (max - out.len()).clamp(READ_CHUNK_MIN, READ_CHUNK_MAX);
+                let slots = (end - first).min(want as u64);
+                raw.clear();
+                raw.resize(slots as usize * SLOT, 0);
+                let offset = (first % SLOTS + 1) * SLOT as u64;
+                let f = self.file(queue_id, file_no, false)?;
+                let n = read_full_at(f, &mut raw, offset)?;
+                for (i, slot) in raw[..n - n % SLOT].chunks_exact(SLOT).enumerate() {
+                    if slot[0] != READY {
+                        continue;
+                    }
+                    let seq = first + i as u64;
+                    let Some(s) = decode(seq, slot) else {
+                        tracing::error!(queue_id, seq, "a queue index slot fails its checksum");
+                        continue;
+                    };
+                    out.push(s);
+                    if out.len() >= max {
+                        return Ok(out);
+                    }
                 }
-                let seq = first + i as u64;
-                let Some(s) = decode(seq, slot) else {
-                    tracing::error!(queue_id, seq, "a queue index slot fails its checksum");
-                    continue;
-                };
-                out.push(s);
-                if out.len() >= max {
-                    return Ok(out);
+                if n < raw.len() {
+                    break; // the file ends early
                 }
+                first += slots;
             }
         }
         Ok(out)
@@ -764,14 +785,39 @@ fn set_acked(seq: u64, slot: &mut [u8; SLOT]) {
     slot[4..8].copy_from_slice(&crc.to_be_bytes());
 }
 
+/// Marks a slot that decoded as ready acknowledged. A CRC is affine in its
+/// input: the state byte going from READY to ACKED changes the checksum by
+/// a constant, so an acknowledgement costs no second pass over the slot.
+fn ready_to_acked(slot: &mut [u8; SLOT]) {
+    debug_assert_eq!(slot[0], READY);
+    slot[0] = ACKED;
+    let crc = u32::from_be_bytes([slot[4], slot[5], slot[6], slot[7]]) ^ READY_TO_ACKED_CRC;
+    slot[4..8].copy_from_slice(&crc.to_be_bytes());
+}
+
+/// What READY → ACKED does to a slot's checksum (see `ready_to_acked`):
+/// crc(d) ^ crc(0…0) over the 36 checksummed bytes, d holding
+/// READY ^ ACKED at the state byte.
+const READY_TO_ACKED_CRC: u32 = 0x02de_0727;
+
 /// Covers the seq (a slot copied elsewhere does not check) and every byte
-/// but the checksum, the state byte included.
+/// but the checksum, the state byte included: `seq u64 ‖ slot[0..4] ‖
+/// slot[8..]`, hashed in one pass (a slot is checked or sealed for every
+/// message written, acknowledged or read back).
 fn crc(seq: u64, slot: &[u8]) -> u32 {
-    let mut h = crc32fast::Hasher::new();
-    h.update(&seq.to_be_bytes());
-    h.update(&slot[0..4]);
-    h.update(&slot[8..SLOT]);
+    let mut b = [0u8; 8 + SLOT - 4];
+    b[..8].copy_from_slice(&seq.to_be_bytes());
+    b[8..12].copy_from_slice(&slot[0..4]);
+    b[12..].copy_from_slice(&slot[8..SLOT]);
+    let mut h = hasher();
+    h.update(&b);
     h.finalize()
+}
+
+/// A fresh CRC hasher, without looking up the CPU's features each time.
+fn hasher() -> crc32fast::Hasher {
+    static NEW: std::sync::OnceLock<crc32fast::Hasher> = std::sync::OnceLock::new();
+    NEW.get_or_init(crc32fast::Hasher::new).clone()
 }
 
 fn decode(seq: u64, b: &[u8]) -> Option<Slot> {
@@ -823,6 +869,23 @@ mod tests {
             },
             flags: 0,
             expires_at: seq * 7,
+        }
+    }
+
+    #[test]
+    fn acknowledging_in_place_matches_a_full_checksum() {
+        for seq in [0, 1, 77, SLOTS - 1, SLOTS, 1 << 40] {
+            for flags in [0, 1, 0xff] {
+                let mut s = slot(seq);
+                s.flags = flags;
+                s.at.segment = seq as u32 ^ 0xdead_beef;
+                let mut fast = encode(&s);
+                let mut full = fast;
+                ready_to_acked(&mut fast);
+                set_acked(seq, &mut full);
+                assert_eq!(fast, full, "seq {seq} flags {flags}");
+                assert!(decode(seq, &fast).is_some());
+            }
         }
     }
 
