@@ -898,12 +898,96 @@ mod tests {
     }
 
     fn entry(queue_id: u32, msg_id: u64) -> Op {
+        entry_at(queue_id, 0, msg_id)
+    }
+
+    fn entry_at(queue_id: u32, seq: u64, msg_id: u64) -> Op {
         Op::Entry {
             queue_id,
-            seq: 0,
+            seq,
             disk: DiskRef { msg_id, flags: 0 },
             expires_at: 0,
         }
+    }
+
+    /// A persistent message body for `refs` queue entries.
+    fn body(p: &Persister, msg_id: u64, refs: u32) -> Op {
+        let message = Arc::new(Message::new(
+            String::new(),
+            "q".into(),
+            Bytes::new(),
+            Bytes::from(format!("body {msg_id}")),
+            true,
+        ));
+        p.backlog.add(message.size());
+        Op::Body {
+            msg_id,
+            message,
+            refs,
+        }
+    }
+
+    fn seqs(p: &mut Persister, queue_id: u32) -> Vec<u64> {
+        let slots = p.index.read(queue_id, 0, 100).unwrap();
+        slots.iter().map(|s| s.seq).collect()
+    }
+
+    /// Work undone within a batch cancels out: a message published and
+    /// acknowledged in the same batch is never written, body or entry.
+    #[test]
+    fn a_batch_folds_away_what_it_undoes() {
+        let (mut p, dir) = persister("fold");
+        let mut ops = vec![
+            body(&p, 1, 1),
+            entry_at(1, 0, 1),
+            body(&p, 2, 1),
+            entry_at(1, 1, 2),
+            Op::Remove {
+                queue_id: 1,
+                seq: 0,
+                msg_id: 1,
+            },
+        ];
+        p.commit(&mut ops);
+        assert_eq!(seqs(&mut p, 1), [1], "only the message still queued");
+        assert_eq!(p.stats.bodies, 1, "the acknowledged body was never written");
+        assert!(p.in_flight.is_empty());
+        // A purge cancels the entries queued before it in its batch and
+        // acknowledges those already written.
+        let mut ops = vec![
+            body(&p, 3, 1),
+            entry_at(1, 2, 3),
+            Op::RemoveFrom {
+                queue_id: 1,
+                from: 0,
+            },
+            body(&p, 4, 1),
+            entry_at(2, 0, 4),
+        ];
+        p.commit(&mut ops);
+        assert!(seqs(&mut p, 1).is_empty(), "purged, written or not");
+        assert_eq!(seqs(&mut p, 2), [0], "another queue is untouched");
+        assert_eq!(p.stats.bodies, 2, "only the other queue's body was written");
+        assert!(p.in_flight.is_empty());
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    /// A message routed to several queues is written once and referenced
+    /// by each entry, also when its entries arrive in different batches.
+    #[test]
+    fn a_body_is_written_once_for_all_its_entries() {
+        let (mut p, dir) = persister("shared-body");
+        p.commit(&mut vec![body(&p, 9, 2), entry(1, 9)]);
+        assert_eq!(p.in_flight.len(), 1, "one entry still to come");
+        p.commit(&mut vec![entry(2, 9)]);
+        assert!(p.in_flight.is_empty());
+        assert_eq!(p.stats.bodies, 1);
+        let (a, b) = (
+            p.index.read(1, 0, 1).unwrap(),
+            p.index.read(2, 0, 1).unwrap(),
+        );
+        assert_eq!(a[0].at, b[0].at, "both entries point at the one body");
+        let _ = std::fs::remove_dir_all(dir);
     }
 
     /// A message routed to two durable queues whose entries land in two
