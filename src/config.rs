@@ -99,6 +99,9 @@ pub struct ServerConfig {
     pub log_level: String,
     pub tcp_recv_buffer: u32,
     pub tcp_send_buffer: u32,
+    /// How often queue rates and utilisation are sampled for the
+    /// management API (RabbitMQ's `collect_statistics_interval`).
+    pub collect_statistics_interval_ms: u64,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -138,6 +141,7 @@ impl Default for ServerConfig {
             log_level: "info".into(),
             tcp_recv_buffer: 0,
             tcp_send_buffer: 0,
+            collect_statistics_interval_ms: 5000,
         }
     }
 }

@@ -1968,3 +1968,47 @@ async fn http_publish_over_the_size_limit_is_refused() {
     let reply = api_get(&api, "http-durable", 1, "ack_requeue_false").await;
     assert_eq!(payloads(&reply), ["kept"]);
 }
+
+/// A queue's publish rate shows in the API while messages come in; the
+/// tests sample every 100 ms (`collect_statistics_interval_ms`), RabbitMQ
+/// every 5 s.
+#[tokio::test]
+async fn queue_rates_show_while_messages_come_in() {
+    let broker = TestBroker::start().await;
+    let Some(api) = Api::of(&broker) else { return };
+    let conn = broker.connect().await;
+    let ch = conn.create_channel().await.unwrap();
+    let q = unique("rates-q");
+    declare(&ch, &q, FieldTable::default()).await;
+    let publishing = {
+        let ch = conn.create_channel().await.unwrap();
+        let q = q.clone();
+        tokio::spawn(async move {
+            loop {
+                let sent = ch
+                    .basic_publish(
+                        "".into(),
+                        q.as_str().into(),
+                        BasicPublishOptions::default(),
+                        b"tick",
+                        BasicProperties::default(),
+                    )
+                    .await;
+                if sent.is_err() {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        })
+    };
+    let path = format!("/api/queues/%2F/{}", enc(&q));
+    let queue = poll(&api, &path, "a publish rate above 0", |v| {
+        v["message_stats"]["publish_details"]["rate"]
+            .as_f64()
+            .is_some_and(|r| r > 0.0)
+    })
+    .await;
+    assert!(queue["messages"].as_u64().unwrap_or(0) > 0, "{queue}");
+    publishing.abort();
+    api.delete(&path).await;
+}

@@ -33,10 +33,6 @@ use tokio::net::TcpListener;
 /// Tags that may use the management API (RabbitMQ's management plugin).
 const MANAGEMENT_TAGS: &[&str] = &["administrator", "management", "monitoring", "policymaker"];
 
-/// How often queue rates and consumer utilisation are sampled (RabbitMQ's
-/// management plugin samples every 5 s).
-const SAMPLE_EVERY: Duration = Duration::from_secs(5);
-
 /// Serves the API until `shutdown` completes.
 pub async fn serve(
     listener: TcpListener,
@@ -188,9 +184,14 @@ pub async fn serve(
     sampler.abort();
 }
 
-/// Samples every queue's counters for rates and consumer utilisation.
+/// Samples every queue's counters for rates and consumer utilisation,
+/// every `server.collect_statistics_interval_ms` (RabbitMQ: 5 s).
 async fn sample_rates(broker: std::sync::Weak<Broker>) {
-    let mut tick = tokio::time::interval(SAMPLE_EVERY);
+    let every = match broker.upgrade() {
+        Some(b) => b.config.server.collect_statistics_interval_ms.max(10),
+        None => return,
+    };
+    let mut tick = tokio::time::interval(Duration::from_millis(every));
     loop {
         tick.tick().await;
         let Some(broker) = broker.upgrade() else {

@@ -58,6 +58,12 @@ impl TestBroker {
         }
         let data_dir = std::env::temp_dir().join(unique("leveret-test-data"));
         config.server.data_dir = data_dir.clone();
+        // Rates in the management API within a tenth of a second, not five.
+        if config.server.collect_statistics_interval_ms
+            == Config::default().server.collect_statistics_interval_ms
+        {
+            config.server.collect_statistics_interval_ms = 100;
+        }
         let kept_dir = data_dir.clone();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
