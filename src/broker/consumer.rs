@@ -3,8 +3,8 @@
 //! AMQP channel implements), so the broker does not depend on channels.
 
 use super::flow::Pace;
-use super::message::Message;
 use super::queue::Queue;
+use crate::message::Message;
 use crate::store::QueuedMessage;
 use amq_protocol::types::FieldTable;
 use std::sync::atomic::AtomicU32;

@@ -6,11 +6,11 @@
 //! lock is held while another queue is published to (the lock order allows
 //! only one queue lock at a time).
 
-use super::message::Message;
 use super::queue::Queue;
 use super::vhost::Routing;
 use super::Broker;
 use crate::broker::exchange::RoutingInfo;
+use crate::message::Message;
 use crate::protocol::properties::PropertiesView;
 use amq_protocol::protocol::basic::{gen_properties, AMQPProperties};
 use amq_protocol::types::{AMQPValue, FieldArray, FieldTable, LongString, ShortString};

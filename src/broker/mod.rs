@@ -11,7 +11,6 @@ pub mod dead_letter;
 pub mod exchange;
 pub mod flow;
 pub mod memory;
-pub mod message;
 pub mod ops;
 pub mod queue;
 pub mod queue_args;

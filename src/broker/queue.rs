@@ -8,16 +8,17 @@ use super::consumer::Consumer;
 use super::dead_letter::{with_delivery_count, DeadLetter, DeadLetters, Reason};
 use super::flow::FlowLimits;
 use super::memory::MemoryGauge;
-use super::message::Message;
 use super::queue_args::{Overflow, QueueArgs, QueueType};
 use super::queue_stats::QueueStats;
 use super::timers::{now_ms, Timers};
 use crate::error::AmqpError;
+use crate::message::Message;
 use crate::store::durable::DurableStore;
+use crate::store::fail_stop::Unwritten;
 use crate::store::memory::MemoryStore;
 use crate::store::persister::Loaded;
 use crate::store::priority::{PriorityDisk, PriorityStore};
-use crate::store::{QueueStore, QueuedMessage, Receipt, Store, MESSAGE_OVERHEAD};
+use crate::store::{QueueEvents, QueueStore, QueuedMessage, Receipt, Store, MESSAGE_OVERHEAD};
 use amq_protocol::types::FieldTable;
 use parking_lot::{Condvar, Mutex};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -119,7 +120,8 @@ impl Queue {
         services: QueueServices,
         disk: Option<OnDisk>,
     ) -> Arc<Queue> {
-        let queue = Arc::new_cyclic(|weak| {
+        let queue = Arc::new_cyclic(|me: &Weak<Queue>| {
+            let weak: Weak<dyn QueueEvents> = me.clone();
             let store_id = disk.as_ref().map(|d| d.queue_id);
             let (ready, next_seq): (Box<dyn QueueStore>, u64) = match (disk, args.max_priority) {
                 (disk, Some(max)) => {
@@ -159,7 +161,7 @@ impl Queue {
                 flow: services.flow,
                 flow_on: AtomicBool::new(false),
                 flow_released: tokio::sync::Notify::new(),
-                me: weak.clone(),
+                me: me.clone(),
                 name,
                 vhost,
                 durable,
@@ -770,6 +772,20 @@ impl Queue {
         self.account(before, &mut st);
         self.loaded.notify_all();
         (std::mem::take(&mut st.consumers), count)
+    }
+}
+
+impl QueueEvents for Queue {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn on_loaded(self: Arc<Self>, loaded: Loaded) {
+        Queue::on_loaded(&self, loaded);
+    }
+
+    fn forget_unwritten(&self, unwritten: &[Unwritten]) {
+        Queue::forget_unwritten(self, unwritten);
     }
 }
 

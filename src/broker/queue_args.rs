@@ -4,8 +4,7 @@
 use crate::error::AmqpError;
 use amq_protocol::types::{AMQPValue, FieldTable};
 
-/// The largest x-message-ttl / x-expires RabbitMQ accepts (ten years, ms).
-pub const MAX_TTL_MS: u64 = 315_360_000_000;
+pub use crate::message::MAX_TTL_MS;
 
 /// What a full queue does with a new message.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]

@@ -1,11 +1,11 @@
 //! A virtual host: its exchanges, queues and the routing between them.
 
 use super::exchange::{Binding, Destination, Exchange, ExchangeKind, RoutingInfo};
-use super::message::Message;
 use super::queue::{OnDisk, Queue, QueueServices};
 use super::queue_args::{Declared, QueueArgs};
 use crate::error::AmqpError;
 use crate::hash::DashMap;
+use crate::message::Message;
 use crate::store::record::{BindingRecord, ExchangeRecord, QueueRecord};
 use crate::store::{RecoveredQueue, Store};
 use amq_protocol::types::{AMQPValue, FieldTable};

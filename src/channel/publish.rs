@@ -4,9 +4,9 @@
 use super::shared::Settle;
 use super::{Channel, ConnCtx};
 use crate::broker::memory::Held;
-use crate::broker::message::Message;
 use crate::broker::ops::{self, publish::Outgoing};
 use crate::error::{AmqpError, ReplyCode};
+use crate::message::Message;
 use crate::protocol::encode;
 use crate::protocol::field_table::{self, TableError};
 use crate::protocol::method::{Publish, Reader};

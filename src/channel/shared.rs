@@ -4,11 +4,11 @@
 use super::confirms::{Confirm, Confirms};
 use crate::broker::consumer::Consumer;
 use crate::broker::flow;
-use crate::broker::message::Message;
 use crate::broker::queue::Queue;
 use crate::connection::outbox::Outbox;
 use crate::error::AmqpError;
 use crate::hash::HashMap;
+use crate::message::Message;
 use crate::protocol::encode;
 use crate::store::QueuedMessage;
 use amq_protocol::protocol::{basic, AMQPClass};

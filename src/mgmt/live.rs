@@ -530,7 +530,7 @@ pub async fn aliveness(
     });
     let alive = tokio::task::spawn_blocking(move || {
         declared.is_ok_and(|(queue, _)| {
-            queue.publish(Arc::new(crate::broker::message::Message::new(
+            queue.publish(Arc::new(crate::message::Message::new(
                 String::new(),
                 "aliveness-test".into(),
                 bytes::Bytes::from_static(&[0, 0]),

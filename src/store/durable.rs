@@ -9,15 +9,15 @@
 
 use super::fail_stop::Unwritten;
 use super::persister::{LoadRequest, Loaded, Op};
+use super::QueueEvents;
 use super::{DiskRef, QueueStore, QueuedMessage, Receipt, Store, MESSAGE_OVERHEAD};
-use crate::broker::message::Message;
-use crate::broker::queue::Queue;
+use crate::message::Message;
 use std::collections::VecDeque;
 use std::sync::{Arc, Weak};
 
 pub struct DurableStore {
     store: Arc<Store>,
-    queue: Weak<Queue>,
+    queue: Weak<dyn QueueEvents>,
     queue_id: u32,
     head: VecDeque<QueuedMessage>,
     /// Body and property bytes in `head`.
@@ -39,7 +39,7 @@ impl DurableStore {
     /// A queue recovered with `on_disk` messages from `first_seq` on.
     pub fn new(
         store: Arc<Store>,
-        queue: Weak<Queue>,
+        queue: Weak<dyn QueueEvents>,
         queue_id: u32,
         on_disk: usize,
         first_seq: u64,

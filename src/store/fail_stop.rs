@@ -10,7 +10,7 @@
 //! above the limit.
 
 use super::disk_alarm::DiskAlarm;
-use crate::broker::queue::Queue;
+use super::QueueEvents;
 use std::collections::HashMap;
 use std::sync::{Arc, Weak};
 
@@ -21,7 +21,7 @@ pub type Unwritten = (u32, u64, u64, u64);
 pub struct FailStop {
     pub alarm: Arc<DiskAlarm>,
     /// Durable queues by store id, to take unwritten messages out of them.
-    queues: parking_lot::Mutex<HashMap<u32, Weak<Queue>>>,
+    queues: parking_lot::Mutex<HashMap<u32, Weak<dyn QueueEvents>>>,
 }
 
 impl FailStop {
@@ -36,7 +36,7 @@ impl FailStop {
         }
     }
 
-    pub fn register(&self, queue_id: u32, queue: Weak<Queue>) {
+    pub fn register(&self, queue_id: u32, queue: Weak<dyn QueueEvents>) {
         let mut queues = self.queues.lock();
         queues.retain(|_, q| q.strong_count() > 0);
         queues.insert(queue_id, queue);

@@ -74,7 +74,7 @@ impl QueueStore for MemoryStore {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::broker::message::Message;
+    use crate::message::Message;
     use bytes::Bytes;
     use proptest::prelude::*;
     use std::sync::Arc;

@@ -20,7 +20,7 @@ pub mod record;
 mod recovery;
 pub mod segments;
 
-use crate::broker::message::Message;
+use crate::message::Message;
 use persister::{Loaded, Op};
 use record::{BindingRecord, ExchangeRecord, QueueRecord};
 use std::path::{Path, PathBuf};
@@ -35,6 +35,17 @@ pub use recovery::{Recovered, RecoveredQueue, SLED_LOG};
 /// Memory a queued message costs beyond its bytes (struct, `Arc`, deque
 /// slot), counted against a queue's in-memory window.
 pub const MESSAGE_OVERHEAD: usize = 128;
+
+/// What the store tells a queue it keeps messages for (the broker's
+/// `Queue` implements it), so the store does not depend on the broker.
+pub trait QueueEvents: Send + Sync {
+    /// The queue's name, for log lines.
+    fn name(&self) -> &str;
+    /// Messages read back from disk, as a `LoadRequest` asked.
+    fn on_loaded(self: Arc<Self>, loaded: persister::Loaded);
+    /// Messages that did not reach the disk leave the queue.
+    fn forget_unwritten(&self, unwritten: &[fail_stop::Unwritten]);
+}
 
 /// Where publisher confirms go once their messages are on disk (a
 /// channel, or an HTTP publish waiting for its one message).

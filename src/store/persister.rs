@@ -14,10 +14,10 @@ use super::fail_stop::{FailStop, Unwritten};
 use super::queue_index::{QueueIndexes, Slot};
 use super::record;
 use super::segments::{Location, Segments};
+use super::QueueEvents;
 use super::{ConfirmSink, DiskRef, QueuedMessage};
-use crate::broker::message::Message;
-use crate::broker::queue::Queue;
 use crate::hash::HashMap as FastMap;
+use crate::message::Message;
 use std::collections::HashMap;
 use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender};
 use std::sync::{Arc, Weak};
@@ -91,7 +91,7 @@ pub enum Op {
 }
 
 pub struct LoadRequest {
-    pub queue: Weak<Queue>,
+    pub queue: Weak<dyn QueueEvents>,
     pub queue_id: u32,
     pub from: u64,
     /// Entries from this seq on are not read.
@@ -797,7 +797,7 @@ impl Persister {
             let slots = match self.index.read(req.queue_id, loaded.next_from, 256) {
                 Ok(slots) => slots,
                 Err(e) => {
-                    error!(error = %e, queue = %queue.name, "cannot read a queue index");
+                    error!(error = %e, queue = %queue.name(), "cannot read a queue index");
                     break;
                 }
             };
@@ -813,7 +813,7 @@ impl Persister {
                 let message = match self.segments.read(slot.at) {
                     Ok(m) => m,
                     Err(e) => {
-                        error!(queue = %queue.name, seq = slot.seq, error = %e, "stored message unreadable; skipping it");
+                        error!(queue = %queue.name(), seq = slot.seq, error = %e, "stored message unreadable; skipping it");
                         continue;
                     }
                 };

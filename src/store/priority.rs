@@ -9,9 +9,9 @@
 
 use super::fail_stop::Unwritten;
 use super::persister::{LoadRequest, Loaded, Op};
+use super::QueueEvents;
 use super::{DiskRef, QueueStore, QueuedMessage, Receipt, Store};
-use crate::broker::message::Message;
-use crate::broker::queue::Queue;
+use crate::message::Message;
 use crate::protocol::properties::PropertiesView;
 use std::collections::VecDeque;
 use std::sync::{Arc, Weak};
@@ -19,7 +19,7 @@ use std::sync::{Arc, Weak};
 /// Where a durable priority queue's persistent messages are written.
 pub struct PriorityDisk {
     pub store: Arc<Store>,
-    pub queue: Weak<Queue>,
+    pub queue: Weak<dyn QueueEvents>,
     pub queue_id: u32,
     /// Recovered messages not read back yet.
     pub on_disk: usize,

@@ -9,7 +9,7 @@
 //!   before: one small write per queue and batch instead of one per
 //!   delivery.
 
-use crate::broker::message::Message;
+use crate::message::Message;
 use crate::protocol::method::Reader;
 use amq_protocol::types::FieldTable;
 use bytes::Bytes;

@@ -14,7 +14,7 @@
 //! ([`check`]), so a damaged body is found before anyone waits for it.
 
 use super::record;
-use crate::broker::message::Message;
+use crate::message::Message;
 use std::collections::HashMap;
 use std::fs::{File, OpenOptions};
 use std::os::unix::fs::FileExt;

@@ -4,11 +4,11 @@
 use super::Gate;
 use crate::broker::access::{Access, Resource};
 use crate::broker::exchange::RoutingInfo;
-use crate::broker::message::{erlang_layout, parse_expiration, Message};
 use crate::broker::queue::Queue;
 use crate::broker::vhost::{Routing, VHost};
 use crate::broker::Broker;
 use crate::error::AmqpError;
+use crate::message::{erlang_layout, parse_expiration, Message};
 use crate::protocol::properties::PropertiesView;
 use bytes::Bytes;
 use std::sync::Arc;

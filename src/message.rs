@@ -1,8 +1,11 @@
 //! A published message, shared by every queue it reaches.
 
-use crate::broker::queue_args::MAX_TTL_MS;
 use bytes::Bytes;
 use std::sync::atomic::{AtomicU64, Ordering};
+
+/// The largest expiration, x-message-ttl or x-expires RabbitMQ accepts
+/// (ten years, ms).
+pub const MAX_TTL_MS: u64 = 315_360_000_000;
 
 /// Everything a message carries, immutable once published. Queues hold it
 /// behind an `Arc`, so a fanout to ten queues shares one body.
@@ -140,8 +143,8 @@ mod tests {
 
     mod expiry {
         use super::parse_expiration;
-        use crate::broker::message::Message;
-        use crate::broker::queue_args::MAX_TTL_MS;
+        use crate::message::Message;
+        use crate::message::MAX_TTL_MS;
         use crate::store::QueuedMessage;
         use bytes::Bytes;
         use proptest::prelude::*;
