@@ -207,6 +207,7 @@ pub struct MgmtConfig {
     pub max_connections: usize,
     pub request_timeout_ms: u64,
     pub idle_timeout_ms: u64,
+    pub send_timeout_ms: u64,
     pub max_header_size: usize,
     pub max_body_size: usize,
 }
@@ -217,6 +218,7 @@ impl Default for MgmtConfig {
             max_connections: 1024,
             request_timeout_ms: 5_000,
             idle_timeout_ms: 60_000,
+            send_timeout_ms: 30_000,
             max_header_size: 65_536,
             max_body_size: 10_000_000,
         }

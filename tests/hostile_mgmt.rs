@@ -1074,3 +1074,35 @@ async fn bodies_over_max_body_size_get_413() {
     assert_eq!(status.as_deref(), Some("http/1.1 413 payload too large"));
     broker.stop().await;
 }
+
+#[tokio::test]
+async fn a_client_that_never_reads_its_responses_is_disconnected() {
+    use tokio::io::AsyncWriteExt;
+    let broker = broker_with(|m| m.send_timeout_ms = 500).await;
+    // A small receive window, so the broker's writes stall soon.
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    let mut reader_never = socket.connect(broker.mgmt_addr.unwrap()).await.unwrap();
+    let request = get("/api/overview").repeat(100);
+    let start = Instant::now();
+    let mut cut = false;
+    while start.elapsed() < Duration::from_secs(20) {
+        match tokio::time::timeout(
+            Duration::from_secs(1),
+            reader_never.write_all(request.as_bytes()),
+        )
+        .await
+        {
+            Ok(Ok(())) | Err(_) => {}
+            Ok(Err(_)) => {
+                cut = true;
+                break;
+            }
+        }
+    }
+    assert!(
+        cut,
+        "a client that reads no response is still connected after 20 s"
+    );
+    broker.stop().await;
+}

@@ -1,13 +1,16 @@
 //! The management API's HTTP/1.1 listener, bounded as RabbitMQ's (a Ranch
 //! listener running Cowboy): at most `max_connections` connections, each
 //! given `request_timeout_ms` to send a request's headers and
-//! `max_header_size` bytes for them, and a request body that pauses longer
-//! than `idle_timeout_ms` fails. Without these a client holds sockets and
-//! memory forever by opening connections or sending headers a byte a minute.
+//! `max_header_size` bytes for them; a request body that pauses longer
+//! than `idle_timeout_ms` fails, and a connection whose response has waited
+//! `send_timeout_ms` for the client to read is closed. Without these a
+//! client holds sockets and memory forever by opening connections, sending
+//! headers a byte a minute, or never reading.
 //!
-//! hyper's connection builder enforces the header limits and timeout;
-//! tower-http's `TimeoutBody` the pause in a body. This module only admits
-//! connections and hands each its peer address.
+//! hyper's connection builder enforces the header limits and timeout,
+//! tower-http's `TimeoutBody` the pause in a body, tokio-io-timeout's
+//! stream the stalled write. This module only admits connections and hands
+//! each its peer address.
 
 use crate::config::MgmtConfig;
 use axum::extract::ConnectInfo;
@@ -23,6 +26,7 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
+use tokio_io_timeout::TimeoutStream;
 use tower_http::timeout::TimeoutBody;
 use tower_service::Service;
 
@@ -54,6 +58,7 @@ pub async fn serve(
             .max_buf_size(limits.max_header_size.max(MIN_READ_BUFFER));
     }
     let body_pause = millis(limits.idle_timeout_ms).unwrap_or(NEVER);
+    let send_timeout = millis(limits.send_timeout_ms);
     let graceful = GracefulShutdown::new();
     let mut connections = JoinSet::new();
     tokio::pin!(shutdown);
@@ -75,7 +80,10 @@ pub async fn serve(
                         let request = request.map(|body| TimeoutBody::new(body_pause, body));
                         app.clone().call(request)
                     });
-                    let connection = graceful.watch(http.serve_connection(TokioIo::new(socket), service));
+                    let mut socket = TimeoutStream::new(socket);
+                    socket.set_write_timeout(send_timeout);
+                    let socket = TokioIo::new(Box::pin(socket));
+                    let connection = graceful.watch(http.serve_connection(socket, service));
                     connections.spawn(async move {
                         if let Err(e) = connection.await {
                             tracing::debug!(%peer, error = %e, "management connection ended");
