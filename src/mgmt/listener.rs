@@ -22,7 +22,7 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
 use std::future::Future;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tokio::net::TcpListener;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
@@ -35,6 +35,9 @@ const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 
 /// hyper's smallest read buffer.
 const MIN_READ_BUFFER: usize = 8192;
+
+/// At most one warning this often that accepting waits at the limit.
+const WARN_EVERY: Duration = Duration::from_secs(60);
 
 /// A body pause that never ends (`idle_timeout_ms = 0`).
 const NEVER: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
@@ -61,13 +64,14 @@ pub async fn serve(
     let send_timeout = millis(limits.send_timeout_ms);
     let graceful = GracefulShutdown::new();
     let mut connections = JoinSet::new();
+    let mut warned: Option<Instant> = None;
     tokio::pin!(shutdown);
     loop {
         // A place is taken before accepting, so at the limit the listener
         // stops accepting and clients wait in the kernel's backlog, as
         // Ranch's max_connections does.
         let admitted = async {
-            let place = take(&places).await;
+            let place = take(&places, &mut warned).await;
             (place, listener.accept().await)
         };
         tokio::select! {
@@ -116,15 +120,22 @@ fn millis(ms: u64) -> Option<Duration> {
 }
 
 /// A place under `max_connections`, if limited; logs when accepting has to
-/// wait for one (once per wait, not per client).
-async fn take(places: &Option<Arc<Semaphore>>) -> Option<OwnedSemaphorePermit> {
+/// wait for one (at most once a [`WARN_EVERY`]: a flood of clients, each
+/// let in as another ends, would log one line per client).
+async fn take(
+    places: &Option<Arc<Semaphore>>,
+    warned: &mut Option<Instant>,
+) -> Option<OwnedSemaphorePermit> {
     let places = places.clone()?;
     if let Ok(place) = places.clone().try_acquire_owned() {
         return Some(place);
     }
-    tracing::warn!(
-        setting = "mgmt.max_connections",
-        "management API connection limit reached; new connections wait until one ends"
-    );
+    if !warned.is_some_and(|at| at.elapsed() < WARN_EVERY) {
+        *warned = Some(Instant::now());
+        tracing::warn!(
+            setting = "mgmt.max_connections",
+            "management API connection limit reached; new connections wait until one ends"
+        );
+    }
     places.acquire_owned().await.ok()
 }
