@@ -31,6 +31,7 @@ pub struct Config {
     pub limits: LimitsConfig,
     pub storage: StorageConfig,
     pub auth: AuthConfig,
+    pub mgmt: MgmtConfig,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -197,6 +198,33 @@ impl Default for AuthConfig {
             default_user_tags: vec!["administrator".into()],
             default_vhost: "/".into(),
             loopback_users: vec!["guest".into()],
+        }
+    }
+}
+
+/// The management API's HTTP listener, bounded as RabbitMQ's (Ranch's
+/// listener and Cowboy's HTTP/1.1 options, their defaults). 0 disables a
+/// limit.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct MgmtConfig {
+    pub max_connections: usize,
+    pub request_timeout_ms: u64,
+    pub idle_timeout_ms: u64,
+    pub send_timeout_ms: u64,
+    pub max_header_size: usize,
+    pub max_body_size: usize,
+}
+
+impl Default for MgmtConfig {
+    fn default() -> Self {
+        MgmtConfig {
+            max_connections: 1024,
+            request_timeout_ms: 5_000,
+            idle_timeout_ms: 60_000,
+            send_timeout_ms: 30_000,
+            max_header_size: 65_536,
+            max_body_size: 10_000_000,
         }
     }
 }

@@ -518,3 +518,90 @@ async fn silent_clients_hold_a_handshake_place_until_their_timeout() {
     }
     raw.close_connection().await;
 }
+
+// ------------------------------------------- memory held by a handshake
+
+/// Resident memory of process `pid` in bytes.
+fn rss(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("/proc/PID/status");
+    let kb: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .expect("VmRSS in /proc/PID/status");
+    kb * 1024
+}
+
+/// Bytes received on connections to local `port` that their process has
+/// not read yet (the rx_queue of /proc/net/tcp and tcp6).
+fn unread_bytes(port: u16) -> u64 {
+    let local_port = format!(":{port:04X}");
+    ["/proc/net/tcp", "/proc/net/tcp6"]
+        .iter()
+        .filter_map(|table| std::fs::read_to_string(table).ok())
+        .flat_map(|text| {
+            text.lines()
+                .skip(1)
+                .filter_map(|line| {
+                    let fields: Vec<&str> = line.split_whitespace().collect();
+                    let (local, queues) = (fields.get(1)?, fields.get(4)?);
+                    let rx = queues.split_once(':')?.1;
+                    local
+                        .ends_with(&local_port)
+                        .then(|| u64::from_str_radix(rx, 16).unwrap_or(0))
+                })
+                .collect::<Vec<_>>()
+        })
+        .sum()
+}
+
+/// 1,000 clients each send the protocol header, 60 KiB of heartbeat frames
+/// (allowed before tune-ok, and skipped) and the start of a method frame,
+/// then wait. Each holds only the broker's pre-tune-ok read buffer: 4 KiB
+/// (it was 64 KiB, 64 MiB resident for the 1,000).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn handshakes_in_progress_hold_a_small_read_buffer() {
+    use tokio::io::AsyncWriteExt;
+    if against_other_broker() {
+        return;
+    }
+    const CLIENTS: usize = 1000;
+    let (broker, _dir) = broker_with_limits(
+        "handshake-buffers",
+        "max_handshakes = 1000\nhandshake_timeout_ms = 120000",
+    );
+    let addr = socket_addr(&broker);
+    // One whole connection first: what every connection shares is made.
+    let (mut raw, _) = timed_for(STEP, "a handshake", Raw::open(addr)).await;
+    raw.close_connection().await;
+    let before = rss(broker.pid());
+    let mut stuffing = b"AMQP\x00\x00\x09\x01".to_vec();
+    while stuffing.len() < 60 * 1024 {
+        stuffing.extend_from_slice(&[8, 0, 0, 0, 0, 0, 0, 0xCE]);
+    }
+    // A method frame of 100 bytes on channel 0, 2 of them sent.
+    stuffing.extend_from_slice(&[1, 0, 0, 0, 0, 0, 100, 0, 10]);
+    let mut clients = Vec::with_capacity(CLIENTS);
+    for _ in 0..CLIENTS {
+        let mut client = tokio::net::TcpStream::connect(addr).await.expect("connect");
+        client.write_all(&stuffing).await.expect("send");
+        clients.push(client);
+    }
+    let deadline = std::time::Instant::now() + GENEROUS;
+    while unread_bytes(addr.port()) > 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the broker has not read what the clients sent"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let grown = rss(broker.pid()).saturating_sub(before);
+    eprintln!("RSS grew {} KiB for {CLIENTS} handshakes", grown / 1024);
+    assert!(
+        grown < 32 << 20,
+        "{CLIENTS} handshakes in progress grew the broker by {} MiB",
+        grown >> 20
+    );
+    drop(clients);
+}

@@ -17,6 +17,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
 use tokio::sync::oneshot;
 
 /// A broker running in this process on `data_dir`, which outlives it.
@@ -831,5 +832,277 @@ async fn sorting_by_a_column_of_mixed_types_does_not_panic() {
             "numbers, then missing, then strings: {keys:?}"
         );
     }
+    broker.stop().await;
+}
+
+// The management listener's bounds (RabbitMQ's Ranch/Cowboy defaults, set
+// short here): a header timeout, a connection cap, a header size limit and
+// a body that may not stall.
+
+/// guest:guest as an Authorization header.
+const GUEST: &str = "Authorization: Basic Z3Vlc3Q6Z3Vlc3Q=\r\n";
+
+/// A broker whose management listener has the limits `set` gives it.
+async fn broker_with(set: impl FnOnce(&mut leveret::config::MgmtConfig)) -> common::TestBroker {
+    let mut config = leveret::Config::default();
+    set(&mut config.mgmt);
+    common::TestBroker::start_with(config).await
+}
+
+async fn connect(broker: &common::TestBroker) -> tokio::net::TcpStream {
+    tokio::net::TcpStream::connect(broker.mgmt_addr.unwrap())
+        .await
+        .unwrap()
+}
+
+/// Reads until the peer closes; `Some(time taken)`, or `None` when it is
+/// still open at `deadline`. Whatever arrives before the close is ignored.
+async fn closed_within(socket: &mut tokio::net::TcpStream, deadline: Duration) -> Option<Duration> {
+    use tokio::io::AsyncReadExt;
+    let start = Instant::now();
+    let mut buf = [0u8; 4096];
+    loop {
+        let left = deadline.checked_sub(start.elapsed())?;
+        match tokio::time::timeout(left, socket.read(&mut buf)).await {
+            Err(_) => return None,
+            Ok(Ok(0)) | Ok(Err(_)) => return Some(start.elapsed()),
+            Ok(Ok(_)) => {}
+        }
+    }
+}
+
+/// One response's status line and body, read off a keep-alive connection
+/// (axum's replies carry a Content-Length); `None` if none came in `wait`.
+async fn response(socket: &mut tokio::net::TcpStream, wait: Duration) -> Option<String> {
+    use tokio::io::AsyncReadExt;
+    let read = async {
+        let mut got = Vec::new();
+        let mut buf = [0u8; 4096];
+        loop {
+            if let Some(end) = got.windows(4).position(|w| w == b"\r\n\r\n") {
+                let head = String::from_utf8_lossy(&got[..end]).to_lowercase();
+                let length: usize = head
+                    .lines()
+                    .find_map(|l| l.strip_prefix("content-length:"))
+                    .map_or(0, |n| n.trim().parse().unwrap());
+                if got.len() >= end + 4 + length {
+                    let status = head.lines().next().unwrap_or("").to_string();
+                    return Some(status);
+                }
+            }
+            match socket.read(&mut buf).await {
+                Ok(0) | Err(_) => return None,
+                Ok(n) => got.extend_from_slice(&buf[..n]),
+            }
+        }
+    };
+    tokio::time::timeout(wait, read).await.ok().flatten()
+}
+
+async fn send(socket: &mut tokio::net::TcpStream, bytes: &[u8]) {
+    use tokio::io::AsyncWriteExt;
+    socket.write_all(bytes).await.unwrap();
+}
+
+fn get(path: &str) -> String {
+    format!("GET {path} HTTP/1.1\r\nHost: leveret\r\n{GUEST}\r\n")
+}
+
+#[tokio::test]
+async fn a_client_that_stops_sending_headers_is_disconnected() {
+    let broker = broker_with(|m| m.request_timeout_ms = 300).await;
+    // Silent from the start, stopped in the request line, stopped in a
+    // header (slowloris), and idle after one answered request.
+    let mut silent = connect(&broker).await;
+    let mut in_line = connect(&broker).await;
+    send(&mut in_line, b"GET /api/overv").await;
+    let mut in_header = connect(&broker).await;
+    send(&mut in_header, b"GET /api/overview HTTP/1.1\r\nHost: lev").await;
+    let mut idle = connect(&broker).await;
+    send(&mut idle, get("/api/overview").as_bytes()).await;
+    let status = response(&mut idle, Duration::from_secs(10)).await;
+    assert_eq!(status.as_deref(), Some("http/1.1 200 ok"));
+    for (what, socket) in [
+        ("silent", &mut silent),
+        ("stopped in the request line", &mut in_line),
+        ("stopped in a header", &mut in_header),
+        ("idle after a request", &mut idle),
+    ] {
+        let closed = closed_within(socket, Duration::from_secs(10)).await;
+        assert!(closed.is_some(), "{what}: still connected after 10 s");
+    }
+    // Sending a byte now and then does not keep a connection: the time is
+    // for the whole header.
+    let mut slowloris = connect(&broker).await;
+    let start = Instant::now();
+    send(&mut slowloris, b"GET / HTTP/1.1\r\n").await;
+    let mut cut = false;
+    while start.elapsed() < Duration::from_secs(10) {
+        use tokio::io::AsyncWriteExt;
+        if slowloris.write_all(b"X-A: b\r\n").await.is_err() {
+            cut = true;
+            break;
+        }
+        if closed_within(&mut slowloris, Duration::from_millis(100))
+            .await
+            .is_some()
+        {
+            cut = true;
+            break;
+        }
+    }
+    assert!(
+        cut,
+        "a header sent a line every 100 ms is still being read after 10 s"
+    );
+    broker.stop().await;
+}
+
+#[tokio::test]
+async fn connections_past_the_cap_wait_and_existing_ones_are_served() {
+    let broker = broker_with(|m| {
+        m.max_connections = 2;
+        m.request_timeout_ms = 60_000;
+    })
+    .await;
+    let wait = Duration::from_secs(10);
+    let mut first = connect(&broker).await;
+    let mut second = connect(&broker).await;
+    for socket in [&mut first, &mut second] {
+        send(socket, get("/api/whoami").as_bytes()).await;
+        assert_eq!(
+            response(socket, wait).await.as_deref(),
+            Some("http/1.1 200 ok")
+        );
+    }
+    // Past the cap: the kernel completes the TCP handshake, but the broker
+    // does not take the connection, so its request is not answered.
+    let mut third = connect(&broker).await;
+    send(&mut third, get("/api/whoami").as_bytes()).await;
+    assert_eq!(
+        response(&mut third, Duration::from_millis(700)).await,
+        None,
+        "a third connection was served with max_connections = 2"
+    );
+    // The connections inside the cap are still answered.
+    send(&mut first, get("/api/overview").as_bytes()).await;
+    assert_eq!(
+        response(&mut first, wait).await.as_deref(),
+        Some("http/1.1 200 ok")
+    );
+    // One ends: the waiting connection gets in and is answered.
+    drop(second);
+    assert_eq!(
+        response(&mut third, wait).await.as_deref(),
+        Some("http/1.1 200 ok")
+    );
+    send(&mut first, get("/api/whoami").as_bytes()).await;
+    assert_eq!(
+        response(&mut first, wait).await.as_deref(),
+        Some("http/1.1 200 ok")
+    );
+    broker.stop().await;
+}
+
+#[tokio::test]
+async fn headers_over_the_limit_get_431_and_the_connection_closes() {
+    let broker = broker_with(|m| m.max_header_size = 8192).await;
+    let wait = Duration::from_secs(10);
+    // Just under the limit is served.
+    let mut fits = connect(&broker).await;
+    let header = format!("X-Pad: {}\r\n", "a".repeat(6000));
+    let request = format!("GET /api/whoami HTTP/1.1\r\nHost: leveret\r\n{GUEST}{header}\r\n");
+    send(&mut fits, request.as_bytes()).await;
+    assert_eq!(
+        response(&mut fits, wait).await.as_deref(),
+        Some("http/1.1 200 ok")
+    );
+    // A complete request with 16 KiB of headers.
+    let mut big = connect(&broker).await;
+    let header = format!("X-Pad: {}\r\n", "a".repeat(16 * 1024));
+    let request = format!("GET /api/whoami HTTP/1.1\r\nHost: leveret\r\n{GUEST}{header}\r\n");
+    send(&mut big, request.as_bytes()).await;
+    let status = response(&mut big, wait).await;
+    assert_eq!(
+        status.as_deref(),
+        Some("http/1.1 431 request header fields too large")
+    );
+    assert!(closed_within(&mut big, wait).await.is_some());
+    // Headers that never end: the broker stops reading once its buffer is
+    // full instead of growing it, so writing 8 MiB fails long before the end.
+    let mut endless = connect(&broker).await;
+    send(&mut endless, b"GET /api/whoami HTTP/1.1\r\nX-Pad: ").await;
+    let chunk = vec![b'a'; 64 * 1024];
+    let mut written = 0;
+    while written < 8 << 20 {
+        use tokio::io::AsyncWriteExt;
+        match tokio::time::timeout(wait, endless.write_all(&chunk)).await {
+            Ok(Ok(())) => written += chunk.len(),
+            _ => break,
+        }
+    }
+    assert!(written < 8 << 20, "8 MiB of one header were read");
+    broker.stop().await;
+}
+
+#[tokio::test]
+async fn a_request_body_that_stalls_fails_and_its_connection_closes() {
+    let broker = broker_with(|m| m.idle_timeout_ms = 300).await;
+    let mut stalled = connect(&broker).await;
+    let head = format!(
+        "POST /api/definitions HTTP/1.1\r\nHost: leveret\r\n{GUEST}\
+         Content-Type: application/json\r\nContent-Length: 1000\r\n\r\n{{\"users\""
+    );
+    send(&mut stalled, head.as_bytes()).await;
+    let closed = closed_within(&mut stalled, Duration::from_secs(10)).await;
+    assert!(closed.is_some(), "a body stalled for 10 s is still awaited");
+    broker.stop().await;
+}
+
+#[tokio::test]
+async fn bodies_over_max_body_size_get_413() {
+    let broker = broker_with(|m| m.max_body_size = 1000).await;
+    let mut socket = connect(&broker).await;
+    let body = format!("{{\"users\": [], \"pad\": \"{}\"}}", "a".repeat(2000));
+    let request = format!(
+        "POST /api/definitions HTTP/1.1\r\nHost: leveret\r\n{GUEST}\
+         Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    send(&mut socket, request.as_bytes()).await;
+    let status = response(&mut socket, Duration::from_secs(10)).await;
+    assert_eq!(status.as_deref(), Some("http/1.1 413 payload too large"));
+    broker.stop().await;
+}
+
+#[tokio::test]
+async fn a_client_that_never_reads_its_responses_is_disconnected() {
+    use tokio::io::AsyncWriteExt;
+    let broker = broker_with(|m| m.send_timeout_ms = 500).await;
+    // A small receive window, so the broker's writes stall soon.
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    let mut reader_never = socket.connect(broker.mgmt_addr.unwrap()).await.unwrap();
+    let request = get("/api/overview").repeat(100);
+    let start = Instant::now();
+    let mut cut = false;
+    while start.elapsed() < Duration::from_secs(20) {
+        match tokio::time::timeout(
+            Duration::from_secs(1),
+            reader_never.write_all(request.as_bytes()),
+        )
+        .await
+        {
+            Ok(Ok(())) | Err(_) => {}
+            Ok(Err(_)) => {
+                cut = true;
+                break;
+            }
+        }
+    }
+    assert!(
+        cut,
+        "a client that reads no response is still connected after 20 s"
+    );
     broker.stop().await;
 }

@@ -34,6 +34,13 @@ const CLOSE_OK_TIMEOUT: Duration = Duration::from_secs(3);
 /// How often a heartbeat timer of a connection without heartbeats (reader
 /// or writer) looks at its absent deadline.
 const NO_HEARTBEAT: Duration = Duration::from_secs(3600);
+/// The read buffer until tune-ok, when frames are at most FRAME_MIN_SIZE:
+/// what a client nobody has authenticated can make the broker hold.
+const HANDSHAKE_READ_BUFFER: usize = FRAME_MIN_SIZE as usize;
+/// The read buffer from tune-ok on. BytesMut sizes each new allocation,
+/// once frames still hold the old one, by its first capacity: reads of up
+/// to this many bytes, and allocations this big, whatever the frame size.
+const READ_BUFFER: usize = 64 * 1024;
 
 /// Serves one client until it disconnects, fails, or is closed by the broker.
 pub async fn serve(
@@ -72,7 +79,7 @@ pub async fn serve_stream<R, W>(
     let mut conn = Connection {
         reader: FrameReader {
             read,
-            buf: BytesMut::with_capacity(64 * 1024),
+            buf: BytesMut::with_capacity(HANDSHAKE_READ_BUFFER),
             // Until tune-ok, as RabbitMQ: a client nobody has authenticated
             // cannot make the broker buffer more.
             frame_max: FRAME_MIN_SIZE,
@@ -158,6 +165,15 @@ impl<R: ClientRead> FrameReader<R> {
             Ok(0) | Err(_) => Err(ReadError::Closed),
             Ok(_) => Ok(()),
         }
+    }
+
+    /// Tune-ok: frames up to `frame_max` from now on, read into a full-size
+    /// buffer (what the client has sent ahead moves along).
+    fn tuned(&mut self, frame_max: u32) {
+        self.frame_max = frame_max;
+        let mut buf = BytesMut::with_capacity(READ_BUFFER.max(self.buf.len()));
+        buf.extend_from_slice(&self.buf);
+        self.buf = buf;
     }
 
     fn next_buffered(&mut self) -> Result<Option<Frame>, ReadError> {
@@ -365,7 +381,7 @@ impl<R: ClientRead> Connection<R> {
             return Ok(None);
         }
         let (channel_max, frame_max) = (tune_ok.channel_max, tune_ok.frame_max);
-        self.reader.frame_max = frame_max;
+        self.reader.tuned(frame_max);
         let heartbeat =
             (tune_ok.heartbeat > 0).then(|| Duration::from_secs(tune_ok.heartbeat as u64));
         // Send at half the interval so the peer always sees one in time.

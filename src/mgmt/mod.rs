@@ -9,6 +9,7 @@
 
 mod api;
 mod definitions;
+mod listener;
 mod live;
 mod metrics;
 mod objects;
@@ -16,7 +17,7 @@ mod users;
 
 use crate::broker::Broker;
 use api::User;
-use axum::extract::{ConnectInfo, Request, State};
+use axum::extract::{ConnectInfo, DefaultBodyLimit, Request, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
@@ -40,6 +41,7 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) {
     live::mark_started();
+    let limits = broker.config.mgmt.clone();
     let sampler = tokio::spawn(sample_rates(Arc::downgrade(&broker)));
     let api = Router::new()
         .route("/api/overview", get(live::overview))
@@ -172,15 +174,12 @@ pub async fn serve(
         .route("/metrics", get(metrics::metrics))
         .merge(api)
         .fallback(|| async { api::ApiError::not_found() })
+        .layer(match limits.max_body_size {
+            0 => DefaultBodyLimit::disable(),
+            n => DefaultBodyLimit::max(n),
+        })
         .with_state(broker);
-    // The peer address decides whether a loopback-only user may log in.
-    let app = app.into_make_service_with_connect_info::<SocketAddr>();
-    if let Err(e) = axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown)
-        .await
-    {
-        tracing::error!(error = %e, "management API stopped");
-    }
+    listener::serve(listener, app, &limits, shutdown).await;
     sampler.abort();
 }
 
@@ -213,7 +212,7 @@ async fn require_user(
     mut request: Request,
     next: Next,
 ) -> Response {
-    // Always there: `serve` hands every connection's peer address in.
+    // Always there: the listener hands every request its peer address.
     let peer = request
         .extensions()
         .get::<ConnectInfo<SocketAddr>>()
