@@ -296,11 +296,18 @@ pub fn open(dir: &Path, config: &StorageConfig) -> Result<(Arc<Store>, Recovered
         .map(|q| q.record.id)
         .max()
         .map_or(1, |id| id + 1);
+    let meta_writer = super::meta_writer::MetaWriter::start(
+        db,
+        super::meta_writer::Trees {
+            path: dir.to_owned(),
+            meta,
+            access,
+        },
+        next_topology_version,
+    )
+    .map_err(io(dir.to_owned()))?;
     let store = Store {
         path: dir.to_owned(),
-        db,
-        meta,
-        access,
         persister: tx,
         thread: parking_lot::Mutex::new(Some(thread)),
         next_msg_id: AtomicU64::new(1),
@@ -308,7 +315,7 @@ pub fn open(dir: &Path, config: &StorageConfig) -> Result<(Arc<Store>, Recovered
         backlog,
         queue_window: config.queue_memory_window,
         fail_stop,
-        topology_version: parking_lot::Mutex::new(next_topology_version),
+        meta_writer,
         damage,
     };
     info!(
