@@ -255,6 +255,8 @@ impl Persister {
         }
     }
 
+    // The persister's own thread: waiting for work blocks no tokio worker.
+    #[allow(clippy::disallowed_methods)]
     pub fn run(mut self, rx: Receiver<Op>) {
         let mut ops = Vec::with_capacity(1024);
         loop {
@@ -398,6 +400,8 @@ impl Persister {
         b.stop
     }
 
+    // Runs on the persister thread, which exists to wait for the disk.
+    #[allow(clippy::disallowed_methods)]
     fn flush_marks(&mut self) {
         if self.marks_unflushed.take().is_some() {
             if let Err(e) = self.db.flush() {
