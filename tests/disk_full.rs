@@ -558,3 +558,60 @@ async fn a_transaction_whose_messages_could_not_be_written_fails_its_commit() {
         "exactly the committed messages are delivered"
     );
 }
+
+/// A topology change the store cannot write is an error the client sees
+/// (541 INTERNAL_ERROR over AMQP; HTTP answers 500 the same way), not
+/// declare-ok with a line in the log: the queue would be gone after a
+/// restart.
+#[tokio::test]
+async fn a_declaration_that_cannot_be_written_is_an_error_the_client_sees() {
+    let Some(fs) = Tmpfs::mount("16m") else {
+        return;
+    };
+    let tmp = TempDir::new("disk-full-declare");
+    let conf = config_file(&tmp, "[storage]\ndisk_free_limit = 0\n");
+    let data = fs.dir.join("data");
+    let broker = BrokerProcess::start_with_config(&data, &conf);
+    let reserve = data.join("disk-reserve");
+    wait_until("the disk reserve is written", WAIT, || reserve.exists()).await;
+    let conn = connect(&broker).await;
+    declare(&conn, &unique("before-full")).await;
+    fs.fill();
+
+    let ch = conn.create_channel().await.unwrap();
+    let mut declared = 0;
+    let failure = loop {
+        assert!(
+            declared < 200,
+            "200 durable queues declared on a full disk; log:\n{}",
+            broker.stderr()
+        );
+        // A big argument, so sled's log needs new room.
+        let mut args = FieldTable::default();
+        args.insert(
+            "x-filler".into(),
+            lapin::types::AMQPValue::LongString("x".repeat(64 * 1024).into()),
+        );
+        let declare = ch.queue_declare(
+            unique("on-full").as_str().into(),
+            QueueDeclareOptions {
+                durable: true,
+                ..Default::default()
+            },
+            args,
+        );
+        match tokio::time::timeout(WAIT, declare)
+            .await
+            .expect("an answer")
+        {
+            Ok(_) => declared += 1,
+            Err(e) => break e,
+        }
+    };
+    let (code, text) = common::amqp::amqp_error(&failure).expect("a close");
+    assert_eq!(code, 541, "{text}");
+    assert!(
+        text.starts_with("INTERNAL_ERROR - cannot write to the store"),
+        "{text}"
+    );
+}
