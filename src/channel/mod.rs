@@ -89,9 +89,13 @@ impl ConnCtx {
     /// Sends `reply` on `channel` once the topology writes queued since
     /// `meta_mark` are durable, or fails the method with 541 if one of
     /// them could not be written. Sent at once when there were none.
-    pub fn reply_when_durable(&mut self, channel: &ChannelShared, reply: AMQPClass) {
+    /// Without a reply (nowait) the connection still waits, so a client
+    /// cannot queue writes faster than the disk takes them.
+    pub fn reply_when_durable(&mut self, channel: &ChannelShared, reply: Option<AMQPClass>) {
         let Some(durable) = self.broker.store.meta_durable_since(self.meta_mark) else {
-            channel.send(reply);
+            if let Some(reply) = reply {
+                channel.send(reply);
+            }
             return;
         };
         let (class_id, method_id) = self.method;
@@ -102,7 +106,9 @@ impl ConnCtx {
                     AmqpError::internal_error(format_args!("cannot write to the store: {e}"))
                         .on_method(class_id, method_id)
                 })?;
-                channel.shared.send(reply);
+                if let Some(reply) = reply {
+                    channel.shared.send(reply);
+                }
                 Ok(())
             }) as Resume
         });
@@ -236,11 +242,13 @@ impl Channel {
             AMQPClass::Channel(m) => return self.handle_channel_method(ctx, m),
             AMQPClass::Exchange(m) => {
                 ctx.meta_mark = ctx.broker.store.meta_queued();
-                self.handle_exchange_method(ctx, m)?
+                self.handle_exchange_method(ctx, m)?;
+                self.wait_for_topology_writes(ctx);
             }
             AMQPClass::Queue(m) => {
                 ctx.meta_mark = ctx.broker.store.meta_queued();
-                self.handle_queue_method(ctx, m)?
+                self.handle_queue_method(ctx, m)?;
+                self.wait_for_topology_writes(ctx);
             }
             AMQPClass::Basic(m) => self.handle_basic_method(ctx, m)?,
             AMQPClass::Confirm(confirm::AMQPMethod::Select(s)) => {
@@ -379,6 +387,14 @@ impl Channel {
             }
         }
         self.shared.settle(&mut unacked, Settle::Requeue);
+    }
+
+    /// A nowait method (no reply to hold back) that wrote topology still
+    /// waits for the write before the connection reads on.
+    fn wait_for_topology_writes(&mut self, ctx: &mut ConnCtx) {
+        if ctx.waiting.is_none() {
+            ctx.reply_when_durable(&self.shared, None);
+        }
     }
 
     /// Resolves an empty queue name to the channel's last declared queue.

@@ -61,9 +61,9 @@ impl Channel {
                 if !d.nowait {
                     ctx.reply_when_durable(
                         &self.shared,
-                        AMQPClass::Exchange(exchange::AMQPMethod::DeclareOk(
+                        Some(AMQPClass::Exchange(exchange::AMQPMethod::DeclareOk(
                             exchange::DeclareOk {},
-                        )),
+                        ))),
                     );
                 }
             }
@@ -77,7 +77,9 @@ impl Channel {
                 if !d.nowait {
                     ctx.reply_when_durable(
                         &self.shared,
-                        AMQPClass::Exchange(exchange::AMQPMethod::DeleteOk(exchange::DeleteOk {})),
+                        Some(AMQPClass::Exchange(exchange::AMQPMethod::DeleteOk(
+                            exchange::DeleteOk {},
+                        ))),
                     );
                 }
             }
@@ -99,7 +101,9 @@ impl Channel {
                 if !b.nowait {
                     ctx.reply_when_durable(
                         &self.shared,
-                        AMQPClass::Exchange(exchange::AMQPMethod::BindOk(exchange::BindOk {})),
+                        Some(AMQPClass::Exchange(exchange::AMQPMethod::BindOk(
+                            exchange::BindOk {},
+                        ))),
                     );
                 }
             }
@@ -121,7 +125,9 @@ impl Channel {
                 if !b.nowait {
                     ctx.reply_when_durable(
                         &self.shared,
-                        AMQPClass::Exchange(exchange::AMQPMethod::UnbindOk(exchange::UnbindOk {})),
+                        Some(AMQPClass::Exchange(exchange::AMQPMethod::UnbindOk(
+                            exchange::UnbindOk {},
+                        ))),
                     );
                 }
             }
@@ -213,11 +219,13 @@ impl Channel {
                     let counts = queue.counts();
                     ctx.reply_when_durable(
                         &self.shared,
-                        AMQPClass::Queue(queue::AMQPMethod::DeclareOk(queue::DeclareOk {
-                            queue: name.as_str().into(),
-                            message_count: counts.ready as u32,
-                            consumer_count: counts.consumers as u32,
-                        })),
+                        Some(AMQPClass::Queue(queue::AMQPMethod::DeclareOk(
+                            queue::DeclareOk {
+                                queue: name.as_str().into(),
+                                message_count: counts.ready as u32,
+                                consumer_count: counts.consumers as u32,
+                            },
+                        ))),
                     );
                 }
             }
@@ -237,7 +245,9 @@ impl Channel {
                 if !b.nowait {
                     ctx.reply_when_durable(
                         &self.shared,
-                        AMQPClass::Queue(queue::AMQPMethod::BindOk(queue::BindOk {})),
+                        Some(AMQPClass::Queue(queue::AMQPMethod::BindOk(
+                            queue::BindOk {},
+                        ))),
                     );
                 }
             }
@@ -256,7 +266,9 @@ impl Channel {
                 )?;
                 ctx.reply_when_durable(
                     &self.shared,
-                    AMQPClass::Queue(queue::AMQPMethod::UnbindOk(queue::UnbindOk {})),
+                    Some(AMQPClass::Queue(queue::AMQPMethod::UnbindOk(
+                        queue::UnbindOk {},
+                    ))),
                 );
             }
             queue::AMQPMethod::Purge(p) => {
@@ -290,9 +302,11 @@ impl Channel {
                 if !d.nowait {
                     ctx.reply_when_durable(
                         &self.shared,
-                        AMQPClass::Queue(queue::AMQPMethod::DeleteOk(queue::DeleteOk {
-                            message_count: count as u32,
-                        })),
+                        Some(AMQPClass::Queue(queue::AMQPMethod::DeleteOk(
+                            queue::DeleteOk {
+                                message_count: count as u32,
+                            },
+                        ))),
                     );
                 }
             }
