@@ -23,9 +23,11 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// How long the round trips are measured.
-const MEASURE: Duration = Duration::from_secs(6);
+const MEASURE: Duration = Duration::from_secs(5);
 /// Messages put in each paged-out queue before the measurement.
-const BACKLOG: u64 = 3_000;
+const BACKLOG: u64 = 8_000;
+/// Persistent messages of 256 KiB in each transaction.
+const TX_MESSAGES: usize = 8;
 const P99_LIMIT: Duration = Duration::from_millis(20);
 
 async fn connect(broker: &BrokerProcess) -> Connection {
@@ -47,24 +49,27 @@ async fn declare(ch: &Channel, queue: &str, durable: bool) {
     .expect("queue.declare");
 }
 
-/// Commits one persistent message per transaction until `stop`.
+/// Commits transactions of persistent messages until `stop`.
 async fn committer(broker: &BrokerProcess, stop: Arc<AtomicBool>, commits: Arc<AtomicU64>) {
     let conn = connect(broker).await;
     let ch = conn.create_channel().await.unwrap();
     let queue = unique("nb-tx");
     declare(&ch, &queue, true).await;
     ch.tx_select().await.unwrap();
-    let body = vec![b't'; 1024];
+    // Big enough that each commit's fsync takes a while on any disk.
+    let body = vec![b't'; 256 * 1024];
     while !stop.load(Ordering::Relaxed) {
-        ch.basic_publish(
-            "".into(),
-            queue.as_str().into(),
-            BasicPublishOptions::default(),
-            &body,
-            persistent(),
-        )
-        .await
-        .expect("publish");
+        for _ in 0..TX_MESSAGES {
+            ch.basic_publish(
+                "".into(),
+                queue.as_str().into(),
+                BasicPublishOptions::default(),
+                &body,
+                persistent(),
+            )
+            .await
+            .expect("publish");
+        }
         ch.tx_commit().await.expect("tx.commit");
         commits.fetch_add(1, Ordering::Relaxed);
     }
@@ -86,6 +91,8 @@ async fn getter(
             .expect("basic.get");
         assert!(got.is_some(), "the backlog outlasts the measurement");
         gets.fetch_add(1, Ordering::Relaxed);
+        // At most about 1000 gets a second: the backlog lasts.
+        tokio::time::sleep(Duration::from_millis(1)).await;
     }
 }
 
