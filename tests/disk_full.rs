@@ -560,7 +560,7 @@ async fn a_transaction_whose_messages_could_not_be_written_fails_its_commit() {
 }
 
 /// A topology change the store cannot write is an error the client sees
-/// (541 INTERNAL_ERROR over AMQP; HTTP answers 500 the same way), not
+/// (541 INTERNAL_ERROR over AMQP, 500 over HTTP), not
 /// declare-ok with a line in the log: the queue would be gone after a
 /// restart.
 #[tokio::test]
@@ -614,4 +614,29 @@ async fn a_declaration_that_cannot_be_written_is_an_error_the_client_sees() {
         text.starts_with("INTERNAL_ERROR - cannot write to the store"),
         "{text}"
     );
+
+    // The same over HTTP.
+    let line = broker
+        .wait_for_log(WAIT, |l| l.contains("management API listening"))
+        .expect("the management API's address in the log");
+    let at = line.find("addr=").expect("addr field") + 5;
+    let api = Api {
+        addr: line[at..]
+            .split_whitespace()
+            .next()
+            .unwrap()
+            .parse()
+            .unwrap(),
+        user: "guest".into(),
+        password: "guest".into(),
+    };
+    let filler = "x".repeat(64 * 1024);
+    let put = api
+        .put(
+            "/api/queues/%2f/http-on-full",
+            serde_json::json!({"durable": true, "arguments": {"x-filler": filler}}),
+        )
+        .await;
+    assert_eq!(put.status, 500, "{}", put.text);
+    assert_eq!(put.json["error"], "internal_server_error", "{}", put.text);
 }
