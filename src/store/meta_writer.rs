@@ -214,3 +214,63 @@ fn flush(db: &sled::Db, trees: &Trees, next: u64) -> Result<(), String> {
     })()
     .map_err(|e| format!("{}: {e}", path.display()))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn writer(name: &str) -> (MetaWriter, PathBuf) {
+        let dir = std::env::temp_dir().join(format!("leveret-meta-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let db = sled::open(&dir).unwrap();
+        let trees = Trees {
+            path: dir.clone(),
+            meta: db.open_tree("meta").unwrap(),
+            access: db.open_tree("access").unwrap(),
+        };
+        (MetaWriter::start(db, trees, 0).unwrap(), dir)
+    }
+
+    fn block_on<T>(f: impl std::future::Future<Output = T>) -> T {
+        tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap()
+            .block_on(f)
+    }
+
+    #[test]
+    fn a_failed_change_fails_the_marks_before_it_and_only_those() {
+        let (w, dir) = writer("fail");
+        let start = w.queued();
+        assert!(w.durable_since(start).is_none(), "nothing queued");
+        w.write(Box::new(|t| {
+            t.meta
+                .insert(b"q1", b"1")
+                .map(drop)
+                .map_err(|e| e.to_string())
+        }));
+        let after_ok = w.queued();
+        assert_eq!(block_on(w.durable_since(start).unwrap()), Ok(()));
+        w.write(Box::new(|_| Err("no room".into())));
+        let after_fail = w.queued();
+        w.write(Box::new(|t| {
+            t.meta
+                .insert(b"q2", b"2")
+                .map(drop)
+                .map_err(|e| e.to_string())
+        }));
+        assert_eq!(
+            block_on(w.durable_since(after_ok).unwrap()),
+            Err("no room".to_string())
+        );
+        assert_eq!(block_on(w.durable_since(after_fail).unwrap()), Ok(()));
+        w.close();
+        let db = sled::open(&dir).unwrap();
+        let meta = db.open_tree("meta").unwrap();
+        assert!(meta.get(b"q2").unwrap().is_some(), "written and flushed");
+        let version = std::fs::read(dir.join(recovery::TOPOLOGY_VERSION)).unwrap();
+        assert!(!version.is_empty(), "the version file is written");
+        drop(db);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}
