@@ -480,3 +480,36 @@ async fn tx_select_on_a_confirm_channel_is_406() {
         )
     );
 }
+
+/// A transaction one of whose messages a queue refused (x-overflow
+/// reject-publish) failed: RabbitMQ's channel marks it failed when the
+/// queue rejects, and tx.commit closes the channel with 406 "partial tx
+/// completion". The message the queue took stays.
+#[tokio::test]
+async fn tx_commit_after_a_queue_refused_a_message_is_406_partial_tx_completion() {
+    let broker = TestBroker::start().await;
+    let (conn, ch) = open(&broker).await;
+    let q = unique("ctx-full");
+    let mut args = FieldTable::default();
+    args.insert("x-max-length".into(), lapin::types::AMQPValue::LongInt(1));
+    args.insert(
+        "x-overflow".into(),
+        lapin::types::AMQPValue::LongString("reject-publish".into()),
+    );
+    ch.queue_declare(q.as_str().into(), QueueDeclareOptions::default(), args)
+        .await
+        .expect("queue.declare");
+    ch.tx_select().await.unwrap();
+    publish(&ch, &q, "m1").await;
+    publish(&ch, &q, "m2").await;
+    assert_eq!(
+        channel_error(&conn, &ch, ch.tx_commit()).await,
+        (406, "PRECONDITION_FAILED - partial tx completion".into())
+    );
+    let observer = conn.create_channel().await.unwrap();
+    assert_eq!(get_all(&observer, &q).await, ["m1"]);
+    observer
+        .queue_delete(q.as_str().into(), QueueDeleteOptions::default())
+        .await
+        .unwrap();
+}

@@ -483,3 +483,160 @@ async fn publishers_are_blocked_before_the_disk_is_full_and_resume_once_drained(
     })
     .await;
 }
+
+/// A transaction whose persistent messages could not be written fails as
+/// in RabbitMQ (complete_tx with tx = failed): tx.commit closes the channel
+/// with 406 "partial tx completion", not commit-ok, and the messages are
+/// never delivered. Before, commit-ok promised messages that were lost.
+#[tokio::test]
+async fn a_transaction_whose_messages_could_not_be_written_fails_its_commit() {
+    let Some(fs) = Tmpfs::mount("16m") else {
+        return;
+    };
+    let tmp = TempDir::new("disk-full-tx");
+    // 0: no free-space alarm, so the commits fill the disk until a write fails.
+    let conf = config_file(&tmp, "[storage]\ndisk_free_limit = 0\n");
+    let data = fs.dir.join("data");
+    let broker = BrokerProcess::start_with_config(&data, &conf);
+    let reserve = data.join("disk-reserve");
+    wait_until("the disk reserve is written", WAIT, || reserve.exists()).await;
+    let conn = connect(&broker).await;
+    let queue = unique("full-tx");
+    declare(&conn, &queue).await;
+    let ch = conn.create_channel().await.unwrap();
+    ch.tx_select().await.unwrap();
+    let mut committed = 0u32;
+    let failure = loop {
+        assert!(
+            committed < 1000,
+            "16 MiB hold fewer than 1000 commits of 64 KiB"
+        );
+        // A publish waits while the connection is blocked: after a failed
+        // write it is, so the commit that covered that write must have
+        // failed already.
+        let commit = tokio::time::timeout(WAIT, async {
+            ch.basic_publish(
+                "".into(),
+                queue.as_str().into(),
+                BasicPublishOptions::default(),
+                &body(committed.into(), 64 * 1024),
+                persistent(),
+            )
+            .await?;
+            ch.tx_commit().await
+        })
+        .await
+        .unwrap_or_else(|_| {
+            panic!(
+                "publish and tx.commit answered within {WAIT:?} (after {committed} commits); log:\n{}",
+                broker.stderr()
+            )
+        });
+        match commit {
+            Ok(()) => committed += 1,
+            Err(e) => break e,
+        }
+    };
+    assert_eq!(
+        common::amqp::amqp_error(&failure),
+        Some((
+            406,
+            "PRECONDITION_FAILED - partial tx completion".to_string()
+        )),
+        "after {committed} commits: {failure}"
+    );
+    let other = connect(&broker).await;
+    assert_eq!(
+        count(&other, &queue, WAIT).await,
+        committed,
+        "the failed transaction's message is not in the queue"
+    );
+    let delivered = drain(&other, &queue, committed).await;
+    let expected: Vec<u64> = (0..committed.into()).collect();
+    assert_eq!(
+        delivered, expected,
+        "exactly the committed messages are delivered"
+    );
+}
+
+/// A topology change the store cannot write is an error the client sees
+/// (541 INTERNAL_ERROR over AMQP, 500 over HTTP), not
+/// declare-ok with a line in the log: the queue would be gone after a
+/// restart.
+#[tokio::test]
+async fn a_declaration_that_cannot_be_written_is_an_error_the_client_sees() {
+    let Some(fs) = Tmpfs::mount("16m") else {
+        return;
+    };
+    let tmp = TempDir::new("disk-full-declare");
+    let conf = config_file(&tmp, "[storage]\ndisk_free_limit = 0\n");
+    let data = fs.dir.join("data");
+    let broker = BrokerProcess::start_with_config(&data, &conf);
+    let reserve = data.join("disk-reserve");
+    wait_until("the disk reserve is written", WAIT, || reserve.exists()).await;
+    let conn = connect(&broker).await;
+    declare(&conn, &unique("before-full")).await;
+    fs.fill();
+
+    let ch = conn.create_channel().await.unwrap();
+    let mut declared = 0;
+    let failure = loop {
+        assert!(
+            declared < 200,
+            "200 durable queues declared on a full disk; log:\n{}",
+            broker.stderr()
+        );
+        // A big argument, so sled's log needs new room.
+        let mut args = FieldTable::default();
+        args.insert(
+            "x-filler".into(),
+            lapin::types::AMQPValue::LongString("x".repeat(64 * 1024).into()),
+        );
+        let declare = ch.queue_declare(
+            unique("on-full").as_str().into(),
+            QueueDeclareOptions {
+                durable: true,
+                ..Default::default()
+            },
+            args,
+        );
+        match tokio::time::timeout(WAIT, declare)
+            .await
+            .expect("an answer")
+        {
+            Ok(_) => declared += 1,
+            Err(e) => break e,
+        }
+    };
+    let (code, text) = common::amqp::amqp_error(&failure).expect("a close");
+    assert_eq!(code, 541, "{text}");
+    assert!(
+        text.starts_with("INTERNAL_ERROR - cannot write to the store"),
+        "{text}"
+    );
+
+    // The same over HTTP.
+    let line = broker
+        .wait_for_log(WAIT, |l| l.contains("management API listening"))
+        .expect("the management API's address in the log");
+    let at = line.find("addr=").expect("addr field") + 5;
+    let api = Api {
+        addr: line[at..]
+            .split_whitespace()
+            .next()
+            .unwrap()
+            .parse()
+            .unwrap(),
+        user: "guest".into(),
+        password: "guest".into(),
+    };
+    let filler = "x".repeat(64 * 1024);
+    let put = api
+        .put(
+            "/api/queues/%2f/http-on-full",
+            serde_json::json!({"durable": true, "arguments": {"x-filler": filler}}),
+        )
+        .await;
+    assert_eq!(put.status, 500, "{}", put.text);
+    assert_eq!(put.json["error"], "internal_server_error", "{}", put.text);
+}

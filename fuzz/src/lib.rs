@@ -273,6 +273,8 @@ fn in_memory_broker() -> &'static InMemoryBroker {
 
 /// Runs one connection over an in-memory stream: sends `input`, closes the
 /// client's side, and returns what the broker sent until it closed its side.
+// The fuzzer's thread waits for the broker's thread: no tokio worker here.
+#[allow(clippy::disallowed_methods)]
 fn converse(input: &[u8]) -> Vec<u8> {
     survive_stack_overflow_reports();
     FEEDS_INPUTS.with(|f| f.set(true));

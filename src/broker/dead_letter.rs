@@ -81,6 +81,8 @@ impl DeadLetters {
 }
 
 /// Republishes dead letters (and deletes expired queues) until the broker is gone.
+// Its own thread: waiting on its queue blocks no tokio worker.
+#[allow(clippy::disallowed_methods)]
 pub fn run(broker: Weak<Broker>, rx: Receiver<Chore>) {
     while let Ok(chore) = rx.recv() {
         let Some(broker) = broker.upgrade() else {

@@ -20,13 +20,23 @@ use crate::store::persister::Loaded;
 use crate::store::priority::{PriorityDisk, PriorityStore};
 use crate::store::{QueueEvents, QueueStore, QueuedMessage, Receipt, Store, MESSAGE_OVERHEAD};
 use amq_protocol::types::FieldTable;
-use parking_lot::{Condvar, Mutex};
+use parking_lot::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Weak};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// How long basic.get waits for paged-out messages to be read back.
-const GET_DISK_WAIT: Duration = Duration::from_secs(5);
+pub const GET_DISK_WAIT: Duration = Duration::from_secs(5);
+
+/// What basic.get found.
+pub enum Got {
+    /// The message taken, and how many remain ready.
+    Message(QueuedMessage, usize),
+    Empty,
+    /// Ready messages are on disk being read back: ask again once
+    /// `Queue::disk_loaded` completes.
+    Loading,
+}
 
 /// What every queue of the broker shares.
 #[derive(Clone)]
@@ -69,7 +79,7 @@ pub struct Queue {
     me: Weak<Queue>,
     state: Mutex<QueueState>,
     /// Signalled when messages come back from disk (basic.get waits on it).
-    loaded: Condvar,
+    disk_loaded: tokio::sync::Notify,
     pub stats: QueueStats,
 }
 
@@ -170,7 +180,7 @@ impl Queue {
                 arguments,
                 args,
                 store_id,
-                loaded: Condvar::new(),
+                disk_loaded: tokio::sync::Notify::new(),
                 stats: QueueStats::default(),
                 state: Mutex::new(QueueState {
                     ready,
@@ -559,10 +569,9 @@ impl Queue {
         }
     }
 
-    /// basic.get: takes the head message and says how many remain.
-    /// Waits (briefly, blocking) when the head is empty but messages are
-    /// on disk being read back, so a get never misses them.
-    pub fn get(&self, no_ack: bool) -> Option<(QueuedMessage, usize)> {
+    /// basic.get: takes the head message and says how many remain, or
+    /// says that the head is being read back from disk.
+    pub fn try_get(&self, no_ack: bool) -> Got {
         let mut st = self.state.lock();
         self.touch_locked(&mut st);
         let before = st.ready.bytes();
@@ -576,10 +585,11 @@ impl Queue {
                 }
                 break msg;
             }
-            if !st.ready.awaiting_disk() || self.loaded.wait_for(&mut st, GET_DISK_WAIT).timed_out()
-            {
-                return None;
-            }
+            return if st.ready.awaiting_disk() {
+                Got::Loading
+            } else {
+                Got::Empty
+            };
         };
         if !no_ack {
             st.unacked += 1;
@@ -588,7 +598,41 @@ impl Queue {
         st.ready.delivered(msg.receipt(), no_ack);
         self.schedule_expiry(&mut st);
         self.account(before, &mut st);
-        Some((msg, st.ready.len()))
+        Got::Message(msg, st.ready.len())
+    }
+
+    /// True while ready messages are being read back from disk.
+    pub fn awaiting_disk(&self) -> bool {
+        self.state.lock().ready.awaiting_disk()
+    }
+
+    /// Completes at the next read back from disk (or deletion); `enable`
+    /// it before `try_get`.
+    pub fn disk_loaded(&self) -> tokio::sync::futures::Notified<'_> {
+        self.disk_loaded.notified()
+    }
+
+    /// basic.get that waits (without blocking a thread, up to
+    /// `GET_DISK_WAIT`) while the head is being read back from disk, so a
+    /// get never misses messages on disk.
+    pub async fn get(&self, no_ack: bool) -> Option<(QueuedMessage, usize)> {
+        let deadline = Instant::now() + GET_DISK_WAIT;
+        loop {
+            let loaded = self.disk_loaded();
+            tokio::pin!(loaded);
+            loaded.as_mut().enable();
+            match self.try_get(no_ack) {
+                Got::Message(msg, left) => return Some((msg, left)),
+                Got::Empty => return None,
+                Got::Loading => {}
+            }
+            if tokio::time::timeout_at(deadline.into(), loaded)
+                .await
+                .is_err()
+            {
+                return None;
+            }
+        }
     }
 
     /// Acknowledged (or rejected without requeue) deliveries leave the queue.
@@ -649,7 +693,7 @@ impl Queue {
         st.ready.loaded(loaded);
         self.dispatch_locked(&mut st);
         self.account(before, &mut st);
-        self.loaded.notify_all();
+        self.disk_loaded.notify_waiters();
     }
 
     /// Puts unacknowledged messages back at their original positions,
@@ -770,7 +814,7 @@ impl Queue {
         let count = st.ready.len();
         st.ready.delete();
         self.account(before, &mut st);
-        self.loaded.notify_all();
+        self.disk_loaded.notify_waiters();
         (std::mem::take(&mut st.consumers), count)
     }
 }

@@ -74,6 +74,8 @@ impl Timers {
     }
 }
 
+// The timer thread: sleeping on its Condvar blocks no tokio worker.
+#[allow(clippy::disallowed_methods)]
 fn run(shared: Weak<Shared>) {
     loop {
         let Some(shared) = shared.upgrade() else {

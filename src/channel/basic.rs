@@ -5,11 +5,13 @@ use super::shared::Settle;
 use super::{Channel, ConnCtx};
 use crate::broker::access::{Access, Resource};
 use crate::broker::consumer::Consumer;
+use crate::broker::queue::{Got, Queue, GET_DISK_WAIT};
 use crate::broker::ReplyTo;
 use crate::error::AmqpError;
 use amq_protocol::protocol::{basic, AMQPClass};
 use std::sync::atomic::AtomicU32;
 use std::sync::Arc;
+use std::time::Instant;
 
 /// A random name suffix as RabbitMQ makes them (`amq.ctag-…`, `amq.gen-…`).
 pub fn random_name(prefix: &str) -> String {
@@ -190,15 +192,37 @@ impl Channel {
         ctx.check(Access::Read, Resource::Queue, name)?;
         let queue = ctx.vhost.queue(name)?;
         queue.check_owner(ctx.id)?;
-        match queue.get(g.no_ack) {
-            Some((msg, remaining)) => self.shared.deliver_get(&queue, msg, remaining, g.no_ack),
-            None => self
-                .shared
-                .send(AMQPClass::Basic(basic::AMQPMethod::GetEmpty(
-                    basic::GetEmpty {},
-                ))),
-        }
+        self.get_from(ctx, queue, g.no_ack, Instant::now() + GET_DISK_WAIT);
         Ok(())
+    }
+
+    /// Answers basic.get; while the head is being read back from disk the
+    /// reply waits for it (until `deadline`, then get-empty), so a get
+    /// never misses messages on disk.
+    fn get_from(&mut self, ctx: &mut ConnCtx, queue: Arc<Queue>, no_ack: bool, deadline: Instant) {
+        match queue.try_get(no_ack) {
+            Got::Message(msg, remaining) => self.shared.deliver_get(&queue, msg, remaining, no_ack),
+            Got::Loading if Instant::now() < deadline => ctx.wait(self.id(), async move {
+                {
+                    let loaded = queue.disk_loaded();
+                    tokio::pin!(loaded);
+                    loaded.as_mut().enable();
+                    if queue.awaiting_disk() {
+                        let _ = tokio::time::timeout_at(deadline.into(), loaded).await;
+                    }
+                }
+                Box::new(move |channel: &mut Channel, ctx: &mut ConnCtx| {
+                    channel.get_from(ctx, queue, no_ack, deadline);
+                    Ok(())
+                }) as super::Resume
+            }),
+            Got::Empty | Got::Loading => {
+                self.shared
+                    .send(AMQPClass::Basic(basic::AMQPMethod::GetEmpty(
+                        basic::GetEmpty {},
+                    )))
+            }
+        }
     }
 
     pub(super) fn handle_basic_ack(

@@ -17,7 +17,22 @@ use crate::protocol::method::Method;
 use amq_protocol::protocol::{channel, confirm, tx, AMQPClass};
 use publish::{PendingContent, Transaction};
 use shared::{ChannelShared, Settle, Settling};
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
+
+/// What a method whose reply must wait (for a flush, for messages read back
+/// from disk) does once the wait is over: sends the reply, or fails the
+/// channel. It runs on the connection's task, like the handler did.
+pub type Resume = Box<dyn FnOnce(&mut Channel, &mut ConnCtx) -> Result<(), AmqpError> + Send>;
+
+/// A channel method waiting for its reply. The connection reads no further
+/// frame until `until` completes and its [`Resume`] ran, so replies stay in
+/// order; a worker thread never blocks meanwhile.
+pub struct Waiting {
+    pub channel: u16,
+    pub until: Pin<Box<dyn Future<Output = Resume> + Send>>,
+}
 
 /// What channel handlers need from their connection.
 pub struct ConnCtx {
@@ -36,6 +51,14 @@ pub struct ConnCtx {
     /// A queue this connection published to asked publishers to wait:
     /// the connection stops reading until it no longer does.
     pub flow: Option<Arc<Queue>>,
+    /// A method's reply waits: the connection awaits it before reading on.
+    pub waiting: Option<Waiting>,
+    /// Topology writes queued before the current exchange/queue method
+    /// (see `Store::meta_queued`): its reply waits for those after it.
+    pub meta_mark: u64,
+    /// Class and method id of the method being handled (not kept up to
+    /// date for publish and acknowledgements).
+    pub method: (u16, u16),
     /// Exclusive queues this connection declared, deleted when it closes.
     pub exclusive_queues: Vec<Arc<Queue>>,
     /// Recent successful permission checks, so a publisher is not matched
@@ -64,6 +87,44 @@ impl crate::broker::ops::Gate for ConnCtx {
 }
 
 impl ConnCtx {
+    /// The reply of a method on `channel` waits for `until`; then `Resume`
+    /// runs. One wait at a time: a handler sets at most one.
+    pub fn wait(&mut self, channel: u16, until: impl Future<Output = Resume> + Send + 'static) {
+        debug_assert!(self.waiting.is_none());
+        self.waiting = Some(Waiting {
+            channel,
+            until: Box::pin(until),
+        });
+    }
+
+    /// Sends `reply` on `channel` once the topology writes queued since
+    /// `meta_mark` are durable, or fails the method with 541 if one of
+    /// them could not be written. Sent at once when there were none.
+    /// Without a reply (nowait) the connection still waits, so a client
+    /// cannot queue writes faster than the disk takes them.
+    pub fn reply_when_durable(&mut self, channel: &ChannelShared, reply: Option<AMQPClass>) {
+        let Some(durable) = self.broker.store.meta_durable_since(self.meta_mark) else {
+            if let Some(reply) = reply {
+                channel.send(reply);
+            }
+            return;
+        };
+        let (class_id, method_id) = self.method;
+        self.wait(channel.id, async move {
+            let written = durable.await;
+            Box::new(move |channel: &mut Channel, _: &mut ConnCtx| {
+                written.map_err(|e| {
+                    AmqpError::internal_error(format_args!("cannot write to the store: {e}"))
+                        .on_method(class_id, method_id)
+                })?;
+                if let Some(reply) = reply {
+                    channel.shared.send(reply);
+                }
+                Ok(())
+            }) as Resume
+        });
+    }
+
     /// RabbitMQ's permission check for `access` to a named resource in this
     /// connection's vhost: 403 ACCESS_REFUSED naming it when refused.
     pub fn check(
@@ -178,6 +239,7 @@ impl Channel {
                 .map_err(|e| e.on_method(60, 90)),
             Method::Other(class) => {
                 let (class_id, method_id) = (class.get_amqp_class_id(), class.get_amqp_method_id());
+                ctx.method = (class_id, method_id);
                 return self
                     .handle_class(ctx, *class)
                     .map_err(|e| e.on_method(class_id, method_id));
@@ -189,8 +251,16 @@ impl Channel {
     fn handle_class(&mut self, ctx: &mut ConnCtx, class: AMQPClass) -> Result<Outcome, AmqpError> {
         match class {
             AMQPClass::Channel(m) => return self.handle_channel_method(ctx, m),
-            AMQPClass::Exchange(m) => self.handle_exchange_method(ctx, m)?,
-            AMQPClass::Queue(m) => self.handle_queue_method(ctx, m)?,
+            AMQPClass::Exchange(m) => {
+                ctx.meta_mark = ctx.broker.store.meta_queued();
+                self.handle_exchange_method(ctx, m)?;
+                self.wait_for_topology_writes(ctx);
+            }
+            AMQPClass::Queue(m) => {
+                ctx.meta_mark = ctx.broker.store.meta_queued();
+                self.handle_queue_method(ctx, m)?;
+                self.wait_for_topology_writes(ctx);
+            }
             AMQPClass::Basic(m) => self.handle_basic_method(ctx, m)?,
             AMQPClass::Confirm(confirm::AMQPMethod::Select(s)) => {
                 self.handle_confirm_select(s.nowait)?
@@ -291,8 +361,6 @@ impl Channel {
                 };
                 let work = std::mem::take(txn);
                 self.commit(ctx, work)?;
-                self.shared
-                    .send(AMQPClass::Tx(tx::AMQPMethod::CommitOk(tx::CommitOk {})));
             }
             tx::AMQPMethod::Rollback(_) => {
                 let Some(txn) = self.tx.as_mut() else {
@@ -330,6 +398,14 @@ impl Channel {
             }
         }
         self.shared.settle(&mut unacked, Settle::Requeue);
+    }
+
+    /// A nowait method (no reply to hold back) that wrote topology still
+    /// waits for the write before the connection reads on.
+    fn wait_for_topology_writes(&mut self, ctx: &mut ConnCtx) {
+        if ctx.waiting.is_none() {
+            ctx.reply_when_durable(&self.shared, None);
+        }
     }
 
     /// Resolves an empty queue name to the channel's last declared queue.

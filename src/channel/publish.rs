@@ -237,14 +237,15 @@ impl Channel {
 
     /// Routes a complete message, sends basic.return when mandatory and
     /// unroutable, and records the confirm (which waits for the disk when
-    /// the message was stored). Returns whether it went to disk.
+    /// the message was stored). Returns its stored id when it went to disk,
+    /// and whether a queue refused it.
     pub(super) fn route_message(
         &mut self,
         ctx: &mut ConnCtx,
         mandatory: bool,
         message: Arc<Message>,
         view: &PropertiesView,
-    ) -> bool {
+    ) -> (Option<u64>, bool) {
         let routed = ops::publish::route(&ctx.broker, &ctx.vhost, message, view, &mut self.routing);
         if ctx.flow.is_none() {
             ctx.flow = routed.flow;
@@ -274,7 +275,7 @@ impl Channel {
                     .confirm_when_written(self.shared.clone(), seq, &message);
             }
         }
-        stored
+        (stored.then(|| message.stored()).flatten(), refused)
     }
 
     /// Sends the acks owed to the publisher, one `multiple` ack for all.
@@ -285,15 +286,17 @@ impl Channel {
         }
     }
 
-    /// Applies a committed transaction: publishes, then settlements, in order.
+    /// Applies a committed transaction: publishes, then settlements, in
+    /// order. commit-ok follows once its persistent messages are on disk;
+    /// if one was refused or not written the transaction failed, and as
+    /// in RabbitMQ the channel closes with 406 "partial tx completion".
     pub(super) fn commit(&mut self, ctx: &mut ConnCtx, txn: Transaction) -> Result<(), AmqpError> {
-        let mut stored = false;
+        let mut stored = Vec::new();
+        let mut failed = false;
         for (mandatory, message, view) in txn.publishes {
-            stored |= self.route_message(ctx, mandatory, message, &view);
-        }
-        if stored {
-            // commit-ok promises the persistent messages are on disk.
-            ctx.broker.store.sync();
+            let (msg_id, refused) = self.route_message(ctx, mandatory, message, &view);
+            failed |= refused;
+            stored.extend(msg_id);
         }
         for s in txn.settlements {
             match s {
@@ -317,6 +320,34 @@ impl Channel {
                 }
             }
         }
+        let commit_ok = |failed: bool| -> Result<(), AmqpError> {
+            if failed {
+                return Err(
+                    AmqpError::precondition_failed("partial tx completion").on_method(90, 20)
+                );
+            }
+            Ok(())
+        };
+        if stored.is_empty() {
+            commit_ok(failed)?;
+            self.send_commit_ok();
+            return Ok(());
+        }
+        let written = ctx.broker.store.written(stored);
+        ctx.wait(self.id(), async move {
+            let failed = failed || !written.await;
+            Box::new(move |channel: &mut Channel, _: &mut ConnCtx| {
+                commit_ok(failed)?;
+                channel.send_commit_ok();
+                Ok(())
+            }) as super::Resume
+        });
         Ok(())
+    }
+
+    fn send_commit_ok(&self) {
+        use amq_protocol::protocol::{tx, AMQPClass};
+        self.shared
+            .send(AMQPClass::Tx(tx::AMQPMethod::CommitOk(tx::CommitOk {})));
     }
 }

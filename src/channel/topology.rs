@@ -59,10 +59,12 @@ impl Channel {
                     arguments: &d.arguments,
                 })?;
                 if !d.nowait {
-                    self.shared
-                        .send(AMQPClass::Exchange(exchange::AMQPMethod::DeclareOk(
+                    ctx.reply_when_durable(
+                        &self.shared,
+                        Some(AMQPClass::Exchange(exchange::AMQPMethod::DeclareOk(
                             exchange::DeclareOk {},
-                        )));
+                        ))),
+                    );
                 }
             }
             exchange::AMQPMethod::Delete(d) => {
@@ -73,10 +75,12 @@ impl Channel {
                 ctx.vhost
                     .delete_exchange(d.exchange.as_str(), d.if_unused)?;
                 if !d.nowait {
-                    self.shared
-                        .send(AMQPClass::Exchange(exchange::AMQPMethod::DeleteOk(
+                    ctx.reply_when_durable(
+                        &self.shared,
+                        Some(AMQPClass::Exchange(exchange::AMQPMethod::DeleteOk(
                             exchange::DeleteOk {},
-                        )));
+                        ))),
+                    );
                 }
             }
             exchange::AMQPMethod::Bind(b) => {
@@ -95,10 +99,12 @@ impl Channel {
                     true,
                 )?;
                 if !b.nowait {
-                    self.shared
-                        .send(AMQPClass::Exchange(exchange::AMQPMethod::BindOk(
+                    ctx.reply_when_durable(
+                        &self.shared,
+                        Some(AMQPClass::Exchange(exchange::AMQPMethod::BindOk(
                             exchange::BindOk {},
-                        )));
+                        ))),
+                    );
                 }
             }
             exchange::AMQPMethod::Unbind(b) => {
@@ -117,10 +123,12 @@ impl Channel {
                     false,
                 )?;
                 if !b.nowait {
-                    self.shared
-                        .send(AMQPClass::Exchange(exchange::AMQPMethod::UnbindOk(
+                    ctx.reply_when_durable(
+                        &self.shared,
+                        Some(AMQPClass::Exchange(exchange::AMQPMethod::UnbindOk(
                             exchange::UnbindOk {},
-                        )));
+                        ))),
+                    );
                 }
             }
             other => {
@@ -209,14 +217,16 @@ impl Channel {
                 self.last_queue = Some(name.clone());
                 if !d.nowait {
                     let counts = queue.counts();
-                    self.shared
-                        .send(AMQPClass::Queue(queue::AMQPMethod::DeclareOk(
+                    ctx.reply_when_durable(
+                        &self.shared,
+                        Some(AMQPClass::Queue(queue::AMQPMethod::DeclareOk(
                             queue::DeclareOk {
                                 queue: name.as_str().into(),
                                 message_count: counts.ready as u32,
                                 consumer_count: counts.consumers as u32,
                             },
-                        )));
+                        ))),
+                    );
                 }
             }
             queue::AMQPMethod::Bind(b) => {
@@ -233,9 +243,12 @@ impl Channel {
                     true,
                 )?;
                 if !b.nowait {
-                    self.shared.send(AMQPClass::Queue(queue::AMQPMethod::BindOk(
-                        queue::BindOk {},
-                    )));
+                    ctx.reply_when_durable(
+                        &self.shared,
+                        Some(AMQPClass::Queue(queue::AMQPMethod::BindOk(
+                            queue::BindOk {},
+                        ))),
+                    );
                 }
             }
             queue::AMQPMethod::Unbind(b) => {
@@ -251,10 +264,12 @@ impl Channel {
                     &b.arguments,
                     false,
                 )?;
-                self.shared
-                    .send(AMQPClass::Queue(queue::AMQPMethod::UnbindOk(
+                ctx.reply_when_durable(
+                    &self.shared,
+                    Some(AMQPClass::Queue(queue::AMQPMethod::UnbindOk(
                         queue::UnbindOk {},
-                    )));
+                    ))),
+                );
             }
             queue::AMQPMethod::Purge(p) => {
                 let name = self.queue_name(p.queue.as_str())?;
@@ -285,12 +300,14 @@ impl Channel {
                     Err(_) => 0,
                 };
                 if !d.nowait {
-                    self.shared
-                        .send(AMQPClass::Queue(queue::AMQPMethod::DeleteOk(
+                    ctx.reply_when_durable(
+                        &self.shared,
+                        Some(AMQPClass::Queue(queue::AMQPMethod::DeleteOk(
                             queue::DeleteOk {
                                 message_count: count as u32,
                             },
-                        )));
+                        ))),
+                    );
                 }
             }
             other => {

@@ -427,6 +427,9 @@ impl<R: ClientRead> Connection<R> {
                 ),
                 has_published: false,
                 flow: None,
+                waiting: None,
+                meta_mark: 0,
+                method: (0, 0),
                 exclusive_queues: Vec::new(),
                 allowed: Default::default(),
             },
@@ -583,6 +586,10 @@ impl<R: ClientRead> Connection<R> {
                 // instead of a whole budget of reads (8 MiB here).
                 tokio::task::coop::consume_budget().await;
                 match open.handle_frame(frame) {
+                    Ok(FrameOutcome::Continue) if open.ctx.waiting.is_some() => {
+                        held_back = true;
+                        break;
+                    }
                     Ok(FrameOutcome::Continue) => {
                         // As RabbitMQ's reader once blocked: a publisher
                         // stops at once, not at the end of what it already
@@ -607,6 +614,17 @@ impl<R: ClientRead> Connection<R> {
                 }
             }
             open.flush_confirms();
+            // A method whose reply waits: nothing more is read until it is
+            // answered (its resumption may wait again).
+            while let Some(waiting) = open.ctx.waiting.take() {
+                let resume = match self.pause(open, &close_rx, waiting.until).await {
+                    Ok(resume) => resume,
+                    Err(reason) => return reason,
+                };
+                if let Err(err) = open.resume(waiting.channel, resume) {
+                    return self.fail(open, err).await;
+                }
+            }
             if self.outbox.is_over_read_limit() {
                 // The client is not reading what it asked for: stop
                 // reading it until it does.
@@ -830,6 +848,22 @@ impl OpenConnection {
             Err(err) => self.close_channel(id, err),
         }
         Ok(FrameOutcome::Continue)
+    }
+
+    /// Finishes a method that waited (see `channel::Waiting`), unless its
+    /// channel is gone meanwhile.
+    fn resume(&mut self, id: u16, resume: crate::channel::Resume) -> Result<(), AmqpError> {
+        let Some(channel) = self.channels.get_mut(&id).filter(|c| !c.closing) else {
+            return Ok(());
+        };
+        match resume(channel, &mut self.ctx) {
+            Ok(()) => Ok(()),
+            Err(err) if err.is_connection_error() => Err(err),
+            Err(err) => {
+                self.close_channel(id, err);
+                Ok(())
+            }
+        }
     }
 
     /// A channel error: release the channel and send channel.close; the

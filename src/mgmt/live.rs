@@ -528,8 +528,8 @@ pub async fn aliveness(
         arguments: &args,
         connection: 0,
     });
-    let alive = tokio::task::spawn_blocking(move || {
-        declared.is_ok_and(|(queue, _)| {
+    let alive = match declared {
+        Ok((queue, _)) => {
             queue.publish(Arc::new(crate::message::Message::new(
                 String::new(),
                 "aliveness-test".into(),
@@ -537,11 +537,10 @@ pub async fn aliveness(
                 bytes::Bytes::from_static(b"test_message"),
                 false,
             )));
-            matches!(queue.get(true), Some((m, _)) if &m.message.body[..] == b"test_message")
-        })
-    })
-    .await
-    .unwrap_or(false);
+            matches!(queue.get(true).await, Some((m, _)) if &m.message.body[..] == b"test_message")
+        }
+        Err(_) => false,
+    };
     if alive {
         Ok(Json(json!({"status": "ok"})).into_response())
     } else {

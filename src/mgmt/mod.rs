@@ -9,6 +9,7 @@
 
 mod api;
 mod definitions;
+mod durable;
 mod listener;
 mod live;
 mod metrics;
@@ -169,6 +170,10 @@ pub async fn serve(
         .route("/api/health/checks/local-alarms", get(live::alarms))
         .route("/api/health/checks/store", get(live::store_damage))
         .route("/api/aliveness-test/{vhost}", get(live::aliveness))
+        .route_layer(middleware::from_fn_with_state(
+            broker.clone(),
+            durable::reply_when_durable,
+        ))
         .route_layer(middleware::from_fn_with_state(broker.clone(), require_user));
     let app = Router::new()
         .route("/metrics", get(metrics::metrics))

@@ -299,25 +299,19 @@ pub async fn get_messages(
     }
     check(&broker, &user, &vhost, Access::Read, Resource::Queue, &name)?;
     // basic.get may wait for messages being read back from disk.
-    let taken = tokio::task::spawn_blocking(move || {
-        let mut taken = Vec::new();
-        while taken.len() < b.count {
-            match q.get(false) {
-                Some(got) => taken.push(got),
-                None => break,
-            }
+    let mut taken = Vec::new();
+    while taken.len() < b.count {
+        match q.get(false).await {
+            Some(got) => taken.push(got),
+            None => break,
         }
-        let messages: Vec<_> = taken.iter().map(|(m, _)| m.clone()).collect();
-        let left: Vec<usize> = taken.iter().map(|(_, n)| *n).collect();
-        match (requeue, reject) {
-            (true, _) => q.requeue(messages.clone()),
-            (false, false) => q.settle(messages.iter().map(|m| m.receipt())),
-            (false, true) => q.reject(messages.clone()),
-        }
-        messages.into_iter().zip(left).collect::<Vec<_>>()
-    })
-    .await
-    .map_err(|e| ApiError::bad_request(e.to_string()))?;
+    }
+    let messages: Vec<_> = taken.iter().map(|(m, _)| m.clone()).collect();
+    match (requeue, reject) {
+        (true, _) => q.requeue(messages),
+        (false, false) => q.settle(messages.iter().map(|m| m.receipt())),
+        (false, true) => q.reject(messages),
+    }
     let out: Vec<Value> = taken
         .iter()
         .map(|(m, left)| {

@@ -13,6 +13,7 @@ pub mod disk_alarm;
 pub mod durable;
 pub mod fail_stop;
 pub mod memory;
+pub mod meta_writer;
 pub mod persister;
 pub mod priority;
 pub mod queue_index;
@@ -264,10 +265,6 @@ impl Backlog {
 /// The durable store: topology in sled, messages through the persister thread.
 pub struct Store {
     path: PathBuf,
-    db: sled::Db,
-    meta: sled::Tree,
-    /// Vhosts, users and permissions (`broker::access` encodes them).
-    access: sled::Tree,
     persister: Sender<Op>,
     thread: parking_lot::Mutex<Option<std::thread::JoinHandle<()>>>,
     next_msg_id: AtomicU64,
@@ -277,9 +274,8 @@ pub struct Store {
     pub queue_window: usize,
     /// The disk alarm, and what a failed write does.
     pub fail_stop: Arc<fail_stop::FailStop>,
-    /// Topology changes flushed so far (see `recovery::check_topology_version`);
-    /// the lock orders the changes and their count.
-    topology_version: parking_lot::Mutex<u64>,
+    /// Writes topology and access changes (and flushes them) on its own thread.
+    pub(crate) meta_writer: meta_writer::MetaWriter,
     /// What start-up found damaged and started anyway with.
     pub damage: Vec<Damage>,
 }
@@ -381,11 +377,28 @@ impl Store {
         });
     }
 
-    /// Blocks until everything queued so far is on disk (transaction commits).
-    pub fn sync(&self) {
-        let (tx, rx) = std::sync::mpsc::channel();
-        self.send(Op::Sync(tx));
-        let _ = rx.recv();
+    /// Completes once everything queued so far is on disk (transaction
+    /// commits): true when each message of `msg_ids` was written, false
+    /// when one was not (fail-stop) or the store is gone.
+    pub fn written(&self, msg_ids: Vec<u64>) -> impl std::future::Future<Output = bool> {
+        let (done, answer) = tokio::sync::oneshot::channel();
+        self.send(Op::Sync { msg_ids, done });
+        async move { answer.await.unwrap_or(false) }
+    }
+
+    /// Topology and access writes queued so far (a mark for
+    /// `meta_durable_since`).
+    pub fn meta_queued(&self) -> u64 {
+        self.meta_writer.queued()
+    }
+
+    /// When topology or access writes were queued since `mark`: completes
+    /// once they are durable, with an error if one could not be written.
+    pub fn meta_durable_since(
+        &self,
+        mark: u64,
+    ) -> Option<impl std::future::Future<Output = Result<(), String>> + Send + 'static> {
+        self.meta_writer.durable_since(mark)
     }
 
     pub fn next_queue_id(&self) -> u32 {
@@ -393,12 +406,14 @@ impl Store {
     }
 
     pub fn put_exchange(&self, r: &ExchangeRecord) {
-        self.write_meta(|meta| meta.insert(r.key(), r.encode()).map(drop));
+        let (key, value) = (r.key(), r.encode());
+        self.write_meta(move |meta| meta.insert(key, value).map(drop));
     }
 
     pub fn delete_exchange(&self, vhost: &str, name: &str) {
         let key = ExchangeRecord::key_for(vhost, name);
-        self.write_meta(|meta| {
+        let (vhost, name) = (vhost.to_string(), name.to_string());
+        self.write_meta(move |meta| {
             meta.remove(key)?;
             remove_bindings(meta, |b| {
                 b.vhost == vhost && (b.source == name || (b.to_exchange && b.destination == name))
@@ -407,19 +422,26 @@ impl Store {
     }
 
     pub fn put_queue(&self, r: &QueueRecord) {
-        // Its index directory first: a stored queue without one is damage.
-        let queues = self.path.join(recovery::QUEUE_DIR);
-        if let Err(e) = queue_index::create_queue(&queues, r.id) {
-            tracing::error!(error = %e, path = %queues.display(), "cannot create a queue index");
-        }
-        self.write_meta(|meta| meta.insert(r.key(), r.encode()).map(drop));
+        let (id, key, value) = (r.id, r.key(), r.encode());
+        self.meta_writer.write(Box::new(move |trees| {
+            // Its index directory first: a stored queue without one is damage.
+            let queues = trees.path.join(recovery::QUEUE_DIR);
+            queue_index::create_queue(&queues, id)
+                .map_err(|e| format!("cannot create a queue index in {}: {e}", queues.display()))?;
+            trees
+                .meta
+                .insert(key, value)
+                .map(drop)
+                .map_err(|e| e.to_string())
+        }));
     }
 
     /// Forgets a queue: its record, its bindings, and every message entry.
     pub fn delete_queue(&self, vhost: &str, name: &str, queue_id: u32) {
         self.send(Op::RemoveFrom { queue_id, from: 0 });
         let key = QueueRecord::key_for(vhost, name);
-        self.write_meta(|meta| {
+        let (vhost, name) = (vhost.to_string(), name.to_string());
+        self.write_meta(move |meta| {
             meta.remove(key)?;
             remove_bindings(meta, |b| {
                 b.vhost == vhost && !b.to_exchange && b.destination == name
@@ -428,67 +450,40 @@ impl Store {
     }
 
     pub fn put_binding(&self, r: &BindingRecord) {
-        self.write_meta(|meta| meta.insert(r.key(), r.encode()).map(drop));
+        let (key, value) = (r.key(), r.encode());
+        self.write_meta(move |meta| meta.insert(key, value).map(drop));
     }
 
     pub fn delete_binding(&self, r: &BindingRecord) {
-        self.write_meta(|meta| meta.remove(r.key()).map(drop));
+        let key = r.key();
+        self.write_meta(move |meta| meta.remove(key).map(drop));
     }
 
-    /// Applies a topology change and flushes it before the client hears
-    /// declare-ok / bind-ok, as RabbitMQ does. Topology changes are rare; a
-    /// blocking flush here keeps them simple and honest.
-    /// Writes (or with `None` removes) one access-control record, flushed.
+    /// Writes (or with `None` removes) one access-control record. Like
+    /// topology changes it is written and flushed on the metadata writer's
+    /// thread; whoever promises it durable awaits `meta_durable_since`.
     pub fn put_access(&self, key: &[u8], value: Option<&[u8]>) {
-        let result = self.counted(|| match value {
-            Some(v) => self.access.insert(key, v).map(drop),
-            None => self.access.remove(key).map(drop),
-        });
-        if let Err(e) = result {
-            tracing::error!(error = %e, path = %self.path.display(), "cannot write users or permissions to the store");
-        }
-    }
-
-    fn write_meta(&self, change: impl FnOnce(&sled::Tree) -> sled::Result<()>) {
-        if let Err(e) = self.counted(|| change(&self.meta)) {
-            tracing::error!(error = %e, path = %self.path.display(), "cannot write topology to the store");
-        }
-    }
-
-    /// Applies a change to sled with the next topology version, flushes,
-    /// then writes the version outside sled: a sled log that later reads
-    /// back without the change is caught at start-up.
-    fn counted(&self, change: impl FnOnce() -> sled::Result<()>) -> Result<(), String> {
-        let mut version = self.topology_version.lock();
-        let next = *version + 1;
-        change()
-            .and_then(|()| {
-                self.meta
-                    .insert(recovery::TOPOLOGY_VERSION_KEY, &next.to_be_bytes()[..])
-            })
-            .and_then(|_| self.db.flush())
-            .map_err(|e| e.to_string())?;
-        *version = next;
-        let path = self.path.join(recovery::TOPOLOGY_VERSION);
-        (|| -> std::io::Result<()> {
-            let f = std::fs::OpenOptions::new()
-                .create(true)
-                .write(true)
-                .truncate(false)
-                .open(&path)?;
-            use std::os::unix::fs::FileExt;
-            f.write_all_at(&recovery::encode_topology_version(next), 0)?;
-            f.sync_data()?;
-            if next == 1 {
-                segments::sync_dir(&path)?;
+        let (key, value) = (key.to_vec(), value.map(<[u8]>::to_vec));
+        self.meta_writer.write(Box::new(move |trees| {
+            match value {
+                Some(v) => trees.access.insert(key, v).map(drop),
+                None => trees.access.remove(key).map(drop),
             }
-            Ok(())
-        })()
-        .map_err(|e| format!("{}: {e}", path.display()))
+            .map_err(|e| e.to_string())
+        }));
+    }
+
+    /// Queues a topology change; declare-ok / bind-ok wait for its flush
+    /// (see `meta_writer`), as RabbitMQ's wait for its own.
+    fn write_meta(&self, change: impl FnOnce(&sled::Tree) -> sled::Result<()> + Send + 'static) {
+        self.meta_writer.write(Box::new(move |trees| {
+            change(&trees.meta).map_err(|e| e.to_string())
+        }));
     }
 
     /// Finishes queued writes, flushes, and stops the persister.
     pub fn close(&self) {
+        self.meta_writer.close();
         self.send(Op::Stop);
         if let Some(thread) = self.thread.lock().take() {
             let _ = thread.join();

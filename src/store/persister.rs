@@ -19,7 +19,7 @@ use super::{ConfirmSink, DiskRef, QueuedMessage};
 use crate::hash::HashMap as FastMap;
 use crate::message::Message;
 use std::collections::HashMap;
-use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender};
+use std::sync::mpsc::{Receiver, RecvTimeoutError};
 use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 use tracing::{debug, error, info};
@@ -84,8 +84,12 @@ pub enum Op {
     },
     /// Read paged-out messages back for a queue.
     Load(LoadRequest),
-    /// Answered once everything sent before it is on disk.
-    Sync(Sender<()>),
+    /// Answered once everything sent before it is on disk: true when none
+    /// of these messages lost an entry (a transaction's, for tx.commit).
+    Sync {
+        msg_ids: Vec<u64>,
+        done: tokio::sync::oneshot::Sender<bool>,
+    },
     /// Finish the queued work, flush, and end the thread.
     Stop,
 }
@@ -222,7 +226,7 @@ struct Batch {
     /// (channel, confirm seq, msg_id).
     confirms: Vec<(Arc<dyn ConfirmSink>, u64, u64)>,
     loads: Vec<LoadRequest>,
-    syncs: Vec<Sender<()>>,
+    syncs: Vec<(Vec<u64>, tokio::sync::oneshot::Sender<bool>)>,
     stop: bool,
 }
 
@@ -260,6 +264,8 @@ impl Persister {
         }
     }
 
+    // The persister's own thread: waiting for work blocks no tokio worker.
+    #[allow(clippy::disallowed_methods)]
     pub fn run(mut self, rx: Receiver<Op>) {
         let mut ops = Vec::with_capacity(1024);
         loop {
@@ -392,8 +398,8 @@ impl Persister {
             self.lost.clear();
             self.lost_at = None;
         }
-        for done in b.syncs {
-            let _ = done.send(());
+        for (msg_ids, done) in b.syncs {
+            let _ = done.send(msg_ids.iter().all(|id| !self.lost.contains(id)));
         }
         self.stats.confirm += confirming.elapsed();
         self.stats.batches += 1;
@@ -404,6 +410,8 @@ impl Persister {
         b.stop
     }
 
+    // Runs on the persister thread, which exists to wait for the disk.
+    #[allow(clippy::disallowed_methods)]
     fn flush_marks(&mut self) {
         if self.marks_unflushed.take().is_some() {
             if let Err(e) = self.db.flush() {
@@ -591,7 +599,7 @@ impl Persister {
                 msg_id,
             } => b.confirms.push((channel, seq, msg_id)),
             Op::Load(load) => b.loads.push(load),
-            Op::Sync(done) => b.syncs.push(done),
+            Op::Sync { msg_ids, done } => b.syncs.push((msg_ids, done)),
             Op::Stop => b.stop = true,
         }
     }

@@ -296,11 +296,18 @@ pub fn open(dir: &Path, config: &StorageConfig) -> Result<(Arc<Store>, Recovered
         .map(|q| q.record.id)
         .max()
         .map_or(1, |id| id + 1);
+    let meta_writer = super::meta_writer::MetaWriter::start(
+        db,
+        super::meta_writer::Trees {
+            path: dir.to_owned(),
+            meta,
+            access,
+        },
+        next_topology_version,
+    )
+    .map_err(io(dir.to_owned()))?;
     let store = Store {
         path: dir.to_owned(),
-        db,
-        meta,
-        access,
         persister: tx,
         thread: parking_lot::Mutex::new(Some(thread)),
         next_msg_id: AtomicU64::new(1),
@@ -308,7 +315,7 @@ pub fn open(dir: &Path, config: &StorageConfig) -> Result<(Arc<Store>, Recovered
         backlog,
         queue_window: config.queue_memory_window,
         fail_stop,
-        topology_version: parking_lot::Mutex::new(next_topology_version),
+        meta_writer,
         damage,
     };
     info!(
@@ -417,6 +424,8 @@ struct Topology {
     delivered: HashMap<u32, u64>,
 }
 
+// Start-up, before any client is served: marking a new store may flush.
+#[allow(clippy::disallowed_methods)]
 fn read_topology(
     dir: &Path,
     db: &sled::Db,
@@ -520,6 +529,8 @@ fn quietly<T>(f: impl FnOnce() -> T) -> Result<T, String> {
 }
 
 #[cfg(test)]
+// Tests make stores to open: flushing them is the point.
+#[allow(clippy::disallowed_methods)]
 mod tests {
     use super::*;
 

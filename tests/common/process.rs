@@ -320,3 +320,20 @@ impl BrokerProcess {
         Self::spawn(&args)
     }
 }
+
+impl BrokerProcess {
+    /// [`start_with_config`](Self::start_with_config) with extra environment
+    /// variables (`TOKIO_WORKER_THREADS`, say).
+    pub fn start_with_config_and_env(
+        data_dir: &Path,
+        config: &Path,
+        env: &[(&str, &str)],
+    ) -> BrokerProcess {
+        let mut args = Self::serve_args(data_dir);
+        args.push("--config");
+        args.push(config.to_str().expect("UTF-8 config path"));
+        let mut broker = Self::launch_with_env(&args, env);
+        broker.wait_ready();
+        broker
+    }
+}
