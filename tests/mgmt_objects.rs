@@ -2012,3 +2012,53 @@ async fn queue_rates_show_while_messages_come_in() {
     publishing.abort();
     api.delete(&path).await;
 }
+
+/// Declaring over HTTP applies queue.declare's and exchange.declare's
+/// extra rules: a dead-letter exchange (or an alternate exchange) needs
+/// write on it, as RabbitMQ's API (through a channel) does.
+#[tokio::test]
+async fn http_declare_needs_write_on_the_dead_letter_and_alternate_exchanges() {
+    let broker = TestBroker::start().await;
+    let Some(api) = Api::of(&broker) else { return };
+    let user = unique("dlx-user");
+    let made = api
+        .put(
+            &format!("/api/users/{user}"),
+            json!({"password": "pw", "tags": "management"}),
+        )
+        .await;
+    assert!(made.status == 201 || made.status == 204, "{}", made.text);
+    let granted = api
+        .put(
+            &format!("/api/permissions/%2F/{user}"),
+            json!({"configure": ".*", "write": "", "read": ".*"}),
+        )
+        .await;
+    assert!(granted.status == 201 || granted.status == 204, "{}", granted.text);
+    let as_user = api.as_user(&user, "pw");
+    let (q, plain, x) = (unique("dlx-q"), unique("plain-q"), unique("ae-x"));
+
+    let reply = as_user
+        .put(
+            &format!("/api/queues/%2F/{q}"),
+            json!({"durable": false, "arguments": {"x-dead-letter-exchange": "amq.fanout"}}),
+        )
+        .await;
+    assert_error(&reply, 401, "not_authorised", "Access refused.");
+    let reply = as_user
+        .put(
+            &format!("/api/exchanges/%2F/{x}"),
+            json!({"type": "fanout", "arguments": {"alternate-exchange": "amq.fanout"}}),
+        )
+        .await;
+    assert_error(&reply, 401, "not_authorised", "Access refused.");
+    // Without them, configure is enough.
+    let reply = as_user
+        .put(&format!("/api/queues/%2F/{plain}"), json!({"durable": false}))
+        .await;
+    assert_eq!(reply.status, 201, "{}", reply.text);
+    assert_eq!(api.get(&format!("/api/queues/%2F/{q}")).await.status, 404);
+    assert_eq!(api.get(&format!("/api/exchanges/%2F/{x}")).await.status, 404);
+    api.delete(&format!("/api/queues/%2F/{plain}")).await;
+    api.delete(&format!("/api/users/{user}")).await;
+}

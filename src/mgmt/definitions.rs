@@ -11,6 +11,7 @@ use super::objects::{bind, declare_exchange, declare_queue, NewBinding};
 use super::users::{permission_json, set_permission, user_json, user_record, UserBody};
 use crate::broker::access::{PermissionRecord, VhostRecord};
 use crate::broker::exchange::{Destination, ExchangeKind};
+use crate::broker::ops::Unchecked;
 use crate::broker::vhost::VHost;
 use crate::broker::Broker;
 use axum::extract::{Path, State};
@@ -325,6 +326,7 @@ fn import(broker: &Broker, d: Definitions, only: Option<&str>) -> Result<(), Api
         let v = vhost_of(&in_vhost(&e.vhost)?)?;
         let args = json_table(&e.arguments)?;
         keep_existing(declare_exchange(
+            &mut Unchecked,
             &v,
             &e.name,
             &e.kind,
@@ -337,7 +339,14 @@ fn import(broker: &Broker, d: Definitions, only: Option<&str>) -> Result<(), Api
     for q in d.queues {
         let v = vhost_of(&in_vhost(&q.vhost)?)?;
         let args = json_table(&q.arguments)?;
-        keep_existing(declare_queue(&v, &q.name, q.durable, q.auto_delete, &args))?;
+        keep_existing(declare_queue(
+            &mut Unchecked,
+            &v,
+            &q.name,
+            q.durable,
+            q.auto_delete,
+            &args,
+        ))?;
     }
     for b in d.bindings {
         let v = vhost_of(&in_vhost(&b.vhost)?)?;
@@ -351,8 +360,7 @@ fn import(broker: &Broker, d: Definitions, only: Option<&str>) -> Result<(), Api
             }
         };
         let made = bind(
-            broker,
-            None,
+            &mut Unchecked,
             &v,
             NewBinding {
                 source: &b.source,

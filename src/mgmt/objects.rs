@@ -8,12 +8,13 @@ use super::api::{
 use crate::broker::access::{Access, Resource};
 use crate::broker::exchange::{Binding, Destination, Exchange, ExchangeKind};
 use crate::broker::ops::publish::{self, Failed, Outgoing};
+use crate::broker::ops::topology::{self, Bind, BindTo};
 use crate::broker::ops::Gate;
 use crate::broker::queue::Queue;
 use crate::broker::queue_args::QueueType;
 use crate::broker::vhost::{ExchangeDeclare, QueueDeclare, VHost};
 use crate::broker::Broker;
-use crate::error::AmqpError;
+use crate::error::{AmqpError, ReplyCode};
 use crate::protocol::properties::PropertiesView;
 use amq_protocol::protocol::basic::{gen_properties, parse_properties, AMQPProperties};
 use amq_protocol::types::{FieldTable, ShortString};
@@ -170,9 +171,10 @@ struct QueueBody {
     vhost: Option<Value>,
 }
 
-/// Declares a queue as queue.declare would, for an API or definitions
-/// caller; true when it was created.
+/// Declares a queue as queue.declare would, with its permission rules,
+/// for an API or definitions caller; true when it was created.
 pub fn declare_queue(
+    gate: &mut impl Gate,
     v: &VHost,
     name: &str,
     durable: bool,
@@ -180,15 +182,19 @@ pub fn declare_queue(
     arguments: &FieldTable,
 ) -> Result<bool, ApiError> {
     short_string("queue", name)?;
-    let (_, created) = v.declare_queue(&QueueDeclare {
-        name,
-        passive: false,
-        durable,
-        exclusive: false,
-        auto_delete,
-        arguments,
-        connection: 0,
-    })?;
+    let (_, created) = topology::declare_queue(
+        gate,
+        v,
+        &QueueDeclare {
+            name,
+            passive: false,
+            durable,
+            exclusive: false,
+            auto_delete,
+            arguments,
+            connection: 0,
+        },
+    )?;
     Ok(created)
 }
 
@@ -200,16 +206,9 @@ pub async fn put_queue(
 ) -> ApiResult {
     let v = user.vhost_for_change(&broker, &vhost)?;
     let b: QueueBody = body(&raw)?;
-    check(
-        &broker,
-        &user,
-        &vhost,
-        Access::Configure,
-        Resource::Queue,
-        &name,
-    )?;
     let arguments = json_table(&b.arguments)?;
-    let created = declare_queue(&v, &name, b.durable, b.auto_delete, &arguments)?;
+    let mut gate = ApiGate::new(&broker, &user, &vhost);
+    let created = declare_queue(&mut gate, &v, &name, b.durable, b.auto_delete, &arguments)?;
     Ok(created_or_updated(created))
 }
 
@@ -219,18 +218,17 @@ pub async fn delete_queue(
     Path((vhost, name)): Path<(String, String)>,
     Query(query): Q,
 ) -> ApiResult {
-    let (v, q) = find_queue(&broker, &user, &vhost, &name)?;
-    check(
-        &broker,
-        &user,
-        &vhost,
-        Access::Configure,
-        Resource::Queue,
-        &name,
-    )?;
+    let (v, _) = find_queue(&broker, &user, &vhost, &name)?;
     let flag = |k: &str| query.get(k).is_some_and(|x| x == "true");
-    q.check_delete(flag("if-unused"), flag("if-empty"))?;
-    v.delete_queue(&q);
+    let mut gate = ApiGate::new(&broker, &user, &vhost);
+    topology::delete_queue(
+        &mut gate,
+        &v,
+        &name,
+        flag("if-unused"),
+        flag("if-empty"),
+        None,
+    )?;
     Ok(no_content())
 }
 
@@ -239,9 +237,9 @@ pub async fn purge_queue(
     Extension(user): Extension<User>,
     Path((vhost, name)): Path<(String, String)>,
 ) -> ApiResult {
-    let (_, q) = find_queue(&broker, &user, &vhost, &name)?;
-    check(&broker, &user, &vhost, Access::Read, Resource::Queue, &name)?;
-    q.purge();
+    let (v, _) = find_queue(&broker, &user, &vhost, &name)?;
+    let mut gate = ApiGate::new(&broker, &user, &vhost);
+    topology::purge_queue(&mut gate, &v, &name, None)?;
     Ok(no_content())
 }
 
@@ -590,8 +588,11 @@ struct ExchangeBody {
     vhost: Option<Value>,
 }
 
-/// Declares an exchange as exchange.declare would; true when created.
+/// Declares an exchange as exchange.declare would, with its permission
+/// rules; true when created.
+#[allow(clippy::too_many_arguments)]
 pub fn declare_exchange(
+    gate: &mut impl Gate,
     v: &VHost,
     name: &str,
     kind: &str,
@@ -606,17 +607,20 @@ pub fn declare_exchange(
             "unknown exchange type '{kind}'"
         )));
     }
-    let existed = v.exchange(name).is_ok();
-    v.declare_exchange(&ExchangeDeclare {
-        name,
-        kind,
-        passive: false,
-        durable,
-        auto_delete,
-        internal,
-        arguments,
-    })?;
-    Ok(!existed)
+    let created = topology::declare_exchange(
+        gate,
+        v,
+        &ExchangeDeclare {
+            name,
+            kind,
+            passive: false,
+            durable,
+            auto_delete,
+            internal,
+            arguments,
+        },
+    )?;
+    Ok(created)
 }
 
 pub async fn put_exchange(
@@ -627,16 +631,10 @@ pub async fn put_exchange(
 ) -> ApiResult {
     let v = user.vhost_for_change(&broker, &vhost)?;
     let b: ExchangeBody = body(&raw)?;
-    check(
-        &broker,
-        &user,
-        &vhost,
-        Access::Configure,
-        Resource::Exchange,
-        &name,
-    )?;
     let arguments = json_table(&b.arguments)?;
+    let mut gate = ApiGate::new(&broker, &user, &vhost);
     let created = declare_exchange(
+        &mut gate,
         &v,
         &name,
         &b.kind,
@@ -655,16 +653,9 @@ pub async fn delete_exchange(
     Query(query): Q,
 ) -> ApiResult {
     let (v, _) = find_exchange(&broker, &user, &vhost, &name)?;
-    check(
-        &broker,
-        &user,
-        &vhost,
-        Access::Configure,
-        Resource::Exchange,
-        &name,
-    )?;
     let if_unused = query.get("if-unused").is_some_and(|x| x == "true");
-    v.delete_exchange(&name, if_unused)?;
+    let mut gate = ApiGate::new(&broker, &user, &vhost);
+    topology::delete_exchange(&mut gate, &v, &name, if_unused)?;
     Ok(no_content())
 }
 
@@ -739,11 +730,7 @@ pub async fn publish(
         view,
         body: payload,
     };
-    let mut gate = ApiGate {
-        broker: &broker,
-        user: &user.name,
-        vhost: &vhost,
-    };
+    let mut gate = ApiGate::new(&broker, &user, &vhost);
     match publish::publish_confirmed(&broker, &v, &mut gate, outgoing).await {
         Ok(routed) => Ok(Json(json!({ "routed": routed })).into_response()),
         // As RabbitMQ, whose HTTP publish goes through a channel: the
@@ -762,10 +749,20 @@ pub async fn publish(
 }
 
 /// Permission checks of a management API user in one vhost.
-struct ApiGate<'a> {
+pub(super) struct ApiGate<'a> {
     broker: &'a Broker,
     user: &'a str,
     vhost: &'a str,
+}
+
+impl<'a> ApiGate<'a> {
+    pub(super) fn new(broker: &'a Broker, user: &'a User, vhost: &'a str) -> ApiGate<'a> {
+        ApiGate {
+            broker,
+            user: &user.name,
+            vhost,
+        }
+    }
 }
 
 impl Gate for ApiGate<'_> {
@@ -1054,67 +1051,43 @@ pub struct NewBinding<'a> {
     pub arguments: FieldTable,
 }
 
-/// Binds as queue.bind / exchange.bind would, with their permission checks
-/// when made for a user; returns the binding's properties key.
-pub fn bind<'a>(
-    broker: &Broker,
-    user: Option<&User>,
-    v: &VHost,
-    n: NewBinding<'a>,
-) -> Result<String, ApiError> {
+/// Binds as queue.bind / exchange.bind would, with their permission
+/// rules; returns the binding's properties key.
+pub fn bind(gate: &mut impl Gate, v: &VHost, n: NewBinding<'_>) -> Result<String, ApiError> {
     let NewBinding {
         source,
         to_queue,
-        destination: dest_name,
+        destination,
         routing_key,
         arguments,
     } = n;
     short_string("routing_key", routing_key)?;
     let source = unalias(source);
-    let dest_name = if to_queue {
-        dest_name
+    let to = if to_queue {
+        BindTo::Queue(destination)
     } else {
-        unalias(dest_name)
+        BindTo::Exchange(unalias(destination))
     };
-    let kind = if to_queue {
-        Resource::Queue
-    } else {
-        Resource::Exchange
+    let b = Bind {
+        source,
+        to,
+        routing_key,
+        arguments: &arguments,
     };
-    if let Some(user) = user {
-        check(broker, user, &v.name, Access::Write, kind, dest_name)?;
-        check(
-            broker,
-            user,
-            &v.name,
-            Access::Read,
-            Resource::Exchange,
-            source,
-        )?;
+    topology::bind(gate, v, &b, None, true).map_err(binding_error)?;
+    Ok(properties_key(routing_key, &arguments))
+}
+
+/// A binding refused: 404 with AMQP's detail for a missing end, 400 with
+/// the AMQP error for bad arguments, 401 for permissions.
+fn binding_error(e: AmqpError) -> ApiError {
+    match e.code {
+        ReplyCode::NotFound => missing_end(e),
+        ReplyCode::PreconditionFailed => {
+            ApiError::bad_request(format!("{} {}", e.code as u16, e.text))
+        }
+        _ => ApiError::from_amqp(e),
     }
-    if source.is_empty() || (!to_queue && dest_name.is_empty()) {
-        return Err(ApiError::from_amqp(
-            crate::error::AmqpError::access_refused(
-                "operation not permitted on the default exchange",
-            ),
-        ));
-    }
-    let e = v.exchange(source).map_err(missing_end)?;
-    let dest = destination(v, to_queue, dest_name, missing_end)?;
-    if e.kind == ExchangeKind::Headers {
-        crate::broker::exchange::headers::HeadersMatcher::new(&arguments)
-            .map_err(|why| ApiError::bad_request(format!("406 PRECONDITION_FAILED - {why}")))?;
-    }
-    let key = properties_key(routing_key, &arguments);
-    v.bind(
-        &e,
-        Binding {
-            destination: dest,
-            routing_key: routing_key.to_string(),
-            arguments,
-        },
-    );
-    Ok(key)
 }
 
 async fn post_binding(
@@ -1127,9 +1100,9 @@ async fn post_binding(
     let v = user.vhost_for_change(&broker, &p.vhost)?;
     let b: BindBody = body(&raw)?;
     let arguments = json_table(&b.arguments)?;
+    let mut gate = ApiGate::new(&broker, &user, &p.vhost);
     let key = bind(
-        &broker,
-        Some(&user),
+        &mut gate,
         &v,
         NewBinding {
             source: &p.source,
@@ -1206,21 +1179,20 @@ async fn unbind(broker: Arc<Broker>, user: User, p: BindingPropsPath, to_queue: 
     {
         return Err(ApiError::not_authorised("Access refused."));
     }
+    let vhost = p.vhost.clone();
     let (v, e, b) = one_binding(&broker, &user, p, to_queue)?;
-    let (kind, name) = match &b.destination {
-        Destination::Queue(q) => (Resource::Queue, q.name.clone()),
-        Destination::Exchange(x) => (Resource::Exchange, x.clone()),
+    let to = match &b.destination {
+        Destination::Queue(q) => BindTo::Queue(&q.name),
+        Destination::Exchange(x) => BindTo::Exchange(x),
     };
-    check(&broker, &user, &v.name, Access::Write, kind, &name)?;
-    check(
-        &broker,
-        &user,
-        &v.name,
-        Access::Read,
-        Resource::Exchange,
-        &e.name,
-    )?;
-    v.unbind(&e, &b.destination, &b.routing_key, &b.arguments);
+    let mut gate = ApiGate::new(&broker, &user, &vhost);
+    let unbind = Bind {
+        source: &e.name,
+        to,
+        routing_key: &b.routing_key,
+        arguments: &b.arguments,
+    };
+    topology::bind(&mut gate, &v, &unbind, None, false).map_err(binding_error)?;
     Ok(no_content())
 }
 

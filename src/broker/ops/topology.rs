@@ -1,0 +1,187 @@
+//! Declaring, deleting, binding and purging, with the permission rules of
+//! RabbitMQ's channel, for AMQP channels, the management API and
+//! definitions import alike. Callers keep only what is theirs: reply
+//! frames and HTTP shapes, and which connection (if any) asks.
+
+use super::Gate;
+use crate::broker::access::{Access, Resource};
+use crate::broker::exchange::headers::HeadersMatcher;
+use crate::broker::exchange::{Binding, Destination, ExchangeKind};
+use crate::broker::queue::Queue;
+use crate::broker::vhost::{ExchangeDeclare, QueueDeclare, VHost};
+use crate::error::AmqpError;
+use amq_protocol::types::{AMQPValue, FieldTable};
+use std::sync::Arc;
+
+fn default_exchange_refused() -> AmqpError {
+    AmqpError::access_refused("operation not permitted on the default exchange")
+}
+
+/// exchange.declare: configure on the exchange; declaring a new one with
+/// an alternate exchange also needs read on it and write on the alternate
+/// (RabbitMQ's rule). Returns whether it was created.
+pub fn declare_exchange(
+    gate: &mut impl Gate,
+    vhost: &VHost,
+    d: &ExchangeDeclare<'_>,
+) -> Result<bool, AmqpError> {
+    let existed = vhost.exchange(d.name).is_ok();
+    if !d.passive && !d.name.is_empty() && ExchangeKind::parse(d.kind).is_some() {
+        gate.check(Access::Configure, Resource::Exchange, d.name)?;
+        if let (Some(AMQPValue::LongString(ae)), false) =
+            (d.arguments.inner().get("alternate-exchange"), existed)
+        {
+            gate.check(Access::Read, Resource::Exchange, d.name)?;
+            gate.check(Access::Write, Resource::Exchange, &ae.to_string())?;
+        }
+    }
+    vhost.declare_exchange(d)?;
+    Ok(!existed)
+}
+
+/// exchange.delete: configure on the exchange (the default and `amq.*`
+/// exchanges are refused by the vhost whatever the permissions).
+pub fn delete_exchange(
+    gate: &mut impl Gate,
+    vhost: &VHost,
+    name: &str,
+    if_unused: bool,
+) -> Result<(), AmqpError> {
+    if !name.is_empty() && !name.starts_with("amq.") {
+        gate.check(Access::Configure, Resource::Exchange, name)?;
+    }
+    vhost.delete_exchange(name, if_unused)
+}
+
+/// queue.declare: configure on the queue; declaring a new one with a
+/// dead-letter exchange also needs read on it and write on that exchange
+/// (RabbitMQ's rule). Returns the queue and whether it was created.
+pub fn declare_queue(
+    gate: &mut impl Gate,
+    vhost: &VHost,
+    d: &QueueDeclare<'_>,
+) -> Result<(Arc<Queue>, bool), AmqpError> {
+    if !d.passive {
+        gate.check(Access::Configure, Resource::Queue, d.name)?;
+        if let (Some(AMQPValue::LongString(dlx)), Err(_)) = (
+            d.arguments.inner().get("x-dead-letter-exchange"),
+            vhost.queue(d.name),
+        ) {
+            gate.check(Access::Read, Resource::Queue, d.name)?;
+            gate.check(Access::Write, Resource::Exchange, &dlx.to_string())?;
+        }
+    }
+    vhost.declare_queue(d)
+}
+
+/// queue.delete: configure on the queue; a queue that does not exist is
+/// deleted already (0 messages). `owner` is the asking connection, which
+/// an exclusive queue must belong to (None: not a connection). Returns the
+/// queue deleted, if any, and how many messages it held.
+pub fn delete_queue(
+    gate: &mut impl Gate,
+    vhost: &VHost,
+    name: &str,
+    if_unused: bool,
+    if_empty: bool,
+    owner: Option<u64>,
+) -> Result<Option<(Arc<Queue>, usize)>, AmqpError> {
+    gate.check(Access::Configure, Resource::Queue, name)?;
+    let Ok(queue) = vhost.queue(name) else {
+        return Ok(None);
+    };
+    if let Some(connection) = owner {
+        queue.check_owner(connection)?;
+    }
+    queue.check_delete(if_unused, if_empty)?;
+    let count = vhost.delete_queue(&queue);
+    Ok(Some((queue, count)))
+}
+
+/// queue.purge: read on the queue. Returns how many messages went.
+pub fn purge_queue(
+    gate: &mut impl Gate,
+    vhost: &VHost,
+    name: &str,
+    owner: Option<u64>,
+) -> Result<usize, AmqpError> {
+    gate.check(Access::Read, Resource::Queue, name)?;
+    let queue = vhost.queue(name)?;
+    if let Some(connection) = owner {
+        queue.check_owner(connection)?;
+    }
+    Ok(queue.purge())
+}
+
+/// Where a binding goes.
+#[derive(Clone, Copy)]
+pub enum BindTo<'a> {
+    Queue(&'a str),
+    Exchange(&'a str),
+}
+
+/// A binding, as queue.bind and exchange.bind name it.
+pub struct Bind<'a> {
+    pub source: &'a str,
+    pub to: BindTo<'a>,
+    pub routing_key: &'a str,
+    pub arguments: &'a FieldTable,
+}
+
+/// queue.bind / exchange.bind (`add`) and their unbinds, in RabbitMQ's
+/// order: write on the destination, neither end the default exchange, read
+/// on the source, both ends exist (an exclusive destination queue
+/// belonging to `owner`), a headers binding's arguments make sense.
+pub fn bind(
+    gate: &mut impl Gate,
+    vhost: &VHost,
+    b: &Bind<'_>,
+    owner: Option<u64>,
+    add: bool,
+) -> Result<(), AmqpError> {
+    let Bind {
+        source,
+        to,
+        routing_key,
+        arguments,
+    } = *b;
+    let (kind, name) = match to {
+        BindTo::Queue(name) => (Resource::Queue, name),
+        BindTo::Exchange(name) => (Resource::Exchange, name),
+    };
+    gate.check(Access::Write, kind, name)?;
+    if source.is_empty() || (kind == Resource::Exchange && name.is_empty()) {
+        return Err(default_exchange_refused());
+    }
+    gate.check(Access::Read, Resource::Exchange, source)?;
+    let destination = match to {
+        BindTo::Queue(name) => {
+            let queue = vhost.queue(name)?;
+            if let Some(connection) = owner {
+                queue.check_owner(connection)?;
+            }
+            Destination::Queue(queue)
+        }
+        BindTo::Exchange(name) => {
+            vhost.exchange(name)?;
+            Destination::Exchange(name.to_string())
+        }
+    };
+    let source = vhost.exchange(source)?;
+    if add {
+        if source.kind == ExchangeKind::Headers {
+            HeadersMatcher::new(arguments).map_err(AmqpError::precondition_failed)?;
+        }
+        vhost.bind(
+            &source,
+            Binding {
+                destination,
+                routing_key: routing_key.to_string(),
+                arguments: arguments.clone(),
+            },
+        );
+    } else {
+        vhost.unbind(&source, &destination, routing_key, arguments);
+    }
+    Ok(())
+}
