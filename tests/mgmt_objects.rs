@@ -225,6 +225,31 @@ async fn api_publish(api: &Api, vhost: &str, exchange: &str, key: &str, payload:
     .await
 }
 
+/// A management user (password "pw") who may configure and read
+/// everything in `/` but write nothing.
+async fn user_who_cannot_write(api: &Api, prefix: &str) -> String {
+    let user = unique(prefix);
+    let made = api
+        .put(
+            &format!("/api/users/{user}"),
+            json!({"password": "pw", "tags": "management"}),
+        )
+        .await;
+    assert!(made.status == 201 || made.status == 204, "{}", made.text);
+    let granted = api
+        .put(
+            &format!("/api/permissions/%2F/{user}"),
+            json!({"configure": ".*", "write": "", "read": ".*"}),
+        )
+        .await;
+    assert!(
+        granted.status == 201 || granted.status == 204,
+        "{}",
+        granted.text
+    );
+    user
+}
+
 /// POST .../get with `count`, `ackmode` and encoding "auto".
 async fn api_get(api: &Api, queue: &str, count: u32, ackmode: &str) -> Reply {
     api.post(
@@ -1859,25 +1884,7 @@ async fn http_publish_applies_the_rules_of_basic_publish() {
     );
 
     // A user without write permission is refused as a channel refuses it.
-    let user = unique("pub-user");
-    let made = api
-        .put(
-            &format!("/api/users/{user}"),
-            json!({"password": "pw", "tags": "management"}),
-        )
-        .await;
-    assert!(made.status == 201 || made.status == 204, "{}", made.text);
-    let granted = api
-        .put(
-            &format!("/api/permissions/%2F/{user}"),
-            json!({"configure": ".*", "write": "", "read": ".*"}),
-        )
-        .await;
-    assert!(
-        granted.status == 201 || granted.status == 204,
-        "{}",
-        granted.text
-    );
+    let user = user_who_cannot_write(&api, "pub-user").await;
     let reply = api_publish(&api.as_user(&user, "pw"), "/", "amq.default", &q, "x").await;
     assert_error(
         &reply,
@@ -2020,21 +2027,7 @@ async fn queue_rates_show_while_messages_come_in() {
 async fn http_declare_needs_write_on_the_dead_letter_and_alternate_exchanges() {
     let broker = TestBroker::start().await;
     let Some(api) = Api::of(&broker) else { return };
-    let user = unique("dlx-user");
-    let made = api
-        .put(
-            &format!("/api/users/{user}"),
-            json!({"password": "pw", "tags": "management"}),
-        )
-        .await;
-    assert!(made.status == 201 || made.status == 204, "{}", made.text);
-    let granted = api
-        .put(
-            &format!("/api/permissions/%2F/{user}"),
-            json!({"configure": ".*", "write": "", "read": ".*"}),
-        )
-        .await;
-    assert!(granted.status == 201 || granted.status == 204, "{}", granted.text);
+    let user = user_who_cannot_write(&api, "dlx-user").await;
     let as_user = api.as_user(&user, "pw");
     let (q, plain, x) = (unique("dlx-q"), unique("plain-q"), unique("ae-x"));
 
@@ -2054,11 +2047,17 @@ async fn http_declare_needs_write_on_the_dead_letter_and_alternate_exchanges() {
     assert_error(&reply, 401, "not_authorised", "Access refused.");
     // Without them, configure is enough.
     let reply = as_user
-        .put(&format!("/api/queues/%2F/{plain}"), json!({"durable": false}))
+        .put(
+            &format!("/api/queues/%2F/{plain}"),
+            json!({"durable": false}),
+        )
         .await;
     assert_eq!(reply.status, 201, "{}", reply.text);
     assert_eq!(api.get(&format!("/api/queues/%2F/{q}")).await.status, 404);
-    assert_eq!(api.get(&format!("/api/exchanges/%2F/{x}")).await.status, 404);
+    assert_eq!(
+        api.get(&format!("/api/exchanges/%2F/{x}")).await.status,
+        404
+    );
     api.delete(&format!("/api/queues/%2F/{plain}")).await;
     api.delete(&format!("/api/users/{user}")).await;
 }
