@@ -76,13 +76,45 @@ pub struct AllowedCache {
 
 const ALLOWED_CACHE_SIZE: usize = 12;
 
-impl crate::broker::ops::Gate for ConnCtx {
+/// A connection's permission checks, borrowed apart from its vhost so an
+/// operation can be handed both without cloning the vhost's `Arc` (shared
+/// by every connection: a refcount bounced between cores per message).
+pub struct ConnGate<'a> {
+    broker: &'a Broker,
+    user: &'a str,
+    vhost: &'a str,
+    allowed: &'a mut AllowedCache,
+}
+
+impl crate::broker::ops::Gate for ConnGate<'_> {
     fn user(&self) -> &str {
-        &self.user
+        self.user
     }
 
+    /// RabbitMQ's permission check for `access` to a named resource in the
+    /// connection's vhost, through the cache of recent checks that passed.
     fn check(&mut self, access: Access, resource: Resource, name: &str) -> Result<(), AmqpError> {
-        ConnCtx::check(self, access, resource, name)
+        let generation = self.broker.access.generation();
+        let cache = &mut *self.allowed;
+        if cache.generation != generation {
+            cache.generation = generation;
+            cache.entries.clear();
+        }
+        if cache
+            .entries
+            .iter()
+            .any(|(a, r, n)| *a == access && *r == resource && n == name)
+        {
+            return Ok(());
+        }
+        self.broker
+            .access
+            .check(self.user, self.vhost, access, resource, name)?;
+        if cache.entries.len() == ALLOWED_CACHE_SIZE {
+            cache.entries.remove(0);
+        }
+        cache.entries.push((access, resource, name.to_string()));
+        Ok(())
     }
 }
 
@@ -125,6 +157,18 @@ impl ConnCtx {
         });
     }
 
+    /// The connection's permission checks and its vhost, for an operation
+    /// of `broker::ops`.
+    pub fn gate(&mut self) -> (ConnGate<'_>, &VHost) {
+        let gate = ConnGate {
+            broker: &self.broker,
+            user: &self.user,
+            vhost: &self.vhost.name,
+            allowed: &mut self.allowed,
+        };
+        (gate, &self.vhost)
+    }
+
     /// RabbitMQ's permission check for `access` to a named resource in this
     /// connection's vhost: 403 ACCESS_REFUSED naming it when refused.
     pub fn check(
@@ -133,27 +177,8 @@ impl ConnCtx {
         resource: Resource,
         name: &str,
     ) -> Result<(), AmqpError> {
-        let generation = self.broker.access.generation();
-        let cache = &mut self.allowed;
-        if cache.generation != generation {
-            cache.generation = generation;
-            cache.entries.clear();
-        }
-        if cache
-            .entries
-            .iter()
-            .any(|(a, r, n)| *a == access && *r == resource && n == name)
-        {
-            return Ok(());
-        }
-        self.broker
-            .access
-            .check(&self.user, &self.vhost.name, access, resource, name)?;
-        if cache.entries.len() == ALLOWED_CACHE_SIZE {
-            cache.entries.remove(0);
-        }
-        cache.entries.push((access, resource, name.to_string()));
-        Ok(())
+        use crate::broker::ops::Gate;
+        self.gate().0.check(access, resource, name)
     }
 }
 

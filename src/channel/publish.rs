@@ -221,9 +221,9 @@ impl Channel {
             view,
             body,
         };
-        let vhost = ctx.vhost.clone();
+        let (mut gate, vhost) = ctx.gate();
         let (message, view) =
-            ops::publish::accept(ctx, &vhost, outgoing, self.reply_to.as_deref())?;
+            ops::publish::accept(&mut gate, vhost, outgoing, self.reply_to.as_deref())?;
         if let Some(txn) = self.tx.as_mut() {
             txn.held
                 .get_or_insert_with(|| Held::new(&ctx.broker.memory))

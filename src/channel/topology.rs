@@ -15,10 +15,10 @@ impl Channel {
     ) -> Result<(), AmqpError> {
         match m {
             exchange::AMQPMethod::Declare(d) => {
-                let vhost = ctx.vhost.clone();
+                let (mut gate, vhost) = ctx.gate();
                 topology::declare_exchange(
-                    ctx,
-                    &vhost,
+                    &mut gate,
+                    vhost,
                     &ExchangeDeclare {
                         name: d.exchange.as_str(),
                         kind: d.kind.as_str(),
@@ -39,8 +39,8 @@ impl Channel {
                 }
             }
             exchange::AMQPMethod::Delete(d) => {
-                let vhost = ctx.vhost.clone();
-                topology::delete_exchange(ctx, &vhost, d.exchange.as_str(), d.if_unused)?;
+                let (mut gate, vhost) = ctx.gate();
+                topology::delete_exchange(&mut gate, vhost, d.exchange.as_str(), d.if_unused)?;
                 if !d.nowait {
                     ctx.reply_when_durable(
                         &self.shared,
@@ -51,10 +51,10 @@ impl Channel {
                 }
             }
             exchange::AMQPMethod::Bind(b) => {
-                let vhost = ctx.vhost.clone();
+                let (mut gate, vhost) = ctx.gate();
                 topology::bind(
-                    ctx,
-                    &vhost,
+                    &mut gate,
+                    vhost,
                     &Bind {
                         source: b.source.as_str(),
                         to: BindTo::Exchange(b.destination.as_str()),
@@ -74,10 +74,10 @@ impl Channel {
                 }
             }
             exchange::AMQPMethod::Unbind(b) => {
-                let vhost = ctx.vhost.clone();
+                let (mut gate, vhost) = ctx.gate();
                 topology::bind(
-                    ctx,
-                    &vhost,
+                    &mut gate,
+                    vhost,
                     &Bind {
                         source: b.source.as_str(),
                         to: BindTo::Exchange(b.destination.as_str()),
@@ -118,10 +118,11 @@ impl Channel {
                 } else {
                     self.queue_name(d.queue.as_str())?.to_string()
                 };
-                let vhost = ctx.vhost.clone();
+                let connection = ctx.id;
+                let (mut gate, vhost) = ctx.gate();
                 let (queue, created) = topology::declare_queue(
-                    ctx,
-                    &vhost,
+                    &mut gate,
+                    vhost,
                     &QueueDeclare {
                         name: &name,
                         passive: d.passive,
@@ -129,7 +130,7 @@ impl Channel {
                         exclusive: d.exclusive,
                         auto_delete: d.auto_delete,
                         arguments: &d.arguments,
-                        connection: ctx.id,
+                        connection,
                     },
                 )?;
                 if created && d.exclusive {
@@ -152,10 +153,11 @@ impl Channel {
             }
             queue::AMQPMethod::Bind(b) => {
                 let name = self.queue_name(b.queue.as_str())?;
-                let (vhost, owner) = (ctx.vhost.clone(), Some(ctx.id));
+                let owner = Some(ctx.id);
+                let (mut gate, vhost) = ctx.gate();
                 topology::bind(
-                    ctx,
-                    &vhost,
+                    &mut gate,
+                    vhost,
                     &Bind {
                         source: b.exchange.as_str(),
                         to: BindTo::Queue(name),
@@ -176,10 +178,11 @@ impl Channel {
             }
             queue::AMQPMethod::Unbind(b) => {
                 let name = self.queue_name(b.queue.as_str())?;
-                let (vhost, owner) = (ctx.vhost.clone(), Some(ctx.id));
+                let owner = Some(ctx.id);
+                let (mut gate, vhost) = ctx.gate();
                 topology::bind(
-                    ctx,
-                    &vhost,
+                    &mut gate,
+                    vhost,
                     &Bind {
                         source: b.exchange.as_str(),
                         to: BindTo::Queue(name),
@@ -198,8 +201,9 @@ impl Channel {
             }
             queue::AMQPMethod::Purge(p) => {
                 let name = self.queue_name(p.queue.as_str())?;
-                let (vhost, owner) = (ctx.vhost.clone(), Some(ctx.id));
-                let count = topology::purge_queue(ctx, &vhost, name, owner)?;
+                let owner = Some(ctx.id);
+                let (mut gate, vhost) = ctx.gate();
+                let count = topology::purge_queue(&mut gate, vhost, name, owner)?;
                 if !p.nowait {
                     self.shared
                         .send(AMQPClass::Queue(queue::AMQPMethod::PurgeOk(
@@ -211,9 +215,10 @@ impl Channel {
             }
             queue::AMQPMethod::Delete(d) => {
                 let name = self.queue_name(d.queue.as_str())?;
-                let (vhost, owner) = (ctx.vhost.clone(), Some(ctx.id));
+                let owner = Some(ctx.id);
+                let (mut gate, vhost) = ctx.gate();
                 let deleted =
-                    topology::delete_queue(ctx, &vhost, name, d.if_unused, d.if_empty, owner)?;
+                    topology::delete_queue(&mut gate, vhost, name, d.if_unused, d.if_empty, owner)?;
                 let count = match deleted {
                     Some((queue, count)) => {
                         ctx.exclusive_queues

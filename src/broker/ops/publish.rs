@@ -123,24 +123,27 @@ pub fn route(
     view: &PropertiesView,
     routing: &mut Routing,
 ) -> Routed {
-    let mut routed = Routed {
-        routed: false,
+    let unstored = |message, routed| Routed {
+        routed,
         stored: false,
         refused: false,
-        message: message.clone(),
+        message,
         flow: None,
     };
     if message.exchange.is_empty() && message.routing_key.starts_with(DIRECT_REPLY_TO) {
-        if let Some(target) = broker.reply_to.get(&message.routing_key) {
-            target
-                .channel
-                .deliver_direct(&target.consumer_tag, &message);
-            routed.routed = true;
-        }
-        return routed;
+        let delivered = match broker.reply_to.get(&message.routing_key) {
+            Some(target) => {
+                target
+                    .channel
+                    .deliver_direct(&target.consumer_tag, &message);
+                true
+            }
+            None => false,
+        };
+        return unstored(message, delivered);
     }
     let Ok(exchange) = vhost.exchange(&message.exchange) else {
-        return routed;
+        return unstored(message, false);
     };
     let headers = || view.headers(&message.properties);
     let info = RoutingInfo {
@@ -161,10 +164,14 @@ pub fn route(
         }
     }
     let queues = &routing.queues;
-    (routed.stored, routed.refused) = vhost.enqueue(queues, &message);
-    routed.flow = queues.iter().find(|q| q.asks_publishers_to_wait()).cloned();
-    routed.routed = !queues.is_empty();
-    routed.message = message;
+    let (stored, refused) = vhost.enqueue(queues, &message);
+    let routed = Routed {
+        routed: !queues.is_empty(),
+        stored,
+        refused,
+        flow: queues.iter().find(|q| q.asks_publishers_to_wait()).cloned(),
+        message,
+    };
     routing.clear();
     routed
 }
