@@ -5,6 +5,6 @@
 //! foldhash is several times faster and, seeded per process like SipHash,
 //! still keeps clients from choosing names that collide.
 
-pub type RandomState = foldhash::quality::RandomState;
-pub type HashMap<K, V> = std::collections::HashMap<K, V, RandomState>;
-pub type DashMap<K, V> = dashmap::DashMap<K, V, RandomState>;
+pub(crate) type RandomState = foldhash::quality::RandomState;
+pub(crate) type HashMap<K, V> = std::collections::HashMap<K, V, RandomState>;
+pub(crate) type DashMap<K, V> = dashmap::DashMap<K, V, RandomState>;

@@ -2,16 +2,22 @@
 //!
 //! The entry point is [`run`]: give it a bound listener, a configuration and a
 //! shutdown future. Tests bind `127.0.0.1:0` and run the broker in-process.
+//!
+//! Every module is private and every item `pub(crate)` unless the binary, the
+//! integration tests or the fuzz targets use it: what is re-exported below is
+//! the whole public surface, and the `unreachable_pub` lint keeps it that way.
 
-pub mod broker;
-pub mod channel;
+#![warn(unreachable_pub)]
+
+mod broker;
+mod channel;
 pub mod config;
-pub mod connection;
-pub mod hash;
-pub mod message;
-pub mod mgmt;
-pub mod server;
-pub mod store;
+mod connection;
+mod hash;
+mod message;
+mod mgmt;
+mod server;
+mod store;
 
 /// The wire format and AMQP's errors live in their own crate, below the broker.
 pub use leveret_protocol as protocol;
@@ -19,4 +25,12 @@ pub use leveret_protocol::error;
 
 pub use broker::Broker;
 pub use config::Config;
-pub use server::{run, serve, ServeError};
+pub use server::{bind_amqp, bind_mgmt, run, serve, Place, ServeError};
+
+/// What the damage and disk-full tests open or measure directly.
+pub use store::{disk_alarm::free_bytes, Recovered, Store, StoreError};
+
+/// What the fuzz targets drive without a socket.
+pub use connection::{auth::credentials as sasl_credentials, serve_stream, ClientRead};
+#[doc(hidden)]
+pub mod fuzzing;

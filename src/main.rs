@@ -110,12 +110,12 @@ fn serve(args: ServeArgs) -> ExitCode {
         };
         // This process is the broker's own: its resident memory counts
         // against the watermark, as RabbitMQ counts its whole VM.
-        broker.memory.measure_process();
-        let listener = match leveret::server::bind_amqp(&listen, recv_buffer, send_buffer).await {
+        broker.measure_process_memory();
+        let listener = match leveret::bind_amqp(&listen, recv_buffer, send_buffer).await {
             Ok(l) => l,
             Err(e) => {
                 error!(%listen, error = %e, "cannot bind AMQP listener");
-                broker.store.close();
+                broker.close_store();
                 return ExitCode::FAILURE;
             }
         };
@@ -123,7 +123,7 @@ fn serve(args: ServeArgs) -> ExitCode {
             Ok(addr) => info!(%addr, version = env!("CARGO_PKG_VERSION"), "Leveret accepting AMQP 0-9-1 connections"),
             Err(e) => error!(error = %e, "cannot read bound address"),
         }
-        let mgmt = leveret::server::bind_mgmt(&mgmt_listen).await;
+        let mgmt = leveret::bind_mgmt(&mgmt_listen).await;
         leveret::serve(listener, mgmt, broker, shutdown).await;
         info!("stopped");
         ExitCode::SUCCESS

@@ -5,21 +5,21 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 /// The largest expiration, x-message-ttl or x-expires RabbitMQ accepts
 /// (ten years, ms).
-pub const MAX_TTL_MS: u64 = 315_360_000_000;
+pub(crate) const MAX_TTL_MS: u64 = 315_360_000_000;
 
 /// Everything a message carries, immutable once published. Queues hold it
 /// behind an `Arc`, so a fanout to ten queues shares one body.
 #[derive(Debug)]
-pub struct Message {
-    pub exchange: String,
-    pub routing_key: String,
+pub(crate) struct Message {
+    pub(crate) exchange: String,
+    pub(crate) routing_key: String,
     /// Raw basic properties from the publisher's content header (flags
     /// onwards), re-sent byte for byte on delivery.
-    pub properties: Bytes,
-    pub body: Bytes,
-    pub persistent: bool,
+    pub(crate) properties: Bytes,
+    pub(crate) body: Bytes,
+    pub(crate) persistent: bool,
     /// The `expiration` property, parsed (ms).
-    pub expiration_ms: Option<u64>,
+    pub(crate) expiration_ms: Option<u64>,
     /// The id under which the message was handed to the persister for
     /// durable queues (0: not stored). Set once, while routing, before any
     /// queue holds the message.
@@ -27,7 +27,7 @@ pub struct Message {
 }
 
 impl Message {
-    pub fn new(
+    pub(crate) fn new(
         exchange: String,
         routing_key: String,
         properties: Bytes,
@@ -45,22 +45,22 @@ impl Message {
         }
     }
 
-    pub fn with_expiration(mut self, ms: Option<u64>) -> Message {
+    pub(crate) fn with_expiration(mut self, ms: Option<u64>) -> Message {
         self.expiration_ms = ms;
         self
     }
 
     /// Bytes this message accounts for against the memory watermark.
-    pub fn size(&self) -> usize {
+    pub(crate) fn size(&self) -> usize {
         self.body.len() + self.properties.len()
     }
 
-    pub fn stored(&self) -> Option<u64> {
+    pub(crate) fn stored(&self) -> Option<u64> {
         let id = self.stored.load(Ordering::Acquire);
         (id != 0).then_some(id)
     }
 
-    pub fn set_stored(&self, id: u64) {
+    pub(crate) fn set_stored(&self, id: u64) {
         self.stored.store(id, Ordering::Release);
     }
 }
@@ -68,7 +68,7 @@ impl Message {
 /// Parses the `expiration` property as RabbitMQ does: an integer of
 /// milliseconds, at most ten years; the error is the detail of its 406
 /// reply text.
-pub fn parse_expiration(raw: &[u8]) -> Result<u64, String> {
+pub(crate) fn parse_expiration(raw: &[u8]) -> Result<u64, String> {
     let text = String::from_utf8_lossy(raw);
     let (negative, rest) = match text.as_bytes().first() {
         Some(b'-') => (true, &text[1..]),
@@ -100,7 +100,7 @@ pub fn parse_expiration(raw: &[u8]) -> Result<u64, String> {
 /// out as RabbitMQ's `~p` lays it out when it starts at `column` of its
 /// reply text: a tuple that would end past column 78 has its second
 /// element on the next line, under the first.
-pub fn erlang_layout(term: &str, column: usize) -> String {
+pub(crate) fn erlang_layout(term: &str, column: usize) -> String {
     match term.split_once(',') {
         Some((first, rest)) if term.starts_with('{') && column + term.chars().count() > 78 => {
             format!("{first},\n{:width$}{rest}", "", width = column + 1)

@@ -163,7 +163,7 @@ pub struct Place {
 
 impl Place {
     /// The handshake is over: the connection no longer counts as one.
-    pub fn handshake_done(&mut self) {
+    pub(crate) fn handshake_done(&mut self) {
         self.handshake = None;
     }
 }

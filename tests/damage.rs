@@ -628,7 +628,7 @@ async fn an_unreadable_vhost_record_stops_the_start_instead_of_dropping_its_queu
         let data = stored("damage-access", Stop::Sigterm).await;
         {
             let config = leveret::config::StorageConfig::default();
-            let (store, recovered) = leveret::store::Store::open(data.path(), &config).unwrap();
+            let (store, recovered) = leveret::Store::open(data.path(), &config).unwrap();
             let (key, _) = recovered
                 .access
                 .iter()

@@ -148,7 +148,7 @@ impl Tmpfs {
     }
 
     fn free(&self) -> u64 {
-        leveret::store::disk_alarm::free_bytes(&self.dir).expect("statvfs")
+        leveret::free_bytes(&self.dir).expect("statvfs")
     }
 
     /// Writes a file beside the data directory until the disk is full.

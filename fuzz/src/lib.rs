@@ -13,7 +13,6 @@ pub mod seeds;
 use amq_protocol::types::generation::gen_field_table;
 use amq_protocol::types::parsing::parse_field_table;
 use bytes::BytesMut;
-use leveret::broker::access::{Permission, VhostRecord};
 use leveret::protocol::field_table;
 use leveret::protocol::frame::decode_frame;
 use leveret::protocol::method::{decode_method, method_ids};
@@ -106,7 +105,7 @@ pub fn field_table(data: &[u8]) {
         assert!(parse_field_table(&encoded[..]).is_ok());
     }
     if data.len() >= 4 {
-        let _ = leveret::connection::auth::credentials("AMQPLAIN", &data[4..]);
+        let _ = leveret::sasl_credentials("AMQPLAIN", &data[4..]);
     }
 }
 
@@ -346,14 +345,14 @@ impl BrokerThread {
             let (client, server) = tokio::io::duplex(64 * 1024);
             let (read, write) = tokio::io::split(server);
             let peer: SocketAddr = "127.0.0.1:40000".parse().expect("an address");
-            let connection = tokio::spawn(leveret::connection::serve_stream(
+            let connection = tokio::spawn(leveret::serve_stream(
                 read,
                 write,
                 peer,
                 "in-memory".into(),
                 self.broker.clone(),
                 self.shutdown.clone(),
-                leveret::server::Place::default(),
+                leveret::Place::default(),
             ));
             let (mut from_broker, mut to_broker) = tokio::io::split(client);
             let mut out = Vec::new();
@@ -368,7 +367,7 @@ impl BrokerThread {
             if tokio::time::timeout(CONNECTION_END, talk).await.is_err() {
                 // Paused (flow control, alarms) and so not reading: the
                 // broker closes it, as deleting its vhost would.
-                self.broker.delete_vhost("/");
+                leveret::fuzzing::close_default_vhost(&self.broker);
             }
             match tokio::time::timeout(FORCED_END, connection).await {
                 Ok(Ok(())) => {}
@@ -384,28 +383,13 @@ impl BrokerThread {
     /// Leaves "/" as a fresh one for the next input.
     fn clean_up(&mut self) {
         self.conversations += 1;
-        if self.conversations.is_multiple_of(RESET_EVERY) || self.broker.vhost("/").is_none() {
-            self.broker.delete_vhost("/");
-            self.broker.create_vhost(VhostRecord {
-                name: "/".into(),
-                ..Default::default()
-            });
-            self.broker
-                .access
-                .put_permission(Permission::full("guest", "/"));
+        if self.conversations.is_multiple_of(RESET_EVERY)
+            || leveret::fuzzing::default_vhost_exchanges(&self.broker).is_none()
+        {
+            leveret::fuzzing::recreate_default_vhost(&self.broker);
             return;
         }
-        let Some(vhost) = self.broker.vhost("/") else {
-            return;
-        };
-        for queue in vhost.queues() {
-            vhost.delete_queue(&queue);
-        }
-        for name in exchange_names(&self.broker) {
-            if !self.predeclared.contains(&name) {
-                let _ = vhost.delete_exchange(&name, false);
-            }
-        }
+        leveret::fuzzing::clear_default_vhost(&self.broker, &self.predeclared);
     }
 }
 
@@ -428,7 +412,5 @@ fn remove_stale_data_dirs(parent: &std::path::Path) {
 }
 
 fn exchange_names(broker: &Broker) -> Vec<String> {
-    broker.vhost("/").map_or_else(Vec::new, |v| {
-        v.exchanges().iter().map(|e| e.name.clone()).collect()
-    })
+    leveret::fuzzing::default_vhost_exchanges(broker).unwrap_or_default()
 }

@@ -17,20 +17,20 @@ use sha2::Digest;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
-pub const SHA256: &str = "rabbit_password_hashing_sha256";
-pub const SHA512: &str = "rabbit_password_hashing_sha512";
+pub(crate) const SHA256: &str = "rabbit_password_hashing_sha256";
+pub(crate) const SHA512: &str = "rabbit_password_hashing_sha512";
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-pub struct UserRecord {
-    pub name: String,
+pub(crate) struct UserRecord {
+    pub(crate) name: String,
     /// base64(salt ‖ digest); empty means no password logs in.
-    pub password_hash: String,
-    pub hashing_algorithm: String,
-    pub tags: Vec<String>,
+    pub(crate) password_hash: String,
+    pub(crate) hashing_algorithm: String,
+    pub(crate) tags: Vec<String>,
 }
 
 impl UserRecord {
-    pub fn with_password(name: &str, password: &str, tags: Vec<String>) -> UserRecord {
+    pub(crate) fn with_password(name: &str, password: &str, tags: Vec<String>) -> UserRecord {
         UserRecord {
             name: name.into(),
             password_hash: hash_password(password, SHA256).expect("SHA-256 is supported"),
@@ -39,7 +39,7 @@ impl UserRecord {
         }
     }
 
-    pub fn password_matches(&self, password: &str) -> bool {
+    pub(crate) fn password_matches(&self, password: &str) -> bool {
         let Ok(stored) = base64::engine::general_purpose::STANDARD.decode(&self.password_hash)
         else {
             return false;
@@ -51,15 +51,11 @@ impl UserRecord {
         salted_digest(salt, password, &self.hashing_algorithm)
             .is_some_and(|d| same_in_constant_time(&d, digest))
     }
-
-    pub fn has_tag(&self, tag: &str) -> bool {
-        self.tags.iter().any(|t| t == tag)
-    }
 }
 
 /// RabbitMQ's hash of `password` with a fresh random salt; `None` for an
 /// unknown algorithm.
-pub fn hash_password(password: &str, algorithm: &str) -> Option<String> {
+pub(crate) fn hash_password(password: &str, algorithm: &str) -> Option<String> {
     let salt: [u8; 4] = rand::random();
     let mut stored = salt.to_vec();
     stored.extend(salted_digest(&salt, password, algorithm)?);
@@ -99,33 +95,33 @@ fn same_in_constant_time(a: &[u8], b: &[u8]) -> bool {
     std::hint::black_box(difference) == 0
 }
 
-pub fn is_known_algorithm(algorithm: &str) -> bool {
+pub(crate) fn is_known_algorithm(algorithm: &str) -> bool {
     algorithm == SHA256 || algorithm == SHA512
 }
 
 /// A vhost as the management API describes it.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
-pub struct VhostRecord {
-    pub name: String,
+pub(crate) struct VhostRecord {
+    pub(crate) name: String,
     #[serde(default)]
-    pub description: String,
+    pub(crate) description: String,
     #[serde(default)]
-    pub tags: Vec<String>,
+    pub(crate) tags: Vec<String>,
 }
 
 /// One user's permissions in one vhost.
 #[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct PermissionRecord {
-    pub user: String,
-    pub vhost: String,
-    pub configure: String,
-    pub write: String,
-    pub read: String,
+pub(crate) struct PermissionRecord {
+    pub(crate) user: String,
+    pub(crate) vhost: String,
+    pub(crate) configure: String,
+    pub(crate) write: String,
+    pub(crate) read: String,
 }
 
 /// A permission record with its expressions compiled.
-pub struct Permission {
-    pub record: PermissionRecord,
+pub(crate) struct Permission {
+    pub(crate) record: PermissionRecord,
     configure: Option<Regex>,
     write: Option<Regex>,
     read: Option<Regex>,
@@ -134,7 +130,7 @@ pub struct Permission {
 impl Permission {
     /// `.*` for configure, write and read: what the default user and a
     /// vhost's creator get.
-    pub fn full(user: &str, vhost: &str) -> Permission {
+    pub(crate) fn full(user: &str, vhost: &str) -> Permission {
         let all = ".*".to_string();
         Permission::compile(PermissionRecord {
             user: user.to_string(),
@@ -147,7 +143,7 @@ impl Permission {
     }
 
     /// Compiles the three expressions; the error names the one that is bad.
-    pub fn compile(record: PermissionRecord) -> Result<Permission, String> {
+    pub(crate) fn compile(record: PermissionRecord) -> Result<Permission, String> {
         let compile = |re: &str| -> Result<Option<Regex>, String> {
             if re.is_empty() {
                 return Ok(None);
@@ -175,14 +171,14 @@ impl Permission {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Access {
+pub(crate) enum Access {
     Configure,
     Write,
     Read,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Resource {
+pub(crate) enum Resource {
     Exchange,
     Queue,
 }
@@ -215,7 +211,7 @@ fn key(prefix: &[u8], parts: &[&str]) -> Vec<u8> {
 }
 
 /// Users, vhost records and permissions, written through to the store.
-pub struct AccessControl {
+pub(crate) struct AccessControl {
     store: Arc<Store>,
     users: DashMap<String, Arc<UserRecord>>,
     vhosts: DashMap<String, VhostRecord>,
@@ -227,16 +223,19 @@ pub struct AccessControl {
 }
 
 /// What the store held, and whether it had been seeded with defaults.
-pub struct Loaded {
-    pub access: AccessControl,
-    pub seeded: bool,
+pub(crate) struct Loaded {
+    pub(crate) access: AccessControl,
+    pub(crate) seeded: bool,
 }
 
 impl AccessControl {
     /// Reads the records back from what the store recovered. A record that
     /// does not decode is an error: skipping a vhost's record would drop
     /// its queues at start-up.
-    pub fn load(store: Arc<Store>, entries: &[(Vec<u8>, Vec<u8>)]) -> Result<Loaded, String> {
+    pub(crate) fn load(
+        store: Arc<Store>,
+        entries: &[(Vec<u8>, Vec<u8>)],
+    ) -> Result<Loaded, String> {
         let access = AccessControl {
             store,
             users: DashMap::new(),
@@ -279,11 +278,11 @@ impl AccessControl {
         Ok(Loaded { access, seeded })
     }
 
-    pub fn mark_seeded(&self) {
+    pub(crate) fn mark_seeded(&self) {
         self.store.put_access(SEEDED_KEY, Some(b"1"));
     }
 
-    pub fn generation(&self) -> u64 {
+    pub(crate) fn generation(&self) -> u64 {
         self.generation.load(Ordering::Acquire)
     }
 
@@ -293,11 +292,11 @@ impl AccessControl {
 
     // --- users ---
 
-    pub fn user(&self, name: &str) -> Option<Arc<UserRecord>> {
+    pub(crate) fn user(&self, name: &str) -> Option<Arc<UserRecord>> {
         self.users.get(name).map(|u| u.clone())
     }
 
-    pub fn users(&self) -> Vec<Arc<UserRecord>> {
+    pub(crate) fn users(&self) -> Vec<Arc<UserRecord>> {
         let mut all: Vec<_> = self.users.iter().map(|u| u.clone()).collect();
         all.sort_by(|a, b| a.name.cmp(&b.name));
         all
@@ -305,7 +304,7 @@ impl AccessControl {
 
     /// The user, when `password` is theirs.
     /// An empty password never logs in, as RabbitMQ.
-    pub fn authenticate(&self, name: &str, password: &str) -> Option<Arc<UserRecord>> {
+    pub(crate) fn authenticate(&self, name: &str, password: &str) -> Option<Arc<UserRecord>> {
         if password.is_empty() {
             return None;
         }
@@ -314,7 +313,7 @@ impl AccessControl {
     }
 
     /// Creates or replaces a user; true when it was created.
-    pub fn put_user(&self, user: UserRecord) -> bool {
+    pub(crate) fn put_user(&self, user: UserRecord) -> bool {
         let k = key(USER_PREFIX, &[&user.name]);
         let v = serde_json::to_vec(&user).expect("a user record serialises");
         self.store.put_access(&k, Some(&v));
@@ -327,7 +326,7 @@ impl AccessControl {
     }
 
     /// Deletes a user and its permissions; false when there was none.
-    pub fn delete_user(&self, name: &str) -> bool {
+    pub(crate) fn delete_user(&self, name: &str) -> bool {
         if self.users.remove(name).is_none() {
             return false;
         }
@@ -344,18 +343,18 @@ impl AccessControl {
 
     // --- vhost records ---
 
-    pub fn vhost(&self, name: &str) -> Option<VhostRecord> {
+    pub(crate) fn vhost(&self, name: &str) -> Option<VhostRecord> {
         self.vhosts.get(name).map(|v| v.clone())
     }
 
-    pub fn vhost_records(&self) -> Vec<VhostRecord> {
+    pub(crate) fn vhost_records(&self) -> Vec<VhostRecord> {
         let mut all: Vec<_> = self.vhosts.iter().map(|v| v.clone()).collect();
         all.sort_by(|a, b| a.name.cmp(&b.name));
         all
     }
 
     /// Creates or updates a vhost record; true when it was created.
-    pub fn put_vhost(&self, record: VhostRecord) -> bool {
+    pub(crate) fn put_vhost(&self, record: VhostRecord) -> bool {
         let k = key(VHOST_PREFIX, &[&record.name]);
         let v = serde_json::to_vec(&record).expect("a vhost record serialises");
         self.store.put_access(&k, Some(&v));
@@ -363,7 +362,7 @@ impl AccessControl {
     }
 
     /// Forgets a vhost record and every permission in it.
-    pub fn delete_vhost(&self, name: &str) -> bool {
+    pub(crate) fn delete_vhost(&self, name: &str) -> bool {
         let existed = self.vhosts.remove(name).is_some();
         self.store.put_access(&key(VHOST_PREFIX, &[name]), None);
         for per_vhost in self.permissions.iter() {
@@ -387,7 +386,7 @@ impl AccessControl {
     }
 
     /// Sets a user's permissions in a vhost; true when newly created.
-    pub fn put_permission(&self, p: Permission) -> bool {
+    pub(crate) fn put_permission(&self, p: Permission) -> bool {
         let k = key(PERMISSION_PREFIX, &[&p.record.vhost, &p.record.user]);
         let v = serde_json::to_vec(&p.record).expect("a permission record serialises");
         self.store.put_access(&k, Some(&v));
@@ -396,7 +395,7 @@ impl AccessControl {
         created
     }
 
-    pub fn delete_permission(&self, vhost: &str, user: &str) -> bool {
+    pub(crate) fn delete_permission(&self, vhost: &str, user: &str) -> bool {
         let removed = self
             .permissions
             .get(user)
@@ -410,14 +409,14 @@ impl AccessControl {
         removed
     }
 
-    pub fn permission(&self, vhost: &str, user: &str) -> Option<Arc<Permission>> {
+    pub(crate) fn permission(&self, vhost: &str, user: &str) -> Option<Arc<Permission>> {
         self.permissions
             .get(user)
             .and_then(|per_vhost| per_vhost.get(vhost).map(|p| p.clone()))
     }
 
     /// Every permission record, ordered by vhost then user.
-    pub fn permissions(&self) -> Vec<PermissionRecord> {
+    pub(crate) fn permissions(&self) -> Vec<PermissionRecord> {
         let mut all: Vec<PermissionRecord> = self
             .permissions
             .iter()
@@ -434,7 +433,7 @@ impl AccessControl {
 
     /// RabbitMQ's check for one AMQP operation on a named resource. The
     /// nameless default exchange is checked as `amq.default`, as RabbitMQ.
-    pub fn check(
+    pub(crate) fn check(
         &self,
         user: &str,
         vhost: &str,

@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 /// The channel a consumer (or a direct reply-to address) delivers through.
-pub trait ConsumerChannel: Send + Sync {
+pub(crate) trait ConsumerChannel: Send + Sync {
     /// The channel's number on its connection.
     fn id(&self) -> u16;
     /// Hands `msg` to `consumer` unless its prefetch or the channel is
@@ -38,34 +38,34 @@ pub trait ConsumerChannel: Send + Sync {
 /// Confirm or transaction mode, once selected.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[repr(u8)]
-pub enum Mode {
+pub(crate) enum Mode {
     Plain = 0,
     Confirm = 1,
     Transactional = 2,
 }
 
 /// A channel as the management API shows it.
-pub struct ChannelInfo {
-    pub mode: Mode,
-    pub prefetch_count: u16,
-    pub global_prefetch_count: u16,
-    pub unacked: usize,
-    pub consumers: Vec<Arc<Consumer>>,
+pub(crate) struct ChannelInfo {
+    pub(crate) mode: Mode,
+    pub(crate) prefetch_count: u16,
+    pub(crate) global_prefetch_count: u16,
+    pub(crate) unacked: usize,
+    pub(crate) consumers: Vec<Arc<Consumer>>,
 }
 
-pub struct Consumer {
-    pub tag: String,
-    pub channel: Arc<dyn ConsumerChannel>,
-    pub queue: Arc<Queue>,
-    pub no_ack: bool,
-    pub exclusive: bool,
+pub(crate) struct Consumer {
+    pub(crate) tag: String,
+    pub(crate) channel: Arc<dyn ConsumerChannel>,
+    pub(crate) queue: Arc<Queue>,
+    pub(crate) no_ack: bool,
+    pub(crate) exclusive: bool,
     /// Per-consumer prefetch (basic.qos global=false at consume time); 0 = none.
-    pub prefetch: u16,
-    pub arguments: FieldTable,
+    pub(crate) prefetch: u16,
+    pub(crate) arguments: FieldTable,
     /// `x-priority`: higher-priority consumers are offered messages first.
-    pub priority: i64,
+    pub(crate) priority: i64,
     /// Deliveries not yet acknowledged; changed only under the channel's lock.
-    pub unacked: AtomicU32,
+    pub(crate) unacked: AtomicU32,
     /// How fast it settles messages, for flow control.
-    pub pace: Pace,
+    pub(crate) pace: Pace,
 }

@@ -20,7 +20,7 @@ use std::sync::{Arc, Weak};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Reason {
+pub(crate) enum Reason {
     Rejected,
     Expired,
     Maxlen,
@@ -28,7 +28,7 @@ pub enum Reason {
 }
 
 impl Reason {
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             Reason::Rejected => "rejected",
             Reason::Expired => "expired",
@@ -38,17 +38,17 @@ impl Reason {
     }
 }
 
-pub struct DeadLetter {
-    pub vhost: String,
-    pub queue: String,
-    pub exchange: String,
-    pub routing_key: Option<String>,
-    pub message: Arc<Message>,
-    pub reason: Reason,
+pub(crate) struct DeadLetter {
+    pub(crate) vhost: String,
+    pub(crate) queue: String,
+    pub(crate) exchange: String,
+    pub(crate) routing_key: Option<String>,
+    pub(crate) message: Arc<Message>,
+    pub(crate) reason: Reason,
 }
 
 /// Work a queue hands off because it needs its vhost.
-pub enum Chore {
+pub(crate) enum Chore {
     DeadLetter(DeadLetter),
     /// x-expires ran out: delete the queue (if it is still unused).
     DeleteUnused {
@@ -60,21 +60,21 @@ pub enum Chore {
 /// Where queues drop their dead letters (and unused queues, which also
 /// need the vhost to go).
 #[derive(Clone)]
-pub struct DeadLetters {
+pub(crate) struct DeadLetters {
     tx: Sender<Chore>,
 }
 
 impl DeadLetters {
-    pub fn send(&self, letter: DeadLetter) {
+    pub(crate) fn send(&self, letter: DeadLetter) {
         let _ = self.tx.send(Chore::DeadLetter(letter));
     }
 
-    pub fn delete_unused(&self, vhost: String, queue: Weak<Queue>) {
+    pub(crate) fn delete_unused(&self, vhost: String, queue: Weak<Queue>) {
         let _ = self.tx.send(Chore::DeleteUnused { vhost, queue });
     }
 
     /// The sink and the receiving end, which [`run`] drains once the broker exists.
-    pub fn channel() -> (DeadLetters, Receiver<Chore>) {
+    pub(crate) fn channel() -> (DeadLetters, Receiver<Chore>) {
         let (tx, rx) = std::sync::mpsc::channel();
         (DeadLetters { tx }, rx)
     }
@@ -83,7 +83,7 @@ impl DeadLetters {
 /// Republishes dead letters (and deletes expired queues) until the broker is gone.
 // Its own thread: waiting on its queue blocks no tokio worker.
 #[allow(clippy::disallowed_methods)]
-pub fn run(broker: Weak<Broker>, rx: Receiver<Chore>) {
+pub(crate) fn run(broker: Weak<Broker>, rx: Receiver<Chore>) {
     while let Ok(chore) = rx.recv() {
         let Some(broker) = broker.upgrade() else {
             return;
@@ -331,7 +331,7 @@ fn long_string(s: &str) -> AMQPValue {
 
 /// A copy of `message` with its `x-delivery-count` header set to `count`
 /// (or removed), as quorum queues mark redeliveries.
-pub fn with_delivery_count(message: &Message, count: Option<u64>) -> Option<Message> {
+pub(crate) fn with_delivery_count(message: &Message, count: Option<u64>) -> Option<Message> {
     rewrite_headers(message, |headers| {
         let mut headers = without(headers, "x-delivery-count");
         if let Some(n) = count {
@@ -342,7 +342,7 @@ pub fn with_delivery_count(message: &Message, count: Option<u64>) -> Option<Mess
 }
 
 /// A copy of `message` without the header `name`.
-pub fn without_header(message: &Message, name: &str) -> Option<Message> {
+pub(crate) fn without_header(message: &Message, name: &str) -> Option<Message> {
     rewrite_headers(message, |headers| without(headers, name))
 }
 

@@ -20,18 +20,18 @@ use std::time::{Duration, Instant};
 
 /// How often a paused publisher re-checks its queue even without a wake-up
 /// (its consumers may have turned slow or stuck, which no event reports).
-pub const RECHECK: Duration = Duration::from_millis(5);
+pub(crate) const RECHECK: Duration = Duration::from_millis(5);
 
 #[derive(Clone, Copy, Debug)]
-pub struct FlowLimits {
+pub(crate) struct FlowLimits {
     /// Growth of a queue's backlog, in bytes (bodies plus the per-message
     /// overhead), above its lowest point while its consumers kept up, at
     /// which its publishers are paused; they go on once it is back under
     /// half of this. 0 turns flow control off.
-    pub window: u64,
+    pub(crate) window: u64,
     /// A consumer that takes longer than this per message, on average, is
     /// busy with its work, and its queue absorbs.
-    pub busy_consumer: Duration,
+    pub(crate) busy_consumer: Duration,
 }
 
 /// How fast a consumer settles messages (acknowledges them, or takes them
@@ -41,7 +41,7 @@ pub struct FlowLimits {
 /// when a consumer was held up for a moment (descheduled, say); that
 /// moment must not make it count as busy.
 #[derive(Default)]
-pub struct Pace {
+pub(crate) struct Pace {
     window_start: AtomicU64,
     count: AtomicU64,
     /// Microseconds per message over the last whole window (0: unknown).
@@ -51,13 +51,13 @@ pub struct Pace {
 /// A consumer that has not acknowledged a delivery for this long, or a
 /// no-ack consumer whose socket has not taken a write for this long, is
 /// stuck or busy, whatever its pace.
-pub const STUCK: Duration = Duration::from_millis(250);
+pub(crate) const STUCK: Duration = Duration::from_millis(250);
 
 /// The window `Pace` counts over.
-pub const PACE_WINDOW: Duration = Duration::from_millis(250);
+pub(crate) const PACE_WINDOW: Duration = Duration::from_millis(250);
 
 impl Pace {
-    pub fn record(&self, settled: u64) {
+    pub(crate) fn record(&self, settled: u64) {
         // Racing writers may lose a count; an estimate does not mind.
         let now = monotonic_us();
         let start = self.window_start.load(Ordering::Relaxed);
@@ -76,7 +76,7 @@ impl Pace {
 
     /// Average time per message: over the last whole window, or over the
     /// current one if that is faster so far (None: nothing settled yet).
-    pub fn per_message(&self) -> Option<Duration> {
+    pub(crate) fn per_message(&self) -> Option<Duration> {
         let last = self.last_per_message.load(Ordering::Relaxed);
         let start = self.window_start.load(Ordering::Relaxed);
         let count = self.count.load(Ordering::Relaxed);
@@ -94,7 +94,7 @@ impl Pace {
 }
 
 /// Microseconds on a monotonic clock, never 0 (0 marks "not started").
-pub fn monotonic_us() -> u64 {
+pub(crate) fn monotonic_us() -> u64 {
     static EPOCH: OnceLock<Instant> = OnceLock::new();
     EPOCH.get_or_init(Instant::now).elapsed().as_micros() as u64 + 1
 }

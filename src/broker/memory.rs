@@ -20,7 +20,7 @@ use tokio::sync::watch;
 /// How often resident memory is sampled (one read of /proc/self/statm).
 const SAMPLE_EVERY: Duration = Duration::from_millis(50);
 
-pub struct MemoryGauge {
+pub(crate) struct MemoryGauge {
     used: AtomicI64,
     /// The most `used` reached since the trimmer last looked: a spike that
     /// comes and goes between two of its looks still counts.
@@ -39,7 +39,7 @@ pub struct MemoryGauge {
 }
 
 impl MemoryGauge {
-    pub fn new(high_watermark: u64) -> MemoryGauge {
+    pub(crate) fn new(high_watermark: u64) -> MemoryGauge {
         MemoryGauge {
             used: AtomicI64::new(0),
             peak: AtomicI64::new(0),
@@ -55,7 +55,7 @@ impl MemoryGauge {
     /// Records a change in held bytes and flips the alarm on crossing the
     /// mark. The alarm clears below 90 % of the mark, so it does not flap
     /// with every message around it.
-    pub fn add(&self, delta: i64) {
+    pub(crate) fn add(&self, delta: i64) {
         if delta == 0 {
             return;
         }
@@ -104,7 +104,7 @@ impl MemoryGauge {
     /// Makes the process's resident memory count against the mark: for a
     /// broker that is its own process. Inside another (a test), its memory
     /// is not the broker's, and only counted bytes drive the alarm.
-    pub fn measure_process(&self) {
+    pub(crate) fn measure_process(&self) {
         self.measure_process.store(true, Ordering::Relaxed);
     }
 
@@ -123,13 +123,8 @@ impl MemoryGauge {
     }
 
     /// Bytes counted as held on clients' behalf.
-    pub fn used(&self) -> i64 {
+    pub(crate) fn used(&self) -> i64 {
         self.used.load(Ordering::Relaxed)
-    }
-
-    /// Resident memory of the process at the last sample (0: not sampled).
-    pub fn resident(&self) -> i64 {
-        self.resident.load(Ordering::Relaxed)
     }
 
     /// The most held since the last call (at least what is held now).
@@ -139,11 +134,11 @@ impl MemoryGauge {
     }
 
     #[inline]
-    pub fn is_blocked(&self) -> bool {
+    pub(crate) fn is_blocked(&self) -> bool {
         self.blocked.load(Ordering::Relaxed)
     }
 
-    pub fn subscribe(&self) -> watch::Receiver<bool> {
+    pub(crate) fn subscribe(&self) -> watch::Receiver<bool> {
         self.state.subscribe()
     }
 }
@@ -151,20 +146,20 @@ impl MemoryGauge {
 /// Bytes held for one client outside the queues (a body still arriving, a
 /// transaction's publishes), counted in the gauge until given back or
 /// dropped, so a closed channel or connection always gives them back.
-pub struct Held {
+pub(crate) struct Held {
     gauge: Arc<MemoryGauge>,
     bytes: i64,
 }
 
 impl Held {
-    pub fn new(gauge: &Arc<MemoryGauge>) -> Held {
+    pub(crate) fn new(gauge: &Arc<MemoryGauge>) -> Held {
         Held {
             gauge: gauge.clone(),
             bytes: 0,
         }
     }
 
-    pub fn add(&mut self, bytes: usize) {
+    pub(crate) fn add(&mut self, bytes: usize) {
         let bytes = bytes as i64;
         self.bytes += bytes;
         self.gauge.add(bytes);
@@ -179,7 +174,7 @@ impl Drop for Held {
 
 /// The memory a watermark given as a fraction refers to: the machine's
 /// RAM, or the cgroup's limit when it is lower (a container).
-pub fn total_memory() -> u64 {
+pub(crate) fn total_memory() -> u64 {
     // SAFETY: sysconf only reads system constants.
     let (pages, page) = unsafe {
         (
@@ -214,7 +209,7 @@ fn resident_bytes() -> Option<i64> {
 /// Samples the process's resident memory into the gauge (once asked to,
 /// see `MemoryGauge::measure_process`) and gives freed memory back to the
 /// OS (see `Monitor`).
-pub fn start_monitor(gauge: std::sync::Weak<MemoryGauge>) {
+pub(crate) fn start_monitor(gauge: std::sync::Weak<MemoryGauge>) {
     let _ = std::thread::Builder::new()
         .name("leveret-memory".into())
         .spawn(move || {

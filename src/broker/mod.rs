@@ -5,18 +5,18 @@
 //! → exchange bindings (read) → queue state → consumer channel state →
 //! outbox. Never two queue locks at once; never `.await` or I/O under a lock.
 
-pub mod access;
-pub mod consumer;
-pub mod dead_letter;
-pub mod exchange;
-pub mod flow;
-pub mod memory;
-pub mod ops;
-pub mod queue;
-pub mod queue_args;
-pub mod queue_stats;
-pub mod timers;
-pub mod vhost;
+pub(crate) mod access;
+pub(crate) mod consumer;
+pub(crate) mod dead_letter;
+pub(crate) mod exchange;
+pub(crate) mod flow;
+pub(crate) mod memory;
+pub(crate) mod ops;
+pub(crate) mod queue;
+pub(crate) mod queue_args;
+pub(crate) mod queue_stats;
+pub(crate) mod timers;
+pub(crate) mod vhost;
 
 use crate::config::Config;
 use crate::hash::DashMap;
@@ -33,60 +33,60 @@ use tokio::sync::watch;
 use vhost::VHost;
 
 /// A channel consuming from the `amq.rabbitmq.reply-to` pseudo-queue.
-pub struct ReplyTo {
-    pub channel: Arc<dyn ConsumerChannel>,
-    pub consumer_tag: String,
+pub(crate) struct ReplyTo {
+    pub(crate) channel: Arc<dyn ConsumerChannel>,
+    pub(crate) consumer_tag: String,
 }
 
 /// A connection's open channels by number.
-pub type ChannelRegistry =
+pub(crate) type ChannelRegistry =
     Arc<parking_lot::Mutex<std::collections::BTreeMap<u16, Arc<dyn ConsumerChannel>>>>;
 
 /// What the broker keeps about a live connection: what the management API
 /// shows, and the means to close it from outside.
-pub struct ConnectionHandle {
+pub(crate) struct ConnectionHandle {
     /// RabbitMQ's connection name, `peer -> local`.
-    pub name: String,
-    pub vhost: String,
-    pub user: String,
-    pub peer: std::net::SocketAddr,
-    pub local: String,
-    pub client_properties: amq_protocol::types::FieldTable,
-    pub auth_mechanism: String,
+    pub(crate) name: String,
+    pub(crate) vhost: String,
+    pub(crate) user: String,
+    pub(crate) peer: std::net::SocketAddr,
+    pub(crate) local: String,
+    pub(crate) client_properties: amq_protocol::types::FieldTable,
+    pub(crate) auth_mechanism: String,
     /// ms since the Unix epoch.
-    pub connected_at: u64,
-    pub frame_max: u32,
-    pub channel_max: u16,
+    pub(crate) connected_at: u64,
+    pub(crate) frame_max: u32,
+    pub(crate) channel_max: u16,
     /// Negotiated heartbeat in seconds (0 = none).
-    pub heartbeat: u16,
-    pub channels: ChannelRegistry,
+    pub(crate) heartbeat: u16,
+    pub(crate) channels: ChannelRegistry,
     /// Sending a reason asks the connection to close with 320 CONNECTION_FORCED.
-    pub close: watch::Sender<Option<String>>,
-    pub publishing: Arc<PublishingState>,
+    pub(crate) close: watch::Sender<Option<String>>,
+    pub(crate) publishing: Arc<PublishingState>,
 }
 
 /// What holds a connection's publishing back, for the management API's
 /// connection `state` (RabbitMQ's running / flow / blocked).
 #[derive(Default)]
-pub struct PublishingState {
+pub(crate) struct PublishingState {
     /// When flow control last paused it (ms since the Unix epoch).
     last_flow_ms: AtomicU64,
     blocked: std::sync::atomic::AtomicBool,
 }
 
 impl PublishingState {
-    pub fn paused_by_flow(&self) {
+    pub(crate) fn paused_by_flow(&self) {
         self.last_flow_ms.store(timers::now_ms(), Ordering::Relaxed);
     }
 
-    pub fn set_blocked(&self, blocked: bool) {
+    pub(crate) fn set_blocked(&self, blocked: bool) {
         self.blocked.store(blocked, Ordering::Relaxed);
     }
 
     /// "blocked" by the memory alarm; "flow" when paused by flow control
     /// within the last second (pauses last milliseconds, so a moment's
     /// look would rarely catch one); else "running".
-    pub fn describe(&self) -> &'static str {
+    pub(crate) fn describe(&self) -> &'static str {
         if self.blocked.load(Ordering::Relaxed) {
             "blocked"
         } else if timers::now_ms().saturating_sub(self.last_flow_ms.load(Ordering::Relaxed)) < 1000
@@ -99,16 +99,16 @@ impl PublishingState {
 }
 
 pub struct Broker {
-    pub config: Config,
+    pub(crate) config: Config,
     vhosts: DashMap<String, Arc<VHost>>,
     /// Users, vhost records and permissions.
-    pub access: AccessControl,
+    pub(crate) access: AccessControl,
     /// Direct reply-to consumers by their `amq.rabbitmq.reply-to.…` name.
-    pub reply_to: DashMap<String, ReplyTo>,
-    pub connections: DashMap<u64, ConnectionHandle>,
+    pub(crate) reply_to: DashMap<String, ReplyTo>,
+    pub(crate) connections: DashMap<u64, ConnectionHandle>,
     /// Ready-message bytes across all queues, against the high watermark.
-    pub memory: Arc<MemoryGauge>,
-    pub store: Arc<Store>,
+    pub(crate) memory: Arc<MemoryGauge>,
+    pub(crate) store: Arc<Store>,
     /// Handed to every queue.
     queue_services: QueueServices,
     next_id: AtomicU64,
@@ -119,7 +119,7 @@ impl Broker {
     /// RabbitMQ's connection.blocked reason, "low on " and the alarmed
     /// resources joined by " & " (rabbit_reader).
     #[inline]
-    pub fn alarm_reason(&self) -> Option<&'static str> {
+    pub(crate) fn alarm_reason(&self) -> Option<&'static str> {
         match (
             self.memory.is_blocked(),
             self.store.disk_alarm().is_blocked(),
@@ -230,7 +230,7 @@ impl Broker {
     }
 
     /// Creates a vhost (or updates its description and tags); true when new.
-    pub fn create_vhost(&self, record: VhostRecord) -> bool {
+    pub(crate) fn create_vhost(&self, record: VhostRecord) -> bool {
         let name = record.name.clone();
         let created = self.access.put_vhost(record);
         self.add_vhost(&name);
@@ -239,7 +239,7 @@ impl Broker {
 
     /// Deletes a vhost: its connections are closed, its queues (with their
     /// messages), exchanges, bindings and permissions removed.
-    pub fn delete_vhost(&self, name: &str) -> bool {
+    pub(crate) fn delete_vhost(&self, name: &str) -> bool {
         let existed = self.access.delete_vhost(name);
         let Some((_, vhost)) = self.vhosts.remove(name) else {
             return existed;
@@ -255,7 +255,7 @@ impl Broker {
 
     /// Deletes a user and its permissions; false when there was none.
     /// Its connections are closed, as RabbitMQ does.
-    pub fn delete_user(&self, name: &str) -> bool {
+    pub(crate) fn delete_user(&self, name: &str) -> bool {
         if !self.access.delete_user(name) {
             return false;
         }
@@ -267,7 +267,7 @@ impl Broker {
         true
     }
 
-    pub fn add_vhost(&self, name: &str) -> Arc<VHost> {
+    pub(crate) fn add_vhost(&self, name: &str) -> Arc<VHost> {
         self.vhosts
             .entry(name.to_string())
             .or_insert_with(|| {
@@ -280,25 +280,36 @@ impl Broker {
             .clone()
     }
 
-    pub fn vhosts(&self) -> Vec<Arc<VHost>> {
+    pub(crate) fn vhosts(&self) -> Vec<Arc<VHost>> {
         self.vhosts.iter().map(|v| v.clone()).collect()
     }
 
-    pub fn vhost(&self, name: &str) -> Option<Arc<VHost>> {
+    pub(crate) fn vhost(&self, name: &str) -> Option<Arc<VHost>> {
         self.vhosts.get(name).map(|v| v.clone())
     }
 
     /// Checks credentials; `None` when the user is unknown or the password wrong.
-    pub fn authenticate(&self, user: &str, password: &str) -> Option<Arc<UserRecord>> {
+    pub(crate) fn authenticate(&self, user: &str, password: &str) -> Option<Arc<UserRecord>> {
         self.access.authenticate(user, password)
     }
 
-    pub fn is_loopback_only(&self, user: &str) -> bool {
+    pub(crate) fn is_loopback_only(&self, user: &str) -> bool {
         self.config.auth.loopback_users.iter().any(|u| u == user)
     }
 
     /// A process-unique id for connections, consumers and server-named queues.
-    pub fn next_id(&self) -> u64 {
+    pub(crate) fn next_id(&self) -> u64 {
         self.next_id.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// Makes this process's resident memory count against the memory
+    /// watermark: for a broker that is its own process, not one inside a test.
+    pub fn measure_process_memory(&self) {
+        self.memory.measure_process();
+    }
+
+    /// Flushes and closes the store, for a broker that stops before serving.
+    pub fn close_store(&self) {
+        self.store.close();
     }
 }

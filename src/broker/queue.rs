@@ -26,10 +26,10 @@ use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
 /// How long basic.get waits for paged-out messages to be read back.
-pub const GET_DISK_WAIT: Duration = Duration::from_secs(5);
+pub(crate) const GET_DISK_WAIT: Duration = Duration::from_secs(5);
 
 /// What basic.get found.
-pub enum Got {
+pub(crate) enum Got {
     /// The message taken, and how many remain ready.
     Message(QueuedMessage, usize),
     Empty,
@@ -40,34 +40,34 @@ pub enum Got {
 
 /// What every queue of the broker shares.
 #[derive(Clone)]
-pub struct QueueServices {
-    pub memory: Arc<MemoryGauge>,
-    pub dead_letters: DeadLetters,
-    pub timers: Timers,
-    pub flow: FlowLimits,
+pub(crate) struct QueueServices {
+    pub(crate) memory: Arc<MemoryGauge>,
+    pub(crate) dead_letters: DeadLetters,
+    pub(crate) timers: Timers,
+    pub(crate) flow: FlowLimits,
 }
 
 /// Where a durable queue's messages live on disk, and what is there already.
-pub struct OnDisk {
-    pub store: Arc<Store>,
-    pub queue_id: u32,
-    pub messages: usize,
-    pub first_seq: u64,
-    pub next_seq: u64,
+pub(crate) struct OnDisk {
+    pub(crate) store: Arc<Store>,
+    pub(crate) queue_id: u32,
+    pub(crate) messages: usize,
+    pub(crate) first_seq: u64,
+    pub(crate) next_seq: u64,
 }
 
-pub struct Queue {
-    pub name: String,
-    pub vhost: String,
-    pub durable: bool,
+pub(crate) struct Queue {
+    pub(crate) name: String,
+    pub(crate) vhost: String,
+    pub(crate) durable: bool,
     /// The connection that owns an exclusive queue.
-    pub exclusive_owner: Option<u64>,
-    pub auto_delete: bool,
-    pub arguments: FieldTable,
+    pub(crate) exclusive_owner: Option<u64>,
+    pub(crate) auto_delete: bool,
+    pub(crate) arguments: FieldTable,
     /// The arguments the queue acts on, parsed from `arguments`.
-    pub args: QueueArgs,
+    pub(crate) args: QueueArgs,
     /// The queue's id in the store, when its messages are kept on disk.
-    pub store_id: Option<u32>,
+    pub(crate) store_id: Option<u32>,
     memory: Arc<MemoryGauge>,
     dead_letters: DeadLetters,
     timers: Timers,
@@ -80,7 +80,7 @@ pub struct Queue {
     state: Mutex<QueueState>,
     /// Signalled when messages come back from disk (basic.get waits on it).
     disk_loaded: tokio::sync::Notify,
-    pub stats: QueueStats,
+    pub(crate) stats: QueueStats,
 }
 
 struct QueueState {
@@ -109,17 +109,17 @@ struct QueueState {
 
 /// Counts reported by queue.declare-ok and the management API.
 #[derive(Debug, Clone, Copy, Default)]
-pub struct QueueCounts {
-    pub ready: usize,
-    pub unacked: usize,
-    pub consumers: usize,
+pub(crate) struct QueueCounts {
+    pub(crate) ready: usize,
+    pub(crate) unacked: usize,
+    pub(crate) consumers: usize,
     /// Bytes of ready messages held in memory.
-    pub memory: usize,
+    pub(crate) memory: usize,
 }
 
 impl Queue {
     #[allow(clippy::too_many_arguments)]
-    pub fn new(
+    pub(crate) fn new(
         name: String,
         vhost: String,
         durable: bool,
@@ -213,7 +213,7 @@ impl Queue {
     }
 
     /// Marks the queue used now (declare, basic.get, consumers) for x-expires.
-    pub fn touch(&self) {
+    pub(crate) fn touch(&self) {
         let mut st = self.state.lock();
         self.touch_locked(&mut st);
     }
@@ -229,7 +229,7 @@ impl Queue {
     }
 
     /// x-expires has run out: no consumers and unused for the period.
-    pub fn is_unused_for_expiry(&self) -> bool {
+    pub(crate) fn is_unused_for_expiry(&self) -> bool {
         let st = self.state.lock();
         self.args.expires.is_some_and(|expires| {
             st.consumers.is_empty() && !st.deleted && now_ms() >= st.last_used + expires
@@ -255,7 +255,7 @@ impl Queue {
         }
     }
 
-    pub fn counts(&self) -> QueueCounts {
+    pub(crate) fn counts(&self) -> QueueCounts {
         let st = self.state.lock();
         QueueCounts {
             ready: st.ready.len(),
@@ -266,23 +266,19 @@ impl Queue {
     }
 
     /// The queue's consumers, highest priority first.
-    pub fn consumers(&self) -> Vec<Arc<Consumer>> {
+    pub(crate) fn consumers(&self) -> Vec<Arc<Consumer>> {
         self.state.lock().consumers.clone()
     }
 
-    pub fn is_deleted(&self) -> bool {
-        self.state.lock().deleted
-    }
-
     /// 405 unless `connection` may use this queue.
-    pub fn check_owner(&self, connection: u64) -> Result<(), AmqpError> {
+    pub(crate) fn check_owner(&self, connection: u64) -> Result<(), AmqpError> {
         match self.exclusive_owner {
             Some(owner) if owner != connection => Err(self.locked_error()),
             _ => Ok(()),
         }
     }
 
-    pub fn locked_error(&self) -> AmqpError {
+    pub(crate) fn locked_error(&self) -> AmqpError {
         AmqpError::resource_locked(format_args!(
             "cannot obtain exclusive access to locked queue '{}' in vhost '{}'. It could be originally declared on another connection or the exclusive property value does not match that of the original declaration.",
             self.name, self.vhost
@@ -292,7 +288,7 @@ impl Queue {
     /// Adds a message to the tail and hands it to a consumer if one can
     /// take it. Returns false when the queue refused it (x-overflow
     /// reject-publish): the publisher gets a nack.
-    pub fn publish(self: &Arc<Self>, message: Arc<Message>) -> bool {
+    pub(crate) fn publish(self: &Arc<Self>, message: Arc<Message>) -> bool {
         let mut st = self.state.lock();
         if st.deleted {
             st.ready.refused(&message);
@@ -422,7 +418,7 @@ impl Queue {
     }
 
     /// A wake-up scheduled for `at` is due.
-    pub fn on_timer(&self, at: u64) {
+    pub(crate) fn on_timer(&self, at: u64) {
         let mut st = self.state.lock();
         if st.timer_at == Some(at) {
             st.timer_at = None;
@@ -442,18 +438,18 @@ impl Queue {
     }
 
     /// Whether publishers to this queue must wait (see `broker::flow`).
-    pub fn asks_publishers_to_wait(&self) -> bool {
+    pub(crate) fn asks_publishers_to_wait(&self) -> bool {
         self.flow_on.load(Ordering::Relaxed)
     }
 
     /// Signalled when the queue stops asking publishers to wait.
-    pub fn flow_released(&self) -> &tokio::sync::Notify {
+    pub(crate) fn flow_released(&self) -> &tokio::sync::Notify {
         &self.flow_released
     }
 
     /// For a paused publisher: re-evaluates the consumers (they may have
     /// turned busy or stuck) and says whether to go on waiting.
-    pub fn recheck_flow(&self) -> bool {
+    pub(crate) fn recheck_flow(&self) -> bool {
         if !self.asks_publishers_to_wait() {
             return false;
         }
@@ -504,7 +500,7 @@ impl Queue {
     }
 
     /// Delivers ready messages to consumers with capacity, round-robin.
-    pub fn dispatch(self: &Arc<Self>) {
+    pub(crate) fn dispatch(self: &Arc<Self>) {
         let mut st = self.state.lock();
         let before = st.ready.bytes();
         self.dispatch_locked(&mut st);
@@ -571,7 +567,7 @@ impl Queue {
 
     /// basic.get: takes the head message and says how many remain, or
     /// says that the head is being read back from disk.
-    pub fn try_get(&self, no_ack: bool) -> Got {
+    pub(crate) fn try_get(&self, no_ack: bool) -> Got {
         let mut st = self.state.lock();
         self.touch_locked(&mut st);
         let before = st.ready.bytes();
@@ -602,20 +598,20 @@ impl Queue {
     }
 
     /// True while ready messages are being read back from disk.
-    pub fn awaiting_disk(&self) -> bool {
+    pub(crate) fn awaiting_disk(&self) -> bool {
         self.state.lock().ready.awaiting_disk()
     }
 
     /// Completes at the next read back from disk (or deletion); `enable`
     /// it before `try_get`.
-    pub fn disk_loaded(&self) -> tokio::sync::futures::Notified<'_> {
+    pub(crate) fn disk_loaded(&self) -> tokio::sync::futures::Notified<'_> {
         self.disk_loaded.notified()
     }
 
     /// basic.get that waits (without blocking a thread, up to
     /// `GET_DISK_WAIT`) while the head is being read back from disk, so a
     /// get never misses messages on disk.
-    pub async fn get(&self, no_ack: bool) -> Option<(QueuedMessage, usize)> {
+    pub(crate) async fn get(&self, no_ack: bool) -> Option<(QueuedMessage, usize)> {
         let deadline = Instant::now() + GET_DISK_WAIT;
         loop {
             let loaded = self.disk_loaded();
@@ -636,7 +632,7 @@ impl Queue {
     }
 
     /// Acknowledged (or rejected without requeue) deliveries leave the queue.
-    pub fn settle(&self, receipts: impl IntoIterator<Item = Receipt>) {
+    pub(crate) fn settle(&self, receipts: impl IntoIterator<Item = Receipt>) {
         let mut st = self.state.lock();
         for receipt in receipts {
             st.unacked = st.unacked.saturating_sub(1);
@@ -647,7 +643,7 @@ impl Queue {
 
     /// Rejected (or nacked) without requeue: the messages leave the queue
     /// for its dead-letter exchange, if it has one.
-    pub fn reject(&self, messages: impl IntoIterator<Item = QueuedMessage>) {
+    pub(crate) fn reject(&self, messages: impl IntoIterator<Item = QueuedMessage>) {
         let mut st = self.state.lock();
         for msg in messages {
             st.unacked = st.unacked.saturating_sub(1);
@@ -677,7 +673,7 @@ impl Queue {
     }
 
     /// Messages whose writes failed leave the queue (see `store::fail_stop`).
-    pub fn forget_unwritten(&self, unwritten: &[crate::store::fail_stop::Unwritten]) {
+    pub(crate) fn forget_unwritten(&self, unwritten: &[crate::store::fail_stop::Unwritten]) {
         let mut st = self.state.lock();
         let before = st.ready.bytes();
         st.ready.forget_unwritten(unwritten);
@@ -685,7 +681,7 @@ impl Queue {
     }
 
     /// Messages read back from disk join the head and go to consumers.
-    pub fn on_loaded(self: &Arc<Self>, loaded: Loaded) {
+    pub(crate) fn on_loaded(self: &Arc<Self>, loaded: Loaded) {
         let mut st = self.state.lock();
         let before = st.ready.bytes();
         // Messages recovered from disk may carry an expiry.
@@ -698,7 +694,7 @@ impl Queue {
 
     /// Puts unacknowledged messages back at their original positions,
     /// flagged redelivered, and delivers again.
-    pub fn requeue(self: &Arc<Self>, messages: impl IntoIterator<Item = QueuedMessage>) {
+    pub(crate) fn requeue(self: &Arc<Self>, messages: impl IntoIterator<Item = QueuedMessage>) {
         let mut st = self.state.lock();
         let before = st.ready.bytes();
         for mut msg in messages {
@@ -729,7 +725,7 @@ impl Queue {
 
     /// Adds a consumer unless exclusivity forbids it; `on_added` runs (to
     /// send consume-ok) before the first delivery to it.
-    pub fn add_consumer(
+    pub(crate) fn add_consumer(
         self: &Arc<Self>,
         consumer: Arc<Consumer>,
         on_added: impl FnOnce(),
@@ -769,7 +765,7 @@ impl Queue {
 
     /// Removes a consumer; returns true when an auto-delete queue just lost
     /// its last consumer and must be deleted.
-    pub fn remove_consumer(&self, consumer: &Arc<Consumer>) -> bool {
+    pub(crate) fn remove_consumer(&self, consumer: &Arc<Consumer>) -> bool {
         let mut st = self.state.lock();
         st.consumers.retain(|c| !Arc::ptr_eq(c, consumer));
         if st.consumers.is_empty() {
@@ -779,7 +775,7 @@ impl Queue {
         self.auto_delete && st.had_consumer && st.consumers.is_empty() && !st.deleted
     }
 
-    pub fn purge(&self) -> usize {
+    pub(crate) fn purge(&self) -> usize {
         let mut st = self.state.lock();
         let before = st.ready.bytes();
         let count = st.ready.purge();
@@ -788,7 +784,7 @@ impl Queue {
     }
 
     /// Checks queue.delete's if-unused / if-empty conditions.
-    pub fn check_delete(&self, if_unused: bool, if_empty: bool) -> Result<(), AmqpError> {
+    pub(crate) fn check_delete(&self, if_unused: bool, if_empty: bool) -> Result<(), AmqpError> {
         let st = self.state.lock();
         if if_unused && !st.consumers.is_empty() {
             return Err(AmqpError::precondition_failed(format_args!(
@@ -807,7 +803,7 @@ impl Queue {
 
     /// Marks the queue deleted, drops its messages and returns its consumers
     /// (to be cancelled) and the number of ready messages it held.
-    pub fn mark_deleted(&self) -> (Vec<Arc<Consumer>>, usize) {
+    pub(crate) fn mark_deleted(&self) -> (Vec<Arc<Consumer>>, usize) {
         let mut st = self.state.lock();
         st.deleted = true;
         let before = st.ready.bytes();

@@ -4,11 +4,11 @@
 use crate::error::AmqpError;
 use amq_protocol::types::{AMQPValue, FieldTable};
 
-pub use crate::message::MAX_TTL_MS;
+pub(crate) use crate::message::MAX_TTL_MS;
 
 /// What a full queue does with a new message.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum Overflow {
+pub(crate) enum Overflow {
     /// Drop (dead-letter) the oldest message.
     #[default]
     DropHead,
@@ -19,7 +19,7 @@ pub enum Overflow {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum QueueType {
+pub(crate) enum QueueType {
     #[default]
     Classic,
     Quorum,
@@ -27,35 +27,35 @@ pub enum QueueType {
 
 /// The arguments a queue acts on.
 #[derive(Debug, Clone, Default, PartialEq)]
-pub struct QueueArgs {
-    pub message_ttl: Option<u64>,
-    pub expires: Option<u64>,
-    pub max_length: Option<u64>,
-    pub max_length_bytes: Option<u64>,
-    pub overflow: Overflow,
-    pub dead_letter_exchange: Option<String>,
-    pub dead_letter_routing_key: Option<String>,
-    pub max_priority: Option<u8>,
-    pub single_active_consumer: bool,
-    pub queue_type: QueueType,
-    pub delivery_limit: Option<u64>,
+pub(crate) struct QueueArgs {
+    pub(crate) message_ttl: Option<u64>,
+    pub(crate) expires: Option<u64>,
+    pub(crate) max_length: Option<u64>,
+    pub(crate) max_length_bytes: Option<u64>,
+    pub(crate) overflow: Overflow,
+    pub(crate) dead_letter_exchange: Option<String>,
+    pub(crate) dead_letter_routing_key: Option<String>,
+    pub(crate) max_priority: Option<u8>,
+    pub(crate) single_active_consumer: bool,
+    pub(crate) queue_type: QueueType,
+    pub(crate) delivery_limit: Option<u64>,
     /// x-consumer-timeout (ms): how long a delivery may stay unacknowledged.
-    pub consumer_timeout: Option<u64>,
+    pub(crate) consumer_timeout: Option<u64>,
 }
 
 /// The declaration being checked, for reply texts and type rules.
-pub struct Declared<'a> {
-    pub name: &'a str,
-    pub vhost: &'a str,
-    pub durable: bool,
-    pub exclusive: bool,
-    pub auto_delete: bool,
+pub(crate) struct Declared<'a> {
+    pub(crate) name: &'a str,
+    pub(crate) vhost: &'a str,
+    pub(crate) durable: bool,
+    pub(crate) exclusive: bool,
+    pub(crate) auto_delete: bool,
 }
 
 impl QueueArgs {
     /// Parses and checks `args` as RabbitMQ 3.x does: the first bad
     /// argument gets 406 PRECONDITION_FAILED naming it.
-    pub fn parse(args: &FieldTable, q: &Declared<'_>) -> Result<QueueArgs, AmqpError> {
+    pub(crate) fn parse(args: &FieldTable, q: &Declared<'_>) -> Result<QueueArgs, AmqpError> {
         let t = args.inner();
         let invalid = |arg: &str, why: String| {
             AmqpError::precondition_failed(format_args!(
@@ -217,7 +217,7 @@ impl QueueArgs {
     }
 }
 
-pub fn integer(v: &AMQPValue) -> Option<i64> {
+pub(crate) fn integer(v: &AMQPValue) -> Option<i64> {
     Some(match v {
         AMQPValue::ShortShortInt(n) => i64::from(*n),
         AMQPValue::ShortShortUInt(n) => i64::from(*n),
@@ -231,7 +231,7 @@ pub fn integer(v: &AMQPValue) -> Option<i64> {
 }
 
 /// RabbitMQ's name for an AMQP field type, as its reply texts use them.
-pub fn type_name(v: &AMQPValue) -> &'static str {
+pub(crate) fn type_name(v: &AMQPValue) -> &'static str {
     match v {
         AMQPValue::Boolean(_) => "bool",
         AMQPValue::ShortShortInt(_) => "byte",

@@ -10,14 +10,14 @@ use parking_lot::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 #[derive(Default)]
-pub struct QueueStats {
-    pub published: AtomicU64,
+pub(crate) struct QueueStats {
+    pub(crate) published: AtomicU64,
     /// Deliveries to consumers and basic.get ("deliver_get").
-    pub delivered: AtomicU64,
-    pub redelivered: AtomicU64,
-    pub acked: AtomicU64,
+    pub(crate) delivered: AtomicU64,
+    pub(crate) redelivered: AtomicU64,
+    pub(crate) acked: AtomicU64,
     /// basic.get deliveries (also counted in `delivered`).
-    pub got: AtomicU64,
+    pub(crate) got: AtomicU64,
     /// Since when (ms) consumers were there but none could take the ready
     /// head (prefetch full); 0 when not blocked.
     blocked_since: AtomicU64,
@@ -28,24 +28,24 @@ pub struct QueueStats {
 
 /// Counter values at one sampling and the rates since the previous one.
 #[derive(Default, Clone, Copy)]
-pub struct Sample {
+pub(crate) struct Sample {
     at_ms: u64,
     counts: [u64; 4],
     got: u64,
     blocked_ms: u64,
-    pub got_rate: f64,
+    pub(crate) got_rate: f64,
     /// messages, messages_ready, messages_unacknowledged at the sample.
     gauges: [u64; 3],
     /// Their change per second.
-    pub gauge_rates: [f64; 3],
+    pub(crate) gauge_rates: [f64; 3],
     /// publish, deliver_get, redeliver, ack per second.
-    pub rates: [f64; 4],
+    pub(crate) rates: [f64; 4],
     /// Fraction of the last interval consumers could take messages.
-    pub utilisation: f64,
+    pub(crate) utilisation: f64,
 }
 
 impl QueueStats {
-    pub fn delivered(&self, redelivered: bool) {
+    pub(crate) fn delivered(&self, redelivered: bool) {
         self.delivered.fetch_add(1, Ordering::Relaxed);
         if redelivered {
             self.redelivered.fetch_add(1, Ordering::Relaxed);
@@ -59,19 +59,19 @@ impl QueueStats {
         }
     }
 
-    pub fn got(&self, redelivered: bool) {
+    pub(crate) fn got(&self, redelivered: bool) {
         self.got.fetch_add(1, Ordering::Relaxed);
         self.delivered(redelivered);
     }
 
     /// Ready messages wait while every consumer is at its prefetch limit.
-    pub fn consumers_blocked(&self) {
+    pub(crate) fn consumers_blocked(&self) {
         if self.blocked_since.load(Ordering::Relaxed) == 0 {
             self.blocked_since.store(now_ms(), Ordering::Relaxed);
         }
     }
 
-    pub fn counts(&self) -> [u64; 4] {
+    pub(crate) fn counts(&self) -> [u64; 4] {
         [
             self.published.load(Ordering::Relaxed),
             self.delivered.load(Ordering::Relaxed),
@@ -92,7 +92,7 @@ impl QueueStats {
 
     /// Takes a sample: rates and utilisation since the previous one, and
     /// how fast the ready and unacknowledged counts change.
-    pub fn sample(&self, ready: usize, unacked: usize) {
+    pub(crate) fn sample(&self, ready: usize, unacked: usize) {
         let gauges = [(ready + unacked) as u64, ready as u64, unacked as u64];
         let now = now_ms();
         let counts = self.counts();
@@ -124,7 +124,7 @@ impl QueueStats {
         last.blocked_ms = blocked;
     }
 
-    pub fn last(&self) -> Sample {
+    pub(crate) fn last(&self) -> Sample {
         *self.last.lock()
     }
 }

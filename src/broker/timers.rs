@@ -11,7 +11,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 /// Milliseconds since the Unix epoch: message expiry is wall-clock time,
 /// as it is stored.
-pub fn now_ms() -> u64 {
+pub(crate) fn now_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as u64)
@@ -47,13 +47,13 @@ struct Shared {
 
 /// Schedules queue wake-ups; cheap to clone.
 #[derive(Clone)]
-pub struct Timers {
+pub(crate) struct Timers {
     shared: Arc<Shared>,
 }
 
 impl Timers {
     /// Starts the timer thread; it ends when every handle is dropped.
-    pub fn start() -> Timers {
+    pub(crate) fn start() -> Timers {
         let shared = Arc::new(Shared::default());
         let weak = Arc::downgrade(&shared);
         std::thread::Builder::new()
@@ -64,7 +64,7 @@ impl Timers {
     }
 
     /// Wakes `queue` (calls [`Queue::on_timer`]) at `at` (ms since the epoch).
-    pub fn wake_at(&self, at: u64, queue: Weak<Queue>) {
+    pub(crate) fn wake_at(&self, at: u64, queue: Weak<Queue>) {
         let mut heap = self.shared.heap.lock();
         let earliest = heap.peek().is_none_or(|Reverse(w)| at < w.at);
         heap.push(Reverse(Wakeup { at, queue }));

@@ -9,11 +9,10 @@ use crate::message::Message;
 use crate::store::record::{BindingRecord, ExchangeRecord, QueueRecord};
 use crate::store::{RecoveredQueue, Store};
 use amq_protocol::types::{AMQPValue, FieldTable};
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
-pub struct VHost {
-    pub name: String,
+pub(crate) struct VHost {
+    pub(crate) name: String,
     services: QueueServices,
     store: Arc<Store>,
     exchanges: DashMap<String, Arc<Exchange>>,
@@ -21,25 +20,25 @@ pub struct VHost {
 }
 
 /// Arguments of exchange.declare.
-pub struct ExchangeDeclare<'a> {
-    pub name: &'a str,
-    pub kind: &'a str,
-    pub passive: bool,
-    pub durable: bool,
-    pub auto_delete: bool,
-    pub internal: bool,
-    pub arguments: &'a FieldTable,
+pub(crate) struct ExchangeDeclare<'a> {
+    pub(crate) name: &'a str,
+    pub(crate) kind: &'a str,
+    pub(crate) passive: bool,
+    pub(crate) durable: bool,
+    pub(crate) auto_delete: bool,
+    pub(crate) internal: bool,
+    pub(crate) arguments: &'a FieldTable,
 }
 
 /// Arguments of queue.declare, the name already chosen.
-pub struct QueueDeclare<'a> {
-    pub name: &'a str,
-    pub passive: bool,
-    pub durable: bool,
-    pub exclusive: bool,
-    pub auto_delete: bool,
-    pub arguments: &'a FieldTable,
-    pub connection: u64,
+pub(crate) struct QueueDeclare<'a> {
+    pub(crate) name: &'a str,
+    pub(crate) passive: bool,
+    pub(crate) durable: bool,
+    pub(crate) exclusive: bool,
+    pub(crate) auto_delete: bool,
+    pub(crate) arguments: &'a FieldTable,
+    pub(crate) connection: u64,
 }
 
 /// Queue arguments whose values must match on redeclaration, as RabbitMQ.
@@ -96,7 +95,7 @@ fn described(v: Option<&AMQPValue>) -> String {
 }
 
 impl VHost {
-    pub fn new(name: String, services: QueueServices, store: Arc<Store>) -> VHost {
+    pub(crate) fn new(name: String, services: QueueServices, store: Arc<Store>) -> VHost {
         let vhost = VHost {
             name,
             services,
@@ -127,7 +126,7 @@ impl VHost {
         vhost
     }
 
-    pub fn exchange(&self, name: &str) -> Result<Arc<Exchange>, AmqpError> {
+    pub(crate) fn exchange(&self, name: &str) -> Result<Arc<Exchange>, AmqpError> {
         self.exchanges.get(name).map(|e| e.clone()).ok_or_else(|| {
             AmqpError::not_found(format_args!(
                 "no exchange '{name}' in vhost '{}'",
@@ -136,21 +135,24 @@ impl VHost {
         })
     }
 
-    pub fn queue(&self, name: &str) -> Result<Arc<Queue>, AmqpError> {
+    pub(crate) fn queue(&self, name: &str) -> Result<Arc<Queue>, AmqpError> {
         self.queues.get(name).map(|q| q.clone()).ok_or_else(|| {
             AmqpError::not_found(format_args!("no queue '{name}' in vhost '{}'", self.name))
         })
     }
 
-    pub fn exchanges(&self) -> Vec<Arc<Exchange>> {
+    pub(crate) fn exchanges(&self) -> Vec<Arc<Exchange>> {
         self.exchanges.iter().map(|e| e.clone()).collect()
     }
 
-    pub fn queues(&self) -> Vec<Arc<Queue>> {
+    pub(crate) fn queues(&self) -> Vec<Arc<Queue>> {
         self.queues.iter().map(|q| q.clone()).collect()
     }
 
-    pub fn declare_exchange(&self, d: &ExchangeDeclare<'_>) -> Result<Arc<Exchange>, AmqpError> {
+    pub(crate) fn declare_exchange(
+        &self,
+        d: &ExchangeDeclare<'_>,
+    ) -> Result<Arc<Exchange>, AmqpError> {
         if d.name.is_empty() {
             return Err(AmqpError::access_refused(
                 "operation not permitted on the default exchange",
@@ -257,7 +259,7 @@ impl VHost {
     }
 
     /// Puts back a durable exchange read from the store.
-    pub fn restore_exchange(&self, r: ExchangeRecord) {
+    pub(crate) fn restore_exchange(&self, r: ExchangeRecord) {
         let Some(kind) = ExchangeKind::parse(&r.kind) else {
             tracing::warn!(
                 exchange = r.name,
@@ -278,7 +280,7 @@ impl VHost {
     }
 
     /// Puts back a durable queue read from the store, with its messages on disk.
-    pub fn restore_queue(&self, r: RecoveredQueue) {
+    pub(crate) fn restore_queue(&self, r: RecoveredQueue) {
         let declared = Declared {
             name: &r.record.name,
             vhost: &self.name,
@@ -311,7 +313,7 @@ impl VHost {
     }
 
     /// Puts back a durable binding read from the store.
-    pub fn restore_binding(&self, r: BindingRecord) {
+    pub(crate) fn restore_binding(&self, r: BindingRecord) {
         let (Ok(source), Some(destination)) = (self.exchange(&r.source), self.destination(&r))
         else {
             tracing::warn!(
@@ -372,7 +374,7 @@ impl VHost {
         })
     }
 
-    pub fn delete_exchange(&self, name: &str, if_unused: bool) -> Result<(), AmqpError> {
+    pub(crate) fn delete_exchange(&self, name: &str, if_unused: bool) -> Result<(), AmqpError> {
         if name.is_empty() || name.starts_with("amq.") {
             return Err(AmqpError::access_refused(if name.is_empty() {
                 "operation not permitted on the default exchange".to_string()
@@ -404,7 +406,6 @@ impl VHost {
         {
             return;
         }
-        exchange.deleted.store(true, Ordering::Release);
         if exchange.durable {
             self.store.delete_exchange(&self.name, &exchange.name);
         }
@@ -431,7 +432,10 @@ impl VHost {
     }
 
     /// Declares a queue; returns it and whether it was created.
-    pub fn declare_queue(&self, d: &QueueDeclare<'_>) -> Result<(Arc<Queue>, bool), AmqpError> {
+    pub(crate) fn declare_queue(
+        &self,
+        d: &QueueDeclare<'_>,
+    ) -> Result<(Arc<Queue>, bool), AmqpError> {
         // As RabbitMQ: arguments are checked before anything else; a
         // passive declare ignores them.
         let args = if d.passive {
@@ -570,7 +574,7 @@ impl VHost {
 
     /// Deletes a queue: its bindings go, its consumers are cancelled, its
     /// messages dropped. Returns the number of ready messages it held.
-    pub fn delete_queue(&self, queue: &Arc<Queue>) -> usize {
+    pub(crate) fn delete_queue(&self, queue: &Arc<Queue>) -> usize {
         if self
             .queues
             .remove_if(&queue.name, |_, q| Arc::ptr_eq(q, queue))
@@ -591,7 +595,7 @@ impl VHost {
 
     /// Removes every queue (with its messages) and exchange: the vhost is
     /// being deleted.
-    pub fn delete_everything(&self) {
+    pub(crate) fn delete_everything(&self) {
         for queue in self.queues() {
             self.delete_queue(&queue);
         }
@@ -600,7 +604,7 @@ impl VHost {
         }
     }
 
-    pub fn bind(&self, source: &Arc<Exchange>, binding: Binding) {
+    pub(crate) fn bind(&self, source: &Arc<Exchange>, binding: Binding) {
         let record = self.durable_binding(
             source,
             &binding.destination,
@@ -614,7 +618,7 @@ impl VHost {
         }
     }
 
-    pub fn unbind(
+    pub(crate) fn unbind(
         &self,
         source: &Arc<Exchange>,
         destination: &Destination,
@@ -632,7 +636,7 @@ impl VHost {
     /// Puts a routed message in its queues, its body written once to disk
     /// when it is persistent and some are durable. Returns (stored on disk,
     /// refused by a queue).
-    pub fn enqueue(&self, queues: &[Arc<Queue>], message: &Arc<Message>) -> (bool, bool) {
+    pub(crate) fn enqueue(&self, queues: &[Arc<Queue>], message: &Arc<Message>) -> (bool, bool) {
         let mut stored = false;
         if message.persistent {
             let durable = queues.iter().filter(|q| q.store_id.is_some()).count() as u32;
@@ -651,7 +655,12 @@ impl VHost {
     /// Adds to `routing.queues` the queues a message published to
     /// `exchange` reaches, following exchange-to-exchange bindings and
     /// alternate exchanges, each queue once.
-    pub fn route(&self, exchange: &Arc<Exchange>, msg: &RoutingInfo<'_>, routing: &mut Routing) {
+    pub(crate) fn route(
+        &self,
+        exchange: &Arc<Exchange>,
+        msg: &RoutingInfo<'_>,
+        routing: &mut Routing,
+    ) {
         if exchange.name.is_empty() {
             if let Some(q) = self.queues.get(msg.routing_key) {
                 routing.add(q.clone());
@@ -714,8 +723,8 @@ impl VHost {
 /// messages (a channel holds one) so that routing allocates nothing once
 /// they have grown.
 #[derive(Default)]
-pub struct Routing {
-    pub queues: Vec<Arc<Queue>>,
+pub(crate) struct Routing {
+    pub(crate) queues: Vec<Arc<Queue>>,
     visited: Vec<Arc<Exchange>>,
     destinations: Vec<Destination>,
 }
@@ -728,7 +737,7 @@ impl Routing {
     }
 
     /// Forgets the last message's queues, keeping the buffers.
-    pub fn clear(&mut self) {
+    pub(crate) fn clear(&mut self) {
         self.queues.clear();
     }
 }

@@ -14,7 +14,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 /// A random name suffix as RabbitMQ makes them (`amq.ctag-…`, `amq.gen-…`).
-pub fn random_name(prefix: &str) -> String {
+pub(crate) fn random_name(prefix: &str) -> String {
     use rand::Rng;
     const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
     let mut rng = rand::thread_rng();

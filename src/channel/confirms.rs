@@ -13,7 +13,7 @@ use std::collections::VecDeque;
 
 /// One confirm frame to send.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Confirm {
+pub(crate) enum Confirm {
     /// basic.ack with multiple=true.
     AckUpTo(u64),
     /// basic.nack of one sequence number.
@@ -21,7 +21,7 @@ pub enum Confirm {
 }
 
 #[derive(Default)]
-pub struct Confirms {
+pub(crate) struct Confirms {
     /// Last sequence number given to a publish.
     published: u64,
     /// Sequence numbers not settled with the others, in order: waiting for
@@ -34,7 +34,7 @@ pub struct Confirms {
 impl Confirms {
     /// The next publish's sequence number. A message stored for durable
     /// queues (`on_disk`) waits for the disk; a refused one is a nack.
-    pub fn next(&mut self, on_disk: bool, refused: bool) -> u64 {
+    pub(crate) fn next(&mut self, on_disk: bool, refused: bool) -> u64 {
         self.published += 1;
         let seq = self.published;
         if refused || on_disk {
@@ -45,7 +45,7 @@ impl Confirms {
 
     /// The store wrote everything up to `seq` (`ok`), or did not (a nack
     /// for each message among them still waiting).
-    pub fn persisted(&mut self, seq: u64, ok: bool) {
+    pub(crate) fn persisted(&mut self, seq: u64, ok: bool) {
         let mut i = 0;
         while i < self.pending.len() && self.pending[i].0 <= seq {
             if !self.pending[i].1 {
@@ -62,7 +62,7 @@ impl Confirms {
     }
 
     /// Hands `send` the confirms owed now, in order.
-    pub fn settle(&mut self, mut send: impl FnMut(Confirm)) {
+    pub(crate) fn settle(&mut self, mut send: impl FnMut(Confirm)) {
         while let Some(&(seq, true)) = self.pending.front() {
             self.pending.pop_front();
             if seq - 1 > self.acked {

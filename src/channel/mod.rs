@@ -1,11 +1,11 @@
 //! A channel as its connection's reader task sees it: the state machine for
 //! content frames, confirms, transactions, and the method handlers.
 
-pub mod basic;
-pub mod confirms;
-pub mod publish;
-pub mod shared;
-pub mod topology;
+pub(crate) mod basic;
+pub(crate) mod confirms;
+pub(crate) mod publish;
+pub(crate) mod shared;
+pub(crate) mod topology;
 
 use crate::broker::access::{Access, Resource};
 use crate::broker::queue::Queue;
@@ -24,52 +24,53 @@ use std::sync::Arc;
 /// What a method whose reply must wait (for a flush, for messages read back
 /// from disk) does once the wait is over: sends the reply, or fails the
 /// channel. It runs on the connection's task, like the handler did.
-pub type Resume = Box<dyn FnOnce(&mut Channel, &mut ConnCtx) -> Result<(), AmqpError> + Send>;
+pub(crate) type Resume =
+    Box<dyn FnOnce(&mut Channel, &mut ConnCtx) -> Result<(), AmqpError> + Send>;
 
 /// A channel method waiting for its reply. The connection reads no further
 /// frame until `until` completes and its [`Resume`] ran, so replies stay in
 /// order; a worker thread never blocks meanwhile.
-pub struct Waiting {
-    pub channel: u16,
-    pub until: Pin<Box<dyn Future<Output = Resume> + Send>>,
+pub(crate) struct Waiting {
+    pub(crate) channel: u16,
+    pub(crate) until: Pin<Box<dyn Future<Output = Resume> + Send>>,
 }
 
 /// What channel handlers need from their connection.
-pub struct ConnCtx {
-    pub id: u64,
-    pub broker: Arc<Broker>,
-    pub vhost: Arc<VHost>,
-    pub user: String,
-    pub outbox: Arc<Outbox>,
-    pub frame_max: u32,
-    pub cancel_notify: bool,
+pub(crate) struct ConnCtx {
+    pub(crate) id: u64,
+    pub(crate) broker: Arc<Broker>,
+    pub(crate) vhost: Arc<VHost>,
+    pub(crate) user: String,
+    pub(crate) outbox: Arc<Outbox>,
+    pub(crate) frame_max: u32,
+    pub(crate) cancel_notify: bool,
     /// The client understands connection.blocked / unblocked.
-    pub blocked_notify: bool,
+    pub(crate) blocked_notify: bool,
     /// Set once the connection publishes: only publishers are blocked by
     /// the memory alarm, so consumers can keep draining.
-    pub has_published: bool,
+    pub(crate) has_published: bool,
     /// A queue this connection published to asked publishers to wait:
     /// the connection stops reading until it no longer does.
-    pub flow: Option<Arc<Queue>>,
+    pub(crate) flow: Option<Arc<Queue>>,
     /// A method's reply waits: the connection awaits it before reading on.
-    pub waiting: Option<Waiting>,
+    pub(crate) waiting: Option<Waiting>,
     /// Topology writes queued before the current exchange/queue method
     /// (see `Store::meta_queued`): its reply waits for those after it.
-    pub meta_mark: u64,
+    pub(crate) meta_mark: u64,
     /// Class and method id of the method being handled (not kept up to
     /// date for publish and acknowledgements).
-    pub method: (u16, u16),
+    pub(crate) method: (u16, u16),
     /// Exclusive queues this connection declared, deleted when it closes.
-    pub exclusive_queues: Vec<Arc<Queue>>,
+    pub(crate) exclusive_queues: Vec<Arc<Queue>>,
     /// Recent successful permission checks, so a publisher is not matched
     /// against a regex per message.
-    pub allowed: AllowedCache,
+    pub(crate) allowed: AllowedCache,
 }
 
 /// The last few permission checks that passed (RabbitMQ keeps 12 per
 /// channel), valid while no user or permission changed.
 #[derive(Default)]
-pub struct AllowedCache {
+pub(crate) struct AllowedCache {
     generation: u64,
     entries: Vec<(Access, Resource, String)>,
 }
@@ -79,7 +80,7 @@ const ALLOWED_CACHE_SIZE: usize = 12;
 /// A connection's permission checks, borrowed apart from its vhost so an
 /// operation can be handed both without cloning the vhost's `Arc` (shared
 /// by every connection: a refcount bounced between cores per message).
-pub struct ConnGate<'a> {
+pub(crate) struct ConnGate<'a> {
     broker: &'a Broker,
     user: &'a str,
     vhost: &'a str,
@@ -121,7 +122,11 @@ impl crate::broker::ops::Gate for ConnGate<'_> {
 impl ConnCtx {
     /// The reply of a method on `channel` waits for `until`; then `Resume`
     /// runs. One wait at a time: a handler sets at most one.
-    pub fn wait(&mut self, channel: u16, until: impl Future<Output = Resume> + Send + 'static) {
+    pub(crate) fn wait(
+        &mut self,
+        channel: u16,
+        until: impl Future<Output = Resume> + Send + 'static,
+    ) {
         debug_assert!(self.waiting.is_none());
         self.waiting = Some(Waiting {
             channel,
@@ -134,7 +139,7 @@ impl ConnCtx {
     /// them could not be written. Sent at once when there were none.
     /// Without a reply (nowait) the connection still waits, so a client
     /// cannot queue writes faster than the disk takes them.
-    pub fn reply_when_durable(&mut self, channel: &ChannelShared, reply: Option<AMQPClass>) {
+    pub(crate) fn reply_when_durable(&mut self, channel: &ChannelShared, reply: Option<AMQPClass>) {
         let Some(durable) = self.broker.store.meta_durable_since(self.meta_mark) else {
             if let Some(reply) = reply {
                 channel.send(reply);
@@ -159,7 +164,7 @@ impl ConnCtx {
 
     /// The connection's permission checks and its vhost, for an operation
     /// of `broker::ops`.
-    pub fn gate(&mut self) -> (ConnGate<'_>, &VHost) {
+    pub(crate) fn gate(&mut self) -> (ConnGate<'_>, &VHost) {
         let gate = ConnGate {
             broker: &self.broker,
             user: &self.user,
@@ -171,7 +176,7 @@ impl ConnCtx {
 
     /// RabbitMQ's permission check for `access` to a named resource in this
     /// connection's vhost: 403 ACCESS_REFUSED naming it when refused.
-    pub fn check(
+    pub(crate) fn check(
         &mut self,
         access: Access,
         resource: Resource,
@@ -182,11 +187,11 @@ impl ConnCtx {
     }
 }
 
-pub struct Channel {
-    pub shared: Arc<ChannelShared>,
+pub(crate) struct Channel {
+    pub(crate) shared: Arc<ChannelShared>,
     /// The broker sent channel.close and waits for close-ok; everything else
     /// on the channel is discarded meanwhile.
-    pub closing: bool,
+    pub(crate) closing: bool,
     content: Option<PendingContent>,
     /// confirm.select was received: every publish gets a sequence number.
     confirm: bool,
@@ -204,14 +209,14 @@ pub struct Channel {
 }
 
 /// A handler's outcome besides errors: whether the channel is gone.
-pub enum Outcome {
+pub(crate) enum Outcome {
     Continue,
     /// The client closed the channel (close-ok already sent).
     Closed,
 }
 
 impl Channel {
-    pub fn new(shared: Arc<ChannelShared>) -> Channel {
+    pub(crate) fn new(shared: Arc<ChannelShared>) -> Channel {
         Channel {
             shared,
             closing: false,
@@ -226,12 +231,12 @@ impl Channel {
         }
     }
 
-    pub fn id(&self) -> u16 {
+    pub(crate) fn id(&self) -> u16 {
         self.shared.id
     }
 
     /// Handles a method frame; errors carry the failing class and method.
-    pub fn handle_method(
+    pub(crate) fn handle_method(
         &mut self,
         ctx: &mut ConnCtx,
         method: Method,
@@ -410,7 +415,7 @@ impl Channel {
     /// Releases everything the channel holds: consumers are cancelled (and
     /// auto-delete queues they leave empty deleted), unacknowledged messages
     /// go back to their queues.
-    pub fn release(&mut self, ctx: &ConnCtx) {
+    pub(crate) fn release(&mut self, ctx: &ConnCtx) {
         self.content = None;
         self.tx = None;
         if let Some(name) = self.reply_to.take() {

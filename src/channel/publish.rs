@@ -14,14 +14,14 @@ use crate::protocol::properties::{MalformedProperties, PropertiesView};
 use bytes::{Bytes, BytesMut};
 use std::sync::Arc;
 
-pub use crate::broker::ops::publish::DIRECT_REPLY_TO;
+pub(crate) use crate::broker::ops::publish::DIRECT_REPLY_TO;
 
 /// The most of a body's declared size reserved before it arrives; a larger
 /// body grows as its frames come.
 const BODY_RESERVE: u64 = 1024 * 1024;
 
 /// A publish whose content frames are still arriving.
-pub struct PendingContent {
+pub(crate) struct PendingContent {
     publish: Publish,
     /// Set once the content header arrived.
     header: Option<ContentHeader>,
@@ -38,7 +38,7 @@ struct ContentHeader {
 }
 
 impl PendingContent {
-    pub fn unexpected_frame(&self) -> AmqpError {
+    pub(crate) fn unexpected_frame(&self) -> AmqpError {
         if self.header.is_none() {
             AmqpError::unexpected_frame(
                 "expected content header for class 60, got non content header frame instead",
@@ -71,16 +71,16 @@ fn malformed_properties(err: MalformedProperties) -> AmqpError {
 
 /// Work buffered by tx.select until tx.commit.
 #[derive(Default)]
-pub struct Transaction {
+pub(crate) struct Transaction {
     /// Each message with its `mandatory` flag.
-    pub publishes: Vec<(bool, Arc<Message>, PropertiesView)>,
-    pub settlements: Vec<Settlement>,
+    pub(crate) publishes: Vec<(bool, Arc<Message>, PropertiesView)>,
+    pub(crate) settlements: Vec<Settlement>,
     /// The publishes' bytes, counted in the memory gauge until the
     /// transaction ends or its channel goes.
-    pub held: Option<Held>,
+    pub(crate) held: Option<Held>,
 }
 
-pub enum Settlement {
+pub(crate) enum Settlement {
     Ack {
         delivery_tag: u64,
         multiple: bool,
@@ -112,7 +112,7 @@ impl Channel {
     }
 
     /// A content header frame on this channel.
-    pub fn handle_content_header(
+    pub(crate) fn handle_content_header(
         &mut self,
         ctx: &mut ConnCtx,
         payload: &[u8],
@@ -159,7 +159,7 @@ impl Channel {
     }
 
     /// A content body frame on this channel.
-    pub fn handle_content_body(
+    pub(crate) fn handle_content_body(
         &mut self,
         ctx: &mut ConnCtx,
         payload: &[u8],
@@ -280,7 +280,7 @@ impl Channel {
 
     /// Sends the acks owed to the publisher, one `multiple` ack for all.
     /// Called once per batch of frames read, so acks coalesce under load.
-    pub fn flush_confirms(&mut self) {
+    pub(crate) fn flush_confirms(&mut self) {
         if self.confirm {
             self.shared.flush_confirms();
         }

@@ -18,24 +18,23 @@ use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-pub struct ChannelShared {
-    pub id: u16,
-    pub connection_id: u64,
-    pub outbox: Arc<Outbox>,
-    pub frame_max: u32,
+pub(crate) struct ChannelShared {
+    pub(crate) id: u16,
+    pub(crate) outbox: Arc<Outbox>,
+    pub(crate) frame_max: u32,
     /// The client understands broker-initiated basic.cancel.
-    pub cancel_notify: bool,
+    pub(crate) cancel_notify: bool,
     state: Mutex<DeliveryState>,
     confirms: Mutex<Confirms>,
     /// [`Mode`], for the management API.
     mode: AtomicU8,
 }
 
-pub use crate::broker::consumer::{ChannelInfo, Mode};
+pub(crate) use crate::broker::consumer::{ChannelInfo, Mode};
 
 /// What becomes of settled deliveries.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Settle {
+pub(crate) enum Settle {
     Ack,
     Requeue,
     /// Rejected or nacked without requeue: dead-lettered if the queue says so.
@@ -43,7 +42,7 @@ pub enum Settle {
 }
 
 impl Settle {
-    pub fn nack(requeue: bool) -> Settle {
+    pub(crate) fn nack(requeue: bool) -> Settle {
         if requeue {
             Settle::Requeue
         } else {
@@ -53,20 +52,20 @@ impl Settle {
 }
 
 /// A delivery awaiting ack, nack or reject.
-pub struct Unacked {
-    pub delivery_tag: u64,
-    pub queue: Arc<Queue>,
-    pub message: QueuedMessage,
-    pub consumer: Option<Arc<Consumer>>,
+pub(crate) struct Unacked {
+    pub(crate) delivery_tag: u64,
+    pub(crate) queue: Arc<Queue>,
+    pub(crate) message: QueuedMessage,
+    pub(crate) consumer: Option<Arc<Consumer>>,
     /// For the delivery acknowledgement timeout.
-    pub delivered_at: Instant,
+    pub(crate) delivered_at: Instant,
 }
 
 /// Deliveries being settled, with the buffers settling needs; a channel
 /// keeps one between acknowledgements so that an ack allocates nothing once
 /// they have grown.
 #[derive(Default)]
-pub struct Settling {
+pub(crate) struct Settling {
     taken: Vec<Unacked>,
     queues: Vec<Arc<Queue>>,
     batch: Vec<QueuedMessage>,
@@ -87,16 +86,14 @@ struct DeliveryState {
 }
 
 impl ChannelShared {
-    pub fn new(
+    pub(crate) fn new(
         id: u16,
-        connection_id: u64,
         outbox: Arc<Outbox>,
         frame_max: u32,
         cancel_notify: bool,
     ) -> ChannelShared {
         ChannelShared {
             id,
-            connection_id,
             outbox,
             frame_max,
             cancel_notify,
@@ -114,11 +111,11 @@ impl ChannelShared {
         }
     }
 
-    pub fn set_mode(&self, mode: Mode) {
+    pub(crate) fn set_mode(&self, mode: Mode) {
         self.mode.store(mode as u8, Ordering::Relaxed);
     }
 
-    pub fn info(&self) -> ChannelInfo {
+    pub(crate) fn info(&self) -> ChannelInfo {
         let st = self.state.lock();
         let mut consumers: Vec<_> = st.consumers.values().cloned().collect();
         consumers.sort_by(|a, b| a.tag.cmp(&b.tag));
@@ -136,13 +133,13 @@ impl ChannelShared {
     }
 
     /// Sends a method frame on this channel.
-    pub fn send(&self, class: AMQPClass) {
+    pub(crate) fn send(&self, class: AMQPClass) {
         self.outbox.push(|buf| encode::method(buf, self.id, &class));
     }
 
     /// Called by a queue, under its lock: delivers `msg` to `consumer` if the
     /// channel has room, or hands it back.
-    pub fn try_deliver(
+    pub(crate) fn try_deliver(
         &self,
         consumer: &Arc<Consumer>,
         queue: &Arc<Queue>,
@@ -198,7 +195,7 @@ impl ChannelShared {
     }
 
     /// Sends basic.get-ok for a message taken from `queue`.
-    pub fn deliver_get(
+    pub(crate) fn deliver_get(
         &self,
         queue: &Arc<Queue>,
         msg: QueuedMessage,
@@ -233,7 +230,7 @@ impl ChannelShared {
     }
 
     /// Direct reply-to: delivers without a queue, as an auto-ack delivery.
-    pub fn deliver_direct(&self, consumer_tag: &str, message: &Message) {
+    pub(crate) fn deliver_direct(&self, consumer_tag: &str, message: &Message) {
         let mut st = self.state.lock();
         if st.closed {
             return;
@@ -262,7 +259,7 @@ impl ChannelShared {
 
     /// Removes the deliveries an ack/nack/reject names. `delivery_tag` 0 with
     /// `multiple` means all of them.
-    pub fn take_unacked(
+    pub(crate) fn take_unacked(
         &self,
         delivery_tag: u64,
         multiple: bool,
@@ -304,7 +301,7 @@ impl ChannelShared {
     }
 
     /// Every outstanding delivery (channel close, basic.recover).
-    pub fn take_all_unacked(&self) -> Settling {
+    pub(crate) fn take_all_unacked(&self) -> Settling {
         let mut st = self.state.lock();
         let taken: Vec<Unacked> = st.unacked.drain(..).collect();
         Self::release_credit(&mut st, &taken);
@@ -317,7 +314,7 @@ impl ChannelShared {
     /// Whether `consumer` keeps up: it settles a message every `busy` or
     /// faster, and nothing it was given has waited `flow::STUCK` (for an
     /// acknowledgement, or, without acks, for its socket to take it).
-    pub fn keeps_up(&self, consumer: &Consumer, busy: Duration) -> bool {
+    pub(crate) fn keeps_up(&self, consumer: &Consumer, busy: Duration) -> bool {
         if consumer.pace.per_message().is_none_or(|t| t > busy) {
             return false;
         }
@@ -340,7 +337,7 @@ impl ChannelShared {
     /// Settles deliveries with their queues (acknowledging, requeueing or
     /// rejecting them), then lets the queues this channel consumes from use
     /// the freed credit.
-    pub fn settle(&self, settling: &mut Settling, how: Settle) {
+    pub(crate) fn settle(&self, settling: &mut Settling, how: Settle) {
         let Settling {
             taken,
             queues,
@@ -377,12 +374,12 @@ impl ChannelShared {
 
     /// Numbers a publish on a confirm channel: `on_disk` when its confirm
     /// must wait for the persister, `refused` when it is to be nacked.
-    pub fn confirm_next(&self, on_disk: bool, refused: bool) -> u64 {
+    pub(crate) fn confirm_next(&self, on_disk: bool, refused: bool) -> u64 {
         self.confirms.lock().next(on_disk, refused)
     }
 
     /// Sends the ack owed for everything settled so far.
-    pub fn flush_confirms(&self) {
+    pub(crate) fn flush_confirms(&self) {
         let mut c = self.confirms.lock();
         self.send_confirms(&mut c);
     }
@@ -401,7 +398,7 @@ impl ChannelShared {
 
     /// The acknowledgement timeout (ms) a delivery has run past, if any:
     /// the queue's x-consumer-timeout, else `default_ms` (0: none).
-    pub fn overdue_ack(&self, default_ms: u64) -> Option<u64> {
+    pub(crate) fn overdue_ack(&self, default_ms: u64) -> Option<u64> {
         let st = self.state.lock();
         st.unacked.iter().find_map(|u| {
             let timeout = u.queue.args.consumer_timeout.unwrap_or(default_ms);
@@ -410,7 +407,7 @@ impl ChannelShared {
         })
     }
 
-    pub fn set_prefetch(&self, prefetch: u16, global: bool) {
+    pub(crate) fn set_prefetch(&self, prefetch: u16, global: bool) {
         let mut st = self.state.lock();
         if global {
             st.channel_prefetch = prefetch;
@@ -422,34 +419,34 @@ impl ChannelShared {
         }
     }
 
-    pub fn consumer_prefetch(&self) -> u16 {
+    pub(crate) fn consumer_prefetch(&self) -> u16 {
         self.state.lock().consumer_prefetch
     }
 
     /// Whether an ack for `delivery_tag` would be valid (checked before a
     /// transaction buffers it).
-    pub fn has_unacked(&self, delivery_tag: u64, multiple: bool) -> bool {
+    pub(crate) fn has_unacked(&self, delivery_tag: u64, multiple: bool) -> bool {
         let st = self.state.lock();
         (multiple && delivery_tag == 0) || st.unacked.iter().any(|u| u.delivery_tag == delivery_tag)
     }
 
-    pub fn has_consumer(&self, tag: &str) -> bool {
+    pub(crate) fn has_consumer(&self, tag: &str) -> bool {
         self.state.lock().consumers.contains_key(tag)
     }
 
-    pub fn add_consumer(&self, consumer: Arc<Consumer>) {
+    pub(crate) fn add_consumer(&self, consumer: Arc<Consumer>) {
         self.state
             .lock()
             .consumers
             .insert(consumer.tag.clone(), consumer);
     }
 
-    pub fn remove_consumer(&self, tag: &str) -> Option<Arc<Consumer>> {
+    pub(crate) fn remove_consumer(&self, tag: &str) -> Option<Arc<Consumer>> {
         self.state.lock().consumers.remove(tag)
     }
 
     /// The queue deleted itself: forget the consumer and tell the client.
-    pub fn cancel_by_broker(&self, consumer: &Arc<Consumer>) {
+    pub(crate) fn cancel_by_broker(&self, consumer: &Arc<Consumer>) {
         let removed = self.state.lock().consumers.remove(&consumer.tag).is_some();
         if removed && self.cancel_notify {
             self.send(AMQPClass::Basic(basic::AMQPMethod::Cancel(basic::Cancel {
@@ -461,7 +458,7 @@ impl ChannelShared {
 
     /// Marks the channel closed and returns its consumers and deliveries,
     /// which the caller cancels and requeues.
-    pub fn close(&self) -> (Vec<Arc<Consumer>>, Settling) {
+    pub(crate) fn close(&self) -> (Vec<Arc<Consumer>>, Settling) {
         let consumers = {
             let mut st = self.state.lock();
             st.closed = true;

@@ -5,7 +5,7 @@ use std::net::IpAddr;
 
 /// RabbitMQ's `rabbit_net:is_loopback`: 127.0.0.0/8, ::1, and 127.x
 /// mapped into IPv6 (how a dual-stack listener sees a 127.0.0.1 client).
-pub fn is_loopback(ip: IpAddr) -> bool {
+pub(crate) fn is_loopback(ip: IpAddr) -> bool {
     match ip {
         IpAddr::V4(v4) => v4.is_loopback(),
         IpAddr::V6(v6) => {

@@ -18,7 +18,7 @@ use std::time::Duration;
 use tokio::sync::watch;
 use tokio::time::{Instant, Sleep};
 
-pub enum Interrupt {
+pub(super) enum Interrupt {
     /// The connection must end; the reason to give the client.
     Ended(String),
     /// The heartbeat timer fired: look at when the last read was.
@@ -29,7 +29,7 @@ pub enum Interrupt {
 
 type Ended = Pin<Box<dyn Future<Output = String> + Send>>;
 
-pub struct Interrupts {
+pub(super) struct Interrupts {
     ended: Ended,
     heartbeat: Pin<Box<Sleep>>,
     ack_check: Pin<Box<Sleep>>,
@@ -60,7 +60,7 @@ impl Wake for Gate {
 
 /// Completes, with the reason to give the client, when the broker shuts
 /// down or the connection is closed via management.
-pub async fn ended(
+pub(super) async fn ended(
     mut shutdown: watch::Receiver<bool>,
     mut close_rx: watch::Receiver<Option<String>>,
 ) -> String {
@@ -73,7 +73,7 @@ pub async fn ended(
 }
 
 impl Interrupts {
-    pub fn new(
+    pub(super) fn new(
         shutdown: watch::Receiver<bool>,
         close_rx: watch::Receiver<Option<String>>,
         heartbeat_at: Instant,
@@ -95,12 +95,12 @@ impl Interrupts {
     }
 
     /// Moves the heartbeat timer to `at`.
-    pub fn heartbeat_at(&mut self, at: Instant) {
+    pub(super) fn heartbeat_at(&mut self, at: Instant) {
         self.heartbeat.as_mut().reset(at);
         self.gate.woken.store(true, Ordering::Release);
     }
 
-    pub async fn next(&mut self) -> Interrupt {
+    pub(super) async fn next(&mut self) -> Interrupt {
         std::future::poll_fn(|cx| self.poll_next(cx)).await
     }
 

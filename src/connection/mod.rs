@@ -1,9 +1,9 @@
 //! One client connection: the handshake, then a reader loop that owns the
 //! decoder and every channel's state, and a writer task draining the outbox.
 
-pub mod auth;
+pub(crate) mod auth;
 mod interrupts;
-pub mod outbox;
+pub(crate) mod outbox;
 
 use crate::broker::queue::Queue;
 use crate::broker::{Broker, ChannelRegistry, ConnectionHandle, PublishingState};
@@ -43,7 +43,7 @@ const HANDSHAKE_READ_BUFFER: usize = FRAME_MIN_SIZE as usize;
 const READ_BUFFER: usize = 64 * 1024;
 
 /// Serves one client until it disconnects, fails, or is closed by the broker.
-pub async fn serve(
+pub(crate) async fn serve(
     socket: TcpStream,
     peer: SocketAddr,
     broker: Arc<Broker>,
@@ -934,7 +934,6 @@ impl OpenConnection {
         }
         let shared = Arc::new(ChannelShared::new(
             id,
-            self.ctx.id,
             self.ctx.outbox.clone(),
             self.ctx.frame_max,
             self.ctx.cancel_notify,

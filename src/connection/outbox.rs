@@ -20,16 +20,16 @@ use tokio::time::Instant;
 /// Above this many unwritten bytes queues stop delivering to the connection
 /// until the writer catches up, so a slow reader cannot make the broker
 /// buffer without bound.
-pub const OUTBOX_HIGH_WATERMARK: usize = 1024 * 1024;
+pub(crate) const OUTBOX_HIGH_WATERMARK: usize = 1024 * 1024;
 
 /// Above this many unwritten bytes the connection's own frames stop being
 /// read until the writer catches up: replies nobody else limits (returns,
 /// get-oks, confirms) cannot pile up for a client that never reads. Above
 /// the deliveries' mark, so a consumer on the same connection does not
 /// pause its publishing by itself.
-pub const OUTBOX_READ_LIMIT: usize = 4 * OUTBOX_HIGH_WATERMARK;
+pub(crate) const OUTBOX_READ_LIMIT: usize = 4 * OUTBOX_HIGH_WATERMARK;
 
-pub struct Outbox {
+pub(crate) struct Outbox {
     buf: Mutex<BytesMut>,
     notify: Notify,
     /// Bytes taken by the writer and not yet written.
@@ -59,7 +59,7 @@ impl Default for Outbox {
 
 impl Outbox {
     /// Encodes frames into the outbox and wakes the writer.
-    pub fn push(&self, encode: impl FnOnce(&mut BytesMut)) {
+    pub(crate) fn push(&self, encode: impl FnOnce(&mut BytesMut)) {
         if self.closed.load(Ordering::Acquire) {
             return;
         }
@@ -72,7 +72,7 @@ impl Outbox {
         }
     }
 
-    pub fn is_full(&self) -> bool {
+    pub(crate) fn is_full(&self) -> bool {
         self.pending() > OUTBOX_HIGH_WATERMARK
     }
 
@@ -81,12 +81,12 @@ impl Outbox {
     }
 
     /// Whether the connection's reader must wait for the writer.
-    pub fn is_over_read_limit(&self) -> bool {
+    pub(crate) fn is_over_read_limit(&self) -> bool {
         self.pending() > OUTBOX_READ_LIMIT && !self.is_closed()
     }
 
     /// Completes once the outbox is back under its read limit (or closed).
-    pub async fn drained_below_read_limit(&self) {
+    pub(crate) async fn drained_below_read_limit(&self) {
         loop {
             let wrote = self.wrote.notified();
             tokio::pin!(wrote);
@@ -99,7 +99,7 @@ impl Outbox {
     }
 
     /// How long the write in progress has been waiting for the socket.
-    pub fn write_stall(&self) -> Duration {
+    pub(crate) fn write_stall(&self) -> Duration {
         match self.write_started.load(Ordering::Relaxed) {
             0 => Duration::ZERO,
             started => Duration::from_micros(flow::monotonic_us().saturating_sub(started)),
@@ -107,7 +107,7 @@ impl Outbox {
     }
 
     /// Remembers a queue to wake once the writer has drained.
-    pub fn wait_for_space(&self, queue: &Arc<Queue>) {
+    pub(crate) fn wait_for_space(&self, queue: &Arc<Queue>) {
         let mut waiting = self.waiting.lock();
         if !waiting.iter().any(|w| w.as_ptr() == Arc::as_ptr(queue)) {
             waiting.push(Arc::downgrade(queue));
@@ -115,19 +115,19 @@ impl Outbox {
     }
 
     /// Stops accepting frames (the socket is going away).
-    pub fn close(&self) {
+    pub(crate) fn close(&self) {
         self.closed.store(true, Ordering::Release);
         self.notify.notify_one();
     }
 
-    pub fn is_closed(&self) -> bool {
+    pub(crate) fn is_closed(&self) -> bool {
         self.closed.load(Ordering::Acquire)
     }
 
     /// Writes pending frames until the outbox is closed and drained or the
     /// socket fails. Sends a heartbeat when nothing was written for
     /// `heartbeat` (None: never).
-    pub async fn run_writer<W: AsyncWriteExt + Unpin>(
+    pub(crate) async fn run_writer<W: AsyncWriteExt + Unpin>(
         self: Arc<Self>,
         mut socket: W,
         heartbeat: Arc<Mutex<Option<Duration>>>,

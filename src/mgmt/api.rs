@@ -13,19 +13,23 @@ use serde::{Deserialize, Deserializer};
 use serde_json::{json, Map, Value};
 use std::collections::HashMap;
 
-pub type ApiResult = Result<Response, ApiError>;
+pub(super) type ApiResult = Result<Response, ApiError>;
 
 /// An error response: `{"error": …, "reason": …}` with RabbitMQ's status.
 #[derive(Debug)]
-pub struct ApiError {
-    pub status: StatusCode,
-    pub error: &'static str,
+pub(super) struct ApiError {
+    pub(crate) status: StatusCode,
+    pub(crate) error: &'static str,
     /// Usually a string; RabbitMQ answers some errors with a list.
-    pub reason: Value,
+    pub(crate) reason: Value,
 }
 
 impl ApiError {
-    pub fn new(status: StatusCode, error: &'static str, reason: impl Into<Value>) -> ApiError {
+    pub(super) fn new(
+        status: StatusCode,
+        error: &'static str,
+        reason: impl Into<Value>,
+    ) -> ApiError {
         ApiError {
             status,
             error,
@@ -33,36 +37,36 @@ impl ApiError {
         }
     }
 
-    pub fn bad_request(reason: impl Into<Value>) -> ApiError {
+    pub(super) fn bad_request(reason: impl Into<Value>) -> ApiError {
         ApiError::new(StatusCode::BAD_REQUEST, "bad_request", reason)
     }
 
     /// The object in the path does not exist.
-    pub fn not_found() -> ApiError {
+    pub(super) fn not_found() -> ApiError {
         ApiError::new(StatusCode::NOT_FOUND, "Object Not Found", "Not Found")
     }
 
     /// 404 for an operation on something missing, e.g. `vhost_not_found`.
-    pub fn missing(reason: impl Into<Value>) -> ApiError {
+    pub(super) fn missing(reason: impl Into<Value>) -> ApiError {
         ApiError::new(StatusCode::NOT_FOUND, "not_found", reason)
     }
 
     /// A user who may not do this (RabbitMQ spells it `not_authorised`
     /// here, unlike its bad-credentials answer).
-    pub fn not_authorised(reason: impl Into<Value>) -> ApiError {
+    pub(super) fn not_authorised(reason: impl Into<Value>) -> ApiError {
         ApiError::new(StatusCode::UNAUTHORIZED, "not_authorised", reason)
     }
 
     /// A name or key AMQP carries as a short string, over its 255 bytes:
     /// RabbitMQ's own words for a queue name (rabbit_parameter_validation).
-    pub fn too_long(what: &str, len: usize) -> ApiError {
+    pub(super) fn too_long(what: &str, len: usize) -> ApiError {
         ApiError::bad_request(format!(
             "{what} should be less than 255 bytes, actually was {len}\n"
         ))
     }
 
     /// A body key RabbitMQ requires, in its Erlang-formatted reason.
-    pub fn key_missing(keys: &[&str]) -> ApiError {
+    pub(super) fn key_missing(keys: &[&str]) -> ApiError {
         let list: Vec<String> = keys
             .iter()
             .map(|k| format!("{{key_missing,{k}}}"))
@@ -73,7 +77,7 @@ impl ApiError {
     /// As RabbitMQ's management plugin reports an AMQP error of the
     /// operation it performed: a refusal is 401 "Access refused.", anything
     /// else 400 with the error's detail (`inequivalent arg …`).
-    pub fn from_amqp(e: AmqpError) -> ApiError {
+    pub(super) fn from_amqp(e: AmqpError) -> ApiError {
         match e.code {
             ReplyCode::AccessRefused => ApiError::not_authorised("Access refused."),
             _ => ApiError::bad_request(detail(&e)),
@@ -82,7 +86,7 @@ impl ApiError {
 }
 
 /// An AMQP error's text without its `CODE_NAME - ` prefix.
-pub fn detail(e: &AmqpError) -> String {
+pub(super) fn detail(e: &AmqpError) -> String {
     let prefix = format!("{} - ", e.code.name());
     e.text.strip_prefix(&prefix).unwrap_or(&e.text).to_string()
 }
@@ -103,7 +107,7 @@ impl IntoResponse for ApiError {
     }
 }
 
-pub fn created_or_updated(created: bool) -> Response {
+pub(super) fn created_or_updated(created: bool) -> Response {
     if created {
         StatusCode::CREATED.into_response()
     } else {
@@ -111,13 +115,13 @@ pub fn created_or_updated(created: bool) -> Response {
     }
 }
 
-pub fn no_content() -> Response {
+pub(super) fn no_content() -> Response {
     StatusCode::NO_CONTENT.into_response()
 }
 
 /// A JSON object request body; an empty body is `{}`. Anything that is
 /// not a JSON object is RabbitMQ's 400 `not_json`.
-pub fn object(raw: &[u8]) -> Result<Map<String, Value>, ApiError> {
+pub(super) fn object(raw: &[u8]) -> Result<Map<String, Value>, ApiError> {
     if raw.iter().all(u8::is_ascii_whitespace) {
         return Ok(Map::new());
     }
@@ -130,11 +134,11 @@ pub fn object(raw: &[u8]) -> Result<Map<String, Value>, ApiError> {
 /// Parses a JSON request body into `T`: `not_json` as [`object`], a
 /// missing field as RabbitMQ's `[{key_missing,K}]`, wrong types and
 /// unknown fields with serde's reason.
-pub fn body<T: DeserializeOwned>(raw: &[u8]) -> Result<T, ApiError> {
+pub(super) fn body<T: DeserializeOwned>(raw: &[u8]) -> Result<T, ApiError> {
     from_object(object(raw)?)
 }
 
-pub fn from_object<T: DeserializeOwned>(map: Map<String, Value>) -> Result<T, ApiError> {
+pub(super) fn from_object<T: DeserializeOwned>(map: Map<String, Value>) -> Result<T, ApiError> {
     serde_json::from_value(Value::Object(map)).map_err(|e| {
         let text = e.to_string();
         match text
@@ -150,13 +154,13 @@ pub fn from_object<T: DeserializeOwned>(map: Map<String, Value>) -> Result<T, Ap
 /// `s` as an AMQP short string (a name, routing key or property), or
 /// RabbitMQ's 400 naming `what`: a longer one cannot be sent to a client
 /// nor kept in the store, which writes short strings as AMQP does.
-pub fn short_string(what: &str, s: &str) -> Result<ShortString, ApiError> {
+pub(super) fn short_string(what: &str, s: &str) -> Result<ShortString, ApiError> {
     ShortString::try_new(s).map_err(|_| ApiError::too_long(what, s.len()))
 }
 
 /// `true`, `false`, or the strings "true"/"false" (rabbitmqadmin sends
 /// those).
-pub fn lenient_bool<'de, D: Deserializer<'de>>(d: D) -> Result<bool, D::Error> {
+pub(super) fn lenient_bool<'de, D: Deserializer<'de>>(d: D) -> Result<bool, D::Error> {
     #[derive(Deserialize)]
     #[serde(untagged)]
     enum B {
@@ -174,7 +178,7 @@ pub fn lenient_bool<'de, D: Deserializer<'de>>(d: D) -> Result<bool, D::Error> {
 }
 
 /// Tags as RabbitMQ accepts them: "a,b" or ["a", "b"].
-pub fn tags<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
+pub(super) fn tags<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
     #[derive(Deserialize)]
     #[serde(untagged)]
     enum T {
@@ -193,24 +197,24 @@ pub fn tags<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
 
 /// The user a request authenticated as.
 #[derive(Clone)]
-pub struct User {
-    pub name: String,
-    pub tags: Vec<String>,
+pub(super) struct User {
+    pub(crate) name: String,
+    pub(crate) tags: Vec<String>,
 }
 
 impl User {
-    pub fn is_admin(&self) -> bool {
+    pub(super) fn is_admin(&self) -> bool {
         self.tags.iter().any(|t| t == "administrator")
     }
 
     /// Administrators and monitoring users see every vhost's objects.
-    pub fn sees_everything(&self) -> bool {
+    pub(super) fn sees_everything(&self) -> bool {
         self.tags
             .iter()
             .any(|t| t == "administrator" || t == "monitoring")
     }
 
-    pub fn require_admin(&self) -> Result<(), ApiError> {
+    pub(super) fn require_admin(&self) -> Result<(), ApiError> {
         if self.is_admin() {
             Ok(())
         } else {
@@ -219,12 +223,12 @@ impl User {
     }
 
     /// Management users see only the vhosts they have permissions in.
-    pub fn may_see(&self, broker: &Broker, vhost: &str) -> bool {
+    pub(super) fn may_see(&self, broker: &Broker, vhost: &str) -> bool {
         self.sees_everything() || broker.access.permission(vhost, &self.name).is_some()
     }
 
     /// The vhost, when it exists and the user may use it.
-    pub fn vhost(
+    pub(super) fn vhost(
         &self,
         broker: &Broker,
         name: &str,
@@ -240,7 +244,7 @@ impl User {
     }
 
     /// For a PUT or POST into a vhost: RabbitMQ's 404 `vhost_not_found`.
-    pub fn vhost_for_change(
+    pub(super) fn vhost_for_change(
         &self,
         broker: &Broker,
         name: &str,
@@ -255,7 +259,7 @@ impl User {
 /// A list endpoint's answer: RabbitMQ's `name`/`use_regex` filter, `sort`
 /// and `sort_reverse`, `page`/`page_size` (answered as a page object) and
 /// `columns`.
-pub fn list(mut items: Vec<Value>, query: &HashMap<String, String>) -> ApiResult {
+pub(super) fn list(mut items: Vec<Value>, query: &HashMap<String, String>) -> ApiResult {
     let total = items.len();
     if let Some(sort) = query.get("sort").filter(|s| !s.is_empty()) {
         items.sort_by(|a, b| compare(column(a, sort), column(b, sort)));
@@ -390,7 +394,7 @@ fn only_columns(item: &Value, columns: &[&str]) -> Value {
 }
 
 /// Sorted by vhost then name, as RabbitMQ lists objects.
-pub fn by_vhost_and_name(mut items: Vec<Value>) -> Vec<Value> {
+pub(super) fn by_vhost_and_name(mut items: Vec<Value>) -> Vec<Value> {
     items.sort_by(|a, b| {
         (a["vhost"].as_str(), a["name"].as_str()).cmp(&(b["vhost"].as_str(), b["name"].as_str()))
     });
@@ -398,7 +402,7 @@ pub fn by_vhost_and_name(mut items: Vec<Value>) -> Vec<Value> {
 }
 
 /// A field table as the management API shows it.
-pub fn table_json(t: &FieldTable) -> Value {
+pub(super) fn table_json(t: &FieldTable) -> Value {
     Value::Object(
         t.inner()
             .iter()
@@ -407,7 +411,7 @@ pub fn table_json(t: &FieldTable) -> Value {
     )
 }
 
-pub fn field_json(v: &AMQPValue) -> Value {
+pub(super) fn field_json(v: &AMQPValue) -> Value {
     use AMQPValue as V;
     match v {
         V::Boolean(b) => json!(b),
@@ -439,7 +443,7 @@ const MAX_TABLE_DEPTH: usize = crate::protocol::field_table::MAX_DEPTH;
 
 /// JSON arguments as the field table a client would have sent: strings are
 /// long strings, integers 64-bit signed, as RabbitMQ converts them.
-pub fn json_table(v: &Value) -> Result<FieldTable, ApiError> {
+pub(super) fn json_table(v: &Value) -> Result<FieldTable, ApiError> {
     table_at(v, 1)
 }
 
@@ -483,7 +487,7 @@ fn json_field(v: &Value, depth: usize) -> Result<AMQPValue, ApiError> {
     })
 }
 
-pub fn node_name() -> String {
+pub(super) fn node_name() -> String {
     let host = std::fs::read_to_string("/etc/hostname")
         .map(|h| h.trim().to_string())
         .unwrap_or_else(|_| "localhost".into());

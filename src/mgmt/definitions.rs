@@ -116,7 +116,7 @@ fn bindings_json(broker: &Broker, only: Option<&str>) -> Vec<Value> {
     out
 }
 
-pub async fn export_all(
+pub(super) async fn export_all(
     State(broker): State<Arc<Broker>>,
     Extension(user): Extension<User>,
 ) -> ApiResult {
@@ -152,7 +152,7 @@ pub async fn export_all(
     .into_response())
 }
 
-pub async fn export_vhost(
+pub(super) async fn export_vhost(
     State(broker): State<Arc<Broker>>,
     Extension(user): Extension<User>,
     Path(vhost): Path<String>,
@@ -392,7 +392,7 @@ fn import(broker: &Broker, d: Definitions, only: Option<&str>) -> Result<(), Api
     Ok(())
 }
 
-pub async fn import_all(
+pub(super) async fn import_all(
     State(broker): State<Arc<Broker>>,
     Extension(user): Extension<User>,
     raw: Bytes,
@@ -404,7 +404,7 @@ pub async fn import_all(
     Ok(no_content())
 }
 
-pub async fn import_vhost(
+pub(super) async fn import_vhost(
     State(broker): State<Arc<Broker>>,
     Extension(user): Extension<User>,
     Path(vhost): Path<String>,

@@ -11,7 +11,7 @@ use std::sync::Arc;
 /// the topology and access writes queued meanwhile are flushed by the
 /// store's metadata writer, and is a 500 if one could not be written. A
 /// definitions import queues all its writes and so waits for one flush.
-pub async fn reply_when_durable(
+pub(super) async fn reply_when_durable(
     State(broker): State<Arc<Broker>>,
     request: Request,
     next: Next,

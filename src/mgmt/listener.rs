@@ -43,7 +43,7 @@ const WARN_EVERY: Duration = Duration::from_secs(60);
 const NEVER: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
 
 /// Serves `app` on `listener` within `limits` until `shutdown` completes.
-pub async fn serve(
+pub(super) async fn serve(
     listener: TcpListener,
     app: Router,
     limits: &MgmtConfig,

@@ -19,7 +19,7 @@ type Q = Query<HashMap<String, String>>;
 /// When this process started, for uptime.
 static STARTED: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
 
-pub fn mark_started() {
+pub(super) fn mark_started() {
     STARTED.get_or_init(Instant::now);
 }
 
@@ -28,7 +28,7 @@ fn uptime_ms() -> u64 {
 }
 
 /// Resident memory of this process in bytes (Linux), 0 when unknown.
-pub fn resident_memory() -> u64 {
+pub(super) fn resident_memory() -> u64 {
     std::fs::read_to_string("/proc/self/statm")
         .ok()
         .and_then(|s| s.split_whitespace().nth(1)?.parse::<u64>().ok())
@@ -50,12 +50,12 @@ fn fd_limit() -> u64 {
 }
 
 /// Open file descriptors of this process (Linux), 0 when unknown.
-pub fn open_fds() -> u64 {
+pub(super) fn open_fds() -> u64 {
     std::fs::read_dir("/proc/self/fd").map_or(0, |d| d.count() as u64)
 }
 
 /// Free bytes on the data directory's file system, 0 when unknown.
-pub fn disk_free(broker: &Broker) -> u64 {
+pub(super) fn disk_free(broker: &Broker) -> u64 {
     let path = broker.store.path();
     let Ok(c) = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()) else {
         return 0;
@@ -72,7 +72,7 @@ pub fn disk_free(broker: &Broker) -> u64 {
     }
 }
 
-pub async fn overview(
+pub(super) async fn overview(
     State(broker): State<Arc<Broker>>,
     Extension(user): Extension<User>,
 ) -> ApiResult {
@@ -168,11 +168,11 @@ fn node_json(broker: &Broker) -> Value {
     })
 }
 
-pub async fn nodes(State(broker): State<Arc<Broker>>) -> ApiResult {
+pub(super) async fn nodes(State(broker): State<Arc<Broker>>) -> ApiResult {
     Ok(Json(json!([node_json(&broker)])).into_response())
 }
 
-pub async fn node(State(broker): State<Arc<Broker>>, Path(name): Path<String>) -> ApiResult {
+pub(super) async fn node(State(broker): State<Arc<Broker>>, Path(name): Path<String>) -> ApiResult {
     if name != node_name() {
         return Err(ApiError::not_found());
     }
@@ -234,7 +234,7 @@ fn sorted_by_name(mut items: Vec<Value>) -> Vec<Value> {
     items
 }
 
-pub async fn connections(
+pub(super) async fn connections(
     State(broker): State<Arc<Broker>>,
     Extension(user): Extension<User>,
     Query(query): Q,
@@ -246,7 +246,7 @@ pub async fn connections(
     list(sorted_by_name(items), &query)
 }
 
-pub async fn connections_in(
+pub(super) async fn connections_in(
     State(broker): State<Arc<Broker>>,
     Extension(user): Extension<User>,
     Path(vhost): Path<String>,
@@ -270,7 +270,7 @@ fn find_connection(broker: &Broker, user: &User, name: &str) -> Result<(u64, Val
         .ok_or_else(ApiError::not_found)
 }
 
-pub async fn connection(
+pub(super) async fn connection(
     State(broker): State<Arc<Broker>>,
     Extension(user): Extension<User>,
     Path(name): Path<String>,
@@ -280,7 +280,7 @@ pub async fn connection(
 
 /// Closes a connection with 320 CONNECTION_FORCED; the reason is the
 /// `X-Reason` header, as RabbitMQ's.
-pub async fn close_connection(
+pub(super) async fn close_connection(
     State(broker): State<Arc<Broker>>,
     Extension(user): Extension<User>,
     Path(name): Path<String>,
@@ -344,7 +344,7 @@ fn channels_of(broker: &Broker, user: &User, only: Option<&str>) -> Vec<Value> {
     sorted_by_name(out)
 }
 
-pub async fn channels(
+pub(super) async fn channels(
     State(broker): State<Arc<Broker>>,
     Extension(user): Extension<User>,
     Query(query): Q,
@@ -352,7 +352,7 @@ pub async fn channels(
     list(channels_of(&broker, &user, None), &query)
 }
 
-pub async fn channels_in(
+pub(super) async fn channels_in(
     State(broker): State<Arc<Broker>>,
     Extension(user): Extension<User>,
     Path(vhost): Path<String>,
@@ -366,7 +366,7 @@ pub async fn channels_in(
     list(items, &query)
 }
 
-pub async fn connection_channels(
+pub(super) async fn connection_channels(
     State(broker): State<Arc<Broker>>,
     Extension(user): Extension<User>,
     Path(name): Path<String>,
@@ -376,7 +376,7 @@ pub async fn connection_channels(
     list(channels_of(&broker, &user, Some(&name)), &query)
 }
 
-pub async fn channel(
+pub(super) async fn channel(
     State(broker): State<Arc<Broker>>,
     Extension(user): Extension<User>,
     Path(name): Path<String>,
@@ -431,7 +431,7 @@ fn consumers_of(broker: &Broker, user: &User, vhost: Option<&str>) -> Vec<Value>
     out
 }
 
-pub async fn consumers(
+pub(super) async fn consumers(
     State(broker): State<Arc<Broker>>,
     Extension(user): Extension<User>,
     Query(query): Q,
@@ -439,7 +439,7 @@ pub async fn consumers(
     list(consumers_of(&broker, &user, None), &query)
 }
 
-pub async fn consumers_in(
+pub(super) async fn consumers_in(
     State(broker): State<Arc<Broker>>,
     Extension(user): Extension<User>,
     Path(vhost): Path<String>,
@@ -453,7 +453,7 @@ pub async fn consumers_in(
 
 /// RabbitMQ's /api/health/checks/alarms: 200 without alarms, 503 with.
 /// A disk alarm raised by a failed write also says why (`error`).
-pub async fn alarms(State(broker): State<Arc<Broker>>) -> ApiResult {
+pub(super) async fn alarms(State(broker): State<Arc<Broker>>) -> ApiResult {
     let mut alarms = Vec::new();
     if broker.memory.is_blocked() {
         alarms.push(json!({"node": node_name(), "resource": "memory"}));
@@ -482,7 +482,7 @@ pub async fn alarms(State(broker): State<Arc<Broker>>) -> ApiResult {
 
 /// Damage the store was started with (`storage.on_damage = "report"`):
 /// 503 naming each queue, file and how many messages it lost; 200 without.
-pub async fn store_damage(State(broker): State<Arc<Broker>>) -> ApiResult {
+pub(super) async fn store_damage(State(broker): State<Arc<Broker>>) -> ApiResult {
     let damage = &broker.store.damage;
     if damage.is_empty() {
         return Ok(Json(json!({"status": "ok"})).into_response());
@@ -512,7 +512,7 @@ pub async fn store_damage(State(broker): State<Arc<Broker>>) -> ApiResult {
 
 /// RabbitMQ's aliveness test: declare `aliveness-test`, publish a message
 /// to it and get it back.
-pub async fn aliveness(
+pub(super) async fn aliveness(
     State(broker): State<Arc<Broker>>,
     Extension(user): Extension<User>,
     Path(vhost): Path<String>,

@@ -63,7 +63,7 @@ fn dir_bytes(path: &Path) -> u64 {
         .sum()
 }
 
-pub async fn metrics(State(broker): State<Arc<Broker>>) -> Response {
+pub(super) async fn metrics(State(broker): State<Arc<Broker>>) -> Response {
     let disk_used = {
         let path = broker.store.path().to_owned();
         tokio::task::spawn_blocking(move || dir_bytes(&path))

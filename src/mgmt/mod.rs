@@ -36,7 +36,7 @@ use tokio::net::TcpListener;
 const MANAGEMENT_TAGS: &[&str] = &["administrator", "management", "monitoring", "policymaker"];
 
 /// Serves the API until `shutdown` completes.
-pub async fn serve(
+pub(crate) async fn serve(
     listener: TcpListener,
     broker: Arc<Broker>,
     shutdown: impl Future<Output = ()> + Send + 'static,

@@ -47,7 +47,7 @@ fn check(
 
 // ---------------------------------------------------------------- queues
 
-pub fn queue_json(q: &Queue) -> Value {
+pub(super) fn queue_json(q: &Queue) -> Value {
     let c = q.counts();
     let kind = match q.args.queue_type {
         QueueType::Classic => "classic",
@@ -104,7 +104,7 @@ fn visible_vhosts(broker: &Broker, user: &User) -> Vec<Arc<VHost>> {
         .collect()
 }
 
-pub async fn queues(
+pub(super) async fn queues(
     State(broker): State<Arc<Broker>>,
     Extension(user): Extension<User>,
     Query(query): Q,
@@ -117,7 +117,7 @@ pub async fn queues(
     list(by_vhost_and_name(items), &query)
 }
 
-pub async fn queues_in(
+pub(super) async fn queues_in(
     State(broker): State<Arc<Broker>>,
     Extension(user): Extension<User>,
     Path(vhost): Path<String>,
@@ -141,7 +141,7 @@ fn find_queue(
     Ok((v, q))
 }
 
-pub async fn queue(
+pub(super) async fn queue(
     State(broker): State<Arc<Broker>>,
     Extension(user): Extension<User>,
     Path((vhost, name)): Path<(String, String)>,
@@ -173,7 +173,7 @@ struct QueueBody {
 
 /// Declares a queue as queue.declare would, with its permission rules,
 /// for an API or definitions caller; true when it was created.
-pub fn declare_queue(
+pub(super) fn declare_queue(
     gate: &mut impl Gate,
     v: &VHost,
     name: &str,
@@ -198,7 +198,7 @@ pub fn declare_queue(
     Ok(created)
 }
 
-pub async fn put_queue(
+pub(super) async fn put_queue(
     State(broker): State<Arc<Broker>>,
     Extension(user): Extension<User>,
     Path((vhost, name)): Path<(String, String)>,
@@ -212,7 +212,7 @@ pub async fn put_queue(
     Ok(created_or_updated(created))
 }
 
-pub async fn delete_queue(
+pub(super) async fn delete_queue(
     State(broker): State<Arc<Broker>>,
     Extension(user): Extension<User>,
     Path((vhost, name)): Path<(String, String)>,
@@ -232,7 +232,7 @@ pub async fn delete_queue(
     Ok(no_content())
 }
 
-pub async fn purge_queue(
+pub(super) async fn purge_queue(
     State(broker): State<Arc<Broker>>,
     Extension(user): Extension<User>,
     Path((vhost, name)): Path<(String, String)>,
@@ -274,7 +274,7 @@ fn auto() -> String {
 
 /// RabbitMQ's "get messages": takes up to `count` messages, then acks,
 /// requeues or rejects them as `ackmode` says.
-pub async fn get_messages(
+pub(super) async fn get_messages(
     State(broker): State<Arc<Broker>>,
     Extension(user): Extension<User>,
     Path((vhost, name)): Path<(String, String)>,
@@ -491,7 +491,7 @@ fn json_properties(v: &Value) -> Result<AMQPProperties, ApiError> {
 
 // ---------------------------------------------------------------- exchanges
 
-pub fn exchange_json(vhost: &str, e: &Exchange) -> Value {
+pub(super) fn exchange_json(vhost: &str, e: &Exchange) -> Value {
     json!({
         "name": e.name,
         "vhost": vhost,
@@ -504,7 +504,7 @@ pub fn exchange_json(vhost: &str, e: &Exchange) -> Value {
     })
 }
 
-pub async fn exchanges(
+pub(super) async fn exchanges(
     State(broker): State<Arc<Broker>>,
     Extension(user): Extension<User>,
     Query(query): Q,
@@ -521,7 +521,7 @@ pub async fn exchanges(
     list(by_vhost_and_name(items), &query)
 }
 
-pub async fn exchanges_in(
+pub(super) async fn exchanges_in(
     State(broker): State<Arc<Broker>>,
     Extension(user): Extension<User>,
     Path(vhost): Path<String>,
@@ -558,7 +558,7 @@ fn find_exchange(
     Ok((v, e))
 }
 
-pub async fn exchange(
+pub(super) async fn exchange(
     State(broker): State<Arc<Broker>>,
     Extension(user): Extension<User>,
     Path((vhost, name)): Path<(String, String)>,
@@ -591,7 +591,7 @@ struct ExchangeBody {
 /// Declares an exchange as exchange.declare would, with its permission
 /// rules; true when created.
 #[allow(clippy::too_many_arguments)]
-pub fn declare_exchange(
+pub(super) fn declare_exchange(
     gate: &mut impl Gate,
     v: &VHost,
     name: &str,
@@ -623,7 +623,7 @@ pub fn declare_exchange(
     Ok(created)
 }
 
-pub async fn put_exchange(
+pub(super) async fn put_exchange(
     State(broker): State<Arc<Broker>>,
     Extension(user): Extension<User>,
     Path((vhost, name)): Path<(String, String)>,
@@ -646,7 +646,7 @@ pub async fn put_exchange(
     Ok(created_or_updated(created))
 }
 
-pub async fn delete_exchange(
+pub(super) async fn delete_exchange(
     State(broker): State<Arc<Broker>>,
     Extension(user): Extension<User>,
     Path((vhost, name)): Path<(String, String)>,
@@ -690,7 +690,7 @@ fn direct() -> String {
 
 /// Publishes one message, as basic.publish would; answers whether it was
 /// routed to a queue.
-pub async fn publish(
+pub(super) async fn publish(
     State(broker): State<Arc<Broker>>,
     Extension(user): Extension<User>,
     Path((vhost, name)): Path<(String, String)>,
@@ -781,7 +781,7 @@ impl Gate for ApiGate<'_> {
 
 /// RabbitMQ's `properties_key`: the routing key URL-quoted ("~" when
 /// empty), then `~` and a hash of the arguments when there are any.
-pub fn properties_key(routing_key: &str, arguments: &FieldTable) -> String {
+pub(super) fn properties_key(routing_key: &str, arguments: &FieldTable) -> String {
     let mut key = if routing_key.is_empty() {
         "~".to_string()
     } else {
@@ -854,7 +854,7 @@ fn default_binding_json(vhost: &str, queue: &str) -> Value {
 }
 
 /// Every binding of a vhost: the default exchange's first, then by source.
-pub fn vhost_bindings(v: &VHost) -> Vec<Value> {
+pub(super) fn vhost_bindings(v: &VHost) -> Vec<Value> {
     let mut queues = v.queues();
     queues.sort_by(|a, b| a.name.cmp(&b.name));
     let mut out: Vec<Value> = queues
@@ -871,7 +871,7 @@ pub fn vhost_bindings(v: &VHost) -> Vec<Value> {
     out
 }
 
-pub async fn bindings(
+pub(super) async fn bindings(
     State(broker): State<Arc<Broker>>,
     Extension(user): Extension<User>,
     Query(query): Q,
@@ -883,7 +883,7 @@ pub async fn bindings(
     list(items, &query)
 }
 
-pub async fn bindings_in(
+pub(super) async fn bindings_in(
     State(broker): State<Arc<Broker>>,
     Extension(user): Extension<User>,
     Path(vhost): Path<String>,
@@ -893,7 +893,7 @@ pub async fn bindings_in(
     list(vhost_bindings(&v), &query)
 }
 
-pub async fn queue_bindings(
+pub(super) async fn queue_bindings(
     State(broker): State<Arc<Broker>>,
     Extension(user): Extension<User>,
     Path((vhost, name)): Path<(String, String)>,
@@ -907,7 +907,7 @@ pub async fn queue_bindings(
     list(items, &query)
 }
 
-pub async fn exchange_bindings_source(
+pub(super) async fn exchange_bindings_source(
     State(broker): State<Arc<Broker>>,
     Extension(user): Extension<User>,
     Path((vhost, name)): Path<(String, String)>,
@@ -928,7 +928,7 @@ pub async fn exchange_bindings_source(
     list(items, &query)
 }
 
-pub async fn exchange_bindings_destination(
+pub(super) async fn exchange_bindings_destination(
     State(broker): State<Arc<Broker>>,
     Extension(user): Extension<User>,
     Path((vhost, name)): Path<(String, String)>,
@@ -944,14 +944,14 @@ pub async fn exchange_bindings_destination(
 
 /// `/api/bindings/{vhost}/e/{source}/{q|e}/{destination}`.
 #[derive(Deserialize)]
-pub struct BindingPath {
+pub(super) struct BindingPath {
     vhost: String,
     source: String,
     destination: String,
 }
 
 #[derive(Deserialize)]
-pub struct BindingPropsPath {
+pub(super) struct BindingPropsPath {
     vhost: String,
     source: String,
     destination: String,
@@ -1005,7 +1005,7 @@ fn between(
         .collect())
 }
 
-pub async fn bindings_between_queue(
+pub(super) async fn bindings_between_queue(
     State(broker): State<Arc<Broker>>,
     Extension(user): Extension<User>,
     Path(p): Path<BindingPath>,
@@ -1013,7 +1013,7 @@ pub async fn bindings_between_queue(
     Ok(Json(Value::Array(between(&broker, &user, &p, true)?)).into_response())
 }
 
-pub async fn bindings_between_exchange(
+pub(super) async fn bindings_between_exchange(
     State(broker): State<Arc<Broker>>,
     Extension(user): Extension<User>,
     Path(p): Path<BindingPath>,
@@ -1043,17 +1043,17 @@ struct BindBody {
 }
 
 /// A binding to make.
-pub struct NewBinding<'a> {
-    pub source: &'a str,
-    pub to_queue: bool,
-    pub destination: &'a str,
-    pub routing_key: &'a str,
-    pub arguments: FieldTable,
+pub(super) struct NewBinding<'a> {
+    pub(crate) source: &'a str,
+    pub(crate) to_queue: bool,
+    pub(crate) destination: &'a str,
+    pub(crate) routing_key: &'a str,
+    pub(crate) arguments: FieldTable,
 }
 
 /// Binds as queue.bind / exchange.bind would, with their permission
 /// rules; returns the binding's properties key.
-pub fn bind(gate: &mut impl Gate, v: &VHost, n: NewBinding<'_>) -> Result<String, ApiError> {
+pub(super) fn bind(gate: &mut impl Gate, v: &VHost, n: NewBinding<'_>) -> Result<String, ApiError> {
     let NewBinding {
         source,
         to_queue,
@@ -1117,7 +1117,7 @@ async fn post_binding(
     Ok((StatusCode::CREATED, [(header::LOCATION, location)]).into_response())
 }
 
-pub async fn post_queue_binding(
+pub(super) async fn post_queue_binding(
     State(broker): State<Arc<Broker>>,
     Extension(user): Extension<User>,
     Path(p): Path<BindingPath>,
@@ -1126,7 +1126,7 @@ pub async fn post_queue_binding(
     post_binding(broker, user, p, true, raw).await
 }
 
-pub async fn post_exchange_binding(
+pub(super) async fn post_exchange_binding(
     State(broker): State<Arc<Broker>>,
     Extension(user): Extension<User>,
     Path(p): Path<BindingPath>,
@@ -1153,7 +1153,7 @@ fn one_binding(
     Ok((v, e, found))
 }
 
-pub async fn queue_binding(
+pub(super) async fn queue_binding(
     State(broker): State<Arc<Broker>>,
     Extension(user): Extension<User>,
     Path(p): Path<BindingPropsPath>,
@@ -1162,7 +1162,7 @@ pub async fn queue_binding(
     Ok(Json(binding_json(&v.name, &e.name, &b)).into_response())
 }
 
-pub async fn exchange_binding(
+pub(super) async fn exchange_binding(
     State(broker): State<Arc<Broker>>,
     Extension(user): Extension<User>,
     Path(p): Path<BindingPropsPath>,
@@ -1196,7 +1196,7 @@ async fn unbind(broker: Arc<Broker>, user: User, p: BindingPropsPath, to_queue: 
     Ok(no_content())
 }
 
-pub async fn delete_queue_binding(
+pub(super) async fn delete_queue_binding(
     State(broker): State<Arc<Broker>>,
     Extension(user): Extension<User>,
     Path(p): Path<BindingPropsPath>,
@@ -1204,7 +1204,7 @@ pub async fn delete_queue_binding(
     unbind(broker, user, p, true).await
 }
 
-pub async fn delete_exchange_binding(
+pub(super) async fn delete_exchange_binding(
     State(broker): State<Arc<Broker>>,
     Extension(user): Extension<User>,
     Path(p): Path<BindingPropsPath>,

@@ -22,13 +22,13 @@ use std::sync::Arc;
 
 type Q = Query<HashMap<String, String>>;
 
-pub async fn whoami(Extension(user): Extension<User>) -> ApiResult {
+pub(super) async fn whoami(Extension(user): Extension<User>) -> ApiResult {
     Ok(Json(json!({"name": user.name, "tags": user.tags})).into_response())
 }
 
 // ---------------------------------------------------------------- users
 
-pub fn user_json(u: &UserRecord) -> Value {
+pub(super) fn user_json(u: &UserRecord) -> Value {
     json!({
         "name": u.name,
         "password_hash": u.password_hash,
@@ -38,7 +38,7 @@ pub fn user_json(u: &UserRecord) -> Value {
     })
 }
 
-pub async fn users(
+pub(super) async fn users(
     State(broker): State<Arc<Broker>>,
     Extension(user): Extension<User>,
     Query(query): Q,
@@ -48,7 +48,7 @@ pub async fn users(
     list(items, &query)
 }
 
-pub async fn users_without_permissions(
+pub(super) async fn users_without_permissions(
     State(broker): State<Arc<Broker>>,
     Extension(user): Extension<User>,
 ) -> ApiResult {
@@ -69,7 +69,7 @@ pub async fn users_without_permissions(
     Ok(Json(Value::Array(items)).into_response())
 }
 
-pub async fn user(
+pub(super) async fn user(
     State(broker): State<Arc<Broker>>,
     Extension(user): Extension<User>,
     Path(name): Path<String>,
@@ -81,26 +81,26 @@ pub async fn user(
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct UserBody {
+pub(super) struct UserBody {
     #[serde(default)]
-    pub password: Option<String>,
+    pub(crate) password: Option<String>,
     #[serde(default)]
-    pub password_hash: Option<String>,
+    pub(crate) password_hash: Option<String>,
     #[serde(default)]
-    pub hashing_algorithm: Option<String>,
+    pub(crate) hashing_algorithm: Option<String>,
     #[serde(default, deserialize_with = "tags")]
-    pub tags: Vec<String>,
+    pub(crate) tags: Vec<String>,
     #[serde(default)]
     #[allow(dead_code)]
-    pub name: Option<Value>,
+    pub(crate) name: Option<Value>,
     #[serde(default)]
     #[allow(dead_code)]
-    pub limits: Option<Value>,
+    pub(crate) limits: Option<Value>,
 }
 
 /// The record a PUT or an import describes: a clear password is hashed; a
 /// hash is taken as it is (empty: no password logs in).
-pub fn user_record(name: &str, b: UserBody) -> Result<UserRecord, ApiError> {
+pub(super) fn user_record(name: &str, b: UserBody) -> Result<UserRecord, ApiError> {
     let (password_hash, hashing_algorithm) = match (b.password, b.password_hash) {
         (Some(_), Some(_)) => {
             return Err(ApiError::bad_request(
@@ -138,7 +138,7 @@ pub fn user_record(name: &str, b: UserBody) -> Result<UserRecord, ApiError> {
     })
 }
 
-pub async fn put_user(
+pub(super) async fn put_user(
     State(broker): State<Arc<Broker>>,
     Extension(user): Extension<User>,
     Path(name): Path<String>,
@@ -153,7 +153,7 @@ pub async fn put_user(
     Ok(created_or_updated(broker.access.put_user(record)))
 }
 
-pub async fn delete_user(
+pub(super) async fn delete_user(
     State(broker): State<Arc<Broker>>,
     Extension(user): Extension<User>,
     Path(name): Path<String>,
@@ -171,7 +171,7 @@ struct BulkDelete {
     users: Vec<String>,
 }
 
-pub async fn bulk_delete_users(
+pub(super) async fn bulk_delete_users(
     State(broker): State<Arc<Broker>>,
     Extension(user): Extension<User>,
     raw: Bytes,
@@ -208,7 +208,7 @@ fn vhost_json(broker: &Broker, r: &VhostRecord) -> Value {
     })
 }
 
-pub async fn vhosts(
+pub(super) async fn vhosts(
     State(broker): State<Arc<Broker>>,
     Extension(user): Extension<User>,
     Query(query): Q,
@@ -223,7 +223,7 @@ pub async fn vhosts(
     list(items, &query)
 }
 
-pub async fn vhost(
+pub(super) async fn vhost(
     State(broker): State<Arc<Broker>>,
     Extension(user): Extension<User>,
     Path(name): Path<String>,
@@ -235,29 +235,29 @@ pub async fn vhost(
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct VhostBody {
+pub(super) struct VhostBody {
     #[serde(default)]
-    pub description: String,
+    pub(crate) description: String,
     #[serde(default, deserialize_with = "tags")]
-    pub tags: Vec<String>,
+    pub(crate) tags: Vec<String>,
     #[serde(default)]
     #[allow(dead_code)]
-    pub tracing: Option<Value>,
+    pub(crate) tracing: Option<Value>,
     #[serde(default)]
     #[allow(dead_code)]
-    pub default_queue_type: Option<Value>,
+    pub(crate) default_queue_type: Option<Value>,
     #[serde(default)]
     #[allow(dead_code)]
-    pub name: Option<Value>,
+    pub(crate) name: Option<Value>,
     #[serde(default)]
     #[allow(dead_code)]
-    pub metadata: Option<Value>,
+    pub(crate) metadata: Option<Value>,
     #[serde(default)]
     #[allow(dead_code)]
-    pub limits: Option<Value>,
+    pub(crate) limits: Option<Value>,
 }
 
-pub async fn put_vhost(
+pub(super) async fn put_vhost(
     State(broker): State<Arc<Broker>>,
     Extension(user): Extension<User>,
     Path(name): Path<String>,
@@ -284,7 +284,7 @@ pub async fn put_vhost(
     Ok(created_or_updated(created))
 }
 
-pub async fn delete_vhost(
+pub(super) async fn delete_vhost(
     State(broker): State<Arc<Broker>>,
     Extension(user): Extension<User>,
     Path(name): Path<String>,
@@ -308,7 +308,7 @@ fn permissions_where(broker: &Broker, keep: impl Fn(&PermissionRecord) -> bool) 
         .collect()
 }
 
-pub fn permission_json(p: &PermissionRecord) -> Value {
+pub(super) fn permission_json(p: &PermissionRecord) -> Value {
     json!({
         "user": p.user,
         "vhost": p.vhost,
@@ -318,7 +318,7 @@ pub fn permission_json(p: &PermissionRecord) -> Value {
     })
 }
 
-pub async fn permissions(
+pub(super) async fn permissions(
     State(broker): State<Arc<Broker>>,
     Extension(user): Extension<User>,
     Query(query): Q,
@@ -333,7 +333,7 @@ pub async fn permissions(
     list(items, &query)
 }
 
-pub async fn vhost_permissions(
+pub(super) async fn vhost_permissions(
     State(broker): State<Arc<Broker>>,
     Extension(user): Extension<User>,
     Path(vhost): Path<String>,
@@ -347,7 +347,7 @@ pub async fn vhost_permissions(
     list(permissions_where(&broker, |p| p.vhost == vhost), &query)
 }
 
-pub async fn user_permissions(
+pub(super) async fn user_permissions(
     State(broker): State<Arc<Broker>>,
     Extension(user): Extension<User>,
     Path(name): Path<String>,
@@ -358,7 +358,7 @@ pub async fn user_permissions(
     list(permissions_where(&broker, |p| p.user == name), &query)
 }
 
-pub async fn permission(
+pub(super) async fn permission(
     State(broker): State<Arc<Broker>>,
     Extension(user): Extension<User>,
     Path((vhost, name)): Path<(String, String)>,
@@ -388,7 +388,7 @@ struct PermissionBody {
 
 /// Sets permissions after checking that the user and vhost exist and the
 /// expressions compile; true when new.
-pub fn set_permission(broker: &Broker, record: PermissionRecord) -> Result<bool, ApiError> {
+pub(super) fn set_permission(broker: &Broker, record: PermissionRecord) -> Result<bool, ApiError> {
     if broker.access.vhost(&record.vhost).is_none() || broker.access.user(&record.user).is_none() {
         return Err(ApiError::bad_request("vhost_or_user_not_found"));
     }
@@ -396,7 +396,7 @@ pub fn set_permission(broker: &Broker, record: PermissionRecord) -> Result<bool,
     Ok(broker.access.put_permission(p))
 }
 
-pub async fn put_permission(
+pub(super) async fn put_permission(
     State(broker): State<Arc<Broker>>,
     Extension(user): Extension<User>,
     Path((vhost, name)): Path<(String, String)>,
@@ -422,7 +422,7 @@ pub async fn put_permission(
     Ok(created_or_updated(set_permission(&broker, record)?))
 }
 
-pub async fn delete_permission(
+pub(super) async fn delete_permission(
     State(broker): State<Arc<Broker>>,
     Extension(user): Extension<User>,
     Path((vhost, name)): Path<(String, String)>,

@@ -22,7 +22,7 @@ const OTHERS: u32 = 0o007;
 /// An existing directory keeps its owner and group bits: a group an operator
 /// gave access to (a backup or monitoring group) is a choice, while access for
 /// every local user never is one a broker should keep silently.
-pub fn prepare(dir: &Path) -> io::Result<()> {
+pub(super) fn prepare(dir: &Path) -> io::Result<()> {
     // SAFETY: umask only swaps the process's file-creation mask.
     unsafe { libc::umask(0o027) };
     if !dir.exists() {

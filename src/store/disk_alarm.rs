@@ -16,7 +16,7 @@ use tokio::sync::watch;
 
 /// Bytes of the reserve file: room for sled to open (one log segment) and
 /// for the first writes after a start on a full disk.
-pub const RESERVE_BYTES: u64 = 4 << 20;
+pub(crate) const RESERVE_BYTES: u64 = 4 << 20;
 const RESERVE_FILE: &str = "disk-reserve";
 
 /// RabbitMQ's bounds on the check interval, and the write rate it assumes
@@ -25,7 +25,7 @@ const MIN_INTERVAL: Duration = Duration::from_millis(100);
 const MAX_INTERVAL: Duration = Duration::from_secs(10);
 const FASTEST_WRITE_BYTES_PER_SEC: u64 = 250 << 20;
 
-pub struct DiskAlarm {
+pub(crate) struct DiskAlarm {
     dir: PathBuf,
     /// Free bytes below which publishers are blocked (0: never).
     limit: u64,
@@ -40,7 +40,7 @@ pub struct DiskAlarm {
 }
 
 impl DiskAlarm {
-    pub fn new(dir: &Path, limit: u64) -> DiskAlarm {
+    pub(crate) fn new(dir: &Path, limit: u64) -> DiskAlarm {
         DiskAlarm {
             dir: dir.to_owned(),
             limit,
@@ -53,44 +53,36 @@ impl DiskAlarm {
         }
     }
 
-    pub fn limit(&self) -> u64 {
+    pub(crate) fn limit(&self) -> u64 {
         self.limit
     }
 
-    /// Free bytes at the last check.
-    pub fn free(&self) -> u64 {
-        match self.free.load(Ordering::Relaxed) {
-            u64::MAX => 0,
-            free => free,
-        }
-    }
-
     #[inline]
-    pub fn is_blocked(&self) -> bool {
+    pub(crate) fn is_blocked(&self) -> bool {
         self.blocked.load(Ordering::Acquire)
     }
 
     /// Free space is below the limit.
-    pub fn is_low(&self) -> bool {
+    pub(crate) fn is_low(&self) -> bool {
         self.low.load(Ordering::Acquire)
     }
 
     /// The store stopped writing after a failure.
-    pub fn is_failed(&self) -> bool {
+    pub(crate) fn is_failed(&self) -> bool {
         self.failed.load(Ordering::Acquire)
     }
 
     /// Why the store stopped writing, while it does.
-    pub fn failure(&self) -> Option<String> {
+    pub(crate) fn failure(&self) -> Option<String> {
         self.failure.lock().clone()
     }
 
-    pub fn subscribe(&self) -> watch::Receiver<bool> {
+    pub(crate) fn subscribe(&self) -> watch::Receiver<bool> {
         self.state.subscribe()
     }
 
     /// The store could not write (`Some(why)`), or writes again (`None`).
-    pub fn set_failed(&self, why: Option<String>) {
+    pub(crate) fn set_failed(&self, why: Option<String>) {
         let mut failure = self.failure.lock();
         self.failed.store(why.is_some(), Ordering::Release);
         *failure = why;
@@ -98,7 +90,7 @@ impl DiskAlarm {
     }
 
     /// Looks at free space now; returns it (None: unknown).
-    pub fn check(&self) -> Option<u64> {
+    pub(crate) fn check(&self) -> Option<u64> {
         let free = free_bytes(&self.dir)?;
         self.free.store(free, Ordering::Relaxed);
         let low = free < self.limit;
@@ -142,7 +134,7 @@ impl DiskAlarm {
 
     /// Watches free space until the alarm is dropped, and puts the reserve
     /// back once there is room for it above the limit.
-    pub fn start_monitor(alarm: std::sync::Weak<DiskAlarm>) {
+    pub(crate) fn start_monitor(alarm: std::sync::Weak<DiskAlarm>) {
         let _ = std::thread::Builder::new()
             .name("leveret-disk".into())
             .spawn(move || loop {
@@ -160,7 +152,7 @@ impl DiskAlarm {
 
 /// Deletes the reserve file when free space is short of it, so the start
 /// has room. Called before the store is opened.
-pub fn release_reserve_if_short(dir: &Path) {
+pub(crate) fn release_reserve_if_short(dir: &Path) {
     let path = dir.join(RESERVE_FILE);
     if !path.exists() || free_bytes(dir).is_some_and(|f| f >= RESERVE_BYTES) {
         return;
@@ -213,7 +205,7 @@ pub fn free_bytes(dir: &Path) -> Option<u64> {
 
 /// Total memory of the machine in bytes (0 when unknown), for a limit
 /// relative to RAM.
-pub fn total_memory() -> u64 {
+pub(crate) fn total_memory() -> u64 {
     // SAFETY: sysinfo only writes into the zeroed struct we own.
     unsafe {
         let mut s: libc::sysinfo = std::mem::zeroed();

@@ -15,7 +15,7 @@ use crate::message::Message;
 use std::collections::VecDeque;
 use std::sync::{Arc, Weak};
 
-pub struct DurableStore {
+pub(crate) struct DurableStore {
     store: Arc<Store>,
     queue: Weak<dyn QueueEvents>,
     queue_id: u32,
@@ -37,7 +37,7 @@ pub struct DurableStore {
 
 impl DurableStore {
     /// A queue recovered with `on_disk` messages from `first_seq` on.
-    pub fn new(
+    pub(crate) fn new(
         store: Arc<Store>,
         queue: Weak<dyn QueueEvents>,
         queue_id: u32,

@@ -16,17 +16,20 @@ use std::sync::{Arc, Weak};
 
 /// A queue entry that did not reach the disk: (queue id, seq, body bytes,
 /// message id).
-pub type Unwritten = (u32, u64, u64, u64);
+pub(crate) type Unwritten = (u32, u64, u64, u64);
 
-pub struct FailStop {
-    pub alarm: Arc<DiskAlarm>,
+pub(crate) struct FailStop {
+    pub(crate) alarm: Arc<DiskAlarm>,
     /// Durable queues by store id, to take unwritten messages out of them.
     queues: parking_lot::Mutex<HashMap<u32, Weak<dyn QueueEvents>>>,
 }
 
 impl FailStop {
     /// For the store in `dir`, its disk_free_limit from `config`.
-    pub fn for_dir(dir: &std::path::Path, config: &crate::config::StorageConfig) -> FailStop {
+    pub(crate) fn for_dir(
+        dir: &std::path::Path,
+        config: &crate::config::StorageConfig,
+    ) -> FailStop {
         let limit = config
             .disk_free_limit
             .bytes(super::disk_alarm::total_memory());
@@ -36,14 +39,14 @@ impl FailStop {
         }
     }
 
-    pub fn register(&self, queue_id: u32, queue: Weak<dyn QueueEvents>) {
+    pub(crate) fn register(&self, queue_id: u32, queue: Weak<dyn QueueEvents>) {
         let mut queues = self.queues.lock();
         queues.retain(|_, q| q.strong_count() > 0);
         queues.insert(queue_id, queue);
     }
 
     /// Takes messages that were not written out of their queues.
-    pub fn forget(&self, mut unwritten: Vec<Unwritten>) {
+    pub(crate) fn forget(&self, mut unwritten: Vec<Unwritten>) {
         if unwritten.is_empty() {
             return;
         }

@@ -7,7 +7,7 @@ use std::collections::VecDeque;
 const SHRINK_WHEN_EMPTY: usize = 65_536;
 
 #[derive(Default)]
-pub struct MemoryStore {
+pub(crate) struct MemoryStore {
     messages: VecDeque<QueuedMessage>,
     bytes: usize,
     body_bytes: u64,

@@ -24,13 +24,13 @@ const MAX_BATCH: usize = 4096;
 const FAILURES_KEPT: usize = 64;
 
 /// A change to the topology (`meta`) or access-control (`access`) tree.
-pub type Change = Box<dyn FnOnce(&Trees) -> Result<(), String> + Send>;
+pub(crate) type Change = Box<dyn FnOnce(&Trees) -> Result<(), String> + Send>;
 
 /// What a change may write.
-pub struct Trees {
-    pub path: PathBuf,
-    pub meta: sled::Tree,
-    pub access: sled::Tree,
+pub(crate) struct Trees {
+    pub(crate) path: PathBuf,
+    pub(crate) meta: sled::Tree,
+    pub(crate) access: sled::Tree,
 }
 
 enum Job {
@@ -48,7 +48,7 @@ struct Progress {
     forgotten_before: u64,
 }
 
-pub struct MetaWriter {
+pub(crate) struct MetaWriter {
     /// The sender, and the last seq handed out: taken together so the
     /// writer sees changes in seq order.
     queue: parking_lot::Mutex<Sender<Job>>,
@@ -60,7 +60,7 @@ pub struct MetaWriter {
 impl MetaWriter {
     /// Starts the writer thread; `version` is the last topology version
     /// written (see `recovery::check_topology_version`).
-    pub fn start(db: sled::Db, trees: Trees, version: u64) -> std::io::Result<MetaWriter> {
+    pub(crate) fn start(db: sled::Db, trees: Trees, version: u64) -> std::io::Result<MetaWriter> {
         let (tx, rx) = std::sync::mpsc::channel();
         let (progress, _) = watch::channel(Progress::default());
         let updates = progress.clone();
@@ -76,7 +76,7 @@ impl MetaWriter {
     }
 
     /// Queues a change; it is applied and flushed on the writer thread.
-    pub fn write(&self, change: Change) {
+    pub(crate) fn write(&self, change: Change) {
         let queue = self.queue.lock();
         let seq = self.queued.load(Ordering::Relaxed) + 1;
         self.queued.store(seq, Ordering::Release);
@@ -85,13 +85,13 @@ impl MetaWriter {
     }
 
     /// Changes queued so far: a mark for `durable_since`.
-    pub fn queued(&self) -> u64 {
+    pub(crate) fn queued(&self) -> u64 {
         self.queued.load(Ordering::Acquire)
     }
 
     /// When changes were queued since `mark` (by anyone): a future that
     /// completes once they are durable, with the error of one that failed.
-    pub fn durable_since(
+    pub(crate) fn durable_since(
         &self,
         mark: u64,
     ) -> Option<impl std::future::Future<Output = Result<(), String>> + Send + 'static> {
@@ -120,7 +120,7 @@ impl MetaWriter {
     }
 
     /// Writes what is queued, then ends the thread.
-    pub fn close(&self) {
+    pub(crate) fn close(&self) {
         let _ = self.queue.lock().send(Job::Stop);
         if let Some(thread) = self.thread.lock().take() {
             let _ = thread.join();

@@ -9,17 +9,17 @@
 //! persister thread.
 
 mod data_dir;
-pub mod disk_alarm;
-pub mod durable;
-pub mod fail_stop;
-pub mod memory;
-pub mod meta_writer;
-pub mod persister;
-pub mod priority;
-pub mod queue_index;
-pub mod record;
+pub(crate) mod disk_alarm;
+pub(crate) mod durable;
+pub(crate) mod fail_stop;
+pub(crate) mod memory;
+pub(crate) mod meta_writer;
+pub(crate) mod persister;
+pub(crate) mod priority;
+pub(crate) mod queue_index;
+pub(crate) mod record;
 mod recovery;
-pub mod segments;
+pub(crate) mod segments;
 
 use crate::message::Message;
 use persister::{Loaded, Op};
@@ -31,15 +31,16 @@ use std::sync::Arc;
 use thiserror::Error;
 use tokio::sync::Notify;
 
-pub use recovery::{Recovered, RecoveredQueue, SLED_LOG};
+pub use recovery::Recovered;
+pub(crate) use recovery::{RecoveredQueue, SLED_LOG};
 
 /// Memory a queued message costs beyond its bytes (struct, `Arc`, deque
 /// slot), counted against a queue's in-memory window.
-pub const MESSAGE_OVERHEAD: usize = 128;
+pub(crate) const MESSAGE_OVERHEAD: usize = 128;
 
 /// What the store tells a queue it keeps messages for (the broker's
 /// `Queue` implements it), so the store does not depend on the broker.
-pub trait QueueEvents: Send + Sync {
+pub(crate) trait QueueEvents: Send + Sync {
     /// The queue's name, for log lines.
     fn name(&self) -> &str;
     /// Messages read back from disk, as a `LoadRequest` asked.
@@ -50,7 +51,7 @@ pub trait QueueEvents: Send + Sync {
 
 /// Where publisher confirms go once their messages are on disk (a
 /// channel, or an HTTP publish waiting for its one message).
-pub trait ConfirmSink: Send + Sync {
+pub(crate) trait ConfirmSink: Send + Sync {
     /// Every confirm up to `seq` still pending: its message is on disk
     /// (`ok`), or one of its entries was not written (a nack).
     fn confirm_persisted(&self, seq: u64, ok: bool);
@@ -58,39 +59,39 @@ pub trait ConfirmSink: Send + Sync {
 
 /// Where a message sits on disk for one queue.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct DiskRef {
-    pub msg_id: u64,
+pub(crate) struct DiskRef {
+    pub(crate) msg_id: u64,
     /// [`record::TRANSIENT`].
-    pub flags: u8,
+    pub(crate) flags: u8,
 }
 
 /// A message waiting in a queue. `seq` orders the queue: requeued messages
 /// go back to their original position.
 #[derive(Debug, Clone)]
-pub struct QueuedMessage {
-    pub seq: u64,
-    pub message: Arc<Message>,
-    pub redelivered: bool,
+pub(crate) struct QueuedMessage {
+    pub(crate) seq: u64,
+    pub(crate) message: Arc<Message>,
+    pub(crate) redelivered: bool,
     /// Set when this queue's entry for the message is on disk.
-    pub disk: Option<DiskRef>,
+    pub(crate) disk: Option<DiskRef>,
     /// When the message expires (ms since the Unix epoch), from the queue's
     /// x-message-ttl or the message's expiration.
-    pub expires_at: Option<u64>,
+    pub(crate) expires_at: Option<u64>,
     /// Times it was delivered and came back (x-delivery-limit). Kept in
     /// memory only: a restart starts counting again.
-    pub returned: u32,
+    pub(crate) returned: u32,
 }
 
 /// What a queue remembers of a delivered message to settle it later.
 #[derive(Debug, Clone, Copy)]
-pub struct Receipt {
-    pub seq: u64,
-    pub disk: Option<DiskRef>,
-    pub redelivered: bool,
+pub(crate) struct Receipt {
+    pub(crate) seq: u64,
+    pub(crate) disk: Option<DiskRef>,
+    pub(crate) redelivered: bool,
 }
 
 impl QueuedMessage {
-    pub fn new(seq: u64, message: Arc<Message>) -> QueuedMessage {
+    pub(crate) fn new(seq: u64, message: Arc<Message>) -> QueuedMessage {
         QueuedMessage {
             seq,
             message,
@@ -101,11 +102,11 @@ impl QueuedMessage {
         }
     }
 
-    pub fn is_expired(&self, now: u64) -> bool {
+    pub(crate) fn is_expired(&self, now: u64) -> bool {
         self.expires_at.is_some_and(|at| at <= now)
     }
 
-    pub fn receipt(&self) -> Receipt {
+    pub(crate) fn receipt(&self) -> Receipt {
         Receipt {
             seq: self.seq,
             disk: self.disk,
@@ -115,7 +116,7 @@ impl QueuedMessage {
 }
 
 /// The ready messages of one queue, in `seq` order.
-pub trait QueueStore: Send {
+pub(crate) trait QueueStore: Send {
     /// Appends a newly published message (its `seq` is the highest yet).
     fn push(&mut self, msg: QueuedMessage);
     /// Puts back a message that was delivered and not acknowledged.
@@ -183,14 +184,14 @@ pub enum StoreError {
 /// file, and why. Refused by default; kept and reported (log, health check,
 /// metrics) when `storage.on_damage = "report"` lets the broker start.
 #[derive(Debug, Clone)]
-pub struct Damage {
-    pub vhost: String,
-    pub queue: String,
-    pub path: PathBuf,
-    pub problem: String,
+pub(crate) struct Damage {
+    pub(crate) vhost: String,
+    pub(crate) queue: String,
+    pub(crate) path: PathBuf,
+    pub(crate) problem: String,
     /// Messages lost, at most (a slot acknowledged before it was damaged
     /// cannot be told apart from a ready one); None: no way to tell.
-    pub lost: Option<u64>,
+    pub(crate) lost: Option<u64>,
 }
 
 impl std::fmt::Display for Damage {
@@ -215,7 +216,7 @@ impl std::fmt::Display for Damage {
 /// Bytes of message bodies handed to the persister and not yet taken into a
 /// batch. Publishers stop being read above the limit, so a disk slower than
 /// the network cannot make the broker buffer without bound.
-pub struct Backlog {
+pub(crate) struct Backlog {
     bytes: AtomicUsize,
     limit: usize,
     over: AtomicBool,
@@ -246,12 +247,12 @@ impl Backlog {
         }
     }
 
-    pub fn is_over(&self) -> bool {
+    pub(crate) fn is_over(&self) -> bool {
         self.over.load(Ordering::Acquire)
     }
 
     /// Waits until the persister has caught up below half the limit.
-    pub async fn wait_drained(&self) {
+    pub(crate) async fn wait_drained(&self) {
         loop {
             let notified = self.drained.notified();
             if !self.is_over() {
@@ -269,15 +270,15 @@ pub struct Store {
     thread: parking_lot::Mutex<Option<std::thread::JoinHandle<()>>>,
     next_msg_id: AtomicU64,
     next_queue_id: AtomicU32,
-    pub backlog: Arc<Backlog>,
+    pub(crate) backlog: Arc<Backlog>,
     /// Bytes of a durable queue's ready messages kept in memory.
-    pub queue_window: usize,
+    pub(crate) queue_window: usize,
     /// The disk alarm, and what a failed write does.
-    pub fail_stop: Arc<fail_stop::FailStop>,
+    pub(crate) fail_stop: Arc<fail_stop::FailStop>,
     /// Writes topology and access changes (and flushes them) on its own thread.
     pub(crate) meta_writer: meta_writer::MetaWriter,
     /// What start-up found damaged and started anyway with.
-    pub damage: Vec<Damage>,
+    pub(crate) damage: Vec<Damage>,
 }
 
 impl Store {
@@ -300,11 +301,11 @@ impl Store {
 
     /// The disk alarm: free space below the limit, or a failed write.
     #[inline]
-    pub fn disk_alarm(&self) -> &disk_alarm::DiskAlarm {
+    pub(crate) fn disk_alarm(&self) -> &disk_alarm::DiskAlarm {
         &self.fail_stop.alarm
     }
 
-    pub fn path(&self) -> &Path {
+    pub(crate) fn path(&self) -> &Path {
         &self.path
     }
 
@@ -315,7 +316,7 @@ impl Store {
 
     /// Writes a message body referenced by `refs` durable queues; sets the
     /// message's stored id so each queue writes its entry.
-    pub fn store_message(&self, message: &Arc<Message>, refs: u32) {
+    pub(crate) fn store_message(&self, message: &Arc<Message>, refs: u32) {
         let msg_id = self.next_msg_id.fetch_add(1, Ordering::Relaxed);
         message.set_stored(msg_id);
         self.backlog.add(message.size());
@@ -369,7 +370,12 @@ impl Store {
 
     /// Publisher confirm `seq` on `channel` is sent once the writes queued
     /// so far are on disk: an ack, or a nack if `message` was not written.
-    pub fn confirm_when_written(&self, channel: Arc<dyn ConfirmSink>, seq: u64, message: &Message) {
+    pub(crate) fn confirm_when_written(
+        &self,
+        channel: Arc<dyn ConfirmSink>,
+        seq: u64,
+        message: &Message,
+    ) {
         self.send(Op::Confirm {
             channel,
             seq,
@@ -380,7 +386,7 @@ impl Store {
     /// Completes once everything queued so far is on disk (transaction
     /// commits): true when each message of `msg_ids` was written, false
     /// when one was not (fail-stop) or the store is gone.
-    pub fn written(&self, msg_ids: Vec<u64>) -> impl std::future::Future<Output = bool> {
+    pub(crate) fn written(&self, msg_ids: Vec<u64>) -> impl std::future::Future<Output = bool> {
         let (done, answer) = tokio::sync::oneshot::channel();
         self.send(Op::Sync { msg_ids, done });
         async move { answer.await.unwrap_or(false) }
@@ -388,29 +394,29 @@ impl Store {
 
     /// Topology and access writes queued so far (a mark for
     /// `meta_durable_since`).
-    pub fn meta_queued(&self) -> u64 {
+    pub(crate) fn meta_queued(&self) -> u64 {
         self.meta_writer.queued()
     }
 
     /// When topology or access writes were queued since `mark`: completes
     /// once they are durable, with an error if one could not be written.
-    pub fn meta_durable_since(
+    pub(crate) fn meta_durable_since(
         &self,
         mark: u64,
     ) -> Option<impl std::future::Future<Output = Result<(), String>> + Send + 'static> {
         self.meta_writer.durable_since(mark)
     }
 
-    pub fn next_queue_id(&self) -> u32 {
+    pub(crate) fn next_queue_id(&self) -> u32 {
         self.next_queue_id.fetch_add(1, Ordering::Relaxed)
     }
 
-    pub fn put_exchange(&self, r: &ExchangeRecord) {
+    pub(crate) fn put_exchange(&self, r: &ExchangeRecord) {
         let (key, value) = (r.key(), r.encode());
         self.write_meta(move |meta| meta.insert(key, value).map(drop));
     }
 
-    pub fn delete_exchange(&self, vhost: &str, name: &str) {
+    pub(crate) fn delete_exchange(&self, vhost: &str, name: &str) {
         let key = ExchangeRecord::key_for(vhost, name);
         let (vhost, name) = (vhost.to_string(), name.to_string());
         self.write_meta(move |meta| {
@@ -421,7 +427,7 @@ impl Store {
         });
     }
 
-    pub fn put_queue(&self, r: &QueueRecord) {
+    pub(crate) fn put_queue(&self, r: &QueueRecord) {
         let (id, key, value) = (r.id, r.key(), r.encode());
         self.meta_writer.write(Box::new(move |trees| {
             // Its index directory first: a stored queue without one is damage.
@@ -437,7 +443,7 @@ impl Store {
     }
 
     /// Forgets a queue: its record, its bindings, and every message entry.
-    pub fn delete_queue(&self, vhost: &str, name: &str, queue_id: u32) {
+    pub(crate) fn delete_queue(&self, vhost: &str, name: &str, queue_id: u32) {
         self.send(Op::RemoveFrom { queue_id, from: 0 });
         let key = QueueRecord::key_for(vhost, name);
         let (vhost, name) = (vhost.to_string(), name.to_string());
@@ -449,12 +455,12 @@ impl Store {
         });
     }
 
-    pub fn put_binding(&self, r: &BindingRecord) {
+    pub(crate) fn put_binding(&self, r: &BindingRecord) {
         let (key, value) = (r.key(), r.encode());
         self.write_meta(move |meta| meta.insert(key, value).map(drop));
     }
 
-    pub fn delete_binding(&self, r: &BindingRecord) {
+    pub(crate) fn delete_binding(&self, r: &BindingRecord) {
         let key = r.key();
         self.write_meta(move |meta| meta.remove(key).map(drop));
     }

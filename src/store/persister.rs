@@ -47,7 +47,7 @@ const RECHECK_WHILE_FAILED: Duration = Duration::from_millis(250);
 /// their entries within a batch or two).
 const FORGET_LOST: Duration = Duration::from_secs(10);
 
-pub enum Op {
+pub(crate) enum Op {
     /// A message body, referenced by `refs` queue entries that follow.
     Body {
         msg_id: u64,
@@ -94,24 +94,24 @@ pub enum Op {
     Stop,
 }
 
-pub struct LoadRequest {
-    pub queue: Weak<dyn QueueEvents>,
-    pub queue_id: u32,
-    pub from: u64,
+pub(crate) struct LoadRequest {
+    pub(crate) queue: Weak<dyn QueueEvents>,
+    pub(crate) queue_id: u32,
+    pub(crate) from: u64,
     /// Entries from this seq on are not read.
-    pub until: u64,
-    pub max_bytes: usize,
-    pub generation: u64,
+    pub(crate) until: u64,
+    pub(crate) max_bytes: usize,
+    pub(crate) generation: u64,
 }
 
 /// Messages read back from disk for a queue.
-pub struct Loaded {
-    pub generation: u64,
-    pub messages: Vec<QueuedMessage>,
+pub(crate) struct Loaded {
+    pub(crate) generation: u64,
+    pub(crate) messages: Vec<QueuedMessage>,
     /// Entries consumed, including unreadable ones that were skipped.
-    pub consumed: usize,
+    pub(crate) consumed: usize,
     /// The seq after the last entry consumed.
-    pub next_from: u64,
+    pub(crate) next_from: u64,
 }
 
 /// A body whose queue entries are not all written (or cancelled) yet.
@@ -128,7 +128,7 @@ struct InFlight {
     written: Vec<(u32, u64)>,
 }
 
-pub struct Persister {
+pub(crate) struct Persister {
     db: sled::Db,
     /// Delivered marks (see `record::delivered_key`).
     marks: sled::Tree,
@@ -232,7 +232,7 @@ struct Batch {
 
 impl Persister {
     #[allow(clippy::too_many_arguments)]
-    pub fn new(
+    pub(crate) fn new(
         db: sled::Db,
         marks: sled::Tree,
         index: QueueIndexes,
@@ -266,7 +266,7 @@ impl Persister {
 
     // The persister's own thread: waiting for work blocks no tokio worker.
     #[allow(clippy::disallowed_methods)]
-    pub fn run(mut self, rx: Receiver<Op>) {
+    pub(crate) fn run(mut self, rx: Receiver<Op>) {
         let mut ops = Vec::with_capacity(1024);
         loop {
             // While writes are stopped, wake up to resume them even if

@@ -17,18 +17,18 @@ use std::collections::VecDeque;
 use std::sync::{Arc, Weak};
 
 /// Where a durable priority queue's persistent messages are written.
-pub struct PriorityDisk {
-    pub store: Arc<Store>,
-    pub queue: Weak<dyn QueueEvents>,
-    pub queue_id: u32,
+pub(crate) struct PriorityDisk {
+    pub(crate) store: Arc<Store>,
+    pub(crate) queue: Weak<dyn QueueEvents>,
+    pub(crate) queue_id: u32,
     /// Recovered messages not read back yet.
-    pub on_disk: usize,
+    pub(crate) on_disk: usize,
     /// The first seq after the recovered ones: later messages were pushed
     /// (and are held) here, so reading them back would deliver them twice.
-    pub recovered_end: u64,
+    pub(crate) recovered_end: u64,
 }
 
-pub struct PriorityStore {
+pub(crate) struct PriorityStore {
     lanes: Vec<VecDeque<QueuedMessage>>,
     len: usize,
     bytes: usize,
@@ -39,7 +39,7 @@ pub struct PriorityStore {
 }
 
 impl PriorityStore {
-    pub fn new(max_priority: u8, disk: Option<PriorityDisk>) -> PriorityStore {
+    pub(crate) fn new(max_priority: u8, disk: Option<PriorityDisk>) -> PriorityStore {
         PriorityStore {
             lanes: (0..=max_priority).map(|_| VecDeque::new()).collect(),
             len: 0,

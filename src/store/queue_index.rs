@@ -39,7 +39,7 @@ use std::fs::{File, OpenOptions};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
-pub const SLOTS: u64 = 16 * 1024;
+pub(crate) const SLOTS: u64 = 16 * 1024;
 const SLOT: usize = 32;
 const READY: u8 = 1;
 const ACKED: u8 = 2;
@@ -62,12 +62,12 @@ const MAX_OPEN: usize = 256;
 
 /// A message in a queue's index.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Slot {
-    pub seq: u64,
-    pub at: Location,
-    pub flags: u8,
+pub(crate) struct Slot {
+    pub(crate) seq: u64,
+    pub(crate) at: Location,
+    pub(crate) flags: u8,
     /// ms since the epoch; 0: never.
-    pub expires_at: u64,
+    pub(crate) expires_at: u64,
 }
 
 #[derive(Default)]
@@ -91,19 +91,19 @@ struct FileState {
 /// Damage found in a queue's index: a file that should be there and is
 /// not, a bad header, or slots below the synced mark that do not read back.
 #[derive(Debug)]
-pub struct IndexDamage {
-    pub queue_id: u32,
-    pub path: PathBuf,
-    pub problem: String,
+pub(crate) struct IndexDamage {
+    pub(crate) queue_id: u32,
+    pub(crate) path: PathBuf,
+    pub(crate) problem: String,
     /// Messages that may be lost: unreadable slots (a slot acknowledged
     /// before the damage is counted too, it cannot be told apart).
-    pub lost: u64,
+    pub(crate) lost: u64,
 }
 
 /// What [`QueueIndexes::open`] found besides the messages.
 #[derive(Debug, Default)]
-pub struct Scan {
-    pub damage: Vec<IndexDamage>,
+pub(crate) struct Scan {
+    pub(crate) damage: Vec<IndexDamage>,
 }
 
 /// Bytes of one slot or header and where they go.
@@ -121,7 +121,7 @@ struct RecoveryWrites {
     aside: Vec<PathBuf>,
 }
 
-pub struct QueueIndexes {
+pub(crate) struct QueueIndexes {
     dir: PathBuf,
     recovery: RecoveryWrites,
     files: HashMap<(u32, u64), FileState>,
@@ -134,7 +134,7 @@ impl QueueIndexes {
     /// Reads every queue's index under `dir`. `visit` sees each ready slot
     /// and returns whether to keep it (false: acknowledge it now, e.g. a
     /// paged-out transient message or a queue that no longer exists).
-    pub fn open(
+    pub(crate) fn open(
         dir: &Path,
         mut visit: impl FnMut(u32, Slot) -> bool,
     ) -> std::io::Result<(QueueIndexes, Scan)> {
@@ -307,7 +307,7 @@ impl QueueIndexes {
 
     /// Makes the changes recovery decided on: acknowledges the slots
     /// `visit` declined, deletes drained files.
-    pub fn finish_recovery(&mut self) -> std::io::Result<()> {
+    pub(crate) fn finish_recovery(&mut self) -> std::io::Result<()> {
         let writes = std::mem::take(&mut self.recovery);
         for path in writes.aside {
             let mut to = path.clone().into_os_string();
@@ -383,7 +383,7 @@ impl QueueIndexes {
     }
 
     /// Writes consecutive slots of one queue (seqs ascending).
-    pub fn put(&mut self, queue_id: u32, slots: &[Slot]) -> std::io::Result<()> {
+    pub(crate) fn put(&mut self, queue_id: u32, slots: &[Slot]) -> std::io::Result<()> {
         let mut i = 0;
         while i < slots.len() {
             // A run of consecutive seqs within one file: one write.
@@ -436,7 +436,7 @@ impl QueueIndexes {
     /// bodies were to `acked`; seqs not in the index are skipped. Nearby
     /// slots are acknowledged together: one read and one write per run, as
     /// a consumer's acks mostly come in order.
-    pub fn ack(
+    pub(crate) fn ack(
         &mut self,
         queue_id: u32,
         seqs: &[u64],
@@ -490,7 +490,12 @@ impl QueueIndexes {
     }
 
     /// Ready slots of a queue from `from` on, in order, up to `max`.
-    pub fn read(&mut self, queue_id: u32, from: u64, max: usize) -> std::io::Result<Vec<Slot>> {
+    pub(crate) fn read(
+        &mut self,
+        queue_id: u32,
+        from: u64,
+        max: usize,
+    ) -> std::io::Result<Vec<Slot>> {
         let mut out = Vec::new();
         let mut file_nos: Vec<u64> = self
             .files
@@ -542,12 +547,12 @@ impl QueueIndexes {
     }
 
     /// Every ready slot of a queue from `from` on (purge, deletion).
-    pub fn ready_from(&mut self, queue_id: u32, from: u64) -> std::io::Result<Vec<Slot>> {
+    pub(crate) fn ready_from(&mut self, queue_id: u32, from: u64) -> std::io::Result<Vec<Slot>> {
         self.read(queue_id, from, usize::MAX)
     }
 
     /// Queues with index files.
-    pub fn queue_ids(&self) -> Vec<u32> {
+    pub(crate) fn queue_ids(&self) -> Vec<u32> {
         let mut ids: Vec<u32> = self.files.keys().map(|(q, _)| *q).collect();
         ids.sort_unstable();
         ids.dedup();
@@ -555,7 +560,7 @@ impl QueueIndexes {
     }
 
     /// Forgets a deleted queue's files.
-    pub fn drop_queue(&mut self, queue_id: u32) {
+    pub(crate) fn drop_queue(&mut self, queue_id: u32) {
         self.files.retain(|(q, _), _| *q != queue_id);
         self.open.retain(|(q, _), _| *q != queue_id);
         self.dirty.retain(|(q, _)| *q != queue_id);
@@ -569,7 +574,7 @@ impl QueueIndexes {
 
     /// Makes this batch's writes durable, records that in the headers, then
     /// deletes files that are full and fully acknowledged.
-    pub fn sync(&mut self) -> std::io::Result<()> {
+    pub(crate) fn sync(&mut self) -> std::io::Result<()> {
         for key in std::mem::take(&mut self.dirty) {
             let Some(f) = self.open.get(&key) else {
                 continue;
@@ -607,7 +612,7 @@ impl QueueIndexes {
 
     /// Makes the headers durable (a clean stop): the next start checks
     /// every slot on disk.
-    pub fn seal(&mut self) -> std::io::Result<()> {
+    pub(crate) fn seal(&mut self) -> std::io::Result<()> {
         let unsynced: Vec<(u32, u64)> = self
             .files
             .iter()
@@ -628,7 +633,7 @@ impl QueueIndexes {
 
 /// Creates a new queue's index directory with an empty file list, before
 /// its record is stored: a queue whose directory is gone is then noticed.
-pub fn create_queue(dir: &Path, queue_id: u32) -> std::io::Result<()> {
+pub(crate) fn create_queue(dir: &Path, queue_id: u32) -> std::io::Result<()> {
     let qdir = queue_dir(dir, queue_id);
     if qdir.join(MANIFEST).exists() {
         return Ok(());
@@ -639,7 +644,8 @@ pub fn create_queue(dir: &Path, queue_id: u32) -> std::io::Result<()> {
 }
 
 /// The file that lists a queue's index files.
-pub fn manifest_path(dir: &Path, queue_id: u32) -> PathBuf {
+#[cfg(test)]
+pub(crate) fn manifest_path(dir: &Path, queue_id: u32) -> PathBuf {
     queue_dir(dir, queue_id).join(MANIFEST)
 }
 

@@ -15,17 +15,17 @@ use amq_protocol::types::FieldTable;
 use bytes::Bytes;
 
 /// Written once into a new store; a store with another marker is refused.
-pub const FORMAT: &[u8] = b"leveret-store-4";
-pub const FORMAT_KEY: &[u8] = b"format";
+pub(crate) const FORMAT: &[u8] = b"leveret-store-4";
+pub(crate) const FORMAT_KEY: &[u8] = b"format";
 /// Topology changes taken so far (see `recovery::check_topology_version`).
-pub const TOPOLOGY_VERSION_KEY: &[u8] = b"topology-version";
+pub(crate) const TOPOLOGY_VERSION_KEY: &[u8] = b"topology-version";
 
 const DELIVERED_MARK: u8 = b'd';
 
 /// Entry flag: a transient message paged out of memory; dropped at start-up.
-pub const TRANSIENT: u8 = 4;
+pub(crate) const TRANSIENT: u8 = 4;
 
-pub fn delivered_key(queue_id: u32) -> [u8; 5] {
+pub(crate) fn delivered_key(queue_id: u32) -> [u8; 5] {
     let mut k = [0u8; 5];
     k[0] = DELIVERED_MARK;
     k[1..].copy_from_slice(&queue_id.to_be_bytes());
@@ -33,7 +33,7 @@ pub fn delivered_key(queue_id: u32) -> [u8; 5] {
 }
 
 /// (queue_id, first seq not yet delivered) from a delivered-mark record.
-pub fn parse_delivered(key: &[u8], value: &[u8]) -> Option<(u32, u64)> {
+pub(crate) fn parse_delivered(key: &[u8], value: &[u8]) -> Option<(u32, u64)> {
     if key.len() != 5 || key[0] != DELIVERED_MARK || value.len() != 8 {
         return None;
     }
@@ -43,7 +43,8 @@ pub fn parse_delivered(key: &[u8], value: &[u8]) -> Option<(u32, u64)> {
     ))
 }
 
-pub fn encode_message(m: &Message) -> Vec<u8> {
+#[cfg(test)]
+pub(crate) fn encode_message(m: &Message) -> Vec<u8> {
     let mut out = Vec::with_capacity(
         1 + 2 + m.exchange.len() + m.routing_key.len() + 4 + m.properties.len() + m.body.len(),
     );
@@ -51,7 +52,7 @@ pub fn encode_message(m: &Message) -> Vec<u8> {
     out
 }
 
-pub fn encode_message_into(m: &Message, out: &mut Vec<u8>) {
+pub(crate) fn encode_message_into(m: &Message, out: &mut Vec<u8>) {
     out.push(u8::from(m.persistent));
     put_short(out, m.exchange.as_bytes());
     put_short(out, m.routing_key.as_bytes());
@@ -59,7 +60,7 @@ pub fn encode_message_into(m: &Message, out: &mut Vec<u8>) {
     out.extend_from_slice(&m.body);
 }
 
-pub fn decode_message(raw: &[u8]) -> Option<Message> {
+pub(crate) fn decode_message(raw: &[u8]) -> Option<Message> {
     let mut r = Reader::new(raw);
     let persistent = r.u8()? != 0;
     let exchange = r.short_str()?;
@@ -77,35 +78,35 @@ pub fn decode_message(raw: &[u8]) -> Option<Message> {
 
 /// A durable exchange as stored in `meta`.
 #[derive(Debug, Clone, PartialEq)]
-pub struct ExchangeRecord {
-    pub vhost: String,
-    pub name: String,
-    pub kind: String,
-    pub auto_delete: bool,
-    pub internal: bool,
-    pub arguments: FieldTable,
+pub(crate) struct ExchangeRecord {
+    pub(crate) vhost: String,
+    pub(crate) name: String,
+    pub(crate) kind: String,
+    pub(crate) auto_delete: bool,
+    pub(crate) internal: bool,
+    pub(crate) arguments: FieldTable,
 }
 
 /// A durable queue as stored in `meta`.
 #[derive(Debug, Clone, PartialEq)]
-pub struct QueueRecord {
-    pub vhost: String,
-    pub name: String,
-    pub id: u32,
-    pub auto_delete: bool,
-    pub arguments: FieldTable,
+pub(crate) struct QueueRecord {
+    pub(crate) vhost: String,
+    pub(crate) name: String,
+    pub(crate) id: u32,
+    pub(crate) auto_delete: bool,
+    pub(crate) arguments: FieldTable,
 }
 
 /// A binding between durable objects as stored in `meta`.
 #[derive(Debug, Clone, PartialEq)]
-pub struct BindingRecord {
-    pub vhost: String,
-    pub source: String,
+pub(crate) struct BindingRecord {
+    pub(crate) vhost: String,
+    pub(crate) source: String,
     /// True when the destination is an exchange.
-    pub to_exchange: bool,
-    pub destination: String,
-    pub routing_key: String,
-    pub arguments: FieldTable,
+    pub(crate) to_exchange: bool,
+    pub(crate) destination: String,
+    pub(crate) routing_key: String,
+    pub(crate) arguments: FieldTable,
 }
 
 const EXCHANGE_PREFIX: u8 = b'x';
@@ -120,15 +121,15 @@ fn named_key(prefix: u8, vhost: &str, name: &str) -> Vec<u8> {
 }
 
 impl ExchangeRecord {
-    pub fn key(&self) -> Vec<u8> {
+    pub(crate) fn key(&self) -> Vec<u8> {
         Self::key_for(&self.vhost, &self.name)
     }
 
-    pub fn key_for(vhost: &str, name: &str) -> Vec<u8> {
+    pub(crate) fn key_for(vhost: &str, name: &str) -> Vec<u8> {
         named_key(EXCHANGE_PREFIX, vhost, name)
     }
 
-    pub fn encode(&self) -> Vec<u8> {
+    pub(crate) fn encode(&self) -> Vec<u8> {
         let mut out = Vec::new();
         put_short(&mut out, self.vhost.as_bytes());
         put_short(&mut out, self.name.as_bytes());
@@ -138,7 +139,7 @@ impl ExchangeRecord {
         out
     }
 
-    pub fn decode(raw: &[u8]) -> Option<Self> {
+    pub(crate) fn decode(raw: &[u8]) -> Option<Self> {
         let mut r = Reader::new(raw);
         let vhost = r.short_str()?;
         let name = r.short_str()?;
@@ -157,15 +158,15 @@ impl ExchangeRecord {
 }
 
 impl QueueRecord {
-    pub fn key(&self) -> Vec<u8> {
+    pub(crate) fn key(&self) -> Vec<u8> {
         Self::key_for(&self.vhost, &self.name)
     }
 
-    pub fn key_for(vhost: &str, name: &str) -> Vec<u8> {
+    pub(crate) fn key_for(vhost: &str, name: &str) -> Vec<u8> {
         named_key(QUEUE_PREFIX, vhost, name)
     }
 
-    pub fn encode(&self) -> Vec<u8> {
+    pub(crate) fn encode(&self) -> Vec<u8> {
         let mut out = Vec::new();
         put_short(&mut out, self.vhost.as_bytes());
         put_short(&mut out, self.name.as_bytes());
@@ -175,7 +176,7 @@ impl QueueRecord {
         out
     }
 
-    pub fn decode(raw: &[u8]) -> Option<Self> {
+    pub(crate) fn decode(raw: &[u8]) -> Option<Self> {
         let mut r = Reader::new(raw);
         let vhost = r.short_str()?;
         let name = r.short_str()?;
@@ -194,13 +195,13 @@ impl QueueRecord {
 
 impl BindingRecord {
     /// Unique per (source, destination, routing key, arguments), as bindings are.
-    pub fn key(&self) -> Vec<u8> {
+    pub(crate) fn key(&self) -> Vec<u8> {
         let mut k = vec![BINDING_PREFIX];
         k.extend_from_slice(&self.encode());
         k
     }
 
-    pub fn encode(&self) -> Vec<u8> {
+    pub(crate) fn encode(&self) -> Vec<u8> {
         let mut out = Vec::new();
         put_short(&mut out, self.vhost.as_bytes());
         put_short(&mut out, self.source.as_bytes());
@@ -211,7 +212,7 @@ impl BindingRecord {
         out
     }
 
-    pub fn decode(raw: &[u8]) -> Option<Self> {
+    pub(crate) fn decode(raw: &[u8]) -> Option<Self> {
         let mut r = Reader::new(raw);
         let vhost = r.short_str()?;
         let source = r.short_str()?;
@@ -231,7 +232,7 @@ impl BindingRecord {
 }
 
 /// What a `meta` key holds, from its first byte.
-pub enum MetaKind {
+pub(crate) enum MetaKind {
     /// The format marker or the topology version.
     Format,
     Exchange,
@@ -240,7 +241,7 @@ pub enum MetaKind {
     Unknown,
 }
 
-pub fn meta_kind(key: &[u8]) -> MetaKind {
+pub(crate) fn meta_kind(key: &[u8]) -> MetaKind {
     if key == FORMAT_KEY || key == TOPOLOGY_VERSION_KEY {
         return MetaKind::Format;
     }

@@ -19,21 +19,21 @@ use tracing::{error, info};
 /// Everything read back from the store.
 #[derive(Default)]
 pub struct Recovered {
-    pub exchanges: Vec<ExchangeRecord>,
-    pub queues: Vec<RecoveredQueue>,
-    pub bindings: Vec<BindingRecord>,
+    pub(crate) exchanges: Vec<ExchangeRecord>,
+    pub(crate) queues: Vec<RecoveredQueue>,
+    pub(crate) bindings: Vec<BindingRecord>,
     /// The `access` tree (vhosts, users, permissions), as stored.
     pub access: Vec<(Vec<u8>, Vec<u8>)>,
 }
 
-pub struct RecoveredQueue {
-    pub record: QueueRecord,
+pub(crate) struct RecoveredQueue {
+    pub(crate) record: QueueRecord,
     /// Messages in its index.
-    pub messages: usize,
+    pub(crate) messages: usize,
     /// Seq of its first message (meaningful when `messages > 0`).
-    pub first_seq: u64,
+    pub(crate) first_seq: u64,
     /// The seq its next message gets.
-    pub next_seq: u64,
+    pub(crate) next_seq: u64,
 }
 
 #[derive(Default)]
@@ -43,7 +43,10 @@ struct QueueScan {
     last_seq: Option<u64>,
 }
 
-pub fn open(dir: &Path, config: &StorageConfig) -> Result<(Arc<Store>, Recovered), StoreError> {
+pub(super) fn open(
+    dir: &Path,
+    config: &StorageConfig,
+) -> Result<(Arc<Store>, Recovered), StoreError> {
     let started = Instant::now();
     std::fs::create_dir_all(dir).map_err(|source| StoreError::Io {
         path: dir.to_owned(),
@@ -331,7 +334,7 @@ pub fn open(dir: &Path, config: &StorageConfig) -> Result<(Arc<Store>, Recovered
 }
 
 /// Written after the final flush of a clean stop: `entries N`.
-pub const CLEAN_SHUTDOWN_MARKER: &str = "clean-shutdown";
+pub(super) const CLEAN_SHUTDOWN_MARKER: &str = "clean-shutdown";
 
 /// The entry count a clean stop recorded, if the last stop was clean.
 fn clean_shutdown_entries(dir: &Path) -> Option<u64> {
@@ -340,13 +343,13 @@ fn clean_shutdown_entries(dir: &Path) -> Option<u64> {
 }
 
 /// sled's log file, in the data directory.
-pub const SLED_LOG: &str = "db";
+pub(crate) const SLED_LOG: &str = "db";
 
 /// How many topology changes sled has taken (`meta`), also written to
 /// [`TOPOLOGY_VERSION`] after each one is flushed: a sled log that lost
 /// changes (sled reads a damaged log as ending early) holds fewer.
-pub use record::TOPOLOGY_VERSION_KEY;
-pub const TOPOLOGY_VERSION: &str = "topology-version";
+pub(super) use record::TOPOLOGY_VERSION_KEY;
+pub(super) const TOPOLOGY_VERSION: &str = "topology-version";
 
 fn topology_version(meta: &sled::Tree) -> sled::Result<u64> {
     Ok(meta
@@ -356,7 +359,7 @@ fn topology_version(meta: &sled::Tree) -> sled::Result<u64> {
 }
 
 /// `"LVTV" ‖ crc32 u32 ‖ version u64`.
-pub fn encode_topology_version(version: u64) -> [u8; 16] {
+pub(super) fn encode_topology_version(version: u64) -> [u8; 16] {
     let mut b = [0u8; 16];
     b[..4].copy_from_slice(b"LVTV");
     b[8..].copy_from_slice(&version.to_be_bytes());
@@ -414,8 +417,8 @@ fn check_topology_version(dir: &Path, meta: &sled::Tree) -> Result<(), StoreErro
 }
 
 /// Where message bodies and queue indexes live, under the data directory.
-pub const SEGMENT_DIR: &str = "messages";
-pub const QUEUE_DIR: &str = "queues";
+pub(super) const SEGMENT_DIR: &str = "messages";
+pub(super) const QUEUE_DIR: &str = "queues";
 
 /// What sled holds: topology and delivered marks.
 struct Topology {

@@ -22,15 +22,15 @@ use std::path::{Path, PathBuf};
 
 /// Where a body sits: segment number, offset of its record, record length.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Location {
-    pub segment: u32,
-    pub offset: u64,
-    pub len: u32,
+pub(crate) struct Location {
+    pub(crate) segment: u32,
+    pub(crate) offset: u64,
+    pub(crate) len: u32,
 }
 
 const RECORD_HEADER: usize = 8;
 /// Bytes of a segment's header; its first record follows.
-pub const HEADER: u64 = 16;
+pub(crate) const HEADER: u64 = 16;
 const MAGIC: &[u8; 4] = b"LVSG";
 const VERSION: u8 = 1;
 /// Zeros written past the end of a segment by a small batch, and what
@@ -38,7 +38,7 @@ const VERSION: u8 = 1;
 const ZERO_AHEAD: u64 = 4 << 20;
 const ZERO_AHEAD_BELOW: usize = 256 << 10;
 
-pub struct Segments {
+pub(crate) struct Segments {
     dir: PathBuf,
     segment_size: u64,
     /// The segment being appended to and its length.
@@ -61,7 +61,11 @@ impl Segments {
     /// Opens the segment directory. `live` counts index entries per segment
     /// (from recovery); segments nobody points into are deleted, and new
     /// writes go to a fresh segment after the highest existing one.
-    pub fn open(dir: &Path, segment_size: u64, live: HashMap<u32, u64>) -> std::io::Result<Self> {
+    pub(crate) fn open(
+        dir: &Path,
+        segment_size: u64,
+        live: HashMap<u32, u64>,
+    ) -> std::io::Result<Self> {
         std::fs::create_dir_all(dir)?;
         let mut highest = 0;
         for entry in std::fs::read_dir(dir)? {
@@ -91,7 +95,7 @@ impl Segments {
     }
 
     /// Queues a body for the next [`sync`](Self::sync) and says where it will be.
-    pub fn append(&mut self, message: &Message) -> std::io::Result<Location> {
+    pub(crate) fn append(&mut self, message: &Message) -> std::io::Result<Location> {
         if self.current_len >= self.segment_size {
             self.roll()?;
         }
@@ -112,7 +116,7 @@ impl Segments {
     }
 
     /// Writes and fsyncs what [`append`](Self::append) queued.
-    pub fn sync(&mut self) -> std::io::Result<()> {
+    pub(crate) fn sync(&mut self) -> std::io::Result<()> {
         if self.buffer.is_empty() {
             return Ok(());
         }
@@ -150,7 +154,7 @@ impl Segments {
     /// nothing is waiting to be written (the caller knows no body in flight
     /// lies in it): it is otherwise kept until full, holding on to space a
     /// full disk needs back.
-    pub fn give_back_current(&mut self) -> std::io::Result<()> {
+    pub(crate) fn give_back_current(&mut self) -> std::io::Result<()> {
         if self.current_len <= HEADER
             || !self.buffer.is_empty()
             || self.live.get(&self.current).is_some_and(|n| *n > 0)
@@ -164,13 +168,13 @@ impl Segments {
         Ok(())
     }
 
-    pub fn current(&self) -> u32 {
+    pub(crate) fn current(&self) -> u32 {
         self.current
     }
 
     /// Forgets the bodies appended since the last sync, which failed: the
     /// next appends overwrite them.
-    pub fn discard_unwritten(&mut self) {
+    pub(crate) fn discard_unwritten(&mut self) {
         self.current_len -= self.buffer.len() as u64;
         self.buffer.clear();
     }
@@ -192,7 +196,7 @@ impl Segments {
     /// Deletes finished segments that no entry points into (their bodies
     /// were all acknowledged before reaching the index). Call once the
     /// batch's entries are referenced.
-    pub fn collect(&mut self) {
+    pub(crate) fn collect(&mut self) {
         for segment in std::mem::take(&mut self.closed) {
             if self.live.get(&segment).copied().unwrap_or(0) == 0 {
                 self.delete(segment);
@@ -201,13 +205,13 @@ impl Segments {
     }
 
     /// An index entry now points at `segment`.
-    pub fn reference(&mut self, segment: u32) {
+    pub(crate) fn reference(&mut self, segment: u32) {
         *self.live.entry(segment).or_default() += 1;
     }
 
     /// An index entry pointing at `segment` is gone (and on disk so). The
     /// segment is deleted with its last reference unless still appended to.
-    pub fn release(&mut self, segment: u32) {
+    pub(crate) fn release(&mut self, segment: u32) {
         let Some(n) = self.live.get_mut(&segment) else {
             return;
         };
@@ -229,7 +233,7 @@ impl Segments {
     }
 
     /// Reads a body back; an error names the file.
-    pub fn read(&mut self, at: Location) -> Result<Message, String> {
+    pub(crate) fn read(&mut self, at: Location) -> Result<Message, String> {
         // Named only in errors: formatting it for every body read was a
         // sixth of the CPU of draining a backlog.
         let path = || segment_path(&self.dir, at.segment);
@@ -290,19 +294,19 @@ fn header(segment: u32) -> [u8; HEADER as usize] {
 }
 
 /// What a segment file holds, read through once at start-up.
-pub struct SegmentCheck {
+pub(crate) struct SegmentCheck {
     /// What is wrong with the file as a whole (missing, bad header).
-    pub problem: Option<String>,
+    pub(crate) problem: Option<String>,
     /// Byte ranges of records that fail their checksum.
-    pub bad: Vec<(u64, u64)>,
+    pub(crate) bad: Vec<(u64, u64)>,
     /// Where the readable records end (zeros written ahead, a torn tail
     /// or the end of the file follow).
-    pub end: u64,
+    pub(crate) end: u64,
 }
 
 impl SegmentCheck {
     /// Whether the record at `at` reads back intact.
-    pub fn holds(&self, at: Location) -> bool {
+    pub(crate) fn holds(&self, at: Location) -> bool {
         let end = at.offset + u64::from(at.len);
         self.problem.is_none()
             && at.offset >= HEADER
@@ -315,7 +319,7 @@ impl SegmentCheck {
 }
 
 /// Reads segment `segment` through, checking its header and every record.
-pub fn check(dir: &Path, segment: u32) -> std::io::Result<SegmentCheck> {
+pub(crate) fn check(dir: &Path, segment: u32) -> std::io::Result<SegmentCheck> {
     let path = segment_path(dir, segment);
     let raw = match std::fs::read(&path) {
         Ok(raw) => raw,
@@ -360,7 +364,7 @@ pub fn check(dir: &Path, segment: u32) -> std::io::Result<SegmentCheck> {
     Ok(out)
 }
 
-pub fn segment_path(dir: &Path, segment: u32) -> PathBuf {
+pub(crate) fn segment_path(dir: &Path, segment: u32) -> PathBuf {
     dir.join(format!("{segment:016}.seg"))
 }
 
@@ -369,20 +373,8 @@ fn segment_number(path: &Path) -> Option<u32> {
     name.strip_suffix(".seg")?.parse().ok()
 }
 
-/// Creates a file and makes its directory entry durable, so a crash cannot
-/// lose a file whose contents were fsynced.
-pub fn create(path: &Path) -> std::io::Result<File> {
-    let f = OpenOptions::new()
-        .create(true)
-        .write(true)
-        .truncate(false)
-        .open(path)?;
-    sync_dir(path)?;
-    Ok(f)
-}
-
 /// fsyncs the directory holding `path`.
-pub fn sync_dir(path: &Path) -> std::io::Result<()> {
+pub(crate) fn sync_dir(path: &Path) -> std::io::Result<()> {
     match path.parent() {
         Some(dir) => File::open(dir)?.sync_all(),
         None => Ok(()),

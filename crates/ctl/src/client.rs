@@ -14,7 +14,7 @@ use std::time::Duration;
 const BODY_LIMIT: u64 = 1 << 30;
 
 /// One management API endpoint, as one user.
-pub struct Client {
+pub(crate) struct Client {
     agent: ureq::Agent,
     /// `http://host:port[/prefix]/api`, no trailing slash.
     base: String,
@@ -25,7 +25,7 @@ pub struct Client {
 }
 
 /// An HTTP reply, whatever its status.
-pub struct Reply {
+pub(crate) struct Reply {
     pub status: u16,
     pub body: String,
     /// "GET /api/queues/%2F", for messages.
@@ -34,13 +34,13 @@ pub struct Reply {
 
 impl Reply {
     /// The body as JSON; `Null` when it is empty or not JSON.
-    pub fn json(&self) -> Value {
+    pub(crate) fn json(&self) -> Value {
         serde_json::from_str(&self.body).unwrap_or(Value::Null)
     }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Method {
+pub(crate) enum Method {
     Get,
     Put,
     Post,
@@ -61,7 +61,7 @@ impl Method {
 impl Client {
     /// A client for the API under `url` (`http://host:port`; a trailing
     /// `/api` or `/` is accepted, `http://` may be left out).
-    pub fn new(url: &str, user: &str, password: &str) -> Result<Client, CtlError> {
+    pub(crate) fn new(url: &str, user: &str, password: &str) -> Result<Client, CtlError> {
         let mut url = url.trim().trim_end_matches('/').to_string();
         if !url.contains("://") {
             url = format!("http://{url}");
@@ -99,12 +99,17 @@ impl Client {
 
     /// Sends one request and returns the reply whatever its status; fails
     /// only when no reply came.
-    pub fn send(&self, method: Method, path: &str, body: Option<&str>) -> Result<Reply, CtlError> {
+    pub(crate) fn send(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<&str>,
+    ) -> Result<Reply, CtlError> {
         self.send_with(method, path, body, &[])
     }
 
     /// [`send`](Self::send) with extra request headers.
-    pub fn send_with(
+    pub(crate) fn send_with(
         &self,
         method: Method,
         path: &str,
@@ -160,7 +165,7 @@ impl Client {
     /// Sends one request and returns its JSON body (`Null` when empty);
     /// a non-2xx status is an error naming `what` (e.g. "queue 'q' in
     /// vhost '/'") when it is a 404.
-    pub fn call(
+    pub(crate) fn call(
         &self,
         method: Method,
         path: &str,
@@ -173,12 +178,12 @@ impl Client {
         Ok(reply.json())
     }
 
-    pub fn get(&self, path: &str, what: &str) -> Result<Value, CtlError> {
+    pub(crate) fn get(&self, path: &str, what: &str) -> Result<Value, CtlError> {
         self.call(Method::Get, path, None, what)
     }
 
     /// Fails with the API's reason unless `reply` has a 2xx status.
-    pub fn check(&self, reply: &Reply, what: &str) -> Result<(), CtlError> {
+    pub(crate) fn check(&self, reply: &Reply, what: &str) -> Result<(), CtlError> {
         if (200..300).contains(&reply.status) {
             return Ok(());
         }
@@ -288,7 +293,7 @@ fn api_detail(body: &str, canonical: &str) -> Option<String> {
 
 /// Percent-encodes one path segment: everything but RFC 3986's unreserved
 /// characters, so `/` becomes `%2F` and a space `%20`.
-pub fn enc(segment: &str) -> String {
+pub(crate) fn enc(segment: &str) -> String {
     let mut out = String::with_capacity(segment.len());
     for b in segment.bytes() {
         if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {

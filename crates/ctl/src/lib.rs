@@ -8,6 +8,8 @@
 //! API's JSON with `--format json`. Every failure is one line on stderr and
 //! a non-zero exit: 2 for a bad command line, 1 for anything else.
 
+#![warn(unreachable_pub)]
+
 mod client;
 mod table;
 

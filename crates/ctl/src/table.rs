@@ -5,17 +5,17 @@ use serde_json::Value;
 
 /// One column: its heading and where its value is in each object
 /// (dot-separated for nested fields, e.g. `queue.name`).
-pub type Column = (&'static str, &'static str);
+pub(crate) type Column = (&'static str, &'static str);
 
 /// The value at a dot-separated `path` in `v`, if there is one.
-pub fn lookup<'a>(v: &'a Value, path: &str) -> Option<&'a Value> {
+pub(crate) fn lookup<'a>(v: &'a Value, path: &str) -> Option<&'a Value> {
     path.split('.').try_fold(v, |v, key| v.get(key))
 }
 
 /// How a JSON value reads in a cell: strings as they are, lists of plain
 /// values joined with commas, empty objects and nulls as nothing, other
 /// objects as compact JSON.
-pub fn cell(v: Option<&Value>) -> String {
+pub(crate) fn cell(v: Option<&Value>) -> String {
     let text = match v {
         None | Some(Value::Null) => String::new(),
         Some(Value::String(s)) => s.clone(),
@@ -57,7 +57,7 @@ fn printable(s: &str) -> String {
 
 /// An aligned table of `rows` (JSON objects), one line per object in the
 /// given order, with a heading line. Columns whose every cell is a number are right-aligned.
-pub fn render(rows: &[Value], columns: &[Column]) -> String {
+pub(crate) fn render(rows: &[Value], columns: &[Column]) -> String {
     let cells: Vec<Vec<String>> = rows
         .iter()
         .map(|row| {
@@ -113,7 +113,7 @@ fn render_cells(headings: &[String], cells: &[Vec<String>], numeric: &[bool]) ->
 
 /// `key: value` lines with the values aligned; pairs whose value is `None`
 /// are left out.
-pub fn render_pairs(pairs: &[(&str, Option<String>)]) -> String {
+pub(crate) fn render_pairs(pairs: &[(&str, Option<String>)]) -> String {
     let present: Vec<(&str, &String)> = pairs
         .iter()
         .filter_map(|(k, v)| v.as_ref().map(|v| (*k, v)))

@@ -8,16 +8,16 @@
 //! the hot path.
 
 /// Bytes the stamp takes at the start of every body.
-pub const STAMP: usize = 16;
+pub(crate) const STAMP: usize = 16;
 
-pub fn stamp(body: &mut [u8], sent_ns: u64, seq: u32, producer: u16) {
+pub(crate) fn stamp(body: &mut [u8], sent_ns: u64, seq: u32, producer: u16) {
     body[0..8].copy_from_slice(&sent_ns.to_be_bytes());
     body[8..12].copy_from_slice(&seq.to_be_bytes());
     body[12..14].copy_from_slice(&producer.to_be_bytes());
 }
 
 /// (sent_ns, seq, producer) from a stamped body.
-pub fn read_stamp(body: &[u8]) -> Option<(u64, u32, u16)> {
+pub(crate) fn read_stamp(body: &[u8]) -> Option<(u64, u32, u16)> {
     if body.len() < STAMP {
         return None;
     }
@@ -29,7 +29,7 @@ pub fn read_stamp(body: &[u8]) -> Option<(u64, u32, u16)> {
 }
 
 #[derive(Default, Clone)]
-pub struct Bits(Vec<u64>);
+pub(crate) struct Bits(Vec<u64>);
 
 impl Bits {
     /// Sets bit `i`; returns whether it was set already.
@@ -43,12 +43,12 @@ impl Bits {
         was
     }
 
-    pub fn count(&self) -> u64 {
+    pub(crate) fn count(&self) -> u64 {
         self.0.iter().map(|w| u64::from(w.count_ones())).sum()
     }
 
     /// Adds `other`; returns how many bits were in both.
-    pub fn merge(&mut self, other: &Bits) -> u64 {
+    pub(crate) fn merge(&mut self, other: &Bits) -> u64 {
         if other.0.len() > self.0.len() {
             self.0.resize(other.0.len(), 0);
         }
@@ -63,7 +63,7 @@ impl Bits {
 
 /// One consumer's view of the messages it received.
 #[derive(Default)]
-pub struct Seen {
+pub(crate) struct Seen {
     /// Per producer: sequence numbers received, and the highest.
     pub per_producer: Vec<(Bits, Option<u32>)>,
     pub duplicated: u64,
@@ -71,7 +71,7 @@ pub struct Seen {
 }
 
 impl Seen {
-    pub fn record(&mut self, producer: u16, seq: u32, redelivered: bool) {
+    pub(crate) fn record(&mut self, producer: u16, seq: u32, redelivered: bool) {
         let p = producer as usize;
         if p >= self.per_producer.len() {
             self.per_producer.resize(p + 1, (Bits::default(), None));
@@ -88,7 +88,7 @@ impl Seen {
 }
 
 /// Percentiles of latencies in µs (sorts `v`).
-pub fn percentiles(v: &mut [u32]) -> Option<[u32; 4]> {
+pub(crate) fn percentiles(v: &mut [u32]) -> Option<[u32; 4]> {
     if v.is_empty() {
         return None;
     }

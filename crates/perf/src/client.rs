@@ -17,7 +17,7 @@ use tokio::net::{TcpSocket, TcpStream};
 
 /// Where and as whom to connect, from an `amqp://user:pass@host:port/vhost` URI.
 #[derive(Debug, Clone)]
-pub struct Target {
+pub(crate) struct Target {
     pub addr: String,
     pub user: String,
     pub password: String,
@@ -27,7 +27,7 @@ pub struct Target {
 }
 
 impl Target {
-    pub fn parse(uri: &str) -> Result<Target, String> {
+    pub(crate) fn parse(uri: &str) -> Result<Target, String> {
         let rest = uri
             .strip_prefix("amqp://")
             .ok_or_else(|| format!("'{uri}' is not an amqp:// URI"))?;
@@ -81,18 +81,18 @@ fn decode(s: &str) -> String {
 }
 
 /// A method frame's arguments, past class and method ids.
-pub fn arguments(f: &Frame) -> Reader<'_> {
+pub(crate) fn arguments(f: &Frame) -> Reader<'_> {
     Reader::new(&f.payload[4.min(f.payload.len())..])
 }
 
 /// The read half: frames off the socket.
-pub struct FrameIn {
+pub(crate) struct FrameIn {
     read: OwnedReadHalf,
     buf: BytesMut,
 }
 
 impl FrameIn {
-    pub async fn next(&mut self) -> io::Result<Frame> {
+    pub(crate) async fn next(&mut self) -> io::Result<Frame> {
         loop {
             match decode_frame(&mut self.buf, u32::MAX) {
                 Ok(Some(f)) => return Ok(f),
@@ -106,7 +106,7 @@ impl FrameIn {
     }
 
     /// Whether a whole frame is already buffered.
-    pub fn has_frame(&self) -> bool {
+    pub(crate) fn has_frame(&self) -> bool {
         self.buf.len() >= 7 && {
             let size = u32::from_be_bytes([self.buf[3], self.buf[4], self.buf[5], self.buf[6]]);
             self.buf.len() >= size as usize + 8
@@ -115,7 +115,7 @@ impl FrameIn {
 
     /// The next method frame with the given ids; a channel or connection
     /// close is an error carrying its reply text.
-    pub async fn expect(&mut self, class_id: u16, method_id: u16) -> io::Result<Frame> {
+    pub(crate) async fn expect(&mut self, class_id: u16, method_id: u16) -> io::Result<Frame> {
         loop {
             let f = self.next().await?;
             if f.kind != FrameType::Method {
@@ -138,17 +138,17 @@ impl FrameIn {
 }
 
 /// The write half, with a buffer that batches frames into few writes.
-pub struct FrameOut {
+pub(crate) struct FrameOut {
     write: OwnedWriteHalf,
     pub buf: BytesMut,
 }
 
 impl FrameOut {
-    pub fn method(&mut self, channel: u16, class: AMQPClass) {
+    pub(crate) fn method(&mut self, channel: u16, class: AMQPClass) {
         encode::method(&mut self.buf, channel, &class);
     }
 
-    pub async fn flush(&mut self) -> io::Result<()> {
+    pub(crate) async fn flush(&mut self) -> io::Result<()> {
         if !self.buf.is_empty() {
             self.write.write_all(&self.buf).await?;
             self.buf.clear();
@@ -178,7 +178,7 @@ async fn connect(target: &Target) -> io::Result<TcpStream> {
 }
 
 /// Connects, opens the connection and channel 1.
-pub async fn open(target: &Target, name: &str) -> io::Result<(FrameIn, FrameOut)> {
+pub(crate) async fn open(target: &Target, name: &str) -> io::Result<(FrameIn, FrameOut)> {
     let socket = connect(target).await?;
     socket.set_nodelay(true)?;
     let (read, write) = socket.into_split();
@@ -242,7 +242,7 @@ pub async fn open(target: &Target, name: &str) -> io::Result<(FrameIn, FrameOut)
 }
 
 /// Closes the connection politely and waits for close-ok.
-pub async fn close(rx: &mut FrameIn, tx: &mut FrameOut) -> io::Result<()> {
+pub(crate) async fn close(rx: &mut FrameIn, tx: &mut FrameOut) -> io::Result<()> {
     tx.method(
         0,
         AMQPClass::Connection(connection::AMQPMethod::Close(connection::Close {
@@ -256,7 +256,7 @@ pub async fn close(rx: &mut FrameIn, tx: &mut FrameOut) -> io::Result<()> {
     rx.expect(10, 51).await.map(drop)
 }
 
-pub async fn declare_queue(
+pub(crate) async fn declare_queue(
     rx: &mut FrameIn,
     tx: &mut FrameOut,
     name: &str,
@@ -281,7 +281,11 @@ pub async fn declare_queue(
     Ok(self::arguments(&ok).short_str().unwrap_or_default())
 }
 
-pub async fn delete_queue(rx: &mut FrameIn, tx: &mut FrameOut, name: &str) -> io::Result<()> {
+pub(crate) async fn delete_queue(
+    rx: &mut FrameIn,
+    tx: &mut FrameOut,
+    name: &str,
+) -> io::Result<()> {
     tx.method(
         1,
         AMQPClass::Queue(queue::AMQPMethod::Delete(queue::Delete {
@@ -295,7 +299,7 @@ pub async fn delete_queue(rx: &mut FrameIn, tx: &mut FrameOut, name: &str) -> io
     rx.expect(50, 41).await.map(drop)
 }
 
-pub async fn declare_exchange(
+pub(crate) async fn declare_exchange(
     rx: &mut FrameIn,
     tx: &mut FrameOut,
     name: &str,
@@ -319,7 +323,7 @@ pub async fn declare_exchange(
     rx.expect(40, 11).await.map(drop)
 }
 
-pub async fn bind(
+pub(crate) async fn bind(
     rx: &mut FrameIn,
     tx: &mut FrameOut,
     queue_name: &str,
@@ -340,7 +344,7 @@ pub async fn bind(
     rx.expect(50, 21).await.map(drop)
 }
 
-pub async fn confirm_select(rx: &mut FrameIn, tx: &mut FrameOut) -> io::Result<()> {
+pub(crate) async fn confirm_select(rx: &mut FrameIn, tx: &mut FrameOut) -> io::Result<()> {
     tx.method(
         1,
         AMQPClass::Confirm(confirm::AMQPMethod::Select(confirm::Select {
@@ -352,7 +356,7 @@ pub async fn confirm_select(rx: &mut FrameIn, tx: &mut FrameOut) -> io::Result<(
 }
 
 /// basic.qos (per consumer) and basic.consume.
-pub async fn consume(
+pub(crate) async fn consume(
     rx: &mut FrameIn,
     tx: &mut FrameOut,
     queue_name: &str,

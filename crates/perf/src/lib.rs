@@ -5,6 +5,8 @@
 //! after a warm-up; with `--broker-pid` the broker's CPU time and peak RSS
 //! over that window are reported too.
 
+#![warn(unreachable_pub)]
+
 mod check;
 mod client;
 mod sys;

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 /// This process's user + system CPU seconds.
-pub fn own_cpu_seconds() -> f64 {
+pub(crate) fn own_cpu_seconds() -> f64 {
     // SAFETY: getrusage only writes into the zeroed struct we own.
     let usage = unsafe {
         let mut u: libc::rusage = std::mem::zeroed();
@@ -18,7 +18,7 @@ pub fn own_cpu_seconds() -> f64 {
 }
 
 /// Another process's user + system CPU seconds, from /proc/PID/stat.
-pub fn cpu_seconds(pid: u32) -> Option<f64> {
+pub(crate) fn cpu_seconds(pid: u32) -> Option<f64> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     // Fields after the parenthesised command name; utime and stime are
     // fields 14 and 15 of the whole line.
@@ -42,14 +42,14 @@ fn rss_kb(pid: u32) -> Option<u64> {
 }
 
 /// Samples a process's resident memory every 100 ms and keeps the peak.
-pub struct BrokerWatch {
+pub(crate) struct BrokerWatch {
     pub pid: u32,
     peak: Arc<AtomicU64>,
     stop: Arc<AtomicBool>,
 }
 
 impl BrokerWatch {
-    pub fn start(pid: u32) -> BrokerWatch {
+    pub(crate) fn start(pid: u32) -> BrokerWatch {
         let peak = Arc::new(AtomicU64::new(rss_kb(pid).unwrap_or(0)));
         let stop = Arc::new(AtomicBool::new(false));
         let (p, s) = (peak.clone(), stop.clone());
@@ -64,7 +64,7 @@ impl BrokerWatch {
         BrokerWatch { pid, peak, stop }
     }
 
-    pub fn peak_rss_kb(&self) -> u64 {
+    pub(crate) fn peak_rss_kb(&self) -> u64 {
         self.peak.load(Ordering::Relaxed)
     }
 }

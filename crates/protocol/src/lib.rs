@@ -3,6 +3,8 @@
 //! zero-copy view of content-header properties, and AMQP's reply codes and
 //! errors (`error`).
 
+#![warn(unreachable_pub)]
+
 pub mod encode;
 pub mod error;
 pub mod field_table;

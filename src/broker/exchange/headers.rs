@@ -11,7 +11,7 @@ enum Mode {
 }
 
 #[derive(Debug, Clone)]
-pub struct HeadersMatcher {
+pub(crate) struct HeadersMatcher {
     mode: Mode,
     /// Binding arguments that take part in matching.
     required: Vec<(String, AMQPValue)>,
@@ -19,7 +19,7 @@ pub struct HeadersMatcher {
 
 impl HeadersMatcher {
     /// Builds a matcher from binding arguments; `Err` names a bad `x-match`.
-    pub fn new(arguments: &FieldTable) -> Result<HeadersMatcher, String> {
+    pub(crate) fn new(arguments: &FieldTable) -> Result<HeadersMatcher, String> {
         let mode = match arguments.inner().get("x-match") {
             None => Mode::All,
             Some(v) => match value_str(v).as_deref() {
@@ -43,7 +43,7 @@ impl HeadersMatcher {
         Ok(HeadersMatcher { mode, required })
     }
 
-    pub fn matches(&self, headers: Option<&FieldTable>) -> bool {
+    pub(crate) fn matches(&self, headers: Option<&FieldTable>) -> bool {
         let empty = FieldTable::default();
         let headers = headers.unwrap_or(&empty);
         let one = |(k, v): &(String, AMQPValue)| match headers.inner().get(k.as_str()) {

@@ -1,7 +1,7 @@
 //! Exchanges and their bindings.
 
-pub mod headers;
-pub mod topic;
+pub(crate) mod headers;
+pub(crate) mod topic;
 
 use super::queue::Queue;
 use crate::hash::HashMap;
@@ -9,12 +9,11 @@ use amq_protocol::types::FieldTable;
 use headers::HeadersMatcher;
 use parking_lot::RwLock;
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use topic::TopicTrie;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ExchangeKind {
+pub(crate) enum ExchangeKind {
     Direct,
     Fanout,
     Topic,
@@ -22,7 +21,7 @@ pub enum ExchangeKind {
 }
 
 impl ExchangeKind {
-    pub fn parse(kind: &str) -> Option<ExchangeKind> {
+    pub(crate) fn parse(kind: &str) -> Option<ExchangeKind> {
         Some(match kind {
             "direct" => ExchangeKind::Direct,
             "fanout" => ExchangeKind::Fanout,
@@ -32,7 +31,7 @@ impl ExchangeKind {
         })
     }
 
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             ExchangeKind::Direct => "direct",
             ExchangeKind::Fanout => "fanout",
@@ -44,13 +43,13 @@ impl ExchangeKind {
 
 /// Where a binding sends matching messages.
 #[derive(Clone)]
-pub enum Destination {
+pub(crate) enum Destination {
     Queue(Arc<Queue>),
     Exchange(String),
 }
 
 impl Destination {
-    pub fn same(&self, other: &Destination) -> bool {
+    pub(crate) fn same(&self, other: &Destination) -> bool {
         match (self, other) {
             (Destination::Queue(a), Destination::Queue(b)) => Arc::ptr_eq(a, b),
             (Destination::Exchange(a), Destination::Exchange(b)) => a == b,
@@ -60,22 +59,21 @@ impl Destination {
 }
 
 #[derive(Clone)]
-pub struct Binding {
-    pub destination: Destination,
-    pub routing_key: String,
-    pub arguments: FieldTable,
+pub(crate) struct Binding {
+    pub(crate) destination: Destination,
+    pub(crate) routing_key: String,
+    pub(crate) arguments: FieldTable,
 }
 
-pub struct Exchange {
-    pub name: String,
-    pub kind: ExchangeKind,
-    pub durable: bool,
-    pub auto_delete: bool,
-    pub internal: bool,
-    pub arguments: FieldTable,
+pub(crate) struct Exchange {
+    pub(crate) name: String,
+    pub(crate) kind: ExchangeKind,
+    pub(crate) durable: bool,
+    pub(crate) auto_delete: bool,
+    pub(crate) internal: bool,
+    pub(crate) arguments: FieldTable,
     /// `alternate-exchange` argument: where unroutable messages go.
-    pub alternate_exchange: Option<String>,
-    pub deleted: AtomicBool,
+    pub(crate) alternate_exchange: Option<String>,
     bindings: RwLock<Bindings>,
 }
 
@@ -218,14 +216,14 @@ impl Bindings {
 }
 
 /// What routing needs to know about a message.
-pub struct RoutingInfo<'a> {
-    pub routing_key: &'a str,
+pub(crate) struct RoutingInfo<'a> {
+    pub(crate) routing_key: &'a str,
     /// Parsed lazily: only headers exchanges need it.
-    pub headers: &'a dyn Fn() -> Option<FieldTable>,
+    pub(crate) headers: &'a dyn Fn() -> Option<FieldTable>,
 }
 
 impl Exchange {
-    pub fn new(
+    pub(crate) fn new(
         name: String,
         kind: ExchangeKind,
         durable: bool,
@@ -252,22 +250,17 @@ impl Exchange {
             internal,
             arguments,
             alternate_exchange,
-            deleted: AtomicBool::new(false),
             bindings: RwLock::new(Bindings::default()),
         }
     }
 
-    pub fn is_deleted(&self) -> bool {
-        self.deleted.load(Ordering::Acquire)
-    }
-
     /// Adds a binding; returns false when an identical one exists.
-    pub fn bind(&self, binding: Binding) -> bool {
+    pub(crate) fn bind(&self, binding: Binding) -> bool {
         self.bindings.write().add(self.kind, binding)
     }
 
     /// Removes a binding; returns whether it existed.
-    pub fn unbind(
+    pub(crate) fn unbind(
         &self,
         destination: &Destination,
         routing_key: &str,
@@ -277,7 +270,8 @@ impl Exchange {
         self.bindings.write().remove(self.kind, &id)
     }
 
-    pub fn has_binding(
+    #[cfg(test)]
+    pub(crate) fn has_binding(
         &self,
         destination: &Destination,
         routing_key: &str,
@@ -288,7 +282,7 @@ impl Exchange {
     }
 
     /// Removes every binding to `destination`; returns how many went.
-    pub fn unbind_destination(&self, destination: &Destination) -> usize {
+    pub(crate) fn unbind_destination(&self, destination: &Destination) -> usize {
         let mut b = self.bindings.write();
         let ids = b.to_destination(destination);
         for id in &ids {
@@ -297,16 +291,16 @@ impl Exchange {
         ids.len()
     }
 
-    pub fn binding_count(&self) -> usize {
+    pub(crate) fn binding_count(&self) -> usize {
         self.bindings.read().all.len()
     }
 
-    pub fn bindings(&self) -> Vec<Binding> {
+    pub(crate) fn bindings(&self) -> Vec<Binding> {
         self.bindings.read().all.clone()
     }
 
     /// Appends the destinations matching `msg` to `out`.
-    pub fn route(&self, msg: &RoutingInfo<'_>, out: &mut Vec<Destination>) {
+    pub(crate) fn route(&self, msg: &RoutingInfo<'_>, out: &mut Vec<Destination>) {
         let b = self.bindings.read();
         match self.kind {
             ExchangeKind::Fanout => out.extend(b.all.iter().map(|x| x.destination.clone())),

@@ -11,7 +11,7 @@ use crate::hash::HashMap;
 use std::cell::RefCell;
 
 /// Binding keys and what each one routes to (`T`: a destination).
-pub struct TopicTrie<T> {
+pub(crate) struct TopicTrie<T> {
     /// `nodes[0]` is the root: the empty binding key ends there.
     nodes: Vec<Node<T>>,
     /// Slots of pruned nodes, reused before `nodes` grows.
@@ -86,7 +86,7 @@ impl<T> Default for TopicTrie<T> {
 
 impl<T> TopicTrie<T> {
     /// Adds a binding key routing to `target`.
-    pub fn insert(&mut self, binding_key: &str, target: T) {
+    pub(crate) fn insert(&mut self, binding_key: &str, target: T) {
         let mut at = 0;
         self.nodes[0].keys += 1;
         for edge in edges(binding_key) {
@@ -112,7 +112,7 @@ impl<T> TopicTrie<T> {
 
     /// Removes one binding key routing to a target `is_target` accepts;
     /// whether there was one. Nodes no key uses any more are pruned.
-    pub fn remove(&mut self, binding_key: &str, is_target: impl Fn(&T) -> bool) -> bool {
+    pub(crate) fn remove(&mut self, binding_key: &str, is_target: impl Fn(&T) -> bool) -> bool {
         let mut path = vec![(0u32, None)];
         let mut at = 0;
         for edge in edges(binding_key) {
@@ -177,7 +177,7 @@ impl<T> TopicTrie<T> {
     /// Calls `found` with the target of every binding key `routing_key`
     /// matches (once per binding). Allocates nothing once this thread's
     /// scratch space has grown to the trie's size.
-    pub fn matches(&self, routing_key: &str, mut found: impl FnMut(&T)) {
+    pub(crate) fn matches(&self, routing_key: &str, mut found: impl FnMut(&T)) {
         SCRATCH.with(|scratch| {
             let mut guard = scratch.borrow_mut();
             let s = &mut *guard;

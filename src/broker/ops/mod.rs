@@ -3,15 +3,15 @@
 //! lives in one place and an HTTP publish is refused exactly where an
 //! AMQP one would be.
 
-pub mod publish;
-pub mod topology;
+pub(crate) mod publish;
+pub(crate) mod topology;
 
 use super::access::{Access, Resource};
 use crate::error::AmqpError;
 
 /// Who asks for an operation: its user, and the permission check that
 /// applies to them (AMQP connections cache recent checks).
-pub trait Gate {
+pub(crate) trait Gate {
     fn user(&self) -> &str;
     /// RabbitMQ's permission check for `access` to a named resource in the
     /// operation's vhost: 403 ACCESS_REFUSED naming it when refused.
@@ -21,7 +21,7 @@ pub trait Gate {
 /// An operation the broker does on its own authority (definitions import
 /// by an administrator, already authorised as a whole): no per-object
 /// permission checks.
-pub struct Unchecked;
+pub(crate) struct Unchecked;
 
 impl Gate for Unchecked {
     fn user(&self) -> &str {

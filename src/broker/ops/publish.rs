@@ -13,19 +13,19 @@ use crate::protocol::properties::PropertiesView;
 use bytes::Bytes;
 use std::sync::Arc;
 
-pub const DIRECT_REPLY_TO: &str = "amq.rabbitmq.reply-to";
+pub(crate) const DIRECT_REPLY_TO: &str = "amq.rabbitmq.reply-to";
 
 /// A message as its publisher sent it, before any check.
-pub struct Outgoing {
-    pub exchange: String,
-    pub routing_key: String,
-    pub properties: Bytes,
-    pub view: PropertiesView,
-    pub body: Bytes,
+pub(crate) struct Outgoing {
+    pub(crate) exchange: String,
+    pub(crate) routing_key: String,
+    pub(crate) properties: Bytes,
+    pub(crate) view: PropertiesView,
+    pub(crate) body: Bytes,
 }
 
 /// RabbitMQ's `max_message_size`, checked on the declared body size.
-pub fn check_size(broker: &Broker, body_size: u64) -> Result<(), AmqpError> {
+pub(crate) fn check_size(broker: &Broker, body_size: u64) -> Result<(), AmqpError> {
     let max = broker.config.limits.max_message_size;
     if body_size > max {
         return Err(AmqpError::precondition_failed(format_args!(
@@ -40,7 +40,7 @@ pub fn check_size(broker: &Broker, body_size: u64) -> Result<(), AmqpError> {
 /// publisher's, a direct reply-to address names the publisher's own
 /// reply consumer (`reply_to`, the channel's address), the expiration is
 /// valid. Returns the message to route, with its properties' view.
-pub fn accept(
+pub(crate) fn accept(
     gate: &mut impl Gate,
     vhost: &VHost,
     out: Outgoing,
@@ -98,17 +98,17 @@ pub fn accept(
 }
 
 /// What routing did with a message.
-pub struct Routed {
+pub(crate) struct Routed {
     /// It reached a queue or a direct reply-to consumer.
-    pub routed: bool,
+    pub(crate) routed: bool,
     /// It went to the store for durable queues: its confirm waits for disk.
-    pub stored: bool,
+    pub(crate) stored: bool,
     /// A queue refused it (overflow reject-publish): its confirm is a nack.
-    pub refused: bool,
+    pub(crate) refused: bool,
     /// The message as delivered (without its BCC header), for a return.
-    pub message: Arc<Message>,
+    pub(crate) message: Arc<Message>,
     /// A queue it reached asks its publishers to wait (flow control).
-    pub flow: Option<Arc<Queue>>,
+    pub(crate) flow: Option<Arc<Queue>>,
 }
 
 /// Routes an accepted message and enqueues it: a direct reply-to address
@@ -116,7 +116,7 @@ pub struct Routed {
 /// exchanges), plus the routing keys of its CC and BCC headers, whose BCC
 /// header is removed before delivery. `routing` is scratch space a
 /// publisher reuses for every message.
-pub fn route(
+pub(crate) fn route(
     broker: &Broker,
     vhost: &VHost,
     mut message: Arc<Message>,
@@ -210,7 +210,7 @@ fn sender_selected(
 }
 
 /// Resolves once no resource alarm (memory, disk) blocks publishers.
-pub async fn alarms_cleared(broker: Arc<Broker>) {
+pub(crate) async fn alarms_cleared(broker: Arc<Broker>) {
     let mut memory = broker.memory.subscribe();
     let mut disk = broker.store.disk_alarm().subscribe();
     while broker.alarm_reason().is_some() {
@@ -222,7 +222,7 @@ pub async fn alarms_cleared(broker: Arc<Broker>) {
 }
 
 /// Resolves once `queue` no longer asks its publishers to wait.
-pub async fn flow_released(queue: Arc<Queue>) {
+pub(crate) async fn flow_released(queue: Arc<Queue>) {
     loop {
         let released = queue.flow_released().notified();
         tokio::pin!(released);
@@ -240,10 +240,10 @@ pub async fn flow_released(queue: Arc<Queue>) {
 /// How long a publisher outside a channel (the management API) waits for
 /// an alarm to clear, for flow control and for its confirm: RabbitMQ's
 /// management `publish_timeout`.
-pub const PUBLISH_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+pub(crate) const PUBLISH_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// Why a publish outside a channel did not succeed.
-pub enum Failed {
+pub(crate) enum Failed {
     /// A check refused it, with the error a channel would have closed with.
     Refused(AmqpError),
     /// Its confirm was a nack: a queue refused it or the disk did.
@@ -257,7 +257,7 @@ pub enum Failed {
 /// and a store that is behind, and answered once its confirm is known
 /// (on disk when persistent and routed to durable queues). Returns whether
 /// it was routed.
-pub async fn publish_confirmed(
+pub(crate) async fn publish_confirmed(
     broker: &Arc<Broker>,
     vhost: &VHost,
     gate: &mut impl Gate,

@@ -20,7 +20,7 @@ fn default_exchange_refused() -> AmqpError {
 /// exchange.declare: configure on the exchange; declaring a new one with
 /// an alternate exchange also needs read on it and write on the alternate
 /// (RabbitMQ's rule). Returns whether it was created.
-pub fn declare_exchange(
+pub(crate) fn declare_exchange(
     gate: &mut impl Gate,
     vhost: &VHost,
     d: &ExchangeDeclare<'_>,
@@ -41,7 +41,7 @@ pub fn declare_exchange(
 
 /// exchange.delete: configure on the exchange (the default and `amq.*`
 /// exchanges are refused by the vhost whatever the permissions).
-pub fn delete_exchange(
+pub(crate) fn delete_exchange(
     gate: &mut impl Gate,
     vhost: &VHost,
     name: &str,
@@ -56,7 +56,7 @@ pub fn delete_exchange(
 /// queue.declare: configure on the queue; declaring a new one with a
 /// dead-letter exchange also needs read on it and write on that exchange
 /// (RabbitMQ's rule). Returns the queue and whether it was created.
-pub fn declare_queue(
+pub(crate) fn declare_queue(
     gate: &mut impl Gate,
     vhost: &VHost,
     d: &QueueDeclare<'_>,
@@ -78,7 +78,7 @@ pub fn declare_queue(
 /// deleted already (0 messages). `owner` is the asking connection, which
 /// an exclusive queue must belong to (None: not a connection). Returns the
 /// queue deleted, if any, and how many messages it held.
-pub fn delete_queue(
+pub(crate) fn delete_queue(
     gate: &mut impl Gate,
     vhost: &VHost,
     name: &str,
@@ -99,7 +99,7 @@ pub fn delete_queue(
 }
 
 /// queue.purge: read on the queue. Returns how many messages went.
-pub fn purge_queue(
+pub(crate) fn purge_queue(
     gate: &mut impl Gate,
     vhost: &VHost,
     name: &str,
@@ -115,24 +115,24 @@ pub fn purge_queue(
 
 /// Where a binding goes.
 #[derive(Clone, Copy)]
-pub enum BindTo<'a> {
+pub(crate) enum BindTo<'a> {
     Queue(&'a str),
     Exchange(&'a str),
 }
 
 /// A binding, as queue.bind and exchange.bind name it.
-pub struct Bind<'a> {
-    pub source: &'a str,
-    pub to: BindTo<'a>,
-    pub routing_key: &'a str,
-    pub arguments: &'a FieldTable,
+pub(crate) struct Bind<'a> {
+    pub(crate) source: &'a str,
+    pub(crate) to: BindTo<'a>,
+    pub(crate) routing_key: &'a str,
+    pub(crate) arguments: &'a FieldTable,
 }
 
 /// queue.bind / exchange.bind (`add`) and their unbinds, in RabbitMQ's
 /// order: write on the destination, neither end the default exchange, read
 /// on the source, both ends exist (an exclusive destination queue
 /// belonging to `owner`), a headers binding's arguments make sense.
-pub fn bind(
+pub(crate) fn bind(
     gate: &mut impl Gate,
     vhost: &VHost,
     b: &Bind<'_>,
