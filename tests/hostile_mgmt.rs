@@ -35,6 +35,7 @@ impl Running {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let mgmt_listener = tokio::net::TcpListener::bind(mgmt_bind).await.unwrap();
         let mgmt = mgmt_listener.local_addr().unwrap();
+        common::deadlock::watch();
         let broker = leveret::Broker::open(config).expect("the broker opens its data directory");
         let (stop, rx) = oneshot::channel();
         let task = tokio::spawn(async move {

@@ -6,6 +6,7 @@
 #![allow(dead_code)]
 
 pub mod amqp;
+pub mod deadlock;
 pub mod http;
 pub mod process;
 pub mod raw;
@@ -35,6 +36,7 @@ impl TestBroker {
     /// Starts the broker with `config`, its data directory replaced by a
     /// fresh temporary one (removed when the broker stops).
     pub async fn start_with(mut config: Config) -> TestBroker {
+        deadlock::watch();
         if let Ok(uri) = std::env::var("LEVERET_TEST_URI") {
             let hostport = uri
                 .split('@')
