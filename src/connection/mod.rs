@@ -808,7 +808,9 @@ impl OpenConnection {
             return self.open_channel(frame).map(|()| FrameOutcome::Continue);
         };
         if channel.closing {
-            // Only close and close-ok matter until the client confirms.
+            // Until the client's close-ok the channel is closing, as in
+            // RabbitMQ: a channel.close that crossed ours gets its
+            // close-ok, and everything else is dropped.
             if frame.kind == FrameType::Method {
                 match method_ids(&frame.payload) {
                     (20, 41) => {
@@ -820,7 +822,6 @@ impl OpenConnection {
                                 amq_protocol::protocol::channel::CloseOk {},
                             ),
                         ));
-                        self.remove_channel(id);
                     }
                     _ => {}
                 }
