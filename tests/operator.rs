@@ -1,16 +1,20 @@
 //! What operators and client libraries moving from RabbitMQ meet (issue 17):
-//! the three AMQP deviations client test suites found (part 8).
+//! the three AMQP deviations client test suites found (part 8) and
+//! RabbitMQ's own rabbitmqadmin driving the management API (part 4).
 //!
 //! Every test here passes against RabbitMQ 3.10 too
-//! (`LEVERET_TEST_URI=amqp://guest:guest@127.0.0.1:5672/%2f`). Frames are
+//! (`LEVERET_TEST_URI=amqp://guest:guest@127.0.0.1:5672/%2f`, and
+//! `LEVERET_TEST_MGMT=127.0.0.1:15672` for the API). AMQP frames are
 //! written by hand (tests/common/raw.rs) so that what crosses on the wire,
 //! and in which order, is exactly what the test says.
 
 mod common;
 
 use amq_protocol::protocol::exchange;
+use common::http::Api;
 use common::raw::*;
-use common::{unique, TestBroker};
+use common::{against_other_broker, unique, TestBroker};
+use serde_json::Value;
 use std::time::Duration;
 
 const TEST_TIMEOUT: Duration = Duration::from_secs(60);
@@ -410,6 +414,583 @@ async fn queue_delete_ok_comes_before_the_consumers_cancel() {
         assert_eq!(raw.basic_get(1, &q).await, None);
         raw.close_connection().await;
         drop(raw);
+        broker.stop().await;
+    })
+    .await;
+}
+
+// ------------------------------------------------------- rabbitmqadmin
+
+/// Debian's rabbitmqadmin (package rabbitmq-server; .ci/run installs it).
+const RABBITMQADMIN: &str = "/usr/bin/rabbitmqadmin";
+
+/// rabbitmqadmin pointed at one broker's management API as guest.
+struct Admin {
+    api: Api,
+}
+
+/// What one rabbitmqadmin run printed.
+struct Run {
+    ok: bool,
+    out: String,
+}
+
+impl Admin {
+    async fn run(&self, args: &[&str]) -> Run {
+        let mut command = std::process::Command::new(RABBITMQADMIN);
+        command
+            .args(["-H", &self.api.addr.ip().to_string()])
+            .args(["-P", &self.api.addr.port().to_string()])
+            .args(["-u", &self.api.user, "-p", &self.api.password])
+            .args(args);
+        // Blocking: off the runtime the in-process broker runs on.
+        let output = tokio::task::spawn_blocking(move || command.output())
+            .await
+            .unwrap()
+            .expect("run rabbitmqadmin");
+        Run {
+            ok: output.status.success(),
+            out: format!(
+                "{}{}",
+                String::from_utf8_lossy(&output.stdout),
+                String::from_utf8_lossy(&output.stderr)
+            ),
+        }
+    }
+
+    /// Runs a command that must succeed; returns what it printed.
+    async fn ok(&self, args: &[&str]) -> String {
+        let run = self.run(args).await;
+        assert!(run.ok, "rabbitmqadmin {args:?} failed:\n{}", run.out);
+        run.out
+    }
+
+    /// Runs a command that must fail; returns what it printed.
+    async fn fails(&self, args: &[&str]) -> String {
+        let run = self.run(args).await;
+        assert!(!run.ok, "rabbitmqadmin {args:?} succeeded:\n{}", run.out);
+        run.out
+    }
+
+    /// `list …` (or `get …`) in raw JSON.
+    async fn json(&self, args: &[&str]) -> Vec<Value> {
+        let mut all = vec!["-f", "raw_json"];
+        all.extend_from_slice(args);
+        let out = self.ok(&all).await;
+        match serde_json::from_str(out.trim()) {
+            Ok(Value::Array(items)) => items,
+            _ => panic!("rabbitmqadmin {args:?} printed no JSON list:\n{out}"),
+        }
+    }
+
+    /// The `list` of `what` whose field `key` is `value`.
+    async fn find(&self, what: &str, key: &str, value: &str) -> Vec<Value> {
+        self.json(&["list", what])
+            .await
+            .into_iter()
+            .filter(|item| item[key] == value)
+            .collect()
+    }
+}
+
+/// Every everyday rabbitmqadmin command, as an operator types it, against
+/// the broker's management API: what RabbitMQ's API reads (string numbers,
+/// fields it does not use such as `exchange`, `vhost` and `queue_type`),
+/// Leveret must read too.
+#[tokio::test]
+async fn rabbitmqadmin_everyday_commands() {
+    if !std::path::Path::new(RABBITMQADMIN).exists() {
+        eprintln!("skipped: {RABBITMQADMIN} is not installed (Debian package rabbitmq-server)");
+        return;
+    }
+    within(async {
+        let broker = TestBroker::start().await;
+        let Some(api) = Api::of(&broker) else {
+            eprintln!("skipped: no management API (set LEVERET_TEST_MGMT)");
+            return;
+        };
+        let admin = Admin { api };
+        let vhost = unique("op-admin-vhost");
+        let user = unique("op-admin-user");
+        let x = unique("op-admin-x");
+        let q = unique("op-admin-q");
+
+        // Listing.
+        for what in [
+            "queues",
+            "exchanges",
+            "bindings",
+            "users",
+            "vhosts",
+            "connections",
+            "channels",
+            "consumers",
+            "permissions",
+            "nodes",
+        ] {
+            admin.ok(&["list", what]).await;
+        }
+        admin.ok(&["show", "overview"]).await;
+        assert_eq!(admin.find("exchanges", "name", "amq.topic").await.len(), 1);
+
+        // Vhosts, users, permissions (rabbitmqadmin sends `vhost` in each body).
+        admin
+            .ok(&["declare", "vhost", &format!("name={vhost}")])
+            .await;
+        assert_eq!(admin.find("vhosts", "name", &vhost).await.len(), 1);
+        admin
+            .ok(&[
+                "declare",
+                "user",
+                &format!("name={user}"),
+                "password=secret",
+                "tags=monitoring",
+            ])
+            .await;
+        let found = admin.find("users", "name", &user).await;
+        assert_eq!(found.len(), 1, "{found:?}");
+        let tags = &found[0]["tags"];
+        assert!(
+            tags == "monitoring" || tags == &serde_json::json!(["monitoring"]),
+            "{found:?}"
+        );
+        admin
+            .ok(&[
+                "declare",
+                "permission",
+                &format!("vhost={vhost}"),
+                &format!("user={user}"),
+                "configure=^cfg",
+                "write=.*",
+                "read=^r",
+            ])
+            .await;
+        let found = admin.find("permissions", "user", &user).await;
+        assert_eq!(found.len(), 1, "{found:?}");
+        assert_eq!(found[0]["vhost"], vhost.as_str());
+        assert_eq!(found[0]["configure"], "^cfg");
+        assert_eq!(found[0]["read"], "^r");
+
+        // Exchanges, queues (queue_type as rabbitmqadmin sends it), bindings.
+        admin
+            .ok(&[
+                "declare",
+                "exchange",
+                &format!("name={x}"),
+                "type=topic",
+                "durable=false",
+            ])
+            .await;
+        let found = admin.find("exchanges", "name", &x).await;
+        assert_eq!(found[0]["type"], "topic");
+        assert_eq!(found[0]["durable"], false);
+        admin
+            .ok(&["declare", "queue", &format!("name={q}"), "durable=false"])
+            .await;
+        let classic = format!("{q}-classic");
+        admin
+            .ok(&[
+                "declare",
+                "queue",
+                &format!("name={classic}"),
+                "queue_type=classic",
+                "durable=false",
+            ])
+            .await;
+        let quorum = format!("{q}-quorum");
+        admin
+            .ok(&[
+                "declare",
+                "queue",
+                &format!("name={quorum}"),
+                "queue_type=quorum",
+            ])
+            .await;
+        assert_eq!(
+            admin.find("queues", "name", &classic).await[0]["type"],
+            "classic"
+        );
+        assert_eq!(
+            admin.find("queues", "name", &quorum).await[0]["type"],
+            "quorum"
+        );
+        // A quorum queue must be durable: the same refusal as queue.declare's.
+        let out = admin
+            .fails(&[
+                "declare",
+                "queue",
+                &format!("name={q}-transient-quorum"),
+                "queue_type=quorum",
+                "durable=false",
+            ])
+            .await;
+        assert!(out.contains("invalid property 'non-durable'"), "{out}");
+        let stream = format!("{q}-stream");
+        let args = [
+            "declare",
+            "queue",
+            &format!("name={stream}"),
+            "queue_type=stream",
+        ];
+        if against_other_broker() {
+            admin.ok(&args).await;
+            admin
+                .ok(&["delete", "queue", &format!("name={stream}")])
+                .await;
+        } else {
+            // Not supported yet: refused as x-queue-type=stream is.
+            let out = admin.fails(&args).await;
+            assert!(
+                out.contains("invalid arg 'x-queue-type'")
+                    && out.contains("streams are not supported yet"),
+                "{out}"
+            );
+        }
+        admin
+            .ok(&[
+                "declare",
+                "binding",
+                &format!("source={x}"),
+                &format!("destination={q}"),
+                "routing_key=a.*",
+            ])
+            .await;
+        let bound = admin.find("bindings", "source", &x).await;
+        assert_eq!(bound.len(), 1, "{bound:?}");
+        assert_eq!(bound[0]["destination"], q.as_str());
+        assert_eq!(bound[0]["routing_key"], "a.*");
+
+        // Publish (rabbitmqadmin sends `exchange` and `vhost` in the body)
+        // and get (`count` as a string).
+        let out = admin
+            .ok(&[
+                "publish",
+                &format!("exchange={x}"),
+                "routing_key=a.b",
+                "payload=through the topic",
+            ])
+            .await;
+        assert!(out.contains("Message published"), "{out}");
+        assert!(!out.contains("NOT routed"), "{out}");
+        let out = admin
+            .ok(&["publish", &format!("routing_key={q}"), "payload=direct"])
+            .await;
+        assert!(!out.contains("NOT routed"), "{out}");
+        let out = admin
+            .ok(&[
+                "publish",
+                &format!("routing_key={q}-nowhere"),
+                "payload=lost",
+            ])
+            .await;
+        assert!(out.contains("Message published but NOT routed"), "{out}");
+
+        let got = admin.json(&["get", &format!("queue={q}")]).await;
+        assert_eq!(got.len(), 1, "{got:?}");
+        assert_eq!(got[0]["payload"], "through the topic");
+        assert_eq!(got[0]["exchange"], x.as_str());
+        assert_eq!(got[0]["message_count"], 1);
+        let got = admin
+            .json(&[
+                "get",
+                &format!("queue={q}"),
+                "ackmode=ack_requeue_false",
+                "count=5",
+            ])
+            .await;
+        let payloads: Vec<&Value> = got.iter().map(|m| &m["payload"]).collect();
+        assert_eq!(payloads, ["through the topic", "direct"], "{got:?}");
+        assert_eq!(got[0]["redelivered"], true);
+        assert!(admin.json(&["get", &format!("queue={q}")]).await.is_empty());
+
+        // Purge.
+        admin
+            .ok(&["publish", &format!("routing_key={q}"), "payload=purged"])
+            .await;
+        admin.ok(&["purge", "queue", &format!("name={q}")]).await;
+        assert!(admin.json(&["get", &format!("queue={q}")]).await.is_empty());
+
+        // Export, delete, import: the queue and its binding come back.
+        let file = std::env::temp_dir().join(unique("op-admin-defs.json"));
+        let file_arg = file.to_str().unwrap();
+        admin.ok(&["export", file_arg]).await;
+        let defs: Value = serde_json::from_slice(&std::fs::read(&file).unwrap()).unwrap();
+        let names = |key: &str| -> Vec<String> {
+            defs[key]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|o| o["name"].as_str().unwrap_or_default().to_string())
+                .collect()
+        };
+        assert!(names("queues").contains(&q), "{defs}");
+        assert!(names("exchanges").contains(&x), "{defs}");
+        assert!(names("users").contains(&user), "{defs}");
+        assert!(names("vhosts").contains(&vhost), "{defs}");
+        // Transient queues and exchanges are not exported: make a durable
+        // pair to see import bring them back.
+        let dq = format!("{q}-durable");
+        let dx = format!("{x}-durable");
+        admin.ok(&["declare", "queue", &format!("name={dq}")]).await;
+        admin
+            .ok(&["declare", "exchange", &format!("name={dx}"), "type=fanout"])
+            .await;
+        admin
+            .ok(&[
+                "declare",
+                "binding",
+                &format!("source={dx}"),
+                &format!("destination={dq}"),
+            ])
+            .await;
+        admin.ok(&["export", file_arg]).await;
+        admin.ok(&["delete", "queue", &format!("name={dq}")]).await;
+        admin
+            .ok(&["delete", "exchange", &format!("name={dx}")])
+            .await;
+        assert!(admin.find("queues", "name", &dq).await.is_empty());
+        let out = admin.ok(&["import", file_arg]).await;
+        assert!(out.contains("Uploaded definitions"), "{out}");
+        assert_eq!(admin.find("queues", "name", &dq).await.len(), 1);
+        assert_eq!(admin.find("bindings", "source", &dx).await.len(), 1);
+        let _ = std::fs::remove_file(&file);
+
+        // Close a connection by name.
+        let conn_name = unique("op-admin-conn");
+        let conn = lapin::Connection::connect(
+            &broker.uri,
+            lapin::ConnectionProperties::default().with_connection_name(conn_name.clone().into()),
+        )
+        .await
+        .expect("connect");
+        let _channel = conn.create_channel().await.expect("channel.open");
+        // RabbitMQ lists connections from its statistics, a moment late.
+        let mut listed = Vec::new();
+        for _ in 0..100 {
+            listed = admin
+                .json(&["list", "connections"])
+                .await
+                .into_iter()
+                .filter(|c| c["client_properties"]["connection_name"] == conn_name.as_str())
+                .collect();
+            if !listed.is_empty() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        assert_eq!(listed.len(), 1, "connection {conn_name} never listed");
+        let name = listed[0]["name"].as_str().unwrap().to_string();
+        admin
+            .ok(&["close", "connection", &format!("name={name}")])
+            .await;
+        for _ in 0..100 {
+            if !conn.status().connected() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert!(!conn.status().connected(), "the connection is still open");
+
+        // Deleting, each undone in the listing.
+        admin
+            .ok(&[
+                "delete",
+                "binding",
+                &format!("source={x}"),
+                "destination_type=queue",
+                &format!("destination={q}"),
+                "properties_key=a.*",
+            ])
+            .await;
+        assert!(admin.find("bindings", "source", &x).await.is_empty());
+        for (what, name) in [
+            ("exchange", &x),
+            ("exchange", &dx),
+            ("queue", &q),
+            ("queue", &classic),
+            ("queue", &quorum),
+            ("queue", &dq),
+        ] {
+            admin.ok(&["delete", what, &format!("name={name}")]).await;
+        }
+        assert!(admin.find("queues", "name", &q).await.is_empty());
+        admin
+            .ok(&[
+                "delete",
+                "permission",
+                &format!("vhost={vhost}"),
+                &format!("user={user}"),
+            ])
+            .await;
+        assert!(admin.find("permissions", "user", &user).await.is_empty());
+        admin.ok(&["delete", "user", &format!("name={user}")]).await;
+        assert!(admin.find("users", "name", &user).await.is_empty());
+        admin
+            .ok(&["delete", "vhost", &format!("name={vhost}")])
+            .await;
+        assert!(admin.find("vhosts", "name", &vhost).await.is_empty());
+
+        // Not there yet (issue 17 parts 1 and 2): policies, parameters and
+        // limits fail clearly, naming the API path that is missing.
+        let policy = unique("op-admin-policy");
+        let missing: [&[&str]; 4] = [
+            &["list", "policies"],
+            &[
+                "declare",
+                "policy",
+                &format!("name={policy}"),
+                "pattern=^op-admin-nothing$",
+                r#"definition={"max-length":1}"#,
+            ],
+            &["list", "parameters"],
+            &[
+                "declare",
+                "vhost_limit",
+                "vhost=/",
+                "name=max-queues",
+                "value=100000",
+            ],
+        ];
+        for args in missing {
+            if against_other_broker() {
+                admin.ok(args).await;
+            } else {
+                let out = admin.fails(args).await;
+                assert!(out.contains("Not found: /api/"), "{args:?}: {out}");
+            }
+        }
+        if against_other_broker() {
+            admin
+                .ok(&["delete", "policy", &format!("name={policy}")])
+                .await;
+            admin
+                .ok(&["delete", "vhost_limit", "vhost=/", "name=max-queues"])
+                .await;
+        }
+        broker.stop().await;
+    })
+    .await;
+}
+
+/// The API reads bodies as RabbitMQ's does: fields it does not use are
+/// ignored, `count` and `truncate` may be strings, a bad number is
+/// RabbitMQ's 400 `["not_integer", …]`, unknown message properties are
+/// ignored.
+#[tokio::test]
+async fn api_reads_request_bodies_as_rabbitmq() {
+    within(async {
+        let broker = TestBroker::start().await;
+        let Some(api) = Api::of(&broker) else {
+            eprintln!("skipped: no management API (set LEVERET_TEST_MGMT)");
+            return;
+        };
+        let q = unique("op-api-q");
+        let x = unique("op-api-x");
+        let vhost = unique("op-api-vhost");
+        let user = unique("op-api-user");
+        let extra = serde_json::json!({"no-such-field": 1, "vhost": "/"});
+        let with_extra = |mut body: Value| {
+            body.as_object_mut()
+                .unwrap()
+                .extend(extra.as_object().unwrap().clone());
+            body
+        };
+        let r = api
+            .put(
+                &format!("/api/queues/%2f/{q}"),
+                with_extra(serde_json::json!({"durable": false, "queue_type": "classic"})),
+            )
+            .await;
+        assert_eq!(r.status, 201, "{}", r.text);
+        let r = api
+            .put(
+                &format!("/api/exchanges/%2f/{x}"),
+                with_extra(serde_json::json!({"type": "fanout", "durable": false})),
+            )
+            .await;
+        assert_eq!(r.status, 201, "{}", r.text);
+        let r = api
+            .post(
+                &format!("/api/bindings/%2f/e/{x}/q/{q}"),
+                with_extra(serde_json::json!({"routing_key": ""})),
+            )
+            .await;
+        assert_eq!(r.status, 201, "{}", r.text);
+        let r = api
+            .put(
+                &format!("/api/vhosts/{vhost}"),
+                with_extra(serde_json::json!({})),
+            )
+            .await;
+        assert_eq!(r.status, 201, "{}", r.text);
+        let r = api
+            .put(
+                &format!("/api/users/{user}"),
+                with_extra(serde_json::json!({"password": "p", "tags": ""})),
+            )
+            .await;
+        assert_eq!(r.status, 201, "{}", r.text);
+        let r = api
+            .put(
+                &format!("/api/permissions/{vhost}/{user}"),
+                with_extra(serde_json::json!({"configure": "", "write": "", "read": ""})),
+            )
+            .await;
+        assert_eq!(r.status, 201, "{}", r.text);
+        for body in ["0123456789", "abcdefghij"] {
+            let r = api
+                .post(
+                    &format!("/api/exchanges/%2f/{x}/publish"),
+                    with_extra(serde_json::json!({
+                        "exchange": x,
+                        "routing_key": "",
+                        "payload": body,
+                        "payload_encoding": "string",
+                        "properties": {"no-such-property": "x", "delivery_mode": 2},
+                    })),
+                )
+                .await;
+            assert_eq!(r.status, 200, "{}", r.text);
+            assert_eq!(r.json["routed"], true);
+        }
+
+        let get = |count: Value, truncate: Value| {
+            with_extra(serde_json::json!({
+                "count": count,
+                "ackmode": "ack_requeue_true",
+                "encoding": "auto",
+                "truncate": truncate,
+            }))
+        };
+        let path = format!("/api/queues/%2f/{q}/get");
+        let r = api.post(&path, get("2".into(), "4".into())).await;
+        assert_eq!(r.status, 200, "{}", r.text);
+        let payloads: Vec<&Value> = r
+            .json
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|m| &m["payload"])
+            .collect();
+        assert_eq!(payloads, ["0123", "abcd"], "{}", r.text);
+        let r = api.post(&path, get(1.into(), 100.into())).await;
+        assert_eq!(r.json.as_array().map(Vec::len), Some(1), "{}", r.text);
+        let r = api.post(&path, get("two".into(), Value::Null)).await;
+        assert_eq!(r.status, 400, "{}", r.text);
+        assert_eq!(r.json["reason"], serde_json::json!(["not_integer", "two"]));
+        let r = api.post(&path, get(1.into(), "abc".into())).await;
+        assert_eq!(r.status, 400, "{}", r.text);
+        assert_eq!(r.json["reason"], serde_json::json!(["not_integer", "abc"]));
+
+        for path in [
+            format!("/api/queues/%2f/{q}"),
+            format!("/api/exchanges/%2f/{x}"),
+            format!("/api/users/{user}"),
+            format!("/api/vhosts/{vhost}"),
+        ] {
+            let r = api.delete(&path).await;
+            assert_eq!(r.status, 204, "{path}: {}", r.text);
+        }
         broker.stop().await;
     })
     .await;

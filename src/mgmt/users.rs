@@ -80,7 +80,6 @@ pub async fn user(
 }
 
 #[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct UserBody {
     #[serde(default)]
     pub password: Option<String>,
@@ -90,12 +89,6 @@ pub struct UserBody {
     pub hashing_algorithm: Option<String>,
     #[serde(default, deserialize_with = "tags")]
     pub tags: Vec<String>,
-    #[serde(default)]
-    #[allow(dead_code)]
-    pub name: Option<Value>,
-    #[serde(default)]
-    #[allow(dead_code)]
-    pub limits: Option<Value>,
 }
 
 /// The record a PUT or an import describes: a clear password is hashed; a
@@ -166,7 +159,6 @@ pub async fn delete_user(
 }
 
 #[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
 struct BulkDelete {
     users: Vec<String>,
 }
@@ -234,27 +226,11 @@ pub async fn vhost(
 }
 
 #[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct VhostBody {
     #[serde(default)]
     pub description: String,
     #[serde(default, deserialize_with = "tags")]
     pub tags: Vec<String>,
-    #[serde(default)]
-    #[allow(dead_code)]
-    pub tracing: Option<Value>,
-    #[serde(default)]
-    #[allow(dead_code)]
-    pub default_queue_type: Option<Value>,
-    #[serde(default)]
-    #[allow(dead_code)]
-    pub name: Option<Value>,
-    #[serde(default)]
-    #[allow(dead_code)]
-    pub metadata: Option<Value>,
-    #[serde(default)]
-    #[allow(dead_code)]
-    pub limits: Option<Value>,
 }
 
 pub async fn put_vhost(
@@ -372,18 +348,10 @@ pub async fn permission(
 }
 
 #[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
 struct PermissionBody {
     configure: String,
     write: String,
     read: String,
-    // Accepted and ignored: the path names them.
-    #[serde(default)]
-    #[allow(dead_code)]
-    user: Option<Value>,
-    #[serde(default)]
-    #[allow(dead_code)]
-    vhost: Option<Value>,
 }
 
 /// Sets permissions after checking that the user and vhost exist and the
