@@ -147,6 +147,29 @@ impl Default for ServerConfig {
     }
 }
 
+impl ServerConfig {
+    /// `log_level` as a tracing filter. RabbitMQ's level names (`debug`,
+    /// `info`, `warning`, `error`, `critical`, `none`) and tracing's
+    /// (`trace`, `warn`, `off`); anything else is a start-up error, not a
+    /// filter that silently logs nothing.
+    pub fn log_filter(&self) -> Result<&'static str, ConfigError> {
+        Ok(match self.log_level.to_ascii_lowercase().as_str() {
+            "trace" => "trace",
+            "debug" => "debug",
+            "info" => "info",
+            "warning" | "warn" => "warn",
+            "error" | "critical" => "error",
+            "none" | "off" => "off",
+            _ => {
+                return Err(ConfigError::Invalid(format!(
+                    "server.log_level: unknown level '{}' (use debug, info, warning, error, critical or none)",
+                    self.log_level
+                )))
+            }
+        })
+    }
+}
+
 impl Default for LimitsConfig {
     fn default() -> Self {
         LimitsConfig {
@@ -249,6 +272,7 @@ impl Config {
     }
 
     pub fn validate(&self) -> Result<(), ConfigError> {
+        self.server.log_filter()?;
         if self.limits.frame_max < 4096 {
             return Err(ConfigError::Invalid(format!(
                 "limits.frame_max must be at least 4096, got {}",
@@ -280,6 +304,21 @@ mod tests {
         let file = Config::embedded();
         let code = Config::default();
         assert_eq!(format!("{file:?}"), format!("{code:?}"));
+    }
+
+    #[test]
+    fn log_level_takes_rabbitmq_and_tracing_names() {
+        let level = |l: &str| {
+            let mut c = Config::default();
+            c.server.log_level = l.into();
+            c.validate().map(|()| c.server.log_filter().unwrap())
+        };
+        assert_eq!(level("warning").unwrap(), "warn");
+        assert_eq!(level("critical").unwrap(), "error");
+        assert_eq!(level("none").unwrap(), "off");
+        assert_eq!(level("DEBUG").unwrap(), "debug");
+        let err = level("verbose").unwrap_err().to_string();
+        assert!(err.contains("unknown level 'verbose'"), "{err}");
     }
 
     #[test]

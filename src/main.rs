@@ -77,8 +77,15 @@ fn serve(args: ServeArgs) -> ExitCode {
     if let Some(mgmt) = args.mgmt_listen {
         config.server.mgmt_listen = mgmt;
     }
+    let level = match config.server.log_filter() {
+        Ok(level) => level,
+        Err(e) => {
+            eprintln!("leveret: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(&config.server.log_level));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)

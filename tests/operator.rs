@@ -1,8 +1,9 @@
 //! What operators and client libraries moving from RabbitMQ meet (issue 17):
-//! the three AMQP deviations client test suites found (part 8) and
-//! RabbitMQ's own rabbitmqadmin driving the management API (part 4).
+//! the three AMQP deviations client test suites found (part 8),
+//! RabbitMQ's own rabbitmqadmin driving the management API (part 4), and
+//! the broker's log (part 6, Leveret only: its binary as a child process).
 //!
-//! Every test here passes against RabbitMQ 3.10 too
+//! Every AMQP and API test here passes against RabbitMQ 3.10 too
 //! (`LEVERET_TEST_URI=amqp://guest:guest@127.0.0.1:5672/%2f`, and
 //! `LEVERET_TEST_MGMT=127.0.0.1:15672` for the API). AMQP frames are
 //! written by hand (tests/common/raw.rs) so that what crosses on the wire,
@@ -12,6 +13,7 @@ mod common;
 
 use amq_protocol::protocol::exchange;
 use common::http::Api;
+use common::process::{BrokerProcess, TempDir};
 use common::raw::*;
 use common::{against_other_broker, unique, TestBroker};
 use serde_json::Value;
@@ -992,6 +994,280 @@ async fn api_reads_request_bodies_as_rabbitmq() {
             assert_eq!(r.status, 204, "{path}: {}", r.text);
         }
         broker.stop().await;
+    })
+    .await;
+}
+
+// ---------------------------------------------------------------- logs
+
+/// Waits up to ten seconds for a log line containing every one of `parts`.
+fn log_line(broker: &BrokerProcess, parts: &[&str]) -> String {
+    broker
+        .wait_for_log(Duration::from_secs(10), |l| {
+            parts.iter().all(|p| l.contains(p))
+        })
+        .unwrap_or_else(|| panic!("no log line with {parts:?}; log:\n{}", broker.stderr()))
+}
+
+/// Connections are logged opened and closed with RabbitMQ's name for them
+/// (peer -> local, then the client-provided name), their user and vhost;
+/// channel errors at warning with all of that and RabbitMQ's description;
+/// a refused login with its reason.
+#[tokio::test]
+async fn log_names_connections_channel_errors_and_refused_logins() {
+    if against_other_broker() {
+        return;
+    }
+    within(async {
+        let data = TempDir::new("operator-log");
+        let broker = BrokerProcess::start(data.path());
+        let conn_name = unique("op-log-conn");
+        let conn = lapin::Connection::connect(
+            &broker.uri(),
+            lapin::ConnectionProperties::default().with_connection_name(conn_name.clone().into()),
+        )
+        .await
+        .expect("connect");
+        let opened = log_line(&broker, &["connection opened", &conn_name]);
+        assert!(opened.contains(" INFO "), "{opened}");
+        assert!(opened.contains(&format!("- {conn_name}\"")), "{opened}");
+        assert!(opened.contains("user=\"guest\" vhost=\"/\""), "{opened}");
+        let at = opened.find("connection=\"").unwrap() + 12;
+        let logged_name = opened[at..].split('"').next().unwrap().to_string();
+        assert!(
+            logged_name.starts_with("127.0.0.1:") && logged_name.contains(&format!(" -> {} - ", broker.addr())),
+            "{opened}"
+        );
+
+        let channel = conn.create_channel().await.expect("channel.open");
+        let missing = unique("op-log-missing");
+        let declared = channel
+            .queue_declare(
+                missing.as_str().into(),
+                lapin::options::QueueDeclareOptions {
+                    passive: true,
+                    ..Default::default()
+                },
+                lapin::types::FieldTable::default(),
+            )
+            .await;
+        assert!(declared.is_err());
+        let error = log_line(&broker, &["channel error", &missing]);
+        assert!(error.contains(" WARN "), "{error}");
+        assert!(error.contains(&format!("connection={logged_name:?}")), "{error}");
+        assert!(error.contains("user=\"guest\" vhost=\"/\" channel=1"), "{error}");
+        assert!(
+            error.contains(&format!(
+                "operation queue.declare caused a channel exception not_found: no queue '{missing}' in vhost '/'"
+            )),
+            "{error}"
+        );
+
+        conn.close(200, "bye".into()).await.expect("connection.close");
+        let closed = log_line(&broker, &["connection closed", &conn_name]);
+        assert!(closed.contains(&format!("connection={logged_name:?}")), "{closed}");
+        assert!(closed.contains("user=\"guest\" vhost=\"/\""), "{closed}");
+
+        let addr = broker.addr().parse().unwrap();
+        for (user, password, why) in [
+            ("guest", "not-the-password", "wrong password"),
+            ("op-log-nobody", "x", "no such user"),
+        ] {
+            let (mut raw, _) = Raw::start(addr).await;
+            raw.start_ok("PLAIN", plain(user, password)).await;
+            let close = raw.expect_connection_close().await;
+            assert_eq!(close.reply_code, 403);
+            assert!(close.reply_text.as_str().contains("see the broker logfile"));
+            let refused = log_line(&broker, &["login refused", user]);
+            assert!(refused.contains(" WARN "), "{refused}");
+            assert!(
+                refused.contains(&format!(
+                    "PLAIN login refused: user '{user}' - invalid credentials ({why})"
+                )),
+                "{refused}"
+            );
+        }
+        drop(broker);
+    })
+    .await;
+}
+
+/// The leveret binary with `args` in `dir`, without RUST_LOG (so the
+/// configured level decides), its stderr collected; what
+/// tests/common/process.rs does not offer.
+struct Bare {
+    child: std::process::Child,
+    lines: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+}
+
+impl Bare {
+    fn launch(dir: &std::path::Path, args: &[&str]) -> Bare {
+        use std::io::BufRead;
+        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_leveret"))
+            .args(args)
+            .current_dir(dir)
+            .env_remove("RUST_LOG")
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("start leveret");
+        let stderr = child.stderr.take().unwrap();
+        let lines = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let sink = lines.clone();
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(stderr)
+                .lines()
+                .map_while(Result::ok)
+            {
+                sink.lock().unwrap().push(line);
+            }
+        });
+        Bare { child, lines }
+    }
+
+    fn log(&self) -> String {
+        self.lines.lock().unwrap().join("\n")
+    }
+
+    /// Waits up to ten seconds for a line containing `part`.
+    async fn wait_for(&self, part: &str) -> String {
+        for _ in 0..500 {
+            if let Some(l) = self.lines.lock().unwrap().iter().find(|l| l.contains(part)) {
+                return l.clone();
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        panic!("no log line with {part:?}; log:\n{}", self.log());
+    }
+
+    /// Waits up to ten seconds for the process to exit.
+    async fn wait_exit(&mut self) -> Option<std::process::ExitStatus> {
+        for _ in 0..500 {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                // Let the reader thread take the last lines.
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                return Some(status);
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        None
+    }
+}
+
+impl Drop for Bare {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A port free a moment ago, for a broker whose log will not say which
+/// port it took.
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// `log_level = "warning"`, RabbitMQ's spelling, logs warnings (a refused
+/// login) and nothing below them.
+#[tokio::test]
+async fn log_level_warning_as_rabbitmq_spells_it() {
+    if against_other_broker() {
+        return;
+    }
+    within(async {
+        let dir = TempDir::new("operator-log-warning");
+        std::fs::write(
+            dir.path().join("broker.toml"),
+            "[server]\nlog_level = \"warning\"\n",
+        )
+        .unwrap();
+        let port = free_port();
+        let listen = format!("127.0.0.1:{port}");
+        let broker = Bare::launch(
+            dir.path(),
+            &[
+                "serve",
+                "--config",
+                "broker.toml",
+                "--listen",
+                &listen,
+                "--mgmt-listen",
+                "127.0.0.1:0",
+                "--data-dir",
+                "data",
+            ],
+        );
+        let addr = listen.parse().unwrap();
+        let mut attempt = 0;
+        let (mut raw, _) = loop {
+            match tokio::net::TcpStream::connect(addr).await {
+                Ok(_) => break Raw::start(addr).await,
+                Err(_) if attempt < 200 => {
+                    attempt += 1;
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                Err(e) => panic!(
+                    "broker never listened on {listen}: {e}; log:\n{}",
+                    broker.log()
+                ),
+            }
+        };
+        raw.start_ok("PLAIN", plain("guest", "wrong")).await;
+        assert_eq!(raw.expect_connection_close().await.reply_code, 403);
+        let refused = broker.wait_for("login refused").await;
+        assert!(refused.contains(" WARN "), "{refused}");
+        let log = broker.log();
+        assert!(
+            !log.contains(" INFO "),
+            "info lines at level warning:\n{log}"
+        );
+    })
+    .await;
+}
+
+/// An unknown log level stops the start with a clear error, instead of a
+/// broker that silently logs nothing.
+#[tokio::test]
+async fn unknown_log_level_stops_the_start() {
+    if against_other_broker() {
+        return;
+    }
+    within(async {
+        let dir = TempDir::new("operator-log-unknown");
+        std::fs::write(
+            dir.path().join("broker.toml"),
+            "[server]\nlog_level = \"verbose\"\n",
+        )
+        .unwrap();
+        let mut broker = Bare::launch(
+            dir.path(),
+            &[
+                "serve",
+                "--config",
+                "broker.toml",
+                "--listen",
+                "127.0.0.1:0",
+                "--mgmt-listen",
+                "127.0.0.1:0",
+                "--data-dir",
+                "data",
+            ],
+        );
+        let status = broker.wait_exit().await;
+        let log = broker.log();
+        assert!(
+            status.is_some_and(|s| !s.success()),
+            "leveret did not fail to start ({status:?}); log:\n{log}"
+        );
+        assert!(
+            log.contains("server.log_level: unknown level 'verbose'"),
+            "{log}"
+        );
     })
     .await;
 }

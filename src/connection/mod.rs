@@ -86,6 +86,7 @@ pub async fn serve_stream<R, W>(
         },
         id: broker.next_id(),
         peer,
+        name: format!("{peer} -> {local}"),
         local,
         broker,
         outbox: outbox.clone(),
@@ -202,6 +203,9 @@ struct Connection<R> {
     peer: SocketAddr,
     /// The broker's end of the socket, for the connection's name.
     local: String,
+    /// The name logs use, as RabbitMQ's: `peer -> local`, then ` - ` and
+    /// the client-provided `connection_name` once start-ok brings it.
+    name: String,
     broker: Arc<Broker>,
     outbox: Arc<Outbox>,
     heartbeat: Arc<Mutex<Option<Duration>>>,
@@ -232,13 +236,13 @@ impl<R: ClientRead> Connection<R> {
             Ok(Ok(Some(session))) => session,
             Ok(Ok(None)) => return,
             Ok(Err(err)) => {
-                warn!(peer = %self.peer, error = %err, "handshake failed");
+                warn!(connection = ?self.name, error = %err.log_text(), "handshake failed");
                 self.send_connection_close(&err);
                 self.await_close_ok().await;
                 return;
             }
             Err(_) => {
-                warn!(peer = %self.peer, "handshake timed out");
+                warn!(connection = ?self.name, "handshake timed out");
                 return;
             }
         };
@@ -264,8 +268,9 @@ impl<R: ClientRead> Connection<R> {
                 publishing: publishing.clone(),
             },
         );
-        info!(peer = %self.peer, user = %session.ctx.user, vhost = %session.ctx.vhost.name, "connection opened");
+        info!(connection = ?self.name, user = ?session.ctx.user, vhost = ?session.ctx.vhost.name, "connection opened");
         let mut open = OpenConnection {
+            name: self.name.clone(),
             ctx: session.ctx,
             channels: HashMap::default(),
             registry,
@@ -276,7 +281,7 @@ impl<R: ClientRead> Connection<R> {
         let reason = self.serve_frames(&mut open, close_rx).await;
         open.release();
         self.broker.connections.remove(&self.id);
-        info!(peer = %self.peer, reason, "connection closed");
+        info!(connection = ?self.name, user = ?open.ctx.user, vhost = ?open.ctx.vhost.name, reason, "connection closed");
     }
 
     /// Protocol header, start/start-ok, tune/tune-ok, open/open-ok.
@@ -293,7 +298,7 @@ impl<R: ClientRead> Connection<R> {
         }
         header.copy_from_slice(&self.reader.buf.split_to(8));
         if &header != PROTOCOL_HEADER {
-            debug!(peer = %self.peer, ?header, "bad protocol header");
+            debug!(connection = ?self.name, ?header, "bad protocol header");
             self.outbox
                 .push(|buf| buf.extend_from_slice(PROTOCOL_HEADER));
             return Ok(None);
@@ -317,6 +322,15 @@ impl<R: ClientRead> Connection<R> {
             }
             None => return Ok(None),
         };
+        if let Some(AMQPValue::LongString(given)) =
+            start_ok.client_properties.inner().get("connection_name")
+        {
+            self.name = format!(
+                "{} - {}",
+                self.name,
+                String::from_utf8_lossy(given.as_bytes())
+            );
+        }
         let cancel_notify =
             client_capability(&start_ok.client_properties, "consumer_cancel_notify");
         let mechanism = start_ok.mechanism.as_str();
@@ -330,14 +344,21 @@ impl<R: ClientRead> Connection<R> {
             .on_method(10, 11));
         };
         if self.broker.authenticate(&user, &password).is_none() {
-            warn!(peer = %self.peer, %user, "authentication failed");
+            // The client is told to see the log: say why, as RabbitMQ
+            // does, and which of the reasons it folds into one.
+            let why = match self.broker.access.user(&user) {
+                None => "no such user",
+                Some(_) if password.is_empty() => "empty password",
+                Some(_) => "wrong password",
+            };
+            warn!(connection = ?self.name, "{mechanism} login refused: user '{user}' - invalid credentials ({why})");
             return Err(AmqpError::access_refused(format_args!(
                 "Login was refused using authentication mechanism {mechanism}. For details see the broker logfile."
             ))
             .on_method(10, 11));
         }
         if self.broker.is_loopback_only(&user) && !auth::is_loopback(self.peer.ip()) {
-            warn!(peer = %self.peer, %user, "user may only connect via localhost");
+            warn!(connection = ?self.name, "{mechanism} login refused: user '{user}' can only connect via localhost (auth.loopback_users)");
             return Err(AmqpError::access_refused(format_args!(
                 "user '{user}' can only connect via localhost"
             ))
@@ -377,7 +398,7 @@ impl<R: ClientRead> Connection<R> {
         });
         if let Err(detail) = negotiated {
             // RabbitMQ closes the socket without a reply here.
-            warn!(peer = %self.peer, "failed to negotiate connection parameters: {detail}");
+            warn!(connection = ?self.name, "failed to negotiate connection parameters: {detail}");
             return Ok(None);
         }
         let (channel_max, frame_max) = (tune_ok.channel_max, tune_ok.frame_max);
@@ -402,7 +423,7 @@ impl<R: ClientRead> Connection<R> {
             .on_method(10, 40));
         };
         if self.broker.access.permission(&vhost.name, &user).is_none() {
-            warn!(peer = %self.peer, %user, vhost = %vhost.name, "no permissions on the vhost");
+            warn!(connection = ?self.name, user = ?user, vhost = ?vhost.name, "access to vhost refused: the user has no permissions on it");
             return Err(AmqpError::not_allowed(format_args!(
                 "access to vhost '{}' refused for user '{user}'",
                 vhost.name
@@ -452,7 +473,7 @@ impl<R: ClientRead> Connection<R> {
             if tuned {
                 return Err(err);
             }
-            warn!(peer = %self.peer, error = %err, "closing connection before tune-ok");
+            warn!(connection = ?self.name, error = %err.log_text(), "closing connection before tune-ok");
             Ok(None)
         };
         loop {
@@ -673,7 +694,7 @@ impl<R: ClientRead> Connection<R> {
                     }
                     Interrupt::HeartbeatDue => {
                         if open.frame_timeout.is_some() && last_read.elapsed() >= frame_timeout {
-                            warn!(peer = %self.peer, "missed heartbeats from client, closing connection");
+                            warn!(connection = ?self.name, user = ?open.ctx.user, vhost = ?open.ctx.vhost.name, "missed heartbeats from client, closing connection");
                             return "missed heartbeats";
                         }
                         interrupts.heartbeat_at(last_read + frame_timeout);
@@ -757,7 +778,7 @@ impl<R: ClientRead> Connection<R> {
     }
 
     async fn fail(&mut self, open: &mut OpenConnection, err: AmqpError) -> &'static str {
-        warn!(peer = %self.peer, error = %err, "closing connection on error");
+        warn!(connection = ?self.name, user = ?open.ctx.user, vhost = ?open.ctx.vhost.name, error = %err.log_text(), "connection error");
         open.release();
         self.send_connection_close(&err);
         self.await_close_ok().await;
@@ -785,6 +806,8 @@ enum FrameOutcome {
 
 /// A connection past its handshake: its channels and their context.
 struct OpenConnection {
+    /// The connection's name in logs (`Connection::name`).
+    name: String,
     ctx: ConnCtx,
     channels: HashMap<u16, Channel>,
     /// The same channels, as the management API sees them.
@@ -870,7 +893,9 @@ impl OpenConnection {
     /// A channel error: release the channel and send channel.close; the
     /// channel discards everything until the client's close-ok.
     fn close_channel(&mut self, id: u16, err: AmqpError) {
-        debug!(channel = id, error = %err, "closing channel on error");
+        // As RabbitMQ's "Channel error on connection …" (which it logs
+        // at error; a client's mistake is a warning here).
+        warn!(connection = ?self.name, user = ?self.ctx.user, vhost = ?self.ctx.vhost.name, channel = id, "channel error: {}", err.log_text());
         let Some(channel) = self.channels.get_mut(&id) else {
             return;
         };
