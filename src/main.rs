@@ -11,9 +11,14 @@ use tracing::{error, info};
     version,
     about = "A RabbitMQ-compatible AMQP 0-9-1 message broker"
 )]
+#[command(args_conflicts_with_subcommands = true)]
 struct Cli {
     #[command(subcommand)]
     command: Option<Command>,
+    /// Without a command, `serve`'s flags: `leveret --listen …` is
+    /// `leveret serve --listen …`.
+    #[command(flatten)]
+    serve: ServeArgs,
 }
 
 #[derive(Subcommand)]
@@ -46,7 +51,7 @@ struct ServeArgs {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    match cli.command.unwrap_or(Command::Serve(ServeArgs::default())) {
+    match cli.command.unwrap_or(Command::Serve(cli.serve)) {
         Command::DefaultConfig => {
             print!("{DEFAULT_CONFIG_TOML}");
             ExitCode::SUCCESS
@@ -76,6 +81,10 @@ fn serve(args: ServeArgs) -> ExitCode {
     }
     if let Some(mgmt) = args.mgmt_listen {
         config.server.mgmt_listen = mgmt;
+    }
+    // Every later message names the directory as it is on disk.
+    if let Ok(dir) = std::path::absolute(&config.server.data_dir) {
+        config.server.data_dir = dir;
     }
     let level = match config.server.log_filter() {
         Ok(level) => level,
@@ -108,6 +117,7 @@ fn serve(args: ServeArgs) -> ExitCode {
         let mgmt_listen = config.server.mgmt_listen.clone();
         let (recv_buffer, send_buffer) =
             (config.server.tcp_recv_buffer, config.server.tcp_send_buffer);
+        info!(data_dir = %config.server.data_dir.display(), "data directory");
         let broker = match leveret::Broker::open(config) {
             Ok(b) => b,
             Err(e) => {

@@ -1271,3 +1271,42 @@ async fn unknown_log_level_stops_the_start() {
     })
     .await;
 }
+
+// ------------------------------------------------------------ start-up
+
+/// `leveret --listen …` is `leveret serve --listen …`, and the data
+/// directory, given relative, is logged as the absolute path it is.
+#[tokio::test]
+async fn top_level_flags_serve_and_the_data_directory_is_logged_absolute() {
+    if against_other_broker() {
+        return;
+    }
+    within(async {
+        let dir = TempDir::new("operator-top-level");
+        let port = free_port();
+        let listen = format!("127.0.0.1:{port}");
+        let broker = Bare::launch(
+            dir.path(),
+            &[
+                "--listen",
+                &listen,
+                "--mgmt-listen",
+                "127.0.0.1:0",
+                "--data-dir",
+                "data",
+            ],
+        );
+        let ready = broker.wait_for("accepting AMQP").await;
+        assert!(ready.contains(&format!("addr={listen}")), "{ready}");
+        let absolute = dir.path().join("data");
+        let line = broker.wait_for("data directory").await;
+        assert!(
+            line.contains(&format!("data_dir={}", absolute.display())),
+            "{line}"
+        );
+        assert!(absolute.is_dir(), "the data directory was not made there");
+        let (mut raw, _) = Raw::open(listen.parse().unwrap()).await;
+        raw.close_connection().await;
+    })
+    .await;
+}
