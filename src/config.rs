@@ -98,6 +98,12 @@ pub struct ServerConfig {
     pub data_dir: PathBuf,
     pub mgmt_listen: String,
     pub log_level: String,
+    /// Log to this file instead of stderr; empty: stderr.
+    pub log_file: PathBuf,
+    pub log_rotation: LogRotation,
+    /// Rotated log files kept (0: all of them).
+    pub log_max_files: usize,
+    pub log_format: LogFormat,
     pub tcp_recv_buffer: u32,
     pub tcp_send_buffer: u32,
     /// How often queue rates and utilisation are sampled for the
@@ -140,11 +146,34 @@ impl Default for ServerConfig {
             data_dir: PathBuf::from("./data"),
             mgmt_listen: "127.0.0.1:15672".into(),
             log_level: "info".into(),
+            log_file: PathBuf::new(),
+            log_rotation: LogRotation::Daily,
+            log_max_files: 7,
+            log_format: LogFormat::Text,
             tcp_recv_buffer: 0,
             tcp_send_buffer: 0,
             collect_statistics_interval_ms: 5000,
         }
     }
+}
+
+/// When the log file starts a new file (named `FILE.YYYY-MM-DD`, or
+/// `FILE.YYYY-MM-DD-HH` hourly; `never` keeps writing `FILE`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogRotation {
+    Hourly,
+    Daily,
+    Never,
+}
+
+/// How log lines are written: text as on a terminal, or one JSON object
+/// per line for log collectors.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Text,
+    Json,
 }
 
 impl ServerConfig {

@@ -8,6 +8,7 @@ pub mod channel;
 pub mod config;
 pub mod connection;
 pub mod hash;
+pub mod logging;
 pub mod message;
 pub mod mgmt;
 pub mod server;

@@ -1,6 +1,5 @@
 use clap::{Args, Parser, Subcommand};
 use leveret::config::{Config, DEFAULT_CONFIG_TOML};
-use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use tracing::{error, info};
@@ -86,20 +85,13 @@ fn serve(args: ServeArgs) -> ExitCode {
     if let Ok(dir) = std::path::absolute(&config.server.data_dir) {
         config.server.data_dir = dir;
     }
-    let level = match config.server.log_filter() {
-        Ok(level) => level,
+    let _log = match leveret::logging::init(&config.server) {
+        Ok(guard) => guard,
         Err(e) => {
             eprintln!("leveret: {e}");
             return ExitCode::FAILURE;
         }
     };
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal())
-        .init();
 
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()

@@ -1172,6 +1172,20 @@ fn free_port() -> u16 {
         .port()
 }
 
+/// A raw connection to a `Bare` broker on `addr`, once it listens.
+async fn raw_when_listening(broker: &Bare, addr: std::net::SocketAddr) -> Raw {
+    for _ in 0..200 {
+        if tokio::net::TcpStream::connect(addr).await.is_ok() {
+            return Raw::start(addr).await.0;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!(
+        "the broker never listened on {addr}; log:\n{}",
+        broker.log()
+    );
+}
+
 /// `log_level = "warning"`, RabbitMQ's spelling, logs warnings (a refused
 /// login) and nothing below them.
 #[tokio::test]
@@ -1202,21 +1216,7 @@ async fn log_level_warning_as_rabbitmq_spells_it() {
                 "data",
             ],
         );
-        let addr = listen.parse().unwrap();
-        let mut attempt = 0;
-        let (mut raw, _) = loop {
-            match tokio::net::TcpStream::connect(addr).await {
-                Ok(_) => break Raw::start(addr).await,
-                Err(_) if attempt < 200 => {
-                    attempt += 1;
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                }
-                Err(e) => panic!(
-                    "broker never listened on {listen}: {e}; log:\n{}",
-                    broker.log()
-                ),
-            }
-        };
+        let mut raw = raw_when_listening(&broker, listen.parse().unwrap()).await;
         raw.start_ok("PLAIN", plain("guest", "wrong")).await;
         assert_eq!(raw.expect_connection_close().await.reply_code, 403);
         let refused = broker.wait_for("login refused").await;
@@ -1228,6 +1228,113 @@ async fn log_level_warning_as_rabbitmq_spells_it() {
         );
     })
     .await;
+}
+
+/// `log_file`: the log goes to a file rotated daily, here as JSON lines;
+/// old rotated files beyond `log_max_files` are removed at start, other
+/// files in the directory are left alone.
+#[tokio::test]
+async fn log_file_rotated_daily_as_json_lines() {
+    if against_other_broker() {
+        return;
+    }
+    within(async {
+        let dir = TempDir::new("operator-log-file");
+        let logs = dir.path().join("logs");
+        std::fs::create_dir_all(&logs).unwrap();
+        for old in [
+            "leveret.log.2020-01-01",
+            "leveret.log.2020-01-02",
+            "notes.txt",
+        ] {
+            std::fs::write(logs.join(old), "old\n").unwrap();
+        }
+        std::fs::write(
+            dir.path().join("broker.toml"),
+            "[server]\nlog_file = \"logs/leveret.log\"\nlog_format = \"json\"\nlog_max_files = 2\n",
+        )
+        .unwrap();
+        let listen = format!("127.0.0.1:{}", free_port());
+        let broker = Bare::launch(
+            dir.path(),
+            &[
+                "--config",
+                "broker.toml",
+                "--listen",
+                &listen,
+                "--mgmt-listen",
+                "127.0.0.1:0",
+                "--data-dir",
+                "data",
+            ],
+        );
+        let mut raw = raw_when_listening(&broker, listen.parse().unwrap()).await;
+        raw.start_ok("PLAIN", plain("guest", "wrong")).await;
+        assert_eq!(raw.expect_connection_close().await.reply_code, 403);
+
+        let today = format!("leveret.log.{}", utc_date_now());
+        let mut refused = None;
+        for _ in 0..250 {
+            let text = std::fs::read_to_string(logs.join(&today)).unwrap_or_default();
+            refused = text
+                .lines()
+                .find(|l| l.contains("login refused"))
+                .map(str::to_string);
+            if refused.is_some() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let line = refused.unwrap_or_else(|| {
+            panic!(
+                "no login refused line in logs/{today}; stderr:\n{}",
+                broker.log()
+            )
+        });
+        let json: Value = serde_json::from_str(&line).expect("a JSON log line");
+        assert_eq!(json["level"], "WARN", "{line}");
+        assert!(
+            json["fields"]["message"].as_str().is_some_and(
+                |m| m.contains("PLAIN login refused: user 'guest' - invalid credentials")
+            ),
+            "{line}"
+        );
+        let mut files: Vec<String> = std::fs::read_dir(&logs)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        files.sort();
+        assert_eq!(files.len(), 3, "{files:?}");
+        assert!(
+            files.contains(&today) && files.contains(&"notes.txt".to_string()),
+            "{files:?}"
+        );
+        assert!(
+            !broker.log().contains(" INFO "),
+            "the log went to stderr too"
+        );
+    })
+    .await;
+}
+
+/// Today's date in UTC, `YYYY-MM-DD` (the daily log file's suffix).
+fn utc_date_now() -> String {
+    let days = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+        / 86_400;
+    // Howard Hinnant's civil_from_days.
+    let z = days as i64 + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!("{year:04}-{month:02}-{day:02}")
 }
 
 /// An unknown log level stops the start with a clear error, instead of a
