@@ -1063,12 +1063,45 @@ async fn log_names_connections_channel_errors_and_refused_logins() {
             "{error}"
         );
 
+        // A name with a newline cannot forge a log line.
+        let forged = format!("{missing}\nWARN forged");
+        let channel = conn.create_channel().await.expect("channel.open");
+        let declared = channel
+            .queue_declare(
+                forged.as_str().into(),
+                lapin::options::QueueDeclareOptions {
+                    passive: true,
+                    ..Default::default()
+                },
+                lapin::types::FieldTable::default(),
+            )
+            .await;
+        assert!(declared.is_err());
+        log_line(&broker, &[&format!("{missing}\\nWARN forged")]);
+        assert!(
+            !broker.log_lines().iter().any(|l| l.starts_with("WARN forged")),
+            "{}",
+            broker.stderr()
+        );
+
         conn.close(200, "bye".into()).await.expect("connection.close");
         let closed = log_line(&broker, &["connection closed", &conn_name]);
         assert!(closed.contains(&format!("connection={logged_name:?}")), "{closed}");
         assert!(closed.contains("user=\"guest\" vhost=\"/\""), "{closed}");
 
         let addr = broker.addr().parse().unwrap();
+        // A client that goes without connection.close: a warning, as in
+        // RabbitMQ's log.
+        let (raw, _) = Raw::open(addr).await;
+        let local = raw.stream.local_addr().unwrap().to_string();
+        drop(raw);
+        let dropped = log_line(&broker, &["connection closed", &format!("{local} ->")]);
+        assert!(dropped.contains(" WARN "), "{dropped}");
+        assert!(
+            dropped.contains("reason=\"client unexpectedly closed TCP connection\""),
+            "{dropped}"
+        );
+
         for (user, password, why) in [
             ("guest", "not-the-password", "wrong password"),
             ("op-log-nobody", "x", "no such user"),

@@ -9,7 +9,7 @@ use crate::broker::queue::Queue;
 use crate::broker::{Broker, ChannelRegistry, ConnectionHandle, PublishingState};
 use crate::channel::shared::ChannelShared;
 use crate::channel::{Channel, ConnCtx, Outcome};
-use crate::error::{AmqpError, ReplyCode};
+use crate::error::{loggable, AmqpError, ReplyCode};
 use crate::hash::HashMap;
 use crate::protocol::frame::{decode_frame, Frame, FrameType, FRAME_MIN_SIZE};
 use crate::protocol::method::{decode_method, method_ids, Method};
@@ -29,6 +29,9 @@ use tokio::net::TcpStream;
 use tokio::sync::watch;
 use tracing::{debug, info, warn};
 
+/// Why a connection ended when the client went without connection.close:
+/// RabbitMQ's words, and a warning as in its log.
+const CLOSED_ABRUPTLY: &str = "client unexpectedly closed TCP connection";
 /// How long to wait for close-ok after sending connection.close.
 const CLOSE_OK_TIMEOUT: Duration = Duration::from_secs(3);
 /// How often a heartbeat timer of a connection without heartbeats (reader
@@ -236,7 +239,12 @@ impl<R: ClientRead> Connection<R> {
             Ok(Ok(Some(session))) => session,
             Ok(Ok(None)) => return,
             Ok(Err(err)) => {
-                warn!(connection = ?self.name, error = %err.log_text(), "handshake failed");
+                // A refused login was logged where it was refused, with why.
+                let login_refused = err.code == ReplyCode::AccessRefused
+                    && (err.class_id, err.method_id) == (10, 11);
+                if !login_refused {
+                    warn!(connection = ?self.name, error = %err.log_text(), "handshake failed");
+                }
                 self.send_connection_close(&err);
                 self.await_close_ok().await;
                 return;
@@ -281,7 +289,11 @@ impl<R: ClientRead> Connection<R> {
         let reason = self.serve_frames(&mut open, close_rx).await;
         open.release();
         self.broker.connections.remove(&self.id);
-        info!(connection = ?self.name, user = ?open.ctx.user, vhost = ?open.ctx.vhost.name, reason, "connection closed");
+        if reason == CLOSED_ABRUPTLY {
+            warn!(connection = ?self.name, user = ?open.ctx.user, vhost = ?open.ctx.vhost.name, reason, "connection closed");
+        } else {
+            info!(connection = ?self.name, user = ?open.ctx.user, vhost = ?open.ctx.vhost.name, reason, "connection closed");
+        }
     }
 
     /// Protocol header, start/start-ok, tune/tune-ok, open/open-ok.
@@ -337,8 +349,10 @@ impl<R: ClientRead> Connection<R> {
         let Some((user, password)) = auth::credentials(mechanism, start_ok.response.as_bytes())
         else {
             return Err(if mechanism == "PLAIN" || mechanism == "AMQPLAIN" {
+                warn!(connection = ?self.name, "{} login refused: the response does not hold a user name and password", loggable(mechanism));
                 AmqpError::access_refused(format_args!("Login was refused using authentication mechanism {mechanism}. For details see the broker logfile."))
             } else {
+                warn!(connection = ?self.name, "login refused: unsupported authentication mechanism '{}'", loggable(mechanism));
                 AmqpError::access_refused(format_args!("unsupported authentication mechanism '{mechanism}'"))
             }
             .on_method(10, 11));
@@ -351,14 +365,14 @@ impl<R: ClientRead> Connection<R> {
                 Some(_) if password.is_empty() => "empty password",
                 Some(_) => "wrong password",
             };
-            warn!(connection = ?self.name, "{mechanism} login refused: user '{user}' - invalid credentials ({why})");
+            warn!(connection = ?self.name, "{mechanism} login refused: user '{}' - invalid credentials ({why})", loggable(&user));
             return Err(AmqpError::access_refused(format_args!(
                 "Login was refused using authentication mechanism {mechanism}. For details see the broker logfile."
             ))
             .on_method(10, 11));
         }
         if self.broker.is_loopback_only(&user) && !auth::is_loopback(self.peer.ip()) {
-            warn!(connection = ?self.name, "{mechanism} login refused: user '{user}' can only connect via localhost (auth.loopback_users)");
+            warn!(connection = ?self.name, "{mechanism} login refused: user '{}' can only connect via localhost (auth.loopback_users)", loggable(&user));
             return Err(AmqpError::access_refused(format_args!(
                 "user '{user}' can only connect via localhost"
             ))
@@ -599,7 +613,7 @@ impl<R: ClientRead> Connection<R> {
                     Ok(Some(frame)) => frame,
                     Ok(None) => break,
                     Err(ReadError::Protocol(err)) => return self.fail(open, err).await,
-                    Err(_) => return "closed",
+                    Err(_) => return CLOSED_ABRUPTLY,
                 };
                 // A frame costs the task budget like a read does, so a
                 // publisher whose socket always has more to read yields to
@@ -703,7 +717,7 @@ impl<R: ClientRead> Connection<R> {
                 },
                 r = self.reader.fill(None) => match r {
                     Ok(()) => last_read = tokio::time::Instant::now(),
-                    Err(_) => return "client disconnected",
+                    Err(_) => return CLOSED_ABRUPTLY,
                 },
             }
         }
@@ -739,7 +753,7 @@ impl<R: ClientRead> Connection<R> {
             }
             // What it holds (a transaction, a body) is given back now, not
             // when the wait ends: the wait may be for that memory.
-            () = self.reader.peer_closed() => return Err("client disconnected"),
+            () = self.reader.peer_closed() => return Err(CLOSED_ABRUPTLY),
             reason = interrupts::ended(self.shutdown.clone(), close_rx.clone()) => reason,
         };
         let err = AmqpError::new(ReplyCode::ConnectionForced, reason);

@@ -133,23 +133,44 @@ impl AmqpError {
 impl AmqpError {
     /// The error as RabbitMQ logs it (`format_soft_error` / `format_hard_error`):
     /// `operation queue.declare caused a channel exception not_found: no
-    /// queue 'q' in vhost '/'`.
+    /// queue 'q' in vhost '/'`. Control characters (a client's names may
+    /// hold a newline, which would forge a log line) are escaped.
     pub fn log_text(&self) -> String {
         let detail = self
             .text
             .split_once(" - ")
             .map_or(self.text.as_str(), |(_, d)| d);
-        let scope = if self.is_connection_error() {
+        // Errors of connection.* methods close the connection whatever
+        // their code (a refused login is 403).
+        let scope = if self.is_connection_error() || self.class_id == 10 {
             "connection"
         } else {
             "channel"
         };
         format!(
-            "operation {} caused a {scope} exception {}: {detail}",
+            "operation {} caused a {scope} exception {}: {}",
             method_name(self.class_id, self.method_id),
             self.code.name().to_ascii_lowercase(),
+            loggable(detail),
         )
     }
+}
+
+/// `s` for a log line: control characters escaped (`\n`), the rest as it is.
+pub fn loggable(s: &str) -> std::borrow::Cow<'_, str> {
+    if !s.chars().any(char::is_control) {
+        return std::borrow::Cow::Borrowed(s);
+    }
+    s.chars()
+        .map(|c| {
+            if c.is_control() {
+                c.escape_default().to_string()
+            } else {
+                c.to_string()
+            }
+        })
+        .collect::<String>()
+        .into()
 }
 
 /// AMQP 0-9-1's name for a method, `queue.declare`; `none` for no method
@@ -252,6 +273,8 @@ mod tests {
             e.log_text(),
             "operation queue.declare caused a channel exception not_found: no queue 'q' in vhost '/'"
         );
+        let e = AmqpError::new(ReplyCode::NotFound, "no queue 'a\nWARN forged'").on_method(50, 10);
+        assert!(e.log_text().ends_with("no queue 'a\\nWARN forged'"));
         let e = AmqpError::new(ReplyCode::FrameError, "bad frame");
         assert_eq!(
             e.log_text(),
