@@ -98,6 +98,12 @@ pub struct ServerConfig {
     pub data_dir: PathBuf,
     pub mgmt_listen: String,
     pub log_level: String,
+    /// Log to this file instead of stderr; empty: stderr.
+    pub log_file: PathBuf,
+    pub log_rotation: LogRotation,
+    /// Rotated log files kept (0: all of them).
+    pub log_max_files: usize,
+    pub log_format: LogFormat,
     pub tcp_recv_buffer: u32,
     pub tcp_send_buffer: u32,
     /// How often queue rates and utilisation are sampled for the
@@ -140,10 +146,56 @@ impl Default for ServerConfig {
             data_dir: PathBuf::from("./data"),
             mgmt_listen: "127.0.0.1:15672".into(),
             log_level: "info".into(),
+            log_file: PathBuf::new(),
+            log_rotation: LogRotation::Daily,
+            log_max_files: 7,
+            log_format: LogFormat::Text,
             tcp_recv_buffer: 0,
             tcp_send_buffer: 0,
             collect_statistics_interval_ms: 5000,
         }
+    }
+}
+
+/// When the log file starts a new file (named `FILE.YYYY-MM-DD`, or
+/// `FILE.YYYY-MM-DD-HH` hourly; `never` keeps writing `FILE`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogRotation {
+    Hourly,
+    Daily,
+    Never,
+}
+
+/// How log lines are written: text as on a terminal, or one JSON object
+/// per line for log collectors.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+impl ServerConfig {
+    /// `log_level` as a tracing filter. RabbitMQ's level names (`debug`,
+    /// `info`, `warning`, `error`, `critical`, `none`) and tracing's
+    /// (`trace`, `warn`, `off`); anything else is a start-up error, not a
+    /// filter that silently logs nothing.
+    pub fn log_filter(&self) -> Result<&'static str, ConfigError> {
+        Ok(match self.log_level.to_ascii_lowercase().as_str() {
+            "trace" => "trace",
+            "debug" => "debug",
+            "info" => "info",
+            "warning" | "warn" => "warn",
+            "error" | "critical" => "error",
+            "none" | "off" => "off",
+            _ => {
+                return Err(ConfigError::Invalid(format!(
+                    "server.log_level: unknown level '{}' (use debug, info, warning, error, critical or none)",
+                    self.log_level
+                )))
+            }
+        })
     }
 }
 
@@ -249,6 +301,7 @@ impl Config {
     }
 
     pub fn validate(&self) -> Result<(), ConfigError> {
+        self.server.log_filter()?;
         if self.limits.frame_max < 4096 {
             return Err(ConfigError::Invalid(format!(
                 "limits.frame_max must be at least 4096, got {}",
@@ -280,6 +333,21 @@ mod tests {
         let file = Config::embedded();
         let code = Config::default();
         assert_eq!(format!("{file:?}"), format!("{code:?}"));
+    }
+
+    #[test]
+    fn log_level_takes_rabbitmq_and_tracing_names() {
+        let level = |l: &str| {
+            let mut c = Config::default();
+            c.server.log_level = l.into();
+            c.validate().map(|()| c.server.log_filter().unwrap())
+        };
+        assert_eq!(level("warning").unwrap(), "warn");
+        assert_eq!(level("critical").unwrap(), "error");
+        assert_eq!(level("none").unwrap(), "off");
+        assert_eq!(level("DEBUG").unwrap(), "debug");
+        let err = level("verbose").unwrap_err().to_string();
+        assert!(err.contains("unknown level 'verbose'"), "{err}");
     }
 
     #[test]

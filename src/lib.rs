@@ -14,6 +14,7 @@ mod channel;
 pub mod config;
 mod connection;
 mod hash;
+mod logging;
 mod message;
 mod mgmt;
 mod server;
@@ -25,6 +26,7 @@ pub use leveret_protocol::error;
 
 pub use broker::Broker;
 pub use config::Config;
+pub use logging::init as init_logging;
 pub use server::{bind_amqp, bind_mgmt, run, serve, Place, ServeError};
 
 /// What the damage and disk-full tests open or measure directly.

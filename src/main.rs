@@ -1,6 +1,5 @@
 use clap::{Args, Parser, Subcommand};
 use leveret::config::{Config, DEFAULT_CONFIG_TOML};
-use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use tracing::{error, info};
@@ -11,9 +10,14 @@ use tracing::{error, info};
     version,
     about = "A RabbitMQ-compatible AMQP 0-9-1 message broker"
 )]
+#[command(args_conflicts_with_subcommands = true)]
 struct Cli {
     #[command(subcommand)]
     command: Option<Command>,
+    /// Without a command, `serve`'s flags: `leveret --listen …` is
+    /// `leveret serve --listen …`.
+    #[command(flatten)]
+    serve: ServeArgs,
 }
 
 #[derive(Subcommand)]
@@ -46,7 +50,7 @@ struct ServeArgs {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    match cli.command.unwrap_or(Command::Serve(ServeArgs::default())) {
+    match cli.command.unwrap_or(Command::Serve(cli.serve)) {
         Command::DefaultConfig => {
             print!("{DEFAULT_CONFIG_TOML}");
             ExitCode::SUCCESS
@@ -77,13 +81,17 @@ fn serve(args: ServeArgs) -> ExitCode {
     if let Some(mgmt) = args.mgmt_listen {
         config.server.mgmt_listen = mgmt;
     }
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(&config.server.log_level));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal())
-        .init();
+    // Every later message names the directory as it is on disk.
+    if let Ok(dir) = std::path::absolute(&config.server.data_dir) {
+        config.server.data_dir = dir;
+    }
+    let _log = match leveret::init_logging(&config.server) {
+        Ok(guard) => guard,
+        Err(e) => {
+            eprintln!("leveret: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
 
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -101,6 +109,7 @@ fn serve(args: ServeArgs) -> ExitCode {
         let mgmt_listen = config.server.mgmt_listen.clone();
         let (recv_buffer, send_buffer) =
             (config.server.tcp_recv_buffer, config.server.tcp_send_buffer);
+        info!(data_dir = %config.server.data_dir.display(), "data directory");
         let broker = match leveret::Broker::open(config) {
             Ok(b) => b,
             Err(e) => {

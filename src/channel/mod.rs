@@ -140,10 +140,22 @@ impl ConnCtx {
     /// Without a reply (nowait) the connection still waits, so a client
     /// cannot queue writes faster than the disk takes them.
     pub(crate) fn reply_when_durable(&mut self, channel: &ChannelShared, reply: Option<AMQPClass>) {
+        self.reply_when_durable_then(channel, reply, |_| {});
+    }
+
+    /// `reply_when_durable`, then `after` on the channel once the reply
+    /// is out (or would have been, with nowait).
+    pub(crate) fn reply_when_durable_then(
+        &mut self,
+        channel: &ChannelShared,
+        reply: Option<AMQPClass>,
+        after: fn(&ChannelShared),
+    ) {
         let Some(durable) = self.broker.store.meta_durable_since(self.meta_mark) else {
             if let Some(reply) = reply {
                 channel.send(reply);
             }
+            after(channel);
             return;
         };
         let (class_id, method_id) = self.method;
@@ -157,6 +169,7 @@ impl ConnCtx {
                 if let Some(reply) = reply {
                     channel.shared.send(reply);
                 }
+                after(&channel.shared);
                 Ok(())
             }) as Resume
         });

@@ -83,6 +83,9 @@ struct DeliveryState {
     consumer_unacked: u32,
     closed: bool,
     consumers: HashMap<String, Arc<Consumer>>,
+    /// basic.cancel notifications kept back until the method that caused
+    /// them has its reply out (see `hold_cancels`).
+    held_cancels: Option<Vec<Arc<Consumer>>>,
 }
 
 impl ChannelShared {
@@ -105,6 +108,7 @@ impl ChannelShared {
                 consumer_unacked: 0,
                 closed: false,
                 consumers: HashMap::default(),
+                held_cancels: None,
             }),
             confirms: Mutex::new(Confirms::default()),
             mode: AtomicU8::new(Mode::Plain as u8),
@@ -447,12 +451,39 @@ impl ChannelShared {
 
     /// The queue deleted itself: forget the consumer and tell the client.
     pub(crate) fn cancel_by_broker(&self, consumer: &Arc<Consumer>) {
-        let removed = self.state.lock().consumers.remove(&consumer.tag).is_some();
-        if removed && self.cancel_notify {
-            self.send(AMQPClass::Basic(basic::AMQPMethod::Cancel(basic::Cancel {
-                consumer_tag: consumer.tag.as_str().into(),
-                nowait: true,
-            })));
+        let mut st = self.state.lock();
+        let removed = st.consumers.remove(&consumer.tag).is_some();
+        if !removed || !self.cancel_notify {
+            return;
+        }
+        if let Some(held) = &mut st.held_cancels {
+            held.push(consumer.clone());
+            return;
+        }
+        drop(st);
+        self.send_cancel(consumer);
+    }
+
+    fn send_cancel(&self, consumer: &Consumer) {
+        self.send(AMQPClass::Basic(basic::AMQPMethod::Cancel(basic::Cancel {
+            consumer_tag: consumer.tag.as_str().into(),
+            nowait: true,
+        })));
+    }
+
+    /// Keeps the basic.cancel of consumers a queue cancels back until
+    /// `release_cancels`: queue.delete on the channel that consumes from
+    /// the queue answers delete-ok first, as RabbitMQ (whose channel
+    /// hears of the cancel only after its reply).
+    pub(crate) fn hold_cancels(&self) {
+        self.state.lock().held_cancels.get_or_insert_with(Vec::new);
+    }
+
+    /// Sends the basic.cancel notifications held since `hold_cancels`.
+    pub(crate) fn release_cancels(&self) {
+        let held = self.state.lock().held_cancels.take();
+        for consumer in held.into_iter().flatten() {
+            self.send_cancel(&consumer);
         }
     }
 

@@ -1,7 +1,7 @@
 //! exchange.* and queue.* methods.
 
 use super::basic::random_name;
-use super::{Channel, ConnCtx};
+use super::{Channel, ChannelShared, ConnCtx};
 use crate::broker::ops::topology::{self, Bind, BindTo};
 use crate::broker::vhost::{ExchangeDeclare, QueueDeclare};
 use crate::error::AmqpError;
@@ -217,8 +217,12 @@ impl Channel {
                 let name = self.queue_name(d.queue.as_str())?;
                 let owner = Some(ctx.id);
                 let (mut gate, vhost) = ctx.gate();
+                // This channel's own consumers hear of the deletion after
+                // delete-ok (RabbitMQ's order).
+                self.shared.hold_cancels();
                 let deleted =
-                    topology::delete_queue(&mut gate, vhost, name, d.if_unused, d.if_empty, owner)?;
+                    topology::delete_queue(&mut gate, vhost, name, d.if_unused, d.if_empty, owner);
+                let deleted = deleted.inspect_err(|_| self.shared.release_cancels())?;
                 let count = match deleted {
                     Some((queue, count)) => {
                         ctx.exclusive_queues
@@ -227,14 +231,17 @@ impl Channel {
                     }
                     None => 0,
                 };
-                if !d.nowait {
-                    ctx.reply_when_durable(
+                if d.nowait {
+                    self.shared.release_cancels();
+                } else {
+                    ctx.reply_when_durable_then(
                         &self.shared,
                         Some(AMQPClass::Queue(queue::AMQPMethod::DeleteOk(
                             queue::DeleteOk {
                                 message_count: count as u32,
                             },
                         ))),
+                        ChannelShared::release_cancels,
                     );
                 }
             }

@@ -9,7 +9,7 @@ use crate::broker::queue::Queue;
 use crate::broker::{Broker, ChannelRegistry, ConnectionHandle, PublishingState};
 use crate::channel::shared::ChannelShared;
 use crate::channel::{Channel, ConnCtx, Outcome};
-use crate::error::{AmqpError, ReplyCode};
+use crate::error::{loggable, AmqpError, ReplyCode};
 use crate::hash::HashMap;
 use crate::protocol::frame::{decode_frame, Frame, FrameType, FRAME_MIN_SIZE};
 use crate::protocol::method::{decode_method, method_ids, Method};
@@ -29,6 +29,9 @@ use tokio::net::TcpStream;
 use tokio::sync::watch;
 use tracing::{debug, info, warn};
 
+/// Why a connection ended when the client went without connection.close:
+/// RabbitMQ's words, and a warning as in its log.
+const CLOSED_ABRUPTLY: &str = "client unexpectedly closed TCP connection";
 /// How long to wait for close-ok after sending connection.close.
 const CLOSE_OK_TIMEOUT: Duration = Duration::from_secs(3);
 /// How often a heartbeat timer of a connection without heartbeats (reader
@@ -86,6 +89,7 @@ pub async fn serve_stream<R, W>(
         },
         id: broker.next_id(),
         peer,
+        name: format!("{peer} -> {local}"),
         local,
         broker,
         outbox: outbox.clone(),
@@ -202,6 +206,9 @@ struct Connection<R> {
     peer: SocketAddr,
     /// The broker's end of the socket, for the connection's name.
     local: String,
+    /// The name logs use, as RabbitMQ's: `peer -> local`, then ` - ` and
+    /// the client-provided `connection_name` once start-ok brings it.
+    name: String,
     broker: Arc<Broker>,
     outbox: Arc<Outbox>,
     heartbeat: Arc<Mutex<Option<Duration>>>,
@@ -232,13 +239,18 @@ impl<R: ClientRead> Connection<R> {
             Ok(Ok(Some(session))) => session,
             Ok(Ok(None)) => return,
             Ok(Err(err)) => {
-                warn!(peer = %self.peer, error = %err, "handshake failed");
+                // A refused login was logged where it was refused, with why.
+                let login_refused = err.code == ReplyCode::AccessRefused
+                    && (err.class_id, err.method_id) == (10, 11);
+                if !login_refused {
+                    warn!(connection = ?self.name, error = %err.log_text(), "handshake failed");
+                }
                 self.send_connection_close(&err);
                 self.await_close_ok().await;
                 return;
             }
             Err(_) => {
-                warn!(peer = %self.peer, "handshake timed out");
+                warn!(connection = ?self.name, "handshake timed out");
                 return;
             }
         };
@@ -264,8 +276,9 @@ impl<R: ClientRead> Connection<R> {
                 publishing: publishing.clone(),
             },
         );
-        info!(peer = %self.peer, user = %session.ctx.user, vhost = %session.ctx.vhost.name, "connection opened");
+        info!(connection = ?self.name, user = ?session.ctx.user, vhost = ?session.ctx.vhost.name, "connection opened");
         let mut open = OpenConnection {
+            name: self.name.clone(),
             ctx: session.ctx,
             channels: HashMap::default(),
             registry,
@@ -276,7 +289,11 @@ impl<R: ClientRead> Connection<R> {
         let reason = self.serve_frames(&mut open, close_rx).await;
         open.release();
         self.broker.connections.remove(&self.id);
-        info!(peer = %self.peer, reason, "connection closed");
+        if reason == CLOSED_ABRUPTLY {
+            warn!(connection = ?self.name, user = ?open.ctx.user, vhost = ?open.ctx.vhost.name, reason, "connection closed");
+        } else {
+            info!(connection = ?self.name, user = ?open.ctx.user, vhost = ?open.ctx.vhost.name, reason, "connection closed");
+        }
     }
 
     /// Protocol header, start/start-ok, tune/tune-ok, open/open-ok.
@@ -293,7 +310,7 @@ impl<R: ClientRead> Connection<R> {
         }
         header.copy_from_slice(&self.reader.buf.split_to(8));
         if &header != PROTOCOL_HEADER {
-            debug!(peer = %self.peer, ?header, "bad protocol header");
+            debug!(connection = ?self.name, ?header, "bad protocol header");
             self.outbox
                 .push(|buf| buf.extend_from_slice(PROTOCOL_HEADER));
             return Ok(None);
@@ -317,27 +334,45 @@ impl<R: ClientRead> Connection<R> {
             }
             None => return Ok(None),
         };
+        if let Some(AMQPValue::LongString(given)) =
+            start_ok.client_properties.inner().get("connection_name")
+        {
+            self.name = format!(
+                "{} - {}",
+                self.name,
+                String::from_utf8_lossy(given.as_bytes())
+            );
+        }
         let cancel_notify =
             client_capability(&start_ok.client_properties, "consumer_cancel_notify");
         let mechanism = start_ok.mechanism.as_str();
         let Some((user, password)) = auth::credentials(mechanism, start_ok.response.as_bytes())
         else {
             return Err(if mechanism == "PLAIN" || mechanism == "AMQPLAIN" {
+                warn!(connection = ?self.name, "{} login refused: the response does not hold a user name and password", loggable(mechanism));
                 AmqpError::access_refused(format_args!("Login was refused using authentication mechanism {mechanism}. For details see the broker logfile."))
             } else {
+                warn!(connection = ?self.name, "login refused: unsupported authentication mechanism '{}'", loggable(mechanism));
                 AmqpError::access_refused(format_args!("unsupported authentication mechanism '{mechanism}'"))
             }
             .on_method(10, 11));
         };
         if self.broker.authenticate(&user, &password).is_none() {
-            warn!(peer = %self.peer, %user, "authentication failed");
+            // The client is told to see the log: say why, as RabbitMQ
+            // does, and which of the reasons it folds into one.
+            let why = match self.broker.access.user(&user) {
+                None => "no such user",
+                Some(_) if password.is_empty() => "empty password",
+                Some(_) => "wrong password",
+            };
+            warn!(connection = ?self.name, "{mechanism} login refused: user '{}' - invalid credentials ({why})", loggable(&user));
             return Err(AmqpError::access_refused(format_args!(
                 "Login was refused using authentication mechanism {mechanism}. For details see the broker logfile."
             ))
             .on_method(10, 11));
         }
         if self.broker.is_loopback_only(&user) && !auth::is_loopback(self.peer.ip()) {
-            warn!(peer = %self.peer, %user, "user may only connect via localhost");
+            warn!(connection = ?self.name, "{mechanism} login refused: user '{}' can only connect via localhost (auth.loopback_users)", loggable(&user));
             return Err(AmqpError::access_refused(format_args!(
                 "user '{user}' can only connect via localhost"
             ))
@@ -377,7 +412,7 @@ impl<R: ClientRead> Connection<R> {
         });
         if let Err(detail) = negotiated {
             // RabbitMQ closes the socket without a reply here.
-            warn!(peer = %self.peer, "failed to negotiate connection parameters: {detail}");
+            warn!(connection = ?self.name, "failed to negotiate connection parameters: {detail}");
             return Ok(None);
         }
         let (channel_max, frame_max) = (tune_ok.channel_max, tune_ok.frame_max);
@@ -402,7 +437,7 @@ impl<R: ClientRead> Connection<R> {
             .on_method(10, 40));
         };
         if self.broker.access.permission(&vhost.name, &user).is_none() {
-            warn!(peer = %self.peer, %user, vhost = %vhost.name, "no permissions on the vhost");
+            warn!(connection = ?self.name, user = ?user, vhost = ?vhost.name, "access to vhost refused: the user has no permissions on it");
             return Err(AmqpError::not_allowed(format_args!(
                 "access to vhost '{}' refused for user '{user}'",
                 vhost.name
@@ -452,7 +487,7 @@ impl<R: ClientRead> Connection<R> {
             if tuned {
                 return Err(err);
             }
-            warn!(peer = %self.peer, error = %err, "closing connection before tune-ok");
+            warn!(connection = ?self.name, error = %err.log_text(), "closing connection before tune-ok");
             Ok(None)
         };
         loop {
@@ -578,7 +613,7 @@ impl<R: ClientRead> Connection<R> {
                     Ok(Some(frame)) => frame,
                     Ok(None) => break,
                     Err(ReadError::Protocol(err)) => return self.fail(open, err).await,
-                    Err(_) => return "closed",
+                    Err(_) => return CLOSED_ABRUPTLY,
                 };
                 // A frame costs the task budget like a read does, so a
                 // publisher whose socket always has more to read yields to
@@ -673,7 +708,7 @@ impl<R: ClientRead> Connection<R> {
                     }
                     Interrupt::HeartbeatDue => {
                         if open.frame_timeout.is_some() && last_read.elapsed() >= frame_timeout {
-                            warn!(peer = %self.peer, "missed heartbeats from client, closing connection");
+                            warn!(connection = ?self.name, user = ?open.ctx.user, vhost = ?open.ctx.vhost.name, "missed heartbeats from client, closing connection");
                             return "missed heartbeats";
                         }
                         interrupts.heartbeat_at(last_read + frame_timeout);
@@ -682,7 +717,7 @@ impl<R: ClientRead> Connection<R> {
                 },
                 r = self.reader.fill(None) => match r {
                     Ok(()) => last_read = tokio::time::Instant::now(),
-                    Err(_) => return "client disconnected",
+                    Err(_) => return CLOSED_ABRUPTLY,
                 },
             }
         }
@@ -718,7 +753,7 @@ impl<R: ClientRead> Connection<R> {
             }
             // What it holds (a transaction, a body) is given back now, not
             // when the wait ends: the wait may be for that memory.
-            () = self.reader.peer_closed() => return Err("client disconnected"),
+            () = self.reader.peer_closed() => return Err(CLOSED_ABRUPTLY),
             reason = interrupts::ended(self.shutdown.clone(), close_rx.clone()) => reason,
         };
         let err = AmqpError::new(ReplyCode::ConnectionForced, reason);
@@ -757,7 +792,7 @@ impl<R: ClientRead> Connection<R> {
     }
 
     async fn fail(&mut self, open: &mut OpenConnection, err: AmqpError) -> &'static str {
-        warn!(peer = %self.peer, error = %err, "closing connection on error");
+        warn!(connection = ?self.name, user = ?open.ctx.user, vhost = ?open.ctx.vhost.name, error = %err.log_text(), "connection error");
         open.release();
         self.send_connection_close(&err);
         self.await_close_ok().await;
@@ -785,6 +820,8 @@ enum FrameOutcome {
 
 /// A connection past its handshake: its channels and their context.
 struct OpenConnection {
+    /// The connection's name in logs (`Connection::name`).
+    name: String,
     ctx: ConnCtx,
     channels: HashMap<u16, Channel>,
     /// The same channels, as the management API sees them.
@@ -808,7 +845,9 @@ impl OpenConnection {
             return self.open_channel(frame).map(|()| FrameOutcome::Continue);
         };
         if channel.closing {
-            // Only close and close-ok matter until the client confirms.
+            // Until the client's close-ok the channel is closing, as in
+            // RabbitMQ: a channel.close that crossed ours gets its
+            // close-ok, and everything else is dropped.
             if frame.kind == FrameType::Method {
                 match method_ids(&frame.payload) {
                     (20, 41) => {
@@ -820,7 +859,6 @@ impl OpenConnection {
                                 amq_protocol::protocol::channel::CloseOk {},
                             ),
                         ));
-                        self.remove_channel(id);
                     }
                     _ => {}
                 }
@@ -869,7 +907,9 @@ impl OpenConnection {
     /// A channel error: release the channel and send channel.close; the
     /// channel discards everything until the client's close-ok.
     fn close_channel(&mut self, id: u16, err: AmqpError) {
-        debug!(channel = id, error = %err, "closing channel on error");
+        // As RabbitMQ's "Channel error on connection …" (which it logs
+        // at error; a client's mistake is a warning here).
+        warn!(connection = ?self.name, user = ?self.ctx.user, vhost = ?self.ctx.vhost.name, channel = id, "channel error: {}", err.log_text());
         let Some(channel) = self.channels.get_mut(&id) else {
             return;
         };

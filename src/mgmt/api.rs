@@ -132,8 +132,9 @@ pub(super) fn object(raw: &[u8]) -> Result<Map<String, Value>, ApiError> {
 }
 
 /// Parses a JSON request body into `T`: `not_json` as [`object`], a
-/// missing field as RabbitMQ's `[{key_missing,K}]`, wrong types and
-/// unknown fields with serde's reason.
+/// missing field as RabbitMQ's `[{key_missing,K}]`, wrong types with
+/// serde's reason. Fields `T` does not name are ignored, as RabbitMQ's
+/// API ignores them (rabbitmqadmin sends several it does not use).
 pub(super) fn body<T: DeserializeOwned>(raw: &[u8]) -> Result<T, ApiError> {
     from_object(object(raw)?)
 }
@@ -175,6 +176,18 @@ pub(super) fn lenient_bool<'de, D: Deserializer<'de>>(d: D) -> Result<bool, D::E
             "expected true or false, got '{s}'"
         ))),
     }
+}
+
+/// An integer as RabbitMQ's `rabbit_misc:parse_int` reads one: a number
+/// (a fraction truncated) or a string of digits ("1" from rabbitmqadmin);
+/// anything else is its 400 `["not_integer", value]`.
+pub(super) fn parse_int(v: &Value) -> Result<i64, ApiError> {
+    let parsed = match v {
+        Value::Number(n) => n.as_i64().or_else(|| n.as_f64().map(|f| f.trunc() as i64)),
+        Value::String(s) => s.parse().ok(),
+        _ => None,
+    };
+    parsed.ok_or_else(|| ApiError::bad_request(serde_json::json!(["not_integer", v])))
 }
 
 /// Tags as RabbitMQ accepts them: "a,b" or ["a", "b"].

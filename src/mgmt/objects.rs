@@ -3,7 +3,7 @@
 
 use super::api::{
     body, by_vhost_and_name, created_or_updated, json_table, lenient_bool, list, no_content,
-    node_name, short_string, table_json, ApiError, ApiResult, User,
+    node_name, parse_int, short_string, table_json, ApiError, ApiResult, User,
 };
 use crate::broker::access::{Access, Resource};
 use crate::broker::exchange::{Binding, Destination, Exchange, ExchangeKind};
@@ -151,7 +151,6 @@ pub(super) async fn queue(
 }
 
 #[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
 struct QueueBody {
     #[serde(default, deserialize_with = "lenient_bool")]
     durable: bool,
@@ -159,16 +158,6 @@ struct QueueBody {
     auto_delete: bool,
     #[serde(default)]
     arguments: Value,
-    // Accepted and ignored, as RabbitMQ's API takes them.
-    #[serde(default)]
-    #[allow(dead_code)]
-    node: Option<Value>,
-    #[serde(default)]
-    #[allow(dead_code)]
-    name: Option<Value>,
-    #[serde(default)]
-    #[allow(dead_code)]
-    vhost: Option<Value>,
 }
 
 /// Declares a queue as queue.declare would, with its permission rules,
@@ -244,28 +233,15 @@ pub(super) async fn purge_queue(
 }
 
 #[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
 struct GetBody {
-    #[serde(default = "one")]
-    count: usize,
+    /// An integer or a string of one (`parse_int`); 1 when absent.
+    #[serde(default)]
+    count: Option<Value>,
     ackmode: String,
     #[serde(default = "auto")]
     encoding: String,
     #[serde(default)]
-    truncate: Option<usize>,
-    #[serde(default)]
-    #[allow(dead_code)]
-    name: Option<Value>,
-    #[serde(default)]
-    #[allow(dead_code)]
-    vhost: Option<Value>,
-    #[serde(default, deserialize_with = "lenient_bool")]
-    #[allow(dead_code)]
-    requeue: bool,
-}
-
-fn one() -> usize {
-    1
+    truncate: Option<Value>,
 }
 
 fn auto() -> String {
@@ -283,6 +259,14 @@ pub(super) async fn get_messages(
     let v = user.vhost(&broker, &vhost)?;
     let q = v.queue(&name).map_err(|e| ApiError::missing(e.text))?;
     let b: GetBody = body(&raw)?;
+    // Negative numbers count as zero (RabbitMQ would drain the queue or
+    // fail).
+    let count = b.count.as_ref().map_or(Ok(1), parse_int)?.max(0) as usize;
+    let truncate = b
+        .truncate
+        .as_ref()
+        .map(|t| parse_int(t).map(|n| n.max(0) as usize))
+        .transpose()?;
     let (requeue, reject) = match b.ackmode.as_str() {
         "ack_requeue_true" => (true, false),
         "ack_requeue_false" => (false, false),
@@ -298,7 +282,7 @@ pub(super) async fn get_messages(
     check(&broker, &user, &vhost, Access::Read, Resource::Queue, &name)?;
     // basic.get may wait for messages being read back from disk.
     let mut taken = Vec::new();
-    while taken.len() < b.count {
+    while taken.len() < count {
         match q.get(false).await {
             Some(got) => taken.push(got),
             None => break,
@@ -314,7 +298,7 @@ pub(super) async fn get_messages(
         .iter()
         .map(|(m, left)| {
             let msg = &m.message;
-            let (payload, encoding) = payload_json(&msg.body, &b.encoding, b.truncate);
+            let (payload, encoding) = payload_json(&msg.body, &b.encoding, truncate);
             json!({
                 "payload_bytes": msg.body.len(),
                 "redelivered": m.redelivered,
@@ -391,7 +375,8 @@ fn properties_json(raw: &[u8]) -> Value {
     Value::Object(out)
 }
 
-/// JSON properties (as the API shows them) back into AMQP properties.
+/// JSON properties (as the API shows them) back into AMQP properties;
+/// names that are not properties are ignored, as RabbitMQ does.
 fn json_properties(v: &Value) -> Result<AMQPProperties, ApiError> {
     let Some(map) = v.as_object() else {
         return Ok(AMQPProperties::default());
@@ -422,28 +407,6 @@ fn json_properties(v: &Value) -> Result<AMQPProperties, ApiError> {
     let short = |k: &str| -> Result<Option<ShortString>, ApiError> {
         text(k)?.map(|s| short_string(k, &s)).transpose()
     };
-    for k in map.keys() {
-        if ![
-            "content_type",
-            "content_encoding",
-            "headers",
-            "delivery_mode",
-            "priority",
-            "correlation_id",
-            "reply_to",
-            "expiration",
-            "message_id",
-            "timestamp",
-            "type",
-            "user_id",
-            "app_id",
-            "cluster_id",
-        ]
-        .contains(&k.as_str())
-        {
-            return Err(ApiError::bad_request(format!("unknown property {k}")));
-        }
-    }
     if let Some(s) = short("content_type")? {
         p = p.with_content_type(s);
     }
@@ -568,7 +531,6 @@ pub(super) async fn exchange(
 }
 
 #[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
 struct ExchangeBody {
     #[serde(rename = "type", default = "direct")]
     kind: String,
@@ -580,12 +542,6 @@ struct ExchangeBody {
     internal: bool,
     #[serde(default)]
     arguments: Value,
-    #[serde(default)]
-    #[allow(dead_code)]
-    name: Option<Value>,
-    #[serde(default)]
-    #[allow(dead_code)]
-    vhost: Option<Value>,
 }
 
 /// Declares an exchange as exchange.declare would, with its permission
@@ -660,28 +616,12 @@ pub(super) async fn delete_exchange(
 }
 
 #[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
 struct PublishBody {
     #[serde(default)]
     properties: Value,
     routing_key: String,
     payload: String,
     payload_encoding: String,
-    #[serde(default)]
-    #[allow(dead_code)]
-    name: Option<Value>,
-    #[serde(default)]
-    #[allow(dead_code)]
-    vhost: Option<Value>,
-    #[serde(default)]
-    #[allow(dead_code)]
-    delivery_mode: Option<Value>,
-    #[serde(default)]
-    #[allow(dead_code)]
-    headers: Option<Value>,
-    #[serde(default)]
-    #[allow(dead_code)]
-    props: Option<Value>,
 }
 
 fn direct() -> String {
@@ -801,6 +741,41 @@ pub(super) fn properties_key(routing_key: &str, arguments: &FieldTable) -> Strin
         key.push_str(&base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(hash));
     }
     key
+}
+
+/// Whether `props`, a properties key from a request path (decoded once),
+/// names binding `b`. As RabbitMQ, its routing-key part is unquoted once
+/// more, so both the key as listed (`a.%2A`) and as typed (`a.*`, which
+/// rabbitmqadmin sends) work.
+fn names_binding(props: &str, b: &Binding) -> bool {
+    let listed = properties_key(&b.routing_key, &b.arguments);
+    let listed_args = listed.split_once('~').map_or("", |(_, args)| args);
+    let (key, args) = props.split_once('~').unwrap_or((props, ""));
+    args == listed_args && unquote(key) == b.routing_key
+}
+
+/// RabbitMQ's `unquote`: `+` is a space, `%XX` an octet; anything else,
+/// a malformed escape included, stays as it is.
+fn unquote(s: &str) -> String {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let hex = |c: u8| (c as char).to_digit(16);
+        match bytes[i] {
+            b'+' => out.push(b' '),
+            b'%' if i + 2 < bytes.len() => match (hex(bytes[i + 1]), hex(bytes[i + 2])) {
+                (Some(h), Some(l)) => {
+                    out.push((h * 16 + l) as u8);
+                    i += 2;
+                }
+                _ => out.push(b'%'),
+            },
+            c => out.push(c),
+        }
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
 }
 
 /// Form encoding for a binding's routing key: as [`quote`], and `~` (the
@@ -1022,24 +997,11 @@ pub(super) async fn bindings_between_exchange(
 }
 
 #[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
 struct BindBody {
     #[serde(default)]
     routing_key: String,
     #[serde(default)]
     arguments: Value,
-    #[serde(default)]
-    #[allow(dead_code)]
-    vhost: Option<Value>,
-    #[serde(default)]
-    #[allow(dead_code)]
-    source: Option<Value>,
-    #[serde(default)]
-    #[allow(dead_code)]
-    destination: Option<Value>,
-    #[serde(default)]
-    #[allow(dead_code)]
-    destination_type: Option<Value>,
 }
 
 /// A binding to make.
@@ -1146,9 +1108,7 @@ fn one_binding(
     let found = e
         .bindings()
         .into_iter()
-        .find(|b| {
-            b.destination.same(&dest) && properties_key(&b.routing_key, &b.arguments) == p.props
-        })
+        .find(|b| b.destination.same(&dest) && names_binding(&p.props, b))
         .ok_or_else(ApiError::not_found)?;
     Ok((v, e, found))
 }
@@ -1210,4 +1170,19 @@ pub(super) async fn delete_exchange_binding(
     Path(p): Path<BindingPropsPath>,
 ) -> ApiResult {
     unbind(broker, user, p, false).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::unquote;
+
+    #[test]
+    fn unquote_as_rabbitmq() {
+        assert_eq!(unquote("a.%2A"), "a.*");
+        assert_eq!(unquote("a.*"), "a.*");
+        assert_eq!(unquote("x+y%7Ez"), "x y~z");
+        assert_eq!(unquote("100%"), "100%");
+        assert_eq!(unquote("%zz%4"), "%zz%4");
+        assert_eq!(unquote("%C3%A9"), "é");
+    }
 }

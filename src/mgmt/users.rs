@@ -80,7 +80,6 @@ pub(super) async fn user(
 }
 
 #[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
 pub(super) struct UserBody {
     #[serde(default)]
     pub(crate) password: Option<String>,
@@ -89,13 +88,7 @@ pub(super) struct UserBody {
     #[serde(default)]
     pub(crate) hashing_algorithm: Option<String>,
     #[serde(default, deserialize_with = "tags")]
-    pub(crate) tags: Vec<String>,
-    #[serde(default)]
-    #[allow(dead_code)]
-    pub(crate) name: Option<Value>,
-    #[serde(default)]
-    #[allow(dead_code)]
-    pub(crate) limits: Option<Value>,
+    pub tags: Vec<String>,
 }
 
 /// The record a PUT or an import describes: a clear password is hashed; a
@@ -166,7 +159,6 @@ pub(super) async fn delete_user(
 }
 
 #[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
 struct BulkDelete {
     users: Vec<String>,
 }
@@ -234,27 +226,11 @@ pub(super) async fn vhost(
 }
 
 #[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
 pub(super) struct VhostBody {
     #[serde(default)]
     pub(crate) description: String,
     #[serde(default, deserialize_with = "tags")]
-    pub(crate) tags: Vec<String>,
-    #[serde(default)]
-    #[allow(dead_code)]
-    pub(crate) tracing: Option<Value>,
-    #[serde(default)]
-    #[allow(dead_code)]
-    pub(crate) default_queue_type: Option<Value>,
-    #[serde(default)]
-    #[allow(dead_code)]
-    pub(crate) name: Option<Value>,
-    #[serde(default)]
-    #[allow(dead_code)]
-    pub(crate) metadata: Option<Value>,
-    #[serde(default)]
-    #[allow(dead_code)]
-    pub(crate) limits: Option<Value>,
+    pub tags: Vec<String>,
 }
 
 pub(super) async fn put_vhost(
@@ -372,18 +348,10 @@ pub(super) async fn permission(
 }
 
 #[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
 struct PermissionBody {
     configure: String,
     write: String,
     read: String,
-    // Accepted and ignored: the path names them.
-    #[serde(default)]
-    #[allow(dead_code)]
-    user: Option<Value>,
-    #[serde(default)]
-    #[allow(dead_code)]
-    vhost: Option<Value>,
 }
 
 /// Sets permissions after checking that the user and vhost exist and the

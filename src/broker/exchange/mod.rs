@@ -270,7 +270,6 @@ impl Exchange {
         self.bindings.write().remove(self.kind, &id)
     }
 
-    #[cfg(test)]
     pub(crate) fn has_binding(
         &self,
         destination: &Destination,

@@ -130,8 +130,12 @@ pub(crate) struct Bind<'a> {
 
 /// queue.bind / exchange.bind (`add`) and their unbinds, in RabbitMQ's
 /// order: write on the destination, neither end the default exchange, read
-/// on the source, both ends exist (an exclusive destination queue
-/// belonging to `owner`), a headers binding's arguments make sense.
+/// on the source, then both ends looked up (a missing source reported
+/// first). A bind needs both ends, a headers binding's arguments that make
+/// sense and an exclusive destination queue belonging to `owner`. An
+/// unbind whose source, destination or binding is gone has nothing to do
+/// and succeeds (RabbitMQ 3.10's `rabbit_binding:remove`); exclusivity is
+/// checked only when there is a binding to remove.
 pub(crate) fn bind(
     gate: &mut impl Gate,
     vhost: &VHost,
@@ -154,24 +158,30 @@ pub(crate) fn bind(
         return Err(default_exchange_refused());
     }
     gate.check(Access::Read, Resource::Exchange, source)?;
-    let destination = match to {
-        BindTo::Queue(name) => {
-            let queue = vhost.queue(name)?;
-            if let Some(connection) = owner {
-                queue.check_owner(connection)?;
+    let ends = vhost.exchange(source).and_then(|source| {
+        let destination = match to {
+            BindTo::Queue(name) => Destination::Queue(vhost.queue(name)?),
+            BindTo::Exchange(name) => {
+                vhost.exchange(name)?;
+                Destination::Exchange(name.to_string())
             }
-            Destination::Queue(queue)
-        }
-        BindTo::Exchange(name) => {
-            vhost.exchange(name)?;
-            Destination::Exchange(name.to_string())
-        }
+        };
+        Ok((source, destination))
+    });
+    let (source, destination) = match ends {
+        Ok(ends) => ends,
+        Err(_) if !add => return Ok(()),
+        Err(missing) => return Err(missing),
     };
-    let source = vhost.exchange(source)?;
+    let check_owner = |destination: &Destination| match (destination, owner) {
+        (Destination::Queue(queue), Some(connection)) => queue.check_owner(connection),
+        _ => Ok(()),
+    };
     if add {
         if source.kind == ExchangeKind::Headers {
             HeadersMatcher::new(arguments).map_err(AmqpError::precondition_failed)?;
         }
+        check_owner(&destination)?;
         vhost.bind(
             &source,
             Binding {
@@ -180,7 +190,8 @@ pub(crate) fn bind(
                 arguments: arguments.clone(),
             },
         );
-    } else {
+    } else if source.has_binding(&destination, routing_key, arguments) {
+        check_owner(&destination)?;
         vhost.unbind(&source, &destination, routing_key, arguments);
     }
     Ok(())
