@@ -37,6 +37,7 @@ mod memory_bound;
 mod mgmt;
 mod mgmt_objects;
 mod paging;
+mod paging_order;
 mod perf;
 mod permissions;
 mod queue_features;
