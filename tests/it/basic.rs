@@ -6,79 +6,44 @@
 
 use crate::common;
 
-use common::amqp::amqp_error;
-use common::{unique, TestBroker};
+use common::amqp::{
+    amqp_error, assert_quiet, consume, consume_exactly, declare_unique, next, next_n, open_channel,
+    publish_props, ready_count, text, texts, wait_ready, Closes, QUIET, WAIT,
+};
+use common::{unique, wait_for, TestBroker};
 use futures_lite::StreamExt;
 use lapin::{
-    message::{BasicGetMessage, Delivery},
+    message::BasicGetMessage,
     options::*,
     types::{AMQPValue, ByteArray, DecimalValue, FieldArray, FieldTable, LongString},
-    BasicProperties, Channel, Connection, Consumer, Event,
+    BasicProperties, Channel, Consumer,
 };
-use std::time::Duration;
 use tokio::time::timeout;
-
-/// Upper bound for anything that should happen promptly.
-const WAIT: Duration = Duration::from_secs(5);
-/// How long we watch a consumer to conclude that nothing more is coming.
-const QUIET: Duration = Duration::from_millis(300);
 
 // ---------------------------------------------------------------------------
 // helpers
 // ---------------------------------------------------------------------------
 
-async fn open(broker: &TestBroker) -> (Connection, Channel) {
-    let conn = broker.connect().await;
-    let ch = conn.create_channel().await.expect("channel.open");
-    (conn, ch)
-}
-
 /// Declares a fresh queue. Exclusive queues vanish with their connection; the others are
 /// deleted by the tests that use them.
 async fn declare(ch: &Channel, exclusive: bool) -> String {
-    let name = unique("basic");
-    ch.queue_declare(
-        name.as_str().into(),
-        QueueDeclareOptions {
-            exclusive,
-            ..Default::default()
-        },
-        FieldTable::default(),
-    )
-    .await
-    .expect("queue.declare");
-    name
+    let options = QueueDeclareOptions {
+        exclusive,
+        ..Default::default()
+    };
+    declare_unique(ch, "basic", options, FieldTable::default()).await
 }
 
-/// Number of ready (not unacked) messages, as reported by a passive queue.declare.
-async fn ready_count(ch: &Channel, queue: &str) -> u32 {
-    ch.queue_declare(
-        queue.into(),
-        QueueDeclareOptions {
-            passive: true,
-            ..Default::default()
-        },
-        FieldTable::default(),
-    )
-    .await
-    .expect("passive queue.declare")
-    .message_count()
-}
-
-async fn publish_props(ch: &Channel, routing_key: &str, body: &[u8], props: BasicProperties) {
-    ch.basic_publish(
-        "".into(),
-        routing_key.into(),
-        BasicPublishOptions::default(),
-        body,
-        props,
-    )
-    .await
-    .expect("basic.publish");
-}
-
+/// Publishes `body` through the default exchange, without waiting for a confirm.
 async fn publish(ch: &Channel, routing_key: &str, body: &str) {
-    publish_props(ch, routing_key, body.as_bytes(), BasicProperties::default()).await
+    publish_props(
+        ch,
+        "",
+        routing_key,
+        body.as_bytes(),
+        BasicProperties::default(),
+    )
+    .await
 }
 
 /// Publishes "m0".."m{n-1}".
@@ -92,57 +57,6 @@ async fn fill_no_wait(ch: &Channel, queue: &str, n: usize) {
 async fn fill(ch: &Channel, queue: &str, n: usize) {
     fill_no_wait(ch, queue, n).await;
     wait_ready(ch, queue, n as u32).await;
-}
-
-/// Polls until the queue reports exactly `n` ready messages. (RabbitMQ may answer a
-/// passive queue.declare before the queue has processed publishes made just before it.)
-async fn wait_ready(ch: &Channel, queue: &str, n: u32) {
-    let mut last = 0;
-    for _ in 0..250 {
-        last = ready_count(ch, queue).await;
-        if last == n {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    panic!("queue {queue} has {last} ready messages, expected {n}");
-}
-
-async fn consume(ch: &Channel, queue: &str, tag: &str, no_ack: bool) -> Consumer {
-    ch.basic_consume(
-        queue.into(),
-        tag.into(),
-        BasicConsumeOptions {
-            no_ack,
-            ..Default::default()
-        },
-        FieldTable::default(),
-    )
-    .await
-    .expect("basic.consume")
-}
-
-async fn next(consumer: &mut Consumer) -> Delivery {
-    timeout(WAIT, consumer.next())
-        .await
-        .expect("timed out waiting for a delivery")
-        .expect("consumer stream ended")
-        .expect("delivery error")
-}
-
-async fn next_n(consumer: &mut Consumer, n: usize) -> Vec<Delivery> {
-    let mut out = Vec::with_capacity(n);
-    for _ in 0..n {
-        out.push(next(consumer).await);
-    }
-    out
-}
-
-/// Asserts that no delivery arrives for a short while.
-async fn assert_quiet(consumer: &mut Consumer) {
-    if let Ok(item) = timeout(QUIET, consumer.next()).await {
-        panic!("expected no delivery, got {item:?}");
-    }
 }
 
 /// Counts deliveries until none arrives for a short while.
@@ -169,80 +83,14 @@ async fn get(ch: &Channel, queue: &str) -> Option<BasicGetMessage> {
 /// basic.get, retried until a message is there (requeues and publishes reach a RabbitMQ
 /// queue asynchronously).
 async fn get_eventually(ch: &Channel, queue: &str) -> BasicGetMessage {
-    for _ in 0..250 {
-        if let Some(m) = get(ch, queue).await {
-            return m;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    panic!("no message showed up in {queue}");
-}
-
-/// Consumes (no-ack) exactly `n` messages from `queue` (waiting for requeues to land),
-/// checks that nothing more follows, and returns them.
-async fn drain(ch: &Channel, queue: &str, n: usize) -> Vec<Delivery> {
-    let mut consumer = consume(ch, queue, "", true).await;
-    let out = next_n(&mut consumer, n).await;
-    assert_quiet(&mut consumer).await;
-    ch.basic_cancel(consumer.tag(), BasicCancelOptions::default())
-        .await
-        .unwrap();
-    out
-}
-
-fn text(d: &Delivery) -> String {
-    String::from_utf8(d.data.clone()).unwrap()
-}
-
-fn texts(ds: &[Delivery]) -> Vec<String> {
-    ds.iter().map(text).collect()
+    wait_for(&format!("a message in {queue}"), WAIT, || async move {
+        get(ch, queue).await.ok_or("empty")
+    })
+    .await
 }
 
 fn bodies(range: std::ops::Range<usize>) -> Vec<String> {
     range.map(|i| format!("m{i}")).collect()
-}
-
-/// Watches a connection for closes sent by the broker. Create it before the method that
-/// provokes the close: asynchronous methods (publish, ack, ...) have no reply to fail, the
-/// broker just closes the channel or connection.
-struct Closes(std::pin::Pin<Box<dyn futures_lite::Stream<Item = Event> + Send>>);
-
-impl Closes {
-    fn watch(conn: &Connection) -> Self {
-        Closes(Box::pin(conn.events_listener()))
-    }
-
-    /// (reply code, reply text) of the next channel.close / connection.close.
-    async fn next(&mut self) -> (u16, String) {
-        let events = &mut self.0;
-        timeout(WAIT, async {
-            while let Some(event) = events.next().await {
-                if let Event::Error(err) = event {
-                    if let Some(reason) = amqp_error(&err) {
-                        return reason;
-                    }
-                }
-            }
-            panic!("connection event stream ended");
-        })
-        .await
-        .expect("timed out waiting for the broker to close")
-    }
-
-    /// The reason the broker closed `ch`; the connection must survive.
-    async fn channel(&mut self, conn: &Connection, ch: &Channel) -> (u16, String) {
-        let reason = self.next().await;
-        assert!(!ch.status().connected(), "channel still open");
-        assert!(conn.status().connected(), "connection should survive");
-        reason
-    }
-
-    /// The reason the broker closed the whole connection.
-    async fn connection(&mut self, conn: &Connection) -> (u16, String) {
-        let reason = self.next().await;
-        assert!(!conn.status().connected(), "connection still open");
-        reason
-    }
 }
 
 async fn delete_queue(ch: &Channel, queue: &str) {
@@ -258,7 +106,7 @@ async fn delete_queue(ch: &Channel, queue: &str) {
 #[tokio::test]
 async fn round_trip_preserves_body_and_every_property() {
     let broker = TestBroker::start().await;
-    let (_conn, ch) = open(&broker).await;
+    let (_conn, ch) = open_channel(&broker).await;
     let q = declare(&ch, true).await;
 
     let mut nested = FieldTable::default();
@@ -325,7 +173,7 @@ async fn round_trip_preserves_body_and_every_property() {
     let body: Vec<u8> = (0..=255u8).collect();
 
     let mut consumer = consume(&ch, &q, "", false).await;
-    publish_props(&ch, &q, &body, props.clone()).await;
+    publish_props(&ch, "", &q, &body, props.clone()).await;
     let d = next(&mut consumer).await;
 
     assert_eq!(d.data, body);
@@ -339,7 +187,7 @@ async fn round_trip_preserves_body_and_every_property() {
 #[tokio::test]
 async fn publish_with_no_properties_arrives_with_no_properties() {
     let broker = TestBroker::start().await;
-    let (_conn, ch) = open(&broker).await;
+    let (_conn, ch) = open_channel(&broker).await;
     let q = declare(&ch, true).await;
     let mut consumer = consume(&ch, &q, "", true).await;
     publish(&ch, &q, "plain").await;
@@ -351,13 +199,13 @@ async fn publish_with_no_properties_arrives_with_no_properties() {
 #[tokio::test]
 async fn body_larger_than_frame_max_is_intact() {
     let broker = TestBroker::start().await;
-    let (conn, ch) = open(&broker).await;
+    let (conn, ch) = open_channel(&broker).await;
     assert!(conn.configuration().frame_max() < 1 << 20);
     let q = declare(&ch, true).await;
     let body: Vec<u8> = (0..(1usize << 20) + 7).map(|i| (i % 251) as u8).collect();
 
     let mut consumer = consume(&ch, &q, "", true).await;
-    publish_props(&ch, &q, &body, BasicProperties::default()).await;
+    publish_props(&ch, "", &q, &body, BasicProperties::default()).await;
     let d = next(&mut consumer).await;
     assert_eq!(d.data.len(), body.len());
     assert!(d.data == body, "large body corrupted");
@@ -366,7 +214,7 @@ async fn body_larger_than_frame_max_is_intact() {
     ch.basic_cancel(consumer.tag(), BasicCancelOptions::default())
         .await
         .unwrap();
-    publish_props(&ch, &q, &body, BasicProperties::default()).await;
+    publish_props(&ch, "", &q, &body, BasicProperties::default()).await;
     let got = get_eventually(&ch, &q).await;
     assert!(
         got.delivery.data == body,
@@ -377,16 +225,16 @@ async fn body_larger_than_frame_max_is_intact() {
 #[tokio::test]
 async fn empty_body_is_delivered_empty() {
     let broker = TestBroker::start().await;
-    let (_conn, ch) = open(&broker).await;
+    let (_conn, ch) = open_channel(&broker).await;
     let q = declare(&ch, true).await;
     let props = BasicProperties::default().with_message_id("empty".into());
     let mut consumer = consume(&ch, &q, "", true).await;
-    publish_props(&ch, &q, b"", props.clone()).await;
+    publish_props(&ch, "", &q, b"", props.clone()).await;
     let d = next(&mut consumer).await;
     assert!(d.data.is_empty());
     assert_eq!(d.properties, props);
 
-    publish_props(&ch, &q, b"", props.clone()).await;
+    publish_props(&ch, "", &q, b"", props.clone()).await;
     let d = next(&mut consumer).await;
     assert!(d.data.is_empty());
 }
@@ -394,7 +242,7 @@ async fn empty_body_is_delivered_empty() {
 #[tokio::test]
 async fn mandatory_unroutable_publish_is_returned_with_312_no_route() {
     let broker = TestBroker::start().await;
-    let (_conn, ch) = open(&broker).await;
+    let (_conn, ch) = open_channel(&broker).await;
     let missing = unique("no-such-queue");
     let props = BasicProperties::default().with_message_id("ret-1".into());
     ch.basic_publish(
@@ -430,7 +278,7 @@ async fn mandatory_unroutable_publish_is_returned_with_312_no_route() {
 #[tokio::test]
 async fn immediate_publish_closes_connection_540_not_implemented() {
     let broker = TestBroker::start().await;
-    let (conn, ch) = open(&broker).await;
+    let (conn, ch) = open_channel(&broker).await;
     let q = declare(&ch, true).await;
     let mut closes = Closes::watch(&conn);
     ch.basic_publish(
@@ -460,7 +308,7 @@ async fn immediate_publish_closes_connection_540_not_implemented() {
 #[tokio::test]
 async fn deliveries_round_robin_across_two_consumers() {
     let broker = TestBroker::start().await;
-    let (conn, ch) = open(&broker).await;
+    let (conn, ch) = open_channel(&broker).await;
     let q = declare(&ch, true).await;
     let ch_a = conn.create_channel().await.unwrap();
     let ch_b = conn.create_channel().await.unwrap();
@@ -483,7 +331,7 @@ async fn deliveries_round_robin_across_two_consumers() {
 #[tokio::test]
 async fn messages_are_delivered_in_fifo_order_with_increasing_tags() {
     let broker = TestBroker::start().await;
-    let (_conn, ch) = open(&broker).await;
+    let (_conn, ch) = open_channel(&broker).await;
     let q = declare(&ch, true).await;
     fill(&ch, &q, 50).await;
     let mut consumer = consume(&ch, &q, "", false).await;
@@ -496,7 +344,7 @@ async fn messages_are_delivered_in_fifo_order_with_increasing_tags() {
 #[tokio::test]
 async fn empty_consumer_tag_is_replaced_by_server_generated_ctag() {
     let broker = TestBroker::start().await;
-    let (_conn, ch) = open(&broker).await;
+    let (_conn, ch) = open_channel(&broker).await;
     let q = declare(&ch, true).await;
     let c1 = consume(&ch, &q, "", false).await;
     let c2 = consume(&ch, &q, "", false).await;
@@ -514,7 +362,7 @@ async fn empty_consumer_tag_is_replaced_by_server_generated_ctag() {
 #[tokio::test]
 async fn reusing_a_consumer_tag_on_a_channel_is_530_not_allowed_connection_error() {
     let broker = TestBroker::start().await;
-    let (conn, ch) = open(&broker).await;
+    let (conn, ch) = open_channel(&broker).await;
     let q = declare(&ch, true).await;
     let _c = consume(&ch, &q, "dup", false).await;
     let err = timeout(
@@ -543,7 +391,7 @@ async fn reusing_a_consumer_tag_on_a_channel_is_530_not_allowed_connection_error
 #[tokio::test]
 async fn same_consumer_tag_on_different_channels_is_fine() {
     let broker = TestBroker::start().await;
-    let (conn, ch) = open(&broker).await;
+    let (conn, ch) = open_channel(&broker).await;
     let q = declare(&ch, true).await;
     let ch2 = conn.create_channel().await.unwrap();
     let _a = consume(&ch, &q, "shared-tag", false).await;
@@ -553,7 +401,7 @@ async fn same_consumer_tag_on_different_channels_is_fine() {
 #[tokio::test]
 async fn exclusive_consumer_locks_out_other_consumers_403() {
     let broker = TestBroker::start().await;
-    let (conn, ch) = open(&broker).await;
+    let (conn, ch) = open_channel(&broker).await;
     let q = declare(&ch, true).await;
     let _excl = ch
         .basic_consume(
@@ -593,7 +441,7 @@ async fn exclusive_consumer_locks_out_other_consumers_403() {
 #[tokio::test]
 async fn exclusive_consume_on_queue_with_consumers_is_403() {
     let broker = TestBroker::start().await;
-    let (conn, ch) = open(&broker).await;
+    let (conn, ch) = open_channel(&broker).await;
     let q = declare(&ch, true).await;
     let _plain = consume(&ch, &q, "plain", false).await;
     let ch2 = conn.create_channel().await.unwrap();
@@ -621,7 +469,7 @@ async fn exclusive_consume_on_queue_with_consumers_is_403() {
 #[tokio::test]
 async fn basic_cancel_stops_deliveries() {
     let broker = TestBroker::start().await;
-    let (_conn, ch) = open(&broker).await;
+    let (_conn, ch) = open_channel(&broker).await;
     let q = declare(&ch, true).await;
     let mut consumer = consume(&ch, &q, "to-cancel", true).await;
     publish(&ch, &q, "before").await;
@@ -645,7 +493,7 @@ async fn basic_cancel_stops_deliveries() {
 #[tokio::test]
 async fn cancel_of_unknown_consumer_tag_is_ok() {
     let broker = TestBroker::start().await;
-    let (_conn, ch) = open(&broker).await;
+    let (_conn, ch) = open_channel(&broker).await;
     ch.basic_cancel("never-existed".into(), BasicCancelOptions::default())
         .await
         .expect("RabbitMQ replies cancel-ok for unknown tags");
@@ -655,7 +503,7 @@ async fn cancel_of_unknown_consumer_tag_is_ok() {
 #[tokio::test]
 async fn no_ack_consumer_gets_everything_regardless_of_prefetch() {
     let broker = TestBroker::start().await;
-    let (_conn, ch) = open(&broker).await;
+    let (_conn, ch) = open_channel(&broker).await;
     let q = declare(&ch, true).await;
     fill(&ch, &q, 20).await;
     ch.basic_qos(1, BasicQosOptions::default()).await.unwrap();
@@ -674,7 +522,7 @@ async fn no_ack_consumer_gets_everything_regardless_of_prefetch() {
 #[tokio::test]
 async fn basic_get_reports_remaining_count_and_get_empty() {
     let broker = TestBroker::start().await;
-    let (_conn, ch) = open(&broker).await;
+    let (_conn, ch) = open_channel(&broker).await;
     let q = declare(&ch, true).await;
     assert!(get(&ch, &q).await.is_none(), "get-empty on an empty queue");
 
@@ -706,7 +554,7 @@ async fn basic_get_reports_remaining_count_and_get_empty() {
 #[tokio::test]
 async fn ack_single_removes_only_that_message() {
     let broker = TestBroker::start().await;
-    let (conn, ch) = open(&broker).await;
+    let (conn, ch) = open_channel(&broker).await;
     let q = declare(&ch, true).await;
     fill(&ch, &q, 2).await;
     let c = conn.create_channel().await.unwrap();
@@ -718,7 +566,7 @@ async fn ack_single_removes_only_that_message() {
     c.close(200, "bye".into()).await.unwrap();
 
     // Only the unacked m0 comes back.
-    let left = drain(&ch, &q, 1).await;
+    let left = consume_exactly(&ch, &q, 1).await;
     assert_eq!(texts(&left), vec!["m0"]);
     assert!(left[0].redelivered);
 }
@@ -726,7 +574,7 @@ async fn ack_single_removes_only_that_message() {
 #[tokio::test]
 async fn ack_multiple_acks_everything_up_to_the_tag() {
     let broker = TestBroker::start().await;
-    let (conn, ch) = open(&broker).await;
+    let (conn, ch) = open_channel(&broker).await;
     let q = declare(&ch, true).await;
     fill(&ch, &q, 5).await;
     let c = conn.create_channel().await.unwrap();
@@ -737,13 +585,13 @@ async fn ack_multiple_acks_everything_up_to_the_tag() {
         .unwrap();
     c.close(200, "bye".into()).await.unwrap();
 
-    assert_eq!(texts(&drain(&ch, &q, 2).await), vec!["m3", "m4"]);
+    assert_eq!(texts(&consume_exactly(&ch, &q, 2).await), vec!["m3", "m4"]);
 }
 
 #[tokio::test]
 async fn ack_multiple_with_tag_zero_acks_all_outstanding() {
     let broker = TestBroker::start().await;
-    let (conn, ch) = open(&broker).await;
+    let (conn, ch) = open_channel(&broker).await;
     let q = declare(&ch, true).await;
     fill(&ch, &q, 4).await;
     let c = conn.create_channel().await.unwrap();
@@ -753,13 +601,13 @@ async fn ack_multiple_with_tag_zero_acks_all_outstanding() {
         .await
         .unwrap();
     c.close(200, "bye".into()).await.unwrap();
-    drain(&ch, &q, 0).await;
+    consume_exactly(&ch, &q, 0).await;
 }
 
 #[tokio::test]
 async fn nack_multiple_requeue_redelivers_in_order_with_redelivered_flag() {
     let broker = TestBroker::start().await;
-    let (_conn, ch) = open(&broker).await;
+    let (_conn, ch) = open_channel(&broker).await;
     let q = declare(&ch, true).await;
     fill(&ch, &q, 3).await;
     let mut consumer = consume(&ch, &q, "", false).await;
@@ -786,7 +634,7 @@ async fn nack_multiple_requeue_redelivers_in_order_with_redelivered_flag() {
 #[tokio::test]
 async fn nack_without_requeue_drops() {
     let broker = TestBroker::start().await;
-    let (conn, ch) = open(&broker).await;
+    let (conn, ch) = open_channel(&broker).await;
     let q = declare(&ch, true).await;
     fill(&ch, &q, 2).await;
     let _m0 = get(&ch, &q).await.unwrap();
@@ -803,13 +651,13 @@ async fn nack_without_requeue_drops() {
     .unwrap();
     ch.close(200, "bye".into()).await.unwrap();
     let ch = conn.create_channel().await.unwrap();
-    drain(&ch, &q, 0).await; // both were dropped
+    consume_exactly(&ch, &q, 0).await; // both were dropped
 }
 
 #[tokio::test]
 async fn reject_without_requeue_drops_and_with_requeue_redelivers() {
     let broker = TestBroker::start().await;
-    let (_conn, ch) = open(&broker).await;
+    let (_conn, ch) = open_channel(&broker).await;
     let q = declare(&ch, true).await;
     fill(&ch, &q, 2).await;
 
@@ -839,7 +687,7 @@ async fn reject_without_requeue_drops_and_with_requeue_redelivers() {
 #[tokio::test]
 async fn unacked_messages_are_requeued_in_order_when_the_channel_closes() {
     let broker = TestBroker::start().await;
-    let (conn, ch) = open(&broker).await;
+    let (conn, ch) = open_channel(&broker).await;
     let q = declare(&ch, true).await;
     fill(&ch, &q, 5).await;
     let c = conn.create_channel().await.unwrap();
@@ -855,7 +703,7 @@ async fn unacked_messages_are_requeued_in_order_when_the_channel_closes() {
         .unwrap();
     c.close(200, "bye".into()).await.unwrap();
 
-    let ds = drain(&ch, &q, 5).await;
+    let ds = consume_exactly(&ch, &q, 5).await;
     assert_eq!(texts(&ds), vec!["m0", "m1", "m3", "m4", "late"]);
     assert!(ds[..4].iter().all(|d| d.redelivered));
 }
@@ -863,10 +711,10 @@ async fn unacked_messages_are_requeued_in_order_when_the_channel_closes() {
 #[tokio::test]
 async fn unacked_messages_are_requeued_in_order_when_the_connection_closes() {
     let broker = TestBroker::start().await;
-    let (_conn, ch) = open(&broker).await;
+    let (_conn, ch) = open_channel(&broker).await;
     let q = declare(&ch, false).await;
     fill(&ch, &q, 5).await;
-    let (conn2, c) = open(&broker).await;
+    let (conn2, c) = open_channel(&broker).await;
     c.basic_qos(5, BasicQosOptions::default()).await.unwrap();
     let mut consumer = consume(&c, &q, "", false).await;
     let ds = next_n(&mut consumer, 5).await;
@@ -875,7 +723,7 @@ async fn unacked_messages_are_requeued_in_order_when_the_connection_closes() {
     wait_ready(&ch, &q, 1).await;
     conn2.close(200, "bye".into()).await.unwrap();
 
-    let ds = drain(&ch, &q, 6).await;
+    let ds = consume_exactly(&ch, &q, 6).await;
     assert_eq!(texts(&ds), vec!["m0", "m1", "m2", "m3", "m4", "late"]);
     assert!(ds[..5].iter().all(|d| d.redelivered));
     assert!(!ds[5].redelivered);
@@ -885,7 +733,7 @@ async fn unacked_messages_are_requeued_in_order_when_the_connection_closes() {
 #[tokio::test]
 async fn basic_recover_requeue_redelivers_unacked_with_redelivered_flag() {
     let broker = TestBroker::start().await;
-    let (_conn, ch) = open(&broker).await;
+    let (_conn, ch) = open_channel(&broker).await;
     let q = declare(&ch, true).await;
     fill(&ch, &q, 3).await;
     let mut consumer = consume(&ch, &q, "", false).await;
@@ -907,7 +755,7 @@ async fn basic_recover_requeue_redelivers_unacked_with_redelivered_flag() {
 #[tokio::test]
 async fn basic_recover_without_requeue_is_540_not_implemented() {
     let broker = TestBroker::start().await;
-    let (conn, ch) = open(&broker).await;
+    let (conn, ch) = open_channel(&broker).await;
     let err = ch
         .basic_recover(BasicRecoverOptions { requeue: false })
         .await
@@ -923,7 +771,7 @@ async fn basic_recover_without_requeue_is_540_not_implemented() {
 #[tokio::test]
 async fn ack_of_unknown_delivery_tag_closes_channel_406() {
     let broker = TestBroker::start().await;
-    let (conn, ch) = open(&broker).await;
+    let (conn, ch) = open_channel(&broker).await;
     let mut closes = Closes::watch(&conn);
     ch.basic_ack(42, BasicAckOptions::default()).await.unwrap();
     assert_eq!(
@@ -938,7 +786,7 @@ async fn ack_of_unknown_delivery_tag_closes_channel_406() {
 #[tokio::test]
 async fn double_ack_closes_channel_406() {
     let broker = TestBroker::start().await;
-    let (conn, ch) = open(&broker).await;
+    let (conn, ch) = open_channel(&broker).await;
     let q = declare(&ch, true).await;
     fill(&ch, &q, 1).await;
     let m = get(&ch, &q).await.unwrap();
@@ -958,7 +806,7 @@ async fn double_ack_closes_channel_406() {
 #[tokio::test]
 async fn reject_and_nack_of_unknown_delivery_tag_close_channel_406() {
     let broker = TestBroker::start().await;
-    let (conn, ch) = open(&broker).await;
+    let (conn, ch) = open_channel(&broker).await;
     let mut closes = Closes::watch(&conn);
     ch.basic_reject(7, BasicRejectOptions { requeue: true })
         .await
@@ -978,7 +826,7 @@ async fn reject_and_nack_of_unknown_delivery_tag_close_channel_406() {
 #[tokio::test]
 async fn ack_of_a_no_ack_delivery_is_unknown_tag_406() {
     let broker = TestBroker::start().await;
-    let (conn, ch) = open(&broker).await;
+    let (conn, ch) = open_channel(&broker).await;
     let q = declare(&ch, true).await;
     let mut consumer = consume(&ch, &q, "", true).await;
     publish(&ch, &q, "x").await;
@@ -1005,7 +853,7 @@ async fn ack_of_a_no_ack_delivery_is_unknown_tag_406() {
 #[tokio::test]
 async fn qos_prefetch_limits_unacked_deliveries_per_consumer() {
     let broker = TestBroker::start().await;
-    let (_conn, ch) = open(&broker).await;
+    let (_conn, ch) = open_channel(&broker).await;
     let q = declare(&ch, true).await;
     fill(&ch, &q, 10).await;
     ch.basic_qos(3, BasicQosOptions { global: false })
@@ -1037,7 +885,7 @@ async fn qos_prefetch_limits_unacked_deliveries_per_consumer() {
 #[tokio::test]
 async fn qos_non_global_applies_to_each_consumer_separately() {
     let broker = TestBroker::start().await;
-    let (_conn, ch) = open(&broker).await;
+    let (_conn, ch) = open_channel(&broker).await;
     ch.basic_qos(2, BasicQosOptions { global: false })
         .await
         .unwrap();
@@ -1047,7 +895,7 @@ async fn qos_non_global_applies_to_each_consumer_separately() {
 #[tokio::test]
 async fn qos_global_limit_is_shared_by_all_consumers_on_the_channel() {
     let broker = TestBroker::start().await;
-    let (_conn, ch) = open(&broker).await;
+    let (_conn, ch) = open_channel(&broker).await;
     let q1 = declare(&ch, true).await;
     let q2 = declare(&ch, true).await;
     fill(&ch, &q1, 5).await;
@@ -1092,7 +940,7 @@ async fn prefetch_split(ch: &Channel) -> (usize, usize) {
 #[tokio::test]
 async fn qos_per_consumer_then_global_both_apply() {
     let broker = TestBroker::start().await;
-    let (_conn, ch) = open(&broker).await;
+    let (_conn, ch) = open_channel(&broker).await;
     ch.basic_qos(2, BasicQosOptions { global: false })
         .await
         .unwrap();
@@ -1108,7 +956,7 @@ async fn qos_per_consumer_then_global_both_apply() {
 async fn qos_per_consumer_after_global_lifts_the_global_limit() {
     // RabbitMQ quirk: basic.qos(global=false) clears any channel-wide (global) prefetch.
     let broker = TestBroker::start().await;
-    let (_conn, ch) = open(&broker).await;
+    let (_conn, ch) = open_channel(&broker).await;
     ch.basic_qos(3, BasicQosOptions { global: true })
         .await
         .unwrap();
@@ -1127,7 +975,7 @@ const REPLY_TO: &str = "amq.rabbitmq.reply-to";
 #[tokio::test]
 async fn direct_reply_to_round_trip() {
     let broker = TestBroker::start().await;
-    let (conn, client) = open(&broker).await;
+    let (conn, client) = open_channel(&broker).await;
     let server = conn.create_channel().await.unwrap();
     let requests_q = declare(&server, true).await;
     let mut requests = consume(&server, &requests_q, "", true).await;
@@ -1135,6 +983,7 @@ async fn direct_reply_to_round_trip() {
     let mut replies = consume(&client, REPLY_TO, "", true).await;
     publish_props(
         &client,
+        "",
         &requests_q,
         b"ping",
         BasicProperties::default()
@@ -1164,6 +1013,7 @@ async fn direct_reply_to_round_trip() {
     // channel (and without declaring anything).
     publish_props(
         &server,
+        "",
         &reply_to,
         b"pong",
         BasicProperties::default().with_correlation_id("c-1".into()),
@@ -1182,7 +1032,7 @@ async fn direct_reply_to_round_trip() {
 #[tokio::test]
 async fn direct_reply_to_consumer_must_be_no_ack() {
     let broker = TestBroker::start().await;
-    let (_conn, ch) = open(&broker).await;
+    let (_conn, ch) = open_channel(&broker).await;
     let err = ch
         .basic_consume(
             REPLY_TO.into(),
@@ -1204,11 +1054,12 @@ async fn direct_reply_to_consumer_must_be_no_ack() {
 #[tokio::test]
 async fn direct_reply_to_publish_without_reply_consumer_is_406() {
     let broker = TestBroker::start().await;
-    let (conn, ch) = open(&broker).await;
+    let (conn, ch) = open_channel(&broker).await;
     let q = declare(&ch, true).await;
     let mut closes = Closes::watch(&conn);
     publish_props(
         &ch,
+        "",
         &q,
         b"req",
         BasicProperties::default().with_reply_to(REPLY_TO.into()),
@@ -1226,7 +1077,7 @@ async fn direct_reply_to_publish_without_reply_consumer_is_406() {
 #[tokio::test]
 async fn publish_to_missing_exchange_closes_channel_404() {
     let broker = TestBroker::start().await;
-    let (conn, ch) = open(&broker).await;
+    let (conn, ch) = open_channel(&broker).await;
     let ex = unique("no-such-exchange");
     let mut closes = Closes::watch(&conn);
     ch.basic_publish(
@@ -1251,7 +1102,7 @@ async fn publish_to_missing_exchange_closes_channel_404() {
 #[tokio::test]
 async fn channel_flow_active_true_is_confirmed() {
     let broker = TestBroker::start().await;
-    let (_conn, ch) = open(&broker).await;
+    let (_conn, ch) = open_channel(&broker).await;
     let active = ch
         .channel_flow(ChannelFlowOptions { active: true })
         .await
@@ -1267,10 +1118,10 @@ async fn message_larger_than_max_message_size_closes_channel_406() {
     let mut config = leveret::Config::default();
     config.limits.max_message_size = 1000;
     let broker = TestBroker::start_with(config).await;
-    let (conn, ch) = open(&broker).await;
+    let (conn, ch) = open_channel(&broker).await;
     let q = declare(&ch, false).await;
 
-    publish_props(&ch, &q, &[7u8; 1000], BasicProperties::default()).await;
+    publish_props(&ch, "", &q, &[7u8; 1000], BasicProperties::default()).await;
     let mut closes = Closes::watch(&conn);
     ch.basic_publish(
         "".into(),
@@ -1299,7 +1150,7 @@ async fn message_larger_than_max_message_size_closes_channel_406() {
 #[tokio::test]
 async fn channel_flow_active_false_is_540_not_implemented_as_rabbitmq() {
     let broker = TestBroker::start().await;
-    let (conn, ch) = open(&broker).await;
+    let (conn, ch) = open_channel(&broker).await;
     let err = ch
         .channel_flow(ChannelFlowOptions { active: false })
         .await
@@ -1314,7 +1165,7 @@ async fn channel_flow_active_false_is_540_not_implemented_as_rabbitmq() {
 #[tokio::test]
 async fn cc_and_bcc_headers_add_routing_keys_and_bcc_is_not_delivered() {
     let broker = TestBroker::start().await;
-    let (_conn, ch) = open(&broker).await;
+    let (_conn, ch) = open_channel(&broker).await;
     let (main, cc, bcc) = (
         declare(&ch, true).await,
         declare(&ch, true).await,
@@ -1327,6 +1178,7 @@ async fn cc_and_bcc_headers_add_routing_keys_and_bcc_is_not_delivered() {
     headers.insert("BCC".into(), keys(&bcc));
     publish_props(
         &ch,
+        "",
         &main,
         b"sent",
         BasicProperties::default().with_headers(headers),
@@ -1356,7 +1208,7 @@ async fn cc_and_bcc_headers_add_routing_keys_and_bcc_is_not_delivered() {
 /// Consumes one message and never acks it; the broker must close the channel
 /// with RabbitMQ's 406 and requeue the message.
 async fn assert_ack_timeout(broker: &TestBroker, queue_args: FieldTable, timeout_ms: u64) {
-    let (conn, ch) = open(broker).await;
+    let (conn, ch) = open_channel(broker).await;
     let q = unique("ack-timeout");
     ch.queue_declare(
         q.as_str().into(),

@@ -7,74 +7,26 @@
 
 use crate::common;
 
-use common::amqp::amqp_error;
-use common::{unique, TestBroker};
-use futures_lite::StreamExt;
-use lapin::{
-    options::*, types::FieldTable, BasicProperties, Channel, Confirmation, Connection, Event,
+use common::amqp::{
+    amqp_error, declare_unique, exclusive, get_all_bodies, open_channel, ready_count, wait_ready,
+    Closes, WAIT,
 };
+use common::{unique, TestBroker};
+use lapin::{options::*, types::FieldTable, BasicProperties, Channel, Confirmation, Connection};
 use std::time::Duration;
 use tokio::time::timeout;
-
-/// Upper bound for anything that should happen promptly.
-const WAIT: Duration = Duration::from_secs(5);
 
 // ---------------------------------------------------------------------------
 // helpers
 // ---------------------------------------------------------------------------
 
-async fn open(broker: &TestBroker) -> (Connection, Channel) {
-    let conn = broker.connect().await;
-    let ch = conn.create_channel().await.expect("channel.open");
-    (conn, ch)
-}
-
 /// Declares a fresh exclusive queue (it goes away with the connection).
 async fn declare(ch: &Channel) -> String {
-    let name = unique("ctx");
-    ch.queue_declare(
-        name.as_str().into(),
-        QueueDeclareOptions {
-            exclusive: true,
-            ..Default::default()
-        },
-        FieldTable::default(),
-    )
-    .await
-    .expect("queue.declare");
-    name
-}
-
-/// Number of ready messages, as reported by a passive queue.declare.
-async fn ready_count(ch: &Channel, queue: &str) -> u32 {
-    ch.queue_declare(
-        queue.into(),
-        QueueDeclareOptions {
-            passive: true,
-            ..Default::default()
-        },
-        FieldTable::default(),
-    )
-    .await
-    .expect("passive queue.declare")
-    .message_count()
-}
-
-/// Polls until the queue reports exactly `n` ready messages (RabbitMQ routes to queues
-/// asynchronously, so a count read right after an operation may lag behind it).
-async fn wait_ready(ch: &Channel, queue: &str, n: u32) {
-    let mut last = 0;
-    for _ in 0..250 {
-        last = ready_count(ch, queue).await;
-        if last == n {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    panic!("queue {queue} has {last} ready messages, expected {n}");
+    declare_unique(ch, "ctx", exclusive(), FieldTable::default()).await
 }
 
 /// Asserts the queue stays empty for a little while (held-back publishes must not leak).
+/// The sleeps are the subject: nothing may show up during them.
 async fn assert_stays_empty(ch: &Channel, queue: &str) {
     for _ in 0..5 {
         assert_eq!(ready_count(ch, queue).await, 0, "{queue} should be empty");
@@ -114,50 +66,6 @@ async fn confirmation(confirm: lapin::PublisherConfirm) -> Confirmation {
         .expect("publisher confirm failed")
 }
 
-/// Remaining messages, in order, taken with no-ack basic.get.
-async fn get_all(ch: &Channel, queue: &str) -> Vec<String> {
-    let mut out = Vec::new();
-    while let Some(m) = ch
-        .basic_get(queue.into(), BasicGetOptions { no_ack: true })
-        .await
-        .expect("basic.get")
-    {
-        out.push(String::from_utf8(m.delivery.data.clone()).unwrap());
-    }
-    out
-}
-
-/// Watches a connection for closes sent by the broker. Create it before the method that
-/// provokes the close.
-struct Closes(std::pin::Pin<Box<dyn futures_lite::Stream<Item = Event> + Send>>);
-
-impl Closes {
-    fn watch(conn: &Connection) -> Self {
-        Closes(Box::pin(conn.events_listener()))
-    }
-
-    /// (reply code, reply text) of the next channel.close / connection.close; checks that
-    /// `ch` is closed and the connection is not.
-    async fn channel(&mut self, conn: &Connection, ch: &Channel) -> (u16, String) {
-        let events = &mut self.0;
-        let reason = timeout(WAIT, async {
-            while let Some(event) = events.next().await {
-                if let Event::Error(err) = event {
-                    if let Some(reason) = amqp_error(&err) {
-                        return reason;
-                    }
-                }
-            }
-            panic!("connection event stream ended");
-        })
-        .await
-        .expect("timed out waiting for the broker to close the channel");
-        assert!(!ch.status().connected(), "channel still open");
-        assert!(conn.status().connected(), "connection should survive");
-        reason
-    }
-}
-
 /// Runs a synchronous method that the broker must refuse with a channel error; returns
 /// the (reply code, reply text) and checks that only the channel was closed.
 async fn channel_error<T: std::fmt::Debug>(
@@ -185,7 +93,7 @@ async fn channel_error<T: std::fmt::Debug>(
 #[tokio::test]
 async fn publish_after_confirm_select_is_acked() {
     let broker = TestBroker::start().await;
-    let (_conn, ch) = open(&broker).await;
+    let (_conn, ch) = open_channel(&broker).await;
     let q = declare(&ch).await;
     ch.confirm_select(ConfirmSelectOptions::default())
         .await
@@ -199,7 +107,7 @@ async fn publish_after_confirm_select_is_acked() {
 #[tokio::test]
 async fn without_confirm_select_nothing_is_confirmed() {
     let broker = TestBroker::start().await;
-    let (_conn, ch) = open(&broker).await;
+    let (_conn, ch) = open_channel(&broker).await;
     let q = declare(&ch).await;
     let c = confirmation(publish(&ch, &q, "hello").await).await;
     assert_eq!(c, Confirmation::NotRequested);
@@ -208,7 +116,7 @@ async fn without_confirm_select_nothing_is_confirmed() {
 #[tokio::test]
 async fn confirm_select_twice_is_fine() {
     let broker = TestBroker::start().await;
-    let (_conn, ch) = open(&broker).await;
+    let (_conn, ch) = open_channel(&broker).await;
     let q = declare(&ch).await;
     ch.confirm_select(ConfirmSelectOptions::default())
         .await
@@ -223,7 +131,7 @@ async fn confirm_select_twice_is_fine() {
 async fn many_publishes_are_all_confirmed() {
     const N: usize = 500;
     let broker = TestBroker::start().await;
-    let (_conn, ch) = open(&broker).await;
+    let (_conn, ch) = open_channel(&broker).await;
     let q = declare(&ch).await;
     ch.confirm_select(ConfirmSelectOptions::default())
         .await
@@ -242,7 +150,7 @@ async fn many_publishes_are_all_confirmed() {
 #[tokio::test]
 async fn wait_for_confirms_covers_dropped_confirms() {
     let broker = TestBroker::start().await;
-    let (_conn, ch) = open(&broker).await;
+    let (_conn, ch) = open_channel(&broker).await;
     let q = declare(&ch).await;
     ch.confirm_select(ConfirmSelectOptions::default())
         .await
@@ -261,7 +169,7 @@ async fn wait_for_confirms_covers_dropped_confirms() {
 #[tokio::test]
 async fn unroutable_mandatory_publish_is_returned_before_its_ack() {
     let broker = TestBroker::start().await;
-    let (_conn, ch) = open(&broker).await;
+    let (_conn, ch) = open_channel(&broker).await;
     ch.confirm_select(ConfirmSelectOptions::default())
         .await
         .unwrap();
@@ -279,7 +187,7 @@ async fn unroutable_mandatory_publish_is_returned_before_its_ack() {
 #[tokio::test]
 async fn unroutable_non_mandatory_publish_is_simply_acked() {
     let broker = TestBroker::start().await;
-    let (_conn, ch) = open(&broker).await;
+    let (_conn, ch) = open_channel(&broker).await;
     ch.confirm_select(ConfirmSelectOptions::default())
         .await
         .unwrap();
@@ -291,7 +199,7 @@ async fn unroutable_non_mandatory_publish_is_simply_acked() {
 #[tokio::test]
 async fn publish_to_missing_exchange_under_confirms_closes_channel_404() {
     let broker = TestBroker::start().await;
-    let (conn, ch) = open(&broker).await;
+    let (conn, ch) = open_channel(&broker).await;
     ch.confirm_select(ConfirmSelectOptions::default())
         .await
         .unwrap();
@@ -315,7 +223,7 @@ async fn publish_to_missing_exchange_under_confirms_closes_channel_404() {
 #[tokio::test]
 async fn tx_publishes_are_invisible_until_commit() {
     let broker = TestBroker::start().await;
-    let (conn, observer) = open(&broker).await;
+    let (conn, observer) = open_channel(&broker).await;
     let q = declare(&observer).await;
     let ch = conn.create_channel().await.unwrap();
     ch.tx_select().await.unwrap();
@@ -331,7 +239,10 @@ async fn tx_publishes_are_invisible_until_commit() {
     assert_stays_empty_beyond(&observer, &q, 3).await;
     ch.tx_commit().await.unwrap();
     wait_ready(&observer, &q, 4).await;
-    assert_eq!(get_all(&observer, &q).await, ["m0", "m1", "m2", "m3"]);
+    assert_eq!(
+        get_all_bodies(&observer, &q).await,
+        ["m0", "m1", "m2", "m3"]
+    );
 }
 
 /// Like [`assert_stays_empty`], for a queue that already holds `n` messages.
@@ -345,7 +256,7 @@ async fn assert_stays_empty_beyond(ch: &Channel, queue: &str, n: u32) {
 #[tokio::test]
 async fn tx_rollback_discards_publishes() {
     let broker = TestBroker::start().await;
-    let (conn, observer) = open(&broker).await;
+    let (conn, observer) = open_channel(&broker).await;
     let q = declare(&observer).await;
     let ch = conn.create_channel().await.unwrap();
     ch.tx_select().await.unwrap();
@@ -355,13 +266,13 @@ async fn tx_rollback_discards_publishes() {
     publish(&ch, &q, "kept").await;
     ch.tx_commit().await.unwrap();
     wait_ready(&observer, &q, 1).await;
-    assert_eq!(get_all(&observer, &q).await, ["kept"]);
+    assert_eq!(get_all_bodies(&observer, &q).await, ["kept"]);
 }
 
 #[tokio::test]
 async fn tx_uncommitted_publishes_are_discarded_when_the_channel_closes() {
     let broker = TestBroker::start().await;
-    let (conn, observer) = open(&broker).await;
+    let (conn, observer) = open_channel(&broker).await;
     let q = declare(&observer).await;
     let ch = conn.create_channel().await.unwrap();
     ch.tx_select().await.unwrap();
@@ -373,7 +284,7 @@ async fn tx_uncommitted_publishes_are_discarded_when_the_channel_closes() {
 #[tokio::test]
 async fn tx_acks_take_effect_only_at_commit() {
     let broker = TestBroker::start().await;
-    let (conn, observer) = open(&broker).await;
+    let (conn, observer) = open_channel(&broker).await;
     let q = declare(&observer).await;
     for i in 0..3 {
         publish(&observer, &q, &format!("m{i}")).await;
@@ -408,13 +319,13 @@ async fn tx_acks_take_effect_only_at_commit() {
 
     // Closing the channel requeues everything whose ack was not committed.
     wait_ready(&observer, &q, 2).await;
-    assert_eq!(get_all(&observer, &q).await, ["m1", "m2"]);
+    assert_eq!(get_all_bodies(&observer, &q).await, ["m1", "m2"]);
 }
 
 #[tokio::test]
 async fn tx_commit_without_tx_select_is_406() {
     let broker = TestBroker::start().await;
-    let (conn, ch) = open(&broker).await;
+    let (conn, ch) = open_channel(&broker).await;
     assert_eq!(
         channel_error(&conn, &ch, ch.tx_commit()).await,
         (
@@ -427,7 +338,7 @@ async fn tx_commit_without_tx_select_is_406() {
 #[tokio::test]
 async fn tx_rollback_without_tx_select_is_406() {
     let broker = TestBroker::start().await;
-    let (conn, ch) = open(&broker).await;
+    let (conn, ch) = open_channel(&broker).await;
     assert_eq!(
         channel_error(&conn, &ch, ch.tx_rollback()).await,
         (
@@ -440,7 +351,7 @@ async fn tx_rollback_without_tx_select_is_406() {
 #[tokio::test]
 async fn tx_select_twice_is_fine() {
     let broker = TestBroker::start().await;
-    let (_conn, ch) = open(&broker).await;
+    let (_conn, ch) = open_channel(&broker).await;
     ch.tx_select().await.unwrap();
     ch.tx_select().await.unwrap();
     ch.tx_commit().await.unwrap();
@@ -449,7 +360,7 @@ async fn tx_select_twice_is_fine() {
 #[tokio::test]
 async fn confirm_select_on_a_tx_channel_is_406() {
     let broker = TestBroker::start().await;
-    let (conn, ch) = open(&broker).await;
+    let (conn, ch) = open_channel(&broker).await;
     ch.tx_select().await.unwrap();
     assert_eq!(
         channel_error(
@@ -468,7 +379,7 @@ async fn confirm_select_on_a_tx_channel_is_406() {
 #[tokio::test]
 async fn tx_select_on_a_confirm_channel_is_406() {
     let broker = TestBroker::start().await;
-    let (conn, ch) = open(&broker).await;
+    let (conn, ch) = open_channel(&broker).await;
     ch.confirm_select(ConfirmSelectOptions::default())
         .await
         .unwrap();
@@ -488,7 +399,7 @@ async fn tx_select_on_a_confirm_channel_is_406() {
 #[tokio::test]
 async fn tx_commit_after_a_queue_refused_a_message_is_406_partial_tx_completion() {
     let broker = TestBroker::start().await;
-    let (conn, ch) = open(&broker).await;
+    let (conn, ch) = open_channel(&broker).await;
     let q = unique("ctx-full");
     let mut args = FieldTable::default();
     args.insert("x-max-length".into(), lapin::types::AMQPValue::LongInt(1));
@@ -507,7 +418,7 @@ async fn tx_commit_after_a_queue_refused_a_message_is_406_partial_tx_completion(
         (406, "PRECONDITION_FAILED - partial tx completion".into())
     );
     let observer = conn.create_channel().await.unwrap();
-    assert_eq!(get_all(&observer, &q).await, ["m1"]);
+    assert_eq!(get_all_bodies(&observer, &q).await, ["m1"]);
     observer
         .queue_delete(q.as_str().into(), QueueDeleteOptions::default())
         .await

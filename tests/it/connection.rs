@@ -671,21 +671,23 @@ async fn connection_error_does_not_affect_other_connections() {
         )
         .await
         .unwrap();
-        let mut got = None;
-        for _ in 0..50 {
-            got = tokio::time::timeout(
-                TIMEOUT,
-                ch.basic_get(q.name().as_str().into(), BasicGetOptions { no_ack: true }),
-            )
-            .await
-            .expect("timed out on basic.get")
-            .unwrap();
-            if got.is_some() {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        assert_eq!(got.expect("message not delivered").delivery.data, b"after");
+        let (ch, queue) = (&ch, q.name().as_str());
+        let got = common::wait_for(
+            "the message published after the error",
+            TIMEOUT,
+            || async move {
+                tokio::time::timeout(
+                    TIMEOUT,
+                    ch.basic_get(queue.into(), BasicGetOptions { no_ack: true }),
+                )
+                .await
+                .expect("timed out on basic.get")
+                .unwrap()
+                .ok_or("queue empty")
+            },
+        )
+        .await;
+        assert_eq!(got.delivery.data, b"after");
         round_trip(&conn, b"second channel").await;
         let _ = tokio::time::timeout(TIMEOUT, conn.close(200, "bye".into())).await;
         assert_broker_healthy(&broker).await;

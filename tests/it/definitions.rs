@@ -29,7 +29,7 @@ use lapin::{
 };
 use serde_json::{json, Value};
 use std::collections::BTreeSet;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 const WAIT: Duration = Duration::from_secs(5);
 const FILE: &str = concat!(
@@ -277,18 +277,18 @@ async fn check_shop_routing(broker: &TestBroker, vhost: &str) {
         ("app.reports", 1),
         ("app.events", 1),
     ] {
-        let deadline = Instant::now() + WAIT;
-        loop {
-            let got = common::amqp::count(&conn, queue, WAIT).await;
-            if got == want {
-                break;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "{queue} in {vhost}: {got} messages, want {want}"
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        let conn = &conn;
+        common::wait_for(
+            &format!("{want} messages in {queue} in {vhost}"),
+            WAIT,
+            || async move {
+                match common::amqp::count(conn, queue, WAIT).await {
+                    got if got == want => Ok(()),
+                    got => Err(got),
+                }
+            },
+        )
+        .await;
     }
     let _ = conn.close(200, "bye".into()).await;
 }

@@ -10,7 +10,7 @@
 
 use crate::common;
 
-use common::amqp::{count, persistent};
+use common::amqp::{count, declare_queue, durable, persistent};
 use common::http::Api;
 use common::process::{BrokerProcess, TempDir};
 use common::{unique, TestBroker};
@@ -20,8 +20,8 @@ use lapin::options::{
     QueueDeclareOptions,
 };
 use lapin::types::FieldTable;
+use lapin::Connection;
 use lapin::PublisherConfirm;
-use lapin::{Connection, ConnectionProperties};
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -177,12 +177,6 @@ fn config_file(dir: &TempDir, toml: &str) -> PathBuf {
     path
 }
 
-async fn connect(broker: &BrokerProcess) -> Connection {
-    Connection::connect(&broker.uri(), ConnectionProperties::default())
-        .await
-        .expect("connect")
-}
-
 fn body(id: u64, size: usize) -> Vec<u8> {
     let mut b = id.to_be_bytes().to_vec();
     b.resize(size.max(8), b'.');
@@ -195,16 +189,7 @@ fn id_of(body: &[u8]) -> u64 {
 
 async fn declare(conn: &Connection, queue: &str) {
     let ch = conn.create_channel().await.unwrap();
-    ch.queue_declare(
-        queue.into(),
-        QueueDeclareOptions {
-            durable: true,
-            ..Default::default()
-        },
-        FieldTable::default(),
-    )
-    .await
-    .unwrap();
+    declare_queue(&ch, queue, durable(), FieldTable::default()).await
 }
 
 /// What the broker said about the messages published.
@@ -325,7 +310,7 @@ async fn fill_while_publishing(
     let reserve = data.join("disk-reserve");
     wait_until("the disk reserve is written", WAIT, || reserve.exists()).await;
 
-    let conn = connect(&broker).await;
+    let conn = broker.connect().await;
     let queue = unique("full");
     declare(&conn, &queue).await;
     let mut confirms = Confirms::default();
@@ -409,7 +394,7 @@ async fn a_failed_write_nacks_and_consumers_drain_exactly_the_queue_on_the_full_
     let conf = config_file(&tmp, "[storage]\ndisk_free_limit = 0\n");
     let (mut broker, confirms, queue) = fill_while_publishing(&fs, &conf, 500).await;
 
-    let conn = connect(&broker).await;
+    let conn = broker.connect().await;
     let reported = count(&conn, &queue, WAIT).await;
     let delivered = drain(&conn, &queue, reported).await;
     assert_eq!(
@@ -429,13 +414,13 @@ async fn the_broker_restarts_on_the_full_disk_and_consumers_drain() {
     let tmp = TempDir::new("disk-full-restart");
     let conf = config_file(&tmp, "[storage]\ndisk_free_limit = 0\n");
     let (mut broker, confirms, queue) = fill_while_publishing(&fs, &conf, 500).await;
-    let reported = count(&connect(&broker).await, &queue, WAIT).await;
+    let reported = count(&broker.connect().await, &queue, WAIT).await;
     let mut log = broker.stderr();
     broker.sigterm_and_wait();
     assert!(fs.free() < 1 << 20, "still full: {} bytes free", fs.free());
 
     let broker = BrokerProcess::start_with_config(&fs.dir.join("data"), &conf);
-    let conn = connect(&broker).await;
+    let conn = broker.connect().await;
     assert_eq!(
         count(&conn, &queue, WAIT).await,
         reported,
@@ -459,7 +444,7 @@ async fn publishers_are_blocked_before_the_disk_is_full_and_resume_once_drained(
         "[storage]\ndisk_free_limit = 50000000\nsegment_size = 1048576\n",
     );
     let broker = BrokerProcess::start_with_config(&fs.dir.join("data"), &conf);
-    let conn = connect(&broker).await;
+    let conn = broker.connect().await;
     let queue = unique("alarm");
     declare(&conn, &queue).await;
     let mut confirms = Confirms::default();
@@ -472,7 +457,7 @@ async fn publishers_are_blocked_before_the_disk_is_full_and_resume_once_drained(
         fs.free()
     );
 
-    let other = connect(&broker).await;
+    let other = broker.connect().await;
     let reported = count(&other, &queue, WAIT).await;
     // Acknowledged segments are deleted: the space comes back, the alarm
     // clears, and what lapin held back comes in too.
@@ -500,7 +485,7 @@ async fn a_transaction_whose_messages_could_not_be_written_fails_its_commit() {
     let broker = BrokerProcess::start_with_config(&data, &conf);
     let reserve = data.join("disk-reserve");
     wait_until("the disk reserve is written", WAIT, || reserve.exists()).await;
-    let conn = connect(&broker).await;
+    let conn = broker.connect().await;
     let queue = unique("full-tx");
     declare(&conn, &queue).await;
     let ch = conn.create_channel().await.unwrap();
@@ -545,7 +530,7 @@ async fn a_transaction_whose_messages_could_not_be_written_fails_its_commit() {
         )),
         "after {committed} commits: {failure}"
     );
-    let other = connect(&broker).await;
+    let other = broker.connect().await;
     assert_eq!(
         count(&other, &queue, WAIT).await,
         committed,
@@ -574,7 +559,7 @@ async fn a_declaration_that_cannot_be_written_is_an_error_the_client_sees() {
     let broker = BrokerProcess::start_with_config(&data, &conf);
     let reserve = data.join("disk-reserve");
     wait_until("the disk reserve is written", WAIT, || reserve.exists()).await;
-    let conn = connect(&broker).await;
+    let conn = broker.connect().await;
     declare(&conn, &unique("before-full")).await;
     fs.fill();
 

@@ -78,15 +78,6 @@ fn restart_with(
     }
 }
 
-async fn connect(broker: &BrokerProcess) -> Connection {
-    timed(
-        "connection",
-        Connection::connect(&broker.uri(), ConnectionProperties::default()),
-    )
-    .await
-    .expect("connect to the broker")
-}
-
 /// A channel in confirm mode.
 async fn confirm_channel(conn: &Connection) -> Channel {
     timed_confirm_channel(conn, WAIT).await
@@ -383,7 +374,7 @@ async fn confirmed_persistent_messages_survive(name: &str, stop: Stop) {
         .map(|i| (format!("order-{i:04}"), rich_properties(i)))
         .collect();
     {
-        let conn = connect(&broker).await;
+        let conn = broker.connect().await;
         let ch = confirm_channel(&conn).await;
         declare_durable_queue(&ch, q).await;
         publish_confirmed(&ch, "", q, &messages).await;
@@ -391,7 +382,7 @@ async fn confirmed_persistent_messages_survive(name: &str, stop: Stop) {
     }
 
     let broker = restart(broker, data.path(), stop);
-    let conn = connect(&broker).await;
+    let conn = broker.connect().await;
     assert_eq!(
         count(&conn, q).await,
         1000,
@@ -456,7 +447,7 @@ async fn transient_messages_in_durable_queues_are_dropped_on_restart_persistent_
             })
             .collect();
         {
-            let conn = connect(&broker).await;
+            let conn = broker.connect().await;
             let ch = confirm_channel(&conn).await;
             declare_durable_queue(&ch, mixed).await;
             declare_durable_queue(&ch, transient_only).await;
@@ -468,7 +459,7 @@ async fn transient_messages_in_durable_queues_are_dropped_on_restart_persistent_
 
         // A clean stop must not turn transient messages into persistent ones.
         let broker = restart(broker, data.path(), Stop::Sigterm);
-        let conn = connect(&broker).await;
+        let conn = broker.connect().await;
         assert_eq!(
             count(&conn, transient_only).await,
             0,
@@ -491,7 +482,7 @@ async fn non_durable_and_exclusive_queues_and_non_durable_exchanges_are_gone_aft
         let data = TempDir::new("durability-non-durable");
         let broker = BrokerProcess::start(data.path());
         {
-            let conn = connect(&broker).await;
+            let conn = broker.connect().await;
             let ch = confirm_channel(&conn).await;
             declare_queue(
                 &ch,
@@ -547,7 +538,7 @@ async fn non_durable_and_exclusive_queues_and_non_durable_exchanges_are_gone_aft
             // The exclusive queue's owner is still connected when the broker dies.
             let broker = restart(broker, data.path(), Stop::Kill9);
 
-            let conn = connect(&broker).await;
+            let conn = broker.connect().await;
             assert_queue_gone(&conn, "transient-q").await;
             assert_queue_gone(&conn, "exclusive-q").await;
             assert_exchange_gone(&conn, "transient-ex").await;
@@ -792,14 +783,14 @@ async fn durable_exchanges_queues_bindings_and_arguments_survive_kill_9_and_rout
         let data = TempDir::new("durability-topology");
         let broker = BrokerProcess::start(data.path());
         {
-            let conn = connect(&broker).await;
+            let conn = broker.connect().await;
             let ch = confirm_channel(&conn).await;
             declare_topology(&ch).await;
             assert_routing(&conn, "before the kill").await;
         }
 
         let broker = restart(broker, data.path(), Stop::Kill9);
-        let conn = connect(&broker).await;
+        let conn = broker.connect().await;
         for ex in [AE, EX_DIRECT, EX_FANOUT, EX_TOPIC, EX_HEADERS] {
             exchange_exists(&conn, ex)
                 .await
@@ -864,7 +855,7 @@ async fn acked_messages_stay_acked_after_sigterm_restart() {
         let messages = persistent_messages("m", 100);
         let all = bodies(&messages);
         {
-            let conn = connect(&broker).await;
+            let conn = broker.connect().await;
             let ch = confirm_channel(&conn).await;
             declare_durable_queue(&ch, q).await;
             publish_confirmed(&ch, "", q, &messages).await;
@@ -874,7 +865,7 @@ async fn acked_messages_stay_acked_after_sigterm_restart() {
         }
 
         let broker = restart(broker, data.path(), Stop::Sigterm);
-        let conn = connect(&broker).await;
+        let conn = broker.connect().await;
         assert_eq!(count(&conn, q).await, 60, "after SIGTERM and restart");
         let ch = confirm_channel(&conn).await;
         assert_same_sequence("left after restart", &get_bodies(&ch, q).await, &all[40..]);
@@ -891,7 +882,7 @@ async fn every_unacked_message_survives_kill_9_in_order_after_acks() {
         let messages = persistent_messages("m", 100);
         let all = bodies(&messages);
         {
-            let conn = connect(&broker).await;
+            let conn = broker.connect().await;
             let ch = confirm_channel(&conn).await;
             declare_durable_queue(&ch, q).await;
             publish_confirmed(&ch, "", q, &messages).await;
@@ -901,7 +892,7 @@ async fn every_unacked_message_survives_kill_9_in_order_after_acks() {
         }
 
         let broker = restart(broker, data.path(), Stop::Kill9);
-        let conn = connect(&broker).await;
+        let conn = broker.connect().await;
         let ch = confirm_channel(&conn).await;
         let left = get_bodies(&ch, q).await;
         // At-least-once: some acked messages may come back after a kill -9, but
@@ -951,7 +942,7 @@ async fn unacked_deliveries_come_back_redelivered(name: &str, stop: fn(&mut Brok
         let mut broker = BrokerProcess::start(data.path());
         let q = "redelivery";
         let messages = persistent_messages("m", 10);
-        let conn = connect(&broker).await;
+        let conn = broker.connect().await;
         let ch = confirm_channel(&conn).await;
         declare_durable_queue(&ch, q).await;
         publish_confirmed(&ch, "", q, &messages).await;
@@ -977,13 +968,15 @@ async fn unacked_deliveries_come_back_redelivered(name: &str, stop: fn(&mut Brok
         let delivered = next_n(&mut consumer, 5).await;
         let delivered: Vec<String> = delivered.iter().map(|d| text(&d.data)).collect();
         assert_same_sequence("delivered", &delivered, &bodies(&messages)[..5]);
+        // The delivered marks are flushed every 100 ms and nothing a client
+        // sees tells when: three flushes' time before kill -9 (the subject).
         tokio::time::sleep(Duration::from_millis(300)).await;
 
         // Stop with the 5 deliveries still unacked.
         stop(&mut broker);
         drop((consumer, consumer_ch, ch, conn));
         let broker = BrokerProcess::start(data.path());
-        let conn = connect(&broker).await;
+        let conn = broker.connect().await;
         let ch = confirm_channel(&conn).await;
         let got = get_all(&ch, q).await;
         let got_bodies: Vec<String> = got.iter().map(|m| text(&m.delivery.data)).collect();
@@ -1107,7 +1100,7 @@ async fn kill_9_during_flat_out_publishing(name: &str, config: Option<&str>) {
     };
     let q = "under-load";
     {
-        let conn = connect(&broker).await;
+        let conn = broker.connect().await;
         let ch = confirm_channel(&conn).await;
         declare_durable_queue(&ch, q).await;
     }
@@ -1115,6 +1108,7 @@ async fn kill_9_during_flat_out_publishing(name: &str, config: Option<&str>) {
     let tasks: Vec<_> = (0..PUBLISHERS)
         .map(|n| tokio::spawn(publish_flat_out(broker.uri(), n, q, give_up.clone())))
         .collect();
+    // The subject: two seconds of publishing flat out before the kill.
     tokio::time::sleep(Duration::from_secs(2)).await;
     assert!(
         tasks.iter().all(|t| !t.is_finished()),
@@ -1140,7 +1134,7 @@ async fn kill_9_during_flat_out_publishing(name: &str, config: Option<&str>) {
         );
     }
 
-    let conn = connect(&broker).await;
+    let conn = broker.connect().await;
     let n_left = count(&conn, q).await as usize;
     let ch = timed("channel.open", conn.create_channel()).await.unwrap();
     timed("basic.qos", ch.basic_qos(1000, BasicQosOptions::default()))
@@ -1214,7 +1208,7 @@ async fn fanout_copies_in_three_durable_queues_survive_kill_9_and_acks_are_per_q
         let messages = persistent_messages("f", 200);
         let all = bodies(&messages);
         {
-            let conn = connect(&broker).await;
+            let conn = broker.connect().await;
             let ch = confirm_channel(&conn).await;
             declare_exchange(&ch, ex, ExchangeKind::Fanout, true, FieldTable::default()).await;
             for q in queues {
@@ -1226,7 +1220,7 @@ async fn fanout_copies_in_three_durable_queues_survive_kill_9_and_acks_are_per_q
 
         let broker = restart(broker, data.path(), Stop::Kill9);
         {
-            let conn = connect(&broker).await;
+            let conn = broker.connect().await;
             for q in queues {
                 assert_eq!(count(&conn, q).await, 200, "{q} after kill -9");
                 assert_same_sequence(q, &peek(&conn, q, 200).await, &all);
@@ -1243,7 +1237,7 @@ async fn fanout_copies_in_three_durable_queues_survive_kill_9_and_acks_are_per_q
         }
 
         let broker = restart(broker, data.path(), Stop::Sigterm);
-        let conn = connect(&broker).await;
+        let conn = broker.connect().await;
         assert_eq!(count(&conn, queues[0]).await, 0, "acked copies stay acked");
         for q in &queues[1..] {
             assert_eq!(count(&conn, q).await, 200, "{q} after the second restart");
@@ -1279,7 +1273,7 @@ fn regular_files(dir: &Path) -> Vec<PathBuf> {
 async fn write_a_store(data: &Path) -> Vec<PathBuf> {
     let mut broker = BrokerProcess::start(data);
     {
-        let conn = connect(&broker).await;
+        let conn = broker.connect().await;
         let ch = confirm_channel(&conn).await;
         declare_exchange(&ch, "ex", ExchangeKind::Direct, true, FieldTable::default()).await;
         declare_durable_queue(&ch, "q").await;
@@ -1447,7 +1441,7 @@ async fn restart_logs_recovered_queue_and_message_counts() {
         let data = TempDir::new("durability-recovery-log");
         let broker = BrokerProcess::start(data.path());
         {
-            let conn = connect(&broker).await;
+            let conn = broker.connect().await;
             let ch = confirm_channel(&conn).await;
             declare_durable_queue(&ch, "log-a").await;
             declare_durable_queue(&ch, "log-b").await;
@@ -1469,7 +1463,7 @@ async fn restart_logs_recovered_queue_and_message_counts() {
         assert_eq!(field(&line, "queues"), Some(2), "{line}");
         assert_eq!(field(&line, "messages"), Some(12), "{line}");
         // And the log is not lying.
-        let conn = connect(&broker).await;
+        let conn = broker.connect().await;
         assert_eq!(count(&conn, "log-a").await, 5);
         assert_eq!(count(&conn, "log-b").await, 7);
     })
@@ -1485,7 +1479,7 @@ async fn message_expiry_keeps_counting_across_a_restart() {
         let broker = BrokerProcess::start(data.path());
         let q = "expiring";
         {
-            let conn = connect(&broker).await;
+            let conn = broker.connect().await;
             let ch = confirm_channel(&conn).await;
             declare_durable_queue(&ch, q).await;
             let soon = persistent().with_expiration("1500".into());
@@ -1499,7 +1493,7 @@ async fn message_expiry_keeps_counting_across_a_restart() {
             .await;
         }
         let broker = restart(broker, data.path(), Stop::Sigterm);
-        let conn = connect(&broker).await;
+        let conn = broker.connect().await;
         // Expiry is absolute: the message published with 1.5 s to live goes
         // 1.5 s after it was published, restart or not.
         tokio::time::sleep(Duration::from_millis(2000)).await;
@@ -1521,7 +1515,7 @@ async fn durable_priority_queue_keeps_its_messages_and_their_order_across_a_rest
         let mut args = FieldTable::default();
         args.insert("x-max-priority".into(), AMQPValue::LongInt(5));
         {
-            let conn = connect(&broker).await;
+            let conn = broker.connect().await;
             let ch = confirm_channel(&conn).await;
             declare_queue(&ch, q, durable(), args).await;
             let messages: Vec<(String, BasicProperties)> = [(1, "a"), (5, "b"), (3, "c"), (5, "d")]
@@ -1531,7 +1525,7 @@ async fn durable_priority_queue_keeps_its_messages_and_their_order_across_a_rest
             publish_confirmed(&ch, "", q, &messages).await;
         }
         let broker = restart(broker, data.path(), Stop::Kill9);
-        let conn = connect(&broker).await;
+        let conn = broker.connect().await;
         assert_eq!(count(&conn, q).await, 4);
         let ch = timed("channel.open", conn.create_channel()).await.unwrap();
         assert_eq!(get_bodies(&ch, q).await, ["b", "d", "c", "a"]);

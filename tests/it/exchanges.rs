@@ -5,7 +5,8 @@
 use crate::common;
 
 use common::amqp::{
-    assert_closed, confirm_channel as channel, open_confirmed as setup, within_for,
+    assert_closed, confirm_channel as channel, declare_unique, exclusive, get_all_bodies,
+    open_confirmed as setup, within_for,
 };
 use common::unique;
 use lapin::{
@@ -88,18 +89,7 @@ async fn passive_exchange(ch: &Channel, name: &str) -> lapin::Result<()> {
 
 /// Declares a fresh, auto-deleting-with-the-connection queue.
 async fn declare_queue(ch: &Channel) -> String {
-    let name = unique("q");
-    ch.queue_declare(
-        name.as_str().into(),
-        QueueDeclareOptions {
-            exclusive: true,
-            ..Default::default()
-        },
-        FieldTable::default(),
-    )
-    .await
-    .unwrap();
-    name
+    declare_unique(ch, "q", exclusive(), FieldTable::default()).await
 }
 
 async fn bind_with(ch: &Channel, queue: &str, exchange: &str, key: &str, args: FieldTable) {
@@ -118,25 +108,8 @@ async fn bind(ch: &Channel, queue: &str, exchange: &str, key: &str) {
     bind_with(ch, queue, exchange, key, FieldTable::default()).await;
 }
 
-/// Takes every ready message from `queue`, returning the bodies in order.
-async fn drain(ch: &Channel, queue: &str) -> Vec<String> {
-    let mut bodies = Vec::new();
-    loop {
-        let got = tokio::time::timeout(
-            TIMEOUT,
-            ch.basic_get(queue.into(), BasicGetOptions { no_ack: true }),
-        )
-        .await
-        .expect("timed out on basic.get")
-        .unwrap();
-        match got {
-            Some(msg) => bodies.push(String::from_utf8(msg.delivery.data.clone()).unwrap()),
-            None => return bodies,
-        }
-    }
-}
-
-fn table(entries: &[(&str, &str)]) -> FieldTable {
+/// A field table of string values.
+fn string_table(entries: &[(&str, &str)]) -> FieldTable {
     let mut t = FieldTable::default();
     for (k, v) in entries {
         t.insert((*k).into(), AMQPValue::LongString((*v).into()));
@@ -155,7 +128,7 @@ async fn topic_matches(pattern: &str, keys: &[&str]) -> Vec<String> {
     for key in keys {
         publish(&ch, &ex, key, key).await;
     }
-    drain(&ch, &q).await
+    get_all_bodies(&ch, &q).await
 }
 
 /// Binds a queue to a headers exchange with `binding` arguments, publishes one message
@@ -165,11 +138,11 @@ async fn headers_matches(binding: &[(&str, &str)], messages: &[&[(&str, &str)]])
     let ex = unique("headers");
     declare_exchange(&ch, &ex, ExchangeKind::Headers).await;
     let q = declare_queue(&ch).await;
-    bind_with(&ch, &q, &ex, "", table(binding)).await;
+    bind_with(&ch, &q, &ex, "", string_table(binding)).await;
     for (i, headers) in messages.iter().enumerate() {
-        publish_headers(&ch, &ex, &i.to_string(), table(headers)).await;
+        publish_headers(&ch, &ex, &i.to_string(), string_table(headers)).await;
     }
-    drain(&ch, &q).await
+    get_all_bodies(&ch, &q).await
 }
 
 // ---------------------------------------------------------------- routing
@@ -192,8 +165,8 @@ async fn direct_exchange_routes_on_exact_key() {
         publish(&ch, &ex, "A", "4").await; // keys are case-sensitive
         publish(&ch, &ex, "c", "5").await;
 
-        assert_eq!(drain(&ch, &qa).await, ["1"]);
-        assert_eq!(drain(&ch, &qb).await, ["2", "3"]);
+        assert_eq!(get_all_bodies(&ch, &qa).await, ["1"]);
+        assert_eq!(get_all_bodies(&ch, &qb).await, ["2", "3"]);
     })
     .await
 }
@@ -208,7 +181,7 @@ async fn direct_exchange_delivers_once_per_queue_with_duplicate_bindings() {
         bind(&ch, &q, &ex, "k").await;
         bind(&ch, &q, &ex, "k").await;
         publish(&ch, &ex, "k", "once").await;
-        assert_eq!(drain(&ch, &q).await, ["once"]);
+        assert_eq!(get_all_bodies(&ch, &q).await, ["once"]);
     })
     .await
 }
@@ -229,10 +202,10 @@ async fn fanout_exchange_routes_to_every_bound_queue_ignoring_key() {
 
         publish(&ch, &ex, "some.key", "m").await;
 
-        assert_eq!(drain(&ch, &q1).await, ["m"]);
-        assert_eq!(drain(&ch, &q2).await, ["m"]);
-        assert_eq!(drain(&ch, &q3).await, ["m"]);
-        assert!(drain(&ch, &unbound).await.is_empty());
+        assert_eq!(get_all_bodies(&ch, &q1).await, ["m"]);
+        assert_eq!(get_all_bodies(&ch, &q2).await, ["m"]);
+        assert_eq!(get_all_bodies(&ch, &q3).await, ["m"]);
+        assert!(get_all_bodies(&ch, &unbound).await.is_empty());
     })
     .await
 }
@@ -428,8 +401,8 @@ async fn default_exchange_routes_by_queue_name() {
         let other = declare_queue(&ch).await;
         publish(&ch, "", &q, "direct-to-queue").await;
         publish(&ch, "", &unique("no-such-queue"), "dropped").await;
-        assert_eq!(drain(&ch, &q).await, ["direct-to-queue"]);
-        assert!(drain(&ch, &other).await.is_empty());
+        assert_eq!(get_all_bodies(&ch, &q).await, ["direct-to-queue"]);
+        assert!(get_all_bodies(&ch, &other).await.is_empty());
     })
     .await
 }
@@ -456,7 +429,7 @@ async fn exchange_to_exchange_bind_and_unbind() {
 
         publish(&ch, &src, "k", "via-binding").await;
         publish(&ch, &src, "other", "not-matching").await;
-        assert_eq!(drain(&ch, &q).await, ["via-binding"]);
+        assert_eq!(get_all_bodies(&ch, &q).await, ["via-binding"]);
 
         ch.exchange_unbind(
             dst.as_str().into(),
@@ -468,7 +441,7 @@ async fn exchange_to_exchange_bind_and_unbind() {
         .await
         .unwrap();
         publish(&ch, &src, "k", "after-unbind").await;
-        assert!(drain(&ch, &q).await.is_empty());
+        assert!(get_all_bodies(&ch, &q).await.is_empty());
     })
     .await
 }
@@ -495,7 +468,7 @@ async fn exchange_to_exchange_delivers_once_per_queue_across_paths() {
         .await
         .unwrap();
         publish(&ch, &src, "", "once").await;
-        assert_eq!(drain(&ch, &q).await, ["once"]);
+        assert_eq!(get_all_bodies(&ch, &q).await, ["once"]);
     })
     .await
 }
@@ -529,8 +502,8 @@ async fn alternate_exchange_receives_unroutable_messages() {
         publish(&ch, &ex, "known", "routed").await;
         publish(&ch, &ex, "unknown", "unroutable").await;
 
-        assert_eq!(drain(&ch, &q).await, ["routed"]);
-        assert_eq!(drain(&ch, &ae_q).await, ["unroutable"]);
+        assert_eq!(get_all_bodies(&ch, &q).await, ["routed"]);
+        assert_eq!(get_all_bodies(&ch, &ae_q).await, ["unroutable"]);
     })
     .await
 }
@@ -604,7 +577,7 @@ async fn mandatory_message_routed_via_alternate_exchange_is_not_returned() {
         .await
         .unwrap();
         assert_eq!(publish_mandatory(&ch, &ex, "unknown").await, None);
-        assert_eq!(drain(&ch, &ae_q).await, ["m"]);
+        assert_eq!(get_all_bodies(&ch, &ae_q).await, ["m"]);
     })
     .await
 }
@@ -652,7 +625,7 @@ async fn predeclared_amq_exchanges_route() {
         bind(&ch, &q, "amq.topic", &format!("{q}.#")).await;
         publish(&ch, "amq.direct", &q, "direct").await;
         publish(&ch, "amq.topic", &format!("{q}.x.y"), "topic").await;
-        assert_eq!(drain(&ch, &q).await, ["direct", "topic"]);
+        assert_eq!(get_all_bodies(&ch, &q).await, ["direct", "topic"]);
     })
     .await
 }
@@ -1020,7 +993,7 @@ async fn internal_exchange_routes_via_exchange_binding() {
         let q = declare_queue(&ch).await;
         bind(&ch, &q, &internal, "").await;
         publish(&ch, &front, "", "through").await;
-        assert_eq!(drain(&ch, &q).await, ["through"]);
+        assert_eq!(get_all_bodies(&ch, &q).await, ["through"]);
     })
     .await
 }

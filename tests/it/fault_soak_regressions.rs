@@ -8,7 +8,7 @@ use common::process::{BrokerProcess, TempDir};
 use lapin::{
     options::*,
     types::{AMQPValue, FieldTable},
-    Channel, Connection, ConnectionProperties,
+    Channel,
 };
 use std::time::{Duration, Instant};
 
@@ -16,16 +16,6 @@ use std::time::{Duration, Instant};
 const WAIT: Duration = Duration::from_secs(5);
 /// Deadline for a whole test body.
 const TEST_TIMEOUT: Duration = Duration::from_secs(60);
-
-async fn connect(broker: &BrokerProcess) -> Connection {
-    timed_for(
-        WAIT,
-        "connection",
-        Connection::connect(&broker.uri(), ConnectionProperties::default()),
-    )
-    .await
-    .expect("connect to the broker")
-}
 
 async fn publish_confirmed(ch: &Channel, queue: &str, body: &str) {
     let confirm = timed_for(
@@ -76,7 +66,7 @@ async fn priority_queue_reading_back_its_recovered_backlog_does_not_deliver_a_me
         let mut broker = BrokerProcess::start(data.path());
         let q = "prio";
         {
-            let conn = connect(&broker).await;
+            let conn = broker.connect().await;
             let ch = timed_confirm_channel(&conn, WAIT).await;
             let mut args = FieldTable::default();
             args.insert("x-max-priority".into(), AMQPValue::LongInt(5));
@@ -96,7 +86,7 @@ async fn priority_queue_reading_back_its_recovered_backlog_does_not_deliver_a_me
         broker.kill9();
         drop(broker);
         let broker = BrokerProcess::start(data.path());
-        let conn = connect(&broker).await;
+        let conn = broker.connect().await;
         let ch = timed_confirm_channel(&conn, WAIT).await;
         publish_confirmed(&ch, q, "new").await;
 

@@ -9,6 +9,7 @@
 
 use crate::common;
 
+use common::amqp::declare_queue;
 use common::http::Api;
 use common::{against_other_broker, unique, TestBroker};
 use futures_lite::StreamExt;
@@ -32,13 +33,13 @@ async fn broker(busy_us: u64) -> TestBroker {
 }
 
 async fn declare(ch: &Channel, name: &str) {
-    ch.queue_declare(
-        name.into(),
+    declare_queue(
+        ch,
+        name,
         QueueDeclareOptions::default(),
         FieldTable::default(),
     )
     .await
-    .expect("queue.declare");
 }
 
 /// Consumes from `queue` with `prefetch`, acknowledging each delivery after

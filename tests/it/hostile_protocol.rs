@@ -366,8 +366,15 @@ async fn deeply_nested_message_headers_never_reach_a_queue() {
         if against_other_broker() {
             publisher.close_connection().await;
             // RabbitMQ routed it (an empty binding matches any message).
-            tokio::time::sleep(Duration::from_millis(200)).await;
-            assert!(raw.basic_get(1, &q).await.is_some());
+            let mut got = None;
+            for _ in 0..50 {
+                got = raw.basic_get(1, &q).await;
+                if got.is_some() {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            assert!(got.is_some(), "routed to {q} within 2.5 s");
         } else {
             expect_close(
                 &mut publisher,

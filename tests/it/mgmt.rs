@@ -135,9 +135,15 @@ async fn queues_are_listed_and_shown_with_counts_and_arguments() {
     )
     .await
     .unwrap();
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    let path = format!("/api/queues/%2F/{q}");
+    common::eventually(
+        "the API to count the message",
+        Duration::from_secs(5),
+        || async { get(&api, &path).await.1["messages"] == 1 },
+    )
+    .await;
 
-    let (status, body) = get(&api, &format!("/api/queues/%2F/{q}")).await;
+    let (status, body) = get(&api, &path).await;
     assert_eq!(status, 200);
     assert_eq!(body["name"], q.as_str());
     assert_eq!(body["vhost"], "/");

@@ -14,6 +14,7 @@
 use crate::common;
 
 use base64::Engine;
+use common::amqp::declare_queue;
 use common::http::{Api, Reply};
 use common::{unique, TestBroker};
 use futures_lite::StreamExt;
@@ -188,9 +189,7 @@ fn header<'a>(headers: &'a [(String, String)], name: &str) -> Option<&'a str> {
 }
 
 async fn declare(ch: &Channel, name: &str, args: FieldTable) {
-    ch.queue_declare(name.into(), QueueDeclareOptions::default(), args)
-        .await
-        .unwrap_or_else(|e| panic!("declare {name}: {e}"));
+    declare_queue(ch, name, QueueDeclareOptions::default(), args).await
 }
 
 /// Publishes `bodies` to `queue` through the default exchange, confirmed.
@@ -278,15 +277,13 @@ async fn ready(conn: &Connection, queue: &str) -> u32 {
 /// Waits until the ready count over AMQP is `n` (a requeue reaches a
 /// RabbitMQ queue asynchronously).
 async fn wait_ready(conn: &Connection, queue: &str, n: u32) {
-    let deadline = Instant::now() + WAIT;
-    loop {
-        let got = ready(conn, queue).await;
-        if got == n {
-            return;
+    common::wait_for(&format!("{n} ready in {queue}"), WAIT, || async move {
+        match ready(conn, queue).await {
+            got if got == n => Ok(()),
+            got => Err(got),
         }
-        assert!(Instant::now() < deadline, "{queue}: {got} ready, want {n}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    })
+    .await
 }
 
 // ------------------------------------------------------------------ queues

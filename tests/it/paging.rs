@@ -8,7 +8,8 @@
 use crate::common;
 
 use common::amqp::{
-    self, assert_same_sequence, persistent, timed_confirm_channel, timed_for, transient, within_for,
+    self, assert_same_sequence, declare_queue, persistent, timed_confirm_channel, timed_for,
+    transient, within_for,
 };
 use common::process::{BrokerProcess, TempDir};
 use common::TestBroker;
@@ -78,19 +79,11 @@ async fn confirm_channel(conn: &Connection) -> Channel {
 }
 
 async fn declare(ch: &Channel, name: &str, durable: bool) {
-    timed(
-        "queue.declare",
-        ch.queue_declare(
-            name.into(),
-            QueueDeclareOptions {
-                durable,
-                ..Default::default()
-            },
-            FieldTable::default(),
-        ),
-    )
-    .await
-    .unwrap_or_else(|e| panic!("declare queue {name}: {e}"));
+    let options = QueueDeclareOptions {
+        durable,
+        ..Default::default()
+    };
+    declare_queue(ch, name, options, FieldTable::default()).await
 }
 
 async fn declare_durable(ch: &Channel, name: &str) {
@@ -905,7 +898,8 @@ async fn fanout_to_three_paged_queues_delivers_all_in_order_independently() {
             "{} untouched",
             queues[2]
         );
-        // Give the persister time to drop a's entries (and the shared bodies' references).
+        // Give the persister time to drop a's entries (and the shared bodies' references):
+        // nothing a client sees tells when, and the others must be intact after it.
         tokio::time::sleep(Duration::from_millis(100)).await;
         for q in &queues[1..] {
             let got = consume_all(&conn, q, 1500, 50).await;

@@ -114,6 +114,7 @@ async fn ctrl_c_ends_the_window_early_and_still_reports_it() {
             .stderr(std::process::Stdio::piped())
             .spawn()
             .expect("run leveret perf");
+        // The subject: a run interrupted after 1.5 s still reports.
         std::thread::sleep(std::time::Duration::from_millis(1500));
         // SAFETY: signalling a child process this test started.
         unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGINT) };

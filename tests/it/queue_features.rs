@@ -10,23 +10,20 @@
 use crate::common;
 
 use common::amqp::{
-    amqp_error, assert_closed, confirm_channel as channel, open_confirmed as open, within_for,
+    amqp_error, assert_closed, assert_quiet, confirm_channel as channel, consume, consume_exactly,
+    consume_with, declare_unique, durable, exclusive, next, next_n, open_confirmed as open,
+    publish_and_confirm, ready_count, table, text, texts, wait_ready, within_for, WAIT,
 };
 use common::{against_other_broker, unique};
-use futures_lite::StreamExt;
 use lapin::{
     message::Delivery,
     options::*,
     types::{AMQPValue, FieldArray, FieldTable, ShortString},
-    BasicProperties, Channel, Confirmation, Connection, Consumer, ExchangeKind,
+    BasicProperties, Channel, Confirmation, Connection, ExchangeKind,
 };
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tokio::time::{sleep, timeout, Instant};
 
-/// Upper bound for anything that should happen promptly.
-const WAIT: Duration = Duration::from_secs(3);
-/// How long we watch a consumer to conclude that nothing more is coming.
-const QUIET: Duration = Duration::from_millis(300);
 /// Upper bound for a whole test, so that a broker that never answers fails the test.
 const TEST_TIMEOUT: Duration = Duration::from_secs(20);
 
@@ -37,14 +34,6 @@ const TEST_TIMEOUT: Duration = Duration::from_secs(20);
 /// Runs a test body under [`TEST_TIMEOUT`].
 async fn within<F: std::future::Future<Output = ()>>(test: F) {
     within_for(TEST_TIMEOUT, test).await
-}
-
-fn table(entries: &[(&str, AMQPValue)]) -> FieldTable {
-    let mut t = FieldTable::default();
-    for (k, v) in entries {
-        t.insert((*k).into(), v.clone());
-    }
-    t
 }
 
 fn int(v: i32) -> AMQPValue {
@@ -59,27 +48,9 @@ fn string(v: &str) -> AMQPValue {
     AMQPValue::LongString(v.into())
 }
 
-fn exclusive() -> QueueDeclareOptions {
-    QueueDeclareOptions {
-        exclusive: true,
-        ..Default::default()
-    }
-}
-
-fn durable() -> QueueDeclareOptions {
-    QueueDeclareOptions {
-        durable: true,
-        ..Default::default()
-    }
-}
-
 /// Declares a fresh exclusive queue (gone with the connection) with `args`.
 async fn declare(ch: &Channel, prefix: &str, args: FieldTable) -> String {
-    let name = unique(prefix);
-    ch.queue_declare(name.as_str().into(), exclusive(), args)
-        .await
-        .expect("queue.declare");
-    name
+    declare_unique(ch, prefix, exclusive(), args).await
 }
 
 /// Declares a durable quorum queue with `args` (plus `x-queue-type`); delete it after use.
@@ -143,20 +114,7 @@ async fn publish_to(
     body: &str,
     props: BasicProperties,
 ) -> Confirmation {
-    let confirm = ch
-        .basic_publish(
-            exchange.into(),
-            routing_key.into(),
-            BasicPublishOptions::default(),
-            body.as_bytes(),
-            props,
-        )
-        .await
-        .expect("basic.publish");
-    timeout(WAIT, confirm)
-        .await
-        .expect("timed out waiting for a publisher confirm")
-        .expect("publisher confirm failed")
+    publish_and_confirm(ch, exchange, routing_key, body.as_bytes(), props).await
 }
 
 /// Publishes through the default exchange and asserts the broker acked it.
@@ -176,111 +134,9 @@ fn expiring(ms: &str) -> BasicProperties {
     BasicProperties::default().with_expiration(ms.into())
 }
 
-/// Ready messages, as reported by a passive queue.declare.
-async fn message_count(ch: &Channel, queue: &str) -> u32 {
-    ch.queue_declare(
-        queue.into(),
-        QueueDeclareOptions {
-            passive: true,
-            ..Default::default()
-        },
-        FieldTable::default(),
-    )
-    .await
-    .expect("passive queue.declare")
-    .message_count()
-}
-
-/// Polls until the queue reports exactly `n` ready messages.
-async fn wait_count(ch: &Channel, queue: &str, n: u32) {
-    let deadline = Instant::now() + WAIT;
-    loop {
-        let got = message_count(ch, queue).await;
-        if got == n {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "queue {queue} has {got} ready messages, expected {n}"
-        );
-        sleep(Duration::from_millis(20)).await;
-    }
-}
-
-async fn consume_with(
-    ch: &Channel,
-    queue: &str,
-    tag: &str,
-    no_ack: bool,
-    args: FieldTable,
-) -> Consumer {
-    ch.basic_consume(
-        queue.into(),
-        tag.into(),
-        BasicConsumeOptions {
-            no_ack,
-            ..Default::default()
-        },
-        args,
-    )
-    .await
-    .expect("basic.consume")
-}
-
-async fn consume(ch: &Channel, queue: &str, no_ack: bool) -> Consumer {
-    consume_with(ch, queue, "", no_ack, FieldTable::default()).await
-}
-
-async fn next(consumer: &mut Consumer) -> Delivery {
-    timeout(WAIT, consumer.next())
-        .await
-        .expect("timed out waiting for a delivery")
-        .expect("consumer stream ended")
-        .expect("delivery error")
-}
-
-async fn next_n(consumer: &mut Consumer, n: usize) -> Vec<Delivery> {
-    let mut out = Vec::with_capacity(n);
-    for _ in 0..n {
-        out.push(next(consumer).await);
-    }
-    out
-}
-
-/// Asserts that no delivery arrives for a short while.
-async fn assert_quiet(consumer: &mut Consumer) {
-    if let Ok(Some(item)) = timeout(QUIET, consumer.next()).await {
-        let what = item.map(|d| text(&d));
-        panic!("expected no delivery, got {what:?}");
-    }
-}
-
-/// Consumes (no-ack) exactly `n` messages from `queue`, checks that nothing more
-/// follows, cancels, and returns them.
-async fn drain(ch: &Channel, queue: &str, n: usize) -> Vec<Delivery> {
-    let mut consumer = consume(ch, queue, true).await;
-    let out = next_n(&mut consumer, n).await;
-    assert_quiet(&mut consumer).await;
-    ch.basic_cancel(
-        consumer.tag().as_str().into(),
-        BasicCancelOptions::default(),
-    )
-    .await
-    .expect("basic.cancel");
-    out
-}
-
-/// Like [`drain`], returning the bodies.
+/// Like [`consume_exactly`], returning the bodies.
 async fn drain_texts(ch: &Channel, queue: &str, n: usize) -> Vec<String> {
-    drain(ch, queue, n).await.iter().map(text).collect()
-}
-
-fn text(d: &Delivery) -> String {
-    String::from_utf8(d.data.clone()).unwrap()
-}
-
-fn texts(ds: &[Delivery]) -> Vec<String> {
-    ds.iter().map(text).collect()
+    texts(&consume_exactly(ch, queue, n).await)
 }
 
 fn lookup<'a>(t: &'a FieldTable, key: &str) -> Option<&'a AMQPValue> {
@@ -459,11 +315,11 @@ async fn queue_message_ttl_drops_unconsumed_messages_after_the_ttl() {
         for body in ["a", "b", "c"] {
             publish(&ch, &q, body).await;
         }
-        assert_eq!(message_count(&ch, &q).await, 3);
+        assert_eq!(ready_count(&ch, &q).await, 3);
         // No consumer: the count drops once the TTL has passed...
-        wait_count(&ch, &q, 0).await;
+        wait_ready(&ch, &q, 0).await;
         // ...and the expired messages are never delivered.
-        let mut consumer = consume(&ch, &q, false).await;
+        let mut consumer = consume(&ch, &q, "", false).await;
         assert_quiet(&mut consumer).await;
         let got = ch
             .basic_get(q.as_str().into(), BasicGetOptions { no_ack: true })
@@ -480,10 +336,11 @@ async fn queue_message_ttl_counts_from_each_message_enqueue() {
         let (_broker, _conn, ch) = open().await;
         let q = declare(&ch, "ttl", table(&[("x-message-ttl", int(600))])).await;
         publish(&ch, &q, "early").await;
+        // The subject: the two messages enqueued 350 ms apart.
         sleep(Duration::from_millis(350)).await;
         publish(&ch, &q, "late").await;
         // "early" expires ~250 ms before "late".
-        wait_count(&ch, &q, 1).await;
+        wait_ready(&ch, &q, 1).await;
         let got = ch
             .basic_get(q.as_str().into(), BasicGetOptions { no_ack: true })
             .await
@@ -501,8 +358,8 @@ async fn per_message_expiration_expires_the_message() {
         let q = declare(&ch, "exp", FieldTable::default()).await;
         publish_props(&ch, &q, "short", expiring("100")).await;
         publish(&ch, &q, "keep").await;
-        wait_count(&ch, &q, 1).await;
-        let got = drain(&ch, &q, 1).await;
+        wait_ready(&ch, &q, 1).await;
+        let got = consume_exactly(&ch, &q, 1).await;
         assert_eq!(texts(&got), ["keep"]);
         // The surviving message arrives without an expiration it never had.
         assert_eq!(got[0].properties.expiration(), &None);
@@ -516,7 +373,7 @@ async fn unexpired_message_keeps_its_expiration_property() {
         let (_broker, _conn, ch) = open().await;
         let q = declare(&ch, "exp", FieldTable::default()).await;
         publish_props(&ch, &q, "m", expiring("60000")).await;
-        let got = drain(&ch, &q, 1).await;
+        let got = consume_exactly(&ch, &q, 1).await;
         assert_eq!(
             got[0].properties.expiration(),
             &Some(ShortString::from("60000"))
@@ -533,6 +390,7 @@ async fn expired_message_behind_a_live_one_is_never_delivered() {
         publish_props(&ch, &q, "long", expiring("10000")).await;
         publish_props(&ch, &q, "short", expiring("100")).await;
         publish(&ch, &q, "forever").await;
+        // The subject: past "short"'s 100 ms TTL while "long" is ahead of it.
         sleep(Duration::from_millis(300)).await;
         assert_eq!(drain_texts(&ch, &q, 2).await, ["long", "forever"]);
     })
@@ -550,8 +408,8 @@ async fn lower_of_queue_ttl_and_message_expiration_wins() {
         let q2 = declare(&ch, "ttl", table(&[("x-message-ttl", int(100))])).await;
         publish_props(&ch, &q2, "m", expiring("10000")).await;
         let start = Instant::now();
-        wait_count(&ch, &q1, 0).await;
-        wait_count(&ch, &q2, 0).await;
+        wait_ready(&ch, &q1, 0).await;
+        wait_ready(&ch, &q2, 0).await;
         assert!(start.elapsed() < Duration::from_secs(2));
     })
     .await
@@ -573,7 +431,7 @@ async fn ttl_zero_delivers_to_a_ready_consumer_and_dead_letters_otherwise() {
         .await;
         // Nobody is consuming: expired immediately, dead-lettered.
         publish(&ch, &q, "nobody").await;
-        let dead = drain(&ch, &dlq, 1).await;
+        let dead = consume_exactly(&ch, &dlq, 1).await;
         assert_eq!(text(&dead[0]), "nobody");
         assert_death(
             &x_death(&dead[0])[0],
@@ -588,12 +446,12 @@ async fn ttl_zero_delivers_to_a_ready_consumer_and_dead_letters_otherwise() {
         );
         // A consumer is ready: delivered.
         let cch = conn.create_channel().await.unwrap();
-        let mut consumer = consume(&cch, &q, false).await;
+        let mut consumer = consume(&cch, &q, "", false).await;
         publish(&ch, &q, "ready").await;
         let d = next(&mut consumer).await;
         assert_eq!(text(&d), "ready");
         d.ack(BasicAckOptions::default()).await.unwrap();
-        let mut dead = consume(&ch, &dlq, true).await;
+        let mut dead = consume(&ch, &dlq, "", true).await;
         assert_quiet(&mut dead).await;
     })
     .await
@@ -611,7 +469,7 @@ async fn per_message_expiration_zero_without_consumer_is_dead_lettered() {
         )
         .await;
         publish_props(&ch, &q, "gone", expiring("0")).await;
-        let dead = drain(&ch, &dlq, 1).await;
+        let dead = consume_exactly(&ch, &dlq, 1).await;
         assert_eq!(text(&dead[0]), "gone");
         assert_eq!(dead[0].properties.expiration(), &None);
         assert_death(
@@ -625,7 +483,7 @@ async fn per_message_expiration_zero_without_consumer_is_dead_lettered() {
                 original_expiration: Some("0"),
             },
         );
-        assert_eq!(message_count(&ch, &q).await, 0);
+        assert_eq!(ready_count(&ch, &q).await, 0);
     })
     .await
 }
@@ -651,7 +509,7 @@ async fn expired_messages_are_dead_lettered_with_reason_expired() {
         publish_props(&ch, &q, "per-message", props).await;
         publish(&ch, &q, "queue-ttl").await;
 
-        let dead = drain(&ch, &dlq, 2).await;
+        let dead = consume_exactly(&ch, &dlq, 2).await;
         assert_eq!(texts(&dead), ["per-message", "queue-ttl"]);
         for d in &dead {
             // Republished to the DLX with the original routing key.
@@ -696,7 +554,7 @@ async fn expired_messages_are_dead_lettered_with_reason_expired() {
                 original_expiration: None,
             },
         );
-        assert_eq!(message_count(&ch, &q).await, 0);
+        assert_eq!(ready_count(&ch, &q).await, 0);
     })
     .await
 }
@@ -792,6 +650,7 @@ async fn redeclaring_a_queue_resets_its_x_expires_timer() {
         )
         .await
         .unwrap();
+        // The subject: 900 ms of redeclares 150 ms apart, each renewing 400 ms.
         for _ in 0..6 {
             sleep(Duration::from_millis(150)).await;
             ch.queue_declare(
@@ -819,7 +678,8 @@ async fn queue_with_a_consumer_does_not_expire() {
         )
         .await
         .unwrap();
-        let consumer = consume(&ch, &q, false).await;
+        let consumer = consume(&ch, &q, "", false).await;
+        // The subject: three times x-expires with the consumer there.
         sleep(Duration::from_millis(600)).await;
         let ok = ch
             .queue_declare(
@@ -858,7 +718,7 @@ async fn max_length_drops_the_oldest_messages() {
             // drop-head: every publish is confirmed.
             publish(&ch, &q, &format!("m{i}")).await;
         }
-        assert_eq!(message_count(&ch, &q).await, 2);
+        assert_eq!(ready_count(&ch, &q).await, 2);
         assert_eq!(drain_texts(&ch, &q, 2).await, ["m3", "m4"]);
     })
     .await
@@ -882,7 +742,7 @@ async fn max_length_drop_head_dead_letters_with_reason_maxlen() {
         for i in 0..5 {
             publish(&ch, &q, &format!("m{i}")).await;
         }
-        let dead = drain(&ch, &dlq, 3).await;
+        let dead = consume_exactly(&ch, &dlq, 3).await;
         assert_eq!(texts(&dead), ["m0", "m1", "m2"]);
         for d in &dead {
             assert_death(
@@ -913,18 +773,18 @@ async fn max_length_bytes_counts_body_bytes_only() {
             || BasicProperties::default().with_headers(table(&[("pad", string(&"x".repeat(200)))]));
         publish_props(&ch, &q, "aaaa", props()).await;
         publish_props(&ch, &q, "bbbb", props()).await;
-        assert_eq!(message_count(&ch, &q).await, 2);
+        assert_eq!(ready_count(&ch, &q).await, 2);
         // 12 bytes > 10: the oldest goes.
         publish_props(&ch, &q, "cccc", props()).await;
-        assert_eq!(message_count(&ch, &q).await, 2);
+        assert_eq!(ready_count(&ch, &q).await, 2);
         assert_eq!(drain_texts(&ch, &q, 2).await, ["bbbb", "cccc"]);
         // A body of exactly the limit fits.
         publish(&ch, &q, "0123456789").await;
-        assert_eq!(message_count(&ch, &q).await, 1);
+        assert_eq!(ready_count(&ch, &q).await, 1);
         // A body larger than the limit is confirmed but dropped at once, along with
         // everything before it.
         publish(&ch, &q, "0123456789A").await;
-        assert_eq!(message_count(&ch, &q).await, 0);
+        assert_eq!(ready_count(&ch, &q).await, 0);
     })
     .await
 }
@@ -950,8 +810,8 @@ async fn reject_publish_nacks_and_does_not_enqueue_or_dead_letter() {
             confirms.push(c.is_ack());
         }
         assert_eq!(confirms, [true, true, false, false]);
-        assert_eq!(message_count(&ch, &q).await, 2);
-        let mut dead = consume(&ch, &dlq, true).await;
+        assert_eq!(ready_count(&ch, &q).await, 2);
+        let mut dead = consume(&ch, &dlq, "", true).await;
         assert_quiet(&mut dead).await;
         // Once there is room again, publishes are accepted.
         let got = ch
@@ -988,7 +848,7 @@ async fn reject_publish_dlx_nacks_and_dead_letters_with_reason_maxlen() {
         }
         assert_eq!(confirms, [true, true, false, false]);
         // The rejected messages are dead-lettered (RabbitMQ 3.10, classic queue)...
-        let dead = drain(&ch, &dlq, 2).await;
+        let dead = consume_exactly(&ch, &dlq, 2).await;
         assert_eq!(texts(&dead), ["m2", "m3"]);
         for d in &dead {
             assert_death(
@@ -1032,7 +892,7 @@ async fn reject_and_nack_without_requeue_dead_letter_with_the_dead_letter_routin
         for body in ["rejected", "nacked", "requeued"] {
             publish(&ch, &q, body).await;
         }
-        let mut consumer = consume(&ch, &q, false).await;
+        let mut consumer = consume(&ch, &q, "", false).await;
         let ds = next_n(&mut consumer, 3).await;
         ds[0]
             .reject(BasicRejectOptions { requeue: false })
@@ -1055,7 +915,7 @@ async fn reject_and_nack_without_requeue_dead_letter_with_the_dead_letter_routin
         assert!(again.redelivered);
         again.ack(BasicAckOptions::default()).await.unwrap();
 
-        let dead = drain(&ch, &dlq, 2).await;
+        let dead = consume_exactly(&ch, &dlq, 2).await;
         assert_eq!(texts(&dead), ["rejected", "nacked"]);
         for d in &dead {
             assert_eq!(d.exchange.as_str(), dlx);
@@ -1097,7 +957,7 @@ async fn dead_lettering_without_a_routing_key_keeps_the_original_one() {
 
         let c = publish_to(&ch, &src, "orders.new", "o1", BasicProperties::default()).await;
         assert!(c.is_ack());
-        let mut consumer = consume(&ch, &q, false).await;
+        let mut consumer = consume(&ch, &q, "", false).await;
         let d = next(&mut consumer).await;
         d.nack(BasicNackOptions {
             requeue: false,
@@ -1106,7 +966,7 @@ async fn dead_lettering_without_a_routing_key_keeps_the_original_one() {
         .await
         .unwrap();
 
-        let dead = drain(&ch, &dlq, 1).await;
+        let dead = consume_exactly(&ch, &dlq, 1).await;
         let d = &dead[0];
         assert_eq!(text(d), "o1");
         assert_eq!(d.exchange.as_str(), dlx);
@@ -1174,7 +1034,7 @@ async fn dead_lettering_records_cc_routing_keys() {
                 .unwrap();
         }
         // From `keep` (original keys k1 + CC k2): routed to the DLX by k1 and k2.
-        let from_keep = drain(&ch, &dlq_cc, 1).await;
+        let from_keep = consume_exactly(&ch, &dlq_cc, 1).await;
         assert_eq!(header(&from_keep[0], "CC"), Some(&cc));
         assert_death(
             &x_death(&from_keep[0])[0],
@@ -1188,7 +1048,7 @@ async fn dead_lettering_records_cc_routing_keys() {
             },
         );
         // From `redirect`: routed by "redirected" only, CC gone, keys still recorded.
-        let from_redirect = drain(&ch, &dlq_redirected, 1).await;
+        let from_redirect = consume_exactly(&ch, &dlq_redirected, 1).await;
         assert_eq!(header(&from_redirect[0], "CC"), None);
         assert_death(
             &x_death(&from_redirect[0])[0],
@@ -1217,7 +1077,7 @@ async fn repeated_dead_lettering_through_one_queue_increments_count_in_place() {
         )
         .await;
         publish(&ch, &q, "again").await;
-        let mut consumer = consume(&ch, &q, false).await;
+        let mut consumer = consume(&ch, &q, "", false).await;
         let first = next(&mut consumer).await;
         assert_eq!(header(&first, "x-death"), None);
         first
@@ -1279,8 +1139,8 @@ async fn x_death_entries_are_most_recent_first() {
             .unwrap();
         }
         publish(&ch, &p, "ball").await;
-        let mut at_p = consume(&ch, &p, false).await;
-        let mut at_q = consume(&ch, &q, false).await;
+        let mut at_p = consume(&ch, &p, "", false).await;
+        let mut at_q = consume(&ch, &q, "", false).await;
         let reject = |d: Delivery| async move {
             d.reject(BasicRejectOptions { requeue: false })
                 .await
@@ -1349,7 +1209,7 @@ async fn retry_topology_counts_each_cycle() {
                 .await
                 .is_ack()
         );
-        let mut consumer = consume(&ch, &work, false).await;
+        let mut consumer = consume(&ch, &work, "", false).await;
         let first = next(&mut consumer).await;
         assert_eq!(header(&first, "x-death"), None);
         first
@@ -1423,11 +1283,11 @@ async fn dead_letter_cycle_without_rejection_drops_the_message() {
             .unwrap();
         }
         publish(&ch, &a, "round").await;
-        wait_count(&ch, &b, 1).await;
-        assert_eq!(message_count(&ch, &a).await, 0);
-        wait_count(&ch, &b, 0).await;
-        let mut at_a = consume(&ch, &a, true).await;
-        let mut at_b = consume(&ch, &b, true).await;
+        wait_ready(&ch, &b, 1).await;
+        assert_eq!(ready_count(&ch, &a).await, 0);
+        wait_ready(&ch, &b, 0).await;
+        let mut at_a = consume(&ch, &a, "", true).await;
+        let mut at_b = consume(&ch, &b, "", true).await;
         assert_quiet(&mut at_a).await;
         assert_quiet(&mut at_b).await;
     })
@@ -1448,8 +1308,8 @@ async fn queue_dead_lettering_expired_messages_to_itself_drops_them() {
         )
         .await;
         publish(&ch, &q, "once").await;
-        wait_count(&ch, &q, 0).await;
-        let mut consumer = consume(&ch, &q, true).await;
+        wait_ready(&ch, &q, 0).await;
+        let mut consumer = consume(&ch, &q, "", true).await;
         assert_quiet(&mut consumer).await;
     })
     .await
@@ -1699,7 +1559,7 @@ async fn integer_arguments_accept_every_integer_type() {
             )
             .await;
             publish(&ch, &q, "m").await;
-            wait_count(&ch, &q, 0).await;
+            wait_ready(&ch, &q, 0).await;
         }
     })
     .await
@@ -1757,8 +1617,8 @@ async fn priority_queue_delivers_higher_priorities_first_fifo_within_one() {
             }
             publish_props(&ch, &q, body, props).await;
         }
-        wait_count(&ch, &q, 8).await;
-        let got = drain(&ch, &q, 8).await;
+        wait_ready(&ch, &q, 8).await;
+        let got = consume_exactly(&ch, &q, 8).await;
         assert_eq!(
             texts(&got),
             ["p10-a", "p200", "p10-b", "p5-a", "p5-b", "p1", "none-a", "p0"]
@@ -1829,7 +1689,7 @@ async fn single_active_consumer_only_the_first_consumer_receives_until_it_cancel
             d.ack(BasicAckOptions::default()).await.unwrap();
         }
         assert_quiet(&mut first).await;
-        assert_eq!(message_count(&ch, &q).await, 0);
+        assert_eq!(ready_count(&ch, &q).await, 0);
     })
     .await
 }
@@ -1855,7 +1715,7 @@ async fn single_active_consumer_next_consumer_gets_everything_left_when_the_acti
         // The active consumer holds two unacked; the rest waits in the queue.
         assert_eq!(texts(&next_n(&mut first, 2).await), ["m0", "m1"]);
         assert_quiet(&mut second).await;
-        assert_eq!(message_count(&ch, &q).await, 3);
+        assert_eq!(ready_count(&ch, &q).await, 3);
 
         ch1.close(200, "bye".into()).await.unwrap();
         let got = next_n(&mut second, 5).await;
@@ -1986,7 +1846,7 @@ async fn quorum_queue_must_be_durable_and_not_exclusive_or_auto_delete() {
         // Durable: accepted, and usable.
         let q = declare_quorum(&ch, "quorum", FieldTable::default()).await;
         publish(&ch, &q, "m").await;
-        wait_count(&ch, &q, 1).await;
+        wait_ready(&ch, &q, 1).await;
         // Its type is part of its identity.
         assert_declare_refused(
             &conn,
@@ -2066,7 +1926,7 @@ async fn quorum_delivery_limit_dead_letters_after_the_limit() {
         .await;
         publish(&ch, &q, "poison").await;
         let cch = conn.create_channel().await.unwrap();
-        let mut consumer = consume(&cch, &q, false).await;
+        let mut consumer = consume(&cch, &q, "", false).await;
         // Delivered once plus two redeliveries, each returned with nack requeue=true.
         let mut seen = Vec::new();
         for _ in 0..3 {
@@ -2083,7 +1943,7 @@ async fn quorum_delivery_limit_dead_letters_after_the_limit() {
         assert_eq!(seen, [(false, None), (true, Some(1)), (true, Some(2))]);
         assert_quiet(&mut consumer).await;
 
-        let dead = drain(&ch, &dlq, 1).await;
+        let dead = consume_exactly(&ch, &dlq, 1).await;
         let d = &dead[0];
         assert_eq!(text(d), "poison");
         assert_eq!(delivery_count(d), None);
@@ -2099,7 +1959,7 @@ async fn quorum_delivery_limit_dead_letters_after_the_limit() {
             },
         );
         assert_first_death(d, "delivery_limit", &q, "");
-        assert_eq!(message_count(&ch, &q).await, 0);
+        assert_eq!(ready_count(&ch, &q).await, 0);
         delete_queue(&conn, &q).await;
     })
     .await
@@ -2114,7 +1974,7 @@ async fn quorum_delivery_limit_without_dead_letter_exchange_drops() {
         publish(&ch, &q, "fine").await;
         let cch = conn.create_channel().await.unwrap();
         cch.basic_qos(1, BasicQosOptions::default()).await.unwrap();
-        let mut consumer = consume(&cch, &q, false).await;
+        let mut consumer = consume(&cch, &q, "", false).await;
         let mut seen = Vec::new();
         loop {
             let d = next(&mut consumer).await;
@@ -2139,7 +1999,7 @@ async fn quorum_delivery_limit_without_dead_letter_exchange_drops() {
             ]
         );
         assert_quiet(&mut consumer).await;
-        assert_eq!(message_count(&ch, &q).await, 0);
+        assert_eq!(ready_count(&ch, &q).await, 0);
         delete_queue(&conn, &q).await;
     })
     .await
@@ -2152,7 +2012,7 @@ async fn quorum_redeliveries_carry_x_delivery_count_without_a_limit() {
         let q = declare_quorum(&ch, "redeliver", FieldTable::default()).await;
         publish(&ch, &q, "m").await;
         let cch = conn.create_channel().await.unwrap();
-        let mut consumer = consume(&cch, &q, false).await;
+        let mut consumer = consume(&cch, &q, "", false).await;
         let mut counts = Vec::new();
         for i in 0..5 {
             let d = next(&mut consumer).await;

@@ -5,15 +5,15 @@
 use crate::common;
 
 use common::amqp::{
-    assert_closed, confirm_channel as channel, open_confirmed as setup, reply_code, reply_text,
-    within_for,
+    assert_closed, confirm_channel as channel, consume, get_all_bodies, open_confirmed as setup,
+    reply_code, reply_text, within_for,
 };
-use common::{unique, TestBroker};
+use common::{unique, wait_for, TestBroker};
 use futures_lite::StreamExt;
 use lapin::{
     options::*,
     types::{AMQPValue, FieldTable},
-    BasicProperties, Channel, Connection, Consumer, Queue,
+    BasicProperties, Channel, Connection, Queue,
 };
 use std::time::Duration;
 
@@ -96,35 +96,6 @@ async fn publish_n(ch: &Channel, queue: &str, n: usize) {
     }
 }
 
-/// Takes every ready message from `queue`, returning the bodies in order.
-async fn drain(ch: &Channel, queue: &str) -> Vec<String> {
-    let mut bodies = Vec::new();
-    loop {
-        let got = tokio::time::timeout(
-            TIMEOUT,
-            ch.basic_get(queue.into(), BasicGetOptions { no_ack: true }),
-        )
-        .await
-        .expect("timed out on basic.get")
-        .unwrap();
-        match got {
-            Some(msg) => bodies.push(String::from_utf8(msg.delivery.data.clone()).unwrap()),
-            None => return bodies,
-        }
-    }
-}
-
-async fn consume(ch: &Channel, queue: &str, tag: &str) -> Consumer {
-    ch.basic_consume(
-        queue.into(),
-        tag.into(),
-        BasicConsumeOptions::default(),
-        FieldTable::default(),
-    )
-    .await
-    .unwrap()
-}
-
 fn not_found(queue: &str) -> String {
     format!("NOT_FOUND - no queue '{queue}' in vhost '/'")
 }
@@ -133,25 +104,23 @@ fn not_found(queue: &str) -> String {
 /// declare of `queue` fails with 404, panicking after `TIMEOUT`. Used where the broker
 /// removes the queue asynchronously (e.g. after its owning connection closed).
 async fn wait_until_gone(conn: &Connection, queue: &str) {
-    let deadline = tokio::time::Instant::now() + TIMEOUT;
-    loop {
-        let ch = conn.create_channel().await.unwrap();
-        match passive(&ch, queue).await {
-            Err(e) => {
-                assert_eq!(reply_code(&e), Some(404), "unexpected error: {e}");
-                assert_eq!(reply_text(&e), Some(not_found(queue)));
-                return;
+    let err = wait_for(
+        &format!("queue {queue} to be gone"),
+        TIMEOUT,
+        || async move {
+            let ch = conn.create_channel().await.unwrap();
+            match passive(&ch, queue).await {
+                Err(e) => Ok(e),
+                Ok(_) => {
+                    let _ = ch.close(200, "OK".into()).await;
+                    Err("it still exists")
+                }
             }
-            Ok(_) => {
-                let _ = ch.close(200, "OK".into()).await;
-                assert!(
-                    tokio::time::Instant::now() < deadline,
-                    "queue {queue} still exists"
-                );
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
-        }
-    }
+        },
+    )
+    .await;
+    assert_eq!(reply_code(&err), Some(404), "unexpected error: {err}");
+    assert_eq!(reply_text(&err), Some(not_found(queue)));
 }
 
 // ---------------------------------------------------------------- declare
@@ -170,7 +139,7 @@ async fn server_named_queue_gets_amq_gen_prefix() {
         assert_eq!(q.consumer_count(), 0);
         // Usable via the default exchange under that name.
         publish(&ch, "", name, "hi").await;
-        assert_eq!(drain(&ch, name).await, ["hi"]);
+        assert_eq!(get_all_bodies(&ch, name).await, ["hi"]);
         // Each server-named queue is distinct.
         let q2 = declare_with(&ch, "", opts(false, true, false))
             .await
@@ -212,7 +181,7 @@ async fn declare_ok_reports_message_and_consumer_counts() {
         // A consumer with prefetch 1 holds one unacked message: it no longer counts.
         let cch = conn.create_channel().await.unwrap();
         cch.basic_qos(1, BasicQosOptions::default()).await.unwrap();
-        let mut consumer = consume(&cch, &q, "c1").await;
+        let mut consumer = consume(&cch, &q, "c1", false).await;
         let first = tokio::time::timeout(TIMEOUT, consumer.next())
             .await
             .expect("timed out waiting for delivery")
@@ -223,7 +192,7 @@ async fn declare_ok_reports_message_and_consumer_counts() {
         let ok = passive(&ch, &q).await.unwrap();
         assert_eq!((ok.message_count(), ok.consumer_count()), (2, 1));
 
-        let _consumer2 = consume(&cch, &q, "c2").await;
+        let _consumer2 = consume(&cch, &q, "c2", false).await;
         let ok = passive(&ch, &q).await.unwrap();
         assert_eq!(ok.consumer_count(), 2);
         delete(&ch, &q).await;
@@ -396,7 +365,7 @@ async fn unbind_removes_routing() {
         .await
         .unwrap();
         publish(&ch, "amq.direct", &q, "bound").await;
-        assert_eq!(drain(&ch, &q).await, ["bound"]);
+        assert_eq!(get_all_bodies(&ch, &q).await, ["bound"]);
 
         ch.queue_unbind(
             q.as_str().into(),
@@ -407,7 +376,7 @@ async fn unbind_removes_routing() {
         .await
         .unwrap();
         publish(&ch, "amq.direct", &q, "unbound").await;
-        assert!(drain(&ch, &q).await.is_empty());
+        assert!(get_all_bodies(&ch, &q).await.is_empty());
 
         // Unbinding a binding that does not exist is not an error.
         ch.queue_unbind(
@@ -547,7 +516,7 @@ async fn delete_if_unused_with_consumer_is_406() {
         let (_broker, conn, ch) = setup().await;
         let q = declare(&ch).await;
         let cch = conn.create_channel().await.unwrap();
-        let _consumer = consume(&cch, &q, "c").await;
+        let _consumer = consume(&cch, &q, "c", false).await;
         let res = ch
             .queue_delete(
                 q.as_str().into(),
@@ -633,7 +602,7 @@ async fn exclusive_queue_from_another_connection_is_405() {
         // Publishing via the default exchange from another connection is allowed.
         let ch = channel(&other).await;
         publish(&ch, "", &q, "from-other").await;
-        assert_eq!(drain(&och, &q).await, ["from-other"]);
+        assert_eq!(get_all_bodies(&och, &q).await, ["from-other"]);
     })
     .await
 }
@@ -672,8 +641,8 @@ async fn auto_delete_queue_is_deleted_when_last_consumer_cancels() {
         passive(&ch, &q).await.unwrap();
 
         let cch = conn.create_channel().await.unwrap();
-        let _c1 = consume(&cch, &q, "c1").await;
-        let _c2 = consume(&cch, &q, "c2").await;
+        let _c1 = consume(&cch, &q, "c1", false).await;
+        let _c2 = consume(&cch, &q, "c2", false).await;
         cch.basic_cancel("c1".into(), BasicCancelOptions::default())
             .await
             .unwrap();
@@ -697,7 +666,7 @@ async fn auto_delete_queue_is_deleted_when_consumer_channel_closes() {
             .await
             .unwrap();
         let cch = conn.create_channel().await.unwrap();
-        let _c = consume(&cch, &q, "c").await;
+        let _c = consume(&cch, &q, "c", false).await;
         cch.close(200, "OK".into()).await.unwrap();
         wait_until_gone(&conn, &q).await;
     })
@@ -712,7 +681,7 @@ async fn deleting_queue_cancels_its_consumers() {
         let (_broker, conn, ch) = setup().await;
         let q = declare(&ch).await;
         let cch = conn.create_channel().await.unwrap();
-        let mut consumer = consume(&cch, &q, "doomed").await;
+        let mut consumer = consume(&cch, &q, "doomed", false).await;
 
         publish(&ch, "", &q, "before").await;
         let d = tokio::time::timeout(TIMEOUT, consumer.next())
@@ -748,7 +717,7 @@ async fn x_queue_mode_lazy_is_accepted_and_the_queue_works() {
             .await
             .expect("x-queue-mode is accepted, as RabbitMQ 3.x");
         publish_n(&ch, &name, 3).await;
-        assert_eq!(drain(&ch, &name).await, ["0", "1", "2"]);
+        assert_eq!(get_all_bodies(&ch, &name).await, ["0", "1", "2"]);
         delete(&ch, &name).await;
     })
     .await;

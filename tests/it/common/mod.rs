@@ -11,8 +11,11 @@ pub mod process;
 pub mod raw;
 
 use leveret::Config;
+use std::fmt::Debug;
+use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
 use tokio::sync::oneshot;
 
 pub struct TestBroker {
@@ -140,4 +143,50 @@ pub fn unique(prefix: &str) -> String {
 /// for the few tests that need Leveret-specific configuration.
 pub fn against_other_broker() -> bool {
     std::env::var("LEVERET_TEST_URI").is_ok()
+}
+
+/// How often [`wait_for`] and [`eventually`] look again.
+pub const POLL: Duration = Duration::from_millis(20);
+
+/// Waits for something to happen instead of sleeping a fixed time: calls
+/// `probe` every [`POLL`] until it returns `Ok`, for at most `limit`. On
+/// timeout panics naming `what` and the last `Err` (what was seen instead).
+pub async fn wait_for<T, E: Debug, Fut>(
+    what: &str,
+    limit: Duration,
+    mut probe: impl FnMut() -> Fut,
+) -> T
+where
+    Fut: Future<Output = Result<T, E>>,
+{
+    let deadline = tokio::time::Instant::now() + limit;
+    loop {
+        let last = match probe().await {
+            Ok(value) => return value,
+            Err(last) => last,
+        };
+        if tokio::time::Instant::now() >= deadline {
+            panic!("timed out after {limit:?} waiting for {what}; last seen: {last:?}");
+        }
+        tokio::time::sleep(POLL).await;
+    }
+}
+
+/// [`wait_for`] a condition that says only yes or no.
+pub async fn eventually<Fut: Future<Output = bool>>(
+    what: &str,
+    limit: Duration,
+    mut check: impl FnMut() -> Fut,
+) {
+    wait_for(what, limit, || {
+        let check = check();
+        async move {
+            if check.await {
+                Ok(())
+            } else {
+                Err("not yet")
+            }
+        }
+    })
+    .await
 }
