@@ -14,7 +14,6 @@ use common::amqp::{
     within_for,
 };
 use common::process::{BrokerProcess, TempDir};
-use futures_lite::StreamExt;
 use lapin::{
     message::BasicGetMessage,
     options::*,
@@ -240,19 +239,7 @@ fn text(data: &[u8]) -> String {
 
 /// basic.get (no-ack) until get-empty: every ready message of `queue`, in order.
 async fn get_all(ch: &Channel, queue: &str) -> Vec<BasicGetMessage> {
-    let mut out = Vec::new();
-    loop {
-        let got = timed(
-            "basic.get",
-            ch.basic_get(queue.into(), BasicGetOptions { no_ack: true }),
-        )
-        .await
-        .unwrap_or_else(|e| panic!("basic.get on {queue}: {e}"));
-        match got {
-            Some(msg) => out.push(msg),
-            None => return out,
-        }
-    }
+    amqp::get_all_messages(ch, queue, true, WAIT).await
 }
 
 async fn get_bodies(ch: &Channel, queue: &str) -> Vec<String> {
@@ -265,16 +252,7 @@ async fn get_bodies(ch: &Channel, queue: &str) -> Vec<String> {
 
 /// Receives exactly `n` deliveries from `consumer`, each within [`WAIT`].
 async fn next_n(consumer: &mut lapin::Consumer, n: usize) -> Vec<lapin::message::Delivery> {
-    let mut out = Vec::with_capacity(n);
-    for i in 0..n {
-        let delivery = tokio::time::timeout(WAIT, consumer.next())
-            .await
-            .unwrap_or_else(|_| panic!("timed out waiting for delivery {i} of {n}"))
-            .expect("consumer stream ended")
-            .expect("delivery error");
-        out.push(delivery);
-    }
-    out
+    amqp::next_n_within(consumer, n, WAIT).await
 }
 
 /// Reads the `n` ready messages of `queue` without removing them: consumes with

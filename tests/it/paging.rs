@@ -235,11 +235,7 @@ async fn next(consumer: &mut Consumer, i: usize, n: usize) -> Delivery {
 
 /// Receives exactly `n` deliveries without acknowledging them.
 async fn next_n(consumer: &mut Consumer, n: usize) -> Vec<Delivery> {
-    let mut out = Vec::with_capacity(n);
-    for i in 0..n {
-        out.push(next(consumer, i, n).await);
-    }
-    out
+    amqp::next_n_within(consumer, n, WAIT).await
 }
 
 /// Receives exactly `n` deliveries, acking each as it arrives.
@@ -284,19 +280,7 @@ async fn consume_all(conn: &Connection, queue: &str, n: usize, prefetch: u16) ->
 
 /// basic.get until get-empty.
 async fn get_all(ch: &Channel, queue: &str, no_ack: bool) -> Vec<BasicGetMessage> {
-    let mut out = Vec::new();
-    loop {
-        let got = timed(
-            "basic.get",
-            ch.basic_get(queue.into(), BasicGetOptions { no_ack }),
-        )
-        .await
-        .unwrap_or_else(|e| panic!("basic.get on {queue}: {e}"));
-        match got {
-            Some(msg) => out.push(msg),
-            None => return out,
-        }
-    }
+    amqp::get_all_messages(ch, queue, no_ack, WAIT).await
 }
 
 fn get_labels(got: &[BasicGetMessage]) -> Vec<String> {

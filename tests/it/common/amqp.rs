@@ -6,7 +6,7 @@
 use super::{unique, wait_for, TestBroker};
 use futures_lite::StreamExt;
 use lapin::{
-    message::Delivery,
+    message::{BasicGetMessage, Delivery},
     options::{
         BasicCancelOptions, BasicConsumeOptions, BasicGetOptions, BasicPublishOptions,
         ConfirmSelectOptions, QueueDeclareOptions,
@@ -337,9 +337,20 @@ pub async fn next(consumer: &mut Consumer) -> Delivery {
 
 /// The next `n` deliveries, each within [`WAIT`].
 pub async fn next_n(consumer: &mut Consumer, n: usize) -> Vec<Delivery> {
+    next_n_within(consumer, n, WAIT).await
+}
+
+/// The next `n` deliveries, each within `wait` (longer for a queue read back
+/// from disk or a broker just restarted).
+pub async fn next_n_within(consumer: &mut Consumer, n: usize, wait: Duration) -> Vec<Delivery> {
     let mut out = Vec::with_capacity(n);
-    for _ in 0..n {
-        out.push(next(consumer).await);
+    for i in 0..n {
+        let delivery = tokio::time::timeout(wait, consumer.next())
+            .await
+            .unwrap_or_else(|_| panic!("timed out waiting for delivery {i} of {n}"))
+            .expect("consumer stream ended")
+            .expect("delivery error");
+        out.push(delivery);
     }
     out
 }
@@ -378,6 +389,27 @@ pub async fn get_all_bodies(ch: &Channel, queue: &str) -> Vec<String> {
         bodies.push(String::from_utf8(m.delivery.data.clone()).unwrap());
     }
     bodies
+}
+
+/// Takes every ready message of `queue` with basic.get, each get within `wait`.
+pub async fn get_all_messages(
+    ch: &Channel,
+    queue: &str,
+    no_ack: bool,
+    wait: Duration,
+) -> Vec<BasicGetMessage> {
+    let mut out = Vec::new();
+    while let Some(m) = timed_for(
+        wait,
+        "basic.get",
+        ch.basic_get(queue.into(), BasicGetOptions { no_ack }),
+    )
+    .await
+    .unwrap_or_else(|e| panic!("basic.get on {queue}: {e}"))
+    {
+        out.push(m);
+    }
+    out
 }
 
 /// A delivery's body as text.
