@@ -712,14 +712,7 @@ async fn ack_of_unknown_delivery_tag_closes_channel() {
         let q = raw.declare_exclusive_queue(2).await;
         raw.open_channel(1).await;
         raw.publish(1, "", &q, b"after the error", 131072).await;
-        let mut got = None;
-        for _ in 0..50 {
-            got = raw.basic_get(2, &q).await;
-            if got.is_some() {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        let got = raw.basic_get_eventually(2, &q).await;
         assert_eq!(got.as_deref(), Some(&b"after the error"[..]));
         raw.close_connection().await;
 

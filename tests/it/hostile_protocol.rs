@@ -366,15 +366,8 @@ async fn deeply_nested_message_headers_never_reach_a_queue() {
         if against_other_broker() {
             publisher.close_connection().await;
             // RabbitMQ routed it (an empty binding matches any message).
-            let mut got = None;
-            for _ in 0..50 {
-                got = raw.basic_get(1, &q).await;
-                if got.is_some() {
-                    break;
-                }
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
-            assert!(got.is_some(), "routed to {q} within 2.5 s");
+            let got = raw.basic_get_eventually(1, &q).await;
+            assert!(got.is_some(), "routed to {q}");
         } else {
             expect_close(
                 &mut publisher,
@@ -476,14 +469,7 @@ async fn nesting_at_the_bound_works_end_to_end() {
             })),
         )
         .await;
-        let mut dead = None;
-        for _ in 0..50 {
-            dead = raw.basic_get(1, &dlq).await;
-            if dead.is_some() {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        let dead = raw.basic_get_eventually(1, &dlq).await;
         assert_eq!(dead.as_deref(), Some(&b"body"[..]), "dead-lettered copy");
 
         if let Some(api) = Api::of(&broker) {
@@ -753,14 +739,7 @@ async fn field_table_keys_need_not_be_utf8() {
             &headers_property(&headers),
         ))
         .await;
-        let mut got = None;
-        for _ in 0..20 {
-            got = raw.basic_get(1, &q).await;
-            if got.is_some() {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        let got = raw.basic_get_eventually(1, &q).await;
         assert_eq!(got.as_deref(), Some(&b"body"[..]));
         delete_queue(&mut raw, 1, &q).await;
         raw.close_connection().await;
@@ -829,14 +808,7 @@ async fn messages_with_non_utf8_keys_are_dead_lettered() {
             })),
         )
         .await;
-        let mut dead = None;
-        for _ in 0..50 {
-            dead = raw.basic_get(1, &dlq).await;
-            if dead.is_some() {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        let dead = raw.basic_get_eventually(1, &dlq).await;
         assert_eq!(dead.as_deref(), Some(&b"body"[..]), "dead-lettered copy");
         delete_queue(&mut raw, 1, &q).await;
         delete_queue(&mut raw, 1, &dlq).await;

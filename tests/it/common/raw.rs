@@ -330,6 +330,20 @@ impl Raw {
         Some(body)
     }
 
+    /// [`basic_get`](Self::basic_get) until a message is there (routing and
+    /// dead-lettering reach a RabbitMQ queue asynchronously), for at most
+    /// [`IO_TIMEOUT`]; `None` if none came.
+    pub async fn basic_get_eventually(&mut self, channel: u16, queue: &str) -> Option<Vec<u8>> {
+        let deadline = tokio::time::Instant::now() + IO_TIMEOUT;
+        loop {
+            let got = self.basic_get(channel, queue).await;
+            if got.is_some() || tokio::time::Instant::now() >= deadline {
+                return got;
+            }
+            tokio::time::sleep(super::POLL).await;
+        }
+    }
+
     /// Client-initiated connection.close, expecting close-ok.
     pub async fn close_connection(&mut self) {
         self.send_method(
