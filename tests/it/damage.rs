@@ -8,9 +8,9 @@
 
 use crate::common;
 
-use common::amqp::{self, persistent, timed_for, within_for};
+use common::amqp::{self, connect_uri, persistent, timed_for, within_for};
 use common::process::{BrokerProcess, TempDir};
-use lapin::{options::*, types::FieldTable, Connection, ConnectionProperties};
+use lapin::{options::*, types::FieldTable};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -28,23 +28,13 @@ enum Stop {
     Sigterm,
 }
 
-async fn connect(uri: &str) -> Connection {
-    timed_for(
-        WAIT,
-        "connection",
-        Connection::connect(uri, ConnectionProperties::default()),
-    )
-    .await
-    .expect("connect to the broker")
-}
-
 /// A store holding one durable queue with [`MESSAGES`] confirmed persistent
 /// messages, left by a broker stopped as `stop` says.
 async fn stored(name: &str, stop: Stop) -> TempDir {
     let data = TempDir::new(name);
     let mut broker = BrokerProcess::start(data.path());
     {
-        let conn = connect(&broker.uri()).await;
+        let conn = connect_uri(&broker.uri()).await;
         let ch = amqp::timed_confirm_channel(&conn, WAIT).await;
         let durable = QueueDeclareOptions {
             durable: true,
@@ -123,7 +113,7 @@ async fn restart(data: &Path, config: Option<&Path>) -> Outcome {
     };
     let at = line.find("addr=").unwrap() + 5;
     let addr = line[at..].split_whitespace().next().unwrap();
-    let conn = connect(&format!("amqp://guest:guest@{addr}/%2f")).await;
+    let conn = connect_uri(&format!("amqp://guest:guest@{addr}/%2f")).await;
     let messages = amqp::queue_count(&conn, QUEUE, WAIT).await.ok();
     Outcome::Started { broker, messages }
 }

@@ -20,12 +20,13 @@
 
 use crate::common;
 
+use common::amqp::try_connect_uri;
 use common::http::{Api, Reply};
 use common::{unique, TestBroker};
 use lapin::{
     options::*,
     types::{AMQPValue, FieldTable},
-    BasicProperties, Connection, ConnectionProperties, ExchangeKind,
+    BasicProperties, ExchangeKind,
 };
 use serde_json::{json, Value};
 use std::collections::BTreeSet;
@@ -180,19 +181,10 @@ fn uri_as(broker: &TestBroker, user: &str, password: &str, vhost: &str) -> Strin
     format!("amqp://{user}:{password}@{hostport}/{}", enc(vhost))
 }
 
-async fn connect(uri: &str) -> lapin::Result<Connection> {
-    tokio::time::timeout(
-        WAIT,
-        Connection::connect(uri, ConnectionProperties::default()),
-    )
-    .await
-    .expect("connect in time")
-}
-
 /// Passive-declares every queue and exchange of `defs` in `vhost` (named
 /// `as_vhost` on this broker), over AMQP as guest.
 async fn passive_declare_all(broker: &TestBroker, defs: &Value, vhost: &str, as_vhost: &str) {
-    let conn = connect(&uri_as(broker, "guest", "guest", as_vhost))
+    let conn = try_connect_uri(&uri_as(broker, "guest", "guest", as_vhost))
         .await
         .unwrap_or_else(|e| panic!("guest into {as_vhost}: {e}"));
     for q in list(defs, "queues")
@@ -230,7 +222,7 @@ async fn passive_declare_all(broker: &TestBroker, defs: &Value, vhost: &str, as_
 /// messages land: a topic binding, the exchange-to-exchange binding into the
 /// internal exchange, the alternate exchange, and both headers bindings.
 async fn check_shop_routing(broker: &TestBroker, vhost: &str) {
-    let conn = connect(&uri_as(broker, "guest", "guest", vhost))
+    let conn = try_connect_uri(&uri_as(broker, "guest", "guest", vhost))
         .await
         .unwrap_or_else(|e| panic!("guest into {vhost}: {e}"));
     let ch = common::amqp::confirm_channel(&conn).await;
@@ -404,18 +396,18 @@ async fn importing_the_rabbitmq_file_recreates_its_topology() {
 
     // The imported users log in with the passwords the hashes were made from.
     for (user, password, _) in &USERS[1..] {
-        let conn = connect(&uri_as(&broker, user, password, "shop"))
+        let conn = try_connect_uri(&uri_as(&broker, user, password, "shop"))
             .await
             .unwrap_or_else(|e| panic!("{user} into shop: {e}"));
         let _ = conn.close(200, "bye".into()).await;
     }
-    let app = connect(&uri_as(&broker, "shop-app", "app-secret", "shop"))
+    let app = try_connect_uri(&uri_as(&broker, "shop-app", "app-secret", "shop"))
         .await
         .unwrap();
     assert_eq!(common::amqp::count(&app, "app.events", WAIT).await, 1);
     let _ = app.close(200, "bye".into()).await;
     assert!(
-        connect(&uri_as(&broker, "shop-app", "wrong", "shop"))
+        try_connect_uri(&uri_as(&broker, "shop-app", "wrong", "shop"))
             .await
             .is_err(),
         "a wrong password is refused"
@@ -563,7 +555,7 @@ async fn definitions_survive_an_export_import_round_trip() {
         );
     }
     check_shop_routing(&second, "shop").await;
-    let app = connect(&uri_as(&second, "shop-app", "app-secret", "shop")).await;
+    let app = try_connect_uri(&uri_as(&second, "shop-app", "app-secret", "shop")).await;
     assert!(app.is_ok(), "the hash survives two imports");
     second.stop().await;
     first.stop().await;

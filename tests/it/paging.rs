@@ -8,8 +8,8 @@
 use crate::common;
 
 use common::amqp::{
-    self, assert_same_sequence, declare_queue, persistent, timed_confirm_channel, timed_for,
-    transient, within_for,
+    self, assert_same_sequence, connect_uri, declare_queue, persistent, timed_confirm_channel,
+    timed_for, transient, within_for,
 };
 use common::process::{BrokerProcess, TempDir};
 use common::TestBroker;
@@ -18,7 +18,7 @@ use lapin::{
     message::{BasicGetMessage, Delivery},
     options::*,
     types::FieldTable,
-    BasicProperties, Channel, Connection, ConnectionProperties, Consumer, ExchangeKind,
+    BasicProperties, Channel, Connection, Consumer, ExchangeKind,
 };
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -58,15 +58,6 @@ fn paging_config() -> leveret::Config {
 /// An in-process broker with the small window.
 async fn paging_broker() -> TestBroker {
     TestBroker::start_with(paging_config()).await
-}
-
-async fn connect_uri(uri: &str) -> Connection {
-    timed(
-        "connection",
-        Connection::connect(uri, ConnectionProperties::default()),
-    )
-    .await
-    .expect("connect to the broker")
 }
 
 async fn channel(conn: &Connection) -> Channel {

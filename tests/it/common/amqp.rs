@@ -166,6 +166,21 @@ pub fn assert_same_sequence(what: &str, got: &[String], want: &[String]) {
     );
 }
 
+/// A connection to `uri`, or the broker's refusal, within 10 s.
+pub async fn try_connect_uri(uri: &str) -> lapin::Result<Connection> {
+    timed_for(
+        Duration::from_secs(10),
+        "the connection",
+        Connection::connect(uri, lapin::ConnectionProperties::default()),
+    )
+    .await
+}
+
+/// A connection to `uri`, within 10 s.
+pub async fn connect_uri(uri: &str) -> Connection {
+    try_connect_uri(uri).await.expect("connect to the broker")
+}
+
 /// Connects to `broker` and opens a channel.
 pub async fn open_channel(broker: &TestBroker) -> (Connection, Channel) {
     let conn = broker.connect().await;

@@ -200,13 +200,7 @@ impl BrokerProcess {
     /// `amqp://guest:guest@HOST:PORT/%2f`
     /// A lapin connection to the broker (10 s at most).
     pub async fn connect(&self) -> lapin::Connection {
-        tokio::time::timeout(
-            Duration::from_secs(10),
-            lapin::Connection::connect(&self.uri(), lapin::ConnectionProperties::default()),
-        )
-        .await
-        .expect("timed out connecting to the broker")
-        .expect("connect to the broker")
+        super::amqp::connect_uri(&self.uri()).await
     }
 
     pub fn uri(&self) -> String {
