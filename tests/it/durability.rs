@@ -10,8 +10,8 @@
 use crate::common;
 
 use common::amqp::{
-    self, assert_same_sequence, persistent, reply_code, timed_confirm_channel, timed_for,
-    within_for,
+    self, assert_same_sequence, bind_queue, persistent, reply_code, timed_confirm_channel,
+    timed_for, within_for,
 };
 use common::process::{BrokerProcess, TempDir};
 use lapin::{
@@ -123,21 +123,6 @@ async fn declare_exchange(
     )
     .await
     .unwrap_or_else(|e| panic!("declare exchange {name}: {e}"));
-}
-
-async fn bind(ch: &Channel, queue: &str, exchange: &str, key: &str, args: FieldTable) {
-    timed(
-        "queue.bind",
-        ch.queue_bind(
-            queue.into(),
-            exchange.into(),
-            key.into(),
-            QueueBindOptions::default(),
-            args,
-        ),
-    )
-    .await
-    .unwrap_or_else(|e| panic!("bind {queue} to {exchange} with {key:?}: {e}"));
 }
 
 /// Passive queue.declare on a fresh channel: the ready-message count, or the
@@ -497,8 +482,8 @@ async fn non_durable_and_exclusive_queues_and_non_durable_exchanges_are_gone_aft
                 FieldTable::default(),
             )
             .await;
-            bind(&ch, "durable-q", "transient-ex", "", FieldTable::default()).await;
-            bind(&ch, "durable-q", "durable-ex", "", FieldTable::default()).await;
+            bind_queue(&ch, "durable-q", "transient-ex", "", FieldTable::default()).await;
+            bind_queue(&ch, "durable-q", "durable-ex", "", FieldTable::default()).await;
             publish_confirmed(
                 &ch,
                 "",
@@ -610,12 +595,12 @@ async fn declare_topology(ch: &Channel) {
     .await;
 
     let none = FieldTable::default;
-    bind(ch, Q_AE, AE, "", none()).await;
-    bind(ch, Q_DIRECT, EX_DIRECT, "k1", none()).await;
-    bind(ch, Q_DIRECT, EX_DIRECT, "gone", none()).await;
-    bind(ch, Q_FANOUT, EX_FANOUT, "", none()).await;
-    bind(ch, Q_TOPIC, EX_TOPIC, "orders.*.eu", none()).await;
-    bind(
+    bind_queue(ch, Q_AE, AE, "", none()).await;
+    bind_queue(ch, Q_DIRECT, EX_DIRECT, "k1", none()).await;
+    bind_queue(ch, Q_DIRECT, EX_DIRECT, "gone", none()).await;
+    bind_queue(ch, Q_FANOUT, EX_FANOUT, "", none()).await;
+    bind_queue(ch, Q_TOPIC, EX_TOPIC, "orders.*.eu", none()).await;
+    bind_queue(
         ch,
         Q_HEADERS_ALL,
         EX_HEADERS,
@@ -623,7 +608,7 @@ async fn declare_topology(ch: &Channel) {
         string_table(&[("x-match", "all"), ("a", "1"), ("b", "2")]),
     )
     .await;
-    bind(
+    bind_queue(
         ch,
         Q_HEADERS_ANY,
         EX_HEADERS,
@@ -631,7 +616,7 @@ async fn declare_topology(ch: &Channel) {
         string_table(&[("x-match", "any"), ("a", "1"), ("b", "2")]),
     )
     .await;
-    bind(ch, Q_DELETED, EX_DIRECT, "k1", none()).await;
+    bind_queue(ch, Q_DELETED, EX_DIRECT, "k1", none()).await;
     timed(
         "exchange.bind",
         ch.exchange_bind(
@@ -1191,7 +1176,7 @@ async fn fanout_copies_in_three_durable_queues_survive_kill_9_and_acks_are_per_q
             declare_exchange(&ch, ex, ExchangeKind::Fanout, true, FieldTable::default()).await;
             for q in queues {
                 declare_durable_queue(&ch, q).await;
-                bind(&ch, q, ex, "", FieldTable::default()).await;
+                bind_queue(&ch, q, ex, "", FieldTable::default()).await;
             }
             publish_confirmed(&ch, ex, "", &messages).await;
         }
@@ -1255,7 +1240,7 @@ async fn write_a_store(data: &Path) -> Vec<PathBuf> {
         let ch = confirm_channel(&conn).await;
         declare_exchange(&ch, "ex", ExchangeKind::Direct, true, FieldTable::default()).await;
         declare_durable_queue(&ch, "q").await;
-        bind(&ch, "q", "ex", "k", FieldTable::default()).await;
+        bind_queue(&ch, "q", "ex", "k", FieldTable::default()).await;
         let messages: Vec<(String, BasicProperties)> = (0..200)
             .map(|i| {
                 (

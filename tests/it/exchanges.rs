@@ -5,8 +5,8 @@
 use crate::common;
 
 use common::amqp::{
-    assert_closed, confirm_channel as channel, declare_unique, exclusive, get_all_bodies,
-    open_confirmed as setup, within_for,
+    assert_closed, bind_queue, confirm_channel as channel, declare_unique, exclusive,
+    get_all_bodies, open_confirmed as setup, within_for,
 };
 use common::unique;
 use lapin::{
@@ -92,20 +92,8 @@ async fn declare_queue(ch: &Channel) -> String {
     declare_unique(ch, "q", exclusive(), FieldTable::default()).await
 }
 
-async fn bind_with(ch: &Channel, queue: &str, exchange: &str, key: &str, args: FieldTable) {
-    ch.queue_bind(
-        queue.into(),
-        exchange.into(),
-        key.into(),
-        QueueBindOptions::default(),
-        args,
-    )
-    .await
-    .unwrap();
-}
-
 async fn bind(ch: &Channel, queue: &str, exchange: &str, key: &str) {
-    bind_with(ch, queue, exchange, key, FieldTable::default()).await;
+    bind_queue(ch, queue, exchange, key, FieldTable::default()).await;
 }
 
 /// A field table of string values.
@@ -138,7 +126,7 @@ async fn headers_matches(binding: &[(&str, &str)], messages: &[&[(&str, &str)]])
     let ex = unique("headers");
     declare_exchange(&ch, &ex, ExchangeKind::Headers).await;
     let q = declare_queue(&ch).await;
-    bind_with(&ch, &q, &ex, "", string_table(binding)).await;
+    bind_queue(&ch, &q, &ex, "", string_table(binding)).await;
     for (i, headers) in messages.iter().enumerate() {
         publish_headers(&ch, &ex, &i.to_string(), string_table(headers)).await;
     }

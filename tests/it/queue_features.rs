@@ -10,9 +10,10 @@
 use crate::common;
 
 use common::amqp::{
-    amqp_error, assert_closed, assert_quiet, confirm_channel as channel, consume, consume_exactly,
-    consume_with, declare_unique, durable, exclusive, next, next_n, open_confirmed as open,
-    publish_and_confirm, ready_count, table, text, texts, wait_ready, within_for, WAIT,
+    amqp_error, assert_closed, assert_quiet, bind_queue, confirm_channel as channel, consume,
+    consume_exactly, consume_with, declare_unique, durable, exclusive, next, next_n,
+    open_confirmed as open, publish_and_confirm, ready_count, table, text, texts, wait_ready,
+    within_for, WAIT,
 };
 use common::{against_other_broker, unique};
 use lapin::{
@@ -87,15 +88,7 @@ async fn declare_exchange(ch: &Channel, prefix: &str, kind: ExchangeKind) -> Str
 }
 
 async fn bind(ch: &Channel, queue: &str, exchange: &str, key: &str) {
-    ch.queue_bind(
-        queue.into(),
-        exchange.into(),
-        key.into(),
-        QueueBindOptions::default(),
-        FieldTable::default(),
-    )
-    .await
-    .expect("queue.bind");
+    bind_queue(ch, queue, exchange, key, FieldTable::default()).await
 }
 
 /// A fanout dead-letter exchange with an exclusive queue bound to it: (exchange, queue).

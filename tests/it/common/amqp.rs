@@ -243,6 +243,23 @@ pub async fn declare_unique(
     name
 }
 
+/// Binds `queue` to `exchange` with `key` and `args`; panics naming them if refused.
+pub async fn bind_queue(ch: &Channel, queue: &str, exchange: &str, key: &str, args: FieldTable) {
+    timed_for(
+        WAIT,
+        "queue.bind",
+        ch.queue_bind(
+            queue.into(),
+            exchange.into(),
+            key.into(),
+            lapin::options::QueueBindOptions::default(),
+            args,
+        ),
+    )
+    .await
+    .unwrap_or_else(|e| panic!("bind {queue} to {exchange} with {key:?}: {e}"));
+}
+
 /// Ready (not unacked) messages of `queue`, by a passive queue.declare on `ch`.
 pub async fn ready_count(ch: &Channel, queue: &str) -> u32 {
     ch.queue_declare(
