@@ -7,7 +7,7 @@
 # A crash stops libFuzzer; the input is kept in fuzz/artifacts/<target>/
 # and the target is restarted for the rest of its time, so a campaign is
 # not cut short by one bug. Replay kept inputs with
-# `cargo test --test fuzz_regressions` once copied to tests/fuzz_regressions/.
+# `cargo test --test it fuzz_regressions::` once copied to tests/fuzz_regressions/.
 set -u
 cd "$(dirname "$0")"
 seconds=${1:?usage: campaign.sh SECONDS [TARGET...]}

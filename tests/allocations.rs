@@ -11,7 +11,12 @@
 //! its raw properties, its body, and the shared `Message`); routing,
 //! enqueueing, delivery and acknowledgement allocate nothing once the
 //! buffers they reuse have grown.
+//!
+//! A test binary of its own, not a module of `tests/it`: the counting
+//! allocator is global to the process, and any other test running beside
+//! this one would add its allocations to the count.
 
+#[path = "it/common/mod.rs"]
 mod common;
 
 use common::raw::*;

@@ -1,7 +1,7 @@
 //! What each fuzz target does with its input.
 //!
 //! The targets in `fuzz_targets/` are one-line calls into this file, and
-//! `tests/fuzz_regressions.rs` includes this same file to replay every kept
+//! `tests/it/fuzz_regressions.rs` includes this same file to replay every kept
 //! crasher under an ordinary `cargo test`: a fix is checked against exactly
 //! the code that found the bug.
 //!

@@ -2,7 +2,7 @@
 //! amq-protocol, as lapin sends them), so that the fuzzer starts past the
 //! handshake and inside every class of method instead of guessing them.
 //!
-//! `cargo test --test fuzz_regressions -- --ignored write_seed_corpora`
+//! `cargo test --test it fuzz_regressions:: -- --ignored write_seed_corpora`
 //! writes them to `fuzz/seeds/<target>/`.
 
 use amq_protocol::protocol::basic::{gen_properties, AMQPProperties};
