@@ -7,11 +7,79 @@
 use super::CtlError;
 use base64::Engine;
 use serde_json::Value;
+use std::path::Path;
 use std::time::Duration;
+use ureq::tls::{parse_pem, ClientCert, PemItem, RootCerts, TlsConfig};
 
 /// Bodies can be large (definitions of a big broker); this only guards
 /// against a runaway server.
 const BODY_LIMIT: u64 = 1 << 30;
+
+/// How to talk to an https:// URL (ignored for http://).
+#[derive(Default)]
+pub(crate) struct Tls<'a> {
+    /// Trust only this CA (PEM) instead of the public ones.
+    pub cacert: Option<&'a Path>,
+    /// A client certificate and its key (PEM), for a server that asks.
+    pub cert: Option<&'a Path>,
+    pub key: Option<&'a Path>,
+    /// Skip verifying the server's certificate.
+    pub insecure: bool,
+}
+
+impl Tls<'_> {
+    fn config(&self) -> Result<TlsConfig, CtlError> {
+        let mut builder = TlsConfig::builder().disable_verification(self.insecure);
+        if let Some(file) = self.cacert {
+            let certs = read_pem(file, "--cacert")?
+                .filter_map(|item| match item {
+                    Ok(PemItem::Certificate(c)) => Some(c),
+                    _ => None,
+                })
+                .collect::<Vec<_>>();
+            if certs.is_empty() {
+                return Err(no_pem(file, "--cacert", "certificate"));
+            }
+            builder = builder.root_certs(RootCerts::new_with_certs(&certs));
+        }
+        if let (Some(cert_file), Some(key_file)) = (self.cert, self.key) {
+            let chain = read_pem(cert_file, "--cert")?
+                .filter_map(|item| match item {
+                    Ok(PemItem::Certificate(c)) => Some(c),
+                    _ => None,
+                })
+                .collect::<Vec<_>>();
+            if chain.is_empty() {
+                return Err(no_pem(cert_file, "--cert", "certificate"));
+            }
+            let key = read_pem(key_file, "--key")?
+                .find_map(|item| match item {
+                    Ok(PemItem::PrivateKey(k)) => Some(k),
+                    _ => None,
+                })
+                .ok_or_else(|| no_pem(key_file, "--key", "private key"))?;
+            builder = builder.client_cert(Some(ClientCert::new_with_certs(&chain, key)));
+        }
+        Ok(builder.build())
+    }
+}
+
+/// The PEM items of `file`, or a usage error naming `flag` and the file.
+fn read_pem(
+    file: &Path,
+    flag: &str,
+) -> Result<impl Iterator<Item = Result<PemItem<'static>, ureq::Error>>, CtlError> {
+    let bytes = std::fs::read(file)
+        .map_err(|e| CtlError::usage(format!("{flag} {}: {e}", file.display())))?;
+    Ok(parse_pem(&bytes).collect::<Vec<_>>().into_iter())
+}
+
+fn no_pem(file: &Path, flag: &str, what: &str) -> CtlError {
+    CtlError::usage(format!(
+        "{flag} {}: no PEM {what} in the file",
+        file.display()
+    ))
+}
 
 /// One management API endpoint, as one user.
 pub(crate) struct Client {
@@ -61,19 +129,26 @@ impl Method {
 impl Client {
     /// A client for the API under `url` (`http://host:port`; a trailing
     /// `/api` or `/` is accepted, `http://` may be left out).
-    pub(crate) fn new(url: &str, user: &str, password: &str) -> Result<Client, CtlError> {
+    pub(crate) fn new(
+        url: &str,
+        user: &str,
+        password: &str,
+        tls: &Tls<'_>,
+    ) -> Result<Client, CtlError> {
         let mut url = url.trim().trim_end_matches('/').to_string();
         if !url.contains("://") {
             url = format!("http://{url}");
         }
-        if url.starts_with("https://") {
+        let scheme_len = if url.starts_with("https://") {
+            "https://".len()
+        } else if url.starts_with("http://") {
+            "http://".len()
+        } else {
+            0
+        };
+        if scheme_len == 0 || url.len() == scheme_len {
             return Err(CtlError::usage(format!(
-                "{url}: https is not supported, use an http:// URL"
-            )));
-        }
-        if !url.starts_with("http://") || url.len() == "http://".len() {
-            return Err(CtlError::usage(format!(
-                "--url {url}: expected http://HOST:PORT"
+                "--url {url}: expected http://HOST:PORT or https://HOST:PORT"
             )));
         }
         if let Some(stripped) = url.strip_suffix("/api") {
@@ -86,6 +161,7 @@ impl Client {
             .timeout_recv_response(Some(Duration::from_secs(300)))
             .user_agent(concat!("leveret-ctl/", env!("CARGO_PKG_VERSION")))
             .max_redirects(0)
+            .tls_config(tls.config()?)
             .build();
         let token = base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"));
         Ok(Client {
@@ -251,6 +327,9 @@ impl Client {
                 format!("{url} did not answer as an HTTP server ({e}); is it the management port?")
             }
             ureq::Error::BadUri(u) => format!("--url {url}: invalid URL ({u})"),
+            ureq::Error::Rustls(e) => {
+                format!("TLS with {url} failed: {e} (see --cacert, --cert and --insecure)")
+            }
             other => format!("request to {url} failed: {other}"),
         };
         CtlError::failed(message)
@@ -342,14 +421,37 @@ mod tests {
     }
 
     #[test]
+    fn a_cacert_that_is_missing_or_not_pem_is_a_usage_error() {
+        let dir = std::env::temp_dir().join(format!("leveret-ctl-pem-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let not_pem = dir.join("not.pem");
+        std::fs::write(&not_pem, "hello").unwrap();
+        let missing = dir.join("missing.pem");
+        for (file, expect) in [(&not_pem, "no PEM certificate"), (&missing, "No such file")] {
+            let tls = Tls {
+                cacert: Some(file),
+                ..Tls::default()
+            };
+            let err = match Client::new("https://h", "u", "p", &tls) {
+                Err(e) => e.to_string(),
+                Ok(_) => panic!("{} was accepted as a CA file", file.display()),
+            };
+            assert!(err.contains("--cacert") && err.contains(expect), "{err}");
+        }
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
     fn normalises_the_url() {
-        let c = Client::new("127.0.0.1:15672/api/", "guest", "guest").unwrap();
+        let plain = Tls::default();
+        let c = Client::new("127.0.0.1:15672/api/", "guest", "guest", &plain).unwrap();
         assert_eq!(c.base, "http://127.0.0.1:15672/api");
         assert_eq!(c.url, "http://127.0.0.1:15672");
-        let c = Client::new("http://h:1/rabbit", "u", "p").unwrap();
+        let c = Client::new("http://h:1/rabbit", "u", "p", &plain).unwrap();
         assert_eq!(c.base, "http://h:1/rabbit/api");
         assert_eq!(c.api_path("/overview"), "/rabbit/api/overview");
-        assert!(Client::new("https://h", "u", "p").is_err());
-        assert!(Client::new("ftp://h", "u", "p").is_err());
+        let c = Client::new("https://h:15671/", "u", "p", &plain).unwrap();
+        assert_eq!(c.base, "https://h:15671/api");
+        assert!(Client::new("ftp://h", "u", "p", &plain).is_err());
     }
 }

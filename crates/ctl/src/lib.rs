@@ -163,6 +163,31 @@ pub struct CtlArgs {
     /// Virtual host the per-vhost commands work in
     #[arg(long, global = true, env = "LEVERET_VHOST", default_value = "/")]
     pub vhost: String,
+    /// For https: trust the server certificates this CA file (PEM) signed,
+    /// instead of the public CAs
+    #[arg(long, global = true, env = "LEVERET_CACERT", value_name = "FILE")]
+    pub cacert: Option<std::path::PathBuf>,
+    /// For https: present this client certificate (PEM, with --key)
+    #[arg(
+        long,
+        global = true,
+        env = "LEVERET_CERT",
+        value_name = "FILE",
+        requires = "key"
+    )]
+    pub cert: Option<std::path::PathBuf>,
+    /// For https: the client certificate's private key (PEM)
+    #[arg(
+        long,
+        global = true,
+        env = "LEVERET_KEY",
+        value_name = "FILE",
+        requires = "cert"
+    )]
+    pub key: Option<std::path::PathBuf>,
+    /// For https: do not verify the server's certificate (testing only)
+    #[arg(long, global = true)]
+    pub insecure: bool,
     /// Output format
     #[arg(
         long,
@@ -359,7 +384,13 @@ enum Outcome {
 /// on stderr.
 pub fn run(args: CtlArgs) -> ExitCode {
     let mut out = String::new();
-    let result = Client::new(&args.url, &args.user, &args.password).and_then(|client| {
+    let tls = client::Tls {
+        cacert: args.cacert.as_deref(),
+        cert: args.cert.as_deref(),
+        key: args.key.as_deref(),
+        insecure: args.insecure,
+    };
+    let result = Client::new(&args.url, &args.user, &args.password, &tls).and_then(|client| {
         let mut ctx = Ctx {
             client,
             vhost: args.vhost.clone(),

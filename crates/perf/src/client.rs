@@ -3,6 +3,7 @@
 //! per-message frames (publish, deliver, ack) written and read by hand so
 //! the generator costs little CPU per message.
 
+use crate::tls::{self, Tls};
 use amq_protocol::protocol::{basic, channel, confirm, connection, exchange, queue, AMQPClass};
 use amq_protocol::types::{AMQPValue, FieldTable, LongString};
 use bytes::BytesMut;
@@ -11,14 +12,16 @@ use leveret_protocol::frame::{decode_frame, Frame, FrameType};
 use leveret_protocol::method::{method_ids, Reader};
 use leveret_protocol::PROTOCOL_HEADER;
 use std::io;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream};
 
-/// Where and as whom to connect, from an `amqp://user:pass@host:port/vhost` URI.
+/// Where and as whom to connect, from an `amqp://user:pass@host:port/vhost`
+/// or `amqps://…?cacertfile=…` URI.
 #[derive(Debug, Clone)]
 pub(crate) struct Target {
     pub addr: String,
+    /// `amqps://`: how to wrap the TCP connection.
+    pub tls: Option<Tls>,
     pub user: String,
     pub password: String,
     pub vhost: String,
@@ -28,9 +31,12 @@ pub(crate) struct Target {
 
 impl Target {
     pub(crate) fn parse(uri: &str) -> Result<Target, String> {
-        let rest = uri
-            .strip_prefix("amqp://")
-            .ok_or_else(|| format!("'{uri}' is not an amqp:// URI"))?;
+        let (secure, rest) = match (uri.strip_prefix("amqp://"), uri.strip_prefix("amqps://")) {
+            (Some(rest), _) => (false, rest),
+            (_, Some(rest)) => (true, rest),
+            _ => return Err(format!("'{uri}' is not an amqp:// or amqps:// URI")),
+        };
+        let (rest, query) = rest.split_once('?').unwrap_or((rest, ""));
         let (auth, rest) = match rest.rsplit_once('@') {
             Some((a, r)) => (Some(a), r),
             None => (None, rest),
@@ -47,19 +53,58 @@ impl Target {
             Some((h, _)) => (h, "/".into()),
             None => (rest, "/".into()),
         };
-        let addr = if hostport.contains(':') {
+        let default_port = if secure { 5671 } else { 5672 };
+        let host = match hostport.rsplit_once(':') {
+            Some((h, p)) if p.parse::<u16>().is_ok() => h,
+            _ => hostport,
+        };
+        let addr = if host.len() < hostport.len() {
             hostport.to_string()
         } else {
-            format!("{hostport}:5672")
+            format!("{hostport}:{default_port}")
+        };
+        let tls = if secure {
+            let host = host.trim_start_matches('[').trim_end_matches(']');
+            Some(Tls::new(host, &tls_options(query)?)?)
+        } else {
+            None
         };
         Ok(Target {
             addr,
+            tls,
             user,
             password,
             vhost,
             send_buffer: 0,
         })
     }
+}
+
+/// The TLS options of a URI query (RabbitMQ's URI specification); other
+/// keys (heartbeat, channel_max…) are left to the defaults.
+fn tls_options(query: &str) -> Result<tls::Options, String> {
+    let mut options = tls::Options::default();
+    for pair in query.split('&').filter(|p| !p.is_empty()) {
+        let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+        let value = decode(value);
+        match key {
+            "cacertfile" => options.cacertfile = Some(value),
+            "certfile" => options.certfile = Some(value),
+            "keyfile" => options.keyfile = Some(value),
+            "server_name_indication" => options.server_name = Some(value),
+            "verify" => match value.as_str() {
+                "verify_none" => options.verify_none = true,
+                "verify_peer" => options.verify_none = false,
+                other => {
+                    return Err(format!(
+                        "verify={other}: expected verify_peer or verify_none"
+                    ))
+                }
+            },
+            _ => {}
+        }
+    }
+    Ok(options)
 }
 
 fn decode(s: &str) -> String {
@@ -87,7 +132,7 @@ pub(crate) fn arguments(f: &Frame) -> Reader<'_> {
 
 /// The read half: frames off the socket.
 pub(crate) struct FrameIn {
-    read: OwnedReadHalf,
+    read: Box<dyn AsyncRead + Send + Unpin>,
     buf: BytesMut,
 }
 
@@ -139,7 +184,7 @@ impl FrameIn {
 
 /// The write half, with a buffer that batches frames into few writes.
 pub(crate) struct FrameOut {
-    write: OwnedWriteHalf,
+    write: Box<dyn AsyncWrite + Send + Unpin>,
     pub buf: BytesMut,
 }
 
@@ -181,7 +226,23 @@ async fn connect(target: &Target) -> io::Result<TcpStream> {
 pub(crate) async fn open(target: &Target, name: &str) -> io::Result<(FrameIn, FrameOut)> {
     let socket = connect(target).await?;
     socket.set_nodelay(true)?;
-    let (read, write) = socket.into_split();
+    let (read, write): (
+        Box<dyn AsyncRead + Send + Unpin>,
+        Box<dyn AsyncWrite + Send + Unpin>,
+    ) = match &target.tls {
+        None => {
+            let (read, write) = socket.into_split();
+            (Box::new(read), Box::new(write))
+        }
+        Some(tls) => {
+            let stream = tls
+                .connector
+                .connect(tls.server_name.clone(), socket)
+                .await?;
+            let (read, write) = tokio::io::split(stream);
+            (Box::new(read), Box::new(write))
+        }
+    };
     let mut rx = FrameIn {
         read,
         buf: BytesMut::with_capacity(256 * 1024),
@@ -411,5 +472,13 @@ mod tests {
         let t = Target::parse("amqp://a:b@h:1/shop").unwrap();
         assert_eq!(t.vhost, "shop");
         assert!(Target::parse("http://x").is_err());
+        let t = Target::parse("amqps://h?verify=verify_none").unwrap();
+        assert_eq!(t.addr, "h:5671");
+        assert!(t.tls.is_some());
+        let t = Target::parse("amqps://[::1]:5999/v?verify=verify_none&heartbeat=5").unwrap();
+        assert_eq!((t.addr.as_str(), t.vhost.as_str()), ("[::1]:5999", "v"));
+        let err = Target::parse("amqps://h?cacertfile=/nonexistent.pem").unwrap_err();
+        assert!(err.contains("/nonexistent.pem"), "{err}");
+        assert!(Target::parse("amqps://h?verify=maybe").is_err());
     }
 }

@@ -10,6 +10,7 @@
 mod check;
 mod client;
 mod sys;
+mod tls;
 
 use amq_protocol::types::{AMQPValue, FieldTable, LongString};
 use check::{percentiles, read_stamp, stamp, Bits, Seen, STAMP};
@@ -27,7 +28,7 @@ use tokio::sync::Notify;
 
 #[derive(clap::Args, Debug, Clone, serde::Serialize)]
 pub struct PerfArgs {
-    /// Broker to load.
+    /// Broker to load: amqp://… or amqps://…[?cacertfile=F&certfile=F&keyfile=F&verify=verify_none]
     #[arg(long, default_value = "amqp://guest:guest@127.0.0.1:5672/%2f")]
     uri: String,
     #[arg(long, default_value_t = 1)]
