@@ -8,10 +8,12 @@ pub mod channel;
 pub mod config;
 pub mod connection;
 pub mod hash;
+pub mod listen;
 pub mod message;
 pub mod mgmt;
 pub mod server;
 pub mod store;
+pub mod tls;
 
 /// The wire format and AMQP's errors live in their own crate, below the broker.
 pub use leveret_protocol as protocol;

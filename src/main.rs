@@ -1,5 +1,5 @@
 use clap::{Args, Parser, Subcommand};
-use leveret::config::{Config, DEFAULT_CONFIG_TOML};
+use leveret::config::{Addresses, Config, DEFAULT_CONFIG_TOML};
 use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -33,15 +33,29 @@ struct ServeArgs {
     /// Configuration file (TOML); see broker.toml for every setting.
     #[arg(long)]
     config: Option<PathBuf>,
-    /// AMQP listen address, HOST:PORT (port 0 picks a free port).
+    /// AMQP listen addresses, HOST:PORT, comma-separated (port 0 picks a
+    /// free port; "" turns plain AMQP off).
     #[arg(long)]
     listen: Option<String>,
     /// Directory for durable state.
     #[arg(long)]
     data_dir: Option<PathBuf>,
-    /// Management HTTP listen address, HOST:PORT.
+    /// Management HTTP listen addresses, HOST:PORT, comma-separated.
     #[arg(long)]
     mgmt_listen: Option<String>,
+    /// AMQPS (AMQP over TLS) listen addresses, HOST:PORT, comma-separated.
+    #[arg(long)]
+    tls_listen: Option<String>,
+    /// The server's TLS certificate chain (PEM).
+    #[arg(long)]
+    tls_cert: Option<PathBuf>,
+    /// The server's TLS private key (PEM).
+    #[arg(long)]
+    tls_key: Option<PathBuf>,
+    /// CA certificates (PEM) that client certificates are verified against;
+    /// setting it turns tls.verify_peer on.
+    #[arg(long)]
+    tls_ca: Option<PathBuf>,
 }
 
 fn main() -> ExitCode {
@@ -69,13 +83,30 @@ fn serve(args: ServeArgs) -> ExitCode {
         None => Config::embedded(),
     };
     if let Some(listen) = args.listen {
-        config.server.listen = listen;
+        config.server.listen = Addresses::parse(&listen);
     }
     if let Some(dir) = args.data_dir {
         config.server.data_dir = dir;
     }
     if let Some(mgmt) = args.mgmt_listen {
-        config.server.mgmt_listen = mgmt;
+        config.server.mgmt_listen = Addresses::parse(&mgmt);
+    }
+    if let Some(listen) = args.tls_listen {
+        config.tls.listen = Addresses::parse(&listen);
+    }
+    if let Some(cert) = args.tls_cert {
+        config.tls.cert = cert;
+    }
+    if let Some(key) = args.tls_key {
+        config.tls.key = key;
+    }
+    if let Some(ca) = args.tls_ca {
+        config.tls.ca = ca;
+        config.tls.verify_peer = true;
+    }
+    if let Err(e) = config.validate() {
+        eprintln!("leveret: {e}");
+        return ExitCode::FAILURE;
     }
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(&config.server.log_level));
@@ -97,10 +128,15 @@ fn serve(args: ServeArgs) -> ExitCode {
     };
     runtime.block_on(async move {
         let shutdown = shutdown_signal();
-        let listen = config.server.listen.clone();
-        let mgmt_listen = config.server.mgmt_listen.clone();
-        let (recv_buffer, send_buffer) =
-            (config.server.tcp_recv_buffer, config.server.tcp_send_buffer);
+        // Certificates and addresses first: a bad file or a taken port
+        // stops the start before the store is opened.
+        let listeners = match leveret::server::Listeners::bind(&config).await {
+            Ok(l) => l,
+            Err(e) => {
+                error!("{e}");
+                return ExitCode::FAILURE;
+            }
+        };
         let broker = match leveret::Broker::open(config) {
             Ok(b) => b,
             Err(e) => {
@@ -111,23 +147,46 @@ fn serve(args: ServeArgs) -> ExitCode {
         // This process is the broker's own: its resident memory counts
         // against the watermark, as RabbitMQ counts its whole VM.
         broker.memory.measure_process();
-        let listener = match leveret::server::bind_amqp(&listen, recv_buffer, send_buffer).await {
-            Ok(l) => l,
-            Err(e) => {
-                error!(%listen, error = %e, "cannot bind AMQP listener");
-                broker.store.close();
-                return ExitCode::FAILURE;
-            }
-        };
-        match listener.local_addr() {
-            Ok(addr) => info!(%addr, version = env!("CARGO_PKG_VERSION"), "Leveret accepting AMQP 0-9-1 connections"),
-            Err(e) => error!(error = %e, "cannot read bound address"),
+        if let Some(tls) = listeners.tls.clone() {
+            reload_on_sighup(tls);
         }
-        let mgmt = leveret::server::bind_mgmt(&mgmt_listen).await;
-        leveret::serve(listener, mgmt, broker, shutdown).await;
+        for (listeners, what) in [
+            (&listeners.amqp, "AMQP 0-9-1"),
+            (&listeners.amqps, "AMQPS (AMQP 0-9-1 over TLS)"),
+        ] {
+            for l in listeners {
+                match l.local_addr() {
+                    Ok(addr) => info!(%addr, version = env!("CARGO_PKG_VERSION"), "Leveret accepting {what} connections"),
+                    Err(e) => error!(error = %e, "cannot read bound address"),
+                }
+            }
+        }
+        leveret::server::serve_on(listeners, broker, shutdown).await;
         info!("stopped");
         ExitCode::SUCCESS
     })
+}
+
+/// Reloads the TLS certificate, key and CA files on each SIGHUP.
+fn reload_on_sighup(tls: std::sync::Arc<leveret::tls::Tls>) {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        match signal(SignalKind::hangup()) {
+            Ok(mut hup) => {
+                tokio::spawn(async move {
+                    while hup.recv().await.is_some() {
+                        info!("SIGHUP received: reloading the TLS certificates");
+                        // Logs the outcome; a bad file keeps the old ones.
+                        let _ = tls.clone().reload_in_background().await;
+                    }
+                });
+            }
+            Err(e) => {
+                error!(error = %e, "cannot watch for SIGHUP; TLS reload only through the API")
+            }
+        }
+    }
 }
 
 /// Completes on SIGINT or SIGTERM. The handlers are installed when this is
