@@ -147,9 +147,7 @@ fn serve(args: ServeArgs) -> ExitCode {
         // This process is the broker's own: its resident memory counts
         // against the watermark, as RabbitMQ counts its whole VM.
         broker.memory.measure_process();
-        if let Some(tls) = listeners.tls.clone() {
-            reload_on_sighup(tls);
-        }
+        reload_on_sighup(listeners.tls.clone());
         for (listeners, what) in [
             (&listeners.amqp, "AMQP 0-9-1"),
             (&listeners.amqps, "AMQPS (AMQP 0-9-1 over TLS)"),
@@ -167,8 +165,10 @@ fn serve(args: ServeArgs) -> ExitCode {
     })
 }
 
-/// Reloads the TLS certificate, key and CA files on each SIGHUP.
-fn reload_on_sighup(tls: std::sync::Arc<leveret::tls::Tls>) {
+/// Reloads the TLS certificate, key and CA files on each SIGHUP (without
+/// TLS, a SIGHUP is logged and otherwise ignored rather than ending the
+/// process).
+fn reload_on_sighup(tls: Option<std::sync::Arc<leveret::tls::Tls>>) {
     #[cfg(unix)]
     {
         use tokio::signal::unix::{signal, SignalKind};
@@ -176,6 +176,10 @@ fn reload_on_sighup(tls: std::sync::Arc<leveret::tls::Tls>) {
             Ok(mut hup) => {
                 tokio::spawn(async move {
                     while hup.recv().await.is_some() {
+                        let Some(tls) = &tls else {
+                            info!("SIGHUP received: no TLS certificates to reload");
+                            continue;
+                        };
                         info!("SIGHUP received: reloading the TLS certificates");
                         // Logs the outcome; a bad file keeps the old ones.
                         let _ = tls.clone().reload_in_background().await;

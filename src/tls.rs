@@ -123,11 +123,15 @@ fn build(s: &TlsConfig) -> Result<(Arc<ServerConfig>, Arc<ServerConfig>), TlsErr
             _ => None,
         })
         .collect();
-    let amqp_key = certified_key(&s.cert, &s.key, &provider)?;
+    let amqp_key = certified_key(("tls.cert", &s.cert), ("tls.key", &s.key), &provider)?;
     let mgmt_key = if s.mgmt_cert.as_os_str().is_empty() {
         amqp_key.clone()
     } else {
-        certified_key(&s.mgmt_cert, &s.mgmt_key, &provider)?
+        certified_key(
+            ("tls.mgmt_cert", &s.mgmt_cert),
+            ("tls.mgmt_key", &s.mgmt_key),
+            &provider,
+        )?
     };
     let verifier = if s.verify_peer {
         let roots = read_roots(&s.ca)?;
@@ -201,15 +205,15 @@ fn read_certs(what: &'static str, path: &Path) -> Result<Vec<CertificateDer<'sta
 /// The certificate chain and key, checked: PEM, the key matches the
 /// certificate, the certificate valid now.
 fn certified_key(
-    cert: &Path,
-    key: &Path,
+    (cert_setting, cert): (&'static str, &Path),
+    (key_setting, key): (&'static str, &Path),
     provider: &CryptoProvider,
 ) -> Result<Arc<CertifiedKey>, TlsError> {
-    let chain = read_certs("tls.cert", cert)?;
-    check_validity(cert, &chain[0])?;
-    let key_bytes = read("tls.key", key)?;
+    let chain = read_certs(cert_setting, cert)?;
+    check_validity(cert_setting, cert, &chain[0])?;
+    let key_bytes = read(key_setting, key)?;
     let private = PrivateKeyDer::from_pem_slice(&key_bytes).map_err(|e| TlsError::NotPem {
-        what: "tls.key",
+        what: key_setting,
         path: key.to_owned(),
         expected: "private key",
         detail: pem_detail(e),
@@ -222,16 +226,20 @@ fn certified_key(
                 key: key.to_owned(),
             },
             other => TlsError::Invalid {
-                what: "tls.key",
+                what: key_setting,
                 path: key.to_owned(),
                 detail: other.to_string(),
             },
         })
 }
 
-fn check_validity(path: &Path, cert: &CertificateDer<'_>) -> Result<(), TlsError> {
+fn check_validity(
+    setting: &'static str,
+    path: &Path,
+    cert: &CertificateDer<'_>,
+) -> Result<(), TlsError> {
     let (_, parsed) = x509_parser::parse_x509_certificate(cert).map_err(|e| TlsError::Invalid {
-        what: "tls.cert",
+        what: setting,
         path: path.to_owned(),
         detail: format!("not an X.509 certificate: {e}"),
     })?;

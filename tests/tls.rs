@@ -304,6 +304,15 @@ async fn lapin_over_amqps_publishes_and_gets() {
     let uri = format!("amqps://guest:guest@localhost:{}/%2f", broker.amqps_port());
     let conn = lapin_connect(&uri, &pki.ca(), None).await.unwrap();
     round_trip(&conn, b"over tls").await;
+    // The management API says which connections use TLS.
+    let api = common::http::Api {
+        addr: broker.mgmt[0],
+        user: "guest".into(),
+        password: "guest".into(),
+    };
+    let listed = api.get("/api/connections").await.json;
+    assert_eq!(listed[0]["ssl"], true, "{listed}");
+    assert_eq!(listed[0]["auth_mechanism"], "PLAIN", "{listed}");
     conn.close(200, "bye".into()).await.unwrap();
     // The plain listener still serves beside it.
     let plain = format!("amqp://guest:guest@{}/%2f", broker.amqp[0]);
@@ -861,4 +870,140 @@ fn a_listen_address_that_cannot_bind_stops_the_start_naming_it() {
         }
     }
     let _ = std::fs::remove_dir_all(dir);
+}
+
+// ------------------------------------------------------------ pika, amqplib
+
+/// Runs a client script (bounded by `timeout`), returning whether it
+/// succeeded and what it printed.
+async fn run_client(program: String, args: Vec<String>) -> (bool, String) {
+    tokio::task::spawn_blocking(move || {
+        let out = std::process::Command::new("timeout")
+            .arg("30")
+            .arg(&program)
+            .args(&args)
+            .output()
+            .unwrap_or_else(|e| panic!("cannot run {program}: {e}; run scripts/install-test-deps"));
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        (out.status.success(), text)
+    })
+    .await
+    .unwrap()
+}
+
+fn script(path: &str) -> String {
+    format!("{}/tests/{path}", env!("CARGO_MANIFEST_DIR"))
+}
+
+/// A broker asking for (not requiring) client certificates, and a client
+/// certificate for guest.
+async fn external_broker(pki: &Pki) -> (TlsBroker, Pair) {
+    let mut config = tls_config(&pki.issue("localhost", 1, None));
+    config.tls.ca = pki.ca();
+    config.tls.verify_peer = true;
+    (TlsBroker::start(config).await, pki.issue("guest", 2, None))
+}
+
+#[tokio::test]
+async fn pika_over_amqps_with_a_password_and_with_external() {
+    let pki = Pki::new("pika");
+    let (broker, guest) = external_broker(&pki).await;
+    let python = std::env::var("LEVERET_PYTHON").unwrap_or_else(|_| "python3".into());
+    let base = vec![
+        script("python/tls_client.py"),
+        "localhost".to_string(),
+        broker.amqps_port().to_string(),
+        pki.ca().display().to_string(),
+    ];
+    let (ok, out) = run_client(python.clone(), base.clone()).await;
+    assert!(ok && out.contains("ok"), "{out}");
+    let mut external = base.clone();
+    external.extend([
+        "--cert".into(),
+        guest.cert.display().to_string(),
+        "--key".into(),
+        guest.key.display().to_string(),
+        "--external".into(),
+    ]);
+    let (ok, out) = run_client(python.clone(), external).await;
+    assert!(ok && out.contains("ok"), "{out}");
+    // EXTERNAL without a certificate: refused at login.
+    let mut no_cert = base;
+    no_cert.push("--external".into());
+    let (ok, out) = run_client(python, no_cert).await;
+    assert!(!ok && out.contains("refused"), "{out}");
+    broker.stop().await;
+}
+
+#[tokio::test]
+async fn amqplib_over_amqps_with_a_password_and_with_external() {
+    let pki = Pki::new("amqplib");
+    let (broker, guest) = external_broker(&pki).await;
+    let node = std::env::var("LEVERET_NODE").unwrap_or_else(|_| "node".into());
+    let base = vec![
+        script("node/tls_client.js"),
+        broker.amqps_port().to_string(),
+        pki.ca().display().to_string(),
+    ];
+    let (ok, out) = run_client(node.clone(), base.clone()).await;
+    assert!(ok && out.contains("ok"), "{out}");
+    let mut external = base;
+    external.extend([
+        guest.cert.display().to_string(),
+        guest.key.display().to_string(),
+        "external".into(),
+    ]);
+    let (ok, out) = run_client(node, external).await;
+    assert!(ok && out.contains("ok"), "{out}");
+    broker.stop().await;
+}
+
+// ------------------------------------------------------------ limits
+
+/// Over TLS as over TCP, before tune-ok a frame over 4,096 octets closes
+/// the connection without a reply (RabbitMQ's pre-login limit).
+#[tokio::test]
+async fn the_pre_login_frame_limit_applies_over_tls() {
+    let pki = Pki::new("prelogin");
+    let broker = TlsBroker::start(tls_config(&pki.issue("localhost", 1, None))).await;
+    let mut tls = tls_connect(broker.amqps[0], &pki.ca(), None).await.unwrap();
+    amqp_start(&mut tls).await.unwrap();
+    // A method frame on channel 0 claiming 1 MiB.
+    let mut frame = vec![1u8, 0, 0];
+    frame.extend_from_slice(&(1u32 << 20).to_be_bytes());
+    frame.extend_from_slice(&[0u8; 4096]);
+    tls.write_all(&frame).await.unwrap();
+    let mut buf = [0u8; 64];
+    let read = tokio::time::timeout(Duration::from_secs(3), tls.read(&mut buf))
+        .await
+        .expect("closed promptly");
+    assert!(matches!(read, Ok(0) | Err(_)), "{read:?}");
+    broker.stop().await;
+}
+
+/// A client stalling in the TLS handshake holds a place under
+/// max_handshakes until the handshake timeout, as a plain one does.
+#[tokio::test]
+async fn a_stalled_tls_handshake_counts_against_max_handshakes() {
+    let pki = Pki::new("maxhs");
+    let mut config = tls_config(&pki.issue("localhost", 1, None));
+    config.limits.max_handshakes = 1;
+    config.limits.handshake_timeout_ms = 1000;
+    let broker = TlsBroker::start(config).await;
+    let _stalled = TcpStream::connect(broker.amqps[0]).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let began = Instant::now();
+    let uri = format!("amqp://guest:guest@{}/%2f", broker.amqp[0]);
+    let conn = lapin::Connection::connect(&uri, Default::default())
+        .await
+        .unwrap();
+    let waited = began.elapsed();
+    assert!(waited >= Duration::from_millis(700), "{waited:?}");
+    assert!(waited < Duration::from_secs(3), "{waited:?}");
+    round_trip(&conn, b"after the stall").await;
+    broker.stop().await;
 }

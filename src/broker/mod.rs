@@ -53,6 +53,8 @@ pub struct ConnectionHandle {
     pub local: String,
     pub client_properties: amq_protocol::types::FieldTable,
     pub auth_mechanism: String,
+    /// Over TLS (RabbitMQ's `ssl`).
+    pub tls: bool,
     /// ms since the Unix epoch.
     pub connected_at: u64,
     pub frame_max: u32,

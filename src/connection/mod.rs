@@ -336,6 +336,7 @@ impl<R: ClientRead> Connection<R> {
                 local: self.local.clone(),
                 client_properties: session.client_properties,
                 auth_mechanism: session.mechanism,
+                tls: self.reader.read.cert_login().is_some(),
                 connected_at: crate::broker::timers::now_ms(),
                 frame_max: session.ctx.frame_max,
                 channel_max: session.channel_max,

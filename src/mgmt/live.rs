@@ -219,7 +219,7 @@ fn connection_json(h: &ConnectionHandle) -> ConnectionView {
             Some(amq_protocol::types::AMQPValue::LongString(s)) => json!(s.to_string()),
             _ => Value::Null,
         },
-        "ssl": false,
+        "ssl": h.tls,
         "peer_host": h.peer.ip().to_string(),
         "peer_port": h.peer.port(),
         "host": h.local.rsplit_once(':').map_or("", |(host, _)| host),
