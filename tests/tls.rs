@@ -1007,3 +1007,114 @@ async fn a_stalled_tls_handshake_counts_against_max_handshakes() {
     round_trip(&conn, b"after the stall").await;
     broker.stop().await;
 }
+
+/// Reads one whole frame (type and payload) from `stream`.
+async fn read_frame<S: tokio::io::AsyncRead + Unpin>(stream: &mut S) -> (u8, Vec<u8>) {
+    let mut head = [0u8; 7];
+    stream.read_exact(&mut head).await.unwrap();
+    let size = u32::from_be_bytes(head[3..7].try_into().unwrap()) as usize;
+    let mut payload = vec![0u8; size + 1];
+    stream.read_exact(&mut payload).await.unwrap();
+    payload.pop();
+    (head[0], payload)
+}
+
+/// A TLS client whose publishes the broker stops reading (a memory alarm)
+/// and which then goes away is noticed at once, as a plain one is: the
+/// broker looks at the socket under the TLS stream. Without heartbeats it
+/// would otherwise hold its connection until the alarm ends.
+#[tokio::test]
+async fn a_paused_tls_client_that_goes_away_is_released() {
+    use amq_protocol::protocol::{channel, connection, AMQPClass};
+    use common::raw::{frame, header_frame, method_frame, plain, publish_method};
+    let pki = Pki::new("paused");
+    let mut config = tls_config(&pki.issue("localhost", 1, None));
+    config.limits.memory_high_watermark = 8 * 1024;
+    let broker = TlsBroker::start(config).await;
+    let plain_uri = format!("amqp://guest:guest@{}/%2f", broker.amqp[0]);
+    let admin = lapin::Connection::connect(&plain_uri, Default::default())
+        .await
+        .unwrap();
+    let admin_ch = admin.create_channel().await.unwrap();
+    let queue = common::unique("paused");
+    admin_ch
+        .queue_declare(
+            queue.as_str().into(),
+            Default::default(),
+            Default::default(),
+        )
+        .await
+        .unwrap();
+
+    let mut tls = tls_connect(broker.amqps[0], &pki.ca(), None).await.unwrap();
+    amqp_start(&mut tls).await.unwrap();
+    let send = |class: AMQPClass, channel: u16| method_frame(channel, &class);
+    let start_ok = AMQPClass::Connection(connection::AMQPMethod::StartOk(connection::StartOk {
+        client_properties: Default::default(),
+        mechanism: "PLAIN".into(),
+        response: String::from_utf8(plain("guest", "guest")).unwrap().into(),
+        locale: "en_US".into(),
+    }));
+    tls.write_all(&send(start_ok, 0)).await.unwrap();
+    read_frame(&mut tls).await; // tune
+    let tune_ok = AMQPClass::Connection(connection::AMQPMethod::TuneOk(connection::TuneOk {
+        channel_max: 8,
+        frame_max: 131072,
+        heartbeat: 0,
+    }));
+    let open = AMQPClass::Connection(connection::AMQPMethod::Open(connection::Open {
+        virtual_host: "/".into(),
+    }));
+    let mut bytes = send(tune_ok, 0);
+    bytes.extend(send(open, 0));
+    tls.write_all(&bytes).await.unwrap();
+    read_frame(&mut tls).await; // open-ok
+    let channel_open = AMQPClass::Channel(channel::AMQPMethod::Open(channel::Open {}));
+    tls.write_all(&send(channel_open, 1)).await.unwrap();
+    read_frame(&mut tls).await; // channel open-ok
+
+    let body = vec![7u8; 16 * 1024];
+    let mut bytes = Vec::new();
+    for _ in 0..4 {
+        bytes.extend(method_frame(1, &publish_method("", &queue)));
+        bytes.extend(header_frame(1, body.len() as u64));
+        bytes.extend(frame(3, 1, &body));
+    }
+    tls.write_all(&bytes).await.unwrap();
+    tls.flush().await.unwrap();
+    let api = common::http::Api {
+        addr: broker.mgmt[0],
+        user: "guest".into(),
+        password: "guest".into(),
+    };
+    // The TLS connections listed, by state.
+    let tls_states = || async {
+        let listed = api.get("/api/connections").await.json;
+        let states: Vec<String> = listed
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|c| c["ssl"] == true)
+            .map(|c| c["state"].as_str().unwrap_or("").to_string())
+            .collect();
+        states
+    };
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while tls_states().await != ["blocked"] {
+        assert!(
+            Instant::now() < deadline,
+            "the TLS publisher was not blocked"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    drop(tls);
+    let deadline = Instant::now() + Duration::from_secs(3);
+    while !tls_states().await.is_empty() {
+        assert!(
+            Instant::now() < deadline,
+            "the paused TLS connection outlived its client"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    broker.stop().await;
+}

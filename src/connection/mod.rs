@@ -74,6 +74,16 @@ pub async fn serve_tls(
         .local_addr()
         .map_or_else(|_| "?".to_string(), |a| a.to_string());
     let timeout = Duration::from_millis(broker.config.limits.handshake_timeout_ms);
+    // A second descriptor of the socket, never read: the TCP stream is
+    // inside the TLS stream, and this is how a paused connection still
+    // sees its client go away.
+    let (socket, close_watch) = match watch_descriptor(socket) {
+        Ok(pair) => pair,
+        Err(e) => {
+            warn!(peer = %peer, error = %e, "cannot set up the connection");
+            return;
+        }
+    };
     let acceptor = tokio_rustls::TlsAcceptor::from(tls.amqp());
     let stream =
         match tokio::time::timeout_at(place.handshake_deadline(timeout), acceptor.accept(socket))
@@ -94,8 +104,19 @@ pub async fn serve_tls(
         _ => Err("connection peer presented no TLS (x.509) certificate"),
     };
     let (read, write) = tokio::io::split(stream);
-    let read = TlsRead { read, login };
+    let read = TlsRead {
+        read,
+        login,
+        close_watch,
+    };
     serve_stream(read, write, peer, local, broker, shutdown, place).await;
+}
+
+/// `socket` and a duplicate of its descriptor, both registered with tokio.
+fn watch_descriptor(socket: TcpStream) -> std::io::Result<(TcpStream, TcpStream)> {
+    let socket = socket.into_std()?;
+    let watch = socket.try_clone()?;
+    Ok((TcpStream::from_std(socket)?, TcpStream::from_std(watch)?))
 }
 
 /// The reading half of a TLS connection, with what its handshake said
@@ -105,6 +126,8 @@ struct TlsRead<R> {
     /// The user name the client's verified certificate gives EXTERNAL, or
     /// why there is none.
     login: Result<String, &'static str>,
+    /// The same socket (another descriptor), only to see the peer close.
+    close_watch: TcpStream,
 }
 
 impl<R: AsyncRead + Unpin> AsyncRead for TlsRead<R> {
@@ -118,11 +141,10 @@ impl<R: AsyncRead + Unpin> AsyncRead for TlsRead<R> {
 }
 
 impl<R: AsyncRead + Unpin + Send> ClientRead for TlsRead<R> {
-    /// The TCP socket is inside the TLS stream, shared with the writer:
-    /// as for an in-memory stream, its closing shows once the connection
-    /// reads again (or a heartbeat goes unanswered).
+    /// As for plain TCP, looked at through the second descriptor.
     fn peer_closed(&self) -> impl std::future::Future<Output = ()> + Send {
-        std::future::pending()
+        let watch = &self.close_watch;
+        read_closed(move || watch.ready(tokio::io::Interest::READABLE))
     }
 
     fn cert_login(&self) -> Option<&Result<String, &'static str>> {
@@ -197,13 +219,23 @@ impl ClientRead for tokio::net::tcp::OwnedReadHalf {
     /// A close queued behind input the broker is not reading never
     /// arrives; the next heartbeat the writer sends then draws a reset.
     async fn peer_closed(&self) {
-        /// Unread input keeps the socket readable: look again this often.
-        const LOOK_EVERY: Duration = Duration::from_millis(200);
-        loop {
-            match self.ready(tokio::io::Interest::READABLE).await {
-                Ok(ready) if !ready.is_read_closed() => tokio::time::sleep(LOOK_EVERY).await,
-                _ => return,
-            }
+        read_closed(|| self.ready(tokio::io::Interest::READABLE)).await
+    }
+}
+
+/// Completes once a socket's readiness (from `ready`) says the peer
+/// closed it (or the socket failed), without reading from it.
+async fn read_closed<F, Fut>(ready: F)
+where
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = std::io::Result<tokio::io::Ready>>,
+{
+    /// Unread input keeps the socket readable: look again this often.
+    const LOOK_EVERY: Duration = Duration::from_millis(200);
+    loop {
+        match ready().await {
+            Ok(ready) if !ready.is_read_closed() => tokio::time::sleep(LOOK_EVERY).await,
+            _ => return,
         }
     }
 }
