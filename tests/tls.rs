@@ -1118,3 +1118,26 @@ async fn a_paused_tls_client_that_goes_away_is_released() {
     }
     broker.stop().await;
 }
+
+/// `0.0.0.0:P` and `[::]:P` together, as RabbitMQ's docs list them: the
+/// IPv6 wildcard takes IPv6 only, or it would clash with the IPv4 one.
+#[tokio::test]
+async fn ipv4_and_ipv6_wildcards_on_one_port_both_bind() {
+    let pki = Pki::new("wildcards");
+    let port = {
+        let probe = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        probe.local_addr().unwrap().port()
+    };
+    let mut config = tls_config(&pki.issue("localhost", 1, None));
+    config.server.listen = Addresses(vec![format!("0.0.0.0:{port}"), format!("[::]:{port}")]);
+    let broker = TlsBroker::start(config).await;
+    assert_eq!(broker.amqp.len(), 2);
+    for addr in [format!("127.0.0.1:{port}"), format!("[::1]:{port}")] {
+        let mut plain = TcpStream::connect(addr.as_str()).await.unwrap();
+        assert!(
+            contains(&amqp_start(&mut plain).await.unwrap(), b"PLAIN"),
+            "{addr}"
+        );
+    }
+    broker.stop().await;
+}
