@@ -1141,3 +1141,20 @@ async fn ipv4_and_ipv6_wildcards_on_one_port_both_bind() {
     }
     broker.stop().await;
 }
+
+/// A client stalling in the TLS handshake does not hold up a shutdown
+/// (which would otherwise wait out its 5 s grace for it).
+#[tokio::test]
+async fn shutdown_does_not_wait_for_a_stalled_tls_handshake() {
+    let pki = Pki::new("stopstall");
+    let broker = TlsBroker::start(tls_config(&pki.issue("localhost", 1, None))).await;
+    let _stalled = TcpStream::connect(broker.amqps[0]).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let began = Instant::now();
+    broker.stop().await;
+    assert!(
+        began.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        began.elapsed()
+    );
+}

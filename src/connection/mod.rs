@@ -85,10 +85,11 @@ pub async fn serve_tls(
         }
     };
     let acceptor = tokio_rustls::TlsAcceptor::from(tls.amqp());
-    let stream =
-        match tokio::time::timeout_at(place.handshake_deadline(timeout), acceptor.accept(socket))
-            .await
-        {
+    let handshake =
+        tokio::time::timeout_at(place.handshake_deadline(timeout), acceptor.accept(socket));
+    let mut stopping = shutdown.clone();
+    let stream = tokio::select! {
+        done = handshake => match done {
             Ok(Ok(stream)) => stream,
             Ok(Err(e)) => {
                 warn!(peer = %peer, error = %e, "TLS handshake failed");
@@ -98,7 +99,10 @@ pub async fn serve_tls(
                 warn!(peer = %peer, "TLS handshake timed out");
                 return;
             }
-        };
+        },
+        // Shutdown does not wait for a handshake: no AMQP connection yet.
+        _ = stopping.wait_for(|stop| *stop) => return,
+    };
     let login = match stream.get_ref().1.peer_certificates() {
         Some([cert, ..]) => crate::tls::cert_login_name(cert, tls.settings()),
         _ => Err("connection peer presented no TLS (x.509) certificate"),
