@@ -12,6 +12,7 @@ use parking_lot::RwLock;
 use rustls::crypto::CryptoProvider;
 use rustls::pki_types::pem::{self, PemObject};
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::server::danger::ClientCertVerifier;
 use rustls::server::WebPkiClientVerifier;
 use rustls::sign::CertifiedKey;
 use rustls::{RootCertStore, ServerConfig};
@@ -150,11 +151,14 @@ fn build(s: &TlsConfig) -> Result<(Arc<ServerConfig>, Arc<ServerConfig>), TlsErr
     } else {
         None
     };
-    let config = |key: Arc<CertifiedKey>, alpn: &[&[u8]]| -> Result<Arc<ServerConfig>, TlsError> {
+    let config = |key: Arc<CertifiedKey>,
+                  verifier: Option<&Arc<dyn ClientCertVerifier>>,
+                  alpn: &[&[u8]]|
+     -> Result<Arc<ServerConfig>, TlsError> {
         let builder = ServerConfig::builder_with_provider(provider.clone())
             .with_protocol_versions(&versions)
             .map_err(|e| TlsError::Settings(e.to_string()))?;
-        let builder = match &verifier {
+        let builder = match verifier {
             Some(v) => builder.with_client_cert_verifier(v.clone()),
             None => builder.with_no_client_auth(),
         };
@@ -163,7 +167,12 @@ fn build(s: &TlsConfig) -> Result<(Arc<ServerConfig>, Arc<ServerConfig>), TlsErr
         config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
         Ok(Arc::new(config))
     };
-    Ok((config(amqp_key, &[])?, config(mgmt_key, &[b"http/1.1"])?))
+    // HTTPS asks for no client certificate (RabbitMQ's management.ssl
+    // verifies none by default): API users log in with passwords.
+    Ok((
+        config(amqp_key, verifier.as_ref(), &[])?,
+        config(mgmt_key, None, &[b"http/1.1"])?,
+    ))
 }
 
 fn read(what: &'static str, path: &Path) -> Result<Vec<u8>, TlsError> {

@@ -736,6 +736,10 @@ async fn management_api_over_https_with_its_own_certificate() {
     config.tls.mgmt_cert = mgmt.cert.clone();
     config.tls.mgmt_key = mgmt.key.clone();
     config.mgmt.request_timeout_ms = 1000;
+    // Client certificates are for AMQPS: HTTPS asks for none.
+    config.tls.ca = pki.ca();
+    config.tls.verify_peer = true;
+    config.tls.fail_if_no_peer_cert = true;
     let broker = TlsBroker::start(config).await;
     let https = broker.mgmts[0];
 
