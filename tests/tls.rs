@@ -424,6 +424,14 @@ async fn external_logs_in_as_the_certificates_common_name() {
     let guest = pki.issue("guest", 2, None);
     let conn = lapin_connect(&uri, &pki.ca(), Some(&guest)).await.unwrap();
     round_trip(&conn, b"external").await;
+    let api = common::http::Api {
+        addr: broker.mgmt[0],
+        user: "guest".into(),
+        password: "guest".into(),
+    };
+    let listed = api.get("/api/connections").await.json;
+    assert_eq!(listed[0]["auth_mechanism"], "EXTERNAL", "{listed}");
+    assert_eq!(listed[0]["user"], "guest", "{listed}");
     conn.close(200, "bye".into()).await.unwrap();
 
     // A name that is no user, and no certificate at all: RabbitMQ's refusal.
@@ -634,6 +642,24 @@ async fn reload_serves_new_connections_the_new_certificate() {
 
     // A bad file is refused, naming it, and the certificate in use stays.
     std::fs::write(&live.cert, "garbage").unwrap();
+    // Administrators only.
+    let created = api
+        .put(
+            "/api/users/watcher",
+            serde_json::json!({"password": "pw", "tags": "management"}),
+        )
+        .await;
+    assert!(
+        created.status == 201 || created.status == 204,
+        "{}",
+        created.text
+    );
+    let refused = api
+        .as_user("watcher", "pw")
+        .post("/api/tls/reload", serde_json::json!({}))
+        .await;
+    assert_eq!(refused.status, 401, "{}", refused.text);
+    assert_eq!(refused.json["reason"], "Not administrator user");
     let reply = api.post("/api/tls/reload", serde_json::json!({})).await;
     assert_eq!(reply.status, 400);
     assert!(
