@@ -1172,13 +1172,16 @@ async fn ipv4_and_ipv6_wildcards_on_one_port_both_bind() {
     broker.stop().await;
 }
 
-/// A client stalling in the TLS handshake does not hold up a shutdown
-/// (which would otherwise wait out its 5 s grace for it).
+/// A client stalling in the TLS handshake (AMQPS or HTTPS) does not hold
+/// up a shutdown (which would otherwise wait out its 5 s grace for it).
 #[tokio::test]
 async fn shutdown_does_not_wait_for_a_stalled_tls_handshake() {
     let pki = Pki::new("stopstall");
-    let broker = TlsBroker::start(tls_config(&pki.issue("localhost", 1, None))).await;
+    let mut config = tls_config(&pki.issue("localhost", 1, None));
+    config.tls.mgmt_listen = Addresses::one("127.0.0.1:0");
+    let broker = TlsBroker::start(config).await;
     let _stalled = TcpStream::connect(broker.amqps[0]).await.unwrap();
+    let _stalled_https = TcpStream::connect(broker.mgmts[0]).await.unwrap();
     tokio::time::sleep(Duration::from_millis(100)).await;
     let began = Instant::now();
     broker.stop().await;

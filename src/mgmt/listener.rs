@@ -68,6 +68,9 @@ pub async fn serve(
     let send_timeout = millis(limits.send_timeout_ms);
     let request_timeout = millis(limits.request_timeout_ms);
     let graceful = GracefulShutdown::new();
+    // Tells connections still in their TLS handshake (not yet watched by
+    // `graceful`, but holding its watcher) to give up at shutdown.
+    let (stopping_tx, stopping) = tokio::sync::watch::channel(false);
     let mut connections = JoinSet::new();
     let mut warned: Option<Instant> = None;
     tokio::pin!(shutdown);
@@ -95,6 +98,7 @@ pub async fn serve(
                     let socket = Box::pin(socket);
                     let tls = if over_tls { tls.as_ref().map(|t| t.mgmt()) } else { None };
                     let (http, graceful) = (http.clone(), graceful.watcher());
+                    let mut stopping = stopping.clone();
                     connections.spawn(async move {
                         match tls {
                             None => serve_connection(TokioIo::new(socket), http, service, graceful, peer).await,
@@ -103,9 +107,10 @@ pub async fn serve(
                                 // loop, and within the request timeout: what
                                 // it took, the request's headers do not get.
                                 let handshake = tokio_rustls::TlsAcceptor::from(config).accept(socket);
-                                let accepted = match request_timeout {
-                                    Some(t) => tokio::time::timeout_at(accepted_at + t, handshake).await,
-                                    None => Ok(handshake.await),
+                                let deadline = accepted_at + request_timeout.unwrap_or(NEVER);
+                                let accepted = tokio::select! {
+                                    done = tokio::time::timeout_at(deadline, handshake) => done,
+                                    _ = stopping.wait_for(|stop| *stop) => return,
                                 };
                                 match accepted {
                                     Ok(Ok(stream)) => {
@@ -134,6 +139,7 @@ pub async fn serve(
         }
     }
     drop(listeners);
+    let _ = stopping_tx.send(true);
     if tokio::time::timeout(SHUTDOWN_GRACE, graceful.shutdown())
         .await
         .is_err()
