@@ -32,6 +32,7 @@ pub struct Config {
     pub storage: StorageConfig,
     pub auth: AuthConfig,
     pub mgmt: MgmtConfig,
+    pub tls: TlsConfig,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -94,9 +95,9 @@ impl Default for StorageConfig {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct ServerConfig {
-    pub listen: String,
+    pub listen: Addresses,
     pub data_dir: PathBuf,
-    pub mgmt_listen: String,
+    pub mgmt_listen: Addresses,
     pub log_level: String,
     /// Log to this file instead of stderr; empty: stderr.
     pub log_file: PathBuf,
@@ -142,9 +143,9 @@ pub struct AuthConfig {
 impl Default for ServerConfig {
     fn default() -> Self {
         ServerConfig {
-            listen: "0.0.0.0:5672".into(),
+            listen: Addresses::one("0.0.0.0:5672"),
             data_dir: PathBuf::from("./data"),
-            mgmt_listen: "127.0.0.1:15672".into(),
+            mgmt_listen: Addresses::one("127.0.0.1:15672"),
             log_level: "info".into(),
             log_file: PathBuf::new(),
             log_rotation: LogRotation::Daily,
@@ -281,6 +282,126 @@ impl Default for MgmtConfig {
     }
 }
 
+/// Listen addresses, `HOST:PORT` each (`[::]:5672` for IPv6): a list, or
+/// one address as a string. Empty turns the listener off.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(from = "OneOrMany")]
+pub struct Addresses(pub Vec<String>);
+
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum OneOrMany {
+    One(String),
+    Many(Vec<String>),
+}
+
+impl From<OneOrMany> for Addresses {
+    fn from(value: OneOrMany) -> Addresses {
+        match value {
+            // "" is the way a single-string setting says "off".
+            OneOrMany::One(s) if s.is_empty() => Addresses(Vec::new()),
+            OneOrMany::One(s) => Addresses(vec![s]),
+            OneOrMany::Many(v) => Addresses(v),
+        }
+    }
+}
+
+impl Addresses {
+    pub fn one(addr: &str) -> Addresses {
+        Addresses(vec![addr.to_string()])
+    }
+
+    /// From a command-line flag: comma-separated, "" for none.
+    pub fn parse(flag: &str) -> Addresses {
+        Addresses(
+            flag.split(',')
+                .map(str::trim)
+                .filter(|a| !a.is_empty())
+                .map(String::from)
+                .collect(),
+        )
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+impl std::fmt::Display for Addresses {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0.join(","))
+    }
+}
+
+/// TLS for AMQP (AMQPS) and the management API (HTTPS), as RabbitMQ's
+/// `listeners.ssl.*`, `ssl_options.*` and `management.ssl.*`. Paths are PEM
+/// files; an empty path is unset.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TlsConfig {
+    pub listen: Addresses,
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    pub ca: PathBuf,
+    pub verify_peer: bool,
+    pub fail_if_no_peer_cert: bool,
+    pub versions: Vec<String>,
+    pub ssl_cert_login_from: CertLoginFrom,
+    pub ssl_cert_login_san_type: SanType,
+    pub ssl_cert_login_san_index: usize,
+    pub mgmt_listen: Addresses,
+    pub mgmt_cert: PathBuf,
+    pub mgmt_key: PathBuf,
+}
+
+/// Where SASL EXTERNAL takes the user name from in a client certificate
+/// (RabbitMQ's `ssl_cert_login_from`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CertLoginFrom {
+    #[default]
+    CommonName,
+    SubjectAlternativeName,
+}
+
+/// Which kind of subject alternative name (RabbitMQ's
+/// `ssl_cert_login_san_type`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SanType {
+    #[default]
+    Dns,
+    Email,
+    Uri,
+}
+
+impl Default for TlsConfig {
+    fn default() -> Self {
+        TlsConfig {
+            listen: Addresses::default(),
+            cert: PathBuf::new(),
+            key: PathBuf::new(),
+            ca: PathBuf::new(),
+            verify_peer: false,
+            fail_if_no_peer_cert: false,
+            versions: vec!["1.2".into(), "1.3".into()],
+            ssl_cert_login_from: CertLoginFrom::CommonName,
+            ssl_cert_login_san_type: SanType::Dns,
+            ssl_cert_login_san_index: 0,
+            mgmt_listen: Addresses::default(),
+            mgmt_cert: PathBuf::new(),
+            mgmt_key: PathBuf::new(),
+        }
+    }
+}
+
+impl TlsConfig {
+    /// Whether any listener serves TLS.
+    pub fn enabled(&self) -> bool {
+        !self.listen.is_empty() || !self.mgmt_listen.is_empty()
+    }
+}
+
 impl Config {
     /// The embedded `broker.toml`, which documents every setting with its default.
     pub fn embedded() -> Config {
@@ -314,6 +435,40 @@ impl Config {
                     "storage.disk_free_limit.relative must be a number >= 0, got {relative}"
                 )));
             }
+        }
+        let tls = &self.tls;
+        for v in &tls.versions {
+            if v != "1.2" && v != "1.3" {
+                return Err(ConfigError::Invalid(format!(
+                    "tls.versions: \"{v}\" is not a TLS version this broker offers (\"1.2\", \"1.3\")"
+                )));
+            }
+        }
+        if tls.enabled() && tls.versions.is_empty() {
+            return Err(ConfigError::Invalid(
+                "tls.versions must name at least one version".into(),
+            ));
+        }
+        if tls.enabled() && (tls.cert.as_os_str().is_empty() || tls.key.as_os_str().is_empty()) {
+            return Err(ConfigError::Invalid(
+                "tls.cert and tls.key must be set when a TLS listener is".into(),
+            ));
+        }
+        if tls.verify_peer && tls.ca.as_os_str().is_empty() {
+            return Err(ConfigError::Invalid(
+                "tls.verify_peer needs tls.ca, the CA certificates client certificates are verified against".into(),
+            ));
+        }
+        if tls.mgmt_cert.as_os_str().is_empty() != tls.mgmt_key.as_os_str().is_empty() {
+            return Err(ConfigError::Invalid(
+                "tls.mgmt_cert and tls.mgmt_key go together (or neither, for tls.cert and tls.key)"
+                    .into(),
+            ));
+        }
+        if self.server.listen.is_empty() && tls.listen.is_empty() {
+            return Err(ConfigError::Invalid(
+                "no AMQP listener: server.listen and tls.listen are both empty".into(),
+            ));
         }
         if self.limits.channel_max == 0 {
             return Err(ConfigError::Invalid(
@@ -360,6 +515,28 @@ mod tests {
         assert_eq!(half.memory_high_watermark, (ram as f64 * 0.5) as u64);
         assert!(limits("[limits]\nmemory_high_watermark = 1.5").is_err());
         assert!(limits("[limits]\nmemory_high_watermark = -1").is_err());
+    }
+
+    #[test]
+    fn addresses_are_one_string_or_a_list() {
+        let server = |text: &str| toml::from_str::<Config>(text).map(|c| c.server);
+        let one = server("[server]\nlisten = \"127.0.0.1:1\"").unwrap();
+        assert_eq!(one.listen, Addresses::one("127.0.0.1:1"));
+        let many = server("[server]\nlisten = [\"127.0.0.1:1\", \"[::1]:1\"]").unwrap();
+        assert_eq!(many.listen.0, ["127.0.0.1:1", "[::1]:1"]);
+        assert!(server("[server]\nlisten = \"\"").unwrap().listen.is_empty());
+        assert_eq!(Addresses::parse("a:1, b:2").0, ["a:1", "b:2"]);
+        assert!(Addresses::parse("").is_empty());
+    }
+
+    #[test]
+    fn tls_settings_are_checked() {
+        let check = |text: &str| toml::from_str::<Config>(text).unwrap().validate();
+        assert!(check("[tls]\nlisten = \"127.0.0.1:5671\"").is_err());
+        assert!(check("[tls]\nversions = [\"1.1\"]").is_err());
+        assert!(check("[tls]\nverify_peer = true\ncert = \"c\"\nkey = \"k\"").is_err());
+        assert!(check("[server]\nlisten = []").is_err());
+        assert!(check("[tls]\nlisten = \"127.0.0.1:5671\"\ncert = \"c\"\nkey = \"k\"").is_ok());
     }
 
     #[test]

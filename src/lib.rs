@@ -14,11 +14,13 @@ mod channel;
 pub mod config;
 mod connection;
 mod hash;
+mod listen;
 mod logging;
 mod message;
 mod mgmt;
 mod server;
 mod store;
+mod tls;
 
 /// The wire format and AMQP's errors live in their own crate, below the broker.
 pub use leveret_protocol as protocol;
@@ -27,7 +29,8 @@ pub use leveret_protocol::error;
 pub use broker::Broker;
 pub use config::Config;
 pub use logging::init as init_logging;
-pub use server::{bind_amqp, bind_mgmt, run, serve, Place, ServeError};
+pub use server::{bind_amqp, run, serve, serve_on, Listeners, Place, ServeError};
+pub use tls::{provider as tls_provider, Tls};
 
 /// What the damage and disk-full tests open or measure directly.
 pub use store::{disk_alarm::free_bytes, Recovered, Store, StoreError};

@@ -1,5 +1,5 @@
 use clap::{Args, Parser, Subcommand};
-use leveret::config::{Config, DEFAULT_CONFIG_TOML};
+use leveret::config::{Addresses, Config, DEFAULT_CONFIG_TOML};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use tracing::{error, info};
@@ -37,15 +37,29 @@ struct ServeArgs {
     /// Configuration file (TOML); see broker.toml for every setting.
     #[arg(long)]
     config: Option<PathBuf>,
-    /// AMQP listen address, HOST:PORT (port 0 picks a free port).
+    /// AMQP listen addresses, HOST:PORT, comma-separated (port 0 picks a
+    /// free port; "" turns plain AMQP off).
     #[arg(long)]
     listen: Option<String>,
     /// Directory for durable state.
     #[arg(long)]
     data_dir: Option<PathBuf>,
-    /// Management HTTP listen address, HOST:PORT.
+    /// Management HTTP listen addresses, HOST:PORT, comma-separated.
     #[arg(long)]
     mgmt_listen: Option<String>,
+    /// AMQPS (AMQP over TLS) listen addresses, HOST:PORT, comma-separated.
+    #[arg(long)]
+    tls_listen: Option<String>,
+    /// The server's TLS certificate chain (PEM).
+    #[arg(long)]
+    tls_cert: Option<PathBuf>,
+    /// The server's TLS private key (PEM).
+    #[arg(long)]
+    tls_key: Option<PathBuf>,
+    /// CA certificates (PEM) that client certificates are verified against;
+    /// setting it turns tls.verify_peer on.
+    #[arg(long)]
+    tls_ca: Option<PathBuf>,
 }
 
 fn main() -> ExitCode {
@@ -73,13 +87,30 @@ fn serve(args: ServeArgs) -> ExitCode {
         None => Config::embedded(),
     };
     if let Some(listen) = args.listen {
-        config.server.listen = listen;
+        config.server.listen = Addresses::parse(&listen);
     }
     if let Some(dir) = args.data_dir {
         config.server.data_dir = dir;
     }
     if let Some(mgmt) = args.mgmt_listen {
-        config.server.mgmt_listen = mgmt;
+        config.server.mgmt_listen = Addresses::parse(&mgmt);
+    }
+    if let Some(listen) = args.tls_listen {
+        config.tls.listen = Addresses::parse(&listen);
+    }
+    if let Some(cert) = args.tls_cert {
+        config.tls.cert = cert;
+    }
+    if let Some(key) = args.tls_key {
+        config.tls.key = key;
+    }
+    if let Some(ca) = args.tls_ca {
+        config.tls.ca = ca;
+        config.tls.verify_peer = true;
+    }
+    if let Err(e) = config.validate() {
+        eprintln!("leveret: {e}");
+        return ExitCode::FAILURE;
     }
     // Every later message names the directory as it is on disk.
     if let Ok(dir) = std::path::absolute(&config.server.data_dir) {
@@ -105,11 +136,16 @@ fn serve(args: ServeArgs) -> ExitCode {
     };
     runtime.block_on(async move {
         let shutdown = shutdown_signal();
-        let listen = config.server.listen.clone();
-        let mgmt_listen = config.server.mgmt_listen.clone();
-        let (recv_buffer, send_buffer) =
-            (config.server.tcp_recv_buffer, config.server.tcp_send_buffer);
         info!(data_dir = %config.server.data_dir.display(), "data directory");
+        // Certificates and addresses first: a bad file or a taken port
+        // stops the start before the store is opened.
+        let listeners = match leveret::Listeners::bind(&config).await {
+            Ok(l) => l,
+            Err(e) => {
+                error!("{e}");
+                return ExitCode::FAILURE;
+            }
+        };
         let broker = match leveret::Broker::open(config) {
             Ok(b) => b,
             Err(e) => {
@@ -120,23 +156,50 @@ fn serve(args: ServeArgs) -> ExitCode {
         // This process is the broker's own: its resident memory counts
         // against the watermark, as RabbitMQ counts its whole VM.
         broker.measure_process_memory();
-        let listener = match leveret::bind_amqp(&listen, recv_buffer, send_buffer).await {
-            Ok(l) => l,
-            Err(e) => {
-                error!(%listen, error = %e, "cannot bind AMQP listener");
-                broker.close_store();
-                return ExitCode::FAILURE;
+        reload_on_sighup(listeners.tls.clone());
+        for (listeners, what) in [
+            (&listeners.amqp, "AMQP 0-9-1"),
+            (&listeners.amqps, "AMQPS (AMQP 0-9-1 over TLS)"),
+        ] {
+            for l in listeners {
+                match l.local_addr() {
+                    Ok(addr) => info!(%addr, version = env!("CARGO_PKG_VERSION"), "Leveret accepting {what} connections"),
+                    Err(e) => error!(error = %e, "cannot read bound address"),
+                }
             }
-        };
-        match listener.local_addr() {
-            Ok(addr) => info!(%addr, version = env!("CARGO_PKG_VERSION"), "Leveret accepting AMQP 0-9-1 connections"),
-            Err(e) => error!(error = %e, "cannot read bound address"),
         }
-        let mgmt = leveret::bind_mgmt(&mgmt_listen).await;
-        leveret::serve(listener, mgmt, broker, shutdown).await;
+        leveret::serve_on(listeners, broker, shutdown).await;
         info!("stopped");
         ExitCode::SUCCESS
     })
+}
+
+/// Reloads the TLS certificate, key and CA files on each SIGHUP (without
+/// TLS, a SIGHUP is logged and otherwise ignored rather than ending the
+/// process).
+fn reload_on_sighup(tls: Option<std::sync::Arc<leveret::Tls>>) {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        match signal(SignalKind::hangup()) {
+            Ok(mut hup) => {
+                tokio::spawn(async move {
+                    while hup.recv().await.is_some() {
+                        let Some(tls) = &tls else {
+                            info!("SIGHUP received: no TLS certificates to reload");
+                            continue;
+                        };
+                        info!("SIGHUP received: reloading the TLS certificates");
+                        // Logs the outcome; a bad file keeps the old ones.
+                        let _ = tls.clone().reload_in_background().await;
+                    }
+                });
+            }
+            Err(e) => {
+                error!(error = %e, "cannot watch for SIGHUP; TLS reload only through the API")
+            }
+        }
+    }
 }
 
 /// Completes on SIGINT or SIGTERM. The handlers are installed when this is

@@ -1,11 +1,14 @@
 //! Accept loop and graceful shutdown.
 
 use crate::broker::Broker;
+use crate::config::Addresses;
 use crate::config::{Config, LimitsConfig};
+use crate::listen::{accept_any, bind_all, BindError};
+use crate::tls::Tls;
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::net::{TcpListener, TcpSocket};
+use tokio::net::TcpListener;
 use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
 use tracing::{error, info, warn};
@@ -17,89 +20,117 @@ const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 pub enum ServeError {
     #[error(transparent)]
     Store(#[from] crate::store::StoreError),
+    #[error(transparent)]
+    Bind(#[from] BindError),
+    #[error(transparent)]
+    Tls(#[from] crate::tls::TlsError),
 }
 
-/// Opens the store, then serves AMQP clients on `listener` until `shutdown`
-/// completes (see [`serve`]).
+/// Every listener the broker serves, bound, and the TLS certificates its
+/// TLS listeners use.
+#[derive(Default)]
+pub struct Listeners {
+    pub amqp: Vec<TcpListener>,
+    pub amqps: Vec<TcpListener>,
+    pub mgmt: Vec<TcpListener>,
+    pub mgmts: Vec<TcpListener>,
+    pub tls: Option<Arc<Tls>>,
+}
+
+impl Listeners {
+    /// Reads the TLS files and binds every address `config` names: a file
+    /// or an address that fails is an error naming it.
+    pub async fn bind(config: &Config) -> Result<Listeners, ServeError> {
+        let tls = Tls::load(&config.tls)?;
+        let (recv, send) = (config.server.tcp_recv_buffer, config.server.tcp_send_buffer);
+        let listeners = Listeners {
+            amqp: bind_all("AMQP", &config.server.listen, recv, send).await?,
+            amqps: bind_all("AMQPS", &config.tls.listen, recv, send).await?,
+            mgmt: bind_all("the management API", &config.server.mgmt_listen, 0, 0).await?,
+            mgmts: bind_all("the management API (HTTPS)", &config.tls.mgmt_listen, 0, 0).await?,
+            tls,
+        };
+        crate::listen::log_bound("management API", &listeners.mgmt);
+        crate::listen::log_bound("management API (HTTPS)", &listeners.mgmts);
+        Ok(listeners)
+    }
+}
+
+/// Opens the store, binds the other listeners `config` names and serves
+/// until `shutdown` completes; `listener` serves AMQP in place of
+/// `server.listen`.
 pub async fn run(
     listener: TcpListener,
-    config: Config,
+    mut config: Config,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), ServeError> {
-    let mgmt_listen = config.server.mgmt_listen.clone();
+    config.server.listen = Addresses::default();
+    let mut listeners = Listeners::bind(&config).await?;
+    listeners.amqp.push(listener);
     let broker = Broker::open(config)?;
-    let mgmt = bind_mgmt(&mgmt_listen).await;
-    serve(listener, mgmt, broker, shutdown).await;
+    serve_on(listeners, broker, shutdown).await;
     Ok(())
 }
 
-/// Binds the AMQP listener. Connections it accepts inherit its socket buffer
-/// sizes (RabbitMQ's `tcp_listen_options` `recbuf`/`sndbuf`); 0 leaves a
-/// buffer to the kernel's autotuning.
+/// Binds one AMQP listener. Connections it accepts inherit its socket
+/// buffer sizes (see [`bind_all`]).
 pub async fn bind_amqp(
     addr: &str,
     recv_buffer: u32,
     send_buffer: u32,
-) -> std::io::Result<TcpListener> {
-    let mut last = std::io::Error::new(
-        std::io::ErrorKind::InvalidInput,
-        format!("{addr} resolves to no address"),
-    );
-    for a in tokio::net::lookup_host(addr).await? {
-        let socket = if a.is_ipv4() {
-            TcpSocket::new_v4()?
-        } else {
-            TcpSocket::new_v6()?
-        };
-        socket.set_reuseaddr(true)?;
-        if recv_buffer > 0 {
-            socket.set_recv_buffer_size(recv_buffer)?;
-        }
-        if send_buffer > 0 {
-            socket.set_send_buffer_size(send_buffer)?;
-        }
-        if let Err(e) = socket.bind(a) {
-            last = e;
-            continue;
-        }
-        return socket.listen(1024);
-    }
-    Err(last)
+) -> Result<TcpListener, BindError> {
+    let mut all = bind_all("AMQP", &Addresses::one(addr), recv_buffer, send_buffer).await?;
+    Ok(all.remove(0))
 }
 
-/// Binds the management API's listener; without it the broker still serves
-/// AMQP (the error is logged).
-pub async fn bind_mgmt(addr: &str) -> Option<TcpListener> {
-    match TcpListener::bind(addr).await {
-        Ok(l) => {
-            if let Ok(a) = l.local_addr() {
-                info!(addr = %a, "management API listening");
-            }
-            Some(l)
-        }
-        Err(e) => {
-            error!(addr, error = %e, "cannot bind the management API; serving AMQP without it");
-            None
-        }
-    }
-}
-
-/// Serves AMQP clients on `listener` until `shutdown` completes, then closes
-/// every connection with 320 CONNECTION_FORCED, flushes the store and returns.
+/// Serves AMQP clients on `listener` and the management API on `mgmt`
+/// (plain TCP each) until `shutdown` completes: [`serve_on`].
 pub async fn serve(
     listener: TcpListener,
     mgmt: Option<TcpListener>,
     broker: Arc<Broker>,
     shutdown: impl Future<Output = ()>,
 ) {
+    let listeners = Listeners {
+        amqp: vec![listener],
+        mgmt: mgmt.into_iter().collect(),
+        ..Listeners::default()
+    };
+    serve_on(listeners, broker, shutdown).await
+}
+
+/// Serves AMQP (and AMQPS) clients and the management API on `listeners`
+/// until `shutdown` completes, then closes every connection with 320
+/// CONNECTION_FORCED, flushes the store and returns.
+pub async fn serve_on(
+    listeners: Listeners,
+    broker: Arc<Broker>,
+    shutdown: impl Future<Output = ()>,
+) {
     let admission = Admission::new(&broker.config.limits);
     let (stop_tx, stop_rx) = watch::channel(false);
-    let mgmt_task = mgmt.map(|l| {
+    let Listeners {
+        amqp,
+        amqps,
+        mgmt,
+        mgmts,
+        tls,
+    } = listeners;
+    let mgmt_task = (!mgmt.is_empty() || !mgmts.is_empty()).then(|| {
         let mut stop = stop_rx.clone();
-        tokio::spawn(crate::mgmt::serve(l, broker.clone(), async move {
-            let _ = stop.wait_for(|s| *s).await;
-        }))
+        let mut all: Vec<_> = mgmt.into_iter().map(|l| (l, false)).collect();
+        all.extend(mgmts.into_iter().map(|l| (l, true)));
+        tokio::spawn(crate::mgmt::serve(
+            all,
+            broker.clone(),
+            tls.clone(),
+            async move {
+                let _ = stop.wait_for(|s| *s).await;
+            },
+        ))
     });
+    let mut amqp: Vec<_> = amqp.into_iter().map(|l| (l, None)).collect();
+    amqp.extend(amqps.into_iter().map(|l| (l, tls.clone())));
     let mut connections = JoinSet::new();
     tokio::pin!(shutdown);
     loop {
@@ -108,12 +139,24 @@ pub async fn serve(
         // RabbitMQ's (ranch's) max_connections does.
         let admitted = async {
             let place = admission.place().await;
-            (place, listener.accept().await)
+            (place, accept_any(&amqp).await)
         };
         tokio::select! {
-            (place, accepted) = admitted => match accepted {
+            (mut place, (accepted, tls)) = admitted => match accepted {
                 Ok((socket, peer)) => {
-                    connections.spawn(crate::connection::serve(socket, peer, broker.clone(), stop_rx.clone(), place));
+                    place.accepted();
+                    let (broker, stop) = (broker.clone(), stop_rx.clone());
+                    match tls {
+                        // The TLS handshake runs in the connection's task,
+                        // within its handshake timeout: a client stalling in
+                        // it holds no one else up.
+                        Some(tls) => {
+                            connections.spawn(crate::connection::serve_tls(socket, peer, tls.clone(), broker, stop, place));
+                        }
+                        None => {
+                            connections.spawn(crate::connection::serve(socket, peer, broker, stop, place));
+                        }
+                    }
                 }
                 Err(e) => {
                     // Out of file descriptors and the like: back off, keep serving.
@@ -126,7 +169,7 @@ pub async fn serve(
         }
     }
     info!(connections = connections.len(), "shutting down");
-    drop(listener);
+    drop(amqp);
     let _ = stop_tx.send(true);
     let drained = tokio::time::timeout(SHUTDOWN_GRACE, async {
         while connections.join_next().await.is_some() {}
@@ -159,9 +202,22 @@ struct Admission {
 pub struct Place {
     _connection: Option<OwnedSemaphorePermit>,
     handshake: Option<OwnedSemaphorePermit>,
+    /// When the listener accepted the connection (none: not accepted).
+    accepted_at: Option<tokio::time::Instant>,
 }
 
 impl Place {
+    /// The listener accepted the connection: its handshake time starts.
+    pub fn accepted(&mut self) {
+        self.accepted_at = Some(tokio::time::Instant::now());
+    }
+
+    /// When a handshake of at most `timeout`, counted from accept (or
+    /// from now, for a connection no listener accepted), must be over.
+    pub fn handshake_deadline(&self, timeout: Duration) -> tokio::time::Instant {
+        self.accepted_at.unwrap_or_else(tokio::time::Instant::now) + timeout
+    }
+
     /// The handshake is over: the connection no longer counts as one.
     pub(crate) fn handshake_done(&mut self) {
         self.handshake = None;
@@ -186,6 +242,7 @@ impl Admission {
         Place {
             _connection: connection,
             handshake,
+            accepted_at: None,
         }
     }
 }
@@ -207,6 +264,7 @@ async fn take(limit: &Option<Arc<Semaphore>>, setting: &str) -> Option<OwnedSema
 #[cfg(test)]
 mod tests {
     use super::*;
+    use tokio::net::TcpSocket;
 
     #[tokio::test]
     async fn accepted_connections_get_the_configured_buffer_sizes() {

@@ -46,13 +46,15 @@ pub(crate) type ChannelRegistry =
 /// shows, and the means to close it from outside.
 pub(crate) struct ConnectionHandle {
     /// RabbitMQ's connection name, `peer -> local`.
-    pub(crate) name: String,
-    pub(crate) vhost: String,
-    pub(crate) user: String,
-    pub(crate) peer: std::net::SocketAddr,
-    pub(crate) local: String,
-    pub(crate) client_properties: amq_protocol::types::FieldTable,
-    pub(crate) auth_mechanism: String,
+    pub name: String,
+    pub vhost: String,
+    pub user: String,
+    pub peer: std::net::SocketAddr,
+    pub local: String,
+    pub client_properties: amq_protocol::types::FieldTable,
+    pub auth_mechanism: String,
+    /// Over TLS (RabbitMQ's `ssl`).
+    pub tls: bool,
     /// ms since the Unix epoch.
     pub(crate) connected_at: u64,
     pub(crate) frame_max: u32,

@@ -61,6 +61,104 @@ pub(crate) async fn serve(
     serve_stream(read, write, peer, local, broker, shutdown, place).await;
 }
 
+/// Serves one client over TLS: the TLS handshake, within the handshake
+/// timeout counted from accept, then [`serve_stream`] over the decrypted
+/// stream, which knows the name the client's certificate gives EXTERNAL.
+pub(crate) async fn serve_tls(
+    socket: TcpStream,
+    peer: SocketAddr,
+    tls: Arc<crate::tls::Tls>,
+    broker: Arc<Broker>,
+    shutdown: watch::Receiver<bool>,
+    place: Place,
+) {
+    let _ = socket.set_nodelay(true);
+    let local = socket
+        .local_addr()
+        .map_or_else(|_| "?".to_string(), |a| a.to_string());
+    let timeout = Duration::from_millis(broker.config.limits.handshake_timeout_ms);
+    // A second descriptor of the socket, never read: the TCP stream is
+    // inside the TLS stream, and this is how a paused connection still
+    // sees its client go away.
+    let (socket, close_watch) = match watch_descriptor(socket) {
+        Ok(pair) => pair,
+        Err(e) => {
+            warn!(peer = %peer, error = %e, "cannot set up the connection");
+            return;
+        }
+    };
+    let acceptor = tokio_rustls::TlsAcceptor::from(tls.amqp());
+    let handshake =
+        tokio::time::timeout_at(place.handshake_deadline(timeout), acceptor.accept(socket));
+    let mut stopping = shutdown.clone();
+    let stream = tokio::select! {
+        done = handshake => match done {
+            Ok(Ok(stream)) => stream,
+            Ok(Err(e)) => {
+                warn!(peer = %peer, error = %e, "TLS handshake failed");
+                return;
+            }
+            Err(_) => {
+                warn!(peer = %peer, "TLS handshake timed out");
+                return;
+            }
+        },
+        // Shutdown does not wait for a handshake: no AMQP connection yet.
+        _ = stopping.wait_for(|stop| *stop) => return,
+    };
+    let login = match stream.get_ref().1.peer_certificates() {
+        Some([cert, ..]) => crate::tls::cert_login_name(cert, tls.settings()),
+        _ => Err("connection peer presented no TLS (x.509) certificate"),
+    };
+    let (read, write) = tokio::io::split(stream);
+    let read = TlsRead {
+        read,
+        login,
+        close_watch,
+    };
+    serve_stream(read, write, peer, local, broker, shutdown, place).await;
+}
+
+/// `socket` and a duplicate of its descriptor, both registered with tokio.
+fn watch_descriptor(socket: TcpStream) -> std::io::Result<(TcpStream, TcpStream)> {
+    let socket = socket.into_std()?;
+    let watch = socket.try_clone()?;
+    Ok((TcpStream::from_std(socket)?, TcpStream::from_std(watch)?))
+}
+
+/// The reading half of a TLS connection, with what its handshake said
+/// about the client's certificate.
+struct TlsRead<R> {
+    read: R,
+    /// The user name the client's verified certificate gives EXTERNAL, or
+    /// why there is none.
+    login: Result<String, &'static str>,
+    /// The same socket (another descriptor), only to see the peer close.
+    close_watch: TcpStream,
+}
+
+impl<R: AsyncRead + Unpin> AsyncRead for TlsRead<R> {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.read).poll_read(cx, buf)
+    }
+}
+
+impl<R: AsyncRead + Unpin + Send> ClientRead for TlsRead<R> {
+    /// As for plain TCP, looked at through the second descriptor.
+    fn peer_closed(&self) -> impl std::future::Future<Output = ()> + Send {
+        let watch = &self.close_watch;
+        read_closed(move || watch.ready(tokio::io::Interest::READABLE))
+    }
+
+    fn cert_login(&self) -> Option<&Result<String, &'static str>> {
+        Some(&self.login)
+    }
+}
+
 /// Serves one client over any byte stream, given as its two halves: what
 /// [`serve`] does once it has taken the socket apart. The fuzz targets drive
 /// connections in memory through it; `local` names the broker's end.
@@ -116,19 +214,36 @@ pub trait ClientRead: AsyncRead + Unpin + Send {
     /// Completes once the peer has closed the stream (or it failed),
     /// without reading from it: for a connection whose frames wait.
     fn peer_closed(&self) -> impl std::future::Future<Output = ()> + Send;
+
+    /// On a TLS connection, the user name SASL EXTERNAL logs in as (from
+    /// the client's verified certificate) or why there is none; `None`
+    /// without TLS, where EXTERNAL is not offered.
+    fn cert_login(&self) -> Option<&Result<String, &'static str>> {
+        None
+    }
 }
 
 impl ClientRead for tokio::net::tcp::OwnedReadHalf {
     /// A close queued behind input the broker is not reading never
     /// arrives; the next heartbeat the writer sends then draws a reset.
     async fn peer_closed(&self) {
-        /// Unread input keeps the socket readable: look again this often.
-        const LOOK_EVERY: Duration = Duration::from_millis(200);
-        loop {
-            match self.ready(tokio::io::Interest::READABLE).await {
-                Ok(ready) if !ready.is_read_closed() => tokio::time::sleep(LOOK_EVERY).await,
-                _ => return,
-            }
+        read_closed(|| self.ready(tokio::io::Interest::READABLE)).await
+    }
+}
+
+/// Completes once a socket's readiness (from `ready`) says the peer
+/// closed it (or the socket failed), without reading from it.
+async fn read_closed<F, Fut>(ready: F)
+where
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = std::io::Result<tokio::io::Ready>>,
+{
+    /// Unread input keeps the socket readable: look again this often.
+    const LOOK_EVERY: Duration = Duration::from_millis(200);
+    loop {
+        match ready().await {
+            Ok(ready) if !ready.is_read_closed() => tokio::time::sleep(LOOK_EVERY).await,
+            _ => return,
         }
     }
 }
@@ -233,7 +348,9 @@ impl<R: ClientRead> Connection<R> {
     async fn run(&mut self) {
         let handshake_timeout =
             Duration::from_millis(self.broker.config.limits.handshake_timeout_ms);
-        let handshake = tokio::time::timeout(handshake_timeout, self.handshake()).await;
+        // Counted from accept: a TLS handshake before it took its share.
+        let deadline = self.place.handshake_deadline(handshake_timeout);
+        let handshake = tokio::time::timeout_at(deadline, self.handshake()).await;
         self.place.handshake_done();
         let session = match handshake {
             Ok(Ok(Some(session))) => session,
@@ -267,6 +384,7 @@ impl<R: ClientRead> Connection<R> {
                 local: self.local.clone(),
                 client_properties: session.client_properties,
                 auth_mechanism: session.mechanism,
+                tls: self.reader.read.cert_login().is_some(),
                 connected_at: crate::broker::timers::now_ms(),
                 frame_max: session.ctx.frame_max,
                 channel_max: session.channel_max,
@@ -320,7 +438,14 @@ impl<R: ClientRead> Connection<R> {
                 version_major: 0,
                 version_minor: 9,
                 server_properties: server_properties(),
-                mechanisms: LongString::from("PLAIN AMQPLAIN"),
+                mechanisms: LongString::from(if self.reader.read.cert_login().is_some() {
+                    // Offered on every TLS connection, as RabbitMQ's
+                    // rabbitmq_auth_mechanism_ssl: without a certificate
+                    // the refusal says why, which beats no mechanism.
+                    "PLAIN AMQPLAIN EXTERNAL"
+                } else {
+                    "PLAIN AMQPLAIN"
+                }),
                 locales: LongString::from("en_US"),
             },
         )));
@@ -346,31 +471,7 @@ impl<R: ClientRead> Connection<R> {
         let cancel_notify =
             client_capability(&start_ok.client_properties, "consumer_cancel_notify");
         let mechanism = start_ok.mechanism.as_str();
-        let Some((user, password)) = auth::credentials(mechanism, start_ok.response.as_bytes())
-        else {
-            return Err(if mechanism == "PLAIN" || mechanism == "AMQPLAIN" {
-                warn!(connection = ?self.name, "{} login refused: the response does not hold a user name and password", loggable(mechanism));
-                AmqpError::access_refused(format_args!("Login was refused using authentication mechanism {mechanism}. For details see the broker logfile."))
-            } else {
-                warn!(connection = ?self.name, "login refused: unsupported authentication mechanism '{}'", loggable(mechanism));
-                AmqpError::access_refused(format_args!("unsupported authentication mechanism '{mechanism}'"))
-            }
-            .on_method(10, 11));
-        };
-        if self.broker.authenticate(&user, &password).is_none() {
-            // The client is told to see the log: say why, as RabbitMQ
-            // does, and which of the reasons it folds into one.
-            let why = match self.broker.access.user(&user) {
-                None => "no such user",
-                Some(_) if password.is_empty() => "empty password",
-                Some(_) => "wrong password",
-            };
-            warn!(connection = ?self.name, "{mechanism} login refused: user '{}' - invalid credentials ({why})", loggable(&user));
-            return Err(AmqpError::access_refused(format_args!(
-                "Login was refused using authentication mechanism {mechanism}. For details see the broker logfile."
-            ))
-            .on_method(10, 11));
-        }
+        let user = self.login(mechanism, start_ok.response.as_bytes())?;
         if self.broker.is_loopback_only(&user) && !auth::is_loopback(self.peer.ip()) {
             warn!(connection = ?self.name, "{mechanism} login refused: user '{}' can only connect via localhost (auth.loopback_users)", loggable(&user));
             return Err(AmqpError::access_refused(format_args!(
@@ -473,6 +574,60 @@ impl<R: ClientRead> Connection<R> {
             client_properties: start_ok.client_properties.clone(),
             mechanism: mechanism.to_string(),
         }))
+    }
+
+    /// The user start-ok's mechanism and response log in as, or RabbitMQ's
+    /// refusal (the reason goes to the log, as RabbitMQ's).
+    fn login(&self, mechanism: &str, response: &[u8]) -> Result<String, AmqpError> {
+        let refused = || {
+            AmqpError::access_refused(format_args!("Login was refused using authentication mechanism {mechanism}. For details see the broker logfile."))
+            .on_method(10, 11)
+        };
+        if mechanism == "EXTERNAL" {
+            let Some(login) = self.reader.read.cert_login() else {
+                return Err(AmqpError::access_refused(format_args!(
+                    "unsupported authentication mechanism '{mechanism}'"
+                ))
+                .on_method(10, 11));
+            };
+            // As rabbit_auth_mechanism_ssl: the response is not looked at;
+            // the user must exist, no password is checked.
+            return match login {
+                Ok(user) if self.broker.access.user(user).is_some() => Ok(user.clone()),
+                Ok(user) => {
+                    warn!(connection = ?self.name, "EXTERNAL login refused: user '{}' - invalid credentials (no such user)", loggable(user));
+                    Err(refused())
+                }
+                Err(reason) => {
+                    warn!(connection = ?self.name, "EXTERNAL login refused: {}", loggable(reason));
+                    Err(refused())
+                }
+            };
+        }
+        let Some((user, password)) = auth::credentials(mechanism, response) else {
+            return Err(if mechanism == "PLAIN" || mechanism == "AMQPLAIN" {
+                warn!(connection = ?self.name, "{} login refused: the response does not hold a user name and password", loggable(mechanism));
+                refused()
+            } else {
+                warn!(connection = ?self.name, "login refused: unsupported authentication mechanism '{}'", loggable(mechanism));
+                AmqpError::access_refused(format_args!(
+                    "unsupported authentication mechanism '{mechanism}'"
+                ))
+                .on_method(10, 11)
+            });
+        };
+        if self.broker.authenticate(&user, &password).is_none() {
+            // The client is told to see the log: say why, as RabbitMQ
+            // does, and which of the reasons it folds into one.
+            let why = match self.broker.access.user(&user) {
+                None => "no such user",
+                Some(_) if password.is_empty() => "empty password",
+                Some(_) => "wrong password",
+            };
+            warn!(connection = ?self.name, "{mechanism} login refused: user '{}' - invalid credentials ({why})", loggable(&user));
+            return Err(refused());
+        }
+        Ok(user)
     }
 
     /// The next connection-class method on channel 0 during the handshake

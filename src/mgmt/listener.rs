@@ -13,13 +13,15 @@
 //! each its peer address.
 
 use crate::config::MgmtConfig;
+use crate::listen::accept_any;
+use crate::tls::Tls;
 use axum::extract::ConnectInfo;
 use axum::Router;
 use hyper::body::Incoming;
 use hyper::server::conn::http1;
 use hyper::Request;
 use hyper_util::rt::{TokioIo, TokioTimer};
-use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::server::graceful::{GracefulShutdown, Watcher};
 use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -42,9 +44,11 @@ const WARN_EVERY: Duration = Duration::from_secs(60);
 /// A body pause that never ends (`idle_timeout_ms = 0`).
 const NEVER: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
 
-/// Serves `app` on `listener` within `limits` until `shutdown` completes.
+/// Serves `app` on `listeners` (those marked true over TLS with `tls`)
+/// within `limits` until `shutdown` completes.
 pub(super) async fn serve(
-    listener: TcpListener,
+    listeners: Vec<(TcpListener, bool)>,
+    tls: Option<Arc<Tls>>,
     app: Router,
     limits: &MgmtConfig,
     shutdown: impl Future<Output = ()>,
@@ -62,7 +66,11 @@ pub(super) async fn serve(
     }
     let body_pause = millis(limits.idle_timeout_ms).unwrap_or(NEVER);
     let send_timeout = millis(limits.send_timeout_ms);
+    let request_timeout = millis(limits.request_timeout_ms);
     let graceful = GracefulShutdown::new();
+    // Tells connections still in their TLS handshake (not yet watched by
+    // `graceful`, but holding its watcher) to give up at shutdown.
+    let (stopping_tx, stopping) = tokio::sync::watch::channel(false);
     let mut connections = JoinSet::new();
     let mut warned: Option<Instant> = None;
     tokio::pin!(shutdown);
@@ -72,11 +80,12 @@ pub(super) async fn serve(
         // Ranch's max_connections does.
         let admitted = async {
             let place = take(&places, &mut warned).await;
-            (place, listener.accept().await)
+            (place, accept_any(&listeners).await)
         };
         tokio::select! {
-            (place, accepted) = admitted => match accepted {
+            (place, (accepted, &over_tls)) = admitted => match accepted {
                 Ok((socket, peer)) => {
+                    let accepted_at = tokio::time::Instant::now();
                     let app = app.clone();
                     let service = hyper::service::service_fn(move |mut request: Request<Incoming>| {
                         // The peer address decides whether a loopback-only user may log in.
@@ -86,11 +95,35 @@ pub(super) async fn serve(
                     });
                     let mut socket = TimeoutStream::new(socket);
                     socket.set_write_timeout(send_timeout);
-                    let socket = TokioIo::new(Box::pin(socket));
-                    let connection = graceful.watch(http.serve_connection(socket, service));
+                    let socket = Box::pin(socket);
+                    let tls = if over_tls { tls.as_ref().map(|t| t.mgmt()) } else { None };
+                    let (http, graceful) = (http.clone(), graceful.watcher());
+                    let mut stopping = stopping.clone();
                     connections.spawn(async move {
-                        if let Err(e) = connection.await {
-                            tracing::debug!(%peer, error = %e, "management connection ended");
+                        match tls {
+                            None => serve_connection(TokioIo::new(socket), http, service, graceful, peer).await,
+                            Some(config) => {
+                                // The handshake runs here, not in the accept
+                                // loop, and within the request timeout: what
+                                // it took, the request's headers do not get.
+                                let handshake = tokio_rustls::TlsAcceptor::from(config).accept(socket);
+                                let deadline = accepted_at + request_timeout.unwrap_or(NEVER);
+                                let accepted = tokio::select! {
+                                    done = tokio::time::timeout_at(deadline, handshake) => done,
+                                    _ = stopping.wait_for(|stop| *stop) => return,
+                                };
+                                match accepted {
+                                    Ok(Ok(stream)) => {
+                                        let mut http = http;
+                                        if let Some(t) = request_timeout {
+                                            http.header_read_timeout((accepted_at + t).saturating_duration_since(tokio::time::Instant::now()));
+                                        }
+                                        serve_connection(TokioIo::new(stream), http, service, graceful, peer).await
+                                    }
+                                    Ok(Err(e)) => tracing::debug!(%peer, error = %e, "management API: TLS handshake failed"),
+                                    Err(_) => tracing::debug!(%peer, "management API: TLS handshake timed out"),
+                                }
+                            }
                         }
                         drop(place);
                     });
@@ -105,13 +138,34 @@ pub(super) async fn serve(
             _ = &mut shutdown => break,
         }
     }
-    drop(listener);
+    drop(listeners);
+    let _ = stopping_tx.send(true);
     if tokio::time::timeout(SHUTDOWN_GRACE, graceful.shutdown())
         .await
         .is_err()
     {
         tracing::warn!("management API: requests still in progress at shutdown were dropped");
         connections.abort_all();
+    }
+}
+
+/// Serves HTTP/1.1 on one connection until it ends or shutdown.
+async fn serve_connection<I, S>(
+    io: I,
+    http: http1::Builder,
+    service: S,
+    graceful: Watcher,
+    peer: std::net::SocketAddr,
+) where
+    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+    S: hyper::service::HttpService<Incoming> + Send + 'static,
+    S::Future: Send + 'static,
+    S::ResBody: Send + 'static,
+    <S::ResBody as hyper::body::Body>::Data: Send,
+    <S::ResBody as hyper::body::Body>::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    if let Err(e) = graceful.watch(http.serve_connection(io, service)).await {
+        tracing::debug!(%peer, error = %e, "management connection ended");
     }
 }
 

@@ -132,12 +132,28 @@ pub(super) async fn overview(
             "redeliver": counts[2], "redeliver_details": {"rate": rates[2]},
             "ack": counts[3], "ack_details": {"rate": rates[3]},
         },
-        "listeners": [
-            {"node": node_name(), "protocol": "amqp", "ip_address": broker.config.server.listen},
-            {"node": node_name(), "protocol": "http", "ip_address": broker.config.server.mgmt_listen},
-        ],
+        "listeners": listeners(&broker),
     }))
     .into_response())
+}
+
+/// Each configured listen address, with RabbitMQ's protocol names.
+fn listeners(broker: &Broker) -> Vec<Value> {
+    let (server, tls) = (&broker.config.server, &broker.config.tls);
+    [
+        ("amqp", &server.listen),
+        ("amqp/ssl", &tls.listen),
+        ("http", &server.mgmt_listen),
+        ("https", &tls.mgmt_listen),
+    ]
+    .into_iter()
+    .flat_map(|(protocol, addrs)| {
+        addrs
+            .0
+            .iter()
+            .map(move |a| json!({"node": node_name(), "protocol": protocol, "ip_address": a}))
+    })
+    .collect()
 }
 
 fn node_json(broker: &Broker) -> Value {
@@ -203,7 +219,7 @@ fn connection_json(h: &ConnectionHandle) -> ConnectionView {
             Some(amq_protocol::types::AMQPValue::LongString(s)) => json!(s.to_string()),
             _ => Value::Null,
         },
-        "ssl": false,
+        "ssl": h.tls,
         "peer_host": h.peer.ip().to_string(),
         "peer_port": h.peer.port(),
         "host": h.local.rsplit_once(':').map_or("", |(host, _)| host),

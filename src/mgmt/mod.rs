@@ -1,6 +1,7 @@
 //! The management HTTP API, RabbitMQ-compatible paths and JSON (issue 5).
 //!
-//! Served on `server.mgmt_listen` beside AMQP. Every `/api` request carries
+//! Served on `server.mgmt_listen` (and over HTTPS on `tls.mgmt_listen`)
+//! beside AMQP. Every `/api` request carries
 //! HTTP basic auth against the broker's users; as RabbitMQ, only users
 //! tagged `administrator`, `management` or `monitoring` get in, users in
 //! `auth.loopback_users` only from a loopback address, and only
@@ -8,6 +9,7 @@
 //! (Prometheus) needs no credentials, as RabbitMQ's Prometheus plugin.
 
 mod api;
+mod certificates;
 mod definitions;
 mod durable;
 mod listener;
@@ -35,10 +37,12 @@ use tokio::net::TcpListener;
 /// Tags that may use the management API (RabbitMQ's management plugin).
 const MANAGEMENT_TAGS: &[&str] = &["administrator", "management", "monitoring", "policymaker"];
 
-/// Serves the API until `shutdown` completes.
+/// Serves the API on `listeners` (each marked true to serve HTTPS with
+/// `tls`) until `shutdown` completes.
 pub(crate) async fn serve(
-    listener: TcpListener,
+    listeners: Vec<(TcpListener, bool)>,
     broker: Arc<Broker>,
+    tls: Option<Arc<crate::tls::Tls>>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) {
     live::mark_started();
@@ -170,6 +174,7 @@ pub(crate) async fn serve(
         .route("/api/health/checks/local-alarms", get(live::alarms))
         .route("/api/health/checks/store", get(live::store_damage))
         .route("/api/aliveness-test/{vhost}", get(live::aliveness))
+        .route("/api/tls/reload", post(certificates::reload))
         .route_layer(middleware::from_fn_with_state(
             broker.clone(),
             durable::reply_when_durable,
@@ -183,8 +188,9 @@ pub(crate) async fn serve(
             0 => DefaultBodyLimit::disable(),
             n => DefaultBodyLimit::max(n),
         })
+        .layer(axum::Extension(tls.clone()))
         .with_state(broker);
-    listener::serve(listener, app, &limits, shutdown).await;
+    listener::serve(listeners, tls, app, &limits, shutdown).await;
     sampler.abort();
 }
 

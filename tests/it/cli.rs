@@ -68,6 +68,9 @@ async fn flags_override_the_config_file() {
         file.to_str().unwrap(),
         "--listen",
         "127.0.0.1:0",
+        // A management port that cannot bind stops the start: not 15672.
+        "--mgmt-listen",
+        "127.0.0.1:0",
     ]);
     let conn = Connection::connect(&broker.uri(), ConnectionProperties::default())
         .await

@@ -1,0 +1,324 @@
+//! TLS for the AMQP and management listeners (`[tls]`): the certificate
+//! files read into rustls server configurations, the swap that reloads them
+//! (SIGHUP, `POST /api/tls/reload`), and the user name a verified client
+//! certificate gives SASL EXTERNAL.
+//!
+//! rustls with its `ring` provider; every file problem is an error naming
+//! the file. A reload builds new configurations completely before swapping
+//! them in, so a bad file leaves the old ones serving.
+
+use crate::config::{CertLoginFrom, SanType, TlsConfig};
+use parking_lot::RwLock;
+use rustls::crypto::CryptoProvider;
+use rustls::pki_types::pem::{self, PemObject};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::server::danger::ClientCertVerifier;
+use rustls::server::WebPkiClientVerifier;
+use rustls::sign::CertifiedKey;
+use rustls::{RootCertStore, ServerConfig};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use x509_parser::extensions::GeneralName;
+
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    #[error("cannot read {what} file {path}: {source}")]
+    Read {
+        what: &'static str,
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{what} file {path} holds no PEM {expected} ({detail})")]
+    NotPem {
+        what: &'static str,
+        path: PathBuf,
+        expected: &'static str,
+        detail: String,
+    },
+    #[error("{what} file {path}: {detail}")]
+    Invalid {
+        what: &'static str,
+        path: PathBuf,
+        detail: String,
+    },
+    #[error("the private key in {key} does not match the certificate in {cert}")]
+    KeyMismatch { cert: PathBuf, key: PathBuf },
+    #[error("the certificate in {path} expired on {not_after}")]
+    Expired { path: PathBuf, not_after: String },
+    #[error("the certificate in {path} is not valid before {not_before}")]
+    NotYetValid { path: PathBuf, not_before: String },
+    #[error("TLS settings: {0}")]
+    Settings(String),
+}
+
+/// The TLS server configurations in use, swapped whole on a reload: a
+/// connection reads the current one once, at accept.
+pub struct Tls {
+    settings: TlsConfig,
+    amqp: RwLock<Arc<ServerConfig>>,
+    mgmt: RwLock<Arc<ServerConfig>>,
+}
+
+impl Tls {
+    /// Reads the files `settings` names; `None` when no listener uses TLS.
+    pub fn load(settings: &TlsConfig) -> Result<Option<Arc<Tls>>, TlsError> {
+        if !settings.enabled() {
+            return Ok(None);
+        }
+        let (amqp, mgmt) = build(settings)?;
+        Ok(Some(Arc::new(Tls {
+            settings: settings.clone(),
+            amqp: RwLock::new(amqp),
+            mgmt: RwLock::new(mgmt),
+        })))
+    }
+
+    /// The configuration for a new AMQPS connection.
+    pub fn amqp(&self) -> Arc<ServerConfig> {
+        self.amqp.read().clone()
+    }
+
+    /// The configuration for a new HTTPS connection.
+    pub fn mgmt(&self) -> Arc<ServerConfig> {
+        self.mgmt.read().clone()
+    }
+
+    pub fn settings(&self) -> &TlsConfig {
+        &self.settings
+    }
+
+    /// Reads the files again and, if every one is good, serves new
+    /// connections with them; otherwise keeps the old ones. Logs either way.
+    pub fn reload(&self) -> Result<(), TlsError> {
+        match build(&self.settings) {
+            Ok((amqp, mgmt)) => {
+                *self.amqp.write() = amqp;
+                *self.mgmt.write() = mgmt;
+                tracing::info!(cert = %self.settings.cert.display(), "TLS certificates reloaded; new connections use them");
+                Ok(())
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "TLS reload refused; the certificates in use stay");
+                Err(e)
+            }
+        }
+    }
+}
+
+/// rustls' `ring` provider: it builds with a C compiler alone, where the
+/// default aws-lc-rs needs cmake. Its price (the deprecation) is no
+/// post-quantum key exchange; TLS 1.3 uses X25519 or the NIST curves.
+#[allow(deprecated)]
+pub fn provider() -> Arc<CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+fn build(s: &TlsConfig) -> Result<(Arc<ServerConfig>, Arc<ServerConfig>), TlsError> {
+    let provider = provider();
+    let versions: Vec<&'static rustls::SupportedProtocolVersion> = s
+        .versions
+        .iter()
+        .filter_map(|v| match v.as_str() {
+            "1.2" => Some(&rustls::version::TLS12),
+            "1.3" => Some(&rustls::version::TLS13),
+            _ => None,
+        })
+        .collect();
+    let amqp_key = certified_key(("tls.cert", &s.cert), ("tls.key", &s.key), &provider)?;
+    let mgmt_key = if s.mgmt_cert.as_os_str().is_empty() {
+        amqp_key.clone()
+    } else {
+        certified_key(
+            ("tls.mgmt_cert", &s.mgmt_cert),
+            ("tls.mgmt_key", &s.mgmt_key),
+            &provider,
+        )?
+    };
+    let verifier = if s.verify_peer {
+        let roots = read_roots(&s.ca)?;
+        let builder =
+            WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone());
+        let builder = if s.fail_if_no_peer_cert {
+            builder
+        } else {
+            builder.allow_unauthenticated()
+        };
+        Some(builder.build().map_err(|e| TlsError::Invalid {
+            what: "tls.ca",
+            path: s.ca.clone(),
+            detail: e.to_string(),
+        })?)
+    } else {
+        None
+    };
+    let config = |key: Arc<CertifiedKey>,
+                  verifier: Option<&Arc<dyn ClientCertVerifier>>,
+                  alpn: &[&[u8]]|
+     -> Result<Arc<ServerConfig>, TlsError> {
+        let builder = ServerConfig::builder_with_provider(provider.clone())
+            .with_protocol_versions(&versions)
+            .map_err(|e| TlsError::Settings(e.to_string()))?;
+        let builder = match verifier {
+            Some(v) => builder.with_client_cert_verifier(v.clone()),
+            None => builder.with_no_client_auth(),
+        };
+        let mut config =
+            builder.with_cert_resolver(Arc::new(rustls::sign::SingleCertAndKey::from(key)));
+        config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+        Ok(Arc::new(config))
+    };
+    // HTTPS asks for no client certificate (RabbitMQ's management.ssl
+    // verifies none by default): API users log in with passwords.
+    Ok((
+        config(amqp_key, verifier.as_ref(), &[])?,
+        config(mgmt_key, None, &[b"http/1.1"])?,
+    ))
+}
+
+fn read(what: &'static str, path: &Path) -> Result<Vec<u8>, TlsError> {
+    std::fs::read(path).map_err(|source| TlsError::Read {
+        what,
+        path: path.to_owned(),
+        source,
+    })
+}
+
+fn pem_detail(e: pem::Error) -> String {
+    match e {
+        pem::Error::NoItemsFound => "no PEM section of that kind found".into(),
+        other => other.to_string(),
+    }
+}
+
+fn read_certs(what: &'static str, path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
+    let bytes = read(what, path)?;
+    let certs = CertificateDer::pem_slice_iter(&bytes)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| TlsError::NotPem {
+            what,
+            path: path.to_owned(),
+            expected: "certificate",
+            detail: pem_detail(e),
+        })?;
+    if certs.is_empty() {
+        return Err(TlsError::NotPem {
+            what,
+            path: path.to_owned(),
+            expected: "certificate",
+            detail: "no -----BEGIN CERTIFICATE----- section".into(),
+        });
+    }
+    Ok(certs)
+}
+
+/// The certificate chain and key, checked: PEM, the key matches the
+/// certificate, the certificate valid now.
+fn certified_key(
+    (cert_setting, cert): (&'static str, &Path),
+    (key_setting, key): (&'static str, &Path),
+    provider: &CryptoProvider,
+) -> Result<Arc<CertifiedKey>, TlsError> {
+    let chain = read_certs(cert_setting, cert)?;
+    check_validity(cert_setting, cert, &chain[0])?;
+    let key_bytes = read(key_setting, key)?;
+    let private = PrivateKeyDer::from_pem_slice(&key_bytes).map_err(|e| TlsError::NotPem {
+        what: key_setting,
+        path: key.to_owned(),
+        expected: "private key",
+        detail: pem_detail(e),
+    })?;
+    CertifiedKey::from_der(chain, private, provider)
+        .map(Arc::new)
+        .map_err(|e| match e {
+            rustls::Error::InconsistentKeys(_) => TlsError::KeyMismatch {
+                cert: cert.to_owned(),
+                key: key.to_owned(),
+            },
+            other => TlsError::Invalid {
+                what: key_setting,
+                path: key.to_owned(),
+                detail: other.to_string(),
+            },
+        })
+}
+
+fn check_validity(
+    setting: &'static str,
+    path: &Path,
+    cert: &CertificateDer<'_>,
+) -> Result<(), TlsError> {
+    let (_, parsed) = x509_parser::parse_x509_certificate(cert).map_err(|e| TlsError::Invalid {
+        what: setting,
+        path: path.to_owned(),
+        detail: format!("not an X.509 certificate: {e}"),
+    })?;
+    let validity = parsed.validity();
+    let now = x509_parser::time::ASN1Time::now();
+    if now > validity.not_after {
+        return Err(TlsError::Expired {
+            path: path.to_owned(),
+            not_after: validity.not_after.to_string(),
+        });
+    }
+    if now < validity.not_before {
+        return Err(TlsError::NotYetValid {
+            path: path.to_owned(),
+            not_before: validity.not_before.to_string(),
+        });
+    }
+    Ok(())
+}
+
+fn read_roots(path: &Path) -> Result<RootCertStore, TlsError> {
+    let mut roots = RootCertStore::empty();
+    for cert in read_certs("tls.ca", path)? {
+        roots.add(cert).map_err(|e| TlsError::Invalid {
+            what: "tls.ca",
+            path: path.to_owned(),
+            detail: e.to_string(),
+        })?;
+    }
+    Ok(roots)
+}
+
+/// The user name SASL EXTERNAL logs in as, from a verified client
+/// certificate, or why there is none (RabbitMQ's texts, for the log).
+pub(crate) fn cert_login_name(
+    cert: &CertificateDer<'_>,
+    settings: &TlsConfig,
+) -> Result<String, &'static str> {
+    let (_, parsed) = x509_parser::parse_x509_certificate(cert).map_err(|_| "no name found")?;
+    let name = match settings.ssl_cert_login_from {
+        CertLoginFrom::CommonName => parsed
+            .subject()
+            .iter_common_name()
+            .next()
+            .and_then(|cn| cn.as_str().ok())
+            .map(str::to_string),
+        CertLoginFrom::SubjectAlternativeName => {
+            let names = parsed.subject_alternative_name().ok().flatten();
+            names.and_then(|san| {
+                san.value
+                    .general_names
+                    .iter()
+                    .filter_map(|n| match (n, settings.ssl_cert_login_san_type) {
+                        (GeneralName::DNSName(s), SanType::Dns)
+                        | (GeneralName::RFC822Name(s), SanType::Email)
+                        | (GeneralName::URI(s), SanType::Uri) => Some(s.to_string()),
+                        _ => None,
+                    })
+                    .nth(settings.ssl_cert_login_san_index)
+            })
+        }
+    };
+    name.filter(|n| !n.is_empty()).ok_or("no name found")
+}
+
+impl Tls {
+    /// [`Tls::reload`] on a blocking thread: it reads files.
+    pub async fn reload_in_background(self: Arc<Self>) -> Result<(), TlsError> {
+        tokio::task::spawn_blocking(move || self.reload())
+            .await
+            .unwrap_or_else(|e| Err(TlsError::Settings(format!("the reload failed: {e}"))))
+    }
+}
