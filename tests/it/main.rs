@@ -43,3 +43,4 @@ mod perf;
 mod permissions;
 mod queue_features;
 mod queues;
+mod readme;
