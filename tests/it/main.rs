@@ -37,6 +37,7 @@ mod memory_bound;
 mod mgmt;
 mod mgmt_objects;
 mod operator;
+mod operator_env;
 mod paging;
 mod paging_order;
 mod perf;
