@@ -1,4 +1,7 @@
-//! Broker configuration: embedded defaults < `broker.toml` < command-line flags.
+//! Broker configuration: embedded defaults < `broker.toml` < `LEVERET_*`
+//! environment variables (see [`env`]) < command-line flags.
+
+mod env;
 
 use serde::Deserialize;
 use std::path::{Path, PathBuf};
@@ -22,6 +25,8 @@ pub enum ConfigError {
     },
     #[error("invalid configuration: {0}")]
     Invalid(String),
+    #[error("invalid environment variable {var}: {message}")]
+    Env { var: String, message: String },
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -417,6 +422,36 @@ impl Config {
             path: path.to_owned(),
             source,
         })?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// What `leveret serve` starts from: `file` (the embedded defaults
+    /// without one) with the `LEVERET_<SECTION>_<KEY>` variables of `vars`
+    /// over it.
+    pub fn load(
+        file: Option<&Path>,
+        vars: impl IntoIterator<Item = (std::ffi::OsString, std::ffi::OsString)>,
+    ) -> Result<Config, ConfigError> {
+        let (path, text) = match file {
+            Some(path) => (
+                path.to_owned(),
+                std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+                    path: path.to_owned(),
+                    source,
+                })?,
+            ),
+            None => (PathBuf::from("(embedded)"), DEFAULT_CONFIG_TOML.to_owned()),
+        };
+        let parse_error = |source| ConfigError::Parse {
+            path: path.clone(),
+            source,
+        };
+        // The file on its own first, for errors with its line and column.
+        toml::from_str::<Config>(&text).map_err(parse_error)?;
+        let mut table: toml::Table = toml::from_str(&text).map_err(parse_error)?;
+        env::apply(&mut table, vars)?;
+        let config: Config = toml::Value::Table(table).try_into().map_err(parse_error)?;
         config.validate()?;
         Ok(config)
     }

@@ -76,15 +76,12 @@ fn main() -> ExitCode {
 }
 
 fn serve(args: ServeArgs) -> ExitCode {
-    let mut config = match &args.config {
-        Some(path) => match Config::from_file(path) {
-            Ok(c) => c,
-            Err(e) => {
-                eprintln!("leveret: {e}");
-                return ExitCode::FAILURE;
-            }
-        },
-        None => Config::embedded(),
+    let mut config = match Config::load(args.config.as_deref(), std::env::vars_os()) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("leveret: {e}");
+            return ExitCode::FAILURE;
+        }
     };
     if let Some(listen) = args.listen {
         config.server.listen = Addresses::parse(&listen);

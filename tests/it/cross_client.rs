@@ -32,32 +32,41 @@ const SUITE_TIMEOUT: Duration = Duration::from_secs(150);
 
 const INSTALL_HINT: &str = "run `scripts/install-test-deps` from the repository root";
 
-fn repo_root() -> PathBuf {
+pub(crate) fn repo_root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
 
-fn python() -> String {
-    std::env::var("LEVERET_PYTHON").unwrap_or_else(|_| "python3".into())
+/// `LEVERET_PYTHON`, else the virtual environment `scripts/install-test-deps`
+/// makes (tests/python/.venv), else `python3`.
+pub(crate) fn python() -> String {
+    if let Ok(python) = std::env::var("LEVERET_PYTHON") {
+        return python;
+    }
+    let venv = repo_root().join("tests/python/.venv/bin/python");
+    if venv.exists() {
+        return venv.to_string_lossy().into_owned();
+    }
+    "python3".into()
 }
 
-fn node() -> String {
+pub(crate) fn node() -> String {
     std::env::var("LEVERET_NODE").unwrap_or_else(|_| "node".into())
 }
 
-struct Finished {
+pub(crate) struct Finished {
     /// `None` when the child was killed for running past its time limit.
     status: Option<ExitStatus>,
-    stdout: String,
+    pub(crate) stdout: String,
     stderr: String,
     elapsed: Duration,
 }
 
 impl Finished {
-    fn success(&self) -> bool {
+    pub(crate) fn success(&self) -> bool {
         self.status.is_some_and(|s| s.success())
     }
 
-    fn report(&self, what: &str) -> String {
+    pub(crate) fn report(&self, what: &str) -> String {
         let outcome = match self.status {
             Some(status) => format!("exited with {status}"),
             None => format!("was killed after running for {SUITE_TIMEOUT:?}"),
@@ -121,7 +130,7 @@ fn run_blocking(mut cmd: Command, timeout: Duration) -> std::io::Result<Finished
 }
 
 /// Runs `cmd` on the blocking pool so the in-process broker keeps serving.
-async fn run(cmd: Command) -> Finished {
+pub(crate) async fn run(cmd: Command) -> Finished {
     let program = format!("{:?}", cmd.get_program());
     tokio::task::spawn_blocking(move || run_blocking(cmd, SUITE_TIMEOUT))
         .await
@@ -130,7 +139,7 @@ async fn run(cmd: Command) -> Finished {
 }
 
 /// Checks the Python side is installed; panics with how to fix it if not.
-async fn require_python_deps(root: &Path) {
+pub(crate) async fn require_python_deps(root: &Path) {
     let mut cmd = Command::new(python());
     cmd.current_dir(root).args([
         "-c",
@@ -149,7 +158,7 @@ async fn require_python_deps(root: &Path) {
 }
 
 /// Checks the Node side is installed; panics with how to fix it if not.
-async fn require_node_deps(root: &Path) {
+pub(crate) async fn require_node_deps(root: &Path) {
     let amqplib = root.join("tests/node/node_modules/amqplib/package.json");
     assert!(
         amqplib.is_file(),

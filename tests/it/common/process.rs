@@ -136,7 +136,8 @@ impl BrokerProcess {
         Self::launch_with_env(args, &[])
     }
 
-    fn launch_with_env(args: &[&str], env: &[(&str, &str)]) -> BrokerProcess {
+    /// [`launch`](Self::launch) with extra environment variables.
+    pub fn launch_with_env(args: &[&str], env: &[(&str, &str)]) -> BrokerProcess {
         let mut child = Command::new(env!("CARGO_BIN_EXE_leveret"))
             .args(args)
             .envs(env.iter().copied())
