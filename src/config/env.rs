@@ -171,7 +171,10 @@ mod tests {
         ])
         .unwrap();
         assert_eq!(c.limits.channel_max, 100);
-        assert_eq!(c.server.listen, "0.0.0.0:5673");
+        assert_eq!(
+            c.server.listen,
+            super::super::Addresses::one("0.0.0.0:5673")
+        );
         assert_eq!(c.auth.default_pass, "123");
         assert!(c.auth.loopback_users.is_empty());
         assert_eq!(c.storage.disk_free_limit.bytes(1000), 1500);

@@ -169,7 +169,13 @@ impl Outbox {
                 self.writing.store(data.len(), Ordering::Relaxed);
                 self.write_started
                     .store(flow::monotonic_us(), Ordering::Relaxed);
-                let result = socket.write_all(&data).await;
+                // flush: over TLS, write_all can return with records still
+                // in the session (the socket was full); without it they wait
+                // for the next write. A no-op on plain TCP.
+                let result = match socket.write_all(&data).await {
+                    Ok(()) => socket.flush().await,
+                    Err(e) => Err(e),
+                };
                 last_write = Instant::now();
                 self.write_started.store(0, Ordering::Relaxed);
                 self.writing.store(0, Ordering::Relaxed);

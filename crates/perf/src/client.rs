@@ -196,6 +196,8 @@ impl FrameOut {
     pub(crate) async fn flush(&mut self) -> io::Result<()> {
         if !self.buf.is_empty() {
             self.write.write_all(&self.buf).await?;
+            // Over TLS, records can stay in the session until a flush.
+            self.write.flush().await?;
             self.buf.clear();
         }
         Ok(())
