@@ -1191,3 +1191,116 @@ async fn shutdown_does_not_wait_for_a_stalled_tls_handshake() {
         began.elapsed()
     );
 }
+
+// ------------------------------------------------------------ ctl and perf
+
+/// Runs the `leveret` binary with `args`: exit success, stdout, stderr.
+async fn leveret(args: Vec<String>) -> (bool, String, String) {
+    let out = tokio::task::spawn_blocking(move || {
+        std::process::Command::new(env!("CARGO_BIN_EXE_leveret"))
+            .args(args)
+            .env_remove("LEVERET_URL")
+            .output()
+            .expect("run leveret")
+    })
+    .await
+    .unwrap();
+    let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
+    (out.status.success(), text(&out.stdout), text(&out.stderr))
+}
+
+fn strings(args: &[&str]) -> Vec<String> {
+    args.iter().map(|s| s.to_string()).collect()
+}
+
+#[tokio::test]
+async fn ctl_over_https_trusts_its_cacert_and_reloads_the_certificates() {
+    let pki = Pki::new("ctl");
+    let first = pki.issue("localhost", 1, None);
+    let second = pki.issue("localhost", 2, None);
+    let live = Pair {
+        cert: pki.dir.join("live.pem"),
+        key: pki.dir.join("live.key"),
+    };
+    std::fs::copy(&first.cert, &live.cert).unwrap();
+    std::fs::copy(&first.key, &live.key).unwrap();
+    let mut config = tls_config(&live);
+    config.tls.mgmt_listen = Addresses::one("127.0.0.1:0");
+    let broker = TlsBroker::start(config).await;
+    let url = format!("https://localhost:{}", broker.mgmts[0].port());
+    let ca = pki.ca().display().to_string();
+
+    let (ok, out, err) = leveret(strings(&["ctl", "--url", &url, "--cacert", &ca, "status"])).await;
+    assert!(ok, "ctl status over https with --cacert: {out}{err}");
+    assert!(out.contains("Leveret") || out.contains("version"), "{out}");
+
+    // Without the CA the server is not trusted, and ctl says where to look.
+    let (ok, _, err) = leveret(strings(&["ctl", "--url", &url, "status"])).await;
+    assert!(!ok);
+    assert!(
+        err.contains("invalid peer certificate") && err.contains("--cacert"),
+        "{err}"
+    );
+    // --insecure skips the check.
+    let (ok, out, err) = leveret(strings(&["ctl", "--url", &url, "--insecure", "status"])).await;
+    assert!(ok, "{out}{err}");
+
+    // reload_certificates: the new pair is served to new connections.
+    std::fs::copy(&second.cert, &live.cert).unwrap();
+    std::fs::copy(&second.key, &live.key).unwrap();
+    let reload = strings(&["ctl", "--url", &url, "--cacert", &ca, "reload_certificates"]);
+    let (ok, out, err) = leveret(reload.clone()).await;
+    assert!(ok, "{out}{err}");
+    assert_eq!(out.trim(), "certificates reloaded");
+    assert_eq!(served_serial(broker.amqps[0], &pki.ca()).await, 2);
+
+    // A bad file is refused, named, and the old pair stays.
+    std::fs::write(&live.cert, "not a certificate").unwrap();
+    let (ok, _, err) = leveret(reload).await;
+    assert!(!ok);
+    assert!(err.contains("400") && err.contains("live.pem"), "{err}");
+    assert_eq!(served_serial(broker.amqps[0], &pki.ca()).await, 2);
+    broker.stop().await;
+}
+
+#[tokio::test]
+async fn perf_runs_over_amqps() {
+    let pki = Pki::new("perf");
+    let broker = TlsBroker::start(tls_config(&pki.issue("localhost", 1, None))).await;
+    let uri = format!(
+        "amqps://guest:guest@localhost:{}/%2f?cacertfile={}",
+        broker.amqps_port(),
+        pki.ca().display()
+    );
+    let run = |uri: String| {
+        leveret(strings(&[
+            "perf",
+            "--uri",
+            &uri,
+            "--json",
+            "--pmessages",
+            "2000",
+            "--cmessages",
+            "2000",
+            "--size",
+            "512",
+        ]))
+    };
+    let (ok, out, err) = run(uri).await;
+    assert!(ok, "{out}{err}");
+    let report: serde_json::Value = serde_json::from_str(out.trim()).expect("one JSON report");
+    assert_eq!(report["sent"], 2000, "{report}");
+    assert_eq!(report["received"], 2000, "{report}");
+
+    // Another CA's file: the broker is not trusted and nothing is sent.
+    let other = Pki::new("perf-other");
+    let uri = format!(
+        "amqps://guest:guest@localhost:{}/%2f?cacertfile={}",
+        broker.amqps_port(),
+        other.ca().display()
+    );
+    let (ok, out, err) = run(uri).await;
+    assert!(!ok, "perf trusted a broker its CA did not sign: {out}");
+    assert!(err.to_lowercase().contains("certificate"), "{err}");
+    broker.stop().await;
+}

@@ -316,6 +316,9 @@ impl Client {
                 | std::io::ErrorKind::ConnectionAborted => {
                     format!("{url} closed the connection before replying ({io})")
                 }
+                _ if url.starts_with("https://") && is_tls_failure(&io) => {
+                    format!("TLS with {url} failed: {io} (see --cacert, --cert and --insecure)")
+                }
                 _ => format!("could not connect to {url}: {io}"),
             },
             ureq::Error::HostNotFound => format!("could not connect to {url}: host not found"),
@@ -334,6 +337,15 @@ impl Client {
         };
         CtlError::failed(message)
     }
+}
+
+/// Whether an I/O error is rustls refusing the handshake (ureq passes its
+/// errors up as I/O errors wrapping them).
+fn is_tls_failure(io: &std::io::Error) -> bool {
+    let text = io.to_string();
+    ["certificate", "alert", "handshake", "TLS"]
+        .iter()
+        .any(|w| text.contains(w))
 }
 
 /// The most useful text in an API error body: RabbitMQ answers

@@ -64,6 +64,7 @@ Commands:
   import FILE                      Load definitions from JSON (- for stdin)
   status                           Version, node, object and message totals, message rates
   health                           Alarm check: prints ok, or the alarms and exits 1
+  reload_certificates              Reload the broker's TLS certificate, key and CA files
   help COMMAND                     Every argument of one command
 
   Flags take true/false, arguments= and properties= take JSON objects, e.g.
@@ -339,6 +340,8 @@ pub enum CtlCommand {
     Status,
     /// Check for resource alarms; exit 1 unless there are none
     Health,
+    /// Reload the broker's TLS certificate, key and CA files (as SIGHUP)
+    ReloadCertificates,
 }
 
 /// A failure, told as one line.
@@ -680,6 +683,7 @@ impl Ctx<'_> {
             C::Import { args } => self.import(args),
             C::Status => self.status(),
             C::Health => self.health(),
+            C::ReloadCertificates => self.reload_certificates(),
         }
     }
 
@@ -1334,6 +1338,14 @@ impl Ctx<'_> {
         ];
         self.out.push_str(&table::render_pairs(&pairs));
         Ok(Outcome::Ok)
+    }
+
+    /// POST /api/tls/reload: 204, or 400 naming the file that was refused
+    /// (the broker keeps serving the certificates it had).
+    fn reload_certificates(&mut self) -> Result<Outcome, CtlError> {
+        self.client
+            .call(Method::Post, "/tls/reload", None, "the TLS certificates")?;
+        self.done("certificates reloaded")
     }
 
     /// GET /api/health/checks/alarms: 200 `{"status":"ok"}`, or 503
