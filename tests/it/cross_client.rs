@@ -6,7 +6,7 @@
 //! - `python3 -m pytest -q tests/python`   (tests/python/test_pika.py)
 //! - `node --test tests/node/test/`         (tests/node/test/*.test.js)
 //!
-//! The suites also get `LEVERET_MGMT_URL` (e.g. `http://127.0.0.1:15672`), the
+//! The suites also get `LEVERET_TEST_MGMT_URL` (e.g. `http://127.0.0.1:15672`), the
 //! base URL of the broker's management HTTP API, which the permission tests
 //! use (as the `AMQP_URL` user) to create vhosts, users and permissions. For
 //! the in-process broker that is its own API; against another broker it comes
@@ -196,7 +196,7 @@ fn node_test_files(root: &Path) -> Vec<String> {
     files
 }
 
-/// The management API's base URL for the suites (`LEVERET_MGMT_URL`): the
+/// The management API's base URL for the suites (`LEVERET_TEST_MGMT_URL`): the
 /// in-process broker's own, or `LEVERET_TEST_MGMT` against another broker.
 fn mgmt_url(broker: &common::TestBroker) -> Option<String> {
     let hostport = match broker.mgmt_addr {
@@ -215,19 +215,19 @@ fn mgmt_url(broker: &common::TestBroker) -> Option<String> {
 }
 
 /// Passes the management API's URL to a suite, or makes sure it has none
-/// (so a stale `LEVERET_MGMT_URL` in our own environment cannot leak in).
+/// (so a stale `LEVERET_TEST_MGMT_URL` in our own environment cannot leak in).
 fn set_mgmt_env(cmd: &mut Command, broker: &common::TestBroker) {
     match mgmt_url(broker) {
         Some(url) => {
-            eprintln!("cross_client: LEVERET_MGMT_URL={url}");
-            cmd.env("LEVERET_MGMT_URL", url);
+            eprintln!("cross_client: LEVERET_TEST_MGMT_URL={url}");
+            cmd.env("LEVERET_TEST_MGMT_URL", url);
         }
         None => {
             eprintln!(
                 "cross_client: no management API (set LEVERET_TEST_MGMT with \
                  LEVERET_TEST_URI); the suites skip the tests that need it"
             );
-            cmd.env_remove("LEVERET_MGMT_URL");
+            cmd.env_remove("LEVERET_TEST_MGMT_URL");
         }
     }
 }

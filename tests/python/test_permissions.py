@@ -1,13 +1,13 @@
 """Cross-client tests: users, vhosts and permissions as pika sees them.
 
 Each test gets a fresh vhost and user, made through the management HTTP API at
-LEVERET_MGMT_URL (e.g. http://127.0.0.1:15672) as the AMQP_URL user, which must
+LEVERET_TEST_MGMT_URL (e.g. http://127.0.0.1:15672) as the AMQP_URL user, which must
 be an administrator (guest/guest). The user may configure, write and read only
-names starting with "app.". Without LEVERET_MGMT_URL these tests are skipped.
+names starting with "app.". Without LEVERET_TEST_MGMT_URL these tests are skipped.
 
 Written against RabbitMQ 3.10; Leveret must behave the same way. Run with
     AMQP_URL=amqp://guest:guest@127.0.0.1:5672/%2F \\
-    LEVERET_MGMT_URL=http://127.0.0.1:15672 python3 -m pytest -q tests/python
+    LEVERET_TEST_MGMT_URL=http://127.0.0.1:15672 python3 -m pytest -q tests/python
 """
 
 import base64
@@ -25,10 +25,10 @@ import pytest
 
 from conftest import make_params
 
-MGMT_URL = os.environ.get("LEVERET_MGMT_URL", "").rstrip("/")
+MGMT_URL = os.environ.get("LEVERET_TEST_MGMT_URL", "").rstrip("/")
 
 pytestmark = pytest.mark.skipif(
-    not MGMT_URL, reason="LEVERET_MGMT_URL not set (no management API to make users with)"
+    not MGMT_URL, reason="LEVERET_TEST_MGMT_URL not set (no management API to make users with)"
 )
 
 PATTERN = r"^app\."

@@ -1,14 +1,14 @@
 // Cross-client tests: users, vhosts and permissions as amqplib sees them.
 //
 // Each test gets a fresh vhost and user, made through the management HTTP API
-// at LEVERET_MGMT_URL (e.g. http://127.0.0.1:15672) as the AMQP_URL user, which
+// at LEVERET_TEST_MGMT_URL (e.g. http://127.0.0.1:15672) as the AMQP_URL user, which
 // must be an administrator (guest/guest). The user may configure, write and
-// read only names starting with "app.". Without LEVERET_MGMT_URL these tests
+// read only names starting with "app.". Without LEVERET_TEST_MGMT_URL these tests
 // are skipped.
 //
 // Written against RabbitMQ 3.10; Leveret must behave the same way. Run with
 //   AMQP_URL=amqp://guest:guest@127.0.0.1:5672/%2F \
-//   LEVERET_MGMT_URL=http://127.0.0.1:15672 node --test tests/node/test/
+//   LEVERET_TEST_MGMT_URL=http://127.0.0.1:15672 node --test tests/node/test/
 'use strict';
 
 const { test } = require('node:test');
@@ -19,8 +19,8 @@ const path = require('node:path');
 const amqp = require('amqplib');
 
 const AMQP_URL = process.env.AMQP_URL || 'amqp://guest:guest@127.0.0.1:5672/%2F';
-const MGMT_URL = (process.env.LEVERET_MGMT_URL || '').replace(/\/+$/, '');
-const SKIP = MGMT_URL ? false : 'LEVERET_MGMT_URL not set (no management API to make users with)';
+const MGMT_URL = (process.env.LEVERET_TEST_MGMT_URL || '').replace(/\/+$/, '');
+const SKIP = MGMT_URL ? false : 'LEVERET_TEST_MGMT_URL not set (no management API to make users with)';
 const TEST_TIMEOUT = 15_000;
 const WAIT = 5_000;
 const PATTERN = '^app\\.';
