@@ -1,7 +1,8 @@
 //! Leveret: a RabbitMQ-compatible AMQP 0-9-1 message broker.
 //!
-//! The entry point is [`run`]: give it a bound listener, a configuration and a
-//! shutdown future. Tests bind `127.0.0.1:0` and run the broker in-process.
+//! The entry points: [`Listeners::bind`] binds what a configuration names,
+//! [`Broker::open`] opens its store, and [`serve_on`] serves until a shutdown
+//! future completes. Tests bind `127.0.0.1:0` and run the broker in-process.
 //!
 //! Every module is private and every item `pub(crate)` unless the binary, the
 //! integration tests or the fuzz targets use it: what is re-exported below is
@@ -29,7 +30,7 @@ pub use leveret_protocol::error;
 pub use broker::Broker;
 pub use config::Config;
 pub use logging::init as init_logging;
-pub use server::{bind_amqp, run, serve, serve_on, Listeners, Place, ServeError};
+pub use server::{serve, serve_on, Listeners, Place, ServeError};
 pub use tls::{provider as tls_provider, Tls};
 
 /// What the damage and disk-full tests open or measure directly.

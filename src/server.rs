@@ -1,7 +1,6 @@
 //! Accept loop and graceful shutdown.
 
 use crate::broker::Broker;
-use crate::config::Addresses;
 use crate::config::{Config, LimitsConfig};
 use crate::listen::{accept_any, bind_all, BindError};
 use crate::tls::Tls;
@@ -54,33 +53,6 @@ impl Listeners {
         crate::listen::log_bound("management API (HTTPS)", &listeners.mgmts);
         Ok(listeners)
     }
-}
-
-/// Opens the store, binds the other listeners `config` names and serves
-/// until `shutdown` completes; `listener` serves AMQP in place of
-/// `server.listen`.
-pub async fn run(
-    listener: TcpListener,
-    mut config: Config,
-    shutdown: impl Future<Output = ()>,
-) -> Result<(), ServeError> {
-    config.server.listen = Addresses::default();
-    let mut listeners = Listeners::bind(&config).await?;
-    listeners.amqp.push(listener);
-    let broker = Broker::open(config)?;
-    serve_on(listeners, broker, shutdown).await;
-    Ok(())
-}
-
-/// Binds one AMQP listener. Connections it accepts inherit its socket
-/// buffer sizes (see [`bind_all`]).
-pub async fn bind_amqp(
-    addr: &str,
-    recv_buffer: u32,
-    send_buffer: u32,
-) -> Result<TcpListener, BindError> {
-    let mut all = bind_all("AMQP", &Addresses::one(addr), recv_buffer, send_buffer).await?;
-    Ok(all.remove(0))
 }
 
 /// Serves AMQP clients on `listener` and the management API on `mgmt`
@@ -264,13 +236,15 @@ async fn take(limit: &Option<Arc<Semaphore>>, setting: &str) -> Option<OwnedSema
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::Addresses;
     use tokio::net::TcpSocket;
 
     #[tokio::test]
     async fn accepted_connections_get_the_configured_buffer_sizes() {
-        let listener = bind_amqp("127.0.0.1:0", 64 * 1024, 96 * 1024)
+        let listener = bind_all("AMQP", &Addresses::one("127.0.0.1:0"), 64 * 1024, 96 * 1024)
             .await
-            .unwrap();
+            .unwrap()
+            .remove(0);
         let addr = listener.local_addr().unwrap();
         let _client = tokio::net::TcpStream::connect(addr).await.unwrap();
         let (accepted, _) = listener.accept().await.unwrap();
