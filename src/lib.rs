@@ -31,7 +31,7 @@ pub use broker::Broker;
 pub use config::Config;
 pub use logging::init as init_logging;
 pub use server::{serve, serve_on, Listeners, Place, ServeError};
-pub use tls::{provider as tls_provider, Tls};
+pub use tls::{provider as tls_provider, Tls, TlsSession};
 
 /// What the damage and disk-full tests open or measure directly.
 pub use store::{disk_alarm::free_bytes, Recovered, Store, StoreError};

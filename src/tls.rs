@@ -322,3 +322,177 @@ impl Tls {
             .unwrap_or_else(|e| Err(TlsError::Settings(format!("the reload failed: {e}"))))
     }
 }
+
+/// What a client's TLS session negotiated, in RabbitMQ's words for the
+/// management API (`ssl_protocol` "tlsv1.3", `ssl_cipher` "aes_256_gcm"…),
+/// and the user name its certificate gives SASL EXTERNAL.
+#[derive(Debug)]
+pub struct TlsSession {
+    /// The name EXTERNAL logs in as, or why there is none.
+    pub(crate) login: Result<String, &'static str>,
+    pub(crate) protocol: String,
+    pub(crate) key_exchange: String,
+    pub(crate) cipher: String,
+    pub(crate) hash: String,
+    pub(crate) peer_cert: Option<PeerCert>,
+}
+
+/// The client's certificate as RabbitMQ shows it: RFC 4514 names (most
+/// significant last) and `start - end` validity.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct PeerCert {
+    pub(crate) subject: String,
+    pub(crate) issuer: String,
+    pub(crate) validity: String,
+}
+
+impl TlsSession {
+    /// The session of a finished handshake.
+    pub(crate) fn of(conn: &rustls::ServerConnection, settings: &TlsConfig) -> TlsSession {
+        let cert = match conn.peer_certificates() {
+            Some([cert, ..]) => Some(cert),
+            _ => None,
+        };
+        let login = match cert {
+            Some(cert) => cert_login_name(cert, settings),
+            None => Err("connection peer presented no TLS (x.509) certificate"),
+        };
+        let protocol = match conn.protocol_version() {
+            Some(rustls::ProtocolVersion::TLSv1_3) => "tlsv1.3",
+            Some(rustls::ProtocolVersion::TLSv1_2) => "tlsv1.2",
+            _ => "unknown",
+        };
+        let suite = conn
+            .negotiated_cipher_suite()
+            .map(|s| format!("{:?}", s.suite()))
+            .unwrap_or_default();
+        let (key_exchange, cipher, hash) = suite_names(&suite);
+        TlsSession {
+            login,
+            protocol: protocol.to_string(),
+            key_exchange,
+            cipher,
+            hash,
+            peer_cert: cert.and_then(peer_cert),
+        }
+    }
+}
+
+/// A suite's name (`TLS13_AES_256_GCM_SHA384`,
+/// `TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256`) as Erlang's ssl names its
+/// parts: key exchange (`any` in TLS 1.3), cipher, and MAC (`aead` for
+/// AEAD ciphers, which every suite rustls offers is).
+fn suite_names(suite: &str) -> (String, String, String) {
+    let (key_exchange, rest) = match suite.strip_prefix("TLS13_") {
+        Some(rest) => ("any".to_string(), rest),
+        None => match suite
+            .strip_prefix("TLS_")
+            .and_then(|s| s.split_once("_WITH_"))
+        {
+            Some((kx, rest)) => (kx.to_ascii_lowercase(), rest),
+            None => (String::new(), suite),
+        },
+    };
+    let cipher = rest.rsplit_once("_SHA").map_or(rest, |(c, _)| c);
+    (
+        key_exchange,
+        cipher.to_ascii_lowercase(),
+        "aead".to_string(),
+    )
+}
+
+fn peer_cert(cert: &CertificateDer<'_>) -> Option<PeerCert> {
+    let (_, parsed) = x509_parser::parse_x509_certificate(cert).ok()?;
+    let validity = parsed.validity();
+    Some(PeerCert {
+        subject: rfc4514(parsed.subject()),
+        issuer: rfc4514(parsed.issuer()),
+        validity: format!(
+            "{} - {}",
+            asn1_time(&validity.not_before),
+            asn1_time(&validity.not_after)
+        ),
+    })
+}
+
+/// RabbitMQ's `format_rdn_sequence`: RDNs most significant last, joined
+/// by ",", the attributes of one RDN by "+", values escaped as RFC 4514.
+fn rfc4514(name: &x509_parser::x509::X509Name<'_>) -> String {
+    let rdns: Vec<String> = name
+        .iter()
+        .map(|rdn| {
+            let parts: Vec<String> = rdn
+                .iter()
+                .map(|attr| {
+                    let oid = attr.attr_type();
+                    let key =
+                        x509_parser::objects::oid2abbrev(oid, x509_parser::objects::oid_registry())
+                            .map(|a| a.to_ascii_uppercase())
+                            .unwrap_or_else(|_| oid.to_id_string());
+                    let value = attr.as_str().map_or_else(
+                        |_| format!("#{}", hex(attr.attr_value().data)),
+                        escape_rdn_value,
+                    );
+                    format!("{key}={value}")
+                })
+                .collect();
+            parts.join("+")
+        })
+        .collect();
+    rdns.into_iter().rev().collect::<Vec<_>>().join(",")
+}
+
+fn escape_rdn_value(v: &str) -> String {
+    let mut out = String::with_capacity(v.len());
+    for (i, c) in v.chars().enumerate() {
+        let edge = (i == 0 && (c == ' ' || c == '#')) || (i + 1 == v.chars().count() && c == ' ');
+        if edge || matches!(c, ',' | '+' | '"' | '\\' | '<' | '>' | ';') {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// `2026-12-06T10:00:00Z`, as RabbitMQ formats certificate times.
+fn asn1_time(t: &x509_parser::time::ASN1Time) -> String {
+    let d = t.to_datetime();
+    format!(
+        "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}Z",
+        d.year(),
+        u8::from(d.month()),
+        d.day(),
+        d.hour(),
+        d.minute(),
+        d.second()
+    )
+}
+
+#[cfg(test)]
+mod session_tests {
+    use super::suite_names;
+
+    #[test]
+    fn suites_are_named_as_erlang_ssl_names_them() {
+        let names = |s: &str| {
+            let (k, c, h) = suite_names(s);
+            (k, c, h)
+        };
+        assert_eq!(
+            names("TLS13_AES_256_GCM_SHA384"),
+            ("any".into(), "aes_256_gcm".into(), "aead".into())
+        );
+        assert_eq!(
+            names("TLS13_CHACHA20_POLY1305_SHA256"),
+            ("any".into(), "chacha20_poly1305".into(), "aead".into())
+        );
+        assert_eq!(
+            names("TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256"),
+            ("ecdhe_rsa".into(), "aes_128_gcm".into(), "aead".into())
+        );
+    }
+}

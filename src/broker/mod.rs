@@ -53,8 +53,8 @@ pub(crate) struct ConnectionHandle {
     pub local: String,
     pub client_properties: amq_protocol::types::FieldTable,
     pub auth_mechanism: String,
-    /// Over TLS (RabbitMQ's `ssl`).
-    pub tls: bool,
+    /// Over TLS (RabbitMQ's `ssl`): what the session negotiated.
+    pub(crate) tls: Option<Arc<crate::tls::TlsSession>>,
     /// ms since the Unix epoch.
     pub(crate) connected_at: u64,
     pub(crate) frame_max: u32,

@@ -15,6 +15,7 @@ use crate::protocol::frame::{decode_frame, Frame, FrameType, FRAME_MIN_SIZE};
 use crate::protocol::method::{decode_method, method_ids, Method};
 use crate::protocol::{encode, PROTOCOL_HEADER};
 use crate::server::Place;
+use crate::tls::TlsSession;
 use amq_protocol::protocol::{connection, AMQPClass};
 use amq_protocol::types::{AMQPValue, FieldTable, LongString, ShortString};
 use bytes::BytesMut;
@@ -106,14 +107,11 @@ pub(crate) async fn serve_tls(
         // Shutdown does not wait for a handshake: no AMQP connection yet.
         _ = stopping.wait_for(|stop| *stop) => return,
     };
-    let login = match stream.get_ref().1.peer_certificates() {
-        Some([cert, ..]) => crate::tls::cert_login_name(cert, tls.settings()),
-        _ => Err("connection peer presented no TLS (x.509) certificate"),
-    };
+    let session = Arc::new(TlsSession::of(stream.get_ref().1, tls.settings()));
     let (read, write) = tokio::io::split(stream);
     let read = TlsRead {
         read,
-        login,
+        session,
         close_watch,
     };
     serve_stream(read, write, peer, local, broker, shutdown, place).await;
@@ -126,13 +124,11 @@ fn watch_descriptor(socket: TcpStream) -> std::io::Result<(TcpStream, TcpStream)
     Ok((TcpStream::from_std(socket)?, TcpStream::from_std(watch)?))
 }
 
-/// The reading half of a TLS connection, with what its handshake said
-/// about the client's certificate.
+/// The reading half of a TLS connection, with what its handshake
+/// negotiated and said about the client's certificate.
 struct TlsRead<R> {
     read: R,
-    /// The user name the client's verified certificate gives EXTERNAL, or
-    /// why there is none.
-    login: Result<String, &'static str>,
+    session: Arc<TlsSession>,
     /// The same socket (another descriptor), only to see the peer close.
     close_watch: TcpStream,
 }
@@ -154,8 +150,8 @@ impl<R: AsyncRead + Unpin + Send> ClientRead for TlsRead<R> {
         read_closed(move || watch.ready(tokio::io::Interest::READABLE))
     }
 
-    fn cert_login(&self) -> Option<&Result<String, &'static str>> {
-        Some(&self.login)
+    fn tls(&self) -> Option<&Arc<TlsSession>> {
+        Some(&self.session)
     }
 }
 
@@ -215,10 +211,11 @@ pub trait ClientRead: AsyncRead + Unpin + Send {
     /// without reading from it: for a connection whose frames wait.
     fn peer_closed(&self) -> impl std::future::Future<Output = ()> + Send;
 
-    /// On a TLS connection, the user name SASL EXTERNAL logs in as (from
-    /// the client's verified certificate) or why there is none; `None`
-    /// without TLS, where EXTERNAL is not offered.
-    fn cert_login(&self) -> Option<&Result<String, &'static str>> {
+    /// On a TLS connection, what its session negotiated, including the
+    /// user name SASL EXTERNAL logs in as (from the client's verified
+    /// certificate) or why there is none; `None` without TLS, where
+    /// EXTERNAL is not offered.
+    fn tls(&self) -> Option<&Arc<TlsSession>> {
         None
     }
 }
@@ -384,7 +381,7 @@ impl<R: ClientRead> Connection<R> {
                 local: self.local.clone(),
                 client_properties: session.client_properties,
                 auth_mechanism: session.mechanism,
-                tls: self.reader.read.cert_login().is_some(),
+                tls: self.reader.read.tls().cloned(),
                 connected_at: crate::broker::timers::now_ms(),
                 frame_max: session.ctx.frame_max,
                 channel_max: session.channel_max,
@@ -438,7 +435,7 @@ impl<R: ClientRead> Connection<R> {
                 version_major: 0,
                 version_minor: 9,
                 server_properties: server_properties(),
-                mechanisms: LongString::from(if self.reader.read.cert_login().is_some() {
+                mechanisms: LongString::from(if self.reader.read.tls().is_some() {
                     // Offered on every TLS connection, as RabbitMQ's
                     // rabbitmq_auth_mechanism_ssl: without a certificate
                     // the refusal says why, which beats no mechanism.
@@ -584,7 +581,7 @@ impl<R: ClientRead> Connection<R> {
             .on_method(10, 11)
         };
         if mechanism == "EXTERNAL" {
-            let Some(login) = self.reader.read.cert_login() else {
+            let Some(login) = self.reader.read.tls().map(|t| &t.login) else {
                 return Err(AmqpError::access_refused(format_args!(
                     "unsupported authentication mechanism '{mechanism}'"
                 ))

@@ -205,6 +205,7 @@ struct ConnectionView {
 
 fn connection_json(h: &ConnectionHandle) -> ConnectionView {
     let channels = h.channels.lock().len();
+    let peer_cert = h.tls.as_ref().and_then(|t| t.peer_cert.as_ref());
     let json = json!({
         "name": h.name,
         "node": node_name(),
@@ -219,7 +220,14 @@ fn connection_json(h: &ConnectionHandle) -> ConnectionView {
             Some(amq_protocol::types::AMQPValue::LongString(s)) => json!(s.to_string()),
             _ => Value::Null,
         },
-        "ssl": h.tls,
+        "ssl": h.tls.is_some(),
+        "ssl_protocol": h.tls.as_ref().map(|t| &t.protocol),
+        "ssl_key_exchange": h.tls.as_ref().map(|t| &t.key_exchange),
+        "ssl_cipher": h.tls.as_ref().map(|t| &t.cipher),
+        "ssl_hash": h.tls.as_ref().map(|t| &t.hash),
+        "peer_cert_subject": peer_cert.map(|c| &c.subject),
+        "peer_cert_issuer": peer_cert.map(|c| &c.issuer),
+        "peer_cert_validity": peer_cert.map(|c| &c.validity),
         "peer_host": h.peer.ip().to_string(),
         "peer_port": h.peer.port(),
         "host": h.local.rsplit_once(':').map_or("", |(host, _)| host),

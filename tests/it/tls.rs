@@ -313,6 +313,20 @@ async fn lapin_over_amqps_publishes_and_gets() {
     let listed = api.get("/api/connections").await.json;
     assert_eq!(listed[0]["ssl"], true, "{listed}");
     assert_eq!(listed[0]["auth_mechanism"], "PLAIN", "{listed}");
+    // What the session negotiated, in RabbitMQ's (Erlang ssl's) words.
+    assert_eq!(listed[0]["ssl_protocol"], "tlsv1.3", "{listed}");
+    assert_eq!(listed[0]["ssl_key_exchange"], "any", "{listed}");
+    assert_eq!(listed[0]["ssl_hash"], "aead", "{listed}");
+    let cipher = listed[0]["ssl_cipher"].as_str().unwrap_or_default();
+    assert!(
+        ["aes_256_gcm", "aes_128_gcm", "chacha20_poly1305"].contains(&cipher),
+        "{listed}"
+    );
+    assert_eq!(
+        listed[0]["peer_cert_subject"],
+        serde_json::Value::Null,
+        "{listed}"
+    );
     conn.close(200, "bye".into()).await.unwrap();
     // The plain listener still serves beside it.
     let plain = format!("amqp://guest:guest@{}/%2f", broker.amqp[0]);
@@ -432,6 +446,17 @@ async fn external_logs_in_as_the_certificates_common_name() {
     let listed = api.get("/api/connections").await.json;
     assert_eq!(listed[0]["auth_mechanism"], "EXTERNAL", "{listed}");
     assert_eq!(listed[0]["user"], "guest", "{listed}");
+    // The client's certificate, as RabbitMQ shows it.
+    assert_eq!(listed[0]["peer_cert_subject"], "CN=guest", "{listed}");
+    assert_eq!(
+        listed[0]["peer_cert_issuer"], "CN=Leveret test CA external",
+        "{listed}"
+    );
+    let validity = listed[0]["peer_cert_validity"].as_str().unwrap_or_default();
+    let shape =
+        regex::Regex::new(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ - \d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ$")
+            .unwrap();
+    assert!(shape.is_match(validity), "{listed}");
     conn.close(200, "bye".into()).await.unwrap();
 
     // A name that is no user, and no certificate at all: RabbitMQ's refusal.
