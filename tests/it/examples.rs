@@ -1,0 +1,105 @@
+//! The Python examples (examples/python/) run against the broker and do
+//! what they say. Each example's `demo` mode runs the whole pattern within
+//! its own time limit, prints `key=value` lines and exits non-zero when the
+//! pattern did not hold; these tests run it against a fresh broker and check
+//! those lines.
+//!
+//! The interpreter and pika are the ones the cross-client suites use
+//! (`scripts/install-test-deps`; `LEVERET_PYTHON` overrides), with the same
+//! policy: missing dependencies fail the test with how to install them.
+//! With `LEVERET_TEST_URI` (and `LEVERET_TEST_MGMT` for the management API)
+//! the same examples run against another broker, e.g. RabbitMQ.
+
+use crate::common;
+use crate::cross_client::{python, repo_root, require_python_deps, run};
+
+use std::process::Command;
+
+/// Runs `examples/python/{file}` against `broker`, asserts it succeeded and
+/// returns its standard output.
+async fn run_example(broker: &common::TestBroker, file: &str, args: &[&str]) -> String {
+    let root = repo_root();
+    require_python_deps(&root).await;
+    let mut cmd = Command::new(python());
+    cmd.current_dir(root.join("examples/python"))
+        .arg(file)
+        .args(["--url", &broker.uri])
+        .args(args)
+        .env("PYTHONDONTWRITEBYTECODE", "1")
+        .env("PYTHONUNBUFFERED", "1")
+        // Only what the test passes: no stale URLs from our own environment.
+        .env_remove("AMQP_URL")
+        .env_remove("MGMT_URL");
+    let out = run(cmd).await;
+    assert!(
+        out.success(),
+        "{}",
+        out.report(&format!("examples/python/{file}"))
+    );
+    out.stdout
+}
+
+/// The value of `key=` on the first line that has it and, if given, on
+/// which `filter=` holds too (`filter` as `"worker=fast"`).
+fn value<'a>(stdout: &'a str, filter: Option<&str>, key: &str) -> Option<&'a str> {
+    let prefix = format!("{key}=");
+    stdout
+        .lines()
+        .filter(|line| filter.is_none_or(|f| line.split_whitespace().any(|w| w == f)))
+        .find_map(|line| {
+            line.split_whitespace()
+                .find_map(|word| word.strip_prefix(prefix.as_str()))
+        })
+}
+
+fn number(stdout: &str, filter: Option<&str>, key: &str) -> u64 {
+    value(stdout, filter, key)
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no number {key}= (on a line with {filter:?}) in:\n{stdout}"))
+}
+
+async fn stop(broker: common::TestBroker) {
+    tokio::time::timeout(std::time::Duration::from_secs(15), broker.stop())
+        .await
+        .expect("broker did not shut down within 15 s after the example finished");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn work_queue_dispatches_fairly() {
+    let broker = common::TestBroker::start().await;
+    let out = run_example(&broker, "1_work_queue.py", &["--count", "30"]).await;
+    let fast = number(&out, Some("worker=fast"), "processed");
+    let slow = number(&out, Some("worker=slow"), "processed");
+    assert_eq!(fast + slow, 30, "{out}");
+    assert_eq!(number(&out, None, "total"), 30, "{out}");
+    // The slow worker takes 10x longer per task: with prefetch 1 it gets far
+    // fewer than the round-robin half.
+    assert!(slow <= 10 && fast >= 20, "fast {fast}, slow {slow}:\n{out}");
+    stop(broker).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn publish_subscribe_delivers_to_every_subscriber() {
+    let broker = common::TestBroker::start().await;
+    let out = run_example(
+        &broker,
+        "2_publish_subscribe.py",
+        &["--subscribers", "3", "--count", "5"],
+    )
+    .await;
+    let queues: Vec<&str> = (1..=3)
+        .map(|n| {
+            let filter = format!("subscriber={n}");
+            assert_eq!(number(&out, Some(&filter), "received"), 5, "{out}");
+            value(&out, Some(&filter), "queue").unwrap()
+        })
+        .collect();
+    // Each subscriber had its own server-named queue.
+    assert!(queues.iter().all(|q| q.starts_with("amq.gen-")), "{out}");
+    assert!(
+        queues[0] != queues[1] && queues[1] != queues[2] && queues[0] != queues[2],
+        "{out}"
+    );
+    assert_eq!(number(&out, None, "all_received"), 5, "{out}");
+    stop(broker).await;
+}
