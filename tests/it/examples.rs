@@ -103,3 +103,36 @@ async fn publish_subscribe_delivers_to_every_subscriber() {
     assert_eq!(number(&out, None, "all_received"), 5, "{out}");
     stop(broker).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn topic_routing_matches_words() {
+    let broker = common::TestBroker::start().await;
+    let out = run_example(&broker, "3_topic_routing.py", &[]).await;
+    for (subscriber, keys) in [
+        ("critical", "kern.critical,auth.critical"),
+        ("kernel", "kern.critical,kern.info,kern,kern.disk.full"),
+        (
+            "everything",
+            "kern.critical,kern.info,auth.critical,auth.info,kern,kern.disk.full,cron.critical.now",
+        ),
+        // Two bindings match kern.critical: the queue still gets it once.
+        ("kern-or-critical", "kern.critical,kern.info,auth.critical"),
+    ] {
+        let filter = format!("subscriber={subscriber}");
+        assert_eq!(value(&out, Some(&filter), "keys"), Some(keys), "{out}");
+    }
+    stop(broker).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rpc_over_direct_reply_to() {
+    let broker = common::TestBroker::start().await;
+    let out = run_example(&broker, "4_rpc_direct_reply_to.py", &["--count", "20"]).await;
+    assert_eq!(number(&out, Some("n=19"), "result"), 4181, "{out}");
+    assert_eq!(number(&out, None, "calls"), 20, "{out}");
+    assert_eq!(number(&out, None, "correct"), 20, "{out}");
+    // The server saw the broker's per-channel address, not the pseudo-queue.
+    let reply_to = value(&out, Some("server"), "reply_to").unwrap();
+    assert!(reply_to.starts_with("amq.rabbitmq.reply-to."), "{out}");
+    stop(broker).await;
+}
