@@ -136,3 +136,54 @@ async fn rpc_over_direct_reply_to() {
     assert!(reply_to.starts_with("amq.rabbitmq.reply-to."), "{out}");
     stop(broker).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retry_then_park_in_dead_letter_queue() {
+    let broker = common::TestBroker::start().await;
+    let out = run_example(
+        &broker,
+        "5_retry_dead_letter.py",
+        &["--retry-delay-ms", "200"],
+    )
+    .await;
+    let attempts = |id: &str| -> Vec<String> {
+        let filter = format!("message_id={id}");
+        out.lines()
+            .filter(|l| l.starts_with("attempt ") && l.split_whitespace().any(|w| w == filter))
+            .map(|l| {
+                format!(
+                    "{}:{}",
+                    value(l, None, "n").unwrap(),
+                    value(l, None, "outcome").unwrap()
+                )
+            })
+            .collect()
+    };
+    assert_eq!(attempts("ok"), ["1:ok"], "{out}");
+    // Each failure went round through orders.retry and came back counted.
+    assert_eq!(attempts("flaky"), ["1:retry", "2:retry", "3:ok"], "{out}");
+    assert_eq!(
+        attempts("poison"),
+        ["1:retry", "2:retry", "3:parked"],
+        "{out}"
+    );
+    // Parked after the 3rd attempt; the broker's x-death counted the two
+    // rejections that dead-lettered it (the 3rd was parked by the consumer).
+    let dlq = out
+        .lines()
+        .find(|l| l.starts_with("dlq "))
+        .expect("a dlq line");
+    assert_eq!(value(dlq, None, "message_id"), Some("poison"), "{out}");
+    assert_eq!(value(dlq, None, "attempts"), Some("3"), "{out}");
+    assert_eq!(value(dlq, None, "x-death-count"), Some("2"), "{out}");
+    assert_eq!(value(dlq, None, "x-death-queue"), Some("orders"), "{out}");
+    assert_eq!(
+        value(dlq, None, "x-death-reason"),
+        Some("rejected"),
+        "{out}"
+    );
+    assert_eq!(number(&out, None, "orders"), 0, "{out}");
+    assert_eq!(number(&out, None, "orders.retry"), 0, "{out}");
+    assert_eq!(number(&out, None, "orders.dlq"), 1, "{out}");
+    stop(broker).await;
+}
