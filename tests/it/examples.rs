@@ -187,3 +187,66 @@ async fn retry_then_park_in_dead_letter_queue() {
     assert_eq!(number(&out, None, "orders.dlq"), 1, "{out}");
     stop(broker).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idempotent_consumer_processes_each_id_once() {
+    let broker = common::TestBroker::start().await;
+    let out = run_example(&broker, "6_idempotent_consumer.py", &[]).await;
+    let outcomes: Vec<String> = out
+        .lines()
+        .filter(|l| l.starts_with("delivery "))
+        .map(|l| {
+            let id = value(l, None, "message_id").unwrap();
+            let redelivered = value(l, None, "redelivered").unwrap();
+            let outcome = value(l, None, "outcome").unwrap();
+            format!("{id}:{redelivered}:{outcome}")
+        })
+        .collect();
+    // Published p1 p2 p3 p2 p4 p1 p5; the first consumer died after
+    // committing p3, so the broker redelivered it to the second.
+    assert_eq!(
+        outcomes,
+        [
+            "p1:False:processed",
+            "p2:False:processed",
+            "p3:True:duplicate",
+            "p2:False:duplicate",
+            "p4:False:processed",
+            "p1:False:duplicate",
+            "p5:False:processed",
+        ],
+        "{out}"
+    );
+    for id in ["p1", "p2", "p3", "p4", "p5"] {
+        let filter = format!("message_id={id}");
+        assert_eq!(number(&out, Some(&filter), "times"), 1, "{out}");
+    }
+    assert_eq!(value(&out, None, "all_once"), Some("True"), "{out}");
+    stop(broker).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn outbox_relay_loses_nothing_when_it_crashes() {
+    let broker = common::TestBroker::start().await;
+    let out = run_example(&broker, "7_transactional_outbox.py", &[]).await;
+    // The rolled-back order left no outbox row: 5 orders, 5 rows.
+    assert!(out.contains("rolled_back item=unicorn"), "{out}");
+    assert_eq!(number(&out, None, "outbox_rows"), 5, "{out}");
+    // The first relay published 3 rows and crashed before marking them; the
+    // second published all 5 and marked them.
+    assert_eq!(
+        number(&out, Some("crashed_before_mark=True"), "published"),
+        3,
+        "{out}"
+    );
+    assert_eq!(number(&out, Some("marked=5"), "published"), 5, "{out}");
+    assert_eq!(number(&out, None, "unsent"), 0, "{out}");
+    // 8 deliveries: 3 duplicates ignored, every order invoiced exactly once.
+    assert_eq!(number(&out, None, "deliveries"), 8, "{out}");
+    assert_eq!(number(&out, None, "processed"), 5, "{out}");
+    assert_eq!(number(&out, None, "duplicates"), 3, "{out}");
+    assert_eq!(number(&out, None, "invoiced"), 5, "{out}");
+    assert_eq!(number(&out, None, "lost"), 0, "{out}");
+    assert_eq!(number(&out, None, "doubled"), 0, "{out}");
+    stop(broker).await;
+}
