@@ -11,13 +11,28 @@
 //! the same examples run against another broker, e.g. RabbitMQ.
 
 use crate::common;
-use crate::cross_client::{python, repo_root, require_python_deps, run};
+use crate::common::http::Api;
+use crate::cross_client::{python, repo_root, require_python_deps, run, Finished};
 
 use std::process::Command;
 
 /// Runs `examples/python/{file}` against `broker`, asserts it succeeded and
 /// returns its standard output.
 async fn run_example(broker: &common::TestBroker, file: &str, args: &[&str]) -> String {
+    let out = run_example_for_status(broker, file, args).await;
+    assert!(
+        out.success(),
+        "{}",
+        out.report(&format!("examples/python/{file}"))
+    );
+    out.stdout
+}
+
+async fn run_example_for_status(
+    broker: &common::TestBroker,
+    file: &str,
+    args: &[&str],
+) -> Finished {
     let root = repo_root();
     require_python_deps(&root).await;
     let mut cmd = Command::new(python());
@@ -30,13 +45,14 @@ async fn run_example(broker: &common::TestBroker, file: &str, args: &[&str]) -> 
         // Only what the test passes: no stale URLs from our own environment.
         .env_remove("AMQP_URL")
         .env_remove("MGMT_URL");
-    let out = run(cmd).await;
-    assert!(
-        out.success(),
-        "{}",
-        out.report(&format!("examples/python/{file}"))
-    );
-    out.stdout
+    run(cmd).await
+}
+
+/// The broker's management API as a base URL: its own, or `LEVERET_TEST_MGMT`
+/// against another broker; `None` when there is none (the test is skipped).
+fn mgmt_url(broker: &common::TestBroker) -> Option<String> {
+    let api = Api::of(broker)?;
+    Some(format!("http://{}", api.addr))
 }
 
 /// The value of `key=` on the first line that has it and, if given, on
@@ -248,5 +264,106 @@ async fn outbox_relay_loses_nothing_when_it_crashes() {
     assert_eq!(number(&out, None, "invoiced"), 5, "{out}");
     assert_eq!(number(&out, None, "lost"), 0, "{out}");
     assert_eq!(number(&out, None, "doubled"), 0, "{out}");
+    stop(broker).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lag_monitor_warns_when_a_consumer_falls_behind() {
+    let broker = common::TestBroker::start().await;
+    let Some(mgmt) = mgmt_url(&broker) else {
+        eprintln!("skipped: no management API (set LEVERET_TEST_MGMT with LEVERET_TEST_URI)");
+        return;
+    };
+    // A publisher at ~200 msg/s against a consumer at ~20 msg/s.
+    let out = run_example(
+        &broker,
+        "8_consumer_lag_monitor.py",
+        &[
+            "--mgmt-url",
+            &mgmt,
+            "--max-depth",
+            "100",
+            "--max-growth",
+            "10",
+            "--interval",
+            "0.5",
+        ],
+    )
+    .await;
+    let warning = |prefix: &str| {
+        out.lines()
+            .find(|l| l.starts_with("WARN queue=lag.demo ") && l.contains(prefix))
+            .unwrap_or_else(|| panic!("no WARN line with {prefix}:\n{out}"))
+            .to_string()
+    };
+    let depth: u64 = number(&warning("depth="), None, "depth");
+    assert!(depth > 100, "{out}");
+    let growth: f64 = value(&warning("growth="), None, "growth")
+        .and_then(|g| g.trim_end_matches("/s").parse().ok())
+        .unwrap();
+    assert!(growth > 10.0, "{out}");
+    // The samples showed the consumer attached and the rates apart.
+    let sample = out
+        .lines()
+        .rfind(|l| l.starts_with("sample queue=lag.demo "))
+        .unwrap();
+    assert_eq!(number(sample, None, "consumers"), 1, "{out}");
+    let rate = |key| {
+        value(sample, None, key)
+            .and_then(|r| r.parse::<f64>().ok())
+            .unwrap()
+    };
+    assert!(rate("publish_rate") > rate("ack_rate"), "{out}");
+    assert_eq!(value(&out, None, "warned"), Some("depth,growth"), "{out}");
+    stop(broker).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lag_monitor_check_fails_on_a_queue_without_consumers() {
+    use crate::common::amqp;
+    let broker = common::TestBroker::start().await;
+    let Some(mgmt) = mgmt_url(&broker) else {
+        eprintln!("skipped: no management API (set LEVERET_TEST_MGMT with LEVERET_TEST_URI)");
+        return;
+    };
+    let conn = broker.connect().await;
+    let ch = conn.create_channel().await.unwrap();
+    let queue =
+        amqp::declare_unique(&ch, "lag-check", Default::default(), Default::default()).await;
+    for _ in 0..5 {
+        amqp::publish_props(&ch, "", &queue, b"waiting", Default::default()).await;
+    }
+    let expected = format!("WARN queue={queue} depth=5 > max_depth=3");
+    // RabbitMQ's API shows the depth only after its next statistics interval.
+    let out = common::wait_for(
+        "the check to warn",
+        std::time::Duration::from_secs(20),
+        || {
+            let args = ["monitor", "--once", "--mgmt-url", &mgmt, "--max-depth", "3"];
+            let expected = expected.clone();
+            let broker = &broker;
+            async move {
+                let out = run_example_for_status(broker, "8_consumer_lag_monitor.py", &args).await;
+                if !out.success() && out.stdout.contains(&expected) {
+                    Ok(out.stdout)
+                } else {
+                    Err(out.report("monitor --once"))
+                }
+            }
+        },
+    )
+    .await;
+    assert!(
+        out.contains(&format!("WARN queue={queue} consumers=0 depth=5")),
+        "{out}"
+    );
+    let sample = format!("sample queue={queue} ");
+    let sample = out.lines().find(|l| l.starts_with(&sample)).unwrap();
+    assert_eq!(number(sample, None, "ready"), 5, "{out}");
+    assert_eq!(number(sample, None, "consumers"), 0, "{out}");
+    ch.queue_delete(queue.as_str().into(), Default::default())
+        .await
+        .unwrap();
+    conn.close(0, "".into()).await.unwrap();
     stop(broker).await;
 }
