@@ -2,17 +2,18 @@
 """Retry with a delay, then park in a dead-letter queue after 3 failed attempts.
 
 Three queues, wired by dead-lettering (no plugin, no scheduler):
-  orders        the work queue; a rejected message is dead-lettered to ->
-  orders.retry  no consumers; its message TTL is the retry delay, after which
-                the message is dead-lettered back to -> orders
-  orders.dlq    where a message that failed MAX_ATTEMPTS times is parked for
+  emails        the work queue (say, mails to send); a rejected message is
+                dead-lettered to ->
+  emails.retry  no consumers; its message TTL is the retry delay, after which
+                the message is dead-lettered back to -> emails
+  emails.dlq    where a message that failed MAX_ATTEMPTS times is parked for
                 a human (or a repair job) to look at
 The consumer counts earlier failures from the `x-death` header the broker adds
-each time it dead-letters a message: the entry for (queue=orders,
+each time it dead-letters a message: the entry for (queue=emails,
 reason=rejected) counts the rejections so far. Nothing else needs to remember
 attempts, and the delay keeps a failing message from spinning in a hot loop.
 
-On the last failure the consumer publishes the message to orders.dlq (with
+On the last failure the consumer publishes the message to emails.dlq (with
 publisher confirms) and only then acks it: a crash in between parks it twice,
 never loses it.
 
@@ -30,7 +31,7 @@ import time
 
 import pika
 
-QUEUE, RETRY, DLQ = "orders", "orders.retry", "orders.dlq"
+QUEUE, RETRY, DLQ = "emails", "emails.retry", "emails.dlq"
 MAX_ATTEMPTS = 3
 PERSISTENT = pika.DeliveryMode.Persistent
 
@@ -66,7 +67,7 @@ def on_message(ch, method, props, body, log=print):
         handle(body, attempt)
     except Exception as error:
         if attempt < MAX_ATTEMPTS:
-            # requeue=False dead-letters it to orders.retry; requeue=True
+            # requeue=False dead-letters it to emails.retry; requeue=True
             # would put it straight back at the head and retry at once.
             ch.basic_reject(method.delivery_tag, requeue=False)
             outcome = "retry"

@@ -176,7 +176,7 @@ async fn retry_then_park_in_dead_letter_queue() {
             .collect()
     };
     assert_eq!(attempts("ok"), ["1:ok"], "{out}");
-    // Each failure went round through orders.retry and came back counted.
+    // Each failure went round through emails.retry and came back counted.
     assert_eq!(attempts("flaky"), ["1:retry", "2:retry", "3:ok"], "{out}");
     assert_eq!(
         attempts("poison"),
@@ -192,15 +192,15 @@ async fn retry_then_park_in_dead_letter_queue() {
     assert_eq!(value(dlq, None, "message_id"), Some("poison"), "{out}");
     assert_eq!(value(dlq, None, "attempts"), Some("3"), "{out}");
     assert_eq!(value(dlq, None, "x-death-count"), Some("2"), "{out}");
-    assert_eq!(value(dlq, None, "x-death-queue"), Some("orders"), "{out}");
+    assert_eq!(value(dlq, None, "x-death-queue"), Some("emails"), "{out}");
     assert_eq!(
         value(dlq, None, "x-death-reason"),
         Some("rejected"),
         "{out}"
     );
-    assert_eq!(number(&out, None, "orders"), 0, "{out}");
-    assert_eq!(number(&out, None, "orders.retry"), 0, "{out}");
-    assert_eq!(number(&out, None, "orders.dlq"), 1, "{out}");
+    assert_eq!(number(&out, None, "emails"), 0, "{out}");
+    assert_eq!(number(&out, None, "emails.retry"), 0, "{out}");
+    assert_eq!(number(&out, None, "emails.dlq"), 1, "{out}");
     stop(broker).await;
 }
 
