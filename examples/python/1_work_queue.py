@@ -69,7 +69,7 @@ def demo(url, count, timeout):
 
     stop = threading.Event()
     workers = [threading.Thread(target=work, args=(url, name, delay, stop, done))
-               for name, delay in (("fast", 0.01), ("slow", 0.1))]
+               for name, delay in (("fast", 0.01), ("slow", 0.2))]
     for w in workers:
         w.start()
     try:

@@ -88,9 +88,10 @@ async fn work_queue_dispatches_fairly() {
     let slow = number(&out, Some("worker=slow"), "processed");
     assert_eq!(fast + slow, 30, "{out}");
     assert_eq!(number(&out, None, "total"), 30, "{out}");
-    // The slow worker takes 10x longer per task: with prefetch 1 it gets far
-    // fewer than the round-robin half.
-    assert!(slow <= 10 && fast >= 20, "fast {fast}, slow {slow}:\n{out}");
+    // The slow worker takes 20x longer per task: with prefetch 1 it gets
+    // far fewer than the round-robin half (under load too, where each task
+    // costs both workers some extra time).
+    assert!(fast >= 2 * slow, "fast {fast}, slow {slow}:\n{out}");
     stop(broker).await;
 }
 
