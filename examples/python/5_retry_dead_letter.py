@@ -132,7 +132,8 @@ def main():
     p.add_argument("message_ids", nargs="*", help="publish: message ids (ok, flaky, poison)")
     p.add_argument("--url", default=os.environ.get("AMQP_URL", "amqp://guest:guest@localhost:5672/%2F"),
                    help="AMQP URL (default: $AMQP_URL or local guest/guest)")
-    p.add_argument("--retry-delay-ms", type=int, default=1000, help="delay before each retry")
+    p.add_argument("--retry-delay-ms", type=int, default=1000,
+                   help="delay before each retry (an argument of emails.retry: to change it, delete that queue)")
     p.add_argument("--timeout", type=float, default=30, help="demo time limit, seconds")
     args = p.parse_args()
     if args.role == "demo":
@@ -145,6 +146,7 @@ def main():
             for message_id in args.message_ids:
                 publish(ch, message_id)
             return
+        ch.basic_qos(prefetch_count=10)
         ch.basic_consume(QUEUE, lambda *a: on_message(*a, log=lambda s: print(s, flush=True)))
         try:
             ch.start_consuming()

@@ -14,7 +14,7 @@ collect_statistics_interval (5 s by default on RabbitMQ and Leveret).
 
   python3 8_consumer_lag_monitor.py                 # demo: a slow consumer falls behind
   python3 8_consumer_lag_monitor.py monitor --max-depth 1000 --max-growth 50
-  python3 8_consumer_lag_monitor.py monitor --once  # a check: exit 1 when warning
+  python3 8_consumer_lag_monitor.py monitor --once  # a check: exit 1 on a warning, 2 on no answer
 
 Output: `sample queue=Q depth=N ready=N unacked=N consumers=N publish_rate=X
 deliver_rate=X ack_rate=X growth=X`, and `WARN queue=Q depth=N > max_depth=M`,
@@ -83,7 +83,14 @@ def check(queue, max_depth, max_growth, log=print):
 def monitor(api, max_depth, max_growth, interval, once):
     while True:
         warned = False
-        for queue in api.queues():
+        try:
+            queues = api.queues()
+        except (OSError, ValueError) as error:  # unreachable, refused, not JSON...
+            print(f"ERROR {api.base}: {error}", flush=True)
+            if once:
+                sys.exit(2)  # "unknown", as monitoring checks report it
+            queues = []
+        for queue in queues:
             warned |= bool(check(queue, max_depth, max_growth, log=lambda s: print(s, flush=True)))
         if once:
             sys.exit(1 if warned else 0)
@@ -127,8 +134,8 @@ def demo(url, api, max_depth, max_growth, interval, timeout):
     seen = set()
     deadline = time.monotonic() + timeout
     try:
-        # Watch until both lag warnings have fired for the demo queue while
-        # its consumer was attached (the API lags the broker by one interval).
+        # Watch until both lag warnings have fired for the demo queue with its
+        # consumer attached: a consumer that cannot keep up, not a missing one.
         while not {"depth", "growth"} <= seen and time.monotonic() < deadline:
             time.sleep(interval)
             queue = api.get(f"/api/queues/{urllib.parse.quote(api.vhost, safe='')}/{DEMO_QUEUE}")

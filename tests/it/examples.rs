@@ -362,6 +362,14 @@ async fn lag_monitor_check_fails_on_a_queue_without_consumers() {
     let sample = out.lines().find(|l| l.starts_with(&sample)).unwrap();
     assert_eq!(number(sample, None, "ready"), 5, "{out}");
     assert_eq!(number(sample, None, "consumers"), 0, "{out}");
+    // A check that cannot reach the API says so and exits 2, not 0.
+    let args = ["monitor", "--once", "--mgmt-url", "http://127.0.0.1:1"];
+    let out = run_example_for_status(&broker, "8_consumer_lag_monitor.py", &args).await;
+    assert!(
+        !out.success() && out.stdout.starts_with("ERROR "),
+        "{}",
+        out.report("monitor --once")
+    );
     ch.queue_delete(queue.as_str().into(), Default::default())
         .await
         .unwrap();
