@@ -10,8 +10,12 @@ the work itself:
   - if the id is already there, the message is a duplicate: ack it, do nothing;
   - the ack comes after the commit, so a crash in between means a redelivery
     that the table recognises, never a lost or doubled effect.
-The processed table grows with every message: prune ids older than the
-longest time a duplicate can still arrive.
+This needs a message_id that names the message, not the attempt: the
+publisher sets it once (an order number, a UUID stored with the order) and
+keeps it when it retries. The primary key also settles races: two consumers
+given the same id at once cannot both commit it. The processed table grows
+with every message: prune ids older than the longest time a duplicate can
+still arrive.
 
   python3 6_idempotent_consumer.py                 # demo: duplicates + a crash
   python3 6_idempotent_consumer.py consume --db payments.sqlite3
