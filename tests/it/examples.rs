@@ -55,8 +55,8 @@ fn mgmt_url(broker: &common::TestBroker) -> Option<String> {
     Some(format!("http://{}", api.addr))
 }
 
-/// The value of `key=` on the first line that has it and, if given, on
-/// which `filter=` holds too (`filter` as `"worker=fast"`).
+/// The value of `key=` on the first line that has one and, with `filter`
+/// (a whole word such as `"worker=fast"`), that word too.
 fn value<'a>(stdout: &'a str, filter: Option<&str>, key: &str) -> Option<&'a str> {
     let prefix = format!("{key}=");
     stdout
