@@ -9,8 +9,9 @@ A queue whose consumers keep up stays near empty. Lag shows as
   - consumers = 0: nobody is draining the queue at all.
 The broker computes all of these; the monitor polls GET /api/queues/<vhost>
 (standard library only: urllib) and prints one line per queue and sample,
-plus a WARN line for each threshold passed. Counters refresh every
-collect_statistics_interval (5 s by default on RabbitMQ and Leveret).
+plus a WARN line for each threshold passed. Rates are sampled every
+collect_statistics_interval (5 s by default on RabbitMQ and Leveret; RabbitMQ
+refreshes the counts at the same pace), so sample no faster than that.
 
   python3 8_consumer_lag_monitor.py                 # demo: a slow consumer falls behind
   python3 8_consumer_lag_monitor.py monitor --max-depth 1000 --max-growth 50
