@@ -11,7 +11,8 @@ The broker computes all of these; the monitor polls GET /api/queues/<vhost>
 (standard library only: urllib) and prints one line per queue and sample,
 plus a WARN line for each threshold passed. Rates are sampled every
 collect_statistics_interval (5 s by default on RabbitMQ and Leveret; RabbitMQ
-refreshes the counts at the same pace), so sample no faster than that.
+refreshes the counts at the same pace): samples taken closer together
+than that repeat the same numbers.
 
   python3 8_consumer_lag_monitor.py                 # demo: a slow consumer falls behind
   python3 8_consumer_lag_monitor.py monitor --max-depth 1000 --max-growth 50
