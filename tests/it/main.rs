@@ -25,6 +25,7 @@ mod damage;
 mod definitions;
 mod disk_full;
 mod durability;
+mod examples;
 mod exchanges;
 mod fault_soak_regressions;
 mod flow;
