@@ -700,3 +700,96 @@ async fn policies_survive_a_restart_and_apply_to_recovered_queues() {
     }
     wait_ready(&ch, "capped", 2).await;
 }
+
+/// `leveret ctl` run as a subprocess: exit code, stdout, stderr.
+async fn ctl(api: &Api, args: &[&str]) -> (i32, String, String) {
+    let mut full: Vec<String> = vec!["ctl".into(), "--url".into(), format!("http://{}", api.addr)];
+    full.extend(args.iter().map(|a| a.to_string()));
+    let out = tokio::task::spawn_blocking(move || {
+        std::process::Command::new(env!("CARGO_BIN_EXE_leveret"))
+            .args(&full)
+            .env_remove("LEVERET_VHOST")
+            .env_remove("LEVERET_FORMAT")
+            .output()
+            .expect("run leveret ctl")
+    })
+    .await
+    .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// `leveret ctl set_policy / list_policies / clear_policy` and the
+/// operator policy commands, named and shaped as rabbitmqctl's.
+#[tokio::test]
+async fn ctl_sets_lists_and_clears_policies() {
+    let broker = TestBroker::start().await;
+    let Some(api) = Api::of(&broker) else { return };
+    let name = unique("pol-ctl");
+    let (code, out, err) = ctl(
+        &api,
+        &[
+            "set_policy",
+            "-p",
+            "/",
+            "--priority",
+            "4",
+            "--apply-to",
+            "queues",
+            &name,
+            "^pol-ctl-nothing$",
+            r#"{"max-length":9}"#,
+        ],
+    )
+    .await;
+    assert_eq!((code, out.trim(), err.as_str()), (0, "policy set", ""));
+    let shown = api.get(&path("policies", &name)).await.json;
+    assert_eq!(shown["priority"], json!(4));
+    assert_eq!(shown["apply-to"], json!("queues"));
+    assert_eq!(shown["definition"], json!({"max-length": 9}));
+    let (code, out, _) = ctl(&api, &["list_policies"]).await;
+    assert_eq!(code, 0);
+    let row = out
+        .lines()
+        .find(|l| l.contains(&name))
+        .unwrap_or_else(|| panic!("{name} listed in:\n{out}"));
+    assert!(
+        row.contains("^pol-ctl-nothing$") && row.contains("queues"),
+        "{row}"
+    );
+    let (_, listed, _) = ctl(&api, &["list", "policies"]).await;
+    assert!(listed.contains(&name), "{listed}");
+    let (code, _, err) = ctl(
+        &api,
+        &["set_policy", &name, "^x", r#"{"max-length":"many"}"#],
+    )
+    .await;
+    assert_eq!(code, 1);
+    assert_eq!(
+        err.trim(),
+        "leveret ctl: 400 Bad Request: Validation failed: <<\"many\">> is not a valid maximum length"
+    );
+    let (code, out, _) = ctl(
+        &api,
+        &[
+            "set_operator_policy",
+            &name,
+            "^pol-ctl-nothing$",
+            r#"{"max-length":2}"#,
+        ],
+    )
+    .await;
+    assert_eq!((code, out.trim()), (0, "operator policy set"));
+    let (_, out, _) = ctl(&api, &["list_operator_policies"]).await;
+    assert!(out.contains(&name), "{out}");
+    let (code, out, _) = ctl(&api, &["clear_operator_policy", &name]).await;
+    assert_eq!((code, out.trim()), (0, "operator policy cleared"));
+    let (code, out, _) = ctl(&api, &["clear_policy", &name]).await;
+    assert_eq!((code, out.trim()), (0, "policy cleared"));
+    let (code, _, err) = ctl(&api, &["clear_policy", &name]).await;
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("404"), "{err}");
+}
