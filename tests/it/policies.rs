@@ -205,6 +205,54 @@ async fn a_policy_message_ttl_expires_messages_to_its_dead_letter_exchange() {
     delete_queues(&ch, &[&q, &dead]).await;
 }
 
+/// expires by policy deletes a queue that is already idle, counting from
+/// when the policy applies; clearing it before then keeps the queue.
+#[tokio::test]
+async fn a_policy_expires_deletes_an_idle_queue() {
+    let broker = TestBroker::start().await;
+    let Some(api) = Api::of(&broker) else { return };
+    let conn = broker.connect().await;
+    let ch = conn.create_channel().await.unwrap();
+    let q = unique("pol-exp");
+    let kept = unique("pol-exp-kept");
+    for name in [&q, &kept] {
+        declare_queue(
+            &ch,
+            name,
+            QueueDeclareOptions::default(),
+            FieldTable::default(),
+        )
+        .await;
+    }
+    let policy = unique("pol-exp");
+    set(
+        &api,
+        "policies",
+        &policy,
+        json!({"pattern": exactly(&q), "definition": {"expires": 300}}),
+    )
+    .await;
+    // Watched through the API: a passive queue.declare would count as a
+    // use and restart the expiry, in RabbitMQ as in Leveret.
+    common::eventually("the idle queue to expire", WAIT, || async {
+        api.get(&path("queues", &q)).await.status == 404
+    })
+    .await;
+    let long = unique("pol-exp-long");
+    set(
+        &api,
+        "policies",
+        &long,
+        json!({"pattern": exactly(&kept), "definition": {"expires": 1500}}),
+    )
+    .await;
+    clear(&api, "policies", &long).await;
+    tokio::time::sleep(Duration::from_millis(2000)).await; // proving it stays
+    assert_eq!(count(&conn, &kept, WAIT).await, 0, "cleared in time: kept");
+    clear(&api, "policies", &policy).await;
+    delete_queues(&ch, &[&kept]).await;
+}
+
 /// The retry story: a quorum queue whose policy sets delivery-limit 2 and a
 /// dead-letter exchange; a message nacked with requeue is delivered three
 /// times, then dead-lettered. A message rejected without requeue goes to
@@ -792,4 +840,41 @@ async fn ctl_sets_lists_and_clears_policies() {
     let (code, _, err) = ctl(&api, &["clear_policy", &name]).await;
     assert_eq!(code, 1, "{err}");
     assert!(err.contains("404"), "{err}");
+}
+
+/// consumer-timeout by policy (RabbitMQ 3.12's key; 3.10 refuses it, so
+/// Leveret only): a delivery left unacknowledged past it closes the
+/// channel with 406, as the argument does.
+#[tokio::test]
+async fn a_policy_consumer_timeout_closes_a_stuck_channel() {
+    if common::against_other_broker() {
+        return;
+    }
+    let broker = TestBroker::start().await;
+    let Some(api) = Api::of(&broker) else { return };
+    let (conn, ch) = open_channel(&broker).await;
+    let q = unique("pol-ct");
+    declare_queue(
+        &ch,
+        &q,
+        QueueDeclareOptions::default(),
+        FieldTable::default(),
+    )
+    .await;
+    let policy = unique("pol-ct");
+    set(
+        &api,
+        "policies",
+        &policy,
+        json!({"pattern": exactly(&q), "definition": {"consumer-timeout": 500}}),
+    )
+    .await;
+    publish_n(&ch, &q, 1, 1).await;
+    let cch = conn.create_channel().await.unwrap();
+    let mut consumer = consume(&cch, &q, "", false).await;
+    next(&mut consumer).await;
+    let mut closes = Closes::watch(&conn);
+    let (code, text) = closes.channel(&conn, &cch).await;
+    assert_eq!(code, 406);
+    assert!(text.contains("Timeout value used: 500 ms"), "{text}");
 }
