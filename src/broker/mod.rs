@@ -2,8 +2,8 @@
 //! and the registry of live connections.
 //!
 //! Lock order, kept everywhere: vhost maps (held only to clone an `Arc` out)
-//! → exchange bindings (read) → queue state → consumer channel state →
-//! outbox. Never two queue locks at once; never `.await` or I/O under a lock.
+//! → a vhost's policies (read) → exchange bindings (read) → queue state →
+//! consumer channel state → outbox. Never two queue locks at once; never `.await` or I/O under a lock.
 
 pub(crate) mod access;
 pub(crate) mod consumer;
