@@ -878,3 +878,41 @@ async fn a_policy_consumer_timeout_closes_a_stuck_channel() {
     assert_eq!(code, 406);
     assert!(text.contains("Timeout value used: 500 ms"), "{text}");
 }
+
+/// A durable queue with most of its backlog paged out to disk is trimmed
+/// to a policy's max-length too: the oldest go, even those on disk.
+#[tokio::test]
+async fn a_policy_max_length_trims_a_paged_out_durable_queue() {
+    if common::against_other_broker() {
+        return; // the memory window is Leveret's setting
+    }
+    let mut config = leveret::Config::default();
+    config.storage.queue_memory_window = 16 * 1024;
+    let broker = TestBroker::start_with(config).await;
+    let Some(api) = Api::of(&broker) else { return };
+    let (conn, ch) = open_channel(&broker).await;
+    let q = unique("pol-paged");
+    declare_queue(&ch, &q, durable(), FieldTable::default()).await;
+    let confirms = confirm_channel(&conn).await;
+    let filler = "x".repeat(1000);
+    for i in 0..200 {
+        let body = format!("{i:03}{filler}");
+        publish_and_confirm(&confirms, "", &q, body.as_bytes(), persistent()).await;
+    }
+    let policy = unique("pol-paged");
+    set(
+        &api,
+        "policies",
+        &policy,
+        json!({"pattern": exactly(&q), "definition": {"max-length": 10}}),
+    )
+    .await;
+    wait_ready(&ch, &q, 10).await;
+    let kept: Vec<String> = get_all_bodies(&ch, &q)
+        .await
+        .iter()
+        .map(|b| b[..3].to_string())
+        .collect();
+    let want: Vec<String> = (190..200).map(|i| format!("{i:03}")).collect();
+    assert_eq!(kept, want, "the newest ten stay");
+}
