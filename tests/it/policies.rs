@@ -916,3 +916,76 @@ async fn a_policy_max_length_trims_a_paged_out_durable_queue() {
     let want: Vec<String> = (190..200).map(|i| format!("{i:03}")).collect();
     assert_eq!(kept, want, "the newest ten stay");
 }
+
+/// RabbitMQ's own rabbitmqadmin declares, lists and deletes policies and
+/// operator policies against the API.
+#[tokio::test]
+async fn rabbitmqadmin_declares_lists_and_deletes_policies() {
+    const RABBITMQADMIN: &str = "/usr/bin/rabbitmqadmin";
+    if !std::path::Path::new(RABBITMQADMIN).exists() {
+        eprintln!("skipped: {RABBITMQADMIN} is not installed");
+        return;
+    }
+    let broker = TestBroker::start().await;
+    let Some(api) = Api::of(&broker) else { return };
+    let run = |args: Vec<String>| {
+        let mut command = std::process::Command::new(RABBITMQADMIN);
+        command
+            .args(["-H", &api.addr.ip().to_string()])
+            .args(["-P", &api.addr.port().to_string()])
+            .args(["-u", "guest", "-p", "guest"])
+            .args(args);
+        async move {
+            let out = tokio::task::spawn_blocking(move || command.output())
+                .await
+                .unwrap()
+                .expect("run rabbitmqadmin");
+            let text = format!(
+                "{}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+            assert!(out.status.success(), "{text}");
+            text
+        }
+    };
+    let name = unique("pol-admin");
+    for kind in ["policy", "operator_policy"] {
+        run(vec![
+            "declare".into(),
+            kind.into(),
+            format!("name={name}"),
+            "pattern=^pol-admin-nothing$".into(),
+            r#"definition={"max-length":5}"#.into(),
+            "priority=2".into(),
+            "apply-to=queues".into(),
+        ])
+        .await;
+        let listed = run(vec![
+            "-f".into(),
+            "raw_json".into(),
+            "list".into(),
+            format!("{kind}s").replace("policys", "policies"),
+        ])
+        .await;
+        let items: Value = serde_json::from_str(listed.trim()).expect(&listed);
+        let item = items
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["name"] == json!(name))
+            .cloned()
+            .unwrap_or_else(|| panic!("{name} in {listed}"));
+        assert_eq!(
+            (
+                item["priority"].clone(),
+                item["apply-to"].clone(),
+                item["definition"].clone()
+            ),
+            (json!(2), json!("queues"), json!({"max-length": 5}))
+        );
+        run(vec!["delete".into(), kind.into(), format!("name={name}")]).await;
+    }
+    assert_eq!(api.get(&path("policies", &name)).await.status, 404);
+    assert_eq!(api.get(&path("operator-policies", &name)).await.status, 404);
+}
