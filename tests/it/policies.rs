@@ -989,3 +989,40 @@ async fn rabbitmqadmin_declares_lists_and_deletes_policies() {
     assert_eq!(api.get(&path("policies", &name)).await.status, 404);
     assert_eq!(api.get(&path("operator-policies", &name)).await.status, 404);
 }
+
+/// Deleting a vhost deletes its policies: a vhost made again with the
+/// same name starts without them.
+#[tokio::test]
+async fn deleting_a_vhost_deletes_its_policies() {
+    let broker = TestBroker::start().await;
+    let Some(api) = Api::of(&broker) else { return };
+    let vhost = unique("pol-vhost");
+    assert_eq!(
+        api.put(&format!("/api/vhosts/{vhost}"), json!({}))
+            .await
+            .status,
+        201
+    );
+    let body = json!({"pattern": ".*", "definition": {"max-length": 1}});
+    for kind in ["policies", "operator-policies"] {
+        let r = api
+            .put(&format!("/api/{kind}/{vhost}/p"), body.clone())
+            .await;
+        assert_eq!(r.status, 201, "{r:?}");
+    }
+    assert_eq!(
+        api.delete(&format!("/api/vhosts/{vhost}")).await.status,
+        204
+    );
+    assert_eq!(
+        api.put(&format!("/api/vhosts/{vhost}"), json!({}))
+            .await
+            .status,
+        201
+    );
+    for kind in ["policies", "operator-policies"] {
+        let r = api.get(&format!("/api/{kind}/{vhost}")).await;
+        assert_eq!((r.status, r.json.clone()), (200, json!([])), "{kind}");
+    }
+    api.delete(&format!("/api/vhosts/{vhost}")).await;
+}
