@@ -240,11 +240,9 @@ impl Queue {
         }
     }
 
-    /// The policy and operator policy that apply, with the arguments they
-    /// leave the queue acting on.
-    pub(crate) fn policies(&self) -> (Applied, QueueArgs) {
-        let st = self.state.lock();
-        (st.applied.clone(), st.effective.clone())
+    /// The policy and operator policy that apply.
+    pub(crate) fn policies(&self) -> Applied {
+        self.state.lock().applied.clone()
     }
 
     /// The policies that apply changed: the effective arguments are worked

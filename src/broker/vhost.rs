@@ -381,11 +381,13 @@ impl VHost {
         true
     }
 
-    /// A stored policy, at start-up, before the topology is restored.
+    /// A stored policy, at start-up, before the topology is restored (the
+    /// built-in exchanges, already there, take it here).
     pub(crate) fn restore_policy(&self, kind: PolicyKind, record: &PolicyRecord) {
         match Policy::from_record(kind, record) {
             Ok(p) => {
                 self.policies.write().put(kind, p);
+                self.apply_policies();
             }
             Err(e) => {
                 tracing::warn!(policy = record.name, vhost = self.name, error = %e, "stored policy no longer valid; ignored")

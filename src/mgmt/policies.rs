@@ -253,7 +253,7 @@ pub(super) async fn delete_operator_policy(
 /// What a queue object of the API says about policies (RabbitMQ: `null`
 /// for none, and the merged definition, `{}` for none).
 pub(super) fn queue_fields(q: &crate::broker::queue::Queue, out: &mut Value) {
-    let (applied, _) = q.policies();
+    let applied = q.policies();
     out["policy"] = json!(applied.policy.as_ref().map(|p| p.name()));
     out["operator_policy"] = json!(applied.operator.as_ref().map(|p| p.name()));
     out["effective_policy_definition"] = Value::Object(applied.effective_definition());

@@ -716,6 +716,14 @@ async fn policies_survive_a_restart_and_apply_to_recovered_queues() {
         json!({"pattern": "^capped$", "definition": {"max-length": 2}}),
     )
     .await;
+    set(
+        &api,
+        "policies",
+        "builtin",
+        json!({"pattern": "^amq\\.direct$", "apply-to": "exchanges",
+               "definition": {"alternate-exchange": "amq.fanout"}}),
+    )
+    .await;
     {
         let conn = broker.connect().await;
         let ch = conn.create_channel().await.unwrap();
@@ -735,6 +743,11 @@ async fn policies_survive_a_restart_and_apply_to_recovered_queues() {
     assert_eq!(
         api.get("/api/operator-policies/%2f/opcap").await.status,
         200
+    );
+    assert_eq!(
+        api.get("/api/exchanges/%2f/amq.direct").await.json["policy"],
+        json!("builtin"),
+        "built-in exchanges take stored policies too"
     );
     let shown = queue_json(&api, "capped").await;
     assert_eq!(
