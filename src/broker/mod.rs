@@ -2,8 +2,8 @@
 //! and the registry of live connections.
 //!
 //! Lock order, kept everywhere: vhost maps (held only to clone an `Arc` out)
-//! → exchange bindings (read) → queue state → consumer channel state →
-//! outbox. Never two queue locks at once; never `.await` or I/O under a lock.
+//! → a vhost's policies (read) → exchange bindings (read) → queue state →
+//! consumer channel state → outbox. Never two queue locks at once; never `.await` or I/O under a lock.
 
 pub(crate) mod access;
 pub(crate) mod consumer;
@@ -12,6 +12,7 @@ pub(crate) mod exchange;
 pub(crate) mod flow;
 pub(crate) mod memory;
 pub(crate) mod ops;
+pub(crate) mod policy;
 pub(crate) mod queue;
 pub(crate) mod queue_args;
 pub(crate) mod queue_stats;
@@ -138,13 +139,14 @@ impl Broker {
     pub fn open(config: Config) -> Result<Arc<Broker>, StoreError> {
         let (store, mut recovered) = Store::open(&config.server.data_dir, &config.storage)?;
         let (dead_letters, dead_letter_rx) = dead_letter::DeadLetters::channel();
+        let access_records = std::mem::take(&mut recovered.access);
+        let damaged = |detail| StoreError::Damaged {
+            path: store.path().join(crate::store::SLED_LOG),
+            detail,
+        };
         let access::Loaded { access, seeded } =
-            AccessControl::load(store.clone(), &std::mem::take(&mut recovered.access)).map_err(
-                |detail| StoreError::Damaged {
-                    path: store.path().join(crate::store::SLED_LOG),
-                    detail,
-                },
-            )?;
+            AccessControl::load(store.clone(), &access_records).map_err(damaged)?;
+        let policies = policy::stored(&access_records).map_err(damaged)?;
         let memory = Arc::new(MemoryGauge::new(config.limits.memory_high_watermark));
         let queue_services = QueueServices {
             memory: memory.clone(),
@@ -171,6 +173,12 @@ impl Broker {
         }
         for record in broker.access.vhost_records() {
             broker.add_vhost(&record.name);
+        }
+        // Before the objects they apply to.
+        for (kind, record) in &policies {
+            broker
+                .add_vhost(&record.vhost)
+                .restore_policy(*kind, record);
         }
         for r in recovered.exchanges {
             broker.add_vhost(&r.vhost).restore_exchange(r);

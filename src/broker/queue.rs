@@ -8,6 +8,7 @@ use super::consumer::Consumer;
 use super::dead_letter::{with_delivery_count, DeadLetter, DeadLetters, Reason};
 use super::flow::FlowLimits;
 use super::memory::MemoryGauge;
+use super::policy::{effective_queue_args, Applied};
 use super::queue_args::{Overflow, QueueArgs, QueueType};
 use super::queue_stats::QueueStats;
 use super::timers::{now_ms, Timers};
@@ -21,9 +22,12 @@ use crate::store::priority::{PriorityDisk, PriorityStore};
 use crate::store::{QueueEvents, QueueStore, QueuedMessage, Receipt, Store, MESSAGE_OVERHEAD};
 use amq_protocol::types::FieldTable;
 use parking_lot::Mutex;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
+
+/// `Queue::consumer_timeout` when there is none.
+const NO_TIMEOUT: u64 = u64::MAX;
 
 /// How long basic.get waits for paged-out messages to be read back.
 pub(crate) const GET_DISK_WAIT: Duration = Duration::from_secs(5);
@@ -64,8 +68,13 @@ pub(crate) struct Queue {
     pub(crate) exclusive_owner: Option<u64>,
     pub(crate) auto_delete: bool,
     pub(crate) arguments: FieldTable,
-    /// The arguments the queue acts on, parsed from `arguments`.
+    /// The arguments as declared, parsed from `arguments`: what no policy
+    /// changes (type, priorities, single active consumer) is read here;
+    /// what policies may change, from the effective ones in the state.
     pub(crate) args: QueueArgs,
+    /// The effective x-consumer-timeout (ms), `NO_TIMEOUT` for none: read
+    /// by channels without the queue's lock.
+    consumer_timeout: AtomicU64,
     /// The queue's id in the store, when its messages are kept on disk.
     pub(crate) store_id: Option<u32>,
     memory: Arc<MemoryGauge>,
@@ -84,6 +93,10 @@ pub(crate) struct Queue {
 }
 
 struct QueueState {
+    /// The declared arguments resolved against the policies that apply
+    /// (`policy::effective_queue_args`), recomputed when those change.
+    effective: QueueArgs,
+    applied: Applied,
     ready: Box<dyn QueueStore>,
     next_seq: u64,
     /// Sorted by x-priority (highest first), arrival order among equals.
@@ -127,9 +140,11 @@ impl Queue {
         auto_delete: bool,
         arguments: FieldTable,
         args: QueueArgs,
+        applied: Applied,
         services: QueueServices,
         disk: Option<OnDisk>,
     ) -> Arc<Queue> {
+        let effective = effective_queue_args(&args, &arguments, &applied);
         let queue = Arc::new_cyclic(|me: &Weak<Queue>| {
             let weak: Weak<dyn QueueEvents> = me.clone();
             let store_id = disk.as_ref().map(|d| d.queue_id);
@@ -157,7 +172,7 @@ impl Queue {
                             d.queue_id,
                             d.messages,
                             d.first_seq,
-                            args.max_length.is_some() || args.max_length_bytes.is_some(),
+                            effective.max_length.is_some() || effective.max_length_bytes.is_some(),
                         )),
                         d.next_seq,
                     )
@@ -170,6 +185,7 @@ impl Queue {
                 timers: services.timers,
                 flow: services.flow,
                 flow_on: AtomicBool::new(false),
+                consumer_timeout: AtomicU64::new(effective.consumer_timeout.unwrap_or(NO_TIMEOUT)),
                 flow_released: tokio::sync::Notify::new(),
                 me: me.clone(),
                 name,
@@ -183,6 +199,8 @@ impl Queue {
                 disk_loaded: tokio::sync::Notify::new(),
                 stats: QueueStats::default(),
                 state: Mutex::new(QueueState {
+                    effective,
+                    applied,
                     ready,
                     next_seq,
                     consumers: Vec::new(),
@@ -202,14 +220,68 @@ impl Queue {
         // from, so a restart with many backlogged queues stays small;
         // except with a TTL, whose expired messages must go without waiting
         // for a consumer (asking for the head starts the read).
-        if queue.args.message_ttl.is_some() {
+        {
             let mut st = queue.state.lock();
-            if let Some(head) = st.ready.pop() {
-                st.ready.unpop(head);
+            if st.effective.message_ttl.is_some() {
+                if let Some(head) = st.ready.pop() {
+                    st.ready.unpop(head);
+                }
             }
         }
         queue.touch();
         queue
+    }
+
+    /// The effective x-consumer-timeout (ms).
+    pub(crate) fn consumer_timeout(&self) -> Option<u64> {
+        match self.consumer_timeout.load(Ordering::Relaxed) {
+            NO_TIMEOUT => None,
+            ms => Some(ms),
+        }
+    }
+
+    /// The policy and operator policy that apply.
+    pub(crate) fn policies(&self) -> Applied {
+        self.state.lock().applied.clone()
+    }
+
+    /// The policies that apply changed: the effective arguments are worked
+    /// out again and act at once, as RabbitMQ's `policy_changed`. A lower
+    /// length limit drops (dead-letters, reason maxlen) the oldest messages
+    /// under drop-head; a new x-expires counts from now; a new
+    /// dead-letter exchange takes the next dead letter. A message TTL
+    /// applies to messages that arrive from now on: RabbitMQ fixes a
+    /// message's expiry when it arrives.
+    pub(crate) fn set_policies(self: &Arc<Self>, applied: Applied) {
+        let mut st = self.state.lock();
+        if st.applied.is_same_as(&applied) {
+            return;
+        }
+        let effective = effective_queue_args(&self.args, &self.arguments, &applied);
+        let expires_changed = effective.expires != st.effective.expires;
+        self.consumer_timeout.store(
+            effective.consumer_timeout.unwrap_or(NO_TIMEOUT),
+            Ordering::Relaxed,
+        );
+        st.effective = effective;
+        st.applied = applied;
+        let before = st.ready.bytes();
+        if st.effective.max_length.is_some() || st.effective.max_length_bytes.is_some() {
+            st.ready.keep_in_memory();
+        }
+        if st.effective.overflow == Overflow::DropHead {
+            self.drop_over_limit(&mut st);
+        }
+        if expires_changed {
+            if let Some(expires) = st.effective.expires {
+                if st.consumers.is_empty() && !st.deleted {
+                    st.last_used = now_ms();
+                    st.expiry_check = true;
+                    self.timers.wake_at(st.last_used + expires, self.me.clone());
+                }
+            }
+        }
+        self.account(before, &mut st);
     }
 
     /// Marks the queue used now (declare, basic.get, consumers) for x-expires.
@@ -220,7 +292,7 @@ impl Queue {
 
     fn touch_locked(&self, st: &mut QueueState) {
         st.last_used = now_ms();
-        if let Some(expires) = self.args.expires {
+        if let Some(expires) = st.effective.expires {
             if !st.expiry_check && st.consumers.is_empty() {
                 st.expiry_check = true;
                 self.timers.wake_at(st.last_used + expires, self.me.clone());
@@ -231,14 +303,15 @@ impl Queue {
     /// x-expires has run out: no consumers and unused for the period.
     pub(crate) fn is_unused_for_expiry(&self) -> bool {
         let st = self.state.lock();
-        self.args.expires.is_some_and(|expires| {
+        st.effective.expires.is_some_and(|expires| {
             st.consumers.is_empty() && !st.deleted && now_ms() >= st.last_used + expires
         })
     }
 
     /// An x-expires wake-up: delete the queue or look again later.
     fn check_unused(&self, st: &mut QueueState) {
-        let Some(expires) = self.args.expires else {
+        let Some(expires) = st.effective.expires else {
+            st.expiry_check = false;
             return;
         };
         if !st.expiry_check || !st.consumers.is_empty() {
@@ -300,10 +373,10 @@ impl Queue {
             st.ready.refused(&message);
             return false;
         }
-        if self.args.overflow != Overflow::DropHead && self.is_full(&st, &message) {
+        if st.effective.overflow != Overflow::DropHead && Self::is_full(&st, &message) {
             st.ready.refused(&message);
-            if self.args.overflow == Overflow::RejectPublishDlx {
-                self.dead_letter(&message, Reason::Maxlen);
+            if st.effective.overflow == Overflow::RejectPublishDlx {
+                self.dead_letter(&st, &message, Reason::Maxlen);
             }
             return false;
         }
@@ -311,7 +384,7 @@ impl Queue {
         let before = st.ready.bytes();
         let seq = st.next_seq;
         st.next_seq += 1;
-        let ttl = match (self.args.message_ttl, message.expiration_ms) {
+        let ttl = match (st.effective.message_ttl, message.expiration_ms) {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
         };
@@ -321,13 +394,13 @@ impl Queue {
             Some(0) => {
                 if !st.ready.is_empty() || st.consumers.is_empty() {
                     st.ready.refused(&msg.message);
-                    self.dead_letter(&msg.message, Reason::Expired);
+                    self.dead_letter(&st, &msg.message, Reason::Expired);
                 } else {
                     st.ready.push(msg);
                     self.dispatch_locked(&mut st);
                     if let Some(left) = st.ready.pop() {
                         st.ready.acked(left.receipt());
-                        self.dead_letter(&left.message, Reason::Expired);
+                        self.dead_letter(&st, &left.message, Reason::Expired);
                     }
                 }
             }
@@ -348,12 +421,12 @@ impl Queue {
     }
 
     /// Whether `message` would take the queue over its length limits.
-    fn is_full(&self, st: &QueueState, message: &Message) -> bool {
-        self.args
+    fn is_full(st: &QueueState, message: &Message) -> bool {
+        st.effective
             .max_length
             .is_some_and(|max| st.ready.len() as u64 >= max)
-            || self
-                .args
+            || st
+                .effective
                 .max_length_bytes
                 .is_some_and(|max| st.ready.body_bytes() + message.body.len() as u64 > max)
     }
@@ -362,11 +435,11 @@ impl Queue {
     /// reason maxlen) until the queue is within its limits.
     fn drop_over_limit(&self, st: &mut QueueState) {
         let over = |st: &QueueState| {
-            self.args
+            st.effective
                 .max_length
                 .is_some_and(|max| st.ready.len() as u64 > max)
-                || self
-                    .args
+                || st
+                    .effective
                     .max_length_bytes
                     .is_some_and(|max| st.ready.body_bytes() > max)
         };
@@ -375,7 +448,7 @@ impl Queue {
                 break;
             };
             st.ready.acked(head.receipt());
-            self.dead_letter(&head.message, Reason::Maxlen);
+            self.dead_letter(st, &head.message, Reason::Maxlen);
         }
     }
 
@@ -396,7 +469,7 @@ impl Queue {
 
     fn expire(&self, st: &mut QueueState, msg: QueuedMessage) {
         st.ready.acked(msg.receipt());
-        self.dead_letter(&msg.message, Reason::Expired);
+        self.dead_letter(st, &msg.message, Reason::Expired);
     }
 
     /// Arranges a wake-up for when the head message expires.
@@ -648,24 +721,24 @@ impl Queue {
         for msg in messages {
             st.unacked = st.unacked.saturating_sub(1);
             st.ready.acked(msg.receipt());
-            self.dead_letter(&msg.message, Reason::Rejected);
+            self.dead_letter(&st, &msg.message, Reason::Rejected);
         }
     }
 
     /// Quorum queues, and queues with a delivery limit, count returns and
     /// mark redeliveries with `x-delivery-count`.
-    fn counts_deliveries(&self) -> bool {
-        self.args.delivery_limit.is_some() || self.args.queue_type == QueueType::Quorum
+    fn counts_deliveries(&self, st: &QueueState) -> bool {
+        st.effective.delivery_limit.is_some() || self.args.queue_type == QueueType::Quorum
     }
 
     /// Hands a message the queue lets go of to its dead-letter exchange.
-    fn dead_letter(&self, message: &Arc<Message>, reason: Reason) {
-        if let Some(exchange) = &self.args.dead_letter_exchange {
+    fn dead_letter(&self, st: &QueueState, message: &Arc<Message>, reason: Reason) {
+        if let Some(exchange) = &st.effective.dead_letter_exchange {
             self.dead_letters.send(DeadLetter {
                 vhost: self.vhost.clone(),
                 queue: self.name.clone(),
                 exchange: exchange.clone(),
-                routing_key: self.args.dead_letter_routing_key.clone(),
+                routing_key: st.effective.dead_letter_routing_key.clone(),
                 message: message.clone(),
                 reason,
             });
@@ -687,6 +760,10 @@ impl Queue {
         // Messages recovered from disk may carry an expiry.
         st.expiring |= loaded.messages.iter().any(|m| m.expires_at.is_some());
         st.ready.loaded(loaded);
+        if st.effective.overflow == Overflow::DropHead {
+            // A limit a policy lowered while these were on disk.
+            self.drop_over_limit(&mut st);
+        }
         self.dispatch_locked(&mut st);
         self.account(before, &mut st);
         self.disk_loaded.notify_waiters();
@@ -703,14 +780,14 @@ impl Queue {
                 continue;
             }
             msg.redelivered = true;
-            if self.counts_deliveries() {
+            if self.counts_deliveries(&st) {
                 msg.returned += 1;
                 let n = u64::from(msg.returned);
-                if self.args.delivery_limit.is_some_and(|limit| n > limit) {
+                if st.effective.delivery_limit.is_some_and(|limit| n > limit) {
                     st.ready.acked(msg.receipt());
                     let original = with_delivery_count(&msg.message, None)
                         .map_or_else(|| msg.message.clone(), Arc::new);
-                    self.dead_letter(&original, Reason::DeliveryLimit);
+                    self.dead_letter(&st, &original, Reason::DeliveryLimit);
                     continue;
                 }
                 if let Some(marked) = with_delivery_count(&msg.message, Some(n)) {
@@ -914,6 +991,7 @@ mod tests {
             false,
             FieldTable::default(),
             QueueArgs::default(),
+            Applied::default(),
             services,
             None,
         )

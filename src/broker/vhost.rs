@@ -1,6 +1,7 @@
 //! A virtual host: its exchanges, queues and the routing between them.
 
 use super::exchange::{Binding, Destination, Exchange, ExchangeKind, RoutingInfo};
+use super::policy::{Policy, PolicyKind, PolicyRecord, PolicySet};
 use super::queue::{OnDisk, Queue, QueueServices};
 use super::queue_args::{Declared, QueueArgs};
 use crate::error::AmqpError;
@@ -17,6 +18,9 @@ pub(crate) struct VHost {
     store: Arc<Store>,
     exchanges: DashMap<String, Arc<Exchange>>,
     queues: DashMap<String, Arc<Queue>>,
+    /// Taken before a queue's lock when applying, never the other way;
+    /// held only to match and apply, never for I/O.
+    policies: parking_lot::RwLock<PolicySet>,
 }
 
 /// Arguments of exchange.declare.
@@ -102,6 +106,7 @@ impl VHost {
             store,
             exchanges: DashMap::default(),
             queues: DashMap::default(),
+            policies: Default::default(),
         };
         for (name, kind) in [
             ("", ExchangeKind::Direct),
@@ -245,6 +250,9 @@ impl VHost {
                 exchange
             })
             .clone();
+        if created {
+            self.apply_to_exchange(&exchange);
+        }
         if created && exchange.durable {
             self.store.put_exchange(&ExchangeRecord {
                 vhost: self.name.clone(),
@@ -276,7 +284,9 @@ impl VHost {
             r.internal,
             r.arguments,
         );
-        self.exchanges.insert(r.name, Arc::new(exchange));
+        let exchange = Arc::new(exchange);
+        self.apply_to_exchange(&exchange);
+        self.exchanges.insert(r.name, exchange);
     }
 
     /// Puts back a durable queue read from the store, with its messages on disk.
@@ -292,6 +302,10 @@ impl VHost {
             tracing::warn!(queue = r.record.name, error = %e, "stored queue arguments no longer valid; ignored");
             QueueArgs::default()
         });
+        let applied = self
+            .policies
+            .read()
+            .for_queue(&r.record.name, args.queue_type);
         let queue = Queue::new(
             r.record.name.clone(),
             self.name.clone(),
@@ -300,6 +314,7 @@ impl VHost {
             r.record.auto_delete,
             r.record.arguments,
             args,
+            applied,
             self.services.clone(),
             Some(OnDisk {
                 store: self.store.clone(),
@@ -328,6 +343,77 @@ impl VHost {
             routing_key: r.routing_key,
             arguments: r.arguments,
         });
+    }
+
+    /// The vhost's policies (or operator policies), highest priority first.
+    pub(crate) fn policies(&self, kind: PolicyKind) -> Vec<Arc<Policy>> {
+        self.policies.read().list(kind).to_vec()
+    }
+
+    pub(crate) fn policy(&self, kind: PolicyKind, name: &str) -> Option<Arc<Policy>> {
+        self.policies
+            .read()
+            .list(kind)
+            .iter()
+            .find(|p| p.name() == name)
+            .cloned()
+    }
+
+    /// Adds or replaces a policy, stores it and applies it to every queue
+    /// and exchange at once; true when it is new.
+    pub(crate) fn put_policy(&self, kind: PolicyKind, policy: Policy) -> bool {
+        let key = super::policy::store_key(kind, &self.name, policy.name());
+        let value = serde_json::to_vec(&policy.record).expect("a policy record serialises");
+        self.store.put_access(&key, Some(&value));
+        let created = self.policies.write().put(kind, policy);
+        self.apply_policies();
+        created
+    }
+
+    /// Removes a policy and undoes its effect; false when there was none.
+    pub(crate) fn delete_policy(&self, kind: PolicyKind, name: &str) -> bool {
+        if !self.policies.write().delete(kind, name) {
+            return false;
+        }
+        self.store
+            .put_access(&super::policy::store_key(kind, &self.name, name), None);
+        self.apply_policies();
+        true
+    }
+
+    /// A stored policy, at start-up, before the topology is restored (the
+    /// built-in exchanges, already there, take it here).
+    pub(crate) fn restore_policy(&self, kind: PolicyKind, record: &PolicyRecord) {
+        match Policy::from_record(kind, record) {
+            Ok(p) => {
+                self.policies.write().put(kind, p);
+                self.apply_policies();
+            }
+            Err(e) => {
+                tracing::warn!(policy = record.name, vhost = self.name, error = %e, "stored policy no longer valid; ignored")
+            }
+        }
+    }
+
+    fn apply_policies(&self) {
+        for exchange in self.exchanges() {
+            self.apply_to_exchange(&exchange);
+        }
+        for queue in self.queues() {
+            self.apply_to_queue(&queue);
+        }
+    }
+
+    fn apply_to_exchange(&self, exchange: &Arc<Exchange>) {
+        let policies = self.policies.read();
+        exchange.set_policy(policies.for_exchange(&exchange.name).policy);
+    }
+
+    /// Matches and applies under the policies' read lock, so that an
+    /// older match never lands after a newer one.
+    fn apply_to_queue(&self, queue: &Arc<Queue>) {
+        let policies = self.policies.read();
+        queue.set_policies(policies.for_queue(&queue.name, queue.args.queue_type));
     }
 
     fn destination(&self, r: &BindingRecord) -> Option<Destination> {
@@ -532,6 +618,7 @@ impl VHost {
                 "x-queue-mode is accepted and ignored (a RabbitMQ 3.x setting)"
             );
         }
+        let applied = self.policies.read().for_queue(d.name, args.queue_type);
         let mut created = false;
         let queue = self
             .queues
@@ -564,11 +651,16 @@ impl VHost {
                     d.auto_delete,
                     d.arguments.clone(),
                     args.clone(),
+                    applied,
                     self.services.clone(),
                     on_disk,
                 )
             })
             .clone();
+        if created {
+            // A policy set while it was being made.
+            self.apply_to_queue(&queue);
+        }
         Ok((queue, created))
     }
 
@@ -596,6 +688,15 @@ impl VHost {
     /// Removes every queue (with its messages) and exchange: the vhost is
     /// being deleted.
     pub(crate) fn delete_everything(&self) {
+        let mut policies = self.policies.write();
+        for kind in [PolicyKind::Policy, PolicyKind::Operator] {
+            for p in policies.list(kind) {
+                self.store
+                    .put_access(&super::policy::store_key(kind, &self.name, p.name()), None);
+            }
+        }
+        *policies = PolicySet::default();
+        drop(policies);
         for queue in self.queues() {
             self.delete_queue(&queue);
         }
@@ -670,13 +771,13 @@ impl VHost {
         let mut reached = self.route_into(exchange, msg, routing);
         let mut current = exchange.clone();
         while !reached {
-            let Some(ae_name) = current.alternate_exchange.as_deref() else {
+            let Some(ae_name) = current.alternate_exchange() else {
                 break;
             };
-            if routing.visited.iter().any(|e| e.name == ae_name) {
+            if routing.visited.iter().any(|e| *e.name == *ae_name) {
                 break;
             }
-            let Ok(ae) = self.exchange(ae_name) else {
+            let Ok(ae) = self.exchange(&ae_name) else {
                 break;
             };
             reached = self.route_into(&ae, msg, routing);

@@ -405,7 +405,7 @@ impl ChannelShared {
     pub(crate) fn overdue_ack(&self, default_ms: u64) -> Option<u64> {
         let st = self.state.lock();
         st.unacked.iter().find_map(|u| {
-            let timeout = u.queue.args.consumer_timeout.unwrap_or(default_ms);
+            let timeout = u.queue.consumer_timeout().unwrap_or(default_ms);
             (timeout > 0 && u.delivered_at.elapsed() > Duration::from_millis(timeout))
                 .then_some(timeout)
         })

@@ -1,8 +1,9 @@
 //! Definitions export and import in RabbitMQ's format, so a topology (and
 //! its users and permissions) moves between RabbitMQ and Leveret.
 //!
-//! Policies, parameters and topic permissions are read but not applied:
-//! Leveret has no policies yet; the import logs how many it skipped.
+//! Policies are exported and imported by `policies`. Parameters and topic
+//! permissions are read but not applied; the import logs how many it
+//! skipped.
 
 use super::api::{
     json_table, lenient_bool, no_content, short_string, table_json, tags, ApiError, ApiResult, User,
@@ -144,7 +145,7 @@ pub(super) async fn export_all(
         "topic_permissions": [],
         "parameters": [],
         "global_parameters": [],
-        "policies": [],
+        "policies": super::policies::export(&broker, None),
         "queues": queues_json(&broker, None),
         "exchanges": exchanges_json(&broker, None),
         "bindings": bindings_json(&broker, None),
@@ -164,7 +165,7 @@ pub(super) async fn export_vhost(
     Ok(Json(json!({
         "rabbit_version": RABBIT_VERSION,
         "parameters": [],
-        "policies": [],
+        "policies": super::policies::export(&broker, Some(&vhost)),
         "queues": queues_json(&broker, Some(&vhost)),
         "exchanges": exchanges_json(&broker, Some(&vhost)),
         "bindings": bindings_json(&broker, Some(&vhost)),
@@ -298,6 +299,7 @@ fn import(broker: &Broker, d: Definitions, only: Option<&str>) -> Result<(), Api
             set_permission(broker, p)?;
         }
     }
+    super::policies::import(broker, &d.policies, only)?;
     let vhost_of = |name: &str| {
         broker
             .vhost(name)
@@ -380,13 +382,12 @@ fn import(broker: &Broker, d: Definitions, only: Option<&str>) -> Result<(), Api
             }
         }
     }
-    let skipped = d.policies.len() + d.parameters.len() + d.topic_permissions.len();
+    let skipped = d.parameters.len() + d.topic_permissions.len();
     if skipped > 0 {
         tracing::warn!(
-            policies = d.policies.len(),
             parameters = d.parameters.len(),
             topic_permissions = d.topic_permissions.len(),
-            "definitions import: policies, parameters and topic permissions are not supported and were skipped"
+            "definitions import: parameters and topic permissions are not supported and were skipped"
         );
     }
     Ok(())

@@ -16,6 +16,7 @@ mod listener;
 mod live;
 mod metrics;
 mod objects;
+mod policies;
 mod users;
 
 use crate::broker::Broker;
@@ -161,6 +162,25 @@ pub(crate) async fn serve(
             get(users::permission)
                 .put(users::put_permission)
                 .delete(users::delete_permission),
+        )
+        .route("/api/policies", get(policies::policies))
+        .route("/api/policies/{vhost}", get(policies::policies_in))
+        .route(
+            "/api/policies/{vhost}/{name}",
+            get(policies::policy)
+                .put(policies::put_policy)
+                .delete(policies::delete_policy),
+        )
+        .route("/api/operator-policies", get(policies::operator_policies))
+        .route(
+            "/api/operator-policies/{vhost}",
+            get(policies::operator_policies_in),
+        )
+        .route(
+            "/api/operator-policies/{vhost}/{name}",
+            get(policies::operator_policy)
+                .put(policies::put_operator_policy)
+                .delete(policies::delete_operator_policy),
         )
         .route(
             "/api/definitions",

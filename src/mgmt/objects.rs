@@ -56,7 +56,7 @@ pub(super) fn queue_json(q: &Queue) -> Value {
     let [publish, deliver_get, redeliver, ack] = q.stats.counts();
     let sample = q.stats.last();
     let rate = |i: usize| json!({"rate": sample.rates[i]});
-    json!({
+    let mut out = json!({
         "name": q.name,
         "vhost": q.vhost,
         "durable": q.durable,
@@ -93,7 +93,9 @@ pub(super) fn queue_json(q: &Queue) -> Value {
             "ack": ack, "ack_details": rate(3),
             "get_details": {"rate": sample.got_rate},
         },
-    })
+    });
+    super::policies::queue_fields(q, &mut out);
+    out
 }
 
 fn visible_vhosts(broker: &Broker, user: &User) -> Vec<Arc<VHost>> {
@@ -455,7 +457,7 @@ fn json_properties(v: &Value) -> Result<AMQPProperties, ApiError> {
 // ---------------------------------------------------------------- exchanges
 
 pub(super) fn exchange_json(vhost: &str, e: &Exchange) -> Value {
-    json!({
+    let mut out = json!({
         "name": e.name,
         "vhost": vhost,
         "type": e.kind.as_str(),
@@ -464,7 +466,9 @@ pub(super) fn exchange_json(vhost: &str, e: &Exchange) -> Value {
         "internal": e.internal,
         "arguments": table_json(&e.arguments),
         "user_who_performed_action": "",
-    })
+    });
+    super::policies::exchange_fields(e, &mut out);
+    out
 }
 
 pub(super) async fn exchanges(

@@ -112,6 +112,11 @@ impl DurableStore {
 }
 
 impl QueueStore for DurableStore {
+    fn keep_in_memory(&mut self) {
+        self.window = usize::MAX / 2;
+        self.request_load();
+    }
+
     fn push(&mut self, mut msg: QueuedMessage) {
         self.body_bytes += msg.message.body.len() as u64;
         if msg.disk.is_none() && msg.message.persistent {

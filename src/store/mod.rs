@@ -145,6 +145,9 @@ pub(crate) trait QueueStore: Send {
     fn delete(&mut self) {}
     /// Messages read back from disk.
     fn loaded(&mut self, _loaded: Loaded) {}
+    /// From now on keep every message in memory (a length limit was set
+    /// by a policy: the oldest must be droppable at once).
+    fn keep_in_memory(&mut self) {}
     /// True while ready messages exist only on disk and are being read back.
     fn awaiting_disk(&self) -> bool {
         false

@@ -10,9 +10,8 @@
 //! x-max-length + x-overflow, x-queue-type quorum and x-max-priority;
 //! exchanges of every type, one with an alternate-exchange and one internal;
 //! an exchange-to-exchange binding, routing-key bindings and headers bindings
-//! with x-match; and one policy. Leveret does not apply policies: the import
-//! tests only require that a file with one imports, and
-//! `imported_policies_are_listed_back` asks for the policy to be listed.
+//! with x-match; and one policy, which `imported_policies_are_listed_back`
+//! asks for.
 //!
 //! Against RabbitMQ (shared with other test runs) the whole-file import
 //! creates the file's objects, checks them and deletes them again; every
@@ -448,13 +447,6 @@ async fn imported_policies_are_listed_back() {
     )
     .await;
     assert_eq!(reply.status, 204, "{}", reply.text);
-    if !common::against_other_broker() {
-        // Leveret has no policies: the import skips them (with a warning in
-        // the log) rather than pretending to store what it would not apply.
-        let exported = export(&api, &format!("/api/definitions/{}", enc(&vhost))).await;
-        assert_eq!(exported["policies"], json!([]));
-        return;
-    }
     let want = json!({"vhost": vhost, "name": "app-expiry", "pattern": "^app\\.",
                       "apply-to": "queues", "definition": {"message-ttl": 3600000},
                       "priority": 1});

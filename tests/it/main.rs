@@ -43,6 +43,7 @@ mod paging;
 mod paging_order;
 mod perf;
 mod permissions;
+mod policies;
 mod queue_features;
 mod queues;
 mod readme;

@@ -359,6 +359,13 @@ fn api_detail(body: &str, canonical: &str) -> Option<String> {
             Value::String(s) => s.trim().to_string(),
             other => other.to_string(),
         };
+        // One line: RabbitMQ's policy errors are "Validation failed\n\n"
+        // and a line per problem, with < and > escaped for HTML.
+        let s = s
+            .replace("\n\n", ": ")
+            .replace('\n', "; ")
+            .replace("&lt;", "<")
+            .replace("&gt;", ">");
         (!s.is_empty()).then_some(s)
     };
     match serde_json::from_str::<Value>(body) {

@@ -34,8 +34,9 @@ const HELP: &str = "\
 Usage: leveret ctl [OPTIONS] <COMMAND> [KEY=VALUE]...
 
 Commands:
-  list WHAT                        List queues|exchanges|bindings|consumers|permissions in
-                                   --vhost, or connections|channels|vhosts|users
+  list WHAT                        List queues|exchanges|bindings|consumers|permissions|
+                                   policies|operator_policies in --vhost, or
+                                   connections|channels|vhosts|users
   declare queue name=Q             Declare a queue [durable auto_delete queue_type arguments]
   declare exchange name=X type=T   Declare an exchange [durable auto_delete internal arguments]
   declare binding source=X destination=Q
@@ -60,6 +61,13 @@ Commands:
   set_permissions user=U configure=RE write=RE read=RE
                                    Set a user's permissions in --vhost [vhost=V]
   clear_permissions user=U         Remove a user's permissions in --vhost [vhost=V]
+  set_policy NAME PATTERN DEFINITION
+                                   Set a policy in --vhost (-p) [--priority N] [--apply-to
+                                   queues|exchanges|all]; DEFINITION is JSON
+  clear_policy NAME                Remove a policy from --vhost
+  list_policies                    List the policies of --vhost
+  set_operator_policy NAME PATTERN DEFINITION, clear_operator_policy NAME,
+  list_operator_policies           The same for operator policies (administrators)
   export FILE                      Save all definitions as JSON (- for stdout)
   import FILE                      Load definitions from JSON (- for stdin)
   status                           Version, node, object and message totals, message rates
@@ -75,7 +83,8 @@ Options:
 {options}";
 
 const LIST_HELP: &str = "\
-list queues|exchanges|bindings|consumers|permissions   (in --vhost)
+list queues|exchanges|bindings|consumers|permissions|policies|operator_policies
+                                                       (in --vhost)
 list connections|channels|vhosts|users                 (on the broker)";
 const DECLARE_HELP: &str = "\
 declare queue name=Q [durable=true] [auto_delete=false]
@@ -130,6 +139,16 @@ vhost= defaults to --vhost; the patterns are regular expressions
 (\".*\" for everything, \"\" for nothing).";
 const CLEAR_PERMISSIONS_HELP: &str = "\
 clear_permissions user=U [vhost=V]";
+const SET_POLICY_HELP: &str = "\
+set_policy [-p VHOST] [--priority N] [--apply-to queues|exchanges|all] NAME PATTERN DEFINITION
+PATTERN is a regular expression over queue or exchange names; DEFINITION a
+JSON object, e.g. '{\"max-length\":1000,\"dead-letter-exchange\":\"dlx\"}'.
+Of the policies matching an object the one with the highest priority applies.";
+const SET_OPERATOR_POLICY_HELP: &str = "\
+set_operator_policy [-p VHOST] [--priority N] [--apply-to queues|exchanges|all] NAME PATTERN DEFINITION
+An operator policy caps limits (max-length, max-length-bytes, message-ttl,
+expires, delivery-limit): the smaller of it, the policy and the queue's
+argument applies.";
 const EXPORT_HELP: &str = "\
 export FILE   (or: export definitions FILE; FILE - is standard output)";
 const IMPORT_HELP: &str = "\
@@ -162,7 +181,13 @@ pub struct CtlArgs {
     )]
     pub password: String,
     /// Virtual host the per-vhost commands work in
-    #[arg(long, global = true, env = "LEVERET_VHOST", default_value = "/")]
+    #[arg(
+        long,
+        short = 'p',
+        global = true,
+        env = "LEVERET_VHOST",
+        default_value = "/"
+    )]
     pub vhost: String,
     /// For https: trust the server certificates this CA file (PEM) signed,
     /// instead of the public CAs
@@ -321,6 +346,26 @@ pub enum CtlCommand {
         #[arg(value_name = "KEY=VALUE")]
         args: Vec<String>,
     },
+    /// Set (or replace) a policy in the virtual host (rabbitmqctl set_policy)
+    #[command(after_help = SET_POLICY_HELP)]
+    SetPolicy(PolicyArgs),
+    /// Remove a policy from the virtual host
+    ClearPolicy {
+        /// The policy's name
+        name: String,
+    },
+    /// List the virtual host's policies
+    ListPolicies,
+    /// Set (or replace) an operator policy in the virtual host
+    #[command(after_help = SET_OPERATOR_POLICY_HELP)]
+    SetOperatorPolicy(PolicyArgs),
+    /// Remove an operator policy from the virtual host
+    ClearOperatorPolicy {
+        /// The operator policy's name
+        name: String,
+    },
+    /// List the virtual host's operator policies
+    ListOperatorPolicies,
     /// Save the broker's definitions (users, vhosts, permissions, queues,
     /// exchanges, bindings, policies) as JSON
     #[command(after_help = EXPORT_HELP)]
@@ -342,6 +387,25 @@ pub enum CtlCommand {
     Health,
     /// Reload the broker's TLS certificate, key and CA files (as SIGHUP)
     ReloadCertificates,
+}
+
+/// The arguments of set_policy and set_operator_policy, as rabbitmqctl's.
+#[derive(Args, Debug)]
+pub struct PolicyArgs {
+    /// The policy's name
+    name: String,
+    /// A regular expression over queue or exchange names
+    #[arg(allow_hyphen_values = true)]
+    pattern: String,
+    /// The definition, a JSON object
+    #[arg(allow_hyphen_values = true)]
+    definition: String,
+    /// Higher wins when several policies match
+    #[arg(long, default_value_t = 0, allow_negative_numbers = true)]
+    priority: i64,
+    /// What the policy applies to
+    #[arg(long, value_parser = ["queues", "exchanges", "all"], default_value = "all")]
+    apply_to: String,
 }
 
 /// A failure, told as one line.
@@ -587,6 +651,14 @@ const PERMISSION_COLUMNS: &[Column] = &[
     ("write", "write"),
     ("read", "read"),
 ];
+/// As rabbitmqctl list_policies.
+const POLICY_COLUMNS: &[Column] = &[
+    ("name", "name"),
+    ("pattern", "pattern"),
+    ("apply-to", "apply-to"),
+    ("definition", "definition"),
+    ("priority", "priority"),
+];
 const CONNECTION_COLUMNS: &[Column] = &[
     ("name", "name"),
     ("user", "user"),
@@ -614,8 +686,7 @@ const MESSAGE_COLUMNS: &[Column] = &[
     ("redelivered", "redelivered"),
 ];
 
-const LISTABLE: &str =
-    "queues, exchanges, bindings, consumers, permissions, connections, channels, vhosts or users";
+const LISTABLE: &str = "queues, exchanges, bindings, consumers, permissions, policies, operator_policies, connections, channels, vhosts or users";
 
 /// One command's state: the API, the options, the output so far.
 struct Ctx<'o> {
@@ -679,6 +750,19 @@ impl Ctx<'_> {
             C::DeleteVhost { args } => self.delete_vhost("delete_vhost", args),
             C::SetPermissions { args } => self.set_permissions("set_permissions", args),
             C::ClearPermissions { args } => self.clear_permissions("clear_permissions", args),
+            C::SetPolicy(a) => self.set_policy("policies", "set_policy", "policy", a),
+            C::SetOperatorPolicy(a) => self.set_policy(
+                "operator-policies",
+                "set_operator_policy",
+                "operator policy",
+                a,
+            ),
+            C::ClearPolicy { name } => self.clear_policy("policies", "policy", name),
+            C::ClearOperatorPolicy { name } => {
+                self.clear_policy("operator-policies", "operator policy", name)
+            }
+            C::ListPolicies => self.list(Some("policies"), &[]),
+            C::ListOperatorPolicies => self.list(Some("operator_policies"), &[]),
             C::Export { args } => self.export(args),
             C::Import { args } => self.import(args),
             C::Status => self.status(),
@@ -773,6 +857,13 @@ impl Ctx<'_> {
             "permissions" | "permission" => (
                 format!("/vhosts/{v}/permissions"),
                 PERMISSION_COLUMNS,
+                vhost_what,
+                None,
+            ),
+            "policies" | "policy" => (format!("/policies/{v}"), POLICY_COLUMNS, vhost_what, None),
+            "operator_policies" | "operator_policy" | "operator-policies" => (
+                format!("/operator-policies/{v}"),
+                POLICY_COLUMNS,
                 vhost_what,
                 None,
             ),
@@ -1234,6 +1325,35 @@ impl Ctx<'_> {
         let what = format!("permissions of user '{user}' in vhost '{vhost}'");
         self.client.call(Method::Delete, &path, None, &what)?;
         self.done("permissions cleared")
+    }
+
+    /// `kind` is the API's path segment: policies or operator-policies.
+    fn set_policy(
+        &mut self,
+        kind: &str,
+        cmd: &str,
+        what: &str,
+        a: &PolicyArgs,
+    ) -> Result<Outcome, CtlError> {
+        let definition: Value = serde_json::from_str(&a.definition)
+            .map_err(|e| CtlError::usage(format!("{cmd}: DEFINITION is not valid JSON ({e})")))?;
+        let body = json!({
+            "pattern": a.pattern,
+            "definition": definition,
+            "priority": a.priority,
+            "apply-to": a.apply_to,
+        });
+        let path = format!("/{kind}/{}/{}", self.v(), enc(&a.name));
+        let vhost = format!("vhost '{}'", self.vhost);
+        self.client.call(Method::Put, &path, Some(&body), &vhost)?;
+        self.done(&format!("{what} set"))
+    }
+
+    fn clear_policy(&mut self, kind: &str, what: &str, name: &str) -> Result<Outcome, CtlError> {
+        let path = format!("/{kind}/{}/{}", self.v(), enc(name));
+        let missing = self.in_vhost(&format!("{what} '{name}'"));
+        self.client.call(Method::Delete, &path, None, &missing)?;
+        self.done(&format!("{what} cleared"))
     }
 
     fn export(&mut self, args: &[String]) -> Result<Outcome, CtlError> {

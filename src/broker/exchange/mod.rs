@@ -3,6 +3,7 @@
 pub(crate) mod headers;
 pub(crate) mod topic;
 
+use super::policy::Policy;
 use super::queue::Queue;
 use crate::hash::HashMap;
 use amq_protocol::types::FieldTable;
@@ -73,7 +74,12 @@ pub(crate) struct Exchange {
     pub(crate) internal: bool,
     pub(crate) arguments: FieldTable,
     /// `alternate-exchange` argument: where unroutable messages go.
-    pub(crate) alternate_exchange: Option<String>,
+    alternate_exchange: Option<Arc<str>>,
+    /// The policy that applies; its `alternate-exchange` serves when the
+    /// argument is absent (the argument wins, as RabbitMQ's `get_arg`).
+    /// Read only for unroutable messages.
+    policy: RwLock<Option<Arc<Policy>>>,
+    policy_alternate: RwLock<Option<Arc<str>>>,
     bindings: RwLock<Bindings>,
 }
 
@@ -237,9 +243,9 @@ impl Exchange {
                 .get("alternate-exchange")
                 .and_then(|v| match v {
                     amq_protocol::types::AMQPValue::LongString(s) => {
-                        Some(String::from_utf8_lossy(s.as_bytes()).into_owned())
+                        Some(Arc::from(String::from_utf8_lossy(s.as_bytes())))
                     }
-                    amq_protocol::types::AMQPValue::ShortString(s) => Some(s.to_string()),
+                    amq_protocol::types::AMQPValue::ShortString(s) => Some(Arc::from(s.as_str())),
                     _ => None,
                 });
         Exchange {
@@ -250,8 +256,31 @@ impl Exchange {
             internal,
             arguments,
             alternate_exchange,
+            policy: RwLock::new(None),
+            policy_alternate: RwLock::new(None),
             bindings: RwLock::new(Bindings::default()),
         }
+    }
+
+    /// Where messages nothing else takes go: the `alternate-exchange`
+    /// argument, else the policy's.
+    pub(crate) fn alternate_exchange(&self) -> Option<Arc<str>> {
+        match &self.alternate_exchange {
+            Some(name) => Some(name.clone()),
+            None => self.policy_alternate.read().clone(),
+        }
+    }
+
+    pub(crate) fn policy(&self) -> Option<Arc<Policy>> {
+        self.policy.read().clone()
+    }
+
+    pub(crate) fn set_policy(&self, policy: Option<Arc<Policy>>) {
+        *self.policy_alternate.write() = policy
+            .as_ref()
+            .and_then(|p| p.settings.alternate_exchange.as_deref())
+            .map(Arc::from);
+        *self.policy.write() = policy;
     }
 
     /// Adds a binding; returns false when an identical one exists.
