@@ -792,10 +792,15 @@ async fn cleared_vhost_limits_and_the_cluster_id_import_cleanly() {
     let broker = TestBroker::start().await;
     let Some(api) = Api::of(&broker) else { return };
     let q = unique("defs-clean");
+    // RabbitMQ would take the id: give it back its own.
+    let cluster_id = match api.get("/api/global-parameters/internal_cluster_id").await {
+        r if r.status == 200 => r.json["value"].clone(),
+        _ => json!("rabbitmq-cluster-id-x"),
+    };
     let body = json!({
         "rabbit_version": "3.10.8",
         "parameters": [{"value": [], "vhost": "/", "component": "vhost-limits", "name": "limits"}],
-        "global_parameters": [{"name": "internal_cluster_id", "value": "rabbitmq-cluster-id-x"}],
+        "global_parameters": [{"name": "internal_cluster_id", "value": cluster_id}],
         "queues": [{"name": q, "vhost": "/", "durable": true, "auto_delete": false, "arguments": {}}],
     });
     let reply = import(&api, "/api/definitions", &body.to_string()).await;
