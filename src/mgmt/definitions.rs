@@ -1,9 +1,15 @@
 //! Definitions export and import in RabbitMQ's format, so a topology (and
 //! its users and permissions) moves between RabbitMQ and Leveret.
 //!
-//! Policies are exported and imported by `policies`. Parameters and topic
-//! permissions are read but not applied; the import logs how many it
-//! skipped.
+//! An import never drops anything silently: what Leveret cannot apply
+//! (`unsupported`) fails the import with the whole list before anything is
+//! applied, unless the caller asks with `?skip_unsupported=true`; then the
+//! rest is applied and the answer lists what was left out, with whatever
+//! the import itself skipped (bindings whose ends are missing, objects that
+//! exist with other properties, kept as they are as RabbitMQ does).
+//! Policies are exported and imported by `policies`.
+
+mod unsupported;
 
 use super::api::{
     json_table, lenient_bool, no_content, short_string, table_json, tags, ApiError, ApiResult, User,
@@ -11,17 +17,18 @@ use super::api::{
 use super::objects::{bind, declare_exchange, declare_queue, NewBinding};
 use super::users::{permission_json, set_permission, user_json, user_record, UserBody};
 use crate::broker::access::{PermissionRecord, VhostRecord};
-use crate::broker::exchange::{Destination, ExchangeKind};
+use crate::broker::exchange::Destination;
 use crate::broker::ops::Unchecked;
 use crate::broker::vhost::VHost;
 use crate::broker::Broker;
-use axum::extract::{Path, State};
+use axum::extract::{Path, Query, State};
 use axum::response::IntoResponse;
 use axum::{Extension, Json};
 use bytes::Bytes;
 use serde::Deserialize;
 use serde_json::{json, Value};
 use std::sync::Arc;
+use unsupported::Omission;
 
 /// The RabbitMQ version whose definitions format is written.
 const RABBIT_VERSION: &str = "3.10.8";
@@ -186,6 +193,8 @@ struct Definitions {
     #[serde(default)]
     parameters: Vec<Value>,
     #[serde(default)]
+    global_parameters: Vec<Value>,
+    #[serde(default)]
     topic_permissions: Vec<Value>,
     #[serde(default)]
     queues: Vec<QueueDef>,
@@ -193,6 +202,10 @@ struct Definitions {
     exchanges: Vec<ExchangeDef>,
     #[serde(default)]
     bindings: Vec<BindingDef>,
+    /// Everything else: the exporting broker's version, or sections
+    /// Leveret does not know.
+    #[serde(flatten)]
+    other: serde_json::Map<String, Value>,
 }
 
 #[derive(Deserialize)]
@@ -211,6 +224,8 @@ struct VhostDef {
     tags: Vec<String>,
     #[serde(default)]
     metadata: Option<VhostMetadata>,
+    #[serde(default)]
+    default_queue_type: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -219,6 +234,8 @@ struct VhostMetadata {
     description: String,
     #[serde(default, deserialize_with = "tags")]
     tags: Vec<String>,
+    #[serde(default)]
+    default_queue_type: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -270,7 +287,9 @@ fn yes() -> bool {
 
 /// Applies definitions in dependency order: users, vhosts, permissions,
 /// exchanges, queues, bindings. `only` is the vhost of a per-vhost import.
-fn import(broker: &Broker, d: Definitions, only: Option<&str>) -> Result<(), ApiError> {
+/// Returns what it skipped.
+fn import(broker: &Broker, d: Definitions, only: Option<&str>) -> Result<Vec<Omission>, ApiError> {
+    let mut skipped = Vec::new();
     let in_vhost = |v: &Option<String>| -> Result<String, ApiError> {
         match (only, v) {
             (Some(only), _) => Ok(only.to_string()),
@@ -307,48 +326,54 @@ fn import(broker: &Broker, d: Definitions, only: Option<&str>) -> Result<(), Api
     };
     // An object that exists with other properties is kept as it is, as
     // RabbitMQ's import does; anything else wrong fails the import.
-    let keep_existing = |r: Result<bool, ApiError>| match r {
-        Err(e)
-            if e.reason
-                .as_str()
-                .is_some_and(|r| r.starts_with("inequivalent arg")) =>
-        {
-            tracing::warn!(reason = %e.reason, "definitions import: kept the existing object");
-            Ok(())
-        }
-        Err(mut e) => {
-            if let Some(reason) = e.reason.as_str() {
-                e.reason = json!(format!("precondition_failed: {reason}"));
-            }
+    let keep_existing =
+        |r: Result<bool, ApiError>, what: String, skipped: &mut Vec<Omission>| match r {
             Err(e)
-        }
-        Ok(_) => Ok(()),
-    };
+                if e.reason
+                    .as_str()
+                    .is_some_and(|r| r.starts_with("inequivalent arg")) =>
+            {
+                let why = format!(
+                    "it exists with other properties, kept as it is: {}",
+                    e.reason.as_str().unwrap_or_default()
+                );
+                skipped.push(Omission::new(what, why));
+                Ok(())
+            }
+            Err(mut e) => {
+                if let Some(reason) = e.reason.as_str() {
+                    e.reason = json!(format!("precondition_failed: {reason}"));
+                }
+                Err(e)
+            }
+            Ok(_) => Ok(()),
+        };
     for e in d.exchanges {
         let v = vhost_of(&in_vhost(&e.vhost)?)?;
         let args = json_table(&e.arguments)?;
-        keep_existing(declare_exchange(
-            &mut Unchecked,
-            &v,
-            &e.name,
-            &e.kind,
-            e.durable,
-            e.auto_delete,
-            e.internal,
-            &args,
-        ))?;
+        keep_existing(
+            declare_exchange(
+                &mut Unchecked,
+                &v,
+                &e.name,
+                &e.kind,
+                e.durable,
+                e.auto_delete,
+                e.internal,
+                &args,
+            ),
+            format!("exchange '{}' in vhost '{}'", e.name, v.name),
+            &mut skipped,
+        )?;
     }
     for q in d.queues {
         let v = vhost_of(&in_vhost(&q.vhost)?)?;
         let args = json_table(&q.arguments)?;
-        keep_existing(declare_queue(
-            &mut Unchecked,
-            &v,
-            &q.name,
-            q.durable,
-            q.auto_delete,
-            &args,
-        ))?;
+        keep_existing(
+            declare_queue(&mut Unchecked, &v, &q.name, q.durable, q.auto_delete, &args),
+            format!("queue '{}' in vhost '{}'", q.name, v.name),
+            &mut skipped,
+        )?;
     }
     for b in d.bindings {
         let v = vhost_of(&in_vhost(&b.vhost)?)?;
@@ -375,50 +400,82 @@ fn import(broker: &Broker, d: Definitions, only: Option<&str>) -> Result<(), Api
         match made {
             // As RabbitMQ's import: a binding whose end is missing is skipped.
             Err(e) if e.status == axum::http::StatusCode::NOT_FOUND => {
-                tracing::warn!(source = %b.source, destination = %b.destination, reason = %e.reason, "definitions import: skipped a binding");
+                let why = e.reason.as_str().unwrap_or("an end is missing").to_string();
+                skipped.push(Omission::new(unsupported::binding_name(&b), why));
             }
             other => {
                 other?;
             }
         }
     }
-    let skipped = d.parameters.len() + d.topic_permissions.len();
-    if skipped > 0 {
-        tracing::warn!(
-            parameters = d.parameters.len(),
-            topic_permissions = d.topic_permissions.len(),
-            "definitions import: parameters and topic permissions are not supported and were skipped"
+    Ok(skipped)
+}
+
+#[derive(Deserialize)]
+pub(super) struct ImportQuery {
+    #[serde(default, deserialize_with = "lenient_bool")]
+    skip_unsupported: bool,
+}
+
+/// Parses, sets aside what cannot be applied (failing unless asked to skip
+/// it), checks and applies; answers 204, or 200 with what was left out.
+fn import_checked(broker: &Broker, raw: &[u8], only: Option<&str>, q: &ImportQuery) -> ApiResult {
+    let mut d = parse(raw)?;
+    let unsupported::LeftOut {
+        unsupported,
+        ignored,
+    } = unsupported::take(&mut d, only);
+    if !unsupported.is_empty() && !q.skip_unsupported {
+        let list: Vec<String> = unsupported
+            .iter()
+            .map(|o| format!("{}: {}", o.what, o.why))
+            .collect();
+        let reason = format!(
+            "nothing was imported: Leveret cannot apply {} of the definitions ({}); import with ?skip_unsupported=true to apply the rest",
+            unsupported.len(),
+            list.join("; ")
         );
+        return Ok((
+            axum::http::StatusCode::BAD_REQUEST,
+            Json(json!({"error": "bad_request", "reason": reason, "unsupported": unsupported})),
+        )
+            .into_response());
     }
-    Ok(())
+    let mut left_out = unsupported;
+    left_out.extend(ignored);
+    check(&d)?;
+    left_out.extend(import(broker, d, only)?);
+    if left_out.is_empty() {
+        return Ok(no_content());
+    }
+    for o in &left_out {
+        tracing::warn!(what = %o.what, why = %o.why, "definitions import: left out");
+    }
+    Ok(Json(json!({"skipped": left_out})).into_response())
 }
 
 pub(super) async fn import_all(
     State(broker): State<Arc<Broker>>,
     Extension(user): Extension<User>,
+    Query(q): Query<ImportQuery>,
     raw: Bytes,
 ) -> ApiResult {
     user.require_admin()?;
-    let d = parse(&raw)?;
-    check(&d)?;
-    import(&broker, d, None)?;
-    Ok(no_content())
+    import_checked(&broker, &raw, None, &q)
 }
 
 pub(super) async fn import_vhost(
     State(broker): State<Arc<Broker>>,
     Extension(user): Extension<User>,
     Path(vhost): Path<String>,
+    Query(q): Query<ImportQuery>,
     raw: Bytes,
 ) -> ApiResult {
     user.require_admin()?;
     broker
         .vhost(&vhost)
         .ok_or_else(|| ApiError::missing("vhost_not_found"))?;
-    let d = parse(&raw)?;
-    check(&d)?;
-    import(&broker, d, Some(&vhost))?;
-    Ok(no_content())
+    import_checked(&broker, &raw, Some(&vhost), &q)
 }
 
 fn parse(raw: &[u8]) -> Result<Definitions, ApiError> {
@@ -431,8 +488,8 @@ fn parse(raw: &[u8]) -> Result<Definitions, ApiError> {
 }
 
 /// What can be checked before anything is applied, so a bad file changes
-/// nothing: exchange types, binding destination types, and names, routing
-/// keys and argument keys that AMQP could not carry.
+/// nothing: binding destination types, and names, routing keys and
+/// argument keys that AMQP could not carry.
 fn check(d: &Definitions) -> Result<(), ApiError> {
     for v in &d.vhosts {
         short_string("vhost", &v.name)?;
@@ -448,14 +505,6 @@ fn check(d: &Definitions) -> Result<(), ApiError> {
     for b in &d.bindings {
         short_string("routing_key", &b.routing_key)?;
         json_table(&b.arguments)?;
-    }
-    for e in &d.exchanges {
-        if ExchangeKind::parse(&e.kind).is_none() {
-            return Err(ApiError::bad_request(format!(
-                "command_invalid: invalid exchange type '{}'",
-                e.kind
-            )));
-        }
     }
     for b in &d.bindings {
         if b.destination_type != "queue" && b.destination_type != "exchange" {

@@ -12,7 +12,7 @@ use crate::common;
 use common::http::Api;
 use common::{unique, TestBroker};
 use lapin::{options::*, types::FieldTable};
-use serde_json::Value;
+use serde_json::{json, Value};
 use std::io::{Read, Write};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -686,6 +686,34 @@ async fn definitions_export_and_import_round_trip() {
         out.stdout, "definitions imported from standard input\n",
         "{out:?}"
     );
+
+    // What Leveret cannot apply fails the import, named; skipping it is
+    // asked for, and what was left out is listed.
+    if !common::against_other_broker() {
+        let shovel = json!({"parameters": [{"component": "shovel", "vhost": "/", "name": "s1",
+                                             "value": {"src-queue": "a", "dest-queue": "b"}}]});
+        let out = ctl
+            .run_with(&["import", "-"], &[], Some(&shovel.to_string()))
+            .await;
+        assert!(
+            out.error_line()
+                .contains("parameter 's1' of component 'shovel' in vhost '/'"),
+            "{out:?}"
+        );
+        let out = ctl
+            .run_with(
+                &["import", "--skip-unsupported", "-"],
+                &[],
+                Some(&shovel.to_string()),
+            )
+            .await;
+        assert_eq!(
+            out.stdout,
+            "definitions imported from standard input\n\
+             left out: parameter 's1' of component 'shovel' in vhost '/': Leveret has no shovels\n",
+            "{out:?}"
+        );
+    }
 
     let out = ctl.run_with(&["import", "-"], &[], Some("not json")).await;
     assert!(

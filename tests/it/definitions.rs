@@ -597,12 +597,23 @@ async fn bad_definitions_are_rejected() {
                                      "auto_delete": false, "internal": false,
                                      "arguments": {}}]});
     let reply = import(&api, "/api/definitions/%2F", &body.to_string()).await;
-    assert_error(
-        &reply,
-        400,
-        "bad_request",
-        "command_invalid: invalid exchange type 'bogus'",
-    );
+    if common::against_other_broker() {
+        assert_error(
+            &reply,
+            400,
+            "bad_request",
+            "command_invalid: invalid exchange type 'bogus'",
+        );
+    } else {
+        // Leveret lists it with everything else it cannot apply.
+        assert_eq!(reply.status, 400, "{}", reply.text);
+        assert_eq!(
+            reply.json["unsupported"][0]["what"],
+            format!("exchange '{x}' of type 'bogus' in vhost '/'"),
+            "{}",
+            reply.text
+        );
+    }
     let q = unique("defs-bad-arg");
     let body = json!({"queues": [{"name": q, "durable": true, "auto_delete": false,
                                   "arguments": {"x-max-length": "abc"}}]});
@@ -648,7 +659,17 @@ async fn per_vhost_definitions_export_and_import() {
                      "auto_delete": false, "arguments": {}}),
     );
     let reply = import(&api, &path, &body.to_string()).await;
-    assert_eq!((reply.status, reply.text.as_str()), (204, ""));
+    if common::against_other_broker() {
+        assert_eq!((reply.status, reply.text.as_str()), (204, ""));
+    } else {
+        // Leveret says what it did not apply.
+        assert_eq!(reply.status, 200, "{}", reply.text);
+        assert_eq!(
+            reply.json["skipped"][0]["what"], "1 users",
+            "{}",
+            reply.text
+        );
+    }
     assert_eq!(api.get(&format!("/api/users/{user}")).await.status, 404);
     assert_eq!(
         api.get(&format!("/api/queues/{}/stray", enc(&vhost)))
@@ -707,7 +728,16 @@ async fn per_vhost_definitions_export_and_import() {
     changed["queues"] = json!([{"name": "orders.created", "durable": false,
                                 "auto_delete": false, "arguments": {}}]);
     let reply = import(&api, &path, &changed.to_string()).await;
-    assert_eq!(reply.status, 204, "{}", reply.text);
+    if common::against_other_broker() {
+        assert_eq!(reply.status, 204, "{}", reply.text);
+    } else {
+        // Leveret reports the queue it kept.
+        assert_eq!(reply.status, 200, "{}", reply.text);
+        assert_eq!(
+            reply.json["skipped"][0]["what"],
+            format!("queue 'orders.created' in vhost '{vhost}'")
+        );
+    }
     let again = export(&api, &path).await;
     for key in ["queues", "exchanges", "bindings"] {
         assert_eq!(set_in(&again, key, None), set_in(&shop, key, None), "{key}");
@@ -762,4 +792,214 @@ async fn whole_broker_export_lists_every_kind_of_object() {
     assert!(list(defs, "exchanges")
         .iter()
         .all(|x| x["name"] != "" && !x["name"].as_str().unwrap().starts_with("amq.")));
+}
+
+// ------------------------------------------------------------------ (f) nothing lost silently
+
+/// What RabbitMQ exports for a broker whose vhost limits were cleared, and
+/// its cluster id: nothing to apply, so the import is clean.
+#[tokio::test]
+async fn cleared_vhost_limits_and_the_cluster_id_import_cleanly() {
+    let broker = TestBroker::start().await;
+    let Some(api) = Api::of(&broker) else { return };
+    let q = unique("defs-clean");
+    // RabbitMQ would take the id: give it back its own.
+    let cluster_id = match api.get("/api/global-parameters/internal_cluster_id").await {
+        r if r.status == 200 => r.json["value"].clone(),
+        _ => json!("rabbitmq-cluster-id-x"),
+    };
+    let body = json!({
+        "rabbit_version": "3.10.8",
+        "parameters": [{"value": [], "vhost": "/", "component": "vhost-limits", "name": "limits"}],
+        "global_parameters": [{"name": "internal_cluster_id", "value": cluster_id}],
+        "queues": [{"name": q, "vhost": "/", "durable": true, "auto_delete": false, "arguments": {}}],
+    });
+    let reply = import(&api, "/api/definitions", &body.to_string()).await;
+    assert_eq!((reply.status, reply.text.as_str()), (204, ""));
+    assert_eq!(api.get(&format!("/api/queues/%2F/{q}")).await.status, 200);
+    api.delete(&format!("/api/queues/%2F/{q}")).await;
+}
+
+/// A RabbitMQ export using what Leveret lacks: the import fails naming all
+/// of it and applies nothing; asked to skip, it applies the rest and lists
+/// what it left out. (RabbitMQ itself fails on the first such object, or
+/// applies shovels and federation: Leveret-only.)
+#[tokio::test]
+async fn unsupported_definitions_are_listed_never_dropped() {
+    if common::against_other_broker() {
+        return;
+    }
+    let broker = TestBroker::start().await;
+    let Some(api) = Api::of(&broker) else { return };
+    let body = json!({
+        "rabbit_version": "3.10.8",
+        "rabbitmq_version": "3.10.8",
+        "explicit_vhosts": [],
+        "parameters": [
+            {"value": {"src-uri": "amqp://", "src-queue": "a", "dest-uri": "amqp://", "dest-queue": "b"},
+             "vhost": "/", "component": "shovel", "name": "move-a"},
+            {"value": {"uri": "amqp://upstream"}, "vhost": "/", "component": "federation-upstream", "name": "up"},
+        ],
+        "global_parameters": [{"name": "cluster_name", "value": "rabbit@prod"}],
+        "vhosts": [{"name": "/", "metadata": {"default_queue_type": "quorum"}}],
+        "policies": [{"vhost": "/", "name": "ha-ttl", "pattern": "^kept\\.", "apply-to": "queues",
+                      "definition": {"ha-mode": "all", "message-ttl": 60000}, "priority": 0}],
+        "exchanges": [
+            {"name": "delayed", "vhost": "/", "type": "x-delayed-message", "durable": true,
+             "auto_delete": false, "internal": false, "arguments": {"x-delayed-type": "direct"}},
+            {"name": "kept.x", "vhost": "/", "type": "fanout", "durable": true,
+             "auto_delete": false, "internal": false, "arguments": {}},
+        ],
+        "queues": [
+            {"name": "events", "vhost": "/", "durable": true, "auto_delete": false,
+             "arguments": {"x-queue-type": "stream"}},
+            {"name": "kept.q", "vhost": "/", "durable": true, "auto_delete": false, "arguments": {}},
+        ],
+        "bindings": [
+            {"source": "delayed", "vhost": "/", "destination": "kept.q", "destination_type": "queue",
+             "routing_key": "k", "arguments": {}},
+            {"source": "kept.x", "vhost": "/", "destination": "events", "destination_type": "queue",
+             "routing_key": "", "arguments": {}},
+            {"source": "kept.x", "vhost": "/", "destination": "kept.q", "destination_type": "queue",
+             "routing_key": "", "arguments": {}},
+        ],
+    });
+    let expected = [
+        "section 'explicit_vhosts'",
+        "default queue type of vhost '/'",
+        "parameter 'move-a' of component 'shovel' in vhost '/'",
+        "parameter 'up' of component 'federation-upstream' in vhost '/'",
+        "global parameter 'cluster_name'",
+        "key 'ha-mode' of policy 'ha-ttl' in vhost '/'",
+        "exchange 'delayed' of type 'x-delayed-message' in vhost '/'",
+        "queue 'events' in vhost '/'",
+        "binding from 'delayed' to queue 'kept.q' with key 'k' in vhost '/'",
+        "binding from 'kept.x' to queue 'events' with key '' in vhost '/'",
+    ];
+    let listed = |v: &Value| -> BTreeSet<String> {
+        v.as_array()
+            .unwrap_or_else(|| panic!("a list: {v}"))
+            .iter()
+            .map(|o| {
+                assert!(o["why"].as_str().is_some_and(|w| !w.is_empty()), "{o}");
+                o["what"].as_str().unwrap().to_string()
+            })
+            .collect()
+    };
+    let want: BTreeSet<String> = expected.iter().map(|s| s.to_string()).collect();
+
+    let reply = import(&api, "/api/definitions", &body.to_string()).await;
+    assert_eq!(reply.status, 400, "{}", reply.text);
+    assert_eq!(reply.json["error"], "bad_request");
+    let reason = reply.json["reason"].as_str().unwrap();
+    assert!(
+        reason.contains("nothing was imported: Leveret cannot apply 10 of the definitions"),
+        "{reason}"
+    );
+    assert!(reason.contains("skip_unsupported=true"), "{reason}");
+    assert_eq!(listed(&reply.json["unsupported"]), want);
+    // Nothing was applied.
+    assert_eq!(api.get("/api/queues/%2F/kept.q").await.status, 404);
+    assert_eq!(api.get("/api/policies/%2F/ha-ttl").await.status, 404);
+    assert_eq!(api.get("/api/exchanges/%2F/kept.x").await.status, 404);
+
+    let reply = import(
+        &api,
+        "/api/definitions?skip_unsupported=true",
+        &body.to_string(),
+    )
+    .await;
+    assert_eq!(reply.status, 200, "{}", reply.text);
+    assert_eq!(listed(&reply.json["skipped"]), want);
+    assert_eq!(api.get("/api/queues/%2F/kept.q").await.status, 200);
+    assert_eq!(api.get("/api/queues/%2F/events").await.status, 404);
+    assert_eq!(api.get("/api/exchanges/%2F/delayed").await.status, 404);
+    let bindings = api.get("/api/bindings/%2F/e/kept.x/q/kept.q").await;
+    assert_eq!(
+        bindings.json.as_array().map(Vec::len),
+        Some(1),
+        "{}",
+        bindings.text
+    );
+}
+
+/// What the import itself skips is reported too: a binding whose queue does
+/// not exist (RabbitMQ answers 204 and drops it without a word), and an
+/// existing queue with other arguments, kept as it is.
+#[tokio::test]
+async fn skipped_bindings_and_kept_objects_are_reported() {
+    if common::against_other_broker() {
+        return;
+    }
+    let broker = TestBroker::start().await;
+    let Some(api) = Api::of(&broker) else { return };
+    let q = unique("defs-kept");
+    let reply = api
+        .put(
+            &format!("/api/queues/%2F/{q}"),
+            json!({"durable": true, "arguments": {"x-max-length": 5}}),
+        )
+        .await;
+    assert_eq!(reply.status, 201, "{}", reply.text);
+    let body = json!({
+        "queues": [{"name": q, "vhost": "/", "durable": true, "auto_delete": false,
+                    "arguments": {"x-max-length": 10}}],
+        "bindings": [{"source": "amq.direct", "vhost": "/", "destination": "no-such-queue",
+                      "destination_type": "queue", "routing_key": "k", "arguments": {}}],
+    });
+    let reply = import(&api, "/api/definitions", &body.to_string()).await;
+    assert_eq!(reply.status, 200, "{}", reply.text);
+    let skipped = reply.json["skipped"].as_array().unwrap();
+    assert_eq!(skipped.len(), 2, "{}", reply.text);
+    assert_eq!(skipped[0]["what"], format!("queue '{q}' in vhost '/'"));
+    assert!(
+        skipped[0]["why"]
+            .as_str()
+            .unwrap()
+            .contains("inequivalent arg 'x-max-length'"),
+        "{}",
+        reply.text
+    );
+    assert_eq!(
+        skipped[1]["what"],
+        "binding from 'amq.direct' to queue 'no-such-queue' with key 'k' in vhost '/'"
+    );
+    let queue = api.get(&format!("/api/queues/%2F/{q}")).await;
+    assert_eq!(queue.json["arguments"], json!({"x-max-length": 5}));
+    api.delete(&format!("/api/queues/%2F/{q}")).await;
+}
+
+/// A vhost's import does not touch users, vhosts or permissions (as
+/// RabbitMQ's, which answers 204): Leveret applies the rest and says so.
+#[tokio::test]
+async fn a_vhost_import_lists_the_broker_sections_it_does_not_apply() {
+    if common::against_other_broker() {
+        return;
+    }
+    let broker = TestBroker::start().await;
+    let Some(api) = Api::of(&broker) else { return };
+    let vhost = fresh_vhost(&api, "defs-vhost-users").await;
+    let body = json!({
+        "users": [{"name": "someone", "password_hash": "", "tags": []}],
+        "permissions": [{"user": "someone", "vhost": vhost, "configure": ".*", "write": ".*", "read": ".*"}],
+    });
+    let path = format!("/api/definitions/{}", enc(&vhost));
+    let reply = import(&api, &path, &body.to_string()).await;
+    assert_eq!(reply.status, 200, "{}", reply.text);
+    let what: Vec<&str> = reply.json["skipped"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|o| o["what"].as_str().unwrap())
+        .collect();
+    assert_eq!(what, ["1 users", "1 permissions"]);
+    let reply = import(
+        &api,
+        &format!("{path}?skip_unsupported=true"),
+        &body.to_string(),
+    )
+    .await;
+    assert_eq!(reply.status, 200, "{}", reply.text);
+    assert_eq!(api.get("/api/users/someone").await.status, 404);
+    delete_vhost(&api, &vhost).await;
 }

@@ -152,7 +152,11 @@ argument applies.";
 const EXPORT_HELP: &str = "\
 export FILE   (or: export definitions FILE; FILE - is standard output)";
 const IMPORT_HELP: &str = "\
-import FILE   (or: import definitions FILE; FILE - is standard input)";
+import FILE   (or: import definitions FILE; FILE - is standard input)
+
+Definitions Leveret cannot apply (shovels, federation, exchange types it
+lacks...) fail the import, listed, and nothing is applied; with
+--skip-unsupported the rest is applied and what was left out is listed.";
 
 /// Manage a running broker through the RabbitMQ management HTTP API
 /// (rabbitmqadmin-style).
@@ -380,6 +384,9 @@ pub enum CtlCommand {
         /// FILE, or "definitions FILE"
         #[arg(value_name = "FILE")]
         args: Vec<String>,
+        /// Apply what can be applied and list what was left out
+        #[arg(long = "skip-unsupported")]
+        skip_unsupported: bool,
     },
     /// Show the broker's version, node, object and message totals, rates
     Status,
@@ -764,7 +771,10 @@ impl Ctx<'_> {
             C::ListPolicies => self.list(Some("policies"), &[]),
             C::ListOperatorPolicies => self.list(Some("operator_policies"), &[]),
             C::Export { args } => self.export(args),
-            C::Import { args } => self.import(args),
+            C::Import {
+                args,
+                skip_unsupported,
+            } => self.import(args, *skip_unsupported),
             C::Status => self.status(),
             C::Health => self.health(),
             C::ReloadCertificates => self.reload_certificates(),
@@ -1371,7 +1381,7 @@ impl Ctx<'_> {
         self.done(&format!("definitions exported to {file}"))
     }
 
-    fn import(&mut self, args: &[String]) -> Result<Outcome, CtlError> {
+    fn import(&mut self, args: &[String], skip_unsupported: bool) -> Result<Outcome, CtlError> {
         let file = definitions_file("import", args, "standard input")?;
         let text = if file == "-" {
             let mut text = String::new();
@@ -1391,9 +1401,25 @@ impl Ctx<'_> {
                 "{from} does not hold definitions (expected a JSON object)"
             )));
         }
-        self.client
-            .call(Method::Post, "/definitions", Some(&definitions), "")?;
-        self.done(&format!("definitions imported from {from}"))
+        let path = if skip_unsupported {
+            "/definitions?skip_unsupported=true"
+        } else {
+            "/definitions"
+        };
+        let reply = self
+            .client
+            .call(Method::Post, path, Some(&definitions), "")?;
+        let skipped = reply["skipped"].as_array().map_or(&[][..], Vec::as_slice);
+        let mut line = format!("definitions imported from {from}");
+        for s in skipped {
+            let (what, why) = (s["what"].as_str(), s["why"].as_str());
+            line.push_str(&format!(
+                "\nleft out: {}: {}",
+                what.unwrap_or("?"),
+                why.unwrap_or("?")
+            ));
+        }
+        self.done(&line)
     }
 
     fn status(&mut self) -> Result<Outcome, CtlError> {
