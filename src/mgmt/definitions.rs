@@ -1,14 +1,17 @@
 //! Definitions export and import in RabbitMQ's format, so a topology (and
 //! its users and permissions) moves between RabbitMQ and Leveret.
 //!
-//! Policies, parameters and topic permissions are read but not applied:
-//! Leveret has no policies yet; the import logs how many it skipped.
+//! Policies and parameters other than vhost limits are read but not
+//! applied: Leveret has no policies yet; the import logs how many it
+//! skipped. Limits and topic permissions are in `limits` and
+//! `topic_permissions`.
 
 use super::api::{
     json_table, lenient_bool, no_content, short_string, table_json, tags, ApiError, ApiResult, User,
 };
 use super::objects::{bind, declare_exchange, declare_queue, NewBinding};
 use super::users::{permission_json, set_permission, user_json, user_record, UserBody};
+use super::{limits, topic_permissions};
 use crate::broker::access::{PermissionRecord, VhostRecord};
 use crate::broker::exchange::{Destination, ExchangeKind};
 use crate::broker::ops::Unchecked;
@@ -128,11 +131,12 @@ pub(super) async fn export_all(
         // RabbitMQ 3.10 exports only the name.
         .map(|r| json!({"name": r.name}))
         .collect();
-    let mut users: Vec<Value> = broker.access.users().iter().map(|u| user_json(u)).collect();
-    for u in &mut users {
-        u.as_object_mut().expect("object").remove("limits");
-        u["limits"] = json!({});
-    }
+    let users: Vec<Value> = broker
+        .access
+        .users()
+        .iter()
+        .map(|u| user_json(&broker, u))
+        .collect();
     Ok(Json(json!({
         "rabbit_version": RABBIT_VERSION,
         "rabbitmq_version": RABBIT_VERSION,
@@ -141,8 +145,8 @@ pub(super) async fn export_all(
         "users": users,
         "vhosts": vhosts,
         "permissions": broker.access.permissions().iter().map(permission_json).collect::<Vec<_>>(),
-        "topic_permissions": [],
-        "parameters": [],
+        "topic_permissions": topic_permissions::export(&broker, None),
+        "parameters": limits::export_parameters(&broker, None),
         "global_parameters": [],
         "policies": [],
         "queues": queues_json(&broker, None),
@@ -163,7 +167,7 @@ pub(super) async fn export_vhost(
         .ok_or_else(|| ApiError::bad_request("vhost_not_found"))?;
     Ok(Json(json!({
         "rabbit_version": RABBIT_VERSION,
-        "parameters": [],
+        "parameters": limits::export_parameters(&broker, Some(&vhost)),
         "policies": [],
         "queues": queues_json(&broker, Some(&vhost)),
         "exchanges": exchanges_json(&broker, Some(&vhost)),
@@ -279,9 +283,11 @@ fn import(broker: &Broker, d: Definitions, only: Option<&str>) -> Result<(), Api
     };
     if only.is_none() {
         for u in d.users {
+            let user_limits = u.rest.get("limits").cloned();
             let b: UserBody = serde_json::from_value(Value::Object(u.rest))
                 .map_err(|e| ApiError::bad_request(format!("user '{}': {e}", u.name)))?;
             broker.access.put_user(user_record(&u.name, b)?);
+            limits::import_user(broker, &u.name, user_limits.as_ref())?;
         }
         for v in d.vhosts {
             let (description, tags) = match v.metadata {
@@ -297,7 +303,9 @@ fn import(broker: &Broker, d: Definitions, only: Option<&str>) -> Result<(), Api
         for p in d.permissions {
             set_permission(broker, p)?;
         }
+        topic_permissions::import(broker, &d.topic_permissions)?;
     }
+    limits::import_parameters(broker, &d.parameters, only)?;
     let vhost_of = |name: &str| {
         broker
             .vhost(name)
@@ -380,13 +388,16 @@ fn import(broker: &Broker, d: Definitions, only: Option<&str>) -> Result<(), Api
             }
         }
     }
-    let skipped = d.policies.len() + d.parameters.len() + d.topic_permissions.len();
-    if skipped > 0 {
+    let parameters = d
+        .parameters
+        .iter()
+        .filter(|p| !limits::is_vhost_limits(p))
+        .count();
+    if d.policies.len() + parameters > 0 {
         tracing::warn!(
             policies = d.policies.len(),
-            parameters = d.parameters.len(),
-            topic_permissions = d.topic_permissions.len(),
-            "definitions import: policies, parameters and topic permissions are not supported and were skipped"
+            parameters,
+            "definitions import: policies and parameters other than vhost limits are not supported and were skipped"
         );
     }
     Ok(())
