@@ -952,3 +952,143 @@ async fn limits_and_topic_permissions_survive_a_restart() {
     })
     .await
 }
+
+// ---------------------------------------------------------------------------
+// leveret ctl
+// ---------------------------------------------------------------------------
+
+/// Runs `leveret ctl --url … ARGS` against the env's API; (exit code,
+/// stdout, stderr).
+async fn ctl(env: &Env, args: &[&str]) -> (i32, String, String) {
+    let mut full = vec![
+        "ctl".to_string(),
+        "--url".to_string(),
+        format!("http://{}", env.api.addr),
+    ];
+    full.extend(args.iter().map(|a| a.to_string()));
+    let out = tokio::task::spawn_blocking(move || {
+        std::process::Command::new(env!("CARGO_BIN_EXE_leveret"))
+            .args(&full)
+            .env_remove("LEVERET_VHOST")
+            .env_remove("LEVERET_FORMAT")
+            .env_remove("LEVERET_USER")
+            .env_remove("LEVERET_PASSWORD")
+            .env_remove("LEVERET_URL")
+            .output()
+            .expect("run leveret ctl")
+    })
+    .await
+    .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[tokio::test]
+async fn ctl_sets_lists_and_clears_limits_and_topic_permissions_as_rabbitmqctl_names_them() {
+    within(async {
+        let Some(mut env) = Env::start().await else {
+            return;
+        };
+        let user = env.user().await;
+        let vhost = env.vhost.clone();
+        let ok = |r: (i32, String, String), what: &str| {
+            assert_eq!(r.0, 0, "{what}: stdout {:?} stderr {:?}", r.1, r.2);
+            r.1
+        };
+        let (v, u) = (enc(&vhost), enc(&user));
+
+        ok(
+            ctl(&env, &["-p", &vhost, "set_vhost_limits", r#"{"max-connections": 10, "max-queues": 5}"#]).await,
+            "set_vhost_limits",
+        );
+        assert_eq!(
+            env.api.get(&format!("/api/vhost-limits/{v}")).await.json[0]["value"],
+            json!({"max-connections": 10, "max-queues": 5})
+        );
+        // A new definition replaces the old one.
+        ok(
+            ctl(&env, &["-p", &vhost, "set_vhost_limits", r#"{"max-queues": 1}"#]).await,
+            "set_vhost_limits again",
+        );
+        assert_eq!(
+            env.api.get(&format!("/api/vhost-limits/{v}")).await.json[0]["value"],
+            json!({"max-queues": 1})
+        );
+        let listed = ok(
+            ctl(&env, &["-p", &vhost, "list_vhost_limits"]).await,
+            "list_vhost_limits",
+        );
+        assert!(listed.contains(r#"{"max-queues":1}"#), "{listed}");
+        let (code, _, err) = ctl(&env, &["-p", &vhost, "set_vhost_limits", r#"{"max-foo": 1}"#]).await;
+        assert_eq!(code, 1, "{err}");
+        assert!(err.contains("max-foo"), "{err}");
+        ok(
+            ctl(&env, &["-p", &vhost, "clear_vhost_limits"]).await,
+            "clear_vhost_limits",
+        );
+        assert_eq!(
+            env.api.get(&format!("/api/vhost-limits/{v}")).await.json,
+            json!([])
+        );
+
+        ok(
+            ctl(&env, &["set_user_limits", &user, r#"{"max-channels": 4}"#]).await,
+            "set_user_limits",
+        );
+        ok(
+            ctl(&env, &["set_user_limits", &user, r#"{"max-connections": 2}"#]).await,
+            "set_user_limits again",
+        );
+        assert_eq!(
+            env.api.get(&format!("/api/user-limits/{u}")).await.json[0]["value"],
+            json!({"max-channels": 4, "max-connections": 2})
+        );
+        let listed = ok(ctl(&env, &["list_user_limits", &user]).await, "list_user_limits");
+        assert!(listed.contains(&user), "{listed}");
+        ok(
+            ctl(&env, &["clear_user_limits", &user, "max-channels"]).await,
+            "clear_user_limits NAME",
+        );
+        assert_eq!(
+            env.api.get(&format!("/api/user-limits/{u}")).await.json[0]["value"],
+            json!({"max-connections": 2})
+        );
+        ok(
+            ctl(&env, &["clear_user_limits", &user, "all"]).await,
+            "clear_user_limits all",
+        );
+        assert_eq!(
+            env.api.get(&format!("/api/user-limits/{u}")).await.json,
+            json!([])
+        );
+
+        ok(
+            ctl(&env, &["-p", &vhost, "set_topic_permissions", &user, "amq.topic", "^{username}\\.", ".*"]).await,
+            "set_topic_permissions",
+        );
+        let listed = ok(
+            ctl(&env, &["-p", &vhost, "list_topic_permissions", "--format", "json"]).await,
+            "list_topic_permissions",
+        );
+        let listed: Value = serde_json::from_str(&listed).unwrap();
+        assert_eq!(
+            listed,
+            json!([{"user": user, "vhost": vhost, "exchange": "amq.topic", "write": "^{username}\\.", "read": ".*"}])
+        );
+        ok(
+            ctl(&env, &["-p", &vhost, "clear_topic_permissions", &user, "amq.topic"]).await,
+            "clear_topic_permissions",
+        );
+        assert_status(
+            &env.api
+                .get(&format!("/api/topic-permissions/{v}/{u}"))
+                .await,
+            404,
+            "after clear_topic_permissions",
+        );
+    })
+    .await
+}
