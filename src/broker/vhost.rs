@@ -442,11 +442,17 @@ impl VHost {
         self.max_queues.store(max, Ordering::Relaxed);
     }
 
+    /// How many queues the vhost has (exclusive ones too, as RabbitMQ
+    /// counts them for `max-queues`).
+    pub(crate) fn queue_count(&self) -> usize {
+        self.queues.len()
+    }
+
     /// RabbitMQ's refusal to declare a new queue `name` once the vhost's
     /// `max-queues` is reached.
     pub(crate) fn check_queue_limit(&self, name: &str) -> Result<(), AmqpError> {
         let max = self.max_queues.load(Ordering::Relaxed);
-        if max != u64::MAX && self.queues.len() as u64 >= max {
+        if max != u64::MAX && self.queue_count() as u64 >= max {
             return Err(AmqpError::precondition_failed(format_args!(
                 "cannot declare queue '{name}': queue limit in vhost '{}' ({max}) is reached",
                 self.name

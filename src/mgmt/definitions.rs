@@ -274,6 +274,11 @@ fn yes() -> bool {
 /// Applies definitions in dependency order: users, vhosts, permissions,
 /// exchanges, queues, bindings. `only` is the vhost of a per-vhost import.
 fn import(broker: &Broker, d: Definitions, only: Option<&str>) -> Result<(), ApiError> {
+    let queues = d
+        .queues
+        .iter()
+        .map(|q| (q.vhost.as_deref(), q.name.as_str()));
+    limits::check_queue_limits(broker, queues, only)?;
     let in_vhost = |v: &Option<String>| -> Result<String, ApiError> {
         match (only, v) {
             (Some(only), _) => Ok(only.to_string()),

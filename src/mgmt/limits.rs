@@ -219,17 +219,59 @@ pub(super) fn import_parameters(
     Ok(())
 }
 
-/// Applies a user's `limits` from a definitions import (absent: none).
+/// Applies a user's `limits` from a definitions import; without any, the
+/// user keeps the limits it has (RabbitMQ's `put_user`).
 pub(super) fn import_user(
     broker: &Broker,
     user: &str,
     value: Option<&Value>,
 ) -> Result<(), ApiError> {
-    let l = match value {
-        Some(v) => limits_of(Subject::User, v)
-            .map_err(|e| ApiError::bad_request(format!("limits of user '{user}': {e}")))?,
-        None => Limits::default(),
+    let Some(value) = value else {
+        return Ok(());
     };
+    let l = limits_of(Subject::User, value)
+        .map_err(|e| ApiError::bad_request(format!("limits of user '{user}': {e}")))?;
     broker.access.set_user_limits(user, l);
+    Ok(())
+}
+
+/// RabbitMQ's check before a definitions import: refused as a whole when
+/// the queues it would add to a vhost exceed its `max-queues`. `queues`
+/// are (vhost, name); `only` is the vhost of a per-vhost import.
+pub(super) fn check_queue_limits<'a>(
+    broker: &Broker,
+    queues: impl Iterator<Item = (Option<&'a str>, &'a str)>,
+    only: Option<&'a str>,
+) -> Result<(), ApiError> {
+    let mut added: Vec<(&str, std::collections::HashSet<&str>)> = Vec::new();
+    for (vhost, name) in queues {
+        let Some(vhost) = only.or(vhost) else {
+            continue;
+        };
+        let Some(v) = broker.vhost(vhost) else {
+            continue;
+        };
+        if v.queue(name).is_ok() {
+            continue;
+        }
+        match added.iter_mut().find(|(n, _)| *n == vhost) {
+            Some((_, names)) => {
+                names.insert(name);
+            }
+            None => added.push((vhost, std::collections::HashSet::from([name]))),
+        }
+    }
+    for (vhost, names) in added {
+        let Some(limit) = broker.access.vhost_limit(vhost, limits::MAX_QUEUES) else {
+            continue;
+        };
+        let count = broker.vhost(vhost).map_or(0, |v| v.queue_count());
+        if count + names.len() > limit as usize {
+            return Err(ApiError::bad_request(format!(
+                "Adding {} queue(s) to virtual host \"{vhost}\" would exceed the limit of {limit} queue(s).\n\nThis virtual host currently has {count} queue(s) defined.\n\nImport aborted!",
+                names.len()
+            )));
+        }
+    }
     Ok(())
 }

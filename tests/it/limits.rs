@@ -870,6 +870,51 @@ async fn definitions_carry_limits_and_topic_permissions_as_rabbitmq_exports_them
     .await
 }
 
+#[tokio::test]
+async fn a_definitions_import_over_max_queues_is_refused_as_a_whole() {
+    within(async {
+        let Some(env) = Env::start().await else {
+            return;
+        };
+        env.vhost_limit("max-queues", 1).await;
+        let v = enc(&env.vhost);
+        let queue = |name: &str| json!({"name": name, "durable": true, "auto_delete": false, "arguments": {}});
+        let (a, b) = (unique("limits-a"), unique("limits-b"));
+        let reply = env
+            .api
+            .post(
+                &format!("/api/definitions/{v}"),
+                json!({"queues": [queue(&a), queue(&b)]}),
+            )
+            .await;
+        assert_eq!(
+            (reply.status, &reply.json),
+            (
+                400,
+                &json!({"error": "bad_request", "reason": format!(
+                    "Adding 2 queue(s) to virtual host \"{}\" would exceed the limit of 1 queue(s).\n\nThis virtual host currently has 0 queue(s) defined.\n\nImport aborted!",
+                    env.vhost
+                )})
+            )
+        );
+        assert_eq!(
+            env.api.get(&format!("/api/queues/{v}")).await.json,
+            json!([]),
+            "nothing imported"
+        );
+        // One new queue fits.
+        let reply = env
+            .api
+            .post(&format!("/api/definitions/{v}"), json!({"queues": [queue(&a)]}))
+            .await;
+        assert!(reply.status == 201 || reply.status == 204, "{reply:?}");
+        let path = format!("/api/queues/{v}/{a}");
+        assert_status(&env.api.get(&path).await, 200, "the imported queue");
+        env.api.delete(&path).await;
+    })
+    .await
+}
+
 /// The management API address a `leveret serve` child logged.
 fn mgmt_addr_of(broker: &BrokerProcess) -> std::net::SocketAddr {
     let line = broker
