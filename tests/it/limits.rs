@@ -375,6 +375,56 @@ async fn a_bind_from_a_topic_exchange_needs_a_binding_key_its_read_pattern_match
 }
 
 #[tokio::test]
+async fn the_management_api_is_held_to_topic_permissions_too() {
+    within(async {
+        let Some(mut env) = Env::start().await else {
+            return;
+        };
+        let user = env.user().await;
+        let reply = env
+            .api
+            .put(
+                &format!("/api/users/{}", enc(&user)),
+                json!({"password": "pw", "tags": "management"}),
+            )
+            .await;
+        assert_status(&reply, 204, "tag the user management");
+        env.topic_permission(&user, "amq.topic", "^ok", "^ok").await;
+        let api = env.api.as_user(&user, "pw");
+        let v = enc(&env.vhost);
+        let q = unique("limits-api-q");
+        let reply = api
+            .put(&format!("/api/queues/{v}/{q}"), json!({"auto_delete": true}))
+            .await;
+        assert_status(&reply, 201, "PUT queue");
+
+        let bindings = format!("/api/bindings/{v}/e/amq.topic/q/{q}");
+        let reply = api.post(&bindings, json!({"routing_key": "no"})).await;
+        assert_eq!(
+            (reply.status, &reply.json),
+            (401, &json!({"error": "not_authorised", "reason": "Access refused."}))
+        );
+        let reply = api.post(&bindings, json!({"routing_key": "ok"})).await;
+        assert_status(&reply, 201, "a binding key the read pattern matches");
+
+        let publish = format!("/api/exchanges/{v}/amq.topic/publish");
+        let message = |key: &str| json!({"routing_key": key, "payload": "x", "payload_encoding": "string", "properties": {}});
+        let reply = api.post(&publish, message("no")).await;
+        assert_eq!(
+            (reply.status, &reply.json),
+            (400, &json!({"error": "bad_request", "reason": format!(
+                "403 ACCESS_REFUSED - access to topic 'no' in exchange 'amq.topic' in vhost '{}' refused for user '{user}'",
+                env.vhost
+            )}))
+        );
+        let reply = api.post(&publish, message("ok")).await;
+        assert_eq!((reply.status, &reply.json), (200, &json!({"routed": true})));
+        env.api.delete(&format!("/api/queues/{v}/{q}")).await;
+    })
+    .await
+}
+
+#[tokio::test]
 async fn topic_permissions_in_the_api_have_rabbitmqs_shapes() {
     within(async {
         let Some(mut env) = Env::start().await else {
