@@ -15,9 +15,9 @@
 
 use super::access::Access;
 use crate::error::AmqpError;
+use crate::hash::HashMap;
 use regex::Regex;
 use serde::{Deserialize, Serialize};
-use std::collections::HashMap;
 use std::sync::Arc;
 
 /// One topic permission as RabbitMQ's API and definitions show it.

@@ -307,6 +307,34 @@ async fn a_publish_to_a_topic_exchange_needs_a_routing_key_its_write_pattern_mat
 }
 
 #[tokio::test]
+async fn client_id_is_not_a_variable_for_amqp_clients_but_literal_text() {
+    within(async {
+        let Some(mut env) = Env::start().await else {
+            return;
+        };
+        let user = env.user().await;
+        // RabbitMQ expands {client_id} for MQTT and STOMP only; for AMQP
+        // 0-9-1 the braces are literal characters of the expression.
+        env.topic_permission(&user, "amq.topic", "^{client_id}\\.", ".*")
+            .await;
+        let conn = env.login(&user).await;
+        let ch = confirmed_channel(&conn).await;
+        publish(&ch, "amq.topic", "{client_id}.x")
+            .await
+            .expect("the literal text");
+        assert_refused(
+            publish(&ch, "amq.topic", "c1.x").await,
+            403,
+            &format!(
+                "ACCESS_REFUSED - access to topic 'c1.x' in exchange 'amq.topic' in vhost '{}' refused for user '{user}'",
+                env.vhost
+            ),
+        );
+    })
+    .await
+}
+
+#[tokio::test]
 async fn a_bind_from_a_topic_exchange_needs_a_binding_key_its_read_pattern_matches() {
     within(async {
         let Some(mut env) = Env::start().await else {
@@ -822,8 +850,17 @@ async fn deleting_a_user_or_a_vhost_drops_its_limits_and_topic_permissions() {
         let topic = format!("/api/topic-permissions/{v}/{u}");
         assert_status(&env.api.get(&topic).await, 404, "topic permissions");
 
+        env.topic_permission("guest", "amq.topic", "^a", "^b").await;
         let vhost_path = format!("/api/vhosts/{v}");
         assert_status(&env.api.delete(&vhost_path).await, 204, "DELETE vhost");
+        let all = env.api.get("/api/topic-permissions").await.json;
+        assert!(
+            !all.as_array()
+                .unwrap()
+                .iter()
+                .any(|p| p["vhost"] == env.vhost.as_str()),
+            "topic permissions of the deleted vhost: {all}"
+        );
         assert_status(&env.api.put(&vhost_path, json!({})).await, 201, "PUT again");
         assert_eq!(
             env.api.get(&format!("/api/vhost-limits/{v}")).await.json,
