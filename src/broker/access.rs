@@ -7,6 +7,8 @@
 //! unanchored against a resource name; an empty expression matches nothing.
 //! Everything is written through to the store's `access` tree.
 
+use super::limits::Limits;
+use super::topic_permissions::{TopicPermission, TopicPermissionRecord, VhostTopicPermissions};
 use crate::error::AmqpError;
 use crate::store::Store;
 use base64::Engine;
@@ -195,6 +197,10 @@ impl Resource {
 const USER_PREFIX: &[u8] = b"u\0";
 const VHOST_PREFIX: &[u8] = b"v\0";
 const PERMISSION_PREFIX: &[u8] = b"p\0";
+/// Topic permissions, by vhost, user and exchange.
+const TOPIC_PREFIX: &[u8] = b"t\0";
+const VHOST_LIMITS_PREFIX: &[u8] = b"lv\0";
+const USER_LIMITS_PREFIX: &[u8] = b"lu\0";
 /// Present once the default user and vhost were created: deleting them
 /// later must stick across restarts.
 const SEEDED_KEY: &[u8] = b"seeded";
@@ -217,8 +223,12 @@ pub(crate) struct AccessControl {
     vhosts: DashMap<String, VhostRecord>,
     /// user → vhost → permission.
     permissions: DashMap<String, DashMap<String, Arc<Permission>>>,
-    /// Bumped on every change to users or permissions, so channels can
-    /// cache a check.
+    /// user → vhost → that user's topic permissions there.
+    topics: DashMap<String, DashMap<String, Arc<VhostTopicPermissions>>>,
+    vhost_limits: DashMap<String, Limits>,
+    user_limits: DashMap<String, Limits>,
+    /// Bumped on every change to users, permissions or topic permissions,
+    /// so channels can cache a check.
     generation: AtomicU64,
 }
 
@@ -241,6 +251,9 @@ impl AccessControl {
             users: DashMap::new(),
             vhosts: DashMap::new(),
             permissions: DashMap::new(),
+            topics: DashMap::new(),
+            vhost_limits: DashMap::new(),
+            user_limits: DashMap::new(),
             generation: AtomicU64::new(1),
         };
         let mut seeded = false;
@@ -264,6 +277,25 @@ impl AccessControl {
                         }
                         Err(e) => tracing::warn!(error = %e, "dropping a stored permission"),
                     }
+                })
+            } else if k.starts_with(TOPIC_PREFIX) {
+                serde_json::from_slice::<TopicPermissionRecord>(v).map(|p| {
+                    match TopicPermission::compile(p) {
+                        Ok(p) => access.insert_topic_permission(p),
+                        Err(e) => {
+                            tracing::warn!(error = %e, "dropping a stored topic permission")
+                        }
+                    }
+                })
+            } else if let Some(name) = k.strip_prefix(VHOST_LIMITS_PREFIX) {
+                serde_json::from_slice::<Limits>(v).map(|l| {
+                    let name = String::from_utf8_lossy(name).into_owned();
+                    access.vhost_limits.insert(name, l);
+                })
+            } else if let Some(name) = k.strip_prefix(USER_LIMITS_PREFIX) {
+                serde_json::from_slice::<Limits>(v).map(|l| {
+                    let name = String::from_utf8_lossy(name).into_owned();
+                    access.user_limits.insert(name, l);
                 })
             } else {
                 Ok(())
@@ -337,6 +369,15 @@ impl AccessControl {
                     .put_access(&key(PERMISSION_PREFIX, &[&vhost, name]), None);
             }
         }
+        if let Some((_, per_vhost)) = self.topics.remove(name) {
+            for (vhost, topics) in per_vhost {
+                for p in topics.records() {
+                    self.store
+                        .put_access(&key(TOPIC_PREFIX, &[&vhost, name, &p.exchange]), None);
+                }
+            }
+        }
+        self.set_user_limits(name, Limits::default());
         self.changed();
         true
     }
@@ -371,6 +412,17 @@ impl AccessControl {
                     .put_access(&key(PERMISSION_PREFIX, &[name, per_vhost.key()]), None);
             }
         }
+        for per_vhost in self.topics.iter() {
+            if let Some((_, topics)) = per_vhost.remove(name) {
+                for p in topics.records() {
+                    self.store.put_access(
+                        &key(TOPIC_PREFIX, &[name, per_vhost.key(), &p.exchange]),
+                        None,
+                    );
+                }
+            }
+        }
+        self.set_vhost_limits(name, Limits::default());
         self.changed();
         existed
     }
@@ -431,6 +483,163 @@ impl AccessControl {
         all
     }
 
+    // --- topic permissions ---
+
+    fn insert_topic_permission(&self, p: TopicPermission) {
+        let vhost = p.record.vhost.clone();
+        let per_vhost = self.topics.entry(p.record.user.clone()).or_default();
+        let current = per_vhost.get(&vhost).map(|t| t.clone());
+        let updated = match current {
+            Some(t) => t.with(p),
+            None => VhostTopicPermissions::default().with(p),
+        };
+        per_vhost.insert(vhost, Arc::new(updated));
+    }
+
+    /// Sets a user's topic permission for one exchange in a vhost.
+    pub(crate) fn put_topic_permission(&self, p: TopicPermission) {
+        let r = &p.record;
+        let k = key(TOPIC_PREFIX, &[&r.vhost, &r.user, &r.exchange]);
+        let v = serde_json::to_vec(r).expect("a topic permission serialises");
+        self.store.put_access(&k, Some(&v));
+        self.insert_topic_permission(p);
+        self.changed();
+    }
+
+    /// Clears a user's topic permissions in a vhost: for one exchange, or
+    /// all of them. False when there was none.
+    pub(crate) fn delete_topic_permissions(
+        &self,
+        vhost: &str,
+        user: &str,
+        exchange: Option<&str>,
+    ) -> bool {
+        let Some(per_vhost) = self.topics.get(user) else {
+            return false;
+        };
+        let Some(current) = per_vhost.get(vhost).map(|t| t.clone()) else {
+            return false;
+        };
+        let gone: Vec<String> = current
+            .records()
+            .filter(|r| exchange.is_none_or(|x| x == r.exchange))
+            .map(|r| r.exchange.clone())
+            .collect();
+        if gone.is_empty() {
+            return false;
+        }
+        let mut left = current;
+        for x in &gone {
+            self.store
+                .put_access(&key(TOPIC_PREFIX, &[vhost, user, x]), None);
+            left = Arc::new(left.without(x));
+        }
+        if left.is_empty() {
+            per_vhost.remove(vhost);
+        } else {
+            per_vhost.insert(vhost.to_string(), left);
+        }
+        self.changed();
+        true
+    }
+
+    /// A user's topic permissions in a vhost, None when there are none.
+    pub(crate) fn topic_permissions_of(
+        &self,
+        vhost: &str,
+        user: &str,
+    ) -> Option<Arc<VhostTopicPermissions>> {
+        self.topics
+            .get(user)
+            .and_then(|per_vhost| per_vhost.get(vhost).map(|t| t.clone()))
+    }
+
+    /// Every topic permission, ordered by vhost, user and exchange.
+    pub(crate) fn topic_permissions(&self) -> Vec<TopicPermissionRecord> {
+        let mut all: Vec<TopicPermissionRecord> = self
+            .topics
+            .iter()
+            .flat_map(|per_vhost| {
+                per_vhost
+                    .iter()
+                    .flat_map(|t| t.records().cloned().collect::<Vec<_>>())
+                    .collect::<Vec<_>>()
+            })
+            .collect();
+        all.sort_by(|a, b| (&a.vhost, &a.user, &a.exchange).cmp(&(&b.vhost, &b.user, &b.exchange)));
+        all
+    }
+
+    // --- limits ---
+
+    pub(crate) fn vhost_limits(&self, vhost: &str) -> Limits {
+        self.vhost_limits
+            .get(vhost)
+            .map(|l| l.clone())
+            .unwrap_or_default()
+    }
+
+    /// One limit of a vhost, without copying its limits.
+    pub(crate) fn vhost_limit(&self, vhost: &str, name: &str) -> Option<u32> {
+        self.vhost_limits.get(vhost).and_then(|l| l.get(name))
+    }
+
+    /// One limit of a user, without copying its limits.
+    pub(crate) fn user_limit(&self, user: &str, name: &str) -> Option<u32> {
+        self.user_limits.get(user).and_then(|l| l.get(name))
+    }
+
+    pub(crate) fn user_limits(&self, user: &str) -> Limits {
+        self.user_limits
+            .get(user)
+            .map(|l| l.clone())
+            .unwrap_or_default()
+    }
+
+    /// Every vhost's limits, by vhost name.
+    pub(crate) fn all_vhost_limits(&self) -> Vec<(String, Limits)> {
+        let mut all: Vec<_> = self
+            .vhost_limits
+            .iter()
+            .map(|e| (e.key().clone(), e.value().clone()))
+            .collect();
+        all.sort_by(|a, b| a.0.cmp(&b.0));
+        all
+    }
+
+    /// Every user's limits, by user name.
+    pub(crate) fn all_user_limits(&self) -> Vec<(String, Limits)> {
+        let mut all: Vec<_> = self
+            .user_limits
+            .iter()
+            .map(|e| (e.key().clone(), e.value().clone()))
+            .collect();
+        all.sort_by(|a, b| a.0.cmp(&b.0));
+        all
+    }
+
+    /// Replaces a vhost's limits (none: forgets them).
+    pub(crate) fn set_vhost_limits(&self, vhost: &str, limits: Limits) {
+        put_limits(
+            &self.store,
+            &self.vhost_limits,
+            VHOST_LIMITS_PREFIX,
+            vhost,
+            limits,
+        );
+    }
+
+    /// Replaces a user's limits (none: forgets them).
+    pub(crate) fn set_user_limits(&self, user: &str, limits: Limits) {
+        put_limits(
+            &self.store,
+            &self.user_limits,
+            USER_LIMITS_PREFIX,
+            user,
+            limits,
+        );
+    }
+
     /// RabbitMQ's check for one AMQP operation on a named resource. The
     /// nameless default exchange is checked as `amq.default`, as RabbitMQ.
     pub(crate) fn check(
@@ -457,6 +666,25 @@ impl AccessControl {
             resource.kind()
         )))
     }
+}
+
+fn put_limits(
+    store: &Store,
+    map: &DashMap<String, Limits>,
+    prefix: &[u8],
+    name: &str,
+    limits: Limits,
+) {
+    let k = key(prefix, &[name]);
+    if limits.is_empty() {
+        if map.remove(name).is_some() {
+            store.put_access(&k, None);
+        }
+        return;
+    }
+    let v = serde_json::to_vec(&limits).expect("limits serialise");
+    store.put_access(&k, Some(&v));
+    map.insert(name.to_string(), limits);
 }
 
 #[cfg(test)]

@@ -10,6 +10,7 @@ pub(crate) mod consumer;
 pub(crate) mod dead_letter;
 pub(crate) mod exchange;
 pub(crate) mod flow;
+pub(crate) mod limits;
 pub(crate) mod memory;
 pub(crate) mod ops;
 pub(crate) mod policy;
@@ -17,6 +18,7 @@ pub(crate) mod queue;
 pub(crate) mod queue_args;
 pub(crate) mod queue_stats;
 pub(crate) mod timers;
+pub(crate) mod topic_permissions;
 pub(crate) mod vhost;
 
 use crate::config::Config;
@@ -112,6 +114,8 @@ pub struct Broker {
     /// Ready-message bytes across all queues, against the high watermark.
     pub(crate) memory: Arc<MemoryGauge>,
     pub(crate) store: Arc<Store>,
+    /// Open connections and channels by vhost and user, for the limits.
+    live: limits::LiveCounts,
     /// Handed to every queue.
     queue_services: QueueServices,
     next_id: AtomicU64,
@@ -163,6 +167,7 @@ impl Broker {
             vhosts: DashMap::default(),
             reply_to: DashMap::default(),
             connections: DashMap::default(),
+            live: limits::LiveCounts::default(),
             next_id: AtomicU64::new(1),
             memory,
             store,
@@ -277,15 +282,40 @@ impl Broker {
         true
     }
 
+    /// Replaces a vhost's limits (empty: clears them), applied at once.
+    pub(crate) fn set_vhost_limits(&self, vhost: &str, values: limits::Limits) {
+        if let Some(v) = self.vhost(vhost) {
+            v.set_max_queues(values.get(limits::MAX_QUEUES));
+        }
+        self.access.set_vhost_limits(vhost, values);
+    }
+
+    /// A connection's place under its vhost's and user's `max-connections`,
+    /// or RabbitMQ's refusal of connection.open.
+    pub(crate) fn connection_place(
+        &self,
+        vhost: &str,
+        user: &str,
+    ) -> Result<limits::ConnectionPlace, crate::error::AmqpError> {
+        self.live.connect(
+            vhost,
+            user,
+            self.access.vhost_limit(vhost, limits::MAX_CONNECTIONS),
+            self.access.user_limit(user, limits::MAX_CONNECTIONS),
+        )
+    }
+
     pub(crate) fn add_vhost(&self, name: &str) -> Arc<VHost> {
         self.vhosts
             .entry(name.to_string())
             .or_insert_with(|| {
-                Arc::new(VHost::new(
+                let vhost = VHost::new(
                     name.to_string(),
                     self.queue_services.clone(),
                     self.store.clone(),
-                ))
+                );
+                vhost.set_max_queues(self.access.vhost_limit(name, limits::MAX_QUEUES));
+                Arc::new(vhost)
             })
             .clone()
     }

@@ -10,6 +10,7 @@ use crate::message::Message;
 use crate::store::record::{BindingRecord, ExchangeRecord, QueueRecord};
 use crate::store::{RecoveredQueue, Store};
 use amq_protocol::types::{AMQPValue, FieldTable};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 pub(crate) struct VHost {
@@ -21,6 +22,8 @@ pub(crate) struct VHost {
     /// Taken before a queue's lock when applying, never the other way;
     /// held only to match and apply, never for I/O.
     policies: parking_lot::RwLock<PolicySet>,
+    /// The vhost's `max-queues` limit; `u64::MAX` when it has none.
+    max_queues: AtomicU64,
 }
 
 /// Arguments of exchange.declare.
@@ -107,6 +110,7 @@ impl VHost {
             exchanges: DashMap::default(),
             queues: DashMap::default(),
             policies: Default::default(),
+            max_queues: AtomicU64::new(u64::MAX),
         };
         for (name, kind) in [
             ("", ExchangeKind::Direct),
@@ -518,6 +522,31 @@ impl VHost {
     }
 
     /// Declares a queue; returns it and whether it was created.
+    /// Sets the vhost's `max-queues` limit (None: no limit).
+    pub(crate) fn set_max_queues(&self, max: Option<u32>) {
+        let max = max.map_or(u64::MAX, u64::from);
+        self.max_queues.store(max, Ordering::Relaxed);
+    }
+
+    /// How many queues the vhost has (exclusive ones too, as RabbitMQ
+    /// counts them for `max-queues`).
+    pub(crate) fn queue_count(&self) -> usize {
+        self.queues.len()
+    }
+
+    /// RabbitMQ's refusal to declare a new queue `name` once the vhost's
+    /// `max-queues` is reached.
+    pub(crate) fn check_queue_limit(&self, name: &str) -> Result<(), AmqpError> {
+        let max = self.max_queues.load(Ordering::Relaxed);
+        if max != u64::MAX && self.queue_count() as u64 >= max {
+            return Err(AmqpError::precondition_failed(format_args!(
+                "cannot declare queue '{name}': queue limit in vhost '{}' ({max}) is reached",
+                self.name
+            )));
+        }
+        Ok(())
+    }
+
     pub(crate) fn declare_queue(
         &self,
         d: &QueueDeclare<'_>,

@@ -9,6 +9,7 @@ pub(crate) mod topology;
 
 use crate::broker::access::{Access, Resource};
 use crate::broker::queue::Queue;
+use crate::broker::topic_permissions::VhostTopicPermissions;
 use crate::broker::vhost::{Routing, VHost};
 use crate::broker::Broker;
 use crate::connection::outbox::Outbox;
@@ -68,11 +69,15 @@ pub(crate) struct ConnCtx {
 }
 
 /// The last few permission checks that passed (RabbitMQ keeps 12 per
-/// channel), valid while no user or permission changed.
+/// channel) and the user's topic permissions in the vhost, valid while no
+/// user or permission changed.
 #[derive(Default)]
 pub(crate) struct AllowedCache {
     generation: u64,
     entries: Vec<(Access, Resource, String)>,
+    /// None when the user has no topic permission in the vhost: a
+    /// publish to a topic exchange then checks nothing more.
+    topics: Option<Arc<VhostTopicPermissions>>,
 }
 
 const ALLOWED_CACHE_SIZE: usize = 12;
@@ -95,12 +100,8 @@ impl crate::broker::ops::Gate for ConnGate<'_> {
     /// RabbitMQ's permission check for `access` to a named resource in the
     /// connection's vhost, through the cache of recent checks that passed.
     fn check(&mut self, access: Access, resource: Resource, name: &str) -> Result<(), AmqpError> {
-        let generation = self.broker.access.generation();
+        self.refresh();
         let cache = &mut *self.allowed;
-        if cache.generation != generation {
-            cache.generation = generation;
-            cache.entries.clear();
-        }
         if cache
             .entries
             .iter()
@@ -116,6 +117,36 @@ impl crate::broker::ops::Gate for ConnGate<'_> {
         }
         cache.entries.push((access, resource, name.to_string()));
         Ok(())
+    }
+
+    fn check_topic(
+        &mut self,
+        access: Access,
+        exchange: &str,
+        routing_key: &str,
+    ) -> Result<(), AmqpError> {
+        self.refresh();
+        match &self.allowed.topics {
+            None => Ok(()),
+            Some(topics) => topics.check(self.user, self.vhost, access, exchange, routing_key),
+        }
+    }
+}
+
+impl ConnGate<'_> {
+    /// Empties the cache and looks the topic permissions up again when
+    /// users or permissions changed since it was filled.
+    fn refresh(&mut self) {
+        let generation = self.broker.access.generation();
+        let cache = &mut *self.allowed;
+        if cache.generation != generation {
+            cache.generation = generation;
+            cache.entries.clear();
+            cache.topics = self
+                .broker
+                .access
+                .topic_permissions_of(self.vhost, self.user);
+        }
     }
 }
 

@@ -5,6 +5,7 @@ pub(crate) mod auth;
 mod interrupts;
 pub(crate) mod outbox;
 
+use crate::broker::limits::{ConnectionPlace, MAX_CHANNELS};
 use crate::broker::queue::Queue;
 use crate::broker::{Broker, ChannelRegistry, ConnectionHandle, PublishingState};
 use crate::channel::shared::ChannelShared;
@@ -336,6 +337,7 @@ struct Connection<R> {
 struct Session {
     ctx: ConnCtx,
     channel_max: u16,
+    place: ConnectionPlace,
     heartbeat: Option<Duration>,
     client_properties: FieldTable,
     mechanism: String,
@@ -398,6 +400,7 @@ impl<R: ClientRead> Connection<R> {
             channels: HashMap::default(),
             registry,
             channel_max: session.channel_max,
+            place: session.place,
             frame_timeout: session.heartbeat.map(|h| h * 2),
             publishing,
         };
@@ -534,6 +537,12 @@ impl<R: ClientRead> Connection<R> {
             ))
             .on_method(10, 40));
         };
+        // RabbitMQ checks the vhost's and then the user's connection limit
+        // before the user's access to the vhost.
+        let place = self
+            .broker
+            .connection_place(&vhost.name, &user)
+            .map_err(|e| e.on_method(10, 40))?;
         if self.broker.access.permission(&vhost.name, &user).is_none() {
             warn!(connection = ?self.name, user = ?user, vhost = ?vhost.name, "access to vhost refused: the user has no permissions on it");
             return Err(AmqpError::not_allowed(format_args!(
@@ -567,6 +576,7 @@ impl<R: ClientRead> Connection<R> {
                 allowed: Default::default(),
             },
             channel_max,
+            place,
             heartbeat,
             client_properties: start_ok.client_properties.clone(),
             mechanism: mechanism.to_string(),
@@ -979,6 +989,8 @@ struct OpenConnection {
     /// The same channels, as the management API sees them.
     registry: ChannelRegistry,
     channel_max: u16,
+    /// Its place under the vhost's and user's limits, with its channels.
+    place: ConnectionPlace,
     /// Silence longer than this (two heartbeat intervals) drops the peer.
     frame_timeout: Option<Duration>,
     publishing: Arc<PublishingState>,
@@ -1100,7 +1112,9 @@ impl OpenConnection {
     }
 
     fn remove_channel(&mut self, id: u16) {
-        self.channels.remove(&id);
+        if self.channels.remove(&id).is_some() {
+            self.place.close_channel();
+        }
         self.registry.lock().remove(&id);
     }
 
@@ -1124,6 +1138,12 @@ impl OpenConnection {
                 self.channel_max
             )));
         }
+        let max_channels = self
+            .ctx
+            .broker
+            .access
+            .user_limit(&self.ctx.user, MAX_CHANNELS);
+        self.place.open_channel(&self.ctx.user, max_channels)?;
         let shared = Arc::new(ChannelShared::new(
             id,
             self.ctx.outbox.clone(),

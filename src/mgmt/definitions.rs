@@ -7,7 +7,8 @@
 //! rest is applied and the answer lists what was left out, with whatever
 //! the import itself skipped (bindings whose ends are missing, objects that
 //! exist with other properties, kept as they are as RabbitMQ does).
-//! Policies are exported and imported by `policies`.
+//! Policies are exported and imported by `policies`, limits and topic
+//! permissions by `limits` and `topic_permissions`.
 
 mod unsupported;
 
@@ -16,6 +17,7 @@ use super::api::{
 };
 use super::objects::{bind, declare_exchange, declare_queue, NewBinding};
 use super::users::{permission_json, set_permission, user_json, user_record, UserBody};
+use super::{limits, topic_permissions};
 use crate::broker::access::{PermissionRecord, VhostRecord};
 use crate::broker::exchange::Destination;
 use crate::broker::ops::Unchecked;
@@ -136,11 +138,12 @@ pub(super) async fn export_all(
         // RabbitMQ 3.10 exports only the name.
         .map(|r| json!({"name": r.name}))
         .collect();
-    let mut users: Vec<Value> = broker.access.users().iter().map(|u| user_json(u)).collect();
-    for u in &mut users {
-        u.as_object_mut().expect("object").remove("limits");
-        u["limits"] = json!({});
-    }
+    let users: Vec<Value> = broker
+        .access
+        .users()
+        .iter()
+        .map(|u| user_json(&broker, u))
+        .collect();
     Ok(Json(json!({
         "rabbit_version": RABBIT_VERSION,
         "rabbitmq_version": RABBIT_VERSION,
@@ -149,8 +152,8 @@ pub(super) async fn export_all(
         "users": users,
         "vhosts": vhosts,
         "permissions": broker.access.permissions().iter().map(permission_json).collect::<Vec<_>>(),
-        "topic_permissions": [],
-        "parameters": [],
+        "topic_permissions": topic_permissions::export(&broker, None),
+        "parameters": limits::export_parameters(&broker, None),
         "global_parameters": [],
         "policies": super::policies::export(&broker, None),
         "queues": queues_json(&broker, None),
@@ -171,7 +174,7 @@ pub(super) async fn export_vhost(
         .ok_or_else(|| ApiError::bad_request("vhost_not_found"))?;
     Ok(Json(json!({
         "rabbit_version": RABBIT_VERSION,
-        "parameters": [],
+        "parameters": limits::export_parameters(&broker, Some(&vhost)),
         "policies": super::policies::export(&broker, Some(&vhost)),
         "queues": queues_json(&broker, Some(&vhost)),
         "exchanges": exchanges_json(&broker, Some(&vhost)),
@@ -290,6 +293,11 @@ fn yes() -> bool {
 /// Returns what it skipped.
 fn import(broker: &Broker, d: Definitions, only: Option<&str>) -> Result<Vec<Omission>, ApiError> {
     let mut skipped = Vec::new();
+    let queues = d
+        .queues
+        .iter()
+        .map(|q| (q.vhost.as_deref(), q.name.as_str()));
+    limits::check_queue_limits(broker, queues, only)?;
     let in_vhost = |v: &Option<String>| -> Result<String, ApiError> {
         match (only, v) {
             (Some(only), _) => Ok(only.to_string()),
@@ -299,9 +307,11 @@ fn import(broker: &Broker, d: Definitions, only: Option<&str>) -> Result<Vec<Omi
     };
     if only.is_none() {
         for u in d.users {
+            let user_limits = u.rest.get("limits").cloned();
             let b: UserBody = serde_json::from_value(Value::Object(u.rest))
                 .map_err(|e| ApiError::bad_request(format!("user '{}': {e}", u.name)))?;
             broker.access.put_user(user_record(&u.name, b)?);
+            limits::import_user(broker, &u.name, user_limits.as_ref())?;
         }
         for v in d.vhosts {
             let (description, tags) = match v.metadata {
@@ -317,8 +327,10 @@ fn import(broker: &Broker, d: Definitions, only: Option<&str>) -> Result<Vec<Omi
         for p in d.permissions {
             set_permission(broker, p)?;
         }
+        topic_permissions::import(broker, &d.topic_permissions)?;
     }
     super::policies::import(broker, &d.policies, only)?;
+    limits::import_parameters(broker, &d.parameters, only)?;
     let vhost_of = |name: &str| {
         broker
             .vhost(name)

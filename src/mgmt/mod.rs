@@ -12,11 +12,13 @@ mod api;
 mod certificates;
 mod definitions;
 mod durable;
+mod limits;
 mod listener;
 mod live;
 mod metrics;
 mod objects;
 mod policies;
+mod topic_permissions;
 mod users;
 
 use crate::broker::Broker;
@@ -25,7 +27,7 @@ use axum::extract::{ConnectInfo, DefaultBodyLimit, Request, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::{delete, get, post, put};
 use axum::{Json, Router};
 use base64::Engine;
 use serde_json::json;
@@ -181,6 +183,37 @@ pub(crate) async fn serve(
             get(policies::operator_policy)
                 .put(policies::put_operator_policy)
                 .delete(policies::delete_operator_policy),
+        )
+        .route("/api/topic-permissions", get(topic_permissions::all))
+        .route(
+            "/api/topic-permissions/{vhost}/{user}",
+            get(topic_permissions::of_user_in_vhost)
+                .put(topic_permissions::put)
+                .delete(topic_permissions::delete),
+        )
+        .route(
+            "/api/topic-permissions/{vhost}/{user}/{exchange}",
+            delete(topic_permissions::delete_one),
+        )
+        .route(
+            "/api/users/{name}/topic-permissions",
+            get(topic_permissions::of_user),
+        )
+        .route(
+            "/api/vhosts/{name}/topic-permissions",
+            get(topic_permissions::of_vhost),
+        )
+        .route("/api/vhost-limits", get(limits::all_vhost_limits))
+        .route("/api/vhost-limits/{vhost}", get(limits::vhost_limits))
+        .route(
+            "/api/vhost-limits/{vhost}/{name}",
+            put(limits::put_vhost_limit).delete(limits::delete_vhost_limit),
+        )
+        .route("/api/user-limits", get(limits::all_user_limits))
+        .route("/api/user-limits/{user}", get(limits::user_limits))
+        .route(
+            "/api/user-limits/{user}/{name}",
+            put(limits::put_user_limit).delete(limits::delete_user_limit),
         )
         .route(
             "/api/definitions",

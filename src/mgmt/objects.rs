@@ -719,6 +719,22 @@ impl Gate for ApiGate<'_> {
             .access
             .check(self.user, self.vhost, access, resource, name)
     }
+
+    fn check_topic(
+        &mut self,
+        access: Access,
+        exchange: &str,
+        routing_key: &str,
+    ) -> Result<(), AmqpError> {
+        match self
+            .broker
+            .access
+            .topic_permissions_of(self.vhost, self.user)
+        {
+            None => Ok(()),
+            Some(t) => t.check(self.user, self.vhost, access, exchange, routing_key),
+        }
+    }
 }
 
 // ---------------------------------------------------------------- bindings

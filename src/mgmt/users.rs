@@ -28,13 +28,13 @@ pub(super) async fn whoami(Extension(user): Extension<User>) -> ApiResult {
 
 // ---------------------------------------------------------------- users
 
-pub(super) fn user_json(u: &UserRecord) -> Value {
+pub(super) fn user_json(broker: &Broker, u: &UserRecord) -> Value {
     json!({
         "name": u.name,
         "password_hash": u.password_hash,
         "hashing_algorithm": u.hashing_algorithm,
         "tags": u.tags,
-        "limits": {},
+        "limits": super::limits::user_limits_json(broker, &u.name),
     })
 }
 
@@ -44,7 +44,12 @@ pub(super) async fn users(
     Query(query): Q,
 ) -> ApiResult {
     user.require_admin()?;
-    let items = broker.access.users().iter().map(|u| user_json(u)).collect();
+    let items = broker
+        .access
+        .users()
+        .iter()
+        .map(|u| user_json(&broker, u))
+        .collect();
     list(items, &query)
 }
 
@@ -64,7 +69,7 @@ pub(super) async fn users_without_permissions(
         .users()
         .iter()
         .filter(|u| !with.contains(&u.name))
-        .map(|u| user_json(u))
+        .map(|u| user_json(&broker, u))
         .collect();
     Ok(Json(Value::Array(items)).into_response())
 }
@@ -76,7 +81,7 @@ pub(super) async fn user(
 ) -> ApiResult {
     user.require_admin()?;
     let u = broker.access.user(&name).ok_or_else(ApiError::not_found)?;
-    Ok(Json(user_json(&u)).into_response())
+    Ok(Json(user_json(&broker, &u)).into_response())
 }
 
 #[derive(Deserialize)]

@@ -34,6 +34,7 @@ mod fuzz_regressions;
 mod hostile_limits;
 mod hostile_mgmt;
 mod hostile_protocol;
+mod limits;
 mod memory_bound;
 mod mgmt;
 mod mgmt_objects;

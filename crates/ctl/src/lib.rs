@@ -11,6 +11,7 @@
 #![warn(unreachable_pub)]
 
 mod client;
+mod limits;
 mod table;
 
 use clap::{Args, Subcommand, ValueEnum};
@@ -68,6 +69,17 @@ Commands:
   list_policies                    List the policies of --vhost
   set_operator_policy NAME PATTERN DEFINITION, clear_operator_policy NAME,
   list_operator_policies           The same for operator policies (administrators)
+  set_vhost_limits DEFINITION      Set --vhost's limits, e.g. '{\"max-connections\": 10}'
+  clear_vhost_limits               Remove --vhost's limits
+  list_vhost_limits [--global]     List --vhost's limits (every vhost's with --global)
+  set_user_limits USER DEFINITION  Set a user's limits, e.g. '{\"max-channels\": 10}'
+  clear_user_limits USER NAME|all  Remove a user's limit, or all of them
+  list_user_limits [USER]          List user limits
+  set_topic_permissions USER EXCHANGE WRITE READ
+                                   Set a user's topic permissions in --vhost
+  clear_topic_permissions USER [EXCHANGE]
+                                   Remove a user's topic permissions in --vhost
+  list_topic_permissions           List topic permissions in --vhost
   export FILE                      Save all definitions as JSON (- for stdout)
   import FILE                      Load definitions from JSON (- for stdin)
   status                           Version, node, object and message totals, message rates
@@ -370,6 +382,63 @@ pub enum CtlCommand {
     },
     /// List the virtual host's operator policies
     ListOperatorPolicies,
+    /// Set a virtual host's limits (replacing them)
+    #[command(after_help = limits::SET_VHOST_LIMITS_HELP)]
+    SetVhostLimits {
+        /// DEFINITION (a JSON object)
+        #[arg(value_name = "DEFINITION", allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+    /// Remove a virtual host's limits
+    ClearVhostLimits {
+        #[arg(hide = true)]
+        args: Vec<String>,
+    },
+    /// List a virtual host's limits
+    ListVhostLimits {
+        /// Every virtual host's limits
+        #[arg(long)]
+        global: bool,
+    },
+    /// Set a user's limits (adding to them)
+    #[command(after_help = limits::SET_USER_LIMITS_HELP)]
+    SetUserLimits {
+        /// USER DEFINITION
+        #[arg(value_name = "ARG", allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+    /// Remove a user's limit, or all of them
+    #[command(after_help = limits::CLEAR_USER_LIMITS_HELP)]
+    ClearUserLimits {
+        /// USER NAME|all
+        #[arg(value_name = "ARG")]
+        args: Vec<String>,
+    },
+    /// List user limits (every user's, or one's)
+    ListUserLimits {
+        /// USER
+        #[arg(value_name = "USER")]
+        args: Vec<String>,
+    },
+    /// Set a user's topic permissions for an exchange in a virtual host
+    #[command(after_help = limits::SET_TOPIC_PERMISSIONS_HELP)]
+    SetTopicPermissions {
+        /// USER EXCHANGE WRITE READ
+        #[arg(value_name = "ARG", allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+    /// Remove a user's topic permissions in a virtual host
+    #[command(after_help = limits::CLEAR_TOPIC_PERMISSIONS_HELP)]
+    ClearTopicPermissions {
+        /// USER [EXCHANGE]
+        #[arg(value_name = "ARG")]
+        args: Vec<String>,
+    },
+    /// List the topic permissions in a virtual host
+    ListTopicPermissions {
+        #[arg(hide = true)]
+        args: Vec<String>,
+    },
     /// Save the broker's definitions (users, vhosts, permissions, queues,
     /// exchanges, bindings, policies) as JSON
     #[command(after_help = EXPORT_HELP)]
@@ -770,6 +839,15 @@ impl Ctx<'_> {
             }
             C::ListPolicies => self.list(Some("policies"), &[]),
             C::ListOperatorPolicies => self.list(Some("operator_policies"), &[]),
+            C::SetVhostLimits { args } => self.set_vhost_limits(args),
+            C::ClearVhostLimits { args } => self.clear_vhost_limits(args),
+            C::ListVhostLimits { global } => self.list_vhost_limits(*global),
+            C::SetUserLimits { args } => self.set_user_limits(args),
+            C::ClearUserLimits { args } => self.clear_user_limits(args),
+            C::ListUserLimits { args } => self.list_user_limits(args),
+            C::SetTopicPermissions { args } => self.set_topic_permissions(args),
+            C::ClearTopicPermissions { args } => self.clear_topic_permissions(args),
+            C::ListTopicPermissions { args } => self.list_topic_permissions(args),
             C::Export { args } => self.export(args),
             C::Import {
                 args,

@@ -16,6 +16,15 @@ pub(crate) trait Gate {
     /// RabbitMQ's permission check for `access` to a named resource in the
     /// operation's vhost: 403 ACCESS_REFUSED naming it when refused.
     fn check(&mut self, access: Access, resource: Resource, name: &str) -> Result<(), AmqpError>;
+    /// RabbitMQ's topic permission check of a key for `access` (write on
+    /// publish, read on bind) to `exchange`, which the caller knows is a
+    /// topic exchange: 403 ACCESS_REFUSED when refused.
+    fn check_topic(
+        &mut self,
+        access: Access,
+        exchange: &str,
+        routing_key: &str,
+    ) -> Result<(), AmqpError>;
 }
 
 /// An operation the broker does on its own authority (definitions import
@@ -29,6 +38,10 @@ impl Gate for Unchecked {
     }
 
     fn check(&mut self, _: Access, _: Resource, _: &str) -> Result<(), AmqpError> {
+        Ok(())
+    }
+
+    fn check_topic(&mut self, _: Access, _: &str, _: &str) -> Result<(), AmqpError> {
         Ok(())
     }
 }

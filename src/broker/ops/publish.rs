@@ -3,7 +3,7 @@
 
 use super::Gate;
 use crate::broker::access::{Access, Resource};
-use crate::broker::exchange::RoutingInfo;
+use crate::broker::exchange::{ExchangeKind, RoutingInfo};
 use crate::broker::queue::Queue;
 use crate::broker::vhost::{Routing, VHost};
 use crate::broker::Broker;
@@ -36,7 +36,8 @@ pub(crate) fn check_size(broker: &Broker, body_size: u64) -> Result<(), AmqpErro
 }
 
 /// The checks of RabbitMQ's channel, in its order: write permission on
-/// the exchange, the exchange exists and is not internal, `user_id` is the
+/// the exchange, the exchange exists and is not internal, the routing key
+/// passes the topic permissions of a topic exchange, `user_id` is the
 /// publisher's, a direct reply-to address names the publisher's own
 /// reply consumer (`reply_to`, the channel's address), the expiration is
 /// valid. Returns the message to route, with its properties' view.
@@ -60,6 +61,9 @@ pub(crate) fn accept(
             "cannot publish to internal exchange '{}' in vhost '{}'",
             x.name, vhost.name
         )));
+    }
+    if x.kind == ExchangeKind::Topic {
+        gate.check_topic(Access::Write, &x.name, &routing_key)?;
     }
     if let Some(user_id) = PropertiesView::str(&properties, &view.user_id) {
         if user_id != gate.user().as_bytes() {

@@ -53,7 +53,8 @@ pub(crate) fn delete_exchange(
     vhost.delete_exchange(name, if_unused)
 }
 
-/// queue.declare: configure on the queue; declaring a new one with a
+/// queue.declare: configure on the queue; a new one is refused once the
+/// vhost's `max-queues` is reached; declaring a new one with a
 /// dead-letter exchange also needs read on it and write on that exchange
 /// (RabbitMQ's rule). Returns the queue and whether it was created.
 pub(crate) fn declare_queue(
@@ -63,10 +64,13 @@ pub(crate) fn declare_queue(
 ) -> Result<(Arc<Queue>, bool), AmqpError> {
     if !d.passive {
         gate.check(Access::Configure, Resource::Queue, d.name)?;
-        if let (Some(AMQPValue::LongString(dlx)), Err(_)) = (
-            d.arguments.inner().get("x-dead-letter-exchange"),
-            vhost.queue(d.name),
-        ) {
+        let new = vhost.queue(d.name).is_err();
+        if new {
+            vhost.check_queue_limit(d.name)?;
+        }
+        if let (Some(AMQPValue::LongString(dlx)), true) =
+            (d.arguments.inner().get("x-dead-letter-exchange"), new)
+        {
             gate.check(Access::Read, Resource::Queue, d.name)?;
             gate.check(Access::Write, Resource::Exchange, &dlx.to_string())?;
         }
@@ -130,7 +134,8 @@ pub(crate) struct Bind<'a> {
 
 /// queue.bind / exchange.bind (`add`) and their unbinds, in RabbitMQ's
 /// order: write on the destination, neither end the default exchange, read
-/// on the source, then both ends looked up (a missing source reported
+/// on the source and, for a topic exchange, its topic permission on the
+/// binding key, then both ends looked up (a missing source reported
 /// first). A bind needs both ends, a headers binding's arguments that make
 /// sense and an exclusive destination queue belonging to `owner`. An
 /// unbind whose source, destination or binding is gone has nothing to do
@@ -158,6 +163,11 @@ pub(crate) fn bind(
         return Err(default_exchange_refused());
     }
     gate.check(Access::Read, Resource::Exchange, source)?;
+    if let Ok(x) = vhost.exchange(source) {
+        if x.kind == ExchangeKind::Topic {
+            gate.check_topic(Access::Read, source, routing_key)?;
+        }
+    }
     let ends = vhost.exchange(source).and_then(|source| {
         let destination = match to {
             BindTo::Queue(name) => Destination::Queue(vhost.queue(name)?),

@@ -82,17 +82,6 @@ pub(super) fn take(d: &mut Definitions, only: Option<&str>) -> LeftOut {
     }
     users(d, out);
     vhosts(d, out);
-    out.extend(d.topic_permissions.drain(..).map(|t| {
-        Omission::new(
-            format!(
-                "topic permission of user {} on exchange {} in vhost {}",
-                field(&t, "user"),
-                field(&t, "exchange"),
-                field(&t, "vhost")
-            ),
-            "topic permissions are not supported yet",
-        )
-    }));
     parameters(d, out);
     global_parameters(d, out);
     policies(d, out);
@@ -142,16 +131,6 @@ fn users(d: &mut Definitions, out: &mut Vec<Omission>) {
             _ => true,
         }
     });
-    for u in &mut d.users {
-        let limits = u.rest.get("limits");
-        if limits.is_some_and(|l| !is_empty(l)) {
-            out.push(Omission::new(
-                format!("limits of user '{}'", u.name),
-                "user limits are not supported yet",
-            ));
-            u.rest.remove("limits");
-        }
-    }
 }
 
 fn vhosts(d: &mut Definitions, out: &mut Vec<Omission>) {
@@ -169,14 +148,12 @@ fn vhosts(d: &mut Definitions, out: &mut Vec<Omission>) {
     }
 }
 
-/// Runtime parameters: only empty vhost limits (what RabbitMQ exports for a
-/// vhost whose limits were cleared) need nothing.
+/// Runtime parameters: Leveret has vhost limits only.
 fn parameters(d: &mut Definitions, out: &mut Vec<Omission>) {
     d.parameters.retain(|p| {
         let component = p.get("component").and_then(Value::as_str).unwrap_or("");
         let why = match component {
-            "vhost-limits" if p.get("value").is_none_or(is_empty) => return false,
-            "vhost-limits" => "vhost limits are not supported yet".to_string(),
+            "vhost-limits" => return true,
             "federation-upstream" | "federation-upstream-set" => "Leveret has no federation".into(),
             "shovel" => "Leveret has no shovels".into(),
             other => format!("Leveret has no runtime parameters of component '{other}'"),
@@ -354,15 +331,5 @@ fn opt(v: &Option<String>) -> String {
     match v {
         Some(v) => format!("'{v}'"),
         None => "?".into(),
-    }
-}
-
-/// `{}`, `[]` and null all mean "none" in RabbitMQ's exports.
-fn is_empty(v: &Value) -> bool {
-    match v {
-        Value::Null => true,
-        Value::Object(o) => o.is_empty(),
-        Value::Array(a) => a.is_empty(),
-        _ => false,
     }
 }
