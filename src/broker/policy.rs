@@ -757,6 +757,54 @@ mod tests {
         assert!(set.for_queue("other", QueueType::Classic).policy.is_none());
     }
 
+    /// rabbit_quorum_queue: the policy's overflow and expires win over the
+    /// arguments; limits still take the smaller; dead-lettering the argument.
+    #[test]
+    fn quorum_queues_let_the_policy_win_overflow_and_expires() {
+        let mut set = PolicySet::default();
+        set.put(
+            PolicyKind::Policy,
+            policy(
+                PolicyKind::Policy,
+                json!({"overflow": "reject-publish", "expires": 60000, "delivery-limit": 9, "dead-letter-routing-key": "p"}),
+                0,
+            ),
+        );
+        let mut args = FieldTable::default();
+        args.insert(
+            "x-overflow".into(),
+            amq_protocol::types::LongString::from("drop-head").into(),
+        );
+        let declared = QueueArgs {
+            queue_type: QueueType::Quorum,
+            expires: Some(1000),
+            delivery_limit: Some(3),
+            dead_letter_routing_key: Some("a".into()),
+            ..Default::default()
+        };
+        let e = effective_queue_args(&declared, &args, &set.for_queue("q", QueueType::Quorum));
+        assert_eq!(e.overflow, Overflow::RejectPublish);
+        assert_eq!(e.expires, Some(60000));
+        assert_eq!(e.delivery_limit, Some(3));
+        assert_eq!(e.dead_letter_routing_key.as_deref(), Some("a"));
+        let classic = QueueArgs {
+            queue_type: QueueType::Classic,
+            ..declared
+        };
+        let mut set = PolicySet::default();
+        set.put(
+            PolicyKind::Policy,
+            policy(
+                PolicyKind::Policy,
+                json!({"overflow": "reject-publish", "expires": 60000}),
+                0,
+            ),
+        );
+        let e = effective_queue_args(&classic, &args, &set.for_queue("q", QueueType::Classic));
+        assert_eq!(e.overflow, Overflow::DropHead, "classic: the argument");
+        assert_eq!(e.expires, Some(1000), "classic: the smaller");
+    }
+
     #[test]
     fn the_highest_priority_wins_and_unsupported_settings_do_not_apply() {
         let mut set = PolicySet::default();
