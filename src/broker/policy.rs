@@ -212,10 +212,9 @@ impl Policy {
             }
         };
         match (settings, apply, regex, priority) {
-            (Some(settings), Some(apply_to), Some(regex), Some(priority)) if errors.is_empty() => {
-                let Value::Object(definition) = definition else {
-                    unreachable!("a definition that parsed is an object")
-                };
+            (Some((settings, definition)), Some(apply_to), Some(regex), Some(priority))
+                if errors.is_empty() =>
+            {
                 Ok(Policy {
                     priority: priority.as_f64().unwrap_or(0.0),
                     record: PolicyRecord {
@@ -223,7 +222,7 @@ impl Policy {
                         name: name.to_string(),
                         pattern: regex.as_str().to_string(),
                         apply_to: apply_to.as_str().to_string(),
-                        definition: definition.clone(),
+                        definition,
                         priority,
                     },
                     apply_to,
@@ -270,7 +269,11 @@ impl Policy {
     }
 }
 
-fn parse_definition(kind: PolicyKind, definition: &Value) -> Result<Settings, String> {
+/// The settings of a definition, and the definition as an object.
+fn parse_definition(
+    kind: PolicyKind,
+    definition: &Value,
+) -> Result<(Settings, Map<String, Value>), String> {
     let map = match definition {
         Value::Object(m) if m.is_empty() => return Err("no policy provided".into()),
         Value::Object(m) => m,
@@ -340,7 +343,7 @@ fn parse_definition(kind: PolicyKind, definition: &Value) -> Result<Settings, St
             unknown.join(",")
         ));
     }
-    Ok(s)
+    Ok((s, map.clone()))
 }
 
 /// RabbitMQ's complaint about a pattern PCRE will not compile, with
