@@ -212,10 +212,9 @@ impl Policy {
             }
         };
         match (settings, apply, regex, priority) {
-            (Some(settings), Some(apply_to), Some(regex), Some(priority)) if errors.is_empty() => {
-                let Value::Object(definition) = definition else {
-                    unreachable!("a definition that parsed is an object")
-                };
+            (Some((settings, definition)), Some(apply_to), Some(regex), Some(priority))
+                if errors.is_empty() =>
+            {
                 Ok(Policy {
                     priority: priority.as_f64().unwrap_or(0.0),
                     record: PolicyRecord {
@@ -223,7 +222,7 @@ impl Policy {
                         name: name.to_string(),
                         pattern: regex.as_str().to_string(),
                         apply_to: apply_to.as_str().to_string(),
-                        definition: definition.clone(),
+                        definition,
                         priority,
                     },
                     apply_to,
@@ -270,7 +269,11 @@ impl Policy {
     }
 }
 
-fn parse_definition(kind: PolicyKind, definition: &Value) -> Result<Settings, String> {
+/// The settings of a definition, and the definition as an object.
+fn parse_definition(
+    kind: PolicyKind,
+    definition: &Value,
+) -> Result<(Settings, Map<String, Value>), String> {
     let map = match definition {
         Value::Object(m) if m.is_empty() => return Err("no policy provided".into()),
         Value::Object(m) => m,
@@ -340,7 +343,7 @@ fn parse_definition(kind: PolicyKind, definition: &Value) -> Result<Settings, St
             unknown.join(",")
         ));
     }
-    Ok(s)
+    Ok((s, map.clone()))
 }
 
 /// RabbitMQ's complaint about a pattern PCRE will not compile, with
@@ -755,6 +758,54 @@ mod tests {
             "merged definition shows the smaller"
         );
         assert!(set.for_queue("other", QueueType::Classic).policy.is_none());
+    }
+
+    /// rabbit_quorum_queue: the policy's overflow and expires win over the
+    /// arguments; limits still take the smaller; dead-lettering the argument.
+    #[test]
+    fn quorum_queues_let_the_policy_win_overflow_and_expires() {
+        let mut set = PolicySet::default();
+        set.put(
+            PolicyKind::Policy,
+            policy(
+                PolicyKind::Policy,
+                json!({"overflow": "reject-publish", "expires": 60000, "delivery-limit": 9, "dead-letter-routing-key": "p"}),
+                0,
+            ),
+        );
+        let mut args = FieldTable::default();
+        args.insert(
+            "x-overflow".into(),
+            amq_protocol::types::LongString::from("drop-head").into(),
+        );
+        let declared = QueueArgs {
+            queue_type: QueueType::Quorum,
+            expires: Some(1000),
+            delivery_limit: Some(3),
+            dead_letter_routing_key: Some("a".into()),
+            ..Default::default()
+        };
+        let e = effective_queue_args(&declared, &args, &set.for_queue("q", QueueType::Quorum));
+        assert_eq!(e.overflow, Overflow::RejectPublish);
+        assert_eq!(e.expires, Some(60000));
+        assert_eq!(e.delivery_limit, Some(3));
+        assert_eq!(e.dead_letter_routing_key.as_deref(), Some("a"));
+        let classic = QueueArgs {
+            queue_type: QueueType::Classic,
+            ..declared
+        };
+        let mut set = PolicySet::default();
+        set.put(
+            PolicyKind::Policy,
+            policy(
+                PolicyKind::Policy,
+                json!({"overflow": "reject-publish", "expires": 60000}),
+                0,
+            ),
+        );
+        let e = effective_queue_args(&classic, &args, &set.for_queue("q", QueueType::Classic));
+        assert_eq!(e.overflow, Overflow::DropHead, "classic: the argument");
+        assert_eq!(e.expires, Some(1000), "classic: the smaller");
     }
 
     #[test]

@@ -365,22 +365,30 @@ impl VHost {
 
     /// Adds or replaces a policy, stores it and applies it to every queue
     /// and exchange at once; true when it is new.
+    /// The store write is queued under the write lock, so that two
+    /// changes to one policy reach the store in the order they took effect.
     pub(crate) fn put_policy(&self, kind: PolicyKind, policy: Policy) -> bool {
         let key = super::policy::store_key(kind, &self.name, policy.name());
         let value = serde_json::to_vec(&policy.record).expect("a policy record serialises");
-        self.store.put_access(&key, Some(&value));
-        let created = self.policies.write().put(kind, policy);
+        let created = {
+            let mut policies = self.policies.write();
+            self.store.put_access(&key, Some(&value));
+            policies.put(kind, policy)
+        };
         self.apply_policies();
         created
     }
 
     /// Removes a policy and undoes its effect; false when there was none.
     pub(crate) fn delete_policy(&self, kind: PolicyKind, name: &str) -> bool {
-        if !self.policies.write().delete(kind, name) {
-            return false;
+        {
+            let mut policies = self.policies.write();
+            if !policies.delete(kind, name) {
+                return false;
+            }
+            self.store
+                .put_access(&super::policy::store_key(kind, &self.name, name), None);
         }
-        self.store
-            .put_access(&super::policy::store_key(kind, &self.name, name), None);
         self.apply_policies();
         true
     }

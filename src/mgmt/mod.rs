@@ -17,6 +17,7 @@ mod listener;
 mod live;
 mod metrics;
 mod objects;
+mod parameters;
 mod policies;
 mod topic_permissions;
 mod users;
@@ -202,6 +203,18 @@ pub(crate) async fn serve(
         .route(
             "/api/vhosts/{name}/topic-permissions",
             get(topic_permissions::of_vhost),
+        )
+        .route("/api/parameters", get(parameters::all))
+        .route("/api/parameters/{component}", get(parameters::of_component))
+        .route(
+            "/api/parameters/{component}/{vhost}",
+            get(parameters::in_vhost),
+        )
+        .route(
+            "/api/parameters/{component}/{vhost}/{name}",
+            get(parameters::one)
+                .put(parameters::put)
+                .delete(parameters::delete),
         )
         .route("/api/vhost-limits", get(limits::all_vhost_limits))
         .route("/api/vhost-limits/{vhost}", get(limits::vhost_limits))

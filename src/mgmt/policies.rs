@@ -284,7 +284,7 @@ pub(super) fn export(broker: &Broker, vhost: Option<&str>) -> Vec<Value> {
 /// Applies the `policies` of an import, each in its vhost (`only` for a
 /// per-vhost import). All are checked before any is set, so a bad one
 /// changes nothing; the error is RabbitMQ's text followed by
-/// ` (vhost/name)`.
+/// ` (vhost/name)`, as its import words it.
 pub(super) fn import(
     broker: &Broker,
     policies: &[Value],
@@ -310,7 +310,18 @@ pub(super) fn import(
             .ok_or_else(|| ApiError::bad_request(json!(["no_such_vhost", vhost])))?;
         let policy = parse(PolicyKind::Policy, vhost, name, body).map_err(|mut e| {
             if let Some(reason) = e.reason.as_str() {
-                e.reason = json!(format!("{} ({vhost}/{name})", reason.trim_end()));
+                let reason = format!("{reason} ({vhost}/{name})");
+                // A per-vhost import shows it as the Erlang binary it is.
+                e.reason = json!(match only {
+                    None => reason,
+                    Some(_) => format!(
+                        "<<\"{}\">>",
+                        reason
+                            .replace('\\', "\\\\")
+                            .replace('"', "\\\"")
+                            .replace('\n', "\\n")
+                    ),
+                });
             }
             e
         })?;

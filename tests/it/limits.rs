@@ -1224,3 +1224,67 @@ async fn ctl_sets_lists_and_clears_limits_and_topic_permissions_as_rabbitmqctl_n
     })
     .await
 }
+
+/// Vhost limits are also the runtime parameter `vhost-limits`/`limits`
+/// (what rabbitmqadmin's `list parameters` and `declare parameter` use);
+/// a component the broker lacks gets RabbitMQ's answer for a plugin that is
+/// not enabled.
+#[tokio::test]
+async fn vhost_limits_are_the_runtime_parameter_vhost_limits() {
+    within(async {
+        let Some(env) = Env::start().await else {
+            return;
+        };
+        let v = enc(&env.vhost);
+        let path = format!("/api/parameters/vhost-limits/{v}/limits");
+        let reply = env
+            .api
+            .put(
+                &path,
+                json!({"value": {"max-queues": 7, "max-connections": 3}}),
+            )
+            .await;
+        assert_status(&reply, 201, "PUT parameter");
+        let limits = env.api.get(&format!("/api/vhost-limits/{v}")).await.json;
+        assert_eq!(
+            limits,
+            json!([{"vhost": env.vhost, "value": {"max-queues": 7, "max-connections": 3}}])
+        );
+        let one = env.api.get(&path).await;
+        assert_status(&one, 200, "GET parameter");
+        assert_eq!(
+            one.json,
+            json!({"value": {"max-queues": 7, "max-connections": 3}, "vhost": env.vhost,
+                   "component": "vhost-limits", "name": "limits"})
+        );
+        let in_vhost = env
+            .api
+            .get(&format!("/api/parameters/vhost-limits/{v}"))
+            .await;
+        assert_eq!(in_vhost.json, json!([one.json.clone()]));
+        let all = env.api.get("/api/parameters").await.json;
+        assert!(all.as_array().unwrap().contains(&one.json), "{all}");
+        assert_eq!(env.api.get("/api/parameters/shovel").await.json, json!([]));
+
+        let reply = env
+            .api
+            .put(
+                &format!("/api/parameters/federation-upstream/{v}/up"),
+                json!({"value": {"uri": "amqp://elsewhere"}}),
+            )
+            .await;
+        assert_eq!(
+            (reply.status, &reply.json),
+            (
+                400,
+                &json!({"error": "bad_request",
+                        "reason": "Validation failed\n\ncomponent federation-upstream not found\n"})
+            )
+        );
+
+        assert_status(&env.api.delete(&path).await, 204, "DELETE parameter");
+        let limits = env.api.get(&format!("/api/vhost-limits/{v}")).await.json;
+        assert_eq!(limits, json!([]));
+    })
+    .await;
+}

@@ -832,7 +832,7 @@ async fn rabbitmqadmin_everyday_commands() {
             .await;
         assert!(admin.find("vhosts", "name", &vhost).await.is_empty());
 
-        // Vhost limits are there (issue 17 part 2).
+        // Vhost limits (issue 17 part 2), also as runtime parameters.
         admin
             .ok(&[
                 "declare",
@@ -842,36 +842,47 @@ async fn rabbitmqadmin_everyday_commands() {
                 "value=100000",
             ])
             .await;
+        let limits = admin.find("parameters", "component", "vhost-limits").await;
+        assert!(
+            limits
+                .iter()
+                .any(|p| p["vhost"] == "/" && p["value"]["max-queues"] == 100000),
+            "{limits:?}"
+        );
+        admin.ok(&["list", "vhost_limits"]).await;
         admin
             .ok(&["delete", "vhost_limit", "vhost=/", "name=max-queues"])
             .await;
-        // Not there yet (issue 17 part 1): policies and parameters fail
-        // clearly, naming the API path that is missing.
+
+        // Policies and operator policies (issue 17 part 1).
         let policy = unique("op-admin-policy");
-        let missing: [&[&str]; 3] = [
-            &["list", "policies"],
-            &[
+        admin.ok(&["list", "policies"]).await;
+        admin.ok(&["list", "operator_policies"]).await;
+        admin
+            .ok(&[
                 "declare",
                 "policy",
                 &format!("name={policy}"),
                 "pattern=^op-admin-nothing$",
                 r#"definition={"max-length":1}"#,
-            ],
-            &["list", "parameters"],
-        ];
-        for args in missing {
-            if against_other_broker() {
-                admin.ok(args).await;
-            } else {
-                let out = admin.fails(args).await;
-                assert!(out.contains("Not found: /api/"), "{args:?}: {out}");
-            }
-        }
-        if against_other_broker() {
-            admin
-                .ok(&["delete", "policy", &format!("name={policy}")])
-                .await;
-        }
+            ])
+            .await;
+        admin
+            .ok(&["delete", "policy", &format!("name={policy}")])
+            .await;
+
+        // A parameter of a component neither broker has (RabbitMQ without
+        // its shovel plugin): the same refusal.
+        let out = admin
+            .fails(&[
+                "declare",
+                "parameter",
+                "component=shovel",
+                "name=op-admin-shovel",
+                r#"value={"src-queue":"a","dest-queue":"b"}"#,
+            ])
+            .await;
+        assert!(out.contains("component shovel not found"), "{out}");
         broker.stop().await;
     })
     .await;

@@ -660,18 +660,22 @@ async fn policies_round_trip_through_definitions() {
     assert_eq!(api.get(&path("policies", &name)).await.json, want);
     clear(&api, "policies", &name).await;
     let bad = unique("pol-defs-bad");
+    let item =
+        json!({"vhost": "/", "name": bad, "pattern": "^x", "definition": {"max-length": "x"}});
     let r = api
-        .post(
-            "/api/definitions/%2f",
-            json!({"policies": [{"name": bad, "pattern": "^x", "definition": {"max-length": "x"}}]}),
-        )
+        .post("/api/definitions", json!({"policies": [item.clone()]}))
         .await;
     assert_eq!(r.status, 400, "{r:?}");
-    let reason = r.json["reason"].as_str().unwrap_or_default().to_string();
-    assert!(
-        reason.contains("is not a valid maximum length") && reason.contains(&bad),
-        "{reason}"
+    let text = format!(
+        "Validation failed\n\n&lt;&lt;\"x\"&gt;&gt; is not a valid maximum length\n (//{bad})"
     );
+    assert_eq!(r.json["reason"], json!(text));
+    let r = api
+        .post("/api/definitions/%2f", json!({"policies": [item]}))
+        .await;
+    assert_eq!(r.status, 400, "{r:?}");
+    let quoted = text.replace('"', "\\\"").replace('\n', "\\n");
+    assert_eq!(r.json["reason"], json!(format!("<<\"{quoted}\">>")));
     assert_eq!(api.get(&path("policies", &bad)).await.status, 404);
 }
 
