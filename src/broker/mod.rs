@@ -7,6 +7,7 @@
 
 pub(crate) mod access;
 pub(crate) mod consumer;
+pub(crate) mod counters;
 pub(crate) mod dead_letter;
 pub(crate) mod exchange;
 pub(crate) mod flow;
@@ -111,6 +112,8 @@ pub struct Broker {
     /// Ready-message bytes across all queues, against the high watermark.
     pub(crate) memory: Arc<MemoryGauge>,
     pub(crate) store: Arc<Store>,
+    /// Running totals for `/metrics`.
+    pub(crate) counters: Arc<counters::Counters>,
     /// Handed to every queue.
     queue_services: QueueServices,
     next_id: AtomicU64,
@@ -146,8 +149,10 @@ impl Broker {
                 },
             )?;
         let memory = Arc::new(MemoryGauge::new(config.limits.memory_high_watermark));
+        let counters = Arc::new(counters::Counters::default());
         let queue_services = QueueServices {
             memory: memory.clone(),
+            counters: counters.clone(),
             dead_letters,
             timers: timers::Timers::start(),
             flow: FlowLimits {
@@ -162,6 +167,7 @@ impl Broker {
             reply_to: DashMap::default(),
             connections: DashMap::default(),
             next_id: AtomicU64::new(1),
+            counters,
             memory,
             store,
             config,

@@ -42,6 +42,8 @@ pub(crate) enum Got {
 #[derive(Clone)]
 pub(crate) struct QueueServices {
     pub(crate) memory: Arc<MemoryGauge>,
+    /// Queues declared, created and deleted.
+    pub(crate) counters: Arc<super::counters::Counters>,
     pub(crate) dead_letters: DeadLetters,
     pub(crate) timers: Timers,
     pub(crate) flow: FlowLimits,
@@ -899,6 +901,7 @@ mod tests {
         let (dead_letters, _) = crate::broker::dead_letter::DeadLetters::channel();
         let services = QueueServices {
             memory: Arc::new(MemoryGauge::new(u64::MAX)),
+            counters: Default::default(),
             dead_letters,
             timers: Timers::start(),
             flow: FlowLimits {

@@ -452,6 +452,7 @@ impl VHost {
                 },
             )?
         };
+        super::counters::bump(&self.services.counters.queues_declared);
         if let Some(existing) = self.queues.get(d.name).map(|q| q.clone()) {
             existing.check_owner(d.connection)?;
             existing.touch();
@@ -569,6 +570,9 @@ impl VHost {
                 )
             })
             .clone();
+        if created {
+            super::counters::bump(&self.services.counters.queues_created);
+        }
         Ok((queue, created))
     }
 
@@ -582,6 +586,7 @@ impl VHost {
         {
             return 0;
         }
+        super::counters::bump(&self.services.counters.queues_deleted);
         self.unbind_everywhere(&Destination::Queue(queue.clone()));
         let (consumers, count) = queue.mark_deleted();
         if let Some(id) = queue.store_id {

@@ -23,7 +23,7 @@ pub(super) fn mark_started() {
     STARTED.get_or_init(Instant::now);
 }
 
-fn uptime_ms() -> u64 {
+pub(super) fn uptime_ms() -> u64 {
     STARTED.get_or_init(Instant::now).elapsed().as_millis() as u64
 }
 
@@ -36,7 +36,7 @@ pub(super) fn resident_memory() -> u64 {
 }
 
 /// The process's open-files limit, 0 when unknown.
-fn fd_limit() -> u64 {
+pub(super) fn fd_limit() -> u64 {
     let mut limit = libc::rlimit {
         rlim_cur: 0,
         rlim_max: 0,

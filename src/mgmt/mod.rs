@@ -12,6 +12,7 @@ mod api;
 mod certificates;
 mod definitions;
 mod durable;
+mod health;
 mod listener;
 mod live;
 mod metrics;
@@ -43,6 +44,7 @@ pub(crate) async fn serve(
     listeners: Vec<(TcpListener, bool)>,
     broker: Arc<Broker>,
     tls: Option<Arc<crate::tls::Tls>>,
+    active: Vec<(&'static str, SocketAddr)>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) {
     live::mark_started();
@@ -173,6 +175,22 @@ pub(crate) async fn serve(
         .route("/api/health/checks/alarms", get(live::alarms))
         .route("/api/health/checks/local-alarms", get(live::alarms))
         .route("/api/health/checks/store", get(live::store_damage))
+        .route(
+            "/api/health/checks/virtual-hosts",
+            get(health::virtual_hosts),
+        )
+        .route(
+            "/api/health/checks/port-listener/{port}",
+            get(health::port_listener),
+        )
+        .route(
+            "/api/health/checks/protocol-listener/{protocol}",
+            get(health::protocol_listener),
+        )
+        .route(
+            "/api/health/checks/certificate-expiration/{within}/{unit}",
+            get(health::certificate_expiration),
+        )
         .route("/api/aliveness-test/{vhost}", get(live::aliveness))
         .route("/api/tls/reload", post(certificates::reload))
         .route_layer(middleware::from_fn_with_state(
@@ -182,6 +200,8 @@ pub(crate) async fn serve(
         .route_layer(middleware::from_fn_with_state(broker.clone(), require_user));
     let app = Router::new()
         .route("/metrics", get(metrics::metrics))
+        .route("/metrics/per-object", get(metrics::per_object))
+        .route("/metrics/detailed", get(metrics::detailed))
         .merge(api)
         .fallback(|| async { api::ApiError::not_found() })
         .layer(match limits.max_body_size {
@@ -189,6 +209,7 @@ pub(crate) async fn serve(
             n => DefaultBodyLimit::max(n),
         })
         .layer(axum::Extension(tls.clone()))
+        .layer(axum::Extension(health::ActiveListeners(Arc::new(active))))
         .with_state(broker);
     listener::serve(listeners, tls, app, &limits, shutdown).await;
     sampler.abort();

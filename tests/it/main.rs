@@ -36,6 +36,7 @@ mod hostile_protocol;
 mod memory_bound;
 mod mgmt;
 mod mgmt_objects;
+mod monitoring;
 mod operator;
 mod operator_env;
 mod paging;
