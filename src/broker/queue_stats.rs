@@ -42,6 +42,11 @@ pub(crate) struct Sample {
     pub(crate) rates: [f64; 4],
     /// Fraction of the last interval consumers could take messages.
     pub(crate) utilisation: f64,
+    /// When a sample last saw the queue change (ms since the Unix epoch).
+    active_ms: u64,
+    /// `active_ms` while the last interval saw no change: RabbitMQ's
+    /// `idle_since`.
+    pub(crate) idle_since_ms: Option<u64>,
 }
 
 impl QueueStats {
@@ -117,6 +122,12 @@ impl QueueStats {
             last.utilisation = 1.0 - blocked_in_window as f64 / elapsed as f64;
         } else {
             last.utilisation = 1.0;
+        }
+        if last.at_ms == 0 || last.counts != counts || last.gauges != gauges {
+            last.active_ms = now;
+            last.idle_since_ms = None;
+        } else {
+            last.idle_since_ms = Some(last.active_ms);
         }
         last.at_ms = now;
         last.gauges = gauges;

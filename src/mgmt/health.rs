@@ -198,9 +198,23 @@ fn date_time(unix: i64) -> String {
     )
 }
 
+/// RabbitMQ's `idle_since`: `2026-12-06T10:05:06.727+00:00` (UTC).
+pub(super) fn iso_time(unix_ms: u64) -> String {
+    let secs = (unix_ms / 1000) as i64;
+    let (y, m, d) = civil_from_days(secs.div_euclid(86_400));
+    let t = secs.rem_euclid(86_400);
+    format!(
+        "{y}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{:03}+00:00",
+        t / 3600,
+        t / 60 % 60,
+        t % 60,
+        unix_ms % 1000
+    )
+}
+
 /// Days since 1970-01-01 to (year, month, day), proleptic Gregorian
 /// (Howard Hinnant's algorithm).
-pub(super) fn civil_from_days(days: i64) -> (i64, u32, u32) {
+fn civil_from_days(days: i64) -> (i64, u32, u32) {
     let z = days + 719_468;
     let era = z.div_euclid(146_097);
     let doe = z.rem_euclid(146_097);
@@ -223,6 +237,7 @@ mod tests {
         // 2036-12-03 09:06:51 UTC.
         assert_eq!(date_time(2_111_908_011), "2036-12-03 9:06:51");
         assert_eq!(date_time(951_782_400), "2000-02-29 0:00:00");
+        assert_eq!(iso_time(2_111_908_011_727), "2036-12-03T09:06:51.727+00:00");
     }
 
     #[test]

@@ -160,6 +160,7 @@ struct QueueRow {
     /// published, delivered, redelivered, acked.
     totals: [u64; 4],
     utilisation: f64,
+    head_timestamp: Option<u64>,
 }
 
 /// One open channel.
@@ -216,6 +217,9 @@ fn snapshot(broker: &Broker) -> Snapshot {
             counts: q.counts(),
             totals: q.stats.counts(),
             utilisation: q.stats.last().utilisation,
+            head_timestamp: q
+                .head_message()
+                .and_then(|m| super::objects::timestamp(&m.properties)),
             queue: q,
         })
         .collect();
@@ -275,10 +279,76 @@ const QUEUE_METRICS: &[(&str, &str, &str, QueueValue)] = &[
         utilisation,
     ),
     (
+        "queue_messages_ram",
+        "gauge",
+        "Ready and unacknowledged messages stored in memory",
+        |q| (q.counts.ready_in_memory + q.counts.unacked).to_string(),
+    ),
+    (
         "queue_messages_ram_bytes",
         "gauge",
         "Size of ready and unacknowledged messages stored in memory",
-        |q| q.counts.memory.to_string(),
+        |q| {
+            ((q.counts.memory as u64).min(q.counts.ready_bytes) + q.counts.unacked_bytes)
+                .to_string()
+        },
+    ),
+    (
+        "queue_messages_ready_ram",
+        "gauge",
+        "Ready messages stored in memory",
+        |q| q.counts.ready_in_memory.to_string(),
+    ),
+    (
+        "queue_messages_unacked_ram",
+        "gauge",
+        "Unacknowledged messages stored in memory",
+        |q| q.counts.unacked.to_string(),
+    ),
+    (
+        "queue_messages_persistent",
+        "gauge",
+        "Persistent messages",
+        |q| q.counts.persistent.messages.to_string(),
+    ),
+    (
+        "queue_messages_persistent_bytes",
+        "gauge",
+        "Size in bytes of persistent messages",
+        |q| q.counts.persistent.bytes.to_string(),
+    ),
+    (
+        "queue_messages_bytes",
+        "gauge",
+        "Size in bytes of ready and unacknowledged messages",
+        |q| (q.counts.ready_bytes + q.counts.unacked_bytes).to_string(),
+    ),
+    (
+        "queue_messages_ready_bytes",
+        "gauge",
+        "Size in bytes of ready messages",
+        |q| q.counts.ready_bytes.to_string(),
+    ),
+    (
+        "queue_messages_unacked_bytes",
+        "gauge",
+        "Size in bytes of all unacknowledged messages",
+        |q| q.counts.unacked_bytes.to_string(),
+    ),
+    (
+        "queue_messages_paged_out",
+        "gauge",
+        "Messages paged out to disk",
+        |q| (q.counts.ready - q.counts.ready_in_memory).to_string(),
+    ),
+    (
+        "queue_head_message_timestamp",
+        "gauge",
+        "Timestamp of the first message in the queue, if any",
+        |q| {
+            q.head_timestamp
+                .map_or("NaN".to_string(), |t| t.to_string())
+        },
     ),
 ];
 

@@ -56,7 +56,13 @@ pub(super) fn queue_json(q: &Queue) -> Value {
     let [publish, deliver_get, redeliver, ack] = q.stats.counts();
     let sample = q.stats.last();
     let rate = |i: usize| json!({"rate": sample.rates[i]});
-    json!({
+    // RabbitMQ 3.10 says 0 without consumers.
+    let utilisation = if c.consumers > 0 {
+        json!(sample.utilisation)
+    } else {
+        json!(0)
+    };
+    let mut queue = json!({
         "name": q.name,
         "vhost": q.vhost,
         "durable": q.durable,
@@ -73,9 +79,9 @@ pub(super) fn queue_json(q: &Queue) -> Value {
         "messages_unacknowledged": c.unacked,
         "messages_unacknowledged_details": {"rate": sample.gauge_rates[2]},
         "consumers": c.consumers,
-        "consumer_utilisation": if c.consumers > 0 { json!(sample.utilisation) } else { Value::Null },
+        "consumer_utilisation": utilisation,
+        "consumer_capacity": utilisation,
         "memory": c.memory,
-        "message_bytes_ram": c.memory,
         "consumer_details": q.consumers().iter().map(|c| json!({
             "consumer_tag": c.tag,
             "queue": {"name": q.name, "vhost": q.vhost},
@@ -93,7 +99,33 @@ pub(super) fn queue_json(q: &Queue) -> Value {
             "ack": ack, "ack_details": rate(3),
             "get_details": {"rate": sample.got_rate},
         },
-    })
+    });
+    // As RabbitMQ: there only while nothing happens to the queue.
+    if let Some(ms) = sample.idle_since_ms {
+        queue["idle_since"] = json!(super::health::iso_time(ms));
+    }
+    // Beside the above: one json! of everything passes the macro's
+    // recursion limit.
+    let sizes = json!({
+        "message_bytes": c.ready_bytes + c.unacked_bytes,
+        "message_bytes_ready": c.ready_bytes,
+        "message_bytes_unacknowledged": c.unacked_bytes,
+        // Ready bodies in memory (all of them unless paged out) and the
+        // unacknowledged ones, which channels hold.
+        "message_bytes_ram": (c.memory as u64).min(c.ready_bytes) + c.unacked_bytes,
+        "message_bytes_paged_out": c.ready_bytes.saturating_sub(c.memory as u64),
+        "message_bytes_persistent": c.persistent.bytes,
+        "messages_persistent": c.persistent.messages,
+        "messages_ram": c.ready_in_memory + c.unacked,
+        "messages_ready_ram": c.ready_in_memory,
+        "messages_unacknowledged_ram": c.unacked,
+        "messages_paged_out": c.ready - c.ready_in_memory,
+        "head_message_timestamp": q.head_message().and_then(|m| timestamp(&m.properties)),
+    });
+    if let (Some(queue), Value::Object(sizes)) = (queue.as_object_mut(), sizes) {
+        queue.extend(sizes);
+    }
+    queue
 }
 
 fn visible_vhosts(broker: &Broker, user: &User) -> Vec<Arc<VHost>> {
@@ -323,6 +355,12 @@ fn payload_json(body: &[u8], encoding: &str, truncate: Option<usize>) -> (String
             "base64",
         ),
     }
+}
+
+/// The `timestamp` property, if set.
+pub(super) fn timestamp(raw: &[u8]) -> Option<u64> {
+    let (_, p) = parse_properties(raw).ok()?;
+    p.timestamp().as_ref().copied()
 }
 
 /// Message properties as RabbitMQ's API shows them: only those set.

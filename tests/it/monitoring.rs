@@ -832,3 +832,118 @@ async fn certificate_expiration_check_fails_for_a_certificate_expiring_within_th
     );
     broker.stop().await;
 }
+
+// ------------------------------------------------------------ queue fields
+
+/// The queue as the API shows it once it reports `messages` and
+/// `messages_unacknowledged` (RabbitMQ's statistics lag up to 5 s).
+async fn queue_when(api: &Api, name: &str, messages: u64, unacked: u64) -> serde_json::Value {
+    common::wait_for("the queue's counts", Duration::from_secs(15), || async {
+        let reply = api.get(&format!("/api/queues/%2F/{name}")).await;
+        let q = reply.json;
+        if q["messages"] == messages
+            && q["messages_unacknowledged"] == unacked
+            && q["message_bytes"].is_u64()
+        {
+            Ok(q)
+        } else {
+            Err(q)
+        }
+    })
+    .await
+}
+
+#[tokio::test]
+async fn queue_objects_show_message_bytes_persistence_and_the_head_timestamp() {
+    let broker = TestBroker::start().await;
+    let Some(api) = Api::of(&broker) else { return };
+    let conn = broker.connect().await;
+    let ch = confirm_channel(&conn).await;
+    let q = unique("mon-fields");
+    common::amqp::declare_queue(&ch, &q, common::amqp::durable(), FieldTable::default()).await;
+    let persistent = |ts: u64| {
+        BasicProperties::default()
+            .with_delivery_mode(2)
+            .with_timestamp(ts)
+    };
+    common::amqp::publish_and_confirm(&ch, "", &q, b"hello", persistent(1_700_000_000)).await;
+    common::amqp::publish_and_confirm(&ch, "", &q, b"worlds!", persistent(1_700_000_100)).await;
+    common::amqp::publish_and_confirm(&ch, "", &q, b"abc", BasicProperties::default()).await;
+
+    let v = queue_when(&api, &q, 3, 0).await;
+    assert_eq!(v["message_bytes"], 15, "{v}");
+    assert_eq!(v["message_bytes_ready"], 15, "{v}");
+    assert_eq!(v["message_bytes_unacknowledged"], 0, "{v}");
+    assert_eq!(v["message_bytes_ram"], 15, "{v}");
+    assert_eq!(v["message_bytes_persistent"], 12, "{v}");
+    assert_eq!(v["messages_persistent"], 2, "{v}");
+    assert_eq!(v["messages_ram"], 3, "{v}");
+    assert_eq!(v["head_message_timestamp"], 1_700_000_000u64, "{v}");
+    assert_eq!(v["consumer_utilisation"], 0, "{v}");
+
+    // The head taken unacknowledged: its bytes move, it stays persistent.
+    let got = ch
+        .basic_get(q.as_str().into(), BasicGetOptions { no_ack: false })
+        .await
+        .unwrap()
+        .expect("a message");
+    let v = queue_when(&api, &q, 3, 1).await;
+    assert_eq!(v["message_bytes"], 15, "{v}");
+    assert_eq!(v["message_bytes_ready"], 10, "{v}");
+    assert_eq!(v["message_bytes_unacknowledged"], 5, "{v}");
+    assert_eq!(v["messages_persistent"], 2, "{v}");
+
+    got.ack(BasicAckOptions::default()).await.unwrap();
+    let v = queue_when(&api, &q, 2, 0).await;
+    assert_eq!(v["message_bytes"], 10, "{v}");
+    assert_eq!(v["messages_persistent"], 1, "{v}");
+    assert_eq!(v["message_bytes_persistent"], 7, "{v}");
+    assert_eq!(v["head_message_timestamp"], 1_700_000_100u64, "{v}");
+
+    // Left alone, the queue is idle since some moment, in RabbitMQ's format.
+    let idle = common::wait_for("idle_since", Duration::from_secs(15), || async {
+        let v = api.get(&format!("/api/queues/%2F/{q}")).await.json;
+        v["idle_since"].as_str().map(str::to_string).ok_or(v)
+    })
+    .await;
+    let format = regex::Regex::new(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}\+00:00$").unwrap();
+    assert!(format.is_match(&idle), "{idle}");
+    ch.queue_delete(q.as_str().into(), QueueDeleteOptions::default())
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn a_transient_queue_counts_no_persistent_messages_and_an_empty_one_no_timestamp() {
+    let broker = TestBroker::start().await;
+    let Some(api) = Api::of(&broker) else { return };
+    let conn = broker.connect().await;
+    let ch = confirm_channel(&conn).await;
+    let q = unique("mon-transient");
+    common::amqp::declare_queue(
+        &ch,
+        &q,
+        QueueDeclareOptions::default(),
+        FieldTable::default(),
+    )
+    .await;
+    let v = queue_when(&api, &q, 0, 0).await;
+    assert_eq!(v["head_message_timestamp"], serde_json::Value::Null, "{v}");
+    common::amqp::publish_and_confirm(
+        &ch,
+        "",
+        &q,
+        b"hello",
+        BasicProperties::default().with_delivery_mode(2),
+    )
+    .await;
+    let v = queue_when(&api, &q, 1, 0).await;
+    assert_eq!(v["messages_persistent"], 0, "{v}");
+    assert_eq!(v["message_bytes_persistent"], 0, "{v}");
+    assert_eq!(v["message_bytes"], 5, "{v}");
+    // No timestamp property: none shown.
+    assert_eq!(v["head_message_timestamp"], serde_json::Value::Null, "{v}");
+    ch.queue_delete(q.as_str().into(), QueueDeleteOptions::default())
+        .await
+        .unwrap();
+}
