@@ -75,6 +75,8 @@ pub(super) fn disk_free(broker: &Broker) -> u64 {
 pub(super) async fn overview(
     State(broker): State<Arc<Broker>>,
     Extension(user): Extension<User>,
+    Extension(totals): Extension<super::history::Totals>,
+    Query(query): Q,
 ) -> ApiResult {
     let (mut queues, mut exchanges, mut consumers) = (0usize, 0usize, 0usize);
     let (mut ready, mut unacked) = (0usize, 0usize);
@@ -105,7 +107,7 @@ pub(super) async fn overview(
         .iter()
         .map(|t| json!({"name": t, "enabled": true}))
         .collect();
-    Ok(Json(json!({
+    let mut overview = json!({
         "product_name": "Leveret",
         "product_version": env!("CARGO_PKG_VERSION"),
         "rabbitmq_version": "3.10.8",
@@ -133,8 +135,24 @@ pub(super) async fn overview(
             "ack": counts[3], "ack_details": {"rate": rates[3]},
         },
         "listeners": listeners(&broker),
-    }))
-    .into_response())
+    });
+    // History covers every vhost: shown to those who see them all.
+    let ask = super::history::Ask::from(&query);
+    if user.sees_everything() && (ask.lengths.is_some() || ask.msg_rates.is_some()) {
+        let now = crate::broker::timers::now_ms();
+        let h = totals.lock();
+        let lengths = ["messages", "messages_ready", "messages_unacknowledged"];
+        for (i, name) in lengths.into_iter().enumerate() {
+            overview["queue_totals"][format!("{name}_details")] =
+                super::history::details(0.0, ask.lengths, &h, i, now);
+        }
+        let stats = ["publish", "deliver_get", "redeliver", "ack"];
+        for (i, name) in stats.into_iter().enumerate() {
+            overview["message_stats"][format!("{name}_details")] =
+                super::history::details(rates[i], ask.msg_rates, &h, 3 + i, now);
+        }
+    }
+    Ok(Json(overview).into_response())
 }
 
 /// Each configured listen address, with RabbitMQ's protocol names.

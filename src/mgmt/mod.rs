@@ -13,6 +13,7 @@ mod certificates;
 mod definitions;
 mod durable;
 mod health;
+mod history;
 mod listener;
 mod live;
 mod metrics;
@@ -49,7 +50,8 @@ pub(crate) async fn serve(
 ) {
     live::mark_started();
     let limits = broker.config.mgmt.clone();
-    let sampler = tokio::spawn(sample_rates(Arc::downgrade(&broker)));
+    let totals = history::Totals::default();
+    let sampler = tokio::spawn(sample_rates(Arc::downgrade(&broker), totals.clone()));
     let api = Router::new()
         .route("/api/overview", get(live::overview))
         .route("/api/whoami", get(users::whoami))
@@ -210,14 +212,16 @@ pub(crate) async fn serve(
         })
         .layer(axum::Extension(tls.clone()))
         .layer(axum::Extension(health::ActiveListeners(Arc::new(active))))
+        .layer(axum::Extension(totals))
         .with_state(broker);
     listener::serve(listeners, tls, app, &limits, shutdown).await;
     sampler.abort();
 }
 
-/// Samples every queue's counters for rates and consumer utilisation,
-/// every `server.collect_statistics_interval_ms` (RabbitMQ: 5 s).
-async fn sample_rates(broker: std::sync::Weak<Broker>) {
+/// Samples every queue's counters for rates, consumer utilisation and
+/// history, every `server.collect_statistics_interval_ms` (RabbitMQ: 5 s),
+/// and their sums for the overview's history.
+async fn sample_rates(broker: std::sync::Weak<Broker>, totals: history::Totals) {
     let every = match broker.upgrade() {
         Some(b) => b.config.server.collect_statistics_interval_ms.max(10),
         None => return,
@@ -228,12 +232,23 @@ async fn sample_rates(broker: std::sync::Weak<Broker>) {
         let Some(broker) = broker.upgrade() else {
             return;
         };
+        let mut sum = [0u64; 7];
         for vhost in broker.vhosts() {
             for q in vhost.queues() {
                 let c = q.counts();
                 q.stats.sample(c.ready, c.unacked);
+                let counts = q.stats.counts();
+                let values = [
+                    (c.ready + c.unacked) as u64,
+                    c.ready as u64,
+                    c.unacked as u64,
+                ];
+                for (s, v) in sum.iter_mut().zip(values.into_iter().chain(counts)) {
+                    *s += v;
+                }
             }
         }
+        totals.lock().record(crate::broker::timers::now_ms(), sum);
     }
 }
 

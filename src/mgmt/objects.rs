@@ -5,6 +5,7 @@ use super::api::{
     body, by_vhost_and_name, created_or_updated, json_table, lenient_bool, list, no_content,
     node_name, parse_int, short_string, table_json, ApiError, ApiResult, User,
 };
+use super::history;
 use crate::broker::access::{Access, Resource};
 use crate::broker::exchange::{Binding, Destination, Exchange, ExchangeKind};
 use crate::broker::ops::publish::{self, Failed, Outgoing};
@@ -47,7 +48,7 @@ fn check(
 
 // ---------------------------------------------------------------- queues
 
-pub(super) fn queue_json(q: &Queue) -> Value {
+pub(super) fn queue_json(q: &Queue, ask: history::Ask) -> Value {
     let c = q.counts();
     let kind = match q.args.queue_type {
         QueueType::Classic => "classic",
@@ -100,6 +101,23 @@ pub(super) fn queue_json(q: &Queue) -> Value {
             "get_details": {"rate": sample.got_rate},
         },
     });
+    if ask.lengths.is_some() || ask.msg_rates.is_some() {
+        let now = crate::broker::timers::now_ms();
+        q.stats.with_history(|h| {
+            let lengths = ["messages", "messages_ready", "messages_unacknowledged"];
+            for (i, name) in lengths.into_iter().enumerate() {
+                let key = format!("{name}_details");
+                queue[&key] = history::details(sample.gauge_rates[i], ask.lengths, h, i, now);
+            }
+            let stats = &mut queue["message_stats"];
+            let rates = ["publish", "deliver_get", "redeliver", "ack"];
+            for (i, name) in rates.into_iter().enumerate() {
+                let key = format!("{name}_details");
+                stats[&key] = history::details(sample.rates[i], ask.msg_rates, h, 3 + i, now);
+            }
+            stats["get_details"] = history::details(sample.got_rate, ask.msg_rates, h, 7, now);
+        });
+    }
     // As RabbitMQ: there only while nothing happens to the queue.
     if let Some(ms) = sample.idle_since_ms {
         queue["idle_since"] = json!(super::health::iso_time(ms));
@@ -144,7 +162,7 @@ pub(super) async fn queues(
     let items = visible_vhosts(&broker, &user)
         .iter()
         .flat_map(|v| v.queues())
-        .map(|q| queue_json(&q))
+        .map(|q| queue_json(&q, history::Ask::from(&query)))
         .collect();
     list(by_vhost_and_name(items), &query)
 }
@@ -157,7 +175,12 @@ pub(super) async fn queues_in(
 ) -> ApiResult {
     let v = user.vhost(&broker, &vhost)?;
     list(
-        by_vhost_and_name(v.queues().iter().map(|q| queue_json(q)).collect()),
+        by_vhost_and_name(
+            v.queues()
+                .iter()
+                .map(|q| queue_json(q, history::Ask::from(&query)))
+                .collect(),
+        ),
         &query,
     )
 }
@@ -177,9 +200,10 @@ pub(super) async fn queue(
     State(broker): State<Arc<Broker>>,
     Extension(user): Extension<User>,
     Path((vhost, name)): Path<(String, String)>,
+    Query(query): Q,
 ) -> ApiResult {
     let (_, q) = find_queue(&broker, &user, &vhost, &name)?;
-    Ok(Json(queue_json(&q)).into_response())
+    Ok(Json(queue_json(&q, history::Ask::from(&query))).into_response())
 }
 
 #[derive(Deserialize)]

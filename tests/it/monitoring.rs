@@ -947,3 +947,151 @@ async fn a_transient_queue_counts_no_persistent_messages_and_an_empty_one_no_tim
         .await
         .unwrap();
 }
+
+// ------------------------------------------------------------ rate history
+
+/// Samples of `details`: (sample, timestamp), newest first.
+fn series(details: &serde_json::Value) -> Vec<(u64, u64)> {
+    details["samples"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .map(|s| {
+                    (
+                        s["sample"].as_u64().unwrap(),
+                        s["timestamp"].as_u64().unwrap(),
+                    )
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// `count` samples `incr_ms` apart, newest first (RabbitMQ sometimes
+/// gives one fewer, its newest interval not yet closed).
+fn assert_spaced(what: &str, samples: &[(u64, u64)], count: usize, incr_ms: u64) {
+    assert!(
+        (count - 1..=count).contains(&samples.len()),
+        "{what}: {count} samples wanted: {samples:?}"
+    );
+    for pair in samples.windows(2) {
+        assert_eq!(pair[0].1 - pair[1].1, incr_ms, "{what}: {samples:?}");
+    }
+    assert_eq!(
+        samples[0].1 % incr_ms,
+        0,
+        "{what}: on incr boundaries: {samples:?}"
+    );
+}
+
+#[tokio::test]
+async fn queues_and_the_overview_give_rate_samples_for_the_age_and_increment_asked() {
+    let broker = TestBroker::start().await;
+    let Some(api) = Api::of(&broker) else { return };
+    // RabbitMQ samples every 5 s, the test broker every 0.1 s.
+    let (age, incr) = if common::against_other_broker() {
+        (10, 5)
+    } else {
+        (2, 1)
+    };
+    let count = (age / incr + 1) as usize;
+    let conn = broker.connect().await;
+    let ch = confirm_channel(&conn).await;
+    let q = unique("mon-history");
+    common::amqp::declare_queue(
+        &ch,
+        &q,
+        QueueDeclareOptions::default(),
+        FieldTable::default(),
+    )
+    .await;
+    for _ in 0..3 {
+        common::amqp::publish_and_confirm(&ch, "", &q, b"x", BasicProperties::default()).await;
+    }
+    let path = format!(
+        "/api/queues/%2F/{q}?lengths_age={age}&lengths_incr={incr}&msg_rates_age={age}&msg_rates_incr={incr}"
+    );
+    // Until the history reaches back `age` with the messages in it.
+    let v = common::wait_for("a full history", Duration::from_secs(40), || async {
+        let v = api.get(&path).await.json;
+        let (lengths, publish) = (
+            series(&v["messages_details"]),
+            series(&v["message_stats"]["publish_details"]),
+        );
+        let full = |n: usize| n + 1 >= count;
+        if full(lengths.len()) && full(publish.len()) && lengths.iter().all(|s| s.0 == 3) {
+            Ok(v)
+        } else {
+            Err((lengths, publish))
+        }
+    })
+    .await;
+    let incr_ms = incr * 1000;
+    assert_spaced("messages", &series(&v["messages_details"]), count, incr_ms);
+    assert_spaced(
+        "messages_ready",
+        &series(&v["messages_ready_details"]),
+        count,
+        incr_ms,
+    );
+    assert_spaced(
+        "publish",
+        &series(&v["message_stats"]["publish_details"]),
+        count,
+        incr_ms,
+    );
+    assert_eq!(
+        series(&v["message_stats"]["publish_details"])[0].0,
+        3,
+        "{v}"
+    );
+    assert_eq!(series(&v["messages_unacknowledged_details"])[0].0, 0, "{v}");
+    let d = &v["messages_details"];
+    assert_eq!(d["avg"], 3.0, "{d}");
+    assert_eq!(d["avg_rate"], 0.0, "{d}");
+    assert!(d["rate"].is_number(), "{d}");
+
+    // Without the parameters: rates only.
+    let v = api.get(&format!("/api/queues/%2F/{q}")).await.json;
+    assert!(v["messages_details"].get("samples").is_none(), "{v}");
+    assert!(v["messages_details"]["rate"].is_number(), "{v}");
+
+    // The listing and the overview take them too.
+    let listing = api
+        .get(&format!(
+            "/api/queues/%2F?lengths_age={age}&lengths_incr={incr}"
+        ))
+        .await
+        .json;
+    let listed = listing
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|x| x["name"] == q.as_str())
+        .unwrap();
+    assert_spaced(
+        "listed",
+        &series(&listed["messages_details"]),
+        count,
+        incr * 1000,
+    );
+    let overview = api
+        .get(&format!("/api/overview?lengths_age={age}&lengths_incr={incr}&msg_rates_age={age}&msg_rates_incr={incr}"))
+        .await
+        .json;
+    let totals = series(&overview["queue_totals"]["messages_details"]);
+    assert!(
+        !totals.is_empty() && totals[0].1.is_multiple_of(incr_ms),
+        "{overview}"
+    );
+    assert!(
+        !series(&overview["message_stats"]["publish_details"]).is_empty(),
+        "{overview}"
+    );
+    if !common::against_other_broker() {
+        assert_eq!(totals[0].0, 3, "{overview}");
+    }
+    ch.queue_delete(q.as_str().into(), QueueDeleteOptions::default())
+        .await
+        .unwrap();
+}
