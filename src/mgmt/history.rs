@@ -38,7 +38,9 @@ impl Ask {
             };
             let (age, incr) = (get("age")?, get("incr")?);
             (incr > 0).then(|| Range {
-                age_ms: age.saturating_mul(1000).min(incr * 1000 * MAX_SAMPLES),
+                age_ms: age
+                    .saturating_mul(1000)
+                    .min(incr.saturating_mul(1000).saturating_mul(MAX_SAMPLES)),
                 incr_ms: incr.saturating_mul(1000),
             })
         };
@@ -137,6 +139,14 @@ mod tests {
             .msg_rates
             .is_none());
         assert_eq!(details(0.0, None, &h, 0, 5000), json!({"rate": 0.0}));
+        // Hostile numbers neither overflow nor run long.
+        let max = u64::MAX.to_string();
+        let range = ask(&[
+            ("lengths_age", max.as_str()),
+            ("lengths_incr", max.as_str()),
+        ])
+        .lengths;
+        assert_eq!(details(0.0, range, &h, 0, 5000)["samples"], json!([]));
         // A huge age is cut to MAX_SAMPLES samples.
         let mut h = History::<1>::default();
         h.record(0, [1]);
