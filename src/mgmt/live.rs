@@ -82,6 +82,7 @@ pub(super) async fn overview(
     let (mut ready, mut unacked) = (0usize, 0usize);
     let mut counts = [0u64; 4];
     let mut rates = [0f64; 4];
+    let mut length_rates = [0f64; 3];
     for vhost in broker.vhosts() {
         if !user.may_see(&broker, &vhost.name) {
             continue;
@@ -97,6 +98,9 @@ pub(super) async fn overview(
             for (i, n) in q.stats.counts().iter().enumerate() {
                 counts[i] += n;
                 rates[i] += sample.rates[i];
+            }
+            for (sum, rate) in length_rates.iter_mut().zip(sample.gauge_rates) {
+                *sum += rate;
             }
         }
     }
@@ -125,8 +129,11 @@ pub(super) async fn overview(
         },
         "queue_totals": {
             "messages": ready + unacked,
+            "messages_details": {"rate": length_rates[0]},
             "messages_ready": ready,
+            "messages_ready_details": {"rate": length_rates[1]},
             "messages_unacknowledged": unacked,
+            "messages_unacknowledged_details": {"rate": length_rates[2]},
         },
         "message_stats": {
             "publish": counts[0], "publish_details": {"rate": rates[0]},
@@ -144,7 +151,7 @@ pub(super) async fn overview(
         let lengths = ["messages", "messages_ready", "messages_unacknowledged"];
         for (i, name) in lengths.into_iter().enumerate() {
             overview["queue_totals"][format!("{name}_details")] =
-                super::history::details(0.0, ask.lengths, &h, i, now);
+                super::history::details(length_rates[i], ask.lengths, &h, i, now);
         }
         let stats = ["publish", "deliver_get", "redeliver", "ack"];
         for (i, name) in stats.into_iter().enumerate() {

@@ -835,15 +835,22 @@ async fn certificate_expiration_check_fails_for_a_certificate_expiring_within_th
 
 // ------------------------------------------------------------ queue fields
 
-/// The queue as the API shows it once it reports `messages` and
-/// `messages_unacknowledged` (RabbitMQ's statistics lag up to 5 s).
-async fn queue_when(api: &Api, name: &str, messages: u64, unacked: u64) -> serde_json::Value {
+/// The queue as the API shows it once it reports `messages`,
+/// `messages_unacknowledged` and `message_bytes` (RabbitMQ's statistics
+/// lag up to 5 s, and not all at once).
+async fn queue_when(
+    api: &Api,
+    name: &str,
+    messages: u64,
+    unacked: u64,
+    bytes: u64,
+) -> serde_json::Value {
     common::wait_for("the queue's counts", Duration::from_secs(15), || async {
         let reply = api.get(&format!("/api/queues/%2F/{name}")).await;
         let q = reply.json;
         if q["messages"] == messages
             && q["messages_unacknowledged"] == unacked
-            && q["message_bytes"].is_u64()
+            && q["message_bytes"] == bytes
         {
             Ok(q)
         } else {
@@ -870,7 +877,7 @@ async fn queue_objects_show_message_bytes_persistence_and_the_head_timestamp() {
     common::amqp::publish_and_confirm(&ch, "", &q, b"worlds!", persistent(1_700_000_100)).await;
     common::amqp::publish_and_confirm(&ch, "", &q, b"abc", BasicProperties::default()).await;
 
-    let v = queue_when(&api, &q, 3, 0).await;
+    let v = queue_when(&api, &q, 3, 0, 15).await;
     assert_eq!(v["message_bytes"], 15, "{v}");
     assert_eq!(v["message_bytes_ready"], 15, "{v}");
     assert_eq!(v["message_bytes_unacknowledged"], 0, "{v}");
@@ -887,14 +894,14 @@ async fn queue_objects_show_message_bytes_persistence_and_the_head_timestamp() {
         .await
         .unwrap()
         .expect("a message");
-    let v = queue_when(&api, &q, 3, 1).await;
+    let v = queue_when(&api, &q, 3, 1, 15).await;
     assert_eq!(v["message_bytes"], 15, "{v}");
     assert_eq!(v["message_bytes_ready"], 10, "{v}");
     assert_eq!(v["message_bytes_unacknowledged"], 5, "{v}");
     assert_eq!(v["messages_persistent"], 2, "{v}");
 
     got.ack(BasicAckOptions::default()).await.unwrap();
-    let v = queue_when(&api, &q, 2, 0).await;
+    let v = queue_when(&api, &q, 2, 0, 10).await;
     assert_eq!(v["message_bytes"], 10, "{v}");
     assert_eq!(v["messages_persistent"], 1, "{v}");
     assert_eq!(v["message_bytes_persistent"], 7, "{v}");
@@ -927,7 +934,7 @@ async fn a_transient_queue_counts_no_persistent_messages_and_an_empty_one_no_tim
         FieldTable::default(),
     )
     .await;
-    let v = queue_when(&api, &q, 0, 0).await;
+    let v = queue_when(&api, &q, 0, 0, 0).await;
     assert_eq!(v["head_message_timestamp"], serde_json::Value::Null, "{v}");
     common::amqp::publish_and_confirm(
         &ch,
@@ -937,7 +944,7 @@ async fn a_transient_queue_counts_no_persistent_messages_and_an_empty_one_no_tim
         BasicProperties::default().with_delivery_mode(2),
     )
     .await;
-    let v = queue_when(&api, &q, 1, 0).await;
+    let v = queue_when(&api, &q, 1, 0, 5).await;
     assert_eq!(v["messages_persistent"], 0, "{v}");
     assert_eq!(v["message_bytes_persistent"], 0, "{v}");
     assert_eq!(v["message_bytes"], 5, "{v}");
@@ -1090,6 +1097,13 @@ async fn queues_and_the_overview_give_rate_samples_for_the_age_and_increment_ask
     );
     if !common::against_other_broker() {
         assert_eq!(totals[0].0, 3, "{overview}");
+    }
+    // Without the parameters the overview's lengths have rates, as RabbitMQ's.
+    let overview = api.get("/api/overview").await.json;
+    for length in ["messages", "messages_ready", "messages_unacknowledged"] {
+        let details = &overview["queue_totals"][format!("{length}_details")];
+        assert!(details["rate"].is_number(), "{overview}");
+        assert!(details.get("samples").is_none(), "{overview}");
     }
     ch.queue_delete(q.as_str().into(), QueueDeleteOptions::default())
         .await
