@@ -351,7 +351,7 @@ pub(super) async fn close_connection(
 
 fn channel_json(conn: &ConnectionHandle, ch: &dyn ConsumerChannel) -> Value {
     let info = ch.info();
-    json!({
+    let mut channel = json!({
         "name": format!("{} ({})", conn.name, ch.id()),
         "number": ch.id(),
         "node": node_name(),
@@ -369,7 +369,26 @@ fn channel_json(conn: &ConnectionHandle, ch: &dyn ConsumerChannel) -> Value {
         "acks_uncommitted": 0,
         "confirm": info.mode == Mode::Confirm,
         "transactional": info.mode == Mode::Transactional,
-    })
+    });
+    // RabbitMQ's channel message_stats, counts only: channels are not
+    // sampled for rates.
+    if let Some(c) = ch.counts() {
+        channel["message_stats"] = json!({
+            "publish": c.received,
+            "confirm": c.confirmed,
+            "return_unroutable": c.unroutable_returned,
+            "drop_unroutable": c.unroutable_dropped,
+            "deliver": c.consume_manual_ack,
+            "deliver_no_ack": c.consume_auto_ack,
+            "get": c.get_manual_ack,
+            "get_no_ack": c.get_auto_ack,
+            "get_empty": c.get_empty,
+            "deliver_get": c.delivered(),
+            "redeliver": c.redelivered,
+            "ack": c.acknowledged,
+        });
+    }
+    channel
 }
 
 fn channels_of(broker: &Broker, user: &User, only: Option<&str>) -> Vec<Value> {

@@ -1109,3 +1109,60 @@ async fn queues_and_the_overview_give_rate_samples_for_the_age_and_increment_ask
         .await
         .unwrap();
 }
+
+#[tokio::test]
+async fn channels_show_rabbitmqs_message_stats() {
+    let broker = TestBroker::start().await;
+    let Some(api) = Api::of(&broker) else { return };
+    let conn = broker.connect().await;
+    let ch = confirm_channel(&conn).await;
+    let q = unique("mon-channel");
+    common::amqp::declare_queue(
+        &ch,
+        &q,
+        QueueDeclareOptions::default(),
+        FieldTable::default(),
+    )
+    .await;
+    for _ in 0..3 {
+        common::amqp::publish_and_confirm(&ch, "", &q, b"x", BasicProperties::default()).await;
+    }
+    let get = |no_ack: bool| {
+        let (ch, q) = (ch.clone(), q.clone());
+        async move {
+            ch.basic_get(q.as_str().into(), BasicGetOptions { no_ack })
+                .await
+                .unwrap()
+        }
+    };
+    get(true).await.expect("a message");
+    get(false)
+        .await
+        .expect("a message")
+        .ack(BasicAckOptions::default())
+        .await
+        .unwrap();
+    // The channel's number in the connection's name: "… (1)".
+    let expected = serde_json::json!({
+        "publish": 3, "confirm": 3, "get_no_ack": 1, "get": 1, "deliver_get": 2, "ack": 1,
+        "redeliver": 0, "drop_unroutable": 0, "return_unroutable": 0,
+    });
+    let stats = common::wait_for(
+        "the channel's message_stats",
+        Duration::from_secs(15),
+        || async {
+            let channels = api.get("/api/channels").await.json;
+            let mine = channels
+                .as_array()
+                .into_iter()
+                .flatten()
+                .find(|c| c["message_stats"]["publish"] == 3 && c["message_stats"]["ack"] == 1)
+                .map(|c| c["message_stats"].clone());
+            mine.ok_or(channels)
+        },
+    )
+    .await;
+    for (k, v) in expected.as_object().unwrap() {
+        assert_eq!(&stats[k], v, "{k}: {stats}");
+    }
+}
