@@ -88,6 +88,18 @@ pub async fn serve_on(
         mgmts,
         tls,
     } = listeners;
+    let active: Vec<(&'static str, std::net::SocketAddr)> = [
+        ("amqp", &amqp),
+        ("amqp/ssl", &amqps),
+        ("http", &mgmt),
+        ("https", &mgmts),
+    ]
+    .into_iter()
+    .flat_map(|(protocol, ls)| {
+        ls.iter()
+            .filter_map(move |l| l.local_addr().ok().map(|a| (protocol, a)))
+    })
+    .collect();
     let mgmt_task = (!mgmt.is_empty() || !mgmts.is_empty()).then(|| {
         let mut stop = stop_rx.clone();
         let mut all: Vec<_> = mgmt.into_iter().map(|l| (l, false)).collect();
@@ -96,6 +108,7 @@ pub async fn serve_on(
             all,
             broker.clone(),
             tls.clone(),
+            active,
             async move {
                 let _ = stop.wait_for(|s| *s).await;
             },

@@ -57,6 +57,17 @@ pub struct Tls {
     settings: TlsConfig,
     amqp: RwLock<Arc<ServerConfig>>,
     mgmt: RwLock<Arc<ServerConfig>>,
+    expiry: RwLock<Arc<Expiry>>,
+}
+
+/// When the certificates in use expire (Unix seconds, each certificate
+/// of the file in order), for the certificate-expiration health check.
+#[derive(Debug, Default)]
+pub(crate) struct Expiry {
+    pub(crate) cert: Vec<i64>,
+    pub(crate) mgmt_cert: Vec<i64>,
+    /// Empty when no CA file is set (or it cannot be read).
+    pub(crate) ca: Vec<i64>,
 }
 
 impl Tls {
@@ -65,11 +76,12 @@ impl Tls {
         if !settings.enabled() {
             return Ok(None);
         }
-        let (amqp, mgmt) = build(settings)?;
+        let (amqp, mgmt, expiry) = build(settings)?;
         Ok(Some(Arc::new(Tls {
             settings: settings.clone(),
             amqp: RwLock::new(amqp),
             mgmt: RwLock::new(mgmt),
+            expiry: RwLock::new(Arc::new(expiry)),
         })))
     }
 
@@ -87,13 +99,19 @@ impl Tls {
         &self.settings
     }
 
+    /// When the loaded certificates expire.
+    pub(crate) fn expiry(&self) -> Arc<Expiry> {
+        self.expiry.read().clone()
+    }
+
     /// Reads the files again and, if every one is good, serves new
     /// connections with them; otherwise keeps the old ones. Logs either way.
     pub fn reload(&self) -> Result<(), TlsError> {
         match build(&self.settings) {
-            Ok((amqp, mgmt)) => {
+            Ok((amqp, mgmt, expiry)) => {
                 *self.amqp.write() = amqp;
                 *self.mgmt.write() = mgmt;
+                *self.expiry.write() = Arc::new(expiry);
                 tracing::info!(cert = %self.settings.cert.display(), "TLS certificates reloaded; new connections use them");
                 Ok(())
             }
@@ -113,7 +131,9 @@ pub fn provider() -> Arc<CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
 }
 
-fn build(s: &TlsConfig) -> Result<(Arc<ServerConfig>, Arc<ServerConfig>), TlsError> {
+type Built = (Arc<ServerConfig>, Arc<ServerConfig>, Expiry);
+
+fn build(s: &TlsConfig) -> Result<Built, TlsError> {
     let provider = provider();
     let versions: Vec<&'static rustls::SupportedProtocolVersion> = s
         .versions
@@ -167,12 +187,34 @@ fn build(s: &TlsConfig) -> Result<(Arc<ServerConfig>, Arc<ServerConfig>), TlsErr
         config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
         Ok(Arc::new(config))
     };
+    let expiry = Expiry {
+        cert: not_after(&amqp_key.cert),
+        mgmt_cert: not_after(&mgmt_key.cert),
+        ca: if s.ca.as_os_str().is_empty() {
+            Vec::new()
+        } else {
+            read_certs("tls.ca", &s.ca).map_or(Vec::new(), |certs| not_after(&certs))
+        },
+    };
     // HTTPS asks for no client certificate (RabbitMQ's management.ssl
     // verifies none by default): API users log in with passwords.
     Ok((
         config(amqp_key, verifier.as_ref(), &[])?,
         config(mgmt_key, None, &[b"http/1.1"])?,
+        expiry,
     ))
+}
+
+/// Each certificate's end of validity (Unix seconds); one that does not
+/// parse counts as expired.
+fn not_after(certs: &[CertificateDer<'_>]) -> Vec<i64> {
+    certs
+        .iter()
+        .map(|c| {
+            x509_parser::parse_x509_certificate(c)
+                .map_or(0, |(_, parsed)| parsed.validity().not_after.timestamp())
+        })
+        .collect()
 }
 
 fn read(what: &'static str, path: &Path) -> Result<Vec<u8>, TlsError> {

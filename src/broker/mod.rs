@@ -7,6 +7,7 @@
 
 pub(crate) mod access;
 pub(crate) mod consumer;
+pub(crate) mod counters;
 pub(crate) mod dead_letter;
 pub(crate) mod exchange;
 pub(crate) mod flow;
@@ -116,6 +117,8 @@ pub struct Broker {
     pub(crate) store: Arc<Store>,
     /// Open connections and channels by vhost and user, for the limits.
     live: limits::LiveCounts,
+    /// Running totals for `/metrics`.
+    pub(crate) counters: Arc<counters::Counters>,
     /// Handed to every queue.
     queue_services: QueueServices,
     next_id: AtomicU64,
@@ -152,8 +155,10 @@ impl Broker {
             AccessControl::load(store.clone(), &access_records).map_err(damaged)?;
         let policies = policy::stored(&access_records).map_err(damaged)?;
         let memory = Arc::new(MemoryGauge::new(config.limits.memory_high_watermark));
+        let counters = Arc::new(counters::Counters::default());
         let queue_services = QueueServices {
             memory: memory.clone(),
+            counters: counters.clone(),
             dead_letters,
             timers: timers::Timers::start(),
             flow: FlowLimits {
@@ -169,6 +174,7 @@ impl Broker {
             connections: DashMap::default(),
             live: limits::LiveCounts::default(),
             next_id: AtomicU64::new(1),
+            counters,
             memory,
             store,
             config,

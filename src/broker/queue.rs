@@ -46,6 +46,8 @@ pub(crate) enum Got {
 #[derive(Clone)]
 pub(crate) struct QueueServices {
     pub(crate) memory: Arc<MemoryGauge>,
+    /// Queues declared, created and deleted.
+    pub(crate) counters: Arc<super::counters::Counters>,
     pub(crate) dead_letters: DeadLetters,
     pub(crate) timers: Timers,
     pub(crate) flow: FlowLimits,
@@ -104,6 +106,10 @@ struct QueueState {
     /// Rotation counter: which consumer of a priority group goes first.
     next_consumer: usize,
     unacked: usize,
+    /// Body bytes of the unacknowledged messages, and the persistent
+    /// ones among them (durable queues only, as RabbitMQ counts them).
+    unacked_bytes: u64,
+    unacked_persistent: crate::store::Persistent,
     /// Set once the queue has had a consumer: auto-delete applies from then on.
     had_consumer: bool,
     /// Some message may carry an expiry: the head is checked.
@@ -128,6 +134,13 @@ pub(crate) struct QueueCounts {
     pub(crate) consumers: usize,
     /// Bytes of ready messages held in memory.
     pub(crate) memory: usize,
+    /// Ready messages held in memory.
+    pub(crate) ready_in_memory: usize,
+    /// Body bytes of the ready and of the unacknowledged messages.
+    pub(crate) ready_bytes: u64,
+    pub(crate) unacked_bytes: u64,
+    /// Persistent messages, ready and unacknowledged (durable queues).
+    pub(crate) persistent: crate::store::Persistent,
 }
 
 impl Queue {
@@ -206,6 +219,8 @@ impl Queue {
                     consumers: Vec::new(),
                     next_consumer: 0,
                     unacked: 0,
+                    unacked_bytes: 0,
+                    unacked_persistent: Default::default(),
                     had_consumer: false,
                     expiring: false,
                     timer_at: None,
@@ -330,12 +345,24 @@ impl Queue {
 
     pub(crate) fn counts(&self) -> QueueCounts {
         let st = self.state.lock();
+        let mut persistent = st.ready.persistent();
+        persistent.messages += st.unacked_persistent.messages;
+        persistent.bytes += st.unacked_persistent.bytes;
         QueueCounts {
             ready: st.ready.len(),
             unacked: st.unacked,
             consumers: st.consumers.len(),
             memory: st.ready.bytes(),
+            ready_in_memory: st.ready.in_memory(),
+            ready_bytes: st.ready.body_bytes(),
+            unacked_bytes: st.unacked_bytes,
+            persistent,
         }
+    }
+
+    /// The next message to deliver, when it is in memory.
+    pub(crate) fn head_message(&self) -> Option<Arc<Message>> {
+        self.state.lock().ready.head().map(|m| m.message.clone())
     }
 
     /// The queue's consumers, highest priority first.
@@ -622,7 +649,7 @@ impl Queue {
                             self.stats.delivered(redelivered);
                             st.next_consumer = st.next_consumer.wrapping_add(k + 1);
                             if !consumer.no_ack {
-                                st.unacked += 1;
+                                self.unacked_add(st, &receipt);
                             }
                             st.ready.delivered(receipt, consumer.no_ack);
                             continue 'messages;
@@ -661,7 +688,7 @@ impl Queue {
             };
         };
         if !no_ack {
-            st.unacked += 1;
+            self.unacked_add(&mut st, &msg.receipt());
         }
         self.stats.got(msg.redelivered);
         st.ready.delivered(msg.receipt(), no_ack);
@@ -708,7 +735,7 @@ impl Queue {
     pub(crate) fn settle(&self, receipts: impl IntoIterator<Item = Receipt>) {
         let mut st = self.state.lock();
         for receipt in receipts {
-            st.unacked = st.unacked.saturating_sub(1);
+            self.unacked_sub(&mut st, &receipt);
             st.ready.acked(receipt);
             self.stats.acked.fetch_add(1, Ordering::Relaxed);
         }
@@ -719,9 +746,28 @@ impl Queue {
     pub(crate) fn reject(&self, messages: impl IntoIterator<Item = QueuedMessage>) {
         let mut st = self.state.lock();
         for msg in messages {
-            st.unacked = st.unacked.saturating_sub(1);
+            self.unacked_sub(&mut st, &msg.receipt());
             st.ready.acked(msg.receipt());
             self.dead_letter(&st, &msg.message, Reason::Rejected);
+        }
+    }
+
+    fn unacked_add(&self, st: &mut QueueState, r: &Receipt) {
+        st.unacked += 1;
+        st.unacked_bytes += r.body_len as u64;
+        if r.persistent && self.durable {
+            st.unacked_persistent.messages += 1;
+            st.unacked_persistent.bytes += r.body_len as u64;
+        }
+    }
+
+    fn unacked_sub(&self, st: &mut QueueState, r: &Receipt) {
+        st.unacked = st.unacked.saturating_sub(1);
+        st.unacked_bytes = st.unacked_bytes.saturating_sub(r.body_len as u64);
+        if r.persistent && self.durable {
+            let p = &mut st.unacked_persistent;
+            p.messages = p.messages.saturating_sub(1);
+            p.bytes = p.bytes.saturating_sub(r.body_len as u64);
         }
     }
 
@@ -775,7 +821,7 @@ impl Queue {
         let mut st = self.state.lock();
         let before = st.ready.bytes();
         for mut msg in messages {
-            st.unacked = st.unacked.saturating_sub(1);
+            self.unacked_sub(&mut st, &msg.receipt());
             if st.deleted {
                 continue;
             }
@@ -976,6 +1022,7 @@ mod tests {
         let (dead_letters, _) = crate::broker::dead_letter::DeadLetters::channel();
         let services = QueueServices {
             memory: Arc::new(MemoryGauge::new(u64::MAX)),
+            counters: Default::default(),
             dead_letters,
             timers: Timers::start(),
             flow: FlowLimits {

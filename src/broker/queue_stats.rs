@@ -3,7 +3,8 @@
 //!
 //! Counters are plain relaxed atomics bumped on the hot path. Rates come
 //! from a sampler that calls [`QueueStats::sample`] every few seconds, as
-//! RabbitMQ's management plugin samples every 5 s.
+//! RabbitMQ's management plugin samples every 5 s; each sample also goes
+//! into the queue's [`History`], the `samples` the API serves.
 
 use super::timers::now_ms;
 use parking_lot::Mutex;
@@ -24,6 +25,43 @@ pub(crate) struct QueueStats {
     /// Total ms spent blocked that way.
     blocked_ms: AtomicU64,
     last: Mutex<Sample>,
+    /// messages, messages_ready, messages_unacknowledged, publish,
+    /// deliver_get, redeliver, ack, get.
+    history: Mutex<History<8>>,
+}
+
+/// Values at the sampler's ticks, for the API's `samples` (RabbitMQ's
+/// `lengths_age`, `msg_rates_age`…): a point is kept only when something
+/// changed since the previous one (the values hold until the next), and
+/// at most [`History::POINTS`] of them, so an idle object costs one point
+/// and a busy one at most `POINTS` × (8 + 8 N) bytes.
+#[derive(Default)]
+pub(crate) struct History<const N: usize> {
+    /// (ms since the Unix epoch, values), oldest first.
+    points: std::collections::VecDeque<(u64, [u64; N])>,
+}
+
+impl<const N: usize> History<N> {
+    /// With RabbitMQ's 5 s sampling, five minutes of a queue that changes
+    /// all the time; longer for one that changes less often.
+    pub(crate) const POINTS: usize = 64;
+
+    pub(crate) fn record(&mut self, at_ms: u64, values: [u64; N]) {
+        if self.points.back().is_some_and(|(_, last)| *last == values) {
+            return;
+        }
+        if self.points.len() == Self::POINTS {
+            self.points.pop_front();
+        }
+        self.points.push_back((at_ms, values));
+    }
+
+    /// The values at `at_ms`: those of the last point at or before it;
+    /// None before the history begins.
+    pub(crate) fn at(&self, at_ms: u64) -> Option<[u64; N]> {
+        let i = self.points.partition_point(|(t, _)| *t <= at_ms);
+        i.checked_sub(1).map(|i| self.points[i].1)
+    }
 }
 
 /// Counter values at one sampling and the rates since the previous one.
@@ -42,6 +80,11 @@ pub(crate) struct Sample {
     pub(crate) rates: [f64; 4],
     /// Fraction of the last interval consumers could take messages.
     pub(crate) utilisation: f64,
+    /// When a sample last saw the queue change (ms since the Unix epoch).
+    active_ms: u64,
+    /// `active_ms` while the last interval saw no change: RabbitMQ's
+    /// `idle_since`.
+    pub(crate) idle_since_ms: Option<u64>,
 }
 
 impl QueueStats {
@@ -96,6 +139,13 @@ impl QueueStats {
         let gauges = [(ready + unacked) as u64, ready as u64, unacked as u64];
         let now = now_ms();
         let counts = self.counts();
+        let got = self.got.load(Ordering::Relaxed);
+        self.history.lock().record(
+            now,
+            [
+                gauges[0], gauges[1], gauges[2], counts[0], counts[1], counts[2], counts[3], got,
+            ],
+        );
         let blocked = self.blocked_total(now);
         let mut last = self.last.lock();
         let elapsed = now.saturating_sub(last.at_ms);
@@ -106,7 +156,6 @@ impl QueueStats {
             {
                 *rate = (now as f64 - before as f64) / secs;
             }
-            let got = self.got.load(Ordering::Relaxed);
             last.got_rate = got.saturating_sub(last.got) as f64 / secs;
             last.got = got;
             let previous = last.counts;
@@ -118,6 +167,12 @@ impl QueueStats {
         } else {
             last.utilisation = 1.0;
         }
+        if last.at_ms == 0 || last.counts != counts || last.gauges != gauges {
+            last.active_ms = now;
+            last.idle_since_ms = None;
+        } else {
+            last.idle_since_ms = Some(last.active_ms);
+        }
         last.at_ms = now;
         last.gauges = gauges;
         last.counts = counts;
@@ -126,6 +181,11 @@ impl QueueStats {
 
     pub(crate) fn last(&self) -> Sample {
         *self.last.lock()
+    }
+
+    /// Runs `f` on the history (the API builds `samples` from it).
+    pub(crate) fn with_history<T>(&self, f: impl FnOnce(&History<8>) -> T) -> T {
+        f(&self.history.lock())
     }
 }
 
@@ -148,6 +208,26 @@ mod tests {
         std::thread::sleep(Duration::from_millis(50));
         stats.sample(0, 0);
         assert_eq!(stats.last().utilisation, 1.0);
+    }
+
+    #[test]
+    fn history_keeps_changes_only_and_at_most_its_points() {
+        let mut h = History::<1>::default();
+        assert_eq!(h.at(5), None);
+        h.record(10, [1]);
+        h.record(20, [1]);
+        h.record(30, [2]);
+        assert_eq!(h.points.len(), 2, "an unchanged value adds no point");
+        assert_eq!(
+            (h.at(9), h.at(10), h.at(29), h.at(31)),
+            (None, Some([1]), Some([1]), Some([2]))
+        );
+        for i in 0..1000 {
+            h.record(100 + i, [i]);
+        }
+        assert_eq!(h.points.len(), History::<1>::POINTS);
+        assert_eq!(h.at(1099), Some([999]));
+        assert_eq!(h.at(100), None, "the oldest points are gone");
     }
 
     #[test]

@@ -575,6 +575,7 @@ impl VHost {
                 },
             )?
         };
+        super::counters::bump(&self.services.counters.queues_declared);
         if let Some(existing) = self.queues.get(d.name).map(|q| q.clone()) {
             existing.check_owner(d.connection)?;
             existing.touch();
@@ -697,6 +698,7 @@ impl VHost {
         if created {
             // A policy set while it was being made.
             self.apply_to_queue(&queue);
+            super::counters::bump(&self.services.counters.queues_created);
         }
         Ok((queue, created))
     }
@@ -711,6 +713,7 @@ impl VHost {
         {
             return 0;
         }
+        super::counters::bump(&self.services.counters.queues_deleted);
         self.unbind_everywhere(&Destination::Queue(queue.clone()));
         let (consumers, count) = queue.mark_deleted();
         if let Some(id) = queue.store_id {

@@ -217,6 +217,8 @@ impl Channel {
                 }) as super::Resume
             }),
             Got::Empty | Got::Loading => {
+                self.counts.get_empty += 1;
+                self.counts_changed = true;
                 self.shared
                     .send(AMQPClass::Basic(basic::AMQPMethod::GetEmpty(
                         basic::GetEmpty {},

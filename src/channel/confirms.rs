@@ -29,6 +29,8 @@ pub(crate) struct Confirms {
     pending: VecDeque<(u64, bool)>,
     /// Highest sequence number acked (or nacked) to the client.
     acked: u64,
+    /// Sequence numbers nacked, for `confirmed`.
+    nacked: u64,
 }
 
 impl Confirms {
@@ -61,6 +63,11 @@ impl Confirms {
         }
     }
 
+    /// Publishes acknowledged so far (acks sent, not nacks).
+    pub(crate) fn confirmed(&self) -> u64 {
+        self.acked - self.nacked
+    }
+
     /// Hands `send` the confirms owed now, in order.
     pub(crate) fn settle(&mut self, mut send: impl FnMut(Confirm)) {
         while let Some(&(seq, true)) = self.pending.front() {
@@ -69,6 +76,7 @@ impl Confirms {
                 send(Confirm::AckUpTo(seq - 1));
             }
             send(Confirm::Nack(seq));
+            self.nacked += 1;
             self.acked = seq;
         }
         let upto = self.pending.front().map_or(self.published, |(s, _)| s - 1);

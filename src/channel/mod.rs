@@ -250,6 +250,10 @@ pub(crate) struct Channel {
     routing: Routing,
     /// Reused for every acknowledgement.
     settling: Settling,
+    /// What this task counts (publishes, routing, empty gets), handed to
+    /// `shared` once per batch of frames when it changed.
+    counts: crate::broker::counters::MessageCounts,
+    counts_changed: bool,
 }
 
 /// A handler's outcome besides errors: whether the channel is gone.
@@ -267,6 +271,8 @@ impl Channel {
             content: None,
             routing: Routing::default(),
             settling: Settling::default(),
+            counts: Default::default(),
+            counts_changed: false,
             confirm: false,
             tx: None,
             last_queue: None,
@@ -472,6 +478,8 @@ impl Channel {
             }
         }
         self.shared.settle(&mut unacked, Settle::Requeue);
+        self.shared.publish_counts(&self.counts);
+        ctx.broker.counters.channel_closed(|| self.shared.retire());
     }
 
     /// A nowait method (no reply to hold back) that wrote topology still

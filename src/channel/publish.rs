@@ -195,6 +195,8 @@ impl Channel {
 
     fn finish_publish(&mut self, ctx: &mut ConnCtx) -> Result<(), AmqpError> {
         let content = self.content.take().expect("content in progress");
+        self.counts.received += 1;
+        self.counts_changed = true;
         let header = content.header.expect("header received");
         let result = self.publish_message(
             ctx,
@@ -224,6 +226,9 @@ impl Channel {
         let (mut gate, vhost) = ctx.gate();
         let (message, view) =
             ops::publish::accept(&mut gate, vhost, outgoing, self.reply_to.as_deref())?;
+        if self.confirm || self.tx.is_some() {
+            self.counts.received_confirm += 1;
+        }
         if let Some(txn) = self.tx.as_mut() {
             txn.held
                 .get_or_insert_with(|| Held::new(&ctx.broker.memory))
@@ -251,6 +256,14 @@ impl Channel {
             ctx.flow = routed.flow;
         }
         let message = routed.message;
+        self.counts.routed += routed.queues as u64;
+        if !routed.routed {
+            if mandatory {
+                self.counts.unroutable_returned += 1;
+            } else {
+                self.counts.unroutable_dropped += 1;
+            }
+        }
         if !routed.routed && mandatory {
             let id = self.id();
             let frame_max = ctx.frame_max;
@@ -278,11 +291,15 @@ impl Channel {
         (stored.then(|| message.stored()).flatten(), refused)
     }
 
-    /// Sends the acks owed to the publisher, one `multiple` ack for all.
-    /// Called once per batch of frames read, so acks coalesce under load.
+    /// Sends the acks owed to the publisher, one `multiple` ack for all,
+    /// and hands the counts to `/metrics`. Called once per batch of frames
+    /// read, so acks coalesce under load.
     pub(crate) fn flush_confirms(&mut self) {
         if self.confirm {
             self.shared.flush_confirms();
+        }
+        if std::mem::take(&mut self.counts_changed) {
+            self.shared.publish_counts(&self.counts);
         }
     }
 

@@ -3,6 +3,7 @@
 
 use super::confirms::{Confirm, Confirms};
 use crate::broker::consumer::Consumer;
+use crate::broker::counters::MessageCounts;
 use crate::broker::flow;
 use crate::broker::queue::Queue;
 use crate::connection::outbox::Outbox;
@@ -14,7 +15,7 @@ use crate::store::QueuedMessage;
 use amq_protocol::protocol::{basic, AMQPClass};
 use parking_lot::Mutex;
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -28,6 +29,10 @@ pub(crate) struct ChannelShared {
     confirms: Mutex<Confirms>,
     /// [`Mode`], for the management API.
     mode: AtomicU8,
+    /// The counts the channel's task keeps (`Channel::counts`), as of its
+    /// last batch of frames: received, received_confirm, routed,
+    /// unroutable_dropped, unroutable_returned, get_empty.
+    published: [AtomicU64; 6],
 }
 
 pub(crate) use crate::broker::consumer::{ChannelInfo, Mode};
@@ -86,6 +91,10 @@ struct DeliveryState {
     /// basic.cancel notifications kept back until the method that caused
     /// them has its reply out (see `hold_cancels`).
     held_cancels: Option<Vec<Arc<Consumer>>>,
+    /// Deliveries and acknowledgements (the other fields stay 0).
+    counts: MessageCounts,
+    /// Its counts joined the broker's retired totals (channel closed).
+    retired: bool,
 }
 
 impl ChannelShared {
@@ -109,10 +118,67 @@ impl ChannelShared {
                 closed: false,
                 consumers: HashMap::default(),
                 held_cancels: None,
+                counts: MessageCounts::default(),
+                retired: false,
             }),
             confirms: Mutex::new(Confirms::default()),
             mode: AtomicU8::new(Mode::Plain as u8),
+            published: Default::default(),
         }
+    }
+
+    /// The task's counts, once per batch of frames: a single writer, so a
+    /// store each, and nothing per message.
+    pub(crate) fn publish_counts(&self, c: &MessageCounts) {
+        let values = [
+            c.received,
+            c.received_confirm,
+            c.routed,
+            c.unroutable_dropped,
+            c.unroutable_returned,
+            c.get_empty,
+        ];
+        for (slot, v) in self.published.iter().zip(values) {
+            slot.store(v, Ordering::Relaxed);
+        }
+    }
+
+    /// The channel's message counts; None once retired.
+    pub(crate) fn counts(&self) -> Option<MessageCounts> {
+        let mut counts = {
+            let st = self.state.lock();
+            if st.retired {
+                return None;
+            }
+            st.counts
+        };
+        self.add_unlocked_counts(&mut counts);
+        Some(counts)
+    }
+
+    /// The final counts of a closing channel, once (see `Counters`).
+    pub(crate) fn retire(&self) -> Option<MessageCounts> {
+        let mut counts = {
+            let mut st = self.state.lock();
+            if std::mem::replace(&mut st.retired, true) {
+                return None;
+            }
+            st.counts
+        };
+        self.add_unlocked_counts(&mut counts);
+        Some(counts)
+    }
+
+    fn add_unlocked_counts(&self, counts: &mut MessageCounts) {
+        let [received, received_confirm, routed, dropped, returned, get_empty] =
+            self.published.each_ref().map(|a| a.load(Ordering::Relaxed));
+        counts.received = received;
+        counts.received_confirm = received_confirm;
+        counts.routed = routed;
+        counts.unroutable_dropped = dropped;
+        counts.unroutable_returned = returned;
+        counts.get_empty = get_empty;
+        counts.confirmed = self.confirms.lock().confirmed();
     }
 
     pub(crate) fn set_mode(&self, mode: Mode) {
@@ -182,9 +248,12 @@ impl ChannelShared {
             );
             encode::content(buf, self.id, &m.properties, &m.body, self.frame_max);
         });
+        st.counts.redelivered += u64::from(msg.redelivered);
         if consumer.no_ack {
+            st.counts.consume_auto_ack += 1;
             consumer.pace.record(1);
         } else {
+            st.counts.consume_manual_ack += 1;
             consumer.unacked.fetch_add(1, Ordering::Relaxed);
             st.consumer_unacked += 1;
             st.unacked.push_back(Unacked {
@@ -222,7 +291,11 @@ impl ChannelShared {
             );
             encode::content(buf, self.id, &m.properties, &m.body, self.frame_max);
         });
-        if !no_ack {
+        st.counts.redelivered += u64::from(msg.redelivered);
+        if no_ack {
+            st.counts.get_auto_ack += 1;
+        } else {
+            st.counts.get_manual_ack += 1;
             st.unacked.push_back(Unacked {
                 delivery_tag: tag,
                 queue: queue.clone(),
@@ -347,6 +420,7 @@ impl ChannelShared {
             queues,
             batch,
         } = settling;
+        let settled = taken.len() as u64;
         let mut current: Option<Arc<Queue>> = None;
         let flush = |queue: &Arc<Queue>, batch: &mut Vec<QueuedMessage>| match how {
             Settle::Ack => queue.settle(batch.drain(..).map(|m| m.receipt())),
@@ -366,8 +440,14 @@ impl ChannelShared {
             flush(&q, batch);
             queues.push(q);
         }
-        for c in self.state.lock().consumers.values() {
-            queues.push(c.queue.clone());
+        {
+            let mut st = self.state.lock();
+            if how == Settle::Ack {
+                st.counts.acknowledged += settled;
+            }
+            for c in st.consumers.values() {
+                queues.push(c.queue.clone());
+            }
         }
         queues.sort_by_key(|q| Arc::as_ptr(q) as usize);
         queues.dedup_by(|a, b| Arc::ptr_eq(a, b));
@@ -536,5 +616,9 @@ impl crate::broker::consumer::ConsumerChannel for ChannelShared {
 
     fn info(&self) -> ChannelInfo {
         ChannelShared::info(self)
+    }
+
+    fn counts(&self) -> Option<MessageCounts> {
+        ChannelShared::counts(self)
     }
 }

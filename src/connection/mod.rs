@@ -393,6 +393,7 @@ impl<R: ClientRead> Connection<R> {
                 publishing: publishing.clone(),
             },
         );
+        crate::broker::counters::bump(&self.broker.counters.connections_opened);
         info!(connection = ?self.name, user = ?session.ctx.user, vhost = ?session.ctx.vhost.name, "connection opened");
         let mut open = OpenConnection {
             name: self.name.clone(),
@@ -407,6 +408,7 @@ impl<R: ClientRead> Connection<R> {
         let reason = self.serve_frames(&mut open, close_rx).await;
         open.release();
         self.broker.connections.remove(&self.id);
+        crate::broker::counters::bump(&self.broker.counters.connections_closed);
         if reason == CLOSED_ABRUPTLY {
             warn!(connection = ?self.name, user = ?open.ctx.user, vhost = ?open.ctx.vhost.name, reason, "connection closed");
         } else {
@@ -1157,6 +1159,7 @@ impl OpenConnection {
         ));
         self.registry.lock().insert(id, shared.clone());
         self.channels.insert(id, Channel::new(shared));
+        crate::broker::counters::bump(&self.ctx.broker.counters.channels_opened);
         Ok(())
     }
 

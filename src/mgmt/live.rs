@@ -23,7 +23,7 @@ pub(super) fn mark_started() {
     STARTED.get_or_init(Instant::now);
 }
 
-fn uptime_ms() -> u64 {
+pub(super) fn uptime_ms() -> u64 {
     STARTED.get_or_init(Instant::now).elapsed().as_millis() as u64
 }
 
@@ -36,7 +36,7 @@ pub(super) fn resident_memory() -> u64 {
 }
 
 /// The process's open-files limit, 0 when unknown.
-fn fd_limit() -> u64 {
+pub(super) fn fd_limit() -> u64 {
     let mut limit = libc::rlimit {
         rlim_cur: 0,
         rlim_max: 0,
@@ -75,11 +75,14 @@ pub(super) fn disk_free(broker: &Broker) -> u64 {
 pub(super) async fn overview(
     State(broker): State<Arc<Broker>>,
     Extension(user): Extension<User>,
+    Extension(totals): Extension<super::history::Totals>,
+    Query(query): Q,
 ) -> ApiResult {
     let (mut queues, mut exchanges, mut consumers) = (0usize, 0usize, 0usize);
     let (mut ready, mut unacked) = (0usize, 0usize);
     let mut counts = [0u64; 4];
     let mut rates = [0f64; 4];
+    let mut length_rates = [0f64; 3];
     for vhost in broker.vhosts() {
         if !user.may_see(&broker, &vhost.name) {
             continue;
@@ -96,6 +99,9 @@ pub(super) async fn overview(
                 counts[i] += n;
                 rates[i] += sample.rates[i];
             }
+            for (sum, rate) in length_rates.iter_mut().zip(sample.gauge_rates) {
+                *sum += rate;
+            }
         }
     }
     let visible = connections_for(&broker, &user);
@@ -105,7 +111,7 @@ pub(super) async fn overview(
         .iter()
         .map(|t| json!({"name": t, "enabled": true}))
         .collect();
-    Ok(Json(json!({
+    let mut overview = json!({
         "product_name": "Leveret",
         "product_version": env!("CARGO_PKG_VERSION"),
         "rabbitmq_version": "3.10.8",
@@ -123,8 +129,11 @@ pub(super) async fn overview(
         },
         "queue_totals": {
             "messages": ready + unacked,
+            "messages_details": {"rate": length_rates[0]},
             "messages_ready": ready,
+            "messages_ready_details": {"rate": length_rates[1]},
             "messages_unacknowledged": unacked,
+            "messages_unacknowledged_details": {"rate": length_rates[2]},
         },
         "message_stats": {
             "publish": counts[0], "publish_details": {"rate": rates[0]},
@@ -133,8 +142,24 @@ pub(super) async fn overview(
             "ack": counts[3], "ack_details": {"rate": rates[3]},
         },
         "listeners": listeners(&broker),
-    }))
-    .into_response())
+    });
+    // History covers every vhost: shown to those who see them all.
+    let ask = super::history::Ask::from(&query);
+    if user.sees_everything() && (ask.lengths.is_some() || ask.msg_rates.is_some()) {
+        let now = crate::broker::timers::now_ms();
+        let h = totals.lock();
+        let lengths = ["messages", "messages_ready", "messages_unacknowledged"];
+        for (i, name) in lengths.into_iter().enumerate() {
+            overview["queue_totals"][format!("{name}_details")] =
+                super::history::details(length_rates[i], ask.lengths, &h, i, now);
+        }
+        let stats = ["publish", "deliver_get", "redeliver", "ack"];
+        for (i, name) in stats.into_iter().enumerate() {
+            overview["message_stats"][format!("{name}_details")] =
+                super::history::details(rates[i], ask.msg_rates, &h, 3 + i, now);
+        }
+    }
+    Ok(Json(overview).into_response())
 }
 
 /// Each configured listen address, with RabbitMQ's protocol names.
@@ -334,7 +359,7 @@ pub(super) async fn close_connection(
 
 fn channel_json(conn: &ConnectionHandle, ch: &dyn ConsumerChannel) -> Value {
     let info = ch.info();
-    json!({
+    let mut channel = json!({
         "name": format!("{} ({})", conn.name, ch.id()),
         "number": ch.id(),
         "node": node_name(),
@@ -352,7 +377,26 @@ fn channel_json(conn: &ConnectionHandle, ch: &dyn ConsumerChannel) -> Value {
         "acks_uncommitted": 0,
         "confirm": info.mode == Mode::Confirm,
         "transactional": info.mode == Mode::Transactional,
-    })
+    });
+    // RabbitMQ's channel message_stats, counts only: channels are not
+    // sampled for rates.
+    if let Some(c) = ch.counts() {
+        channel["message_stats"] = json!({
+            "publish": c.received,
+            "confirm": c.confirmed,
+            "return_unroutable": c.unroutable_returned,
+            "drop_unroutable": c.unroutable_dropped,
+            "deliver": c.consume_manual_ack,
+            "deliver_no_ack": c.consume_auto_ack,
+            "get": c.get_manual_ack,
+            "get_no_ack": c.get_auto_ack,
+            "get_empty": c.get_empty,
+            "deliver_get": c.delivered(),
+            "redeliver": c.redelivered,
+            "ack": c.acknowledged,
+        });
+    }
+    channel
 }
 
 fn channels_of(broker: &Broker, user: &User, only: Option<&str>) -> Vec<Value> {

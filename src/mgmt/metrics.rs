@@ -1,14 +1,22 @@
-//! `/metrics` in Prometheus text format.
+//! `/metrics`, `/metrics/per-object` and `/metrics/detailed` in
+//! Prometheus text format, as RabbitMQ's rabbitmq_prometheus plugin.
 //!
-//! Metric names are RabbitMQ's Prometheus plugin names (`rabbitmq_…`, with
-//! per-queue `vhost` and `queue` labels as its per-object endpoint), so
-//! existing dashboards and alerts work; Leveret-only metrics start with
-//! `leveret_`. Like RabbitMQ's plugin, the endpoint needs no credentials.
+//! Names, types, HELP texts and labels are the plugin's (RabbitMQ 3.10),
+//! so its Grafana dashboards and existing alerts work; Leveret-only
+//! metrics start with `leveret_`. `/metrics` aggregates channel and
+//! connection metrics as the plugin does, but keeps the per-queue
+//! families labelled `vhost` and `queue` (as the plugin's
+//! `return_per_object_metrics`), which Leveret always served there.
+//! `/metrics/per-object` labels every object; `/metrics/detailed` serves
+//! the families (RabbitMQ's groups) named by `family`, for the vhosts
+//! named by `vhost` (all when none), prefixed `rabbitmq_detailed_`.
+//! Like RabbitMQ's plugin, the endpoints need no credentials.
 
 use super::api::node_name;
-use super::live::{disk_free, open_fds, resident_memory};
+use super::live::{disk_free, fd_limit, open_fds, resident_memory, uptime_ms};
+use crate::broker::counters::{read, MessageCounts};
 use crate::broker::Broker;
-use axum::extract::State;
+use axum::extract::{Query, State};
 use axum::http::header;
 use axum::response::{IntoResponse, Response};
 use std::fmt::Write;
@@ -63,14 +71,78 @@ fn dir_bytes(path: &Path) -> u64 {
         .sum()
 }
 
+/// Which endpoint: what is aggregated and which families appear.
+enum Mode {
+    Aggregated,
+    PerObject,
+    /// The requested groups, and vhosts (empty: every vhost).
+    Detailed {
+        families: Vec<String>,
+        vhosts: Vec<String>,
+    },
+}
+
+impl Mode {
+    fn wants(&self, group: &str) -> bool {
+        match self {
+            Mode::Detailed { families, .. } => families.iter().any(|f| f == group),
+            _ => true,
+        }
+    }
+
+    fn in_vhost(&self, vhost: &str) -> bool {
+        match self {
+            Mode::Detailed { vhosts, .. } => vhosts.is_empty() || vhosts.iter().any(|v| v == vhost),
+            _ => true,
+        }
+    }
+
+    fn prefix(&self) -> &'static str {
+        match self {
+            Mode::Detailed { .. } => "rabbitmq_detailed_",
+            _ => "rabbitmq_",
+        }
+    }
+}
+
 pub(super) async fn metrics(State(broker): State<Arc<Broker>>) -> Response {
-    let disk_used = {
-        let path = broker.store.path().to_owned();
-        tokio::task::spawn_blocking(move || dir_bytes(&path))
-            .await
-            .unwrap_or(0)
+    scrape(broker, Mode::Aggregated).await
+}
+
+pub(super) async fn per_object(State(broker): State<Arc<Broker>>) -> Response {
+    scrape(broker, Mode::PerObject).await
+}
+
+/// `?family=queue_coarse_metrics&family=…&vhost=/&vhost=…`.
+pub(super) async fn detailed(
+    State(broker): State<Arc<Broker>>,
+    Query(query): Query<Vec<(String, String)>>,
+) -> Response {
+    let pick = |key: &str| -> Vec<String> {
+        query
+            .iter()
+            .filter(|(k, _)| k == key)
+            .map(|(_, v)| v.clone())
+            .collect()
     };
-    let body = render(&broker, disk_used);
+    let mode = Mode::Detailed {
+        families: pick("family"),
+        vhosts: pick("vhost"),
+    };
+    scrape(broker, mode).await
+}
+
+async fn scrape(broker: Arc<Broker>, mode: Mode) -> Response {
+    let disk_used = match mode {
+        Mode::Detailed { .. } => 0,
+        _ => {
+            let path = broker.store.path().to_owned();
+            tokio::task::spawn_blocking(move || dir_bytes(&path))
+                .await
+                .unwrap_or(0)
+        }
+    };
+    let body = render(&broker, &mode, disk_used);
     (
         [(
             header::CONTENT_TYPE,
@@ -81,59 +153,63 @@ pub(super) async fn metrics(State(broker): State<Arc<Broker>>) -> Response {
         .into_response()
 }
 
-/// What `/metrics` reports of one queue, read once per scrape.
+/// What the metrics report of one queue, read once per scrape.
 struct QueueRow {
     queue: Arc<crate::broker::queue::Queue>,
     counts: crate::broker::queue::QueueCounts,
     /// published, delivered, redelivered, acked.
     totals: [u64; 4],
     utilisation: f64,
+    head_timestamp: Option<u64>,
 }
 
-fn render(broker: &Broker, disk_used: u64) -> String {
-    let mut out = Out(String::with_capacity(4096));
-    let node = node_name();
-    out.family(
-        "rabbitmq_identity_info",
-        "untyped",
-        "RabbitMQ node & cluster identity info",
-    );
-    out.value(
-        "rabbitmq_identity_info",
-        &[("rabbitmq_node", &node), ("rabbitmq_cluster", &node)],
-        1,
-    );
-    out.family("rabbitmq_build_info", "untyped", "Leveret build info");
-    out.value(
-        "rabbitmq_build_info",
-        &[
-            ("product", "Leveret"),
-            ("product_version", env!("CARGO_PKG_VERSION")),
-        ],
-        1,
-    );
+/// One open channel.
+struct ChannelRow {
+    vhost: String,
+    name: String,
+    counts: MessageCounts,
+    info: crate::broker::consumer::ChannelInfo,
+}
 
-    let connections = broker.connections.len();
-    let channels: usize = broker
-        .connections
-        .iter()
-        .map(|c| c.channels.lock().len())
-        .sum();
-    out.single(
-        "rabbitmq_connections",
-        "gauge",
-        "Connections currently open",
-        connections,
-    );
-    out.single(
-        "rabbitmq_channels",
-        "gauge",
-        "Channels currently open",
-        channels,
-    );
+/// One open connection.
+struct ConnectionRow {
+    vhost: String,
+    name: String,
+    channels: usize,
+}
 
-    // One look at each queue (its lock taken once), then every family.
-    let queues: Vec<QueueRow> = broker
+/// Everything read for a scrape, each object looked at once.
+struct Snapshot {
+    queues: Vec<QueueRow>,
+    channels: Vec<ChannelRow>,
+    connections: Vec<ConnectionRow>,
+    totals: MessageCounts,
+}
+
+fn snapshot(broker: &Broker) -> Snapshot {
+    let mut channels = Vec::new();
+    let mut connections = Vec::new();
+    let totals = broker.counters.totals(|open| {
+        for c in broker.connections.iter() {
+            let registry = c.channels.lock();
+            connections.push(ConnectionRow {
+                vhost: c.vhost.clone(),
+                name: c.name.clone(),
+                channels: registry.len(),
+            });
+            for ch in registry.values() {
+                let Some(counts) = ch.counts() else { continue };
+                open.add(&counts);
+                channels.push(ChannelRow {
+                    vhost: c.vhost.clone(),
+                    name: format!("{} ({})", c.name, ch.id()),
+                    counts,
+                    info: ch.info(),
+                });
+            }
+        }
+    });
+    let queues = broker
         .vhosts()
         .iter()
         .flat_map(|v| v.queues())
@@ -141,41 +217,589 @@ fn render(broker: &Broker, disk_used: u64) -> String {
             counts: q.counts(),
             totals: q.stats.counts(),
             utilisation: q.stats.last().utilisation,
+            head_timestamp: q
+                .head_message()
+                .and_then(|m| super::objects::timestamp(&m.properties)),
             queue: q,
         })
         .collect();
-    let consumers: usize = queues.iter().map(|q| q.counts.consumers).sum();
-    out.single("rabbitmq_queues", "gauge", "Queues available", queues.len());
-    out.single(
-        "rabbitmq_consumers",
-        "gauge",
-        "Consumers currently connected",
-        consumers,
-    );
+    Snapshot {
+        queues,
+        channels,
+        connections,
+        totals,
+    }
+}
 
-    out.single(
-        "rabbitmq_process_resident_memory_bytes",
+type QueueValue = fn(&QueueRow) -> String;
+type ChannelValue = fn(&ChannelRow) -> u64;
+/// A family: name suffix, type, help, and its value for one object.
+type Family<V> = (&'static str, &'static str, &'static str, V);
+
+/// `queue_coarse_metrics`, then `queue_consumer_count`, then
+/// `queue_metrics`, then `channel_queue_exchange_metrics`
+/// (name suffix, type, help, value).
+const QUEUE_COARSE: &[(&str, &str, &str, QueueValue)] = &[
+    (
+        "queue_messages_ready",
         "gauge",
-        "Memory used in bytes",
-        resident_memory(),
-    );
-    out.single(
-        "rabbitmq_resident_memory_limit_bytes",
+        "Messages ready to be delivered to consumers",
+        |q| q.counts.ready.to_string(),
+    ),
+    (
+        "queue_messages_unacked",
         "gauge",
-        "Memory high watermark in bytes",
-        broker.config.limits.memory_high_watermark,
+        "Messages delivered to consumers but not yet acknowledged",
+        |q| q.counts.unacked.to_string(),
+    ),
+    (
+        "queue_messages",
+        "gauge",
+        "Sum of ready and unacknowledged messages - total queue depth",
+        |q| (q.counts.ready + q.counts.unacked).to_string(),
+    ),
+];
+
+const QUEUE_CONSUMERS: (&str, &str, &str, QueueValue) =
+    ("queue_consumers", "gauge", "Consumers on a queue", |q| {
+        q.counts.consumers.to_string()
+    });
+
+const QUEUE_METRICS: &[(&str, &str, &str, QueueValue)] = &[
+    (
+        "queue_consumer_capacity",
+        "gauge",
+        "Consumer capacity",
+        utilisation,
+    ),
+    (
+        "queue_consumer_utilisation",
+        "gauge",
+        "Same as consumer capacity",
+        utilisation,
+    ),
+    (
+        "queue_messages_ram",
+        "gauge",
+        "Ready and unacknowledged messages stored in memory",
+        |q| (q.counts.ready_in_memory + q.counts.unacked).to_string(),
+    ),
+    (
+        "queue_messages_ram_bytes",
+        "gauge",
+        "Size of ready and unacknowledged messages stored in memory",
+        |q| {
+            ((q.counts.memory as u64).min(q.counts.ready_bytes) + q.counts.unacked_bytes)
+                .to_string()
+        },
+    ),
+    (
+        "queue_messages_ready_ram",
+        "gauge",
+        "Ready messages stored in memory",
+        |q| q.counts.ready_in_memory.to_string(),
+    ),
+    (
+        "queue_messages_unacked_ram",
+        "gauge",
+        "Unacknowledged messages stored in memory",
+        |q| q.counts.unacked.to_string(),
+    ),
+    (
+        "queue_messages_persistent",
+        "gauge",
+        "Persistent messages",
+        |q| q.counts.persistent.messages.to_string(),
+    ),
+    (
+        "queue_messages_persistent_bytes",
+        "gauge",
+        "Size in bytes of persistent messages",
+        |q| q.counts.persistent.bytes.to_string(),
+    ),
+    (
+        "queue_messages_bytes",
+        "gauge",
+        "Size in bytes of ready and unacknowledged messages",
+        |q| (q.counts.ready_bytes + q.counts.unacked_bytes).to_string(),
+    ),
+    (
+        "queue_messages_ready_bytes",
+        "gauge",
+        "Size in bytes of ready messages",
+        |q| q.counts.ready_bytes.to_string(),
+    ),
+    (
+        "queue_messages_unacked_bytes",
+        "gauge",
+        "Size in bytes of all unacknowledged messages",
+        |q| q.counts.unacked_bytes.to_string(),
+    ),
+    (
+        "queue_messages_paged_out",
+        "gauge",
+        "Messages paged out to disk",
+        |q| (q.counts.ready - q.counts.ready_in_memory).to_string(),
+    ),
+    (
+        "queue_head_message_timestamp",
+        "gauge",
+        "Timestamp of the first message in the queue, if any",
+        |q| {
+            q.head_timestamp
+                .map_or("NaN".to_string(), |t| t.to_string())
+        },
+    ),
+];
+
+const QUEUE_PUBLISHED: (&str, &str, &str, QueueValue) = (
+    "queue_messages_published_total",
+    "counter",
+    "Total number of messages published to queues",
+    |q| q.totals[0].to_string(),
+);
+
+fn utilisation(q: &QueueRow) -> String {
+    if q.counts.consumers == 0 {
+        "0".into()
+    } else {
+        q.utilisation.to_string()
+    }
+}
+
+/// `channel_metrics`, `channel_exchange_metrics`, `channel_queue_metrics`.
+const CHANNEL_GROUPS: &[(&str, &[Family<ChannelValue>])] = &[
+    (
+        "channel_metrics",
+        &[
+            (
+                "channel_consumers",
+                "gauge",
+                "Consumers on a channel",
+                |c| c.info.consumers.len() as u64,
+            ),
+            (
+                "channel_messages_unacked",
+                "gauge",
+                "Delivered but not yet acknowledged messages",
+                |c| c.info.unacked as u64,
+            ),
+            (
+                "consumer_prefetch",
+                "gauge",
+                "Limit of unacknowledged messages for each consumer",
+                |c| u64::from(c.info.prefetch_count),
+            ),
+            (
+                "channel_prefetch",
+                "gauge",
+                "Total limit of unacknowledged messages for all consumers on a channel",
+                |c| u64::from(c.info.global_prefetch_count),
+            ),
+        ],
+    ),
+    (
+        "channel_exchange_metrics",
+        &[
+            (
+                "channel_messages_published_total",
+                "counter",
+                "Total number of messages published into an exchange on a channel",
+                |c| c.counts.received,
+            ),
+            (
+                "channel_messages_confirmed_total",
+                "counter",
+                "Total number of messages published into an exchange and confirmed on the channel",
+                |c| c.counts.confirmed,
+            ),
+            (
+                "channel_messages_unroutable_returned_total",
+                "counter",
+                "Total number of messages published as mandatory into an exchange and returned to the publisher as unroutable",
+                |c| c.counts.unroutable_returned,
+            ),
+            (
+                "channel_messages_unroutable_dropped_total",
+                "counter",
+                "Total number of messages published as non-mandatory into an exchange and dropped as unroutable",
+                |c| c.counts.unroutable_dropped,
+            ),
+        ],
+    ),
+    (
+        "channel_queue_metrics",
+        &[
+            (
+                "channel_get_ack_total",
+                "counter",
+                "Total number of messages fetched with basic.get in manual acknowledgement mode",
+                |c| c.counts.get_manual_ack,
+            ),
+            (
+                "channel_get_total",
+                "counter",
+                "Total number of messages fetched with basic.get in automatic acknowledgement mode",
+                |c| c.counts.get_auto_ack,
+            ),
+            (
+                "channel_messages_delivered_ack_total",
+                "counter",
+                "Total number of messages delivered to consumers in manual acknowledgement mode",
+                |c| c.counts.consume_manual_ack,
+            ),
+            (
+                "channel_messages_delivered_total",
+                "counter",
+                "Total number of messages delivered to consumers in automatic acknowledgement mode",
+                |c| c.counts.consume_auto_ack,
+            ),
+            (
+                "channel_messages_redelivered_total",
+                "counter",
+                "Total number of messages redelivered to consumers",
+                |c| c.counts.redelivered,
+            ),
+            (
+                "channel_messages_acked_total",
+                "counter",
+                "Total number of messages acknowledged by consumers",
+                |c| c.counts.acknowledged,
+            ),
+            (
+                "channel_get_empty_total",
+                "counter",
+                "Total number of times basic.get operations fetched no message",
+                |c| c.counts.get_empty,
+            ),
+        ],
+    ),
+];
+
+const AMQP: (&str, &str) = ("protocol", "amqp091");
+const CLASSIC: (&str, &str) = ("queue_type", "rabbit_classic_queue");
+
+fn render(broker: &Broker, mode: &Mode, disk_used: u64) -> String {
+    let mut out = Out(String::with_capacity(8192));
+    let snap = snapshot(broker);
+    let p = mode.prefix();
+    let detailed = matches!(mode, Mode::Detailed { .. });
+    let per_object = !matches!(mode, Mode::Aggregated);
+
+    if mode.wants("connection_churn_metrics") {
+        let c = &broker.counters;
+        for (name, help, v) in [
+            (
+                "connections_opened_total",
+                "Total number of connections opened",
+                &c.connections_opened,
+            ),
+            (
+                "connections_closed_total",
+                "Total number of connections closed or terminated",
+                &c.connections_closed,
+            ),
+            (
+                "channels_opened_total",
+                "Total number of channels opened",
+                &c.channels_opened,
+            ),
+            (
+                "channels_closed_total",
+                "Total number of channels closed",
+                &c.channels_closed,
+            ),
+            (
+                "queues_declared_total",
+                "Total number of queues declared",
+                &c.queues_declared,
+            ),
+            (
+                "queues_created_total",
+                "Total number of queues created",
+                &c.queues_created,
+            ),
+            (
+                "queues_deleted_total",
+                "Total number of queues deleted",
+                &c.queues_deleted,
+            ),
+        ] {
+            out.single(&format!("{p}{name}"), "counter", help, read(v));
+        }
+    }
+    if mode.wants("node_coarse_metrics") {
+        for (name, help, v) in [
+            ("process_open_fds", "Open file descriptors", open_fds()),
+            (
+                "process_open_tcp_sockets",
+                "Open TCP sockets",
+                broker.connections.len() as u64,
+            ),
+            (
+                "process_resident_memory_bytes",
+                "Memory used in bytes",
+                resident_memory(),
+            ),
+            (
+                "disk_space_available_bytes",
+                "Disk space available in bytes",
+                disk_free(broker),
+            ),
+        ] {
+            out.single(&format!("{p}{name}"), "gauge", help, v);
+        }
+    }
+    if mode.wants("node_metrics") {
+        for (name, help, v) in [
+            ("process_max_fds", "Open file descriptors limit", fd_limit()),
+            (
+                "process_max_tcp_sockets",
+                "Open TCP sockets limit",
+                match broker.config.limits.max_connections {
+                    0 => fd_limit(),
+                    n => n as u64,
+                },
+            ),
+            (
+                "resident_memory_limit_bytes",
+                "Memory high watermark in bytes",
+                broker.config.limits.memory_high_watermark,
+            ),
+            (
+                "disk_space_available_limit_bytes",
+                "Free disk space low watermark in bytes",
+                broker.store.disk_alarm().limit(),
+            ),
+        ] {
+            out.single(&format!("{p}{name}"), "gauge", help, v);
+        }
+        out.single(
+            &format!("{p}erlang_uptime_seconds"),
+            "gauge",
+            "Node uptime",
+            uptime_ms() as f64 / 1000.0,
+        );
+    }
+    if !detailed {
+        out.single(
+            "rabbitmq_alarms_file_descriptor_limit",
+            "untyped",
+            "is 1 if file descriptor limit alarm is in effect",
+            0,
+        );
+        out.single(
+            "rabbitmq_alarms_free_disk_space_watermark",
+            "untyped",
+            "is 1 if free disk space watermark alarm is in effect",
+            u8::from(broker.store.disk_alarm().is_blocked()),
+        );
+        out.single(
+            "rabbitmq_alarms_memory_used_watermark",
+            "untyped",
+            "is 1 if VM memory watermark alarm is in effect",
+            u8::from(broker.memory.is_blocked()),
+        );
+    }
+
+    let queues: Vec<&QueueRow> = snap
+        .queues
+        .iter()
+        .filter(|q| mode.in_vhost(&q.queue.vhost))
+        .collect();
+    let queue_family = |out: &mut Out, (name, kind, help, get): (&str, &str, &str, QueueValue)| {
+        let name = format!("{p}{name}");
+        out.family(&name, kind, help);
+        for q in &queues {
+            let labels = [
+                ("vhost", q.queue.vhost.as_str()),
+                ("queue", q.queue.name.as_str()),
+            ];
+            out.value(&name, &labels, get(q));
+        }
+    };
+    if mode.wants("queue_coarse_metrics") {
+        for f in QUEUE_COARSE {
+            queue_family(&mut out, *f);
+        }
+    }
+    if mode.wants("queue_consumer_count") || !detailed {
+        queue_family(&mut out, QUEUE_CONSUMERS);
+    }
+    if mode.wants("queue_metrics") {
+        if detailed {
+            queue_family(&mut out, QUEUE_CONSUMERS);
+        }
+        for f in QUEUE_METRICS {
+            queue_family(&mut out, *f);
+        }
+    }
+    if mode.wants("channel_queue_exchange_metrics") {
+        queue_family(&mut out, QUEUE_PUBLISHED);
+    }
+
+    let channels: Vec<&ChannelRow> = snap
+        .channels
+        .iter()
+        .filter(|c| mode.in_vhost(&c.vhost))
+        .collect();
+    for (group, families) in CHANNEL_GROUPS {
+        if !mode.wants(group) {
+            continue;
+        }
+        for (name, kind, help, get) in *families {
+            let name = format!("{p}{name}");
+            out.family(&name, kind, help);
+            if per_object {
+                for c in &channels {
+                    let labels = [("vhost", c.vhost.as_str()), ("channel", c.name.as_str())];
+                    out.value(&name, &labels, get(c));
+                }
+            } else {
+                out.value(&name, &[], channels.iter().map(|c| get(c)).sum::<u64>());
+            }
+        }
+    }
+    if mode.wants("connection_metrics") {
+        let name = format!("{p}connection_channels");
+        out.family(&name, "gauge", "Channels on a connection");
+        let connections = snap.connections.iter().filter(|c| mode.in_vhost(&c.vhost));
+        if per_object {
+            for c in connections {
+                let labels = [("vhost", c.vhost.as_str()), ("connection", c.name.as_str())];
+                out.value(&name, &labels, c.channels);
+            }
+        } else {
+            out.value(&name, &[], connections.map(|c| c.channels).sum::<usize>());
+        }
+    }
+
+    if !detailed {
+        let consumers: usize = snap.queues.iter().map(|q| q.counts.consumers).sum();
+        out.single(
+            "rabbitmq_connections",
+            "gauge",
+            "Connections currently open",
+            snap.connections.len(),
+        );
+        out.single(
+            "rabbitmq_channels",
+            "gauge",
+            "Channels currently open",
+            snap.channels.len(),
+        );
+        out.single(
+            "rabbitmq_consumers",
+            "gauge",
+            "Consumers currently connected",
+            consumers,
+        );
+        out.single(
+            "rabbitmq_queues",
+            "gauge",
+            "Queues available",
+            snap.queues.len(),
+        );
+        global_counters(&mut out, &snap, consumers);
+        leveret_metrics(&mut out, broker, &snap, disk_used);
+    }
+    identity(&mut out);
+    out.0
+}
+
+/// RabbitMQ's node identity, which the dashboards join every query on.
+fn identity(out: &mut Out) {
+    let node = node_name();
+    out.family(
+        "rabbitmq_build_info",
+        "untyped",
+        "RabbitMQ & Erlang/OTP version info",
     );
+    out.value(
+        "rabbitmq_build_info",
+        &[
+            ("rabbitmq_version", "3.10.8"),
+            ("prometheus_plugin_version", "3.10.8"),
+            ("product", "Leveret"),
+            ("product_version", env!("CARGO_PKG_VERSION")),
+        ],
+        1,
+    );
+    out.family(
+        "rabbitmq_identity_info",
+        "untyped",
+        "RabbitMQ node & cluster identity info",
+    );
+    let cluster_id = format!("leveret-{node}");
+    out.value(
+        "rabbitmq_identity_info",
+        &[
+            ("rabbitmq_node", &node),
+            ("rabbitmq_cluster", &node),
+            ("rabbitmq_cluster_permanent_id", &cluster_id),
+        ],
+        1,
+    );
+}
+
+/// `rabbitmq_global_*`: RabbitMQ's rabbit_global_counters.
+fn global_counters(out: &mut Out, snap: &Snapshot, consumers: usize) {
+    let t = &snap.totals;
+    let publishers = snap
+        .channels
+        .iter()
+        .filter(|c| c.counts.received > 0)
+        .count();
+    out.family(
+        "rabbitmq_global_consumers",
+        "gauge",
+        "Current number of consumers",
+    );
+    out.value("rabbitmq_global_consumers", &[AMQP], consumers);
+    let per_queue_type: [(&str, &str, u64); 8] = [
+        ("acknowledged_total", "Total number of messages acknowledged by consumers", t.acknowledged),
+        ("delivered_consume_auto_ack_total", "Total number of messages delivered to consumers using basic.consume with automatic acknowledgment", t.consume_auto_ack),
+        ("delivered_consume_manual_ack_total", "Total number of messages delivered to consumers using basic.consume with manual acknowledgment", t.consume_manual_ack),
+        ("delivered_get_auto_ack_total", "Total number of messages delivered to consumers using basic.get with automatic acknowledgment", t.get_auto_ack),
+        ("delivered_get_manual_ack_total", "Total number of messages delivered to consumers using basic.get with manual acknowledgment", t.get_manual_ack),
+        ("delivered_total", "Total number of messages delivered to consumers", t.delivered()),
+        ("get_empty_total", "Total number of times basic.get operations fetched no message", t.get_empty),
+        ("redelivered_total", "Total number of messages redelivered to consumers", t.redelivered),
+    ];
+    let per_protocol: [(&str, &str, u64); 6] = [
+        ("confirmed_total", "Total number of messages confirmed to publishers", t.confirmed),
+        ("received_confirm_total", "Total number of messages received from publishers expecting confirmations", t.received_confirm),
+        ("received_total", "Total number of messages received from publishers", t.received),
+        ("routed_total", "Total number of messages routed to queues or streams", t.routed),
+        ("unroutable_dropped_total", "Total number of messages published as non-mandatory into an exchange and dropped as unroutable", t.unroutable_dropped),
+        ("unroutable_returned_total", "Total number of messages published as mandatory into an exchange and returned to the publisher as unroutable", t.unroutable_returned),
+    ];
+    for (suffix, help, v) in per_queue_type {
+        let name = format!("rabbitmq_global_messages_{suffix}");
+        out.family(&name, "counter", help);
+        out.value(&name, &[AMQP, CLASSIC], v);
+    }
+    for (suffix, help, v) in per_protocol {
+        let name = format!("rabbitmq_global_messages_{suffix}");
+        out.family(&name, "counter", help);
+        out.value(&name, &[AMQP], v);
+    }
+    out.family(
+        "rabbitmq_global_publishers",
+        "gauge",
+        "Current number of publishers",
+    );
+    out.value("rabbitmq_global_publishers", &[AMQP], publishers);
+}
+
+/// Leveret's own: memory held for clients, the store, and per-queue
+/// counters RabbitMQ keeps only in its management API.
+fn leveret_metrics(out: &mut Out, broker: &Broker, snap: &Snapshot, disk_used: u64) {
     out.single(
         "leveret_queued_message_memory_bytes",
         "gauge",
         "Bytes held in memory for clients: ready messages, transactions, bodies arriving",
         broker.memory.used(),
-    );
-    out.single(
-        "rabbitmq_disk_space_available_bytes",
-        "gauge",
-        "Disk space available in bytes",
-        disk_free(broker),
     );
     out.single(
         "leveret_store_disk_bytes",
@@ -190,111 +814,39 @@ fn render(broker: &Broker, disk_used: u64) -> String {
         open_fds(),
     );
     out.single(
-        "rabbitmq_alarms_memory_used_watermark",
-        "gauge",
-        "is 1 if VM memory watermark alarm is in effect",
-        u8::from(broker.memory.is_blocked()),
-    );
-    out.single(
-        "rabbitmq_alarms_free_disk_space_watermark",
-        "gauge",
-        "is 1 if free disk space watermark alarm is in effect",
-        u8::from(broker.store.disk_alarm().is_blocked()),
-    );
-    out.single(
-        "rabbitmq_disk_space_available_limit_bytes",
-        "gauge",
-        "Free disk space low watermark in bytes",
-        broker.store.disk_alarm().limit(),
-    );
-    out.single(
         "leveret_store_write_failed",
         "gauge",
         "is 1 while the store has stopped writing messages after a failed write or fsync",
         u8::from(broker.store.disk_alarm().is_failed()),
     );
-
-    type Get = fn(&QueueRow) -> String;
-    let per_queue: [(&str, &str, &str, Get); 10] = [
-        (
-            "rabbitmq_queue_messages_ready",
-            "gauge",
-            "Messages ready to be delivered to consumers",
-            |q| q.counts.ready.to_string(),
-        ),
-        (
-            "rabbitmq_queue_messages_unacked",
-            "gauge",
-            "Messages delivered to consumers but not yet acknowledged",
-            |q| q.counts.unacked.to_string(),
-        ),
-        (
-            "rabbitmq_queue_messages",
-            "gauge",
-            "Sum of ready and unacknowledged messages",
-            |q| (q.counts.ready + q.counts.unacked).to_string(),
-        ),
-        (
-            "rabbitmq_queue_consumers",
-            "gauge",
-            "Consumers on a queue",
-            |q| q.counts.consumers.to_string(),
-        ),
-        (
-            "rabbitmq_queue_consumer_utilisation",
-            "gauge",
-            "Fraction of the time the queue could immediately deliver to consumers",
-            |q| {
-                if q.counts.consumers == 0 {
-                    "0".into()
-                } else {
-                    q.utilisation.to_string()
-                }
-            },
-        ),
-        (
-            "rabbitmq_queue_messages_ram_bytes",
-            "gauge",
-            "Size of ready messages held in memory",
-            |q| q.counts.memory.to_string(),
-        ),
-        (
-            "rabbitmq_queue_messages_published_total",
-            "counter",
-            "Messages published into a queue",
-            |q| q.totals[0].to_string(),
-        ),
+    let per_queue: [(&str, &str, usize); 3] = [
         (
             "leveret_queue_messages_delivered_total",
-            "counter",
             "Messages delivered from a queue to consumers or basic.get",
-            |q| q.totals[1].to_string(),
+            1,
         ),
         (
             "leveret_queue_messages_redelivered_total",
-            "counter",
             "Messages redelivered from a queue",
-            |q| q.totals[2].to_string(),
+            2,
         ),
         (
             "leveret_queue_messages_acked_total",
-            "counter",
             "Messages acknowledged by consumers",
-            |q| q.totals[3].to_string(),
+            3,
         ),
     ];
-    for (name, kind, help, get) in per_queue {
-        out.family(name, kind, help);
-        for q in &queues {
+    for (name, help, i) in per_queue {
+        out.family(name, "counter", help);
+        for q in &snap.queues {
             let labels = [
                 ("vhost", q.queue.vhost.as_str()),
                 ("queue", q.queue.name.as_str()),
             ];
-            out.value(name, &labels, get(q));
+            out.value(name, &labels, q.totals[i]);
         }
     }
-    store_damage(&mut out, broker);
-    out.0
+    store_damage(out, broker);
 }
 
 /// Messages lost to store damage at start-up (`storage.on_damage = "report"`).

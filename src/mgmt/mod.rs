@@ -12,6 +12,8 @@ mod api;
 mod certificates;
 mod definitions;
 mod durable;
+mod health;
+mod history;
 mod limits;
 mod listener;
 mod live;
@@ -47,11 +49,13 @@ pub(crate) async fn serve(
     listeners: Vec<(TcpListener, bool)>,
     broker: Arc<Broker>,
     tls: Option<Arc<crate::tls::Tls>>,
+    active: Vec<(&'static str, SocketAddr)>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) {
     live::mark_started();
     let limits = broker.config.mgmt.clone();
-    let sampler = tokio::spawn(sample_rates(Arc::downgrade(&broker)));
+    let totals = history::Totals::default();
+    let sampler = tokio::spawn(sample_rates(Arc::downgrade(&broker), totals.clone()));
     let api = Router::new()
         .route("/api/overview", get(live::overview))
         .route("/api/whoami", get(users::whoami))
@@ -239,6 +243,22 @@ pub(crate) async fn serve(
         .route("/api/health/checks/alarms", get(live::alarms))
         .route("/api/health/checks/local-alarms", get(live::alarms))
         .route("/api/health/checks/store", get(live::store_damage))
+        .route(
+            "/api/health/checks/virtual-hosts",
+            get(health::virtual_hosts),
+        )
+        .route(
+            "/api/health/checks/port-listener/{port}",
+            get(health::port_listener),
+        )
+        .route(
+            "/api/health/checks/protocol-listener/{protocol}",
+            get(health::protocol_listener),
+        )
+        .route(
+            "/api/health/checks/certificate-expiration/{within}/{unit}",
+            get(health::certificate_expiration),
+        )
         .route("/api/aliveness-test/{vhost}", get(live::aliveness))
         .route("/api/tls/reload", post(certificates::reload))
         .route_layer(middleware::from_fn_with_state(
@@ -248,6 +268,8 @@ pub(crate) async fn serve(
         .route_layer(middleware::from_fn_with_state(broker.clone(), require_user));
     let app = Router::new()
         .route("/metrics", get(metrics::metrics))
+        .route("/metrics/per-object", get(metrics::per_object))
+        .route("/metrics/detailed", get(metrics::detailed))
         .merge(api)
         .fallback(|| async { api::ApiError::not_found() })
         .layer(match limits.max_body_size {
@@ -255,14 +277,17 @@ pub(crate) async fn serve(
             n => DefaultBodyLimit::max(n),
         })
         .layer(axum::Extension(tls.clone()))
+        .layer(axum::Extension(health::ActiveListeners(Arc::new(active))))
+        .layer(axum::Extension(totals))
         .with_state(broker);
     listener::serve(listeners, tls, app, &limits, shutdown).await;
     sampler.abort();
 }
 
-/// Samples every queue's counters for rates and consumer utilisation,
-/// every `server.collect_statistics_interval_ms` (RabbitMQ: 5 s).
-async fn sample_rates(broker: std::sync::Weak<Broker>) {
+/// Samples every queue's counters for rates, consumer utilisation and
+/// history, every `server.collect_statistics_interval_ms` (RabbitMQ: 5 s),
+/// and their sums for the overview's history.
+async fn sample_rates(broker: std::sync::Weak<Broker>, totals: history::Totals) {
     let every = match broker.upgrade() {
         Some(b) => b.config.server.collect_statistics_interval_ms.max(10),
         None => return,
@@ -273,12 +298,23 @@ async fn sample_rates(broker: std::sync::Weak<Broker>) {
         let Some(broker) = broker.upgrade() else {
             return;
         };
+        let mut sum = [0u64; 7];
         for vhost in broker.vhosts() {
             for q in vhost.queues() {
                 let c = q.counts();
                 q.stats.sample(c.ready, c.unacked);
+                let counts = q.stats.counts();
+                let values = [
+                    (c.ready + c.unacked) as u64,
+                    c.ready as u64,
+                    c.unacked as u64,
+                ];
+                for (s, v) in sum.iter_mut().zip(values.into_iter().chain(counts)) {
+                    *s += v;
+                }
             }
         }
+        totals.lock().record(crate::broker::timers::now_ms(), sum);
     }
 }
 

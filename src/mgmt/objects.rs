@@ -5,6 +5,7 @@ use super::api::{
     body, by_vhost_and_name, created_or_updated, json_table, lenient_bool, list, no_content,
     node_name, parse_int, short_string, table_json, ApiError, ApiResult, User,
 };
+use super::history;
 use crate::broker::access::{Access, Resource};
 use crate::broker::exchange::{Binding, Destination, Exchange, ExchangeKind};
 use crate::broker::ops::publish::{self, Failed, Outgoing};
@@ -47,7 +48,7 @@ fn check(
 
 // ---------------------------------------------------------------- queues
 
-pub(super) fn queue_json(q: &Queue) -> Value {
+pub(super) fn queue_json(q: &Queue, ask: history::Ask) -> Value {
     let c = q.counts();
     let kind = match q.args.queue_type {
         QueueType::Classic => "classic",
@@ -56,7 +57,13 @@ pub(super) fn queue_json(q: &Queue) -> Value {
     let [publish, deliver_get, redeliver, ack] = q.stats.counts();
     let sample = q.stats.last();
     let rate = |i: usize| json!({"rate": sample.rates[i]});
-    let mut out = json!({
+    // RabbitMQ 3.10 says 0 without consumers.
+    let utilisation = if c.consumers > 0 {
+        json!(sample.utilisation)
+    } else {
+        json!(0)
+    };
+    let mut queue = json!({
         "name": q.name,
         "vhost": q.vhost,
         "durable": q.durable,
@@ -73,9 +80,9 @@ pub(super) fn queue_json(q: &Queue) -> Value {
         "messages_unacknowledged": c.unacked,
         "messages_unacknowledged_details": {"rate": sample.gauge_rates[2]},
         "consumers": c.consumers,
-        "consumer_utilisation": if c.consumers > 0 { json!(sample.utilisation) } else { Value::Null },
+        "consumer_utilisation": utilisation,
+        "consumer_capacity": utilisation,
         "memory": c.memory,
-        "message_bytes_ram": c.memory,
         "consumer_details": q.consumers().iter().map(|c| json!({
             "consumer_tag": c.tag,
             "queue": {"name": q.name, "vhost": q.vhost},
@@ -94,8 +101,50 @@ pub(super) fn queue_json(q: &Queue) -> Value {
             "get_details": {"rate": sample.got_rate},
         },
     });
-    super::policies::queue_fields(q, &mut out);
-    out
+    if ask.lengths.is_some() || ask.msg_rates.is_some() {
+        let now = crate::broker::timers::now_ms();
+        q.stats.with_history(|h| {
+            let lengths = ["messages", "messages_ready", "messages_unacknowledged"];
+            for (i, name) in lengths.into_iter().enumerate() {
+                let key = format!("{name}_details");
+                queue[&key] = history::details(sample.gauge_rates[i], ask.lengths, h, i, now);
+            }
+            let stats = &mut queue["message_stats"];
+            let rates = ["publish", "deliver_get", "redeliver", "ack"];
+            for (i, name) in rates.into_iter().enumerate() {
+                let key = format!("{name}_details");
+                stats[&key] = history::details(sample.rates[i], ask.msg_rates, h, 3 + i, now);
+            }
+            stats["get_details"] = history::details(sample.got_rate, ask.msg_rates, h, 7, now);
+        });
+    }
+    // As RabbitMQ: there only while nothing happens to the queue.
+    if let Some(ms) = sample.idle_since_ms {
+        queue["idle_since"] = json!(super::health::iso_time(ms));
+    }
+    // Beside the above: one json! of everything passes the macro's
+    // recursion limit.
+    let sizes = json!({
+        "message_bytes": c.ready_bytes + c.unacked_bytes,
+        "message_bytes_ready": c.ready_bytes,
+        "message_bytes_unacknowledged": c.unacked_bytes,
+        // Ready bodies in memory (all of them unless paged out) and the
+        // unacknowledged ones, which channels hold.
+        "message_bytes_ram": (c.memory as u64).min(c.ready_bytes) + c.unacked_bytes,
+        "message_bytes_paged_out": c.ready_bytes.saturating_sub(c.memory as u64),
+        "message_bytes_persistent": c.persistent.bytes,
+        "messages_persistent": c.persistent.messages,
+        "messages_ram": c.ready_in_memory + c.unacked,
+        "messages_ready_ram": c.ready_in_memory,
+        "messages_unacknowledged_ram": c.unacked,
+        "messages_paged_out": c.ready - c.ready_in_memory,
+        "head_message_timestamp": q.head_message().and_then(|m| timestamp(&m.properties)),
+    });
+    if let (Some(queue), Value::Object(sizes)) = (queue.as_object_mut(), sizes) {
+        queue.extend(sizes);
+    }
+    super::policies::queue_fields(q, &mut queue);
+    queue
 }
 
 fn visible_vhosts(broker: &Broker, user: &User) -> Vec<Arc<VHost>> {
@@ -114,7 +163,7 @@ pub(super) async fn queues(
     let items = visible_vhosts(&broker, &user)
         .iter()
         .flat_map(|v| v.queues())
-        .map(|q| queue_json(&q))
+        .map(|q| queue_json(&q, history::Ask::from(&query)))
         .collect();
     list(by_vhost_and_name(items), &query)
 }
@@ -127,7 +176,12 @@ pub(super) async fn queues_in(
 ) -> ApiResult {
     let v = user.vhost(&broker, &vhost)?;
     list(
-        by_vhost_and_name(v.queues().iter().map(|q| queue_json(q)).collect()),
+        by_vhost_and_name(
+            v.queues()
+                .iter()
+                .map(|q| queue_json(q, history::Ask::from(&query)))
+                .collect(),
+        ),
         &query,
     )
 }
@@ -147,9 +201,10 @@ pub(super) async fn queue(
     State(broker): State<Arc<Broker>>,
     Extension(user): Extension<User>,
     Path((vhost, name)): Path<(String, String)>,
+    Query(query): Q,
 ) -> ApiResult {
     let (_, q) = find_queue(&broker, &user, &vhost, &name)?;
-    Ok(Json(queue_json(&q)).into_response())
+    Ok(Json(queue_json(&q, history::Ask::from(&query))).into_response())
 }
 
 #[derive(Deserialize)]
@@ -325,6 +380,12 @@ fn payload_json(body: &[u8], encoding: &str, truncate: Option<usize>) -> (String
             "base64",
         ),
     }
+}
+
+/// The `timestamp` property, if set.
+pub(super) fn timestamp(raw: &[u8]) -> Option<u64> {
+    let (_, p) = parse_properties(raw).ok()?;
+    p.timestamp().as_ref().copied()
 }
 
 /// Message properties as RabbitMQ's API shows them: only those set.

@@ -10,7 +10,7 @@
 use super::fail_stop::Unwritten;
 use super::persister::{LoadRequest, Loaded, Op};
 use super::QueueEvents;
-use super::{DiskRef, QueueStore, QueuedMessage, Receipt, Store, MESSAGE_OVERHEAD};
+use super::{DiskRef, Persistent, QueueStore, QueuedMessage, Receipt, Store, MESSAGE_OVERHEAD};
 use crate::message::Message;
 use std::collections::VecDeque;
 use std::sync::{Arc, Weak};
@@ -24,6 +24,8 @@ pub(crate) struct DurableStore {
     head_bytes: usize,
     /// Body bytes of every ready message, in memory or on disk.
     body_bytes: u64,
+    /// Persistent ones among them, beside `body_bytes`.
+    persistent: Persistent,
     /// `head_bytes` plus the per-message overhead: what the window limits.
     head_cost: usize,
     window: usize,
@@ -59,6 +61,7 @@ impl DurableStore {
             head: VecDeque::new(),
             head_bytes: 0,
             body_bytes: 0,
+            persistent: Persistent::default(),
             head_cost: 0,
             window,
             disk_from: first_seq,
@@ -100,6 +103,7 @@ impl DurableStore {
     fn forget_all(&mut self) {
         self.head_bytes = 0;
         self.body_bytes = 0;
+        self.persistent = Persistent::default();
         self.head_cost = 0;
         self.on_disk = 0;
         self.loading = false;
@@ -119,6 +123,7 @@ impl QueueStore for DurableStore {
 
     fn push(&mut self, mut msg: QueuedMessage) {
         self.body_bytes += msg.message.body.len() as u64;
+        self.persistent.add(&msg.message);
         if msg.disk.is_none() && msg.message.persistent {
             if let Some(msg_id) = msg.message.stored() {
                 msg.disk = Some(DiskRef { msg_id, flags: 0 });
@@ -146,6 +151,7 @@ impl QueueStore for DurableStore {
 
     fn requeue(&mut self, msg: QueuedMessage) {
         self.body_bytes += msg.message.body.len() as u64;
+        self.persistent.add(&msg.message);
         self.add(&msg);
         // Requeues usually land at the head: search from there.
         let at = self.head.partition_point(|m| m.seq < msg.seq);
@@ -157,6 +163,7 @@ impl QueueStore for DurableStore {
         if let Some(m) = &msg {
             self.take(m);
             self.body_bytes = self.body_bytes.saturating_sub(m.message.body.len() as u64);
+            self.persistent.sub(&m.message);
         }
         self.request_load();
         msg
@@ -164,6 +171,7 @@ impl QueueStore for DurableStore {
 
     fn unpop(&mut self, msg: QueuedMessage) {
         self.body_bytes += msg.message.body.len() as u64;
+        self.persistent.add(&msg.message);
         self.add(&msg);
         self.head.push_front(msg);
     }
@@ -178,6 +186,18 @@ impl QueueStore for DurableStore {
 
     fn body_bytes(&self) -> u64 {
         self.body_bytes
+    }
+
+    fn in_memory(&self) -> usize {
+        self.head.len()
+    }
+
+    fn persistent(&self) -> Persistent {
+        self.persistent
+    }
+
+    fn head(&self) -> Option<&QueuedMessage> {
+        self.head.front()
     }
 
     fn purge(&mut self) -> usize {
@@ -268,12 +288,16 @@ impl QueueStore for DurableStore {
                     self.body_bytes = self
                         .body_bytes
                         .saturating_sub(msg.message.body.len() as u64);
+                    self.persistent.sub(&msg.message);
                     gone += 1;
                 }
             } else if self.on_disk > 0 && seq >= self.disk_from {
                 // Paged out: never on disk, so never read back.
                 self.on_disk -= 1;
                 self.body_bytes = self.body_bytes.saturating_sub(body_len);
+                // Only persistent writes fail-stop the store.
+                self.persistent.messages = self.persistent.messages.saturating_sub(1);
+                self.persistent.bytes = self.persistent.bytes.saturating_sub(body_len);
                 gone += 1;
             }
         }

@@ -58,6 +58,10 @@ impl QueueStore for MemoryStore {
         self.body_bytes
     }
 
+    fn head(&self) -> Option<&QueuedMessage> {
+        self.messages.front()
+    }
+
     fn purge(&mut self) -> usize {
         let n = self.messages.len();
         self.messages = VecDeque::new();

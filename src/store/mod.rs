@@ -88,6 +88,10 @@ pub(crate) struct Receipt {
     pub(crate) seq: u64,
     pub(crate) disk: Option<DiskRef>,
     pub(crate) redelivered: bool,
+    /// Body bytes, and whether the message is persistent, for the
+    /// queue's counts of unacknowledged messages.
+    pub(crate) body_len: usize,
+    pub(crate) persistent: bool,
 }
 
 impl QueuedMessage {
@@ -111,6 +115,32 @@ impl QueuedMessage {
             seq: self.seq,
             disk: self.disk,
             redelivered: self.redelivered,
+            body_len: self.message.body.len(),
+            persistent: self.message.persistent,
+        }
+    }
+}
+
+/// Persistent messages among a store's ready ones (kept by stores of
+/// durable queues: elsewhere RabbitMQ counts none), beside `body_bytes`.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Persistent {
+    pub(crate) messages: usize,
+    pub(crate) bytes: u64,
+}
+
+impl Persistent {
+    pub(crate) fn add(&mut self, m: &Message) {
+        if m.persistent {
+            self.messages += 1;
+            self.bytes += m.body.len() as u64;
+        }
+    }
+
+    pub(crate) fn sub(&mut self, m: &Message) {
+        if m.persistent {
+            self.messages = self.messages.saturating_sub(1);
+            self.bytes = self.bytes.saturating_sub(m.body.len() as u64);
         }
     }
 }
@@ -135,6 +165,18 @@ pub(crate) trait QueueStore: Send {
     fn body_bytes(&self) -> u64;
     /// Drops every ready message, returning how many there were.
     fn purge(&mut self) -> usize;
+    /// Ready messages held in memory.
+    fn in_memory(&self) -> usize {
+        self.len()
+    }
+    /// Persistent ready messages (durable queues only).
+    fn persistent(&self) -> Persistent {
+        Persistent::default()
+    }
+    /// The next message to deliver, when it is in memory.
+    fn head(&self) -> Option<&QueuedMessage> {
+        None
+    }
     /// A popped message went to a consumer; with `no_ack` it is gone.
     fn delivered(&mut self, _receipt: Receipt, _no_ack: bool) {}
     /// A delivered message was acknowledged (or rejected without requeue).

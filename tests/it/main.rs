@@ -38,6 +38,7 @@ mod limits;
 mod memory_bound;
 mod mgmt;
 mod mgmt_objects;
+mod monitoring;
 mod operator;
 mod operator_env;
 mod paging;

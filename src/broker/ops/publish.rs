@@ -105,6 +105,8 @@ pub(crate) fn accept(
 pub(crate) struct Routed {
     /// It reached a queue or a direct reply-to consumer.
     pub(crate) routed: bool,
+    /// How many (RabbitMQ's `messages_routed`).
+    pub(crate) queues: usize,
     /// It went to the store for durable queues: its confirm waits for disk.
     pub(crate) stored: bool,
     /// A queue refused it (overflow reject-publish): its confirm is a nack.
@@ -129,6 +131,7 @@ pub(crate) fn route(
 ) -> Routed {
     let unstored = |message, routed| Routed {
         routed,
+        queues: usize::from(routed),
         stored: false,
         refused: false,
         message,
@@ -171,6 +174,7 @@ pub(crate) fn route(
     let (stored, refused) = vhost.enqueue(queues, &message);
     let routed = Routed {
         routed: !queues.is_empty(),
+        queues: queues.len(),
         stored,
         refused,
         flow: queues.iter().find(|q| q.asks_publishers_to_wait()).cloned(),

@@ -1,0 +1,160 @@
+//! Rate history in the API, as RabbitMQ's: with `lengths_age` and
+//! `lengths_incr` (seconds) the `*_details` of message counts carry
+//! `samples` (`[{"sample", "timestamp"}]`, newest first, one per `incr`
+//! going back `age`), `avg` and `avg_rate`; `msg_rates_age` and
+//! `msg_rates_incr` do the same for `message_stats`. The values come from
+//! each object's [`History`], filled by the rate sampler.
+
+use crate::broker::queue_stats::History;
+use parking_lot::Mutex;
+use serde_json::{json, Value};
+use std::collections::HashMap;
+use std::sync::Arc;
+
+/// Samples one answer may hold per series: a client asking for a year by
+/// the second gets the newest ones.
+const MAX_SAMPLES: u64 = 1000;
+
+#[derive(Clone, Copy)]
+pub(super) struct Range {
+    age_ms: u64,
+    incr_ms: u64,
+}
+
+/// What a request asked for.
+#[derive(Default, Clone, Copy)]
+pub(super) struct Ask {
+    pub(super) lengths: Option<Range>,
+    pub(super) msg_rates: Option<Range>,
+}
+
+impl Ask {
+    pub(super) fn from(query: &HashMap<String, String>) -> Ask {
+        let range = |prefix: &str| {
+            let get = |what: &str| {
+                query
+                    .get(&format!("{prefix}_{what}"))
+                    .and_then(|v| v.parse::<u64>().ok())
+            };
+            let (age, incr) = (get("age")?, get("incr")?);
+            (incr > 0).then(|| Range {
+                age_ms: age
+                    .saturating_mul(1000)
+                    .min(incr.saturating_mul(1000).saturating_mul(MAX_SAMPLES)),
+                incr_ms: incr.saturating_mul(1000),
+            })
+        };
+        Ask {
+            lengths: range("lengths"),
+            msg_rates: range("msg_rates"),
+        }
+    }
+}
+
+/// Overview totals: messages, messages_ready, messages_unacknowledged,
+/// publish, deliver_get, redeliver, ack, summed over queues.
+pub(super) type Totals = Arc<Mutex<History<7>>>;
+
+/// A `*_details` object: `rate`, and with a range `samples`, `avg_rate`
+/// and `avg` of value `i` of `history`.
+pub(super) fn details<const N: usize>(
+    rate: f64,
+    range: Option<Range>,
+    history: &History<N>,
+    i: usize,
+    now_ms: u64,
+) -> Value {
+    let Some(Range { age_ms, incr_ms }) = range else {
+        return json!({ "rate": rate });
+    };
+    let newest = now_ms - now_ms % incr_ms;
+    let mut samples = Vec::new();
+    let mut t = newest;
+    while newest - t <= age_ms {
+        let Some(values) = history.at(t) else { break };
+        samples.push((t, values[i]));
+        let Some(earlier) = t.checked_sub(incr_ms) else {
+            break;
+        };
+        t = earlier;
+    }
+    let avg = if samples.is_empty() {
+        0.0
+    } else {
+        samples.iter().map(|(_, v)| *v as f64).sum::<f64>() / samples.len() as f64
+    };
+    let avg_rate = match (samples.first(), samples.last()) {
+        (Some((t1, v1)), Some((t0, v0))) if t1 > t0 => {
+            (*v1 as f64 - *v0 as f64) / ((t1 - t0) as f64 / 1000.0)
+        }
+        _ => 0.0,
+    };
+    let samples: Vec<Value> = samples
+        .iter()
+        .map(|(t, v)| json!({ "sample": v, "timestamp": t }))
+        .collect();
+    json!({ "rate": rate, "samples": samples, "avg_rate": avg_rate, "avg": avg })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ask(pairs: &[(&str, &str)]) -> Ask {
+        Ask::from(
+            &pairs
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+        )
+    }
+
+    #[test]
+    fn samples_go_back_age_by_incr_from_the_newest_boundary() {
+        let mut h = History::<1>::default();
+        h.record(100_000, [10]);
+        h.record(112_000, [40]);
+        let range = ask(&[("lengths_age", "20"), ("lengths_incr", "5")]).lengths;
+        let d = details(1.5, range, &h, 0, 121_000);
+        assert_eq!(
+            d["samples"],
+            json!([
+                {"sample": 40, "timestamp": 120_000},
+                {"sample": 40, "timestamp": 115_000},
+                {"sample": 10, "timestamp": 110_000},
+                {"sample": 10, "timestamp": 105_000},
+                {"sample": 10, "timestamp": 100_000},
+            ])
+        );
+        assert_eq!(d["rate"], 1.5);
+        assert_eq!(d["avg_rate"], 1.5); // 30 more over 20 s
+        assert_eq!(d["avg"], 22.0);
+    }
+
+    #[test]
+    fn without_both_parameters_there_are_no_samples() {
+        let h = History::<1>::default();
+        assert!(ask(&[("lengths_age", "60")]).lengths.is_none());
+        assert!(ask(&[("msg_rates_age", "60"), ("msg_rates_incr", "0")])
+            .msg_rates
+            .is_none());
+        assert_eq!(details(0.0, None, &h, 0, 5000), json!({"rate": 0.0}));
+        // Hostile numbers neither overflow nor run long.
+        let max = u64::MAX.to_string();
+        let range = ask(&[
+            ("lengths_age", max.as_str()),
+            ("lengths_incr", max.as_str()),
+        ])
+        .lengths;
+        assert_eq!(details(0.0, range, &h, 0, 5000)["samples"], json!([]));
+        // A huge age is cut to MAX_SAMPLES samples.
+        let mut h = History::<1>::default();
+        h.record(0, [1]);
+        let range = ask(&[("lengths_age", "99999999999"), ("lengths_incr", "1")]).lengths;
+        let d = details(0.0, range, &h, 0, 5_000_000);
+        assert_eq!(
+            d["samples"].as_array().unwrap().len(),
+            MAX_SAMPLES as usize + 1
+        );
+    }
+}
