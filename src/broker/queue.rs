@@ -210,7 +210,7 @@ impl Queue {
                 args,
                 store_id,
                 disk_loaded: tokio::sync::Notify::new(),
-                stats: QueueStats::default(),
+                stats: QueueStats::new(),
                 state: Mutex::new(QueueState {
                     effective,
                     applied,

@@ -28,6 +28,9 @@ pub(crate) struct QueueStats {
     /// messages, messages_ready, messages_unacknowledged, publish,
     /// deliver_get, redeliver, ack, get.
     history: Mutex<History<8>>,
+    /// When the queue was made (ms): its first sample's rates count from
+    /// here, so a new queue shows them at once, as RabbitMQ's.
+    created_ms: u64,
 }
 
 /// Values at the sampler's ticks, for the API's `samples` (RabbitMQ's
@@ -88,6 +91,13 @@ pub(crate) struct Sample {
 }
 
 impl QueueStats {
+    pub(crate) fn new() -> QueueStats {
+        QueueStats {
+            created_ms: now_ms(),
+            ..QueueStats::default()
+        }
+    }
+
     pub(crate) fn delivered(&self, redelivered: bool) {
         self.delivered.fetch_add(1, Ordering::Relaxed);
         if redelivered {
@@ -148,6 +158,13 @@ impl QueueStats {
         );
         let blocked = self.blocked_total(now);
         let mut last = self.last.lock();
+        let first = last.at_ms == 0;
+        if first && self.created_ms != 0 {
+            // Lengths change from what the queue holds now (a recovered
+            // backlog is no rate).
+            last.at_ms = self.created_ms;
+            last.gauges = gauges;
+        }
         let elapsed = now.saturating_sub(last.at_ms);
         if last.at_ms != 0 && elapsed > 0 {
             let secs = elapsed as f64 / 1000.0;
@@ -167,7 +184,7 @@ impl QueueStats {
         } else {
             last.utilisation = 1.0;
         }
-        if last.at_ms == 0 || last.counts != counts || last.gauges != gauges {
+        if first || last.counts != counts || last.gauges != gauges {
             last.active_ms = now;
             last.idle_since_ms = None;
         } else {
@@ -228,6 +245,19 @@ mod tests {
         assert_eq!(h.points.len(), History::<1>::POINTS);
         assert_eq!(h.at(1099), Some([999]));
         assert_eq!(h.at(100), None, "the oldest points are gone");
+    }
+
+    #[test]
+    fn a_new_queue_has_rates_at_its_first_sample() {
+        let stats = QueueStats::new();
+        for _ in 0..10 {
+            stats.published.fetch_add(1, Ordering::Relaxed);
+        }
+        std::thread::sleep(Duration::from_millis(100));
+        stats.sample(10, 0);
+        let s = stats.last();
+        assert!(s.rates[0] > 10.0, "10 published in ~100 ms: {:?}", s.rates);
+        assert_eq!(s.gauge_rates, [0.0; 3], "lengths count from the first sample");
     }
 
     #[test]
