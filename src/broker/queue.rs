@@ -646,7 +646,7 @@ impl Queue {
                     let redelivered = msg.redelivered;
                     match consumer.channel.try_deliver(&consumer, self, msg) {
                         Ok(()) => {
-                            self.stats.delivered(redelivered);
+                            self.stats.delivered(redelivered, consumer.no_ack);
                             st.next_consumer = st.next_consumer.wrapping_add(k + 1);
                             if !consumer.no_ack {
                                 self.unacked_add(st, &receipt);
@@ -684,13 +684,14 @@ impl Queue {
             return if st.ready.awaiting_disk() {
                 Got::Loading
             } else {
+                self.stats.got_empty();
                 Got::Empty
             };
         };
         if !no_ack {
             self.unacked_add(&mut st, &msg.receipt());
         }
-        self.stats.got(msg.redelivered);
+        self.stats.got(msg.redelivered, no_ack);
         st.ready.delivered(msg.receipt(), no_ack);
         self.schedule_expiry(&mut st);
         self.account(before, &mut st);

@@ -19,6 +19,12 @@ pub(crate) struct QueueStats {
     pub(crate) acked: AtomicU64,
     /// basic.get deliveries (also counted in `delivered`).
     pub(crate) got: AtomicU64,
+    /// Of `delivered`, those needing no ack (consumers and gets).
+    delivered_no_ack: AtomicU64,
+    /// Of `got`, those needing no ack.
+    got_no_ack: AtomicU64,
+    /// basic.get that found the queue empty.
+    got_empty: AtomicU64,
     /// Since when (ms) consumers were there but none could take the ready
     /// head (prefetch full); 0 when not blocked.
     blocked_since: AtomicU64,
@@ -98,8 +104,11 @@ impl QueueStats {
         }
     }
 
-    pub(crate) fn delivered(&self, redelivered: bool) {
+    pub(crate) fn delivered(&self, redelivered: bool, no_ack: bool) {
         self.delivered.fetch_add(1, Ordering::Relaxed);
+        if no_ack {
+            self.delivered_no_ack.fetch_add(1, Ordering::Relaxed);
+        }
         if redelivered {
             self.redelivered.fetch_add(1, Ordering::Relaxed);
         }
@@ -112,9 +121,33 @@ impl QueueStats {
         }
     }
 
-    pub(crate) fn got(&self, redelivered: bool) {
+    pub(crate) fn got(&self, redelivered: bool, no_ack: bool) {
         self.got.fetch_add(1, Ordering::Relaxed);
-        self.delivered(redelivered);
+        if no_ack {
+            self.got_no_ack.fetch_add(1, Ordering::Relaxed);
+        }
+        self.delivered(redelivered, no_ack);
+    }
+
+    pub(crate) fn got_empty(&self) {
+        self.got_empty.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// RabbitMQ's split of `deliver_get`: `deliver`, `deliver_no_ack`,
+    /// `get`, `get_no_ack`, and `get_empty` beside them.
+    pub(crate) fn delivery_kinds(&self) -> [u64; 5] {
+        let load = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        let (all, all_no_ack) = (load(&self.delivered), load(&self.delivered_no_ack));
+        let (got, got_no_ack) = (load(&self.got), load(&self.got_no_ack));
+        let deliver_no_ack = all_no_ack.saturating_sub(got_no_ack);
+        let deliver = all.saturating_sub(got).saturating_sub(deliver_no_ack);
+        [
+            deliver,
+            deliver_no_ack,
+            got.saturating_sub(got_no_ack),
+            got_no_ack,
+            load(&self.got_empty),
+        ]
     }
 
     /// Ready messages wait while every consumer is at its prefetch limit.
@@ -218,7 +251,7 @@ mod tests {
         std::thread::sleep(Duration::from_millis(100));
         stats.consumers_blocked();
         std::thread::sleep(Duration::from_millis(200));
-        stats.delivered(false);
+        stats.delivered(false, false);
         stats.sample(0, 0);
         let u = stats.last().utilisation;
         assert!((0.2..0.5).contains(&u), "blocked 200 of ~300 ms: {u}");
@@ -257,7 +290,10 @@ mod tests {
         stats.sample(10, 0);
         let s = stats.last();
         assert!(s.rates[0] > 10.0, "10 published in ~100 ms: {:?}", s.rates);
-        assert_eq!(s.gauge_rates, [0.0; 3], "lengths count from the first sample");
+        assert_eq!(
+            s.gauge_rates, [0.0; 3],
+            "lengths count from the first sample"
+        );
     }
 
     #[test]
@@ -267,7 +303,7 @@ mod tests {
         for _ in 0..10 {
             stats.published.fetch_add(1, Ordering::Relaxed);
         }
-        stats.got(true);
+        stats.got(true, false);
         std::thread::sleep(Duration::from_millis(200));
         stats.sample(10, 0);
         let s = stats.last();

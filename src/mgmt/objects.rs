@@ -55,6 +55,7 @@ pub(super) fn queue_json(q: &Queue, ask: history::Ask) -> Value {
         QueueType::Quorum => "quorum",
     };
     let [publish, deliver_get, redeliver, ack] = q.stats.counts();
+    let kinds = q.stats.delivery_kinds();
     let sample = q.stats.last();
     let rate = |i: usize| json!({"rate": sample.rates[i]});
     // RabbitMQ 3.10 says 0 without consumers.
@@ -93,7 +94,8 @@ pub(super) fn queue_json(q: &Queue, ask: history::Ask) -> Value {
             "arguments": table_json(&c.arguments),
         })).collect::<Vec<_>>(),
         "message_stats": {
-            "get": q.stats.got.load(std::sync::atomic::Ordering::Relaxed),
+            "deliver": kinds[0], "deliver_no_ack": kinds[1],
+            "get": kinds[2], "get_no_ack": kinds[3], "get_empty": kinds[4],
             "publish": publish, "publish_details": rate(0),
             "deliver_get": deliver_get, "deliver_get_details": rate(1),
             "redeliver": redeliver, "redeliver_details": rate(2),
