@@ -486,8 +486,9 @@ fn rfc4514(name: &x509_parser::x509::X509Name<'_>) -> String {
 
 fn escape_rdn_value(v: &str) -> String {
     let mut out = String::with_capacity(v.len());
+    let last = v.chars().count().saturating_sub(1);
     for (i, c) in v.chars().enumerate() {
-        let edge = (i == 0 && (c == ' ' || c == '#')) || (i + 1 == v.chars().count() && c == ' ');
+        let edge = (i == 0 && (c == ' ' || c == '#')) || (i == last && c == ' ');
         if edge || matches!(c, ',' | '+' | '"' | '\\' | '<' | '>' | ';') {
             out.push('\\');
         }
@@ -516,7 +517,17 @@ fn asn1_time(t: &x509_parser::time::ASN1Time) -> String {
 
 #[cfg(test)]
 mod session_tests {
-    use super::suite_names;
+    use super::{escape_rdn_value, suite_names};
+
+    #[test]
+    fn rdn_values_are_escaped_as_rfc_4514_in_linear_time() {
+        assert_eq!(escape_rdn_value(" a,b+c "), "\\ a\\,b\\+c\\ ");
+        assert_eq!(escape_rdn_value("#x"), "\\#x");
+        // A client controls its certificate: a long value costs its
+        // length (counting the characters per character never finishes).
+        let long = "a".repeat(1 << 20);
+        assert_eq!(escape_rdn_value(&long).len(), 1 << 20);
+    }
 
     #[test]
     fn suites_are_named_as_erlang_ssl_names_them() {
