@@ -1110,13 +1110,15 @@ async fn queues_and_the_overview_give_rate_samples_for_the_age_and_increment_ask
         .unwrap();
 }
 
-#[tokio::test]
-async fn channels_show_rabbitmqs_message_stats() {
-    let broker = TestBroker::start().await;
-    let Some(api) = Api::of(&broker) else { return };
-    let conn = broker.connect().await;
-    let ch = confirm_channel(&conn).await;
-    let q = unique("mon-channel");
+/// A fresh queue given `n` confirmed messages on a confirm channel, then
+/// two basic.gets: one without ack, one acknowledged.
+async fn queue_after_two_gets(
+    conn: &lapin::Connection,
+    prefix: &str,
+    n: usize,
+) -> (lapin::Channel, String) {
+    let ch = confirm_channel(conn).await;
+    let q = unique(prefix);
     common::amqp::declare_queue(
         &ch,
         &q,
@@ -1124,24 +1126,28 @@ async fn channels_show_rabbitmqs_message_stats() {
         FieldTable::default(),
     )
     .await;
-    for _ in 0..3 {
+    for _ in 0..n {
         common::amqp::publish_and_confirm(&ch, "", &q, b"x", BasicProperties::default()).await;
     }
-    let get = |no_ack: bool| {
-        let (ch, q) = (ch.clone(), q.clone());
-        async move {
-            ch.basic_get(q.as_str().into(), BasicGetOptions { no_ack })
-                .await
-                .unwrap()
+    for no_ack in [true, false] {
+        let got = ch
+            .basic_get(q.as_str().into(), BasicGetOptions { no_ack })
+            .await
+            .unwrap()
+            .expect("a message");
+        if !no_ack {
+            got.ack(BasicAckOptions::default()).await.unwrap();
         }
-    };
-    get(true).await.expect("a message");
-    get(false)
-        .await
-        .expect("a message")
-        .ack(BasicAckOptions::default())
-        .await
-        .unwrap();
+    }
+    (ch, q)
+}
+
+#[tokio::test]
+async fn channels_show_rabbitmqs_message_stats() {
+    let broker = TestBroker::start().await;
+    let Some(api) = Api::of(&broker) else { return };
+    let conn = broker.connect().await;
+    let (_ch, _q) = queue_after_two_gets(&conn, "mon-channel", 3).await;
     // The channel's number in the connection's name: "… (1)".
     let expected = serde_json::json!({
         "publish": 3, "confirm": 3, "get_no_ack": 1, "get": 1, "deliver_get": 2, "ack": 1,
@@ -1174,33 +1180,7 @@ async fn queue_message_stats_split_deliveries_by_kind() {
     let broker = TestBroker::start().await;
     let Some(api) = Api::of(&broker) else { return };
     let conn = broker.connect().await;
-    let ch = confirm_channel(&conn).await;
-    let q = unique("mon-kinds");
-    common::amqp::declare_queue(
-        &ch,
-        &q,
-        QueueDeclareOptions::default(),
-        FieldTable::default(),
-    )
-    .await;
-    for _ in 0..4 {
-        common::amqp::publish_and_confirm(&ch, "", &q, b"x", BasicProperties::default()).await;
-    }
-    let get = |no_ack: bool| {
-        let (ch, q) = (ch.clone(), q.clone());
-        async move {
-            ch.basic_get(q.as_str().into(), BasicGetOptions { no_ack })
-                .await
-                .unwrap()
-        }
-    };
-    get(true).await.expect("a message");
-    get(false)
-        .await
-        .expect("a message")
-        .ack(BasicAckOptions::default())
-        .await
-        .unwrap();
+    let (ch, q) = queue_after_two_gets(&conn, "mon-kinds", 4).await;
     // One consumer with acks, one without, one message each; their
     // channels stay open (RabbitMQ drops a closed channel's unsent stats).
     let mut open = Vec::new();
@@ -1240,7 +1220,11 @@ async fn queue_message_stats_split_deliveries_by_kind() {
         }
         open.push(consumer_ch);
     }
-    assert!(get(true).await.is_none(), "the queue is empty");
+    let empty = ch
+        .basic_get(q.as_str().into(), BasicGetOptions { no_ack: true })
+        .await
+        .unwrap();
+    assert!(empty.is_none(), "the queue is empty");
     // RabbitMQ 3.10 shows a queue's get_empty as 0 whatever happens;
     // Leveret counts them.
     let empty = if common::against_other_broker() { 0 } else { 1 };
