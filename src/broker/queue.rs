@@ -185,6 +185,7 @@ impl Queue {
                             d.queue_id,
                             d.messages,
                             d.first_seq,
+                            d.next_seq,
                             effective.max_length.is_some() || effective.max_length_bytes.is_some(),
                         )),
                         d.next_seq,

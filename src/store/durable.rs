@@ -26,6 +26,9 @@ pub(crate) struct DurableStore {
     body_bytes: u64,
     /// Persistent ones among them, beside `body_bytes`.
     persistent: Persistent,
+    /// Messages below this seq were recovered at start-up: never pushed,
+    /// so not yet in `body_bytes`.
+    recovered_end: u64,
     /// `head_bytes` plus the per-message overhead: what the window limits.
     head_cost: usize,
     window: usize,
@@ -38,13 +41,15 @@ pub(crate) struct DurableStore {
 }
 
 impl DurableStore {
-    /// A queue recovered with `on_disk` messages from `first_seq` on.
+    /// A queue recovered with `on_disk` messages from `first_seq` on, up to
+    /// `next_seq`.
     pub(crate) fn new(
         store: Arc<Store>,
         queue: Weak<dyn QueueEvents>,
         queue_id: u32,
         on_disk: usize,
         first_seq: u64,
+        next_seq: u64,
         unbounded: bool,
     ) -> DurableStore {
         // A queue with a length limit keeps what it holds in memory, so its
@@ -61,7 +66,13 @@ impl DurableStore {
             head: VecDeque::new(),
             head_bytes: 0,
             body_bytes: 0,
-            persistent: Persistent::default(),
+            // Recovered messages are all persistent; their bytes are
+            // counted as they are read back (see `loaded`).
+            persistent: Persistent {
+                messages: on_disk,
+                bytes: 0,
+            },
+            recovered_end: next_seq,
             head_cost: 0,
             window,
             disk_from: first_seq,
@@ -265,6 +276,11 @@ impl QueueStore for DurableStore {
         self.on_disk = self.on_disk.saturating_sub(loaded.consumed);
         self.disk_from = loaded.next_from;
         for msg in loaded.messages {
+            if msg.seq < self.recovered_end {
+                let body = msg.message.body.len() as u64;
+                self.body_bytes += body;
+                self.persistent.bytes += body;
+            }
             self.add(&msg);
             self.head.push_back(msg);
         }

@@ -10,7 +10,7 @@
 use super::fail_stop::Unwritten;
 use super::persister::{LoadRequest, Loaded, Op};
 use super::QueueEvents;
-use super::{DiskRef, QueueStore, QueuedMessage, Receipt, Store};
+use super::{DiskRef, Persistent, QueueStore, QueuedMessage, Receipt, Store};
 use crate::message::Message;
 use crate::protocol::properties::PropertiesView;
 use std::collections::VecDeque;
@@ -33,6 +33,8 @@ pub(crate) struct PriorityStore {
     len: usize,
     bytes: usize,
     body_bytes: u64,
+    /// Persistent ones among them (a durable queue's only), beside `body_bytes`.
+    persistent: Persistent,
     disk: Option<PriorityDisk>,
     loading: bool,
     deleted: bool,
@@ -45,6 +47,7 @@ impl PriorityStore {
             len: 0,
             bytes: 0,
             body_bytes: 0,
+            persistent: Persistent::default(),
             disk,
             loading: false,
             deleted: false,
@@ -63,12 +66,18 @@ impl PriorityStore {
         self.len += 1;
         self.bytes += msg.message.size();
         self.body_bytes += msg.message.body.len() as u64;
+        if self.disk.is_some() {
+            self.persistent.add(&msg.message);
+        }
     }
 
     fn take(&mut self, msg: &QueuedMessage) {
         self.len -= 1;
         self.bytes -= msg.message.size();
         self.body_bytes -= msg.message.body.len() as u64;
+        if self.disk.is_some() {
+            self.persistent.sub(&msg.message);
+        }
     }
 
     fn remove(&self, seq: u64, disk: DiskRef) {
@@ -169,6 +178,7 @@ impl QueueStore for PriorityStore {
         self.len = 0;
         self.bytes = 0;
         self.body_bytes = 0;
+        self.persistent = Persistent::default();
         count
     }
 
@@ -217,6 +227,10 @@ impl QueueStore for PriorityStore {
         self.len == 0 && self.disk.as_ref().is_some_and(|d| d.on_disk > 0)
     }
 
+    fn persistent(&self) -> Persistent {
+        self.persistent
+    }
+
     fn refuses_persistent(&self) -> bool {
         self.disk
             .as_ref()
@@ -248,6 +262,7 @@ impl PriorityStore {
         self.len = 0;
         self.bytes = 0;
         self.body_bytes = 0;
+        self.persistent = Persistent::default();
     }
 }
 

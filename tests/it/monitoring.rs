@@ -1252,3 +1252,81 @@ async fn queue_message_stats_split_deliveries_by_kind() {
     drop(open);
     api.delete(&path).await;
 }
+
+/// The management API's address of a broker process, from its log.
+fn mgmt_addr_of(broker: &common::process::BrokerProcess) -> std::net::SocketAddr {
+    let line = broker
+        .wait_for_log(Duration::from_secs(10), |l| {
+            l.contains("management API listening")
+        })
+        .unwrap_or_else(|| panic!("no management API log line; stderr:\n{}", broker.stderr()));
+    let at = line.find("addr=").expect("addr field") + 5;
+    line[at..]
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .trim_matches('"')
+        .parse()
+        .expect("an address")
+}
+
+/// After a restart a durable queue's backlog counts as persistent at once,
+/// and its bytes as it is read back; a durable priority queue counts its
+/// persistent messages too. (Before: 0 persistent, and bytes floored at 0.)
+#[tokio::test]
+async fn persistent_counts_hold_across_a_restart_and_for_priority_queues() {
+    if common::against_other_broker() {
+        return;
+    }
+    let data = common::process::TempDir::new("mon-restart");
+    let mut broker = common::process::BrokerProcess::start(data.path());
+    let conn = broker.connect().await;
+    let ch = confirm_channel(&conn).await;
+    let durable = QueueDeclareOptions {
+        durable: true,
+        ..Default::default()
+    };
+    let mut priority_args = FieldTable::default();
+    priority_args.insert("x-max-priority".into(), 5u8.into());
+    common::amqp::declare_queue(&ch, "mon-backlog", durable, FieldTable::default()).await;
+    common::amqp::declare_queue(&ch, "mon-priority", durable, priority_args).await;
+    let persistent = BasicProperties::default().with_delivery_mode(2);
+    for q in ["mon-backlog", "mon-priority"] {
+        for _ in 0..3 {
+            common::amqp::publish_and_confirm(&ch, "", q, &[7; 100], persistent.clone()).await;
+        }
+        common::amqp::publish_and_confirm(&ch, "", q, &[7; 100], BasicProperties::default()).await;
+    }
+    let api = Api {
+        addr: mgmt_addr_of(&broker),
+        user: "guest".into(),
+        password: "guest".into(),
+    };
+    let priority = api.get("/api/queues/%2F/mon-priority").await.json;
+    assert_eq!(priority["messages_persistent"], 3, "{priority}");
+    assert_eq!(priority["message_bytes_persistent"], 300, "{priority}");
+    assert_eq!(priority["message_bytes_ready"], 400, "{priority}");
+    drop(conn);
+
+    broker.sigterm_and_wait();
+    let broker = common::process::BrokerProcess::start(data.path());
+    let api = Api {
+        addr: mgmt_addr_of(&broker),
+        ..api
+    };
+    let q = api.get("/api/queues/%2F/mon-backlog").await.json;
+    assert_eq!(q["messages"], 3, "only persistent messages survive: {q}");
+    assert_eq!(q["messages_persistent"], 3, "{q}");
+    // One get reads the backlog back: the rest's bytes count again.
+    let conn = broker.connect().await;
+    let ch = conn.create_channel().await.unwrap();
+    let got = ch
+        .basic_get("mon-backlog".into(), BasicGetOptions { no_ack: true })
+        .await
+        .unwrap();
+    assert!(got.is_some());
+    let q = api.get("/api/queues/%2F/mon-backlog").await.json;
+    assert_eq!(q["messages_persistent"], 2, "{q}");
+    assert_eq!(q["message_bytes_ready"], 200, "{q}");
+    assert_eq!(q["message_bytes_persistent"], 200, "{q}");
+}
