@@ -300,6 +300,9 @@ async fn sample_rates(broker: std::sync::Weak<Broker>, totals: history::Totals) 
         };
         let mut sum = [0u64; 7];
         for vhost in broker.vhosts() {
+            for e in vhost.exchanges() {
+                e.stats.sample();
+            }
             for q in vhost.queues() {
                 let c = q.counts();
                 q.stats.sample(c.ready, c.unacked);

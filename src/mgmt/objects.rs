@@ -530,6 +530,19 @@ pub(super) fn exchange_json(vhost: &str, e: &Exchange) -> Value {
         "arguments": table_json(&e.arguments),
         "user_who_performed_action": "",
     });
+    // As RabbitMQ: no message_stats until something was published to it,
+    // and no publish_out until something was routed on.
+    let [publish_in, publish_out] = e.stats.counts();
+    let [rate_in, rate_out] = e.stats.rates();
+    if publish_in > 0 {
+        out["message_stats"] = json!({
+            "publish_in": publish_in, "publish_in_details": {"rate": rate_in},
+        });
+        if publish_out > 0 {
+            out["message_stats"]["publish_out"] = json!(publish_out);
+            out["message_stats"]["publish_out_details"] = json!({"rate": rate_out});
+        }
+    }
     super::policies::exchange_fields(e, &mut out);
     out
 }

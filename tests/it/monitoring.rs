@@ -1330,3 +1330,90 @@ async fn persistent_counts_hold_across_a_restart_and_for_priority_queues() {
     assert_eq!(q["message_bytes_ready"], 200, "{q}");
     assert_eq!(q["message_bytes_persistent"], 200, "{q}");
 }
+
+/// An exchange's `message_stats` as RabbitMQ's: `publish_in` counts what
+/// was published to it, `publish_out` the queue deliveries it made
+/// (through an exchange-to-exchange binding too); an exchange only passed
+/// through, or never used, shows none, and one that routed nothing no
+/// `publish_out`.
+#[tokio::test]
+async fn exchanges_show_publish_in_and_publish_out() {
+    let broker = TestBroker::start().await;
+    let Some(api) = Api::of(&broker) else { return };
+    let conn = broker.connect().await;
+    let ch = confirm_channel(&conn).await;
+    let (x, inner, none) = (unique("mon-x"), unique("mon-x-inner"), unique("mon-x-none"));
+    for name in [&x, &inner, &none] {
+        ch.exchange_declare(
+            name.as_str().into(),
+            ExchangeKind::Fanout,
+            ExchangeDeclareOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .unwrap();
+    }
+    ch.exchange_bind(
+        inner.as_str().into(),
+        x.as_str().into(),
+        "".into(),
+        ExchangeBindOptions::default(),
+        FieldTable::default(),
+    )
+    .await
+    .unwrap();
+    let mut queues = Vec::new();
+    for (i, source) in [&x, &x, &inner].into_iter().enumerate() {
+        let q = unique(&format!("mon-x-q{i}"));
+        common::amqp::declare_queue(
+            &ch,
+            &q,
+            QueueDeclareOptions::default(),
+            FieldTable::default(),
+        )
+        .await;
+        ch.queue_bind(
+            q.as_str().into(),
+            source.as_str().into(),
+            "".into(),
+            QueueBindOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .unwrap();
+        queues.push(q);
+    }
+    for _ in 0..3 {
+        common::amqp::publish_and_confirm(&ch, &x, "", b"x", BasicProperties::default()).await;
+    }
+    for _ in 0..2 {
+        common::amqp::publish_and_confirm(&ch, &none, "", b"x", BasicProperties::default()).await;
+    }
+    let stats_of = |name: &str| {
+        let (api, path) = (api.clone(), format!("/api/exchanges/%2F/{name}"));
+        async move { api.get(&path).await.json["message_stats"].clone() }
+    };
+    // RabbitMQ reports each count when its stats timer fires: wait for all.
+    let (routed, unrouted) = common::wait_for(
+        "the exchanges' message_stats",
+        Duration::from_secs(15),
+        || async {
+            let (s, n) = (stats_of(&x).await, stats_of(&none).await);
+            if s["publish_out"] == 9 && s["publish_in"] == 3 && n["publish_in"] == 2 {
+                Ok((s, n))
+            } else {
+                Err((s, n))
+            }
+        },
+    )
+    .await;
+    assert!(routed["publish_in_details"]["rate"].is_number(), "{routed}");
+    assert!(unrouted.get("publish_out").is_none(), "{unrouted}");
+    assert!(stats_of(&inner).await.is_null());
+    for q in &queues {
+        api.delete(&format!("/api/queues/%2F/{q}")).await;
+    }
+    for name in [&x, &inner, &none] {
+        api.delete(&format!("/api/exchanges/%2F/{name}")).await;
+    }
+}

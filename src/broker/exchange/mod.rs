@@ -1,6 +1,7 @@
 //! Exchanges and their bindings.
 
 pub(crate) mod headers;
+pub(crate) mod stats;
 pub(crate) mod topic;
 
 use super::policy::Policy;
@@ -9,6 +10,7 @@ use crate::hash::HashMap;
 use amq_protocol::types::FieldTable;
 use headers::HeadersMatcher;
 use parking_lot::RwLock;
+use stats::ExchangeStats;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use topic::TopicTrie;
@@ -81,6 +83,7 @@ pub(crate) struct Exchange {
     policy: RwLock<Option<Arc<Policy>>>,
     policy_alternate: RwLock<Option<Arc<str>>>,
     bindings: RwLock<Bindings>,
+    pub(crate) stats: ExchangeStats,
 }
 
 /// Bindings plus the indexes routing uses, each kept up to date on bind
@@ -259,6 +262,7 @@ impl Exchange {
             policy: RwLock::new(None),
             policy_alternate: RwLock::new(None),
             bindings: RwLock::new(Bindings::default()),
+            stats: ExchangeStats::default(),
         }
     }
 

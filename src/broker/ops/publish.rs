@@ -171,6 +171,7 @@ pub(crate) fn route(
         }
     }
     let queues = &routing.queues;
+    exchange.stats.published(queues.len());
     let (stored, refused) = vhost.enqueue(queues, &message);
     let routed = Routed {
         routed: !queues.is_empty(),
