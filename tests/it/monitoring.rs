@@ -1147,7 +1147,7 @@ async fn channels_show_rabbitmqs_message_stats() {
     let broker = TestBroker::start().await;
     let Some(api) = Api::of(&broker) else { return };
     let conn = broker.connect().await;
-    let (_ch, _q) = queue_after_two_gets(&conn, "mon-channel", 3).await;
+    let (ch, q) = queue_after_two_gets(&conn, "mon-channel", 3).await;
     // The channel's number in the connection's name: "… (1)".
     let expected = serde_json::json!({
         "publish": 3, "confirm": 3, "get_no_ack": 1, "get": 1, "deliver_get": 2, "ack": 1,
@@ -1171,6 +1171,10 @@ async fn channels_show_rabbitmqs_message_stats() {
     for (k, v) in expected.as_object().unwrap() {
         assert_eq!(&stats[k], v, "{k}: {stats}");
     }
+    // The queue goes (RabbitMQ is shared); the channel stayed open till here.
+    ch.queue_delete(q.as_str().into(), QueueDeleteOptions::default())
+        .await
+        .unwrap();
 }
 
 /// A queue's `message_stats` split `deliver_get` as RabbitMQ's do: by
