@@ -139,6 +139,21 @@ pub(super) fn body<T: DeserializeOwned>(raw: &[u8]) -> Result<T, ApiError> {
     from_object(object(raw)?)
 }
 
+/// RabbitMQ's `[{key_missing,K}…]` for every one of `keys` absent from
+/// `fields`, all named at once.
+pub(super) fn require_keys(fields: &Map<String, Value>, keys: &[&str]) -> Result<(), ApiError> {
+    let missing: Vec<&str> = keys
+        .iter()
+        .copied()
+        .filter(|k| !fields.contains_key(*k))
+        .collect();
+    if missing.is_empty() {
+        Ok(())
+    } else {
+        Err(ApiError::key_missing(&missing))
+    }
+}
+
 pub(super) fn from_object<T: DeserializeOwned>(map: Map<String, Value>) -> Result<T, ApiError> {
     serde_json::from_value(Value::Object(map)).map_err(|e| {
         let text = e.to_string();

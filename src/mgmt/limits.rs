@@ -24,7 +24,7 @@ fn user_entry(user: &str, l: &Limits) -> Value {
 }
 
 /// The `value` of a PUT body: `[{key_missing,value}]` without one.
-fn value_of(raw: &[u8]) -> Result<Value, ApiError> {
+pub(super) fn value_of(raw: &[u8]) -> Result<Value, ApiError> {
     object(raw)?
         .remove("value")
         .ok_or_else(|| ApiError::key_missing(&["value"]))

@@ -4,8 +4,8 @@
 //! `/api/vhost-limits`); any other is refused with RabbitMQ's own answer
 //! for a component whose plugin is not enabled.
 
-use super::api::{created_or_updated, list, no_content, object, ApiError, ApiResult, User};
-use super::limits::export_parameters;
+use super::api::{created_or_updated, list, no_content, ApiError, ApiResult, User};
+use super::limits::{export_parameters, value_of};
 use crate::broker::limits::{Limits, Subject};
 use crate::broker::Broker;
 use axum::extract::{Path, Query, State};
@@ -114,9 +114,7 @@ pub(super) async fn put(
     raw: Bytes,
 ) -> ApiResult {
     changeable(&broker, &user, &component, &vhost, &name)?;
-    let value = object(&raw)?
-        .remove("value")
-        .ok_or_else(|| ApiError::key_missing(&["value"]))?;
+    let value = value_of(&raw)?;
     let limits = match &value {
         Value::Array(a) if a.is_empty() => Limits::default(),
         other => Limits::from_json(Subject::Vhost, other)

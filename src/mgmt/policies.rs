@@ -6,7 +6,9 @@
 //! `policymaker` tag (with permissions in the vhost) or `administrator`.
 //! Operator policies are for administrators only.
 
-use super::api::{created_or_updated, list, no_content, object, ApiError, ApiResult, User};
+use super::api::{
+    created_or_updated, list, no_content, object, require_keys, ApiError, ApiResult, User,
+};
 use crate::broker::policy::{Policy, PolicyKind};
 use crate::broker::vhost::VHost;
 use crate::broker::Broker;
@@ -119,13 +121,7 @@ fn parse(
     name: &str,
     body: &Map<String, Value>,
 ) -> Result<Policy, ApiError> {
-    let missing: Vec<&str> = ["pattern", "definition"]
-        .into_iter()
-        .filter(|k| !body.contains_key(*k))
-        .collect();
-    if !missing.is_empty() {
-        return Err(ApiError::key_missing(&missing));
-    }
+    require_keys(body, &["pattern", "definition"])?;
     Policy::parse(
         kind,
         vhost,

@@ -4,7 +4,8 @@
 //! RabbitMQ's shapes. Administrators only, as RabbitMQ.
 
 use super::api::{
-    created_or_updated, from_object, list, no_content, object, ApiError, ApiResult, User,
+    created_or_updated, from_object, list, no_content, object, require_keys, ApiError, ApiResult,
+    User,
 };
 use crate::broker::topic_permissions::{TopicPermission, TopicPermissionRecord};
 use crate::broker::Broker;
@@ -117,13 +118,7 @@ pub(super) async fn put(
 ) -> ApiResult {
     user.require_admin()?;
     let fields = object(&raw)?;
-    let missing: Vec<&str> = ["exchange", "write", "read"]
-        .into_iter()
-        .filter(|k| !fields.contains_key(*k))
-        .collect();
-    if !missing.is_empty() {
-        return Err(ApiError::key_missing(&missing));
-    }
+    require_keys(&fields, &["exchange", "write", "read"])?;
     let b: Body = from_object(fields)?;
     let record = TopicPermissionRecord {
         user: name,

@@ -2,8 +2,8 @@
 //! tag, as in RabbitMQ.
 
 use super::api::{
-    body, created_or_updated, from_object, list, no_content, object, short_string, tags, ApiError,
-    ApiResult, User,
+    body, created_or_updated, from_object, list, no_content, object, require_keys, short_string,
+    tags, ApiError, ApiResult, User,
 };
 use crate::broker::access::{
     hash_password, is_known_algorithm, Permission, PermissionRecord, UserRecord, VhostRecord,
@@ -377,13 +377,7 @@ pub(super) async fn put_permission(
 ) -> ApiResult {
     user.require_admin()?;
     let fields = object(&raw)?;
-    let missing: Vec<&str> = ["configure", "write", "read"]
-        .into_iter()
-        .filter(|k| !fields.contains_key(*k))
-        .collect();
-    if !missing.is_empty() {
-        return Err(ApiError::key_missing(&missing));
-    }
+    require_keys(&fields, &["configure", "write", "read"])?;
     let b: PermissionBody = from_object(fields)?;
     let record = PermissionRecord {
         user: name,
