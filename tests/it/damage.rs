@@ -384,20 +384,6 @@ async fn sled_byte_flip_after_a_clean_stop_never_drops_the_queue() {
 
 // ---------------------------------------------------------------- storage.on_damage = "report"
 
-/// The management API's address, from the start-up log.
-fn mgmt_addr(broker: &BrokerProcess) -> std::net::SocketAddr {
-    let line = broker
-        .wait_for_log(WAIT, |l| l.contains("management API listening"))
-        .expect("management API address in the log");
-    let at = line.find("addr=").unwrap() + 5;
-    line[at..]
-        .split_whitespace()
-        .next()
-        .unwrap()
-        .parse()
-        .unwrap()
-}
-
 async fn get(addr: std::net::SocketAddr, path: &str) -> common::http::Reply {
     use base64::Engine;
     let token = base64::engine::general_purpose::STANDARD.encode("guest:guest");
@@ -438,7 +424,7 @@ async fn with_on_damage_report_the_broker_starts_and_says_which_queue_lost_how_m
                 && line.contains(file.to_str().unwrap()),
             "{line}"
         );
-        let mgmt = mgmt_addr(&broker);
+        let mgmt = broker.mgmt_addr();
         let health = get(mgmt, "/api/health/checks/store").await;
         assert_eq!(health.status, 503, "{}", health.text);
         let d = &health.json["damage"][0];
@@ -461,7 +447,7 @@ async fn with_on_damage_report_the_broker_starts_and_says_which_queue_lost_how_m
             panic!("the store was repaired by the reported start");
         };
         assert_eq!(messages, Some(MESSAGES as u32 - 100));
-        let health = get(mgmt_addr(&broker), "/api/health/checks/store").await;
+        let health = get(broker.mgmt_addr(), "/api/health/checks/store").await;
         assert_eq!(health.status, 200, "{}", health.text);
     })
     .await
@@ -480,7 +466,7 @@ async fn with_on_damage_report_a_damaged_body_is_dropped_and_reported() {
             panic!("with on_damage = \"report\" the broker starts");
         };
         assert_eq!(messages, Some(MESSAGES as u32 - 1), "one body flipped");
-        let health = get(mgmt_addr(&broker), "/api/health/checks/store").await;
+        let health = get(broker.mgmt_addr(), "/api/health/checks/store").await;
         assert_eq!(health.status, 503, "{}", health.text);
         assert_eq!(
             health.json["damage"][0]["lost_messages"], 1,

@@ -601,17 +601,8 @@ async fn a_declaration_that_cannot_be_written_is_an_error_the_client_sees() {
     );
 
     // The same over HTTP.
-    let line = broker
-        .wait_for_log(WAIT, |l| l.contains("management API listening"))
-        .expect("the management API's address in the log");
-    let at = line.find("addr=").expect("addr field") + 5;
     let api = Api {
-        addr: line[at..]
-            .split_whitespace()
-            .next()
-            .unwrap()
-            .parse()
-            .unwrap(),
+        addr: broker.mgmt_addr(),
         user: "guest".into(),
         password: "guest".into(),
     };

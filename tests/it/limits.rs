@@ -1002,22 +1002,6 @@ async fn a_definitions_import_over_max_queues_is_refused_as_a_whole() {
     .await
 }
 
-/// The management API address a `leveret serve` child logged.
-fn mgmt_addr_of(broker: &BrokerProcess) -> std::net::SocketAddr {
-    let line = broker
-        .wait_for_log(Duration::from_secs(10), |l| {
-            l.contains("management API listening")
-        })
-        .unwrap_or_else(|| panic!("no management API log line; stderr:\n{}", broker.stderr()));
-    let at = line.find("addr=").expect("addr field") + 5;
-    line[at..]
-        .split_whitespace()
-        .next()
-        .unwrap()
-        .parse()
-        .expect("a socket address")
-}
-
 #[tokio::test]
 async fn limits_and_topic_permissions_survive_a_restart() {
     if against_other_broker() {
@@ -1028,7 +1012,7 @@ async fn limits_and_topic_permissions_survive_a_restart() {
         let data = TempDir::new("limits-restart");
         let mut broker = BrokerProcess::start(data.path());
         let api = Api {
-            addr: mgmt_addr_of(&broker),
+            addr: broker.mgmt_addr(),
             user: "guest".into(),
             password: "guest".into(),
         };
@@ -1055,7 +1039,7 @@ async fn limits_and_topic_permissions_survive_a_restart() {
         broker.sigterm_and_wait();
         let broker = BrokerProcess::start(data.path());
         let api = Api {
-            addr: mgmt_addr_of(&broker),
+            addr: broker.mgmt_addr(),
             ..api
         };
         let after = [

@@ -1257,23 +1257,6 @@ async fn queue_message_stats_split_deliveries_by_kind() {
     api.delete(&path).await;
 }
 
-/// The management API's address of a broker process, from its log.
-fn mgmt_addr_of(broker: &common::process::BrokerProcess) -> std::net::SocketAddr {
-    let line = broker
-        .wait_for_log(Duration::from_secs(10), |l| {
-            l.contains("management API listening")
-        })
-        .unwrap_or_else(|| panic!("no management API log line; stderr:\n{}", broker.stderr()));
-    let at = line.find("addr=").expect("addr field") + 5;
-    line[at..]
-        .split_whitespace()
-        .next()
-        .unwrap()
-        .trim_matches('"')
-        .parse()
-        .expect("an address")
-}
-
 /// After a restart a durable queue's backlog counts as persistent at once,
 /// and its bytes as it is read back; a durable priority queue counts its
 /// persistent messages too. (Before: 0 persistent, and bytes floored at 0.)
@@ -1302,7 +1285,7 @@ async fn persistent_counts_hold_across_a_restart_and_for_priority_queues() {
         common::amqp::publish_and_confirm(&ch, "", q, &[7; 100], BasicProperties::default()).await;
     }
     let api = Api {
-        addr: mgmt_addr_of(&broker),
+        addr: broker.mgmt_addr(),
         user: "guest".into(),
         password: "guest".into(),
     };
@@ -1315,7 +1298,7 @@ async fn persistent_counts_hold_across_a_restart_and_for_priority_queues() {
     broker.sigterm_and_wait();
     let broker = common::process::BrokerProcess::start(data.path());
     let api = Api {
-        addr: mgmt_addr_of(&broker),
+        addr: broker.mgmt_addr(),
         ..api
     };
     let q = api.get("/api/queues/%2F/mon-backlog").await.json;

@@ -2256,22 +2256,6 @@ async fn a_user_without_tags_is_400_tags_not_present() {
 // persistence (Leveret only)
 // ---------------------------------------------------------------------------
 
-/// The management API address a `leveret serve` child logged.
-fn mgmt_addr_of(broker: &BrokerProcess) -> std::net::SocketAddr {
-    let line = broker
-        .wait_for_log(Duration::from_secs(10), |l| {
-            l.contains("management API listening")
-        })
-        .unwrap_or_else(|| panic!("no management API log line; stderr:\n{}", broker.stderr()));
-    let at = line.find("addr=").expect("addr field") + 5;
-    line[at..]
-        .split_whitespace()
-        .next()
-        .unwrap()
-        .parse()
-        .expect("a socket address")
-}
-
 #[tokio::test]
 async fn users_vhosts_and_permissions_survive_a_restart() {
     if against_other_broker() {
@@ -2282,7 +2266,7 @@ async fn users_vhosts_and_permissions_survive_a_restart() {
         let data = TempDir::new("permissions-restart");
         let mut broker = BrokerProcess::start(data.path());
         let api = Api {
-            addr: mgmt_addr_of(&broker),
+            addr: broker.mgmt_addr(),
             user: "guest".into(),
             password: "guest".into(),
         };
@@ -2322,7 +2306,7 @@ async fn users_vhosts_and_permissions_survive_a_restart() {
         broker.sigterm_and_wait();
         let broker = BrokerProcess::start(data.path());
         let api = Api {
-            addr: mgmt_addr_of(&broker),
+            addr: broker.mgmt_addr(),
             ..api
         };
 

@@ -679,19 +679,6 @@ async fn policies_round_trip_through_definitions() {
     assert_eq!(api.get(&path("policies", &bad)).await.status, 404);
 }
 
-fn mgmt_addr(broker: &BrokerProcess) -> std::net::SocketAddr {
-    let line = broker
-        .wait_for_log(WAIT, |l| l.contains("management API listening"))
-        .expect("management API address in the log");
-    let at = line.find("addr=").unwrap() + 5;
-    line[at..]
-        .split_whitespace()
-        .next()
-        .unwrap()
-        .parse()
-        .unwrap()
-}
-
 /// Policies and operator policies outlive kill -9 and apply to the queues
 /// recovered at start-up.
 #[tokio::test]
@@ -702,7 +689,7 @@ async fn policies_survive_a_restart_and_apply_to_recovered_queues() {
     let data = TempDir::new("pol-restart");
     let mut broker = BrokerProcess::start(data.path());
     let api = Api {
-        addr: mgmt_addr(&broker),
+        addr: broker.mgmt_addr(),
         user: "guest".into(),
         password: "guest".into(),
     };
@@ -737,7 +724,7 @@ async fn policies_survive_a_restart_and_apply_to_recovered_queues() {
     drop(broker);
     let broker = BrokerProcess::start(data.path());
     let api = Api {
-        addr: mgmt_addr(&broker),
+        addr: broker.mgmt_addr(),
         ..api
     };
     assert_eq!(

@@ -222,6 +222,24 @@ impl BrokerProcess {
         self.log.lines().join("\n")
     }
 
+    /// The management API's address, from the line the broker logs once
+    /// it listens (waiting up to 10 s for it).
+    pub fn mgmt_addr(&self) -> std::net::SocketAddr {
+        let line = self
+            .wait_for_log(Duration::from_secs(10), |l| {
+                l.contains("management API listening")
+            })
+            .unwrap_or_else(|| panic!("no management API log line; stderr:\n{}", self.stderr()));
+        let at = line.find("addr=").expect("addr field") + 5;
+        line[at..]
+            .split_whitespace()
+            .next()
+            .unwrap()
+            .trim_matches('"')
+            .parse()
+            .expect("a socket address")
+    }
+
     /// Waits up to `timeout` for a log line satisfying `pred`.
     pub fn wait_for_log(&self, timeout: Duration, pred: impl Fn(&str) -> bool) -> Option<String> {
         self.log.wait_for(timeout, pred)
