@@ -20,6 +20,7 @@ pub(crate) mod queue_index;
 pub(crate) mod record;
 mod recovery;
 pub(crate) mod segments;
+pub(crate) mod stream_log;
 
 use crate::message::Message;
 use persister::{Loaded, Op};
