@@ -30,6 +30,7 @@ use std::fs::{File, OpenOptions};
 use std::io::Write;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use thiserror::Error;
 
 const MAGIC: &[u8; 4] = b"LVST";
@@ -108,6 +109,28 @@ pub(crate) struct Opened {
     pub(crate) torn_bytes: u64,
 }
 
+/// Appended entries on their way to disk (see [`StreamLog::take_pending`]).
+pub(crate) struct Pending {
+    file: Arc<File>,
+    at: u64,
+    bytes: Vec<u8>,
+    /// One past the last entry in `bytes`.
+    end_offset: u64,
+}
+
+impl Pending {
+    /// Writes the entries and waits until they are on disk.
+    pub(crate) fn write(&self) -> std::io::Result<()> {
+        self.file.write_all_at(&self.bytes, self.at)?;
+        self.file.sync_data()
+    }
+
+    /// One past the last entry it carries.
+    pub(crate) fn end_offset(&self) -> u64 {
+        self.end_offset
+    }
+}
+
 struct Bloom([u64; BLOOM_BITS / 64]);
 
 impl Bloom {
@@ -136,7 +159,10 @@ impl Bloom {
 
 struct Segment {
     path: PathBuf,
-    file: File,
+    /// Shared with a [`Pending`] write in flight.
+    file: Arc<File>,
+    /// Bytes written and synced: what readers may read.
+    durable_len: u64,
     first_offset: u64,
     /// One past its last entry.
     end_offset: u64,
@@ -312,19 +338,47 @@ impl StreamLog {
     }
 
     /// Writes and fsyncs what [`append`](Self::append) queued: after this,
-    /// those entries survive a crash.
+    /// those entries survive a crash and readers see them.
     pub(crate) fn sync(&mut self) -> std::io::Result<()> {
-        if self.buffer.is_empty() {
-            return Ok(());
+        match self.take_pending() {
+            Some(p) => {
+                p.write()?;
+                self.synced(&p);
+                Ok(())
+            }
+            None => Ok(()),
         }
-        self.newest()
-            .file
-            .write_all_at(&self.buffer, self.buffer_at)?;
+    }
+
+    /// Hands over what [`append`](Self::append) queued, to be written and
+    /// synced ([`Pending::write`]) without holding the log, then reported
+    /// with [`synced`](Self::synced). Appends may go on meanwhile.
+    pub(crate) fn take_pending(&mut self) -> Option<Pending> {
+        if self.buffer.is_empty() {
+            return None;
+        }
+        let at = self.buffer_at;
         self.buffer_at += self.buffer.len() as u64;
-        self.buffer.clear();
-        self.newest().file.sync_data()?;
-        self.synced_end = self.next_offset();
-        Ok(())
+        Some(Pending {
+            file: self.newest().file.clone(),
+            at,
+            bytes: std::mem::take(&mut self.buffer),
+            end_offset: self.next_offset(),
+        })
+    }
+
+    /// A [`Pending`] write is on disk: readers may see it.
+    pub(crate) fn synced(&mut self, p: &Pending) {
+        let end = p.at + p.bytes.len() as u64;
+        if let Some(s) = self
+            .segments
+            .iter_mut()
+            .rev()
+            .find(|s| Arc::ptr_eq(&s.file, &p.file))
+        {
+            s.durable_len = s.durable_len.max(end);
+        }
+        self.synced_end = self.synced_end.max(p.end_offset);
     }
 
     /// Starts a new segment whose first entry will be `first_offset`.
@@ -340,7 +394,8 @@ impl StreamLog {
         File::open(&self.dir)?.sync_all()?;
         self.segments.push(Segment {
             path,
-            file,
+            file: Arc::new(file),
+            durable_len: HEADER,
             first_offset,
             end_offset: first_offset,
             first_timestamp: 0,
@@ -427,11 +482,7 @@ impl StreamLog {
         from: u64,
         mut each: impl FnMut(Entry) -> bool,
     ) -> std::io::Result<()> {
-        let end = if std::ptr::eq(segment, self.newest()) {
-            self.buffer_at
-        } else {
-            segment.len
-        };
+        let end = segment.durable_len;
         let mut at = segment.seek(from);
         let mut chunk = Vec::new();
         while at < end {
@@ -577,7 +628,8 @@ fn scan(path: PathBuf, first_offset: u64, newest: bool) -> Result<(Segment, u64)
     }
     let mut segment = Segment {
         path,
-        file,
+        file: Arc::new(file),
+        durable_len: 0,
         first_offset,
         end_offset: first_offset,
         first_timestamp: 0,
@@ -618,6 +670,7 @@ fn scan(path: PathBuf, first_offset: u64, newest: bool) -> Result<(Segment, u64)
             return Err(damaged(&segment.path, p, "data after the segment's end"));
         }
     }
+    segment.durable_len = at;
     let mut torn = 0;
     if newest && at < file_len {
         // Past the last good entry: zeros written ahead, or a write the
@@ -723,6 +776,31 @@ mod tests {
         assert_eq!((log.first_offset(), log.next_offset()), (0, 50));
         assert_eq!(log.last_offset(), Some(49));
         assert_eq!(all(&log, 0), read);
+    }
+
+    #[test]
+    fn a_pending_write_is_invisible_until_synced_and_appends_go_on_meanwhile() {
+        let dir = Dir::new("pending");
+        let (mut log, _) = StreamLog::open(&dir.0, 1 << 20).unwrap();
+        for i in 0..3u8 {
+            log.append(0, None, &[i; 10]).unwrap();
+        }
+        let first = log.take_pending().expect("three entries");
+        assert_eq!(first.end_offset(), 3);
+        // While the first batch is on its way, more arrive.
+        log.append(0, None, &[9; 10]).unwrap();
+        assert!(all(&log, 0).is_empty(), "nothing is on disk yet");
+        first.write().unwrap();
+        log.synced(&first);
+        assert_eq!(all(&log, 0).len(), 3, "the first batch only");
+        log.sync().unwrap();
+        let read = all(&log, 0);
+        assert_eq!(read.len(), 4);
+        assert_eq!(read[3].payload, [9; 10]);
+        assert!(log.take_pending().is_none());
+        drop(log);
+        let (log, opened) = StreamLog::open(&dir.0, 1 << 20).unwrap();
+        assert_eq!((opened.torn_bytes, log.next_offset()), (0, 4));
     }
 
     #[test]
