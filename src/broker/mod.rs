@@ -19,6 +19,7 @@ pub(crate) mod queue;
 pub(crate) mod queue_args;
 pub(crate) mod queue_stats;
 pub(crate) mod stream_args;
+pub(crate) mod stream_consume;
 pub(crate) mod timers;
 pub(crate) mod topic_permissions;
 pub(crate) mod vhost;
