@@ -18,7 +18,7 @@ cargo build --release --bin leveret --example persistent >/dev/null 2>&1
 RP=$(pgrep -f beam.smp | head -1) || { echo "RabbitMQ is not running" >&2; exit 1; }
 DATA=$(mktemp -d)
 LOG=$DATA.log
-target/release/leveret serve --listen 127.0.0.1:0 --mgmt-listen 127.0.0.1:0 --data-dir "$DATA" 2>"$LOG" &
+target/release/leveret serve --listen 127.0.0.1:0 --mgmt-listen 127.0.0.1:0 --stream-listen 127.0.0.1:0 --data-dir "$DATA" 2>"$LOG" &
 LP=$!
 trap 'kill $LP 2>/dev/null; wait $LP 2>/dev/null; rm -rf "$DATA" "$LOG"' EXIT
 for _ in $(seq 50); do grep -q accepting "$LOG" && break; sleep 0.1; done

@@ -38,6 +38,7 @@ pub struct Config {
     pub auth: AuthConfig,
     pub mgmt: MgmtConfig,
     pub tls: TlsConfig,
+    pub stream: StreamConfig,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -287,6 +288,36 @@ impl Default for MgmtConfig {
     }
 }
 
+/// RabbitMQ's stream protocol (its `rabbitmq_stream` plugin's settings).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct StreamConfig {
+    pub listen: Addresses,
+    /// Largest frame offered at tune (`stream.frame_max`).
+    pub frame_max: u32,
+    /// Largest frame accepted before open (`stream.initial_frame_max`).
+    pub initial_frame_max: u32,
+    /// Heartbeat interval offered at tune, in seconds (`stream.heartbeat`).
+    pub heartbeat: u32,
+    /// The host and port clients are told to connect to; empty and 0:
+    /// the address the client reached.
+    pub advertised_host: String,
+    pub advertised_port: u16,
+}
+
+impl Default for StreamConfig {
+    fn default() -> Self {
+        StreamConfig {
+            listen: Addresses::one("0.0.0.0:5552"),
+            frame_max: 1_048_576,
+            initial_frame_max: 8192,
+            heartbeat: 60,
+            advertised_host: String::new(),
+            advertised_port: 0,
+        }
+    }
+}
+
 /// Listen addresses, `HOST:PORT` each (`[::]:5672` for IPv6): a list, or
 /// one address as a string. Empty turns the listener off.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
@@ -458,6 +489,14 @@ impl Config {
 
     pub fn validate(&self) -> Result<(), ConfigError> {
         self.server.log_filter()?;
+        if self.stream.initial_frame_max < 4096
+            || self.stream.frame_max < self.stream.initial_frame_max
+        {
+            return Err(ConfigError::Invalid(format!(
+                "stream.initial_frame_max must be at least 4096 and stream.frame_max at least that, got {} and {}",
+                self.stream.initial_frame_max, self.stream.frame_max
+            )));
+        }
         if self.limits.frame_max < 4096 {
             return Err(ConfigError::Invalid(format!(
                 "limits.frame_max must be at least 4096, got {}",

@@ -21,6 +21,7 @@ mod message;
 mod mgmt;
 mod server;
 mod store;
+mod stream_protocol;
 mod tls;
 
 /// The wire format and AMQP's errors live in their own crate, below the broker.

@@ -47,6 +47,9 @@ struct ServeArgs {
     /// Management HTTP listen addresses, HOST:PORT, comma-separated.
     #[arg(long)]
     mgmt_listen: Option<String>,
+    /// Stream protocol listen addresses, HOST:PORT, comma-separated.
+    #[arg(long)]
+    stream_listen: Option<String>,
     /// AMQPS (AMQP over TLS) listen addresses, HOST:PORT, comma-separated.
     #[arg(long)]
     tls_listen: Option<String>,
@@ -91,6 +94,9 @@ fn serve(args: ServeArgs) -> ExitCode {
     }
     if let Some(mgmt) = args.mgmt_listen {
         config.server.mgmt_listen = Addresses::parse(&mgmt);
+    }
+    if let Some(listen) = args.stream_listen {
+        config.stream.listen = Addresses::parse(&listen);
     }
     if let Some(listen) = args.tls_listen {
         config.tls.listen = Addresses::parse(&listen);

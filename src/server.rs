@@ -33,6 +33,8 @@ pub struct Listeners {
     pub amqps: Vec<TcpListener>,
     pub mgmt: Vec<TcpListener>,
     pub mgmts: Vec<TcpListener>,
+    /// RabbitMQ's stream protocol.
+    pub stream: Vec<TcpListener>,
     pub tls: Option<Arc<Tls>>,
 }
 
@@ -47,10 +49,12 @@ impl Listeners {
             amqps: bind_all("AMQPS", &config.tls.listen, recv, send).await?,
             mgmt: bind_all("the management API", &config.server.mgmt_listen, 0, 0).await?,
             mgmts: bind_all("the management API (HTTPS)", &config.tls.mgmt_listen, 0, 0).await?,
+            stream: bind_all("the stream protocol", &config.stream.listen, recv, send).await?,
             tls,
         };
         crate::listen::log_bound("management API", &listeners.mgmt);
         crate::listen::log_bound("management API (HTTPS)", &listeners.mgmts);
+        crate::listen::log_bound("stream protocol", &listeners.stream);
         Ok(listeners)
     }
 }
@@ -86,6 +90,7 @@ pub async fn serve_on(
         amqps,
         mgmt,
         mgmts,
+        stream,
         tls,
     } = listeners;
     let active: Vec<(&'static str, std::net::SocketAddr)> = [
@@ -93,6 +98,7 @@ pub async fn serve_on(
         ("amqp/ssl", &amqps),
         ("http", &mgmt),
         ("https", &mgmts),
+        ("stream", &stream),
     ]
     .into_iter()
     .flat_map(|(protocol, ls)| {
@@ -112,6 +118,13 @@ pub async fn serve_on(
             async move {
                 let _ = stop.wait_for(|s| *s).await;
             },
+        ))
+    });
+    let stream_task = (!stream.is_empty()).then(|| {
+        tokio::spawn(crate::stream_protocol::serve(
+            stream,
+            broker.clone(),
+            stop_rx.clone(),
         ))
     });
     let mut amqp: Vec<_> = amqp.into_iter().map(|l| (l, None)).collect();
@@ -165,6 +178,9 @@ pub async fn serve_on(
         connections.abort_all();
     }
     if let Some(task) = mgmt_task {
+        let _ = task.await;
+    }
+    if let Some(task) = stream_task {
         let _ = task.await;
     }
     // Connections are gone: write what the persister still holds and stop it.

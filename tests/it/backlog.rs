@@ -55,6 +55,8 @@ async fn backlog_larger_than_memory_keeps_rss_bounded_and_drains_in_order() {
         config.to_str().unwrap(),
         "--listen",
         "127.0.0.1:0",
+        "--stream-listen",
+        "127.0.0.1:0",
         "--mgmt-listen",
         "127.0.0.1:0",
         "--data-dir",

@@ -69,6 +69,8 @@ async fn flags_override_the_config_file() {
         "--listen",
         "127.0.0.1:0",
         // A management port that cannot bind stops the start: not 15672.
+        "--stream-listen",
+        "127.0.0.1:0",
         "--mgmt-listen",
         "127.0.0.1:0",
     ]);

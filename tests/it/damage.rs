@@ -91,6 +91,8 @@ async fn restart(data: &Path, config: Option<&Path>) -> Outcome {
         "serve",
         "--listen",
         "127.0.0.1:0",
+        "--stream-listen",
+        "127.0.0.1:0",
         "--mgmt-listen",
         "127.0.0.1:0",
         "--data-dir",

@@ -749,6 +749,7 @@ impl TlsBroker {
         config.server.listen = leveret::config::Addresses::one("127.0.0.1:0");
         config.server.mgmt_listen = leveret::config::Addresses::one("127.0.0.1:0");
         config.tls.listen = leveret::config::Addresses::one("127.0.0.1:0");
+        config.stream.listen = leveret::config::Addresses::one("127.0.0.1:0");
         config.tls.cert = dir.join("cert.pem");
         config.tls.key = dir.join("key.pem");
         config.validate().unwrap();

@@ -83,6 +83,8 @@ fn a_malformed_value_stops_the_start_naming_the_variable() {
             "serve",
             "--listen",
             "127.0.0.1:0",
+            "--stream-listen",
+            "127.0.0.1:0",
             "--mgmt-listen",
             "127.0.0.1:0",
             "--data-dir",

@@ -119,6 +119,7 @@ fn tls_config(server: &Pair) -> Config {
     config.server.listen = Addresses::one("127.0.0.1:0");
     config.server.mgmt_listen = Addresses::one("127.0.0.1:0");
     config.tls.listen = Addresses::one("127.0.0.1:0");
+    config.stream.listen = Addresses::one("127.0.0.1:0");
     config.tls.cert = server.cert.clone();
     config.tls.key = server.key.clone();
     config
@@ -552,6 +553,8 @@ async fn bad_certificate_files_stop_the_start_naming_the_file() {
         "serve",
         "--listen",
         "127.0.0.1:0",
+        "--stream-listen",
+        "127.0.0.1:0",
         "--mgmt-listen",
         "127.0.0.1:0",
         "--tls-listen",
@@ -712,6 +715,8 @@ fn sighup_reloads_the_certificate() {
         "serve",
         "--listen",
         "",
+        "--stream-listen",
+        "127.0.0.1:0",
         "--mgmt-listen",
         "127.0.0.1:0",
         "--tls-listen",
@@ -900,6 +905,8 @@ fn a_listen_address_that_cannot_bind_stops_the_start_naming_it() {
         (
             &[
                 "--listen",
+                "127.0.0.1:0",
+                "--stream-listen",
                 "127.0.0.1:0",
                 "--mgmt-listen",
                 "",

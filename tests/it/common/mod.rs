@@ -26,6 +26,9 @@ pub struct TestBroker {
     pub addr: SocketAddr,
     /// Address of the management HTTP API (None against another broker).
     pub mgmt_addr: Option<SocketAddr>,
+    /// Address of the stream protocol listener (against another broker:
+    /// `LEVERET_TEST_STREAM`, e.g. `127.0.0.1:5552`, if set).
+    pub stream_addr: Option<SocketAddr>,
     shutdown: Option<oneshot::Sender<()>>,
     task: Option<tokio::task::JoinHandle<Result<(), leveret::ServeError>>>,
     data_dir: Option<std::path::PathBuf>,
@@ -52,10 +55,15 @@ impl TestBroker {
                 .unwrap()
                 .next()
                 .unwrap();
+            let stream_addr = match std::env::var("LEVERET_TEST_STREAM") {
+                Ok(a) => tokio::net::lookup_host(a).await.unwrap().next(),
+                Err(_) => None,
+            };
             return TestBroker {
                 uri,
                 addr,
                 mgmt_addr: None,
+                stream_addr,
                 shutdown: None,
                 task: None,
                 data_dir: None,
@@ -74,11 +82,19 @@ impl TestBroker {
         let addr = listener.local_addr().unwrap();
         let mgmt = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let mgmt_addr = mgmt.local_addr().unwrap();
+        let stream = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let stream_addr = stream.local_addr().unwrap();
         let (tx, rx) = oneshot::channel();
         let task = tokio::spawn(async move {
             let result = match leveret::Broker::open(config) {
                 Ok(broker) => {
-                    leveret::serve(listener, Some(mgmt), broker, async {
+                    let listeners = leveret::Listeners {
+                        amqp: vec![listener],
+                        mgmt: vec![mgmt],
+                        stream: vec![stream],
+                        ..leveret::Listeners::default()
+                    };
+                    leveret::serve_on(listeners, broker, async {
                         let _ = rx.await;
                     })
                     .await;
@@ -93,6 +109,7 @@ impl TestBroker {
             uri: format!("amqp://guest:guest@{addr}/%2f"),
             addr,
             mgmt_addr: Some(mgmt_addr),
+            stream_addr: Some(stream_addr),
             shutdown: Some(tx),
             task: Some(task),
             data_dir: Some(kept_dir),

@@ -117,6 +117,8 @@ impl BrokerProcess {
             "--listen",
             "127.0.0.1:0",
             // Keep parallel brokers off the fixed default management port.
+            "--stream-listen",
+            "127.0.0.1:0",
             "--mgmt-listen",
             "127.0.0.1:0",
             "--data-dir",

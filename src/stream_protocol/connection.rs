@@ -1,0 +1,960 @@
+//! One stream protocol client: the handshake (peer properties, SASL, tune,
+//! open) as RabbitMQ's `rabbit_stream_reader` runs it, then the commands of
+//! an open connection, with RabbitMQ's response codes.
+//!
+//! The connection's task reads frames and answers them; a writer task
+//! sends what the outbox holds. Until open succeeds a frame may be at most
+//! `stream.initial_frame_max` bytes (RabbitMQ's pre-authentication ceiling),
+//! then the negotiated `frame_max`. A frame that does not parse closes the
+//! connection: silently before open, with a close carrying RabbitMQ's code
+//! after it. Nothing a client sends can stop another connection.
+
+use super::frame::{self, code, key, Command, Out, Split, SIZE_PREFIX};
+use super::outbox::{Outbox, READ_LIMIT};
+use crate::broker::access::{Access, Resource};
+use crate::broker::limits::ConnectionPlace;
+use crate::broker::ops::Gate;
+use crate::broker::queue::Queue;
+use crate::broker::vhost::{QueueDeclare, VHost};
+use crate::broker::Broker;
+use crate::error::{loggable, AmqpError, ReplyCode};
+use amq_protocol::types::{AMQPValue, FieldTable};
+use bytes::BytesMut;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
+use tokio::sync::watch;
+use tracing::{debug, info, warn};
+
+/// RabbitMQ answers a refused login or vhost only after this long
+/// (`SILENT_CLOSE_DELAY`), then closes: guessing passwords stays slow.
+const SILENT_CLOSE_DELAY: Duration = Duration::from_secs(3);
+/// How long the broker waits for the client to answer its close.
+const CLOSE_TIMEOUT: Duration = Duration::from_secs(3);
+/// Read at most this much at once.
+const READ_CHUNK: usize = 64 * 1024;
+/// The SASL mechanisms offered (RabbitMQ's defaults on a plain socket).
+const MECHANISMS: [&str; 2] = ["PLAIN", "AMQPLAIN"];
+
+/// Where the handshake is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Step {
+    /// Waiting for peer properties.
+    Connected,
+    /// Peer properties exchanged: SASL handshake next.
+    PeerProperties,
+    /// Mechanisms sent: SASL authenticate next.
+    Authenticating,
+    /// Authenticated as this user; tune sent, the client's tune next.
+    Tuning(String),
+    /// Tuned: open next.
+    Tuned(String),
+}
+
+/// How handling a frame left the connection.
+enum Flow {
+    Continue,
+    /// Answer the client after the silent-close delay, then close.
+    SilentClose(BytesMut, &'static str),
+    /// The server sent close: wait for the client's answer, then end.
+    CloseSent(&'static str),
+    /// End now (the reason is for the log).
+    End(&'static str),
+}
+
+/// What an open connection holds.
+pub(super) struct Session {
+    pub(super) user: String,
+    pub(super) vhost: Arc<VHost>,
+    _place: ConnectionPlace,
+}
+
+pub(crate) struct Connection {
+    broker: Arc<Broker>,
+    outbox: Arc<Outbox>,
+    peer: SocketAddr,
+    local: Option<SocketAddr>,
+    name: String,
+    step: Step,
+    session: Option<Session>,
+    /// The largest frame accepted now.
+    frame_limit: u32,
+    /// The frame_max negotiated at tune.
+    frame_max: u32,
+    /// Silence longer than this ends the connection (two heartbeats).
+    read_timeout: Option<Duration>,
+}
+
+/// Serves one client over `read`/`write` until it leaves or is closed.
+pub(crate) async fn serve<R, W>(
+    read: R,
+    write: W,
+    peer: SocketAddr,
+    local: Option<SocketAddr>,
+    broker: Arc<Broker>,
+    shutdown: watch::Receiver<bool>,
+) where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin + Send + 'static,
+{
+    let outbox = Arc::new(Outbox::default());
+    let writer = tokio::spawn(outbox.clone().run_writer(write));
+    let name = match local {
+        Some(l) => format!("{peer} -> {l}"),
+        None => peer.to_string(),
+    };
+    let frame_limit = broker.config.stream.initial_frame_max;
+    let mut conn = Connection {
+        broker,
+        outbox: outbox.clone(),
+        peer,
+        local,
+        name,
+        step: Step::Connected,
+        session: None,
+        frame_limit,
+        frame_max: frame_limit,
+        read_timeout: None,
+    };
+    let reason = conn.run(read, shutdown).await;
+    match &conn.session {
+        Some(s) => {
+            info!(connection = ?conn.name, user = ?s.user, vhost = ?s.vhost.name, reason, "stream connection closed")
+        }
+        None => debug!(connection = ?conn.name, reason, "stream connection closed before open"),
+    }
+    outbox.close();
+    let _ = writer.await;
+}
+
+impl Connection {
+    async fn run<R: AsyncRead + Unpin>(
+        &mut self,
+        mut read: R,
+        mut shutdown: watch::Receiver<bool>,
+    ) -> &'static str {
+        let handshake_timeout =
+            Duration::from_millis(self.broker.config.limits.handshake_timeout_ms);
+        let handshake_deadline = tokio::time::Instant::now() + handshake_timeout;
+        let mut buf = BytesMut::with_capacity(READ_CHUNK);
+        loop {
+            // Every whole frame buffered, in order.
+            loop {
+                match frame::split(&buf, self.frame_limit) {
+                    Split::Incomplete => break,
+                    Split::TooLarge(size) => {
+                        warn!(connection = ?self.name, size, max = self.frame_limit, "stream frame too large");
+                        if self.session.is_none() {
+                            return "frame too large";
+                        }
+                        self.outbox
+                            .push(|b| frame::close(b, code::FRAME_TOO_LARGE, "frame too large"));
+                        return self.await_close_response(&mut read, &mut buf).await;
+                    }
+                    Split::Frame(n) => {
+                        let whole = buf.split_to(SIZE_PREFIX + n);
+                        match self.handle(&whole[SIZE_PREFIX..]).await {
+                            Flow::Continue => {}
+                            Flow::End(reason) => return reason,
+                            Flow::CloseSent(reason) => {
+                                let _ = reason;
+                                return self.await_close_response(&mut read, &mut buf).await;
+                            }
+                            Flow::SilentClose(answer, reason) => {
+                                tokio::select! {
+                                    () = tokio::time::sleep(SILENT_CLOSE_DELAY) => {}
+                                    () = super::stopped(&mut shutdown) => {}
+                                }
+                                self.outbox.push(|b| b.extend_from_slice(&answer));
+                                return reason;
+                            }
+                        }
+                    }
+                }
+                if self.outbox.pending() > READ_LIMIT {
+                    tokio::select! {
+                        () = self.outbox.drained_below(READ_LIMIT) => {}
+                        () = super::stopped(&mut shutdown) => return "broker shutting down",
+                    }
+                }
+            }
+            if self.outbox.is_closed() {
+                return "socket closed";
+            }
+            let deadline = if self.session.is_none() {
+                Some(handshake_deadline)
+            } else {
+                self.read_timeout.map(|t| tokio::time::Instant::now() + t)
+            };
+            buf.reserve(READ_CHUNK);
+            let read_more = async {
+                match deadline {
+                    Some(d) => tokio::time::timeout_at(d, read.read_buf(&mut buf))
+                        .await
+                        .ok(),
+                    None => Some(read.read_buf(&mut buf).await),
+                }
+            };
+            tokio::select! {
+                got = read_more => match got {
+                    None if self.session.is_none() => {
+                        warn!(connection = ?self.name, "stream handshake timed out");
+                        return "handshake timed out";
+                    }
+                    None => {
+                        warn!(connection = ?self.name, "missed heartbeats from stream client, closing connection");
+                        return "missed heartbeats";
+                    }
+                    Some(Ok(0)) | Some(Err(_)) => return "client closed the connection",
+                    Some(Ok(_)) => {}
+                },
+                () = super::stopped(&mut shutdown) => {
+                    if self.session.is_some() {
+                        self.outbox.push(|b| frame::close(b, code::OK, "broker shutting down"));
+                    }
+                    return "broker shutting down";
+                }
+            }
+        }
+    }
+
+    /// After the server's close: waits a while for the client's close
+    /// response, ignoring everything else (RabbitMQ's `close_sent`).
+    async fn await_close_response<R: AsyncRead + Unpin>(
+        &mut self,
+        read: &mut R,
+        buf: &mut BytesMut,
+    ) -> &'static str {
+        let deadline = tokio::time::Instant::now() + CLOSE_TIMEOUT;
+        buf.clear();
+        loop {
+            while let Split::Frame(n) = frame::split(buf, self.frame_limit) {
+                let whole = buf.split_to(SIZE_PREFIX + n);
+                if let Command::CloseResponse { .. } = frame::decode(&whole[SIZE_PREFIX..]) {
+                    return "closed by the broker";
+                }
+            }
+            if !matches!(frame::split(buf, self.frame_limit), Split::Incomplete) {
+                // Past the limit again: nothing more is looked at.
+                buf.clear();
+            }
+            buf.reserve(READ_CHUNK);
+            match tokio::time::timeout_at(deadline, read.read_buf(buf)).await {
+                Ok(Ok(n)) if n > 0 => {}
+                _ => return "closed by the broker",
+            }
+        }
+    }
+
+    async fn handle(&mut self, bytes: &[u8]) -> Flow {
+        let command = frame::decode(bytes);
+        if self.session.is_none() {
+            return self.handle_handshake(command);
+        }
+        self.handle_open(command).await
+    }
+
+    /// Before open: RabbitMQ's `handle_frame_pre_auth`. A command out of
+    /// order, or one that does not parse, ends the connection silently.
+    fn handle_handshake(&mut self, command: Command<'_>) -> Flow {
+        match (command, self.step.clone()) {
+            (Command::Heartbeat, _) => Flow::Continue,
+            (Command::PeerProperties { corr, properties }, Step::Connected) => {
+                if let Some((_, name)) = properties.iter().find(|(k, _)| *k == "connection_name") {
+                    self.name = format!("{} - {}", self.name, loggable(name));
+                }
+                let product = ("product", "Leveret");
+                let version = ("version", env!("CARGO_PKG_VERSION"));
+                let platform = ("platform", "Rust");
+                let props = [product, version, platform];
+                self.outbox.push(|b| {
+                    Out::response(b, key::PEER_PROPERTIES, corr)
+                        .u16(code::OK)
+                        .map(props.into_iter());
+                });
+                self.step = Step::PeerProperties;
+                Flow::Continue
+            }
+            (Command::SaslHandshake { corr }, Step::PeerProperties) => {
+                self.outbox.push(|b| {
+                    let mut out = Out::response(b, key::SASL_HANDSHAKE, corr);
+                    out.u16(code::OK).u32(MECHANISMS.len() as u32);
+                    for m in MECHANISMS {
+                        out.string(m);
+                    }
+                });
+                self.step = Step::Authenticating;
+                Flow::Continue
+            }
+            (
+                Command::SaslAuthenticate {
+                    corr,
+                    mechanism,
+                    data,
+                },
+                Step::Authenticating,
+            ) => self.authenticate(corr, mechanism, data),
+            (
+                Command::Tune {
+                    frame_max,
+                    heartbeat,
+                },
+                Step::Tuning(user),
+            ) => {
+                let configured = self.broker.config.stream.frame_max;
+                self.frame_max = match (frame_max, configured) {
+                    (0, c) => c,
+                    (f, c) => f.min(c),
+                }
+                // Below this no frame of the handshake would fit.
+                .max(self.frame_limit);
+                if heartbeat > 0 {
+                    let every = Duration::from_secs(heartbeat as u64);
+                    // Sent at half the interval so the client sees one in time.
+                    self.outbox
+                        .set_heartbeat(Some((every / 2).max(Duration::from_millis(500))));
+                    self.read_timeout = Some(every * 2);
+                }
+                self.step = Step::Tuned(user);
+                Flow::Continue
+            }
+            (Command::Open { corr, vhost }, Step::Tuned(user)) => self.open(corr, vhost, user),
+            (Command::Unknown, step) => {
+                debug!(connection = ?self.name, ?step, "unrecognised data before authentication, closing connection");
+                Flow::End("unknown frame before open")
+            }
+            (command, step) => {
+                warn!(connection = ?self.name, ?step, command = ?command_name(&command), "unexpected command during the stream handshake, closing connection");
+                Flow::End("unexpected command during the handshake")
+            }
+        }
+    }
+
+    fn authenticate(&mut self, corr: u32, mechanism: &str, data: &[u8]) -> Flow {
+        let answer = |code: u16| {
+            let mut b = BytesMut::new();
+            frame::response_code(&mut b, key::SASL_AUTHENTICATE, corr, code);
+            b
+        };
+        if !MECHANISMS.contains(&mechanism) {
+            warn!(connection = ?self.name, "stream login refused: unsupported authentication mechanism '{}'", loggable(mechanism));
+            let a = answer(code::SASL_MECHANISM_NOT_SUPPORTED);
+            self.outbox.push(|b| b.extend_from_slice(&a));
+            return Flow::End("unsupported SASL mechanism");
+        }
+        let Some((user, password)) = crate::connection::auth::credentials(mechanism, data) else {
+            warn!(connection = ?self.name, "{mechanism} stream login refused: the response does not hold a user name and password");
+            let a = answer(code::SASL_ERROR);
+            self.outbox.push(|b| b.extend_from_slice(&a));
+            return Flow::End("malformed SASL response");
+        };
+        if self.broker.authenticate(&user, &password).is_none() {
+            let why = match self.broker.access.user(&user) {
+                None => "no such user",
+                Some(_) if password.is_empty() => "empty password",
+                Some(_) => "wrong password",
+            };
+            warn!(connection = ?self.name, "{mechanism} stream login refused: user '{}' - invalid credentials ({why})", loggable(&user));
+            return Flow::SilentClose(answer(code::AUTHENTICATION_FAILURE), "login refused");
+        }
+        if self.broker.is_loopback_only(&user)
+            && !crate::connection::auth::is_loopback(self.peer.ip())
+        {
+            warn!(connection = ?self.name, "User '{}' can only connect via localhost", loggable(&user));
+            let a = answer(code::SASL_AUTHENTICATION_FAILURE_LOOPBACK);
+            self.outbox.push(|b| b.extend_from_slice(&a));
+            return Flow::End("login refused: loopback user");
+        }
+        let stream = &self.broker.config.stream;
+        let (frame_max, heartbeat) = (stream.frame_max, stream.heartbeat);
+        self.outbox.push(|b| {
+            frame::response_code(b, key::SASL_AUTHENTICATE, corr, code::OK);
+            Out::begin(b, key::TUNE, 1).u32(frame_max).u32(heartbeat);
+        });
+        self.step = Step::Tuning(user);
+        Flow::Continue
+    }
+
+    /// Open: the vhost, its and the user's connection limits, then the
+    /// user's access to it (RabbitMQ's order), answered with where clients
+    /// should connect (`advertised_host`, `advertised_port`).
+    fn open(&mut self, corr: u32, vhost_name: &str, user: String) -> Flow {
+        let refused = |why: String| {
+            let mut b = BytesMut::new();
+            frame::response_code(&mut b, key::OPEN, corr, code::VHOST_ACCESS_FAILURE);
+            (b, why)
+        };
+        let opened = match self.broker.vhost(vhost_name) {
+            None => Err(refused(format!("vhost {vhost_name} not found"))),
+            Some(vhost) => match self.broker.connection_place(&vhost.name, &user) {
+                Err(e) => Err(refused(e.text)),
+                Ok(_) if self.broker.access.permission(&vhost.name, &user).is_none() => {
+                    Err(refused(format!(
+                        "access to vhost '{vhost_name}' refused for user '{user}'"
+                    )))
+                }
+                Ok(place) => Ok((vhost, place)),
+            },
+        };
+        let (vhost, place) = match opened {
+            Ok(v) => v,
+            Err((answer, why)) => {
+                warn!(connection = ?self.name, "Opening connection failed: {}", loggable(&why));
+                return Flow::SilentClose(answer, "vhost access refused");
+            }
+        };
+        let (host, port) = self.advertised();
+        let port = port.to_string();
+        self.outbox.push(|b| {
+            Out::response(b, key::OPEN, corr).u16(code::OK).map(
+                [
+                    ("advertised_host", host.as_str()),
+                    ("advertised_port", port.as_str()),
+                ]
+                .into_iter(),
+            );
+        });
+        self.frame_limit = self.frame_max;
+        info!(connection = ?self.name, user = ?user, vhost = ?vhost.name, "stream connection opened");
+        self.session = Some(Session {
+            user,
+            vhost,
+            _place: place,
+        });
+        Flow::Continue
+    }
+
+    /// The host and port clients are told to connect to: the configured
+    /// ones, else the address this client reached.
+    fn advertised(&self) -> (String, u16) {
+        let stream = &self.broker.config.stream;
+        let host = if stream.advertised_host.is_empty() {
+            self.local
+                .map_or_else(|| "localhost".to_string(), |l| l.ip().to_string())
+        } else {
+            stream.advertised_host.clone()
+        };
+        let port = match stream.advertised_port {
+            0 => self.local.map_or(5552, |l| l.port()),
+            p => p,
+        };
+        (host, port)
+    }
+
+    /// An open connection's commands: RabbitMQ's `handle_frame_post_auth`.
+    async fn handle_open(&mut self, command: Command<'_>) -> Flow {
+        match command {
+            Command::Heartbeat => {}
+            Command::Close {
+                corr,
+                code: c,
+                reason,
+            } => {
+                debug!(connection = ?self.name, code = c, reason = %loggable(reason), "stream client closed the connection");
+                self.outbox
+                    .push(|b| frame::response_code(b, key::CLOSE, corr, code::OK));
+                return Flow::End("client closed the connection");
+            }
+            Command::CloseResponse { .. } => {}
+            Command::PeerProperties { .. }
+            | Command::SaslHandshake { .. }
+            | Command::Tune { .. }
+            | Command::Open { .. }
+            | Command::Unknown => {
+                warn!(connection = ?self.name, "unrecognised stream frame, sending close command");
+                self.outbox
+                    .push(|b| frame::close(b, code::UNKNOWN_FRAME, "unknown frame"));
+                return Flow::CloseSent("unknown frame");
+            }
+            Command::SaslAuthenticate { corr, .. } => {
+                // Re-authentication (token refresh) is not supported.
+                self.respond(key::SASL_AUTHENTICATE, corr, code::SASL_ERROR);
+            }
+            Command::ExchangeCommandVersions { corr, .. } => {
+                self.outbox.push(|b| {
+                    let mut out = Out::response(b, key::EXCHANGE_COMMAND_VERSIONS, corr);
+                    out.u16(code::OK).u32(COMMAND_VERSIONS.len() as u32);
+                    for (k, min, max) in COMMAND_VERSIONS {
+                        out.u16(k).u16(min).u16(max);
+                    }
+                });
+            }
+            Command::Metadata { corr, streams } => self.metadata(corr, &streams),
+            Command::Create {
+                corr,
+                stream,
+                arguments,
+            } => {
+                let code = self.create(stream, &arguments).await;
+                self.respond(key::CREATE, corr, code);
+            }
+            Command::Delete { corr, stream } => {
+                let code = self.delete(stream).await;
+                self.respond(key::DELETE, corr, code);
+                if code == code::OK {
+                    self.outbox.push(|b| {
+                        Out::begin(b, key::METADATA_UPDATE, 1)
+                            .u16(code::STREAM_NOT_AVAILABLE)
+                            .string(stream);
+                    });
+                }
+            }
+            Command::StreamStats { corr, stream } => {
+                let code = match self.lookup(stream, &[Access::Read]) {
+                    Ok(_) => code::OK,
+                    Err(c) => c,
+                };
+                // Without the stream's log at hand no statistic is given.
+                self.outbox.push(|b| {
+                    Out::response(b, key::STREAM_STATS, corr).u16(code).u32(0);
+                });
+            }
+            Command::QueryOffset { corr, stream, .. } => {
+                let code = match self.lookup(stream, &[Access::Read]) {
+                    Ok(_) => code::NO_OFFSET,
+                    Err(c) => c,
+                };
+                self.outbox.push(|b| {
+                    Out::response(b, key::QUERY_OFFSET, corr).u16(code).u64(0);
+                });
+            }
+            Command::QueryPublisherSequence { corr, stream, .. } => {
+                let code = match self.lookup(stream, &[Access::Read]) {
+                    Ok(_) => code::OK,
+                    Err(c) => c,
+                };
+                self.outbox.push(|b| {
+                    Out::response(b, key::QUERY_PUBLISHER_SEQUENCE, corr)
+                        .u16(code)
+                        .u64(0);
+                });
+            }
+            Command::StoreOffset { .. } => {}
+            Command::DeclarePublisher { corr, stream, .. } => {
+                let code = match self.lookup(stream, &[Access::Write]) {
+                    Ok(_) => code::STREAM_NOT_AVAILABLE,
+                    Err(c) => c,
+                };
+                self.respond(key::DECLARE_PUBLISHER, corr, code);
+            }
+            Command::DeletePublisher { corr, .. } => {
+                self.respond(key::DELETE_PUBLISHER, corr, code::PUBLISHER_DOES_NOT_EXIST);
+            }
+            Command::Publish {
+                version,
+                publisher_id,
+                messages,
+            } => {
+                let ids: Vec<u64> = frame::Messages::new(version, messages)
+                    .map_while(|m| m.ok().map(|m| m.publishing_id))
+                    .collect();
+                self.publish_error(publisher_id, code::PUBLISHER_DOES_NOT_EXIST, &ids);
+            }
+            Command::Subscribe { corr, stream, .. } => {
+                let code = match self.lookup(stream, &[Access::Read]) {
+                    Ok(_) => code::STREAM_NOT_AVAILABLE,
+                    Err(c) => c,
+                };
+                self.respond(key::SUBSCRIBE, corr, code);
+            }
+            Command::Unsubscribe { corr, .. } => {
+                self.respond(key::UNSUBSCRIBE, corr, code::SUBSCRIPTION_ID_DOES_NOT_EXIST);
+            }
+            Command::Credit {
+                subscription_id, ..
+            } => {
+                self.credit_error(subscription_id, code::SUBSCRIPTION_ID_DOES_NOT_EXIST);
+            }
+            Command::ResolveOffsetSpec { corr, stream, .. } => {
+                let code = match self.lookup(stream, &[Access::Read]) {
+                    Ok(_) => code::NO_OFFSET,
+                    Err(c) => c,
+                };
+                self.outbox.push(|b| {
+                    Out::response(b, key::RESOLVE_OFFSET_SPEC, corr)
+                        .u16(code)
+                        .u16(4)
+                        .u64(0);
+                });
+            }
+            // Super streams are not served: their names exist nowhere.
+            Command::Route { corr } => self.outbox.push(|b| {
+                Out::response(b, key::ROUTE, corr)
+                    .u16(code::STREAM_DOES_NOT_EXIST)
+                    .u32(0);
+            }),
+            Command::Partitions { corr } => self.outbox.push(|b| {
+                Out::response(b, key::PARTITIONS, corr)
+                    .u16(code::STREAM_DOES_NOT_EXIST)
+                    .u32(0);
+            }),
+            Command::CreateSuperStream { corr } => {
+                self.respond(key::CREATE_SUPER_STREAM, corr, code::PRECONDITION_FAILED)
+            }
+            Command::DeleteSuperStream { corr } => {
+                self.respond(key::DELETE_SUPER_STREAM, corr, code::STREAM_DOES_NOT_EXIST)
+            }
+            Command::ConsumerUpdateResponse { .. } => {}
+        }
+        Flow::Continue
+    }
+
+    fn respond(&self, key: u16, corr: u32, code: u16) {
+        self.outbox
+            .push(|b| frame::response_code(b, key, corr, code));
+    }
+
+    fn publish_error(&self, publisher_id: u8, code: u16, ids: &[u64]) {
+        if ids.is_empty() {
+            return;
+        }
+        self.outbox.push(|b| {
+            let mut out = Out::begin(b, key::PUBLISH_ERROR, 1);
+            out.u8(publisher_id).u32(ids.len() as u32);
+            for id in ids {
+                out.u64(*id).u16(code);
+            }
+        });
+    }
+
+    /// The credit response, sent only for a problem (RabbitMQ writes no
+    /// correlation id in it).
+    fn credit_error(&self, subscription_id: u8, code: u16) {
+        self.outbox.push(|b| {
+            Out::begin(b, key::CREDIT | key::RESPONSE, 1)
+                .u16(code)
+                .u8(subscription_id);
+        });
+    }
+
+    fn session(&self) -> &Session {
+        // Only called for an open connection.
+        self.session
+            .as_ref()
+            .expect("stream commands are handled after open")
+    }
+
+    fn gate(&self) -> StreamGate<'_> {
+        let s = self.session();
+        StreamGate {
+            broker: &self.broker,
+            user: &s.user,
+            vhost: &s.vhost.name,
+        }
+    }
+
+    /// The stream named `name`, once the user may do one of `access` on
+    /// it: ACCESS_REFUSED otherwise, then STREAM_DOES_NOT_EXIST when there
+    /// is no such stream (a queue of another type is none).
+    fn lookup(&self, name: &str, access: &[Access]) -> Result<Arc<Queue>, u16> {
+        let mut gate = self.gate();
+        if !access
+            .iter()
+            .any(|a| gate.check(*a, Resource::Queue, name).is_ok())
+        {
+            return Err(code::ACCESS_REFUSED);
+        }
+        match self.session().vhost.queue(name) {
+            Ok(q) if is_stream(&q) => Ok(q),
+            _ => Err(code::STREAM_DOES_NOT_EXIST),
+        }
+    }
+
+    /// Metadata: this broker as every stream's leader, no replicas; a
+    /// stream the user may neither read nor write is ACCESS_REFUSED.
+    fn metadata(&self, corr: u32, streams: &[&str]) {
+        let codes: Vec<u16> = streams
+            .iter()
+            .map(|s| match self.lookup(s, &[Access::Read, Access::Write]) {
+                Ok(_) => code::OK,
+                Err(c) => c,
+            })
+            .collect();
+        let (host, port) = self.advertised();
+        let any = codes.contains(&code::OK);
+        self.outbox.push(|b| {
+            let mut out = Out::response(b, key::METADATA, corr);
+            if any {
+                out.u32(1).u16(0).string(&host).u32(port as u32);
+            } else {
+                out.u32(0);
+            }
+            out.u32(streams.len() as u32);
+            for (s, &c) in streams.iter().zip(&codes) {
+                out.string(s).u16(c);
+                if c == code::OK {
+                    out.u16(0).u32(0);
+                } else {
+                    out.u16(u16::MAX).u32(0);
+                }
+            }
+        });
+    }
+
+    /// Create: a durable queue of type stream through the one declare path
+    /// (permissions, limits, arguments checked as over AMQP), with
+    /// RabbitMQ's mapping of the protocol's argument names.
+    async fn create(&self, stream: &str, arguments: &[frame::Pair<'_>]) -> u16 {
+        // RabbitMQ takes out line breaks, then checks the name.
+        let name: String = stream
+            .chars()
+            .filter(|c| *c != '\n' && *c != '\r')
+            .collect();
+        if name.is_empty() || name.len() > 255 || name.starts_with("amq.") {
+            return code::PRECONDITION_FAILED;
+        }
+        let Some(args) = stream_arguments(arguments) else {
+            return code::PRECONDITION_FAILED;
+        };
+        let s = self.session();
+        let mut gate = self.gate();
+        if gate
+            .check(Access::Configure, Resource::Queue, &name)
+            .is_err()
+        {
+            return code::ACCESS_REFUSED;
+        }
+        if s.vhost.queue(&name).is_ok() {
+            // An existing queue of another type, or a stream declared
+            // with other arguments, is a failed precondition.
+            return match s.vhost.queue(&name) {
+                Ok(q) if is_stream(&q) && same_arguments(&q.arguments, &args) => {
+                    code::STREAM_ALREADY_EXISTS
+                }
+                _ => code::PRECONDITION_FAILED,
+            };
+        }
+        let mark = self.broker.store.meta_queued();
+        let declared = crate::broker::ops::topology::declare_queue(
+            &mut gate,
+            &s.vhost,
+            &QueueDeclare {
+                name: &name,
+                passive: false,
+                durable: true,
+                exclusive: false,
+                auto_delete: false,
+                arguments: &args,
+                connection: 0,
+            },
+        );
+        match declared {
+            Ok((_, true)) => {}
+            Ok((_, false)) => return code::STREAM_ALREADY_EXISTS,
+            Err(e) => {
+                warn!(connection = ?self.name, stream = %loggable(&name), error = %e.text, "cannot create stream");
+                return error_code(&e);
+            }
+        }
+        self.durable(mark).await
+    }
+
+    async fn delete(&self, stream: &str) -> u16 {
+        let s = self.session();
+        let mut gate = self.gate();
+        if gate
+            .check(Access::Configure, Resource::Queue, stream)
+            .is_err()
+        {
+            return code::ACCESS_REFUSED;
+        }
+        match s.vhost.queue(stream) {
+            Ok(q) if is_stream(&q) => {}
+            _ => return code::STREAM_DOES_NOT_EXIST,
+        }
+        let mark = self.broker.store.meta_queued();
+        match crate::broker::ops::topology::delete_queue(
+            &mut gate, &s.vhost, stream, false, false, None,
+        ) {
+            Ok(Some(_)) => self.durable(mark).await,
+            Ok(None) => code::STREAM_DOES_NOT_EXIST,
+            Err(e) => error_code(&e),
+        }
+    }
+
+    /// OK once topology writes since `mark` are on disk, as AMQP's
+    /// declare-ok waits; INTERNAL_ERROR if one failed.
+    async fn durable(&self, mark: u64) -> u16 {
+        match self.broker.store.meta_durable_since(mark) {
+            None => code::OK,
+            Some(wait) => match wait.await {
+                Ok(()) => code::OK,
+                Err(e) => {
+                    warn!(connection = ?self.name, error = %e, "topology write failed");
+                    code::INTERNAL_ERROR
+                }
+            },
+        }
+    }
+}
+
+/// The versions of each command Leveret serves (RabbitMQ's
+/// `rabbit_stream_utils:command_versions/0`, as of 3.13).
+const COMMAND_VERSIONS: [(u16, u16, u16); 16] = [
+    (key::DECLARE_PUBLISHER, 1, 1),
+    (key::PUBLISH, 1, 2),
+    (key::QUERY_PUBLISHER_SEQUENCE, 1, 1),
+    (key::DELETE_PUBLISHER, 1, 1),
+    (key::SUBSCRIBE, 1, 1),
+    (key::CREDIT, 1, 1),
+    (key::STORE_OFFSET, 1, 1),
+    (key::QUERY_OFFSET, 1, 1),
+    (key::UNSUBSCRIBE, 1, 1),
+    (key::CREATE, 1, 1),
+    (key::DELETE, 1, 1),
+    (key::METADATA, 1, 1),
+    (key::CLOSE, 1, 1),
+    (key::HEARTBEAT, 1, 1),
+    (key::STREAM_STATS, 1, 1),
+    (key::RESOLVE_OFFSET_SPEC, 1, 1),
+];
+
+/// Whether `queue` is a stream (declared with `x-queue-type = stream`).
+pub(super) fn is_stream(queue: &Queue) -> bool {
+    matches!(
+        queue.arguments.inner().get("x-queue-type"),
+        Some(AMQPValue::LongString(t)) if t.as_bytes() == b"stream"
+    )
+}
+
+/// The queue arguments a Create's arguments mean (RabbitMQ's
+/// `stream_queue_arguments`): `None` when a number does not parse or an
+/// argument's value is out of range.
+fn stream_arguments(arguments: &[frame::Pair<'_>]) -> Option<FieldTable> {
+    let mut t = FieldTable::default();
+    t.insert(
+        "x-queue-type".into(),
+        AMQPValue::LongString("stream".into()),
+    );
+    for (k, v) in arguments {
+        let number = || v.trim().parse::<i64>().ok().map(AMQPValue::LongLongInt);
+        match *k {
+            "max-length-bytes" => {
+                t.insert("x-max-length-bytes".into(), number()?);
+            }
+            "stream-max-segment-size-bytes" => {
+                t.insert("x-stream-max-segment-size-bytes".into(), number()?);
+            }
+            "max-age" => {
+                t.insert("x-max-age".into(), AMQPValue::LongString((*v).into()));
+            }
+            "initial-cluster-size" => match number()? {
+                AMQPValue::LongLongInt(n) if n > 0 => {}
+                _ => return None,
+            },
+            "queue-leader-locator"
+                if !["client-local", "balanced", "random", "least-leaders"].contains(v) =>
+            {
+                return None;
+            }
+            "stream-filter-size-bytes" => match number()? {
+                AMQPValue::LongLongInt(n) if (16..=255).contains(&n) => {}
+                _ => return None,
+            },
+            // RabbitMQ ignores the others.
+            _ => {}
+        }
+    }
+    Some(t)
+}
+
+/// Whether a stream's declared arguments are those a Create asks for.
+fn same_arguments(declared: &FieldTable, asked: &FieldTable) -> bool {
+    [
+        "x-max-length-bytes",
+        "x-max-age",
+        "x-stream-max-segment-size-bytes",
+    ]
+    .iter()
+    .all(|k| {
+        let number = |t: &FieldTable| match t.inner().get(*k) {
+            Some(AMQPValue::LongLongInt(n)) => Some(n.to_string()),
+            Some(AMQPValue::LongInt(n)) => Some(n.to_string()),
+            Some(AMQPValue::LongString(s)) => Some(s.to_string()),
+            Some(other) => Some(format!("{other:?}")),
+            None => None,
+        };
+        number(declared) == number(asked)
+    })
+}
+
+/// The response code for a refused topology operation.
+fn error_code(e: &AmqpError) -> u16 {
+    match e.code {
+        ReplyCode::AccessRefused => code::ACCESS_REFUSED,
+        ReplyCode::PreconditionFailed | ReplyCode::ResourceLocked | ReplyCode::NotAllowed => {
+            code::PRECONDITION_FAILED
+        }
+        ReplyCode::NotFound => code::STREAM_DOES_NOT_EXIST,
+        _ => code::INTERNAL_ERROR,
+    }
+}
+
+fn command_name(c: &Command<'_>) -> &'static str {
+    match c {
+        Command::PeerProperties { .. } => "peer_properties",
+        Command::SaslHandshake { .. } => "sasl_handshake",
+        Command::SaslAuthenticate { .. } => "sasl_authenticate",
+        Command::Tune { .. } => "tune",
+        Command::Open { .. } => "open",
+        Command::Close { .. } => "close",
+        _ => "other",
+    }
+}
+
+/// A stream connection's permission checks, in its vhost.
+struct StreamGate<'a> {
+    broker: &'a Broker,
+    user: &'a str,
+    vhost: &'a str,
+}
+
+impl Gate for StreamGate<'_> {
+    fn user(&self) -> &str {
+        self.user
+    }
+
+    fn check(&mut self, access: Access, resource: Resource, name: &str) -> Result<(), AmqpError> {
+        self.broker
+            .access
+            .check(self.user, self.vhost, access, resource, name)
+    }
+
+    fn check_topic(&mut self, access: Access, exchange: &str, key: &str) -> Result<(), AmqpError> {
+        match self
+            .broker
+            .access
+            .topic_permissions_of(self.vhost, self.user)
+        {
+            None => Ok(()),
+            Some(t) => t.check(self.user, self.vhost, access, exchange, key),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn create_arguments_as_rabbitmq_maps_them() {
+        let t = stream_arguments(&[
+            ("max-length-bytes", "1000"),
+            ("max-age", "1h"),
+            ("other", "x"),
+        ])
+        .unwrap();
+        assert!(matches!(
+            t.inner().get("x-max-length-bytes"),
+            Some(AMQPValue::LongLongInt(1000))
+        ));
+        assert!(
+            matches!(t.inner().get("x-max-age"), Some(AMQPValue::LongString(s)) if s.as_bytes() == b"1h")
+        );
+        assert!(stream_arguments(&[("max-length-bytes", "lots")]).is_none());
+        assert!(stream_arguments(&[("initial-cluster-size", "0")]).is_none());
+        assert!(stream_arguments(&[("queue-leader-locator", "nearest")]).is_none());
+        assert!(stream_arguments(&[("stream-filter-size-bytes", "8")]).is_none());
+    }
+}
