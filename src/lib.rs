@@ -21,6 +21,7 @@ mod message;
 mod mgmt;
 mod server;
 mod store;
+mod stream_entry;
 mod stream_protocol;
 mod tls;
 

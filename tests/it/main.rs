@@ -50,4 +50,5 @@ mod queue_features;
 mod queues;
 mod readme;
 mod stream_protocol;
+mod streams;
 mod tls;
