@@ -121,7 +121,7 @@ impl<'a> Decoder<'a> {
         if self.u8()? != 0 {
             return Err(Amqp10Error::Malformed("not a described value"));
         }
-        let descriptor = self.value_at(1)?;
+        let descriptor = self.descriptor(1)?;
         let before = self.buf;
         let value = self.value_at(1)?;
         Ok((descriptor, value, &before[..before.len() - self.buf.len()]))
@@ -131,11 +131,21 @@ impl<'a> Decoder<'a> {
         let code = self.u8()?;
         if code == 0 {
             let depth = deeper(depth)?;
-            let descriptor = self.value_at(depth)?;
+            let descriptor = self.descriptor(depth)?;
             let value = self.value_at(depth)?;
             return Ok(Value::Described(Box::new((descriptor, value))));
         }
         self.body(code, depth)
+    }
+
+    /// A descriptor: a ulong or a symbol, as the spec has them. (A compound
+    /// one, copied onto every element of an array, would cost its size
+    /// times the array's length.)
+    fn descriptor(&mut self, depth: usize) -> Result<Value<'a>, Amqp10Error> {
+        match self.value_at(depth)? {
+            v @ (Value::Ulong(_) | Value::Symbol(_)) => Ok(v),
+            _ => Err(Amqp10Error::Malformed("descriptor")),
+        }
     }
 
     /// The value after its constructor `code`.
@@ -203,7 +213,7 @@ impl<'a> Decoder<'a> {
                 let mut ctor = items.u8()?;
                 let mut descriptor = None;
                 if ctor == 0 {
-                    descriptor = Some(items.value_at(deeper(depth)?)?);
+                    descriptor = Some(items.descriptor(depth)?);
                     ctor = items.u8()?;
                 }
                 let mut values = Vec::new();
@@ -531,6 +541,13 @@ mod tests {
         // stack overflow.
         let deep = vec![0u8; 1_000_000];
         assert_eq!(Decoder::new(&deep).value(), Err(Amqp10Error::TooDeep));
+        // A descriptor must be a ulong or a symbol.
+        assert_eq!(
+            decode(&[0, 0x45, 0x40]),
+            Err(Amqp10Error::Malformed("descriptor"))
+        );
+        assert!(decode(&[0, 0x53, 0x75, 0xa0, 0]).is_ok());
+        assert!(decode(&[0, 0xa3, 1, b'd', 0x40]).is_ok());
         let mut lists = Vec::new();
         for _ in 0..200_000 {
             lists.extend_from_slice(&[0xd0, 0xff, 0xff, 0xff, 0xff, 0, 0, 0, 1]);
