@@ -21,6 +21,7 @@ pub(crate) mod queue_stats;
 pub(crate) mod stream;
 pub(crate) mod stream_args;
 pub(crate) mod stream_consume;
+pub(crate) mod stream_publishers;
 pub(crate) mod timers;
 pub(crate) mod topic_permissions;
 pub(crate) mod vhost;
@@ -124,6 +125,8 @@ pub struct Broker {
     pub(crate) counters: Arc<counters::Counters>,
     /// Handed to every queue.
     queue_services: QueueServices,
+    /// The stream protocol's publisher sequences, for deduplication.
+    pub(crate) stream_publishers: stream_publishers::PublisherSequences,
     next_id: AtomicU64,
 }
 
@@ -183,6 +186,7 @@ impl Broker {
             reply_to: DashMap::default(),
             connections: DashMap::default(),
             live: limits::LiveCounts::default(),
+            stream_publishers: Default::default(),
             next_id: AtomicU64::new(1),
             counters,
             memory,

@@ -109,6 +109,8 @@ struct Tail {
     /// One past the newest entry readers may see (it is on disk).
     end: AtomicU64,
     readers: Mutex<Vec<Arc<Reader>>>,
+    /// Others waiting for new entries (stream protocol connections).
+    watchers: Mutex<Vec<std::sync::Weak<Notify>>>,
 }
 
 impl Tail {
@@ -116,6 +118,9 @@ impl Tail {
         for r in self.readers.lock().iter() {
             r.wake.notify_one();
         }
+        self.watchers
+            .lock()
+            .retain(|w| w.upgrade().map(|n| n.notify_one()).is_some());
     }
 }
 
@@ -166,6 +171,7 @@ impl StreamQueue {
         let tail = Arc::new(Tail {
             end: AtomicU64::new(log.next_offset()),
             readers: Mutex::new(Vec::new()),
+            watchers: Mutex::new(Vec::new()),
         });
         let durable = tail.clone();
         let retention = Retention {
@@ -316,6 +322,18 @@ impl StreamQueue {
         self.tail.readers.lock().clone()
     }
 
+    /// `watcher` is notified when entries become readable and when the
+    /// stream is deleted (held weakly: dropping it is unwatching).
+    pub(crate) fn watch(&self, watcher: &Arc<Notify>) {
+        let mut w = self.tail.watchers.lock();
+        if !w
+            .iter()
+            .any(|x| std::ptr::eq(x.as_ptr(), Arc::as_ptr(watcher)))
+        {
+            w.push(Arc::downgrade(watcher));
+        }
+    }
+
     /// Credit came back or a channel has room again: readers look again.
     pub(crate) fn wake_readers(&self) {
         self.tail.wake_all();
@@ -326,6 +344,11 @@ impl StreamQueue {
         for r in self.tail.readers.lock().drain(..) {
             r.stopped.store(true, Ordering::Release);
             r.wake.notify_one();
+        }
+        for w in self.tail.watchers.lock().drain(..) {
+            if let Some(n) = w.upgrade() {
+                n.notify_one();
+            }
         }
         self.writer.delete(self.log.clone());
     }

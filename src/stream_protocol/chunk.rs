@@ -6,15 +6,10 @@
 //! bytes), then the entries as "simple entries" (`0` bit ‖ 31-bit size ‖
 //! body). Leveret sends no bloom filter and no trailer.
 
-// Used by subscriptions once stream queues can be read (issue 18).
-#![allow(dead_code)]
-
 use bytes::{BufMut, BytesMut};
 
 /// Bytes of a chunk header.
 pub(crate) const HEADER: usize = 48;
-/// Bytes each entry adds besides its body.
-pub(crate) const ENTRY_OVERHEAD: usize = 4;
 /// Entries one chunk holds at most (the header's count is a u16).
 pub(crate) const MAX_ENTRIES: usize = u16::MAX as usize;
 /// `CHNK_USER`.

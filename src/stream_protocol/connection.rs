@@ -9,8 +9,11 @@
 //! connection: silently before open, with a close carrying RabbitMQ's code
 //! after it. Nothing a client sends can stop another connection.
 
-use super::frame::{self, code, key, Command, Out, Split, SIZE_PREFIX};
+use super::frame::{self, code, key, Command, OffsetSpec, Out, Split, SIZE_PREFIX};
 use super::outbox::{Outbox, READ_LIMIT};
+use super::publish::{still_there, Publisher, Unconfirmed};
+use super::subscribe::start_at;
+use super::subscribe::Subscription;
 use crate::broker::access::{Access, Resource};
 use crate::broker::limits::ConnectionPlace;
 use crate::broker::ops::Gate;
@@ -18,6 +21,7 @@ use crate::broker::queue::Queue;
 use crate::broker::vhost::{QueueDeclare, VHost};
 use crate::broker::Broker;
 use crate::error::{loggable, AmqpError, ReplyCode};
+use crate::hash::HashMap;
 use amq_protocol::types::{AMQPValue, FieldTable};
 use bytes::BytesMut;
 use std::net::SocketAddr;
@@ -25,6 +29,7 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
 use tokio::sync::watch;
+use tokio::sync::Notify;
 use tracing::{debug, info, warn};
 
 /// RabbitMQ answers a refused login or vhost only after this long
@@ -71,8 +76,8 @@ pub(super) struct Session {
 }
 
 pub(crate) struct Connection {
-    broker: Arc<Broker>,
-    outbox: Arc<Outbox>,
+    pub(super) broker: Arc<Broker>,
+    pub(super) outbox: Arc<Outbox>,
     peer: SocketAddr,
     local: Option<SocketAddr>,
     name: String,
@@ -84,6 +89,14 @@ pub(crate) struct Connection {
     frame_max: u32,
     /// Silence longer than this ends the connection (two heartbeats).
     read_timeout: Option<Duration>,
+    pub(super) publishers: HashMap<u8, Publisher>,
+    pub(super) subscriptions: HashMap<u8, Subscription>,
+    /// Notified by the streams it publishes to or reads when they grow or
+    /// are deleted.
+    pub(super) watcher: Arc<Notify>,
+    pub(super) unconfirmed: Arc<Unconfirmed>,
+    /// The client takes Deliver version 2 (with the committed offset).
+    pub(super) deliver_v2: bool,
 }
 
 /// Serves one client over `read`/`write` until it leaves or is closed.
@@ -116,6 +129,11 @@ pub(crate) async fn serve<R, W>(
         frame_limit,
         frame_max: frame_limit,
         read_timeout: None,
+        publishers: HashMap::default(),
+        subscriptions: HashMap::default(),
+        watcher: Arc::new(Notify::new()),
+        unconfirmed: Arc::new(Unconfirmed::default()),
+        deliver_v2: false,
     };
     let reason = conn.run(read, shutdown).await;
     match &conn.session {
@@ -182,6 +200,23 @@ impl Connection {
             if self.outbox.is_closed() {
                 return "socket closed";
             }
+            if self.session.is_some() {
+                self.forget_deleted_streams();
+                if self.outbox.pending() <= READ_LIMIT {
+                    self.deliver().await;
+                }
+            }
+            let more = self.can_deliver();
+            let output_full = self.outbox.pending() > READ_LIMIT;
+            // Past the unconfirmed bound the client is not read until
+            // confirms come back (they wake this task).
+            if self.unconfirmed.over_limit() {
+                tokio::select! {
+                    () = self.unconfirmed.below_limit() => {}
+                    () = super::stopped(&mut shutdown) => return "broker shutting down",
+                }
+                continue;
+            }
             let deadline = if self.session.is_none() {
                 Some(handshake_deadline)
             } else {
@@ -196,7 +231,12 @@ impl Connection {
                     None => Some(read.read_buf(&mut buf).await),
                 }
             };
+            let watcher = self.watcher.clone();
+            let outbox = self.outbox.clone();
             tokio::select! {
+                () = watcher.notified() => continue,
+                () = outbox.drained_below(READ_LIMIT), if more && output_full => continue,
+                () = std::future::ready(()), if more && !output_full => continue,
                 got = read_more => match got {
                     None if self.session.is_none() => {
                         warn!(connection = ?self.name, "stream handshake timed out");
@@ -471,7 +511,10 @@ impl Connection {
                 // Re-authentication (token refresh) is not supported.
                 self.respond(key::SASL_AUTHENTICATE, corr, code::SASL_ERROR);
             }
-            Command::ExchangeCommandVersions { corr, .. } => {
+            Command::ExchangeCommandVersions { corr, versions } => {
+                self.deliver_v2 = versions
+                    .iter()
+                    .any(|&(k, _, max)| k == key::DELIVER && max >= 2);
                 self.outbox.push(|b| {
                     let mut out = Out::response(b, key::EXCHANGE_COMMAND_VERSIONS, corr);
                     out.u16(code::OK).u32(COMMAND_VERSIONS.len() as u32);
@@ -493,21 +536,37 @@ impl Connection {
                 let code = self.delete(stream).await;
                 self.respond(key::DELETE, corr, code);
                 if code == code::OK {
-                    self.outbox.push(|b| {
-                        Out::begin(b, key::METADATA_UPDATE, 1)
-                            .u16(code::STREAM_NOT_AVAILABLE)
-                            .string(stream);
-                    });
+                    self.forget_deleted_streams();
                 }
             }
             Command::StreamStats { corr, stream } => {
-                let code = match self.lookup(stream, &[Access::Read]) {
-                    Ok(_) => code::OK,
-                    Err(c) => c,
-                };
-                // Without the stream's log at hand no statistic is given.
+                let stats = self.lookup(stream, &[Access::Read]).map(|q| {
+                    let Some(log) = q.stream() else {
+                        return [-1; 3];
+                    };
+                    let (first, end) = (log.extent().first, log.readable_end());
+                    // Each entry is its own chunk id: Leveret cuts chunks
+                    // when it delivers.
+                    let (first, last) = if end > first {
+                        (first as i64, end as i64 - 1)
+                    } else {
+                        (-1, -1)
+                    };
+                    [first, last, last]
+                });
                 self.outbox.push(|b| {
-                    Out::response(b, key::STREAM_STATS, corr).u16(code).u32(0);
+                    let mut out = Out::response(b, key::STREAM_STATS, corr);
+                    match stats {
+                        Ok([first, committed, last]) => {
+                            out.u16(code::OK).u32(3);
+                            out.string("first_chunk_id").i64(first);
+                            out.string("committed_chunk_id").i64(committed);
+                            out.string("last_chunk_id").i64(last);
+                        }
+                        Err(c) => {
+                            out.u16(c).u32(0);
+                        }
+                    }
                 });
             }
             Command::QueryOffset { corr, stream, .. } => {
@@ -519,63 +578,72 @@ impl Connection {
                     Out::response(b, key::QUERY_OFFSET, corr).u16(code).u64(0);
                 });
             }
-            Command::QueryPublisherSequence { corr, stream, .. } => {
-                let code = match self.lookup(stream, &[Access::Read]) {
-                    Ok(_) => code::OK,
-                    Err(c) => c,
-                };
+            Command::QueryPublisherSequence {
+                corr,
+                reference,
+                stream,
+            } => {
+                let (code, seq) = self.publisher_sequence(reference, stream);
                 self.outbox.push(|b| {
                     Out::response(b, key::QUERY_PUBLISHER_SEQUENCE, corr)
                         .u16(code)
-                        .u64(0);
+                        .u64(seq);
                 });
             }
             Command::StoreOffset { .. } => {}
-            Command::DeclarePublisher { corr, stream, .. } => {
-                let code = match self.lookup(stream, &[Access::Write]) {
-                    Ok(_) => code::STREAM_NOT_AVAILABLE,
-                    Err(c) => c,
-                };
+            Command::DeclarePublisher {
+                corr,
+                publisher_id,
+                reference,
+                stream,
+            } => {
+                let code = self.declare_publisher(corr, publisher_id, reference, stream);
                 self.respond(key::DECLARE_PUBLISHER, corr, code);
             }
-            Command::DeletePublisher { corr, .. } => {
-                self.respond(key::DELETE_PUBLISHER, corr, code::PUBLISHER_DOES_NOT_EXIST);
+            Command::DeletePublisher { corr, publisher_id } => {
+                let code = self.delete_publisher(publisher_id);
+                self.respond(key::DELETE_PUBLISHER, corr, code);
             }
             Command::Publish {
                 version,
                 publisher_id,
                 messages,
+            } => self.publish(version, publisher_id, messages),
+            Command::Subscribe {
+                corr,
+                subscription_id,
+                stream,
+                offset,
+                credit,
+                properties,
             } => {
-                let ids: Vec<u64> = frame::Messages::new(version, messages)
-                    .map_while(|m| m.ok().map(|m| m.publishing_id))
-                    .collect();
-                self.publish_error(publisher_id, code::PUBLISHER_DOES_NOT_EXIST, &ids);
-            }
-            Command::Subscribe { corr, stream, .. } => {
-                let code = match self.lookup(stream, &[Access::Read]) {
-                    Ok(_) => code::STREAM_NOT_AVAILABLE,
-                    Err(c) => c,
-                };
+                let code = self
+                    .subscribe(subscription_id, stream, offset, credit, &properties)
+                    .await;
                 self.respond(key::SUBSCRIBE, corr, code);
             }
-            Command::Unsubscribe { corr, .. } => {
-                self.respond(key::UNSUBSCRIBE, corr, code::SUBSCRIPTION_ID_DOES_NOT_EXIST);
+            Command::Unsubscribe {
+                corr,
+                subscription_id,
+            } => {
+                let code = self.unsubscribe(subscription_id);
+                self.respond(key::UNSUBSCRIBE, corr, code);
             }
             Command::Credit {
-                subscription_id, ..
+                subscription_id,
+                credit,
+            } => self.credit(subscription_id, credit),
+            Command::ResolveOffsetSpec {
+                corr,
+                stream,
+                offset,
             } => {
-                self.credit_error(subscription_id, code::SUBSCRIPTION_ID_DOES_NOT_EXIST);
-            }
-            Command::ResolveOffsetSpec { corr, stream, .. } => {
-                let code = match self.lookup(stream, &[Access::Read]) {
-                    Ok(_) => code::NO_OFFSET,
-                    Err(c) => c,
-                };
+                let (code, at) = self.resolve_offset(stream, offset).await;
                 self.outbox.push(|b| {
                     Out::response(b, key::RESOLVE_OFFSET_SPEC, corr)
                         .u16(code)
                         .u16(4)
-                        .u64(0);
+                        .u64(at);
                 });
             }
             // Super streams are not served: their names exist nowhere.
@@ -605,37 +673,14 @@ impl Connection {
             .push(|b| frame::response_code(b, key, corr, code));
     }
 
-    fn publish_error(&self, publisher_id: u8, code: u16, ids: &[u64]) {
-        if ids.is_empty() {
-            return;
-        }
-        self.outbox.push(|b| {
-            let mut out = Out::begin(b, key::PUBLISH_ERROR, 1);
-            out.u8(publisher_id).u32(ids.len() as u32);
-            for id in ids {
-                out.u64(*id).u16(code);
-            }
-        });
-    }
-
-    /// The credit response, sent only for a problem (RabbitMQ writes no
-    /// correlation id in it).
-    fn credit_error(&self, subscription_id: u8, code: u16) {
-        self.outbox.push(|b| {
-            Out::begin(b, key::CREDIT | key::RESPONSE, 1)
-                .u16(code)
-                .u8(subscription_id);
-        });
-    }
-
-    fn session(&self) -> &Session {
+    pub(super) fn session(&self) -> &Session {
         // Only called for an open connection.
         self.session
             .as_ref()
             .expect("stream commands are handled after open")
     }
 
-    fn gate(&self) -> StreamGate<'_> {
+    pub(super) fn gate(&self) -> StreamGate<'_> {
         let s = self.session();
         StreamGate {
             broker: &self.broker,
@@ -647,7 +692,7 @@ impl Connection {
     /// The stream named `name`, once the user may do one of `access` on
     /// it: ACCESS_REFUSED otherwise, then STREAM_DOES_NOT_EXIST when there
     /// is no such stream (a queue of another type is none).
-    fn lookup(&self, name: &str, access: &[Access]) -> Result<Arc<Queue>, u16> {
+    pub(super) fn lookup(&self, name: &str, access: &[Access]) -> Result<Arc<Queue>, u16> {
         let mut gate = self.gate();
         if !access
             .iter()
@@ -656,8 +701,54 @@ impl Connection {
             return Err(code::ACCESS_REFUSED);
         }
         match self.session().vhost.queue(name) {
-            Ok(q) if is_stream(&q) => Ok(q),
+            Ok(q) if q.stream().is_some() => Ok(q),
             _ => Err(code::STREAM_DOES_NOT_EXIST),
+        }
+    }
+
+    /// Publishers and subscriptions on streams deleted since: gone, and
+    /// the client told once per stream (MetadataUpdate, RabbitMQ's code 6).
+    pub(super) fn forget_deleted_streams(&mut self) {
+        let Some(session) = &self.session else {
+            return;
+        };
+        let mut gone: Vec<String> = Vec::new();
+        self.publishers.retain(|_, p| {
+            let kept = still_there(session, &p.stream, &p.queue);
+            if !kept && !gone.contains(&p.stream) {
+                gone.push(p.stream.clone());
+            }
+            kept
+        });
+        self.subscriptions.retain(|_, s| {
+            let kept = still_there(session, &s.stream, &s.queue);
+            if !kept && !gone.contains(&s.stream) {
+                gone.push(s.stream.clone());
+            }
+            kept
+        });
+        for stream in gone {
+            self.outbox.push(|b| {
+                Out::begin(b, key::METADATA_UPDATE, 1)
+                    .u16(code::STREAM_NOT_AVAILABLE)
+                    .string(&stream);
+            });
+        }
+    }
+
+    /// ResolveOffsetSpec: the offset a subscription with `offset` would
+    /// start at.
+    async fn resolve_offset(&self, stream: &str, offset: OffsetSpec) -> (u16, u64) {
+        let q = match self.lookup(stream, &[Access::Read]) {
+            Ok(q) => q,
+            Err(c) => return (c, 0),
+        };
+        let Some(log) = q.stream() else {
+            return (code::STREAM_DOES_NOT_EXIST, 0);
+        };
+        match log.resolve(start_at(offset)).await {
+            Ok(n) => (code::OK, n),
+            Err(_) => (code::NO_OFFSET, 0),
         }
     }
 
@@ -719,7 +810,7 @@ impl Connection {
             // An existing queue of another type, or a stream declared
             // with other arguments, is a failed precondition.
             return match s.vhost.queue(&name) {
-                Ok(q) if is_stream(&q) && same_arguments(&q.arguments, &args) => {
+                Ok(q) if q.stream().is_some() && same_arguments(&q.arguments, &args) => {
                     code::STREAM_ALREADY_EXISTS
                 }
                 _ => code::PRECONDITION_FAILED,
@@ -759,10 +850,14 @@ impl Connection {
         {
             return code::ACCESS_REFUSED;
         }
-        match s.vhost.queue(stream) {
-            Ok(q) if is_stream(&q) => {}
+        let id = match s.vhost.queue(stream) {
+            Ok(q) => match q.stream() {
+                Some(log) => log.id,
+                None => return code::STREAM_DOES_NOT_EXIST,
+            },
             _ => return code::STREAM_DOES_NOT_EXIST,
-        }
+        };
+        self.broker.stream_publishers.forget(id);
         let mark = self.broker.store.meta_queued();
         match crate::broker::ops::topology::delete_queue(
             &mut gate, &s.vhost, stream, false, false, None,
@@ -809,14 +904,6 @@ const COMMAND_VERSIONS: [(u16, u16, u16); 16] = [
     (key::STREAM_STATS, 1, 1),
     (key::RESOLVE_OFFSET_SPEC, 1, 1),
 ];
-
-/// Whether `queue` is a stream (declared with `x-queue-type = stream`).
-pub(super) fn is_stream(queue: &Queue) -> bool {
-    matches!(
-        queue.arguments.inner().get("x-queue-type"),
-        Some(AMQPValue::LongString(t)) if t.as_bytes() == b"stream"
-    )
-}
 
 /// The queue arguments a Create's arguments mean (RabbitMQ's
 /// `stream_queue_arguments`): `None` when a number does not parse or an
@@ -904,7 +991,7 @@ fn command_name(c: &Command<'_>) -> &'static str {
 }
 
 /// A stream connection's permission checks, in its vhost.
-struct StreamGate<'a> {
+pub(super) struct StreamGate<'a> {
     broker: &'a Broker,
     user: &'a str,
     vhost: &'a str,

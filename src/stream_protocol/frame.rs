@@ -1,5 +1,3 @@
-// Used once publish and subscribe are served (issue 18).
-#![allow(dead_code)]
 //! The stream protocol's wire format (RabbitMQ's `rabbit_stream_core`):
 //! frames are `size u32 ‖ key u16 ‖ version u16 ‖ body`, big-endian, where
 //! the key's top bit tells a response (1) from a request or command (0).
@@ -672,6 +670,7 @@ impl<'b> Out<'b> {
         self
     }
 
+    #[cfg(test)]
     pub(crate) fn raw(&mut self, bytes: &[u8]) -> &mut Self {
         self.buf.put_slice(bytes);
         self

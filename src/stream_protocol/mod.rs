@@ -10,6 +10,8 @@ mod chunk;
 mod connection;
 mod frame;
 mod outbox;
+mod publish;
+mod subscribe;
 
 use crate::broker::Broker;
 use crate::listen::accept_any;

@@ -367,3 +367,243 @@ async fn create_and_delete_need_configure_permission() {
     assert_eq!(delete.code(), STREAM_DOES_NOT_EXIST);
     let _ = ACCESS_REFUSED;
 }
+
+// ---------------------------------------------------------------- rstream
+
+/// Runs tests/python/stream_client.py against the broker's stream port and
+/// returns its JSON line.
+async fn rstream(broker: &common::TestBroker, args: &[&str]) -> serde_json::Value {
+    let addr = broker.stream_addr.expect("a stream port");
+    let root = crate::cross_client::repo_root();
+    let mut cmd = std::process::Command::new(crate::cross_client::python());
+    cmd.current_dir(&root)
+        .arg("tests/python/stream_client.py")
+        .arg(addr.ip().to_string())
+        .arg(addr.port().to_string())
+        .args(args);
+    let out = crate::cross_client::run(cmd).await;
+    assert!(
+        out.success(),
+        "{}",
+        out.report(&format!(
+            "stream_client.py {args:?} (rstream; scripts/install-test-deps installs it)"
+        ))
+    );
+    serde_json::from_str(out.stdout.lines().last().unwrap_or_default())
+        .unwrap_or_else(|e| panic!("{e}: {}", out.stdout))
+}
+
+fn strings(v: &serde_json::Value) -> Vec<String> {
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s.as_str().unwrap().to_string())
+        .collect()
+}
+
+#[tokio::test]
+async fn rstream_publishes_with_confirms_then_reads_from_first() {
+    let broker = common::TestBroker::start().await;
+    if broker.stream_addr.is_none() {
+        return;
+    }
+    let stream = common::unique("rstream-first");
+    let published = rstream(&broker, &["publish", &stream, "20", "m"]).await;
+    assert_eq!(published["confirmed"], 20);
+    let read = rstream(&broker, &["consume", &stream, "20", "first"]).await;
+    let expected: Vec<String> = (0..20).map(|i| format!("m{i}")).collect();
+    assert_eq!(strings(&read["bodies"]), expected);
+    let offsets: Vec<u64> = read["offsets"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|o| o.as_u64().unwrap())
+        .collect();
+    assert_eq!(offsets, (0..20).collect::<Vec<u64>>());
+    // From an offset in the middle.
+    let read = rstream(&broker, &["consume", &stream, "5", "15"]).await;
+    assert_eq!(strings(&read["bodies"]), expected[15..].to_vec());
+    rstream(&broker, &["delete", &stream]).await;
+}
+
+#[tokio::test]
+async fn amqp_published_messages_are_read_over_the_stream_protocol() {
+    let broker = common::TestBroker::start().await;
+    if broker.stream_addr.is_none() {
+        return;
+    }
+    let stream = common::unique("amqp-to-stream");
+    let conn = broker.connect().await;
+    let ch = conn.create_channel().await.unwrap();
+    let mut args = lapin::types::FieldTable::default();
+    args.insert(
+        "x-queue-type".into(),
+        lapin::types::AMQPValue::LongString("stream".into()),
+    );
+    ch.queue_declare(
+        stream.as_str().into(),
+        lapin::options::QueueDeclareOptions {
+            durable: true,
+            ..Default::default()
+        },
+        args,
+    )
+    .await
+    .unwrap();
+    ch.confirm_select(Default::default()).await.unwrap();
+    for i in 0..3 {
+        ch.basic_publish(
+            "".into(),
+            stream.as_str().into(),
+            Default::default(),
+            format!("amqp{i}").as_bytes(),
+            lapin::BasicProperties::default().with_delivery_mode(2),
+        )
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+    }
+    let read = rstream(&broker, &["consume", &stream, "3", "first"]).await;
+    assert_eq!(strings(&read["bodies"]), ["amqp0", "amqp1", "amqp2"]);
+    conn.close(200, "bye".into()).await.unwrap();
+    rstream(&broker, &["delete", &stream]).await;
+}
+
+// ---------------------------------------------------------------- raw publish and deliver
+
+const DECLARE_PUBLISHER: u16 = 1;
+const PUBLISH: u16 = 2;
+const PUBLISH_CONFIRM: u16 = 3;
+const QUERY_PUBLISHER_SEQUENCE: u16 = 5;
+const SUBSCRIBE: u16 = 7;
+const DELIVER: u16 = 8;
+const CREDIT: u16 = 9;
+const METADATA_UPDATE: u16 = 16;
+const STREAM_ALREADY_EXISTS: u16 = 5;
+const STREAM_NOT_AVAILABLE: u16 = 6;
+const SUBSCRIPTION_ID_DOES_NOT_EXIST: u16 = 4;
+
+impl F {
+    fn u8(mut self, v: u8) -> F {
+        self.0.push(v);
+        self
+    }
+    fn u64(mut self, v: u64) -> F {
+        self.0.extend_from_slice(&v.to_be_bytes());
+        self
+    }
+}
+
+/// The publishing ids of a PublishConfirm.
+fn confirmed_ids(f: &Got) -> Vec<u64> {
+    let count = u32::from_be_bytes(f.body[1..5].try_into().unwrap()) as usize;
+    (0..count)
+        .map(|i| u64::from_be_bytes(f.body[5 + 8 * i..13 + 8 * i].try_into().unwrap()))
+        .collect()
+}
+
+/// A Deliver's chunk: its first offset and its entries' bodies, after
+/// checking the header and the CRC as clients do.
+fn chunk(f: &Got) -> (u64, Vec<Vec<u8>>) {
+    let c = &f.body[1..];
+    assert_eq!(c[0], 0x50, "magic and version");
+    assert_eq!(c[1], 0, "user chunk");
+    let entries = u16::from_be_bytes([c[2], c[3]]) as usize;
+    let first = u64::from_be_bytes(c[24..32].try_into().unwrap());
+    let crc = u32::from_be_bytes(c[32..36].try_into().unwrap());
+    let len = u32::from_be_bytes(c[36..40].try_into().unwrap()) as usize;
+    let data = &c[48..48 + len];
+    assert_eq!(crc32fast::hash(data), crc, "chunk CRC");
+    let mut bodies = Vec::new();
+    let mut at = 0;
+    for _ in 0..entries {
+        let size = u32::from_be_bytes(data[at..at + 4].try_into().unwrap()) as usize;
+        bodies.push(data[at + 4..at + 4 + size].to_vec());
+        at += 4 + size;
+    }
+    assert_eq!(at, len);
+    (first, bodies)
+}
+
+/// Publishes `ids` from publisher 1, each message body `m<id>`.
+async fn publish(c: &mut Client, ids: &[u64]) {
+    let mut f = F::new(PUBLISH).u8(1).u32(ids.len() as u32);
+    for id in ids {
+        f = f.u64(*id).bytes(format!("m{id}").as_bytes());
+    }
+    c.send(f).await;
+}
+
+#[tokio::test]
+async fn a_publisher_reference_deduplicates_and_chunks_carry_what_was_stored() {
+    let broker = common::TestBroker::start().await;
+    let Some(mut c) = Client::opened(&broker).await else {
+        return;
+    };
+    let stream = common::unique("dedup");
+    let create = c.request(CREATE, |f| f.string(&stream).u32(0)).await;
+    assert_eq!(create.code(), OK);
+    let again = c.request(CREATE, |f| f.string(&stream).u32(0)).await;
+    assert_eq!(again.code(), STREAM_ALREADY_EXISTS);
+    let declared = c
+        .request(DECLARE_PUBLISHER, |f| {
+            f.u8(1).string("app-1").string(&stream)
+        })
+        .await;
+    assert_eq!(declared.code(), OK);
+    publish(&mut c, &[1, 2]).await;
+    assert_eq!(confirmed_ids(&c.expect(PUBLISH_CONFIRM).await), [1, 2]);
+    // 2 again (a retry) and 3: both confirmed, 2 not stored twice.
+    publish(&mut c, &[2, 3]).await;
+    let mut confirmed = Vec::new();
+    while confirmed.len() < 2 {
+        confirmed.extend(confirmed_ids(&c.expect(PUBLISH_CONFIRM).await));
+    }
+    confirmed.sort();
+    assert_eq!(confirmed, [2, 3]);
+    let seq = c
+        .request(QUERY_PUBLISHER_SEQUENCE, |f| {
+            f.string("app-1").string(&stream)
+        })
+        .await;
+    assert_eq!(seq.code(), OK);
+    assert_eq!(u64::from_be_bytes(seq.body[6..14].try_into().unwrap()), 3);
+
+    // Subscribe from first with one credit: one chunk of what is there.
+    let sub = c
+        .request(SUBSCRIBE, |f| f.u8(7).string(&stream).u16(1).u16(1))
+        .await;
+    assert_eq!(sub.code(), OK);
+    let mut bodies = Vec::new();
+    let mut next = 0;
+    while bodies.len() < 3 {
+        let d = c.expect(DELIVER).await;
+        assert_eq!(d.body[0], 7, "subscription id");
+        let (first, entries) = chunk(&d);
+        assert_eq!(first, next, "chunks follow each other");
+        next += entries.len() as u64;
+        bodies.extend(entries);
+        c.send(F::new(CREDIT).u8(7).u16(1)).await;
+    }
+    assert_eq!(bodies, [b"m1".to_vec(), b"m2".to_vec(), b"m3".to_vec()]);
+
+    // Credit for a subscription that does not exist: RabbitMQ's response.
+    c.send(F::new(CREDIT).u8(99).u16(1)).await;
+    let r = c.expect(CREDIT | RESPONSE).await;
+    assert_eq!(
+        u16::from_be_bytes([r.body[0], r.body[1]]),
+        SUBSCRIPTION_ID_DOES_NOT_EXIST
+    );
+    assert_eq!(r.body[2], 99);
+
+    // Another connection deletes the stream: the subscriber is told.
+    let mut other = Client::opened(&broker).await.unwrap();
+    let delete = other.request(DELETE, |f| f.string(&stream)).await;
+    assert_eq!(delete.code(), OK);
+    let update = c.expect(METADATA_UPDATE).await;
+    assert_eq!(
+        u16::from_be_bytes([update.body[0], update.body[1]]),
+        STREAM_NOT_AVAILABLE
+    );
+}
