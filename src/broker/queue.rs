@@ -12,7 +12,7 @@ use super::policy::{effective_queue_args, Applied};
 use super::queue_args::{Overflow, QueueArgs, QueueType};
 use super::queue_stats::QueueStats;
 use super::stream::StreamQueue;
-use super::stream_consume::StartAt;
+use super::stream_consume::{ReadSpec, StartAt};
 use super::timers::{now_ms, Timers};
 use crate::error::AmqpError;
 use crate::message::Message;
@@ -21,7 +21,6 @@ use crate::store::fail_stop::Unwritten;
 use crate::store::memory::MemoryStore;
 use crate::store::persister::Loaded;
 use crate::store::priority::{PriorityDisk, PriorityStore};
-use crate::store::stream_log::Filter;
 use crate::store::{QueueEvents, QueueStore, QueuedMessage, Receipt, Store, MESSAGE_OVERHEAD};
 use amq_protocol::types::FieldTable;
 use parking_lot::Mutex;
@@ -894,7 +893,7 @@ impl Queue {
     pub(crate) fn add_consumer(
         self: &Arc<Self>,
         consumer: Arc<Consumer>,
-        stream_start: Option<(StartAt, Option<Filter>)>,
+        read: Option<ReadSpec>,
         on_added: impl FnOnce(),
     ) -> Result<(), AmqpError> {
         let mut st = self.state.lock();
@@ -912,11 +911,15 @@ impl Queue {
         }
         on_added();
         if let Some(stream) = &self.stream {
-            let (start, filter) = stream_start.unwrap_or((StartAt::Next, None));
+            let read = read.unwrap_or(ReadSpec {
+                start: StartAt::Next,
+                filter: None,
+                track: false,
+            });
             st.consumers.push(consumer.clone());
             st.had_consumer = true;
             drop(st);
-            stream.add_reader(self.clone(), consumer, start, filter);
+            stream.add_reader(self.clone(), consumer, read);
             return Ok(());
         }
         // Sorted by priority, arrival order among equals (the first is the

@@ -15,15 +15,19 @@
 use super::consumer::Consumer;
 use super::queue::Queue;
 use super::stream_args::StreamArgs;
-use super::stream_consume::StartAt;
+use super::stream_consume::{ReadSpec, StartAt};
 use crate::message::Message;
 use crate::store::stream_log::{Entry, Filter, StreamLog, StreamLogError};
+use crate::store::stream_offsets;
 use crate::store::stream_writer::{NewEntry, Retention, Stream, StreamWriter};
 use crate::store::QueuedMessage;
 use crate::stream_entry::{self, Payload};
 use bytes::Bytes;
 use parking_lot::Mutex;
+use std::collections::HashMap;
 use std::path::Path;
+use std::path::PathBuf;
+use std::sync::atomic::AtomicUsize;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use tokio::sync::Notify;
@@ -130,12 +134,25 @@ pub(crate) struct Reader {
     /// The next offset to deliver.
     pub(crate) next: AtomicU64,
     filter: Option<Filter>,
+    /// Its acknowledged offset is stored under its tag.
+    track: bool,
     wake: Notify,
     stopped: AtomicBool,
 }
 
-// Parts wait for the management API and the stream protocol (issue 18).
-#[allow(dead_code)]
+/// The offsets stored for named readers (`store::stream_offsets`), and
+/// whether a save is under way on the writer thread.
+#[derive(Default)]
+struct Tracked {
+    offsets: HashMap<String, u64>,
+    saving: bool,
+    changed: bool,
+}
+
+/// Names whose offsets one stream stores at most: each costs memory and
+/// file space, and a client chooses them.
+pub(crate) const MAX_TRACKED: usize = 10_000;
+
 pub(crate) struct StreamQueue {
     /// The queue's id in the store; its log lives in `streams/<id>`.
     pub(crate) id: u32,
@@ -143,6 +160,10 @@ pub(crate) struct StreamQueue {
     log: Arc<Stream>,
     writer: StreamWriter,
     tail: Arc<Tail>,
+    dir: PathBuf,
+    tracked: Arc<Mutex<Tracked>>,
+    /// Readers that track their offset (acks look them up only if some do).
+    tracking_readers: AtomicUsize,
 }
 
 /// A stream's log directory under the data directory.
@@ -160,7 +181,9 @@ impl StreamQueue {
         data_dir: &Path,
         writer: StreamWriter,
     ) -> Result<StreamQueue, StreamLogError> {
-        let (log, opened) = StreamLog::open(&log_dir(data_dir, id), args.max_segment_bytes)?;
+        let dir = log_dir(data_dir, id);
+        let (log, opened) = StreamLog::open(&dir, args.max_segment_bytes)?;
+        let offsets = stream_offsets::load(&dir)?;
         if opened.torn_bytes > 0 {
             tracing::warn!(
                 stream = name,
@@ -194,6 +217,12 @@ impl StreamQueue {
             log,
             writer,
             tail,
+            dir,
+            tracked: Arc::new(Mutex::new(Tracked {
+                offsets,
+                ..Tracked::default()
+            })),
+            tracking_readers: AtomicUsize::new(0),
         })
     }
 
@@ -271,14 +300,21 @@ impl StreamQueue {
         .unwrap_or_else(|e| Err(std::io::Error::other(e)))
     }
 
-    /// Starts delivering to `consumer` from `start`.
-    pub(crate) fn add_reader(
-        &self,
-        queue: Arc<Queue>,
-        consumer: Arc<Consumer>,
-        start: StartAt,
-        filter: Option<Filter>,
-    ) {
+    /// Starts delivering to `consumer` as `read` says: after its stored
+    /// offset when it tracks one and has one.
+    pub(crate) fn add_reader(&self, queue: Arc<Queue>, consumer: Arc<Consumer>, read: ReadSpec) {
+        let stored = read
+            .track
+            .then(|| self.query_offset(&consumer.tag))
+            .flatten();
+        let start = match stored {
+            Some(offset) => StartAt::Offset(offset + 1),
+            None => read.start,
+        };
+        if read.track {
+            self.tracking_readers.fetch_add(1, Ordering::Relaxed);
+        }
+        let filter = read.filter;
         // Resolved now for every start but a time, so `next` means what
         // is appended after consume-ok.
         let at = match start {
@@ -289,6 +325,7 @@ impl StreamQueue {
             consumer,
             next: AtomicU64::new(at.unwrap_or(0)),
             filter,
+            track: read.track,
             wake: Notify::new(),
             stopped: AtomicBool::new(false),
         });
@@ -309,12 +346,86 @@ impl StreamQueue {
     pub(crate) fn remove_reader(&self, consumer: &Arc<Consumer>) {
         self.tail.readers.lock().retain(|r| {
             if Arc::ptr_eq(&r.consumer, consumer) {
+                if r.track {
+                    self.tracking_readers.fetch_sub(1, Ordering::Relaxed);
+                }
                 r.stopped.store(true, Ordering::Release);
                 r.wake.notify_one();
                 return false;
             }
             true
         });
+    }
+
+    /// `consumer` acknowledged the delivery of `offset`: a tracking
+    /// reader's stored offset moves forward to it.
+    pub(crate) fn acked(&self, consumer: &Arc<Consumer>, offset: u64) {
+        if self.tracking_readers.load(Ordering::Relaxed) == 0 {
+            return;
+        }
+        let tracks = self
+            .tail
+            .readers
+            .lock()
+            .iter()
+            .any(|r| r.track && Arc::ptr_eq(&r.consumer, consumer));
+        if tracks {
+            self.store_offset_at_least(&consumer.tag, offset);
+        }
+    }
+
+    /// The offset stored for `name`, if any.
+    pub(crate) fn query_offset(&self, name: &str) -> Option<u64> {
+        self.tracked.lock().offsets.get(name).copied()
+    }
+
+    /// Stores `offset` for `name` (the stream protocol's StoreOffset, which
+    /// may also move back). False when the stream already stores
+    /// [`MAX_TRACKED`] other names.
+    pub(crate) fn store_offset(&self, name: &str, offset: u64) -> bool {
+        self.store(name, |_| offset)
+    }
+
+    fn store_offset_at_least(&self, name: &str, offset: u64) -> bool {
+        self.store(name, |old| old.map_or(offset, |o| o.max(offset)))
+    }
+
+    fn store(&self, name: &str, new: impl FnOnce(Option<u64>) -> u64) -> bool {
+        let mut t = self.tracked.lock();
+        let old = t.offsets.get(name).copied();
+        if old.is_none() && t.offsets.len() >= MAX_TRACKED {
+            return false;
+        }
+        let value = new(old);
+        if old == Some(value) {
+            return true;
+        }
+        t.offsets.insert(name.to_string(), value);
+        t.changed = true;
+        if !t.saving {
+            t.saving = true;
+            let (tracked, dir, name) = (
+                self.tracked.clone(),
+                self.dir.clone(),
+                self.log.name.clone(),
+            );
+            self.writer
+                .run_file_job(Box::new(move || save_offsets(&tracked, &dir, &name)));
+        }
+        true
+    }
+
+    /// The stored offsets, for the management API.
+    pub(crate) fn stored_offsets(&self) -> Vec<(String, u64)> {
+        let mut all: Vec<(String, u64)> = self
+            .tracked
+            .lock()
+            .offsets
+            .iter()
+            .map(|(k, v)| (k.clone(), *v))
+            .collect();
+        all.sort();
+        all
     }
 
     /// The readers, for the management API.
@@ -354,8 +465,32 @@ impl StreamQueue {
     }
 }
 
+/// Writes the stored offsets until no change is left unsaved (on the
+/// writer thread, so acks never wait for a file).
+fn save_offsets(tracked: &Mutex<Tracked>, dir: &Path, stream: &str) {
+    loop {
+        let snapshot: Vec<(String, u64)> = {
+            let mut t = tracked.lock();
+            if !t.changed {
+                t.saving = false;
+                return;
+            }
+            t.changed = false;
+            t.offsets.iter().map(|(k, v)| (k.clone(), *v)).collect()
+        };
+        if let Err(e) = stream_offsets::save(dir, &snapshot) {
+            // Unless the stream was deleted meanwhile, a reader will
+            // resume earlier than it should: said, never silent.
+            if dir.exists() {
+                tracing::error!(stream, error = %e, "could not store a stream's consumer offsets");
+            }
+            tracked.lock().saving = false;
+            return;
+        }
+    }
+}
+
 /// Where a stream's log stands.
-#[allow(dead_code)]
 #[derive(Debug, Clone, Copy, Default)]
 pub(crate) struct LogExtent {
     pub(crate) first: u64,

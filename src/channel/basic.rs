@@ -6,7 +6,7 @@ use super::{Channel, ConnCtx};
 use crate::broker::access::{Access, Resource};
 use crate::broker::consumer::Consumer;
 use crate::broker::queue::{Got, Queue, GET_DISK_WAIT};
-use crate::broker::stream_consume::{self, StartAt};
+use crate::broker::stream_consume::{self, ReadSpec};
 use crate::broker::timers::now_ms;
 use crate::broker::ReplyTo;
 use crate::error::AmqpError;
@@ -108,9 +108,13 @@ impl Channel {
                     name,
                     vhost,
                 )?;
-                let offset = c.arguments.inner().get("x-stream-offset");
-                let start = StartAt::parse(offset, name, vhost, now_ms() as i64)?;
-                Some((start, stream_consume::filter(&c.arguments)?))
+                Some(ReadSpec::parse(
+                    &c.arguments,
+                    &tag,
+                    name,
+                    vhost,
+                    now_ms() as i64,
+                )?)
             }
             None => None,
         };

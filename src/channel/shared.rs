@@ -438,6 +438,9 @@ impl ChannelShared {
             Settle::Reject => queue.reject(batch.drain(..)),
         };
         for u in taken.drain(..) {
+            if let (Settle::Ack, Some(stream), Some(c)) = (how, u.queue.stream(), &u.consumer) {
+                stream.acked(c, u.message.seq);
+            }
             if current.as_ref().is_some_and(|q| !Arc::ptr_eq(q, &u.queue)) {
                 let q = current.take().expect("checked");
                 flush(&q, batch);

@@ -846,7 +846,82 @@ fn leveret_metrics(out: &mut Out, broker: &Broker, snap: &Snapshot, disk_used: u
             out.value(name, &labels, q.totals[i]);
         }
     }
+    stream_metrics(out, snap);
     store_damage(out, broker);
+}
+
+/// Where each stream stands and how far behind its readers are.
+fn stream_metrics(out: &mut Out, snap: &Snapshot) {
+    let rows: Vec<_> = snap
+        .queues
+        .iter()
+        .filter_map(|q| Some((q, super::streams::row(&q.queue)?)))
+        .collect();
+    type Value = fn(&super::streams::StreamRow) -> u64;
+    let per_stream: [(&str, &str, Value); 4] = [
+        (
+            "leveret_stream_first_offset",
+            "The oldest offset a stream keeps",
+            |r| r.first,
+        ),
+        (
+            "leveret_stream_end_offset",
+            "One past the newest readable offset of a stream",
+            |r| r.end,
+        ),
+        (
+            "leveret_stream_segments",
+            "Segment files of a stream",
+            |r| r.segments as u64,
+        ),
+        (
+            "leveret_stream_disk_bytes",
+            "Bytes of a stream's segments on disk",
+            |r| r.bytes,
+        ),
+    ];
+    for (name, help, value) in per_stream {
+        out.family(name, "gauge", help);
+        for (q, row) in &rows {
+            let labels = [
+                ("vhost", q.queue.vhost.as_str()),
+                ("queue", q.queue.name.as_str()),
+            ];
+            out.value(name, &labels, value(row));
+        }
+    }
+    let name = "leveret_stream_consumer_lag";
+    out.family(
+        name,
+        "gauge",
+        "Entries a stream consumer has not been sent yet",
+    );
+    for (q, row) in &rows {
+        for r in &row.readers {
+            let labels = [
+                ("vhost", q.queue.vhost.as_str()),
+                ("queue", q.queue.name.as_str()),
+                ("consumer", r.tag.as_str()),
+            ];
+            out.value(name, &labels, r.lag);
+        }
+    }
+    let name = "leveret_stream_stored_offset_lag";
+    out.family(
+        name,
+        "gauge",
+        "Entries after the offset stored for a named reader of a stream",
+    );
+    for (q, row) in &rows {
+        for (reader, _, lag) in &row.stored {
+            let labels = [
+                ("vhost", q.queue.vhost.as_str()),
+                ("queue", q.queue.name.as_str()),
+                ("reader", reader.as_str()),
+            ];
+            out.value(name, &labels, lag);
+        }
+    }
 }
 
 /// Messages lost to store damage at start-up (`storage.on_damage = "report"`).

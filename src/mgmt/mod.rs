@@ -21,6 +21,7 @@ mod metrics;
 mod objects;
 mod parameters;
 mod policies;
+mod streams;
 mod topic_permissions;
 mod users;
 

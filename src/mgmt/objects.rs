@@ -147,6 +147,7 @@ pub(super) fn queue_json(q: &Queue, ask: history::Ask) -> Value {
         queue.extend(sizes);
     }
     super::policies::queue_fields(q, &mut queue);
+    super::streams::queue_fields(q, &mut queue);
     queue
 }
 

@@ -21,6 +21,7 @@ pub(crate) mod record;
 mod recovery;
 pub(crate) mod segments;
 pub(crate) mod stream_log;
+pub(crate) mod stream_offsets;
 pub(crate) mod stream_writer;
 
 use crate::message::Message;

@@ -96,7 +96,6 @@ struct Append {
 /// A file job done on the writer thread, so no tokio worker does file I/O.
 pub(crate) type FileJob = Box<dyn FnOnce() + Send>;
 
-#[allow(dead_code)]
 enum Job {
     Append(Append),
     Register(Weak<Stream>),
@@ -111,7 +110,6 @@ pub(crate) struct StreamWriter {
     tx: Sender<Job>,
 }
 
-#[allow(dead_code)]
 impl StreamWriter {
     pub(crate) fn start() -> std::io::Result<StreamWriter> {
         let (tx, rx) = channel();

@@ -384,3 +384,171 @@ async fn confirmed_stream_messages_survive_kill_9() {
     })
     .await
 }
+
+/// Server-side offset tracking (LavinMQ's; RabbitMQ has none over AMQP
+/// 0-9-1): a named consumer resumes after what it acknowledged, across a
+/// reconnect and a kill -9.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_named_consumer_resumes_after_its_acknowledged_offset_across_kill_9() {
+    if common::against_other_broker() {
+        return;
+    }
+    within_for(WAIT * 6, async {
+        let data = TempDir::new("stream-tracking");
+        let mut broker = BrokerProcess::start(data.path());
+        let conn = broker.connect().await;
+        let ch = confirm_channel(&conn).await;
+        declare_stream(&ch, "orders", &[]).await;
+        publish_all(&ch, "orders", &bodies("o", 10)).await;
+        let tracking = table(&[
+            ("x-stream-offset", AMQPValue::LongString("first".into())),
+            (
+                "x-stream-automatic-offset-tracking",
+                AMQPValue::Boolean(true),
+            ),
+        ]);
+        let named = |ch: Channel, args: FieldTable| async move {
+            ch.basic_qos(100, BasicQosOptions::default()).await.unwrap();
+            let c = consume_with(&ch, "orders", "analytics", false, args).await;
+            (ch, c)
+        };
+        let reader = broker.connect().await;
+        let (rch, mut consumer) =
+            named(reader.create_channel().await.unwrap(), tracking.clone()).await;
+        let got = next_n(&mut consumer, 10).await;
+        // Acknowledges up to o-3 (out of order, as a client may).
+        for i in [1, 0, 3, 2] {
+            got[i].ack(BasicAckOptions::default()).await.unwrap();
+        }
+        rch.basic_cancel("analytics".into(), BasicCancelOptions::default())
+            .await
+            .unwrap();
+        drop(reader);
+
+        // A reconnect resumes after o-3, despite asking for `first`.
+        let reader = broker.connect().await;
+        let (_rch, mut consumer) =
+            named(reader.create_channel().await.unwrap(), tracking.clone()).await;
+        let got = next_n(&mut consumer, 6).await;
+        assert_eq!(texts(&got), bodies("o", 10)[4..]);
+        ack_all(&got[..2]).await;
+        // The API shows the stored offset once the writer thread has
+        // written it (o-5 is offset 5), with its lag behind the tail.
+        let api = common::http::Api {
+            addr: broker.mgmt_addr(),
+            user: "guest".into(),
+            password: "guest".into(),
+        };
+        common::eventually("the stored offset", WAIT, || async {
+            let q = api.get("/api/queues/%2F/orders").await.json;
+            q["stream"]["stored_offsets"]["analytics"] == serde_json::json!({"offset": 5, "lag": 4})
+        })
+        .await;
+
+        // So does a restart after kill -9, with `x-stream-offset = null`.
+        broker.kill9();
+        drop(broker);
+        let broker = BrokerProcess::start(data.path());
+        let reader = broker.connect().await;
+        let null = table(&[("x-stream-offset", AMQPValue::Void)]);
+        let (_rch, mut consumer) =
+            named(reader.create_channel().await.unwrap(), null.clone()).await;
+        let got = next_n(&mut consumer, 4).await;
+        assert_eq!(texts(&got), bodies("o", 10)[6..]);
+        // A consumer with another name starts at first.
+        let ch = reader.create_channel().await.unwrap();
+        ch.basic_qos(100, BasicQosOptions::default()).await.unwrap();
+        let mut other = consume_with(&ch, "orders", "inventory", false, null).await;
+        assert_eq!(texts(&next_n(&mut other, 10).await), bodies("o", 10));
+    })
+    .await
+}
+
+/// Where a stream stands and how far behind each reader is, in the API
+/// and `/metrics`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_api_and_metrics_show_offsets_segments_and_lag() {
+    if common::against_other_broker() {
+        return;
+    }
+    within_for(WAIT * 3, async {
+        let broker = TestBroker::start().await;
+        let api = common::http::Api::of(&broker).unwrap();
+        let conn = broker.connect().await;
+        let ch = confirm_channel(&conn).await;
+        let s = unique("stream-lag");
+        declare_stream(&ch, &s, &[]).await;
+        publish_all(&ch, &s, &bodies("m", 10)).await;
+        // A consumer with a prefetch of 3 that acknowledges nothing.
+        let (_c, mut consumer) = stream_consumer(&conn, &s, 3, first()).await;
+        let got = next_n(&mut consumer, 3).await;
+        assert_eq!(got.len(), 3);
+        let path = format!("/api/queues/%2F/{s}");
+        common::eventually("the reader's lag", WAIT, || async {
+            let q = api.get(&path).await.json;
+            q["consumer_details"][0]["lag"] == 7 && q["consumer_details"][0]["offset"] == 3
+        })
+        .await;
+        let q = api.get(&path).await.json;
+        assert_eq!(q["type"], "stream");
+        assert_eq!(q["messages"], 10);
+        assert_eq!(q["first_offset"], 0);
+        assert_eq!(q["committed_offset"], 9);
+        assert_eq!(q["segments"], 1);
+        assert!(q["stream"]["bytes"].as_u64().unwrap() > 10 * 4);
+        let metrics = api.get("/metrics").await.text;
+        let lag = format!(
+            "leveret_stream_consumer_lag{{vhost=\"/\",queue=\"{s}\",consumer=\"{}\"}} 7",
+            consumer.tag()
+        );
+        assert!(metrics.contains(&lag), "{lag} in\n{metrics}");
+        assert!(metrics.contains(&format!(
+            "leveret_stream_end_offset{{vhost=\"/\",queue=\"{s}\"}} 10"
+        )));
+    })
+    .await
+}
+
+/// Retention drops whole segments, oldest first, and gives the disk back;
+/// a reader from `first` starts at the oldest entry kept.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retention_by_bytes_drops_whole_segments() {
+    if common::against_other_broker() {
+        return;
+    }
+    within_for(WAIT * 3, async {
+        let broker = TestBroker::start().await;
+        let api = common::http::Api::of(&broker).unwrap();
+        let conn = broker.connect().await;
+        let ch = confirm_channel(&conn).await;
+        let s = unique("stream-retention");
+        declare_stream(
+            &ch,
+            &s,
+            &[
+                (
+                    "x-stream-max-segment-size-bytes",
+                    AMQPValue::LongLongInt(2_000),
+                ),
+                ("x-max-length-bytes", AMQPValue::LongLongInt(6_000)),
+            ],
+        )
+        .await;
+        let body = "x".repeat(200);
+        let sent: Vec<String> = (0..100).map(|i| format!("{i:03}{body}")).collect();
+        publish_all(&ch, &s, &sent).await;
+        let path = format!("/api/queues/%2F/{s}");
+        let q = api.get(&path).await.json;
+        let bytes = q["stream"]["bytes"].as_u64().unwrap();
+        assert!(bytes <= 6_000 + 2_500, "{q}");
+        let kept = q["first_offset"].as_u64().unwrap();
+        assert!(kept > 50, "{q}");
+        assert!(q["segments"].as_u64().unwrap() <= 4, "{q}");
+        let (_c, mut consumer) = stream_consumer(&conn, &s, 200, first()).await;
+        let d = next(&mut consumer).await;
+        assert_eq!(offset_of(&d), kept as i64);
+        assert_eq!(text(&d), sent[kept as usize]);
+        delete(&conn, &s).await;
+    })
+    .await
+}
