@@ -32,6 +32,8 @@ use tokio::sync::watch;
 use tokio::sync::Notify;
 use tracing::{debug, info, warn};
 
+/// The longest publisher or offset reference (RabbitMQ's `IS_INVALID_REF`).
+pub(super) const MAX_REFERENCE: usize = 255;
 /// RabbitMQ answers a refused login or vhost only after this long
 /// (`SILENT_CLOSE_DELAY`), then closes: guessing passwords stays slow.
 const SILENT_CLOSE_DELAY: Duration = Duration::from_secs(3);
@@ -156,6 +158,11 @@ impl Connection {
             Duration::from_millis(self.broker.config.limits.handshake_timeout_ms);
         let handshake_deadline = tokio::time::Instant::now() + handshake_timeout;
         let mut buf = BytesMut::with_capacity(READ_CHUNK);
+        // Heartbeats are checked against the last read, not the last wake-up:
+        // a busy stream wakes this task often.
+        let mut last_read = tokio::time::Instant::now();
+        // A watched stream grew or was deleted since the last look.
+        let mut streams_changed = false;
         loop {
             // Every whole frame buffered, in order.
             loop {
@@ -191,17 +198,19 @@ impl Connection {
                     }
                 }
                 if self.outbox.pending() > READ_LIMIT {
-                    tokio::select! {
-                        () = self.outbox.drained_below(READ_LIMIT) => {}
-                        () = super::stopped(&mut shutdown) => return "broker shutting down",
+                    if let Err(reason) = self.wait_for_output(&mut shutdown).await {
+                        return reason;
                     }
+                    last_read = tokio::time::Instant::now();
                 }
             }
             if self.outbox.is_closed() {
                 return "socket closed";
             }
             if self.session.is_some() {
-                self.forget_deleted_streams();
+                if std::mem::take(&mut streams_changed) {
+                    self.forget_deleted_streams();
+                }
                 if self.outbox.pending() <= READ_LIMIT {
                     self.deliver().await;
                 }
@@ -215,12 +224,14 @@ impl Connection {
                     () = self.unconfirmed.below_limit() => {}
                     () = super::stopped(&mut shutdown) => return "broker shutting down",
                 }
+                // The client's heartbeats waited unread meanwhile.
+                last_read = tokio::time::Instant::now();
                 continue;
             }
             let deadline = if self.session.is_none() {
                 Some(handshake_deadline)
             } else {
-                self.read_timeout.map(|t| tokio::time::Instant::now() + t)
+                self.read_timeout.map(|t| last_read + t)
             };
             buf.reserve(READ_CHUNK);
             let read_more = async {
@@ -234,7 +245,10 @@ impl Connection {
             let watcher = self.watcher.clone();
             let outbox = self.outbox.clone();
             tokio::select! {
-                () = watcher.notified() => continue,
+                () = watcher.notified() => {
+                    streams_changed = true;
+                    continue;
+                }
                 () = outbox.drained_below(READ_LIMIT), if more && output_full => continue,
                 () = std::future::ready(()), if more && !output_full => continue,
                 got = read_more => match got {
@@ -247,7 +261,7 @@ impl Connection {
                         return "missed heartbeats";
                     }
                     Some(Ok(0)) | Some(Err(_)) => return "client closed the connection",
-                    Some(Ok(_)) => {}
+                    Some(Ok(_)) => last_read = tokio::time::Instant::now(),
                 },
                 () = super::stopped(&mut shutdown) => {
                     if self.session.is_some() {
@@ -256,6 +270,24 @@ impl Connection {
                     return "broker shutting down";
                 }
             }
+        }
+    }
+
+    /// Waits until the outbox is under its limit again; a client that
+    /// reads nothing for two heartbeat intervals is gone.
+    async fn wait_for_output(
+        &self,
+        shutdown: &mut watch::Receiver<bool>,
+    ) -> Result<(), &'static str> {
+        let limit = self.read_timeout.unwrap_or(Duration::MAX);
+        tokio::select! {
+            drained = tokio::time::timeout(limit, self.outbox.drained_below(READ_LIMIT)) => {
+                drained.map_err(|_| {
+                    warn!(connection = ?self.name, "stream client stopped reading, closing connection");
+                    "client stopped reading"
+                })
+            }
+            () = super::stopped(shutdown) => Err("broker shutting down"),
         }
     }
 
@@ -569,13 +601,22 @@ impl Connection {
                     }
                 });
             }
-            Command::QueryOffset { corr, stream, .. } => {
-                let code = match self.lookup(stream, &[Access::Read]) {
-                    Ok(_) => code::NO_OFFSET,
-                    Err(c) => c,
+            Command::QueryOffset {
+                corr,
+                reference,
+                stream,
+            } => {
+                let (code, offset) = match self.lookup(stream, &[Access::Read]) {
+                    Ok(q) => match q.stream().and_then(|log| log.query_offset(reference)) {
+                        Some(offset) => (code::OK, offset),
+                        None => (code::NO_OFFSET, 0),
+                    },
+                    Err(c) => (c, 0),
                 };
                 self.outbox.push(|b| {
-                    Out::response(b, key::QUERY_OFFSET, corr).u16(code).u64(0);
+                    Out::response(b, key::QUERY_OFFSET, corr)
+                        .u16(code)
+                        .u64(offset);
                 });
             }
             Command::QueryPublisherSequence {
@@ -590,7 +631,11 @@ impl Connection {
                         .u64(seq);
                 });
             }
-            Command::StoreOffset { .. } => {}
+            Command::StoreOffset {
+                reference,
+                stream,
+                offset,
+            } => self.store_offset(reference, stream, offset),
             Command::DeclarePublisher {
                 corr,
                 publisher_id,
@@ -733,6 +778,29 @@ impl Connection {
                     .u16(code::STREAM_NOT_AVAILABLE)
                     .string(&stream);
             });
+        }
+    }
+
+    /// StoreOffset (no response): a subscriber of the stream may, others
+    /// need read permission; a reference over 255 bytes is ignored.
+    fn store_offset(&self, reference: &str, stream: &str, offset: u64) {
+        if reference.len() > MAX_REFERENCE {
+            warn!(connection = ?self.name, "Reference is too long to store offset: {}", reference.len());
+            return;
+        }
+        let subscribed = self.subscriptions.values().find(|s| s.stream == stream);
+        let queue = match subscribed {
+            Some(s) => Ok(s.queue.clone()),
+            None => self.lookup(stream, &[Access::Read]),
+        };
+        let Ok(queue) = queue else {
+            warn!(connection = ?self.name, stream = %loggable(stream), "Not authorized to store offset on stream, or no such stream");
+            return;
+        };
+        if let Some(log) = queue.stream() {
+            if !log.store_offset(reference, offset) {
+                warn!(connection = ?self.name, stream = %loggable(stream), "the stream stores the offsets of too many names; offset not stored");
+            }
         }
     }
 

@@ -6,7 +6,7 @@
 //! ([`MAX_UNCONFIRMED_BYTES`]): past it the connection stops reading its
 //! client until confirms come back, as RabbitMQ's publisher credits do.
 
-use super::connection::{Connection, Session};
+use super::connection::{Connection, Session, MAX_REFERENCE};
 use super::frame::{code, key, BadMessage, Messages, Out};
 use crate::broker::access::{Access, Resource};
 use crate::broker::ops::Gate;
@@ -19,8 +19,6 @@ use tokio::sync::Notify;
 
 /// Payload bytes a connection may have waiting for their confirm.
 pub(super) const MAX_UNCONFIRMED_BYTES: usize = 64 << 20;
-/// The longest publisher reference (RabbitMQ's `IS_INVALID_REF`).
-const MAX_REFERENCE: usize = 255;
 
 pub(super) struct Publisher {
     pub(super) queue: Arc<Queue>,

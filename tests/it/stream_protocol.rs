@@ -479,6 +479,8 @@ const QUERY_PUBLISHER_SEQUENCE: u16 = 5;
 const SUBSCRIBE: u16 = 7;
 const DELIVER: u16 = 8;
 const CREDIT: u16 = 9;
+const QUERY_OFFSET: u16 = 11;
+const NO_OFFSET: u16 = 19;
 const METADATA_UPDATE: u16 = 16;
 const STREAM_ALREADY_EXISTS: u16 = 5;
 const STREAM_NOT_AVAILABLE: u16 = 6;
@@ -605,5 +607,69 @@ async fn a_publisher_reference_deduplicates_and_chunks_carry_what_was_stored() {
     assert_eq!(
         u16::from_be_bytes([update.body[0], update.body[1]]),
         STREAM_NOT_AVAILABLE
+    );
+}
+
+#[tokio::test]
+async fn a_stored_offset_survives_reconnecting() {
+    let broker = common::TestBroker::start().await;
+    if broker.stream_addr.is_none() {
+        return;
+    }
+    let stream = common::unique("stored-offset");
+    rstream(&broker, &["publish", &stream, "10", "m"]).await;
+    // Reads five, stores the fifth's offset, disconnects.
+    let read = rstream(&broker, &["consume", &stream, "5", "first", "svc"]).await;
+    assert_eq!(read["offsets"][4], 4);
+    // A new connection resumes after it.
+    let read = rstream(&broker, &["consume", &stream, "5", "stored", "svc"]).await;
+    assert_eq!(strings(&read["bodies"]), ["m5", "m6", "m7", "m8", "m9"]);
+    // A name nothing was stored for: RabbitMQ's "no offset".
+    let mut c = Client::opened(&broker).await.unwrap();
+    let q = c
+        .request(QUERY_OFFSET, |f| f.string("nobody").string(&stream))
+        .await;
+    assert_eq!(q.code(), NO_OFFSET);
+    rstream(&broker, &["delete", &stream]).await;
+}
+
+#[tokio::test]
+async fn a_silent_subscriber_is_dropped_while_its_stream_is_busy() {
+    let broker = common::TestBroker::start().await;
+    let Some(mut publisher) = Client::opened(&broker).await else {
+        return;
+    };
+    let stream = common::unique("busy");
+    let create = publisher
+        .request(CREATE, |f| f.string(&stream).u32(0))
+        .await;
+    assert_eq!(create.code(), OK);
+    let declared = publisher
+        .request(DECLARE_PUBLISHER, |f| f.u8(1).string("").string(&stream))
+        .await;
+    assert_eq!(declared.code(), OK);
+    // Heartbeats every second, a subscription without credit, then silence.
+    let mut silent = Client::connect(&broker).await.unwrap();
+    assert_eq!(silent.login("guest", "guest", 1).await, OK);
+    assert_eq!(silent.open("/").await.code(), OK);
+    let sub = silent
+        .request(SUBSCRIBE, |f| f.u8(1).string(&stream).u16(3).u16(0))
+        .await;
+    assert_eq!(sub.code(), OK);
+    let watch = tokio::spawn(async move { silent.closed_within(Duration::from_secs(8)).await });
+    // Appends keep waking the silent client's connection meanwhile.
+    let started = Instant::now();
+    let mut id = 0;
+    while !watch.is_finished() && started.elapsed() < Duration::from_secs(8) {
+        id += 1;
+        publish(&mut publisher, &[id]).await;
+        publisher.expect(PUBLISH_CONFIRM).await;
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(watch.await.unwrap(), "the silent client was not dropped");
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        started.elapsed()
     );
 }
