@@ -525,7 +525,7 @@ async fn deliver_loop(queue: Arc<Queue>, reader: Arc<Reader>) {
         let mut stopped_at = None;
         for entry in read.entries {
             let offset = entry.offset;
-            let msg = match delivery(entry) {
+            let msg = match delivery(entry, &queue.name) {
                 Ok(msg) => msg,
                 Err(why) => {
                     return read_failed(&queue, &reader, std::io::Error::other(why));
@@ -561,7 +561,7 @@ fn read_failed(queue: &Arc<Queue>, reader: &Arc<Reader>, e: std::io::Error) {
 }
 
 /// The delivery of one entry to an AMQP 0-9-1 consumer.
-fn delivery(entry: Entry) -> Result<QueuedMessage, String> {
+fn delivery(entry: Entry, stream: &str) -> Result<QueuedMessage, String> {
     let offset = entry.offset;
     let message =
         match stream_entry::decode(Bytes::from(entry.payload)).map_err(|e| e.to_string())? {
@@ -577,8 +577,17 @@ fn delivery(entry: Entry) -> Result<QueuedMessage, String> {
                 body,
                 true,
             ),
-            Payload::Amqp10(_) => {
-                return Err("AMQP 1.0 entries cannot be read over AMQP 0-9-1 yet".into());
+            // Published over the stream protocol: converted as RabbitMQ
+            // converts (amqp10), the offset header added as to any other.
+            Payload::Amqp10(bytes) => {
+                let m = crate::amqp10::to_amqp091(&bytes, stream).map_err(|e| e.to_string())?;
+                Message::new(
+                    m.exchange,
+                    m.routing_key,
+                    with_offset_header(&m.properties, offset),
+                    m.body,
+                    true,
+                )
             }
         };
     Ok(QueuedMessage::new(offset, Arc::new(message)))

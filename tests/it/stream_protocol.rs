@@ -673,3 +673,36 @@ async fn a_silent_subscriber_is_dropped_while_its_stream_is_busy() {
         started.elapsed()
     );
 }
+
+#[tokio::test]
+async fn stream_protocol_messages_are_read_over_amqp() {
+    let broker = common::TestBroker::start().await;
+    if broker.stream_addr.is_none() {
+        return;
+    }
+    let stream = common::unique("stream-to-amqp");
+    rstream(&broker, &["publish", &stream, "3", "sp"]).await;
+    let conn = broker.connect().await;
+    let ch = conn.create_channel().await.unwrap();
+    ch.basic_qos(10, Default::default()).await.unwrap();
+    let mut args = lapin::types::FieldTable::default();
+    args.insert(
+        "x-stream-offset".into(),
+        lapin::types::AMQPValue::LongString("first".into()),
+    );
+    let mut consumer = common::amqp::consume_with(&ch, &stream, "", false, args).await;
+    let deliveries = common::amqp::next_n(&mut consumer, 3).await;
+    let bodies: Vec<&[u8]> = deliveries.iter().map(|d| d.data.as_slice()).collect();
+    assert_eq!(bodies, [&b"sp0"[..], b"sp1", b"sp2"]);
+    for (i, d) in deliveries.iter().enumerate() {
+        let offset = d
+            .properties
+            .headers()
+            .as_ref()
+            .and_then(|h| h.inner().get("x-stream-offset").cloned());
+        assert_eq!(offset, Some(lapin::types::AMQPValue::LongLongInt(i as i64)));
+        d.ack(Default::default()).await.unwrap();
+    }
+    conn.close(200, "bye".into()).await.unwrap();
+    rstream(&broker, &["delete", &stream]).await;
+}
