@@ -191,7 +191,7 @@ pub async fn serve_on(
 /// The connection limits, counted from accept: `max_connections` over
 /// every connection, `max_handshakes` over those not yet open (a client
 /// that has not logged in holds one until its handshake ends or times out).
-struct Admission {
+pub(crate) struct Admission {
     connections: Option<Arc<Semaphore>>,
     handshakes: Option<Arc<Semaphore>>,
 }
@@ -226,7 +226,7 @@ impl Place {
 }
 
 impl Admission {
-    fn new(limits: &LimitsConfig) -> Admission {
+    pub(crate) fn new(limits: &LimitsConfig) -> Admission {
         let limit = |n: usize| (n > 0).then(|| Arc::new(Semaphore::new(n)));
         Admission {
             connections: limit(limits.max_connections),
@@ -235,7 +235,7 @@ impl Admission {
     }
 
     /// Waits until one more connection fits under both limits.
-    async fn place(&self) -> Place {
+    pub(crate) async fn place(&self) -> Place {
         // Connection place first: a client waiting for one holds no
         // handshake place meanwhile.
         let connection = take(&self.connections, "max_connections").await;

@@ -22,6 +22,7 @@ use crate::broker::vhost::{QueueDeclare, VHost};
 use crate::broker::Broker;
 use crate::error::{loggable, AmqpError, ReplyCode};
 use crate::hash::HashMap;
+use crate::server::Place;
 use amq_protocol::types::{AMQPValue, FieldTable};
 use bytes::BytesMut;
 use std::net::SocketAddr;
@@ -99,6 +100,8 @@ pub(crate) struct Connection {
     pub(super) unconfirmed: Arc<Unconfirmed>,
     /// The client takes Deliver version 2 (with the committed offset).
     pub(super) deliver_v2: bool,
+    /// Its places under the broker's connection limits.
+    place: Place,
 }
 
 /// Serves one client over `read`/`write` until it leaves or is closed.
@@ -109,6 +112,7 @@ pub(crate) async fn serve<R, W>(
     local: Option<SocketAddr>,
     broker: Arc<Broker>,
     shutdown: watch::Receiver<bool>,
+    place: Place,
 ) where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin + Send + 'static,
@@ -136,6 +140,7 @@ pub(crate) async fn serve<R, W>(
         watcher: Arc::new(Notify::new()),
         unconfirmed: Arc::new(Unconfirmed::default()),
         deliver_v2: false,
+        place,
     };
     let reason = conn.run(read, shutdown).await;
     match &conn.session {
@@ -156,7 +161,8 @@ impl Connection {
     ) -> &'static str {
         let handshake_timeout =
             Duration::from_millis(self.broker.config.limits.handshake_timeout_ms);
-        let handshake_deadline = tokio::time::Instant::now() + handshake_timeout;
+        // Counted from accept, as AMQP's.
+        let handshake_deadline = self.place.handshake_deadline(handshake_timeout);
         let mut buf = BytesMut::with_capacity(READ_CHUNK);
         // Heartbeats are checked against the last read, not the last wake-up:
         // a busy stream wakes this task often.
@@ -488,6 +494,7 @@ impl Connection {
             );
         });
         self.frame_limit = self.frame_max;
+        self.place.handshake_done();
         info!(connection = ?self.name, user = ?user, vhost = ?vhost.name, "stream connection opened");
         self.session = Some(Session {
             user,

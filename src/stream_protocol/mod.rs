@@ -15,6 +15,7 @@ mod subscribe;
 
 use crate::broker::Broker;
 use crate::listen::accept_any;
+use crate::server::Admission;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpListener;
@@ -37,17 +38,35 @@ pub(crate) async fn serve(
     broker: Arc<Broker>,
     stop: watch::Receiver<bool>,
 ) {
+    // The limits count each protocol's listeners apart, as RabbitMQ's
+    // (Ranch's) max_connections counts per listener.
+    let admission = Admission::new(&broker.config.limits);
     let listeners: Vec<_> = listeners.into_iter().map(|l| (l, ())).collect();
     let mut connections = JoinSet::new();
     let mut stopping = stop.clone();
     loop {
+        // A place under the connection limits is taken before accepting,
+        // as the AMQP listener does.
+        let admitted = async {
+            let place = admission.place().await;
+            (place, accept_any(&listeners).await)
+        };
         tokio::select! {
-            (accepted, ()) = accept_any(&listeners) => match accepted {
+            (mut place, (accepted, ())) = admitted => match accepted {
                 Ok((socket, peer)) => {
+                    place.accepted();
                     let _ = socket.set_nodelay(true);
                     let local = socket.local_addr().ok();
                     let (read, write) = socket.into_split();
-                    connections.spawn(connection::serve(read, write, peer, local, broker.clone(), stop.clone()));
+                    connections.spawn(connection::serve(
+                        read,
+                        write,
+                        peer,
+                        local,
+                        broker.clone(),
+                        stop.clone(),
+                        place,
+                    ));
                 }
                 Err(e) => {
                     error!(error = %e, "stream protocol accept failed");

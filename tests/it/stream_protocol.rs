@@ -706,3 +706,34 @@ async fn stream_protocol_messages_are_read_over_amqp() {
     conn.close(200, "bye".into()).await.unwrap();
     rstream(&broker, &["delete", &stream]).await;
 }
+
+#[tokio::test]
+async fn stream_connections_count_against_max_connections() {
+    if common::against_other_broker() {
+        return;
+    }
+    let mut config = leveret::Config::default();
+    config.limits.max_connections = 2;
+    let broker = common::TestBroker::start_with(config).await;
+    let _a = Client::opened(&broker).await.unwrap();
+    let b = Client::opened(&broker).await.unwrap();
+    // The third waits in the backlog: nothing answers it.
+    let mut third = Client::connect(&broker).await.unwrap();
+    third.send(F::new(PEER_PROPERTIES).u32(1).u32(0)).await;
+    let mut size = [0u8; 4];
+    let answered = tokio::time::timeout(
+        Duration::from_millis(500),
+        third.socket.read_exact(&mut size),
+    )
+    .await;
+    assert!(answered.is_err(), "a third connection was served");
+    // One leaves: the third is served.
+    drop(b);
+    let props = tokio::time::timeout(
+        Duration::from_secs(5),
+        third.expect(PEER_PROPERTIES | RESPONSE),
+    )
+    .await
+    .expect("served once a place is free");
+    assert_eq!(props.code(), OK);
+}
