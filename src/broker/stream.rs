@@ -135,13 +135,25 @@ pub(crate) struct Reader {
     stopped: AtomicBool,
 }
 
-/// The offsets stored for named readers (`store::stream_offsets`), and
-/// whether a save is under way on the writer thread.
-#[derive(Default)]
+/// Values stored per name (`store::stream_offsets`): readers' offsets or
+/// publishers' sequences, and whether a save is under way on the writer
+/// thread.
 struct Tracked {
-    offsets: HashMap<String, u64>,
+    file: &'static str,
+    values: HashMap<String, u64>,
     saving: bool,
     changed: bool,
+}
+
+impl Tracked {
+    fn new(file: &'static str, values: HashMap<String, u64>) -> Arc<Mutex<Tracked>> {
+        Arc::new(Mutex::new(Tracked {
+            file,
+            values,
+            saving: false,
+            changed: false,
+        }))
+    }
 }
 
 /// Names whose offsets one stream stores at most: each costs memory and
@@ -157,6 +169,11 @@ pub(crate) struct StreamQueue {
     tail: Arc<Tail>,
     dir: PathBuf,
     tracked: Arc<Mutex<Tracked>>,
+    publishers: Arc<Mutex<Tracked>>,
+    /// Signalled when entries become readable, and when the stream is
+    /// deleted (the stream protocol's subscriptions wait on it).
+    changed: Arc<Notify>,
+    deleted: AtomicBool,
     /// Readers that track their offset (acks look them up only if some do).
     tracking_readers: AtomicUsize,
 }
@@ -178,7 +195,9 @@ impl StreamQueue {
     ) -> Result<StreamQueue, StreamLogError> {
         let dir = log_dir(data_dir, id);
         let (log, opened) = StreamLog::open(&dir, args.max_segment_bytes)?;
-        let offsets = stream_offsets::load(&dir)?;
+        let offsets = stream_offsets::load(&dir, stream_offsets::OFFSETS)?;
+        let publishers = stream_offsets::load(&dir, stream_offsets::PUBLISHERS)?;
+        let changed = Arc::new(Notify::new());
         if opened.torn_bytes > 0 {
             tracing::warn!(
                 stream = name,
@@ -191,6 +210,7 @@ impl StreamQueue {
             readers: Mutex::new(Vec::new()),
         });
         let durable = tail.clone();
+        let waiters = changed.clone();
         let retention = Retention {
             max_bytes: args.max_length_bytes,
             max_age_ms: args.max_age_ms,
@@ -202,6 +222,7 @@ impl StreamQueue {
             Box::new(move |end| {
                 durable.end.fetch_max(end, Ordering::Release);
                 durable.wake_all();
+                waiters.notify_waiters();
             }),
         );
         writer.register(&log);
@@ -212,10 +233,10 @@ impl StreamQueue {
             writer,
             tail,
             dir,
-            tracked: Arc::new(Mutex::new(Tracked {
-                offsets,
-                ..Tracked::default()
-            })),
+            tracked: Tracked::new(stream_offsets::OFFSETS, offsets),
+            publishers: Tracked::new(stream_offsets::PUBLISHERS, publishers),
+            changed,
+            deleted: AtomicBool::new(false),
             tracking_readers: AtomicUsize::new(0),
         })
     }
@@ -370,41 +391,60 @@ impl StreamQueue {
 
     /// The offset stored for `name`, if any.
     pub(crate) fn query_offset(&self, name: &str) -> Option<u64> {
-        self.tracked.lock().offsets.get(name).copied()
+        self.tracked.lock().values.get(name).copied()
     }
 
     /// Stores `offset` for `name` (the stream protocol's StoreOffset, which
     /// may also move back). False when the stream already stores
     /// [`MAX_TRACKED`] other names.
     pub(crate) fn store_offset(&self, name: &str, offset: u64) -> bool {
-        self.store(name, |_| offset)
+        self.store(&self.tracked, name, |_| offset)
     }
 
     fn store_offset_at_least(&self, name: &str, offset: u64) -> bool {
-        self.store(name, |old| old.map_or(offset, |o| o.max(offset)))
+        self.store(&self.tracked, name, |old| {
+            old.map_or(offset, |o| o.max(offset))
+        })
     }
 
-    fn store(&self, name: &str, new: impl FnOnce(Option<u64>) -> u64) -> bool {
-        let mut t = self.tracked.lock();
-        let old = t.offsets.get(name).copied();
-        if old.is_none() && t.offsets.len() >= MAX_TRACKED {
+    /// The last publishing id stored for publisher `name` (the stream
+    /// protocol's QueryPublisherSequence), if any.
+    pub(crate) fn publisher_sequence(&self, name: &str) -> Option<u64> {
+        self.publishers.lock().values.get(name).copied()
+    }
+
+    /// Records that publisher `name`'s messages up to publishing id `seq`
+    /// are on disk (call it once their append is confirmed). Written after
+    /// the log, so after a crash a publisher may be deduplicated against an
+    /// older id: a resend is stored again (at-least-once), never dropped.
+    pub(crate) fn set_publisher_sequence(&self, name: &str, seq: u64) -> bool {
+        self.store(&self.publishers, name, |old| {
+            old.map_or(seq, |o| o.max(seq))
+        })
+    }
+
+    fn store(
+        &self,
+        which: &Arc<Mutex<Tracked>>,
+        name: &str,
+        new: impl FnOnce(Option<u64>) -> u64,
+    ) -> bool {
+        let mut t = which.lock();
+        let old = t.values.get(name).copied();
+        if old.is_none() && t.values.len() >= MAX_TRACKED {
             return false;
         }
         let value = new(old);
         if old == Some(value) {
             return true;
         }
-        t.offsets.insert(name.to_string(), value);
+        t.values.insert(name.to_string(), value);
         t.changed = true;
         if !t.saving {
             t.saving = true;
-            let (tracked, dir, name) = (
-                self.tracked.clone(),
-                self.dir.clone(),
-                self.log.name.clone(),
-            );
+            let (tracked, dir, name) = (which.clone(), self.dir.clone(), self.log.name.clone());
             self.writer
-                .run_file_job(Box::new(move || save_offsets(&tracked, &dir, &name)));
+                .run_file_job(Box::new(move || save_tracked(&tracked, &dir, &name)));
         }
         true
     }
@@ -414,12 +454,30 @@ impl StreamQueue {
         let mut all: Vec<(String, u64)> = self
             .tracked
             .lock()
-            .offsets
+            .values
             .iter()
             .map(|(k, v)| (k.clone(), *v))
             .collect();
         all.sort();
         all
+    }
+
+    /// Completes once an entry at or past `offset` is readable, or the
+    /// stream is deleted (check [`is_deleted`](Self::is_deleted)).
+    pub(crate) async fn wait_readable(&self, offset: u64) {
+        loop {
+            let changed = self.changed.notified();
+            tokio::pin!(changed);
+            changed.as_mut().enable();
+            if self.readable_end() > offset || self.is_deleted() {
+                return;
+            }
+            changed.await;
+        }
+    }
+
+    pub(crate) fn is_deleted(&self) -> bool {
+        self.deleted.load(Ordering::Acquire)
     }
 
     /// The readers, for the management API.
@@ -434,6 +492,8 @@ impl StreamQueue {
 
     /// The stream was deleted: readers stop, the files go.
     pub(crate) fn delete(&self) {
+        self.deleted.store(true, Ordering::Release);
+        self.changed.notify_waiters();
         for r in self.tail.readers.lock().drain(..) {
             r.stopped.store(true, Ordering::Release);
             r.wake.notify_one();
@@ -442,20 +502,21 @@ impl StreamQueue {
     }
 }
 
-/// Writes the stored offsets until no change is left unsaved (on the
-/// writer thread, so acks never wait for a file).
-fn save_offsets(tracked: &Mutex<Tracked>, dir: &Path, stream: &str) {
+/// Writes stored values until no change is left unsaved (on the writer
+/// thread, so acks and confirms never wait for a file).
+fn save_tracked(tracked: &Mutex<Tracked>, dir: &Path, stream: &str) {
     loop {
-        let snapshot: Vec<(String, u64)> = {
+        let (file, snapshot): (&str, Vec<(String, u64)>) = {
             let mut t = tracked.lock();
             if !t.changed {
                 t.saving = false;
                 return;
             }
             t.changed = false;
-            t.offsets.iter().map(|(k, v)| (k.clone(), *v)).collect()
+            let values = t.values.iter().map(|(k, v)| (k.clone(), *v)).collect();
+            (t.file, values)
         };
-        if let Err(e) = stream_offsets::save(dir, &snapshot) {
+        if let Err(e) = stream_offsets::save(dir, file, &snapshot) {
             // Unless the stream was deleted meanwhile, a reader will
             // resume earlier than it should: said, never silent.
             if dir.exists() {
