@@ -163,7 +163,6 @@ pub(crate) const MAX_TRACKED: usize = 10_000;
 pub(crate) struct StreamQueue {
     /// The queue's id in the store; its log lives in `streams/<id>`.
     pub(crate) id: u32,
-    pub(crate) args: StreamArgs,
     log: Arc<Stream>,
     writer: StreamWriter,
     tail: Arc<Tail>,
@@ -228,7 +227,6 @@ impl StreamQueue {
         writer.register(&log);
         Ok(StreamQueue {
             id,
-            args,
             log,
             writer,
             tail,
@@ -239,6 +237,25 @@ impl StreamQueue {
             deleted: AtomicBool::new(false),
             tracking_readers: AtomicUsize::new(0),
         })
+    }
+
+    /// Acts on the effective retention and segment size (the arguments
+    /// resolved against the policy): old segments go at the writer's next
+    /// pass, new segments take the new size.
+    pub(crate) fn apply(&self, effective: &StreamArgs) {
+        *self.log.retention.lock() = Retention {
+            max_bytes: effective.max_length_bytes,
+            max_age_ms: effective.max_age_ms,
+        };
+        self.log
+            .log
+            .write()
+            .set_max_segment_bytes(effective.max_segment_bytes);
+    }
+
+    /// The retention in force.
+    pub(crate) fn retention(&self) -> Retention {
+        *self.log.retention.lock()
     }
 
     /// Appends a message published over AMQP 0-9-1; `appends` learns when

@@ -23,7 +23,8 @@ pub(super) struct StreamRow {
     pub(super) readers: Vec<ReaderRow>,
     /// (name, stored offset, lag).
     pub(super) stored: Vec<(String, u64, u64)>,
-    pub(super) args: crate::broker::stream_args::StreamArgs,
+    /// In force: the arguments resolved against the policy.
+    pub(super) retention: crate::store::stream_writer::Retention,
 }
 
 pub(super) fn row(q: &Queue) -> Option<StreamRow> {
@@ -57,7 +58,7 @@ pub(super) fn row(q: &Queue) -> Option<StreamRow> {
         bytes: extent.bytes,
         readers,
         stored,
-        args: s.args.clone(),
+        retention: s.retention(),
     })
 }
 
@@ -95,9 +96,8 @@ pub(super) fn queue_fields(q: &Queue, queue: &mut Value) {
         })).collect::<Vec<_>>(),
         "stored_offsets": stored,
         "retention": {
-            "max_length_bytes": row.args.max_length_bytes,
-            "max_age_ms": row.args.max_age_ms,
-            "max_segment_size_bytes": row.args.max_segment_bytes,
+            "max_length_bytes": row.retention.max_bytes,
+            "max_age_ms": row.retention.max_age_ms,
         },
     });
 }
