@@ -677,6 +677,7 @@ pub(crate) fn effective_stream_args(declared: &StreamArgs, applied: &Applied) ->
         max_segment_bytes: applied
             .setting(|s| s.stream_max_segment_bytes)
             .unwrap_or(declared.max_segment_bytes),
+        single_active_consumer: declared.single_active_consumer,
     }
 }
 

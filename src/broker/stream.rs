@@ -175,6 +175,9 @@ pub(crate) struct StreamQueue {
     deleted: AtomicBool,
     /// Readers that track their offset (acks look them up only if some do).
     tracking_readers: AtomicUsize,
+    /// `x-single-active-consumer` (a Leveret extension for streams): only
+    /// the oldest reader receives; the next takes over when it goes.
+    single_active: bool,
 }
 
 /// A stream's log directory under the data directory.
@@ -236,6 +239,7 @@ impl StreamQueue {
             changed,
             deleted: AtomicBool::new(false),
             tracking_readers: AtomicUsize::new(0),
+            single_active: args.single_active_consumer,
         })
     }
 
@@ -335,22 +339,18 @@ impl StreamQueue {
     /// Starts delivering to `consumer` as `read` says: after its stored
     /// offset when it tracks one and has one.
     pub(crate) fn add_reader(&self, queue: Arc<Queue>, consumer: Arc<Consumer>, read: ReadSpec) {
-        let stored = read
-            .track
-            .then(|| self.query_offset(&consumer.tag))
-            .flatten();
-        let start = match stored {
-            Some(offset) => StartAt::Offset(offset + 1),
-            None => read.start,
-        };
         if read.track {
             self.tracking_readers.fetch_add(1, Ordering::Relaxed);
         }
+        let start = self.start_of(&consumer.tag, &read);
         let filter = read.filter;
         // Resolved now for every start but a time, so `next` means what
-        // is appended after consume-ok.
+        // is appended after consume-ok; a single active consumer's when it
+        // becomes active (after the one before it, from the offset that
+        // one stored when they share a tag).
         let at = match start {
             StartAt::Time(_) => None,
+            _ if self.single_active => None,
             start => start.resolve(&self.log.log.read()).ok(),
         };
         let reader = Arc::new(Reader {
@@ -365,6 +365,17 @@ impl StreamQueue {
         tokio::spawn(async move {
             if at.is_none() {
                 let Some(stream) = queue.stream() else { return };
+                while !stream.is_active(&reader) {
+                    if reader.stopped.load(Ordering::Acquire) {
+                        return;
+                    }
+                    reader.wake.notified().await;
+                }
+                let start = if stream.single_active {
+                    stream.start_of(&reader.consumer.tag, &read_again(start, reader.track))
+                } else {
+                    start
+                };
                 match stream.resolve(start).await {
                     Ok(offset) => reader.next.store(offset, Ordering::Relaxed),
                     Err(e) => return read_failed(&queue, &reader, e),
@@ -372,6 +383,27 @@ impl StreamQueue {
             }
             deliver_loop(queue, reader).await;
         });
+    }
+
+    /// Where a reader starts: after its stored offset when it tracks one
+    /// and has one, else where it asked.
+    fn start_of(&self, tag: &str, read: &ReadSpec) -> StartAt {
+        match read.track.then(|| self.query_offset(tag)).flatten() {
+            Some(offset) => StartAt::Offset(offset + 1),
+            None => read.start,
+        }
+    }
+
+    /// Whether `reader` may receive: always, but with single active
+    /// consumer only the oldest reader.
+    fn is_active(&self, reader: &Arc<Reader>) -> bool {
+        !self.single_active
+            || self
+                .tail
+                .readers
+                .lock()
+                .first()
+                .is_some_and(|r| Arc::ptr_eq(r, reader))
     }
 
     /// Stops delivering to `consumer`.
@@ -387,6 +419,10 @@ impl StreamQueue {
             }
             true
         });
+        if self.single_active {
+            // The next in line may be active now.
+            self.tail.wake_all();
+        }
     }
 
     /// `consumer` acknowledged the delivery of `offset`: a tracking
@@ -552,6 +588,16 @@ pub(crate) struct LogExtent {
     pub(crate) next: u64,
     pub(crate) segments: usize,
     pub(crate) bytes: u64,
+}
+
+/// A reader's start as a `ReadSpec` again, to look up its stored offset
+/// at activation.
+fn read_again(start: StartAt, track: bool) -> ReadSpec {
+    ReadSpec {
+        start,
+        filter: None,
+        track,
+    }
 }
 
 /// Delivers to one consumer for as long as it is subscribed.
