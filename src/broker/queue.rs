@@ -915,6 +915,16 @@ impl Queue {
                 self.name, self.vhost
             )));
         }
+        if let (Some(stream), Some(read)) = (&self.stream, &read) {
+            if read.track && !stream.can_track(&consumer.tag) {
+                return Err(AmqpError::precondition_failed(format_args!(
+                    "stream '{}' in vhost '{}' already stores the offsets of {} consumers",
+                    self.name,
+                    self.vhost,
+                    super::stream::MAX_TRACKED
+                )));
+            }
+        }
         on_added();
         if let Some(stream) = &self.stream {
             let read = read.unwrap_or(ReadSpec {

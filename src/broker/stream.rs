@@ -442,6 +442,13 @@ impl StreamQueue {
         }
     }
 
+    /// Whether an offset can be stored for `name`: it has one, or there is
+    /// room for another name.
+    pub(crate) fn can_track(&self, name: &str) -> bool {
+        let t = self.tracked.lock();
+        t.values.contains_key(name) || t.values.len() < MAX_TRACKED
+    }
+
     /// The offset stored for `name`, if any.
     pub(crate) fn query_offset(&self, name: &str) -> Option<u64> {
         self.tracked.lock().values.get(name).copied()
