@@ -22,6 +22,7 @@ pub(crate) mod stream;
 pub(crate) mod stream_args;
 pub(crate) mod stream_consume;
 pub(crate) mod stream_publishers;
+pub(crate) mod super_stream;
 pub(crate) mod timers;
 pub(crate) mod topic_permissions;
 pub(crate) mod vhost;

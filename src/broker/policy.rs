@@ -11,6 +11,7 @@
 //! changes, never per message.
 
 use super::queue_args::{Overflow, QueueArgs, QueueType, MAX_TTL_MS};
+use super::stream_args::StreamArgs;
 use amq_protocol::types::FieldTable;
 use regex::Regex;
 use serde::{Deserialize, Serialize};
@@ -69,6 +70,9 @@ pub(crate) struct Settings {
     pub(crate) consumer_timeout: Option<u64>,
     /// `queue-mode`: accepted, with no effect (Leveret pages by itself).
     pub(crate) queue_mode: bool,
+    /// Streams' `max-age` (ms) and `stream-max-segment-size-bytes`.
+    pub(crate) max_age_ms: Option<u64>,
+    pub(crate) stream_max_segment_bytes: Option<u64>,
 }
 
 /// A validated policy, its pattern compiled.
@@ -87,6 +91,8 @@ enum Check {
     Int(i64),
     Str,
     OneOf(&'static [&'static str]),
+    /// A stream's age: `7D`, `30m`… (`stream_args::parse_age`).
+    Age,
 }
 
 const POLICY_KEYS: &[(&str, Check, &str)] = &[
@@ -122,6 +128,7 @@ const POLICY_KEYS: &[(&str, Check, &str)] = &[
         Check::Int(0),
         "is not a valid maximum length in bytes",
     ),
+    ("max-age", Check::Age, "is not a valid max age"),
     ("message-ttl", Check::Int(0), "is not a valid message TTL"),
     (
         "overflow",
@@ -132,6 +139,11 @@ const POLICY_KEYS: &[(&str, Check, &str)] = &[
         "queue-mode",
         Check::OneOf(&["default", "lazy"]),
         "is not a valid queue-mode value",
+    ),
+    (
+        "stream-max-segment-size-bytes",
+        Check::Int(0),
+        "is not a valid segment size",
     ),
 ];
 
@@ -312,6 +324,7 @@ fn parse_definition(
                     "expires" => s.expires = Some(n),
                     "max-length" => s.max_length = Some(n),
                     "max-length-bytes" => s.max_length_bytes = Some(n),
+                    "stream-max-segment-size-bytes" => s.stream_max_segment_bytes = Some(n),
                     _ => s.message_ttl = Some(n),
                 }
             }
@@ -322,6 +335,13 @@ fn parse_definition(
                     "dead-letter-exchange" => s.dead_letter_exchange = Some(text),
                     _ => s.dead_letter_routing_key = Some(text),
                 }
+            }
+            Check::Age => {
+                let ms = v
+                    .as_str()
+                    .and_then(super::stream_args::parse_age)
+                    .ok_or_else(bad)?;
+                s.max_age_ms = Some(ms);
             }
             Check::OneOf(allowed) => {
                 let text = v.as_str().filter(|t| allowed.contains(t)).ok_or_else(bad)?;
@@ -643,6 +663,22 @@ pub(crate) fn effective_queue_args(
         e.dead_letter_routing_key = applied.setting(|s| s.dead_letter_routing_key.clone());
     }
     e
+}
+
+/// What a stream acts on: as RabbitMQ's `rabbit_stream_queue`
+/// (`policy_precedence`), a policy's retention and segment size win over
+/// the stream's arguments. Operator policies have none of these keys.
+pub(crate) fn effective_stream_args(declared: &StreamArgs, applied: &Applied) -> StreamArgs {
+    StreamArgs {
+        max_length_bytes: applied
+            .setting(|s| s.max_length_bytes)
+            .or(declared.max_length_bytes),
+        max_age_ms: applied.setting(|s| s.max_age_ms).or(declared.max_age_ms),
+        max_segment_bytes: applied
+            .setting(|s| s.stream_max_segment_bytes)
+            .unwrap_or(declared.max_segment_bytes),
+        single_active_consumer: declared.single_active_consumer,
+    }
 }
 
 #[cfg(test)]

@@ -8,7 +8,7 @@ use super::consumer::Consumer;
 use super::dead_letter::{with_delivery_count, DeadLetter, DeadLetters, Reason};
 use super::flow::FlowLimits;
 use super::memory::MemoryGauge;
-use super::policy::{effective_queue_args, Applied};
+use super::policy::{effective_queue_args, effective_stream_args, Applied};
 use super::queue_args::{Overflow, QueueArgs, QueueType};
 use super::queue_stats::QueueStats;
 use super::stream::StreamQueue;
@@ -166,6 +166,9 @@ impl Queue {
         stream: Option<StreamQueue>,
     ) -> Arc<Queue> {
         let effective = effective_queue_args(&args, &arguments, &applied);
+        if let (Some(stream), Some(declared)) = (&stream, &args.stream) {
+            stream.apply(&effective_stream_args(declared, &applied));
+        }
         let queue = Arc::new_cyclic(|me: &Weak<Queue>| {
             let weak: Weak<dyn QueueEvents> = me.clone();
             let store_id = disk.as_ref().map(|d| d.queue_id);
@@ -281,6 +284,9 @@ impl Queue {
         let mut st = self.state.lock();
         if st.applied.is_same_as(&applied) {
             return;
+        }
+        if let (Some(stream), Some(declared)) = (&self.stream, &self.args.stream) {
+            stream.apply(&effective_stream_args(declared, &applied));
         }
         let effective = effective_queue_args(&self.args, &self.arguments, &applied);
         let expires_changed = effective.expires != st.effective.expires;
@@ -908,6 +914,16 @@ impl Queue {
                 "queue '{}' in vhost '{}' in exclusive use",
                 self.name, self.vhost
             )));
+        }
+        if let (Some(stream), Some(read)) = (&self.stream, &read) {
+            if read.track && !stream.can_track(&consumer.tag) {
+                return Err(AmqpError::precondition_failed(format_args!(
+                    "stream '{}' in vhost '{}' already stores the offsets of {} consumers",
+                    self.name,
+                    self.vhost,
+                    super::stream::MAX_TRACKED
+                )));
+            }
         }
         on_added();
         if let Some(stream) = &self.stream {

@@ -104,11 +104,13 @@ impl QueueArgs {
             None | Some("classic") => QueueType::Classic,
             Some("quorum") => QueueType::Quorum,
             Some("stream") => {
+                let stream = super::stream_args::StreamArgs::parse(args, q)?;
                 return Ok(QueueArgs {
                     queue_type: QueueType::Stream,
-                    stream: Some(super::stream_args::StreamArgs::parse(args, q)?),
+                    single_active_consumer: stream.single_active_consumer,
+                    stream: Some(stream),
                     ..QueueArgs::default()
-                })
+                });
             }
             Some(other) => {
                 return Err(invalid(

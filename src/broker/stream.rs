@@ -140,13 +140,25 @@ pub(crate) struct Reader {
     stopped: AtomicBool,
 }
 
-/// The offsets stored for named readers (`store::stream_offsets`), and
-/// whether a save is under way on the writer thread.
-#[derive(Default)]
+/// Values stored per name (`store::stream_offsets`): readers' offsets or
+/// publishers' sequences, and whether a save is under way on the writer
+/// thread.
 struct Tracked {
-    offsets: HashMap<String, u64>,
+    file: &'static str,
+    values: HashMap<String, u64>,
     saving: bool,
     changed: bool,
+}
+
+impl Tracked {
+    fn new(file: &'static str, values: HashMap<String, u64>) -> Arc<Mutex<Tracked>> {
+        Arc::new(Mutex::new(Tracked {
+            file,
+            values,
+            saving: false,
+            changed: false,
+        }))
+    }
 }
 
 /// Names whose offsets one stream stores at most: each costs memory and
@@ -156,14 +168,21 @@ pub(crate) const MAX_TRACKED: usize = 10_000;
 pub(crate) struct StreamQueue {
     /// The queue's id in the store; its log lives in `streams/<id>`.
     pub(crate) id: u32,
-    pub(crate) args: StreamArgs,
     log: Arc<Stream>,
     writer: StreamWriter,
     tail: Arc<Tail>,
     dir: PathBuf,
     tracked: Arc<Mutex<Tracked>>,
+    publishers: Arc<Mutex<Tracked>>,
+    /// Signalled when entries become readable, and when the stream is
+    /// deleted (the stream protocol's subscriptions wait on it).
+    changed: Arc<Notify>,
+    deleted: AtomicBool,
     /// Readers that track their offset (acks look them up only if some do).
     tracking_readers: AtomicUsize,
+    /// `x-single-active-consumer` (a Leveret extension for streams): only
+    /// the oldest reader receives; the next takes over when it goes.
+    single_active: bool,
 }
 
 /// A stream's log directory under the data directory.
@@ -183,7 +202,9 @@ impl StreamQueue {
     ) -> Result<StreamQueue, StreamLogError> {
         let dir = log_dir(data_dir, id);
         let (log, opened) = StreamLog::open(&dir, args.max_segment_bytes)?;
-        let offsets = stream_offsets::load(&dir)?;
+        let offsets = stream_offsets::load(&dir, stream_offsets::OFFSETS)?;
+        let publishers = stream_offsets::load(&dir, stream_offsets::PUBLISHERS)?;
+        let changed = Arc::new(Notify::new());
         if opened.torn_bytes > 0 {
             tracing::warn!(
                 stream = name,
@@ -197,6 +218,7 @@ impl StreamQueue {
             watchers: Mutex::new(Vec::new()),
         });
         let durable = tail.clone();
+        let waiters = changed.clone();
         let retention = Retention {
             max_bytes: args.max_length_bytes,
             max_age_ms: args.max_age_ms,
@@ -208,22 +230,42 @@ impl StreamQueue {
             Box::new(move |end| {
                 durable.end.fetch_max(end, Ordering::Release);
                 durable.wake_all();
+                waiters.notify_waiters();
             }),
         );
         writer.register(&log);
         Ok(StreamQueue {
             id,
-            args,
             log,
             writer,
             tail,
             dir,
-            tracked: Arc::new(Mutex::new(Tracked {
-                offsets,
-                ..Tracked::default()
-            })),
+            tracked: Tracked::new(stream_offsets::OFFSETS, offsets),
+            publishers: Tracked::new(stream_offsets::PUBLISHERS, publishers),
+            changed,
+            deleted: AtomicBool::new(false),
             tracking_readers: AtomicUsize::new(0),
+            single_active: args.single_active_consumer,
         })
+    }
+
+    /// Acts on the effective retention and segment size (the arguments
+    /// resolved against the policy): old segments go at the writer's next
+    /// pass, new segments take the new size.
+    pub(crate) fn apply(&self, effective: &StreamArgs) {
+        *self.log.retention.lock() = Retention {
+            max_bytes: effective.max_length_bytes,
+            max_age_ms: effective.max_age_ms,
+        };
+        self.log
+            .log
+            .write()
+            .set_max_segment_bytes(effective.max_segment_bytes);
+    }
+
+    /// The retention in force.
+    pub(crate) fn retention(&self) -> Retention {
+        *self.log.retention.lock()
     }
 
     /// Appends a message published over AMQP 0-9-1; `appends` learns when
@@ -303,22 +345,18 @@ impl StreamQueue {
     /// Starts delivering to `consumer` as `read` says: after its stored
     /// offset when it tracks one and has one.
     pub(crate) fn add_reader(&self, queue: Arc<Queue>, consumer: Arc<Consumer>, read: ReadSpec) {
-        let stored = read
-            .track
-            .then(|| self.query_offset(&consumer.tag))
-            .flatten();
-        let start = match stored {
-            Some(offset) => StartAt::Offset(offset + 1),
-            None => read.start,
-        };
         if read.track {
             self.tracking_readers.fetch_add(1, Ordering::Relaxed);
         }
+        let start = self.start_of(&consumer.tag, &read);
         let filter = read.filter;
         // Resolved now for every start but a time, so `next` means what
-        // is appended after consume-ok.
+        // is appended after consume-ok; a single active consumer's when it
+        // becomes active (after the one before it, from the offset that
+        // one stored when they share a tag).
         let at = match start {
             StartAt::Time(_) => None,
+            _ if self.single_active => None,
             start => start.resolve(&self.log.log.read()).ok(),
         };
         let reader = Arc::new(Reader {
@@ -333,6 +371,17 @@ impl StreamQueue {
         tokio::spawn(async move {
             if at.is_none() {
                 let Some(stream) = queue.stream() else { return };
+                while !stream.is_active(&reader) {
+                    if reader.stopped.load(Ordering::Acquire) {
+                        return;
+                    }
+                    reader.wake.notified().await;
+                }
+                let start = if stream.single_active {
+                    stream.start_of(&reader.consumer.tag, &read_again(start, reader.track))
+                } else {
+                    start
+                };
                 match stream.resolve(start).await {
                     Ok(offset) => reader.next.store(offset, Ordering::Relaxed),
                     Err(e) => return read_failed(&queue, &reader, e),
@@ -340,6 +389,27 @@ impl StreamQueue {
             }
             deliver_loop(queue, reader).await;
         });
+    }
+
+    /// Where a reader starts: after its stored offset when it tracks one
+    /// and has one, else where it asked.
+    fn start_of(&self, tag: &str, read: &ReadSpec) -> StartAt {
+        match read.track.then(|| self.query_offset(tag)).flatten() {
+            Some(offset) => StartAt::Offset(offset + 1),
+            None => read.start,
+        }
+    }
+
+    /// Whether `reader` may receive: always, but with single active
+    /// consumer only the oldest reader.
+    fn is_active(&self, reader: &Arc<Reader>) -> bool {
+        !self.single_active
+            || self
+                .tail
+                .readers
+                .lock()
+                .first()
+                .is_some_and(|r| Arc::ptr_eq(r, reader))
     }
 
     /// Stops delivering to `consumer`.
@@ -355,6 +425,10 @@ impl StreamQueue {
             }
             true
         });
+        if self.single_active {
+            // The next in line may be active now.
+            self.tail.wake_all();
+        }
     }
 
     /// `consumer` acknowledged the delivery of `offset`: a tracking
@@ -374,43 +448,69 @@ impl StreamQueue {
         }
     }
 
+    /// Whether an offset can be stored for `name`: it has one, or there is
+    /// room for another name.
+    pub(crate) fn can_track(&self, name: &str) -> bool {
+        let t = self.tracked.lock();
+        t.values.contains_key(name) || t.values.len() < MAX_TRACKED
+    }
+
     /// The offset stored for `name`, if any.
     pub(crate) fn query_offset(&self, name: &str) -> Option<u64> {
-        self.tracked.lock().offsets.get(name).copied()
+        self.tracked.lock().values.get(name).copied()
     }
 
     /// Stores `offset` for `name` (the stream protocol's StoreOffset, which
     /// may also move back). False when the stream already stores
     /// [`MAX_TRACKED`] other names.
     pub(crate) fn store_offset(&self, name: &str, offset: u64) -> bool {
-        self.store(name, |_| offset)
+        self.store(&self.tracked, name, |_| offset)
     }
 
     fn store_offset_at_least(&self, name: &str, offset: u64) -> bool {
-        self.store(name, |old| old.map_or(offset, |o| o.max(offset)))
+        self.store(&self.tracked, name, |old| {
+            old.map_or(offset, |o| o.max(offset))
+        })
     }
 
-    fn store(&self, name: &str, new: impl FnOnce(Option<u64>) -> u64) -> bool {
-        let mut t = self.tracked.lock();
-        let old = t.offsets.get(name).copied();
-        if old.is_none() && t.offsets.len() >= MAX_TRACKED {
+    /// The last publishing id stored for publisher `name` (the stream
+    /// protocol's QueryPublisherSequence), if any.
+    pub(crate) fn publisher_sequence(&self, name: &str) -> Option<u64> {
+        self.publishers.lock().values.get(name).copied()
+    }
+
+    /// Records that publisher `name`'s messages up to publishing id `seq`
+    /// are on disk (call it once their append is confirmed). Written after
+    /// the log, so after a crash a publisher may be deduplicated against an
+    /// older id: a resend is stored again (at-least-once), never dropped.
+    pub(crate) fn set_publisher_sequence(&self, name: &str, seq: u64) -> bool {
+        self.store(&self.publishers, name, |old| {
+            old.map_or(seq, |o| o.max(seq))
+        })
+    }
+
+    fn store(
+        &self,
+        which: &Arc<Mutex<Tracked>>,
+        name: &str,
+        new: impl FnOnce(Option<u64>) -> u64,
+    ) -> bool {
+        let mut t = which.lock();
+        let old = t.values.get(name).copied();
+        if old.is_none() && t.values.len() >= MAX_TRACKED {
             return false;
         }
         let value = new(old);
         if old == Some(value) {
             return true;
         }
-        t.offsets.insert(name.to_string(), value);
+        t.values.insert(name.to_string(), value);
         t.changed = true;
         if !t.saving {
             t.saving = true;
-            let (tracked, dir, name) = (
-                self.tracked.clone(),
-                self.dir.clone(),
-                self.log.name.clone(),
-            );
+            let (tracked, dir, name) = (which.clone(), self.dir.clone(), self.log.name.clone());
             self.writer
-                .run_file_job(Box::new(move || save_offsets(&tracked, &dir, &name)));
+                .run_file_job(Box::new(move || save_tracked(&tracked, &dir, &name)));
         }
         true
     }
@@ -420,12 +520,30 @@ impl StreamQueue {
         let mut all: Vec<(String, u64)> = self
             .tracked
             .lock()
-            .offsets
+            .values
             .iter()
             .map(|(k, v)| (k.clone(), *v))
             .collect();
         all.sort();
         all
+    }
+
+    /// Completes once an entry at or past `offset` is readable, or the
+    /// stream is deleted (check [`is_deleted`](Self::is_deleted)).
+    pub(crate) async fn wait_readable(&self, offset: u64) {
+        loop {
+            let changed = self.changed.notified();
+            tokio::pin!(changed);
+            changed.as_mut().enable();
+            if self.readable_end() > offset || self.is_deleted() {
+                return;
+            }
+            changed.await;
+        }
+    }
+
+    pub(crate) fn is_deleted(&self) -> bool {
+        self.deleted.load(Ordering::Acquire)
     }
 
     /// The readers, for the management API.
@@ -452,6 +570,8 @@ impl StreamQueue {
 
     /// The stream was deleted: readers stop, the files go.
     pub(crate) fn delete(&self) {
+        self.deleted.store(true, Ordering::Release);
+        self.changed.notify_waiters();
         for r in self.tail.readers.lock().drain(..) {
             r.stopped.store(true, Ordering::Release);
             r.wake.notify_one();
@@ -465,20 +585,21 @@ impl StreamQueue {
     }
 }
 
-/// Writes the stored offsets until no change is left unsaved (on the
-/// writer thread, so acks never wait for a file).
-fn save_offsets(tracked: &Mutex<Tracked>, dir: &Path, stream: &str) {
+/// Writes stored values until no change is left unsaved (on the writer
+/// thread, so acks and confirms never wait for a file).
+fn save_tracked(tracked: &Mutex<Tracked>, dir: &Path, stream: &str) {
     loop {
-        let snapshot: Vec<(String, u64)> = {
+        let (file, snapshot): (&str, Vec<(String, u64)>) = {
             let mut t = tracked.lock();
             if !t.changed {
                 t.saving = false;
                 return;
             }
             t.changed = false;
-            t.offsets.iter().map(|(k, v)| (k.clone(), *v)).collect()
+            let values = t.values.iter().map(|(k, v)| (k.clone(), *v)).collect();
+            (t.file, values)
         };
-        if let Err(e) = stream_offsets::save(dir, &snapshot) {
+        if let Err(e) = stream_offsets::save(dir, file, &snapshot) {
             // Unless the stream was deleted meanwhile, a reader will
             // resume earlier than it should: said, never silent.
             if dir.exists() {
@@ -497,6 +618,16 @@ pub(crate) struct LogExtent {
     pub(crate) next: u64,
     pub(crate) segments: usize,
     pub(crate) bytes: u64,
+}
+
+/// A reader's start as a `ReadSpec` again, to look up its stored offset
+/// at activation.
+fn read_again(start: StartAt, track: bool) -> ReadSpec {
+    ReadSpec {
+        start,
+        filter: None,
+        track,
+    }
 }
 
 /// Delivers to one consumer for as long as it is subscribed.

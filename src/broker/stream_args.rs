@@ -18,6 +18,9 @@ pub(crate) struct StreamArgs {
     /// Milliseconds.
     pub(crate) max_age_ms: Option<u64>,
     pub(crate) max_segment_bytes: u64,
+    /// Leveret's extension: one consumer at a time (RabbitMQ 3.10 refuses
+    /// the argument on streams; its stream protocol has the same idea).
+    pub(crate) single_active_consumer: bool,
 }
 
 /// Arguments of the other queue types; a stream refuses each
@@ -37,7 +40,6 @@ const NOT_FOR_STREAMS: &[&str] = &[
     "x-queue-master-locator",
     "x-queue-mode",
     "x-queue-version",
-    "x-single-active-consumer",
 ];
 
 impl StreamArgs {
@@ -106,10 +108,21 @@ impl StreamArgs {
                 ))
             }
         };
+        let single_active_consumer = match t.get("x-single-active-consumer") {
+            None => false,
+            Some(AMQPValue::Boolean(b)) => *b,
+            Some(v) => {
+                return Err(invalid(
+                    "x-single-active-consumer",
+                    format!("{{unacceptable_type,{}}}", type_name(v)),
+                ))
+            }
+        };
         Ok(StreamArgs {
             max_length_bytes,
             max_age_ms,
             max_segment_bytes,
+            single_active_consumer,
         })
     }
 }
@@ -188,7 +201,7 @@ mod tests {
             ("x-message-ttl", AMQPValue::LongInt(10), "invalid arg 'x-message-ttl' for queue 's' in vhost '/' of queue type rabbit_stream_queue"),
             ("x-dead-letter-exchange", s("x"), "invalid arg 'x-dead-letter-exchange' for queue 's' in vhost '/' of queue type rabbit_stream_queue"),
             ("x-max-priority", AMQPValue::LongInt(3), "invalid arg 'x-max-priority' for queue 's' in vhost '/' of queue type rabbit_stream_queue"),
-            ("x-single-active-consumer", AMQPValue::Boolean(true), "invalid arg 'x-single-active-consumer' for queue 's' in vhost '/' of queue type rabbit_stream_queue"),
+            ("x-single-active-consumer", s("true"), "invalid arg 'x-single-active-consumer' for queue 's' in vhost '/': {unacceptable_type,longstr}"),
             ("x-overflow", s("reject-publish"), "invalid arg 'x-overflow' for queue 's' in vhost '/' of queue type rabbit_stream_queue"),
             ("x-expires", AMQPValue::LongInt(1000), "invalid arg 'x-expires' for queue 's' in vhost '/' of queue type rabbit_stream_queue"),
         ];
@@ -218,6 +231,7 @@ mod tests {
                 max_length_bytes: Some(20_000_000_000),
                 max_age_ms: Some(7 * 86_400_000),
                 max_segment_bytes: 100_000_000,
+                single_active_consumer: false,
             }
         );
         assert_eq!(check(&[]).unwrap().max_segment_bytes, DEFAULT_SEGMENT_BYTES);

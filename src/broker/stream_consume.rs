@@ -151,6 +151,9 @@ impl ReadSpec {
     }
 }
 
+/// Filter values one consumer may ask for.
+pub(crate) const MAX_FILTER_VALUES: usize = 64;
+
 /// What a consumer filters on (RabbitMQ 3.13): `x-stream-filter`, one
 /// value or an array of them, and `x-stream-match-unfiltered`, whether
 /// messages without a filter value match too (default false).
@@ -171,6 +174,13 @@ pub(crate) fn filter(args: &FieldTable) -> Result<Option<Filter>, AmqpError> {
             "x-stream-filter must be a string or an array of strings",
         ));
     };
+    // Each entry is checked against every value: bounded, so a reader's
+    // cost per entry is too.
+    if values.len() > MAX_FILTER_VALUES {
+        return Err(AmqpError::precondition_failed(format_args!(
+            "x-stream-filter takes at most {MAX_FILTER_VALUES} values"
+        )));
+    }
     let match_unfiltered = match t.get("x-stream-match-unfiltered") {
         None => false,
         Some(AMQPValue::Boolean(b)) => *b,

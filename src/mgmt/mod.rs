@@ -179,6 +179,12 @@ pub(crate) async fn serve(
                 .put(policies::put_policy)
                 .delete(policies::delete_policy),
         )
+        .route(
+            "/api/stream/super-streams/{vhost}/{name}",
+            get(streams::super_stream)
+                .put(streams::put_super_stream)
+                .delete(streams::delete_super_stream),
+        )
         .route("/api/operator-policies", get(policies::operator_policies))
         .route(
             "/api/operator-policies/{vhost}",

@@ -3,8 +3,18 @@
 //! consumer's offset and lag behind the tail, and the offsets stored for
 //! named readers with their lag.
 
+use super::api::{body, created_or_updated, json_table, no_content, ApiError, ApiResult, User};
+use super::objects::ApiGate;
 use crate::broker::queue::Queue;
+use crate::broker::super_stream;
+use crate::broker::Broker;
+use amq_protocol::types::FieldTable;
+use axum::extract::{Path, State};
+use axum::response::IntoResponse;
+use axum::Extension;
+use bytes::Bytes;
 use serde_json::{json, Map, Value};
+use std::sync::Arc;
 
 /// One reader's place: (consumer tag, channel number, next offset, lag).
 pub(super) struct ReaderRow {
@@ -23,7 +33,8 @@ pub(super) struct StreamRow {
     pub(super) readers: Vec<ReaderRow>,
     /// (name, stored offset, lag).
     pub(super) stored: Vec<(String, u64, u64)>,
-    pub(super) args: crate::broker::stream_args::StreamArgs,
+    /// In force: the arguments resolved against the policy.
+    pub(super) retention: crate::store::stream_writer::Retention,
 }
 
 pub(super) fn row(q: &Queue) -> Option<StreamRow> {
@@ -57,7 +68,7 @@ pub(super) fn row(q: &Queue) -> Option<StreamRow> {
         bytes: extent.bytes,
         readers,
         stored,
-        args: s.args.clone(),
+        retention: s.retention(),
     })
 }
 
@@ -95,9 +106,110 @@ pub(super) fn queue_fields(q: &Queue, queue: &mut Value) {
         })).collect::<Vec<_>>(),
         "stored_offsets": stored,
         "retention": {
-            "max_length_bytes": row.args.max_length_bytes,
-            "max_age_ms": row.args.max_age_ms,
-            "max_segment_size_bytes": row.args.max_segment_bytes,
+            "max_length_bytes": row.retention.max_bytes,
+            "max_age_ms": row.retention.max_age_ms,
         },
     });
+}
+
+// ---------------------------------------------------------------- super streams
+
+/// `PUT /api/stream/super-streams/{vhost}/{name}`, as RabbitMQ 3.13's
+/// stream management plugin: `partitions` (a count) or `binding-keys`
+/// (comma-separated), and the partitions' `arguments`.
+#[derive(serde::Deserialize)]
+pub(super) struct SuperStreamBody {
+    #[serde(default)]
+    partitions: Option<Value>,
+    #[serde(default, rename = "binding-keys")]
+    binding_keys: Option<Value>,
+    #[serde(default)]
+    arguments: Value,
+}
+
+pub(super) async fn put_super_stream(
+    State(broker): State<Arc<Broker>>,
+    Extension(user): Extension<User>,
+    Path((vhost, name)): Path<(String, String)>,
+    raw: Bytes,
+) -> ApiResult {
+    let v = user.vhost_for_change(&broker, &vhost)?;
+    let b: SuperStreamBody = body(&raw)?;
+    let partitions = match (&b.partitions, &b.binding_keys) {
+        (Some(p), _) => {
+            let n = p
+                .as_u64()
+                .or_else(|| p.as_str().and_then(|s| s.trim().parse().ok()))
+                .ok_or_else(|| ApiError::bad_request("The partitions must be a number"))?;
+            if n < 1 {
+                return Err(ApiError::bad_request(
+                    "The partition number must be greater than 0",
+                ));
+            }
+            if n > super_stream::MAX_PARTITIONS as u64 {
+                return Err(ApiError::bad_request(format!(
+                    "The partition number must not exceed {}",
+                    super_stream::MAX_PARTITIONS
+                )));
+            }
+            super_stream::by_count(&name, n as usize)
+        }
+        (None, Some(keys)) => {
+            let keys: Vec<String> = keys
+                .as_str()
+                .ok_or_else(|| ApiError::bad_request("The binding keys must be a string"))?
+                .split(',')
+                .map(|k| k.trim().to_string())
+                .filter(|k| !k.is_empty())
+                .collect();
+            if keys.is_empty() || keys.len() > super_stream::MAX_PARTITIONS {
+                return Err(ApiError::bad_request(format!(
+                    "There must be between 1 and {} binding keys",
+                    super_stream::MAX_PARTITIONS
+                )));
+            }
+            super_stream::by_binding_keys(&name, &keys)
+        }
+        (None, None) => {
+            return Err(ApiError::bad_request(
+                "One of partitions or binding-keys must be set",
+            ))
+        }
+    };
+    let arguments = if b.arguments.is_null() {
+        FieldTable::default()
+    } else {
+        json_table(&b.arguments)?
+    };
+    let mut gate = ApiGate::new(&broker, &user, &vhost);
+    super_stream::create(&mut gate, &v, &name, &partitions, &arguments)?;
+    Ok(created_or_updated(true))
+}
+
+/// `GET /api/stream/super-streams/{vhost}/{name}` (Leveret's): the
+/// partitions in order.
+pub(super) async fn super_stream(
+    State(broker): State<Arc<Broker>>,
+    Extension(user): Extension<User>,
+    Path((vhost, name)): Path<(String, String)>,
+) -> ApiResult {
+    let v = user.vhost_for_change(&broker, &vhost)?;
+    let partitions = super_stream::partitions(&v, &name).map_err(|_| ApiError::not_found())?;
+    Ok(axum::Json(json!({"name": name, "vhost": vhost, "partitions": partitions})).into_response())
+}
+
+/// `DELETE /api/stream/super-streams/{vhost}/{name}` (Leveret's; RabbitMQ
+/// deletes them with `rabbitmq-streams delete_super_stream`).
+pub(super) async fn delete_super_stream(
+    State(broker): State<Arc<Broker>>,
+    Extension(user): Extension<User>,
+    Path((vhost, name)): Path<(String, String)>,
+) -> ApiResult {
+    let v = user.vhost_for_change(&broker, &vhost)?;
+    if super_stream::partitions(&v, &name).is_err() {
+        return Err(ApiError::not_found());
+    }
+    let mut gate = ApiGate::new(&broker, &user, &vhost);
+    super_stream::delete(&mut gate, &v, &name)?;
+    Ok(no_content())
 }

@@ -272,6 +272,11 @@ impl StreamLog {
         self.segments.last().expect("a log has a segment")
     }
 
+    /// Segments started from now on roll over at `bytes`.
+    pub(crate) fn set_max_segment_bytes(&mut self, bytes: u64) {
+        self.max_segment_bytes = bytes;
+    }
+
     /// The directory holding the segments.
     pub(crate) fn dir(&self) -> &Path {
         &self.dir

@@ -1,8 +1,9 @@
-//! Offsets stored on the server for a stream's named readers: AMQP 0-9-1
-//! consumers that track their offset, and the stream protocol's
-//! StoreOffset. Each is the last offset its reader processed.
+//! Values stored on the server per stream and name: the offsets of named
+//! readers (AMQP 0-9-1 consumers that track their offset, and the stream
+//! protocol's StoreOffset; each the last offset its reader processed), and
+//! publishers' last publishing ids (the stream protocol's deduplication).
 //!
-//! The file (`offsets` in the stream's directory) is rewritten whole and
+//! Each file (`offsets`, `publishers` in the stream's directory) is rewritten whole and
 //! renamed into place: `"LVOF" ‖ version u8 ‖ count u32 ‖ entries (name
 //! length u8 ‖ name ‖ offset u64) ‖ crc32 of all before`. A rename leaves
 //! either the old or the new file, so what a reader stored survives a
@@ -16,11 +17,15 @@ use std::path::Path;
 
 const MAGIC: &[u8; 4] = b"LVOF";
 const VERSION: u8 = 1;
-const FILE: &str = "offsets";
+/// Consumers' offsets.
+pub(crate) const OFFSETS: &str = "offsets";
+/// Publishers' last publishing ids (the stream protocol's deduplication).
+pub(crate) const PUBLISHERS: &str = "publishers";
 
-/// Reads the stored offsets of the stream in `dir` (none when new).
-pub(crate) fn load(dir: &Path) -> Result<HashMap<String, u64>, StreamLogError> {
-    let path = dir.join(FILE);
+/// Reads the stored values of the stream in `dir` from `file` (none when
+/// new).
+pub(crate) fn load(dir: &Path, file: &str) -> Result<HashMap<String, u64>, StreamLogError> {
+    let path = dir.join(file);
     let raw = match std::fs::read(&path) {
         Ok(raw) => raw,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(HashMap::new()),
@@ -61,9 +66,9 @@ fn decode(raw: &[u8]) -> Result<HashMap<String, u64>, &'static str> {
     Ok(map)
 }
 
-/// Replaces the stored offsets of the stream in `dir` with `offsets`.
-/// Names are at most 255 bytes (the callers' limit).
-pub(crate) fn save(dir: &Path, offsets: &[(String, u64)]) -> std::io::Result<()> {
+/// Replaces the values stored in `file` of the stream in `dir`. Names
+/// are at most 255 bytes (longer ones are cut there).
+pub(crate) fn save(dir: &Path, file: &str, offsets: &[(String, u64)]) -> std::io::Result<()> {
     let mut out = Vec::with_capacity(13 + offsets.len() * 32);
     out.extend_from_slice(MAGIC);
     out.push(VERSION);
@@ -76,9 +81,9 @@ pub(crate) fn save(dir: &Path, offsets: &[(String, u64)]) -> std::io::Result<()>
     }
     let crc = crc32fast::hash(&out);
     out.extend_from_slice(&crc.to_be_bytes());
-    let tmp = dir.join(format!("{FILE}.new"));
+    let tmp = dir.join(format!("{file}.new"));
     std::fs::write(&tmp, &out)?;
-    std::fs::rename(&tmp, dir.join(FILE))
+    std::fs::rename(&tmp, dir.join(file))
 }
 
 #[cfg(test)]
@@ -93,20 +98,24 @@ mod tests {
             rand::random::<u32>()
         ));
         std::fs::create_dir_all(&dir).unwrap();
-        assert!(load(&dir).unwrap().is_empty());
+        assert!(load(&dir, OFFSETS).unwrap().is_empty());
         let offsets = vec![("analytics".to_string(), 41), ("billing".to_string(), 7)];
-        save(&dir, &offsets).unwrap();
-        let loaded = load(&dir).unwrap();
+        save(&dir, OFFSETS, &offsets).unwrap();
+        let loaded = load(&dir, OFFSETS).unwrap();
         assert_eq!(loaded.len(), 2);
         assert_eq!(loaded["analytics"], 41);
-        let path = dir.join(FILE);
+        assert!(load(&dir, PUBLISHERS).unwrap().is_empty());
+        let path = dir.join(OFFSETS);
         let mut raw = std::fs::read(&path).unwrap();
         for cut in 0..raw.len() {
             assert!(decode(&raw[..cut]).is_err(), "{cut}");
         }
         raw[10] ^= 1;
         std::fs::write(&path, &raw).unwrap();
-        assert!(matches!(load(&dir), Err(StreamLogError::Damaged { .. })));
+        assert!(matches!(
+            load(&dir, OFFSETS),
+            Err(StreamLogError::Damaged { .. })
+        ));
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

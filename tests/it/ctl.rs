@@ -1024,3 +1024,95 @@ async fn help_lists_every_command_and_flag() {
         );
     }
 }
+
+/// Super streams and a stream's status from the command line, as
+/// rabbitmq-streams names them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn super_streams_and_stream_status() {
+    if common::against_other_broker() {
+        return;
+    }
+    let broker = TestBroker::start().await;
+    let api = Api::of(&broker).unwrap();
+    let ctl = Ctl::of(&api);
+    let name = unique("invoices");
+    let out = ctl
+        .ok(&[
+            "add_super_stream",
+            &name,
+            "--partitions",
+            "2",
+            "--max-age",
+            "1D",
+        ])
+        .await;
+    assert_eq!(out, "super stream added\n");
+    let partition = format!("{name}-1");
+    let q = api.get(&format!("/api/queues/%2F/{partition}")).await.json;
+    assert_eq!(q["arguments"]["x-max-age"], "1D", "{q}");
+    // Two messages in partition 1, a consumer reading with prefetch 1.
+    let conn = broker.connect().await;
+    let ch = conn.create_channel().await.unwrap();
+    ch.confirm_select(ConfirmSelectOptions::default())
+        .await
+        .unwrap();
+    for body in [b"a", b"b"] {
+        ch.basic_publish(
+            name.as_str().into(),
+            "1".into(),
+            BasicPublishOptions::default(),
+            body,
+            lapin::BasicProperties::default(),
+        )
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+    }
+    ch.basic_qos(1, BasicQosOptions::default()).await.unwrap();
+    let mut args = FieldTable::default();
+    args.insert(
+        "x-stream-offset".into(),
+        lapin::types::AMQPValue::LongString("first".into()),
+    );
+    let _consumer = ch
+        .basic_consume(
+            partition.as_str().into(),
+            "reader-1".into(),
+            BasicConsumeOptions::default(),
+            args,
+        )
+        .await
+        .unwrap();
+    let deadline = Instant::now() + SETTLE;
+    let status = loop {
+        let status = ctl.ok(&["stream_status", &partition]).await;
+        if status.contains("consumer reader-1") && status.contains("first offset 0, last offset 1")
+            || Instant::now() > deadline
+        {
+            break status;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(
+        status.starts_with("first offset 0, last offset 1, 1 segments"),
+        "{status}"
+    );
+    // Delivered one of two (prefetch 1): its next offset is 1, one behind.
+    assert!(
+        status.lines().any(|l| l.split_whitespace().collect::<Vec<_>>() == ["consumer", "reader-1", "1", "1"]),
+        "{status}"
+    );
+    let err = ctl.run(&["stream_status", &name]).await;
+    assert!(err.error_line().contains("404 Not Found"), "{err:?}");
+    assert_eq!(
+        ctl.ok(&["delete_super_stream", &name]).await,
+        "super stream deleted\n"
+    );
+    assert_eq!(
+        api.get(&format!("/api/queues/%2F/{partition}"))
+            .await
+            .status,
+        404
+    );
+}

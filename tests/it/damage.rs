@@ -624,3 +624,92 @@ async fn an_unreadable_vhost_record_stops_the_start_instead_of_dropping_its_queu
     })
     .await
 }
+
+/// A stream's segment damaged anywhere but a torn tail refuses the start,
+/// naming the file; a torn last write (never confirmed) is cut off and the
+/// confirmed entries before it are all there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn damaged_stream_segment_is_refused_naming_the_file() {
+    within_for(TEST_TIMEOUT, async {
+        let data = TempDir::new("damage-stream");
+        let mut broker = BrokerProcess::start(data.path());
+        {
+            let conn = connect_uri(&broker.uri()).await;
+            let ch = amqp::timed_confirm_channel(&conn, WAIT).await;
+            let mut args = FieldTable::default();
+            args.insert(
+                "x-queue-type".into(),
+                lapin::types::AMQPValue::LongString("stream".into()),
+            );
+            let durable = QueueDeclareOptions {
+                durable: true,
+                ..Default::default()
+            };
+            ch.queue_declare("events".into(), durable, args)
+                .await
+                .expect("declare");
+            for i in 0..100 {
+                let body = format!("event-{i:03}");
+                amqp::publish_and_confirm(&ch, "", "events", body.as_bytes(), persistent()).await;
+            }
+        }
+        broker.kill9();
+        drop(broker);
+        let dir = data.path().join("streams");
+        let stream_dir = std::fs::read_dir(&dir)
+            .unwrap()
+            .next()
+            .unwrap()
+            .unwrap()
+            .path();
+        let segment = std::fs::read_dir(&stream_dir)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .find(|p| p.extension().is_some_and(|e| e == "seg"))
+            .expect("a segment");
+
+        // A torn tail: garbage after the last entry, as a write cut short.
+        let original = std::fs::read(&segment).unwrap();
+        let end = original.iter().rposition(|b| *b != 0).unwrap() + 1;
+        let mut torn = original.clone();
+        torn.truncate(end);
+        torn.extend_from_slice(&[0, 0, 0, 40, 1, 2, 3, 4, 5]);
+        std::fs::write(&segment, &torn).unwrap();
+        match restart(data.path(), None).await {
+            Outcome::Started { broker, .. } => {
+                let line = broker
+                    .wait_for_log(WAIT, |l| l.contains("accepting AMQP"))
+                    .unwrap();
+                let at = line.find("addr=").unwrap() + 5;
+                let addr = line[at..].split_whitespace().next().unwrap();
+                let conn = connect_uri(&format!("amqp://guest:guest@{addr}/%2f")).await;
+                let ch = conn.create_channel().await.unwrap();
+                ch.basic_qos(200, BasicQosOptions::default()).await.unwrap();
+                let mut first = FieldTable::default();
+                first.insert(
+                    "x-stream-offset".into(),
+                    lapin::types::AMQPValue::LongString("first".into()),
+                );
+                let mut c = ch
+                    .basic_consume(
+                        "events".into(),
+                        "".into(),
+                        BasicConsumeOptions::default(),
+                        first,
+                    )
+                    .await
+                    .unwrap();
+                let got = amqp::next_n(&mut c, 100).await;
+                assert_eq!(amqp::text(&got[99]), "event-099");
+            }
+            Outcome::Refused { stderr } => panic!("a torn tail refused the start:\n{stderr}"),
+        }
+
+        // A flipped byte in the middle: refused, naming the segment.
+        let mut flipped = original;
+        flipped[end / 2] ^= 0x40;
+        std::fs::write(&segment, &flipped).unwrap();
+        assert_refused_naming(data.path(), &segment, "stream byte flip").await;
+    })
+    .await
+}

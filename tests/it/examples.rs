@@ -376,3 +376,28 @@ async fn lag_monitor_check_fails_on_a_queue_without_consumers() {
     conn.close(0, "".into()).await.unwrap();
     stop(broker).await;
 }
+
+/// Leveret stores the analytics service's offset (RabbitMQ has no
+/// server-side tracking over AMQP 0-9-1), so this one runs on Leveret only.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn order_events_stream_serves_each_service_at_its_own_offset() {
+    if common::against_other_broker() {
+        return;
+    }
+    let broker = common::TestBroker::start().await;
+    let out = run_example(&broker, "9_order_events_stream.py", &[]).await;
+    assert_eq!(
+        value(&out, Some("run=1"), "first_offset"),
+        Some("10"),
+        "{out}"
+    );
+    assert_eq!(number(&out, Some("run=2"), "first_offset"), 15, "{out}");
+    assert_eq!(number(&out, Some("run=2"), "events"), 5, "{out}");
+    assert_eq!(number(&out, Some("inventory"), "events"), 20, "{out}");
+    assert_eq!(
+        value(&out, None, "analytics_missed_nothing"),
+        Some("True"),
+        "{out}"
+    );
+    stop(broker).await;
+}

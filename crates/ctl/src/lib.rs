@@ -457,12 +457,48 @@ pub enum CtlCommand {
         #[arg(long = "skip-unsupported")]
         skip_unsupported: bool,
     },
+    /// Make a super stream: a direct exchange and its partition streams
+    /// (rabbitmq-streams add_super_stream)
+    AddSuperStream(SuperStreamArgs),
+    /// Remove a super stream: its exchange and partition streams
+    DeleteSuperStream {
+        /// The super stream's name
+        name: String,
+    },
+    /// Where a stream stands: offsets, segments, bytes, each reader's lag
+    /// and the stored offsets (rabbitmq-streams stream_status)
+    StreamStatus {
+        /// The stream's name
+        name: String,
+    },
     /// Show the broker's version, node, object and message totals, rates
     Status,
     /// Check for resource alarms; exit 1 unless there are none
     Health,
     /// Reload the broker's TLS certificate, key and CA files (as SIGHUP)
     ReloadCertificates,
+}
+
+/// The arguments of add_super_stream, as rabbitmq-streams'.
+#[derive(Args, Debug)]
+pub struct SuperStreamArgs {
+    /// The super stream's name
+    name: String,
+    /// How many partitions (NAME-0, NAME-1, …)
+    #[arg(long, conflicts_with = "binding_keys")]
+    partitions: Option<u32>,
+    /// Comma-separated binding keys, one partition each (NAME-KEY)
+    #[arg(long = "binding-keys")]
+    binding_keys: Option<String>,
+    /// Retention by age of each partition, e.g. 7D
+    #[arg(long = "max-age")]
+    max_age: Option<String>,
+    /// Retention by size of each partition, in bytes
+    #[arg(long = "max-length-bytes")]
+    max_length_bytes: Option<u64>,
+    /// Segment size of each partition, in bytes
+    #[arg(long = "stream-max-segment-size-bytes")]
+    max_segment_size_bytes: Option<u64>,
 }
 
 /// The arguments of set_policy and set_operator_policy, as rabbitmqctl's.
@@ -853,6 +889,14 @@ impl Ctx<'_> {
                 args,
                 skip_unsupported,
             } => self.import(args, *skip_unsupported),
+            C::AddSuperStream(a) => self.add_super_stream(a),
+            C::DeleteSuperStream { name } => {
+                let path = format!("/stream/super-streams/{}/{}", self.v(), enc(name));
+                let missing = self.in_vhost(&format!("super stream '{name}'"));
+                self.client.call(Method::Delete, &path, None, &missing)?;
+                self.done("super stream deleted")
+            }
+            C::StreamStatus { name } => self.stream_status(name),
             C::Status => self.status(),
             C::Health => self.health(),
             C::ReloadCertificates => self.reload_certificates(),
@@ -1435,6 +1479,67 @@ impl Ctx<'_> {
         let vhost = format!("vhost '{}'", self.vhost);
         self.client.call(Method::Put, &path, Some(&body), &vhost)?;
         self.done(&format!("{what} set"))
+    }
+
+    fn add_super_stream(&mut self, a: &SuperStreamArgs) -> Result<Outcome, CtlError> {
+        let mut arguments = serde_json::Map::new();
+        if let Some(age) = &a.max_age {
+            arguments.insert("x-max-age".into(), json!(age));
+        }
+        if let Some(n) = a.max_length_bytes {
+            arguments.insert("x-max-length-bytes".into(), json!(n));
+        }
+        if let Some(n) = a.max_segment_size_bytes {
+            arguments.insert("x-stream-max-segment-size-bytes".into(), json!(n));
+        }
+        let body = match (&a.partitions, &a.binding_keys) {
+            (_, Some(keys)) => json!({"binding-keys": keys, "arguments": arguments}),
+            (Some(n), None) => json!({"partitions": n, "arguments": arguments}),
+            (None, None) => json!({"partitions": 3, "arguments": arguments}),
+        };
+        let path = format!("/stream/super-streams/{}/{}", self.v(), enc(&a.name));
+        let vhost = format!("vhost '{}'", self.vhost);
+        self.client.call(Method::Put, &path, Some(&body), &vhost)?;
+        self.done("super stream added")
+    }
+
+    fn stream_status(&mut self, name: &str) -> Result<Outcome, CtlError> {
+        let path = format!("/queues/{}/{}", self.v(), enc(name));
+        let q = self
+            .client
+            .get(&path, &self.in_vhost(&format!("queue '{name}'")))?;
+        let Some(stream) = q.get("stream").filter(|s| s.is_object()) else {
+            return Err(CtlError::failed(format!("queue '{name}' is not a stream")));
+        };
+        if self.format == Format::Json {
+            self.out.push_str(&stream.to_string());
+            self.out.push('\n');
+            return Ok(Outcome::Ok);
+        }
+        let n = |v: &Value| match v {
+            Value::Null => "-".to_string(),
+            v => v.to_string(),
+        };
+        self.out.push_str(&format!(
+            "first offset {}, last offset {}, {} segments, {} bytes\n",
+            n(&stream["first_offset"]),
+            n(&stream["last_offset"]),
+            n(&stream["segments"]),
+            n(&stream["bytes"])
+        ));
+        let mut rows = Vec::new();
+        for r in stream["readers"].as_array().into_iter().flatten() {
+            let tag = r["consumer_tag"].as_str().unwrap_or_default();
+            rows.push(json!({"reader": format!("consumer {tag}"), "offset": r["offset"], "lag": r["lag"]}));
+        }
+        for (reader, stored) in stream["stored_offsets"].as_object().into_iter().flatten() {
+            rows.push(json!({"reader": format!("stored {reader}"), "offset": stored["offset"], "lag": stored["lag"]}));
+        }
+        if !rows.is_empty() {
+            let columns = [("reader", "reader"), ("offset", "offset"), ("lag", "lag")];
+            self.out.push_str(&table::render(&rows, &columns));
+        }
+        Ok(Outcome::Ok)
     }
 
     fn clear_policy(&mut self, kind: &str, what: &str, name: &str) -> Result<Outcome, CtlError> {

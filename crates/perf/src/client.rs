@@ -425,6 +425,7 @@ pub(crate) async fn consume(
     queue_name: &str,
     prefetch: u16,
     no_ack: bool,
+    arguments: FieldTable,
 ) -> io::Result<()> {
     if !no_ack {
         tx.method(
@@ -446,7 +447,7 @@ pub(crate) async fn consume(
             no_ack,
             exclusive: false,
             nowait: false,
-            arguments: FieldTable::default(),
+            arguments,
         })),
     );
     tx.flush().await?;

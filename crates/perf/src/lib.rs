@@ -78,6 +78,10 @@ pub struct PerfArgs {
     /// Queue argument k=v (numbers become integers), repeatable.
     #[arg(long = "queue-args")]
     queue_args: Vec<String>,
+    /// basic.consume argument k=v (numbers become integers), repeatable:
+    /// `x-stream-offset=first` reads a stream from its start.
+    #[arg(long = "consume-args")]
+    consume_args: Vec<String>,
     /// Queue names are PREFIX-1, PREFIX-2, ... (default perf-<pid>).
     #[arg(long)]
     queue_prefix: Option<String>,
@@ -199,7 +203,7 @@ fn queue_arguments(list: &[String]) -> io::Result<FieldTable> {
     for kv in list {
         let (k, v) = kv
             .split_once('=')
-            .ok_or_else(|| io::Error::other(format!("--queue-args takes k=v, not '{kv}'")))?;
+            .ok_or_else(|| io::Error::other(format!("arguments are k=v, not '{kv}'")))?;
         let value = match v.parse::<i64>() {
             Ok(n) => AMQPValue::LongLongInt(n),
             Err(_) => AMQPValue::LongString(LongString::from(v)),
@@ -557,6 +561,7 @@ async fn consumer(
             &plan.queues[queue],
             args.prefetch,
             args.autoack,
+            queue_arguments(&args.consume_args)?,
         )
         .await?;
         Ok::<_, io::Error>((rx, tx))

@@ -208,9 +208,6 @@ fn unsupported_policy_key(key: &str) -> Option<&'static str> {
             "Leveret keeps its own bounded in-memory window per queue"
         }
         "dead-letter-strategy" => "Leveret dead-letters at most once",
-        "max-age" | "stream-max-segment-size-bytes" => {
-            "stream retention is set by the stream's x-arguments, not by policy, in Leveret"
-        }
         "initial-cluster-size" => "Leveret runs one node",
         _ => return None,
     })
