@@ -148,7 +148,6 @@ pub(crate) fn partitions(vhost: &VHost, name: &str) -> Result<Vec<String>, AmqpE
 
 /// The partitions a message with `routing_key` goes to, by binding key
 /// (the stream protocol's Route command).
-#[allow(dead_code)] // until the stream protocol's Route is merged
 pub(crate) fn route(
     vhost: &VHost,
     name: &str,
@@ -160,8 +159,8 @@ pub(crate) fn route(
         .into_iter()
         .filter(|b| b.routing_key == routing_key)
         .filter_map(|b| match b.destination {
-            Destination::Queue(q) => Some(q.name.clone()),
-            Destination::Exchange(_) => None,
+            Destination::Queue(q) if q.stream().is_some() => Some(q.name.clone()),
+            _ => None,
         })
         .collect())
 }

@@ -698,22 +698,27 @@ impl Connection {
                         .u64(at);
                 });
             }
-            // Super streams are not served: their names exist nowhere.
-            Command::Route { corr } => self.outbox.push(|b| {
-                Out::response(b, key::ROUTE, corr)
-                    .u16(code::STREAM_DOES_NOT_EXIST)
-                    .u32(0);
-            }),
-            Command::Partitions { corr } => self.outbox.push(|b| {
-                Out::response(b, key::PARTITIONS, corr)
-                    .u16(code::STREAM_DOES_NOT_EXIST)
-                    .u32(0);
-            }),
-            Command::CreateSuperStream { corr } => {
-                self.respond(key::CREATE_SUPER_STREAM, corr, code::PRECONDITION_FAILED)
+            Command::Route {
+                corr,
+                routing_key,
+                super_stream,
+            } => self.route(corr, routing_key, super_stream),
+            Command::Partitions { corr, super_stream } => self.partitions(corr, super_stream),
+            Command::CreateSuperStream {
+                corr,
+                name,
+                partitions,
+                binding_keys,
+                arguments,
+            } => {
+                let code = self
+                    .create_super_stream(name, &partitions, &binding_keys, &arguments)
+                    .await;
+                self.respond(key::CREATE_SUPER_STREAM, corr, code);
             }
-            Command::DeleteSuperStream { corr } => {
-                self.respond(key::DELETE_SUPER_STREAM, corr, code::STREAM_DOES_NOT_EXIST)
+            Command::DeleteSuperStream { corr, name } => {
+                let code = self.delete_super_stream(name).await;
+                self.respond(key::DELETE_SUPER_STREAM, corr, code);
             }
             Command::ConsumerUpdateResponse { .. } => {}
         }
@@ -945,7 +950,7 @@ impl Connection {
 
     /// OK once topology writes since `mark` are on disk, as AMQP's
     /// declare-ok waits; INTERNAL_ERROR if one failed.
-    async fn durable(&self, mark: u64) -> u16 {
+    pub(super) async fn durable(&self, mark: u64) -> u16 {
         match self.broker.store.meta_durable_since(mark) {
             None => code::OK,
             Some(wait) => match wait.await {
@@ -961,7 +966,7 @@ impl Connection {
 
 /// The versions of each command Leveret serves (RabbitMQ's
 /// `rabbit_stream_utils:command_versions/0`, as of 3.13).
-const COMMAND_VERSIONS: [(u16, u16, u16); 16] = [
+const COMMAND_VERSIONS: [(u16, u16, u16); 20] = [
     (key::DECLARE_PUBLISHER, 1, 1),
     (key::PUBLISH, 1, 2),
     (key::QUERY_PUBLISHER_SEQUENCE, 1, 1),
@@ -978,12 +983,16 @@ const COMMAND_VERSIONS: [(u16, u16, u16); 16] = [
     (key::HEARTBEAT, 1, 1),
     (key::STREAM_STATS, 1, 1),
     (key::RESOLVE_OFFSET_SPEC, 1, 1),
+    (key::ROUTE, 1, 1),
+    (key::PARTITIONS, 1, 1),
+    (key::CREATE_SUPER_STREAM, 1, 1),
+    (key::DELETE_SUPER_STREAM, 1, 1),
 ];
 
 /// The queue arguments a Create's arguments mean (RabbitMQ's
 /// `stream_queue_arguments`): `None` when a number does not parse or an
 /// argument's value is out of range.
-fn stream_arguments(arguments: &[frame::Pair<'_>]) -> Option<FieldTable> {
+pub(super) fn stream_arguments(arguments: &[frame::Pair<'_>]) -> Option<FieldTable> {
     let mut t = FieldTable::default();
     t.insert(
         "x-queue-type".into(),
@@ -1042,7 +1051,7 @@ fn same_arguments(declared: &FieldTable, asked: &FieldTable) -> bool {
 }
 
 /// The response code for a refused topology operation.
-fn error_code(e: &AmqpError) -> u16 {
+pub(super) fn error_code(e: &AmqpError) -> u16 {
     match e.code {
         ReplyCode::AccessRefused => code::ACCESS_REFUSED,
         ReplyCode::PreconditionFailed | ReplyCode::ResourceLocked | ReplyCode::NotAllowed => {

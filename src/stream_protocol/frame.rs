@@ -187,13 +187,19 @@ pub(crate) enum Command<'a> {
     Heartbeat,
     Route {
         corr: u32,
+        routing_key: &'a str,
+        super_stream: &'a str,
     },
     Partitions {
         corr: u32,
+        super_stream: &'a str,
     },
-    /// The client's answer to a consumer update (single active consumer).
+    /// The client's answer to a consumer update (single active consumer):
+    /// where the newly active consumer starts (`None`: where it asked at
+    /// subscribe).
     ConsumerUpdateResponse {
         corr: u32,
+        offset: Option<OffsetSpec>,
     },
     ExchangeCommandVersions {
         corr: u32,
@@ -206,9 +212,14 @@ pub(crate) enum Command<'a> {
     },
     CreateSuperStream {
         corr: u32,
+        name: &'a str,
+        partitions: Vec<&'a str>,
+        binding_keys: Vec<&'a str>,
+        arguments: Vec<Pair<'a>>,
     },
     DeleteSuperStream {
         corr: u32,
+        name: &'a str,
     },
     ResolveOffsetSpec {
         corr: u32,
@@ -306,6 +317,17 @@ impl<'a> Fields<'a> {
             pairs.push((self.string()?, self.string()?));
         }
         Some(pairs)
+    }
+
+    /// A list of strings: u32 count, then strings while the count and the
+    /// bytes last (each takes at least 2 bytes, so the frame bounds it).
+    fn strings(&mut self) -> Option<Vec<&'a str>> {
+        let count = self.u32()?;
+        let mut list = Vec::new();
+        for _ in 0..count {
+            list.push(self.string()?);
+        }
+        Some(list)
     }
 
     /// Properties that may be absent altogether (subscribe's, RabbitMQ's
@@ -458,15 +480,15 @@ fn parse(frame: &[u8]) -> Option<Command<'_>> {
             code: f.u16()?,
             reason: f.string()?,
         },
-        key::ROUTE => {
-            f.string()?;
-            f.string()?;
-            Command::Route { corr }
-        }
-        key::PARTITIONS => {
-            f.string()?;
-            Command::Partitions { corr }
-        }
+        key::ROUTE => Command::Route {
+            corr,
+            routing_key: f.string()?,
+            super_stream: f.string()?,
+        },
+        key::PARTITIONS => Command::Partitions {
+            corr,
+            super_stream: f.string()?,
+        },
         key::EXCHANGE_COMMAND_VERSIONS => {
             let count = f.u32()?;
             let mut versions = Vec::new();
@@ -479,15 +501,17 @@ fn parse(frame: &[u8]) -> Option<Command<'_>> {
             corr,
             stream: f.string()?,
         },
-        key::CREATE_SUPER_STREAM => {
-            // Not served: answered by correlation id alone.
-            f.rest = &[];
-            Command::CreateSuperStream { corr }
-        }
-        key::DELETE_SUPER_STREAM => {
-            f.string()?;
-            Command::DeleteSuperStream { corr }
-        }
+        key::CREATE_SUPER_STREAM => Command::CreateSuperStream {
+            corr,
+            name: f.string()?,
+            partitions: f.strings()?,
+            binding_keys: f.strings()?,
+            arguments: f.map()?,
+        },
+        key::DELETE_SUPER_STREAM => Command::DeleteSuperStream {
+            corr,
+            name: f.string()?,
+        },
         key::RESOLVE_OFFSET_SPEC => {
             let c = Command::ResolveOffsetSpec {
                 corr,
@@ -519,14 +543,14 @@ fn parse_response(key: u16, version: u16, mut f: Fields<'_>) -> Option<Command<'
             let corr = f.u32()?;
             let _code = f.u16()?;
             // The offset specification, 0 (none) included.
-            match f.u16()? {
-                0..=3 => {}
-                4 | 5 => {
-                    f.u64()?;
+            let offset = match f.rest.get(..2) {
+                Some([0, 0]) => {
+                    f.u16()?;
+                    None
                 }
-                _ => return None,
-            }
-            Command::ConsumerUpdateResponse { corr }
+                _ => Some(f.offset_spec()?),
+            };
+            Command::ConsumerUpdateResponse { corr, offset }
         }
         _ => return None,
     };

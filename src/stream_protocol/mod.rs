@@ -12,6 +12,7 @@ mod frame;
 mod outbox;
 mod publish;
 mod subscribe;
+mod super_streams;
 
 use crate::broker::Broker;
 use crate::listen::accept_any;

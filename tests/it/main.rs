@@ -51,4 +51,5 @@ mod queues;
 mod readme;
 mod stream_protocol;
 mod streams;
+mod super_streams;
 mod tls;
