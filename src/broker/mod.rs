@@ -21,6 +21,7 @@ pub(crate) mod queue_stats;
 pub(crate) mod stream;
 pub(crate) mod stream_args;
 pub(crate) mod stream_consume;
+pub(crate) mod stream_groups;
 pub(crate) mod stream_publishers;
 pub(crate) mod super_stream;
 pub(crate) mod timers;
@@ -128,6 +129,8 @@ pub struct Broker {
     queue_services: QueueServices,
     /// The stream protocol's publisher sequences, for deduplication.
     pub(crate) stream_publishers: stream_publishers::PublisherSequences,
+    /// Consumer groups (single active consumer) of stream clients.
+    pub(crate) stream_groups: Arc<stream_groups::StreamGroups>,
     next_id: AtomicU64,
 }
 
@@ -188,6 +191,7 @@ impl Broker {
             connections: DashMap::default(),
             live: limits::LiveCounts::default(),
             stream_publishers: Default::default(),
+            stream_groups: Default::default(),
             next_id: AtomicU64::new(1),
             counters,
             memory,

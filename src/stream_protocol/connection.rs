@@ -10,6 +10,7 @@
 //! after it. Nothing a client sends can stop another connection.
 
 use super::frame::{self, code, key, Command, OffsetSpec, Out, Split, SIZE_PREFIX};
+use super::groups::{GroupInbox, Pending};
 use super::outbox::{Outbox, READ_LIMIT};
 use super::publish::{still_there, Publisher, Unconfirmed};
 use super::subscribe::start_at;
@@ -102,6 +103,11 @@ pub(crate) struct Connection {
     pub(super) deliver_v2: bool,
     /// Its places under the broker's connection limits.
     place: Place,
+    /// Its subscriptions' consumer groups: who it is to them, what they
+    /// told it, what it asked the client.
+    pub(super) group_owner: u64,
+    pub(super) group_inbox: Arc<GroupInbox>,
+    pub(super) pending_updates: Pending,
 }
 
 /// Serves one client over `read`/`write` until it leaves or is closed.
@@ -124,7 +130,11 @@ pub(crate) async fn serve<R, W>(
         None => peer.to_string(),
     };
     let frame_limit = broker.config.stream.initial_frame_max;
+    let watcher = Arc::new(Notify::new());
     let mut conn = Connection {
+        group_owner: broker.stream_groups.owner(),
+        group_inbox: Arc::new(GroupInbox::new(watcher.clone())),
+        pending_updates: Pending::default(),
         broker,
         outbox: outbox.clone(),
         peer,
@@ -137,7 +147,7 @@ pub(crate) async fn serve<R, W>(
         read_timeout: None,
         publishers: HashMap::default(),
         subscriptions: HashMap::default(),
-        watcher: Arc::new(Notify::new()),
+        watcher,
         unconfirmed: Arc::new(Unconfirmed::default()),
         deliver_v2: false,
         place,
@@ -216,6 +226,7 @@ impl Connection {
             if self.session.is_some() {
                 if std::mem::take(&mut streams_changed) {
                     self.forget_deleted_streams();
+                    self.send_consumer_updates();
                 }
                 if self.outbox.pending() <= READ_LIMIT {
                     self.deliver().await;
@@ -719,8 +730,12 @@ impl Connection {
             Command::DeleteSuperStream { corr, name } => {
                 let code = self.delete_super_stream(name).await;
                 self.respond(key::DELETE_SUPER_STREAM, corr, code);
+                // After the response, as RabbitMQ's clean-up after it.
+                self.forget_deleted_streams();
             }
-            Command::ConsumerUpdateResponse { .. } => {}
+            Command::ConsumerUpdateResponse { corr, offset } => {
+                self.consumer_update_answered(corr, offset).await
+            }
         }
         Flow::Continue
     }

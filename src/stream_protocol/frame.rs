@@ -542,14 +542,24 @@ fn parse_response(key: u16, version: u16, mut f: Fields<'_>) -> Option<Command<'
         key::CONSUMER_UPDATE => {
             let corr = f.u32()?;
             let _code = f.u16()?;
-            // The offset specification, 0 (none) included.
-            let offset = match f.rest.get(..2) {
-                Some([0, 0]) => {
-                    f.u16()?;
-                    None
-                }
-                _ => Some(f.offset_spec()?),
+            // The offset specification, 0 (none) included; RabbitMQ's
+            // `offset_spec` ignores what follows a type without a value
+            // (rstream sends a zero offset with each).
+            let offset = match f.u16()? {
+                0 => None,
+                1 => Some(OffsetSpec::First),
+                2 => Some(OffsetSpec::Last),
+                3 => Some(OffsetSpec::Next),
+                4 => Some(OffsetSpec::Offset(f.u64()?)),
+                5 => Some(OffsetSpec::Timestamp(f.u64()? as i64)),
+                _ => return None,
             };
+            if !matches!(
+                offset,
+                Some(OffsetSpec::Offset(_) | OffsetSpec::Timestamp(_))
+            ) {
+                f.rest = &[];
+            }
             Command::ConsumerUpdateResponse { corr, offset }
         }
         _ => return None,
@@ -750,6 +760,64 @@ mod tests {
         v.extend_from_slice(&version.to_be_bytes());
         v.extend_from_slice(body);
         v
+    }
+
+    #[test]
+    fn super_stream_commands_and_consumer_update_answers_decode() {
+        let body = frame(|o| {
+            o.u32(7).string("orders");
+            o.u32(2).string("orders-0").string("orders-1");
+            o.u32(2).string("0").string("1");
+            o.map([("max-age", "1h")].into_iter());
+        });
+        assert_eq!(
+            decode(&request(key::CREATE_SUPER_STREAM, 1, &body)),
+            Command::CreateSuperStream {
+                corr: 7,
+                name: "orders",
+                partitions: vec!["orders-0", "orders-1"],
+                binding_keys: vec!["0", "1"],
+                arguments: vec![("max-age", "1h")],
+            }
+        );
+        let body = frame(|o| {
+            o.u32(8).string("k").string("orders");
+        });
+        assert_eq!(
+            decode(&request(key::ROUTE, 1, &body)),
+            Command::Route {
+                corr: 8,
+                routing_key: "k",
+                super_stream: "orders"
+            }
+        );
+        // A list count past the frame's end is malformed, not a big vector.
+        let body = frame(|o| {
+            o.u32(9).string("orders").u32(u32::MAX);
+        });
+        assert_eq!(
+            decode(&request(key::CREATE_SUPER_STREAM, 1, &body)),
+            Command::Unknown
+        );
+        // rstream sends a zero offset after first/last/next; RabbitMQ
+        // ignores it.
+        let answer = |spec: u16, value: Option<u64>| {
+            let body = frame(|o| {
+                o.u32(3).u16(code::OK).u16(spec);
+                if let Some(v) = value {
+                    o.u64(v);
+                }
+            });
+            match decode(&request(key::CONSUMER_UPDATE | key::RESPONSE, 1, &body)) {
+                Command::ConsumerUpdateResponse { corr: 3, offset } => Some(offset),
+                _ => None,
+            }
+        };
+        assert_eq!(answer(3, Some(0)), Some(Some(OffsetSpec::Next)));
+        assert_eq!(answer(0, None), Some(None));
+        assert_eq!(answer(4, Some(42)), Some(Some(OffsetSpec::Offset(42))));
+        assert_eq!(answer(4, None), None);
+        assert_eq!(answer(9, Some(0)), None);
     }
 
     #[test]

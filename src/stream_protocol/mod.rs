@@ -9,6 +9,7 @@
 mod chunk;
 mod connection;
 mod frame;
+mod groups;
 mod outbox;
 mod publish;
 mod subscribe;

@@ -36,6 +36,19 @@ pub(super) struct Subscription {
     /// Chunks it may still be sent.
     credit: u32,
     filter: Option<Filter>,
+    /// Its consumer group, with single active consumer.
+    pub(super) sac: Option<super::groups::Sac>,
+}
+
+impl Subscription {
+    /// Whether it may be sent chunks: not an inactive group member.
+    fn delivering(&self) -> bool {
+        self.sac.as_ref().is_none_or(|g| g.delivering)
+    }
+
+    pub(super) fn set_next(&mut self, next: u64) {
+        self.next = next;
+    }
 }
 
 impl Connection {
@@ -62,10 +75,6 @@ impl Connection {
                 .find(|(key, _)| *key == k)
                 .map(|(_, v)| *v)
         };
-        if property("single-active-consumer") == Some("true") {
-            // Not served: refused rather than quietly delivering to all.
-            return code::PRECONDITION_FAILED;
-        }
         let values: Vec<String> = properties
             .iter()
             .filter(|(k, _)| k.starts_with("filter."))
@@ -85,6 +94,10 @@ impl Connection {
                 return code::INTERNAL_ERROR;
             }
         };
+        let sac = match self.join_group(id, stream, offset, properties) {
+            Ok(sac) => sac,
+            Err(c) => return c,
+        };
         log.watch(&self.watcher);
         self.subscriptions.insert(
             id,
@@ -94,6 +107,7 @@ impl Connection {
                 next,
                 credit: credit as u32,
                 filter,
+                sac,
             },
         );
         code::OK
@@ -121,9 +135,11 @@ impl Connection {
 
     /// Whether a subscription could be sent something now.
     pub(super) fn can_deliver(&self) -> bool {
-        self.subscriptions
-            .values()
-            .any(|s| s.credit > 0 && s.queue.stream().is_some_and(|l| s.next < l.readable_end()))
+        self.subscriptions.values().any(|s| {
+            s.credit > 0
+                && s.delivering()
+                && s.queue.stream().is_some_and(|l| s.next < l.readable_end())
+        })
     }
 
     /// One round of deliveries: a read for each subscription that has
@@ -141,7 +157,7 @@ impl Connection {
             let Some(log) = queue.stream() else {
                 continue;
             };
-            if s.credit == 0 || s.next >= log.readable_end() {
+            if s.credit == 0 || !s.delivering() || s.next >= log.readable_end() {
                 continue;
             }
             let (from, filter) = (s.next, s.filter.clone());

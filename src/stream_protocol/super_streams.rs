@@ -150,7 +150,7 @@ impl Connection {
 
     /// DeleteSuperStream: configure on the exchange, then the management
     /// permissions over its partitions as they are now.
-    pub(super) async fn delete_super_stream(&mut self, name: &str) -> u16 {
+    pub(super) async fn delete_super_stream(&self, name: &str) -> u16 {
         if !self.permitted(&[Access::Configure], Resource::Exchange, name) {
             return code::ACCESS_REFUSED;
         }
@@ -169,12 +169,10 @@ impl Connection {
         let mark = self.broker.store.meta_queued();
         let mut gate = self.gate();
         let deleted = super_stream::delete(&mut gate, &vhost, name);
-        let code = match deleted {
+        match deleted {
             Ok(()) => self.durable(mark).await,
             Err(e) => error_code(&e),
-        };
-        self.forget_deleted_streams();
-        code
+        }
     }
 }
 

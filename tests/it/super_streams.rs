@@ -17,6 +17,9 @@ const OPEN: u16 = 21;
 const HEARTBEAT: u16 = 23;
 const ROUTE: u16 = 24;
 const PARTITIONS: u16 = 25;
+const SUBSCRIBE: u16 = 7;
+const METADATA_UPDATE: u16 = 16;
+const CONSUMER_UPDATE: u16 = 26;
 const CREATE_SUPER_STREAM: u16 = 29;
 const DELETE_SUPER_STREAM: u16 = 30;
 const RESPONSE: u16 = 0x8000;
@@ -152,6 +155,20 @@ impl Raw {
         string(&mut f, "max-age");
         string(&mut f, "1h");
         self.request(CREATE_SUPER_STREAM, &f).await.0
+    }
+
+    /// Subscribes `id` to `stream` from first with these properties.
+    async fn subscribe(&mut self, id: u8, stream: &str, properties: &[(&str, &str)]) -> u16 {
+        let mut f = vec![id];
+        string(&mut f, stream);
+        f.extend_from_slice(&1u16.to_be_bytes());
+        f.extend_from_slice(&10u16.to_be_bytes());
+        f.extend_from_slice(&(properties.len() as u32).to_be_bytes());
+        for (k, v) in properties {
+            string(&mut f, k);
+            string(&mut f, v);
+        }
+        self.request(SUBSCRIBE, &f).await.0
     }
 
     async fn delete(&mut self, name: &str) -> u16 {
@@ -305,7 +322,24 @@ async fn super_stream_commands_answer_with_rabbitmq_codes() {
         assert_eq!(limited.route(&name, "a").await, (ACCESS_REFUSED, vec![]));
         assert_eq!(limited.partitions(&name).await.0, OK);
     }
+    // A single active consumer needs a name; with one, it is told it is
+    // active (a server request: correlation id, subscription, active).
+    assert_eq!(
+        c.subscribe(0, parts[0], &[("single-active-consumer", "true")])
+            .await,
+        PRECONDITION_FAILED
+    );
+    let group = [
+        ("single-active-consumer", "true"),
+        ("name", "g"),
+        ("super-stream", name.as_str()),
+    ];
+    assert_eq!(c.subscribe(1, parts[0], &group).await, OK);
+    let (key, update) = c.next().await;
+    assert_eq!((key, &update[4..]), (CONSUMER_UPDATE, &[1u8, 1][..]));
     assert_eq!(c.delete(&name).await, OK);
+    // The subscription's stream is gone: the client is told.
+    assert_eq!(c.next().await.0, METADATA_UPDATE);
     assert_eq!(c.partitions(&name).await.0, STREAM_DOES_NOT_EXIST);
     assert_eq!(c.delete(&name).await, STREAM_DOES_NOT_EXIST);
 }
@@ -351,4 +385,202 @@ async fn a_super_stream_producer_keeps_each_key_in_one_partition_in_order() {
         assert_eq!(seqs, &(0..per_key).collect::<Vec<_>>(), "order of {key}");
     }
     rstream(&broker, &["delete", &name]).await;
+}
+
+/// A consumer group member (tests/python/super_stream_client.py member)
+/// running in the background; its JSON lines as they come.
+struct Member {
+    child: std::process::Child,
+    lines: std::sync::Arc<std::sync::Mutex<Vec<serde_json::Value>>>,
+}
+
+impl Member {
+    fn start(broker: &common::TestBroker, name: &str, group: &str) -> Member {
+        use std::io::BufRead;
+        let addr = broker.stream_addr.expect("a stream port");
+        let mut child = std::process::Command::new(crate::cross_client::python())
+            .current_dir(crate::cross_client::repo_root())
+            .arg("tests/python/super_stream_client.py")
+            .arg(addr.ip().to_string())
+            .arg(addr.port().to_string())
+            .args(["member", name, group, "120"])
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .expect("python runs");
+        let lines = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let out = std::io::BufReader::new(child.stdout.take().unwrap());
+        let sink = lines.clone();
+        // Its own thread: a blocking read, off the test's runtime.
+        std::thread::spawn(move || {
+            for line in out.lines().map_while(Result::ok) {
+                if let Ok(v) = serde_json::from_str(&line) {
+                    sink.lock().unwrap().push(v);
+                }
+            }
+        });
+        Member { child, lines }
+    }
+
+    /// Ends it at once: its connection dies with it.
+    fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// The partitions it is active on now, by its last update of each.
+    fn active(&self) -> std::collections::BTreeSet<String> {
+        let mut active = std::collections::BTreeSet::new();
+        for l in self.lines.lock().unwrap().iter() {
+            if let (Some(a), Some(s)) = (l["active"].as_bool(), l["stream"].as_str()) {
+                if a {
+                    active.insert(s.to_string());
+                } else {
+                    active.remove(s);
+                }
+            }
+        }
+        active
+    }
+
+    /// Its messages: (partition, offset, body), in the order received.
+    fn messages(&self) -> Vec<(String, u64, String)> {
+        self.lines
+            .lock()
+            .unwrap()
+            .iter()
+            .filter_map(|l| {
+                Some((
+                    l["stream"].as_str()?.to_string(),
+                    l["offset"].as_u64()?,
+                    l["body"].as_str()?.to_string(),
+                ))
+            })
+            .collect()
+    }
+}
+
+async fn until(what: &str, mut done: impl FnMut() -> bool) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while !done() {
+        assert!(std::time::Instant::now() < deadline, "timed out: {what}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// A consumer group of two members over a super stream of three
+/// partitions: each partition has exactly one active member and both have
+/// some; when one member's connection dies, its partitions move to the
+/// other, which resumes after the offset the group stored, so every
+/// message is read and each key's messages stay in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_consumer_group_shares_partitions_and_survives_a_member_dying() {
+    let broker = common::TestBroker::start().await;
+    if broker.stream_addr.is_none() {
+        return;
+    }
+    let name = common::unique("ss-group");
+    let parts = partition_names(&name, 3);
+    let all: std::collections::BTreeSet<String> = parts.iter().cloned().collect();
+    rstream(&broker, &["create", &name, "3"]).await;
+    let mut a = Member::start(&broker, &name, "billing");
+    until("the first member active on every partition", || {
+        a.active() == all
+    })
+    .await;
+    let b = Member::start(&broker, &name, "billing");
+    // Partition 1 (1 % 2) moves to the second member, 0 and 2 stay.
+    until("partition 1 moved to the second member", || {
+        b.active().len() == 1
+    })
+    .await;
+    assert_eq!(
+        b.active(),
+        [parts[1].clone()].into_iter().collect(),
+        "{:?}",
+        b.lines.lock().unwrap()
+    );
+    assert_eq!(
+        a.active(),
+        [parts[0].clone(), parts[2].clone()].into_iter().collect()
+    );
+    let (keys, per_key) = (20usize, 15usize);
+    rstream(
+        &broker,
+        &[
+            "publish",
+            &name,
+            &keys.to_string(),
+            &per_key.to_string(),
+            "0",
+        ],
+    )
+    .await;
+    until("the first batch read", || {
+        a.messages().len() + b.messages().len() >= keys * per_key
+    })
+    .await;
+    // Each member read only its own partitions.
+    assert!(a.messages().iter().all(|(p, _, _)| p != &parts[1]));
+    assert!(b.messages().iter().all(|(p, _, _)| p == &parts[1]));
+    assert!(!a.messages().is_empty() && !b.messages().is_empty());
+    // The first member dies: its partitions move to the second.
+    let before_kill = a.messages();
+    a.kill();
+    until("the survivor active on every partition", || {
+        b.active() == all
+    })
+    .await;
+    rstream(
+        &broker,
+        &[
+            "publish",
+            &name,
+            &keys.to_string(),
+            &per_key.to_string(),
+            &per_key.to_string(),
+        ],
+    )
+    .await;
+    let read_by_b = |b: &Member| {
+        let mut offsets = std::collections::HashSet::new();
+        for (p, o, _) in before_kill.iter().chain(b.messages().iter()) {
+            offsets.insert((p.clone(), *o));
+        }
+        offsets.len()
+    };
+    until("every message read", || read_by_b(&b) >= 2 * keys * per_key).await;
+    // Per partition: what the dead member read, then what the survivor
+    // read (a few again, after the stored offset): no gap, and each key's
+    // messages in order.
+    for p in &parts {
+        let mut next = 0u64;
+        let mut last_seq: std::collections::HashMap<String, usize> = Default::default();
+        for (_, offset, body) in before_kill
+            .iter()
+            .chain(b.messages().iter())
+            .filter(|(q, _, _)| q == p)
+        {
+            assert!(
+                *offset <= next,
+                "{p}: offset {offset} skipped to from {next}"
+            );
+            if *offset < next {
+                continue; // read again after the handover
+            }
+            next = offset + 1;
+            let (key, seq) = body.split_once(':').unwrap();
+            let seq: usize = seq.parse().unwrap();
+            if let Some(prev) = last_seq.insert(key.to_string(), seq) {
+                assert!(seq > prev, "{p}: {key} {seq} after {prev}");
+            }
+        }
+    }
+    drop(b);
+    rstream(&broker, &["delete", &name]).await;
+}
+
+impl Drop for Member {
+    fn drop(&mut self) {
+        self.kill();
+    }
 }

@@ -9,9 +9,10 @@ stdout (the last one is the result).
   super_stream_client.py HOST PORT route SUPER KEY
       prints {"streams": [...]}
   super_stream_client.py HOST PORT delete SUPER
-  super_stream_client.py HOST PORT publish SUPER KEYS PER_KEY
+  super_stream_client.py HOST PORT publish SUPER KEYS PER_KEY [FIRST]
       a super-stream producer publishes PER_KEY messages for each of KEYS
-      keys ("k<key>:<seq>", routed by hashing k<key>); prints
+      keys ("k<key>:<seq>", seq from FIRST (0), routed by hashing k<key>);
+      prints
       {"confirmed": N}
   super_stream_client.py HOST PORT read STREAM
       reads STREAM from first until it is quiet; prints {"bodies": [...]}
@@ -80,7 +81,7 @@ async def routing_key(message):
     return message.application_properties["key"]
 
 
-async def publish(host, port, name, keys, per_key):
+async def publish(host, port, name, keys, per_key, first):
     total = keys * per_key
     confirmed = 0
     done = asyncio.Event()
@@ -100,7 +101,7 @@ async def publish(host, port, name, keys, per_key):
         super_stream=name,
         routing_extractor=routing_key,
     ) as producer:
-        for seq in range(per_key):
+        for seq in range(first, first + per_key):
             for k in range(keys):
                 m = AMQPMessage(
                     body=f"k{k}:{seq}".encode(),
@@ -183,7 +184,7 @@ async def main():
     elif action == "delete":
         result = await delete(host, port, a[0])
     elif action == "publish":
-        result = await publish(host, port, a[0], int(a[1]), int(a[2]))
+        result = await publish(host, port, a[0], int(a[1]), int(a[2]), int(a[3]) if len(a) > 3 else 0)
     elif action == "read":
         result = await read(host, port, a[0])
     elif action == "member":
