@@ -36,6 +36,9 @@ pub(super) struct Subscription {
     /// Chunks it may still be sent.
     credit: u32,
     filter: Option<Filter>,
+    /// The stream's readable end when a read there found nothing to move
+    /// on to: not read again until the stream grows (never a busy loop).
+    stalled_at: Option<u64>,
 }
 
 impl Connection {
@@ -94,6 +97,7 @@ impl Connection {
                 next,
                 credit: credit as u32,
                 filter,
+                stalled_at: None,
             },
         );
         code::OK
@@ -121,9 +125,12 @@ impl Connection {
 
     /// Whether a subscription could be sent something now.
     pub(super) fn can_deliver(&self) -> bool {
-        self.subscriptions
-            .values()
-            .any(|s| s.credit > 0 && s.queue.stream().is_some_and(|l| s.next < l.readable_end()))
+        self.subscriptions.values().any(|s| {
+            s.queue.stream().is_some_and(|l| {
+                let end = l.readable_end();
+                s.credit > 0 && s.next < end && s.stalled_at != Some(end)
+            })
+        })
     }
 
     /// One round of deliveries: a read for each subscription that has
@@ -141,7 +148,8 @@ impl Connection {
             let Some(log) = queue.stream() else {
                 continue;
             };
-            if s.credit == 0 || s.next >= log.readable_end() {
+            let end = log.readable_end();
+            if s.credit == 0 || s.next >= end || s.stalled_at == Some(end) {
                 continue;
             }
             let (from, filter) = (s.next, s.filter.clone());
@@ -166,6 +174,7 @@ impl Connection {
             );
             s.credit -= sent;
             s.next = next.unwrap_or(read.next);
+            s.stalled_at = (s.next <= from).then_some(end);
         }
     }
 }

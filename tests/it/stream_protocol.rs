@@ -90,11 +90,14 @@ struct Client {
 
 impl Client {
     async fn connect(broker: &common::TestBroker) -> Option<Client> {
-        let addr = broker.stream_addr?;
-        Some(Client {
+        Some(Client::connect_to(broker.stream_addr?).await)
+    }
+
+    async fn connect_to(addr: std::net::SocketAddr) -> Client {
+        Client {
             socket: TcpStream::connect(addr).await.unwrap(),
             corr: 0,
-        })
+        }
     }
 
     async fn send(&mut self, f: F) {
@@ -168,10 +171,14 @@ impl Client {
     }
 
     async fn opened(broker: &common::TestBroker) -> Option<Client> {
-        let mut c = Client::connect(broker).await?;
+        Some(Client::opened_at(broker.stream_addr?).await)
+    }
+
+    async fn opened_at(addr: std::net::SocketAddr) -> Client {
+        let mut c = Client::connect_to(addr).await;
         assert_eq!(c.login("guest", "guest", 0).await, OK);
         assert_eq!(c.open("/").await.code(), OK);
-        Some(c)
+        c
     }
 
     /// Whether the broker closed the socket (reading gives EOF or reset).
@@ -479,6 +486,7 @@ const QUERY_PUBLISHER_SEQUENCE: u16 = 5;
 const SUBSCRIBE: u16 = 7;
 const DELIVER: u16 = 8;
 const CREDIT: u16 = 9;
+const STORE_OFFSET: u16 = 10;
 const QUERY_OFFSET: u16 = 11;
 const NO_OFFSET: u16 = 19;
 const METADATA_UPDATE: u16 = 16;
@@ -736,4 +744,89 @@ async fn stream_connections_count_against_max_connections() {
     .await
     .expect("served once a place is free");
     assert_eq!(props.code(), OK);
+}
+
+#[tokio::test]
+async fn publisher_sequences_and_offsets_survive_a_restart() {
+    if common::against_other_broker() {
+        return;
+    }
+    use common::process::{BrokerProcess, TempDir};
+    let dir = TempDir::new("stream-protocol-restart");
+    let stream = common::unique("restart");
+    let mut broker = BrokerProcess::start(dir.path());
+    {
+        let mut c = Client::opened_at(broker.stream_addr()).await;
+        assert_eq!(
+            c.request(CREATE, |f| f.string(&stream).u32(0)).await.code(),
+            OK
+        );
+        let declared = c
+            .request(DECLARE_PUBLISHER, |f| f.u8(1).string("app").string(&stream))
+            .await;
+        assert_eq!(declared.code(), OK);
+        publish(&mut c, &[1, 2, 3]).await;
+        assert_eq!(confirmed_ids(&c.expect(PUBLISH_CONFIRM).await), [1, 2, 3]);
+        c.send(F::new(STORE_OFFSET).string("svc").string(&stream).u64(1))
+            .await;
+        // Stored values are written by the writer thread after their
+        // change: wait until a query on a new connection sees them.
+        let mut q = Client::opened_at(broker.stream_addr()).await;
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while q
+            .request(QUERY_OFFSET, |f| f.string("svc").string(&stream))
+            .await
+            .code()
+            != OK
+        {
+            assert!(Instant::now() < deadline, "the offset was not stored");
+            tokio::time::sleep(common::POLL).await;
+        }
+    }
+    broker.sigterm_and_wait();
+    let broker = BrokerProcess::start(dir.path());
+    let mut c = Client::opened_at(broker.stream_addr()).await;
+    let seq = c
+        .request(QUERY_PUBLISHER_SEQUENCE, |f| {
+            f.string("app").string(&stream)
+        })
+        .await;
+    assert_eq!(u64::from_be_bytes(seq.body[6..14].try_into().unwrap()), 3);
+    let offset = c
+        .request(QUERY_OFFSET, |f| f.string("svc").string(&stream))
+        .await;
+    assert_eq!(offset.code(), OK);
+    assert_eq!(
+        u64::from_be_bytes(offset.body[6..14].try_into().unwrap()),
+        1
+    );
+    // The publisher comes back and resends 3 with 4: 3 is not stored again.
+    let declared = c
+        .request(DECLARE_PUBLISHER, |f| f.u8(1).string("app").string(&stream))
+        .await;
+    assert_eq!(declared.code(), OK);
+    publish(&mut c, &[3, 4]).await;
+    let mut confirmed = Vec::new();
+    while confirmed.len() < 2 {
+        confirmed.extend(confirmed_ids(&c.expect(PUBLISH_CONFIRM).await));
+    }
+    confirmed.sort();
+    assert_eq!(confirmed, [3, 4]);
+    let sub = c
+        .request(SUBSCRIBE, |f| f.u8(1).string(&stream).u16(1).u16(10))
+        .await;
+    assert_eq!(sub.code(), OK);
+    let mut bodies = Vec::new();
+    while bodies.len() < 4 {
+        bodies.extend(chunk(&c.expect(DELIVER).await).1);
+    }
+    assert_eq!(
+        bodies,
+        [
+            b"m1".to_vec(),
+            b"m2".to_vec(),
+            b"m3".to_vec(),
+            b"m4".to_vec()
+        ]
+    );
 }
