@@ -3,8 +3,10 @@
 //! accepted. A publish at or below it is a duplicate: confirmed, not
 //! stored again, as osiris's writer sequences do.
 //!
-//! Held in memory only: after a broker restart a publisher's sequence
-//! starts again from 0 (RabbitMQ keeps it in the log's tracking chunks).
+//! Held in memory for what is in flight (a retry can arrive before the
+//! first try's confirm); what is on disk is also stored beside the stream
+//! (`StreamQueue::set_publisher_sequence`), where a restarted broker
+//! starts from.
 
 use crate::hash::HashMap;
 use parking_lot::Mutex;
@@ -32,13 +34,15 @@ impl PublisherSequences {
     }
 
     /// Runs `f` on the highest publishing id `reference` had accepted on
-    /// `stream` (None: none yet), under the lock, for one publish frame:
-    /// `f` raises it past each id it accepts. A reference beyond
+    /// `stream` (`stored` when this run of the broker has seen none: what
+    /// the stream stored), under the lock, for one publish frame: `f`
+    /// raises it past each id it accepts. A reference beyond
     /// [`MAX_REFERENCES`] is not remembered (`admits` refused it first).
     pub(crate) fn with<R>(
         &self,
         stream: u32,
         reference: &str,
+        stored: Option<u64>,
         f: impl FnOnce(&mut Option<u64>) -> R,
     ) -> R {
         let mut all = self.0.lock();
@@ -49,7 +53,7 @@ impl PublisherSequences {
             *last = seq.unwrap_or(*last);
             return r;
         }
-        let mut seq = None;
+        let mut seq = stored;
         let r = f(&mut seq);
         if let (Some(s), true) = (seq, refs.len() < MAX_REFERENCES) {
             refs.insert(reference.to_string(), s);

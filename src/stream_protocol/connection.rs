@@ -781,19 +781,16 @@ impl Connection {
     /// Publishers and subscriptions on streams deleted since: gone, and
     /// the client told once per stream (MetadataUpdate, RabbitMQ's code 6).
     pub(super) fn forget_deleted_streams(&mut self) {
-        let Some(session) = &self.session else {
-            return;
-        };
         let mut gone: Vec<String> = Vec::new();
         self.publishers.retain(|_, p| {
-            let kept = still_there(session, &p.stream, &p.queue);
+            let kept = still_there(&p.queue);
             if !kept && !gone.contains(&p.stream) {
                 gone.push(p.stream.clone());
             }
             kept
         });
         self.subscriptions.retain(|_, s| {
-            let kept = still_there(session, &s.stream, &s.queue);
+            let kept = still_there(&s.queue);
             if !kept && !gone.contains(&s.stream) {
                 gone.push(s.stream.clone());
             }

@@ -6,7 +6,7 @@
 //! ([`MAX_UNCONFIRMED_BYTES`]): past it the connection stops reading its
 //! client until confirms come back, as RabbitMQ's publisher credits do.
 
-use super::connection::{Connection, Session, MAX_REFERENCE};
+use super::connection::{Connection, MAX_REFERENCE};
 use super::frame::{code, key, BadMessage, Messages, Out};
 use crate::broker::access::{Access, Resource};
 use crate::broker::ops::Gate;
@@ -120,9 +120,10 @@ impl Connection {
     pub(super) fn publisher_sequence(&self, reference: &str, stream: &str) -> (u16, u64) {
         match self.lookup(stream, &[Access::Read]) {
             Ok(q) => {
-                let seq = q
-                    .stream()
-                    .and_then(|log| self.broker.stream_publishers.last(log.id, reference));
+                let seq = q.stream().and_then(|log| {
+                    let accepted = self.broker.stream_publishers.last(log.id, reference);
+                    accepted.max(log.publisher_sequence(reference))
+                });
                 (code::OK, seq.unwrap_or(0))
             }
             Err(c) => (c, 0),
@@ -189,7 +190,11 @@ impl Connection {
             }
         };
         match &p.reference {
-            Some(r) => self.broker.stream_publishers.with(log.id, r, take),
+            Some(r) => {
+                // What an earlier run of the broker stored for it.
+                let stored = log.publisher_sequence(r);
+                self.broker.stream_publishers.with(log.id, r, stored, take)
+            }
             None => take(&mut None),
         }
         self.publish_error(publisher_id, code::PRECONDITION_FAILED, &refused);
@@ -202,11 +207,23 @@ impl Connection {
         let outbox = self.outbox.clone();
         let unconfirmed = self.unconfirmed.clone();
         unconfirmed.bytes.fetch_add(bytes, Ordering::AcqRel);
+        // Stored beside the stream once on disk, for deduplication after
+        // a restart.
+        let sequence = p.reference.clone().map(|r| (p.queue.clone(), r));
         log.append(
             entries,
             Box::new(move |appended| {
                 match appended {
-                    Ok(_) => outbox.push(|b| confirm(b, publisher_id, &stored_ids)),
+                    Ok(_) => {
+                        if let (Some((queue, reference)), Some(&last)) =
+                            (&sequence, stored_ids.iter().max())
+                        {
+                            if let Some(log) = queue.stream() {
+                                log.set_publisher_sequence(reference, last);
+                            }
+                        }
+                        outbox.push(|b| confirm(b, publisher_id, &stored_ids))
+                    }
                     Err(e) => {
                         tracing::warn!(error = %e, "stream publish not stored");
                         outbox.push(|b| {
@@ -228,12 +245,9 @@ impl Connection {
     }
 }
 
-/// Whether `session`'s vhost still holds `queue` under its name.
-pub(super) fn still_there(session: &Session, name: &str, queue: &Arc<Queue>) -> bool {
-    session
-        .vhost
-        .queue(name)
-        .is_ok_and(|q| Arc::ptr_eq(&q, queue))
+/// Whether `queue`'s stream is still there (not deleted).
+pub(super) fn still_there(queue: &Queue) -> bool {
+    queue.stream().is_some_and(|log| !log.is_deleted())
 }
 
 fn confirm(b: &mut bytes::BytesMut, publisher_id: u8, ids: &[u64]) {

@@ -36,6 +36,9 @@ pub(super) struct Subscription {
     /// Chunks it may still be sent.
     credit: u32,
     filter: Option<Filter>,
+    /// The stream's readable end when a read there found nothing to move
+    /// on to: not read again until the stream grows (never a busy loop).
+    stalled_at: Option<u64>,
     /// Its consumer group, with single active consumer.
     pub(super) sac: Option<super::groups::Sac>,
 }
@@ -46,8 +49,10 @@ impl Subscription {
         self.sac.as_ref().is_none_or(|g| g.delivering)
     }
 
+    /// Where an activated group member starts.
     pub(super) fn set_next(&mut self, next: u64) {
         self.next = next;
+        self.stalled_at = None;
     }
 }
 
@@ -107,6 +112,7 @@ impl Connection {
                 next,
                 credit: credit as u32,
                 filter,
+                stalled_at: None,
                 sac,
             },
         );
@@ -136,9 +142,11 @@ impl Connection {
     /// Whether a subscription could be sent something now.
     pub(super) fn can_deliver(&self) -> bool {
         self.subscriptions.values().any(|s| {
-            s.credit > 0
-                && s.delivering()
-                && s.queue.stream().is_some_and(|l| s.next < l.readable_end())
+            s.delivering()
+                && s.queue.stream().is_some_and(|l| {
+                    let end = l.readable_end();
+                    s.credit > 0 && s.next < end && s.stalled_at != Some(end)
+                })
         })
     }
 
@@ -157,7 +165,8 @@ impl Connection {
             let Some(log) = queue.stream() else {
                 continue;
             };
-            if s.credit == 0 || !s.delivering() || s.next >= log.readable_end() {
+            let end = log.readable_end();
+            if s.credit == 0 || !s.delivering() || s.next >= end || s.stalled_at == Some(end) {
                 continue;
             }
             let (from, filter) = (s.next, s.filter.clone());
@@ -182,6 +191,7 @@ impl Connection {
             );
             s.credit -= sent;
             s.next = next.unwrap_or(read.next);
+            s.stalled_at = (s.next <= from).then_some(end);
         }
     }
 }

@@ -90,11 +90,14 @@ struct Client {
 
 impl Client {
     async fn connect(broker: &common::TestBroker) -> Option<Client> {
-        let addr = broker.stream_addr?;
-        Some(Client {
+        Some(Client::connect_to(broker.stream_addr?).await)
+    }
+
+    async fn connect_to(addr: std::net::SocketAddr) -> Client {
+        Client {
             socket: TcpStream::connect(addr).await.unwrap(),
             corr: 0,
-        })
+        }
     }
 
     async fn send(&mut self, f: F) {
@@ -168,10 +171,14 @@ impl Client {
     }
 
     async fn opened(broker: &common::TestBroker) -> Option<Client> {
-        let mut c = Client::connect(broker).await?;
+        Some(Client::opened_at(broker.stream_addr?).await)
+    }
+
+    async fn opened_at(addr: std::net::SocketAddr) -> Client {
+        let mut c = Client::connect_to(addr).await;
         assert_eq!(c.login("guest", "guest", 0).await, OK);
         assert_eq!(c.open("/").await.code(), OK);
-        Some(c)
+        c
     }
 
     /// Whether the broker closed the socket (reading gives EOF or reset).
@@ -475,10 +482,17 @@ async fn amqp_published_messages_are_read_over_the_stream_protocol() {
 const DECLARE_PUBLISHER: u16 = 1;
 const PUBLISH: u16 = 2;
 const PUBLISH_CONFIRM: u16 = 3;
+const PUBLISH_ERROR: u16 = 4;
+const DELETE_PUBLISHER: u16 = 6;
+const UNSUBSCRIBE: u16 = 12;
+const PRECONDITION_FAILED: u16 = 17;
+const PUBLISHER_DOES_NOT_EXIST: u16 = 18;
+const SUBSCRIPTION_ID_ALREADY_EXISTS: u16 = 3;
 const QUERY_PUBLISHER_SEQUENCE: u16 = 5;
 const SUBSCRIBE: u16 = 7;
 const DELIVER: u16 = 8;
 const CREDIT: u16 = 9;
+const STORE_OFFSET: u16 = 10;
 const QUERY_OFFSET: u16 = 11;
 const NO_OFFSET: u16 = 19;
 const METADATA_UPDATE: u16 = 16;
@@ -736,4 +750,321 @@ async fn stream_connections_count_against_max_connections() {
     .await
     .expect("served once a place is free");
     assert_eq!(props.code(), OK);
+}
+
+#[tokio::test]
+async fn publisher_sequences_and_offsets_survive_a_restart() {
+    if common::against_other_broker() {
+        return;
+    }
+    use common::process::{BrokerProcess, TempDir};
+    let dir = TempDir::new("stream-protocol-restart");
+    let stream = common::unique("restart");
+    let mut broker = BrokerProcess::start(dir.path());
+    {
+        let mut c = Client::opened_at(broker.stream_addr()).await;
+        assert_eq!(
+            c.request(CREATE, |f| f.string(&stream).u32(0)).await.code(),
+            OK
+        );
+        let declared = c
+            .request(DECLARE_PUBLISHER, |f| f.u8(1).string("app").string(&stream))
+            .await;
+        assert_eq!(declared.code(), OK);
+        publish(&mut c, &[1, 2, 3]).await;
+        assert_eq!(confirmed_ids(&c.expect(PUBLISH_CONFIRM).await), [1, 2, 3]);
+        c.send(F::new(STORE_OFFSET).string("svc").string(&stream).u64(1))
+            .await;
+        // Stored values are written by the writer thread after their
+        // change: wait until a query on a new connection sees them.
+        let mut q = Client::opened_at(broker.stream_addr()).await;
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while q
+            .request(QUERY_OFFSET, |f| f.string("svc").string(&stream))
+            .await
+            .code()
+            != OK
+        {
+            assert!(Instant::now() < deadline, "the offset was not stored");
+            tokio::time::sleep(common::POLL).await;
+        }
+    }
+    broker.sigterm_and_wait();
+    let broker = BrokerProcess::start(dir.path());
+    let mut c = Client::opened_at(broker.stream_addr()).await;
+    let seq = c
+        .request(QUERY_PUBLISHER_SEQUENCE, |f| {
+            f.string("app").string(&stream)
+        })
+        .await;
+    assert_eq!(u64::from_be_bytes(seq.body[6..14].try_into().unwrap()), 3);
+    let offset = c
+        .request(QUERY_OFFSET, |f| f.string("svc").string(&stream))
+        .await;
+    assert_eq!(offset.code(), OK);
+    assert_eq!(
+        u64::from_be_bytes(offset.body[6..14].try_into().unwrap()),
+        1
+    );
+    // The publisher comes back and resends 3 with 4: 3 is not stored again.
+    let declared = c
+        .request(DECLARE_PUBLISHER, |f| f.u8(1).string("app").string(&stream))
+        .await;
+    assert_eq!(declared.code(), OK);
+    publish(&mut c, &[3, 4]).await;
+    let mut confirmed = Vec::new();
+    while confirmed.len() < 2 {
+        confirmed.extend(confirmed_ids(&c.expect(PUBLISH_CONFIRM).await));
+    }
+    confirmed.sort();
+    assert_eq!(confirmed, [3, 4]);
+    let sub = c
+        .request(SUBSCRIBE, |f| f.u8(1).string(&stream).u16(1).u16(10))
+        .await;
+    assert_eq!(sub.code(), OK);
+    let mut bodies = Vec::new();
+    while bodies.len() < 4 {
+        bodies.extend(chunk(&c.expect(DELIVER).await).1);
+    }
+    assert_eq!(
+        bodies,
+        [
+            b"m1".to_vec(),
+            b"m2".to_vec(),
+            b"m3".to_vec(),
+            b"m4".to_vec()
+        ]
+    );
+}
+
+#[tokio::test]
+async fn response_codes_as_rabbitmq() {
+    let broker = common::TestBroker::start().await;
+    let Some(mut c) = Client::opened(&broker).await else {
+        return;
+    };
+    let stream = common::unique("codes");
+    assert_eq!(
+        c.request(CREATE, |f| f.string(&stream).u32(0)).await.code(),
+        OK
+    );
+    let missing = common::unique("missing");
+    // Publishers: a missing stream, an id or a reference taken.
+    let r = c
+        .request(DECLARE_PUBLISHER, |f| f.u8(1).string("").string(&missing))
+        .await;
+    assert_eq!(r.code(), STREAM_DOES_NOT_EXIST);
+    let r = c
+        .request(DECLARE_PUBLISHER, |f| f.u8(1).string("ref").string(&stream))
+        .await;
+    assert_eq!(r.code(), OK);
+    let r = c
+        .request(DECLARE_PUBLISHER, |f| f.u8(1).string("").string(&stream))
+        .await;
+    assert_eq!(r.code(), PRECONDITION_FAILED);
+    let r = c
+        .request(DECLARE_PUBLISHER, |f| f.u8(2).string("ref").string(&stream))
+        .await;
+    assert_eq!(r.code(), PRECONDITION_FAILED);
+    // A reference over 255 bytes (refused since RabbitMQ 3.13; 3.10 took it).
+    if !common::against_other_broker() {
+        let long = "r".repeat(256);
+        let r = c
+            .request(DECLARE_PUBLISHER, |f| f.u8(3).string(&long).string(&stream))
+            .await;
+        assert_eq!(r.code(), PRECONDITION_FAILED);
+    }
+    let r = c.request(DELETE_PUBLISHER, |f| f.u8(9)).await;
+    assert_eq!(r.code(), PUBLISHER_DOES_NOT_EXIST);
+    // Publishing through an unknown publisher: an error per message.
+    c.send(
+        F::new(PUBLISH)
+            .u8(9)
+            .u32(2)
+            .u64(5)
+            .bytes(b"a")
+            .u64(6)
+            .bytes(b"b"),
+    )
+    .await;
+    let e = c.expect(PUBLISH_ERROR).await;
+    assert_eq!(e.body[0], 9);
+    assert_eq!(u32::from_be_bytes(e.body[1..5].try_into().unwrap()), 2);
+    assert_eq!(u64::from_be_bytes(e.body[5..13].try_into().unwrap()), 5);
+    assert_eq!(
+        u16::from_be_bytes([e.body[13], e.body[14]]),
+        PUBLISHER_DOES_NOT_EXIST
+    );
+    // Subscriptions: a missing stream, an id taken, unsubscribing nothing.
+    let r = c
+        .request(SUBSCRIBE, |f| f.u8(1).string(&missing).u16(1).u16(1))
+        .await;
+    assert_eq!(r.code(), STREAM_DOES_NOT_EXIST);
+    let r = c
+        .request(SUBSCRIBE, |f| f.u8(1).string(&stream).u16(3).u16(1))
+        .await;
+    assert_eq!(r.code(), OK);
+    let r = c
+        .request(SUBSCRIBE, |f| f.u8(1).string(&stream).u16(3).u16(1))
+        .await;
+    assert_eq!(r.code(), SUBSCRIPTION_ID_ALREADY_EXISTS);
+    let r = c.request(UNSUBSCRIBE, |f| f.u8(1)).await;
+    assert_eq!(r.code(), OK);
+    let r = c.request(UNSUBSCRIBE, |f| f.u8(1)).await;
+    assert_eq!(r.code(), SUBSCRIPTION_ID_DOES_NOT_EXIST);
+    // Metadata: one stream there, one not.
+    let meta = c
+        .request(METADATA, |f| f.u32(2).string(&stream).string(&missing))
+        .await;
+    assert_eq!(meta.u32_at(4), 1, "one broker");
+    // Delete twice: the publisher still declared on it hears of the first.
+    assert_eq!(c.request(DELETE, |f| f.string(&stream)).await.code(), OK);
+    let update = c.expect(METADATA_UPDATE).await;
+    assert_eq!(
+        u16::from_be_bytes([update.body[0], update.body[1]]),
+        STREAM_NOT_AVAILABLE
+    );
+    assert_eq!(
+        c.request(DELETE, |f| f.string(&stream)).await.code(),
+        STREAM_DOES_NOT_EXIST
+    );
+}
+
+#[tokio::test]
+async fn filtered_subscriptions_get_chunks_without_gaps() {
+    // Publish version 2 and filters came with RabbitMQ 3.13 (3.10 closes
+    // the connection on the first frame).
+    if common::against_other_broker() {
+        return;
+    }
+    let broker = common::TestBroker::start().await;
+    let Some(mut c) = Client::opened(&broker).await else {
+        return;
+    };
+    let stream = common::unique("filtered");
+    assert_eq!(
+        c.request(CREATE, |f| f.string(&stream).u32(0)).await.code(),
+        OK
+    );
+    let r = c
+        .request(DECLARE_PUBLISHER, |f| f.u8(1).string("").string(&stream))
+        .await;
+    assert_eq!(r.code(), OK);
+    // Version 2: a filter value per message; -1 for none.
+    let mut f = F(PUBLISH.to_be_bytes().to_vec());
+    f.0.extend_from_slice(&2u16.to_be_bytes());
+    let mut f = f.u8(1).u32(5);
+    for (id, value) in [
+        (1, Some("eu")),
+        (2, Some("us")),
+        (3, Some("eu")),
+        (4, None),
+        (5, Some("eu")),
+    ] {
+        f = f.u64(id);
+        f = match value {
+            Some(v) => f.string(v),
+            None => f.u16(u16::MAX),
+        };
+        f = f.bytes(format!("m{id}").as_bytes());
+    }
+    c.send(f).await;
+    let mut confirmed = Vec::new();
+    while confirmed.len() < 5 {
+        confirmed.extend(confirmed_ids(&c.expect(PUBLISH_CONFIRM).await));
+    }
+    // Only "eu": offsets 0, 2 and 4, each chunk numbered from its first.
+    let sub = c
+        .request(SUBSCRIBE, |f| {
+            f.u8(1)
+                .string(&stream)
+                .u16(1)
+                .u16(10)
+                .u32(1)
+                .string("filter.0")
+                .string("eu")
+        })
+        .await;
+    assert_eq!(sub.code(), OK);
+    let mut seen = Vec::new();
+    while seen.len() < 3 {
+        let (first, bodies) = chunk(&c.expect(DELIVER).await);
+        for (i, b) in bodies.into_iter().enumerate() {
+            seen.push((first + i as u64, String::from_utf8(b).unwrap()));
+        }
+    }
+    // RabbitMQ filters by chunk (Bloom filter) and leaves the rest to the
+    // client: what matches must be there, at its own offset.
+    for (offset, body) in [(0, "m1"), (2, "m3"), (4, "m5")] {
+        assert!(seen.contains(&(offset, body.to_string())), "{seen:?}");
+    }
+    for (offset, body) in &seen {
+        assert_eq!(*body, format!("m{}", offset + 1), "{seen:?}");
+    }
+    assert_eq!(c.request(DELETE, |f| f.string(&stream)).await.code(), OK);
+}
+
+#[tokio::test]
+async fn permissions_decide_as_over_amqp() {
+    let broker = common::TestBroker::start().await;
+    let (Some(addr), Some(api)) = (broker.stream_addr, common::http::Api::of(&broker)) else {
+        return;
+    };
+    let user = common::unique("stream-user");
+    let stream = common::unique("perm");
+    let reply = api
+        .put(
+            &format!("/api/users/{user}"),
+            serde_json::json!({"password": "pw", "tags": ""}),
+        )
+        .await;
+    assert!(
+        reply.status == 201 || reply.status == 204,
+        "{}",
+        reply.status
+    );
+    // No permissions in "/": open is refused.
+    let mut c = Client::connect_to(addr).await;
+    assert_eq!(c.login(&user, "pw", 0).await, OK);
+    assert_eq!(c.open("/").await.code(), VHOST_ACCESS_FAILURE);
+    // Configure only on its own names, write only, no read.
+    let reply = api
+        .put(
+            &format!("/api/permissions/%2F/{user}"),
+            serde_json::json!({"configure": "^perm-", "write": ".*", "read": "^$"}),
+        )
+        .await;
+    assert!(
+        reply.status == 201 || reply.status == 204,
+        "{}",
+        reply.status
+    );
+    let mut c = Client::connect_to(addr).await;
+    assert_eq!(c.login(&user, "pw", 0).await, OK);
+    assert_eq!(c.open("/").await.code(), OK);
+    let other = common::unique("not-mine");
+    let r = c.request(CREATE, |f| f.string(&other).u32(0)).await;
+    assert_eq!(r.code(), ACCESS_REFUSED);
+    let r = c.request(CREATE, |f| f.string(&stream).u32(0)).await;
+    assert_eq!(r.code(), OK);
+    // Write: publish; no read: subscribe, offsets and stats refused.
+    let r = c
+        .request(DECLARE_PUBLISHER, |f| f.u8(1).string("").string(&stream))
+        .await;
+    assert_eq!(r.code(), OK);
+    let r = c
+        .request(SUBSCRIBE, |f| f.u8(1).string(&stream).u16(1).u16(1))
+        .await;
+    assert_eq!(r.code(), ACCESS_REFUSED);
+    let r = c
+        .request(QUERY_OFFSET, |f| f.string("x").string(&stream))
+        .await;
+    assert_eq!(r.code(), ACCESS_REFUSED);
+    // Metadata needs read or write: write is enough.
+    let meta = c.request(METADATA, |f| f.u32(1).string(&stream)).await;
+    assert_eq!(meta.u32_at(4), 1, "the broker listed");
+    let r = c.request(DELETE, |f| f.string(&other)).await;
+    assert_eq!(r.code(), ACCESS_REFUSED);
+    assert_eq!(c.request(DELETE, |f| f.string(&stream)).await.code(), OK);
+    api.delete(&format!("/api/users/{user}")).await;
 }

@@ -227,11 +227,20 @@ impl BrokerProcess {
     /// The management API's address, from the line the broker logs once
     /// it listens (waiting up to 10 s for it).
     pub fn mgmt_addr(&self) -> std::net::SocketAddr {
+        self.listening("management API")
+    }
+
+    /// The stream protocol listener's address (as [`mgmt_addr`](Self::mgmt_addr)).
+    pub fn stream_addr(&self) -> std::net::SocketAddr {
+        self.listening("stream protocol")
+    }
+
+    /// The address of the listener `what` from its "listening" log line.
+    fn listening(&self, what: &str) -> std::net::SocketAddr {
+        let needle = format!("{what} listening");
         let line = self
-            .wait_for_log(Duration::from_secs(10), |l| {
-                l.contains("management API listening")
-            })
-            .unwrap_or_else(|| panic!("no management API log line; stderr:\n{}", self.stderr()));
+            .wait_for_log(Duration::from_secs(10), |l| l.contains(&needle))
+            .unwrap_or_else(|| panic!("no {what} log line; stderr:\n{}", self.stderr()));
         let at = line.find("addr=").expect("addr field") + 5;
         line[at..]
             .split_whitespace()
