@@ -575,6 +575,23 @@ async fn a_consumer_group_shares_partitions_and_survives_a_member_dying() {
             }
         }
     }
+    // The group's stored offsets (its name is the reference) give its lag
+    // per partition in the queue API: none once everything is read.
+    if let Some(api) = common::http::Api::of(&broker) {
+        for p in &parts {
+            let path = format!("/api/queues/%2F/{p}");
+            let mut lag = None;
+            for _ in 0..50 {
+                let q = api.get(&path).await.json;
+                lag = q["stream"]["stored_offsets"]["billing"]["lag"].as_u64();
+                if lag == Some(0) {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            assert_eq!(lag, Some(0), "{p}: the group's lag");
+        }
+    }
     drop(b);
     rstream(&broker, &["delete", &name]).await;
 }
