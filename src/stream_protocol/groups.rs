@@ -6,7 +6,7 @@
 //! start). One told to step down stops delivering at once and, when the
 //! client answers, lets the group activate the next member.
 
-use super::connection::Connection;
+use super::connection::{Connection, MAX_REFERENCE};
 use super::frame::{code, key, OffsetSpec, Out, Pair};
 use super::subscribe::start_at;
 use crate::broker::stream_groups::{ConsumerUpdates, GroupKey, Membership};
@@ -84,6 +84,16 @@ impl Connection {
             );
             return Err(code::PRECONDITION_FAILED);
         };
+        // The name is the group's offset reference: a longer one could
+        // not store its offset, and the groups' keys stay small.
+        if name.len() > MAX_REFERENCE {
+            warn!(
+                subscription = id,
+                "a consumer group name is too long: {}",
+                name.len()
+            );
+            return Err(code::PRECONDITION_FAILED);
+        }
         let vhost = &self.session().vhost;
         let partition_index = property("super-stream")
             .and_then(|s| super_stream::partitions(vhost, s).ok())

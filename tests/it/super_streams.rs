@@ -329,6 +329,16 @@ async fn super_stream_commands_answer_with_rabbitmq_codes() {
             .await,
         PRECONDITION_FAILED
     );
+    let long = "g".repeat(256);
+    assert_eq!(
+        c.subscribe(
+            0,
+            parts[0],
+            &[("single-active-consumer", "true"), ("name", &long)]
+        )
+        .await,
+        PRECONDITION_FAILED
+    );
     let group = [
         ("single-active-consumer", "true"),
         ("name", "g"),
