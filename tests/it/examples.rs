@@ -401,3 +401,26 @@ async fn order_events_stream_serves_each_service_at_its_own_offset() {
     );
     stop(broker).await;
 }
+
+/// A consumer group over a super stream (stream protocol, rstream): the
+/// partitions spread over two members, a killed member's move to the
+/// other, and every order's events are read once each, in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn order_events_super_stream_survives_a_member_dying() {
+    let broker = common::TestBroker::start().await;
+    let Some(addr) = broker.stream_addr else {
+        return;
+    };
+    let out = run_example(
+        &broker,
+        "10_order_events_super_stream.py",
+        &["--stream", &addr.to_string()],
+    )
+    .await;
+    assert_eq!(number(&out, Some("member=a"), "partitions"), 2, "{out}");
+    assert_eq!(number(&out, Some("member=b"), "partitions"), 1, "{out}");
+    assert_eq!(number(&out, Some("after_kill"), "partitions"), 3, "{out}");
+    assert_eq!(number(&out, None, "events"), 60, "{out}");
+    assert_eq!(value(&out, None, "in_order"), Some("True"), "{out}");
+    stop(broker).await;
+}
