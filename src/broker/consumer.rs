@@ -33,6 +33,11 @@ pub(crate) trait ConsumerChannel: Send + Sync {
     fn deliver_direct(&self, consumer_tag: &str, message: &Message);
     /// The channel as the management API shows it.
     fn info(&self) -> ChannelInfo;
+    /// How long the oldest delivery to `consumer` still unacknowledged has
+    /// waited, if it has one.
+    fn oldest_unacked(&self, _consumer: &Consumer) -> Option<Duration> {
+        None
+    }
     /// Its message counts for `/metrics`; None once they joined the
     /// broker's retired totals.
     fn counts(&self) -> Option<super::counters::MessageCounts> {

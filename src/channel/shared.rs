@@ -640,6 +640,19 @@ impl crate::broker::consumer::ConsumerChannel for ChannelShared {
         ChannelShared::info(self)
     }
 
+    fn oldest_unacked(&self, consumer: &Consumer) -> Option<Duration> {
+        // In delivery order: the first of the consumer's is its oldest.
+        let st = self.state.lock();
+        st.unacked
+            .iter()
+            .find(|u| {
+                u.consumer
+                    .as_deref()
+                    .is_some_and(|c| std::ptr::eq(c, consumer))
+            })
+            .map(|u| u.delivered_at.elapsed())
+    }
+
     fn counts(&self) -> Option<MessageCounts> {
         ChannelShared::counts(self)
     }

@@ -65,6 +65,16 @@ pub(super) fn queue_json(q: &Queue, ask: history::Ask) -> Value {
     } else {
         json!(0)
     };
+    // Each consumer's oldest delivery still waiting for its ack (ms): the
+    // age of a stuck consumer's work, where a depth says nothing.
+    let consumers: Vec<_> = q
+        .consumers()
+        .into_iter()
+        .map(|c| {
+            let oldest = c.channel.oldest_unacked(&c).map(|d| d.as_millis() as u64);
+            (c, oldest)
+        })
+        .collect();
     let mut queue = json!({
         "name": q.name,
         "vhost": q.vhost,
@@ -85,7 +95,7 @@ pub(super) fn queue_json(q: &Queue, ask: history::Ask) -> Value {
         "consumer_utilisation": utilisation,
         "consumer_capacity": utilisation,
         "memory": c.memory,
-        "consumer_details": q.consumers().iter().map(|c| json!({
+        "consumer_details": consumers.iter().map(|(c, oldest)| json!({
             "consumer_tag": c.tag,
             "queue": {"name": q.name, "vhost": q.vhost},
             "channel_details": {"number": c.channel.id()},
@@ -93,7 +103,9 @@ pub(super) fn queue_json(q: &Queue, ask: history::Ask) -> Value {
             "prefetch_count": c.prefetch,
             "exclusive": c.exclusive,
             "arguments": table_json(&c.arguments),
+            "oldest_unacked_ms": oldest,
         })).collect::<Vec<_>>(),
+        "oldest_unacked_ms": consumers.iter().filter_map(|(_, o)| *o).max(),
         "message_stats": {
             "deliver": kinds[0], "deliver_no_ack": kinds[1],
             "get": kinds[2], "get_no_ack": kinds[3], "get_empty": kinds[4],

@@ -1405,3 +1405,44 @@ async fn exchanges_show_publish_in_and_publish_out() {
         api.delete(&format!("/api/exchanges/%2F/{name}")).await;
     }
 }
+
+/// A consumer stuck on its work shows in the age of its oldest
+/// unacknowledged delivery, per consumer and per queue (Leveret's fields).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_oldest_unacked_delivery_shows_its_age() {
+    if common::against_other_broker() {
+        return;
+    }
+    let broker = TestBroker::start().await;
+    let api = common::http::Api::of(&broker).unwrap();
+    let conn = broker.connect().await;
+    let ch = conn.create_channel().await.unwrap();
+    let q = common::unique("stuck");
+    ch.queue_declare(q.as_str().into(), Default::default(), Default::default())
+        .await
+        .unwrap();
+    ch.basic_publish(
+        "".into(),
+        q.as_str().into(),
+        Default::default(),
+        b"work",
+        Default::default(),
+    )
+    .await
+    .unwrap();
+    let path = format!("/api/queues/%2F/{q}");
+    assert!(api.get(&path).await.json["oldest_unacked_ms"].is_null());
+    let mut consumer = common::amqp::consume(&ch, &q, "worker", false).await;
+    let d = common::amqp::next(&mut consumer).await;
+    // The age is the subject: it must grow while the delivery waits.
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    let json = api.get(&path).await.json;
+    let age = json["oldest_unacked_ms"].as_u64().unwrap();
+    assert!(age >= 300, "{json}");
+    assert_eq!(json["consumer_details"][0]["oldest_unacked_ms"], age);
+    d.ack(Default::default()).await.unwrap();
+    common::eventually("the age gone with the ack", common::amqp::WAIT, || async {
+        api.get(&path).await.json["oldest_unacked_ms"].is_null()
+    })
+    .await;
+}
