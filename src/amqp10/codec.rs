@@ -10,9 +10,11 @@
 use super::Amqp10Error;
 
 /// How many compounds (lists, maps, arrays, described values) may enclose one
-/// another. AMQP 0-9-1 field tables allow as many (the outermost counted),
-/// so whatever decodes converts into a table a client can read.
-pub(crate) const MAX_DEPTH: usize = leveret_protocol::field_table::MAX_DEPTH;
+/// another: one more than AMQP 0-9-1 allows field tables, for the described
+/// section around the map that becomes the headers table. So every message
+/// converts into headers a client can read, and every 0-9-1 message the
+/// broker accepted reads back.
+pub(crate) const MAX_DEPTH: usize = leveret_protocol::field_table::MAX_DEPTH + 1;
 
 /// A decoded value, borrowing strings and binaries from the input.
 #[derive(Debug, Clone, PartialEq)]

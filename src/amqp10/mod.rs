@@ -783,6 +783,57 @@ mod tests {
     }
 
     #[test]
+    fn headers_as_deep_as_091_allows_read_back() {
+        // The headers table and 99 tables inside it: the most a publisher may send.
+        let mut field = Field::I8(1);
+        for _ in 1..leveret_protocol::field_table::MAX_DEPTH {
+            field = Field::Table(vec![(Cow::Borrowed(&b"x-n"[..]), field)]);
+        }
+        let sent = Basic {
+            headers: Some(vec![(Cow::Borrowed(&b"x-n"[..]), field)]),
+            ..Basic::default()
+        };
+        let raw = sent.write();
+        assert!(leveret_protocol::properties::PropertiesView::scan(&raw).is_ok());
+        let m = to_amqp091(&from_amqp091("", "q", &raw, b""), "s").unwrap();
+        assert_eq!(Basic::parse(&m.properties).unwrap().headers, sent.headers);
+    }
+
+    #[test]
+    fn older_rabbitmq_annotations_give_the_basic_properties() {
+        // No header section; RabbitMQ 3.12 and before kept these as
+        // annotations. An x- annotation wins over an application property
+        // of the same name.
+        let mut ma = Vec::new();
+        for (k, v) in [
+            (&b"x-basic-delivery-mode"[..], Value::Ubyte(2)),
+            (b"x-basic-priority", Value::Ubyte(3)),
+            (b"x-basic-expiration", Value::String(b"+0100")),
+            (b"x-basic-type", Value::String(b"t")),
+            (b"x-a", Value::Long(1)),
+        ] {
+            ma.push((Value::Symbol(k), v));
+        }
+        let mut bytes = vec![0, 0x53, 0x72];
+        codec::encode(&mut bytes, &Value::Map(ma));
+        bytes.extend_from_slice(&[0, 0x53, 0x74]);
+        codec::encode(
+            &mut bytes,
+            &Value::Map(vec![(Value::String(b"x-a"), Value::Long(2))]),
+        );
+        bytes.extend_from_slice(&hex("005375a000"));
+        let m = to_amqp091(&bytes, "s").unwrap();
+        let b = Basic::parse(&m.properties).unwrap();
+        assert_eq!((b.delivery_mode, b.priority), (Some(2), Some(3)));
+        assert_eq!(b.expiration.as_deref(), Some(&b"100"[..]));
+        assert_eq!(b.kind.as_deref(), Some(&b"t"[..]));
+        assert_eq!(
+            b.headers.unwrap(),
+            vec![(Cow::Borrowed(&b"x-a"[..]), Field::I64(1))]
+        );
+    }
+
+    #[test]
     fn what_091_cannot_carry_is_left_out() {
         let k = |k: &'static [u8]| Cow::Borrowed(k);
         let sent = Basic {
