@@ -24,6 +24,7 @@ mod message;
 mod mgmt;
 mod server;
 mod store;
+mod stream_entry;
 mod tls;
 
 /// The wire format and AMQP's errors live in their own crate, below the broker.

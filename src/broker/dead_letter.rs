@@ -346,6 +346,17 @@ pub(crate) fn without_header(message: &Message, name: &str) -> Option<Message> {
     rewrite_headers(message, |headers| without(headers, name))
 }
 
+/// Raw properties with header `name` set to `value` (None when they do
+/// not parse; the publish path checked them, so only a bug gets there).
+pub(crate) fn with_header(properties: &[u8], name: &str, value: AMQPValue) -> Option<Bytes> {
+    let props = PropertiesView::parse(properties)?;
+    let mut headers = props.headers().clone().unwrap_or_default();
+    headers.insert(name.into(), value);
+    let props = props.with_headers(headers);
+    let raw = cookie_factory::gen_simple(gen_properties(&props), Vec::new()).ok()?;
+    Some(Bytes::from(raw))
+}
+
 fn rewrite_headers(
     message: &Message,
     change: impl FnOnce(&FieldTable) -> FieldTable,

@@ -18,6 +18,7 @@ pub(crate) mod policy;
 pub(crate) mod queue;
 pub(crate) mod queue_args;
 pub(crate) mod queue_stats;
+pub(crate) mod stream;
 pub(crate) mod stream_args;
 pub(crate) mod stream_consume;
 pub(crate) mod timers;
@@ -158,7 +159,14 @@ impl Broker {
         let policies = policy::stored(&access_records).map_err(damaged)?;
         let memory = Arc::new(MemoryGauge::new(config.limits.memory_high_watermark));
         let counters = Arc::new(counters::Counters::default());
+        let streams = crate::store::stream_writer::StreamWriter::start().map_err(|source| {
+            StoreError::Io {
+                path: store.path().to_owned(),
+                source,
+            }
+        })?;
         let queue_services = QueueServices {
+            streams,
             memory: memory.clone(),
             counters: counters.clone(),
             dead_letters,
@@ -197,7 +205,7 @@ impl Broker {
             broker.add_vhost(&r.vhost).restore_exchange(r);
         }
         for q in recovered.queues {
-            broker.add_vhost(&q.record.vhost).restore_queue(q);
+            broker.add_vhost(&q.record.vhost).restore_queue(q)?;
         }
         for b in recovered.bindings {
             broker.add_vhost(&b.vhost).restore_binding(b);

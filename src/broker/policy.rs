@@ -260,6 +260,8 @@ impl Policy {
         let supported = match queue_type {
             QueueType::Classic => self.settings.delivery_limit.is_none(),
             QueueType::Quorum => !self.settings.queue_mode,
+            // A stream reads only its own keys, and ignores the rest.
+            QueueType::Stream => true,
         };
         self.apply_to != ApplyTo::Exchanges && supported && self.regex.is_match(name)
     }

@@ -11,6 +11,8 @@ use super::memory::MemoryGauge;
 use super::policy::{effective_queue_args, Applied};
 use super::queue_args::{Overflow, QueueArgs, QueueType};
 use super::queue_stats::QueueStats;
+use super::stream::StreamQueue;
+use super::stream_consume::StartAt;
 use super::timers::{now_ms, Timers};
 use crate::error::AmqpError;
 use crate::message::Message;
@@ -19,6 +21,7 @@ use crate::store::fail_stop::Unwritten;
 use crate::store::memory::MemoryStore;
 use crate::store::persister::Loaded;
 use crate::store::priority::{PriorityDisk, PriorityStore};
+use crate::store::stream_log::Filter;
 use crate::store::{QueueEvents, QueueStore, QueuedMessage, Receipt, Store, MESSAGE_OVERHEAD};
 use amq_protocol::types::FieldTable;
 use parking_lot::Mutex;
@@ -51,6 +54,8 @@ pub(crate) struct QueueServices {
     pub(crate) dead_letters: DeadLetters,
     pub(crate) timers: Timers,
     pub(crate) flow: FlowLimits,
+    /// Appends to stream logs on its own thread.
+    pub(crate) streams: crate::store::stream_writer::StreamWriter,
 }
 
 /// Where a durable queue's messages live on disk, and what is there already.
@@ -79,6 +84,9 @@ pub(crate) struct Queue {
     consumer_timeout: AtomicU64,
     /// The queue's id in the store, when its messages are kept on disk.
     pub(crate) store_id: Option<u32>,
+    /// A stream queue's log and readers; its state then holds only the
+    /// consumers.
+    stream: Option<StreamQueue>,
     memory: Arc<MemoryGauge>,
     dead_letters: DeadLetters,
     timers: Timers,
@@ -156,6 +164,7 @@ impl Queue {
         applied: Applied,
         services: QueueServices,
         disk: Option<OnDisk>,
+        stream: Option<StreamQueue>,
     ) -> Arc<Queue> {
         let effective = effective_queue_args(&args, &arguments, &applied);
         let queue = Arc::new_cyclic(|me: &Weak<Queue>| {
@@ -210,6 +219,7 @@ impl Queue {
                 arguments,
                 args,
                 store_id,
+                stream,
                 disk_loaded: tokio::sync::Notify::new(),
                 stats: QueueStats::new(),
                 state: Mutex::new(QueueState {
@@ -344,7 +354,21 @@ impl Queue {
         }
     }
 
+    /// The stream's log and readers, when this is a stream queue.
+    pub(crate) fn stream(&self) -> Option<&StreamQueue> {
+        self.stream.as_ref()
+    }
+
     pub(crate) fn counts(&self) -> QueueCounts {
+        if let Some(s) = &self.stream {
+            let extent = s.extent();
+            return QueueCounts {
+                ready: (extent.next - extent.first) as usize,
+                consumers: self.state.lock().consumers.len(),
+                ready_bytes: extent.bytes,
+                ..QueueCounts::default()
+            };
+        }
         let st = self.state.lock();
         let mut persistent = st.ready.persistent();
         persistent.messages += st.unacked_persistent.messages;
@@ -602,6 +626,9 @@ impl Queue {
 
     /// Delivers ready messages to consumers with capacity, round-robin.
     pub(crate) fn dispatch(self: &Arc<Self>) {
+        if let Some(s) = &self.stream {
+            return s.wake_readers();
+        }
         let mut st = self.state.lock();
         let before = st.ready.bytes();
         self.dispatch_locked(&mut st);
@@ -735,6 +762,12 @@ impl Queue {
 
     /// Acknowledged (or rejected without requeue) deliveries leave the queue.
     pub(crate) fn settle(&self, receipts: impl IntoIterator<Item = Receipt>) {
+        if self.stream.is_some() {
+            // A stream keeps its messages: an ack only gives credit back.
+            let n = receipts.into_iter().count() as u64;
+            self.stats.acked.fetch_add(n, Ordering::Relaxed);
+            return;
+        }
         let mut st = self.state.lock();
         for receipt in receipts {
             self.unacked_sub(&mut st, &receipt);
@@ -746,6 +779,10 @@ impl Queue {
     /// Rejected (or nacked) without requeue: the messages leave the queue
     /// for its dead-letter exchange, if it has one.
     pub(crate) fn reject(&self, messages: impl IntoIterator<Item = QueuedMessage>) {
+        if self.stream.is_some() {
+            // Nothing leaves a stream, and it dead-letters nothing.
+            return;
+        }
         let mut st = self.state.lock();
         for msg in messages {
             self.unacked_sub(&mut st, &msg.receipt());
@@ -820,6 +857,10 @@ impl Queue {
     /// Puts unacknowledged messages back at their original positions,
     /// flagged redelivered, and delivers again.
     pub(crate) fn requeue(self: &Arc<Self>, messages: impl IntoIterator<Item = QueuedMessage>) {
+        if self.stream.is_some() {
+            // As RabbitMQ: a requeue on a stream only gives credit back.
+            return;
+        }
         let mut st = self.state.lock();
         let before = st.ready.bytes();
         for mut msg in messages {
@@ -853,6 +894,7 @@ impl Queue {
     pub(crate) fn add_consumer(
         self: &Arc<Self>,
         consumer: Arc<Consumer>,
+        stream_start: Option<(StartAt, Option<Filter>)>,
         on_added: impl FnOnce(),
     ) -> Result<(), AmqpError> {
         let mut st = self.state.lock();
@@ -869,6 +911,14 @@ impl Queue {
             )));
         }
         on_added();
+        if let Some(stream) = &self.stream {
+            let (start, filter) = stream_start.unwrap_or((StartAt::Next, None));
+            st.consumers.push(consumer.clone());
+            st.had_consumer = true;
+            drop(st);
+            stream.add_reader(self.clone(), consumer, start, filter);
+            return Ok(());
+        }
         // Sorted by priority, arrival order among equals (the first is the
         // single active consumer where that applies).
         let at = if self.args.single_active_consumer {
@@ -891,6 +941,9 @@ impl Queue {
     /// Removes a consumer; returns true when an auto-delete queue just lost
     /// its last consumer and must be deleted.
     pub(crate) fn remove_consumer(&self, consumer: &Arc<Consumer>) -> bool {
+        if let Some(s) = &self.stream {
+            s.remove_reader(consumer);
+        }
         let mut st = self.state.lock();
         st.consumers.retain(|c| !Arc::ptr_eq(c, consumer));
         if st.consumers.is_empty() {
@@ -936,6 +989,9 @@ impl Queue {
         st.ready.delete();
         self.account(before, &mut st);
         self.disk_loaded.notify_waiters();
+        if let Some(s) = &self.stream {
+            s.delete();
+        }
         (std::mem::take(&mut st.consumers), count)
     }
 }
@@ -1023,6 +1079,7 @@ mod tests {
     fn queue() -> Arc<Queue> {
         let (dead_letters, _) = crate::broker::dead_letter::DeadLetters::channel();
         let services = QueueServices {
+            streams: crate::store::stream_writer::StreamWriter::start().unwrap(),
             memory: Arc::new(MemoryGauge::new(u64::MAX)),
             counters: Default::default(),
             dead_letters,
@@ -1042,6 +1099,7 @@ mod tests {
             QueueArgs::default(),
             Applied::default(),
             services,
+            None,
             None,
         )
     }
@@ -1085,16 +1143,18 @@ mod tests {
         let q = queue();
         let a = FakeChannel::new(2);
         let b = FakeChannel::new(10);
-        q.add_consumer(consumer("a", &a, &q, 0), || {}).unwrap();
+        q.add_consumer(consumer("a", &a, &q, 0), None, || {})
+            .unwrap();
         for body in ["1", "2", "3"] {
             publish(&q, body);
         }
         assert_eq!(a.bodies("a"), ["1", "2"]);
         assert_eq!(q.counts().ready, 1, "the third waits: no consumer has room");
-        q.add_consumer(consumer("b", &b, &q, 0), || {}).unwrap();
+        q.add_consumer(consumer("b", &b, &q, 0), None, || {})
+            .unwrap();
         assert_eq!(b.bodies("b"), ["3"], "a new consumer gets what waited");
         let high = FakeChannel::new(1);
-        q.add_consumer(consumer("high", &high, &q, 5), || {})
+        q.add_consumer(consumer("high", &high, &q, 5), None, || {})
             .unwrap();
         for body in ["4", "5", "6"] {
             publish(&q, body);

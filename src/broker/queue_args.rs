@@ -23,6 +23,7 @@ pub(crate) enum QueueType {
     #[default]
     Classic,
     Quorum,
+    Stream,
 }
 
 /// The arguments a queue acts on.
@@ -41,6 +42,8 @@ pub(crate) struct QueueArgs {
     pub(crate) delivery_limit: Option<u64>,
     /// x-consumer-timeout (ms): how long a delivery may stay unacknowledged.
     pub(crate) consumer_timeout: Option<u64>,
+    /// A stream's retention and segment size.
+    pub(crate) stream: Option<super::stream_args::StreamArgs>,
 }
 
 /// The declaration being checked, for reply texts and type rules.
@@ -101,10 +104,11 @@ impl QueueArgs {
             None | Some("classic") => QueueType::Classic,
             Some("quorum") => QueueType::Quorum,
             Some("stream") => {
-                return Err(AmqpError::precondition_failed(format_args!(
-                    "invalid arg 'x-queue-type' for queue '{}' in vhost '{}': streams are not supported yet",
-                    q.name, q.vhost
-                )))
+                return Ok(QueueArgs {
+                    queue_type: QueueType::Stream,
+                    stream: Some(super::stream_args::StreamArgs::parse(args, q)?),
+                    ..QueueArgs::default()
+                })
             }
             Some(other) => {
                 return Err(invalid(
@@ -213,6 +217,7 @@ impl QueueArgs {
             queue_type,
             delivery_limit,
             consumer_timeout,
+            stream: None,
         })
     }
 }

@@ -4,10 +4,6 @@
 //! `x-max-age` (`7D`, `30m`…) and `x-stream-max-segment-size-bytes`; the
 //! arguments of other queue types refused.
 
-// Stream queues (issue 18) are being built on this; until they are
-// declared, only its tests use it.
-#![allow(dead_code)]
-
 use super::queue_args::{integer, type_name, Declared};
 use crate::error::AmqpError;
 use amq_protocol::types::{AMQPValue, FieldTable};

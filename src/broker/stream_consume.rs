@@ -2,14 +2,10 @@
 //! and manual acks (acks only give credit back), basic.get is refused, and
 //! `x-stream-offset` says where reading starts.
 
-// Stream queues (issue 18) are being built on this; until they take
-// consumers, only its tests use it.
-#![allow(dead_code)]
-
 use super::stream_args::parse_age;
 use crate::error::AmqpError;
-use crate::store::stream_log::StreamLog;
-use amq_protocol::types::AMQPValue;
+use crate::store::stream_log::{Filter, StreamLog};
+use amq_protocol::types::{AMQPValue, FieldTable};
 
 /// Where a consumer starts reading (`x-stream-offset`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -107,6 +103,49 @@ pub(crate) fn check_consumer(
         )));
     }
     Ok(())
+}
+
+/// What a consumer filters on (RabbitMQ 3.13): `x-stream-filter`, one
+/// value or an array of them, and `x-stream-match-unfiltered`, whether
+/// messages without a filter value match too (default false).
+pub(crate) fn filter(args: &FieldTable) -> Result<Option<Filter>, AmqpError> {
+    let t = args.inner();
+    let text = |v: &AMQPValue| match v {
+        AMQPValue::LongString(s) => Some(String::from_utf8_lossy(s.as_bytes()).into_owned()),
+        AMQPValue::ShortString(s) => Some(s.to_string()),
+        _ => None,
+    };
+    let values = match t.get("x-stream-filter") {
+        None => return Ok(None),
+        Some(AMQPValue::FieldArray(a)) => a.as_slice().iter().map(text).collect(),
+        Some(v) => text(v).map(|s| vec![s]),
+    };
+    let Some(values) = values else {
+        return Err(AmqpError::precondition_failed(
+            "x-stream-filter must be a string or an array of strings",
+        ));
+    };
+    let match_unfiltered = match t.get("x-stream-match-unfiltered") {
+        None => false,
+        Some(AMQPValue::Boolean(b)) => *b,
+        Some(_) => {
+            return Err(AmqpError::precondition_failed(
+                "x-stream-match-unfiltered must be a boolean",
+            ))
+        }
+    };
+    Ok(Some(Filter {
+        values,
+        match_unfiltered,
+    }))
+}
+
+/// basic.nack or basic.reject of a stream's delivery, as RabbitMQ 3.10
+/// answers it (newer versions give the credit back instead).
+pub(crate) fn nack_refused(queue: &str, vhost: &str) -> AmqpError {
+    AmqpError::not_implemented(format_args!(
+        "basic.nack and basic.reject not supported by stream queues queue '{queue}' in vhost '{vhost}'"
+    ))
 }
 
 /// basic.get on a stream, as RabbitMQ 3.10 answers it.

@@ -4,11 +4,13 @@ use super::exchange::{Binding, Destination, Exchange, ExchangeKind, RoutingInfo}
 use super::policy::{Policy, PolicyKind, PolicyRecord, PolicySet};
 use super::queue::{OnDisk, Queue, QueueServices};
 use super::queue_args::{Declared, QueueArgs};
+use super::stream::{Appends, StreamQueue};
 use crate::error::AmqpError;
 use crate::hash::DashMap;
 use crate::message::Message;
 use crate::store::record::{BindingRecord, ExchangeRecord, QueueRecord};
-use crate::store::{RecoveredQueue, Store};
+use crate::store::stream_log::StreamLogError;
+use crate::store::{RecoveredQueue, Store, StoreError};
 use amq_protocol::types::{AMQPValue, FieldTable};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -293,8 +295,9 @@ impl VHost {
         self.exchanges.insert(r.name, exchange);
     }
 
-    /// Puts back a durable queue read from the store, with its messages on disk.
-    pub(crate) fn restore_queue(&self, r: RecoveredQueue) {
+    /// Puts back a durable queue read from the store, with its messages on
+    /// disk; a stream's log is checked, and damage refuses the start.
+    pub(crate) fn restore_queue(&self, r: RecoveredQueue) -> Result<(), StoreError> {
         let declared = Declared {
             name: &r.record.name,
             vhost: &self.name,
@@ -310,6 +313,17 @@ impl VHost {
             .policies
             .read()
             .for_queue(&r.record.name, args.queue_type);
+        let stream = match &args.stream {
+            Some(s) => Some(self.open_stream(&r.record.name, r.record.id, s.clone())?),
+            None => None,
+        };
+        let on_disk = stream.is_none().then(|| OnDisk {
+            store: self.store.clone(),
+            queue_id: r.record.id,
+            messages: r.messages,
+            first_seq: r.first_seq,
+            next_seq: r.next_seq,
+        });
         let queue = Queue::new(
             r.record.name.clone(),
             self.name.clone(),
@@ -320,15 +334,35 @@ impl VHost {
             args,
             applied,
             self.services.clone(),
-            Some(OnDisk {
-                store: self.store.clone(),
-                queue_id: r.record.id,
-                messages: r.messages,
-                first_seq: r.first_seq,
-                next_seq: r.next_seq,
-            }),
+            on_disk,
+            stream,
         );
         self.queues.insert(r.record.name, queue);
+        Ok(())
+    }
+
+    /// Opens a stream queue's log (creating it when new).
+    fn open_stream(
+        &self,
+        name: &str,
+        id: u32,
+        args: crate::broker::stream_args::StreamArgs,
+    ) -> Result<StreamQueue, StoreError> {
+        let dir = crate::broker::stream::log_dir(self.store.path(), id);
+        StreamQueue::open(
+            name,
+            id,
+            args,
+            self.store.path(),
+            self.services.streams.clone(),
+        )
+        .map_err(|e| match e {
+            StreamLogError::Io(source) => StoreError::Io { path: dir, source },
+            StreamLogError::Damaged { ref file, .. } => StoreError::Damaged {
+                path: file.clone(),
+                detail: e.to_string(),
+            },
+        })
     }
 
     /// Puts back a durable binding read from the store.
@@ -657,18 +691,36 @@ impl VHost {
             );
         }
         let applied = self.policies.read().for_queue(d.name, args.queue_type);
+        // A new stream's log is made before the queue is: its files may
+        // fail to be created, and the queue map's lock is no place for that.
+        let mut stream = match &args.stream {
+            Some(s) if !self.queues.contains_key(d.name) => {
+                let id = self.store.next_queue_id();
+                let opened = self.open_stream(d.name, id, s.clone()).map_err(|e| {
+                    AmqpError::internal_error(format_args!(
+                        "cannot create stream '{}' in vhost '{}': {e}",
+                        d.name, self.name
+                    ))
+                })?;
+                Some(opened)
+            }
+            _ => None,
+        };
         let mut created = false;
         let queue = self
             .queues
             .entry(d.name.to_string())
             .or_insert_with(|| {
                 created = true;
+                let stream = stream.take();
                 // Exclusive queues die with their connection: never stored.
                 let on_disk = (d.durable && !d.exclusive).then(|| {
                     let record = QueueRecord {
                         vhost: self.name.clone(),
                         name: d.name.to_string(),
-                        id: self.store.next_queue_id(),
+                        id: stream
+                            .as_ref()
+                            .map_or_else(|| self.store.next_queue_id(), |s| s.id),
                         auto_delete: d.auto_delete,
                         arguments: d.arguments.clone(),
                     };
@@ -691,10 +743,15 @@ impl VHost {
                     args.clone(),
                     applied,
                     self.services.clone(),
-                    on_disk,
+                    on_disk.filter(|_| stream.is_none()),
+                    stream,
                 )
             })
             .clone();
+        if let Some(unused) = stream {
+            // Another declare made the queue first.
+            unused.delete();
+        }
         if created {
             // A policy set while it was being made.
             self.apply_to_queue(&queue);
@@ -716,7 +773,7 @@ impl VHost {
         super::counters::bump(&self.services.counters.queues_deleted);
         self.unbind_everywhere(&Destination::Queue(queue.clone()));
         let (consumers, count) = queue.mark_deleted();
-        if let Some(id) = queue.store_id {
+        if let Some(id) = queue.store_id.or(queue.stream().map(|s| s.id)) {
             self.store.delete_queue(&self.name, &queue.name, id);
         }
         for consumer in consumers {
@@ -775,9 +832,14 @@ impl VHost {
     }
 
     /// Puts a routed message in its queues, its body written once to disk
-    /// when it is persistent and some are durable. Returns (stored on disk,
-    /// refused by a queue).
-    pub(crate) fn enqueue(&self, queues: &[Arc<Queue>], message: &Arc<Message>) -> (bool, bool) {
+    /// when it is persistent and some are durable, and appends it to the
+    /// streams among them. Returns (stored on disk, refused by a queue,
+    /// the streams' appends).
+    pub(crate) fn enqueue(
+        &self,
+        queues: &[Arc<Queue>],
+        message: &Arc<Message>,
+    ) -> (bool, bool, Option<Arc<Appends>>) {
         let mut stored = false;
         if message.persistent {
             let durable = queues.iter().filter(|q| q.store_id.is_some()).count() as u32;
@@ -787,10 +849,19 @@ impl VHost {
             }
         }
         let mut refused = false;
+        let mut appends = None;
         for queue in queues {
+            if let Some(stream) = queue.stream() {
+                stream.publish(message, appends.get_or_insert_with(Appends::new));
+                queue.stats.published.fetch_add(1, Ordering::Relaxed);
+                continue;
+            }
             refused |= !queue.publish(message.clone());
         }
-        (stored, refused)
+        if let Some(a) = &appends {
+            a.routed();
+        }
+        (stored, refused, appends)
     }
 
     /// Adds to `routing.queues` the queues a message published to

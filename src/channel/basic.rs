@@ -6,6 +6,8 @@ use super::{Channel, ConnCtx};
 use crate::broker::access::{Access, Resource};
 use crate::broker::consumer::Consumer;
 use crate::broker::queue::{Got, Queue, GET_DISK_WAIT};
+use crate::broker::stream_consume::{self, StartAt};
+use crate::broker::timers::now_ms;
 use crate::broker::ReplyTo;
 use crate::error::AmqpError;
 use amq_protocol::protocol::{basic, AMQPClass};
@@ -97,6 +99,21 @@ impl Channel {
         let queue = ctx.vhost.queue(name)?;
         queue.check_owner(ctx.id)?;
         let priority = consumer_priority(&c.arguments, &queue)?;
+        let stream_start = match queue.stream() {
+            Some(_) => {
+                let vhost = &ctx.vhost.name;
+                stream_consume::check_consumer(
+                    self.shared.consumer_prefetch(),
+                    c.no_ack,
+                    name,
+                    vhost,
+                )?;
+                let offset = c.arguments.inner().get("x-stream-offset");
+                let start = StartAt::parse(offset, name, vhost, now_ms() as i64)?;
+                Some((start, stream_consume::filter(&c.arguments)?))
+            }
+            None => None,
+        };
         let consumer = Arc::new(Consumer {
             tag: tag.clone(),
             channel: self.shared.clone(),
@@ -114,7 +131,7 @@ impl Channel {
         // accepted the consumer and before any delivery.
         self.shared.add_consumer(consumer.clone());
         let shared = self.shared.clone();
-        let accepted = queue.add_consumer(consumer, || {
+        let accepted = queue.add_consumer(consumer, stream_start, || {
             if !c.nowait {
                 shared.send(AMQPClass::Basic(basic::AMQPMethod::ConsumeOk(
                     basic::ConsumeOk {
@@ -192,6 +209,9 @@ impl Channel {
         ctx.check(Access::Read, Resource::Queue, name)?;
         let queue = ctx.vhost.queue(name)?;
         queue.check_owner(ctx.id)?;
+        if queue.stream().is_some() {
+            return Err(stream_consume::get_refused(name, &ctx.vhost.name));
+        }
         self.get_from(ctx, queue, g.no_ack, Instant::now() + GET_DISK_WAIT);
         Ok(())
     }
@@ -271,6 +291,11 @@ impl Channel {
         }
         self.shared
             .take_unacked(delivery_tag, multiple, &mut self.settling)?;
+        if let Some(stream) = self.settling.stream_queue() {
+            // RabbitMQ 3.10 closes the connection; the credit comes back.
+            self.shared.settle(&mut self.settling, Settle::Requeue);
+            return Err(stream_consume::nack_refused(&stream.name, &stream.vhost));
+        }
         self.shared
             .settle(&mut self.settling, Settle::nack(requeue));
         Ok(())

@@ -5,6 +5,7 @@ use super::shared::Settle;
 use super::{Channel, ConnCtx};
 use crate::broker::memory::Held;
 use crate::broker::ops::{self, publish::Outgoing};
+use crate::broker::stream::Appends;
 use crate::error::{AmqpError, ReplyCode};
 use crate::message::Message;
 use crate::protocol::encode;
@@ -250,7 +251,7 @@ impl Channel {
         mandatory: bool,
         message: Arc<Message>,
         view: &PropertiesView,
-    ) -> (Option<u64>, bool) {
+    ) -> (Option<u64>, bool, Option<Arc<Appends>>) {
         let routed = ops::publish::route(&ctx.broker, &ctx.vhost, message, view, &mut self.routing);
         if ctx.flow.is_none() {
             ctx.flow = routed.flow;
@@ -281,14 +282,26 @@ impl Channel {
         }
         let (stored, refused) = (routed.stored, routed.refused);
         if self.confirm {
-            let seq = self.shared.confirm_next(stored, refused);
-            if stored && !refused {
-                ctx.broker
-                    .store
-                    .confirm_when_written(self.shared.clone(), seq, &message);
+            let seq = self
+                .shared
+                .confirm_next(stored, routed.appends.is_some(), refused);
+            if !refused {
+                if stored {
+                    ctx.broker
+                        .store
+                        .confirm_when_written(self.shared.clone(), seq, &message);
+                }
+                if let Some(appends) = &routed.appends {
+                    let sink = self.shared.clone();
+                    appends.then(move |ok| sink.confirm_appended(seq, ok));
+                }
             }
         }
-        (stored.then(|| message.stored()).flatten(), refused)
+        (
+            stored.then(|| message.stored()).flatten(),
+            refused,
+            routed.appends,
+        )
     }
 
     /// Sends the acks owed to the publisher, one `multiple` ack for all,
@@ -309,11 +322,13 @@ impl Channel {
     /// in RabbitMQ the channel closes with 406 "partial tx completion".
     pub(super) fn commit(&mut self, ctx: &mut ConnCtx, txn: Transaction) -> Result<(), AmqpError> {
         let mut stored = Vec::new();
+        let mut appended = Vec::new();
         let mut failed = false;
         for (mandatory, message, view) in txn.publishes {
-            let (msg_id, refused) = self.route_message(ctx, mandatory, message, &view);
+            let (msg_id, refused, appends) = self.route_message(ctx, mandatory, message, &view);
             failed |= refused;
             stored.extend(msg_id);
+            appended.extend(appends);
         }
         for s in txn.settlements {
             match s {
@@ -345,14 +360,17 @@ impl Channel {
             }
             Ok(())
         };
-        if stored.is_empty() {
+        if stored.is_empty() && appended.is_empty() {
             commit_ok(failed)?;
             self.send_commit_ok();
             return Ok(());
         }
         let written = ctx.broker.store.written(stored);
         ctx.wait(self.id(), async move {
-            let failed = failed || !written.await;
+            let mut failed = failed || !written.await;
+            for a in appended {
+                failed |= !a.finished().await;
+            }
             Box::new(move |channel: &mut Channel, _: &mut ConnCtx| {
                 commit_ok(failed)?;
                 channel.send_commit_ok();

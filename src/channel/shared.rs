@@ -76,6 +76,16 @@ pub(crate) struct Settling {
     batch: Vec<QueuedMessage>,
 }
 
+impl Settling {
+    /// A stream queue among the deliveries taken, if any.
+    pub(crate) fn stream_queue(&self) -> Option<Arc<Queue>> {
+        self.taken
+            .iter()
+            .find(|u| u.queue.stream().is_some())
+            .map(|u| u.queue.clone())
+    }
+}
+
 struct DeliveryState {
     next_delivery_tag: u64,
     /// In delivery-tag order.
@@ -458,8 +468,8 @@ impl ChannelShared {
 
     /// Numbers a publish on a confirm channel: `on_disk` when its confirm
     /// must wait for the persister, `refused` when it is to be nacked.
-    pub(crate) fn confirm_next(&self, on_disk: bool, refused: bool) -> u64 {
-        self.confirms.lock().next(on_disk, refused)
+    pub(crate) fn confirm_next(&self, on_disk: bool, streams: bool, refused: bool) -> u64 {
+        self.confirms.lock().next(on_disk, streams, refused)
     }
 
     /// Sends the ack owed for everything settled so far.
@@ -584,6 +594,15 @@ impl crate::store::ConfirmSink for ChannelShared {
     fn confirm_persisted(&self, seq: u64, ok: bool) {
         let mut c = self.confirms.lock();
         c.persisted(seq, ok);
+        self.send_confirms(&mut c);
+    }
+}
+
+impl ChannelShared {
+    /// The streams publish `seq` went to have it on disk (`ok`), or not.
+    pub(crate) fn confirm_appended(&self, seq: u64, ok: bool) {
+        let mut c = self.confirms.lock();
+        c.appended(seq, ok);
         self.send_confirms(&mut c);
     }
 }

@@ -53,6 +53,7 @@ pub(super) fn queue_json(q: &Queue, ask: history::Ask) -> Value {
     let kind = match q.args.queue_type {
         QueueType::Classic => "classic",
         QueueType::Quorum => "quorum",
+        QueueType::Stream => "stream",
     };
     let [publish, deliver_get, redeliver, ack] = q.stats.counts();
     let kinds = q.stats.delivery_kinds();

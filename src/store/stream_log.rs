@@ -22,10 +22,6 @@
 //! filter of its filter values, so a reader seeks without scanning and
 //! skips segments no entry of which can match its filter.
 
-// Stream queues (issue 18) are built on this log; until they use it, only
-// its tests do.
-#![allow(dead_code)]
-
 use std::fs::{File, OpenOptions};
 use std::io::Write;
 use std::os::unix::fs::FileExt;
@@ -274,6 +270,11 @@ impl StreamLog {
 
     fn newest(&self) -> &Segment {
         self.segments.last().expect("a log has a segment")
+    }
+
+    /// The directory holding the segments.
+    pub(crate) fn dir(&self) -> &Path {
+        &self.dir
     }
 
     /// The oldest offset still kept.
@@ -530,11 +531,6 @@ impl StreamLog {
             File::open(&self.dir)?.sync_all()?;
         }
         Ok(drop)
-    }
-
-    /// Removes the log's files (the stream was deleted).
-    pub(crate) fn delete(self) -> std::io::Result<()> {
-        std::fs::remove_dir_all(&self.dir)
     }
 }
 

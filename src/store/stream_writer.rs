@@ -10,15 +10,15 @@
 //! for good (`StreamFailed`): what it holds on disk is not known any more,
 //! and nothing is confirmed that might not be there.
 
-// Stream queues (issue 18) are built on this; until they use it, only its
-// tests do.
-#![allow(dead_code)]
-
 use super::stream_log::{Pending, StreamLog};
-use parking_lot::RwLock;
+use parking_lot::{Mutex, RwLock};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::mpsc::{channel, Receiver, Sender};
-use std::sync::Arc;
+use std::sync::mpsc::{channel, Receiver, RecvTimeoutError, Sender};
+use std::sync::{Arc, Weak};
+use std::time::Duration;
+
+/// How often retention by age is applied to streams nobody appends to.
+const RETENTION_EVERY: Duration = Duration::from_secs(5);
 
 /// How many appends one batch takes at most before it syncs.
 const MAX_BATCH: usize = 4096;
@@ -39,11 +39,23 @@ pub(crate) type Appended = Box<dyn FnOnce(Result<u64, StreamFailed>) + Send>;
 #[error("stream {0} failed to write: {1}")]
 pub(crate) struct StreamFailed(pub(crate) String, pub(crate) String);
 
+/// What a stream keeps: whole segments are dropped, oldest first, while
+/// the log is over `max_bytes` or a segment's newest entry is older than
+/// `max_age_ms`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct Retention {
+    pub(crate) max_bytes: Option<u64>,
+    pub(crate) max_age_ms: Option<u64>,
+}
+
 /// A stream's log, shared by the writer (appends) and its readers.
 pub(crate) struct Stream {
     pub(crate) name: String,
     pub(crate) log: RwLock<StreamLog>,
+    pub(crate) retention: Mutex<Retention>,
     failed: AtomicBool,
+    /// Set once the stream is deleted: its files are gone or going.
+    deleted: AtomicBool,
     /// Called on the writer thread once new entries are readable, with the
     /// offset after them.
     on_durable: Box<dyn Fn(u64) + Send + Sync>,
@@ -53,12 +65,15 @@ impl Stream {
     pub(crate) fn new(
         name: String,
         log: StreamLog,
+        retention: Retention,
         on_durable: Box<dyn Fn(u64) + Send + Sync>,
     ) -> Arc<Stream> {
         Arc::new(Stream {
             name,
             log: RwLock::new(log),
+            retention: Mutex::new(retention),
             failed: AtomicBool::new(false),
+            deleted: AtomicBool::new(false),
             on_durable,
         })
     }
@@ -78,12 +93,25 @@ struct Append {
     done: Appended,
 }
 
+/// A file job done on the writer thread, so no tokio worker does file I/O.
+pub(crate) type FileJob = Box<dyn FnOnce() + Send>;
+
+#[allow(dead_code)]
+enum Job {
+    Append(Append),
+    Register(Weak<Stream>),
+    /// Remove a deleted stream's files.
+    Delete(Arc<Stream>),
+    Other(FileJob),
+}
+
 /// Hands appends to the `leveret-streams` thread.
 #[derive(Clone)]
 pub(crate) struct StreamWriter {
-    tx: Sender<Append>,
+    tx: Sender<Job>,
 }
 
+#[allow(dead_code)]
 impl StreamWriter {
     pub(crate) fn start() -> std::io::Result<StreamWriter> {
         let (tx, rx) = channel();
@@ -96,31 +124,97 @@ impl StreamWriter {
     /// Appends `entries` to `stream`; `done` is called (on the writer
     /// thread) once they are on disk, or failed.
     pub(crate) fn append(&self, stream: Arc<Stream>, entries: Vec<NewEntry>, done: Appended) {
-        if let Err(e) = self.tx.send(Append {
+        if let Err(e) = self.tx.send(Job::Append(Append {
             stream,
             entries,
             done,
-        }) {
-            let a = e.0;
-            (a.done)(Err(a.stream.failure("the stream writer has stopped")));
+        })) {
+            if let Job::Append(a) = e.0 {
+                (a.done)(Err(a.stream.failure("the stream writer has stopped")));
+            }
         }
+    }
+
+    /// Keeps `stream`'s retention applied while nothing is appended to it.
+    pub(crate) fn register(&self, stream: &Arc<Stream>) {
+        let _ = self.tx.send(Job::Register(Arc::downgrade(stream)));
+    }
+
+    /// Removes the files of a deleted stream, after the appends already
+    /// handed over (which fail: the stream is gone).
+    pub(crate) fn delete(&self, stream: Arc<Stream>) {
+        stream.deleted.store(true, Ordering::Release);
+        let _ = self.tx.send(Job::Delete(stream));
+    }
+
+    /// Runs `job` on the writer thread, in order with the appends.
+    pub(crate) fn run_file_job(&self, job: FileJob) {
+        let _ = self.tx.send(Job::Other(job));
     }
 }
 
 // The writer's own thread: waiting for work blocks no tokio worker.
 #[allow(clippy::disallowed_methods)]
-fn run(rx: Receiver<Append>) {
+fn run(rx: Receiver<Job>) {
     let mut batch = Vec::with_capacity(MAX_BATCH);
-    while let Ok(first) = rx.recv() {
-        batch.push(first);
+    let mut streams: Vec<Weak<Stream>> = Vec::new();
+    let job = |job: Job, batch: &mut Vec<Append>, streams: &mut Vec<Weak<Stream>>| match job {
+        Job::Append(a) => batch.push(a),
+        Job::Register(s) => streams.push(s),
+        Job::Delete(s) => {
+            write_batch(batch);
+            let dir = s.log.read().dir().to_owned();
+            if let Err(e) = std::fs::remove_dir_all(&dir) {
+                tracing::error!(stream = %s.name, dir = %dir.display(), error = %e, "could not remove a deleted stream's files");
+            }
+        }
+        Job::Other(f) => {
+            write_batch(batch);
+            f();
+        }
+    };
+    loop {
+        match rx.recv_timeout(RETENTION_EVERY) {
+            Ok(first) => job(first, &mut batch, &mut streams),
+            Err(RecvTimeoutError::Timeout) => {
+                streams.retain(|s| s.upgrade().is_some_and(|s| apply_retention(&s)));
+                continue;
+            }
+            Err(RecvTimeoutError::Disconnected) => return,
+        }
         while batch.len() < MAX_BATCH {
             match rx.try_recv() {
-                Ok(more) => batch.push(more),
+                Ok(more) => job(more, &mut batch, &mut streams),
                 Err(_) => break,
             }
         }
         write_batch(&mut batch);
     }
+}
+
+/// Drops what `stream` no longer keeps; false once it is deleted.
+fn apply_retention(stream: &Stream) -> bool {
+    if stream.deleted.load(Ordering::Acquire) {
+        return false;
+    }
+    let r = *stream.retention.lock();
+    if r.max_bytes.is_none() && r.max_age_ms.is_none() {
+        return true;
+    }
+    if stream.log.read().segment_count() < 2 {
+        return true;
+    }
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64);
+    if let Err(e) = stream
+        .log
+        .write()
+        .apply_retention(r.max_bytes, r.max_age_ms, now)
+    {
+        tracing::error!(stream = %stream.name, error = %e, "could not drop a stream's old segments");
+    }
+    true
 }
 
 /// Appends a batch, syncs each stream it touched once, then reports.
@@ -149,6 +243,9 @@ fn write_batch(batch: &mut Vec<Append>) {
 }
 
 fn append(a: &Append) -> Result<u64, StreamFailed> {
+    if a.stream.deleted.load(Ordering::Acquire) {
+        return Err(a.stream.failure("the stream was deleted"));
+    }
     if a.stream.has_failed() {
         return Err(a.stream.failure("an earlier write failed"));
     }
@@ -172,6 +269,7 @@ fn sync(stream: &Stream) -> std::io::Result<()> {
     pending.write()?;
     stream.log.write().synced(&pending);
     (stream.on_durable)(pending.end_offset());
+    apply_retention(stream);
     Ok(())
 }
 
@@ -209,6 +307,7 @@ mod tests {
         let stream = Stream::new(
             "s".into(),
             log,
+            Retention::default(),
             Box::new(move |next| {
                 seen.fetch_max(next, Ordering::Relaxed);
             }),
@@ -266,7 +365,7 @@ mod tests {
     fn a_failed_write_fails_the_stream_and_confirms_nothing_after() {
         let path = dir("failed");
         let (log, _) = StreamLog::open(&path, 1 << 20).unwrap();
-        let stream = Stream::new("s".into(), log, Box::new(|_| {}));
+        let stream = Stream::new("s".into(), log, Retention::default(), Box::new(|_| {}));
         stream.failed.store(true, Ordering::Release);
         let writer = StreamWriter::start().unwrap();
         let (tx, rx) = mpsc::channel();

@@ -852,7 +852,7 @@ async fn unsupported_definitions_are_listed_never_dropped() {
         ],
         "queues": [
             {"name": "events", "vhost": "/", "durable": true, "auto_delete": false,
-             "arguments": {"x-queue-type": "stream"}},
+             "arguments": {"x-queue-type": "quorum", "x-dead-letter-strategy": "at-least-once"}},
             {"name": "kept.q", "vhost": "/", "durable": true, "auto_delete": false, "arguments": {}},
         ],
         "bindings": [

@@ -49,4 +49,5 @@ mod policies;
 mod queue_features;
 mod queues;
 mod readme;
+mod streams;
 mod tls;

@@ -634,20 +634,10 @@ async fn rabbitmqadmin_everyday_commands() {
             &format!("name={stream}"),
             "queue_type=stream",
         ];
-        if against_other_broker() {
-            admin.ok(&args).await;
-            admin
-                .ok(&["delete", "queue", &format!("name={stream}")])
-                .await;
-        } else {
-            // Not supported yet: refused as x-queue-type=stream is.
-            let out = admin.fails(&args).await;
-            assert!(
-                out.contains("invalid arg 'x-queue-type'")
-                    && out.contains("streams are not supported yet"),
-                "{out}"
-            );
-        }
+        admin.ok(&args).await;
+        admin
+            .ok(&["delete", "queue", &format!("name={stream}")])
+            .await;
         admin
             .ok(&[
                 "declare",

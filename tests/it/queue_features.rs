@@ -15,7 +15,7 @@ use common::amqp::{
     open_confirmed as open, publish_and_confirm, ready_count, table, text, texts, wait_ready,
     within_for, WAIT,
 };
-use common::{against_other_broker, unique};
+use common::unique;
 use lapin::{
     message::Delivery,
     options::*,
@@ -1862,32 +1862,6 @@ async fn quorum_queue_must_be_durable_and_not_exclusive_or_auto_delete() {
         )
         .await;
         delete_queue(&conn, &q).await;
-    })
-    .await
-}
-
-/// Leveret-specific: Leveret has no streams and refuses the type as unknown, with the
-/// text RabbitMQ uses for an unknown queue type. (RabbitMQ 3.10 accepts a durable
-/// stream; it then refuses basic.get with 540 and consumers without a prefetch with 406.)
-#[tokio::test]
-async fn stream_queue_type_is_refused_406() {
-    if against_other_broker() {
-        return;
-    }
-    within(async {
-        let (_broker, conn, _ch) = open().await;
-        let q = unique("stream");
-        assert_declare_refused(
-            &conn,
-            &q,
-            durable(),
-            table(&[("x-queue-type", string("stream"))]),
-            &format!(
-                "PRECONDITION_FAILED - invalid arg 'x-queue-type' for queue '{q}' in vhost '/': streams are not supported yet"
-            ),
-        )
-        .await;
-        assert_eq!(probe_queue(&conn, &q).await, Err((404, not_found(&q))));
     })
     .await
 }

@@ -111,6 +111,8 @@ pub(crate) struct Routed {
     pub(crate) stored: bool,
     /// A queue refused it (overflow reject-publish): its confirm is a nack.
     pub(crate) refused: bool,
+    /// It went to streams: its confirm waits for their appends.
+    pub(crate) appends: Option<Arc<crate::broker::stream::Appends>>,
     /// The message as delivered (without its BCC header), for a return.
     pub(crate) message: Arc<Message>,
     /// A queue it reached asks its publishers to wait (flow control).
@@ -134,6 +136,7 @@ pub(crate) fn route(
         queues: usize::from(routed),
         stored: false,
         refused: false,
+        appends: None,
         message,
         flow: None,
     };
@@ -172,12 +175,13 @@ pub(crate) fn route(
     }
     let queues = &routing.queues;
     exchange.stats.published(queues.len());
-    let (stored, refused) = vhost.enqueue(queues, &message);
+    let (stored, refused, appends) = vhost.enqueue(queues, &message);
     let routed = Routed {
         routed: !queues.is_empty(),
         queues: queues.len(),
         stored,
         refused,
+        appends,
         flow: queues.iter().find(|q| q.asks_publishers_to_wait()).cloned(),
         message,
     };
@@ -292,6 +296,13 @@ pub(crate) async fn publish_confirmed(
             .is_err()
         {
             return Err(Failed::TimedOut);
+        }
+    }
+    if let Some(appends) = &routed.appends {
+        match timeout(PUBLISH_TIMEOUT, appends.finished()).await {
+            Ok(true) => {}
+            Ok(false) => return Err(Failed::Rejected),
+            Err(_) => return Err(Failed::TimedOut),
         }
     }
     if routed.stored {

@@ -208,7 +208,9 @@ fn unsupported_policy_key(key: &str) -> Option<&'static str> {
             "Leveret keeps its own bounded in-memory window per queue"
         }
         "dead-letter-strategy" => "Leveret dead-letters at most once",
-        "max-age" | "stream-max-segment-size-bytes" => "stream queues are not supported yet",
+        "max-age" | "stream-max-segment-size-bytes" => {
+            "stream retention is set by the stream's x-arguments, not by policy, in Leveret"
+        }
         "initial-cluster-size" => "Leveret runs one node",
         _ => return None,
     })
@@ -265,9 +267,7 @@ fn queues(d: &mut Definitions, out: &mut Vec<Omission>) -> HashSet<(String, Stri
     let mut dropped = HashSet::new();
     d.queues.retain(|q: &QueueDef| {
         let arg = |k: &str| q.arguments.get(k).and_then(Value::as_str);
-        let why = if arg("x-queue-type") == Some("stream") {
-            "stream queues are not supported yet"
-        } else if arg("x-dead-letter-strategy") == Some("at-least-once") {
+        let why = if arg("x-dead-letter-strategy") == Some("at-least-once") {
             "Leveret dead-letters at most once (x-dead-letter-strategy at-least-once)"
         } else {
             return true;
