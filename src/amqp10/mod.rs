@@ -725,6 +725,49 @@ mod tests {
         assert_eq!(out, hex(FROM_091));
     }
 
+    #[test]
+    fn stream_entries_read_over_the_other_protocol() {
+        use crate::stream_entry::{self, Payload};
+        // What a stream client published, as the stream log keeps it.
+        let entry = stream_entry::encode_amqp10(&hex(RSTREAM_FULL));
+        let Ok(Payload::Amqp10(message)) = stream_entry::decode(entry.into()) else {
+            panic!("not an AMQP 1.0 entry");
+        };
+        let m = to_amqp091(&message, "orders").unwrap();
+        assert_eq!((m.routing_key.as_str(), &m.body[..]), ("rk", &b"hello"[..]));
+        // What an AMQP 0-9-1 publisher published, as the stream queue keeps it.
+        let props = Basic {
+            content_type: c(b"text/plain"),
+            delivery_mode: Some(2),
+            headers: Some(vec![
+                (Cow::Borrowed(b"h"), Field::Str(Cow::Borrowed(b"v"))),
+                (Cow::Borrowed(b"x-k"), Field::I32(1)),
+            ]),
+            ..Basic::default()
+        };
+        let published = crate::message::Message::new(
+            "ex".into(),
+            "rk".into(),
+            props.write().into(),
+            bytes::Bytes::from_static(b"hi"),
+            true,
+        );
+        let entry = stream_entry::encode_amqp091(&published);
+        let Ok(Payload::Amqp091 {
+            exchange,
+            routing_key,
+            properties,
+            body,
+        }) = stream_entry::decode(entry.into())
+        else {
+            panic!("not an AMQP 0-9-1 entry");
+        };
+        assert_eq!(
+            from_amqp091(&exchange, &routing_key, &properties, &body),
+            hex(FROM_091)
+        );
+    }
+
     /// A 0-9-1 message with every property and every header type.
     fn every_091() -> Basic<'static> {
         let k = |k: &'static [u8]| Cow::Borrowed(k);
