@@ -186,28 +186,25 @@ impl<'a> Decoder<'a> {
             0xa1 | 0xb1 => Value::String(self.sized(code == 0xb1)?),
             0xa3 | 0xb3 => Value::Symbol(self.sized(code == 0xb3)?),
             0x45 => Value::List(Vec::new()),
-            0xc0 | 0xd0 | 0xc1 | 0xd1 => {
-                let (count, mut items) = self.compound(code & 0xf0 == 0xd0, depth)?;
-                let mut values = Vec::new();
+            0xc0 | 0xd0 => {
+                let (count, mut items) = self.compound(code == 0xd0, depth)?;
+                // Bounded by the input: every element takes an octet.
+                let mut values = Vec::with_capacity(count);
                 for _ in 0..count {
                     values.push(items.value_at(depth + 1)?);
                 }
-                if !items.is_empty() {
-                    return Err(Amqp10Error::Malformed("compound size"));
+                items.finish(Value::List(values))?
+            }
+            0xc1 | 0xd1 => {
+                let (count, mut items) = self.compound(code == 0xd1, depth)?;
+                if count % 2 != 0 {
+                    return Err(Amqp10Error::Malformed("odd map count"));
                 }
-                if code & 1 == 0 {
-                    Value::List(values)
-                } else {
-                    if count % 2 != 0 {
-                        return Err(Amqp10Error::Malformed("odd map count"));
-                    }
-                    let mut pairs = Vec::with_capacity(values.len() / 2);
-                    let mut values = values.into_iter();
-                    while let (Some(k), Some(v)) = (values.next(), values.next()) {
-                        pairs.push((k, v));
-                    }
-                    Value::Map(pairs)
+                let mut pairs = Vec::with_capacity(count / 2);
+                for _ in 0..count / 2 {
+                    pairs.push((items.value_at(depth + 1)?, items.value_at(depth + 1)?));
                 }
+                items.finish(Value::Map(pairs))?
             }
             0xe0 | 0xf0 => {
                 let (count, mut items) = self.compound(code == 0xf0, depth)?;
@@ -218,7 +215,7 @@ impl<'a> Decoder<'a> {
                     descriptor = Some(items.descriptor(depth)?);
                     ctor = items.u8()?;
                 }
-                let mut values = Vec::new();
+                let mut values = Vec::with_capacity(count);
                 for _ in 0..count {
                     // As RabbitMQ reads them: an element of a constant type
                     // (null, true, 0...) takes one octet, so every element
@@ -232,13 +229,18 @@ impl<'a> Decoder<'a> {
                         None => value,
                     });
                 }
-                if !items.is_empty() {
-                    return Err(Amqp10Error::Malformed("array size"));
-                }
-                Value::Array(values)
+                items.finish(Value::Array(values))?
             }
             other => return Err(Amqp10Error::UnknownType(other)),
         })
+    }
+
+    /// `value`, the compound these items held, if they were all of it.
+    fn finish(&self, value: Value<'a>) -> Result<Value<'a>, Amqp10Error> {
+        if !self.is_empty() {
+            return Err(Amqp10Error::Malformed("compound size"));
+        }
+        Ok(value)
     }
 
     /// The count and contents of a list, map or array, checked before any
