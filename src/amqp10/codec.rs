@@ -88,18 +88,18 @@ impl<'a> Decoder<'a> {
         Ok(head)
     }
 
-    fn array<const N: usize>(&mut self) -> Result<[u8; N], Amqp10Error> {
+    fn array_of<const N: usize>(&mut self) -> Result<[u8; N], Amqp10Error> {
         let mut a = [0; N];
         a.copy_from_slice(self.take(N)?);
         Ok(a)
     }
 
     fn u8(&mut self) -> Result<u8, Amqp10Error> {
-        Ok(self.array::<1>()?[0])
+        Ok(self.array_of::<1>()?[0])
     }
 
     fn u32(&mut self) -> Result<u32, Amqp10Error> {
-        Ok(u32::from_be_bytes(self.array()?))
+        Ok(u32::from_be_bytes(self.array_of()?))
     }
 
     /// A size (one or four octets) followed by that many octets.
@@ -151,7 +151,20 @@ impl<'a> Decoder<'a> {
     }
 
     /// The value after its constructor `code`.
+    ///
+    /// Only compounds recurse, each through a function of its own: the
+    /// scalars' large match stays off the recursion, so a level costs little
+    /// stack even unoptimised.
     fn body(&mut self, code: u8, depth: usize) -> Result<Value<'a>, Amqp10Error> {
+        match code {
+            0xc0 | 0xd0 => self.list(code == 0xd0, depth),
+            0xc1 | 0xd1 => self.map(code == 0xd1, depth),
+            0xe0 | 0xf0 => self.array(code == 0xf0, depth),
+            _ => self.scalar(code),
+        }
+    }
+
+    fn scalar(&mut self, code: u8) -> Result<Value<'a>, Amqp10Error> {
         Ok(match code {
             0x40 => Value::Null,
             0x41 => Value::Bool(true),
@@ -169,16 +182,16 @@ impl<'a> Decoder<'a> {
             0x53 => Value::Ulong(self.u8()?.into()),
             0x54 => Value::Int(self.u8()? as i8 as i32),
             0x55 => Value::Long(self.u8()? as i8 as i64),
-            0x60 => Value::Ushort(u16::from_be_bytes(self.array()?)),
-            0x61 => Value::Short(i16::from_be_bytes(self.array()?)),
+            0x60 => Value::Ushort(u16::from_be_bytes(self.array_of()?)),
+            0x61 => Value::Short(i16::from_be_bytes(self.array_of()?)),
             0x70 => Value::Uint(self.u32()?),
-            0x71 => Value::Int(i32::from_be_bytes(self.array()?)),
-            0x72 => Value::Float(f32::from_be_bytes(self.array()?)),
-            0x80 => Value::Ulong(u64::from_be_bytes(self.array()?)),
-            0x81 => Value::Long(i64::from_be_bytes(self.array()?)),
-            0x82 => Value::Double(f64::from_be_bytes(self.array()?)),
-            0x83 => Value::Timestamp(i64::from_be_bytes(self.array()?)),
-            0x98 => Value::Uuid(self.array()?),
+            0x71 => Value::Int(i32::from_be_bytes(self.array_of()?)),
+            0x72 => Value::Float(f32::from_be_bytes(self.array_of()?)),
+            0x80 => Value::Ulong(u64::from_be_bytes(self.array_of()?)),
+            0x81 => Value::Long(i64::from_be_bytes(self.array_of()?)),
+            0x82 => Value::Double(f64::from_be_bytes(self.array_of()?)),
+            0x83 => Value::Timestamp(i64::from_be_bytes(self.array_of()?)),
+            0x98 => Value::Uuid(self.array_of()?),
             0x73 | 0x74 => Value::Opaque(code, self.take(4)?),
             0x84 => Value::Opaque(code, self.take(8)?),
             0x94 => Value::Opaque(code, self.take(16)?),
@@ -186,53 +199,55 @@ impl<'a> Decoder<'a> {
             0xa1 | 0xb1 => Value::String(self.sized(code == 0xb1)?),
             0xa3 | 0xb3 => Value::Symbol(self.sized(code == 0xb3)?),
             0x45 => Value::List(Vec::new()),
-            0xc0 | 0xd0 => {
-                let (count, mut items) = self.compound(code == 0xd0, depth)?;
-                // Bounded by the input: every element takes an octet.
-                let mut values = Vec::with_capacity(count);
-                for _ in 0..count {
-                    values.push(items.value_at(depth + 1)?);
-                }
-                items.finish(Value::List(values))?
-            }
-            0xc1 | 0xd1 => {
-                let (count, mut items) = self.compound(code == 0xd1, depth)?;
-                if count % 2 != 0 {
-                    return Err(Amqp10Error::Malformed("odd map count"));
-                }
-                let mut pairs = Vec::with_capacity(count / 2);
-                for _ in 0..count / 2 {
-                    pairs.push((items.value_at(depth + 1)?, items.value_at(depth + 1)?));
-                }
-                items.finish(Value::Map(pairs))?
-            }
-            0xe0 | 0xf0 => {
-                let (count, mut items) = self.compound(code == 0xf0, depth)?;
-                let depth = depth + 1;
-                let mut ctor = items.u8()?;
-                let mut descriptor = None;
-                if ctor == 0 {
-                    descriptor = Some(items.descriptor(depth)?);
-                    ctor = items.u8()?;
-                }
-                let mut values = Vec::with_capacity(count);
-                for _ in 0..count {
-                    // As RabbitMQ reads them: an element of a constant type
-                    // (null, true, 0...) takes one octet, so every element
-                    // costs input.
-                    if (0x40..=0x45).contains(&ctor) {
-                        items.u8()?;
-                    }
-                    let value = items.body(ctor, depth)?;
-                    values.push(match &descriptor {
-                        Some(d) => Value::Described(Box::new((d.clone(), value))),
-                        None => value,
-                    });
-                }
-                items.finish(Value::Array(values))?
-            }
             other => return Err(Amqp10Error::UnknownType(other)),
         })
+    }
+
+    fn list(&mut self, wide: bool, depth: usize) -> Result<Value<'a>, Amqp10Error> {
+        let (count, mut items) = self.compound(wide, depth)?;
+        // Bounded by the input: every element takes an octet.
+        let mut values = Vec::with_capacity(count);
+        for _ in 0..count {
+            values.push(items.value_at(depth + 1)?);
+        }
+        items.finish(Value::List(values))
+    }
+
+    fn map(&mut self, wide: bool, depth: usize) -> Result<Value<'a>, Amqp10Error> {
+        let (count, mut items) = self.compound(wide, depth)?;
+        if count % 2 != 0 {
+            return Err(Amqp10Error::Malformed("odd map count"));
+        }
+        let mut pairs = Vec::with_capacity(count / 2);
+        for _ in 0..count / 2 {
+            pairs.push((items.value_at(depth + 1)?, items.value_at(depth + 1)?));
+        }
+        items.finish(Value::Map(pairs))
+    }
+
+    fn array(&mut self, wide: bool, depth: usize) -> Result<Value<'a>, Amqp10Error> {
+        let (count, mut items) = self.compound(wide, depth)?;
+        let depth = depth + 1;
+        let mut ctor = items.u8()?;
+        let mut descriptor = None;
+        if ctor == 0 {
+            descriptor = Some(items.descriptor(depth)?);
+            ctor = items.u8()?;
+        }
+        let mut values = Vec::with_capacity(count);
+        for _ in 0..count {
+            // As RabbitMQ reads them: an element of a constant type (null,
+            // true, 0...) takes one octet, so every element costs input.
+            if (0x40..=0x45).contains(&ctor) {
+                items.u8()?;
+            }
+            let value = items.body(ctor, depth)?;
+            values.push(match &descriptor {
+                Some(d) => Value::Described(Box::new((d.clone(), value))),
+                None => value,
+            });
+        }
+        items.finish(Value::Array(values))
     }
 
     /// `value`, the compound these items held, if they were all of it.

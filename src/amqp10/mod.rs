@@ -838,8 +838,21 @@ mod tests {
         };
         let raw = sent.write();
         assert!(leveret_protocol::properties::PropertiesView::scan(&raw).is_ok());
-        let m = to_amqp091(&from_amqp091("", "q", &raw, b""), "s").unwrap();
-        assert_eq!(Basic::parse(&m.properties).unwrap().headers, sent.headers);
+        // Each level of the recursion costs little stack: a fifth of a
+        // worker's 2 MiB is plenty, unoptimised.
+        let headers = std::thread::Builder::new()
+            .stack_size(384 * 1024)
+            .spawn(move || {
+                let m = to_amqp091(&from_amqp091("", "q", &raw, b""), "s").unwrap();
+                Basic::parse(&m.properties)
+                    .unwrap()
+                    .headers
+                    .map(|h| format!("{h:?}"))
+            })
+            .unwrap()
+            .join()
+            .unwrap();
+        assert_eq!(headers, sent.headers.map(|h| format!("{h:?}")));
     }
 
     #[test]
