@@ -810,6 +810,58 @@ mod tests {
         }
     }
 
+    /// `every_091` as RabbitMQ would write it into a stream; rstream 1.1.1's
+    /// `amqp_decoder` reads every property and value of it back.
+    #[test]
+    fn a_stream_client_reads_every_091_property() {
+        let out = from_amqp091("ex", "rk", &every_091().write(), b"body");
+        let s = Sections::decode(&out).unwrap();
+        assert_eq!(
+            s.header,
+            [
+                Value::Bool(true),
+                Value::Ubyte(7),
+                Value::Uint(60000),
+                Value::Null,
+                Value::Null
+            ]
+        );
+        assert_eq!(s.property(9), Some(&Value::Timestamp(1_700_000_000_000)));
+        assert_eq!(
+            s.property(5),
+            Some(&Value::Uuid(
+                hex("550e8400e29b41d4a716446655440000").try_into().unwrap()
+            ))
+        );
+        assert_eq!(
+            s.annotation(b"x-basic-type"),
+            Some(&Value::String(b"order.created"))
+        );
+        let keys: Vec<_> = s
+            .annotations
+            .iter()
+            .filter_map(|(k, _)| k.bytes())
+            .collect();
+        assert_eq!(
+            keys,
+            [
+                &b"x-basic-type"[..],
+                b"x-array",
+                b"x-table",
+                b"x-exchange",
+                b"x-routing-key"
+            ]
+        );
+        assert_eq!(s.application.len(), 14, "all but the array and the table");
+        assert_eq!(
+            s.application
+                .iter()
+                .find(|(k, _)| k.bytes() == Some(b"bool")),
+            Some(&(Value::String(b"bool"), Value::Bool(false)))
+        );
+        assert!(out.ends_with(&hex("005375a004626f6479")));
+    }
+
     #[test]
     fn a_091_message_reads_back_over_091() {
         let sent = every_091();
