@@ -63,11 +63,13 @@ impl<'a> Value<'a> {
 /// Reads values from a slice, front to back.
 pub(crate) struct Decoder<'a> {
     buf: &'a [u8],
+    /// False while skipping: values are checked, nothing is built.
+    keep: bool,
 }
 
 impl<'a> Decoder<'a> {
     pub(crate) fn new(buf: &'a [u8]) -> Decoder<'a> {
-        Decoder { buf }
+        Decoder { buf, keep: true }
     }
 
     pub(crate) fn is_empty(&self) -> bool {
@@ -117,16 +119,28 @@ impl<'a> Decoder<'a> {
         self.value_at(0)
     }
 
-    /// A described value, such as a message section: its descriptor, its
-    /// value, and the value's octets.
-    pub(crate) fn described(&mut self) -> Result<(Value<'a>, Value<'a>, &'a [u8]), Amqp10Error> {
+    /// The start of a message section: its descriptor. The section's value
+    /// follows, for [`Decoder::section_value`] or [`Decoder::skip_section`].
+    pub(crate) fn section(&mut self) -> Result<Value<'a>, Amqp10Error> {
         if self.u8()? != 0 {
             return Err(Amqp10Error::Malformed("not a described value"));
         }
-        let descriptor = self.descriptor(1)?;
+        self.descriptor(1)
+    }
+
+    pub(crate) fn section_value(&mut self) -> Result<Value<'a>, Amqp10Error> {
+        self.value_at(1)
+    }
+
+    /// Checks a section's value without building it (a body need not be:
+    /// a value's tree takes many times its octets) and returns its octets.
+    pub(crate) fn skip_section(&mut self) -> Result<&'a [u8], Amqp10Error> {
         let before = self.buf;
-        let value = self.value_at(1)?;
-        Ok((descriptor, value, &before[..before.len() - self.buf.len()]))
+        self.keep = false;
+        let skipped = self.value_at(1);
+        self.keep = true;
+        skipped?;
+        Ok(&before[..before.len() - self.buf.len()])
     }
 
     fn value_at(&mut self, depth: usize) -> Result<Value<'a>, Amqp10Error> {
@@ -135,6 +149,9 @@ impl<'a> Decoder<'a> {
             let depth = deeper(depth)?;
             let descriptor = self.descriptor(depth)?;
             let value = self.value_at(depth)?;
+            if !self.keep {
+                return Ok(Value::Null);
+            }
             return Ok(Value::Described(Box::new((descriptor, value))));
         }
         self.body(code, depth)
@@ -206,9 +223,12 @@ impl<'a> Decoder<'a> {
     fn list(&mut self, wide: bool, depth: usize) -> Result<Value<'a>, Amqp10Error> {
         let (count, mut items) = self.compound(wide, depth)?;
         // Bounded by the input: every element takes an octet.
-        let mut values = Vec::with_capacity(count);
+        let mut values = Vec::with_capacity(if self.keep { count } else { 0 });
         for _ in 0..count {
-            values.push(items.value_at(depth + 1)?);
+            let value = items.value_at(depth + 1)?;
+            if self.keep {
+                values.push(value);
+            }
         }
         items.finish(Value::List(values))
     }
@@ -218,9 +238,12 @@ impl<'a> Decoder<'a> {
         if count % 2 != 0 {
             return Err(Amqp10Error::Malformed("odd map count"));
         }
-        let mut pairs = Vec::with_capacity(count / 2);
+        let mut pairs = Vec::with_capacity(if self.keep { count / 2 } else { 0 });
         for _ in 0..count / 2 {
-            pairs.push((items.value_at(depth + 1)?, items.value_at(depth + 1)?));
+            let pair = (items.value_at(depth + 1)?, items.value_at(depth + 1)?);
+            if self.keep {
+                pairs.push(pair);
+            }
         }
         items.finish(Value::Map(pairs))
     }
@@ -234,7 +257,7 @@ impl<'a> Decoder<'a> {
             descriptor = Some(items.descriptor(depth)?);
             ctor = items.u8()?;
         }
-        let mut values = Vec::with_capacity(count);
+        let mut values = Vec::with_capacity(if self.keep { count } else { 0 });
         for _ in 0..count {
             // As RabbitMQ reads them: an element of a constant type (null,
             // true, 0...) takes one octet, so every element costs input.
@@ -242,6 +265,9 @@ impl<'a> Decoder<'a> {
                 items.u8()?;
             }
             let value = items.body(ctor, depth)?;
+            if !self.keep {
+                continue;
+            }
             values.push(match &descriptor {
                 Some(d) => Value::Described(Box::new((d.clone(), value))),
                 None => value,
@@ -262,7 +288,10 @@ impl<'a> Decoder<'a> {
     /// element is read.
     fn compound(&mut self, wide: bool, depth: usize) -> Result<(usize, Decoder<'a>), Amqp10Error> {
         deeper(depth)?;
-        let mut items = Decoder::new(self.sized(wide)?);
+        let mut items = Decoder {
+            buf: self.sized(wide)?,
+            keep: self.keep,
+        };
         let count = if wide {
             items.u32()? as usize
         } else {

@@ -95,8 +95,8 @@ struct Sections<'a> {
     annotations: Vec<(Value<'a>, Value<'a>)>,
     properties: Vec<Value<'a>>,
     application: Vec<(Value<'a>, Value<'a>)>,
-    /// Body sections in order: their code, and the value with its octets.
-    body: Vec<(u64, Value<'a>, &'a [u8])>,
+    /// Body sections in order: their code and their value's octets.
+    body: Vec<(u64, &'a [u8])>,
 }
 
 impl<'a> Sections<'a> {
@@ -104,8 +104,7 @@ impl<'a> Sections<'a> {
         let mut d = Decoder::new(bytes);
         let mut s = Sections::default();
         while !d.is_empty() {
-            let (descriptor, value, raw) = d.described()?;
-            let code = match descriptor {
+            let code = match d.section()? {
                 Value::Ulong(code) => code,
                 Value::Symbol(name) => match SECTION_NAMES.iter().position(|n| *n == name) {
                     Some(i) => HEADER + i as u64,
@@ -113,7 +112,29 @@ impl<'a> Sections<'a> {
                 },
                 _ => return Err(Amqp10Error::Malformed("unknown section")),
             };
-            match (code, value) {
+            if !matches!(
+                code,
+                HEADER | PROPERTIES | MESSAGE_ANNOTATIONS | APPLICATION_PROPERTIES
+            ) {
+                // Bodies, delivery annotations and footers are checked, not
+                // built: a 0-9-1 consumer gets their octets or nothing.
+                let raw = d.skip_section()?;
+                let expected: &[u8] = match code {
+                    DATA => &[0xa0, 0xb0],
+                    AMQP_SEQUENCE => &[0x45, 0xc0, 0xd0],
+                    DELIVERY_ANNOTATIONS | FOOTER => &[0xc1, 0xd1],
+                    AMQP_VALUE => &raw[..1],
+                    _ => return Err(Amqp10Error::Malformed("unknown section")),
+                };
+                if !expected.contains(&raw[0]) {
+                    return Err(Amqp10Error::Malformed("section of the wrong type"));
+                }
+                if matches!(code, DATA | AMQP_SEQUENCE | AMQP_VALUE) {
+                    s.body.push((code, raw));
+                }
+                continue;
+            }
+            match (code, d.section_value()?) {
                 (HEADER, Value::List(fields)) => {
                     s.header = fields;
                     s.has_header = true;
@@ -121,11 +142,6 @@ impl<'a> Sections<'a> {
                 (PROPERTIES, Value::List(fields)) => s.properties = fields,
                 (MESSAGE_ANNOTATIONS, Value::Map(pairs)) => s.annotations = pairs,
                 (APPLICATION_PROPERTIES, Value::Map(pairs)) => s.application = pairs,
-                (DELIVERY_ANNOTATIONS | FOOTER, Value::Map(_)) => {}
-                (DATA, v @ Value::Binary(_)) | (AMQP_SEQUENCE, v @ Value::List(_)) => {
-                    s.body.push((code, v, raw))
-                }
-                (AMQP_VALUE, v) => s.body.push((code, v, raw)),
                 _ => return Err(Amqp10Error::Malformed("section of the wrong type")),
             }
         }
@@ -232,17 +248,17 @@ pub(crate) fn to_amqp091<'a>(bytes: &'a [u8], stream: &'a str) -> Result<Amqp091
     }
 
     let body = match s.body.as_slice() {
-        [(DATA, Value::Binary(data), _)] => {
+        [(DATA, raw)] => {
             b.kind = string(s.annotation(b"x-basic-type"));
-            bytes::Bytes::copy_from_slice(data)
+            bytes::Bytes::copy_from_slice(data(raw))
         }
         sections => {
             b.kind = Some(Cow::Borrowed(AMQP10_TYPE));
             let mut body = Vec::new();
-            for (code, value, raw) in sections {
-                body.extend_from_slice(&[0, 0x53, *code as u8]);
-                match value {
-                    Value::Binary(_) => codec::encode(&mut body, value),
+            for &(code, raw) in sections {
+                body.extend_from_slice(&[0, 0x53, code as u8]);
+                match code {
+                    DATA => codec::encode(&mut body, &Value::Binary(data(raw))),
                     _ => body.extend_from_slice(raw),
                 }
             }
@@ -255,6 +271,14 @@ pub(crate) fn to_amqp091<'a>(bytes: &'a [u8], stream: &'a str) -> Result<Amqp091
         properties: b.write().into(),
         body,
     })
+}
+
+/// The content of a data section's value, already checked to be a binary.
+fn data(raw: &[u8]) -> &[u8] {
+    match Decoder::new(raw).value() {
+        Ok(Value::Binary(b)) => b,
+        _ => &[],
+    }
 }
 
 /// A string, symbol or binary that fits a short string.
@@ -1009,7 +1033,8 @@ mod tests {
         let mut ends = vec![0];
         let mut d = Decoder::new(&full);
         while !d.is_empty() {
-            d.described().unwrap();
+            d.section().unwrap();
+            d.skip_section().unwrap();
             ends.push(full.len() - d.rest().len());
         }
         for cut in 0..full.len() {
@@ -1032,6 +1057,13 @@ mod tests {
             &hex("005370a000"),
             &hex("005374d100000004ffffffff"),
             &hex("005370d0ffffffff00000005"),
+            // Bodies are only checked, not built, but checked all the same:
+            // an unknown type, a sequence that is not a list, a footer that
+            // is not a map, a list cut short inside an amqp-value.
+            &hex("005377c003019940"),
+            &hex("005376a000"),
+            &hex("005378c00101"),
+            &hex("005377c0050240"),
         ] {
             assert!(to_amqp091(bad, "s").is_err(), "{bad:02x?}");
         }
