@@ -30,7 +30,9 @@
 //! re-encodes an amqp-value or amqp-sequence body with its own generator,
 //! the client's encoding of the value is kept (the same octets for the
 //! usual, smallest encodings). It also turns `x-opt-deaths` back into
-//! `x-death`; that is left out.
+//! `x-death`, and reads the legacy `x-amqp-1.0-*` headers of its old AMQP 1.0
+//! plugin as sections; here the first is left out and the others are
+//! ordinary `x-` headers.
 
 mod basic;
 mod codec;
