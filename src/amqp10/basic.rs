@@ -6,7 +6,7 @@
 //! (`protocol::properties`); converting to and from AMQP 1.0 needs every
 //! property and every header value.
 
-use super::codec::MAX_DEPTH;
+use leveret_protocol::field_table::MAX_DEPTH;
 use std::borrow::Cow;
 
 /// A field table: keys in their order, duplicates kept.

@@ -10,9 +10,11 @@
 use super::Amqp10Error;
 
 /// How many compounds (lists, maps, arrays, described values) may enclose one
-/// another. AMQP 0-9-1 field tables allow as many (the outermost counted),
-/// so whatever decodes converts into a table a client can read.
-pub(crate) const MAX_DEPTH: usize = leveret_protocol::field_table::MAX_DEPTH;
+/// another: one more than AMQP 0-9-1 allows field tables, for the described
+/// section around the map that becomes the headers table. So every message
+/// converts into headers a client can read, and every 0-9-1 message the
+/// broker accepted reads back.
+pub(crate) const MAX_DEPTH: usize = leveret_protocol::field_table::MAX_DEPTH + 1;
 
 /// A decoded value, borrowing strings and binaries from the input.
 #[derive(Debug, Clone, PartialEq)]
@@ -61,11 +63,13 @@ impl<'a> Value<'a> {
 /// Reads values from a slice, front to back.
 pub(crate) struct Decoder<'a> {
     buf: &'a [u8],
+    /// False while skipping: values are checked, nothing is built.
+    keep: bool,
 }
 
 impl<'a> Decoder<'a> {
     pub(crate) fn new(buf: &'a [u8]) -> Decoder<'a> {
-        Decoder { buf }
+        Decoder { buf, keep: true }
     }
 
     pub(crate) fn is_empty(&self) -> bool {
@@ -86,18 +90,18 @@ impl<'a> Decoder<'a> {
         Ok(head)
     }
 
-    fn array<const N: usize>(&mut self) -> Result<[u8; N], Amqp10Error> {
+    fn array_of<const N: usize>(&mut self) -> Result<[u8; N], Amqp10Error> {
         let mut a = [0; N];
         a.copy_from_slice(self.take(N)?);
         Ok(a)
     }
 
     fn u8(&mut self) -> Result<u8, Amqp10Error> {
-        Ok(self.array::<1>()?[0])
+        Ok(self.array_of::<1>()?[0])
     }
 
     fn u32(&mut self) -> Result<u32, Amqp10Error> {
-        Ok(u32::from_be_bytes(self.array()?))
+        Ok(u32::from_be_bytes(self.array_of()?))
     }
 
     /// A size (one or four octets) followed by that many octets.
@@ -115,16 +119,28 @@ impl<'a> Decoder<'a> {
         self.value_at(0)
     }
 
-    /// A described value, such as a message section: its descriptor, its
-    /// value, and the value's octets.
-    pub(crate) fn described(&mut self) -> Result<(Value<'a>, Value<'a>, &'a [u8]), Amqp10Error> {
+    /// The start of a message section: its descriptor. The section's value
+    /// follows, for [`Decoder::section_value`] or [`Decoder::skip_section`].
+    pub(crate) fn section(&mut self) -> Result<Value<'a>, Amqp10Error> {
         if self.u8()? != 0 {
             return Err(Amqp10Error::Malformed("not a described value"));
         }
-        let descriptor = self.descriptor(1)?;
+        self.descriptor(1)
+    }
+
+    pub(crate) fn section_value(&mut self) -> Result<Value<'a>, Amqp10Error> {
+        self.value_at(1)
+    }
+
+    /// Checks a section's value without building it (a body need not be:
+    /// a value's tree takes many times its octets) and returns its octets.
+    pub(crate) fn skip_section(&mut self) -> Result<&'a [u8], Amqp10Error> {
         let before = self.buf;
-        let value = self.value_at(1)?;
-        Ok((descriptor, value, &before[..before.len() - self.buf.len()]))
+        self.keep = false;
+        let skipped = self.value_at(1);
+        self.keep = true;
+        skipped?;
+        Ok(&before[..before.len() - self.buf.len()])
     }
 
     fn value_at(&mut self, depth: usize) -> Result<Value<'a>, Amqp10Error> {
@@ -133,6 +149,9 @@ impl<'a> Decoder<'a> {
             let depth = deeper(depth)?;
             let descriptor = self.descriptor(depth)?;
             let value = self.value_at(depth)?;
+            if !self.keep {
+                return Ok(Value::Null);
+            }
             return Ok(Value::Described(Box::new((descriptor, value))));
         }
         self.body(code, depth)
@@ -149,7 +168,20 @@ impl<'a> Decoder<'a> {
     }
 
     /// The value after its constructor `code`.
+    ///
+    /// Only compounds recurse, each through a function of its own: the
+    /// scalars' large match stays off the recursion, so a level costs little
+    /// stack even unoptimised.
     fn body(&mut self, code: u8, depth: usize) -> Result<Value<'a>, Amqp10Error> {
+        match code {
+            0xc0 | 0xd0 => self.list(code == 0xd0, depth),
+            0xc1 | 0xd1 => self.map(code == 0xd1, depth),
+            0xe0 | 0xf0 => self.array(code == 0xf0, depth),
+            _ => self.scalar(code),
+        }
+    }
+
+    fn scalar(&mut self, code: u8) -> Result<Value<'a>, Amqp10Error> {
         Ok(match code {
             0x40 => Value::Null,
             0x41 => Value::Bool(true),
@@ -167,16 +199,16 @@ impl<'a> Decoder<'a> {
             0x53 => Value::Ulong(self.u8()?.into()),
             0x54 => Value::Int(self.u8()? as i8 as i32),
             0x55 => Value::Long(self.u8()? as i8 as i64),
-            0x60 => Value::Ushort(u16::from_be_bytes(self.array()?)),
-            0x61 => Value::Short(i16::from_be_bytes(self.array()?)),
+            0x60 => Value::Ushort(u16::from_be_bytes(self.array_of()?)),
+            0x61 => Value::Short(i16::from_be_bytes(self.array_of()?)),
             0x70 => Value::Uint(self.u32()?),
-            0x71 => Value::Int(i32::from_be_bytes(self.array()?)),
-            0x72 => Value::Float(f32::from_be_bytes(self.array()?)),
-            0x80 => Value::Ulong(u64::from_be_bytes(self.array()?)),
-            0x81 => Value::Long(i64::from_be_bytes(self.array()?)),
-            0x82 => Value::Double(f64::from_be_bytes(self.array()?)),
-            0x83 => Value::Timestamp(i64::from_be_bytes(self.array()?)),
-            0x98 => Value::Uuid(self.array()?),
+            0x71 => Value::Int(i32::from_be_bytes(self.array_of()?)),
+            0x72 => Value::Float(f32::from_be_bytes(self.array_of()?)),
+            0x80 => Value::Ulong(u64::from_be_bytes(self.array_of()?)),
+            0x81 => Value::Long(i64::from_be_bytes(self.array_of()?)),
+            0x82 => Value::Double(f64::from_be_bytes(self.array_of()?)),
+            0x83 => Value::Timestamp(i64::from_be_bytes(self.array_of()?)),
+            0x98 => Value::Uuid(self.array_of()?),
             0x73 | 0x74 => Value::Opaque(code, self.take(4)?),
             0x84 => Value::Opaque(code, self.take(8)?),
             0x94 => Value::Opaque(code, self.take(16)?),
@@ -184,66 +216,82 @@ impl<'a> Decoder<'a> {
             0xa1 | 0xb1 => Value::String(self.sized(code == 0xb1)?),
             0xa3 | 0xb3 => Value::Symbol(self.sized(code == 0xb3)?),
             0x45 => Value::List(Vec::new()),
-            0xc0 | 0xd0 | 0xc1 | 0xd1 => {
-                let (count, mut items) = self.compound(code & 0xf0 == 0xd0, depth)?;
-                let mut values = Vec::new();
-                for _ in 0..count {
-                    values.push(items.value_at(depth + 1)?);
-                }
-                if !items.is_empty() {
-                    return Err(Amqp10Error::Malformed("compound size"));
-                }
-                if code & 1 == 0 {
-                    Value::List(values)
-                } else {
-                    if count % 2 != 0 {
-                        return Err(Amqp10Error::Malformed("odd map count"));
-                    }
-                    let mut pairs = Vec::with_capacity(values.len() / 2);
-                    let mut values = values.into_iter();
-                    while let (Some(k), Some(v)) = (values.next(), values.next()) {
-                        pairs.push((k, v));
-                    }
-                    Value::Map(pairs)
-                }
-            }
-            0xe0 | 0xf0 => {
-                let (count, mut items) = self.compound(code == 0xf0, depth)?;
-                let depth = depth + 1;
-                let mut ctor = items.u8()?;
-                let mut descriptor = None;
-                if ctor == 0 {
-                    descriptor = Some(items.descriptor(depth)?);
-                    ctor = items.u8()?;
-                }
-                let mut values = Vec::new();
-                for _ in 0..count {
-                    // As RabbitMQ reads them: an element of a constant type
-                    // (null, true, 0...) takes one octet, so every element
-                    // costs input.
-                    if (0x40..=0x45).contains(&ctor) {
-                        items.u8()?;
-                    }
-                    let value = items.body(ctor, depth)?;
-                    values.push(match &descriptor {
-                        Some(d) => Value::Described(Box::new((d.clone(), value))),
-                        None => value,
-                    });
-                }
-                if !items.is_empty() {
-                    return Err(Amqp10Error::Malformed("array size"));
-                }
-                Value::Array(values)
-            }
             other => return Err(Amqp10Error::UnknownType(other)),
         })
+    }
+
+    fn list(&mut self, wide: bool, depth: usize) -> Result<Value<'a>, Amqp10Error> {
+        let (count, mut items) = self.compound(wide, depth)?;
+        // Bounded by the input: every element takes an octet.
+        let mut values = Vec::with_capacity(if self.keep { count } else { 0 });
+        for _ in 0..count {
+            let value = items.value_at(depth + 1)?;
+            if self.keep {
+                values.push(value);
+            }
+        }
+        items.finish(Value::List(values))
+    }
+
+    fn map(&mut self, wide: bool, depth: usize) -> Result<Value<'a>, Amqp10Error> {
+        let (count, mut items) = self.compound(wide, depth)?;
+        if count % 2 != 0 {
+            return Err(Amqp10Error::Malformed("odd map count"));
+        }
+        let mut pairs = Vec::with_capacity(if self.keep { count / 2 } else { 0 });
+        for _ in 0..count / 2 {
+            let pair = (items.value_at(depth + 1)?, items.value_at(depth + 1)?);
+            if self.keep {
+                pairs.push(pair);
+            }
+        }
+        items.finish(Value::Map(pairs))
+    }
+
+    fn array(&mut self, wide: bool, depth: usize) -> Result<Value<'a>, Amqp10Error> {
+        let (count, mut items) = self.compound(wide, depth)?;
+        let depth = depth + 1;
+        let mut ctor = items.u8()?;
+        let mut descriptor = None;
+        if ctor == 0 {
+            descriptor = Some(items.descriptor(depth)?);
+            ctor = items.u8()?;
+        }
+        let mut values = Vec::with_capacity(if self.keep { count } else { 0 });
+        for _ in 0..count {
+            // As RabbitMQ reads them: an element of a constant type (null,
+            // true, 0...) takes one octet, so every element costs input.
+            if (0x40..=0x45).contains(&ctor) {
+                items.u8()?;
+            }
+            let value = items.body(ctor, depth)?;
+            if !self.keep {
+                continue;
+            }
+            values.push(match &descriptor {
+                Some(d) => Value::Described(Box::new((d.clone(), value))),
+                None => value,
+            });
+        }
+        items.finish(Value::Array(values))
+    }
+
+    /// `value`, the compound these items held, if they were all of it.
+    fn finish(&self, value: Value<'a>) -> Result<Value<'a>, Amqp10Error> {
+        if !self.is_empty() {
+            return Err(Amqp10Error::Malformed("compound size"));
+        }
+        Ok(value)
     }
 
     /// The count and contents of a list, map or array, checked before any
     /// element is read.
     fn compound(&mut self, wide: bool, depth: usize) -> Result<(usize, Decoder<'a>), Amqp10Error> {
         deeper(depth)?;
-        let mut items = Decoder::new(self.sized(wide)?);
+        let mut items = Decoder {
+            buf: self.sized(wide)?,
+            keep: self.keep,
+        };
         let count = if wide {
             items.u32()? as usize
         } else {
@@ -388,6 +436,7 @@ fn compound(out: &mut Vec<u8>, short: u8, count: usize, items: impl FnOnce(&mut 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
 
     fn decode(bytes: &[u8]) -> Result<Value<'_>, Amqp10Error> {
         let mut d = Decoder::new(bytes);
@@ -505,6 +554,47 @@ mod tests {
         );
         // An array of 255 nulls in three octets.
         assert!(decode(&[0xe0, 2, 255, 0x40]).is_err());
+    }
+
+    /// Any value the encoder writes (bar the forms it never produces).
+    fn any_value() -> impl Strategy<Value = Value<'static>> {
+        let leaf = prop_oneof![
+            Just(Value::Null),
+            any::<bool>().prop_map(Value::Bool),
+            any::<u8>().prop_map(Value::Ubyte),
+            any::<u16>().prop_map(Value::Ushort),
+            any::<u32>().prop_map(Value::Uint),
+            any::<u64>().prop_map(Value::Ulong),
+            any::<i8>().prop_map(Value::Byte),
+            any::<i16>().prop_map(Value::Short),
+            any::<i32>().prop_map(Value::Int),
+            any::<i64>().prop_map(Value::Long),
+            (-1e30f32..1e30).prop_map(Value::Float),
+            (-1e300f64..1e300).prop_map(Value::Double),
+            any::<i64>().prop_map(Value::Timestamp),
+            any::<[u8; 16]>().prop_map(Value::Uuid),
+            prop::collection::vec(any::<u8>(), 0..300)
+                .prop_map(|b| Value::Binary(Box::leak(b.into_boxed_slice()))),
+            "\\PC{0,80}".prop_map(|s| Value::String(Box::leak(s.into_bytes().into_boxed_slice()))),
+            "[a-z:-]{0,40}"
+                .prop_map(|s| Value::Symbol(Box::leak(s.into_bytes().into_boxed_slice()))),
+        ];
+        leaf.prop_recursive(4, 64, 8, |inner| {
+            prop_oneof![
+                prop::collection::vec(inner.clone(), 0..8).prop_map(Value::List),
+                prop::collection::vec((inner.clone(), inner.clone()), 0..4).prop_map(Value::Map),
+                (any::<u64>(), inner)
+                    .prop_map(|(d, v)| Value::Described(Box::new((Value::Ulong(d), v)))),
+            ]
+        })
+    }
+
+    proptest! {
+        #[test]
+        fn anything_encoded_decodes_to_itself(v in any_value()) {
+            let bytes = encoded(&v);
+            prop_assert_eq!(decode(&bytes), Ok(v));
+        }
     }
 
     #[test]

@@ -30,7 +30,9 @@
 //! re-encodes an amqp-value or amqp-sequence body with its own generator,
 //! the client's encoding of the value is kept (the same octets for the
 //! usual, smallest encodings). It also turns `x-opt-deaths` back into
-//! `x-death`; that is left out.
+//! `x-death`, and reads the legacy `x-amqp-1.0-*` headers of its old AMQP 1.0
+//! plugin as sections; here the first is left out and the others are
+//! ordinary `x-` headers.
 
 mod basic;
 mod codec;
@@ -95,8 +97,8 @@ struct Sections<'a> {
     annotations: Vec<(Value<'a>, Value<'a>)>,
     properties: Vec<Value<'a>>,
     application: Vec<(Value<'a>, Value<'a>)>,
-    /// Body sections in order: their code, and the value with its octets.
-    body: Vec<(u64, Value<'a>, &'a [u8])>,
+    /// Body sections in order: their code and their value's octets.
+    body: Vec<(u64, &'a [u8])>,
 }
 
 impl<'a> Sections<'a> {
@@ -104,8 +106,7 @@ impl<'a> Sections<'a> {
         let mut d = Decoder::new(bytes);
         let mut s = Sections::default();
         while !d.is_empty() {
-            let (descriptor, value, raw) = d.described()?;
-            let code = match descriptor {
+            let code = match d.section()? {
                 Value::Ulong(code) => code,
                 Value::Symbol(name) => match SECTION_NAMES.iter().position(|n| *n == name) {
                     Some(i) => HEADER + i as u64,
@@ -113,7 +114,29 @@ impl<'a> Sections<'a> {
                 },
                 _ => return Err(Amqp10Error::Malformed("unknown section")),
             };
-            match (code, value) {
+            if !matches!(
+                code,
+                HEADER | PROPERTIES | MESSAGE_ANNOTATIONS | APPLICATION_PROPERTIES
+            ) {
+                // Bodies, delivery annotations and footers are checked, not
+                // built: a 0-9-1 consumer gets their octets or nothing.
+                let raw = d.skip_section()?;
+                let expected: &[u8] = match code {
+                    DATA => &[0xa0, 0xb0],
+                    AMQP_SEQUENCE => &[0x45, 0xc0, 0xd0],
+                    DELIVERY_ANNOTATIONS | FOOTER => &[0xc1, 0xd1],
+                    AMQP_VALUE => &raw[..1],
+                    _ => return Err(Amqp10Error::Malformed("unknown section")),
+                };
+                if !expected.contains(&raw[0]) {
+                    return Err(Amqp10Error::Malformed("section of the wrong type"));
+                }
+                if matches!(code, DATA | AMQP_SEQUENCE | AMQP_VALUE) {
+                    s.body.push((code, raw));
+                }
+                continue;
+            }
+            match (code, d.section_value()?) {
                 (HEADER, Value::List(fields)) => {
                     s.header = fields;
                     s.has_header = true;
@@ -121,11 +144,6 @@ impl<'a> Sections<'a> {
                 (PROPERTIES, Value::List(fields)) => s.properties = fields,
                 (MESSAGE_ANNOTATIONS, Value::Map(pairs)) => s.annotations = pairs,
                 (APPLICATION_PROPERTIES, Value::Map(pairs)) => s.application = pairs,
-                (DELIVERY_ANNOTATIONS | FOOTER, Value::Map(_)) => {}
-                (DATA, v @ Value::Binary(_)) | (AMQP_SEQUENCE, v @ Value::List(_)) => {
-                    s.body.push((code, v, raw))
-                }
-                (AMQP_VALUE, v) => s.body.push((code, v, raw)),
                 _ => return Err(Amqp10Error::Malformed("section of the wrong type")),
             }
         }
@@ -232,17 +250,17 @@ pub(crate) fn to_amqp091<'a>(bytes: &'a [u8], stream: &'a str) -> Result<Amqp091
     }
 
     let body = match s.body.as_slice() {
-        [(DATA, Value::Binary(data), _)] => {
+        [(DATA, raw)] => {
             b.kind = string(s.annotation(b"x-basic-type"));
-            bytes::Bytes::copy_from_slice(data)
+            bytes::Bytes::copy_from_slice(data(raw))
         }
         sections => {
             b.kind = Some(Cow::Borrowed(AMQP10_TYPE));
             let mut body = Vec::new();
-            for (code, value, raw) in sections {
-                body.extend_from_slice(&[0, 0x53, *code as u8]);
-                match value {
-                    Value::Binary(_) => codec::encode(&mut body, value),
+            for &(code, raw) in sections {
+                body.extend_from_slice(&[0, 0x53, code as u8]);
+                match code {
+                    DATA => codec::encode(&mut body, &Value::Binary(data(raw))),
                     _ => body.extend_from_slice(raw),
                 }
             }
@@ -255,6 +273,14 @@ pub(crate) fn to_amqp091<'a>(bytes: &'a [u8], stream: &'a str) -> Result<Amqp091
         properties: b.write().into(),
         body,
     })
+}
+
+/// The content of a data section's value, already checked to be a binary.
+fn data(raw: &[u8]) -> &[u8] {
+    match Decoder::new(raw).value() {
+        Ok(Value::Binary(b)) => b,
+        _ => &[],
+    }
 }
 
 /// A string, symbol or binary that fits a short string.
@@ -725,6 +751,49 @@ mod tests {
         assert_eq!(out, hex(FROM_091));
     }
 
+    #[test]
+    fn stream_entries_read_over_the_other_protocol() {
+        use crate::stream_entry::{self, Payload};
+        // What a stream client published, as the stream log keeps it.
+        let entry = stream_entry::encode_amqp10(&hex(RSTREAM_FULL));
+        let Ok(Payload::Amqp10(message)) = stream_entry::decode(entry.into()) else {
+            panic!("not an AMQP 1.0 entry");
+        };
+        let m = to_amqp091(&message, "orders").unwrap();
+        assert_eq!((m.routing_key.as_str(), &m.body[..]), ("rk", &b"hello"[..]));
+        // What an AMQP 0-9-1 publisher published, as the stream queue keeps it.
+        let props = Basic {
+            content_type: c(b"text/plain"),
+            delivery_mode: Some(2),
+            headers: Some(vec![
+                (Cow::Borrowed(b"h"), Field::Str(Cow::Borrowed(b"v"))),
+                (Cow::Borrowed(b"x-k"), Field::I32(1)),
+            ]),
+            ..Basic::default()
+        };
+        let published = crate::message::Message::new(
+            "ex".into(),
+            "rk".into(),
+            props.write().into(),
+            bytes::Bytes::from_static(b"hi"),
+            true,
+        );
+        let entry = stream_entry::encode_amqp091(&published);
+        let Ok(Payload::Amqp091 {
+            exchange,
+            routing_key,
+            properties,
+            body,
+        }) = stream_entry::decode(entry.into())
+        else {
+            panic!("not an AMQP 0-9-1 entry");
+        };
+        assert_eq!(
+            from_amqp091(&exchange, &routing_key, &properties, &body),
+            hex(FROM_091)
+        );
+    }
+
     /// A 0-9-1 message with every property and every header type.
     fn every_091() -> Basic<'static> {
         let k = |k: &'static [u8]| Cow::Borrowed(k);
@@ -767,6 +836,58 @@ mod tests {
         }
     }
 
+    /// `every_091` as RabbitMQ would write it into a stream; rstream 1.1.1's
+    /// `amqp_decoder` reads every property and value of it back.
+    #[test]
+    fn a_stream_client_reads_every_091_property() {
+        let out = from_amqp091("ex", "rk", &every_091().write(), b"body");
+        let s = Sections::decode(&out).unwrap();
+        assert_eq!(
+            s.header,
+            [
+                Value::Bool(true),
+                Value::Ubyte(7),
+                Value::Uint(60000),
+                Value::Null,
+                Value::Null
+            ]
+        );
+        assert_eq!(s.property(9), Some(&Value::Timestamp(1_700_000_000_000)));
+        assert_eq!(
+            s.property(5),
+            Some(&Value::Uuid(
+                hex("550e8400e29b41d4a716446655440000").try_into().unwrap()
+            ))
+        );
+        assert_eq!(
+            s.annotation(b"x-basic-type"),
+            Some(&Value::String(b"order.created"))
+        );
+        let keys: Vec<_> = s
+            .annotations
+            .iter()
+            .filter_map(|(k, _)| k.bytes())
+            .collect();
+        assert_eq!(
+            keys,
+            [
+                &b"x-basic-type"[..],
+                b"x-array",
+                b"x-table",
+                b"x-exchange",
+                b"x-routing-key"
+            ]
+        );
+        assert_eq!(s.application.len(), 14, "all but the array and the table");
+        assert_eq!(
+            s.application
+                .iter()
+                .find(|(k, _)| k.bytes() == Some(b"bool")),
+            Some(&(Value::String(b"bool"), Value::Bool(false)))
+        );
+        assert!(out.ends_with(&hex("005375a004626f6479")));
+    }
+
     #[test]
     fn a_091_message_reads_back_over_091() {
         let sent = every_091();
@@ -780,6 +901,70 @@ mod tests {
         // The uuid comes back in RabbitMQ's lower case.
         expected.correlation_id = c(b"urn:uuid:550e8400-e29b-41d4-a716-446655440000");
         assert_eq!(Basic::parse(&m.properties).unwrap(), expected);
+    }
+
+    #[test]
+    fn headers_as_deep_as_091_allows_read_back() {
+        // The headers table and 99 tables inside it: the most a publisher may send.
+        let mut field = Field::I8(1);
+        for _ in 1..leveret_protocol::field_table::MAX_DEPTH {
+            field = Field::Table(vec![(Cow::Borrowed(&b"x-n"[..]), field)]);
+        }
+        let sent = Basic {
+            headers: Some(vec![(Cow::Borrowed(&b"x-n"[..]), field)]),
+            ..Basic::default()
+        };
+        let raw = sent.write();
+        assert!(leveret_protocol::properties::PropertiesView::scan(&raw).is_ok());
+        // Each level of the recursion costs little stack: a fifth of a
+        // worker's 2 MiB is plenty, unoptimised.
+        let headers = std::thread::Builder::new()
+            .stack_size(384 * 1024)
+            .spawn(move || {
+                let m = to_amqp091(&from_amqp091("", "q", &raw, b""), "s").unwrap();
+                Basic::parse(&m.properties)
+                    .unwrap()
+                    .headers
+                    .map(|h| format!("{h:?}"))
+            })
+            .unwrap()
+            .join()
+            .unwrap();
+        assert_eq!(headers, sent.headers.map(|h| format!("{h:?}")));
+    }
+
+    #[test]
+    fn older_rabbitmq_annotations_give_the_basic_properties() {
+        // No header section; RabbitMQ 3.12 and before kept these as
+        // annotations. An x- annotation wins over an application property
+        // of the same name.
+        let mut ma = Vec::new();
+        for (k, v) in [
+            (&b"x-basic-delivery-mode"[..], Value::Ubyte(2)),
+            (b"x-basic-priority", Value::Ubyte(3)),
+            (b"x-basic-expiration", Value::String(b"+0100")),
+            (b"x-basic-type", Value::String(b"t")),
+            (b"x-a", Value::Long(1)),
+        ] {
+            ma.push((Value::Symbol(k), v));
+        }
+        let mut bytes = vec![0, 0x53, 0x72];
+        codec::encode(&mut bytes, &Value::Map(ma));
+        bytes.extend_from_slice(&[0, 0x53, 0x74]);
+        codec::encode(
+            &mut bytes,
+            &Value::Map(vec![(Value::String(b"x-a"), Value::Long(2))]),
+        );
+        bytes.extend_from_slice(&hex("005375a000"));
+        let m = to_amqp091(&bytes, "s").unwrap();
+        let b = Basic::parse(&m.properties).unwrap();
+        assert_eq!((b.delivery_mode, b.priority), (Some(2), Some(3)));
+        assert_eq!(b.expiration.as_deref(), Some(&b"100"[..]));
+        assert_eq!(b.kind.as_deref(), Some(&b"t"[..]));
+        assert_eq!(
+            b.headers.unwrap(),
+            vec![(Cow::Borrowed(&b"x-a"[..]), Field::I64(1))]
+        );
     }
 
     #[test]
@@ -850,7 +1035,8 @@ mod tests {
         let mut ends = vec![0];
         let mut d = Decoder::new(&full);
         while !d.is_empty() {
-            d.described().unwrap();
+            d.section().unwrap();
+            d.skip_section().unwrap();
             ends.push(full.len() - d.rest().len());
         }
         for cut in 0..full.len() {
@@ -873,6 +1059,13 @@ mod tests {
             &hex("005370a000"),
             &hex("005374d100000004ffffffff"),
             &hex("005370d0ffffffff00000005"),
+            // Bodies are only checked, not built, but checked all the same:
+            // an unknown type, a sequence that is not a list, a footer that
+            // is not a map, a list cut short inside an amqp-value.
+            &hex("005377c003019940"),
+            &hex("005376a000"),
+            &hex("005378c00101"),
+            &hex("005377c0050240"),
         ] {
             assert!(to_amqp091(bad, "s").is_err(), "{bad:02x?}");
         }

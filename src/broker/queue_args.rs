@@ -55,6 +55,26 @@ pub(crate) struct Declared<'a> {
     pub(crate) auto_delete: bool,
 }
 
+impl Declared<'_> {
+    /// Quorum queues and streams are durable, never exclusive or
+    /// auto-delete: RabbitMQ's refusal of the first property that is not.
+    pub(crate) fn refuse_transient(&self) -> Result<(), AmqpError> {
+        let property = if !self.durable {
+            "non-durable"
+        } else if self.exclusive {
+            "exclusive-owner"
+        } else if self.auto_delete {
+            "auto-delete"
+        } else {
+            return Ok(());
+        };
+        Err(AmqpError::precondition_failed(format_args!(
+            "invalid property '{property}' for queue '{}' in vhost '{}'",
+            self.name, self.vhost
+        )))
+    }
+}
+
 impl QueueArgs {
     /// Parses and checks `args` as RabbitMQ 3.x does: the first bad
     /// argument gets 406 PRECONDITION_FAILED naming it.
@@ -120,21 +140,7 @@ impl QueueArgs {
             }
         };
         if queue_type == QueueType::Quorum {
-            let property = if !q.durable {
-                Some("non-durable")
-            } else if q.exclusive {
-                Some("exclusive-owner")
-            } else if q.auto_delete {
-                Some("auto-delete")
-            } else {
-                None
-            };
-            if let Some(p) = property {
-                return Err(AmqpError::precondition_failed(format_args!(
-                    "invalid property '{p}' for queue '{}' in vhost '{}'",
-                    q.name, q.vhost
-                )));
-            }
+            q.refuse_transient()?;
             if t.contains_key("x-max-priority") {
                 return Err(AmqpError::precondition_failed(format_args!(
                     "invalid arg 'x-max-priority' for queue '{}' in vhost '{}' of queue type rabbit_quorum_queue",

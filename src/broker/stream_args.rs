@@ -46,21 +46,7 @@ impl StreamArgs {
     /// Checks a stream's declaration; the first fault gets 406
     /// PRECONDITION_FAILED in RabbitMQ's words.
     pub(crate) fn parse(args: &FieldTable, q: &Declared<'_>) -> Result<StreamArgs, AmqpError> {
-        let property = if !q.durable {
-            Some("non-durable")
-        } else if q.exclusive {
-            Some("exclusive-owner")
-        } else if q.auto_delete {
-            Some("auto-delete")
-        } else {
-            None
-        };
-        if let Some(p) = property {
-            return Err(AmqpError::precondition_failed(format_args!(
-                "invalid property '{p}' for queue '{}' in vhost '{}'",
-                q.name, q.vhost
-            )));
-        }
+        q.refuse_transient()?;
         let t = args.inner();
         for arg in NOT_FOR_STREAMS {
             if t.contains_key(*arg) {

@@ -173,6 +173,23 @@ struct Segment {
 }
 
 impl Segment {
+    /// A segment of only its header, none of it known durable yet.
+    fn empty(path: PathBuf, file: File, first_offset: u64) -> Segment {
+        Segment {
+            path,
+            file: Arc::new(file),
+            durable_len: 0,
+            first_offset,
+            end_offset: first_offset,
+            first_timestamp: 0,
+            last_timestamp: 0,
+            len: HEADER,
+            index: Vec::new(),
+            bloom: Bloom([0; BLOOM_BITS / 64]),
+            has_unfiltered: false,
+        }
+    }
+
     fn note(&mut self, offset: u64, timestamp: i64, filter: Option<&[u8]>, at: u64, len: u64) {
         if self.end_offset == self.first_offset {
             self.first_timestamp = timestamp;
@@ -398,19 +415,9 @@ impl StreamLog {
         file.write_all(&header(first_offset))?;
         file.sync_all()?;
         File::open(&self.dir)?.sync_all()?;
-        self.segments.push(Segment {
-            path,
-            file: Arc::new(file),
-            durable_len: HEADER,
-            first_offset,
-            end_offset: first_offset,
-            first_timestamp: 0,
-            last_timestamp: 0,
-            len: HEADER,
-            index: Vec::new(),
-            bloom: Bloom([0; BLOOM_BITS / 64]),
-            has_unfiltered: false,
-        });
+        let mut segment = Segment::empty(path, file, first_offset);
+        segment.durable_len = HEADER;
+        self.segments.push(segment);
         self.buffer_at = HEADER;
         Ok(())
     }
@@ -627,19 +634,7 @@ fn scan(path: PathBuf, first_offset: u64, newest: bool) -> Result<(Segment, u64)
     if h != header(first_offset) {
         return Err(damaged(&path, 0, "bad segment header"));
     }
-    let mut segment = Segment {
-        path,
-        file: Arc::new(file),
-        durable_len: 0,
-        first_offset,
-        end_offset: first_offset,
-        first_timestamp: 0,
-        last_timestamp: 0,
-        len: HEADER,
-        index: Vec::new(),
-        bloom: Bloom([0; BLOOM_BITS / 64]),
-        has_unfiltered: false,
-    };
+    let mut segment = Segment::empty(path, file, first_offset);
     let mut at = HEADER;
     let mut buf = Vec::new();
     while at < file_len {

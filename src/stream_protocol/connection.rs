@@ -409,6 +409,12 @@ impl Connection {
                 Flow::Continue
             }
             (Command::Open { corr, vhost }, Step::Tuned(user)) => self.open(corr, vhost, user),
+            // RabbitMQ takes open without the client's tune: the offered
+            // frame_max, no heartbeats.
+            (Command::Open { corr, vhost }, Step::Tuning(user)) => {
+                self.frame_max = self.broker.config.stream.frame_max;
+                self.open(corr, vhost, user)
+            }
             (Command::Unknown, step) => {
                 debug!(connection = ?self.name, ?step, "unrecognised data before authentication, closing connection");
                 Flow::End("unknown frame before open")

@@ -166,6 +166,19 @@ impl Client {
         OK
     }
 
+    /// As [`login`](Self::login), but leaves the server's tune unanswered.
+    async fn login_without_tune(&mut self) {
+        assert_eq!(self.request(PEER_PROPERTIES, |f| f.u32(0)).await.code(), OK);
+        assert_eq!(self.request(SASL_HANDSHAKE, |f| f).await.code(), OK);
+        let auth = self
+            .request(SASL_AUTHENTICATE, |f| {
+                f.string("PLAIN").bytes(b"\0guest\0guest")
+            })
+            .await;
+        assert_eq!(auth.code(), OK);
+        self.expect(TUNE).await;
+    }
+
     async fn open(&mut self, vhost: &str) -> Got {
         self.request(OPEN, |f| f.string(vhost)).await
     }
@@ -1067,4 +1080,16 @@ async fn permissions_decide_as_over_amqp() {
     assert_eq!(r.code(), ACCESS_REFUSED);
     assert_eq!(c.request(DELETE, |f| f.string(&stream)).await.code(), OK);
     api.delete(&format!("/api/users/{user}")).await;
+}
+
+#[tokio::test]
+async fn open_without_answering_tune_is_taken_as_rabbitmq_takes_it() {
+    let broker = common::TestBroker::start().await;
+    let Some(mut c) = Client::connect(&broker).await else {
+        return;
+    };
+    c.login_without_tune().await;
+    assert_eq!(c.open("/").await.code(), OK);
+    let meta = c.request(METADATA, |f| f.u32(0)).await;
+    assert_eq!(meta.key, METADATA | RESPONSE);
 }

@@ -432,8 +432,8 @@ async fn a_named_consumer_resumes_after_its_acknowledged_offset_across_kill_9() 
         let got = next_n(&mut consumer, 6).await;
         assert_eq!(texts(&got), bodies("o", 10)[4..]);
         ack_all(&got[..2]).await;
-        // The API shows the stored offset once the writer thread has
-        // written it (o-5 is offset 5), with its lag behind the tail.
+        // The API shows the stored offset (o-5 is offset 5) with its lag
+        // behind the tail...
         let api = common::http::Api {
             addr: broker.mgmt_addr(),
             user: "guest".into(),
@@ -442,6 +442,24 @@ async fn a_named_consumer_resumes_after_its_acknowledged_offset_across_kill_9() 
         common::eventually("the stored offset", WAIT, || async {
             let q = api.get("/api/queues/%2F/orders").await.json;
             q["stream"]["stored_offsets"]["analytics"] == serde_json::json!({"offset": 5, "lag": 4})
+        })
+        .await;
+        // ...and the writer thread writes it to the stream's offsets file
+        // a moment later (an ack never waits for it: a kill -9 before then
+        // resumes the reader a little earlier, never later).
+        let mut saved = b"\x09analytics".to_vec();
+        saved.extend_from_slice(&5u64.to_be_bytes());
+        let streams = data.path().join("streams");
+        common::eventually("the offsets file", WAIT, || {
+            let (streams, saved) = (streams.clone(), saved.clone());
+            async move {
+                let Some(Ok(dir)) = std::fs::read_dir(&streams).ok().and_then(|mut d| d.next())
+                else {
+                    return false;
+                };
+                std::fs::read(dir.path().join("offsets"))
+                    .is_ok_and(|f| f.windows(saved.len()).any(|w| w == saved))
+            }
         })
         .await;
 

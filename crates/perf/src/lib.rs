@@ -9,6 +9,7 @@
 
 mod check;
 mod client;
+mod stream;
 mod sys;
 mod tls;
 
@@ -82,6 +83,11 @@ pub struct PerfArgs {
     /// `x-stream-offset=first` reads a stream from its start.
     #[arg(long = "consume-args")]
     consume_args: Vec<String>,
+    /// Run over RabbitMQ's stream protocol instead of AMQP:
+    /// rabbitmq-stream://user:password@host:port/vhost (producers publish
+    /// into the first queue name as a stream, consumers read it from first).
+    #[arg(long)]
+    stream_uri: Option<String>,
     /// Queue names are PREFIX-1, PREFIX-2, ... (default perf-<pid>).
     #[arg(long)]
     queue_prefix: Option<String>,
@@ -236,6 +242,9 @@ async fn run_async(args: PerfArgs, target: Target) -> io::Result<Value> {
     });
     if let Some(n) = args.churn {
         return churn(plan, n).await;
+    }
+    if let Some(uri) = &args.stream_uri {
+        return stream::run(plan, uri).await;
     }
     setup(&plan).await?;
 
