@@ -59,6 +59,11 @@ impl<'b> ChunkWriter<'b> {
         self.entries
     }
 
+    /// Bytes of the chunk so far, header included.
+    pub(crate) fn len(&self) -> usize {
+        self.buf.len() - self.start
+    }
+
     /// Completes the header: the chunk's first offset and timestamp.
     pub(crate) fn finish(self, first_offset: u64, timestamp: i64) {
         let data_len = (self.buf.len() - self.start - HEADER) as u32;

@@ -188,6 +188,7 @@ impl Connection {
                 self.deliver_v2.then_some(committed),
                 &read.entries,
                 s.credit,
+                self.frame_max,
             );
             s.credit -= sent;
             s.next = next.unwrap_or(read.next);
@@ -208,15 +209,23 @@ pub(super) fn start_at(offset: OffsetSpec) -> StartAt {
 }
 
 /// Writes `entries` as chunks of consecutive offsets, at most `credit` of
-/// them; returns how many were sent and, if entries were left for lack of
-/// credit, the first of them.
+/// them, each Deliver frame within `frame_max` (0: no limit) unless one
+/// entry alone is larger; returns how many were sent and, if entries were
+/// left for lack of credit, the first of them.
 fn write_chunks(
     outbox: &super::outbox::Outbox,
     subscription: u8,
     committed: Option<u64>,
     entries: &[Entry],
     credit: u32,
+    frame_max: u32,
 ) -> (u32, Option<u64>) {
+    // Size, key, version, subscription and committed offset before the chunk.
+    const BEFORE_CHUNK: usize = 4 + 2 + 2 + 1 + 8;
+    let chunk_max = match frame_max {
+        0 => usize::MAX,
+        n => (n as usize).saturating_sub(BEFORE_CHUNK),
+    };
     // Conversions outside the outbox's lock.
     let bodies: Vec<Cow<'_, [u8]>> = entries.iter().map(|e| body(&e.payload)).collect();
     let mut sent = 0;
@@ -234,6 +243,7 @@ fn write_chunks(
             while at < entries.len()
                 && entries[at].offset == expected
                 && (chunk.entries() as usize) < MAX_ENTRIES
+                && (chunk.entries() == 0 || chunk.len() + 4 + bodies[at].len() <= chunk_max)
                 && chunk.push(&bodies[at])
             {
                 expected += 1;

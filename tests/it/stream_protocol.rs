@@ -1093,3 +1093,44 @@ async fn open_without_answering_tune_is_taken_as_rabbitmq_takes_it() {
     let meta = c.request(METADATA, |f| f.u32(0)).await;
     assert_eq!(meta.key, METADATA | RESPONSE);
 }
+
+/// Every Deliver frame fits the frame_max the client tuned (1 MiB here),
+/// however much a read brings: large entries go one chunk each.
+#[tokio::test]
+async fn deliveries_fit_the_negotiated_frame_max() {
+    let broker = common::TestBroker::start().await;
+    let Some(mut c) = Client::opened(&broker).await else {
+        return;
+    };
+    let stream = common::unique("frame-max");
+    assert_eq!(
+        c.request(CREATE, |f| f.string(&stream).u32(0)).await.code(),
+        OK
+    );
+    let declared = c
+        .request(DECLARE_PUBLISHER, |f| f.u8(1).string("").string(&stream))
+        .await;
+    assert_eq!(declared.code(), OK);
+    let body = vec![b'x'; 600 * 1024];
+    for id in 1..=3u64 {
+        c.send(F::new(PUBLISH).u8(1).u32(1).u64(id).bytes(&body))
+            .await;
+        assert_eq!(confirmed_ids(&c.expect(PUBLISH_CONFIRM).await), [id]);
+    }
+    let sub = c
+        .request(SUBSCRIBE, |f| f.u8(3).string(&stream).u16(1).u16(10))
+        .await;
+    assert_eq!(sub.code(), OK);
+    let mut got = 0;
+    while got < 3 {
+        let d = c.expect(DELIVER).await;
+        // key and version, then the body.
+        let frame = 4 + d.body.len();
+        assert!(
+            frame <= 1 << 20,
+            "a Deliver of {frame} bytes over frame_max"
+        );
+        got += chunk(&d).1.len();
+    }
+    assert_eq!(got, 3);
+}
