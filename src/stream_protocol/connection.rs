@@ -89,7 +89,7 @@ pub(crate) struct Connection {
     /// The largest frame accepted now.
     frame_limit: u32,
     /// The frame_max negotiated at tune.
-    frame_max: u32,
+    pub(super) frame_max: u32,
     /// Silence longer than this ends the connection (two heartbeats).
     read_timeout: Option<Duration>,
     pub(super) publishers: HashMap<u8, Publisher>,

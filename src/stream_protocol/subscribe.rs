@@ -10,7 +10,7 @@
 //! from its first offset. Entries published over AMQP 0-9-1 are converted
 //! to AMQP 1.0 messages, those published here go out as they came.
 
-use super::chunk::{ChunkWriter, MAX_ENTRIES};
+use super::chunk::{ChunkWriter, HEADER as CHUNK_HEADER, MAX_ENTRIES};
 use super::connection::Connection;
 use super::frame::{code, key, OffsetSpec, Out, Pair};
 use super::outbox::READ_LIMIT;
@@ -171,6 +171,7 @@ impl Connection {
                 self.deliver_v2.then_some(committed),
                 &read.entries,
                 s.credit,
+                self.frame_max as usize,
             );
             s.credit -= sent;
             s.next = next.unwrap_or(read.next);
@@ -199,7 +200,10 @@ fn write_chunks(
     committed: Option<u64>,
     entries: &[Entry],
     credit: u32,
+    frame_max: usize,
 ) -> (u32, Option<u64>) {
+    // Key, version, subscription id, committed offset, chunk header.
+    let frame_header = 5 + if committed.is_some() { 8 } else { 0 } + CHUNK_HEADER;
     // Conversions outside the outbox's lock.
     let bodies: Vec<Cow<'_, [u8]>> = entries.iter().map(|e| body(&e.payload)).collect();
     let mut sent = 0;
@@ -214,11 +218,16 @@ fn write_chunks(
             }
             let mut chunk = ChunkWriter::begin(out.buf());
             let mut expected = first.offset;
+            // A frame stays within the client's frame_max (it may refuse a
+            // larger one); an entry larger than that goes alone.
+            let mut size = frame_header;
             while at < entries.len()
                 && entries[at].offset == expected
                 && (chunk.entries() as usize) < MAX_ENTRIES
+                && (chunk.entries() == 0 || size + 4 + bodies[at].len() <= frame_max)
                 && chunk.push(&bodies[at])
             {
+                size += 4 + bodies[at].len();
                 expected += 1;
                 at += 1;
             }

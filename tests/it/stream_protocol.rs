@@ -68,6 +68,8 @@ impl F {
 struct Got {
     key: u16,
     body: Vec<u8>,
+    /// The frame's size field.
+    size: u32,
 }
 
 impl Got {
@@ -86,6 +88,8 @@ impl Got {
 struct Client {
     socket: TcpStream,
     corr: u32,
+    /// What the client answers the server's tune with.
+    frame_max: u32,
 }
 
 impl Client {
@@ -97,6 +101,7 @@ impl Client {
         Client {
             socket: TcpStream::connect(addr).await.unwrap(),
             corr: 0,
+            frame_max: 1 << 20,
         }
     }
 
@@ -129,6 +134,7 @@ impl Client {
             return Some(Got {
                 key,
                 body: frame[4..].to_vec(),
+                size: u32::from_be_bytes(size),
             });
         }
     }
@@ -161,7 +167,8 @@ impl Client {
         }
         let tune = self.expect(TUNE).await;
         assert!(tune.u32_at(0) >= 8192, "frame_max offered");
-        self.send(F::new(TUNE | RESPONSE).u32(1 << 20).u32(heartbeat))
+        let frame_max = self.frame_max;
+        self.send(F::new(TUNE | RESPONSE).u32(frame_max).u32(heartbeat))
             .await;
         OK
     }
@@ -1092,4 +1099,41 @@ async fn open_without_answering_tune_is_taken_as_rabbitmq_takes_it() {
     assert_eq!(c.open("/").await.code(), OK);
     let meta = c.request(METADATA, |f| f.u32(0)).await;
     assert_eq!(meta.key, METADATA | RESPONSE);
+}
+
+#[tokio::test]
+async fn deliveries_stay_within_the_clients_frame_max() {
+    let broker = common::TestBroker::start().await;
+    let Some(mut c) = Client::connect(&broker).await else {
+        return;
+    };
+    c.frame_max = 16 * 1024;
+    assert_eq!(c.login("guest", "guest", 0).await, OK);
+    assert_eq!(c.open("/").await.code(), OK);
+    let stream = common::unique("small-frames");
+    assert_eq!(
+        c.request(CREATE, |f| f.string(&stream).u32(0)).await.code(),
+        OK
+    );
+    let r = c
+        .request(DECLARE_PUBLISHER, |f| f.u8(1).string("").string(&stream))
+        .await;
+    assert_eq!(r.code(), OK);
+    let body = vec![b'x'; 4000];
+    for id in 0..10u64 {
+        c.send(F::new(PUBLISH).u8(1).u32(1).u64(id).bytes(&body))
+            .await;
+        c.expect(PUBLISH_CONFIRM).await;
+    }
+    let sub = c
+        .request(SUBSCRIBE, |f| f.u8(1).string(&stream).u16(1).u16(100))
+        .await;
+    assert_eq!(sub.code(), OK);
+    let mut received = 0;
+    while received < 10 {
+        let d = c.expect(DELIVER).await;
+        assert!(d.size <= c.frame_max, "a deliver frame of {} bytes", d.size);
+        received += chunk(&d).1.len();
+    }
+    assert_eq!(c.request(DELETE, |f| f.string(&stream)).await.code(), OK);
 }
