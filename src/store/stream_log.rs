@@ -497,9 +497,9 @@ impl StreamLog {
     ) -> std::io::Result<()> {
         let end = segment.durable_len;
         let mut at = segment.seek(from);
-        let mut chunk = Vec::new();
+        let mut file = Ahead::new(&segment.file);
         while at < end {
-            let Some((entry, len)) = read_entry(&segment.file, at, end, &mut chunk)? else {
+            let Some((entry, len)) = read_entry(&mut file, at, end)? else {
                 break;
             };
             at += len;
@@ -573,18 +573,49 @@ fn damaged(path: &Path, position: u64, why: impl Into<String>) -> StreamLogError
 /// Reads the entry at `at` (before `end`): the entry and its length, or
 /// None at the end of the data (zeros). A bad entry is an `InvalidData`
 /// error.
-fn read_entry(
-    file: &File,
-    at: u64,
-    end: u64,
-    buf: &mut Vec<u8>,
-) -> std::io::Result<Option<(Entry, u64)>> {
+/// Bytes read from a segment ahead of the entry being read, so a run of
+/// small entries costs one read, not two per entry.
+const READ_AHEAD: usize = 256 << 10;
+
+/// A window of a segment file read ahead.
+struct Ahead<'f> {
+    file: &'f File,
+    /// Where the window starts in the file, and what it holds.
+    start: u64,
+    buf: Vec<u8>,
+}
+
+impl<'f> Ahead<'f> {
+    fn new(file: &'f File) -> Ahead<'f> {
+        Ahead {
+            file,
+            start: 0,
+            buf: Vec::new(),
+        }
+    }
+
+    /// `len` bytes at `at`, none of them past `end`: from the window, or
+    /// read with the window moved there (at least `len`, and up to
+    /// [`READ_AHEAD`] bytes ahead).
+    fn bytes(&mut self, at: u64, len: usize, end: u64) -> std::io::Result<&[u8]> {
+        let inside = at >= self.start && at + len as u64 <= self.start + self.buf.len() as u64;
+        if !inside {
+            let want = (len.max(READ_AHEAD) as u64).min(end - at) as usize;
+            self.buf.resize(want, 0);
+            self.file.read_exact_at(&mut self.buf, at)?;
+            self.start = at;
+        }
+        let from = (at - self.start) as usize;
+        Ok(&self.buf[from..from + len])
+    }
+}
+
+fn read_entry(file: &mut Ahead<'_>, at: u64, end: u64) -> std::io::Result<Option<(Entry, u64)>> {
     let bad = |why: &str| std::io::Error::new(std::io::ErrorKind::InvalidData, why.to_string());
     if end - at < ENTRY_PREFIX as u64 {
         return Err(bad("an entry's header runs past the end"));
     }
-    let mut prefix = [0u8; ENTRY_PREFIX];
-    file.read_exact_at(&mut prefix, at)?;
+    let prefix = file.bytes(at, ENTRY_PREFIX, end)?;
     let len = u32::from_be_bytes(prefix[..4].try_into().expect("4 bytes")) as usize;
     let crc = u32::from_be_bytes(prefix[4..].try_into().expect("4 bytes"));
     if len == 0 && crc == 0 {
@@ -596,8 +627,7 @@ fn read_entry(
     if (len as u64) > end - at - ENTRY_PREFIX as u64 {
         return Err(bad("an entry runs past the end"));
     }
-    buf.resize(len, 0);
-    file.read_exact_at(buf, at + ENTRY_PREFIX as u64)?;
+    let buf = file.bytes(at + ENTRY_PREFIX as u64, len, end)?;
     if crc32fast::hash(buf) != crc {
         return Err(bad("an entry fails its checksum"));
     }
@@ -636,9 +666,10 @@ fn scan(path: PathBuf, first_offset: u64, newest: bool) -> Result<(Segment, u64)
     }
     let mut segment = Segment::empty(path, file, first_offset);
     let mut at = HEADER;
-    let mut buf = Vec::new();
+    let file = segment.file.clone();
+    let mut ahead = Ahead::new(&file);
     while at < file_len {
-        match read_entry(&segment.file, at, file_len, &mut buf) {
+        match read_entry(&mut ahead, at, file_len) {
             Ok(None) => break,
             Ok(Some((e, len))) => {
                 if e.offset != segment.end_offset {
