@@ -393,11 +393,21 @@ async fn create_and_delete_need_configure_permission() {
 /// Runs tests/python/stream_client.py against the broker's stream port and
 /// returns its JSON line.
 async fn rstream(broker: &common::TestBroker, args: &[&str]) -> serde_json::Value {
+    run_script(broker, "stream_client.py", args).await
+}
+
+/// Runs `tests/python/{script}` (an rstream client) against the broker's
+/// stream port to its end; its last JSON line.
+pub(crate) async fn run_script(
+    broker: &common::TestBroker,
+    script: &str,
+    args: &[&str],
+) -> serde_json::Value {
     let addr = broker.stream_addr.expect("a stream port");
     let root = crate::cross_client::repo_root();
     let mut cmd = std::process::Command::new(crate::cross_client::python());
     cmd.current_dir(&root)
-        .arg("tests/python/stream_client.py")
+        .arg(format!("tests/python/{script}"))
         .arg(addr.ip().to_string())
         .arg(addr.port().to_string())
         .args(args);
@@ -406,14 +416,14 @@ async fn rstream(broker: &common::TestBroker, args: &[&str]) -> serde_json::Valu
         out.success(),
         "{}",
         out.report(&format!(
-            "stream_client.py {args:?} (rstream; scripts/install-test-deps installs it)"
+            "{script} {args:?} (rstream; scripts/install-test-deps installs it)"
         ))
     );
     serde_json::from_str(out.stdout.lines().last().unwrap_or_default())
         .unwrap_or_else(|e| panic!("{e}: {}", out.stdout))
 }
 
-fn strings(v: &serde_json::Value) -> Vec<String> {
+pub(crate) fn strings(v: &serde_json::Value) -> Vec<String> {
     v.as_array()
         .unwrap()
         .iter()

@@ -180,31 +180,11 @@ impl Raw {
 
 /// Runs tests/python/super_stream_client.py to its end; its last JSON line.
 async fn rstream(broker: &common::TestBroker, args: &[&str]) -> serde_json::Value {
-    let addr = broker.stream_addr.expect("a stream port");
-    let mut cmd = std::process::Command::new(crate::cross_client::python());
-    cmd.current_dir(crate::cross_client::repo_root())
-        .arg("tests/python/super_stream_client.py")
-        .arg(addr.ip().to_string())
-        .arg(addr.port().to_string())
-        .args(args);
-    let out = crate::cross_client::run(cmd).await;
-    assert!(
-        out.success(),
-        "{}",
-        out.report(&format!(
-            "super_stream_client.py {args:?} (rstream; scripts/install-test-deps installs it)"
-        ))
-    );
-    serde_json::from_str(out.stdout.lines().last().unwrap_or_default())
-        .unwrap_or_else(|e| panic!("{e}: {}", out.stdout))
+    crate::stream_protocol::run_script(broker, "super_stream_client.py", args).await
 }
 
 fn names(v: &serde_json::Value) -> Vec<String> {
-    v.as_array()
-        .unwrap()
-        .iter()
-        .map(|s| s.as_str().unwrap().to_string())
-        .collect()
+    crate::stream_protocol::strings(v)
 }
 
 fn partition_names(name: &str, n: usize) -> Vec<String> {
