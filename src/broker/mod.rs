@@ -166,12 +166,11 @@ impl Broker {
         let policies = policy::stored(&access_records).map_err(damaged)?;
         let memory = Arc::new(MemoryGauge::new(config.limits.memory_high_watermark));
         let counters = Arc::new(counters::Counters::default());
-        let streams = crate::store::stream_writer::StreamWriter::start().map_err(|source| {
-            StoreError::Io {
+        let streams = crate::store::stream_writer::StreamWriter::start(store.backlog.clone())
+            .map_err(|source| StoreError::Io {
                 path: store.path().to_owned(),
                 source,
-            }
-        })?;
+            })?;
         let queue_services = QueueServices {
             streams,
             memory: memory.clone(),

@@ -261,9 +261,10 @@ impl std::fmt::Display for Damage {
     }
 }
 
-/// Bytes of message bodies handed to the persister and not yet taken into a
-/// batch. Publishers stop being read above the limit, so a disk slower than
-/// the network cannot make the broker buffer without bound.
+/// Bytes of message bodies handed to the persister, or to the stream writer,
+/// and not yet taken into a batch. Publishers stop being read above the
+/// limit, so a disk slower than the network cannot make the broker buffer
+/// without bound.
 pub(crate) struct Backlog {
     bytes: AtomicUsize,
     limit: usize,
@@ -272,7 +273,7 @@ pub(crate) struct Backlog {
 }
 
 impl Backlog {
-    fn new(limit: usize) -> Backlog {
+    pub(crate) fn new(limit: usize) -> Backlog {
         Backlog {
             bytes: AtomicUsize::new(0),
             limit,
@@ -281,14 +282,14 @@ impl Backlog {
         }
     }
 
-    fn add(&self, n: usize) {
+    pub(crate) fn add(&self, n: usize) {
         let now = self.bytes.fetch_add(n, Ordering::Relaxed) + n;
         if now > self.limit {
             self.over.store(true, Ordering::Release);
         }
     }
 
-    fn sub(&self, n: usize) {
+    pub(crate) fn sub(&self, n: usize) {
         let now = self.bytes.fetch_sub(n, Ordering::Relaxed) - n;
         if now <= self.limit / 2 && self.over.swap(false, Ordering::AcqRel) {
             self.drained.notify_waiters();

@@ -11,6 +11,7 @@
 //! and nothing is confirmed that might not be there.
 
 use super::stream_log::{Pending, StreamLog};
+use super::Backlog;
 use parking_lot::{Mutex, RwLock};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{channel, Receiver, RecvTimeoutError, Sender};
@@ -108,20 +109,26 @@ enum Job {
 #[derive(Clone)]
 pub(crate) struct StreamWriter {
     tx: Sender<Job>,
+    /// The store's backlog: appends not yet taken into a batch count in
+    /// it, so publishers are held back (not read) while the writer is
+    /// behind, as they are for the persister.
+    backlog: Arc<Backlog>,
 }
 
 impl StreamWriter {
-    pub(crate) fn start() -> std::io::Result<StreamWriter> {
+    pub(crate) fn start(backlog: Arc<Backlog>) -> std::io::Result<StreamWriter> {
         let (tx, rx) = channel();
+        let taken = backlog.clone();
         std::thread::Builder::new()
             .name("leveret-streams".into())
-            .spawn(move || run(rx))?;
-        Ok(StreamWriter { tx })
+            .spawn(move || run(rx, &taken))?;
+        Ok(StreamWriter { tx, backlog })
     }
 
     /// Appends `entries` to `stream`; `done` is called (on the writer
     /// thread) once they are on disk, or failed.
     pub(crate) fn append(&self, stream: Arc<Stream>, entries: Vec<NewEntry>, done: Appended) {
+        self.backlog.add(payload_bytes(&entries));
         if let Err(e) = self.tx.send(Job::Append(Append {
             stream,
             entries,
@@ -151,13 +158,20 @@ impl StreamWriter {
     }
 }
 
+fn payload_bytes(entries: &[NewEntry]) -> usize {
+    entries.iter().map(|e| e.payload.len()).sum()
+}
+
 // The writer's own thread: waiting for work blocks no tokio worker.
 #[allow(clippy::disallowed_methods)]
-fn run(rx: Receiver<Job>) {
+fn run(rx: Receiver<Job>, backlog: &Backlog) {
     let mut batch = Vec::with_capacity(MAX_BATCH);
     let mut streams: Vec<Weak<Stream>> = Vec::new();
     let job = |job: Job, batch: &mut Vec<Append>, streams: &mut Vec<Weak<Stream>>| match job {
-        Job::Append(a) => batch.push(a),
+        Job::Append(a) => {
+            backlog.sub(payload_bytes(&a.entries));
+            batch.push(a)
+        }
         Job::Register(s) => streams.push(s),
         Job::Delete(s) => {
             write_batch(batch);
@@ -310,7 +324,10 @@ mod tests {
                 seen.fetch_max(next, Ordering::Relaxed);
             }),
         );
-        let writer = StreamWriter::start().unwrap();
+        // A small limit, so the appends pass it: what they add, the writer
+        // takes back, or publishers would be held back for good.
+        let backlog = Arc::new(Backlog::new(64));
+        let writer = StreamWriter::start(backlog.clone()).unwrap();
         let (tx, rx) = mpsc::channel();
         let threads: Vec<_> = (0..4u64)
             .map(|t| {
@@ -343,6 +360,8 @@ mod tests {
             .collect();
         assert!(confirmed.iter().all(|&n| n == 2));
         assert_eq!(durable.load(Ordering::Relaxed), 800);
+        assert_eq!(backlog.bytes.load(Ordering::Relaxed), 0);
+        assert!(!backlog.is_over());
         let log = stream.log.read();
         assert_eq!(log.next_offset(), 800);
         assert!(log.segment_count() > 1);
@@ -365,7 +384,7 @@ mod tests {
         let (log, _) = StreamLog::open(&path, 1 << 20).unwrap();
         let stream = Stream::new("s".into(), log, Retention::default(), Box::new(|_| {}));
         stream.failed.store(true, Ordering::Release);
-        let writer = StreamWriter::start().unwrap();
+        let writer = StreamWriter::start(Arc::new(Backlog::new(usize::MAX))).unwrap();
         let (tx, rx) = mpsc::channel();
         writer.append(
             stream.clone(),
