@@ -78,4 +78,7 @@ pub(crate) struct Consumer {
     pub(crate) unacked: AtomicU32,
     /// How fast it settles messages, for flow control.
     pub(crate) pace: Pace,
+    /// A stream consumer whose acknowledged offset the stream stores
+    /// under its tag (`stream_consume::ReadSpec::track`).
+    pub(crate) tracks_offset: bool,
 }

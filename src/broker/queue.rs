@@ -1143,6 +1143,7 @@ mod tests {
             priority,
             unacked: Default::default(),
             pace: Default::default(),
+            tracks_offset: false,
         })
     }
 

@@ -27,7 +27,6 @@ use parking_lot::Mutex;
 use std::collections::HashMap;
 use std::path::Path;
 use std::path::PathBuf;
-use std::sync::atomic::AtomicUsize;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use tokio::sync::Notify;
@@ -134,8 +133,6 @@ pub(crate) struct Reader {
     /// The next offset to deliver.
     pub(crate) next: AtomicU64,
     filter: Option<Filter>,
-    /// Its acknowledged offset is stored under its tag.
-    track: bool,
     wake: Notify,
     stopped: AtomicBool,
 }
@@ -178,8 +175,6 @@ pub(crate) struct StreamQueue {
     /// deleted (the stream protocol's subscriptions wait on it).
     changed: Arc<Notify>,
     deleted: AtomicBool,
-    /// Readers that track their offset (acks look them up only if some do).
-    tracking_readers: AtomicUsize,
     /// `x-single-active-consumer` (a Leveret extension for streams): only
     /// the oldest reader receives; the next takes over when it goes.
     single_active: bool,
@@ -244,7 +239,6 @@ impl StreamQueue {
             publishers: Tracked::new(stream_offsets::PUBLISHERS, publishers),
             changed,
             deleted: AtomicBool::new(false),
-            tracking_readers: AtomicUsize::new(0),
             single_active: args.single_active_consumer,
         })
     }
@@ -345,9 +339,6 @@ impl StreamQueue {
     /// Starts delivering to `consumer` as `read` says: after its stored
     /// offset when it tracks one and has one.
     pub(crate) fn add_reader(&self, queue: Arc<Queue>, consumer: Arc<Consumer>, read: ReadSpec) {
-        if read.track {
-            self.tracking_readers.fetch_add(1, Ordering::Relaxed);
-        }
         let start = self.start_of(&consumer.tag, &read);
         let filter = read.filter;
         // Resolved now for every start but a time, so `next` means what
@@ -363,7 +354,6 @@ impl StreamQueue {
             consumer,
             next: AtomicU64::new(at.unwrap_or(0)),
             filter,
-            track: read.track,
             wake: Notify::new(),
             stopped: AtomicBool::new(false),
         });
@@ -378,7 +368,10 @@ impl StreamQueue {
                     reader.wake.notified().await;
                 }
                 let start = if stream.single_active {
-                    stream.start_of(&reader.consumer.tag, &read_again(start, reader.track))
+                    stream.start_of(
+                        &reader.consumer.tag,
+                        &read_again(start, reader.consumer.tracks_offset),
+                    )
                 } else {
                     start
                 };
@@ -416,9 +409,6 @@ impl StreamQueue {
     pub(crate) fn remove_reader(&self, consumer: &Arc<Consumer>) {
         self.tail.readers.lock().retain(|r| {
             if Arc::ptr_eq(&r.consumer, consumer) {
-                if r.track {
-                    self.tracking_readers.fetch_sub(1, Ordering::Relaxed);
-                }
                 r.stopped.store(true, Ordering::Release);
                 r.wake.notify_one();
                 return false;
@@ -432,18 +422,9 @@ impl StreamQueue {
     }
 
     /// `consumer` acknowledged the delivery of `offset`: a tracking
-    /// reader's stored offset moves forward to it.
-    pub(crate) fn acked(&self, consumer: &Arc<Consumer>, offset: u64) {
-        if self.tracking_readers.load(Ordering::Relaxed) == 0 {
-            return;
-        }
-        let tracks = self
-            .tail
-            .readers
-            .lock()
-            .iter()
-            .any(|r| r.track && Arc::ptr_eq(&r.consumer, consumer));
-        if tracks {
+    /// consumer's stored offset moves forward to it.
+    pub(crate) fn acked(&self, consumer: &Consumer, offset: u64) {
+        if consumer.tracks_offset {
             self.store_offset_at_least(&consumer.tag, offset);
         }
     }

@@ -129,6 +129,7 @@ impl Channel {
             priority,
             unacked: AtomicU32::new(0),
             pace: Default::default(),
+            tracks_offset: stream_start.as_ref().is_some_and(|r| r.track),
         });
         // Registered with the channel first, so deliveries made as the queue
         // adds the consumer find it; consume-ok goes out once the queue has
