@@ -336,6 +336,19 @@ impl StreamQueue {
         .unwrap_or_else(|e| Err(std::io::Error::other(e)))
     }
 
+    /// Synced chunks from the one holding `from` on, their pages read
+    /// ahead, on a blocking thread: for sending as they lie on disk.
+    pub(crate) async fn chunks(
+        &self,
+        from: u64,
+        max_bytes: usize,
+    ) -> std::io::Result<Vec<crate::store::stream_log::ChunkRef>> {
+        let log = self.log.clone();
+        tokio::task::spawn_blocking(move || log.log.read().chunks(from, max_bytes))
+            .await
+            .unwrap_or_else(|e| Err(std::io::Error::other(e)))
+    }
+
     /// Starts delivering to `consumer` as `read` says: after its stored
     /// offset when it tracks one and has one.
     pub(crate) fn add_reader(&self, queue: Arc<Queue>, consumer: Arc<Consumer>, read: ReadSpec) {

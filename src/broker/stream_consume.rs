@@ -264,9 +264,10 @@ mod tests {
             "empty: last is next"
         );
         for i in 0..5 {
+            // One chunk each: times are a chunk's.
             log.append(1000 + i * 10, None, b"x").unwrap();
+            log.sync().unwrap();
         }
-        log.sync().unwrap();
         let at = |s: StartAt| s.resolve(&log).unwrap();
         assert_eq!(at(StartAt::First), 0);
         assert_eq!(at(StartAt::Last), 4);

@@ -1,26 +1,41 @@
 //! A stream's log: an append-only sequence of entries, each with an offset
-//! (0, 1, 2, … for the stream's life), the time it was appended and an
-//! optional filter value, in segment files that reading does not consume.
-//! Retention removes whole segments, oldest first, as RabbitMQ's streams do.
+//! (0, 1, 2, … for the stream's life) and an optional filter value, in
+//! segment files that reading does not consume. Retention removes whole
+//! segments, oldest first, as RabbitMQ's streams do.
 //!
 //! Files live in the stream's own directory, one per segment, named by the
 //! segment's first offset (`00000000000000000000.seg`). A segment starts
 //! with a header (`"LVST" ‖ version u8 ‖ 0 ×3 ‖ first offset u64 ‖ crc32 u32
-//! of the previous 16 bytes ‖ 0 ×4`), then entries `len u32 ‖ crc32 u32 ‖
-//! offset u64 ‖ timestamp i64 ‖ filter length u8 ‖ filter ‖ payload`, where
-//! `len` counts what follows the crc and the crc covers it. Zeros after the
-//! last entry are the end (files may be extended ahead of the data).
+//! of the previous 16 bytes ‖ 0 ×4`), then chunks: each batch the writer
+//! syncs is one chunk per stream, laid out as osiris (RabbitMQ's stream
+//! log) lays out its chunks, so that a stream protocol reader is sent the
+//! chunk's entries straight from the file (`sendfile`), as RabbitMQ does:
 //!
-//! Opening reads every entry and checks it, so damage is found at start-up,
-//! never skipped: an entry that fails its check at the very end of the
+//! - a 48-byte header: `0x50` (magic 5, version 0) ‖ chunk type 0 ‖ entries
+//!   u16 ‖ records u32 ‖ timestamp i64 (ms, the chunk's first entry's) ‖
+//!   epoch u64 ‖ first offset u64 ‖ crc32 u32 of the data ‖ data length
+//!   u32 ‖ trailer length u32 ‖ bloom size u8 (0) ‖ kind u8 ‖ 0 ×2. The
+//!   kind (a byte osiris reserves) is what every entry's payload is (see
+//!   `stream_entry`: its tag); a stream client gets the header with kind
+//!   and trailer length zeroed.
+//! - the data: entries as osiris's simple entries, `size u32 ‖ body`;
+//! - a trailer: `0`, or `1 ‖` each entry's filter value as `length u8 ‖
+//!   value`; then a crc32 of the header and the trailer before it.
+//!
+//! Zeros after the last chunk are the end (files may be extended ahead).
+//!
+//! Opening reads every chunk and checks it, so damage is found at start-up,
+//! never skipped: a chunk that fails its check at the very end of the
 //! newest segment is a write a crash cut short (it was never synced, so
 //! never confirmed) and is cut off and counted; damage anywhere else refuses
-//! the open, naming the file and position.
+//! the open, naming the file and position. Reads of entries check each
+//! chunk's data again; chunks sent as they are carry their data's checksum
+//! to the client, which checks it (as RabbitMQ's clients do).
 //!
 //! In memory each segment keeps its offsets, times, size, a sparse index
-//! (an offset and file position every [`INDEX_EVERY`] bytes) and a Bloom
-//! filter of its filter values, so a reader seeks without scanning and
-//! skips segments no entry of which can match its filter.
+//! (a chunk's first offset and file position every [`INDEX_EVERY`] bytes)
+//! and a Bloom filter of its filter values, so a reader seeks without
+//! scanning and skips segments no entry of which can match its filter.
 
 use std::fs::{File, OpenOptions};
 use std::io::Write;
@@ -30,12 +45,29 @@ use std::sync::Arc;
 use thiserror::Error;
 
 const MAGIC: &[u8; 4] = b"LVST";
-const VERSION: u8 = 1;
+const VERSION: u8 = 2;
 const HEADER: u64 = 24;
-/// `len` and `crc`.
-const ENTRY_PREFIX: usize = 8;
-/// offset, timestamp and filter length: the least an entry's `len` counts.
-const ENTRY_FIXED: usize = 17;
+/// Bytes of a chunk header.
+pub(crate) const CHUNK_HEADER: usize = 48;
+/// A chunk's data bytes at most (unless one entry alone is larger), so a
+/// chunk fits a Deliver frame under RabbitMQ's default frame_max (1 MiB).
+const CHUNK_DATA_MAX: usize = (1 << 20) - 4096;
+/// A chunk's entries at most (the header counts them in a u16).
+const CHUNK_ENTRIES_MAX: usize = u16::MAX as usize;
+/// An entry's size prefix.
+const ENTRY_SIZE: usize = 4;
+/// The largest body a simple entry holds (its size's top bit is 0).
+const ENTRY_MAX: usize = 0x7fff_ffff;
+/// Magic 5 in the high nibble, chunk format version 0 in the low one.
+const MAGIC_VERSION: u8 = 0x50;
+/// Osiris's `CHNK_USER`.
+const CHUNK_USER: u8 = 0;
+/// Leveret's logs have one leader for their whole life.
+const EPOCH: u64 = 1;
+/// Where the header keeps the chunk's kind.
+const KIND_AT: usize = 45;
+/// The trailer's checksum.
+const TRAILER_CRC: usize = 4;
 /// Bytes between two points of a segment's sparse index.
 const INDEX_EVERY: u64 = 64 << 10;
 /// Bits of each segment's Bloom filter of filter values.
@@ -59,9 +91,11 @@ pub(crate) enum StreamLogError {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct Entry {
     pub(crate) offset: u64,
-    /// Milliseconds since the Unix epoch, when it was appended.
+    /// Milliseconds since the Unix epoch: when its chunk's first entry was
+    /// appended.
     pub(crate) timestamp: i64,
     pub(crate) filter: Option<String>,
+    /// Its kind (first byte), then its body.
     pub(crate) payload: Vec<u8>,
 }
 
@@ -96,6 +130,22 @@ pub(crate) struct Read {
     pub(crate) entries: Vec<Entry>,
     /// The offset after the last entry looked at (matching or not).
     pub(crate) next: u64,
+}
+
+/// A synced chunk as it lies in its segment file, for sending its data
+/// as is.
+#[derive(Debug, Clone)]
+pub(crate) struct ChunkRef {
+    /// Stays readable even if retention deletes the segment meanwhile.
+    pub(crate) file: Arc<File>,
+    /// The header a stream client gets (kind and trailer length zeroed).
+    pub(crate) header: [u8; CHUNK_HEADER],
+    pub(crate) first_offset: u64,
+    pub(crate) entries: u16,
+    pub(crate) kind: u8,
+    /// Where its data starts in the file, and how long it is.
+    pub(crate) data_at: u64,
+    pub(crate) data_len: u32,
 }
 
 /// What opening found.
@@ -164,9 +214,9 @@ struct Segment {
     end_offset: u64,
     first_timestamp: i64,
     last_timestamp: i64,
-    /// Bytes in use: header and entries.
+    /// Bytes in use: header and chunks.
     len: u64,
-    /// (offset, position) of an entry every `INDEX_EVERY` bytes.
+    /// (first offset, position) of a chunk every `INDEX_EVERY` bytes.
     index: Vec<(u64, u64)>,
     bloom: Bloom,
     has_unfiltered: bool,
@@ -190,27 +240,30 @@ impl Segment {
         }
     }
 
-    fn note(&mut self, offset: u64, timestamp: i64, filter: Option<&[u8]>, at: u64, len: u64) {
-        if self.end_offset == self.first_offset {
-            self.first_timestamp = timestamp;
+    /// Takes in the chunk at `at`.
+    fn note(&mut self, chunk: &ChunkInfo, filters: Filters<'_>, at: u64) {
+        if self.is_empty() {
+            self.first_timestamp = chunk.timestamp;
         }
         if self
             .index
             .last()
             .is_none_or(|&(_, p)| at >= p + INDEX_EVERY)
         {
-            self.index.push((offset, at));
+            self.index.push((chunk.first_offset, at));
         }
-        match filter {
-            Some(v) => self.bloom.insert(v),
-            None => self.has_unfiltered = true,
+        for value in filters {
+            match value {
+                Some(v) => self.bloom.insert(v),
+                None => self.has_unfiltered = true,
+            }
         }
-        self.last_timestamp = timestamp;
-        self.end_offset = offset + 1;
-        self.len = at + len;
+        self.last_timestamp = chunk.timestamp;
+        self.end_offset = chunk.first_offset + u64::from(chunk.entries);
+        self.len = at + chunk.len();
     }
 
-    /// The file position to start scanning from for `offset`.
+    /// The position of a chunk at or before the one holding `offset`.
     fn seek(&self, offset: u64) -> u64 {
         let i = self.index.partition_point(|&(o, _)| o <= offset);
         if i == 0 {
@@ -225,21 +278,134 @@ impl Segment {
     }
 }
 
+/// A chunk's header fields.
+#[derive(Debug, Clone, Copy)]
+struct ChunkInfo {
+    first_offset: u64,
+    entries: u16,
+    timestamp: i64,
+    kind: u8,
+    data_crc: u32,
+    data_len: u32,
+    trailer_len: u32,
+}
+
+impl ChunkInfo {
+    fn len(&self) -> u64 {
+        (CHUNK_HEADER as u64) + u64::from(self.data_len) + u64::from(self.trailer_len)
+    }
+
+    fn encode(&self) -> [u8; CHUNK_HEADER] {
+        let mut h = [0u8; CHUNK_HEADER];
+        h[0] = MAGIC_VERSION;
+        h[1] = CHUNK_USER;
+        h[2..4].copy_from_slice(&self.entries.to_be_bytes());
+        h[4..8].copy_from_slice(&u32::from(self.entries).to_be_bytes());
+        h[8..16].copy_from_slice(&self.timestamp.to_be_bytes());
+        h[16..24].copy_from_slice(&EPOCH.to_be_bytes());
+        h[24..32].copy_from_slice(&self.first_offset.to_be_bytes());
+        h[32..36].copy_from_slice(&self.data_crc.to_be_bytes());
+        h[36..40].copy_from_slice(&self.data_len.to_be_bytes());
+        h[40..44].copy_from_slice(&self.trailer_len.to_be_bytes());
+        h[KIND_AT] = self.kind;
+        h
+    }
+
+    /// The header's fields, if it is one this module writes.
+    fn decode(h: &[u8]) -> Result<ChunkInfo, &'static str> {
+        let u32_at = |i: usize| u32::from_be_bytes(h[i..i + 4].try_into().expect("4 bytes"));
+        let u64_at = |i: usize| u64::from_be_bytes(h[i..i + 8].try_into().expect("8 bytes"));
+        if h[0] != MAGIC_VERSION || h[1] != CHUNK_USER {
+            return Err("not a chunk header");
+        }
+        let entries = u16::from_be_bytes([h[2], h[3]]);
+        if u32_at(4) != u32::from(entries) || u64_at(16) != EPOCH || h[44] != 0 {
+            return Err("a chunk header with fields this log never writes");
+        }
+        let info = ChunkInfo {
+            first_offset: u64_at(24),
+            entries,
+            timestamp: u64_at(8) as i64,
+            kind: h[KIND_AT],
+            data_crc: u32_at(32),
+            data_len: u32_at(36),
+            trailer_len: u32_at(40),
+        };
+        if (info.trailer_len as usize) < 1 + TRAILER_CRC {
+            return Err("a chunk trailer shorter than its checksum");
+        }
+        Ok(info)
+    }
+
+    /// The header a stream client is sent.
+    fn for_client(&self) -> [u8; CHUNK_HEADER] {
+        ChunkInfo {
+            kind: 0,
+            trailer_len: 0,
+            ..*self
+        }
+        .encode()
+    }
+}
+
+/// Each entry's filter value, from a chunk's trailer.
+#[derive(Clone, Copy)]
+struct Filters<'t> {
+    /// `length u8 ‖ value` per entry; None: no entry has one.
+    values: Option<&'t [u8]>,
+    left: u16,
+}
+
+impl<'t> Iterator for Filters<'t> {
+    type Item = Option<&'t [u8]>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        if self.left == 0 {
+            return None;
+        }
+        self.left -= 1;
+        let Some(values) = self.values.as_mut() else {
+            return Some(None);
+        };
+        // Checked when the chunk was read: each value is within the trailer.
+        let (&len, rest) = values.split_first()?;
+        let value = rest.get(..len as usize)?;
+        *values = &rest[len as usize..];
+        Some((len > 0).then_some(value))
+    }
+}
+
+/// The chunk being filled by appends, inside [`StreamLog::buffer`].
+#[derive(Default)]
+struct OpenChunk {
+    /// Where its header starts in the buffer (None: no open chunk).
+    start: Option<usize>,
+    kind: u8,
+    first_offset: u64,
+    timestamp: i64,
+    entries: u16,
+    data_crc: crc32fast::Hasher,
+    /// Each entry's `length u8 ‖ value`.
+    filters: Vec<u8>,
+    any_filter: bool,
+}
+
 pub(crate) struct StreamLog {
     dir: PathBuf,
     max_segment_bytes: u64,
     /// Oldest first; the last is written to.
     segments: Vec<Segment>,
-    /// Appended entries not yet written.
+    /// Appended chunks not yet written (the last one may be open).
     buffer: Vec<u8>,
     /// Where `buffer` goes in the newest segment.
     buffer_at: u64,
+    open: OpenChunk,
     /// One past the newest synced entry: what readers may see.
     synced_end: u64,
 }
 
 impl StreamLog {
-    /// Opens (or creates) the log in `dir`, checking every entry.
+    /// Opens (or creates) the log in `dir`, checking every chunk.
     pub(crate) fn open(
         dir: &Path,
         max_segment_bytes: u64,
@@ -275,6 +441,7 @@ impl StreamLog {
             segments,
             buffer: Vec::new(),
             buffer_at: 0,
+            open: OpenChunk::default(),
             synced_end: 0,
         };
         if log.segments.is_empty() {
@@ -306,7 +473,7 @@ impl StreamLog {
 
     /// The offset the next entry gets.
     pub(crate) fn next_offset(&self) -> u64 {
-        self.newest().end_offset
+        self.newest().end_offset + u64::from(self.open.entries)
     }
 
     /// The offset of the newest entry, if there is one.
@@ -324,40 +491,113 @@ impl StreamLog {
         self.segments.iter().map(|s| s.len).sum()
     }
 
-    /// Queues an entry for the next [`sync`](Self::sync); its offset.
-    /// A filter value longer than [`MAX_FILTER_LEN`] is cut there.
+    /// Queues an entry for the next [`sync`](Self::sync); its offset. The
+    /// payload's first byte is its kind (`stream_entry`'s tag); entries of
+    /// one kind share a chunk. A filter value longer than
+    /// [`MAX_FILTER_LEN`] is cut there.
     pub(crate) fn append(
         &mut self,
         timestamp: i64,
         filter: Option<&str>,
         payload: &[u8],
     ) -> std::io::Result<u64> {
-        if self.newest().len >= self.max_segment_bytes && !self.newest().is_empty() {
+        let Some((&kind, body)) = payload.split_first() else {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                "a stream entry without its kind",
+            ));
+        };
+        if body.len() > ENTRY_MAX {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                "a stream entry larger than 2 GiB",
+            ));
+        }
+        if let Some(start) = self.open.start {
+            let data = self.buffer.len() - start - CHUNK_HEADER;
+            if self.open.kind != kind
+                || self.open.entries as usize >= CHUNK_ENTRIES_MAX
+                || data + ENTRY_SIZE + body.len() > CHUNK_DATA_MAX
+            {
+                self.seal();
+            }
+        }
+        // Sealed chunks count in the segment's length already.
+        let unsealed = self
+            .open
+            .start
+            .map_or(0, |s| self.buffer.len() - s + 1 + TRAILER_CRC);
+        if self.newest().len + unsealed as u64 >= self.max_segment_bytes
+            && !(self.newest().is_empty() && self.open.entries == 0)
+        {
             self.sync()?;
             let next = self.next_offset();
             self.roll(next)?;
         }
-        let filter = filter.map(|f| &f.as_bytes()[..f.len().min(MAX_FILTER_LEN)]);
         let offset = self.next_offset();
-        let start = self.buffer.len();
-        self.buffer.extend_from_slice(&[0; ENTRY_PREFIX]);
-        self.buffer.extend_from_slice(&offset.to_be_bytes());
-        self.buffer.extend_from_slice(&timestamp.to_be_bytes());
-        let f = filter.unwrap_or_default();
-        self.buffer.push(f.len() as u8);
-        self.buffer.extend_from_slice(f);
-        self.buffer.extend_from_slice(payload);
-        let len = (self.buffer.len() - start - ENTRY_PREFIX) as u32;
-        let crc = crc32fast::hash(&self.buffer[start + ENTRY_PREFIX..]);
-        self.buffer[start..start + 4].copy_from_slice(&len.to_be_bytes());
-        self.buffer[start + 4..start + 8].copy_from_slice(&crc.to_be_bytes());
+        if self.open.start.is_none() {
+            let mut filters = std::mem::take(&mut self.open.filters);
+            filters.clear();
+            self.open = OpenChunk {
+                start: Some(self.buffer.len()),
+                kind,
+                first_offset: offset,
+                timestamp,
+                filters,
+                ..OpenChunk::default()
+            };
+            self.buffer.extend_from_slice(&[0; CHUNK_HEADER]);
+        }
+        let size = (body.len() as u32).to_be_bytes();
+        self.open.data_crc.update(&size);
+        self.open.data_crc.update(body);
+        self.buffer.extend_from_slice(&size);
+        self.buffer.extend_from_slice(body);
+        let f = filter.map_or(&[][..], |f| &f.as_bytes()[..f.len().min(MAX_FILTER_LEN)]);
+        self.open.filters.push(f.len() as u8);
+        self.open.filters.extend_from_slice(f);
+        self.open.any_filter |= !f.is_empty();
+        self.open.entries += 1;
+        Ok(offset)
+    }
+
+    /// Completes the open chunk: its header and trailer.
+    fn seal(&mut self) {
+        let Some(start) = self.open.start.take() else {
+            return;
+        };
+        let open = std::mem::take(&mut self.open);
+        let data_len = (self.buffer.len() - start - CHUNK_HEADER) as u32;
+        let trailer: &[u8] = if open.any_filter { &open.filters } else { &[] };
+        let info = ChunkInfo {
+            first_offset: open.first_offset,
+            entries: open.entries,
+            timestamp: open.timestamp,
+            kind: open.kind,
+            data_crc: open.data_crc.finalize(),
+            data_len,
+            trailer_len: (1 + trailer.len() + TRAILER_CRC) as u32,
+        };
+        let header = info.encode();
+        self.buffer[start..start + CHUNK_HEADER].copy_from_slice(&header);
+        let trailer_start = self.buffer.len();
+        self.buffer.push(u8::from(open.any_filter));
+        self.buffer.extend_from_slice(trailer);
+        let mut crc = crc32fast::Hasher::new();
+        crc.update(&header);
+        crc.update(&self.buffer[trailer_start..]);
+        self.buffer.extend_from_slice(&crc.finalize().to_be_bytes());
         let at = self.buffer_at + start as u64;
-        let entry_len = (self.buffer.len() - start) as u64;
+        let filters = Filters {
+            values: open.any_filter.then_some(&open.filters[..]),
+            left: open.entries,
+        };
         self.segments
             .last_mut()
             .expect("a log has a segment")
-            .note(offset, timestamp, filter, at, entry_len);
-        Ok(offset)
+            .note(&info, filters, at);
+        // Keep the filters' allocation for the next chunk.
+        self.open.filters = open.filters;
     }
 
     /// Writes and fsyncs what [`append`](Self::append) queued: after this,
@@ -377,6 +617,7 @@ impl StreamLog {
     /// synced ([`Pending::write`]) without holding the log, then reported
     /// with [`synced`](Self::synced). Appends may go on meanwhile.
     pub(crate) fn take_pending(&mut self) -> Option<Pending> {
+        self.seal();
         if self.buffer.is_empty() {
             return None;
         }
@@ -423,7 +664,7 @@ impl StreamLog {
     }
 
     /// The offset of the first entry appended at or after `timestamp`
-    /// (ms), or the next offset if there is none.
+    /// (ms; to its chunk's time), or the next offset if there is none.
     pub(crate) fn offset_at(&self, timestamp: i64) -> std::io::Result<u64> {
         let Some(segment) = self
             .segments
@@ -433,12 +674,12 @@ impl StreamLog {
             return Ok(self.next_offset());
         };
         let mut found = segment.end_offset;
-        self.scan_written(segment, segment.first_offset, |e| {
-            if e.timestamp >= timestamp {
-                found = e.offset;
-                return false;
+        self.scan_chunks(segment, segment.first_offset, |c| {
+            if c.info.timestamp >= timestamp {
+                found = c.info.first_offset;
+                return Ok(false);
             }
-            true
+            Ok(true)
         })?;
         Ok(found)
     }
@@ -468,17 +709,34 @@ impl StreamLog {
                 continue;
             }
             let mut full = false;
-            self.scan_written(segment, read.next, |e| {
-                if e.offset >= synced_end {
-                    return false;
+            self.scan_chunks(segment, read.next, |c| {
+                if c.info.first_offset >= synced_end {
+                    return Ok(false);
                 }
-                read.next = e.offset + 1;
-                if filter.is_none_or(|f| f.matches(e.filter.as_deref().map(str::as_bytes))) {
-                    bytes += e.payload.len();
-                    read.entries.push(e);
+                c.check_data()?;
+                let offsets = c.info.first_offset..;
+                for (offset, (body, value)) in offsets.zip(c.entries().zip(c.filters())) {
+                    if offset >= read.next {
+                        read.next = offset + 1;
+                        if filter.is_none_or(|f| f.matches(value)) {
+                            bytes += body.len();
+                            let mut payload = Vec::with_capacity(1 + body.len());
+                            payload.push(c.info.kind);
+                            payload.extend_from_slice(body);
+                            read.entries.push(Entry {
+                                offset,
+                                timestamp: c.info.timestamp,
+                                filter: value.map(|v| String::from_utf8_lossy(v).into_owned()),
+                                payload,
+                            });
+                        }
+                        full = read.entries.len() >= max_entries || bytes >= max_bytes;
+                        if full {
+                            return Ok(false);
+                        }
+                    }
                 }
-                full = read.entries.len() >= max_entries || bytes >= max_bytes;
-                !full
+                Ok(true)
             })?;
             if full {
                 break;
@@ -487,26 +745,68 @@ impl StreamLog {
         Ok(read)
     }
 
-    /// Calls `each` with the segment's written entries from `from` on,
-    /// while it returns true.
-    fn scan_written(
+    /// Synced chunks from the one holding `from` on (raised to the first
+    /// offset kept), up to about `max_bytes` of data, for sending as they
+    /// are. Each header is checked; the data is not read but read ahead
+    /// into the page cache (this blocks), so that sending it from the file
+    /// later does not wait for the disk.
+    pub(crate) fn chunks(&self, from: u64, max_bytes: usize) -> std::io::Result<Vec<ChunkRef>> {
+        let from = from.max(self.first_offset());
+        let mut chunks = Vec::new();
+        let mut bytes = 0;
+        for segment in &self.segments {
+            if segment.end_offset <= from || from >= self.synced_end {
+                continue;
+            }
+            let end = segment.durable_len;
+            let mut at = segment.seek(from);
+            while at < end && bytes < max_bytes {
+                let Some(info) = read_chunk_header(&segment.file, at, end)? else {
+                    break;
+                };
+                let chunk_end = info.first_offset + u64::from(info.entries);
+                if chunk_end > from {
+                    read_ahead(&segment.file, at + CHUNK_HEADER as u64, info.data_len);
+                    chunks.push(ChunkRef {
+                        file: segment.file.clone(),
+                        header: info.for_client(),
+                        first_offset: info.first_offset,
+                        entries: info.entries,
+                        kind: info.kind,
+                        data_at: at + CHUNK_HEADER as u64,
+                        data_len: info.data_len,
+                    });
+                    bytes += info.data_len as usize;
+                }
+                at += info.len();
+            }
+            if bytes >= max_bytes {
+                break;
+            }
+        }
+        Ok(chunks)
+    }
+
+    /// Calls `each` with the segment's written chunks from the one holding
+    /// `from` on, while it returns true.
+    fn scan_chunks(
         &self,
         segment: &Segment,
         from: u64,
-        mut each: impl FnMut(Entry) -> bool,
+        mut each: impl FnMut(&Chunk<'_>) -> std::io::Result<bool>,
     ) -> std::io::Result<()> {
         let end = segment.durable_len;
         let mut at = segment.seek(from);
         let mut file = Ahead::new(&segment.file);
         while at < end {
-            let Some((entry, len)) = read_entry(&mut file, at, end)? else {
+            let Some(chunk) = read_chunk(&mut file, at, end)? else {
                 break;
             };
-            at += len;
-            if entry.offset < from {
+            at += chunk.info.len();
+            if chunk.info.first_offset + u64::from(chunk.info.entries) <= from {
                 continue;
             }
-            if !each(entry) {
+            if !each(&chunk)? {
                 break;
             }
         }
@@ -570,11 +870,8 @@ fn damaged(path: &Path, position: u64, why: impl Into<String>) -> StreamLogError
     }
 }
 
-/// Reads the entry at `at` (before `end`): the entry and its length, or
-/// None at the end of the data (zeros). A bad entry is an `InvalidData`
-/// error.
-/// Bytes read from a segment ahead of the entry being read, so a run of
-/// small entries costs one read, not two per entry.
+/// Bytes read from a segment ahead of the chunk being read, so a run of
+/// small chunks costs one read, not two per chunk.
 const READ_AHEAD: usize = 256 << 10;
 
 /// A window of a segment file read ahead.
@@ -610,45 +907,157 @@ impl<'f> Ahead<'f> {
     }
 }
 
-fn read_entry(file: &mut Ahead<'_>, at: u64, end: u64) -> std::io::Result<Option<(Entry, u64)>> {
-    let bad = |why: &str| std::io::Error::new(std::io::ErrorKind::InvalidData, why.to_string());
-    if end - at < ENTRY_PREFIX as u64 {
-        return Err(bad("an entry's header runs past the end"));
+/// A chunk read whole: its header's fields, data and trailer.
+struct Chunk<'b> {
+    info: ChunkInfo,
+    data: &'b [u8],
+    /// The filter section of the trailer (without its flag and checksum).
+    filters: Option<&'b [u8]>,
+}
+
+impl<'b> Chunk<'b> {
+    fn check_data(&self) -> std::io::Result<()> {
+        if crc32fast::hash(self.data) == self.info.data_crc {
+            Ok(())
+        } else {
+            Err(bad("a chunk's data fails its checksum"))
+        }
     }
-    let prefix = file.bytes(at, ENTRY_PREFIX, end)?;
-    let len = u32::from_be_bytes(prefix[..4].try_into().expect("4 bytes")) as usize;
-    let crc = u32::from_be_bytes(prefix[4..].try_into().expect("4 bytes"));
-    if len == 0 && crc == 0 {
+
+    /// Its entries' bodies (checked to fit its data when it was read).
+    fn entries(&self) -> impl Iterator<Item = &'b [u8]> {
+        let mut data = self.data;
+        std::iter::from_fn(move || {
+            let size = u32::from_be_bytes(data.get(..ENTRY_SIZE)?.try_into().ok()?) as usize;
+            let body = data.get(ENTRY_SIZE..ENTRY_SIZE + size)?;
+            data = &data[ENTRY_SIZE + size..];
+            Some(body)
+        })
+    }
+
+    fn filters(&self) -> Filters<'b> {
+        Filters {
+            values: self.filters,
+            left: self.info.entries,
+        }
+    }
+}
+
+fn bad(why: &str) -> std::io::Error {
+    std::io::Error::new(std::io::ErrorKind::InvalidData, why.to_string())
+}
+
+/// The header of the chunk at `at` (before `end`), checked against the
+/// trailer's checksum; None at the end of the data (zeros).
+fn read_chunk_header(file: &File, at: u64, end: u64) -> std::io::Result<Option<ChunkInfo>> {
+    let mut h = [0u8; CHUNK_HEADER];
+    if end - at < CHUNK_HEADER as u64 {
+        return Err(bad("a chunk's header runs past the end"));
+    }
+    file.read_exact_at(&mut h, at)?;
+    if h[0] == 0 {
         return Ok(None);
     }
-    if len < ENTRY_FIXED {
-        return Err(bad("an entry shorter than its fixed fields"));
+    let info = ChunkInfo::decode(&h).map_err(bad)?;
+    if info.len() > end - at {
+        return Err(bad("a chunk runs past the end"));
     }
-    if (len as u64) > end - at - ENTRY_PREFIX as u64 {
-        return Err(bad("an entry runs past the end"));
+    let mut trailer = vec![0u8; info.trailer_len as usize];
+    file.read_exact_at(
+        &mut trailer,
+        at + CHUNK_HEADER as u64 + u64::from(info.data_len),
+    )?;
+    check_trailer(&h, &trailer)?;
+    Ok(Some(info))
+}
+
+/// Brings a file range into the page cache, waiting for it. Only a hint:
+/// a failure just means the send reads from the disk itself.
+fn read_ahead(file: &File, at: u64, len: u32) {
+    use std::os::fd::AsRawFd;
+    // SAFETY: the descriptor is open (borrowed for the call); readahead
+    // only reads into the page cache.
+    unsafe {
+        libc::readahead(file.as_raw_fd(), at as libc::off64_t, len as usize);
     }
-    let buf = file.bytes(at + ENTRY_PREFIX as u64, len, end)?;
-    if crc32fast::hash(buf) != crc {
-        return Err(bad("an entry fails its checksum"));
+}
+
+/// Checks the trailer's checksum (over the header and the trailer).
+fn check_trailer(header: &[u8], trailer: &[u8]) -> std::io::Result<()> {
+    let (body, crc) = trailer.split_at(trailer.len() - TRAILER_CRC);
+    let mut hasher = crc32fast::Hasher::new();
+    hasher.update(header);
+    hasher.update(body);
+    if hasher.finalize().to_be_bytes() != crc {
+        return Err(bad("a chunk's header or trailer fails its checksum"));
     }
-    let offset = u64::from_be_bytes(buf[..8].try_into().expect("8 bytes"));
-    let timestamp = i64::from_be_bytes(buf[8..16].try_into().expect("8 bytes"));
-    let filter_len = buf[16] as usize;
-    if ENTRY_FIXED + filter_len > len {
-        return Err(bad("an entry's filter value runs past it"));
+    Ok(())
+}
+
+/// Reads the chunk at `at` (before `end`) and checks its structure (its
+/// data's checksum is [`Chunk::check_data`]); None at the end of the data
+/// (zeros). A bad chunk is an `InvalidData` error.
+fn read_chunk<'a>(
+    file: &'a mut Ahead<'_>,
+    at: u64,
+    end: u64,
+) -> std::io::Result<Option<Chunk<'a>>> {
+    if end - at < CHUNK_HEADER as u64 {
+        return Err(bad("a chunk's header runs past the end"));
     }
-    let filter = (filter_len > 0)
-        .then(|| String::from_utf8_lossy(&buf[ENTRY_FIXED..ENTRY_FIXED + filter_len]).into_owned());
-    let payload = buf[ENTRY_FIXED + filter_len..].to_vec();
-    Ok(Some((
-        Entry {
-            offset,
-            timestamp,
-            filter,
-            payload,
-        },
-        (ENTRY_PREFIX + len) as u64,
-    )))
+    let h = file.bytes(at, CHUNK_HEADER, end)?;
+    if h[0] == 0 && h.iter().all(|&b| b == 0) {
+        return Ok(None);
+    }
+    let info = ChunkInfo::decode(h).map_err(bad)?;
+    if info.len() > end - at {
+        return Err(bad("a chunk runs past the end"));
+    }
+    let all = file.bytes(at, info.len() as usize, end)?;
+    let (header, rest) = all.split_at(CHUNK_HEADER);
+    let (data, trailer) = rest.split_at(info.data_len as usize);
+    check_trailer(header, trailer)?;
+    // The entries fill the data exactly.
+    let mut left = data;
+    for _ in 0..info.entries {
+        let Some(size) = left.get(..ENTRY_SIZE) else {
+            return Err(bad("a chunk's entries run past its data"));
+        };
+        let size = u32::from_be_bytes(size.try_into().expect("4 bytes")) as usize;
+        if size > ENTRY_MAX || left.len() - ENTRY_SIZE < size {
+            return Err(bad("a chunk's entries run past its data"));
+        }
+        left = &left[ENTRY_SIZE + size..];
+    }
+    if !left.is_empty() {
+        return Err(bad("a chunk's data is longer than its entries"));
+    }
+    let section = &trailer[..trailer.len() - TRAILER_CRC];
+    let filters = match section.split_first() {
+        Some((0, [])) => None,
+        Some((1, values)) => {
+            let mut left = values;
+            for _ in 0..info.entries {
+                let Some((&len, rest)) = left.split_first() else {
+                    return Err(bad("a chunk's filter values run past its trailer"));
+                };
+                if rest.len() < len as usize {
+                    return Err(bad("a chunk's filter values run past its trailer"));
+                }
+                left = &rest[len as usize..];
+            }
+            if !left.is_empty() {
+                return Err(bad("a chunk's trailer is longer than its filter values"));
+            }
+            Some(values)
+        }
+        _ => return Err(bad("a chunk trailer this log never writes")),
+    };
+    Ok(Some(Chunk {
+        info,
+        data,
+        filters,
+    }))
 }
 
 /// Reads and checks a segment file; for the newest one, cuts off a torn
@@ -661,6 +1070,16 @@ fn scan(path: PathBuf, first_offset: u64, newest: bool) -> Result<(Segment, u64)
         return Err(damaged(&path, 0, "shorter than a segment header"));
     }
     file.read_exact_at(&mut h, 0)?;
+    if h[..4] == *MAGIC && h[4] != VERSION {
+        return Err(damaged(
+            &path,
+            4,
+            format!(
+                "segment format version {}, this broker reads version {VERSION}",
+                h[4]
+            ),
+        ));
+    }
     if h != header(first_offset) {
         return Err(damaged(&path, 0, "bad segment header"));
     }
@@ -669,19 +1088,27 @@ fn scan(path: PathBuf, first_offset: u64, newest: bool) -> Result<(Segment, u64)
     let file = segment.file.clone();
     let mut ahead = Ahead::new(&file);
     while at < file_len {
-        match read_entry(&mut ahead, at, file_len) {
+        let chunk = read_chunk(&mut ahead, at, file_len).and_then(|c| {
+            if let Some(c) = &c {
+                c.check_data()?;
+            }
+            Ok(c)
+        });
+        match chunk {
             Ok(None) => break,
-            Ok(Some((e, len))) => {
-                if e.offset != segment.end_offset {
+            Ok(Some(c)) => {
+                if c.info.first_offset != segment.end_offset {
                     return Err(damaged(
                         &segment.path,
                         at,
-                        format!("entry {} where {} was due", e.offset, segment.end_offset),
+                        format!(
+                            "a chunk from offset {} where {} was due",
+                            c.info.first_offset, segment.end_offset
+                        ),
                     ));
                 }
-                let filter = e.filter.as_deref().map(str::as_bytes);
-                segment.note(e.offset, e.timestamp, filter, at, len);
-                at += len;
+                segment.note(&c.info, c.filters(), at);
+                at += c.info.len();
             }
             Err(e) if e.kind() == std::io::ErrorKind::InvalidData => {
                 if newest && torn_tail(&segment.file, at, file_len)? {
@@ -700,7 +1127,7 @@ fn scan(path: PathBuf, first_offset: u64, newest: bool) -> Result<(Segment, u64)
     segment.durable_len = at;
     let mut torn = 0;
     if newest && at < file_len {
-        // Past the last good entry: zeros written ahead, or a write the
+        // Past the last good chunk: zeros written ahead, or a write the
         // crash cut short. Either way the file ends here.
         torn = last_nonzero(&segment.file, at, file_len)?.map_or(0, |p| p + 1 - at);
         segment.file.set_len(at)?;
@@ -709,17 +1136,18 @@ fn scan(path: PathBuf, first_offset: u64, newest: bool) -> Result<(Segment, u64)
     Ok((segment, torn))
 }
 
-/// Whether the bad entry at `at` is the newest segment's last write cut
-/// short: no complete entry can follow it, so it was never synced. An
-/// entry that claims more bytes than the file holds, or whose bytes after
-/// it are all zeros, is such a write.
+/// Whether the bad chunk at `at` is the newest segment's last write cut
+/// short: no complete chunk can follow it, so it was never synced. A chunk
+/// whose header is cut off, that claims more bytes than the file holds, or
+/// whose bytes after it are all zeros, is such a write.
 fn torn_tail(file: &File, at: u64, file_len: u64) -> std::io::Result<bool> {
-    let mut prefix = [0u8; 4];
-    if file_len - at < 4 {
+    let mut h = [0u8; CHUNK_HEADER];
+    if file_len - at < CHUNK_HEADER as u64 {
         return Ok(true);
     }
-    file.read_exact_at(&mut prefix, at)?;
-    let claimed_end = at + ENTRY_PREFIX as u64 + u64::from(u32::from_be_bytes(prefix));
+    file.read_exact_at(&mut h, at)?;
+    let len = |i: usize| u64::from(u32::from_be_bytes(h[i..i + 4].try_into().expect("4 bytes")));
+    let claimed_end = at + CHUNK_HEADER as u64 + len(36) + len(40);
     if claimed_end >= file_len {
         return Ok(true);
     }
@@ -772,7 +1200,7 @@ mod tests {
     #[test]
     fn appends_read_back_in_order_across_segments_and_reopen() {
         let dir = Dir::new("order");
-        let (mut log, _) = StreamLog::open(&dir.0, 300).unwrap();
+        let (mut log, _) = StreamLog::open(&dir.0, 200).unwrap();
         for i in 0..50u64 {
             let filter = (i % 3 == 0).then_some("red");
             assert_eq!(
@@ -790,14 +1218,15 @@ mod tests {
         for (i, e) in read.iter().enumerate() {
             assert_eq!(e.offset, i as u64);
             assert_eq!(e.payload, (i as u64).to_be_bytes());
-            assert_eq!(e.timestamp, 1000 + i as i64);
+            // A chunk's entries share its first entry's time.
+            assert!((1000..=1000 + i as i64).contains(&e.timestamp));
             assert_eq!(e.filter.as_deref(), (i % 3 == 0).then_some("red"));
         }
         assert_eq!(all(&log, 37)[0].offset, 37);
         let bytes = log.bytes();
         drop(log);
 
-        let (log, opened) = StreamLog::open(&dir.0, 300).unwrap();
+        let (log, opened) = StreamLog::open(&dir.0, 200).unwrap();
         assert_eq!(opened, Opened::default());
         assert_eq!(log.bytes(), bytes);
         assert_eq!((log.first_offset(), log.next_offset()), (0, 50));
@@ -890,9 +1319,10 @@ mod tests {
         let dir = Dir::new("time");
         let (mut log, _) = StreamLog::open(&dir.0, 200).unwrap();
         for i in 0..30 {
+            // One chunk each: a chunk has one time.
             log.append(10_000 + i * 10, None, b"x").unwrap();
+            log.sync().unwrap();
         }
-        log.sync().unwrap();
         assert_eq!(log.offset_at(0).unwrap(), 0);
         assert_eq!(log.offset_at(10_000).unwrap(), 0);
         assert_eq!(log.offset_at(10_001).unwrap(), 1);
@@ -906,8 +1336,8 @@ mod tests {
         let (mut log, _) = StreamLog::open(&dir.0, 1000).unwrap();
         for i in 0..100 {
             log.append(i, None, &[7; 100]).unwrap();
+            log.sync().unwrap();
         }
-        log.sync().unwrap();
         let segments = log.segment_count();
         let dropped = log.apply_retention(Some(3000), None, 0).unwrap();
         assert!(dropped > 0 && dropped < segments);
@@ -970,12 +1400,12 @@ mod tests {
         let (mut log, _) = StreamLog::open(&dir.0, 300).unwrap();
         for i in 0..40u64 {
             log.append(1, None, &i.to_be_bytes()).unwrap();
+            log.sync().unwrap();
         }
-        log.sync().unwrap();
         let oldest = log.segments[0].path.clone();
         let newest = log.newest().path.clone();
         drop(log);
-        // A flipped byte in an old segment's first entry.
+        // A flipped byte in an old segment's first chunk's header.
         let bytes = std::fs::read(&oldest).unwrap();
         let mut bad = bytes.clone();
         bad[HEADER as usize + 30] ^= 0xff;
@@ -987,8 +1417,8 @@ mod tests {
             other => panic!("{:?}", other.map(|(_, o)| o)),
         }
         std::fs::write(&oldest, &bytes).unwrap();
-        // A flipped byte in the newest segment's first entry, with good
-        // entries after it: damage, not a torn write.
+        // A flipped byte in the newest segment's first chunk, with good
+        // chunks after it: damage, not a torn write.
         let bytes = std::fs::read(&newest).unwrap();
         let mut bad = bytes.clone();
         bad[HEADER as usize + 20] ^= 0xff;
@@ -1007,5 +1437,81 @@ mod tests {
             StreamLog::open(&dir.0, 300),
             Err(StreamLogError::Damaged { .. })
         ));
+    }
+
+    #[test]
+    fn chunks_are_osiris_chunks_a_client_reads_as_they_lie() {
+        let dir = Dir::new("osiris");
+        let (mut log, _) = StreamLog::open(&dir.0, 1 << 20).unwrap();
+        log.append(1_700_000_000_000, None, b"\x01hello").unwrap();
+        log.append(1_700_000_000_005, Some("eu"), b"\x01").unwrap();
+        // Another kind starts another chunk.
+        log.append(1_700_000_000_009, None, b"\x00other").unwrap();
+        log.sync().unwrap();
+        let chunks = log.chunks(0, usize::MAX).unwrap();
+        assert_eq!(chunks.len(), 2);
+        let c = &chunks[0];
+        assert_eq!((c.first_offset, c.entries, c.kind), (0, 2, 1));
+        let h = &c.header;
+        assert_eq!(h[0], 0x50);
+        assert_eq!(h[1], 0);
+        assert_eq!(&h[2..4], &2u16.to_be_bytes());
+        assert_eq!(&h[4..8], &2u32.to_be_bytes());
+        assert_eq!(&h[8..16], &1_700_000_000_000i64.to_be_bytes());
+        assert_eq!(&h[16..24], &1u64.to_be_bytes());
+        assert_eq!(&h[24..32], &0u64.to_be_bytes());
+        let mut data = vec![0; c.data_len as usize];
+        c.file.read_exact_at(&mut data, c.data_at).unwrap();
+        assert_eq!(data, b"\0\0\0\x05hello\0\0\0\0");
+        assert_eq!(&h[32..36], &crc32fast::hash(&data).to_be_bytes());
+        assert_eq!(&h[36..40], &(data.len() as u32).to_be_bytes());
+        assert_eq!(
+            &h[40..48],
+            &[0; 8],
+            "no trailer, bloom or kind for a client"
+        );
+        assert_eq!((chunks[1].first_offset, chunks[1].kind), (2, 0));
+        // From the middle of a chunk: that chunk, whole.
+        assert_eq!(log.chunks(1, usize::MAX).unwrap()[0].first_offset, 0);
+        assert_eq!(log.chunks(2, usize::MAX).unwrap()[0].first_offset, 2);
+        assert!(log.chunks(3, usize::MAX).unwrap().is_empty());
+        // Entries read back with their kind and filter.
+        let read = all(&log, 0);
+        assert_eq!(read[0].payload, b"\x01hello");
+        assert_eq!(read[1].filter.as_deref(), Some("eu"));
+        assert_eq!(read[2].payload, b"\x00other");
+        assert_eq!(read[2].timestamp, 1_700_000_000_009);
+    }
+
+    #[test]
+    fn a_chunk_stops_at_a_frame_s_worth_of_data() {
+        let dir = Dir::new("bigchunk");
+        let (mut log, _) = StreamLog::open(&dir.0, 64 << 20).unwrap();
+        let body = vec![1u8; 100 << 10];
+        for _ in 0..25 {
+            log.append(0, None, &body).unwrap();
+        }
+        log.sync().unwrap();
+        let chunks = log.chunks(0, usize::MAX).unwrap();
+        assert!(chunks.len() >= 3, "{} chunks", chunks.len());
+        assert!(chunks.iter().all(|c| c.data_len as usize <= CHUNK_DATA_MAX));
+        assert_eq!(chunks.iter().map(|c| c.entries as usize).sum::<usize>(), 25);
+    }
+
+    #[test]
+    fn an_older_format_is_refused_naming_its_version() {
+        let dir = Dir::new("version");
+        let (log, _) = StreamLog::open(&dir.0, 1 << 20).unwrap();
+        let path = log.newest().path.clone();
+        drop(log);
+        let mut bytes = std::fs::read(&path).unwrap();
+        bytes[4] = 1;
+        std::fs::write(&path, &bytes).unwrap();
+        match StreamLog::open(&dir.0, 1 << 20) {
+            Err(e @ StreamLogError::Damaged { .. }) => {
+                assert!(e.to_string().contains("format version 1"), "{e}")
+            }
+            other => panic!("{:?}", other.map(|(_, o)| o)),
+        }
     }
 }

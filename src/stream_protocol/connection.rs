@@ -29,7 +29,7 @@ use bytes::BytesMut;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
+use tokio::io::{AsyncRead, AsyncReadExt};
 use tokio::sync::watch;
 use tokio::sync::Notify;
 use tracing::{debug, info, warn};
@@ -121,7 +121,7 @@ pub(crate) async fn serve<R, W>(
     place: Place,
 ) where
     R: AsyncRead + Unpin,
-    W: AsyncWrite + Unpin + Send + 'static,
+    W: super::outbox::Sink,
 {
     let outbox = Arc::new(Outbox::default());
     let writer = tokio::spawn(outbox.clone().run_writer(write));

@@ -17,7 +17,8 @@ use super::outbox::READ_LIMIT;
 use crate::broker::access::Access;
 use crate::broker::queue::Queue;
 use crate::broker::stream_consume::StartAt;
-use crate::store::stream_log::{Entry, Filter};
+use crate::store::stream_log::{ChunkRef, Entry, Filter, CHUNK_HEADER};
+use bytes::BufMut;
 use std::borrow::Cow;
 use std::sync::Arc;
 
@@ -170,7 +171,46 @@ impl Connection {
                 continue;
             }
             let (from, filter) = (s.next, s.filter.clone());
-            let read = match log.read(from, READ_ENTRIES, READ_BYTES, filter).await {
+            let committed = log.readable_end().saturating_sub(1);
+            // Unfiltered, whole chunks go as they lie on disk; the others
+            // (a chunk started before `from`, one of AMQP 0-9-1 messages,
+            // one larger than the client's frame_max) are read and made up.
+            let mut read_entries = READ_ENTRIES;
+            if filter.is_none() {
+                let chunks = match log.chunks(from, READ_BYTES).await {
+                    Ok(c) => c,
+                    Err(e) => {
+                        tracing::error!(stream = %queue.name, error = %e, "a stream could not be read; its subscription ends");
+                        self.subscriptions.remove(&id);
+                        continue;
+                    }
+                };
+                let Some(s) = self.subscriptions.get_mut(&id) else {
+                    continue;
+                };
+                let version = self.deliver_v2.then_some(committed);
+                let (sent, next) = send_chunks(
+                    &self.outbox,
+                    id,
+                    version,
+                    &chunks,
+                    from,
+                    s.credit,
+                    self.frame_max,
+                );
+                if sent > 0 {
+                    s.credit -= sent;
+                    s.next = next;
+                    continue;
+                }
+                // Made up only up to the end of the chunk, so that the
+                // next round starts at a chunk.
+                if let Some(c) = chunks.first() {
+                    let end = c.first_offset + u64::from(c.entries);
+                    read_entries = read_entries.min(end.saturating_sub(from).max(1) as usize);
+                }
+            }
+            let read = match log.read(from, read_entries, READ_BYTES, filter).await {
                 Ok(r) => r,
                 Err(e) => {
                     tracing::error!(stream = %queue.name, error = %e, "a stream could not be read; its subscription ends");
@@ -181,7 +221,6 @@ impl Connection {
             let Some(s) = self.subscriptions.get_mut(&id) else {
                 continue;
             };
-            let committed = log.readable_end().saturating_sub(1);
             let (sent, next) = write_chunks(
                 &self.outbox,
                 id,
@@ -206,6 +245,50 @@ pub(super) fn start_at(offset: OffsetSpec) -> StartAt {
         OffsetSpec::Offset(n) => StartAt::Offset(n),
         OffsetSpec::Timestamp(ms) => StartAt::Time(ms),
     }
+}
+
+/// Sends chunks as they lie on disk, from the first while each is whole
+/// past `from`, of AMQP 1.0 messages and within `frame_max`, at most
+/// `credit` of them; returns how many were sent and the offset after them.
+fn send_chunks(
+    outbox: &super::outbox::Outbox,
+    subscription: u8,
+    committed: Option<u64>,
+    chunks: &[ChunkRef],
+    from: u64,
+    credit: u32,
+    frame_max: u32,
+) -> (u32, u64) {
+    let before_header = 2 + 2 + 1 + if committed.is_some() { 8 } else { 0 };
+    let mut sent = 0;
+    let mut next = from;
+    for c in chunks {
+        let size = before_header + CHUNK_HEADER + c.data_len as usize;
+        let sendable = c.first_offset >= from
+            && c.kind == crate::stream_entry::AMQP_10
+            && (frame_max == 0 || 4 + size <= frame_max as usize);
+        if sent >= credit || !sendable {
+            break;
+        }
+        outbox.push_file(
+            |b| {
+                b.put_u32(size as u32);
+                b.put_u16(key::DELIVER);
+                b.put_u16(if committed.is_some() { 2 } else { 1 });
+                b.put_u8(subscription);
+                if let Some(c) = committed {
+                    b.put_u64(c);
+                }
+                b.put_slice(&c.header);
+            },
+            c.file.clone(),
+            c.data_at,
+            c.data_len as usize,
+        );
+        sent += 1;
+        next = c.first_offset + u64::from(c.entries);
+    }
+    (sent, next)
 }
 
 /// Writes `entries` as chunks of consecutive offsets, at most `credit` of
