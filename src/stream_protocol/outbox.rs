@@ -117,7 +117,11 @@ impl Outbox {
             };
             if !data.is_empty() {
                 self.writing.store(data.len(), Ordering::Relaxed);
-                let result = socket.write_all(&data).await;
+                // Over TLS the flush sends records the session still holds.
+                let result = match socket.write_all(&data).await {
+                    Ok(()) => socket.flush().await,
+                    Err(e) => Err(e),
+                };
                 last_write = Instant::now();
                 self.writing.store(0, Ordering::Relaxed);
                 self.wrote.notify_waiters();
