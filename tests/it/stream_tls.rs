@@ -614,3 +614,68 @@ async fn the_tls_listener_shows_as_stream_ssl() {
     assert_eq!(expired["port"], broker.stream_tls.port());
     broker.stop().await;
 }
+
+/// Subscribes to `stream` from the first offset with credit for every
+/// chunk, and reads its `total` records in small sips, so the broker's
+/// writes keep finding the socket full: the records read, or how far it
+/// got before 20 s of silence.
+async fn read_slowly(addr: SocketAddr, ca: PathBuf, stream: String, total: u32) -> u32 {
+    const SUBSCRIBE: u16 = 7;
+    const DELIVER: u16 = 8;
+    let io = tls_connect(addr, &ca, None).await.unwrap();
+    // Heartbeats off (the tune [`Raw::opened`] answers).
+    let (mut c, _) = Raw::opened(io).await;
+    let mut subscribe = vec![1u8];
+    string(&mut subscribe, &stream);
+    subscribe.extend_from_slice(&1u16.to_be_bytes()); // first
+    subscribe.extend_from_slice(&1000u16.to_be_bytes()); // credit
+    subscribe.extend_from_slice(&0u32.to_be_bytes());
+    assert_eq!(u16_at(&c.request(SUBSCRIBE, &subscribe).await, 4), OK);
+    let mut pending: Vec<u8> = Vec::new();
+    let mut records = 0u32;
+    let mut sip = vec![0u8; 16 * 1024];
+    while records < total {
+        let read = tokio::time::timeout(Duration::from_secs(20), c.io.read(&mut sip)).await;
+        let Ok(Ok(n @ 1..)) = read else {
+            return records;
+        };
+        pending.extend_from_slice(&sip[..n]);
+        while pending.len() >= 4 {
+            let size = u32_at(&pending, 0) as usize;
+            if pending.len() < 4 + size {
+                break;
+            }
+            let frame: Vec<u8> = pending.drain(..4 + size).skip(4).collect();
+            if u16_at(&frame, 0) == DELIVER {
+                // Key, version, subscription id, then the chunk: magic and
+                // version, type, entries (u16), records (u32).
+                records += u32_at(&frame, 5 + 4);
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    records
+}
+
+/// Consumers that read slowly, so the socket is full whenever the broker
+/// writes, still get the whole stream: records the TLS session holds after
+/// a write are flushed, not left for a next write that may never come
+/// (heartbeats off). Four readers: one alone stalled in about 40% of runs
+/// without the flush.
+#[tokio::test]
+async fn slow_readers_over_tls_get_the_whole_stream() {
+    let pki = Pki::new("stream-slow");
+    let mut config = config(&pki.issue("localhost", 1, None));
+    // A small send buffer: the socket is full at most writes.
+    config.server.tcp_send_buffer = 4096;
+    let broker = Broker::start(config).await;
+    let port = broker.stream_tls.port();
+    let stream = common::unique("slow");
+    let prefix = "p".repeat(2000);
+    let published = rstream(&pki, port, &[], &["publish", &stream, "1000", &prefix]).await;
+    assert_eq!(published["confirmed"], 1000);
+    let read = || read_slowly(broker.stream_tls, pki.ca(), stream.clone(), 1000);
+    let got = tokio::join!(read(), read(), read(), read());
+    assert_eq!(got, (1000, 1000, 1000, 1000));
+    broker.stop().await;
+}

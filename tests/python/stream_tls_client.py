@@ -63,8 +63,12 @@ async def publish(a, stream, count, prefix):
             if confirmed >= count:
                 done.set()
 
-        batch = [AMQPMessage(body=f"{prefix}{i}".encode()) for i in range(count)]
-        await producer.send_batch(stream, batch, on_publish_confirm=on_confirm)
+        # In batches well under frame_max: rstream sends a batch as one frame.
+        for start in range(0, count, 100):
+            batch = [
+                AMQPMessage(body=f"{prefix}{i}".encode()) for i in range(start, min(start + 100, count))
+            ]
+            await producer.send_batch(stream, batch, on_publish_confirm=on_confirm)
         await asyncio.wait_for(done.wait(), TIMEOUT)
         return {"confirmed": confirmed}
 
