@@ -679,3 +679,69 @@ async fn slow_readers_over_tls_get_the_whole_stream() {
     assert_eq!(got, (1000, 1000, 1000, 1000));
     broker.stop().await;
 }
+
+/// `leveret serve --stream-tls-listen` with only the stream protocol on
+/// TLS: the certificates load for it alone, and SIGHUP reloads them.
+#[test]
+fn the_flag_serves_stream_tls_and_sighup_reloads_it() {
+    use common::process::BrokerProcess;
+    let pki = Pki::new("stream-flag");
+    let first = pki.issue("localhost", 1, None);
+    let second = pki.issue("localhost", 2, None);
+    let live = Pair {
+        cert: pki.dir.join("live.pem"),
+        key: pki.dir.join("live.key"),
+    };
+    std::fs::copy(&first.cert, &live.cert).unwrap();
+    std::fs::copy(&first.key, &live.key).unwrap();
+    let data = pki.dir.join("data");
+    let broker = BrokerProcess::spawn(&[
+        "serve",
+        "--listen",
+        "127.0.0.1:0",
+        "--stream-listen",
+        "127.0.0.1:0",
+        "--mgmt-listen",
+        "",
+        "--stream-tls-listen",
+        "127.0.0.1:0",
+        "--tls-cert",
+        live.cert.to_str().unwrap(),
+        "--tls-key",
+        live.key.to_str().unwrap(),
+        "--data-dir",
+        data.to_str().unwrap(),
+    ]);
+    let line = broker
+        .wait_for_log(Duration::from_secs(10), |l| {
+            l.contains("stream protocol (TLS) listening")
+        })
+        .unwrap_or_else(|| panic!("no stream TLS listener: {}", broker.stderr()));
+    let at = line.find("addr=").unwrap() + 5;
+    let addr: SocketAddr = line[at..]
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .trim_matches('"')
+        .parse()
+        .unwrap();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    assert_eq!(rt.block_on(served_serial(addr, &pki.ca())), 1);
+    rt.block_on(async {
+        let io = tls_connect(addr, &pki.ca(), None).await.unwrap();
+        Raw::opened(io).await;
+    });
+
+    std::fs::copy(&second.cert, &live.cert).unwrap();
+    std::fs::copy(&second.key, &live.key).unwrap();
+    let status = std::process::Command::new("kill")
+        .args(["-HUP", &broker.pid().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    assert!(broker
+        .wait_for_log(Duration::from_secs(5), |l| l
+            .contains("TLS certificates reloaded"))
+        .is_some());
+    assert_eq!(rt.block_on(served_serial(addr, &pki.ca())), 2);
+}
