@@ -593,14 +593,13 @@ impl Connection {
         let stream = &self.broker.config.stream;
         let (host, port, default_port) = match self.tls {
             None => (&stream.advertised_host, stream.advertised_port, 5552),
-            Some(_) if stream.advertised_tls_host.is_empty() => {
-                (&stream.advertised_host, stream.advertised_tls_port, 5551)
+            Some(_) => {
+                let host = match stream.advertised_tls_host.as_str() {
+                    "" => &stream.advertised_host,
+                    _ => &stream.advertised_tls_host,
+                };
+                (host, stream.advertised_tls_port, 5551)
             }
-            Some(_) => (
-                &stream.advertised_tls_host,
-                stream.advertised_tls_port,
-                5551,
-            ),
         };
         let host = if host.is_empty() {
             self.local

@@ -66,7 +66,15 @@ pub(crate) async fn serve(
                     let local = socket.local_addr().ok();
                     match tls {
                         Some(tls) => {
-                            connections.spawn(serve_tls(socket, peer, local, tls.clone(), broker.clone(), stop.clone(), place));
+                            connections.spawn(serve_tls(
+                                socket,
+                                peer,
+                                local,
+                                tls.clone(),
+                                broker.clone(),
+                                stop.clone(),
+                                place,
+                            ));
                         }
                         None => {
                             let (read, write) = socket.into_split();
