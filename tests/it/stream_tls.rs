@@ -150,6 +150,12 @@ fn properties(body: &[u8]) -> Vec<(String, String)> {
         .collect()
 }
 
+/// In one order: RabbitMQ lists mechanisms in its registry's order.
+fn sorted(mut v: Vec<String>) -> Vec<String> {
+    v.sort();
+    v
+}
+
 fn property(props: &[(String, String)], key: &str) -> Option<String> {
     props.iter().find(|(k, _)| k == key).map(|(_, v)| v.clone())
 }
@@ -432,7 +438,10 @@ async fn external_logs_in_with_a_verified_client_certificate() {
         .await
         .unwrap();
     let mut c = Raw::new(io);
-    assert_eq!(c.mechanisms().await, ["PLAIN", "AMQPLAIN", "EXTERNAL"]);
+    assert_eq!(
+        sorted(c.mechanisms().await),
+        ["AMQPLAIN", "EXTERNAL", "PLAIN"]
+    );
     // The response is not looked at.
     assert_eq!(c.authenticate("EXTERNAL", b"").await, OK);
     assert_eq!(c.open().await.0, OK);
@@ -464,7 +473,8 @@ async fn external_logs_in_with_a_verified_client_certificate() {
     };
     let plain = async {
         let mut c = Raw::new(TcpStream::connect(broker.stream).await.unwrap());
-        assert_eq!(c.mechanisms().await, ["PLAIN", "AMQPLAIN"]);
+        // RabbitMQ 3.10 on 5552 answers ["AMQPLAIN", "PLAIN"].
+        assert_eq!(sorted(c.mechanisms().await), ["AMQPLAIN", "PLAIN"]);
         let code = c.authenticate("EXTERNAL", b"").await;
         (code, c.closed_within(Duration::from_secs(5)).await)
     };
