@@ -303,6 +303,14 @@ pub struct StreamConfig {
     /// the address the client reached.
     pub advertised_host: String,
     pub advertised_port: u16,
+    /// The stream protocol over TLS (RabbitMQ's `stream.listeners.ssl`),
+    /// with `[tls]`'s certificates; empty: off.
+    pub tls_listen: Addresses,
+    /// What TLS clients are told instead (RabbitMQ's
+    /// `stream.advertised_tls_host` and `advertised_tls_port`); empty and
+    /// 0: `advertised_host`, and the port the client reached.
+    pub advertised_tls_host: String,
+    pub advertised_tls_port: u16,
 }
 
 impl Default for StreamConfig {
@@ -314,6 +322,9 @@ impl Default for StreamConfig {
             heartbeat: 60,
             advertised_host: String::new(),
             advertised_port: 0,
+            tls_listen: Addresses::default(),
+            advertised_tls_host: String::new(),
+            advertised_tls_port: 0,
         }
     }
 }
@@ -439,6 +450,12 @@ impl TlsConfig {
 }
 
 impl Config {
+    /// Whether any listener serves TLS (AMQPS, HTTPS or the stream
+    /// protocol's), so the certificates are needed.
+    pub fn uses_tls(&self) -> bool {
+        self.tls.enabled() || !self.stream.tls_listen.is_empty()
+    }
+
     /// The embedded `broker.toml`, which documents every setting with its default.
     pub fn embedded() -> Config {
         toml::from_str(DEFAULT_CONFIG_TOML).expect("embedded broker.toml is valid")
@@ -518,12 +535,12 @@ impl Config {
                 )));
             }
         }
-        if tls.enabled() && tls.versions.is_empty() {
+        if self.uses_tls() && tls.versions.is_empty() {
             return Err(ConfigError::Invalid(
                 "tls.versions must name at least one version".into(),
             ));
         }
-        if tls.enabled() && (tls.cert.as_os_str().is_empty() || tls.key.as_os_str().is_empty()) {
+        if self.uses_tls() && (tls.cert.as_os_str().is_empty() || tls.key.as_os_str().is_empty()) {
             return Err(ConfigError::Invalid(
                 "tls.cert and tls.key must be set when a TLS listener is".into(),
             ));
@@ -611,6 +628,12 @@ mod tests {
         assert!(check("[tls]\nverify_peer = true\ncert = \"c\"\nkey = \"k\"").is_err());
         assert!(check("[server]\nlisten = []").is_err());
         assert!(check("[tls]\nlisten = \"127.0.0.1:5671\"\ncert = \"c\"\nkey = \"k\"").is_ok());
+        // The stream protocol's TLS listener needs the certificates too.
+        assert!(check("[stream]\ntls_listen = \"127.0.0.1:5551\"").is_err());
+        assert!(check(
+            "[stream]\ntls_listen = \"127.0.0.1:5551\"\n[tls]\ncert = \"c\"\nkey = \"k\""
+        )
+        .is_ok());
     }
 
     #[test]

@@ -53,6 +53,10 @@ struct ServeArgs {
     /// AMQPS (AMQP over TLS) listen addresses, HOST:PORT, comma-separated.
     #[arg(long)]
     tls_listen: Option<String>,
+    /// Stream protocol over TLS listen addresses, HOST:PORT, comma-separated
+    /// (with the --tls-cert and --tls-key certificate).
+    #[arg(long)]
+    stream_tls_listen: Option<String>,
     /// The server's TLS certificate chain (PEM).
     #[arg(long)]
     tls_cert: Option<PathBuf>,
@@ -100,6 +104,9 @@ fn serve(args: ServeArgs) -> ExitCode {
     }
     if let Some(listen) = args.tls_listen {
         config.tls.listen = Addresses::parse(&listen);
+    }
+    if let Some(listen) = args.stream_tls_listen {
+        config.stream.tls_listen = Addresses::parse(&listen);
     }
     if let Some(cert) = args.tls_cert {
         config.tls.cert = cert;

@@ -35,6 +35,8 @@ pub struct Listeners {
     pub mgmts: Vec<TcpListener>,
     /// RabbitMQ's stream protocol.
     pub stream: Vec<TcpListener>,
+    /// The stream protocol over TLS.
+    pub stream_tls: Vec<TcpListener>,
     pub tls: Option<Arc<Tls>>,
 }
 
@@ -42,7 +44,10 @@ impl Listeners {
     /// Reads the TLS files and binds every address `config` names: a file
     /// or an address that fails is an error naming it.
     pub async fn bind(config: &Config) -> Result<Listeners, ServeError> {
-        let tls = Tls::load(&config.tls)?;
+        let tls = config
+            .uses_tls()
+            .then(|| Tls::load(&config.tls))
+            .transpose()?;
         let (recv, send) = (config.server.tcp_recv_buffer, config.server.tcp_send_buffer);
         let listeners = Listeners {
             amqp: bind_all("AMQP", &config.server.listen, recv, send).await?,
@@ -50,11 +55,19 @@ impl Listeners {
             mgmt: bind_all("the management API", &config.server.mgmt_listen, 0, 0).await?,
             mgmts: bind_all("the management API (HTTPS)", &config.tls.mgmt_listen, 0, 0).await?,
             stream: bind_all("the stream protocol", &config.stream.listen, recv, send).await?,
+            stream_tls: bind_all(
+                "the stream protocol (TLS)",
+                &config.stream.tls_listen,
+                recv,
+                send,
+            )
+            .await?,
             tls,
         };
         crate::listen::log_bound("management API", &listeners.mgmt);
         crate::listen::log_bound("management API (HTTPS)", &listeners.mgmts);
         crate::listen::log_bound("stream protocol", &listeners.stream);
+        crate::listen::log_bound("stream protocol (TLS)", &listeners.stream_tls);
         Ok(listeners)
     }
 }
@@ -91,6 +104,7 @@ pub async fn serve_on(
         mgmt,
         mgmts,
         stream,
+        stream_tls,
         tls,
     } = listeners;
     let active: Vec<(&'static str, std::net::SocketAddr)> = [
@@ -99,6 +113,7 @@ pub async fn serve_on(
         ("http", &mgmt),
         ("https", &mgmts),
         ("stream", &stream),
+        ("stream/ssl", &stream_tls),
     ]
     .into_iter()
     .flat_map(|(protocol, ls)| {
@@ -120,9 +135,11 @@ pub async fn serve_on(
             },
         ))
     });
-    let stream_task = (!stream.is_empty()).then(|| {
+    let stream_task = (!stream.is_empty() || !stream_tls.is_empty()).then(|| {
+        let mut all: Vec<_> = stream.into_iter().map(|l| (l, None)).collect();
+        all.extend(stream_tls.into_iter().map(|l| (l, tls.clone())));
         tokio::spawn(crate::stream_protocol::serve(
-            stream,
+            all,
             broker.clone(),
             stop_rx.clone(),
         ))

@@ -1,4 +1,4 @@
-//! TLS for the AMQP and management listeners (`[tls]`): the certificate
+//! TLS for the AMQP, management and stream protocol listeners (`[tls]`): the certificate
 //! files read into rustls server configurations, the swap that reloads them
 //! (SIGHUP, `POST /api/tls/reload`), and the user name a verified client
 //! certificate gives SASL EXTERNAL.
@@ -71,21 +71,22 @@ pub(crate) struct Expiry {
 }
 
 impl Tls {
-    /// Reads the files `settings` names; `None` when no listener uses TLS.
-    pub fn load(settings: &TlsConfig) -> Result<Option<Arc<Tls>>, TlsError> {
-        if !settings.enabled() {
-            return Ok(None);
-        }
+    /// Reads the files `settings` names (for a broker with a TLS
+    /// listener: `Config::uses_tls`).
+    pub fn load(settings: &TlsConfig) -> Result<Arc<Tls>, TlsError> {
         let (amqp, mgmt, expiry) = build(settings)?;
-        Ok(Some(Arc::new(Tls {
+        Ok(Arc::new(Tls {
             settings: settings.clone(),
             amqp: RwLock::new(amqp),
             mgmt: RwLock::new(mgmt),
             expiry: RwLock::new(Arc::new(expiry)),
-        })))
+        }))
     }
 
-    /// The configuration for a new AMQPS connection.
+    /// The configuration for a new AMQPS connection, and for a new stream
+    /// protocol connection over TLS: RabbitMQ's stream TLS listener takes
+    /// the broker's `ssl_options`, as AMQPS does (same certificate,
+    /// versions and peer verification, no ALPN).
     pub fn amqp(&self) -> Arc<ServerConfig> {
         self.amqp.read().clone()
     }
@@ -354,6 +355,43 @@ pub(crate) fn cert_login_name(
         }
     };
     name.filter(|n| !n.is_empty()).ok_or("no name found")
+}
+
+/// Why a server-side TLS handshake gave no stream.
+#[derive(Debug)]
+pub(crate) enum HandshakeError {
+    Failed(std::io::Error),
+    TimedOut,
+    /// The broker is shutting down: no protocol connection to close yet.
+    ShuttingDown,
+}
+
+/// The TLS handshake of an accepted connection with `config`, which must
+/// end by `deadline` (the handshake timeout counted from accept) or when
+/// `shutdown` turns true; then what the session negotiated. Runs in the
+/// connection's own task, so a client stalling in it holds up no one.
+pub(crate) async fn accept<S>(
+    config: Arc<ServerConfig>,
+    settings: &TlsConfig,
+    socket: S,
+    deadline: tokio::time::Instant,
+    mut shutdown: tokio::sync::watch::Receiver<bool>,
+) -> Result<(tokio_rustls::server::TlsStream<S>, TlsSession), HandshakeError>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    let acceptor = tokio_rustls::TlsAcceptor::from(config);
+    let handshake = tokio::time::timeout_at(deadline, acceptor.accept(socket));
+    let stream = tokio::select! {
+        done = handshake => match done {
+            Ok(Ok(stream)) => stream,
+            Ok(Err(e)) => return Err(HandshakeError::Failed(e)),
+            Err(_) => return Err(HandshakeError::TimedOut),
+        },
+        _ = shutdown.wait_for(|stop| *stop) => return Err(HandshakeError::ShuttingDown),
+    };
+    let session = TlsSession::of(stream.get_ref().1, settings);
+    Ok((stream, session))
 }
 
 impl Tls {

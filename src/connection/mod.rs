@@ -16,7 +16,7 @@ use crate::protocol::frame::{decode_frame, Frame, FrameType, FRAME_MIN_SIZE};
 use crate::protocol::method::{decode_method, method_ids, Method};
 use crate::protocol::{encode, PROTOCOL_HEADER};
 use crate::server::Place;
-use crate::tls::TlsSession;
+use crate::tls::{HandshakeError, TlsSession};
 use amq_protocol::protocol::{connection, AMQPClass};
 use amq_protocol::types::{AMQPValue, FieldTable, LongString, ShortString};
 use bytes::BytesMut;
@@ -89,26 +89,28 @@ pub(crate) async fn serve_tls(
             return;
         }
     };
-    let acceptor = tokio_rustls::TlsAcceptor::from(tls.amqp());
-    let handshake =
-        tokio::time::timeout_at(place.handshake_deadline(timeout), acceptor.accept(socket));
-    let mut stopping = shutdown.clone();
-    let stream = tokio::select! {
-        done = handshake => match done {
-            Ok(Ok(stream)) => stream,
-            Ok(Err(e)) => {
-                warn!(peer = %peer, error = %e, "TLS handshake failed");
-                return;
-            }
-            Err(_) => {
-                warn!(peer = %peer, "TLS handshake timed out");
-                return;
-            }
-        },
+    let deadline = place.handshake_deadline(timeout);
+    let handshake = crate::tls::accept(
+        tls.amqp(),
+        tls.settings(),
+        socket,
+        deadline,
+        shutdown.clone(),
+    );
+    let (stream, session) = match handshake.await {
+        Ok(done) => done,
+        Err(HandshakeError::Failed(e)) => {
+            warn!(peer = %peer, error = %e, "TLS handshake failed");
+            return;
+        }
+        Err(HandshakeError::TimedOut) => {
+            warn!(peer = %peer, "TLS handshake timed out");
+            return;
+        }
         // Shutdown does not wait for a handshake: no AMQP connection yet.
-        _ = stopping.wait_for(|stop| *stop) => return,
+        Err(HandshakeError::ShuttingDown) => return,
     };
-    let session = Arc::new(TlsSession::of(stream.get_ref().1, tls.settings()));
+    let session = Arc::new(session);
     let (read, write) = tokio::io::split(stream);
     let read = TlsRead {
         read,

@@ -16,7 +16,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 /// The addresses the broker listens on, with RabbitMQ's protocol names
-/// (`amqp`, `amqp/ssl`, `http`, `https`), as bound (ports chosen by the
+/// (`amqp`, `amqp/ssl`, `http`, `https`, `stream`, `stream/ssl`), as bound (ports chosen by the
 /// system included).
 #[derive(Clone)]
 pub(crate) struct ActiveListeners(pub(crate) Arc<Vec<(&'static str, SocketAddr)>>);
@@ -156,7 +156,7 @@ pub(super) async fn certificate_expiration(
     let mut expired = Vec::new();
     for (protocol, addr) in active.iter() {
         let (certfile, times) = match *protocol {
-            "amqp/ssl" => (&settings.cert, &expiry.cert),
+            "amqp/ssl" | "stream/ssl" => (&settings.cert, &expiry.cert),
             "https" if !settings.mgmt_cert.as_os_str().is_empty() => {
                 (&settings.mgmt_cert, &expiry.mgmt_cert)
             }

@@ -165,11 +165,14 @@ pub(super) async fn overview(
 /// Each configured listen address, with RabbitMQ's protocol names.
 fn listeners(broker: &Broker) -> Vec<Value> {
     let (server, tls) = (&broker.config.server, &broker.config.tls);
+    let stream = &broker.config.stream;
     [
         ("amqp", &server.listen),
         ("amqp/ssl", &tls.listen),
         ("http", &server.mgmt_listen),
         ("https", &tls.mgmt_listen),
+        ("stream", &stream.listen),
+        ("stream/ssl", &stream.tls_listen),
     ]
     .into_iter()
     .flat_map(|(protocol, addrs)| {

@@ -24,6 +24,7 @@ use crate::broker::Broker;
 use crate::error::{loggable, AmqpError, ReplyCode};
 use crate::hash::HashMap;
 use crate::server::Place;
+use crate::tls::TlsSession;
 use amq_protocol::types::{AMQPValue, FieldTable};
 use bytes::BytesMut;
 use std::net::SocketAddr;
@@ -43,8 +44,12 @@ const SILENT_CLOSE_DELAY: Duration = Duration::from_secs(3);
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(3);
 /// Read at most this much at once.
 const READ_CHUNK: usize = 64 * 1024;
-/// The SASL mechanisms offered (RabbitMQ's defaults on a plain socket).
+/// The SASL mechanisms offered on a plain socket (RabbitMQ's defaults).
 const MECHANISMS: [&str; 2] = ["PLAIN", "AMQPLAIN"];
+/// Over TLS, EXTERNAL too: offered whether or not the client presented a
+/// certificate, as rabbit_auth_mechanism_ssl's `should_offer` (and
+/// Leveret's AMQPS): without one the refusal says why.
+const TLS_MECHANISMS: [&str; 3] = ["PLAIN", "AMQPLAIN", "EXTERNAL"];
 
 /// Where the handshake is.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -79,11 +84,27 @@ pub(super) struct Session {
     _place: ConnectionPlace,
 }
 
+/// The client's end of the connection and the broker's, and what its TLS
+/// session negotiated.
+pub(crate) struct Transport {
+    pub(crate) peer: SocketAddr,
+    pub(crate) local: Option<SocketAddr>,
+    /// `None` on plain TCP.
+    pub(crate) tls: Option<Arc<TlsSession>>,
+}
+
 pub(crate) struct Connection {
     pub(super) broker: Arc<Broker>,
     pub(super) outbox: Arc<Outbox>,
     peer: SocketAddr,
     local: Option<SocketAddr>,
+    /// Over TLS, what the session negotiated (protocol, cipher, the
+    /// client's certificate) and the name its certificate gives SASL
+    /// EXTERNAL; kept for the connection's listing.
+    pub(super) tls: Option<Arc<TlsSession>>,
+    /// The SASL mechanism the client logged in with ("" before; RabbitMQ's
+    /// `auth_mechanism` connection fact).
+    pub(super) auth_mechanism: &'static str,
     name: String,
     step: Step,
     session: Option<Session>,
@@ -114,8 +135,7 @@ pub(crate) struct Connection {
 pub(crate) async fn serve<R, W>(
     read: R,
     write: W,
-    peer: SocketAddr,
-    local: Option<SocketAddr>,
+    transport: Transport,
     broker: Arc<Broker>,
     shutdown: watch::Receiver<bool>,
     place: Place,
@@ -123,6 +143,7 @@ pub(crate) async fn serve<R, W>(
     R: AsyncRead + Unpin,
     W: super::outbox::Sink,
 {
+    let Transport { peer, local, tls } = transport;
     let outbox = Arc::new(Outbox::default());
     let writer = tokio::spawn(outbox.clone().run_writer(write));
     let name = match local {
@@ -139,6 +160,8 @@ pub(crate) async fn serve<R, W>(
         outbox: outbox.clone(),
         peer,
         local,
+        tls,
+        auth_mechanism: "",
         name,
         step: Step::Connected,
         session: None,
@@ -366,10 +389,11 @@ impl Connection {
                 Flow::Continue
             }
             (Command::SaslHandshake { corr }, Step::PeerProperties) => {
+                let mechanisms = self.mechanisms();
                 self.outbox.push(|b| {
                     let mut out = Out::response(b, key::SASL_HANDSHAKE, corr);
-                    out.u16(code::OK).u32(MECHANISMS.len() as u32);
-                    for m in MECHANISMS {
+                    out.u16(code::OK).u32(mechanisms.len() as u32);
+                    for m in mechanisms {
                         out.string(m);
                     }
                 });
@@ -426,33 +450,53 @@ impl Connection {
         }
     }
 
+    /// The SASL mechanisms this connection offers.
+    fn mechanisms(&self) -> &'static [&'static str] {
+        match self.tls {
+            Some(_) => &TLS_MECHANISMS,
+            None => &MECHANISMS,
+        }
+    }
+
     fn authenticate(&mut self, corr: u32, mechanism: &str, data: &[u8]) -> Flow {
         let answer = |code: u16| {
             let mut b = BytesMut::new();
             frame::response_code(&mut b, key::SASL_AUTHENTICATE, corr, code);
             b
         };
-        if !MECHANISMS.contains(&mechanism) {
+        let Some(&mechanism) = self.mechanisms().iter().find(|m| **m == mechanism) else {
             warn!(connection = ?self.name, "stream login refused: unsupported authentication mechanism '{}'", loggable(mechanism));
             let a = answer(code::SASL_MECHANISM_NOT_SUPPORTED);
             self.outbox.push(|b| b.extend_from_slice(&a));
             return Flow::End("unsupported SASL mechanism");
-        }
-        let Some((user, password)) = crate::connection::auth::credentials(mechanism, data) else {
-            warn!(connection = ?self.name, "{mechanism} stream login refused: the response does not hold a user name and password");
-            let a = answer(code::SASL_ERROR);
-            self.outbox.push(|b| b.extend_from_slice(&a));
-            return Flow::End("malformed SASL response");
         };
-        if self.broker.authenticate(&user, &password).is_none() {
-            let why = match self.broker.access.user(&user) {
-                None => "no such user",
-                Some(_) if password.is_empty() => "empty password",
-                Some(_) => "wrong password",
+        let user = if mechanism == "EXTERNAL" {
+            match self.external_login() {
+                Some(user) => user,
+                None => {
+                    return Flow::SilentClose(answer(code::AUTHENTICATION_FAILURE), "login refused")
+                }
+            }
+        } else {
+            let Some((user, password)) = crate::connection::auth::credentials(mechanism, data)
+            else {
+                warn!(connection = ?self.name, "{mechanism} stream login refused: the response does not hold a user name and password");
+                let a = answer(code::SASL_ERROR);
+                self.outbox.push(|b| b.extend_from_slice(&a));
+                return Flow::End("malformed SASL response");
             };
-            warn!(connection = ?self.name, "{mechanism} stream login refused: user '{}' - invalid credentials ({why})", loggable(&user));
-            return Flow::SilentClose(answer(code::AUTHENTICATION_FAILURE), "login refused");
-        }
+            if self.broker.authenticate(&user, &password).is_none() {
+                let why = match self.broker.access.user(&user) {
+                    None => "no such user",
+                    Some(_) if password.is_empty() => "empty password",
+                    Some(_) => "wrong password",
+                };
+                warn!(connection = ?self.name, "{mechanism} stream login refused: user '{}' - invalid credentials ({why})", loggable(&user));
+                return Flow::SilentClose(answer(code::AUTHENTICATION_FAILURE), "login refused");
+            }
+            user
+        };
+        // After any mechanism, as rabbit_stream_reader.
         if self.broker.is_loopback_only(&user)
             && !crate::connection::auth::is_loopback(self.peer.ip())
         {
@@ -467,8 +511,28 @@ impl Connection {
             frame::response_code(b, key::SASL_AUTHENTICATE, corr, code::OK);
             Out::begin(b, key::TUNE, 1).u32(frame_max).u32(heartbeat);
         });
+        self.auth_mechanism = mechanism;
         self.step = Step::Tuning(user);
         Flow::Continue
+    }
+
+    /// EXTERNAL, as rabbit_auth_mechanism_ssl: the user the verified
+    /// client certificate names, which must exist; the response is not
+    /// looked at and no password is checked. `None`: refused (logged).
+    fn external_login(&self) -> Option<String> {
+        // Only offered, so only taken, over TLS.
+        let login = &self.tls.as_ref()?.login;
+        match login {
+            Ok(user) if self.broker.access.user(user).is_some() => Some(user.clone()),
+            Ok(user) => {
+                warn!(connection = ?self.name, "EXTERNAL stream login refused: user '{}' - invalid credentials (no such user)", loggable(user));
+                None
+            }
+            Err(reason) => {
+                warn!(connection = ?self.name, "EXTERNAL stream login refused: {}", loggable(reason));
+                None
+            }
+        }
     }
 
     /// Open: the vhost, its and the user's connection limits, then the
@@ -522,17 +586,29 @@ impl Connection {
     }
 
     /// The host and port clients are told to connect to: the configured
-    /// ones, else the address this client reached.
+    /// ones, else the address this client reached. A TLS client is told
+    /// the TLS ones (RabbitMQ's `tls_host` and `tls_port`), so it
+    /// reconnects over TLS: the TLS host falls back to the plain one.
     fn advertised(&self) -> (String, u16) {
         let stream = &self.broker.config.stream;
-        let host = if stream.advertised_host.is_empty() {
+        let (host, port, default_port) = match self.tls {
+            None => (&stream.advertised_host, stream.advertised_port, 5552),
+            Some(_) => {
+                let host = match stream.advertised_tls_host.as_str() {
+                    "" => &stream.advertised_host,
+                    _ => &stream.advertised_tls_host,
+                };
+                (host, stream.advertised_tls_port, 5551)
+            }
+        };
+        let host = if host.is_empty() {
             self.local
                 .map_or_else(|| "localhost".to_string(), |l| l.ip().to_string())
         } else {
-            stream.advertised_host.clone()
+            host.clone()
         };
-        let port = match stream.advertised_port {
-            0 => self.local.map_or(5552, |l| l.port()),
+        let port = match port {
+            0 => self.local.map_or(default_port, |l| l.port()),
             p => p,
         };
         (host, port)

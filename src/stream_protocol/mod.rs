@@ -4,7 +4,9 @@
 //! `chunk` the osiris chunks deliveries carry, `connection` one client.
 //!
 //! A front end like `connection/`: it uses `broker` (access, vhosts, the
-//! one declare path) and `store`, and nothing above them.
+//! one declare path) and `store`, and nothing above them. Over TLS
+//! (`stream.tls_listen`) the handshake runs in the connection's task, then
+//! the same `connection::serve` takes the decrypted stream.
 
 mod chunk;
 mod connection;
@@ -17,10 +19,13 @@ mod super_streams;
 
 use crate::broker::Broker;
 use crate::listen::accept_any;
-use crate::server::Admission;
+use crate::server::{Admission, Place};
+use crate::tls::{HandshakeError, Tls};
+use connection::Transport;
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 use tracing::{error, warn};
@@ -33,17 +38,17 @@ async fn stopped(stop: &mut watch::Receiver<bool>) {
 /// How long shutdown waits for stream connections to end.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 
-/// Accepts stream protocol clients on `listeners` until `stop` turns true,
-/// then waits (a while) for their connections to end.
+/// Accepts stream protocol clients on `listeners` (each with the TLS
+/// configuration it serves, or none for plain TCP) until `stop` turns
+/// true, then waits (a while) for their connections to end.
 pub(crate) async fn serve(
-    listeners: Vec<TcpListener>,
+    listeners: Vec<(TcpListener, Option<Arc<Tls>>)>,
     broker: Arc<Broker>,
     stop: watch::Receiver<bool>,
 ) {
     // The limits count each protocol's listeners apart, as RabbitMQ's
     // (Ranch's) max_connections counts per listener.
     let admission = Admission::new(&broker.config.limits);
-    let listeners: Vec<_> = listeners.into_iter().map(|l| (l, ())).collect();
     let mut connections = JoinSet::new();
     let mut stopping = stop.clone();
     loop {
@@ -54,21 +59,35 @@ pub(crate) async fn serve(
             (place, accept_any(&listeners).await)
         };
         tokio::select! {
-            (mut place, (accepted, ())) = admitted => match accepted {
+            (mut place, (accepted, tls)) = admitted => match accepted {
                 Ok((socket, peer)) => {
                     place.accepted();
                     let _ = socket.set_nodelay(true);
                     let local = socket.local_addr().ok();
-                    let (read, write) = socket.into_split();
-                    connections.spawn(connection::serve(
-                        read,
-                        write,
-                        peer,
-                        local,
-                        broker.clone(),
-                        stop.clone(),
-                        place,
-                    ));
+                    match tls {
+                        Some(tls) => {
+                            connections.spawn(serve_tls(
+                                socket,
+                                peer,
+                                local,
+                                tls.clone(),
+                                broker.clone(),
+                                stop.clone(),
+                                place,
+                            ));
+                        }
+                        None => {
+                            let (read, write) = socket.into_split();
+                            connections.spawn(connection::serve(
+                                read,
+                                write,
+                                Transport { peer, local, tls: None },
+                                broker.clone(),
+                                stop.clone(),
+                                place,
+                            ));
+                        }
+                    }
                 }
                 Err(e) => {
                     error!(error = %e, "stream protocol accept failed");
@@ -88,4 +107,41 @@ pub(crate) async fn serve(
         warn!("some stream connections did not close in time; aborting them");
         connections.abort_all();
     }
+}
+
+/// One client on the TLS listener: the TLS handshake within the handshake
+/// timeout counted from accept (the deadline the stream handshake after it
+/// keeps), then the connection over the decrypted stream, which knows what
+/// the session negotiated.
+async fn serve_tls(
+    socket: TcpStream,
+    peer: SocketAddr,
+    local: Option<SocketAddr>,
+    tls: Arc<Tls>,
+    broker: Arc<Broker>,
+    stop: watch::Receiver<bool>,
+    place: Place,
+) {
+    let timeout = Duration::from_millis(broker.config.limits.handshake_timeout_ms);
+    let deadline = place.handshake_deadline(timeout);
+    let handshake = crate::tls::accept(tls.amqp(), tls.settings(), socket, deadline, stop.clone());
+    let (stream, session) = match handshake.await {
+        Ok(done) => done,
+        Err(HandshakeError::Failed(e)) => {
+            warn!(peer = %peer, error = %e, "stream protocol TLS handshake failed");
+            return;
+        }
+        Err(HandshakeError::TimedOut) => {
+            warn!(peer = %peer, "stream protocol TLS handshake timed out");
+            return;
+        }
+        Err(HandshakeError::ShuttingDown) => return,
+    };
+    let (read, write) = tokio::io::split(stream);
+    let transport = Transport {
+        peer,
+        local,
+        tls: Some(Arc::new(session)),
+    };
+    connection::serve(read, write, transport, broker, stop, place).await;
 }

@@ -227,7 +227,9 @@ async fn write_out<W: Sink>(
         at = range.before;
         socket.send_file(&range, scratch).await?;
     }
-    socket.write_all(&data[at..]).await
+    socket.write_all(&data[at..]).await?;
+    // Over TLS the flush sends records the session still holds.
+    socket.flush().await
 }
 
 /// Bytes read from a file at a time where it cannot be sent from the file.
@@ -259,6 +261,9 @@ pub(crate) trait Sink: AsyncWrite + Unpin + Send + 'static {
         }
     }
 }
+
+/// TLS: read and written, encrypted by the session.
+impl Sink for tokio::io::WriteHalf<tokio_rustls::server::TlsStream<tokio::net::TcpStream>> {}
 
 impl Sink for tokio::net::tcp::OwnedWriteHalf {
     /// `sendfile`: the kernel moves the pages to the socket.

@@ -50,6 +50,7 @@ mod queue_features;
 mod queues;
 mod readme;
 mod stream_protocol;
+mod stream_tls;
 mod streams;
 mod super_streams;
 mod tls;

@@ -7,7 +7,7 @@
 //! `localhost`/`127.0.0.1`/`::1` and client certificates, in a temporary
 //! directory. RabbitMQ on 127.0.0.1:5672 has no TLS listener, so these run
 //! against Leveret only; the refusal texts follow rabbitmq_auth_mechanism_ssl
-//! and rabbit_reader.
+//! and rabbit_reader. (`stream_tls` uses the certificates and clients here.)
 
 use crate::common;
 
@@ -30,20 +30,20 @@ use tokio_rustls::client::TlsStream;
 // ------------------------------------------------------------ certificates
 
 /// A test CA and the files it issues, in a directory removed on drop.
-struct Pki {
-    dir: PathBuf,
+pub(crate) struct Pki {
+    pub(crate) dir: PathBuf,
     ca: CertifiedIssuer<'static, KeyPair>,
 }
 
 /// A certificate and its key, as files.
 #[derive(Clone)]
-struct Pair {
-    cert: PathBuf,
-    key: PathBuf,
+pub(crate) struct Pair {
+    pub(crate) cert: PathBuf,
+    pub(crate) key: PathBuf,
 }
 
 impl Pki {
-    fn new(name: &str) -> Pki {
+    pub(crate) fn new(name: &str) -> Pki {
         let dir = std::env::temp_dir().join(common::unique(&format!("leveret-tls-{name}")));
         std::fs::create_dir_all(&dir).unwrap();
         let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
@@ -56,14 +56,14 @@ impl Pki {
         Pki { dir, ca }
     }
 
-    fn ca(&self) -> PathBuf {
+    pub(crate) fn ca(&self) -> PathBuf {
         self.dir.join("ca.pem")
     }
 
     /// A certificate for `cn` (also the file names), valid for the
     /// loopback names, with `serial`; `validity` overrides the default
     /// (valid from yesterday for a year).
-    fn issue(&self, cn: &str, serial: u64, validity: Option<(i32, i32)>) -> Pair {
+    pub(crate) fn issue(&self, cn: &str, serial: u64, validity: Option<(i32, i32)>) -> Pair {
         let mut params = CertificateParams::new(vec![
             "localhost".to_string(),
             "127.0.0.1".to_string(),
@@ -235,7 +235,7 @@ async fn round_trip(conn: &lapin::Connection, body: &[u8]) {
 
 /// A TLS connection made with rustls, trusting `ca`, with `client`'s
 /// certificate if given.
-async fn tls_connect(
+pub(crate) async fn tls_connect(
     addr: SocketAddr,
     ca: &Path,
     client: Option<&Pair>,
@@ -268,7 +268,7 @@ async fn tls_connect(
 }
 
 /// The serial number of the certificate the server at `addr` presents.
-async fn served_serial(addr: SocketAddr, ca: &Path) -> u64 {
+pub(crate) async fn served_serial(addr: SocketAddr, ca: &Path) -> u64 {
     let stream = tls_connect(addr, ca, None).await.unwrap();
     let cert = stream.get_ref().1.peer_certificates().unwrap()[0].clone();
     let (_, parsed) = x509_parser::parse_x509_certificate(&cert).unwrap();
