@@ -13,7 +13,7 @@ use super::queue_args::{Overflow, QueueArgs, QueueType};
 use super::queue_stats::QueueStats;
 use super::stream::StreamQueue;
 use super::stream_consume::{ReadSpec, StartAt};
-use super::timers::{now_ms, Timers};
+use super::timers::{coarse_now_ms, now_ms, Timers};
 use crate::error::AmqpError;
 use crate::message::Message;
 use crate::store::durable::DurableStore;
@@ -471,8 +471,14 @@ impl Queue {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
         };
-        // The one clock read of an enqueue: arrival, and expiry from it.
-        let now = now_ms();
+        // One clock read per enqueue: the coarse clock stamps the arrival
+        // (a few ms are nothing to an age); an expiry needs the precise
+        // one, and the arrival then shares it.
+        let now = if ttl.is_some() {
+            now_ms()
+        } else {
+            coarse_now_ms()
+        };
         let mut msg = QueuedMessage::new(seq, message);
         msg.arrived_ms = now;
         match ttl {
