@@ -163,6 +163,45 @@ async fn a_priority_queue_shows_the_age_of_the_message_it_delivers_next() {
     assert!(low >= WAIT_MS, "then the low one: {low} ms");
 }
 
+/// As RabbitMQ: a priority queue's `head_message_timestamp` is that of the
+/// message it delivers next, its highest priority's first (Leveret showed
+/// none for priority queues).
+#[tokio::test]
+async fn a_priority_queues_head_timestamp_is_its_highest_prioritys() {
+    let broker = TestBroker::start().await;
+    let Some(api) = Api::of(&broker) else { return };
+    let conn = broker.connect().await;
+    let ch = confirm_channel(&conn).await;
+    let q = unique("headage-priority-ts");
+    let args = table(&[("x-max-priority", AMQPValue::ShortShortUInt(5))]);
+    declare_queue(&ch, &q, QueueDeclareOptions::default(), args).await;
+    let at = |ts: u64, priority: u8| {
+        BasicProperties::default()
+            .with_timestamp(ts)
+            .with_priority(priority)
+    };
+    publish(&ch, &q, b"low", at(1_700_000_000, 0)).await;
+    publish(&ch, &q, b"high", at(1_700_000_100, 5)).await;
+    // RabbitMQ's statistics lag a few seconds.
+    let head_timestamp = |want: u64| {
+        let (api, q) = (api.clone(), q.clone());
+        async move {
+            common::eventually(
+                "head_message_timestamp",
+                Duration::from_secs(15),
+                || async { queue(&api, &q).await["head_message_timestamp"] == want },
+            )
+            .await
+        }
+    };
+    head_timestamp(1_700_000_100).await;
+    assert_eq!(take(&ch, &q).await, b"high");
+    head_timestamp(1_700_000_000).await;
+    ch.queue_delete(q.as_str().into(), QueueDeleteOptions::default())
+        .await
+        .unwrap();
+}
+
 /// `/metrics`: one gauge per queue (NaN when empty), and the longest.
 #[tokio::test]
 async fn metrics_show_each_queues_head_age_and_the_longest() {
