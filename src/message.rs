@@ -168,14 +168,14 @@ mod tests {
                 false,
             );
             let mut m = QueuedMessage::new(0, Arc::new(message));
-            m.expires_at = expires_at;
+            m.expires_at = expires_at.and_then(std::num::NonZeroU64::new);
             m
         }
 
         #[test]
         fn expiry_edges() {
             assert!(!queued(None).is_expired(u64::MAX));
-            assert!(queued(Some(0)).is_expired(0));
+            assert!(queued(Some(1)).is_expired(1));
             assert!(queued(Some(5)).is_expired(5), "due at its deadline");
             assert!(!queued(Some(5)).is_expired(4));
             assert!(queued(Some(u64::MAX)).is_expired(u64::MAX));

@@ -13,7 +13,7 @@ use super::queue_args::{Overflow, QueueArgs, QueueType};
 use super::queue_stats::QueueStats;
 use super::stream::StreamQueue;
 use super::stream_consume::{ReadSpec, StartAt};
-use super::timers::{now_ms, Timers};
+use super::timers::{coarse_now_ms, now_ms, Timers};
 use crate::error::AmqpError;
 use crate::message::Message;
 use crate::store::durable::DurableStore;
@@ -24,6 +24,7 @@ use crate::store::priority::{PriorityDisk, PriorityStore};
 use crate::store::{QueueEvents, QueueStore, QueuedMessage, Receipt, Store, MESSAGE_OVERHEAD};
 use amq_protocol::types::FieldTable;
 use parking_lot::Mutex;
+use std::num::NonZeroU64;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
@@ -63,6 +64,8 @@ pub(crate) struct OnDisk {
     pub(crate) queue_id: u32,
     pub(crate) messages: usize,
     pub(crate) first_seq: u64,
+    /// When the message at `first_seq` arrived (ms since the epoch; 0: unknown).
+    pub(crate) first_arrived_ms: u64,
     pub(crate) next_seq: u64,
 }
 
@@ -133,6 +136,23 @@ struct QueueState {
     flow_low: u64,
 }
 
+/// A queue's next message to deliver, as the management API shows it.
+pub(crate) struct QueueHead {
+    /// The message, when it is in memory.
+    pub(crate) message: Option<Arc<Message>>,
+    /// When it entered this queue (ms since the epoch), when known: also
+    /// for a head still on disk (paged out, or not read back since a
+    /// restart).
+    pub(crate) arrived_ms: Option<u64>,
+}
+
+impl QueueHead {
+    /// How long the head has waited (ms), at `now` (ms since the epoch).
+    pub(crate) fn age_ms(&self, now: u64) -> Option<u64> {
+        self.arrived_ms.map(|at| now.saturating_sub(at))
+    }
+}
+
 /// Counts reported by queue.declare-ok and the management API.
 #[derive(Debug, Clone, Copy, Default)]
 pub(crate) struct QueueCounts {
@@ -196,6 +216,7 @@ impl Queue {
                             d.queue_id,
                             d.messages,
                             d.first_seq,
+                            d.first_arrived_ms,
                             d.next_seq,
                             effective.max_length.is_some() || effective.max_length_bytes.is_some(),
                         )),
@@ -390,9 +411,14 @@ impl Queue {
         }
     }
 
-    /// The next message to deliver, when it is in memory.
-    pub(crate) fn head_message(&self) -> Option<Arc<Message>> {
-        self.state.lock().ready.head().map(|m| m.message.clone())
+    /// The next message to deliver: the message when it is in memory, and
+    /// when it arrived in this queue when that is known.
+    pub(crate) fn head(&self) -> QueueHead {
+        let st = self.state.lock();
+        QueueHead {
+            message: st.ready.head().map(|m| m.message.clone()),
+            arrived_ms: st.ready.head_arrived(),
+        }
     }
 
     /// The queue's consumers, highest priority first.
@@ -445,7 +471,16 @@ impl Queue {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
         };
+        // One clock read per enqueue: the coarse clock stamps the arrival
+        // (a few ms are nothing to an age); an expiry needs the precise
+        // one, and the arrival then shares it.
+        let now = if ttl.is_some() {
+            now_ms()
+        } else {
+            coarse_now_ms()
+        };
         let mut msg = QueuedMessage::new(seq, message);
+        msg.arrived_ms = now;
         match ttl {
             // TTL 0: delivered now to a ready consumer, or expired at once.
             Some(0) => {
@@ -463,7 +498,7 @@ impl Queue {
             }
             Some(ttl) => {
                 st.expiring = true;
-                msg.expires_at = Some(now_ms() + ttl);
+                msg.expires_at = NonZeroU64::new(now + ttl);
                 st.ready.push(msg);
                 self.dispatch_locked(&mut st);
             }
@@ -537,7 +572,7 @@ impl Queue {
         let Some(head) = st.ready.pop() else {
             return;
         };
-        let at = head.expires_at;
+        let at = head.expires_at.map(NonZeroU64::get);
         st.ready.unpop(head);
         if let Some(at) = at {
             if st.timer_at.is_none_or(|t| at < t) {

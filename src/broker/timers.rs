@@ -17,6 +17,28 @@ pub(crate) fn now_ms() -> u64 {
         .map_or(0, |d| d.as_millis() as u64)
 }
 
+/// [`now_ms`] as of the kernel's last tick (a few ms behind, never ahead):
+/// what stamps a message's arrival in a queue, once per enqueue, where the
+/// precise clock's conversions cost about 60 instructions per message.
+#[cfg(target_os = "linux")]
+pub(crate) fn coarse_now_ms() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes only the timespec it is given.
+    if unsafe { libc::clock_gettime(libc::CLOCK_REALTIME_COARSE, &mut ts) } != 0 {
+        return now_ms();
+    }
+    u64::try_from(ts.tv_sec).unwrap_or(0) * 1000
+        + u64::try_from(ts.tv_nsec).unwrap_or(0) / 1_000_000
+}
+
+#[cfg(not(target_os = "linux"))]
+pub(crate) fn coarse_now_ms() -> u64 {
+    now_ms()
+}
+
 struct Wakeup {
     at: u64,
     queue: Weak<Queue>,

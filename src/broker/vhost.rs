@@ -322,6 +322,7 @@ impl VHost {
             queue_id: r.record.id,
             messages: r.messages,
             first_seq: r.first_seq,
+            first_arrived_ms: r.first_arrived_ms,
             next_seq: r.next_seq,
         });
         let queue = Queue::new(
@@ -730,6 +731,7 @@ impl VHost {
                         queue_id: record.id,
                         messages: 0,
                         first_seq: 0,
+                        first_arrived_ms: 0,
                         next_seq: 0,
                     }
                 });

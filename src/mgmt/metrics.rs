@@ -161,6 +161,8 @@ struct QueueRow {
     totals: [u64; 4],
     utilisation: f64,
     head_timestamp: Option<u64>,
+    /// How long the next message to deliver has waited (ms), when known.
+    head_age_ms: Option<u64>,
 }
 
 /// One open channel.
@@ -209,18 +211,24 @@ fn snapshot(broker: &Broker) -> Snapshot {
             }
         }
     });
+    let now = crate::broker::timers::now_ms();
     let queues = broker
         .vhosts()
         .iter()
         .flat_map(|v| v.queues())
-        .map(|q| QueueRow {
-            counts: q.counts(),
-            totals: q.stats.counts(),
-            utilisation: q.stats.last().utilisation,
-            head_timestamp: q
-                .head_message()
-                .and_then(|m| super::objects::timestamp(&m.properties)),
-            queue: q,
+        .map(|q| {
+            let head = q.head();
+            QueueRow {
+                counts: q.counts(),
+                totals: q.stats.counts(),
+                utilisation: q.stats.last().utilisation,
+                head_timestamp: head
+                    .message
+                    .as_ref()
+                    .and_then(|m| super::objects::timestamp(&m.properties)),
+                head_age_ms: head.age_ms(now),
+                queue: q,
+            }
         })
         .collect();
     Snapshot {
@@ -846,8 +854,39 @@ fn leveret_metrics(out: &mut Out, broker: &Broker, snap: &Snapshot, disk_used: u
             out.value(name, &labels, q.totals[i]);
         }
     }
+    head_ages(out, snap);
     stream_metrics(out, snap);
     store_damage(out, broker);
+}
+
+/// How long each queue's next message has waited, beside RabbitMQ's
+/// `queue_head_message_timestamp` (which is the publisher's clock, when it
+/// set one), and the longest of them: "a message waits > 5 min" alerts.
+/// NaN where nothing is known (an empty queue, or a head written before
+/// arrivals were kept), as RabbitMQ's timestamp.
+fn head_ages(out: &mut Out, snap: &Snapshot) {
+    let seconds =
+        |ms: Option<u64>| ms.map_or("NaN".to_string(), |ms| (ms as f64 / 1000.0).to_string());
+    let name = "leveret_queue_head_message_age_seconds";
+    out.family(
+        name,
+        "gauge",
+        "How long the next message to deliver has waited in the queue",
+    );
+    let ordinary = || snap.queues.iter().filter(|q| q.queue.stream().is_none());
+    for q in ordinary() {
+        let labels = [
+            ("vhost", q.queue.vhost.as_str()),
+            ("queue", q.queue.name.as_str()),
+        ];
+        out.value(name, &labels, seconds(q.head_age_ms));
+    }
+    out.single(
+        "leveret_queue_head_message_age_max_seconds",
+        "gauge",
+        "The longest any queue's next message to deliver has waited",
+        seconds(ordinary().filter_map(|q| q.head_age_ms).max()),
+    );
 }
 
 /// Where each stream stands and how far behind its readers are.

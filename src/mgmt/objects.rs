@@ -139,6 +139,7 @@ pub(super) fn queue_json(q: &Queue, ask: history::Ask) -> Value {
     }
     // Beside the above: one json! of everything passes the macro's
     // recursion limit.
+    let head = q.head();
     let sizes = json!({
         "message_bytes": c.ready_bytes + c.unacked_bytes,
         "message_bytes_ready": c.ready_bytes,
@@ -153,7 +154,10 @@ pub(super) fn queue_json(q: &Queue, ask: history::Ask) -> Value {
         "messages_ready_ram": c.ready_in_memory,
         "messages_unacknowledged_ram": c.unacked,
         "messages_paged_out": c.ready - c.ready_in_memory,
-        "head_message_timestamp": q.head_message().and_then(|m| timestamp(&m.properties)),
+        "head_message_timestamp": head.message.as_ref().and_then(|m| timestamp(&m.properties)),
+        // How long the next message to deliver has waited in this queue
+        // (paged out or not); null when empty or not known.
+        "head_message_age_ms": head.age_ms(crate::broker::timers::now_ms()),
     });
     if let (Some(queue), Value::Object(sizes)) = (queue.as_object_mut(), sizes) {
         queue.extend(sizes);

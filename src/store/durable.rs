@@ -34,6 +34,9 @@ pub(crate) struct DurableStore {
     window: usize,
     disk_from: u64,
     on_disk: usize,
+    /// When the first message on disk (at `disk_from`) arrived, ms since
+    /// the epoch (0: unknown): the queue's head age while none is in memory.
+    disk_arrived_ms: u64,
     loading: bool,
     /// Bumped by purge and delete so reads already under way are ignored.
     generation: u64,
@@ -41,14 +44,16 @@ pub(crate) struct DurableStore {
 }
 
 impl DurableStore {
-    /// A queue recovered with `on_disk` messages from `first_seq` on, up to
-    /// `next_seq`.
+    /// A queue recovered with `on_disk` messages from `first_seq` on (the
+    /// first arrived at `first_arrived_ms`), up to `next_seq`.
+    #[allow(clippy::too_many_arguments)]
     pub(crate) fn new(
         store: Arc<Store>,
         queue: Weak<dyn QueueEvents>,
         queue_id: u32,
         on_disk: usize,
         first_seq: u64,
+        first_arrived_ms: u64,
         next_seq: u64,
         unbounded: bool,
     ) -> DurableStore {
@@ -77,6 +82,7 @@ impl DurableStore {
             window,
             disk_from: first_seq,
             on_disk,
+            disk_arrived_ms: first_arrived_ms,
             loading: false,
             generation: 0,
             deleted: false,
@@ -117,6 +123,7 @@ impl DurableStore {
         self.persistent = Persistent::default();
         self.head_cost = 0;
         self.on_disk = 0;
+        self.disk_arrived_ms = 0;
         self.loading = false;
         self.generation += 1;
     }
@@ -151,6 +158,7 @@ impl QueueStore for DurableStore {
         if page_out {
             if self.on_disk == 0 {
                 self.disk_from = msg.seq;
+                self.disk_arrived_ms = msg.arrived_ms;
             }
             self.on_disk += 1;
             self.request_load();
@@ -209,6 +217,14 @@ impl QueueStore for DurableStore {
 
     fn head(&self) -> Option<&QueuedMessage> {
         self.head.front()
+    }
+
+    fn head_arrived(&self) -> Option<u64> {
+        match self.head.front() {
+            Some(m) => m.arrived(),
+            None if self.on_disk > 0 => Some(self.disk_arrived_ms).filter(|&ms| ms != 0),
+            None => None,
+        }
     }
 
     fn purge(&mut self) -> usize {
@@ -275,6 +291,7 @@ impl QueueStore for DurableStore {
         }
         self.on_disk = self.on_disk.saturating_sub(loaded.consumed);
         self.disk_from = loaded.next_from;
+        self.disk_arrived_ms = loaded.next_arrived_ms;
         for msg in loaded.messages {
             if msg.seq < self.recovered_end {
                 let body = msg.message.body.len() as u64;
@@ -310,6 +327,10 @@ impl QueueStore for DurableStore {
             } else if self.on_disk > 0 && seq >= self.disk_from {
                 // Paged out: never on disk, so never read back.
                 self.on_disk -= 1;
+                if seq == self.disk_from {
+                    // The next one's arrival is known once it is read.
+                    self.disk_arrived_ms = 0;
+                }
                 self.body_bytes = self.body_bytes.saturating_sub(body_len);
                 // Only persistent writes fail-stop the store.
                 self.persistent.messages = self.persistent.messages.saturating_sub(1);

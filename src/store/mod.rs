@@ -27,6 +27,7 @@ pub(crate) mod stream_writer;
 use crate::message::Message;
 use persister::{Loaded, Op};
 use record::{BindingRecord, ExchangeRecord, QueueRecord};
+use std::num::NonZeroU64;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::mpsc::Sender;
@@ -78,12 +79,20 @@ pub(crate) struct QueuedMessage {
     /// Set when this queue's entry for the message is on disk.
     pub(crate) disk: Option<DiskRef>,
     /// When the message expires (ms since the Unix epoch), from the queue's
-    /// x-message-ttl or the message's expiration.
-    pub(crate) expires_at: Option<u64>,
+    /// x-message-ttl or the message's expiration. (Non-zero: the niche keeps
+    /// this struct at 64 bytes; 0 means "never" on disk anyway.)
+    pub(crate) expires_at: Option<NonZeroU64>,
     /// Times it was delivered and came back (x-delivery-limit). Kept in
     /// memory only: a restart starts counting again.
     pub(crate) returned: u32,
+    /// When the message entered this queue (ms since the Unix epoch; 0:
+    /// unknown, as for messages written before arrivals were kept). Kept
+    /// across requeues; on disk in whole seconds (see `queue_index`).
+    pub(crate) arrived_ms: u64,
 }
+
+// One slot of every queue's deque per ready message: keep it small.
+const _: () = assert!(std::mem::size_of::<QueuedMessage>() <= 64);
 
 /// What a queue remembers of a delivered message to settle it later.
 #[derive(Debug, Clone, Copy)]
@@ -106,11 +115,17 @@ impl QueuedMessage {
             disk: None,
             expires_at: None,
             returned: 0,
+            arrived_ms: 0,
         }
     }
 
     pub(crate) fn is_expired(&self, now: u64) -> bool {
-        self.expires_at.is_some_and(|at| at <= now)
+        self.expires_at.is_some_and(|at| at.get() <= now)
+    }
+
+    /// When it entered this queue (ms since the epoch), if known.
+    pub(crate) fn arrived(&self) -> Option<u64> {
+        (self.arrived_ms != 0).then_some(self.arrived_ms)
     }
 
     pub(crate) fn receipt(&self) -> Receipt {
@@ -179,6 +194,11 @@ pub(crate) trait QueueStore: Send {
     /// The next message to deliver, when it is in memory.
     fn head(&self) -> Option<&QueuedMessage> {
         None
+    }
+    /// When the next message to deliver entered the queue (ms since the
+    /// epoch), in memory or not; None when empty or not known.
+    fn head_arrived(&self) -> Option<u64> {
+        self.head().and_then(QueuedMessage::arrived)
     }
     /// A popped message went to a consumer; with `no_ack` it is gone.
     fn delivered(&mut self, _receipt: Receipt, _no_ack: bool) {}
@@ -397,7 +417,8 @@ impl Store {
             queue_id,
             seq: msg.seq,
             disk,
-            expires_at: msg.expires_at.unwrap_or(0),
+            expires_at: msg.expires_at.map_or(0, NonZeroU64::get),
+            arrived_s: queue_index::arrival_seconds(msg.arrived_ms),
         });
     }
 

@@ -11,7 +11,7 @@
 //! published and acknowledged in the same batch is never written.
 
 use super::fail_stop::{FailStop, Unwritten};
-use super::queue_index::{QueueIndexes, Slot};
+use super::queue_index::{self, QueueIndexes, Slot};
 use super::record;
 use super::segments::{Location, Segments};
 use super::QueueEvents;
@@ -19,6 +19,7 @@ use super::{ConfirmSink, DiskRef, QueuedMessage};
 use crate::hash::HashMap as FastMap;
 use crate::message::Message;
 use std::collections::HashMap;
+use std::num::NonZeroU64;
 use std::sync::mpsc::{Receiver, RecvTimeoutError};
 use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
@@ -54,12 +55,14 @@ pub(crate) enum Op {
         message: Arc<Message>,
         refs: u32,
     },
-    /// A message now sits in a queue (`expires_at` 0: never).
+    /// A message now sits in a queue (`expires_at` 0: never; `arrived_s`
+    /// seconds since the epoch, 0: unknown).
     Entry {
         queue_id: u32,
         seq: u64,
         disk: DiskRef,
         expires_at: u64,
+        arrived_s: u32,
     },
     /// The message at `seq` was delivered: after a restart it, and every
     /// earlier one, comes back redelivered.
@@ -112,6 +115,9 @@ pub(crate) struct Loaded {
     pub(crate) consumed: usize,
     /// The seq after the last entry consumed.
     pub(crate) next_from: u64,
+    /// When the first message left on disk after these arrived (ms since
+    /// the epoch; 0: unknown, or none left).
+    pub(crate) next_arrived_ms: u64,
 }
 
 /// A body whose queue entries are not all written (or cancelled) yet.
@@ -195,13 +201,13 @@ impl Stats {
     }
 }
 
-/// A new queue entry: (msg_id, flags, expires_at).
-type PendingEntry = (u64, u8, u64);
+/// A new queue entry: (msg_id, flags, expires_at, arrived_s).
+type PendingEntry = (u64, u8, u64, u32);
 
 /// One batch's operations, folded so that undone work cancels out.
 #[derive(Default)]
 struct Batch {
-    /// New entries: (queue, seq) → (msg_id, flags, expires_at).
+    /// New entries: (queue, seq) → (msg_id, flags, expires_at, arrived_s).
     puts: FastMap<(u32, u64), PendingEntry>,
     /// `puts` in order, once the index is being written.
     sorted_puts: Vec<((u32, u64), PendingEntry)>,
@@ -459,7 +465,7 @@ impl Persister {
         }
         self.ack_puts(unreferenced, &mut acked);
         let _ = self.index.sync();
-        for &((queue_id, seq), (msg_id, _, _)) in puts.iter() {
+        for &((queue_id, seq), (msg_id, ..)) in puts.iter() {
             let body_len = self.in_flight.get(&msg_id).map_or(0, |f| f.body_len);
             self.lose(msg_id, b);
             b.unwritten.push((queue_id, seq, body_len, msg_id));
@@ -499,7 +505,7 @@ impl Persister {
 
     /// While stopped, new entries are not written: they leave their queues.
     fn refuse_puts(&mut self, b: &mut Batch) {
-        for ((queue_id, seq), (msg_id, _, _)) in std::mem::take(&mut b.puts) {
+        for ((queue_id, seq), (msg_id, ..)) in std::mem::take(&mut b.puts) {
             let body_len = self.in_flight.get(&msg_id).map_or(0, |f| f.body_len);
             self.lose(msg_id, b);
             b.unwritten.push((queue_id, seq, body_len, msg_id));
@@ -554,9 +560,12 @@ impl Persister {
                 seq,
                 disk,
                 expires_at,
+                arrived_s,
             } => {
-                b.puts
-                    .insert((queue_id, seq), (disk.msg_id, disk.flags, expires_at));
+                b.puts.insert(
+                    (queue_id, seq),
+                    (disk.msg_id, disk.flags, expires_at, arrived_s),
+                );
             }
             Op::Delivered { queue_id, seq } => {
                 let mark = self.delivered.entry(queue_id).or_default();
@@ -582,7 +591,7 @@ impl Persister {
                     .puts
                     .iter()
                     .filter(|((q, s), _)| *q == queue_id && *s >= from)
-                    .map(|(k, (msg_id, _, _))| (*k, *msg_id))
+                    .map(|(k, (msg_id, ..))| (*k, *msg_id))
                     .collect();
                 for (key, msg_id) in cancelled {
                     b.puts.remove(&key);
@@ -669,7 +678,7 @@ impl Persister {
                 let queue_id = puts[i].0 .0;
                 run.clear();
                 while i < puts.len() && puts[i].0 .0 == queue_id {
-                    let ((_, seq), (msg_id, flags, expires_at)) = puts[i];
+                    let ((_, seq), (msg_id, flags, expires_at, arrived_s)) = puts[i];
                     i += 1;
                     let Some((at, more_to_come)) = self.resolve(msg_id) else {
                         // Its body was lost to an earlier failed write.
@@ -684,6 +693,7 @@ impl Persister {
                         at,
                         flags,
                         expires_at,
+                        arrived_s,
                     });
                 }
                 b.resolved = i;
@@ -799,8 +809,10 @@ impl Persister {
             messages: Vec::new(),
             consumed: 0,
             next_from: req.from,
+            next_arrived_ms: 0,
         };
         let mut bytes = 0usize;
+        let mut full = false;
         'chunks: loop {
             let slots = match self.index.read(req.queue_id, loaded.next_from, 256) {
                 Ok(slots) => slots,
@@ -834,11 +846,22 @@ impl Persister {
                         msg_id: 0,
                         flags: slot.flags,
                     }),
-                    expires_at: (slot.expires_at != 0).then_some(slot.expires_at),
+                    expires_at: NonZeroU64::new(slot.expires_at),
                     returned: 0,
+                    arrived_ms: queue_index::arrival_ms(slot.arrived_s),
                 });
                 if bytes >= req.max_bytes {
+                    full = true;
                     break 'chunks;
+                }
+            }
+        }
+        if full {
+            // The queue's head, should its consumers take all of these
+            // before the next read arrives: one slot more, no body.
+            if let Ok(next) = self.index.read(req.queue_id, loaded.next_from, 1) {
+                if let Some(slot) = next.first().filter(|s| s.seq < req.until) {
+                    loaded.next_arrived_ms = queue_index::arrival_ms(slot.arrived_s);
                 }
             }
         }
@@ -915,6 +938,7 @@ mod tests {
             seq,
             disk: DiskRef { msg_id, flags: 0 },
             expires_at: 0,
+            arrived_s: 0,
         }
     }
 

@@ -154,6 +154,12 @@ impl QueueStore for PriorityStore {
         self.body_bytes
     }
 
+    /// The highest non-empty lane's first message: at most one look per
+    /// lane, read by the management API, never on the publish path.
+    fn head(&self) -> Option<&QueuedMessage> {
+        self.lanes.iter().rev().find_map(VecDeque::front)
+    }
+
     fn purge(&mut self) -> usize {
         let count = self.len();
         let stored: Vec<(u64, DiskRef)> = self

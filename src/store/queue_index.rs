@@ -22,10 +22,17 @@
 //! zeros written ahead), but a slot that fails its checksum is damage
 //! anywhere (a disk writes a 512-byte sector whole or not at all). Seqs a
 //! queue did not write to its index (messages kept in memory only) get a
-//! skip slot, so that below the synced mark a zero slot is always damage. Slot: `state u8 ‖ flags u8 ‖ 0 u16 ‖ crc32 u32 ‖
-//! segment u32 ‖ len u32 ‖ offset u64 ‖ expires_at u64` (ms since the epoch,
-//! 0: never); the CRC covers the seq, the state and every other byte, so a
-//! message acknowledged by damage is told apart from one acknowledged.
+//! skip slot, so that below the synced mark a zero slot is always damage. Slot: `state u8 ‖ flags u8 ‖ arrived_hi u16 ‖
+//! crc32 u32 ‖ segment u32 ‖ len u32 ‖ offset u64 ‖ arrived_lo u16 ‖
+//! expires_at u48` (all big-endian); the CRC covers the seq, the state and
+//! every other byte, so a message acknowledged by damage is told apart from
+//! one acknowledged. `expires_at` is ms since the epoch (0: never; 48 bits
+//! last until the year 10889, and a TTL is at most ten years). `arrived_hi
+//! ‖ arrived_lo` is when the message entered the queue, in whole seconds
+//! since the epoch (rounded down; 0: unknown), so a paged-out or recovered
+//! head reports its real age. Slots written before arrivals were kept have
+//! zeros there (the spare u16, and the top of an expiry that never needed
+//! it), so they read back as "unknown" with no change of format.
 //!
 //! Each queue's directory holds `files`: which index files exist (header,
 //! count, file numbers, crc32), rewritten (write, fsync, rename) before a
@@ -66,8 +73,25 @@ pub(crate) struct Slot {
     pub(crate) seq: u64,
     pub(crate) at: Location,
     pub(crate) flags: u8,
-    /// ms since the epoch; 0: never.
+    /// ms since the epoch; 0: never. At most [`EXPIRES_MAX`] on disk.
     pub(crate) expires_at: u64,
+    /// When the message entered the queue: seconds since the epoch; 0: unknown.
+    pub(crate) arrived_s: u32,
+}
+
+/// The largest `expires_at` a slot holds: the 16 bits above carry half of
+/// the arrival.
+const EXPIRES_MAX: u64 = (1 << 48) - 1;
+
+/// A message's arrival (ms since the epoch, 0: unknown) as a slot keeps it:
+/// whole seconds, rounded down (0 past the year 2106).
+pub(crate) fn arrival_seconds(ms: u64) -> u32 {
+    u32::try_from(ms / 1000).unwrap_or(0)
+}
+
+/// A slot's arrival back in ms since the epoch (0: unknown).
+pub(crate) fn arrival_ms(seconds: u32) -> u64 {
+    u64::from(seconds) * 1000
 }
 
 #[derive(Default)]
@@ -760,10 +784,12 @@ fn encode(s: &Slot) -> [u8; SLOT] {
     let mut b = [0u8; SLOT];
     b[0] = READY;
     b[1] = s.flags;
+    b[2..4].copy_from_slice(&((s.arrived_s >> 16) as u16).to_be_bytes());
     b[8..12].copy_from_slice(&s.at.segment.to_be_bytes());
     b[12..16].copy_from_slice(&s.at.len.to_be_bytes());
     b[16..24].copy_from_slice(&s.at.offset.to_be_bytes());
-    b[24..32].copy_from_slice(&s.expires_at.to_be_bytes());
+    let tail = u64::from(s.arrived_s & 0xffff) << 48 | s.expires_at.min(EXPIRES_MAX);
+    b[24..32].copy_from_slice(&tail.to_be_bytes());
     let crc = crc(s.seq, &b);
     b[4..8].copy_from_slice(&crc.to_be_bytes());
     b
@@ -830,6 +856,8 @@ fn decode(seq: u64, b: &[u8]) -> Option<Slot> {
     if u32::from_be_bytes(b[4..8].try_into().ok()?) != crc(seq, b) {
         return None;
     }
+    let arrived_hi = u16::from_be_bytes(b[2..4].try_into().ok()?);
+    let tail = u64::from_be_bytes(b[24..32].try_into().ok()?);
     Some(Slot {
         seq,
         flags: b[1],
@@ -838,7 +866,8 @@ fn decode(seq: u64, b: &[u8]) -> Option<Slot> {
             len: u32::from_be_bytes(b[12..16].try_into().ok()?),
             offset: u64::from_be_bytes(b[16..24].try_into().ok()?),
         },
-        expires_at: u64::from_be_bytes(b[24..32].try_into().ok()?),
+        expires_at: tail & EXPIRES_MAX,
+        arrived_s: u32::from(arrived_hi) << 16 | (tail >> 48) as u32,
     })
 }
 
@@ -875,7 +904,86 @@ mod tests {
             },
             flags: 0,
             expires_at: seq * 7,
+            arrived_s: 1_800_000_000 + seq as u32,
         }
+    }
+
+    /// A ready slot as it was written before arrivals were kept: zeros in
+    /// bytes 2..4 and in the top of `expires_at`.
+    fn encode_without_arrival(s: &Slot) -> [u8; SLOT] {
+        let mut b = [0u8; SLOT];
+        b[0] = READY;
+        b[1] = s.flags;
+        b[8..12].copy_from_slice(&s.at.segment.to_be_bytes());
+        b[12..16].copy_from_slice(&s.at.len.to_be_bytes());
+        b[16..24].copy_from_slice(&s.at.offset.to_be_bytes());
+        b[24..32].copy_from_slice(&s.expires_at.to_be_bytes());
+        let crc = crc(s.seq, &b);
+        b[4..8].copy_from_slice(&crc.to_be_bytes());
+        b
+    }
+
+    #[test]
+    fn arrival_and_expiry_share_the_slot_and_round_trip() {
+        for arrived_s in [0, 1, 0xffff, 0x1_0000, 1_800_000_000, u32::MAX] {
+            for expires_at in [0, 1, 1_800_000_000_123, EXPIRES_MAX] {
+                let mut s = slot(9);
+                s.arrived_s = arrived_s;
+                s.expires_at = expires_at;
+                let b = encode(&s);
+                assert_eq!(decode(9, &b), Some(s), "{arrived_s} {expires_at}");
+                let mut acked = b;
+                ready_to_acked(&mut acked);
+                assert!(decode(9, &acked).is_some());
+            }
+        }
+        // An expiry past 48 bits (none is: a TTL is at most ten years) is
+        // kept as the farthest one, never spilling into the arrival.
+        let mut s = slot(9);
+        s.expires_at = u64::MAX;
+        let back = decode(9, &encode(&s)).unwrap();
+        assert_eq!(
+            (back.expires_at, back.arrived_s),
+            (EXPIRES_MAX, s.arrived_s)
+        );
+        assert_eq!(arrival_seconds(1_800_000_000_999), 1_800_000_000);
+        assert_eq!(arrival_ms(arrival_seconds(0)), 0, "unknown stays unknown");
+    }
+
+    /// Index files written before arrivals were kept load as they did,
+    /// each message's arrival unknown.
+    #[test]
+    fn slots_written_before_arrivals_were_kept_still_load() {
+        let dir = fresh("old-slots");
+        create_queue(&dir, 1).unwrap();
+        let (mut ix, _) = QueueIndexes::open(&dir, |_, _| true).unwrap();
+        ix.put(1, &(0..4).map(slot).collect::<Vec<_>>()).unwrap();
+        ix.sync().unwrap();
+        ix.seal().unwrap();
+        drop(ix);
+        let f = OpenOptions::new().write(true).open(ix_path(&dir)).unwrap();
+        for seq in 0..4 {
+            let old = encode_without_arrival(&slot(seq));
+            f.write_all_at(&old, (seq + 1) * SLOT as u64).unwrap();
+        }
+        drop(f);
+        let mut seen = Vec::new();
+        let (mut ix, scan) = QueueIndexes::open(&dir, |_, s| {
+            seen.push(s);
+            true
+        })
+        .unwrap();
+        assert!(scan.damage.is_empty(), "{:?}", scan.damage);
+        let want: Vec<Slot> = (0..4)
+            .map(|seq| Slot {
+                arrived_s: 0,
+                ..slot(seq)
+            })
+            .collect();
+        assert_eq!(seen, want);
+        assert_eq!(ix.read(1, 0, 10).unwrap(), want);
+        assert_eq!(ack_one(&mut ix, 1, 2), Some(slot(2).at));
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]
@@ -1122,8 +1230,9 @@ mod tests {
                 expires_at: if seq.is_multiple_of(4) {
                     0
                 } else {
-                    seq.wrapping_add(salt)
+                    seq.wrapping_add(salt) & EXPIRES_MAX
                 },
+                arrived_s: (seq ^ salt.rotate_left(17)) as u32,
             }
         }
 

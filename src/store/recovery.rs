@@ -4,7 +4,7 @@
 //! and entries of queues that no longer exist, are dropped here.
 
 use super::persister::Persister;
-use super::queue_index::QueueIndexes;
+use super::queue_index::{self, QueueIndexes};
 use super::record::{self, BindingRecord, ExchangeRecord, MetaKind, QueueRecord};
 use super::segments::{self, segment_path, SegmentCheck, Segments};
 use super::{Backlog, Damage, Store, StoreError};
@@ -32,6 +32,8 @@ pub(crate) struct RecoveredQueue {
     pub(crate) messages: usize,
     /// Seq of its first message (meaningful when `messages > 0`).
     pub(crate) first_seq: u64,
+    /// When that message arrived, ms since the epoch (0: unknown).
+    pub(crate) first_arrived_ms: u64,
     /// The seq its next message gets.
     pub(crate) next_seq: u64,
 }
@@ -40,6 +42,7 @@ pub(crate) struct RecoveredQueue {
 struct QueueScan {
     messages: usize,
     first_seq: u64,
+    first_arrived_ms: u64,
     last_seq: Option<u64>,
 }
 
@@ -135,6 +138,7 @@ pub(super) fn open(
         }
         if scan.last_seq.is_none() {
             scan.first_seq = slot.seq;
+            scan.first_arrived_ms = queue_index::arrival_ms(slot.arrived_s);
         }
         scan.last_seq = Some(slot.seq);
         scan.messages += 1;
@@ -256,6 +260,7 @@ pub(super) fn open(
         recovered.queues.push(RecoveredQueue {
             messages: scan.messages,
             first_seq: scan.first_seq,
+            first_arrived_ms: scan.first_arrived_ms,
             // New messages must sort after everything delivered before,
             // even when the queue was drained: the mark says "delivered".
             next_seq: scan

@@ -31,6 +31,7 @@ mod fault_soak_regressions;
 mod flow;
 mod flow_control;
 mod fuzz_regressions;
+mod headage;
 mod hostile_limits;
 mod hostile_mgmt;
 mod hostile_protocol;

@@ -733,6 +733,8 @@ const QUEUE_COLUMNS: &[Column] = &[
     ("messages_ready", "messages_ready"),
     ("messages_unacknowledged", "messages_unacknowledged"),
     ("consumers", "consumers"),
+    // Leveret's: how long the next message has waited (empty elsewhere).
+    ("head_message_age_ms", "head_message_age_ms"),
 ];
 const EXCHANGE_COLUMNS: &[Column] = &[
     ("name", "name"),
