@@ -35,11 +35,17 @@ struct Setting {
 /// Sets in `table` (a parsed configuration file) every setting the
 /// environment `vars` give. The shortcuts go first, so an explicit
 /// `LEVERET_AUTH_DEFAULT_USER` wins over `LEVERET_DEFAULT_USER`.
+///
+/// Settings that only make sense together (`LEVERET_TLS_LISTEN` with
+/// `LEVERET_TLS_CERT` and `LEVERET_TLS_KEY`) are checked together: each
+/// value is first taken as the type its setting wants, and only when the
+/// whole configuration does not hold is each checked on its own, so that
+/// the error names the variable at fault.
 pub(super) fn apply(
     table: &mut Table,
     vars: impl IntoIterator<Item = (OsString, OsString)>,
 ) -> Result<(), ConfigError> {
-    let mut settings = Vec::new();
+    let mut raws = Vec::new();
     for (name, value) in vars {
         let Some(name) = name.to_str().filter(|n| n.starts_with(PREFIX)) else {
             continue;
@@ -51,14 +57,37 @@ pub(super) fn apply(
             var: name.to_owned(),
             message: "the value is not valid UTF-8".into(),
         })?;
-        settings.push(Setting {
-            var: name.to_owned(),
-            value: typed_value(name, &section, &key, raw)?,
-            section,
-            key,
-        });
+        raws.push((name.to_owned(), section, key, raw.to_owned()));
     }
-    settings.sort_by_key(|s| !SHORTCUTS.iter().any(|(var, ..)| *var == s.var));
+    let typed = |checked: bool| -> Result<Vec<Setting>, ConfigError> {
+        let mut settings = Vec::new();
+        for (var, section, key, raw) in &raws {
+            settings.push(Setting {
+                var: var.clone(),
+                value: typed_value(var, section, key, raw, checked)?,
+                section: section.clone(),
+                key: key.clone(),
+            });
+        }
+        settings.sort_by_key(|s| !SHORTCUTS.iter().any(|(var, ..)| *var == s.var));
+        Ok(settings)
+    };
+    let mut together = table.clone();
+    set(&mut together, typed(false)?);
+    let holds = Value::Table(together.clone())
+        .try_into::<Config>()
+        .is_ok_and(|c| c.validate().is_ok());
+    if holds {
+        *table = together;
+        return Ok(());
+    }
+    // Name the variable at fault if one is wrong on its own; if none is,
+    // the configuration's own check says what does not hold.
+    set(table, typed(true)?);
+    Ok(())
+}
+
+fn set(table: &mut Table, settings: Vec<Setting>) {
     for Setting {
         section,
         key,
@@ -73,7 +102,6 @@ pub(super) fn apply(
             section.insert(key, value);
         }
     }
-    Ok(())
 }
 
 /// The `(section, key)` a variable sets, `None` for `LEVERET_*` variables
@@ -109,9 +137,15 @@ fn setting_named(var: &str) -> Result<Option<(String, String)>, ConfigError> {
 }
 
 /// `raw` as the setting wants it: as TOML if that is accepted, else as a
-/// string; checked on its own (over the defaults) so that an error names
-/// the variable.
-fn typed_value(var: &str, section: &str, key: &str, raw: &str) -> Result<Value, ConfigError> {
+/// string; with `checked`, also checked on its own (over the defaults) so
+/// that an error names the variable.
+fn typed_value(
+    var: &str,
+    section: &str,
+    key: &str,
+    raw: &str,
+    checked: bool,
+) -> Result<Value, ConfigError> {
     let check = |value: &Value| -> Result<(), String> {
         let mut only = Table::new();
         only.insert(key.to_owned(), value.clone());
@@ -120,7 +154,10 @@ fn typed_value(var: &str, section: &str, key: &str, raw: &str) -> Result<Value, 
         let config: Config = Value::Table(config)
             .try_into()
             .map_err(|e: toml::de::Error| e.message().to_owned())?;
-        config.validate().map_err(|e| e.to_string())
+        if checked {
+            config.validate().map_err(|e| e.to_string())?;
+        }
+        Ok(())
     };
     let as_toml = toml::from_str::<Table>(&format!("v = {raw}"))
         .ok()
@@ -209,6 +246,27 @@ mod tests {
         let e = err(&[("LEVERET_SERVER_LISTN", "x")]);
         assert!(
             e.contains("LEVERET_SERVER_LISTN") && e.contains("LEVERET_SERVER_LISTEN"),
+            "{e}"
+        );
+    }
+
+    /// Settings that only hold together are set together.
+    #[test]
+    fn a_tls_listener_and_its_certificate_come_together() {
+        let c = load(&[
+            ("LEVERET_TLS_LISTEN", "127.0.0.1:5671"),
+            ("LEVERET_TLS_CERT", "/etc/leveret/cert.pem"),
+            ("LEVERET_TLS_KEY", "/etc/leveret/key.pem"),
+        ])
+        .unwrap();
+        assert_eq!(c.tls.listen.0, ["127.0.0.1:5671"]);
+        assert!(c.validate().is_ok());
+        // Without its certificate: refused, naming the variable.
+        let e = load(&[("LEVERET_TLS_LISTEN", "127.0.0.1:5671")])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("LEVERET_TLS_LISTEN") && e.contains("tls.cert"),
             "{e}"
         );
     }
