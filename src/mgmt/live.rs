@@ -223,12 +223,12 @@ pub(super) async fn node(State(broker): State<Arc<Broker>>, Path(name): Path<Str
 // ---------------------------------------------------------------- connections
 
 /// A snapshot of one connection for listing.
-struct ConnectionView {
-    json: Value,
+pub(super) struct ConnectionView {
+    pub(super) json: Value,
     channels: usize,
 }
 
-fn connection_json(h: &ConnectionHandle) -> ConnectionView {
+pub(super) fn connection_json(h: &ConnectionHandle) -> ConnectionView {
     let channels = h.channels.lock().len();
     let peer_cert = h.tls.as_ref().and_then(|t| t.peer_cert.as_ref());
     let json = json!({
@@ -239,7 +239,7 @@ fn connection_json(h: &ConnectionHandle) -> ConnectionView {
         "user_who_performed_action": h.user,
         "state": h.publishing.describe(),
         "type": "network",
-        "protocol": "AMQP 0-9-1",
+        "protocol": if h.stream.is_some() { "stream" } else { "AMQP 0-9-1" },
         "auth_mechanism": h.auth_mechanism,
         "user_provided_name": match h.client_properties.inner().get("connection_name") {
             Some(amq_protocol::types::AMQPValue::LongString(s)) => json!(s.to_string()),
@@ -269,7 +269,7 @@ fn connection_json(h: &ConnectionHandle) -> ConnectionView {
 
 /// Administrators and monitoring users see every connection; management
 /// users their own.
-fn connections_for(broker: &Broker, user: &User) -> Vec<ConnectionView> {
+pub(super) fn connections_for(broker: &Broker, user: &User) -> Vec<ConnectionView> {
     broker
         .connections
         .iter()
@@ -278,7 +278,7 @@ fn connections_for(broker: &Broker, user: &User) -> Vec<ConnectionView> {
         .collect()
 }
 
-fn sorted_by_name(mut items: Vec<Value>) -> Vec<Value> {
+pub(super) fn sorted_by_name(mut items: Vec<Value>) -> Vec<Value> {
     items.sort_by(|a, b| a["name"].as_str().cmp(&b["name"].as_str()));
     items
 }
@@ -327,8 +327,8 @@ pub(super) async fn connection(
     Ok(Json(find_connection(&broker, &user, &name)?.1).into_response())
 }
 
-/// Closes a connection with 320 CONNECTION_FORCED; the reason is the
-/// `X-Reason` header, as RabbitMQ's.
+/// Closes a connection (AMQP with 320 CONNECTION_FORCED); the reason is
+/// the `X-Reason` header, as RabbitMQ's.
 pub(super) async fn close_connection(
     State(broker): State<Arc<Broker>>,
     Extension(user): Extension<User>,
@@ -336,6 +336,12 @@ pub(super) async fn close_connection(
     headers: HeaderMap,
 ) -> ApiResult {
     let (id, _) = find_connection(&broker, &user, &name)?;
+    close_by_id(&broker, &user, id, &headers)
+}
+
+/// Asks connection `id` to close, if the user may: an administrator, or
+/// the connection's own user.
+pub(super) fn close_by_id(broker: &Broker, user: &User, id: u64, headers: &HeaderMap) -> ApiResult {
     if !user.is_admin()
         && broker
             .connections

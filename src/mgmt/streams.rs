@@ -1,11 +1,13 @@
 //! What the management API and `/metrics` show of stream queues: where
 //! the log stands (first and last offset, segments, bytes on disk), each
-//! consumer's offset and lag behind the tail, and the offsets stored for
-//! named readers with their lag.
+//! consumer's offset and lag behind the tail (AMQP consumers and stream
+//! protocol subscriptions alike), and the offsets stored for named readers
+//! with their lag.
 
 use super::api::{body, created_or_updated, json_table, no_content, ApiError, ApiResult, User};
 use super::objects::ApiGate;
 use crate::broker::queue::Queue;
+use crate::broker::stream_clients::SubscriptionStats;
 use crate::broker::super_stream;
 use crate::broker::Broker;
 use amq_protocol::types::FieldTable;
@@ -16,11 +18,42 @@ use bytes::Bytes;
 use serde_json::{json, Map, Value};
 use std::sync::Arc;
 
-/// One reader's place: (consumer tag, channel number, next offset, lag).
+/// One reader's place: its consumer tag, next offset and lag; for a
+/// stream protocol subscription, its connection's name.
 pub(super) struct ReaderRow {
     pub(super) tag: String,
     pub(super) next: u64,
     pub(super) lag: u64,
+    pub(super) connection: Option<String>,
+}
+
+/// The stream protocol's subscriptions, with their connections' names,
+/// gathered once for a request or a scrape.
+#[derive(Default)]
+pub(super) struct Subscriptions(Vec<(String, Arc<SubscriptionStats>)>);
+
+impl Subscriptions {
+    pub(super) fn gather(broker: &Broker) -> Subscriptions {
+        let mut all = Vec::new();
+        for c in broker.connections.iter() {
+            if let Some(client) = &c.stream {
+                for s in client.subscriptions() {
+                    all.push((c.name.clone(), s));
+                }
+            }
+        }
+        all.sort_by(|a, b| (&a.0, a.1.id).cmp(&(&b.0, b.1.id)));
+        Subscriptions(all)
+    }
+
+    fn of<'a>(
+        &'a self,
+        q: &'a Queue,
+    ) -> impl Iterator<Item = &'a (String, Arc<SubscriptionStats>)> {
+        self.0
+            .iter()
+            .filter(move |(_, s)| std::ptr::eq(Arc::as_ptr(&s.queue), q))
+    }
 }
 
 /// A stream's state for the API and metrics.
@@ -37,22 +70,29 @@ pub(super) struct StreamRow {
     pub(super) retention: crate::store::stream_writer::Retention,
 }
 
-pub(super) fn row(q: &Queue) -> Option<StreamRow> {
+pub(super) fn row(q: &Queue, subscriptions: &Subscriptions) -> Option<StreamRow> {
     let s = q.stream()?;
     let extent = s.extent();
     let end = s.readable_end();
-    let readers = s
-        .readers()
-        .iter()
-        .map(|r| {
-            let next = r.next.load(std::sync::atomic::Ordering::Relaxed);
-            ReaderRow {
-                tag: r.consumer.tag.clone(),
-                next,
-                lag: end.saturating_sub(next),
-            }
-        })
-        .collect();
+    let amqp = s.readers().into_iter().map(|r| {
+        let next = r.next.load(std::sync::atomic::Ordering::Relaxed);
+        ReaderRow {
+            tag: r.consumer.tag.clone(),
+            next,
+            lag: end.saturating_sub(next),
+            connection: None,
+        }
+    });
+    let stream_protocol = subscriptions.of(q).map(|(connection, s)| {
+        let next = s.next();
+        ReaderRow {
+            tag: s.consumer_tag(),
+            next,
+            lag: end.saturating_sub(next),
+            connection: Some(connection.clone()),
+        }
+    });
+    let readers = amqp.chain(stream_protocol).collect();
     let stored = s
         .stored_offsets()
         .into_iter()
@@ -76,13 +116,16 @@ pub(super) fn row(q: &Queue) -> Option<StreamRow> {
 /// `first_offset` and `committed_offset`, and a `stream` object with the
 /// readers and stored offsets; each stream consumer's entry in
 /// `consumer_details` gets its `offset` and `lag`.
-pub(super) fn queue_fields(q: &Queue, queue: &mut Value) {
-    let Some(row) = row(q) else { return };
+pub(super) fn queue_fields(q: &Queue, subscriptions: &Subscriptions, queue: &mut Value) {
+    let Some(row) = row(q, subscriptions) else {
+        return;
+    };
     let last = row.end.checked_sub(1).filter(|l| *l >= row.first);
     if let Some(details) = queue["consumer_details"].as_array_mut() {
         for d in details {
             let tag = d["consumer_tag"].as_str().unwrap_or_default();
-            if let Some(r) = row.readers.iter().find(|r| r.tag == tag) {
+            let amqp = row.readers.iter().filter(|r| r.connection.is_none());
+            if let Some(r) = amqp.into_iter().find(|r| r.tag == tag) {
                 d["offset"] = json!(r.next);
                 d["lag"] = json!(r.lag);
             }
@@ -101,9 +144,16 @@ pub(super) fn queue_fields(q: &Queue, queue: &mut Value) {
         "last_offset": last,
         "segments": row.segments,
         "bytes": row.bytes,
-        "readers": row.readers.iter().map(|r| json!({
-            "consumer_tag": r.tag, "offset": r.next, "lag": r.lag,
-        })).collect::<Vec<_>>(),
+        "readers": row.readers.iter().map(|r| match &r.connection {
+            None => json!({
+                "consumer_tag": r.tag, "offset": r.next, "lag": r.lag,
+                "protocol": "AMQP 0-9-1",
+            }),
+            Some(connection) => json!({
+                "consumer_tag": r.tag, "offset": r.next, "lag": r.lag,
+                "protocol": "stream", "connection": connection,
+            }),
+        }).collect::<Vec<_>>(),
         "stored_offsets": stored,
         "retention": {
             "max_length_bytes": row.retention.max_bytes,

@@ -16,6 +16,7 @@ use super::frame::{code, key, OffsetSpec, Out, Pair};
 use super::outbox::READ_LIMIT;
 use crate::broker::access::Access;
 use crate::broker::queue::Queue;
+use crate::broker::stream_clients::SubscriptionStats;
 use crate::broker::stream_consume::StartAt;
 use crate::store::stream_log::{Entry, Filter};
 use std::borrow::Cow;
@@ -41,6 +42,8 @@ pub(super) struct Subscription {
     stalled_at: Option<u64>,
     /// Its consumer group, with single active consumer.
     pub(super) sac: Option<super::groups::Sac>,
+    /// What the management API shows of it.
+    pub(super) stats: Arc<SubscriptionStats>,
 }
 
 impl Subscription {
@@ -53,6 +56,7 @@ impl Subscription {
     pub(super) fn set_next(&mut self, next: u64) {
         self.next = next;
         self.stalled_at = None;
+        self.stats.moved(next, self.credit);
     }
 }
 
@@ -104,6 +108,18 @@ impl Connection {
             Err(c) => return c,
         };
         log.watch(&self.watcher);
+        let stats = Arc::new(SubscriptionStats::new(
+            id,
+            queue.clone(),
+            properties
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+            sac.is_some(),
+            next,
+            credit as u32,
+        ));
+        self.client.add_subscription(&stats);
         self.subscriptions.insert(
             id,
             Subscription {
@@ -114,6 +130,7 @@ impl Connection {
                 filter,
                 stalled_at: None,
                 sac,
+                stats,
             },
         );
         code::OK
@@ -130,7 +147,10 @@ impl Connection {
     /// credit response RabbitMQ sends only on a problem.
     pub(super) fn credit(&mut self, id: u8, credit: u16) {
         match self.subscriptions.get_mut(&id) {
-            Some(s) => s.credit = s.credit.saturating_add(credit as u32).min(MAX_CREDIT),
+            Some(s) => {
+                s.credit = s.credit.saturating_add(credit as u32).min(MAX_CREDIT);
+                s.stats.set_credits(s.credit);
+            }
             None => self.outbox.push(|b| {
                 Out::begin(b, key::CREDIT | key::RESPONSE, 1)
                     .u16(code::SUBSCRIPTION_ID_DOES_NOT_EXIST)
@@ -193,6 +213,16 @@ impl Connection {
             s.credit -= sent;
             s.next = next.unwrap_or(read.next);
             s.stalled_at = (s.next <= from).then_some(end);
+            let delivered = read.entries.partition_point(|e| e.offset < s.next);
+            match delivered.checked_sub(1) {
+                Some(last) => s.stats.sent(
+                    delivered as u64,
+                    read.entries[last].offset,
+                    s.next,
+                    s.credit,
+                ),
+                None => s.stats.moved(s.next, s.credit),
+            }
         }
     }
 }
