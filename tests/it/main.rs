@@ -49,6 +49,7 @@ mod policies;
 mod queue_features;
 mod queues;
 mod readme;
+mod stream_mgmt;
 mod stream_protocol;
 mod streams;
 mod super_streams;
