@@ -81,15 +81,21 @@ impl PublisherStats {
     }
 
     pub(crate) fn published(&self, n: usize) {
-        self.published.fetch_add(n as u64, Ordering::Relaxed);
+        if n > 0 {
+            self.published.fetch_add(n as u64, Ordering::Relaxed);
+        }
     }
 
     pub(crate) fn confirmed(&self, n: usize) {
-        self.confirmed.fetch_add(n as u64, Ordering::Relaxed);
+        if n > 0 {
+            self.confirmed.fetch_add(n as u64, Ordering::Relaxed);
+        }
     }
 
     pub(crate) fn errored(&self, n: usize) {
-        self.errored.fetch_add(n as u64, Ordering::Relaxed);
+        if n > 0 {
+            self.errored.fetch_add(n as u64, Ordering::Relaxed);
+        }
     }
 
     /// (published, confirmed, errored).

@@ -27,10 +27,17 @@ pub(super) struct ReaderRow {
     pub(super) connection: Option<String>,
 }
 
-/// The stream protocol's subscriptions, with their connections' names,
-/// gathered once for a request or a scrape.
+/// The stream protocol's subscriptions, with their connections, gathered
+/// once for a request or a scrape.
 #[derive(Default)]
-pub(super) struct Subscriptions(Vec<(String, Arc<SubscriptionStats>)>);
+pub(super) struct Subscriptions(Vec<(Holder, Arc<SubscriptionStats>)>);
+
+/// The connection a subscription is on.
+struct Holder {
+    name: String,
+    user: String,
+    peer: std::net::SocketAddr,
+}
 
 impl Subscriptions {
     pub(super) fn gather(broker: &Broker) -> Subscriptions {
@@ -38,18 +45,23 @@ impl Subscriptions {
         for c in broker.connections.iter() {
             if let Some(client) = &c.stream {
                 for s in client.subscriptions() {
-                    all.push((c.name.clone(), s));
+                    let holder = Holder {
+                        name: c.name.clone(),
+                        user: c.user.clone(),
+                        peer: c.peer,
+                    };
+                    all.push((holder, s));
                 }
             }
         }
-        all.sort_by(|a, b| (&a.0, a.1.id).cmp(&(&b.0, b.1.id)));
+        all.sort_by(|a, b| (&a.0.name, a.1.id).cmp(&(&b.0.name, b.1.id)));
         Subscriptions(all)
     }
 
     fn of<'a>(
         &'a self,
         q: &'a Queue,
-    ) -> impl Iterator<Item = &'a (String, Arc<SubscriptionStats>)> {
+    ) -> impl Iterator<Item = &'a (Holder, Arc<SubscriptionStats>)> {
         self.0
             .iter()
             .filter(move |(_, s)| std::ptr::eq(Arc::as_ptr(&s.queue), q))
@@ -83,13 +95,13 @@ pub(super) fn row(q: &Queue, subscriptions: &Subscriptions) -> Option<StreamRow>
             connection: None,
         }
     });
-    let stream_protocol = subscriptions.of(q).map(|(connection, s)| {
+    let stream_protocol = subscriptions.of(q).map(|(holder, s)| {
         let next = s.next();
         ReaderRow {
             tag: s.consumer_tag(),
             next,
             lag: end.saturating_sub(next),
-            connection: Some(connection.clone()),
+            connection: Some(holder.name.clone()),
         }
     });
     let readers = amqp.chain(stream_protocol).collect();
@@ -115,14 +127,15 @@ pub(super) fn row(q: &Queue, subscriptions: &Subscriptions) -> Option<StreamRow>
 /// Adds a stream's fields to its queue's JSON: RabbitMQ's `segments`,
 /// `first_offset` and `committed_offset`, and a `stream` object with the
 /// readers and stored offsets; each stream consumer's entry in
-/// `consumer_details` gets its `offset` and `lag`.
+/// `consumer_details` gets its `offset` and `lag`, and stream protocol
+/// subscriptions count among the consumers, as RabbitMQ lists them.
 pub(super) fn queue_fields(q: &Queue, subscriptions: &Subscriptions, queue: &mut Value) {
     let Some(row) = row(q, subscriptions) else {
         return;
     };
     let last = row.end.checked_sub(1).filter(|l| *l >= row.first);
     if let Some(details) = queue["consumer_details"].as_array_mut() {
-        for d in details {
+        for d in details.iter_mut() {
             let tag = d["consumer_tag"].as_str().unwrap_or_default();
             let amqp = row.readers.iter().filter(|r| r.connection.is_none());
             if let Some(r) = amqp.into_iter().find(|r| r.tag == tag) {
@@ -130,6 +143,13 @@ pub(super) fn queue_fields(q: &Queue, subscriptions: &Subscriptions, queue: &mut
                 d["lag"] = json!(r.lag);
             }
         }
+        for (holder, s) in subscriptions.of(q) {
+            details.push(subscription_as_consumer(q, holder, s));
+        }
+    }
+    let added = subscriptions.of(q).count() as u64;
+    if let Some(n) = queue["consumers"].as_u64() {
+        queue["consumers"] = json!(n + added);
     }
     let stored: Map<String, Value> = row
         .stored
@@ -160,6 +180,42 @@ pub(super) fn queue_fields(q: &Queue, subscriptions: &Subscriptions, queue: &mut
             "max_age_ms": row.retention.max_age_ms,
         },
     });
+}
+
+/// A stream protocol subscription among a queue's `consumer_details`, as
+/// RabbitMQ shows it: its tag, no channel, no acks.
+fn subscription_as_consumer(q: &Queue, holder: &Holder, s: &SubscriptionStats) -> Value {
+    let properties: Map<String, Value> = s
+        .properties
+        .iter()
+        .map(|(k, v)| (k.clone(), json!(v)))
+        .collect();
+    let (active, status) = match (s.in_group, s.is_active()) {
+        (false, _) => (true, "up"),
+        (true, true) => (true, "single_active"),
+        (true, false) => (false, "waiting"),
+    };
+    json!({
+        "consumer_tag": s.consumer_tag(),
+        "queue": {"name": q.name, "vhost": q.vhost},
+        "channel_details": {
+            "name": "",
+            "number": 0,
+            "connection_name": holder.name,
+            "peer_host": holder.peer.ip().to_string(),
+            "peer_port": holder.peer.port(),
+            "user": holder.user,
+            "node": super::api::node_name(),
+        },
+        "ack_required": false,
+        "prefetch_count": 0,
+        "exclusive": false,
+        "active": active,
+        "activity_status": status,
+        "arguments": properties,
+        "offset": s.next(),
+        "lag": q.stream().map_or(0, |l| l.readable_end()).saturating_sub(s.next()),
+    })
 }
 
 // ---------------------------------------------------------------- super streams

@@ -642,6 +642,28 @@ async fn consumer_offset_and_lag_are_visible_and_move() {
         );
         assert!(line.ends_with(" 20"), "{line}");
     }
+    // Among the queue's consumers, as RabbitMQ counts it.
+    let queue_path = format!("/api/queues/%2F/{}", enc(&stream));
+    let consumer = common::wait_for(
+        "the subscription among the queue's consumers",
+        SETTLE,
+        || async {
+            let q = api.get(&queue_path).await.json;
+            let found = q["consumer_details"].as_array().and_then(|all| {
+                all.iter()
+                    .find(|d| d["channel_details"]["connection_name"] == conn_name.as_str())
+                    .cloned()
+            });
+            match found {
+                Some(d) if q["consumers"] == 1 => Ok(d),
+                _ => Err(q),
+            }
+        },
+    )
+    .await;
+    assert_eq!(consumer["consumer_tag"], "stream.subid-3", "{consumer}");
+    assert_eq!(consumer["ack_required"], false);
+    assert_eq!(consumer["active"], true);
     // Credit: everything is sent, the offset moves up and the lag to 0.
     client.credit(3, 100).await;
     client.read_messages(20).await;
