@@ -311,12 +311,29 @@ pub(super) async fn connections_in(
 }
 
 fn find_connection(broker: &Broker, user: &User, name: &str) -> Result<(u64, Value), ApiError> {
-    broker
+    let (id, json, owner) = broker
         .connections
         .iter()
-        .find(|c| c.name == name && (user.sees_everything() || c.user == user.name))
-        .map(|c| (*c.key(), connection_json(&c).json))
-        .ok_or_else(ApiError::not_found)
+        .find(|c| c.name == name)
+        .map(|c| (*c.key(), connection_json(&c).json, c.user.clone()))
+        .ok_or_else(ApiError::not_found)?;
+    may_look_at(user, &owner)?;
+    Ok((id, json))
+}
+
+/// RabbitMQ's `is_authorized_user` for reading a connection (or what is
+/// on it) owned by `owner`: administrators and monitoring users, and its
+/// own user.
+pub(super) fn may_look_at(user: &User, owner: &str) -> Result<(), ApiError> {
+    if user.sees_everything() || user.name == owner {
+        Ok(())
+    } else {
+        Err(not_authorised_for_object())
+    }
+}
+
+fn not_authorised_for_object() -> ApiError {
+    ApiError::not_authorised("User not authorised to access object")
 }
 
 pub(super) async fn connection(
@@ -339,8 +356,9 @@ pub(super) async fn close_connection(
     close_by_id(&broker, &user, id, &headers)
 }
 
-/// Asks connection `id` to close, if the user may: an administrator, or
-/// the connection's own user.
+/// Asks connection `id` to close, if the user may (RabbitMQ's
+/// `is_authorized_user` for a DELETE): an administrator, or the
+/// connection's own user.
 pub(super) fn close_by_id(broker: &Broker, user: &User, id: u64, headers: &HeaderMap) -> ApiResult {
     if !user.is_admin()
         && broker
@@ -348,7 +366,7 @@ pub(super) fn close_by_id(broker: &Broker, user: &User, id: u64, headers: &Heade
             .get(&id)
             .is_some_and(|c| c.user != user.name)
     {
-        return Err(ApiError::not_authorised("Not administrator user"));
+        return Err(not_authorised_for_object());
     }
     let reason = headers
         .get("x-reason")

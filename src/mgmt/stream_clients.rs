@@ -10,7 +10,7 @@
 //! management users those of their own connections.
 
 use super::api::{list, node_name, ApiError, ApiResult, User};
-use super::live::{close_by_id, connection_json, connections_for, sorted_by_name};
+use super::live::{close_by_id, connection_json, connections_for, may_look_at, sorted_by_name};
 use crate::broker::stream_clients::{PublisherStats, StreamClient, SubscriptionStats};
 use crate::broker::{Broker, ConnectionHandle};
 use axum::extract::{Path, Query, State};
@@ -58,25 +58,25 @@ pub(super) async fn connections_in(
     list(sorted_by_name(items), &query)
 }
 
-/// The stream connection `name` in `vhost` that `user` may see: its id,
-/// its JSON and its client.
+/// The stream connection `name` in `vhost`, if `user` may see it: its
+/// id, its JSON and its client.
 fn find(
     broker: &Broker,
     user: &User,
     vhost: &str,
     name: &str,
 ) -> Result<(u64, Value, Arc<StreamClient>), ApiError> {
-    broker
+    let (id, json, client, owner) = broker
         .connections
         .iter()
-        .find(|c| {
-            c.name == name
-                && c.vhost == vhost
-                && c.stream.is_some()
-                && (user.sees_everything() || c.user == user.name)
+        .find(|c| c.name == name && c.vhost == vhost)
+        .and_then(|c| {
+            let client = c.stream.clone()?;
+            Some((*c.key(), connection_json(&c).json, client, c.user.clone()))
         })
-        .and_then(|c| Some((*c.key(), connection_json(&c).json, c.stream.clone()?)))
-        .ok_or_else(ApiError::not_found)
+        .ok_or_else(ApiError::not_found)?;
+    may_look_at(user, &owner)?;
+    Ok((id, json, client))
 }
 
 /// `GET /api/stream/connections/{vhost}/{name}`.

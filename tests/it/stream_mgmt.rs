@@ -788,3 +788,92 @@ async fn ctl_lists_stream_connections_consumers_and_publishers() {
     );
     client.delete(&stream).await;
 }
+
+#[tokio::test]
+async fn a_management_user_sees_and_closes_only_its_own_stream_connections() {
+    let Some((broker, api)) = setup().await else {
+        return;
+    };
+    let user = common::unique("stream-mgmt-manager");
+    let r = api
+        .put(
+            &format!("/api/users/{user}"),
+            json!({"password": "pw", "tags": "management"}),
+        )
+        .await;
+    assert!(r.status < 300, "{}", r.text);
+    let all = json!({"configure": ".*", "write": ".*", "read": ".*"});
+    let r = api.put(&format!("/api/permissions/%2F/{user}"), all).await;
+    assert!(r.status < 300, "{}", r.text);
+    let mine_api = api.as_user(&user, "pw");
+    let stream = common::unique("stream-mgmt-shared");
+    let theirs_name = common::unique("stream-mgmt-theirs");
+    let mut theirs = Client::guest(&broker, &theirs_name).await;
+    theirs.create(&stream).await;
+    theirs.declare_publisher(1, "", &stream).await;
+    let mine_name = common::unique("stream-mgmt-mine");
+    let mut mine = Client::open(&broker, &user, "pw", "/", &mine_name).await;
+    mine.declare_publisher(2, "", &stream).await;
+    let theirs_conn = listed(&api, "/api/stream/connections", &theirs_name).await["name"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let mine_conn = listed(&mine_api, "/api/stream/connections", &mine_name).await["name"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(named(
+        &mine_api.get("/api/stream/connections").await.json,
+        &theirs_name
+    )
+    .is_none());
+    entry_where(
+        &api,
+        "/api/stream/publishers",
+        &theirs_conn,
+        "their publisher",
+        |_| true,
+    )
+    .await;
+    entry_where(
+        &mine_api,
+        "/api/stream/publishers",
+        &mine_conn,
+        "my publisher",
+        |_| true,
+    )
+    .await;
+    let publishers = mine_api.get("/api/stream/publishers").await.json;
+    assert!(
+        publishers
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|p| p["connection_details"]["user"] == user.as_str()),
+        "{publishers}"
+    );
+    // Someone else's connection: RabbitMQ's 401, and it stays open.
+    let theirs_path = format!("/api/stream/connections/%2F/{}", enc(&theirs_conn));
+    for reply in [
+        mine_api.get(&theirs_path).await,
+        mine_api.delete(&theirs_path).await,
+        mine_api.get(&format!("{theirs_path}/publishers")).await,
+        mine_api
+            .delete(&format!("/api/connections/{}", enc(&theirs_conn)))
+            .await,
+    ] {
+        assert_eq!(reply.status, 401, "{}", reply.text);
+        assert_eq!(reply.json["reason"], "User not authorised to access object");
+    }
+    assert!(theirs.answers().await);
+    // Its own: closed.
+    let mine_path = format!("/api/stream/connections/%2F/{}", enc(&mine_conn));
+    assert_eq!(mine_api.get(&mine_path).await.status, 200);
+    assert_eq!(mine_api.delete(&mine_path).await.status, 204);
+    assert_eq!(
+        mine.ended(Duration::from_secs(10)).await,
+        Ended::SocketClosed
+    );
+    theirs.delete(&stream).await;
+    assert_eq!(api.delete(&format!("/api/users/{user}")).await.status, 204);
+}
