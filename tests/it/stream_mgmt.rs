@@ -26,6 +26,7 @@ const PUBLISH_CONFIRM: u16 = 3;
 const SUBSCRIBE: u16 = 7;
 const DELIVER: u16 = 8;
 const CREDIT: u16 = 9;
+const CONSUMER_UPDATE: u16 = 26;
 const CREATE: u16 = 13;
 const DELETE: u16 = 14;
 const PEER_PROPERTIES: u16 = 17;
@@ -268,6 +269,43 @@ impl Client {
             .await
             .code();
         assert_eq!(code, OK, "subscribe");
+    }
+
+    /// Subscribes `id` to `stream` from its first offset with `credit` and
+    /// subscription `properties`; the frames that came before the response
+    /// (a group's ConsumerUpdate may).
+    async fn subscribe_with(
+        &mut self,
+        id: u8,
+        stream: &str,
+        credit: u16,
+        properties: &[(&str, &str)],
+    ) -> Vec<Got> {
+        self.corr += 1;
+        let mut f = F::new(SUBSCRIBE)
+            .u32(self.corr)
+            .u8(id)
+            .string(stream)
+            .u16(1)
+            .u16(credit)
+            .u32(properties.len() as u32);
+        for (k, v) in properties {
+            f = f.string(k).string(v);
+        }
+        self.send(f).await;
+        let mut before = Vec::new();
+        loop {
+            let got = self
+                .next(Duration::from_secs(10))
+                .await
+                .expect("a frame within 10 s")
+                .expect("a frame, not the end");
+            if got.key == SUBSCRIBE | RESPONSE {
+                assert_eq!(got.code(), OK, "subscribe");
+                return before;
+            }
+            before.push(got);
+        }
     }
 
     async fn credit(&mut self, id: u8, credit: u16) {
@@ -876,4 +914,53 @@ async fn a_management_user_sees_and_closes_only_its_own_stream_connections() {
     );
     theirs.delete(&stream).await;
     assert_eq!(api.delete(&format!("/api/users/{user}")).await.status, 204);
+}
+
+/// Single active consumer (RabbitMQ 3.11+, not in 3.10): the group's
+/// active member and the waiting one, as RabbitMQ reports them.
+#[tokio::test]
+async fn group_members_show_which_one_is_active() {
+    if common::against_other_broker() {
+        return;
+    }
+    let Some((broker, api)) = setup().await else {
+        return;
+    };
+    let stream = common::unique("stream-mgmt-group");
+    let name = common::unique("stream-mgmt-group-member");
+    let mut client = Client::guest(&broker, &name).await;
+    client.create(&stream).await;
+    let group = [("single-active-consumer", "true"), ("name", "billing")];
+    let mut frames = client.subscribe_with(1, &stream, 10, &group).await;
+    frames.extend(client.subscribe_with(2, &stream, 10, &group).await);
+    if frames.is_empty() {
+        frames.push(client.expect(CONSUMER_UPDATE).await);
+    }
+    let update = &frames[0];
+    assert_eq!(update.key, CONSUMER_UPDATE);
+    // Correlation id, then the subscription and whether it is active.
+    assert_eq!(
+        (update.body[4], update.body[5]),
+        (1, 1),
+        "subscription 1 is activated"
+    );
+    let conn_name = listed(&api, "/api/stream/connections", &name).await["name"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let status = |id: u64| {
+        let api = api.clone();
+        let conn_name = conn_name.clone();
+        async move {
+            let c = entry_where(&api, "/api/stream/consumers", &conn_name, "a member", |c| {
+                c["subscription_id"] == id
+            })
+            .await;
+            assert_eq!(c["properties"]["name"], "billing", "{c}");
+            (c["active"].clone(), c["activity_status"].clone())
+        }
+    };
+    assert_eq!(status(1).await, (json!(true), json!("single_active")));
+    assert_eq!(status(2).await, (json!(false), json!("waiting")));
+    client.delete(&stream).await;
 }
