@@ -10,6 +10,7 @@ use crate::broker::queue::Queue;
 use crate::broker::stream_clients::SubscriptionStats;
 use crate::broker::super_stream;
 use crate::broker::Broker;
+use crate::hash::HashMap;
 use amq_protocol::types::FieldTable;
 use axum::extract::{Path, State};
 use axum::response::IntoResponse;
@@ -28,9 +29,10 @@ pub(super) struct ReaderRow {
 }
 
 /// The stream protocol's subscriptions, with their connections, gathered
-/// once for a request or a scrape.
+/// once for a request or a scrape and indexed by their queue (an `Arc`'s
+/// address), so listing many queues stays linear.
 #[derive(Default)]
-pub(super) struct Subscriptions(Vec<(Holder, Arc<SubscriptionStats>)>);
+pub(super) struct Subscriptions(HashMap<usize, Vec<(Holder, Arc<SubscriptionStats>)>>);
 
 /// The connection a subscription is on.
 struct Holder {
@@ -41,7 +43,7 @@ struct Holder {
 
 impl Subscriptions {
     pub(super) fn gather(broker: &Broker) -> Subscriptions {
-        let mut all = Vec::new();
+        let mut all: HashMap<usize, Vec<_>> = HashMap::default();
         for c in broker.connections.iter() {
             if let Some(client) = &c.stream {
                 for s in client.subscriptions() {
@@ -50,21 +52,21 @@ impl Subscriptions {
                         user: c.user.clone(),
                         peer: c.peer,
                     };
-                    all.push((holder, s));
+                    let queue = Arc::as_ptr(&s.queue) as usize;
+                    all.entry(queue).or_default().push((holder, s));
                 }
             }
         }
-        all.sort_by(|a, b| (&a.0.name, a.1.id).cmp(&(&b.0.name, b.1.id)));
+        for subs in all.values_mut() {
+            subs.sort_by(|a, b| (&a.0.name, a.1.id).cmp(&(&b.0.name, b.1.id)));
+        }
         Subscriptions(all)
     }
 
-    fn of<'a>(
-        &'a self,
-        q: &'a Queue,
-    ) -> impl Iterator<Item = &'a (Holder, Arc<SubscriptionStats>)> {
-        self.0
-            .iter()
-            .filter(move |(_, s)| std::ptr::eq(Arc::as_ptr(&s.queue), q))
+    /// `q`'s subscriptions (each holds its `Arc`, so the address is its).
+    fn of(&self, q: &Queue) -> &[(Holder, Arc<SubscriptionStats>)] {
+        let queue = q as *const Queue as usize;
+        self.0.get(&queue).map_or(&[], Vec::as_slice)
     }
 }
 
@@ -95,7 +97,7 @@ pub(super) fn row(q: &Queue, subscriptions: &Subscriptions) -> Option<StreamRow>
             connection: None,
         }
     });
-    let stream_protocol = subscriptions.of(q).map(|(holder, s)| {
+    let stream_protocol = subscriptions.of(q).iter().map(|(holder, s)| {
         let next = s.next();
         ReaderRow {
             tag: s.consumer_tag(),
@@ -147,7 +149,7 @@ pub(super) fn queue_fields(q: &Queue, subscriptions: &Subscriptions, queue: &mut
             details.push(subscription_as_consumer(q, holder, s));
         }
     }
-    let added = subscriptions.of(q).count() as u64;
+    let added = subscriptions.of(q).len() as u64;
     if let Some(n) = queue["consumers"].as_u64() {
         queue["consumers"] = json!(n + added);
     }
