@@ -579,8 +579,8 @@ impl Connection {
         let id = self.broker.next_id();
         let local = self.local.map_or_else(String::new, |l| l.to_string());
         let mut client_properties = FieldTable::default();
-        for (k, v) in &self.client_properties {
-            client_properties.insert(k.as_str().into(), AMQPValue::LongString(v.as_str().into()));
+        for (k, v) in std::mem::take(&mut self.client_properties) {
+            client_properties.insert(k.into(), AMQPValue::LongString(v.into()));
         }
         let (close, _) = watch::channel(None);
         self.broker.connections.insert(
