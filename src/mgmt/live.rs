@@ -104,6 +104,17 @@ pub(super) async fn overview(
             }
         }
     }
+    // Stream protocol subscriptions count among the consumers, as RabbitMQ
+    // counts them.
+    for c in broker.connections.iter() {
+        if let Some(client) = c
+            .stream
+            .as_ref()
+            .filter(|_| user.may_see(&broker, &c.vhost))
+        {
+            consumers += client.subscriptions().len();
+        }
+    }
     let visible = connections_for(&broker, &user);
     let channels: usize = visible.iter().map(|c| c.channels).sum();
     let connections = visible.len();

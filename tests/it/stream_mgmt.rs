@@ -700,6 +700,21 @@ async fn consumer_offset_and_lag_are_visible_and_move() {
     )
     .await;
     assert_eq!(consumer["consumer_tag"], "stream.subid-3", "{consumer}");
+    let overview = common::wait_for(
+        "the subscription among the overview's consumers",
+        SETTLE,
+        || async {
+            let o = api.get("/api/overview").await.json;
+            match o["object_totals"]["consumers"].as_u64() {
+                Some(n) if n >= 1 => Ok(n),
+                _ => Err(o),
+            }
+        },
+    )
+    .await;
+    if !common::against_other_broker() {
+        assert_eq!(overview, 1);
+    }
     assert_eq!(consumer["ack_required"], false);
     assert_eq!(consumer["active"], true);
     // Credit: everything is sent, the offset moves up and the lag to 0.
