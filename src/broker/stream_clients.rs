@@ -197,3 +197,23 @@ impl SubscriptionStats {
         format!("stream.subid-{}", self.id)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn what_is_dropped_leaves_the_list_and_the_list_stays_bounded() {
+        let list: Mutex<Vec<Weak<u8>>> = Mutex::default();
+        let kept = Arc::new(1u8);
+        add(&list, &kept);
+        for i in 0..1000u32 {
+            // Each goes as soon as it is added: the next add prunes it.
+            add(&list, &Arc::new(i as u8));
+        }
+        assert!(list.lock().len() <= 2);
+        let live = live(&list);
+        assert_eq!(live.len(), 1);
+        assert!(Arc::ptr_eq(&live[0], &kept));
+    }
+}
