@@ -20,6 +20,7 @@ pub(crate) mod queue_args;
 pub(crate) mod queue_stats;
 pub(crate) mod stream;
 pub(crate) mod stream_args;
+pub(crate) mod stream_clients;
 pub(crate) mod stream_consume;
 pub(crate) mod stream_groups;
 pub(crate) mod stream_publishers;
@@ -52,8 +53,8 @@ pub(crate) struct ReplyTo {
 pub(crate) type ChannelRegistry =
     Arc<parking_lot::Mutex<std::collections::BTreeMap<u16, Arc<dyn ConsumerChannel>>>>;
 
-/// What the broker keeps about a live connection: what the management API
-/// shows, and the means to close it from outside.
+/// What the broker keeps about a live connection, of either protocol: what
+/// the management API shows, and the means to close it from outside.
 pub(crate) struct ConnectionHandle {
     /// RabbitMQ's connection name, `peer -> local`.
     pub name: String,
@@ -72,9 +73,14 @@ pub(crate) struct ConnectionHandle {
     /// Negotiated heartbeat in seconds (0 = none).
     pub(crate) heartbeat: u16,
     pub(crate) channels: ChannelRegistry,
-    /// Sending a reason asks the connection to close with 320 CONNECTION_FORCED.
+    /// Sending a reason asks the connection to close: AMQP with 320
+    /// CONNECTION_FORCED; a stream connection's socket is closed, as
+    /// RabbitMQ closes it (no Close command).
     pub(crate) close: watch::Sender<Option<String>>,
     pub(crate) publishing: Arc<PublishingState>,
+    /// A stream protocol connection's publishers and subscriptions; `None`
+    /// for AMQP 0-9-1 (the protocol marker).
+    pub(crate) stream: Option<Arc<stream_clients::StreamClient>>,
 }
 
 /// What holds a connection's publishing back, for the management API's

@@ -393,6 +393,7 @@ impl<R: ClientRead> Connection<R> {
                 channels: registry.clone(),
                 close: close_tx,
                 publishing: publishing.clone(),
+                stream: None,
             },
         );
         crate::broker::counters::bump(&self.broker.counters.connections_opened);

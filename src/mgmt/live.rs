@@ -104,6 +104,17 @@ pub(super) async fn overview(
             }
         }
     }
+    // Stream protocol subscriptions count among the consumers, as RabbitMQ
+    // counts them.
+    for c in broker.connections.iter() {
+        if let Some(client) = c
+            .stream
+            .as_ref()
+            .filter(|_| user.may_see(&broker, &c.vhost))
+        {
+            consumers += client.subscriptions().len();
+        }
+    }
     let visible = connections_for(&broker, &user);
     let channels: usize = visible.iter().map(|c| c.channels).sum();
     let connections = visible.len();
@@ -226,12 +237,12 @@ pub(super) async fn node(State(broker): State<Arc<Broker>>, Path(name): Path<Str
 // ---------------------------------------------------------------- connections
 
 /// A snapshot of one connection for listing.
-struct ConnectionView {
-    json: Value,
+pub(super) struct ConnectionView {
+    pub(super) json: Value,
     channels: usize,
 }
 
-fn connection_json(h: &ConnectionHandle) -> ConnectionView {
+pub(super) fn connection_json(h: &ConnectionHandle) -> ConnectionView {
     let channels = h.channels.lock().len();
     let peer_cert = h.tls.as_ref().and_then(|t| t.peer_cert.as_ref());
     let json = json!({
@@ -242,7 +253,7 @@ fn connection_json(h: &ConnectionHandle) -> ConnectionView {
         "user_who_performed_action": h.user,
         "state": h.publishing.describe(),
         "type": "network",
-        "protocol": "AMQP 0-9-1",
+        "protocol": if h.stream.is_some() { "stream" } else { "AMQP 0-9-1" },
         "auth_mechanism": h.auth_mechanism,
         "user_provided_name": match h.client_properties.inner().get("connection_name") {
             Some(amq_protocol::types::AMQPValue::LongString(s)) => json!(s.to_string()),
@@ -272,7 +283,7 @@ fn connection_json(h: &ConnectionHandle) -> ConnectionView {
 
 /// Administrators and monitoring users see every connection; management
 /// users their own.
-fn connections_for(broker: &Broker, user: &User) -> Vec<ConnectionView> {
+pub(super) fn connections_for(broker: &Broker, user: &User) -> Vec<ConnectionView> {
     broker
         .connections
         .iter()
@@ -281,7 +292,7 @@ fn connections_for(broker: &Broker, user: &User) -> Vec<ConnectionView> {
         .collect()
 }
 
-fn sorted_by_name(mut items: Vec<Value>) -> Vec<Value> {
+pub(super) fn sorted_by_name(mut items: Vec<Value>) -> Vec<Value> {
     items.sort_by(|a, b| a["name"].as_str().cmp(&b["name"].as_str()));
     items
 }
@@ -314,12 +325,29 @@ pub(super) async fn connections_in(
 }
 
 fn find_connection(broker: &Broker, user: &User, name: &str) -> Result<(u64, Value), ApiError> {
-    broker
+    let (id, json, owner) = broker
         .connections
         .iter()
-        .find(|c| c.name == name && (user.sees_everything() || c.user == user.name))
-        .map(|c| (*c.key(), connection_json(&c).json))
-        .ok_or_else(ApiError::not_found)
+        .find(|c| c.name == name)
+        .map(|c| (*c.key(), connection_json(&c).json, c.user.clone()))
+        .ok_or_else(ApiError::not_found)?;
+    may_look_at(user, &owner)?;
+    Ok((id, json))
+}
+
+/// RabbitMQ's `is_authorized_user` for reading a connection (or what is
+/// on it) owned by `owner`: administrators and monitoring users, and its
+/// own user.
+pub(super) fn may_look_at(user: &User, owner: &str) -> Result<(), ApiError> {
+    if user.sees_everything() || user.name == owner {
+        Ok(())
+    } else {
+        Err(not_authorised_for_object())
+    }
+}
+
+fn not_authorised_for_object() -> ApiError {
+    ApiError::not_authorised("User not authorised to access object")
 }
 
 pub(super) async fn connection(
@@ -330,8 +358,8 @@ pub(super) async fn connection(
     Ok(Json(find_connection(&broker, &user, &name)?.1).into_response())
 }
 
-/// Closes a connection with 320 CONNECTION_FORCED; the reason is the
-/// `X-Reason` header, as RabbitMQ's.
+/// Closes a connection (AMQP with 320 CONNECTION_FORCED); the reason is
+/// the `X-Reason` header, as RabbitMQ's.
 pub(super) async fn close_connection(
     State(broker): State<Arc<Broker>>,
     Extension(user): Extension<User>,
@@ -339,13 +367,20 @@ pub(super) async fn close_connection(
     headers: HeaderMap,
 ) -> ApiResult {
     let (id, _) = find_connection(&broker, &user, &name)?;
+    close_by_id(&broker, &user, id, &headers)
+}
+
+/// Asks connection `id` to close, if the user may (RabbitMQ's
+/// `is_authorized_user` for a DELETE): an administrator, or the
+/// connection's own user.
+pub(super) fn close_by_id(broker: &Broker, user: &User, id: u64, headers: &HeaderMap) -> ApiResult {
     if !user.is_admin()
         && broker
             .connections
             .get(&id)
             .is_some_and(|c| c.user != user.name)
     {
-        return Err(ApiError::not_authorised("Not administrator user"));
+        return Err(not_authorised_for_object());
     }
     let reason = headers
         .get("x-reason")

@@ -855,7 +855,7 @@ fn leveret_metrics(out: &mut Out, broker: &Broker, snap: &Snapshot, disk_used: u
         }
     }
     head_ages(out, snap);
-    stream_metrics(out, snap);
+    stream_metrics(out, snap, &super::streams::Subscriptions::gather(broker));
     store_damage(out, broker);
 }
 
@@ -890,11 +890,11 @@ fn head_ages(out: &mut Out, snap: &Snapshot) {
 }
 
 /// Where each stream stands and how far behind its readers are.
-fn stream_metrics(out: &mut Out, snap: &Snapshot) {
+fn stream_metrics(out: &mut Out, snap: &Snapshot, subscriptions: &super::streams::Subscriptions) {
     let rows: Vec<_> = snap
         .queues
         .iter()
-        .filter_map(|q| Some((q, super::streams::row(&q.queue)?)))
+        .filter_map(|q| Some((q, super::streams::row(&q.queue, subscriptions)?)))
         .collect();
     type Value = fn(&super::streams::StreamRow) -> u64;
     let per_stream: [(&str, &str, Value); 4] = [
@@ -942,7 +942,15 @@ fn stream_metrics(out: &mut Out, snap: &Snapshot) {
                 ("queue", q.queue.name.as_str()),
                 ("consumer", r.tag.as_str()),
             ];
-            out.value(name, &labels, r.lag);
+            match &r.connection {
+                None => out.value(name, &labels, r.lag),
+                // Stream protocol subscriptions' tags repeat across
+                // connections: the connection tells them apart.
+                Some(c) => {
+                    let [v, q, t] = labels;
+                    out.value(name, &[v, q, t, ("connection", c.as_str())], r.lag)
+                }
+            }
         }
     }
     let name = "leveret_stream_stored_offset_lag";

@@ -21,6 +21,7 @@ mod metrics;
 mod objects;
 mod parameters;
 mod policies;
+mod stream_clients;
 mod streams;
 mod topic_permissions;
 mod users;
@@ -184,6 +185,37 @@ pub(crate) async fn serve(
             get(streams::super_stream)
                 .put(streams::put_super_stream)
                 .delete(streams::delete_super_stream),
+        )
+        .route("/api/stream/connections", get(stream_clients::connections))
+        .route(
+            "/api/stream/connections/{vhost}",
+            get(stream_clients::connections_in),
+        )
+        .route(
+            "/api/stream/connections/{vhost}/{name}",
+            get(stream_clients::connection).delete(stream_clients::close_connection),
+        )
+        .route(
+            "/api/stream/connections/{vhost}/{name}/publishers",
+            get(stream_clients::connection_publishers),
+        )
+        .route(
+            "/api/stream/connections/{vhost}/{name}/consumers",
+            get(stream_clients::connection_consumers),
+        )
+        .route("/api/stream/publishers", get(stream_clients::publishers))
+        .route(
+            "/api/stream/publishers/{vhost}",
+            get(stream_clients::publishers_in),
+        )
+        .route(
+            "/api/stream/publishers/{vhost}/{stream}",
+            get(stream_clients::stream_publishers),
+        )
+        .route("/api/stream/consumers", get(stream_clients::consumers))
+        .route(
+            "/api/stream/consumers/{vhost}",
+            get(stream_clients::consumers_in),
         )
         .route("/api/operator-policies", get(policies::operator_policies))
         .route(

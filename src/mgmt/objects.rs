@@ -6,6 +6,7 @@ use super::api::{
     node_name, parse_int, short_string, table_json, ApiError, ApiResult, User,
 };
 use super::history;
+use super::streams::Subscriptions;
 use crate::broker::access::{Access, Resource};
 use crate::broker::exchange::{Binding, Destination, Exchange, ExchangeKind};
 use crate::broker::ops::publish::{self, Failed, Outgoing};
@@ -48,7 +49,11 @@ fn check(
 
 // ---------------------------------------------------------------- queues
 
-pub(super) fn queue_json(q: &Queue, ask: history::Ask) -> Value {
+pub(super) fn queue_json(
+    q: &Queue,
+    ask: history::Ask,
+    subscriptions: &super::streams::Subscriptions,
+) -> Value {
     let c = q.counts();
     let kind = match q.args.queue_type {
         QueueType::Classic => "classic",
@@ -163,7 +168,7 @@ pub(super) fn queue_json(q: &Queue, ask: history::Ask) -> Value {
         queue.extend(sizes);
     }
     super::policies::queue_fields(q, &mut queue);
-    super::streams::queue_fields(q, &mut queue);
+    super::streams::queue_fields(q, subscriptions, &mut queue);
     queue
 }
 
@@ -180,10 +185,11 @@ pub(super) async fn queues(
     Extension(user): Extension<User>,
     Query(query): Q,
 ) -> ApiResult {
+    let subscriptions = Subscriptions::gather(&broker);
     let items = visible_vhosts(&broker, &user)
         .iter()
         .flat_map(|v| v.queues())
-        .map(|q| queue_json(&q, history::Ask::from(&query)))
+        .map(|q| queue_json(&q, history::Ask::from(&query), &subscriptions))
         .collect();
     list(by_vhost_and_name(items), &query)
 }
@@ -195,11 +201,12 @@ pub(super) async fn queues_in(
     Query(query): Q,
 ) -> ApiResult {
     let v = user.vhost(&broker, &vhost)?;
+    let subscriptions = Subscriptions::gather(&broker);
     list(
         by_vhost_and_name(
             v.queues()
                 .iter()
-                .map(|q| queue_json(q, history::Ask::from(&query)))
+                .map(|q| queue_json(q, history::Ask::from(&query), &subscriptions))
                 .collect(),
         ),
         &query,
@@ -224,7 +231,8 @@ pub(super) async fn queue(
     Query(query): Q,
 ) -> ApiResult {
     let (_, q) = find_queue(&broker, &user, &vhost, &name)?;
-    Ok(Json(queue_json(&q, history::Ask::from(&query))).into_response())
+    let subscriptions = Subscriptions::gather(&broker);
+    Ok(Json(queue_json(&q, history::Ask::from(&query), &subscriptions)).into_response())
 }
 
 #[derive(Deserialize)]

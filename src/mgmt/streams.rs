@@ -1,13 +1,16 @@
 //! What the management API and `/metrics` show of stream queues: where
 //! the log stands (first and last offset, segments, bytes on disk), each
-//! consumer's offset and lag behind the tail, and the offsets stored for
-//! named readers with their lag.
+//! consumer's offset and lag behind the tail (AMQP consumers and stream
+//! protocol subscriptions alike), and the offsets stored for named readers
+//! with their lag.
 
 use super::api::{body, created_or_updated, json_table, no_content, ApiError, ApiResult, User};
 use super::objects::ApiGate;
 use crate::broker::queue::Queue;
+use crate::broker::stream_clients::SubscriptionStats;
 use crate::broker::super_stream;
 use crate::broker::Broker;
+use crate::hash::HashMap;
 use amq_protocol::types::FieldTable;
 use axum::extract::{Path, State};
 use axum::response::IntoResponse;
@@ -16,11 +19,55 @@ use bytes::Bytes;
 use serde_json::{json, Map, Value};
 use std::sync::Arc;
 
-/// One reader's place: (consumer tag, channel number, next offset, lag).
+/// One reader's place: its consumer tag, next offset and lag; for a
+/// stream protocol subscription, its connection's name.
 pub(super) struct ReaderRow {
     pub(super) tag: String,
     pub(super) next: u64,
     pub(super) lag: u64,
+    pub(super) connection: Option<String>,
+}
+
+/// The stream protocol's subscriptions, with their connections, gathered
+/// once for a request or a scrape and indexed by their queue (an `Arc`'s
+/// address), so listing many queues stays linear.
+#[derive(Default)]
+pub(super) struct Subscriptions(HashMap<usize, Vec<(Holder, Arc<SubscriptionStats>)>>);
+
+/// The connection a subscription is on.
+struct Holder {
+    name: String,
+    user: String,
+    peer: std::net::SocketAddr,
+}
+
+impl Subscriptions {
+    pub(super) fn gather(broker: &Broker) -> Subscriptions {
+        let mut all: HashMap<usize, Vec<_>> = HashMap::default();
+        for c in broker.connections.iter() {
+            if let Some(client) = &c.stream {
+                for s in client.subscriptions() {
+                    let holder = Holder {
+                        name: c.name.clone(),
+                        user: c.user.clone(),
+                        peer: c.peer,
+                    };
+                    let queue = Arc::as_ptr(&s.queue) as usize;
+                    all.entry(queue).or_default().push((holder, s));
+                }
+            }
+        }
+        for subs in all.values_mut() {
+            subs.sort_by(|a, b| (&a.0.name, a.1.id).cmp(&(&b.0.name, b.1.id)));
+        }
+        Subscriptions(all)
+    }
+
+    /// `q`'s subscriptions (each holds its `Arc`, so the address is its).
+    fn of(&self, q: &Queue) -> &[(Holder, Arc<SubscriptionStats>)] {
+        let queue = q as *const Queue as usize;
+        self.0.get(&queue).map_or(&[], Vec::as_slice)
+    }
 }
 
 /// A stream's state for the API and metrics.
@@ -37,22 +84,29 @@ pub(super) struct StreamRow {
     pub(super) retention: crate::store::stream_writer::Retention,
 }
 
-pub(super) fn row(q: &Queue) -> Option<StreamRow> {
+pub(super) fn row(q: &Queue, subscriptions: &Subscriptions) -> Option<StreamRow> {
     let s = q.stream()?;
     let extent = s.extent();
     let end = s.readable_end();
-    let readers = s
-        .readers()
-        .iter()
-        .map(|r| {
-            let next = r.next.load(std::sync::atomic::Ordering::Relaxed);
-            ReaderRow {
-                tag: r.consumer.tag.clone(),
-                next,
-                lag: end.saturating_sub(next),
-            }
-        })
-        .collect();
+    let amqp = s.readers().into_iter().map(|r| {
+        let next = r.next.load(std::sync::atomic::Ordering::Relaxed);
+        ReaderRow {
+            tag: r.consumer.tag.clone(),
+            next,
+            lag: end.saturating_sub(next),
+            connection: None,
+        }
+    });
+    let stream_protocol = subscriptions.of(q).iter().map(|(holder, s)| {
+        let next = s.next();
+        ReaderRow {
+            tag: s.consumer_tag(),
+            next,
+            lag: end.saturating_sub(next),
+            connection: Some(holder.name.clone()),
+        }
+    });
+    let readers = amqp.chain(stream_protocol).collect();
     let stored = s
         .stored_offsets()
         .into_iter()
@@ -75,18 +129,29 @@ pub(super) fn row(q: &Queue) -> Option<StreamRow> {
 /// Adds a stream's fields to its queue's JSON: RabbitMQ's `segments`,
 /// `first_offset` and `committed_offset`, and a `stream` object with the
 /// readers and stored offsets; each stream consumer's entry in
-/// `consumer_details` gets its `offset` and `lag`.
-pub(super) fn queue_fields(q: &Queue, queue: &mut Value) {
-    let Some(row) = row(q) else { return };
+/// `consumer_details` gets its `offset` and `lag`, and stream protocol
+/// subscriptions count among the consumers, as RabbitMQ lists them.
+pub(super) fn queue_fields(q: &Queue, subscriptions: &Subscriptions, queue: &mut Value) {
+    let Some(row) = row(q, subscriptions) else {
+        return;
+    };
     let last = row.end.checked_sub(1).filter(|l| *l >= row.first);
     if let Some(details) = queue["consumer_details"].as_array_mut() {
-        for d in details {
+        for d in details.iter_mut() {
             let tag = d["consumer_tag"].as_str().unwrap_or_default();
-            if let Some(r) = row.readers.iter().find(|r| r.tag == tag) {
+            let amqp = row.readers.iter().filter(|r| r.connection.is_none());
+            if let Some(r) = amqp.into_iter().find(|r| r.tag == tag) {
                 d["offset"] = json!(r.next);
                 d["lag"] = json!(r.lag);
             }
         }
+        for (holder, s) in subscriptions.of(q) {
+            details.push(subscription_as_consumer(q, holder, s));
+        }
+    }
+    let added = subscriptions.of(q).len() as u64;
+    if let Some(n) = queue["consumers"].as_u64() {
+        queue["consumers"] = json!(n + added);
     }
     let stored: Map<String, Value> = row
         .stored
@@ -101,15 +166,58 @@ pub(super) fn queue_fields(q: &Queue, queue: &mut Value) {
         "last_offset": last,
         "segments": row.segments,
         "bytes": row.bytes,
-        "readers": row.readers.iter().map(|r| json!({
-            "consumer_tag": r.tag, "offset": r.next, "lag": r.lag,
-        })).collect::<Vec<_>>(),
+        "readers": row.readers.iter().map(|r| match &r.connection {
+            None => json!({
+                "consumer_tag": r.tag, "offset": r.next, "lag": r.lag,
+                "protocol": "AMQP 0-9-1",
+            }),
+            Some(connection) => json!({
+                "consumer_tag": r.tag, "offset": r.next, "lag": r.lag,
+                "protocol": "stream", "connection": connection,
+            }),
+        }).collect::<Vec<_>>(),
         "stored_offsets": stored,
         "retention": {
             "max_length_bytes": row.retention.max_bytes,
             "max_age_ms": row.retention.max_age_ms,
         },
     });
+}
+
+/// A stream protocol subscription among a queue's `consumer_details`, as
+/// RabbitMQ shows it: its tag, no channel, no acks.
+fn subscription_as_consumer(q: &Queue, holder: &Holder, s: &SubscriptionStats) -> Value {
+    let properties: Map<String, Value> = s
+        .properties
+        .iter()
+        .map(|(k, v)| (k.clone(), json!(v)))
+        .collect();
+    let (active, status) = match (s.in_group, s.is_active()) {
+        (false, _) => (true, "up"),
+        (true, true) => (true, "single_active"),
+        (true, false) => (false, "waiting"),
+    };
+    json!({
+        "consumer_tag": s.consumer_tag(),
+        "queue": {"name": q.name, "vhost": q.vhost},
+        "channel_details": {
+            "name": "",
+            "number": 0,
+            "connection_name": holder.name,
+            "peer_host": holder.peer.ip().to_string(),
+            "peer_port": holder.peer.port(),
+            "user": holder.user,
+            "node": super::api::node_name(),
+        },
+        "ack_required": false,
+        "prefetch_count": 0,
+        "exclusive": false,
+        "active": active,
+        "activity_status": status,
+        "arguments": properties,
+        "offset": s.next(),
+        "lag": q.stream().map_or(0, |l| l.readable_end()).saturating_sub(s.next()),
+    })
 }
 
 // ---------------------------------------------------------------- super streams

@@ -19,8 +19,9 @@ use crate::broker::access::{Access, Resource};
 use crate::broker::limits::ConnectionPlace;
 use crate::broker::ops::Gate;
 use crate::broker::queue::Queue;
+use crate::broker::stream_clients::StreamClient;
 use crate::broker::vhost::{QueueDeclare, VHost};
-use crate::broker::Broker;
+use crate::broker::{Broker, ConnectionHandle};
 use crate::error::{loggable, AmqpError, ReplyCode};
 use crate::hash::HashMap;
 use crate::server::Place;
@@ -82,6 +83,21 @@ pub(super) struct Session {
     pub(super) user: String,
     pub(super) vhost: Arc<VHost>,
     _place: ConnectionPlace,
+    _registered: Registered,
+}
+
+/// Its entry in `Broker::connections`, removed when the connection ends
+/// however it ends.
+struct Registered {
+    broker: Arc<Broker>,
+    id: u64,
+}
+
+impl Drop for Registered {
+    fn drop(&mut self) {
+        self.broker.connections.remove(&self.id);
+        crate::broker::counters::bump(&self.broker.counters.connections_closed);
+    }
 }
 
 /// The client's end of the connection and the broker's, and what its TLS
@@ -129,6 +145,15 @@ pub(crate) struct Connection {
     pub(super) group_owner: u64,
     pub(super) group_inbox: Arc<GroupInbox>,
     pub(super) pending_updates: Pending,
+    /// What the management API shows of its publishers and subscriptions.
+    pub(super) client: Arc<StreamClient>,
+    /// The client's peer properties and the heartbeat it took, for the
+    /// management API.
+    client_properties: Vec<(String, String)>,
+    heartbeat: u32,
+    /// Handed to the broker's registry at open: a reason sent there
+    /// closes the connection.
+    close: Option<watch::Sender<Option<String>>>,
 }
 
 /// Serves one client over `read`/`write` until it leaves or is closed.
@@ -152,6 +177,7 @@ pub(crate) async fn serve<R, W>(
     };
     let frame_limit = broker.config.stream.initial_frame_max;
     let watcher = Arc::new(Notify::new());
+    let (close, mut close_requested) = watch::channel(None);
     let mut conn = Connection {
         group_owner: broker.stream_groups.owner(),
         group_inbox: Arc::new(GroupInbox::new(watcher.clone())),
@@ -174,8 +200,22 @@ pub(crate) async fn serve<R, W>(
         unconfirmed: Arc::new(Unconfirmed::default()),
         deliver_v2: false,
         place,
+        client: Arc::default(),
+        client_properties: Vec::new(),
+        heartbeat: 0,
+        close: Some(close),
     };
-    let reason = conn.run(read, shutdown).await;
+    // A close asked from outside (the management API, a deleted user or
+    // vhost) ends the connection wherever it waits; as RabbitMQ, the
+    // socket closes without a Close command.
+    let reason = tokio::select! {
+        reason = conn.run(read, shutdown) => reason,
+        Ok(()) = close_requested.changed() => {
+            let why = close_requested.borrow().clone().unwrap_or_default();
+            info!(connection = ?conn.name, reason = %why, "forcing stream connection closing");
+            "closed from outside"
+        }
+    };
     match &conn.session {
         Some(s) => {
             info!(connection = ?conn.name, user = ?s.user, vhost = ?s.vhost.name, reason, "stream connection closed")
@@ -376,6 +416,11 @@ impl Connection {
                 if let Some((_, name)) = properties.iter().find(|(k, _)| *k == "connection_name") {
                     self.name = format!("{} - {}", self.name, loggable(name));
                 }
+                // Bounded by the frame (`initial_frame_max`).
+                self.client_properties = properties
+                    .iter()
+                    .map(|(k, v)| (k.to_string(), v.to_string()))
+                    .collect();
                 let product = ("product", "Leveret");
                 let version = ("version", env!("CARGO_PKG_VERSION"));
                 let platform = ("platform", "Rust");
@@ -422,6 +467,7 @@ impl Connection {
                 }
                 // Below this no frame of the handshake would fit.
                 .max(self.frame_limit);
+                self.heartbeat = heartbeat;
                 if heartbeat > 0 {
                     let every = Duration::from_secs(heartbeat as u64);
                     // Sent at half the interval so the client sees one in time.
@@ -577,12 +623,54 @@ impl Connection {
         self.frame_limit = self.frame_max;
         self.place.handshake_done();
         info!(connection = ?self.name, user = ?user, vhost = ?vhost.name, "stream connection opened");
+        let registered = self.register(&user, &vhost.name);
         self.session = Some(Session {
             user,
             vhost,
             _place: place,
+            _registered: registered,
         });
         Flow::Continue
+    }
+
+    /// Enters the open connection in `Broker::connections`, beside AMQP's,
+    /// so that listing, closing and the closing of a deleted user's or
+    /// vhost's connections take one path for both protocols.
+    fn register(&mut self, user: &str, vhost: &str) -> Registered {
+        let id = self.broker.next_id();
+        let local = self.local.map_or_else(String::new, |l| l.to_string());
+        let mut client_properties = FieldTable::default();
+        for (k, v) in std::mem::take(&mut self.client_properties) {
+            client_properties.insert(k.into(), AMQPValue::LongString(v.into()));
+        }
+        let (close, _) = watch::channel(None);
+        self.broker.connections.insert(
+            id,
+            ConnectionHandle {
+                // RabbitMQ's, without the client's connection_name.
+                name: format!("{} -> {}", self.peer, local),
+                vhost: vhost.to_string(),
+                user: user.to_string(),
+                peer: self.peer,
+                local,
+                client_properties,
+                auth_mechanism: self.auth_mechanism.to_string(),
+                tls: self.tls.clone(),
+                connected_at: crate::broker::timers::now_ms(),
+                frame_max: self.frame_max,
+                channel_max: 0,
+                heartbeat: self.heartbeat.min(u16::MAX as u32) as u16,
+                channels: Default::default(),
+                close: self.close.take().unwrap_or(close),
+                publishing: Default::default(),
+                stream: Some(self.client.clone()),
+            },
+        );
+        crate::broker::counters::bump(&self.broker.counters.connections_opened);
+        Registered {
+            broker: self.broker.clone(),
+            id,
+        }
     }
 
     /// The host and port clients are told to connect to: the configured

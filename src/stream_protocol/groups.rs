@@ -130,7 +130,11 @@ impl Connection {
     pub(super) fn send_consumer_updates(&mut self) {
         let updates = std::mem::take(&mut *self.group_inbox.updates.lock());
         for (id, active) in updates {
-            let Some(sac) = self.subscriptions.get_mut(&id).and_then(|s| s.sac.as_mut()) else {
+            let Some(s) = self.subscriptions.get_mut(&id) else {
+                continue;
+            };
+            s.stats.set_active(active);
+            let Some(sac) = s.sac.as_mut() else {
                 continue;
             };
             sac.active = active;

@@ -11,6 +11,7 @@ use super::frame::{code, key, BadMessage, Messages, Out};
 use crate::broker::access::{Access, Resource};
 use crate::broker::ops::Gate;
 use crate::broker::queue::Queue;
+use crate::broker::stream_clients::PublisherStats;
 use crate::store::stream_log::MAX_FILTER_LEN;
 use crate::store::stream_writer::NewEntry;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -24,6 +25,8 @@ pub(super) struct Publisher {
     pub(super) queue: Arc<Queue>,
     pub(super) stream: String,
     reference: Option<String>,
+    /// Its counts, for the management API.
+    stats: Arc<PublisherStats>,
 }
 
 /// Bytes published and not yet confirmed, and a wake-up as they are.
@@ -97,12 +100,15 @@ impl Connection {
         }
         log.watch(&self.watcher);
         let _ = corr;
+        let stats = Arc::new(PublisherStats::new(id, reference, queue.clone()));
+        self.client.add_publisher(&stats);
         self.publishers.insert(
             id,
             Publisher {
                 queue: queue.clone(),
                 stream: stream.to_string(),
                 reference: (!reference.is_empty()).then(|| reference.to_string()),
+                stats,
             },
         );
         code::OK
@@ -150,6 +156,7 @@ impl Connection {
         let mut refused = Vec::new();
         let mut bytes = 0;
         let now = now_ms();
+        let mut received = 0;
         let mut take = |seq: &mut Option<u64>| {
             let mut rest = Messages::new(version, messages);
             for m in rest.by_ref() {
@@ -158,11 +165,13 @@ impl Connection {
                     // Sub-entry batches are not stored: refused, with
                     // every message after them (no gap in the ids).
                     Err(BadMessage::SubBatch(id)) => {
+                        received += 1;
                         refused.push(id);
                         break;
                     }
                     Err(BadMessage::Malformed) => break,
                 };
+                received += 1;
                 if seq.is_some_and(|last| m.publishing_id <= last) {
                     duplicates.push(m.publishing_id);
                     continue;
@@ -197,6 +206,10 @@ impl Connection {
             }
             None => take(&mut None),
         }
+        let stats = p.stats.clone();
+        stats.published(received);
+        stats.errored(refused.len());
+        stats.confirmed(duplicates.len());
         self.publish_error(publisher_id, code::PRECONDITION_FAILED, &refused);
         if !duplicates.is_empty() {
             self.outbox.push(|b| confirm(b, publisher_id, &duplicates));
@@ -222,10 +235,12 @@ impl Connection {
                                 log.set_publisher_sequence(reference, last);
                             }
                         }
+                        stats.confirmed(stored_ids.len());
                         outbox.push(|b| confirm(b, publisher_id, &stored_ids))
                     }
                     Err(e) => {
                         tracing::warn!(error = %e, "stream publish not stored");
+                        stats.errored(stored_ids.len());
                         outbox.push(|b| {
                             publish_error(b, publisher_id, code::INTERNAL_ERROR, &stored_ids)
                         })

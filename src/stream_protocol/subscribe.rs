@@ -16,6 +16,7 @@ use super::frame::{code, key, OffsetSpec, Out, Pair};
 use super::outbox::READ_LIMIT;
 use crate::broker::access::Access;
 use crate::broker::queue::Queue;
+use crate::broker::stream_clients::SubscriptionStats;
 use crate::broker::stream_consume::StartAt;
 use crate::store::stream_log::{ChunkRef, Entry, Filter, CHUNK_HEADER};
 use bytes::BufMut;
@@ -42,6 +43,8 @@ pub(super) struct Subscription {
     stalled_at: Option<u64>,
     /// Its consumer group, with single active consumer.
     pub(super) sac: Option<super::groups::Sac>,
+    /// What the management API shows of it.
+    pub(super) stats: Arc<SubscriptionStats>,
 }
 
 impl Subscription {
@@ -54,6 +57,7 @@ impl Subscription {
     pub(super) fn set_next(&mut self, next: u64) {
         self.next = next;
         self.stalled_at = None;
+        self.stats.moved(next, self.credit);
     }
 }
 
@@ -105,6 +109,18 @@ impl Connection {
             Err(c) => return c,
         };
         log.watch(&self.watcher);
+        let stats = Arc::new(SubscriptionStats::new(
+            id,
+            queue.clone(),
+            properties
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+            sac.is_some(),
+            next,
+            credit as u32,
+        ));
+        self.client.add_subscription(&stats);
         self.subscriptions.insert(
             id,
             Subscription {
@@ -115,6 +131,7 @@ impl Connection {
                 filter,
                 stalled_at: None,
                 sac,
+                stats,
             },
         );
         code::OK
@@ -131,7 +148,10 @@ impl Connection {
     /// credit response RabbitMQ sends only on a problem.
     pub(super) fn credit(&mut self, id: u8, credit: u16) {
         match self.subscriptions.get_mut(&id) {
-            Some(s) => s.credit = s.credit.saturating_add(credit as u32).min(MAX_CREDIT),
+            Some(s) => {
+                s.credit = s.credit.saturating_add(credit as u32).min(MAX_CREDIT);
+                s.stats.set_credits(s.credit);
+            }
             None => self.outbox.push(|b| {
                 Out::begin(b, key::CREDIT | key::RESPONSE, 1)
                     .u16(code::SUBSCRIPTION_ID_DOES_NOT_EXIST)
@@ -189,7 +209,7 @@ impl Connection {
                     continue;
                 };
                 let version = self.deliver_v2.then_some(committed);
-                let (sent, next) = send_chunks(
+                let (sent, next, entries) = send_chunks(
                     &self.outbox,
                     id,
                     version,
@@ -201,6 +221,7 @@ impl Connection {
                 if sent > 0 {
                     s.credit -= sent;
                     s.next = next;
+                    s.stats.sent(entries, next - 1, next, s.credit);
                     continue;
                 }
                 // Made up only up to the end of the chunk, so that the
@@ -232,6 +253,16 @@ impl Connection {
             s.credit -= sent;
             s.next = next.unwrap_or(read.next);
             s.stalled_at = (s.next <= from).then_some(end);
+            let delivered = read.entries.partition_point(|e| e.offset < s.next);
+            match delivered.checked_sub(1) {
+                Some(last) => s.stats.sent(
+                    delivered as u64,
+                    read.entries[last].offset,
+                    s.next,
+                    s.credit,
+                ),
+                None => s.stats.moved(s.next, s.credit),
+            }
         }
     }
 }
@@ -249,7 +280,8 @@ pub(super) fn start_at(offset: OffsetSpec) -> StartAt {
 
 /// Sends chunks as they lie on disk, from the first while each is whole
 /// past `from`, of AMQP 1.0 messages and within `frame_max`, at most
-/// `credit` of them; returns how many were sent and the offset after them.
+/// `credit` of them; returns how many were sent, the offset after them and
+/// how many entries they hold.
 fn send_chunks(
     outbox: &super::outbox::Outbox,
     subscription: u8,
@@ -258,10 +290,11 @@ fn send_chunks(
     from: u64,
     credit: u32,
     frame_max: u32,
-) -> (u32, u64) {
+) -> (u32, u64, u64) {
     let before_header = 2 + 2 + 1 + if committed.is_some() { 8 } else { 0 };
     let mut sent = 0;
     let mut next = from;
+    let mut entries = 0;
     for c in chunks {
         let size = before_header + CHUNK_HEADER + c.data_len as usize;
         let sendable = c.first_offset >= from
@@ -286,9 +319,10 @@ fn send_chunks(
             c.data_len as usize,
         );
         sent += 1;
+        entries += u64::from(c.entries);
         next = c.first_offset + u64::from(c.entries);
     }
-    (sent, next)
+    (sent, next, entries)
 }
 
 /// Writes `entries` as chunks of consecutive offsets, at most `credit` of

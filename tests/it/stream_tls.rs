@@ -445,6 +445,13 @@ async fn external_logs_in_with_a_verified_client_certificate() {
     // The response is not looked at.
     assert_eq!(c.authenticate("EXTERNAL", b"").await, OK);
     assert_eq!(c.open().await.0, OK);
+    // The API lists it as a TLS stream connection logged in with EXTERNAL.
+    let listed = broker.api().get("/api/stream/connections").await;
+    let listed = listed.json.as_array().expect("a list");
+    assert_eq!(listed.len(), 1, "{listed:?}");
+    assert_eq!(listed[0]["ssl"], true, "{:?}", listed[0]);
+    assert_eq!(listed[0]["auth_mechanism"], "EXTERNAL");
+    assert_eq!(listed[0]["user"], "guest");
 
     let port = broker.stream_tls.port();
     let stream = common::unique("external");

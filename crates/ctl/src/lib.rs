@@ -82,6 +82,9 @@ Commands:
   list_topic_permissions           List topic permissions in --vhost
   export FILE                      Save all definitions as JSON (- for stdout)
   import FILE                      Load definitions from JSON (- for stdin)
+  list_stream_connections          Stream protocol connections
+  list_stream_consumers            Stream protocol consumers of --vhost: offset, lag, credits
+  list_stream_publishers           Stream protocol publishers of --vhost: published, confirmed
   status                           Version, node, object and message totals, message rates
   health                           Alarm check: prints ok, or the alarms and exits 1
   reload_certificates              Reload the broker's TLS certificate, key and CA files
@@ -471,6 +474,15 @@ pub enum CtlCommand {
         /// The stream's name
         name: String,
     },
+    /// List stream protocol connections (rabbitmq-streams
+    /// list_stream_connections)
+    ListStreamConnections,
+    /// List the stream protocol consumers of a virtual host, with their
+    /// offset and lag (rabbitmq-streams list_stream_consumers)
+    ListStreamConsumers,
+    /// List the stream protocol publishers of a virtual host, with their
+    /// counts (rabbitmq-streams list_stream_publishers)
+    ListStreamPublishers,
     /// Show the broker's version, node, object and message totals, rates
     Status,
     /// Check for resource alarms; exit 1 unless there are none
@@ -788,6 +800,35 @@ const CHANNEL_COLUMNS: &[Column] = &[
     ("messages_unacknowledged", "messages_unacknowledged"),
     ("prefetch_count", "prefetch_count"),
 ];
+/// Named as rabbitmq-streams' columns.
+const STREAM_CONNECTION_COLUMNS: &[Column] = &[
+    ("conn_name", "name"),
+    ("user", "user"),
+    ("vhost", "vhost"),
+    ("client", "user_provided_name"),
+    ("frame_max", "frame_max"),
+    ("heartbeat", "timeout"),
+];
+const STREAM_CONSUMER_COLUMNS: &[Column] = &[
+    ("connection", "connection_details.name"),
+    ("subscription_id", "subscription_id"),
+    ("stream", "queue.name"),
+    ("messages_consumed", "consumed"),
+    ("offset", "offset"),
+    ("offset_lag", "offset_lag"),
+    ("credits", "credits"),
+    ("active", "active"),
+    ("activity_status", "activity_status"),
+];
+const STREAM_PUBLISHER_COLUMNS: &[Column] = &[
+    ("connection", "connection_details.name"),
+    ("publisher_id", "publisher_id"),
+    ("stream", "queue.name"),
+    ("reference", "reference"),
+    ("messages_published", "published"),
+    ("messages_confirmed", "confirmed"),
+    ("messages_errored", "errored"),
+];
 const VHOST_COLUMNS: &[Column] = &[("name", "name"), ("messages", "messages")];
 const USER_COLUMNS: &[Column] = &[("name", "name"), ("tags", "tags")];
 const MESSAGE_COLUMNS: &[Column] = &[
@@ -899,6 +940,23 @@ impl Ctx<'_> {
                 self.done("super stream deleted")
             }
             C::StreamStatus { name } => self.stream_status(name),
+            C::ListStreamConnections => {
+                let rows = self.client.get("/stream/connections", "")?;
+                self.print_rows(rows, STREAM_CONNECTION_COLUMNS, true)?;
+                Ok(Outcome::Ok)
+            }
+            C::ListStreamConsumers => {
+                let path = format!("/stream/consumers/{}", self.v());
+                let rows = self.client.get(&path, &format!("vhost '{}'", self.vhost))?;
+                self.print_rows(rows, STREAM_CONSUMER_COLUMNS, true)?;
+                Ok(Outcome::Ok)
+            }
+            C::ListStreamPublishers => {
+                let path = format!("/stream/publishers/{}", self.v());
+                let rows = self.client.get(&path, &format!("vhost '{}'", self.vhost))?;
+                self.print_rows(rows, STREAM_PUBLISHER_COLUMNS, true)?;
+                Ok(Outcome::Ok)
+            }
             C::Status => self.status(),
             C::Health => self.health(),
             C::ReloadCertificates => self.reload_certificates(),
@@ -1532,7 +1590,11 @@ impl Ctx<'_> {
         let mut rows = Vec::new();
         for r in stream["readers"].as_array().into_iter().flatten() {
             let tag = r["consumer_tag"].as_str().unwrap_or_default();
-            rows.push(json!({"reader": format!("consumer {tag}"), "offset": r["offset"], "lag": r["lag"]}));
+            let reader = match r["connection"].as_str() {
+                Some(connection) => format!("consumer {tag} ({connection})"),
+                None => format!("consumer {tag}"),
+            };
+            rows.push(json!({"reader": reader, "offset": r["offset"], "lag": r["lag"]}));
         }
         for (reader, stored) in stream["stored_offsets"].as_object().into_iter().flatten() {
             rows.push(json!({"reader": format!("stored {reader}"), "offset": stored["offset"], "lag": stored["lag"]}));
