@@ -27,6 +27,9 @@ use std::sync::Arc;
 const READ_ENTRIES: usize = 1024;
 /// Payload bytes one read takes at most (about).
 const READ_BYTES: usize = 1 << 20;
+/// Chunk data one look at the log takes at most (about): chunks sent from
+/// disk cost no memory, so a round may take a few.
+const CHUNK_BYTES: usize = 4 << 20;
 /// Credit a subscription holds at most (clients grant a few at a time).
 const MAX_CREDIT: u32 = 1 << 20;
 
@@ -197,7 +200,7 @@ impl Connection {
             // one larger than the client's frame_max) are read and made up.
             let mut read_entries = READ_ENTRIES;
             if filter.is_none() {
-                let chunks = match log.chunks(from, READ_BYTES).await {
+                let chunks = match log.chunks(from, CHUNK_BYTES).await {
                     Ok(c) => c,
                     Err(e) => {
                         tracing::error!(stream = %queue.name, error = %e, "a stream could not be read; its subscription ends");
