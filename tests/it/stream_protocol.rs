@@ -565,6 +565,20 @@ fn chunk(f: &Got) -> (u64, Vec<Vec<u8>>) {
     (first, bodies)
 }
 
+/// A new stream, with publisher 1 (no reference) declared on it.
+async fn with_publisher(c: &mut Client, prefix: &str) -> String {
+    let stream = common::unique(prefix);
+    assert_eq!(
+        c.request(CREATE, |f| f.string(&stream).u32(0)).await.code(),
+        OK
+    );
+    let declared = c
+        .request(DECLARE_PUBLISHER, |f| f.u8(1).string("").string(&stream))
+        .await;
+    assert_eq!(declared.code(), OK);
+    stream
+}
+
 /// Publishes `ids` from publisher 1, each message body `m<id>`.
 async fn publish(c: &mut Client, ids: &[u64]) {
     let mut f = F::new(PUBLISH).u8(1).u32(ids.len() as u32);
@@ -964,15 +978,7 @@ async fn filtered_subscriptions_get_chunks_without_gaps() {
     let Some(mut c) = Client::opened(&broker).await else {
         return;
     };
-    let stream = common::unique("filtered");
-    assert_eq!(
-        c.request(CREATE, |f| f.string(&stream).u32(0)).await.code(),
-        OK
-    );
-    let r = c
-        .request(DECLARE_PUBLISHER, |f| f.u8(1).string("").string(&stream))
-        .await;
-    assert_eq!(r.code(), OK);
+    let stream = with_publisher(&mut c, "filtered").await;
     // Version 2: a filter value per message; -1 for none.
     let mut f = F(PUBLISH.to_be_bytes().to_vec());
     f.0.extend_from_slice(&2u16.to_be_bytes());
@@ -1112,15 +1118,7 @@ async fn deliveries_fit_the_negotiated_frame_max() {
     let Some(mut c) = Client::opened(&broker).await else {
         return;
     };
-    let stream = common::unique("frame-max");
-    assert_eq!(
-        c.request(CREATE, |f| f.string(&stream).u32(0)).await.code(),
-        OK
-    );
-    let declared = c
-        .request(DECLARE_PUBLISHER, |f| f.u8(1).string("").string(&stream))
-        .await;
-    assert_eq!(declared.code(), OK);
+    let stream = with_publisher(&mut c, "frame-max").await;
     let body = vec![b'x'; 600 * 1024];
     for id in 1..=3u64 {
         c.send(F::new(PUBLISH).u8(1).u32(1).u64(id).bytes(&body))
@@ -1154,15 +1152,7 @@ async fn a_start_inside_a_chunk_gets_its_rest_then_whole_chunks() {
     let Some(mut c) = Client::opened(&broker).await else {
         return;
     };
-    let stream = common::unique("inside");
-    assert_eq!(
-        c.request(CREATE, |f| f.string(&stream).u32(0)).await.code(),
-        OK
-    );
-    let declared = c
-        .request(DECLARE_PUBLISHER, |f| f.u8(1).string("").string(&stream))
-        .await;
-    assert_eq!(declared.code(), OK);
+    let stream = with_publisher(&mut c, "inside").await;
     for batch in [&[1u64, 2, 3, 4, 5][..], &[6, 7, 8], &[9, 10]] {
         publish(&mut c, batch).await;
         let mut confirmed = 0;
