@@ -53,3 +53,4 @@ mod stream_protocol;
 mod streams;
 mod super_streams;
 mod tls;
+mod webui;

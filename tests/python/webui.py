@@ -1,0 +1,145 @@
+"""Drives Leveret's web management UI in headless Chromium (Playwright).
+
+Usage: webui.py BASE_URL SCENARIO [SCREENSHOT_DIR]
+  BASE_URL        the management listener, e.g. http://127.0.0.1:15672
+  SCENARIO        "main": log in as guest, see the queue named by $WEBUI_QUEUE
+                  with its depth ($WEBUI_DEPTH), publish a message from its
+                  page and get it back, a user without a management tag
+                  ($WEBUI_PLAIN_USER, password "secret") refused;
+                  "alarm": log in, see the memory alarm banner.
+  SCREENSHOT_DIR  where to save overview.png, queues.png, queue.png
+The browser is Debian's chromium ($LEVERET_CHROMIUM, default
+/usr/bin/chromium), so Playwright downloads nothing. Prints one JSON line
+with what it saw; exits non-zero on the first failed expectation.
+"""
+
+import json
+import os
+import sys
+
+from playwright.sync_api import expect, sync_playwright
+
+base, scenario = sys.argv[1], sys.argv[2]
+shots = sys.argv[3] if len(sys.argv) > 3 else None
+chromium = os.environ.get("LEVERET_CHROMIUM", "/usr/bin/chromium")
+seen = {}
+
+
+def log_in(page, user, password):
+    page.goto(base + "/")
+    page.fill("#login-user", user)
+    page.fill("#login-password", password)
+    page.click("form.login button[type=submit]")
+
+
+def main_scenario(page):
+    queue = os.environ["WEBUI_QUEUE"]
+    depth = os.environ["WEBUI_DEPTH"]
+
+    log_in(page, "guest", "guest")
+    expect(page.locator("#user")).to_have_text("guest")
+    expect(page.locator("#total-messages")).to_have_text(depth)
+    seen["overview_total"] = page.inner_text("#total-messages")
+
+    page.click("nav a[data-page=queues]")
+    page.fill("#queue-filter", queue)
+    row = page.locator("#queues tbody tr", has=page.get_by_role("link", name=queue, exact=True))
+    expect(row).to_have_count(1)
+    cells = row.locator("td")
+    # All vhosts: vhost, name, type, features, state, ready, unacked, total.
+    expect(cells.nth(7)).to_have_text(depth)
+    seen["list_depth"] = cells.nth(7).inner_text()
+    # The hostile name is text, not markup: no element was made from it.
+    expect(page.locator("#queues img")).to_have_count(0)
+    if shots:
+        page.fill("#queue-filter", "")
+        page.wait_for_timeout(600)
+        page.screenshot(path=f"{shots}/queues.png", full_page=True)
+        page.fill("#queue-filter", queue)
+        expect(row).to_have_count(1)
+
+    # An API error is shown in place, with the API's reason.
+    page.check("#queue-regex")
+    page.fill("#queue-filter", "(")
+    expect(page.locator("main .error")).to_contain_text("regex")
+    seen["regex_error"] = page.inner_text("main .error")
+    page.uncheck("#queue-regex")
+    page.fill("#queue-filter", queue)
+    expect(page.locator("main .error")).to_have_count(0)
+
+    row.get_by_role("link", name=queue, exact=True).click()
+    expect(page.locator("#queue-name")).to_have_text(queue)
+    expect(page.locator("#queue-messages")).to_have_text(depth)
+
+    page.fill("#publish-payload", "hello from the browser")
+    page.click("#publish-form button[type=submit]")
+    expect(page.locator("#publish-result")).to_have_text("Message published.")
+    after = str(int(depth) + 1)
+    page.select_option("#refresh", "5")
+    expect(page.locator("#queue-messages")).to_have_text(after, timeout=15000)
+    seen["after_publish"] = after
+
+    # Get every message, requeued: the one published here comes last.
+    page.fill("#get-count", after)
+    page.click("#get-form button[type=submit]")
+    payloads = page.locator("#get-result pre.payload")
+    expect(payloads).to_have_count(int(after))
+    expect(payloads.last).to_have_text("hello from the browser")
+    seen["got"] = payloads.last.inner_text()
+    if shots:
+        page.fill("#get-count", "1")
+        page.click("#get-form button[type=submit]")
+        expect(payloads).to_have_count(1)
+        page.screenshot(path=f"{shots}/queue.png", full_page=True)
+        # The same page on a phone.
+        # The overview once the charts have a few samples (one each 5 s).
+        page.click("nav a[data-page=overview]")
+        page.wait_for_timeout(12000)
+        page.reload()
+        expect(page.locator("#overview svg")).to_have_count(2)
+        page.screenshot(path=f"{shots}/overview.png", full_page=True)
+        # The queue list on a phone.
+        page.set_viewport_size({"width": 390, "height": 844})
+        page.click("nav a[data-page=queues]")
+        expect(row).to_have_count(1)
+        page.screenshot(path=f"{shots}/queues-phone.png")
+        page.set_viewport_size({"width": 1200, "height": 900})
+
+    page.click("#logout")
+    expect(page.locator("#login-user")).to_be_visible()
+
+    log_in(page, os.environ["WEBUI_PLAIN_USER"], "secret")
+    expect(page.locator("#login-status")).to_contain_text("Login failed")
+    expect(page.locator("#login-reason")).to_have_text("Not management user")
+    expect(page.locator("#nav")).to_be_hidden()
+    seen["refused"] = page.inner_text("#login-reason")
+
+    log_in(page, "guest", "wrong")
+    expect(page.locator("#login-status")).to_have_text("Login failed")
+
+
+def alarm_scenario(page):
+    log_in(page, "guest", "guest")
+    banner = page.locator("#alarms .alarm")
+    expect(banner).to_contain_text("Memory alarm", timeout=15000)
+    seen["banner"] = banner.first.inner_text()
+
+
+with sync_playwright() as p:
+    browser = p.chromium.launch(executable_path=chromium, args=["--no-sandbox"])
+    page = browser.new_page(viewport={"width": 1200, "height": 900})
+    problems = []
+    # Any script error or CSP violation fails the run.
+    page.on("pageerror", lambda e: problems.append(f"page error: {e}"))
+    page.on("console", lambda m: m.type == "error" and problems.append(f"console: {m.text}"))
+    page.on("dialog", lambda d: d.accept())
+    try:
+        {"main": main_scenario, "alarm": alarm_scenario}[scenario](page)
+    finally:
+        browser.close()
+    # Chromium logs each API refusal the test provokes (401, 400) as a
+    # failed resource; anything else (a script error, a CSP violation) fails.
+    problems = [m for m in problems if "Failed to load resource" not in m]
+    if problems:
+        raise SystemExit("\n".join(problems))
+print(json.dumps(seen))
