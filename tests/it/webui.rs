@@ -210,9 +210,15 @@ async fn in_a_browser_guest_sees_a_queue_publishes_and_gets_a_message() {
     assert_eq!(seen["got"], "hello from the browser");
     assert_eq!(seen["refused"], "Not management user");
 
-    // What the browser published is really in the queue.
-    let q = api.get(&path).await;
-    assert_eq!(q.json["messages"], 4, "{}", q.text);
+    assert_eq!(
+        seen["confirmations"],
+        json!([
+            format!("Purge all messages of queue \"{HOSTILE}\"?"),
+            format!("Delete queue \"{HOSTILE}\"?"),
+        ])
+    );
+    // The browser's delete really deleted it.
+    assert_eq!(api.get(&path).await.status, 404);
     broker.stop().await;
 }
 

@@ -16,6 +16,7 @@ with what it saw; exits non-zero on the first failed expectation.
 import json
 import os
 import sys
+from urllib.parse import quote
 
 from playwright.sync_api import expect, sync_playwright
 
@@ -23,6 +24,7 @@ base, scenario = sys.argv[1], sys.argv[2]
 shots = sys.argv[3] if len(sys.argv) > 3 else None
 chromium = os.environ.get("LEVERET_CHROMIUM", "/usr/bin/chromium")
 seen = {}
+dialogs = []
 
 
 def log_in(page, user, password):
@@ -67,7 +69,22 @@ def main_scenario(page):
     page.fill("#queue-filter", queue)
     expect(page.locator("main .error")).to_have_count(0)
 
-    row.get_by_role("link", name=queue, exact=True).click()
+    # Sorting from the keyboard: the column headers are buttons.
+    page.focus("button[data-sort=messages]")
+    page.keyboard.press("Enter")
+    expect(page.locator("th:has(button[data-sort=messages])")).to_have_attribute("aria-sort", "descending")
+    expect(page.locator("button[data-sort=messages]")).to_be_focused()
+
+    # The vhost filter: the list is of that vhost, without its column.
+    page.select_option("#vhost", "/")
+    expect(page.locator("main h1")).to_have_text("Queues in /")
+    expect(row.locator("td").nth(6)).to_have_text(depth)
+    page.select_option("#vhost", "")
+    expect(page.locator("main h1")).to_have_text("Queues")
+
+    # Into the queue's page from the keyboard.
+    row.get_by_role("link", name=queue, exact=True).focus()
+    page.keyboard.press("Enter")
     expect(page.locator("#queue-name")).to_have_text(queue)
     expect(page.locator("#queue-messages")).to_have_text(depth)
 
@@ -105,6 +122,17 @@ def main_scenario(page):
         page.screenshot(path=f"{shots}/queues-phone.png")
         page.set_viewport_size({"width": 1200, "height": 900})
 
+    # Purge, then delete, each after a confirmation.
+    page.goto(f"{base}/#/queues/%2F/{quote(queue, safe='')}")
+    expect(page.locator("#queue-messages")).to_have_text(after)
+    page.get_by_role("button", name="Purge Messages").click()
+    expect(page.locator("#danger-result")).to_have_text("Queue purged.")
+    expect(page.locator("#queue-messages")).to_have_text("0", timeout=15000)
+    page.get_by_role("button", name="Delete Queue").click()
+    expect(page).to_have_url(f"{base}/#/queues")
+    expect(page.locator("#queues-status")).to_contain_text("0 matching")
+    seen["confirmations"] = dialogs[:]
+
     page.click("#logout")
     expect(page.locator("#login-user")).to_be_visible()
 
@@ -132,7 +160,7 @@ with sync_playwright() as p:
     # Any script error or CSP violation fails the run.
     page.on("pageerror", lambda e: problems.append(f"page error: {e}"))
     page.on("console", lambda m: m.type == "error" and problems.append(f"console: {m.text}"))
-    page.on("dialog", lambda d: d.accept())
+    page.on("dialog", lambda d: (dialogs.append(d.message), d.accept()))
     try:
         {"main": main_scenario, "alarm": alarm_scenario}[scenario](page)
     finally:

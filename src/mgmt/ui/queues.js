@@ -62,15 +62,21 @@ export function mount(main, { vhost }) {
   const next = h('button', { type: 'button', id: 'queues-next' }, 'Next ›');
   const headRow = h('tr');
   let list = null;
+  // Answers may come back out of order: only the latest request's is drawn.
+  let latest = 0;
 
   async function refresh() {
+    const mine = ++latest;
     const params = new URLSearchParams({
       page: state.page, page_size: state.page_size, name: state.name,
       use_regex: state.use_regex, sort: state.sort, sort_reverse: state.sort_reverse,
     });
     try {
-      list = await api(`/queues${vhost ? `/${seg(vhost)}` : ''}?${params}`);
+      const answer = await api(`/queues${vhost ? `/${seg(vhost)}` : ''}?${params}`);
+      if (mine !== latest) return;
+      list = answer;
     } catch (e) {
+      if (mine !== latest) return;
       if (e.error === 'page_out_of_range' && state.page > 1) {
         state.page = 1;
         return refresh();
