@@ -52,6 +52,11 @@ static ASSETS: &[Asset] = &[
     asset!("overview.js", JS),
     asset!("queues.js", JS),
     asset!("queue.js", JS),
+    asset!("list.js", JS),
+    asset!("publish.js", JS),
+    asset!("bindings.js", JS),
+    asset!("exchanges.js", JS),
+    asset!("exchange.js", JS),
 ];
 
 /// `GET /`: the page every view of the UI starts from.

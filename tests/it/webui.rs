@@ -161,7 +161,7 @@ async fn drive(
 }
 
 #[tokio::test]
-async fn in_a_browser_guest_sees_a_queue_publishes_and_gets_a_message() {
+async fn in_a_browser_guest_sees_a_queue_publishes_and_gets_messages() {
     if common::against_other_broker() {
         return;
     }
@@ -185,6 +185,19 @@ async fn in_a_browser_guest_sees_a_queue_publishes_and_gets_a_message() {
             .await;
         assert_eq!(reply.json, json!({"routed": true}));
     }
+    // An exchange whose name is markup too, bound to the queue with key "k".
+    let exchange = format!("{HOSTILE}-x");
+    let x = urlencoding(&exchange);
+    let reply = api
+        .put(
+            &format!("/api/exchanges/%2F/{x}"),
+            json!({"type": "direct"}),
+        )
+        .await;
+    assert_eq!(reply.status, 201, "{}", reply.text);
+    let binding = format!("/api/bindings/%2F/e/{x}/q/{}", urlencoding(HOSTILE));
+    let reply = api.post(&binding, json!({"routing_key": "k"})).await;
+    assert_eq!(reply.status, 201, "{}", reply.text);
     let reply = api
         .put(
             "/api/users/plain",
@@ -200,6 +213,7 @@ async fn in_a_browser_guest_sees_a_queue_publishes_and_gets_a_message() {
         &[
             ("WEBUI_QUEUE", HOSTILE),
             ("WEBUI_DEPTH", "3"),
+            ("WEBUI_EXCHANGE", &exchange),
             ("WEBUI_PLAIN_USER", "plain"),
         ],
     )
@@ -207,7 +221,10 @@ async fn in_a_browser_guest_sees_a_queue_publishes_and_gets_a_message() {
     assert_eq!(seen["overview_total"], "3");
     assert_eq!(seen["list_depth"], "3");
     assert_eq!(seen["after_publish"], "4");
-    assert_eq!(seen["got"], "hello from the browser");
+    assert_eq!(
+        seen["got"],
+        json!(["hello from the browser", "through the exchange"])
+    );
     assert_eq!(seen["refused"], "Not management user");
 
     assert_eq!(

@@ -4,7 +4,9 @@ Usage: webui.py BASE_URL SCENARIO [SCREENSHOT_DIR]
   BASE_URL        the management listener, e.g. http://127.0.0.1:15672
   SCENARIO        "main": log in as guest, see the queue named by $WEBUI_QUEUE
                   with its depth ($WEBUI_DEPTH), publish a message from its
-                  page and get it back, a user without a management tag
+                  page and one from the page of exchange $WEBUI_EXCHANGE
+                  (bound to it with key "k"), get them back, purge and
+                  delete it; a user without a management tag
                   ($WEBUI_PLAIN_USER, password "secret") refused;
                   "alarm": log in, see the memory alarm banner.
   SCREENSHOT_DIR  where to save overview.png, queues.png, queue.png
@@ -44,7 +46,7 @@ def main_scenario(page):
     seen["overview_total"] = page.inner_text("#total-messages")
 
     page.click("nav a[data-page=queues]")
-    page.fill("#queue-filter", queue)
+    page.fill("#queues-filter", queue)
     row = page.locator("#queues tbody tr", has=page.get_by_role("link", name=queue, exact=True))
     expect(row).to_have_count(1)
     cells = row.locator("td")
@@ -54,19 +56,19 @@ def main_scenario(page):
     # The hostile name is text, not markup: no element was made from it.
     expect(page.locator("#queues img")).to_have_count(0)
     if shots:
-        page.fill("#queue-filter", "")
+        page.fill("#queues-filter", "")
         page.wait_for_timeout(600)
         page.screenshot(path=f"{shots}/queues.png", full_page=True)
-        page.fill("#queue-filter", queue)
+        page.fill("#queues-filter", queue)
         expect(row).to_have_count(1)
 
     # An API error is shown in place, with the API's reason.
-    page.check("#queue-regex")
-    page.fill("#queue-filter", "(")
+    page.check("#queues-regex")
+    page.fill("#queues-filter", "(")
     expect(page.locator("main .error")).to_contain_text("regex")
     seen["regex_error"] = page.inner_text("main .error")
-    page.uncheck("#queue-regex")
-    page.fill("#queue-filter", queue)
+    page.uncheck("#queues-regex")
+    page.fill("#queues-filter", queue)
     expect(page.locator("main .error")).to_have_count(0)
 
     # Sorting from the keyboard: the column headers are buttons.
@@ -96,13 +98,34 @@ def main_scenario(page):
     expect(page.locator("#queue-messages")).to_have_text(after, timeout=15000)
     seen["after_publish"] = after
 
-    # Get every message, requeued: the one published here comes last.
+    # From the exchange's page (reached from the queue's bindings): one
+    # routed to the queue, one routed nowhere.
+    exchange = os.environ["WEBUI_EXCHANGE"]
+    page.get_by_role("link", name=exchange, exact=True).click()
+    expect(page.locator("#exchange-name")).to_have_text(exchange)
+    expect(page.locator("#exchange-live")).to_contain_text("direct")
+    page.fill("#publish-key", "nowhere")
+    page.fill("#publish-payload", "lost")
+    page.click("#publish-form button[type=submit]")
+    expect(page.locator("#publish-result")).to_have_text("Message published, but not routed.")
+    page.fill("#publish-key", "k")
+    page.fill("#publish-payload", "through the exchange")
+    page.click("#publish-form button[type=submit]")
+    expect(page.locator("#publish-result")).to_have_text("Message published.")
+    if shots:
+        page.screenshot(path=f"{shots}/exchange.png", full_page=True)
+    page.get_by_role("link", name=queue, exact=True).click()
+    after = str(int(depth) + 2)
+    expect(page.locator("#queue-messages")).to_have_text(after, timeout=15000)
+
+    # Get every message, requeued: the two published here come last.
     page.fill("#get-count", after)
     page.click("#get-form button[type=submit]")
     payloads = page.locator("#get-result pre.payload")
     expect(payloads).to_have_count(int(after))
-    expect(payloads.last).to_have_text("hello from the browser")
-    seen["got"] = payloads.last.inner_text()
+    expect(payloads.nth(int(after) - 2)).to_have_text("hello from the browser")
+    expect(payloads.last).to_have_text("through the exchange")
+    seen["got"] = [payloads.nth(int(after) - 2).inner_text(), payloads.last.inner_text()]
     if shots:
         page.fill("#get-count", "1")
         page.click("#get-form button[type=submit]")

@@ -1,7 +1,8 @@
 // The UI's frame: login state, the header (user, vhost filter, refresh
 // interval, log out), the alarm banner, and routing by URL hash to one
 // page module at a time:
-//   #/overview   #/queues   #/queues/<vhost>/<name>   (segments URI-encoded)
+//   #/overview   #/queues   #/queues/<vhost>/<name>
+//   #/exchanges  #/exchanges/<vhost>/<name>           (segments URI-encoded)
 // A page module exports mount(main, ctx) and returns {refresh}; the frame
 // calls refresh now and on the chosen interval, never reloading the page.
 
@@ -11,6 +12,8 @@ import * as loginPage from './login.js';
 import * as overview from './overview.js';
 import * as queues from './queues.js';
 import * as queue from './queue.js';
+import * as exchanges from './exchanges.js';
+import * as exchange from './exchange.js';
 
 const $ = (id) => document.getElementById(id);
 const REFRESH = 'leveret.refresh';
@@ -30,6 +33,8 @@ function routeOf(hash) {
   });
   if (parts[0] === 'queues' && parts.length === 3) return { module: queue, name: 'queues', args: parts.slice(1) };
   if (parts[0] === 'queues') return { module: queues, name: 'queues', args: [] };
+  if (parts[0] === 'exchanges' && parts.length === 3) return { module: exchange, name: 'exchanges', args: parts.slice(1) };
+  if (parts[0] === 'exchanges') return { module: exchanges, name: 'exchanges', args: [] };
   return { module: overview, name: 'overview', args: [] };
 }
 
@@ -120,7 +125,8 @@ function start() {
   });
   $('vhost').addEventListener('change', () => {
     sessionStorage.setItem(VHOST, $('vhost').value);
-    if (routeOf(location.hash).args.length) location.hash = '#/queues';
+    const { name, args } = routeOf(location.hash);
+    if (args.length) location.hash = `#/${name}`;
     else route();
   });
   $('logout').addEventListener('click', () => {

@@ -41,7 +41,7 @@ export function lineChart(title, series) {
   cap.textContent = title;
   fig.append(cap);
   const points = series.flatMap((s) => s.samples ?? []);
-  if (points.length < 2) {
+  if (!series.some((s) => (s.samples?.length ?? 0) >= 2)) {
     const p = document.createElement('p');
     p.className = 'muted';
     p.textContent = 'No history yet.';

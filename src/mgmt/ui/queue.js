@@ -6,6 +6,8 @@
 import { api, seg } from './api.js';
 import { lineChart, toRates } from './chart.js';
 import { bytes, clear, errorBox, facts, h, num, rate, value } from './dom.js';
+import { field, publishForm } from './publish.js';
+import { bindingsTable } from './bindings.js';
 
 const HISTORY = 'lengths_age=600&lengths_incr=5&msg_rates_age=600&msg_rates_incr=5';
 
@@ -25,19 +27,21 @@ export function mount(main, { args: [vhost, name] }) {
     h('h1', {}, 'Queue ', h('span', { id: 'queue-name' }, name)),
     live,
     getForm(path),
-    publishForm(vhost, name),
+    publishForm({ vhost, exchange: 'amq.default', routingKey: name }),
     dangerZone(path, name));
 
   return {
     async refresh() {
       let q;
+      let bindings;
       try {
-        q = await api(`${path}?${HISTORY}`);
+        [q, bindings] = await Promise.all([api(`${path}?${HISTORY}`), api(`${path}/bindings`)]);
       } catch (e) {
         clear(live).append(errorBox(e));
         return;
       }
-      clear(live).append(...details(q));
+      clear(live).append(...details(q), h('section', { 'aria-labelledby': 'h-bindings' },
+        h('h2', { id: 'h-bindings' }, 'Bindings'), bindingsTable(bindings ?? [], 'source')));
     },
   };
 }
@@ -97,11 +101,6 @@ function details(q) {
   ];
 }
 
-function field(id, label, control) {
-  control.id = id;
-  return h('div', { class: 'field' }, h('label', { for: id }, label), control);
-}
-
 function getForm(path) {
   const ackmode = h('select', {}, ACK_MODES.map(([v, t]) => h('option', { value: v }, t)));
   const encoding = h('select', {}, h('option', { value: 'auto' }, 'Automatic string/base64'), h('option', { value: 'base64' }, 'base64'));
@@ -143,44 +142,6 @@ function message(m, n) {
       ['Properties', value(m.properties)],
       ['Payload', [`${num(m.payload_bytes)} bytes, encoding: ${m.payload_encoding}`, h('pre', { class: 'payload' }, m.payload)]],
     ]));
-}
-
-function publishForm(vhost, name) {
-  const mode = h('select', {}, h('option', { value: '1' }, '1 - Non-persistent'), h('option', { value: '2' }, '2 - Persistent'));
-  const headers = h('input', { placeholder: '{"key": "value"}' });
-  const payload = h('textarea', { rows: 4 });
-  const out = h('div', { id: 'publish-result', 'aria-live': 'polite' });
-  const form = h('form', { class: 'panel', id: 'publish-form' },
-    h('h2', {}, 'Publish message'),
-    h('p', { class: 'muted' }, 'Published through the default exchange with the queue name as routing key.'),
-    field('publish-mode', 'Delivery mode', mode),
-    field('publish-headers', 'Headers (JSON object)', headers),
-    field('publish-payload', 'Payload', payload),
-    h('button', { type: 'submit' }, 'Publish message'),
-    out);
-  form.addEventListener('submit', async (event) => {
-    event.preventDefault();
-    clear(out);
-    const properties = { delivery_mode: Number(mode.value) };
-    if (headers.value.trim()) {
-      try {
-        properties.headers = JSON.parse(headers.value);
-      } catch (e) {
-        out.append(errorBox(`Headers are not JSON: ${e.message}`));
-        return;
-      }
-    }
-    try {
-      const r = await api(`/exchanges/${seg(vhost)}/amq.default/publish`, {
-        method: 'POST',
-        body: { properties, routing_key: name, payload: payload.value, payload_encoding: 'string' },
-      });
-      out.append(h('p', { class: 'ok' }, r.routed ? 'Message published.' : 'Message published, but not routed.'));
-    } catch (e) {
-      out.append(errorBox(e));
-    }
-  });
-  return form;
 }
 
 function dangerZone(path, name) {
