@@ -57,6 +57,8 @@ static ASSETS: &[Asset] = &[
     asset!("bindings.js", JS),
     asset!("exchanges.js", JS),
     asset!("exchange.js", JS),
+    asset!("connections.js", JS),
+    asset!("connection.js", JS),
 ];
 
 /// `GET /`: the page every view of the UI starts from.

@@ -13,6 +13,7 @@
 //! it some 15 s more.
 
 use crate::common::{self, http::Api, TestBroker};
+use futures_lite::StreamExt;
 use lapin::options::BasicPublishOptions;
 use lapin::BasicProperties;
 use serde_json::json;
@@ -206,6 +207,17 @@ async fn in_a_browser_guest_sees_a_queue_publishes_and_gets_messages() {
         .await;
     assert_eq!(reply.status, 201, "{}", reply.text);
 
+    // A client with a channel, for the browser to find and close.
+    let client = common::unique("webui-client");
+    let conn = lapin::Connection::connect(
+        &broker.uri,
+        lapin::ConnectionProperties::default().with_connection_name(client.as_str().into()),
+    )
+    .await
+    .unwrap();
+    let _ch = conn.create_channel().await.unwrap();
+    let mut events = conn.events_listener();
+
     let seen = drive(
         &broker,
         &browser,
@@ -214,6 +226,7 @@ async fn in_a_browser_guest_sees_a_queue_publishes_and_gets_messages() {
             ("WEBUI_QUEUE", HOSTILE),
             ("WEBUI_DEPTH", "3"),
             ("WEBUI_EXCHANGE", &exchange),
+            ("WEBUI_CONNECTION", &client),
             ("WEBUI_PLAIN_USER", "plain"),
         ],
     )
@@ -236,6 +249,22 @@ async fn in_a_browser_guest_sees_a_queue_publishes_and_gets_messages() {
     );
     // The browser's delete really deleted it.
     assert_eq!(api.get(&path).await.status, 404);
+    // The client was told why its connection was closed.
+    let error = tokio::time::timeout(Duration::from_secs(10), async {
+        while let Some(event) = events.next().await {
+            if let lapin::Event::Error(e) = event {
+                return e;
+            }
+        }
+        panic!("lapin's events ended without an error");
+    })
+    .await
+    .expect("the client saw its connection closed");
+    assert_eq!(
+        common::amqp::amqp_error(&error),
+        Some((320, "CONNECTION_FORCED - closed from the browser".into())),
+        "{error}"
+    );
     broker.stop().await;
 }
 

@@ -6,7 +6,8 @@ Usage: webui.py BASE_URL SCENARIO [SCREENSHOT_DIR]
                   with its depth ($WEBUI_DEPTH), publish a message from its
                   page and one from the page of exchange $WEBUI_EXCHANGE
                   (bound to it with key "k"), get them back, purge and
-                  delete it; a user without a management tag
+                  delete it; close the connection whose client name is
+                  $WEBUI_CONNECTION; a user without a management tag
                   ($WEBUI_PLAIN_USER, password "secret") refused;
                   "alarm": log in, see the memory alarm banner.
   SCREENSHOT_DIR  where to save overview.png, queues.png, queue.png
@@ -155,6 +156,20 @@ def main_scenario(page):
     expect(page).to_have_url(f"{base}/#/queues")
     expect(page.locator("#queues-status")).to_contain_text("0 matching")
     seen["confirmations"] = dialogs[:]
+
+    # A client's connection, found by its name, closed with a reason.
+    client = os.environ["WEBUI_CONNECTION"]
+    page.click("nav a[data-page=connections]")
+    row = page.locator("#connections tbody tr", has_text=client)
+    expect(row).to_have_count(1)
+    row.get_by_role("link").click()
+    expect(page.locator("#connection-live")).to_contain_text(client)
+    expect(page.locator("#connection-channels tbody tr")).to_have_count(1)
+    if shots:
+        page.screenshot(path=f"{shots}/connection.png", full_page=True)
+    page.fill("#close-reason", "closed from the browser")
+    page.get_by_role("button", name="Force Close").click()
+    expect(page.locator("#close-result")).to_have_text("Connection closed.")
 
     page.click("#logout")
     expect(page.locator("#login-user")).to_be_visible()

@@ -42,8 +42,8 @@ export const seg = encodeURIComponent;
 // answer, null when empty; an ApiError with RabbitMQ's reason otherwise.
 // `credentials: 'omit'` keeps the browser from answering a 401 with its
 // own login dialog: the page has its own form.
-export async function api(path, { method = 'GET', body, auth } = {}) {
-  const headers = { Authorization: `Basic ${auth ?? sessionStorage.getItem(KEY) ?? ''}` };
+export async function api(path, { method = 'GET', body, auth, extraHeaders = {} } = {}) {
+  const headers = { ...extraHeaders, Authorization: `Basic ${auth ?? sessionStorage.getItem(KEY) ?? ''}` };
   if (body !== undefined) headers['Content-Type'] = 'application/json';
   let response;
   try {

@@ -2,7 +2,8 @@
 // interval, log out), the alarm banner, and routing by URL hash to one
 // page module at a time:
 //   #/overview   #/queues   #/queues/<vhost>/<name>
-//   #/exchanges  #/exchanges/<vhost>/<name>           (segments URI-encoded)
+//   #/exchanges  #/exchanges/<vhost>/<name>
+//   #/connections  #/connections/<name>              (segments URI-encoded)
 // A page module exports mount(main, ctx) and returns {refresh}; the frame
 // calls refresh now and on the chosen interval, never reloading the page.
 
@@ -14,6 +15,8 @@ import * as queues from './queues.js';
 import * as queue from './queue.js';
 import * as exchanges from './exchanges.js';
 import * as exchange from './exchange.js';
+import * as connections from './connections.js';
+import * as connection from './connection.js';
 
 const $ = (id) => document.getElementById(id);
 const REFRESH = 'leveret.refresh';
@@ -35,6 +38,8 @@ function routeOf(hash) {
   if (parts[0] === 'queues') return { module: queues, name: 'queues', args: [] };
   if (parts[0] === 'exchanges' && parts.length === 3) return { module: exchange, name: 'exchanges', args: parts.slice(1) };
   if (parts[0] === 'exchanges') return { module: exchanges, name: 'exchanges', args: [] };
+  if (parts[0] === 'connections' && parts.length === 2) return { module: connection, name: 'connections', args: parts.slice(1) };
+  if (parts[0] === 'connections') return { module: connections, name: 'connections', args: [] };
   return { module: overview, name: 'overview', args: [] };
 }
 
