@@ -72,6 +72,12 @@ def main_scenario(page):
     page.fill("#queues-filter", queue)
     expect(page.locator("main .error")).to_have_count(0)
 
+    # The skip link focuses the page, and does not change the route.
+    page.focus("a.skip")
+    page.keyboard.press("Enter")
+    expect(page.locator("#main")).to_be_focused()
+    expect(page).to_have_url(f"{base}/#/queues")
+
     # Sorting from the keyboard: the column headers are buttons.
     page.focus("button[data-sort=messages]")
     page.keyboard.press("Enter")
@@ -96,7 +102,7 @@ def main_scenario(page):
     expect(page.locator("#publish-result")).to_have_text("Message published.")
     after = str(int(depth) + 1)
     page.select_option("#refresh", "5")
-    expect(page.locator("#queue-messages")).to_have_text(after, timeout=15000)
+    expect(page.locator("#queue-messages")).to_have_text(after)
     seen["after_publish"] = after
 
     # From the exchange's page (reached from the queue's bindings): one
@@ -117,7 +123,7 @@ def main_scenario(page):
         page.screenshot(path=f"{shots}/exchange.png", full_page=True)
     page.get_by_role("link", name=queue, exact=True).click()
     after = str(int(depth) + 2)
-    expect(page.locator("#queue-messages")).to_have_text(after, timeout=15000)
+    expect(page.locator("#queue-messages")).to_have_text(after)
 
     # Get every message, requeued: the two published here come last.
     page.fill("#get-count", after)
@@ -151,7 +157,7 @@ def main_scenario(page):
     expect(page.locator("#queue-messages")).to_have_text(after)
     page.get_by_role("button", name="Purge Messages").click()
     expect(page.locator("#danger-result")).to_have_text("Queue purged.")
-    expect(page.locator("#queue-messages")).to_have_text("0", timeout=15000)
+    expect(page.locator("#queue-messages")).to_have_text("0")
     page.get_by_role("button", name="Delete Queue").click()
     expect(page).to_have_url(f"{base}/#/queues")
     expect(page.locator("#queues-status")).to_contain_text("0 matching")
@@ -187,13 +193,17 @@ def main_scenario(page):
 def alarm_scenario(page):
     log_in(page, "guest", "guest")
     banner = page.locator("#alarms .alarm")
-    expect(banner).to_contain_text("Memory alarm", timeout=15000)
+    expect(banner).to_contain_text("Memory alarm")
     seen["banner"] = banner.first.inner_text()
 
+
+# Generous waits: the whole test suite runs beside this on a few cores.
+expect.set_options(timeout=30000)
 
 with sync_playwright() as p:
     browser = p.chromium.launch(executable_path=chromium, args=["--no-sandbox"])
     page = browser.new_page(viewport={"width": 1200, "height": 900})
+    page.set_default_timeout(30000)
     problems = []
     # Any script error or CSP violation fails the run.
     page.on("pageerror", lambda e: problems.append(f"page error: {e}"))

@@ -138,6 +138,11 @@ function start() {
     location.hash = '#/overview';
     leave();
   });
+  // The hash is the route: the skip link moves focus without changing it.
+  document.querySelector('.skip').addEventListener('click', (event) => {
+    event.preventDefault();
+    $('main').focus();
+  });
   window.addEventListener('hashchange', route);
   whenUnauthorised(leave);
   if (!loggedIn()) {
