@@ -59,6 +59,7 @@ static ASSETS: &[Asset] = &[
     asset!("exchange.js", JS),
     asset!("connections.js", JS),
     asset!("connection.js", JS),
+    asset!("channels.js", JS),
 ];
 
 /// `GET /`: the page every view of the UI starts from.

@@ -168,7 +168,13 @@ def main_scenario(page):
     page.click("nav a[data-page=connections]")
     row = page.locator("#connections tbody tr", has_text=client)
     expect(row).to_have_count(1)
-    row.get_by_role("link").click()
+    connection = row.get_by_role("link").inner_text()
+    # Its channel is listed, and leads back to it.
+    page.click("nav a[data-page=channels]")
+    channel = page.locator("#channels tbody tr", has=page.get_by_role("link", name=connection, exact=True))
+    expect(channel).to_have_count(1)
+    expect(channel.locator("td").nth(1)).to_have_text(f"{connection} (1)")
+    channel.get_by_role("link", name=connection, exact=True).click()
     expect(page.locator("#connection-live")).to_contain_text(client)
     expect(page.locator("#connection-channels tbody tr")).to_have_count(1)
     if shots:

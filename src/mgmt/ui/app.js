@@ -3,7 +3,7 @@
 // page module at a time:
 //   #/overview   #/queues   #/queues/<vhost>/<name>
 //   #/exchanges  #/exchanges/<vhost>/<name>
-//   #/connections  #/connections/<name>              (segments URI-encoded)
+//   #/connections  #/connections/<name>  #/channels  (segments URI-encoded)
 // A page module exports mount(main, ctx) and returns {refresh}; the frame
 // calls refresh now and on the chosen interval, never reloading the page.
 
@@ -17,6 +17,7 @@ import * as exchanges from './exchanges.js';
 import * as exchange from './exchange.js';
 import * as connections from './connections.js';
 import * as connection from './connection.js';
+import * as channels from './channels.js';
 
 const $ = (id) => document.getElementById(id);
 const REFRESH = 'leveret.refresh';
@@ -40,6 +41,7 @@ function routeOf(hash) {
   if (parts[0] === 'exchanges') return { module: exchanges, name: 'exchanges', args: [] };
   if (parts[0] === 'connections' && parts.length === 2) return { module: connection, name: 'connections', args: parts.slice(1) };
   if (parts[0] === 'connections') return { module: connections, name: 'connections', args: [] };
+  if (parts[0] === 'channels') return { module: channels, name: 'channels', args: [] };
   return { module: overview, name: 'overview', args: [] };
 }
 
