@@ -60,6 +60,7 @@ static ASSETS: &[Asset] = &[
     asset!("connections.js", JS),
     asset!("connection.js", JS),
     asset!("channels.js", JS),
+    asset!("users.js", JS),
 ];
 
 /// `GET /`: the page every view of the UI starts from.

@@ -227,6 +227,7 @@ async fn in_a_browser_guest_sees_a_queue_publishes_and_gets_messages() {
             ("WEBUI_DEPTH", "3"),
             ("WEBUI_EXCHANGE", &exchange),
             ("WEBUI_CONNECTION", &client),
+            ("WEBUI_NEW_USER", "made-in-the-browser"),
             ("WEBUI_PLAIN_USER", "plain"),
         ],
     )
@@ -249,6 +250,8 @@ async fn in_a_browser_guest_sees_a_queue_publishes_and_gets_messages() {
     );
     // The browser's delete really deleted it.
     assert_eq!(api.get(&path).await.status, 404);
+    assert_eq!(seen["user_made"], "made-in-the-browser");
+    assert_eq!(api.get("/api/users/made-in-the-browser").await.status, 404);
     // The client was told why its connection was closed.
     let error = tokio::time::timeout(Duration::from_secs(10), async {
         while let Some(event) = events.next().await {

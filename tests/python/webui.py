@@ -7,7 +7,8 @@ Usage: webui.py BASE_URL SCENARIO [SCREENSHOT_DIR]
                   page and one from the page of exchange $WEBUI_EXCHANGE
                   (bound to it with key "k"), get them back, purge and
                   delete it; close the connection whose client name is
-                  $WEBUI_CONNECTION; a user without a management tag
+                  $WEBUI_CONNECTION; create and delete user
+                  $WEBUI_NEW_USER; a user without a management tag
                   ($WEBUI_PLAIN_USER, password "secret") refused;
                   "alarm": log in, see the memory alarm banner.
   SCREENSHOT_DIR  where to save overview.png, queues.png, queue.png
@@ -182,6 +183,23 @@ def main_scenario(page):
     page.fill("#close-reason", "closed from the browser")
     page.get_by_role("button", name="Force Close").click()
     expect(page.locator("#close-result")).to_have_text("Connection closed.")
+
+    # Create a user, see it listed, delete it.
+    made = os.environ["WEBUI_NEW_USER"]
+    page.click("nav a[data-page=users]")
+    page.fill("#user-name", made)
+    page.fill("#user-password", "pw")
+    page.fill("#user-tags", "management, monitoring")
+    page.click("#user-form button[type=submit]")
+    expect(page.locator("#users-result")).to_have_text(f"User {made} saved.")
+    page.fill("#users-filter", made)
+    user_row = page.locator("#users tbody tr", has_text=made)
+    expect(user_row).to_have_count(1)
+    expect(user_row.locator("td").nth(1)).to_have_text("management, monitoring")
+    seen["user_made"] = user_row.locator("td").nth(0).inner_text()
+    user_row.get_by_role("button", name=f"Delete user {made}").click()
+    expect(page.locator("#users-result")).to_have_text(f"User {made} deleted.")
+    expect(user_row).to_have_count(0)
 
     page.click("#logout")
     expect(page.locator("#login-user")).to_be_visible()

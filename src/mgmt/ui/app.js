@@ -3,7 +3,8 @@
 // page module at a time:
 //   #/overview   #/queues   #/queues/<vhost>/<name>
 //   #/exchanges  #/exchanges/<vhost>/<name>
-//   #/connections  #/connections/<name>  #/channels  (segments URI-encoded)
+//   #/connections  #/connections/<name>  #/channels  #/users
+//   (segments URI-encoded)
 // A page module exports mount(main, ctx) and returns {refresh}; the frame
 // calls refresh now and on the chosen interval, never reloading the page.
 
@@ -18,6 +19,7 @@ import * as exchange from './exchange.js';
 import * as connections from './connections.js';
 import * as connection from './connection.js';
 import * as channels from './channels.js';
+import * as users from './users.js';
 
 const $ = (id) => document.getElementById(id);
 const REFRESH = 'leveret.refresh';
@@ -42,6 +44,7 @@ function routeOf(hash) {
   if (parts[0] === 'connections' && parts.length === 2) return { module: connection, name: 'connections', args: parts.slice(1) };
   if (parts[0] === 'connections') return { module: connections, name: 'connections', args: [] };
   if (parts[0] === 'channels') return { module: channels, name: 'channels', args: [] };
+  if (parts[0] === 'users') return { module: users, name: 'users', args: [] };
   return { module: overview, name: 'overview', args: [] };
 }
 
