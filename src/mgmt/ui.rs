@@ -61,6 +61,7 @@ static ASSETS: &[Asset] = &[
     asset!("connection.js", JS),
     asset!("channels.js", JS),
     asset!("users.js", JS),
+    asset!("definitions.js", JS),
 ];
 
 /// `GET /`: the page every view of the UI starts from.

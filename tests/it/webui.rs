@@ -252,6 +252,10 @@ async fn in_a_browser_guest_sees_a_queue_publishes_and_gets_messages() {
     assert_eq!(api.get(&path).await.status, 404);
     assert_eq!(seen["user_made"], "made-in-the-browser");
     assert_eq!(api.get("/api/users/made-in-the-browser").await.status, 404);
+    assert_eq!(seen["exported_users"], json!(["guest", "plain"]));
+    let imported = api.get("/api/queues/%2F/imported-in-the-browser").await;
+    assert_eq!(imported.status, 200, "{}", imported.text);
+    assert_eq!(imported.json["durable"], true);
     // The client was told why its connection was closed.
     let error = tokio::time::timeout(Duration::from_secs(10), async {
         while let Some(event) = events.next().await {

@@ -8,7 +8,8 @@ Usage: webui.py BASE_URL SCENARIO [SCREENSHOT_DIR]
                   (bound to it with key "k"), get them back, purge and
                   delete it; close the connection whose client name is
                   $WEBUI_CONNECTION; create and delete user
-                  $WEBUI_NEW_USER; a user without a management tag
+                  $WEBUI_NEW_USER; export definitions and import a file
+                  with a queue; a user without a management tag
                   ($WEBUI_PLAIN_USER, password "secret") refused;
                   "alarm": log in, see the memory alarm banner.
   SCREENSHOT_DIR  where to save overview.png, queues.png, queue.png
@@ -200,6 +201,22 @@ def main_scenario(page):
     user_row.get_by_role("button", name=f"Delete user {made}").click()
     expect(page.locator("#users-result")).to_have_text(f"User {made} deleted.")
     expect(user_row).to_have_count(0)
+
+    # Definitions: export downloads the broker's JSON, import creates what
+    # the uploaded file holds.
+    page.click("nav a[data-page=definitions]")
+    with page.expect_download() as download:
+        page.click("#definitions-export")
+    exported = json.loads(open(download.value.path()).read())
+    seen["exported_users"] = sorted(u["name"] for u in exported["users"])
+    imported = {"queues": [{"name": "imported-in-the-browser", "vhost": "/", "durable": True,
+                            "auto_delete": False, "arguments": {}}]}
+    page.set_input_files("#definitions-file", files=[{
+        "name": "defs.json", "mimeType": "application/json",
+        "buffer": json.dumps(imported).encode()}])
+    page.click("#definitions-import button[type=submit]")
+    expect(page.locator("#definitions-result")).to_have_text(
+        "Your definition file was imported successfully.")
 
     page.click("#logout")
     expect(page.locator("#login-user")).to_be_visible()

@@ -3,7 +3,7 @@
 // page module at a time:
 //   #/overview   #/queues   #/queues/<vhost>/<name>
 //   #/exchanges  #/exchanges/<vhost>/<name>
-//   #/connections  #/connections/<name>  #/channels  #/users
+//   #/connections  #/connections/<name>  #/channels  #/users  #/definitions
 //   (segments URI-encoded)
 // A page module exports mount(main, ctx) and returns {refresh}; the frame
 // calls refresh now and on the chosen interval, never reloading the page.
@@ -20,6 +20,7 @@ import * as connections from './connections.js';
 import * as connection from './connection.js';
 import * as channels from './channels.js';
 import * as users from './users.js';
+import * as definitions from './definitions.js';
 
 const $ = (id) => document.getElementById(id);
 const REFRESH = 'leveret.refresh';
@@ -45,6 +46,7 @@ function routeOf(hash) {
   if (parts[0] === 'connections') return { module: connections, name: 'connections', args: [] };
   if (parts[0] === 'channels') return { module: channels, name: 'channels', args: [] };
   if (parts[0] === 'users') return { module: users, name: 'users', args: [] };
+  if (parts[0] === 'definitions') return { module: definitions, name: 'definitions', args: [] };
   return { module: overview, name: 'overview', args: [] };
 }
 
