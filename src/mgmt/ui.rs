@@ -62,6 +62,7 @@ static ASSETS: &[Asset] = &[
     asset!("channels.js", JS),
     asset!("users.js", JS),
     asset!("definitions.js", JS),
+    asset!("vhosts.js", JS),
 ];
 
 /// `GET /`: the page every view of the UI starts from.

@@ -246,6 +246,9 @@ async fn in_a_browser_guest_sees_a_queue_publishes_and_gets_messages() {
         json!([
             format!("Purge all messages of queue \"{HOSTILE}\"?"),
             format!("Delete queue \"{HOSTILE}\"?"),
+            "Close this connection?".to_string(),
+            "Delete user \"made-in-the-browser\"?".to_string(),
+            "Delete virtual host \"made-vhost\" and everything in it?".to_string(),
         ])
     );
     // The browser's delete really deleted it.
@@ -253,6 +256,7 @@ async fn in_a_browser_guest_sees_a_queue_publishes_and_gets_messages() {
     assert_eq!(seen["user_made"], "made-in-the-browser");
     assert_eq!(api.get("/api/users/made-in-the-browser").await.status, 404);
     assert_eq!(seen["exported_users"], json!(["guest", "plain"]));
+    assert_eq!(api.get("/api/vhosts/made-vhost").await.status, 404);
     let imported = api.get("/api/queues/%2F/imported-in-the-browser").await;
     assert_eq!(imported.status, 200, "{}", imported.text);
     assert_eq!(imported.json["durable"], true);

@@ -8,7 +8,8 @@ Usage: webui.py BASE_URL SCENARIO [SCREENSHOT_DIR]
                   (bound to it with key "k"), get them back, purge and
                   delete it; close the connection whose client name is
                   $WEBUI_CONNECTION; create and delete user
-                  $WEBUI_NEW_USER; export definitions and import a file
+                  $WEBUI_NEW_USER; add and delete a vhost; export
+                  definitions and import a file
                   with a queue; a user without a management tag
                   ($WEBUI_PLAIN_USER, password "secret") refused;
                   "alarm": log in, see the memory alarm banner.
@@ -163,7 +164,6 @@ def main_scenario(page):
     page.get_by_role("button", name="Delete Queue").click()
     expect(page).to_have_url(f"{base}/#/queues")
     expect(page.locator("#queues-status")).to_contain_text("0 matching")
-    seen["confirmations"] = dialogs[:]
 
     # A client's connection, found by its name, closed with a reason.
     client = os.environ["WEBUI_CONNECTION"]
@@ -202,6 +202,16 @@ def main_scenario(page):
     expect(page.locator("#users-result")).to_have_text(f"User {made} deleted.")
     expect(user_row).to_have_count(0)
 
+    # Add a vhost (it appears in the header's filter too), delete it.
+    page.click("nav a[data-page=vhosts]")
+    page.fill("#vhost-name", "made-vhost")
+    page.click("#vhost-form button[type=submit]")
+    expect(page.locator("#vhosts-result")).to_have_text("Virtual host made-vhost added.")
+    expect(page.locator("#vhosts tbody tr", has_text="made-vhost")).to_have_count(1)
+    page.get_by_role("button", name="Delete virtual host made-vhost").click()
+    expect(page.locator("#vhosts-result")).to_have_text("Virtual host made-vhost deleted.")
+    expect(page.locator("#vhosts tbody tr", has_text="made-vhost")).to_have_count(0)
+
     # Definitions: export downloads the broker's JSON, import creates what
     # the uploaded file holds.
     page.click("nav a[data-page=definitions]")
@@ -218,6 +228,7 @@ def main_scenario(page):
     expect(page.locator("#definitions-result")).to_have_text(
         "Your definition file was imported successfully.")
 
+    seen["confirmations"] = dialogs[:]
     page.click("#logout")
     expect(page.locator("#login-user")).to_be_visible()
 

@@ -3,7 +3,8 @@
 // page module at a time:
 //   #/overview   #/queues   #/queues/<vhost>/<name>
 //   #/exchanges  #/exchanges/<vhost>/<name>
-//   #/connections  #/connections/<name>  #/channels  #/users  #/definitions
+//   #/connections  #/connections/<name>  #/channels  #/users  #/vhosts
+//   #/definitions
 //   (segments URI-encoded)
 // A page module exports mount(main, ctx) and returns {refresh}; the frame
 // calls refresh now and on the chosen interval, never reloading the page.
@@ -21,6 +22,7 @@ import * as connection from './connection.js';
 import * as channels from './channels.js';
 import * as users from './users.js';
 import * as definitions from './definitions.js';
+import * as vhosts from './vhosts.js';
 
 const $ = (id) => document.getElementById(id);
 const REFRESH = 'leveret.refresh';
@@ -46,6 +48,7 @@ function routeOf(hash) {
   if (parts[0] === 'connections') return { module: connections, name: 'connections', args: [] };
   if (parts[0] === 'channels') return { module: channels, name: 'channels', args: [] };
   if (parts[0] === 'users') return { module: users, name: 'users', args: [] };
+  if (parts[0] === 'vhosts') return { module: vhosts, name: 'vhosts', args: [] };
   if (parts[0] === 'definitions') return { module: definitions, name: 'definitions', args: [] };
   return { module: overview, name: 'overview', args: [] };
 }
