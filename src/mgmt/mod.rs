@@ -6,7 +6,8 @@
 //! tagged `administrator`, `management` or `monitoring` get in, users in
 //! `auth.loopback_users` only from a loopback address, and only
 //! administrators change users, vhosts and permissions. `/metrics`
-//! (Prometheus) needs no credentials, as RabbitMQ's Prometheus plugin.
+//! (Prometheus) needs no credentials, as RabbitMQ's Prometheus plugin, nor
+//! does the web UI at `/` and `/ui/` (`ui.rs`), which then calls the API.
 
 mod api;
 mod certificates;
@@ -24,6 +25,7 @@ mod policies;
 mod stream_clients;
 mod streams;
 mod topic_permissions;
+mod ui;
 mod users;
 
 use crate::broker::Broker;
@@ -309,6 +311,8 @@ pub(crate) async fn serve(
         .route("/metrics", get(metrics::metrics))
         .route("/metrics/per-object", get(metrics::per_object))
         .route("/metrics/detailed", get(metrics::detailed))
+        .route("/", get(ui::shell))
+        .route("/ui/{file}", get(ui::asset))
         .merge(api)
         .fallback(|| async { api::ApiError::not_found() })
         .layer(match limits.max_body_size {

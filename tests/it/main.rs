@@ -56,3 +56,4 @@ mod stream_tls;
 mod streams;
 mod super_streams;
 mod tls;
+mod webui;
