@@ -287,14 +287,21 @@ impl User {
 /// A list endpoint's answer: RabbitMQ's `name`/`use_regex` filter, `sort`
 /// and `sort_reverse`, `page`/`page_size` (answered as a page object) and
 /// `columns`.
-pub(super) fn list(mut items: Vec<Value>, query: &HashMap<String, String>) -> ApiResult {
+pub(super) fn list(items: Vec<Value>, query: &HashMap<String, String>) -> ApiResult {
+    list_lazily(items, |i| i["name"].as_str(), |i| i, query)
+}
+
+/// [`list`] of objects whose JSON costs to build (`json`): when a page is
+/// asked for in an order that needs only names (none, or by name), only
+/// that page's objects are built, so a page of 10,000 queues costs a page.
+pub(super) fn list_lazily<T>(
+    mut items: Vec<T>,
+    name: impl Fn(&T) -> Option<&str>,
+    json: impl Fn(T) -> Value,
+    query: &HashMap<String, String>,
+) -> ApiResult {
     let total = items.len();
-    if let Some(sort) = query.get("sort").filter(|s| !s.is_empty()) {
-        items.sort_by(|a, b| compare(column(a, sort), column(b, sort)));
-    }
-    if query.get("sort_reverse").is_some_and(|r| r == "true") {
-        items.reverse();
-    }
+    let sort = query.get("sort").filter(|s| !s.is_empty());
     let columns: Option<Vec<&str>> = query
         .get("columns")
         .filter(|c| !c.is_empty())
@@ -305,10 +312,41 @@ pub(super) fn list(mut items: Vec<Value>, query: &HashMap<String, String>) -> Ap
             None => items,
         }
     };
-    // As RabbitMQ: the name filter and paging apply only when a page is asked for.
-    if query.get("page").is_none() {
-        return Ok(Json(Value::Array(pick(items))).into_response());
+    let reverse = query.get("sort_reverse").is_some_and(|r| r == "true");
+    let paged = query.get("page").is_some();
+    if !paged || sort.is_some_and(|s| s != "name") {
+        let mut items: Vec<Value> = items.into_iter().map(json).collect();
+        if let Some(sort) = sort {
+            items.sort_by(|a, b| compare(column(a, sort), column(b, sort)));
+        }
+        if reverse {
+            items.reverse();
+        }
+        // As RabbitMQ: the name filter and paging apply only when a page is asked for.
+        if !paged {
+            return Ok(Json(Value::Array(pick(items))).into_response());
+        }
+        return page_of(items, |i| i["name"].as_str(), |i| i, query, total, pick);
     }
+    if sort.is_some() {
+        items.sort_by(|a, b| name(a).cmp(&name(b)));
+    }
+    if reverse {
+        items.reverse();
+    }
+    page_of(items, name, json, query, total, pick)
+}
+
+/// The page `query` asks for of `items` (in their final order), its name
+/// filter applied, as RabbitMQ's page object.
+fn page_of<T>(
+    mut items: Vec<T>,
+    name: impl Fn(&T) -> Option<&str>,
+    json: impl Fn(T) -> Value,
+    query: &HashMap<String, String>,
+    total: usize,
+    pick: impl Fn(Vec<Value>) -> Vec<Value>,
+) -> ApiResult {
     let number = |key: &str, default: i64| -> Result<i64, ApiError> {
         match query.get(key) {
             None => Ok(default),
@@ -326,15 +364,15 @@ pub(super) fn list(mut items: Vec<Value>, query: &HashMap<String, String>) -> Ap
             format!("Invalid pagination parameters: page number {page}, page size {page_size}"),
         ));
     }
-    if let Some(name) = query.get("name").filter(|n| !n.is_empty()) {
+    if let Some(name_filter) = query.get("name").filter(|n| !n.is_empty()) {
         let pattern = if query.get("use_regex").is_some_and(|r| r == "true") {
-            format!("(?i){name}")
+            format!("(?i){name_filter}")
         } else {
-            format!("(?i){}", regex::escape(name))
+            format!("(?i){}", regex::escape(name_filter))
         };
         let re = regex::Regex::new(&pattern)
             .map_err(|e| ApiError::bad_request(format!("invalid regex: {e}")))?;
-        items.retain(|i| i["name"].as_str().is_some_and(|n| re.is_match(n)));
+        items.retain(|i| name(i).is_some_and(|n| re.is_match(n)));
     }
     let (page, page_size) = (page as usize, page_size as usize);
     let filtered = items.len();
@@ -350,6 +388,7 @@ pub(super) fn list(mut items: Vec<Value>, query: &HashMap<String, String>) -> Ap
         .into_iter()
         .skip((page - 1) * page_size)
         .take(page_size)
+        .map(json)
         .collect();
     Ok(Json(json!({
         "filtered_count": filtered,

@@ -2,8 +2,8 @@
 //! publish and get, with the permissions the AMQP methods would need.
 
 use super::api::{
-    body, by_vhost_and_name, created_or_updated, json_table, lenient_bool, list, no_content,
-    node_name, parse_int, short_string, table_json, ApiError, ApiResult, User,
+    body, by_vhost_and_name, created_or_updated, json_table, lenient_bool, list, list_lazily,
+    no_content, node_name, parse_int, short_string, table_json, ApiError, ApiResult, User,
 };
 use super::history;
 use super::streams::Subscriptions;
@@ -185,13 +185,29 @@ pub(super) async fn queues(
     Extension(user): Extension<User>,
     Query(query): Q,
 ) -> ApiResult {
-    let subscriptions = Subscriptions::gather(&broker);
-    let items = visible_vhosts(&broker, &user)
+    let queues = visible_vhosts(&broker, &user)
         .iter()
         .flat_map(|v| v.queues())
-        .map(|q| queue_json(&q, history::Ask::from(&query), &subscriptions))
         .collect();
-    list(by_vhost_and_name(items), &query)
+    list_queues(&broker, queues, &query)
+}
+
+/// Queues in the API's order (vhost, then name), their JSON built only
+/// for what the page shows when the order needs only names.
+fn list_queues(
+    broker: &Broker,
+    mut queues: Vec<Arc<Queue>>,
+    query: &HashMap<String, String>,
+) -> ApiResult {
+    queues.sort_by(|a, b| (&a.vhost, &a.name).cmp(&(&b.vhost, &b.name)));
+    let subscriptions = Subscriptions::gather(broker);
+    let ask = history::Ask::from(query);
+    list_lazily(
+        queues,
+        |q| Some(q.name.as_str()),
+        |q| queue_json(&q, ask, &subscriptions),
+        query,
+    )
 }
 
 pub(super) async fn queues_in(
@@ -201,16 +217,7 @@ pub(super) async fn queues_in(
     Query(query): Q,
 ) -> ApiResult {
     let v = user.vhost(&broker, &vhost)?;
-    let subscriptions = Subscriptions::gather(&broker);
-    list(
-        by_vhost_and_name(
-            v.queues()
-                .iter()
-                .map(|q| queue_json(q, history::Ask::from(&query), &subscriptions))
-                .collect(),
-        ),
-        &query,
-    )
+    list_queues(&broker, v.queues(), &query)
 }
 
 fn find_queue(
