@@ -339,13 +339,36 @@ impl ChunkInfo {
 
     /// The header a stream client is sent.
     fn for_client(&self) -> [u8; CHUNK_HEADER] {
-        ChunkInfo {
-            kind: 0,
-            trailer_len: 0,
-            ..*self
-        }
-        .encode()
+        client_header(
+            self.first_offset,
+            self.entries,
+            self.timestamp,
+            self.data_crc,
+            self.data_len,
+        )
     }
+}
+
+/// The osiris chunk header a stream client is sent for a chunk of
+/// `entries` simple entries: no trailer, no bloom filter. One layout for
+/// chunks sent from disk and chunks made up (`stream_protocol::chunk`).
+pub(crate) fn client_header(
+    first_offset: u64,
+    entries: u16,
+    timestamp: i64,
+    data_crc: u32,
+    data_len: u32,
+) -> [u8; CHUNK_HEADER] {
+    ChunkInfo {
+        first_offset,
+        entries,
+        timestamp,
+        kind: 0,
+        data_crc,
+        data_len,
+        trailer_len: 0,
+    }
+    .encode()
 }
 
 /// Each entry's filter value, from a chunk's trailer.

@@ -6,18 +6,11 @@
 //! bytes), then the entries as "simple entries" (`0` bit ‖ 31-bit size ‖
 //! body). Leveret sends no bloom filter and no trailer.
 
+use crate::store::stream_log::{client_header, CHUNK_HEADER as HEADER};
 use bytes::{BufMut, BytesMut};
 
-/// Bytes of a chunk header.
-pub(crate) const HEADER: usize = 48;
 /// Entries one chunk holds at most (the header's count is a u16).
 pub(crate) const MAX_ENTRIES: usize = u16::MAX as usize;
-/// `CHNK_USER`.
-const CHUNK_USER: u8 = 0;
-/// Magic 5 in the high nibble, chunk format version 0 in the low one.
-const MAGIC_VERSION: u8 = 0x50;
-/// Leveret's logs have one leader for their whole life.
-pub(crate) const EPOCH: u64 = 1;
 
 /// Writes a chunk into `buf` as its entries are added; the header is
 /// completed by [`ChunkWriter::finish`].
@@ -67,19 +60,14 @@ impl<'b> ChunkWriter<'b> {
     /// Completes the header: the chunk's first offset and timestamp.
     pub(crate) fn finish(self, first_offset: u64, timestamp: i64) {
         let data_len = (self.buf.len() - self.start - HEADER) as u32;
-        let mut h = &mut self.buf[self.start..self.start + HEADER];
-        h.put_u8(MAGIC_VERSION);
-        h.put_u8(CHUNK_USER);
-        h.put_u16(self.entries);
-        h.put_u32(self.entries as u32);
-        h.put_i64(timestamp);
-        h.put_u64(EPOCH);
-        h.put_u64(first_offset);
-        h.put_u32(self.crc.finalize());
-        h.put_u32(data_len);
-        h.put_u32(0); // trailer
-        h.put_u8(0); // bloom filter size
-        h.put_bytes(0, 3); // reserved
+        let header = client_header(
+            first_offset,
+            self.entries,
+            timestamp,
+            self.crc.finalize(),
+            data_len,
+        );
+        self.buf[self.start..self.start + HEADER].copy_from_slice(&header);
     }
 }
 

@@ -194,7 +194,9 @@ impl Connection {
                 continue;
             }
             let (from, filter) = (s.next, s.filter.clone());
-            let committed = log.readable_end().saturating_sub(1);
+            let committed = self
+                .deliver_v2
+                .then(|| log.readable_end().saturating_sub(1));
             // Unfiltered, whole chunks go as they lie on disk; the others
             // (a chunk started before `from`, one of AMQP 0-9-1 messages,
             // one larger than the client's frame_max) are read and made up.
@@ -211,11 +213,10 @@ impl Connection {
                 let Some(s) = self.subscriptions.get_mut(&id) else {
                     continue;
                 };
-                let version = self.deliver_v2.then_some(committed);
                 let (sent, next, entries) = send_chunks(
                     &self.outbox,
                     id,
-                    version,
+                    committed,
                     &chunks,
                     from,
                     s.credit,
@@ -248,7 +249,7 @@ impl Connection {
             let (sent, next) = write_chunks(
                 &self.outbox,
                 id,
-                self.deliver_v2.then_some(committed),
+                committed,
                 &read.entries,
                 s.credit,
                 self.frame_max,
