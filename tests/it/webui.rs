@@ -110,7 +110,7 @@ async fn the_ui_is_served_without_credentials_under_a_strict_policy() {
 
 /// Debian's chromium, or `None` (after saying why) when the browser tests
 /// cannot run here. Under CI its absence is a failure.
-fn chromium() -> Option<String> {
+pub(crate) fn chromium() -> Option<String> {
     let path = std::env::var("LEVERET_CHROMIUM").unwrap_or_else(|_| "/usr/bin/chromium".into());
     if std::path::Path::new(&path).exists() {
         return Some(path);
@@ -132,7 +132,7 @@ fn screenshots() -> Option<PathBuf> {
 }
 
 /// Runs tests/python/webui.py's `scenario` against `broker`'s UI; its JSON.
-async fn drive(
+pub(crate) async fn drive(
     broker: &TestBroker,
     browser: &str,
     scenario: &str,

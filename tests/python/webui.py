@@ -12,13 +12,17 @@ Usage: webui.py BASE_URL SCENARIO [SCREENSHOT_DIR]
                   definitions and import a file
                   with a queue; a user without a management tag
                   ($WEBUI_PLAIN_USER, password "secret") refused;
-                  "alarm": log in, see the memory alarm banner.
+                  "alarm": log in, see the memory alarm banner;
+                  "MODULE.FUNCTION": FUNCTION(page, ui) of
+                  tests/python/webui_MODULE.py, where `ui` is this module
+                  (ui.base, ui.seen, ui.log_in, ui.dialogs).
   SCREENSHOT_DIR  where to save overview.png, queues.png, queue.png
 The browser is Debian's chromium ($LEVERET_CHROMIUM, default
 /usr/bin/chromium), so Playwright downloads nothing. Prints one JSON line
 with what it saw; exits non-zero on the first failed expectation.
 """
 
+import importlib
 import json
 import os
 import sys
@@ -262,7 +266,13 @@ with sync_playwright() as p:
     page.on("console", lambda m: m.type == "error" and problems.append(f"console: {m.text}"))
     page.on("dialog", lambda d: (dialogs.append(d.message), d.accept()))
     try:
-        {"main": main_scenario, "alarm": alarm_scenario}[scenario](page)
+        scenarios = {"main": main_scenario, "alarm": alarm_scenario}
+        if scenario in scenarios:
+            scenarios[scenario](page)
+        else:
+            module, function = scenario.split(".")
+            sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+            getattr(importlib.import_module(f"webui_{module}"), function)(page, sys.modules[__name__])
     finally:
         browser.close()
     # Chromium logs each API refusal the test provokes (401, 400) as a
