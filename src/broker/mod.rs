@@ -160,7 +160,17 @@ impl Broker {
     /// Opens the store in the configured data directory and restores the
     /// durable topology and messages it holds.
     pub fn open(config: Config) -> Result<Arc<Broker>, StoreError> {
-        let (store, mut recovered) = Store::open(&config.server.data_dir, &config.storage)?;
+        Broker::open_replicated(config, None)
+    }
+
+    /// As `open`, recording every change to the store in `journal` for the
+    /// cluster's followers, whose copies durability promises then wait for.
+    pub(crate) fn open_replicated(
+        config: Config,
+        journal: Option<Arc<crate::store::journal::Journal>>,
+    ) -> Result<Arc<Broker>, StoreError> {
+        let (store, mut recovered) =
+            Store::open_replicated(&config.server.data_dir, &config.storage, journal)?;
         let (dead_letters, dead_letter_rx) = dead_letter::DeadLetters::channel();
         let access_records = std::mem::take(&mut recovered.access);
         let damaged = |detail| StoreError::Damaged {
@@ -172,11 +182,14 @@ impl Broker {
         let policies = policy::stored(&access_records).map_err(damaged)?;
         let memory = Arc::new(MemoryGauge::new(config.limits.memory_high_watermark));
         let counters = Arc::new(counters::Counters::default());
-        let streams = crate::store::stream_writer::StreamWriter::start(store.backlog.clone())
-            .map_err(|source| StoreError::Io {
-                path: store.path().to_owned(),
-                source,
-            })?;
+        let streams = crate::store::stream_writer::StreamWriter::start(
+            store.backlog.clone(),
+            store.files.clone(),
+        )
+        .map_err(|source| StoreError::Io {
+            path: store.path().to_owned(),
+            source,
+        })?;
         let queue_services = QueueServices {
             streams,
             memory: memory.clone(),

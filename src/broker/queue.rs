@@ -1133,9 +1133,10 @@ mod tests {
     fn queue() -> Arc<Queue> {
         let (dead_letters, _) = crate::broker::dead_letter::DeadLetters::channel();
         let services = QueueServices {
-            streams: crate::store::stream_writer::StreamWriter::start(Arc::new(
-                crate::store::Backlog::new(usize::MAX),
-            ))
+            streams: crate::store::stream_writer::StreamWriter::start(
+                Arc::new(crate::store::Backlog::new(usize::MAX)),
+                crate::store::journal::Recorder::default(),
+            )
             .unwrap(),
             memory: Arc::new(MemoryGauge::new(u64::MAX)),
             counters: Default::default(),

@@ -196,7 +196,8 @@ impl StreamQueue {
         writer: StreamWriter,
     ) -> Result<StreamQueue, StreamLogError> {
         let dir = log_dir(data_dir, id);
-        let (log, opened) = StreamLog::open(&dir, args.max_segment_bytes)?;
+        let (mut log, opened) = StreamLog::open(&dir, args.max_segment_bytes)?;
+        log.record_to(writer.files().clone());
         let offsets = stream_offsets::load(&dir, stream_offsets::OFFSETS)?;
         let publishers = stream_offsets::load(&dir, stream_offsets::PUBLISHERS)?;
         let changed = Arc::new(Notify::new());
@@ -503,8 +504,10 @@ impl StreamQueue {
         if !t.saving {
             t.saving = true;
             let (tracked, dir, name) = (which.clone(), self.dir.clone(), self.log.name.clone());
-            self.writer
-                .run_file_job(Box::new(move || save_tracked(&tracked, &dir, &name)));
+            let files = self.writer.files().clone();
+            self.writer.run_file_job(Box::new(move || {
+                save_tracked(&tracked, &dir, &name, &files)
+            }));
         }
         true
     }
@@ -581,7 +584,12 @@ impl StreamQueue {
 
 /// Writes stored values until no change is left unsaved (on the writer
 /// thread, so acks and confirms never wait for a file).
-fn save_tracked(tracked: &Mutex<Tracked>, dir: &Path, stream: &str) {
+fn save_tracked(
+    tracked: &Mutex<Tracked>,
+    dir: &Path,
+    stream: &str,
+    files: &crate::store::journal::Recorder,
+) {
     loop {
         let (file, snapshot): (&str, Vec<(String, u64)>) = {
             let mut t = tracked.lock();
@@ -593,7 +601,7 @@ fn save_tracked(tracked: &Mutex<Tracked>, dir: &Path, stream: &str) {
             let values = t.values.iter().map(|(k, v)| (k.clone(), *v)).collect();
             (t.file, values)
         };
-        if let Err(e) = stream_offsets::save(dir, file, &snapshot) {
+        if let Err(e) = stream_offsets::save(dir, file, &snapshot, files) {
             // Unless the stream was deleted meanwhile, a reader will
             // resume earlier than it should: said, never silent.
             if dir.exists() {

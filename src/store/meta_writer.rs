@@ -9,6 +9,7 @@
 //! durability (declare-ok, an HTTP 201) notes `queued()` before it changes
 //! anything and awaits `durable_since` after.
 
+use super::journal::{Recorder, Tree};
 use super::recovery;
 use std::collections::VecDeque;
 use std::path::PathBuf;
@@ -29,8 +30,10 @@ pub(crate) type Change = Box<dyn FnOnce(&Trees) -> Result<(), String> + Send>;
 /// What a change may write.
 pub(crate) struct Trees {
     pub(crate) path: PathBuf,
-    pub(crate) meta: sled::Tree,
-    pub(crate) access: sled::Tree,
+    pub(crate) meta: Tree,
+    pub(crate) access: Tree,
+    /// Writes files beside sled (a new queue's index directory).
+    pub(crate) files: Recorder,
 }
 
 enum Job {
@@ -172,14 +175,18 @@ fn run(
         for (_, _, e) in &failed {
             error!(error = %e, path = %trees.path.display(), "cannot write topology, users or permissions to the store");
         }
-        progress.send_modify(|p| {
-            p.done = last;
-            p.failed.extend(failed);
-            while p.failed.len() > FAILURES_KEPT {
-                if let Some((_, to, _)) = p.failed.pop_front() {
-                    p.forgotten_before = to + 1;
+        // Durable here; in a cluster, once the followers hold it too.
+        let progress = progress.clone();
+        trees.files.after_replicated(move || {
+            progress.send_modify(|p| {
+                p.done = last;
+                p.failed.extend(failed);
+                while p.failed.len() > FAILURES_KEPT {
+                    if let Some((_, to, _)) = p.failed.pop_front() {
+                        p.forgotten_before = to + 1;
+                    }
                 }
-            }
+            })
         });
         if stop {
             return;
@@ -204,8 +211,9 @@ fn flush(db: &sled::Db, trees: &Trees, next: u64) -> Result<(), String> {
             .write(true)
             .truncate(false)
             .open(&path)?;
-        use std::os::unix::fs::FileExt;
-        f.write_all_at(&recovery::encode_topology_version(next), 0)?;
+        trees
+            .files
+            .write_at(&f, &path, &recovery::encode_topology_version(next), 0)?;
         f.sync_data()?;
         if next == 1 {
             super::segments::sync_dir(&path)?;
@@ -217,16 +225,23 @@ fn flush(db: &sled::Db, trees: &Trees, next: u64) -> Result<(), String> {
 
 #[cfg(test)]
 mod tests {
+    use super::super::journal::SledTree;
     use super::*;
 
     fn writer(name: &str) -> (MetaWriter, PathBuf) {
         let dir = std::env::temp_dir().join(format!("leveret-meta-{name}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         let db = sled::open(&dir).unwrap();
+        let files = Recorder::default();
         let trees = Trees {
             path: dir.clone(),
-            meta: db.open_tree("meta").unwrap(),
-            access: db.open_tree("access").unwrap(),
+            meta: Tree::new(db.open_tree("meta").unwrap(), SledTree::Meta, files.clone()),
+            access: Tree::new(
+                db.open_tree("access").unwrap(),
+                SledTree::Access,
+                files.clone(),
+            ),
+            files,
         };
         (MetaWriter::start(db, trees, 0).unwrap(), dir)
     }

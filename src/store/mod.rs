@@ -12,6 +12,7 @@ mod data_dir;
 pub(crate) mod disk_alarm;
 pub(crate) mod durable;
 pub(crate) mod fail_stop;
+pub(crate) mod journal;
 pub(crate) mod memory;
 pub(crate) mod meta_writer;
 pub(crate) mod persister;
@@ -348,6 +349,11 @@ pub struct Store {
     pub(crate) meta_writer: meta_writer::MetaWriter,
     /// What start-up found damaged and started anyway with.
     pub(crate) damage: Vec<Damage>,
+    /// Writes the store's files (and records them for followers).
+    pub(crate) files: journal::Recorder,
+    /// The sled trees, for a follower's full copy.
+    #[cfg_attr(not(test), allow(dead_code))]
+    pub(crate) trees: Vec<(journal::SledTree, sled::Tree)>,
 }
 
 impl Store {
@@ -356,12 +362,21 @@ impl Store {
         dir: &Path,
         config: &crate::config::StorageConfig,
     ) -> Result<(Arc<Store>, Recovered), StoreError> {
+        Store::open_replicated(dir, config, None)
+    }
+
+    /// As `open`, recording every change in `journal` for followers.
+    pub(crate) fn open_replicated(
+        dir: &Path,
+        config: &crate::config::StorageConfig,
+        journal: Option<Arc<journal::Journal>>,
+    ) -> Result<(Arc<Store>, Recovered), StoreError> {
         data_dir::prepare(dir).map_err(|source| StoreError::Io {
             path: dir.to_owned(),
             source,
         })?;
         disk_alarm::release_reserve_if_short(dir);
-        let (store, recovered) = recovery::open(dir, config)?;
+        let (store, recovered) = recovery::open(dir, config, journal::Recorder::new(journal))?;
         let alarm = &store.fail_stop.alarm;
         alarm.check();
         disk_alarm::DiskAlarm::start_monitor(Arc::downgrade(alarm));
@@ -502,7 +517,7 @@ impl Store {
         self.meta_writer.write(Box::new(move |trees| {
             // Its index directory first: a stored queue without one is damage.
             let queues = trees.path.join(recovery::QUEUE_DIR);
-            queue_index::create_queue(&queues, id)
+            queue_index::create_queue(&queues, id, &trees.files)
                 .map_err(|e| format!("cannot create a queue index in {}: {e}", queues.display()))?;
             trees
                 .meta
@@ -551,7 +566,7 @@ impl Store {
 
     /// Queues a topology change; declare-ok / bind-ok wait for its flush
     /// (see `meta_writer`), as RabbitMQ's wait for its own.
-    fn write_meta(&self, change: impl FnOnce(&sled::Tree) -> sled::Result<()> + Send + 'static) {
+    fn write_meta(&self, change: impl FnOnce(&journal::Tree) -> sled::Result<()> + Send + 'static) {
         self.meta_writer.write(Box::new(move |trees| {
             change(&trees.meta).map_err(|e| e.to_string())
         }));
@@ -568,7 +583,7 @@ impl Store {
 }
 
 fn remove_bindings(
-    meta: &sled::Tree,
+    meta: &journal::Tree,
     matches: impl Fn(&BindingRecord) -> bool,
 ) -> sled::Result<()> {
     for item in meta.scan_prefix(b"b") {

@@ -11,6 +11,7 @@
 //! published and acknowledged in the same batch is never written.
 
 use super::fail_stop::{FailStop, Unwritten};
+use super::journal::{Recorder, Tree};
 use super::queue_index::{self, QueueIndexes, Slot};
 use super::record;
 use super::segments::{Location, Segments};
@@ -137,7 +138,7 @@ struct InFlight {
 pub(crate) struct Persister {
     db: sled::Db,
     /// Delivered marks (see `record::delivered_key`).
-    marks: sled::Tree,
+    marks: Tree,
     index: QueueIndexes,
     segments: Segments,
     in_flight: FastMap<u64, InFlight>,
@@ -165,6 +166,8 @@ pub(crate) struct Persister {
     /// the last loss).
     lost: std::collections::HashSet<u64>,
     lost_at: Option<Instant>,
+    /// Confirms wait for the followers through it (cluster mode).
+    files: Recorder,
 }
 
 /// Where the persister's time goes, logged when it stops.
@@ -240,7 +243,7 @@ impl Persister {
     #[allow(clippy::too_many_arguments)]
     pub(crate) fn new(
         db: sled::Db,
-        marks: sled::Tree,
+        marks: Tree,
         index: QueueIndexes,
         segments: Segments,
         delivered: HashMap<u32, u64>,
@@ -248,6 +251,7 @@ impl Persister {
         entries: u64,
         marker: std::path::PathBuf,
         fail_stop: Arc<FailStop>,
+        files: Recorder,
     ) -> Persister {
         Persister {
             db,
@@ -267,6 +271,7 @@ impl Persister {
             marks_failing: false,
             lost: std::collections::HashSet::new(),
             lost_at: None,
+            files,
         }
     }
 
@@ -394,18 +399,30 @@ impl Persister {
         }
         let confirming = Instant::now();
         self.stats.flush += confirming - flushing;
-        // A message is durable once its index slots are: each confirm is
-        // an ack unless one of its message's entries was not written.
-        confirm(std::mem::take(&mut b.confirms), &self.lost);
+        // A message is durable once its index slots are (and, in a
+        // cluster, the in-sync followers' copies): each confirm is an ack
+        // unless one of its message's entries was not written.
+        let runs = confirm_runs(std::mem::take(&mut b.confirms), &self.lost);
+        let syncs: Vec<_> = std::mem::take(&mut b.syncs)
+            .into_iter()
+            .map(|(msg_ids, done)| (msg_ids.iter().all(|id| !self.lost.contains(id)), done))
+            .collect();
+        if !runs.is_empty() || !syncs.is_empty() {
+            self.files.after_replicated(move || {
+                for (channel, seq, ok) in runs {
+                    channel.confirm_persisted(seq, ok);
+                }
+                for (ok, done) in syncs {
+                    let _ = done.send(ok);
+                }
+            });
+        }
         if self
             .lost_at
             .is_some_and(|at| self.failed_at.is_none() && at.elapsed() >= FORGET_LOST)
         {
             self.lost.clear();
             self.lost_at = None;
-        }
-        for (msg_ids, done) in b.syncs {
-            let _ = done.send(msg_ids.iter().all(|id| !self.lost.contains(id)));
         }
         self.stats.confirm += confirming.elapsed();
         self.stats.batches += 1;
@@ -872,9 +889,15 @@ impl Persister {
 /// Tells each channel which of its confirms are acks and which nacks (a
 /// message one of whose entries was not written), one call per run of
 /// equal outcomes: a channel's confirms come in ascending order.
-fn confirm(confirms: Vec<(Arc<dyn ConfirmSink>, u64, u64)>, lost: &std::collections::HashSet<u64>) {
-    // Per channel: the run being collected (last seq, outcome).
+/// Each channel's confirms as runs of equal outcomes: (channel, up to seq, ack).
+fn confirm_runs(
+    confirms: Vec<(Arc<dyn ConfirmSink>, u64, u64)>,
+    lost: &std::collections::HashSet<u64>,
+) -> Vec<(Arc<dyn ConfirmSink>, u64, bool)> {
+    // Per channel: the run being collected (last seq, outcome); `done`
+    // holds finished runs in the order they must be sent.
     let mut runs: Vec<(Arc<dyn ConfirmSink>, u64, bool)> = Vec::new();
+    let mut done = Vec::new();
     for (channel, seq, msg_id) in confirms {
         let ok = lost.is_empty() || !lost.contains(&msg_id);
         match runs
@@ -883,20 +906,21 @@ fn confirm(confirms: Vec<(Arc<dyn ConfirmSink>, u64, u64)>, lost: &std::collecti
         {
             Some(run) if run.2 == ok => run.1 = seq,
             Some(run) => {
-                run.0.confirm_persisted(run.1, run.2);
+                let earlier = (run.0.clone(), run.1, run.2);
                 run.1 = seq;
                 run.2 = ok;
+                done.push(earlier);
             }
             None => runs.push((channel, seq, ok)),
         }
     }
-    for (channel, seq, ok) in runs {
-        channel.confirm_persisted(seq, ok);
-    }
+    done.extend(runs);
+    done
 }
 
 #[cfg(test)]
 mod tests {
+    use super::super::journal::SledTree;
     use super::*;
     use bytes::Bytes;
 
@@ -906,13 +930,24 @@ mod tests {
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
         let db = sled::Config::new().temporary(true).open().unwrap();
-        let marks = db.open_tree("marks").unwrap();
+        let marks = Tree::new(
+            db.open_tree("marks").unwrap(),
+            SledTree::Marks,
+            Recorder::default(),
+        );
         let index_dir = dir.join("queues");
         let (index, _) = QueueIndexes::open(&index_dir, |_, _| true).unwrap();
         for queue_id in [1, 2] {
-            super::super::queue_index::create_queue(&index_dir, queue_id).unwrap();
+            super::super::queue_index::create_queue(&index_dir, queue_id, &Recorder::default())
+                .unwrap();
         }
-        let segments = Segments::open(&dir.join("msgs"), 1 << 20, HashMap::new()).unwrap();
+        let segments = Segments::open(
+            &dir.join("msgs"),
+            1 << 20,
+            HashMap::new(),
+            Recorder::default(),
+        )
+        .unwrap();
         let config = crate::config::StorageConfig::default();
         let p = Persister::new(
             db,
@@ -924,6 +959,7 @@ mod tests {
             0,
             dir.join("marker"),
             Arc::new(FailStop::for_dir(&dir, &config)),
+            Recorder::default(),
         );
         (p, dir)
     }

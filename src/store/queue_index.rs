@@ -40,6 +40,7 @@
 //! noticed. It is created when the queue is declared, so a queue whose
 //! directory is gone is noticed too.
 
+use super::journal::Recorder;
 use super::segments::{sync_dir, Location};
 use std::collections::HashMap;
 use std::fs::{File, OpenOptions};
@@ -152,6 +153,7 @@ pub(crate) struct QueueIndexes {
     open: HashMap<(u32, u64), File>,
     /// Written since the last sync.
     dirty: Vec<(u32, u64)>,
+    files_out: Recorder,
 }
 
 impl QueueIndexes {
@@ -169,6 +171,7 @@ impl QueueIndexes {
             files: HashMap::new(),
             open: HashMap::new(),
             dirty: Vec::new(),
+            files_out: Recorder::default(),
         };
         let mut scan = Scan::default();
         let mut queues: Vec<(u32, PathBuf)> = Vec::new();
@@ -329,6 +332,11 @@ impl QueueIndexes {
         Ok((ix, scan))
     }
 
+    /// From now on, records every write for followers.
+    pub(crate) fn record_to(&mut self, files: Recorder) {
+        self.files_out = files;
+    }
+
     /// Makes the changes recovery decided on: acknowledges the slots
     /// `visit` declined, deletes drained files.
     pub(crate) fn finish_recovery(&mut self) -> std::io::Result<()> {
@@ -336,20 +344,20 @@ impl QueueIndexes {
         for path in writes.aside {
             let mut to = path.clone().into_os_string();
             to.push(".damaged");
-            std::fs::rename(&path, &to)?;
+            self.files_out.rename(&path, Path::new(&to))?;
         }
         for (path, slots) in writes.acks {
             let f = OpenOptions::new().write(true).open(&path)?;
             for (at, slot) in slots {
-                f.write_all_at(&slot, at)?;
+                self.files_out.write_at(&f, &path, &slot, at)?;
             }
             f.sync_data()?;
         }
         for (qdir, keep, drained) in writes.drained {
-            write_manifest(&qdir, &keep)?;
+            write_manifest(&qdir, &keep, &self.files_out)?;
             for file_no in drained {
                 let path = qdir.join(format!("{file_no:08}.idx"));
-                if let Err(e) = std::fs::remove_file(&path) {
+                if let Err(e) = self.files_out.remove_file(&path) {
                     if e.kind() != std::io::ErrorKind::NotFound {
                         return Err(e);
                     }
@@ -387,7 +395,9 @@ impl QueueIndexes {
             if create && !existed {
                 // Header first, then listed: a crash in between leaves a
                 // file with nothing synced that nobody lists.
-                f.write_all_at(&encode_header(queue_id, file_no, 0), 0)?;
+                self.files_out.created(&path);
+                self.files_out
+                    .write_at(&f, &path, &encode_header(queue_id, file_no, 0), 0)?;
                 f.sync_data()?;
                 sync_dir(&path)?;
                 let mut listed: Vec<u64> = self
@@ -399,7 +409,7 @@ impl QueueIndexes {
                     .collect();
                 listed.sort_unstable();
                 listed.dedup();
-                write_manifest(&qdir, &listed)?;
+                write_manifest(&qdir, &listed, &self.files_out)?;
             }
             self.open.insert((queue_id, file_no), f);
         }
@@ -439,8 +449,14 @@ impl QueueIndexes {
                 buf.extend_from_slice(&encode(s));
             }
             buf.resize((zeros_to - start) as usize * SLOT, 0);
-            self.file(queue_id, file_no, true)?
-                .write_all_at(&buf, (start + 1) * SLOT as u64)?;
+            let path = self.path(queue_id, file_no);
+            self.file(queue_id, file_no, true)?;
+            self.files_out.write_at(
+                &self.open[&(queue_id, file_no)],
+                &path,
+                &buf,
+                (start + 1) * SLOT as u64,
+            )?;
             let state = self.files.entry((queue_id, file_no)).or_default();
             state.live += (j - i) as u64;
             state.len = state.len.max(zeros_to);
@@ -480,7 +496,8 @@ impl QueueIndexes {
             let end = run[run.len() - 1] % SLOTS + 1;
             buf.clear();
             buf.resize((end - first) as usize * SLOT, 0);
-            let f = self.file(queue_id, file_no, false)?;
+            self.file(queue_id, file_no, false)?;
+            let f = &self.open[&(queue_id, file_no)];
             let n = read_full_at(f, &mut buf, (first + 1) * SLOT as u64)?;
             let mut changed = 0;
             for &seq in run {
@@ -502,7 +519,9 @@ impl QueueIndexes {
                 continue;
             }
             // Slots between the acknowledged ones are written back unchanged.
-            f.write_all_at(&buf[..n], (first + 1) * SLOT as u64)?;
+            let path = self.path(queue_id, file_no);
+            self.files_out
+                .write_at(f, &path, &buf[..n], (first + 1) * SLOT as u64)?;
             if let Some(state) = self.files.get_mut(&(queue_id, file_no)) {
                 state.live = state.live.saturating_sub(changed);
             }
@@ -589,7 +608,7 @@ impl QueueIndexes {
         self.open.retain(|(q, _), _| *q != queue_id);
         self.dirty.retain(|(q, _)| *q != queue_id);
         let dir = self.dir.join(format!("{queue_id:08}"));
-        if let Err(e) = std::fs::remove_dir_all(&dir) {
+        if let Err(e) = self.files_out.remove_dir_all(&dir) {
             if e.kind() != std::io::ErrorKind::NotFound {
                 tracing::warn!(path = %dir.display(), error = %e, "cannot delete a queue index");
             }
@@ -609,7 +628,12 @@ impl QueueIndexes {
             };
             state.synced = state.written;
             if state.sealed < state.synced {
-                f.write_all_at(&encode_header(key.0, key.1, state.synced), 0)?;
+                let path = self
+                    .dir
+                    .join(format!("{:08}", key.0))
+                    .join(format!("{:08}.idx", key.1));
+                self.files_out
+                    .write_at(f, &path, &encode_header(key.0, key.1, state.synced), 0)?;
                 state.sealed = state.synced;
                 state.header_unsynced = true;
             }
@@ -625,8 +649,8 @@ impl QueueIndexes {
                 listed.sort_unstable();
                 let path = self.path(key.0, key.1);
                 let qdir = path.parent().expect("queue directory");
-                write_manifest(qdir, &listed)?;
-                if let Err(e) = std::fs::remove_file(&path) {
+                write_manifest(qdir, &listed, &self.files_out)?;
+                if let Err(e) = self.files_out.remove_file(&path) {
                     tracing::warn!(path = %path.display(), error = %e, "cannot delete a drained index file");
                 }
             }
@@ -657,14 +681,14 @@ impl QueueIndexes {
 
 /// Creates a new queue's index directory with an empty file list, before
 /// its record is stored: a queue whose directory is gone is then noticed.
-pub(crate) fn create_queue(dir: &Path, queue_id: u32) -> std::io::Result<()> {
+pub(crate) fn create_queue(dir: &Path, queue_id: u32, files: &Recorder) -> std::io::Result<()> {
     let qdir = queue_dir(dir, queue_id);
     if qdir.join(MANIFEST).exists() {
         return Ok(());
     }
     std::fs::create_dir_all(&qdir)?;
     sync_dir(&qdir)?;
-    write_manifest(&qdir, &[])
+    write_manifest(&qdir, &[], files)
 }
 
 /// The file that lists a queue's index files.
@@ -677,7 +701,7 @@ fn queue_dir(dir: &Path, queue_id: u32) -> PathBuf {
     dir.join(format!("{queue_id:08}"))
 }
 
-fn write_manifest(qdir: &Path, files: &[u64]) -> std::io::Result<()> {
+fn write_manifest(qdir: &Path, files: &[u64], out: &Recorder) -> std::io::Result<()> {
     let mut buf = Vec::with_capacity(16 + files.len() * 8);
     buf.extend_from_slice(MANIFEST_MAGIC);
     buf.extend_from_slice(&[0; 4]);
@@ -694,9 +718,10 @@ fn write_manifest(qdir: &Path, files: &[u64]) -> std::io::Result<()> {
         .write(true)
         .truncate(true)
         .open(&tmp)?;
-    f.write_all_at(&buf, 0)?;
+    out.set_len(&f, &tmp, 0)?;
+    out.write_at(&f, &tmp, &buf, 0)?;
     f.sync_data()?;
-    std::fs::rename(&tmp, qdir.join(MANIFEST))?;
+    out.rename(&tmp, &qdir.join(MANIFEST))?;
     sync_dir(&qdir.join(MANIFEST))
 }
 
@@ -955,7 +980,7 @@ mod tests {
     #[test]
     fn slots_written_before_arrivals_were_kept_still_load() {
         let dir = fresh("old-slots");
-        create_queue(&dir, 1).unwrap();
+        create_queue(&dir, 1, &Recorder::default()).unwrap();
         let (mut ix, _) = QueueIndexes::open(&dir, |_, _| true).unwrap();
         ix.put(1, &(0..4).map(slot).collect::<Vec<_>>()).unwrap();
         ix.sync().unwrap();
@@ -1075,7 +1100,7 @@ mod tests {
     /// Writes 100 slots in one batch, synced, and 50 in a second one a
     /// crash interrupts before its sync.
     fn two_batches(dir: &Path) -> PathBuf {
-        create_queue(dir, 1).unwrap();
+        create_queue(dir, 1, &Recorder::default()).unwrap();
         let (mut ix, _) = QueueIndexes::open(dir, |_, _| true).unwrap();
         ix.put(1, &(0..100).map(slot).collect::<Vec<_>>()).unwrap();
         ix.sync().unwrap();
@@ -1125,7 +1150,7 @@ mod tests {
     #[test]
     fn seqs_never_written_are_not_damage() {
         let dir = fresh("gaps");
-        create_queue(&dir, 1).unwrap();
+        create_queue(&dir, 1, &Recorder::default()).unwrap();
         let (mut ix, _) = QueueIndexes::open(&dir, |_, _| true).unwrap();
         ix.put(1, &(5..10).map(slot).collect::<Vec<_>>()).unwrap();
         ix.put(1, &(50..60).map(slot).collect::<Vec<_>>()).unwrap();

@@ -3,6 +3,7 @@
 //! index without reading bodies. Transient messages that were paged out,
 //! and entries of queues that no longer exist, are dropped here.
 
+use super::journal::{Recorder, SledTree, Tree};
 use super::persister::Persister;
 use super::queue_index::{self, QueueIndexes};
 use super::record::{self, BindingRecord, ExchangeRecord, MetaKind, QueueRecord};
@@ -49,6 +50,7 @@ struct QueueScan {
 pub(super) fn open(
     dir: &Path,
     config: &StorageConfig,
+    files: Recorder,
 ) -> Result<(Arc<Store>, Recovered), StoreError> {
     let started = Instant::now();
     std::fs::create_dir_all(dir).map_err(|source| StoreError::Io {
@@ -239,9 +241,11 @@ pub(super) fn open(
             )));
         }
     }
+    index.record_to(files.clone());
     index.finish_recovery().map_err(io(queue_dir.clone()))?;
     for queue_id in missing_dirs {
-        super::queue_index::create_queue(&queue_dir, queue_id).map_err(io(queue_dir.clone()))?;
+        super::queue_index::create_queue(&queue_dir, queue_id, &files)
+            .map_err(io(queue_dir.clone()))?;
     }
     for queue_id in index.queue_ids() {
         if !scans.contains_key(&queue_id) {
@@ -270,8 +274,8 @@ pub(super) fn open(
             record,
         });
     }
-    let segments =
-        Segments::open(&segment_dir, config.segment_size, live).map_err(io(segment_dir.clone()))?;
+    let segments = Segments::open(&segment_dir, config.segment_size, live, files.clone())
+        .map_err(io(segment_dir.clone()))?;
     let next_topology_version = topology_version(&meta).map_err(|e| damaged(e.to_string()))?;
 
     // From here on the store may change: a marker left behind would lie.
@@ -283,9 +287,14 @@ pub(super) fn open(
     let backlog = Arc::new(Backlog::new(config.persister_backlog));
     let fail_stop = Arc::new(super::fail_stop::FailStop::for_dir(dir, config));
     let (tx, rx) = std::sync::mpsc::channel();
+    let trees = vec![
+        (SledTree::Meta, meta.clone()),
+        (SledTree::Access, access.clone()),
+        (SledTree::Marks, marks.clone()),
+    ];
     let persister = Persister::new(
         db.clone(),
-        marks,
+        Tree::new(marks, SledTree::Marks, files.clone()),
         index,
         segments,
         delivered,
@@ -293,6 +302,7 @@ pub(super) fn open(
         entries,
         marker,
         fail_stop.clone(),
+        files.clone(),
     );
     let thread = std::thread::Builder::new()
         .name("leveret-persister".into())
@@ -308,8 +318,9 @@ pub(super) fn open(
         db,
         super::meta_writer::Trees {
             path: dir.to_owned(),
-            meta,
-            access,
+            meta: Tree::new(meta, SledTree::Meta, files.clone()),
+            access: Tree::new(access, SledTree::Access, files.clone()),
+            files: files.clone(),
         },
         next_topology_version,
     )
@@ -325,6 +336,8 @@ pub(super) fn open(
         fail_stop,
         meta_writer,
         damage,
+        files,
+        trees,
     };
     info!(
         path = %dir.display(),
@@ -559,7 +572,7 @@ mod tests {
                 .unwrap();
             db.flush().unwrap();
         }
-        let err = open(&dir, &StorageConfig::default())
+        let err = open(&dir, &StorageConfig::default(), Recorder::default())
             .err()
             .expect("refused");
         assert!(matches!(err, StoreError::Incompatible { .. }), "{err}");
@@ -579,7 +592,7 @@ mod tests {
             db.open_tree("marks").unwrap().insert(b"x", b"y").unwrap();
             db.flush().unwrap();
         }
-        let err = open(&dir, &StorageConfig::default())
+        let err = open(&dir, &StorageConfig::default(), Recorder::default())
             .err()
             .expect("refused");
         assert!(matches!(err, StoreError::Incompatible { .. }), "{err}");
@@ -589,11 +602,12 @@ mod tests {
     #[test]
     fn a_new_store_opens_empty_and_reopens() {
         let dir = temp_dir("new");
-        let (store, recovered) = open(&dir, &StorageConfig::default()).unwrap();
+        let (store, recovered) =
+            open(&dir, &StorageConfig::default(), Recorder::default()).unwrap();
         assert!(recovered.queues.is_empty() && recovered.exchanges.is_empty());
         store.close();
         drop(store);
-        let (store, _) = open(&dir, &StorageConfig::default()).unwrap();
+        let (store, _) = open(&dir, &StorageConfig::default(), Recorder::default()).unwrap();
         store.close();
         drop(store);
         std::fs::remove_dir_all(&dir).unwrap();

@@ -13,6 +13,7 @@
 //! crc32 u32 ‖ message`; start-up reads every record a queue points at
 //! ([`check`]), so a damaged body is found before anyone waits for it.
 
+use super::journal::Recorder;
 use super::record;
 use crate::message::Message;
 use std::collections::HashMap;
@@ -55,6 +56,7 @@ pub(crate) struct Segments {
     buffer: Vec<u8>,
     /// Segments finished since the last [`collect`](Self::collect).
     closed: Vec<u32>,
+    files: Recorder,
 }
 
 impl Segments {
@@ -65,6 +67,7 @@ impl Segments {
         dir: &Path,
         segment_size: u64,
         live: HashMap<u32, u64>,
+        files: Recorder,
     ) -> std::io::Result<Self> {
         std::fs::create_dir_all(dir)?;
         let mut highest = 0;
@@ -75,11 +78,11 @@ impl Segments {
             };
             highest = highest.max(n);
             if !live.contains_key(&n) {
-                std::fs::remove_file(&path)?;
+                files.remove_file(&path)?;
             }
         }
         let current = highest + 1;
-        let current_file = create_segment(dir, current)?;
+        let current_file = create_segment(dir, current, &files)?;
         Ok(Segments {
             dir: dir.to_owned(),
             segment_size: segment_size.max(1),
@@ -91,6 +94,7 @@ impl Segments {
             readers: HashMap::new(),
             buffer: Vec::new(),
             closed: Vec::new(),
+            files,
         })
     }
 
@@ -122,7 +126,9 @@ impl Segments {
         }
         let written = self.buffer.len();
         let at = self.current_len - written as u64;
-        self.current_file.write_all_at(&self.buffer, at)?;
+        let path = segment_path(&self.dir, self.current);
+        self.files
+            .write_at(&self.current_file, &path, &self.buffer, at)?;
         self.buffer.clear();
         if self.current_len > self.file_len {
             self.file_len = self.current_len;
@@ -139,6 +145,8 @@ impl Segments {
     /// that extends the segment also writes zeros ahead, and the next ones
     /// overwrite them. Big batches (a backlog filling) skip it: their sync
     /// is dominated by the data, and the zeros would double what they write.
+    /// Followers are not sent the zeros: a segment read back never looks
+    /// past its records.
     fn zero_ahead(&mut self) -> std::io::Result<()> {
         static ZEROS: [u8; 64 << 10] = [0; 64 << 10];
         let to = (self.file_len + ZERO_AHEAD).min(self.segment_size.max(self.file_len));
@@ -162,7 +170,8 @@ impl Segments {
             return Ok(());
         }
         self.readers.remove(&self.current);
-        self.current_file.set_len(HEADER)?;
+        let path = segment_path(&self.dir, self.current);
+        self.files.set_len(&self.current_file, &path, HEADER)?;
         self.current_len = HEADER;
         self.file_len = HEADER;
         Ok(())
@@ -184,7 +193,7 @@ impl Segments {
         self.sync()?;
         // Created before anything changes, so a failure leaves the
         // current segment as it was.
-        let next = create_segment(&self.dir, self.current + 1)?;
+        let next = create_segment(&self.dir, self.current + 1, &self.files)?;
         self.closed.push(self.current);
         self.current += 1;
         self.current_file = next;
@@ -225,7 +234,7 @@ impl Segments {
         self.live.remove(&segment);
         self.readers.remove(&segment);
         let path = segment_path(&self.dir, segment);
-        if let Err(e) = std::fs::remove_file(&path) {
+        if let Err(e) = self.files.remove_file(&path) {
             if e.kind() != std::io::ErrorKind::NotFound {
                 tracing::warn!(path = %path.display(), error = %e, "cannot delete a drained segment");
             }
@@ -269,13 +278,15 @@ impl Segments {
 }
 
 /// A new segment file holding its header, durable with its directory entry.
-fn create_segment(dir: &Path, segment: u32) -> std::io::Result<File> {
+fn create_segment(dir: &Path, segment: u32, files: &Recorder) -> std::io::Result<File> {
+    let path = segment_path(dir, segment);
     let f = OpenOptions::new()
         .create(true)
         .write(true)
         .truncate(true)
-        .open(segment_path(dir, segment))?;
-    f.write_all_at(&header(segment), 0)?;
+        .open(&path)?;
+    files.created(&path);
+    files.write_at(&f, &path, &header(segment), 0)?;
     f.sync_data()?;
     sync_dir(&segment_path(dir, segment))?;
     Ok(f)
@@ -400,7 +411,7 @@ mod tests {
     fn bodies_read_back_and_drained_segments_are_deleted() {
         let dir = std::env::temp_dir().join(format!("leveret-segments-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
-        let mut s = Segments::open(&dir, 1000, HashMap::new()).unwrap();
+        let mut s = Segments::open(&dir, 1000, HashMap::new(), Recorder::default()).unwrap();
         let locations: Vec<Location> = (0..30)
             .map(|n| s.append(&message(n * 10)).unwrap())
             .collect();
@@ -440,7 +451,7 @@ mod tests {
     fn small_batches_write_zeros_ahead_and_big_ones_do_not() {
         let dir = std::env::temp_dir().join(format!("leveret-zeros-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
-        let mut s = Segments::open(&dir, 64 << 20, HashMap::new()).unwrap();
+        let mut s = Segments::open(&dir, 64 << 20, HashMap::new(), Recorder::default()).unwrap();
         let file_len = |s: &Segments| {
             std::fs::metadata(segment_path(&dir, s.current))
                 .unwrap()

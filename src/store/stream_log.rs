@@ -37,8 +37,8 @@
 //! and a Bloom filter of its filter values, so a reader seeks without
 //! scanning and skips segments no entry of which can match its filter.
 
+use super::journal::Recorder;
 use std::fs::{File, OpenOptions};
-use std::io::Write;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -158,6 +158,8 @@ pub(crate) struct Opened {
 /// Appended entries on their way to disk (see [`StreamLog::take_pending`]).
 pub(crate) struct Pending {
     file: Arc<File>,
+    path: PathBuf,
+    files: Recorder,
     at: u64,
     bytes: Vec<u8>,
     /// One past the last entry in `bytes`.
@@ -167,8 +169,15 @@ pub(crate) struct Pending {
 impl Pending {
     /// Writes the entries and waits until they are on disk.
     pub(crate) fn write(&self) -> std::io::Result<()> {
-        self.file.write_all_at(&self.bytes, self.at)?;
+        self.files
+            .write_at(&self.file, &self.path, &self.bytes, self.at)?;
         self.file.sync_data()
+    }
+
+    /// Lets go of the written bytes, keeping where they went.
+    pub(crate) fn written(&mut self) {
+        self.at += self.bytes.len() as u64;
+        self.bytes = Vec::new();
     }
 
     /// One past the last entry it carries.
@@ -425,6 +434,7 @@ pub(crate) struct StreamLog {
     open: OpenChunk,
     /// One past the newest synced entry: what readers may see.
     synced_end: u64,
+    files: Recorder,
 }
 
 impl StreamLog {
@@ -466,6 +476,7 @@ impl StreamLog {
             buffer_at: 0,
             open: OpenChunk::default(),
             synced_end: 0,
+            files: Recorder::default(),
         };
         if log.segments.is_empty() {
             log.roll(0)?;
@@ -473,6 +484,15 @@ impl StreamLog {
         log.buffer_at = log.newest().len;
         log.synced_end = log.next_offset();
         Ok((log, opened))
+    }
+
+    /// From now on, records every write for followers.
+    pub(crate) fn record_to(&mut self, files: Recorder) {
+        self.files = files;
+    }
+
+    pub(crate) fn files(&self) -> &Recorder {
+        &self.files
     }
 
     fn newest(&self) -> &Segment {
@@ -648,6 +668,8 @@ impl StreamLog {
         self.buffer_at += self.buffer.len() as u64;
         Some(Pending {
             file: self.newest().file.clone(),
+            path: self.newest().path.clone(),
+            files: self.files.clone(),
             at,
             bytes: std::mem::take(&mut self.buffer),
             end_offset: self.next_offset(),
@@ -671,12 +693,14 @@ impl StreamLog {
     /// Starts a new segment whose first entry will be `first_offset`.
     fn roll(&mut self, first_offset: u64) -> std::io::Result<()> {
         let path = self.dir.join(format!("{first_offset:020}.seg"));
-        let mut file = OpenOptions::new()
+        let file = OpenOptions::new()
             .create_new(true)
             .read(true)
             .write(true)
             .open(&path)?;
-        file.write_all(&header(first_offset))?;
+        self.files.created(&path);
+        self.files
+            .write_at(&file, &path, &header(first_offset), 0)?;
         file.sync_all()?;
         File::open(&self.dir)?.sync_all()?;
         let mut segment = Segment::empty(path, file, first_offset);
@@ -860,7 +884,7 @@ impl StreamLog {
             drop += 1;
         }
         for s in self.segments.drain(..drop) {
-            std::fs::remove_file(&s.path)?;
+            self.files.remove_file(&s.path)?;
         }
         if drop > 0 {
             File::open(&self.dir)?.sync_all()?;
@@ -1196,6 +1220,7 @@ fn last_nonzero(file: &File, from: u64, to: u64) -> std::io::Result<Option<u64>>
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::io::Write;
 
     struct Dir(PathBuf);
     impl Dir {

@@ -68,7 +68,12 @@ fn decode(raw: &[u8]) -> Result<HashMap<String, u64>, &'static str> {
 
 /// Replaces the values stored in `file` of the stream in `dir`. Names
 /// are at most 255 bytes (longer ones are cut there).
-pub(crate) fn save(dir: &Path, file: &str, offsets: &[(String, u64)]) -> std::io::Result<()> {
+pub(crate) fn save(
+    dir: &Path,
+    file: &str,
+    offsets: &[(String, u64)],
+    files: &super::journal::Recorder,
+) -> std::io::Result<()> {
     let mut out = Vec::with_capacity(13 + offsets.len() * 32);
     out.extend_from_slice(MAGIC);
     out.push(VERSION);
@@ -82,8 +87,10 @@ pub(crate) fn save(dir: &Path, file: &str, offsets: &[(String, u64)]) -> std::io
     let crc = crc32fast::hash(&out);
     out.extend_from_slice(&crc.to_be_bytes());
     let tmp = dir.join(format!("{file}.new"));
-    std::fs::write(&tmp, &out)?;
-    std::fs::rename(&tmp, dir.join(file))
+    let f = std::fs::File::create(&tmp)?;
+    files.set_len(&f, &tmp, 0)?;
+    files.write_at(&f, &tmp, &out, 0)?;
+    files.rename(&tmp, &dir.join(file))
 }
 
 #[cfg(test)]
@@ -100,7 +107,7 @@ mod tests {
         std::fs::create_dir_all(&dir).unwrap();
         assert!(load(&dir, OFFSETS).unwrap().is_empty());
         let offsets = vec![("analytics".to_string(), 41), ("billing".to_string(), 7)];
-        save(&dir, OFFSETS, &offsets).unwrap();
+        save(&dir, OFFSETS, &offsets, &Default::default()).unwrap();
         let loaded = load(&dir, OFFSETS).unwrap();
         assert_eq!(loaded.len(), 2);
         assert_eq!(loaded["analytics"], 41);

@@ -10,6 +10,7 @@
 //! for good (`StreamFailed`): what it holds on disk is not known any more,
 //! and nothing is confirmed that might not be there.
 
+use super::journal::Recorder;
 use super::stream_log::{Pending, StreamLog};
 use super::Backlog;
 use parking_lot::{Mutex, RwLock};
@@ -113,16 +114,21 @@ pub(crate) struct StreamWriter {
     /// it, so publishers are held back (not read) while the writer is
     /// behind, as they are for the persister.
     backlog: Arc<Backlog>,
+    /// Writes the streams' files (and records them for followers).
+    files: Recorder,
 }
 
 impl StreamWriter {
-    pub(crate) fn start(backlog: Arc<Backlog>) -> std::io::Result<StreamWriter> {
+    pub(crate) fn start(backlog: Arc<Backlog>, files: Recorder) -> std::io::Result<StreamWriter> {
         let (tx, rx) = channel();
         let taken = backlog.clone();
         std::thread::Builder::new()
             .name("leveret-streams".into())
-            .spawn(move || run(rx, &taken))?;
-        Ok(StreamWriter { tx, backlog })
+            .spawn({
+                let files = files.clone();
+                move || run(rx, &taken, &files)
+            })?;
+        Ok(StreamWriter { tx, backlog, files })
     }
 
     /// Appends `entries` to `stream`; `done` is called (on the writer
@@ -138,6 +144,10 @@ impl StreamWriter {
                 (a.done)(Err(a.stream.failure("the stream writer has stopped")));
             }
         }
+    }
+
+    pub(crate) fn files(&self) -> &Recorder {
+        &self.files
     }
 
     /// Keeps `stream`'s retention applied while nothing is appended to it.
@@ -164,7 +174,7 @@ fn payload_bytes(entries: &[NewEntry]) -> usize {
 
 // The writer's own thread: waiting for work blocks no tokio worker.
 #[allow(clippy::disallowed_methods)]
-fn run(rx: Receiver<Job>, backlog: &Backlog) {
+fn run(rx: Receiver<Job>, backlog: &Backlog, files: &Recorder) {
     let mut batch = Vec::with_capacity(MAX_BATCH);
     let mut streams: Vec<Weak<Stream>> = Vec::new();
     let job = |job: Job, batch: &mut Vec<Append>, streams: &mut Vec<Weak<Stream>>| match job {
@@ -174,14 +184,17 @@ fn run(rx: Receiver<Job>, backlog: &Backlog) {
         }
         Job::Register(s) => streams.push(s),
         Job::Delete(s) => {
-            write_batch(batch);
-            let dir = s.log.read().dir().to_owned();
-            if let Err(e) = std::fs::remove_dir_all(&dir) {
+            write_batch(batch, files);
+            let (dir, files) = {
+                let log = s.log.read();
+                (log.dir().to_owned(), log.files().clone())
+            };
+            if let Err(e) = files.remove_dir_all(&dir) {
                 tracing::error!(stream = %s.name, dir = %dir.display(), error = %e, "could not remove a deleted stream's files");
             }
         }
         Job::Other(f) => {
-            write_batch(batch);
+            write_batch(batch, files);
             f();
         }
     };
@@ -200,7 +213,7 @@ fn run(rx: Receiver<Job>, backlog: &Backlog) {
                 Err(_) => break,
             }
         }
-        write_batch(&mut batch);
+        write_batch(&mut batch, files);
     }
 }
 
@@ -229,8 +242,12 @@ fn apply_retention(stream: &Stream) -> bool {
     true
 }
 
-/// Appends a batch, syncs each stream it touched once, then reports.
-fn write_batch(batch: &mut Vec<Append>) {
+/// Appends a batch, syncs each stream it touched once, then (in a
+/// cluster, once the followers hold it too) makes it readable and reports.
+fn write_batch(batch: &mut Vec<Append>, files: &Recorder) {
+    if batch.is_empty() {
+        return;
+    }
     let mut results: Vec<Result<u64, StreamFailed>> = Vec::with_capacity(batch.len());
     let mut touched: Vec<Arc<Stream>> = Vec::new();
     for a in batch.iter() {
@@ -239,18 +256,41 @@ fn write_batch(batch: &mut Vec<Append>) {
             touched.push(a.stream.clone());
         }
     }
+    let mut written = Vec::with_capacity(touched.len());
     for stream in &touched {
-        if let Err(e) = sync(stream) {
-            stream.failed.store(true, Ordering::Release);
-            tracing::error!(stream = %stream.name, error = %e, "a stream write failed: the stream takes no more messages");
+        match write(stream) {
+            Ok(Some(pending)) => written.push((stream.clone(), pending)),
+            Ok(None) => {}
+            Err(e) => {
+                stream.failed.store(true, Ordering::Release);
+                tracing::error!(stream = %stream.name, error = %e, "a stream write failed: the stream takes no more messages");
+            }
         }
     }
-    for (a, result) in batch.drain(..).zip(results) {
-        let result = match result {
-            Ok(_) if a.stream.has_failed() => Err(a.stream.failure("its write or fsync failed")),
-            other => other,
-        };
-        (a.done)(result);
+    let reports: Vec<(Appended, Result<u64, StreamFailed>)> = batch
+        .drain(..)
+        .zip(results)
+        .map(|(a, result)| {
+            let result = match result {
+                Ok(_) if a.stream.has_failed() => {
+                    Err(a.stream.failure("its write or fsync failed"))
+                }
+                other => other,
+            };
+            (a.done, result)
+        })
+        .collect();
+    files.after_replicated(move || {
+        for (stream, pending) in written {
+            stream.log.write().synced(&pending);
+            (stream.on_durable)(pending.end_offset());
+        }
+        for (done, result) in reports {
+            done(result);
+        }
+    });
+    for stream in &touched {
+        apply_retention(stream);
     }
 }
 
@@ -272,17 +312,14 @@ fn append(a: &Append) -> Result<u64, StreamFailed> {
     Ok(first)
 }
 
-/// Writes and fsyncs what the stream's log holds, outside its lock, then
-/// makes it readable and says so.
-fn sync(stream: &Stream) -> std::io::Result<()> {
-    let Some(pending): Option<Pending> = stream.log.write().take_pending() else {
-        return Ok(());
+/// Writes and fsyncs what the stream's log holds, outside its lock.
+fn write(stream: &Stream) -> std::io::Result<Option<Pending>> {
+    let Some(mut pending): Option<Pending> = stream.log.write().take_pending() else {
+        return Ok(None);
     };
     pending.write()?;
-    stream.log.write().synced(&pending);
-    (stream.on_durable)(pending.end_offset());
-    apply_retention(stream);
-    Ok(())
+    pending.written();
+    Ok(Some(pending))
 }
 
 // The tests wait on plain threads, not tokio workers.
@@ -327,7 +364,7 @@ mod tests {
         // A small limit, so the appends pass it: what they add, the writer
         // takes back, or publishers would be held back for good.
         let backlog = Arc::new(Backlog::new(64));
-        let writer = StreamWriter::start(backlog.clone()).unwrap();
+        let writer = StreamWriter::start(backlog.clone(), Recorder::default()).unwrap();
         let (tx, rx) = mpsc::channel();
         let threads: Vec<_> = (0..4u64)
             .map(|t| {
@@ -384,7 +421,8 @@ mod tests {
         let (log, _) = StreamLog::open(&path, 1 << 20).unwrap();
         let stream = Stream::new("s".into(), log, Retention::default(), Box::new(|_| {}));
         stream.failed.store(true, Ordering::Release);
-        let writer = StreamWriter::start(Arc::new(Backlog::new(usize::MAX))).unwrap();
+        let writer =
+            StreamWriter::start(Arc::new(Backlog::new(usize::MAX)), Recorder::default()).unwrap();
         let (tx, rx) = mpsc::channel();
         writer.append(
             stream.clone(),

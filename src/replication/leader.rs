@@ -1,0 +1,524 @@
+//! The leader's side: serves followers a copy of the store and then its
+//! journal, and releases durability promises once every in-sync follower
+//! (at least `min_insync` of them) acknowledged them.
+
+use super::wire::{self, Frame};
+use crate::store::journal::{Change, Journal, Lagged, SledTree};
+use bytes::Bytes;
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::io::{AsyncWriteExt, BufReader, BufWriter};
+use tokio::net::{TcpListener, TcpStream};
+use tracing::{info, warn};
+
+/// A follower that has not caught up with the journal's end for this long
+/// leaves the in-sync set (confirms stop waiting for it).
+pub(crate) const LAG_MAX: Duration = Duration::from_secs(10);
+/// Bytes of journal changes sent between marks.
+const MARK_EVERY: usize = 4 << 20;
+/// Most files a follower may list.
+const MAX_LISTED: usize = 1 << 20;
+/// A full copy sends pieces of this size that hold only zeros as a length.
+const ZERO_PIECE: usize = 64 << 10;
+/// How long a peer has to prove itself.
+const HANDSHAKE: Duration = Duration::from_secs(10);
+
+/// One follower as the leader sees it.
+#[derive(Debug, Clone)]
+pub(crate) struct Replica {
+    pub(crate) node: String,
+    pub(crate) peer: String,
+    /// Journal position it acknowledged as durable.
+    pub(crate) acked: u64,
+    /// Its copy is complete and it caught up with the journal's end at
+    /// `caught_up` (recently enough to count: in sync).
+    pub(crate) in_sync: bool,
+    pub(crate) caught_up: Option<Instant>,
+    pub(crate) bytes_sent: u64,
+}
+
+/// The followers, and the gate their acknowledgements open.
+pub(crate) struct Replicas {
+    journal: Arc<Journal>,
+    min_insync: usize,
+    followers: parking_lot::Mutex<HashMap<u64, Replica>>,
+    next_id: std::sync::atomic::AtomicU64,
+    /// Told the in-sync set whenever it changes (etcd records it).
+    on_isr: Box<dyn Fn(Vec<String>) + Send + Sync>,
+}
+
+impl Replicas {
+    pub(crate) fn new(
+        journal: Arc<Journal>,
+        min_insync: usize,
+        on_isr: Box<dyn Fn(Vec<String>) + Send + Sync>,
+    ) -> Arc<Replicas> {
+        let r = Arc::new(Replicas {
+            journal,
+            min_insync,
+            followers: parking_lot::Mutex::new(HashMap::new()),
+            next_id: std::sync::atomic::AtomicU64::new(1),
+            on_isr,
+        });
+        r.update();
+        r
+    }
+
+    pub(crate) fn journal(&self) -> &Arc<Journal> {
+        &self.journal
+    }
+
+    /// The followers now.
+    pub(crate) fn list(&self) -> Vec<Replica> {
+        let mut v: Vec<Replica> = self.followers.lock().values().cloned().collect();
+        v.sort_by(|a, b| a.node.cmp(&b.node));
+        v
+    }
+
+    pub(crate) fn in_sync(&self) -> Vec<String> {
+        self.list()
+            .into_iter()
+            .filter(|r| r.in_sync)
+            .map(|r| r.node)
+            .collect()
+    }
+
+    /// Recomputes the in-sync set and what it holds, releasing promises.
+    fn update(&self) {
+        let (isr_changed, isr, replicated) = {
+            let mut followers = self.followers.lock();
+            let mut changed = false;
+            for r in followers.values_mut() {
+                let fresh = r.caught_up.is_some_and(|t| t.elapsed() < LAG_MAX);
+                if r.in_sync != fresh {
+                    r.in_sync = fresh;
+                    changed = true;
+                }
+            }
+            let acks: Vec<u64> = followers
+                .values()
+                .filter(|r| r.in_sync)
+                .map(|r| r.acked)
+                .collect();
+            let replicated = if acks.len() < self.min_insync {
+                // Too few copies: promises wait (as a quorum queue without
+                // a majority does).
+                None
+            } else {
+                Some(acks.into_iter().min().unwrap_or(u64::MAX))
+            };
+            let mut isr: Vec<String> = followers
+                .values()
+                .filter(|r| r.in_sync)
+                .map(|r| r.node.clone())
+                .collect();
+            isr.sort();
+            (changed, isr, replicated)
+        };
+        if isr_changed {
+            info!(in_sync = ?isr, "the in-sync replica set changed");
+            (self.on_isr)(isr);
+        }
+        if let Some(p) = replicated {
+            self.journal.replicated_to(p);
+        }
+    }
+
+    fn join(&self, node: &str, peer: String) -> u64 {
+        let id = self
+            .next_id
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.followers.lock().insert(
+            id,
+            Replica {
+                node: node.to_string(),
+                peer,
+                acked: 0,
+                in_sync: false,
+                caught_up: None,
+                bytes_sent: 0,
+            },
+        );
+        id
+    }
+
+    fn leave(&self, id: u64) {
+        if let Some(r) = self.followers.lock().remove(&id) {
+            info!(node = %r.node, peer = %r.peer, acked = r.acked, "a follower left");
+        }
+        self.update();
+    }
+
+    /// A follower acknowledged `position`; `end_when_sent` was the
+    /// journal's end when that mark was sent.
+    fn acked(&self, id: u64, position: u64, caught_up: bool) {
+        if let Some(r) = self.followers.lock().get_mut(&id) {
+            r.acked = r.acked.max(position);
+            if caught_up {
+                r.caught_up = Some(Instant::now());
+            }
+        }
+        self.update();
+    }
+
+    fn sent(&self, id: u64, bytes: u64) {
+        if let Some(r) = self.followers.lock().get_mut(&id) {
+            r.bytes_sent += bytes;
+        }
+    }
+
+    /// Drops followers that stopped keeping up (called now and then).
+    pub(crate) fn tick(&self) {
+        self.update();
+    }
+}
+
+/// Accepts followers on `listener` until the task is dropped.
+pub(crate) async fn serve(
+    listener: TcpListener,
+    replicas: Arc<Replicas>,
+    secret: Arc<[u8]>,
+    sled: Vec<(SledTree, sled::Tree)>,
+) {
+    let sled = Arc::new(sled);
+    let ticker = {
+        let replicas = replicas.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                replicas.tick();
+            }
+        })
+    };
+    let _ticker = AbortOnDrop(ticker);
+    loop {
+        let Ok((stream, peer)) = listener.accept().await else {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            continue;
+        };
+        let (replicas, secret, sled) = (replicas.clone(), secret.clone(), sled.clone());
+        tokio::spawn(async move {
+            if let Err(e) =
+                serve_follower(stream, peer.to_string(), &replicas, &secret, &sled).await
+            {
+                warn!(peer = %peer, error = %e, "a follower's replication ended");
+            }
+        });
+    }
+}
+
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+enum ServeError {
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+    #[error("{0}")]
+    Wire(#[from] wire::WireError),
+    #[error("{0}")]
+    Protocol(&'static str),
+    #[error("sled: {0}")]
+    Sled(#[from] sled::Error),
+}
+
+async fn serve_follower(
+    stream: TcpStream,
+    peer: String,
+    replicas: &Arc<Replicas>,
+    secret: &[u8],
+    sled: &[(SledTree, sled::Tree)],
+) -> Result<(), ServeError> {
+    stream.set_nodelay(true)?;
+    let (r, w) = stream.into_split();
+    let mut r = BufReader::new(r);
+    let mut w = BufWriter::with_capacity(1 << 20, w);
+    let nonce = super::nonce();
+    wire::write(&mut w, &Frame::Challenge { nonce }).await?;
+    w.flush().await?;
+    let hello = tokio::time::timeout(HANDSHAKE, wire::read(&mut r))
+        .await
+        .map_err(|_| ServeError::Protocol("no hello in time"))??;
+    let Frame::Hello {
+        node,
+        proof,
+        nonce: theirs,
+    } = hello
+    else {
+        return Err(ServeError::Protocol("expected a hello"));
+    };
+    if !super::same(&proof, &super::hmac(secret, &[b"follower", &nonce])) {
+        return Err(ServeError::Protocol(
+            "the follower does not know the secret",
+        ));
+    }
+    wire::write(
+        &mut w,
+        &Frame::Welcome {
+            proof: super::hmac(secret, &[b"leader", &theirs]),
+        },
+    )
+    .await?;
+    w.flush().await?;
+    let mut theirs: HashMap<Arc<str>, (u64, [u8; 32])> = HashMap::new();
+    loop {
+        match wire::read(&mut r).await? {
+            Frame::File { path, len, sha256 } => {
+                if theirs.len() >= MAX_LISTED {
+                    return Err(ServeError::Protocol("too many files listed"));
+                }
+                theirs.insert(path, (len, sha256));
+            }
+            Frame::FilesEnd => break,
+            _ => return Err(ServeError::Protocol("expected a file list")),
+        }
+    }
+    let id = replicas.join(&node, peer.clone());
+    info!(node = %node, peer = %peer, "a follower joined; copying the store to it");
+    let result = replicate(r, &mut w, id, replicas, theirs, sled).await;
+    replicas.leave(id);
+    result
+}
+
+async fn replicate(
+    r: BufReader<tokio::net::tcp::OwnedReadHalf>,
+    w: &mut BufWriter<tokio::net::tcp::OwnedWriteHalf>,
+    id: u64,
+    replicas: &Arc<Replicas>,
+    theirs: HashMap<Arc<str>, (u64, [u8; 32])>,
+    sled: &[(SledTree, sled::Tree)],
+) -> Result<(), ServeError> {
+    let journal = replicas.journal().clone();
+    // From here on every change is also streamed: whatever the copy below
+    // reads, replaying these over it ends at the leader's state.
+    let start = journal.end();
+    let mut frames = Vec::new();
+    copy_files(journal.root().to_owned(), theirs, w, replicas, id).await?;
+    for (tree, t) in sled {
+        frames.push(Frame::SledClear(*tree));
+        for item in t.iter() {
+            let (k, v) = item?;
+            frames.push(Frame::Change(Change::Sled {
+                tree: *tree,
+                key: Bytes::copy_from_slice(&k),
+                value: Some(Bytes::copy_from_slice(&v)),
+            }));
+        }
+    }
+    send(w, &frames).await?;
+    frames.clear();
+    let mut position = start;
+    // Marks in flight: position → was the journal's end when sent.
+    let (acks_tx, mut acks_rx) = tokio::sync::mpsc::unbounded_channel();
+    let mut reader = ReaderTask::spawn(r, acks_tx);
+    let mut copied = true;
+    loop {
+        let changes = match journal.read(position, MARK_EVERY) {
+            Ok(c) => c,
+            Err(Lagged) => {
+                return Err(ServeError::Protocol("the follower fell behind the journal"))
+            }
+        };
+        let mut bytes = 0u64;
+        for change in &changes {
+            if let Change::Write { bytes: b, .. } = change {
+                bytes += b.len() as u64;
+            }
+        }
+        position += changes.len() as u64;
+        for change in changes {
+            wire::split(change, &mut frames);
+        }
+        let caught_up = position >= journal.end();
+        frames.push(Frame::Mark {
+            position,
+            copied: std::mem::take(&mut copied),
+        });
+        send(w, &frames).await?;
+        frames.clear();
+        replicas.sent(id, bytes);
+        reader.expect(position, caught_up);
+        // Wait for more to send, while taking acknowledgements.
+        loop {
+            tokio::select! {
+                biased;
+                ack = acks_rx.recv() => match ack {
+                    Some(Ok(acked)) => {
+                        let caught_up = reader.settle(acked);
+                        replicas.acked(id, acked, caught_up);
+                    }
+                    Some(Err(e)) => return Err(e),
+                    None => return Err(ServeError::Protocol("the follower left")),
+                },
+                () = journal.wait_past(position) => break,
+            }
+        }
+    }
+}
+
+/// Reads a follower's acknowledgements.
+struct ReaderTask {
+    /// Marks sent: (position, caught up when sent).
+    marks: std::collections::VecDeque<(u64, bool)>,
+    _task: AbortOnDrop,
+}
+
+impl ReaderTask {
+    fn spawn(
+        mut r: BufReader<tokio::net::tcp::OwnedReadHalf>,
+        acks: tokio::sync::mpsc::UnboundedSender<Result<u64, ServeError>>,
+    ) -> ReaderTask {
+        let task = tokio::spawn(async move {
+            loop {
+                let result = match wire::read(&mut r).await {
+                    Ok(Frame::Ack { position }) => Ok(position),
+                    Ok(_) => Err(ServeError::Protocol("expected an ack")),
+                    Err(e) => Err(e.into()),
+                };
+                let failed = result.is_err();
+                if acks.send(result).is_err() || failed {
+                    return;
+                }
+            }
+        });
+        ReaderTask {
+            marks: Default::default(),
+            _task: AbortOnDrop(task),
+        }
+    }
+
+    fn expect(&mut self, position: u64, caught_up: bool) {
+        self.marks.push_back((position, caught_up));
+    }
+
+    /// Whether the acknowledged mark was sent with the journal drained.
+    fn settle(&mut self, acked: u64) -> bool {
+        let mut caught_up = false;
+        while self.marks.front().is_some_and(|(p, _)| *p <= acked) {
+            if let Some((_, c)) = self.marks.pop_front() {
+                caught_up = c;
+            }
+        }
+        caught_up
+    }
+}
+
+async fn send(
+    w: &mut BufWriter<tokio::net::tcp::OwnedWriteHalf>,
+    frames: &[Frame],
+) -> std::io::Result<()> {
+    let mut out = bytes::BytesMut::new();
+    for frame in frames {
+        out.clear();
+        wire::encode(frame, &mut out);
+        w.write_all(&out).await?;
+    }
+    w.flush().await
+}
+
+/// Sends what the follower's copy lacks of each replicated file, and
+/// removes what the leader no longer has.
+async fn copy_files(
+    root: PathBuf,
+    mut theirs: HashMap<Arc<str>, (u64, [u8; 32])>,
+    w: &mut BufWriter<tokio::net::tcp::OwnedWriteHalf>,
+    replicas: &Replicas,
+    id: u64,
+) -> Result<(), ServeError> {
+    let listing = {
+        let root = root.clone();
+        tokio::task::spawn_blocking(move || super::files(&root))
+            .await
+            .map_err(|_| ServeError::Protocol("listing failed"))??
+    };
+    let (mut same, mut sent_files, mut bytes_sent) = (0u64, 0u64, 0u64);
+    for (rel, path) in listing {
+        let key: Arc<str> = rel.as_str().into();
+        let known = theirs.remove(&key);
+        let prefix = known.map(|(len, _)| len);
+        let p = path.clone();
+        let Ok(Ok((len, sha, at_prefix))) =
+            tokio::task::spawn_blocking(move || super::digest(&p, prefix)).await
+        else {
+            // Deleted since listed: the journal says so too.
+            continue;
+        };
+        let from = match known {
+            Some((their_len, their_sha)) if their_len == len && their_sha == sha => {
+                same += 1;
+                continue;
+            }
+            Some((their_len, their_sha)) if at_prefix == Some(their_sha) => their_len,
+            _ => 0,
+        };
+        let mut frames = vec![Frame::Change(Change::SetLen {
+            path: key.clone(),
+            len: from,
+        })];
+        let file = std::fs::File::open(&path);
+        let Ok(file) = file else { continue };
+        let mut at = from;
+        let file = Arc::new(file);
+        while at < len {
+            let n = ((len - at) as usize).min(wire::MAX_WRITE);
+            let f = file.clone();
+            let chunk = tokio::task::spawn_blocking(move || {
+                let mut buf = vec![0u8; n];
+                use std::os::unix::fs::FileExt;
+                f.read_exact_at(&mut buf, at).map(|()| buf)
+            })
+            .await
+            .map_err(|_| ServeError::Protocol("read failed"))?;
+            let Ok(chunk) = chunk else { break };
+            // Zeros written ahead (see `Segments::zero_ahead`) travel as a
+            // length: the follower's file grows with zeros.
+            let chunk = Bytes::from(chunk);
+            let mut piece_at = 0;
+            while piece_at < chunk.len() {
+                let end = (piece_at + ZERO_PIECE).min(chunk.len());
+                let piece = chunk.slice(piece_at..end);
+                let offset = at + piece_at as u64;
+                if piece.iter().all(|b| *b == 0) {
+                    frames.push(Frame::Change(Change::SetLen {
+                        path: key.clone(),
+                        len: offset + piece.len() as u64,
+                    }));
+                } else {
+                    bytes_sent += piece.len() as u64;
+                    frames.push(Frame::Change(Change::Write {
+                        path: key.clone(),
+                        at: offset,
+                        bytes: piece,
+                    }));
+                }
+                piece_at = end;
+            }
+            send(w, &frames).await?;
+            frames.clear();
+            at += n as u64;
+        }
+        send(w, &frames).await?;
+        sent_files += 1;
+    }
+    let removed: Vec<Frame> = theirs
+        .into_keys()
+        .map(|path| Frame::Change(Change::Remove { path }))
+        .collect();
+    send(w, &removed).await?;
+    replicas.sent(id, bytes_sent);
+    info!(
+        unchanged = same,
+        sent = sent_files,
+        removed = removed.len(),
+        bytes = bytes_sent,
+        "copied the store's files to a follower"
+    );
+    Ok(())
+}

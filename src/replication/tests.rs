@@ -1,0 +1,234 @@
+//! A leader broker serving AMQP with a follower copying its store over
+//! TCP; the follower's directory, opened as a broker, holds every
+//! confirmed message and durable object.
+
+use super::follower::{follow_until, FollowerState};
+use super::leader::{serve, Replicas};
+use crate::store::journal::Journal;
+use crate::Broker;
+use lapin::options::*;
+use lapin::types::FieldTable;
+use lapin::{BasicProperties, Connection, ConnectionProperties};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+fn temp(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!(
+        "leveret-replication-{name}-{}-{}",
+        std::process::id(),
+        rand::random::<u32>()
+    ));
+    let _ = std::fs::remove_dir_all(&dir);
+    dir
+}
+
+fn config(dir: &std::path::Path) -> crate::Config {
+    let mut config = crate::Config::default();
+    config.server.data_dir = dir.to_owned();
+    config
+}
+
+struct Follower {
+    stop: tokio::sync::watch::Sender<bool>,
+    task: tokio::task::JoinHandle<()>,
+    state: Arc<parking_lot::Mutex<FollowerState>>,
+}
+
+fn start_follower(leader: String, dir: PathBuf) -> Follower {
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let state = Arc::new(parking_lot::Mutex::new(FollowerState::default()));
+    let task = tokio::spawn(follow_until(
+        leader,
+        Arc::from(&b"secret"[..]),
+        "b".into(),
+        dir,
+        state.clone(),
+        stopped,
+    ));
+    Follower { stop, task, state }
+}
+
+impl Follower {
+    async fn stop(self) {
+        let _ = self.stop.send(true);
+        let _ = self.task.await;
+    }
+}
+
+async fn publish(channel: &lapin::Channel, queue: &str, n: usize, tag: &str) {
+    let mut confirms = Vec::new();
+    for i in 0..n {
+        confirms.push(
+            channel
+                .basic_publish(
+                    "".into(),
+                    queue.into(),
+                    BasicPublishOptions::default(),
+                    format!("{tag}-{i}").as_bytes(),
+                    BasicProperties::default().with_delivery_mode(2),
+                )
+                .await
+                .unwrap(),
+        );
+    }
+    for c in confirms {
+        assert!(c.await.unwrap().is_ack());
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_follower_holds_every_confirmed_message_and_object() {
+    let (leader_dir, follower_dir) = (temp("leader"), temp("follower"));
+    let journal = Journal::new(&leader_dir, 64 << 20);
+    let broker = Broker::open_replicated(config(&leader_dir), Some(journal.clone())).unwrap();
+    let replicas = Replicas::new(journal, 1, Box::new(|_| {}));
+    let repl = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let repl_addr = repl.local_addr().unwrap().to_string();
+    let server = tokio::spawn(serve(
+        repl,
+        replicas.clone(),
+        Arc::from(&b"secret"[..]),
+        broker.store.trees.clone(),
+    ));
+    let amqp = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let uri = format!("amqp://guest:guest@{}/%2f", amqp.local_addr().unwrap());
+    let (shutdown, shut) = tokio::sync::oneshot::channel::<()>();
+    let serving = tokio::spawn(crate::serve(amqp, None, broker, async {
+        let _ = shut.await;
+    }));
+
+    let conn = Connection::connect(&uri, ConnectionProperties::default())
+        .await
+        .unwrap();
+    let ch = conn.create_channel().await.unwrap();
+    ch.confirm_select(ConfirmSelectOptions::default())
+        .await
+        .unwrap();
+
+    // With no follower in sync, a durable declare and a confirm wait.
+    let declare = ch.queue_declare(
+        "orders".into(),
+        QueueDeclareOptions {
+            durable: true,
+            ..Default::default()
+        },
+        FieldTable::default(),
+    );
+    let waited = tokio::time::timeout(Duration::from_millis(500), declare).await;
+    assert!(
+        waited.is_err(),
+        "declare-ok came before any follower held it"
+    );
+
+    let follower = start_follower(repl_addr.clone(), follower_dir.clone());
+    // Now it arrives (the declare future was dropped; declare again).
+    let ch = conn.create_channel().await.unwrap();
+    ch.confirm_select(ConfirmSelectOptions::default())
+        .await
+        .unwrap();
+    tokio::time::timeout(
+        Duration::from_secs(20),
+        ch.queue_declare(
+            "orders".into(),
+            QueueDeclareOptions {
+                durable: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        ),
+    )
+    .await
+    .expect("declare-ok once the follower holds the queue")
+    .unwrap();
+    publish(&ch, "orders", 500, "a").await;
+    // Take and ack 100: they must not come back on the follower.
+    for _ in 0..100 {
+        let got = ch
+            .basic_get("orders".into(), BasicGetOptions::default())
+            .await
+            .unwrap()
+            .expect("a message");
+        got.ack(BasicAckOptions::default()).await.unwrap();
+    }
+    // Ensure the acks reached the store before the copy is checked.
+    ch.queue_declare(
+        "sync-point".into(),
+        QueueDeclareOptions {
+            durable: true,
+            ..Default::default()
+        },
+        FieldTable::default(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(replicas.in_sync(), vec!["b".to_string()]);
+
+    // The follower stops; meanwhile more is published (min_insync 1, so
+    // it waits) ... then the follower comes back and catches up with
+    // only what differs.
+    let first_copy = follower.state.lock().copy_bytes;
+    follower.stop().await;
+    let pending = {
+        let ch = ch.clone();
+        tokio::spawn(async move { publish(&ch, "orders", 200, "b").await })
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(!pending.is_finished(), "confirmed without a follower");
+    let follower = start_follower(repl_addr, follower_dir.clone());
+    tokio::time::timeout(Duration::from_secs(20), pending)
+        .await
+        .expect("confirmed once the follower is back")
+        .unwrap();
+    let second_copy = follower.state.lock().copy_bytes;
+    let store_bytes: u64 = super::files(&leader_dir)
+        .unwrap()
+        .iter()
+        .map(|(_, p)| std::fs::metadata(p).unwrap().len())
+        .sum();
+    assert!(
+        second_copy * 4 < store_bytes,
+        "the second copy sent only what differed: {second_copy} of {store_bytes} bytes (first copy {first_copy})"
+    );
+    follower.stop().await;
+    conn.close(200, "bye".into()).await.unwrap();
+    let _ = shutdown.send(());
+    serving.await.unwrap();
+    server.abort();
+
+    // The follower's copy, opened as a broker after the leader is gone.
+    let promoted = Broker::open(config(&follower_dir)).unwrap();
+    let amqp = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let uri = format!("amqp://guest:guest@{}/%2f", amqp.local_addr().unwrap());
+    let (shutdown, shut) = tokio::sync::oneshot::channel::<()>();
+    let serving = tokio::spawn(crate::serve(amqp, None, promoted, async {
+        let _ = shut.await;
+    }));
+    let conn = Connection::connect(&uri, ConnectionProperties::default())
+        .await
+        .unwrap();
+    let ch = conn.create_channel().await.unwrap();
+    let q = ch
+        .queue_declare(
+            "orders".into(),
+            QueueDeclareOptions {
+                passive: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(q.message_count(), 600, "400 left of a, all 200 of b");
+    let first = ch
+        .basic_get("orders".into(), BasicGetOptions { no_ack: true })
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(first.delivery.data, b"a-100");
+    conn.close(200, "bye".into()).await.unwrap();
+    let _ = shutdown.send(());
+    serving.await.unwrap();
+    let _ = std::fs::remove_dir_all(&leader_dir);
+    let _ = std::fs::remove_dir_all(&follower_dir);
+}
