@@ -151,6 +151,30 @@ async fn a_follower_holds_every_confirmed_message_and_object() {
             .expect("a message");
         got.ack(BasicAckOptions::default()).await.unwrap();
     }
+    // Delivered and never acknowledged: it comes back redelivered.
+    let unacked = ch
+        .basic_get("orders".into(), BasicGetOptions::default())
+        .await
+        .unwrap()
+        .expect("a message");
+    assert_eq!(unacked.delivery.data, b"a-100");
+    // A stream, written by the stream writer.
+    let mut args = FieldTable::default();
+    args.insert(
+        "x-queue-type".into(),
+        lapin::types::AMQPValue::LongString("stream".into()),
+    );
+    ch.queue_declare(
+        "events".into(),
+        QueueDeclareOptions {
+            durable: true,
+            ..Default::default()
+        },
+        args,
+    )
+    .await
+    .unwrap();
+    publish(&ch, "events", 50, "e").await;
     // Ensure the acks reached the store before the copy is checked.
     ch.queue_declare(
         "sync-point".into(),
@@ -226,6 +250,40 @@ async fn a_follower_holds_every_confirmed_message_and_object() {
         .unwrap()
         .unwrap();
     assert_eq!(first.delivery.data, b"a-100");
+    assert!(first.delivery.redelivered, "delivered before the failover");
+    let second = ch
+        .basic_get("orders".into(), BasicGetOptions { no_ack: true })
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(second.delivery.data, b"a-101");
+    assert!(!second.delivery.redelivered, "never delivered");
+    // The stream, read from its start.
+    ch.basic_qos(100, BasicQosOptions::default()).await.unwrap();
+    let mut args = FieldTable::default();
+    args.insert(
+        "x-stream-offset".into(),
+        lapin::types::AMQPValue::LongString("first".into()),
+    );
+    let mut consumer = ch
+        .basic_consume(
+            "events".into(),
+            "replay".into(),
+            BasicConsumeOptions::default(),
+            args,
+        )
+        .await
+        .unwrap();
+    use futures_lite::StreamExt;
+    for i in 0..50 {
+        let d = tokio::time::timeout(Duration::from_secs(10), consumer.next())
+            .await
+            .expect("the stream's entries")
+            .unwrap()
+            .unwrap();
+        assert_eq!(d.data, format!("e-{i}").as_bytes());
+        d.ack(BasicAckOptions::default()).await.unwrap();
+    }
     conn.close(200, "bye".into()).await.unwrap();
     let _ = shutdown.send(());
     serving.await.unwrap();

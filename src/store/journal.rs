@@ -374,7 +374,6 @@ impl Tree {
     pub(crate) fn scan_prefix(&self, prefix: impl AsRef<[u8]>) -> sled::Iter {
         self.tree.scan_prefix(prefix)
     }
-
 }
 
 #[cfg(test)]
