@@ -278,6 +278,26 @@ impl Recorder {
         Ok(())
     }
 
+    /// As `write_at`, naming the file only when it is recorded (the hot
+    /// paths write every batch: no path is built for a single node).
+    pub(crate) fn write_at_with(
+        &self,
+        file: &File,
+        bytes: &[u8],
+        at: u64,
+        path: impl FnOnce() -> PathBuf,
+    ) -> std::io::Result<()> {
+        file.write_all_at(bytes, at)?;
+        if self.0.is_some() {
+            self.record(&path(), |path| Change::Write {
+                path,
+                at,
+                bytes: Bytes::copy_from_slice(bytes),
+            });
+        }
+        Ok(())
+    }
+
     pub(crate) fn set_len(&self, file: &File, path: &Path, len: u64) -> std::io::Result<()> {
         file.set_len(len)?;
         self.record(path, |path| Change::SetLen { path, len });

@@ -368,9 +368,7 @@ impl QueueIndexes {
     }
 
     fn path(&self, queue_id: u32, file_no: u64) -> PathBuf {
-        self.dir
-            .join(format!("{queue_id:08}"))
-            .join(format!("{file_no:08}.idx"))
+        index_path(&self.dir, queue_id, file_no)
     }
 
     fn file(&mut self, queue_id: u32, file_no: u64, create: bool) -> std::io::Result<&File> {
@@ -449,13 +447,13 @@ impl QueueIndexes {
                 buf.extend_from_slice(&encode(s));
             }
             buf.resize((zeros_to - start) as usize * SLOT, 0);
-            let path = self.path(queue_id, file_no);
             self.file(queue_id, file_no, true)?;
-            self.files_out.write_at(
+            let dir = &self.dir;
+            self.files_out.write_at_with(
                 &self.open[&(queue_id, file_no)],
-                &path,
                 &buf,
                 (start + 1) * SLOT as u64,
+                || index_path(dir, queue_id, file_no),
             )?;
             let state = self.files.entry((queue_id, file_no)).or_default();
             state.live += (j - i) as u64;
@@ -519,9 +517,11 @@ impl QueueIndexes {
                 continue;
             }
             // Slots between the acknowledged ones are written back unchanged.
-            let path = self.path(queue_id, file_no);
+            let dir = &self.dir;
             self.files_out
-                .write_at(f, &path, &buf[..n], (first + 1) * SLOT as u64)?;
+                .write_at_with(f, &buf[..n], (first + 1) * SLOT as u64, || {
+                    index_path(dir, queue_id, file_no)
+                })?;
             if let Some(state) = self.files.get_mut(&(queue_id, file_no)) {
                 state.live = state.live.saturating_sub(changed);
             }
@@ -628,12 +628,13 @@ impl QueueIndexes {
             };
             state.synced = state.written;
             if state.sealed < state.synced {
-                let path = self
-                    .dir
-                    .join(format!("{:08}", key.0))
-                    .join(format!("{:08}.idx", key.1));
-                self.files_out
-                    .write_at(f, &path, &encode_header(key.0, key.1, state.synced), 0)?;
+                let dir = &self.dir;
+                self.files_out.write_at_with(
+                    f,
+                    &encode_header(key.0, key.1, state.synced),
+                    0,
+                    || index_path(dir, key.0, key.1),
+                )?;
                 state.sealed = state.synced;
                 state.header_unsynced = true;
             }
@@ -695,6 +696,10 @@ pub(crate) fn create_queue(dir: &Path, queue_id: u32, files: &Recorder) -> std::
 #[cfg(test)]
 pub(crate) fn manifest_path(dir: &Path, queue_id: u32) -> PathBuf {
     queue_dir(dir, queue_id).join(MANIFEST)
+}
+
+fn index_path(dir: &Path, queue_id: u32, file_no: u64) -> PathBuf {
+    queue_dir(dir, queue_id).join(format!("{file_no:08}.idx"))
 }
 
 fn queue_dir(dir: &Path, queue_id: u32) -> PathBuf {

@@ -126,9 +126,11 @@ impl Segments {
         }
         let written = self.buffer.len();
         let at = self.current_len - written as u64;
-        let path = segment_path(&self.dir, self.current);
+        let (dir, current) = (&self.dir, self.current);
         self.files
-            .write_at(&self.current_file, &path, &self.buffer, at)?;
+            .write_at_with(&self.current_file, &self.buffer, at, || {
+                segment_path(dir, current)
+            })?;
         self.buffer.clear();
         if self.current_len > self.file_len {
             self.file_len = self.current_len;
