@@ -39,28 +39,48 @@ pub(crate) struct Replica {
     pub(crate) bytes_sent: u64,
 }
 
+/// Records an in-sync set (in etcd); resolves to whether it was recorded.
+pub(crate) type RecordIsr = Box<
+    dyn Fn(Vec<String>) -> std::pin::Pin<Box<dyn std::future::Future<Output = bool> + Send>>
+        + Send
+        + Sync,
+>;
+
 /// The followers, and the gate their acknowledgements open.
+///
+/// Kafka's rule, which makes any recorded in-sync follower a safe next
+/// leader: a promise waits for every follower in the in-sync set, and for
+/// at least `min_insync` of them. A follower joins the set once it caught
+/// up; one that falls behind (or leaves) stops being waited for only once
+/// the smaller set is recorded, since until then it may be elected.
 pub(crate) struct Replicas {
     journal: Arc<Journal>,
     min_insync: usize,
-    followers: parking_lot::Mutex<HashMap<u64, Replica>>,
+    state: parking_lot::Mutex<State>,
     next_id: std::sync::atomic::AtomicU64,
-    /// Told the in-sync set whenever it changes (etcd records it).
-    on_isr: Box<dyn Fn(Vec<String>) + Send + Sync>,
+    record_isr: RecordIsr,
+}
+
+#[derive(Default)]
+struct State {
+    followers: HashMap<u64, Replica>,
+    /// The in-sync set as last recorded, and as last asked to be.
+    recorded: Vec<String>,
+    requested: Option<Vec<String>>,
 }
 
 impl Replicas {
     pub(crate) fn new(
         journal: Arc<Journal>,
         min_insync: usize,
-        on_isr: Box<dyn Fn(Vec<String>) + Send + Sync>,
+        record_isr: RecordIsr,
     ) -> Arc<Replicas> {
         let r = Arc::new(Replicas {
             journal,
             min_insync,
-            followers: parking_lot::Mutex::new(HashMap::new()),
+            state: parking_lot::Mutex::new(State::default()),
             next_id: std::sync::atomic::AtomicU64::new(1),
-            on_isr,
+            record_isr,
         });
         r.update();
         r
@@ -72,57 +92,83 @@ impl Replicas {
 
     /// The followers now.
     pub(crate) fn list(&self) -> Vec<Replica> {
-        let mut v: Vec<Replica> = self.followers.lock().values().cloned().collect();
+        let mut v: Vec<Replica> = self.state.lock().followers.values().cloned().collect();
         v.sort_by(|a, b| a.node.cmp(&b.node));
         v
     }
 
+    /// The in-sync set as last recorded.
     pub(crate) fn in_sync(&self) -> Vec<String> {
-        self.list()
-            .into_iter()
-            .filter(|r| r.in_sync)
-            .map(|r| r.node)
-            .collect()
+        self.state.lock().recorded.clone()
     }
 
     /// Recomputes the in-sync set and what it holds, releasing promises.
-    fn update(&self) {
-        let (isr_changed, isr, replicated) = {
-            let mut followers = self.followers.lock();
-            let mut changed = false;
-            for r in followers.values_mut() {
-                let fresh = r.caught_up.is_some_and(|t| t.elapsed() < LAG_MAX);
-                if r.in_sync != fresh {
-                    r.in_sync = fresh;
-                    changed = true;
-                }
+    fn update(self: &Arc<Self>) {
+        let (request, replicated) = {
+            let mut st = self.state.lock();
+            for r in st.followers.values_mut() {
+                r.in_sync = r.caught_up.is_some_and(|t| t.elapsed() < LAG_MAX);
             }
-            let acks: Vec<u64> = followers
-                .values()
-                .filter(|r| r.in_sync)
-                .map(|r| r.acked)
-                .collect();
-            let replicated = if acks.len() < self.min_insync {
-                // Too few copies: promises wait (as a quorum queue without
-                // a majority does).
-                None
-            } else {
-                Some(acks.into_iter().min().unwrap_or(u64::MAX))
-            };
-            let mut isr: Vec<String> = followers
+            let mut live: Vec<String> = st
+                .followers
                 .values()
                 .filter(|r| r.in_sync)
                 .map(|r| r.node.clone())
                 .collect();
-            isr.sort();
-            (changed, isr, replicated)
+            live.sort();
+            live.dedup();
+            // Waited for: the live set and, until it is recorded smaller,
+            // the recorded one.
+            let mut waited: Vec<&String> = live.iter().chain(st.recorded.iter()).collect();
+            waited.sort();
+            waited.dedup();
+            let held = |node: &str| {
+                st.followers
+                    .values()
+                    .filter(|r| r.node == node)
+                    .map(|r| r.acked)
+                    .max()
+                    .unwrap_or(0)
+            };
+            let replicated = if live.len() < self.min_insync {
+                // Too few copies: promises wait, as a quorum queue's do
+                // without a majority.
+                None
+            } else {
+                Some(waited.iter().map(|n| held(n)).min().unwrap_or(u64::MAX))
+            };
+            let request =
+                (live != st.recorded && st.requested.as_ref() != Some(&live)).then(|| {
+                    st.requested = Some(live.clone());
+                    live
+                });
+            (request, replicated)
         };
-        if isr_changed {
-            info!(in_sync = ?isr, "the in-sync replica set changed");
-            (self.on_isr)(isr);
-        }
         if let Some(p) = replicated {
             self.journal.replicated_to(p);
+        }
+        if let Some(isr) = request {
+            let recording = (self.record_isr)(isr.clone());
+            let this = self.clone();
+            tokio::spawn(async move {
+                let ok = recording.await;
+                {
+                    let mut st = this.state.lock();
+                    if st.requested.as_ref() == Some(&isr) {
+                        st.requested = None;
+                    }
+                    if ok {
+                        info!(in_sync = ?isr, "recorded the in-sync replica set");
+                        st.recorded = isr.clone();
+                    }
+                }
+                if ok {
+                    this.update();
+                } else {
+                    // Asked again at the next tick.
+                    warn!(in_sync = ?isr, "could not record the in-sync replica set");
+                }
+            });
         }
     }
 
@@ -130,7 +176,7 @@ impl Replicas {
         let id = self
             .next_id
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        self.followers.lock().insert(
+        self.state.lock().followers.insert(
             id,
             Replica {
                 node: node.to_string(),
@@ -144,8 +190,9 @@ impl Replicas {
         id
     }
 
-    fn leave(&self, id: u64) {
-        if let Some(r) = self.followers.lock().remove(&id) {
+    fn leave(self: &Arc<Self>, id: u64) {
+        let gone = self.state.lock().followers.remove(&id);
+        if let Some(r) = gone {
             info!(node = %r.node, peer = %r.peer, acked = r.acked, "a follower left");
         }
         self.update();
@@ -153,8 +200,8 @@ impl Replicas {
 
     /// A follower acknowledged `position`; `end_when_sent` was the
     /// journal's end when that mark was sent.
-    fn acked(&self, id: u64, position: u64, caught_up: bool) {
-        if let Some(r) = self.followers.lock().get_mut(&id) {
+    fn acked(self: &Arc<Self>, id: u64, position: u64, caught_up: bool) {
+        if let Some(r) = self.state.lock().followers.get_mut(&id) {
             r.acked = r.acked.max(position);
             if caught_up {
                 r.caught_up = Some(Instant::now());
@@ -164,13 +211,13 @@ impl Replicas {
     }
 
     fn sent(&self, id: u64, bytes: u64) {
-        if let Some(r) = self.followers.lock().get_mut(&id) {
+        if let Some(r) = self.state.lock().followers.get_mut(&id) {
             r.bytes_sent += bytes;
         }
     }
 
     /// Drops followers that stopped keeping up (called now and then).
-    pub(crate) fn tick(&self) {
+    pub(crate) fn tick(self: &Arc<Self>) {
         self.update();
     }
 }

@@ -82,7 +82,7 @@ async fn a_follower_holds_every_confirmed_message_and_object() {
     let (leader_dir, follower_dir) = (temp("leader"), temp("follower"));
     let journal = Journal::new(&leader_dir, 64 << 20);
     let broker = Broker::open_replicated(config(&leader_dir), Some(journal.clone())).unwrap();
-    let replicas = Replicas::new(journal, 1, Box::new(|_| {}));
+    let replicas = Replicas::new(journal, 1, Box::new(|_| Box::pin(async { true })));
     let repl = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let repl_addr = repl.local_addr().unwrap().to_string();
     let server = tokio::spawn(serve(
@@ -186,7 +186,20 @@ async fn a_follower_holds_every_confirmed_message_and_object() {
     )
     .await
     .unwrap();
-    assert_eq!(replicas.in_sync(), vec!["b".to_string()]);
+    for _ in 0..100 {
+        if replicas.in_sync() == vec!["b".to_string()] {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(
+        replicas.in_sync(),
+        vec!["b".to_string()],
+        "recorded in sync"
+    );
+    let listed = replicas.list();
+    assert_eq!(listed.len(), 1);
+    assert!(listed[0].in_sync && listed[0].acked > 0 && listed[0].bytes_sent > 0);
 
     // The follower stops; meanwhile more is published (min_insync 1, so
     // it waits) ... then the follower comes back and catches up with
