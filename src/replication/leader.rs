@@ -343,8 +343,9 @@ async fn replicate(
     sled: &[(SledTree, sled::Tree)],
 ) -> Result<(), ServeError> {
     let journal = replicas.journal().clone();
-    // From here on every change is also streamed: whatever the copy below
-    // reads, replaying these over it ends at the leader's state.
+    // From here on every change is kept and streamed: whatever the copy
+    // below reads, replaying these over it ends at the leader's state.
+    let _reader = journal.reader();
     let start = journal.end();
     let mut frames = Vec::new();
     copy_files(journal.root().to_owned(), theirs, w, replicas, id).await?;

@@ -95,6 +95,19 @@ pub(crate) struct Journal {
     ring: parking_lot::Mutex<Ring>,
     appended: tokio::sync::Notify,
     gate: parking_lot::Mutex<Gate>,
+    /// Followers reading; with none, nothing is kept.
+    readers: std::sync::atomic::AtomicUsize,
+}
+
+/// A follower's place among the journal's readers (see [`Journal::reader`]).
+pub(crate) struct Reader(Arc<Journal>);
+
+impl Drop for Reader {
+    fn drop(&mut self) {
+        self.0
+            .readers
+            .fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
+    }
 }
 
 struct Ring {
@@ -132,6 +145,7 @@ impl Journal {
                 replicated: 0,
                 held: VecDeque::new(),
             }),
+            readers: std::sync::atomic::AtomicUsize::new(0),
         })
     }
 
@@ -145,8 +159,23 @@ impl Journal {
         ring.first + ring.changes.len() as u64
     }
 
+    /// Registers a reader: changes recorded from now on are kept (within
+    /// the budget) until it drops this.
+    pub(crate) fn reader(self: &Arc<Self>) -> Reader {
+        self.readers
+            .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+        Reader(self.clone())
+    }
+
     fn record(&self, change: Change) {
         let mut ring = self.ring.lock();
+        if self.readers.load(std::sync::atomic::Ordering::Acquire) == 0 {
+            // Nobody to read it: a follower joining later copies files.
+            ring.first += ring.changes.len() as u64 + 1;
+            ring.changes.clear();
+            ring.bytes = 0;
+            return;
+        }
         ring.bytes += change.cost();
         ring.changes.push_back(change);
         // A follower that far behind copies the files again instead.
@@ -403,6 +432,18 @@ mod tests {
     #[test]
     fn a_reader_gets_changes_in_order_until_the_budget_drops_them() {
         let journal = Journal::new(Path::new("/data"), 1000);
+        let rec = Recorder::new(Some(journal.clone()));
+        rec.sled(SledTree::Meta, b"unread", None);
+        assert_eq!(journal.read(0, usize::MAX), Err(Lagged), "kept for nobody");
+        let reader = journal.reader();
+        let journal = {
+            // Positions keep counting: the reader starts at the end.
+            assert_eq!(journal.end(), 1);
+            let j = Journal::new(Path::new("/data"), 1000);
+            drop(reader);
+            j
+        };
+        let _reader = journal.reader();
         let rec = Recorder::new(Some(journal.clone()));
         for i in 0..5u8 {
             rec.sled(SledTree::Meta, &[i], Some(&[0; 100]));
