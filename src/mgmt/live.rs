@@ -2,6 +2,7 @@
 //! health checks.
 
 use super::api::{list, no_content, node_name, table_json, ApiError, ApiResult, User};
+use super::channel_rates::ChannelRates;
 use crate::broker::consumer::Consumer;
 use crate::broker::consumer::{ConsumerChannel, Mode};
 use crate::broker::{Broker, ConnectionHandle};
@@ -395,7 +396,12 @@ pub(super) fn close_by_id(broker: &Broker, user: &User, id: u64, headers: &Heade
 
 // ---------------------------------------------------------------- channels
 
-fn channel_json(conn: &ConnectionHandle, ch: &dyn ConsumerChannel) -> Value {
+fn channel_json(
+    conn: &ConnectionHandle,
+    conn_id: u64,
+    ch: &dyn ConsumerChannel,
+    rates: &ChannelRates,
+) -> Value {
     let info = ch.info();
     let mut channel = json!({
         "name": format!("{} ({})", conn.name, ch.id()),
@@ -416,35 +422,25 @@ fn channel_json(conn: &ConnectionHandle, ch: &dyn ConsumerChannel) -> Value {
         "confirm": info.mode == Mode::Confirm,
         "transactional": info.mode == Mode::Transactional,
     });
-    // RabbitMQ's channel message_stats, counts only: channels are not
-    // sampled for rates.
     if let Some(c) = ch.counts() {
-        channel["message_stats"] = json!({
-            "publish": c.received,
-            "confirm": c.confirmed,
-            "return_unroutable": c.unroutable_returned,
-            "drop_unroutable": c.unroutable_dropped,
-            "deliver": c.consume_manual_ack,
-            "deliver_no_ack": c.consume_auto_ack,
-            "get": c.get_manual_ack,
-            "get_no_ack": c.get_auto_ack,
-            "get_empty": c.get_empty,
-            "deliver_get": c.delivered(),
-            "redeliver": c.redelivered,
-            "ack": c.acknowledged,
-        });
+        channel["message_stats"] = rates.message_stats(conn_id, ch.id(), &c);
     }
     channel
 }
 
-fn channels_of(broker: &Broker, user: &User, only: Option<&str>) -> Vec<Value> {
+fn channels_of(
+    broker: &Broker,
+    user: &User,
+    only: Option<&str>,
+    rates: &ChannelRates,
+) -> Vec<Value> {
     let mut out = Vec::new();
     for c in broker.connections.iter() {
         if !(user.sees_everything() || c.user == user.name) || only.is_some_and(|n| n != c.name) {
             continue;
         }
         for ch in c.channels.lock().values() {
-            out.push(channel_json(&c, ch.as_ref()));
+            out.push(channel_json(&c, *c.key(), ch.as_ref(), rates));
         }
     }
     sorted_by_name(out)
@@ -453,19 +449,21 @@ fn channels_of(broker: &Broker, user: &User, only: Option<&str>) -> Vec<Value> {
 pub(super) async fn channels(
     State(broker): State<Arc<Broker>>,
     Extension(user): Extension<User>,
+    Extension(rates): Extension<ChannelRates>,
     Query(query): Q,
 ) -> ApiResult {
-    list(channels_of(&broker, &user, None), &query)
+    list(channels_of(&broker, &user, None, &rates), &query)
 }
 
 pub(super) async fn channels_in(
     State(broker): State<Arc<Broker>>,
     Extension(user): Extension<User>,
+    Extension(rates): Extension<ChannelRates>,
     Path(vhost): Path<String>,
     Query(query): Q,
 ) -> ApiResult {
     user.vhost(&broker, &vhost)?;
-    let items = channels_of(&broker, &user, None)
+    let items = channels_of(&broker, &user, None, &rates)
         .into_iter()
         .filter(|c| c["vhost"] == vhost.as_str())
         .collect();
@@ -475,23 +473,42 @@ pub(super) async fn channels_in(
 pub(super) async fn connection_channels(
     State(broker): State<Arc<Broker>>,
     Extension(user): Extension<User>,
+    Extension(rates): Extension<ChannelRates>,
     Path(name): Path<String>,
     Query(query): Q,
 ) -> ApiResult {
     find_connection(&broker, &user, &name)?;
-    list(channels_of(&broker, &user, Some(&name)), &query)
+    list(channels_of(&broker, &user, Some(&name), &rates), &query)
 }
 
+/// One channel, with its consumers (`consumer_details`), as RabbitMQ's
+/// GET /api/channels/{name}.
 pub(super) async fn channel(
     State(broker): State<Arc<Broker>>,
     Extension(user): Extension<User>,
+    Extension(rates): Extension<ChannelRates>,
     Path(name): Path<String>,
 ) -> ApiResult {
-    channels_of(&broker, &user, None)
-        .into_iter()
-        .find(|c| c["name"] == name.as_str())
-        .map(|c| Json(c).into_response())
-        .ok_or_else(ApiError::not_found)
+    for c in broker.connections.iter() {
+        if !(user.sees_everything() || c.user == user.name) {
+            continue;
+        }
+        for ch in c.channels.lock().values() {
+            if format!("{} ({})", c.name, ch.id()) != name {
+                continue;
+            }
+            let mut channel = channel_json(&c, *c.key(), ch.as_ref(), &rates);
+            let consumers: Vec<Value> = ch
+                .info()
+                .consumers
+                .iter()
+                .map(|consumer| consumer_json(&c, ch.as_ref(), consumer))
+                .collect();
+            channel["consumer_details"] = Value::Array(consumers);
+            return Ok(Json(channel).into_response());
+        }
+    }
+    Err(ApiError::not_found())
 }
 
 // ---------------------------------------------------------------- consumers

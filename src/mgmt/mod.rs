@@ -11,6 +11,7 @@
 
 mod api;
 mod certificates;
+mod channel_rates;
 mod definitions;
 mod durable;
 mod health;
@@ -59,7 +60,12 @@ pub(crate) async fn serve(
     live::mark_started();
     let limits = broker.config.mgmt.clone();
     let totals = history::Totals::default();
-    let sampler = tokio::spawn(sample_rates(Arc::downgrade(&broker), totals.clone()));
+    let channel_rates = channel_rates::ChannelRates::default();
+    let sampler = tokio::spawn(sample_rates(
+        Arc::downgrade(&broker),
+        totals.clone(),
+        channel_rates.clone(),
+    ));
     let api = Router::new()
         .route("/api/overview", get(live::overview))
         .route("/api/whoami", get(users::whoami))
@@ -322,6 +328,7 @@ pub(crate) async fn serve(
         .layer(axum::Extension(tls.clone()))
         .layer(axum::Extension(health::ActiveListeners(Arc::new(active))))
         .layer(axum::Extension(totals))
+        .layer(axum::Extension(channel_rates))
         .with_state(broker);
     listener::serve(listeners, tls, app, &limits, shutdown).await;
     sampler.abort();
@@ -329,8 +336,12 @@ pub(crate) async fn serve(
 
 /// Samples every queue's counters for rates, consumer utilisation and
 /// history, every `server.collect_statistics_interval_ms` (RabbitMQ: 5 s),
-/// and their sums for the overview's history.
-async fn sample_rates(broker: std::sync::Weak<Broker>, totals: history::Totals) {
+/// and their sums for the overview's history; and every channel's.
+async fn sample_rates(
+    broker: std::sync::Weak<Broker>,
+    totals: history::Totals,
+    channel_rates: channel_rates::ChannelRates,
+) {
     let every = match broker.upgrade() {
         Some(b) => b.config.server.collect_statistics_interval_ms.max(10),
         None => return,
@@ -360,7 +371,9 @@ async fn sample_rates(broker: std::sync::Weak<Broker>, totals: history::Totals) 
                 }
             }
         }
-        totals.lock().record(crate::broker::timers::now_ms(), sum);
+        let now = crate::broker::timers::now_ms();
+        totals.lock().record(now, sum);
+        channel_rates.sample(&broker, now);
     }
 }
 

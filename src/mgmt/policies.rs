@@ -2,9 +2,10 @@
 //! plugin serves them, and policies in definitions export and import.
 //!
 //! Who may do what, as RabbitMQ: any management user lists the policies
-//! of the vhosts it may see; reading one, setting and clearing take the
-//! `policymaker` tag (with permissions in the vhost) or `administrator`.
-//! Operator policies are for administrators only.
+//! and operator policies of the vhosts it may see; reading one policy,
+//! setting and clearing take the `policymaker` tag (with permissions in
+//! the vhost) or `administrator`; reading one operator policy, setting and
+//! clearing, `administrator`.
 
 use super::api::{
     created_or_updated, list, no_content, object, require_keys, ApiError, ApiResult, User,
@@ -69,8 +70,8 @@ fn authorise(broker: &Broker, user: &User, kind: PolicyKind, vhost: &str) -> Res
     }
 }
 
-/// A list in one vhost or all: any management user (its vhosts only) for
-/// policies, administrators for operator policies.
+/// A list in one vhost or all, of either kind: any management user, of
+/// the vhosts it may use (RabbitMQ's `is_authorized_vhost` for both).
 fn list_policies(
     broker: &Broker,
     user: &User,
@@ -78,9 +79,6 @@ fn list_policies(
     vhost: Option<&str>,
     query: &HashMap<String, String>,
 ) -> ApiResult {
-    if kind == PolicyKind::Operator {
-        user.require_admin()?;
-    }
     let vhosts: Vec<Arc<VHost>> = match vhost {
         Some(name) => vec![user.vhost(broker, name)?],
         None => broker

@@ -3,7 +3,8 @@
 // page module at a time:
 //   #/overview   #/queues   #/queues/<vhost>/<name>
 //   #/exchanges  #/exchanges/<vhost>/<name>
-//   #/connections  #/connections/<name>  #/channels  #/users  #/vhosts
+//   #/connections  #/connections/<name>  #/channels  #/channels/<name>
+//   #/users  #/users/<name>  #/vhosts  #/vhosts/<name>  #/policies
 //   #/definitions
 //   (segments URI-encoded)
 // A page module exports mount(main, ctx) and returns {refresh}; the frame
@@ -20,9 +21,13 @@ import * as exchange from './exchange.js';
 import * as connections from './connections.js';
 import * as connection from './connection.js';
 import * as channels from './channels.js';
+import * as channel from './channel.js';
 import * as users from './users.js';
 import * as definitions from './definitions.js';
 import * as vhosts from './vhosts.js';
+import * as user from './user.js';
+import * as vhost from './vhost.js';
+import * as policies from './policies.js';
 
 const $ = (id) => document.getElementById(id);
 const REFRESH = 'leveret.refresh';
@@ -46,9 +51,13 @@ function routeOf(hash) {
   if (parts[0] === 'exchanges') return { module: exchanges, name: 'exchanges', args: [] };
   if (parts[0] === 'connections' && parts.length === 2) return { module: connection, name: 'connections', args: parts.slice(1) };
   if (parts[0] === 'connections') return { module: connections, name: 'connections', args: [] };
+  if (parts[0] === 'channels' && parts.length === 2) return { module: channel, name: 'channels', args: parts.slice(1) };
   if (parts[0] === 'channels') return { module: channels, name: 'channels', args: [] };
+  if (parts[0] === 'users' && parts.length === 2) return { module: user, name: 'users', args: parts.slice(1) };
   if (parts[0] === 'users') return { module: users, name: 'users', args: [] };
+  if (parts[0] === 'vhosts' && parts.length === 2) return { module: vhost, name: 'vhosts', args: parts.slice(1) };
   if (parts[0] === 'vhosts') return { module: vhosts, name: 'vhosts', args: [] };
+  if (parts[0] === 'policies') return { module: policies, name: 'policies', args: [] };
   if (parts[0] === 'definitions') return { module: definitions, name: 'definitions', args: [] };
   return { module: overview, name: 'overview', args: [] };
 }

@@ -1,5 +1,5 @@
-// The channel list (a paged list of /api/channels); each row links to its
-// connection.
+// The channel list (a paged list of /api/channels); each row links to the
+// channel and its connection.
 
 import { seg } from './api.js';
 import { connectionHref } from './connections.js';
@@ -8,6 +8,10 @@ import { listState, pagedList } from './list.js';
 
 const state = listState();
 
+export function channelHref(name) {
+  return `#/channels/${seg(name)}`;
+}
+
 function mode(c) {
   return [c.confirm ? 'C' : '', c.transactional ? 'T' : ''].join('');
 }
@@ -15,7 +19,7 @@ function mode(c) {
 export function mount(main, { vhost }) {
   const columns = [
     vhost ? null : { key: 'vhost', label: 'Virtual host' },
-    { key: 'name', label: 'Channel' },
+    { key: 'name', label: 'Channel', cell: (c) => h('a', { href: channelHref(c.name) }, c.name) },
     { key: 'connection_details.name', label: 'Connection', cell: (c) => h('a', { href: connectionHref(c.connection_details?.name ?? '') }, c.connection_details?.name ?? '') },
     { key: 'user', label: 'User' },
     { key: 'mode', label: 'Mode', unsortable: true, cell: mode },

@@ -4,6 +4,7 @@
 import { api, seg } from './api.js';
 import { clear, errorBox, facts, h, num, value } from './dom.js';
 import { field } from './publish.js';
+import { channelHref } from './channels.js';
 
 export function mount(main, { args: [name] }) {
   const path = `/connections/${seg(name)}`;
@@ -49,7 +50,7 @@ export function mount(main, { args: [name] }) {
             ? h('div', { class: 'scroll' }, h('table', { class: 'list', id: 'connection-channels' },
               h('thead', {}, h('tr', {}, ['Channel', 'State', 'Mode', 'Prefetch', 'Unacked', 'Consumers'].map((t) => h('th', { scope: 'col' }, t)))),
               h('tbody', {}, channels.map((ch) => h('tr', {},
-                h('td', { class: 'name' }, ch.name),
+                h('td', { class: 'name' }, h('a', { href: channelHref(ch.name) }, ch.name)),
                 h('td', {}, ch.state),
                 h('td', {}, [ch.confirm ? 'confirm' : '', ch.transactional ? 'transactional' : ''].filter(Boolean).join(', ')),
                 h('td', { class: 'num' }, num(ch.prefetch_count)),

@@ -33,7 +33,7 @@ export function mount(main) {
     title: 'Users',
     path: '/users',
     columns: [
-      { key: 'name', label: 'Name' },
+      { key: 'name', label: 'Name', cell: (u) => h('a', { href: `#/users/${seg(u.name)}` }, u.name) },
       { key: 'tags', label: 'Tags', cell: (u) => (Array.isArray(u.tags) ? u.tags.join(', ') : String(u.tags ?? '')) },
       { key: 'password_hash', label: 'Password', unsortable: true, cell: (u) => (u.password_hash ? '●' : '○') },
       { key: 'delete', label: 'Delete', unsortable: true, cell: (u) => remove(u.name) },

@@ -34,7 +34,7 @@ export function mount(main) {
     title: 'Virtual hosts',
     path: '/vhosts',
     columns: [
-      { key: 'name', label: 'Name' },
+      { key: 'name', label: 'Name', cell: (v) => h('a', { href: `#/vhosts/${seg(v.name)}` }, v.name) },
       { key: 'description', label: 'Description' },
       { key: 'messages_ready', label: 'Ready', numeric: true },
       { key: 'messages_unacknowledged', label: 'Unacked', numeric: true },
