@@ -341,11 +341,14 @@ async fn sample_rates(broker: std::sync::Weak<Broker>, totals: history::Totals) 
         let Some(broker) = broker.upgrade() else {
             return;
         };
-        let mut sum = [0u64; 7];
+        let confirmed = live::confirmed_by_vhost(&broker);
+        let mut all = [0u64; 8];
+        let mut by_vhost = Vec::new();
         for vhost in broker.vhosts() {
             for e in vhost.exchanges() {
                 e.stats.sample();
             }
+            let mut sum = [0u64; 8];
             for q in vhost.queues() {
                 let c = q.counts();
                 q.stats.sample(c.ready, c.unacked);
@@ -359,8 +362,17 @@ async fn sample_rates(broker: std::sync::Weak<Broker>, totals: history::Totals) 
                     *s += v;
                 }
             }
+            sum[history::CONFIRM] = confirmed.get(&vhost.name).map_or(0, |c| c.confirmed);
+            for (a, v) in all.iter_mut().zip(sum) {
+                *a += v;
+            }
+            by_vhost.push((vhost.name.clone(), sum));
         }
-        totals.lock().record(crate::broker::timers::now_ms(), sum);
+        // Deleted vhosts' confirms too: the broker's count never goes back.
+        all[history::CONFIRM] = confirmed.values().map(|c| c.confirmed).sum();
+        totals
+            .lock()
+            .record(crate::broker::timers::now_ms(), all, by_vhost);
     }
 }
 

@@ -56,4 +56,5 @@ mod stream_tls;
 mod streams;
 mod super_streams;
 mod tls;
+mod uiobjects;
 mod webui;

@@ -4,7 +4,7 @@
 //   #/overview   #/queues   #/queues/<vhost>/<name>
 //   #/exchanges  #/exchanges/<vhost>/<name>
 //   #/connections  #/connections/<name>  #/channels  #/users  #/vhosts
-//   #/definitions
+//   #/definitions  #/streams  #/streams/connections/<vhost>/<name>
 //   (segments URI-encoded)
 // A page module exports mount(main, ctx) and returns {refresh}; the frame
 // calls refresh now and on the chosen interval, never reloading the page.
@@ -23,6 +23,8 @@ import * as channels from './channels.js';
 import * as users from './users.js';
 import * as definitions from './definitions.js';
 import * as vhosts from './vhosts.js';
+import * as streams from './streams.js';
+import * as streamConnection from './stream-connection.js';
 
 const $ = (id) => document.getElementById(id);
 const REFRESH = 'leveret.refresh';
@@ -49,13 +51,18 @@ function routeOf(hash) {
   if (parts[0] === 'channels') return { module: channels, name: 'channels', args: [] };
   if (parts[0] === 'users') return { module: users, name: 'users', args: [] };
   if (parts[0] === 'vhosts') return { module: vhosts, name: 'vhosts', args: [] };
+  if (parts[0] === 'streams' && parts[1] === 'connections' && parts.length === 4) {
+    return { module: streamConnection, name: 'streams', args: parts.slice(2) };
+  }
+  if (parts[0] === 'streams') return { module: streams, name: 'streams', args: [] };
   if (parts[0] === 'definitions') return { module: definitions, name: 'definitions', args: [] };
   return { module: overview, name: 'overview', args: [] };
 }
 
 async function tick() {
   if (!page) return;
-  await Promise.all([page.refresh?.(), showAlarms()]);
+  // The vhost list too: one added or deleted shows without logging in again.
+  await Promise.all([page.refresh?.(), showAlarms(), fillVhosts()]);
 }
 
 function schedule() {
@@ -97,18 +104,30 @@ async function showAlarms() {
   clear(box).append(...banners.map((t) => h('p', { class: 'alarm' }, t)));
 }
 
+// Fills the header's vhost filter; redrawn only when the list changed, so
+// a refresh never disturbs a user choosing from it. When the chosen vhost
+// is gone the filter goes back to "All" (and the page with it).
 async function fillVhosts() {
   const select = $('vhost');
   const wanted = sessionStorage.getItem(VHOST) ?? '';
-  let vhosts = [];
+  let vhosts;
   try {
-    vhosts = await api('/vhosts?columns=name');
+    vhosts = (await api('/vhosts?columns=name')).map((v) => v.name);
   } catch {
-    // Shown as "All" only; pages report their own errors.
+    // Kept as it is; pages report their own errors.
+    if (select.options.length) return;
+    vhosts = [];
   }
+  const shown = [...select.options].slice(1).map((o) => o.value);
+  if (select.options.length && shown.length === vhosts.length && shown.every((v, i) => v === vhosts[i])) return;
+  const before = select.value;
   clear(select).append(h('option', { value: '' }, 'All'),
-    ...vhosts.map((v) => h('option', { value: v.name }, v.name)));
-  select.value = vhosts.some((v) => v.name === wanted) ? wanted : '';
+    ...vhosts.map((v) => h('option', { value: v }, v)));
+  select.value = vhosts.includes(wanted) ? wanted : '';
+  if (before && select.value !== before && page) {
+    sessionStorage.setItem(VHOST, '');
+    route();
+  }
 }
 
 async function enter(user) {
