@@ -407,10 +407,19 @@ async fn in_a_browser_the_streams_list_shows_stream_queues() {
         )
         .await
         .unwrap();
+    // A stream protocol client that publishes 3 and reads from the first.
+    let mut client = crate::stream_mgmt::Client::guest(&broker, "ui-stream-client").await;
+    client.declare_publisher(7, "ui-writer", "a-stream").await;
+    client.publish_confirmed(7, 1..4).await;
+    client.subscribe_first(1, "a-stream", 1).await;
     let seen = crate::webui::drive(&broker, &browser, "uiobjects.streams", &[]).await;
     assert_eq!(seen["streams"], json!(["a-stream"]));
-    assert_eq!(seen["messages"], "5");
+    assert_eq!(seen["messages"], "8");
     assert_eq!(seen["reader"], "reader-1");
+    assert_eq!(seen["publisher"], "ui-writer");
+    assert_eq!(seen["publisher_confirmed"], "3");
+    assert_eq!(seen["consumer_stream"], "a-stream");
+    drop(client);
     conn.close(200, "bye".into()).await.unwrap();
     broker.stop().await;
 }
@@ -532,5 +541,21 @@ async fn in_a_browser_ten_thousand_queues_load_and_filter_without_freezing() {
     // The measure works: it saw the scenario's own 120 ms task.
     assert!(seen["observer_saw_ms"].as_f64().unwrap() >= 100.0, "{seen}");
     conn.close(200, "bye".into()).await.unwrap();
+    broker.stop().await;
+}
+
+/// The header's vhost filter refreshes with the page: a vhost added or
+/// deleted shows there without logging in again.
+#[tokio::test]
+async fn in_a_browser_the_vhost_filter_follows_vhosts_added_and_deleted() {
+    if common::against_other_broker() {
+        return;
+    }
+    let Some(browser) = crate::webui::chromium() else {
+        return;
+    };
+    let broker = TestBroker::start().await;
+    let seen = crate::webui::drive(&broker, &browser, "uiobjects.vhost_list", &[]).await;
+    assert_eq!(seen, json!({"added": true, "removed": true}));
     broker.stop().await;
 }

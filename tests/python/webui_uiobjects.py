@@ -101,12 +101,27 @@ def streams(page, ui):
     expect(rows).to_have_count(1)
     ui.seen["streams"] = [rows.locator("td").nth(1).inner_text()]
     # All vhosts: vhost, name, messages.
-    expect(rows.locator("td").nth(2)).to_have_text("5")
+    expect(rows.locator("td").nth(2)).to_have_text("8")
     ui.seen["messages"] = rows.locator("td").nth(2).inner_text()
-    expect(page.locator("#stream-connections")).to_be_visible()
-    rows.get_by_role("link", name="a-stream", exact=True).click()
+
+    # The stream protocol client's connection, and its page.
+    client = page.locator("#stream-connections tbody tr", has_text="ui-stream-client")
+    expect(client).to_have_count(1)
+    client.locator("a").first.click()
+    expect(page.locator("main h1")).to_contain_text("Stream connection")
+    publisher = page.locator("#stream-publishers tbody tr")
+    expect(publisher).to_have_count(1)
+    ui.seen["publisher"] = publisher.locator("td").nth(2).inner_text()
+    expect(publisher.locator("td").nth(4)).to_have_text("3")
+    ui.seen["publisher_confirmed"] = publisher.locator("td").nth(4).inner_text()
+    consumer = page.locator("#stream-consumers tbody tr")
+    expect(consumer).to_have_count(1)
+    ui.seen["consumer_stream"] = consumer.locator("td").nth(0).inner_text()
+
+    # The stream's page: its readers with offset and lag.
+    consumer.get_by_role("link", name="a-stream", exact=True).click()
     expect(page.locator("#queue-name")).to_have_text("a-stream")
-    reader = page.locator("#stream-readers tbody tr")
+    reader = page.locator("#stream-readers tbody tr", has_text="reader-1")
     expect(reader).to_have_count(1)
     ui.seen["reader"] = reader.locator("td").nth(0).inner_text()
 
@@ -165,3 +180,29 @@ def many_queues(page, ui):
     page.evaluate("() => setTimeout(() => { const t = performance.now(); while (performance.now() - t < 120) {} }, 0)")
     page.wait_for_timeout(300)
     ui.seen["observer_saw_ms"] = page.evaluate("window.longest")
+
+
+def vhost_list(page, ui):
+    """The header's vhost filter follows vhosts added and deleted through
+    the API, without logging in again; a chosen vhost that goes away
+    leaves the filter at All."""
+    import base64
+
+    auth = {"Authorization": "Basic " + base64.b64encode(b"guest:guest").decode(),
+            "Content-Type": "application/json"}
+    ui.log_in(page, "guest", "guest")
+    expect(page.locator("#user")).to_have_text("guest")
+    page.select_option("#refresh", "5")
+    option = page.locator("#vhost option[value='appears-later']")
+    expect(option).to_have_count(0)
+    assert page.request.put(ui.base + "/api/vhosts/appears-later", headers=auth, data="{}").status == 201
+    expect(option).to_have_count(1)
+    ui.seen["added"] = True
+    page.click("nav a[data-page=queues]")
+    page.select_option("#vhost", "appears-later")
+    expect(page.locator("main h1")).to_have_text("Queues in appears-later")
+    assert page.request.delete(ui.base + "/api/vhosts/appears-later", headers=auth).status == 204
+    expect(option).to_have_count(0)
+    expect(page.locator("#vhost")).to_have_value("")
+    expect(page.locator("main h1")).to_have_text("Queues")
+    ui.seen["removed"] = True
