@@ -91,8 +91,10 @@ impl Histories {
     /// deleted vhost's history goes with it).
     pub(super) fn record(&mut self, at_ms: u64, all: [u64; 8], by_vhost: Vec<(String, [u64; 8])>) {
         self.all.record(at_ms, all);
+        let existing: std::collections::HashSet<&str> =
+            by_vhost.iter().map(|(v, _)| v.as_str()).collect();
         self.by_vhost
-            .retain(|name, _| by_vhost.iter().any(|(v, _)| v == name));
+            .retain(|name, _| existing.contains(name.as_str()));
         for (name, values) in by_vhost {
             self.by_vhost.entry(name).or_default().record(at_ms, values);
         }
@@ -190,6 +192,26 @@ mod tests {
         assert_eq!(d["rate"], 1.5);
         assert_eq!(d["avg_rate"], 1.5); // 30 more over 20 s
         assert_eq!(d["avg"], 22.0);
+    }
+
+    #[test]
+    fn vhost_histories_sum_for_a_user_and_go_with_their_vhost() {
+        let mut h = Histories::default();
+        let v = |n: u64| [n, n, 0, 0, 0, 0, 0, n * 10];
+        h.record(1_000, v(3), vec![("a".into(), v(1)), ("b".into(), v(2))]);
+        h.record(2_000, v(7), vec![("a".into(), v(5)), ("b".into(), v(2))]);
+        assert_eq!(h.summed_at(&["a"], 2_000), Some(v(5)));
+        assert_eq!(h.summed_at(&["a", "b"], 2_000), Some(v(7)));
+        assert_eq!(h.summed_at(&["a", "b"], 1_500), Some(v(3)));
+        assert_eq!(h.summed_at(&["a"], 500), None);
+        assert_eq!(h.summed_at(&["nobody"], 2_000), None);
+        // Confirmed went from 10 to 50 in a second on "a", 30 to 70 in all.
+        assert_eq!(h.by_vhost["a"].confirm_rate, 40.0);
+        assert_eq!(h.all.confirm_rate, 40.0);
+        // "b" deleted: its history goes.
+        h.record(3_000, v(5), vec![("a".into(), v(5))]);
+        assert!(!h.by_vhost.contains_key("b"));
+        assert_eq!(h.by_vhost["a"].confirm_rate, 0.0);
     }
 
     #[test]

@@ -137,10 +137,11 @@ pub(super) async fn overview(
             .collect()
     };
     let seen: Vec<&str> = seen.iter().map(String::as_str).collect();
+    let seen_set: std::collections::HashSet<&str> = seen.iter().copied().collect();
     let confirmed_now = confirmed_by_vhost(&broker);
     let confirmed: u64 = confirmed_now
         .iter()
-        .filter(|(v, _)| everything || seen.contains(&v.as_str()))
+        .filter(|(v, _)| everything || seen_set.contains(v.as_str()))
         .map(|(_, c)| c.confirmed)
         .sum();
     let confirm_rate = {
@@ -197,11 +198,17 @@ pub(super) async fn overview(
     if ask.lengths.is_some() || ask.msg_rates.is_some() {
         let now = crate::broker::timers::now_ms();
         let h = totals.lock();
+        // Each timestamp summed over the user's vhosts once, not once per
+        // series: a user may see many vhosts.
+        let summed = std::cell::RefCell::new(HashMap::new());
         let at = |t| {
             if everything {
                 h.all.history.at(t)
             } else {
-                h.summed_at(&seen, t)
+                *summed
+                    .borrow_mut()
+                    .entry(t)
+                    .or_insert_with(|| h.summed_at(&seen, t))
             }
         };
         let lengths = ["messages", "messages_ready", "messages_unacknowledged"];
