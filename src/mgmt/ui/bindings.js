@@ -37,6 +37,8 @@ export function bindingsTable(bindings, show, unbind) {
       unbind ? h('td', {}, b.source === '' ? null : h('button', {
         type: 'button',
         class: 'unbind',
+        // Many rows, one word: say which binding to those who hear it.
+        'aria-label': `Unbind ${b.source} from ${b.destination_type} ${b.destination}, routing key "${b.routing_key}"`,
         onclick: async () => {
           clear(unbind.out);
           try {
