@@ -32,6 +32,10 @@ pub enum ConfigError {
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Config {
+    /// The file this came from (absolute), if any: the management API's
+    /// node `config_files`. Never read from the file itself.
+    #[serde(skip)]
+    pub config_file: Option<PathBuf>,
     pub server: ServerConfig,
     pub limits: LimitsConfig,
     pub storage: StorageConfig,
@@ -499,8 +503,9 @@ impl Config {
         toml::from_str::<Config>(&text).map_err(parse_error)?;
         let mut table: toml::Table = toml::from_str(&text).map_err(parse_error)?;
         env::apply(&mut table, vars)?;
-        let config: Config = toml::Value::Table(table).try_into().map_err(parse_error)?;
+        let mut config: Config = toml::Value::Table(table).try_into().map_err(parse_error)?;
         config.validate()?;
+        config.config_file = file.map(|f| std::path::absolute(f).unwrap_or_else(|_| f.to_owned()));
         Ok(config)
     }
 

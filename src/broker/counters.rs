@@ -13,6 +13,7 @@
 //! open, close, declare or delete.
 
 use parking_lot::Mutex;
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 /// One channel's message counts (or the sum over channels).
@@ -71,8 +72,19 @@ pub(crate) struct Counters {
     pub(crate) queues_deleted: AtomicU64,
     /// Closed channels' counts. Lock order: before the connections map,
     /// a connection's channel registry and a channel's state.
-    retired: Mutex<MessageCounts>,
+    retired: Mutex<Retired>,
 }
+
+/// Closed channels' counts, in all and per vhost (the management API's
+/// overview sums a user's vhosts, as RabbitMQ's vhost stats).
+#[derive(Default)]
+struct Retired {
+    all: MessageCounts,
+    by_vhost: HashMap<String, MessageCounts>,
+}
+
+/// Message counts per vhost name.
+pub(crate) type VhostCounts = HashMap<String, MessageCounts>;
 
 /// Bumps an object counter.
 pub(crate) fn bump(counter: &AtomicU64) {
@@ -86,10 +98,20 @@ pub(crate) fn read(counter: &AtomicU64) -> u64 {
 impl Counters {
     /// A channel closes: `retire` marks it so scrapes skip it from now on
     /// and returns its final counts, which join the retired ones.
-    pub(crate) fn channel_closed(&self, retire: impl FnOnce() -> Option<MessageCounts>) {
+    pub(crate) fn channel_closed(
+        &self,
+        vhost: &str,
+        retire: impl FnOnce() -> Option<MessageCounts>,
+    ) {
         let mut retired = self.retired.lock();
         if let Some(counts) = retire() {
-            retired.add(&counts);
+            retired.all.add(&counts);
+            match retired.by_vhost.get_mut(vhost) {
+                Some(v) => v.add(&counts),
+                None => {
+                    retired.by_vhost.insert(vhost.to_string(), counts);
+                }
+            }
             bump(&self.channels_closed);
         }
     }
@@ -98,8 +120,17 @@ impl Counters {
     /// channels (those not retired yet).
     pub(crate) fn totals(&self, open: impl FnOnce(&mut MessageCounts)) -> MessageCounts {
         let retired = self.retired.lock();
-        let mut total = *retired;
+        let mut total = retired.all;
         open(&mut total);
         total
+    }
+
+    /// The same per vhost: `open` adds the open channels' counts to their
+    /// vhost's.
+    pub(crate) fn totals_by_vhost(&self, open: impl FnOnce(&mut VhostCounts)) -> VhostCounts {
+        let retired = self.retired.lock();
+        let mut by_vhost = retired.by_vhost.clone();
+        open(&mut by_vhost);
+        by_vhost
     }
 }

@@ -479,7 +479,9 @@ impl Channel {
         }
         self.shared.settle(&mut unacked, Settle::Requeue);
         self.shared.publish_counts(&self.counts);
-        ctx.broker.counters.channel_closed(|| self.shared.retire());
+        ctx.broker
+            .counters
+            .channel_closed(&ctx.vhost.name, || self.shared.retire());
     }
 
     /// A nowait method (no reply to hold back) that wrote topology still

@@ -52,15 +52,78 @@ impl Ask {
 }
 
 /// Overview totals: messages, messages_ready, messages_unacknowledged,
-/// publish, deliver_get, redeliver, ack, summed over queues.
-pub(super) type Totals = Arc<Mutex<History<7>>>;
+/// publish, deliver_get, redeliver, ack summed over queues, and confirm
+/// (publishes confirmed on channels).
+pub(super) const CONFIRM: usize = 7;
+
+/// One series of overview totals and the confirm rate at its last sample.
+#[derive(Default)]
+pub(super) struct Series {
+    pub(super) history: History<8>,
+    last: Option<(u64, u64)>,
+    pub(super) confirm_rate: f64,
+}
+
+impl Series {
+    fn record(&mut self, at_ms: u64, values: [u64; 8]) {
+        let confirmed = values[CONFIRM];
+        if let Some((then, before)) = self.last {
+            if at_ms > then {
+                self.confirm_rate =
+                    confirmed.saturating_sub(before) as f64 / ((at_ms - then) as f64 / 1000.0);
+            }
+        }
+        self.last = Some((at_ms, confirmed));
+        self.history.record(at_ms, values);
+    }
+}
+
+/// The overview's history: the whole broker's, and each vhost's for users
+/// who see only some (RabbitMQ sums its vhost stats for them).
+#[derive(Default)]
+pub(super) struct Histories {
+    pub(super) all: Series,
+    pub(super) by_vhost: HashMap<String, Series>,
+}
+
+impl Histories {
+    /// One sampling: the broker's totals and each existing vhost's (a
+    /// deleted vhost's history goes with it).
+    pub(super) fn record(&mut self, at_ms: u64, all: [u64; 8], by_vhost: Vec<(String, [u64; 8])>) {
+        self.all.record(at_ms, all);
+        let existing: std::collections::HashSet<&str> =
+            by_vhost.iter().map(|(v, _)| v.as_str()).collect();
+        self.by_vhost
+            .retain(|name, _| existing.contains(name.as_str()));
+        for (name, values) in by_vhost {
+            self.by_vhost.entry(name).or_default().record(at_ms, values);
+        }
+    }
+
+    /// The values at `at_ms` summed over `vhosts`; None when none of them
+    /// has history that far back.
+    pub(super) fn summed_at(&self, vhosts: &[&str], at_ms: u64) -> Option<[u64; 8]> {
+        let mut sum = None;
+        for v in vhosts {
+            if let Some(values) = self.by_vhost.get(*v).and_then(|s| s.history.at(at_ms)) {
+                let total = sum.get_or_insert([0u64; 8]);
+                for (t, x) in total.iter_mut().zip(values) {
+                    *t += x;
+                }
+            }
+        }
+        sum
+    }
+}
+
+pub(super) type Totals = Arc<Mutex<Histories>>;
 
 /// A `*_details` object: `rate`, and with a range `samples`, `avg_rate`
-/// and `avg` of value `i` of `history`.
+/// and `avg` of value `i` of the history that `at` reads.
 pub(super) fn details<const N: usize>(
     rate: f64,
     range: Option<Range>,
-    history: &History<N>,
+    at: impl Fn(u64) -> Option<[u64; N]>,
     i: usize,
     now_ms: u64,
 ) -> Value {
@@ -71,7 +134,7 @@ pub(super) fn details<const N: usize>(
     let mut samples = Vec::new();
     let mut t = newest;
     while newest - t <= age_ms {
-        let Some(values) = history.at(t) else { break };
+        let Some(values) = at(t) else { break };
         samples.push((t, values[i]));
         let Some(earlier) = t.checked_sub(incr_ms) else {
             break;
@@ -115,7 +178,7 @@ mod tests {
         h.record(100_000, [10]);
         h.record(112_000, [40]);
         let range = ask(&[("lengths_age", "20"), ("lengths_incr", "5")]).lengths;
-        let d = details(1.5, range, &h, 0, 121_000);
+        let d = details(1.5, range, |t| h.at(t), 0, 121_000);
         assert_eq!(
             d["samples"],
             json!([
@@ -132,13 +195,36 @@ mod tests {
     }
 
     #[test]
+    fn vhost_histories_sum_for_a_user_and_go_with_their_vhost() {
+        let mut h = Histories::default();
+        let v = |n: u64| [n, n, 0, 0, 0, 0, 0, n * 10];
+        h.record(1_000, v(3), vec![("a".into(), v(1)), ("b".into(), v(2))]);
+        h.record(2_000, v(7), vec![("a".into(), v(5)), ("b".into(), v(2))]);
+        assert_eq!(h.summed_at(&["a"], 2_000), Some(v(5)));
+        assert_eq!(h.summed_at(&["a", "b"], 2_000), Some(v(7)));
+        assert_eq!(h.summed_at(&["a", "b"], 1_500), Some(v(3)));
+        assert_eq!(h.summed_at(&["a"], 500), None);
+        assert_eq!(h.summed_at(&["nobody"], 2_000), None);
+        // Confirmed went from 10 to 50 in a second on "a", 30 to 70 in all.
+        assert_eq!(h.by_vhost["a"].confirm_rate, 40.0);
+        assert_eq!(h.all.confirm_rate, 40.0);
+        // "b" deleted: its history goes.
+        h.record(3_000, v(5), vec![("a".into(), v(5))]);
+        assert!(!h.by_vhost.contains_key("b"));
+        assert_eq!(h.by_vhost["a"].confirm_rate, 0.0);
+    }
+
+    #[test]
     fn without_both_parameters_there_are_no_samples() {
         let h = History::<1>::default();
         assert!(ask(&[("lengths_age", "60")]).lengths.is_none());
         assert!(ask(&[("msg_rates_age", "60"), ("msg_rates_incr", "0")])
             .msg_rates
             .is_none());
-        assert_eq!(details(0.0, None, &h, 0, 5000), json!({"rate": 0.0}));
+        assert_eq!(
+            details(0.0, None, |t| h.at(t), 0, 5000),
+            json!({"rate": 0.0})
+        );
         // Hostile numbers neither overflow nor run long.
         let max = u64::MAX.to_string();
         let range = ask(&[
@@ -146,12 +232,15 @@ mod tests {
             ("lengths_incr", max.as_str()),
         ])
         .lengths;
-        assert_eq!(details(0.0, range, &h, 0, 5000)["samples"], json!([]));
+        assert_eq!(
+            details(0.0, range, |t| h.at(t), 0, 5000)["samples"],
+            json!([])
+        );
         // A huge age is cut to MAX_SAMPLES samples.
         let mut h = History::<1>::default();
         h.record(0, [1]);
         let range = ask(&[("lengths_age", "99999999999"), ("lengths_incr", "1")]).lengths;
-        let d = details(0.0, range, &h, 0, 5_000_000);
+        let d = details(0.0, range, |t| h.at(t), 0, 5_000_000);
         assert_eq!(
             d["samples"].as_array().unwrap().len(),
             MAX_SAMPLES as usize + 1

@@ -77,6 +77,7 @@ pub(super) async fn overview(
     State(broker): State<Arc<Broker>>,
     Extension(user): Extension<User>,
     Extension(totals): Extension<super::history::Totals>,
+    Extension(super::health::ActiveListeners(active)): Extension<super::health::ActiveListeners>,
     Query(query): Q,
 ) -> ApiResult {
     let (mut queues, mut exchanges, mut consumers) = (0usize, 0usize, 0usize);
@@ -123,6 +124,38 @@ pub(super) async fn overview(
         .iter()
         .map(|t| json!({"name": t, "enabled": true}))
         .collect();
+    // Confirmed publishes: the broker's for those who see every vhost,
+    // the sum of their vhosts' for the others (as RabbitMQ's overview).
+    let everything = user.sees_everything();
+    let seen: Vec<String> = if everything {
+        Vec::new()
+    } else {
+        broker
+            .vhosts()
+            .iter()
+            .filter(|v| user.may_see(&broker, &v.name))
+            .map(|v| v.name.clone())
+            .collect()
+    };
+    let seen: Vec<&str> = seen.iter().map(String::as_str).collect();
+    let seen_set: std::collections::HashSet<&str> = seen.iter().copied().collect();
+    let confirmed_now = confirmed_by_vhost(&broker);
+    let confirmed: u64 = confirmed_now
+        .iter()
+        .filter(|(v, _)| everything || seen_set.contains(v.as_str()))
+        .map(|(_, c)| c.confirmed)
+        .sum();
+    let confirm_rate = {
+        let h = totals.lock();
+        if everything {
+            h.all.confirm_rate
+        } else {
+            seen.iter()
+                .filter_map(|v| h.by_vhost.get(*v))
+                .map(|s| s.confirm_rate)
+                .sum()
+        }
+    };
     let mut overview = json!({
         "product_name": "Leveret",
         "product_version": env!("CARGO_PKG_VERSION"),
@@ -149,55 +182,99 @@ pub(super) async fn overview(
         },
         "message_stats": {
             "publish": counts[0], "publish_details": {"rate": rates[0]},
+            "confirm": confirmed, "confirm_details": {"rate": confirm_rate},
             "deliver_get": counts[1], "deliver_get_details": {"rate": rates[1]},
             "redeliver": counts[2], "redeliver_details": {"rate": rates[2]},
             "ack": counts[3], "ack_details": {"rate": rates[3]},
         },
-        "listeners": listeners(&broker),
     });
-    // History covers every vhost: shown to those who see them all.
+    // The node's listeners only to administrators and monitoring users,
+    // as RabbitMQ.
+    if everything {
+        overview["listeners"] = json!(listeners(&active));
+    }
+    // History: the broker's to those who see every vhost, the sum of their
+    // vhosts' to the others (RabbitMQ's vhost stats).
     let ask = super::history::Ask::from(&query);
-    if user.sees_everything() && (ask.lengths.is_some() || ask.msg_rates.is_some()) {
+    if ask.lengths.is_some() || ask.msg_rates.is_some() {
         let now = crate::broker::timers::now_ms();
         let h = totals.lock();
+        // Each timestamp summed over the user's vhosts once, not once per
+        // series: a user may see many vhosts.
+        let summed = std::cell::RefCell::new(HashMap::new());
+        let at = |t| {
+            if everything {
+                h.all.history.at(t)
+            } else {
+                *summed
+                    .borrow_mut()
+                    .entry(t)
+                    .or_insert_with(|| h.summed_at(&seen, t))
+            }
+        };
         let lengths = ["messages", "messages_ready", "messages_unacknowledged"];
         for (i, name) in lengths.into_iter().enumerate() {
             overview["queue_totals"][format!("{name}_details")] =
-                super::history::details(length_rates[i], ask.lengths, &h, i, now);
+                super::history::details(length_rates[i], ask.lengths, at, i, now);
         }
-        let stats = ["publish", "deliver_get", "redeliver", "ack"];
+        let stats = ["publish", "deliver_get", "redeliver", "ack", "confirm"];
+        let stat_rates = [rates[0], rates[1], rates[2], rates[3], confirm_rate];
         for (i, name) in stats.into_iter().enumerate() {
             overview["message_stats"][format!("{name}_details")] =
-                super::history::details(rates[i], ask.msg_rates, &h, 3 + i, now);
+                super::history::details(stat_rates[i], ask.msg_rates, at, 3 + i, now);
         }
     }
     Ok(Json(overview).into_response())
 }
 
-/// Each configured listen address, with RabbitMQ's protocol names.
-fn listeners(broker: &Broker) -> Vec<Value> {
-    let (server, tls) = (&broker.config.server, &broker.config.tls);
-    let stream = &broker.config.stream;
-    [
-        ("amqp", &server.listen),
-        ("amqp/ssl", &tls.listen),
-        ("http", &server.mgmt_listen),
-        ("https", &tls.mgmt_listen),
-        ("stream", &stream.listen),
-        ("stream/ssl", &stream.tls_listen),
-    ]
-    .into_iter()
-    .flat_map(|(protocol, addrs)| {
-        addrs
-            .0
-            .iter()
-            .map(move |a| json!({"node": node_name(), "protocol": protocol, "ip_address": a}))
+/// Each bound listener (a configured port 0 shows the port it got), with
+/// RabbitMQ's protocol names, sorted as RabbitMQ's: by protocol, then port.
+fn listeners(active: &[(&'static str, std::net::SocketAddr)]) -> Vec<Value> {
+    let mut sorted = active.to_vec();
+    sorted.sort_by_key(|(protocol, addr)| (*protocol, addr.port()));
+    sorted
+        .into_iter()
+        .map(|(protocol, addr)| {
+            json!({
+                "node": node_name(),
+                "protocol": protocol,
+                "ip_address": addr.ip().to_string(),
+                "port": addr.port(),
+            })
+        })
+        .collect()
+}
+
+/// Publishes confirmed to AMQP publishers so far, per vhost: closed
+/// channels' and open ones'.
+pub(super) fn confirmed_by_vhost(broker: &Broker) -> crate::broker::counters::VhostCounts {
+    broker.counters.totals_by_vhost(|by_vhost| {
+        for c in broker.connections.iter() {
+            let registry = c.channels.lock();
+            for ch in registry.values() {
+                let Some(counts) = ch.counts() else { continue };
+                match by_vhost.get_mut(&c.vhost) {
+                    Some(v) => v.add(&counts),
+                    None => {
+                        by_vhost.insert(c.vhost.clone(), counts);
+                    }
+                }
+            }
+        }
     })
-    .collect()
+}
+
+/// A path as text, made absolute against the working directory.
+fn absolute(path: &std::path::Path) -> String {
+    std::path::absolute(path)
+        .unwrap_or_else(|_| path.to_owned())
+        .to_string_lossy()
+        .into_owned()
 }
 
 fn node_json(broker: &Broker) -> Value {
     let memory = resident_memory();
+    let server = &broker.config.server;
     json!({
         "name": node_name(),
         "type": "disc",
@@ -219,6 +296,14 @@ fn node_json(broker: &Broker) -> Value {
         // Leveret's own: why the store stopped writing (a failed write).
         "disk_write_error": broker.store.disk_alarm().failure(),
         "processors": std::thread::available_parallelism().map_or(1, |n| n.get()),
+        // Where things are, as RabbitMQ names them.
+        "db_dir": absolute(&server.data_dir),
+        "config_files": broker.config.config_file.iter().map(|f| absolute(f)).collect::<Vec<_>>(),
+        "log_files": [if server.log_file.as_os_str().is_empty() {
+            "<stderr>".to_string()
+        } else {
+            absolute(&server.log_file)
+        }],
         "os_pid": std::process::id().to_string(),
         "applications": [{"name": "leveret", "description": "Leveret", "version": env!("CARGO_PKG_VERSION")}],
     })

@@ -352,11 +352,14 @@ async fn sample_rates(
         let Some(broker) = broker.upgrade() else {
             return;
         };
-        let mut sum = [0u64; 7];
+        let confirmed = live::confirmed_by_vhost(&broker);
+        let mut all = [0u64; 8];
+        let mut by_vhost = Vec::new();
         for vhost in broker.vhosts() {
             for e in vhost.exchanges() {
                 e.stats.sample();
             }
+            let mut sum = [0u64; 8];
             for q in vhost.queues() {
                 let c = q.counts();
                 q.stats.sample(c.ready, c.unacked);
@@ -370,9 +373,16 @@ async fn sample_rates(
                     *s += v;
                 }
             }
+            sum[history::CONFIRM] = confirmed.get(&vhost.name).map_or(0, |c| c.confirmed);
+            for (a, v) in all.iter_mut().zip(sum) {
+                *a += v;
+            }
+            by_vhost.push((vhost.name.clone(), sum));
         }
+        // Deleted vhosts' confirms too: the broker's count never goes back.
+        all[history::CONFIRM] = confirmed.values().map(|c| c.confirmed).sum();
         let now = crate::broker::timers::now_ms();
-        totals.lock().record(now, sum);
+        totals.lock().record(now, all, by_vhost);
         channel_rates.sample(&broker, now);
     }
 }

@@ -49,17 +49,21 @@ fn check(
 
 // ---------------------------------------------------------------- queues
 
+fn type_name(q: &Queue) -> &'static str {
+    match q.args.queue_type {
+        QueueType::Classic => "classic",
+        QueueType::Quorum => "quorum",
+        QueueType::Stream => "stream",
+    }
+}
+
 pub(super) fn queue_json(
     q: &Queue,
     ask: history::Ask,
     subscriptions: &super::streams::Subscriptions,
 ) -> Value {
     let c = q.counts();
-    let kind = match q.args.queue_type {
-        QueueType::Classic => "classic",
-        QueueType::Quorum => "quorum",
-        QueueType::Stream => "stream",
-    };
+    let kind = type_name(q);
     let [publish, deliver_get, redeliver, ack] = q.stats.counts();
     let kinds = q.stats.delivery_kinds();
     let sample = q.stats.last();
@@ -127,15 +131,18 @@ pub(super) fn queue_json(
             let lengths = ["messages", "messages_ready", "messages_unacknowledged"];
             for (i, name) in lengths.into_iter().enumerate() {
                 let key = format!("{name}_details");
-                queue[&key] = history::details(sample.gauge_rates[i], ask.lengths, h, i, now);
+                queue[&key] =
+                    history::details(sample.gauge_rates[i], ask.lengths, |t| h.at(t), i, now);
             }
             let stats = &mut queue["message_stats"];
             let rates = ["publish", "deliver_get", "redeliver", "ack"];
             for (i, name) in rates.into_iter().enumerate() {
                 let key = format!("{name}_details");
-                stats[&key] = history::details(sample.rates[i], ask.msg_rates, h, 3 + i, now);
+                stats[&key] =
+                    history::details(sample.rates[i], ask.msg_rates, |t| h.at(t), 3 + i, now);
             }
-            stats["get_details"] = history::details(sample.got_rate, ask.msg_rates, h, 7, now);
+            stats["get_details"] =
+                history::details(sample.got_rate, ask.msg_rates, |t| h.at(t), 7, now);
         });
     }
     // As RabbitMQ: there only while nothing happens to the queue.
@@ -193,12 +200,17 @@ pub(super) async fn queues(
 }
 
 /// Queues in the API's order (vhost, then name), their JSON built only
-/// for what the page shows when the order needs only names.
+/// for what the page shows when the order needs only names. Leveret's
+/// own `type` parameter (`classic`, `quorum`, `stream`) keeps queues of
+/// that type, before paging: the UI's streams list.
 fn list_queues(
     broker: &Broker,
     mut queues: Vec<Arc<Queue>>,
     query: &HashMap<String, String>,
 ) -> ApiResult {
+    if let Some(wanted) = query.get("type").filter(|t| !t.is_empty()) {
+        queues.retain(|q| type_name(q) == wanted);
+    }
     queues.sort_by(|a, b| (&a.vhost, &a.name).cmp(&(&b.vhost, &b.name)));
     let subscriptions = Subscriptions::gather(broker);
     let ask = history::Ask::from(query);

@@ -68,6 +68,9 @@ static ASSETS: &[Asset] = &[
     asset!("users.js", JS),
     asset!("definitions.js", JS),
     asset!("vhosts.js", JS),
+    asset!("forms.js", JS),
+    asset!("streams.js", JS),
+    asset!("stream-connection.js", JS),
 ];
 
 /// `GET /`: the page every view of the UI starts from.

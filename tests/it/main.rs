@@ -57,4 +57,5 @@ mod streams;
 mod super_streams;
 mod tls;
 mod uiaccess;
+mod uiobjects;
 mod webui;

@@ -108,7 +108,7 @@ enum Ended {
 }
 
 /// A raw stream protocol client, open in a vhost.
-struct Client {
+pub(crate) struct Client {
     socket: TcpStream,
     corr: u32,
 }
@@ -151,7 +151,7 @@ impl Client {
         c
     }
 
-    async fn guest(broker: &common::TestBroker, name: &str) -> Client {
+    pub(crate) async fn guest(broker: &common::TestBroker, name: &str) -> Client {
         Client::open(broker, "guest", "guest", "/", name).await
     }
 
@@ -231,7 +231,7 @@ impl Client {
         assert_eq!(self.request(DELETE, |f| f.string(stream)).await.code(), OK);
     }
 
-    async fn declare_publisher(&mut self, id: u8, reference: &str, stream: &str) {
+    pub(crate) async fn declare_publisher(&mut self, id: u8, reference: &str, stream: &str) {
         let code = self
             .request(DECLARE_PUBLISHER, |f| {
                 f.u8(id).string(reference).string(stream)
@@ -243,7 +243,7 @@ impl Client {
 
     /// Publishes one message per publishing id, in one frame, and waits for
     /// their confirms.
-    async fn publish_confirmed(&mut self, publisher: u8, ids: std::ops::Range<u64>) {
+    pub(crate) async fn publish_confirmed(&mut self, publisher: u8, ids: std::ops::Range<u64>) {
         let mut f = F::new(PUBLISH)
             .u8(publisher)
             .u32(ids.clone().count() as u32);
@@ -261,7 +261,7 @@ impl Client {
     }
 
     /// Subscribes `id` to `stream` from its first offset with `credit`.
-    async fn subscribe_first(&mut self, id: u8, stream: &str, credit: u16) {
+    pub(crate) async fn subscribe_first(&mut self, id: u8, stream: &str, credit: u16) {
         let code = self
             .request(SUBSCRIBE, |f| {
                 f.u8(id).string(stream).u16(1).u16(credit).u32(0)

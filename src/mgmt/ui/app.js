@@ -5,7 +5,7 @@
 //   #/exchanges  #/exchanges/<vhost>/<name>
 //   #/connections  #/connections/<name>  #/channels  #/channels/<name>
 //   #/users  #/users/<name>  #/vhosts  #/vhosts/<name>  #/policies
-//   #/definitions
+//   #/definitions  #/streams  #/streams/connections/<vhost>/<name>
 //   (segments URI-encoded)
 // A page module exports mount(main, ctx) and returns {refresh}; the frame
 // calls refresh now and on the chosen interval, never reloading the page.
@@ -28,6 +28,8 @@ import * as vhosts from './vhosts.js';
 import * as user from './user.js';
 import * as vhost from './vhost.js';
 import * as policies from './policies.js';
+import * as streams from './streams.js';
+import * as streamConnection from './stream-connection.js';
 
 const $ = (id) => document.getElementById(id);
 const REFRESH = 'leveret.refresh';
@@ -58,13 +60,18 @@ function routeOf(hash) {
   if (parts[0] === 'vhosts' && parts.length === 2) return { module: vhost, name: 'vhosts', args: parts.slice(1) };
   if (parts[0] === 'vhosts') return { module: vhosts, name: 'vhosts', args: [] };
   if (parts[0] === 'policies') return { module: policies, name: 'policies', args: [] };
+  if (parts[0] === 'streams' && parts[1] === 'connections' && parts.length === 4) {
+    return { module: streamConnection, name: 'streams', args: parts.slice(2) };
+  }
+  if (parts[0] === 'streams') return { module: streams, name: 'streams', args: [] };
   if (parts[0] === 'definitions') return { module: definitions, name: 'definitions', args: [] };
   return { module: overview, name: 'overview', args: [] };
 }
 
 async function tick() {
   if (!page) return;
-  await Promise.all([page.refresh?.(), showAlarms()]);
+  // The vhost list too: one added or deleted shows without logging in again.
+  await Promise.all([page.refresh?.(), showAlarms(), fillVhosts()]);
 }
 
 function schedule() {
@@ -106,18 +113,30 @@ async function showAlarms() {
   clear(box).append(...banners.map((t) => h('p', { class: 'alarm' }, t)));
 }
 
+// Fills the header's vhost filter; redrawn only when the list changed, so
+// a refresh never disturbs a user choosing from it. When the chosen vhost
+// is gone the filter goes back to "All" (and the page with it).
 async function fillVhosts() {
   const select = $('vhost');
   const wanted = sessionStorage.getItem(VHOST) ?? '';
-  let vhosts = [];
+  let vhosts;
   try {
-    vhosts = await api('/vhosts?columns=name');
+    vhosts = (await api('/vhosts?columns=name')).map((v) => v.name);
   } catch {
-    // Shown as "All" only; pages report their own errors.
+    // Kept as it is; pages report their own errors.
+    if (select.options.length) return;
+    vhosts = [];
   }
+  const shown = [...select.options].slice(1).map((o) => o.value);
+  if (select.options.length && shown.length === vhosts.length && shown.every((v, i) => v === vhosts[i])) return;
+  const before = select.value;
   clear(select).append(h('option', { value: '' }, 'All'),
-    ...vhosts.map((v) => h('option', { value: v.name }, v.name)));
-  select.value = vhosts.some((v) => v.name === wanted) ? wanted : '';
+    ...vhosts.map((v) => h('option', { value: v }, v)));
+  select.value = vhosts.includes(wanted) ? wanted : '';
+  if (before && select.value !== before && page) {
+    sessionStorage.setItem(VHOST, '');
+    route();
+  }
 }
 
 async function enter(user) {

@@ -2,20 +2,26 @@
 // and into it, and "Publish message".
 
 import { api, seg } from './api.js';
-import { bindingsTable } from './bindings.js';
+import { bindForm, bindingsTable } from './bindings.js';
 import { clear, errorBox, facts, h, rate, value } from './dom.js';
 import { publishForm } from './publish.js';
 
 export function mount(main, { args: [vhost, name] }) {
   const path = `/exchanges/${seg(vhost)}/${seg(name)}`;
   const live = h('div', { id: 'exchange-live' });
+  const unbindOut = h('div', { id: 'unbind-result', 'aria-live': 'polite' });
+  const page = {};
+  const unbind = { out: unbindOut, done: () => page.refresh() };
+  // Nothing binds to or from the default exchange by hand.
+  const isDefault = name === 'amq.default';
   main.append(
     h('p', { class: 'crumbs' }, h('a', { href: '#/exchanges' }, 'Exchanges'), ' › ', vhost),
-    h('h1', {}, 'Exchange ', h('span', { id: 'exchange-name' }, name === 'amq.default' ? '(AMQP default)' : name)),
+    h('h1', {}, 'Exchange ', h('span', { id: 'exchange-name' }, isDefault ? '(AMQP default)' : name)),
     live,
+    isDefault ? null : bindForm({ vhost, from: name, done: () => page.refresh() }),
     publishForm({ vhost, exchange: name }));
 
-  return {
+  return Object.assign(page, {
     async refresh() {
       let x;
       let out;
@@ -43,10 +49,11 @@ export function mount(main, { args: [vhost, name] }) {
           ])),
         h('section', { 'aria-labelledby': 'h-out' },
           h('h2', { id: 'h-out' }, 'Bindings from this exchange'),
-          bindingsTable(out ?? [], 'destination')),
+          bindingsTable(out ?? [], 'destination', isDefault ? undefined : unbind)),
         h('section', { 'aria-labelledby': 'h-in' },
           h('h2', { id: 'h-in' }, 'Bindings to this exchange'),
-          bindingsTable(into ?? [], 'source')));
+          bindingsTable(into ?? [], 'source', isDefault ? undefined : unbind)),
+        unbindOut);
     },
-  };
+  });
 }

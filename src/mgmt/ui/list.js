@@ -12,6 +12,7 @@
 //   state    the caller's {page, page_size, name, use_regex, sort,
 //            sort_reverse}, kept by the page module so it survives
 //            navigation
+//   heading  'h1' (the default) or 'h2', for a second list on a page
 // Returns {refresh}.
 
 import { api } from './api.js';
@@ -26,7 +27,7 @@ function plain(item, key) {
   return typeof v === 'number' ? num(v) : (v ?? '');
 }
 
-export function pagedList(main, { id, title, path, columns, state }) {
+export function pagedList(main, { id, title, path, columns, state, heading = 'h1' }) {
   const status = h('p', { class: 'muted', id: `${id}-status`, 'aria-live': 'polite' });
   const errors = h('div');
   const tbody = h('tbody');
@@ -48,7 +49,7 @@ export function pagedList(main, { id, title, path, columns, state }) {
     });
     let list;
     try {
-      list = await api(`${path}?${params}`);
+      list = await api(`${path}${path.includes('?') ? '&' : '?'}${params}`);
       if (mine !== latest) return;
     } catch (e) {
       if (mine !== latest) return;
@@ -120,7 +121,7 @@ export function pagedList(main, { id, title, path, columns, state }) {
 
   drawHead();
   main.append(
-    h('h1', {}, title),
+    h(heading, {}, title),
     h('div', { class: 'controls' },
       h('label', { for: `${id}-filter` }, 'Filter'), filter,
       h('label', {}, regex, ' Regex'),

@@ -81,7 +81,7 @@ function rates(stats) {
   return h('section', { 'aria-labelledby': 'h-rates' },
     h('h2', { id: 'h-rates' }, 'Message rates'),
     h('div', { class: 'tiles' }, RATES.map(([key, label]) =>
-      h('div', { class: 'tile' }, h('span', { class: 'label' }, label), h('span', { class: 'big' }, rate(stats[`${key}_details`]))))),
+      h('div', { class: 'tile' }, h('span', { class: 'label' }, label), h('span', { class: 'big', id: `rate-${key}` }, rate(stats[`${key}_details`]))))),
     lineChart(`Message rates, ${range[0]} (per second)`,
       RATES.filter(([key]) => stats[`${key}_details`]?.samples)
         .map(([key, label]) => ({ label, samples: toRates(stats[`${key}_details`].samples), unit: '/s' }))));
@@ -102,7 +102,8 @@ function counts(t) {
 }
 
 function node(n, o) {
-  const listeners = (o.listeners ?? []).map((l) => `${l.protocol} ${l.ip_address}`).join(', ');
+  const listeners = (o.listeners ?? []).map((l) => `${l.protocol} ${l.ip_address.includes(':') ? `[${l.ip_address}]` : l.ip_address}:${l.port}`).join(', ');
+  const list = (files) => (files?.length ? files.join(', ') : '—');
   const alarm = (on) => (on ? h('strong', { class: 'bad' }, 'alarm') : 'ok');
   return h('section', { 'aria-labelledby': 'h-node' },
     h('h2', { id: 'h-node' }, 'Node'),
@@ -114,5 +115,8 @@ function node(n, o) {
       ['Disk free', [`${bytes(n.disk_free)} (limit ${bytes(n.disk_free_limit)}) `, alarm(n.disk_free_alarm)]],
       ['File descriptors', `${num(n.fd_used)} of ${num(n.fd_total)}`],
       ['Listeners', listeners || '—'],
+      ['Data directory', h('span', { id: 'node-db-dir' }, n.db_dir ?? '—')],
+      ['Config file', h('span', { id: 'node-config-files' }, list(n.config_files))],
+      ['Log file', h('span', { id: 'node-log-files' }, list(n.log_files))],
     ]));
 }

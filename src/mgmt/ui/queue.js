@@ -7,7 +7,7 @@ import { api, seg } from './api.js';
 import { lineChart, toRates } from './chart.js';
 import { bytes, clear, errorBox, facts, h, num, rate, value } from './dom.js';
 import { field, publishForm } from './publish.js';
-import { bindingsTable } from './bindings.js';
+import { bindForm, bindingsTable } from './bindings.js';
 
 const HISTORY = 'lengths_age=600&lengths_incr=5&msg_rates_age=600&msg_rates_incr=5';
 
@@ -22,15 +22,18 @@ const ACK_MODES = [
 export function mount(main, { args: [vhost, name] }) {
   const path = `/queues/${seg(vhost)}/${seg(name)}`;
   const live = h('div', { id: 'queue-live' });
+  const unbindOut = h('div', { id: 'unbind-result', 'aria-live': 'polite' });
+  const page = {};
   main.append(
     h('p', { class: 'crumbs' }, h('a', { href: '#/queues' }, 'Queues'), ' › ', vhost),
     h('h1', {}, 'Queue ', h('span', { id: 'queue-name' }, name)),
     live,
+    bindForm({ vhost, to: name, done: () => page.refresh() }),
     getForm(path),
     publishForm({ vhost, exchange: 'amq.default', routingKey: name }),
     dangerZone(path, name));
 
-  return {
+  return Object.assign(page, {
     async refresh() {
       let q;
       let bindings;
@@ -41,9 +44,11 @@ export function mount(main, { args: [vhost, name] }) {
         return;
       }
       clear(live).append(...details(q), h('section', { 'aria-labelledby': 'h-bindings' },
-        h('h2', { id: 'h-bindings' }, 'Bindings'), bindingsTable(bindings ?? [], 'source')));
+        h('h2', { id: 'h-bindings' }, 'Bindings'),
+        bindingsTable(bindings ?? [], 'source', { out: unbindOut, done: () => page.refresh() }),
+        unbindOut));
     },
-  };
+  });
 }
 
 function details(q) {
@@ -85,6 +90,7 @@ function details(q) {
       h('h2', { id: 'h-args' }, 'Arguments'),
       argRows.length ? facts(argRows) : h('p', { class: 'muted' }, 'None.'),
       effective.length ? [h('h3', {}, 'Effective policy definition'), facts(effective)] : null),
+    q.stream ? streamSection(q.stream) : null,
     h('section', { 'aria-labelledby': 'h-consumers' },
       h('h2', { id: 'h-consumers' }, 'Consumers'),
       (q.consumer_details ?? []).length
@@ -99,6 +105,37 @@ function details(q) {
             h('td', {}, value(c.arguments)))))))
         : h('p', { class: 'muted' }, '… no consumers …')),
   ];
+}
+
+// A stream's offsets, size and readers (AMQP consumers and stream
+// protocol subscriptions) with where each reads and how far behind it is.
+function streamSection(s) {
+  const readers = s.readers ?? [];
+  const stored = Object.entries(s.stored_offsets ?? {});
+  return h('section', { 'aria-labelledby': 'h-stream' },
+    h('h2', { id: 'h-stream' }, 'Stream'),
+    facts([
+      ['First offset', num(s.first_offset)],
+      ['Last offset', num(s.last_offset)],
+      ['Segments', num(s.segments)],
+      ['Size', bytes(s.bytes)],
+      ['Retention', [s.retention?.max_length_bytes ? `${bytes(s.retention.max_length_bytes)}` : null,
+        s.retention?.max_age_ms ? `${num(s.retention.max_age_ms / 1000)} s` : null].filter(Boolean).join(', ') || '—'],
+    ]),
+    h('h3', {}, 'Readers'),
+    readers.length
+      ? h('div', { class: 'scroll' }, h('table', { class: 'list', id: 'stream-readers' },
+        h('thead', {}, h('tr', {}, [['Consumer tag'], ['Protocol'], ['Connection'], ['Offset', 1], ['Lag', 1]]
+          .map(([t, n]) => h('th', { scope: 'col', class: n ? 'num' : '' }, t)))),
+        h('tbody', {}, readers.map((r) => h('tr', {},
+          h('td', { class: 'name' }, r.consumer_tag),
+          h('td', {}, r.protocol),
+          h('td', { class: 'name' }, r.connection ?? ''),
+          h('td', { class: 'num' }, num(r.offset)),
+          h('td', { class: 'num' }, num(r.lag)))))))
+      : h('p', { class: 'muted' }, '… no readers …'),
+    stored.length ? [h('h3', {}, 'Stored offsets'),
+      facts(stored.map(([name, o]) => [name, `offset ${num(o.offset)}, lag ${num(o.lag)}`]))] : null);
 }
 
 function getForm(path) {
