@@ -156,6 +156,20 @@ fn serve(args: ServeArgs) -> ExitCode {
                 return ExitCode::FAILURE;
             }
         };
+        if config.cluster.enabled() {
+            reload_on_sighup(listeners.tls.clone());
+            log_accepting(&listeners);
+            return match leveret::serve_cluster(listeners, config, shutdown).await {
+                Ok(()) => {
+                    info!("stopped");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    error!("{e}");
+                    ExitCode::FAILURE
+                }
+            };
+        }
         let broker = match leveret::Broker::open(config) {
             Ok(b) => b,
             Err(e) => {
@@ -167,21 +181,28 @@ fn serve(args: ServeArgs) -> ExitCode {
         // against the watermark, as RabbitMQ counts its whole VM.
         broker.measure_process_memory();
         reload_on_sighup(listeners.tls.clone());
-        for (listeners, what) in [
-            (&listeners.amqp, "AMQP 0-9-1"),
-            (&listeners.amqps, "AMQPS (AMQP 0-9-1 over TLS)"),
-        ] {
-            for l in listeners {
-                match l.local_addr() {
-                    Ok(addr) => info!(%addr, version = env!("CARGO_PKG_VERSION"), "Leveret accepting {what} connections"),
-                    Err(e) => error!(error = %e, "cannot read bound address"),
-                }
-            }
-        }
+        log_accepting(&listeners);
         leveret::serve_on(listeners, broker, shutdown).await;
         info!("stopped");
         ExitCode::SUCCESS
     })
+}
+
+/// Logs each AMQP address (the line tests and operators wait for).
+fn log_accepting(listeners: &leveret::Listeners) {
+    for (listeners, what) in [
+        (&listeners.amqp, "AMQP 0-9-1"),
+        (&listeners.amqps, "AMQPS (AMQP 0-9-1 over TLS)"),
+    ] {
+        for l in listeners {
+            match l.local_addr() {
+                Ok(addr) => {
+                    info!(%addr, version = env!("CARGO_PKG_VERSION"), "Leveret accepting {what} connections")
+                }
+                Err(e) => error!(error = %e, "cannot read bound address"),
+            }
+        }
+    }
 }
 
 /// Reloads the TLS certificate, key and CA files on each SIGHUP (without

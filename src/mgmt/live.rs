@@ -154,6 +154,10 @@ pub(super) async fn overview(
         },
         "listeners": listeners(&broker),
     });
+    if let Some(c) = crate::cluster::current() {
+        overview["cluster_name"] = json!(c.config().name);
+        overview["cluster"] = super::cluster::cluster_overview(c, &c.view());
+    }
     // History covers every vhost: shown to those who see them all.
     let ask = super::history::Ask::from(&query);
     if user.sees_everything() && (ask.lengths.is_some() || ask.msg_rates.is_some()) {
@@ -224,7 +228,9 @@ fn node_json(broker: &Broker) -> Value {
 }
 
 pub(super) async fn nodes(State(broker): State<Arc<Broker>>) -> ApiResult {
-    Ok(Json(json!([node_json(&broker)])).into_response())
+    let own = node_json(&broker);
+    let all = super::cluster::nodes(own.clone()).unwrap_or_else(|| vec![own]);
+    Ok(Json(all).into_response())
 }
 
 pub(super) async fn node(State(broker): State<Arc<Broker>>, Path(name): Path<String>) -> ApiResult {
