@@ -99,6 +99,12 @@ pub(crate) fn current() -> Option<&'static Arc<Cluster>> {
     CURRENT.get()
 }
 
+/// Makes `cluster` this process's (the one the server fences on and the
+/// management API shows); the first one set stays.
+pub(crate) fn set_current(cluster: Arc<Cluster>) {
+    let _ = CURRENT.set(cluster);
+}
+
 /// This node may serve clients itself: it is not in cluster mode, or it
 /// leads and its lease is valid. Checked on every accept.
 pub(crate) fn may_serve() -> bool {
@@ -106,8 +112,7 @@ pub(crate) fn may_serve() -> bool {
 }
 
 impl Cluster {
-    /// Connects to etcd and starts campaigning as `me`. The first started
-    /// in a process becomes [`current`] (the one the management API shows).
+    /// Connects to etcd and starts campaigning as `me`.
     pub async fn start(config: &ClusterConfig, me: Member) -> Result<Arc<Cluster>, ClusterError> {
         let options = ConnectOptions::new()
             .with_connect_timeout(REQUEST_TIMEOUT)
@@ -123,7 +128,6 @@ impl Cluster {
             role: watch::Sender::new(Role::Starting),
             view: Mutex::new(View::default()),
         });
-        let _ = CURRENT.set(cluster.clone());
         tokio::spawn(election::run(cluster.clone()));
         tokio::spawn(view::refresh(Arc::downgrade(&cluster)));
         Ok(cluster)

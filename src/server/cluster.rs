@@ -26,6 +26,7 @@ pub async fn serve_cluster(
     let me = member(&config, &listeners);
     info!(node = %me.node_name, etcd = ?config.cluster.etcd, "cluster mode: campaigning");
     let cluster = Cluster::start(&config.cluster, me).await?;
+    cluster::set_current(cluster.clone());
     let (stop_tx, stop) = watch::channel(false);
     tokio::spawn(async move {
         shutdown.await;
