@@ -23,6 +23,7 @@ async fn timed<T>(
 
 pub(super) async fn run(cluster: Arc<Cluster>) {
     let ttl = cluster.config.lease_ttl();
+    let mut given_up: Vec<i64> = Vec::new();
     loop {
         let mut client = cluster.client.clone();
         let lease = match timed(grant(&mut client, ttl, &cluster.clock)).await {
@@ -39,12 +40,17 @@ pub(super) async fn run(cluster: Arc<Cluster>) {
                 keep_alive(cluster.client.clone(), lease, ttl, &cluster.clock).await
             })
         };
-        hold(&cluster, lease).await;
+        hold(&cluster, lease, &given_up).await;
         keeper.abort();
         cluster.clock.expire();
         // Drops this node's keys at once where etcd can be reached, so the
         // others need not wait for the lease to run out.
         let _ = timed(client.lease_revoke(lease)).await;
+        // Keys still bound to these are this process's own, stale.
+        given_up.push(lease);
+        if given_up.len() > 8 {
+            given_up.remove(0);
+        }
     }
 }
 
@@ -56,19 +62,19 @@ enum Campaign {
 }
 
 /// Registers and campaigns on `lease` until it is lost.
-async fn hold(cluster: &Cluster, lease: i64) {
+async fn hold(cluster: &Cluster, lease: i64, given_up: &[i64]) {
     let me = serde_json::to_string(&cluster.me).unwrap_or_default();
     let name = &cluster.me.node_name;
+    let mut said = false;
     loop {
-        let mut client = cluster.client.clone();
-        let put = client.put(
-            cluster.keys.node(name),
-            me.as_str(),
-            Some(PutOptions::new().with_lease(lease)),
-        );
         tokio::select! {
-            r = timed(put) => match r {
-                Ok(_) => break,
+            r = timed(register(cluster, lease, &me, given_up)) => match r {
+                Ok(true) => break,
+                Ok(false) if !said => {
+                    said = true;
+                    warn!(node = %name, "cluster: another node of this name is registered (or this node's record from before a crash has not expired yet); waiting");
+                }
+                Ok(false) => {}
                 Err(e) => warn!(error = %e, "cluster: cannot register; retrying"),
             },
             _ = cluster.clock.expired() => return,
@@ -77,7 +83,7 @@ async fn hold(cluster: &Cluster, lease: i64) {
     }
     info!(node = %name, "cluster: registered");
     loop {
-        match campaign(cluster, lease, &me).await {
+        match campaign(cluster, lease, &me, given_up).await {
             Ok(Campaign::Won(term)) => {
                 info!(term, "cluster: this node is the leader");
                 cluster.role.send_replace(Role::Leader { term });
@@ -138,9 +144,38 @@ async fn lead(cluster: &Cluster, term: i64) {
     }
 }
 
+/// Writes this node's record on `lease` unless another process holds the
+/// name (two nodes of one name would take each other's leader key for
+/// stale). A record on one of this process's given-up leases is its own.
+async fn register(
+    cluster: &Cluster,
+    lease: i64,
+    me: &str,
+    given_up: &[i64],
+) -> Result<bool, etcd_client::Error> {
+    let mut client = cluster.client.clone();
+    let key = cluster.keys.node(&cluster.me.node_name);
+    let put = TxnOp::put(key.as_str(), me, Some(PutOptions::new().with_lease(lease)));
+    let current = client.get(key.as_str(), None).await?;
+    let guard = match current.kvs().first() {
+        None => Compare::create_revision(key.as_str(), CompareOp::Equal, 0),
+        Some(kv) if kv.lease() == lease || given_up.contains(&kv.lease()) => {
+            Compare::mod_revision(key.as_str(), CompareOp::Equal, kv.mod_revision())
+        }
+        Some(_) => return Ok(false),
+    };
+    let r = client.txn(Txn::new().when([guard]).and_then([put])).await?;
+    Ok(r.succeeded())
+}
+
 /// One attempt to create the leader key; the current leader if another
 /// holds it.
-async fn campaign(cluster: &Cluster, lease: i64, me: &str) -> Result<Campaign, etcd_client::Error> {
+async fn campaign(
+    cluster: &Cluster,
+    lease: i64,
+    me: &str,
+    given_up: &[i64],
+) -> Result<Campaign, etcd_client::Error> {
     let mut client = cluster.client.clone();
     let key = cluster.keys.leader();
     let isr_key = cluster.keys.isr();
@@ -150,7 +185,7 @@ async fn campaign(cluster: &Cluster, lease: i64, me: &str) -> Result<Campaign, e
         match leader {
             // This node's own key from a lease it gave up (etcd was away
             // when it tried to revoke it): remove it and campaign anew.
-            Some(l) if l.node_name == cluster.me.node_name && kv.lease() != lease => {
+            Some(l) if l.node_name == cluster.me.node_name && given_up.contains(&kv.lease()) => {
                 let stale = Txn::new()
                     .when([Compare::create_revision(
                         key.as_str(),
@@ -162,6 +197,13 @@ async fn campaign(cluster: &Cluster, lease: i64, me: &str) -> Result<Campaign, e
                 info!("cluster: removed this node's leader key of an earlier lease");
                 return Ok(Campaign::NotEligible);
             }
+            // Created on this very lease (the answer to the txn that made
+            // it was lost): this node leads.
+            Some(l) if l.node_name == cluster.me.node_name && kv.lease() == lease => {
+                return Ok(Campaign::Won(kv.create_revision()))
+            }
+            // Never follow oneself: wait for that key to expire.
+            Some(l) if l.node_name == cluster.me.node_name => return Ok(Campaign::NotEligible),
             Some(l) => return Ok(Campaign::Lost(Arc::new(l))),
             None => {
                 return Err(etcd_client::Error::InvalidArgs(

@@ -405,6 +405,21 @@ async fn etcd_killed_and_restarted_never_shows_two_leaders() {
     while watch.elapsed() < Duration::from_secs(3) {
         cluster.leader(Duration::from_secs(1)).await;
     }
+    // The leader serves again: its store reopened (if it led before, in
+    // the same process).
+    let leader = cluster.leader(Duration::from_secs(1)).await;
+    let (c, ch) = try_open(&cluster.nodes[leader].amqp, Duration::from_secs(10))
+        .await
+        .expect("a client of the leader after etcd's restart");
+    let q = unique("after-etcd");
+    ch.queue_declare(
+        q.as_str().into(),
+        QueueDeclareOptions::default(),
+        FieldTable::default(),
+    )
+    .await
+    .unwrap();
+    let _ = c.close(200, "bye".into()).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -627,4 +642,29 @@ async fn ctl_cluster_status_shows_nodes_roles_and_the_leader() {
     assert!(out.contains("would lose their quorum"), "{out}");
     let (code, out) = ctl(follower.mgmt, &["check_if_node_is_quorum_critical"]);
     assert_eq!((code, out.as_str()), (0, "ok\n"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_node_of_the_same_name_neither_registers_nor_leads() {
+    let Some(_etcd) = Etcd::start() else {
+        return;
+    };
+    let config = leveret::config::ClusterConfig {
+        etcd: vec![_etcd.endpoint()],
+        name: unique("twins"),
+        ..Default::default()
+    };
+    let first = leveret::Cluster::start(&config, member("twin"))
+        .await
+        .unwrap();
+    let term = match role_becomes(&first, |r| matches!(r, leveret::Role::Leader { .. })).await {
+        leveret::Role::Leader { term } => term,
+        other => unreachable!("{other:?}"),
+    };
+    let second = leveret::Cluster::start(&config, member("twin"))
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(*second.role().borrow(), leveret::Role::Starting);
+    assert_eq!(*first.role().borrow(), leveret::Role::Leader { term });
 }
