@@ -5,8 +5,10 @@
 
 use super::Member;
 use crate::listen::accept_any;
+use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 use tracing::{debug, warn};
 
@@ -15,23 +17,37 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Forwards every client accepted on `listeners` (each tagged with its
 /// protocol: `amqp`, `amqp/ssl`, `stream`, `stream/ssl`) to `leader` until
-/// `stop` completes; then drops every forwarded connection.
+/// `stop` completes; then drops every forwarded connection. At most
+/// `max_connections` at once (0: no limit), as the leader's own limit:
+/// past it, clients wait in the backlog.
 pub(crate) async fn forward(
     listeners: &[(TcpListener, &'static str)],
     leader: &Member,
+    max_connections: usize,
     stop: impl std::future::Future<Output = ()>,
 ) {
+    let places = Arc::new(Semaphore::new(match max_connections {
+        0 => Semaphore::MAX_PERMITS,
+        n => n,
+    }));
     let mut clients = JoinSet::new();
     tokio::pin!(stop);
     loop {
+        let admitted = async {
+            let place = places.clone().acquire_owned().await;
+            (place, accept_any(listeners).await)
+        };
         tokio::select! {
-            (accepted, protocol) = accept_any(listeners) => match accepted {
+            (place, (accepted, protocol)) = admitted => match accepted {
                 Ok((client, peer)) => {
                     let Some(target) = leader.address_for(protocol).map(String::from) else {
                         debug!(%peer, protocol, "cluster: the leader has no such listener; client dropped");
                         continue;
                     };
-                    clients.spawn(pipe(client, target));
+                    clients.spawn(async move {
+                        pipe(client, target).await;
+                        drop(place);
+                    });
                 }
                 Err(e) => {
                     warn!(error = %e, "accept failed");

@@ -77,6 +77,8 @@ async fn lead(
         return sleep_or_stop(Duration::from_millis(500), stop).await;
     };
     info!(term, "cluster: serving clients as the leader");
+    // The leader's replication server (issue 20, on
+    // `config.cluster.replication_listen`) runs beside this, for the term.
     serve_on(serving, broker, term_over(cluster.role(), term, stop)).await;
     info!(term, "cluster: stopped serving as the leader");
 }
@@ -101,18 +103,34 @@ async fn follow(
     let Some(clients) = client_listeners(listeners) else {
         return sleep_or_stop(Duration::from_millis(500), stop).await;
     };
-    // Where the follower's replication client runs (issue 20's
-    // `cluster::replication::follow`). Until it exists this node holds no
-    // replica: it only forwards clients.
-    warn!(leader = %leader.node_name, "cluster: following; this node holds no replica (replication not built yet)");
     let api = management(
         listeners,
         config,
         cluster,
         role_changed(cluster.role(), stop.clone()),
     );
-    let forwarding = cluster::proxy::forward(&clients, leader, role_changed(cluster.role(), stop));
-    tokio::join!(api, forwarding);
+    let forwarding = cluster::proxy::forward(
+        &clients,
+        leader,
+        config.limits.max_connections,
+        role_changed(cluster.role(), stop.clone()),
+    );
+    let replica = replicate(config, cluster, leader, role_changed(cluster.role(), stop));
+    tokio::join!(api, forwarding, replica);
+}
+
+/// THE HOOK for the follower's replication client (issue 20's
+/// `cluster::replication::follow`): it runs for as long as this node
+/// follows `leader` (until `until`), syncing `config.server.data_dir` from
+/// `leader.replication`. Until it exists, this node holds no replica.
+async fn replicate(
+    _config: &Config,
+    _cluster: &Arc<Cluster>,
+    leader: &Member,
+    until: impl Future<Output = ()>,
+) {
+    warn!(leader = %leader.node_name, "cluster: following; this node holds no replica (replication not built yet)");
+    until.await;
 }
 
 /// Between roles: only the management API answers (about this node).
