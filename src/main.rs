@@ -67,6 +67,18 @@ struct ServeArgs {
     /// setting it turns tls.verify_peer on.
     #[arg(long)]
     tls_ca: Option<PathBuf>,
+    /// Cluster mode: etcd endpoints, http://HOST:PORT, comma-separated.
+    #[arg(long)]
+    cluster_etcd: Option<String>,
+    /// The cluster's name (its etcd key prefix).
+    #[arg(long)]
+    cluster_name: Option<String>,
+    /// This node's name in the cluster (default: the host name).
+    #[arg(long)]
+    node_name: Option<String>,
+    /// The AMQP URI clients should use for this node.
+    #[arg(long)]
+    advertised_uri: Option<String>,
 }
 
 fn main() -> ExitCode {
@@ -117,6 +129,18 @@ fn serve(args: ServeArgs) -> ExitCode {
     if let Some(ca) = args.tls_ca {
         config.tls.ca = ca;
         config.tls.verify_peer = true;
+    }
+    if let Some(etcd) = args.cluster_etcd {
+        config.cluster.etcd = Addresses::parse(&etcd).0;
+    }
+    if let Some(name) = args.cluster_name {
+        config.cluster.name = name;
+    }
+    if let Some(name) = args.node_name {
+        config.cluster.node_name = name;
+    }
+    if let Some(uri) = args.advertised_uri {
+        config.cluster.advertised_uri = uri;
     }
     if let Err(e) = config.validate() {
         eprintln!("leveret: {e}");

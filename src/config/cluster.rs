@@ -9,7 +9,10 @@ use std::time::Duration;
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct ClusterConfig {
-    /// etcd endpoints (`http://HOST:PORT`); empty: cluster mode off.
+    /// etcd endpoints (`http://HOST:PORT`); empty: cluster mode off. A
+    /// list, or one string of comma-separated endpoints (as the
+    /// environment variable gives it).
+    #[serde(deserialize_with = "endpoints")]
     pub etcd: Vec<String>,
     /// The cluster's name: every key this cluster keeps in etcd starts
     /// with `/leveret/<name>/`, so several clusters can share one etcd.
@@ -26,6 +29,19 @@ pub struct ClusterConfig {
     /// The etcd lease's time to live, in milliseconds: a leader that cannot
     /// renew it for this long has stopped serving, and another takes over.
     pub lease_ttl_ms: u64,
+}
+
+fn endpoints<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum OneOrMany {
+        One(String),
+        Many(Vec<String>),
+    }
+    Ok(match OneOrMany::deserialize(d)? {
+        OneOrMany::One(s) => super::Addresses::parse(&s).0,
+        OneOrMany::Many(v) => v,
+    })
 }
 
 impl Default for ClusterConfig {
@@ -97,5 +113,21 @@ impl ClusterConfig {
             }
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::config::Config;
+
+    #[test]
+    fn etcd_endpoints_are_a_list_or_a_comma_separated_string() {
+        let vars = |v: &str| vec![("LEVERET_CLUSTER_ETCD".into(), v.into())];
+        let one = Config::load(None, vars("http://a:2379, http://b:2379")).unwrap();
+        assert_eq!(one.cluster.etcd, ["http://a:2379", "http://b:2379"]);
+        let list = Config::load(None, vars("[\"http://a:2379\"]")).unwrap();
+        assert_eq!(list.cluster.etcd, ["http://a:2379"]);
+        assert!(Config::load(None, vars("ftp://a")).is_err());
+        assert!(!Config::default().cluster.enabled());
     }
 }

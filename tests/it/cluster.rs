@@ -62,7 +62,29 @@ impl TestCluster {
         Some(cluster)
     }
 
+    /// n3 is configured with flags, the others through the environment.
     fn launch(&self, node_name: &str, dir: &TempDir) -> BrokerProcess {
+        if node_name == "n3" {
+            let etcd = self.etcd.endpoint();
+            let dir = dir.path().to_str().expect("UTF-8 path");
+            return BrokerProcess::spawn(&[
+                "serve",
+                "--listen",
+                "127.0.0.1:0",
+                "--stream-listen",
+                "127.0.0.1:0",
+                "--mgmt-listen",
+                "127.0.0.1:0",
+                "--data-dir",
+                dir,
+                "--cluster-etcd",
+                &etcd,
+                "--cluster-name",
+                &self.name,
+                "--node-name",
+                node_name,
+            ]);
+        }
         let etcd = format!("[\"{}\"]", self.etcd.endpoint());
         BrokerProcess::start_with_env(
             dir.path(),
