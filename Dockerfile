@@ -9,6 +9,8 @@ ENV CARGO_PROFILE_RELEASE_DEBUG=0 \
 # Dependencies first, built against empty crates: this layer is rebuilt only
 # when a Cargo.toml or Cargo.lock changes, not on every source edit.
 COPY Cargo.toml Cargo.lock ./
+# etcd-client with its generated gRPC code (Cargo.toml's [patch.crates-io]).
+COPY vendor ./vendor
 COPY crates/protocol/Cargo.toml crates/protocol/
 COPY crates/ctl/Cargo.toml crates/ctl/
 COPY crates/perf/Cargo.toml crates/perf/

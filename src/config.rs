@@ -1,7 +1,10 @@
 //! Broker configuration: embedded defaults < `broker.toml` < `LEVERET_*`
 //! environment variables (see [`env`]) < command-line flags.
 
+mod cluster;
 mod env;
+
+pub use cluster::ClusterConfig;
 
 use serde::Deserialize;
 use std::path::{Path, PathBuf};
@@ -43,6 +46,7 @@ pub struct Config {
     pub mgmt: MgmtConfig,
     pub tls: TlsConfig,
     pub stream: StreamConfig,
+    pub cluster: ClusterConfig,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -511,6 +515,7 @@ impl Config {
 
     pub fn validate(&self) -> Result<(), ConfigError> {
         self.server.log_filter()?;
+        self.cluster.validate()?;
         if self.stream.initial_frame_max < 4096
             || self.stream.frame_max < self.stream.initial_frame_max
         {

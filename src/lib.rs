@@ -15,6 +15,7 @@
 mod amqp10;
 mod broker;
 mod channel;
+mod cluster;
 pub mod config;
 mod connection;
 mod hash;
@@ -38,7 +39,10 @@ pub use leveret_protocol::error;
 pub use broker::Broker;
 pub use config::Config;
 pub use logging::init as init_logging;
-pub use server::{serve, serve_on, Listeners, Place, ServeError};
+pub use server::{serve, serve_cluster, serve_on, Listeners, Place, ServeError};
+
+/// Cluster mode's roles, for the binary and the cluster tests.
+pub use cluster::{Cluster, ClusterError, Isr, Member, Role};
 pub use tls::{provider as tls_provider, Tls, TlsSession};
 
 /// What the damage and disk-full tests open or measure directly.

@@ -67,6 +67,18 @@ struct ServeArgs {
     /// setting it turns tls.verify_peer on.
     #[arg(long)]
     tls_ca: Option<PathBuf>,
+    /// Cluster mode: etcd endpoints, http://HOST:PORT, comma-separated.
+    #[arg(long)]
+    cluster_etcd: Option<String>,
+    /// The cluster's name (its etcd key prefix).
+    #[arg(long)]
+    cluster_name: Option<String>,
+    /// This node's name in the cluster (default: the host name).
+    #[arg(long)]
+    node_name: Option<String>,
+    /// The AMQP URI clients should use for this node.
+    #[arg(long)]
+    advertised_uri: Option<String>,
 }
 
 fn main() -> ExitCode {
@@ -118,6 +130,18 @@ fn serve(args: ServeArgs) -> ExitCode {
         config.tls.ca = ca;
         config.tls.verify_peer = true;
     }
+    if let Some(etcd) = args.cluster_etcd {
+        config.cluster.etcd = Addresses::parse(&etcd).0;
+    }
+    if let Some(name) = args.cluster_name {
+        config.cluster.name = name;
+    }
+    if let Some(name) = args.node_name {
+        config.cluster.node_name = name;
+    }
+    if let Some(uri) = args.advertised_uri {
+        config.cluster.advertised_uri = uri;
+    }
     if let Err(e) = config.validate() {
         eprintln!("leveret: {e}");
         return ExitCode::FAILURE;
@@ -156,6 +180,20 @@ fn serve(args: ServeArgs) -> ExitCode {
                 return ExitCode::FAILURE;
             }
         };
+        if config.cluster.enabled() {
+            reload_on_sighup(listeners.tls.clone());
+            log_accepting(&listeners);
+            return match leveret::serve_cluster(listeners, config, shutdown).await {
+                Ok(()) => {
+                    info!("stopped");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    error!("{e}");
+                    ExitCode::FAILURE
+                }
+            };
+        }
         let broker = match leveret::Broker::open(config) {
             Ok(b) => b,
             Err(e) => {
@@ -167,21 +205,28 @@ fn serve(args: ServeArgs) -> ExitCode {
         // against the watermark, as RabbitMQ counts its whole VM.
         broker.measure_process_memory();
         reload_on_sighup(listeners.tls.clone());
-        for (listeners, what) in [
-            (&listeners.amqp, "AMQP 0-9-1"),
-            (&listeners.amqps, "AMQPS (AMQP 0-9-1 over TLS)"),
-        ] {
-            for l in listeners {
-                match l.local_addr() {
-                    Ok(addr) => info!(%addr, version = env!("CARGO_PKG_VERSION"), "Leveret accepting {what} connections"),
-                    Err(e) => error!(error = %e, "cannot read bound address"),
-                }
-            }
-        }
+        log_accepting(&listeners);
         leveret::serve_on(listeners, broker, shutdown).await;
         info!("stopped");
         ExitCode::SUCCESS
     })
+}
+
+/// Logs each AMQP address (the line tests and operators wait for).
+fn log_accepting(listeners: &leveret::Listeners) {
+    for (listeners, what) in [
+        (&listeners.amqp, "AMQP 0-9-1"),
+        (&listeners.amqps, "AMQPS (AMQP 0-9-1 over TLS)"),
+    ] {
+        for l in listeners {
+            match l.local_addr() {
+                Ok(addr) => {
+                    info!(%addr, version = env!("CARGO_PKG_VERSION"), "Leveret accepting {what} connections")
+                }
+                Err(e) => error!(error = %e, "cannot read bound address"),
+            }
+        }
+    }
 }
 
 /// Reloads the TLS certificate, key and CA files on each SIGHUP (without

@@ -1,5 +1,9 @@
 //! Accept loop and graceful shutdown.
 
+mod cluster;
+
+pub use cluster::serve_cluster;
+
 use crate::broker::Broker;
 use crate::config::{Config, LimitsConfig};
 use crate::listen::{accept_any, bind_all, BindError};
@@ -23,6 +27,8 @@ pub enum ServeError {
     Bind(#[from] BindError),
     #[error(transparent)]
     Tls(#[from] crate::tls::TlsError),
+    #[error(transparent)]
+    Cluster(#[from] crate::cluster::ClusterError),
 }
 
 /// Every listener the broker serves, bound, and the TLS certificates its
@@ -158,6 +164,9 @@ pub async fn serve_on(
         };
         tokio::select! {
             (mut place, (accepted, tls)) = admitted => match accepted {
+                // In cluster mode, a leader whose lease may have run out
+                // (it was paused, say) serves no one: fencing.
+                Ok(_) if !crate::cluster::may_serve() => {}
                 Ok((socket, peer)) => {
                     place.accepted();
                     let (broker, stop) = (broker.clone(), stop_rx.clone());

@@ -482,6 +482,12 @@ impl ChannelShared {
     }
 
     fn send_confirms(&self, c: &mut Confirms) {
+        // A cluster leader past its lease deadline confirms nothing (it
+        // may already have been replaced): the confirms stay owed, and the
+        // connection is closed as the node steps down.
+        if !crate::cluster::may_serve() {
+            return;
+        }
         let id = self.id;
         c.settle(|confirm| match confirm {
             Confirm::AckUpTo(upto) => self

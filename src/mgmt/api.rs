@@ -555,6 +555,9 @@ fn json_field(v: &Value, depth: usize) -> Result<AMQPValue, ApiError> {
 }
 
 pub(super) fn node_name() -> String {
+    if let Some(c) = crate::cluster::current() {
+        return super::cluster::node_name_of(&c.me().node_name);
+    }
     let host = std::fs::read_to_string("/etc/hostname")
         .map(|h| h.trim().to_string())
         .unwrap_or_else(|_| "localhost".into());

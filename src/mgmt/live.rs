@@ -193,6 +193,10 @@ pub(super) async fn overview(
     if everything {
         overview["listeners"] = json!(listeners(&active));
     }
+    if let Some(c) = crate::cluster::current() {
+        overview["cluster_name"] = json!(c.config().name);
+        overview["cluster"] = super::cluster::cluster_overview(c, &c.view());
+    }
     // History: the broker's to those who see every vhost, the sum of their
     // vhosts' to the others (RabbitMQ's vhost stats).
     let ask = super::history::Ask::from(&query);
@@ -310,7 +314,9 @@ fn node_json(broker: &Broker) -> Value {
 }
 
 pub(super) async fn nodes(State(broker): State<Arc<Broker>>) -> ApiResult {
-    Ok(Json(json!([node_json(&broker)])).into_response())
+    let own = node_json(&broker);
+    let all = super::cluster::nodes(own.clone()).unwrap_or_else(|| vec![own]);
+    Ok(Json(all).into_response())
 }
 
 pub(super) async fn node(State(broker): State<Arc<Broker>>, Path(name): Path<String>) -> ApiResult {

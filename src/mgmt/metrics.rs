@@ -142,7 +142,7 @@ async fn scrape(broker: Arc<Broker>, mode: Mode) -> Response {
                 .unwrap_or(0)
         }
     };
-    let body = render(&broker, &mode, disk_used);
+    let body = render(&broker, &mode, disk_used) + &super::cluster::metrics();
     (
         [(
             header::CONTENT_TYPE,

@@ -12,6 +12,7 @@
 mod api;
 mod certificates;
 mod channel_rates;
+mod cluster;
 mod definitions;
 mod durable;
 mod health;
@@ -38,6 +39,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post, put};
 use axum::{Json, Router};
 use base64::Engine;
+pub(crate) use cluster::serve_follower;
 use serde_json::json;
 use std::future::Future;
 use std::net::SocketAddr;
@@ -290,6 +292,10 @@ pub(crate) async fn serve(
         .route("/api/health/checks/alarms", get(live::alarms))
         .route("/api/health/checks/local-alarms", get(live::alarms))
         .route("/api/health/checks/store", get(live::store_damage))
+        .route(
+            "/api/health/checks/node-is-quorum-critical",
+            get(cluster::quorum_critical),
+        )
         .route(
             "/api/health/checks/virtual-hosts",
             get(health::virtual_hosts),

@@ -16,6 +16,7 @@ mod backlog;
 mod bad_input;
 mod basic;
 mod cli;
+mod cluster;
 mod concurrency;
 mod confirms_tx;
 mod connection;

@@ -11,6 +11,7 @@
 #![warn(unreachable_pub)]
 
 mod client;
+mod cluster;
 mod limits;
 mod table;
 
@@ -87,6 +88,8 @@ Commands:
   list_stream_publishers           Stream protocol publishers of --vhost: published, confirmed
   status                           Version, node, object and message totals, message rates
   health                           Alarm check: prints ok, or the alarms and exits 1
+  cluster status                   Cluster mode: nodes, roles, ISR, leader, lease, lag
+  check_if_node_is_quorum_critical Exit 1 if stopping this node leaves too few in sync
   reload_certificates              Reload the broker's TLS certificate, key and CA files
   help COMMAND                     Every argument of one command
 
@@ -487,6 +490,15 @@ pub enum CtlCommand {
     Status,
     /// Check for resource alarms; exit 1 unless there are none
     Health,
+    /// `cluster status`: every node of the cluster, its role, whether it
+    /// is in sync, its lease and replication lag
+    Cluster {
+        /// status
+        what: Option<String>,
+    },
+    /// Exit 1 if stopping this node would leave fewer in-sync nodes than
+    /// a confirm needs (rabbitmq-diagnostics check_if_node_is_quorum_critical)
+    CheckIfNodeIsQuorumCritical,
     /// Reload the broker's TLS certificate, key and CA files (as SIGHUP)
     ReloadCertificates,
 }
@@ -959,6 +971,8 @@ impl Ctx<'_> {
             }
             C::Status => self.status(),
             C::Health => self.health(),
+            C::Cluster { what } => self.cluster(what.as_deref()),
+            C::CheckIfNodeIsQuorumCritical => self.quorum_critical(),
             C::ReloadCertificates => self.reload_certificates(),
         }
     }

@@ -7,6 +7,7 @@
 
 pub mod amqp;
 pub mod deadlock;
+pub mod etcd;
 pub mod http;
 pub mod process;
 pub mod raw;

@@ -1,0 +1,33 @@
+//! Where the cluster keeps its state in etcd: everything under
+//! `/leveret/<cluster name>/`.
+
+pub(crate) struct Keys {
+    pub(crate) prefix: String,
+}
+
+impl Keys {
+    pub(crate) fn new(cluster: &str) -> Keys {
+        Keys {
+            prefix: format!("/leveret/{cluster}/"),
+        }
+    }
+
+    /// The leader's member record, bound to its lease; its create revision
+    /// is the leader's term.
+    pub(crate) fn leader(&self) -> String {
+        format!("{}leader", self.prefix)
+    }
+
+    /// The in-sync replica set, written by the leader only.
+    pub(crate) fn isr(&self) -> String {
+        format!("{}isr", self.prefix)
+    }
+
+    pub(crate) fn nodes(&self) -> String {
+        format!("{}nodes/", self.prefix)
+    }
+
+    pub(crate) fn node(&self, name: &str) -> String {
+        format!("{}nodes/{name}", self.prefix)
+    }
+}

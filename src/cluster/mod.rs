@@ -1,0 +1,223 @@
+//! Cluster mode's roles (issue 20): which node leads, who the members are,
+//! and which followers are in sync, all kept in etcd (consensus is etcd's,
+//! never ours; docs/CLUSTERING.md, "Roles, leases and fencing").
+//!
+//! Each node holds one etcd lease and binds to it its member record and,
+//! when it leads, the leader key; the leader key is created only where
+//! none exists, so there is at most one, and its create revision is the
+//! leader's term. A leader stops serving when its local lease deadline
+//! passes, before etcd can expire the lease and let another take over.
+//!
+//! What the rest of the broker uses: [`Cluster::role`] (a watch of this
+//! node's [`Role`]), [`Cluster::lease_valid`] (cheap; check it before
+//! anything a client is told), [`Cluster::set_isr`], [`Cluster::isr`] and
+//! [`Cluster::members`].
+
+mod election;
+mod keys;
+mod lease;
+mod member;
+pub(crate) mod proxy;
+mod view;
+
+pub use member::Member;
+pub(crate) use view::View;
+
+use crate::config::ClusterConfig;
+use etcd_client::{Client, Compare, CompareOp, ConnectOptions, Txn, TxnOp};
+use keys::Keys;
+use lease::LeaseClock;
+use parking_lot::Mutex;
+use serde::{Deserialize, Serialize};
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+use tokio::sync::watch;
+
+/// This node's part in the cluster.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Role {
+    /// Not yet registered, or waiting for a leader it may not replace.
+    Starting,
+    /// Another node leads; clients are forwarded to it.
+    Follower { leader: Arc<Member> },
+    /// This node leads; `term` is the leader key's create revision.
+    Leader { term: i64 },
+    /// This node led but its lease could not be kept alive (or it was
+    /// deposed): it serves nothing until it has a new lease and a new role.
+    Fenced,
+}
+
+impl Role {
+    pub fn name(&self) -> &'static str {
+        match self {
+            Role::Starting => "starting",
+            Role::Follower { .. } => "follower",
+            Role::Leader { .. } => "leader",
+            Role::Fenced => "fenced",
+        }
+    }
+}
+
+/// The in-sync replica set as kept at `<prefix>/isr`: the followers that
+/// hold every confirmed write, and the leader (and term) that said so.
+/// Only these (and that leader) may become the next leader.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Isr {
+    pub leader: String,
+    pub term: i64,
+    pub followers: Vec<String>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ClusterError {
+    #[error("cannot use etcd: {0}")]
+    Etcd(#[from] etcd_client::Error),
+    #[error("this node is not the leader")]
+    NotLeader,
+}
+
+/// How often followers look for a missing leader, and everyone refreshes
+/// their view of the cluster.
+const POLL: Duration = Duration::from_millis(250);
+/// How long one etcd request may take before it counts as failed.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(1);
+
+pub struct Cluster {
+    config: ClusterConfig,
+    me: Member,
+    keys: Keys,
+    client: Client,
+    clock: LeaseClock,
+    role: watch::Sender<Role>,
+    view: Mutex<View>,
+}
+
+static CURRENT: OnceLock<Arc<Cluster>> = OnceLock::new();
+
+/// This process's cluster, in cluster mode.
+pub(crate) fn current() -> Option<&'static Arc<Cluster>> {
+    CURRENT.get()
+}
+
+/// Makes `cluster` this process's (the one the server fences on and the
+/// management API shows); the first one set stays.
+pub(crate) fn set_current(cluster: Arc<Cluster>) {
+    let _ = CURRENT.set(cluster);
+}
+
+/// This node may serve clients itself: it is not in cluster mode, or it
+/// leads and its lease is valid. Checked on every accept.
+pub(crate) fn may_serve() -> bool {
+    current().is_none_or(|c| c.serves())
+}
+
+impl Cluster {
+    /// Connects to etcd and starts campaigning as `me`.
+    pub async fn start(config: &ClusterConfig, me: Member) -> Result<Arc<Cluster>, ClusterError> {
+        let options = ConnectOptions::new()
+            .with_connect_timeout(REQUEST_TIMEOUT)
+            .with_timeout(REQUEST_TIMEOUT)
+            .with_keep_alive(Duration::from_secs(1), REQUEST_TIMEOUT);
+        let client = Client::connect(&config.etcd, Some(options)).await?;
+        let cluster = Arc::new(Cluster {
+            config: config.clone(),
+            keys: Keys::new(&config.name),
+            me,
+            client,
+            clock: LeaseClock::default(),
+            role: watch::Sender::new(Role::Starting),
+            view: Mutex::new(View::default()),
+        });
+        tokio::spawn(election::run(cluster.clone()));
+        tokio::spawn(view::refresh(Arc::downgrade(&cluster)));
+        Ok(cluster)
+    }
+
+    pub fn config(&self) -> &ClusterConfig {
+        &self.config
+    }
+
+    /// This node's member record.
+    pub fn me(&self) -> &Member {
+        &self.me
+    }
+
+    /// This node's role, as it changes.
+    pub fn role(&self) -> watch::Receiver<Role> {
+        self.role.subscribe()
+    }
+
+    /// This node's lease is held: a leader may tell clients something only
+    /// while this is true (it is false from the moment the local deadline
+    /// passes, also right after the process wakes from a stop).
+    pub fn lease_valid(&self) -> bool {
+        self.clock.valid()
+    }
+
+    /// This node leads and its lease is valid.
+    pub fn serves(&self) -> bool {
+        matches!(*self.role.borrow(), Role::Leader { .. }) && self.lease_valid()
+    }
+
+    /// Records `followers` as the in-sync replica set. Only the leader can:
+    /// the write is conditional on its leader key (its term) still being
+    /// there, so a deposed leader never overwrites a newer leader's ISR.
+    pub async fn set_isr(&self, followers: Vec<String>) -> Result<(), ClusterError> {
+        let Role::Leader { term } = *self.role.borrow() else {
+            return Err(ClusterError::NotLeader);
+        };
+        if !self.lease_valid() {
+            return Err(ClusterError::NotLeader);
+        }
+        let isr = Isr {
+            leader: self.me.node_name.clone(),
+            term,
+            followers,
+        };
+        let json = serde_json::to_string(&isr).unwrap_or_default();
+        let txn = Txn::new()
+            .when([Compare::create_revision(
+                self.keys.leader(),
+                CompareOp::Equal,
+                term,
+            )])
+            .and_then([TxnOp::put(self.keys.isr(), json, None)]);
+        let mut client = self.client.clone();
+        let done = tokio::time::timeout(REQUEST_TIMEOUT, client.txn(txn))
+            .await
+            .map_err(|_| etcd_client::Error::InvalidArgs("etcd did not answer in time".into()))??;
+        if !done.succeeded() {
+            return Err(ClusterError::NotLeader);
+        }
+        self.view.lock().isr = Some(isr);
+        Ok(())
+    }
+
+    /// The in-sync followers as last read from etcd (refreshed every
+    /// quarter second, and on each [`set_isr`](Self::set_isr)).
+    pub fn isr(&self) -> Vec<String> {
+        self.view
+            .lock()
+            .isr
+            .as_ref()
+            .map(|i| i.followers.clone())
+            .unwrap_or_default()
+    }
+
+    /// Every registered node, as last read from etcd.
+    pub fn members(&self) -> Vec<Member> {
+        self.view.lock().members.clone()
+    }
+
+    /// The whole view: members, leader, ISR, whether etcd answered.
+    pub(crate) fn view(&self) -> View {
+        self.view.lock().clone()
+    }
+
+    /// The local lease deadline, from now (zero once passed).
+    pub(crate) fn lease_remaining(&self) -> Duration {
+        self.clock
+            .deadline()
+            .saturating_duration_since(tokio::time::Instant::now())
+    }
+}

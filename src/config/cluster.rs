@@ -1,0 +1,133 @@
+//! `[cluster]`: cluster mode, with etcd holding the roles (issue 20). An
+//! empty `etcd` list (the default) is a single node, exactly as without
+//! cluster mode.
+
+use super::ConfigError;
+use serde::Deserialize;
+use std::time::Duration;
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ClusterConfig {
+    /// etcd endpoints (`http://HOST:PORT`); empty: cluster mode off. A
+    /// list, or one string of comma-separated endpoints (as the
+    /// environment variable gives it).
+    #[serde(deserialize_with = "endpoints")]
+    pub etcd: Vec<String>,
+    /// The cluster's name: every key this cluster keeps in etcd starts
+    /// with `/leveret/<name>/`, so several clusters can share one etcd.
+    pub name: String,
+    /// This node's name in the cluster; empty: the machine's host name.
+    pub node_name: String,
+    /// The AMQP URI clients should use for this node; empty:
+    /// `amqp://<host name>:<AMQP port>`.
+    pub advertised_uri: String,
+    /// Where followers reach this node for replication (`HOST:PORT`).
+    pub replication_listen: String,
+    /// Followers that must hold a write before the leader confirms it.
+    pub min_insync: u32,
+    /// The etcd lease's time to live, in milliseconds: a leader that cannot
+    /// renew it for this long has stopped serving, and another takes over.
+    pub lease_ttl_ms: u64,
+}
+
+fn endpoints<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum OneOrMany {
+        One(String),
+        Many(Vec<String>),
+    }
+    Ok(match OneOrMany::deserialize(d)? {
+        OneOrMany::One(s) => super::Addresses::parse(&s).0,
+        OneOrMany::Many(v) => v,
+    })
+}
+
+impl Default for ClusterConfig {
+    fn default() -> Self {
+        ClusterConfig {
+            etcd: Vec::new(),
+            name: "leveret".into(),
+            node_name: String::new(),
+            advertised_uri: String::new(),
+            replication_listen: "0.0.0.0:5679".into(),
+            min_insync: 1,
+            lease_ttl_ms: 3000,
+        }
+    }
+}
+
+impl ClusterConfig {
+    /// Cluster mode is on.
+    pub fn enabled(&self) -> bool {
+        !self.etcd.is_empty()
+    }
+
+    pub fn lease_ttl(&self) -> Duration {
+        Duration::from_millis(self.lease_ttl_ms)
+    }
+
+    /// `node_name`, or the host name when it is empty.
+    pub fn node_name(&self) -> String {
+        if !self.node_name.is_empty() {
+            return self.node_name.clone();
+        }
+        std::fs::read_to_string("/etc/hostname")
+            .map(|h| h.trim().to_string())
+            .ok()
+            .filter(|h| !h.is_empty())
+            .unwrap_or_else(|| "localhost".into())
+    }
+
+    pub(super) fn validate(&self) -> Result<(), ConfigError> {
+        if !self.enabled() {
+            return Ok(());
+        }
+        let bad = |m: String| Err(ConfigError::Invalid(m));
+        // etcd grants leases in whole seconds, and its minimum is about
+        // 1.5 s (1.5 election timeouts).
+        if self.lease_ttl_ms < 2000 || !self.lease_ttl_ms.is_multiple_of(1000) {
+            return bad(format!(
+                "cluster.lease_ttl_ms must be whole seconds, at least 2000, got {}",
+                self.lease_ttl_ms
+            ));
+        }
+        if self.name.is_empty() || self.name.contains('/') {
+            return bad(format!(
+                "cluster.name must be non-empty and without '/', got {:?}",
+                self.name
+            ));
+        }
+        if self.node_name.contains('/') {
+            return bad(format!(
+                "cluster.node_name must not contain '/', got {:?}",
+                self.node_name
+            ));
+        }
+        for e in &self.etcd {
+            if !(e.starts_with("http://") || e.starts_with("https://")) {
+                return bad(format!(
+                    "cluster.etcd: {e:?} is not an http:// or https:// endpoint"
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::config::Config;
+
+    #[test]
+    fn etcd_endpoints_are_a_list_or_a_comma_separated_string() {
+        let vars = |v: &str| vec![("LEVERET_CLUSTER_ETCD".into(), v.into())];
+        let one = Config::load(None, vars("http://a:2379, http://b:2379")).unwrap();
+        assert_eq!(one.cluster.etcd, ["http://a:2379", "http://b:2379"]);
+        let list = Config::load(None, vars("[\"http://a:2379\"]")).unwrap();
+        assert_eq!(list.cluster.etcd, ["http://a:2379"]);
+        assert!(Config::load(None, vars("ftp://a")).is_err());
+        assert!(!Config::default().cluster.enabled());
+    }
+}

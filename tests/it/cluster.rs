@@ -1,0 +1,692 @@
+//! Cluster mode's roles (issue 20): three real `leveret` processes and a
+//! private etcd, all on loopback ports this test picks. Exactly one node
+//! leads; a leader killed or paused past its lease is replaced within
+//! seconds and a paused one does not serve on waking; etcd's own restart
+//! never shows two leaders; followers forward clients to the leader; only
+//! the leader writes the ISR; `leveret ctl cluster status` shows it all.
+//!
+//! Roles are read from each node's `/metrics` (`leveret_cluster_leader`,
+//! 1 only while the node leads with a valid lease), which followers serve
+//! without credentials.
+
+use crate::common;
+
+use common::etcd::Etcd;
+use common::process::{BrokerProcess, TempDir};
+use common::unique;
+use lapin::options::*;
+use lapin::types::FieldTable;
+use lapin::BasicProperties;
+use std::net::SocketAddr;
+use std::process::Command;
+use std::time::{Duration, Instant};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+/// One broker of the cluster, and what stays when it is killed.
+struct Node {
+    name: String,
+    _dir: TempDir,
+    process: Option<BrokerProcess>,
+    amqp: String,
+    mgmt: SocketAddr,
+}
+
+struct TestCluster {
+    etcd: Etcd,
+    name: String,
+    nodes: Vec<Node>,
+}
+
+impl TestCluster {
+    /// etcd and three nodes; `None` where etcd is not installed.
+    fn start() -> Option<TestCluster> {
+        let etcd = Etcd::start()?;
+        let name = unique("cluster");
+        let mut cluster = TestCluster {
+            etcd,
+            name,
+            nodes: Vec::new(),
+        };
+        for i in 1..=3 {
+            let node_name = format!("n{i}");
+            let dir = TempDir::new(&format!("cluster-{node_name}"));
+            let process = cluster.launch(&node_name, &dir);
+            cluster.nodes.push(Node {
+                amqp: process.addr().to_string(),
+                mgmt: process.mgmt_addr(),
+                name: node_name,
+                _dir: dir,
+                process: Some(process),
+            });
+        }
+        Some(cluster)
+    }
+
+    /// n3 is configured with flags, the others through the environment.
+    fn launch(&self, node_name: &str, dir: &TempDir) -> BrokerProcess {
+        if node_name == "n3" {
+            let etcd = self.etcd.endpoint();
+            let dir = dir.path().to_str().expect("UTF-8 path");
+            return BrokerProcess::spawn(&[
+                "serve",
+                "--listen",
+                "127.0.0.1:0",
+                "--stream-listen",
+                "127.0.0.1:0",
+                "--mgmt-listen",
+                "127.0.0.1:0",
+                "--data-dir",
+                dir,
+                "--cluster-etcd",
+                &etcd,
+                "--cluster-name",
+                &self.name,
+                "--node-name",
+                node_name,
+            ]);
+        }
+        let etcd = format!("[\"{}\"]", self.etcd.endpoint());
+        BrokerProcess::start_with_env(
+            dir.path(),
+            &[
+                ("LEVERET_CLUSTER_ETCD", &etcd),
+                ("LEVERET_CLUSTER_NAME", &self.name),
+                ("LEVERET_CLUSTER_NODE_NAME", node_name),
+            ],
+        )
+    }
+
+    /// Each running node's answer to "do you lead?" (`None`: no answer,
+    /// as from a stopped or killed node).
+    async fn leading(&self) -> Vec<Option<bool>> {
+        let mut all = Vec::new();
+        for node in &self.nodes {
+            let answer = match &node.process {
+                None => None,
+                Some(_) => get(node.mgmt, "/metrics").await.and_then(|(_, body)| {
+                    body.lines()
+                        .find_map(|l| l.strip_prefix("leveret_cluster_leader "))
+                        .map(|v| v.trim() == "1")
+                }),
+            };
+            all.push(answer);
+        }
+        all
+    }
+
+    /// The one node that leads, waiting up to `within`; panics if two ever
+    /// say they do.
+    async fn leader(&self, within: Duration) -> usize {
+        let deadline = Instant::now() + within;
+        loop {
+            let leading = self.leading().await;
+            let leaders: Vec<usize> = (0..leading.len())
+                .filter(|&i| leading[i] == Some(true))
+                .collect();
+            assert!(leaders.len() <= 1, "two leaders at once: {leading:?}");
+            if let [one] = leaders[..] {
+                return one;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no leader within {within:?}: {leading:?}\n{}",
+                self.logs()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    fn logs(&self) -> String {
+        self.nodes
+            .iter()
+            .filter_map(|n| {
+                let p = n.process.as_ref()?;
+                let lines: Vec<String> = p
+                    .log_lines()
+                    .into_iter()
+                    .filter(|l| l.contains("cluster"))
+                    .collect();
+                Some(format!("--- {}:\n{}", n.name, lines.join("\n")))
+            })
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+
+    fn signal(&self, i: usize, signal: &str) {
+        let pid = self.nodes[i].process.as_ref().expect("running").pid();
+        let ok = Command::new("kill")
+            .args([signal, &pid.to_string()])
+            .status()
+            .expect("run kill")
+            .success();
+        assert!(ok, "kill {signal} {pid}");
+    }
+}
+
+/// One GET with every step bounded (a stopped node answers nothing):
+/// status and body, or `None`.
+async fn get(addr: SocketAddr, path: &str) -> Option<(u16, String)> {
+    let exchange = async {
+        let mut s = tokio::net::TcpStream::connect(addr).await.ok()?;
+        let request = format!(
+            "GET {path} HTTP/1.1\r\nHost: localhost\r\nAuthorization: Basic Z3Vlc3Q6Z3Vlc3Q=\r\nConnection: close\r\n\r\n"
+        );
+        s.write_all(request.as_bytes()).await.ok()?;
+        let mut raw = Vec::new();
+        s.read_to_end(&mut raw).await.ok()?;
+        let text = String::from_utf8_lossy(&raw).into_owned();
+        let (head, body) = text.split_once("\r\n\r\n")?;
+        let status = head.split(' ').nth(1)?.parse().ok()?;
+        Some((status, body.to_string()))
+    };
+    tokio::time::timeout(Duration::from_secs(1), exchange)
+        .await
+        .ok()
+        .flatten()
+}
+
+fn uri(addr: &str) -> String {
+    format!("amqp://guest:guest@{addr}/%2f")
+}
+
+/// A connection and a channel within `limit`, or `None`.
+async fn try_open(addr: &str, limit: Duration) -> Option<(lapin::Connection, lapin::Channel)> {
+    let attempt = async {
+        let c = lapin::Connection::connect(&uri(addr), lapin::ConnectionProperties::default())
+            .await
+            .ok()?;
+        let ch = c.create_channel().await.ok()?;
+        Some((c, ch))
+    };
+    tokio::time::timeout(limit, attempt).await.ok().flatten()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exactly_one_node_of_three_leads() {
+    let Some(cluster) = TestCluster::start() else {
+        return;
+    };
+    let leader = cluster.leader(Duration::from_secs(10)).await;
+    // And it stays so: every node answers, one says yes.
+    for _ in 0..10 {
+        let leading = cluster.leading().await;
+        assert!(leading.iter().all(Option::is_some), "{leading:?}");
+        assert_eq!(
+            leading.iter().filter(|l| **l == Some(true)).count(),
+            1,
+            "{leading:?}"
+        );
+        assert_eq!(leading[leader], Some(true));
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // /api/nodes lists all three, with their roles.
+    let (status, body) = get(cluster.nodes[0].mgmt, "/api/nodes")
+        .await
+        .expect("answer");
+    assert_eq!(status, 200, "{body}");
+    let nodes: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let roles: Vec<(String, String)> = nodes
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| {
+            (
+                n["name"].as_str().unwrap().to_string(),
+                n["role"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    let want: Vec<(String, String)> = (0..3)
+        .map(|i| {
+            let role = if i == leader { "leader" } else { "follower" };
+            (format!("leveret@n{}", i + 1), role.to_string())
+        })
+        .collect();
+    assert_eq!(roles, want);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_leader_is_replaced_and_clients_served_within_5_s() {
+    let Some(mut cluster) = TestCluster::start() else {
+        return;
+    };
+    let old = cluster.leader(Duration::from_secs(10)).await;
+    cluster.nodes[old].process.take().expect("running").kill9();
+    let killed = Instant::now();
+    let survivors: Vec<String> = (0..3)
+        .filter(|&i| i != old)
+        .map(|i| cluster.nodes[i].amqp.clone())
+        .collect();
+    // Clients of either survivor (a follower forwards to the new leader).
+    let served = loop {
+        let mut served = None;
+        for addr in &survivors {
+            if let Some((c, ch)) = try_open(addr, Duration::from_millis(500)).await {
+                let q = unique("failover");
+                let declared = ch
+                    .queue_declare(
+                        q.as_str().into(),
+                        QueueDeclareOptions::default(),
+                        FieldTable::default(),
+                    )
+                    .await;
+                let _ = c.close(200, "bye".into()).await;
+                if declared.is_ok() {
+                    served = Some(killed.elapsed());
+                    break;
+                }
+            }
+        }
+        if let Some(t) = served {
+            break t;
+        }
+        assert!(
+            killed.elapsed() < Duration::from_secs(15),
+            "no node served a client 15 s after the leader's SIGKILL\n{}",
+            cluster.logs()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let new = cluster.leader(Duration::from_secs(1)).await;
+    assert_ne!(new, old);
+    println!("failover: SIGKILL of the leader to a client served: {served:?}");
+    assert!(served < Duration::from_secs(5), "failover took {served:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leader_paused_past_its_lease_is_replaced_and_serves_nothing_on_waking() {
+    let Some(cluster) = TestCluster::start() else {
+        return;
+    };
+    let old = cluster.leader(Duration::from_secs(10)).await;
+    // A publisher with confirms on the leader, before the pause.
+    let (conn, ch) = try_open(&cluster.nodes[old].amqp, Duration::from_secs(5))
+        .await
+        .expect("connect to the leader");
+    ch.confirm_select(ConfirmSelectOptions::default())
+        .await
+        .unwrap();
+    let q = unique("paused");
+    ch.queue_declare(
+        q.as_str().into(),
+        QueueDeclareOptions::default(),
+        FieldTable::default(),
+    )
+    .await
+    .unwrap();
+    cluster.signal(old, "-STOP");
+    // Past the 3 s lease: another node takes over.
+    let paused = Instant::now();
+    let new = loop {
+        let leading = cluster.leading().await;
+        if let Some(i) = (0..3).find(|&i| i != old && leading[i] == Some(true)) {
+            break i;
+        }
+        assert!(
+            paused.elapsed() < Duration::from_secs(10),
+            "no new leader while the old one is stopped: {leading:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    println!(
+        "pause: SIGSTOP of the leader to a new leader: {:?}",
+        paused.elapsed()
+    );
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    cluster.signal(old, "-CONT");
+    // Woken, the old leader confirms nothing: its connection is closed.
+    let confirm = async {
+        ch.basic_publish(
+            "".into(),
+            q.as_str().into(),
+            BasicPublishOptions::default(),
+            b"after the pause",
+            BasicProperties::default().with_delivery_mode(2),
+        )
+        .await?
+        .await
+    };
+    let outcome = tokio::time::timeout(Duration::from_secs(10), confirm).await;
+    assert!(
+        !matches!(&outcome, Ok(Ok(c)) if c.is_ack()),
+        "the paused leader confirmed a publish on waking: {outcome:?}"
+    );
+    drop(conn);
+    // It says so at once, and is a follower of the new leader soon after.
+    let woke = Instant::now();
+    loop {
+        let leading = cluster.leading().await;
+        assert_ne!(
+            leading[old],
+            Some(true),
+            "the old leader still leads: {leading:?}"
+        );
+        assert_eq!(leading[new], Some(true), "{leading:?}");
+        let process = cluster.nodes[old].process.as_ref().unwrap();
+        let following = process.log_lines().iter().any(|l| {
+            l.contains("this node is a follower")
+                && l.contains(&format!("leader={}", cluster.nodes[new].name))
+        });
+        if following && leading[old] == Some(false) {
+            break;
+        }
+        assert!(
+            woke.elapsed() < Duration::from_secs(10),
+            "the old leader did not follow the new one\n{}",
+            cluster.logs()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // Its address now reaches the new leader: a queue declared there is
+    // on the new leader.
+    let (c, ch) = try_open(&cluster.nodes[old].amqp, Duration::from_secs(5))
+        .await
+        .expect("a client through the old leader");
+    let q2 = unique("through-old");
+    ch.queue_declare(
+        q2.as_str().into(),
+        QueueDeclareOptions::default(),
+        FieldTable::default(),
+    )
+    .await
+    .unwrap();
+    let _ = c.close(200, "bye".into()).await;
+    let path = format!("/api/queues/%2f/{q2}");
+    let (status, body) = get(cluster.nodes[new].mgmt, &path).await.expect("answer");
+    assert_eq!(status, 200, "{body}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn etcd_killed_and_restarted_never_shows_two_leaders() {
+    let Some(mut cluster) = TestCluster::start() else {
+        return;
+    };
+    cluster.leader(Duration::from_secs(10)).await;
+    cluster.etcd.kill9();
+    // Without etcd, no lease can be renewed: the leader fences itself.
+    let down = Instant::now();
+    let mut fenced = None;
+    while down.elapsed() < Duration::from_secs(5) {
+        let leading = cluster.leading().await;
+        let leaders = leading.iter().filter(|l| **l == Some(true)).count();
+        assert!(leaders <= 1, "two leaders with etcd down: {leading:?}");
+        if leaders == 0 && fenced.is_none() {
+            fenced = Some(down.elapsed());
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let fenced = fenced.expect("the leader kept leading with etcd down");
+    println!("etcd down: the leader stopped leading after {fenced:?}");
+    assert!(fenced < Duration::from_secs(3), "fenced after {fenced:?}");
+    cluster.etcd.restart();
+    let up = Instant::now();
+    // `leader` panics if two ever lead at once.
+    cluster.leader(Duration::from_secs(15)).await;
+    println!("etcd back: a leader again after {:?}", up.elapsed());
+    let watch = Instant::now();
+    while watch.elapsed() < Duration::from_secs(3) {
+        cluster.leader(Duration::from_secs(1)).await;
+    }
+    // The leader serves again: its store reopened (if it led before, in
+    // the same process).
+    let leader = cluster.leader(Duration::from_secs(1)).await;
+    let (c, ch) = try_open(&cluster.nodes[leader].amqp, Duration::from_secs(10))
+        .await
+        .expect("a client of the leader after etcd's restart");
+    let q = unique("after-etcd");
+    ch.queue_declare(
+        q.as_str().into(),
+        QueueDeclareOptions::default(),
+        FieldTable::default(),
+    )
+    .await
+    .unwrap();
+    let _ = c.close(200, "bye".into()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_follower_forwards_clients_to_the_leader() {
+    let Some(cluster) = TestCluster::start() else {
+        return;
+    };
+    let leader = cluster.leader(Duration::from_secs(10)).await;
+    let follower = (leader + 1) % 3;
+    let (c, ch) = try_open(&cluster.nodes[follower].amqp, Duration::from_secs(5))
+        .await
+        .expect("a client through a follower");
+    ch.confirm_select(ConfirmSelectOptions::default())
+        .await
+        .unwrap();
+    let q = unique("forwarded");
+    ch.queue_declare(
+        q.as_str().into(),
+        QueueDeclareOptions::default(),
+        FieldTable::default(),
+    )
+    .await
+    .unwrap();
+    let confirm = ch
+        .basic_publish(
+            "".into(),
+            q.as_str().into(),
+            BasicPublishOptions::default(),
+            b"through a follower",
+            BasicProperties::default(),
+        )
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+    assert!(confirm.is_ack());
+    let _ = c.close(200, "bye".into()).await;
+    // The queue and its message are the leader's.
+    let path = format!("/api/queues/%2f/{q}");
+    let (status, body) = get(cluster.nodes[leader].mgmt, &path)
+        .await
+        .expect("answer");
+    assert_eq!(status, 200, "{body}");
+    // The follower's own API has no store: it names the leader instead.
+    let (status, body) = get(cluster.nodes[follower].mgmt, &path)
+        .await
+        .expect("answer");
+    assert_eq!(status, 503, "{body}");
+    assert!(
+        body.contains("not_leader")
+            && body.contains(&format!("leveret@{}", cluster.nodes[leader].name)),
+        "{body}"
+    );
+    // And answers about the cluster: its metrics and the quorum check.
+    let (status, _) = get(
+        cluster.nodes[follower].mgmt,
+        "/api/health/checks/node-is-quorum-critical",
+    )
+    .await
+    .expect("answer");
+    assert_eq!(status, 200, "a follower outside the ISR is not critical");
+}
+
+fn member(name: &str) -> leveret::Member {
+    leveret::Member {
+        node_name: name.into(),
+        advertised_uri: format!("amqp://{name}:5672"),
+        replication: format!("{name}:5679"),
+        management: String::new(),
+        amqp: String::new(),
+        amqps: String::new(),
+        stream: String::new(),
+        stream_tls: String::new(),
+        version: "test".into(),
+        started_at: 0,
+    }
+}
+
+async fn role_becomes(
+    cluster: &leveret::Cluster,
+    want: impl Fn(&leveret::Role) -> bool,
+) -> leveret::Role {
+    let mut role = cluster.role();
+    let got = tokio::time::timeout(Duration::from_secs(10), role.wait_for(|r| want(r)))
+        .await
+        .expect("the role in time")
+        .expect("the cluster runs")
+        .clone();
+    got
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_the_leader_writes_the_isr_and_only_the_isr_may_lead() {
+    let Some(etcd) = Etcd::start() else {
+        return;
+    };
+    let config = leveret::config::ClusterConfig {
+        etcd: vec![etcd.endpoint()],
+        name: unique("isr"),
+        ..Default::default()
+    };
+    let a = leveret::Cluster::start(&config, member("a")).await.unwrap();
+    let term = match role_becomes(&a, |r| matches!(r, leveret::Role::Leader { .. })).await {
+        leveret::Role::Leader { term } => term,
+        other => unreachable!("{other:?}"),
+    };
+    let b = leveret::Cluster::start(&config, member("b")).await.unwrap();
+    role_becomes(
+        &b,
+        |r| matches!(r, leveret::Role::Follower { leader } if leader.node_name == "a"),
+    )
+    .await;
+
+    // A follower cannot write it; the leader can.
+    assert!(matches!(
+        b.set_isr(vec!["b".into()]).await,
+        Err(leveret::ClusterError::NotLeader)
+    ));
+    a.set_isr(vec!["c".into()]).await.unwrap();
+    let key = format!("/leveret/{}/isr", config.name);
+    let stored = etcd.ctl(&["get", &key, "--print-value-only"]).unwrap();
+    let isr: leveret::Isr = serde_json::from_str(stored.trim()).unwrap();
+    assert_eq!(
+        isr,
+        leveret::Isr {
+            leader: "a".into(),
+            term,
+            followers: vec!["c".into()]
+        }
+    );
+
+    // Deposed (its key deleted behind its back), the old leader's write is
+    // refused by etcd even before it notices.
+    let leader_key = format!("/leveret/{}/leader", config.name);
+    etcd.ctl(&["del", &leader_key]).unwrap();
+    assert!(a.set_isr(vec!["a".into(), "b".into()]).await.is_err());
+    let stored = etcd.ctl(&["get", &key, "--print-value-only"]).unwrap();
+    assert!(stored.contains("\"followers\":[\"c\"]"), "{stored}");
+
+    // b is not in the ISR: with no leader it must not take over; a (the
+    // ISR's leader) may, and does.
+    role_becomes(
+        &a,
+        |r| matches!(r, leveret::Role::Leader { term: t } if *t > term),
+    )
+    .await;
+    assert!(!matches!(*b.role().borrow(), leveret::Role::Leader { .. }));
+}
+
+/// `leveret ctl` against `mgmt`: exit code and stdout.
+fn ctl(mgmt: SocketAddr, args: &[&str]) -> (i32, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_leveret"))
+        .args(["ctl", "--url", &format!("http://{mgmt}")])
+        .args(args)
+        .output()
+        .expect("run leveret ctl");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ctl_cluster_status_shows_nodes_roles_and_the_leader() {
+    let Some(cluster) = TestCluster::start() else {
+        return;
+    };
+    let leader = cluster.leader(Duration::from_secs(10)).await;
+    let leader_name = format!("leveret@{}", cluster.nodes[leader].name);
+    // Wait until every node's view holds all three members.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    for node in &cluster.nodes {
+        loop {
+            let (code, out) = ctl(node.mgmt, &["cluster", "status"]);
+            if code == 0 && out.matches("leveret@n").count() >= 4 {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "ctl cluster status: {code}\n{out}"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    let follower = &cluster.nodes[(leader + 1) % 3];
+    let (code, out) = ctl(follower.mgmt, &["cluster", "status"]);
+    assert_eq!(code, 0, "{out}");
+    println!("{out}");
+    assert!(
+        out.starts_with(&format!("leader: {leader_name}\n")),
+        "{out}"
+    );
+    let header = out.lines().nth(2).unwrap();
+    for column in [
+        "node",
+        "role",
+        "in_sync",
+        "advertised_uri",
+        "lease_ms",
+        "lag_bytes",
+        "lag_ms",
+    ] {
+        assert!(header.contains(column), "{header}");
+    }
+    for (i, node) in cluster.nodes.iter().enumerate() {
+        let row = out
+            .lines()
+            .find(|l| l.contains(&format!("leveret@{} ", node.name)))
+            .unwrap_or_else(|| panic!("no row for {}: {out}", node.name));
+        let role = if i == leader { "leader" } else { "follower" };
+        assert!(row.contains(role), "{row}");
+        assert!(row.contains(&format!("amqp://{}:", node.name)), "{row}");
+    }
+    // The leader alone is in sync (no ISR yet): stopping it is critical.
+    let (code, out) = ctl(
+        cluster.nodes[leader].mgmt,
+        &["check_if_node_is_quorum_critical"],
+    );
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("would lose their quorum"), "{out}");
+    let (code, out) = ctl(follower.mgmt, &["check_if_node_is_quorum_critical"]);
+    assert_eq!((code, out.as_str()), (0, "ok\n"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_node_of_the_same_name_neither_registers_nor_leads() {
+    let Some(_etcd) = Etcd::start() else {
+        return;
+    };
+    let config = leveret::config::ClusterConfig {
+        etcd: vec![_etcd.endpoint()],
+        name: unique("twins"),
+        ..Default::default()
+    };
+    let first = leveret::Cluster::start(&config, member("twin"))
+        .await
+        .unwrap();
+    let term = match role_becomes(&first, |r| matches!(r, leveret::Role::Leader { .. })).await {
+        leveret::Role::Leader { term } => term,
+        other => unreachable!("{other:?}"),
+    };
+    let second = leveret::Cluster::start(&config, member("twin"))
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(*second.role().borrow(), leveret::Role::Starting);
+    assert_eq!(*first.role().borrow(), leveret::Role::Leader { term });
+}
