@@ -23,8 +23,6 @@ mod listen;
 mod logging;
 mod message;
 mod mgmt;
-// Until the cluster's roles (issue 20) start a leader's and a follower's side.
-#[cfg_attr(not(test), allow(dead_code))]
 mod replication;
 mod server;
 mod store;

@@ -79,6 +79,9 @@ struct ServeArgs {
     /// The AMQP URI clients should use for this node.
     #[arg(long)]
     advertised_uri: Option<String>,
+    /// Where this node listens for followers' replication, HOST:PORT.
+    #[arg(long)]
+    replication_listen: Option<String>,
 }
 
 fn main() -> ExitCode {
@@ -141,6 +144,9 @@ fn serve(args: ServeArgs) -> ExitCode {
     }
     if let Some(uri) = args.advertised_uri {
         config.cluster.advertised_uri = uri;
+    }
+    if let Some(addr) = args.replication_listen {
+        config.cluster.replication_listen = addr;
     }
     if let Err(e) = config.validate() {
         eprintln!("leveret: {e}");

@@ -29,6 +29,11 @@ pub enum ServeError {
     Tls(#[from] crate::tls::TlsError),
     #[error(transparent)]
     Cluster(#[from] crate::cluster::ClusterError),
+    #[error("cannot listen for replication on {addr}: {source}")]
+    Replication {
+        addr: String,
+        source: std::io::Error,
+    },
 }
 
 /// Every listener the broker serves, bound, and the TLS certificates its

@@ -23,6 +23,12 @@ impl Keys {
         format!("{}isr", self.prefix)
     }
 
+    /// The secret nodes prove to each other on the replication port,
+    /// made once by the first node that needs it.
+    pub(crate) fn secret(&self) -> String {
+        format!("{}secret", self.prefix)
+    }
+
     pub(crate) fn nodes(&self) -> String {
         format!("{}nodes/", self.prefix)
     }

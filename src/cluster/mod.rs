@@ -90,6 +90,10 @@ pub struct Cluster {
     clock: LeaseClock,
     role: watch::Sender<Role>,
     view: Mutex<View>,
+    /// Leading: the followers replicating from this node.
+    replicas: Mutex<Option<Arc<crate::replication::leader::Replicas>>>,
+    /// Following: this node's copy.
+    copy: Mutex<Option<Arc<Mutex<crate::replication::follower::FollowerState>>>>,
 }
 
 static CURRENT: OnceLock<Arc<Cluster>> = OnceLock::new();
@@ -127,6 +131,8 @@ impl Cluster {
             clock: LeaseClock::default(),
             role: watch::Sender::new(Role::Starting),
             view: Mutex::new(View::default()),
+            replicas: Mutex::new(None),
+            copy: Mutex::new(None),
         });
         tokio::spawn(election::run(cluster.clone()));
         tokio::spawn(view::refresh(Arc::downgrade(&cluster)));
@@ -193,6 +199,37 @@ impl Cluster {
         Ok(())
     }
 
+    /// The cluster's replication secret (32 random bytes, hex), created in
+    /// etcd by whoever asks first: only nodes that can read the cluster's
+    /// keys can replicate, as in LavinMQ.
+    pub async fn secret(&self) -> Result<Arc<[u8]>, ClusterError> {
+        let key = self.keys.secret();
+        let fresh: [u8; 32] = rand::random();
+        let fresh: String = fresh.iter().map(|b| format!("{b:02x}")).collect();
+        let txn = Txn::new()
+            .when([Compare::create_revision(key.as_str(), CompareOp::Equal, 0)])
+            .and_then([TxnOp::put(key.as_str(), fresh, None)]);
+        let mut client = self.client.clone();
+        tokio::time::timeout(REQUEST_TIMEOUT, client.txn(txn))
+            .await
+            .map_err(|_| etcd_client::Error::InvalidArgs("etcd did not answer in time".into()))??;
+        let got = tokio::time::timeout(REQUEST_TIMEOUT, client.get(key.as_str(), None))
+            .await
+            .map_err(|_| etcd_client::Error::InvalidArgs("etcd did not answer in time".into()))??;
+        let value = got
+            .kvs()
+            .first()
+            .map(|kv| kv.value().to_vec())
+            .unwrap_or_default();
+        if value.len() < 32 {
+            return Err(etcd_client::Error::InvalidArgs(
+                "the cluster's secret is too short".into(),
+            )
+            .into());
+        }
+        Ok(value.into())
+    }
+
     /// The in-sync followers as last read from etcd (refreshed every
     /// quarter second, and on each [`set_isr`](Self::set_isr)).
     pub fn isr(&self) -> Vec<String> {
@@ -212,6 +249,31 @@ impl Cluster {
     /// The whole view: members, leader, ISR, whether etcd answered.
     pub(crate) fn view(&self) -> View {
         self.view.lock().clone()
+    }
+
+    pub(crate) fn set_replicas(&self, r: Option<Arc<crate::replication::leader::Replicas>>) {
+        *self.replicas.lock() = r;
+    }
+
+    /// Leading: the followers replicating from this node.
+    pub(crate) fn replicas(&self) -> Vec<crate::replication::leader::Replica> {
+        self.replicas
+            .lock()
+            .as_ref()
+            .map(|r| r.list())
+            .unwrap_or_default()
+    }
+
+    pub(crate) fn set_follower_state(
+        &self,
+        s: Option<Arc<Mutex<crate::replication::follower::FollowerState>>>,
+    ) {
+        *self.copy.lock() = s;
+    }
+
+    /// Following: this node's copy (journal position, complete or not).
+    pub(crate) fn copy(&self) -> Option<crate::replication::follower::FollowerState> {
+        self.copy.lock().as_ref().map(|s| s.lock().clone())
     }
 
     /// The local lease deadline, from now (zero once passed).

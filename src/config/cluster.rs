@@ -26,6 +26,9 @@ pub struct ClusterConfig {
     pub replication_listen: String,
     /// Followers that must hold a write before the leader confirms it.
     pub min_insync: u32,
+    /// Most bytes of store changes the leader keeps for followers that
+    /// have not read them yet; one further behind copies files again.
+    pub replication_buffer_bytes: u64,
     /// The etcd lease's time to live, in milliseconds: a leader that cannot
     /// renew it for this long has stopped serving, and another takes over.
     pub lease_ttl_ms: u64,
@@ -53,6 +56,7 @@ impl Default for ClusterConfig {
             advertised_uri: String::new(),
             replication_listen: "0.0.0.0:5679".into(),
             min_insync: 1,
+            replication_buffer_bytes: 256 << 20,
             lease_ttl_ms: 3000,
         }
     }

@@ -25,6 +25,9 @@ pub(super) fn node_name_of(member: &str) -> String {
 /// The cluster fields of one member's node object.
 fn cluster_fields(c: &Cluster, view: &View, m: &Member) -> Value {
     let me = m.node_name == c.me().node_name;
+    // The leader knows each follower's lag; a follower, its copy.
+    let replica = c.replicas().into_iter().find(|r| r.node == m.node_name);
+    let copy = if me { c.copy() } else { None };
     let role = match view.leader_name() {
         Some(l) if l == m.node_name => "leader",
         _ if me => c.role().borrow().name(),
@@ -40,9 +43,13 @@ fn cluster_fields(c: &Cluster, view: &View, m: &Member) -> Value {
         "version": m.version,
         "started_at": m.started_at,
         "lease_remaining_ms": if me { json!(c.lease_remaining().as_millis() as u64) } else { Value::Null },
-        // Filled by replication (issue 20): how far behind the leader.
-        "replication_lag_bytes": Value::Null,
-        "replication_lag_ms": Value::Null,
+        // How far behind the leader: known to the leader (null elsewhere).
+        "replication_lag_bytes": replica.as_ref().map(|r| r.lag_bytes),
+        "replication_lag_ms": replica.as_ref().map(|r| r.lag_ms),
+        "replication_acked": replica.as_ref().map(|r| r.acked),
+        "replication_bytes_sent": replica.as_ref().map(|r| r.bytes_sent),
+        "replica_position": copy.as_ref().map(|s| s.position),
+        "replica_complete": copy.as_ref().map(|s| s.copied),
     })
 }
 

@@ -37,6 +37,10 @@ pub(crate) struct Replica {
     pub(crate) in_sync: bool,
     pub(crate) caught_up: Option<Instant>,
     pub(crate) bytes_sent: u64,
+    /// Bytes of changes it has not acknowledged, and for how long it has
+    /// been behind (0 when caught up).
+    pub(crate) lag_bytes: u64,
+    pub(crate) lag_ms: u64,
 }
 
 /// Records an in-sync set (in etcd); resolves to whether it was recorded.
@@ -64,8 +68,10 @@ pub(crate) struct Replicas {
 #[derive(Default)]
 struct State {
     followers: HashMap<u64, Replica>,
-    /// The in-sync set as last recorded, and as last asked to be.
-    recorded: Vec<String>,
+    /// The in-sync set as last recorded (`None` until this leader has
+    /// recorded one: until then the previous leader's stands, and nothing
+    /// is released), and as last asked to be.
+    recorded: Option<Vec<String>>,
     requested: Option<Vec<String>>,
 }
 
@@ -93,13 +99,23 @@ impl Replicas {
     /// The followers now.
     pub(crate) fn list(&self) -> Vec<Replica> {
         let mut v: Vec<Replica> = self.state.lock().followers.values().cloned().collect();
+        let end = self.journal.end();
+        for r in &mut v {
+            r.lag_bytes = self.journal.bytes_after(r.acked);
+            r.lag_ms = match r.caught_up {
+                _ if r.acked >= end => 0,
+                Some(t) => t.elapsed().as_millis() as u64,
+                None => u64::MAX,
+            };
+        }
         v.sort_by(|a, b| a.node.cmp(&b.node));
         v
     }
 
     /// The in-sync set as last recorded.
+    #[cfg(test)]
     pub(crate) fn in_sync(&self) -> Vec<String> {
-        self.state.lock().recorded.clone()
+        self.state.lock().recorded.clone().unwrap_or_default()
     }
 
     /// Recomputes the in-sync set and what it holds, releasing promises.
@@ -119,7 +135,8 @@ impl Replicas {
             live.dedup();
             // Waited for: the live set and, until it is recorded smaller,
             // the recorded one.
-            let mut waited: Vec<&String> = live.iter().chain(st.recorded.iter()).collect();
+            let mut waited: Vec<&String> =
+                live.iter().chain(st.recorded.iter().flatten()).collect();
             waited.sort();
             waited.dedup();
             let held = |node: &str| {
@@ -130,18 +147,19 @@ impl Replicas {
                     .max()
                     .unwrap_or(0)
             };
-            let replicated = if live.len() < self.min_insync {
+            let replicated = if live.len() < self.min_insync || st.recorded.is_none() {
                 // Too few copies: promises wait, as a quorum queue's do
                 // without a majority.
                 None
             } else {
                 Some(waited.iter().map(|n| held(n)).min().unwrap_or(u64::MAX))
             };
-            let request =
-                (live != st.recorded && st.requested.as_ref() != Some(&live)).then(|| {
-                    st.requested = Some(live.clone());
-                    live
-                });
+            let request = (st.recorded.as_ref() != Some(&live)
+                && st.requested.as_ref() != Some(&live))
+            .then(|| {
+                st.requested = Some(live.clone());
+                live
+            });
             (request, replicated)
         };
         if let Some(p) = replicated {
@@ -159,7 +177,7 @@ impl Replicas {
                     }
                     if ok {
                         info!(in_sync = ?isr, "recorded the in-sync replica set");
-                        st.recorded = isr.clone();
+                        st.recorded = Some(isr.clone());
                     }
                 }
                 if ok {
@@ -185,6 +203,8 @@ impl Replicas {
                 in_sync: false,
                 caught_up: None,
                 bytes_sent: 0,
+                lag_bytes: 0,
+                lag_ms: 0,
             },
         );
         id

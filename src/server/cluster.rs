@@ -9,6 +9,8 @@ use super::{serve_on, Listeners, ServeError};
 use crate::broker::Broker;
 use crate::cluster::{self, Cluster, Member, Role};
 use crate::config::Config;
+use crate::replication::{self, follower::FollowerState, leader::Replicas};
+use crate::store::journal::Journal;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -23,7 +25,13 @@ pub async fn serve_cluster(
     config: Config,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServeError> {
-    let me = member(&config, &listeners);
+    let replication = TcpListener::bind(&config.cluster.replication_listen)
+        .await
+        .map_err(|source| ServeError::Replication {
+            addr: config.cluster.replication_listen.clone(),
+            source,
+        })?;
+    let me = member(&config, &listeners, &replication);
     info!(node = %me.node_name, etcd = ?config.cluster.etcd, "cluster mode: campaigning");
     let cluster = Cluster::start(&config.cluster, me).await?;
     cluster::set_current(cluster.clone());
@@ -39,7 +47,17 @@ pub async fn serve_cluster(
         }
         let now = role.borrow_and_update().clone();
         match now {
-            Role::Leader { term } => lead(&listeners, &config, &cluster, term, stop.clone()).await,
+            Role::Leader { term } => {
+                lead(
+                    &listeners,
+                    &replication,
+                    &config,
+                    &cluster,
+                    term,
+                    stop.clone(),
+                )
+                .await
+            }
             Role::Follower { leader } => {
                 follow(&listeners, &config, &cluster, &leader, stop.clone()).await
             }
@@ -53,14 +71,26 @@ pub async fn serve_cluster(
 /// Serves as the leader until this term ends or the process stops.
 async fn lead(
     listeners: &Listeners,
+    replication: &TcpListener,
     config: &Config,
     cluster: &Arc<Cluster>,
     term: i64,
     stop: watch::Receiver<bool>,
 ) {
+    let secret = match cluster.secret().await {
+        Ok(s) => s,
+        Err(e) => {
+            error!("cluster: cannot read the replication secret: {e}");
+            return sleep_or_stop(Duration::from_millis(500), stop).await;
+        }
+    };
+    let journal = Journal::new(
+        &config.server.data_dir,
+        config.cluster.replication_buffer_bytes as usize,
+    );
     let opened = {
-        let config = config.clone();
-        tokio::task::spawn_blocking(move || Broker::open(config)).await
+        let (config, journal) = (config.clone(), journal.clone());
+        tokio::task::spawn_blocking(move || Broker::open_replicated(config, Some(journal))).await
     };
     let broker = match opened {
         Ok(Ok(b)) => b,
@@ -76,10 +106,32 @@ async fn lead(
     let Some(serving) = dup_all(listeners) else {
         return sleep_or_stop(Duration::from_millis(500), stop).await;
     };
+    let Ok(replication) = dup(replication) else {
+        error!("cluster: cannot share the replication listener");
+        return sleep_or_stop(Duration::from_millis(500), stop).await;
+    };
+    // Followers copy the store and then follow its journal, for the term;
+    // promises wait for the in-sync ones (`replication::leader`).
+    let recorder = cluster.clone();
+    let replicas = Replicas::new(
+        journal,
+        config.cluster.min_insync as usize,
+        Box::new(move |isr| {
+            let cluster = recorder.clone();
+            Box::pin(async move { cluster.set_isr(isr).await.is_ok() })
+        }),
+    );
+    cluster.set_replicas(Some(replicas.clone()));
+    let server = AbortOnDrop(tokio::spawn(replication::leader::serve(
+        replication,
+        replicas,
+        secret,
+        broker.store.trees.clone(),
+    )));
     info!(term, "cluster: serving clients as the leader");
-    // The leader's replication server (issue 20, on
-    // `config.cluster.replication_listen`) runs beside this, for the term.
     serve_on(serving, broker, term_over(cluster.role(), term, stop)).await;
+    drop(server);
+    cluster.set_replicas(None);
     info!(term, "cluster: stopped serving as the leader");
 }
 
@@ -124,13 +176,47 @@ async fn follow(
 /// follows `leader` (until `until`), syncing `config.server.data_dir` from
 /// `leader.replication`. Until it exists, this node holds no replica.
 async fn replicate(
-    _config: &Config,
-    _cluster: &Arc<Cluster>,
+    config: &Config,
+    cluster: &Arc<Cluster>,
     leader: &Member,
     until: impl Future<Output = ()>,
 ) {
-    warn!(leader = %leader.node_name, "cluster: following; this node holds no replica (replication not built yet)");
+    tokio::pin!(until);
+    let secret = loop {
+        tokio::select! {
+            secret = cluster.secret() => match secret {
+                Ok(s) => break s,
+                Err(e) => warn!("cluster: cannot read the replication secret: {e}"),
+            },
+            () = &mut until => return,
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    };
+    let state = Arc::new(parking_lot::Mutex::new(FollowerState::default()));
+    cluster.set_follower_state(Some(state.clone()));
+    let (stop, stopped) = watch::channel(false);
+    let following = tokio::spawn(replication::follower::follow_until(
+        leader.replication.clone(),
+        secret,
+        config.cluster.node_name(),
+        config.server.data_dir.clone(),
+        state,
+        stopped,
+    ));
     until.await;
+    // The copy is closed (sled and files) before this node may open it.
+    let _ = stop.send(true);
+    let _ = following.await;
+    cluster.set_follower_state(None);
+}
+
+/// Aborts a task when dropped.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 /// Between roles: only the management API answers (about this node).
@@ -253,7 +339,7 @@ fn client_listeners(l: &Listeners) -> Option<Vec<(TcpListener, &'static str)>> {
 
 /// This node's member record: its names and where each of its listeners
 /// can be reached (a wildcard address is given as the advertised host).
-fn member(config: &Config, l: &Listeners) -> Member {
+fn member(config: &Config, l: &Listeners, replication: &TcpListener) -> Member {
     let c = &config.cluster;
     let node_name = c.node_name();
     let first = |ls: &[TcpListener]| ls.iter().find_map(|l| l.local_addr().ok());
@@ -269,10 +355,7 @@ fn member(config: &Config, l: &Listeners) -> Member {
         Some(a) if a.ip().is_unspecified() => format!("{host}:{}", a.port()),
         Some(a) => a.to_string(),
     };
-    let replication = match c.replication_listen.parse::<SocketAddr>() {
-        Ok(a) => reachable(Some(a)),
-        Err(_) => c.replication_listen.clone(),
-    };
+    let replication = reachable(replication.local_addr().ok());
     Member {
         advertised_uri,
         replication,

@@ -115,6 +115,10 @@ struct Ring {
     first: u64,
     changes: VecDeque<Change>,
     bytes: usize,
+    /// Bytes of every change recorded (for followers' lag), and of those
+    /// before each kept one.
+    total: u64,
+    before: VecDeque<u64>,
 }
 
 /// Durability promises waiting for the followers.
@@ -126,8 +130,6 @@ struct Gate {
 }
 
 impl Journal {
-    // Until the cluster's roles (issue 20) open a leader's store with one.
-    #[cfg_attr(not(test), allow(dead_code))]
     /// A journal of changes under `root`, keeping at most `budget` bytes for
     /// followers; promises wait for the followers until `replicated_to` says
     /// they hold the changes.
@@ -139,6 +141,8 @@ impl Journal {
                 first: 0,
                 changes: VecDeque::new(),
                 bytes: 0,
+                total: 0,
+                before: VecDeque::new(),
             }),
             appended: tokio::sync::Notify::new(),
             gate: parking_lot::Mutex::new(Gate {
@@ -169,18 +173,25 @@ impl Journal {
 
     fn record(&self, change: Change) {
         let mut ring = self.ring.lock();
+        let cost = change.cost();
         if self.readers.load(std::sync::atomic::Ordering::Acquire) == 0 {
             // Nobody to read it: a follower joining later copies files.
             ring.first += ring.changes.len() as u64 + 1;
             ring.changes.clear();
+            ring.before.clear();
             ring.bytes = 0;
+            ring.total += cost as u64;
             return;
         }
-        ring.bytes += change.cost();
+        ring.bytes += cost;
+        let total = ring.total;
+        ring.before.push_back(total);
+        ring.total += cost as u64;
         ring.changes.push_back(change);
         // A follower that far behind copies the files again instead.
         while ring.bytes > self.budget && ring.changes.len() > 1 {
             if let Some(old) = ring.changes.pop_front() {
+                ring.before.pop_front();
                 ring.bytes -= old.cost();
                 ring.first += 1;
             }
@@ -207,6 +218,18 @@ impl Journal {
             out.push(change.clone());
         }
         Ok(out)
+    }
+
+    /// Bytes of the changes recorded from `position` on (all kept ones if
+    /// it is older than the ring).
+    pub(crate) fn bytes_after(&self, position: u64) -> u64 {
+        let ring = self.ring.lock();
+        let end = ring.first + ring.changes.len() as u64;
+        if position >= end {
+            return 0;
+        }
+        let i = position.saturating_sub(ring.first) as usize;
+        ring.before.get(i).map_or(0, |b| ring.total - b)
     }
 
     /// Completes after a change past `from` is recorded (or at once if one is).

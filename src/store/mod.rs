@@ -352,7 +352,6 @@ pub struct Store {
     /// Writes the store's files (and records them for followers).
     pub(crate) files: journal::Recorder,
     /// The sled trees, for a follower's full copy.
-    #[cfg_attr(not(test), allow(dead_code))]
     pub(crate) trees: Vec<(journal::SledTree, sled::Tree)>,
 }
 

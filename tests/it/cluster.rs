@@ -83,6 +83,8 @@ impl TestCluster {
                 &self.name,
                 "--node-name",
                 node_name,
+                "--replication-listen",
+                "127.0.0.1:0",
             ]);
         }
         let etcd = format!("[\"{}\"]", self.etcd.endpoint());
@@ -92,6 +94,7 @@ impl TestCluster {
                 ("LEVERET_CLUSTER_ETCD", &etcd),
                 ("LEVERET_CLUSTER_NAME", &self.name),
                 ("LEVERET_CLUSTER_NODE_NAME", node_name),
+                ("LEVERET_CLUSTER_REPLICATION_LISTEN", "127.0.0.1:0"),
             ],
         )
     }
@@ -133,6 +136,34 @@ impl TestCluster {
                 self.logs()
             );
             tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Waits until etcd records both followers of `leader` in sync (as
+    /// `/api/nodes` of a follower shows, from etcd's view).
+    async fn all_in_sync(&self, leader: usize, within: Duration) {
+        let deadline = Instant::now() + within;
+        let follower = &self.nodes[(leader + 1) % 3];
+        loop {
+            let in_sync = get(follower.mgmt, "/api/nodes")
+                .await
+                .and_then(|(_, body)| serde_json::from_str::<serde_json::Value>(&body).ok())
+                .and_then(|v| v.as_array().cloned())
+                .map_or(0, |nodes| {
+                    nodes
+                        .iter()
+                        .filter(|n| n["role"] == "follower" && n["in_sync"] == true)
+                        .count()
+                });
+            if in_sync == 2 {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the followers are not in sync after {within:?}\n{}",
+                self.logs()
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
 
@@ -251,6 +282,39 @@ async fn a_killed_leader_is_replaced_and_clients_served_within_5_s() {
         return;
     };
     let old = cluster.leader(Duration::from_secs(10)).await;
+    cluster.all_in_sync(old, Duration::from_secs(20)).await;
+    // Confirmed on the leader (and so on both followers' disks) ...
+    let (c, ch) = try_open(&cluster.nodes[old].amqp, Duration::from_secs(5))
+        .await
+        .expect("the leader serves");
+    ch.confirm_select(ConfirmSelectOptions::default())
+        .await
+        .unwrap();
+    let durable = QueueDeclareOptions {
+        durable: true,
+        ..Default::default()
+    };
+    ch.queue_declare("orders".into(), durable, FieldTable::default())
+        .await
+        .unwrap();
+    let mut confirms = Vec::new();
+    for i in 0..300 {
+        confirms.push(
+            ch.basic_publish(
+                "".into(),
+                "orders".into(),
+                BasicPublishOptions::default(),
+                format!("order-{i}").as_bytes(),
+                BasicProperties::default().with_delivery_mode(2),
+            )
+            .await
+            .unwrap(),
+        );
+    }
+    for confirm in confirms {
+        assert!(confirm.await.unwrap().is_ack());
+    }
+    drop((c, ch));
     cluster.nodes[old].process.take().expect("running").kill9();
     let killed = Instant::now();
     let survivors: Vec<String> = (0..3)
@@ -291,6 +355,31 @@ async fn a_killed_leader_is_replaced_and_clients_served_within_5_s() {
     assert_ne!(new, old);
     println!("failover: SIGKILL of the leader to a client served: {served:?}");
     assert!(served < Duration::from_secs(5), "failover took {served:?}");
+    // ... so the new leader has every one of them, in order.
+    let (c, ch) = try_open(&cluster.nodes[new].amqp, Duration::from_secs(5))
+        .await
+        .expect("the new leader serves");
+    let q = ch
+        .queue_declare(
+            "orders".into(),
+            QueueDeclareOptions {
+                passive: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(q.message_count(), 300, "every confirmed message survived");
+    for i in 0..300 {
+        let got = ch
+            .basic_get("orders".into(), BasicGetOptions { no_ack: true })
+            .await
+            .unwrap()
+            .expect("a message");
+        assert_eq!(got.delivery.data, format!("order-{i}").as_bytes());
+    }
+    let _ = c.close(200, "bye".into()).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -655,15 +744,29 @@ async fn ctl_cluster_status_shows_nodes_roles_and_the_leader() {
         assert!(row.contains(role), "{row}");
         assert!(row.contains(&format!("amqp://{}:", node.name)), "{row}");
     }
-    // The leader alone is in sync (no ISR yet): stopping it is critical.
-    let (code, out) = ctl(
-        cluster.nodes[leader].mgmt,
-        &["check_if_node_is_quorum_critical"],
-    );
-    assert_eq!(code, 1, "{out}");
-    assert!(out.contains("would lose their quorum"), "{out}");
-    let (code, out) = ctl(follower.mgmt, &["check_if_node_is_quorum_critical"]);
-    assert_eq!((code, out.as_str()), (0, "ok\n"));
+    // Both followers in sync: stopping any one node keeps a leader and an
+    // in-sync follower (min_insync 1), so none is critical.
+    cluster.all_in_sync(leader, Duration::from_secs(20)).await;
+    for node in [&cluster.nodes[leader], follower] {
+        let (code, out) = ctl(node.mgmt, &["check_if_node_is_quorum_critical"]);
+        assert_eq!((code, out.as_str()), (0, "ok\n"), "{}", node.name);
+    }
+    // The leader reports each follower's replication lag.
+    let (_, out) = ctl(cluster.nodes[leader].mgmt, &["cluster", "status"]);
+    let lag = out
+        .lines()
+        .nth(2)
+        .unwrap()
+        .split_whitespace()
+        .position(|c| c == "lag_bytes")
+        .unwrap();
+    for row in out.lines().filter(|l| l.contains(" follower ")) {
+        let cell = row.split_whitespace().nth(lag).unwrap_or("");
+        assert!(
+            cell.parse::<u64>().is_ok(),
+            "a number of bytes: {row}\n{out}"
+        );
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
