@@ -793,3 +793,226 @@ async fn a_second_node_of_the_same_name_neither_registers_nor_leads() {
     assert_eq!(*second.role().borrow(), leveret::Role::Starting);
     assert_eq!(*first.role().borrow(), leveret::Role::Leader { term });
 }
+
+/// Addresses of the running nodes, for clients that reconnect anywhere.
+type Addresses = std::sync::Arc<parking_lot::Mutex<Vec<String>>>;
+
+/// A connection to the first node of `addrs` that answers, trying each.
+async fn connect_any(addrs: &Addresses) -> (lapin::Connection, lapin::Channel) {
+    loop {
+        let list = addrs.lock().clone();
+        for addr in list {
+            if let Some(open) = try_open(&addr, Duration::from_millis(500)).await {
+                return open;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Publishes ids 0.. in confirmed batches of 20 until `stop`, to any node;
+/// a batch whose confirms did not all come back is sent again (at least
+/// once). Returns the confirmed ids, and when each confirm came.
+async fn publish_until(
+    addrs: Addresses,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    confirmed: std::sync::Arc<parking_lot::Mutex<Vec<(u64, Instant)>>>,
+) {
+    let mut next = 0u64;
+    'connect: while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+        let (_c, ch) = connect_any(&addrs).await;
+        if ch
+            .confirm_select(ConfirmSelectOptions::default())
+            .await
+            .is_err()
+        {
+            continue;
+        }
+        while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+            let mut pending = Vec::new();
+            for id in next..next + 20 {
+                let Ok(p) = ch
+                    .basic_publish(
+                        "".into(),
+                        "orders".into(),
+                        BasicPublishOptions::default(),
+                        id.to_string().as_bytes(),
+                        BasicProperties::default().with_delivery_mode(2),
+                    )
+                    .await
+                else {
+                    continue 'connect;
+                };
+                pending.push(p);
+            }
+            for p in pending {
+                match tokio::time::timeout(Duration::from_secs(5), p).await {
+                    Ok(Ok(c)) if c.is_ack() => {}
+                    _ => continue 'connect,
+                }
+            }
+            let now = Instant::now();
+            confirmed
+                .lock()
+                .extend((next..next + 20).map(|id| (id, now)));
+            next += 20;
+        }
+    }
+}
+
+/// Consumes with manual acks from any node until `stop`, noting each id.
+async fn consume_until(
+    addrs: Addresses,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    received: std::sync::Arc<parking_lot::Mutex<Vec<u64>>>,
+) {
+    use futures_lite::StreamExt;
+    'connect: while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+        let (_c, ch) = connect_any(&addrs).await;
+        if ch.basic_qos(50, BasicQosOptions::default()).await.is_err() {
+            continue;
+        }
+        let Ok(mut consumer) = ch
+            .basic_consume(
+                "orders".into(),
+                "".into(),
+                BasicConsumeOptions::default(),
+                FieldTable::default(),
+            )
+            .await
+        else {
+            continue;
+        };
+        while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+            match tokio::time::timeout(Duration::from_millis(200), consumer.next()).await {
+                Err(_) => {}
+                Ok(Some(Ok(d))) => {
+                    let id = std::str::from_utf8(&d.data).unwrap().parse().unwrap();
+                    if d.ack(BasicAckOptions::default()).await.is_err() {
+                        continue 'connect;
+                    }
+                    received.lock().push(id);
+                }
+                Ok(_) => continue 'connect,
+            }
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killing_the_leader_under_load_loses_no_confirmed_message() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+    let Some(mut cluster) = TestCluster::start() else {
+        return;
+    };
+    let mut leader = cluster.leader(Duration::from_secs(10)).await;
+    cluster.all_in_sync(leader, Duration::from_secs(20)).await;
+    {
+        let (c, ch) = try_open(&cluster.nodes[leader].amqp, Duration::from_secs(5))
+            .await
+            .expect("the leader serves");
+        let durable = QueueDeclareOptions {
+            durable: true,
+            ..Default::default()
+        };
+        ch.queue_declare("orders".into(), durable, FieldTable::default())
+            .await
+            .unwrap();
+        let _ = c.close(200, "bye".into()).await;
+    }
+    let addrs: Addresses = Arc::new(parking_lot::Mutex::new(
+        cluster.nodes.iter().map(|n| n.amqp.clone()).collect(),
+    ));
+    let stop = Arc::new(AtomicBool::new(false));
+    let confirmed = Arc::new(parking_lot::Mutex::new(Vec::new()));
+    let received = Arc::new(parking_lot::Mutex::new(Vec::new()));
+    let publisher = tokio::spawn(publish_until(
+        addrs.clone(),
+        stop.clone(),
+        confirmed.clone(),
+    ));
+    let consumer = tokio::spawn(consume_until(addrs.clone(), stop.clone(), received.clone()));
+    for round in 1..=2 {
+        // A random moment while publishers and consumers run.
+        let wait = 500 + u64::from(rand::random::<u16>() % 1500);
+        tokio::time::sleep(Duration::from_millis(wait)).await;
+        let before = confirmed.lock().len();
+        cluster.nodes[leader]
+            .process
+            .take()
+            .expect("running")
+            .kill9();
+        let killed = Instant::now();
+        let next = cluster.leader(Duration::from_secs(10)).await;
+        assert_ne!(next, leader);
+        let failover = killed.elapsed();
+        // Unavailable until a publish is confirmed again.
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let unavailable = loop {
+            if let Some((_, at)) = confirmed.lock().get(before) {
+                break at.saturating_duration_since(killed);
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no confirm after the kill\n{}",
+                cluster.logs()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        };
+        println!(
+            "round {round}: killed {} after {wait} ms; new leader {} in {failover:?}; confirms resumed after {unavailable:?}",
+            cluster.nodes[leader].name, cluster.nodes[next].name
+        );
+        // The killed node comes back, catches up and is in sync again.
+        let name = cluster.nodes[leader].name.clone();
+        let process = cluster.launch(&name, &cluster.nodes[leader]._dir);
+        cluster.nodes[leader].amqp = process.addr().to_string();
+        cluster.nodes[leader].mgmt = process.mgmt_addr();
+        cluster.nodes[leader].process = Some(process);
+        *addrs.lock() = cluster.nodes.iter().map(|n| n.amqp.clone()).collect();
+        cluster.all_in_sync(next, Duration::from_secs(30)).await;
+        leader = next;
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    stop.store(true, Ordering::Relaxed);
+    publisher.await.unwrap();
+    consumer.await.unwrap();
+    // What the consumer did not get is still queued on the leader.
+    let (c, ch) = try_open(&cluster.nodes[leader].amqp, Duration::from_secs(5))
+        .await
+        .expect("the leader serves");
+    let mut drained = Vec::new();
+    while let Some(got) = ch
+        .basic_get("orders".into(), BasicGetOptions { no_ack: true })
+        .await
+        .unwrap()
+    {
+        drained.push(
+            std::str::from_utf8(&got.delivery.data)
+                .unwrap()
+                .parse::<u64>()
+                .unwrap(),
+        );
+    }
+    let _ = c.close(200, "bye".into()).await;
+    let received = received.lock().clone();
+    let seen: std::collections::HashSet<u64> =
+        received.iter().chain(drained.iter()).copied().collect();
+    let confirmed: Vec<u64> = confirmed.lock().iter().map(|(id, _)| *id).collect();
+    let lost: Vec<u64> = confirmed
+        .iter()
+        .copied()
+        .filter(|id| !seen.contains(id))
+        .collect();
+    let duplicates = received.len() + drained.len() - seen.len();
+    println!(
+        "confirmed {}, consumed {}, left queued {}, duplicates {duplicates}, lost {}",
+        confirmed.len(),
+        received.len(),
+        drained.len(),
+        lost.len()
+    );
+    assert!(confirmed.len() > 100, "the publisher made progress");
+    assert!(lost.is_empty(), "confirmed but lost: {lost:?}");
+}
