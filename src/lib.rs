@@ -23,6 +23,7 @@ mod logging;
 mod message;
 mod mgmt;
 mod server;
+mod shovel;
 mod store;
 mod stream_entry;
 mod stream_protocol;
