@@ -63,6 +63,8 @@ static ASSETS: &[Asset] = &[
     asset!("users.js", JS),
     asset!("definitions.js", JS),
     asset!("vhosts.js", JS),
+    asset!("move.js", JS),
+    asset!("shovels.js", JS),
 ];
 
 /// `GET /`: the page every view of the UI starts from.

@@ -579,3 +579,67 @@ async fn a_broker_killed_mid_move_loses_nothing() {
     );
     broker.sigterm_and_wait();
 }
+
+/// The web UI's "Move messages" on a queue's page, in a browser.
+#[tokio::test]
+async fn in_a_browser_move_messages_empties_the_queue_into_another() {
+    if common::against_other_broker() {
+        return;
+    }
+    let Some(browser) = crate::webui::chromium() else {
+        return;
+    };
+    let broker = TestBroker::start().await;
+    let (conn, ch) = open_channel(&broker).await;
+    declare_queue(&ch, "orders", durable(), FieldTable::default()).await;
+    ch.confirm_select(ConfirmSelectOptions::default())
+        .await
+        .unwrap();
+    publish_persistent(&ch, "orders", 25).await;
+    let seen = crate::webui::drive(
+        &broker,
+        &browser,
+        "shovel.move",
+        &[
+            ("WEBUI_QUEUE", "orders"),
+            ("WEBUI_DEST", "orders.retry"),
+            ("WEBUI_DEPTH", "25"),
+        ],
+    )
+    .await;
+    assert_eq!(seen["dest_ready"], "25", "{seen}");
+    assert_eq!(get_all_bodies(&ch, "orders.retry").await.len(), 25);
+    conn.close(200, "bye".into()).await.ok();
+    broker.stop().await;
+}
+
+/// The Shovels page: add one, see it run, restart and delete it.
+#[tokio::test]
+async fn in_a_browser_a_shovel_is_added_restarted_and_deleted() {
+    if common::against_other_broker() {
+        return;
+    }
+    let Some(browser) = crate::webui::chromium() else {
+        return;
+    };
+    let broker = TestBroker::start().await;
+    let seen = crate::webui::drive(
+        &broker,
+        &browser,
+        "shovel.manage",
+        &[
+            ("WEBUI_SHOVEL", "to-archive"),
+            ("WEBUI_QUEUE", "events"),
+            ("WEBUI_DEST", "archive"),
+        ],
+    )
+    .await;
+    assert_eq!(
+        seen["confirmations"],
+        json!(["Delete shovel \"to-archive\"?"]),
+        "{seen}"
+    );
+    let api = Api::of(&broker).unwrap();
+    assert_eq!(api.get(&param("to-archive")).await.status, 404);
+    broker.stop().await;
+}

@@ -4,7 +4,7 @@
 //   #/overview   #/queues   #/queues/<vhost>/<name>
 //   #/exchanges  #/exchanges/<vhost>/<name>
 //   #/connections  #/connections/<name>  #/channels  #/users  #/vhosts
-//   #/definitions
+//   #/definitions  #/shovels
 //   (segments URI-encoded)
 // A page module exports mount(main, ctx) and returns {refresh}; the frame
 // calls refresh now and on the chosen interval, never reloading the page.
@@ -23,6 +23,7 @@ import * as channels from './channels.js';
 import * as users from './users.js';
 import * as definitions from './definitions.js';
 import * as vhosts from './vhosts.js';
+import * as shovels from './shovels.js';
 
 const $ = (id) => document.getElementById(id);
 const REFRESH = 'leveret.refresh';
@@ -50,6 +51,7 @@ function routeOf(hash) {
   if (parts[0] === 'users') return { module: users, name: 'users', args: [] };
   if (parts[0] === 'vhosts') return { module: vhosts, name: 'vhosts', args: [] };
   if (parts[0] === 'definitions') return { module: definitions, name: 'definitions', args: [] };
+  if (parts[0] === 'shovels') return { module: shovels, name: 'shovels', args: [] };
   return { module: overview, name: 'overview', args: [] };
 }
 
