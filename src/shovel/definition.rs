@@ -70,6 +70,8 @@ impl Destination {
 pub(crate) struct Spec {
     pub(crate) src_uris: Vec<(String, AmqpUri)>,
     pub(crate) source: Source,
+    /// `src-consumer-args` (a stream's `x-stream-offset`, say).
+    pub(crate) consumer_args: Value,
     pub(crate) prefetch: u64,
     pub(crate) delete_after: DeleteAfter,
     pub(crate) dest_uris: Vec<(String, AmqpUri)>,
@@ -392,6 +394,7 @@ pub(crate) fn parse(value: &Value) -> Result<Spec, String> {
     Ok(Spec {
         src_uris,
         source,
+        consumer_args: def.get("src-consumer-args").cloned().unwrap_or(Value::Null),
         prefetch,
         delete_after,
         dest_uris,

@@ -159,8 +159,14 @@ impl ConsumerChannel for Inbox {
     }
 }
 
-/// A consumer for the shovel on `queue`.
-pub(super) fn consumer(tag: String, inbox: &Arc<Inbox>, queue: &Arc<Queue>) -> Arc<Consumer> {
+/// A consumer for the shovel on `queue`, with `arguments` as
+/// basic.consume's.
+pub(super) fn consumer(
+    tag: String,
+    inbox: &Arc<Inbox>,
+    queue: &Arc<Queue>,
+    arguments: FieldTable,
+) -> Arc<Consumer> {
     Arc::new(Consumer {
         tag,
         channel: inbox.clone(),
@@ -168,7 +174,7 @@ pub(super) fn consumer(tag: String, inbox: &Arc<Inbox>, queue: &Arc<Queue>) -> A
         no_ack: inbox.no_ack,
         exclusive: false,
         prefetch: inbox.limit.min(u16::MAX as usize) as u16,
-        arguments: FieldTable::default(),
+        arguments,
         priority: 0,
         unacked: AtomicU32::new(0),
         pace: Default::default(),
@@ -245,9 +251,9 @@ pub(super) fn bound_queue(
     Ok(queue)
 }
 
-/// Queue arguments as a definition gives them (`src-queue-args`): strings,
-/// integers and booleans, which is what declare arguments are.
-fn table(v: &Value) -> FieldTable {
+/// Arguments as a definition gives them (`src-queue-args`,
+/// `src-consumer-args`): strings, numbers and booleans.
+pub(super) fn table(v: &Value) -> FieldTable {
     let mut t = FieldTable::default();
     if let Value::Object(m) = v {
         for (k, v) in m {

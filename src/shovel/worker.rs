@@ -16,6 +16,8 @@ use super::uri::without_credentials;
 use crate::broker::ops::publish::{self, Outgoing};
 use crate::broker::parameters::SHOVEL;
 use crate::broker::queue::Queue;
+use crate::broker::stream_consume::{check_consumer, ReadSpec};
+use crate::broker::timers::now_ms;
 use crate::broker::vhost::{Routing, VHost};
 use crate::broker::Broker;
 use crate::protocol::properties::PropertiesView;
@@ -186,8 +188,22 @@ impl Worker {
         };
         let no_ack = spec.ack_mode == AckMode::NoAck;
         let inbox = Inbox::new(limit, no_ack);
-        let consumer = local::consumer(format!("amq.ctag-shovel-{owner}"), &inbox, queue);
-        if let Err(e) = queue.add_consumer(consumer.clone(), None, || {}) {
+        let tag = format!("amq.ctag-shovel-{owner}");
+        let args = local::table(&spec.consumer_args);
+        // A stream is read from where the consumer arguments say, as a
+        // channel's consumer reads it.
+        let read = match queue.stream() {
+            None => Ok(None),
+            Some(_) => {
+                check_consumer(limit as u16, no_ack, &queue.name, &queue.vhost).and_then(|()| {
+                    ReadSpec::parse(&args, &tag, &queue.name, &queue.vhost, now_ms() as i64)
+                        .map(Some)
+                })
+            }
+        };
+        let consumer = local::consumer(tag, &inbox, queue, args);
+        let added = read.and_then(|read| queue.add_consumer(consumer.clone(), read, || {}));
+        if let Err(e) = added {
             return Ended::Failed {
                 reason: e.text,
                 started: true,

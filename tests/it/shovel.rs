@@ -643,3 +643,42 @@ async fn in_a_browser_a_shovel_is_added_restarted_and_deleted() {
     assert_eq!(api.get(&param("to-archive")).await.status, 404);
     broker.stop().await;
 }
+
+/// A stream's messages move too (are copied: a stream keeps them), read
+/// from where `src-consumer-args` says (RabbitMQ's UI sends
+/// `x-stream-offset: first` for a stream). Leveret-only: RabbitMQ 3.10
+/// takes a stream's length from queue.declare-ok, which says 0 for a
+/// stream, so its shovel deletes itself at once having moved nothing.
+#[tokio::test]
+async fn a_stream_is_moved_from_its_first_offset() {
+    if common::against_other_broker() {
+        return;
+    }
+    let broker = TestBroker::start().await;
+    let Some(api) = Api::of(&broker) else { return };
+    let (conn, ch) = open_channel(&broker).await;
+    let (from, to) = (unique("sh-stream"), unique("sh-stream-to"));
+    let args = table(&[("x-queue-type", AMQPValue::LongString("stream".into()))]);
+    declare_queue(&ch, &from, durable(), args).await;
+    ch.confirm_select(ConfirmSelectOptions::default())
+        .await
+        .unwrap();
+    publish_persistent(&ch, &from, 10).await;
+    let mut body = move_messages(&from, &to);
+    body["value"]["src-consumer-args"] = json!({"x-stream-offset": "first"});
+    let name = format!("Move from {from}");
+    let r = api.put(&param(&name), body).await;
+    assert_eq!(r.status, 201, "{r:?}");
+    common::eventually("the shovel to delete itself", WAIT, || async {
+        api.get(&param(&name)).await.status == 404
+    })
+    .await;
+    let want: Vec<String> = (0..10).map(|i| format!("m-{i:06}")).collect();
+    assert_eq!(get_all_bodies(&ch, &to).await, want);
+    for q in [&from, &to] {
+        ch.queue_delete(q.as_str().into(), QueueDeleteOptions::default())
+            .await
+            .unwrap();
+    }
+    conn.close(200, "bye".into()).await.ok();
+}
