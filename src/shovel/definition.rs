@@ -72,6 +72,9 @@ pub(crate) struct Spec {
     pub(crate) source: Source,
     /// `src-consumer-args` (a stream's `x-stream-offset`, say).
     pub(crate) consumer_args: Value,
+    /// Arguments of a source or destination queue the shovel declares.
+    pub(crate) src_queue_args: Value,
+    pub(crate) dest_queue_args: Value,
     pub(crate) prefetch: u64,
     pub(crate) delete_after: DeleteAfter,
     pub(crate) dest_uris: Vec<(String, AmqpUri)>,
@@ -395,6 +398,8 @@ pub(crate) fn parse(value: &Value) -> Result<Spec, String> {
         src_uris,
         source,
         consumer_args: def.get("src-consumer-args").cloned().unwrap_or(Value::Null),
+        src_queue_args: def.get("src-queue-args").cloned().unwrap_or(Value::Null),
+        dest_queue_args: def.get("dest-queue-args").cloned().unwrap_or(Value::Null),
         prefetch,
         delete_after,
         dest_uris,

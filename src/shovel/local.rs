@@ -187,13 +187,13 @@ pub(super) fn consumer(
 pub(super) fn ensure_queue(
     vhost: &VHost,
     name: &str,
-    args: Option<&Value>,
+    args: &Value,
     owner: u64,
 ) -> Result<Arc<Queue>, AmqpError> {
     if let Ok(q) = vhost.queue(name) {
         return Ok(q);
     }
-    let arguments = args.map(table).unwrap_or_default();
+    let arguments = table(args);
     topology::declare_queue(
         &mut ShovelGate,
         vhost,

@@ -104,7 +104,11 @@ impl Worker {
         let (src_text, src_uri) = pick(&spec.src_uris);
         let (dest_text, dest_uri) = pick(&spec.dest_uris);
         if !src_uri.is_local() || !dest_uri.is_local() {
-            return failed("Leveret's shovels move messages within this broker only: URIs with a host are not supported yet");
+            // Reported as terminated, so the status says why.
+            return Ended::Failed {
+                reason: "Leveret's shovels move messages within this broker only: URIs with a host are not supported yet".into(),
+                started: true,
+            };
         }
         let vhost_of = |name: &str| {
             self.broker.vhost(name).ok_or_else(|| {
@@ -124,12 +128,14 @@ impl Worker {
         let owner = self.broker.next_id();
         // Destination first, then the source, as RabbitMQ sets them up.
         if let Some(q) = &spec.dest.queue {
-            if let Err(e) = local::ensure_queue(&dest_vhost, q, None, owner) {
+            if let Err(e) = local::ensure_queue(&dest_vhost, q, &spec.dest_queue_args, owner) {
                 return failed(e.text);
             }
         }
         let made = match &spec.source {
-            Source::Queue(q) => local::ensure_queue(&src_vhost, q, None, owner).map(|q| (q, false)),
+            Source::Queue(q) => {
+                local::ensure_queue(&src_vhost, q, &spec.src_queue_args, owner).map(|q| (q, false))
+            }
             Source::Exchange { exchange, key } => {
                 local::bound_queue(&src_vhost, exchange, key, owner).map(|q| (q, true))
             }

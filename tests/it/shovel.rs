@@ -682,3 +682,63 @@ async fn a_stream_is_moved_from_its_first_offset() {
     }
     conn.close(200, "bye".into()).await.ok();
 }
+
+/// A shovel to another host is kept (as RabbitMQ keeps it), and its
+/// status says why Leveret does not run it.
+#[tokio::test]
+async fn a_remote_shovel_reports_why_it_does_not_run() {
+    if common::against_other_broker() {
+        return;
+    }
+    let broker = TestBroker::start().await;
+    let api = Api::of(&broker).unwrap();
+    let value = json!({"src-uri": "amqp://u:p@elsewhere.example:5672", "src-queue": "a",
+                       "dest-uri": "amqp://", "dest-queue": "b",
+                       "src-queue-args": {"x-max-length": 5}});
+    assert_eq!(put_shovel(&api, "remote", value).await.status, 201);
+    let s = common::wait_for("a terminated status", WAIT, || async {
+        match status(&api, "remote").await {
+            Some(s) if s["state"] == "terminated" => Ok(s),
+            other => Err(other),
+        }
+    })
+    .await;
+    assert!(
+        s["reason"].as_str().unwrap().contains("URIs with a host"),
+        "{s}"
+    );
+    // Nothing was declared for it.
+    assert_eq!(api.get("/api/queues/%2f/b").await.status, 404);
+}
+
+/// `src-queue-args` and `dest-queue-args` apply to the queues the shovel
+/// declares.
+#[tokio::test]
+async fn declared_queues_take_their_arguments() {
+    let broker = TestBroker::start().await;
+    let Some(api) = Api::of(&broker) else { return };
+    let (from, to, name) = (
+        unique("sh-args-src"),
+        unique("sh-args-dest"),
+        unique("sh-args"),
+    );
+    let value = json!({"src-uri": "amqp://", "src-queue": from, "src-queue-args": {"x-max-length": 5},
+                       "dest-uri": "amqp://", "dest-queue": to, "dest-queue-args": {"x-message-ttl": 60000}});
+    assert_eq!(put_shovel(&api, &name, value).await.status, 201);
+    wait_running(&api, &name).await;
+    let src = api.get(&format!("/api/queues/%2f/{from}")).await;
+    assert_eq!(src.json["arguments"], json!({"x-max-length": 5}), "{src:?}");
+    let dest = api.get(&format!("/api/queues/%2f/{to}")).await;
+    assert_eq!(
+        dest.json["arguments"],
+        json!({"x-message-ttl": 60000}),
+        "{dest:?}"
+    );
+    assert_eq!(api.delete(&param(&name)).await.status, 204);
+    for q in [&from, &to] {
+        assert_eq!(
+            api.delete(&format!("/api/queues/%2f/{q}")).await.status,
+            204
+        );
+    }
+}
