@@ -118,7 +118,17 @@ async fn move_messages_moves_every_message_once_and_deletes_itself() {
         api.get(&param(&name)).await.status == 404 && status(&api, &name).await.is_none()
     })
     .await;
-    assert_eq!(count(&conn, &from, WAIT).await, 0);
+    let left = count(&conn, &from, WAIT).await;
+    if left != 0 {
+        // Say what went where, to tell a lost count from a duplicate.
+        let dst = get_all_bodies(&ch, &to).await;
+        let distinct: BTreeSet<&String> = dst.iter().collect();
+        panic!(
+            "{left} messages left in the source; {} at the destination, {} distinct",
+            dst.len(),
+            distinct.len()
+        );
+    }
     let q = api.get(&format!("/api/queues/%2f/{to}")).await;
     assert_eq!(q.json["durable"], true, "{q:?}");
     let bodies = get_all_bodies(&ch, &to).await;

@@ -29,7 +29,13 @@ def move(page, ui):
     expect(page.locator("#move-result .ok")).to_contain_text(dest)
     ui.seen["moved"] = page.inner_text("#move-result")
     # The page refreshes on its interval: the queue empties.
-    expect(page.locator("#queue-ready")).to_have_text("0")
+    try:
+        expect(page.locator("#queue-ready")).to_have_text("0")
+    except AssertionError:
+        import base64, urllib.request
+        req = urllib.request.Request(ui.base + "/api/shovels", headers={"Authorization": "Basic " + base64.b64encode(b"guest:guest").decode()})
+        with urllib.request.urlopen(req) as r:
+            raise AssertionError("queue not emptied; shovels: " + r.read().decode())
     queue_page(page, ui, dest)
     expect(page.locator("#queue-ready")).to_have_text(depth)
     ui.seen["dest_ready"] = page.inner_text("#queue-ready")
