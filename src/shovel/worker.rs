@@ -126,6 +126,7 @@ impl Worker {
             Err(e) => return e,
         };
         let owner = self.broker.next_id();
+        let mark = self.broker.store.meta_queued();
         // Destination first, then the source, as RabbitMQ sets them up.
         if let Some(q) = &spec.dest.queue {
             if let Err(e) = local::ensure_queue(&dest_vhost, q, &spec.dest_queue_args, owner) {
@@ -144,6 +145,20 @@ impl Worker {
             Ok(made) => made,
             Err(e) => return failed(e.text),
         };
+        // As a channel answers queue.declare only once the queue is on
+        // disk: nothing is published to a queue the store does not know.
+        if let Some(durable) = self.broker.store.meta_durable_since(mark) {
+            let written = tokio::select! {
+                w = durable => w,
+                _ = self.stop.wait_for(|s| *s) => Ok(()),
+            };
+            if let Err(e) = written {
+                if temporary {
+                    src_vhost.delete_queue(&queue);
+                }
+                return failed(format!("cannot write to the store: {e}"));
+            }
+        }
         let remaining = match spec.delete_after {
             DeleteAfter::Never => None,
             DeleteAfter::QueueLength => Some(queue.counts().ready as u64),

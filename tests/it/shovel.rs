@@ -752,3 +752,33 @@ async fn declared_queues_take_their_arguments() {
         );
     }
 }
+
+/// Each move declares its destination and publishes to it at once: the
+/// shovel waits, as a channel's queue.declare-ok waits, until the new
+/// queue is on disk, or the store refuses its messages (nacks), which go
+/// back to the source and are counted as moved. This failed a few rounds
+/// in before the wait.
+#[tokio::test]
+async fn repeated_moves_into_new_queues_lose_nothing() {
+    let broker = TestBroker::start().await;
+    let Some(api) = Api::of(&broker) else { return };
+    let (_conn, ch) = open_channel(&broker).await;
+    ch.confirm_select(ConfirmSelectOptions::default())
+        .await
+        .unwrap();
+    for round in 0..40 {
+        let (from, to) = (format!("rep-{round}"), format!("rep-{round}-to"));
+        declare_queue(&ch, &from, durable(), FieldTable::default()).await;
+        publish_persistent(&ch, &from, 25).await;
+        let name = format!("Move from {from}");
+        let r = api.put(&param(&name), move_messages(&from, &to)).await;
+        assert_eq!(r.status, 201);
+        common::eventually("gone", WAIT, || async {
+            api.get(&param(&name)).await.status == 404
+        })
+        .await;
+        let left = ready_count(&ch, &from).await;
+        let moved = ready_count(&ch, &to).await;
+        assert_eq!((left, moved), (0, 25), "round {round}");
+    }
+}
