@@ -25,6 +25,7 @@ mod message;
 mod mgmt;
 mod replication;
 mod server;
+mod shovel;
 mod store;
 mod stream_entry;
 mod stream_protocol;

@@ -132,6 +132,7 @@ pub async fn serve_on(
             .filter_map(move |l| l.local_addr().ok().map(|a| (protocol, a)))
     })
     .collect();
+    let (shovels, shovel_task) = crate::shovel::Shovels::start(broker.clone(), stop_rx.clone());
     let mgmt_task = (!mgmt.is_empty() || !mgmts.is_empty()).then(|| {
         let mut stop = stop_rx.clone();
         let mut all: Vec<_> = mgmt.into_iter().map(|l| (l, false)).collect();
@@ -139,6 +140,7 @@ pub async fn serve_on(
         tokio::spawn(crate::mgmt::serve(
             all,
             broker.clone(),
+            shovels,
             tls.clone(),
             active,
             async move {
@@ -214,6 +216,8 @@ pub async fn serve_on(
     if let Some(task) = stream_task {
         let _ = task.await;
     }
+    // Shovels put back what they hold before the store closes.
+    let _ = shovel_task.await;
     // Connections are gone: write what the persister still holds and stop it.
     let store = broker.store.clone();
     let _ = tokio::task::spawn_blocking(move || store.close()).await;

@@ -14,6 +14,7 @@ pub(crate) mod flow;
 pub(crate) mod limits;
 pub(crate) mod memory;
 pub(crate) mod ops;
+pub(crate) mod parameters;
 pub(crate) mod policy;
 pub(crate) mod queue;
 pub(crate) mod queue_args;
@@ -121,6 +122,8 @@ pub struct Broker {
     vhosts: DashMap<String, Arc<VHost>>,
     /// Users, vhost records and permissions.
     pub(crate) access: AccessControl,
+    /// Runtime parameters of components such as `shovel`.
+    pub(crate) parameters: parameters::RuntimeParameters,
     /// Direct reply-to consumers by their `amq.rabbitmq.reply-to.…` name.
     pub(crate) reply_to: DashMap<String, ReplyTo>,
     pub(crate) connections: DashMap<u64, ConnectionHandle>,
@@ -180,6 +183,8 @@ impl Broker {
         let access::Loaded { access, seeded } =
             AccessControl::load(store.clone(), &access_records).map_err(damaged)?;
         let policies = policy::stored(&access_records).map_err(damaged)?;
+        let parameters =
+            parameters::RuntimeParameters::load(store.clone(), &access_records).map_err(damaged)?;
         let memory = Arc::new(MemoryGauge::new(config.limits.memory_high_watermark));
         let counters = Arc::new(counters::Counters::default());
         let streams = crate::store::stream_writer::StreamWriter::start(
@@ -203,6 +208,7 @@ impl Broker {
         };
         let broker = Broker {
             access,
+            parameters,
             queue_services,
             vhosts: DashMap::default(),
             reply_to: DashMap::default(),
@@ -299,6 +305,7 @@ impl Broker {
     /// messages), exchanges, bindings and permissions removed.
     pub(crate) fn delete_vhost(&self, name: &str) -> bool {
         let existed = self.access.delete_vhost(name);
+        self.parameters.delete_vhost(name);
         let Some((_, vhost)) = self.vhosts.remove(name) else {
             return existed;
         };

@@ -126,6 +126,13 @@ fn bindings_json(broker: &Broker, only: Option<&str>) -> Vec<Value> {
     out
 }
 
+/// Runtime parameters: vhost limits, then shovels.
+fn parameters(broker: &Broker, only: Option<&str>) -> Vec<Value> {
+    let mut all = limits::export_parameters(broker, only);
+    all.extend(super::shovels::parameters(broker, only));
+    all
+}
+
 pub(super) async fn export_all(
     State(broker): State<Arc<Broker>>,
     Extension(user): Extension<User>,
@@ -153,7 +160,7 @@ pub(super) async fn export_all(
         "vhosts": vhosts,
         "permissions": broker.access.permissions().iter().map(permission_json).collect::<Vec<_>>(),
         "topic_permissions": topic_permissions::export(&broker, None),
-        "parameters": limits::export_parameters(&broker, None),
+        "parameters": parameters(&broker, None),
         "global_parameters": [],
         "policies": super::policies::export(&broker, None),
         "queues": queues_json(&broker, None),
@@ -174,7 +181,7 @@ pub(super) async fn export_vhost(
         .ok_or_else(|| ApiError::bad_request("vhost_not_found"))?;
     Ok(Json(json!({
         "rabbit_version": RABBIT_VERSION,
-        "parameters": limits::export_parameters(&broker, Some(&vhost)),
+        "parameters": parameters(&broker, Some(&vhost)),
         "policies": super::policies::export(&broker, Some(&vhost)),
         "queues": queues_json(&broker, Some(&vhost)),
         "exchanges": exchanges_json(&broker, Some(&vhost)),
@@ -331,6 +338,7 @@ fn import(broker: &Broker, d: Definitions, only: Option<&str>) -> Result<Vec<Omi
     }
     super::policies::import(broker, &d.policies, only)?;
     limits::import_parameters(broker, &d.parameters, only)?;
+    super::shovels::import(broker, &d.parameters, only)?;
     let vhost_of = |name: &str| {
         broker
             .vhost(name)

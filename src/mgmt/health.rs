@@ -186,7 +186,7 @@ pub(super) async fn certificate_expiration(
 }
 
 /// RabbitMQ's `2036-12-03 9:06:51` (UTC, the hour unpadded).
-fn date_time(unix: i64) -> String {
+pub(super) fn date_time(unix: i64) -> String {
     let days = unix.div_euclid(86_400);
     let secs = unix.rem_euclid(86_400);
     let (y, m, d) = civil_from_days(days);

@@ -24,6 +24,7 @@ mod metrics;
 mod objects;
 mod parameters;
 mod policies;
+mod shovels;
 mod stream_clients;
 mod streams;
 mod topic_permissions;
@@ -55,6 +56,7 @@ const MANAGEMENT_TAGS: &[&str] = &["administrator", "management", "monitoring", 
 pub(crate) async fn serve(
     listeners: Vec<(TcpListener, bool)>,
     broker: Arc<Broker>,
+    shovels: Arc<crate::shovel::Shovels>,
     tls: Option<Arc<crate::tls::Tls>>,
     active: Vec<(&'static str, SocketAddr)>,
     shutdown: impl Future<Output = ()> + Send + 'static,
@@ -269,6 +271,13 @@ pub(crate) async fn serve(
                 .put(parameters::put)
                 .delete(parameters::delete),
         )
+        .route("/api/shovels", get(shovels::all))
+        .route("/api/shovels/{vhost}", get(shovels::in_vhost))
+        .route("/api/shovels/vhost/{vhost}/{name}", delete(shovels::delete))
+        .route(
+            "/api/shovels/vhost/{vhost}/{name}/restart",
+            delete(shovels::restart),
+        )
         .route("/api/vhost-limits", get(limits::all_vhost_limits))
         .route("/api/vhost-limits/{vhost}", get(limits::vhost_limits))
         .route(
@@ -335,6 +344,7 @@ pub(crate) async fn serve(
         .layer(axum::Extension(health::ActiveListeners(Arc::new(active))))
         .layer(axum::Extension(totals))
         .layer(axum::Extension(channel_rates))
+        .layer(axum::Extension(shovels))
         .with_state(broker);
     listener::serve(listeners, tls, app, &limits, shutdown).await;
     sampler.abort();

@@ -71,6 +71,8 @@ static ASSETS: &[Asset] = &[
     asset!("forms.js", JS),
     asset!("streams.js", JS),
     asset!("stream-connection.js", JS),
+    asset!("move.js", JS),
+    asset!("shovels.js", JS),
 ];
 
 /// `GET /`: the page every view of the UI starts from.

@@ -690,14 +690,14 @@ async fn definitions_export_and_import_round_trip() {
     // What Leveret cannot apply fails the import, named; skipping it is
     // asked for, and what was left out is listed.
     if !common::against_other_broker() {
-        let shovel = json!({"parameters": [{"component": "shovel", "vhost": "/", "name": "s1",
-                                             "value": {"src-queue": "a", "dest-queue": "b"}}]});
+        let shovel = json!({"parameters": [{"component": "federation-upstream", "vhost": "/", "name": "s1",
+                                             "value": {"uri": "amqp://upstream"}}]});
         let out = ctl
             .run_with(&["import", "-"], &[], Some(&shovel.to_string()))
             .await;
         assert!(
             out.error_line()
-                .contains("parameter 's1' of component 'shovel' in vhost '/'"),
+                .contains("parameter 's1' of component 'federation-upstream' in vhost '/'"),
             "{out:?}"
         );
         let out = ctl
@@ -710,7 +710,7 @@ async fn definitions_export_and_import_round_trip() {
         assert_eq!(
             out.stdout,
             "definitions imported from standard input\n\
-             left out: parameter 's1' of component 'shovel' in vhost '/': Leveret has no shovels\n",
+             left out: parameter 's1' of component 'federation-upstream' in vhost '/': Leveret has no federation\n",
             "{out:?}"
         );
     }

@@ -51,6 +51,7 @@ mod policies;
 mod queue_features;
 mod queues;
 mod readme;
+mod shovel;
 mod stream_mgmt;
 mod stream_protocol;
 mod stream_tls;

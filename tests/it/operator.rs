@@ -862,17 +862,20 @@ async fn rabbitmqadmin_everyday_commands() {
             .await;
 
         // A parameter of a component neither broker has (RabbitMQ without
-        // its shovel plugin): the same refusal.
+        // its federation plugin): the same refusal.
         let out = admin
             .fails(&[
                 "declare",
                 "parameter",
-                "component=shovel",
-                "name=op-admin-shovel",
-                r#"value={"src-queue":"a","dest-queue":"b"}"#,
+                "component=federation-upstream",
+                "name=op-admin-upstream",
+                r#"value={"uri":"amqp://upstream"}"#,
             ])
             .await;
-        assert!(out.contains("component shovel not found"), "{out}");
+        assert!(
+            out.contains("component federation-upstream not found"),
+            "{out}"
+        );
         broker.stop().await;
     })
     .await;

@@ -25,6 +25,12 @@ pub(crate) trait Gate {
         exchange: &str,
         routing_key: &str,
     ) -> Result<(), AmqpError>;
+    /// Whether a message's `user_id` must name this user. The broker's own
+    /// publishers (a shovel) forward messages whose `user_id` another
+    /// user set, as RabbitMQ's internal user may.
+    fn checks_user_id(&self) -> bool {
+        true
+    }
 }
 
 /// An operation the broker does on its own authority (definitions import

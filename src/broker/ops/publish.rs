@@ -66,7 +66,7 @@ pub(crate) fn accept(
         gate.check_topic(Access::Write, &x.name, &routing_key)?;
     }
     if let Some(user_id) = PropertiesView::str(&properties, &view.user_id) {
-        if user_id != gate.user().as_bytes() {
+        if user_id != gate.user().as_bytes() && gate.checks_user_id() {
             return Err(AmqpError::precondition_failed(format_args!(
                 "user_id property set to '{}' but authenticated user was '{}'",
                 String::from_utf8_lossy(user_id),

@@ -148,14 +148,13 @@ fn vhosts(d: &mut Definitions, out: &mut Vec<Omission>) {
     }
 }
 
-/// Runtime parameters: Leveret has vhost limits only.
+/// Runtime parameters: Leveret has vhost limits and shovels.
 fn parameters(d: &mut Definitions, out: &mut Vec<Omission>) {
     d.parameters.retain(|p| {
         let component = p.get("component").and_then(Value::as_str).unwrap_or("");
         let why = match component {
-            "vhost-limits" => return true,
+            "vhost-limits" | "shovel" => return true,
             "federation-upstream" | "federation-upstream-set" => "Leveret has no federation".into(),
-            "shovel" => "Leveret has no shovels".into(),
             other => format!("Leveret has no runtime parameters of component '{other}'"),
         };
         out.push(Omission::new(

@@ -5,7 +5,7 @@
 //   #/exchanges  #/exchanges/<vhost>/<name>
 //   #/connections  #/connections/<name>  #/channels  #/channels/<name>
 //   #/users  #/users/<name>  #/vhosts  #/vhosts/<name>  #/policies
-//   #/definitions  #/streams  #/streams/connections/<vhost>/<name>
+//   #/definitions  #/streams  #/streams/connections/<vhost>/<name>  #/shovels
 //   (segments URI-encoded)
 // A page module exports mount(main, ctx) and returns {refresh}; the frame
 // calls refresh now and on the chosen interval, never reloading the page.
@@ -30,6 +30,7 @@ import * as vhost from './vhost.js';
 import * as policies from './policies.js';
 import * as streams from './streams.js';
 import * as streamConnection from './stream-connection.js';
+import * as shovels from './shovels.js';
 
 const $ = (id) => document.getElementById(id);
 const REFRESH = 'leveret.refresh';
@@ -65,6 +66,7 @@ function routeOf(hash) {
   }
   if (parts[0] === 'streams') return { module: streams, name: 'streams', args: [] };
   if (parts[0] === 'definitions') return { module: definitions, name: 'definitions', args: [] };
+  if (parts[0] === 'shovels') return { module: shovels, name: 'shovels', args: [] };
   return { module: overview, name: 'overview', args: [] };
 }
 

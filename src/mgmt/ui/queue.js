@@ -8,6 +8,7 @@ import { lineChart, toRates } from './chart.js';
 import { bytes, clear, errorBox, facts, h, num, rate, value } from './dom.js';
 import { field, publishForm } from './publish.js';
 import { bindForm, bindingsTable } from './bindings.js';
+import { moveForm } from './move.js';
 
 const HISTORY = 'lengths_age=600&lengths_incr=5&msg_rates_age=600&msg_rates_incr=5';
 
@@ -31,6 +32,7 @@ export function mount(main, { args: [vhost, name] }) {
     bindForm({ vhost, to: name, done: () => page.refresh() }),
     getForm(path),
     publishForm({ vhost, exchange: 'amq.default', routingKey: name }),
+    moveForm({ vhost, queue: name }),
     dangerZone(path, name));
 
   return Object.assign(page, {
