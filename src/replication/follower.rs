@@ -41,7 +41,7 @@ pub(crate) async fn follow(
     let (r, w) = stream.into_split();
     let mut r = BufReader::with_capacity(1 << 20, r);
     let mut w = BufWriter::new(w);
-    let Frame::Challenge { nonce } = wire::read(&mut r).await? else {
+    let Frame::Challenge { nonce } = wire::read_at_most(&mut r, wire::MAX_HANDSHAKE).await? else {
         return Err(FollowError::Protocol("expected a challenge"));
     };
     let mine = super::nonce();
@@ -56,7 +56,7 @@ pub(crate) async fn follow(
     )
     .await?;
     w.flush().await?;
-    let Frame::Welcome { proof } = wire::read(&mut r).await? else {
+    let Frame::Welcome { proof } = wire::read_at_most(&mut r, wire::MAX_HANDSHAKE).await? else {
         return Err(FollowError::Protocol("expected a welcome"));
     };
     if !super::same(&proof, &super::hmac(secret, &[b"leader", &mine])) {

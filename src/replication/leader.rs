@@ -310,7 +310,7 @@ async fn serve_follower(
     let nonce = super::nonce();
     wire::write(&mut w, &Frame::Challenge { nonce }).await?;
     w.flush().await?;
-    let hello = tokio::time::timeout(HANDSHAKE, wire::read(&mut r))
+    let hello = tokio::time::timeout(HANDSHAKE, wire::read_at_most(&mut r, wire::MAX_HANDSHAKE))
         .await
         .map_err(|_| ServeError::Protocol("no hello in time"))??;
     let Frame::Hello {

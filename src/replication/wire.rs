@@ -186,10 +186,22 @@ pub(crate) enum WireError {
     Bad(&'static str),
 }
 
+/// Largest frame of the handshake, read before the peer proved anything.
+pub(crate) const MAX_HANDSHAKE: usize = 1024;
+
 /// Reads one frame.
 pub(crate) async fn read<R: AsyncRead + Unpin>(r: &mut R) -> Result<Frame, WireError> {
+    read_at_most(r, MAX_FRAME).await
+}
+
+/// Reads one frame of at most `max` bytes (the handshake's are small: a
+/// stranger must not make either side allocate more).
+pub(crate) async fn read_at_most<R: AsyncRead + Unpin>(
+    r: &mut R,
+    max: usize,
+) -> Result<Frame, WireError> {
     let len = r.read_u32().await? as usize;
-    if len == 0 || len > MAX_FRAME {
+    if len == 0 || len > max {
         return Err(WireError::Bad("frame length"));
     }
     let mut buf = vec![0u8; len];
@@ -385,6 +397,15 @@ mod tests {
                 .collect();
             let _ = decode(Bytes::from(bytes));
         }
+    }
+
+    #[tokio::test]
+    async fn a_big_handshake_frame_is_refused_before_it_is_read() {
+        let mut wire: &[u8] = &[0, 0x10, 0, 0, HELLO];
+        assert!(matches!(
+            read_at_most(&mut wire, MAX_HANDSHAKE).await,
+            Err(WireError::Bad("frame length"))
+        ));
     }
 
     #[test]
