@@ -9,7 +9,11 @@ use super::{serve_on, Listeners, ServeError};
 use crate::broker::Broker;
 use crate::cluster::{self, Cluster, Member, Role};
 use crate::config::Config;
-use crate::replication::{self, follower::FollowerState, leader::Replicas};
+use crate::replication::{
+    self,
+    follower::FollowerState,
+    leader::{AbortOnDrop, Replicas},
+};
 use crate::store::journal::Journal;
 use std::future::Future;
 use std::net::SocketAddr;
@@ -208,15 +212,6 @@ async fn replicate(
     let _ = stop.send(true);
     let _ = following.await;
     cluster.set_follower_state(None);
-}
-
-/// Aborts a task when dropped.
-struct AbortOnDrop(tokio::task::JoinHandle<()>);
-
-impl Drop for AbortOnDrop {
-    fn drop(&mut self) {
-        self.0.abort();
-    }
 }
 
 /// Between roles: only the management API answers (about this node).

@@ -210,7 +210,7 @@ impl Journal {
         let skip = (from - ring.first) as usize;
         let mut out = Vec::new();
         let mut bytes = 0;
-        for change in ring.changes.iter().skip(skip) {
+        for change in ring.changes.range(skip.min(ring.changes.len())..) {
             if !out.is_empty() && bytes + change.cost() > max_bytes {
                 break;
             }
@@ -321,13 +321,7 @@ impl Recorder {
         bytes: &[u8],
         at: u64,
     ) -> std::io::Result<()> {
-        file.write_all_at(bytes, at)?;
-        self.record(path, |path| Change::Write {
-            path,
-            at,
-            bytes: Bytes::copy_from_slice(bytes),
-        });
-        Ok(())
+        self.write_at_with(file, bytes, at, || path.to_owned())
     }
 
     /// As `write_at`, naming the file only when it is recorded (the hot
@@ -356,7 +350,7 @@ impl Recorder {
         Ok(())
     }
 
-    /// Records that `path` was created empty (by the caller).
+    /// Records that `path` was created, or truncated, empty (by the caller).
     pub(crate) fn created(&self, path: &Path) {
         self.record(path, |path| Change::SetLen { path, len: 0 });
     }

@@ -723,7 +723,7 @@ fn write_manifest(qdir: &Path, files: &[u64], out: &Recorder) -> std::io::Result
         .write(true)
         .truncate(true)
         .open(&tmp)?;
-    out.set_len(&f, &tmp, 0)?;
+    out.created(&tmp);
     out.write_at(&f, &tmp, &buf, 0)?;
     f.sync_data()?;
     out.rename(&tmp, &qdir.join(MANIFEST))?;

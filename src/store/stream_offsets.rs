@@ -88,7 +88,7 @@ pub(crate) fn save(
     out.extend_from_slice(&crc.to_be_bytes());
     let tmp = dir.join(format!("{file}.new"));
     let f = std::fs::File::create(&tmp)?;
-    files.set_len(&f, &tmp, 0)?;
+    files.created(&tmp);
     files.write_at(&f, &tmp, &out, 0)?;
     files.rename(&tmp, &dir.join(file))
 }
