@@ -227,6 +227,10 @@ impl Connection {
             entries,
             Box::new(move |appended| {
                 match appended {
+                    // A cluster leader past its lease deadline confirms
+                    // nothing (it may already have been replaced); the
+                    // connection is closed as the node steps down.
+                    Ok(_) if !crate::cluster::may_serve() => {}
                     Ok(_) => {
                         if let (Some((queue, reference)), Some(&last)) =
                             (&sequence, stored_ids.iter().max())
