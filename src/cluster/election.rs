@@ -24,7 +24,11 @@ async fn timed<T>(
 pub(super) async fn run(cluster: Arc<Cluster>) {
     let ttl = cluster.config.lease_ttl();
     let mut given_up: Vec<i64> = Vec::new();
+    let mut resigned = cluster.resigned.subscribe();
     loop {
+        if *resigned.borrow() {
+            return;
+        }
         let mut client = cluster.client.clone();
         let lease = match timed(grant(&mut client, ttl, &cluster.clock)).await {
             Ok(lease) => lease,
@@ -40,7 +44,10 @@ pub(super) async fn run(cluster: Arc<Cluster>) {
                 keep_alive(cluster.client.clone(), lease, ttl, &cluster.clock).await
             })
         };
-        hold(&cluster, lease, &given_up).await;
+        tokio::select! {
+            () = hold(&cluster, lease, &given_up) => {}
+            _ = resigned.wait_for(|r| *r) => info!("cluster: stopping: giving up the lease"),
+        }
         keeper.abort();
         cluster.clock.expire();
         // Drops this node's keys at once where etcd can be reached, so the
@@ -144,9 +151,10 @@ async fn lead(cluster: &Cluster, term: i64) {
     }
 }
 
-/// Writes this node's record on `lease` unless another process holds the
-/// name (two nodes of one name would take each other's leader key for
-/// stale). A record on one of this process's given-up leases is its own.
+/// Writes this node's record on `lease`, and its known record, unless
+/// another process holds the name (two nodes of one name would take each
+/// other's leader key for stale). A record on one of this process's
+/// given-up leases is its own.
 async fn register(
     cluster: &Cluster,
     lease: i64,
@@ -156,6 +164,7 @@ async fn register(
     let mut client = cluster.client.clone();
     let key = cluster.keys.node(&cluster.me.node_name);
     let put = TxnOp::put(key.as_str(), me, Some(PutOptions::new().with_lease(lease)));
+    let known = TxnOp::put(cluster.keys.known_node(&cluster.me.node_name), me, None);
     let current = client.get(key.as_str(), None).await?;
     let guard = match current.kvs().first() {
         None => Compare::create_revision(key.as_str(), CompareOp::Equal, 0),
@@ -164,7 +173,9 @@ async fn register(
         }
         Some(_) => return Ok(false),
     };
-    let r = client.txn(Txn::new().when([guard]).and_then([put])).await?;
+    let r = client
+        .txn(Txn::new().when([guard]).and_then([put, known]))
+        .await?;
     Ok(r.succeeded())
 }
 

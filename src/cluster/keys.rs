@@ -29,11 +29,22 @@ impl Keys {
         format!("{}secret", self.prefix)
     }
 
+    /// The running nodes' records, each bound to its node's lease.
     pub(crate) fn nodes(&self) -> String {
         format!("{}nodes/", self.prefix)
     }
 
     pub(crate) fn node(&self, name: &str) -> String {
         format!("{}nodes/{name}", self.prefix)
+    }
+
+    /// Every node that joined and was not forgotten, running or not (as
+    /// RabbitMQ's disc nodes): its last record, bound to no lease.
+    pub(crate) fn known(&self) -> String {
+        format!("{}known/", self.prefix)
+    }
+
+    pub(crate) fn known_node(&self, name: &str) -> String {
+        format!("{}known/{name}", self.prefix)
     }
 }

@@ -1,6 +1,7 @@
 //! A node as the cluster knows it: the record each node keeps in etcd
 //! under `<prefix>/nodes/<node_name>`, bound to its lease (so a node that
-//! dies drops out of the list when its lease runs out).
+//! dies drops out of the list when its lease runs out), and a copy under
+//! `<prefix>/known/<node_name>` that stays until the node is forgotten.
 
 use serde::{Deserialize, Serialize};
 

@@ -74,6 +74,12 @@ pub enum ClusterError {
     Etcd(#[from] etcd_client::Error),
     #[error("this node is not the leader")]
     NotLeader,
+    #[error("{0} is not a node of this cluster")]
+    UnknownNode(String),
+    #[error("{0} is running; stop it before forgetting it")]
+    Running(String),
+    #[error("{0} leads this cluster; a node cannot forget itself")]
+    Itself(String),
 }
 
 /// How often followers look for a missing leader, and everyone refreshes
@@ -94,6 +100,9 @@ pub struct Cluster {
     replicas: Mutex<Option<Arc<crate::replication::leader::Replicas>>>,
     /// Following: this node's copy.
     copy: Mutex<Option<Arc<Mutex<crate::replication::follower::FollowerState>>>>,
+    /// Set on a clean stop: the campaign ends and the lease is revoked.
+    resigned: watch::Sender<bool>,
+    campaign: Mutex<Option<tokio::task::JoinHandle<()>>>,
 }
 
 static CURRENT: OnceLock<Arc<Cluster>> = OnceLock::new();
@@ -133,8 +142,10 @@ impl Cluster {
             view: Mutex::new(View::default()),
             replicas: Mutex::new(None),
             copy: Mutex::new(None),
+            resigned: watch::Sender::new(false),
+            campaign: Mutex::new(None),
         });
-        tokio::spawn(election::run(cluster.clone()));
+        *cluster.campaign.lock() = Some(tokio::spawn(election::run(cluster.clone())));
         tokio::spawn(view::refresh(Arc::downgrade(&cluster)));
         Ok(cluster)
     }
@@ -197,6 +208,66 @@ impl Cluster {
         }
         self.view.lock().isr = Some(isr);
         Ok(())
+    }
+
+    /// A clean stop: gives up the lease at once (dropping this node's
+    /// records and, if it leads, the leader key), so the others need not
+    /// wait for it to expire; a leader's successor is elected within a
+    /// poll. Call once this node serves nothing any more.
+    pub async fn resign(&self) {
+        self.resigned.send_replace(true);
+        let campaign = self.campaign.lock().take();
+        if let Some(campaign) = campaign {
+            let _ = tokio::time::timeout(2 * REQUEST_TIMEOUT, campaign).await;
+        }
+        self.clock.expire();
+    }
+
+    /// Forgets `name`, a node stopped for good (RabbitMQ's
+    /// `forget_cluster_node`): its known record goes, so it is no longer
+    /// listed. Only the leader may, and only while `name` does not run.
+    /// (The in-sync set needs nothing: the leader records only followers
+    /// connected to it.)
+    pub async fn forget(&self, name: &str) -> Result<(), ClusterError> {
+        let Role::Leader { term } = *self.role.borrow() else {
+            return Err(ClusterError::NotLeader);
+        };
+        if !self.lease_valid() {
+            return Err(ClusterError::NotLeader);
+        }
+        if name == self.me.node_name {
+            return Err(ClusterError::Itself(name.to_string()));
+        }
+        let running = self.keys.node(name);
+        let txn = Txn::new()
+            .when([
+                Compare::create_revision(self.keys.leader(), CompareOp::Equal, term),
+                Compare::create_revision(running.as_str(), CompareOp::Equal, 0),
+            ])
+            .and_then([TxnOp::delete(self.keys.known_node(name), None)])
+            .or_else([TxnOp::get(running.as_str(), None)]);
+        let mut client = self.client.clone();
+        let done = tokio::time::timeout(REQUEST_TIMEOUT, client.txn(txn))
+            .await
+            .map_err(|_| etcd_client::Error::InvalidArgs("etcd did not answer in time".into()))??;
+        let mut deleted = 0;
+        let mut is_running = false;
+        for op in done.op_responses() {
+            match op {
+                etcd_client::TxnOpResponse::Delete(d) => deleted += d.deleted(),
+                etcd_client::TxnOpResponse::Get(g) => is_running |= !g.kvs().is_empty(),
+                _ => {}
+            }
+        }
+        match (done.succeeded(), is_running) {
+            (true, _) if deleted == 0 => Err(ClusterError::UnknownNode(name.to_string())),
+            (true, _) => {
+                self.view.lock().known.retain(|m| m.node_name != name);
+                Ok(())
+            }
+            (false, true) => Err(ClusterError::Running(name.to_string())),
+            (false, false) => Err(ClusterError::NotLeader),
+        }
     }
 
     /// The cluster's replication secret (32 random bytes, hex), created in

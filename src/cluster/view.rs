@@ -8,7 +8,10 @@ use std::sync::Weak;
 
 #[derive(Debug, Clone, Default)]
 pub(crate) struct View {
+    /// The running nodes.
     pub(crate) members: Vec<Member>,
+    /// Every node that joined and was not forgotten, with its last record.
+    pub(crate) known: Vec<Member>,
     /// The leader's record and term.
     pub(crate) leader: Option<(Member, i64)>,
     pub(crate) isr: Option<Isr>,
@@ -17,6 +20,11 @@ pub(crate) struct View {
 }
 
 impl View {
+    /// `name` runs: its lease-bound record is there.
+    pub(crate) fn running(&self, name: &str) -> bool {
+        self.members.iter().any(|m| m.node_name == name)
+    }
+
     pub(crate) fn leader_name(&self) -> Option<&str> {
         self.leader.as_ref().map(|(m, _)| m.node_name.as_str())
     }
@@ -59,6 +67,7 @@ async fn read(cluster: &Cluster) -> Option<View> {
         .ok()?
         .ok()?;
     let nodes = cluster.keys.nodes();
+    let known = cluster.keys.known();
     let mut view = View {
         etcd_reachable: true,
         ..View::default()
@@ -69,6 +78,10 @@ async fn read(cluster: &Cluster) -> Option<View> {
             if let Ok(m) = serde_json::from_slice::<Member>(kv.value()) {
                 view.members.push(m);
             }
+        } else if key.starts_with(&known) {
+            if let Ok(m) = serde_json::from_slice::<Member>(kv.value()) {
+                view.known.push(m);
+            }
         } else if key == cluster.keys.leader() {
             if let Ok(m) = serde_json::from_slice::<Member>(kv.value()) {
                 view.leader = Some((m, kv.create_revision()));
@@ -78,5 +91,6 @@ async fn read(cluster: &Cluster) -> Option<View> {
         }
     }
     view.members.sort_by(|a, b| a.node_name.cmp(&b.node_name));
+    view.known.sort_by(|a, b| a.node_name.cmp(&b.node_name));
     Some(view)
 }

@@ -5,8 +5,10 @@
 //! facts, without credentials (they hold no secrets, as `/metrics`), and
 //! answers every other path with 503 naming the leader.
 
-use crate::cluster::{self, Cluster, Member, View};
+use super::api::ApiError;
+use crate::cluster::{self, Cluster, ClusterError, Member, View};
 use crate::config::MgmtConfig;
+use axum::extract::Path;
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
@@ -31,6 +33,7 @@ fn cluster_fields(c: &Cluster, view: &View, m: &Member) -> Value {
     let role = match view.leader_name() {
         Some(l) if l == m.node_name => "leader",
         _ if me => c.role().borrow().name(),
+        _ if !view.running(&m.node_name) => "stopped",
         _ => "follower",
     };
     json!({
@@ -54,14 +57,18 @@ fn cluster_fields(c: &Cluster, view: &View, m: &Member) -> Value {
 }
 
 /// `/api/nodes` in cluster mode: `own` (this node's full node object)
-/// and every other member with what is known of it, each with its
-/// cluster fields. `None` outside cluster mode.
+/// and every other member, running or not (`"running": false`, as
+/// RabbitMQ lists a stopped disc node, until it is forgotten), with what
+/// is known of it, each with its cluster fields. `None` outside cluster
+/// mode.
 pub(super) fn nodes(own: Value) -> Option<Vec<Value>> {
     let c = cluster::current()?;
     let view = c.view();
     let mut members = view.members.clone();
-    if !members.iter().any(|m| m.node_name == c.me().node_name) {
-        members.push(c.me().clone());
+    for m in view.known.iter().chain([c.me()]) {
+        if !members.iter().any(|r| r.node_name == m.node_name) {
+            members.push(m.clone());
+        }
     }
     members.sort_by(|a, b| a.node_name.cmp(&b.node_name));
     Some(
@@ -71,7 +78,8 @@ pub(super) fn nodes(own: Value) -> Option<Vec<Value>> {
                 let mut node = if m.node_name == c.me().node_name {
                     own.clone()
                 } else {
-                    json!({"type": "disc", "running": true, "partitions": []})
+                    let running = view.running(&m.node_name);
+                    json!({"type": "disc", "running": running, "partitions": []})
                 };
                 node["name"] = json!(node_name_of(&m.node_name));
                 if let (Value::Object(node), Value::Object(extra)) =
@@ -114,6 +122,33 @@ pub(super) async fn quorum_critical() -> Response {
     Json(json!({"status": "ok"})).into_response()
 }
 
+/// `DELETE /api/nodes/{node}`: forgets a node stopped for good (as
+/// `rabbitmqctl forget_cluster_node`); administrators only, on the leader.
+pub(super) async fn forget(
+    Extension(user): Extension<super::api::User>,
+    Path(node): Path<String>,
+) -> Result<Response, ApiError> {
+    user.require_admin()?;
+    let Some(c) = cluster::current() else {
+        return Err(ApiError::bad_request(
+            "this node is not in cluster mode: there is no node to forget",
+        ));
+    };
+    let name = node.strip_prefix("leveret@").unwrap_or(&node);
+    match c.forget(name).await {
+        Ok(()) => Ok(super::api::no_content()),
+        Err(ClusterError::UnknownNode(_)) => Err(ApiError::not_found()),
+        Err(e @ (ClusterError::Running(_) | ClusterError::Itself(_))) => {
+            Err(ApiError::bad_request(e.to_string()))
+        }
+        Err(e) => Err(ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "not_leader",
+            e.to_string(),
+        )),
+    }
+}
+
 /// The cluster gauges for `/metrics` ("" outside cluster mode).
 pub(super) fn metrics() -> String {
     let Some(c) = cluster::current() else {
@@ -144,7 +179,58 @@ pub(super) fn metrics() -> String {
         "1 while this node's etcd lease is held",
         c.lease_valid() as usize,
     );
+    follower_gauges(&mut out, &c.replicas());
     out
+}
+
+/// The leader's view of each follower, one series per node.
+fn follower_gauges(out: &mut String, replicas: &[crate::replication::leader::Replica]) {
+    type Value = fn(&crate::replication::leader::Replica) -> u64;
+    let families: [(&str, &str, Value); 4] = [
+        (
+            "leveret_cluster_follower_in_sync",
+            "1 while the follower is in sync (confirms wait for it)",
+            |r| r.in_sync as u64,
+        ),
+        (
+            "leveret_cluster_follower_lag_bytes",
+            "Bytes of changes the follower has not acknowledged",
+            |r| r.lag_bytes,
+        ),
+        (
+            "leveret_cluster_follower_lag_seconds",
+            "How long the follower has been behind the leader's journal (+Inf: never caught up)",
+            |r| r.lag_ms,
+        ),
+        (
+            "leveret_cluster_follower_acked_bytes",
+            "Journal position the follower acknowledged as durable",
+            |r| r.acked,
+        ),
+    ];
+    if replicas.is_empty() {
+        return;
+    }
+    for (name, help, value) in families {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge");
+        for r in replicas {
+            let v = value(r);
+            if name.ends_with("_seconds") {
+                let seconds = if v == u64::MAX {
+                    f64::INFINITY
+                } else {
+                    v as f64 / 1000.0
+                };
+                let _ = writeln!(
+                    out,
+                    "{name}{{node=\"{}\"}} {seconds}",
+                    node_name_of(&r.node)
+                );
+            } else {
+                let _ = writeln!(out, "{name}{{node=\"{}\"}} {v}", node_name_of(&r.node));
+            }
+        }
+    }
 }
 
 /// The management API of a node that does not lead (see the module doc).

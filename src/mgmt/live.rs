@@ -320,10 +320,10 @@ pub(super) async fn nodes(State(broker): State<Arc<Broker>>) -> ApiResult {
 }
 
 pub(super) async fn node(State(broker): State<Arc<Broker>>, Path(name): Path<String>) -> ApiResult {
-    if name != node_name() {
-        return Err(ApiError::not_found());
-    }
-    Ok(Json(node_json(&broker)).into_response())
+    let own = node_json(&broker);
+    let all = super::cluster::nodes(own.clone()).unwrap_or_else(|| vec![own]);
+    let found = all.into_iter().find(|n| n["name"] == name.as_str());
+    Ok(Json(found.ok_or_else(ApiError::not_found)?).into_response())
 }
 
 // ---------------------------------------------------------------- connections

@@ -74,7 +74,7 @@ pub(crate) async fn serve(
         .route("/api/overview", get(live::overview))
         .route("/api/whoami", get(users::whoami))
         .route("/api/nodes", get(live::nodes))
-        .route("/api/nodes/{node}", get(live::node))
+        .route("/api/nodes/{node}", get(live::node).delete(cluster::forget))
         .route("/api/connections", get(live::connections))
         .route(
             "/api/connections/{name}",

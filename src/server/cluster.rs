@@ -47,6 +47,9 @@ pub async fn serve_cluster(
     let mut role = cluster.role();
     loop {
         if *stop.borrow() {
+            // Serves nothing any more: the lease goes now rather than
+            // when it runs out, so a successor takes over at once.
+            cluster.resign().await;
             return Ok(());
         }
         let now = role.borrow_and_update().clone();

@@ -1016,3 +1016,176 @@ async fn killing_the_leader_under_load_loses_no_confirmed_message() {
     assert!(confirmed.len() > 100, "the publisher made progress");
     assert!(lost.is_empty(), "confirmed but lost: {lost:?}");
 }
+
+/// `leveret ctl` against a management address: exit code, stdout and stderr.
+fn ctl_all(mgmt: SocketAddr, args: &[&str]) -> (i32, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_leveret"))
+        .args(["ctl", "--url", &format!("http://{mgmt}")])
+        .args(args)
+        .output()
+        .expect("run leveret ctl");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr),
+    )
+}
+
+/// A node's entry in `/api/nodes` as `node` sees it (`None`: not listed).
+async fn node_entry(node: SocketAddr, name: &str) -> Option<serde_json::Value> {
+    let (_, body) = get(node, "/api/nodes").await?;
+    let all: serde_json::Value = serde_json::from_str(&body).ok()?;
+    all.as_array()?
+        .iter()
+        .find(|n| n["name"] == format!("leveret@{name}").as_str())
+        .cloned()
+}
+
+/// `name`'s entry in `node`'s `/api/nodes` once `pred` holds for it
+/// (views are refreshed from etcd every quarter second), within 5 s.
+async fn entry_when(
+    node: SocketAddr,
+    name: &str,
+    pred: impl Fn(&serde_json::Value) -> bool,
+) -> serde_json::Value {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        match node_entry(node, name).await {
+            Some(e) if pred(&e) => return e,
+            _ if Instant::now() < deadline => tokio::time::sleep(Duration::from_millis(100)).await,
+            other => panic!(
+                "leveret@{name} not as expected: {other:?}\n{:?}",
+                get(node, "/api/nodes").await
+            ),
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cleanly_stopped_leader_hands_over_at_once_and_stays_listed_until_forgotten() {
+    let Some(mut cluster) = TestCluster::start() else {
+        return;
+    };
+    let leader = cluster.leader(Duration::from_secs(10)).await;
+    cluster.all_in_sync(leader, Duration::from_secs(20)).await;
+    // The leader's /metrics has a series per follower.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let metrics = get(cluster.nodes[leader].mgmt, "/metrics")
+            .await
+            .map(|(_, body)| body)
+            .unwrap_or_default();
+        let followers: Vec<&Node> = (0..3)
+            .filter(|&i| i != leader)
+            .map(|i| &cluster.nodes[i])
+            .collect();
+        let shown = followers.iter().all(|n| {
+            let node = format!("{{node=\"leveret@{}\"}}", n.name);
+            metrics.contains(&format!("leveret_cluster_follower_in_sync{node} 1"))
+                && metrics.contains(&format!("leveret_cluster_follower_lag_bytes{node} "))
+                && metrics.contains(&format!("leveret_cluster_follower_lag_seconds{node} "))
+        });
+        if shown {
+            break;
+        }
+        assert!(Instant::now() < deadline, "no follower gauges:\n{metrics}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let stopped = cluster.nodes[leader].name.clone();
+    let prefix = format!("/leveret/{}/", cluster.name);
+    cluster.nodes[leader]
+        .process
+        .as_mut()
+        .expect("running")
+        .sigterm_and_wait();
+    // A clean stop revokes the lease: the leader key and the node's record
+    // are gone when the process has exited, not a lease's life later.
+    let exited = Instant::now();
+    let keys = cluster
+        .etcd
+        .ctl(&["get", "--prefix", "--keys-only", &prefix])
+        .expect("etcdctl get");
+    let checked = exited.elapsed();
+    assert!(
+        !keys.contains(&format!("{prefix}nodes/{stopped}")),
+        "the stopped node's record outlived it ({checked:?} after exit):\n{keys}"
+    );
+    let leader_key = cluster
+        .etcd
+        .ctl(&["get", &format!("{prefix}leader")])
+        .expect("etcdctl get");
+    assert!(
+        !leader_key.contains(&format!("\"node_name\":\"{stopped}\"")),
+        "the stopped leader's key outlived it ({checked:?} after exit):\n{leader_key}"
+    );
+    cluster.nodes[leader].process = None;
+    let next = cluster.leader(Duration::from_secs(10)).await;
+    println!(
+        "{stopped} stopped cleanly; {} leads {:?} after it exited",
+        cluster.nodes[next].name,
+        exited.elapsed()
+    );
+    let next_mgmt = cluster.nodes[next].mgmt;
+    let follower = 3 - leader - next;
+    let follower_name = cluster.nodes[follower].name.clone();
+
+    // Still a member, as a stopped RabbitMQ disc node is.
+    let entry = entry_when(next_mgmt, &stopped, |e| e["running"] == false).await;
+    assert_eq!(entry["role"], "stopped", "{entry}");
+    let (code, out) = ctl_all(next_mgmt, &["cluster", "status"]);
+    assert_eq!(code, 0, "{out}");
+    assert!(
+        out.lines()
+            .any(|l| l.contains(&format!("leveret@{stopped}")) && l.contains("stopped")),
+        "{out}"
+    );
+
+    // Forgetting: only on the leader, only a stopped node, never itself.
+    let (code, out) = ctl_all(
+        cluster.nodes[follower].mgmt,
+        &["forget_cluster_node", &stopped],
+    );
+    assert_ne!(code, 0, "{out}");
+    assert!(out.contains("not the cluster's leader"), "{out}");
+    let (code, out) = ctl_all(next_mgmt, &["forget_cluster_node", &follower_name]);
+    assert_ne!(code, 0, "{out}");
+    assert!(
+        out.contains(&format!(
+            "{follower_name} is running; stop it before forgetting it"
+        )),
+        "{out}"
+    );
+    let (code, out) = ctl_all(
+        next_mgmt,
+        &["forget_cluster_node", &cluster.nodes[next].name],
+    );
+    assert_ne!(code, 0, "{out}");
+    assert!(out.contains("a node cannot forget itself"), "{out}");
+    assert!(node_entry(next_mgmt, &follower_name).await.is_some());
+
+    let (code, out) = ctl_all(
+        next_mgmt,
+        &["forget_cluster_node", &format!("leveret@{stopped}")],
+    );
+    assert_eq!(code, 0, "{out}");
+    assert!(
+        out.contains(&format!("leveret@{stopped} forgotten")),
+        "{out}"
+    );
+    assert!(node_entry(next_mgmt, &stopped).await.is_none());
+    let keys = cluster
+        .etcd
+        .ctl(&["get", "--prefix", "--keys-only", &prefix])
+        .expect("etcdctl get");
+    assert!(!keys.contains(&format!("/{stopped}")), "{keys}");
+    let (code, out) = ctl_all(next_mgmt, &["forget_cluster_node", &stopped]);
+    assert_ne!(code, 0, "{out}");
+    assert!(out.contains("404"), "{out}");
+
+    // A forgotten node started again simply joins anew.
+    let process = cluster.launch(&stopped, &cluster.nodes[leader]._dir);
+    cluster.nodes[leader].amqp = process.addr().to_string();
+    cluster.nodes[leader].mgmt = process.mgmt_addr();
+    cluster.nodes[leader].process = Some(process);
+    cluster.all_in_sync(next, Duration::from_secs(30)).await;
+    entry_when(next_mgmt, &stopped, |e| e["running"] == true).await;
+}

@@ -1,7 +1,8 @@
 //! `cluster status` (every node of a Leveret cluster: role, in-sync,
-//! addresses, lease, replication lag) and `check_if_node_is_quorum_critical`
+//! addresses, lease, replication lag), `check_if_node_is_quorum_critical`
 //! (rabbitmq-diagnostics'), from `/api/nodes` and
-//! `/api/health/checks/node-is-quorum-critical`.
+//! `/api/health/checks/node-is-quorum-critical`, and
+//! `forget_cluster_node` (rabbitmqctl's), `DELETE /api/nodes/{node}`.
 
 use crate::client::Method;
 use crate::table::Column;
@@ -60,6 +61,19 @@ impl Ctx<'_> {
         }
         self.print_rows(Value::Array(rows), CLUSTER_COLUMNS, true)?;
         Ok(Outcome::Ok)
+    }
+
+    /// `DELETE /api/nodes/leveret@NODE`, sent to the leader.
+    pub(crate) fn forget_cluster_node(&mut self, node: &str) -> Result<Outcome, CtlError> {
+        let full = if node.contains('@') {
+            node.to_string()
+        } else {
+            format!("leveret@{node}")
+        };
+        let path = format!("/nodes/{}", crate::client::enc(&full));
+        self.client
+            .call(Method::Delete, &path, None, &format!("node '{full}'"))?;
+        self.done(&format!("{full} forgotten"))
     }
 
     /// 200 `{"status":"ok"}`, or 503 with the reason: exit 1.

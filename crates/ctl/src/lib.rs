@@ -90,6 +90,7 @@ Commands:
   health                           Alarm check: prints ok, or the alarms and exits 1
   cluster status                   Cluster mode: nodes, roles, ISR, leader, lease, lag
   check_if_node_is_quorum_critical Exit 1 if stopping this node leaves too few in sync
+  forget_cluster_node NODE         Cluster mode: remove a node stopped for good (on the leader)
   reload_certificates              Reload the broker's TLS certificate, key and CA files
   help COMMAND                     Every argument of one command
 
@@ -499,6 +500,12 @@ pub enum CtlCommand {
     /// Exit 1 if stopping this node would leave fewer in-sync nodes than
     /// a confirm needs (rabbitmq-diagnostics check_if_node_is_quorum_critical)
     CheckIfNodeIsQuorumCritical,
+    /// Remove a node stopped for good from the cluster's list of nodes
+    /// (rabbitmqctl forget_cluster_node); refused while it runs
+    ForgetClusterNode {
+        /// The node: `leveret@n3`, or just `n3`
+        node: String,
+    },
     /// Reload the broker's TLS certificate, key and CA files (as SIGHUP)
     ReloadCertificates,
 }
@@ -973,6 +980,7 @@ impl Ctx<'_> {
             C::Health => self.health(),
             C::Cluster { what } => self.cluster(what.as_deref()),
             C::CheckIfNodeIsQuorumCritical => self.quorum_critical(),
+            C::ForgetClusterNode { node } => self.forget_cluster_node(node),
             C::ReloadCertificates => self.reload_certificates(),
         }
     }
