@@ -516,6 +516,16 @@ impl Config {
     pub fn validate(&self) -> Result<(), ConfigError> {
         self.server.log_filter()?;
         self.cluster.validate()?;
+        if self.cluster.enabled()
+            && self.cluster.replication_tls
+            && [&self.tls.cert, &self.tls.key, &self.tls.ca]
+                .iter()
+                .any(|p| p.as_os_str().is_empty())
+        {
+            return Err(ConfigError::Invalid(
+                "cluster.replication_tls needs tls.cert and tls.key (what a leader presents) and tls.ca (what a follower trusts)".into(),
+            ));
+        }
         if self.stream.initial_frame_max < 4096
             || self.stream.frame_max < self.stream.initial_frame_max
         {

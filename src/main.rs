@@ -82,6 +82,9 @@ struct ServeArgs {
     /// Where this node listens for followers' replication, HOST:PORT.
     #[arg(long)]
     replication_listen: Option<String>,
+    /// Replicate over TLS, with this node's [tls] certificate and CA.
+    #[arg(long)]
+    replication_tls: bool,
 }
 
 fn main() -> ExitCode {
@@ -147,6 +150,9 @@ fn serve(args: ServeArgs) -> ExitCode {
     }
     if let Some(addr) = args.replication_listen {
         config.cluster.replication_listen = addr;
+    }
+    if args.replication_tls {
+        config.cluster.replication_tls = true;
     }
     if let Err(e) = config.validate() {
         eprintln!("leveret: {e}");

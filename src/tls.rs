@@ -206,6 +206,28 @@ fn build(s: &TlsConfig) -> Result<Built, TlsError> {
     ))
 }
 
+/// The replication port's configurations (`cluster.replication_tls`): the
+/// leader presents the node's certificate and asks for none (followers
+/// prove the cluster's secret instead); a follower trusts only `tls.ca`.
+/// Read at each term and connection, so rotated files are picked up.
+pub(crate) fn replication(
+    s: &TlsConfig,
+) -> Result<(Arc<ServerConfig>, Arc<rustls::ClientConfig>), TlsError> {
+    let provider = provider();
+    let key = certified_key(("tls.cert", &s.cert), ("tls.key", &s.key), &provider)?;
+    let server = ServerConfig::builder_with_provider(provider.clone())
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .map_err(|e| TlsError::Settings(e.to_string()))?
+        .with_no_client_auth()
+        .with_cert_resolver(Arc::new(rustls::sign::SingleCertAndKey::from(key)));
+    let client = rustls::ClientConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .map_err(|e| TlsError::Settings(e.to_string()))?
+        .with_root_certificates(read_roots(&s.ca)?)
+        .with_no_client_auth();
+    Ok((Arc::new(server), Arc::new(client)))
+}
+
 /// Each certificate's end of validity (Unix seconds); one that does not
 /// parse counts as expired.
 fn not_after(certs: &[CertificateDer<'_>]) -> Vec<i64> {

@@ -24,6 +24,9 @@ pub struct ClusterConfig {
     pub advertised_uri: String,
     /// Where followers reach this node for replication (`HOST:PORT`).
     pub replication_listen: String,
+    /// Replicate over TLS: a leader presents `[tls] cert`, a follower
+    /// verifies it against `[tls] ca`. Every node of a cluster must agree.
+    pub replication_tls: bool,
     /// Followers that must hold a write before the leader confirms it.
     pub min_insync: u32,
     /// Most bytes of store changes the leader keeps for followers that
@@ -55,6 +58,7 @@ impl Default for ClusterConfig {
             node_name: String::new(),
             advertised_uri: String::new(),
             replication_listen: "0.0.0.0:5679".into(),
+            replication_tls: false,
             min_insync: 1,
             replication_buffer_bytes: 256 << 20,
             lease_ttl_ms: 3000,
@@ -133,5 +137,30 @@ mod tests {
         assert_eq!(list.cluster.etcd, ["http://a:2379"]);
         assert!(Config::load(None, vars("ftp://a")).is_err());
         assert!(!Config::default().cluster.enabled());
+    }
+
+    #[test]
+    fn replication_over_tls_needs_a_certificate_key_and_ca() {
+        let vars = |extra: &[(&str, &str)]| {
+            let mut v: Vec<(std::ffi::OsString, std::ffi::OsString)> = vec![
+                ("LEVERET_CLUSTER_ETCD".into(), "http://a:2379".into()),
+                ("LEVERET_CLUSTER_REPLICATION_TLS".into(), "true".into()),
+            ];
+            v.extend(extra.iter().map(|(k, v)| (k.into(), v.into())));
+            v
+        };
+        let e = Config::load(None, vars(&[("LEVERET_TLS_CERT", "/c.pem")]))
+            .and_then(|c| c.validate().map(|()| c))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("cluster.replication_tls needs tls.cert"), "{e}");
+        let all = [
+            ("LEVERET_TLS_CERT", "/c.pem"),
+            ("LEVERET_TLS_KEY", "/k.pem"),
+            ("LEVERET_TLS_CA", "/ca.pem"),
+        ];
+        let c = Config::load(None, vars(&all)).unwrap();
+        assert!(c.cluster.replication_tls);
+        c.validate().unwrap();
     }
 }

@@ -1,5 +1,6 @@
 //! A follower: keeps its data directory a copy of the leader's.
 
+use super::link::{self, Security};
 use super::wire::{self, Frame, WireError};
 use crate::store::journal::{Change, SledTree};
 use std::collections::{HashMap, HashSet};
@@ -8,7 +9,6 @@ use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use tokio::io::{AsyncWriteExt, BufReader, BufWriter};
-use tokio::net::TcpStream;
 use tracing::{info, warn};
 
 /// Most files a follower keeps open between syncs.
@@ -31,14 +31,13 @@ pub(crate) struct FollowerState {
 /// progresses.
 pub(crate) async fn follow(
     leader: &str,
+    security: &Security,
     secret: &[u8],
     node: &str,
     data_dir: &Path,
     state: &parking_lot::Mutex<FollowerState>,
 ) -> Result<(), FollowError> {
-    let stream = TcpStream::connect(leader).await?;
-    stream.set_nodelay(true)?;
-    let (r, w) = stream.into_split();
+    let (r, w) = link::split(security.connect(leader).await?);
     let mut r = BufReader::with_capacity(1 << 20, r);
     let mut w = BufWriter::new(w);
     let Frame::Challenge { nonce } = wire::read_at_most(&mut r, wire::MAX_HANDSHAKE).await? else {
@@ -308,6 +307,7 @@ impl Drop for Copy {
 /// Follows `leader` until `stop` says so, reconnecting after failures.
 pub(crate) async fn follow_until(
     leader: String,
+    security: Security,
     secret: Arc<[u8]>,
     node: String,
     data_dir: PathBuf,
@@ -316,7 +316,7 @@ pub(crate) async fn follow_until(
 ) {
     loop {
         tokio::select! {
-            result = follow(&leader, &secret, &node, &data_dir, &state) => {
+            result = follow(&leader, &security, &secret, &node, &data_dir, &state) => {
                 if let Err(e) = result {
                     warn!(leader = %leader, error = %e, "replication from the leader stopped; reconnecting");
                 }

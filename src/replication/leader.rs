@@ -2,6 +2,7 @@
 //! journal, and releases durability promises once every in-sync follower
 //! (at least `min_insync` of them) acknowledged them.
 
+use super::link::{self, Link, LinkReader, LinkWriter, Security};
 use super::wire::{self, Frame};
 use crate::store::journal::{Change, Journal, Lagged, SledTree};
 use bytes::Bytes;
@@ -10,7 +11,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncWriteExt, BufReader, BufWriter};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 use tracing::{info, warn};
 
 /// A follower that has not caught up with the journal's end for this long
@@ -22,8 +23,11 @@ const MARK_EVERY: usize = 4 << 20;
 const MAX_LISTED: usize = 1 << 20;
 /// A full copy sends pieces of this size that hold only zeros as a length.
 const ZERO_PIECE: usize = 64 << 10;
-/// How long a peer has to prove itself.
+/// How long a peer has to prove itself (TLS handshake included).
 const HANDSHAKE: Duration = Duration::from_secs(10);
+/// Most peers proving themselves at once; more are closed at once, so
+/// strangers cannot pile up connections (each holds buffers and a task).
+pub(crate) const MAX_HANDSHAKING: usize = 256;
 
 /// One follower as the leader sees it.
 #[derive(Debug, Clone)]
@@ -245,10 +249,12 @@ impl Replicas {
 /// Accepts followers on `listener` until the task is dropped.
 pub(crate) async fn serve(
     listener: TcpListener,
+    security: Security,
     replicas: Arc<Replicas>,
     secret: Arc<[u8]>,
     sled: Vec<(SledTree, sled::Tree)>,
 ) {
+    let handshaking = Arc::new(tokio::sync::Semaphore::new(MAX_HANDSHAKING));
     let sled = Arc::new(sled);
     let ticker = {
         let replicas = replicas.clone();
@@ -265,11 +271,27 @@ pub(crate) async fn serve(
             tokio::time::sleep(Duration::from_millis(100)).await;
             continue;
         };
+        let Ok(permit) = handshaking.clone().try_acquire_owned() else {
+            warn!(peer = %peer, "too many replication peers proving themselves; closed");
+            continue;
+        };
         let (replicas, secret, sled) = (replicas.clone(), secret.clone(), sled.clone());
+        let security = security.clone();
         tokio::spawn(async move {
-            if let Err(e) =
-                serve_follower(stream, peer.to_string(), &replicas, &secret, &sled).await
-            {
+            let proved = tokio::time::timeout(HANDSHAKE, async {
+                let link = security.accept(stream).await?;
+                prove(link, &secret).await
+            })
+            .await
+            .unwrap_or(Err(ServeError::Protocol("no proof in time")));
+            drop(permit);
+            let result = match proved {
+                Ok((r, w, node)) => {
+                    serve_follower(r, w, node, peer.to_string(), &replicas, &sled).await
+                }
+                Err(e) => Err(e),
+            };
+            if let Err(e) = result {
                 warn!(peer = %peer, error = %e, "a follower's replication ended");
             }
         });
@@ -297,23 +319,20 @@ enum ServeError {
     Sled(#[from] sled::Error),
 }
 
-async fn serve_follower(
-    stream: TcpStream,
-    peer: String,
-    replicas: &Arc<Replicas>,
+/// The handshake: the peer proves the secret, then this leader does.
+/// Small buffers until then; the follower sends nothing more before the
+/// welcome, so nothing read is left behind in them.
+async fn prove(
+    link: Link,
     secret: &[u8],
-    sled: &[(SledTree, sled::Tree)],
-) -> Result<(), ServeError> {
-    stream.set_nodelay(true)?;
-    let (r, w) = stream.into_split();
+) -> Result<(BufReader<LinkReader>, LinkWriter, String), ServeError> {
+    let (r, w) = link::split(link);
     let mut r = BufReader::new(r);
-    let mut w = BufWriter::with_capacity(1 << 20, w);
+    let mut w = BufWriter::new(w);
     let nonce = super::nonce();
     wire::write(&mut w, &Frame::Challenge { nonce }).await?;
     w.flush().await?;
-    let hello = tokio::time::timeout(HANDSHAKE, wire::read_at_most(&mut r, wire::MAX_HANDSHAKE))
-        .await
-        .map_err(|_| ServeError::Protocol("no hello in time"))??;
+    let hello = wire::read_at_most(&mut r, wire::MAX_HANDSHAKE).await?;
     let Frame::Hello {
         node,
         proof,
@@ -335,6 +354,18 @@ async fn serve_follower(
     )
     .await?;
     w.flush().await?;
+    Ok((r, w.into_inner(), node))
+}
+
+async fn serve_follower(
+    mut r: BufReader<LinkReader>,
+    w: LinkWriter,
+    node: String,
+    peer: String,
+    replicas: &Arc<Replicas>,
+    sled: &[(SledTree, sled::Tree)],
+) -> Result<(), ServeError> {
+    let mut w = BufWriter::with_capacity(1 << 20, w);
     let mut theirs: HashMap<Arc<str>, (u64, [u8; 32])> = HashMap::new();
     loop {
         match wire::read(&mut r).await? {
@@ -356,8 +387,8 @@ async fn serve_follower(
 }
 
 async fn replicate(
-    r: BufReader<tokio::net::tcp::OwnedReadHalf>,
-    w: &mut BufWriter<tokio::net::tcp::OwnedWriteHalf>,
+    r: BufReader<LinkReader>,
+    w: &mut BufWriter<LinkWriter>,
     id: u64,
     replicas: &Arc<Replicas>,
     theirs: HashMap<Arc<str>, (u64, [u8; 32])>,
@@ -441,7 +472,7 @@ struct ReaderTask {
 
 impl ReaderTask {
     fn spawn(
-        mut r: BufReader<tokio::net::tcp::OwnedReadHalf>,
+        mut r: BufReader<LinkReader>,
         acks: tokio::sync::mpsc::UnboundedSender<Result<u64, ServeError>>,
     ) -> ReaderTask {
         let task = tokio::spawn(async move {
@@ -479,10 +510,7 @@ impl ReaderTask {
     }
 }
 
-async fn send(
-    w: &mut BufWriter<tokio::net::tcp::OwnedWriteHalf>,
-    frames: &[Frame],
-) -> std::io::Result<()> {
+async fn send(w: &mut BufWriter<LinkWriter>, frames: &[Frame]) -> std::io::Result<()> {
     let mut out = bytes::BytesMut::new();
     for frame in frames {
         out.clear();
@@ -497,7 +525,7 @@ async fn send(
 async fn copy_files(
     root: PathBuf,
     mut theirs: HashMap<Arc<str>, (u64, [u8; 32])>,
-    w: &mut BufWriter<tokio::net::tcp::OwnedWriteHalf>,
+    w: &mut BufWriter<LinkWriter>,
     replicas: &Replicas,
     id: u64,
 ) -> Result<(), ServeError> {

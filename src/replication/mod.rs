@@ -15,6 +15,7 @@
 
 pub(crate) mod follower;
 pub(crate) mod leader;
+pub(crate) mod link;
 pub(crate) mod wire;
 
 use sha2::{Digest, Sha256};

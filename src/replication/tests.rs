@@ -1,9 +1,11 @@
 //! A leader broker serving AMQP with a follower copying its store over
-//! TCP; the follower's directory, opened as a broker, holds every
+//! TLS (`cluster.replication_tls`; the cluster tests replicate over plain
+//! TCP); the follower's directory, opened as a broker, holds every
 //! confirmed message and durable object.
 
 use super::follower::{follow_until, FollowerState};
 use super::leader::{serve, Replicas};
+use super::link::Security;
 use crate::store::journal::Journal;
 use crate::Broker;
 use lapin::options::*;
@@ -29,17 +31,42 @@ fn config(dir: &std::path::Path) -> crate::Config {
     config
 }
 
+/// TLS from a test CA and a certificate for 127.0.0.1, in `dir`.
+fn tls(dir: &std::path::Path) -> Security {
+    use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
+    std::fs::create_dir_all(dir).unwrap();
+    let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let ca = CertifiedIssuer::self_signed(ca, KeyPair::generate().unwrap()).unwrap();
+    let key = KeyPair::generate().unwrap();
+    let cert = CertificateParams::new(vec!["127.0.0.1".to_string()])
+        .unwrap()
+        .signed_by(&key, &ca)
+        .unwrap();
+    let mut settings = crate::Config::default().tls;
+    (settings.ca, settings.cert, settings.key) = (
+        dir.join("ca.pem"),
+        dir.join("node.pem"),
+        dir.join("node.key"),
+    );
+    std::fs::write(&settings.ca, ca.pem()).unwrap();
+    std::fs::write(&settings.cert, cert.pem()).unwrap();
+    std::fs::write(&settings.key, key.serialize_pem()).unwrap();
+    Security::new(true, &settings).unwrap()
+}
+
 struct Follower {
     stop: tokio::sync::watch::Sender<bool>,
     task: tokio::task::JoinHandle<()>,
     state: Arc<parking_lot::Mutex<FollowerState>>,
 }
 
-fn start_follower(leader: String, dir: PathBuf) -> Follower {
+fn start_follower(leader: String, security: Security, dir: PathBuf) -> Follower {
     let (stop, stopped) = tokio::sync::watch::channel(false);
     let state = Arc::new(parking_lot::Mutex::new(FollowerState::default()));
     let task = tokio::spawn(follow_until(
         leader,
+        security,
         Arc::from(&b"secret"[..]),
         "b".into(),
         dir,
@@ -85,8 +112,10 @@ async fn a_follower_holds_every_confirmed_message_and_object() {
     let replicas = Replicas::new(journal, 1, Box::new(|_| Box::pin(async { true })));
     let repl = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let repl_addr = repl.local_addr().unwrap().to_string();
+    let security = tls(&temp("tls"));
     let server = tokio::spawn(serve(
         repl,
+        security.clone(),
         replicas.clone(),
         Arc::from(&b"secret"[..]),
         broker.store.trees.clone(),
@@ -121,7 +150,7 @@ async fn a_follower_holds_every_confirmed_message_and_object() {
         "declare-ok came before any follower held it"
     );
 
-    let follower = start_follower(repl_addr.clone(), follower_dir.clone());
+    let follower = start_follower(repl_addr.clone(), security.clone(), follower_dir.clone());
     // Now it arrives (the declare future was dropped; declare again).
     let ch = conn.create_channel().await.unwrap();
     ch.confirm_select(ConfirmSelectOptions::default())
@@ -212,7 +241,7 @@ async fn a_follower_holds_every_confirmed_message_and_object() {
     };
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert!(!pending.is_finished(), "confirmed without a follower");
-    let follower = start_follower(repl_addr, follower_dir.clone());
+    let follower = start_follower(repl_addr, security.clone(), follower_dir.clone());
     tokio::time::timeout(Duration::from_secs(20), pending)
         .await
         .expect("confirmed once the follower is back")
@@ -302,4 +331,72 @@ async fn a_follower_holds_every_confirmed_message_and_object() {
     serving.await.unwrap();
     let _ = std::fs::remove_dir_all(&leader_dir);
     let _ = std::fs::remove_dir_all(&follower_dir);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn strangers_proving_nothing_are_bounded_and_a_follower_still_gets_in_once_they_leave() {
+    use super::leader::MAX_HANDSHAKING;
+    use tokio::io::AsyncReadExt;
+    let dir = temp("strangers");
+    let journal = Journal::new(&dir, 1 << 20);
+    let replicas = Replicas::new(journal, 1, Box::new(|_| Box::pin(async { true })));
+    let repl = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = repl.local_addr().unwrap();
+    let secret: Arc<[u8]> = Arc::from(&b"secret"[..]);
+    let server = tokio::spawn(serve(repl, Security::Plain, replicas, secret, Vec::new()));
+    // Each is challenged, and then says nothing.
+    let mut strangers = Vec::new();
+    for _ in 0..MAX_HANDSHAKING {
+        let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let mut challenge = [0u8; 8];
+        s.read_exact(&mut challenge).await.unwrap();
+        strangers.push(s);
+    }
+    // One more is closed at once, unchallenged.
+    let mut extra = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let mut got = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(5), extra.read_to_end(&mut got)).await;
+    assert!(
+        matches!(read, Ok(Ok(0)) | Ok(Err(_))),
+        "closed without a challenge: {read:?}, {got:?}"
+    );
+    // Once they leave, a peer is challenged again.
+    drop(strangers);
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let mut challenge = [0u8; 8];
+        if let Ok(Ok(_)) =
+            tokio::time::timeout(Duration::from_secs(1), s.read_exact(&mut challenge)).await
+        {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "never challenged again"
+        );
+    }
+    server.abort();
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_follower_that_trusts_another_ca_does_not_connect() {
+    let (a, b) = (temp("tls-a"), temp("tls-b"));
+    let (leader_side, follower_side) = (tls(&a), tls(&b));
+    let repl = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = repl.local_addr().unwrap().to_string();
+    let accepting = tokio::spawn(async move {
+        let (stream, _) = repl.accept().await.unwrap();
+        leader_side.accept(stream).await.map(|_| ())
+    });
+    let connected = follower_side.connect(&addr).await;
+    let e = connected
+        .err()
+        .expect("the leader's certificate is not trusted");
+    assert!(e.to_string().contains("certificate"), "{e}");
+    assert!(accepting.await.unwrap().is_err());
+    for d in [a, b] {
+        let _ = std::fs::remove_dir_all(d);
+    }
 }

@@ -13,6 +13,7 @@ use crate::replication::{
     self,
     follower::FollowerState,
     leader::{AbortOnDrop, Replicas},
+    link::Security,
 };
 use crate::store::journal::Journal;
 use std::future::Future;
@@ -91,6 +92,14 @@ async fn lead(
             return sleep_or_stop(Duration::from_millis(500), stop).await;
         }
     };
+    // Read at each term, so rotated certificate files are picked up.
+    let security = match Security::new(config.cluster.replication_tls, &config.tls) {
+        Ok(s) => s,
+        Err(e) => {
+            error!("cluster: cannot serve replication over TLS: {e}");
+            return sleep_or_stop(Duration::from_secs(5), stop).await;
+        }
+    };
     let journal = Journal::new(
         &config.server.data_dir,
         config.cluster.replication_buffer_bytes as usize,
@@ -131,6 +140,7 @@ async fn lead(
     cluster.set_replicas(Some(replicas.clone()));
     let server = AbortOnDrop(tokio::spawn(replication::leader::serve(
         replication,
+        security,
         replicas,
         secret,
         broker.store.trees.clone(),
@@ -178,10 +188,9 @@ async fn follow(
     tokio::join!(api, forwarding, replica);
 }
 
-/// THE HOOK for the follower's replication client (issue 20's
-/// `cluster::replication::follow`): it runs for as long as this node
-/// follows `leader` (until `until`), syncing `config.server.data_dir` from
-/// `leader.replication`. Until it exists, this node holds no replica.
+/// The follower's replication client: for as long as this node follows
+/// `leader` (until `until`), keeps `config.server.data_dir` a copy of the
+/// leader's store, from `leader.replication`.
 async fn replicate(
     config: &Config,
     cluster: &Arc<Cluster>,
@@ -199,11 +208,22 @@ async fn replicate(
         }
         tokio::time::sleep(Duration::from_millis(250)).await;
     };
+    let security = loop {
+        match Security::new(config.cluster.replication_tls, &config.tls) {
+            Ok(s) => break s,
+            Err(e) => error!("cluster: cannot replicate over TLS: {e}"),
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_secs(5)) => {}
+            () = &mut until => return,
+        }
+    };
     let state = Arc::new(parking_lot::Mutex::new(FollowerState::default()));
     cluster.set_follower_state(Some(state.clone()));
     let (stop, stopped) = watch::channel(false);
     let following = tokio::spawn(replication::follower::follow_until(
         leader.replication.clone(),
+        security,
         secret,
         config.cluster.node_name(),
         config.server.data_dir.clone(),
