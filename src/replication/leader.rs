@@ -539,21 +539,33 @@ async fn copy_files(
     for (rel, path) in listing {
         let key: Arc<str> = rel.as_str().into();
         let known = theirs.remove(&key);
-        let prefix = known.map(|(len, _)| len);
-        let p = path.clone();
-        let Ok(Ok((len, sha, at_prefix))) =
-            tokio::task::spawn_blocking(move || super::digest(&p, prefix)).await
-        else {
-            // Deleted since listed: the journal says so too.
-            continue;
-        };
-        let from = match known {
-            Some((their_len, their_sha)) if their_len == len && their_sha == sha => {
-                same += 1;
-                continue;
+        let (len, from) = match known {
+            // Not there at all: sent whole, with no need to hash it first.
+            None => match std::fs::metadata(&path) {
+                Ok(m) => (m.len(), 0),
+                // Deleted since listed: the journal says so too.
+                Err(_) => continue,
+            },
+            Some((their_len, their_sha)) => {
+                let p = path.clone();
+                let Ok(Ok((len, sha, at_prefix))) =
+                    tokio::task::spawn_blocking(move || super::digest(&p, Some(their_len))).await
+                else {
+                    continue;
+                };
+                if their_len == len && their_sha == sha {
+                    same += 1;
+                    continue;
+                }
+                (
+                    len,
+                    if at_prefix == Some(their_sha) {
+                        their_len
+                    } else {
+                        0
+                    },
+                )
             }
-            Some((their_len, their_sha)) if at_prefix == Some(their_sha) => their_len,
-            _ => 0,
         };
         let mut frames = vec![Frame::Change(Change::SetLen {
             path: key.clone(),
