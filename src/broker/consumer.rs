@@ -60,6 +60,8 @@ pub(crate) struct ChannelInfo {
     pub(crate) prefetch_count: u16,
     pub(crate) global_prefetch_count: u16,
     pub(crate) unacked: usize,
+    /// Publishes not yet acked or nacked to a confirm-mode publisher.
+    pub(crate) unconfirmed: u64,
     pub(crate) consumers: Vec<Arc<Consumer>>,
 }
 

@@ -1125,6 +1125,7 @@ mod tests {
                 prefetch_count: 0,
                 global_prefetch_count: 0,
                 unacked: 0,
+                unconfirmed: 0,
                 consumers: Vec::new(),
             }
         }

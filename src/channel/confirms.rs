@@ -105,6 +105,11 @@ impl Confirms {
         }
     }
 
+    /// Publishes not acked or nacked to the publisher yet.
+    pub(crate) fn unconfirmed(&self) -> u64 {
+        self.published - self.acked
+    }
+
     /// Publishes acknowledged so far (acks sent, not nacks).
     pub(crate) fn confirmed(&self) -> u64 {
         self.acked - self.nacked

@@ -196,6 +196,9 @@ impl ChannelShared {
     }
 
     pub(crate) fn info(&self) -> ChannelInfo {
+        // Not under the state lock: the confirms' lock is never taken
+        // inside it.
+        let unconfirmed = self.confirms.lock().unconfirmed();
         let st = self.state.lock();
         let mut consumers: Vec<_> = st.consumers.values().cloned().collect();
         consumers.sort_by(|a, b| a.tag.cmp(&b.tag));
@@ -208,6 +211,7 @@ impl ChannelShared {
             prefetch_count: st.consumer_prefetch,
             global_prefetch_count: st.channel_prefetch,
             unacked: st.unacked.len(),
+            unconfirmed,
             consumers,
         }
     }

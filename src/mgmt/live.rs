@@ -507,7 +507,7 @@ fn channel_json(
         "prefetch_count": info.prefetch_count,
         "global_prefetch_count": info.global_prefetch_count,
         "messages_unacknowledged": info.unacked,
-        "messages_unconfirmed": 0,
+        "messages_unconfirmed": info.unconfirmed,
         "messages_uncommitted": 0,
         "acks_uncommitted": 0,
         "confirm": info.mode == Mode::Confirm,

@@ -154,6 +154,7 @@ impl ConsumerChannel for Inbox {
             } else {
                 self.state.lock().held
             },
+            unconfirmed: 0,
             consumers: Vec::new(),
         }
     }

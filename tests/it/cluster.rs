@@ -1189,3 +1189,93 @@ async fn a_cleanly_stopped_leader_hands_over_at_once_and_stays_listed_until_forg
     cluster.all_in_sync(next, Duration::from_secs(30)).await;
     entry_when(next_mgmt, &stopped, |e| e["running"] == true).await;
 }
+
+/// `/api/channels` of `node`, with credentials.
+async fn channels(node: SocketAddr) -> Vec<serde_json::Value> {
+    get(node, "/api/channels")
+        .await
+        .and_then(|(_, body)| serde_json::from_str::<serde_json::Value>(&body).ok())
+        .and_then(|v| v.as_array().cloned())
+        .unwrap_or_default()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_no_follower_in_sync_confirms_wait_and_the_channel_shows_them_unconfirmed() {
+    let Some(mut cluster) = TestCluster::start() else {
+        return;
+    };
+    let leader = cluster.leader(Duration::from_secs(10)).await;
+    cluster.all_in_sync(leader, Duration::from_secs(20)).await;
+    let (c, ch) = try_open(&cluster.nodes[leader].amqp, Duration::from_secs(5))
+        .await
+        .expect("the leader serves");
+    let durable = QueueDeclareOptions {
+        durable: true,
+        ..Default::default()
+    };
+    ch.queue_declare("held".into(), durable, FieldTable::default())
+        .await
+        .unwrap();
+    ch.confirm_select(ConfirmSelectOptions::default())
+        .await
+        .unwrap();
+    // Both followers gone: min_insync = 1 cannot be met.
+    let followers: Vec<usize> = (0..3).filter(|&i| i != leader).collect();
+    for &i in &followers {
+        cluster.nodes[i].process.take().expect("running").kill9();
+    }
+    let mut pending = Vec::new();
+    for i in 0..5 {
+        pending.push(
+            ch.basic_publish(
+                "".into(),
+                "held".into(),
+                BasicPublishOptions::default(),
+                format!("m{i}").as_bytes(),
+                BasicProperties::default().with_delivery_mode(2),
+            )
+            .await
+            .unwrap(),
+        );
+    }
+    let leader_mgmt = cluster.nodes[leader].mgmt;
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let all = channels(leader_mgmt).await;
+        if all.iter().any(|c| c["messages_unconfirmed"] == 5) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "not shown unconfirmed: {all:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Held for as long as no follower is in sync.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let first = pending.remove(0);
+    let first = tokio::time::timeout(Duration::from_millis(10), first).await;
+    assert!(
+        first.is_err(),
+        "confirmed with no follower in sync: {first:?}"
+    );
+    // One follower back: it catches up, and everything is confirmed.
+    let i = followers[0];
+    let name = cluster.nodes[i].name.clone();
+    let process = cluster.launch(&name, &cluster.nodes[i]._dir);
+    cluster.nodes[i].process = Some(process);
+    for p in pending {
+        let confirm = tokio::time::timeout(Duration::from_secs(30), p)
+            .await
+            .expect("confirmed once a follower is in sync")
+            .unwrap();
+        assert!(confirm.is_ack());
+    }
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let all = channels(leader_mgmt).await;
+        if !all.is_empty() && all.iter().all(|c| c["messages_unconfirmed"] == 0) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "still unconfirmed: {all:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let _ = c.close(200, "bye".into()).await;
+}
