@@ -72,6 +72,12 @@ pub struct Isr {
 pub enum ClusterError {
     #[error("cannot use etcd: {0}")]
     Etcd(#[from] etcd_client::Error),
+    #[error("cannot read {what} {path}: {source}")]
+    File {
+        what: &'static str,
+        path: std::path::PathBuf,
+        source: std::io::Error,
+    },
     #[error("this node is not the leader")]
     NotLeader,
     #[error("{0} is not a node of this cluster")]
@@ -124,14 +130,41 @@ pub(crate) fn may_serve() -> bool {
     current().is_none_or(|c| c.serves())
 }
 
+/// How this node reaches etcd: bounded timeouts, and TLS and etcd's
+/// authentication as `[cluster]` asks.
+fn connect_options(config: &ClusterConfig) -> Result<ConnectOptions, ClusterError> {
+    let mut options = ConnectOptions::new()
+        .with_connect_timeout(REQUEST_TIMEOUT)
+        .with_timeout(REQUEST_TIMEOUT)
+        .with_keep_alive(Duration::from_secs(1), REQUEST_TIMEOUT);
+    let read = |what: &'static str, path: &std::path::Path| {
+        std::fs::read(path).map_err(|source| ClusterError::File {
+            what,
+            path: path.to_owned(),
+            source,
+        })
+    };
+    if !config.etcd_ca.as_os_str().is_empty() {
+        let ca = read("cluster.etcd_ca", &config.etcd_ca)?;
+        let mut tls =
+            etcd_client::TlsOptions::new().ca_certificate(etcd_client::Certificate::from_pem(ca));
+        if !config.etcd_cert.as_os_str().is_empty() {
+            let cert = read("cluster.etcd_cert", &config.etcd_cert)?;
+            let key = read("cluster.etcd_key", &config.etcd_key)?;
+            tls = tls.identity(etcd_client::Identity::from_pem(cert, key));
+        }
+        options = options.with_tls(tls);
+    }
+    if !config.etcd_user.is_empty() {
+        options = options.with_user(&config.etcd_user, &config.etcd_password);
+    }
+    Ok(options)
+}
+
 impl Cluster {
     /// Connects to etcd and starts campaigning as `me`.
     pub async fn start(config: &ClusterConfig, me: Member) -> Result<Arc<Cluster>, ClusterError> {
-        let options = ConnectOptions::new()
-            .with_connect_timeout(REQUEST_TIMEOUT)
-            .with_timeout(REQUEST_TIMEOUT)
-            .with_keep_alive(Duration::from_secs(1), REQUEST_TIMEOUT);
-        let client = Client::connect(&config.etcd, Some(options)).await?;
+        let client = Client::connect(&config.etcd, Some(connect_options(config)?)).await?;
         let cluster = Arc::new(Cluster {
             config: config.clone(),
             keys: Keys::new(&config.name),

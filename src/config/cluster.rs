@@ -4,6 +4,7 @@
 
 use super::ConfigError;
 use serde::Deserialize;
+use std::path::PathBuf;
 use std::time::Duration;
 
 #[derive(Debug, Clone, Deserialize)]
@@ -14,6 +15,16 @@ pub struct ClusterConfig {
     /// environment variable gives it).
     #[serde(deserialize_with = "endpoints")]
     pub etcd: Vec<String>,
+    /// etcd over TLS (`https://` endpoints): the CA certificates (PEM)
+    /// etcd's certificate is verified against.
+    pub etcd_ca: PathBuf,
+    /// A client certificate and its key (PEM) for an etcd that asks for
+    /// one (`--client-cert-auth`); both or neither.
+    pub etcd_cert: PathBuf,
+    pub etcd_key: PathBuf,
+    /// etcd's own authentication (`etcdctl auth enable`); both or neither.
+    pub etcd_user: String,
+    pub etcd_password: String,
     /// The cluster's name: every key this cluster keeps in etcd starts
     /// with `/leveret/<name>/`, so several clusters can share one etcd.
     pub name: String,
@@ -54,6 +65,11 @@ impl Default for ClusterConfig {
     fn default() -> Self {
         ClusterConfig {
             etcd: Vec::new(),
+            etcd_ca: PathBuf::new(),
+            etcd_cert: PathBuf::new(),
+            etcd_key: PathBuf::new(),
+            etcd_user: String::new(),
+            etcd_password: String::new(),
             name: "leveret".into(),
             node_name: String::new(),
             advertised_uri: String::new(),
@@ -120,6 +136,32 @@ impl ClusterConfig {
                 ));
             }
         }
+        let tls = self
+            .etcd
+            .iter()
+            .filter(|e| e.starts_with("https://"))
+            .count();
+        if tls != 0 && tls != self.etcd.len() {
+            return bad("cluster.etcd: every endpoint must be https://, or none".into());
+        }
+        let set = |p: &PathBuf| !p.as_os_str().is_empty();
+        if tls != 0 && !set(&self.etcd_ca) {
+            return bad(
+                "cluster.etcd_ca must name the CA certificates for https:// endpoints".into(),
+            );
+        }
+        if tls == 0 && (set(&self.etcd_ca) || set(&self.etcd_cert)) {
+            return bad(
+                "cluster.etcd_ca and etcd_cert are for https:// endpoints; these are http://"
+                    .into(),
+            );
+        }
+        if set(&self.etcd_cert) != set(&self.etcd_key) {
+            return bad("cluster.etcd_cert and cluster.etcd_key go together".into());
+        }
+        if self.etcd_user.is_empty() != self.etcd_password.is_empty() {
+            return bad("cluster.etcd_user and cluster.etcd_password go together".into());
+        }
         Ok(())
     }
 }
@@ -137,6 +179,39 @@ mod tests {
         assert_eq!(list.cluster.etcd, ["http://a:2379"]);
         assert!(Config::load(None, vars("ftp://a")).is_err());
         assert!(!Config::default().cluster.enabled());
+    }
+
+    #[test]
+    fn etcd_over_tls_and_its_authentication_are_checked_at_start() {
+        use super::ClusterConfig;
+        let check = |f: &dyn Fn(&mut ClusterConfig)| {
+            let mut c = ClusterConfig {
+                etcd: vec!["https://a:2379".into()],
+                etcd_ca: "/ca.pem".into(),
+                ..ClusterConfig::default()
+            };
+            f(&mut c);
+            c.validate().map_err(|e| e.to_string())
+        };
+        check(&|_| {}).unwrap();
+        let e = check(&|c| c.etcd_ca = "".into()).unwrap_err();
+        assert!(e.contains("cluster.etcd_ca must name"), "{e}");
+        let e = check(&|c| c.etcd.push("http://b:2379".into())).unwrap_err();
+        assert!(e.contains("every endpoint"), "{e}");
+        let e = check(&|c| c.etcd = vec!["http://a:2379".into()]).unwrap_err();
+        assert!(e.contains("for https://"), "{e}");
+        let e = check(&|c| c.etcd_cert = "/c.pem".into()).unwrap_err();
+        assert!(
+            e.contains("etcd_cert and cluster.etcd_key go together"),
+            "{e}"
+        );
+        check(&|c| (c.etcd_cert, c.etcd_key) = ("/c.pem".into(), "/k.pem".into())).unwrap();
+        let e = check(&|c| c.etcd_user = "root".into()).unwrap_err();
+        assert!(
+            e.contains("etcd_user and cluster.etcd_password go together"),
+            "{e}"
+        );
+        check(&|c| (c.etcd_user, c.etcd_password) = ("root".into(), "pw".into())).unwrap();
     }
 
     #[test]

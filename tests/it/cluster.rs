@@ -1279,3 +1279,117 @@ async fn with_no_follower_in_sync_confirms_wait_and_the_channel_shows_them_uncon
     }
     let _ = c.close(200, "bye".into()).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn over_tls_to_etcd_with_its_authentication_and_replication_over_tls_nothing_confirmed_is_lost(
+) {
+    use crate::tls::Pki;
+    use common::etcd::EtcdTls;
+    let pki = Pki::new("cluster");
+    let etcd_pair = pki.issue("localhost", 1, None);
+    let node_pair = pki.issue("node", 2, None);
+    let tls = EtcdTls {
+        ca: pki.ca(),
+        cert: etcd_pair.cert.clone(),
+        key: etcd_pair.key.clone(),
+    };
+    let Some(mut etcd) = Etcd::start_with(Some(tls)) else {
+        return;
+    };
+    etcd.enable_auth("s3cret");
+    let name = unique("cluster-tls");
+    let path = |p: &std::path::Path| p.to_str().expect("UTF-8 path").to_string();
+    let launch = |node_name: &str, dir: &TempDir| {
+        let env = [
+            ("LEVERET_CLUSTER_ETCD", format!("[\"{}\"]", etcd.endpoint())),
+            ("LEVERET_CLUSTER_ETCD_CA", path(&pki.ca())),
+            ("LEVERET_CLUSTER_ETCD_CERT", path(&node_pair.cert)),
+            ("LEVERET_CLUSTER_ETCD_KEY", path(&node_pair.key)),
+            ("LEVERET_CLUSTER_ETCD_USER", "root".to_string()),
+            ("LEVERET_CLUSTER_ETCD_PASSWORD", "s3cret".to_string()),
+            ("LEVERET_CLUSTER_NAME", name.clone()),
+            ("LEVERET_CLUSTER_NODE_NAME", node_name.to_string()),
+            (
+                "LEVERET_CLUSTER_REPLICATION_LISTEN",
+                "127.0.0.1:0".to_string(),
+            ),
+            ("LEVERET_CLUSTER_REPLICATION_TLS", "true".to_string()),
+            ("LEVERET_TLS_CERT", path(&node_pair.cert)),
+            ("LEVERET_TLS_KEY", path(&node_pair.key)),
+            ("LEVERET_TLS_CA", path(&pki.ca())),
+        ];
+        let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        BrokerProcess::start_with_env(dir.path(), &env)
+    };
+    let mut nodes = Vec::new();
+    for node_name in ["n1", "n2"] {
+        let dir = TempDir::new(&format!("cluster-tls-{node_name}"));
+        let process = launch(node_name, &dir);
+        nodes.push(Node {
+            amqp: process.addr().to_string(),
+            mgmt: process.mgmt_addr(),
+            name: node_name.to_string(),
+            _dir: dir,
+            process: Some(process),
+        });
+    }
+    let mut cluster = TestCluster { etcd, name, nodes };
+    let leader = cluster.leader(Duration::from_secs(10)).await;
+    let follower = 1 - leader;
+    let follower_name = cluster.nodes[follower].name.clone();
+    entry_when(cluster.nodes[leader].mgmt, &follower_name, |e| {
+        e["in_sync"] == true
+    })
+    .await;
+    let (c, ch) = try_open(&cluster.nodes[leader].amqp, Duration::from_secs(5))
+        .await
+        .expect("the leader serves");
+    let durable = QueueDeclareOptions {
+        durable: true,
+        ..Default::default()
+    };
+    ch.queue_declare("orders".into(), durable, FieldTable::default())
+        .await
+        .unwrap();
+    ch.confirm_select(ConfirmSelectOptions::default())
+        .await
+        .unwrap();
+    let mut confirms = Vec::new();
+    for i in 0..100 {
+        confirms.push(
+            ch.basic_publish(
+                "".into(),
+                "orders".into(),
+                BasicPublishOptions::default(),
+                format!("{i}").as_bytes(),
+                BasicProperties::default().with_delivery_mode(2),
+            )
+            .await
+            .unwrap(),
+        );
+    }
+    for confirm in confirms {
+        assert!(confirm.await.unwrap().is_ack());
+    }
+    drop((c, ch));
+    // Everything confirmed went to the follower over TLS: it leads alone.
+    cluster.nodes[leader]
+        .process
+        .take()
+        .expect("running")
+        .kill9();
+    assert_eq!(cluster.leader(Duration::from_secs(10)).await, follower);
+    let (_c, ch) = try_open(&cluster.nodes[follower].amqp, Duration::from_secs(5))
+        .await
+        .expect("the new leader serves");
+    let mut got = Vec::new();
+    while let Some(m) = ch
+        .basic_get("orders".into(), BasicGetOptions { no_ack: true })
+        .await
+        .unwrap()
+    {
+        got.push(String::from_utf8(m.delivery.data.clone()).unwrap());
+    }
+    let expected: Vec<String> = (0..100).map(|i| i.to_string()).collect();
+    assert_eq!(got, expected);
+}

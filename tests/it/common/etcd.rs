@@ -12,6 +12,18 @@ pub struct Etcd {
     dir: TempDir,
     client_port: u16,
     peer_port: u16,
+    tls: Option<EtcdTls>,
+    /// `etcdctl --user`, once authentication is enabled.
+    user: Option<String>,
+}
+
+/// etcd serving clients over TLS, asking each for a certificate signed
+/// by `ca`; `cert`/`key` are etcd's own, and also what `etcdctl` presents.
+#[derive(Clone)]
+pub struct EtcdTls {
+    pub ca: std::path::PathBuf,
+    pub cert: std::path::PathBuf,
+    pub key: std::path::PathBuf,
 }
 
 /// A port nothing listens on now (the kernel's next ephemeral one).
@@ -26,6 +38,11 @@ impl Etcd {
     /// Starts etcd and waits until it answers (10 s at most). `None`, with
     /// a note, where no etcd binary is installed (outside CI).
     pub fn start() -> Option<Etcd> {
+        Etcd::start_with(None)
+    }
+
+    /// As [`start`](Self::start), over TLS with client certificates.
+    pub fn start_with(tls: Option<EtcdTls>) -> Option<Etcd> {
         if Command::new("etcd").arg("--version").output().is_err() {
             assert!(
                 std::env::var_os("CI").is_none(),
@@ -39,14 +56,26 @@ impl Etcd {
             dir: TempDir::new("etcd"),
             client_port: free_port(),
             peer_port: free_port(),
+            tls,
+            user: None,
         };
         etcd.run();
         Some(etcd)
     }
 
-    /// `http://127.0.0.1:PORT`, for `[cluster] etcd`.
+    /// `http://127.0.0.1:PORT` (`https://` over TLS), for `[cluster] etcd`.
     pub fn endpoint(&self) -> String {
-        format!("http://127.0.0.1:{}", self.client_port)
+        let scheme = if self.tls.is_some() { "https" } else { "http" };
+        format!("{scheme}://127.0.0.1:{}", self.client_port)
+    }
+
+    /// Turns on etcd's authentication with a root user of `password`;
+    /// `etcdctl` logs in as it from then on.
+    pub fn enable_auth(&mut self, password: &str) {
+        self.ctl(&["user", "add", &format!("root:{password}")])
+            .expect("etcdctl user add");
+        self.ctl(&["auth", "enable"]).expect("etcdctl auth enable");
+        self.user = Some(format!("root:{password}"));
     }
 
     fn run(&mut self) {
@@ -63,6 +92,14 @@ impl Etcd {
             .arg(format!("--listen-peer-urls={peer}"))
             .arg(format!("--initial-advertise-peer-urls={peer}"))
             .arg(format!("--initial-cluster=test={peer}"))
+            .args(self.tls.iter().flat_map(|t| {
+                [
+                    format!("--cert-file={}", t.cert.display()),
+                    format!("--key-file={}", t.key.display()),
+                    format!("--trusted-ca-file={}", t.ca.display()),
+                    "--client-cert-auth".to_string(),
+                ]
+            }))
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -91,6 +128,14 @@ impl Etcd {
             .env("ETCDCTL_API", "3")
             .arg(format!("--endpoints={}", self.endpoint()))
             .arg("--command-timeout=2s")
+            .args(self.tls.iter().flat_map(|t| {
+                [
+                    format!("--cacert={}", t.ca.display()),
+                    format!("--cert={}", t.cert.display()),
+                    format!("--key={}", t.key.display()),
+                ]
+            }))
+            .args(self.user.iter().map(|u| format!("--user={u}")))
             .args(args)
             .output()
             .ok()?;
