@@ -8,6 +8,12 @@
 //! Roles are read from each node's `/metrics` (`leveret_cluster_leader`,
 //! 1 only while the node leads with a valid lease), which followers serve
 //! without credentials.
+//!
+//! Under load (issue 20, part 5; RELIABILITY.md, "Cluster failover"): the
+//! leader killed, paused, or paused just past its own deadline; etcd
+//! killed; a follower killed; a rolling restart; a node added. Each runs
+//! a confirming publisher and a manual-ack consumer (`load::Load`) and
+//! checks that every confirmed message was consumed or is still queued.
 
 use crate::common;
 
