@@ -246,7 +246,10 @@ impl Replicas {
     }
 }
 
-/// Accepts followers on `listener` until the task is dropped.
+/// Accepts followers on `listener` until the task is dropped, which also
+/// ends every follower's connection: they hold this term's store (its sled
+/// trees) and journal, so the next term could neither open the store nor
+/// have followers while they lived.
 pub(crate) async fn serve(
     listener: TcpListener,
     security: Security,
@@ -266,8 +269,14 @@ pub(crate) async fn serve(
         })
     };
     let _ticker = AbortOnDrop(ticker);
+    // Dropped with this task: aborts every follower's connection.
+    let mut followers = tokio::task::JoinSet::new();
     loop {
-        let Ok((stream, peer)) = listener.accept().await else {
+        let accepted = tokio::select! {
+            accepted = listener.accept() => accepted,
+            Some(_) = followers.join_next(), if !followers.is_empty() => continue,
+        };
+        let Ok((stream, peer)) = accepted else {
             tokio::time::sleep(Duration::from_millis(100)).await;
             continue;
         };
@@ -277,7 +286,7 @@ pub(crate) async fn serve(
         };
         let (replicas, secret, sled) = (replicas.clone(), secret.clone(), sled.clone());
         let security = security.clone();
-        tokio::spawn(async move {
+        followers.spawn(async move {
             let proved = tokio::time::timeout(HANDSHAKE, async {
                 let link = security.accept(stream).await?;
                 prove(link, &secret).await
