@@ -209,14 +209,12 @@ impl Cluster {
         matches!(*self.role.borrow(), Role::Leader { .. }) && self.lease_valid()
     }
 
-    /// Records `followers` as the in-sync replica set. Only the leader can:
-    /// the write is conditional on its leader key (its term) still being
-    /// there, so a deposed leader never overwrites a newer leader's ISR.
-    pub async fn set_isr(&self, followers: Vec<String>) -> Result<(), ClusterError> {
-        let Role::Leader { term } = *self.role.borrow() else {
-            return Err(ClusterError::NotLeader);
-        };
-        if !self.lease_valid() {
+    /// Records `followers` as the in-sync replica set of `term`. Only that
+    /// term's leader can: the write is conditional on its leader key still
+    /// being there, so a deposed leader never overwrites a newer leader's
+    /// ISR, nor a finished term's replication state this node's next term.
+    pub async fn set_isr(&self, term: i64, followers: Vec<String>) -> Result<(), ClusterError> {
+        if *self.role.borrow() != (Role::Leader { term }) || !self.lease_valid() {
             return Err(ClusterError::NotLeader);
         }
         let isr = Isr {

@@ -134,7 +134,7 @@ async fn lead(
         config.cluster.min_insync as usize,
         Box::new(move |isr| {
             let cluster = recorder.clone();
-            Box::pin(async move { cluster.set_isr(isr).await.is_ok() })
+            Box::pin(async move { cluster.set_isr(term, isr).await.is_ok() })
         }),
     );
     cluster.set_replicas(Some(replicas.clone()));
