@@ -73,8 +73,9 @@ pub(crate) struct Replicas {
 struct State {
     followers: HashMap<u64, Replica>,
     /// The in-sync set as last recorded (`None` until this leader has
-    /// recorded one: until then the previous leader's stands, and nothing
-    /// is released), and as last asked to be.
+    /// recorded one, which it does once it has `min_insync` followers in
+    /// sync: until then the previous leader's stands, and nothing is
+    /// released), and as last asked to be.
     recorded: Option<Vec<String>>,
     requested: Option<Vec<String>>,
 }
@@ -158,7 +159,13 @@ impl Replicas {
             } else {
                 Some(waited.iter().map(|n| held(n)).min().unwrap_or(u64::MAX))
             };
-            let request = (st.recorded.as_ref() != Some(&live)
+            // A new term records nothing before it could release anything:
+            // until then the previous term's set stands, whose followers
+            // hold everything confirmed so far, and any of them may still
+            // take over if this node dies before one catches up.
+            let first_too_early = st.recorded.is_none() && live.len() < self.min_insync;
+            let request = (!first_too_early
+                && st.recorded.as_ref() != Some(&live)
                 && st.requested.as_ref() != Some(&live))
             .then(|| {
                 st.requested = Some(live.clone());

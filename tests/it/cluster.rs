@@ -2064,3 +2064,40 @@ async fn over_tls_to_etcd_with_its_authentication_and_replication_over_tls_nothi
     let expected: Vec<String> = (0..100).map(|i| i.to_string()).collect();
     assert_eq!(got, expected);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_leader_without_followers_in_sync_keeps_the_previous_set_so_another_may_take_over() {
+    let Some((mut cluster, leader, load)) = loaded().await else {
+        return;
+    };
+    let (next, paused) = ((leader + 1) % 3, (leader + 2) % 3);
+    a_random_moment().await;
+    load.hold_consumer();
+    // `paused` is in the in-sync set but can neither campaign nor catch up;
+    // the leader dies well before it could drop it (10 s behind).
+    cluster.signal(paused, "-STOP");
+    cluster.kill9(leader);
+    let leads = cluster.leader(Duration::from_secs(15)).await;
+    assert_eq!(leads, next, "the follower that runs leads");
+    // Nothing can be confirmed in its term (no follower in sync), so it
+    // records no set of its own: the previous one, naming `paused`, stands.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let isr = cluster.isr().expect("an in-sync set in etcd");
+    assert!(
+        isr.followers.contains(&cluster.nodes[paused].name),
+        "the new leader dropped the previous in-sync set: {isr:?}"
+    );
+    // The new leader dies too: the paused node, woken, may and does lead,
+    // with everything confirmed.
+    cluster.kill9(next);
+    cluster.signal(paused, "-CONT");
+    let woke = Instant::now();
+    assert_eq!(cluster.leader(Duration::from_secs(15)).await, paused);
+    println!(
+        "{} led without a follower in sync and died; {} leads after waking in {:?}",
+        cluster.nodes[next].name,
+        cluster.nodes[paused].name,
+        woke.elapsed()
+    );
+    load.finish(&cluster).await.check();
+}
