@@ -89,39 +89,62 @@ pub(crate) async fn follow(
     let mut copying_done = false;
     loop {
         let frame = wire::read(&mut r).await?;
-        match frame {
-            Frame::Change(change) => {
-                if let Change::Write { bytes, .. } = &change {
-                    let mut s = state.lock();
-                    s.bytes_received += bytes.len() as u64;
-                    if !copying_done {
-                        s.copy_bytes += bytes.len() as u64;
-                    }
-                }
-                copy.apply(change)?;
+        let Some((mut position, mut copied)) = apply(frame, &mut copy, state, copying_done)? else {
+            continue;
+        };
+        copying_done = true;
+        // What arrived while the last sync ran is applied too, so one sync
+        // covers every mark among it (group commit on the follower): only
+        // whole frames already in the buffer, never waiting for more.
+        while wire::whole_frame(r.buffer()) {
+            let frame = wire::read(&mut r).await?;
+            if let Some((p, c)) = apply(frame, &mut copy, state, copying_done)? {
+                position = p;
+                copied |= c;
             }
-            Frame::SledClear(tree) => copy.clear(tree)?,
-            Frame::Mark { position, copied } => {
-                copying_done = true;
-                // Durable before acknowledged: the leader's confirms count on it.
-                let c = copy;
-                copy = tokio::task::spawn_blocking(move || {
-                    let mut c = c;
-                    c.sync().map(|()| c)
-                })
-                .await
-                .map_err(|_| FollowError::Protocol("sync failed"))??;
-                {
-                    let mut s = state.lock();
-                    s.position = position;
-                    s.copied |= copied;
-                }
-                wire::write(&mut w, &Frame::Ack { position }).await?;
-                w.flush().await?;
-            }
-            _ => return Err(FollowError::Protocol("unexpected frame")),
         }
+        // Durable before acknowledged: the leader's confirms count on it.
+        let c = copy;
+        copy = tokio::task::spawn_blocking(move || {
+            let mut c = c;
+            c.sync().map(|()| c)
+        })
+        .await
+        .map_err(|_| FollowError::Protocol("sync failed"))??;
+        {
+            let mut s = state.lock();
+            s.position = position;
+            s.copied |= copied;
+        }
+        wire::write(&mut w, &Frame::Ack { position }).await?;
+        w.flush().await?;
     }
+}
+
+/// Applies one frame of the stream to the copy; a mark is returned
+/// (position, end of a full copy) for the caller to sync and acknowledge.
+fn apply(
+    frame: Frame,
+    copy: &mut Copy,
+    state: &parking_lot::Mutex<FollowerState>,
+    copying_done: bool,
+) -> Result<Option<(u64, bool)>, FollowError> {
+    match frame {
+        Frame::Change(change) => {
+            if let Change::Write { bytes, .. } = &change {
+                let mut s = state.lock();
+                s.bytes_received += bytes.len() as u64;
+                if !copying_done {
+                    s.copy_bytes += bytes.len() as u64;
+                }
+            }
+            copy.apply(change)?;
+        }
+        Frame::SledClear(tree) => copy.clear(tree)?,
+        Frame::Mark { position, copied } => return Ok(Some((position, copied))),
+        _ => return Err(FollowError::Protocol("unexpected frame")),
+    }
+    Ok(None)
 }
 
 #[derive(Debug, thiserror::Error)]
