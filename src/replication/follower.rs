@@ -13,6 +13,11 @@ use tracing::{info, warn};
 
 /// Most files a follower keeps open between syncs.
 const MAX_OPEN: usize = 256;
+/// sled flushes in the background this often (delivered marks: they
+/// decide redelivery flags, which no confirm promises, and the leader's
+/// persister flushes its own as often); a sync flushes it only for
+/// `meta` and `access` changes.
+const SLED_FLUSH_MS: u64 = 100;
 
 /// What a follower knows of its copy, for `cluster status`.
 #[derive(Default, Debug, Clone)]
@@ -169,6 +174,9 @@ pub(crate) struct Copy {
     dirty: HashSet<PathBuf>,
     /// Directories whose entries changed since the last sync.
     dirty_dirs: HashSet<PathBuf>,
+    /// sled holds changes to `meta` or `access` not yet flushed (durable
+    /// objects, users: their declare-oks wait on them).
+    sled_dirty: bool,
 }
 
 impl Copy {
@@ -179,7 +187,7 @@ impl Copy {
         let db = sled::Config::new()
             .path(root)
             .mode(sled::Mode::HighThroughput)
-            .flush_every_ms(None)
+            .flush_every_ms(Some(SLED_FLUSH_MS))
             .open()?;
         let trees = [
             db.open_tree(SledTree::Meta.name())?,
@@ -193,6 +201,7 @@ impl Copy {
             open: HashMap::new(),
             dirty: HashSet::new(),
             dirty_dirs: HashSet::new(),
+            sled_dirty: false,
         })
     }
 
@@ -279,6 +288,7 @@ impl Copy {
                 }
             }
             Change::Sled { tree, key, value } => {
+                self.sled_dirty |= tree != SledTree::Marks;
                 let t = &self.trees[tree as usize];
                 match value {
                     Some(v) => t.insert(&key[..], &v[..])?,
@@ -291,6 +301,7 @@ impl Copy {
 
     pub(crate) fn clear(&mut self, tree: SledTree) -> Result<(), FollowError> {
         self.trees[tree as usize].clear()?;
+        self.sled_dirty = true;
         Ok(())
     }
 
@@ -315,15 +326,23 @@ impl Copy {
     #[allow(clippy::disallowed_methods)]
     pub(crate) fn sync(&mut self) -> Result<(), FollowError> {
         self.sync_files()?;
-        self.db.flush()?;
+        if self.sled_dirty {
+            self.db.flush()?;
+            self.sled_dirty = false;
+        }
         Ok(())
     }
 }
 
 impl Drop for Copy {
+    // Closing the copy (a reconnect, a promotion) waits for the disk.
+    #[allow(clippy::disallowed_methods)]
     fn drop(&mut self) {
         if let Err(e) = self.sync_files() {
             warn!(error = %e, "could not sync the replica on closing it");
+        }
+        if let Err(e) = self.db.flush() {
+            warn!(error = %e, "could not flush the replica's sled on closing it");
         }
     }
 }
