@@ -21,6 +21,10 @@ const MARK_EVERY: usize = 4 << 20;
 /// Changes no promise waits for (a queue index's header, delivered
 /// marks) are sent at the next commit point, or after this long.
 const SEND_IDLE: Duration = Duration::from_millis(50);
+/// With nothing to send for this long, an empty mark: its acknowledgement
+/// keeps an idle follower caught up (else it left the in-sync set after
+/// `LAG_MAX` of silence, and an idle cluster could not fail over).
+const HEARTBEAT: Duration = Duration::from_secs(1);
 /// Most files a follower may list.
 const MAX_LISTED: usize = 1 << 20;
 /// A full copy sends pieces of this size that hold only zeros as a length.
@@ -422,6 +426,7 @@ async fn replicate(
         // commit point (one send, one mark, one fsync on the follower per
         // store batch, rather than one per change), or a while for changes
         // no promise waits for.
+        let marked = Instant::now();
         let idle = tokio::time::sleep(SEND_IDLE);
         tokio::pin!(idle);
         loop {
@@ -437,7 +442,7 @@ async fn replicate(
                 },
                 () = journal.wait_due(position) => break,
                 () = &mut idle => {
-                    if journal.end() > position {
+                    if journal.end() > position || marked.elapsed() >= HEARTBEAT {
                         break;
                     }
                     idle.as_mut().reset(tokio::time::Instant::now() + SEND_IDLE);
