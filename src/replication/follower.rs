@@ -13,6 +13,11 @@ use tracing::{info, warn};
 
 /// Most files a follower keeps open between syncs.
 const MAX_OPEN: usize = 256;
+/// sled flushes in the background this often (delivered marks: they
+/// decide redelivery flags, which no confirm promises, and the leader's
+/// persister flushes its own as often); a sync flushes it only for
+/// `meta` and `access` changes.
+const SLED_FLUSH_MS: u64 = 100;
 
 /// What a follower knows of its copy, for `cluster status`.
 #[derive(Default, Debug, Clone)]
@@ -88,39 +93,62 @@ pub(crate) async fn follow(
     let mut copying_done = false;
     loop {
         let frame = wire::read(&mut r).await?;
-        match frame {
-            Frame::Change(change) => {
-                if let Change::Write { bytes, .. } = &change {
-                    let mut s = state.lock();
-                    s.bytes_received += bytes.len() as u64;
-                    if !copying_done {
-                        s.copy_bytes += bytes.len() as u64;
-                    }
-                }
-                copy.apply(change)?;
+        let Some((mut position, mut copied)) = apply(frame, &mut copy, state, copying_done)? else {
+            continue;
+        };
+        copying_done = true;
+        // What arrived while the last sync ran is applied too, so one sync
+        // covers every mark among it (group commit on the follower): only
+        // whole frames already in the buffer, never waiting for more.
+        while wire::whole_frame(r.buffer()) {
+            let frame = wire::read(&mut r).await?;
+            if let Some((p, c)) = apply(frame, &mut copy, state, copying_done)? {
+                position = p;
+                copied |= c;
             }
-            Frame::SledClear(tree) => copy.clear(tree)?,
-            Frame::Mark { position, copied } => {
-                copying_done = true;
-                // Durable before acknowledged: the leader's confirms count on it.
-                let c = copy;
-                copy = tokio::task::spawn_blocking(move || {
-                    let mut c = c;
-                    c.sync().map(|()| c)
-                })
-                .await
-                .map_err(|_| FollowError::Protocol("sync failed"))??;
-                {
-                    let mut s = state.lock();
-                    s.position = position;
-                    s.copied |= copied;
-                }
-                wire::write(&mut w, &Frame::Ack { position }).await?;
-                w.flush().await?;
-            }
-            _ => return Err(FollowError::Protocol("unexpected frame")),
         }
+        // Durable before acknowledged: the leader's confirms count on it.
+        let c = copy;
+        copy = tokio::task::spawn_blocking(move || {
+            let mut c = c;
+            c.sync().map(|()| c)
+        })
+        .await
+        .map_err(|_| FollowError::Protocol("sync failed"))??;
+        {
+            let mut s = state.lock();
+            s.position = position;
+            s.copied |= copied;
+        }
+        wire::write(&mut w, &Frame::Ack { position }).await?;
+        w.flush().await?;
     }
+}
+
+/// Applies one frame of the stream to the copy; a mark is returned
+/// (position, end of a full copy) for the caller to sync and acknowledge.
+fn apply(
+    frame: Frame,
+    copy: &mut Copy,
+    state: &parking_lot::Mutex<FollowerState>,
+    copying_done: bool,
+) -> Result<Option<(u64, bool)>, FollowError> {
+    match frame {
+        Frame::Change(change) => {
+            if let Change::Write { bytes, .. } = &change {
+                let mut s = state.lock();
+                s.bytes_received += bytes.len() as u64;
+                if !copying_done {
+                    s.copy_bytes += bytes.len() as u64;
+                }
+            }
+            copy.apply(change)?;
+        }
+        Frame::SledClear(tree) => copy.clear(tree)?,
+        Frame::Mark { position, copied } => return Ok(Some((position, copied))),
+        _ => return Err(FollowError::Protocol("unexpected frame")),
+    }
+    Ok(None)
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -145,6 +173,9 @@ pub(crate) struct Copy {
     dirty: HashSet<PathBuf>,
     /// Directories whose entries changed since the last sync.
     dirty_dirs: HashSet<PathBuf>,
+    /// sled holds changes to `meta` or `access` not yet flushed (durable
+    /// objects, users: their declare-oks wait on them).
+    sled_dirty: bool,
 }
 
 impl Copy {
@@ -155,7 +186,7 @@ impl Copy {
         let db = sled::Config::new()
             .path(root)
             .mode(sled::Mode::HighThroughput)
-            .flush_every_ms(None)
+            .flush_every_ms(Some(SLED_FLUSH_MS))
             .open()?;
         let trees = [
             db.open_tree(SledTree::Meta.name())?,
@@ -169,6 +200,7 @@ impl Copy {
             open: HashMap::new(),
             dirty: HashSet::new(),
             dirty_dirs: HashSet::new(),
+            sled_dirty: false,
         })
     }
 
@@ -255,6 +287,7 @@ impl Copy {
                 }
             }
             Change::Sled { tree, key, value } => {
+                self.sled_dirty |= tree != SledTree::Marks;
                 let t = &self.trees[tree as usize];
                 match value {
                     Some(v) => t.insert(&key[..], &v[..])?,
@@ -267,6 +300,7 @@ impl Copy {
 
     pub(crate) fn clear(&mut self, tree: SledTree) -> Result<(), FollowError> {
         self.trees[tree as usize].clear()?;
+        self.sled_dirty = true;
         Ok(())
     }
 
@@ -291,15 +325,23 @@ impl Copy {
     #[allow(clippy::disallowed_methods)]
     pub(crate) fn sync(&mut self) -> Result<(), FollowError> {
         self.sync_files()?;
-        self.db.flush()?;
+        if self.sled_dirty {
+            self.db.flush()?;
+            self.sled_dirty = false;
+        }
         Ok(())
     }
 }
 
 impl Drop for Copy {
+    // Closing the copy (a reconnect, a promotion) waits for the disk.
+    #[allow(clippy::disallowed_methods)]
     fn drop(&mut self) {
         if let Err(e) = self.sync_files() {
             warn!(error = %e, "could not sync the replica on closing it");
+        }
+        if let Err(e) = self.db.flush() {
+            warn!(error = %e, "could not flush the replica's sled on closing it");
         }
     }
 }

@@ -19,6 +19,13 @@ use tracing::{info, warn};
 pub(crate) const LAG_MAX: Duration = Duration::from_secs(10);
 /// Bytes of journal changes sent between marks.
 const MARK_EVERY: usize = 4 << 20;
+/// Changes no promise waits for (a queue index's header, delivered
+/// marks) are sent at the next commit point, or after this long.
+const SEND_IDLE: Duration = Duration::from_millis(50);
+/// With nothing to send for this long, an empty mark: its acknowledgement
+/// keeps an idle follower caught up (else it left the in-sync set after
+/// `LAG_MAX` of silence, and an idle cluster could not fail over).
+const HEARTBEAT: Duration = Duration::from_secs(1);
 /// Most files a follower may list.
 const MAX_LISTED: usize = 1 << 20;
 /// A full copy sends pieces of this size that hold only zeros as a length.
@@ -452,7 +459,8 @@ async fn replicate(
         for change in changes {
             wire::split(change, &mut frames);
         }
-        let caught_up = position >= journal.end();
+        // Caught up: it was sent everything a promise waits for.
+        let caught_up = position >= journal.due();
         frames.push(Frame::Mark {
             position,
             copied: std::mem::take(&mut copied),
@@ -461,7 +469,13 @@ async fn replicate(
         frames.clear();
         replicas.sent(id, bytes);
         reader.expect(position, caught_up);
-        // Wait for more to send, while taking acknowledgements.
+        // Wait for more to send, while taking acknowledgements: until a
+        // commit point (one send, one mark, one fsync on the follower per
+        // store batch, rather than one per change), or a while for changes
+        // no promise waits for.
+        let marked = Instant::now();
+        let idle = tokio::time::sleep(SEND_IDLE);
+        tokio::pin!(idle);
         loop {
             tokio::select! {
                 biased;
@@ -473,7 +487,13 @@ async fn replicate(
                     Some(Err(e)) => return Err(e),
                     None => return Err(ServeError::Protocol("the follower left")),
                 },
-                () = journal.wait_past(position) => break,
+                () = journal.wait_due(position) => break,
+                () = &mut idle => {
+                    if journal.end() > position || marked.elapsed() >= HEARTBEAT {
+                        break;
+                    }
+                    idle.as_mut().reset(tokio::time::Instant::now() + SEND_IDLE);
+                }
             }
         }
     }

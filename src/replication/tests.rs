@@ -400,3 +400,44 @@ async fn a_follower_that_trusts_another_ca_does_not_connect() {
         let _ = std::fs::remove_dir_all(d);
     }
 }
+
+/// An idle follower stays in the in-sync set (the leader's empty marks
+/// keep it caught up), so an idle cluster can still fail over to it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_follower_stays_in_sync() {
+    let (leader_dir, follower_dir) = (temp("idle-leader"), temp("idle-follower"));
+    std::fs::create_dir_all(&leader_dir).unwrap();
+    let journal = Journal::new(&leader_dir, 1 << 20);
+    let replicas = Replicas::new(journal, 1, Box::new(|_| Box::pin(async { true })));
+    let repl = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let repl_addr = repl.local_addr().unwrap().to_string();
+    let server = tokio::spawn(serve(
+        repl,
+        Security::Plain,
+        replicas.clone(),
+        Arc::from(&b"secret"[..]),
+        Vec::new(),
+    ));
+    let follower = start_follower(repl_addr, Security::Plain, follower_dir.clone());
+    for _ in 0..200 {
+        if replicas.in_sync() == vec!["b".to_string()] {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(replicas.in_sync(), vec!["b".to_string()], "joined");
+    // Nothing is written for longer than a follower may lag.
+    tokio::time::sleep(super::leader::LAG_MAX + Duration::from_secs(2)).await;
+    replicas.tick();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(
+        replicas.in_sync(),
+        vec!["b".to_string()],
+        "still in sync after {:?} idle",
+        super::leader::LAG_MAX
+    );
+    follower.stop().await;
+    server.abort();
+    let _ = std::fs::remove_dir_all(&leader_dir);
+    let _ = std::fs::remove_dir_all(&follower_dir);
+}

@@ -189,6 +189,17 @@ pub(crate) enum WireError {
 /// Largest frame of the handshake, read before the peer proved anything.
 pub(crate) const MAX_HANDSHAKE: usize = 1024;
 
+/// Whether `buf` begins with a whole frame (reading it will not wait).
+pub(crate) fn whole_frame(buf: &[u8]) -> bool {
+    match buf.get(..4) {
+        Some(len) => {
+            let len = u32::from_be_bytes([len[0], len[1], len[2], len[3]]) as usize;
+            buf.len() - 4 >= len
+        }
+        None => false,
+    }
+}
+
 /// Reads one frame.
 pub(crate) async fn read<R: AsyncRead + Unpin>(r: &mut R) -> Result<Frame, WireError> {
     read_at_most(r, MAX_FRAME).await
@@ -397,6 +408,18 @@ mod tests {
                 .collect();
             let _ = decode(Bytes::from(bytes));
         }
+    }
+
+    #[test]
+    fn a_whole_frame_is_told_from_a_part() {
+        let mut out = BytesMut::new();
+        encode(&Frame::Ack { position: 7 }, &mut out);
+        assert!(whole_frame(&out));
+        assert!(!whole_frame(&out[..out.len() - 1]));
+        assert!(!whole_frame(&out[..3]));
+        assert!(!whole_frame(&[]));
+        out.extend_from_slice(&[0, 0]);
+        assert!(whole_frame(&out), "a whole frame and the start of another");
     }
 
     #[tokio::test]

@@ -88,6 +88,11 @@ pub(crate) struct Lagged;
 
 type Release = Box<dyn FnOnce() + Send>;
 
+/// Followers' senders are woken for this many bytes of changes recorded
+/// with no promise waiting on them (else at commit points, see
+/// [`Journal::commit_point`]).
+const WAKE_BYTES: u64 = 1 << 20;
+
 pub(crate) struct Journal {
     root: PathBuf,
     /// Most bytes of changes kept for followers that have not read them.
@@ -115,6 +120,11 @@ struct Ring {
     first: u64,
     changes: VecDeque<Change>,
     bytes: usize,
+    /// The last commit point: a promise waits (or is about to) for the
+    /// followers to hold every change before it.
+    due: u64,
+    /// `total` when the senders were last woken.
+    woken_at: u64,
     /// Bytes of every change recorded (for followers' lag), and of those
     /// before each kept one.
     total: u64,
@@ -141,6 +151,8 @@ impl Journal {
                 first: 0,
                 changes: VecDeque::new(),
                 bytes: 0,
+                due: 0,
+                woken_at: 0,
                 total: 0,
                 before: VecDeque::new(),
             }),
@@ -196,8 +208,36 @@ impl Journal {
                 ring.first += 1;
             }
         }
-        drop(ring);
-        self.appended.notify_waiters();
+        // Senders are not woken for each change: a store batch records
+        // several (bodies, index slots, headers, marks), and each send
+        // ends with a mark the followers fsync. They are woken at commit
+        // points, or when this much has piled up.
+        if ring.total - ring.woken_at >= WAKE_BYTES {
+            ring.woken_at = ring.total;
+            drop(ring);
+            self.appended.notify_waiters();
+        }
+    }
+
+    /// Marks the changes recorded so far as ones a promise will wait for
+    /// (the caller fsyncs them next, then asks [`Self::after_replicated_at`]
+    /// with the position returned), and wakes the followers' senders: the
+    /// followers write and fsync them while the leader does.
+    pub(crate) fn commit_point(&self) -> u64 {
+        let mut ring = self.ring.lock();
+        let end = ring.first + ring.changes.len() as u64;
+        if end > ring.due {
+            ring.due = end;
+            ring.woken_at = ring.total;
+            drop(ring);
+            self.appended.notify_waiters();
+        }
+        end
+    }
+
+    /// The last commit point.
+    pub(crate) fn due(&self) -> u64 {
+        self.ring.lock().due
     }
 
     /// Changes from position `from` on, at most about `max_bytes` of them
@@ -232,14 +272,27 @@ impl Journal {
         ring.before.get(i).map_or(0, |b| ring.total - b)
     }
 
-    /// Completes after a change past `from` is recorded (or at once if one is).
-    pub(crate) async fn wait_past(&self, from: u64) {
+    /// Completes when a sender at `from` has something to send that
+    /// cannot wait: a commit point past it, or `WAKE_BYTES` of changes
+    /// (at once if there is).
+    pub(crate) async fn wait_due(&self, from: u64) {
         loop {
             let notified = self.appended.notified();
             tokio::pin!(notified);
             notified.as_mut().enable();
-            if self.end() > from {
-                return;
+            {
+                let ring = self.ring.lock();
+                let end = ring.first + ring.changes.len() as u64;
+                let piled = match from.checked_sub(ring.first) {
+                    Some(i) => ring
+                        .before
+                        .get(i as usize)
+                        .is_some_and(|b| ring.total - b >= WAKE_BYTES),
+                    None => true, // fell behind the ring: the sender finds out
+                };
+                if ring.due > from || (end > from && piled) {
+                    return;
+                }
             }
             notified.await;
         }
@@ -247,14 +300,27 @@ impl Journal {
 
     /// Runs `release` once every change recorded so far is replicated.
     pub(crate) fn after_replicated(&self, release: Release) {
-        let end = self.end();
+        let end = self.commit_point();
+        self.after_replicated_at(end, release);
+    }
+
+    /// Runs `release` once every change before `position` (a commit
+    /// point's) is replicated.
+    pub(crate) fn after_replicated_at(&self, position: u64, release: Release) {
         let mut gate = self.gate.lock();
-        if gate.held.is_empty() && gate.replicated >= end {
+        if gate.held.is_empty() && gate.replicated >= position {
             drop(gate);
             release();
             return;
         }
-        gate.held.push_back((end, release));
+        // In position order (a store batch's commit point may precede a
+        // metadata write's promise made meanwhile).
+        let at = gate
+            .held
+            .iter()
+            .rposition(|(p, _)| *p <= position)
+            .map_or(0, |i| i + 1);
+        gate.held.insert(at, (position, release));
     }
 
     /// The in-sync followers hold every change before `position`
@@ -398,6 +464,26 @@ impl Recorder {
             None => release(),
         }
     }
+
+    /// A commit point (see [`Journal::commit_point`]): the position to
+    /// pass to `after_replicated_at` once the caller's fsync is done.
+    pub(crate) fn commit_point(&self) -> Option<u64> {
+        self.0.as_ref().map(|j| j.commit_point())
+    }
+
+    /// Runs `release` now, or once the followers hold every change before
+    /// `position` (from `commit_point`; `None`: everything recorded so far).
+    pub(crate) fn after_replicated_at(
+        &self,
+        position: Option<u64>,
+        release: impl FnOnce() + Send + 'static,
+    ) {
+        match (&self.0, position) {
+            (Some(journal), Some(p)) => journal.after_replicated_at(p, Box::new(release)),
+            (Some(journal), None) => journal.after_replicated(Box::new(release)),
+            (None, _) => release(),
+        }
+    }
 }
 
 /// A sled tree whose changes are recorded.
@@ -513,5 +599,54 @@ mod tests {
         let d = done.clone();
         single.after_replicated(move || d.lock().push(4));
         assert_eq!(done.lock().len(), 4);
+    }
+
+    #[test]
+    fn a_commit_point_bounds_what_its_promise_waits_for() {
+        let journal = Journal::new(Path::new("/data"), 1 << 20);
+        let _reader = journal.reader();
+        let rec = Recorder::new(Some(journal.clone()));
+        let done = Arc::new(parking_lot::Mutex::new(Vec::new()));
+        rec.sled(SledTree::Meta, b"body", None);
+        assert_eq!(journal.due(), 0, "a change alone is not a commit point");
+        let at = rec.commit_point();
+        assert_eq!((at, journal.due()), (Some(1), 1));
+        rec.sled(SledTree::Meta, b"header", None);
+        let d = done.clone();
+        rec.after_replicated_at(at, move || d.lock().push(1));
+        // Another writer's promise made meanwhile covers both changes.
+        let d = done.clone();
+        rec.after_replicated(move || d.lock().push(2));
+        assert_eq!(journal.due(), 2);
+        journal.replicated_to(1);
+        assert_eq!(*done.lock(), vec![1], "the header is not waited for");
+        journal.replicated_to(2);
+        assert_eq!(*done.lock(), vec![1, 2]);
+    }
+
+    #[tokio::test]
+    async fn senders_wake_at_commit_points_or_for_a_pile_of_changes() {
+        let journal = Journal::new(Path::new("/data"), 8 << 20);
+        let _reader = journal.reader();
+        let rec = Recorder::new(Some(journal.clone()));
+        let quick = std::time::Duration::from_millis(50);
+        rec.sled(SledTree::Meta, b"k", Some(b"v"));
+        assert!(
+            tokio::time::timeout(quick, journal.wait_due(0))
+                .await
+                .is_err(),
+            "one small change waits"
+        );
+        rec.commit_point();
+        assert!(tokio::time::timeout(quick, journal.wait_due(0))
+            .await
+            .is_ok());
+        assert!(tokio::time::timeout(quick, journal.wait_due(1))
+            .await
+            .is_err());
+        rec.sled(SledTree::Meta, b"big", Some(&vec![0; WAKE_BYTES as usize]));
+        assert!(tokio::time::timeout(quick, journal.wait_due(1))
+            .await
+            .is_ok());
     }
 }

@@ -168,6 +168,8 @@ pub(crate) struct Persister {
     lost_at: Option<Instant>,
     /// Confirms wait for the followers through it (cluster mode).
     files: Recorder,
+    /// The journal's commit point of the batch being written.
+    commit_at: Option<u64>,
 }
 
 /// Where the persister's time goes, logged when it stops.
@@ -272,6 +274,7 @@ impl Persister {
             lost: std::collections::HashSet::new(),
             lost_at: None,
             files,
+            commit_at: None,
         }
     }
 
@@ -407,8 +410,11 @@ impl Persister {
             .into_iter()
             .map(|(msg_ids, done)| (msg_ids.iter().all(|id| !self.lost.contains(id)), done))
             .collect();
+        // The followers need this batch's bodies and slots, recorded before
+        // the commit point; not the headers and marks written after it.
+        let commit_at = self.commit_at.take();
         if !runs.is_empty() || !syncs.is_empty() {
-            self.files.after_replicated(move || {
+            self.files.after_replicated_at(commit_at, move || {
                 for (channel, seq, ok) in runs {
                     channel.confirm_persisted(seq, ok);
                 }
@@ -722,6 +728,9 @@ impl Persister {
                 self.entries += run.len() as u64;
                 writes += run.len() as u64;
             }
+            // Bodies and slots are written: followers may write and fsync
+            // them while this node fsyncs the index.
+            self.commit_at = self.files.commit_point();
             self.index.sync()
         })();
         for queue_id in dropped_queues {

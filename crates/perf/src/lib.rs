@@ -23,7 +23,7 @@ use serde_json::{json, Value};
 use std::io::{self, IsTerminal, Write};
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::sync::Notify;
 
@@ -111,9 +111,14 @@ pub struct PerfArgs {
     /// then make up most of the end-to-end latency.
     #[arg(long, default_value_t = 256 * 1024)]
     sndbuf: u32,
-    /// Also report this process's CPU time and peak RSS (the broker's).
-    #[arg(long)]
-    broker_pid: Option<u32>,
+    /// Also report this process's CPU time and peak RSS (the broker's);
+    /// several (comma-separated or repeated: a cluster's nodes) are summed.
+    #[arg(long, value_delimiter = ',')]
+    broker_pid: Vec<u32>,
+    /// Report these processes' CPU time and peak RSS apart from the
+    /// broker's (a cluster's etcd), summed.
+    #[arg(long, value_delimiter = ',')]
+    watch_pid: Vec<u32>,
     /// One JSON object on stdout at the end.
     #[arg(long)]
     json: bool,
@@ -128,6 +133,9 @@ struct Shared {
     received: AtomicU64,
     /// Latencies are recorded while set.
     measuring: AtomicBool,
+    /// Publish-to-confirm latencies (µs) of the steady window, from every
+    /// producer's confirm reader.
+    confirm_latencies_us: Mutex<Vec<u32>>,
     /// Producers stop when set.
     stop: AtomicBool,
     /// Producers are done: consumers stop once idle.
@@ -142,6 +150,8 @@ struct Plan {
     shared: Shared,
     /// Properties of every message: just delivery_mode when persistent.
     properties: Vec<u8>,
+    /// The processes of --watch-pid.
+    watched: Option<sys::BrokerWatch>,
 }
 
 impl Plan {
@@ -239,6 +249,7 @@ async fn run_async(args: PerfArgs, target: Target) -> io::Result<Value> {
         start: Instant::now(),
         shared: Shared::default(),
         properties,
+        watched: sys::BrokerWatch::start(&args.watch_pid),
     });
     if let Some(n) = args.churn {
         return churn(plan, n).await;
@@ -248,7 +259,7 @@ async fn run_async(args: PerfArgs, target: Target) -> io::Result<Value> {
     }
     setup(&plan).await?;
 
-    let broker = args.broker_pid.map(sys::BrokerWatch::start);
+    let broker = sys::BrokerWatch::start(&args.broker_pid);
     let counted = args.pmessages.is_some() || args.cmessages.is_some();
     // A counted run is measured whole, from before its first message.
     let whole = Snapshot::take(&plan, broker.as_ref());
@@ -472,12 +483,24 @@ async fn producer(id: usize, plan: Arc<Plan>) -> io::Result<u64> {
             allowed = allowed.min(args.confirm - outstanding);
         }
         let mut n = 0;
+        let mut times = Vec::new();
         while n < allowed && tx.buf.len() < batch_bytes {
-            stamp(&mut body, plan.now_ns(), sent as u32, id as u16);
+            let now = plan.now_ns();
+            stamp(&mut body, now, sent as u32, id as u16);
             encode::basic_publish(&mut tx.buf, 1, &exchange, &key);
             encode::content(&mut tx.buf, 1, &plan.properties, &body, 131072);
+            if args.confirm > 0 {
+                times.push(now);
+            }
             sent += 1;
             n += 1;
+        }
+        if !times.is_empty() {
+            let mut at = confirms.sent_at.lock().unwrap_or_else(|e| e.into_inner());
+            if at.times.is_empty() {
+                at.first = sent - n + 1;
+            }
+            at.times.extend(times.into_iter().map(Some));
         }
         tx.flush().await?;
         plan.shared.sent.fetch_add(n, Ordering::Relaxed);
@@ -504,6 +527,42 @@ struct Confirms {
     /// Highest delivery tag acked or nacked (tags start at 1).
     settled: AtomicU64,
     changed: Notify,
+    /// When each unconfirmed message was published.
+    sent_at: Mutex<SentAt>,
+}
+
+/// Publish times (ns on the plan's clock) of the messages not yet
+/// confirmed, by delivery tag: `times[i]` is tag `first + i`, `None` once
+/// confirmed out of order.
+#[derive(Default)]
+struct SentAt {
+    first: u64,
+    times: std::collections::VecDeque<Option<u64>>,
+}
+
+impl SentAt {
+    /// Takes the publish times that an ack or nack of `tag` settles, in
+    /// `out`.
+    fn settle(&mut self, tag: u64, multiple: bool, out: &mut Vec<u64>) {
+        if multiple {
+            while self.first <= tag {
+                match self.times.pop_front() {
+                    Some(t) => out.extend(t),
+                    None => break,
+                }
+                self.first += 1;
+            }
+        } else if let Some(slot) = tag
+            .checked_sub(self.first)
+            .and_then(|i| self.times.get_mut(usize::try_from(i).ok()?))
+        {
+            out.extend(slot.take());
+        }
+        while self.times.front() == Some(&None) {
+            self.times.pop_front();
+            self.first += 1;
+        }
+    }
 }
 
 async fn read_confirms(
@@ -522,6 +581,23 @@ async fn read_confirms(
             let tag = r.u64().unwrap_or(0);
             let multiple = r.u8().unwrap_or(0) & 1 != 0;
             let before = confirms.settled.load(Ordering::Acquire);
+            let mut times = Vec::new();
+            confirms
+                .sent_at
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .settle(tag, multiple, &mut times);
+            if plan.shared.measuring.load(Ordering::Relaxed) && !times.is_empty() {
+                let now = plan.now_ns();
+                let us = times
+                    .iter()
+                    .map(|&t| (now.saturating_sub(t) / 1000).min(u64::from(u32::MAX)) as u32);
+                plan.shared
+                    .confirm_latencies_us
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .extend(us);
+            }
             let newly = if multiple {
                 tag.saturating_sub(before)
             } else {
@@ -690,7 +766,7 @@ async fn consumer(
 
 /// Open, declare, publish one, close: `n` times per producer.
 async fn churn(plan: Arc<Plan>, n: u64) -> io::Result<Value> {
-    let broker = plan.args.broker_pid.map(sys::BrokerWatch::start);
+    let broker = sys::BrokerWatch::start(&plan.args.broker_pid);
     let begin = Snapshot::take(&plan, broker.as_ref());
     let mut tasks = Vec::new();
     for id in 0..plan.args.producers.max(1) {
@@ -752,6 +828,7 @@ struct Snapshot {
     received: u64,
     tool_cpu: f64,
     broker_cpu: Option<f64>,
+    watched_cpu: Option<f64>,
 }
 
 impl Snapshot {
@@ -763,7 +840,11 @@ impl Snapshot {
             confirmed: s.confirmed.load(Ordering::Relaxed),
             received: s.received.load(Ordering::Relaxed),
             tool_cpu: sys::own_cpu_seconds(),
-            broker_cpu: broker.and_then(|b| sys::cpu_seconds(b.pid)),
+            broker_cpu: broker.and_then(sys::BrokerWatch::cpu_seconds),
+            watched_cpu: plan
+                .watched
+                .as_ref()
+                .and_then(sys::BrokerWatch::cpu_seconds),
         }
     }
 }
@@ -796,6 +877,15 @@ fn report(
         latencies.clear();
     }
     let latency = percentiles(&mut latencies)
+        .map(|[p50, p95, p99, max]| json!({"p50": p50, "p95": p95, "p99": p99, "max": max}));
+    let mut confirm_latencies = std::mem::take(
+        &mut *plan
+            .shared
+            .confirm_latencies_us
+            .lock()
+            .unwrap_or_else(|e| e.into_inner()),
+    );
+    let confirm_latency = percentiles(&mut confirm_latencies)
         .map(|[p50, p95, p99, max]| json!({"p50": p50, "p95": p95, "p99": p99, "max": max}));
 
     // Per queue and producer: what every consumer of the queue saw.
@@ -838,6 +928,7 @@ fn report(
         "confirmed_rate": confirmed as f64 / secs,
         "received_rate": received as f64 / secs,
         "latency_us": latency,
+        "confirm_latency_us": confirm_latency,
         "violations": {"lost": lost, "duplicated": duplicated, "reordered": reordered},
         "churn_rate": null,
         "tool": cpu_json(end.tool_cpu - begin.tool_cpu, sent + received),
@@ -848,7 +939,14 @@ fn report(
     if let (Some(b), Some(e), Some(w)) = (begin.broker_cpu, end.broker_cpu, broker) {
         let mut cpu = cpu_json(e - b, sent + received);
         cpu["peak_rss_kb"] = json!(w.peak_rss_kb());
+        cpu["pids"] = json!(w.pids);
         report["broker"] = cpu;
+    }
+    if let (Some(b), Some(e), Some(w)) = (begin.watched_cpu, end.watched_cpu, &plan.watched) {
+        let mut cpu = cpu_json(e - b, sent + received);
+        cpu["peak_rss_kb"] = json!(w.peak_rss_kb());
+        cpu["pids"] = json!(w.pids);
+        report["watched"] = cpu;
     }
     report
 }
@@ -875,6 +973,13 @@ fn print_report(plan: &Plan, r: &Value) {
         let _ = writeln!(
             out,
             "latency µs: p50 {} p95 {} p99 {} max {}",
+            l["p50"], l["p95"], l["p99"], l["max"]
+        );
+    }
+    if let Some(l) = r["confirm_latency_us"].as_object() {
+        let _ = writeln!(
+            out,
+            "confirm latency µs: p50 {} p95 {} p99 {} max {}",
             l["p50"], l["p95"], l["p99"], l["max"]
         );
     }
@@ -906,6 +1011,14 @@ fn print_report(plan: &Plan, r: &Value) {
             b["peak_rss_kb"]
         );
     }
+    if let Some(w) = r.get("watched") {
+        let _ = writeln!(
+            out,
+            "watched CPU {:.2} µs/msg, peak RSS {} kB",
+            w["cpu_us_per_msg"].as_f64().unwrap_or(0.0),
+            w["peak_rss_kb"]
+        );
+    }
 }
 
 /// A line a second on stderr: in place on a terminal, else one per line.
@@ -935,5 +1048,32 @@ async fn progress(plan: Arc<Plan>) {
         } else {
             eprintln!("{line}");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::SentAt;
+
+    #[test]
+    fn confirms_settle_publish_times_once() {
+        let mut at = SentAt {
+            first: 1,
+            times: (10..20).map(Some).collect(),
+        };
+        let mut out = Vec::new();
+        at.settle(3, false, &mut out); // tag 3 alone
+        assert_eq!(out, [12]);
+        out.clear();
+        at.settle(4, true, &mut out); // 1, 2 and 4; 3 is done already
+        assert_eq!(out, [10, 11, 13]);
+        assert_eq!(at.first, 5);
+        out.clear();
+        at.settle(4, true, &mut out); // again: nothing
+        at.settle(99, false, &mut out); // unknown tag: nothing
+        assert!(out.is_empty());
+        at.settle(10, true, &mut out);
+        assert_eq!(out, [14, 15, 16, 17, 18, 19]);
+        assert!(at.times.is_empty());
     }
 }

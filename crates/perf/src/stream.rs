@@ -247,7 +247,7 @@ pub(super) async fn run(plan: Arc<Plan>, uri: &str) -> io::Result<Value> {
             )));
         }
     }
-    let broker = args.broker_pid.map(sys::BrokerWatch::start);
+    let broker = sys::BrokerWatch::start(&args.broker_pid);
     let counted = args.pmessages.is_some() || args.cmessages.is_some();
     let whole = Snapshot::take(&plan, broker.as_ref());
     let mut consumers = Vec::new();

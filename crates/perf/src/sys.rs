@@ -41,27 +41,38 @@ fn rss_kb(pid: u32) -> Option<u64> {
         .ok()
 }
 
-/// Samples a process's resident memory every 100 ms and keeps the peak.
+/// Samples the resident memory of a set of processes (a broker, or every
+/// node of a cluster) every 100 ms and keeps the peak of their sum.
 pub(crate) struct BrokerWatch {
-    pub pid: u32,
+    pub pids: Vec<u32>,
     peak: Arc<AtomicU64>,
     stop: Arc<AtomicBool>,
 }
 
 impl BrokerWatch {
-    pub(crate) fn start(pid: u32) -> BrokerWatch {
-        let peak = Arc::new(AtomicU64::new(rss_kb(pid).unwrap_or(0)));
+    /// `None` for no pids.
+    pub(crate) fn start(pids: &[u32]) -> Option<BrokerWatch> {
+        if pids.is_empty() {
+            return None;
+        }
+        let pids = pids.to_vec();
+        let total = |pids: &[u32]| pids.iter().filter_map(|&p| rss_kb(p)).sum::<u64>();
+        let peak = Arc::new(AtomicU64::new(total(&pids)));
         let stop = Arc::new(AtomicBool::new(false));
-        let (p, s) = (peak.clone(), stop.clone());
+        let (p, s, watched) = (peak.clone(), stop.clone(), pids.clone());
         std::thread::spawn(move || {
             while !s.load(Ordering::Relaxed) {
-                if let Some(kb) = rss_kb(pid) {
-                    p.fetch_max(kb, Ordering::Relaxed);
-                }
+                p.fetch_max(total(&watched), Ordering::Relaxed);
                 std::thread::sleep(Duration::from_millis(100));
             }
         });
-        BrokerWatch { pid, peak, stop }
+        Some(BrokerWatch { pids, peak, stop })
+    }
+
+    /// The processes' user + system CPU seconds, summed; `None` when one
+    /// of them is gone (its time would be missing from the sum).
+    pub(crate) fn cpu_seconds(&self) -> Option<f64> {
+        self.pids.iter().map(|&p| cpu_seconds(p)).sum()
     }
 
     pub(crate) fn peak_rss_kb(&self) -> u64 {
