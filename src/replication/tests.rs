@@ -112,7 +112,8 @@ async fn a_follower_holds_every_confirmed_message_and_object() {
     let replicas = Replicas::new(journal, 1, Box::new(|_| Box::pin(async { true })));
     let repl = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let repl_addr = repl.local_addr().unwrap().to_string();
-    let security = tls(&temp("tls"));
+    let tls_dir = temp("tls");
+    let security = tls(&tls_dir);
     let server = tokio::spawn(serve(
         repl,
         security.clone(),
@@ -330,6 +331,7 @@ async fn a_follower_holds_every_confirmed_message_and_object() {
     let _ = shutdown.send(());
     serving.await.unwrap();
     let _ = std::fs::remove_dir_all(&leader_dir);
+    let _ = std::fs::remove_dir_all(&tls_dir);
     let _ = std::fs::remove_dir_all(&follower_dir);
 }
 
