@@ -974,7 +974,7 @@ async fn external_broker(pki: &Pki) -> (TlsBroker, Pair) {
 async fn pika_over_amqps_with_a_password_and_with_external() {
     let pki = Pki::new("pika");
     let (broker, guest) = external_broker(&pki).await;
-    let python = std::env::var("LEVERET_PYTHON").unwrap_or_else(|_| "python3".into());
+    let python = crate::cross_client::python();
     let base = vec![
         script("python/tls_client.py"),
         "localhost".to_string(),
