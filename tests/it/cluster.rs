@@ -355,17 +355,9 @@ async fn exactly_one_node_of_three_leads() {
     assert_eq!(roles, want);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_killed_leader_is_replaced_and_clients_served_within_5_s() {
-    let Some(mut cluster) = TestCluster::start() else {
-        return;
-    };
-    let old = cluster.leader(Duration::from_secs(10)).await;
-    cluster.all_in_sync(old, Duration::from_secs(20)).await;
-    // Confirmed on the leader (and so on both followers' disks) ...
-    let (c, ch) = try_open(&cluster.nodes[old].amqp, Duration::from_secs(5))
-        .await
-        .expect("the leader serves");
+/// Declares the durable queue `orders` and publishes `bodies` to it,
+/// persistent, in confirm mode; each must be acked.
+async fn publish_confirmed(ch: &lapin::Channel, bodies: impl Iterator<Item = String>) {
     ch.confirm_select(ConfirmSelectOptions::default())
         .await
         .unwrap();
@@ -377,13 +369,13 @@ async fn a_killed_leader_is_replaced_and_clients_served_within_5_s() {
         .await
         .unwrap();
     let mut confirms = Vec::new();
-    for i in 0..300 {
+    for body in bodies {
         confirms.push(
             ch.basic_publish(
                 "".into(),
                 "orders".into(),
                 BasicPublishOptions::default(),
-                format!("order-{i}").as_bytes(),
+                body.as_bytes(),
                 BasicProperties::default().with_delivery_mode(2),
             )
             .await
@@ -393,6 +385,20 @@ async fn a_killed_leader_is_replaced_and_clients_served_within_5_s() {
     for confirm in confirms {
         assert!(confirm.await.unwrap().is_ack());
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_leader_is_replaced_and_clients_served_within_5_s() {
+    let Some(mut cluster) = TestCluster::start() else {
+        return;
+    };
+    let old = cluster.leader(Duration::from_secs(10)).await;
+    cluster.all_in_sync(old, Duration::from_secs(20)).await;
+    // Confirmed on the leader (and so on both followers' disks) ...
+    let (c, ch) = try_open(&cluster.nodes[old].amqp, Duration::from_secs(5))
+        .await
+        .expect("the leader serves");
+    publish_confirmed(&ch, (0..300).map(|i| format!("order-{i}"))).await;
     drop((c, ch));
     cluster.nodes[old].process.take().expect("running").kill9();
     let killed = Instant::now();
@@ -2015,33 +2021,7 @@ async fn over_tls_to_etcd_with_its_authentication_and_replication_over_tls_nothi
     let (c, ch) = try_open(&cluster.nodes[leader].amqp, Duration::from_secs(5))
         .await
         .expect("the leader serves");
-    let durable = QueueDeclareOptions {
-        durable: true,
-        ..Default::default()
-    };
-    ch.queue_declare("orders".into(), durable, FieldTable::default())
-        .await
-        .unwrap();
-    ch.confirm_select(ConfirmSelectOptions::default())
-        .await
-        .unwrap();
-    let mut confirms = Vec::new();
-    for i in 0..100 {
-        confirms.push(
-            ch.basic_publish(
-                "".into(),
-                "orders".into(),
-                BasicPublishOptions::default(),
-                format!("{i}").as_bytes(),
-                BasicProperties::default().with_delivery_mode(2),
-            )
-            .await
-            .unwrap(),
-        );
-    }
-    for confirm in confirms {
-        assert!(confirm.await.unwrap().is_ack());
-    }
+    publish_confirmed(&ch, (0..100).map(|i| i.to_string())).await;
     drop((c, ch));
     // Everything confirmed went to the follower over TLS: it leads alone.
     cluster.nodes[leader]
