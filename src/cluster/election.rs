@@ -2,24 +2,10 @@
 //! lead until the lease is lost or the key is gone, follow otherwise.
 
 use super::lease::{grant, keep_alive};
-use super::{Cluster, Isr, Member, Role, POLL, REQUEST_TIMEOUT};
+use super::{timed, Cluster, Isr, Member, Role, POLL};
 use etcd_client::{Compare, CompareOp, PutOptions, Txn, TxnOp, TxnOpResponse};
-use std::future::Future;
 use std::sync::Arc;
 use tracing::{info, warn};
-
-/// One etcd request, failed if it takes longer than [`REQUEST_TIMEOUT`].
-async fn timed<T>(
-    request: impl Future<Output = Result<T, etcd_client::Error>>,
-) -> Result<T, etcd_client::Error> {
-    tokio::time::timeout(REQUEST_TIMEOUT, request)
-        .await
-        .unwrap_or_else(|_| {
-            Err(etcd_client::Error::InvalidArgs(
-                "etcd did not answer in time".into(),
-            ))
-        })
-}
 
 pub(super) async fn run(cluster: Arc<Cluster>) {
     let ttl = cluster.config.lease_ttl();

@@ -94,6 +94,19 @@ const POLL: Duration = Duration::from_millis(250);
 /// How long one etcd request may take before it counts as failed.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(1);
 
+/// One etcd request, failed if it takes longer than [`REQUEST_TIMEOUT`].
+async fn timed<T>(
+    request: impl std::future::Future<Output = Result<T, etcd_client::Error>>,
+) -> Result<T, etcd_client::Error> {
+    tokio::time::timeout(REQUEST_TIMEOUT, request)
+        .await
+        .unwrap_or_else(|_| {
+            Err(etcd_client::Error::InvalidArgs(
+                "etcd did not answer in time".into(),
+            ))
+        })
+}
+
 pub struct Cluster {
     config: ClusterConfig,
     me: Member,
@@ -231,9 +244,7 @@ impl Cluster {
             )])
             .and_then([TxnOp::put(self.keys.isr(), json, None)]);
         let mut client = self.client.clone();
-        let done = tokio::time::timeout(REQUEST_TIMEOUT, client.txn(txn))
-            .await
-            .map_err(|_| etcd_client::Error::InvalidArgs("etcd did not answer in time".into()))??;
+        let done = timed(client.txn(txn)).await?;
         if !done.succeeded() {
             return Err(ClusterError::NotLeader);
         }
@@ -278,9 +289,7 @@ impl Cluster {
             .and_then([TxnOp::delete(self.keys.known_node(name), None)])
             .or_else([TxnOp::get(running.as_str(), None)]);
         let mut client = self.client.clone();
-        let done = tokio::time::timeout(REQUEST_TIMEOUT, client.txn(txn))
-            .await
-            .map_err(|_| etcd_client::Error::InvalidArgs("etcd did not answer in time".into()))??;
+        let done = timed(client.txn(txn)).await?;
         let mut deleted = 0;
         let mut is_running = false;
         for op in done.op_responses() {
@@ -312,12 +321,8 @@ impl Cluster {
             .when([Compare::create_revision(key.as_str(), CompareOp::Equal, 0)])
             .and_then([TxnOp::put(key.as_str(), fresh, None)]);
         let mut client = self.client.clone();
-        tokio::time::timeout(REQUEST_TIMEOUT, client.txn(txn))
-            .await
-            .map_err(|_| etcd_client::Error::InvalidArgs("etcd did not answer in time".into()))??;
-        let got = tokio::time::timeout(REQUEST_TIMEOUT, client.get(key.as_str(), None))
-            .await
-            .map_err(|_| etcd_client::Error::InvalidArgs("etcd did not answer in time".into()))??;
+        timed(client.txn(txn)).await?;
+        let got = timed(client.get(key.as_str(), None)).await?;
         let value = got
             .kvs()
             .first()
