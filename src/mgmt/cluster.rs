@@ -185,27 +185,30 @@ pub(super) fn metrics() -> String {
 
 /// The leader's view of each follower, one series per node.
 fn follower_gauges(out: &mut String, replicas: &[crate::replication::leader::Replica]) {
-    type Value = fn(&crate::replication::leader::Replica) -> u64;
+    type Value = fn(&crate::replication::leader::Replica) -> f64;
     let families: [(&str, &str, Value); 4] = [
         (
             "leveret_cluster_follower_in_sync",
             "1 while the follower is in sync (confirms wait for it)",
-            |r| r.in_sync as u64,
+            |r| f64::from(u8::from(r.in_sync)),
         ),
         (
             "leveret_cluster_follower_lag_bytes",
             "Bytes of changes the follower has not acknowledged",
-            |r| r.lag_bytes,
+            |r| r.lag_bytes as f64,
         ),
         (
             "leveret_cluster_follower_lag_seconds",
             "How long the follower has been behind the leader's journal (+Inf: never caught up)",
-            |r| r.lag_ms,
+            |r| match r.lag_ms {
+                u64::MAX => f64::INFINITY,
+                ms => ms as f64 / 1000.0,
+            },
         ),
         (
             "leveret_cluster_follower_acked_bytes",
             "Journal position the follower acknowledged as durable",
-            |r| r.acked,
+            |r| r.acked as f64,
         ),
     ];
     if replicas.is_empty() {
@@ -214,21 +217,12 @@ fn follower_gauges(out: &mut String, replicas: &[crate::replication::leader::Rep
     for (name, help, value) in families {
         let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge");
         for r in replicas {
-            let v = value(r);
-            if name.ends_with("_seconds") {
-                let seconds = if v == u64::MAX {
-                    f64::INFINITY
-                } else {
-                    v as f64 / 1000.0
-                };
-                let _ = writeln!(
-                    out,
-                    "{name}{{node=\"{}\"}} {seconds}",
-                    node_name_of(&r.node)
-                );
-            } else {
-                let _ = writeln!(out, "{name}{{node=\"{}\"}} {v}", node_name_of(&r.node));
-            }
+            // Prometheus spells infinity +Inf; Rust would print "inf".
+            let v = match value(r) {
+                v if v.is_infinite() => "+Inf".to_string(),
+                v => v.to_string(),
+            };
+            let _ = writeln!(out, "{name}{{node=\"{}\"}} {v}", node_name_of(&r.node));
         }
     }
 }
