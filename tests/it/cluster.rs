@@ -444,17 +444,7 @@ async fn a_killed_leader_is_replaced_and_clients_served_within_5_s() {
     let (c, ch) = try_open(&cluster.nodes[new].amqp, Duration::from_secs(5))
         .await
         .expect("the new leader serves");
-    let q = ch
-        .queue_declare(
-            "orders".into(),
-            QueueDeclareOptions {
-                passive: true,
-                ..Default::default()
-            },
-            FieldTable::default(),
-        )
-        .await
-        .unwrap();
+    let q = crate::queues::passive(&ch, "orders").await.unwrap();
     assert_eq!(q.message_count(), 300, "every confirmed message survived");
     for i in 0..300 {
         let got = ch
@@ -1408,17 +1398,7 @@ async fn pausing_the_leader_under_load_loses_nothing_and_the_woken_node_confirms
     let (c, ch) = try_open(&cluster.nodes[new].amqp, Duration::from_secs(5))
         .await
         .expect("the leader serves");
-    let q = ch
-        .queue_declare(
-            "stale".into(),
-            QueueDeclareOptions {
-                passive: true,
-                ..Default::default()
-            },
-            FieldTable::default(),
-        )
-        .await
-        .unwrap();
+    let q = crate::queues::passive(&ch, "stale").await.unwrap();
     assert_eq!(q.message_count(), 0, "the paused node's publishes spread");
     let _ = c.close(200, "bye".into()).await;
 }

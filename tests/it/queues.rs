@@ -54,7 +54,8 @@ async fn declare(ch: &Channel) -> String {
     name
 }
 
-async fn passive(ch: &Channel, name: &str) -> lapin::Result<Queue> {
+/// A passive queue.declare: the queue's counts, or 404.
+pub(crate) async fn passive(ch: &Channel, name: &str) -> lapin::Result<Queue> {
     declare_with(
         ch,
         name,
